@@ -1,0 +1,75 @@
+//! Devices a worker can run on, the Burn backend behind each, and CUDA detection.
+
+use std::fmt;
+use std::path::Path;
+
+use kiln_proto::DeviceClass;
+
+/// The CPU backend: burn-ndarray, multi-threaded.
+pub type CpuBackend = burn::backend::NdArray<f32>;
+/// The GPU backend: burn-cuda (with fusion and autotune, Burn's defaults).
+pub type CudaBackend = burn::backend::Cuda<f32, i32>;
+
+/// Where a worker runs its jobs, chosen at run time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ComputeDevice {
+    Cpu,
+    /// A CUDA device by index.
+    Cuda(usize),
+}
+
+impl ComputeDevice {
+    /// The device class whose consumer this device serves.
+    pub fn class(&self) -> DeviceClass {
+        match self {
+            ComputeDevice::Cpu => DeviceClass::Cpu,
+            ComputeDevice::Cuda(_) => DeviceClass::Gpu,
+        }
+    }
+}
+
+impl fmt::Display for ComputeDevice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ComputeDevice::Cpu => f.write_str("cpu"),
+            ComputeDevice::Cuda(i) => write!(f, "cuda:{i}"),
+        }
+    }
+}
+
+/// How many CUDA devices this machine has, found without touching the CUDA runtime (which
+/// panics when libcuda is missing): the NVIDIA device nodes, and libcuda on the loader path.
+/// Zero means no usable CUDA.
+pub fn cuda_device_count() -> usize {
+    if !libcuda_present() {
+        return 0;
+    }
+    (0..64)
+        .take_while(|i| Path::new(&format!("/dev/nvidia{i}")).exists())
+        .count()
+}
+
+fn libcuda_present() -> bool {
+    let mut dirs: Vec<String> = std::env::var("LD_LIBRARY_PATH")
+        .unwrap_or_default()
+        .split(':')
+        .filter(|d| !d.is_empty())
+        .map(str::to_owned)
+        .collect();
+    dirs.extend(
+        [
+            "/usr/lib/x86_64-linux-gnu",
+            "/usr/lib/aarch64-linux-gnu",
+            "/usr/lib64",
+            "/usr/lib",
+            "/usr/local/nvidia/lib64",
+            "/usr/local/nvidia/lib",
+            "/usr/local/cuda/lib64",
+            "/usr/local/cuda/compat",
+            "/usr/lib/wsl/lib",
+        ]
+        .map(str::to_owned),
+    );
+    dirs.iter()
+        .any(|d| Path::new(d).join("libcuda.so.1").exists() || Path::new(d).join("libcuda.so").exists())
+}

@@ -1,0 +1,51 @@
+//! kiln's job kinds, written once as Burn code generic over `B: Backend`, and the registry
+//! that maps a kind's name to its code.
+//!
+//! A kind is one module implementing [`Kernel`] plus one line in [`registry!`] below; the
+//! worker, the `kiln` command and the docs find it through [`find`] and [`KINDS`].
+//!
+//! ```
+//! use kiln_kernels::{ComputeDevice, find};
+//! use kiln_proto::{Codec, Limits};
+//! let kind = find("vector_add").unwrap();
+//! let job = kind.decode(Codec::Json, br#"{"params":{"len":8},"seed":1}"#, &Limits::default()).unwrap();
+//! let out = job.run(&ComputeDevice::Cpu, &kiln_kernels::NoCheckpoint).unwrap();
+//! assert_eq!(out["len"], 8);
+//! ```
+
+mod data;
+mod device;
+mod kernel;
+
+pub mod conv2d;
+pub mod matmul;
+pub mod train_mlp;
+pub mod vector_add;
+
+pub use data::{Summary, seeded_values};
+pub use device::{ComputeDevice, CpuBackend, CudaBackend, cuda_device_count};
+pub use kernel::{
+    Checkpoint, DecodedJob, Kernel, KindEntry, NoCheckpoint, Plan, Progress, RunContext,
+};
+
+/// The kind registry: one entry per job kind. Adding a kind = one module + one line here.
+macro_rules! registry {
+    ($($kernel:ty),+ $(,)?) => {
+        /// Every job kind this build of kiln can run.
+        pub static KINDS: &[KindEntry] = &[$(KindEntry::of::<$kernel>()),+];
+    };
+}
+
+registry! {
+    vector_add::VectorAdd,
+}
+
+/// The registry entry of the kind called `name`.
+pub fn find(name: &str) -> Option<&'static KindEntry> {
+    KINDS.iter().find(|k| k.name == name)
+}
+
+/// Names of every registered kind, for error messages and help texts.
+pub fn kind_names() -> Vec<&'static str> {
+    KINDS.iter().map(|k| k.name).collect()
+}

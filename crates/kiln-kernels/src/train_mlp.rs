@@ -1,0 +1,1 @@
+//! `train_mlp` (being written).

@@ -1,0 +1,84 @@
+//! `vector_add`: c = a + b, the "small job" of pipeline benchmarks.
+
+use burn::tensor::{Tensor, TensorData, backend::Backend};
+use kiln_proto::{JobError, Limits};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::{Kernel, Plan, RunContext, Summary, seeded_values};
+
+/// `{"len": 1024}` (generated from the seed) or `{"a": [..], "b": [..]}`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Params {
+    #[serde(default)]
+    pub len: Option<u64>,
+    #[serde(default)]
+    pub a: Option<Vec<f32>>,
+    #[serde(default)]
+    pub b: Option<Vec<f32>>,
+}
+
+pub struct VectorAdd;
+
+impl Kernel for VectorAdd {
+    const NAME: &'static str = "vector_add";
+    const SUMMARY: &'static str = "c = a + b, element-wise";
+    const PARAMS_HELP: &'static str = "len: length of generated a and b\n\
+         a, b: the vectors themselves (instead of len), equal lengths";
+    type Params = Params;
+
+    fn plan(params: &Params, _limits: &Limits) -> Result<Plan, JobError> {
+        let len = match (params.len, &params.a, &params.b) {
+            (Some(len), None, None) => len,
+            (None, Some(a), Some(b)) if a.len() == b.len() => a.len() as u64,
+            (None, Some(a), Some(b)) => {
+                return Err(JobError::invalid_input(format!(
+                    "vector_add needs a and b of equal length, got {} and {}",
+                    a.len(),
+                    b.len()
+                )));
+            }
+            _ => {
+                return Err(JobError::invalid_input(
+                    "vector_add needs either \"len\" or both \"a\" and \"b\"",
+                ));
+            }
+        };
+        if len == 0 {
+            return Err(JobError::invalid_input("vector_add needs len >= 1"));
+        }
+        let elements = len.checked_mul(3).ok_or_else(|| {
+            JobError::too_large(format!("vector_add len {len} overflows an element count"))
+        })?;
+        Ok(Plan {
+            elements,
+            flops: len as f64,
+        })
+    }
+
+    fn run<B: Backend>(params: &Params, ctx: &RunContext<'_, B>) -> Result<serde_json::Value, JobError> {
+        let (a, b) = match (&params.a, &params.b) {
+            (Some(a), Some(b)) => (a.clone(), b.clone()),
+            _ => {
+                let len = params.len.unwrap_or(0) as usize;
+                (seeded_values(ctx.seed, 0, len), seeded_values(ctx.seed, 1, len))
+            }
+        };
+        let len = a.len();
+        let a = Tensor::<B, 1>::from_data(TensorData::new(a, [len]), &ctx.device);
+        let b = Tensor::<B, 1>::from_data(TensorData::new(b, [len]), &ctx.device);
+        let c = (a + b).into_data();
+        let c = c
+            .into_vec::<f32>()
+            .map_err(|e| JobError::internal(format!("reading vector_add output: {e:?}")))?;
+        let mut out = json!({
+            "len": len,
+            "summary": Summary::of(&c),
+        });
+        if len <= ctx.limits.max_inline_output {
+            out["c"] = json!(c);
+        }
+        Ok(out)
+    }
+}

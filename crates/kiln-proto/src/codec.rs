@@ -1,0 +1,124 @@
+//! JSON and bincode bodies, chosen by the `Content-Type` header.
+
+use serde::{Serialize, de::DeserializeOwned};
+
+use crate::error::{Error, Result};
+
+/// `Content-Type` of JSON bodies (the default when the header is absent).
+pub const CONTENT_TYPE_JSON: &str = "application/json";
+/// `Content-Type` of bincode bodies: the same structure, kiln's own fast path.
+pub const CONTENT_TYPE_BINCODE: &str = "application/x-bincode";
+
+/// How a message body is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Codec {
+    #[default]
+    Json,
+    Bincode,
+}
+
+impl Codec {
+    /// The codec named by a `Content-Type` header value (`None` means JSON).
+    pub fn from_content_type(value: Option<&str>) -> Result<Self> {
+        let Some(value) = value else {
+            return Ok(Codec::Json);
+        };
+        // Ignore parameters such as `; charset=utf-8`.
+        let mime = value.split(';').next().unwrap_or("").trim();
+        match mime.to_ascii_lowercase().as_str() {
+            "" | CONTENT_TYPE_JSON | "text/json" | "text/plain" => Ok(Codec::Json),
+            CONTENT_TYPE_BINCODE | "application/bincode" => Ok(Codec::Bincode),
+            _ => Err(Error::ContentType(value.to_owned())),
+        }
+    }
+
+    /// The codec named by the `Content-Type` header of a NATS message.
+    pub fn from_headers(headers: Option<&async_nats::HeaderMap>) -> Result<Self> {
+        let value = headers
+            .and_then(|h| h.get("Content-Type"))
+            .map(|v| v.as_str());
+        Self::from_content_type(value)
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Codec::Json => CONTENT_TYPE_JSON,
+            Codec::Bincode => CONTENT_TYPE_BINCODE,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Codec::Json => "JSON",
+            Codec::Bincode => "bincode",
+        }
+    }
+
+    pub fn encode<T: Serialize>(self, what: &'static str, value: &T) -> Result<Vec<u8>> {
+        let encoded = match self {
+            Codec::Json => serde_json::to_vec(value).map_err(|e| e.to_string()),
+            Codec::Bincode => bincode::serde::encode_to_vec(value, bincode::config::standard())
+                .map_err(|e| e.to_string()),
+        };
+        encoded.map_err(|message| Error::Encode {
+            what,
+            codec: self.name(),
+            message,
+        })
+    }
+
+    pub fn decode<T: DeserializeOwned>(self, what: &'static str, bytes: &[u8]) -> Result<T> {
+        let decoded = match self {
+            Codec::Json => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
+            Codec::Bincode => {
+                bincode::serde::decode_from_slice(bytes, bincode::config::standard())
+                    .map_err(|e| e.to_string())
+                    .and_then(|(value, read)| {
+                        if read == bytes.len() {
+                            Ok(value)
+                        } else {
+                            Err(format!("{} trailing bytes", bytes.len() - read))
+                        }
+                    })
+            }
+        };
+        decoded.map_err(|message| Error::Decode {
+            what,
+            codec: self.name(),
+            message,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_type_selects_codec() {
+        assert_eq!(Codec::from_content_type(None).unwrap(), Codec::Json);
+        assert_eq!(
+            Codec::from_content_type(Some("application/json; charset=utf-8")).unwrap(),
+            Codec::Json
+        );
+        assert_eq!(
+            Codec::from_content_type(Some("application/x-bincode")).unwrap(),
+            Codec::Bincode
+        );
+        let err = Codec::from_content_type(Some("text/xml")).unwrap_err();
+        assert!(err.to_string().contains("text/xml"), "{err}");
+    }
+
+    #[test]
+    fn bincode_round_trips_and_rejects_trailing_bytes() {
+        let value = (7u32, vec![1.5f32, 2.5], Some("x".to_string()));
+        let mut bytes = Codec::Bincode.encode("test", &value).unwrap();
+        let back: (u32, Vec<f32>, Option<String>) = Codec::Bincode.decode("test", &bytes).unwrap();
+        assert_eq!(back, value);
+        bytes.push(0);
+        let err = Codec::Bincode
+            .decode::<(u32, Vec<f32>, Option<String>)>("test", &bytes)
+            .unwrap_err();
+        assert!(err.to_string().contains("trailing"), "{err}");
+    }
+}

@@ -1,0 +1,91 @@
+//! The job envelope: the same structure in JSON and bincode, with kind-specific `params`.
+
+use serde::{Deserialize, Serialize};
+
+/// A job as it travels on `jobs.<class>.<kind>`. `P` is the kind's parameter type, so a
+/// worker that knows the kind from the subject decodes the whole body in one pass.
+///
+/// ```
+/// use kiln_proto::{Codec, Job};
+/// #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+/// struct Params { n: u32 }
+/// let job: Job<Params> = Codec::Json.decode("job", br#"{"params":{"n":512}}"#).unwrap();
+/// assert_eq!(job.params, Params { n: 512 });
+/// assert_eq!(job.id, None);
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Job<P> {
+    /// Job id. Absent: the `Nats-Msg-Id` header, else `seq-<stream sequence>`.
+    #[serde(default)]
+    pub id: Option<String>,
+    pub params: P,
+    /// Give up on the job after this many milliseconds of compute.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// Seed for generated inputs (default 0), so that runs can be reproduced.
+    #[serde(default)]
+    pub seed: Option<u64>,
+}
+
+/// Longest job id accepted; ids travel in headers and subjects of logs.
+pub const MAX_ID_LEN: usize = 128;
+
+/// The id a job goes by: its own `id`, else its `Nats-Msg-Id`, else one derived from the
+/// stream sequence (unique within the stream).
+pub fn resolve_job_id(body_id: Option<&str>, msg_id: Option<&str>, stream_sequence: u64) -> String {
+    body_id
+        .or(msg_id)
+        .filter(|id| !id.is_empty())
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("seq-{stream_sequence}"))
+}
+
+/// Whether a job id is acceptable: printable ASCII without spaces, at most [`MAX_ID_LEN`].
+pub fn valid_job_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= MAX_ID_LEN && id.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// A fresh job id: time-ordered and unique enough across submitters.
+pub fn new_job_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!(
+        "{:x}-{:x}-{:x}",
+        now.as_micros(),
+        std::process::id(),
+        n
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn id_falls_back_to_header_then_sequence() {
+        assert_eq!(resolve_job_id(Some("a"), Some("b"), 7), "a");
+        assert_eq!(resolve_job_id(None, Some("b"), 7), "b");
+        assert_eq!(resolve_job_id(None, None, 7), "seq-7");
+        assert_eq!(resolve_job_id(Some(""), None, 7), "seq-7");
+    }
+
+    #[test]
+    fn unknown_envelope_fields_are_rejected() {
+        let err = crate::Codec::Json
+            .decode::<Job<serde_json::Value>>("job", br#"{"params":{},"tiemout_ms":5}"#)
+            .unwrap_err();
+        assert!(err.to_string().contains("tiemout_ms"), "{err}");
+    }
+
+    #[test]
+    fn fresh_ids_differ() {
+        assert_ne!(new_job_id(), new_job_id());
+        assert!(valid_job_id(&new_job_id()));
+        assert!(!valid_job_id("has space"));
+    }
+}

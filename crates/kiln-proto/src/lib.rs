@@ -1,0 +1,34 @@
+//! kiln's wire contract: the types every kiln process and every client agrees on.
+//!
+//! - [`Job`]: the envelope published on `jobs.<class>.<kind>`, generic over the kind's
+//!   parameters, JSON by default and bincode with `Content-Type: application/x-bincode`.
+//! - [`ResultEvent`]: published on `results.<kind>` for every finished job.
+//! - [`MetricsSnapshot`]: published on `metrics.<kind>.<class>` by the aggregator.
+//! - [`streams`]: the JetStream streams and durable consumers, created idempotently.
+//! - [`Limits`]: what a job may ask for, checked before anything is allocated.
+//!
+//! ```
+//! use kiln_proto::{subject, DeviceClass};
+//! assert_eq!(subject::job(DeviceClass::Cpu, "matmul"), "jobs.cpu.matmul");
+//! ```
+
+mod codec;
+mod error;
+mod job;
+mod limits;
+mod metrics;
+mod result;
+pub mod streams;
+pub mod subject;
+
+pub use codec::{CONTENT_TYPE_BINCODE, CONTENT_TYPE_JSON, Codec};
+pub use error::{Disposition, Error, ErrorKind, JobError, Result};
+pub use job::{Job, MAX_ID_LEN, new_job_id, resolve_job_id, valid_job_id};
+pub use limits::{Limits, checked_product};
+pub use metrics::{Latency, LatencyStats, MetricsSnapshot};
+pub use result::{ResultEvent, Status, result_msg_id};
+pub use streams::Topology;
+pub use subject::{DeviceClass, JobSubject};
+
+/// Header carrying the job id into JetStream's duplicate detection.
+pub const HEADER_MSG_ID: &str = "Nats-Msg-Id";

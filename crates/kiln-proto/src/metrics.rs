@@ -1,0 +1,150 @@
+//! Metrics snapshots, published on `metrics.<kind>.<class>` (stream `KILN_METRICS`, latest
+//! per subject), and the latency histogram they carry.
+
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use hdrhistogram::Histogram;
+use hdrhistogram::serialization::{Deserializer, Serializer as _, V2Serializer};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+/// Latency summary of one measure (queue, compute or total time), in milliseconds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LatencyStats {
+    pub count: u64,
+    pub mean: f64,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+    /// The full histogram (HdrHistogram V2, base64), so that a restarted aggregator can
+    /// carry on from the last snapshot.
+    #[serde(default)]
+    pub hist: String,
+}
+
+/// Counts and latencies of one (kind, device class) pair, since the results stream began.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricsSnapshot {
+    pub kind: String,
+    pub class: String,
+    /// Distinct jobs finished.
+    pub jobs: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    /// Failed jobs by error kind.
+    #[serde(default)]
+    pub failures: BTreeMap<String, u64>,
+    /// Result events dropped because their job id was already counted.
+    #[serde(default)]
+    pub duplicates: u64,
+    /// Devices that ran these jobs, with their job counts.
+    #[serde(default)]
+    pub devices: BTreeMap<String, u64>,
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub first_finished_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub last_finished_at: Option<OffsetDateTime>,
+    /// Jobs per second between the first and the last finish.
+    pub throughput_per_s: f64,
+    /// Jobs per second since the previous snapshot.
+    pub recent_per_s: f64,
+    pub queue_ms: LatencyStats,
+    pub compute_ms: LatencyStats,
+    pub total_ms: LatencyStats,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+/// A latency histogram in microseconds, from 1 µs to about 3 days, 3 significant digits.
+#[derive(Debug, Clone)]
+pub struct Latency(Histogram<u64>);
+
+impl Default for Latency {
+    fn default() -> Self {
+        Self(Histogram::new_with_bounds(1, 1 << 38, 3).expect("static histogram bounds are valid"))
+    }
+}
+
+impl Latency {
+    /// Record one duration in milliseconds (negative or NaN values count as zero).
+    pub fn record_ms(&mut self, ms: f64) {
+        let micros = if ms.is_finite() && ms > 0.0 {
+            (ms * 1000.0) as u64
+        } else {
+            0
+        };
+        self.0.saturating_record(micros.max(1));
+    }
+
+    pub fn count(&self) -> u64 {
+        self.0.len()
+    }
+
+    /// The value at quantile `q` (0..=1) in milliseconds.
+    pub fn quantile_ms(&self, q: f64) -> f64 {
+        if self.0.is_empty() {
+            return 0.0;
+        }
+        self.0.value_at_quantile(q) as f64 / 1000.0
+    }
+
+    pub fn stats(&self) -> LatencyStats {
+        let mut bytes = Vec::new();
+        // Serialising into memory cannot fail for a valid histogram.
+        let hist = match V2Serializer::new().serialize(&self.0, &mut bytes) {
+            Ok(_) => base64::engine::general_purpose::STANDARD.encode(&bytes),
+            Err(_) => String::new(),
+        };
+        if self.0.is_empty() {
+            return LatencyStats {
+                hist,
+                ..LatencyStats::default()
+            };
+        }
+        LatencyStats {
+            count: self.0.len(),
+            mean: self.0.mean() / 1000.0,
+            p50: self.quantile_ms(0.5),
+            p90: self.quantile_ms(0.9),
+            p99: self.quantile_ms(0.99),
+            max: self.0.max() as f64 / 1000.0,
+            hist,
+        }
+    }
+
+    /// Rebuild a histogram from [`LatencyStats::hist`]; `None` when it is absent or corrupt.
+    pub fn from_stats(stats: &LatencyStats) -> Option<Self> {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(&stats.hist)
+            .ok()?;
+        let hist: Histogram<u64> = Deserializer::new()
+            .deserialize(&mut bytes.as_slice())
+            .ok()?;
+        let mut latency = Latency::default();
+        latency.0.add(&hist).ok()?;
+        Some(latency)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_and_round_trip() {
+        let mut latency = Latency::default();
+        for ms in 1..=100 {
+            latency.record_ms(ms as f64);
+        }
+        let stats = latency.stats();
+        assert_eq!(stats.count, 100);
+        assert!((stats.p50 - 50.0).abs() < 0.1, "{}", stats.p50);
+        assert!((stats.p99 - 99.0).abs() < 0.1, "{}", stats.p99);
+        assert!((stats.max - 100.0).abs() < 0.1, "{}", stats.max);
+        let back = Latency::from_stats(&stats).unwrap();
+        assert_eq!(back.count(), 100);
+        assert_eq!(back.stats().p90, stats.p90);
+    }
+}

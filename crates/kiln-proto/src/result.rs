@@ -1,0 +1,65 @@
+//! Result events, published on `results.<kind>` for every finished job.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::error::JobError;
+use crate::subject::DeviceClass;
+
+/// How a job ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Succeeded,
+    Failed,
+}
+
+/// One finished job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResultEvent {
+    pub id: String,
+    pub kind: String,
+    pub status: Status,
+    /// The device that ran it: `cpu`, `cuda:0`; `none` when the job never reached a device.
+    pub device: String,
+    /// The device class whose consumer delivered the job.
+    pub class: DeviceClass,
+    /// The worker's name.
+    pub worker: String,
+    /// Delivery attempt that produced this result, from 1.
+    pub attempt: u64,
+    /// When the job entered the stream.
+    #[serde(with = "time::serde::rfc3339")]
+    pub enqueued_at: OffsetDateTime,
+    /// When the worker started on it.
+    #[serde(with = "time::serde::rfc3339")]
+    pub started_at: OffsetDateTime,
+    /// When the worker finished it.
+    #[serde(with = "time::serde::rfc3339")]
+    pub finished_at: OffsetDateTime,
+    /// Time in the queue: from enqueue to start.
+    pub queue_ms: f64,
+    /// Time on the device, inputs and read-back included.
+    pub compute_ms: f64,
+    /// From enqueue to finish.
+    pub total_ms: f64,
+    /// Kind-specific output summary (shape, checksum, norms, loss curve …).
+    #[serde(default)]
+    pub output: serde_json::Value,
+    /// Why it failed, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<JobError>,
+}
+
+impl ResultEvent {
+    /// The `Nats-Msg-Id` of this result: derived from the job id, so that a job delivered
+    /// twice is stored (and counted) once.
+    pub fn msg_id(&self) -> String {
+        result_msg_id(&self.id)
+    }
+}
+
+/// The `Nats-Msg-Id` of the result of job `id`.
+pub fn result_msg_id(id: &str) -> String {
+    format!("result-{id}")
+}

@@ -1,0 +1,230 @@
+//! Stream and consumer definitions, created or updated idempotently by every kiln process.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{
+    self,
+    consumer::{AckPolicy, DeliverPolicy, pull},
+    stream::{self, DiscardPolicy, RetentionPolicy, StorageType},
+};
+
+pub const STREAM_JOBS: &str = "KILN_JOBS";
+pub const STREAM_RESULTS: &str = "KILN_RESULTS";
+pub const STREAM_METRICS: &str = "KILN_METRICS";
+pub const STREAM_DLQ: &str = "KILN_DLQ";
+
+pub const CONSUMER_WORKERS_GPU: &str = "workers-gpu";
+pub const CONSUMER_WORKERS_CPU: &str = "workers-cpu";
+pub const CONSUMER_SCHEDULER: &str = "scheduler";
+pub const CONSUMER_AGGREGATOR: &str = "aggregator";
+
+/// How long the job and result streams remember message ids to drop resubmissions.
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(10 * 60);
+
+/// Sizes and replication of kiln's streams; one per deployment.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    /// Stream and consumer replicas: 1 on a laptop, 3 on a cluster.
+    pub replicas: usize,
+    /// Most jobs waiting in `KILN_JOBS`; beyond it submitters are refused (discard new).
+    pub max_queued_jobs: i64,
+    /// Most bytes waiting in `KILN_JOBS`.
+    pub max_queued_bytes: i64,
+    /// How long result events are kept.
+    pub results_max_age: Duration,
+    /// Consumer ack wait: a job not acked (or progress-acked) in this time is redelivered.
+    pub ack_wait: Duration,
+    /// Deliveries of one job before it is given up.
+    pub max_deliver: i64,
+}
+
+impl Default for Topology {
+    fn default() -> Self {
+        Self {
+            replicas: 1,
+            max_queued_jobs: 1_000_000,
+            max_queued_bytes: 1 << 30,
+            results_max_age: Duration::from_secs(7 * 24 * 3600),
+            ack_wait: Duration::from_secs(30),
+            max_deliver: 5,
+        }
+    }
+}
+
+impl Topology {
+    pub fn jobs_stream(&self) -> stream::Config {
+        stream::Config {
+            name: STREAM_JOBS.into(),
+            description: Some("kiln jobs: jobs.<gpu|cpu|auto>.<kind>".into()),
+            subjects: vec!["jobs.>".into()],
+            retention: RetentionPolicy::WorkQueue,
+            storage: StorageType::File,
+            discard: DiscardPolicy::New,
+            max_messages: self.max_queued_jobs,
+            max_bytes: self.max_queued_bytes,
+            duplicate_window: DUPLICATE_WINDOW,
+            num_replicas: self.replicas,
+            ..Default::default()
+        }
+    }
+
+    pub fn results_stream(&self) -> stream::Config {
+        stream::Config {
+            name: STREAM_RESULTS.into(),
+            description: Some("kiln result events: results.<kind>".into()),
+            subjects: vec!["results.>".into()],
+            retention: RetentionPolicy::Limits,
+            storage: StorageType::File,
+            discard: DiscardPolicy::Old,
+            max_age: self.results_max_age,
+            max_bytes: 4 << 30,
+            duplicate_window: DUPLICATE_WINDOW,
+            num_replicas: self.replicas,
+            ..Default::default()
+        }
+    }
+
+    pub fn metrics_stream(&self) -> stream::Config {
+        stream::Config {
+            name: STREAM_METRICS.into(),
+            description: Some("kiln metrics snapshots: metrics.<kind>.<class>".into()),
+            subjects: vec!["metrics.>".into()],
+            retention: RetentionPolicy::Limits,
+            storage: StorageType::File,
+            discard: DiscardPolicy::Old,
+            max_messages_per_subject: 1,
+            allow_direct: true,
+            num_replicas: self.replicas,
+            ..Default::default()
+        }
+    }
+
+    pub fn dlq_stream(&self) -> stream::Config {
+        stream::Config {
+            name: STREAM_DLQ.into(),
+            description: Some("kiln dead letters: dlq.<kind>".into()),
+            subjects: vec!["dlq.>".into()],
+            retention: RetentionPolicy::Limits,
+            storage: StorageType::File,
+            discard: DiscardPolicy::Old,
+            max_age: Duration::from_secs(30 * 24 * 3600),
+            num_replicas: self.replicas,
+            ..Default::default()
+        }
+    }
+
+    /// A worker or scheduler consumer on `KILN_JOBS`.
+    pub fn jobs_consumer(&self, name: &str, filter: String) -> pull::Config {
+        pull::Config {
+            durable_name: Some(name.into()),
+            description: Some(format!("kiln {name}")),
+            filter_subject: filter,
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: self.ack_wait,
+            max_deliver: self.max_deliver,
+            max_ack_pending: 20_000,
+            num_replicas: self.replicas,
+            ..Default::default()
+        }
+    }
+
+    /// The aggregator's consumer on `KILN_RESULTS`. It acks a result only once a snapshot
+    /// that includes it is stored, so its ack wait spans several snapshot intervals.
+    pub fn aggregator_consumer(&self) -> pull::Config {
+        pull::Config {
+            durable_name: Some(CONSUMER_AGGREGATOR.into()),
+            description: Some("kiln aggregator".into()),
+            filter_subject: "results.>".into(),
+            deliver_policy: DeliverPolicy::All,
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(60),
+            max_ack_pending: 200_000,
+            num_replicas: self.replicas,
+            ..Default::default()
+        }
+    }
+}
+
+/// Errors from creating streams and consumers.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("could not create or update stream {stream}: {source}")]
+    Stream {
+        stream: &'static str,
+        #[source]
+        source: jetstream::context::CreateStreamError,
+    },
+    #[error("could not create or update consumer {consumer}: {source}")]
+    Consumer {
+        consumer: String,
+        #[source]
+        source: jetstream::stream::ConsumerError,
+    },
+    #[error("could not open stream {stream}: {source}")]
+    GetStream {
+        stream: &'static str,
+        #[source]
+        source: jetstream::context::GetStreamError,
+    },
+}
+
+/// Create or update every stream and consumer kiln uses. Safe to call from every process
+/// at every start.
+pub async fn ensure_all(js: &jetstream::Context, topology: &Topology) -> Result<(), SetupError> {
+    for config in [
+        topology.jobs_stream(),
+        topology.results_stream(),
+        topology.metrics_stream(),
+        topology.dlq_stream(),
+    ] {
+        let stream = stream_name(&config.name);
+        js.create_or_update_stream(config)
+            .await
+            .map_err(|source| SetupError::Stream { stream, source })?;
+    }
+    let jobs = get_stream(js, STREAM_JOBS).await?;
+    for class in [
+        crate::DeviceClass::Gpu,
+        crate::DeviceClass::Cpu,
+        crate::DeviceClass::Auto,
+    ] {
+        let config = topology.jobs_consumer(class.consumer(), crate::subject::jobs_of_class(class));
+        create_consumer(&jobs, config).await?;
+    }
+    let results = get_stream(js, STREAM_RESULTS).await?;
+    create_consumer(&results, topology.aggregator_consumer()).await?;
+    Ok(())
+}
+
+async fn get_stream(
+    js: &jetstream::Context,
+    name: &'static str,
+) -> Result<jetstream::stream::Stream, SetupError> {
+    js.get_stream(name)
+        .await
+        .map_err(|source| SetupError::GetStream {
+            stream: name,
+            source,
+        })
+}
+
+async fn create_consumer(
+    stream: &jetstream::stream::Stream,
+    config: pull::Config,
+) -> Result<(), SetupError> {
+    let consumer = config.durable_name.clone().unwrap_or_default();
+    stream
+        .create_consumer(config)
+        .await
+        .map(|_| ())
+        .map_err(|source| SetupError::Consumer { consumer, source })
+}
+
+fn stream_name(name: &str) -> &'static str {
+    match name {
+        STREAM_JOBS => STREAM_JOBS,
+        STREAM_RESULTS => STREAM_RESULTS,
+        STREAM_METRICS => STREAM_METRICS,
+        _ => STREAM_DLQ,
+    }
+}

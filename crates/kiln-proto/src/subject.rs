@@ -1,0 +1,123 @@
+//! Subject names: `jobs.<class>.<kind>`, `results.<kind>`, `metrics.<kind>.<class>`, `dlq.<kind>`.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+
+/// Where a job asks to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceClass {
+    Gpu,
+    Cpu,
+    Auto,
+}
+
+impl DeviceClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceClass::Gpu => "gpu",
+            DeviceClass::Cpu => "cpu",
+            DeviceClass::Auto => "auto",
+        }
+    }
+
+    /// The durable consumer that serves this class.
+    pub fn consumer(self) -> &'static str {
+        match self {
+            DeviceClass::Gpu => crate::streams::CONSUMER_WORKERS_GPU,
+            DeviceClass::Cpu => crate::streams::CONSUMER_WORKERS_CPU,
+            DeviceClass::Auto => crate::streams::CONSUMER_SCHEDULER,
+        }
+    }
+}
+
+impl fmt::Display for DeviceClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for DeviceClass {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        match s {
+            "gpu" => Ok(DeviceClass::Gpu),
+            "cpu" => Ok(DeviceClass::Cpu),
+            "auto" => Ok(DeviceClass::Auto),
+            other => Err(Error::DeviceClass(other.to_owned())),
+        }
+    }
+}
+
+/// `jobs.<class>.<kind>`
+pub fn job(class: DeviceClass, kind: &str) -> String {
+    format!("jobs.{class}.{kind}")
+}
+
+/// `jobs.<class>.>`: every job of a class.
+pub fn jobs_of_class(class: DeviceClass) -> String {
+    format!("jobs.{class}.>")
+}
+
+/// `results.<kind>`
+pub fn result(kind: &str) -> String {
+    format!("results.{kind}")
+}
+
+/// `metrics.<kind>.<class>`
+pub fn metrics(kind: &str, class: &str) -> String {
+    format!("metrics.{kind}.{class}")
+}
+
+/// `dlq.<kind>`
+pub fn dlq(kind: &str) -> String {
+    format!("dlq.{kind}")
+}
+
+/// A job subject taken apart. The kind is kept as written: whether it names a known kind
+/// is the worker's question, answered with an `invalid_input` result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobSubject<'a> {
+    pub class: DeviceClass,
+    pub kind: &'a str,
+}
+
+impl<'a> JobSubject<'a> {
+    pub fn parse(subject: &'a str) -> Result<Self, Error> {
+        let mut parts = subject.splitn(3, '.');
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some("jobs"), Some(class), Some(kind)) if !kind.is_empty() => Ok(JobSubject {
+                class: class.parse()?,
+                kind,
+            }),
+            _ => Err(Error::Subject(subject.to_owned())),
+        }
+    }
+}
+
+/// A name safe to use as a single subject token (kinds, worker names).
+pub fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builds_and_parses_job_subjects() {
+        assert_eq!(job(DeviceClass::Cpu, "matmul"), "jobs.cpu.matmul");
+        let parsed = JobSubject::parse("jobs.gpu.conv2d").unwrap();
+        assert_eq!(parsed.class, DeviceClass::Gpu);
+        assert_eq!(parsed.kind, "conv2d");
+        assert!(JobSubject::parse("jobs.tpu.matmul").is_err());
+        assert!(JobSubject::parse("results.matmul").is_err());
+        assert_eq!(metrics("matmul", "cpu"), "metrics.matmul.cpu");
+    }
+}
