@@ -1,1 +1,329 @@
-//! `conv2d` (being written).
+//! `conv2d`: filters an image batch channel by channel (depthwise, groups = channels) with zero
+//! "same" padding, so the output has the input's shape.
+//!
+//! Like PyTorch's and Burn's `conv2d`, the kernel is applied as a cross-correlation (not
+//! flipped): output(y, x) = Σ kernel(i, j) · input(y + i − kh/2, x + j − kw/2), with pixels
+//! outside the image read as zero.
+//!
+//! Named filters:
+//! - `gaussian` (the default): 5×5, σ = 1, normalised to sum 1 (a blur);
+//! - `sobel`: edge magnitude √(gx² + gy²) of the 3×3 Sobel derivatives
+//!   gx = [[-1,0,1],[-2,0,2],[-1,0,1]] and gy = gxᵀ, both computed by one convolution;
+//! - `sharpen`: 3×3 [[0,-1,0],[-1,5,-1],[0,-1,0]];
+//! - `box`: 3×3 mean.
+//!
+//! Generated images are `seeded_values(seed, 0, b*c*h*w)` mapped to [0, 1), laid out
+//! [batch][channel][row][column].
+
+use burn::tensor::{Tensor, TensorData, backend::Backend, module::conv2d, ops::ConvOptions};
+use kiln_proto::{JobError, Limits, checked_product};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::{Kernel, Plan, RunContext, Summary, seeded_values};
+
+/// Largest side of a user-given kernel.
+pub const MAX_KERNEL_SIZE: usize = 31;
+
+/// The named filters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Filter {
+    /// 5×5 Gaussian blur, σ = 1.
+    #[default]
+    Gaussian,
+    /// Edge magnitude from the 3×3 Sobel derivatives.
+    Sobel,
+    /// 3×3 sharpening.
+    Sharpen,
+    /// 3×3 mean.
+    Box,
+}
+
+impl Filter {
+    /// The name used in parameters and outputs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Filter::Gaussian => "gaussian",
+            Filter::Sobel => "sobel",
+            Filter::Sharpen => "sharpen",
+            Filter::Box => "box",
+        }
+    }
+
+    /// The kernels this filter convolves with (two for sobel: gx, then gy), row-major.
+    fn kernels(self) -> (usize, Vec<Vec<f32>>) {
+        match self {
+            Filter::Gaussian => {
+                let g: Vec<f64> = (-2i32..=2)
+                    .flat_map(|y| (-2i32..=2).map(move |x| (-((x * x + y * y) as f64) / 2.0).exp()))
+                    .collect();
+                let sum: f64 = g.iter().sum();
+                (5, vec![g.iter().map(|v| (v / sum) as f32).collect()])
+            }
+            Filter::Sobel => (
+                3,
+                vec![
+                    vec![-1.0, 0.0, 1.0, -2.0, 0.0, 2.0, -1.0, 0.0, 1.0],
+                    vec![-1.0, -2.0, -1.0, 0.0, 0.0, 0.0, 1.0, 2.0, 1.0],
+                ],
+            ),
+            Filter::Sharpen => (
+                3,
+                vec![vec![0.0, -1.0, 0.0, -1.0, 5.0, -1.0, 0.0, -1.0, 0.0]],
+            ),
+            Filter::Box => (3, vec![vec![1.0 / 9.0; 9]]),
+        }
+    }
+}
+
+/// Generated: `{"batch": 1, "channels": 3, "height": 256, "width": 256, "filter": "sobel"}`.
+/// Given: `{"image": [[[..]]], "filter": ..}` or `{"image": .., "kernel": [[..]]}`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Params {
+    /// Images in the generated batch (default 1).
+    #[serde(default)]
+    pub batch: Option<u64>,
+    /// Channels per image (default 3).
+    #[serde(default)]
+    pub channels: Option<u64>,
+    /// Rows per image (default 256).
+    #[serde(default)]
+    pub height: Option<u64>,
+    /// Columns per image (default 256).
+    #[serde(default)]
+    pub width: Option<u64>,
+    /// A named filter (default gaussian).
+    #[serde(default)]
+    pub filter: Option<Filter>,
+    /// A user kernel instead of a named filter: odd square size up to 31, finite values.
+    #[serde(default)]
+    pub kernel: Option<Vec<Vec<f32>>>,
+    /// A user image instead of a generated batch, shaped [channels][height][width].
+    #[serde(default)]
+    pub image: Option<Vec<Vec<Vec<f32>>>>,
+}
+
+/// Default sizes of a generated batch.
+const DEFAULT_BATCH: u64 = 1;
+const DEFAULT_CHANNELS: u64 = 3;
+const DEFAULT_SIDE: u64 = 256;
+
+/// Sizes and filter of one job, validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Shape {
+    batch: u64,
+    channels: u64,
+    height: u64,
+    width: u64,
+    /// Side of the (square) kernel.
+    ksize: u64,
+    /// Convolutions per channel: 2 for sobel, else 1.
+    passes: u64,
+}
+
+impl Params {
+    fn shape(&self) -> Result<Shape, JobError> {
+        let (ksize, passes) = match (&self.filter, &self.kernel) {
+            (Some(_), Some(_)) => {
+                return Err(JobError::invalid_input(
+                    "conv2d takes either a named \"filter\" or a \"kernel\", not both",
+                ));
+            }
+            (_, Some(kernel)) => (check_kernel(kernel)? as u64, 1),
+            (filter, None) => {
+                let filter = filter.unwrap_or_default();
+                let (size, kernels) = filter.kernels();
+                (size as u64, kernels.len() as u64)
+            }
+        };
+        let (batch, channels, height, width) = match &self.image {
+            Some(image) => {
+                let (c, h, w) = image_shape(image)?;
+                for (name, given, actual) in [
+                    ("batch", self.batch, 1),
+                    ("channels", self.channels, c),
+                    ("height", self.height, h),
+                    ("width", self.width, w),
+                ] {
+                    if given.is_some_and(|g| g != actual) {
+                        return Err(JobError::invalid_input(format!(
+                            "conv2d {name} {} disagrees with the given image's {actual}; \
+                             leave the sizes out when sending an image",
+                            given.unwrap_or_default()
+                        )));
+                    }
+                }
+                (1, c, h, w)
+            }
+            None => (
+                self.batch.unwrap_or(DEFAULT_BATCH),
+                self.channels.unwrap_or(DEFAULT_CHANNELS),
+                self.height.unwrap_or(DEFAULT_SIDE),
+                self.width.unwrap_or(DEFAULT_SIDE),
+            ),
+        };
+        if batch == 0 || channels == 0 || height == 0 || width == 0 {
+            return Err(JobError::invalid_input(format!(
+                "conv2d needs batch, channels, height and width >= 1, got \
+                 {batch}x{channels}x{height}x{width}"
+            )));
+        }
+        Ok(Shape {
+            batch,
+            channels,
+            height,
+            width,
+            ksize,
+            passes,
+        })
+    }
+
+    /// The filter's name in outputs, and its kernels (row-major, one or two).
+    fn kernels(&self) -> (&'static str, usize, Vec<Vec<f32>>) {
+        match &self.kernel {
+            Some(kernel) => ("kernel", kernel.len(), vec![kernel.concat()]),
+            None => {
+                let filter = self.filter.unwrap_or_default();
+                let (size, kernels) = filter.kernels();
+                (filter.as_str(), size, kernels)
+            }
+        }
+    }
+}
+
+/// Side of a user kernel, refusing non-square, even, too large and non-finite ones.
+fn check_kernel(kernel: &[Vec<f32>]) -> Result<usize, JobError> {
+    let size = kernel.len();
+    if size == 0 || size % 2 == 0 || size > MAX_KERNEL_SIZE {
+        return Err(JobError::invalid_input(format!(
+            "conv2d kernel must be square with an odd side from 1 to {MAX_KERNEL_SIZE}, got {size} rows"
+        )));
+    }
+    if let Some((i, row)) = kernel.iter().enumerate().find(|(_, r)| r.len() != size) {
+        return Err(JobError::invalid_input(format!(
+            "conv2d kernel must be square: it has {size} rows but row {i} has {} values",
+            row.len()
+        )));
+    }
+    if kernel.iter().flatten().any(|v| !v.is_finite()) {
+        return Err(JobError::invalid_input(
+            "conv2d kernel values must be finite numbers",
+        ));
+    }
+    Ok(size)
+}
+
+/// Channels, rows and columns of a user image, refusing empty and ragged ones.
+fn image_shape(image: &[Vec<Vec<f32>>]) -> Result<(u64, u64, u64), JobError> {
+    let height = image.first().map_or(0, Vec::len);
+    let width = image.first().and_then(|c| c.first()).map_or(0, Vec::len);
+    if height == 0 || width == 0 {
+        return Err(JobError::invalid_input(
+            "conv2d image is empty; give it as [channels][height][width] with at least one pixel",
+        ));
+    }
+    for (c, channel) in image.iter().enumerate() {
+        if channel.len() != height {
+            return Err(JobError::invalid_input(format!(
+                "conv2d image is ragged: channel 0 has {height} rows but channel {c} has {}",
+                channel.len()
+            )));
+        }
+        if let Some((y, row)) = channel.iter().enumerate().find(|(_, r)| r.len() != width) {
+            return Err(JobError::invalid_input(format!(
+                "conv2d image is ragged: rows have {width} pixels but channel {c} row {y} has {}",
+                row.len()
+            )));
+        }
+    }
+    Ok((image.len() as u64, height as u64, width as u64))
+}
+
+pub struct Conv2d;
+
+impl Kernel for Conv2d {
+    const NAME: &'static str = "conv2d";
+    const SUMMARY: &'static str =
+        "filters an image batch per channel (gaussian, sobel, sharpen, box or a given kernel)";
+    const PARAMS_HELP: &'static str = "batch: images in the generated batch (1)\n\
+         channels: channels per image (3)\n\
+         height, width: image size in pixels (256, 256)\n\
+         filter: gaussian (5x5, sigma 1), sobel (edge magnitude), sharpen or box (gaussian)\n\
+         kernel: a square kernel with an odd side up to 31, instead of filter\n\
+         image: the image itself as [channels][height][width], instead of the sizes";
+    type Params = Params;
+
+    fn plan(params: &Params, _limits: &Limits) -> Result<Plan, JobError> {
+        let s = params.shape()?;
+        let what = "conv2d";
+        let pixels = checked_product(what, &[s.batch, s.channels, s.height, s.width])?;
+        // Input and output, plus the passes' intermediate maps for sobel, plus the weights.
+        let maps = if s.passes > 1 { 2 + s.passes } else { 2 };
+        let weights = checked_product(what, &[s.channels, s.passes, s.ksize, s.ksize])?;
+        let elements = checked_product(what, &[pixels, maps])?
+            .checked_add(weights)
+            .ok_or_else(|| {
+                JobError::too_large("conv2d sizes overflow a 64-bit element count")
+            })?;
+        Ok(Plan {
+            elements,
+            flops: 2.0 * pixels as f64 * (s.ksize * s.ksize * s.passes) as f64,
+        })
+    }
+
+    fn run<B: Backend>(
+        params: &Params,
+        ctx: &RunContext<'_, B>,
+    ) -> Result<serde_json::Value, JobError> {
+        let s = params.shape()?;
+        let [b, c, h, w] = [s.batch, s.channels, s.height, s.width].map(|d| d as usize);
+        let pixels = match &params.image {
+            Some(image) => image.iter().flatten().flatten().copied().collect(),
+            None => seeded_values(ctx.seed, 0, b * c * h * w)
+                .into_iter()
+                .map(|v| (v + 1.0) / 2.0)
+                .collect(),
+        };
+        let (name, k, kernels) = params.kernels();
+        let passes = kernels.len();
+        let input = Tensor::<B, 4>::from_data(TensorData::new(pixels, [b, c, h, w]), &ctx.device);
+
+        // Depthwise: output channel `ch * passes + p` is pass `p` over input channel `ch`.
+        let weights: Vec<f32> = (0..c).flat_map(|_| kernels.concat()).collect();
+        let weights =
+            Tensor::<B, 4>::from_data(TensorData::new(weights, [c * passes, 1, k, k]), &ctx.device);
+        let options = ConvOptions::new([1, 1], [k / 2, k / 2], [1, 1], c);
+        let output = conv2d(input, weights, None, options);
+        let output = if passes > 1 {
+            // Sobel: √(gx² + gy²) per channel.
+            output
+                .reshape([b, c, passes, h, w])
+                .square()
+                .sum_dim(2)
+                .sqrt()
+                .reshape([b, c, h, w])
+        } else {
+            output
+        };
+
+        let values = output
+            .into_data()
+            .into_vec::<f32>()
+            .map_err(|e| JobError::internal(format!("reading conv2d output: {e:?}")))?;
+        let mut out = json!({
+            "shape": [b, c, h, w],
+            "filter": name,
+            "summary": Summary::of(&values),
+        });
+        if b == 1 && values.len() <= ctx.limits.max_inline_output {
+            let image: Vec<Vec<&[f32]>> = values
+                .chunks(h * w)
+                .map(|channel| channel.chunks(w).collect())
+                .collect();
+            out["image"] = json!(image);
+        }
+        Ok(out)
+    }
+}

@@ -166,6 +166,15 @@ pub struct KindEntry {
     pub params_help: &'static str,
     decode: fn(&'static KindEntry, Codec, &[u8], &Limits) -> Result<DecodedJob, JobError>,
     check_params: fn(serde_json::Value, &Limits) -> Result<Plan, JobError>,
+    encode: fn(serde_json::Value, JobMeta, Codec) -> Result<Vec<u8>, JobError>,
+}
+
+/// The envelope fields of a job being built by a client.
+#[derive(Debug, Clone, Default)]
+pub struct JobMeta {
+    pub id: Option<String>,
+    pub seed: Option<u64>,
+    pub timeout_ms: Option<u64>,
 }
 
 impl KindEntry {
@@ -176,6 +185,7 @@ impl KindEntry {
             params_help: K::PARAMS_HELP,
             decode: decode::<K>,
             check_params: check_params::<K>,
+            encode: encode::<K>,
         }
     }
 
@@ -196,6 +206,18 @@ impl KindEntry {
         limits: &Limits,
     ) -> Result<Plan, JobError> {
         (self.check_params)(params, limits)
+    }
+
+    /// Build a job body of this kind from JSON parameters, in either codec. The parameters
+    /// are checked (unknown fields, wrong types, inconsistent values); size limits are
+    /// left to the worker, whose limits are the ones that count.
+    pub fn encode_job(
+        &self,
+        params: serde_json::Value,
+        meta: JobMeta,
+        codec: Codec,
+    ) -> Result<Vec<u8>, JobError> {
+        (self.encode)(params, meta, codec)
     }
 }
 
@@ -236,4 +258,28 @@ fn check_params<K: Kernel>(params: serde_json::Value, limits: &Limits) -> Result
     let plan = K::plan(&params, limits)?;
     limits.check_elements(K::NAME, plan.elements)?;
     Ok(plan)
+}
+
+fn encode<K: Kernel>(
+    params: serde_json::Value,
+    meta: JobMeta,
+    codec: Codec,
+) -> Result<Vec<u8>, JobError> {
+    let params: K::Params = serde_json::from_value(params)
+        .map_err(|e| JobError::invalid_input(format!("{} params: {e}", K::NAME)))?;
+    let unlimited = Limits {
+        max_elements: u64::MAX,
+        max_payload_bytes: usize::MAX,
+        max_inline_output: 0,
+    };
+    K::plan(&params, &unlimited)?;
+    let job = Job {
+        id: meta.id,
+        params,
+        timeout_ms: meta.timeout_ms,
+        seed: meta.seed,
+    };
+    codec
+        .encode("job", &job)
+        .map_err(|e| JobError::internal(e.to_string()))
 }

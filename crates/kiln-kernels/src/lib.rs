@@ -25,7 +25,7 @@ pub mod vector_add;
 pub use data::{Summary, seeded_values};
 pub use device::{ComputeDevice, CpuBackend, CudaBackend, cuda_device_count};
 pub use kernel::{
-    Checkpoint, DecodedJob, Kernel, KindEntry, NoCheckpoint, Plan, Progress, RunContext,
+    Checkpoint, DecodedJob, JobMeta, Kernel, KindEntry, NoCheckpoint, Plan, Progress, RunContext,
 };
 
 /// The kind registry: one entry per job kind. Adding a kind = one module + one line here.
@@ -37,7 +37,10 @@ macro_rules! registry {
 }
 
 registry! {
+    matmul::Matmul,
     vector_add::VectorAdd,
+    conv2d::Conv2d,
+    train_mlp::TrainMlp,
 }
 
 /// The registry entry of the kind called `name`.

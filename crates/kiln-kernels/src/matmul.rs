@@ -1,1 +1,213 @@
-//! `matmul` (being written).
+//! `matmul`: C = A·B, f32 everywhere, bf16 or f16 on GPUs.
+//!
+//! Generated inputs: A = `seeded_values(seed, 0, m*k)` and B = `seeded_values(seed, 1, k*n)`,
+//! both row-major, so every backend multiplies the same matrices. A size left out of
+//! `{"m", "k", "n"}` takes the value of `n`; without `n`, of `m`; without both, of `k`:
+//! `{"n": 512}` is a 512³ product and `{"m": 64, "n": 512}` multiplies 64×512 by 512×512.
+
+use burn::tensor::{FloatDType, Tensor, TensorData, backend::Backend};
+use kiln_proto::{JobError, Limits, checked_product};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::{Kernel, Plan, RunContext, Summary, seeded_values};
+
+/// The element type the product is computed in. Inputs and outputs travel as f32.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dtype {
+    /// 32-bit floats (on NVIDIA GPUs Burn uses tensor cores at TF32-like precision).
+    #[default]
+    F32,
+    /// bfloat16 inputs and output, GPU only.
+    Bf16,
+    /// IEEE half-precision inputs and output, GPU only.
+    F16,
+}
+
+impl Dtype {
+    /// The name used in parameters and outputs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dtype::F32 => "f32",
+            Dtype::Bf16 => "bf16",
+            Dtype::F16 => "f16",
+        }
+    }
+
+    fn burn_dtype(self) -> Option<FloatDType> {
+        match self {
+            Dtype::F32 => None,
+            Dtype::Bf16 => Some(FloatDType::BF16),
+            Dtype::F16 => Some(FloatDType::F16),
+        }
+    }
+}
+
+/// `{"m": 512, "k": 512, "n": 512}` (generated from the seed; `{"n": 512}` is square) or
+/// `{"a": [[..]], "b": [[..]]}`, with an optional `"dtype"`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Params {
+    /// Rows of A and C.
+    #[serde(default)]
+    pub m: Option<u64>,
+    /// Columns of A, rows of B.
+    #[serde(default)]
+    pub k: Option<u64>,
+    /// Columns of B and C.
+    #[serde(default)]
+    pub n: Option<u64>,
+    /// Element type of the product (default f32).
+    #[serde(default)]
+    pub dtype: Option<Dtype>,
+    /// A, row by row (instead of sizes).
+    #[serde(default)]
+    pub a: Option<Vec<Vec<f32>>>,
+    /// B, row by row (instead of sizes).
+    #[serde(default)]
+    pub b: Option<Vec<Vec<f32>>>,
+}
+
+/// The sizes of one product: A is m×k, B is k×n, C is m×n.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Dims {
+    m: u64,
+    k: u64,
+    n: u64,
+}
+
+impl Params {
+    fn dims(&self) -> Result<Dims, JobError> {
+        let sized = self.m.is_some() || self.k.is_some() || self.n.is_some();
+        match (&self.a, &self.b) {
+            (Some(a), Some(b)) if !sized => {
+                let (m, k) = matrix_shape("a", a)?;
+                let (k_b, n) = matrix_shape("b", b)?;
+                if k != k_b {
+                    return Err(JobError::invalid_input(format!(
+                        "matmul needs a's columns to equal b's rows, got a {m}x{k} and b {k_b}x{n}"
+                    )));
+                }
+                Ok(Dims { m, k, n })
+            }
+            (None, None) if sized => {
+                let fallback = self.n.or(self.m).or(self.k).unwrap_or(0);
+                let dims = Dims {
+                    m: self.m.unwrap_or(fallback),
+                    k: self.k.unwrap_or(fallback),
+                    n: self.n.unwrap_or(fallback),
+                };
+                if dims.m == 0 || dims.k == 0 || dims.n == 0 {
+                    return Err(JobError::invalid_input(format!(
+                        "matmul needs m, k and n >= 1, got m={} k={} n={}",
+                        dims.m, dims.k, dims.n
+                    )));
+                }
+                Ok(dims)
+            }
+            (Some(_), Some(_)) => Err(JobError::invalid_input(
+                "matmul takes either sizes (m, k, n) or matrices (a, b), not both",
+            )),
+            _ => Err(JobError::invalid_input(
+                "matmul needs sizes (\"n\", or \"m\", \"k\", \"n\") or both matrices \"a\" and \"b\"",
+            )),
+        }
+    }
+}
+
+/// Rows and columns of a user-given matrix, refusing empty and ragged ones.
+fn matrix_shape(name: &str, rows: &[Vec<f32>]) -> Result<(u64, u64), JobError> {
+    let cols = rows.first().map_or(0, Vec::len);
+    if cols == 0 {
+        return Err(JobError::invalid_input(format!(
+            "matmul matrix {name} is empty; give at least one row with at least one value"
+        )));
+    }
+    if let Some((i, row)) = rows.iter().enumerate().find(|(_, r)| r.len() != cols) {
+        return Err(JobError::invalid_input(format!(
+            "matmul matrix {name} is ragged: row 0 has {cols} values but row {i} has {}",
+            row.len()
+        )));
+    }
+    Ok((rows.len() as u64, cols as u64))
+}
+
+pub struct Matmul;
+
+impl Kernel for Matmul {
+    const NAME: &'static str = "matmul";
+    const SUMMARY: &'static str = "C = A·B, matrix product in f32, bf16 or f16";
+    const PARAMS_HELP: &'static str = "n: columns of B and C; alone, the size of a square product (512 if in doubt)\n\
+         m: rows of A and C (default n)\n\
+         k: columns of A, rows of B (default n)\n\
+         dtype: f32, or bf16/f16 on GPU workers (f32)\n\
+         a, b: the matrices themselves as rows (instead of m, k, n)";
+    type Params = Params;
+
+    fn plan(params: &Params, _limits: &Limits) -> Result<Plan, JobError> {
+        let Dims { m, k, n } = params.dims()?;
+        let what = "matmul";
+        let elements = [
+            checked_product(what, &[m, k])?,
+            checked_product(what, &[k, n])?,
+            checked_product(what, &[m, n])?,
+        ]
+        .into_iter()
+        .try_fold(0u64, |acc, e| acc.checked_add(e))
+        .ok_or_else(|| {
+            JobError::too_large(format!(
+                "matmul sizes m={m} k={k} n={n} overflow a 64-bit element count"
+            ))
+        })?;
+        Ok(Plan {
+            elements,
+            flops: 2.0 * m as f64 * k as f64 * n as f64,
+        })
+    }
+
+    fn run<B: Backend>(
+        params: &Params,
+        ctx: &RunContext<'_, B>,
+    ) -> Result<serde_json::Value, JobError> {
+        let dtype = params.dtype.unwrap_or_default();
+        if dtype != Dtype::F32 && !ctx.is_gpu {
+            return Err(JobError::invalid_input(format!(
+                "dtype {} needs a GPU worker; submit to jobs.gpu.matmul or use f32",
+                dtype.as_str()
+            )));
+        }
+        let Dims { m, k, n } = params.dims()?;
+        let (m, k, n) = (m as usize, k as usize, n as usize);
+        let (a, b) = match (&params.a, &params.b) {
+            (Some(a), Some(b)) => (a.concat(), b.concat()),
+            _ => (
+                seeded_values(ctx.seed, 0, m * k),
+                seeded_values(ctx.seed, 1, k * n),
+            ),
+        };
+        let a = Tensor::<B, 2>::from_data(TensorData::new(a, [m, k]), &ctx.device);
+        let b = Tensor::<B, 2>::from_data(TensorData::new(b, [k, n]), &ctx.device);
+        let c = match dtype.burn_dtype() {
+            None => a.matmul(b),
+            Some(low) => a
+                .cast(low)
+                .matmul(b.cast(low))
+                .cast(FloatDType::F32),
+        };
+        let c = c
+            .into_data()
+            .into_vec::<f32>()
+            .map_err(|e| JobError::internal(format!("reading matmul output: {e:?}")))?;
+        let mut out = json!({
+            "shape": [m, n],
+            "dtype": dtype.as_str(),
+            "summary": Summary::of(&c),
+        });
+        if m * n <= ctx.limits.max_inline_output {
+            let rows: Vec<&[f32]> = c.chunks(n).collect();
+            out["c"] = json!(rows);
+        }
+        Ok(out)
+    }
+}

@@ -228,3 +228,34 @@ fn stream_name(name: &str) -> &'static str {
         _ => STREAM_DLQ,
     }
 }
+
+/// The latest snapshot of every `metrics.<kind>.<class>` subject, sorted by kind then
+/// class. Snapshots that do not parse are skipped.
+pub async fn latest_metrics(
+    js: &jetstream::Context,
+) -> Result<Vec<crate::MetricsSnapshot>, String> {
+    use futures_util::TryStreamExt as _;
+    let stream = js
+        .get_stream(STREAM_METRICS)
+        .await
+        .map_err(|e| e.to_string())?;
+    let subjects: Vec<(String, usize)> = stream
+        .info_with_subjects("metrics.>")
+        .await
+        .map_err(|e| e.to_string())?
+        .try_collect()
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut snapshots = Vec::with_capacity(subjects.len());
+    for (subject, _count) in subjects {
+        let message = stream
+            .direct_get_last_for_subject(subject)
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Ok(snapshot) = serde_json::from_slice::<crate::MetricsSnapshot>(&message.payload) {
+            snapshots.push(snapshot);
+        }
+    }
+    snapshots.sort_by(|a, b| (&a.kind, &a.class).cmp(&(&b.kind, &b.class)));
+    Ok(snapshots)
+}

@@ -1,1 +1,22 @@
-//! kiln-worker
+//! kiln's stateless worker: pull a job from its device class's consumer, validate it, run
+//! it on a Burn backend off the async executor, publish the result event, wait for the
+//! server's acknowledgement of that event, and only then ack the job.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), kiln_worker::Error> {
+//! use kiln_worker::{WorkerConfig, run};
+//! let client = async_nats::connect("nats://127.0.0.1:4222").await.unwrap();
+//! let config = WorkerConfig::new(kiln_kernels::ComputeDevice::Cpu);
+//! let stats = run(client, config, tokio::signal::ctrl_c()).await?;
+//! println!("served {} jobs", stats.succeeded + stats.failed);
+//! # Ok(()) }
+//! ```
+
+mod config;
+mod error;
+mod handle;
+mod worker;
+
+pub use config::WorkerConfig;
+pub use error::{Error, Result};
+pub use worker::{WorkerStats, run};

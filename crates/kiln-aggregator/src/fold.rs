@@ -1,0 +1,222 @@
+//! The fold itself: pure, so that it is tested without a server.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+
+use kiln_proto::{Latency, MetricsSnapshot, ResultEvent, Status};
+use time::OffsetDateTime;
+
+/// Counts and latencies of one (kind, class).
+#[derive(Debug, Clone, Default)]
+pub struct Fold {
+    pub jobs: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub failures: BTreeMap<String, u64>,
+    pub duplicates: u64,
+    pub devices: BTreeMap<String, u64>,
+    pub first_finished_at: Option<OffsetDateTime>,
+    pub last_finished_at: Option<OffsetDateTime>,
+    pub queue: Latency,
+    pub compute: Latency,
+    pub total: Latency,
+    jobs_at_last_snapshot: u64,
+    last_snapshot_at: Option<OffsetDateTime>,
+    dirty: bool,
+}
+
+impl Fold {
+    fn add(&mut self, event: &ResultEvent) {
+        self.jobs += 1;
+        match event.status {
+            Status::Succeeded => self.succeeded += 1,
+            Status::Failed => {
+                self.failed += 1;
+                let kind = event
+                    .error
+                    .as_ref()
+                    .map_or("unknown".to_owned(), |e| e.kind.to_string());
+                *self.failures.entry(kind).or_default() += 1;
+            }
+        }
+        *self.devices.entry(event.device.clone()).or_default() += 1;
+        let at = event.finished_at;
+        self.first_finished_at = Some(self.first_finished_at.map_or(at, |f| f.min(at)));
+        self.last_finished_at = Some(self.last_finished_at.map_or(at, |l| l.max(at)));
+        self.queue.record_ms(event.queue_ms);
+        self.compute.record_ms(event.compute_ms);
+        self.total.record_ms(event.total_ms);
+        self.dirty = true;
+    }
+
+    fn snapshot(&mut self, kind: &str, class: &str, now: OffsetDateTime) -> MetricsSnapshot {
+        let span = match (self.first_finished_at, self.last_finished_at) {
+            (Some(first), Some(last)) => (last - first).as_seconds_f64(),
+            _ => 0.0,
+        };
+        let throughput_per_s = if span > 0.0 {
+            (self.jobs.saturating_sub(1)) as f64 / span
+        } else {
+            0.0
+        };
+        let recent_per_s = match self.last_snapshot_at {
+            Some(at) if (now - at).as_seconds_f64() > 0.0 => {
+                (self.jobs - self.jobs_at_last_snapshot) as f64 / (now - at).as_seconds_f64()
+            }
+            _ => 0.0,
+        };
+        self.jobs_at_last_snapshot = self.jobs;
+        self.last_snapshot_at = Some(now);
+        self.dirty = false;
+        MetricsSnapshot {
+            kind: kind.to_owned(),
+            class: class.to_owned(),
+            jobs: self.jobs,
+            succeeded: self.succeeded,
+            failed: self.failed,
+            failures: self.failures.clone(),
+            duplicates: self.duplicates,
+            devices: self.devices.clone(),
+            first_finished_at: self.first_finished_at,
+            last_finished_at: self.last_finished_at,
+            throughput_per_s,
+            recent_per_s,
+            queue_ms: self.queue.stats(),
+            compute_ms: self.compute.stats(),
+            total_ms: self.total.stats(),
+            updated_at: now,
+        }
+    }
+
+    /// Carry on from a stored snapshot.
+    pub fn restore(snapshot: &MetricsSnapshot) -> Self {
+        Fold {
+            jobs: snapshot.jobs,
+            succeeded: snapshot.succeeded,
+            failed: snapshot.failed,
+            failures: snapshot.failures.clone(),
+            duplicates: snapshot.duplicates,
+            devices: snapshot.devices.clone(),
+            first_finished_at: snapshot.first_finished_at,
+            last_finished_at: snapshot.last_finished_at,
+            queue: Latency::from_stats(&snapshot.queue_ms).unwrap_or_default(),
+            compute: Latency::from_stats(&snapshot.compute_ms).unwrap_or_default(),
+            total: Latency::from_stats(&snapshot.total_ms).unwrap_or_default(),
+            jobs_at_last_snapshot: snapshot.jobs,
+            last_snapshot_at: Some(snapshot.updated_at),
+            dirty: false,
+        }
+    }
+}
+
+/// Job ids remembered to drop duplicate result events: the newest this many.
+const SEEN_CAPACITY: usize = 1 << 20;
+
+/// Every (kind, class) fold, plus the ids already counted.
+#[derive(Debug, Default)]
+pub struct Folds {
+    folds: BTreeMap<(String, String), Fold>,
+    seen: HashSet<String>,
+    seen_order: VecDeque<String>,
+}
+
+impl Folds {
+    /// Count one result event; returns false when its job id was already counted.
+    pub fn add(&mut self, event: &ResultEvent) -> bool {
+        let key = (event.kind.clone(), event.class.to_string());
+        if !self.seen.insert(event.id.clone()) {
+            let fold = self.folds.entry(key).or_default();
+            fold.duplicates += 1;
+            fold.dirty = true;
+            return false;
+        }
+        self.seen_order.push_back(event.id.clone());
+        if self.seen_order.len() > SEEN_CAPACITY {
+            if let Some(old) = self.seen_order.pop_front() {
+                self.seen.remove(&old);
+            }
+        }
+        self.folds.entry(key).or_default().add(event);
+        true
+    }
+
+    pub fn restore(&mut self, snapshot: &MetricsSnapshot) {
+        self.folds.insert(
+            (snapshot.kind.clone(), snapshot.class.clone()),
+            Fold::restore(snapshot),
+        );
+    }
+
+    pub fn get(&self, kind: &str, class: &str) -> Option<&Fold> {
+        self.folds.get(&(kind.to_owned(), class.to_owned()))
+    }
+
+    /// Snapshots of every fold that changed since the last call.
+    pub fn snapshots(&mut self, now: OffsetDateTime) -> Vec<MetricsSnapshot> {
+        self.folds
+            .iter_mut()
+            .filter(|(_, fold)| fold.dirty)
+            .map(|((kind, class), fold)| fold.snapshot(kind, class, now))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_proto::{DeviceClass, ErrorKind, JobError};
+
+    fn event(id: &str, status: Status, total_ms: f64) -> ResultEvent {
+        let now = OffsetDateTime::now_utc();
+        ResultEvent {
+            id: id.into(),
+            kind: "vector_add".into(),
+            status,
+            device: "cpu".into(),
+            class: DeviceClass::Cpu,
+            worker: "w".into(),
+            attempt: 1,
+            enqueued_at: now,
+            started_at: now,
+            finished_at: now,
+            queue_ms: 1.0,
+            compute_ms: 2.0,
+            total_ms,
+            output: serde_json::Value::Null,
+            error: (status == Status::Failed)
+                .then(|| JobError::new(ErrorKind::InvalidInput, "bad")),
+        }
+    }
+
+    #[test]
+    fn counts_each_job_id_once() {
+        let mut folds = Folds::default();
+        assert!(folds.add(&event("a", Status::Succeeded, 3.0)));
+        assert!(!folds.add(&event("a", Status::Succeeded, 3.0)));
+        assert!(folds.add(&event("b", Status::Failed, 5.0)));
+        let snaps = folds.snapshots(OffsetDateTime::now_utc());
+        assert_eq!(snaps.len(), 1);
+        let s = &snaps[0];
+        assert_eq!((s.jobs, s.succeeded, s.failed, s.duplicates), (2, 1, 1, 1));
+        assert_eq!(s.failures.get("invalid_input"), Some(&1));
+        assert_eq!(s.total_ms.count, 2);
+        assert!((s.total_ms.max - 5.0).abs() < 0.01);
+        // Nothing changed: no new snapshot.
+        assert!(folds.snapshots(OffsetDateTime::now_utc()).is_empty());
+    }
+
+    #[test]
+    fn restored_fold_carries_on() {
+        let mut folds = Folds::default();
+        for i in 0..10 {
+            folds.add(&event(&i.to_string(), Status::Succeeded, i as f64 + 1.0));
+        }
+        let snap = folds.snapshots(OffsetDateTime::now_utc()).remove(0);
+        let mut restored = Folds::default();
+        restored.restore(&snap);
+        restored.add(&event("10", Status::Succeeded, 11.0));
+        let again = restored.snapshots(OffsetDateTime::now_utc()).remove(0);
+        assert_eq!(again.jobs, 11);
+        assert_eq!(again.total_ms.count, 11);
+        assert!((again.total_ms.max - 11.0).abs() < 0.01);
+    }
+}

@@ -1,0 +1,148 @@
+//! The aggregator service: consume results, fold, snapshot on an interval, then ack.
+
+use std::future::Future;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, consumer::PullConsumer};
+use futures::StreamExt as _;
+use kiln_proto::streams::{self, CONSUMER_AGGREGATOR, STREAM_RESULTS};
+use kiln_proto::{HEADER_MSG_ID, ResultEvent, Topology, subject};
+use time::OffsetDateTime;
+
+use crate::error::{Error, Result};
+use crate::fold::Folds;
+
+/// The `kiln aggregator` settings.
+#[derive(Debug, Clone)]
+pub struct AggregatorConfig {
+    /// How often changed metrics are published (and folded results acked).
+    pub interval: Duration,
+    pub topology: Topology,
+}
+
+impl Default for AggregatorConfig {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(1),
+            topology: Topology::default(),
+        }
+    }
+}
+
+/// Fold result events until `shutdown` resolves; a last snapshot is published on the way out.
+pub async fn run(
+    client: async_nats::Client,
+    config: AggregatorConfig,
+    shutdown: impl Future<Output = impl Sized>,
+) -> Result<()> {
+    let js = jetstream::new(client);
+    streams::ensure_all(&js, &config.topology).await?;
+
+    let mut folds = Folds::default();
+    let restored = streams::latest_metrics(&js)
+        .await
+        .map_err(|message| Error::Read {
+            what: "the latest metrics snapshots",
+            message,
+        })?;
+    for snapshot in &restored {
+        folds.restore(snapshot);
+    }
+    tracing::info!(restored = restored.len(), "aggregator restored its state from KILN_METRICS");
+
+    let consumer: PullConsumer = js
+        .get_stream(STREAM_RESULTS)
+        .await
+        .map_err(|e| read_error("the results stream", e))?
+        .get_consumer(CONSUMER_AGGREGATOR)
+        .await
+        .map_err(|e| read_error("the aggregator consumer", e))?;
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(1000)
+        .messages()
+        .await
+        .map_err(|e| read_error("result events", e))?;
+
+    let mut unacked: Vec<jetstream::Message> = Vec::new();
+    let mut ticker = tokio::time::interval(config.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = ticker.tick() => flush(&js, &mut folds, &mut unacked).await?,
+            next = messages.next() => match next {
+                Some(Ok(message)) => {
+                    match serde_json::from_slice::<ResultEvent>(&message.payload) {
+                        Ok(event) => {
+                            folds.add(&event);
+                        }
+                        Err(e) => tracing::warn!(
+                            subject = %message.subject,
+                            error = %e,
+                            "result event does not parse; not counted"
+                        ),
+                    }
+                    unacked.push(message);
+                }
+                Some(Err(e)) => tracing::warn!(error = %e, "error while reading result events"),
+                None => break,
+            },
+        }
+    }
+    flush(&js, &mut folds, &mut unacked).await?;
+    tracing::info!("aggregator stopped");
+    Ok(())
+}
+
+/// Publish the snapshots that changed, wait for the server to store them, then ack the
+/// results they include.
+async fn flush(
+    js: &jetstream::Context,
+    folds: &mut Folds,
+    unacked: &mut Vec<jetstream::Message>,
+) -> Result<()> {
+    let now = OffsetDateTime::now_utc();
+    let mut acks = Vec::new();
+    for snapshot in folds.snapshots(now) {
+        let subject = subject::metrics(&snapshot.kind, &snapshot.class);
+        let body = serde_json::to_vec(&snapshot).map_err(|e| Error::Publish {
+            subject: subject.clone(),
+            message: e.to_string(),
+        })?;
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            HEADER_MSG_ID,
+            format!("{subject}-{}", now.unix_timestamp_nanos()).as_str(),
+        );
+        let ack = js
+            .publish_with_headers(subject.clone(), headers, body.into())
+            .await
+            .map_err(|e| Error::Publish {
+                subject: subject.clone(),
+                message: e.to_string(),
+            })?;
+        acks.push((subject, ack));
+    }
+    for (subject, ack) in acks {
+        ack.await.map_err(|e| Error::Publish {
+            subject,
+            message: e.to_string(),
+        })?;
+    }
+    for message in unacked.drain(..) {
+        if let Err(e) = message.ack().await {
+            tracing::warn!(error = %e, "could not ack a folded result; it will be redelivered and dropped as a duplicate");
+        }
+    }
+    Ok(())
+}
+
+fn read_error(what: &'static str, e: impl std::fmt::Display) -> Error {
+    Error::Read {
+        what,
+        message: e.to_string(),
+    }
+}

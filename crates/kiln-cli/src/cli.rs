@@ -1,0 +1,219 @@
+//! Command-line arguments.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// kiln: run compute jobs on GPUs and CPUs over NATS JetStream.
+#[derive(Debug, Parser)]
+#[command(name = "kiln", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    /// Log format on stderr (filter with RUST_LOG).
+    #[arg(long, env = "KILN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// How to reach NATS.
+#[derive(Debug, Clone, Args)]
+pub struct NatsArgs {
+    /// NATS server URL(s), comma-separated.
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222", global = true)]
+    pub nats_url: String,
+    /// Credentials file (JWT + nkey seed) for decentralised auth.
+    #[arg(long, env = "NATS_CREDS", global = true)]
+    pub creds: Option<PathBuf>,
+    /// File holding an nkey seed (SU...) to authenticate with.
+    #[arg(long, env = "NATS_NKEY", global = true)]
+    pub nkey: Option<PathBuf>,
+    /// User name for user/password auth.
+    #[arg(long, env = "NATS_USER", global = true)]
+    pub user: Option<String>,
+    /// Password for user/password auth.
+    #[arg(long, env = "NATS_PASSWORD", global = true, hide_env_values = true)]
+    pub password: Option<String>,
+    /// CA certificate (PEM) to verify the server with; implies TLS.
+    #[arg(long, env = "NATS_CA", global = true)]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS; needs --tls-key.
+    #[arg(long, env = "NATS_CERT", global = true, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Client private key (PEM) for mutual TLS.
+    #[arg(long, env = "NATS_KEY", global = true, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Stream and consumer replicas when kiln creates them (1 on a laptop, 3 on a cluster).
+    #[arg(long, env = "KILN_REPLICAS", default_value_t = 1, global = true)]
+    pub replicas: usize,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create or update kiln's streams and consumers (every role also does it at start).
+    Init,
+    /// Serve jobs on one device: `cpu`, `cuda`, `cuda:N`, or `auto` (CUDA if present, else CPU).
+    Worker(WorkerArgs),
+    /// Fold result events into metrics snapshots on metrics.<kind>.<class>.
+    Aggregator(AggregatorArgs),
+    /// Submit jobs of one kind.
+    Submit(SubmitArgs),
+    /// Show queues, consumers and per-kind metrics once.
+    Status,
+    /// Print the result event of a job.
+    Result(ResultArgs),
+    /// Live per-kind, per-device table, refreshed from the metrics stream.
+    Watch(WatchArgs),
+    /// Run the whole system locally: nats-server (if none is reachable), aggregator, workers,
+    /// a mixed workload with progress, and the GPU-vs-CPU table.
+    Demo(DemoArgs),
+    /// Benchmarks that print ratios measured in the same run.
+    Bench(BenchArgs),
+    /// List the job kinds this build can run, with their parameters.
+    Kinds,
+}
+
+impl Command {
+    /// Long-running roles log at info by default; one-shot commands only warn.
+    pub fn is_service(&self) -> bool {
+        matches!(self, Command::Worker(_) | Command::Aggregator(_))
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct WorkerArgs {
+    /// Device to run jobs on: cpu, cuda, cuda:N, or auto (CUDA when present, else CPU).
+    #[arg(long, env = "KILN_DEVICE", default_value = "auto")]
+    pub device: String,
+    /// Worker name reported in result events (default: host-device-pid).
+    #[arg(long, env = "KILN_WORKER_NAME")]
+    pub name: Option<String>,
+    /// Jobs held at once: computing, waiting for a compute slot, or publishing results.
+    #[arg(long, env = "KILN_MAX_IN_FLIGHT", default_value_t = 256)]
+    pub max_in_flight: usize,
+    /// Jobs computing at once (default: CPU cores for cpu, 2 for cuda).
+    #[arg(long, env = "KILN_COMPUTE_SLOTS")]
+    pub compute_slots: Option<usize>,
+    /// Most tensor elements one job may hold; bigger jobs fail with too_large.
+    #[arg(long, env = "KILN_MAX_ELEMENTS")]
+    pub max_elements: Option<u64>,
+    /// Seconds a graceful shutdown waits for running jobs before handing them back.
+    #[arg(long, env = "KILN_DRAIN_TIMEOUT_S", default_value_t = 30)]
+    pub drain_timeout_s: u64,
+    /// Seconds a job may go without an ack or progress ack before it is redelivered.
+    #[arg(long, env = "KILN_ACK_WAIT_S", default_value_t = 30)]
+    pub ack_wait_s: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AggregatorArgs {
+    /// Milliseconds between metrics snapshots.
+    #[arg(long, env = "KILN_SNAPSHOT_INTERVAL_MS", default_value_t = 1000)]
+    pub interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SubmitArgs {
+    /// Job kind (see `kiln kinds`).
+    pub kind: String,
+    /// A parameter as key=value; the value is read as JSON when it parses, else as a string
+    /// (`-p n=512 -p dtype=bf16 -p hidden=[64,64]`).
+    #[arg(short = 'p', long = "param", value_name = "KEY=VALUE")]
+    pub params: Vec<String>,
+    /// All parameters as one JSON object (merged under -p values).
+    #[arg(long = "params", value_name = "JSON")]
+    pub params_json: Option<String>,
+    /// Device class: gpu, cpu or auto.
+    #[arg(long, short = 'd', env = "KILN_SUBMIT_DEVICE", default_value = "cpu")]
+    pub device: String,
+    /// Number of jobs; job i gets seed + i and id <id>-<i>.
+    #[arg(long, short = 'n', default_value_t = 1)]
+    pub count: u64,
+    /// Job id (default: a fresh unique id). It is also the Nats-Msg-Id, so resubmitting an
+    /// id within 10 minutes is dropped by the server.
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Seed for generated inputs.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Give up on the job after this many milliseconds of compute.
+    #[arg(long)]
+    pub timeout_ms: Option<u64>,
+    /// Encode jobs with bincode instead of JSON.
+    #[arg(long)]
+    pub bincode: bool,
+    /// Wait for the results and print them; exit non-zero if any failed.
+    #[arg(long, short = 'w')]
+    pub wait: bool,
+    /// Seconds --wait waits for all results.
+    #[arg(long, default_value_t = 300)]
+    pub wait_timeout_s: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ResultArgs {
+    /// The job id.
+    pub id: String,
+    /// The job's kind, to search only results.<kind>.
+    #[arg(long)]
+    pub kind: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct WatchArgs {
+    /// Milliseconds between refreshes.
+    #[arg(long, default_value_t = 1000)]
+    pub interval_ms: u64,
+    /// Print the table once and exit.
+    #[arg(long)]
+    pub once: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// Scale of the workload (1 = about a minute on two CPU cores).
+    #[arg(long, default_value_t = 1.0)]
+    pub scale: f64,
+    /// Never start a local nats-server; fail if --nats-url is unreachable.
+    #[arg(long)]
+    pub no_embedded: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub which: BenchKind,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum BenchKind {
+    /// Small vector_add jobs end to end (submit → worker → result → aggregator), as a ratio
+    /// of the raw JetStream ceiling measured in the same run.
+    Pipeline(PipelineArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PipelineArgs {
+    /// Jobs per measured run.
+    #[arg(long, default_value_t = 20_000)]
+    pub jobs: u64,
+    /// Length of each vector_add.
+    #[arg(long, default_value_t = 1024)]
+    pub len: u64,
+    /// Runs of each side (the best is reported, with all runs in the JSON).
+    #[arg(long, default_value_t = 3)]
+    pub runs: u32,
+    /// Write the figures as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Use the server at --nats-url instead of starting a private one.
+    #[arg(long)]
+    pub external: bool,
+}

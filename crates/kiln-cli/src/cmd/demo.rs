@@ -1,0 +1,173 @@
+//! `kiln demo`: the whole system on one machine, with a local nats-server when none is
+//! reachable.
+
+use std::collections::HashSet;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use kiln_kernels::ComputeDevice;
+use kiln_proto::{Codec, DeviceClass, Status, streams};
+use serde_json::json;
+use tokio::sync::oneshot;
+
+use super::submit::{JobSpec, ResultCollector, progress_bar, publish_all};
+use crate::cli::{DemoArgs, NatsArgs};
+
+pub async fn run(nats: &NatsArgs, args: DemoArgs) -> anyhow::Result<ExitCode> {
+    // Use the configured server when it answers; otherwise start a private one.
+    let mut nats = nats.clone();
+    let _embedded = match crate::connect::connect_with(&nats, false).await {
+        Ok(_) => {
+            eprintln!("using the NATS server at {}", nats.nats_url);
+            None
+        }
+        Err(e) if args.no_embedded => return Err(e),
+        Err(_) => {
+            let server = kiln_testkit::NatsServer::try_start(&[])
+                .map_err(|e| anyhow::anyhow!("no NATS server at {} and {e}", nats.nats_url))?;
+            eprintln!(
+                "no NATS server at {}: started nats-server -js on {} (store in a temporary directory)",
+                nats.nats_url,
+                server.url()
+            );
+            nats.nats_url = server.url();
+            Some(server)
+        }
+    };
+    let client = crate::connect::connect_with(&nats, false).await?;
+    let js = jetstream::new(client.clone());
+    let topology = super::topology(&nats);
+    streams::ensure_all(&js, &topology).await?;
+
+    // The roles, in this process: aggregator, a CPU worker, and a CUDA worker when present.
+    let mut stops = Vec::new();
+    let mut tasks = Vec::new();
+    let (stop, stopped) = oneshot::channel::<()>();
+    stops.push(stop);
+    let aggregator_config = kiln_aggregator::AggregatorConfig {
+        interval: Duration::from_millis(250),
+        topology: topology.clone(),
+    };
+    let agg_client = client.clone();
+    tasks.push(tokio::spawn(async move {
+        kiln_aggregator::run(agg_client, aggregator_config, stopped)
+            .await
+            .map_err(anyhow::Error::from)
+    }));
+    let mut devices = vec![ComputeDevice::Cpu];
+    if kiln_kernels::cuda_device_count() > 0 {
+        devices.push(ComputeDevice::Cuda(0));
+    } else {
+        eprintln!("no CUDA device found: running the CPU side only");
+    }
+    for device in &devices {
+        let (stop, stopped) = oneshot::channel::<()>();
+        stops.push(stop);
+        let mut config = kiln_worker::WorkerConfig::new(device.clone());
+        config.topology = topology.clone();
+        let worker_client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            kiln_worker::run(worker_client, config, stopped)
+                .await
+                .map(|_| ())
+                .map_err(anyhow::Error::from)
+        }));
+    }
+
+    // A mixed workload of every kind, for every device class that has a worker.
+    let classes: Vec<DeviceClass> = devices.iter().map(|d| d.class()).collect();
+    let jobs = workload(&classes, args.scale)?;
+    let ids: HashSet<String> = jobs.iter().map(|j| j.id.clone()).collect();
+    let total = jobs.len() as u64;
+    eprintln!(
+        "submitting {total} jobs (vector_add, matmul, conv2d, train_mlp) to {}",
+        classes.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(" and ")
+    );
+    let mut collector = ResultCollector::subscribe(&client, None).await?;
+    let started = Instant::now();
+    publish_all(&js, jobs, None).await?;
+    let bar = progress_bar(total, "finished");
+    let mut failures = Vec::new();
+    let results = collector
+        .collect(ids, Duration::from_secs(600), Some(&bar), |event| {
+            if event.status == Status::Failed {
+                failures.push(format!(
+                    "{} {}: {}",
+                    event.kind,
+                    event.id,
+                    event.error.as_ref().map(|e| e.to_string()).unwrap_or_default()
+                ));
+            }
+        })
+        .await;
+    bar.finish();
+    let elapsed = started.elapsed();
+
+    // Let the aggregator publish snapshots that include every result, then show them.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let snapshots = loop {
+        let snapshots = streams::latest_metrics(&js).await.unwrap_or_default();
+        let counted: u64 = snapshots.iter().map(|s| s.jobs).sum();
+        if counted >= results.len() as u64 || Instant::now() > deadline {
+            break snapshots;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    println!();
+    print!("{}", crate::table::metrics_table(&snapshots));
+    println!(
+        "\n{} of {total} jobs finished in {:.1} s ({} failed); total latency is submit → result, compute is time on the device",
+        results.len(),
+        elapsed.as_secs_f64(),
+        failures.len()
+    );
+    for failure in &failures {
+        println!("failed: {failure}");
+    }
+
+    for stop in stops {
+        let _ = stop.send(());
+    }
+    for task in tasks {
+        task.await??;
+    }
+    Ok(if results.len() as u64 == total && failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// The demo's jobs: many small vector adds, matrix products of growing size, image filters
+/// and a few training runs.
+fn workload(classes: &[DeviceClass], scale: f64) -> anyhow::Result<Vec<JobSpec>> {
+    let n = |count: f64| ((count * scale).round() as usize).max(1);
+    let run = kiln_proto::new_job_id();
+    let mut jobs = Vec::new();
+    let mut push = |class: DeviceClass, kind: &str, params: serde_json::Value, i: usize| {
+        let entry = kiln_kernels::find(kind).expect("demo kinds are registered");
+        let id = format!("demo-{run}-{class}-{kind}-{i}");
+        JobSpec::new(entry, class, params, id, i as u64, None, Codec::Json).map(|job| jobs.push(job))
+    };
+    for &class in classes {
+        for i in 0..n(300.0) {
+            push(class, "vector_add", json!({ "len": 1024 << (i % 7) }), i)?;
+        }
+        for i in 0..n(40.0) {
+            push(class, "matmul", json!({ "n": 64 << (i % 4) }), i)?;
+        }
+        let filters = ["gaussian", "sobel", "sharpen", "box"];
+        for i in 0..n(24.0) {
+            let params = json!({
+                "batch": 1 + i % 2, "channels": 3, "height": 256, "width": 256,
+                "filter": filters[i % filters.len()],
+            });
+            push(class, "conv2d", params, i)?;
+        }
+        for i in 0..n(4.0) {
+            push(class, "train_mlp", json!({ "epochs": 10 + 5 * (i % 3) }), i)?;
+        }
+    }
+    Ok(jobs)
+}

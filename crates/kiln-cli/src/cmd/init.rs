@@ -1,0 +1,24 @@
+use std::process::ExitCode;
+
+use kiln_proto::streams;
+
+use crate::cli::NatsArgs;
+
+pub async fn run(nats: &NatsArgs) -> anyhow::Result<ExitCode> {
+    let client = crate::connect::connect_with(nats, false).await?;
+    let js = async_nats::jetstream::new(client);
+    streams::ensure_all(&js, &super::topology(nats)).await?;
+    println!(
+        "streams {}, {}, {}, {} and consumers {}, {}, {}, {} are ready ({} replica(s))",
+        streams::STREAM_JOBS,
+        streams::STREAM_RESULTS,
+        streams::STREAM_METRICS,
+        streams::STREAM_DLQ,
+        streams::CONSUMER_WORKERS_GPU,
+        streams::CONSUMER_WORKERS_CPU,
+        streams::CONSUMER_SCHEDULER,
+        streams::CONSUMER_AGGREGATOR,
+        nats.replicas
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,40 @@
+//! One module per subcommand.
+
+mod bench;
+mod demo;
+mod init;
+mod kinds;
+mod result;
+mod status;
+mod submit;
+mod watch;
+mod worker;
+
+use std::process::ExitCode;
+
+use kiln_proto::Topology;
+
+use crate::cli::{Cli, Command, NatsArgs};
+
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let nats = cli.nats;
+    match cli.command {
+        Command::Init => init::run(&nats).await,
+        Command::Worker(args) => worker::worker(&nats, args).await,
+        Command::Aggregator(args) => worker::aggregator(&nats, args).await,
+        Command::Submit(args) => submit::run(&nats, args).await,
+        Command::Status => status::run(&nats).await,
+        Command::Result(args) => result::run(&nats, args).await,
+        Command::Watch(args) => watch::run(&nats, args).await,
+        Command::Demo(args) => demo::run(&nats, args).await,
+        Command::Bench(args) => bench::run(&nats, args).await,
+        Command::Kinds => kinds::run(),
+    }
+}
+
+fn topology(nats: &NatsArgs) -> Topology {
+    Topology {
+        replicas: nats.replicas,
+        ..Topology::default()
+    }
+}

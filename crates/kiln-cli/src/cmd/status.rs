@@ -1,0 +1,60 @@
+//! `kiln status`: queues, consumers and the metrics table, once.
+
+use std::fmt::Write as _;
+use std::process::ExitCode;
+
+use async_nats::jetstream;
+use kiln_proto::streams::{self, STREAM_DLQ, STREAM_JOBS, STREAM_RESULTS};
+use kiln_proto::DeviceClass;
+
+use crate::cli::NatsArgs;
+
+pub async fn run(nats: &NatsArgs) -> anyhow::Result<ExitCode> {
+    let client = crate::connect::connect_with(nats, false).await?;
+    let js = jetstream::new(client);
+    print!("{}", overview(&js).await?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Queue and consumer state, then the per-kind metrics table.
+pub async fn overview(js: &jetstream::Context) -> anyhow::Result<String> {
+    let mut out = String::new();
+    let mut jobs = match js.get_stream(STREAM_JOBS).await {
+        Ok(stream) => stream,
+        Err(_) => anyhow::bail!("kiln's streams do not exist yet on this server; run `kiln init`"),
+    };
+    let info = jobs.info().await?;
+    let _ = writeln!(
+        out,
+        "{STREAM_JOBS}: {} job(s) queued, {} bytes",
+        info.state.messages, info.state.bytes
+    );
+    for class in [DeviceClass::Gpu, DeviceClass::Cpu, DeviceClass::Auto] {
+        let name = class.consumer();
+        match jobs.consumer_info(name).await {
+            Ok(c) => {
+                let _ = writeln!(
+                    out,
+                    "  {name:<12} pending {:>8}  in flight {:>6}  redelivered {:>6}  waiting pulls {:>3}",
+                    c.num_pending, c.num_ack_pending, c.num_redelivered, c.num_waiting
+                );
+            }
+            Err(e) => {
+                let _ = writeln!(out, "  {name:<12} unavailable: {e}");
+            }
+        }
+    }
+    for name in [STREAM_RESULTS, STREAM_DLQ] {
+        if let Ok(mut stream) = js.get_stream(name).await {
+            if let Ok(info) = stream.info().await {
+                let _ = writeln!(out, "{name}: {} message(s)", info.state.messages);
+            }
+        }
+    }
+    let snapshots = streams::latest_metrics(js)
+        .await
+        .map_err(|e| anyhow::anyhow!("reading metrics: {e}"))?;
+    let _ = writeln!(out);
+    out.push_str(&crate::table::metrics_table(&snapshots));
+    Ok(out)
+}

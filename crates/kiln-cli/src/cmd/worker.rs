@@ -1,0 +1,81 @@
+//! `kiln worker` and `kiln aggregator`: the long-running roles.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use kiln_kernels::ComputeDevice;
+
+use crate::cli::{AggregatorArgs, NatsArgs, WorkerArgs};
+
+/// Parse `cpu`, `cuda`, `cuda:N` or `auto` into a device, checking CUDA before touching it.
+pub fn parse_device(spec: &str) -> anyhow::Result<ComputeDevice> {
+    let cuda_count = kiln_kernels::cuda_device_count();
+    match spec {
+        "cpu" => Ok(ComputeDevice::Cpu),
+        "auto" if cuda_count > 0 => Ok(ComputeDevice::Cuda(0)),
+        "auto" => {
+            tracing::info!("no CUDA device found (libcuda and /dev/nvidia*); using the CPU");
+            Ok(ComputeDevice::Cpu)
+        }
+        cuda if cuda == "cuda" || cuda.starts_with("cuda:") => {
+            let index = match cuda.strip_prefix("cuda:") {
+                Some(i) => i
+                    .parse::<usize>()
+                    .with_context(|| format!("device {cuda:?}: the index after cuda: must be a number"))?,
+                None => 0,
+            };
+            if cuda_count == 0 {
+                anyhow::bail!(
+                    "--device {cuda}: no CUDA device found on this machine (need libcuda.so.1 and \
+                     /dev/nvidia*); use --device cpu or --device auto"
+                );
+            }
+            if index >= cuda_count {
+                anyhow::bail!("--device {cuda}: this machine has {cuda_count} CUDA device(s), 0 to {}", cuda_count - 1);
+            }
+            Ok(ComputeDevice::Cuda(index))
+        }
+        other => anyhow::bail!("unknown device {other:?}: use cpu, cuda, cuda:N or auto"),
+    }
+}
+
+pub fn worker_config(args: &WorkerArgs, nats: &NatsArgs) -> anyhow::Result<kiln_worker::WorkerConfig> {
+    let device = parse_device(&args.device)?;
+    let mut config = kiln_worker::WorkerConfig::new(device);
+    if let Some(name) = &args.name {
+        config.name = name.clone();
+    }
+    config.max_in_flight = args.max_in_flight.max(1);
+    if let Some(slots) = args.compute_slots {
+        config.compute_slots = slots.max(1);
+    }
+    if let Some(max) = args.max_elements {
+        config.limits.max_elements = max;
+    }
+    config.drain_timeout = Duration::from_secs(args.drain_timeout_s);
+    config.topology = super::topology(nats);
+    config.topology.ack_wait = Duration::from_secs(args.ack_wait_s.max(1));
+    Ok(config)
+}
+
+pub async fn worker(nats: &NatsArgs, args: WorkerArgs) -> anyhow::Result<ExitCode> {
+    let config = worker_config(&args, nats)?;
+    let client = crate::connect::connect(nats).await?;
+    let stats = kiln_worker::run(client, config, crate::signal::shutdown()).await?;
+    eprintln!(
+        "worker stopped: {} succeeded, {} failed, {} handed back for retry",
+        stats.succeeded, stats.failed, stats.retried
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn aggregator(nats: &NatsArgs, args: AggregatorArgs) -> anyhow::Result<ExitCode> {
+    let client = crate::connect::connect(nats).await?;
+    let config = kiln_aggregator::AggregatorConfig {
+        interval: Duration::from_millis(args.interval_ms.max(10)),
+        topology: super::topology(nats),
+    };
+    kiln_aggregator::run(client, config, crate::signal::shutdown()).await?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,120 @@
+//! The kinds on a CUDA GPU against the same references (ignored by default: run with
+//! `cargo test -p kiln-kernels --test kernels -- --ignored cuda::` on a CUDA machine).
+//!
+//! Tolerances are bounds, not measurements: each test prints the largest error it saw.
+
+use kiln_kernels::{ComputeDevice, NoCheckpoint, cuda_device_count, seeded_values};
+use kiln_proto::Limits;
+use serde_json::{Value, json};
+
+use crate::conv2d::{generated, named};
+use crate::support::{floats, run_on};
+
+/// Inline every output the tests look at.
+const LIMITS: Limits = Limits {
+    max_elements: 1 << 28,
+    max_payload_bytes: 1 << 20,
+    max_inline_output: 1 << 20,
+};
+
+fn gpu() -> ComputeDevice {
+    assert!(cuda_device_count() > 0, "these tests need a CUDA GPU and libcuda");
+    ComputeDevice::Cuda(0)
+}
+
+fn run_gpu(kind: &str, params: Value, seed: u64) -> Value {
+    run_on(&gpu(), kind, params.clone(), seed, &LIMITS, &NoCheckpoint)
+        .unwrap_or_else(|e| panic!("{kind} {params} on cuda:0 failed: {e}"))
+}
+
+/// Largest |actual − expected| / scale over all elements, asserting it is under `tol`.
+fn check_scaled(actual: &[f32], expected: &[f64], scale: &[f64], tol: f64, what: &str) -> f64 {
+    assert_eq!(actual.len(), expected.len(), "{what}: lengths differ");
+    let mut worst = 0.0f64;
+    for (i, ((&a, &e), &s)) in actual.iter().zip(expected).zip(scale).enumerate() {
+        let err = (a as f64 - e).abs() / s.max(1e-30);
+        assert!(err <= tol, "{what}: element {i} is {a}, expected {e} (scaled error {err:e} over {tol:e})");
+        worst = worst.max(err);
+    }
+    println!("{what}: largest error {worst:.3e} of the scale (bound {tol:.0e})");
+    worst
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn cuda_matmul_matches_reference_in_every_dtype() {
+    let (m, k, n) = (96, 256, 80);
+    let a = seeded_values(3, 0, m * k);
+    let b = seeded_values(3, 1, k * n);
+    let mut exact = vec![0.0f64; m * n];
+    // The scale of each output: Σ|a·b|, what rounding errors are proportional to.
+    let mut scale = vec![0.0f64; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            for p in 0..k {
+                let t = a[i * k + p] as f64 * b[p * n + j] as f64;
+                exact[i * n + j] += t;
+                scale[i * n + j] += t.abs();
+            }
+        }
+    }
+    // Inputs rounded to the product's precision (f32 runs as TF32 on tensor cores: 10-bit
+    // mantissa; f16 10 bits; bf16 7 bits), each product off by about two roundings, f32
+    // accumulation, and (f16/bf16) one rounding of the result: 2·2⁻¹¹ ≈ 1e-3 of the scale
+    // for TF32 and f16, 2·2⁻⁸ ≈ 8e-3 for bf16. The bounds below double those.
+    for (dtype, tol) in [("f32", 2e-3), ("f16", 2e-3), ("bf16", 1.6e-2)] {
+        let out = run_gpu("matmul", json!({"m": m, "k": k, "n": n, "dtype": dtype}), 3);
+        assert_eq!(out["dtype"], dtype);
+        assert_eq!(out["shape"], json!([m, n]));
+        check_scaled(&floats(&out["c"]), &exact, &scale, tol, &format!("cuda matmul {dtype}"));
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn cuda_conv2d_matches_reference_for_every_filter() {
+    let (c, h, w) = (3, 40, 50);
+    let pixels = generated(6, c * h * w);
+    // Pixels are in [0, 1): an output is off by at most (Σ|kernel|)·(rounding), and the
+    // bound 2e-3 allows for TF32 inputs. Σ|kernel| is 1 (gaussian, box), 9 (sharpen) and
+    // 8 per derivative (sobel).
+    for (filter, abs_sum) in [("gaussian", 1.0), ("sobel", 8.0), ("sharpen", 9.0), ("box", 1.0)] {
+        let out = run_gpu(
+            "conv2d",
+            json!({"channels": c, "height": h, "width": w, "filter": filter}),
+            6,
+        );
+        assert_eq!(out["shape"], json!([1, c, h, w]));
+        let expected = named(filter, &pixels, h, w);
+        let scale = vec![abs_sum; expected.len()];
+        check_scaled(&floats(&out["image"]), &expected, &scale, 2e-3, &format!("cuda conv2d {filter}"));
+    }
+    let out = run_gpu("conv2d", json!({"image": [[[1, 2, 3], [4, 5, 6]]], "kernel": [[0, 0, 0], [0, 0, 1], [0, 0, 0]]}), 0);
+    assert_eq!(out["image"], json!([[[2.0, 3.0, 0.0], [5.0, 6.0, 0.0]]]));
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn cuda_train_mlp_learns_like_the_cpu() {
+    for seed in 0..2 {
+        let started = std::time::Instant::now();
+        let gpu_out = run_gpu("train_mlp", json!({}), seed);
+        let gpu_time = started.elapsed();
+        let cpu_out = crate::support::run("train_mlp", json!({}), seed);
+        let curve = |out: &Value, key: &str| -> Vec<f64> {
+            out["epochs"].as_array().unwrap().iter().map(|e| e[key].as_f64().unwrap()).collect()
+        };
+        println!(
+            "cuda train_mlp seed {seed} ({gpu_time:?} incl. JIT): accuracy {:?}\n  loss {:?}\n  cpu loss {:?}",
+            curve(&gpu_out, "accuracy"),
+            curve(&gpu_out, "loss"),
+            curve(&cpu_out, "loss"),
+        );
+        assert!(gpu_out["final_accuracy"].as_f64().unwrap() >= 0.9, "{gpu_out}");
+        let loss = curve(&gpu_out, "loss");
+        assert!(loss[19] < loss[0] / 10.0, "{loss:?}");
+        // Same data, batches and initial weights: the first epoch's loss agrees closely.
+        let first_cpu = curve(&cpu_out, "loss")[0];
+        assert!((loss[0] - first_cpu).abs() < 0.02 * first_cpu, "{} vs {first_cpu}", loss[0]);
+    }
+}

@@ -1,0 +1,8 @@
+//! The job kinds run end to end on the CPU backend, through the registry as a worker runs
+//! them, checked against straightforward reference implementations written here.
+
+mod conv2d;
+mod cuda;
+mod matmul;
+mod support;
+mod train_mlp;

@@ -1,0 +1,53 @@
+use std::time::Duration;
+
+use kiln_kernels::ComputeDevice;
+use kiln_proto::{Limits, Topology};
+
+/// Everything a worker needs to know; the `kiln worker` flags map onto it one to one.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Name reported in result events (`worker`).
+    pub name: String,
+    /// The device jobs run on; its class picks the consumer (`workers-gpu`/`workers-cpu`).
+    pub device: ComputeDevice,
+    /// Jobs held at once (running, waiting for a compute slot, or publishing results).
+    pub max_in_flight: usize,
+    /// Jobs computing at once.
+    pub compute_slots: usize,
+    /// Limits jobs are checked against before anything is allocated.
+    pub limits: Limits,
+    /// Streams and consumers, created or updated at start.
+    pub topology: Topology,
+    /// How long a graceful shutdown waits for running jobs.
+    pub drain_timeout: Duration,
+}
+
+impl WorkerConfig {
+    pub fn new(device: ComputeDevice) -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let compute_slots = match device {
+            ComputeDevice::Cpu => cores,
+            ComputeDevice::Cuda(_) => 2,
+        };
+        Self {
+            name: default_name(&device),
+            device,
+            max_in_flight: 256,
+            compute_slots,
+            limits: Limits::default(),
+            topology: Topology::default(),
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+fn default_name(device: &ComputeDevice) -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    let device = device.to_string().replace(':', "");
+    format!("{host}-{device}-{}", std::process::id())
+}

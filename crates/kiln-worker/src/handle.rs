@@ -1,0 +1,349 @@
+//! One job, from delivery to ack: decode → validate → compute → publish result → ack.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, AckKind};
+use kiln_kernels::{Checkpoint, DecodedJob, Progress};
+use kiln_proto::{
+    Codec, DeviceClass, Disposition, ErrorKind, HEADER_MSG_ID, JobError, JobSubject, ResultEvent,
+    Status, subject,
+};
+use time::OffsetDateTime;
+use tokio::sync::Semaphore;
+
+use crate::config::WorkerConfig;
+use crate::worker::Counters;
+
+/// State every job task of one worker shares.
+pub(crate) struct Shared {
+    pub js: jetstream::Context,
+    pub compute: Arc<Semaphore>,
+    pub counters: Counters,
+    /// Set when a shutdown ran out of patience: checkpoints then hand jobs back.
+    pub stopping: AtomicBool,
+    pub config: WorkerConfig,
+}
+
+/// Where the job came from, read off the delivery.
+struct Delivery {
+    kind: String,
+    class: DeviceClass,
+    attempt: u64,
+    enqueued_at: OffsetDateTime,
+    started_at: OffsetDateTime,
+    msg_id: Option<String>,
+    stream_sequence: u64,
+}
+
+/// Header naming why a job was dead-lettered.
+const HEADER_DLQ_REASON: &str = "Kiln-Dlq-Reason";
+/// Header naming the subject a dead-lettered job was published on.
+const HEADER_DLQ_SUBJECT: &str = "Kiln-Dlq-Subject";
+
+pub(crate) async fn handle(shared: &Arc<Shared>, message: jetstream::Message) {
+    let started_at = OffsetDateTime::now_utc();
+    let (attempt, enqueued_at, stream_sequence) = match message.info() {
+        Ok(info) => (
+            info.delivered.max(1) as u64,
+            info.published,
+            info.stream_sequence,
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, subject = %message.subject, "job without JetStream metadata; ignoring");
+            return;
+        }
+    };
+    let job_subject = JobSubject::parse(message.subject.as_str());
+    let (kind, class) = match &job_subject {
+        Ok(s) => (s.kind.to_owned(), s.class),
+        Err(_) => ("unknown".to_owned(), shared.config.device.class()),
+    };
+    let delivery = Delivery {
+        kind,
+        class,
+        attempt,
+        enqueued_at,
+        started_at,
+        msg_id: header(&message, HEADER_MSG_ID),
+        stream_sequence,
+    };
+
+    let outcome = match decode(shared, &message, job_subject) {
+        Ok(job) => {
+            let id = kiln_proto::resolve_job_id(
+                job.id.as_deref(),
+                delivery.msg_id.as_deref(),
+                stream_sequence,
+            );
+            let (result, compute_ms) = compute(shared, &message, job).await;
+            (id, result, compute_ms)
+        }
+        Err(error) => (fallback_id(&message, &delivery), Err(error), 0.0),
+    };
+    let (id, result, compute_ms) = outcome;
+    finish(shared, &message, &delivery, id, result, compute_ms).await;
+}
+
+/// Decode and validate the job; every problem becomes a specific [`JobError`].
+fn decode(
+    shared: &Shared,
+    message: &jetstream::Message,
+    job_subject: Result<JobSubject<'_>, kiln_proto::Error>,
+) -> Result<DecodedJob, JobError> {
+    let job_subject = job_subject.map_err(|e| JobError::invalid_input(e.to_string()))?;
+    let entry = kiln_kernels::find(job_subject.kind).ok_or_else(|| {
+        JobError::invalid_input(format!(
+            "unknown job kind {:?}; known kinds: {}",
+            job_subject.kind,
+            kiln_kernels::kind_names().join(", ")
+        ))
+    })?;
+    let codec = Codec::from_headers(message.headers.as_ref())
+        .map_err(|e| JobError::invalid_input(e.to_string()))?;
+    entry.decode(codec, &message.payload, &shared.config.limits)
+}
+
+/// Run the job on a compute slot, off the async executor, with progress acks meanwhile.
+async fn compute(
+    shared: &Arc<Shared>,
+    message: &jetstream::Message,
+    job: DecodedJob,
+) -> (Result<serde_json::Value, JobError>, f64) {
+    let ack_wait = shared.config.topology.ack_wait;
+    let progress_every = (ack_wait / 3).max(Duration::from_millis(100));
+    let mut ticker = tokio::time::interval_at(
+        tokio::time::Instant::now() + progress_every,
+        progress_every,
+    );
+    let permit = {
+        let acquire = shared.compute.clone().acquire_owned();
+        tokio::pin!(acquire);
+        loop {
+            tokio::select! {
+                permit = &mut acquire => break permit.expect("semaphore is never closed"),
+                _ = ticker.tick() => { let _ = message.ack_with(AckKind::Progress).await; }
+            }
+        }
+    };
+    let device = shared.config.device.clone();
+    let timeout = job.timeout_ms.map(Duration::from_millis);
+    let shared_for_task = shared.clone();
+    let task = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        let start = Instant::now();
+        let guard = Guard {
+            start,
+            timeout,
+            stopping: &shared_for_task.stopping,
+        };
+        let result = guard.checkpoint(Progress { done: 0, total: 1 }).and_then(|()| job.run(&device, &guard));
+        (result, start.elapsed().as_secs_f64() * 1000.0)
+    });
+    tokio::pin!(task);
+    loop {
+        tokio::select! {
+            joined = &mut task => {
+                return match joined {
+                    Ok(done) => done,
+                    Err(e) => (Err(JobError::internal(format!("kernel panicked: {}", panic_message(e)))), 0.0),
+                };
+            }
+            _ = ticker.tick() => { let _ = message.ack_with(AckKind::Progress).await; }
+        }
+    }
+}
+
+/// The checkpoint kernels call: enforces `timeout_ms` and hands jobs back on shutdown.
+struct Guard<'a> {
+    start: Instant,
+    timeout: Option<Duration>,
+    stopping: &'a AtomicBool,
+}
+
+impl Checkpoint for Guard<'_> {
+    fn checkpoint(&self, progress: Progress) -> Result<(), JobError> {
+        if let Some(timeout) = self.timeout {
+            if self.start.elapsed() > timeout {
+                return Err(JobError::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "job ran past its timeout_ms of {} ({} of {} steps done)",
+                        timeout.as_millis(),
+                        progress.done,
+                        progress.total
+                    ),
+                ));
+            }
+        }
+        if self.stopping.load(Ordering::Relaxed) {
+            return Err(JobError::internal("worker shutting down; job handed back"));
+        }
+        Ok(())
+    }
+}
+
+fn panic_message(e: tokio::task::JoinError) -> String {
+    match e.try_into_panic() {
+        Ok(payload) => payload
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "unknown panic".into()),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// Publish the answer (or hand the job back), then ack.
+async fn finish(
+    shared: &Shared,
+    message: &jetstream::Message,
+    delivery: &Delivery,
+    id: String,
+    result: Result<serde_json::Value, JobError>,
+    compute_ms: f64,
+) {
+    let max_deliver = shared.config.topology.max_deliver.max(1) as u64;
+    if let Err(error) = &result {
+        if error.kind.disposition() == Disposition::Retry && delivery.attempt < max_deliver {
+            let delay = retry_delay(delivery.attempt);
+            tracing::warn!(%id, attempt = delivery.attempt, error = %error, ?delay, "job failed; handing it back for another attempt");
+            shared.counters.retried.fetch_add(1, Ordering::Relaxed);
+            let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
+            return;
+        }
+    }
+    let finished_at = OffsetDateTime::now_utc();
+    let ms = |d: time::Duration| d.as_seconds_f64().max(0.0) * 1000.0;
+    let (status, output, error) = match result {
+        Ok(output) => (Status::Succeeded, output, None),
+        Err(error) => (Status::Failed, serde_json::Value::Null, Some(error)),
+    };
+    let device = match &error {
+        Some(e) if compute_ms == 0.0 && e.kind != ErrorKind::Internal => "none".to_owned(),
+        _ => shared.config.device.to_string(),
+    };
+    let event = ResultEvent {
+        id,
+        kind: delivery.kind.clone(),
+        status,
+        device,
+        class: delivery.class,
+        worker: shared.config.name.clone(),
+        attempt: delivery.attempt,
+        enqueued_at: delivery.enqueued_at,
+        started_at: delivery.started_at,
+        finished_at,
+        queue_ms: ms(delivery.started_at - delivery.enqueued_at),
+        compute_ms,
+        total_ms: ms(finished_at - delivery.enqueued_at),
+        output,
+        error,
+    };
+    if let Some(error) = &event.error {
+        tracing::info!(id = %event.id, kind = %event.kind, error = %error, "job failed");
+    }
+    // A job that failed for good after its last attempt is also kept as a dead letter.
+    if event.error.as_ref().is_some_and(|e| e.kind.disposition() == Disposition::Retry) {
+        if let Err(e) = dead_letter(shared, message, &event).await {
+            tracing::error!(id = %event.id, error = %e, "could not dead-letter job; handing it back");
+            let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(5)))).await;
+            return;
+        }
+    }
+    if let Err(e) = publish_result(shared, &event, message.headers.as_ref()).await {
+        // The result is not stored: hand the job back so that it is answered later.
+        tracing::error!(id = %event.id, error = %e, "could not publish result; handing job back");
+        let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+        return;
+    }
+    match event.status {
+        Status::Succeeded => shared.counters.succeeded.fetch_add(1, Ordering::Relaxed),
+        Status::Failed => shared.counters.failed.fetch_add(1, Ordering::Relaxed),
+    };
+    if let Err(e) = message.ack().await {
+        tracing::warn!(id = %event.id, error = %e, "ack failed; the job may be redelivered (its result is deduplicated)");
+    }
+}
+
+async fn publish_result(
+    shared: &Shared,
+    event: &ResultEvent,
+    job_headers: Option<&HeaderMap>,
+) -> Result<(), String> {
+    let body = serde_json::to_vec(event).map_err(|e| e.to_string())?;
+    let mut headers = HeaderMap::new();
+    headers.insert(HEADER_MSG_ID, event.msg_id().as_str());
+    headers.insert("Content-Type", kiln_proto::CONTENT_TYPE_JSON);
+    if let Some(traceparent) = job_headers.and_then(|h| h.get("traceparent")) {
+        headers.insert("traceparent", traceparent.as_str());
+    }
+    let ack = shared
+        .js
+        .publish_with_headers(subject::result(&event.kind), headers, body.into())
+        .await
+        .map_err(|e| e.to_string())?
+        .await
+        .map_err(|e| e.to_string())?;
+    if ack.duplicate {
+        tracing::debug!(id = %event.id, "result already stored; this delivery was a duplicate");
+    }
+    Ok(())
+}
+
+async fn dead_letter(
+    shared: &Shared,
+    message: &jetstream::Message,
+    event: &ResultEvent,
+) -> Result<(), String> {
+    let mut headers = message.headers.clone().unwrap_or_default();
+    let reason = event
+        .error
+        .as_ref()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    headers.insert(HEADER_DLQ_REASON, reason.as_str());
+    headers.insert(HEADER_DLQ_SUBJECT, message.subject.as_str());
+    headers.insert(HEADER_MSG_ID, format!("dlq-{}", event.id).as_str());
+    shared
+        .js
+        .publish_with_headers(subject::dlq(&event.kind), headers, message.payload.clone())
+        .await
+        .map_err(|e| e.to_string())?
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// Backoff before attempt `attempt + 1`: 1 s, 4 s, 9 s … capped at one minute.
+fn retry_delay(attempt: u64) -> Duration {
+    Duration::from_secs((attempt * attempt).min(60))
+}
+
+fn header(message: &jetstream::Message, name: &str) -> Option<String> {
+    message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(name))
+        .map(|v| v.as_str().to_owned())
+}
+
+/// The id of a job whose body could not be decoded: its JSON `id` if one can be read,
+/// else its `Nats-Msg-Id`, else its stream sequence.
+fn fallback_id(message: &jetstream::Message, delivery: &Delivery) -> String {
+    #[derive(serde::Deserialize)]
+    struct IdOnly {
+        id: Option<String>,
+    }
+    let body_id = serde_json::from_slice::<IdOnly>(&message.payload)
+        .ok()
+        .and_then(|b| b.id)
+        .filter(|id| kiln_proto::valid_job_id(id));
+    kiln_proto::resolve_job_id(
+        body_id.as_deref(),
+        delivery.msg_id.as_deref(),
+        delivery.stream_sequence,
+    )
+}

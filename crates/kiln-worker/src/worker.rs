@@ -1,0 +1,167 @@
+//! The pull loop: take as many jobs as there are free slots, hand each to its own task.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::PullConsumer};
+use futures::StreamExt as _;
+use kiln_proto::streams::{self, STREAM_JOBS};
+use tokio::sync::Semaphore;
+
+use crate::config::WorkerConfig;
+use crate::error::{Error, Result};
+use crate::handle::{self, Shared};
+
+/// What a worker did before it stopped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WorkerStats {
+    /// Jobs answered with a `succeeded` result.
+    pub succeeded: u64,
+    /// Jobs answered with a `failed` result.
+    pub failed: u64,
+    /// Jobs handed back for another attempt.
+    pub retried: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub succeeded: AtomicU64,
+    pub failed: AtomicU64,
+    pub retried: AtomicU64,
+}
+
+/// How long one pull request waits for jobs before it is renewed. Short, so that a shutdown
+/// leaves few jobs delivered-but-unhandled (those are redelivered after the ack wait).
+const PULL_EXPIRES: Duration = Duration::from_secs(2);
+
+/// Serve jobs until `shutdown` resolves, then drain: stop pulling, let running jobs finish
+/// (up to the drain timeout), and return.
+pub async fn run(
+    client: async_nats::Client,
+    config: WorkerConfig,
+    shutdown: impl Future<Output = impl Sized>,
+) -> Result<WorkerStats> {
+    let js = jetstream::new(client);
+    streams::ensure_all(&js, &config.topology).await?;
+    let class = config.device.class();
+    let consumer_name = class.consumer();
+    let consumer: PullConsumer = js
+        .get_stream(STREAM_JOBS)
+        .await
+        .map_err(|e| Error::Consumer {
+            consumer: consumer_name.into(),
+            message: e.to_string(),
+        })?
+        .get_consumer(consumer_name)
+        .await
+        .map_err(|e| Error::Consumer {
+            consumer: consumer_name.into(),
+            message: e.to_string(),
+        })?;
+
+    let max_in_flight = config.max_in_flight.max(1);
+    let slots = Arc::new(Semaphore::new(max_in_flight));
+    let shared = Arc::new(Shared {
+        js: js.clone(),
+        compute: Arc::new(Semaphore::new(config.compute_slots.max(1))),
+        counters: Counters::default(),
+        stopping: AtomicBool::new(false),
+        config,
+    });
+    tracing::info!(
+        worker = %shared.config.name,
+        device = %shared.config.device,
+        consumer = consumer_name,
+        max_in_flight,
+        compute_slots = shared.config.compute_slots,
+        "worker serving"
+    );
+
+    tokio::pin!(shutdown);
+    'pull: loop {
+        // Wait for at least one free slot, then ask for as many jobs as there are free slots:
+        // the worker never holds a job it has no room for.
+        let first = tokio::select! {
+            _ = &mut shutdown => break 'pull,
+            permit = slots.clone().acquire_owned() => permit.expect("semaphore is never closed"),
+        };
+        let mut permits = vec![first];
+        while let Ok(p) = slots.clone().try_acquire_owned() {
+            permits.push(p);
+        }
+        let mut batch = match consumer
+            .batch()
+            .max_messages(permits.len())
+            .expires(PULL_EXPIRES)
+            .messages()
+            .await
+        {
+            Ok(batch) => batch,
+            Err(e) => {
+                tracing::warn!(error = %e, "pull request failed; retrying in 1 s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        loop {
+            let next = tokio::select! {
+                _ = &mut shutdown => break 'pull,
+                next = batch.next() => next,
+            };
+            match next {
+                None => break,
+                Some(Ok(message)) => {
+                    let Some(permit) = permits.pop() else {
+                        // The server never sends more than asked; hand back anything extra.
+                        let _ = message
+                            .ack_with(jetstream::AckKind::Nak(None))
+                            .await;
+                        continue;
+                    };
+                    let shared = shared.clone();
+                    tokio::spawn(async move {
+                        handle::handle(&shared, message).await;
+                        drop(permit);
+                    });
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "error while pulling jobs");
+                    break;
+                }
+            }
+        }
+    }
+
+    // Drain: no new pulls; wait for running jobs, then tell stragglers to hand back.
+    tracing::info!(worker = %shared.config.name, "shutting down: draining running jobs");
+    let drain = shared.config.drain_timeout;
+    let all = max_in_flight as u32;
+    let drained = tokio::time::timeout(drain, slots.acquire_many(all)).await;
+    let stats = shared.stats();
+    if drained.is_err() {
+        shared.stopping.store(true, Ordering::SeqCst);
+        let running = max_in_flight - slots.available_permits();
+        // Give checkpointing kernels a moment to notice and hand their jobs back.
+        let _ = tokio::time::timeout(Duration::from_secs(2), slots.acquire_many(all)).await;
+        return Err(Error::DrainTimeout(running, drain));
+    }
+    tracing::info!(
+        succeeded = stats.succeeded,
+        failed = stats.failed,
+        retried = stats.retried,
+        "worker stopped"
+    );
+    Ok(stats)
+}
+
+impl Shared {
+    fn stats(&self) -> WorkerStats {
+        WorkerStats {
+            succeeded: self.counters.succeeded.load(Ordering::Relaxed),
+            failed: self.counters.failed.load(Ordering::Relaxed),
+            retried: self.counters.retried.load(Ordering::Relaxed),
+        }
+    }
+}
