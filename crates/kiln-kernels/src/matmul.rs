@@ -5,7 +5,7 @@
 //! `{"m", "k", "n"}` takes the value of `n`; without `n`, of `m`; without both, of `k`:
 //! `{"n": 512}` is a 512³ product and `{"m": 64, "n": 512}` multiplies 64×512 by 512×512.
 
-use burn::tensor::{FloatDType, Tensor, TensorData, backend::Backend};
+use burn::tensor::{DType, FloatDType, Tensor, TensorData, backend::Backend};
 use kiln_proto::{JobError, Limits, checked_product};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -133,6 +133,16 @@ fn matrix_shape(name: &str, rows: &[Vec<f32>]) -> Result<(u64, u64), JobError> {
     Ok((rows.len() as u64, cols as u64))
 }
 
+/// The lowercase name of a tensor's element type.
+fn dtype_name(dtype: DType) -> String {
+    match dtype {
+        DType::F32 => "f32".into(),
+        DType::BF16 => "bf16".into(),
+        DType::F16 => "f16".into(),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
 pub struct Matmul;
 
 impl Kernel for Matmul {
@@ -188,12 +198,15 @@ impl Kernel for Matmul {
         };
         let a = Tensor::<B, 2>::from_data(TensorData::new(a, [m, k]), &ctx.device);
         let b = Tensor::<B, 2>::from_data(TensorData::new(b, [k, n]), &ctx.device);
-        let c = match dtype.burn_dtype() {
+        let product = match dtype.burn_dtype() {
             None => a.matmul(b),
-            Some(low) => a
-                .cast(low)
-                .matmul(b.cast(low))
-                .cast(FloatDType::F32),
+            Some(low) => a.cast(low).matmul(b.cast(low)),
+        };
+        // Report the precision the product was actually computed in, not the one asked for.
+        let computed = dtype_name(product.dtype());
+        let c = match product.dtype() {
+            DType::F32 => product,
+            _ => product.cast(FloatDType::F32),
         };
         let c = c
             .into_data()
@@ -201,7 +214,7 @@ impl Kernel for Matmul {
             .map_err(|e| JobError::internal(format!("reading matmul output: {e:?}")))?;
         let mut out = json!({
             "shape": [m, n],
-            "dtype": dtype.as_str(),
+            "dtype": computed,
             "summary": Summary::of(&c),
         });
         if m * n <= ctx.limits.max_inline_output {

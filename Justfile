@@ -1,0 +1,45 @@
+# kiln's recipes. Use them through ./dev (it installs nats-server and just locally):
+# ./dev demo, ./dev test, ./dev bench …
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+# List the recipes
+default:
+    @just --list
+
+# Run the demo: a local nats-server (unless NATS_URL answers), aggregator, workers, a mixed workload
+[group('run')]
+demo *ARGS:
+    cargo run --quiet -p kiln-cli -- demo {{ARGS}}
+
+# Run the whole test suite: formatting, lints, unit and integration tests
+[group('check')]
+test: fmt-check lint
+    cargo test --workspace --all-targets
+    cargo test --workspace --doc
+
+# Check formatting
+[group('check')]
+fmt-check:
+    cargo fmt --all --check
+
+# Lint with clippy, warnings are errors
+[group('check')]
+lint:
+    cargo clippy --workspace --all-targets -- -D warnings
+
+# What CI runs (.ci/run calls ./dev test, which is this)
+[group('check')]
+ci: test
+
+# Benchmarks: pipeline throughput as a ratio of the raw JetStream ceiling, results under bench/results/<date>/
+[group('bench')]
+bench *ARGS:
+    cargo build --release -p kiln-cli
+    mkdir -p bench/results/$(date -u +%F)
+    "$CARGO_TARGET_DIR/release/kiln" bench pipeline --json bench/results/$(date -u +%F)/pipeline.json {{ARGS}}
+
+# Build the release binary
+[group('build')]
+build:
+    cargo build --release -p kiln-cli

@@ -1,0 +1,178 @@
+//! A real nats-server and real `kiln` processes for end-to-end tests.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use futures::StreamExt as _;
+use kiln_proto::{MetricsSnapshot, ResultEvent, streams};
+use kiln_testkit::NatsServer;
+
+pub const KILN: &str = env!("CARGO_BIN_EXE_kiln");
+
+/// A server plus the kiln processes started against it; everything stops on drop.
+pub struct Cluster {
+    pub server: NatsServer,
+    children: Vec<(String, Child)>,
+}
+
+impl Cluster {
+    pub fn new() -> Self {
+        Cluster {
+            server: NatsServer::start(),
+            children: Vec::new(),
+        }
+    }
+
+    /// `kiln <args>` against this cluster's server, waiting for it to finish.
+    pub fn kiln(&self, args: &[&str]) -> Output {
+        Command::new(KILN)
+            .args(args)
+            .env("NATS_URL", self.server.url())
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("run kiln")
+    }
+
+    /// Start a long-running `kiln <args>` (worker, aggregator) in the background.
+    pub fn spawn(&mut self, name: &str, args: &[&str]) {
+        let child = Command::new(KILN)
+            .args(args)
+            .env("NATS_URL", self.server.url())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start kiln");
+        self.children.push((name.to_owned(), child));
+    }
+
+    pub fn child(&mut self, name: &str) -> &mut Child {
+        &mut self
+            .children
+            .iter_mut()
+            .find(|(n, _)| n == name)
+            .expect("a child of that name")
+            .1
+    }
+
+    pub fn cpu_worker(&mut self) {
+        self.spawn("worker", &["worker", "--device", "cpu", "--name", "test-worker"]);
+    }
+
+    pub fn aggregator(&mut self) {
+        self.spawn("aggregator", &["aggregator", "--interval-ms", "100"]);
+    }
+
+    pub async fn client(&self) -> async_nats::Client {
+        async_nats::connect(self.server.url()).await.expect("connect to the test server")
+    }
+
+    /// Create the streams the way every kiln process does.
+    pub async fn init(&self) {
+        let out = self.kiln(&["init"]);
+        assert!(out.status.success(), "kiln init failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Every result event stored in KILN_RESULTS, by job id (each id must appear once).
+pub async fn stored_results(client: &async_nats::Client) -> (usize, HashMap<String, ResultEvent>) {
+    let js = jetstream::new(client.clone());
+    let stream = js.get_stream(streams::STREAM_RESULTS).await.expect("results stream");
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            filter_subject: "results.>".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("ordered consumer");
+    let mut info_stream = js.get_stream(streams::STREAM_RESULTS).await.unwrap();
+    let total = info_stream.info().await.unwrap().state.messages as usize;
+    let mut messages = consumer.messages().await.expect("messages");
+    let mut by_id = HashMap::new();
+    let mut count = 0;
+    while count < total {
+        let message = tokio::time::timeout(Duration::from_secs(10), messages.next())
+            .await
+            .expect("results arrive")
+            .expect("stream open")
+            .expect("message");
+        count += 1;
+        let event: ResultEvent = serde_json::from_slice(&message.payload).expect("result parses");
+        by_id.insert(event.id.clone(), event);
+    }
+    (count, by_id)
+}
+
+/// Wait until `ids` all have results in KILN_RESULTS; returns them.
+pub async fn wait_for_results(
+    client: &async_nats::Client,
+    ids: &[&str],
+    timeout: Duration,
+) -> HashMap<String, ResultEvent> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (_, results) = stored_results(client).await;
+        if ids.iter().all(|id| results.contains_key(*id)) {
+            return results;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "results for {:?} did not all arrive in {timeout:?}; have {:?}",
+            ids,
+            results.keys().collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Wait until the aggregator's snapshots satisfy `done`; returns them.
+pub async fn wait_for_metrics(
+    client: &async_nats::Client,
+    timeout: Duration,
+    done: impl Fn(&[MetricsSnapshot]) -> bool,
+) -> Vec<MetricsSnapshot> {
+    let js = jetstream::new(client.clone());
+    let deadline = Instant::now() + timeout;
+    loop {
+        let snapshots = streams::latest_metrics(&js).await.unwrap_or_default();
+        if done(&snapshots) {
+            return snapshots;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "metrics did not reach the expected state in {timeout:?}: {snapshots:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub fn snapshot<'a>(snapshots: &'a [MetricsSnapshot], kind: &str, class: &str) -> Option<&'a MetricsSnapshot> {
+    snapshots.iter().find(|s| s.kind == kind && s.class == class)
+}
+
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub fn assert_success(output: &Output) {
+    assert!(
+        output.status.success(),
+        "kiln failed with {}:\nstdout:\n{}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

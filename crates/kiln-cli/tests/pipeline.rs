@@ -1,0 +1,342 @@
+//! The pipeline end to end: real nats-server, real `kiln worker` and `kiln aggregator`
+//! processes, jobs from `kiln submit` and from plain NATS publishes.
+
+mod common;
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream;
+use common::{Cluster, assert_success, snapshot, stdout, wait_for_metrics, wait_for_results};
+use kiln_proto::{ErrorKind, ResultEvent, Status};
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(120);
+
+fn submit_wait(cluster: &Cluster, args: &[&str]) -> ResultEvent {
+    let mut all = vec!["submit"];
+    all.extend_from_slice(args);
+    all.push("--wait");
+    let out = cluster.kiln(&all);
+    assert_success(&out);
+    serde_json::from_str(&stdout(&out)).expect("--wait prints the result event as JSON")
+}
+
+fn floats(value: &serde_json::Value) -> Vec<f64> {
+    value
+        .as_array()
+        .expect("an array")
+        .iter()
+        .flat_map(|v| match v.as_array() {
+            Some(inner) => inner.iter().flat_map(|x| match x.as_array() {
+                Some(deeper) => deeper.iter().map(|d| d.as_f64().unwrap()).collect::<Vec<_>>(),
+                None => vec![x.as_f64().unwrap()],
+            }).collect::<Vec<_>>(),
+            None => vec![v.as_f64().unwrap()],
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_kind_submitted_with_kiln_submit_yields_a_correct_result() {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    cluster.cpu_worker();
+
+    let add = submit_wait(&cluster, &["vector_add", "--params", r#"{"a":[1,2,3.5],"b":[10,20,-3.5]}"#]);
+    assert_eq!(add.status, Status::Succeeded, "{add:?}");
+    assert_eq!(add.kind, "vector_add");
+    assert_eq!(add.device, "cpu");
+    assert_eq!(add.worker, "test-worker");
+    assert_eq!(add.attempt, 1);
+    assert_eq!(floats(&add.output["c"]), vec![11.0, 22.0, 0.0]);
+    assert!(add.total_ms >= add.compute_ms && add.total_ms >= add.queue_ms);
+
+    let mm = submit_wait(&cluster, &["matmul", "--params", r#"{"a":[[1,2],[3,4]],"b":[[5,6],[7,8]]}"#]);
+    assert_eq!(mm.status, Status::Succeeded, "{mm:?}");
+    assert_eq!(mm.output["shape"], json!([2, 2]));
+    assert_eq!(floats(&mm.output["c"]), vec![19.0, 22.0, 43.0, 50.0]);
+
+    // Generated inputs: a 64×32 by 32×48 product; the checksum must match the same job run
+    // directly through the kernel library (same seed → same inputs).
+    let generated = submit_wait(&cluster, &["matmul", "-p", "m=64", "-p", "k=32", "-p", "n=48", "--seed", "7"]);
+    assert_eq!(generated.status, Status::Succeeded, "{generated:?}");
+    assert_eq!(generated.output["shape"], json!([64, 48]));
+    let local = kiln_kernels::find("matmul")
+        .unwrap()
+        .decode(
+            kiln_proto::Codec::Json,
+            br#"{"params":{"m":64,"k":32,"n":48},"seed":7}"#,
+            &kiln_proto::Limits::default(),
+        )
+        .unwrap()
+        .run(&kiln_kernels::ComputeDevice::Cpu, &kiln_kernels::NoCheckpoint)
+        .unwrap();
+    let remote_sum = generated.output["summary"]["checksum"].as_f64().unwrap();
+    let local_sum = local["summary"]["checksum"].as_f64().unwrap();
+    assert!((remote_sum - local_sum).abs() < 1e-6, "{remote_sum} vs {local_sum}");
+
+    // A 3×3 box filter over a constant image: the interior stays constant, corners see 4/9.
+    let image = json!([[[9.0, 9.0, 9.0, 9.0], [9.0, 9.0, 9.0, 9.0], [9.0, 9.0, 9.0, 9.0]]]);
+    let params = json!({"image": image, "filter": "box"}).to_string();
+    let conv = submit_wait(&cluster, &["conv2d", "--params", &params]);
+    assert_eq!(conv.status, Status::Succeeded, "{conv:?}");
+    assert_eq!(conv.output["shape"], json!([1, 1, 3, 4]));
+    let pixels = floats(&conv.output["image"]);
+    assert_eq!(pixels.len(), 12);
+    assert!((pixels[0] - 4.0).abs() < 1e-5, "corner {}", pixels[0]);
+    assert!((pixels[5] - 9.0).abs() < 1e-5, "interior {}", pixels[5]);
+
+    let train = submit_wait(&cluster, &["train_mlp", "-p", "epochs=20", "-p", "samples=1024"]);
+    assert_eq!(train.status, Status::Succeeded, "{train:?}");
+    let epochs = train.output["epochs"].as_array().unwrap();
+    assert_eq!(epochs.len(), 20);
+    let first_loss = epochs[0]["loss"].as_f64().unwrap();
+    let last_loss = train.output["final_loss"].as_f64().unwrap();
+    assert!(last_loss < first_loss, "loss {first_loss} -> {last_loss}");
+    assert!(train.output["final_accuracy"].as_f64().unwrap() >= 0.8, "{:?}", train.output);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plain_json_published_without_kiln_is_processed() {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    cluster.cpu_worker();
+    let client = cluster.client().await;
+    let js = jetstream::new(client.clone());
+    // Exactly what `nats pub jobs.cpu.vector_add '{...}'` sends: a bare JSON body, no headers.
+    js.publish("jobs.cpu.vector_add", r#"{"id":"raw-1","params":{"a":[1,2],"b":[3,4]}}"#.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    // No id at all: the job goes by its stream sequence.
+    let ack = js
+        .publish("jobs.cpu.matmul", r#"{"params":{"n":8}}"#.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let seq_id = format!("seq-{}", ack.sequence);
+    let results = wait_for_results(&client, &["raw-1", &seq_id], WAIT).await;
+    assert_eq!(results["raw-1"].status, Status::Succeeded);
+    assert_eq!(floats(&results["raw-1"].output["c"]), vec![4.0, 6.0]);
+    assert_eq!(results[&seq_id].status, Status::Succeeded, "{:?}", results[&seq_id]);
+    assert_eq!(results[&seq_id].output["shape"], json!([8, 8]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn resubmitted_job_id_runs_once_and_is_counted_once() {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    cluster.cpu_worker();
+    cluster.aggregator();
+    let client = cluster.client().await;
+
+    let first = cluster.kiln(&["submit", "vector_add", "-p", "len=16", "--id", "same-id", "--wait"]);
+    assert_success(&first);
+    // Same id again, by kiln and by a raw publish with the id as Nats-Msg-Id.
+    let again = cluster.kiln(&["submit", "vector_add", "-p", "len=16", "--id", "same-id"]);
+    assert_success(&again);
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("already submitted"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let js = jetstream::new(client.clone());
+    let mut headers = HeaderMap::new();
+    headers.insert("Nats-Msg-Id", "same-id");
+    let ack = js
+        .publish_with_headers("jobs.cpu.vector_add", headers, r#"{"params":{"len":16}}"#.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(ack.duplicate, "the server must drop the resubmission");
+    // A marker job behind them: once it is done, anything queued before it is too.
+    let marker = cluster.kiln(&["submit", "vector_add", "-p", "len=4", "--id", "marker", "--wait"]);
+    assert_success(&marker);
+
+    let (stored, results) = common::stored_results(&client).await;
+    assert_eq!(stored, 2, "one result for same-id and one for the marker: {results:#?}");
+    let snapshots = wait_for_metrics(&client, WAIT, |s| {
+        snapshot(s, "vector_add", "cpu").is_some_and(|m| m.jobs == 2)
+    })
+    .await;
+    let m = snapshot(&snapshots, "vector_add", "cpu").unwrap();
+    assert_eq!((m.jobs, m.succeeded, m.failed), (2, 2, 0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_jobs_get_failed_results_and_the_worker_keeps_serving() {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    cluster.cpu_worker();
+    cluster.aggregator();
+    let client = cluster.client().await;
+    let js = jetstream::new(client.clone());
+    let publish = |subject: &'static str, id: &'static str, body: &'static str| {
+        let js = js.clone();
+        async move {
+            let mut headers = HeaderMap::new();
+            headers.insert("Nats-Msg-Id", id);
+            js.publish_with_headers(subject, headers, body.into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+    };
+    publish("jobs.cpu.matmul", "malformed", r#"{"params":{"n":5"#).await;
+    publish("jobs.cpu.fft", "unknown-kind", r#"{"params":{"n":5}}"#).await;
+    publish("jobs.cpu.matmul", "oversized", r#"{"params":{"n":100000}}"#).await;
+    publish("jobs.cpu.matmul", "wrong-type", r#"{"params":{"n":"large"}}"#).await;
+    publish("jobs.cpu.vector_add", "negative", r#"{"params":{"len":-3}}"#).await;
+    publish("jobs.cpu.vector_add", "after", r#"{"params":{"a":[1],"b":[2]}}"#).await;
+
+    let ids = ["malformed", "unknown-kind", "oversized", "wrong-type", "negative", "after"];
+    let results = wait_for_results(&client, &ids, WAIT).await;
+    let expect = |id: &str, kind: ErrorKind, needle: &str| {
+        let r = &results[id];
+        assert_eq!(r.status, Status::Failed, "{id}: {r:?}");
+        let error = r.error.as_ref().unwrap();
+        assert_eq!(error.kind, kind, "{id}: {error:?}");
+        assert!(error.message.contains(needle), "{id}: {:?} lacks {needle:?}", error.message);
+    };
+    expect("malformed", ErrorKind::InvalidInput, "EOF");
+    expect("unknown-kind", ErrorKind::InvalidInput, "unknown job kind \"fft\"");
+    expect("oversized", ErrorKind::TooLarge, "limit");
+    expect("wrong-type", ErrorKind::InvalidInput, "invalid type");
+    expect("negative", ErrorKind::InvalidInput, "invalid value");
+    assert_eq!(results["after"].status, Status::Succeeded, "the worker keeps serving");
+    assert_eq!(results["unknown-kind"].kind, "fft");
+
+    let snapshots = wait_for_metrics(&client, WAIT, |s| {
+        snapshot(s, "matmul", "cpu").is_some_and(|m| m.jobs == 3)
+            && snapshot(s, "vector_add", "cpu").is_some_and(|m| m.jobs == 2)
+            && snapshot(s, "fft", "cpu").is_some_and(|m| m.jobs == 1)
+    })
+    .await;
+    let matmul = snapshot(&snapshots, "matmul", "cpu").unwrap();
+    assert_eq!((matmul.succeeded, matmul.failed), (0, 3));
+    assert_eq!(matmul.failures.get("invalid_input"), Some(&2));
+    assert_eq!(matmul.failures.get("too_large"), Some(&1));
+    let add = snapshot(&snapshots, "vector_add", "cpu").unwrap();
+    assert_eq!((add.succeeded, add.failed), (1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn aggregator_counts_match_what_was_submitted() {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    cluster.cpu_worker();
+    cluster.aggregator();
+    let client = cluster.client().await;
+    let out = cluster.kiln(&["submit", "vector_add", "-p", "len=256", "--count", "200", "--wait"]);
+    assert_success(&out);
+    let out = cluster.kiln(&["submit", "matmul", "-p", "n=32", "--count", "30", "--bincode", "--wait"]);
+    assert_success(&out);
+    assert_eq!(stdout(&out).lines().count(), 30, "one result line per job");
+    let snapshots = wait_for_metrics(&client, WAIT, |s| {
+        snapshot(s, "vector_add", "cpu").is_some_and(|m| m.jobs >= 200)
+            && snapshot(s, "matmul", "cpu").is_some_and(|m| m.jobs >= 30)
+    })
+    .await;
+    let add = snapshot(&snapshots, "vector_add", "cpu").unwrap();
+    assert_eq!((add.jobs, add.succeeded, add.failed, add.duplicates), (200, 200, 0, 0));
+    assert_eq!(add.total_ms.count, 200);
+    assert!(add.total_ms.p50 > 0.0 && add.total_ms.p99 >= add.total_ms.p50);
+    assert_eq!(add.devices.get("cpu"), Some(&200));
+    let matmul = snapshot(&snapshots, "matmul", "cpu").unwrap();
+    assert_eq!((matmul.jobs, matmul.succeeded), (30, 30));
+
+    // A restarted aggregator carries on from its snapshots instead of starting over.
+    let agg = cluster.child("aggregator");
+    agg.kill().unwrap();
+    agg.wait().unwrap();
+    cluster.aggregator();
+    assert_success(&cluster.kiln(&["submit", "vector_add", "-p", "len=8", "--count", "5", "--wait"]));
+    let snapshots = wait_for_metrics(&client, WAIT, |s| {
+        snapshot(s, "vector_add", "cpu").is_some_and(|m| m.jobs >= 205)
+    })
+    .await;
+    assert_eq!(snapshot(&snapshots, "vector_add", "cpu").unwrap().jobs, 205);
+
+    let status = cluster.kiln(&["status"]);
+    assert_success(&status);
+    let text = stdout(&status);
+    assert!(text.contains("KILN_JOBS: 0 job(s) queued"), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("vector_add") && l.contains(" 205 ")), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn result_command_finds_a_finished_job() {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    cluster.cpu_worker();
+    assert_success(&cluster.kiln(&["submit", "vector_add", "-p", "len=4", "--id", "find-me", "--wait"]));
+    let out = cluster.kiln(&["result", "find-me"]);
+    assert_success(&out);
+    let event: ResultEvent = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(event.id, "find-me");
+    assert_eq!(event.status, Status::Succeeded);
+    let missing = cluster.kiln(&["result", "no-such-job"]);
+    assert_eq!(missing.status.code(), Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn worker_drains_and_exits_cleanly_on_sigterm() {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    cluster.cpu_worker();
+    assert_success(&cluster.kiln(&["submit", "vector_add", "-p", "len=4", "--wait"]));
+    let worker = cluster.child("worker");
+    let pid = worker.id().to_string();
+    let status = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let exit = loop {
+        if let Some(exit) = worker.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(std::time::Instant::now() < deadline, "worker did not stop after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(exit.success(), "worker exited with {exit}");
+}
+
+#[test]
+fn cuda_device_without_cuda_is_a_clear_error() {
+    if kiln_kernels::cuda_device_count() > 0 {
+        eprintln!("skipped: this machine has CUDA");
+        return;
+    }
+    let cluster = Cluster::new();
+    let out = cluster.kiln(&["worker", "--device", "cuda"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no CUDA device found"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn demo_runs_to_completion_with_an_embedded_server() {
+    // Nothing listens on this port, so the demo starts its own nats-server.
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("nats://{}", free.local_addr().unwrap());
+    drop(free);
+    let out = std::process::Command::new(common::KILN)
+        .args(["demo", "--scale", "0.05"])
+        .env("NATS_URL", &url)
+        .env("NATS_SERVER_BIN", kiln_testkit::nats_server_bin())
+        .output()
+        .unwrap();
+    assert_success(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("started nats-server"), "{stderr}");
+    let text = stdout(&out);
+    for kind in ["vector_add", "matmul", "conv2d", "train_mlp"] {
+        assert!(text.lines().any(|l| l.starts_with(kind)), "no {kind} row in:\n{text}");
+    }
+    assert!(text.contains("(0 failed)"), "{text}");
+}
