@@ -130,10 +130,10 @@ impl Folds {
             return false;
         }
         self.seen_order.push_back(event.id.clone());
-        if self.seen_order.len() > SEEN_CAPACITY {
-            if let Some(old) = self.seen_order.pop_front() {
-                self.seen.remove(&old);
-            }
+        if self.seen_order.len() > SEEN_CAPACITY
+            && let Some(old) = self.seen_order.pop_front()
+        {
+            self.seen.remove(&old);
         }
         self.folds.entry(key).or_default().add(event);
         true

@@ -49,7 +49,10 @@ pub async fn run(
     for snapshot in &restored {
         folds.restore(snapshot);
     }
-    tracing::info!(restored = restored.len(), "aggregator restored its state from KILN_METRICS");
+    tracing::info!(
+        restored = restored.len(),
+        "aggregator restored its state from KILN_METRICS"
+    );
 
     let consumer: PullConsumer = js
         .get_stream(STREAM_RESULTS)

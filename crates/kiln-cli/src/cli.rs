@@ -27,7 +27,12 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Args)]
 pub struct NatsArgs {
     /// NATS server URL(s), comma-separated.
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222", global = true)]
+    #[arg(
+        long,
+        env = "NATS_URL",
+        default_value = "nats://127.0.0.1:4222",
+        global = true
+    )]
     pub nats_url: String,
     /// Credentials file (JWT + nkey seed) for decentralised auth.
     #[arg(long, env = "NATS_CREDS", global = true)]

@@ -35,7 +35,11 @@ fn main() -> ExitCode {
 
 fn init_tracing(cli: &cli::Cli) {
     use tracing_subscriber::EnvFilter;
-    let default = if cli.command.is_service() { "info" } else { "warn" };
+    let default = if cli.command.is_service() {
+        "info"
+    } else {
+        "warn"
+    };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -28,10 +28,16 @@ fn floats(value: &serde_json::Value) -> Vec<f64> {
         .expect("an array")
         .iter()
         .flat_map(|v| match v.as_array() {
-            Some(inner) => inner.iter().flat_map(|x| match x.as_array() {
-                Some(deeper) => deeper.iter().map(|d| d.as_f64().unwrap()).collect::<Vec<_>>(),
-                None => vec![x.as_f64().unwrap()],
-            }).collect::<Vec<_>>(),
+            Some(inner) => inner
+                .iter()
+                .flat_map(|x| match x.as_array() {
+                    Some(deeper) => deeper
+                        .iter()
+                        .map(|d| d.as_f64().unwrap())
+                        .collect::<Vec<_>>(),
+                    None => vec![x.as_f64().unwrap()],
+                })
+                .collect::<Vec<_>>(),
             None => vec![v.as_f64().unwrap()],
         })
         .collect()
@@ -43,7 +49,14 @@ async fn each_kind_submitted_with_kiln_submit_yields_a_correct_result() {
     cluster.init().await;
     cluster.cpu_worker();
 
-    let add = submit_wait(&cluster, &["vector_add", "--params", r#"{"a":[1,2,3.5],"b":[10,20,-3.5]}"#]);
+    let add = submit_wait(
+        &cluster,
+        &[
+            "vector_add",
+            "--params",
+            r#"{"a":[1,2,3.5],"b":[10,20,-3.5]}"#,
+        ],
+    );
     assert_eq!(add.status, Status::Succeeded, "{add:?}");
     assert_eq!(add.kind, "vector_add");
     assert_eq!(add.device, "cpu");
@@ -52,14 +65,26 @@ async fn each_kind_submitted_with_kiln_submit_yields_a_correct_result() {
     assert_eq!(floats(&add.output["c"]), vec![11.0, 22.0, 0.0]);
     assert!(add.total_ms >= add.compute_ms && add.total_ms >= add.queue_ms);
 
-    let mm = submit_wait(&cluster, &["matmul", "--params", r#"{"a":[[1,2],[3,4]],"b":[[5,6],[7,8]]}"#]);
+    let mm = submit_wait(
+        &cluster,
+        &[
+            "matmul",
+            "--params",
+            r#"{"a":[[1,2],[3,4]],"b":[[5,6],[7,8]]}"#,
+        ],
+    );
     assert_eq!(mm.status, Status::Succeeded, "{mm:?}");
     assert_eq!(mm.output["shape"], json!([2, 2]));
     assert_eq!(floats(&mm.output["c"]), vec![19.0, 22.0, 43.0, 50.0]);
 
     // Generated inputs: a 64×32 by 32×48 product; the checksum must match the same job run
     // directly through the kernel library (same seed → same inputs).
-    let generated = submit_wait(&cluster, &["matmul", "-p", "m=64", "-p", "k=32", "-p", "n=48", "--seed", "7"]);
+    let generated = submit_wait(
+        &cluster,
+        &[
+            "matmul", "-p", "m=64", "-p", "k=32", "-p", "n=48", "--seed", "7",
+        ],
+    );
     assert_eq!(generated.status, Status::Succeeded, "{generated:?}");
     assert_eq!(generated.output["shape"], json!([64, 48]));
     let local = kiln_kernels::find("matmul")
@@ -70,14 +95,24 @@ async fn each_kind_submitted_with_kiln_submit_yields_a_correct_result() {
             &kiln_proto::Limits::default(),
         )
         .unwrap()
-        .run(&kiln_kernels::ComputeDevice::Cpu, &kiln_kernels::NoCheckpoint)
+        .run(
+            &kiln_kernels::ComputeDevice::Cpu,
+            &kiln_kernels::NoCheckpoint,
+        )
         .unwrap();
     let remote_sum = generated.output["summary"]["checksum"].as_f64().unwrap();
     let local_sum = local["summary"]["checksum"].as_f64().unwrap();
-    assert!((remote_sum - local_sum).abs() < 1e-6, "{remote_sum} vs {local_sum}");
+    assert!(
+        (remote_sum - local_sum).abs() < 1e-6,
+        "{remote_sum} vs {local_sum}"
+    );
 
     // A 3×3 box filter over a constant image: the interior stays constant, corners see 4/9.
-    let image = json!([[[9.0, 9.0, 9.0, 9.0], [9.0, 9.0, 9.0, 9.0], [9.0, 9.0, 9.0, 9.0]]]);
+    let image = json!([[
+        [9.0, 9.0, 9.0, 9.0],
+        [9.0, 9.0, 9.0, 9.0],
+        [9.0, 9.0, 9.0, 9.0]
+    ]]);
     let params = json!({"image": image, "filter": "box"}).to_string();
     let conv = submit_wait(&cluster, &["conv2d", "--params", &params]);
     assert_eq!(conv.status, Status::Succeeded, "{conv:?}");
@@ -87,14 +122,21 @@ async fn each_kind_submitted_with_kiln_submit_yields_a_correct_result() {
     assert!((pixels[0] - 4.0).abs() < 1e-5, "corner {}", pixels[0]);
     assert!((pixels[5] - 9.0).abs() < 1e-5, "interior {}", pixels[5]);
 
-    let train = submit_wait(&cluster, &["train_mlp", "-p", "epochs=20", "-p", "samples=1024"]);
+    let train = submit_wait(
+        &cluster,
+        &["train_mlp", "-p", "epochs=20", "-p", "samples=1024"],
+    );
     assert_eq!(train.status, Status::Succeeded, "{train:?}");
     let epochs = train.output["epochs"].as_array().unwrap();
     assert_eq!(epochs.len(), 20);
     let first_loss = epochs[0]["loss"].as_f64().unwrap();
     let last_loss = train.output["final_loss"].as_f64().unwrap();
     assert!(last_loss < first_loss, "loss {first_loss} -> {last_loss}");
-    assert!(train.output["final_accuracy"].as_f64().unwrap() >= 0.8, "{:?}", train.output);
+    assert!(
+        train.output["final_accuracy"].as_f64().unwrap() >= 0.8,
+        "{:?}",
+        train.output
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -105,11 +147,14 @@ async fn plain_json_published_without_kiln_is_processed() {
     let client = cluster.client().await;
     let js = jetstream::new(client.clone());
     // Exactly what `nats pub jobs.cpu.vector_add '{...}'` sends: a bare JSON body, no headers.
-    js.publish("jobs.cpu.vector_add", r#"{"id":"raw-1","params":{"a":[1,2],"b":[3,4]}}"#.into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    js.publish(
+        "jobs.cpu.vector_add",
+        r#"{"id":"raw-1","params":{"a":[1,2],"b":[3,4]}}"#.into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
     // No id at all: the job goes by its stream sequence.
     let ack = js
         .publish("jobs.cpu.matmul", r#"{"params":{"n":8}}"#.into())
@@ -121,7 +166,12 @@ async fn plain_json_published_without_kiln_is_processed() {
     let results = wait_for_results(&client, &["raw-1", &seq_id], WAIT).await;
     assert_eq!(results["raw-1"].status, Status::Succeeded);
     assert_eq!(floats(&results["raw-1"].output["c"]), vec![4.0, 6.0]);
-    assert_eq!(results[&seq_id].status, Status::Succeeded, "{:?}", results[&seq_id]);
+    assert_eq!(
+        results[&seq_id].status,
+        Status::Succeeded,
+        "{:?}",
+        results[&seq_id]
+    );
     assert_eq!(results[&seq_id].output["shape"], json!([8, 8]));
 }
 
@@ -133,7 +183,15 @@ async fn resubmitted_job_id_runs_once_and_is_counted_once() {
     cluster.aggregator();
     let client = cluster.client().await;
 
-    let first = cluster.kiln(&["submit", "vector_add", "-p", "len=16", "--id", "same-id", "--wait"]);
+    let first = cluster.kiln(&[
+        "submit",
+        "vector_add",
+        "-p",
+        "len=16",
+        "--id",
+        "same-id",
+        "--wait",
+    ]);
     assert_success(&first);
     // Same id again, by kiln and by a raw publish with the id as Nats-Msg-Id.
     let again = cluster.kiln(&["submit", "vector_add", "-p", "len=16", "--id", "same-id"]);
@@ -147,18 +205,33 @@ async fn resubmitted_job_id_runs_once_and_is_counted_once() {
     let mut headers = HeaderMap::new();
     headers.insert("Nats-Msg-Id", "same-id");
     let ack = js
-        .publish_with_headers("jobs.cpu.vector_add", headers, r#"{"params":{"len":16}}"#.into())
+        .publish_with_headers(
+            "jobs.cpu.vector_add",
+            headers,
+            r#"{"params":{"len":16}}"#.into(),
+        )
         .await
         .unwrap()
         .await
         .unwrap();
     assert!(ack.duplicate, "the server must drop the resubmission");
     // A marker job behind them: once it is done, anything queued before it is too.
-    let marker = cluster.kiln(&["submit", "vector_add", "-p", "len=4", "--id", "marker", "--wait"]);
+    let marker = cluster.kiln(&[
+        "submit",
+        "vector_add",
+        "-p",
+        "len=4",
+        "--id",
+        "marker",
+        "--wait",
+    ]);
     assert_success(&marker);
 
     let (stored, results) = common::stored_results(&client).await;
-    assert_eq!(stored, 2, "one result for same-id and one for the marker: {results:#?}");
+    assert_eq!(
+        stored, 2,
+        "one result for same-id and one for the marker: {results:#?}"
+    );
     let snapshots = wait_for_metrics(&client, WAIT, |s| {
         snapshot(s, "vector_add", "cpu").is_some_and(|m| m.jobs == 2)
     })
@@ -190,25 +263,59 @@ async fn bad_jobs_get_failed_results_and_the_worker_keeps_serving() {
     publish("jobs.cpu.matmul", "malformed", r#"{"params":{"n":5"#).await;
     publish("jobs.cpu.fft", "unknown-kind", r#"{"params":{"n":5}}"#).await;
     publish("jobs.cpu.matmul", "oversized", r#"{"params":{"n":100000}}"#).await;
-    publish("jobs.cpu.matmul", "wrong-type", r#"{"params":{"n":"large"}}"#).await;
-    publish("jobs.cpu.vector_add", "negative", r#"{"params":{"len":-3}}"#).await;
-    publish("jobs.cpu.vector_add", "after", r#"{"params":{"a":[1],"b":[2]}}"#).await;
+    publish(
+        "jobs.cpu.matmul",
+        "wrong-type",
+        r#"{"params":{"n":"large"}}"#,
+    )
+    .await;
+    publish(
+        "jobs.cpu.vector_add",
+        "negative",
+        r#"{"params":{"len":-3}}"#,
+    )
+    .await;
+    publish(
+        "jobs.cpu.vector_add",
+        "after",
+        r#"{"params":{"a":[1],"b":[2]}}"#,
+    )
+    .await;
 
-    let ids = ["malformed", "unknown-kind", "oversized", "wrong-type", "negative", "after"];
+    let ids = [
+        "malformed",
+        "unknown-kind",
+        "oversized",
+        "wrong-type",
+        "negative",
+        "after",
+    ];
     let results = wait_for_results(&client, &ids, WAIT).await;
     let expect = |id: &str, kind: ErrorKind, needle: &str| {
         let r = &results[id];
         assert_eq!(r.status, Status::Failed, "{id}: {r:?}");
         let error = r.error.as_ref().unwrap();
         assert_eq!(error.kind, kind, "{id}: {error:?}");
-        assert!(error.message.contains(needle), "{id}: {:?} lacks {needle:?}", error.message);
+        assert!(
+            error.message.contains(needle),
+            "{id}: {:?} lacks {needle:?}",
+            error.message
+        );
     };
     expect("malformed", ErrorKind::InvalidInput, "EOF");
-    expect("unknown-kind", ErrorKind::InvalidInput, "unknown job kind \"fft\"");
+    expect(
+        "unknown-kind",
+        ErrorKind::InvalidInput,
+        "unknown job kind \"fft\"",
+    );
     expect("oversized", ErrorKind::TooLarge, "limit");
     expect("wrong-type", ErrorKind::InvalidInput, "invalid type");
     expect("negative", ErrorKind::InvalidInput, "invalid value");
-    assert_eq!(results["after"].status, Status::Succeeded, "the worker keeps serving");
+    assert_eq!(
+        results["after"].status,
+        Status::Succeeded,
+        "the worker keeps serving"
+    );
     assert_eq!(results["unknown-kind"].kind, "fft");
 
     let snapshots = wait_for_metrics(&client, WAIT, |s| {
@@ -232,9 +339,26 @@ async fn aggregator_counts_match_what_was_submitted() {
     cluster.cpu_worker();
     cluster.aggregator();
     let client = cluster.client().await;
-    let out = cluster.kiln(&["submit", "vector_add", "-p", "len=256", "--count", "200", "--wait"]);
+    let out = cluster.kiln(&[
+        "submit",
+        "vector_add",
+        "-p",
+        "len=256",
+        "--count",
+        "200",
+        "--wait",
+    ]);
     assert_success(&out);
-    let out = cluster.kiln(&["submit", "matmul", "-p", "n=32", "--count", "30", "--bincode", "--wait"]);
+    let out = cluster.kiln(&[
+        "submit",
+        "matmul",
+        "-p",
+        "n=32",
+        "--count",
+        "30",
+        "--bincode",
+        "--wait",
+    ]);
     assert_success(&out);
     assert_eq!(stdout(&out).lines().count(), 30, "one result line per job");
     let snapshots = wait_for_metrics(&client, WAIT, |s| {
@@ -243,7 +367,10 @@ async fn aggregator_counts_match_what_was_submitted() {
     })
     .await;
     let add = snapshot(&snapshots, "vector_add", "cpu").unwrap();
-    assert_eq!((add.jobs, add.succeeded, add.failed, add.duplicates), (200, 200, 0, 0));
+    assert_eq!(
+        (add.jobs, add.succeeded, add.failed, add.duplicates),
+        (200, 200, 0, 0)
+    );
     assert_eq!(add.total_ms.count, 200);
     assert!(add.total_ms.p50 > 0.0 && add.total_ms.p99 >= add.total_ms.p50);
     assert_eq!(add.devices.get("cpu"), Some(&200));
@@ -255,7 +382,15 @@ async fn aggregator_counts_match_what_was_submitted() {
     agg.kill().unwrap();
     agg.wait().unwrap();
     cluster.aggregator();
-    assert_success(&cluster.kiln(&["submit", "vector_add", "-p", "len=8", "--count", "5", "--wait"]));
+    assert_success(&cluster.kiln(&[
+        "submit",
+        "vector_add",
+        "-p",
+        "len=8",
+        "--count",
+        "5",
+        "--wait",
+    ]));
     let snapshots = wait_for_metrics(&client, WAIT, |s| {
         snapshot(s, "vector_add", "cpu").is_some_and(|m| m.jobs >= 205)
     })
@@ -266,7 +401,11 @@ async fn aggregator_counts_match_what_was_submitted() {
     assert_success(&status);
     let text = stdout(&status);
     assert!(text.contains("KILN_JOBS: 0 job(s) queued"), "{text}");
-    assert!(text.lines().any(|l| l.starts_with("vector_add") && l.contains(" 205 ")), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("vector_add") && l.contains(" 205 ")),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -274,7 +413,15 @@ async fn result_command_finds_a_finished_job() {
     let mut cluster = Cluster::new();
     cluster.init().await;
     cluster.cpu_worker();
-    assert_success(&cluster.kiln(&["submit", "vector_add", "-p", "len=4", "--id", "find-me", "--wait"]));
+    assert_success(&cluster.kiln(&[
+        "submit",
+        "vector_add",
+        "-p",
+        "len=4",
+        "--id",
+        "find-me",
+        "--wait",
+    ]));
     let out = cluster.kiln(&["result", "find-me"]);
     assert_success(&out);
     let event: ResultEvent = serde_json::from_str(&stdout(&out)).unwrap();
@@ -292,14 +439,20 @@ async fn worker_drains_and_exits_cleanly_on_sigterm() {
     assert_success(&cluster.kiln(&["submit", "vector_add", "-p", "len=4", "--wait"]));
     let worker = cluster.child("worker");
     let pid = worker.id().to_string();
-    let status = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
     assert!(status.success());
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let exit = loop {
         if let Some(exit) = worker.try_wait().unwrap() {
             break exit;
         }
-        assert!(std::time::Instant::now() < deadline, "worker did not stop after SIGTERM");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "worker did not stop after SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(exit.success(), "worker exited with {exit}");
@@ -336,7 +489,10 @@ fn demo_runs_to_completion_with_an_embedded_server() {
     assert!(stderr.contains("started nats-server"), "{stderr}");
     let text = stdout(&out);
     for kind in ["vector_add", "matmul", "conv2d", "train_mlp"] {
-        assert!(text.lines().any(|l| l.starts_with(kind)), "no {kind} row in:\n{text}");
+        assert!(
+            text.lines().any(|l| l.starts_with(kind)),
+            "no {kind} row in:\n{text}"
+        );
     }
     assert!(text.contains("(0 failed)"), "{text}");
 }

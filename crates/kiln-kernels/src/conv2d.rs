@@ -196,7 +196,7 @@ impl Params {
 /// Side of a user kernel, refusing non-square, even, too large and non-finite ones.
 fn check_kernel(kernel: &[Vec<f32>]) -> Result<usize, JobError> {
     let size = kernel.len();
-    if size == 0 || size % 2 == 0 || size > MAX_KERNEL_SIZE {
+    if size == 0 || size.is_multiple_of(2) || size > MAX_KERNEL_SIZE {
         return Err(JobError::invalid_input(format!(
             "conv2d kernel must be square with an odd side from 1 to {MAX_KERNEL_SIZE}, got {size} rows"
         )));
@@ -264,9 +264,7 @@ impl Kernel for Conv2d {
         let weights = checked_product(what, &[s.channels, s.passes, s.ksize, s.ksize])?;
         let elements = checked_product(what, &[pixels, maps])?
             .checked_add(weights)
-            .ok_or_else(|| {
-                JobError::too_large("conv2d sizes overflow a 64-bit element count")
-            })?;
+            .ok_or_else(|| JobError::too_large("conv2d sizes overflow a 64-bit element count"))?;
         Ok(Plan {
             elements,
             flops: 2.0 * pixels as f64 * (s.ksize * s.ksize * s.passes) as f64,
@@ -317,7 +315,9 @@ impl Kernel for Conv2d {
             "filter": name,
             "summary": Summary::of(&values),
         });
-        if b == 1 && values.len() <= ctx.limits.max_inline_output {
+        // An image the user sent comes back inline (when small); generated images get the
+        // summary only.
+        if params.image.is_some() && b == 1 && values.len() <= ctx.limits.max_inline_output {
             let image: Vec<Vec<&[f32]>> = values
                 .chunks(h * w)
                 .map(|channel| channel.chunks(w).collect())

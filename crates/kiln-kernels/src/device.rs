@@ -70,6 +70,7 @@ fn libcuda_present() -> bool {
         ]
         .map(str::to_owned),
     );
-    dirs.iter()
-        .any(|d| Path::new(d).join("libcuda.so.1").exists() || Path::new(d).join("libcuda.so").exists())
+    dirs.iter().any(|d| {
+        Path::new(d).join("libcuda.so.1").exists() || Path::new(d).join("libcuda.so").exists()
+    })
 }

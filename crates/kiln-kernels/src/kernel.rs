@@ -231,13 +231,13 @@ fn decode<K: Kernel>(
     let job: Job<K::Params> = codec
         .decode("job", body)
         .map_err(|e| JobError::invalid_input(format!("{} job: {e}", K::NAME)))?;
-    if let Some(id) = &job.id {
-        if !kiln_proto::valid_job_id(id) {
-            return Err(JobError::invalid_input(format!(
-                "job id {id:?} must be 1 to {} printable ASCII characters without spaces",
-                kiln_proto::MAX_ID_LEN
-            )));
-        }
+    if let Some(id) = &job.id
+        && !kiln_proto::valid_job_id(id)
+    {
+        return Err(JobError::invalid_input(format!(
+            "job id {id:?} must be 1 to {} printable ASCII characters without spaces",
+            kiln_proto::MAX_ID_LEN
+        )));
     }
     let plan = K::plan(&job.params, limits)?;
     limits.check_elements(K::NAME, plan.elements)?;

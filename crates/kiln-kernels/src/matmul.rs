@@ -16,7 +16,7 @@ use crate::{Kernel, Plan, RunContext, Summary, seeded_values};
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Dtype {
-    /// 32-bit floats (on NVIDIA GPUs Burn uses tensor cores at TF32-like precision).
+    /// 32-bit floats (on NVIDIA GPUs Burn may pick tensor-core kernels of TF32-like precision).
     #[default]
     F32,
     /// bfloat16 inputs and output, GPU only.
@@ -148,7 +148,7 @@ pub struct Matmul;
 impl Kernel for Matmul {
     const NAME: &'static str = "matmul";
     const SUMMARY: &'static str = "C = A·B, matrix product in f32, bf16 or f16";
-    const PARAMS_HELP: &'static str = "n: columns of B and C; alone, the size of a square product (512 if in doubt)\n\
+    const PARAMS_HELP: &'static str = "n: columns of B and C; alone, the side of a square product\n\
          m: rows of A and C (default n)\n\
          k: columns of A, rows of B (default n)\n\
          dtype: f32, or bf16/f16 on GPU workers (f32)\n\
@@ -217,7 +217,9 @@ impl Kernel for Matmul {
             "dtype": computed,
             "summary": Summary::of(&c),
         });
-        if m * n <= ctx.limits.max_inline_output {
+        // Matrices the user sent come back inline (when small); generated inputs get the
+        // summary only.
+        if params.a.is_some() && m * n <= ctx.limits.max_inline_output {
             let rows: Vec<&[f32]> = c.chunks(n).collect();
             out["c"] = json!(rows);
         }

@@ -119,10 +119,15 @@ impl Config {
             ));
         }
         if let Some(h) = c.hidden.iter().find(|&&h| !(1..=MAX_HIDDEN).contains(&h)) {
-            return invalid(format!("needs hidden sizes from 1 to {MAX_HIDDEN}, got {h}"));
+            return invalid(format!(
+                "needs hidden sizes from 1 to {MAX_HIDDEN}, got {h}"
+            ));
         }
         if !(1..=MAX_EPOCHS).contains(&c.epochs) {
-            return invalid(format!("needs epochs from 1 to {MAX_EPOCHS}, got {}", c.epochs));
+            return invalid(format!(
+                "needs epochs from 1 to {MAX_EPOCHS}, got {}",
+                c.epochs
+            ));
         }
         if c.batch_size == 0 {
             return invalid("needs batch_size >= 1, got 0".into());
@@ -145,9 +150,12 @@ impl Config {
     /// Weights and biases of the whole network.
     fn parameters(&self) -> Result<u64, JobError> {
         self.widths().windows(2).try_fold(0u64, |acc, pair| {
-            checked_product("train_mlp", &[pair[0].checked_add(1).ok_or_else(overflow)?, pair[1]])?
-                .checked_add(acc)
-                .ok_or_else(overflow)
+            checked_product(
+                "train_mlp",
+                &[pair[0].checked_add(1).ok_or_else(overflow)?, pair[1]],
+            )?
+            .checked_add(acc)
+            .ok_or_else(overflow)
         })
     }
 
@@ -244,8 +252,7 @@ fn shells(seed: u64, samples: usize, features: usize, classes: usize) -> (Vec<f3
                 break;
             }
         }
-        let radius =
-            2.0 * (class as f32 + 0.5 + rng.random_range(-0.3f32..0.3)) / classes as f32;
+        let radius = 2.0 * (class as f32 + 0.5 + rng.random_range(-0.3f32..0.3)) / classes as f32;
         points.extend(direction.iter().map(|d| d * radius));
         labels.push(class as i64);
     }
@@ -279,7 +286,10 @@ impl Kernel for TrainMlp {
         let what = "train_mlp";
         let parameters = c.parameters()?;
         // Points and labels.
-        let data = checked_product(what, &[c.samples, c.features.checked_add(1).ok_or_else(overflow)?])?;
+        let data = checked_product(
+            what,
+            &[c.samples, c.features.checked_add(1).ok_or_else(overflow)?],
+        )?;
         // Weights, their gradients and Adam's two moments.
         let state = checked_product(what, &[parameters, 4])?;
         // Activations of every layer, and their gradients, for the widest pass.
@@ -332,7 +342,9 @@ impl Kernel for TrainMlp {
             );
             let mut loss_sum = Tensor::<B, 1>::zeros([1], device);
             for start in (0..samples).step_by(batch_rows) {
-                let idx = order_t.clone().slice(start..(start + batch_rows).min(samples));
+                let idx = order_t
+                    .clone()
+                    .slice(start..(start + batch_rows).min(samples));
                 let logits = model.forward(x_ad.clone().select(0, idx.clone()));
                 let loss = loss_fn.forward(logits, y_ad.clone().select(0, idx));
                 loss_sum = loss_sum + loss.clone().inner();

@@ -70,17 +70,15 @@ impl Codec {
     pub fn decode<T: DeserializeOwned>(self, what: &'static str, bytes: &[u8]) -> Result<T> {
         let decoded = match self {
             Codec::Json => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
-            Codec::Bincode => {
-                bincode::serde::decode_from_slice(bytes, bincode::config::standard())
-                    .map_err(|e| e.to_string())
-                    .and_then(|(value, read)| {
-                        if read == bytes.len() {
-                            Ok(value)
-                        } else {
-                            Err(format!("{} trailing bytes", bytes.len() - read))
-                        }
-                    })
-            }
+            Codec::Bincode => bincode::serde::decode_from_slice(bytes, bincode::config::standard())
+                .map_err(|e| e.to_string())
+                .and_then(|(value, read)| {
+                    if read == bytes.len() {
+                        Ok(value)
+                    } else {
+                        Err(format!("{} trailing bytes", bytes.len() - read))
+                    }
+                }),
         };
         decoded.map_err(|message| Error::Decode {
             what,

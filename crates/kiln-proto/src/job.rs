@@ -54,12 +54,7 @@ pub fn new_job_id() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!(
-        "{:x}-{:x}-{:x}",
-        now.as_micros(),
-        std::process::id(),
-        n
-    )
+    format!("{:x}-{:x}-{:x}", now.as_micros(), std::process::id(), n)
 }
 
 #[cfg(test)]

@@ -11,8 +11,9 @@ pub struct Limits {
     pub max_elements: u64,
     /// Largest job body accepted, in bytes.
     pub max_payload_bytes: usize,
-    /// Largest number of elements returned inline in a result event; bigger outputs are
-    /// summarised (shape, checksum, norms) instead.
+    /// Largest output, in elements, returned inline in a result event for a job whose inputs
+    /// were sent inline. Bigger outputs, and outputs of generated inputs, are summarised
+    /// (shape, checksum, norms) instead.
     pub max_inline_output: usize,
 }
 
@@ -58,7 +59,9 @@ impl Limits {
 pub fn checked_product(what: &str, dims: &[u64]) -> Result<u64, JobError> {
     dims.iter().try_fold(1u64, |acc, &d| {
         acc.checked_mul(d).ok_or_else(|| {
-            JobError::too_large(format!("{what} sizes {dims:?} overflow a 64-bit element count"))
+            JobError::too_large(format!(
+                "{what} sizes {dims:?} overflow a 64-bit element count"
+            ))
         })
     })
 }

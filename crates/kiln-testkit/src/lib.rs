@@ -68,8 +68,8 @@ impl NatsServer {
     pub fn restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let (child, port) =
-            spawn(self.dir.path(), Some(self.port), &self.extra_args).unwrap_or_else(|e| panic!("{e}"));
+        let (child, port) = spawn(self.dir.path(), Some(self.port), &self.extra_args)
+            .unwrap_or_else(|e| panic!("{e}"));
         self.child = child;
         self.port = port;
     }
@@ -115,7 +115,8 @@ fn spawn(dir: &Path, port: Option<u16>, extra_args: &[String]) -> Result<(Child,
     let bin = find_nats_server().ok_or_else(|| NOT_FOUND.to_owned())?;
     let ports_dir = dir.join("ports");
     let _ = std::fs::remove_dir_all(&ports_dir);
-    std::fs::create_dir_all(&ports_dir).map_err(|e| format!("create {}: {e}", ports_dir.display()))?;
+    std::fs::create_dir_all(&ports_dir)
+        .map_err(|e| format!("create {}: {e}", ports_dir.display()))?;
     let log = std::fs::File::create(dir.join("nats-server.log"))
         .map_err(|e| format!("create the nats-server log: {e}"))?;
     let mut cmd = Command::new(&bin);
@@ -139,12 +140,14 @@ fn spawn(dir: &Path, port: Option<u16>, extra_args: &[String]) -> Result<(Child,
     let port = loop {
         if let Ok(Some(status)) = child.try_wait() {
             let log = std::fs::read_to_string(dir.join("nats-server.log")).unwrap_or_default();
-            return Err(format!("nats-server exited with {status} before it was ready:\n{log}"));
+            return Err(format!(
+                "nats-server exited with {status} before it was ready:\n{log}"
+            ));
         }
-        if let Some(port) = read_port(&ports_dir) {
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break port;
-            }
+        if let Some(port) = read_port(&ports_dir)
+            && TcpStream::connect(("127.0.0.1", port)).is_ok()
+        {
+            break port;
         }
         if Instant::now() > deadline {
             let _ = child.kill();

@@ -114,10 +114,8 @@ async fn compute(
 ) -> (Result<serde_json::Value, JobError>, f64) {
     let ack_wait = shared.config.topology.ack_wait;
     let progress_every = (ack_wait / 3).max(Duration::from_millis(100));
-    let mut ticker = tokio::time::interval_at(
-        tokio::time::Instant::now() + progress_every,
-        progress_every,
-    );
+    let mut ticker =
+        tokio::time::interval_at(tokio::time::Instant::now() + progress_every, progress_every);
     let permit = {
         let acquire = shared.compute.clone().acquire_owned();
         tokio::pin!(acquire);
@@ -139,7 +137,9 @@ async fn compute(
             timeout,
             stopping: &shared_for_task.stopping,
         };
-        let result = guard.checkpoint(Progress { done: 0, total: 1 }).and_then(|()| job.run(&device, &guard));
+        let result = guard
+            .checkpoint(Progress { done: 0, total: 1 })
+            .and_then(|()| job.run(&device, &guard));
         (result, start.elapsed().as_secs_f64() * 1000.0)
     });
     tokio::pin!(task);
@@ -165,18 +165,18 @@ struct Guard<'a> {
 
 impl Checkpoint for Guard<'_> {
     fn checkpoint(&self, progress: Progress) -> Result<(), JobError> {
-        if let Some(timeout) = self.timeout {
-            if self.start.elapsed() > timeout {
-                return Err(JobError::new(
-                    ErrorKind::Timeout,
-                    format!(
-                        "job ran past its timeout_ms of {} ({} of {} steps done)",
-                        timeout.as_millis(),
-                        progress.done,
-                        progress.total
-                    ),
-                ));
-            }
+        if let Some(timeout) = self.timeout
+            && self.start.elapsed() > timeout
+        {
+            return Err(JobError::new(
+                ErrorKind::Timeout,
+                format!(
+                    "job ran past its timeout_ms of {} ({} of {} steps done)",
+                    timeout.as_millis(),
+                    progress.done,
+                    progress.total
+                ),
+            ));
         }
         if self.stopping.load(Ordering::Relaxed) {
             return Err(JobError::internal("worker shutting down; job handed back"));
@@ -206,14 +206,15 @@ async fn finish(
     compute_ms: f64,
 ) {
     let max_deliver = shared.config.topology.max_deliver.max(1) as u64;
-    if let Err(error) = &result {
-        if error.kind.disposition() == Disposition::Retry && delivery.attempt < max_deliver {
-            let delay = retry_delay(delivery.attempt);
-            tracing::warn!(%id, attempt = delivery.attempt, error = %error, ?delay, "job failed; handing it back for another attempt");
-            shared.counters.retried.fetch_add(1, Ordering::Relaxed);
-            let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
-            return;
-        }
+    if let Err(error) = &result
+        && error.kind.disposition() == Disposition::Retry
+        && delivery.attempt < max_deliver
+    {
+        let delay = retry_delay(delivery.attempt);
+        tracing::warn!(%id, attempt = delivery.attempt, error = %error, ?delay, "job failed; handing it back for another attempt");
+        shared.counters.retried.fetch_add(1, Ordering::Relaxed);
+        let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
+        return;
     }
     let finished_at = OffsetDateTime::now_utc();
     let ms = |d: time::Duration| d.as_seconds_f64().max(0.0) * 1000.0;
@@ -246,17 +247,24 @@ async fn finish(
         tracing::info!(id = %event.id, kind = %event.kind, error = %error, "job failed");
     }
     // A job that failed for good after its last attempt is also kept as a dead letter.
-    if event.error.as_ref().is_some_and(|e| e.kind.disposition() == Disposition::Retry) {
-        if let Err(e) = dead_letter(shared, message, &event).await {
-            tracing::error!(id = %event.id, error = %e, "could not dead-letter job; handing it back");
-            let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(5)))).await;
-            return;
-        }
+    if event
+        .error
+        .as_ref()
+        .is_some_and(|e| e.kind.disposition() == Disposition::Retry)
+        && let Err(e) = dead_letter(shared, message, &event).await
+    {
+        tracing::error!(id = %event.id, error = %e, "could not dead-letter job; handing it back");
+        let _ = message
+            .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
+            .await;
+        return;
     }
     if let Err(e) = publish_result(shared, &event, message.headers.as_ref()).await {
         // The result is not stored: hand the job back so that it is answered later.
         tracing::error!(id = %event.id, error = %e, "could not publish result; handing job back");
-        let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+        let _ = message
+            .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+            .await;
         return;
     }
     match event.status {

@@ -115,9 +115,7 @@ pub async fn run(
                 Some(Ok(message)) => {
                     let Some(permit) = permits.pop() else {
                         // The server never sends more than asked; hand back anything extra.
-                        let _ = message
-                            .ack_with(jetstream::AckKind::Nak(None))
-                            .await;
+                        let _ = message.ack_with(jetstream::AckKind::Nak(None)).await;
                         continue;
                     };
                     let shared = shared.clone();

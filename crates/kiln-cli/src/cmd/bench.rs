@@ -86,17 +86,21 @@ async fn pipeline(nats: &NatsArgs, args: PipelineArgs) -> anyhow::Result<ExitCod
         runs.push(record("kiln", args.jobs, seconds));
     }
     let median = |side: &str| {
-        let mut v: Vec<f64> = runs.iter().filter(|r| r.side == side).map(|r| r.jobs_per_s).collect();
+        let mut v: Vec<f64> = runs
+            .iter()
+            .filter(|r| r.side == side)
+            .map(|r| r.jobs_per_s)
+            .collect();
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
     let same = median("ceiling, same bytes");
     let small = median("ceiling, 16-byte messages");
     let kiln_rate = median("kiln");
-    let latency = streams::latest_metrics(&js)
-        .await
-        .ok()
-        .and_then(|s| s.into_iter().find(|s| s.kind == "vector_add" && s.class == "cpu"));
+    let latency = streams::latest_metrics(&js).await.ok().and_then(|s| {
+        s.into_iter()
+            .find(|s| s.kind == "vector_add" && s.class == "cpu")
+    });
     let report = Report {
         machine,
         jobs_per_run: args.jobs,
@@ -115,13 +119,21 @@ async fn pipeline(nats: &NatsArgs, args: PipelineArgs) -> anyhow::Result<ExitCod
     println!();
     println!("{:<28} {:>10} {:>10}", "run", "seconds", "jobs/s");
     for run in &report.runs {
-        println!("{:<28} {:>10.3} {:>10.0}", run.side, run.seconds, run.jobs_per_s);
+        println!(
+            "{:<28} {:>10.3} {:>10.0}",
+            run.side, run.seconds, run.jobs_per_s
+        );
     }
     println!();
-    println!("median jobs/s: ceiling (same bytes) {same:.0}, ceiling (16-byte messages) {small:.0}, kiln {kiln_rate:.0}");
+    println!(
+        "median jobs/s: ceiling (same bytes) {same:.0}, ceiling (16-byte messages) {small:.0}, kiln {kiln_rate:.0}"
+    );
     println!(
         "kiln / ceiling: {:.3} (same bytes), {:.3} (16-byte messages); kiln latency submit→result p50 {:.2} ms, p99 {:.2} ms (all runs)",
-        report.ratio_same_bytes, report.ratio_small, report.kiln_total_ms_p50, report.kiln_total_ms_p99
+        report.ratio_same_bytes,
+        report.ratio_small,
+        report.kiln_total_ms_p50,
+        report.kiln_total_ms_p99
     );
     if let Some(path) = &args.json {
         if let Some(dir) = path.parent() {
@@ -266,8 +278,16 @@ async fn ceiling(
 ) -> anyhow::Result<f64> {
     let tag = format!("{}-{run}", kiln_proto::new_job_id());
     for (name, subject, retention) in [
-        ("BENCH_JOBS", "bench.jobs.>", stream::RetentionPolicy::WorkQueue),
-        ("BENCH_RESULTS", "bench.results.>", stream::RetentionPolicy::Limits),
+        (
+            "BENCH_JOBS",
+            "bench.jobs.>",
+            stream::RetentionPolicy::WorkQueue,
+        ),
+        (
+            "BENCH_RESULTS",
+            "bench.results.>",
+            stream::RetentionPolicy::Limits,
+        ),
     ] {
         let _ = js.delete_stream(name).await;
         js.create_stream(stream::Config {
@@ -322,7 +342,10 @@ async fn ceiling(
                     let mut headers = HeaderMap::new();
                     let id = format!("r-{}", message.info().map_or(0, |i| i.stream_sequence));
                     headers.insert(HEADER_MSG_ID, id.as_str());
-                    if let Ok(ack) = js.publish_with_headers("bench.results.x", headers, body).await {
+                    if let Ok(ack) = js
+                        .publish_with_headers("bench.results.x", headers, body)
+                        .await
+                    {
                         let _ = ack.await;
                     }
                     let _ = message.ack().await;
@@ -343,10 +366,10 @@ async fn ceiling(
                 .publish_with_headers("bench.jobs.x", headers, job_body.clone())
                 .await?;
             pending.push(ack.into_future());
-            if pending.len() >= 1024 {
-                if let Some(done) = pending.next().await {
-                    done?;
-                }
+            if pending.len() >= 1024
+                && let Some(done) = pending.next().await
+            {
+                done?;
             }
         }
         while let Some(done) = pending.next().await {
@@ -360,7 +383,7 @@ async fn ceiling(
             Ok(Some(Ok(message))) => {
                 let _ = message.ack().await;
                 seen += 1;
-                if seen % 1000 == 0 {
+                if seen.is_multiple_of(1000) {
                     bar.set_position(seen);
                 }
             }
@@ -389,5 +412,9 @@ fn describe_machine() -> String {
         })
         .unwrap_or_else(|| "unknown CPU".into());
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    format!("{cpu}, {cores} cores available, {} {}", std::env::consts::OS, std::env::consts::ARCH)
+    format!(
+        "{cpu}, {cores} cores available, {} {}",
+        std::env::consts::OS,
+        std::env::consts::ARCH
+    )
 }

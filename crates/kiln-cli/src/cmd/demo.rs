@@ -82,7 +82,11 @@ pub async fn run(nats: &NatsArgs, args: DemoArgs) -> anyhow::Result<ExitCode> {
     let total = jobs.len() as u64;
     eprintln!(
         "submitting {total} jobs (vector_add, matmul, conv2d, train_mlp) to {}",
-        classes.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(" and ")
+        classes
+            .iter()
+            .map(|c| c.as_str())
+            .collect::<Vec<_>>()
+            .join(" and ")
     );
     let mut collector = ResultCollector::subscribe(&client, None).await?;
     let started = Instant::now();
@@ -96,7 +100,11 @@ pub async fn run(nats: &NatsArgs, args: DemoArgs) -> anyhow::Result<ExitCode> {
                     "{} {}: {}",
                     event.kind,
                     event.id,
-                    event.error.as_ref().map(|e| e.to_string()).unwrap_or_default()
+                    event
+                        .error
+                        .as_ref()
+                        .map(|e| e.to_string())
+                        .unwrap_or_default()
                 ));
             }
         })
@@ -148,7 +156,8 @@ fn workload(classes: &[DeviceClass], scale: f64) -> anyhow::Result<Vec<JobSpec>>
     let mut push = |class: DeviceClass, kind: &str, params: serde_json::Value, i: usize| {
         let entry = kiln_kernels::find(kind).expect("demo kinds are registered");
         let id = format!("demo-{run}-{class}-{kind}-{i}");
-        JobSpec::new(entry, class, params, id, i as u64, None, Codec::Json).map(|job| jobs.push(job))
+        JobSpec::new(entry, class, params, id, i as u64, None, Codec::Json)
+            .map(|job| jobs.push(job))
     };
     for &class in classes {
         for i in 0..n(300.0) {

@@ -63,13 +63,13 @@ pub async fn find(
         };
         let message = message?;
         seen += 1;
-        if let Ok(event) = serde_json::from_slice::<ResultEvent>(&message.payload) {
-            if event.id == id {
-                found = Some(event);
-                // Keep scanning: a later attempt would be the one that counts, but results
-                // are deduplicated by job id, so the first match is the only one.
-                break;
-            }
+        if let Ok(event) = serde_json::from_slice::<ResultEvent>(&message.payload)
+            && event.id == id
+        {
+            found = Some(event);
+            // Keep scanning: a later attempt would be the one that counts, but results
+            // are deduplicated by job id, so the first match is the only one.
+            break;
         }
     }
     Ok(found)

@@ -4,8 +4,8 @@ use std::fmt::Write as _;
 use std::process::ExitCode;
 
 use async_nats::jetstream;
-use kiln_proto::streams::{self, STREAM_DLQ, STREAM_JOBS, STREAM_RESULTS};
 use kiln_proto::DeviceClass;
+use kiln_proto::streams::{self, STREAM_DLQ, STREAM_JOBS, STREAM_RESULTS};
 
 use crate::cli::NatsArgs;
 
@@ -45,10 +45,10 @@ pub async fn overview(js: &jetstream::Context) -> anyhow::Result<String> {
         }
     }
     for name in [STREAM_RESULTS, STREAM_DLQ] {
-        if let Ok(mut stream) = js.get_stream(name).await {
-            if let Ok(info) = stream.info().await {
-                let _ = writeln!(out, "{name}: {} message(s)", info.state.messages);
-            }
+        if let Ok(mut stream) = js.get_stream(name).await
+            && let Ok(info) = stream.info().await
+        {
+            let _ = writeln!(out, "{name}: {} message(s)", info.state.messages);
         }
     }
     let snapshots = streams::latest_metrics(js)

@@ -66,22 +66,23 @@ pub async fn publish_all(
 ) -> anyhow::Result<u64> {
     let mut pending = FuturesUnordered::new();
     let mut duplicates = 0;
-    let mut settle = |result: (String, Result<jetstream::publish::PublishAck, _>)| -> anyhow::Result<()> {
-        let (id, ack) = result;
-        let ack: jetstream::publish::PublishAck = ack.map_err(|e: jetstream::context::PublishError| {
+    let mut settle =
+        |result: (String, Result<jetstream::publish::PublishAck, _>)| -> anyhow::Result<()> {
+            let (id, ack) = result;
+            let ack: jetstream::publish::PublishAck = ack.map_err(|e: jetstream::context::PublishError| {
             anyhow::anyhow!(
                 "the server refused job {id}: {e} (if the KILN_JOBS stream is full, wait for \
                  workers to catch up or raise its limits)"
             )
         })?;
-        if ack.duplicate {
-            duplicates += 1;
-        }
-        if let Some(p) = progress {
-            p.inc(1);
-        }
-        Ok(())
-    };
+            if ack.duplicate {
+                duplicates += 1;
+            }
+            if let Some(p) = progress {
+                p.inc(1);
+            }
+            Ok(())
+        };
     for job in jobs {
         let mut headers = HeaderMap::new();
         headers.insert(HEADER_MSG_ID, job.id.as_str());
@@ -92,10 +93,10 @@ pub async fn publish_all(
             .with_context(|| format!("publishing job {} on {}", job.id, job.subject))?;
         let id = job.id;
         pending.push(async move { (id, ack.await) });
-        if pending.len() >= PUBLISH_WINDOW {
-            if let Some(done) = pending.next().await {
-                settle(done)?;
-            }
+        if pending.len() >= PUBLISH_WINDOW
+            && let Some(done) = pending.next().await
+        {
+            settle(done)?;
         }
     }
     while let Some(done) = pending.next().await {
@@ -111,7 +112,10 @@ pub struct ResultCollector {
 }
 
 impl ResultCollector {
-    pub async fn subscribe(client: &async_nats::Client, kind: Option<&str>) -> anyhow::Result<Self> {
+    pub async fn subscribe(
+        client: &async_nats::Client,
+        kind: Option<&str>,
+    ) -> anyhow::Result<Self> {
         let subject = kind.map_or_else(|| "results.>".to_owned(), subject::result);
         let subscriber = client
             .subscribe(subject.clone())
@@ -168,7 +172,10 @@ pub fn parse_params(pairs: &[String], json: Option<&str>) -> anyhow::Result<serd
         Some(text) => {
             let value: serde_json::Value =
                 serde_json::from_str(text).context("--params must be a JSON object")?;
-            anyhow::ensure!(value.is_object(), "--params must be a JSON object, got {value}");
+            anyhow::ensure!(
+                value.is_object(),
+                "--params must be a JSON object, got {value}"
+            );
             value
         }
         None => serde_json::json!({}),
@@ -194,7 +201,11 @@ pub async fn run(nats: &NatsArgs, args: SubmitArgs) -> anyhow::Result<ExitCode> 
     })?;
     let class: DeviceClass = args.device.parse()?;
     let params = parse_params(&args.params, args.params_json.as_deref())?;
-    let codec = if args.bincode { Codec::Bincode } else { Codec::Json };
+    let codec = if args.bincode {
+        Codec::Bincode
+    } else {
+        Codec::Json
+    };
     let base_id = args.id.clone().unwrap_or_else(kiln_proto::new_job_id);
     anyhow::ensure!(
         kiln_proto::valid_job_id(&base_id),
@@ -209,7 +220,15 @@ pub async fn run(nats: &NatsArgs, args: SubmitArgs) -> anyhow::Result<ExitCode> 
             } else {
                 format!("{base_id}-{i}")
             };
-            JobSpec::new(kind, class, params.clone(), id, args.seed + i, args.timeout_ms, codec)
+            JobSpec::new(
+                kind,
+                class,
+                params.clone(),
+                id,
+                args.seed + i,
+                args.timeout_ms,
+                codec,
+            )
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let ids: HashSet<String> = jobs.iter().map(|j| j.id.clone()).collect();
@@ -217,6 +236,7 @@ pub async fn run(nats: &NatsArgs, args: SubmitArgs) -> anyhow::Result<ExitCode> 
     let client = crate::connect::connect_with(nats, false).await?;
     let js = jetstream::new(client.clone());
     kiln_proto::streams::ensure_all(&js, &super::topology(nats)).await?;
+    warn_if_unserved(&js, class).await;
     let mut collector = if args.wait {
         Some(ResultCollector::subscribe(&client, Some(kind.name)).await?)
     } else {
@@ -236,7 +256,11 @@ pub async fn run(nats: &NatsArgs, args: SubmitArgs) -> anyhow::Result<ExitCode> 
         if args.count == 1 {
             println!("{base_id}");
         } else {
-            println!("submitted {} jobs: {base_id}-0 .. {base_id}-{}", args.count, args.count - 1);
+            println!(
+                "submitted {} jobs: {base_id}-0 .. {base_id}-{}",
+                args.count,
+                args.count - 1
+            );
         }
         return Ok(ExitCode::SUCCESS);
     };
@@ -249,7 +273,10 @@ pub async fn run(nats: &NatsArgs, args: SubmitArgs) -> anyhow::Result<ExitCode> 
             bar.as_ref(),
             |event| {
                 if single {
-                    println!("{}", serde_json::to_string_pretty(event).unwrap_or_default());
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(event).unwrap_or_default()
+                    );
                 } else if let Ok(line) = serde_json::to_string(event) {
                     println!("{line}");
                 }
@@ -259,7 +286,10 @@ pub async fn run(nats: &NatsArgs, args: SubmitArgs) -> anyhow::Result<ExitCode> 
     if let Some(bar) = &bar {
         bar.finish();
     }
-    let failed = results.values().filter(|r| r.status == Status::Failed).count();
+    let failed = results
+        .values()
+        .filter(|r| r.status == Status::Failed)
+        .count();
     let missing = ids.len() - results.len();
     if missing > 0 {
         eprintln!(
@@ -276,4 +306,26 @@ pub async fn run(nats: &NatsArgs, args: SubmitArgs) -> anyhow::Result<ExitCode> 
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Say so when nothing is pulling from the class's consumer: the jobs are safe in KILN_JOBS,
+/// but they will wait until a worker (or, for auto, the scheduler) runs.
+async fn warn_if_unserved(js: &jetstream::Context, class: DeviceClass) {
+    let Ok(stream) = js.get_stream(kiln_proto::streams::STREAM_JOBS).await else {
+        return;
+    };
+    if let Ok(info) = stream.consumer_info(class.consumer()).await
+        && info.num_waiting == 0
+        && info.num_ack_pending == 0
+    {
+        let who = match class {
+            DeviceClass::Auto => "a scheduler runs (this version of kiln has none yet)",
+            DeviceClass::Gpu => "a GPU worker runs (`kiln worker --device cuda`)",
+            DeviceClass::Cpu => "a CPU worker runs (`kiln worker --device cpu`)",
+        };
+        eprintln!(
+            "note: nothing is pulling from consumer {} right now; the jobs wait in KILN_JOBS until {who}",
+            class.consumer()
+        );
+    }
 }

@@ -20,9 +20,9 @@ pub fn parse_device(spec: &str) -> anyhow::Result<ComputeDevice> {
         }
         cuda if cuda == "cuda" || cuda.starts_with("cuda:") => {
             let index = match cuda.strip_prefix("cuda:") {
-                Some(i) => i
-                    .parse::<usize>()
-                    .with_context(|| format!("device {cuda:?}: the index after cuda: must be a number"))?,
+                Some(i) => i.parse::<usize>().with_context(|| {
+                    format!("device {cuda:?}: the index after cuda: must be a number")
+                })?,
                 None => 0,
             };
             if cuda_count == 0 {
@@ -32,7 +32,10 @@ pub fn parse_device(spec: &str) -> anyhow::Result<ComputeDevice> {
                 );
             }
             if index >= cuda_count {
-                anyhow::bail!("--device {cuda}: this machine has {cuda_count} CUDA device(s), 0 to {}", cuda_count - 1);
+                anyhow::bail!(
+                    "--device {cuda}: this machine has {cuda_count} CUDA device(s), 0 to {}",
+                    cuda_count - 1
+                );
             }
             Ok(ComputeDevice::Cuda(index))
         }
@@ -40,7 +43,10 @@ pub fn parse_device(spec: &str) -> anyhow::Result<ComputeDevice> {
     }
 }
 
-pub fn worker_config(args: &WorkerArgs, nats: &NatsArgs) -> anyhow::Result<kiln_worker::WorkerConfig> {
+pub fn worker_config(
+    args: &WorkerArgs,
+    nats: &NatsArgs,
+) -> anyhow::Result<kiln_worker::WorkerConfig> {
     let device = parse_device(&args.device)?;
     let mut config = kiln_worker::WorkerConfig::new(device);
     if let Some(name) = &args.name {

@@ -60,7 +60,10 @@ impl Cluster {
     }
 
     pub fn cpu_worker(&mut self) {
-        self.spawn("worker", &["worker", "--device", "cpu", "--name", "test-worker"]);
+        self.spawn(
+            "worker",
+            &["worker", "--device", "cpu", "--name", "test-worker"],
+        );
     }
 
     pub fn aggregator(&mut self) {
@@ -68,13 +71,19 @@ impl Cluster {
     }
 
     pub async fn client(&self) -> async_nats::Client {
-        async_nats::connect(self.server.url()).await.expect("connect to the test server")
+        async_nats::connect(self.server.url())
+            .await
+            .expect("connect to the test server")
     }
 
     /// Create the streams the way every kiln process does.
     pub async fn init(&self) {
         let out = self.kiln(&["init"]);
-        assert!(out.status.success(), "kiln init failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "kiln init failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
@@ -90,7 +99,10 @@ impl Drop for Cluster {
 /// Every result event stored in KILN_RESULTS, by job id (each id must appear once).
 pub async fn stored_results(client: &async_nats::Client) -> (usize, HashMap<String, ResultEvent>) {
     let js = jetstream::new(client.clone());
-    let stream = js.get_stream(streams::STREAM_RESULTS).await.expect("results stream");
+    let stream = js
+        .get_stream(streams::STREAM_RESULTS)
+        .await
+        .expect("results stream");
     let consumer = stream
         .create_consumer(jetstream::consumer::pull::OrderedConfig {
             filter_subject: "results.>".into(),
@@ -159,8 +171,14 @@ pub async fn wait_for_metrics(
     }
 }
 
-pub fn snapshot<'a>(snapshots: &'a [MetricsSnapshot], kind: &str, class: &str) -> Option<&'a MetricsSnapshot> {
-    snapshots.iter().find(|s| s.kind == kind && s.class == class)
+pub fn snapshot<'a>(
+    snapshots: &'a [MetricsSnapshot],
+    kind: &str,
+    class: &str,
+) -> Option<&'a MetricsSnapshot> {
+    snapshots
+        .iter()
+        .find(|s| s.kind == kind && s.class == class)
 }
 
 pub fn stdout(output: &Output) -> String {

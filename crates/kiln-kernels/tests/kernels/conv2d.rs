@@ -33,28 +33,41 @@ fn reference(planes: &[f32], h: usize, w: usize, kernel: &[Vec<f64>]) -> Vec<f64
 
 /// The named filters, written out independently of the kernel's code.
 pub(crate) fn named(filter: &str, planes: &[f32], h: usize, w: usize) -> Vec<f64> {
-    let sobel_x = vec![vec![-1.0, 0.0, 1.0], vec![-2.0, 0.0, 2.0], vec![-1.0, 0.0, 1.0]];
+    let sobel_x = vec![
+        vec![-1.0, 0.0, 1.0],
+        vec![-2.0, 0.0, 2.0],
+        vec![-1.0, 0.0, 1.0],
+    ];
     match filter {
         "gaussian" => {
             let g = |d: i32| (-(d * d) as f64 / 2.0).exp();
-            let mut kernel: Vec<Vec<f64>> =
-                (-2..=2).map(|y| (-2..=2).map(|x| g(x) * g(y)).collect()).collect();
+            let mut kernel: Vec<Vec<f64>> = (-2..=2)
+                .map(|y| (-2..=2).map(|x| g(x) * g(y)).collect())
+                .collect();
             let sum: f64 = kernel.iter().flatten().sum();
             kernel.iter_mut().flatten().for_each(|v| *v /= sum);
             reference(planes, h, w, &kernel)
         }
         "sobel" => {
-            let sobel_y: Vec<Vec<f64>> =
-                (0..3).map(|i| (0..3).map(|j| sobel_x[j][i]).collect()).collect();
+            let sobel_y: Vec<Vec<f64>> = (0..3)
+                .map(|i| (0..3).map(|j| sobel_x[j][i]).collect())
+                .collect();
             let gx = reference(planes, h, w, &sobel_x);
             let gy = reference(planes, h, w, &sobel_y);
-            gx.iter().zip(&gy).map(|(x, y)| (x * x + y * y).sqrt()).collect()
+            gx.iter()
+                .zip(&gy)
+                .map(|(x, y)| (x * x + y * y).sqrt())
+                .collect()
         }
         "sharpen" => reference(
             planes,
             h,
             w,
-            &[vec![0.0, -1.0, 0.0], vec![-1.0, 5.0, -1.0], vec![0.0, -1.0, 0.0]],
+            &[
+                vec![0.0, -1.0, 0.0],
+                vec![-1.0, 5.0, -1.0],
+                vec![0.0, -1.0, 0.0],
+            ],
         ),
         "box" => reference(planes, h, w, &vec![vec![1.0 / 9.0; 3]; 3]),
         other => panic!("no reference for {other}"),
@@ -63,7 +76,10 @@ pub(crate) fn named(filter: &str, planes: &[f32], h: usize, w: usize) -> Vec<f64
 
 /// The pixels of a generated batch: the seed's values mapped to [0, 1).
 pub(crate) fn generated(seed: u64, n: usize) -> Vec<f32> {
-    seeded_values(seed, 0, n).into_iter().map(|v| (v + 1.0) / 2.0).collect()
+    seeded_values(seed, 0, n)
+        .into_iter()
+        .map(|v| (v + 1.0) / 2.0)
+        .collect()
 }
 
 // f32 on the CPU: at most 25 products of pixels in [0, 1) with weights up to 5, each
@@ -85,15 +101,41 @@ fn box_filter_on_a_small_image_is_exact() {
 fn user_kernels_apply_as_cross_correlation() {
     let image = json!([[[1, 2, 3], [4, 5, 6]], [[-1, 0, 1], [7, 8, 9]]]);
     // Identity and scaling.
-    let out = run("conv2d", json!({"image": image, "kernel": [[0, 0, 0], [0, 1, 0], [0, 0, 0]]}), 0);
-    assert_eq!(out["image"], json!([[[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], [[-1.0, 0.0, 1.0], [7.0, 8.0, 9.0]]]));
+    let out = run(
+        "conv2d",
+        json!({"image": image, "kernel": [[0, 0, 0], [0, 1, 0], [0, 0, 0]]}),
+        0,
+    );
+    assert_eq!(
+        out["image"],
+        json!([
+            [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]],
+            [[-1.0, 0.0, 1.0], [7.0, 8.0, 9.0]]
+        ])
+    );
     assert_eq!(out["filter"], "kernel");
     let out = run("conv2d", json!({"image": image, "kernel": [[2]]}), 0);
-    assert_eq!(out["image"], json!([[[2.0, 4.0, 6.0], [8.0, 10.0, 12.0]], [[-2.0, 0.0, 2.0], [14.0, 16.0, 18.0]]]));
+    assert_eq!(
+        out["image"],
+        json!([
+            [[2.0, 4.0, 6.0], [8.0, 10.0, 12.0]],
+            [[-2.0, 0.0, 2.0], [14.0, 16.0, 18.0]]
+        ])
+    );
     // Not flipped: a 1 right of the centre reads the pixel to the right, output(y, x) =
     // input(y, x + 1), zero past the edge.
-    let out = run("conv2d", json!({"image": image, "kernel": [[0, 0, 0], [0, 0, 1], [0, 0, 0]]}), 0);
-    assert_eq!(out["image"], json!([[[2.0, 3.0, 0.0], [5.0, 6.0, 0.0]], [[0.0, 1.0, 0.0], [8.0, 9.0, 0.0]]]));
+    let out = run(
+        "conv2d",
+        json!({"image": image, "kernel": [[0, 0, 0], [0, 0, 1], [0, 0, 0]]}),
+        0,
+    );
+    assert_eq!(
+        out["image"],
+        json!([
+            [[2.0, 3.0, 0.0], [5.0, 6.0, 0.0]],
+            [[0.0, 1.0, 0.0], [8.0, 9.0, 0.0]]
+        ])
+    );
 }
 
 #[test]
@@ -108,7 +150,26 @@ fn named_filters_match_reference_on_generated_images() {
         );
         assert_eq!(out["shape"], json!([1, c, h, w]));
         assert_eq!(out["filter"], filter);
-        assert_close(&floats(&out["image"]), &named(filter, &pixels, h, w), F32_TOL, filter);
+        assert!(
+            out.get("image").is_none(),
+            "generated outputs are summarised"
+        );
+        // The same pixels sent inline come back inline, with the same summary.
+        let image: Vec<Vec<Vec<f32>>> = pixels
+            .chunks(h * w)
+            .map(|plane| plane.chunks(w).map(<[f32]>::to_vec).collect())
+            .collect();
+        let inline = run("conv2d", json!({"image": image, "filter": filter}), 4);
+        assert_eq!(
+            inline["summary"], out["summary"],
+            "{filter}: same seed, same image"
+        );
+        assert_close(
+            &floats(&inline["image"]),
+            &named(filter, &pixels, h, w),
+            F32_TOL,
+            filter,
+        );
     }
 }
 
@@ -134,12 +195,20 @@ fn kernel_larger_than_the_image_keeps_its_shape() {
     let out = run("conv2d", json!({"image": image, "filter": "gaussian"}), 0);
     assert_eq!(out["shape"], json!([1, 1, 2, 2]));
     let expected = named("gaussian", &[0.5, 1.0, 0.25, 0.0], 2, 2);
-    assert_close(&floats(&out["image"]), &expected, F32_TOL, "gaussian on 2x2");
+    assert_close(
+        &floats(&out["image"]),
+        &expected,
+        F32_TOL,
+        "gaussian on 2x2",
+    );
 }
 
 #[test]
 fn defaults_are_a_256_square_rgb_image_and_gaussian() {
-    let plan = find("conv2d").unwrap().check_params(json!({}), &Limits::default()).unwrap();
+    let plan = find("conv2d")
+        .unwrap()
+        .check_params(json!({}), &Limits::default())
+        .unwrap();
     let pixels = 3 * 256 * 256;
     assert_eq!(plan.flops, 2.0 * pixels as f64 * 25.0);
     assert_eq!(plan.elements, 2 * pixels + 3 * 25);
@@ -152,16 +221,26 @@ fn defaults_are_a_256_square_rgb_image_and_gaussian() {
     let out = run("conv2d", json!({}), 0);
     assert_eq!(out["shape"], json!([1, 3, 256, 256]));
     assert_eq!(out["filter"], "gaussian");
-    assert!(out.get("image").is_none(), "3x256x256 is over the inline limit");
+    assert!(
+        out.get("image").is_none(),
+        "3x256x256 is over the inline limit"
+    );
     // A normalised blur of values in [0, 1) stays in [0, 1).
     let s = &out["summary"];
-    assert!(s["min"].as_f64().unwrap() >= 0.0 && s["max"].as_f64().unwrap() < 1.0, "{s}");
+    assert!(
+        s["min"].as_f64().unwrap() >= 0.0 && s["max"].as_f64().unwrap() < 1.0,
+        "{s}"
+    );
 }
 
 #[test]
 fn sizes_that_agree_with_the_image_are_accepted() {
     let image = json!([[[1, 2]]]);
-    let out = run("conv2d", json!({"image": image, "channels": 1, "width": 2, "filter": "box"}), 0);
+    let out = run(
+        "conv2d",
+        json!({"image": image, "channels": 1, "width": 2, "filter": "box"}),
+        0,
+    );
     assert_eq!(out["shape"], json!([1, 1, 1, 2]));
 }
 
@@ -172,22 +251,26 @@ fn bad_params_are_invalid_input() {
         json!({"filter": "emboss"}),
         json!({"filter": "Sobel"}),
         json!({"filter": "box", "kernel": [[1]]}),
-        json!({"kernel": [[1, 1], [1, 1]]}),                // even side
+        json!({"kernel": [[1, 1], [1, 1]]}), // even side
         json!({"kernel": []}),
-        json!({"kernel": [[1, 2, 3]]}),                     // not square
-        json!({"kernel": [[1, 2, 3], [1, 2], [1, 2, 3]]}),  // ragged
-        json!({"kernel": vec![vec![0.0; 33]; 33]}),         // over 31
+        json!({"kernel": [[1, 2, 3]]}), // not square
+        json!({"kernel": [[1, 2, 3], [1, 2], [1, 2, 3]]}), // ragged
+        json!({"kernel": vec![vec![0.0; 33]; 33]}), // over 31
         json!({"image": [], "filter": "box"}),
         json!({"image": [[]]}),
-        json!({"image": [[[1, 2], [3]]]}),                  // ragged row
-        json!({"image": [[[1, 2], [3, 4]], [[1, 2]]]}),     // ragged channel
-        json!({"image": image, "channels": 3}),             // disagrees with the image
+        json!({"image": [[[1, 2], [3]]]}), // ragged row
+        json!({"image": [[[1, 2], [3, 4]], [[1, 2]]]}), // ragged channel
+        json!({"image": image, "channels": 3}), // disagrees with the image
         json!({"image": image, "batch": 2}),
         json!({"channels": 0}),
         json!({"height": 0}),
-        json!({"size": 3}),                                 // unknown field
+        json!({"size": 3}), // unknown field
     ] {
-        assert_eq!(error_kind("conv2d", params.clone()), ErrorKind::InvalidInput, "{params}");
+        assert_eq!(
+            error_kind("conv2d", params.clone()),
+            ErrorKind::InvalidInput,
+            "{params}"
+        );
     }
 }
 
@@ -199,7 +282,11 @@ fn huge_sizes_are_too_large_not_a_crash() {
         json!({"batch": 1u64 << 40, "channels": 1u64 << 40, "filter": "sobel"}),
         json!({"channels": u64::MAX, "height": 1, "width": 1}),
     ] {
-        assert_eq!(error_kind("conv2d", params.clone()), ErrorKind::TooLarge, "{params}");
+        assert_eq!(
+            error_kind("conv2d", params.clone()),
+            ErrorKind::TooLarge,
+            "{params}"
+        );
     }
 }
 

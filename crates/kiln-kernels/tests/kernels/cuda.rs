@@ -18,7 +18,10 @@ const LIMITS: Limits = Limits {
 };
 
 fn gpu() -> ComputeDevice {
-    assert!(cuda_device_count() > 0, "these tests need a CUDA GPU and libcuda");
+    assert!(
+        cuda_device_count() > 0,
+        "these tests need a CUDA GPU and libcuda"
+    );
     ComputeDevice::Cuda(0)
 }
 
@@ -33,10 +36,13 @@ fn check_scaled(actual: &[f32], expected: &[f64], scale: &[f64], tol: f64, what:
     let mut worst = 0.0f64;
     for (i, ((&a, &e), &s)) in actual.iter().zip(expected).zip(scale).enumerate() {
         let err = (a as f64 - e).abs() / s.max(1e-30);
-        assert!(err <= tol, "{what}: element {i} is {a}, expected {e} (scaled error {err:e} over {tol:e})");
+        assert!(
+            err <= tol,
+            "{what}: element {i} is {a}, expected {e} (scaled error {err:e} over {tol:e})"
+        );
         worst = worst.max(err);
     }
-    println!("{what}: largest error {worst:.3e} of the scale (bound {tol:.0e})");
+    println!("{what}: largest error {worst:.3e} of the scale (bound {tol:.1e})");
     worst
 }
 
@@ -66,7 +72,13 @@ fn cuda_matmul_matches_reference_in_every_dtype() {
         let out = run_gpu("matmul", json!({"m": m, "k": k, "n": n, "dtype": dtype}), 3);
         assert_eq!(out["dtype"], dtype);
         assert_eq!(out["shape"], json!([m, n]));
-        check_scaled(&floats(&out["c"]), &exact, &scale, tol, &format!("cuda matmul {dtype}"));
+        check_scaled(
+            &floats(&out["c"]),
+            &exact,
+            &scale,
+            tol,
+            &format!("cuda matmul {dtype}"),
+        );
     }
 }
 
@@ -78,7 +90,12 @@ fn cuda_conv2d_matches_reference_for_every_filter() {
     // Pixels are in [0, 1): an output is off by at most (Σ|kernel|)·(rounding), and the
     // bound 2e-3 allows for TF32 inputs. Σ|kernel| is 1 (gaussian, box), 9 (sharpen) and
     // 8 per derivative (sobel).
-    for (filter, abs_sum) in [("gaussian", 1.0), ("sobel", 8.0), ("sharpen", 9.0), ("box", 1.0)] {
+    for (filter, abs_sum) in [
+        ("gaussian", 1.0),
+        ("sobel", 8.0),
+        ("sharpen", 9.0),
+        ("box", 1.0),
+    ] {
         let out = run_gpu(
             "conv2d",
             json!({"channels": c, "height": h, "width": w, "filter": filter}),
@@ -87,9 +104,19 @@ fn cuda_conv2d_matches_reference_for_every_filter() {
         assert_eq!(out["shape"], json!([1, c, h, w]));
         let expected = named(filter, &pixels, h, w);
         let scale = vec![abs_sum; expected.len()];
-        check_scaled(&floats(&out["image"]), &expected, &scale, 2e-3, &format!("cuda conv2d {filter}"));
+        check_scaled(
+            &floats(&out["image"]),
+            &expected,
+            &scale,
+            2e-3,
+            &format!("cuda conv2d {filter}"),
+        );
     }
-    let out = run_gpu("conv2d", json!({"image": [[[1, 2, 3], [4, 5, 6]]], "kernel": [[0, 0, 0], [0, 0, 1], [0, 0, 0]]}), 0);
+    let out = run_gpu(
+        "conv2d",
+        json!({"image": [[[1, 2, 3], [4, 5, 6]]], "kernel": [[0, 0, 0], [0, 0, 1], [0, 0, 0]]}),
+        0,
+    );
     assert_eq!(out["image"], json!([[[2.0, 3.0, 0.0], [5.0, 6.0, 0.0]]]));
 }
 
@@ -102,7 +129,12 @@ fn cuda_train_mlp_learns_like_the_cpu() {
         let gpu_time = started.elapsed();
         let cpu_out = crate::support::run("train_mlp", json!({}), seed);
         let curve = |out: &Value, key: &str| -> Vec<f64> {
-            out["epochs"].as_array().unwrap().iter().map(|e| e[key].as_f64().unwrap()).collect()
+            out["epochs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e[key].as_f64().unwrap())
+                .collect()
         };
         println!(
             "cuda train_mlp seed {seed} ({gpu_time:?} incl. JIT): accuracy {:?}\n  loss {:?}\n  cpu loss {:?}",
@@ -110,11 +142,18 @@ fn cuda_train_mlp_learns_like_the_cpu() {
             curve(&gpu_out, "loss"),
             curve(&cpu_out, "loss"),
         );
-        assert!(gpu_out["final_accuracy"].as_f64().unwrap() >= 0.9, "{gpu_out}");
+        assert!(
+            gpu_out["final_accuracy"].as_f64().unwrap() >= 0.9,
+            "{gpu_out}"
+        );
         let loss = curve(&gpu_out, "loss");
         assert!(loss[19] < loss[0] / 10.0, "{loss:?}");
         // Same data, batches and initial weights: the first epoch's loss agrees closely.
         let first_cpu = curve(&cpu_out, "loss")[0];
-        assert!((loss[0] - first_cpu).abs() < 0.02 * first_cpu, "{} vs {first_cpu}", loss[0]);
+        assert!(
+            (loss[0] - first_cpu).abs() < 0.02 * first_cpu,
+            "{} vs {first_cpu}",
+            loss[0]
+        );
     }
 }

@@ -11,7 +11,9 @@ fn reference(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f64> {
     let mut c = vec![0.0f64; m * n];
     for i in 0..m {
         for j in 0..n {
-            c[i * n + j] = (0..k).map(|p| a[i * k + p] as f64 * b[p * n + j] as f64).sum();
+            c[i * n + j] = (0..k)
+                .map(|p| a[i * k + p] as f64 * b[p * n + j] as f64)
+                .sum();
         }
     }
     c
@@ -24,19 +26,49 @@ fn generated_reference(seed: u64, m: usize, k: usize, n: usize) -> Vec<f64> {
     reference(&a, &b, m, k, n)
 }
 
+/// Outputs of generated inputs are summarised, not inlined: run the same product with the
+/// seed's matrices sent inline to see every element, after checking that the generated job
+/// summarises exactly that product.
+fn generated_product(seed: u64, m: usize, k: usize, n: usize) -> Vec<f32> {
+    let generated = run("matmul", json!({"m": m, "k": k, "n": n}), seed);
+    assert!(
+        generated.get("c").is_none(),
+        "generated outputs are summarised"
+    );
+    let rows = |values: Vec<f32>, cols: usize| -> Vec<Vec<f32>> {
+        values.chunks(cols).map(<[f32]>::to_vec).collect()
+    };
+    let a = rows(seeded_values(seed, 0, m * k), k);
+    let b = rows(seeded_values(seed, 1, k * n), n);
+    let inline = run("matmul", json!({"a": a, "b": b}), seed);
+    assert_eq!(
+        generated["summary"], inline["summary"],
+        "same seed, same inputs"
+    );
+    floats(&inline["c"])
+}
+
 // f32 on the CPU: a dot product of k terms in [-1, 1) is off by at most about k·2⁻²⁴ of
 // Σ|a·b|, so 1e-4 relative to (1 + |c|) leaves a wide margin for k <= 100.
 const F32_TOL: f64 = 1e-4;
 
 #[test]
 fn multiplies_given_matrices_exactly() {
-    let out = run("matmul", json!({"a": [[1, 2], [3, 4]], "b": [[5, 6], [7, 8]]}), 0);
+    let out = run(
+        "matmul",
+        json!({"a": [[1, 2], [3, 4]], "b": [[5, 6], [7, 8]]}),
+        0,
+    );
     assert_eq!(out["shape"], json!([2, 2]));
     assert_eq!(out["dtype"], "f32");
     assert_eq!(out["c"], json!([[19.0, 22.0], [43.0, 50.0]]));
     assert_eq!(out["summary"]["checksum"], 134.0);
 
-    let out = run("matmul", json!({"a": [[1, 0, 2], [0, 1, -1]], "b": [[3], [4], [5]]}), 0);
+    let out = run(
+        "matmul",
+        json!({"a": [[1, 0, 2], [0, 1, -1]], "b": [[3], [4], [5]]}),
+        0,
+    );
     assert_eq!(out["shape"], json!([2, 1]));
     assert_eq!(out["c"], json!([[13.0], [-1.0]]));
 }
@@ -46,7 +78,12 @@ fn generated_rectangular_product_matches_reference() {
     let (m, k, n) = (33, 17, 9);
     let out = run("matmul", json!({"m": m, "k": k, "n": n}), 5);
     assert_eq!(out["shape"], json!([m, n]));
-    assert_close(&floats(&out["c"]), &generated_reference(5, m, k, n), F32_TOL, "33x17x9");
+    assert_close(
+        &generated_product(5, m, k, n),
+        &generated_reference(5, m, k, n),
+        F32_TOL,
+        "33x17x9",
+    );
 }
 
 #[test]
@@ -73,18 +110,32 @@ fn missing_sizes_default_to_n_then_m_then_k() {
     // k defaults to n: a 4×8 times an 8×8.
     let out = run("matmul", json!({"m": 4, "n": 8}), 2);
     assert_eq!(out["shape"], json!([4, 8]));
-    assert_close(&floats(&out["c"]), &generated_reference(2, 4, 8, 8), F32_TOL, "m=4 n=8");
+    assert_close(
+        &generated_product(2, 4, 8, 8),
+        &generated_reference(2, 4, 8, 8),
+        F32_TOL,
+        "m=4 n=8",
+    );
 
     // Without n, the missing sizes take m; with k alone, everything is k.
-    assert_eq!(run("matmul", json!({"m": 3, "k": 5}), 2)["shape"], json!([3, 3]));
+    assert_eq!(
+        run("matmul", json!({"m": 3, "k": 5}), 2)["shape"],
+        json!([3, 3])
+    );
     assert_eq!(run("matmul", json!({"k": 5}), 2)["shape"], json!([5, 5]));
 }
 
 #[test]
 fn generated_inputs_depend_only_on_the_seed() {
     let params = json!({"m": 7, "k": 3, "n": 5});
-    assert_eq!(run("matmul", params.clone(), 9), run("matmul", params.clone(), 9));
-    assert_ne!(run("matmul", params.clone(), 9)["c"], run("matmul", params, 10)["c"]);
+    assert_eq!(
+        run("matmul", params.clone(), 9),
+        run("matmul", params.clone(), 9)
+    );
+    assert_ne!(
+        run("matmul", params.clone(), 9)["summary"],
+        run("matmul", params, 10)["summary"]
+    );
 }
 
 #[test]
@@ -96,13 +147,9 @@ fn explicit_f32_dtype_is_accepted() {
 #[test]
 fn half_precision_on_a_cpu_worker_is_invalid_input() {
     for dtype in ["bf16", "f16"] {
-        let err = crate::support::run_with(
-            "matmul",
-            json!({"n": 4, "dtype": dtype}),
-            0,
-            &NoCheckpoint,
-        )
-        .unwrap_err();
+        let err =
+            crate::support::run_with("matmul", json!({"n": 4, "dtype": dtype}), 0, &NoCheckpoint)
+                .unwrap_err();
         assert_eq!(err.kind, ErrorKind::InvalidInput);
         assert!(err.message.contains("jobs.gpu.matmul"), "{}", err.message);
     }
@@ -144,22 +191,26 @@ fn plan_counts_elements_and_flops() {
 #[test]
 fn bad_matrices_are_invalid_input() {
     for params in [
-        json!({"a": [[1, 2], [3]], "b": [[1], [2]]}),      // ragged a
-        json!({"a": [[1, 2]], "b": [[1, 2], [3]]}),        // ragged b
-        json!({"a": [], "b": [[1]]}),                      // empty a
-        json!({"a": [[]], "b": [[1]]}),                    // a with an empty row
-        json!({"a": [[1, 2, 3]], "b": [[1], [2]]}),        // 1×3 · 2×1
-        json!({"a": [[1]]}),                               // b missing
-        json!({"a": [[1]], "b": [[1]], "n": 1}),           // matrices and sizes
-        json!({}),                                         // nothing
+        json!({"a": [[1, 2], [3]], "b": [[1], [2]]}), // ragged a
+        json!({"a": [[1, 2]], "b": [[1, 2], [3]]}),   // ragged b
+        json!({"a": [], "b": [[1]]}),                 // empty a
+        json!({"a": [[]], "b": [[1]]}),               // a with an empty row
+        json!({"a": [[1, 2, 3]], "b": [[1], [2]]}),   // 1×3 · 2×1
+        json!({"a": [[1]]}),                          // b missing
+        json!({"a": [[1]], "b": [[1]], "n": 1}),      // matrices and sizes
+        json!({}),                                    // nothing
         json!({"n": 0}),
         json!({"m": 4, "k": 0, "n": 4}),
-        json!({"n": 4, "dtype": "f64"}),                   // unknown dtype
-        json!({"n": 4, "dtype": "BF16"}),                  // dtypes are lowercase
-        json!({"n": 4, "size": 4}),                        // unknown field
+        json!({"n": 4, "dtype": "f64"}),  // unknown dtype
+        json!({"n": 4, "dtype": "BF16"}), // dtypes are lowercase
+        json!({"n": 4, "size": 4}),       // unknown field
         json!({"n": -4}),
     ] {
-        assert_eq!(error_kind("matmul", params.clone()), ErrorKind::InvalidInput, "{params}");
+        assert_eq!(
+            error_kind("matmul", params.clone()),
+            ErrorKind::InvalidInput,
+            "{params}"
+        );
     }
 }
 
@@ -171,6 +222,10 @@ fn huge_sizes_are_too_large_not_a_crash() {
         json!({"m": u64::MAX, "k": u64::MAX, "n": u64::MAX}),
         json!({"m": 1u64 << 32, "k": 1u64 << 32, "n": 1}),
     ] {
-        assert_eq!(error_kind("matmul", params.clone()), ErrorKind::TooLarge, "{params}");
+        assert_eq!(
+            error_kind("matmul", params.clone()),
+            ErrorKind::TooLarge,
+            "{params}"
+        );
     }
 }

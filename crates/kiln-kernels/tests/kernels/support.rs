@@ -13,7 +13,14 @@ pub fn run_with(
     seed: u64,
     checkpoint: &dyn Checkpoint,
 ) -> Result<Value, JobError> {
-    run_on(&ComputeDevice::Cpu, kind, params, seed, &Limits::default(), checkpoint)
+    run_on(
+        &ComputeDevice::Cpu,
+        kind,
+        params,
+        seed,
+        &Limits::default(),
+        checkpoint,
+    )
 }
 
 /// Decode `{"params": params, "seed": seed}` as a `kind` job under `limits`, run it on

@@ -1,1 +1,0 @@
-//! kiln-scheduler
