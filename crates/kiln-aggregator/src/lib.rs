@@ -7,7 +7,7 @@
 //!
 //! ```
 //! use kiln_aggregator::Folds;
-//! let folds = Folds::default();
+//! let mut folds = Folds::default();
 //! assert!(folds.snapshots(time::OffsetDateTime::now_utc()).is_empty());
 //! ```
 
@@ -16,5 +16,5 @@ mod fold;
 mod service;
 
 pub use error::{Error, Result};
-pub use fold::{Fold, Folds};
+pub use fold::{ErrorHead, Fold, Folds, ResultHead};
 pub use service::{AggregatorConfig, run};

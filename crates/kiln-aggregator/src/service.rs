@@ -7,11 +7,11 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::{self, consumer::PullConsumer};
 use futures::StreamExt as _;
 use kiln_proto::streams::{self, CONSUMER_AGGREGATOR, STREAM_RESULTS};
-use kiln_proto::{HEADER_MSG_ID, ResultEvent, Topology, subject};
+use kiln_proto::{HEADER_MSG_ID, Topology, subject};
 use time::OffsetDateTime;
 
 use crate::error::{Error, Result};
-use crate::fold::Folds;
+use crate::fold::{Folds, ResultHead};
 
 /// The `kiln aggregator` settings.
 #[derive(Debug, Clone)]
@@ -78,7 +78,7 @@ pub async fn run(
             _ = ticker.tick() => flush(&js, &mut folds, &mut unacked).await?,
             next = messages.next() => match next {
                 Some(Ok(message)) => {
-                    match serde_json::from_slice::<ResultEvent>(&message.payload) {
+                    match serde_json::from_slice::<ResultHead>(&message.payload) {
                         Ok(event) => {
                             folds.add(&event);
                         }

@@ -83,11 +83,19 @@ pub async fn run(
     'pull: loop {
         // Wait for at least one free slot, then ask for as many jobs as there are free slots:
         // the worker never holds a job it has no room for.
+        // Each pull request is a subscription on the server: ask for jobs in chunks of at
+        // least a quarter of the slots, so that a busy worker does not pull one job at a time.
+        let chunk = (max_in_flight / 4).max(1) as u32;
         let first = tokio::select! {
             _ = &mut shutdown => break 'pull,
-            permit = slots.clone().acquire_owned() => permit.expect("semaphore is never closed"),
+            permit = slots.clone().acquire_many_owned(chunk) => permit.expect("semaphore is never closed"),
         };
-        let mut permits = vec![first];
+        let mut first = first;
+        let mut permits = Vec::with_capacity(max_in_flight);
+        for _ in 1..chunk {
+            permits.push(first.split(1).expect("the chunk holds this many permits"));
+        }
+        permits.push(first);
         while let Ok(p) = slots.clone().try_acquire_owned() {
             permits.push(p);
         }
