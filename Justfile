@@ -43,3 +43,8 @@ bench *ARGS:
 [group('build')]
 build:
     cargo build --release -p kiln-cli
+
+# On a CUDA machine: every kind on a CUDA and a CPU worker with the same seeds, compared; report in $OUT
+[group('check')]
+gpu-check:
+    scripts/gpu-check.sh

@@ -183,7 +183,7 @@ pub struct WatchArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct DemoArgs {
-    /// Scale of the workload (1 = about a minute on two CPU cores).
+    /// Scale of the workload (1 = 368 jobs per device class, a few seconds on two CPU cores).
     #[arg(long, default_value_t = 1.0)]
     pub scale: f64,
     /// Never start a local nats-server; fail if --nats-url is unreachable.

@@ -496,3 +496,51 @@ fn demo_runs_to_completion_with_an_embedded_server() {
     }
     assert!(text.contains("(0 failed)"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn long_job_is_kept_alive_by_progress_acks_and_runs_once() {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    // An ack wait of 1 s, and a training job that runs for several seconds: only the
+    // in-progress acks keep the server from redelivering it.
+    cluster.spawn(
+        "worker",
+        &[
+            "worker",
+            "--device",
+            "cpu",
+            "--name",
+            "slow-worker",
+            "--ack-wait-s",
+            "1",
+        ],
+    );
+    let client = cluster.client().await;
+    let out = cluster.kiln(&[
+        "submit",
+        "train_mlp",
+        "-p",
+        "epochs=400",
+        "-p",
+        "samples=1024",
+        "--id",
+        "long",
+        "--wait",
+    ]);
+    assert_success(&out);
+    let event: ResultEvent = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(event.status, Status::Succeeded, "{event:?}");
+    assert!(
+        event.compute_ms > 2_000.0,
+        "the job must outlast the ack wait: {} ms",
+        event.compute_ms
+    );
+    assert_eq!(event.attempt, 1);
+    let js = jetstream::new(client.clone());
+    let stream = js.get_stream("KILN_JOBS").await.unwrap();
+    let info = stream.consumer_info("workers-cpu").await.unwrap();
+    assert_eq!(info.num_redelivered, 0, "no redelivery while the job ran");
+    assert_eq!(info.num_ack_pending, 0);
+    let (stored, _) = common::stored_results(&client).await;
+    assert_eq!(stored, 1);
+}
