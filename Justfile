@@ -48,3 +48,11 @@ build:
 [group('check')]
 gpu-check:
     scripts/gpu-check.sh
+
+# Build the release binary and copy it with nats-server into .device/, ready to carry to a GPU machine
+[group('build')]
+gpu-bundle:
+    cargo build --release -p kiln-cli
+    mkdir -p .device
+    cp "$CARGO_TARGET_DIR/release/kiln" .device/kiln && strip .device/kiln
+    cp "$(command -v nats-server)" .device/nats-server && strip .device/nats-server

@@ -189,3 +189,26 @@ mod tests {
         assert_ne!(a.port(), b.port());
     }
 }
+
+#[cfg(test)]
+mod config_tests {
+    use super::*;
+
+    #[test]
+    fn shipped_single_node_config_is_valid() {
+        let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../nats/single-node.conf");
+        let out = Command::new(nats_server_bin())
+            .arg("-t")
+            .arg("-c")
+            .arg(&config)
+            .output()
+            .expect("run nats-server -t");
+        assert!(
+            out.status.success(),
+            "{} does not parse: {}{}",
+            config.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
