@@ -115,6 +115,13 @@ pub struct WorkerArgs {
     /// Seconds a job may go without an ack or progress ack before it is redelivered.
     #[arg(long, env = "KILN_ACK_WAIT_S", default_value_t = 30)]
     pub ack_wait_s: u64,
+    /// Skip the GPU warm-up (JIT and autotune of each kind's typical sizes before the first job).
+    #[arg(long, env = "KILN_NO_WARMUP")]
+    pub no_warmup: bool,
+    /// Directory for the GPU autotune results and compiled kernels, kept across restarts
+    /// (default: $XDG_CACHE_HOME/kiln or ~/.cache/kiln).
+    #[arg(long, env = "KILN_CACHE_DIR")]
+    pub cache_dir: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -202,6 +209,37 @@ pub enum BenchKind {
     /// Small vector_add jobs end to end (submit → worker → result → aggregator), as a ratio
     /// of the raw JetStream ceiling measured in the same run.
     Pipeline(PipelineArgs),
+    /// Device-side kernel timings (matmul, vector add, conv2d, an Adam step, small jobs),
+    /// compared with PyTorch by scripts/torch_reference.py.
+    Kernels(KernelsArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct KernelsArgs {
+    /// Device to benchmark: cpu, cuda, cuda:N, or auto (CUDA when present, else CPU).
+    #[arg(long, env = "KILN_BENCH_DEVICE", default_value = "auto")]
+    pub device: String,
+    /// Tiny sizes: a smoke test of every case in seconds.
+    #[arg(long, env = "KILN_BENCH_QUICK")]
+    pub quick: bool,
+    /// Write the rows and the machine description as JSON to this file (rewritten after
+    /// every case, so an interrupted run keeps what it measured).
+    #[arg(long, env = "KILN_BENCH_JSON")]
+    pub json: Option<PathBuf>,
+    /// Untimed iterations per case (they pay JIT compilation and autotune; default 3 on CUDA,
+    /// 1 on the CPU).
+    #[arg(long, env = "KILN_BENCH_WARMUP")]
+    pub warmup: Option<u32>,
+    /// Timed iterations per case, at most (default 20 on CUDA, 5 on the CPU, 3 with --quick;
+    /// the small vector add runs 10 times as many).
+    #[arg(long, env = "KILN_BENCH_ITERS")]
+    pub iters: Option<u32>,
+    /// Seconds of timed iterations after which a case stops early (after at least 3).
+    #[arg(long, env = "KILN_BENCH_CASE_BUDGET_S", default_value_t = 3.0)]
+    pub case_budget_s: f64,
+    /// Run only the cases whose name contains this text (e.g. matmul, bf16, train).
+    #[arg(long, env = "KILN_BENCH_FILTER")]
+    pub filter: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]

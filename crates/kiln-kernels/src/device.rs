@@ -74,3 +74,34 @@ fn libcuda_present() -> bool {
         Path::new(d).join("libcuda.so.1").exists() || Path::new(d).join("libcuda.so").exists()
     })
 }
+
+/// Keep CubeCL's autotune results and compiled GPU kernels under `dir`, so that a restarted
+/// worker does not pay JIT compilation and autotuning again. Must run before the first GPU
+/// use in the process; later calls (or calls after CUDA was touched) return an error and
+/// leave the cache where CubeCL's defaults put it.
+pub fn use_cache_dir(dir: &Path) -> Result<(), String> {
+    use cubecl_runtime::config::cache::CacheConfig;
+    use cubecl_runtime::config::{CubeClRuntimeConfig, RuntimeConfig};
+
+    std::fs::create_dir_all(dir)
+        .map_err(|e| format!("cannot create the cache directory {}: {e}", dir.display()))?;
+    let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();
+    config.autotune.cache = CacheConfig::File(dir.join("autotune"));
+    config.compilation.cache = Some(CacheConfig::File(dir.join("compilation")));
+    // `set` panics when the configuration was already read or set.
+    std::panic::catch_unwind(move || CubeClRuntimeConfig::set(config)).map_err(|_| {
+        format!(
+            "the GPU runtime was already configured; its caches stay where they were, not in {}",
+            dir.display()
+        )
+    })
+}
+
+/// The default cache directory: `$XDG_CACHE_HOME/kiln` or `~/.cache/kiln`.
+pub fn default_cache_dir() -> std::path::PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("kiln")
+}

@@ -65,6 +65,10 @@ pub trait Kernel: 'static {
     const SUMMARY: &'static str;
     /// Its parameters, one per line (`name: meaning (default)`), shown by `kiln submit --help`.
     const PARAMS_HELP: &'static str;
+    /// Parameters (JSON) of the jobs a GPU worker runs before it takes its first job, so
+    /// that JIT compilation and autotuning of the typical sizes are paid at start (and kept
+    /// in the cache directory) rather than by the first user.
+    const WARMUP: &'static [&'static str] = &[];
     /// The kind's parameters (`params` of the job body). Use `#[serde(deny_unknown_fields)]`
     /// and `Option` fields rather than untagged enums, so that bincode can carry them.
     type Params: Serialize + DeserializeOwned + Debug + Clone + Send + Sync + 'static;
@@ -164,6 +168,8 @@ pub struct KindEntry {
     pub name: &'static str,
     pub summary: &'static str,
     pub params_help: &'static str,
+    /// See [`Kernel::WARMUP`].
+    pub warmup: &'static [&'static str],
     decode: fn(&'static KindEntry, Codec, &[u8], &Limits) -> Result<DecodedJob, JobError>,
     check_params: fn(serde_json::Value, &Limits) -> Result<Plan, JobError>,
     encode: fn(serde_json::Value, JobMeta, Codec) -> Result<Vec<u8>, JobError>,
@@ -183,6 +189,7 @@ impl KindEntry {
             name: K::NAME,
             summary: K::SUMMARY,
             params_help: K::PARAMS_HELP,
+            warmup: K::WARMUP,
             decode: decode::<K>,
             check_params: check_params::<K>,
             encode: encode::<K>,

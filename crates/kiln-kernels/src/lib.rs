@@ -17,13 +17,16 @@ mod data;
 mod device;
 mod kernel;
 
+pub mod bench;
 pub mod conv2d;
 pub mod matmul;
 pub mod train_mlp;
 pub mod vector_add;
 
 pub use data::{Summary, seeded_values};
-pub use device::{ComputeDevice, CpuBackend, CudaBackend, cuda_device_count};
+pub use device::{
+    ComputeDevice, CpuBackend, CudaBackend, cuda_device_count, default_cache_dir, use_cache_dir,
+};
 pub use kernel::{
     Checkpoint, DecodedJob, JobMeta, Kernel, KindEntry, NoCheckpoint, Plan, Progress, RunContext,
 };

@@ -153,6 +153,13 @@ impl Kernel for Matmul {
          k: columns of A, rows of B (default n)\n\
          dtype: f32, or bf16/f16 on GPU workers (f32)\n\
          a, b: the matrices themselves as rows (instead of m, k, n)";
+    const WARMUP: &'static [&'static str] = &[
+        r#"{"n": 256}"#,
+        r#"{"n": 1024}"#,
+        r#"{"n": 4096}"#,
+        r#"{"n": 1024, "dtype": "bf16"}"#,
+        r#"{"n": 4096, "dtype": "bf16"}"#,
+    ];
     type Params = Params;
 
     fn plan(params: &Params, _limits: &Limits) -> Result<Plan, JobError> {

@@ -26,6 +26,7 @@ impl Kernel for VectorAdd {
     const SUMMARY: &'static str = "c = a + b, element-wise";
     const PARAMS_HELP: &'static str = "len: length of generated a and b\n\
          a, b: the vectors themselves (instead of len), equal lengths";
+    const WARMUP: &'static [&'static str] = &[r#"{"len": 1024}"#, r#"{"len": 1048576}"#];
     type Params = Params;
 
     fn plan(params: &Params, _limits: &Limits) -> Result<Plan, JobError> {

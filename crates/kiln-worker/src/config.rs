@@ -1,3 +1,4 @@
+use std::path::PathBuf;
 use std::time::Duration;
 
 use kiln_kernels::ComputeDevice;
@@ -20,6 +21,10 @@ pub struct WorkerConfig {
     pub topology: Topology,
     /// How long a graceful shutdown waits for running jobs.
     pub drain_timeout: Duration,
+    /// Run each kind's warm-up jobs on a GPU before taking jobs (JIT and autotune at start).
+    pub warmup: bool,
+    /// Where a GPU worker keeps autotune results and compiled kernels across restarts.
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl WorkerConfig {
@@ -37,6 +42,8 @@ impl WorkerConfig {
             limits: Limits::default(),
             topology: Topology::default(),
             drain_timeout: Duration::from_secs(30),
+            warmup: true,
+            cache_dir: Some(kiln_kernels::default_cache_dir()),
         }
     }
 }

@@ -11,6 +11,21 @@ pub enum Error {
     Pull { consumer: String, message: String },
     #[error("{0} jobs were still running after the {1:?} drain timeout; they will be redelivered")]
     DrainTimeout(usize, Duration),
+    /// The device failed in a way that leaves it unusable; the worker stopped taking jobs and
+    /// handed back what it held. Restart it (its supervisor should).
+    #[error("device {device} is unusable, so this worker stopped: {reason}")]
+    DevicePoisoned { device: String, reason: String },
+    /// A warm-up job failed: the device or its runtime (libcuda, NVRTC, CUDA headers) is
+    /// not usable.
+    #[error(
+        "warming up {device} failed on {kind} {params}: {reason}; check that libcuda, NVRTC and the CUDA headers (/usr/local/cuda) are installed"
+    )]
+    Warmup {
+        device: String,
+        kind: &'static str,
+        params: &'static str,
+        reason: String,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -24,6 +24,9 @@ pub(crate) struct Shared {
     pub counters: Counters,
     /// Set when a shutdown ran out of patience: checkpoints then hand jobs back.
     pub stopping: AtomicBool,
+    /// Set (with the reason) when the device stopped working: the worker stops pulling,
+    /// hands back what it holds, and exits with an error.
+    pub poisoned: std::sync::OnceLock<String>,
     pub config: WorkerConfig,
 }
 
@@ -120,14 +123,7 @@ async fn compute(
             stopping: &shared.stopping,
         };
         let device = &shared.config.device;
-        let result =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.run(device, &guard)))
-                .unwrap_or_else(|payload| {
-                    Err(JobError::internal(format!(
-                        "kernel panicked: {}",
-                        panic_text(payload.as_ref())
-                    )))
-                });
+        let result = crate::warmup::run_guarded(device, || job.run(device, &guard));
         return (result, start.elapsed().as_secs_f64() * 1000.0);
     }
     let ack_wait = shared.config.topology.ack_wait;
@@ -155,9 +151,25 @@ async fn compute(
             timeout,
             stopping: &shared_for_task.stopping,
         };
-        let result = guard
-            .checkpoint(Progress { done: 0, total: 1 })
-            .and_then(|()| job.run(&device, &guard));
+        if let Some(reason) = shared_for_task.poisoned.get() {
+            let message = format!("device {device} is unusable ({reason}); job handed back");
+            return (Err(JobError::internal(message)), 0.0);
+        }
+        let result = crate::warmup::run_guarded(&device, || {
+            guard.checkpoint(Progress { done: 0, total: 1 })?;
+            job.run(&device, &guard)
+        });
+        // A GPU that failed may be broken for every job that follows: probe it, and if it
+        // no longer computes, stop this worker (it exits non-zero for its supervisor).
+        if let Err(e) = &result
+            && device != ComputeDevice::Cpu
+            && matches!(e.kind, ErrorKind::OutOfMemory | ErrorKind::Internal)
+            && let Err(reason) = crate::warmup::probe(&device)
+        {
+            let _ = shared_for_task
+                .poisoned
+                .set(format!("after {}: {reason}", e.message));
+        }
         (result, start.elapsed().as_secs_f64() * 1000.0)
     });
     tokio::pin!(task);
@@ -166,7 +178,7 @@ async fn compute(
             joined = &mut task => {
                 return match joined {
                     Ok(done) => done,
-                    Err(e) => (Err(JobError::internal(format!("kernel panicked: {}", panic_message(e)))), 0.0),
+                    Err(e) => (Err(JobError::internal(format!("compute task failed: {e}"))), 0.0),
                 };
             }
             _ = ticker.tick() => { let _ = message.ack_with(AckKind::Progress).await; }
@@ -212,21 +224,6 @@ fn runs_inline(device: &ComputeDevice, job: &DecodedJob) -> bool {
     *device == ComputeDevice::Cpu
         && job.plan.flops <= INLINE_MAX_WORK as f64
         && job.plan.elements <= INLINE_MAX_WORK
-}
-
-fn panic_message(e: tokio::task::JoinError) -> String {
-    match e.try_into_panic() {
-        Ok(payload) => panic_text(payload.as_ref()),
-        Err(e) => e.to_string(),
-    }
-}
-
-fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
-    payload
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_else(|| "unknown panic".into())
 }
 
 /// Publish the answer (or hand the job back), then ack.

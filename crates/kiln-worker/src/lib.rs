@@ -15,6 +15,7 @@
 mod config;
 mod error;
 mod handle;
+mod warmup;
 mod worker;
 
 pub use config::WorkerConfig;

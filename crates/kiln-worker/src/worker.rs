@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::PullConsumer};
 use futures::StreamExt as _;
+use kiln_kernels::ComputeDevice;
 use kiln_proto::streams::{self, STREAM_JOBS};
 use tokio::sync::Semaphore;
 
@@ -68,8 +69,36 @@ pub async fn run(
         compute: Arc::new(Semaphore::new(config.compute_slots.max(1))),
         counters: Counters::default(),
         stopping: AtomicBool::new(false),
+        poisoned: std::sync::OnceLock::new(),
         config,
     });
+    tokio::pin!(shutdown);
+    if let ComputeDevice::Cuda(_) = shared.config.device {
+        if let Some(dir) = &shared.config.cache_dir {
+            match kiln_kernels::use_cache_dir(dir) {
+                Ok(()) => {
+                    tracing::info!(cache_dir = %dir.display(), "GPU autotune and kernel caches")
+                }
+                Err(e) => tracing::warn!("{e}"),
+            }
+        }
+        if shared.config.warmup {
+            tracing::info!(device = %shared.config.device, "warming up: JIT and autotune of each kind's typical sizes");
+            let device = shared.config.device.clone();
+            let limits = shared.config.limits;
+            let warm =
+                tokio::task::spawn_blocking(move || crate::warmup::warm_up(&device, &limits));
+            tokio::select! {
+                _ = &mut shutdown => return Ok(WorkerStats::default()),
+                done = warm => done.map_err(|e| Error::Warmup {
+                    device: shared.config.device.to_string(),
+                    kind: "all",
+                    params: "",
+                    reason: e.to_string(),
+                })??,
+            }
+        }
+    }
     tracing::info!(
         worker = %shared.config.name,
         device = %shared.config.device,
@@ -79,8 +108,10 @@ pub async fn run(
         "worker serving"
     );
 
-    tokio::pin!(shutdown);
     'pull: loop {
+        if shared.poisoned.get().is_some() {
+            break 'pull;
+        }
         // Wait for at least one free slot, then ask for as many jobs as there are free slots:
         // the worker never holds a job it has no room for.
         // Each pull request is a subscription on the server: ask for jobs in chunks of at
@@ -121,6 +152,10 @@ pub async fn run(
             match next {
                 None => break,
                 Some(Ok(message)) => {
+                    if shared.poisoned.get().is_some() {
+                        let _ = message.ack_with(jetstream::AckKind::Nak(None)).await;
+                        break 'pull;
+                    }
                     let Some(permit) = permits.pop() else {
                         // The server never sends more than asked; hand back anything extra.
                         let _ = message.ack_with(jetstream::AckKind::Nak(None)).await;
@@ -152,6 +187,12 @@ pub async fn run(
         // Give checkpointing kernels a moment to notice and hand their jobs back.
         let _ = tokio::time::timeout(Duration::from_secs(2), slots.acquire_many(all)).await;
         return Err(Error::DrainTimeout(running, drain));
+    }
+    if let Some(reason) = shared.poisoned.get() {
+        return Err(Error::DevicePoisoned {
+            device: shared.config.device.to_string(),
+            reason: reason.clone(),
+        });
     }
     tracing::info!(
         succeeded = stats.succeeded,

@@ -20,6 +20,9 @@ use crate::cli::{BenchArgs, BenchKind, NatsArgs, PipelineArgs};
 pub async fn run(nats: &NatsArgs, args: BenchArgs) -> anyhow::Result<ExitCode> {
     match args.which {
         BenchKind::Pipeline(args) => pipeline(nats, args).await,
+        BenchKind::Kernels(args) => {
+            tokio::task::spawn_blocking(move || super::bench_kernels::run(args)).await?
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 mod bench;
+mod bench_kernels;
 mod demo;
 mod init;
 mod kinds;

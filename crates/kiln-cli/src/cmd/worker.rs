@@ -60,6 +60,10 @@ pub fn worker_config(
         config.limits.max_elements = max;
     }
     config.drain_timeout = Duration::from_secs(args.drain_timeout_s);
+    config.warmup = !args.no_warmup;
+    if let Some(dir) = &args.cache_dir {
+        config.cache_dir = Some(dir.clone());
+    }
     config.topology = super::topology(nats);
     config.topology.ack_wait = Duration::from_secs(args.ack_wait_s.max(1));
     Ok(config)

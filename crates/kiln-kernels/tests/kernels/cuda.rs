@@ -1,5 +1,5 @@
-//! The kinds on a CUDA GPU against the same references (ignored by default: run with
-//! `cargo test -p kiln-kernels --test kernels -- --ignored cuda::` on a CUDA machine).
+//! The kinds on a CUDA GPU against the same references. On a machine without CUDA each test
+//! says so on stderr and passes without running (`cargo test -- --nocapture` shows it).
 //!
 //! Tolerances are bounds, not measurements: each test prints the largest error it saw.
 
@@ -17,17 +17,25 @@ const LIMITS: Limits = Limits {
     max_inline_output: 1 << 20,
 };
 
-fn gpu() -> ComputeDevice {
-    assert!(
-        cuda_device_count() > 0,
-        "these tests need a CUDA GPU and libcuda"
-    );
-    ComputeDevice::Cuda(0)
+/// Whether this machine has CUDA; prints the skip notice when it does not.
+fn have_gpu(test: &str) -> bool {
+    let present = cuda_device_count() > 0;
+    if !present {
+        eprintln!("skipped {test}: no CUDA device here (needs libcuda.so.1 and /dev/nvidia*)");
+    }
+    present
 }
 
 fn run_gpu(kind: &str, params: Value, seed: u64) -> Value {
-    run_on(&gpu(), kind, params.clone(), seed, &LIMITS, &NoCheckpoint)
-        .unwrap_or_else(|e| panic!("{kind} {params} on cuda:0 failed: {e}"))
+    run_on(
+        &ComputeDevice::Cuda(0),
+        kind,
+        params.clone(),
+        seed,
+        &LIMITS,
+        &NoCheckpoint,
+    )
+    .unwrap_or_else(|e| panic!("{kind} {params} on cuda:0 failed: {e}"))
 }
 
 /// Largest |actual − expected| / scale over all elements, asserting it is under `tol`.
@@ -47,8 +55,10 @@ fn check_scaled(actual: &[f32], expected: &[f64], scale: &[f64], tol: f64, what:
 }
 
 #[test]
-#[ignore = "needs a CUDA GPU"]
 fn cuda_matmul_matches_reference_in_every_dtype() {
+    if !have_gpu("cuda_matmul_matches_reference_in_every_dtype") {
+        return;
+    }
     let (m, k, n) = (96, 256, 80);
     let a = seeded_values(3, 0, m * k);
     let b = seeded_values(3, 1, k * n);
@@ -69,7 +79,12 @@ fn cuda_matmul_matches_reference_in_every_dtype() {
     // accumulation, and (f16/bf16) one rounding of the result: 2·2⁻¹¹ ≈ 1e-3 of the scale
     // for TF32 and f16, 2·2⁻⁸ ≈ 8e-3 for bf16. The bounds below double those.
     for (dtype, tol) in [("f32", 2e-3), ("f16", 2e-3), ("bf16", 1.6e-2)] {
-        let out = run_gpu("matmul", json!({"m": m, "k": k, "n": n, "dtype": dtype}), 3);
+        // Sent inline (outputs of generated inputs are summarised, not returned).
+        let rows = |v: &[f32], cols: usize| -> Vec<Vec<f32>> {
+            v.chunks(cols).map(<[f32]>::to_vec).collect()
+        };
+        let params = json!({"a": rows(&a, k), "b": rows(&b, n), "dtype": dtype});
+        let out = run_gpu("matmul", params, 3);
         assert_eq!(out["dtype"], dtype);
         assert_eq!(out["shape"], json!([m, n]));
         check_scaled(
@@ -83,8 +98,10 @@ fn cuda_matmul_matches_reference_in_every_dtype() {
 }
 
 #[test]
-#[ignore = "needs a CUDA GPU"]
 fn cuda_conv2d_matches_reference_for_every_filter() {
+    if !have_gpu("cuda_conv2d_matches_reference_for_every_filter") {
+        return;
+    }
     let (c, h, w) = (3, 40, 50);
     let pixels = generated(6, c * h * w);
     // Pixels are in [0, 1): an output is off by at most (Σ|kernel|)·(rounding), and the
@@ -96,11 +113,11 @@ fn cuda_conv2d_matches_reference_for_every_filter() {
         ("sharpen", 9.0),
         ("box", 1.0),
     ] {
-        let out = run_gpu(
-            "conv2d",
-            json!({"channels": c, "height": h, "width": w, "filter": filter}),
-            6,
-        );
+        let image: Vec<Vec<Vec<f32>>> = pixels
+            .chunks(h * w)
+            .map(|plane| plane.chunks(w).map(<[f32]>::to_vec).collect())
+            .collect();
+        let out = run_gpu("conv2d", json!({"image": image, "filter": filter}), 6);
         assert_eq!(out["shape"], json!([1, c, h, w]));
         let expected = named(filter, &pixels, h, w);
         let scale = vec![abs_sum; expected.len()];
@@ -121,8 +138,10 @@ fn cuda_conv2d_matches_reference_for_every_filter() {
 }
 
 #[test]
-#[ignore = "needs a CUDA GPU"]
 fn cuda_train_mlp_learns_like_the_cpu() {
+    if !have_gpu("cuda_train_mlp_learns_like_the_cpu") {
+        return;
+    }
     for seed in 0..2 {
         let started = std::time::Instant::now();
         let gpu_out = run_gpu("train_mlp", json!({}), seed);
@@ -155,5 +174,19 @@ fn cuda_train_mlp_learns_like_the_cpu() {
             "{} vs {first_cpu}",
             loss[0]
         );
+    }
+}
+
+#[test]
+fn cuda_vector_add_matches_the_cpu_exactly() {
+    if !have_gpu("cuda_vector_add_matches_the_cpu_exactly") {
+        return;
+    }
+    // One f32 addition per element, correctly rounded on both: bit-identical.
+    for len in [1, 1024, 1 << 20] {
+        let params = json!({ "len": len });
+        let gpu = run_gpu("vector_add", params.clone(), 9);
+        let cpu = crate::support::run("vector_add", params, 9);
+        assert_eq!(gpu["summary"], cpu["summary"], "len {len}");
     }
 }

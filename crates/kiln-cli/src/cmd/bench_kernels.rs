@@ -1,0 +1,224 @@
+//! `kiln bench kernels`: device-side timings of the kernels behind the job kinds, printed as a
+//! table and written as JSON in the row format `scripts/torch_reference.py` also writes, so
+//! that its `--compare` mode can put burn and PyTorch side by side.
+
+use std::io::Write as _;
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use kiln_kernels::ComputeDevice;
+use kiln_kernels::bench::{self, Profile, Row, Settings};
+use serde::Serialize;
+
+use super::worker::parse_device;
+use crate::cli::KernelsArgs;
+
+#[derive(Debug, Serialize)]
+struct Report<'a> {
+    tool: &'static str,
+    machine: String,
+    device: String,
+    backend: &'static str,
+    profile: &'static str,
+    settings: Settings,
+    rows: &'a [Row],
+}
+
+pub fn run(args: KernelsArgs) -> anyhow::Result<ExitCode> {
+    let device = parse_device(&args.device)?;
+    anyhow::ensure!(
+        args.case_budget_s.is_finite() && args.case_budget_s >= 0.0,
+        "--case-budget-s must be a number of seconds >= 0, got {}",
+        args.case_budget_s
+    );
+    let gpu = matches!(device, ComputeDevice::Cuda(_));
+    let (profile, profile_name) = match (args.quick, gpu) {
+        (true, _) => (Profile::Quick, "quick"),
+        (false, true) => (Profile::Gpu, "gpu"),
+        (false, false) => (Profile::Cpu, "cpu"),
+    };
+    let settings = Settings {
+        warmup: args.warmup.unwrap_or(if gpu { 3 } else { 1 }),
+        iters: args
+            .iters
+            .unwrap_or(match profile {
+                Profile::Gpu => 20,
+                Profile::Cpu => 5,
+                Profile::Quick => 3,
+            })
+            .max(1),
+        case_budget_s: args.case_budget_s,
+    };
+    let cases: Vec<_> = bench::cases(profile)
+        .into_iter()
+        .filter(|c| args.filter.as_deref().is_none_or(|f| c.name.contains(f)))
+        .collect();
+    anyhow::ensure!(
+        !cases.is_empty(),
+        "no case name contains {:?}; try matmul, vector_add, conv2d, train or bf16",
+        args.filter.as_deref().unwrap_or_default()
+    );
+    let machine = describe_machine(&device);
+    if let Some(path) = &args.json
+        && let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+    {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    eprintln!("machine: {machine}");
+    eprintln!(
+        "{} case(s) on {device} ({profile_name} sizes), warm-up {} and up to {} timed iteration(s) each",
+        cases.len(),
+        settings.warmup,
+        settings.iters
+    );
+
+    let backend = bench::backend_name(&device);
+    let mut rows: Vec<Row> = Vec::with_capacity(cases.len());
+    let mut write_error = None;
+    for (i, case) in cases.iter().enumerate() {
+        eprint!("[{}/{}] {} ... ", i + 1, cases.len(), case.name);
+        let _ = std::io::stderr().flush();
+        let started = std::time::Instant::now();
+        let row = bench::run_case(&device, case, &settings);
+        eprintln!(
+            "{} ({:.1} s)",
+            summary(&row),
+            started.elapsed().as_secs_f64()
+        );
+        rows.push(row);
+        if let Some(path) = &args.json {
+            let report = Report {
+                tool: "kiln bench kernels",
+                machine: machine.clone(),
+                device: device.to_string(),
+                backend,
+                profile: profile_name,
+                settings,
+                rows: &rows,
+            };
+            if let Err(e) = write_json(path, &report) {
+                write_error = Some(e);
+            }
+        }
+    }
+
+    println!();
+    print!("{}", table(&rows));
+    if let Some(path) = &args.json {
+        if let Some(e) = write_error {
+            return Err(e);
+        }
+        println!("rows written to {}", path.display());
+    }
+    let failed = rows.iter().filter(|r| r.status == "error").count();
+    if failed > 0 {
+        eprintln!("{failed} case(s) failed; see the error column");
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn write_json(path: &Path, report: &Report<'_>) -> anyhow::Result<()> {
+    std::fs::write(path, serde_json::to_vec_pretty(report)?)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// The headline of a row, or why it has none.
+fn summary(row: &Row) -> String {
+    match (row.status.as_str(), row.value, row.median_s) {
+        ("ok", Some(value), Some(median)) => format!(
+            "{value:.3} {}, median {}",
+            row.metric,
+            human_seconds(median)
+        ),
+        _ => format!(
+            "{}: {}",
+            row.status,
+            row.error.as_deref().unwrap_or("no figure")
+        ),
+    }
+}
+
+fn table(rows: &[Row]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<40} {:<5} {:>6} {:>11} {:>11} {:>12} {:<8} {:>10} {:>10}",
+        "case", "dtype", "iters", "median", "mean", "value", "unit", "TFLOP/s", "GB/s"
+    );
+    let num = |v: Option<f64>| v.map_or_else(|| "-".into(), |v| format!("{v:.3}"));
+    for row in rows {
+        if row.status != "ok" {
+            let _ = writeln!(
+                out,
+                "{:<40} {:<5} {}",
+                row.case,
+                row.dtype,
+                row.error.as_deref().unwrap_or(&row.status)
+            );
+            continue;
+        }
+        let _ = writeln!(
+            out,
+            "{:<40} {:<5} {:>6} {:>11} {:>11} {:>12} {:<8} {:>10} {:>10}",
+            row.case,
+            row.dtype,
+            row.iterations,
+            row.median_s.map_or_else(|| "-".into(), human_seconds),
+            row.mean_s.map_or_else(|| "-".into(), human_seconds),
+            num(row.value),
+            row.metric,
+            num(row.tflops),
+            num(row.gbps),
+        );
+    }
+    out
+}
+
+fn human_seconds(s: f64) -> String {
+    if s >= 1.0 {
+        format!("{s:.3} s")
+    } else if s >= 1e-3 {
+        format!("{:.3} ms", s * 1e3)
+    } else {
+        format!("{:.2} us", s * 1e6)
+    }
+}
+
+/// CPU model and cores; on CUDA, the GPU's name, driver and memory from nvidia-smi when it
+/// is there.
+fn describe_machine(device: &ComputeDevice) -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut machine = format!(
+        "{cpu}, {cores} cores available, {} {}",
+        std::env::consts::OS,
+        std::env::consts::ARCH
+    );
+    if let ComputeDevice::Cuda(index) = device {
+        let gpu = std::process::Command::new("nvidia-smi")
+            .args([
+                "--query-gpu=name,driver_version,memory.total",
+                "--format=csv,noheader",
+                &format!("--id={index}"),
+            ])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "GPU not described (no nvidia-smi)".into());
+        machine.push_str(&format!("; cuda:{index}: {gpu}"));
+    }
+    machine
+}

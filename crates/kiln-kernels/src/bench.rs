@@ -1,0 +1,816 @@
+//! Device-side timing of the kernels behind the job kinds: matmul (f32, bf16), vector add,
+//! a dense 3×3 conv2d (f32, bf16), one Adam step of an MLP, and the one-job-at-a-time small
+//! vector add (upload, add, read back).
+//!
+//! Every case creates its inputs once on the device (outside the timed region), runs warm-up
+//! iterations (they pay JIT compilation and autotune), then times each iteration on its own:
+//! `B::sync`, start the clock, run, `B::sync`, stop the clock. The output of an iteration is
+//! kept alive until after the second sync, so a lazy backend (burn's fusion) must compute it.
+//! A row reports the median, mean and minimum seconds per iteration and, from the median, the
+//! case's throughput. A case that fails (a panic in the backend, a dtype the device lacks)
+//! becomes an error row; the other cases still run.
+//!
+//! Case names are the join key with the PyTorch reference (`scripts/torch_reference.py`), which
+//! names its rows with the same rules.
+//!
+//! ```
+//! use kiln_kernels::ComputeDevice;
+//! use kiln_kernels::bench::{Profile, Settings, cases, run_case};
+//! let case = cases(Profile::Quick).remove(0);
+//! let row = run_case(&ComputeDevice::Cpu, &case, &Settings { warmup: 1, iters: 2, case_budget_s: 1.0 });
+//! assert_eq!(row.status, "ok");
+//! assert!(row.median_s.unwrap() > 0.0);
+//! ```
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::Instant;
+
+use burn::backend::Autodiff;
+use burn::module::Module;
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::nn::{Linear, LinearConfig};
+use burn::optim::{AdamConfig, GradientsParams, Optimizer};
+use burn::tensor::{
+    DType, Distribution, FloatDType, Int, Tensor, TensorData, activation::relu, backend::Backend,
+    module::conv2d, ops::ConvOptions,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::device::{ComputeDevice, CpuBackend, CudaBackend};
+
+/// Timed iterations always run at least this many times, whatever the time budget.
+pub const MIN_ITERS: u32 = 3;
+/// The small vector add runs this many times the configured iterations (each one is short).
+pub const SMALL_ITERS_FACTOR: u32 = 10;
+/// Length of the one-job-at-a-time vector add.
+pub const SMALL_LEN: usize = 1024;
+/// Adam's learning rate in the training step (its value does not change the cost).
+const LR: f64 = 1e-3;
+
+/// The element type a case computes in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// 32-bit floats (on NVIDIA GPUs burn may pick tensor-core kernels of TF32-like precision).
+    F32,
+    /// bfloat16 inputs and output, GPU only.
+    Bf16,
+}
+
+impl Precision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+}
+
+/// What a case computes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Work {
+    /// C = A·B with square n×n matrices; 2n³ flops.
+    Matmul { n: usize, precision: Precision },
+    /// c = a + b on the device, f32; 3·4·len bytes moved.
+    VectorAdd { len: usize },
+    /// Dense 3×3 convolution, stride 1, padding 1, no bias: input
+    /// [batch, channels, height, width], weight [out_channels, channels, 3, 3];
+    /// 2·batch·out_channels·height·width·channels·9 flops.
+    Conv2d {
+        batch: usize,
+        channels: usize,
+        out_channels: usize,
+        height: usize,
+        width: usize,
+        precision: Precision,
+    },
+    /// One Adam step (forward, softmax cross-entropy, backward, update) of an MLP
+    /// `features → hidden.. → classes` with ReLU between layers, on one batch.
+    TrainStep {
+        batch: usize,
+        features: usize,
+        hidden: Vec<usize>,
+        classes: usize,
+    },
+    /// One small job: upload a and b from host memory, add, read c back; per iteration.
+    SmallVectorAdd { len: usize },
+}
+
+/// One benchmark case: a name (the join key with the PyTorch reference) and its work.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Case {
+    pub name: String,
+    pub work: Work,
+}
+
+impl Case {
+    pub fn matmul(n: usize, precision: Precision) -> Self {
+        Case {
+            name: format!("matmul_{}_n{n}", precision.as_str()),
+            work: Work::Matmul { n, precision },
+        }
+    }
+
+    pub fn vector_add(len: usize) -> Self {
+        Case {
+            name: format!("vector_add_f32_{}", count_name(len)),
+            work: Work::VectorAdd { len },
+        }
+    }
+
+    pub fn conv2d(
+        [batch, channels, height, width]: [usize; 4],
+        out_channels: usize,
+        precision: Precision,
+    ) -> Self {
+        Case {
+            name: format!(
+                "conv2d_3x3_{}_{batch}x{channels}x{height}x{width}_c{out_channels}",
+                precision.as_str()
+            ),
+            work: Work::Conv2d {
+                batch,
+                channels,
+                out_channels,
+                height,
+                width,
+                precision,
+            },
+        }
+    }
+
+    pub fn train_step(batch: usize, features: usize, hidden: &[usize], classes: usize) -> Self {
+        let widths: Vec<String> = std::iter::once(features)
+            .chain(hidden.iter().copied())
+            .chain(std::iter::once(classes))
+            .map(|w| w.to_string())
+            .collect();
+        Case {
+            name: format!("train_mlp_step_{}_b{batch}", widths.join("-")),
+            work: Work::TrainStep {
+                batch,
+                features,
+                hidden: hidden.to_vec(),
+                classes,
+            },
+        }
+    }
+
+    pub fn small_vector_add(len: usize) -> Self {
+        Case {
+            name: format!("small_vector_add_roundtrip_{len}"),
+            work: Work::SmallVectorAdd { len },
+        }
+    }
+
+    /// The kernel family, for reports: matmul, vector_add, conv2d, train_mlp_step,
+    /// small_vector_add.
+    pub fn family(&self) -> &'static str {
+        match self.work {
+            Work::Matmul { .. } => "matmul",
+            Work::VectorAdd { .. } => "vector_add",
+            Work::Conv2d { .. } => "conv2d",
+            Work::TrainStep { .. } => "train_mlp_step",
+            Work::SmallVectorAdd { .. } => "small_vector_add",
+        }
+    }
+
+    /// The precision asked for.
+    pub fn precision(&self) -> Precision {
+        match self.work {
+            Work::Matmul { precision, .. } | Work::Conv2d { precision, .. } => precision,
+            _ => Precision::F32,
+        }
+    }
+
+    /// The sizes, in words.
+    pub fn shape(&self) -> String {
+        match &self.work {
+            Work::Matmul { n, .. } => format!("m=k=n={n}"),
+            Work::VectorAdd { len } | Work::SmallVectorAdd { len } => format!("len={len}"),
+            Work::Conv2d {
+                batch,
+                channels,
+                out_channels,
+                height,
+                width,
+                ..
+            } => format!(
+                "input {batch}x{channels}x{height}x{width}, weight {out_channels}x{channels}x3x3, padding 1"
+            ),
+            Work::TrainStep {
+                batch,
+                features,
+                hidden,
+                classes,
+            } => format!("batch {batch}, layers {features}-{hidden:?}-{classes}"),
+        }
+    }
+
+    /// Floating-point operations of one iteration (multiply-adds count as two); for the
+    /// training step, 6 per weight and sample (forward 2, backward 4).
+    pub fn flops(&self) -> Option<f64> {
+        match &self.work {
+            Work::Matmul { n, .. } => Some(2.0 * (*n as f64).powi(3)),
+            Work::Conv2d {
+                batch,
+                channels,
+                out_channels,
+                height,
+                width,
+                ..
+            } => Some(
+                2.0 * *batch as f64
+                    * *out_channels as f64
+                    * *height as f64
+                    * *width as f64
+                    * *channels as f64
+                    * 9.0,
+            ),
+            Work::TrainStep {
+                batch,
+                features,
+                hidden,
+                classes,
+            } => Some(6.0 * mlp_weights(*features, hidden, *classes) as f64 * *batch as f64),
+            Work::VectorAdd { .. } | Work::SmallVectorAdd { .. } => None,
+        }
+    }
+
+    /// Bytes read and written by one iteration of the element-wise cases (3·4·len).
+    pub fn bytes(&self) -> Option<f64> {
+        match self.work {
+            Work::VectorAdd { len } | Work::SmallVectorAdd { len } => Some(12.0 * len as f64),
+            _ => None,
+        }
+    }
+
+    /// The headline unit of the case: TFLOP/s, GB/s, ms/step or us/job.
+    pub fn metric(&self) -> &'static str {
+        match self.work {
+            Work::Matmul { .. } | Work::Conv2d { .. } => "TFLOP/s",
+            Work::VectorAdd { .. } => "GB/s",
+            Work::TrainStep { .. } => "ms/step",
+            Work::SmallVectorAdd { .. } => "us/job",
+        }
+    }
+
+    /// The headline value for `seconds` per iteration, in [`Case::metric`]'s unit.
+    pub fn value(&self, seconds: f64) -> Option<f64> {
+        match self.work {
+            Work::Matmul { .. } | Work::Conv2d { .. } => self.flops().map(|f| f / seconds / 1e12),
+            Work::VectorAdd { .. } => self.bytes().map(|b| b / seconds / 1e9),
+            Work::TrainStep { .. } => Some(seconds * 1e3),
+            Work::SmallVectorAdd { .. } => Some(seconds * 1e6),
+        }
+    }
+}
+
+/// Weights and biases of an MLP `features → hidden.. → classes`.
+fn mlp_weights(features: usize, hidden: &[usize], classes: usize) -> usize {
+    let widths = mlp_widths(features, hidden, classes);
+    widths.windows(2).map(|w| (w[0] + 1) * w[1]).sum()
+}
+
+fn mlp_widths(features: usize, hidden: &[usize], classes: usize) -> Vec<usize> {
+    let mut widths = Vec::with_capacity(hidden.len() + 2);
+    widths.push(features);
+    widths.extend_from_slice(hidden);
+    widths.push(classes);
+    widths
+}
+
+/// `64M` for 64·2²⁰, `16K` for 16·2¹⁰, else the number.
+fn count_name(len: usize) -> String {
+    if len >= 1 << 20 && len.is_multiple_of(1 << 20) {
+        format!("{}M", len >> 20)
+    } else if len >= 1 << 10 && len.is_multiple_of(1 << 10) {
+        format!("{}K", len >> 10)
+    } else {
+        len.to_string()
+    }
+}
+
+/// Which set of sizes to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    /// The sizes of issue 3's targets, for an H100-class GPU.
+    Gpu,
+    /// Smaller sizes for a CPU (bf16 cases are listed and reported as skipped).
+    Cpu,
+    /// Tiny sizes: a smoke test of every case in seconds.
+    Quick,
+}
+
+/// Width of the benchmark MLP: features 256 → 1024 → 1024 → 10 classes.
+pub const MLP_FEATURES: usize = 256;
+pub const MLP_HIDDEN: [usize; 2] = [1024, 1024];
+pub const MLP_CLASSES: usize = 10;
+
+/// The cases of a profile, cheapest first within each family.
+pub fn cases(profile: Profile) -> Vec<Case> {
+    use Precision::{Bf16, F32};
+    let mlp = |batch| Case::train_step(batch, MLP_FEATURES, &MLP_HIDDEN, MLP_CLASSES);
+    match profile {
+        Profile::Gpu => vec![
+            Case::vector_add(64 << 20),
+            Case::small_vector_add(SMALL_LEN),
+            Case::matmul(4096, F32),
+            Case::matmul(8192, F32),
+            Case::matmul(4096, Bf16),
+            Case::matmul(8192, Bf16),
+            Case::conv2d([32, 64, 224, 224], 64, F32),
+            Case::conv2d([32, 64, 224, 224], 64, Bf16),
+            mlp(512),
+            mlp(4096),
+        ],
+        Profile::Cpu => vec![
+            Case::vector_add(16 << 20),
+            Case::small_vector_add(SMALL_LEN),
+            Case::matmul(1024, F32),
+            Case::matmul(2048, F32),
+            Case::matmul(2048, Bf16),
+            Case::conv2d([4, 64, 112, 112], 64, F32),
+            Case::conv2d([4, 64, 112, 112], 64, Bf16),
+            mlp(512),
+        ],
+        Profile::Quick => vec![
+            Case::vector_add(1 << 16),
+            Case::small_vector_add(SMALL_LEN),
+            Case::matmul(64, F32),
+            Case::matmul(128, F32),
+            Case::matmul(128, Bf16),
+            Case::conv2d([1, 8, 16, 16], 8, F32),
+            Case::conv2d([1, 8, 16, 16], 8, Bf16),
+            Case::train_step(32, 16, &[32, 32], 4),
+        ],
+    }
+}
+
+/// How long to measure each case.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Settings {
+    /// Untimed iterations first (JIT compilation, autotune, caches).
+    pub warmup: u32,
+    /// Timed iterations (at most; see `case_budget_s`). The small vector add runs
+    /// [`SMALL_ITERS_FACTOR`] times as many.
+    pub iters: u32,
+    /// Seconds of timed iterations after which a case stops early (after at least
+    /// [`MIN_ITERS`] iterations).
+    pub case_budget_s: f64,
+}
+
+/// One measured (or failed, or skipped) case.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Row {
+    /// The join key with the PyTorch reference.
+    pub case: String,
+    /// matmul, vector_add, conv2d, train_mlp_step, small_vector_add.
+    pub family: String,
+    /// burn-cuda, burn-ndarray (torch-cuda in the reference).
+    pub backend: String,
+    /// cuda:0, cpu.
+    pub device: String,
+    /// The dtype the output really had (checked on the tensor), else the one asked for.
+    pub dtype: String,
+    pub shape: String,
+    pub warmup: u32,
+    /// Timed iterations that ran.
+    pub iterations: u32,
+    pub median_s: Option<f64>,
+    pub mean_s: Option<f64>,
+    pub min_s: Option<f64>,
+    /// Work of one iteration.
+    pub flops: Option<f64>,
+    pub bytes: Option<f64>,
+    /// From the median.
+    pub tflops: Option<f64>,
+    /// From the median.
+    pub gbps: Option<f64>,
+    /// The headline unit: TFLOP/s, GB/s, ms/step, us/job.
+    pub metric: String,
+    /// The headline value, from the median.
+    pub value: Option<f64>,
+    /// ok, error or skipped.
+    pub status: String,
+    /// Why the case failed or was skipped.
+    pub error: Option<String>,
+    pub note: Option<String>,
+}
+
+impl Row {
+    fn empty(case: &Case, backend: &str, device: &ComputeDevice, settings: &Settings) -> Self {
+        Row {
+            case: case.name.clone(),
+            family: case.family().into(),
+            backend: backend.into(),
+            device: device.to_string(),
+            dtype: case.precision().as_str().into(),
+            shape: case.shape(),
+            warmup: settings.warmup,
+            iterations: 0,
+            median_s: None,
+            mean_s: None,
+            min_s: None,
+            flops: case.flops(),
+            bytes: case.bytes(),
+            tflops: None,
+            gbps: None,
+            metric: case.metric().into(),
+            value: None,
+            status: "error".into(),
+            error: None,
+            note: None,
+        }
+    }
+}
+
+/// The name of the burn backend that runs on `device`.
+pub fn backend_name(device: &ComputeDevice) -> &'static str {
+    match device {
+        ComputeDevice::Cpu => "burn-ndarray",
+        ComputeDevice::Cuda(_) => "burn-cuda",
+    }
+}
+
+/// Run one case on `device`. Never panics: failures become error rows, bf16 on the CPU a
+/// skipped row. Touching a CUDA device needs CUDA (check [`crate::cuda_device_count`] first).
+pub fn run_case(device: &ComputeDevice, case: &Case, settings: &Settings) -> Row {
+    let backend = backend_name(device);
+    let mut row = Row::empty(case, backend, device, settings);
+    if *device == ComputeDevice::Cpu && case.precision() == Precision::Bf16 {
+        row.status = "skipped".into();
+        row.error = Some("skipped: bf16 needs a GPU".into());
+        return row;
+    }
+    let settings = Settings {
+        warmup: settings.warmup,
+        iters: settings.iters.max(1),
+        case_budget_s: settings.case_budget_s,
+    };
+    let outcome = catch_unwind(AssertUnwindSafe(|| match device {
+        ComputeDevice::Cpu => measure::<CpuBackend>(&Default::default(), case, &settings),
+        ComputeDevice::Cuda(index) => measure::<CudaBackend>(
+            &burn::backend::cuda::CudaDevice::new(*index),
+            case,
+            &settings,
+        ),
+    }));
+    let outcome = match outcome {
+        Ok(result) => result,
+        Err(panic) => Err(format!("panicked: {}", panic_message(panic.as_ref()))),
+    };
+    match outcome {
+        Ok(measured) => {
+            let stats = Stats::of(&measured.samples);
+            row.iterations = measured.samples.len() as u32;
+            row.dtype = measured.dtype;
+            row.note = measured.note;
+            if matches!(device, ComputeDevice::Cuda(_))
+                && matches!(case.work, Work::Matmul { .. } | Work::Conv2d { .. })
+                && case.precision() == Precision::F32
+            {
+                row.note = Some(
+                    "f32 tensors; burn may run them on tensor cores at TF32-like precision".into(),
+                );
+            }
+            row.median_s = Some(stats.median);
+            row.mean_s = Some(stats.mean);
+            row.min_s = Some(stats.min);
+            row.tflops = case.flops().map(|f| f / stats.median / 1e12);
+            row.gbps = case.bytes().map(|b| b / stats.median / 1e9);
+            row.value = case.value(stats.median);
+            row.status = "ok".into();
+        }
+        Err(error) => row.error = Some(error),
+    }
+    row
+}
+
+/// Run `cases` one after another, handing each row to `on_row` as it finishes.
+pub fn run_cases(
+    device: &ComputeDevice,
+    cases: &[Case],
+    settings: &Settings,
+    mut on_row: impl FnMut(&Row),
+) -> Vec<Row> {
+    cases
+        .iter()
+        .map(|case| {
+            let row = run_case(device, case, settings);
+            on_row(&row);
+            row
+        })
+        .collect()
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic without a message".into()
+    }
+}
+
+/// Median, mean and minimum of the per-iteration seconds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Stats {
+    median: f64,
+    mean: f64,
+    min: f64,
+}
+
+impl Stats {
+    fn of(samples: &[f64]) -> Self {
+        let mut sorted = samples.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        let n = sorted.len();
+        let median = if n == 0 {
+            f64::NAN
+        } else if n % 2 == 1 {
+            sorted[n / 2]
+        } else {
+            (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
+        };
+        Stats {
+            median,
+            mean: sorted.iter().sum::<f64>() / n as f64,
+            min: sorted.first().copied().unwrap_or(f64::NAN),
+        }
+    }
+}
+
+/// What a successful case measured.
+struct Measured {
+    samples: Vec<f64>,
+    dtype: String,
+    note: Option<String>,
+}
+
+fn sync<B: Backend>(device: &B::Device) -> Result<(), String> {
+    B::sync(device).map_err(|e| format!("device sync failed: {e}"))
+}
+
+/// Warm up, then time each iteration between two syncs. The output of `op` lives until
+/// after the second sync.
+fn time_iterations<B: Backend, T>(
+    device: &B::Device,
+    settings: &Settings,
+    iters: u32,
+    mut op: impl FnMut() -> Result<T, String>,
+) -> Result<Vec<f64>, String> {
+    for _ in 0..settings.warmup {
+        let out = op()?;
+        sync::<B>(device)?;
+        drop(out);
+    }
+    let mut samples = Vec::with_capacity(iters as usize);
+    let mut spent = 0.0;
+    for i in 0..iters {
+        sync::<B>(device)?;
+        let start = Instant::now();
+        let out = op()?;
+        sync::<B>(device)?;
+        let seconds = start.elapsed().as_secs_f64();
+        drop(out);
+        samples.push(seconds);
+        spent += seconds;
+        if i + 1 >= MIN_ITERS && spent > settings.case_budget_s {
+            break;
+        }
+    }
+    Ok(samples)
+}
+
+fn dtype_name(dtype: DType) -> String {
+    match dtype {
+        DType::F32 => "f32".into(),
+        DType::BF16 => "bf16".into(),
+        DType::F16 => "f16".into(),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
+/// Cast to the case's precision and check that the tensor really is in it.
+fn to_precision<B: Backend, const D: usize>(
+    tensor: Tensor<B, D>,
+    precision: Precision,
+    what: &str,
+) -> Result<Tensor<B, D>, String> {
+    let tensor = match precision {
+        Precision::F32 => tensor,
+        Precision::Bf16 => tensor.cast(FloatDType::BF16),
+    };
+    check_dtype(&tensor, precision, what)?;
+    Ok(tensor)
+}
+
+fn check_dtype<B: Backend, const D: usize>(
+    tensor: &Tensor<B, D>,
+    precision: Precision,
+    what: &str,
+) -> Result<(), String> {
+    let want = match precision {
+        Precision::F32 => DType::F32,
+        Precision::Bf16 => DType::BF16,
+    };
+    if tensor.dtype() == want {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what} is {} but the case asks for {}",
+            dtype_name(tensor.dtype()),
+            precision.as_str()
+        ))
+    }
+}
+
+fn measure<B: Backend>(
+    device: &B::Device,
+    case: &Case,
+    settings: &Settings,
+) -> Result<Measured, String> {
+    let iters = settings.iters;
+    let measured = |samples, dtype: &str| Measured {
+        samples,
+        dtype: dtype.into(),
+        note: None,
+    };
+    match &case.work {
+        &Work::Matmul { n, precision } => {
+            let a = Tensor::<B, 2>::random([n, n], Distribution::Default, device);
+            let b = Tensor::<B, 2>::random([n, n], Distribution::Default, device);
+            let a = to_precision(a, precision, "matmul input a")?;
+            let b = to_precision(b, precision, "matmul input b")?;
+            check_dtype(&a.clone().matmul(b.clone()), precision, "matmul output")?;
+            let samples = time_iterations::<B, _>(device, settings, iters, || {
+                Ok(a.clone().matmul(b.clone()))
+            })?;
+            Ok(measured(samples, precision.as_str()))
+        }
+        &Work::VectorAdd { len } => {
+            let a = Tensor::<B, 1>::random([len], Distribution::Default, device);
+            let b = Tensor::<B, 1>::random([len], Distribution::Default, device);
+            let samples =
+                time_iterations::<B, _>(device, settings, iters, || Ok(a.clone() + b.clone()))?;
+            Ok(measured(samples, "f32"))
+        }
+        &Work::Conv2d {
+            batch,
+            channels,
+            out_channels,
+            height,
+            width,
+            precision,
+        } => {
+            let x = Tensor::<B, 4>::random(
+                [batch, channels, height, width],
+                Distribution::Default,
+                device,
+            );
+            let w = Tensor::<B, 4>::random(
+                [out_channels, channels, 3, 3],
+                Distribution::Uniform(-0.1, 0.1),
+                device,
+            );
+            let x = to_precision(x, precision, "conv2d input")?;
+            let w = to_precision(w, precision, "conv2d weight")?;
+            let options = || ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
+            let first = conv2d(x.clone(), w.clone(), None, options());
+            check_dtype(&first, precision, "conv2d output")?;
+            let [ob, oc, oh, ow] = first.dims();
+            if [ob, oc, oh, ow] != [batch, out_channels, height, width] {
+                return Err(format!(
+                    "conv2d output has shape {:?}, expected {:?}",
+                    [ob, oc, oh, ow],
+                    [batch, out_channels, height, width]
+                ));
+            }
+            drop(first);
+            let samples = time_iterations::<B, _>(device, settings, iters, || {
+                Ok(conv2d(x.clone(), w.clone(), None, options()))
+            })?;
+            Ok(measured(samples, precision.as_str()))
+        }
+        Work::TrainStep {
+            batch,
+            features,
+            hidden,
+            classes,
+        } => {
+            let samples = train_step::<B>(
+                device,
+                settings,
+                iters,
+                *batch,
+                &mlp_widths(*features, hidden, *classes),
+            )?;
+            Ok(measured(samples, "f32"))
+        }
+        &Work::SmallVectorAdd { len } => {
+            let a: Vec<f32> = (0..len).map(|i| i as f32).collect();
+            let b: Vec<f32> = (0..len).map(|i| 0.5 * i as f32).collect();
+            let iters = iters.saturating_mul(SMALL_ITERS_FACTOR);
+            let samples = time_iterations::<B, _>(device, settings, iters, || {
+                let ta = Tensor::<B, 1>::from_data(TensorData::new(a.clone(), [len]), device);
+                let tb = Tensor::<B, 1>::from_data(TensorData::new(b.clone(), [len]), device);
+                let c = (ta + tb)
+                    .into_data()
+                    .into_vec::<f32>()
+                    .map_err(|e| format!("reading the small vector add back: {e:?}"))?;
+                let last = len - 1;
+                if c.len() != len || c[last] != a[last] + b[last] {
+                    return Err("the small vector add read back a wrong sum".into());
+                }
+                Ok(c)
+            })?;
+            let mut m = measured(samples, "f32");
+            m.note = Some("per job: upload a and b from host, add, read c back".into());
+            Ok(m)
+        }
+    }
+}
+
+/// The benchmark network: `Linear` layers with ReLU between them.
+#[derive(Module, Debug)]
+struct Mlp<B: Backend> {
+    layers: Vec<Linear<B>>,
+}
+
+impl<B: Backend> Mlp<B> {
+    fn new(widths: &[usize], device: &B::Device) -> Self {
+        let layers = widths
+            .windows(2)
+            .map(|w| LinearConfig::new(w[0], w[1]).init(device))
+            .collect();
+        Mlp { layers }
+    }
+
+    fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        let last = self.layers.len() - 1;
+        self.layers.iter().enumerate().fold(x, |x, (i, layer)| {
+            let y = layer.forward(x);
+            if i < last { relu(y) } else { y }
+        })
+    }
+}
+
+/// Time Adam steps of the MLP `widths` on one fixed batch.
+fn train_step<B: Backend>(
+    device: &B::Device,
+    settings: &Settings,
+    iters: u32,
+    batch: usize,
+    widths: &[usize],
+) -> Result<Vec<f64>, String> {
+    type Ad<B> = Autodiff<B>;
+    let (features, classes) = (widths[0], widths[widths.len() - 1]);
+    let x = Tensor::<Ad<B>, 2>::random([batch, features], Distribution::Normal(0.0, 1.0), device);
+    let labels: Vec<i64> = (0..batch).map(|i| (i % classes) as i64).collect();
+    let y = Tensor::<Ad<B>, 1, Int>::from_data(TensorData::new(labels, [batch]), device);
+    let mut model = Some(Mlp::<Ad<B>>::new(widths, device));
+    let mut optim = AdamConfig::new().init::<Ad<B>, Mlp<Ad<B>>>();
+    let loss_fn = CrossEntropyLossConfig::new().init(device);
+    time_iterations::<B, _>(device, settings, iters, || {
+        let m = model.take().ok_or("the model was lost in a failed step")?;
+        let loss = loss_fn.forward(m.forward(x.clone()), y.clone());
+        let grads = GradientsParams::from_grads(loss.backward(), &m);
+        model = Some(optim.step(LR, m, grads));
+        Ok(loss)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_even_and_odd_counts() {
+        assert_eq!(Stats::of(&[3.0, 1.0, 2.0]).median, 2.0);
+        assert_eq!(Stats::of(&[4.0, 1.0, 2.0, 3.0]).median, 2.5);
+        assert_eq!(Stats::of(&[4.0, 1.0, 2.0, 3.0]).min, 1.0);
+        assert_eq!(Stats::of(&[4.0, 1.0, 2.0, 3.0]).mean, 2.5);
+    }
+
+    #[test]
+    fn names_match_the_pytorch_reference() {
+        let names: Vec<String> = cases(Profile::Gpu).into_iter().map(|c| c.name).collect();
+        assert_eq!(
+            names,
+            [
+                "vector_add_f32_64M",
+                "small_vector_add_roundtrip_1024",
+                "matmul_f32_n4096",
+                "matmul_f32_n8192",
+                "matmul_bf16_n4096",
+                "matmul_bf16_n8192",
+                "conv2d_3x3_f32_32x64x224x224_c64",
+                "conv2d_3x3_bf16_32x64x224x224_c64",
+                "train_mlp_step_256-1024-1024-10_b512",
+                "train_mlp_step_256-1024-1024-10_b4096",
+            ]
+        );
+    }
+}

@@ -1,0 +1,81 @@
+//! The kernel benchmark's quick cases, run for real on the CPU: every case gives a row with
+//! positive, finite timings and the work its sizes imply; bf16 is skipped on the CPU.
+
+use kiln_kernels::ComputeDevice;
+use kiln_kernels::bench::{
+    Case, Precision, Profile, SMALL_ITERS_FACTOR, Settings, cases, run_cases,
+};
+
+const SETTINGS: Settings = Settings {
+    warmup: 1,
+    iters: 3,
+    case_budget_s: 5.0,
+};
+
+#[test]
+fn quick_cases_measure_positive_finite_times_on_the_cpu() {
+    let cases = cases(Profile::Quick);
+    let mut seen = 0;
+    let rows = run_cases(&ComputeDevice::Cpu, &cases, &SETTINGS, |_| seen += 1);
+    assert_eq!(seen, cases.len());
+    assert_eq!(rows.len(), cases.len());
+    for (case, row) in cases.iter().zip(&rows) {
+        assert_eq!(row.case, case.name);
+        assert_eq!(row.backend, "burn-ndarray");
+        assert_eq!(row.device, "cpu");
+        if case.precision() == Precision::Bf16 {
+            assert_eq!(row.status, "skipped", "{row:?}");
+            assert_eq!(row.error.as_deref(), Some("skipped: bf16 needs a GPU"));
+            assert!(row.median_s.is_none());
+            continue;
+        }
+        assert_eq!(row.status, "ok", "{row:?}");
+        assert_eq!(row.dtype, "f32");
+        let expected_iters = if case.family() == "small_vector_add" {
+            SETTINGS.iters * SMALL_ITERS_FACTOR
+        } else {
+            SETTINGS.iters
+        };
+        assert_eq!(row.iterations, expected_iters, "{}", row.case);
+        for t in [row.median_s, row.mean_s, row.min_s] {
+            let t = t.unwrap();
+            assert!(t.is_finite() && t > 0.0, "{}: {t}", row.case);
+        }
+        assert!(row.min_s.unwrap() <= row.median_s.unwrap());
+        let value = row.value.unwrap();
+        assert!(value.is_finite() && value > 0.0, "{}: {value}", row.case);
+    }
+}
+
+#[test]
+fn work_counts_follow_the_sizes() {
+    let matmul = Case::matmul(4096, Precision::F32);
+    assert_eq!(matmul.flops(), Some(2.0 * 4096f64.powi(3)));
+    assert_eq!(matmul.metric(), "TFLOP/s");
+    // 2n³ flops in one second.
+    assert!((matmul.value(1.0).unwrap() - 2.0 * 4096f64.powi(3) / 1e12).abs() < 1e-12);
+
+    let add = Case::vector_add(64 << 20);
+    assert_eq!(add.name, "vector_add_f32_64M");
+    assert_eq!(add.bytes(), Some(3.0 * 4.0 * (64u64 << 20) as f64));
+    assert_eq!(add.flops(), None);
+    assert!((add.value(1e-3).unwrap() - 12.0 * (64u64 << 20) as f64 / 1e-3 / 1e9).abs() < 1e-6);
+
+    let conv = Case::conv2d([32, 64, 224, 224], 64, Precision::Bf16);
+    assert_eq!(conv.name, "conv2d_3x3_bf16_32x64x224x224_c64");
+    assert_eq!(
+        conv.flops(),
+        Some(2.0 * 32.0 * 64.0 * 224.0 * 224.0 * 64.0 * 9.0)
+    );
+
+    let step = Case::train_step(512, 256, &[1024, 1024], 10);
+    assert_eq!(step.name, "train_mlp_step_256-1024-1024-10_b512");
+    let weights = 257 * 1024 + 1025 * 1024 + 1025 * 10;
+    assert_eq!(step.flops(), Some(6.0 * weights as f64 * 512.0));
+    assert_eq!(step.metric(), "ms/step");
+    assert_eq!(step.value(0.002), Some(2.0));
+
+    let small = Case::small_vector_add(1024);
+    assert_eq!(small.metric(), "us/job");
+    assert_eq!(small.value(45e-6).map(|v| (v * 1e3).round()), Some(45e3));
+}
