@@ -29,13 +29,17 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(cmd::run(cli)) {
+    let code = match runtime.block_on(cmd::run(cli)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("kiln: {e:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    // Do not wait for compute still running on the blocking pool (a warm-up interrupted by
+    // a shutdown, a job past the drain timeout): it is handed back by the server.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    code
 }
 
 fn init_tracing(cli: &cli::Cli) {

@@ -154,11 +154,9 @@ impl Kernel for Matmul {
          dtype: f32, or bf16/f16 on GPU workers (f32)\n\
          a, b: the matrices themselves as rows (instead of m, k, n)";
     const WARMUP: &'static [&'static str] = &[
-        r#"{"n": 256}"#,
         r#"{"n": 1024}"#,
         r#"{"n": 4096}"#,
         r#"{"n": 1024, "dtype": "bf16"}"#,
-        r#"{"n": 4096, "dtype": "bf16"}"#,
     ];
     type Params = Params;
 

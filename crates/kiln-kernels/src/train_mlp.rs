@@ -279,7 +279,7 @@ impl Kernel for TrainMlp {
          epochs: passes over the data, 1 to 10000 (20)\n\
          batch_size: samples per Adam step (128)\n\
          lr: Adam learning rate (0.01)";
-    const WARMUP: &'static [&'static str] = &[r#"{"epochs": 2}"#];
+    const WARMUP: &'static [&'static str] = &[r#"{"epochs": 1}"#];
     type Params = Params;
 
     fn plan(params: &Params, _limits: &Limits) -> Result<Plan, JobError> {
