@@ -440,7 +440,7 @@ pub fn run_case(device: &ComputeDevice, case: &Case, settings: &Settings) -> Row
     let mut row = Row::empty(case, backend, device, settings);
     if *device == ComputeDevice::Cpu && case.precision() == Precision::Bf16 {
         row.status = "skipped".into();
-        row.error = Some("skipped: bf16 needs a GPU".into());
+        row.error = Some("bf16 needs a GPU".into());
         return row;
     }
     let settings = Settings {
@@ -482,7 +482,8 @@ pub fn run_case(device: &ComputeDevice, case: &Case, settings: &Settings) -> Row
             row.value = case.value(stats.median);
             row.status = "ok".into();
         }
-        Err(error) => row.error = Some(error),
+        // Backend panics can carry pages of context; a row keeps the start.
+        Err(error) => row.error = Some(error.chars().take(500).collect()),
     }
     row
 }

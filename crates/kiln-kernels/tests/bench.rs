@@ -25,7 +25,7 @@ fn quick_cases_measure_positive_finite_times_on_the_cpu() {
         assert_eq!(row.device, "cpu");
         if case.precision() == Precision::Bf16 {
             assert_eq!(row.status, "skipped", "{row:?}");
-            assert_eq!(row.error.as_deref(), Some("skipped: bf16 needs a GPU"));
+            assert_eq!(row.error.as_deref(), Some("bf16 needs a GPU"));
             assert!(row.median_s.is_none());
             continue;
         }
@@ -78,4 +78,19 @@ fn work_counts_follow_the_sizes() {
     let small = Case::small_vector_add(1024);
     assert_eq!(small.metric(), "us/job");
     assert_eq!(small.value(45e-6).map(|v| (v * 1e3).round()), Some(45e3));
+}
+
+#[test]
+fn a_case_that_panics_becomes_an_error_row() {
+    // Zero classes: the label of sample i is i % 0, a panic inside the case.
+    let case = Case::train_step(4, 2, &[2], 0);
+    let rows = run_cases(&ComputeDevice::Cpu, &[case], &SETTINGS, |_| {});
+    assert_eq!(rows[0].status, "error");
+    assert!(
+        rows[0].error.as_deref().unwrap().starts_with("panicked: "),
+        "{:?}",
+        rows[0].error
+    );
+    assert_eq!(rows[0].median_s, None);
+    assert_eq!(rows[0].iterations, 0);
 }

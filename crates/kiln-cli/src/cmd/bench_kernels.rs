@@ -128,7 +128,8 @@ fn write_json(path: &Path, report: &Report<'_>) -> anyhow::Result<()> {
 fn summary(row: &Row) -> String {
     match (row.status.as_str(), row.value, row.median_s) {
         ("ok", Some(value), Some(median)) => format!(
-            "{value:.3} {}, median {}",
+            "{} {}, median {}",
+            significant(value),
             row.metric,
             human_seconds(median)
         ),
@@ -148,15 +149,16 @@ fn table(rows: &[Row]) -> String {
         "{:<40} {:<5} {:>6} {:>11} {:>11} {:>12} {:<8} {:>10} {:>10}",
         "case", "dtype", "iters", "median", "mean", "value", "unit", "TFLOP/s", "GB/s"
     );
-    let num = |v: Option<f64>| v.map_or_else(|| "-".into(), |v| format!("{v:.3}"));
+    let num = |v: Option<f64>| v.map_or_else(|| "-".into(), significant);
     for row in rows {
         if row.status != "ok" {
             let _ = writeln!(
                 out,
-                "{:<40} {:<5} {}",
+                "{:<40} {:<5} {}: {}",
                 row.case,
                 row.dtype,
-                row.error.as_deref().unwrap_or(&row.status)
+                row.status,
+                row.error.as_deref().unwrap_or("no figure")
             );
             continue;
         }
@@ -175,6 +177,16 @@ fn table(rows: &[Row]) -> String {
         );
     }
     out
+}
+
+/// Four significant digits, without switching to exponents for the usual range.
+fn significant(v: f64) -> String {
+    let decimals = if v == 0.0 || !v.is_finite() {
+        0
+    } else {
+        (3 - v.abs().log10().floor() as i32).clamp(0, 9) as usize
+    };
+    format!("{v:.decimals$}")
 }
 
 fn human_seconds(s: f64) -> String {
