@@ -32,6 +32,7 @@ stop_worker() { kill -TERM "$WORKER" 2>/dev/null; wait "$WORKER"; EXITED=$?; }
 
 start_worker gpu-cold "${COLD_LIMIT_S:-200}"; cold=$READY
 stop_worker; cold_exit=$EXITED
+worker_alive=false
 start_worker gpu-warm 60; warm=$READY
 alive() { kill -0 "$WORKER" 2>/dev/null; }
 t0=$(now)
@@ -39,13 +40,13 @@ alive && "$BIN" submit matmul -p n=1024 -d "$CLASS" --wait --wait-timeout-s 60 >
 first_job=$(python3 -c "print(round($(now) - $t0, 3))")
 first_compute=$(python3 -c "import json;print(json.load(open('$OUT/logs/first-job.json'))['compute_ms'])" 2>/dev/null || echo null)
 if [ "$DEVICE" = cpu ]; then
-  oom_kind=skipped alive=true   # a CPU worker would really allocate the 90 GB
+  oom_kind=skipped worker_alive=true   # a CPU worker would really allocate the 90 GB
 else
   # A 150000×1 by 1×150000 product: tiny inputs, a 90 GB result, over an 80 GB GPU's memory.
   alive && "$BIN" submit matmul -p m=150000 -p k=1 -p n=150000 -d "$CLASS" --wait --wait-timeout-s 90 > "$OUT/logs/oom-job.json" 2>&1
   oom_kind=$(python3 -c "import json;print(json.load(open('$OUT/logs/oom-job.json'))['error']['kind'])" 2>/dev/null || echo none)
   sleep 1
-  if alive; then alive=true; else alive=false; fi
+  if alive; then worker_alive=true; else worker_alive=false; fi
 fi
 alive && "$BIN" submit vector_add -p len=1024 -d "$CLASS" --wait --wait-timeout-s 30 > "$OUT/logs/after-oom.json" 2>&1
 after=$(python3 -c "import json;print(json.load(open('$OUT/logs/after-oom.json'))['status'])" 2>/dev/null || echo none)
@@ -54,7 +55,7 @@ cat > "$OUT/startup.json" <<JSON
 {"ready_s_cold_cache": "$cold", "cold_worker_exit": "$cold_exit",
  "ready_s_warm_cache": "$warm", "first_job_wall_s_after_warm_start": "$first_job",
  "first_job_compute_ms": "$first_compute",
- "oom_job_error_kind": "$oom_kind", "worker_alive_after_oom": $alive,
+ "oom_job_error_kind": "$oom_kind", "worker_alive_after_oom": $worker_alive,
  "job_after_oom": "$after", "warm_worker_exit": "$warm_exit"}
 JSON
 cat "$OUT/startup.json"
