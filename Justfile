@@ -32,12 +32,15 @@ lint:
 [group('check')]
 ci: test
 
-# Benchmarks: pipeline throughput as a ratio of the raw JetStream ceiling, results under bench/results/<date>/
+# Benchmarks into bench/results/<date>/: pipeline throughput vs the raw JetStream ceiling, and CPU matmul vs numpy/OpenBLAS
 [group('bench')]
 bench *ARGS:
     cargo build --release -p kiln-cli
     mkdir -p bench/results/$(date -u +%F)
     "$CARGO_TARGET_DIR/release/kiln" bench pipeline --json bench/results/$(date -u +%F)/pipeline.json {{ARGS}}
+    python3 -c 'import numpy' 2>/dev/null || pip install --quiet --disable-pip-version-check numpy
+    "$CARGO_TARGET_DIR/release/kiln" bench kernels --device cpu --filter matmul --json bench/results/$(date -u +%F)/burn-cpu-matmul.json
+    python3 scripts/numpy_reference.py --burn bench/results/$(date -u +%F)/burn-cpu-matmul.json --out bench/results/$(date -u +%F)
 
 # Build the release binary
 [group('build')]

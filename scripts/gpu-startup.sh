@@ -36,19 +36,19 @@ worker_alive=false
 start_worker gpu-warm 60; warm=$READY
 alive() { kill -0 "$WORKER" 2>/dev/null; }
 t0=$(now)
-alive && "$BIN" submit matmul -p n=1024 -d "$CLASS" --wait --wait-timeout-s 60 > "$OUT/logs/first-job.json" 2>&1
+alive && "$BIN" submit matmul -p n=1024 -d "$CLASS" --wait --wait-timeout-s 60 > "$OUT/logs/first-job.json" 2>> "$OUT/logs/submit.log"
 first_job=$(python3 -c "print(round($(now) - $t0, 3))")
 first_compute=$(python3 -c "import json;print(json.load(open('$OUT/logs/first-job.json'))['compute_ms'])" 2>/dev/null || echo null)
 if [ "$DEVICE" = cpu ]; then
   oom_kind=skipped worker_alive=true   # a CPU worker would really allocate the 90 GB
 else
   # A 150000×1 by 1×150000 product: tiny inputs, a 90 GB result, over an 80 GB GPU's memory.
-  alive && "$BIN" submit matmul -p m=150000 -p k=1 -p n=150000 -d "$CLASS" --wait --wait-timeout-s 90 > "$OUT/logs/oom-job.json" 2>&1
+  alive && "$BIN" submit matmul -p m=150000 -p k=1 -p n=150000 -d "$CLASS" --wait --wait-timeout-s 90 > "$OUT/logs/oom-job.json" 2>> "$OUT/logs/submit.log"
   oom_kind=$(python3 -c "import json;print(json.load(open('$OUT/logs/oom-job.json'))['error']['kind'])" 2>/dev/null || echo none)
   sleep 1
   if alive; then worker_alive=true; else worker_alive=false; fi
 fi
-alive && "$BIN" submit vector_add -p len=1024 -d "$CLASS" --wait --wait-timeout-s 30 > "$OUT/logs/after-oom.json" 2>&1
+alive && "$BIN" submit vector_add -p len=1024 -d "$CLASS" --wait --wait-timeout-s 30 > "$OUT/logs/after-oom.json" 2>> "$OUT/logs/submit.log"
 after=$(python3 -c "import json;print(json.load(open('$OUT/logs/after-oom.json'))['status'])" 2>/dev/null || echo none)
 stop_worker; warm_exit=$EXITED
 cat > "$OUT/startup.json" <<JSON

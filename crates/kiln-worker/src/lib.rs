@@ -20,4 +20,4 @@ mod worker;
 
 pub use config::WorkerConfig;
 pub use error::{Error, Result};
-pub use worker::{WorkerStats, run};
+pub use worker::{GPU_MAX_ELEMENTS, WorkerStats, run};

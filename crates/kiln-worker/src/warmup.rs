@@ -1,6 +1,7 @@
 //! GPU warm-up: run each kind's typical jobs before taking real ones, and tell a device that
 //! merely ran out of memory from one that is broken.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use kiln_kernels::{ComputeDevice, NoCheckpoint};
@@ -8,12 +9,21 @@ use kiln_proto::{Codec, ErrorKind, JobError, Limits};
 
 use crate::error::Error;
 
-/// Run every registered kind's [`kiln_kernels::Kernel::WARMUP`] jobs on `device`. Blocking.
-pub(crate) fn warm_up(device: &ComputeDevice, limits: &Limits) -> Result<(), Error> {
+/// Run every registered kind's [`kiln_kernels::Kernel::WARMUP`] jobs on `device`, stopping
+/// early (between jobs) once `stop` is set. Blocking.
+pub(crate) fn warm_up(
+    device: &ComputeDevice,
+    limits: &Limits,
+    stop: &AtomicBool,
+) -> Result<(), Error> {
     let started = Instant::now();
     let mut count = 0;
     for kind in kiln_kernels::KINDS {
         for params in kind.warmup {
+            if stop.load(Ordering::SeqCst) {
+                tracing::info!(jobs = count, "warm-up stopped early");
+                return Ok(());
+            }
             let t = Instant::now();
             let fail = |reason: String| Error::Warmup {
                 device: device.to_string(),

@@ -33,6 +33,11 @@ pub(crate) struct Counters {
     pub retried: AtomicU64,
 }
 
+/// The most tensor elements a GPU job may hold: CubeCL indexes tensors with 32-bit integers,
+/// and a bigger tensor (seen: a 150000×150000 product) panics inside the GPU runtime and
+/// leaves the device unusable for every job after it.
+pub const GPU_MAX_ELEMENTS: u64 = u32::MAX as u64;
+
 /// How long one pull request waits for jobs before it is renewed. Short, so that a shutdown
 /// leaves few jobs delivered-but-unhandled (those are redelivered after the ack wait).
 const PULL_EXPIRES: Duration = Duration::from_secs(2);
@@ -62,6 +67,17 @@ pub async fn run(
             message: e.to_string(),
         })?;
 
+    let mut config = config;
+    if matches!(config.device, ComputeDevice::Cuda(_))
+        && config.limits.max_elements > GPU_MAX_ELEMENTS
+    {
+        tracing::warn!(
+            requested = config.limits.max_elements,
+            limit = GPU_MAX_ELEMENTS,
+            "--max-elements is above what one GPU job can index; using the limit"
+        );
+        config.limits.max_elements = GPU_MAX_ELEMENTS;
+    }
     let max_in_flight = config.max_in_flight.max(1);
     let slots = Arc::new(Semaphore::new(max_in_flight));
     let shared = Arc::new(Shared {
@@ -86,17 +102,28 @@ pub async fn run(
             tracing::info!(device = %shared.config.device, "warming up: JIT and autotune of each kind's typical sizes");
             let device = shared.config.device.clone();
             let limits = shared.config.limits;
-            let warm =
-                tokio::task::spawn_blocking(move || crate::warmup::warm_up(&device, &limits));
-            tokio::select! {
-                _ = &mut shutdown => return Ok(WorkerStats::default()),
-                done = warm => done.map_err(|e| Error::Warmup {
-                    device: shared.config.device.to_string(),
-                    kind: "all",
-                    params: "",
-                    reason: e.to_string(),
-                })??,
-            }
+            let stop = Arc::new(AtomicBool::new(false));
+            let stop_warmup = stop.clone();
+            let mut warm = tokio::task::spawn_blocking(move || {
+                crate::warmup::warm_up(&device, &limits, &stop_warmup)
+            });
+            let joined = tokio::select! {
+                _ = &mut shutdown => {
+                    // Let the warm-up job on the device finish (within the drain timeout):
+                    // exiting while a GPU kernel runs can crash the process in CUDA's teardown.
+                    stop.store(true, Ordering::SeqCst);
+                    tracing::info!("shutting down: waiting for the running warm-up job");
+                    let _ = tokio::time::timeout(shared.config.drain_timeout, &mut warm).await;
+                    return Ok(WorkerStats::default());
+                }
+                joined = &mut warm => joined,
+            };
+            joined.map_err(|e| Error::Warmup {
+                device: shared.config.device.to_string(),
+                kind: "all",
+                params: "",
+                reason: e.to_string(),
+            })??;
         }
     }
     tracing::info!(
