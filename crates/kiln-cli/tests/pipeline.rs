@@ -456,6 +456,10 @@ async fn worker_drains_and_exits_cleanly_on_sigterm() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(exit.success(), "worker exited with {exit}");
+    // A clean stop removes the worker's heartbeat entry at once, not after its TTL.
+    let js = jetstream::new(cluster.client().await);
+    let workers = kiln_proto::streams::live_workers(&js).await.unwrap();
+    assert!(workers.is_empty(), "{workers:?}");
 }
 
 #[test]
@@ -543,4 +547,61 @@ async fn long_job_is_kept_alive_by_progress_acks_and_runs_once() {
     assert_eq!(info.num_ack_pending, 0);
     let (stored, _) = common::stored_results(&client).await;
     assert_eq!(stored, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn live_workers_are_listed_and_expire_when_killed() {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    cluster.cpu_worker();
+    let client = cluster.client().await;
+    let js = jetstream::new(client.clone());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let workers = loop {
+        let workers = kiln_proto::streams::live_workers(&js).await.unwrap();
+        if !workers.is_empty() {
+            break workers;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker never announced itself"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(workers.len(), 1);
+    let w = &workers[0];
+    assert_eq!(w.name, "test-worker");
+    assert_eq!(w.class, kiln_proto::DeviceClass::Cpu);
+    assert_eq!((w.device.as_str(), w.backend.as_str()), ("cpu", "ndarray"));
+    assert_eq!(w.state, "serving");
+    assert!(w.capacity >= 1);
+    let status = stdout(&cluster.kiln(&["status"]));
+    assert!(
+        status.contains("workers: 1 live") && status.contains("test-worker"),
+        "{status}"
+    );
+
+    // Killed without a chance to say goodbye: the entry expires after three heartbeats (6 s).
+    let worker = cluster.child("worker");
+    worker.kill().unwrap();
+    worker.wait().unwrap();
+    let killed = std::time::Instant::now();
+    loop {
+        if kiln_proto::streams::live_workers(&js)
+            .await
+            .unwrap()
+            .is_empty()
+        {
+            break;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(15),
+            "the dead worker is still listed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        killed.elapsed() >= Duration::from_secs(2),
+        "expired before its TTL"
+    );
 }

@@ -20,6 +20,7 @@ mod metrics;
 mod result;
 pub mod streams;
 pub mod subject;
+mod workers;
 
 pub use codec::{CONTENT_TYPE_BINCODE, CONTENT_TYPE_JSON, Codec};
 pub use error::{Disposition, Error, ErrorKind, JobError, Result};
@@ -29,6 +30,7 @@ pub use metrics::{Latency, LatencyStats, MetricsSnapshot};
 pub use result::{ResultEvent, Status, result_msg_id};
 pub use streams::Topology;
 pub use subject::{DeviceClass, JobSubject};
+pub use workers::{BUCKET_WORKERS, WorkerInfo};
 
 /// Header carrying the job id into JetStream's duplicate detection.
 pub const HEADER_MSG_ID: &str = "Nats-Msg-Id";

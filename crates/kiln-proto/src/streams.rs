@@ -36,6 +36,9 @@ pub struct Topology {
     pub ack_wait: Duration,
     /// Deliveries of one job before it is given up.
     pub max_deliver: i64,
+    /// How often workers refresh their entry in `KILN_WORKERS`; an entry expires after
+    /// three missed heartbeats.
+    pub heartbeat: Duration,
 }
 
 impl Default for Topology {
@@ -47,6 +50,7 @@ impl Default for Topology {
             results_max_age: Duration::from_secs(7 * 24 * 3600),
             ack_wait: Duration::from_secs(30),
             max_deliver: 5,
+            heartbeat: Duration::from_secs(2),
         }
     }
 }
@@ -113,6 +117,20 @@ impl Topology {
         }
     }
 
+    /// The live-workers bucket: one key per worker, expiring three heartbeats after its
+    /// last refresh.
+    pub fn workers_bucket(&self) -> jetstream::kv::Config {
+        jetstream::kv::Config {
+            bucket: crate::BUCKET_WORKERS.into(),
+            description: "kiln live workers (heartbeats)".into(),
+            history: 1,
+            max_age: self.heartbeat * 3,
+            storage: StorageType::Memory,
+            num_replicas: self.replicas,
+            ..Default::default()
+        }
+    }
+
     /// A worker or scheduler consumer on `KILN_JOBS`.
     pub fn jobs_consumer(&self, name: &str, filter: String) -> pull::Config {
         pull::Config {
@@ -160,6 +178,12 @@ pub enum SetupError {
         #[source]
         source: jetstream::stream::ConsumerError,
     },
+    #[error("could not create or update the key-value bucket {bucket}: {source}")]
+    Bucket {
+        bucket: &'static str,
+        #[source]
+        source: jetstream::context::CreateKeyValueError,
+    },
     #[error("could not open stream {stream}: {source}")]
     GetStream {
         stream: &'static str,
@@ -193,7 +217,40 @@ pub async fn ensure_all(js: &jetstream::Context, topology: &Topology) -> Result<
     }
     let results = get_stream(js, STREAM_RESULTS).await?;
     create_consumer(&results, topology.aggregator_consumer()).await?;
+    js.create_or_update_key_value(topology.workers_bucket())
+        .await
+        .map_err(|source| SetupError::Bucket {
+            bucket: crate::BUCKET_WORKERS,
+            source,
+        })?;
     Ok(())
+}
+
+/// The workers whose heartbeat has not expired, sorted by class then name. Entries that do
+/// not parse are skipped.
+pub async fn live_workers(js: &jetstream::Context) -> Result<Vec<crate::WorkerInfo>, String> {
+    use futures_util::TryStreamExt as _;
+    let kv = js
+        .get_key_value(crate::BUCKET_WORKERS)
+        .await
+        .map_err(|e| e.to_string())?;
+    let keys: Vec<String> = kv
+        .keys()
+        .await
+        .map_err(|e| e.to_string())?
+        .try_collect()
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut workers = Vec::with_capacity(keys.len());
+    for key in keys {
+        if let Ok(Some(value)) = kv.get(key).await
+            && let Ok(info) = serde_json::from_slice::<crate::WorkerInfo>(&value)
+        {
+            workers.push(info);
+        }
+    }
+    workers.sort_by(|a, b| (a.class, &a.name).cmp(&(b.class, &b.name)));
+    Ok(workers)
 }
 
 async fn get_stream(

@@ -15,6 +15,7 @@
 mod config;
 mod error;
 mod handle;
+mod heartbeat;
 mod warmup;
 mod worker;
 

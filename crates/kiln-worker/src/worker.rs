@@ -89,6 +89,14 @@ pub async fn run(
         config,
     });
     tokio::pin!(shutdown);
+    let serving = Arc::new(AtomicBool::new(false));
+    let heartbeat =
+        crate::heartbeat::Heartbeat::start(&js, shared.clone(), slots.clone(), serving.clone())
+            .await
+            .map_err(|message| Error::Consumer {
+                consumer: kiln_proto::BUCKET_WORKERS.into(),
+                message,
+            })?;
     if let ComputeDevice::Cuda(_) = shared.config.device {
         if let Some(dir) = &shared.config.cache_dir {
             match kiln_kernels::use_cache_dir(dir) {
@@ -114,18 +122,26 @@ pub async fn run(
                     stop.store(true, Ordering::SeqCst);
                     tracing::info!("shutting down: waiting for the running warm-up job");
                     let _ = tokio::time::timeout(shared.config.drain_timeout, &mut warm).await;
+                    heartbeat.stop().await;
                     return Ok(WorkerStats::default());
                 }
                 joined = &mut warm => joined,
             };
-            joined.map_err(|e| Error::Warmup {
-                device: shared.config.device.to_string(),
-                kind: "all",
-                params: "",
-                reason: e.to_string(),
-            })??;
+            let warmed = joined
+                .map_err(|e| Error::Warmup {
+                    device: shared.config.device.to_string(),
+                    kind: "all",
+                    params: "",
+                    reason: e.to_string(),
+                })
+                .and_then(|result| result);
+            if let Err(e) = warmed {
+                heartbeat.stop().await;
+                return Err(e);
+            }
         }
     }
+    serving.store(true, Ordering::Relaxed);
     tracing::info!(
         worker = %shared.config.name,
         device = %shared.config.device,
@@ -207,6 +223,7 @@ pub async fn run(
     let drain = shared.config.drain_timeout;
     let all = max_in_flight as u32;
     let drained = tokio::time::timeout(drain, slots.acquire_many(all)).await;
+    heartbeat.stop().await;
     let stats = shared.stats();
     if drained.is_err() {
         shared.stopping.store(true, Ordering::SeqCst);
@@ -231,7 +248,7 @@ pub async fn run(
 }
 
 impl Shared {
-    fn stats(&self) -> WorkerStats {
+    pub(crate) fn stats(&self) -> WorkerStats {
         WorkerStats {
             succeeded: self.counters.succeeded.load(Ordering::Relaxed),
             failed: self.counters.failed.load(Ordering::Relaxed),

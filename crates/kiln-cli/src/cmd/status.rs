@@ -44,6 +44,29 @@ pub async fn overview(js: &jetstream::Context) -> anyhow::Result<String> {
             }
         }
     }
+    match streams::live_workers(js).await {
+        Ok(workers) => {
+            let _ = writeln!(out, "workers: {} live", workers.len());
+            for w in &workers {
+                let _ = writeln!(
+                    out,
+                    "  {:<28} {:<4} {:<7} {:<8} {:<10} slots {:>3}  in flight {:>4}  ok {:>8}  failed {:>6}",
+                    w.name,
+                    w.class,
+                    w.device,
+                    w.backend,
+                    w.state,
+                    w.capacity,
+                    w.in_flight,
+                    w.succeeded,
+                    w.failed
+                );
+            }
+        }
+        Err(e) => {
+            let _ = writeln!(out, "workers: unavailable: {e}");
+        }
+    }
     for name in [STREAM_RESULTS, STREAM_DLQ] {
         if let Ok(mut stream) = js.get_stream(name).await
             && let Ok(info) = stream.info().await

@@ -1,0 +1,39 @@
+//! Live workers: each worker keeps an entry in the `KILN_WORKERS` key-value bucket fresh with
+//! a heartbeat; an entry not refreshed within the bucket's TTL expires, so the bucket's keys
+//! are exactly the live workers.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::subject::DeviceClass;
+
+/// The key-value bucket of live workers (one key per worker name).
+pub const BUCKET_WORKERS: &str = "KILN_WORKERS";
+
+/// What a worker announces about itself at every heartbeat.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerInfo {
+    pub name: String,
+    /// The class whose consumer it serves.
+    pub class: DeviceClass,
+    /// `cpu`, `cuda:0` …
+    pub device: String,
+    /// The Burn backend: `ndarray` or `cuda`.
+    pub backend: String,
+    /// Jobs it computes at once.
+    pub capacity: usize,
+    /// Jobs it holds at most (computing, waiting for a slot, publishing).
+    pub max_in_flight: usize,
+    /// Jobs it holds now.
+    pub in_flight: usize,
+    pub succeeded: u64,
+    pub failed: u64,
+    /// `warming_up` or `serving`.
+    pub state: String,
+    /// kiln's version.
+    pub version: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub started_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}

@@ -1,0 +1,113 @@
+//! The worker's entry in `KILN_WORKERS`, refreshed every heartbeat and removed on a clean stop.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use async_nats::jetstream;
+use kiln_kernels::ComputeDevice;
+use kiln_proto::{BUCKET_WORKERS, WorkerInfo};
+use time::OffsetDateTime;
+use tokio::sync::{Semaphore, oneshot};
+
+use crate::handle::Shared;
+
+/// A running heartbeat; [`Heartbeat::stop`] removes the entry.
+pub(crate) struct Heartbeat {
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// A key-value key for a worker name (keys allow letters, digits and `-_=.`).
+fn key(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_=.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+impl Heartbeat {
+    pub(crate) async fn start(
+        js: &jetstream::Context,
+        shared: Arc<Shared>,
+        slots: Arc<Semaphore>,
+        serving: Arc<AtomicBool>,
+    ) -> Result<Self, String> {
+        let store = js
+            .get_key_value(BUCKET_WORKERS)
+            .await
+            .map_err(|e| format!("opening the {BUCKET_WORKERS} bucket: {e}"))?;
+        let (stop, mut stopped) = oneshot::channel();
+        let started_at = OffsetDateTime::now_utc();
+        let key = key(&shared.config.name);
+        let task = tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(shared.config.topology.heartbeat);
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => break,
+                    _ = ticker.tick() => {
+                        let info = info(&shared, &slots, &serving, started_at);
+                        if let Ok(body) = serde_json::to_vec(&info)
+                            && let Err(e) = store.put(&key, body.into()).await
+                        {
+                            tracing::warn!(error = %e, "heartbeat failed");
+                        }
+                    }
+                }
+            }
+            // A clean stop leaves at once rather than after the TTL.
+            let _ = store.delete(&key).await;
+        });
+        Ok(Heartbeat {
+            stop: Some(stop),
+            task,
+        })
+    }
+
+    pub(crate) async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+fn info(
+    shared: &Shared,
+    slots: &Semaphore,
+    serving: &AtomicBool,
+    started_at: OffsetDateTime,
+) -> WorkerInfo {
+    let config = &shared.config;
+    let stats = shared.stats();
+    WorkerInfo {
+        name: config.name.clone(),
+        class: config.device.class(),
+        device: config.device.to_string(),
+        backend: match config.device {
+            ComputeDevice::Cpu => "ndarray",
+            ComputeDevice::Cuda(_) => "cuda",
+        }
+        .into(),
+        capacity: config.compute_slots,
+        max_in_flight: config.max_in_flight,
+        in_flight: config
+            .max_in_flight
+            .saturating_sub(slots.available_permits()),
+        succeeded: stats.succeeded,
+        failed: stats.failed,
+        state: if serving.load(Ordering::Relaxed) {
+            "serving"
+        } else {
+            "warming_up"
+        }
+        .into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        started_at,
+        updated_at: OffsetDateTime::now_utc(),
+    }
+}
