@@ -2,7 +2,9 @@
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 
-use kiln_proto::{DeviceClass, ErrorKind, Latency, MetricsSnapshot, ResultEvent, Status};
+use kiln_proto::{
+    DeviceClass, ErrorKind, Latency, MetricsSnapshot, PredictionStats, ResultEvent, Routing, Status,
+};
 use serde::Deserialize;
 use time::OffsetDateTime;
 
@@ -22,6 +24,8 @@ pub struct ResultHead {
     pub total_ms: f64,
     #[serde(default)]
     pub error: Option<ErrorHead>,
+    #[serde(default)]
+    pub routing: Option<Routing>,
 }
 
 /// The kind of a failure, without its message.
@@ -43,6 +47,7 @@ impl From<&ResultEvent> for ResultHead {
             compute_ms: event.compute_ms,
             total_ms: event.total_ms,
             error: event.error.as_ref().map(|e| ErrorHead { kind: e.kind }),
+            routing: event.routing.clone(),
         }
     }
 }
@@ -61,6 +66,10 @@ pub struct Fold {
     pub queue: Latency,
     pub compute: Latency,
     pub total: Latency,
+    /// Routed jobs with a prediction, and the sums of their errors.
+    predicted: u64,
+    abs_error_sum_ms: f64,
+    error_sum_ms: f64,
     jobs_at_last_snapshot: u64,
     last_snapshot_at: Option<OffsetDateTime>,
     dirty: bool,
@@ -87,6 +96,14 @@ impl Fold {
         self.queue.record_ms(event.queue_ms);
         self.compute.record_ms(event.compute_ms);
         self.total.record_ms(event.total_ms);
+        if let Some(predicted) = event.routing.as_ref().and_then(Routing::predicted_ms)
+            && predicted.is_finite()
+        {
+            let error = predicted - event.total_ms;
+            self.predicted += 1;
+            self.abs_error_sum_ms += error.abs();
+            self.error_sum_ms += error;
+        }
         self.dirty = true;
     }
 
@@ -125,6 +142,11 @@ impl Fold {
             queue_ms: self.queue.stats(),
             compute_ms: self.compute.stats(),
             total_ms: self.total.stats(),
+            prediction: PredictionStats {
+                routed: self.predicted,
+                mean_abs_error_ms: self.abs_error_sum_ms / self.predicted.max(1) as f64,
+                mean_error_ms: self.error_sum_ms / self.predicted.max(1) as f64,
+            },
             updated_at: now,
         }
     }
@@ -143,6 +165,10 @@ impl Fold {
             queue: Latency::from_stats(&snapshot.queue_ms).unwrap_or_default(),
             compute: Latency::from_stats(&snapshot.compute_ms).unwrap_or_default(),
             total: Latency::from_stats(&snapshot.total_ms).unwrap_or_default(),
+            predicted: snapshot.prediction.routed,
+            abs_error_sum_ms: snapshot.prediction.mean_abs_error_ms
+                * snapshot.prediction.routed as f64,
+            error_sum_ms: snapshot.prediction.mean_error_ms * snapshot.prediction.routed as f64,
             jobs_at_last_snapshot: snapshot.jobs,
             last_snapshot_at: Some(snapshot.updated_at),
             dirty: false,
@@ -226,6 +252,8 @@ mod tests {
             output: serde_json::Value::Null,
             error: (status == Status::Failed)
                 .then(|| JobError::new(ErrorKind::InvalidInput, "bad")),
+            flops: 0.0,
+            routing: None,
         };
         // Through JSON, as the service reads it.
         serde_json::from_slice(&serde_json::to_vec(&event).unwrap()).unwrap()
@@ -246,6 +274,27 @@ mod tests {
         assert!((s.total_ms.max - 5.0).abs() < 0.01);
         // Nothing changed: no new snapshot.
         assert!(folds.snapshots(OffsetDateTime::now_utc()).is_empty());
+    }
+
+    #[test]
+    fn prediction_error_of_routed_jobs() {
+        let mut folds = Folds::default();
+        for (id, predicted, total) in [("a", 12.0, 10.0), ("b", 4.0, 8.0)] {
+            let mut e = event(id, Status::Succeeded, total);
+            e.routing = Some(Routing {
+                chosen: DeviceClass::Cpu,
+                by: "s".into(),
+                predicted_gpu_ms: None,
+                predicted_cpu_ms: Some(predicted),
+                reason: String::new(),
+            });
+            folds.add(&e);
+        }
+        folds.add(&event("c", Status::Succeeded, 1.0));
+        let s = folds.snapshots(OffsetDateTime::now_utc()).remove(0);
+        assert_eq!(s.prediction.routed, 2);
+        assert!((s.prediction.mean_abs_error_ms - 3.0).abs() < 1e-9);
+        assert!((s.prediction.mean_error_ms - (-1.0)).abs() < 1e-9);
     }
 
     #[test]

@@ -68,6 +68,8 @@ pub enum Command {
     Worker(WorkerArgs),
     /// Fold result events into metrics snapshots on metrics.<kind>.<class>.
     Aggregator(AggregatorArgs),
+    /// Route jobs.auto.<kind> to the device class that will finish them first.
+    Scheduler(SchedulerArgs),
     /// Submit jobs of one kind.
     Submit(SubmitArgs),
     /// Show queues, consumers and per-kind metrics once.
@@ -88,7 +90,10 @@ pub enum Command {
 impl Command {
     /// Long-running roles log at info by default; one-shot commands only warn.
     pub fn is_service(&self) -> bool {
-        matches!(self, Command::Worker(_) | Command::Aggregator(_))
+        matches!(
+            self,
+            Command::Worker(_) | Command::Aggregator(_) | Command::Scheduler(_)
+        )
     }
 }
 
@@ -115,6 +120,13 @@ pub struct WorkerArgs {
     /// Seconds a job may go without an ack or progress ack before it is redelivered.
     #[arg(long, env = "KILN_ACK_WAIT_S", default_value_t = 30)]
     pub ack_wait_s: u64,
+    /// Serve another class's consumer than the device's own (`gpu` from a CPU worker): with
+    /// --slowdown, simulates a second device class on a machine without a GPU.
+    #[arg(long, env = "KILN_SERVE_CLASS")]
+    pub serve_class: Option<String>,
+    /// Simulation: make each job take this many times its real compute time (1 = off).
+    #[arg(long, env = "KILN_SLOWDOWN", default_value_t = 1.0)]
+    pub slowdown: f64,
     /// Skip the GPU warm-up (JIT and autotune of each kind's typical sizes before the first job).
     #[arg(long, env = "KILN_NO_WARMUP")]
     pub no_warmup: bool,
@@ -129,6 +141,16 @@ pub struct AggregatorArgs {
     /// Milliseconds between metrics snapshots.
     #[arg(long, env = "KILN_SNAPSHOT_INTERVAL_MS", default_value_t = 1000)]
     pub interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SchedulerArgs {
+    /// Name recorded in routing decisions (default: host-scheduler-pid).
+    #[arg(long, env = "KILN_SCHEDULER_NAME")]
+    pub name: Option<String>,
+    /// Milliseconds between re-reads of each class's backlog and live workers.
+    #[arg(long, env = "KILN_SCHEDULER_REFRESH_MS", default_value_t = 250)]
+    pub refresh_ms: u64,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -26,11 +26,16 @@ pub use codec::{CONTENT_TYPE_BINCODE, CONTENT_TYPE_JSON, Codec};
 pub use error::{Disposition, Error, ErrorKind, JobError, Result};
 pub use job::{Job, MAX_ID_LEN, new_job_id, resolve_job_id, valid_job_id};
 pub use limits::{Limits, checked_product};
-pub use metrics::{Latency, LatencyStats, MetricsSnapshot};
-pub use result::{ResultEvent, Status, result_msg_id};
+pub use metrics::{Latency, LatencyStats, MetricsSnapshot, PredictionStats};
+pub use result::{ResultEvent, Routing, Status, result_msg_id};
 pub use streams::Topology;
 pub use subject::{DeviceClass, JobSubject};
 pub use workers::{BUCKET_WORKERS, WorkerInfo};
 
 /// Header carrying the job id into JetStream's duplicate detection.
 pub const HEADER_MSG_ID: &str = "Nats-Msg-Id";
+/// Header naming the job id on a routed copy, whose `Nats-Msg-Id` is `routed-<id>` (the
+/// original already holds `<id>` in the same stream's duplicate window).
+pub const HEADER_JOB_ID: &str = "Kiln-Job-Id";
+/// Header carrying a scheduler's [`Routing`] decision (JSON) on a routed job.
+pub const HEADER_ROUTING: &str = "Kiln-Routing";

@@ -53,8 +53,23 @@ pub struct MetricsSnapshot {
     pub queue_ms: LatencyStats,
     pub compute_ms: LatencyStats,
     pub total_ms: LatencyStats,
+    /// How well the scheduler predicted these jobs' completion times (auto jobs only).
+    #[serde(default)]
+    pub prediction: PredictionStats,
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
+}
+
+/// The scheduler's prediction error for routed jobs: predicted completion (queue wait + run
+/// on the chosen class) against the measured `total_ms`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PredictionStats {
+    /// Routed jobs counted.
+    pub routed: u64,
+    /// Mean of |predicted − measured|, in milliseconds.
+    pub mean_abs_error_ms: f64,
+    /// Mean of predicted − measured (negative: the scheduler was optimistic).
+    pub mean_error_ms: f64,
 }
 
 /// A latency histogram in microseconds, from 1 µs to about 3 days, 3 significant digits.

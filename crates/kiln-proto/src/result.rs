@@ -49,6 +49,42 @@ pub struct ResultEvent {
     /// Why it failed, when it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<JobError>,
+    /// The job's work in floating-point operations, as its kind computes it (0 when it
+    /// failed before that).
+    #[serde(default)]
+    pub flops: f64,
+    /// How the scheduler routed the job, for jobs submitted to `jobs.auto.*`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routing: Option<Routing>,
+}
+
+/// A scheduler's routing decision, carried from the routed job (header `Kiln-Routing`) into
+/// its result event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Routing {
+    /// The class the job was sent to.
+    pub chosen: DeviceClass,
+    /// The scheduler that decided.
+    pub by: String,
+    /// Predicted completion time (queue wait + run) on the GPU class, if it had live workers.
+    #[serde(default)]
+    pub predicted_gpu_ms: Option<f64>,
+    /// Predicted completion time on the CPU class, if it had live workers.
+    #[serde(default)]
+    pub predicted_cpu_ms: Option<f64>,
+    /// Why, in a sentence.
+    #[serde(default)]
+    pub reason: String,
+}
+
+impl Routing {
+    /// The prediction for the class that was chosen.
+    pub fn predicted_ms(&self) -> Option<f64> {
+        match self.chosen {
+            DeviceClass::Gpu => self.predicted_gpu_ms,
+            _ => self.predicted_cpu_ms,
+        }
+    }
 }
 
 impl ResultEvent {

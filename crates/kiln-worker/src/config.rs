@@ -2,15 +2,22 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use kiln_kernels::ComputeDevice;
-use kiln_proto::{Limits, Topology};
+use kiln_proto::{DeviceClass, Limits, Topology};
 
 /// Everything a worker needs to know; the `kiln worker` flags map onto it one to one.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
     /// Name reported in result events (`worker`).
     pub name: String,
-    /// The device jobs run on; its class picks the consumer (`workers-gpu`/`workers-cpu`).
+    /// The device jobs run on.
     pub device: ComputeDevice,
+    /// The class whose consumer the worker serves: the device's own, unless a simulation
+    /// serves the GPU class from a CPU (see `slowdown`).
+    pub class: DeviceClass,
+    /// Simulation on machines without a GPU: each job takes this many times its real compute
+    /// time (the worker sleeps for the difference), so that two CPU workers can stand in for
+    /// a fast and a slow class. 1 = off.
+    pub slowdown: f64,
     /// Jobs held at once (running, waiting for a compute slot, or publishing results).
     pub max_in_flight: usize,
     /// Jobs computing at once.
@@ -36,6 +43,8 @@ impl WorkerConfig {
         };
         Self {
             name: default_name(&device),
+            class: device.class(),
+            slowdown: 1.0,
             device,
             max_in_flight: 256,
             compute_slots,

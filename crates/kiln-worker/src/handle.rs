@@ -8,8 +8,8 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::{self, AckKind};
 use kiln_kernels::{Checkpoint, ComputeDevice, DecodedJob, Progress};
 use kiln_proto::{
-    Codec, DeviceClass, Disposition, ErrorKind, HEADER_MSG_ID, JobError, JobSubject, ResultEvent,
-    Status, subject,
+    Codec, DeviceClass, Disposition, ErrorKind, HEADER_JOB_ID, HEADER_MSG_ID, HEADER_ROUTING,
+    JobError, JobSubject, ResultEvent, Routing, Status, subject,
 };
 use time::OffsetDateTime;
 use tokio::sync::Semaphore;
@@ -38,6 +38,9 @@ struct Delivery {
     enqueued_at: OffsetDateTime,
     started_at: OffsetDateTime,
     msg_id: Option<String>,
+    /// `Kiln-Job-Id` of a routed copy.
+    job_id: Option<String>,
+    routing: Option<Routing>,
     stream_sequence: u64,
 }
 
@@ -71,6 +74,8 @@ pub(crate) async fn handle(shared: &Arc<Shared>, message: jetstream::Message) {
         enqueued_at,
         started_at,
         msg_id: header(&message, HEADER_MSG_ID),
+        job_id: header(&message, HEADER_JOB_ID),
+        routing: header(&message, HEADER_ROUTING).and_then(|r| serde_json::from_str(&r).ok()),
         stream_sequence,
     };
 
@@ -78,16 +83,17 @@ pub(crate) async fn handle(shared: &Arc<Shared>, message: jetstream::Message) {
         Ok(job) => {
             let id = kiln_proto::resolve_job_id(
                 job.id.as_deref(),
-                delivery.msg_id.as_deref(),
+                delivery.header_id(),
                 stream_sequence,
             );
+            let flops = job.plan.flops;
             let (result, compute_ms) = compute(shared, &message, job).await;
-            (id, result, compute_ms)
+            (id, result, compute_ms, flops)
         }
-        Err(error) => (fallback_id(&message, &delivery), Err(error), 0.0),
+        Err(error) => (fallback_id(&message, &delivery), Err(error), 0.0, 0.0),
     };
-    let (id, result, compute_ms) = outcome;
-    finish(shared, &message, &delivery, id, result, compute_ms).await;
+    let (id, result, compute_ms, flops) = outcome;
+    finish(shared, &message, &delivery, id, result, compute_ms, flops).await;
 }
 
 /// Decode and validate the job; every problem becomes a specific [`JobError`].
@@ -115,7 +121,7 @@ async fn compute(
     message: &jetstream::Message,
     job: DecodedJob,
 ) -> (Result<serde_json::Value, JobError>, f64) {
-    if runs_inline(&shared.config.device, &job) {
+    if runs_inline(&shared.config.device, shared.config.slowdown, &job) {
         let start = Instant::now();
         let guard = Guard {
             start,
@@ -170,6 +176,10 @@ async fn compute(
                 .poisoned
                 .set(format!("after {}: {reason}", e.message));
         }
+        let slowdown = shared_for_task.config.slowdown;
+        if slowdown > 1.0 {
+            std::thread::sleep(start.elapsed().mul_f64(slowdown - 1.0));
+        }
         (result, start.elapsed().as_secs_f64() * 1000.0)
     });
     tokio::pin!(task);
@@ -220,8 +230,9 @@ impl Checkpoint for Guard<'_> {
 /// pool costs in thread wake-ups. Everything bigger, and every GPU job, runs on the pool.
 const INLINE_MAX_WORK: u64 = 1 << 16;
 
-fn runs_inline(device: &ComputeDevice, job: &DecodedJob) -> bool {
+fn runs_inline(device: &ComputeDevice, slowdown: f64, job: &DecodedJob) -> bool {
     *device == ComputeDevice::Cpu
+        && slowdown <= 1.0
         && job.plan.flops <= INLINE_MAX_WORK as f64
         && job.plan.elements <= INLINE_MAX_WORK
 }
@@ -234,6 +245,7 @@ async fn finish(
     id: String,
     result: Result<serde_json::Value, JobError>,
     compute_ms: f64,
+    flops: f64,
 ) {
     let max_deliver = shared.config.topology.max_deliver.max(1) as u64;
     if let Err(error) = &result
@@ -272,6 +284,8 @@ async fn finish(
         total_ms: ms(finished_at - delivery.enqueued_at),
         output,
         error,
+        flops,
+        routing: delivery.routing.clone(),
     };
     if let Some(error) = &event.error {
         tracing::info!(id = %event.id, kind = %event.kind, error = %error, "job failed");
@@ -381,7 +395,14 @@ fn fallback_id(message: &jetstream::Message, delivery: &Delivery) -> String {
         .filter(|id| kiln_proto::valid_job_id(id));
     kiln_proto::resolve_job_id(
         body_id.as_deref(),
-        delivery.msg_id.as_deref(),
+        delivery.header_id(),
         delivery.stream_sequence,
     )
+}
+
+impl Delivery {
+    /// The id the headers give: a routed copy's `Kiln-Job-Id`, else the `Nats-Msg-Id`.
+    fn header_id(&self) -> Option<&str> {
+        self.job_id.as_deref().or(self.msg_id.as_deref())
+    }
 }

@@ -86,7 +86,7 @@ fn info(
     let stats = shared.stats();
     WorkerInfo {
         name: config.name.clone(),
-        class: config.device.class(),
+        class: config.class,
         device: config.device.to_string(),
         backend: match config.device {
             ComputeDevice::Cpu => "ndarray",

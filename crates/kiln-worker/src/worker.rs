@@ -51,7 +51,7 @@ pub async fn run(
 ) -> Result<WorkerStats> {
     let js = jetstream::new(client);
     streams::ensure_all(&js, &config.topology).await?;
-    let class = config.device.class();
+    let class = config.class;
     let consumer_name = class.consumer();
     let consumer: PullConsumer = js
         .get_stream(STREAM_JOBS)

@@ -202,6 +202,8 @@ fn sample_result_bytes(len: u64) -> anyhow::Result<usize> {
         total_ms: 1.5,
         output,
         error: None,
+        flops: 1024.0,
+        routing: None,
     };
     Ok(serde_json::to_vec(&event)?.len())
 }

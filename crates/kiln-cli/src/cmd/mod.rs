@@ -23,6 +23,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Init => init::run(&nats).await,
         Command::Worker(args) => worker::worker(&nats, args).await,
         Command::Aggregator(args) => worker::aggregator(&nats, args).await,
+        Command::Scheduler(args) => worker::scheduler(&nats, args).await,
         Command::Submit(args) => submit::run(&nats, args).await,
         Command::Status => status::run(&nats).await,
         Command::Result(args) => result::run(&nats, args).await,

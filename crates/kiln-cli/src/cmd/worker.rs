@@ -1,4 +1,4 @@
-//! `kiln worker` and `kiln aggregator`: the long-running roles.
+//! `kiln worker`, `kiln aggregator` and `kiln scheduler`: the long-running roles.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use kiln_kernels::ComputeDevice;
 
-use crate::cli::{AggregatorArgs, NatsArgs, WorkerArgs};
+use crate::cli::{AggregatorArgs, NatsArgs, SchedulerArgs, WorkerArgs};
 
 /// Parse `cpu`, `cuda`, `cuda:N` or `auto` into a device, checking CUDA before touching it.
 pub fn parse_device(spec: &str) -> anyhow::Result<ComputeDevice> {
@@ -61,6 +61,22 @@ pub fn worker_config(
     }
     config.drain_timeout = Duration::from_secs(args.drain_timeout_s);
     config.warmup = !args.no_warmup;
+    if let Some(class) = &args.serve_class {
+        config.class = match class.parse()? {
+            kiln_proto::DeviceClass::Auto => {
+                anyhow::bail!(
+                    "--serve-class auto: workers serve gpu or cpu; auto jobs go to the scheduler"
+                )
+            }
+            class => class,
+        };
+    }
+    anyhow::ensure!(
+        args.slowdown.is_finite() && args.slowdown >= 1.0,
+        "--slowdown {}: use a factor of 1 (off) or more",
+        args.slowdown
+    );
+    config.slowdown = args.slowdown;
     if let Some(dir) = &args.cache_dir {
         config.cache_dir = Some(dir.clone());
     }
@@ -87,5 +103,22 @@ pub async fn aggregator(nats: &NatsArgs, args: AggregatorArgs) -> anyhow::Result
         topology: super::topology(nats),
     };
     kiln_aggregator::run(client, config, crate::signal::shutdown()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn scheduler(nats: &NatsArgs, args: SchedulerArgs) -> anyhow::Result<ExitCode> {
+    let client = crate::connect::connect(nats).await?;
+    let name = args.name.unwrap_or_else(|| {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
+        format!("{host}-scheduler-{}", std::process::id())
+    });
+    let mut config = kiln_scheduler::SchedulerConfig::new(name);
+    config.topology = super::topology(nats);
+    config.refresh = Duration::from_millis(args.refresh_ms.max(10));
+    let stats = kiln_scheduler::run(client, config, crate::signal::shutdown()).await?;
+    eprintln!(
+        "scheduler stopped: {} job(s) routed to gpu, {} to cpu",
+        stats.routed_gpu, stats.routed_cpu
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,221 @@
+//! The scheduler with real processes: two CPU workers stand in for the two classes (one serves
+//! the GPU consumer via --serve-class, the other is slowed down with --slowdown), so that the
+//! tests run on machines without a GPU.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use common::{Cluster, assert_success, stdout};
+use kiln_proto::{DeviceClass, ResultEvent, Status};
+
+const MATMUL: [&str; 4] = ["-p", "m=96", "-p", "n=96"];
+
+/// Submit one job and wait for its result.
+fn submit(cluster: &Cluster, device: &str, id: &str) -> ResultEvent {
+    let mut args = vec!["submit", "matmul", "--device", device, "--id", id, "--wait"];
+    args.extend_from_slice(&MATMUL);
+    let out = cluster.kiln(&args);
+    assert_success(&out);
+    serde_json::from_str(&stdout(&out)).expect("a result event")
+}
+
+fn routed_to(event: &ResultEvent) -> DeviceClass {
+    let routing = event
+        .routing
+        .as_ref()
+        .expect("auto jobs carry their routing");
+    assert_eq!(
+        routing.chosen, event.class,
+        "the job ran where it was routed"
+    );
+    assert!(routing.by.contains("sched"), "{routing:?}");
+    routing.chosen
+}
+
+/// A fast "gpu" class and a slow cpu class, a scheduler, and a model taught by a few explicit
+/// jobs on each.
+fn cluster_with_two_classes(cpu_slowdown: &str) -> Cluster {
+    let mut cluster = Cluster::new();
+    let init = cluster.kiln(&["init"]);
+    assert_success(&init);
+    cluster.spawn(
+        "gpu",
+        &[
+            "worker",
+            "--device",
+            "cpu",
+            "--serve-class",
+            "gpu",
+            "--name",
+            "sim-gpu",
+            "--compute-slots",
+            "1",
+        ],
+    );
+    cluster.spawn(
+        "cpu",
+        &[
+            "worker",
+            "--device",
+            "cpu",
+            "--name",
+            "slow-cpu",
+            "--compute-slots",
+            "1",
+            "--slowdown",
+            cpu_slowdown,
+        ],
+    );
+    cluster.spawn(
+        "scheduler",
+        &[
+            "scheduler",
+            "--name",
+            "test-scheduler",
+            "--refresh-ms",
+            "100",
+        ],
+    );
+    // Let the scheduler see results of both classes (it learns from every result event).
+    std::thread::sleep(Duration::from_millis(500));
+    for i in 0..5 {
+        assert_eq!(
+            submit(&cluster, "gpu", &format!("teach-gpu-{i}")).status,
+            Status::Succeeded
+        );
+        assert_eq!(
+            submit(&cluster, "cpu", &format!("teach-cpu-{i}")).status,
+            Status::Succeeded
+        );
+    }
+    cluster
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn auto_jobs_shift_away_from_a_backlogged_class_and_back() {
+    let cluster = cluster_with_two_classes("10");
+    // Idle: the faster class wins.
+    for i in 0..4 {
+        let r = submit(&cluster, "auto", &format!("idle-{i}"));
+        assert_eq!(routed_to(&r), DeviceClass::Gpu, "{:?}", r.routing);
+    }
+    // Backlog the gpu class with explicit jobs: auto jobs go to the cpu class meanwhile.
+    let mut args = vec![
+        "submit", "matmul", "--device", "gpu", "--count", "2000", "--id", "backlog",
+    ];
+    args.extend_from_slice(&MATMUL);
+    assert_success(&cluster.kiln(&args));
+    std::thread::sleep(Duration::from_millis(200));
+    let r = submit(&cluster, "auto", "during-backlog");
+    assert_eq!(routed_to(&r), DeviceClass::Cpu, "{:?}", r.routing);
+    let routing = r.routing.as_ref().unwrap();
+    assert!(
+        routing.predicted_gpu_ms.unwrap() > routing.predicted_cpu_ms.unwrap(),
+        "{routing:?}"
+    );
+    // Drained: back to the faster class.
+    let client = cluster.client().await;
+    let js = jetstream::new(client);
+    let stream = js.get_stream("KILN_JOBS").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let info = stream.consumer_info("workers-gpu").await.unwrap();
+        if info.num_pending == 0 && info.num_ack_pending == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the gpu backlog never drained");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let r = submit(&cluster, "auto", "after-backlog");
+    assert_eq!(routed_to(&r), DeviceClass::Gpu, "{:?}", r.routing);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn auto_jobs_go_to_cpu_once_the_gpu_worker_is_gone_and_none_are_lost() {
+    let mut cluster = cluster_with_two_classes("3");
+    let first = submit(&cluster, "auto", "before-kill");
+    assert_eq!(routed_to(&first), DeviceClass::Gpu);
+
+    let gpu = cluster.child("gpu");
+    gpu.kill().unwrap();
+    gpu.wait().unwrap();
+    let killed = Instant::now();
+    // Submit without waiting, one every 250 ms, until one lands on the cpu class.
+    let client = cluster.client().await;
+    let mut results = client.subscribe("results.matmul").await.unwrap();
+    let mut ids = Vec::new();
+    let mut routed = HashMap::new();
+    let switched_after = loop {
+        let id = format!("after-kill-{}", ids.len());
+        let mut args = vec!["submit", "matmul", "--device", "auto", "--id", &id];
+        args.extend_from_slice(&MATMUL);
+        assert_success(&cluster.kiln(&args));
+        ids.push(id.clone());
+        let mut landed_on_cpu = false;
+        let until = Instant::now() + Duration::from_millis(250);
+        while let Ok(Some(m)) =
+            tokio::time::timeout_at(until.into(), futures::StreamExt::next(&mut results)).await
+        {
+            let event: ResultEvent = serde_json::from_slice(&m.payload).unwrap();
+            if event.class == DeviceClass::Cpu && event.id.starts_with("after-kill-") {
+                landed_on_cpu = true;
+            }
+            routed.insert(event.id.clone(), event);
+        }
+        if landed_on_cpu {
+            break killed.elapsed();
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(20),
+            "auto jobs never moved to the cpu class"
+        );
+    };
+    // Heartbeats expire after 6 s; the scheduler re-reads live workers every 100 ms.
+    assert!(
+        switched_after < Duration::from_secs(10),
+        "took {switched_after:?}"
+    );
+
+    // Jobs routed to the gpu class before the expiry wait there; a new gpu worker finishes
+    // them: every submitted job gets exactly one result.
+    cluster.spawn(
+        "gpu2",
+        &[
+            "worker",
+            "--device",
+            "cpu",
+            "--serve-class",
+            "gpu",
+            "--name",
+            "sim-gpu-2",
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ids.iter().any(|id| !routed.contains_key(id)) {
+        assert!(
+            Instant::now() < deadline,
+            "lost: {:?}",
+            ids.iter()
+                .filter(|id| !routed.contains_key(*id))
+                .collect::<Vec<_>>()
+        );
+        if let Ok(Some(m)) = tokio::time::timeout(
+            Duration::from_millis(500),
+            futures::StreamExt::next(&mut results),
+        )
+        .await
+        {
+            let event: ResultEvent = serde_json::from_slice(&m.payload).unwrap();
+            routed.insert(event.id.clone(), event);
+        }
+    }
+    let (stored, by_id) = common::stored_results(&client).await;
+    assert_eq!(stored, by_id.len(), "no job has two results");
+    for id in &ids {
+        assert_eq!(by_id[id].status, Status::Succeeded, "{id}");
+    }
+}

@@ -1,0 +1,254 @@
+//! The scheduler service: pull `jobs.auto.>`, decide with the [`CostModel`], republish to
+//! `jobs.gpu.<kind>` or `jobs.cpu.<kind>`, ack once the routed copy is stored.
+
+use std::future::Future;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
+use futures::StreamExt as _;
+use kiln_proto::streams::{self, STREAM_JOBS};
+use kiln_proto::{
+    Codec, DeviceClass, HEADER_JOB_ID, HEADER_MSG_ID, HEADER_ROUTING, JobSubject, Limits, Routing,
+    Topology, subject,
+};
+
+use crate::model::{ClassState, CostModel};
+
+/// The `kiln scheduler` settings.
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    /// Name recorded in routing decisions.
+    pub name: String,
+    pub topology: Topology,
+    /// How often backlogs and live workers are re-read from the server.
+    pub refresh: Duration,
+}
+
+impl SchedulerConfig {
+    pub fn new(name: String) -> Self {
+        Self {
+            name,
+            topology: Topology::default(),
+            refresh: Duration::from_millis(250),
+        }
+    }
+}
+
+/// What a scheduler did before it stopped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SchedulerStats {
+    pub routed_gpu: u64,
+    pub routed_cpu: u64,
+}
+
+/// Errors that stop the scheduler.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Setup(#[from] streams::SetupError),
+    #[error("could not read {what}: {message}")]
+    Read { what: &'static str, message: String },
+}
+
+/// The classes' state as last read, plus the jobs routed since (so that a burst between two
+/// reads does not all land on one class).
+#[derive(Debug, Default)]
+struct Classes {
+    gpu: ClassState,
+    cpu: ClassState,
+}
+
+/// Route auto jobs until `shutdown` resolves.
+pub async fn run(
+    client: async_nats::Client,
+    config: SchedulerConfig,
+    shutdown: impl Future<Output = impl Sized>,
+) -> Result<SchedulerStats, Error> {
+    let js = jetstream::new(client.clone());
+    streams::ensure_all(&js, &config.topology).await?;
+    let read = |what: &'static str| move |e: String| Error::Read { what, message: e };
+    let consumer: PullConsumer = js
+        .get_stream(STREAM_JOBS)
+        .await
+        .map_err(|e| read("the jobs stream")(e.to_string()))?
+        .get_consumer(DeviceClass::Auto.consumer())
+        .await
+        .map_err(|e| read("the scheduler consumer")(e.to_string()))?;
+    let mut jobs = consumer
+        .stream()
+        .max_messages_per_batch(256)
+        .messages()
+        .await
+        .map_err(|e| read("auto jobs")(e.to_string()))?;
+    // Every result teaches the model how long a kind takes on a class.
+    let mut results = client
+        .subscribe("results.>")
+        .await
+        .map_err(|e| read("result events")(e.to_string()))?;
+
+    let mut model = CostModel::default();
+    let mut classes = Classes::default();
+    refresh(&js, &mut classes).await;
+    let mut stats = SchedulerStats::default();
+    let mut ticker = tokio::time::interval(config.refresh);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let limits = Limits {
+        max_elements: u64::MAX,
+        ..Limits::default()
+    };
+    tracing::info!(scheduler = %config.name, "scheduler routing jobs.auto.>");
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = ticker.tick() => refresh(&js, &mut classes).await,
+            Some(message) = results.next() => learn(&mut model, &message.payload),
+            next = jobs.next() => match next {
+                Some(Ok(message)) => {
+                    let class = route(&js, &config, &model, &mut classes, &limits, message).await;
+                    match class {
+                        Some(DeviceClass::Gpu) => stats.routed_gpu += 1,
+                        Some(_) => stats.routed_cpu += 1,
+                        None => {}
+                    }
+                }
+                Some(Err(e)) => tracing::warn!(error = %e, "error while pulling auto jobs"),
+                None => break,
+            },
+        }
+    }
+    tracing::info!(
+        gpu = stats.routed_gpu,
+        cpu = stats.routed_cpu,
+        "scheduler stopped"
+    );
+    Ok(stats)
+}
+
+/// Re-read each class's backlog (pending + in flight on its consumer) and live workers.
+async fn refresh(js: &jetstream::Context, classes: &mut Classes) {
+    let mut gpu = ClassState::default();
+    let mut cpu = ClassState::default();
+    if let Ok(workers) = streams::live_workers(js).await {
+        for w in workers.iter().filter(|w| w.state == "serving") {
+            let state = if w.class == DeviceClass::Gpu {
+                &mut gpu
+            } else {
+                &mut cpu
+            };
+            state.live_workers += 1;
+            state.capacity += w.capacity;
+        }
+    }
+    if let Ok(stream) = js.get_stream(STREAM_JOBS).await {
+        for (class, state) in [(DeviceClass::Gpu, &mut gpu), (DeviceClass::Cpu, &mut cpu)] {
+            if let Ok(info) = stream.consumer_info(class.consumer()).await {
+                state.backlog = info.num_pending + info.num_ack_pending as u64;
+            }
+        }
+    }
+    classes.gpu = gpu;
+    classes.cpu = cpu;
+}
+
+/// The fields of a result event the model learns from.
+#[derive(serde::Deserialize)]
+struct Observed {
+    kind: String,
+    class: DeviceClass,
+    status: kiln_proto::Status,
+    compute_ms: f64,
+    #[serde(default)]
+    flops: f64,
+}
+
+fn learn(model: &mut CostModel, payload: &[u8]) {
+    if let Ok(o) = serde_json::from_slice::<Observed>(payload)
+        && o.status == kiln_proto::Status::Succeeded
+        && kiln_kernels::find(&o.kind).is_some()
+    {
+        model.observe(&o.kind, o.class, o.flops, o.compute_ms);
+    }
+}
+
+/// Decide, republish, ack. Returns the class chosen, or `None` if the job was handed back.
+async fn route(
+    js: &jetstream::Context,
+    config: &SchedulerConfig,
+    model: &CostModel,
+    classes: &mut Classes,
+    limits: &Limits,
+    message: jetstream::Message,
+) -> Option<DeviceClass> {
+    let Ok(info) = message.info() else {
+        return None;
+    };
+    let sequence = info.stream_sequence;
+    let Ok(job_subject) = JobSubject::parse(message.subject.as_str()) else {
+        // Not jobs.auto.<kind>: nothing can route it; a worker answers malformed subjects.
+        let _ = message.ack_with(AckKind::Term).await;
+        return None;
+    };
+    let kind = job_subject.kind.to_owned();
+    // The job's work, from its kind; a job that does not decode goes wherever a worker can
+    // answer it with a failed result.
+    let header = |name: &str| {
+        message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(name))
+            .map(|v| v.as_str().to_owned())
+    };
+    let decoded = kiln_kernels::find(&kind).and_then(|entry| {
+        let codec = Codec::from_headers(message.headers.as_ref()).ok()?;
+        entry.decode(codec, &message.payload, limits).ok()
+    });
+    let flops = decoded.as_ref().map_or(0.0, |job| job.plan.flops);
+    let id = kiln_proto::resolve_job_id(
+        decoded.as_ref().and_then(|job| job.id.as_deref()),
+        header(HEADER_JOB_ID)
+            .as_deref()
+            .or(header(HEADER_MSG_ID).as_deref()),
+        sequence,
+    );
+    let decision = model.decide(&kind, flops, &classes.gpu, &classes.cpu);
+    let routing = Routing {
+        chosen: decision.chosen,
+        by: config.name.clone(),
+        predicted_gpu_ms: decision.gpu.as_ref().map(|p| p.total_ms),
+        predicted_cpu_ms: decision.cpu.as_ref().map(|p| p.total_ms),
+        reason: decision.reason.clone(),
+    };
+    let mut headers = message.headers.clone().unwrap_or_default();
+    // The original holds `<id>` in this stream's duplicate window: the routed copy goes by
+    // `routed-<id>`, which also makes a second routing of the same job (a redelivery to
+    // another scheduler) a duplicate the server drops.
+    headers.insert(HEADER_MSG_ID, format!("routed-{id}").as_str());
+    headers.insert(HEADER_JOB_ID, id.as_str());
+    if let Ok(routing) = serde_json::to_string(&routing) {
+        headers.insert(HEADER_ROUTING, routing.as_str());
+    }
+    let target = subject::job(decision.chosen, &kind);
+    let stored = match js
+        .publish_with_headers(target.clone(), headers, message.payload.clone())
+        .await
+    {
+        Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(e) = stored {
+        tracing::warn!(%id, %target, error = %e, "could not route the job; handing it back");
+        let _ = message
+            .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+            .await;
+        return None;
+    }
+    let _ = message.ack().await;
+    tracing::debug!(%id, %target, reason = %decision.reason, "routed");
+    // Count it against its class until the next refresh reads the consumer again.
+    match decision.chosen {
+        DeviceClass::Gpu => classes.gpu.backlog += 1,
+        _ => classes.cpu.backlog += 1,
+    }
+    Some(decision.chosen)
+}
