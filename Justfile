@@ -32,7 +32,7 @@ lint:
 [group('check')]
 ci: test
 
-# Benchmarks into bench/results/<date>/: pipeline throughput vs the raw JetStream ceiling, and CPU matmul vs numpy/OpenBLAS
+# Benchmarks into bench/results/<date>/: pipeline vs the raw JetStream ceiling, CPU matmul vs numpy, scheduler vs static policies
 [group('bench')]
 bench *ARGS:
     cargo build --release -p kiln-cli
@@ -41,6 +41,7 @@ bench *ARGS:
     python3 -c 'import numpy' 2>/dev/null || pip install --quiet --disable-pip-version-check numpy
     "$CARGO_TARGET_DIR/release/kiln" bench kernels --device cpu --filter matmul --json bench/results/$(date -u +%F)/burn-cpu-matmul.json
     python3 scripts/numpy_reference.py --burn bench/results/$(date -u +%F)/burn-cpu-matmul.json --out bench/results/$(date -u +%F)
+    "$CARGO_TARGET_DIR/release/kiln" bench scheduler --json bench/results/$(date -u +%F)/scheduler.json
 
 # Build the release binary
 [group('build')]

@@ -127,6 +127,9 @@ pub struct WorkerArgs {
     /// Simulation: make each job take this many times its real compute time (1 = off).
     #[arg(long, env = "KILN_SLOWDOWN", default_value_t = 1.0)]
     pub slowdown: f64,
+    /// Simulation: milliseconds added to every job (a GPU's launch and transfer cost).
+    #[arg(long, env = "KILN_SIM_OVERHEAD_MS", default_value_t = 0.0)]
+    pub sim_overhead_ms: f64,
     /// Skip the GPU warm-up (JIT and autotune of each kind's typical sizes before the first job).
     #[arg(long, env = "KILN_NO_WARMUP")]
     pub no_warmup: bool,
@@ -231,6 +234,9 @@ pub enum BenchKind {
     /// Small vector_add jobs end to end (submit → worker → result → aggregator), as a ratio
     /// of the raw JetStream ceiling measured in the same run.
     Pipeline(PipelineArgs),
+    /// A mixed workload under three policies — always GPU, always CPU, kiln's scheduler —
+    /// by makespan and mean completion time; simulated classes on machines without a GPU.
+    Scheduler(SchedulerBenchArgs),
     /// Device-side kernel timings (matmul, vector add, conv2d, an Adam step, small jobs),
     /// compared with PyTorch by scripts/torch_reference.py.
     Kernels(KernelsArgs),
@@ -262,6 +268,25 @@ pub struct KernelsArgs {
     /// Run only the cases whose name contains this text (e.g. matmul, bf16, train).
     #[arg(long, env = "KILN_BENCH_FILTER")]
     pub filter: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SchedulerBenchArgs {
+    /// Small jobs (vector_add, len 4096).
+    #[arg(long, default_value_t = 400)]
+    pub small: u64,
+    /// Large jobs (matmul, n 384).
+    #[arg(long, default_value_t = 60)]
+    pub large: u64,
+    /// Simulated classes (both on the CPU): the "gpu" worker adds this many ms per job…
+    #[arg(long, default_value_t = 2.0)]
+    pub gpu_overhead_ms: f64,
+    /// …and the "cpu" worker's compute takes this many times longer.
+    #[arg(long, default_value_t = 8.0)]
+    pub cpu_slowdown: f64,
+    /// Write the figures as JSON to this file (a bar chart goes beside it as .svg).
+    #[arg(long)]
+    pub json: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -18,6 +18,8 @@ pub struct WorkerConfig {
     /// time (the worker sleeps for the difference), so that two CPU workers can stand in for
     /// a fast and a slow class. 1 = off.
     pub slowdown: f64,
+    /// Simulation: a fixed delay added to every job (a GPU's launch and transfer cost).
+    pub sim_overhead: Duration,
     /// Jobs held at once (running, waiting for a compute slot, or publishing results).
     pub max_in_flight: usize,
     /// Jobs computing at once.
@@ -45,6 +47,7 @@ impl WorkerConfig {
             name: default_name(&device),
             class: device.class(),
             slowdown: 1.0,
+            sim_overhead: Duration::ZERO,
             device,
             max_in_flight: 256,
             compute_slots,

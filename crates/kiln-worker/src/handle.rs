@@ -121,7 +121,7 @@ async fn compute(
     message: &jetstream::Message,
     job: DecodedJob,
 ) -> (Result<serde_json::Value, JobError>, f64) {
-    if runs_inline(&shared.config.device, shared.config.slowdown, &job) {
+    if runs_inline(&shared.config, &job) {
         let start = Instant::now();
         let guard = Guard {
             start,
@@ -180,6 +180,7 @@ async fn compute(
         if slowdown > 1.0 {
             std::thread::sleep(start.elapsed().mul_f64(slowdown - 1.0));
         }
+        std::thread::sleep(shared_for_task.config.sim_overhead);
         (result, start.elapsed().as_secs_f64() * 1000.0)
     });
     tokio::pin!(task);
@@ -230,9 +231,10 @@ impl Checkpoint for Guard<'_> {
 /// pool costs in thread wake-ups. Everything bigger, and every GPU job, runs on the pool.
 const INLINE_MAX_WORK: u64 = 1 << 16;
 
-fn runs_inline(device: &ComputeDevice, slowdown: f64, job: &DecodedJob) -> bool {
-    *device == ComputeDevice::Cpu
-        && slowdown <= 1.0
+fn runs_inline(config: &WorkerConfig, job: &DecodedJob) -> bool {
+    config.device == ComputeDevice::Cpu
+        && config.slowdown <= 1.0
+        && config.sim_overhead.is_zero()
         && job.plan.flops <= INLINE_MAX_WORK as f64
         && job.plan.elements <= INLINE_MAX_WORK
 }

@@ -20,6 +20,7 @@ use crate::cli::{BenchArgs, BenchKind, NatsArgs, PipelineArgs};
 pub async fn run(nats: &NatsArgs, args: BenchArgs) -> anyhow::Result<ExitCode> {
     match args.which {
         BenchKind::Pipeline(args) => pipeline(nats, args).await,
+        BenchKind::Scheduler(args) => super::bench_scheduler::run(nats, args).await,
         BenchKind::Kernels(args) => {
             tokio::task::spawn_blocking(move || super::bench_kernels::run(args)).await?
         }
@@ -406,7 +407,7 @@ async fn ceiling(
     Ok(seconds)
 }
 
-fn describe_machine() -> String {
+pub(crate) fn describe_machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|text| {

@@ -55,6 +55,17 @@ pub async fn run(nats: &NatsArgs, args: DemoArgs) -> anyhow::Result<ExitCode> {
             .await
             .map_err(anyhow::Error::from)
     }));
+    let (stop, stopped) = oneshot::channel::<()>();
+    stops.push(stop);
+    let mut scheduler = kiln_scheduler::SchedulerConfig::new("demo-scheduler".into());
+    scheduler.topology = topology.clone();
+    let scheduler_client = client.clone();
+    tasks.push(tokio::spawn(async move {
+        kiln_scheduler::run(scheduler_client, scheduler, stopped)
+            .await
+            .map(|_| ())
+            .map_err(anyhow::Error::from)
+    }));
     let mut devices = vec![ComputeDevice::Cpu];
     if kiln_kernels::cuda_device_count() > 0 {
         devices.push(ComputeDevice::Cuda(0));
@@ -76,7 +87,9 @@ pub async fn run(nats: &NatsArgs, args: DemoArgs) -> anyhow::Result<ExitCode> {
     }
 
     // A mixed workload of every kind, for every device class that has a worker.
-    let classes: Vec<DeviceClass> = devices.iter().map(|d| d.class()).collect();
+    // Every class with a worker gets the workload, and the scheduler routes a share of it.
+    let mut classes: Vec<DeviceClass> = devices.iter().map(|d| d.class()).collect();
+    classes.push(DeviceClass::Auto);
     let jobs = workload(&classes, args.scale)?;
     let ids: HashSet<String> = jobs.iter().map(|j| j.id.clone()).collect();
     let total = jobs.len() as u64;
@@ -160,6 +173,9 @@ fn workload(classes: &[DeviceClass], scale: f64) -> anyhow::Result<Vec<JobSpec>>
             .map(|job| jobs.push(job))
     };
     for &class in classes {
+        // The scheduler's share is a tenth of a class's.
+        let share = if class == DeviceClass::Auto { 0.1 } else { 1.0 };
+        let n = |count: f64| n(count * share);
         for i in 0..n(300.0) {
             push(class, "vector_add", json!({ "len": 1024 << (i % 7) }), i)?;
         }

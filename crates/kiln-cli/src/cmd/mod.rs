@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_kernels;
+mod bench_scheduler;
 mod demo;
 mod init;
 mod kinds;

@@ -77,6 +77,12 @@ pub fn worker_config(
         args.slowdown
     );
     config.slowdown = args.slowdown;
+    anyhow::ensure!(
+        args.sim_overhead_ms.is_finite() && args.sim_overhead_ms >= 0.0,
+        "--sim-overhead-ms {}: use 0 (off) or more",
+        args.sim_overhead_ms
+    );
+    config.sim_overhead = Duration::from_secs_f64(args.sim_overhead_ms / 1000.0);
     if let Some(dir) = &args.cache_dir {
         config.cache_dir = Some(dir.clone());
     }
