@@ -12,8 +12,8 @@ use kiln_kernels::ComputeDevice;
 use kiln_proto::{Codec, DeviceClass, HEADER_MSG_ID, streams};
 use serde::Serialize;
 use serde_json::json;
-use tokio::sync::oneshot;
 
+use super::roles::LocalRoles;
 use super::submit::{JobSpec, progress_bar, publish_all};
 use crate::cli::{BenchArgs, BenchKind, NatsArgs, PipelineArgs};
 
@@ -57,8 +57,8 @@ async fn pipeline(nats: &NatsArgs, args: PipelineArgs) -> anyhow::Result<ExitCod
     let _server = if args.external {
         None
     } else {
-        let server = kiln_testkit::NatsServer::try_start(&[]).map_err(anyhow::Error::msg)?;
-        nats.nats_url = server.url();
+        let (server, private) = super::roles::private_server(&nats)?;
+        nats = private;
         Some(server)
     };
     let client = crate::connect::connect_with(&nats, false).await?;
@@ -221,19 +221,17 @@ async fn kiln(
 ) -> anyhow::Result<(f64, u64)> {
     let before = counted(js).await;
     let specs = job_specs(&format!("{}-{run}", kiln_proto::new_job_id()), jobs, len)?;
-    let (stop_worker, worker_stopped) = oneshot::channel::<()>();
-    let (stop_agg, agg_stopped) = oneshot::channel::<()>();
     let mut config = kiln_worker::WorkerConfig::new(ComputeDevice::Cpu);
     config.topology = topology.clone();
-    let worker = tokio::spawn(kiln_worker::run(client.clone(), config, worker_stopped));
-    let aggregator = tokio::spawn(kiln_aggregator::run(
-        client.clone(),
+    let mut roles = LocalRoles::default();
+    roles.worker(client, config);
+    roles.aggregator(
+        client,
         kiln_aggregator::AggregatorConfig {
             interval: Duration::from_millis(50),
             topology: topology.clone(),
         },
-        agg_stopped,
-    ));
+    );
     let bar = progress_bar(jobs, "kiln");
     let started = Instant::now();
     publish_all(js, specs, None).await?;
@@ -253,10 +251,7 @@ async fn kiln(
     }
     let seconds = started.elapsed().as_secs_f64();
     bar.finish_and_clear();
-    let _ = stop_worker.send(());
-    let _ = stop_agg.send(());
-    worker.await??;
-    aggregator.await??;
+    roles.stop().await?;
     Ok((seconds, target))
 }
 

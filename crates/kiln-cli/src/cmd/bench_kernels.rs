@@ -202,21 +202,7 @@ fn human_seconds(s: f64) -> String {
 /// CPU model and cores; on CUDA, the GPU's name, driver and memory from nvidia-smi when it
 /// is there.
 fn describe_machine(device: &ComputeDevice) -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|s| s.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut machine = format!(
-        "{cpu}, {cores} cores available, {} {}",
-        std::env::consts::OS,
-        std::env::consts::ARCH
-    );
+    let mut machine = super::bench::describe_machine();
     if let ComputeDevice::Cuda(index) = device {
         let gpu = std::process::Command::new("nvidia-smi")
             .args([

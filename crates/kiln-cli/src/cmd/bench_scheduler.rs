@@ -18,8 +18,8 @@ use kiln_kernels::ComputeDevice;
 use kiln_proto::{Codec, DeviceClass, ResultEvent, streams};
 use serde::Serialize;
 use serde_json::json;
-use tokio::sync::oneshot;
 
+use super::roles::LocalRoles;
 use super::submit::{JobSpec, ResultCollector, progress_bar, publish_all};
 use crate::cli::{NatsArgs, SchedulerBenchArgs};
 
@@ -47,17 +47,14 @@ struct Report {
 }
 
 pub async fn run(nats: &NatsArgs, args: SchedulerBenchArgs) -> anyhow::Result<ExitCode> {
-    let server = kiln_testkit::NatsServer::try_start(&[]).map_err(anyhow::Error::msg)?;
-    let mut nats = nats.clone();
-    nats.nats_url = server.url();
+    let (server, nats) = super::roles::private_server(nats)?;
     let client = crate::connect::connect_with(&nats, false).await?;
     let js = jetstream::new(client.clone());
     let topology = super::topology(&nats);
     streams::ensure_all(&js, &topology).await?;
 
     // The two simulated classes and a scheduler, in this process.
-    let mut stops = Vec::new();
-    let mut tasks = Vec::new();
+    let mut roles = LocalRoles::default();
     for (name, class, slowdown, overhead_ms) in [
         ("sim-gpu", DeviceClass::Gpu, 1.0, args.gpu_overhead_ms),
         ("sim-cpu", DeviceClass::Cpu, args.cpu_slowdown, 0.0),
@@ -70,28 +67,12 @@ pub async fn run(nats: &NatsArgs, args: SchedulerBenchArgs) -> anyhow::Result<Ex
         config.compute_slots = 1;
         config.max_in_flight = 16;
         config.topology = topology.clone();
-        let (stop, stopped) = oneshot::channel::<()>();
-        stops.push(stop);
-        let c = client.clone();
-        tasks.push(tokio::spawn(async move {
-            kiln_worker::run(c, config, stopped)
-                .await
-                .map(|_| ())
-                .map_err(anyhow::Error::from)
-        }));
+        roles.worker(&client, config);
     }
     let mut scheduler = kiln_scheduler::SchedulerConfig::new("bench-scheduler".into());
     scheduler.topology = topology.clone();
     scheduler.refresh = Duration::from_millis(50);
-    let (stop, stopped) = oneshot::channel::<()>();
-    stops.push(stop);
-    let c = client.clone();
-    tasks.push(tokio::spawn(async move {
-        kiln_scheduler::run(c, scheduler, stopped)
-            .await
-            .map(|_| ())
-            .map_err(anyhow::Error::from)
-    }));
+    roles.scheduler(&client, scheduler);
     // Let the heartbeats land, then teach the scheduler both classes with a few explicit jobs.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let mut collector = ResultCollector::subscribe(&client, None).await?;
@@ -141,12 +122,7 @@ pub async fn run(nats: &NatsArgs, args: SchedulerBenchArgs) -> anyhow::Result<Ex
             to_cpu: count - to_gpu,
         });
     }
-    for stop in stops {
-        let _ = stop.send(());
-    }
-    for task in tasks {
-        task.await??;
-    }
+    roles.stop().await?;
 
     let by = |p: &str| {
         runs.iter()

@@ -9,8 +9,8 @@ use async_nats::jetstream;
 use kiln_kernels::ComputeDevice;
 use kiln_proto::{Codec, DeviceClass, Status, streams};
 use serde_json::json;
-use tokio::sync::oneshot;
 
+use super::roles::LocalRoles;
 use super::submit::{JobSpec, ResultCollector, progress_bar, publish_all};
 use crate::cli::{DemoArgs, NatsArgs};
 
@@ -40,32 +40,19 @@ pub async fn run(nats: &NatsArgs, args: DemoArgs) -> anyhow::Result<ExitCode> {
     let topology = super::topology(&nats);
     streams::ensure_all(&js, &topology).await?;
 
-    // The roles, in this process: aggregator, a CPU worker, and a CUDA worker when present.
-    let mut stops = Vec::new();
-    let mut tasks = Vec::new();
-    let (stop, stopped) = oneshot::channel::<()>();
-    stops.push(stop);
-    let aggregator_config = kiln_aggregator::AggregatorConfig {
-        interval: Duration::from_millis(250),
-        topology: topology.clone(),
-    };
-    let agg_client = client.clone();
-    tasks.push(tokio::spawn(async move {
-        kiln_aggregator::run(agg_client, aggregator_config, stopped)
-            .await
-            .map_err(anyhow::Error::from)
-    }));
-    let (stop, stopped) = oneshot::channel::<()>();
-    stops.push(stop);
+    // The roles, in this process: aggregator, scheduler, a CPU worker, and a CUDA worker
+    // when present.
+    let mut roles = LocalRoles::default();
+    roles.aggregator(
+        &client,
+        kiln_aggregator::AggregatorConfig {
+            interval: Duration::from_millis(250),
+            topology: topology.clone(),
+        },
+    );
     let mut scheduler = kiln_scheduler::SchedulerConfig::new("demo-scheduler".into());
     scheduler.topology = topology.clone();
-    let scheduler_client = client.clone();
-    tasks.push(tokio::spawn(async move {
-        kiln_scheduler::run(scheduler_client, scheduler, stopped)
-            .await
-            .map(|_| ())
-            .map_err(anyhow::Error::from)
-    }));
+    roles.scheduler(&client, scheduler);
     let mut devices = vec![ComputeDevice::Cpu];
     if kiln_kernels::cuda_device_count() > 0 {
         devices.push(ComputeDevice::Cuda(0));
@@ -73,17 +60,9 @@ pub async fn run(nats: &NatsArgs, args: DemoArgs) -> anyhow::Result<ExitCode> {
         eprintln!("no CUDA device found: running the CPU side only");
     }
     for device in &devices {
-        let (stop, stopped) = oneshot::channel::<()>();
-        stops.push(stop);
         let mut config = kiln_worker::WorkerConfig::new(device.clone());
         config.topology = topology.clone();
-        let worker_client = client.clone();
-        tasks.push(tokio::spawn(async move {
-            kiln_worker::run(worker_client, config, stopped)
-                .await
-                .map(|_| ())
-                .map_err(anyhow::Error::from)
-        }));
+        roles.worker(&client, config);
     }
 
     // A mixed workload of every kind, for every device class that has a worker.
@@ -147,12 +126,7 @@ pub async fn run(nats: &NatsArgs, args: DemoArgs) -> anyhow::Result<ExitCode> {
         println!("failed: {failure}");
     }
 
-    for stop in stops {
-        let _ = stop.send(());
-    }
-    for task in tasks {
-        task.await??;
-    }
+    roles.stop().await?;
     Ok(if results.len() as u64 == total && failures.is_empty() {
         ExitCode::SUCCESS
     } else {

@@ -7,6 +7,7 @@ mod demo;
 mod init;
 mod kinds;
 mod result;
+mod roles;
 mod status;
 mod submit;
 mod watch;
