@@ -605,3 +605,39 @@ async fn live_workers_are_listed_and_expire_when_killed() {
         "expired before its TTL"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn job_past_its_timeout_fails_with_timeout_at_a_checkpoint() {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    cluster.cpu_worker();
+    let out = cluster.kiln(&[
+        "submit",
+        "train_mlp",
+        "-p",
+        "epochs=400",
+        "--timeout-ms",
+        "50",
+        "--id",
+        "slow",
+        "--wait",
+    ]);
+    assert!(
+        !out.status.success(),
+        "a failed job makes --wait exit non-zero"
+    );
+    let event: ResultEvent = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(event.status, Status::Failed);
+    let error = event.error.unwrap();
+    assert_eq!(error.kind, ErrorKind::Timeout);
+    assert!(
+        error.message.contains("timeout_ms of 50"),
+        "{}",
+        error.message
+    );
+    // Stopped at an epoch checkpoint, long before 400 epochs.
+    assert!(error.message.contains("of 400 steps"), "{}", error.message);
+    // The worker keeps serving.
+    let ok = cluster.kiln(&["submit", "vector_add", "-p", "len=8", "--wait"]);
+    assert_success(&ok);
+}
