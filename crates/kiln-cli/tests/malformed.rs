@@ -106,10 +106,10 @@ fn payload(i: usize, rng: &mut Lcg) -> (String, Vec<u8>, Option<&'static str>, b
                 params.insert(rng.pick(&PARAMS).to_string(), odd_value(rng));
             }
             let mut body = json!({ "params": params, "timeout_ms": 200 });
-            if rng.next() % 5 == 0 {
+            if rng.next().is_multiple_of(5) {
                 body["seed"] = odd_value(rng);
             }
-            if rng.next() % 7 == 0 {
+            if rng.next().is_multiple_of(7) {
                 body = odd_value(rng);
             }
             (subject, serde_json::to_vec(&body).unwrap(), None, false)
