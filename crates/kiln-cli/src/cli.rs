@@ -76,6 +76,8 @@ pub enum Command {
     Status,
     /// Print the result event of a job.
     Result(ResultArgs),
+    /// Dead letters: jobs given up after their last attempt.
+    Dlq(DlqArgs),
     /// Live per-kind, per-device table, refreshed from the metrics stream.
     Watch(WatchArgs),
     /// Run the whole system locally: nats-server (if none is reachable), aggregator, workers,
@@ -201,6 +203,26 @@ pub struct ResultArgs {
     /// The job's kind, to search only results.<kind>.
     #[arg(long)]
     pub kind: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DlqArgs {
+    #[command(subcommand)]
+    pub command: DlqCommand,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum DlqCommand {
+    /// List the dead letters: sequence, job id, original subject, why.
+    List,
+    /// Resubmit dead letters to the subject they came from, and remove them from the queue.
+    Replay {
+        /// Sequences of the dead letters (from `kiln dlq list`).
+        sequences: Vec<u64>,
+        /// Replay every dead letter.
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 #[derive(Debug, Clone, Args)]

@@ -641,3 +641,49 @@ async fn job_past_its_timeout_fails_with_timeout_at_a_checkpoint() {
     let ok = cluster.kiln(&["submit", "vector_add", "-p", "len=8", "--wait"]);
     assert_success(&ok);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dead_letters_are_listed_and_replayed() {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    cluster.cpu_worker();
+    let client = cluster.client().await;
+    let js = jetstream::new(client.clone());
+    // A dead letter as a worker writes it after a job's last attempt.
+    let mut headers = HeaderMap::new();
+    headers.insert("Nats-Msg-Id", "dlq-lost-1");
+    headers.insert(
+        "Kiln-Dlq-Reason",
+        "internal: kernel panicked on cuda:0: boom",
+    );
+    headers.insert("Kiln-Dlq-Subject", "jobs.cpu.vector_add");
+    js.publish_with_headers(
+        "dlq.vector_add",
+        headers,
+        r#"{"id":"lost-1","params":{"a":[1],"b":[2]}}"#.into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let list = cluster.kiln(&["dlq", "list"]);
+    assert_success(&list);
+    let text = stdout(&list);
+    assert!(
+        text.contains("lost-1")
+            && text.contains("kernel panicked")
+            && text.contains("jobs.cpu.vector_add"),
+        "{text}"
+    );
+    let replay = cluster.kiln(&["dlq", "replay", "--all"]);
+    assert_success(&replay);
+    assert!(
+        stdout(&replay).contains("1 dead letter(s) resubmitted"),
+        "{}",
+        stdout(&replay)
+    );
+    let results = wait_for_results(&client, &["lost-1"], WAIT).await;
+    assert_eq!(results["lost-1"].status, Status::Succeeded);
+    assert_eq!(floats(&results["lost-1"].output["c"]), vec![3.0]);
+    assert!(stdout(&cluster.kiln(&["dlq", "list"])).contains("KILN_DLQ is empty"));
+}

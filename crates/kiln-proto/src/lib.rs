@@ -39,3 +39,7 @@ pub const HEADER_MSG_ID: &str = "Nats-Msg-Id";
 pub const HEADER_JOB_ID: &str = "Kiln-Job-Id";
 /// Header carrying a scheduler's [`Routing`] decision (JSON) on a routed job.
 pub const HEADER_ROUTING: &str = "Kiln-Routing";
+/// Header of a dead letter: why the job was given up.
+pub const HEADER_DLQ_REASON: &str = "Kiln-Dlq-Reason";
+/// Header of a dead letter: the subject the job was published on.
+pub const HEADER_DLQ_SUBJECT: &str = "Kiln-Dlq-Subject";

@@ -8,8 +8,9 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::{self, AckKind};
 use kiln_kernels::{Checkpoint, ComputeDevice, DecodedJob, Progress};
 use kiln_proto::{
-    Codec, DeviceClass, Disposition, ErrorKind, HEADER_JOB_ID, HEADER_MSG_ID, HEADER_ROUTING,
-    JobError, JobSubject, ResultEvent, Routing, Status, subject,
+    Codec, DeviceClass, Disposition, ErrorKind, HEADER_DLQ_REASON, HEADER_DLQ_SUBJECT,
+    HEADER_JOB_ID, HEADER_MSG_ID, HEADER_ROUTING, JobError, JobSubject, ResultEvent, Routing,
+    Status, subject,
 };
 use time::OffsetDateTime;
 use tokio::sync::Semaphore;
@@ -43,11 +44,6 @@ struct Delivery {
     routing: Option<Routing>,
     stream_sequence: u64,
 }
-
-/// Header naming why a job was dead-lettered.
-const HEADER_DLQ_REASON: &str = "Kiln-Dlq-Reason";
-/// Header naming the subject a dead-lettered job was published on.
-const HEADER_DLQ_SUBJECT: &str = "Kiln-Dlq-Subject";
 
 pub(crate) async fn handle(shared: &Arc<Shared>, message: jetstream::Message) {
     let started_at = OffsetDateTime::now_utc();

@@ -4,6 +4,7 @@ mod bench;
 mod bench_kernels;
 mod bench_scheduler;
 mod demo;
+mod dlq;
 mod init;
 mod kinds;
 mod result;
@@ -29,6 +30,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Submit(args) => submit::run(&nats, args).await,
         Command::Status => status::run(&nats).await,
         Command::Result(args) => result::run(&nats, args).await,
+        Command::Dlq(args) => dlq::run(&nats, args).await,
         Command::Watch(args) => watch::run(&nats, args).await,
         Command::Demo(args) => demo::run(&nats, args).await,
         Command::Bench(args) => bench::run(&nats, args).await,
