@@ -58,6 +58,15 @@ pub struct NatsArgs {
     /// Stream and consumer replicas when kiln creates them (1 on a laptop, 3 on a cluster).
     #[arg(long, env = "KILN_REPLICAS", default_value_t = 1, global = true)]
     pub replicas: usize,
+    /// Most jobs waiting in KILN_JOBS when kiln creates or updates it; beyond it submissions
+    /// are refused with an error (nothing is dropped).
+    #[arg(
+        long,
+        env = "KILN_MAX_QUEUED_JOBS",
+        default_value_t = 1_000_000,
+        global = true
+    )]
+    pub max_queued_jobs: i64,
 }
 
 #[derive(Debug, Subcommand)]

@@ -687,3 +687,33 @@ async fn dead_letters_are_listed_and_replayed() {
     assert_eq!(floats(&results["lost-1"].output["c"]), vec![3.0]);
     assert!(stdout(&cluster.kiln(&["dlq", "list"])).contains("KILN_DLQ is empty"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_job_stream_refuses_submissions_with_a_clear_error() {
+    let cluster = Cluster::new();
+    // No workers, room for 5 jobs.
+    assert_success(&cluster.kiln(&["init", "--max-queued-jobs", "5"]));
+    let out = cluster.kiln(&[
+        "submit",
+        "vector_add",
+        "-p",
+        "len=4",
+        "--count",
+        "8",
+        "--max-queued-jobs",
+        "5",
+    ]);
+    assert!(!out.status.success(), "submitting past the limit must fail");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("refused") && stderr.contains("KILN_JOBS stream is full"),
+        "{stderr}"
+    );
+    let js = jetstream::new(cluster.client().await);
+    let mut stream = js.get_stream("KILN_JOBS").await.unwrap();
+    assert_eq!(
+        stream.info().await.unwrap().state.messages,
+        5,
+        "the first five are kept"
+    );
+}

@@ -192,9 +192,23 @@ pub enum SetupError {
     },
 }
 
-/// Create or update every stream and consumer kiln uses. Safe to call from every process
-/// at every start.
+/// Create every stream, consumer and bucket kiln uses that does not exist yet, leaving
+/// existing ones as they are: what every kiln process does at start, so that a process with
+/// default settings never undoes what `kiln init` configured.
 pub async fn ensure_all(js: &jetstream::Context, topology: &Topology) -> Result<(), SetupError> {
+    setup(js, topology, false).await
+}
+
+/// Create or update every stream, consumer and bucket to `topology`: `kiln init`.
+pub async fn update_all(js: &jetstream::Context, topology: &Topology) -> Result<(), SetupError> {
+    setup(js, topology, true).await
+}
+
+async fn setup(
+    js: &jetstream::Context,
+    topology: &Topology,
+    update: bool,
+) -> Result<(), SetupError> {
     for config in [
         topology.jobs_stream(),
         topology.results_stream(),
@@ -202,9 +216,14 @@ pub async fn ensure_all(js: &jetstream::Context, topology: &Topology) -> Result<
         topology.dlq_stream(),
     ] {
         let stream = stream_name(&config.name);
-        js.create_or_update_stream(config)
-            .await
-            .map_err(|source| SetupError::Stream { stream, source })?;
+        let result = if update {
+            js.create_or_update_stream(config).await.map(|_| ())
+        } else if js.get_stream(stream).await.is_ok() {
+            Ok(())
+        } else {
+            js.create_or_update_stream(config).await.map(|_| ())
+        };
+        result.map_err(|source| SetupError::Stream { stream, source })?;
     }
     let jobs = get_stream(js, STREAM_JOBS).await?;
     for class in [
@@ -213,16 +232,18 @@ pub async fn ensure_all(js: &jetstream::Context, topology: &Topology) -> Result<
         crate::DeviceClass::Auto,
     ] {
         let config = topology.jobs_consumer(class.consumer(), crate::subject::jobs_of_class(class));
-        create_consumer(&jobs, config).await?;
+        create_consumer(&jobs, config, update).await?;
     }
     let results = get_stream(js, STREAM_RESULTS).await?;
-    create_consumer(&results, topology.aggregator_consumer()).await?;
-    js.create_or_update_key_value(topology.workers_bucket())
-        .await
-        .map_err(|source| SetupError::Bucket {
-            bucket: crate::BUCKET_WORKERS,
-            source,
-        })?;
+    create_consumer(&results, topology.aggregator_consumer(), update).await?;
+    if update || js.get_key_value(crate::BUCKET_WORKERS).await.is_err() {
+        js.create_or_update_key_value(topology.workers_bucket())
+            .await
+            .map_err(|source| SetupError::Bucket {
+                bucket: crate::BUCKET_WORKERS,
+                source,
+            })?;
+    }
     Ok(())
 }
 
@@ -268,8 +289,12 @@ async fn get_stream(
 async fn create_consumer(
     stream: &jetstream::stream::Stream,
     config: pull::Config,
+    update: bool,
 ) -> Result<(), SetupError> {
     let consumer = config.durable_name.clone().unwrap_or_default();
+    if !update && stream.consumer_info(&consumer).await.is_ok() {
+        return Ok(());
+    }
     stream
         .create_consumer(config)
         .await

@@ -7,7 +7,7 @@ use crate::cli::NatsArgs;
 pub async fn run(nats: &NatsArgs) -> anyhow::Result<ExitCode> {
     let client = crate::connect::connect_with(nats, false).await?;
     let js = async_nats::jetstream::new(client);
-    streams::ensure_all(&js, &super::topology(nats)).await?;
+    streams::update_all(&js, &super::topology(nats)).await?;
     println!(
         "streams {}, {}, {}, {} and consumers {}, {}, {}, {} are ready ({} replica(s))",
         streams::STREAM_JOBS,

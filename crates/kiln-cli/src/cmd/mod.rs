@@ -41,6 +41,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 fn topology(nats: &NatsArgs) -> Topology {
     Topology {
         replicas: nats.replicas,
+        max_queued_jobs: nats.max_queued_jobs,
         ..Topology::default()
     }
 }
