@@ -87,6 +87,8 @@ pub enum Command {
     Result(ResultArgs),
     /// Dead letters: jobs given up after their last attempt.
     Dlq(DlqArgs),
+    /// Cancel jobs: queued ones are answered `cancelled`, running ones stop at a checkpoint.
+    Cancel(CancelArgs),
     /// Live per-kind, per-device table, refreshed from the metrics stream.
     Watch(WatchArgs),
     /// Run the whole system locally: nats-server (if none is reachable), aggregator, workers,
@@ -212,6 +214,12 @@ pub struct ResultArgs {
     /// The job's kind, to search only results.<kind>.
     #[arg(long)]
     pub kind: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CancelArgs {
+    /// The job ids.
+    pub ids: Vec<String>,
 }
 
 #[derive(Debug, Clone, Args)]

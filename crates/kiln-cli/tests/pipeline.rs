@@ -717,3 +717,44 @@ async fn a_full_job_stream_refuses_submissions_with_a_clear_error() {
         "the first five are kept"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancel_answers_queued_jobs_and_stops_running_ones_at_a_checkpoint() {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    let client = cluster.client().await;
+    // Queued: no worker yet.
+    assert_success(&cluster.kiln(&["submit", "vector_add", "-p", "len=8", "--id", "queued-1"]));
+    assert_success(&cluster.kiln(&["cancel", "queued-1"]));
+    cluster.cpu_worker();
+    let results = wait_for_results(&client, &["queued-1"], WAIT).await;
+    let error = results["queued-1"].error.clone().unwrap();
+    assert_eq!(error.kind, ErrorKind::Cancelled);
+    assert!(error.message.contains("before it ran"), "{}", error.message);
+
+    // Running: a long training job, cancelled a moment after it starts.
+    assert_success(&cluster.kiln(&[
+        "submit",
+        "train_mlp",
+        "-p",
+        "epochs=5000",
+        "-p",
+        "samples=1024",
+        "--id",
+        "running-1",
+    ]));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_success(&cluster.kiln(&["cancel", "running-1"]));
+    let results = wait_for_results(&client, &["running-1"], WAIT).await;
+    let r = &results["running-1"];
+    let error = r.error.clone().unwrap();
+    assert_eq!(error.kind, ErrorKind::Cancelled, "{r:?}");
+    assert!(
+        error.message.contains("while running") && error.message.contains("of 5000 steps"),
+        "{}",
+        error.message
+    );
+    assert!(r.compute_ms > 500.0, "it was running: {} ms", r.compute_ms);
+    // The worker keeps serving.
+    assert_success(&cluster.kiln(&["submit", "vector_add", "-p", "len=8", "--wait"]));
+}

@@ -131,6 +131,19 @@ impl Topology {
         }
     }
 
+    /// Cancelled job ids: one key per job, kept a day.
+    pub fn cancel_bucket(&self) -> jetstream::kv::Config {
+        jetstream::kv::Config {
+            bucket: crate::BUCKET_CANCEL.into(),
+            description: "kiln cancelled jobs (kiln cancel)".into(),
+            history: 1,
+            max_age: Duration::from_secs(24 * 3600),
+            storage: StorageType::File,
+            num_replicas: self.replicas,
+            ..Default::default()
+        }
+    }
+
     /// A worker or scheduler consumer on `KILN_JOBS`.
     pub fn jobs_consumer(&self, name: &str, filter: String) -> pull::Config {
         pull::Config {
@@ -236,13 +249,15 @@ async fn setup(
     }
     let results = get_stream(js, STREAM_RESULTS).await?;
     create_consumer(&results, topology.aggregator_consumer(), update).await?;
-    if update || js.get_key_value(crate::BUCKET_WORKERS).await.is_err() {
-        js.create_or_update_key_value(topology.workers_bucket())
-            .await
-            .map_err(|source| SetupError::Bucket {
-                bucket: crate::BUCKET_WORKERS,
-                source,
-            })?;
+    for (bucket, config) in [
+        (crate::BUCKET_WORKERS, topology.workers_bucket()),
+        (crate::BUCKET_CANCEL, topology.cancel_bucket()),
+    ] {
+        if update || js.get_key_value(bucket).await.is_err() {
+            js.create_or_update_key_value(config)
+                .await
+                .map_err(|source| SetupError::Bucket { bucket, source })?;
+        }
     }
     Ok(())
 }

@@ -37,3 +37,37 @@ pub struct WorkerInfo {
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
 }
+
+/// The key-value bucket of cancelled job ids (`kiln cancel`); entries expire after a day.
+pub const BUCKET_CANCEL: &str = "KILN_CANCEL";
+
+/// The key of job `id` in a key-value bucket: the id itself when it only uses the characters
+/// keys allow, else `x-` and its bytes in hex.
+pub fn job_key(id: &str) -> String {
+    if !id.is_empty()
+        && !id.starts_with("x-")
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_=.".contains(&b))
+    {
+        id.to_owned()
+    } else {
+        let mut key = String::from("x-");
+        for b in id.bytes() {
+            key.push_str(&format!("{b:02x}"));
+        }
+        key
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_keys_are_valid_and_distinct() {
+        assert_eq!(job_key("job-1.a"), "job-1.a");
+        assert_eq!(job_key("a:b"), "x-613a62");
+        assert_ne!(job_key("x-61"), "x-61");
+    }
+}

@@ -28,6 +28,8 @@ pub(crate) struct Shared {
     /// Set (with the reason) when the device stopped working: the worker stops pulling,
     /// hands back what it holds, and exits with an error.
     pub poisoned: std::sync::OnceLock<String>,
+    /// Jobs cancelled with `kiln cancel`.
+    pub cancelled: crate::cancel::Cancellations,
     pub config: WorkerConfig,
 }
 
@@ -83,8 +85,16 @@ pub(crate) async fn handle(shared: &Arc<Shared>, message: jetstream::Message) {
                 stream_sequence,
             );
             let flops = job.plan.flops;
-            let (result, compute_ms) = compute(shared, &message, job).await;
-            (id, result, compute_ms, flops)
+            if shared.cancelled.contains(&id) {
+                let error = JobError::new(
+                    ErrorKind::Cancelled,
+                    "cancelled by `kiln cancel` before it ran",
+                );
+                (id, Err(error), 0.0, flops)
+            } else {
+                let (result, compute_ms) = compute(shared, &message, job, &id).await;
+                (id, result, compute_ms, flops)
+            }
         }
         Err(error) => (fallback_id(&message, &delivery), Err(error), 0.0, 0.0),
     };
@@ -116,6 +126,7 @@ async fn compute(
     shared: &Arc<Shared>,
     message: &jetstream::Message,
     job: DecodedJob,
+    id: &str,
 ) -> (Result<serde_json::Value, JobError>, f64) {
     if runs_inline(&shared.config, &job) {
         let start = Instant::now();
@@ -123,6 +134,8 @@ async fn compute(
             start,
             timeout: job.timeout_ms.map(Duration::from_millis),
             stopping: &shared.stopping,
+            id,
+            cancelled: &shared.cancelled,
         };
         let device = &shared.config.device;
         let result = crate::warmup::run_guarded(device, || job.run(device, &guard));
@@ -145,6 +158,7 @@ async fn compute(
     let device = shared.config.device.clone();
     let timeout = job.timeout_ms.map(Duration::from_millis);
     let shared_for_task = shared.clone();
+    let id = id.to_owned();
     let task = tokio::task::spawn_blocking(move || {
         let _permit = permit;
         let start = Instant::now();
@@ -152,6 +166,8 @@ async fn compute(
             start,
             timeout,
             stopping: &shared_for_task.stopping,
+            id: &id,
+            cancelled: &shared_for_task.cancelled,
         };
         if let Some(reason) = shared_for_task.poisoned.get() {
             let message = format!("device {device} is unusable ({reason}); job handed back");
@@ -198,6 +214,8 @@ struct Guard<'a> {
     start: Instant,
     timeout: Option<Duration>,
     stopping: &'a AtomicBool,
+    id: &'a str,
+    cancelled: &'a crate::cancel::Cancellations,
 }
 
 impl Checkpoint for Guard<'_> {
@@ -212,6 +230,15 @@ impl Checkpoint for Guard<'_> {
                     timeout.as_millis(),
                     progress.done,
                     progress.total
+                ),
+            ));
+        }
+        if self.cancelled.contains(self.id) {
+            return Err(JobError::new(
+                ErrorKind::Cancelled,
+                format!(
+                    "cancelled by `kiln cancel` while running ({} of {} steps done)",
+                    progress.done, progress.total
                 ),
             ));
         }

@@ -12,6 +12,7 @@
 //! # Ok(()) }
 //! ```
 
+mod cancel;
 mod config;
 mod error;
 mod handle;

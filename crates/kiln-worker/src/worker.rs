@@ -86,6 +86,12 @@ pub async fn run(
         counters: Counters::default(),
         stopping: AtomicBool::new(false),
         poisoned: std::sync::OnceLock::new(),
+        cancelled: crate::cancel::Cancellations::watch(&js)
+            .await
+            .map_err(|message| Error::Consumer {
+                consumer: kiln_proto::BUCKET_CANCEL.into(),
+                message,
+            })?,
         config,
     });
     tokio::pin!(shutdown);

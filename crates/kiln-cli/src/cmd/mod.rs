@@ -3,6 +3,7 @@
 mod bench;
 mod bench_kernels;
 mod bench_scheduler;
+mod cancel;
 mod demo;
 mod dlq;
 mod init;
@@ -31,6 +32,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status => status::run(&nats).await,
         Command::Result(args) => result::run(&nats, args).await,
         Command::Dlq(args) => dlq::run(&nats, args).await,
+        Command::Cancel(args) => cancel::run(&nats, args).await,
         Command::Watch(args) => watch::run(&nats, args).await,
         Command::Demo(args) => demo::run(&nats, args).await,
         Command::Bench(args) => bench::run(&nats, args).await,
