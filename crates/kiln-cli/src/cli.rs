@@ -81,8 +81,8 @@ pub enum Command {
     Scheduler(SchedulerArgs),
     /// Submit jobs of one kind.
     Submit(SubmitArgs),
-    /// Show queues, consumers and per-kind metrics once.
-    Status,
+    /// Show queues, workers and per-kind metrics once; with a job id, where that job is.
+    Status(StatusArgs),
     /// Print the result event of a job.
     Result(ResultArgs),
     /// Dead letters: jobs given up after their last attempt.
@@ -214,6 +214,13 @@ pub struct ResultArgs {
     /// The job's kind, to search only results.<kind>.
     #[arg(long)]
     pub kind: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    /// A job id: answers succeeded / failed / running (where, attempt) / cancel requested /
+    /// queued-or-unknown.
+    pub id: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -758,3 +758,51 @@ async fn cancel_answers_queued_jobs_and_stops_running_ones_at_a_checkpoint() {
     // The worker keeps serving.
     assert_success(&cluster.kiln(&["submit", "vector_add", "-p", "len=8", "--wait"]));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_of_a_job_follows_it_from_queued_to_running_to_succeeded() {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    let state = |cluster: &Cluster, id: &str| stdout(&cluster.kiln(&["status", id]));
+    assert_success(&cluster.kiln(&[
+        "submit",
+        "train_mlp",
+        "-p",
+        "epochs=300",
+        "-p",
+        "samples=1024",
+        "--id",
+        "followed",
+    ]));
+    assert!(
+        state(&cluster, "followed").contains("queued"),
+        "{}",
+        state(&cluster, "followed")
+    );
+    cluster.cpu_worker();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = state(&cluster, "followed");
+        if s.contains("running (train_mlp) on cpu (test-worker), attempt 1") {
+            break;
+        }
+        assert!(
+            !s.contains("succeeded"),
+            "finished before it was seen running: {s}"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never seen running: {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let client = cluster.client().await;
+    wait_for_results(&client, &["followed"], WAIT).await;
+    let s = state(&cluster, "followed");
+    assert!(
+        s.contains("followed: succeeded on cpu (test-worker, attempt 1)"),
+        "{s}"
+    );
+    assert_success(&cluster.kiln(&["cancel", "never-submitted"]));
+    assert!(state(&cluster, "never-submitted").contains("cancel requested"));
+}

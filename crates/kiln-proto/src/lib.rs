@@ -30,7 +30,7 @@ pub use metrics::{Latency, LatencyStats, MetricsSnapshot, PredictionStats};
 pub use result::{ResultEvent, Routing, Status, result_msg_id};
 pub use streams::Topology;
 pub use subject::{DeviceClass, JobSubject};
-pub use workers::{BUCKET_CANCEL, BUCKET_WORKERS, WorkerInfo, job_key};
+pub use workers::{BUCKET_CANCEL, BUCKET_WORKERS, RunningJob, WorkerInfo, job_key};
 
 /// Header carrying the job id into JetStream's duplicate detection.
 pub const HEADER_MSG_ID: &str = "Nats-Msg-Id";

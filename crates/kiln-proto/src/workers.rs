@@ -30,12 +30,23 @@ pub struct WorkerInfo {
     pub failed: u64,
     /// `warming_up` or `serving`.
     pub state: String,
+    /// The jobs it holds now (at most the first 1,000).
+    #[serde(default)]
+    pub running: Vec<RunningJob>,
     /// kiln's version.
     pub version: String,
     #[serde(with = "time::serde::rfc3339")]
     pub started_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
+}
+
+/// A job a worker holds, as its heartbeat reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunningJob {
+    pub id: String,
+    pub kind: String,
+    pub attempt: u64,
 }
 
 /// The key-value bucket of cancelled job ids (`kiln cancel`); entries expire after a day.

@@ -30,7 +30,28 @@ pub(crate) struct Shared {
     pub poisoned: std::sync::OnceLock<String>,
     /// Jobs cancelled with `kiln cancel`.
     pub cancelled: crate::cancel::Cancellations,
+    /// Jobs held now, by id, for the heartbeat (`kiln status <id>`).
+    pub running: std::sync::Mutex<std::collections::HashMap<String, kiln_proto::RunningJob>>,
     pub config: WorkerConfig,
+}
+
+impl Shared {
+    /// Note a job as held (or no longer held) for the heartbeat.
+    fn track(&self, id: &str, delivery: &Delivery, holding: bool) {
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        if holding {
+            running.insert(
+                id.to_owned(),
+                kiln_proto::RunningJob {
+                    id: id.to_owned(),
+                    kind: delivery.kind.clone(),
+                    attempt: delivery.attempt,
+                },
+            );
+        } else {
+            running.remove(id);
+        }
+    }
 }
 
 /// Where the job came from, read off the delivery.
@@ -92,7 +113,9 @@ pub(crate) async fn handle(shared: &Arc<Shared>, message: jetstream::Message) {
                 );
                 (id, Err(error), 0.0, flops)
             } else {
+                shared.track(&id, &delivery, true);
                 let (result, compute_ms) = compute(shared, &message, job, &id).await;
+                shared.track(&id, &delivery, false);
                 (id, result, compute_ms, flops)
             }
         }

@@ -100,6 +100,14 @@ fn info(
             .saturating_sub(slots.available_permits()),
         succeeded: stats.succeeded,
         failed: stats.failed,
+        running: shared
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .take(1000)
+            .cloned()
+            .collect(),
         state: if serving.load(Ordering::Relaxed) {
             "serving"
         } else {

@@ -92,6 +92,7 @@ pub async fn run(
                 consumer: kiln_proto::BUCKET_CANCEL.into(),
                 message,
             })?,
+        running: Default::default(),
         config,
     });
     tokio::pin!(shutdown);

@@ -29,7 +29,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Aggregator(args) => worker::aggregator(&nats, args).await,
         Command::Scheduler(args) => worker::scheduler(&nats, args).await,
         Command::Submit(args) => submit::run(&nats, args).await,
-        Command::Status => status::run(&nats).await,
+        Command::Status(args) => status::run(&nats, args).await,
         Command::Result(args) => result::run(&nats, args).await,
         Command::Dlq(args) => dlq::run(&nats, args).await,
         Command::Cancel(args) => cancel::run(&nats, args).await,

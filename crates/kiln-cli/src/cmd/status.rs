@@ -7,13 +7,55 @@ use async_nats::jetstream;
 use kiln_proto::DeviceClass;
 use kiln_proto::streams::{self, STREAM_DLQ, STREAM_JOBS, STREAM_RESULTS};
 
-use crate::cli::NatsArgs;
+use crate::cli::{NatsArgs, StatusArgs};
 
-pub async fn run(nats: &NatsArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(nats: &NatsArgs, args: StatusArgs) -> anyhow::Result<ExitCode> {
     let client = crate::connect::connect_with(nats, false).await?;
     let js = jetstream::new(client);
-    print!("{}", overview(&js).await?);
+    match args.id {
+        None => print!("{}", overview(&js).await?),
+        Some(id) => println!("{}", job_state(&js, &id).await?),
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where job `id` is: its result if it has one, else the live worker holding it (from the
+/// heartbeats, at most 2 s old), else whether a cancel was requested, else queued or unknown.
+pub async fn job_state(js: &jetstream::Context, id: &str) -> anyhow::Result<String> {
+    if let Some(event) = super::result::find(js, id, None).await? {
+        let status = match (&event.status, &event.error) {
+            (kiln_proto::Status::Failed, Some(e)) => format!("failed ({}: {})", e.kind, e.message),
+            (kiln_proto::Status::Failed, None) => "failed".to_owned(),
+            (kiln_proto::Status::Succeeded, _) => "succeeded".to_owned(),
+        };
+        return Ok(format!(
+            "{id}: {status} on {} ({}, attempt {}) in {:.3} ms",
+            event.device, event.worker, event.attempt, event.total_ms
+        ));
+    }
+    let workers = streams::live_workers(js).await.unwrap_or_default();
+    for w in &workers {
+        if let Some(job) = w.running.iter().find(|j| j.id == id) {
+            return Ok(format!(
+                "{id}: running ({}) on {} ({}), attempt {}",
+                job.kind, w.device, w.name, job.attempt
+            ));
+        }
+    }
+    let cancelled = match js.get_key_value(kiln_proto::BUCKET_CANCEL).await {
+        Ok(store) => store
+            .get(kiln_proto::job_key(id))
+            .await
+            .ok()
+            .flatten()
+            .is_some(),
+        Err(_) => false,
+    };
+    Ok(if cancelled {
+        format!("{id}: cancel requested; it will be answered `cancelled` when a worker takes it")
+    } else {
+        format!("{id}: queued, or unknown: no result yet and no live worker holds it")
+    })
 }
 
 /// Queue and consumer state, then the per-kind metrics table.
