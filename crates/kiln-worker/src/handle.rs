@@ -84,7 +84,7 @@ pub(crate) async fn handle(shared: &Arc<Shared>, message: jetstream::Message) {
     let job_subject = JobSubject::parse(message.subject.as_str());
     let (kind, class) = match &job_subject {
         Ok(s) => (s.kind.to_owned(), s.class),
-        Err(_) => ("unknown".to_owned(), shared.config.device.class()),
+        Err(_) => ("unknown".to_owned(), shared.config.class),
     };
     let delivery = Delivery {
         kind,
