@@ -26,17 +26,17 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Instant;
 
 use burn::backend::Autodiff;
-use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::nn::{Linear, LinearConfig};
 use burn::optim::{AdamConfig, GradientsParams, Optimizer};
 use burn::tensor::{
-    DType, Distribution, FloatDType, Int, Tensor, TensorData, activation::relu, backend::Backend,
-    module::conv2d, ops::ConvOptions,
+    DType, Distribution, FloatDType, Int, Tensor, TensorData, backend::Backend, module::conv2d,
+    ops::ConvOptions,
 };
 use serde::{Deserialize, Serialize};
 
+use crate::data::dtype_name;
 use crate::device::{ComputeDevice, CpuBackend, CudaBackend};
+use crate::train_mlp::Mlp;
 
 /// Timed iterations always run at least this many times, whatever the time budget.
 pub const MIN_ITERS: u32 = 3;
@@ -585,15 +585,6 @@ fn time_iterations<B: Backend, T>(
     Ok(samples)
 }
 
-fn dtype_name(dtype: DType) -> String {
-    match dtype {
-        DType::F32 => "f32".into(),
-        DType::BF16 => "bf16".into(),
-        DType::F16 => "f16".into(),
-        other => format!("{other:?}").to_lowercase(),
-    }
-}
-
 /// Cast to the case's precision and check that the tensor really is in it.
 fn to_precision<B: Backend, const D: usize>(
     tensor: Tensor<B, D>,
@@ -734,30 +725,6 @@ fn measure<B: Backend>(
     }
 }
 
-/// The benchmark network: `Linear` layers with ReLU between them.
-#[derive(Module, Debug)]
-struct Mlp<B: Backend> {
-    layers: Vec<Linear<B>>,
-}
-
-impl<B: Backend> Mlp<B> {
-    fn new(widths: &[usize], device: &B::Device) -> Self {
-        let layers = widths
-            .windows(2)
-            .map(|w| LinearConfig::new(w[0], w[1]).init(device))
-            .collect();
-        Mlp { layers }
-    }
-
-    fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        let last = self.layers.len() - 1;
-        self.layers.iter().enumerate().fold(x, |x, (i, layer)| {
-            let y = layer.forward(x);
-            if i < last { relu(y) } else { y }
-        })
-    }
-}
-
 /// Time Adam steps of the MLP `widths` on one fixed batch.
 fn train_step<B: Backend>(
     device: &B::Device,
@@ -771,7 +738,8 @@ fn train_step<B: Backend>(
     let x = Tensor::<Ad<B>, 2>::random([batch, features], Distribution::Normal(0.0, 1.0), device);
     let labels: Vec<i64> = (0..batch).map(|i| (i % classes) as i64).collect();
     let y = Tensor::<Ad<B>, 1, Int>::from_data(TensorData::new(labels, [batch]), device);
-    let mut model = Some(Mlp::<Ad<B>>::new(widths, device));
+    // The network the train_mlp kind trains (its initialisation is outside the timed steps).
+    let mut model = Some(Mlp::<Ad<B>>::init(widths, 0, device));
     let mut optim = AdamConfig::new().init::<Ad<B>, Mlp<Ad<B>>>();
     let loss_fn = CrossEntropyLossConfig::new().init(device);
     time_iterations::<B, _>(device, settings, iters, || {

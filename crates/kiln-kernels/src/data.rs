@@ -12,6 +12,17 @@ pub fn seeded_values(seed: u64, stream: u64, n: usize) -> Vec<f32> {
     (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
 }
 
+/// The lowercase name of a tensor's element type (`f32`, `bf16`, `f16` …).
+pub(crate) fn dtype_name(dtype: burn::tensor::DType) -> String {
+    use burn::tensor::DType;
+    match dtype {
+        DType::F32 => "f32".into(),
+        DType::BF16 => "bf16".into(),
+        DType::F16 => "f16".into(),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
 /// Summary statistics of an output tensor, so that large results can be compared without
 /// shipping them.
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -10,6 +10,7 @@ use kiln_proto::{JobError, Limits, checked_product};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::data::dtype_name;
 use crate::{Kernel, Plan, RunContext, Summary, seeded_values};
 
 /// The element type the product is computed in. Inputs and outputs travel as f32.
@@ -131,16 +132,6 @@ fn matrix_shape(name: &str, rows: &[Vec<f32>]) -> Result<(u64, u64), JobError> {
         )));
     }
     Ok((rows.len() as u64, cols as u64))
-}
-
-/// The lowercase name of a tensor's element type.
-fn dtype_name(dtype: DType) -> String {
-    match dtype {
-        DType::F32 => "f32".into(),
-        DType::BF16 => "bf16".into(),
-        DType::F16 => "f16".into(),
-        other => format!("{other:?}").to_lowercase(),
-    }
 }
 
 pub struct Matmul;

@@ -175,13 +175,13 @@ fn overflow() -> JobError {
 
 /// The network: `Linear` layers with ReLU between them.
 #[derive(Module, Debug)]
-struct Mlp<B: Backend> {
+pub(crate) struct Mlp<B: Backend> {
     layers: Vec<Linear<B>>,
 }
 
 impl<B: Backend> Mlp<B> {
     /// Burn's default `Linear` initialisation (uniform in ±1/√fan_in), drawn on the host.
-    fn init(widths: &[usize], seed: u64, device: &B::Device) -> Self {
+    pub(crate) fn init(widths: &[usize], seed: u64, device: &B::Device) -> Self {
         let layers = widths
             .windows(2)
             .enumerate()
@@ -210,7 +210,7 @@ impl<B: Backend> Mlp<B> {
         Mlp { layers }
     }
 
-    fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+    pub(crate) fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
         let last = self.layers.len() - 1;
         self.layers.iter().enumerate().fold(x, |x, (i, layer)| {
             let y = layer.forward(x);
