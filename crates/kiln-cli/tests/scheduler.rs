@@ -136,7 +136,9 @@ async fn auto_jobs_shift_away_from_a_backlogged_class_and_back() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn auto_jobs_go_to_cpu_once_the_gpu_worker_is_gone_and_none_are_lost() {
-    let mut cluster = cluster_with_two_classes("3");
+    // The cpu class ten times slower, so that the live gpu class wins clearly even on a
+    // loaded machine (with 3× the first routing was seen to go to cpu once under `./dev test`).
+    let mut cluster = cluster_with_two_classes("10");
     let first = submit(&cluster, "auto", "before-kill");
     assert_eq!(routed_to(&first), DeviceClass::Gpu);
 
