@@ -806,3 +806,31 @@ async fn status_of_a_job_follows_it_from_queued_to_running_to_succeeded() {
     assert_success(&cluster.kiln(&["cancel", "never-submitted"]));
     assert!(state(&cluster, "never-submitted").contains("cancel requested"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn job_bigger_than_the_workers_memory_is_refused_naming_the_limit() {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    cluster.spawn(
+        "worker",
+        &["worker", "--device", "cpu", "--max-memory-mb", "64"],
+    );
+    // 3 × 4096² f32 = 192 MiB of tensors: within --max-elements, over the memory limit.
+    let out = cluster.kiln(&["submit", "matmul", "-p", "n=4096", "--wait"]);
+    assert!(!out.status.success(), "a refused job makes --wait fail");
+    let event: ResultEvent = serde_json::from_str(&stdout(&out)).expect("the result event");
+    assert_eq!(event.status, Status::Failed);
+    let error = event.error.expect("an error");
+    assert_eq!(error.kind, ErrorKind::TooLarge);
+    assert!(error.message.contains("192.0 MiB"), "{}", error.message);
+    assert!(error.message.contains("64.0 MiB"), "{}", error.message);
+    assert!(
+        error.message.contains("--max-memory-mb"),
+        "{}",
+        error.message
+    );
+    assert_eq!(event.compute_ms, 0.0, "refused before it ran");
+    // A job that fits (3 × 1024² f32 = 12 MiB) runs on the same worker.
+    let fits = submit_wait(&cluster, &["matmul", "-p", "n=1024"]);
+    assert_eq!(fits.status, Status::Succeeded, "{fits:?}");
+}

@@ -22,6 +22,9 @@ use crate::worker::Counters;
 pub(crate) struct Shared {
     pub js: jetstream::Context,
     pub compute: Arc<Semaphore>,
+    /// Memory jobs hold while they run, in MiB (see [`kiln_kernels::MemoryBudget`]).
+    pub memory_mib: Arc<Semaphore>,
+    pub memory: kiln_kernels::MemoryBudget,
     pub counters: Counters,
     /// Set when a shutdown ran out of patience: checkpoints then hand jobs back.
     pub stopping: AtomicBool,
@@ -141,7 +144,9 @@ fn decode(
     })?;
     let codec = Codec::from_headers(message.headers.as_ref())
         .map_err(|e| JobError::invalid_input(e.to_string()))?;
-    entry.decode(codec, &message.payload, &shared.config.limits)
+    let job = entry.decode(codec, &message.payload, &shared.config.limits)?;
+    shared.memory.check(entry.name, job.plan.elements)?;
+    Ok(job)
 }
 
 /// Run the job on a compute slot, off the async executor, with progress acks meanwhile.
@@ -168,12 +173,26 @@ async fn compute(
     let progress_every = (ack_wait / 3).max(Duration::from_millis(100));
     let mut ticker =
         tokio::time::interval_at(tokio::time::Instant::now() + progress_every, progress_every);
+    // A compute slot, and the job's memory: jobs that fit the budget alone but not beside
+    // the ones running wait for them instead of running out of memory together.
+    let bytes = job
+        .plan
+        .elements
+        .saturating_mul(kiln_kernels::BYTES_PER_ELEMENT);
     let permit = {
-        let acquire = shared.compute.clone().acquire_owned();
+        let compute = shared.compute.clone();
+        let memory = shared.memory_mib.clone();
+        let acquire = async move {
+            let memory = memory.acquire_many_owned(crate::worker::mib(bytes)).await;
+            let compute = compute.acquire_owned().await;
+            (compute, memory)
+        };
         tokio::pin!(acquire);
         loop {
             tokio::select! {
-                permit = &mut acquire => break permit.expect("semaphore is never closed"),
+                (compute, memory) = &mut acquire => {
+                    break (compute.expect("semaphore is never closed"), memory.expect("semaphore is never closed"));
+                }
                 _ = ticker.tick() => { let _ = message.ack_with(AckKind::Progress).await; }
             }
         }

@@ -78,11 +78,23 @@ pub async fn run(
         );
         config.limits.max_elements = GPU_MAX_ELEMENTS;
     }
+    let memory = match config.memory.clone() {
+        Some(budget) => budget,
+        None => {
+            kiln_kernels::MemoryBudget::detect(&config.device).map_err(|reason| Error::Memory {
+                device: config.device.to_string(),
+                reason,
+            })?
+        }
+    };
+    tracing::info!(device = %config.device, limit = %kiln_kernels::Bytes(memory.bytes), source = %memory.source, "job memory limit");
     let max_in_flight = config.max_in_flight.max(1);
     let slots = Arc::new(Semaphore::new(max_in_flight));
     let shared = Arc::new(Shared {
         js: js.clone(),
         compute: Arc::new(Semaphore::new(config.compute_slots.max(1))),
+        memory_mib: Arc::new(Semaphore::new(mib(memory.bytes) as usize)),
+        memory,
         counters: Counters::default(),
         stopping: AtomicBool::new(false),
         poisoned: std::sync::OnceLock::new(),
@@ -252,6 +264,12 @@ pub async fn run(
         "worker stopped"
     );
     Ok(stats)
+}
+
+/// Whole MiB, at least one, within what a semaphore can count: the unit jobs reserve
+/// memory in.
+pub(crate) fn mib(bytes: u64) -> u32 {
+    bytes.div_ceil(1 << 20).clamp(1, u32::MAX as u64) as u32
 }
 
 impl Shared {
