@@ -26,6 +26,8 @@ pub struct ResultHead {
     pub error: Option<ErrorHead>,
     #[serde(default)]
     pub routing: Option<Routing>,
+    #[serde(default)]
+    pub replay: u32,
 }
 
 /// The kind of a failure, without its message.
@@ -48,6 +50,7 @@ impl From<&ResultEvent> for ResultHead {
             total_ms: event.total_ms,
             error: event.error.as_ref().map(|e| ErrorHead { kind: e.kind }),
             routing: event.routing.clone(),
+            replay: event.replay,
         }
     }
 }
@@ -191,13 +194,18 @@ impl Folds {
     /// Count one result event; returns false when its job id was already counted.
     pub fn add(&mut self, event: &ResultHead) -> bool {
         let key = (event.kind.clone(), event.class.to_string());
-        if !self.seen.insert(event.id.clone()) {
+        // One count per job and run: a replay from the dead-letter queue is a new run.
+        let seen_key = match event.replay {
+            0 => event.id.clone(),
+            n => format!("{}#replay-{n}", event.id),
+        };
+        if !self.seen.insert(seen_key.clone()) {
             let fold = self.folds.entry(key).or_default();
             fold.duplicates += 1;
             fold.dirty = true;
             return false;
         }
-        self.seen_order.push_back(event.id.clone());
+        self.seen_order.push_back(seen_key);
         if self.seen_order.len() > SEEN_CAPACITY
             && let Some(old) = self.seen_order.pop_front()
         {
@@ -254,6 +262,7 @@ mod tests {
                 .then(|| JobError::new(ErrorKind::InvalidInput, "bad")),
             flops: 0.0,
             routing: None,
+            replay: 0,
         };
         // Through JSON, as the service reads it.
         serde_json::from_slice(&serde_json::to_vec(&event).unwrap()).unwrap()

@@ -68,6 +68,8 @@ struct Delivery {
     /// `Kiln-Job-Id` of a routed copy.
     job_id: Option<String>,
     routing: Option<Routing>,
+    /// `Kiln-Replay` of a job resubmitted from the dead-letter queue.
+    replay: u32,
     stream_sequence: u64,
 }
 
@@ -98,6 +100,7 @@ pub(crate) async fn handle(shared: &Arc<Shared>, message: jetstream::Message) {
         msg_id: header(&message, HEADER_MSG_ID),
         job_id: header(&message, HEADER_JOB_ID),
         routing: header(&message, HEADER_ROUTING).and_then(|r| serde_json::from_str(&r).ok()),
+        replay: replay_of(message.headers.as_ref()),
         stream_sequence,
     };
 
@@ -353,6 +356,7 @@ async fn finish(
         error,
         flops,
         routing: delivery.routing.clone(),
+        replay: delivery.replay,
     };
     if let Some(error) = &event.error {
         tracing::info!(id = %event.id, kind = %event.kind, error = %error, "job failed");
@@ -362,7 +366,14 @@ async fn finish(
         .error
         .as_ref()
         .is_some_and(|e| e.kind.disposition() == Disposition::Retry)
-        && let Err(e) = dead_letter(shared, message, &event).await
+        && let Err(e) = dead_letter(
+            &shared.js,
+            &event,
+            message.subject.as_str(),
+            message.headers.as_ref().unwrap_or(&HeaderMap::new()),
+            &message.payload,
+        )
+        .await
     {
         tracing::error!(id = %event.id, error = %e, "could not dead-letter job; handing it back");
         let _ = message
@@ -370,7 +381,7 @@ async fn finish(
             .await;
         return;
     }
-    if let Err(e) = publish_result(shared, &event, message.headers.as_ref()).await {
+    if let Err(e) = publish_result(&shared.js, &event, message.headers.as_ref()).await {
         // The result is not stored: hand the job back so that it is answered later.
         tracing::error!(id = %event.id, error = %e, "could not publish result; handing job back");
         let _ = message
@@ -387,8 +398,8 @@ async fn finish(
     }
 }
 
-async fn publish_result(
-    shared: &Shared,
+pub(crate) async fn publish_result(
+    js: &jetstream::Context,
     event: &ResultEvent,
     job_headers: Option<&HeaderMap>,
 ) -> Result<(), String> {
@@ -399,8 +410,7 @@ async fn publish_result(
     if let Some(traceparent) = job_headers.and_then(|h| h.get("traceparent")) {
         headers.insert("traceparent", traceparent.as_str());
     }
-    let ack = shared
-        .js
+    let ack = js
         .publish_with_headers(subject::result(&event.kind), headers, body.into())
         .await
         .map_err(|e| e.to_string())?
@@ -412,23 +422,29 @@ async fn publish_result(
     Ok(())
 }
 
-async fn dead_letter(
-    shared: &Shared,
-    message: &jetstream::Message,
+/// Keep a copy of a job given up on in `KILN_DLQ`, with why and where it came from.
+pub(crate) async fn dead_letter(
+    js: &jetstream::Context,
     event: &ResultEvent,
+    job_subject: &str,
+    job_headers: &HeaderMap,
+    payload: &bytes::Bytes,
 ) -> Result<(), String> {
-    let mut headers = message.headers.clone().unwrap_or_default();
+    let mut headers = job_headers.clone();
     let reason = event
         .error
         .as_ref()
         .map(|e| e.to_string())
         .unwrap_or_default();
     headers.insert(HEADER_DLQ_REASON, reason.as_str());
-    headers.insert(HEADER_DLQ_SUBJECT, message.subject.as_str());
-    headers.insert(HEADER_MSG_ID, format!("dlq-{}", event.id).as_str());
-    shared
-        .js
-        .publish_with_headers(subject::dlq(&event.kind), headers, message.payload.clone())
+    headers.insert(HEADER_DLQ_SUBJECT, job_subject);
+    headers.insert(HEADER_JOB_ID, event.id.as_str());
+    let msg_id = match event.replay {
+        0 => format!("dlq-{}", event.id),
+        n => format!("dlq-{}-replay-{n}", event.id),
+    };
+    headers.insert(HEADER_MSG_ID, msg_id.as_str());
+    js.publish_with_headers(subject::dlq(&event.kind), headers, payload.clone())
         .await
         .map_err(|e| e.to_string())?
         .await
@@ -452,19 +468,36 @@ fn header(message: &jetstream::Message, name: &str) -> Option<String> {
 /// The id of a job whose body could not be decoded: its JSON `id` if one can be read,
 /// else its `Nats-Msg-Id`, else its stream sequence.
 fn fallback_id(message: &jetstream::Message, delivery: &Delivery) -> String {
+    job_id_of(
+        &message.payload,
+        message.headers.as_ref(),
+        delivery.stream_sequence,
+    )
+}
+
+/// A job's id read off its body and headers without decoding its parameters: the body's
+/// `id` if valid, else a routed or replayed copy's `Kiln-Job-Id`, else its `Nats-Msg-Id`,
+/// else its stream sequence.
+pub(crate) fn job_id_of(payload: &[u8], headers: Option<&HeaderMap>, sequence: u64) -> String {
     #[derive(serde::Deserialize)]
     struct IdOnly {
         id: Option<String>,
     }
-    let body_id = serde_json::from_slice::<IdOnly>(&message.payload)
+    let body_id = serde_json::from_slice::<IdOnly>(payload)
         .ok()
         .and_then(|b| b.id)
         .filter(|id| kiln_proto::valid_job_id(id));
-    kiln_proto::resolve_job_id(
-        body_id.as_deref(),
-        delivery.header_id(),
-        delivery.stream_sequence,
-    )
+    let get = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str());
+    let header_id = get(HEADER_JOB_ID).or_else(|| get(HEADER_MSG_ID));
+    kiln_proto::resolve_job_id(body_id.as_deref(), header_id, sequence)
+}
+
+/// `Kiln-Replay`: how often a job was replayed from the dead-letter queue (0 if never).
+pub(crate) fn replay_of(headers: Option<&HeaderMap>) -> u32 {
+    headers
+        .and_then(|h| h.get(kiln_proto::HEADER_REPLAY))
+        .and_then(|v| v.as_str().trim().parse().ok())
+        .unwrap_or(0)
 }
 
 impl Delivery {

@@ -161,6 +161,12 @@ pub async fn run(
         }
     }
     serving.store(true, Ordering::Relaxed);
+    let (stop_dead_letters, stopped) = tokio::sync::watch::channel(false);
+    let dead_letters = tokio::spawn(crate::deadletter::serve(
+        js.clone(),
+        shared.config.name.clone(),
+        stopped,
+    ));
     tracing::info!(
         worker = %shared.config.name,
         device = %shared.config.device,
@@ -239,6 +245,8 @@ pub async fn run(
 
     // Drain: no new pulls; wait for running jobs, then tell stragglers to hand back.
     tracing::info!(worker = %shared.config.name, "shutting down: draining running jobs");
+    let _ = stop_dead_letters.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), dead_letters).await;
     let drain = shared.config.drain_timeout;
     let all = max_in_flight as u32;
     let drained = tokio::time::timeout(drain, slots.acquire_many(all)).await;

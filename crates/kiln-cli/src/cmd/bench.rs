@@ -205,6 +205,7 @@ fn sample_result_bytes(len: u64) -> anyhow::Result<usize> {
         error: None,
         flops: 1024.0,
         routing: None,
+        replay: 0,
     };
     Ok(serde_json::to_vec(&event)?.len())
 }
