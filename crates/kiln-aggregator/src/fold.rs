@@ -17,6 +17,10 @@ pub struct ResultHead {
     pub status: Status,
     pub device: String,
     pub class: DeviceClass,
+    #[serde(default)]
+    pub worker: String,
+    #[serde(default)]
+    pub attempt: u64,
     #[serde(with = "time::serde::rfc3339")]
     pub finished_at: OffsetDateTime,
     pub queue_ms: f64,
@@ -36,6 +40,31 @@ pub struct ErrorHead {
     pub kind: ErrorKind,
 }
 
+impl ResultHead {
+    /// The job's final entry in `KILN_STATE`, for the result stored at `result_seq`.
+    pub fn final_state(&self, result_seq: u64) -> kiln_proto::JobState {
+        use kiln_proto::Phase;
+        let error = self.error.as_ref().map(|e| e.kind);
+        let phase = match (self.status, error) {
+            (Status::Succeeded, _) => Phase::Succeeded,
+            (Status::Failed, Some(ErrorKind::Cancelled)) => Phase::Cancelled,
+            (Status::Failed, _) => Phase::Failed,
+        };
+        kiln_proto::JobState {
+            phase,
+            kind: self.kind.clone(),
+            class: self.class,
+            at: self.finished_at,
+            device: Some(self.device.clone()),
+            worker: Some(self.worker.clone()),
+            attempt: Some(self.attempt),
+            replay: self.replay,
+            result_seq: Some(result_seq),
+            error,
+        }
+    }
+}
+
 impl From<&ResultEvent> for ResultHead {
     fn from(event: &ResultEvent) -> Self {
         ResultHead {
@@ -44,6 +73,8 @@ impl From<&ResultEvent> for ResultHead {
             status: event.status,
             device: event.device.clone(),
             class: event.class,
+            worker: event.worker.clone(),
+            attempt: event.attempt,
             finished_at: event.finished_at,
             queue_ms: event.queue_ms,
             compute_ms: event.compute_ms,

@@ -7,7 +7,7 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::{self, consumer::PullConsumer};
 use futures::StreamExt as _;
 use kiln_proto::streams::{self, CONSUMER_AGGREGATOR, STREAM_RESULTS};
-use kiln_proto::{HEADER_MSG_ID, Topology, subject};
+use kiln_proto::{HEADER_MSG_ID, JobState, Topology, subject};
 use time::OffsetDateTime;
 
 use crate::error::{Error, Result};
@@ -68,7 +68,8 @@ pub async fn run(
         .await
         .map_err(|e| read_error("result events", e))?;
 
-    let mut unacked: Vec<jetstream::Message> = Vec::new();
+    // Folded results waiting for the next snapshot, each with its job's final state.
+    let mut unacked: Vec<(jetstream::Message, Option<(String, JobState)>)> = Vec::new();
     let mut ticker = tokio::time::interval(config.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
@@ -78,17 +79,21 @@ pub async fn run(
             _ = ticker.tick() => flush(&js, &mut folds, &mut unacked).await?,
             next = messages.next() => match next {
                 Some(Ok(message)) => {
-                    match serde_json::from_slice::<ResultHead>(&message.payload) {
+                    let state = match serde_json::from_slice::<ResultHead>(&message.payload) {
                         Ok(event) => {
                             folds.add(&event);
+                            message.info().ok().map(|info| (event.id.clone(), event.final_state(info.stream_sequence)))
                         }
-                        Err(e) => tracing::warn!(
-                            subject = %message.subject,
-                            error = %e,
-                            "result event does not parse; not counted"
-                        ),
-                    }
-                    unacked.push(message);
+                        Err(e) => {
+                            tracing::warn!(
+                                subject = %message.subject,
+                                error = %e,
+                                "result event does not parse; not counted"
+                            );
+                            None
+                        }
+                    };
+                    unacked.push((message, state));
                 }
                 Some(Err(e)) => tracing::warn!(error = %e, "error while reading result events"),
                 None => break,
@@ -100,12 +105,12 @@ pub async fn run(
     Ok(())
 }
 
-/// Publish the snapshots that changed, wait for the server to store them, then ack the
-/// results they include.
+/// Publish the snapshots that changed and the final states of the jobs folded since the
+/// last flush, wait for the server to store them, then ack the results they include.
 async fn flush(
     js: &jetstream::Context,
     folds: &mut Folds,
-    unacked: &mut Vec<jetstream::Message>,
+    unacked: &mut Vec<(jetstream::Message, Option<(String, JobState)>)>,
 ) -> Result<()> {
     let now = OffsetDateTime::now_utc();
     let mut acks = Vec::new();
@@ -129,13 +134,28 @@ async fn flush(
             })?;
         acks.push((subject, ack));
     }
+    for (id, state) in unacked.iter().filter_map(|(_, s)| s.as_ref()) {
+        let subject = kiln_proto::state_subject(id);
+        let body = serde_json::to_vec(state).map_err(|e| Error::Publish {
+            subject: subject.clone(),
+            message: e.to_string(),
+        })?;
+        let ack = js
+            .publish(subject.clone(), body.into())
+            .await
+            .map_err(|e| Error::Publish {
+                subject: subject.clone(),
+                message: e.to_string(),
+            })?;
+        acks.push((subject, ack));
+    }
     for (subject, ack) in acks {
         ack.await.map_err(|e| Error::Publish {
             subject,
             message: e.to_string(),
         })?;
     }
-    for message in unacked.drain(..) {
+    for (message, _) in unacked.drain(..) {
         if let Err(e) = message.ack().await {
             tracing::warn!(error = %e, "could not ack a folded result; it will be redelivered and dropped as a duplicate");
         }

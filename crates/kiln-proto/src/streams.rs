@@ -180,6 +180,19 @@ impl Topology {
         }
     }
 
+    /// Job states (`KILN_STATE`): one key per job, kept as long as results.
+    pub fn state_bucket(&self) -> jetstream::kv::Config {
+        jetstream::kv::Config {
+            bucket: crate::BUCKET_STATE.into(),
+            description: "kiln job states (kiln status <id>)".into(),
+            history: 1,
+            max_age: self.results_max_age,
+            storage: StorageType::File,
+            num_replicas: self.replicas,
+            ..Default::default()
+        }
+    }
+
     /// Cancelled job ids: one key per job, kept a day.
     pub fn cancel_bucket(&self) -> jetstream::kv::Config {
         jetstream::kv::Config {
@@ -304,6 +317,7 @@ async fn setup(
     for (bucket, config) in [
         (crate::BUCKET_WORKERS, topology.workers_bucket()),
         (crate::BUCKET_CANCEL, topology.cancel_bucket()),
+        (crate::BUCKET_STATE, topology.state_bucket()),
     ] {
         if update || js.get_key_value(bucket).await.is_err() {
             js.create_or_update_key_value(config)

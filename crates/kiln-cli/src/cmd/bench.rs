@@ -235,7 +235,7 @@ async fn kiln(
     );
     let bar = progress_bar(jobs, "kiln");
     let started = Instant::now();
-    publish_all(js, specs, None).await?;
+    publish_all(js, specs, None, false).await?;
     let target = before + jobs;
     loop {
         let now = counted(js).await;
