@@ -593,7 +593,14 @@ struct Nats<'a> {
     auth: Option<String>,
     monitor_port: Option<i32>,
     cluster_port: Option<i32>,
+    /// auth.conf comes from a Secret (the nats-auth component): users in the account KILN.
+    auth_from_secret: bool,
+    /// Variables set in the NATS container's environment.
+    env: BTreeSet<String>,
 }
+
+/// The account of nats/secure/secure.conf's users, which the nats-auth component uses.
+const AUTH_ACCOUNT: &str = "KILN";
 
 fn nats<'a>(o: &'a Objects, p: &mut Vec<String>) -> Option<Nats<'a>> {
     let sts = o.stateful_sets.iter().find(|s| {
@@ -633,6 +640,15 @@ fn nats<'a>(o: &'a Objects, p: &mut Vec<String>) -> Option<Nats<'a>> {
             })
         })
     });
+    let auth_from_secret = config_volume
+        .and_then(|v| v.projected.as_ref())
+        .is_some_and(|proj| proj.sources.iter().flatten().any(|s| s.secret.is_some()));
+    let env = container
+        .env
+        .iter()
+        .flatten()
+        .map(|e| e.name.clone())
+        .collect();
     let Some(cm) = cm_name.and_then(|n| find_config_map(o, &n, &sts.metadata.namespace)) else {
         p.push("the NATS StatefulSet mounts no ConfigMap as its `config` volume".into());
         return None;
@@ -651,6 +667,8 @@ fn nats<'a>(o: &'a Objects, p: &mut Vec<String>) -> Option<Nats<'a>> {
         auth: data.get("auth.conf").cloned(),
         monitor_port: port("monitor"),
         cluster_port: port("cluster"),
+        auth_from_secret,
+        env,
     })
 }
 
@@ -757,6 +775,22 @@ fn check_nats(o: &Objects, workloads: &[Workload<'_>], p: &mut Vec<String>) {
             let env = container_env(c, o, &w.namespace);
             if kiln_role(c) == Some("init") {
                 init_seen = true;
+            }
+            if n.auth_from_secret {
+                let user = env.get("NATS_USER").cloned().unwrap_or_default();
+                let password_var = format!("KILN_{}_PASSWORD", user.to_uppercase());
+                if user.is_empty() || !env.contains_key("NATS_PASSWORD") {
+                    p.push(format!(
+                        "{} {}: NATS requires users, but this role has no NATS_USER and \
+                         NATS_PASSWORD",
+                        w.kind, w.name
+                    ));
+                } else if !n.env.contains(&password_var) {
+                    p.push(format!(
+                        "{} {}: connects as {user}, but the NATS pods get no {password_var}",
+                        w.kind, w.name
+                    ));
+                }
             }
             let replicas = env
                 .get("KILN_REPLICAS")
@@ -930,9 +964,14 @@ fn check_keda(o: &Objects, workloads: &[Workload<'_>], p: &mut Vec<String>) {
                 ));
             }
             scaled_consumers.insert(consumer.to_owned());
-            if field("account") != "$G" {
+            let account = match &n {
+                Some(n) if n.auth_from_secret => AUTH_ACCOUNT,
+                _ => "$G",
+            };
+            if field("account") != account {
                 p.push(format!(
-                    "{what}: account must be $G (no NATS accounts are configured)"
+                    "{what}: account must be {account}, the account kiln's users are in \
+                     ($G without users, {AUTH_ACCOUNT} with the nats-auth component)"
                 ));
             }
             match field("lagThreshold").parse::<u64>() {

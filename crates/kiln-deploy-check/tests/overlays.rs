@@ -216,3 +216,22 @@ fn production_with_nats_auth_passes_the_checks_and_gives_every_role_its_user() {
     let sources = &sts["spec"]["template"]["spec"]["volumes"][0]["projected"]["sources"];
     assert_eq!(sources[1]["secret"]["name"], "nats-auth");
 }
+
+#[test]
+fn with_nats_auth_a_trigger_in_the_global_account_is_caught() {
+    let dir = workspace_root().join("deploy/k8s/examples/production-auth");
+    let yaml = render(&dir).unwrap_or_else(|e| panic!("{e}"));
+    let mut docs = parse_documents(&yaml).expect("parse");
+    find(&mut docs, "ScaledObject", "kiln-worker-gpu")["spec"]["triggers"][0]["metadata"]["account"] =
+        "$G".into();
+    assert_eq!(problems_with(&docs, "account must be KILN").len(), 1);
+    let nats = find(&mut docs, "StatefulSet", "nats");
+    let env = nats["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array_mut()
+        .expect("env");
+    env.retain(|e| e["name"] != "KILN_SCHEDULER_PASSWORD");
+    assert_eq!(
+        problems_with(&docs, "get no KILN_SCHEDULER_PASSWORD").len(),
+        1
+    );
+}
