@@ -116,38 +116,16 @@ async fn flush(
     let mut acks = Vec::new();
     for snapshot in folds.snapshots(now) {
         let subject = subject::metrics(&snapshot.kind, &snapshot.class);
-        let body = serde_json::to_vec(&snapshot).map_err(|e| Error::Publish {
-            subject: subject.clone(),
-            message: e.to_string(),
-        })?;
         let mut headers = HeaderMap::new();
         headers.insert(
             HEADER_MSG_ID,
             format!("{subject}-{}", now.unix_timestamp_nanos()).as_str(),
         );
-        let ack = js
-            .publish_with_headers(subject.clone(), headers, body.into())
-            .await
-            .map_err(|e| Error::Publish {
-                subject: subject.clone(),
-                message: e.to_string(),
-            })?;
-        acks.push((subject, ack));
+        acks.push(publish(js, subject, headers, &snapshot).await?);
     }
     for (id, state) in unacked.iter().filter_map(|(_, s)| s.as_ref()) {
         let subject = kiln_proto::state_subject(id);
-        let body = serde_json::to_vec(state).map_err(|e| Error::Publish {
-            subject: subject.clone(),
-            message: e.to_string(),
-        })?;
-        let ack = js
-            .publish(subject.clone(), body.into())
-            .await
-            .map_err(|e| Error::Publish {
-                subject: subject.clone(),
-                message: e.to_string(),
-            })?;
-        acks.push((subject, ack));
+        acks.push(publish(js, subject, HeaderMap::new(), state).await?);
     }
     for (subject, ack) in acks {
         ack.await.map_err(|e| Error::Publish {
@@ -161,6 +139,25 @@ async fn flush(
         }
     }
     Ok(())
+}
+
+/// Publish `body` as JSON without waiting for the server's acknowledgement (returned).
+async fn publish(
+    js: &jetstream::Context,
+    subject: String,
+    headers: HeaderMap,
+    body: &impl serde::Serialize,
+) -> Result<(String, jetstream::context::PublishAckFuture)> {
+    let error = |e: &dyn std::fmt::Display| Error::Publish {
+        subject: subject.clone(),
+        message: e.to_string(),
+    };
+    let body = serde_json::to_vec(body).map_err(|e| error(&e))?;
+    let ack = js
+        .publish_with_headers(subject.clone(), headers, body.into())
+        .await
+        .map_err(|e| error(&e))?;
+    Ok((subject, ack))
 }
 
 fn read_error(what: &'static str, e: impl std::fmt::Display) -> Error {
