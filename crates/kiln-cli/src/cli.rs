@@ -321,6 +321,11 @@ pub struct SuiteArgs {
     /// Python interpreter for the numpy reference.
     #[arg(long, env = "KILN_BENCH_PYTHON", default_value = "python3")]
     pub python: String,
+    /// Rewrite the part of this markdown file between `<!-- bench:start -->` and
+    /// `<!-- bench:end -->` with the run's headline tables and charts (`just bench` passes
+    /// README.md; not with --quick).
+    #[arg(long, env = "KILN_BENCH_README")]
+    pub readme: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]

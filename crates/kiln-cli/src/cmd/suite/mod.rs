@@ -211,6 +211,12 @@ pub async fn run(nats: &NatsArgs, args: SuiteArgs) -> anyhow::Result<ExitCode> {
     std::fs::write(out.join("report.md"), report::markdown(&suite))
         .with_context(|| format!("writing {}", out.join("report.md").display()))?;
 
+    if let Some(readme) = &args.readme {
+        match update_readme(readme, &out, &suite) {
+            Ok(()) => eprintln!("{} updated", readme.display()),
+            Err(e) => eprintln!("{} not updated: {e:#}", readme.display()),
+        }
+    }
     println!("{}", report::summary(&suite));
     println!(
         "report: {} ({:.0} s in all)",
@@ -307,6 +313,34 @@ fn write_all(out: &Path, suite: &mut Suite) -> anyhow::Result<()> {
     }
     files.sort();
     suite.files = files;
+    Ok(())
+}
+
+/// Put the run's headline tables and charts into `readme` between its markers.
+fn update_readme(readme: &Path, out: &Path, suite: &Suite) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        suite.mode != "quick",
+        "quick figures are a smoke run, not figures to show"
+    );
+    let text = std::fs::read_to_string(readme)?;
+    // Links from the README's folder to the report's.
+    let root = readme
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let base = out
+        .strip_prefix(root)
+        .map(|p| format!("{}/", p.display()))
+        .unwrap_or_else(|_| format!("{}/", out.display()));
+    let section = report::readme_section(suite, &base);
+    let text = report::splice(&text, &section).with_context(|| {
+        format!(
+            "it has no {} … {} markers",
+            report::README_START,
+            report::README_END
+        )
+    })?;
+    std::fs::write(readme, text)?;
     Ok(())
 }
 

@@ -436,6 +436,67 @@ fn scheduler(o: &mut String, s: &Suite) {
     let _ = writeln!(o, "![Scheduler](scheduler.svg)\n");
 }
 
+/// Where the README's generated part starts and ends.
+pub const README_START: &str = "<!-- bench:start -->";
+pub const README_END: &str = "<!-- bench:end -->";
+
+/// The README's part: the machine, the GPU-vs-CPU table and every section but the full
+/// kernel table, with links made relative to the repository root through `base` (the
+/// report's folder, e.g. `bench/results/2026-11-26/`).
+pub fn readme_section(s: &Suite, base: &str) -> String {
+    let m = &s.machine;
+    let mut o = String::new();
+    let load = m.load_at_start.map_or_else(String::new, |l| {
+        format!("; load average {l:.2} at the start")
+    });
+    let _ = writeln!(
+        o,
+        "Latest run: {}, `kiln bench suite` ({} settings, {:.0} s) on {}, {} cores, {:.1} GiB;          GPU: {}{load}. Full report: [`{base}report.md`]({base}report.md).\n",
+        s.started_at.date(),
+        s.mode,
+        s.seconds,
+        m.cpu,
+        m.cores,
+        m.memory_gib,
+        m.gpu
+    );
+    let mut body = String::new();
+    gpu_vs_cpu(&mut body, s);
+    let _ = writeln!(body, "![Kernel times by size](kernels.svg)\n");
+    numpy(&mut body, s);
+    pipeline(&mut body, s);
+    overhead(&mut body, s);
+    scaling(&mut body, s);
+    scheduler(&mut body, s);
+    // Headings one level down; links from the repository root.
+    let mut names: Vec<&str> = s.files.iter().map(String::as_str).collect();
+    names.push("../");
+    for line in body.lines() {
+        let mut line = match line.strip_prefix("## ") {
+            Some(rest) => format!("### {rest}"),
+            None => line.to_owned(),
+        };
+        for name in &names {
+            line = line.replace(&format!("]({name}"), &format!("]({base}{name}"));
+        }
+        o.push_str(&line);
+        o.push('\n');
+    }
+    o
+}
+
+/// `text` with the part between the markers replaced by `section`; `None` without markers.
+pub fn splice(text: &str, section: &str) -> Option<String> {
+    let start = text.find(README_START)? + README_START.len();
+    let end = start + text[start..].find(README_END)?;
+    Some(format!(
+        "{}\n<!-- Written by `kiln bench suite --readme` (`./dev bench`); edits here are overwritten. -->\n\n{}\n{}",
+        &text[..start],
+        section.trim_end(),
+        &text[end..]
+    ))
+}
+
 /// A few lines for the terminal.
 pub fn summary(s: &Suite) -> String {
     let mut o = String::new();
@@ -491,6 +552,18 @@ pub fn summary(s: &Suite) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn splice_replaces_only_between_the_markers() {
+        let text = "before\n<!-- bench:start -->\nold\n<!-- bench:end -->\nafter\n";
+        let out = splice(text, "new table\n").unwrap();
+        assert!(out.starts_with("before\n<!-- bench:start -->"));
+        assert!(out.contains("new table\n<!-- bench:end -->\nafter\n"));
+        assert!(!out.contains("old"));
+        // Again: the same result, nothing piles up.
+        assert_eq!(splice(&out, "new table\n").unwrap(), out);
+        assert!(splice("no markers", "x").is_none());
+    }
 
     #[test]
     fn ratios_are_cut_not_rounded_up() {
