@@ -181,6 +181,8 @@ async fn live(
     interval: Duration,
 ) -> anyhow::Result<()> {
     let mut keys = keys();
+    // Without a readable terminal on stdin there are no keys; signals still stop it.
+    let mut keys_open = true;
     let mut feeds = Feeds::open(js).await;
     let mut ticker = tokio::time::interval(interval);
     let shutdown = crate::signal::shutdown();
@@ -188,10 +190,10 @@ async fn live(
     loop {
         tokio::select! {
             _ = &mut shutdown => return Ok(()),
-            key = keys.recv() => match key {
+            key = keys.recv(), if keys_open => match key {
                 Some(ev) if quits(&ev) => return Ok(()),
                 Some(_) => { terminal.draw(|f| view::render(f, dashboard))?; }
-                None => return Ok(()),
+                None => keys_open = false,
             },
             Some(m) = next(&mut feeds.metrics) => take_metrics(dashboard, m),
             Some(r) = next(&mut feeds.results) => take_result(dashboard, r),
