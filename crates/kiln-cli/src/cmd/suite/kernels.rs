@@ -108,7 +108,7 @@ pub fn cases(quick: bool) -> Vec<SuiteCase> {
         out.push(SuiteCase {
             kind: "conv2d",
             workload: IMAGE,
-            size: format!("{b}×{c}×{h}×{w} → {out_channels} channels, 3×3"),
+            size: format!("{b}×{c}×{h}×{w}→{out_channels}, 3×3 filter"),
             case: Case::conv2d(shape, out_channels, Precision::F32),
         });
     }
@@ -154,9 +154,9 @@ pub fn cpu_settings(quick: bool) -> Settings {
         }
     } else {
         Settings {
-            warmup: 1,
-            iters: 5,
-            case_budget_s: 2.0,
+            warmup: 2,
+            iters: 10,
+            case_budget_s: 3.0,
         }
     }
 }

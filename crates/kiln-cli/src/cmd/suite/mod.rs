@@ -161,7 +161,7 @@ pub async fn run(nats: &NatsArgs, args: SuiteArgs) -> anyhow::Result<ExitCode> {
     let pipeline_args = PipelineArgs {
         jobs: if quick { 500 } else { 20_000 },
         len: 1024,
-        runs: if quick { 1 } else { 3 },
+        runs: if quick { 1 } else { 5 },
         json: None,
         external: false,
     };

@@ -451,7 +451,7 @@ pub fn readme_section(s: &Suite, base: &str) -> String {
     });
     let _ = writeln!(
         o,
-        "Latest run: {}, `kiln bench suite` ({} settings, {:.0} s) on {}, {} cores, {:.1} GiB;          GPU: {}{load}. Full report: [`{base}report.md`]({base}report.md).\n",
+        "Latest run: {}, `kiln bench suite` ({} settings, {:.0} s) on {}, {} cores, {:.1} GiB; GPU: {}{load}. Full report: [`{base}report.md`]({base}report.md).\n",
         s.started_at.date(),
         s.mode,
         s.seconds,
@@ -469,13 +469,18 @@ pub fn readme_section(s: &Suite, base: &str) -> String {
     scaling(&mut body, s);
     scheduler(&mut body, s);
     // Headings one level down; links from the repository root.
-    let mut names: Vec<&str> = s.files.iter().map(String::as_str).collect();
-    names.push("../");
+    let names: Vec<&str> = s.files.iter().map(String::as_str).collect();
+    // `../x` from the report's folder is `x` in the folder above it.
+    let parent = base
+        .trim_end_matches('/')
+        .rsplit_once('/')
+        .map_or(String::new(), |(p, _)| format!("{p}/"));
     for line in body.lines() {
         let mut line = match line.strip_prefix("## ") {
             Some(rest) => format!("### {rest}"),
             None => line.to_owned(),
         };
+        line = line.replace("](../", &format!("]({parent}"));
         for name in &names {
             line = line.replace(&format!("]({name}"), &format!("]({base}{name}"));
         }

@@ -34,13 +34,17 @@ pub fn workloads(quick: bool) -> Vec<Workload> {
             name: "small jobs (vector_add, len 1024)",
             kind: "vector_add",
             params: json!({"len": 1024}),
-            jobs: if quick { 200 } else { 4000 },
+            jobs: if quick { 200 } else { 40_000 },
         },
         Workload {
-            name: "compute jobs (matmul, n 256)",
+            name: if quick {
+                "compute jobs (matmul, n 128)"
+            } else {
+                "compute jobs (matmul, n 512)"
+            },
             kind: "matmul",
-            params: json!({"n": 256}),
-            jobs: if quick { 20 } else { 300 },
+            params: json!({"n": if quick { 128 } else { 512 }}),
+            jobs: if quick { 20 } else { 1000 },
         },
     ]
 }
