@@ -199,7 +199,7 @@ pub async fn measure(nats: &NatsArgs, quick: bool, bar: &ProgressBar) -> anyhow:
             )?;
             job_bytes = spec.body.len();
             let submitted = OffsetDateTime::now_utc();
-            publish_all(&js, [spec], None).await?;
+            publish_all(&js, [spec], None, false).await?;
             let event = wait_for(&mut results, &id).await?;
             let received = OffsetDateTime::now_utc();
             bar.inc(1);

@@ -131,7 +131,7 @@ pub async fn measure(
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let ids: HashSet<String> = jobs.iter().map(|j| j.id.clone()).collect();
             let started = Instant::now();
-            publish_all(&js, jobs, None).await?;
+            publish_all(&js, jobs, None, false).await?;
             let results = collector
                 .collect(ids, Duration::from_secs(600), Some(bar), |_| {})
                 .await;
