@@ -287,7 +287,7 @@ mod tests {
         });
         let ids = jobs.iter().map(|j| j.id.clone()).collect();
         let mut collector = ResultCollector::subscribe(&client, None).await.unwrap();
-        publish_all(&js, jobs, None).await.unwrap();
+        publish_all(&js, jobs, None, true).await.unwrap();
         let results = collector
             .collect(ids, Duration::from_secs(60), None, |_| {})
             .await;
