@@ -26,6 +26,9 @@ pub struct ResultHead {
     pub error: Option<ErrorHead>,
     #[serde(default)]
     pub routing: Option<Routing>,
+    /// The job's work in flops (0 when unknown), for the speedup's size buckets.
+    #[serde(default)]
+    pub flops: f64,
 }
 
 /// The kind of a failure, without its message.
@@ -48,6 +51,7 @@ impl From<&ResultEvent> for ResultHead {
             total_ms: event.total_ms,
             error: event.error.as_ref().map(|e| ErrorHead { kind: e.kind }),
             routing: event.routing.clone(),
+            flops: event.flops,
         }
     }
 }

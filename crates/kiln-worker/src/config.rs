@@ -34,6 +34,11 @@ pub struct WorkerConfig {
     pub warmup: bool,
     /// Where a GPU worker keeps autotune results and compiled kernels across restarts.
     pub cache_dir: Option<PathBuf>,
+    /// Prometheus metrics (register them to serve them; unregistered they cost a few atomic
+    /// adds per job).
+    pub metrics: kiln_telemetry::WorkerMetrics,
+    /// Readiness for `/readyz`: warming up, serving, stopping.
+    pub health: kiln_telemetry::Health,
 }
 
 impl WorkerConfig {
@@ -56,6 +61,8 @@ impl WorkerConfig {
             drain_timeout: Duration::from_secs(30),
             warmup: true,
             cache_dir: Some(kiln_kernels::default_cache_dir()),
+            metrics: kiln_telemetry::WorkerMetrics::default(),
+            health: kiln_telemetry::Health::default(),
         }
     }
 }

@@ -97,6 +97,15 @@ pub(crate) async fn handle(shared: &Arc<Shared>, message: jetstream::Message) {
         routing: header(&message, HEADER_ROUTING).and_then(|r| serde_json::from_str(&r).ok()),
         stream_sequence,
     };
+    let trace = crate::trace::JobTrace::start(
+        &message,
+        &delivery.kind,
+        delivery.class,
+        attempt,
+        enqueued_at,
+        started_at,
+        &shared.config,
+    );
 
     let outcome = match decode(shared, &message, job_subject) {
         Ok(job) => {
@@ -116,13 +125,37 @@ pub(crate) async fn handle(shared: &Arc<Shared>, message: jetstream::Message) {
                 shared.track(&id, &delivery, true);
                 let (result, compute_ms) = compute(shared, &message, job, &id).await;
                 shared.track(&id, &delivery, false);
+                shared
+                    .config
+                    .metrics
+                    .compute(&delivery.kind, compute_ms / 1000.0);
+                if let Some(trace) = &trace {
+                    trace.compute(compute_ms, &result);
+                }
                 (id, result, compute_ms, flops)
             }
         }
         Err(error) => (fallback_id(&message, &delivery), Err(error), 0.0, 0.0),
     };
     let (id, result, compute_ms, flops) = outcome;
-    finish(shared, &message, &delivery, id, result, compute_ms, flops).await;
+    if let Some(trace) = &trace {
+        trace.id(&id);
+    }
+    let done = Done {
+        id,
+        result,
+        compute_ms,
+        flops,
+    };
+    finish(shared, &message, &delivery, done, trace.as_ref()).await;
+}
+
+/// What became of a job on this delivery.
+struct Done {
+    id: String,
+    result: Result<serde_json::Value, JobError>,
+    compute_ms: f64,
+    flops: f64,
 }
 
 /// Decode and validate the job; every problem becomes a specific [`JobError`].
@@ -290,11 +323,15 @@ async fn finish(
     shared: &Shared,
     message: &jetstream::Message,
     delivery: &Delivery,
-    id: String,
-    result: Result<serde_json::Value, JobError>,
-    compute_ms: f64,
-    flops: f64,
+    done: Done,
+    trace: Option<&crate::trace::JobTrace>,
 ) {
+    let Done {
+        id,
+        result,
+        compute_ms,
+        flops,
+    } = done;
     let max_deliver = shared.config.topology.max_deliver.max(1) as u64;
     if let Err(error) = &result
         && error.kind.disposition() == Disposition::Retry
@@ -303,6 +340,10 @@ async fn finish(
         let delay = retry_delay(delivery.attempt);
         tracing::warn!(%id, attempt = delivery.attempt, error = %error, ?delay, "job failed; handing it back for another attempt");
         shared.counters.retried.fetch_add(1, Ordering::Relaxed);
+        shared.config.metrics.job(&delivery.kind, "retried");
+        if let Some(trace) = trace {
+            trace.outcome("retried", Some(error));
+        }
         let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
         return;
     }
@@ -351,7 +392,7 @@ async fn finish(
             .await;
         return;
     }
-    if let Err(e) = publish_result(shared, &event, message.headers.as_ref()).await {
+    if let Err(e) = publish_result(shared, &event, message.headers.as_ref(), trace).await {
         // The result is not stored: hand the job back so that it is answered later.
         tracing::error!(id = %event.id, error = %e, "could not publish result; handing job back");
         let _ = message
@@ -359,10 +400,20 @@ async fn finish(
             .await;
         return;
     }
-    match event.status {
-        Status::Succeeded => shared.counters.succeeded.fetch_add(1, Ordering::Relaxed),
-        Status::Failed => shared.counters.failed.fetch_add(1, Ordering::Relaxed),
+    let status = match event.status {
+        Status::Succeeded => {
+            shared.counters.succeeded.fetch_add(1, Ordering::Relaxed);
+            "succeeded"
+        }
+        Status::Failed => {
+            shared.counters.failed.fetch_add(1, Ordering::Relaxed);
+            "failed"
+        }
     };
+    shared.config.metrics.job(&event.kind, status);
+    if let Some(trace) = trace {
+        trace.outcome(status, event.error.as_ref());
+    }
     if let Err(e) = message.ack().await {
         tracing::warn!(id = %event.id, error = %e, "ack failed; the job may be redelivered (its result is deduplicated)");
     }
@@ -372,17 +423,29 @@ async fn publish_result(
     shared: &Shared,
     event: &ResultEvent,
     job_headers: Option<&HeaderMap>,
+    trace: Option<&crate::trace::JobTrace>,
 ) -> Result<(), String> {
     let body = serde_json::to_vec(event).map_err(|e| e.to_string())?;
     let mut headers = HeaderMap::new();
     headers.insert(HEADER_MSG_ID, event.msg_id().as_str());
     headers.insert("Content-Type", kiln_proto::CONTENT_TYPE_JSON);
-    if let Some(traceparent) = job_headers.and_then(|h| h.get("traceparent")) {
-        headers.insert("traceparent", traceparent.as_str());
-    }
+    let subject = subject::result(&event.kind);
+    // The result carries the trace on: this worker's publish span when it traces, else the
+    // job's own trace context as it came.
+    let _span = match trace {
+        Some(trace) => {
+            let span = trace.publish(&subject);
+            span.inject(&mut headers);
+            Some(span)
+        }
+        None => {
+            kiln_telemetry::trace::forward(job_headers, &mut headers);
+            None
+        }
+    };
     let ack = shared
         .js
-        .publish_with_headers(subject::result(&event.kind), headers, body.into())
+        .publish_with_headers(subject, headers, body.into())
         .await
         .map_err(|e| e.to_string())?
         .await

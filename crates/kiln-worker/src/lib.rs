@@ -17,6 +17,8 @@ mod config;
 mod error;
 mod handle;
 mod heartbeat;
+mod observe;
+mod trace;
 mod warmup;
 mod worker;
 

@@ -49,6 +49,7 @@ pub async fn run(
     config: WorkerConfig,
     shutdown: impl Future<Output = impl Sized>,
 ) -> Result<WorkerStats> {
+    config.health.watch(&client);
     let js = jetstream::new(client);
     streams::ensure_all(&js, &config.topology).await?;
     let class = config.class;
@@ -114,6 +115,7 @@ pub async fn run(
             }
         }
         if shared.config.warmup {
+            shared.config.health.warming_up();
             tracing::info!(device = %shared.config.device, "warming up: JIT and autotune of each kind's typical sizes");
             let device = shared.config.device.clone();
             let limits = shared.config.limits;
@@ -149,6 +151,8 @@ pub async fn run(
         }
     }
     serving.store(true, Ordering::Relaxed);
+    shared.config.health.serving();
+    let _memory = crate::observe::sample_memory(shared.clone());
     tracing::info!(
         worker = %shared.config.name,
         device = %shared.config.device,
@@ -212,8 +216,10 @@ pub async fn run(
                         continue;
                     };
                     let shared = shared.clone();
+                    shared.config.metrics.in_flight.inc();
                     tokio::spawn(async move {
                         handle::handle(&shared, message).await;
+                        shared.config.metrics.in_flight.dec();
                         drop(permit);
                     });
                 }
@@ -226,6 +232,7 @@ pub async fn run(
     }
 
     // Drain: no new pulls; wait for running jobs, then tell stragglers to hand back.
+    shared.config.health.stopping();
     tracing::info!(worker = %shared.config.name, "shutting down: draining running jobs");
     let drain = shared.config.drain_timeout;
     let all = max_in_flight as u32;
