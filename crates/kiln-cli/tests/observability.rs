@@ -215,19 +215,28 @@ async fn metrics_of_worker_and_aggregator_count_jobs_latencies_backlog_and_speed
     let sum = agg.value("kiln_job_total_seconds_sum", &kc).expect("a sum");
     assert!((sum - total_s).abs() < 1e-6, "{sum} vs {total_s}");
     assert_eq!(agg.value("kiln_result_duplicates_total", &kc), None);
+    // Throughput is set at the end of each snapshot interval.
+    let ticked = scrape_until(&aggregator, |s| {
+        s.value("kiln_throughput_jobs_per_second", &kc).is_some()
+    })
+    .await;
     assert!(
-        agg.value("kiln_throughput_jobs_per_second", &kc)
-            .is_some_and(|v| v >= 0.0)
+        ticked
+            .value("kiln_throughput_jobs_per_second", &kc)
+            .is_some_and(|v| v.is_finite() && v >= 0.0)
     );
     assert!(agg.value("process_resident_memory_bytes", &[]).unwrap() > 0.0);
 
+    // The worker counts a job after its result is stored, and reads memory every 2 s.
+    let kind_ok = [("kind", "vector_add"), ("status", "succeeded")];
+    let kind_failed = [("kind", "vector_add"), ("status", "failed")];
     let served = scrape_until(&worker, |s| {
         s.value("kiln_worker_device_memory_in_use_bytes", &[])
             .is_some_and(|v| v > 0.0)
+            && s.value("kiln_worker_jobs_total", &kind_failed) == Some(2.0)
+            && s.value("kiln_worker_jobs_in_flight", &[]) == Some(0.0)
     })
     .await;
-    let kind_ok = [("kind", "vector_add"), ("status", "succeeded")];
-    let kind_failed = [("kind", "vector_add"), ("status", "failed")];
     assert_eq!(served.value("kiln_worker_jobs_total", &kind_ok), Some(20.0));
     assert_eq!(
         served.value("kiln_worker_jobs_total", &kind_failed),
@@ -272,8 +281,14 @@ async fn metrics_of_worker_and_aggregator_count_jobs_latencies_backlog_and_speed
         "gpu",
     ]);
     assert_success(&out);
+    // Consumers are read every 2 s, one after the other: wait for a sweep that saw it all.
     let waiting = scrape_until(&aggregator, |s| {
         s.value("kiln_backlog_jobs", &[("class", "gpu")]) == Some(5.0)
+            && s.value("kiln_backlog_jobs", &[("class", "cpu")]) == Some(0.0)
+            && s.value(
+                "kiln_consumer_pending_messages",
+                &[("consumer", "aggregator")],
+            ) == Some(0.0)
     })
     .await;
     assert_eq!(
@@ -509,9 +524,27 @@ async fn one_trace_spans_submitter_scheduler_worker_and_aggregator() {
         &["worker", "--device", "cpu", "--metrics-addr", &worker],
         &otel,
     );
-    cluster.spawn_with_env("scheduler", &["scheduler"], &otel);
-    cluster.spawn_with_env("aggregator", &["aggregator", "--interval-ms", "100"], &otel);
-    wait_for(&worker, "/readyz", |s, _| s == 200).await;
+    let scheduler = free_addr();
+    let aggregator = free_addr();
+    cluster.spawn_with_env(
+        "scheduler",
+        &["scheduler", "--metrics-addr", &scheduler],
+        &otel,
+    );
+    cluster.spawn_with_env(
+        "aggregator",
+        &[
+            "aggregator",
+            "--interval-ms",
+            "100",
+            "--metrics-addr",
+            &aggregator,
+        ],
+        &otel,
+    );
+    for addr in [&worker, &scheduler, &aggregator] {
+        wait_for(addr, "/readyz", |s, _| s == 200).await;
+    }
 
     let out = Command::new(KILN)
         .args([
@@ -578,6 +611,49 @@ async fn one_trace_spans_submitter_scheduler_worker_and_aggregator() {
     assert_eq!(aggregate.parent, publish.span_id);
     assert_eq!(aggregate.attributes["kiln.job.id"], "traced");
 
+    // The routing is counted by the scheduler, and its prediction error by the aggregator.
+    let kc = [("kind", "vector_add"), ("class", "cpu")];
+    let routed = scrape_until(&scheduler, |s| {
+        s.value("kiln_scheduler_routed_jobs_total", &kc).is_some()
+    })
+    .await;
+    assert_eq!(
+        routed.value("kiln_scheduler_routed_jobs_total", &kc),
+        Some(1.0)
+    );
+    assert_eq!(
+        routed.value("kiln_scheduler_route_failures_total", &[]),
+        Some(0.0)
+    );
+    let agg = scrape_until(&aggregator, |s| {
+        s.value(
+            "kiln_jobs_total",
+            &[("kind", "vector_add"), ("status", "succeeded")],
+        ) == Some(1.0)
+    })
+    .await;
+    // The scheduler predicts only for a class it has seen a live worker of; a job routed
+    // before its first look at the workers carries no prediction.
+    let result: kiln_proto::ResultEvent =
+        serde_json::from_slice(&out.stdout).expect("--wait prints the result event");
+    let predicted = result
+        .routing
+        .as_ref()
+        .expect("an auto job carries its routing")
+        .predicted_ms();
+    assert_eq!(
+        agg.value("kiln_scheduler_prediction_error_seconds_count", &kc),
+        predicted.map(|_| 1.0),
+        "{result:?}"
+    );
+    if let Some(predicted) = predicted {
+        let error = (predicted - result.total_ms).abs() / 1000.0;
+        let sum = agg
+            .value("kiln_scheduler_prediction_error_seconds_sum", &kc)
+            .expect("a sum");
+        assert!((sum - error).abs() < 1e-9, "{sum} vs {error}");
+    }
+
     // A job published without trace context starts a new trace at the worker, which the
     // aggregator continues.
     let client = cluster.client().await;
@@ -608,4 +684,44 @@ async fn one_trace_spans_submitter_scheduler_worker_and_aggregator() {
     assert_eq!(publish.parent, job.span_id);
     assert_eq!(aggregate.parent, publish.span_id);
     assert_eq!(aggregate.service, "kiln-aggregator");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_an_exporter_the_worker_forwards_the_trace_context_it_got() {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    cluster.cpu_worker();
+    let client = cluster.client().await;
+    let mut results = client
+        .subscribe("results.vector_add")
+        .await
+        .expect("subscribe");
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let mut headers = HeaderMap::new();
+    headers.insert("Nats-Msg-Id", "forwarded");
+    headers.insert("traceparent", traceparent);
+    headers.insert("tracestate", "vendor=value");
+    jetstream::new(client.clone())
+        .publish_with_headers(
+            "jobs.cpu.vector_add",
+            headers,
+            r#"{"id":"forwarded","params":{"len":4}}"#.into(),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+    let result = tokio::time::timeout(WAIT, futures::StreamExt::next(&mut results))
+        .await
+        .expect("a result in time")
+        .expect("subscription open");
+    let headers = result.headers.expect("the result has headers");
+    assert_eq!(
+        headers.get("traceparent").map(|v| v.as_str()),
+        Some(traceparent)
+    );
+    assert_eq!(
+        headers.get("tracestate").map(|v| v.as_str()),
+        Some("vendor=value")
+    );
 }

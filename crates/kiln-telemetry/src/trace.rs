@@ -67,6 +67,18 @@ pub fn init(service: &str) -> Result<TraceGuard, String> {
     if !configured() {
         return Ok(TraceGuard(None));
     }
+    for name in [
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+    ] {
+        if std::env::var(name).is_ok_and(|v| v.trim().eq_ignore_ascii_case("grpc")) {
+            tracing::warn!(
+                "{name}=grpc: kiln exports OTLP over HTTP only (http/protobuf, http/json); \
+                 using http/protobuf, so point the endpoint at the collector's OTLP/HTTP port \
+                 (4318)"
+            );
+        }
+    }
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .build()

@@ -66,6 +66,8 @@ struct Delivery {
     job_id: Option<String>,
     routing: Option<Routing>,
     stream_sequence: u64,
+    /// The job's spans, when tracing is on.
+    trace: Option<crate::trace::JobTrace>,
 }
 
 pub(crate) async fn handle(shared: &Arc<Shared>, message: jetstream::Message) {
@@ -86,7 +88,7 @@ pub(crate) async fn handle(shared: &Arc<Shared>, message: jetstream::Message) {
         Ok(s) => (s.kind.to_owned(), s.class),
         Err(_) => ("unknown".to_owned(), shared.config.class),
     };
-    let delivery = Delivery {
+    let mut delivery = Delivery {
         kind,
         class,
         attempt,
@@ -96,8 +98,9 @@ pub(crate) async fn handle(shared: &Arc<Shared>, message: jetstream::Message) {
         job_id: header(&message, HEADER_JOB_ID),
         routing: header(&message, HEADER_ROUTING).and_then(|r| serde_json::from_str(&r).ok()),
         stream_sequence,
+        trace: None,
     };
-    let trace = crate::trace::JobTrace::start(
+    delivery.trace = crate::trace::JobTrace::start(
         &message,
         &delivery.kind,
         delivery.class,
@@ -129,7 +132,7 @@ pub(crate) async fn handle(shared: &Arc<Shared>, message: jetstream::Message) {
                     .config
                     .metrics
                     .compute(&delivery.kind, compute_ms / 1000.0);
-                if let Some(trace) = &trace {
+                if let Some(trace) = &delivery.trace {
                     trace.compute(compute_ms, &result);
                 }
                 (id, result, compute_ms, flops)
@@ -138,24 +141,10 @@ pub(crate) async fn handle(shared: &Arc<Shared>, message: jetstream::Message) {
         Err(error) => (fallback_id(&message, &delivery), Err(error), 0.0, 0.0),
     };
     let (id, result, compute_ms, flops) = outcome;
-    if let Some(trace) = &trace {
+    if let Some(trace) = &delivery.trace {
         trace.id(&id);
     }
-    let done = Done {
-        id,
-        result,
-        compute_ms,
-        flops,
-    };
-    finish(shared, &message, &delivery, done, trace.as_ref()).await;
-}
-
-/// What became of a job on this delivery.
-struct Done {
-    id: String,
-    result: Result<serde_json::Value, JobError>,
-    compute_ms: f64,
-    flops: f64,
+    finish(shared, &message, &delivery, id, result, compute_ms, flops).await;
 }
 
 /// Decode and validate the job; every problem becomes a specific [`JobError`].
@@ -323,15 +312,12 @@ async fn finish(
     shared: &Shared,
     message: &jetstream::Message,
     delivery: &Delivery,
-    done: Done,
-    trace: Option<&crate::trace::JobTrace>,
+    id: String,
+    result: Result<serde_json::Value, JobError>,
+    compute_ms: f64,
+    flops: f64,
 ) {
-    let Done {
-        id,
-        result,
-        compute_ms,
-        flops,
-    } = done;
+    let trace = delivery.trace.as_ref();
     let max_deliver = shared.config.topology.max_deliver.max(1) as u64;
     if let Err(error) = &result
         && error.kind.disposition() == Disposition::Retry

@@ -29,7 +29,7 @@ pub(crate) fn latency_histogram() -> Histogram {
 
 /// The size bucket of a job of `flops` floating-point operations: its decade, as `"1e6"` for
 /// 10⁶ ≤ flops < 10⁷ (`"0"` below 1). A vector add of n elements is n flops, a matmul
-/// 2·m·k·n, a conv2d 2·pixels·channels·taps, train_mlp its forward and backward passes.
+/// 2·m·k·n, a conv2d 2·batch·channels·height·width·taps, train_mlp 8·parameters·samples·epochs.
 pub fn size_bucket(flops: f64) -> String {
     if !flops.is_finite() || flops < 1.0 {
         return "0".to_owned();
