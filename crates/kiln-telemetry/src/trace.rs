@@ -32,8 +32,12 @@ pub const TRACE_HEADERS: [&str; 2] = ["traceparent", "tracestate"];
 
 static TRACER: OnceLock<SdkTracer> = OnceLock::new();
 
-/// Keeps the exporter alive; dropping it flushes the spans still queued (blocking, up to a
-/// few seconds) — drop it after the async runtime has stopped.
+/// How long an exiting process waits for its last spans to be exported.
+pub const FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Keeps the exporter alive; dropping it flushes the spans still queued (blocking, at most
+/// [`FLUSH_TIMEOUT`], so that an unreachable collector cannot hold up an exit) — drop it after
+/// the async runtime has stopped.
 #[must_use = "dropping the guard stops the exporter"]
 #[derive(Debug)]
 pub struct TraceGuard(Option<SdkTracerProvider>);
@@ -41,7 +45,7 @@ pub struct TraceGuard(Option<SdkTracerProvider>);
 impl Drop for TraceGuard {
     fn drop(&mut self) {
         if let Some(provider) = self.0.take()
-            && let Err(e) = provider.shutdown()
+            && let Err(e) = provider.shutdown_with_timeout(FLUSH_TIMEOUT)
         {
             eprintln!("kiln: could not flush the last trace spans: {e}");
         }
