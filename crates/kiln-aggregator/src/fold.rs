@@ -32,6 +32,9 @@ pub struct ResultHead {
     pub routing: Option<Routing>,
     #[serde(default)]
     pub replay: u32,
+    /// The job's work in flops (0 when unknown), for the speedup's size buckets.
+    #[serde(default)]
+    pub flops: f64,
 }
 
 /// The kind of a failure, without its message.
@@ -82,6 +85,7 @@ impl From<&ResultEvent> for ResultHead {
             error: event.error.as_ref().map(|e| ErrorHead { kind: e.kind }),
             routing: event.routing.clone(),
             replay: event.replay,
+            flops: event.flops,
         }
     }
 }

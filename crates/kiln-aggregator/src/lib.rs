@@ -13,6 +13,7 @@
 
 mod error;
 mod fold;
+mod prom;
 mod service;
 
 pub use error::{Error, Result};

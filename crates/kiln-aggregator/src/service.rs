@@ -12,6 +12,8 @@ use time::OffsetDateTime;
 
 use crate::error::{Error, Result};
 use crate::fold::{Folds, ResultHead};
+use crate::prom::{BacklogSampler, Exporter};
+use kiln_telemetry::trace::{self, KeyValue, SpanKind, TraceSpan};
 
 /// The `kiln aggregator` settings.
 #[derive(Debug, Clone)]
@@ -19,6 +21,10 @@ pub struct AggregatorConfig {
     /// How often changed metrics are published (and folded results acked).
     pub interval: Duration,
     pub topology: Topology,
+    /// Prometheus metrics (register them to serve them).
+    pub metrics: kiln_telemetry::AggregatorMetrics,
+    /// Readiness for `/readyz`.
+    pub health: kiln_telemetry::Health,
 }
 
 impl Default for AggregatorConfig {
@@ -26,6 +32,8 @@ impl Default for AggregatorConfig {
         Self {
             interval: Duration::from_secs(1),
             topology: Topology::default(),
+            metrics: kiln_telemetry::AggregatorMetrics::default(),
+            health: kiln_telemetry::Health::default(),
         }
     }
 }
@@ -36,6 +44,7 @@ pub async fn run(
     config: AggregatorConfig,
     shutdown: impl Future<Output = impl Sized>,
 ) -> Result<()> {
+    config.health.watch(&client);
     let js = jetstream::new(client);
     streams::ensure_all(&js, &config.topology).await?;
 
@@ -70,18 +79,33 @@ pub async fn run(
 
     // Folded results waiting for the next snapshot, each with its job's final state.
     let mut unacked: Vec<(jetstream::Message, Option<(String, JobState)>)> = Vec::new();
+    // With tracing on, one `kiln.aggregate` span per result, ended once the snapshot that
+    // counts it is stored and the result acked.
+    let mut spans: Vec<TraceSpan> = Vec::new();
+    let mut exporter = Exporter::new(config.metrics.clone());
+    let _backlog = BacklogSampler::start(js.clone(), config.metrics.clone());
+    config.health.serving();
     let mut ticker = tokio::time::interval(config.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
-            _ = ticker.tick() => flush(&js, &mut folds, &mut unacked).await?,
+            _ = ticker.tick() => {
+                flush(&js, &mut folds, &mut unacked).await?;
+                spans.clear();
+                exporter.tick();
+            }
             next = messages.next() => match next {
                 Some(Ok(message)) => {
                     let state = match serde_json::from_slice::<ResultHead>(&message.payload) {
                         Ok(event) => {
-                            folds.add(&event);
+                            if folds.add(&event) {
+                                exporter.counted(&event);
+                            } else {
+                                exporter.duplicate(&event);
+                            }
+                            spans.extend(trace_aggregate(&message, &event));
                             message.info().ok().map(|info| (event.id.clone(), event.final_state(info.stream_sequence)))
                         }
                         Err(e) => {
@@ -100,7 +124,9 @@ pub async fn run(
             },
         }
     }
+    config.health.stopping();
     flush(&js, &mut folds, &mut unacked).await?;
+    spans.clear();
     tracing::info!("aggregator stopped");
     Ok(())
 }
@@ -165,4 +191,25 @@ fn read_error(what: &'static str, e: impl std::fmt::Display) -> Error {
         what,
         message: e.to_string(),
     }
+}
+
+/// The span of one result's aggregation, under the worker's publish span, when tracing is on.
+fn trace_aggregate(message: &jetstream::Message, event: &ResultHead) -> Option<TraceSpan> {
+    if !trace::enabled() {
+        return None;
+    }
+    let parent = trace::extract(message.headers.as_ref());
+    TraceSpan::start(
+        "kiln.aggregate",
+        SpanKind::Consumer,
+        &parent,
+        None,
+        vec![
+            KeyValue::new("messaging.system", "nats"),
+            KeyValue::new("messaging.destination.name", message.subject.to_string()),
+            KeyValue::new("kiln.job.id", event.id.clone()),
+            KeyValue::new("kiln.job.kind", event.kind.clone()),
+            KeyValue::new("kiln.job.class", event.class.to_string()),
+        ],
+    )
 }

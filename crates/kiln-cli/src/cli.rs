@@ -101,6 +101,17 @@ pub enum Command {
 }
 
 impl Command {
+    /// The OpenTelemetry service name of this process's spans (unless OTEL_SERVICE_NAME).
+    pub fn service_name(&self) -> &'static str {
+        match self {
+            Command::Worker(_) => "kiln-worker",
+            Command::Aggregator(_) => "kiln-aggregator",
+            Command::Scheduler(_) => "kiln-scheduler",
+            Command::Submit(_) => "kiln-submit",
+            _ => "kiln",
+        }
+    }
+
     /// Long-running roles log at info by default; one-shot commands only warn.
     pub fn is_service(&self) -> bool {
         matches!(
@@ -155,6 +166,9 @@ pub struct WorkerArgs {
     /// (default: $XDG_CACHE_HOME/kiln or ~/.cache/kiln).
     #[arg(long, env = "KILN_CACHE_DIR")]
     pub cache_dir: Option<std::path::PathBuf>,
+    /// Serve Prometheus /metrics, /healthz and /readyz on this HOST:PORT (off when unset).
+    #[arg(long, env = "KILN_METRICS_ADDR", value_name = "HOST:PORT")]
+    pub metrics_addr: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -162,6 +176,9 @@ pub struct AggregatorArgs {
     /// Milliseconds between metrics snapshots.
     #[arg(long, env = "KILN_SNAPSHOT_INTERVAL_MS", default_value_t = 1000)]
     pub interval_ms: u64,
+    /// Serve Prometheus /metrics, /healthz and /readyz on this HOST:PORT (off when unset).
+    #[arg(long, env = "KILN_METRICS_ADDR", value_name = "HOST:PORT")]
+    pub metrics_addr: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -172,6 +189,9 @@ pub struct SchedulerArgs {
     /// Milliseconds between re-reads of each class's backlog and live workers.
     #[arg(long, env = "KILN_SCHEDULER_REFRESH_MS", default_value_t = 250)]
     pub refresh_ms: u64,
+    /// Serve Prometheus /metrics, /healthz and /readyz on this HOST:PORT (off when unset).
+    #[arg(long, env = "KILN_METRICS_ADDR", value_name = "HOST:PORT")]
+    pub metrics_addr: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -19,6 +19,15 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     init_tracing(&cli);
+    // Before the runtime: the OTLP exporter builds a blocking HTTP client. Dropped after it,
+    // which flushes the spans still queued.
+    let _traces = match kiln_telemetry::trace::init(cli.command.service_name()) {
+        Ok(guard) => Some(guard),
+        Err(e) => {
+            tracing::warn!("{e}; continuing without trace export");
+            None
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

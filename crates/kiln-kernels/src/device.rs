@@ -124,6 +124,34 @@ pub fn default_cache_dir() -> std::path::PathBuf {
         .join("kiln")
 }
 
+/// Device memory as CubeCL's allocator sees it, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceMemory {
+    /// Bytes of live allocations (tensors in use).
+    pub in_use: u64,
+    /// Bytes held from the driver: in use, padding, and pooled for reuse.
+    pub reserved: u64,
+}
+
+/// Memory in use on a CUDA device, from CubeCL's memory manager (`ComputeClient::memory_usage`);
+/// `None` for the CPU (whose memory is the process's) or when the device does not answer.
+/// Blocking: it waits for the device's server, behind the work queued on it.
+pub fn device_memory(device: &ComputeDevice) -> Option<DeviceMemory> {
+    use cubecl_runtime::runtime::Runtime as _;
+    match device {
+        ComputeDevice::Cpu => None,
+        ComputeDevice::Cuda(index) => {
+            let client =
+                cubecl_cuda::CudaRuntime::client(&burn::backend::cuda::CudaDevice::new(*index));
+            let usage = client.memory_usage().ok()?;
+            Some(DeviceMemory {
+                in_use: usage.bytes_in_use,
+                reserved: usage.bytes_reserved,
+            })
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -26,7 +26,8 @@ pub mod vector_add;
 
 pub use data::{Summary, seeded_values};
 pub use device::{
-    ComputeDevice, CpuBackend, CudaBackend, cuda_device_count, default_cache_dir, use_cache_dir,
+    ComputeDevice, CpuBackend, CudaBackend, DeviceMemory, cuda_device_count, default_cache_dir,
+    device_memory, use_cache_dir,
 };
 pub use kernel::{
     Checkpoint, DecodedJob, JobMeta, Kernel, KindEntry, NoCheckpoint, Plan, Progress, RunContext,

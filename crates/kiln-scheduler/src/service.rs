@@ -22,6 +22,10 @@ pub struct SchedulerConfig {
     pub topology: Topology,
     /// How often backlogs and live workers are re-read from the server.
     pub refresh: Duration,
+    /// Prometheus metrics (register them to serve them).
+    pub metrics: kiln_telemetry::SchedulerMetrics,
+    /// Readiness for `/readyz`.
+    pub health: kiln_telemetry::Health,
 }
 
 impl SchedulerConfig {
@@ -30,6 +34,8 @@ impl SchedulerConfig {
             name,
             topology: Topology::default(),
             refresh: Duration::from_millis(250),
+            metrics: kiln_telemetry::SchedulerMetrics::default(),
+            health: kiln_telemetry::Health::default(),
         }
     }
 }
@@ -64,6 +70,7 @@ pub async fn run(
     config: SchedulerConfig,
     shutdown: impl Future<Output = impl Sized>,
 ) -> Result<SchedulerStats, Error> {
+    config.health.watch(&client);
     let js = jetstream::new(client.clone());
     streams::ensure_all(&js, &config.topology).await?;
     let read = |what: &'static str| move |e: String| Error::Read { what, message: e };
@@ -97,6 +104,7 @@ pub async fn run(
         ..Limits::default()
     };
     tracing::info!(scheduler = %config.name, "scheduler routing jobs.auto.>");
+    config.health.serving();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -117,6 +125,7 @@ pub async fn run(
             },
         }
     }
+    config.health.stopping();
     tracing::info!(
         gpu = stats.routed_gpu,
         cpu = stats.routed_cpu,
@@ -220,6 +229,12 @@ async fn route(
         reason: decision.reason.clone(),
     };
     let mut headers = message.headers.clone().unwrap_or_default();
+    // Tracing on: a `kiln.route` span under the submitter's, whose context the routed copy
+    // carries (replacing the submitter's). Off: the copy keeps the headers as they came.
+    let span = trace_route(&message, &id, &kind, &routing);
+    if let Some(span) = &span {
+        span.inject(&mut headers);
+    }
     // The original holds `<id>` in this stream's duplicate window: the routed copy goes by
     // `routed-<id>`, which also makes a second routing of the same job (a redelivery to
     // another scheduler) a duplicate the server drops.
@@ -238,12 +253,18 @@ async fn route(
     };
     if let Err(e) = stored {
         tracing::warn!(%id, %target, error = %e, "could not route the job; handing it back");
+        config.metrics.route_failures.inc();
+        if let Some(span) = &span {
+            span.error(e);
+        }
         let _ = message
             .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
             .await;
         return None;
     }
     let _ = message.ack().await;
+    drop(span);
+    config.metrics.routed(&kind, &decision.chosen.to_string());
     tracing::debug!(%id, %target, reason = %decision.reason, "routed");
     // Count it against its class until the next refresh reads the consumer again.
     match decision.chosen {
@@ -251,4 +272,30 @@ async fn route(
         _ => classes.cpu.backlog += 1,
     }
     Some(decision.chosen)
+}
+
+/// The span of one routing decision, when tracing is on.
+fn trace_route(
+    message: &jetstream::Message,
+    id: &str,
+    kind: &str,
+    routing: &Routing,
+) -> Option<kiln_telemetry::trace::TraceSpan> {
+    use kiln_telemetry::trace::{self, KeyValue, SpanKind, TraceSpan};
+    if !trace::enabled() {
+        return None;
+    }
+    let parent = trace::extract(message.headers.as_ref());
+    let mut attributes = vec![
+        KeyValue::new("messaging.system", "nats"),
+        KeyValue::new("messaging.destination.name", message.subject.to_string()),
+        KeyValue::new("kiln.job.id", id.to_owned()),
+        KeyValue::new("kiln.job.kind", kind.to_owned()),
+        KeyValue::new("kiln.route.chosen", routing.chosen.to_string()),
+        KeyValue::new("kiln.route.reason", routing.reason.clone()),
+    ];
+    if let Some(ms) = routing.predicted_ms() {
+        attributes.push(KeyValue::new("kiln.route.predicted_ms", ms));
+    }
+    TraceSpan::start("kiln.route", SpanKind::Consumer, &parent, None, attributes)
 }

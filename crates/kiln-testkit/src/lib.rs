@@ -66,8 +66,18 @@ impl NatsServer {
 
     /// Kill the server (SIGKILL) and start it again on the same port with the same store.
     pub fn restart(&mut self) {
+        self.kill();
+        self.start_again();
+    }
+
+    /// Kill the server (SIGKILL), keeping its port and store for [`NatsServer::start_again`].
+    pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Start a killed server again on the same port with the same store.
+    pub fn start_again(&mut self) {
         let (child, port) = spawn(self.dir.path(), Some(self.port), &self.extra_args)
             .unwrap_or_else(|e| panic!("{e}"));
         self.child = child;

@@ -38,6 +38,11 @@ pub struct WorkerConfig {
     /// memory, found at start). A job needing more is refused before any allocation; jobs
     /// that fit wait for each other rather than run out of memory together.
     pub memory: Option<kiln_kernels::MemoryBudget>,
+    /// Prometheus metrics (register them to serve them; unregistered they cost a few atomic
+    /// adds per job).
+    pub metrics: kiln_telemetry::WorkerMetrics,
+    /// Readiness for `/readyz`: warming up, serving, stopping.
+    pub health: kiln_telemetry::Health,
 }
 
 impl WorkerConfig {
@@ -61,6 +66,8 @@ impl WorkerConfig {
             warmup: true,
             cache_dir: Some(kiln_kernels::default_cache_dir()),
             memory: None,
+            metrics: kiln_telemetry::WorkerMetrics::default(),
+            health: kiln_telemetry::Health::default(),
         }
     }
 }

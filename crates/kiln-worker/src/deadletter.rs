@@ -151,7 +151,7 @@ async fn answer(
     tracing::warn!(id = %event.id, kind = %event.kind, deliveries = advisory.deliveries, consumer = %advisory.consumer, "the server gave up on a job; answering it as failed and dead-lettering it");
     crate::handle::dead_letter(js, &event, job.subject.as_str(), &job.headers, &job.payload)
         .await?;
-    crate::handle::publish_result(js, &event, Some(&job.headers)).await?;
+    crate::handle::publish_result(js, &event, Some(&job.headers), None).await?;
     match jobs.delete_message(advisory.stream_seq).await {
         Ok(_) => Ok(()),
         // Gone already: someone else finished this advisory first.

@@ -71,6 +71,8 @@ struct Delivery {
     /// `Kiln-Replay` of a job resubmitted from the dead-letter queue.
     replay: u32,
     stream_sequence: u64,
+    /// The job's spans, when tracing is on.
+    trace: Option<crate::trace::JobTrace>,
 }
 
 pub(crate) async fn handle(shared: &Arc<Shared>, message: jetstream::Message) {
@@ -91,7 +93,7 @@ pub(crate) async fn handle(shared: &Arc<Shared>, message: jetstream::Message) {
         Ok(s) => (s.kind.to_owned(), s.class),
         Err(_) => ("unknown".to_owned(), shared.config.class),
     };
-    let delivery = Delivery {
+    let mut delivery = Delivery {
         kind,
         class,
         attempt,
@@ -102,7 +104,17 @@ pub(crate) async fn handle(shared: &Arc<Shared>, message: jetstream::Message) {
         routing: header(&message, HEADER_ROUTING).and_then(|r| serde_json::from_str(&r).ok()),
         replay: replay_of(message.headers.as_ref()),
         stream_sequence,
+        trace: None,
     };
+    delivery.trace = crate::trace::JobTrace::start(
+        &message,
+        &delivery.kind,
+        delivery.class,
+        attempt,
+        enqueued_at,
+        started_at,
+        &shared.config,
+    );
 
     let outcome = match decode(shared, &message, job_subject) {
         Ok(job) => {
@@ -122,12 +134,22 @@ pub(crate) async fn handle(shared: &Arc<Shared>, message: jetstream::Message) {
                 shared.track(&id, &delivery, true);
                 let (result, compute_ms) = compute(shared, &message, job, &id).await;
                 shared.track(&id, &delivery, false);
+                shared
+                    .config
+                    .metrics
+                    .compute(&delivery.kind, compute_ms / 1000.0);
+                if let Some(trace) = &delivery.trace {
+                    trace.compute(compute_ms, &result);
+                }
                 (id, result, compute_ms, flops)
             }
         }
         Err(error) => (fallback_id(&message, &delivery), Err(error), 0.0, 0.0),
     };
     let (id, result, compute_ms, flops) = outcome;
+    if let Some(trace) = &delivery.trace {
+        trace.id(&id);
+    }
     finish(shared, &message, &delivery, id, result, compute_ms, flops).await;
 }
 
@@ -317,6 +339,7 @@ async fn finish(
     compute_ms: f64,
     flops: f64,
 ) {
+    let trace = delivery.trace.as_ref();
     let max_deliver = shared.config.topology.max_deliver.max(1) as u64;
     if let Err(error) = &result
         && error.kind.disposition() == Disposition::Retry
@@ -325,6 +348,10 @@ async fn finish(
         let delay = retry_delay(delivery.attempt);
         tracing::warn!(%id, attempt = delivery.attempt, error = %error, ?delay, "job failed; handing it back for another attempt");
         shared.counters.retried.fetch_add(1, Ordering::Relaxed);
+        shared.config.metrics.job(&delivery.kind, "retried");
+        if let Some(trace) = trace {
+            trace.outcome("retried", Some(error));
+        }
         let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
         return;
     }
@@ -381,7 +408,7 @@ async fn finish(
             .await;
         return;
     }
-    if let Err(e) = publish_result(&shared.js, &event, message.headers.as_ref()).await {
+    if let Err(e) = publish_result(&shared.js, &event, message.headers.as_ref(), trace).await {
         // The result is not stored: hand the job back so that it is answered later.
         tracing::error!(id = %event.id, error = %e, "could not publish result; handing job back");
         let _ = message
@@ -389,10 +416,20 @@ async fn finish(
             .await;
         return;
     }
-    match event.status {
-        Status::Succeeded => shared.counters.succeeded.fetch_add(1, Ordering::Relaxed),
-        Status::Failed => shared.counters.failed.fetch_add(1, Ordering::Relaxed),
+    let status = match event.status {
+        Status::Succeeded => {
+            shared.counters.succeeded.fetch_add(1, Ordering::Relaxed);
+            "succeeded"
+        }
+        Status::Failed => {
+            shared.counters.failed.fetch_add(1, Ordering::Relaxed);
+            "failed"
+        }
     };
+    shared.config.metrics.job(&event.kind, status);
+    if let Some(trace) = trace {
+        trace.outcome(status, event.error.as_ref());
+    }
     if let Err(e) = message.ack().await {
         tracing::warn!(id = %event.id, error = %e, "ack failed; the job may be redelivered (its result is deduplicated)");
     }
@@ -402,16 +439,28 @@ pub(crate) async fn publish_result(
     js: &jetstream::Context,
     event: &ResultEvent,
     job_headers: Option<&HeaderMap>,
+    trace: Option<&crate::trace::JobTrace>,
 ) -> Result<(), String> {
     let body = serde_json::to_vec(event).map_err(|e| e.to_string())?;
     let mut headers = HeaderMap::new();
     headers.insert(HEADER_MSG_ID, event.msg_id().as_str());
     headers.insert("Content-Type", kiln_proto::CONTENT_TYPE_JSON);
-    if let Some(traceparent) = job_headers.and_then(|h| h.get("traceparent")) {
-        headers.insert("traceparent", traceparent.as_str());
-    }
+    let subject = subject::result(&event.kind);
+    // The result carries the trace on: this worker's publish span when it traces, else the
+    // job's own trace context as it came.
+    let _span = match trace {
+        Some(trace) => {
+            let span = trace.publish(&subject);
+            span.inject(&mut headers);
+            Some(span)
+        }
+        None => {
+            kiln_telemetry::trace::forward(job_headers, &mut headers);
+            None
+        }
+    };
     let ack = js
-        .publish_with_headers(subject::result(&event.kind), headers, body.into())
+        .publish_with_headers(subject, headers, body.into())
         .await
         .map_err(|e| e.to_string())?
         .await

@@ -18,6 +18,8 @@ mod deadletter;
 mod error;
 mod handle;
 mod heartbeat;
+mod observe;
+mod trace;
 mod warmup;
 mod worker;
 

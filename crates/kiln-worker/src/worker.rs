@@ -49,6 +49,7 @@ pub async fn run(
     config: WorkerConfig,
     shutdown: impl Future<Output = impl Sized>,
 ) -> Result<WorkerStats> {
+    config.health.watch(&client);
     let js = jetstream::new(client);
     streams::ensure_all(&js, &config.topology).await?;
     let class = config.class;
@@ -126,6 +127,7 @@ pub async fn run(
             }
         }
         if shared.config.warmup {
+            shared.config.health.warming_up();
             tracing::info!(device = %shared.config.device, "warming up: JIT and autotune of each kind's typical sizes");
             let device = shared.config.device.clone();
             let limits = shared.config.limits;
@@ -167,6 +169,8 @@ pub async fn run(
         shared.config.name.clone(),
         stopped,
     ));
+    shared.config.health.serving();
+    let _memory = crate::observe::sample_memory(shared.clone());
     tracing::info!(
         worker = %shared.config.name,
         device = %shared.config.device,
@@ -230,8 +234,10 @@ pub async fn run(
                         continue;
                     };
                     let shared = shared.clone();
+                    shared.config.metrics.in_flight.inc();
                     tokio::spawn(async move {
                         handle::handle(&shared, message).await;
+                        shared.config.metrics.in_flight.dec();
                         drop(permit);
                     });
                 }
@@ -244,6 +250,7 @@ pub async fn run(
     }
 
     // Drain: no new pulls; wait for running jobs, then tell stragglers to hand back.
+    shared.config.health.stopping();
     tracing::info!(worker = %shared.config.name, "shutting down: draining running jobs");
     let _ = stop_dead_letters.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), dead_letters).await;

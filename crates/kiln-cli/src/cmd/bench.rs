@@ -256,6 +256,7 @@ async fn kiln(
         kiln_aggregator::AggregatorConfig {
             interval: Duration::from_millis(50),
             topology: topology.clone(),
+            ..Default::default()
         },
     );
     let bar = progress_bar(jobs, "kiln");

@@ -48,6 +48,7 @@ pub async fn run(nats: &NatsArgs, args: DemoArgs) -> anyhow::Result<ExitCode> {
         kiln_aggregator::AggregatorConfig {
             interval: Duration::from_millis(250),
             topology: topology.clone(),
+            ..Default::default()
         },
     );
     let mut scheduler = kiln_scheduler::SchedulerConfig::new("demo-scheduler".into());

@@ -8,6 +8,7 @@ mod demo;
 mod dlq;
 mod init;
 mod kinds;
+mod metrics;
 mod result;
 mod roles;
 mod status;

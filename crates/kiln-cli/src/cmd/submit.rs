@@ -91,6 +91,11 @@ pub async fn publish_all(
         let mut headers = HeaderMap::new();
         headers.insert(HEADER_MSG_ID, job.id.as_str());
         headers.insert("Content-Type", job.codec.content_type());
+        // Tracing on: each job is the root of its own trace, its context in the headers.
+        let span = submit_span(&job);
+        if let Some(span) = &span {
+            span.inject(&mut headers);
+        }
         let ack = js
             .publish_with_headers(job.subject.clone(), headers, job.body.into())
             .await
@@ -108,7 +113,11 @@ pub async fn publish_all(
             while states.len() >= PUBLISH_WINDOW && states.next().await.is_some() {}
         }
         let id = job.id;
-        pending.push(async move { (id, ack.await) });
+        pending.push(async move {
+            let ack = ack.await;
+            drop(span);
+            (id, ack)
+        });
         if pending.len() >= PUBLISH_WINDOW
             && let Some(done) = pending.next().await
         {
@@ -125,6 +134,25 @@ pub async fn publish_all(
         }
     }
     Ok(duplicates)
+}
+
+/// The span of one job's publish (until its PubAck), when tracing is on.
+fn submit_span(job: &JobSpec) -> Option<kiln_telemetry::trace::TraceSpan> {
+    use kiln_telemetry::trace::{Context, KeyValue, SpanKind, TraceSpan};
+    if !kiln_telemetry::trace::enabled() {
+        return None;
+    }
+    TraceSpan::start(
+        "kiln.submit",
+        SpanKind::Producer,
+        &Context::new(),
+        None,
+        vec![
+            KeyValue::new("messaging.system", "nats"),
+            KeyValue::new("messaging.destination.name", job.subject.clone()),
+            KeyValue::new("kiln.job.id", job.id.clone()),
+        ],
+    )
 }
 
 /// Collects result events for known job ids. Subscribe before publishing, so that none

@@ -96,6 +96,15 @@ pub fn worker_config(
 
 pub async fn worker(nats: &NatsArgs, args: WorkerArgs) -> anyhow::Result<ExitCode> {
     let config = worker_config(&args, nats)?;
+    let _endpoint = super::metrics::serve(args.metrics_addr.as_deref(), &config.health, |r| {
+        config.metrics.register(
+            r,
+            &config.name,
+            &config.device.to_string(),
+            config.class.as_str(),
+        )
+    })
+    .await?;
     let client = crate::connect::connect(nats).await?;
     let stats = kiln_worker::run(client, config, crate::signal::shutdown()).await?;
     eprintln!(
@@ -106,24 +115,33 @@ pub async fn worker(nats: &NatsArgs, args: WorkerArgs) -> anyhow::Result<ExitCod
 }
 
 pub async fn aggregator(nats: &NatsArgs, args: AggregatorArgs) -> anyhow::Result<ExitCode> {
-    let client = crate::connect::connect(nats).await?;
     let config = kiln_aggregator::AggregatorConfig {
         interval: Duration::from_millis(args.interval_ms.max(10)),
         topology: super::topology(nats),
+        ..Default::default()
     };
+    let _endpoint = super::metrics::serve(args.metrics_addr.as_deref(), &config.health, |r| {
+        config.metrics.register(r)
+    })
+    .await?;
+    let client = crate::connect::connect(nats).await?;
     kiln_aggregator::run(client, config, crate::signal::shutdown()).await?;
     Ok(ExitCode::SUCCESS)
 }
 
 pub async fn scheduler(nats: &NatsArgs, args: SchedulerArgs) -> anyhow::Result<ExitCode> {
-    let client = crate::connect::connect(nats).await?;
-    let name = args.name.unwrap_or_else(|| {
+    let name = args.name.clone().unwrap_or_else(|| {
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
         format!("{host}-scheduler-{}", std::process::id())
     });
     let mut config = kiln_scheduler::SchedulerConfig::new(name);
     config.topology = super::topology(nats);
     config.refresh = Duration::from_millis(args.refresh_ms.max(10));
+    let _endpoint = super::metrics::serve(args.metrics_addr.as_deref(), &config.health, |r| {
+        config.metrics.register(r)
+    })
+    .await?;
+    let client = crate::connect::connect(nats).await?;
     let stats = kiln_scheduler::run(client, config, crate::signal::shutdown()).await?;
     eprintln!(
         "scheduler stopped: {} job(s) routed to gpu, {} to cpu",

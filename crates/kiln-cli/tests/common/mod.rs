@@ -39,8 +39,14 @@ impl Cluster {
 
     /// Start a long-running `kiln <args>` (worker, aggregator) in the background.
     pub fn spawn(&mut self, name: &str, args: &[&str]) {
+        self.spawn_with_env(name, args, &[]);
+    }
+
+    /// [`Cluster::spawn`] with extra environment variables.
+    pub fn spawn_with_env(&mut self, name: &str, args: &[&str], env: &[(&str, &str)]) {
         let child = Command::new(KILN)
             .args(args)
+            .envs(env.iter().copied())
             .env("NATS_URL", self.server.url())
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())

@@ -258,6 +258,7 @@ mod tests {
             kiln_aggregator::AggregatorConfig {
                 interval: Duration::from_millis(100),
                 topology: topology.clone(),
+                ..Default::default()
             },
         );
 

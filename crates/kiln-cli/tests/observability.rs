@@ -1,0 +1,727 @@
+//! Observability end to end: real nats-server, real `kiln` processes. Their `/metrics` is
+//! scraped and parsed as Prometheus text, `/healthz` and `/readyz` follow the NATS
+//! connection, and one job's spans, exported over OTLP/HTTP to a receiver in this test, share
+//! one trace across the submitter, scheduler, worker and aggregator.
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::HeaderMap;
+use async_nats::jetstream;
+use common::{Cluster, KILN, assert_success, stored_results};
+use kiln_proto::Status;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A loopback address with a port that was free a moment ago.
+fn free_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("local address").to_string()
+}
+
+/// `GET http://<addr><path>`: status and body, or `None` when nothing answers.
+async fn get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.ok()?;
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.to_owned()))
+}
+
+/// Poll `GET addr path` until `accept` holds; panics with the last answer after [`WAIT`].
+async fn wait_for(addr: &str, path: &str, accept: impl Fn(u16, &str) -> bool) -> (u16, String) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let answer = get(addr, path).await;
+        if let Some((status, body)) = &answer
+            && accept(*status, body)
+        {
+            return (*status, body.clone());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "GET {addr}{path} did not give the expected answer in {WAIT:?}; last: {answer:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A parsed `/metrics` exposition.
+struct Scrape(prometheus_parse::Scrape);
+
+impl Scrape {
+    fn parse(text: &str) -> Self {
+        let lines = text.lines().map(|l| Ok(l.to_owned()));
+        Scrape(prometheus_parse::Scrape::parse(lines).expect("the exposition parses"))
+    }
+
+    /// The value of the sample `name` whose labels include `labels`.
+    fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        self.0
+            .samples
+            .iter()
+            .filter(|s| s.metric == name)
+            .find(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .and_then(|s| match &s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => Some(*v),
+                _ => None,
+            })
+    }
+
+    /// The cumulative bucket counts of histogram `name` with `labels`.
+    fn buckets(&self, name: &str, labels: &[(&str, &str)]) -> Vec<(f64, f64)> {
+        self.0
+            .samples
+            .iter()
+            .filter(|s| s.metric == name)
+            .find(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .map(|s| match &s.value {
+                prometheus_parse::Value::Histogram(counts) => {
+                    counts.iter().map(|c| (c.less_than, c.count)).collect()
+                }
+                _ => Vec::new(),
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// Scrape `addr` until `done` holds; returns that scrape.
+async fn scrape_until(addr: &str, done: impl Fn(&Scrape) -> bool) -> Scrape {
+    let (_, text) = wait_for(addr, "/metrics", |status, body| {
+        status == 200 && done(&Scrape::parse(body))
+    })
+    .await;
+    Scrape::parse(&text)
+}
+
+async fn publish_raw(client: &async_nats::Client, subject: &str, id: &str, body: &str) {
+    let js = jetstream::new(client.clone());
+    let mut headers = HeaderMap::new();
+    headers.insert("Nats-Msg-Id", id);
+    js.publish_with_headers(subject.to_owned(), headers, body.to_owned().into())
+        .await
+        .expect("publish")
+        .await
+        .expect("the server stores the job");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_of_worker_and_aggregator_count_jobs_latencies_backlog_and_speedup() {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    let worker = free_addr();
+    let aggregator = free_addr();
+    cluster.spawn(
+        "worker",
+        &[
+            "worker",
+            "--device",
+            "cpu",
+            "--name",
+            "obs-worker",
+            "--metrics-addr",
+            &worker,
+        ],
+    );
+    cluster.spawn(
+        "aggregator",
+        &[
+            "aggregator",
+            "--interval-ms",
+            "100",
+            "--metrics-addr",
+            &aggregator,
+        ],
+    );
+    wait_for(&worker, "/readyz", |s, _| s == 200).await;
+    wait_for(&aggregator, "/readyz", |s, _| s == 200).await;
+
+    // 20 jobs that succeed, 2 that fail validation.
+    let out = cluster.kiln(&[
+        "submit",
+        "vector_add",
+        "-p",
+        "len=64",
+        "--count",
+        "20",
+        "--id",
+        "ok",
+        "--wait",
+    ]);
+    assert_success(&out);
+    let client = cluster.client().await;
+    for i in 0..2 {
+        let id = format!("bad-{i}");
+        let body = format!(r#"{{"id":"{id}","params":{{"len":"many"}}}}"#);
+        publish_raw(&client, "jobs.cpu.vector_add", &id, &body).await;
+    }
+
+    let cpu_ok = [
+        ("kind", "vector_add"),
+        ("class", "cpu"),
+        ("status", "succeeded"),
+    ];
+    let cpu_failed = [
+        ("kind", "vector_add"),
+        ("class", "cpu"),
+        ("status", "failed"),
+    ];
+    let agg = scrape_until(&aggregator, |s| {
+        s.value("kiln_jobs_total", &cpu_ok) == Some(20.0)
+            && s.value("kiln_jobs_total", &cpu_failed) == Some(2.0)
+    })
+    .await;
+    let kc = [("kind", "vector_add"), ("class", "cpu")];
+    assert_eq!(
+        agg.value(
+            "kiln_job_failures_total",
+            &[
+                ("kind", "vector_add"),
+                ("class", "cpu"),
+                ("error", "invalid_input")
+            ]
+        ),
+        Some(2.0)
+    );
+    for histogram in [
+        "kiln_job_queue_seconds",
+        "kiln_job_compute_seconds",
+        "kiln_job_total_seconds",
+    ] {
+        assert_eq!(
+            agg.value(&format!("{histogram}_count"), &kc),
+            Some(22.0),
+            "{histogram}"
+        );
+        let buckets = agg.buckets(histogram, &kc);
+        assert_eq!(buckets.len(), kiln_telemetry::LATENCY_BUCKETS_S.len() + 1);
+        assert!(buckets.windows(2).all(|w| w[0].1 <= w[1].1), "{buckets:?}");
+        assert_eq!(buckets.last().map(|b| b.1), Some(22.0), "{histogram} +Inf");
+    }
+    // The histogram's sum is the results' own total_ms, in seconds.
+    let (_, results) = stored_results(&client).await;
+    let total_s: f64 = results.values().map(|r| r.total_ms / 1000.0).sum();
+    let sum = agg.value("kiln_job_total_seconds_sum", &kc).expect("a sum");
+    assert!((sum - total_s).abs() < 1e-6, "{sum} vs {total_s}");
+    assert_eq!(agg.value("kiln_result_duplicates_total", &kc), None);
+    // Throughput is set at the end of each snapshot interval.
+    let ticked = scrape_until(&aggregator, |s| {
+        s.value("kiln_throughput_jobs_per_second", &kc).is_some()
+    })
+    .await;
+    assert!(
+        ticked
+            .value("kiln_throughput_jobs_per_second", &kc)
+            .is_some_and(|v| v.is_finite() && v >= 0.0)
+    );
+    assert!(agg.value("process_resident_memory_bytes", &[]).unwrap() > 0.0);
+
+    // The worker counts a job after its result is stored, and reads memory every 2 s.
+    let kind_ok = [("kind", "vector_add"), ("status", "succeeded")];
+    let kind_failed = [("kind", "vector_add"), ("status", "failed")];
+    let served = scrape_until(&worker, |s| {
+        s.value("kiln_worker_device_memory_in_use_bytes", &[])
+            .is_some_and(|v| v > 0.0)
+            && s.value("kiln_worker_jobs_total", &kind_failed) == Some(2.0)
+            && s.value("kiln_worker_jobs_in_flight", &[]) == Some(0.0)
+    })
+    .await;
+    assert_eq!(served.value("kiln_worker_jobs_total", &kind_ok), Some(20.0));
+    assert_eq!(
+        served.value("kiln_worker_jobs_total", &kind_failed),
+        Some(2.0)
+    );
+    // Jobs that failed validation never reach the device.
+    assert_eq!(
+        served.value(
+            "kiln_worker_compute_seconds_count",
+            &[("kind", "vector_add")]
+        ),
+        Some(20.0)
+    );
+    assert_eq!(served.value("kiln_worker_jobs_in_flight", &[]), Some(0.0));
+    assert_eq!(
+        served.value(
+            "kiln_worker_info",
+            &[
+                ("worker", "obs-worker"),
+                ("device", "cpu"),
+                ("class", "cpu")
+            ]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        served.value("kiln_worker_device_memory_reserved_bytes", &[]),
+        Some(0.0)
+    );
+
+    // Five jobs for a class nobody serves yet: the aggregator sees them waiting.
+    let out = cluster.kiln(&[
+        "submit",
+        "vector_add",
+        "-d",
+        "gpu",
+        "-p",
+        "len=64",
+        "--count",
+        "5",
+        "--id",
+        "gpu",
+    ]);
+    assert_success(&out);
+    // Consumers are read every 2 s, one after the other: wait for a sweep that saw it all.
+    let waiting = scrape_until(&aggregator, |s| {
+        s.value("kiln_backlog_jobs", &[("class", "gpu")]) == Some(5.0)
+            && s.value("kiln_backlog_jobs", &[("class", "cpu")]) == Some(0.0)
+            && s.value(
+                "kiln_consumer_pending_messages",
+                &[("consumer", "aggregator")],
+            ) == Some(0.0)
+    })
+    .await;
+    assert_eq!(
+        waiting.value(
+            "kiln_consumer_pending_messages",
+            &[("consumer", "workers-gpu")]
+        ),
+        Some(5.0)
+    );
+    assert_eq!(
+        waiting.value("kiln_backlog_jobs", &[("class", "cpu")]),
+        Some(0.0)
+    );
+    assert_eq!(
+        waiting.value(
+            "kiln_consumer_pending_messages",
+            &[("consumer", "aggregator")]
+        ),
+        Some(0.0)
+    );
+
+    // A CPU worker standing in for the GPU class serves them; the speedup of the same kind
+    // and size bucket is mean CPU compute over mean "GPU" compute, from the results.
+    cluster.spawn(
+        "gpu-worker",
+        &[
+            "worker",
+            "--device",
+            "cpu",
+            "--serve-class",
+            "gpu",
+            "--name",
+            "obs-gpu",
+        ],
+    );
+    let gpu_ok = [
+        ("kind", "vector_add"),
+        ("class", "gpu"),
+        ("status", "succeeded"),
+    ];
+    scrape_until(&aggregator, |s| {
+        s.value("kiln_jobs_total", &gpu_ok) == Some(5.0)
+    })
+    .await;
+    let (_, results) = stored_results(&client).await;
+    let mean = |class: kiln_proto::DeviceClass| {
+        let ms: Vec<f64> = results
+            .values()
+            .filter(|r| r.class == class && r.status == Status::Succeeded)
+            .map(|r| r.compute_ms)
+            .collect();
+        ms.iter().sum::<f64>() / ms.len() as f64
+    };
+    let expected = mean(kiln_proto::DeviceClass::Cpu) / mean(kiln_proto::DeviceClass::Gpu);
+    let size = kiln_telemetry::size_bucket(64.0);
+    assert_eq!(size, "1e1");
+    let speedup_labels = [("kind", "vector_add"), ("size", size.as_str())];
+    let agg = scrape_until(&aggregator, |s| {
+        s.value("kiln_gpu_speedup_ratio", &speedup_labels)
+            .is_some_and(|v| (v - expected).abs() <= 1e-9 * expected)
+    })
+    .await;
+    assert_eq!(
+        agg.value(
+            "kiln_job_compute_seconds_count",
+            &[("kind", "vector_add"), ("class", "gpu")]
+        ),
+        Some(5.0)
+    );
+    scrape_until(&aggregator, |s| {
+        s.value("kiln_backlog_jobs", &[("class", "gpu")]) == Some(0.0)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_endpoints_follow_the_nats_connection_of_every_role() {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    let roles = [
+        ("worker", free_addr()),
+        ("aggregator", free_addr()),
+        ("scheduler", free_addr()),
+    ];
+    for (role, addr) in &roles {
+        let mut args = vec![*role, "--metrics-addr", addr.as_str()];
+        if *role == "worker" {
+            args.extend(["--device", "cpu"]);
+        }
+        cluster.spawn(role, &args);
+    }
+    for (role, addr) in &roles {
+        let (_, body) = wait_for(addr, "/readyz", |s, _| s == 200).await;
+        assert_eq!(body, "ready\n", "{role}");
+        assert_eq!(
+            get(addr, "/healthz").await,
+            Some((200, "ok\n".into())),
+            "{role}"
+        );
+    }
+
+    cluster.server.kill();
+    for (role, addr) in &roles {
+        let (_, body) = wait_for(addr, "/readyz", |s, _| s == 503).await;
+        assert_eq!(
+            body, "not ready: disconnected from NATS; reconnecting\n",
+            "{role}"
+        );
+        // Alive all the same: restarting the process would not bring the server back.
+        assert_eq!(
+            get(addr, "/healthz").await,
+            Some((200, "ok\n".into())),
+            "{role}"
+        );
+    }
+
+    cluster.server.start_again();
+    for (role, addr) in &roles {
+        let (_, body) = wait_for(addr, "/readyz", |s, _| s == 200).await;
+        assert_eq!(body, "ready\n", "{role}");
+    }
+    // And they work again: a job goes through worker and aggregator.
+    let out = cluster.kiln(&["submit", "vector_add", "-p", "len=8", "--wait"]);
+    assert_success(&out);
+}
+
+/// One span as the OTLP/JSON export gives it.
+#[derive(Debug, Clone)]
+struct Span {
+    service: String,
+    name: String,
+    trace_id: String,
+    span_id: String,
+    parent: String,
+    attributes: HashMap<String, String>,
+}
+
+fn spans(requests: &[serde_json::Value]) -> Vec<Span> {
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+    let attributes = |list: &serde_json::Value| -> HashMap<String, String> {
+        list.as_array()
+            .into_iter()
+            .flatten()
+            .map(|kv| {
+                let value = &kv["value"];
+                let value = value
+                    .get("stringValue")
+                    .map(text)
+                    .unwrap_or_else(|| value.to_string());
+                (text(&kv["key"]), value)
+            })
+            .collect()
+    };
+    let mut out = Vec::new();
+    for request in requests {
+        for resource in request["resourceSpans"].as_array().into_iter().flatten() {
+            let service = attributes(&resource["resource"]["attributes"])
+                .remove("service.name")
+                .unwrap_or_default();
+            for scope in resource["scopeSpans"].as_array().into_iter().flatten() {
+                for span in scope["spans"].as_array().into_iter().flatten() {
+                    out.push(Span {
+                        service: service.clone(),
+                        name: text(&span["name"]),
+                        trace_id: text(&span["traceId"]),
+                        span_id: text(&span["spanId"]),
+                        parent: span.get("parentSpanId").map(text).unwrap_or_default(),
+                        attributes: attributes(&span["attributes"]),
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+/// An OTLP/HTTP receiver: keeps every JSON export request posted to `/v1/traces`.
+async fn otlp_receiver() -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
+    use axum::extract::State;
+    type Received = Arc<Mutex<Vec<serde_json::Value>>>;
+    let received: Received = Arc::default();
+    let app = axum::Router::new()
+        .route(
+            "/v1/traces",
+            axum::routing::post(
+                |State(received): State<Received>, body: axum::body::Bytes| async move {
+                    if let Ok(request) = serde_json::from_slice(&body) {
+                        received.lock().unwrap().push(request);
+                    }
+                    ([("content-type", "application/json")], "{}")
+                },
+            ),
+        )
+        .with_state(received.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (endpoint, received)
+}
+
+/// Wait until the receiver holds spans satisfying `done`; returns them all.
+async fn wait_for_spans(
+    received: &Mutex<Vec<serde_json::Value>>,
+    done: impl Fn(&[Span]) -> bool,
+) -> Vec<Span> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let all = spans(&received.lock().unwrap());
+        if done(&all) {
+            return all;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the expected spans did not arrive in {WAIT:?}; have {all:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_trace_spans_submitter_scheduler_worker_and_aggregator() {
+    let (endpoint, received) = otlp_receiver().await;
+    let otel = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ];
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    let worker = free_addr();
+    cluster.spawn_with_env(
+        "worker",
+        &["worker", "--device", "cpu", "--metrics-addr", &worker],
+        &otel,
+    );
+    let scheduler = free_addr();
+    let aggregator = free_addr();
+    cluster.spawn_with_env(
+        "scheduler",
+        &["scheduler", "--metrics-addr", &scheduler],
+        &otel,
+    );
+    cluster.spawn_with_env(
+        "aggregator",
+        &[
+            "aggregator",
+            "--interval-ms",
+            "100",
+            "--metrics-addr",
+            &aggregator,
+        ],
+        &otel,
+    );
+    for addr in [&worker, &scheduler, &aggregator] {
+        wait_for(addr, "/readyz", |s, _| s == 200).await;
+    }
+
+    let out = Command::new(KILN)
+        .args([
+            "submit",
+            "vector_add",
+            "-d",
+            "auto",
+            "-p",
+            "len=16",
+            "--id",
+            "traced",
+            "--wait",
+        ])
+        .env("NATS_URL", cluster.server.url())
+        .envs(otel)
+        .output()
+        .expect("run kiln submit");
+    assert_success(&out);
+
+    let named = |all: &[Span], name: &str, trace: &str| -> Option<Span> {
+        all.iter()
+            .find(|s| s.name == name && s.trace_id == trace)
+            .cloned()
+    };
+    let submit_of = |all: &[Span]| -> Option<Span> {
+        all.iter()
+            .find(|s| {
+                s.name == "kiln.submit"
+                    && s.attributes.get("kiln.job.id").map(String::as_str) == Some("traced")
+            })
+            .cloned()
+    };
+    let all = wait_for_spans(&received, |all| {
+        submit_of(all)
+            .is_some_and(|submit| named(all, "kiln.aggregate", &submit.trace_id).is_some())
+    })
+    .await;
+    let submit = submit_of(&all).unwrap();
+    let trace = submit.trace_id.as_str();
+    assert_eq!(trace.len(), 32, "{submit:?}");
+    let span =
+        |name: &str| named(&all, name, trace).unwrap_or_else(|| panic!("no {name} in {all:#?}"));
+    let route = span("kiln.route");
+    let job = span("kiln.job");
+    let queue = span("kiln.queue_wait");
+    let compute = span("kiln.compute");
+    let publish = span("kiln.publish_result");
+    let aggregate = span("kiln.aggregate");
+
+    assert_eq!(submit.service, "kiln-submit");
+    assert_eq!(submit.parent, "", "the submitter starts the trace");
+    assert_eq!(route.service, "kiln-scheduler");
+    assert_eq!(route.parent, submit.span_id);
+    assert_eq!(route.attributes["kiln.route.chosen"], "cpu");
+    assert_eq!(job.service, "kiln-worker");
+    assert_eq!(job.parent, route.span_id);
+    assert_eq!(job.attributes["kiln.job.id"], "traced");
+    assert_eq!(job.attributes["kiln.job.status"], "succeeded");
+    for child in [&queue, &compute, &publish] {
+        assert_eq!(child.service, "kiln-worker", "{child:?}");
+        assert_eq!(child.parent, job.span_id, "{child:?}");
+    }
+    assert_eq!(aggregate.service, "kiln-aggregator");
+    assert_eq!(aggregate.parent, publish.span_id);
+    assert_eq!(aggregate.attributes["kiln.job.id"], "traced");
+
+    // The routing is counted by the scheduler, and its prediction error by the aggregator.
+    let kc = [("kind", "vector_add"), ("class", "cpu")];
+    let routed = scrape_until(&scheduler, |s| {
+        s.value("kiln_scheduler_routed_jobs_total", &kc).is_some()
+    })
+    .await;
+    assert_eq!(
+        routed.value("kiln_scheduler_routed_jobs_total", &kc),
+        Some(1.0)
+    );
+    assert_eq!(
+        routed.value("kiln_scheduler_route_failures_total", &[]),
+        Some(0.0)
+    );
+    let agg = scrape_until(&aggregator, |s| {
+        s.value(
+            "kiln_jobs_total",
+            &[("kind", "vector_add"), ("status", "succeeded")],
+        ) == Some(1.0)
+    })
+    .await;
+    // The scheduler predicts only for a class it has seen a live worker of; a job routed
+    // before its first look at the workers carries no prediction.
+    let result: kiln_proto::ResultEvent =
+        serde_json::from_slice(&out.stdout).expect("--wait prints the result event");
+    let predicted = result
+        .routing
+        .as_ref()
+        .expect("an auto job carries its routing")
+        .predicted_ms();
+    assert_eq!(
+        agg.value("kiln_scheduler_prediction_error_seconds_count", &kc),
+        predicted.map(|_| 1.0),
+        "{result:?}"
+    );
+    if let Some(predicted) = predicted {
+        let error = (predicted - result.total_ms).abs() / 1000.0;
+        let sum = agg
+            .value("kiln_scheduler_prediction_error_seconds_sum", &kc)
+            .expect("a sum");
+        assert!((sum - error).abs() < 1e-9, "{sum} vs {error}");
+    }
+
+    // A job published without trace context starts a new trace at the worker, which the
+    // aggregator continues.
+    let client = cluster.client().await;
+    publish_raw(
+        &client,
+        "jobs.cpu.vector_add",
+        "untraced",
+        r#"{"id":"untraced","params":{"len":4}}"#,
+    )
+    .await;
+    let job_of = |all: &[Span]| -> Option<Span> {
+        all.iter()
+            .find(|s| {
+                s.name == "kiln.job"
+                    && s.attributes.get("kiln.job.id").map(String::as_str) == Some("untraced")
+            })
+            .cloned()
+    };
+    let all = wait_for_spans(&received, |all| {
+        job_of(all).is_some_and(|job| named(all, "kiln.aggregate", &job.trace_id).is_some())
+    })
+    .await;
+    let job = job_of(&all).unwrap();
+    assert_eq!(job.parent, "", "{job:?}");
+    assert_ne!(job.trace_id, trace);
+    let publish = named(&all, "kiln.publish_result", &job.trace_id).unwrap();
+    let aggregate = named(&all, "kiln.aggregate", &job.trace_id).unwrap();
+    assert_eq!(publish.parent, job.span_id);
+    assert_eq!(aggregate.parent, publish.span_id);
+    assert_eq!(aggregate.service, "kiln-aggregator");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_an_exporter_the_worker_forwards_the_trace_context_it_got() {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    cluster.cpu_worker();
+    let client = cluster.client().await;
+    let mut results = client
+        .subscribe("results.vector_add")
+        .await
+        .expect("subscribe");
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let mut headers = HeaderMap::new();
+    headers.insert("Nats-Msg-Id", "forwarded");
+    headers.insert("traceparent", traceparent);
+    headers.insert("tracestate", "vendor=value");
+    jetstream::new(client.clone())
+        .publish_with_headers(
+            "jobs.cpu.vector_add",
+            headers,
+            r#"{"id":"forwarded","params":{"len":4}}"#.into(),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+    let result = tokio::time::timeout(WAIT, futures::StreamExt::next(&mut results))
+        .await
+        .expect("a result in time")
+        .expect("subscription open");
+    let headers = result.headers.expect("the result has headers");
+    assert_eq!(
+        headers.get("traceparent").map(|v| v.as_str()),
+        Some(traceparent)
+    );
+    assert_eq!(
+        headers.get("tracestate").map(|v| v.as_str()),
+        Some("vendor=value")
+    );
+}

@@ -1,0 +1,280 @@
+//! OpenTelemetry traces across processes, linked by W3C trace context in NATS headers.
+//!
+//! [`init`] installs an OTLP/HTTP exporter when `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set, honouring the standard variables
+//! (`OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_EXPORTER_OTLP_PROTOCOL` =
+//! `http/protobuf` or `http/json`, `OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_BSP_*`,
+//! `OTEL_TRACES_SAMPLER`). Without it [`enabled`] is false, [`TraceSpan::start`] returns `None`
+//! and the roles only forward the `traceparent`/`tracestate` headers they received
+//! ([`forward`]): no span, no allocation per job.
+//!
+//! ```
+//! use kiln_telemetry::trace::{self, SpanKind, TraceSpan};
+//! // Tracing is off unless init() found an endpoint: nothing is created.
+//! let span = TraceSpan::start("kiln.submit", SpanKind::Producer, &trace::Context::new(), None, vec![]);
+//! assert!(span.is_none() && !trace::enabled());
+//! ```
+
+use std::sync::OnceLock;
+use std::time::SystemTime;
+
+use async_nats::HeaderMap;
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator as _};
+use opentelemetry::trace::{TraceContextExt as _, Tracer as _, TracerProvider as _};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
+
+pub use opentelemetry::trace::{SpanKind, Status};
+pub use opentelemetry::{Context, KeyValue};
+
+/// The W3C trace-context headers.
+pub const TRACE_HEADERS: [&str; 2] = ["traceparent", "tracestate"];
+
+static TRACER: OnceLock<SdkTracer> = OnceLock::new();
+
+/// How long an exiting process waits for its last spans to be exported.
+pub const FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Keeps the exporter alive; dropping it flushes the spans still queued (blocking, at most
+/// [`FLUSH_TIMEOUT`], so that an unreachable collector cannot hold up an exit) — drop it after
+/// the async runtime has stopped.
+#[must_use = "dropping the guard stops the exporter"]
+#[derive(Debug)]
+pub struct TraceGuard(Option<SdkTracerProvider>);
+
+impl Drop for TraceGuard {
+    fn drop(&mut self) {
+        if let Some(provider) = self.0.take()
+            && let Err(e) = provider.shutdown_with_timeout(FLUSH_TIMEOUT)
+        {
+            eprintln!("kiln: could not flush the last trace spans: {e}");
+        }
+    }
+}
+
+/// Whether the standard environment asks for OTLP trace export.
+fn configured() -> bool {
+    let set = |name: &str| std::env::var(name).is_ok_and(|v| !v.trim().is_empty());
+    let is = |name: &str, value: &str| {
+        std::env::var(name).is_ok_and(|v| v.trim().eq_ignore_ascii_case(value))
+    };
+    (set("OTEL_EXPORTER_OTLP_ENDPOINT") || set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+        && !is("OTEL_SDK_DISABLED", "true")
+        && !is("OTEL_TRACES_EXPORTER", "none")
+}
+
+/// Start exporting spans over OTLP/HTTP when the environment configures an endpoint, under
+/// `service` unless `OTEL_SERVICE_NAME` says otherwise. Call once, before the async runtime
+/// starts (the exporter builds a blocking HTTP client). Without an endpoint this does nothing
+/// and returns an inert guard.
+pub fn init(service: &str) -> Result<TraceGuard, String> {
+    if !configured() {
+        return Ok(TraceGuard(None));
+    }
+    for name in [
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+    ] {
+        if std::env::var(name).is_ok_and(|v| v.trim().eq_ignore_ascii_case("grpc")) {
+            tracing::warn!(
+                "{name}=grpc: kiln exports OTLP over HTTP only (http/protobuf, http/json); \
+                 using http/protobuf, so point the endpoint at the collector's OTLP/HTTP port \
+                 (4318)"
+            );
+        }
+    }
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .build()
+        .map_err(|e| format!("could not set up the OTLP trace exporter: {e}"))?;
+    let mut resource = opentelemetry_sdk::Resource::builder();
+    if std::env::var("OTEL_SERVICE_NAME").is_err() {
+        resource = resource.with_service_name(service.to_owned());
+    }
+    let provider = SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource.build())
+        .build();
+    let tracer = provider.tracer("kiln");
+    TRACER
+        .set(tracer)
+        .map_err(|_| "trace export was already set up".to_owned())?;
+    Ok(TraceGuard(Some(provider)))
+}
+
+/// Whether spans are exported (so worth creating).
+pub fn enabled() -> bool {
+    TRACER.get().is_some()
+}
+
+/// Writes trace context into NATS headers.
+pub struct HeaderInjector<'a>(pub &'a mut HeaderMap);
+
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        self.0.insert(key, value.as_str());
+    }
+}
+
+/// Reads trace context from NATS headers.
+pub struct HeaderExtractor<'a>(pub &'a HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(|v| v.as_str())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.iter().map(|(name, _)| name.as_ref()).collect()
+    }
+}
+
+/// The trace context a message carries; an empty context (a new trace starts) when it
+/// carries none or an invalid one.
+pub fn extract(headers: Option<&HeaderMap>) -> Context {
+    match headers {
+        Some(headers) => TraceContextPropagator::new().extract(&HeaderExtractor(headers)),
+        None => Context::new(),
+    }
+}
+
+/// Copy the W3C trace-context headers from one message to another, as they are: what a role
+/// does when it does not trace itself, so that a trace still links its neighbours.
+pub fn forward(from: Option<&HeaderMap>, to: &mut HeaderMap) {
+    let Some(from) = from else { return };
+    for name in TRACE_HEADERS {
+        if let Some(value) = from.get(name) {
+            to.insert(name, value.as_str());
+        }
+    }
+}
+
+/// A span being recorded; it ends when [`TraceSpan::end`] is called or when it is dropped.
+#[derive(Debug, Clone)]
+pub struct TraceSpan {
+    cx: Context,
+}
+
+impl TraceSpan {
+    /// Start a span under `parent` (an empty context starts a new trace), at `start` or now;
+    /// `None` when tracing is off.
+    pub fn start(
+        name: &'static str,
+        kind: SpanKind,
+        parent: &Context,
+        start: Option<SystemTime>,
+        attributes: Vec<KeyValue>,
+    ) -> Option<TraceSpan> {
+        let tracer = TRACER.get()?;
+        let mut builder = tracer
+            .span_builder(name)
+            .with_kind(kind)
+            .with_attributes(attributes);
+        if let Some(start) = start {
+            builder = builder.with_start_time(start);
+        }
+        let span = tracer.build_with_context(builder, parent);
+        Some(TraceSpan {
+            cx: parent.with_span(span),
+        })
+    }
+
+    /// A child span of this one.
+    pub fn child(
+        &self,
+        name: &'static str,
+        kind: SpanKind,
+        start: Option<SystemTime>,
+        attributes: Vec<KeyValue>,
+    ) -> TraceSpan {
+        Self::start(name, kind, &self.cx, start, attributes).unwrap_or_else(|| self.clone())
+    }
+
+    /// A child span that already happened, from `start` to `end`.
+    pub fn record(
+        &self,
+        name: &'static str,
+        start: SystemTime,
+        end: SystemTime,
+        attributes: Vec<KeyValue>,
+    ) {
+        if let Some(span) = Self::start(name, SpanKind::Internal, &self.cx, Some(start), attributes)
+        {
+            span.end_at(end);
+        }
+    }
+
+    /// This span's context (a parent for others).
+    pub fn context(&self) -> &Context {
+        &self.cx
+    }
+
+    pub fn set_attribute(&self, attribute: KeyValue) {
+        self.cx.span().set_attribute(attribute);
+    }
+
+    /// Mark the span failed.
+    pub fn error(&self, description: impl Into<String>) {
+        self.cx.span().set_status(Status::error(description.into()));
+    }
+
+    /// Write this span's context into `headers` (`traceparent`, `tracestate`), so that the
+    /// receiver's spans become its children.
+    pub fn inject(&self, headers: &mut HeaderMap) {
+        TraceContextPropagator::new().inject_context(&self.cx, &mut HeaderInjector(headers));
+    }
+
+    pub fn end(self) {
+        self.cx.span().end();
+    }
+
+    pub fn end_at(self, end: SystemTime) {
+        self.cx.span().end_with_timestamp(end);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_round_trip_w3c_trace_context() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        );
+        headers.insert("tracestate", "vendor=x");
+        let cx = extract(Some(&headers));
+        let span = cx.span();
+        let sc = span.span_context();
+        assert!(sc.is_remote() && sc.is_sampled());
+        assert_eq!(
+            sc.trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert_eq!(sc.span_id().to_string(), "00f067aa0ba902b7");
+
+        let mut out = HeaderMap::new();
+        TraceContextPropagator::new().inject_context(&cx, &mut HeaderInjector(&mut out));
+        assert_eq!(
+            out.get("traceparent").map(|v| v.as_str()),
+            Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+        );
+        assert_eq!(out.get("tracestate").map(|v| v.as_str()), Some("vendor=x"));
+
+        let mut forwarded = HeaderMap::new();
+        forward(Some(&headers), &mut forwarded);
+        assert_eq!(
+            forwarded.get("traceparent").map(|v| v.as_str()),
+            headers.get("traceparent").map(|v| v.as_str())
+        );
+    }
+
+    #[test]
+    fn a_message_without_trace_context_starts_a_new_trace() {
+        let cx = extract(Some(&HeaderMap::new()));
+        assert!(!cx.span().span_context().is_valid());
+        assert!(!extract(None).has_active_span());
+    }
+}
