@@ -7,7 +7,7 @@ use async_nats::jetstream;
 use kiln_kernels::ComputeDevice;
 use kiln_proto::{BUCKET_WORKERS, WorkerInfo};
 use time::OffsetDateTime;
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::oneshot;
 
 use crate::handle::Shared;
 
@@ -34,7 +34,6 @@ impl Heartbeat {
     pub(crate) async fn start(
         js: &jetstream::Context,
         shared: Arc<Shared>,
-        slots: Arc<Semaphore>,
         serving: Arc<AtomicBool>,
     ) -> Result<Self, String> {
         let store = js
@@ -50,7 +49,7 @@ impl Heartbeat {
                 tokio::select! {
                     _ = &mut stopped => break,
                     _ = ticker.tick() => {
-                        let info = info(&shared, &slots, &serving, started_at);
+                        let info = info(&shared, &serving, started_at);
                         if let Ok(body) = serde_json::to_vec(&info)
                             && let Err(e) = store.put(&key, body.into()).await
                         {
@@ -76,12 +75,7 @@ impl Heartbeat {
     }
 }
 
-fn info(
-    shared: &Shared,
-    slots: &Semaphore,
-    serving: &AtomicBool,
-    started_at: OffsetDateTime,
-) -> WorkerInfo {
+fn info(shared: &Shared, serving: &AtomicBool, started_at: OffsetDateTime) -> WorkerInfo {
     let config = &shared.config;
     let stats = shared.stats();
     WorkerInfo {
@@ -95,9 +89,9 @@ fn info(
         .into(),
         capacity: config.compute_slots,
         max_in_flight: config.max_in_flight,
-        in_flight: config
-            .max_in_flight
-            .saturating_sub(slots.available_permits()),
+        // Jobs held (computing, waiting for a slot, publishing) — not the slots reserved by
+        // a pull request still waiting for jobs.
+        in_flight: config.metrics.in_flight.get().max(0) as usize,
         succeeded: stats.succeeded,
         failed: stats.failed,
         running: shared

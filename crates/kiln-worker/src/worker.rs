@@ -110,13 +110,12 @@ pub async fn run(
     });
     tokio::pin!(shutdown);
     let serving = Arc::new(AtomicBool::new(false));
-    let heartbeat =
-        crate::heartbeat::Heartbeat::start(&js, shared.clone(), slots.clone(), serving.clone())
-            .await
-            .map_err(|message| Error::Consumer {
-                consumer: kiln_proto::BUCKET_WORKERS.into(),
-                message,
-            })?;
+    let heartbeat = crate::heartbeat::Heartbeat::start(&js, shared.clone(), serving.clone())
+        .await
+        .map_err(|message| Error::Consumer {
+            consumer: kiln_proto::BUCKET_WORKERS.into(),
+            message,
+        })?;
     if let ComputeDevice::Cuda(_) = shared.config.device {
         if let Some(dir) = &shared.config.cache_dir {
             match kiln_kernels::use_cache_dir(dir) {
