@@ -51,16 +51,28 @@ pub async fn connect_with(args: &NatsArgs, retry: bool) -> anyhow::Result<async_
             .require_tls(true);
     }
     let url = args.nats_url.clone();
+    // A cluster is given as a comma-separated list; the client tries them in turn and learns
+    // the others from the server.
+    let servers: Vec<async_nats::ServerAddr> = url
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse().with_context(|| {
+                format!("{s:?} in --nats-url is not a NATS URL: give nats://host:port, comma-separated for several servers")
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
     if retry {
         // With retry_on_initial_connect the client connects in the background; a
         // service waits until it is connected.
         let client = options
-            .connect(url.as_str())
+            .connect(servers)
             .await
             .with_context(|| format!("connecting to NATS at {url}"))?;
         Ok(client)
     } else {
-        options.connect(url.as_str()).await.with_context(|| {
+        options.connect(servers).await.with_context(|| {
             format!(
                 "could not reach NATS at {url}: start nats-server -js, or point --nats-url / \
                  NATS_URL at your server"
