@@ -25,6 +25,9 @@ pub struct NatsServer {
     port: u16,
     dir: tempfile::TempDir,
     extra_args: Vec<String>,
+    /// Started from a configuration file that names its own store (`$KILN_STORE_DIR`), with
+    /// these environment variables.
+    config: Option<(PathBuf, Vec<(String, String)>)>,
 }
 
 impl NatsServer {
@@ -51,7 +54,41 @@ impl NatsServer {
             port,
             dir,
             extra_args,
+            config: None,
         })
+    }
+
+    /// Start a server from a configuration file (for example the committed
+    /// `nats/secure/secure.conf`) on a random loopback port. `KILN_STORE_DIR` is set to a
+    /// temporary store; `env` adds the variables the file references (passwords, keys).
+    pub fn start_with_config(config: &Path, env: &[(&str, &str)]) -> Self {
+        Self::try_start_with_config(config, env).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    pub fn try_start_with_config(config: &Path, env: &[(&str, &str)]) -> Result<Self, String> {
+        let dir = tempfile::Builder::new()
+            .prefix("kiln-nats-")
+            .tempdir()
+            .map_err(|e| format!("could not create a temporary directory for nats-server: {e}"))?;
+        let config = (
+            config.to_owned(),
+            env.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<Vec<_>>(),
+        );
+        let (child, port) = spawn_with_config(dir.path(), None, &config)?;
+        Ok(NatsServer {
+            child,
+            port,
+            dir,
+            extra_args: Vec::new(),
+            config: Some(config),
+        })
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("nats-server.log")).unwrap_or_default()
     }
 
     pub fn port(&self) -> u16 {
@@ -72,8 +109,11 @@ impl NatsServer {
     pub fn restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let (child, port) = spawn(self.dir.path(), Some(self.port), &self.extra_args)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let (child, port) = match &self.config {
+            Some(config) => spawn_with_config(self.dir.path(), Some(self.port), config),
+            None => spawn(self.dir.path(), Some(self.port), &self.extra_args),
+        }
+        .unwrap_or_else(|e| panic!("{e}"));
         self.child = child;
         self.port = port;
     }
@@ -355,6 +395,26 @@ fn spawn(dir: &Path, port: Option<u16>, extra_args: &[String]) -> Result<(Child,
         .arg("-sd")
         .arg(dir.join("store"))
         .args(extra_args);
+    start_and_wait(cmd, dir)
+}
+
+fn spawn_with_config(
+    dir: &Path,
+    port: Option<u16>,
+    (config, env): &(PathBuf, Vec<(String, String)>),
+) -> Result<(Child, u16), String> {
+    let mut cmd = nats_server_command(dir)?;
+    cmd.arg("-c")
+        .arg(config)
+        .arg("-a")
+        .arg("127.0.0.1")
+        .arg("-p")
+        .arg(port.map_or("-1".to_string(), |p| p.to_string()))
+        // A random monitoring port: the file's own would clash between tests.
+        .arg("-m")
+        .arg("-1")
+        .env("KILN_STORE_DIR", dir.join("store"))
+        .envs(env.iter().map(|(k, v)| (k, v)));
     start_and_wait(cmd, dir)
 }
 
