@@ -7,7 +7,7 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::{self, consumer::PullConsumer};
 use futures::StreamExt as _;
 use kiln_proto::streams::{self, CONSUMER_AGGREGATOR, STREAM_RESULTS};
-use kiln_proto::{HEADER_MSG_ID, Topology, subject};
+use kiln_proto::{HEADER_MSG_ID, MetricsSnapshot, Topology, subject};
 use time::OffsetDateTime;
 
 use crate::error::{Error, Result};
@@ -75,7 +75,11 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
-            _ = ticker.tick() => flush(&js, &mut folds, &mut unacked).await?,
+            // A snapshot the server did not store (a stream leader election in a cluster, a
+            // server restart) is retried at the next tick; its results stay unacked until then.
+            _ = ticker.tick() => if let Err(e) = flush(&js, &mut folds, &mut unacked).await {
+                tracing::warn!(error = %e, "metrics snapshot not stored; retrying");
+            },
             next = messages.next() => match next {
                 Some(Ok(message)) => {
                     match serde_json::from_slice::<ResultHead>(&message.payload) {
@@ -108,10 +112,30 @@ async fn flush(
     unacked: &mut Vec<jetstream::Message>,
 ) -> Result<()> {
     let now = OffsetDateTime::now_utc();
+    let snapshots = folds.snapshots(now);
+    let stored = publish_snapshots(js, &snapshots, now).await;
+    if stored.is_err() {
+        folds.unstored(&snapshots);
+    }
+    stored?;
+    for message in unacked.drain(..) {
+        if let Err(e) = message.ack().await {
+            tracing::warn!(error = %e, "could not ack a folded result; it will be redelivered and dropped as a duplicate");
+        }
+    }
+    Ok(())
+}
+
+/// Publish snapshots and wait until the server has stored every one.
+async fn publish_snapshots(
+    js: &jetstream::Context,
+    snapshots: &[MetricsSnapshot],
+    now: OffsetDateTime,
+) -> Result<()> {
     let mut acks = Vec::new();
-    for snapshot in folds.snapshots(now) {
+    for snapshot in snapshots {
         let subject = subject::metrics(&snapshot.kind, &snapshot.class);
-        let body = serde_json::to_vec(&snapshot).map_err(|e| Error::Publish {
+        let body = serde_json::to_vec(snapshot).map_err(|e| Error::Publish {
             subject: subject.clone(),
             message: e.to_string(),
         })?;
@@ -134,11 +158,6 @@ async fn flush(
             subject,
             message: e.to_string(),
         })?;
-    }
-    for message in unacked.drain(..) {
-        if let Err(e) = message.ack().await {
-            tracing::warn!(error = %e, "could not ack a folded result; it will be redelivered and dropped as a duplicate");
-        }
     }
     Ok(())
 }

@@ -15,28 +15,49 @@ use futures::StreamExt as _;
 use kiln_proto::{HEADER_MSG_ID, ResultEvent, Status, streams};
 use kiln_testkit::NatsCluster;
 
-/// kiln processes against the cluster, all given every node's URL; killed on drop.
-struct Processes(Vec<Child>);
+/// kiln processes against the cluster, all given every node's URL; killed on drop, their
+/// logs shown when the test fails.
+struct Processes {
+    children: Vec<(String, Child)>,
+    logs: tempfile::TempDir,
+}
 
 impl Processes {
-    fn spawn(&mut self, urls: &str, args: &[&str]) {
+    fn new() -> Self {
+        Processes {
+            children: Vec::new(),
+            logs: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn spawn(&mut self, name: &str, urls: &str, args: &[&str]) {
+        let log = std::fs::File::create(self.logs.path().join(name)).unwrap();
         let child = Command::new(KILN)
             .args(args)
             .env("NATS_URL", urls)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("start kiln");
-        self.0.push(child);
+        self.children.push((name.to_owned(), child));
     }
 }
 
 impl Drop for Processes {
     fn drop(&mut self) {
-        for child in &mut self.0 {
+        for (name, child) in &mut self.children {
             let _ = child.kill();
             let _ = child.wait();
+            if std::thread::panicking() {
+                let log =
+                    std::fs::read_to_string(self.logs.path().join(&*name)).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                eprintln!("--- {name} (last lines) ---");
+                for line in tail.iter().rev() {
+                    eprintln!("{line}");
+                }
+            }
         }
     }
 }
@@ -151,10 +172,11 @@ async fn run_completes_without_loss_when_the_jobs_stream_leader_is_killed() {
         );
     }
 
-    let mut processes = Processes(Vec::new());
-    processes.spawn(&urls, &["aggregator", "--interval-ms", "100"]);
+    let mut processes = Processes::new();
+    processes.spawn("aggregator", &urls, &["aggregator", "--interval-ms", "100"]);
     for name in ["w0", "w1"] {
         processes.spawn(
+            name,
             &urls,
             &[
                 "worker",
