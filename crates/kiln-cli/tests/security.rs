@@ -618,13 +618,16 @@ async fn tls_clients_verify_the_server_and_plaintext_is_refused() {
     reader.read_line(&mut info).unwrap();
     assert!(info.contains("\"tls_required\":true"), "{info}");
     let user = "submitter";
-    write!(
+    // The server may already have closed the connection (a broken pipe here is a refusal too);
+    // if the CONNECT gets through, the answer is not a PONG.
+    let sent = write!(
         &stream,
         "CONNECT {{\"verbose\":false,\"user\":\"{user}\",\"pass\":\"{}\"}}\r\nPING\r\n",
         password(user)
-    )
-    .unwrap();
+    );
     let mut answer = String::new();
-    let _ = reader.read_line(&mut answer);
+    if sent.is_ok() {
+        let _ = reader.read_line(&mut answer);
+    }
     assert!(!answer.starts_with("PONG"), "plaintext accepted: {answer}");
 }
