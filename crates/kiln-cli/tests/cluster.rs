@@ -260,6 +260,7 @@ async fn run_completes_without_loss_when_the_jobs_stream_leader_is_killed() {
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
+    let results_after_kill = killed_at.elapsed().as_secs_f64();
     let lost = acked.iter().filter(|id| !results.contains_key(*id)).count();
     assert_eq!(lost, 0);
     assert!(
@@ -285,7 +286,8 @@ async fn run_completes_without_loss_when_the_jobs_stream_leader_is_killed() {
         "cluster: {} jobs acknowledged of {JOBS}, {failed_tries} failed publish tries retried, \
          killed {} (KILN_JOBS leader{}) after {} results, new leader {new_leader}, \
          {redelivered} jobs finished on a later attempt, {} duplicate results dropped by the \
-         aggregator, lost 0, doubled 0, {:.1} s after the kill, {:.1} s in all",
+         aggregator, lost 0, doubled 0; all results {results_after_kill:.1} s and all counted \
+         {:.1} s after the kill, {:.1} s in all",
         acked.len(),
         leader,
         if meta_leader.as_deref() == Some(leader.as_str()) {
