@@ -17,6 +17,10 @@ pub struct ResultHead {
     pub status: Status,
     pub device: String,
     pub class: DeviceClass,
+    #[serde(default)]
+    pub worker: String,
+    #[serde(default)]
+    pub attempt: u64,
     #[serde(with = "time::serde::rfc3339")]
     pub finished_at: OffsetDateTime,
     pub queue_ms: f64,
@@ -26,12 +30,39 @@ pub struct ResultHead {
     pub error: Option<ErrorHead>,
     #[serde(default)]
     pub routing: Option<Routing>,
+    #[serde(default)]
+    pub replay: u32,
 }
 
 /// The kind of a failure, without its message.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ErrorHead {
     pub kind: ErrorKind,
+}
+
+impl ResultHead {
+    /// The job's final entry in `KILN_STATE`, for the result stored at `result_seq`.
+    pub fn final_state(&self, result_seq: u64) -> kiln_proto::JobState {
+        use kiln_proto::Phase;
+        let error = self.error.as_ref().map(|e| e.kind);
+        let phase = match (self.status, error) {
+            (Status::Succeeded, _) => Phase::Succeeded,
+            (Status::Failed, Some(ErrorKind::Cancelled)) => Phase::Cancelled,
+            (Status::Failed, _) => Phase::Failed,
+        };
+        kiln_proto::JobState {
+            phase,
+            kind: self.kind.clone(),
+            class: self.class,
+            at: self.finished_at,
+            device: Some(self.device.clone()),
+            worker: Some(self.worker.clone()),
+            attempt: Some(self.attempt),
+            replay: self.replay,
+            result_seq: Some(result_seq),
+            error,
+        }
+    }
 }
 
 impl From<&ResultEvent> for ResultHead {
@@ -42,12 +73,15 @@ impl From<&ResultEvent> for ResultHead {
             status: event.status,
             device: event.device.clone(),
             class: event.class,
+            worker: event.worker.clone(),
+            attempt: event.attempt,
             finished_at: event.finished_at,
             queue_ms: event.queue_ms,
             compute_ms: event.compute_ms,
             total_ms: event.total_ms,
             error: event.error.as_ref().map(|e| ErrorHead { kind: e.kind }),
             routing: event.routing.clone(),
+            replay: event.replay,
         }
     }
 }
@@ -191,13 +225,18 @@ impl Folds {
     /// Count one result event; returns false when its job id was already counted.
     pub fn add(&mut self, event: &ResultHead) -> bool {
         let key = (event.kind.clone(), event.class.to_string());
-        if !self.seen.insert(event.id.clone()) {
+        // One count per job and run: a replay from the dead-letter queue is a new run.
+        let seen_key = match event.replay {
+            0 => event.id.clone(),
+            n => format!("{}#replay-{n}", event.id),
+        };
+        if !self.seen.insert(seen_key.clone()) {
             let fold = self.folds.entry(key).or_default();
             fold.duplicates += 1;
             fold.dirty = true;
             return false;
         }
-        self.seen_order.push_back(event.id.clone());
+        self.seen_order.push_back(seen_key);
         if self.seen_order.len() > SEEN_CAPACITY
             && let Some(old) = self.seen_order.pop_front()
         {
@@ -264,6 +303,7 @@ mod tests {
                 .then(|| JobError::new(ErrorKind::InvalidInput, "bad")),
             flops: 0.0,
             routing: None,
+            replay: 0,
         };
         // Through JSON, as the service reads it.
         serde_json::from_slice(&serde_json::to_vec(&event).unwrap()).unwrap()

@@ -7,7 +7,7 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::{self, consumer::PullConsumer};
 use futures::StreamExt as _;
 use kiln_proto::streams::{self, CONSUMER_AGGREGATOR, STREAM_RESULTS};
-use kiln_proto::{HEADER_MSG_ID, MetricsSnapshot, Topology, subject};
+use kiln_proto::{HEADER_MSG_ID, JobState, MetricsSnapshot, Topology, subject};
 use time::OffsetDateTime;
 
 use crate::error::{Error, Result};
@@ -68,7 +68,8 @@ pub async fn run(
         .await
         .map_err(|e| read_error("result events", e))?;
 
-    let mut unacked: Vec<jetstream::Message> = Vec::new();
+    // Folded results waiting for the next snapshot, each with its job's final state.
+    let mut unacked: Vec<(jetstream::Message, Option<(String, JobState)>)> = Vec::new();
     let mut ticker = tokio::time::interval(config.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
@@ -82,17 +83,21 @@ pub async fn run(
             },
             next = messages.next() => match next {
                 Some(Ok(message)) => {
-                    match serde_json::from_slice::<ResultHead>(&message.payload) {
+                    let state = match serde_json::from_slice::<ResultHead>(&message.payload) {
                         Ok(event) => {
                             folds.add(&event);
+                            message.info().ok().map(|info| (event.id.clone(), event.final_state(info.stream_sequence)))
                         }
-                        Err(e) => tracing::warn!(
-                            subject = %message.subject,
-                            error = %e,
-                            "result event does not parse; not counted"
-                        ),
-                    }
-                    unacked.push(message);
+                        Err(e) => {
+                            tracing::warn!(
+                                subject = %message.subject,
+                                error = %e,
+                                "result event does not parse; not counted"
+                            );
+                            None
+                        }
+                    };
+                    unacked.push((message, state));
                 }
                 Some(Err(e)) => tracing::warn!(error = %e, "error while reading result events"),
                 None => break,
@@ -104,21 +109,22 @@ pub async fn run(
     Ok(())
 }
 
-/// Publish the snapshots that changed, wait for the server to store them, then ack the
-/// results they include.
+/// Publish the snapshots that changed and the final states of the jobs folded since the
+/// last flush, wait for the server to store them, then ack the results they include.
 async fn flush(
     js: &jetstream::Context,
     folds: &mut Folds,
-    unacked: &mut Vec<jetstream::Message>,
+    unacked: &mut Vec<(jetstream::Message, Option<(String, JobState)>)>,
 ) -> Result<()> {
     let now = OffsetDateTime::now_utc();
     let snapshots = folds.snapshots(now);
-    let stored = publish_snapshots(js, &snapshots, now).await;
+    let stored = store(js, &snapshots, unacked, now).await;
     if stored.is_err() {
+        // Not stored: these snapshots go out again at the next flush, the results stay unacked.
         folds.unstored(&snapshots);
     }
     stored?;
-    for message in unacked.drain(..) {
+    for (message, _) in unacked.drain(..) {
         if let Err(e) = message.ack().await {
             tracing::warn!(error = %e, "could not ack a folded result; it will be redelivered and dropped as a duplicate");
         }
@@ -126,32 +132,26 @@ async fn flush(
     Ok(())
 }
 
-/// Publish snapshots and wait until the server has stored every one.
-async fn publish_snapshots(
+/// Publish snapshots and job states and wait until the server has stored every one.
+async fn store(
     js: &jetstream::Context,
     snapshots: &[MetricsSnapshot],
+    unacked: &[(jetstream::Message, Option<(String, JobState)>)],
     now: OffsetDateTime,
 ) -> Result<()> {
     let mut acks = Vec::new();
     for snapshot in snapshots {
         let subject = subject::metrics(&snapshot.kind, &snapshot.class);
-        let body = serde_json::to_vec(snapshot).map_err(|e| Error::Publish {
-            subject: subject.clone(),
-            message: e.to_string(),
-        })?;
         let mut headers = HeaderMap::new();
         headers.insert(
             HEADER_MSG_ID,
             format!("{subject}-{}", now.unix_timestamp_nanos()).as_str(),
         );
-        let ack = js
-            .publish_with_headers(subject.clone(), headers, body.into())
-            .await
-            .map_err(|e| Error::Publish {
-                subject: subject.clone(),
-                message: e.to_string(),
-            })?;
-        acks.push((subject, ack));
+        acks.push(publish(js, subject, headers, snapshot).await?);
+    }
+    for (id, state) in unacked.iter().filter_map(|(_, s)| s.as_ref()) {
+        let subject = kiln_proto::state_subject(id);
+        acks.push(publish(js, subject, HeaderMap::new(), state).await?);
     }
     for (subject, ack) in acks {
         ack.await.map_err(|e| Error::Publish {
@@ -160,6 +160,25 @@ async fn publish_snapshots(
         })?;
     }
     Ok(())
+}
+
+/// Publish `body` as JSON without waiting for the server's acknowledgement (returned).
+async fn publish(
+    js: &jetstream::Context,
+    subject: String,
+    headers: HeaderMap,
+    body: &impl serde::Serialize,
+) -> Result<(String, jetstream::context::PublishAckFuture)> {
+    let error = |e: &dyn std::fmt::Display| Error::Publish {
+        subject: subject.clone(),
+        message: e.to_string(),
+    };
+    let body = serde_json::to_vec(body).map_err(|e| error(&e))?;
+    let ack = js
+        .publish_with_headers(subject.clone(), headers, body.into())
+        .await
+        .map_err(|e| error(&e))?;
+    Ok((subject, ack))
 }
 
 fn read_error(what: &'static str, e: impl std::fmt::Display) -> Error {

@@ -127,6 +127,11 @@ pub struct WorkerArgs {
     /// Most tensor elements one job may hold; bigger jobs fail with too_large.
     #[arg(long, env = "KILN_MAX_ELEMENTS")]
     pub max_elements: Option<u64>,
+    /// MiB of tensors this worker's jobs may hold together (default: 80% of host memory or
+    /// of the container's limit for cpu, 85% of the GPU's memory for cuda). A job needing
+    /// more fails with too_large before anything is allocated; jobs that fit wait their turn.
+    #[arg(long, env = "KILN_MAX_MEMORY_MB")]
+    pub max_memory_mb: Option<u64>,
     /// Seconds a graceful shutdown waits for running jobs before handing them back.
     #[arg(long, env = "KILN_DRAIN_TIMEOUT_S", default_value_t = 30)]
     pub drain_timeout_s: u64,

@@ -146,3 +146,153 @@ async fn acknowledged_jobs_survive_a_server_restart() {
         JOBS as u64
     );
 }
+
+/// Every result of job `id`, once at least `n` are stored.
+async fn results_of(
+    client: &async_nats::Client,
+    id: &str,
+    n: usize,
+) -> Vec<kiln_proto::ResultEvent> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mine: Vec<_> = common::all_results(client)
+            .await
+            .into_iter()
+            .filter(|e| e.id == id)
+            .collect();
+        if mine.len() >= n {
+            return mine;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{id} has {} results, want {n}",
+            mine.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn job_no_worker_acknowledges_is_answered_dead_lettered_and_replayable() {
+    use async_nats::jetstream;
+    use futures::StreamExt as _;
+    use kiln_proto::streams::{self, STREAM_JOBS};
+
+    let mut cluster = Cluster::new();
+    let client = cluster.client().await;
+    let js = jetstream::new(client.clone());
+    // Two deliveries, one second each: the server gives up on a job quickly.
+    let topology = kiln_proto::Topology {
+        ack_wait: Duration::from_secs(1),
+        max_deliver: 2,
+        ..Default::default()
+    };
+    streams::update_all(&js, &topology).await.unwrap();
+    // A kiln worker that serves the gpu class: it does not take the cpu job, but it is the
+    // one that answers the advisory.
+    cluster.spawn(
+        "keeper",
+        &[
+            "worker",
+            "--device",
+            "cpu",
+            "--serve-class",
+            "gpu",
+            "--name",
+            "keeper",
+        ],
+    );
+
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", "stuck-1");
+    js.publish_with_headers(
+        "jobs.cpu.vector_add",
+        headers,
+        r#"{"params":{"len":64},"seed":7}"#.into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+
+    // A worker that takes the job and dies before acking, on every attempt: a real client
+    // pulling from workers-cpu that never acks.
+    let crashing = js
+        .get_stream(STREAM_JOBS)
+        .await
+        .unwrap()
+        .get_consumer::<jetstream::consumer::pull::Config>("workers-cpu")
+        .await
+        .unwrap();
+    let mut deliveries = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut answered = Vec::new();
+    while answered.is_empty() {
+        assert!(Instant::now() < deadline, "the job was never dead-lettered");
+        let mut batch = crashing
+            .fetch()
+            .max_messages(1)
+            .expires(Duration::from_millis(1500))
+            .messages()
+            .await
+            .unwrap();
+        while let Some(Ok(message)) = batch.next().await {
+            deliveries += 1;
+            assert_eq!(message.info().unwrap().delivered, deliveries);
+        }
+        answered = common::all_results(&client)
+            .await
+            .into_iter()
+            .filter(|e| e.id == "stuck-1")
+            .collect();
+    }
+    assert_eq!(deliveries, 2, "max_deliver is 2");
+    assert_eq!(answered.len(), 1);
+    let failed = &answered[0];
+    assert_eq!(failed.status, Status::Failed);
+    assert_eq!(failed.kind, "vector_add");
+    assert_eq!(failed.attempt, 2);
+    assert_eq!(failed.worker, "keeper");
+    let error = failed.error.as_ref().unwrap();
+    assert_eq!(error.kind, kiln_proto::ErrorKind::Internal);
+    assert!(
+        error
+            .message
+            .contains("gave up after 2 deliveries from workers-cpu"),
+        "{error}"
+    );
+
+    // The job left KILN_JOBS, and waits in the dead-letter queue.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut jobs = js.get_stream(STREAM_JOBS).await.unwrap();
+        if jobs.info().await.unwrap().state.messages == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the given-up job stayed in KILN_JOBS"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let list = cluster.kiln(&["dlq", "list"]);
+    assert_success(&list);
+    let listed = common::stdout(&list);
+    assert!(listed.contains("stuck-1"), "{listed}");
+    assert!(listed.contains("jobs.cpu.vector_add"), "{listed}");
+    assert!(listed.contains("gave up after 2 deliveries"), "{listed}");
+
+    // An operator replays it once a healthy worker runs: a new run with its own result.
+    spawn_worker(&mut cluster, "healthy");
+    let replay = cluster.kiln(&["dlq", "replay", "--all"]);
+    assert_success(&replay);
+    assert!(common::stdout(&replay).contains("1 dead letter(s) resubmitted"));
+    let both = results_of(&client, "stuck-1", 2).await;
+    let rerun = &both[1];
+    assert_eq!(rerun.status, Status::Succeeded, "{rerun:?}");
+    assert_eq!(rerun.replay, 1);
+    assert_eq!(rerun.output["len"], 64);
+    assert_eq!(both[0], *failed, "the failed result stays as it was");
+    let empty = cluster.kiln(&["dlq", "list"]);
+    assert!(common::stdout(&empty).contains("KILN_DLQ is empty"));
+}

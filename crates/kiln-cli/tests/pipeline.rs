@@ -774,10 +774,10 @@ async fn status_of_a_job_follows_it_from_queued_to_running_to_succeeded() {
         "--id",
         "followed",
     ]));
+    let queued = state(&cluster, "followed");
     assert!(
-        state(&cluster, "followed").contains("queued"),
-        "{}",
-        state(&cluster, "followed")
+        queued.contains("followed: queued on jobs.cpu.train_mlp since 20"),
+        "{queued}"
     );
     cluster.cpu_worker();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -798,11 +798,65 @@ async fn status_of_a_job_follows_it_from_queued_to_running_to_succeeded() {
     }
     let client = cluster.client().await;
     wait_for_results(&client, &["followed"], WAIT).await;
+    // No aggregator yet: the record still says queued, and status finds the result.
     let s = state(&cluster, "followed");
     assert!(
         s.contains("followed: succeeded on cpu (test-worker, attempt 1)"),
         "{s}"
     );
+    // The aggregator records the final state, with where the result is stored.
+    cluster.aggregator();
+    let js = async_nats::jetstream::new(client.clone());
+    let store = js.get_key_value(kiln_proto::BUCKET_STATE).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let recorded: kiln_proto::JobState = loop {
+        let value = store.get("followed").await.unwrap().unwrap();
+        let recorded: kiln_proto::JobState = serde_json::from_slice(&value).unwrap();
+        if recorded.phase.is_final() {
+            break recorded;
+        }
+        assert!(std::time::Instant::now() < deadline, "never recorded final");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(recorded.phase, kiln_proto::Phase::Succeeded);
+    assert_eq!(recorded.worker.as_deref(), Some("test-worker"));
+    assert_eq!(recorded.result_seq, Some(1));
+    let s = state(&cluster, "followed");
+    assert!(
+        s.contains("followed: succeeded on cpu (test-worker, attempt 1)"),
+        "{s}"
+    );
+    let result = stdout(&cluster.kiln(&["result", "followed"]));
+    assert!(result.contains("\"status\": \"succeeded\""), "{result}");
+    assert!(state(&cluster, "nobody").contains("nobody: unknown"));
     assert_success(&cluster.kiln(&["cancel", "never-submitted"]));
     assert!(state(&cluster, "never-submitted").contains("cancel requested"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn job_bigger_than_the_workers_memory_is_refused_naming_the_limit() {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    cluster.spawn(
+        "worker",
+        &["worker", "--device", "cpu", "--max-memory-mb", "64"],
+    );
+    // 3 × 4096² f32 = 192 MiB of tensors: within --max-elements, over the memory limit.
+    let out = cluster.kiln(&["submit", "matmul", "-p", "n=4096", "--wait"]);
+    assert!(!out.status.success(), "a refused job makes --wait fail");
+    let event: ResultEvent = serde_json::from_str(&stdout(&out)).expect("the result event");
+    assert_eq!(event.status, Status::Failed);
+    let error = event.error.expect("an error");
+    assert_eq!(error.kind, ErrorKind::TooLarge);
+    assert!(error.message.contains("192.0 MiB"), "{}", error.message);
+    assert!(error.message.contains("64.0 MiB"), "{}", error.message);
+    assert!(
+        error.message.contains("--max-memory-mb"),
+        "{}",
+        error.message
+    );
+    assert_eq!(event.compute_ms, 0.0, "refused before it ran");
+    // A job that fits (3 × 1024² f32 = 12 MiB) runs on the same worker.
+    let fits = submit_wait(&cluster, &["matmul", "-p", "n=1024"]);
+    assert_eq!(fits.status, Status::Succeeded, "{fits:?}");
 }

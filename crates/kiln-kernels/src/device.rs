@@ -44,9 +44,27 @@ pub fn cuda_device_count() -> usize {
     if !libcuda_present() {
         return 0;
     }
-    (0..64)
-        .take_while(|i| Path::new(&format!("/dev/nvidia{i}")).exists())
-        .count()
+    gpu_device_nodes(Path::new("/dev"))
+}
+
+/// The `nvidia<N>` device nodes in `dev`, whatever their numbers. A container given one GPU of
+/// a multi-GPU machine (a Kubernetes pod with `nvidia.com/gpu: 1`) sees that GPU's node under
+/// its host number, `/dev/nvidia3` say, while CUDA calls it device 0: counting from
+/// `/dev/nvidia0` up would find no GPU there.
+fn gpu_device_nodes(dev: &Path) -> usize {
+    std::fs::read_dir(dev)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|entry| {
+                    let name = entry.file_name();
+                    let name = name.to_string_lossy();
+                    name.strip_prefix("nvidia")
+                        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+                })
+                .count()
+        })
+        .unwrap_or(0)
 }
 
 fn libcuda_present() -> bool {
@@ -104,4 +122,31 @@ pub fn default_cache_dir() -> std::path::PathBuf {
         .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))
         .unwrap_or_else(std::env::temp_dir)
         .join("kiln")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_gpu_nodes_under_their_host_numbers() {
+        let dev = std::env::temp_dir().join(format!("kiln-dev-nodes-{}", std::process::id()));
+        std::fs::create_dir_all(&dev).unwrap();
+        // What a pod given the host's fourth GPU sees, plus the control nodes every GPU
+        // container has.
+        for name in [
+            "nvidia3",
+            "nvidiactl",
+            "nvidia-uvm",
+            "nvidia-uvm-tools",
+            "nvidia-modeset",
+        ] {
+            std::fs::write(dev.join(name), b"").unwrap();
+        }
+        assert_eq!(gpu_device_nodes(&dev), 1);
+        std::fs::write(dev.join("nvidia0"), b"").unwrap();
+        assert_eq!(gpu_device_nodes(&dev), 2);
+        std::fs::remove_dir_all(&dev).unwrap();
+        assert_eq!(gpu_device_nodes(&dev), 0, "no /dev: no GPU");
+    }
 }

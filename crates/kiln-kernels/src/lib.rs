@@ -16,6 +16,7 @@
 mod data;
 mod device;
 mod kernel;
+mod memory;
 
 pub mod bench;
 pub mod conv2d;
@@ -30,6 +31,7 @@ pub use device::{
 pub use kernel::{
     Checkpoint, DecodedJob, JobMeta, Kernel, KindEntry, NoCheckpoint, Plan, Progress, RunContext,
 };
+pub use memory::{BYTES_PER_ELEMENT, Bytes, MemoryBudget};
 
 /// The kind registry: one entry per job kind. Adding a kind = one module + one line here.
 macro_rules! registry {

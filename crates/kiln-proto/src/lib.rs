@@ -18,6 +18,7 @@ mod job;
 mod limits;
 mod metrics;
 mod result;
+mod state;
 pub mod streams;
 pub mod subject;
 mod workers;
@@ -28,7 +29,8 @@ pub use job::{Job, MAX_ID_LEN, new_job_id, resolve_job_id, valid_job_id};
 pub use limits::{Limits, checked_product};
 pub use metrics::{Latency, LatencyStats, MetricsSnapshot, PredictionStats};
 pub use result::{ResultEvent, Routing, Status, result_msg_id};
-pub use streams::Topology;
+pub use state::{BUCKET_STATE, JobState, Phase, state_subject};
+pub use streams::{MaxDeliveriesAdvisory, Topology};
 pub use subject::{DeviceClass, JobSubject};
 pub use workers::{BUCKET_CANCEL, BUCKET_WORKERS, RunningJob, WorkerInfo, job_key};
 
@@ -43,3 +45,6 @@ pub const HEADER_ROUTING: &str = "Kiln-Routing";
 pub const HEADER_DLQ_REASON: &str = "Kiln-Dlq-Reason";
 /// Header of a dead letter: the subject the job was published on.
 pub const HEADER_DLQ_SUBJECT: &str = "Kiln-Dlq-Subject";
+/// On a job replayed from the dead-letter queue: how many times it has been replayed (its
+/// result then has a `Nats-Msg-Id` of its own, see [`result_msg_id`]).
+pub const HEADER_REPLAY: &str = "Kiln-Replay";

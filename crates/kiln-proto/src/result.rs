@@ -56,6 +56,14 @@ pub struct ResultEvent {
     /// How the scheduler routed the job, for jobs submitted to `jobs.auto.*`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub routing: Option<Routing>,
+    /// How many times the job was replayed from the dead-letter queue (`kiln dlq replay`)
+    /// before this run: 0 for a job's first life. A replay is a new run with its own result.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub replay: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// A scheduler's routing decision, carried from the routed job (header `Kiln-Routing`) into
@@ -91,11 +99,15 @@ impl ResultEvent {
     /// The `Nats-Msg-Id` of this result: derived from the job id, so that a job delivered
     /// twice is stored (and counted) once.
     pub fn msg_id(&self) -> String {
-        result_msg_id(&self.id)
+        result_msg_id(&self.id, self.replay)
     }
 }
 
-/// The `Nats-Msg-Id` of the result of job `id`.
-pub fn result_msg_id(id: &str) -> String {
-    format!("result-{id}")
+/// The `Nats-Msg-Id` of the result of job `id` (in its `replay`th life from the dead-letter
+/// queue): one stored result per job and run, however often the job is delivered.
+pub fn result_msg_id(id: &str, replay: u32) -> String {
+    match replay {
+        0 => format!("result-{id}"),
+        n => format!("result-{id}-replay-{n}"),
+    }
 }

@@ -12,11 +12,30 @@ pub const STREAM_JOBS: &str = "KILN_JOBS";
 pub const STREAM_RESULTS: &str = "KILN_RESULTS";
 pub const STREAM_METRICS: &str = "KILN_METRICS";
 pub const STREAM_DLQ: &str = "KILN_DLQ";
+/// The server's max-deliveries advisories for `KILN_JOBS`, kept until a worker has turned
+/// each into a failed result and a dead letter.
+pub const STREAM_ADVISORIES: &str = "KILN_ADVISORIES";
 
 pub const CONSUMER_WORKERS_GPU: &str = "workers-gpu";
 pub const CONSUMER_WORKERS_CPU: &str = "workers-cpu";
 pub const CONSUMER_SCHEDULER: &str = "scheduler";
 pub const CONSUMER_AGGREGATOR: &str = "aggregator";
+/// Workers' consumer on `KILN_ADVISORIES`.
+pub const CONSUMER_DEAD_LETTERS: &str = "dead-letters";
+
+/// What the server publishes when a job has been delivered `max_deliver` times without an
+/// ack (a worker crashed or stalled on each attempt).
+pub const MAX_DELIVERIES_ADVISORIES: &str =
+    "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.KILN_JOBS.>";
+
+/// The body of a max-deliveries advisory (`io.nats.jetstream.advisory.v1.max_deliver`).
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct MaxDeliveriesAdvisory {
+    pub stream: String,
+    pub consumer: String,
+    pub stream_seq: u64,
+    pub deliveries: u64,
+}
 
 /// How long the job and result streams remember message ids to drop resubmissions.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(10 * 60);
@@ -117,6 +136,36 @@ impl Topology {
         }
     }
 
+    /// Max-deliveries advisories of `KILN_JOBS`: the server publishes one, whoever listens,
+    /// when a job has been delivered `max_deliver` times unacknowledged. Captured in a stream
+    /// they cannot be missed by a worker that is down or busy at that moment.
+    pub fn advisories_stream(&self) -> stream::Config {
+        stream::Config {
+            name: STREAM_ADVISORIES.into(),
+            description: Some("kiln: max-deliveries advisories of KILN_JOBS".into()),
+            subjects: vec![MAX_DELIVERIES_ADVISORIES.into()],
+            retention: RetentionPolicy::WorkQueue,
+            storage: StorageType::File,
+            discard: DiscardPolicy::Old,
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            num_replicas: self.replicas,
+            ..Default::default()
+        }
+    }
+
+    /// The workers' consumer on `KILN_ADVISORIES`; no delivery limit: an advisory is only
+    /// done once its job is answered.
+    pub fn dead_letters_consumer(&self) -> pull::Config {
+        pull::Config {
+            durable_name: Some(CONSUMER_DEAD_LETTERS.into()),
+            description: Some("kiln workers: dead-letter jobs the server gave up on".into()),
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(30),
+            num_replicas: self.replicas,
+            ..Default::default()
+        }
+    }
+
     /// The live-workers bucket: one key per worker, expiring three heartbeats after its
     /// last refresh.
     pub fn workers_bucket(&self) -> jetstream::kv::Config {
@@ -126,6 +175,19 @@ impl Topology {
             history: 1,
             max_age: self.heartbeat * 3,
             storage: StorageType::Memory,
+            num_replicas: self.replicas,
+            ..Default::default()
+        }
+    }
+
+    /// Job states (`KILN_STATE`): one key per job, kept as long as results.
+    pub fn state_bucket(&self) -> jetstream::kv::Config {
+        jetstream::kv::Config {
+            bucket: crate::BUCKET_STATE.into(),
+            description: "kiln job states (kiln status <id>)".into(),
+            history: 1,
+            max_age: self.results_max_age,
+            storage: StorageType::File,
             num_replicas: self.replicas,
             ..Default::default()
         }
@@ -238,6 +300,7 @@ async fn setup(
         topology.results_stream(),
         topology.metrics_stream(),
         topology.dlq_stream(),
+        topology.advisories_stream(),
     ] {
         let stream = stream_name(&config.name);
         if update {
@@ -264,9 +327,12 @@ async fn setup(
     }
     let results = get_stream(js, STREAM_RESULTS).await?;
     create_consumer(&results, topology.aggregator_consumer(), update).await?;
+    let advisories = get_stream(js, STREAM_ADVISORIES).await?;
+    create_consumer(&advisories, topology.dead_letters_consumer(), update).await?;
     for (bucket, config) in [
         (crate::BUCKET_WORKERS, topology.workers_bucket()),
         (crate::BUCKET_CANCEL, topology.cancel_bucket()),
+        (crate::BUCKET_STATE, topology.state_bucket()),
     ] {
         if update {
             js.create_or_update_key_value(config)
@@ -354,6 +420,7 @@ fn stream_name(name: &str) -> &'static str {
         STREAM_JOBS => STREAM_JOBS,
         STREAM_RESULTS => STREAM_RESULTS,
         STREAM_METRICS => STREAM_METRICS,
+        STREAM_ADVISORIES => STREAM_ADVISORIES,
         _ => STREAM_DLQ,
     }
 }

@@ -34,6 +34,10 @@ pub struct WorkerConfig {
     pub warmup: bool,
     /// Where a GPU worker keeps autotune results and compiled kernels across restarts.
     pub cache_dir: Option<PathBuf>,
+    /// Memory the jobs of this worker may hold together (`None`: a share of the device's
+    /// memory, found at start). A job needing more is refused before any allocation; jobs
+    /// that fit wait for each other rather than run out of memory together.
+    pub memory: Option<kiln_kernels::MemoryBudget>,
 }
 
 impl WorkerConfig {
@@ -56,6 +60,7 @@ impl WorkerConfig {
             drain_timeout: Duration::from_secs(30),
             warmup: true,
             cache_dir: Some(kiln_kernels::default_cache_dir()),
+            memory: None,
         }
     }
 }

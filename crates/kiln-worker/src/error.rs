@@ -15,6 +15,8 @@ pub enum Error {
     /// handed back what it held. Restart it (its supervisor should).
     #[error("device {device} is unusable, so this worker stopped: {reason}")]
     DevicePoisoned { device: String, reason: String },
+    #[error("could not find how much memory {device} has: {reason}; set --max-memory-mb")]
+    Memory { device: String, reason: String },
     /// A warm-up job failed: the device or its runtime (libcuda, NVRTC, CUDA headers) is
     /// not usable.
     #[error(

@@ -26,6 +26,9 @@ use crate::worker::Counters;
 pub(crate) struct Shared {
     pub js: jetstream::Context,
     pub compute: Arc<Semaphore>,
+    /// Memory jobs hold while they run, in MiB (see [`kiln_kernels::MemoryBudget`]).
+    pub memory_mib: Arc<Semaphore>,
+    pub memory: kiln_kernels::MemoryBudget,
     pub counters: Counters,
     /// Set when a shutdown ran out of patience: checkpoints then hand jobs back.
     pub stopping: AtomicBool,
@@ -69,6 +72,8 @@ struct Delivery {
     /// `Kiln-Job-Id` of a routed copy.
     job_id: Option<String>,
     routing: Option<Routing>,
+    /// `Kiln-Replay` of a job resubmitted from the dead-letter queue.
+    replay: u32,
     stream_sequence: u64,
 }
 
@@ -99,6 +104,7 @@ pub(crate) async fn handle(shared: &Arc<Shared>, message: jetstream::Message) {
         msg_id: header(&message, HEADER_MSG_ID),
         job_id: header(&message, HEADER_JOB_ID),
         routing: header(&message, HEADER_ROUTING).and_then(|r| serde_json::from_str(&r).ok()),
+        replay: replay_of(message.headers.as_ref()),
         stream_sequence,
     };
 
@@ -145,7 +151,9 @@ fn decode(
     })?;
     let codec = Codec::from_headers(message.headers.as_ref())
         .map_err(|e| JobError::invalid_input(e.to_string()))?;
-    entry.decode(codec, &message.payload, &shared.config.limits)
+    let job = entry.decode(codec, &message.payload, &shared.config.limits)?;
+    shared.memory.check(entry.name, job.plan.elements)?;
+    Ok(job)
 }
 
 /// Run the job on a compute slot, off the async executor, with progress acks meanwhile.
@@ -172,12 +180,26 @@ async fn compute(
     let progress_every = (ack_wait / 3).max(Duration::from_millis(100));
     let mut ticker =
         tokio::time::interval_at(tokio::time::Instant::now() + progress_every, progress_every);
+    // A compute slot, and the job's memory: jobs that fit the budget alone but not beside
+    // the ones running wait for them instead of running out of memory together.
+    let bytes = job
+        .plan
+        .elements
+        .saturating_mul(kiln_kernels::BYTES_PER_ELEMENT);
     let permit = {
-        let acquire = shared.compute.clone().acquire_owned();
+        let compute = shared.compute.clone();
+        let memory = shared.memory_mib.clone();
+        let acquire = async move {
+            let memory = memory.acquire_many_owned(crate::worker::mib(bytes)).await;
+            let compute = compute.acquire_owned().await;
+            (compute, memory)
+        };
         tokio::pin!(acquire);
         loop {
             tokio::select! {
-                permit = &mut acquire => break permit.expect("semaphore is never closed"),
+                (compute, memory) = &mut acquire => {
+                    break (compute.expect("semaphore is never closed"), memory.expect("semaphore is never closed"));
+                }
                 _ = ticker.tick() => { let _ = message.ack_with(AckKind::Progress).await; }
             }
         }
@@ -338,6 +360,7 @@ async fn finish(
         error,
         flops,
         routing: delivery.routing.clone(),
+        replay: delivery.replay,
     };
     if let Some(error) = &event.error {
         tracing::info!(id = %event.id, kind = %event.kind, error = %error, "job failed");
@@ -347,7 +370,14 @@ async fn finish(
         .error
         .as_ref()
         .is_some_and(|e| e.kind.disposition() == Disposition::Retry)
-        && let Err(e) = dead_letter(shared, message, &event).await
+        && let Err(e) = dead_letter(
+            &shared.js,
+            &event,
+            message.subject.as_str(),
+            message.headers.as_ref().unwrap_or(&HeaderMap::new()),
+            &message.payload,
+        )
+        .await
     {
         tracing::error!(id = %event.id, error = %e, "could not dead-letter job; handing it back");
         let _ = message
@@ -362,7 +392,7 @@ async fn finish(
     let patience = tokio::time::Instant::now() + RESULT_PATIENCE;
     let mut pause = Duration::from_millis(200);
     loop {
-        match publish_result(shared, &event, message.headers.as_ref()).await {
+        match publish_result(&shared.js, &event, message.headers.as_ref()).await {
             Ok(()) => break,
             Err(e) if tokio::time::Instant::now() + pause < patience => {
                 tracing::warn!(id = %event.id, error = %e, ?pause, "could not publish result; retrying");
@@ -389,8 +419,8 @@ async fn finish(
     }
 }
 
-async fn publish_result(
-    shared: &Shared,
+pub(crate) async fn publish_result(
+    js: &jetstream::Context,
     event: &ResultEvent,
     job_headers: Option<&HeaderMap>,
 ) -> Result<(), String> {
@@ -401,8 +431,7 @@ async fn publish_result(
     if let Some(traceparent) = job_headers.and_then(|h| h.get("traceparent")) {
         headers.insert("traceparent", traceparent.as_str());
     }
-    let ack = shared
-        .js
+    let ack = js
         .publish_with_headers(subject::result(&event.kind), headers, body.into())
         .await
         .map_err(|e| e.to_string())?
@@ -414,23 +443,29 @@ async fn publish_result(
     Ok(())
 }
 
-async fn dead_letter(
-    shared: &Shared,
-    message: &jetstream::Message,
+/// Keep a copy of a job given up on in `KILN_DLQ`, with why and where it came from.
+pub(crate) async fn dead_letter(
+    js: &jetstream::Context,
     event: &ResultEvent,
+    job_subject: &str,
+    job_headers: &HeaderMap,
+    payload: &bytes::Bytes,
 ) -> Result<(), String> {
-    let mut headers = message.headers.clone().unwrap_or_default();
+    let mut headers = job_headers.clone();
     let reason = event
         .error
         .as_ref()
         .map(|e| e.to_string())
         .unwrap_or_default();
     headers.insert(HEADER_DLQ_REASON, reason.as_str());
-    headers.insert(HEADER_DLQ_SUBJECT, message.subject.as_str());
-    headers.insert(HEADER_MSG_ID, format!("dlq-{}", event.id).as_str());
-    shared
-        .js
-        .publish_with_headers(subject::dlq(&event.kind), headers, message.payload.clone())
+    headers.insert(HEADER_DLQ_SUBJECT, job_subject);
+    headers.insert(HEADER_JOB_ID, event.id.as_str());
+    let msg_id = match event.replay {
+        0 => format!("dlq-{}", event.id),
+        n => format!("dlq-{}-replay-{n}", event.id),
+    };
+    headers.insert(HEADER_MSG_ID, msg_id.as_str());
+    js.publish_with_headers(subject::dlq(&event.kind), headers, payload.clone())
         .await
         .map_err(|e| e.to_string())?
         .await
@@ -454,19 +489,36 @@ fn header(message: &jetstream::Message, name: &str) -> Option<String> {
 /// The id of a job whose body could not be decoded: its JSON `id` if one can be read,
 /// else its `Nats-Msg-Id`, else its stream sequence.
 fn fallback_id(message: &jetstream::Message, delivery: &Delivery) -> String {
+    job_id_of(
+        &message.payload,
+        message.headers.as_ref(),
+        delivery.stream_sequence,
+    )
+}
+
+/// A job's id read off its body and headers without decoding its parameters: the body's
+/// `id` if valid, else a routed or replayed copy's `Kiln-Job-Id`, else its `Nats-Msg-Id`,
+/// else its stream sequence.
+pub(crate) fn job_id_of(payload: &[u8], headers: Option<&HeaderMap>, sequence: u64) -> String {
     #[derive(serde::Deserialize)]
     struct IdOnly {
         id: Option<String>,
     }
-    let body_id = serde_json::from_slice::<IdOnly>(&message.payload)
+    let body_id = serde_json::from_slice::<IdOnly>(payload)
         .ok()
         .and_then(|b| b.id)
         .filter(|id| kiln_proto::valid_job_id(id));
-    kiln_proto::resolve_job_id(
-        body_id.as_deref(),
-        delivery.header_id(),
-        delivery.stream_sequence,
-    )
+    let get = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str());
+    let header_id = get(HEADER_JOB_ID).or_else(|| get(HEADER_MSG_ID));
+    kiln_proto::resolve_job_id(body_id.as_deref(), header_id, sequence)
+}
+
+/// `Kiln-Replay`: how often a job was replayed from the dead-letter queue (0 if never).
+pub(crate) fn replay_of(headers: Option<&HeaderMap>) -> u32 {
+    headers
+        .and_then(|h| h.get(kiln_proto::HEADER_REPLAY))
+        .and_then(|v| v.as_str().trim().parse().ok())
+        .unwrap_or(0)
 }
 
 impl Delivery {

@@ -14,6 +14,7 @@
 
 mod cancel;
 mod config;
+mod deadletter;
 mod error;
 mod handle;
 mod heartbeat;

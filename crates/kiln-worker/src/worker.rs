@@ -78,11 +78,23 @@ pub async fn run(
         );
         config.limits.max_elements = GPU_MAX_ELEMENTS;
     }
+    let memory = match config.memory.clone() {
+        Some(budget) => budget,
+        None => {
+            kiln_kernels::MemoryBudget::detect(&config.device).map_err(|reason| Error::Memory {
+                device: config.device.to_string(),
+                reason,
+            })?
+        }
+    };
+    tracing::info!(device = %config.device, limit = %kiln_kernels::Bytes(memory.bytes), source = %memory.source, "job memory limit");
     let max_in_flight = config.max_in_flight.max(1);
     let slots = Arc::new(Semaphore::new(max_in_flight));
     let shared = Arc::new(Shared {
         js: js.clone(),
         compute: Arc::new(Semaphore::new(config.compute_slots.max(1))),
+        memory_mib: Arc::new(Semaphore::new(mib(memory.bytes) as usize)),
+        memory,
         counters: Counters::default(),
         stopping: AtomicBool::new(false),
         poisoned: std::sync::OnceLock::new(),
@@ -149,6 +161,12 @@ pub async fn run(
         }
     }
     serving.store(true, Ordering::Relaxed);
+    let (stop_dead_letters, stopped) = tokio::sync::watch::channel(false);
+    let dead_letters = tokio::spawn(crate::deadletter::serve(
+        js.clone(),
+        shared.config.name.clone(),
+        stopped,
+    ));
     tracing::info!(
         worker = %shared.config.name,
         device = %shared.config.device,
@@ -227,6 +245,8 @@ pub async fn run(
 
     // Drain: no new pulls; wait for running jobs, then tell stragglers to hand back.
     tracing::info!(worker = %shared.config.name, "shutting down: draining running jobs");
+    let _ = stop_dead_letters.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), dead_letters).await;
     let drain = shared.config.drain_timeout;
     let all = max_in_flight as u32;
     let drained = tokio::time::timeout(drain, slots.acquire_many(all)).await;
@@ -252,6 +272,12 @@ pub async fn run(
         "worker stopped"
     );
     Ok(stats)
+}
+
+/// Whole MiB, at least one, within what a semaphore can count: the unit jobs reserve
+/// memory in.
+pub(crate) fn mib(bytes: u64) -> u32 {
+    bytes.div_ceil(1 << 20).clamp(1, u32::MAX as u64) as u32
 }
 
 impl Shared {

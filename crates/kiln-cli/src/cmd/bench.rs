@@ -205,6 +205,7 @@ fn sample_result_bytes(len: u64) -> anyhow::Result<usize> {
         error: None,
         flops: 1024.0,
         routing: None,
+        replay: 0,
     };
     Ok(serde_json::to_vec(&event)?.len())
 }
@@ -234,7 +235,7 @@ async fn kiln(
     );
     let bar = progress_bar(jobs, "kiln");
     let started = Instant::now();
-    publish_all(js, specs, None).await?;
+    publish_all(js, specs, None, false).await?;
     let target = before + jobs;
     loop {
         let now = counted(js).await;

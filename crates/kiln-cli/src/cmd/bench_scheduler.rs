@@ -216,7 +216,7 @@ async fn run_jobs(
     let bar = progress_bar(count as u64, what);
     let first_submit = time::OffsetDateTime::now_utc();
     let started = Instant::now();
-    publish_all(js, jobs, None).await?;
+    publish_all(js, jobs, None, true).await?;
     let results = collector
         .collect(ids, Duration::from_secs(600), Some(&bar), |_| {})
         .await;

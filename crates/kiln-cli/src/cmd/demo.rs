@@ -82,7 +82,7 @@ pub async fn run(nats: &NatsArgs, args: DemoArgs) -> anyhow::Result<ExitCode> {
     );
     let mut collector = ResultCollector::subscribe(&client, None).await?;
     let started = Instant::now();
-    publish_all(&js, jobs, None).await?;
+    publish_all(&js, jobs, None, true).await?;
     let bar = progress_bar(total, "finished");
     let mut failures = Vec::new();
     let results = collector

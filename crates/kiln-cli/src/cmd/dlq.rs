@@ -54,6 +54,13 @@ pub async fn run(nats: &NatsArgs, args: DlqArgs) -> anyhow::Result<ExitCode> {
                 // A fresh message id: the original is still in the job stream's duplicate
                 // window. The job keeps its id in Kiln-Job-Id.
                 headers.insert(kiln_proto::HEADER_JOB_ID, l.id.as_str());
+                // A replay is a new run with a result of its own (the failed one stays).
+                let replay = headers
+                    .get(kiln_proto::HEADER_REPLAY)
+                    .and_then(|v| v.as_str().parse::<u32>().ok())
+                    .unwrap_or(0)
+                    + 1;
+                headers.insert(kiln_proto::HEADER_REPLAY, replay.to_string().as_str());
                 headers.insert(
                     HEADER_MSG_ID,
                     format!("replay-{}-{}", l.sequence, l.id).as_str(),

@@ -29,9 +29,35 @@ pub async fn run(nats: &NatsArgs, args: ResultArgs) -> anyhow::Result<ExitCode> 
     }
 }
 
-/// Scan the results stream (newest subject filter given by `kind`) for job `id`. The
-/// scan reads the stream once; results carry the job id only in their body.
+/// The job's state in `KILN_STATE`, if kiln recorded one.
+pub async fn state(js: &jetstream::Context, id: &str) -> Option<kiln_proto::JobState> {
+    let store = js.get_key_value(kiln_proto::BUCKET_STATE).await.ok()?;
+    let value = store.get(kiln_proto::job_key(id)).await.ok()??;
+    serde_json::from_slice(&value).ok()
+}
+
+/// Job `id`'s latest result: one lookup when the aggregator recorded its final state in
+/// `KILN_STATE`, else a scan of the results stream (jobs published before the state
+/// existed, or while no aggregator runs).
 pub async fn find(
+    js: &jetstream::Context,
+    id: &str,
+    kind: Option<&str>,
+) -> anyhow::Result<Option<ResultEvent>> {
+    if let Some(seq) = state(js, id).await.and_then(|s| s.result_seq)
+        && let Ok(stream) = js.get_stream(STREAM_RESULTS).await
+        && let Ok(message) = stream.get_raw_message(seq).await
+        && let Ok(event) = serde_json::from_slice::<ResultEvent>(&message.payload)
+        && event.id == id
+    {
+        return Ok(Some(event));
+    }
+    scan(js, id, kind).await
+}
+
+/// Scan the results stream (subject filter given by `kind`) for job `id`'s latest result.
+/// The scan reads the stream once; results carry the job id only in their body.
+async fn scan(
     js: &jetstream::Context,
     id: &str,
     kind: Option<&str>,
@@ -66,10 +92,8 @@ pub async fn find(
         if let Ok(event) = serde_json::from_slice::<ResultEvent>(&message.payload)
             && event.id == id
         {
+            // Keep scanning: a replay from the dead-letter queue has a later result.
             found = Some(event);
-            // Keep scanning: a later attempt would be the one that counts, but results
-            // are deduplicated by job id, so the first match is the only one.
-            break;
         }
     }
     Ok(found)

@@ -19,28 +19,47 @@ pub async fn run(nats: &NatsArgs, args: StatusArgs) -> anyhow::Result<ExitCode> 
     Ok(ExitCode::SUCCESS)
 }
 
-/// Where job `id` is: its result if it has one, else the live worker holding it (from the
-/// heartbeats, at most 2 s old), else whether a cancel was requested, else queued or unknown.
+/// Where job `id` is: its final state (from `KILN_STATE`, with its result), else the live
+/// worker holding it (from the heartbeats, at most 2 s old), else queued (from `KILN_STATE`),
+/// else its result found by a scan (jobs kiln did not record), else cancel requested or unknown.
 pub async fn job_state(js: &jetstream::Context, id: &str) -> anyhow::Result<String> {
-    if let Some(event) = super::result::find(js, id, None).await? {
+    use kiln_proto::Phase;
+    let recorded = super::result::state(js, id).await;
+    let finished = match &recorded {
+        Some(state) if state.phase.is_final() => super::result::find(js, id, None).await?,
+        // Recorded as queued: the record is the truth once the aggregator has folded every
+        // result (it writes final states before acking them); else look for a result.
+        Some(_) if aggregator_caught_up(js).await => None,
+        Some(_) => super::result::find(js, id, None).await?,
+        None => {
+            // Not recorded by kiln submit: a running job is found below, a finished one here.
+            if running(js, id).await.is_none() {
+                super::result::find(js, id, None).await?
+            } else {
+                None
+            }
+        }
+    };
+    if let Some(event) = finished {
         let status = match (&event.status, &event.error) {
+            (kiln_proto::Status::Failed, Some(e)) if e.kind == kiln_proto::ErrorKind::Cancelled => {
+                format!("cancelled ({})", e.message)
+            }
             (kiln_proto::Status::Failed, Some(e)) => format!("failed ({}: {})", e.kind, e.message),
             (kiln_proto::Status::Failed, None) => "failed".to_owned(),
             (kiln_proto::Status::Succeeded, _) => "succeeded".to_owned(),
         };
+        let replay = match event.replay {
+            0 => String::new(),
+            n => format!(", replay {n}"),
+        };
         return Ok(format!(
-            "{id}: {status} on {} ({}, attempt {}) in {:.3} ms",
+            "{id}: {status} on {} ({}, attempt {}{replay}) in {:.3} ms",
             event.device, event.worker, event.attempt, event.total_ms
         ));
     }
-    let workers = streams::live_workers(js).await.unwrap_or_default();
-    for w in &workers {
-        if let Some(job) = w.running.iter().find(|j| j.id == id) {
-            return Ok(format!(
-                "{id}: running ({}) on {} ({}), attempt {}",
-                job.kind, w.device, w.name, job.attempt
-            ));
-        }
+    if let Some(line) = running(js, id).await {
+        return Ok(line);
     }
     let cancelled = match js.get_key_value(kiln_proto::BUCKET_CANCEL).await {
         Ok(store) => store
@@ -51,10 +70,51 @@ pub async fn job_state(js: &jetstream::Context, id: &str) -> anyhow::Result<Stri
             .is_some(),
         Err(_) => false,
     };
-    Ok(if cancelled {
-        format!("{id}: cancel requested; it will be answered `cancelled` when a worker takes it")
-    } else {
-        format!("{id}: queued, or unknown: no result yet and no live worker holds it")
+    if cancelled {
+        return Ok(format!(
+            "{id}: cancel requested; it will be answered `cancelled` when a worker takes it"
+        ));
+    }
+    Ok(match recorded {
+        Some(state) if state.phase == Phase::Queued => format!(
+            "{id}: queued on jobs.{}.{} since {}",
+            state.class,
+            state.kind,
+            state
+                .at
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default()
+        ),
+        Some(state) => format!(
+            "{id}: {:?}, but its result is no longer stored",
+            state.phase
+        )
+        .to_lowercase(),
+        None => format!("{id}: unknown: no record, no result and no live worker holds it"),
+    })
+}
+
+/// Whether the aggregator has folded (and recorded the final state of) every stored result.
+async fn aggregator_caught_up(js: &jetstream::Context) -> bool {
+    let Ok(results) = js.get_stream(STREAM_RESULTS).await else {
+        return false;
+    };
+    match results.consumer_info(streams::CONSUMER_AGGREGATOR).await {
+        Ok(info) => info.num_pending == 0 && info.num_ack_pending == 0,
+        Err(_) => false,
+    }
+}
+
+/// "running …" when a live worker's heartbeat lists job `id`.
+async fn running(js: &jetstream::Context, id: &str) -> Option<String> {
+    let workers = streams::live_workers(js).await.unwrap_or_default();
+    workers.iter().find_map(|w| {
+        w.running.iter().find(|j| j.id == id).map(|job| {
+            format!(
+                "{id}: running ({}) on {} ({}), attempt {}",
+                job.kind, w.device, w.name, job.attempt
+            )
+        })
     })
 }
 

@@ -56,6 +56,9 @@ pub fn worker_config(
     if let Some(slots) = args.compute_slots {
         config.compute_slots = slots.max(1);
     }
+    if let Some(mib) = args.max_memory_mb {
+        config.memory = Some(kiln_kernels::MemoryBudget::configured(mib));
+    }
     if let Some(max) = args.max_elements {
         config.limits.max_elements = max;
     }

@@ -98,6 +98,13 @@ impl Drop for Cluster {
 
 /// Every result event stored in KILN_RESULTS, by job id (each id must appear once).
 pub async fn stored_results(client: &async_nats::Client) -> (usize, HashMap<String, ResultEvent>) {
+    let all = all_results(client).await;
+    let count = all.len();
+    (count, all.into_iter().map(|e| (e.id.clone(), e)).collect())
+}
+
+/// Every result event stored in KILN_RESULTS, in stream order.
+pub async fn all_results(client: &async_nats::Client) -> Vec<ResultEvent> {
     let js = jetstream::new(client.clone());
     let stream = js
         .get_stream(streams::STREAM_RESULTS)
@@ -113,19 +120,16 @@ pub async fn stored_results(client: &async_nats::Client) -> (usize, HashMap<Stri
     let mut info_stream = js.get_stream(streams::STREAM_RESULTS).await.unwrap();
     let total = info_stream.info().await.unwrap().state.messages as usize;
     let mut messages = consumer.messages().await.expect("messages");
-    let mut by_id = HashMap::new();
-    let mut count = 0;
-    while count < total {
+    let mut all = Vec::with_capacity(total);
+    while all.len() < total {
         let message = tokio::time::timeout(Duration::from_secs(10), messages.next())
             .await
             .expect("results arrive")
             .expect("stream open")
             .expect("message");
-        count += 1;
-        let event: ResultEvent = serde_json::from_slice(&message.payload).expect("result parses");
-        by_id.insert(event.id.clone(), event);
+        all.push(serde_json::from_slice(&message.payload).expect("result parses"));
     }
-    (count, by_id)
+    all
 }
 
 /// Wait until `ids` all have results in KILN_RESULTS; returns them.

@@ -1,0 +1,161 @@
+//! Jobs the server gave up on: when a job has been delivered `max_deliver` times and never
+//! acknowledged (its workers crashed or stalled on every attempt), nats-server publishes a
+//! max-deliveries advisory and stops delivering it, leaving it in `KILN_JOBS`. Nobody would
+//! ever answer it. The advisories are captured in `KILN_ADVISORIES` (so none is missed while
+//! no worker listens); every worker serves them from the `dead-letters` consumer: it reads
+//! the job back, answers it with a `failed` result, keeps a copy in `KILN_DLQ`, removes it
+//! from `KILN_JOBS`, and only then acks the advisory. Each step is idempotent (message ids,
+//! delete-if-present), so an advisory handled twice still yields one result and one letter.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind, stream::LastRawMessageErrorKind};
+use futures::StreamExt as _;
+use kiln_proto::streams::{CONSUMER_DEAD_LETTERS, STREAM_ADVISORIES, STREAM_JOBS};
+use kiln_proto::{
+    DeviceClass, ErrorKind, JobError, JobSubject, MaxDeliveriesAdvisory, ResultEvent, Status,
+};
+use time::OffsetDateTime;
+use tokio::sync::watch;
+
+/// Serve the `dead-letters` consumer until `stop` turns true.
+pub(crate) async fn serve(js: jetstream::Context, worker: String, mut stop: watch::Receiver<bool>) {
+    let consumer: jetstream::consumer::PullConsumer = match async {
+        js.get_stream(STREAM_ADVISORIES)
+            .await
+            .map_err(|e| e.to_string())?
+            .get_consumer(CONSUMER_DEAD_LETTERS)
+            .await
+            .map_err(|e| e.to_string())
+    }
+    .await
+    {
+        Ok(consumer) => consumer,
+        Err(e) => {
+            // Without it this worker still serves jobs; another worker (or a restart with
+            // the right permissions) answers the jobs the server gave up on.
+            tracing::warn!(error = %e, "cannot read {STREAM_ADVISORIES}/{CONSUMER_DEAD_LETTERS}; this worker will not dead-letter jobs the server gave up on");
+            return;
+        }
+    };
+    let jobs = match js.get_stream(STREAM_JOBS).await {
+        Ok(jobs) => jobs,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot open {STREAM_JOBS} for dead-lettering");
+            return;
+        }
+    };
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let batch = consumer
+            .batch()
+            .max_messages(16)
+            .expires(Duration::from_secs(2))
+            .messages()
+            .await;
+        let mut batch = match batch {
+            Ok(batch) => batch,
+            Err(e) => {
+                tracing::warn!(error = %e, "pulling max-deliveries advisories failed; retrying in 1 s");
+                tokio::select! {
+                    _ = stop.changed() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        loop {
+            let next = tokio::select! {
+                _ = stop.changed() => return,
+                next = batch.next() => next,
+            };
+            let Some(Ok(advisory)) = next else { break };
+            match answer(&js, &jobs, &worker, &advisory.payload).await {
+                Ok(()) => {
+                    let _ = advisory.ack().await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not dead-letter a job the server gave up on; retrying in 5 s");
+                    let _ = advisory
+                        .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
+                        .await;
+                }
+            }
+        }
+    }
+}
+
+/// Turn one advisory into a failed result and a dead letter, and remove the job.
+async fn answer(
+    js: &jetstream::Context,
+    jobs: &jetstream::stream::Stream,
+    worker: &str,
+    body: &[u8],
+) -> Result<(), String> {
+    let advisory: MaxDeliveriesAdvisory = match serde_json::from_slice(body) {
+        Ok(advisory) => advisory,
+        Err(e) => {
+            // Not the server's: nothing to answer, and retrying cannot help.
+            tracing::warn!(error = %e, "ignoring a malformed max-deliveries advisory");
+            return Ok(());
+        }
+    };
+    if advisory.stream != STREAM_JOBS {
+        return Ok(());
+    }
+    let job = match jobs.get_raw_message(advisory.stream_seq).await {
+        Ok(job) => job,
+        // Acked after all (a stalled worker finished late), or already dead-lettered.
+        Err(e) if matches!(e.kind(), LastRawMessageErrorKind::NoMessageFound) => return Ok(()),
+        Err(e) => return Err(format!("reading job {}: {e}", advisory.stream_seq)),
+    };
+    let headers = Some(&job.headers);
+    let id = crate::handle::job_id_of(&job.payload, headers, advisory.stream_seq);
+    let replay = crate::handle::replay_of(headers);
+    let (kind, class) = match JobSubject::parse(job.subject.as_str()) {
+        Ok(s) => (s.kind.to_owned(), s.class),
+        Err(_) => ("unknown".to_owned(), DeviceClass::Cpu),
+    };
+    let error = JobError::new(
+        ErrorKind::Internal,
+        format!(
+            "gave up after {} deliveries from {}: no worker acknowledged it within the ack \
+             wait (each crashed or stalled on it); kept in KILN_DLQ, resubmit it with \
+             `kiln dlq replay`",
+            advisory.deliveries, advisory.consumer
+        ),
+    );
+    let now = OffsetDateTime::now_utc();
+    let waited_ms = (now - job.time).as_seconds_f64().max(0.0) * 1000.0;
+    let event = ResultEvent {
+        id,
+        kind,
+        status: Status::Failed,
+        device: "none".into(),
+        class,
+        worker: worker.to_owned(),
+        attempt: advisory.deliveries,
+        enqueued_at: job.time,
+        started_at: now,
+        finished_at: now,
+        queue_ms: waited_ms,
+        compute_ms: 0.0,
+        total_ms: waited_ms,
+        output: serde_json::Value::Null,
+        error: Some(error),
+        flops: 0.0,
+        routing: None,
+        replay,
+    };
+    tracing::warn!(id = %event.id, kind = %event.kind, deliveries = advisory.deliveries, consumer = %advisory.consumer, "the server gave up on a job; answering it as failed and dead-lettering it");
+    crate::handle::dead_letter(js, &event, job.subject.as_str(), &job.headers, &job.payload)
+        .await?;
+    crate::handle::publish_result(js, &event, Some(&job.headers)).await?;
+    match jobs.delete_message(advisory.stream_seq).await {
+        Ok(_) => Ok(()),
+        // Gone already: someone else finished this advisory first.
+        Err(e) if e.to_string().contains("no message found") => Ok(()),
+        Err(e) => Err(format!("removing job {}: {e}", advisory.stream_seq)),
+    }
+}
