@@ -291,6 +291,46 @@ pub enum BenchKind {
     /// Device-side kernel timings (matmul, vector add, conv2d, an Adam step, small jobs),
     /// compared with PyTorch by scripts/torch_reference.py.
     Kernels(KernelsArgs),
+    /// The whole suite in one run: kernels on every backend (GPU vs CPU), CPU matmul vs numpy,
+    /// the pipeline vs the JetStream ceiling, communication overhead, scaling with workers
+    /// and the scheduler; writes JSON, CSV, SVG charts and report.md.
+    Suite(SuiteArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SuiteArgs {
+    /// Folder for the report and its files (default: bench/results/<UTC date>).
+    #[arg(long, env = "KILN_BENCH_OUT")]
+    pub out: Option<PathBuf>,
+    /// Tiny sizes and few jobs: a smoke run of every part in about a minute.
+    #[arg(long, env = "KILN_BENCH_QUICK")]
+    pub quick: bool,
+    /// Leave the GPU out even where CUDA is present.
+    #[arg(long, env = "KILN_BENCH_NO_GPU")]
+    pub no_gpu: bool,
+    /// Worker processes to measure throughput with, comma-separated.
+    #[arg(
+        long,
+        env = "KILN_BENCH_WORKERS",
+        value_delimiter = ',',
+        default_value = "1,2,4"
+    )]
+    pub workers: Vec<usize>,
+    /// The numpy reference script (its part is skipped when it, python or numpy is missing).
+    #[arg(
+        long,
+        env = "KILN_BENCH_NUMPY_SCRIPT",
+        default_value = "scripts/numpy_reference.py"
+    )]
+    pub numpy_script: PathBuf,
+    /// Python interpreter for the numpy reference.
+    #[arg(long, env = "KILN_BENCH_PYTHON", default_value = "python3")]
+    pub python: String,
+    /// Rewrite the part of this markdown file between `<!-- bench:start -->` and
+    /// `<!-- bench:end -->` with the run's headline tables and charts (`just bench` passes
+    /// README.md; not with --quick).
+    #[arg(long, env = "KILN_BENCH_README")]
+    pub readme: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -141,6 +141,15 @@ impl Latency {
         latency.0.add(&hist).ok()?;
         Some(latency)
     }
+
+    /// The values recorded here but not in `earlier`, a histogram of the same measure taken
+    /// before this one: the latencies of the jobs finished in between. `None` when `earlier`
+    /// holds values this one does not (a reset aggregator).
+    pub fn since(&self, earlier: &Latency) -> Option<Latency> {
+        let mut hist = self.0.clone();
+        hist.subtract(&earlier.0).ok()?;
+        Some(Latency(hist))
+    }
 }
 
 #[cfg(test)]
@@ -161,5 +170,21 @@ mod tests {
         let back = Latency::from_stats(&stats).unwrap();
         assert_eq!(back.count(), 100);
         assert_eq!(back.stats().p90, stats.p90);
+    }
+
+    #[test]
+    fn since_keeps_only_the_later_values() {
+        let mut earlier = Latency::default();
+        for _ in 0..10 {
+            earlier.record_ms(1.0);
+        }
+        let mut later = earlier.clone();
+        for _ in 0..5 {
+            later.record_ms(50.0);
+        }
+        let window = later.since(&earlier).unwrap();
+        assert_eq!(window.count(), 5);
+        assert!((window.quantile_ms(0.5) - 50.0).abs() < 0.1);
+        assert!(earlier.since(&later).is_none());
     }
 }

@@ -24,35 +24,82 @@ pub async fn run(nats: &NatsArgs, args: BenchArgs) -> anyhow::Result<ExitCode> {
         BenchKind::Kernels(args) => {
             tokio::task::spawn_blocking(move || super::bench_kernels::run(args)).await?
         }
+        BenchKind::Suite(args) => super::suite::run(nats, args).await,
     }
 }
 
-#[derive(Debug, Serialize)]
-struct Run {
-    side: &'static str,
-    jobs: u64,
-    seconds: f64,
-    jobs_per_s: f64,
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Run {
+    pub side: &'static str,
+    pub jobs: u64,
+    pub seconds: f64,
+    pub jobs_per_s: f64,
 }
 
-#[derive(Debug, Serialize)]
-struct Report {
-    machine: String,
-    jobs_per_run: u64,
-    vector_len: u64,
-    job_bytes: usize,
-    result_bytes: usize,
-    runs: Vec<Run>,
-    ceiling_same_bytes_jobs_per_s: f64,
-    ceiling_small_jobs_per_s: f64,
-    kiln_jobs_per_s: f64,
-    ratio_same_bytes: f64,
-    ratio_small: f64,
-    kiln_total_ms_p50: f64,
-    kiln_total_ms_p99: f64,
+/// What `kiln bench pipeline` measures (also a part of `kiln bench suite`).
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Report {
+    pub machine: String,
+    pub jobs_per_run: u64,
+    pub vector_len: u64,
+    pub job_bytes: usize,
+    pub result_bytes: usize,
+    pub runs: Vec<Run>,
+    pub ceiling_same_bytes_jobs_per_s: f64,
+    pub ceiling_small_jobs_per_s: f64,
+    pub kiln_jobs_per_s: f64,
+    pub ratio_same_bytes: f64,
+    pub ratio_small: f64,
+    /// Submit → result latency of kiln's jobs over all runs (the aggregator's histogram), ms.
+    pub kiln_total_ms_p50: f64,
+    pub kiln_total_ms_p90: f64,
+    pub kiln_total_ms_p99: f64,
+    pub kiln_total_ms_mean: f64,
+    pub kiln_total_ms_max: f64,
 }
 
 async fn pipeline(nats: &NatsArgs, args: PipelineArgs) -> anyhow::Result<ExitCode> {
+    let report = measure_pipeline(nats, &args, true).await?;
+    println!();
+    println!("{:<28} {:>10} {:>10}", "run", "seconds", "jobs/s");
+    for run in &report.runs {
+        println!(
+            "{:<28} {:>10.3} {:>10.0}",
+            run.side, run.seconds, run.jobs_per_s
+        );
+    }
+    println!();
+    println!(
+        "median jobs/s: ceiling (same bytes) {:.0}, ceiling (16-byte messages) {:.0}, kiln {:.0}",
+        report.ceiling_same_bytes_jobs_per_s,
+        report.ceiling_small_jobs_per_s,
+        report.kiln_jobs_per_s
+    );
+    println!(
+        "kiln / ceiling: {:.3} (same bytes), {:.3} (16-byte messages); kiln latency submit→result p50 {:.2} ms, p99 {:.2} ms (all runs)",
+        report.ratio_same_bytes,
+        report.ratio_small,
+        report.kiln_total_ms_p50,
+        report.kiln_total_ms_p99
+    );
+    if let Some(path) = &args.json {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).ok();
+        }
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("figures written to {}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Run the ceiling and kiln sides `args.runs` times each and take the medians; `verbose`
+/// prints the machine and the sizes first.
+pub(crate) async fn measure_pipeline(
+    nats: &NatsArgs,
+    args: &PipelineArgs,
+    verbose: bool,
+) -> anyhow::Result<Report> {
     let mut nats = nats.clone();
     let _server = if args.external {
         None
@@ -71,14 +118,16 @@ async fn pipeline(nats: &NatsArgs, args: PipelineArgs) -> anyhow::Result<ExitCod
     let job_bytes = sample.body.len();
     let result_bytes = sample_result_bytes(args.len)?;
     let machine = describe_machine();
-    println!("machine: {machine}");
-    println!(
-        "{} jobs per run, vector_add len {}: job {} bytes, result {} bytes; {} run(s) per side",
-        args.jobs, args.len, job_bytes, result_bytes, args.runs
-    );
+    if verbose {
+        println!("machine: {machine}");
+        println!(
+            "{} jobs per run, vector_add len {}: job {} bytes, result {} bytes; {} run(s) per side",
+            args.jobs, args.len, job_bytes, result_bytes, args.runs
+        );
+    }
 
     let mut runs = Vec::new();
-    for r in 0..args.runs {
+    for r in 0..args.runs.max(1) {
         for (side, job_size, result_size) in [
             ("ceiling, same bytes", job_bytes, result_bytes),
             ("ceiling, 16-byte messages", 16, 16),
@@ -105,7 +154,8 @@ async fn pipeline(nats: &NatsArgs, args: PipelineArgs) -> anyhow::Result<ExitCod
         s.into_iter()
             .find(|s| s.kind == "vector_add" && s.class == "cpu")
     });
-    let report = Report {
+    let latency = latency.map(|l| l.total_ms).unwrap_or_default();
+    Ok(Report {
         machine,
         jobs_per_run: args.jobs,
         vector_len: args.len,
@@ -116,38 +166,13 @@ async fn pipeline(nats: &NatsArgs, args: PipelineArgs) -> anyhow::Result<ExitCod
         kiln_jobs_per_s: kiln_rate,
         ratio_same_bytes: kiln_rate / same,
         ratio_small: kiln_rate / small,
-        kiln_total_ms_p50: latency.as_ref().map_or(0.0, |l| l.total_ms.p50),
-        kiln_total_ms_p99: latency.as_ref().map_or(0.0, |l| l.total_ms.p99),
+        kiln_total_ms_p50: latency.p50,
+        kiln_total_ms_p90: latency.p90,
+        kiln_total_ms_p99: latency.p99,
+        kiln_total_ms_mean: latency.mean,
+        kiln_total_ms_max: latency.max,
         runs,
-    };
-    println!();
-    println!("{:<28} {:>10} {:>10}", "run", "seconds", "jobs/s");
-    for run in &report.runs {
-        println!(
-            "{:<28} {:>10.3} {:>10.0}",
-            run.side, run.seconds, run.jobs_per_s
-        );
-    }
-    println!();
-    println!(
-        "median jobs/s: ceiling (same bytes) {same:.0}, ceiling (16-byte messages) {small:.0}, kiln {kiln_rate:.0}"
-    );
-    println!(
-        "kiln / ceiling: {:.3} (same bytes), {:.3} (16-byte messages); kiln latency submit→result p50 {:.2} ms, p99 {:.2} ms (all runs)",
-        report.ratio_same_bytes,
-        report.ratio_small,
-        report.kiln_total_ms_p50,
-        report.kiln_total_ms_p99
-    );
-    if let Some(path) = &args.json {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).ok();
-        }
-        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
-            .with_context(|| format!("writing {}", path.display()))?;
-        println!("figures written to {}", path.display());
-    }
-    Ok(ExitCode::SUCCESS)
+    })
 }
 
 fn record(side: &'static str, jobs: u64, seconds: f64) -> Run {

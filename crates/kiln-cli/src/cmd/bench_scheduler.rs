@@ -23,30 +23,74 @@ use super::roles::LocalRoles;
 use super::submit::{JobSpec, ResultCollector, progress_bar, publish_all};
 use crate::cli::{NatsArgs, SchedulerBenchArgs};
 
-#[derive(Debug, Serialize)]
-struct PolicyRun {
-    policy: &'static str,
-    jobs: usize,
-    makespan_ms: f64,
-    mean_completion_ms: f64,
-    to_gpu: usize,
-    to_cpu: usize,
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct PolicyRun {
+    pub policy: &'static str,
+    pub jobs: usize,
+    pub makespan_ms: f64,
+    pub mean_completion_ms: f64,
+    pub to_gpu: usize,
+    pub to_cpu: usize,
 }
 
-#[derive(Debug, Serialize)]
-struct Report {
-    machine: String,
-    simulated: String,
-    small_jobs: u64,
-    large_jobs: u64,
-    runs: Vec<PolicyRun>,
-    makespan_ratio_vs_always_gpu: f64,
-    makespan_ratio_vs_always_cpu: f64,
-    mean_completion_ratio_vs_always_gpu: f64,
-    mean_completion_ratio_vs_always_cpu: f64,
+/// What `kiln bench scheduler` measures (also a part of `kiln bench suite`).
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Report {
+    pub machine: String,
+    pub simulated: String,
+    pub small_jobs: u64,
+    pub large_jobs: u64,
+    pub runs: Vec<PolicyRun>,
+    pub makespan_ratio_vs_always_gpu: f64,
+    pub makespan_ratio_vs_always_cpu: f64,
+    pub mean_completion_ratio_vs_always_gpu: f64,
+    pub mean_completion_ratio_vs_always_cpu: f64,
 }
 
 pub async fn run(nats: &NatsArgs, args: SchedulerBenchArgs) -> anyhow::Result<ExitCode> {
+    let report = measure(nats, &args, true).await?;
+    println!();
+    println!(
+        "{:<16} {:>6} {:>13} {:>20} {:>7} {:>7}",
+        "policy", "jobs", "makespan ms", "mean completion ms", "to gpu", "to cpu"
+    );
+    for r in &report.runs {
+        println!(
+            "{:<16} {:>6} {:>13.1} {:>20.1} {:>7} {:>7}",
+            r.policy, r.jobs, r.makespan_ms, r.mean_completion_ms, r.to_gpu, r.to_cpu
+        );
+    }
+    println!(
+        "\nkiln scheduler / always gpu: makespan {:.3}, mean completion {:.3}\nkiln scheduler / always cpu: makespan {:.3}, mean completion {:.3}  (below 1: the scheduler is faster)",
+        report.makespan_ratio_vs_always_gpu,
+        report.mean_completion_ratio_vs_always_gpu,
+        report.makespan_ratio_vs_always_cpu,
+        report.mean_completion_ratio_vs_always_cpu
+    );
+    if let Some(path) = &args.json {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).ok();
+        }
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        let svg = path.with_extension("svg");
+        std::fs::write(&svg, chart(&report.runs))
+            .with_context(|| format!("writing {}", svg.display()))?;
+        println!(
+            "figures written to {} and {}",
+            path.display(),
+            svg.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The three policies on one private server, in one run; `verbose` prints the set-up.
+pub(crate) async fn measure(
+    nats: &NatsArgs,
+    args: &SchedulerBenchArgs,
+    verbose: bool,
+) -> anyhow::Result<Report> {
     let (server, nats) = super::roles::private_server(nats)?;
     let client = crate::connect::connect_with(&nats, false).await?;
     let js = jetstream::new(client.clone());
@@ -85,12 +129,14 @@ pub async fn run(nats: &NatsArgs, args: SchedulerBenchArgs) -> anyhow::Result<Ex
         "both classes on the CPU: the gpu class adds {} ms per job, the cpu class takes {}x its compute time",
         args.gpu_overhead_ms, args.cpu_slowdown
     );
-    println!("machine: {}", super::bench::describe_machine());
-    println!("simulated: {simulated}");
-    println!(
-        "workload: {} vector_add (len 4096) and {} matmul (n 384), all submitted at once",
-        args.small, args.large
-    );
+    if verbose {
+        println!("machine: {}", super::bench::describe_machine());
+        println!("simulated: {simulated}");
+        println!(
+            "workload: {} vector_add (len 4096) and {} matmul (n 384), all submitted at once",
+            args.small, args.large
+        );
+    }
     let mut runs = Vec::new();
     for (policy, class) in [
         ("always gpu", DeviceClass::Gpu),
@@ -141,42 +187,8 @@ pub async fn run(nats: &NatsArgs, args: SchedulerBenchArgs) -> anyhow::Result<Ex
         mean_completion_ratio_vs_always_cpu: kiln.mean_completion_ms / cpu.mean_completion_ms,
         runs: Vec::new(),
     };
-    println!();
-    println!(
-        "{:<16} {:>6} {:>13} {:>20} {:>7} {:>7}",
-        "policy", "jobs", "makespan ms", "mean completion ms", "to gpu", "to cpu"
-    );
-    for r in [gpu, cpu, kiln] {
-        println!(
-            "{:<16} {:>6} {:>13.1} {:>20.1} {:>7} {:>7}",
-            r.policy, r.jobs, r.makespan_ms, r.mean_completion_ms, r.to_gpu, r.to_cpu
-        );
-    }
-    println!(
-        "\nkiln scheduler / always gpu: makespan {:.3}, mean completion {:.3}\nkiln scheduler / always cpu: makespan {:.3}, mean completion {:.3}  (below 1: the scheduler is faster)",
-        report.makespan_ratio_vs_always_gpu,
-        report.mean_completion_ratio_vs_always_gpu,
-        report.makespan_ratio_vs_always_cpu,
-        report.mean_completion_ratio_vs_always_cpu
-    );
-    let report = Report { runs, ..report };
-    if let Some(path) = &args.json {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).ok();
-        }
-        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
-            .with_context(|| format!("writing {}", path.display()))?;
-        let svg = path.with_extension("svg");
-        std::fs::write(&svg, chart(&report.runs))
-            .with_context(|| format!("writing {}", svg.display()))?;
-        println!(
-            "figures written to {} and {}",
-            path.display(),
-            svg.display()
-        );
-    }
     drop(server);
-    Ok(ExitCode::SUCCESS)
+    Ok(Report { runs, ..report })
 }
 
 /// `small` vector adds and `large` matmuls, interleaved, for `class`.
@@ -237,7 +249,7 @@ async fn run_jobs(
 }
 
 /// A grouped bar chart (makespan and mean completion per policy) as SVG.
-fn chart(runs: &[PolicyRun]) -> String {
+pub(crate) fn chart(runs: &[PolicyRun]) -> String {
     let max = runs
         .iter()
         .flat_map(|r| [r.makespan_ms, r.mean_completion_ms])

@@ -12,6 +12,7 @@ mod result;
 mod roles;
 mod status;
 mod submit;
+mod suite;
 mod watch;
 mod worker;
 

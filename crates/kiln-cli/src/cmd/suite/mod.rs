@@ -1,0 +1,489 @@
+//! `kiln bench suite`: every benchmark in one run, written as JSON, CSV, SVG charts and a
+//! markdown report into one folder (`just bench` calls it).
+//!
+//! Parts, in order: kernels on every backend present (GPU vs CPU in the same run), CPU matmul
+//! against numpy (`scripts/numpy_reference.py`, skipped without python and numpy), the
+//! pipeline against the raw JetStream ceiling, communication overhead per kind and size,
+//! throughput against worker processes, and the scheduler against static policies. A part
+//! that fails is reported as failed and the others still run; the command then exits 1.
+
+mod charts;
+mod kernels;
+mod overhead;
+mod report;
+mod scaling;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+use crate::cli::{NatsArgs, PipelineArgs, SchedulerBenchArgs, SuiteArgs};
+use crate::cmd::{bench, bench_scheduler};
+
+/// The machine the suite ran on.
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    pub cpu: String,
+    pub cores: usize,
+    pub memory_gib: f64,
+    pub os: String,
+    /// The GPU used, or why none was.
+    pub gpu: String,
+    /// /proc/loadavg's 1-minute load when the suite started and ended (other work on the
+    /// machine disturbs the figures).
+    pub load_at_start: Option<f64>,
+    pub load_at_end: Option<f64>,
+}
+
+/// CPU matmul against numpy, from the reference script's JSON.
+#[derive(Debug, Clone, Serialize)]
+pub struct Numpy {
+    /// `ran` or why not.
+    pub status: String,
+    pub rows: Vec<NumpyRow>,
+    pub numpy: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct NumpyRow {
+    pub case: String,
+    pub burn_gflops: f64,
+    pub numpy_gflops: f64,
+    pub ratio: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Step {
+    pub name: &'static str,
+    pub seconds: f64,
+    /// Why the step failed, when it did.
+    pub error: Option<String>,
+}
+
+/// Everything the suite measured (`suite.json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Suite {
+    pub tool: &'static str,
+    pub version: &'static str,
+    pub mode: &'static str,
+    #[serde(with = "time::serde::rfc3339")]
+    pub started_at: time::OffsetDateTime,
+    pub seconds: f64,
+    pub machine: Machine,
+    pub steps: Vec<Step>,
+    pub kernels: Option<kernels::Section>,
+    pub numpy: Numpy,
+    pub pipeline: Option<bench::Report>,
+    pub overhead: Option<overhead::Section>,
+    pub scaling: Option<scaling::Section>,
+    pub scheduler: Option<bench_scheduler::Report>,
+    /// The files written, relative to the output folder.
+    pub files: Vec<String>,
+}
+
+const STEPS: usize = 7;
+
+pub async fn run(nats: &NatsArgs, args: SuiteArgs) -> anyhow::Result<ExitCode> {
+    let started_at = time::OffsetDateTime::now_utc();
+    let started = Instant::now();
+    let out = args.out.clone().unwrap_or_else(|| {
+        let date = started_at.date();
+        PathBuf::from(format!("bench/results/{date}"))
+    });
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let quick = args.quick;
+    let mode = if quick { "quick" } else { "default" };
+    let mut suite = Suite {
+        tool: "kiln bench suite",
+        version: env!("CARGO_PKG_VERSION"),
+        mode,
+        started_at,
+        seconds: 0.0,
+        machine: machine(),
+        steps: Vec::new(),
+        kernels: None,
+        numpy: Numpy {
+            status: "not run".into(),
+            rows: Vec::new(),
+            numpy: None,
+        },
+        pipeline: None,
+        overhead: None,
+        scaling: None,
+        scheduler: None,
+        files: Vec::new(),
+    };
+    eprintln!("kiln bench suite ({mode} settings) into {}", out.display());
+    eprintln!("machine: {}", describe(&suite.machine));
+
+    // 1. Kernels, on a blocking thread.
+    let bar = step_bar(1, "kernels on every backend");
+    let timer = Instant::now();
+    let (gpu, b) = (!args.no_gpu, bar.clone());
+    let section = tokio::task::spawn_blocking(move || kernels::measure(quick, gpu, &b)).await;
+    bar.finish_and_clear();
+    let section = section.map_err(anyhow::Error::from);
+    record(&mut suite.steps, "kernels", timer, section.as_ref().err());
+    suite.kernels = section.ok();
+    if let Some(k) = &suite.kernels {
+        suite.machine.gpu = match (&k.gpu_device, &k.gpu_skipped) {
+            (Some(device), _) => gpu_name(device),
+            (None, Some(why)) => format!("none used: {why}"),
+            (None, None) => "none".into(),
+        };
+        let failed = k.rows.iter().filter(|r| r.row.status == "error").count();
+        if failed > 0 {
+            suite.steps.last_mut().expect("just recorded").error =
+                Some(format!("{failed} case(s) failed; see kernels.csv"));
+        }
+    }
+
+    // 2. numpy, from the CPU matmul rows.
+    eprintln!("[2/{STEPS}] CPU matmul vs numpy");
+    let timer = Instant::now();
+    suite.numpy = match &suite.kernels {
+        Some(k) => numpy(&args, &out, k),
+        None => Numpy {
+            status: "skipped: the kernel part failed".into(),
+            rows: Vec::new(),
+            numpy: None,
+        },
+    };
+    record(&mut suite.steps, "numpy reference", timer, None);
+
+    // 3. Pipeline vs the ceiling.
+    let timer = Instant::now();
+    step_bar(3, "pipeline vs the raw JetStream ceiling").finish_and_clear();
+    let pipeline_args = PipelineArgs {
+        jobs: if quick { 500 } else { 20_000 },
+        len: 1024,
+        runs: if quick { 1 } else { 5 },
+        json: None,
+        external: false,
+    };
+    let result = bench::measure_pipeline(nats, &pipeline_args, false).await;
+    record(&mut suite.steps, "pipeline", timer, result.as_ref().err());
+    suite.pipeline = result.ok();
+
+    // 4. Communication overhead.
+    let bar = step_bar(4, "communication overhead per kind and size");
+    let timer = Instant::now();
+    let result = overhead::measure(nats, quick, &bar).await;
+    bar.finish_and_clear();
+    record(&mut suite.steps, "overhead", timer, result.as_ref().err());
+    suite.overhead = result.ok();
+
+    // 5. Scaling with worker processes.
+    let bar = step_bar(5, "throughput against worker processes");
+    let timer = Instant::now();
+    let result = scaling::measure(nats, quick, &args.workers, &bar).await;
+    bar.finish_and_clear();
+    record(&mut suite.steps, "scaling", timer, result.as_ref().err());
+    suite.scaling = result.ok();
+
+    // 6. Scheduler vs static policies.
+    step_bar(6, "scheduler vs always-GPU and always-CPU").finish_and_clear();
+    let timer = Instant::now();
+    let scheduler_args = SchedulerBenchArgs {
+        small: if quick { 60 } else { 400 },
+        large: if quick { 6 } else { 60 },
+        gpu_overhead_ms: 2.0,
+        cpu_slowdown: 8.0,
+        json: None,
+    };
+    let result = bench_scheduler::measure(nats, &scheduler_args, false).await;
+    record(&mut suite.steps, "scheduler", timer, result.as_ref().err());
+    suite.scheduler = result.ok();
+
+    // 7. Files.
+    eprintln!("[7/{STEPS}] writing JSON, CSV, charts and report.md");
+    suite.machine.load_at_end = load_average();
+    suite.seconds = started.elapsed().as_secs_f64();
+    let timer = Instant::now();
+    let written = write_all(&out, &mut suite);
+    record(&mut suite.steps, "files", timer, written.as_ref().err());
+    // Rewrite the JSON and the report with the last step's time in them.
+    write_json(&out.join("suite.json"), &suite)?;
+    std::fs::write(out.join("report.md"), report::markdown(&suite))
+        .with_context(|| format!("writing {}", out.join("report.md").display()))?;
+
+    if let Some(readme) = &args.readme {
+        match update_readme(readme, &out, &suite) {
+            Ok(()) => eprintln!("{} updated", readme.display()),
+            Err(e) => eprintln!("{} not updated: {e:#}", readme.display()),
+        }
+    }
+    println!("{}", report::summary(&suite));
+    println!(
+        "report: {} ({:.0} s in all)",
+        out.join("report.md").display(),
+        suite.seconds
+    );
+    let failed: Vec<String> = suite
+        .steps
+        .iter()
+        .filter_map(|s| s.error.as_ref().map(|e| format!("{}: {e}", s.name)))
+        .collect();
+    for f in &failed {
+        eprintln!("failed: {f}");
+    }
+    Ok(if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn step_bar(n: usize, what: &str) -> ProgressBar {
+    eprintln!("[{n}/{STEPS}] {what}");
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("  [{bar:40}] {pos}/{len} {msg} ({elapsed})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar
+}
+
+fn record(
+    steps: &mut Vec<Step>,
+    name: &'static str,
+    timer: Instant,
+    error: Option<&anyhow::Error>,
+) {
+    steps.push(Step {
+        name,
+        seconds: timer.elapsed().as_secs_f64(),
+        error: error.map(|e| format!("{e:#}")),
+    });
+}
+
+/// Write every file; the names go into `suite.files`.
+fn write_all(out: &Path, suite: &mut Suite) -> anyhow::Result<()> {
+    let mut files = vec!["suite.json".to_owned(), "report.md".to_owned()];
+    if suite.numpy.status == "ran" {
+        for name in ["burn-cpu-matmul.json", "cpu-matmul.json", "cpu-matmul.md"] {
+            files.push(name.to_owned());
+        }
+    }
+    let mut put = |name: &str, bytes: Vec<u8>| -> anyhow::Result<()> {
+        let path = out.join(name);
+        std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
+        files.push(name.to_owned());
+        Ok(())
+    };
+    if let Some(k) = &suite.kernels {
+        put(
+            "kernels.csv",
+            csv_bytes(k.rows.iter().map(kernels::CsvRow::from))?,
+        )?;
+        put("kernels.svg", charts::kernels(&k.rows)?.into_bytes())?;
+        if !k.speedups.is_empty() {
+            put("speedup.csv", csv_bytes(k.speedups.iter())?)?;
+            put("speedup.svg", charts::speedup(&k.speedups)?.into_bytes())?;
+        }
+    }
+    if let Some(p) = &suite.pipeline {
+        put("pipeline.json", serde_json::to_vec_pretty(p)?)?;
+        put("pipeline.csv", csv_bytes(p.runs.iter())?)?;
+        put("pipeline.svg", charts::pipeline(p)?.into_bytes())?;
+    }
+    if let Some(o) = &suite.overhead {
+        put("overhead.csv", csv_bytes(o.rows.iter())?)?;
+        put("overhead.svg", charts::overhead(&o.rows)?.into_bytes())?;
+    }
+    if let Some(s) = &suite.scaling {
+        put("scaling.csv", csv_bytes(s.rows.iter())?)?;
+        put(
+            "scaling.svg",
+            charts::scaling(&s.rows, s.cores)?.into_bytes(),
+        )?;
+    }
+    if let Some(s) = &suite.scheduler {
+        put("scheduler.json", serde_json::to_vec_pretty(s)?)?;
+        put("scheduler.csv", csv_bytes(s.runs.iter())?)?;
+        put(
+            "scheduler.svg",
+            bench_scheduler::chart(&s.runs).into_bytes(),
+        )?;
+    }
+    files.sort();
+    suite.files = files;
+    Ok(())
+}
+
+/// Put the run's headline tables and charts into `readme` between its markers.
+fn update_readme(readme: &Path, out: &Path, suite: &Suite) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        suite.mode != "quick",
+        "quick figures are a smoke run, not figures to show"
+    );
+    let text = std::fs::read_to_string(readme)?;
+    // Links from the README's folder to the report's.
+    let root = readme
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let base = out
+        .strip_prefix(root)
+        .map(|p| format!("{}/", p.display()))
+        .unwrap_or_else(|_| format!("{}/", out.display()));
+    let section = report::readme_section(suite, &base);
+    let text = report::splice(&text, &section).with_context(|| {
+        format!(
+            "it has no {} … {} markers",
+            report::README_START,
+            report::README_END
+        )
+    })?;
+    std::fs::write(readme, text)?;
+    Ok(())
+}
+
+fn csv_bytes<T: Serialize>(rows: impl IntoIterator<Item = T>) -> anyhow::Result<Vec<u8>> {
+    let mut writer = csv::Writer::from_writer(Vec::new());
+    for row in rows {
+        writer.serialize(row)?;
+    }
+    writer.into_inner().context("finishing a CSV file")
+}
+
+fn write_json(path: &Path, value: &impl Serialize) -> anyhow::Result<()> {
+    std::fs::write(path, serde_json::to_vec_pretty(value)?)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Write the CPU matmul rows where `scripts/numpy_reference.py` reads them, run it, and read
+/// its figures back. Missing python, numpy or script: skipped, with the reason.
+fn numpy(args: &SuiteArgs, out: &Path, k: &kernels::Section) -> Numpy {
+    let skipped = |why: String| Numpy {
+        status: format!("skipped: {why}"),
+        rows: Vec::new(),
+        numpy: None,
+    };
+    if !args.numpy_script.is_file() {
+        return skipped(format!(
+            "{} not found (run from the repository root)",
+            args.numpy_script.display()
+        ));
+    }
+    let rows: Vec<_> = k
+        .rows
+        .iter()
+        .filter(|r| r.row.device == "cpu" && r.row.family == "matmul")
+        .map(|r| r.row.clone())
+        .collect();
+    let burn = out.join("burn-cpu-matmul.json");
+    let body = serde_json::json!({
+        "tool": "kiln bench suite",
+        "machine": bench::describe_machine(),
+        "device": "cpu",
+        "backend": "burn-ndarray",
+        "settings": k.cpu_settings,
+        "rows": rows,
+    });
+    if let Err(e) = write_json(&burn, &body) {
+        return skipped(format!("{e:#}"));
+    }
+    let output = std::process::Command::new(&args.python)
+        .arg(&args.numpy_script)
+        .arg("--burn")
+        .arg(&burn)
+        .arg("--out")
+        .arg(out)
+        .output();
+    match output {
+        Err(e) => skipped(format!("could not run {}: {e}", args.python)),
+        Ok(o) if !o.status.success() => skipped(format!(
+            "{} exited with {}: {}",
+            args.numpy_script.display(),
+            o.status,
+            String::from_utf8_lossy(&o.stderr).trim()
+        )),
+        Ok(_) => {
+            #[derive(serde::Deserialize)]
+            struct Figures {
+                numpy: Option<String>,
+                rows: Vec<NumpyRow>,
+            }
+            let path = out.join("cpu-matmul.json");
+            match std::fs::read(&path)
+                .map_err(anyhow::Error::from)
+                .and_then(|b| Ok(serde_json::from_slice::<Figures>(&b)?))
+            {
+                Ok(f) => Numpy {
+                    status: "ran".into(),
+                    rows: f.rows,
+                    numpy: f.numpy,
+                },
+                Err(e) => skipped(format!("reading {}: {e:#}", path.display())),
+            }
+        }
+    }
+}
+
+fn machine() -> Machine {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let memory_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / (1024.0 * 1024.0));
+    Machine {
+        cpu,
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        memory_gib,
+        os: format!("{} {}", std::env::consts::OS, std::env::consts::ARCH),
+        gpu: "not checked".into(),
+        load_at_start: load_average(),
+        load_at_end: None,
+    }
+}
+
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The GPU's name, driver and memory from nvidia-smi, when it is there.
+fn gpu_name(device: &str) -> String {
+    let index = device.strip_prefix("cuda:").unwrap_or("0");
+    std::process::Command::new("nvidia-smi")
+        .args([
+            "--query-gpu=name,driver_version,memory.total",
+            "--format=csv,noheader",
+            &format!("--id={index}"),
+        ])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| format!("{device}: {}", String::from_utf8_lossy(&o.stdout).trim()))
+        .unwrap_or_else(|| format!("{device} (not described: no nvidia-smi)"))
+}
+
+fn describe(m: &Machine) -> String {
+    format!(
+        "{}, {} cores, {:.1} GiB, {}; GPU: {}",
+        m.cpu, m.cores, m.memory_gib, m.os, m.gpu
+    )
+}

@@ -1,0 +1,370 @@
+//! `kiln watch`: a live terminal dashboard (ratatui) of queues, workers, per-kind throughput
+//! and latency, and recent failures, refreshed from the metrics stream. `--once`, or a stdout
+//! that is not a terminal, prints the plain-text status instead.
+
+mod model;
+mod view;
+
+use std::io::IsTerminal as _;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer};
+use futures::StreamExt as _;
+use kiln_proto::MetricsSnapshot;
+use kiln_proto::streams::{STREAM_METRICS, STREAM_RESULTS};
+use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
+use tokio::sync::mpsc;
+
+pub use model::Dashboard;
+
+use crate::cli::{NatsArgs, WatchArgs};
+
+/// How far back the failures panel starts reading the results stream.
+const FAILURES_SINCE: Duration = Duration::from_secs(10 * 60);
+
+pub async fn run(nats: &NatsArgs, args: WatchArgs) -> anyhow::Result<ExitCode> {
+    let client = crate::connect::connect_with(nats, false).await?;
+    let js = jetstream::new(client);
+    let interval = Duration::from_millis(args.interval_ms.max(100));
+    if args.once {
+        print!("{}", super::status::overview(&js).await?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !std::io::stdout().is_terminal() {
+        return plain(&js, interval).await;
+    }
+    let mut dashboard = Dashboard::new(nats.nats_url.clone(), interval.as_millis() as u64);
+    let mut terminal = ratatui::try_init()?;
+    let outcome = live(&js, &mut terminal, &mut dashboard, interval).await;
+    ratatui::restore();
+    outcome.map(|()| ExitCode::SUCCESS)
+}
+
+/// Not a terminal: the plain status every interval, without escape codes.
+async fn plain(js: &jetstream::Context, interval: Duration) -> anyhow::Result<ExitCode> {
+    let mut ticker = tokio::time::interval(interval);
+    let shutdown = crate::signal::shutdown();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return Ok(ExitCode::SUCCESS),
+            _ = ticker.tick() => {
+                let body = super::status::overview(js).await.unwrap_or_else(|e| format!("{e:#}\n"));
+                println!("--- {}\n{body}", time::OffsetDateTime::now_utc());
+            }
+        }
+    }
+}
+
+/// What the dashboard reads continuously: every metrics snapshot (the latest per subject
+/// first, then each new one) and the result events of the last minutes.
+pub struct Feeds {
+    metrics: Option<consumer::pull::Ordered>,
+    results: Option<consumer::pull::Ordered>,
+}
+
+impl Feeds {
+    pub async fn open(js: &jetstream::Context) -> Self {
+        let metrics = async {
+            js.get_stream(STREAM_METRICS)
+                .await
+                .ok()?
+                .create_consumer(consumer::pull::OrderedConfig {
+                    filter_subject: "metrics.>".into(),
+                    deliver_policy: consumer::DeliverPolicy::LastPerSubject,
+                    ..Default::default()
+                })
+                .await
+                .ok()?
+                .messages()
+                .await
+                .ok()
+        };
+        let results = async {
+            let since = time::OffsetDateTime::now_utc() - FAILURES_SINCE;
+            js.get_stream(STREAM_RESULTS)
+                .await
+                .ok()?
+                .create_consumer(consumer::pull::OrderedConfig {
+                    filter_subject: "results.>".into(),
+                    deliver_policy: consumer::DeliverPolicy::ByStartTime { start_time: since },
+                    ..Default::default()
+                })
+                .await
+                .ok()?
+                .messages()
+                .await
+                .ok()
+        };
+        let (metrics, results) = tokio::join!(metrics, results);
+        Feeds { metrics, results }
+    }
+
+    fn ready(&self) -> bool {
+        self.metrics.is_some() && self.results.is_some()
+    }
+
+    /// Take in whatever arrives for `wait` (the tests build a dashboard with it).
+    #[cfg(test)]
+    pub async fn drain(&mut self, dashboard: &mut Dashboard, wait: Duration) {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            tokio::select! {
+                Some(m) = next(&mut self.metrics) => take_metrics(dashboard, m),
+                Some(r) = next(&mut self.results) => take_result(dashboard, r),
+                _ = tokio::time::sleep_until(deadline) => return,
+            }
+        }
+    }
+}
+
+type Delivery = Result<jetstream::Message, consumer::pull::OrderedError>;
+
+async fn next(feed: &mut Option<consumer::pull::Ordered>) -> Option<Delivery> {
+    match feed {
+        Some(messages) => messages.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn take_metrics(dashboard: &mut Dashboard, message: Delivery) {
+    if let Ok(message) = message
+        && let Ok(snapshot) = serde_json::from_slice::<MetricsSnapshot>(&message.payload)
+    {
+        dashboard.snapshot(snapshot);
+    }
+}
+
+fn take_result(dashboard: &mut Dashboard, message: Delivery) {
+    if let Ok(message) = message {
+        dashboard.result(&message.payload);
+    }
+}
+
+/// Keys, read on a thread of their own (crossterm's read blocks).
+fn keys() -> mpsc::UnboundedReceiver<Event> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        while !tx.is_closed() {
+            match event::poll(Duration::from_millis(200)) {
+                Ok(true) => match event::read() {
+                    Ok(ev) => {
+                        if tx.send(ev).is_err() {
+                            return;
+                        }
+                    }
+                    Err(_) => return,
+                },
+                Ok(false) => {}
+                Err(_) => return,
+            }
+        }
+    });
+    rx
+}
+
+fn quits(ev: &Event) -> bool {
+    match ev {
+        Event::Key(key) if key.kind != KeyEventKind::Release => {
+            matches!(key.code, KeyCode::Char('q') | KeyCode::Esc)
+                || (key.code == KeyCode::Char('c') && key.modifiers.contains(KeyModifiers::CONTROL))
+        }
+        _ => false,
+    }
+}
+
+async fn live(
+    js: &jetstream::Context,
+    terminal: &mut ratatui::DefaultTerminal,
+    dashboard: &mut Dashboard,
+    interval: Duration,
+) -> anyhow::Result<()> {
+    let mut keys = keys();
+    // Without a readable terminal on stdin there are no keys; signals still stop it.
+    let mut keys_open = true;
+    let mut feeds = Feeds::open(js).await;
+    let mut ticker = tokio::time::interval(interval);
+    let shutdown = crate::signal::shutdown();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            key = keys.recv(), if keys_open => match key {
+                Some(ev) if quits(&ev) => return Ok(()),
+                Some(_) => { terminal.draw(|f| view::render(f, dashboard))?; }
+                None => keys_open = false,
+            },
+            Some(m) = next(&mut feeds.metrics) => take_metrics(dashboard, m),
+            Some(r) = next(&mut feeds.results) => take_result(dashboard, r),
+            _ = ticker.tick() => {
+                if !feeds.ready() {
+                    // The streams appear when the first kiln process starts.
+                    let reopened = Feeds::open(js).await;
+                    if feeds.metrics.is_none() { feeds.metrics = reopened.metrics; }
+                    if feeds.results.is_none() { feeds.results = reopened.results; }
+                }
+                dashboard.poll(js).await;
+                terminal.draw(|f| view::render(f, dashboard))?;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use kiln_kernels::ComputeDevice;
+    use kiln_proto::{Codec, DeviceClass, streams};
+    use ratatui::Terminal;
+    use ratatui::backend::TestBackend;
+    use serde_json::json;
+
+    use super::*;
+    use crate::cmd::roles::LocalRoles;
+    use crate::cmd::submit::{JobSpec, ResultCollector, publish_all};
+
+    fn screen(terminal: &Terminal<TestBackend>) -> Vec<String> {
+        let buffer = terminal.backend().buffer();
+        let area = buffer.area;
+        (0..area.height)
+            .map(|y| {
+                (0..area.width)
+                    .map(|x| buffer[(x, y)].symbol().to_owned())
+                    .collect::<String>()
+                    // Borders, so that a row splits into its cells' words.
+                    .replace(['│', '┌', '┐', '└', '┘'], " ")
+            })
+            .collect()
+    }
+
+    /// A real server, worker and aggregator; 20 vector adds and one job that fails; the
+    /// dashboard built the way `kiln watch` builds it, drawn into a 160×45 test terminal.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dashboard_shows_queues_workers_kinds_and_failures() {
+        let server = kiln_testkit::NatsServer::start();
+        let client = async_nats::connect(server.url()).await.unwrap();
+        let js = jetstream::new(client.clone());
+        let topology = kiln_proto::Topology::default();
+        streams::ensure_all(&js, &topology).await.unwrap();
+        let mut roles = LocalRoles::default();
+        let mut config = kiln_worker::WorkerConfig::new(ComputeDevice::Cpu);
+        config.name = "watch-test-worker".into();
+        config.topology = topology.clone();
+        roles.worker(&client, config);
+        roles.aggregator(
+            &client,
+            kiln_aggregator::AggregatorConfig {
+                interval: Duration::from_millis(100),
+                topology: topology.clone(),
+            },
+        );
+
+        let add = kiln_kernels::find("vector_add").unwrap();
+        let mut jobs: Vec<JobSpec> = (0..20)
+            .map(|i| {
+                let id = format!("watch-ok-{i}");
+                JobSpec::new(
+                    add,
+                    DeviceClass::Cpu,
+                    json!({"len": 1024}),
+                    id,
+                    i,
+                    None,
+                    Codec::Json,
+                )
+                .unwrap()
+            })
+            .collect();
+        // Inputs of different lengths: `kiln submit` would refuse it, the worker answers it
+        // with invalid_input.
+        jobs.push(JobSpec {
+            id: "watch-bad-1".into(),
+            subject: kiln_proto::subject::job(DeviceClass::Cpu, "vector_add"),
+            body: br#"{"id":"watch-bad-1","params":{"a":[1.0,2.0],"b":[1.0]}}"#.to_vec(),
+            codec: Codec::Json,
+        });
+        let ids = jobs.iter().map(|j| j.id.clone()).collect();
+        let mut collector = ResultCollector::subscribe(&client, None).await.unwrap();
+        publish_all(&js, jobs, None, true).await.unwrap();
+        let results = collector
+            .collect(ids, Duration::from_secs(60), None, |_| {})
+            .await;
+        assert_eq!(results.len(), 21);
+
+        let mut dashboard = Dashboard::new(server.url(), 1000);
+        let mut feeds = Feeds::open(&js).await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            feeds
+                .drain(&mut dashboard, Duration::from_millis(200))
+                .await;
+            let counted: u64 = dashboard.series.values().map(|s| s.latest.jobs).sum();
+            if counted == 21 && !dashboard.failures.is_empty() {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the dashboard saw {counted} of 21 jobs and {} failure(s)",
+                dashboard.failures.len()
+            );
+        }
+        // The worker's counts come with its heartbeat (every 2 s).
+        loop {
+            dashboard.poll(&js).await;
+            let done = dashboard
+                .workers
+                .iter()
+                .any(|w| w.name == "watch-test-worker" && w.succeeded == 20 && w.failed == 1);
+            if done {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no heartbeat with the worker's counts: {:?}",
+                dashboard.workers
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+
+        let mut terminal = Terminal::new(TestBackend::new(160, 45)).unwrap();
+        terminal.draw(|f| view::render(f, &dashboard)).unwrap();
+        let lines = screen(&terminal);
+        let text = lines.join("\n");
+        let line = |needle: &str| {
+            lines
+                .iter()
+                .find(|l| l.contains(needle))
+                .unwrap_or_else(|| panic!("no line with {needle:?} in\n{text}"))
+                .clone()
+        };
+        assert!(
+            lines[0].contains("kiln watch") && lines[0].contains(&server.url()),
+            "{text}"
+        );
+        // Queues: the cpu consumer with nothing pending and nothing in flight.
+        let cpu_queue: Vec<String> = line("workers-cpu")
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        let at = cpu_queue.iter().position(|w| w == "workers-cpu").unwrap();
+        assert_eq!(cpu_queue[at + 1..at + 3], ["0", "0"], "{text}");
+        // Workers: ours, serving, 20 succeeded and 1 failed.
+        let worker = line("watch-test-worker");
+        assert!(worker.contains("serving"), "{worker}");
+        let words: Vec<&str> = worker.split_whitespace().collect();
+        assert!(words.windows(2).any(|w| w == ["20", "1"]), "{worker}");
+        // Kinds: vector_add on cpu, 21 jobs, 20 ok, 1 failed.
+        let kind = line("vector_add  cpu");
+        let words: Vec<&str> = kind.split_whitespace().collect();
+        let at = words.iter().position(|w| *w == "cpu").unwrap();
+        assert_eq!(words[at + 1..at + 4], ["21", "20", "1"], "{kind}");
+        // Failures: the bad job with its error kind.
+        let failure = line("watch-bad-1");
+        assert!(failure.contains("invalid_input"), "{failure}");
+        assert!(text.contains("Recent failures · 1"), "{text}");
+
+        roles.stop().await.unwrap();
+    }
+}

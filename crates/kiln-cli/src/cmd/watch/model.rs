@@ -1,0 +1,414 @@
+//! What `kiln watch` shows, and how it is gathered: queues from consumer info, live workers
+//! from `KILN_WORKERS`, per-(kind, class) throughput and latency from successive metrics
+//! snapshots, recent failures from the results stream.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use kiln_proto::streams::{STREAM_DLQ, STREAM_JOBS, STREAM_RESULTS};
+use kiln_proto::{
+    DeviceClass, JobError, Latency, LatencyStats, MetricsSnapshot, Status, WorkerInfo,
+};
+use serde::Deserialize;
+use time::OffsetDateTime;
+
+/// Throughput and windowed latency are measured over this much time.
+pub const WINDOW: Duration = Duration::from_secs(10);
+/// Failures kept for the failures panel.
+pub const MAX_FAILURES: usize = 50;
+/// Throughput samples kept per (kind, class) for the trend column.
+const TREND: usize = 24;
+
+/// One consumer's backlog.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Queue {
+    pub consumer: String,
+    /// Waiting, not yet delivered.
+    pub pending: u64,
+    /// Delivered, not yet acknowledged (in the workers' hands).
+    pub in_flight: u64,
+    pub redelivered: u64,
+    pub waiting_pulls: u64,
+    /// Why it could not be read, when it could not.
+    pub error: Option<String>,
+}
+
+/// A failed job, from its result event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    pub at: OffsetDateTime,
+    pub id: String,
+    pub kind: String,
+    pub worker: String,
+    pub attempt: u64,
+    pub error: String,
+}
+
+/// One snapshot as the dashboard remembers it.
+#[derive(Debug, Clone)]
+struct Seen {
+    at: OffsetDateTime,
+    jobs: u64,
+    first_finished_at: Option<OffsetDateTime>,
+    total: Option<Latency>,
+}
+
+/// What a window's figures are measured from.
+enum Base<'a> {
+    /// The last snapshot at or before the window's start.
+    Before(&'a Seen),
+    /// The oldest snapshot kept, inside the window.
+    Oldest(&'a Seen),
+    /// Zero: the pair's first job finished inside the window.
+    Nothing,
+    /// One snapshot inside the window, of jobs that started before it.
+    Unknown,
+}
+
+/// A (kind, class) pair: its latest snapshot, the snapshots of the last window, and the
+/// throughput measured at each refresh.
+#[derive(Debug, Clone)]
+pub struct Series {
+    pub latest: MetricsSnapshot,
+    seen: VecDeque<Seen>,
+    pub trend: VecDeque<f64>,
+}
+
+impl Series {
+    /// Jobs per second over the last [`WINDOW`] up to `now`: from the last snapshot at or
+    /// before the window's start to the latest; when every snapshot kept is inside the
+    /// window, from the oldest kept, or from nothing at all when the pair's first job
+    /// finished inside the window. `None` when there is nothing to difference yet.
+    pub fn rate(&self, now: OffsetDateTime) -> Option<f64> {
+        let latest = self.seen.back()?;
+        let start = now - WINDOW;
+        let (base_at, base_jobs) = match self.base(start) {
+            Base::Before(base) if std::ptr::eq(base, latest) => return Some(0.0),
+            Base::Before(base) | Base::Oldest(base) => (base.at, base.jobs),
+            Base::Nothing => (start, 0),
+            Base::Unknown => return None,
+        };
+        let span = (now - base_at).as_seconds_f64();
+        (span > 0.0).then(|| latest.jobs.saturating_sub(base_jobs) as f64 / span)
+    }
+
+    /// Submit → result latency of the jobs finished in the window (the latest histogram less
+    /// the base's, chosen as for [`Series::rate`]); `None` when none finished in it.
+    pub fn window_latency(&self, now: OffsetDateTime) -> Option<LatencyStats> {
+        let latest = self.seen.back()?.total.as_ref()?;
+        let window = match self.base(now - WINDOW) {
+            Base::Before(base) | Base::Oldest(base) => latest.since(base.total.as_ref()?)?,
+            Base::Nothing => latest.clone(),
+            Base::Unknown => return None,
+        };
+        (window.count() > 0).then(|| window.stats())
+    }
+
+    fn base(&self, start: OffsetDateTime) -> Base<'_> {
+        if let Some(before) = self.seen.iter().rev().find(|s| s.at <= start) {
+            return Base::Before(before);
+        }
+        let (Some(oldest), Some(latest)) = (self.seen.front(), self.seen.back()) else {
+            return Base::Unknown;
+        };
+        if latest.first_finished_at.is_some_and(|f| f >= start) {
+            Base::Nothing
+        } else if self.seen.len() > 1 {
+            Base::Oldest(oldest)
+        } else {
+            Base::Unknown
+        }
+    }
+
+    fn push(&mut self, snapshot: MetricsSnapshot) {
+        let seen = Seen {
+            at: snapshot.updated_at,
+            jobs: snapshot.jobs,
+            first_finished_at: snapshot.first_finished_at,
+            total: Latency::from_stats(&snapshot.total_ms),
+        };
+        if self.seen.back().is_some_and(|s| s.at >= seen.at) {
+            return;
+        }
+        self.seen.push_back(seen);
+        self.latest = snapshot;
+        // Keep one snapshot older than two windows as a base, drop the rest.
+        let horizon = self.latest.updated_at - 2 * WINDOW;
+        while self.seen.len() > 2 && self.seen[1].at <= horizon {
+            self.seen.pop_front();
+        }
+    }
+}
+
+/// Everything on the screen.
+#[derive(Debug, Clone)]
+pub struct Dashboard {
+    pub server: String,
+    pub interval_ms: u64,
+    pub now: OffsetDateTime,
+    pub jobs_queued: Option<u64>,
+    pub results_stored: Option<u64>,
+    pub dead_letters: Option<u64>,
+    pub queues: Vec<Queue>,
+    pub workers: Vec<WorkerInfo>,
+    pub workers_error: Option<String>,
+    pub series: BTreeMap<(String, String), Series>,
+    /// Newest first.
+    pub failures: VecDeque<Failure>,
+    /// A problem reaching the server, shown in the header.
+    pub error: Option<String>,
+}
+
+impl Dashboard {
+    pub fn new(server: String, interval_ms: u64) -> Self {
+        Dashboard {
+            server,
+            interval_ms,
+            now: OffsetDateTime::now_utc(),
+            jobs_queued: None,
+            results_stored: None,
+            dead_letters: None,
+            queues: Vec::new(),
+            workers: Vec::new(),
+            workers_error: None,
+            series: BTreeMap::new(),
+            failures: VecDeque::new(),
+            error: None,
+        }
+    }
+
+    /// Take in a metrics snapshot.
+    pub fn snapshot(&mut self, snapshot: MetricsSnapshot) {
+        let key = (snapshot.kind.clone(), snapshot.class.clone());
+        match self.series.get_mut(&key) {
+            Some(series) => series.push(snapshot),
+            None => {
+                let mut series = Series {
+                    latest: snapshot.clone(),
+                    seen: VecDeque::new(),
+                    trend: VecDeque::new(),
+                };
+                series.push(snapshot);
+                self.series.insert(key, series);
+            }
+        }
+    }
+
+    /// Take in a result event's body; failed ones go to the failures panel.
+    pub fn result(&mut self, payload: &[u8]) {
+        // Most results succeed: skip them without decoding.
+        if !contains(payload, br#""status":"failed""#) {
+            return;
+        }
+        #[derive(Deserialize)]
+        struct Brief {
+            id: String,
+            kind: String,
+            status: Status,
+            #[serde(default)]
+            worker: String,
+            #[serde(default)]
+            attempt: u64,
+            #[serde(with = "time::serde::rfc3339")]
+            finished_at: OffsetDateTime,
+            #[serde(default)]
+            error: Option<JobError>,
+        }
+        let Ok(brief) = serde_json::from_slice::<Brief>(payload) else {
+            return;
+        };
+        if brief.status != Status::Failed {
+            return;
+        }
+        self.failures.push_front(Failure {
+            at: brief.finished_at,
+            id: brief.id,
+            kind: brief.kind,
+            worker: brief.worker,
+            attempt: brief.attempt,
+            error: brief
+                .error
+                .map_or_else(|| "no error given".into(), |e| e.to_string()),
+        });
+        self.failures.truncate(MAX_FAILURES);
+    }
+
+    /// Re-read queues, workers and stream sizes; sample every series' throughput.
+    pub async fn poll(&mut self, js: &jetstream::Context) {
+        self.now = OffsetDateTime::now_utc();
+        self.error = None;
+        match js.get_stream(STREAM_JOBS).await {
+            Ok(mut jobs) => {
+                self.jobs_queued = jobs.info().await.ok().map(|i| i.state.messages);
+                let mut queues = Vec::new();
+                for class in [DeviceClass::Gpu, DeviceClass::Cpu, DeviceClass::Auto] {
+                    let consumer = class.consumer().to_owned();
+                    queues.push(match jobs.consumer_info(&consumer).await {
+                        Ok(c) => Queue {
+                            consumer,
+                            pending: c.num_pending,
+                            in_flight: c.num_ack_pending as u64,
+                            redelivered: c.num_redelivered as u64,
+                            waiting_pulls: c.num_waiting as u64,
+                            error: None,
+                        },
+                        Err(e) => Queue {
+                            consumer,
+                            pending: 0,
+                            in_flight: 0,
+                            redelivered: 0,
+                            waiting_pulls: 0,
+                            error: Some(e.to_string()),
+                        },
+                    });
+                }
+                self.queues = queues;
+            }
+            Err(e) => {
+                self.error = Some(format!(
+                    "{STREAM_JOBS} unavailable ({e}); run `kiln init` or start a kiln role"
+                ));
+            }
+        }
+        for (name, slot) in [
+            (STREAM_RESULTS, &mut self.results_stored),
+            (STREAM_DLQ, &mut self.dead_letters),
+        ] {
+            *slot = match js.get_stream(name).await {
+                Ok(mut s) => s.info().await.ok().map(|i| i.state.messages),
+                Err(_) => None,
+            };
+        }
+        match kiln_proto::streams::live_workers(js).await {
+            Ok(workers) => {
+                self.workers = workers;
+                self.workers_error = None;
+            }
+            Err(e) => self.workers_error = Some(e),
+        }
+        let now = self.now;
+        for series in self.series.values_mut() {
+            if let Some(rate) = series.rate(now) {
+                series.trend.push_back(rate);
+                if series.trend.len() > TREND {
+                    series.trend.pop_front();
+                }
+            }
+        }
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(at: OffsetDateTime, jobs: u64, latencies_ms: &[f64]) -> MetricsSnapshot {
+        snapshot_from(at, None, jobs, latencies_ms)
+    }
+
+    fn snapshot_from(
+        at: OffsetDateTime,
+        first: Option<OffsetDateTime>,
+        jobs: u64,
+        latencies_ms: &[f64],
+    ) -> MetricsSnapshot {
+        let mut total = Latency::default();
+        for &ms in latencies_ms {
+            total.record_ms(ms);
+        }
+        MetricsSnapshot {
+            kind: "vector_add".into(),
+            class: "cpu".into(),
+            jobs,
+            succeeded: jobs,
+            failed: 0,
+            failures: Default::default(),
+            duplicates: 0,
+            devices: Default::default(),
+            first_finished_at: first,
+            last_finished_at: None,
+            throughput_per_s: 0.0,
+            recent_per_s: 0.0,
+            queue_ms: Default::default(),
+            compute_ms: Default::default(),
+            total_ms: total.stats(),
+            prediction: Default::default(),
+            updated_at: at,
+        }
+    }
+
+    #[test]
+    fn throughput_and_latency_come_from_successive_snapshots() {
+        let t0 = OffsetDateTime::now_utc() - Duration::from_secs(30);
+        let mut d = Dashboard::new("nats://x".into(), 1000);
+        let old: Vec<f64> = vec![1.0; 100];
+        d.snapshot(snapshot(t0, 100, &old));
+        let key = ("vector_add".to_owned(), "cpu".to_owned());
+        // One snapshot, long ago: nothing finished since.
+        assert_eq!(d.series[&key].rate(t0 + Duration::from_secs(20)), Some(0.0));
+        // 200 more jobs at 50 ms in the next 10 s.
+        let mut all = old.clone();
+        all.extend(vec![50.0; 200]);
+        d.snapshot(snapshot(t0 + Duration::from_secs(10), 300, &all));
+        let now = t0 + Duration::from_secs(10);
+        let series = &d.series[&key];
+        let rate = series.rate(now).unwrap();
+        assert!((rate - 20.0).abs() < 1e-9, "{rate}");
+        let window = series.window_latency(now).unwrap();
+        assert_eq!(window.count, 200);
+        assert!((window.p50 - 50.0).abs() < 0.1, "{}", window.p50);
+        // Twenty seconds later, no new snapshot: the rate falls to zero, no window latency.
+        let later = now + Duration::from_secs(20);
+        assert_eq!(series.rate(later), Some(0.0));
+        assert!(series.window_latency(later).is_none());
+    }
+
+    #[test]
+    fn a_pair_first_seen_inside_the_window_has_a_rate_at_once() {
+        let now = OffsetDateTime::now_utc();
+        let mut d = Dashboard::new("nats://x".into(), 1000);
+        let first = now - Duration::from_secs(4);
+        d.snapshot(snapshot_from(
+            now - Duration::from_secs(1),
+            Some(first),
+            30,
+            &[5.0; 30],
+        ));
+        let series = d.series.values().next().unwrap();
+        // 30 jobs, all in the last 10 s.
+        assert!((series.rate(now).unwrap() - 3.0).abs() < 1e-9);
+        assert_eq!(series.window_latency(now).unwrap().count, 30);
+        // The same snapshot of jobs that began long ago: no rate until a second one.
+        let mut d = Dashboard::new("nats://x".into(), 1000);
+        let long_ago = now - Duration::from_secs(3600);
+        d.snapshot(snapshot_from(
+            now - Duration::from_secs(1),
+            Some(long_ago),
+            30,
+            &[5.0; 30],
+        ));
+        let series = d.series.values().next().unwrap();
+        assert_eq!(series.rate(now), None);
+        assert!(series.window_latency(now).is_none());
+    }
+
+    #[test]
+    fn failures_are_kept_newest_first() {
+        let mut d = Dashboard::new("nats://x".into(), 1000);
+        d.result(br#"{"id":"ok-1","kind":"matmul","status":"succeeded","finished_at":"2026-11-26T20:00:00Z"}"#);
+        d.result(br#"{"id":"bad-1","kind":"matmul","status":"failed","worker":"w","attempt":1,"finished_at":"2026-11-26T20:00:01Z","error":{"kind":"invalid_input","message":"no"}}"#);
+        d.result(br#"{"id":"bad-2","kind":"conv2d","status":"failed","worker":"w","attempt":2,"finished_at":"2026-11-26T20:00:02Z","error":{"kind":"timeout","message":"slow"}}"#);
+        let ids: Vec<&str> = d.failures.iter().map(|f| f.id.as_str()).collect();
+        assert_eq!(ids, ["bad-2", "bad-1"]);
+        assert!(
+            d.failures[0].error.contains("timeout"),
+            "{}",
+            d.failures[0].error
+        );
+    }
+}

@@ -1,0 +1,300 @@
+//! Drawing the dashboard with ratatui: a header, queues and workers side by side, the
+//! per-(kind, class) table, and recent failures.
+
+use ratatui::Frame;
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::{Color, Modifier, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Paragraph, Row, Table};
+
+use super::model::{Dashboard, WINDOW};
+
+const TREND_BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+
+pub fn render(frame: &mut Frame, d: &Dashboard) {
+    let workers_height = (d.workers.len() as u16 + 3).clamp(7, 14);
+    let failures_height = (d.failures.len() as u16 + 3).clamp(4, 10);
+    let [header, top, kinds, failures] = Layout::vertical([
+        Constraint::Length(1),
+        Constraint::Length(workers_height),
+        Constraint::Min(6),
+        Constraint::Length(failures_height),
+    ])
+    .areas(frame.area());
+    let [queues, workers] =
+        Layout::horizontal([Constraint::Length(64), Constraint::Min(40)]).areas(top);
+    render_header(frame, header, d);
+    render_queues(frame, queues, d);
+    render_workers(frame, workers, d);
+    render_kinds(frame, kinds, d);
+    render_failures(frame, failures, d);
+}
+
+fn bold() -> Style {
+    Style::new().add_modifier(Modifier::BOLD)
+}
+
+fn render_header(frame: &mut Frame, area: Rect, d: &Dashboard) {
+    let time = d.now.time();
+    let mut spans = vec![
+        Span::styled(" kiln watch ", bold().fg(Color::Black).bg(Color::Cyan)),
+        Span::raw(format!(
+            " {} · {:02}:{:02}:{:02} UTC · every {} ms · q, Esc or Ctrl-C quits",
+            d.server,
+            time.hour(),
+            time.minute(),
+            time.second(),
+            d.interval_ms
+        )),
+    ];
+    if let Some(e) = &d.error {
+        spans.push(Span::styled(format!(" · {e}"), Style::new().fg(Color::Red)));
+    }
+    frame.render_widget(Line::from(spans), area);
+}
+
+fn count(v: Option<u64>) -> String {
+    v.map_or_else(|| "-".into(), |v| v.to_string())
+}
+
+fn render_queues(frame: &mut Frame, area: Rect, d: &Dashboard) {
+    let title = format!(
+        " Queues · KILN_JOBS {} · results {} · dead letters {} ",
+        count(d.jobs_queued),
+        count(d.results_stored),
+        count(d.dead_letters)
+    );
+    let rows = d.queues.iter().map(|q| match &q.error {
+        Some(e) => Row::new(vec![q.consumer.clone(), format!("unavailable: {e}")]),
+        None => {
+            let style = if q.pending > 0 {
+                Style::new().fg(Color::Yellow)
+            } else {
+                Style::new()
+            };
+            Row::new(vec![
+                q.consumer.clone(),
+                q.pending.to_string(),
+                q.in_flight.to_string(),
+                q.redelivered.to_string(),
+                q.waiting_pulls.to_string(),
+            ])
+            .style(style)
+        }
+    });
+    let table = Table::new(
+        rows,
+        [
+            Constraint::Length(12),
+            Constraint::Length(9),
+            Constraint::Length(10),
+            Constraint::Length(12),
+            Constraint::Length(8),
+        ],
+    )
+    .header(Row::new(["consumer", "pending", "in flight", "redelivered", "pulls"]).style(bold()))
+    .block(Block::bordered().title(title));
+    frame.render_widget(table, area);
+}
+
+fn render_workers(frame: &mut Frame, area: Rect, d: &Dashboard) {
+    let title = match &d.workers_error {
+        Some(e) => format!(" Workers · unavailable: {e} "),
+        None => format!(" Workers · {} live ", d.workers.len()),
+    };
+    let rows = d.workers.iter().map(|w| {
+        let running = if w.running.is_empty() {
+            "-".to_owned()
+        } else {
+            let mut ids: Vec<String> = w
+                .running
+                .iter()
+                .take(3)
+                .map(|j| format!("{} {}", j.kind, j.id))
+                .collect();
+            if w.running.len() > 3 {
+                ids.push(format!("+{}", w.running.len() - 3));
+            }
+            ids.join(", ")
+        };
+        let state = if w.state == "serving" {
+            Style::new().fg(Color::Green)
+        } else {
+            Style::new().fg(Color::Yellow)
+        };
+        Row::new(vec![
+            ratatui::text::Text::raw(w.name.clone()),
+            ratatui::text::Text::raw(format!("{} {}", w.class, w.device)),
+            ratatui::text::Text::styled(w.state.clone(), state),
+            ratatui::text::Text::raw(w.running.len().to_string()),
+            ratatui::text::Text::raw(w.capacity.to_string()),
+            ratatui::text::Text::raw(w.succeeded.to_string()),
+            ratatui::text::Text::raw(w.failed.to_string()),
+            ratatui::text::Text::raw(running),
+        ])
+    });
+    let table = Table::new(
+        rows,
+        [
+            Constraint::Length(24),
+            Constraint::Length(12),
+            Constraint::Length(10),
+            Constraint::Length(5),
+            Constraint::Length(6),
+            Constraint::Length(9),
+            Constraint::Length(7),
+            Constraint::Min(10),
+        ],
+    )
+    .header(
+        Row::new([
+            "worker", "device", "state", "held", "slots", "ok", "failed", "running",
+        ])
+        .style(bold()),
+    )
+    .block(Block::bordered().title(title));
+    frame.render_widget(table, area);
+}
+
+fn ms(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+fn trend(values: impl Iterator<Item = f64> + Clone) -> String {
+    let max = values.clone().fold(0.0f64, f64::max);
+    values
+        .map(|v| {
+            if max <= 0.0 {
+                TREND_BARS[0]
+            } else {
+                TREND_BARS[((v / max) * 7.0).round().clamp(0.0, 7.0) as usize]
+            }
+        })
+        .collect()
+}
+
+fn render_kinds(frame: &mut Frame, area: Rect, d: &Dashboard) {
+    let window = WINDOW.as_secs();
+    let title = format!(
+        " Throughput and latency by kind and class · jobs/s and percentiles over the last {window} s (dim: since the start) "
+    );
+    let rows = d.series.values().map(|s| {
+        let l = &s.latest;
+        let rate = s
+            .rate(d.now)
+            .map_or_else(|| "-".to_owned(), |r| format!("{r:.1}"));
+        let (p50, p90, p99, style) = match s.window_latency(d.now) {
+            Some(w) => (w.p50, w.p90, w.p99, Style::new()),
+            None => (
+                l.total_ms.p50,
+                l.total_ms.p90,
+                l.total_ms.p99,
+                Style::new().add_modifier(Modifier::DIM),
+            ),
+        };
+        let failed_style = if l.failed > 0 {
+            Style::new().fg(Color::Red)
+        } else {
+            Style::new()
+        };
+        Row::new(vec![
+            ratatui::text::Text::raw(l.kind.clone()),
+            ratatui::text::Text::raw(l.class.clone()),
+            ratatui::text::Text::raw(l.jobs.to_string()),
+            ratatui::text::Text::raw(l.succeeded.to_string()),
+            ratatui::text::Text::styled(l.failed.to_string(), failed_style),
+            ratatui::text::Text::styled(rate, bold()),
+            ratatui::text::Text::raw(trend(s.trend.iter().copied())),
+            ratatui::text::Text::styled(ms(p50), style),
+            ratatui::text::Text::styled(ms(p90), style),
+            ratatui::text::Text::styled(ms(p99), style),
+            ratatui::text::Text::raw(ms(l.queue_ms.p50)),
+            ratatui::text::Text::raw(ms(l.compute_ms.p50)),
+        ])
+    });
+    let empty = d.series.is_empty();
+    let table = Table::new(
+        rows,
+        [
+            Constraint::Length(11),
+            Constraint::Length(5),
+            Constraint::Length(9),
+            Constraint::Length(9),
+            Constraint::Length(7),
+            Constraint::Length(9),
+            Constraint::Length(26),
+            Constraint::Length(9),
+            Constraint::Length(9),
+            Constraint::Length(9),
+            Constraint::Length(10),
+            Constraint::Length(11),
+        ],
+    )
+    .header(
+        Row::new([
+            "kind",
+            "class",
+            "jobs",
+            "ok",
+            "failed",
+            "jobs/s",
+            "trend",
+            "p50 ms",
+            "p90 ms",
+            "p99 ms",
+            "queue p50",
+            "compute p50",
+        ])
+        .style(bold()),
+    )
+    .block(Block::bordered().title(title));
+    frame.render_widget(table, area);
+    if empty {
+        let inner = Block::bordered().inner(area);
+        let note = Rect {
+            y: inner.y + 1,
+            height: 1,
+            ..inner
+        };
+        frame.render_widget(
+            Paragraph::new("no metrics yet: is an aggregator running?"),
+            note,
+        );
+    }
+}
+
+fn render_failures(frame: &mut Frame, area: Rect, d: &Dashboard) {
+    let title = format!(" Recent failures · {} ", d.failures.len());
+    let lines: Vec<Line> = if d.failures.is_empty() {
+        vec![Line::raw("none in the results stream's last 10 minutes")]
+    } else {
+        d.failures
+            .iter()
+            .map(|f| {
+                let t = f.at.time();
+                Line::from(vec![
+                    Span::raw(format!(
+                        "{:02}:{:02}:{:02} ",
+                        t.hour(),
+                        t.minute(),
+                        t.second()
+                    )),
+                    Span::styled(format!("{:<10} ", f.kind), bold()),
+                    Span::raw(format!("{} ", f.id)),
+                    Span::styled(f.error.clone(), Style::new().fg(Color::Red)),
+                    Span::raw(format!("  ({}, attempt {})", f.worker, f.attempt)),
+                ])
+            })
+            .collect()
+    };
+    frame.render_widget(
+        Paragraph::new(lines).block(Block::bordered().title(title)),
+        area,
+    );
+}

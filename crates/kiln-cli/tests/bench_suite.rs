@@ -1,0 +1,239 @@
+//! `kiln bench suite --quick` into a temporary folder: every file is there and holds the rows
+//! and values the report is made of (values, not timings).
+
+mod common;
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::process::Command;
+
+use common::{KILN, assert_success};
+use serde_json::Value;
+
+fn csv_rows(dir: &Path, name: &str) -> Vec<csv::StringRecord> {
+    let mut reader =
+        csv::Reader::from_path(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let header = reader.headers().unwrap().clone();
+    let rows: Vec<csv::StringRecord> = reader.records().map(|r| r.unwrap()).collect();
+    assert!(!rows.is_empty(), "{name} has no rows");
+    for r in &rows {
+        assert_eq!(r.len(), header.len(), "{name}: a row with another width");
+    }
+    rows
+}
+
+fn column(dir: &Path, name: &str, col: &str) -> usize {
+    let mut reader = csv::Reader::from_path(dir.join(name)).unwrap();
+    reader
+        .headers()
+        .unwrap()
+        .iter()
+        .position(|h| h == col)
+        .unwrap_or_else(|| panic!("{name} has no column {col}"))
+}
+
+fn num(r: &csv::StringRecord, i: usize) -> f64 {
+    r[i].parse()
+        .unwrap_or_else(|_| panic!("not a number: {:?} in {r:?}", &r[i]))
+}
+
+fn json(dir: &Path, name: &str) -> Value {
+    serde_json::from_slice(&std::fs::read(dir.join(name)).unwrap()).unwrap()
+}
+
+#[test]
+fn quick_suite_writes_every_file_with_its_figures() {
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/numpy_reference.py");
+    let output = Command::new(KILN)
+        .args(["bench", "suite", "--quick", "--workers", "1,2", "--out"])
+        .arg(dir)
+        .arg("--numpy-script")
+        .arg(&script)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert_success(&output);
+
+    for name in [
+        "suite.json",
+        "report.md",
+        "kernels.csv",
+        "kernels.svg",
+        "pipeline.json",
+        "pipeline.csv",
+        "pipeline.svg",
+        "overhead.csv",
+        "overhead.svg",
+        "scaling.csv",
+        "scaling.svg",
+        "scheduler.json",
+        "scheduler.csv",
+        "scheduler.svg",
+    ] {
+        assert!(dir.join(name).is_file(), "{name} is missing");
+    }
+    let suite = json(dir, "suite.json");
+    for step in suite["steps"].as_array().unwrap() {
+        assert!(step["error"].is_null(), "step failed: {step}");
+    }
+    let gpu = suite["kernels"]["gpu_device"].is_string();
+
+    // Kernels: every kind at two sizes or more on the CPU, all measured.
+    let kernels = csv_rows(dir, "kernels.csv");
+    let (kind, device, status, median) = (
+        column(dir, "kernels.csv", "kind"),
+        column(dir, "kernels.csv", "device"),
+        column(dir, "kernels.csv", "status"),
+        column(dir, "kernels.csv", "median_ms"),
+    );
+    for k in ["matmul", "train_mlp", "conv2d", "vector_add"] {
+        let cpu: Vec<_> = kernels
+            .iter()
+            .filter(|r| &r[kind] == k && &r[device] == "cpu")
+            .collect();
+        assert!(cpu.len() >= 2, "{k}: {} CPU row(s)", cpu.len());
+        for r in cpu {
+            assert_eq!(&r[status], "ok", "{r:?}");
+            assert!(num(r, median) > 0.0, "{r:?}");
+        }
+    }
+    let report = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    if gpu {
+        let speedups = csv_rows(dir, "speedup.csv");
+        let s = column(dir, "speedup.csv", "speedup");
+        assert!(speedups.iter().all(|r| num(r, s) > 0.0));
+    } else {
+        assert!(!dir.join("speedup.csv").exists());
+        assert!(report.contains("GPU skipped"), "{report}");
+        assert!(report.contains("gpu-burn-kernels.json"), "{report}");
+    }
+
+    // Pipeline: the ratios are kiln over the ceilings of the same run.
+    let p = json(dir, "pipeline.json");
+    let f = |k: &str| p[k].as_f64().unwrap_or_else(|| panic!("{k} in {p}"));
+    assert!(f("kiln_jobs_per_s") > 0.0 && f("ceiling_same_bytes_jobs_per_s") > 0.0);
+    let ratio = f("kiln_jobs_per_s") / f("ceiling_same_bytes_jobs_per_s");
+    assert!((f("ratio_same_bytes") - ratio).abs() < 1e-12);
+    assert!(f("kiln_total_ms_p50") > 0.0 && f("kiln_total_ms_p50") <= f("kiln_total_ms_p99"));
+    let runs = csv_rows(dir, "pipeline.csv");
+    let sides: HashSet<&str> = runs.iter().map(|r| r.get(0).unwrap()).collect();
+    assert_eq!(sides.len(), 3, "{sides:?}");
+
+    // Overhead: every kind, end to end above compute, the given number of jobs.
+    let overhead = csv_rows(dir, "overhead.csv");
+    let (okind, jobs, e2e, compute, over) = (
+        column(dir, "overhead.csv", "kind"),
+        column(dir, "overhead.csv", "jobs"),
+        column(dir, "overhead.csv", "end_to_end_ms"),
+        column(dir, "overhead.csv", "compute_ms"),
+        column(dir, "overhead.csv", "overhead_ms"),
+    );
+    let kinds: HashSet<&str> = overhead.iter().map(|r| &r[okind]).collect();
+    assert_eq!(kinds.len(), 4, "{kinds:?}");
+    for r in &overhead {
+        assert!(num(r, jobs) >= 2.0, "{r:?}");
+        assert!(num(r, e2e) > num(r, compute), "{r:?}");
+        assert!(num(r, over) > 0.0, "{r:?}");
+    }
+
+    // Scaling: both workloads at 1 and 2 workers; 1 worker is the base.
+    let scaling = csv_rows(dir, "scaling.csv");
+    let (workers, rate, relative) = (
+        column(dir, "scaling.csv", "workers"),
+        column(dir, "scaling.csv", "jobs_per_s"),
+        column(dir, "scaling.csv", "relative"),
+    );
+    assert_eq!(scaling.len(), 4);
+    for r in &scaling {
+        assert!(num(r, rate) > 0.0);
+        if &r[workers] == "1" {
+            assert_eq!(num(r, relative), 1.0);
+        }
+    }
+
+    // Scheduler: three policies over the same jobs.
+    let scheduler = csv_rows(dir, "scheduler.csv");
+    assert_eq!(scheduler.len(), 3);
+    let sjobs = column(dir, "scheduler.csv", "jobs");
+    assert!(scheduler.iter().all(|r| &r[sjobs] == "66"));
+
+    // Charts: titled, with axis descriptions and legends.
+    for (name, texts) in [
+        (
+            "kernels.svg",
+            &["milliseconds (log scale)", "size", "CPU (burn-ndarray)"][..],
+        ),
+        (
+            "pipeline.svg",
+            &["jobs per second", "raw JetStream, 16-byte messages"][..],
+        ),
+        (
+            "overhead.svg",
+            &["milliseconds", "queue wait (stored → worker)"][..],
+        ),
+        (
+            "scaling.svg",
+            &["worker processes", "ideal (linear)", "compute jobs"][..],
+        ),
+        ("scheduler.svg", &["milliseconds", "makespan"][..]),
+    ] {
+        let svg = std::fs::read_to_string(dir.join(name)).unwrap();
+        assert!(svg.starts_with("<svg"), "{name}");
+        for t in texts {
+            assert!(svg.contains(t), "{name} lacks {t:?}");
+        }
+    }
+
+    // The report: every section, every chart, the machine.
+    for heading in [
+        "## Machine",
+        "## GPU vs CPU",
+        "## Kernels",
+        "## CPU matmul: burn-ndarray vs numpy",
+        "## Pipeline vs the raw JetStream ceiling",
+        "## Communication overhead",
+        "## Scaling with workers",
+        "## Scheduler vs static policies",
+    ] {
+        assert!(report.contains(heading), "report.md lacks {heading}");
+    }
+    for chart in [
+        "kernels.svg",
+        "pipeline.svg",
+        "overhead.svg",
+        "scaling.svg",
+        "scheduler.svg",
+    ] {
+        assert!(
+            report.contains(&format!("]({chart})")),
+            "report.md does not show {chart}"
+        );
+    }
+    let cores = std::thread::available_parallelism().unwrap().get();
+    assert!(
+        report.contains(&format!("| cores available | {cores} |")),
+        "{report}"
+    );
+    for row in [
+        "| matrix multiplication |",
+        "| neural network training |",
+        "| image processing (conv2d) |",
+        "| vector addition |",
+    ] {
+        assert!(report.contains(row), "the GPU-vs-CPU table lacks {row}");
+    }
+    let numpy = suite["numpy"]["status"].as_str().unwrap();
+    if numpy == "ran" {
+        for r in suite["numpy"]["rows"].as_array().unwrap() {
+            assert!(r["ratio"].as_f64().unwrap() > 0.0);
+        }
+    } else {
+        assert!(numpy.starts_with("skipped"), "{numpy}");
+        assert!(
+            report.contains(numpy),
+            "the report says why numpy was skipped"
+        );
+    }
+}
