@@ -261,6 +261,16 @@ impl Folds {
         self.folds.get(&(kind.to_owned(), class.to_owned()))
     }
 
+    /// Mark the folds of `snapshots` changed again: they were not stored, so the next
+    /// [`snapshots`](Self::snapshots) call includes them.
+    pub fn unstored(&mut self, snapshots: &[MetricsSnapshot]) {
+        for s in snapshots {
+            if let Some(fold) = self.folds.get_mut(&(s.kind.clone(), s.class.clone())) {
+                fold.dirty = true;
+            }
+        }
+    }
+
     /// Snapshots of every fold that changed since the last call.
     pub fn snapshots(&mut self, now: OffsetDateTime) -> Vec<MetricsSnapshot> {
         self.folds

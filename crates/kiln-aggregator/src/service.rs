@@ -7,7 +7,7 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::{self, consumer::PullConsumer};
 use futures::StreamExt as _;
 use kiln_proto::streams::{self, CONSUMER_AGGREGATOR, STREAM_RESULTS};
-use kiln_proto::{HEADER_MSG_ID, JobState, Topology, subject};
+use kiln_proto::{HEADER_MSG_ID, JobState, MetricsSnapshot, Topology, subject};
 use time::OffsetDateTime;
 
 use crate::error::{Error, Result};
@@ -91,11 +91,15 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
-            _ = ticker.tick() => {
-                flush(&js, &mut folds, &mut unacked).await?;
-                spans.clear();
-                exporter.tick();
-            }
+            // A snapshot the server did not store (a stream leader election in a cluster, a
+            // server restart) is retried at the next tick; its results stay unacked until then.
+            _ = ticker.tick() => match flush(&js, &mut folds, &mut unacked).await {
+                Ok(()) => {
+                    spans.clear();
+                    exporter.tick();
+                }
+                Err(e) => tracing::warn!(error = %e, "metrics snapshot not stored; retrying"),
+            },
             next = messages.next() => match next {
                 Some(Ok(message)) => {
                     let state = match serde_json::from_slice::<ResultHead>(&message.payload) {
@@ -139,15 +143,37 @@ async fn flush(
     unacked: &mut Vec<(jetstream::Message, Option<(String, JobState)>)>,
 ) -> Result<()> {
     let now = OffsetDateTime::now_utc();
+    let snapshots = folds.snapshots(now);
+    let stored = store(js, &snapshots, unacked, now).await;
+    if stored.is_err() {
+        // Not stored: these snapshots go out again at the next flush, the results stay unacked.
+        folds.unstored(&snapshots);
+    }
+    stored?;
+    for (message, _) in unacked.drain(..) {
+        if let Err(e) = message.ack().await {
+            tracing::warn!(error = %e, "could not ack a folded result; it will be redelivered and dropped as a duplicate");
+        }
+    }
+    Ok(())
+}
+
+/// Publish snapshots and job states and wait until the server has stored every one.
+async fn store(
+    js: &jetstream::Context,
+    snapshots: &[MetricsSnapshot],
+    unacked: &[(jetstream::Message, Option<(String, JobState)>)],
+    now: OffsetDateTime,
+) -> Result<()> {
     let mut acks = Vec::new();
-    for snapshot in folds.snapshots(now) {
+    for snapshot in snapshots {
         let subject = subject::metrics(&snapshot.kind, &snapshot.class);
         let mut headers = HeaderMap::new();
         headers.insert(
             HEADER_MSG_ID,
             format!("{subject}-{}", now.unix_timestamp_nanos()).as_str(),
         );
-        acks.push(publish(js, subject, headers, &snapshot).await?);
+        acks.push(publish(js, subject, headers, snapshot).await?);
     }
     for (id, state) in unacked.iter().filter_map(|(_, s)| s.as_ref()) {
         let subject = kiln_proto::state_subject(id);
@@ -158,11 +184,6 @@ async fn flush(
             subject,
             message: e.to_string(),
         })?;
-    }
-    for (message, _) in unacked.drain(..) {
-        if let Err(e) = message.ack().await {
-            tracing::warn!(error = %e, "could not ack a folded result; it will be redelivered and dropped as a duplicate");
-        }
     }
     Ok(())
 }

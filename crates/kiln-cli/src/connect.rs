@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
+use async_nats::{ConnectErrorKind, ConnectOptions, ServerAddr};
 
 use crate::cli::NatsArgs;
 
@@ -11,17 +12,83 @@ pub async fn connect(args: &NatsArgs) -> anyhow::Result<async_nats::Client> {
 }
 
 /// Connect; `retry` keeps trying in the background when the server is not up yet (services),
-/// otherwise the first failure is returned (one-shot commands, probing).
+/// otherwise the first failure is returned (one-shot commands, probing). Refused
+/// credentials and TLS failures are returned at once either way.
 pub async fn connect_with(args: &NatsArgs, retry: bool) -> anyhow::Result<async_nats::Client> {
-    let mut options = async_nats::ConnectOptions::new()
-        .name("kiln")
-        .connection_timeout(Duration::from_secs(3))
-        .retry_on_initial_connect();
-    if !retry {
-        options = async_nats::ConnectOptions::new()
-            .name("kiln")
-            .connection_timeout(Duration::from_secs(2));
+    let url = args.nats_url.as_str();
+    // A cluster is given as a comma-separated list; the client tries them in turn and learns
+    // the others from the server.
+    let servers: Vec<ServerAddr> = url
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse().with_context(|| {
+                format!(
+                    "{s:?} in --nats-url is not a NATS URL: give nats://host:port, \
+                     comma-separated for several servers"
+                )
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let first = options(args, Duration::from_secs(if retry { 3 } else { 2 }))
+        .await?
+        .connect(servers.clone())
+        .await;
+    match first {
+        Ok(client) => Ok(client),
+        Err(e) if matches!(e.kind(), ConnectErrorKind::AuthorizationViolation) => {
+            Err(e).with_context(|| {
+                format!(
+                    "the NATS server at {url} refused these credentials: check --user/--password, \
+                     --nkey or --creds (NATS_USER, NATS_PASSWORD, NATS_NKEY, NATS_CREDS)"
+                )
+            })
+        }
+        Err(e)
+            if matches!(e.kind(), ConnectErrorKind::Tls)
+                || e.to_string().contains("certificate") =>
+        {
+            Err(e).with_context(|| {
+            format!(
+                "TLS with the NATS server at {url} failed: check --tls-ca (and --tls-cert/--tls-key \
+                 for mutual TLS), and that the server's certificate names the host in the URL"
+                )
+            })
+        }
+        // A service waits for a server that is not up yet: the client keeps trying in the
+        // background.
+        Err(_) if retry => options(args, Duration::from_secs(3))
+            .await?
+            .retry_on_initial_connect()
+            .connect(servers)
+            .await
+            .with_context(|| format!("connecting to NATS at {url}")),
+        Err(e) => Err(e).with_context(|| {
+            format!(
+                "could not reach NATS at {url}: start nats-server -js, or point --nats-url / \
+                 NATS_URL at your server"
+            )
+        }),
     }
+}
+
+async fn options(args: &NatsArgs, timeout: Duration) -> anyhow::Result<ConnectOptions> {
+    let mut options = ConnectOptions::new()
+        .name("kiln")
+        .connection_timeout(timeout)
+        // A permission denial reaches the client only as an asynchronous server error (the
+        // request itself just goes unanswered): say what it was and where permissions are set.
+        .event_callback(|event| async move {
+            match event {
+                async_nats::Event::ServerError(error) => tracing::error!(
+                    "the NATS server refused an operation of this connection: {error}; check \
+                     the user's permissions (nats/secure/secure.conf lists what each kiln role \
+                     needs)"
+                ),
+                other => tracing::info!("event: {other}"),
+            }
+        });
     if let Some(creds) = &args.creds {
         options = options
             .credentials_file(creds)
@@ -50,21 +117,5 @@ pub async fn connect_with(args: &NatsArgs, retry: bool) -> anyhow::Result<async_
             .add_client_certificate(cert.clone(), key.clone())
             .require_tls(true);
     }
-    let url = args.nats_url.clone();
-    if retry {
-        // With retry_on_initial_connect the client connects in the background; a
-        // service waits until it is connected.
-        let client = options
-            .connect(url.as_str())
-            .await
-            .with_context(|| format!("connecting to NATS at {url}"))?;
-        Ok(client)
-    } else {
-        options.connect(url.as_str()).await.with_context(|| {
-            format!(
-                "could not reach NATS at {url}: start nats-server -js, or point --nats-url / \
-                 NATS_URL at your server"
-            )
-        })
-    }
+    Ok(options)
 }

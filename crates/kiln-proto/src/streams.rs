@@ -259,6 +259,17 @@ pub enum SetupError {
         #[source]
         source: jetstream::context::CreateKeyValueError,
     },
+    /// Something a role needs does not exist and this user could not create it: with
+    /// least-privilege users only the admin creates streams and consumers.
+    #[error(
+        "{what} does not exist and this user could not create it: run `kiln init` as a user \
+         allowed to create streams (the admin user with nats/secure)"
+    )]
+    Missing {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("could not open stream {stream}: {source}")]
     GetStream {
         stream: &'static str,
@@ -292,14 +303,18 @@ async fn setup(
         topology.advisories_stream(),
     ] {
         let stream = stream_name(&config.name);
-        let result = if update {
-            js.create_or_update_stream(config).await.map(|_| ())
-        } else if js.get_stream(stream).await.is_ok() {
-            Ok(())
-        } else {
-            js.create_or_update_stream(config).await.map(|_| ())
-        };
-        result.map_err(|source| SetupError::Stream { stream, source })?;
+        if update {
+            js.create_or_update_stream(config)
+                .await
+                .map_err(|source| SetupError::Stream { stream, source })?;
+        } else if js.get_stream(stream).await.is_err() {
+            js.create_or_update_stream(config)
+                .await
+                .map_err(|source| SetupError::Missing {
+                    what: format!("stream {stream}"),
+                    source: source.into(),
+                })?;
+        }
     }
     let jobs = get_stream(js, STREAM_JOBS).await?;
     for class in [
@@ -319,10 +334,17 @@ async fn setup(
         (crate::BUCKET_CANCEL, topology.cancel_bucket()),
         (crate::BUCKET_STATE, topology.state_bucket()),
     ] {
-        if update || js.get_key_value(bucket).await.is_err() {
+        if update {
             js.create_or_update_key_value(config)
                 .await
                 .map_err(|source| SetupError::Bucket { bucket, source })?;
+        } else if js.get_key_value(bucket).await.is_err() {
+            js.create_or_update_key_value(config)
+                .await
+                .map_err(|source| SetupError::Missing {
+                    what: format!("key-value bucket {bucket}"),
+                    source: source.into(),
+                })?;
         }
     }
     Ok(())
@@ -373,14 +395,24 @@ async fn create_consumer(
     update: bool,
 ) -> Result<(), SetupError> {
     let consumer = config.durable_name.clone().unwrap_or_default();
-    if !update && stream.consumer_info(&consumer).await.is_ok() {
+    if update {
+        return stream
+            .create_consumer(config)
+            .await
+            .map(|_| ())
+            .map_err(|source| SetupError::Consumer { consumer, source });
+    }
+    if stream.consumer_info(&consumer).await.is_ok() {
         return Ok(());
     }
     stream
         .create_consumer(config)
         .await
         .map(|_| ())
-        .map_err(|source| SetupError::Consumer { consumer, source })
+        .map_err(|source| SetupError::Missing {
+            what: format!("consumer {consumer}"),
+            source: source.into(),
+        })
 }
 
 fn stream_name(name: &str) -> &'static str {

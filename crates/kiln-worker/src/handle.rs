@@ -16,6 +16,10 @@ use time::OffsetDateTime;
 use tokio::sync::Semaphore;
 
 use crate::config::WorkerConfig;
+
+/// How long a worker keeps retrying to store a computed result (holding the job with
+/// progress acks) before it hands the job back.
+const RESULT_PATIENCE: Duration = Duration::from_secs(60);
 use crate::worker::Counters;
 
 /// State every job task of one worker shares.
@@ -408,13 +412,30 @@ async fn finish(
             .await;
         return;
     }
-    if let Err(e) = publish_result(&shared.js, &event, message.headers.as_ref(), trace).await {
-        // The result is not stored: hand the job back so that it is answered later.
-        tracing::error!(id = %event.id, error = %e, "could not publish result; handing job back");
-        let _ = message
-            .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-            .await;
-        return;
+    // The result is computed; when the server cannot store it right now (a stream leader
+    // election in a cluster, a server restart) keep the job, tell the server it is still in
+    // progress, and try again: handing it back would spend one of its deliveries on a fault
+    // that is not the job's. Only after RESULT_PATIENCE is it handed back.
+    let patience = tokio::time::Instant::now() + RESULT_PATIENCE;
+    let mut pause = Duration::from_millis(200);
+    loop {
+        match publish_result(&shared.js, &event, message.headers.as_ref(), trace).await {
+            Ok(()) => break,
+            Err(e) if tokio::time::Instant::now() + pause < patience => {
+                tracing::warn!(id = %event.id, error = %e, ?pause, "could not publish result; retrying");
+                let _ = message.ack_with(AckKind::Progress).await;
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => {
+                // The result is not stored: hand the job back so that it is answered later.
+                tracing::error!(id = %event.id, error = %e, "could not publish result; handing job back");
+                let _ = message
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                    .await;
+                return;
+            }
+        }
     }
     let status = match event.status {
         Status::Succeeded => {

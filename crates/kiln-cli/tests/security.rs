@@ -1,0 +1,633 @@
+//! Least privilege and TLS against a real nats-server started from the committed
+//! `nats/secure/secure.conf` (and `tls.conf`): every role works as its own user, each is
+//! refused what it has no business doing, unknown users are refused at connect, and TLS
+//! clients verify the server while plaintext ones are turned away.
+
+mod common;
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer};
+use common::{KILN, assert_success, stdout};
+use futures::StreamExt as _;
+use kiln_proto::streams;
+use kiln_testkit::NatsServer;
+
+/// Test passwords; the config reads them from the environment.
+const USERS: [(&str, &str, &str); 5] = [
+    ("admin", "KILN_ADMIN_PASSWORD", "pwAdmin4f2c9"),
+    ("submitter", "KILN_SUBMITTER_PASSWORD", "pwSubmit81d0"),
+    ("worker", "KILN_WORKER_PASSWORD", "pwWorker5be3"),
+    ("scheduler", "KILN_SCHEDULER_PASSWORD", "pwSched02aa7"),
+    ("aggregator", "KILN_AGGREGATOR_PASSWORD", "pwAggr9c41e"),
+];
+
+fn password(user: &str) -> &'static str {
+    USERS
+        .iter()
+        .find(|(u, _, _)| *u == user)
+        .map(|(_, _, p)| *p)
+        .expect("a known user")
+}
+
+fn config(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../../nats/secure/{name}"))
+}
+
+/// How a kiln process authenticates.
+#[derive(Clone, Copy)]
+enum Auth<'a> {
+    User(&'a str),
+    Password(&'a str, &'a str),
+    /// The worker nkey (seed file written by `Secure::start`).
+    WorkerNkey,
+}
+
+/// A server started from the committed least-privilege config, plus kiln processes.
+struct Secure {
+    server: NatsServer,
+    dir: tempfile::TempDir,
+    tls: bool,
+    children: Vec<Child>,
+}
+
+impl Secure {
+    fn start(tls: bool) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let nkey = nkeys::KeyPair::new_user();
+        std::fs::write(dir.path().join("worker.nk"), nkey.seed().unwrap()).unwrap();
+        let public = nkey.public_key();
+        let mut env: Vec<(&str, String)> = USERS
+            .iter()
+            .map(|(_, var, pw)| (*var, (*pw).to_owned()))
+            .collect();
+        env.push(("KILN_WORKER_NKEY", public));
+        let file = if tls {
+            make_certificates(dir.path());
+            env.push((
+                "KILN_TLS_CERT",
+                dir.path().join("server.pem").display().to_string(),
+            ));
+            env.push((
+                "KILN_TLS_KEY",
+                dir.path().join("server.key").display().to_string(),
+            ));
+            "tls.conf"
+        } else {
+            "secure.conf"
+        };
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let server = NatsServer::start_with_config(&config(file), &env);
+        Secure {
+            server,
+            dir,
+            tls,
+            children: Vec::new(),
+        }
+    }
+
+    fn command(&self, auth: Auth, args: &[&str]) -> Command {
+        let mut cmd = Command::new(KILN);
+        cmd.args(args)
+            .env("NATS_URL", self.server.url())
+            .env("RUST_LOG", "warn")
+            .env_remove("NATS_USER")
+            .env_remove("NATS_PASSWORD")
+            .env_remove("NATS_NKEY")
+            .env_remove("NATS_CREDS")
+            .env_remove("NATS_CA");
+        match auth {
+            Auth::User(user) => {
+                cmd.env("NATS_USER", user)
+                    .env("NATS_PASSWORD", password(user));
+            }
+            Auth::Password(user, password) => {
+                cmd.env("NATS_USER", user).env("NATS_PASSWORD", password);
+            }
+            Auth::WorkerNkey => {
+                cmd.env("NATS_NKEY", self.dir.path().join("worker.nk"));
+            }
+        }
+        if self.tls {
+            cmd.env("NATS_CA", self.dir.path().join("ca.pem"));
+        }
+        cmd
+    }
+
+    fn kiln(&self, auth: Auth, args: &[&str]) -> Output {
+        self.command(auth, args).output().expect("run kiln")
+    }
+
+    fn spawn(&mut self, auth: Auth, args: &[&str]) {
+        let log = std::fs::File::create(
+            self.dir
+                .path()
+                .join(format!("kiln-{}.log", self.children.len())),
+        )
+        .unwrap();
+        let child = self
+            .command(auth, args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start kiln");
+        self.children.push(child);
+    }
+
+    fn init(&self) {
+        assert_success(&self.kiln(Auth::User("admin"), &["init"]));
+    }
+
+    /// A client as `user`, and the server errors (permission violations) it is told about.
+    async fn client(&self, user: &str) -> (async_nats::Client, Arc<Mutex<Vec<String>>>) {
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let sink = errors.clone();
+        let client =
+            async_nats::ConnectOptions::with_user_and_password(user.into(), password(user).into())
+                .event_callback(move |event| {
+                    let sink = sink.clone();
+                    async move {
+                        if let async_nats::Event::ServerError(e) = event {
+                            sink.lock().unwrap().push(e.to_string());
+                        }
+                    }
+                })
+                .connect(self.server.url())
+                .await
+                .unwrap_or_else(|e| panic!("connect as {user}: {e}"));
+        (client, errors)
+    }
+
+    /// Violations the server logged so far.
+    fn violations(&self) -> Vec<String> {
+        self.server
+            .log()
+            .lines()
+            .filter(|l| l.contains("Violation"))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Drop for Secure {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A CA and a server certificate for 127.0.0.1 / localhost, made with the openssl CLI.
+fn make_certificates(dir: &Path) {
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("run openssl (install it: apt-get install openssl)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
+    openssl(
+        &[
+            &["req", "-x509", "-nodes", "-days", "1"][..],
+            &ec,
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-subj",
+                "/CN=kiln test CA",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ],
+        ]
+        .concat(),
+    );
+    openssl(
+        &[
+            &["req", "-nodes"][..],
+            &ec,
+            &[
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+                "-subj",
+                "/CN=127.0.0.1",
+            ],
+        ]
+        .concat(),
+    );
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
+         keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-out",
+        "server.pem",
+        "-extfile",
+        "server.ext",
+    ]);
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Wait until `errors` holds one mentioning `subject`.
+async fn saw_violation(errors: &Mutex<Vec<String>>, subject: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if errors
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| e.contains("Permissions Violation") && e.contains(subject))
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+async fn jobs_in_stream(admin: &async_nats::Client) -> u64 {
+    let js = jetstream::new(admin.clone());
+    let mut stream = js.get_stream(streams::STREAM_JOBS).await.unwrap();
+    stream.info().await.unwrap().state.messages
+}
+
+fn assert_refused_publish(output: &Output, subject: &str) {
+    assert!(!output.status.success(), "{}", stdout(output));
+    let err = stderr(output);
+    assert!(
+        err.contains(&format!("Permissions Violation for Publish to \"{subject}")),
+        "stderr does not name the refused subject {subject}: {err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_role_works_as_its_own_user_without_a_single_violation() {
+    let mut secure = Secure::start(false);
+    secure.init();
+    secure.spawn(
+        Auth::User("worker"),
+        &[
+            "worker",
+            "--device",
+            "cpu",
+            "--name",
+            "pw-worker",
+            "--no-warmup",
+        ],
+    );
+    secure.spawn(
+        Auth::WorkerNkey,
+        &[
+            "worker",
+            "--device",
+            "cpu",
+            "--name",
+            "nkey-worker",
+            "--no-warmup",
+        ],
+    );
+    secure.spawn(
+        Auth::User("aggregator"),
+        &["aggregator", "--interval-ms", "100"],
+    );
+    secure.spawn(Auth::User("scheduler"), &["scheduler"]);
+    let submitter = Auth::User("submitter");
+
+    // Both workers heartbeat (one with a password, one with an nkey).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = secure.kiln(submitter, &["status"]);
+        assert_success(&out);
+        if stdout(&out).contains("workers: 2 live") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "two workers never showed up:\n{}",
+            stdout(&out)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    for (id, device) in [("sec-cpu", "cpu"), ("sec-auto", "auto")] {
+        let out = secure.kiln(
+            submitter,
+            &[
+                "submit",
+                "vector_add",
+                "-p",
+                "len=1000",
+                "--device",
+                device,
+                "--id",
+                id,
+                "--wait",
+            ],
+        );
+        assert_success(&out);
+        assert!(
+            stdout(&out).contains("\"status\": \"succeeded\""),
+            "{device}: {}",
+            stdout(&out)
+        );
+    }
+    let out = secure.kiln(submitter, &["result", "sec-auto"]);
+    assert_success(&out);
+    assert!(stdout(&out).contains("sec-auto"), "{}", stdout(&out));
+    let out = secure.kiln(submitter, &["status", "sec-cpu"]);
+    assert_success(&out);
+    assert!(stdout(&out).contains("succeeded"), "{}", stdout(&out));
+    let out = secure.kiln(submitter, &["cancel", "sec-later"]);
+    assert_success(&out);
+    let out = secure.kiln(submitter, &["status", "sec-later"]);
+    assert_success(&out);
+    assert!(
+        stdout(&out).contains("cancel requested"),
+        "{}",
+        stdout(&out)
+    );
+
+    // The aggregator counted both (it may publish and ack as its own user).
+    let (admin, _) = secure.client("admin").await;
+    common::wait_for_metrics(&admin, Duration::from_secs(60), |s| {
+        common::snapshot(s, "vector_add", "cpu").is_some_and(|m| m.jobs == 2)
+    })
+    .await;
+    // Nothing any role did was refused: the config grants exactly what kiln calls.
+    assert_eq!(secure.violations(), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_cannot_publish_jobs() {
+    let secure = Secure::start(false);
+    secure.init();
+    let out = secure.kiln(
+        Auth::User("worker"),
+        &["submit", "vector_add", "-p", "len=10", "--id", "forged"],
+    );
+    assert_refused_publish(&out, "jobs.cpu.vector_add");
+
+    let (worker, errors) = secure.client("worker").await;
+    worker
+        .publish("jobs.gpu.matmul", "{\"params\":{\"n\":4}}".into())
+        .await
+        .unwrap();
+    worker.flush().await.unwrap();
+    assert!(saw_violation(&errors, "jobs.gpu.matmul").await);
+    // The same worker may publish results (its job).
+    let (admin, _) = secure.client("admin").await;
+    assert_eq!(jobs_in_stream(&admin).await, 0, "a forged job was stored");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_submitter_cannot_consume_jobs_read_dead_letters_or_delete_streams() {
+    let secure = Secure::start(false);
+    secure.init();
+    assert_success(&secure.kiln(
+        Auth::User("submitter"),
+        &["submit", "vector_add", "-p", "len=10", "--id", "queued-1"],
+    ));
+    let (admin, _) = secure.client("admin").await;
+    assert_eq!(jobs_in_stream(&admin).await, 1);
+
+    let (client, errors) = secure.client("submitter").await;
+    let js = jetstream::ContextBuilder::new()
+        .timeout(Duration::from_secs(2))
+        .build(client);
+    let jobs = js.get_stream(streams::STREAM_JOBS).await.unwrap();
+    // Its own consumer on the jobs…
+    let created = jobs
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("thief".into()),
+            filter_subject: "jobs.>".into(),
+            ..Default::default()
+        })
+        .await;
+    assert!(
+        created.is_err(),
+        "a submitter created a consumer on KILN_JOBS"
+    );
+    assert!(saw_violation(&errors, "$JS.API.CONSUMER.CREATE.KILN_JOBS").await);
+    // …or pulling from the workers' one.
+    let workers: consumer::PullConsumer = jobs
+        .get_consumer(streams::CONSUMER_WORKERS_CPU)
+        .await
+        .unwrap();
+    let mut batch = workers
+        .fetch()
+        .max_messages(1)
+        .expires(Duration::from_secs(1))
+        .messages()
+        .await
+        .unwrap();
+    let mut taken = 0;
+    while let Ok(Some(message)) = tokio::time::timeout(Duration::from_secs(3), batch.next()).await {
+        if message.is_ok() {
+            taken += 1;
+        }
+    }
+    assert_eq!(taken, 0, "a submitter pulled a job");
+    assert!(saw_violation(&errors, "$JS.API.CONSUMER.MSG.NEXT.KILN_JOBS.workers-cpu").await);
+    // The aggregator's consumer is protected too.
+    let results = js.get_stream(streams::STREAM_RESULTS).await.unwrap();
+    let aggregator: consumer::PullConsumer = results
+        .get_consumer(streams::CONSUMER_AGGREGATOR)
+        .await
+        .unwrap();
+    let _ = aggregator
+        .fetch()
+        .max_messages(1)
+        .expires(Duration::from_secs(1))
+        .messages()
+        .await;
+    assert!(saw_violation(&errors, "$JS.API.CONSUMER.MSG.NEXT.KILN_RESULTS.aggregator").await);
+
+    // Dead letters are for operators.
+    let out = secure.kiln(Auth::User("submitter"), &["dlq", "list"]);
+    assert!(!out.status.success(), "{}", stdout(&out));
+    eprintln!("kiln dlq list as submitter: {}", stderr(&out));
+    let dlq = js.get_stream(streams::STREAM_DLQ).await.unwrap();
+    let reader = dlq
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subject: "dlq.>".into(),
+            ..Default::default()
+        })
+        .await;
+    assert!(reader.is_err(), "a submitter made a reader on KILN_DLQ");
+    assert!(saw_violation(&errors, "$JS.API.CONSUMER.CREATE.KILN_DLQ").await);
+
+    // Deleting streams or consumers is refused.
+    assert!(js.delete_stream(streams::STREAM_JOBS).await.is_err());
+    assert!(saw_violation(&errors, "$JS.API.STREAM.DELETE.KILN_JOBS").await);
+    assert!(
+        js.delete_consumer_from_stream(streams::CONSUMER_AGGREGATOR, streams::STREAM_RESULTS)
+            .await
+            .is_err()
+    );
+
+    // The job is still queued for the workers, and the streams and consumers are intact.
+    let admin_js = jetstream::new(admin.clone());
+    let stream = admin_js.get_stream(streams::STREAM_JOBS).await.unwrap();
+    let mut info = stream
+        .consumer_info(streams::CONSUMER_WORKERS_CPU)
+        .await
+        .unwrap();
+    assert_eq!((info.num_pending, info.num_ack_pending), (1, 0));
+    assert!(stream.consumer_info("thief").await.is_err());
+    info = admin_js
+        .get_stream(streams::STREAM_RESULTS)
+        .await
+        .unwrap()
+        .consumer_info(streams::CONSUMER_AGGREGATOR)
+        .await
+        .unwrap()
+        .clone();
+    assert_eq!(info.name, streams::CONSUMER_AGGREGATOR);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_users_and_wrong_passwords_are_refused_at_connect() {
+    let secure = Secure::start(false);
+    for auth in [
+        Auth::Password("nobody", "guess"),
+        Auth::Password("worker", "wrong-password"),
+    ] {
+        let out = secure.kiln(auth, &["status"]);
+        assert!(!out.status.success());
+        assert!(
+            stderr(&out).contains("refused these credentials"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    // A service does not wait forever for credentials that will never work.
+    let out = secure.kiln(
+        Auth::Password("worker", "wrong-password"),
+        &["worker", "--device", "cpu", "--no-warmup"],
+    );
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("refused these credentials"));
+    // No credentials at all.
+    let refused = async_nats::connect(secure.server.url()).await;
+    assert!(matches!(
+        refused.map_err(|e| e.kind()),
+        Err(async_nats::ConnectErrorKind::AuthorizationViolation)
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn roles_that_may_not_create_streams_say_to_run_kiln_init() {
+    let secure = Secure::start(false);
+    // No `kiln init` yet: the worker may not create what it needs.
+    let out = secure.kiln(
+        Auth::User("worker"),
+        &["worker", "--device", "cpu", "--no-warmup"],
+    );
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("stream KILN_JOBS does not exist") && err.contains("run `kiln init`"),
+        "{err}"
+    );
+    // After the admin's init the same user starts (it finds everything and creates nothing).
+    secure.init();
+    let out = secure.kiln(Auth::User("submitter"), &["status"]);
+    assert_success(&out);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_clients_verify_the_server_and_plaintext_is_refused() {
+    let mut secure = Secure::start(true);
+    secure.init();
+    secure.spawn(
+        Auth::User("worker"),
+        &[
+            "worker",
+            "--device",
+            "cpu",
+            "--name",
+            "tls-worker",
+            "--no-warmup",
+        ],
+    );
+    let out = secure.kiln(
+        Auth::User("submitter"),
+        &[
+            "submit",
+            "vector_add",
+            "-p",
+            "len=100",
+            "--id",
+            "tls-1",
+            "--wait",
+        ],
+    );
+    assert_success(&out);
+    assert!(stdout(&out).contains("\"status\": \"succeeded\""));
+
+    // Without the CA the server's certificate is not trusted.
+    let out = secure
+        .command(Auth::User("submitter"), &["status"])
+        .env_remove("NATS_CA")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("TLS"), "{}", stderr(&out));
+
+    // A plaintext client gets no further than the server's INFO, which demands TLS.
+    let stream = TcpStream::connect(("127.0.0.1", secure.server.port())).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut info = String::new();
+    reader.read_line(&mut info).unwrap();
+    assert!(info.contains("\"tls_required\":true"), "{info}");
+    let user = "submitter";
+    // The server may already have closed the connection (a broken pipe here is a refusal too);
+    // if the CONNECT gets through, the answer is not a PONG.
+    let sent = write!(
+        &stream,
+        "CONNECT {{\"verbose\":false,\"user\":\"{user}\",\"pass\":\"{}\"}}\r\nPING\r\n",
+        password(user)
+    );
+    let mut answer = String::new();
+    if sent.is_ok() {
+        let _ = reader.read_line(&mut answer);
+    }
+    assert!(!answer.starts_with("PONG"), "plaintext accepted: {answer}");
+}
