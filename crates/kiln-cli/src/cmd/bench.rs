@@ -429,8 +429,9 @@ async fn ceiling(
     Ok(seconds)
 }
 
-pub(crate) fn describe_machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+/// The CPU's model name, from /proc/cpuinfo.
+pub(crate) fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|text| {
             text.lines()
@@ -438,7 +439,11 @@ pub(crate) fn describe_machine() -> String {
                 .and_then(|l| l.split(':').nth(1))
                 .map(|s| s.trim().to_owned())
         })
-        .unwrap_or_else(|| "unknown CPU".into());
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+pub(crate) fn describe_machine() -> String {
+    let cpu = cpu_model();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     format!(
         "{cpu}, {cores} cores available, {} {}",

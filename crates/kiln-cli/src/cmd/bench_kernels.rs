@@ -199,23 +199,28 @@ fn human_seconds(s: f64) -> String {
     }
 }
 
+/// A GPU's name, driver and memory from nvidia-smi, when it is there.
+pub(crate) fn gpu_description(index: usize) -> Option<String> {
+    std::process::Command::new("nvidia-smi")
+        .args([
+            "--query-gpu=name,driver_version,memory.total",
+            "--format=csv,noheader",
+            &format!("--id={index}"),
+        ])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .filter(|s| !s.is_empty())
+}
+
 /// CPU model and cores; on CUDA, the GPU's name, driver and memory from nvidia-smi when it
 /// is there.
 fn describe_machine(device: &ComputeDevice) -> String {
     let mut machine = super::bench::describe_machine();
     if let ComputeDevice::Cuda(index) = device {
-        let gpu = std::process::Command::new("nvidia-smi")
-            .args([
-                "--query-gpu=name,driver_version,memory.total",
-                "--format=csv,noheader",
-                &format!("--id={index}"),
-            ])
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| "GPU not described (no nvidia-smi)".into());
+        let gpu =
+            gpu_description(*index).unwrap_or_else(|| "GPU not described (no nvidia-smi)".into());
         machine.push_str(&format!("; cuda:{index}: {gpu}"));
     }
     machine

@@ -427,15 +427,7 @@ fn numpy(args: &SuiteArgs, out: &Path, k: &kernels::Section) -> Numpy {
 }
 
 fn machine() -> Machine {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|s| s.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
+    let cpu = crate::cmd::bench::cpu_model();
     let memory_gib = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|text| {
@@ -467,18 +459,14 @@ fn load_average() -> Option<f64> {
 
 /// The GPU's name, driver and memory from nvidia-smi, when it is there.
 fn gpu_name(device: &str) -> String {
-    let index = device.strip_prefix("cuda:").unwrap_or("0");
-    std::process::Command::new("nvidia-smi")
-        .args([
-            "--query-gpu=name,driver_version,memory.total",
-            "--format=csv,noheader",
-            &format!("--id={index}"),
-        ])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| format!("{device}: {}", String::from_utf8_lossy(&o.stdout).trim()))
-        .unwrap_or_else(|| format!("{device} (not described: no nvidia-smi)"))
+    let index = device
+        .strip_prefix("cuda:")
+        .and_then(|i| i.parse().ok())
+        .unwrap_or(0);
+    match crate::cmd::bench_kernels::gpu_description(index) {
+        Some(gpu) => format!("{device}: {gpu}"),
+        None => format!("{device} (not described: no nvidia-smi)"),
+    }
 }
 
 fn describe(m: &Machine) -> String {
