@@ -296,3 +296,73 @@ async fn job_no_worker_acknowledges_is_answered_dead_lettered_and_replayable() {
     let empty = cluster.kiln(&["dlq", "list"]);
     assert!(common::stdout(&empty).contains("KILN_DLQ is empty"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn job_failing_internally_on_its_last_attempt_is_answered_and_dead_lettered_by_the_worker() {
+    use async_nats::jetstream;
+    use kiln_proto::streams;
+
+    let mut cluster = Cluster::new();
+    let client = cluster.client().await;
+    // One delivery: the first attempt is the last.
+    let topology = kiln_proto::Topology {
+        max_deliver: 1,
+        ..Default::default()
+    };
+    streams::update_all(&jetstream::new(client.clone()), &topology)
+        .await
+        .unwrap();
+    cluster.spawn(
+        "worker",
+        &[
+            "worker",
+            "--device",
+            "cpu",
+            "--name",
+            "w1",
+            "--drain-timeout-s",
+            "1",
+        ],
+    );
+    assert_success(&cluster.kiln(&[
+        "submit",
+        "train_mlp",
+        "-p",
+        "epochs=500",
+        "-p",
+        "samples=2048",
+        "--id",
+        "last-1",
+    ]));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let state = common::stdout(&cluster.kiln(&["status", "last-1"]));
+        if state.contains("running (train_mlp) on cpu (w1), attempt 1") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never seen running: {state}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A shutdown that outlasts the drain timeout stops the job at its next epoch with an
+    // internal error; on the last attempt the worker answers it and keeps a dead letter.
+    let pid = cluster.child("worker").id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let failed = results_of(&client, "last-1", 1).await.remove(0);
+    assert_eq!(failed.status, Status::Failed);
+    assert_eq!(failed.attempt, 1);
+    let error = failed.error.unwrap();
+    assert_eq!(error.kind, kiln_proto::ErrorKind::Internal);
+    assert!(error.message.contains("shutting down"), "{error}");
+    let list = cluster.kiln(&["dlq", "list"]);
+    assert_success(&list);
+    let listed = common::stdout(&list);
+    assert!(listed.contains("last-1"), "{listed}");
+    assert!(listed.contains("jobs.cpu.train_mlp"), "{listed}");
+    assert!(listed.contains("shutting down"), "{listed}");
+}

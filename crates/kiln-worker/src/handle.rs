@@ -344,7 +344,11 @@ async fn finish(
     flops: f64,
 ) {
     let trace = delivery.trace.as_ref();
-    let max_deliver = shared.config.topology.max_deliver.max(1) as u64;
+    // -1 (or 0) on the consumer: no delivery limit.
+    let max_deliver = match shared.config.topology.max_deliver {
+        n if n >= 1 => n as u64,
+        _ => u64::MAX,
+    };
     if let Err(error) = &result
         && error.kind.disposition() == Disposition::Retry
         && delivery.attempt < max_deliver

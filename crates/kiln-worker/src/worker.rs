@@ -54,7 +54,7 @@ pub async fn run(
     streams::ensure_all(&js, &config.topology).await?;
     let class = config.class;
     let consumer_name = class.consumer();
-    let consumer: PullConsumer = js
+    let mut consumer: PullConsumer = js
         .get_stream(STREAM_JOBS)
         .await
         .map_err(|e| Error::Consumer {
@@ -69,6 +69,20 @@ pub async fn run(
         })?;
 
     let mut config = config;
+    // The consumer as it is on the server decides when a job is redelivered and when it is
+    // given up: progress acks and the last-attempt decision follow it, not this worker's
+    // defaults (an operator may have set other values with `kiln init`).
+    if let Ok(info) = consumer.info().await {
+        let (ack_wait, max_deliver) = (info.config.ack_wait, info.config.max_deliver);
+        if !ack_wait.is_zero() && ack_wait != config.topology.ack_wait {
+            tracing::info!(?ack_wait, "using the consumer's ack wait");
+            config.topology.ack_wait = ack_wait;
+        }
+        if max_deliver != config.topology.max_deliver {
+            tracing::info!(max_deliver, "using the consumer's max deliveries");
+            config.topology.max_deliver = max_deliver;
+        }
+    }
     if matches!(config.device, ComputeDevice::Cuda(_))
         && config.limits.max_elements > GPU_MAX_ELEMENTS
     {
