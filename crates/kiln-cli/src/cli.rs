@@ -146,7 +146,8 @@ pub struct WorkerArgs {
     /// Seconds a graceful shutdown waits for running jobs before handing them back.
     #[arg(long, env = "KILN_DRAIN_TIMEOUT_S", default_value_t = 30)]
     pub drain_timeout_s: u64,
-    /// Seconds a job may go without an ack or progress ack before it is redelivered.
+    /// Seconds a job may go without an ack or progress ack before it is redelivered, when this
+    /// worker creates its consumer (an existing consumer's own ack wait is followed).
     #[arg(long, env = "KILN_ACK_WAIT_S", default_value_t = 30)]
     pub ack_wait_s: u64,
     /// Serve another class's consumer than the device's own (`gpu` from a CPU worker): with
