@@ -9,15 +9,21 @@ pub async fn run(nats: &NatsArgs) -> anyhow::Result<ExitCode> {
     let js = async_nats::jetstream::new(client);
     streams::update_all(&js, &super::topology(nats)).await?;
     println!(
-        "streams {}, {}, {}, {} and consumers {}, {}, {}, {} are ready ({} replica(s))",
+        "streams {}, {}, {}, {}, {}, consumers {}, {}, {}, {}, {} and buckets {}, {}, {} are \
+         ready ({} replica(s))",
         streams::STREAM_JOBS,
         streams::STREAM_RESULTS,
         streams::STREAM_METRICS,
         streams::STREAM_DLQ,
+        streams::STREAM_ADVISORIES,
         streams::CONSUMER_WORKERS_GPU,
         streams::CONSUMER_WORKERS_CPU,
         streams::CONSUMER_SCHEDULER,
         streams::CONSUMER_AGGREGATOR,
+        streams::CONSUMER_DEAD_LETTERS,
+        kiln_proto::BUCKET_WORKERS,
+        kiln_proto::BUCKET_CANCEL,
+        kiln_proto::BUCKET_STATE,
         nats.replicas
     );
     Ok(ExitCode::SUCCESS)
