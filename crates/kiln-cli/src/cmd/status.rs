@@ -19,46 +19,42 @@ pub async fn run(nats: &NatsArgs, args: StatusArgs) -> anyhow::Result<ExitCode> 
     Ok(ExitCode::SUCCESS)
 }
 
-/// Where job `id` is: its final state (from `KILN_STATE`, with its result), else the live
-/// worker holding it (from the heartbeats, at most 2 s old), else queued (from `KILN_STATE`),
-/// else its result found by a scan (jobs kiln did not record), else cancel requested or unknown.
+/// Where job `id` is: its final state (from `KILN_STATE`, with its result), else its result
+/// found by a scan where the record may be stale or is missing, else the live worker holding
+/// it (from the heartbeats, at most 2 s old), else cancel requested, queued (from
+/// `KILN_STATE`) or unknown. The heartbeats are read once.
 pub async fn job_state(js: &jetstream::Context, id: &str) -> anyhow::Result<String> {
     use kiln_proto::Phase;
     let recorded = super::result::state(js, id).await;
-    let finished = match &recorded {
-        Some(state) if state.phase.is_final() => super::result::find(js, id, None).await?,
-        // Recorded as queued: the record is the truth once the aggregator has folded every
-        // result (it writes final states before acking them); else look for a result.
-        Some(_) if aggregator_caught_up(js).await => None,
-        Some(_) => super::result::find(js, id, None).await?,
-        None => {
-            // Not recorded by kiln submit: a running job is found below, a finished one here.
-            if running(js, id).await.is_none() {
-                super::result::find(js, id, None).await?
-            } else {
-                None
-            }
-        }
-    };
-    if let Some(event) = finished {
-        let status = match (&event.status, &event.error) {
-            (kiln_proto::Status::Failed, Some(e)) if e.kind == kiln_proto::ErrorKind::Cancelled => {
-                format!("cancelled ({})", e.message)
-            }
-            (kiln_proto::Status::Failed, Some(e)) => format!("failed ({}: {})", e.kind, e.message),
-            (kiln_proto::Status::Failed, None) => "failed".to_owned(),
-            (kiln_proto::Status::Succeeded, _) => "succeeded".to_owned(),
-        };
-        let replay = match event.replay {
-            0 => String::new(),
-            n => format!(", replay {n}"),
-        };
-        return Ok(format!(
-            "{id}: {status} on {} ({}, attempt {}{replay}) in {:.3} ms",
-            event.device, event.worker, event.attempt, event.total_ms
-        ));
+    if recorded.as_ref().is_some_and(|s| s.phase.is_final())
+        && let Some(event) = super::result::find(js, id, None).await?
+    {
+        return Ok(finished(id, &event));
     }
-    if let Some(line) = running(js, id).await {
+    // Not finished on record. A record of `queued` is the truth once the aggregator has folded
+    // every result (it writes final states before acking them); a job kiln has no record of
+    // (published with `nats pub`) may have a result, unless a worker holds it now. A result
+    // comes before the heartbeats, which may still list a job that has just finished.
+    let may_have_result = match &recorded {
+        Some(state) => !state.phase.is_final() && !aggregator_caught_up(js).await,
+        None => true,
+    };
+    let mut holder = None;
+    if may_have_result {
+        if recorded.is_none() {
+            holder = Some(running(js, id).await);
+        }
+        if !matches!(holder, Some(Some(_)))
+            && let Some(event) = super::result::find(js, id, None).await?
+        {
+            return Ok(finished(id, &event));
+        }
+    }
+    let holder = match holder {
+        Some(read) => read,
+        None => running(js, id).await,
+    };
+    if let Some(line) = holder {
         return Ok(line);
     }
     let cancelled = match js.get_key_value(kiln_proto::BUCKET_CANCEL).await {
@@ -92,6 +88,26 @@ pub async fn job_state(js: &jetstream::Context, id: &str) -> anyhow::Result<Stri
         .to_lowercase(),
         None => format!("{id}: unknown: no record, no result and no live worker holds it"),
     })
+}
+
+/// "succeeded / failed / cancelled on <device> (<worker>, attempt N[, replay N]) in … ms".
+fn finished(id: &str, event: &kiln_proto::ResultEvent) -> String {
+    let status = match (&event.status, &event.error) {
+        (kiln_proto::Status::Failed, Some(e)) if e.kind == kiln_proto::ErrorKind::Cancelled => {
+            format!("cancelled ({})", e.message)
+        }
+        (kiln_proto::Status::Failed, Some(e)) => format!("failed ({}: {})", e.kind, e.message),
+        (kiln_proto::Status::Failed, None) => "failed".to_owned(),
+        (kiln_proto::Status::Succeeded, _) => "succeeded".to_owned(),
+    };
+    let replay = match event.replay {
+        0 => String::new(),
+        n => format!(", replay {n}"),
+    };
+    format!(
+        "{id}: {status} on {} ({}, attempt {}{replay}) in {:.3} ms",
+        event.device, event.worker, event.attempt, event.total_ms
+    )
 }
 
 /// Whether the aggregator has folded (and recorded the final state of) every stored result.
