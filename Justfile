@@ -55,13 +55,15 @@ build:
 gpu-check:
     scripts/gpu-check.sh
 
-# Build the release binary and copy it with nats-server into .device/, ready to carry to a GPU machine
+# Build the release binary and gzip it with nats-server into .device/, ready to carry to a GPU machine (scripts/gpu-check.sh unpacks them)
 [group('build')]
 gpu-bundle:
     cargo build --release -p kiln-cli
     mkdir -p .device
     cp "$CARGO_TARGET_DIR/release/kiln" .device/kiln && strip .device/kiln
-    cp "$(command -v nats-server)" .device/nats-server && strip .device/nats-server
+    cp "$(readlink -f "$(command -v nats-server)")" .device/nats-server
+    rm -f .device/*.gz && gzip -6 .device/kiln .device/nats-server
+    @du -ch .device/*.gz | tail -1
 
 # Build the container images kiln:TAG (CPU) and kiln-cuda:TAG (GPU workers) where Docker runs
 [group('deploy')]

@@ -1,13 +1,23 @@
 #!/usr/bin/env bash
 # kiln's GPU check, for a CUDA machine without internet (see ../shared/GPU.md): starts
-# nats-server; times a CUDA worker's start with a cold and a warm cache and sends it an
-# out-of-memory job; runs every kind on a CUDA and a CPU worker with the same seeds and compares
-# (skip with KILN_SKIP_CORRECTNESS=1); times the kernels against PyTorch; writes the report into
-# $OUT (default ./gpu-report).
+# nats-server; times a CUDA worker's start with a cold and a warm cache and sends it jobs that
+# really run out of GPU memory; runs every kind on a CUDA and a CPU worker with the same seeds and
+# compares (skip with KILN_SKIP_CORRECTNESS=1); times the kernels (cuBLAS and Burn) against
+# PyTorch in the same run; writes the report into $OUT (default ./gpu-report).
+#
 # Expects the binaries in .device/ (kiln built with CUDARC_CUDA_VERSION=13000, nats-server).
+# A cache.tgz carried in .device/ (from an earlier run's $OUT) pre-fills the GPU caches.
+# Phase limits (seconds, each an environment variable) keep the whole run under about 8 minutes.
+# A shorter rerun: KILN_SKIP_STARTUP=1 and/or KILN_SKIP_CORRECTNESS=1 leave those phases out,
+# KILN_KERNEL_FILTER=train_mlp (say) times only the kernel cases whose name contains it.
 set -u
 cd "$(dirname "$0")/.."
+started=$(date +%s)
 OUT="${OUT:-$PWD/gpu-report}"
+# `just gpu-bundle` gzips the binaries (the device tool carries at most 64 MiB).
+for f in kiln nats-server; do
+    [ -f ".device/$f" ] || [ ! -f ".device/$f.gz" ] || { gunzip -k ".device/$f.gz" && chmod +x ".device/$f"; }
+done
 BIN="${KILN_BIN:-$PWD/.device/kiln}"
 NATS_SERVER="${NATS_SERVER_BIN:-$PWD/.device/nats-server}"
 LOGS="$OUT/logs"
@@ -16,34 +26,51 @@ work=$(mktemp -d)
 export NATS_URL=nats://127.0.0.1:4333
 export RUST_LOG=info
 trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
+phase() { echo "== [$(( $(date +%s) - started )) s] $*"; }
 
-{ nvidia-smi; echo; nproc; free -g; } > "$LOGS/machine.txt" 2>&1
+# cuBLAS (matmul jobs) is loaded at run time: make the toolkit's and PyTorch's copies findable.
+for dir in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib \
+    $(python3 -c 'import nvidia, os; print(" ".join(os.path.join(p, d, "lib") for p in nvidia.__path__ for d in os.listdir(p)))' 2>/dev/null); do
+    if ls "$dir"/libcublas.so* >/dev/null 2>&1; then
+        export LD_LIBRARY_PATH="$dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+        echo "libcublas found in $dir" >> "$LOGS/machine.txt"
+        break
+    fi
+done
+
+{ nvidia-smi; echo; nproc; free -g; echo "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"; } >> "$LOGS/machine.txt" 2>&1
+if [ -f .device/cache.tgz ]; then
+    tar xzf .device/cache.tgz -C "$work" && echo "cache pre-filled from .device/cache.tgz" >> "$LOGS/machine.txt"
+fi
 "$NATS_SERVER" -js -a 127.0.0.1 -p 4333 -sd "$work/store" > "$LOGS/nats-server.log" 2>&1 &
 sleep 1
 "$BIN" init > "$LOGS/init.txt" 2>&1
-# Start-up: a cold-cache and a warm-cache CUDA worker, the first job after a warm start, and an
-# out-of-memory job (writes $OUT/startup.json). The cache it fills serves the workers below.
-echo "== start-up and out-of-memory"
-scripts/gpu-startup.sh "$BIN" "$work/cache" "$OUT"
+
+# Start-up: a cold-cache and a warm-cache CUDA worker, the first jobs after a warm start, and
+# out-of-memory jobs (writes $OUT/startup.json). The cache it fills serves the steps below.
+if [ -z "${KILN_SKIP_STARTUP:-}" ]; then
+    phase "start-up and out-of-memory"
+    COLD_LIMIT_S="${KILN_COLD_LIMIT_S:-150}" scripts/gpu-startup.sh "$BIN" "$work/cache" "$OUT"
+fi
 rc=0
 if [ -z "${KILN_SKIP_CORRECTNESS:-}" ]; then
+    phase "every kind on CUDA and CPU, compared"
     "$BIN" worker --device cuda --name gpu-worker --ack-wait-s 60 --cache-dir "$work/cache" \
         > "$LOGS/worker-gpu.log" 2>&1 &
     "$BIN" worker --device cpu --name cpu-worker > "$LOGS/worker-cpu.log" 2>&1 &
     "$BIN" aggregator --interval-ms 500 > "$LOGS/aggregator.log" 2>&1 &
     sleep 2
-    python3 scripts/gpu_check.py --kiln "$BIN" --out "$OUT" --timeout-s "${KILN_CHECK_TIMEOUT_S:-240}"
+    timeout -k 5 "${KILN_CHECK_LIMIT_S:-150}" python3 scripts/gpu_check.py --kiln "$BIN" \
+        --out "$OUT" --timeout-s 60
     rc=$?
+    sleep 1
+    "$BIN" status > "$LOGS/status.txt" 2>&1
 fi
-sleep 1
-"$BIN" status > "$OUT/status.txt" 2>&1
-cat "$OUT/status.txt"
 
-# Kernel timings, burn against PyTorch on the same GPU in the same run (issue 3's targets).
-# The services stop first so that the benchmarks have the GPU to themselves. Each side runs
-# under a timeout and rewrites its JSON after every case, so a hang costs at most its timeout
-# and keeps what was measured. Expected on an H100: burn ~2 min (JIT + autotune of each new
-# shape during warm-up), PyTorch ~30 s.
+# Kernel timings, kiln (cuBLAS and Burn) against PyTorch on the same GPU in the same run (issue
+# 3's targets). The services stop first so that the benchmarks have the GPU to themselves. Each
+# side runs under a limit and rewrites its JSON after every case, so a hang costs at most its
+# limit and keeps what was measured.
 pids=$(jobs -p)
 if [ -n "$pids" ]; then
     kill $pids 2>/dev/null
@@ -53,26 +80,43 @@ if [ -n "$pids" ]; then
     kill $killer 2>/dev/null
 fi
 if python3 -c 'import torch' 2>/dev/null; then
-    echo "== kernels: burn (kiln bench kernels --device cuda)"
-    timeout -k 10 "${KILN_KERNEL_BENCH_TIMEOUT_S:-180}" "$BIN" bench kernels --device cuda \
-        --json "$OUT/burn-kernels.json" 2>&1 | tee "$LOGS/bench-kernels.log"
-    echo "burn kernels: exit ${PIPESTATUS[0]}"
-    echo "== kernels: PyTorch (scripts/torch_reference.py)"
-    timeout -k 10 "${KILN_TORCH_BENCH_TIMEOUT_S:-90}" python3 scripts/torch_reference.py \
-        --json "$OUT/torch-kernels.json" 2>&1 | tee "$LOGS/torch-reference.log"
-    echo "PyTorch kernels: exit ${PIPESTATUS[0]}"
-    # kernels.json (the joined rows) stays out of $OUT: `--compare` remakes it from the two files.
+    phase "kernels: kiln (kiln bench kernels --device cuda)"
+    filter=()
+    [ -z "${KILN_KERNEL_FILTER:-}" ] || filter=(--filter "$KILN_KERNEL_FILTER")
+    timeout -k 10 "${KILN_KERNEL_BENCH_LIMIT_S:-150}" "$BIN" bench kernels --device cuda \
+        --cache-dir "$work/cache" --json "$OUT/burn-kernels.json" "${filter[@]}" > "$LOGS/bench-kernels.log" 2>&1
+    echo "kiln kernels: exit $?"
+    phase "kernels: PyTorch (scripts/torch_reference.py)"
+    timeout -k 10 "${KILN_TORCH_BENCH_LIMIT_S:-75}" python3 scripts/torch_reference.py \
+        --json "$OUT/torch-kernels.json" "${filter[@]}" > "$LOGS/torch-reference.log" 2>&1
+    echo "PyTorch kernels: exit $?"
     python3 scripts/torch_reference.py --compare "$OUT/burn-kernels.json" \
         "$OUT/torch-kernels.json" --out "$work/kernels" > "$LOGS/compare.log" 2>&1 \
-        && cp "$work/kernels/kernels.md" "$OUT/kernels.md" && cat "$OUT/kernels.md" \
         || { echo "kernel comparison failed:"; cat "$LOGS/compare.log"; }
 else
     echo "PyTorch is not importable here: kernel benchmarks skipped" | tee "$LOGS/kernels.txt"
 fi
+phase "done"
 
-# $OUT brings back at most 8 files (startup.json, gpu-check.json/.md, status.txt,
-# burn-kernels.json, torch-kernels.json, kernels.md, logs.txt): all logs go into one (long ones
-# cut in the middle).
+# $OUT brings back at most 8 files: startup.json, gpu-check.json, burn-kernels.json,
+# torch-kernels.json, summary.md (the tables; remade here from the JSON files with
+# `gpu_check.py --render` and `torch_reference.py --compare`), logs.txt (every log, long ones
+# cut in the middle) and cache.tgz (the GPU caches, to carry into a rerun).
+{
+    echo "# GPU check, $(date -u +%Y-%m-%dT%H:%MZ)"; echo
+    grep -m1 -o "NVIDIA [A-Z0-9]*[^|]*" "$LOGS/machine.txt" | head -1; echo
+    echo "## Start-up"; echo; echo '```'; cat "$OUT/startup.json" 2>/dev/null; echo '```'; echo
+    echo "## Every kind, CUDA vs CPU"; echo
+    python3 scripts/gpu_check.py --render "$OUT/gpu-check.json" --out "$work" > /dev/null 2>&1 \
+        && cat "$work/gpu-check.md" || echo "(no correctness results)"
+    echo; cat "$work/kernels/kernels.md" 2>/dev/null || echo "(no kernel comparison)"
+} > "$OUT/summary.md"
+cat "$OUT/summary.md"
+if [ -d "$work/cache" ]; then
+    tar czf "$work/cache.tgz" -C "$work" cache \
+        && [ "$(stat -c %s "$work/cache.tgz")" -lt 16000000 ] && cp "$work/cache.tgz" "$OUT/"
+fi
+rm -f "$OUT/gpu-check.md"
 for f in "$LOGS"/*; do
     echo "===== $(basename "$f")"
     if [ "$(wc -l < "$f")" -gt 4000 ]; then

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Part of the GPU check: how long a CUDA worker takes to be ready with a cold and with a warm
-# cache, the first job's latency after a warm start, and what an out-of-memory job does.
+# cache, the first job's latency after a warm start, and what out-of-memory jobs do.
 # Usage: scripts/gpu-startup.sh BIN CACHE_DIR OUT   (NATS_URL must point at a running server)
 set -u
 BIN=$1 CACHE=$2 OUT=$3
@@ -15,7 +15,7 @@ start_worker() {
   t0=$(now)
   READY=timeout
   "$BIN" worker --device "$DEVICE" --name "$name" --cache-dir "$CACHE" --max-elements 100000000000 \
-    > "$OUT/logs/$name.log" 2>&1 &
+    --max-memory-mb 10000000 --metrics-addr 127.0.0.1:9464 > "$OUT/logs/$name.log" 2>&1 &
   WORKER=$!
   for _ in $(seq 1 $((limit * 10))); do
     if grep -q "worker serving" "$OUT/logs/$name.log"; then
@@ -39,12 +39,42 @@ t0=$(now)
 alive && "$BIN" submit matmul -p n=1024 -d "$CLASS" --wait --wait-timeout-s 60 > "$OUT/logs/first-job.json" 2>> "$OUT/logs/submit.log"
 first_job=$(python3 -c "print(round($(now) - $t0, 3))")
 first_compute=$(python3 -c "import json;print(json.load(open('$OUT/logs/first-job.json'))['compute_ms'])" 2>/dev/null || echo null)
+# The first Burn job (a conv2d of the warm-up's shape) and a first training job after it.
+t0=$(now)
+alive && "$BIN" submit conv2d -p filter=gaussian -d "$CLASS" --wait --wait-timeout-s 60 > "$OUT/logs/first-conv.json" 2>> "$OUT/logs/submit.log"
+first_conv=$(python3 -c "print(round($(now) - $t0, 3))")
+t0=$(now)
+alive && "$BIN" submit train_mlp -d "$CLASS" --wait --wait-timeout-s 90 > "$OUT/logs/first-train.json" 2>> "$OUT/logs/submit.log"
+first_train=$(python3 -c "print(round($(now) - $t0, 3))")
+# The worker's device-memory gauges (CubeCL's memory_usage on CUDA) after its first job.
+python3 -c "import urllib.request as u;print(u.urlopen('http://127.0.0.1:9464/metrics',timeout=5).read().decode())" 2>&1 \
+  | grep -E "^kiln_worker_(device_memory|jobs)" > "$OUT/logs/metrics-gpu.txt"
 if [ "$DEVICE" = cpu ]; then
-  oom_kind=skipped worker_alive=true   # a CPU worker would really allocate the 90 GB
+  oom_matmul=skipped oom_conv=skipped hold_free_gb=null worker_alive=true   # a CPU worker would really allocate
 else
-  # A 150000×1 by 1×150000 product: tiny inputs, a 90 GB result, over an 80 GB GPU's memory.
-  alive && "$BIN" submit matmul -p m=150000 -p k=1 -p n=150000 -d "$CLASS" --wait --wait-timeout-s 90 > "$OUT/logs/oom-job.json" 2>> "$OUT/logs/submit.log"
-  oom_kind=$(python3 -c "import json;print(json.load(open('$OUT/logs/oom-job.json'))['error']['kind'])" 2>/dev/null || echo none)
+  # Out of memory for real: a PyTorch process takes all but about 2 GB of the GPU's free memory,
+  # then a matmul (cuBLAS) and a conv2d (Burn) that each need more are submitted. The worker's
+  # memory budget is lifted (--max-memory-mb above) so that admission lets them through to the
+  # device. Expected: two `out_of_memory` results, and the worker still serving.
+  rm -f "$OUT/logs/hog.ready"
+  python3 - "$OUT/logs/hog.ready" > "$OUT/logs/hog.log" 2>&1 <<'PY' &
+import sys, time, torch
+free, total = torch.cuda.mem_get_info()
+hold = torch.empty(max(free - (2 << 30), 0), dtype=torch.uint8, device="cuda")
+free_after, _ = torch.cuda.mem_get_info()
+open(sys.argv[1], "w").write(f"{free_after / 2**30:.2f}")
+print(f"holding {hold.numel() / 2**30:.1f} GiB; {free_after / 2**30:.2f} GiB left free of {total / 2**30:.1f}", flush=True)
+time.sleep(600)
+PY
+  HOG=$!
+  for _ in $(seq 1 300); do [ -s "$OUT/logs/hog.ready" ] && break; sleep 0.1; done
+  hold_free_gb=$(cat "$OUT/logs/hog.ready" 2>/dev/null || echo null)
+  # 20000^3 matmul: 4.8 GB of f32 operands; conv2d 48x3x2048x2048: 2.4 GB input, 2.4 GB output.
+  alive && "$BIN" submit matmul -p n=20000 -d "$CLASS" --wait --wait-timeout-s 90 > "$OUT/logs/oom-matmul.json" 2>> "$OUT/logs/submit.log"
+  oom_matmul=$(python3 -c "import json;print(json.load(open('$OUT/logs/oom-matmul.json'))['error']['kind'])" 2>/dev/null || echo none)
+  alive && "$BIN" submit conv2d -p batch=48 -p channels=3 -p height=2048 -p width=2048 -d "$CLASS" --wait --wait-timeout-s 90 > "$OUT/logs/oom-conv.json" 2>> "$OUT/logs/submit.log"
+  oom_conv=$(python3 -c "import json;print(json.load(open('$OUT/logs/oom-conv.json'))['error']['kind'])" 2>/dev/null || echo none)
+  kill "$HOG" 2>/dev/null; wait "$HOG" 2>/dev/null
   sleep 1
   if alive; then worker_alive=true; else worker_alive=false; fi
 fi
@@ -52,10 +82,13 @@ alive && "$BIN" submit vector_add -p len=1024 -d "$CLASS" --wait --wait-timeout-
 after=$(python3 -c "import json;print(json.load(open('$OUT/logs/after-oom.json'))['status'])" 2>/dev/null || echo none)
 stop_worker; warm_exit=$EXITED
 cat > "$OUT/startup.json" <<JSON
-{"ready_s_cold_cache": "$cold", "cold_worker_exit": "$cold_exit",
+{"ready_s_cold_cache": "$cold", "first_job_s_from_warm_start": "$(python3 -c "print(round($warm + $first_job, 3))" 2>/dev/null || echo null)", "cold_worker_exit": "$cold_exit",
  "ready_s_warm_cache": "$warm", "first_job_wall_s_after_warm_start": "$first_job",
  "first_job_compute_ms": "$first_compute",
- "oom_job_error_kind": "$oom_kind", "worker_alive_after_oom": $worker_alive,
+ "first_conv2d_wall_s": "$first_conv", "first_train_mlp_wall_s": "$first_train",
+ "free_gib_while_held": $hold_free_gb,
+ "oom_matmul_error_kind": "$oom_matmul", "oom_conv2d_error_kind": "$oom_conv",
+ "worker_alive_after_oom": $worker_alive,
  "job_after_oom": "$after", "warm_worker_exit": "$warm_exit"}
 JSON
 cat "$OUT/startup.json"

@@ -7,9 +7,14 @@ then each iteration between two `torch.cuda.synchronize()` calls; median, mean a
     python3 scripts/torch_reference.py --device cpu --json torch-cpu.json   # the CPU sizes
     python3 scripts/torch_reference.py --compare burn-kernels.json torch-kernels.json --out DIR
 
-Precision: the "f32" matmul and conv2d rows run with TF32 allowed (cuBLAS / cuDNN tensor cores),
-the precision burn's "f32" kernels compute in on tensor cores; the "f32strict" rows repeat them
-with TF32 off (true f32) for reference. The MLP step runs with TF32 allowed as well.
+Precision, named as kiln's matmul dtypes: "matmul_f32" rows are true f32 (TF32 off),
+"matmul_tf32" rows run with TF32 allowed (cuBLAS tensor cores), "matmul_bf16" in bf16. The
+"conv2d_..._f32" rows run with TF32 allowed (cuDNN tensor cores), the precision burn's f32
+convolution computes in on tensor cores; "conv2d_..._f32strict" repeats them in true f32 for
+reference. The MLP step runs with TF32 allowed as well.
+
+kiln's "_burn" rows (matmul on Burn's kernels, where matmul jobs run on cuBLAS) are compared with
+the PyTorch row of the same name without the suffix.
 
 `--compare` joins a burn file and a PyTorch file by case name and writes kernels.md and
 kernels.json with the burn/PyTorch ratio (PyTorch's seconds per iteration over burn's: above 1,
@@ -77,9 +82,9 @@ def cases(profile, strict):
     if profile == "gpu":
         conv = [32, 64, 224, 224]
         return ([vector_add(64 << 20), small_vector_add(SMALL_LEN),
-                 matmul(4096, "f32"), matmul(8192, "f32")]
-                + s(matmul(4096, "f32strict")) + s(matmul(8192, "f32strict"))
-                + [matmul(4096, "bf16"), matmul(8192, "bf16"), conv2d(conv, 64, "f32")]
+                 matmul(4096, "f32"), matmul(8192, "f32"), matmul(4096, "tf32"),
+                 matmul(8192, "tf32"), matmul(4096, "bf16"), matmul(8192, "bf16"),
+                 conv2d(conv, 64, "f32")]
                 + s(conv2d(conv, 64, "f32strict"))
                 + [conv2d(conv, 64, "bf16"), mlp(512), mlp(4096)])
     if profile == "cpu":
@@ -89,7 +94,7 @@ def cases(profile, strict):
                 conv2d(conv, 64, "bf16"), mlp(512)]
     conv = [1, 8, 16, 16]
     return ([vector_add(1 << 16), small_vector_add(SMALL_LEN), matmul(64, "f32"),
-             matmul(128, "f32")] + s(matmul(128, "f32strict"))
+             matmul(128, "f32")] + s(matmul(128, "tf32"))
             + [matmul(128, "bf16"), conv2d(conv, 8, "f32")] + s(conv2d(conv, 8, "f32strict"))
             + [conv2d(conv, 8, "bf16"), train_step(32, 16, [32, 32], 4)])
 
@@ -187,13 +192,14 @@ def measure(torch, device, case, settings):
     iters = settings["iters"]
     dtype = case["dtype"]
     cuda = device.type == "cuda"
-    if dtype == "f32strict" and not cuda:
-        raise Skip("strict f32 rows are for CUDA (TF32 off)")
+    if dtype in ("f32strict", "tf32") and not cuda:
+        raise Skip(f"{dtype} rows are for CUDA")
     if dtype == "bf16" and not cuda:
         raise Skip("bf16 rows run on CUDA only, as in kiln")
-    set_tf32(torch, dtype != "f32strict")
-    low = torch.bfloat16 if dtype == "bf16" else torch.float32
     f = case["family"]
+    # TF32 off for true-f32 rows: "f32strict", and "f32" matmuls (kiln's f32 matmul on cuBLAS).
+    set_tf32(torch, not (dtype == "f32strict" or (f == "matmul" and dtype == "f32")))
+    low = torch.bfloat16 if dtype == "bf16" else torch.float32
     note = None
     if f == "matmul":
         n = case["n"]
@@ -264,7 +270,8 @@ def measure(torch, device, case, settings):
     if dtype == "bf16" and name != "bf16":
         raise RuntimeError(f"output is {name} but the case asks for bf16")
     if cuda and name == "f32" and f in ("matmul", "conv2d", "train_mlp_step"):
-        name = "f32" if dtype == "f32strict" else "tf32"
+        strict = dtype == "f32strict" or (f == "matmul" and dtype == "f32")
+        name = "f32" if strict else "tf32"
     return samples, name, note
 
 
@@ -418,7 +425,7 @@ def bench(args):
 
 # Issue 3's targets: (family, dtype) -> (text, lowest burn/PyTorch ratio that meets it).
 TARGETS = {
-    ("matmul", "f32"): ("≥ 0.5 of cuBLAS TF32", 0.5),
+    ("matmul", "tf32"): ("≥ 0.5 of cuBLAS TF32", 0.5),
     ("matmul", "bf16"): ("≥ 0.5 of cuBLAS bf16", 0.5),
     ("vector_add", "f32"): ("keep ≥ 0.9", 0.9),
     ("conv2d", "f32"): ("≥ 0.8 of cuDNN TF32", 0.8),
@@ -443,7 +450,7 @@ def load_rows(path):
 
 
 def case_dtype(name):
-    for d in ("f32strict", "bf16", "f32"):
+    for d in ("f32strict", "tf32", "bf16", "f32"):
         if f"_{d}_" in name:
             return d
     return "f32"
@@ -467,6 +474,12 @@ def compare(args):
                 order.insert(at, name)
             by_name[name][side] = row
             previous = name
+    # kiln's "_burn" rows take the PyTorch row of their name without the suffix.
+    for name, sides in by_name.items():
+        if name.endswith("_burn") and "torch" not in sides:
+            base = by_name.get(name[: -len("_burn")], {}).get("torch")
+            if base is not None:
+                sides["torch"] = base
     joined = []
     for name in order:
         b, t = by_name[name].get("burn"), by_name[name].get("torch")
@@ -478,6 +491,8 @@ def compare(args):
         target = TARGETS.get((family, dtype))
         if dtype == "f32strict":
             target_text = "reference only (TF32 off)"
+        elif family == "matmul" and dtype == "f32":
+            target_text = "none set (true f32, TF32 off on both sides)"
         else:
             target_text = target[0] if target else "-"
         meets = None if ratio is None or target is None else ratio >= target[1]
@@ -510,18 +525,23 @@ def compare(args):
         return f"{fmt(row.get('value'))} {row.get('metric')} ({row.get('dtype')})"
 
     lines = [
-        "# Kernels: burn vs PyTorch, same machine, same run",
+        "# Kernels: kiln (cuBLAS, Burn) vs PyTorch, same machine, same run",
         "",
-        f"- burn: {burn.get('machine', '?')} ({burn.get('backend', '?')}, "
+        f"- kiln: {burn.get('machine', '?')} ({burn.get('backend', '?')}, "
         f"{burn.get('device', '?')})",
         f"- PyTorch: {ref.get('machine', '?')} ({ref.get('backend', '?')}, "
         f"{ref.get('device', '?')})",
-        "- ratio = PyTorch time per iteration / burn time per iteration (burn's share of "
-        "PyTorch's throughput; above 1 burn is faster). Medians over the timed iterations.",
-        "- PyTorch \"f32\" matmul/conv2d rows run with TF32 allowed (dtype tf32), the precision "
-        "burn's f32 reaches on tensor cores; \"f32strict\" rows are true f32, for reference.",
+        "- ratio = PyTorch time per iteration / kiln time per iteration (kiln's share of "
+        "PyTorch's throughput; above 1 kiln is faster). Medians over the timed iterations.",
+        "- matmul rows are named by kiln's matmul dtypes: f32 is true f32 (TF32 off on both "
+        "sides), tf32 allows TF32, bf16 is bf16. Rows without a suffix are kiln's job path "
+        "(cuBLAS on CUDA); \"_burn\" rows run Burn's own kernels (its f32 product, TF32-like) "
+        "against the PyTorch row of the same name without the suffix.",
+        "- PyTorch \"f32\" conv2d rows run with TF32 allowed (dtype tf32), the precision "
+        "burn's f32 convolution reaches on tensor cores; \"f32strict\" rows are true f32, for "
+        "reference.",
         "",
-        "| case | burn | PyTorch | burn/PyTorch | target | meets |",
+        "| case | kiln | PyTorch | kiln/PyTorch | target | meets |",
         "|---|---|---|---|---|---|",
     ]
     for j in joined:

@@ -167,6 +167,11 @@ pub struct WorkerArgs {
     /// (default: $XDG_CACHE_HOME/kiln or ~/.cache/kiln).
     #[arg(long, env = "KILN_CACHE_DIR")]
     pub cache_dir: Option<std::path::PathBuf>,
+    /// What matmul jobs run on with a CUDA device: cublas (NVIDIA's library, loaded at run
+    /// time; f32 jobs in true f32; falls back to burn with a warning when it cannot be loaded)
+    /// or burn (Burn's CubeCL kernels, as the other kinds; f32 at TF32-like precision).
+    #[arg(long, env = "KILN_MATMUL_ENGINE", default_value = "cublas", value_parser = ["cublas", "burn"])]
+    pub matmul_engine: String,
     /// Serve Prometheus /metrics, /healthz and /readyz on this HOST:PORT (off when unset).
     #[arg(long, env = "KILN_METRICS_ADDR", value_name = "HOST:PORT")]
     pub metrics_addr: Option<String>,
@@ -380,6 +385,10 @@ pub struct KernelsArgs {
     /// Run only the cases whose name contains this text (e.g. matmul, bf16, train).
     #[arg(long, env = "KILN_BENCH_FILTER")]
     pub filter: Option<String>,
+    /// On CUDA: the directory of GPU autotune results and compiled kernels, shared with
+    /// workers (default: $XDG_CACHE_HOME/kiln or ~/.cache/kiln, as `kiln worker`).
+    #[arg(long, env = "KILN_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]

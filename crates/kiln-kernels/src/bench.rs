@@ -1,4 +1,5 @@
-//! Device-side timing of the kernels behind the job kinds: matmul (f32, bf16), vector add,
+//! Device-side timing of the kernels behind the job kinds: matmul (f32, tf32, bf16; on CUDA
+//! through cuBLAS as `matmul` jobs run there, plus Burn's own kernels in `_burn` rows), vector add,
 //! a dense 3×3 conv2d (f32, bf16), one Adam step of an MLP, and the one-job-at-a-time small
 //! vector add (upload, add, read back).
 //!
@@ -51,8 +52,11 @@ const LR: f64 = 1e-3;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
-    /// 32-bit floats (on NVIDIA GPUs burn may pick tensor-core kernels of TF32-like precision).
+    /// 32-bit floats (true f32 on cuBLAS; Burn's CUDA kernels may run them on tensor cores at
+    /// TF32-like precision).
     F32,
+    /// f32 tensors, products at TF32 precision on tensor cores; GPU only.
+    Tf32,
     /// bfloat16 inputs and output, GPU only.
     Bf16,
 }
@@ -61,6 +65,7 @@ impl Precision {
     pub fn as_str(self) -> &'static str {
         match self {
             Precision::F32 => "f32",
+            Precision::Tf32 => "tf32",
             Precision::Bf16 => "bf16",
         }
     }
@@ -69,8 +74,13 @@ impl Precision {
 /// What a case computes.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Work {
-    /// C = A·B with square n×n matrices; 2n³ flops.
-    Matmul { n: usize, precision: Precision },
+    /// C = A·B with square n×n matrices; 2n³ flops. `burn`: on Burn's kernels even where
+    /// `matmul` jobs run on cuBLAS (CUDA).
+    Matmul {
+        n: usize,
+        precision: Precision,
+        burn: bool,
+    },
     /// c = a + b on the device, f32; 3·4·len bytes moved.
     VectorAdd { len: usize },
     /// Dense 3×3 convolution, stride 1, padding 1, no bias: input
@@ -104,10 +114,28 @@ pub struct Case {
 }
 
 impl Case {
+    /// A matmul as `matmul` jobs run it (on CUDA: cuBLAS, unless the process chose Burn).
     pub fn matmul(n: usize, precision: Precision) -> Self {
         Case {
             name: format!("matmul_{}_n{n}", precision.as_str()),
-            work: Work::Matmul { n, precision },
+            work: Work::Matmul {
+                n,
+                precision,
+                burn: false,
+            },
+        }
+    }
+
+    /// A matmul on Burn's kernels (`matmul_<dtype>_n<n>_burn`); its `tf32` runs Burn's f32
+    /// product, which Burn computes at TF32-like precision on tensor cores.
+    pub fn matmul_burn(n: usize, precision: Precision) -> Self {
+        Case {
+            name: format!("matmul_{}_n{n}_burn", precision.as_str()),
+            work: Work::Matmul {
+                n,
+                precision,
+                burn: true,
+            },
         }
     }
 
@@ -309,7 +337,7 @@ pub const MLP_CLASSES: usize = 10;
 
 /// The cases of a profile, cheapest first within each family.
 pub fn cases(profile: Profile) -> Vec<Case> {
-    use Precision::{Bf16, F32};
+    use Precision::{Bf16, F32, Tf32};
     let mlp = |batch| Case::train_step(batch, MLP_FEATURES, &MLP_HIDDEN, MLP_CLASSES);
     match profile {
         Profile::Gpu => vec![
@@ -317,8 +345,14 @@ pub fn cases(profile: Profile) -> Vec<Case> {
             Case::small_vector_add(SMALL_LEN),
             Case::matmul(4096, F32),
             Case::matmul(8192, F32),
+            Case::matmul(4096, Tf32),
+            Case::matmul(8192, Tf32),
             Case::matmul(4096, Bf16),
             Case::matmul(8192, Bf16),
+            Case::matmul_burn(4096, Tf32),
+            Case::matmul_burn(8192, Tf32),
+            Case::matmul_burn(4096, Bf16),
+            Case::matmul_burn(8192, Bf16),
             Case::conv2d([32, 64, 224, 224], 64, F32),
             Case::conv2d([32, 64, 224, 224], 64, Bf16),
             mlp(512),
@@ -339,7 +373,9 @@ pub fn cases(profile: Profile) -> Vec<Case> {
             Case::small_vector_add(SMALL_LEN),
             Case::matmul(64, F32),
             Case::matmul(128, F32),
+            Case::matmul(128, Tf32),
             Case::matmul(128, Bf16),
+            Case::matmul_burn(128, Tf32),
             Case::conv2d([1, 8, 16, 16], 8, F32),
             Case::conv2d([1, 8, 16, 16], 8, Bf16),
             Case::train_step(32, 16, &[32, 32], 4),
@@ -438,19 +474,31 @@ pub fn backend_name(device: &ComputeDevice) -> &'static str {
 pub fn run_case(device: &ComputeDevice, case: &Case, settings: &Settings) -> Row {
     let backend = backend_name(device);
     let mut row = Row::empty(case, backend, device, settings);
-    if *device == ComputeDevice::Cpu && case.precision() == Precision::Bf16 {
+    if *device == ComputeDevice::Cpu && case.precision() != Precision::F32 {
         row.status = "skipped".into();
-        row.error = Some("bf16 needs a GPU".into());
+        row.error = Some(format!("{} needs a GPU", case.precision().as_str()));
         return row;
+    }
+    let on_cublas = match (device, &case.work) {
+        (ComputeDevice::Cuda(index), &Work::Matmul { burn: false, .. })
+            if crate::cublas::matmul_engine() == crate::cublas::MatmulEngine::Cublas =>
+        {
+            Some(*index)
+        }
+        _ => None,
+    };
+    if on_cublas.is_some() {
+        row.backend = "cublas".into();
     }
     let settings = Settings {
         warmup: settings.warmup,
         iters: settings.iters.max(1),
         case_budget_s: settings.case_budget_s,
     };
-    let outcome = catch_unwind(AssertUnwindSafe(|| match device {
-        ComputeDevice::Cpu => measure::<CpuBackend>(&Default::default(), case, &settings),
-        ComputeDevice::Cuda(index) => measure::<CudaBackend>(
+    let outcome = catch_unwind(AssertUnwindSafe(|| match (device, on_cublas) {
+        (_, Some(index)) => measure_cublas(index, case, &settings),
+        (ComputeDevice::Cpu, _) => measure::<CpuBackend>(&Default::default(), case, &settings),
+        (ComputeDevice::Cuda(index), None) => measure::<CudaBackend>(
             &burn::backend::cuda::CudaDevice::new(*index),
             case,
             &settings,
@@ -466,9 +514,10 @@ pub fn run_case(device: &ComputeDevice, case: &Case, settings: &Settings) -> Row
             row.iterations = measured.samples.len() as u32;
             row.dtype = measured.dtype;
             row.note = measured.note;
-            if matches!(device, ComputeDevice::Cuda(_))
+            if on_cublas.is_none()
+                && matches!(device, ComputeDevice::Cuda(_))
                 && matches!(case.work, Work::Matmul { .. } | Work::Conv2d { .. })
-                && case.precision() == Precision::F32
+                && case.precision() != Precision::Bf16
             {
                 row.note = Some(
                     "f32 tensors; burn may run them on tensor cores at TF32-like precision".into(),
@@ -592,7 +641,7 @@ fn to_precision<B: Backend, const D: usize>(
     what: &str,
 ) -> Result<Tensor<B, D>, String> {
     let tensor = match precision {
-        Precision::F32 => tensor,
+        Precision::F32 | Precision::Tf32 => tensor,
         Precision::Bf16 => tensor.cast(FloatDType::BF16),
     };
     check_dtype(&tensor, precision, what)?;
@@ -605,7 +654,7 @@ fn check_dtype<B: Backend, const D: usize>(
     what: &str,
 ) -> Result<(), String> {
     let want = match precision {
-        Precision::F32 => DType::F32,
+        Precision::F32 | Precision::Tf32 => DType::F32,
         Precision::Bf16 => DType::BF16,
     };
     if tensor.dtype() == want {
@@ -617,6 +666,37 @@ fn check_dtype<B: Backend, const D: usize>(
             precision.as_str()
         ))
     }
+}
+
+/// A matmul case on cuBLAS, timed like the Burn cases (operands on the device, warm-up, one
+/// sample per product between two synchronisations).
+fn measure_cublas(index: usize, case: &Case, settings: &Settings) -> Result<Measured, String> {
+    let Work::Matmul { n, precision, .. } = case.work else {
+        return Err(format!("{} is not a matmul", case.name));
+    };
+    let dtype = match precision {
+        Precision::F32 => crate::matmul::Dtype::F32,
+        Precision::Tf32 => crate::matmul::Dtype::Tf32,
+        Precision::Bf16 => crate::matmul::Dtype::Bf16,
+    };
+    let samples = crate::cublas::time_square(
+        index,
+        n,
+        dtype,
+        settings.warmup,
+        settings.iters,
+        MIN_ITERS,
+        settings.case_budget_s,
+    )?;
+    Ok(Measured {
+        samples,
+        dtype: precision.as_str().into(),
+        note: Some(match precision {
+            Precision::F32 => "cuBLAS, CUBLAS_COMPUTE_32F (true f32)".into(),
+            Precision::Tf32 => "cuBLAS, CUBLAS_COMPUTE_32F_FAST_TF32".into(),
+            Precision::Bf16 => "cuBLAS, bf16 in and out, f32 accumulation".into(),
+        }),
+    })
 }
 
 fn measure<B: Backend>(
@@ -631,7 +711,7 @@ fn measure<B: Backend>(
         note: None,
     };
     match &case.work {
-        &Work::Matmul { n, precision } => {
+        &Work::Matmul { n, precision, .. } => {
             let a = Tensor::<B, 2>::random([n, n], Distribution::Default, device);
             let b = Tensor::<B, 2>::random([n, n], Distribution::Default, device);
             let a = to_precision(a, precision, "matmul input a")?;
@@ -773,8 +853,14 @@ mod tests {
                 "small_vector_add_roundtrip_1024",
                 "matmul_f32_n4096",
                 "matmul_f32_n8192",
+                "matmul_tf32_n4096",
+                "matmul_tf32_n8192",
                 "matmul_bf16_n4096",
                 "matmul_bf16_n8192",
+                "matmul_tf32_n4096_burn",
+                "matmul_tf32_n8192_burn",
+                "matmul_bf16_n4096_burn",
+                "matmul_bf16_n8192_burn",
                 "conv2d_3x3_f32_32x64x224x224_c64",
                 "conv2d_3x3_bf16_32x64x224x224_c64",
                 "train_mlp_step_256-1024-1024-10_b512",

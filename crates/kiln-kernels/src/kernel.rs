@@ -48,6 +48,9 @@ pub struct RunContext<'a, B: Backend> {
     pub limits: &'a Limits,
     /// Whether the backend is a GPU (some dtypes exist only there).
     pub is_gpu: bool,
+    /// The CUDA device's index when the backend is CUDA (for kernels that call CUDA libraries
+    /// directly, as matmul does cuBLAS).
+    pub cuda_index: Option<usize>,
     pub checkpoint: &'a dyn Checkpoint,
 }
 
@@ -145,6 +148,7 @@ impl<K: Kernel> Runnable for Typed<K> {
                     seed,
                     limits,
                     is_gpu: false,
+                    cuda_index: None,
                     checkpoint,
                 },
             ),
@@ -155,6 +159,7 @@ impl<K: Kernel> Runnable for Typed<K> {
                     seed,
                     limits,
                     is_gpu: true,
+                    cuda_index: Some(*index),
                     checkpoint,
                 },
             ),

@@ -20,10 +20,12 @@ mod memory;
 
 pub mod bench;
 pub mod conv2d;
+pub mod cublas;
 pub mod matmul;
 pub mod train_mlp;
 pub mod vector_add;
 
+pub use cublas::{MatmulEngine, matmul_engine, set_matmul_engine};
 pub use data::{Summary, seeded_values};
 pub use device::{
     ComputeDevice, CpuBackend, CudaBackend, DeviceMemory, cuda_device_count, default_cache_dir,

@@ -1,4 +1,8 @@
-//! `matmul`: C = A·B, f32 everywhere, bf16 or f16 on GPUs.
+//! `matmul`: C = A·B, f32 everywhere, tf32, bf16 or f16 on GPUs.
+//!
+//! On a CUDA worker the product runs on cuBLAS by default ([`crate::cublas`]), in the precision
+//! the job asks for; with `--matmul-engine burn` it runs on Burn's kernels like the other
+//! kinds. The result names both (`"dtype"`, `"engine"`).
 //!
 //! Generated inputs: A = `seeded_values(seed, 0, m*k)` and B = `seeded_values(seed, 1, k*n)`,
 //! both row-major, so every backend multiplies the same matrices. A size left out of
@@ -10,6 +14,7 @@ use kiln_proto::{JobError, Limits, checked_product};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::cublas::MatmulEngine;
 use crate::data::dtype_name;
 use crate::{Kernel, Plan, RunContext, Summary, seeded_values};
 
@@ -17,9 +22,13 @@ use crate::{Kernel, Plan, RunContext, Summary, seeded_values};
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Dtype {
-    /// 32-bit floats (on NVIDIA GPUs Burn may pick tensor-core kernels of TF32-like precision).
+    /// 32-bit floats. On cuBLAS true f32; on Burn's CUDA kernels (`--matmul-engine burn`) the
+    /// product may run on tensor cores at TF32-like precision, which Burn 0.21 cannot turn off.
     #[default]
     F32,
+    /// f32 inputs and output, products on tensor cores with TF32's 10-bit mantissa (what
+    /// PyTorch computes with `allow_tf32`), GPU only.
+    Tf32,
     /// bfloat16 inputs and output, GPU only.
     Bf16,
     /// IEEE half-precision inputs and output, GPU only.
@@ -31,6 +40,7 @@ impl Dtype {
     pub fn as_str(self) -> &'static str {
         match self {
             Dtype::F32 => "f32",
+            Dtype::Tf32 => "tf32",
             Dtype::Bf16 => "bf16",
             Dtype::F16 => "f16",
         }
@@ -38,7 +48,7 @@ impl Dtype {
 
     fn burn_dtype(self) -> Option<FloatDType> {
         match self {
-            Dtype::F32 => None,
+            Dtype::F32 | Dtype::Tf32 => None,
             Dtype::Bf16 => Some(FloatDType::BF16),
             Dtype::F16 => Some(FloatDType::F16),
         }
@@ -142,7 +152,7 @@ impl Kernel for Matmul {
     const PARAMS_HELP: &'static str = "n: columns of B and C; alone, the side of a square product\n\
          m: rows of A and C (default n)\n\
          k: columns of A, rows of B (default n)\n\
-         dtype: f32, or bf16/f16 on GPU workers (f32)\n\
+         dtype: f32, or tf32/bf16/f16 on GPU workers (f32; on GPUs f32 is true f32)\n\
          a, b: the matrices themselves as rows (instead of m, k, n)";
     const WARMUP: &'static [&'static str] = &[
         r#"{"n": 1024}"#,
@@ -192,25 +202,28 @@ impl Kernel for Matmul {
                 seeded_values(ctx.seed, 1, k * n),
             ),
         };
-        let a = Tensor::<B, 2>::from_data(TensorData::new(a, [m, k]), &ctx.device);
-        let b = Tensor::<B, 2>::from_data(TensorData::new(b, [k, n]), &ctx.device);
-        let product = match dtype.burn_dtype() {
-            None => a.matmul(b),
-            Some(low) => a.cast(low).matmul(b.cast(low)),
+        let (c, computed, engine) = match ctx.cuda_index {
+            Some(index) if crate::cublas::matmul_engine() == MatmulEngine::Cublas => {
+                let c = crate::cublas::matmul(index, &a, &b, m, k, n, dtype)?;
+                (c, dtype.as_str().to_owned(), MatmulEngine::Cublas.as_str())
+            }
+            _ => {
+                let (c, computed) = burn_matmul::<B>(a, b, (m, k, n), dtype, &ctx.device)?;
+                (
+                    c,
+                    computed,
+                    if ctx.is_gpu {
+                        "burn-cuda"
+                    } else {
+                        "burn-ndarray"
+                    },
+                )
+            }
         };
-        // Report the precision the product was actually computed in, not the one asked for.
-        let computed = dtype_name(product.dtype());
-        let c = match product.dtype() {
-            DType::F32 => product,
-            _ => product.cast(FloatDType::F32),
-        };
-        let c = c
-            .into_data()
-            .into_vec::<f32>()
-            .map_err(|e| JobError::internal(format!("reading matmul output: {e:?}")))?;
         let mut out = json!({
             "shape": [m, n],
             "dtype": computed,
+            "engine": engine,
             "summary": Summary::of(&c),
         });
         // Matrices the user sent come back inline (when small); generated inputs get the
@@ -221,4 +234,34 @@ impl Kernel for Matmul {
         }
         Ok(out)
     }
+}
+
+/// The product on Burn's kernels; returns C and the dtype it was really computed in.
+fn burn_matmul<B: Backend>(
+    a: Vec<f32>,
+    b: Vec<f32>,
+    (m, k, n): (usize, usize, usize),
+    dtype: Dtype,
+    device: &B::Device,
+) -> Result<(Vec<f32>, String), JobError> {
+    let a = Tensor::<B, 2>::from_data(TensorData::new(a, [m, k]), device);
+    let b = Tensor::<B, 2>::from_data(TensorData::new(b, [k, n]), device);
+    let product = match dtype.burn_dtype() {
+        None => a.matmul(b),
+        Some(low) => a.cast(low).matmul(b.cast(low)),
+    };
+    // Report the precision the product was actually computed in, not the one asked for.
+    let computed = match (dtype, product.dtype()) {
+        (Dtype::Tf32, DType::F32) => "tf32".to_owned(),
+        (_, other) => dtype_name(other),
+    };
+    let c = match product.dtype() {
+        DType::F32 => product,
+        _ => product.cast(FloatDType::F32),
+    };
+    let c = c
+        .into_data()
+        .into_vec::<f32>()
+        .map_err(|e| JobError::internal(format!("reading matmul output: {e:?}")))?;
+    Ok((c, computed))
 }

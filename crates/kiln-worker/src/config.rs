@@ -34,6 +34,9 @@ pub struct WorkerConfig {
     pub warmup: bool,
     /// Where a GPU worker keeps autotune results and compiled kernels across restarts.
     pub cache_dir: Option<PathBuf>,
+    /// What `matmul` jobs run on when the device is CUDA: cuBLAS (checked at start; Burn when
+    /// it cannot be loaded) or Burn's kernels.
+    pub matmul_engine: kiln_kernels::MatmulEngine,
     /// Memory the jobs of this worker may hold together (`None`: a share of the device's
     /// memory, found at start). A job needing more is refused before any allocation; jobs
     /// that fit wait for each other rather than run out of memory together.
@@ -65,6 +68,7 @@ impl WorkerConfig {
             drain_timeout: Duration::from_secs(30),
             warmup: true,
             cache_dir: Some(kiln_kernels::default_cache_dir()),
+            matmul_engine: kiln_kernels::MatmulEngine::Cublas,
             memory: None,
             metrics: kiln_telemetry::WorkerMetrics::default(),
             health: kiln_telemetry::Health::default(),

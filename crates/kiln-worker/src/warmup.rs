@@ -66,8 +66,25 @@ pub(crate) fn run_guarded<T>(
 }
 
 /// The error a panic on `device` becomes.
+///
+/// CubeCL runs each GPU's work on its own device thread: when an allocation fails there, that
+/// thread panics with the reason ("can't allocate buffer of size: …") and the job's thread sees
+/// only that the channel to it broke ("CallError"). So such a failure is matched with the
+/// panics [`record_panics`] saw in the seconds before it.
 pub(crate) fn panic_error(device: &ComputeDevice, message: &str) -> JobError {
     let first_line = message.lines().next().unwrap_or(message).trim();
+    if !is_out_of_memory(message)
+        && message.contains("CallError")
+        && let Some(cause) = recent_panic(std::time::Duration::from_secs(10), is_out_of_memory)
+    {
+        let cause = cause.lines().next().unwrap_or(&cause).trim().to_owned();
+        return JobError::new(
+            ErrorKind::OutOfMemory,
+            format!(
+                "{device} ran out of memory for this job ({cause}, on the GPU runtime's device thread); submit a smaller job or run it on a device with more memory"
+            ),
+        );
+    }
     if is_out_of_memory(message) {
         JobError::new(
             ErrorKind::OutOfMemory,
@@ -88,6 +105,8 @@ fn is_out_of_memory(message: &str) -> bool {
         "outofmemory",
         "out_of_memory",
         "failed to allocate",
+        "can't allocate",
+        "cannot allocate",
     ]
     .iter()
     .any(|needle| m.contains(needle))
@@ -99,6 +118,40 @@ pub(crate) fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
         .cloned()
         .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
         .unwrap_or_else(|| "unknown panic".into())
+}
+
+/// The last panic messages of any thread in this process, newest last, with when they happened.
+static PANICS: std::sync::Mutex<Vec<(std::time::Instant, String)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Keep the messages of panics on every thread (the previous hook still prints them), so that
+/// [`panic_error`] can find out why a GPU runtime's device thread broke. Installed once.
+pub(crate) fn record_panics() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let text = panic_text(info.payload());
+            if let Ok(mut panics) = PANICS.lock() {
+                if panics.len() >= 16 {
+                    panics.remove(0);
+                }
+                panics.push((std::time::Instant::now(), text));
+            }
+            previous(info);
+        }));
+    });
+}
+
+/// The newest panic of the last `within` whose message satisfies `wanted`.
+fn recent_panic(within: std::time::Duration, wanted: impl Fn(&str) -> bool) -> Option<String> {
+    let panics = PANICS.lock().ok()?;
+    panics
+        .iter()
+        .rev()
+        .take_while(|(at, _)| at.elapsed() <= within)
+        .find(|(_, text)| wanted(text))
+        .map(|(_, text)| text.clone())
 }
 
 /// After a failure on a GPU, check with a tiny job whether the device still computes.
@@ -147,5 +200,29 @@ mod tests {
     #[test]
     fn probe_passes_on_a_working_cpu() {
         assert_eq!(probe(&ComputeDevice::Cpu), Ok(()));
+    }
+
+    #[test]
+    fn a_device_thread_that_could_not_allocate_makes_the_job_out_of_memory() {
+        record_panics();
+        let device = ComputeDevice::Cuda(0);
+        let thread = std::thread::Builder::new()
+            .name("DSD-test".into())
+            .spawn(|| panic!("called `Result::unwrap()` on an `Err` value: can't allocate buffer of size: 9381867520"))
+            .unwrap();
+        assert!(thread.join().is_err());
+        let e = panic_error(
+            &device,
+            "called `Result::unwrap()` on an `Err` value: CallError",
+        );
+        assert_eq!(e.kind, ErrorKind::OutOfMemory);
+        assert!(
+            e.message
+                .contains("can't allocate buffer of size: 9381867520"),
+            "{}",
+            e.message
+        );
+        // A broken channel with no allocation failure behind it stays internal.
+        assert!(recent_panic(std::time::Duration::ZERO, is_out_of_memory).is_none());
     }
 }

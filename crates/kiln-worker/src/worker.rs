@@ -50,6 +50,7 @@ pub async fn run(
     shutdown: impl Future<Output = impl Sized>,
 ) -> Result<WorkerStats> {
     config.health.watch(&client);
+    crate::warmup::record_panics();
     let js = jetstream::new(client);
     streams::ensure_all(&js, &config.topology).await?;
     let class = config.class;
@@ -130,7 +131,8 @@ pub async fn run(
             consumer: kiln_proto::BUCKET_WORKERS.into(),
             message,
         })?;
-    if let ComputeDevice::Cuda(_) = shared.config.device {
+    if let ComputeDevice::Cuda(index) = shared.config.device {
+        choose_matmul_engine(index, shared.config.matmul_engine).await;
         if let Some(dir) = &shared.config.cache_dir {
             match kiln_kernels::use_cache_dir(dir) {
                 Ok(()) => {
@@ -308,4 +310,32 @@ impl Shared {
             retried: self.counters.retried.load(Ordering::Relaxed),
         }
     }
+}
+
+/// Set what this process's CUDA `matmul` jobs run on: cuBLAS when asked for and it works on
+/// device `index` (a tiny product checks it), else Burn's kernels, saying why.
+async fn choose_matmul_engine(index: usize, wanted: kiln_kernels::MatmulEngine) {
+    use kiln_kernels::MatmulEngine;
+    let engine = match wanted {
+        MatmulEngine::Burn => MatmulEngine::Burn,
+        MatmulEngine::Cublas => {
+            match tokio::task::spawn_blocking(move || kiln_kernels::cublas::probe(index)).await {
+                Ok(Ok(())) => MatmulEngine::Cublas,
+                Ok(Err(reason)) => {
+                    tracing::warn!(
+                        "cuBLAS is not usable on cuda:{index}, so matmul jobs run on Burn's kernels (f32 at TF32-like precision): {reason}"
+                    );
+                    MatmulEngine::Burn
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "checking cuBLAS on cuda:{index} failed ({e}), so matmul jobs run on Burn's kernels"
+                    );
+                    MatmulEngine::Burn
+                }
+            }
+        }
+    };
+    kiln_kernels::set_matmul_engine(engine);
+    tracing::info!(engine = %engine, "matmul engine");
 }

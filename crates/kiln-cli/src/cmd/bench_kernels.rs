@@ -33,6 +33,15 @@ pub fn run(args: KernelsArgs) -> anyhow::Result<ExitCode> {
         args.case_budget_s
     );
     let gpu = matches!(device, ComputeDevice::Cuda(_));
+    if gpu {
+        let dir = args
+            .cache_dir
+            .clone()
+            .unwrap_or_else(kiln_kernels::default_cache_dir);
+        if let Err(e) = kiln_kernels::use_cache_dir(&dir) {
+            eprintln!("bench: {e}");
+        }
+    }
     let (profile, profile_name) = match (args.quick, gpu) {
         (true, _) => (Profile::Quick, "quick"),
         (false, true) => (Profile::Gpu, "gpu"),

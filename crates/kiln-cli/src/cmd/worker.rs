@@ -89,6 +89,10 @@ pub fn worker_config(
     if let Some(dir) = &args.cache_dir {
         config.cache_dir = Some(dir.clone());
     }
+    config.matmul_engine = args
+        .matmul_engine
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!("--matmul-engine: {e}"))?;
     config.topology = super::topology(nats);
     config.topology.ack_wait = Duration::from_secs(args.ack_wait_s.max(1));
     Ok(config)

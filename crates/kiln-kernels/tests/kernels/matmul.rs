@@ -61,6 +61,7 @@ fn multiplies_given_matrices_exactly() {
     );
     assert_eq!(out["shape"], json!([2, 2]));
     assert_eq!(out["dtype"], "f32");
+    assert_eq!(out["engine"], "burn-ndarray");
     assert_eq!(out["c"], json!([[19.0, 22.0], [43.0, 50.0]]));
     assert_eq!(out["summary"]["checksum"], 134.0);
 
@@ -145,8 +146,8 @@ fn explicit_f32_dtype_is_accepted() {
 }
 
 #[test]
-fn half_precision_on_a_cpu_worker_is_invalid_input() {
-    for dtype in ["bf16", "f16"] {
+fn gpu_precisions_on_a_cpu_worker_are_invalid_input() {
+    for dtype in ["tf32", "bf16", "f16"] {
         let err =
             crate::support::run_with("matmul", json!({"n": 4, "dtype": dtype}), 0, &NoCheckpoint)
                 .unwrap_err();

@@ -1,0 +1,454 @@
+//! Matrix products on NVIDIA's cuBLAS, the library PyTorch's matmul runs on.
+//!
+//! Burn 0.21's CubeCL GEMM reached 0.2–0.27 of cuBLAS on an H100 (its kernels use the warp-level
+//! `mma` instructions, not Hopper's `wgmma`), and it has no strict f32 mode: its "f32" product
+//! runs on tensor cores at TF32-like precision. So `matmul` jobs on a CUDA worker go through
+//! cuBLAS by default, with the precision the job asks for:
+//!
+//! | job `dtype` | inputs and output on the device | cuBLAS compute type |
+//! |---|---|---|
+//! | `f32` | f32 | `CUBLAS_COMPUTE_32F` (true f32, CUDA cores) |
+//! | `tf32` | f32 | `CUBLAS_COMPUTE_32F_FAST_TF32` (tensor cores, 10-bit mantissa products) |
+//! | `bf16` | bf16 | `CUBLAS_COMPUTE_32F` (bf16 tensor cores, f32 accumulation) |
+//! | `f16` | f16 | `CUBLAS_COMPUTE_32F` (f16 tensor cores, f32 accumulation) |
+//!
+//! libcublas is loaded at run time, like libcuda and NVRTC: a worker that cannot load it logs why
+//! and runs matmul on Burn's kernels instead ([`MatmulEngine::Burn`], also chosen with
+//! `kiln worker --matmul-engine burn`). The other kinds always run on Burn.
+//!
+//! cuBLAS is column-major and kiln's matrices are row-major: a row-major m×n matrix is the
+//! column-major n×m matrix of its transpose, so C = A·B is computed as Cᵀ = Bᵀ·Aᵀ, that is
+//! `gemm(n, m, k, B, A)`, and the column-major result is C in row-major order.
+//!
+//! The only unsafe code in kiln is here: the call of cuBLAS's `gemm_ex` on raw device pointers
+//! (cudarc's typed `Gemm` has no TF32 compute type) and the check that libcublas loads.
+#![allow(unsafe_code)]
+
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
+
+use cudarc::cublas::{CudaBlas, result::gemm_ex, sys};
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DriverError};
+use kiln_proto::{ErrorKind, JobError};
+
+use crate::matmul::Dtype;
+
+/// What a CUDA worker runs `matmul` jobs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MatmulEngine {
+    /// NVIDIA's cuBLAS (the default): vendor kernels, and true f32 when a job asks for f32.
+    #[default]
+    Cublas,
+    /// Burn's CubeCL kernels, as the other kinds; "f32" runs at TF32-like precision.
+    Burn,
+}
+
+impl MatmulEngine {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MatmulEngine::Cublas => "cublas",
+            MatmulEngine::Burn => "burn",
+        }
+    }
+}
+
+impl fmt::Display for MatmulEngine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for MatmulEngine {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "cublas" => Ok(MatmulEngine::Cublas),
+            "burn" => Ok(MatmulEngine::Burn),
+            other => Err(format!(
+                "unknown matmul engine {other:?}: use cublas or burn"
+            )),
+        }
+    }
+}
+
+/// The engine of this process's CUDA matmuls: 0 cuBLAS, 1 Burn.
+static ENGINE: AtomicU8 = AtomicU8::new(0);
+
+/// Choose the engine CUDA `matmul` jobs run on in this process (a worker does this at start,
+/// after [`probe`]).
+pub fn set_matmul_engine(engine: MatmulEngine) {
+    ENGINE.store(
+        match engine {
+            MatmulEngine::Cublas => 0,
+            MatmulEngine::Burn => 1,
+        },
+        Ordering::Relaxed,
+    );
+}
+
+/// The engine CUDA `matmul` jobs run on in this process.
+pub fn matmul_engine() -> MatmulEngine {
+    match ENGINE.load(Ordering::Relaxed) {
+        0 => MatmulEngine::Cublas,
+        _ => MatmulEngine::Burn,
+    }
+}
+
+/// Check that cuBLAS works on CUDA device `index`: the library loads, and a handle and a tiny
+/// product succeed. The error says what is missing.
+pub fn probe(index: usize) -> Result<(), String> {
+    let c = matmul(index, &[1.0, 2.0], &[3.0, 4.0], 1, 2, 1, Dtype::F32).map_err(|e| e.message)?;
+    if c == [11.0] {
+        Ok(())
+    } else {
+        Err(format!("cuBLAS computed [1 2]·[3 4]ᵀ = {c:?}, not [11]"))
+    }
+}
+
+/// cudarc panics when it cannot load a library; look for libcublas first.
+fn library_loads() -> Result<(), String> {
+    static FOUND: OnceLock<Result<String, String>> = OnceLock::new();
+    FOUND
+        .get_or_init(|| {
+            let candidates = cudarc::get_lib_name_candidates("cublas");
+            for name in &candidates {
+                // SAFETY: loading libcublas runs only its initialisers, as cudarc's own load
+                // of the same library would.
+                if unsafe { libloading::Library::new(name) }.is_ok() {
+                    return Ok(name.clone());
+                }
+            }
+            Err(format!(
+                "libcublas could not be loaded (tried {}); install the CUDA toolkit's cuBLAS \
+                 (libcublas and libcublasLt) and add its folder to LD_LIBRARY_PATH",
+                candidates.join(", ")
+            ))
+        })
+        .as_ref()
+        .map(|_| ())
+        .map_err(Clone::clone)
+}
+
+/// A cuBLAS handle on its own stream of one device.
+struct Gemm {
+    stream: Arc<CudaStream>,
+    blas: CudaBlas,
+}
+
+fn gemm_for(index: usize) -> Result<Arc<Mutex<Gemm>>, JobError> {
+    static HANDLES: OnceLock<Mutex<HashMap<usize, Arc<Mutex<Gemm>>>>> = OnceLock::new();
+    library_loads().map_err(JobError::internal)?;
+    let mut handles = HANDLES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(gemm) = handles.get(&index) {
+        return Ok(gemm.clone());
+    }
+    let context = CudaContext::new(index).map_err(|e| driver_error("opening the device", e))?;
+    let stream = context
+        .new_stream()
+        .map_err(|e| driver_error("creating a stream", e))?;
+    let blas = CudaBlas::new(stream.clone())
+        .map_err(|e| JobError::internal(format!("creating a cuBLAS handle: {e:?}")))?;
+    let gemm = Arc::new(Mutex::new(Gemm { stream, blas }));
+    handles.insert(index, gemm.clone());
+    Ok(gemm)
+}
+
+fn driver_error(what: &str, e: DriverError) -> JobError {
+    let text = format!("{e:?}");
+    if text.contains("OUT_OF_MEMORY") {
+        JobError::new(
+            ErrorKind::OutOfMemory,
+            format!(
+                "the GPU ran out of memory {what} for this matmul ({text}); submit a smaller job \
+                 or run it on a device with more memory"
+            ),
+        )
+    } else {
+        JobError::internal(format!("CUDA failed {what} for cuBLAS: {text}"))
+    }
+}
+
+fn dim(name: &str, value: usize) -> Result<i32, JobError> {
+    i32::try_from(value).map_err(|_| {
+        JobError::too_large(format!(
+            "matmul {name}={value} is over cuBLAS's limit of {} per dimension",
+            i32::MAX
+        ))
+    })
+}
+
+/// Device buffers of one product, in the element type cuBLAS reads.
+struct Operands<T> {
+    a: CudaSlice<T>,
+    b: CudaSlice<T>,
+    c: CudaSlice<T>,
+}
+
+impl<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits> Operands<T> {
+    fn upload(stream: &Arc<CudaStream>, a: &[T], b: &[T], c_len: usize) -> Result<Self, JobError> {
+        Ok(Operands {
+            a: stream
+                .clone_htod(a)
+                .map_err(|e| driver_error("uploading A", e))?,
+            b: stream
+                .clone_htod(b)
+                .map_err(|e| driver_error("uploading B", e))?,
+            c: stream
+                .alloc_zeros(c_len)
+                .map_err(|e| driver_error("allocating C", e))?,
+        })
+    }
+}
+
+/// The cuBLAS types of a job dtype: element type, compute type.
+fn types(dtype: Dtype) -> (sys::cudaDataType, sys::cublasComputeType_t) {
+    use sys::cublasComputeType_t::{CUBLAS_COMPUTE_32F, CUBLAS_COMPUTE_32F_FAST_TF32};
+    use sys::cudaDataType::{CUDA_R_16BF, CUDA_R_16F, CUDA_R_32F};
+    match dtype {
+        Dtype::F32 => (CUDA_R_32F, CUBLAS_COMPUTE_32F),
+        Dtype::Tf32 => (CUDA_R_32F, CUBLAS_COMPUTE_32F_FAST_TF32),
+        Dtype::Bf16 => (CUDA_R_16BF, CUBLAS_COMPUTE_32F),
+        Dtype::F16 => (CUDA_R_16F, CUBLAS_COMPUTE_32F),
+    }
+}
+
+/// Launch C = A·B (row-major, A m×k, B k×n) on `gemm`'s stream; does not wait for it.
+fn launch<T>(
+    gemm: &Gemm,
+    ops: &mut Operands<T>,
+    (m, k, n): (i32, i32, i32),
+    dtype: Dtype,
+) -> Result<(), JobError> {
+    let (element, compute) = types(dtype);
+    let alpha = 1.0f32;
+    let beta = 0.0f32;
+    let stream = &gemm.stream;
+    let (a, _a) = ops.a.device_ptr(stream);
+    let (b, _b) = ops.b.device_ptr(stream);
+    let (c, _c) = ops.c.device_ptr_mut(stream);
+    // SAFETY: A holds m·k, B k·n and C m·n elements of `element` on this stream's device (made
+    // by `Operands::upload` from slices of those lengths); alpha and beta are f32 host scalars,
+    // as the f32 compute types require; the leading dimensions are those of the transposed
+    // (column-major) views described in the module docs.
+    unsafe {
+        gemm_ex(
+            *gemm.blas.handle(),
+            sys::cublasOperation_t::CUBLAS_OP_N,
+            sys::cublasOperation_t::CUBLAS_OP_N,
+            n,
+            m,
+            k,
+            (&alpha as *const f32).cast::<c_void>(),
+            b as *const c_void,
+            element,
+            n,
+            a as *const c_void,
+            element,
+            k,
+            (&beta as *const f32).cast::<c_void>(),
+            c as *mut c_void,
+            element,
+            n,
+            compute,
+            sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+        )
+    }
+    .map_err(|e| {
+        let text = format!("{e:?}");
+        if text.contains("ALLOC_FAILED") {
+            JobError::new(
+                ErrorKind::OutOfMemory,
+                format!("cuBLAS could not allocate its workspace ({text})"),
+            )
+        } else {
+            JobError::internal(format!("cuBLAS gemm failed: {text}"))
+        }
+    })
+}
+
+fn to_half(values: &[f32], dtype: Dtype) -> Vec<u16> {
+    match dtype {
+        Dtype::F16 => values
+            .iter()
+            .map(|&v| half::f16::from_f32(v).to_bits())
+            .collect(),
+        _ => values
+            .iter()
+            .map(|&v| half::bf16::from_f32(v).to_bits())
+            .collect(),
+    }
+}
+
+fn from_half(bits: &[u16], dtype: Dtype) -> Vec<f32> {
+    match dtype {
+        Dtype::F16 => bits
+            .iter()
+            .map(|&b| half::f16::from_bits(b).to_f32())
+            .collect(),
+        _ => bits
+            .iter()
+            .map(|&b| half::bf16::from_bits(b).to_f32())
+            .collect(),
+    }
+}
+
+/// C = A·B on CUDA device `index` through cuBLAS: A is m×k and B k×n, row-major f32 on the host;
+/// they are converted to `dtype`'s element type (bf16/f16 round to nearest) before the upload,
+/// and C comes back as f32.
+pub fn matmul(
+    index: usize,
+    a: &[f32],
+    b: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    dtype: Dtype,
+) -> Result<Vec<f32>, JobError> {
+    let dims = (dim("m", m)?, dim("k", k)?, dim("n", n)?);
+    let gemm = gemm_for(index)?;
+    let gemm = gemm.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let stream = gemm.stream.clone();
+    let download = |e| driver_error("reading C back", e);
+    match dtype {
+        Dtype::F32 | Dtype::Tf32 => {
+            let mut ops = Operands::upload(&stream, a, b, m * n)?;
+            launch(&gemm, &mut ops, dims, dtype)?;
+            stream.clone_dtoh(&ops.c).map_err(download)
+        }
+        Dtype::Bf16 | Dtype::F16 => {
+            let mut ops = Operands::upload(&stream, &to_half(a, dtype), &to_half(b, dtype), m * n)?;
+            launch(&gemm, &mut ops, dims, dtype)?;
+            Ok(from_half(
+                &stream.clone_dtoh(&ops.c).map_err(download)?,
+                dtype,
+            ))
+        }
+    }
+}
+
+/// Seconds per product of two n×n matrices of random values in `dtype`, timed as the kernel
+/// benchmarks time Burn: operands on the device first, `warmup` untimed products, then one
+/// sample per product between two stream synchronisations, until `iters` samples or
+/// `budget_s` seconds (after at least `min_iters`).
+pub fn time_square(
+    index: usize,
+    n: usize,
+    dtype: Dtype,
+    warmup: u32,
+    iters: u32,
+    min_iters: u32,
+    budget_s: f64,
+) -> Result<Vec<f64>, String> {
+    let size = dim("n", n).map_err(|e| e.message)?;
+    let values = crate::seeded_values(7, 0, n * n);
+    let gemm = gemm_for(index).map_err(|e| e.message)?;
+    let gemm = gemm.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let stream = gemm.stream.clone();
+    let dims = (size, size, size);
+    let times = Times {
+        warmup,
+        iters: iters.max(1),
+        min_iters,
+        budget_s,
+    };
+    match dtype {
+        Dtype::F32 | Dtype::Tf32 => {
+            let mut ops =
+                Operands::upload(&stream, &values, &values, n * n).map_err(|e| e.message)?;
+            times.measure(&gemm, &mut ops, dims, dtype)
+        }
+        Dtype::Bf16 | Dtype::F16 => {
+            let half = to_half(&values, dtype);
+            let mut ops = Operands::upload(&stream, &half, &half, n * n).map_err(|e| e.message)?;
+            times.measure(&gemm, &mut ops, dims, dtype)
+        }
+    }
+}
+
+/// How [`time_square`] samples.
+struct Times {
+    warmup: u32,
+    iters: u32,
+    min_iters: u32,
+    budget_s: f64,
+}
+
+impl Times {
+    fn measure<T>(
+        &self,
+        gemm: &Gemm,
+        ops: &mut Operands<T>,
+        dims: (i32, i32, i32),
+        dtype: Dtype,
+    ) -> Result<Vec<f64>, String> {
+        let sync = || {
+            gemm.stream
+                .synchronize()
+                .map_err(|e| format!("stream sync: {e:?}"))
+        };
+        for _ in 0..self.warmup {
+            launch(gemm, ops, dims, dtype).map_err(|e| e.message)?;
+        }
+        let mut samples = Vec::new();
+        let mut spent = 0.0;
+        for i in 0..self.iters {
+            sync()?;
+            let start = Instant::now();
+            launch(gemm, ops, dims, dtype).map_err(|e| e.message)?;
+            sync()?;
+            let s = start.elapsed().as_secs_f64();
+            samples.push(s);
+            spent += s;
+            if i + 1 >= self.min_iters && spent > self.budget_s {
+                break;
+            }
+        }
+        Ok(samples)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engines_parse_and_print() {
+        assert_eq!("cublas".parse(), Ok(MatmulEngine::Cublas));
+        assert_eq!("burn".parse(), Ok(MatmulEngine::Burn));
+        assert_eq!(MatmulEngine::Burn.to_string(), "burn");
+        let err = "cudnn".parse::<MatmulEngine>().unwrap_err();
+        assert_eq!(err, "unknown matmul engine \"cudnn\": use cublas or burn");
+    }
+
+    #[test]
+    fn half_conversions_round_trip_representable_values() {
+        let values = [0.0f32, 1.0, -2.5, 0.125, 3072.0];
+        assert_eq!(from_half(&to_half(&values, Dtype::F16), Dtype::F16), values);
+        assert_eq!(
+            from_half(&to_half(&values, Dtype::Bf16), Dtype::Bf16),
+            values
+        );
+        // bf16 keeps 8 bits of mantissa: 1 + 2^-9 rounds to 1.
+        assert_eq!(
+            from_half(&to_half(&[1.0 + 2f32.powi(-9)], Dtype::Bf16), Dtype::Bf16),
+            [1.0]
+        );
+    }
+
+    #[test]
+    fn dimensions_over_the_cublas_limit_are_too_large() {
+        let e = dim("m", 1 << 31).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::TooLarge);
+        assert!(e.message.contains("m=2147483648"), "{}", e.message);
+        assert_eq!(dim("k", 4096).unwrap(), 4096);
+    }
+}
