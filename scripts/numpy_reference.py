@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """CPU matmul reference: numpy (its bundled OpenBLAS) at the sizes `kiln bench kernels --device
-cpu` uses, on the same machine in the same run, and the ratio of burn-ndarray to it.
+cpu` uses, on the same machine in the same run, and the ratio of kiln's rows to it: matmul jobs'
+engine (OpenBLAS loaded at run time where installed, else burn-ndarray) and, in "_burn" rows,
+burn-ndarray itself.
 
     python3 scripts/numpy_reference.py --burn burn-cpu.json --out DIR
 """
@@ -9,6 +11,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import sys
 import time
@@ -31,7 +34,7 @@ def main():
     for row in burn["rows"]:
         if row.get("family") != "matmul" or row.get("status") != "ok":
             continue
-        n = int(row["case"].rsplit("_n", 1)[1])
+        n = int(re.search(r"_n(\d+)", row["case"]).group(1))
         rng = np.random.default_rng(0)
         a = rng.uniform(-1, 1, (n, n)).astype(np.float32)
         b = rng.uniform(-1, 1, (n, n)).astype(np.float32)
@@ -44,7 +47,7 @@ def main():
         median = statistics.median(samples)
         flops = 2 * n ** 3
         rows.append({
-            "case": row["case"],
+            "case": row["case"], "backend": row.get("backend", "burn-ndarray"),
             "burn_median_s": row["median_s"], "numpy_median_s": median,
             "burn_gflops": flops / row["median_s"] / 1e9, "numpy_gflops": flops / median / 1e9,
             "ratio": median / row["median_s"],
@@ -53,17 +56,19 @@ def main():
     blas = (config.get("Build Dependencies", {}).get("blas", {}) if isinstance(config, dict) else {})
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
     lines = [
-        "# CPU matmul f32: burn-ndarray vs numpy, same machine, same run",
+        "# CPU matmul f32: kiln vs numpy, same machine, same run",
         "",
         f"- machine: {machine}; numpy {np.__version__} with {blas.get('name', 'its bundled BLAS')} "
         f"{blas.get('version', '')}",
-        "- ratio = numpy time / burn time (burn's share of numpy's throughput; issue 3's target is ≥ 0.7)",
+        "- ratio = numpy time / kiln time (kiln's share of numpy's throughput; issue 3's target is "
+        "≥ 0.7). Rows without a suffix run where matmul jobs run; \"_burn\" rows on burn-ndarray.",
         "",
-        "| case | burn-ndarray GFLOP/s | numpy GFLOP/s | ratio |",
-        "|---|---|---|---|",
+        "| case | kiln backend | kiln GFLOP/s | numpy GFLOP/s | ratio |",
+        "|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['case']} | {r['burn_gflops']:.1f} | {r['numpy_gflops']:.1f} | {r['ratio']:.3f} |")
+        lines.append(f"| {r['case']} | {r['backend']} | {r['burn_gflops']:.1f} | "
+                     f"{r['numpy_gflops']:.1f} | {r['ratio']:.3f} |")
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "cpu-matmul.md"), "w") as f:
         f.write("\n".join(lines) + "\n")

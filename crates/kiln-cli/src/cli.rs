@@ -167,10 +167,11 @@ pub struct WorkerArgs {
     /// (default: $XDG_CACHE_HOME/kiln or ~/.cache/kiln).
     #[arg(long, env = "KILN_CACHE_DIR")]
     pub cache_dir: Option<std::path::PathBuf>,
-    /// What matmul jobs run on with a CUDA device: cublas (NVIDIA's library, loaded at run
-    /// time; f32 jobs in true f32; falls back to burn with a warning when it cannot be loaded)
-    /// or burn (Burn's CubeCL kernels, as the other kinds; f32 at TF32-like precision).
-    #[arg(long, env = "KILN_MATMUL_ENGINE", default_value = "cublas", value_parser = ["cublas", "burn"])]
+    /// What matmul jobs run on: blas, the device's BLAS loaded at run time (cuBLAS on CUDA,
+    /// with f32 jobs in true f32; OpenBLAS on the CPU, from $KILN_OPENBLAS or libopenblas.so.0),
+    /// falling back to burn with a log line where it cannot be loaded; or burn (Burn's kernels,
+    /// as the other kinds; on CUDA f32 at TF32-like precision).
+    #[arg(long, env = "KILN_MATMUL_ENGINE", default_value = "blas", value_parser = ["blas", "burn"])]
     pub matmul_engine: String,
     /// Serve Prometheus /metrics, /healthz and /readyz on this HOST:PORT (off when unset).
     #[arg(long, env = "KILN_METRICS_ADDR", value_name = "HOST:PORT")]

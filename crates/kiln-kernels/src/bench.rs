@@ -37,6 +37,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::dtype_name;
 use crate::device::{ComputeDevice, CpuBackend, CudaBackend};
+use crate::matmul::Dtype;
 use crate::train_mlp::Mlp;
 
 /// Timed iterations always run at least this many times, whatever the time budget.
@@ -479,16 +480,18 @@ pub fn run_case(device: &ComputeDevice, case: &Case, settings: &Settings) -> Row
         row.error = Some(format!("{} needs a GPU", case.precision().as_str()));
         return row;
     }
-    let on_cublas = match (device, &case.work) {
-        (ComputeDevice::Cuda(index), &Work::Matmul { burn: false, .. })
-            if crate::cublas::matmul_engine() == crate::cublas::MatmulEngine::Cublas =>
-        {
-            Some(*index)
-        }
+    // Matmul cases without `_burn` run where matmul jobs run: the device's BLAS.
+    let blas = matches!(case.work, Work::Matmul { burn: false, .. })
+        && crate::matmul_engine() == crate::MatmulEngine::Blas;
+    let on_cublas = match device {
+        ComputeDevice::Cuda(index) if blas => Some(*index),
         _ => None,
     };
+    let on_openblas = blas && *device == ComputeDevice::Cpu && crate::openblas::available();
     if on_cublas.is_some() {
         row.backend = "cublas".into();
+    } else if on_openblas {
+        row.backend = "openblas".into();
     }
     let settings = Settings {
         warmup: settings.warmup,
@@ -496,7 +499,8 @@ pub fn run_case(device: &ComputeDevice, case: &Case, settings: &Settings) -> Row
         case_budget_s: settings.case_budget_s,
     };
     let outcome = catch_unwind(AssertUnwindSafe(|| match (device, on_cublas) {
-        (_, Some(index)) => measure_cublas(index, case, &settings),
+        (_, Some(index)) => measure_blas(Some(index), case, &settings),
+        (ComputeDevice::Cpu, _) if on_openblas => measure_blas(None, case, &settings),
         (ComputeDevice::Cpu, _) => measure::<CpuBackend>(&Default::default(), case, &settings),
         (ComputeDevice::Cuda(index), None) => measure::<CudaBackend>(
             &burn::backend::cuda::CudaDevice::new(*index),
@@ -668,34 +672,34 @@ fn check_dtype<B: Backend, const D: usize>(
     }
 }
 
-/// A matmul case on cuBLAS, timed like the Burn cases (operands on the device, warm-up, one
-/// sample per product between two synchronisations).
-fn measure_cublas(index: usize, case: &Case, settings: &Settings) -> Result<Measured, String> {
+/// A matmul case on the device's BLAS (cuBLAS on CUDA device `cuda`, else OpenBLAS), timed like
+/// the Burn cases: operands in place first, warm-up, then one sample per product (between two
+/// stream synchronisations on the GPU).
+fn measure_blas(cuda: Option<usize>, case: &Case, settings: &Settings) -> Result<Measured, String> {
     let Work::Matmul { n, precision, .. } = case.work else {
         return Err(format!("{} is not a matmul", case.name));
     };
-    let dtype = match precision {
-        Precision::F32 => crate::matmul::Dtype::F32,
-        Precision::Tf32 => crate::matmul::Dtype::Tf32,
-        Precision::Bf16 => crate::matmul::Dtype::Bf16,
+    let (warmup, iters, budget) = (settings.warmup, settings.iters, settings.case_budget_s);
+    let (samples, note) = match cuda {
+        Some(index) => {
+            let (dtype, note) = match precision {
+                Precision::F32 => (Dtype::F32, "cuBLAS, CUBLAS_COMPUTE_32F (true f32)"),
+                Precision::Tf32 => (Dtype::Tf32, "cuBLAS, CUBLAS_COMPUTE_32F_FAST_TF32"),
+                Precision::Bf16 => (Dtype::Bf16, "cuBLAS, bf16 in and out, f32 accumulation"),
+            };
+            let samples =
+                crate::cublas::time_square(index, n, dtype, warmup, iters, MIN_ITERS, budget)?;
+            (samples, note)
+        }
+        None => (
+            crate::openblas::time_square(n, warmup, iters, MIN_ITERS, budget)?,
+            "OpenBLAS cblas_sgemm",
+        ),
     };
-    let samples = crate::cublas::time_square(
-        index,
-        n,
-        dtype,
-        settings.warmup,
-        settings.iters,
-        MIN_ITERS,
-        settings.case_budget_s,
-    )?;
     Ok(Measured {
         samples,
         dtype: precision.as_str().into(),
-        note: Some(match precision {
-            Precision::F32 => "cuBLAS, CUBLAS_COMPUTE_32F (true f32)".into(),
-            Precision::Tf32 => "cuBLAS, CUBLAS_COMPUTE_32F_FAST_TF32".into(),
-            Precision::Bf16 => "cuBLAS, bf16 in and out, f32 accumulation".into(),
-        }),
+        note: Some(note.into()),
     })
 }
 

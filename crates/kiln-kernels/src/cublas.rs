@@ -13,22 +13,20 @@
 //! | `f16` | f16 | `CUBLAS_COMPUTE_32F` (f16 tensor cores, f32 accumulation) |
 //!
 //! libcublas is loaded at run time, like libcuda and NVRTC: a worker that cannot load it logs why
-//! and runs matmul on Burn's kernels instead ([`MatmulEngine::Burn`], also chosen with
+//! and runs matmul on Burn's kernels instead ([`crate::MatmulEngine::Burn`], also chosen with
 //! `kiln worker --matmul-engine burn`). The other kinds always run on Burn.
 //!
 //! cuBLAS is column-major and kiln's matrices are row-major: a row-major m×n matrix is the
 //! column-major n×m matrix of its transpose, so C = A·B is computed as Cᵀ = Bᵀ·Aᵀ, that is
 //! `gemm(n, m, k, B, A)`, and the column-major result is C in row-major order.
 //!
-//! The only unsafe code in kiln is here: the call of cuBLAS's `gemm_ex` on raw device pointers
-//! (cudarc's typed `Gemm` has no TF32 compute type) and the check that libcublas loads.
+//! Unsafe code (with `openblas.rs`, the only in kiln): the call of cuBLAS's `gemm_ex` on raw
+//! device pointers (cudarc's typed `Gemm` has no TF32 compute type) and the check that libcublas
+//! loads.
 #![allow(unsafe_code)]
 
 use std::collections::HashMap;
 use std::ffi::c_void;
-use std::fmt;
-use std::str::FromStr;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
@@ -37,68 +35,6 @@ use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr, DevicePtrMut
 use kiln_proto::{ErrorKind, JobError};
 
 use crate::matmul::Dtype;
-
-/// What a CUDA worker runs `matmul` jobs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum MatmulEngine {
-    /// NVIDIA's cuBLAS (the default): vendor kernels, and true f32 when a job asks for f32.
-    #[default]
-    Cublas,
-    /// Burn's CubeCL kernels, as the other kinds; "f32" runs at TF32-like precision.
-    Burn,
-}
-
-impl MatmulEngine {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MatmulEngine::Cublas => "cublas",
-            MatmulEngine::Burn => "burn",
-        }
-    }
-}
-
-impl fmt::Display for MatmulEngine {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for MatmulEngine {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "cublas" => Ok(MatmulEngine::Cublas),
-            "burn" => Ok(MatmulEngine::Burn),
-            other => Err(format!(
-                "unknown matmul engine {other:?}: use cublas or burn"
-            )),
-        }
-    }
-}
-
-/// The engine of this process's CUDA matmuls: 0 cuBLAS, 1 Burn.
-static ENGINE: AtomicU8 = AtomicU8::new(0);
-
-/// Choose the engine CUDA `matmul` jobs run on in this process (a worker does this at start,
-/// after [`probe`]).
-pub fn set_matmul_engine(engine: MatmulEngine) {
-    ENGINE.store(
-        match engine {
-            MatmulEngine::Cublas => 0,
-            MatmulEngine::Burn => 1,
-        },
-        Ordering::Relaxed,
-    );
-}
-
-/// The engine CUDA `matmul` jobs run on in this process.
-pub fn matmul_engine() -> MatmulEngine {
-    match ENGINE.load(Ordering::Relaxed) {
-        0 => MatmulEngine::Cublas,
-        _ => MatmulEngine::Burn,
-    }
-}
 
 /// Check that cuBLAS works on CUDA device `index`: the library loads, and a handle and a tiny
 /// product succeed. The error says what is missing.
@@ -419,15 +355,6 @@ impl Times {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn engines_parse_and_print() {
-        assert_eq!("cublas".parse(), Ok(MatmulEngine::Cublas));
-        assert_eq!("burn".parse(), Ok(MatmulEngine::Burn));
-        assert_eq!(MatmulEngine::Burn.to_string(), "burn");
-        let err = "cudnn".parse::<MatmulEngine>().unwrap_err();
-        assert_eq!(err, "unknown matmul engine \"cudnn\": use cublas or burn");
-    }
 
     #[test]
     fn half_conversions_round_trip_representable_values() {

@@ -1,8 +1,10 @@
 //! `matmul`: C = A·B, f32 everywhere, tf32, bf16 or f16 on GPUs.
 //!
-//! On a CUDA worker the product runs on cuBLAS by default ([`crate::cublas`]), in the precision
-//! the job asks for; with `--matmul-engine burn` it runs on Burn's kernels like the other
-//! kinds. The result names both (`"dtype"`, `"engine"`).
+//! The product runs on the device's BLAS by default ([`crate::engine`]): cuBLAS on a CUDA worker
+//! ([`crate::cublas`]), in the precision the job asks for, and OpenBLAS on a CPU worker where it
+//! is installed ([`crate::openblas`]). With `--matmul-engine burn`, or where the library is
+//! missing, it runs on Burn's kernels like the other kinds. The result names both (`"dtype"`,
+//! `"engine"`: cublas, openblas, burn-cuda or burn-ndarray).
 //!
 //! Generated inputs: A = `seeded_values(seed, 0, m*k)` and B = `seeded_values(seed, 1, k*n)`,
 //! both row-major, so every backend multiplies the same matrices. A size left out of
@@ -14,8 +16,8 @@ use kiln_proto::{JobError, Limits, checked_product};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::cublas::MatmulEngine;
 use crate::data::dtype_name;
+use crate::engine::{MatmulEngine, matmul_engine};
 use crate::{Kernel, Plan, RunContext, Summary, seeded_values};
 
 /// The element type the product is computed in. Inputs and outputs travel as f32.
@@ -202,10 +204,15 @@ impl Kernel for Matmul {
                 seeded_values(ctx.seed, 1, k * n),
             ),
         };
+        let blas = matmul_engine() == MatmulEngine::Blas;
         let (c, computed, engine) = match ctx.cuda_index {
-            Some(index) if crate::cublas::matmul_engine() == MatmulEngine::Cublas => {
+            Some(index) if blas => {
                 let c = crate::cublas::matmul(index, &a, &b, m, k, n, dtype)?;
-                (c, dtype.as_str().to_owned(), MatmulEngine::Cublas.as_str())
+                (c, dtype.as_str().to_owned(), "cublas")
+            }
+            None if blas && !ctx.is_gpu && crate::openblas::available() => {
+                let c = crate::openblas::matmul(&a, &b, m, k, n)?;
+                (c, dtype.as_str().to_owned(), "openblas")
             }
             _ => {
                 let (c, computed) = burn_matmul::<B>(a, b, (m, k, n), dtype, &ctx.device)?;

@@ -34,8 +34,8 @@ pub struct WorkerConfig {
     pub warmup: bool,
     /// Where a GPU worker keeps autotune results and compiled kernels across restarts.
     pub cache_dir: Option<PathBuf>,
-    /// What `matmul` jobs run on when the device is CUDA: cuBLAS (checked at start; Burn when
-    /// it cannot be loaded) or Burn's kernels.
+    /// What `matmul` jobs run on: the device's BLAS (cuBLAS, OpenBLAS; checked at start, Burn
+    /// where it cannot be loaded) or Burn's kernels.
     pub matmul_engine: kiln_kernels::MatmulEngine,
     /// Memory the jobs of this worker may hold together (`None`: a share of the device's
     /// memory, found at start). A job needing more is refused before any allocation; jobs
@@ -68,7 +68,7 @@ impl WorkerConfig {
             drain_timeout: Duration::from_secs(30),
             warmup: true,
             cache_dir: Some(kiln_kernels::default_cache_dir()),
-            matmul_engine: kiln_kernels::MatmulEngine::Cublas,
+            matmul_engine: kiln_kernels::MatmulEngine::Blas,
             memory: None,
             metrics: kiln_telemetry::WorkerMetrics::default(),
             health: kiln_telemetry::Health::default(),

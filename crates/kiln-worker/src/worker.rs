@@ -124,6 +124,8 @@ pub async fn run(
         config,
     });
     tokio::pin!(shutdown);
+    // Before the first heartbeat: a CPU worker announces itself serving, so it must be ready.
+    choose_matmul_engine(shared.config.device.clone(), shared.config.matmul_engine).await;
     let serving = Arc::new(AtomicBool::new(false));
     let heartbeat = crate::heartbeat::Heartbeat::start(&js, shared.clone(), serving.clone())
         .await
@@ -131,8 +133,7 @@ pub async fn run(
             consumer: kiln_proto::BUCKET_WORKERS.into(),
             message,
         })?;
-    if let ComputeDevice::Cuda(index) = shared.config.device {
-        choose_matmul_engine(index, shared.config.matmul_engine).await;
+    if let ComputeDevice::Cuda(_) = shared.config.device {
         if let Some(dir) = &shared.config.cache_dir {
             match kiln_kernels::use_cache_dir(dir) {
                 Ok(()) => {
@@ -312,30 +313,39 @@ impl Shared {
     }
 }
 
-/// Set what this process's CUDA `matmul` jobs run on: cuBLAS when asked for and it works on
-/// device `index` (a tiny product checks it), else Burn's kernels, saying why.
-async fn choose_matmul_engine(index: usize, wanted: kiln_kernels::MatmulEngine) {
+/// Set what this process's `matmul` jobs run on: the device's BLAS when asked for and it works
+/// (a tiny product checks it), else Burn's kernels, saying why.
+async fn choose_matmul_engine(device: ComputeDevice, wanted: kiln_kernels::MatmulEngine) {
     use kiln_kernels::MatmulEngine;
-    let engine = match wanted {
-        MatmulEngine::Burn => MatmulEngine::Burn,
-        MatmulEngine::Cublas => {
-            match tokio::task::spawn_blocking(move || kiln_kernels::cublas::probe(index)).await {
-                Ok(Ok(())) => MatmulEngine::Cublas,
-                Ok(Err(reason)) => {
-                    tracing::warn!(
-                        "cuBLAS is not usable on cuda:{index}, so matmul jobs run on Burn's kernels (f32 at TF32-like precision): {reason}"
-                    );
-                    MatmulEngine::Burn
-                }
-                Err(e) => {
-                    tracing::warn!(
-                        "checking cuBLAS on cuda:{index} failed ({e}), so matmul jobs run on Burn's kernels"
-                    );
-                    MatmulEngine::Burn
-                }
+    if wanted == MatmulEngine::Burn {
+        kiln_kernels::set_matmul_engine(MatmulEngine::Burn);
+        tracing::info!(engine = "burn", "matmul engine (--matmul-engine burn)");
+        return;
+    }
+    let probed = device.clone();
+    let checked = tokio::task::spawn_blocking(move || match probed {
+        ComputeDevice::Cuda(index) => {
+            kiln_kernels::cublas::probe(index).map(|()| format!("cuBLAS on cuda:{index}"))
+        }
+        ComputeDevice::Cpu => kiln_kernels::openblas::probe(),
+    })
+    .await
+    .unwrap_or_else(|e| Err(format!("the check itself failed: {e}")));
+    match checked {
+        Ok(library) => {
+            kiln_kernels::set_matmul_engine(MatmulEngine::Blas);
+            tracing::info!(engine = "blas", %library, "matmul engine");
+        }
+        Err(reason) => {
+            kiln_kernels::set_matmul_engine(MatmulEngine::Burn);
+            match device {
+                ComputeDevice::Cuda(_) => tracing::warn!(
+                    "cuBLAS is not usable, so matmul jobs run on Burn's kernels (f32 at TF32-like precision): {reason}"
+                ),
+                ComputeDevice::Cpu => tracing::info!(
+                    "matmul jobs run on burn-ndarray, about half of OpenBLAS's speed: {reason}"
+                ),
             }
         }
-    };
-    kiln_kernels::set_matmul_engine(engine);
-    tracing::info!(engine = %engine, "matmul engine");
+    }
 }

@@ -61,7 +61,14 @@ fn multiplies_given_matrices_exactly() {
     );
     assert_eq!(out["shape"], json!([2, 2]));
     assert_eq!(out["dtype"], "f32");
-    assert_eq!(out["engine"], "burn-ndarray");
+    // The CPU's BLAS where it is installed, burn-ndarray elsewhere (and with --matmul-engine
+    // burn: tests/engine_burn.rs, a process of its own since the engine is per process).
+    let engine = if kiln_kernels::openblas::available() {
+        "openblas"
+    } else {
+        "burn-ndarray"
+    };
+    assert_eq!(out["engine"], engine);
     assert_eq!(out["c"], json!([[19.0, 22.0], [43.0, 50.0]]));
     assert_eq!(out["summary"]["checksum"], 134.0);
 

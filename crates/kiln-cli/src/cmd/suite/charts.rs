@@ -120,13 +120,17 @@ fn kernel_panel(area: &Area<'_>, workload: &str, rows: &[KernelRow]) -> anyhow::
                 Some((x, r.row.median_s? * 1e3))
             })
             .collect();
-        let backend = ours
-            .iter()
-            .find(|r| r.row.device == device)
-            .map_or("", |r| r.row.backend.as_str());
+        // Every backend of the device's points, in order (matmul: the BLAS, then Burn's rows).
+        let mut backends: Vec<&str> = Vec::new();
+        for r in ours.iter().filter(|r| r.row.device == device) {
+            if !backends.contains(&r.row.backend.as_str()) {
+                backends.push(&r.row.backend);
+            }
+        }
         let label = format!(
-            "{} ({backend})",
-            if device == "cpu" { "CPU" } else { device }
+            "{} ({})",
+            if device == "cpu" { "CPU" } else { device },
+            backends.join(", ")
         );
         chart
             .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))

@@ -72,6 +72,15 @@ pub fn cases(quick: bool) -> Vec<SuiteCase> {
             case: Case::matmul(n, Precision::F32),
         });
     }
+    // The same products on Burn's kernels, for reference where matmul jobs run on a BLAS.
+    for &n in matmul_sizes {
+        out.push(SuiteCase {
+            kind: "matmul",
+            workload: MATMUL,
+            size: format!("{n}×{n} f32, Burn's kernels"),
+            case: Case::matmul_burn(n, Precision::F32),
+        });
+    }
     let (features, hidden, classes, batches): (usize, &[usize], usize, &[usize]) = if quick {
         (16, &[32, 32], 4, &[32, 128])
     } else {

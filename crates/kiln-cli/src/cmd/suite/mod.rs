@@ -51,6 +51,9 @@ pub struct Numpy {
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct NumpyRow {
     pub case: String,
+    /// openblas (matmul jobs' engine where it is installed) or burn-ndarray.
+    #[serde(default)]
+    pub backend: Option<String>,
     pub burn_gflops: f64,
     pub numpy_gflops: f64,
     pub ratio: f64,
@@ -382,7 +385,7 @@ fn numpy(args: &SuiteArgs, out: &Path, k: &kernels::Section) -> Numpy {
         "tool": "kiln bench suite",
         "machine": bench::describe_machine(),
         "device": "cpu",
-        "backend": "burn-ndarray",
+        "backend": "kiln (per row)",
         "settings": k.cpu_settings,
         "rows": rows,
     });

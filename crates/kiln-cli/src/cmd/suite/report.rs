@@ -6,20 +6,16 @@ use std::fmt::Write as _;
 use super::Suite;
 use super::kernels::{self, KernelRow};
 
-/// Where the only GPU figures recorded so far are (an H100, 2026-11-26), from the repository
-/// root and relative to a report in `bench/results/<date>/`.
+/// Where the GPU figures recorded so far are (`just gpu-check` on an H200, 2026-11-26), from the
+/// repository root and relative to a report in `bench/results/<date>/`.
 const RECORDED_GPU: &[(&str, &str)] = &[
     (
-        "bench/results/2026-11-26/gpu-burn-kernels.json",
-        "../2026-11-26/gpu-burn-kernels.json",
+        "bench/results/2026-11-26/h200/kernels.md",
+        "../2026-11-26/h200/kernels.md",
     ),
     (
-        "bench/results/2026-11-26/gpu-check.md",
-        "../2026-11-26/gpu-check.md",
-    ),
-    (
-        "bench/results/2026-11-26/gpu-check.json",
-        "../2026-11-26/gpu-check.json",
+        "bench/results/2026-11-26/h200/gpu-check.md",
+        "../2026-11-26/h200/gpu-check.md",
     ),
 ];
 
@@ -148,8 +144,9 @@ fn gpu_vs_cpu(o: &mut String, s: &Suite) {
         Some(device) => {
             let _ = writeln!(
                 o,
-                "Median time of one operation on the CPU (burn-ndarray) and on {device} \
-                 (burn-cuda) at the same sizes, in this run; speedup = CPU time / GPU time \
+                "Median time of one operation on the CPU (burn-ndarray; matmul on OpenBLAS where \
+                 it is installed) and on {device} (burn-cuda; matmul on cuBLAS) at the same sizes, \
+                 in this run; speedup = CPU time / GPU time \
                  (below 1: the CPU was faster). GPU settings: {} warm-up and up to {} timed \
                  iterations per case (JIT compilation and autotune fall in the warm-up).\n",
                 k.gpu_settings.map_or(0, |g| g.warmup),
@@ -160,9 +157,10 @@ fn gpu_vs_cpu(o: &mut String, s: &Suite) {
             let _ = writeln!(
                 o,
                 "**GPU skipped: {}.** The table shows the CPU side; the GPU columns stay empty \
-                 rather than borrow figures from another machine. The only GPU figures recorded \
-                 so far are from an H100 on 2026-11-26 (burn-cuda 0.21, other sizes, not a \
-                 same-run ratio): {}. Run `./dev bench` on a CUDA machine to fill these columns.\n",
+                 rather than borrow figures from another machine. GPU figures were recorded with \
+                 `just gpu-check` on an H200 on 2026-11-26 (kernels against PyTorch in the same \
+                 run, every kind against the CPU): {}. Run `./dev bench` on a CUDA machine to fill \
+                 these columns.\n",
                 k.gpu_skipped.as_deref().unwrap_or("no CUDA device"),
                 RECORDED_GPU
                     .iter()
@@ -247,7 +245,7 @@ fn kernel_table(o: &mut String, s: &Suite) {
 }
 
 fn numpy(o: &mut String, s: &Suite) {
-    let _ = writeln!(o, "## CPU matmul: burn-ndarray vs numpy\n");
+    let _ = writeln!(o, "## CPU matmul: kiln vs numpy\n");
     if s.numpy.status != "ran" {
         let _ = writeln!(o, "{}.\n", s.numpy.status);
         return;
@@ -255,18 +253,20 @@ fn numpy(o: &mut String, s: &Suite) {
     let _ = writeln!(
         o,
         "numpy {} on the same machine in the same run (`scripts/numpy_reference.py`); ratio = \
-         numpy time / burn time.\n",
+         numpy time / kiln time. Rows without a suffix run where matmul jobs run (OpenBLAS where \
+         it is installed); `_burn` rows on burn-ndarray.\n",
         s.numpy.numpy.as_deref().unwrap_or("?")
     );
     let _ = writeln!(
         o,
-        "| case | burn-ndarray GFLOP/s | numpy GFLOP/s | ratio |\n|---|---|---|---|"
+        "| case | kiln backend | kiln GFLOP/s | numpy GFLOP/s | ratio |\n|---|---|---|---|---|"
     );
     for r in &s.numpy.rows {
         let _ = writeln!(
             o,
-            "| {} | {:.1} | {:.1} | {} |",
+            "| {} | {} | {:.1} | {:.1} | {} |",
             r.case,
+            r.backend.as_deref().unwrap_or("burn-ndarray"),
             r.burn_gflops,
             r.numpy_gflops,
             down(r.ratio, 3)
@@ -524,7 +524,7 @@ pub fn summary(s: &Suite) -> String {
             None => {
                 let _ = writeln!(
                     o,
-                    "GPU skipped ({}); recorded H100 figures: {}",
+                    "GPU skipped ({}); recorded H200 figures: {}",
                     k.gpu_skipped.as_deref().unwrap_or("no CUDA device"),
                     RECORDED_GPU[0].0
                 );

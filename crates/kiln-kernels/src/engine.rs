@@ -1,0 +1,86 @@
+//! What `matmul` jobs run on: the vendor BLAS of the device (cuBLAS on CUDA, OpenBLAS on the
+//! CPU, both loaded at run time) or Burn's own kernels, like the other kinds.
+//!
+//! Burn 0.21's GEMMs reach about a quarter of cuBLAS on Hopper GPUs (its kernels use the
+//! warp-level `mma` instructions, not `wgmma`) and about half of OpenBLAS on AVX-512 CPUs
+//! (burn-ndarray multiplies through the `matrixmultiply` crate); neither offers true f32 on
+//! tensor cores' GPUs. A worker checks its device's BLAS at start ([`crate::cublas::probe`],
+//! [`crate::openblas::probe`]) and uses Burn where the library is missing.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// What `matmul` jobs run on in this process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MatmulEngine {
+    /// The device's BLAS (the default): cuBLAS on CUDA, OpenBLAS on the CPU.
+    #[default]
+    Blas,
+    /// Burn's kernels, as the other kinds (on CUDA, "f32" runs at TF32-like precision).
+    Burn,
+}
+
+impl MatmulEngine {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MatmulEngine::Blas => "blas",
+            MatmulEngine::Burn => "burn",
+        }
+    }
+}
+
+impl fmt::Display for MatmulEngine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for MatmulEngine {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "blas" => Ok(MatmulEngine::Blas),
+            "burn" => Ok(MatmulEngine::Burn),
+            other => Err(format!(
+                "unknown matmul engine {other:?}: use blas (cuBLAS on CUDA, OpenBLAS on the CPU) or burn"
+            )),
+        }
+    }
+}
+
+/// 0: the device's BLAS, 1: Burn.
+static ENGINE: AtomicU8 = AtomicU8::new(0);
+
+/// Choose what `matmul` jobs run on in this process (a worker does this at start, after checking
+/// that its device's BLAS loads).
+pub fn set_matmul_engine(engine: MatmulEngine) {
+    let value = match engine {
+        MatmulEngine::Blas => 0,
+        MatmulEngine::Burn => 1,
+    };
+    ENGINE.store(value, Ordering::Relaxed);
+}
+
+/// What `matmul` jobs run on in this process.
+pub fn matmul_engine() -> MatmulEngine {
+    match ENGINE.load(Ordering::Relaxed) {
+        0 => MatmulEngine::Blas,
+        _ => MatmulEngine::Burn,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engines_parse_and_print() {
+        assert_eq!("blas".parse(), Ok(MatmulEngine::Blas));
+        assert_eq!("burn".parse(), Ok(MatmulEngine::Burn));
+        assert_eq!(MatmulEngine::Burn.to_string(), "burn");
+        let err = "mkl".parse::<MatmulEngine>().unwrap_err();
+        assert!(err.starts_with("unknown matmul engine \"mkl\""), "{err}");
+    }
+}
