@@ -83,7 +83,7 @@ if python3 -c 'import torch' 2>/dev/null; then
     phase "kernels: kiln (kiln bench kernels --device cuda)"
     filter=()
     [ -z "${KILN_KERNEL_FILTER:-}" ] || filter=(--filter "$KILN_KERNEL_FILTER")
-    timeout -k 10 "${KILN_KERNEL_BENCH_LIMIT_S:-150}" "$BIN" bench kernels --device cuda \
+    timeout -k 10 "${KILN_KERNEL_BENCH_LIMIT_S:-210}" "$BIN" bench kernels --device cuda \
         --cache-dir "$work/cache" --json "$OUT/burn-kernels.json" "${filter[@]}" > "$LOGS/bench-kernels.log" 2>&1
     echo "kiln kernels: exit $?"
     phase "kernels: PyTorch (scripts/torch_reference.py)"

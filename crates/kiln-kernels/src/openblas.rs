@@ -1,6 +1,6 @@
 //! Matrix products on the CPU through OpenBLAS, loaded at run time.
 //!
-//! burn-ndarray multiplies through the `matrixmultiply` crate, which reached 0.42–0.50 of numpy's
+//! burn-ndarray multiplies through the `matrixmultiply` crate, which reached 0.30–0.52 of numpy's
 //! OpenBLAS on this repository's AVX-512 machine; linking OpenBLAS into burn-ndarray (the `blas`
 //! feature) reached 0.89–0.92 but needs `libopenblas-dev` to build. Loading the library when the
 //! worker starts gives the same speed to every build wherever the library is installed
