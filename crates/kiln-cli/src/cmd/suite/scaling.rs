@@ -2,8 +2,8 @@
 //!
 //! For each count, that many `kiln worker --device cpu --compute-slots 1` processes (this
 //! binary) serve one private nats-server, each limited to one compute thread
-//! (`RAYON_NUM_THREADS=1`, `MATMUL_NUM_THREADS=1`), so a worker is one core's worth of
-//! compute. Two workloads run on each count, all jobs published at once: many small jobs
+//! (`RAYON_NUM_THREADS=1`, `MATMUL_NUM_THREADS=1`, `OPENBLAS_NUM_THREADS=1`), so a worker is
+//! one core's worth of compute. Two workloads run on each count, all jobs published at once: many small jobs
 //! (bound by messaging) and compute-bound matmuls. Throughput is jobs / (first publish → last
 //! result received).
 
@@ -68,7 +68,7 @@ pub struct Section {
 }
 
 pub const METHOD: &str = "N `kiln worker --device cpu --compute-slots 1` processes with one compute \
-    thread each (RAYON_NUM_THREADS=1, MATMUL_NUM_THREADS=1) on one private nats-server; each \
+    thread each (RAYON_NUM_THREADS=1, MATMUL_NUM_THREADS=1, OPENBLAS_NUM_THREADS=1) on one private nats-server; each \
     workload's jobs published at once; throughput = jobs / (first publish → last result received); \
     nats-server, the publisher and the workers share the machine's cores";
 
@@ -104,6 +104,7 @@ pub async fn measure(
                 .env("RUST_LOG", "warn")
                 .env("RAYON_NUM_THREADS", "1")
                 .env("MATMUL_NUM_THREADS", "1")
+                .env("OPENBLAS_NUM_THREADS", "1")
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
