@@ -613,20 +613,32 @@ fn time_iterations<B: Backend, T>(
     device: &B::Device,
     settings: &Settings,
     iters: u32,
+    op: impl FnMut() -> Result<T, String>,
+) -> Result<Vec<f64>, String> {
+    sample(settings, iters, || sync::<B>(device), op)
+}
+
+/// The sampling loop of every case: `settings.warmup` untimed iterations, then one sample per
+/// iteration between two `sync`s, until `iters` samples or `case_budget_s` seconds (after at
+/// least [`MIN_ITERS`]). The output of `op` lives until after the second sync.
+fn sample<T>(
+    settings: &Settings,
+    iters: u32,
+    mut sync: impl FnMut() -> Result<(), String>,
     mut op: impl FnMut() -> Result<T, String>,
 ) -> Result<Vec<f64>, String> {
     for _ in 0..settings.warmup {
         let out = op()?;
-        sync::<B>(device)?;
+        sync()?;
         drop(out);
     }
     let mut samples = Vec::with_capacity(iters as usize);
     let mut spent = 0.0;
     for i in 0..iters {
-        sync::<B>(device)?;
+        sync()?;
         let start = Instant::now();
         let out = op()?;
-        sync::<B>(device)?;
+        sync()?;
         let seconds = start.elapsed().as_secs_f64();
         drop(out);
         samples.push(seconds);
@@ -672,14 +684,13 @@ fn check_dtype<B: Backend, const D: usize>(
     }
 }
 
-/// A matmul case on the device's BLAS (cuBLAS on CUDA device `cuda`, else OpenBLAS), timed like
-/// the Burn cases: operands in place first, warm-up, then one sample per product (between two
-/// stream synchronisations on the GPU).
+/// A matmul case on the device's BLAS (cuBLAS on CUDA device `cuda`, else OpenBLAS), sampled
+/// like the Burn cases: operands in place first, warm-up, then one sample per product (between
+/// two stream synchronisations on the GPU).
 fn measure_blas(cuda: Option<usize>, case: &Case, settings: &Settings) -> Result<Measured, String> {
     let Work::Matmul { n, precision, .. } = case.work else {
         return Err(format!("{} is not a matmul", case.name));
     };
-    let (warmup, iters, budget) = (settings.warmup, settings.iters, settings.case_budget_s);
     let (samples, note) = match cuda {
         Some(index) => {
             let (dtype, note) = match precision {
@@ -687,14 +698,28 @@ fn measure_blas(cuda: Option<usize>, case: &Case, settings: &Settings) -> Result
                 Precision::Tf32 => (Dtype::Tf32, "cuBLAS, CUBLAS_COMPUTE_32F_FAST_TF32"),
                 Precision::Bf16 => (Dtype::Bf16, "cuBLAS, bf16 in and out, f32 accumulation"),
             };
-            let samples =
-                crate::cublas::time_square(index, n, dtype, warmup, iters, MIN_ITERS, budget)?;
+            let products =
+                std::cell::RefCell::new(crate::cublas::SquareProducts::new(index, n, dtype)?);
+            let samples = sample(
+                settings,
+                settings.iters,
+                || products.borrow().sync(),
+                || products.borrow_mut().launch(),
+            )?;
             (samples, note)
         }
-        None => (
-            crate::openblas::time_square(n, warmup, iters, MIN_ITERS, budget)?,
-            "OpenBLAS cblas_sgemm",
-        ),
+        None => {
+            let a = crate::seeded_values(7, 0, n * n);
+            let b = crate::seeded_values(7, 1, n * n);
+            let mut c = vec![0.0f32; n * n];
+            let samples = sample(
+                settings,
+                settings.iters,
+                || Ok(()),
+                || crate::openblas::matmul_into(&a, &b, &mut c, (n, n, n)).map_err(|e| e.message),
+            )?;
+            (samples, "OpenBLAS cblas_sgemm")
+        }
     };
     Ok(Measured {
         samples,

@@ -27,8 +27,7 @@
 
 use std::collections::HashMap;
 use std::ffi::c_void;
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Instant;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use cudarc::cublas::{CudaBlas, result::gemm_ex, sys};
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DriverError};
@@ -96,6 +95,11 @@ fn gemm_for(index: usize) -> Result<Arc<Mutex<Gemm>>, JobError> {
     let gemm = Arc::new(Mutex::new(Gemm { stream, blas }));
     handles.insert(index, gemm.clone());
     Ok(gemm)
+}
+
+/// The handle, whether or not a job panicked while holding it (the handle itself stays valid).
+fn lock(gemm: &Mutex<Gemm>) -> MutexGuard<'_, Gemm> {
+    gemm.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn driver_error(what: &str, e: DriverError) -> JobError {
@@ -251,7 +255,7 @@ pub fn matmul(
 ) -> Result<Vec<f32>, JobError> {
     let dims = (dim("m", m)?, dim("k", k)?, dim("n", n)?);
     let gemm = gemm_for(index)?;
-    let gemm = gemm.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let gemm = lock(&gemm);
     let stream = gemm.stream.clone();
     let download = |e| driver_error("reading C back", e);
     match dtype {
@@ -271,84 +275,64 @@ pub fn matmul(
     }
 }
 
-/// Seconds per product of two n×n matrices of random values in `dtype`, timed as the kernel
-/// benchmarks time Burn: operands on the device first, `warmup` untimed products, then one
-/// sample per product between two stream synchronisations, until `iters` samples or
-/// `budget_s` seconds (after at least `min_iters`).
-pub fn time_square(
-    index: usize,
-    n: usize,
+/// Products of two n×n matrices of seeded values in one dtype, with the operands kept on the
+/// device, for the kernel benchmarks (which time [`SquareProducts::launch`] between two
+/// [`SquareProducts::sync`] calls, as they time Burn between two `B::sync`).
+pub struct SquareProducts {
+    gemm: Arc<Mutex<Gemm>>,
+    operands: SquareOperands,
+    size: i32,
     dtype: Dtype,
-    warmup: u32,
-    iters: u32,
-    min_iters: u32,
-    budget_s: f64,
-) -> Result<Vec<f64>, String> {
-    let size = dim("n", n).map_err(|e| e.message)?;
-    let values = crate::seeded_values(7, 0, n * n);
-    let gemm = gemm_for(index).map_err(|e| e.message)?;
-    let gemm = gemm.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    let stream = gemm.stream.clone();
-    let dims = (size, size, size);
-    let times = Times {
-        warmup,
-        iters: iters.max(1),
-        min_iters,
-        budget_s,
-    };
-    match dtype {
-        Dtype::F32 | Dtype::Tf32 => {
-            let mut ops =
-                Operands::upload(&stream, &values, &values, n * n).map_err(|e| e.message)?;
-            times.measure(&gemm, &mut ops, dims, dtype)
-        }
-        Dtype::Bf16 | Dtype::F16 => {
-            let half = to_half(&values, dtype);
-            let mut ops = Operands::upload(&stream, &half, &half, n * n).map_err(|e| e.message)?;
-            times.measure(&gemm, &mut ops, dims, dtype)
-        }
-    }
 }
 
-/// How [`time_square`] samples.
-struct Times {
-    warmup: u32,
-    iters: u32,
-    min_iters: u32,
-    budget_s: f64,
+enum SquareOperands {
+    Full(Operands<f32>),
+    Half(Operands<u16>),
 }
 
-impl Times {
-    fn measure<T>(
-        &self,
-        gemm: &Gemm,
-        ops: &mut Operands<T>,
-        dims: (i32, i32, i32),
-        dtype: Dtype,
-    ) -> Result<Vec<f64>, String> {
-        let sync = || {
-            gemm.stream
-                .synchronize()
-                .map_err(|e| format!("stream sync: {e:?}"))
-        };
-        for _ in 0..self.warmup {
-            launch(gemm, ops, dims, dtype).map_err(|e| e.message)?;
-        }
-        let mut samples = Vec::new();
-        let mut spent = 0.0;
-        for i in 0..self.iters {
-            sync()?;
-            let start = Instant::now();
-            launch(gemm, ops, dims, dtype).map_err(|e| e.message)?;
-            sync()?;
-            let s = start.elapsed().as_secs_f64();
-            samples.push(s);
-            spent += s;
-            if i + 1 >= self.min_iters && spent > self.budget_s {
-                break;
+impl SquareProducts {
+    pub fn new(index: usize, n: usize, dtype: Dtype) -> Result<Self, String> {
+        let size = dim("n", n).map_err(|e| e.message)?;
+        let values = crate::seeded_values(7, 0, n * n);
+        let gemm = gemm_for(index).map_err(|e| e.message)?;
+        let stream = lock(&gemm).stream.clone();
+        let upload = |e: JobError| e.message;
+        let operands = match dtype {
+            Dtype::F32 | Dtype::Tf32 => SquareOperands::Full(
+                Operands::upload(&stream, &values, &values, n * n).map_err(upload)?,
+            ),
+            Dtype::Bf16 | Dtype::F16 => {
+                let half = to_half(&values, dtype);
+                SquareOperands::Half(
+                    Operands::upload(&stream, &half, &half, n * n).map_err(upload)?,
+                )
             }
+        };
+        Ok(SquareProducts {
+            gemm,
+            operands,
+            size,
+            dtype,
+        })
+    }
+
+    /// Start one product on the handle's stream; does not wait for it.
+    pub fn launch(&mut self) -> Result<(), String> {
+        let gemm = lock(&self.gemm);
+        let dims = (self.size, self.size, self.size);
+        match &mut self.operands {
+            SquareOperands::Full(ops) => launch(&gemm, ops, dims, self.dtype),
+            SquareOperands::Half(ops) => launch(&gemm, ops, dims, self.dtype),
         }
-        Ok(samples)
+        .map_err(|e| e.message)
+    }
+
+    /// Wait for the products launched so far.
+    pub fn sync(&self) -> Result<(), String> {
+        lock(&self.gemm)
+            .stream
+            .synchronize()
+            .map_err(|e| format!("stream sync: {e:?}"))
     }
 }
 

@@ -19,7 +19,6 @@
 
 use std::ffi::{CStr, c_char, c_float, c_int};
 use std::sync::OnceLock;
-use std::time::Instant;
 
 use kiln_proto::JobError;
 use libloading::{Library, Symbol};
@@ -139,11 +138,12 @@ fn dim(name: &str, value: usize) -> Result<c_int, JobError> {
 /// C = A·B, A m×k and B k×n, row-major f32.
 pub fn matmul(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Result<Vec<f32>, JobError> {
     let mut c = vec![0.0f32; m * n];
-    product(a, b, &mut c, (m, k, n))?;
+    matmul_into(a, b, &mut c, (m, k, n))?;
     Ok(c)
 }
 
-fn product(
+/// C = A·B into `c`, A m×k, B k×n and C m×n, row-major f32 (the kernel benchmarks reuse C).
+pub fn matmul_into(
     a: &[f32],
     b: &[f32],
     c: &mut [f32],
@@ -180,38 +180,6 @@ fn product(
         );
     }
     Ok(())
-}
-
-/// Seconds per product of two n×n matrices, timed as the kernel benchmarks time Burn: `warmup`
-/// untimed products, then one sample per product until `iters` samples or `budget_s` seconds
-/// (after at least `min_iters`).
-pub fn time_square(
-    n: usize,
-    warmup: u32,
-    iters: u32,
-    min_iters: u32,
-    budget_s: f64,
-) -> Result<Vec<f64>, String> {
-    let a = crate::seeded_values(7, 0, n * n);
-    let b = crate::seeded_values(7, 1, n * n);
-    let mut c = vec![0.0f32; n * n];
-    let mut run = || product(&a, &b, &mut c, (n, n, n)).map_err(|e| e.message);
-    for _ in 0..warmup {
-        run()?;
-    }
-    let mut samples = Vec::new();
-    let mut spent = 0.0;
-    for i in 0..iters.max(1) {
-        let start = Instant::now();
-        run()?;
-        let s = start.elapsed().as_secs_f64();
-        samples.push(s);
-        spent += s;
-        if i + 1 >= min_iters && spent > budget_s {
-            break;
-        }
-    }
-    Ok(samples)
 }
 
 /// Whether OpenBLAS loads in this process (tests use it to know which engine to expect).
