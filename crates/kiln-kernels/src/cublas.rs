@@ -38,12 +38,7 @@ use crate::matmul::Dtype;
 /// Check that cuBLAS works on CUDA device `index`: the library loads, and a handle and a tiny
 /// product succeed. The error says what is missing.
 pub fn probe(index: usize) -> Result<(), String> {
-    let c = matmul(index, &[1.0, 2.0], &[3.0, 4.0], 1, 2, 1, Dtype::F32).map_err(|e| e.message)?;
-    if c == [11.0] {
-        Ok(())
-    } else {
-        Err(format!("cuBLAS computed [1 2]·[3 4]ᵀ = {c:?}, not [11]"))
-    }
+    crate::engine::check_product("cuBLAS", |a, b| matmul(index, a, b, 1, 2, 1, Dtype::F32))
 }
 
 /// cudarc panics when it cannot load a library; look for libcublas first.
@@ -118,12 +113,7 @@ fn driver_error(what: &str, e: DriverError) -> JobError {
 }
 
 fn dim(name: &str, value: usize) -> Result<i32, JobError> {
-    i32::try_from(value).map_err(|_| {
-        JobError::too_large(format!(
-            "matmul {name}={value} is over cuBLAS's limit of {} per dimension",
-            i32::MAX
-        ))
-    })
+    crate::engine::blas_dim("cuBLAS", name, value)
 }
 
 /// Device buffers of one product, in the element type cuBLAS reads.
@@ -353,13 +343,5 @@ mod tests {
             from_half(&to_half(&[1.0 + 2f32.powi(-9)], Dtype::Bf16), Dtype::Bf16),
             [1.0]
         );
-    }
-
-    #[test]
-    fn dimensions_over_the_cublas_limit_are_too_large() {
-        let e = dim("m", 1 << 31).unwrap_err();
-        assert_eq!(e.kind, ErrorKind::TooLarge);
-        assert!(e.message.contains("m=2147483648"), "{}", e.message);
-        assert_eq!(dim("k", 4096).unwrap(), 4096);
     }
 }

@@ -118,21 +118,12 @@ fn library() -> Result<&'static OpenBlas, String> {
 
 /// Check that OpenBLAS loads and multiplies; `Ok` names the library and its build.
 pub fn probe() -> Result<String, String> {
-    let c = matmul(&[1.0, 2.0], &[3.0, 4.0], 1, 2, 1).map_err(|e| e.message)?;
-    if c == [11.0] {
-        Ok(library()?.description.clone())
-    } else {
-        Err(format!("OpenBLAS computed [1 2]·[3 4]ᵀ = {c:?}, not [11]"))
-    }
+    crate::engine::check_product("OpenBLAS", |a, b| matmul(a, b, 1, 2, 1))?;
+    Ok(library()?.description.clone())
 }
 
 fn dim(name: &str, value: usize) -> Result<c_int, JobError> {
-    c_int::try_from(value).map_err(|_| {
-        JobError::too_large(format!(
-            "matmul {name}={value} is over OpenBLAS's limit of {} per dimension",
-            c_int::MAX
-        ))
-    })
+    crate::engine::blas_dim("OpenBLAS", name, value)
 }
 
 /// C = A·B, A m×k and B k×n, row-major f32.
@@ -190,13 +181,6 @@ pub fn available() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dimensions_over_the_int_limit_are_too_large() {
-        let e = dim("n", 1 << 31).unwrap_err();
-        assert_eq!(e.kind, kiln_proto::ErrorKind::TooLarge);
-        assert!(e.message.contains("n=2147483648"), "{}", e.message);
-    }
 
     #[test]
     fn products_match_the_definition_where_openblas_is_installed() {
