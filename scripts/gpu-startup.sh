@@ -8,6 +8,13 @@ DEVICE=${DEVICE:-cuda} CLASS=${CLASS:-gpu}   # DEVICE=cpu CLASS=cpu: a smoke tes
 mkdir -p "$OUT/logs"
 
 now() { date +%s.%N; }
+since() { python3 -c "print(round($(now) - $1, 3))"; }
+# field FILE KEY [KEY...] DEFAULT: a value of a result event written by `kiln submit --wait`.
+field() {
+  local file=$1 default=${*: -1} path=""
+  for key in "${@:2:$#-2}"; do path="$path['$key']"; done
+  python3 -c "import json;print(json.load(open('$file'))$path)" 2>/dev/null || echo "$default"
+}
 # Start a CUDA worker (pid in WORKER); READY = seconds until it logs "worker serving",
 # or "timeout" / "exited".
 start_worker() {
@@ -19,7 +26,7 @@ start_worker() {
   WORKER=$!
   for _ in $(seq 1 $((limit * 10))); do
     if grep -q "worker serving" "$OUT/logs/$name.log"; then
-      READY=$(python3 -c "print(round($(now) - $t0, 3))")
+      READY=$(since "$t0")
       return 0
     fi
     if ! kill -0 "$WORKER" 2>/dev/null; then READY=exited; return 1; fi
@@ -37,15 +44,15 @@ start_worker gpu-warm 60; warm=$READY
 alive() { kill -0 "$WORKER" 2>/dev/null; }
 t0=$(now)
 alive && "$BIN" submit matmul -p n=1024 -d "$CLASS" --wait --wait-timeout-s 60 > "$OUT/logs/first-job.json" 2>> "$OUT/logs/submit.log"
-first_job=$(python3 -c "print(round($(now) - $t0, 3))")
-first_compute=$(python3 -c "import json;print(json.load(open('$OUT/logs/first-job.json'))['compute_ms'])" 2>/dev/null || echo null)
+first_job=$(since "$t0")
+first_compute=$(field "$OUT/logs/first-job.json" compute_ms null)
 # The first Burn job (a conv2d of the warm-up's shape) and a first training job after it.
 t0=$(now)
 alive && "$BIN" submit conv2d -p filter=gaussian -d "$CLASS" --wait --wait-timeout-s 60 > "$OUT/logs/first-conv.json" 2>> "$OUT/logs/submit.log"
-first_conv=$(python3 -c "print(round($(now) - $t0, 3))")
+first_conv=$(since "$t0")
 t0=$(now)
 alive && "$BIN" submit train_mlp -d "$CLASS" --wait --wait-timeout-s 90 > "$OUT/logs/first-train.json" 2>> "$OUT/logs/submit.log"
-first_train=$(python3 -c "print(round($(now) - $t0, 3))")
+first_train=$(since "$t0")
 # The worker's device-memory gauges (CubeCL's memory_usage on CUDA) after its first job.
 python3 -c "import urllib.request as u;print(u.urlopen('http://127.0.0.1:9464/metrics',timeout=5).read().decode())" 2>&1 \
   | grep -E "^kiln_worker_(device_memory|jobs)" > "$OUT/logs/metrics-gpu.txt"
@@ -71,15 +78,15 @@ PY
   hold_free_gb=$(cat "$OUT/logs/hog.ready" 2>/dev/null || echo null)
   # 20000^3 matmul: 4.8 GB of f32 operands; conv2d 48x3x2048x2048: 2.4 GB input, 2.4 GB output.
   alive && "$BIN" submit matmul -p n=20000 -d "$CLASS" --wait --wait-timeout-s 90 > "$OUT/logs/oom-matmul.json" 2>> "$OUT/logs/submit.log"
-  oom_matmul=$(python3 -c "import json;print(json.load(open('$OUT/logs/oom-matmul.json'))['error']['kind'])" 2>/dev/null || echo none)
+  oom_matmul=$(field "$OUT/logs/oom-matmul.json" error kind none)
   alive && "$BIN" submit conv2d -p batch=48 -p channels=3 -p height=2048 -p width=2048 -d "$CLASS" --wait --wait-timeout-s 90 > "$OUT/logs/oom-conv.json" 2>> "$OUT/logs/submit.log"
-  oom_conv=$(python3 -c "import json;print(json.load(open('$OUT/logs/oom-conv.json'))['error']['kind'])" 2>/dev/null || echo none)
+  oom_conv=$(field "$OUT/logs/oom-conv.json" error kind none)
   kill "$HOG" 2>/dev/null; wait "$HOG" 2>/dev/null
   sleep 1
   if alive; then worker_alive=true; else worker_alive=false; fi
 fi
 alive && "$BIN" submit vector_add -p len=1024 -d "$CLASS" --wait --wait-timeout-s 30 > "$OUT/logs/after-oom.json" 2>> "$OUT/logs/submit.log"
-after=$(python3 -c "import json;print(json.load(open('$OUT/logs/after-oom.json'))['status'])" 2>/dev/null || echo none)
+after=$(field "$OUT/logs/after-oom.json" status none)
 stop_worker; warm_exit=$EXITED
 cat > "$OUT/startup.json" <<JSON
 {"ready_s_cold_cache": "$cold", "first_job_s_from_warm_start": "$(python3 -c "print(round($warm + $first_job, 3))" 2>/dev/null || echo null)", "cold_worker_exit": "$cold_exit",
