@@ -28,14 +28,20 @@ export RUST_LOG=info
 trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
 phase() { echo "== [$(( $(date +%s) - started )) s] $*"; }
 
-# cuBLAS (matmul jobs) is loaded at run time: make the toolkit's and PyTorch's copies findable.
-for dir in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib \
-    $(python3 -c 'import nvidia, os; print(" ".join(os.path.join(p, d, "lib") for p in nvidia.__path__ for d in os.listdir(p)))' 2>/dev/null); do
-    if ls "$dir"/libcublas.so* >/dev/null 2>&1; then
-        export LD_LIBRARY_PATH="$dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-        echo "libcublas found in $dir" >> "$LOGS/machine.txt"
-        break
-    fi
+# cuBLAS (matmul jobs) and cuDNN (conv2d jobs) are loaded at run time: make the toolkit's and
+# PyTorch's copies findable (cuDNN is not part of the toolkit; PyTorch's wheels carry it).
+for lib in libcublas libcudnn; do
+    for dir in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib /usr/lib/x86_64-linux-gnu \
+        $(python3 -c 'import nvidia, os; print(" ".join(os.path.join(p, d, "lib") for p in nvidia.__path__ for d in os.listdir(p)))' 2>/dev/null); do
+        if ls "$dir"/$lib.so* >/dev/null 2>&1; then
+            case ":${LD_LIBRARY_PATH:-}:" in
+                *":$dir:"*) ;;
+                *) export LD_LIBRARY_PATH="$dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" ;;
+            esac
+            echo "$lib found in $dir" >> "$LOGS/machine.txt"
+            break
+        fi
+    done
 done
 
 { nvidia-smi; echo; nproc; free -g; echo "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"; } >> "$LOGS/machine.txt" 2>&1

@@ -46,7 +46,7 @@ t0=$(now)
 alive && "$BIN" submit matmul -p n=1024 -d "$CLASS" --wait --wait-timeout-s 60 > "$OUT/logs/first-job.json" 2>> "$OUT/logs/submit.log"
 first_job=$(since "$t0")
 first_compute=$(field "$OUT/logs/first-job.json" compute_ms null)
-# The first Burn job (a conv2d of the warm-up's shape) and a first training job after it.
+# The first conv2d (cuDNN, the warm-up's shape) and the first training job (Burn) after it.
 t0=$(now)
 alive && "$BIN" submit conv2d -p filter=gaussian -d "$CLASS" --wait --wait-timeout-s 60 > "$OUT/logs/first-conv.json" 2>> "$OUT/logs/submit.log"
 first_conv=$(since "$t0")
@@ -60,7 +60,7 @@ if [ "$DEVICE" = cpu ]; then
   oom_matmul=skipped oom_conv=skipped hold_free_gb=null worker_alive=true   # a CPU worker would really allocate
 else
   # Out of memory for real: a PyTorch process takes all but about 2 GB of the GPU's free memory,
-  # then a matmul (cuBLAS) and a conv2d (Burn) that each need more are submitted. The worker's
+  # then a matmul (cuBLAS) and a conv2d (cuDNN) that each need more are submitted. The worker's
   # memory budget is lifted (--max-memory-mb above) so that admission lets them through to the
   # device. Expected: two `out_of_memory` results, and the worker still serving.
   rm -f "$OUT/logs/hog.ready"

@@ -16,9 +16,10 @@ import time
 # (name, kind, params, seed, tolerance on relative differences GPU vs CPU). The CPU side always
 # computes in f32 (it has no other dtype), so the tolerance is that of the GPU's precision:
 # matmul f32 runs in true f32 on cuBLAS (summation order only), tf32 keeps 10 bits of mantissa
-# in the products, f16 10 and bf16 7 bits in the inputs themselves. conv2d and train_mlp run on
-# Burn's kernels, whose f32 may use TF32-like tensor cores. A non-square product checks the
-# row-major/column-major mapping of the cuBLAS call; the user-given matrices check exact values.
+# in the products, f16 10 and bf16 7 bits in the inputs themselves; conv2d likewise on cuDNN
+# (f32 true f32). train_mlp runs on Burn's kernels, whose f32 may use TF32-like tensor cores. A
+# non-square product checks the row-major/column-major mapping of the cuBLAS call; the
+# user-given matrices and image check exact values.
 CASES = [
     ("vector_add 1k", "vector_add", {"len": 1024}, 1, 1e-6),
     ("vector_add 4M", "vector_add", {"len": 4 << 20}, 2, 1e-6),
@@ -29,8 +30,12 @@ CASES = [
     ("matmul 1024 tf32", "matmul", {"n": 1024, "dtype": "tf32"}, 4, 5e-3),
     ("matmul 1024 bf16", "matmul", {"n": 1024, "dtype": "bf16"}, 4, 3e-2),
     ("matmul 1024 f16", "matmul", {"n": 1024, "dtype": "f16"}, 4, 1e-2),
-    ("conv2d sobel 1x3x256x256", "conv2d", {"batch": 1, "channels": 3, "height": 256, "width": 256, "filter": "sobel"}, 5, 2e-3),
-    ("conv2d gaussian 8x3x224x224", "conv2d", {"batch": 8, "channels": 3, "height": 224, "width": 224, "filter": "gaussian"}, 6, 2e-3),
+    ("conv2d sobel 1x3x256x256", "conv2d", {"batch": 1, "channels": 3, "height": 256, "width": 256, "filter": "sobel"}, 5, 1e-5),
+    ("conv2d gaussian 8x3x224x224", "conv2d", {"batch": 8, "channels": 3, "height": 224, "width": 224, "filter": "gaussian"}, 6, 1e-5),
+    ("conv2d 3x3 given", "conv2d", {"image": [[[1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11, 12]], [[0, -1, 0, 2], [3, 0, 1, 0], [2, 2, 0, -3]]], "kernel": [[0, 1, 0], [1, -4, 1], [0, 1, 0]]}, 1, 1e-6),
+    ("conv2d gaussian 8x3x224x224 tf32", "conv2d", {"batch": 8, "channels": 3, "height": 224, "width": 224, "filter": "gaussian", "dtype": "tf32"}, 6, 5e-3),
+    ("conv2d sobel 4x3x512x512 bf16", "conv2d", {"batch": 4, "channels": 3, "height": 512, "width": 512, "filter": "sobel", "dtype": "bf16"}, 8, 3e-2),
+    ("conv2d gaussian 8x3x224x224 f16", "conv2d", {"batch": 8, "channels": 3, "height": 224, "width": 224, "filter": "gaussian", "dtype": "f16"}, 6, 1e-2),
     ("train_mlp default", "train_mlp", {}, 7, None),
 ]
 
@@ -48,6 +53,13 @@ def submit(kiln, kind, params, seed, device, timeout_s):
     return event, wall
 
 
+def flat(value):
+    """A nested list of numbers as one flat list (None: empty)."""
+    if isinstance(value, list):
+        return [v for item in value for v in flat(item)]
+    return [] if value is None else [value]
+
+
 def compare(gpu, cpu, tol):
     """Relative differences of the output summaries, and whether they are within tol."""
     if gpu.get("status") != "succeeded" or cpu.get("status") != "succeeded":
@@ -58,11 +70,18 @@ def compare(gpu, cpu, tol):
         ok = ga >= 0.9 and ca >= 0.9 and abs(go["epochs"][0]["loss"] - co["epochs"][0]["loss"]) <= 0.02 * co["epochs"][0]["loss"]
         return {"ok": ok, "gpu_accuracy": ga, "cpu_accuracy": ca,
                 "gpu_first_loss": go["epochs"][0]["loss"], "cpu_first_loss": co["epochs"][0]["loss"]}
-    if "c" in go or "c" in co:
-        exact = go.get("c") == co.get("c")
-        return {"ok": exact, "l2_rel": 0.0 if exact else float("inf"), "checksum_rel": 0.0,
-                "extremes_rel": 0.0, "tolerance": tol, "gpu_dtype": go.get("dtype"),
-                "gpu_engine": go.get("engine"), "gpu_c": go.get("c"), "cpu_c": co.get("c")}
+    # A user's matrices or image come back inline: compare them value for value, to `tol` of
+    # the largest (0: exactly).
+    for inline in ("c", "image"):
+        if inline in go or inline in co:
+            g, c = flat(go.get(inline)), flat(co.get(inline))
+            scale = max([abs(v) for v in c] + [1e-30])
+            worst = (max([abs(a - b) for a, b in zip(g, c)] + [0.0]) / scale
+                     if len(g) == len(c) and g else float("inf"))
+            return {"ok": worst <= tol, "l2_rel": worst, "checksum_rel": 0.0,
+                    "extremes_rel": 0.0, "tolerance": tol, "gpu_dtype": go.get("dtype"),
+                    "gpu_engine": go.get("engine"), "gpu_" + inline: go.get(inline),
+                    "cpu_" + inline: co.get(inline)}
     gs, cs = go["summary"], co["summary"]
     n = 1
     for d in go.get("shape", [go.get("len", 1)]):

@@ -7,14 +7,12 @@ then each iteration between two `torch.cuda.synchronize()` calls; median, mean a
     python3 scripts/torch_reference.py --device cpu --json torch-cpu.json   # the CPU sizes
     python3 scripts/torch_reference.py --compare burn-kernels.json torch-kernels.json --out DIR
 
-Precision, named as kiln's matmul dtypes: "matmul_f32" rows are true f32 (TF32 off),
-"matmul_tf32" rows run with TF32 allowed (cuBLAS tensor cores), "matmul_bf16" in bf16. The
-"conv2d_..._f32" rows run with TF32 allowed (cuDNN tensor cores), the precision burn's f32
-convolution computes in on tensor cores; "conv2d_..._f32strict" repeats them in true f32 for
-reference. The MLP step runs with TF32 allowed as well.
+Precision, named as kiln's matmul and conv2d dtypes: "_f32" rows are true f32 (TF32 off),
+"_tf32" rows run with TF32 allowed (cuBLAS and cuDNN tensor cores), "_bf16" rows in bf16. The
+MLP step runs with TF32 allowed.
 
-kiln's "_burn" rows (matmul on Burn's kernels, where matmul jobs run on cuBLAS) are compared with
-the PyTorch row of the same name without the suffix.
+kiln's "_burn" rows (matmul and conv2d on Burn's kernels, where kiln's jobs run on cuBLAS and
+cuDNN) are compared with the PyTorch row of the same name without the suffix.
 
 `--compare` joins a burn file and a PyTorch file by case name and writes kernels.md and
 kernels.json with the burn/PyTorch ratio (PyTorch's seconds per iteration over burn's: above 1,
@@ -66,7 +64,16 @@ def small_vector_add(n):
 def conv2d(shape, out_channels, dtype):
     b, c, h, w = shape
     return {"name": f"conv2d_3x3_{dtype}_{b}x{c}x{h}x{w}_c{out_channels}", "family": "conv2d",
-            "dtype": dtype, "input": list(shape), "out_channels": out_channels}
+            "dtype": dtype, "input": list(shape), "out_channels": out_channels, "kernel": 3,
+            "groups": 1}
+
+
+def depthwise(shape, kernel, dtype):
+    """A depthwise filter over every channel, what kiln's conv2d jobs compute."""
+    b, c, h, w = shape
+    return {"name": f"conv2d_dw{kernel}x{kernel}_{dtype}_{b}x{c}x{h}x{w}", "family": "conv2d",
+            "dtype": dtype, "input": list(shape), "out_channels": c, "kernel": kernel,
+            "groups": c}
 
 
 def train_step(batch, features, hidden, classes):
@@ -75,28 +82,28 @@ def train_step(batch, features, hidden, classes):
             "family": "train_mlp_step", "dtype": "f32", "batch": batch, "widths": widths}
 
 
-def cases(profile, strict):
-    """`strict`: add the f32strict rows (TF32 off), which only mean something on CUDA."""
+def cases(profile, cuda):
+    """`cuda`: add the tf32 rows of the quick profile, which only mean something on CUDA."""
     mlp = lambda b: train_step(b, MLP_FEATURES, MLP_HIDDEN, MLP_CLASSES)  # noqa: E731
-    s = (lambda case: [case]) if strict else (lambda case: [])
+    s = (lambda case: [case]) if cuda else (lambda case: [])
     if profile == "gpu":
         conv = [32, 64, 224, 224]
-        return ([vector_add(64 << 20), small_vector_add(SMALL_LEN),
-                 matmul(4096, "f32"), matmul(8192, "f32"), matmul(4096, "tf32"),
-                 matmul(8192, "tf32"), matmul(4096, "bf16"), matmul(8192, "bf16"),
-                 conv2d(conv, 64, "f32")]
-                + s(conv2d(conv, 64, "f32strict"))
-                + [conv2d(conv, 64, "bf16"), mlp(512), mlp(4096)])
+        return [vector_add(64 << 20), small_vector_add(SMALL_LEN),
+                matmul(4096, "f32"), matmul(8192, "f32"), matmul(4096, "tf32"),
+                matmul(8192, "tf32"), matmul(4096, "bf16"), matmul(8192, "bf16"),
+                conv2d(conv, 64, "f32"), conv2d(conv, 64, "tf32"), conv2d(conv, 64, "bf16"),
+                depthwise([32, 3, 512, 512], 5, "f32"), mlp(512), mlp(4096)]
     if profile == "cpu":
         conv = [4, 64, 112, 112]
         return [vector_add(16 << 20), small_vector_add(SMALL_LEN), matmul(1024, "f32"),
                 matmul(2048, "f32"), matmul(2048, "bf16"), conv2d(conv, 64, "f32"),
-                conv2d(conv, 64, "bf16"), mlp(512)]
+                conv2d(conv, 64, "bf16"), depthwise([8, 3, 224, 224], 5, "f32"), mlp(512)]
     conv = [1, 8, 16, 16]
     return ([vector_add(1 << 16), small_vector_add(SMALL_LEN), matmul(64, "f32"),
              matmul(128, "f32")] + s(matmul(128, "tf32"))
-            + [matmul(128, "bf16"), conv2d(conv, 8, "f32")] + s(conv2d(conv, 8, "f32strict"))
-            + [conv2d(conv, 8, "bf16"), train_step(32, 16, [32, 32], 4)])
+            + [matmul(128, "bf16"), conv2d(conv, 8, "f32")] + s(conv2d(conv, 8, "tf32"))
+            + [conv2d(conv, 8, "bf16"), depthwise([2, 3, 16, 16], 5, "f32"),
+               train_step(32, 16, [32, 32], 4)])
 
 
 def flops(case):
@@ -105,7 +112,8 @@ def flops(case):
         return 2.0 * case["n"] ** 3
     if f == "conv2d":
         b, c, h, w = case["input"]
-        return 2.0 * b * case["out_channels"] * h * w * c * 9
+        k = case["kernel"]
+        return 2.0 * b * case["out_channels"] * h * w * (c // case["groups"]) * k * k
     if f == "train_mlp_step":
         ws = case["widths"]
         weights = sum((ws[i] + 1) * ws[i + 1] for i in range(len(ws) - 1))
@@ -141,7 +149,9 @@ def shape(case):
         return f"len={case['len']}"
     if f == "conv2d":
         b, c, h, w = case["input"]
-        return (f"input {b}x{c}x{h}x{w}, weight {case['out_channels']}x{c}x3x3, padding 1")
+        k, g = case["kernel"], case["groups"]
+        return (f"input {b}x{c}x{h}x{w}, weight {case['out_channels']}x{c // g}x{k}x{k}, "
+                f"padding {k // 2}" + (f", {g} groups" if g > 1 else ""))
     ws = case["widths"]
     return f"batch {case['batch']}, layers {ws[0]}-{ws[1:-1]}-{ws[-1]}"
 
@@ -192,13 +202,14 @@ def measure(torch, device, case, settings):
     iters = settings["iters"]
     dtype = case["dtype"]
     cuda = device.type == "cuda"
-    if dtype in ("f32strict", "tf32") and not cuda:
+    if dtype == "tf32" and not cuda:
         raise Skip(f"{dtype} rows are for CUDA")
     if dtype == "bf16" and not cuda:
         raise Skip("bf16 rows run on CUDA only, as in kiln")
     f = case["family"]
-    # TF32 off for true-f32 rows: "f32strict", and "f32" matmuls (kiln's f32 matmul on cuBLAS).
-    set_tf32(torch, not (dtype == "f32strict" or (f == "matmul" and dtype == "f32")))
+    # TF32 off for true-f32 rows: "f32" matmuls and convolutions (kiln's f32 on cuBLAS, cuDNN).
+    strict = f in ("matmul", "conv2d") and dtype == "f32"
+    set_tf32(torch, not strict)
     low = torch.bfloat16 if dtype == "bf16" else torch.float32
     note = None
     if f == "matmul":
@@ -215,15 +226,17 @@ def measure(torch, device, case, settings):
     elif f == "conv2d":
         bsz, c, h, w = case["input"]
         x = torch.rand(bsz, c, h, w, device=device).to(low)
-        weight = (torch.rand(case["out_channels"], c, 3, 3, device=device) * 0.2 - 0.1).to(low)
+        k, groups = case["kernel"], case["groups"]
+        weight = (torch.rand(case["out_channels"], c // groups, k, k, device=device) * 0.2
+                  - 0.1).to(low)
         conv = torch.nn.functional.conv2d
-        first = conv(x, weight, None, 1, 1)
+        first = conv(x, weight, None, 1, k // 2, 1, groups)
         if list(first.shape) != [bsz, case["out_channels"], h, w]:
             raise RuntimeError(f"conv2d output has shape {list(first.shape)}")
         out_dtype = first.dtype
         del first
         samples = time_iterations(torch, device, settings, iters,
-                                  lambda: conv(x, weight, None, 1, 1))
+                                  lambda: conv(x, weight, None, 1, k // 2, 1, groups))
     elif f == "train_mlp_step":
         ws = case["widths"]
         layers = []
@@ -270,7 +283,6 @@ def measure(torch, device, case, settings):
     if dtype == "bf16" and name != "bf16":
         raise RuntimeError(f"output is {name} but the case asks for bf16")
     if cuda and name == "f32" and f in ("matmul", "conv2d", "train_mlp_step"):
-        strict = dtype == "f32strict" or (f == "matmul" and dtype == "f32")
         name = "f32" if strict else "tf32"
     return samples, name, note
 
@@ -378,7 +390,7 @@ def bench(args):
                      else {"gpu": 20, "cpu": 5, "quick": 3}[profile]),
         "case_budget_s": args.case_budget_s,
     }
-    todo = [c for c in cases(profile, strict=cuda) if not args.filter or args.filter in c["name"]]
+    todo = [c for c in cases(profile, cuda=cuda) if not args.filter or args.filter in c["name"]]
     if not todo:
         print(f"torch_reference: no case name contains {args.filter!r}", file=sys.stderr)
         return 2
@@ -428,7 +440,7 @@ TARGETS = {
     ("matmul", "tf32"): ("≥ 0.5 of cuBLAS TF32", 0.5),
     ("matmul", "bf16"): ("≥ 0.5 of cuBLAS bf16", 0.5),
     ("vector_add", "f32"): ("keep ≥ 0.9", 0.9),
-    ("conv2d", "f32"): ("≥ 0.8 of cuDNN TF32", 0.8),
+    ("conv2d", "tf32"): ("≥ 0.8 of cuDNN TF32", 0.8),
     ("conv2d", "bf16"): ("≥ 0.5 of cuDNN bf16", 0.5),
     ("train_mlp_step", "f32"): ("keep ≥ 0.9", 0.9),
     ("small_vector_add", "f32"): ("≤ 1.5× PyTorch's time (≥ 0.67)", 1 / 1.5),
@@ -450,7 +462,7 @@ def load_rows(path):
 
 
 def case_dtype(name):
-    for d in ("f32strict", "tf32", "bf16", "f32"):
+    for d in ("tf32", "bf16", "f32"):
         if f"_{d}_" in name:
             return d
     return "f32"
@@ -489,9 +501,7 @@ def compare(args):
         ok = lambda r: r is not None and r.get("status") == "ok" and r.get("median_s")  # noqa: E731
         ratio = t["median_s"] / b["median_s"] if ok(b) and ok(t) else None
         target = TARGETS.get((family, dtype))
-        if dtype == "f32strict":
-            target_text = "reference only (TF32 off)"
-        elif family == "matmul" and dtype == "f32":
+        if family in ("matmul", "conv2d") and dtype == "f32":
             target_text = "none set (true f32, TF32 off on both sides)"
         else:
             target_text = target[0] if target else "-"
@@ -504,7 +514,7 @@ def compare(args):
             "burn_median_s": b and b.get("median_s"), "torch_median_s": t and t.get("median_s"),
             "burn_error": b and b.get("error"), "torch_error": t and t.get("error"),
             "ratio": ratio, "target": target_text,
-            "target_min_ratio": target[1] if target and dtype != "f32strict" else None,
+            "target_min_ratio": target[1] if target else None,
             "meets": meets,
         })
     os.makedirs(args.out, exist_ok=True)
@@ -525,7 +535,7 @@ def compare(args):
         return f"{fmt(row.get('value'))} {row.get('metric')} ({row.get('dtype')})"
 
     lines = [
-        "# Kernels: kiln (cuBLAS, Burn) vs PyTorch, same machine, same run",
+        "# Kernels: kiln (cuBLAS, cuDNN, Burn) vs PyTorch, same machine, same run",
         "",
         f"- kiln: {burn.get('machine', '?')} ({burn.get('backend', '?')}, "
         f"{burn.get('device', '?')})",
@@ -533,13 +543,10 @@ def compare(args):
         f"{ref.get('device', '?')})",
         "- ratio = PyTorch time per iteration / kiln time per iteration (kiln's share of "
         "PyTorch's throughput; above 1 kiln is faster). Medians over the timed iterations.",
-        "- matmul rows are named by kiln's matmul dtypes: f32 is true f32 (TF32 off on both "
-        "sides), tf32 allows TF32, bf16 is bf16. Rows without a suffix are kiln's job path "
-        "(cuBLAS on CUDA); \"_burn\" rows run Burn's own kernels (its f32 product, TF32-like) "
-        "against the PyTorch row of the same name without the suffix.",
-        "- PyTorch \"f32\" conv2d rows run with TF32 allowed (dtype tf32), the precision "
-        "burn's f32 convolution reaches on tensor cores; \"f32strict\" rows are true f32, for "
-        "reference.",
+        "- matmul and conv2d rows are named by kiln's dtypes: f32 is true f32 (TF32 off on "
+        "both sides), tf32 allows TF32, bf16 is bf16. Rows without a suffix are kiln's job "
+        "path (cuBLAS and cuDNN on CUDA); \"_burn\" rows run Burn's own kernels (its f32, "
+        "TF32-like) against the PyTorch row of the same name without the suffix.",
         "",
         "| case | kiln | PyTorch | kiln/PyTorch | target | meets |",
         "|---|---|---|---|---|---|",

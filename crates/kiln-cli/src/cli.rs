@@ -173,6 +173,12 @@ pub struct WorkerArgs {
     /// as the other kinds; on CUDA f32 at TF32-like precision).
     #[arg(long, env = "KILN_MATMUL_ENGINE", default_value = "blas", value_parser = ["blas", "burn"])]
     pub matmul_engine: String,
+    /// What conv2d jobs run on in a CUDA worker: cudnn (NVIDIA's cuDNN 9, loaded at run time,
+    /// with f32 jobs in true f32), falling back to burn with a log line where it cannot be
+    /// loaded; or burn (Burn's kernels; f32 at TF32-like precision). CPU workers always
+    /// convolve on burn-ndarray.
+    #[arg(long = "conv2d-engine", env = "KILN_CONV2D_ENGINE", default_value = "cudnn", value_parser = ["cudnn", "burn"])]
+    pub conv_engine: String,
     /// Serve Prometheus /metrics, /healthz and /readyz on this HOST:PORT (off when unset).
     #[arg(long, env = "KILN_METRICS_ADDR", value_name = "HOST:PORT")]
     pub metrics_addr: Option<String>,

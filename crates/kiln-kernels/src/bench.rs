@@ -1,7 +1,8 @@
 //! Device-side timing of the kernels behind the job kinds: matmul (f32, tf32, bf16; on CUDA
 //! through cuBLAS as `matmul` jobs run there, plus Burn's own kernels in `_burn` rows), vector add,
-//! a dense 3×3 conv2d (f32, bf16), one Adam step of an MLP, and the one-job-at-a-time small
-//! vector add (upload, add, read back).
+//! a dense 3×3 conv2d (f32, tf32, bf16; on CUDA through cuDNN as `conv2d` jobs run there, plus
+//! Burn's in `_burn` rows), one Adam step of an MLP, and the one-job-at-a-time small vector add
+//! (upload, add, read back).
 //!
 //! Every case creates its inputs once on the device (outside the timed region), runs warm-up
 //! iterations (they pay JIT compilation and autotune), then times each iteration on its own:
@@ -84,16 +85,22 @@ pub enum Work {
     },
     /// c = a + b on the device, f32; 3·4·len bytes moved.
     VectorAdd { len: usize },
-    /// Dense 3×3 convolution, stride 1, padding 1, no bias: input
-    /// [batch, channels, height, width], weight [out_channels, channels, 3, 3];
-    /// 2·batch·out_channels·height·width·channels·9 flops.
+    /// Convolution with a square `kernel`, stride 1, "same" zero padding (kernel / 2), no
+    /// bias: input [batch, channels, height, width], weight
+    /// [out_channels, channels / groups, kernel, kernel];
+    /// 2·batch·out_channels·height·width·(channels / groups)·kernel² flops. Dense 3×3 (the
+    /// issue's target) or depthwise (groups = channels = out_channels, what `conv2d` jobs
+    /// compute). `burn`: on Burn's kernels even where `conv2d` jobs run on cuDNN (CUDA).
     Conv2d {
         batch: usize,
         channels: usize,
         out_channels: usize,
         height: usize,
         width: usize,
+        kernel: usize,
+        groups: usize,
         precision: Precision,
+        burn: bool,
     },
     /// One Adam step (forward, softmax cross-entropy, backward, update) of an MLP
     /// `features → hidden.. → classes` with ReLU between layers, on one batch.
@@ -147,15 +154,29 @@ impl Case {
         }
     }
 
-    pub fn conv2d(
+    /// A dense 3×3 convolution as kiln convolves (on CUDA: cuDNN, unless the process chose
+    /// Burn).
+    pub fn conv2d(input: [usize; 4], out_channels: usize, precision: Precision) -> Self {
+        Self::conv2d_on(input, out_channels, precision, false)
+    }
+
+    /// The same on Burn's kernels (`conv2d_3x3_<dtype>_…_burn`); its `tf32` runs Burn's f32
+    /// convolution, which Burn computes at TF32-like precision on tensor cores.
+    pub fn conv2d_burn(input: [usize; 4], out_channels: usize, precision: Precision) -> Self {
+        Self::conv2d_on(input, out_channels, precision, true)
+    }
+
+    fn conv2d_on(
         [batch, channels, height, width]: [usize; 4],
         out_channels: usize,
         precision: Precision,
+        burn: bool,
     ) -> Self {
         Case {
             name: format!(
-                "conv2d_3x3_{}_{batch}x{channels}x{height}x{width}_c{out_channels}",
-                precision.as_str()
+                "conv2d_3x3_{}_{batch}x{channels}x{height}x{width}_c{out_channels}{}",
+                precision.as_str(),
+                if burn { "_burn" } else { "" }
             ),
             work: Work::Conv2d {
                 batch,
@@ -163,7 +184,38 @@ impl Case {
                 out_channels,
                 height,
                 width,
+                kernel: 3,
+                groups: 1,
                 precision,
+                burn,
+            },
+        }
+    }
+
+    /// A depthwise `kernel`×`kernel` filter over every channel, what a `conv2d` job computes
+    /// (`conv2d_dw5x5_<dtype>_<b>x<c>x<h>x<w>`, with `_burn` on Burn's kernels).
+    pub fn filter(
+        [batch, channels, height, width]: [usize; 4],
+        kernel: usize,
+        precision: Precision,
+        burn: bool,
+    ) -> Self {
+        Case {
+            name: format!(
+                "conv2d_dw{kernel}x{kernel}_{}_{batch}x{channels}x{height}x{width}{}",
+                precision.as_str(),
+                if burn { "_burn" } else { "" }
+            ),
+            work: Work::Conv2d {
+                batch,
+                channels,
+                out_channels: channels,
+                height,
+                width,
+                kernel,
+                groups: channels,
+                precision,
+                burn,
             },
         }
     }
@@ -217,16 +269,27 @@ impl Case {
         match &self.work {
             Work::Matmul { n, .. } => format!("m=k=n={n}"),
             Work::VectorAdd { len } | Work::SmallVectorAdd { len } => format!("len={len}"),
-            Work::Conv2d {
-                batch,
-                channels,
-                out_channels,
-                height,
-                width,
-                ..
-            } => format!(
-                "input {batch}x{channels}x{height}x{width}, weight {out_channels}x{channels}x3x3, padding 1"
-            ),
+            Work::Conv2d { .. } => {
+                let Some(s) = self.work.conv_shape() else {
+                    return String::new();
+                };
+                let [k, _] = s.kernel;
+                format!(
+                    "input {}x{}x{}x{}, weight {}x{}x{k}x{k}, padding {}{}",
+                    s.batch,
+                    s.channels,
+                    s.height,
+                    s.width,
+                    s.out_channels,
+                    s.channels / s.groups,
+                    s.padding[0],
+                    if s.groups > 1 {
+                        format!(", {} groups", s.groups)
+                    } else {
+                        String::new()
+                    }
+                )
+            }
             Work::TrainStep {
                 batch,
                 features,
@@ -241,21 +304,10 @@ impl Case {
     pub fn flops(&self) -> Option<f64> {
         match &self.work {
             Work::Matmul { n, .. } => Some(2.0 * (*n as f64).powi(3)),
-            Work::Conv2d {
-                batch,
-                channels,
-                out_channels,
-                height,
-                width,
-                ..
-            } => Some(
-                2.0 * *batch as f64
-                    * *out_channels as f64
-                    * *height as f64
-                    * *width as f64
-                    * *channels as f64
-                    * 9.0,
-            ),
+            Work::Conv2d { .. } => self.work.conv_shape().map(|s| {
+                let taps = s.channels / s.groups * s.kernel[0] * s.kernel[1];
+                2.0 * s.output_len() as f64 * taps as f64
+            }),
             Work::TrainStep {
                 batch,
                 features,
@@ -291,6 +343,34 @@ impl Case {
             Work::VectorAdd { .. } => self.bytes().map(|b| b / seconds / 1e9),
             Work::TrainStep { .. } => Some(seconds * 1e3),
             Work::SmallVectorAdd { .. } => Some(seconds * 1e6),
+        }
+    }
+}
+
+impl Work {
+    /// The convolution of a conv2d case, as cuDNN takes it.
+    pub fn conv_shape(&self) -> Option<crate::cudnn::ConvShape> {
+        match *self {
+            Work::Conv2d {
+                batch,
+                channels,
+                out_channels,
+                height,
+                width,
+                kernel,
+                groups,
+                ..
+            } => Some(crate::cudnn::ConvShape {
+                batch,
+                channels,
+                height,
+                width,
+                out_channels,
+                kernel: [kernel, kernel],
+                padding: [kernel / 2, kernel / 2],
+                groups,
+            }),
+            _ => None,
         }
     }
 }
@@ -355,7 +435,12 @@ pub fn cases(profile: Profile) -> Vec<Case> {
             Case::matmul_burn(4096, Bf16),
             Case::matmul_burn(8192, Bf16),
             Case::conv2d([32, 64, 224, 224], 64, F32),
+            Case::conv2d([32, 64, 224, 224], 64, Tf32),
             Case::conv2d([32, 64, 224, 224], 64, Bf16),
+            Case::conv2d_burn([32, 64, 224, 224], 64, Tf32),
+            Case::conv2d_burn([32, 64, 224, 224], 64, Bf16),
+            Case::filter([32, 3, 512, 512], 5, F32, false),
+            Case::filter([32, 3, 512, 512], 5, F32, true),
             mlp(512),
             mlp(4096),
         ],
@@ -367,6 +452,7 @@ pub fn cases(profile: Profile) -> Vec<Case> {
             Case::matmul(2048, Bf16),
             Case::conv2d([4, 64, 112, 112], 64, F32),
             Case::conv2d([4, 64, 112, 112], 64, Bf16),
+            Case::filter([8, 3, 224, 224], 5, F32, false),
             mlp(512),
         ],
         Profile::Quick => vec![
@@ -378,7 +464,10 @@ pub fn cases(profile: Profile) -> Vec<Case> {
             Case::matmul(128, Bf16),
             Case::matmul_burn(128, Tf32),
             Case::conv2d([1, 8, 16, 16], 8, F32),
+            Case::conv2d([1, 8, 16, 16], 8, Tf32),
             Case::conv2d([1, 8, 16, 16], 8, Bf16),
+            Case::conv2d_burn([1, 8, 16, 16], 8, Tf32),
+            Case::filter([2, 3, 16, 16], 5, F32, false),
             Case::train_step(32, 16, &[32, 32], 4),
         ],
     }
@@ -480,28 +569,40 @@ pub fn run_case(device: &ComputeDevice, case: &Case, settings: &Settings) -> Row
         row.error = Some(format!("{} needs a GPU", case.precision().as_str()));
         return row;
     }
-    // Matmul cases without `_burn` run where matmul jobs run: the device's BLAS.
-    let blas = matches!(case.work, Work::Matmul { burn: false, .. })
-        && crate::matmul_engine() == crate::MatmulEngine::Blas;
-    let on_cublas = match device {
-        ComputeDevice::Cuda(index) if blas => Some(*index),
+    // Cases without `_burn` run where jobs of their kind run: matmul on the device's BLAS,
+    // conv2d on cuDNN (CUDA).
+    let vendor = match (&case.work, device) {
+        (Work::Matmul { burn: false, .. }, _)
+            if crate::matmul_engine() != crate::MatmulEngine::Blas =>
+        {
+            None
+        }
+        (Work::Matmul { burn: false, .. }, ComputeDevice::Cuda(index)) => {
+            Some(Vendor::Cublas(*index))
+        }
+        (Work::Matmul { burn: false, .. }, ComputeDevice::Cpu) if crate::openblas::available() => {
+            Some(Vendor::Openblas)
+        }
+        (Work::Conv2d { burn: false, .. }, ComputeDevice::Cuda(index))
+            if crate::conv_engine() == crate::ConvEngine::Cudnn =>
+        {
+            Some(Vendor::Cudnn(*index))
+        }
         _ => None,
     };
-    let on_openblas = blas && *device == ComputeDevice::Cpu && crate::openblas::available();
-    if on_cublas.is_some() {
-        row.backend = "cublas".into();
-    } else if on_openblas {
-        row.backend = "openblas".into();
+    if let Some(vendor) = vendor {
+        row.backend = vendor.name().into();
     }
     let settings = Settings {
         warmup: settings.warmup,
         iters: settings.iters.max(1),
         case_budget_s: settings.case_budget_s,
     };
-    let outcome = catch_unwind(AssertUnwindSafe(|| match (device, on_cublas) {
-        (_, Some(index)) => measure_blas(Some(index), case, &settings),
-        (ComputeDevice::Cpu, _) if on_openblas => measure_blas(None, case, &settings),
-        (ComputeDevice::Cpu, _) => measure::<CpuBackend>(&Default::default(), case, &settings),
+    let outcome = catch_unwind(AssertUnwindSafe(|| match (device, vendor) {
+        (_, Some(Vendor::Cublas(index))) => measure_blas(Some(index), case, &settings),
+        (_, Some(Vendor::Openblas)) => measure_blas(None, case, &settings),
+        (_, Some(Vendor::Cudnn(index))) => measure_cudnn(index, case, &settings),
+        (ComputeDevice::Cpu, None) => measure::<CpuBackend>(&Default::default(), case, &settings),
         (ComputeDevice::Cuda(index), None) => measure::<CudaBackend>(
             &burn::backend::cuda::CudaDevice::new(*index),
             case,
@@ -518,7 +619,7 @@ pub fn run_case(device: &ComputeDevice, case: &Case, settings: &Settings) -> Row
             row.iterations = measured.samples.len() as u32;
             row.dtype = measured.dtype;
             row.note = measured.note;
-            if on_cublas.is_none()
+            if vendor.is_none()
                 && matches!(device, ComputeDevice::Cuda(_))
                 && matches!(case.work, Work::Matmul { .. } | Work::Conv2d { .. })
                 && case.precision() != Precision::Bf16
@@ -539,6 +640,24 @@ pub fn run_case(device: &ComputeDevice, case: &Case, settings: &Settings) -> Row
         Err(error) => row.error = Some(error.chars().take(500).collect()),
     }
     row
+}
+
+/// The vendor library a case runs on instead of Burn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Vendor {
+    Cublas(usize),
+    Openblas,
+    Cudnn(usize),
+}
+
+impl Vendor {
+    fn name(self) -> &'static str {
+        match self {
+            Vendor::Cublas(_) => "cublas",
+            Vendor::Openblas => "openblas",
+            Vendor::Cudnn(_) => "cudnn",
+        }
+    }
 }
 
 /// Run `cases` one after another, handing each row to `on_row` as it finishes.
@@ -728,6 +847,37 @@ fn measure_blas(cuda: Option<usize>, case: &Case, settings: &Settings) -> Result
     })
 }
 
+/// A conv2d case on cuDNN, sampled like the Burn cases: operands on the device first, warm-up
+/// (the first launch measures cuDNN's algorithms), then one sample per convolution between two
+/// stream synchronisations. The note names the algorithm and math type cuDNN chose.
+fn measure_cudnn(index: usize, case: &Case, settings: &Settings) -> Result<Measured, String> {
+    let Some(shape) = case.work.conv_shape() else {
+        return Err(format!("{} is not a conv2d", case.name));
+    };
+    let dtype = match case.precision() {
+        Precision::F32 => Dtype::F32,
+        Precision::Tf32 => Dtype::Tf32,
+        Precision::Bf16 => Dtype::Bf16,
+    };
+    let convolutions =
+        std::cell::RefCell::new(crate::cudnn::Convolutions::new(index, shape, dtype)?);
+    let samples = sample(
+        settings,
+        settings.iters,
+        || convolutions.borrow().sync(),
+        || convolutions.borrow_mut().launch(),
+    )?;
+    let algorithm = convolutions.borrow().algorithm();
+    Ok(Measured {
+        samples,
+        dtype: case.precision().as_str().into(),
+        note: Some(format!(
+            "cuDNN, {}",
+            algorithm.unwrap_or_else(|| "algorithm unknown".into())
+        )),
+    })
+}
+
 fn measure<B: Backend>(
     device: &B::Device,
     case: &Case,
@@ -758,35 +908,37 @@ fn measure<B: Backend>(
                 time_iterations::<B, _>(device, settings, iters, || Ok(a.clone() + b.clone()))?;
             Ok(measured(samples, "f32"))
         }
-        &Work::Conv2d {
-            batch,
-            channels,
-            out_channels,
-            height,
-            width,
-            precision,
-        } => {
+        Work::Conv2d { precision, .. } => {
+            let precision = *precision;
+            let s = case
+                .work
+                .conv_shape()
+                .ok_or_else(|| format!("{} is not a conv2d", case.name))?;
             let x = Tensor::<B, 4>::random(
-                [batch, channels, height, width],
+                [s.batch, s.channels, s.height, s.width],
                 Distribution::Default,
                 device,
             );
             let w = Tensor::<B, 4>::random(
-                [out_channels, channels, 3, 3],
+                [
+                    s.out_channels,
+                    s.channels / s.groups,
+                    s.kernel[0],
+                    s.kernel[1],
+                ],
                 Distribution::Uniform(-0.1, 0.1),
                 device,
             );
             let x = to_precision(x, precision, "conv2d input")?;
             let w = to_precision(w, precision, "conv2d weight")?;
-            let options = || ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
+            let options = || ConvOptions::new([1, 1], s.padding, [1, 1], s.groups);
             let first = conv2d(x.clone(), w.clone(), None, options());
             check_dtype(&first, precision, "conv2d output")?;
-            let [ob, oc, oh, ow] = first.dims();
-            if [ob, oc, oh, ow] != [batch, out_channels, height, width] {
+            if first.dims() != s.output_dims() {
                 return Err(format!(
                     "conv2d output has shape {:?}, expected {:?}",
-                    [ob, oc, oh, ow],
-                    [batch, out_channels, height, width]
+                    first.dims(),
+                    s.output_dims()
                 ));
             }
             drop(first);
@@ -891,7 +1043,12 @@ mod tests {
                 "matmul_bf16_n4096_burn",
                 "matmul_bf16_n8192_burn",
                 "conv2d_3x3_f32_32x64x224x224_c64",
+                "conv2d_3x3_tf32_32x64x224x224_c64",
                 "conv2d_3x3_bf16_32x64x224x224_c64",
+                "conv2d_3x3_tf32_32x64x224x224_c64_burn",
+                "conv2d_3x3_bf16_32x64x224x224_c64_burn",
+                "conv2d_dw5x5_f32_32x3x512x512",
+                "conv2d_dw5x5_f32_32x3x512x512_burn",
                 "train_mlp_step_256-1024-1024-10_b512",
                 "train_mlp_step_256-1024-1024-10_b4096",
             ]

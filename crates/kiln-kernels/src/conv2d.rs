@@ -14,12 +14,24 @@
 //!
 //! Generated images are `seeded_values(seed, 0, b*c*h*w)` mapped to [0, 1), laid out
 //! [batch][channel][row][column].
+//!
+//! On a CUDA worker the convolution runs on cuDNN by default ([`crate::cudnn`]), in the job's
+//! `dtype` (f32 true f32, tf32, bf16 or f16); with `--conv2d-engine burn`, where cuDNN is
+//! missing, and on CPU workers (f32 only) it runs on Burn's kernels. The result names both
+//! (`"dtype"`, `"engine"`: cudnn, burn-cuda or burn-ndarray). Sobel's magnitude is taken in f32
+//! from the two maps, whatever the dtype of the convolution.
 
-use burn::tensor::{Tensor, TensorData, backend::Backend, module::conv2d, ops::ConvOptions};
+use burn::tensor::{
+    DType, FloatDType, Tensor, TensorData, backend::Backend, module::conv2d, ops::ConvOptions,
+};
 use kiln_proto::{JobError, Limits, checked_product};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::cudnn::ConvShape;
+use crate::data::dtype_name;
+use crate::engine::{ConvEngine, conv_engine};
+use crate::precision::Dtype;
 use crate::{Kernel, Plan, RunContext, Summary, seeded_values};
 
 /// Largest side of a user-given kernel.
@@ -103,6 +115,9 @@ pub struct Params {
     /// A user image instead of a generated batch, shaped [channels][height][width].
     #[serde(default)]
     pub image: Option<Vec<Vec<Vec<f32>>>>,
+    /// Element type of the convolution (default f32; tf32, bf16 and f16 on GPU workers).
+    #[serde(default)]
+    pub dtype: Option<Dtype>,
 }
 
 /// Default sizes of a generated batch.
@@ -252,7 +267,8 @@ impl Kernel for Conv2d {
          height, width: image size in pixels (256, 256)\n\
          filter: gaussian (5x5, sigma 1), sobel (edge magnitude), sharpen or box (gaussian)\n\
          kernel: a square kernel with an odd side up to 31, instead of filter\n\
-         image: the image itself as [channels][height][width], instead of the sizes";
+         image: the image itself as [channels][height][width], instead of the sizes\n\
+         dtype: f32, or tf32/bf16/f16 on GPU workers (f32; on GPUs f32 is true f32)";
     // Sharpen and box share sobel's 3×3 depthwise shape; gaussian is 5×5.
     const WARMUP: &'static [&'static str] =
         &[r#"{"filter": "gaussian"}"#, r#"{"filter": "sobel"}"#];
@@ -278,9 +294,13 @@ impl Kernel for Conv2d {
         params: &Params,
         ctx: &RunContext<'_, B>,
     ) -> Result<serde_json::Value, JobError> {
+        let dtype = params.dtype.unwrap_or_default();
+        if let Some(refusal) = dtype.refuse_on_cpu(Self::NAME).filter(|_| !ctx.is_gpu) {
+            return Err(refusal);
+        }
         let s = params.shape()?;
         let [b, c, h, w] = [s.batch, s.channels, s.height, s.width].map(|d| d as usize);
-        let pixels = match &params.image {
+        let pixels: Vec<f32> = match &params.image {
             Some(image) => image.iter().flatten().flatten().copied().collect(),
             None => seeded_values(ctx.seed, 0, b * c * h * w)
                 .into_iter()
@@ -289,33 +309,54 @@ impl Kernel for Conv2d {
         };
         let (name, k, kernels) = params.kernels();
         let passes = kernels.len();
-        let input = Tensor::<B, 4>::from_data(TensorData::new(pixels, [b, c, h, w]), &ctx.device);
-
         // Depthwise: output channel `ch * passes + p` is pass `p` over input channel `ch`.
         let weights: Vec<f32> = (0..c).flat_map(|_| kernels.concat()).collect();
-        let weights =
-            Tensor::<B, 4>::from_data(TensorData::new(weights, [c * passes, 1, k, k]), &ctx.device);
-        let options = ConvOptions::new([1, 1], [k / 2, k / 2], [1, 1], c);
-        let output = conv2d(input, weights, None, options);
-        let output = if passes > 1 {
-            // Sobel: √(gx² + gy²) per channel.
-            output
-                .reshape([b, c, passes, h, w])
-                .square()
-                .sum_dim(2)
-                .sqrt()
-                .reshape([b, c, h, w])
-        } else {
-            output
+        let conv = ConvShape {
+            batch: b,
+            channels: c,
+            height: h,
+            width: w,
+            out_channels: c * passes,
+            kernel: [k, k],
+            padding: [k / 2, k / 2],
+            groups: c,
         };
-
-        let values = output
-            .into_data()
-            .into_vec::<f32>()
-            .map_err(|e| JobError::internal(format!("reading conv2d output: {e:?}")))?;
+        // Tensors over cuDNN's 32-bit sizes run on Burn; so does a convolution cuDNN fails on
+        // for another reason than memory (Burn would run out of it too), with a warning.
+        let on_cudnn = match ctx.cuda_index {
+            Some(index) if conv_engine() == ConvEngine::Cudnn && conv.check().is_ok() => {
+                match crate::cudnn::conv2d(index, &pixels, &weights, &conv, dtype) {
+                    Ok(maps) => Some(maps),
+                    Err(e) if e.kind == kiln_proto::ErrorKind::Internal => {
+                        tracing::warn!(error = %e.message, "cuDNN failed a conv2d; running it on Burn");
+                        None
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            _ => None,
+        };
+        let (values, computed, engine) = match on_cudnn {
+            Some(maps) => (
+                magnitude(maps, passes, h * w),
+                dtype.as_str().to_owned(),
+                "cudnn",
+            ),
+            None => {
+                let (values, computed) = burn_conv2d::<B>(pixels, weights, &conv, dtype, ctx)?;
+                let engine = if ctx.is_gpu {
+                    "burn-cuda"
+                } else {
+                    "burn-ndarray"
+                };
+                (values, computed, engine)
+            }
+        };
         let mut out = json!({
             "shape": [b, c, h, w],
             "filter": name,
+            "dtype": computed,
+            "engine": engine,
             "summary": Summary::of(&values),
         });
         // An image the user sent comes back inline (when small); generated images get the
@@ -328,5 +369,78 @@ impl Kernel for Conv2d {
             out["image"] = json!(image);
         }
         Ok(out)
+    }
+}
+
+/// The job's output from the convolution's maps, laid out [batch][channel][pass][pixel]: the
+/// maps themselves for one pass, Sobel's √(gx² + gy²) per pixel for two.
+fn magnitude(maps: Vec<f32>, passes: usize, plane: usize) -> Vec<f32> {
+    if passes == 1 {
+        return maps;
+    }
+    maps.chunks_exact(passes * plane)
+        .flat_map(|maps| {
+            let (gx, gy) = maps.split_at(plane);
+            gx.iter().zip(gy).map(|(x, y)| (x * x + y * y).sqrt())
+        })
+        .collect()
+}
+
+/// The convolution on Burn's kernels, in `dtype`'s Burn element type (tf32 runs as Burn's f32);
+/// returns the job's output and the dtype the convolution really ran in.
+fn burn_conv2d<B: Backend>(
+    pixels: Vec<f32>,
+    weights: Vec<f32>,
+    conv: &ConvShape,
+    dtype: Dtype,
+    ctx: &RunContext<'_, B>,
+) -> Result<(Vec<f32>, String), JobError> {
+    let [b, c, h, w] = [conv.batch, conv.channels, conv.height, conv.width];
+    let [k, _] = conv.kernel;
+    let passes = conv.out_channels / c;
+    let input = Tensor::<B, 4>::from_data(TensorData::new(pixels, [b, c, h, w]), &ctx.device);
+    let weights = Tensor::<B, 4>::from_data(
+        TensorData::new(weights, [conv.out_channels, 1, k, k]),
+        &ctx.device,
+    );
+    let (input, weights) = match dtype.burn_dtype() {
+        None => (input, weights),
+        Some(low) => (input.cast(low), weights.cast(low)),
+    };
+    let options = ConvOptions::new([1, 1], conv.padding, [1, 1], conv.groups);
+    let output = conv2d(input, weights, None, options);
+    let computed = dtype_name(output.dtype());
+    let output = match output.dtype() {
+        DType::F32 => output,
+        _ => output.cast(FloatDType::F32),
+    };
+    let output = if passes > 1 {
+        // Sobel: √(gx² + gy²) per channel.
+        output
+            .reshape([b, c, passes, h, w])
+            .square()
+            .sum_dim(2)
+            .sqrt()
+            .reshape([b, c, h, w])
+    } else {
+        output
+    };
+    let values = output
+        .into_data()
+        .into_vec::<f32>()
+        .map_err(|e| JobError::internal(format!("reading conv2d output: {e:?}")))?;
+    Ok((values, computed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sobel_magnitude_pairs_each_channels_two_maps() {
+        // Two channels of two pixels: (gx, gy) maps [3, 0], [4, 1] and [0, 5], [0, 12].
+        let maps = vec![3.0, 0.0, 4.0, 1.0, 0.0, 5.0, 0.0, 12.0];
+        assert_eq!(magnitude(maps, 2, 2), [5.0, 1.0, 0.0, 13.0]);
+        assert_eq!(magnitude(vec![1.0, -2.0], 1, 2), [1.0, -2.0]);
     }
 }

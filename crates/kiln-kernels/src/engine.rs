@@ -1,5 +1,6 @@
 //! What `matmul` jobs run on: the vendor BLAS of the device (cuBLAS on CUDA, OpenBLAS on the
-//! CPU, both loaded at run time) or Burn's own kernels, like the other kinds.
+//! CPU, both loaded at run time) or Burn's own kernels, like the other kinds; and what `conv2d`
+//! jobs run on in CUDA workers: cuDNN (loaded at run time, see [`crate::cudnn`]) or Burn.
 //!
 //! Burn 0.21's GEMMs reach about a quarter of cuBLAS on Hopper GPUs (its kernels use the
 //! warp-level `mma` instructions, not `wgmma`) and about half of OpenBLAS on AVX-512 CPUs
@@ -73,6 +74,66 @@ pub fn matmul_engine() -> MatmulEngine {
     }
 }
 
+/// What `conv2d` jobs run on in a CUDA worker (CPU workers convolve on burn-ndarray).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ConvEngine {
+    /// NVIDIA's cuDNN (the default), in the precision the job asks for.
+    #[default]
+    Cudnn,
+    /// Burn's CubeCL kernels (f32 may run on tensor cores at TF32-like precision).
+    Burn,
+}
+
+impl ConvEngine {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConvEngine::Cudnn => "cudnn",
+            ConvEngine::Burn => "burn",
+        }
+    }
+}
+
+impl fmt::Display for ConvEngine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ConvEngine {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "cudnn" => Ok(ConvEngine::Cudnn),
+            "burn" => Ok(ConvEngine::Burn),
+            other => Err(format!(
+                "unknown conv2d engine {other:?}: use cudnn (on CUDA workers) or burn"
+            )),
+        }
+    }
+}
+
+/// 0: cuDNN, 1: Burn.
+static CONV_ENGINE: AtomicU8 = AtomicU8::new(0);
+
+/// Choose what `conv2d` jobs run on in this process (a CUDA worker does this at start, after
+/// checking cuDNN).
+pub fn set_conv_engine(engine: ConvEngine) {
+    let value = match engine {
+        ConvEngine::Cudnn => 0,
+        ConvEngine::Burn => 1,
+    };
+    CONV_ENGINE.store(value, Ordering::Relaxed);
+}
+
+/// What `conv2d` jobs run on in this process when it runs them on CUDA.
+pub fn conv_engine() -> ConvEngine {
+    match CONV_ENGINE.load(Ordering::Relaxed) {
+        0 => ConvEngine::Cudnn,
+        _ => ConvEngine::Burn,
+    }
+}
+
 /// A matrix dimension as the 32-bit integer both BLAS interfaces take (cuBLAS's `int`, CBLAS's
 /// `blasint` in OpenBLAS's default build); larger is `too_large`, naming the `library`.
 pub(crate) fn blas_dim(library: &str, name: &str, value: usize) -> Result<i32, JobError> {
@@ -108,6 +169,13 @@ mod tests {
         assert_eq!(MatmulEngine::Burn.to_string(), "burn");
         let err = "mkl".parse::<MatmulEngine>().unwrap_err();
         assert!(err.starts_with("unknown matmul engine \"mkl\""), "{err}");
+        assert_eq!("cudnn".parse(), Ok(ConvEngine::Cudnn));
+        assert_eq!(ConvEngine::Burn.to_string(), "burn");
+        let err = "miopen".parse::<ConvEngine>().unwrap_err();
+        assert_eq!(
+            err,
+            "unknown conv2d engine \"miopen\": use cudnn (on CUDA workers) or burn"
+        );
     }
 
     #[test]

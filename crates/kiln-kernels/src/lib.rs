@@ -21,18 +21,23 @@ mod memory;
 pub mod bench;
 pub mod conv2d;
 pub mod cublas;
+pub mod cudnn;
 mod engine;
 pub mod matmul;
 pub mod openblas;
+pub mod precision;
 pub mod train_mlp;
 pub mod vector_add;
+mod vendor;
 
 pub use data::{Summary, seeded_values};
 pub use device::{
     ComputeDevice, CpuBackend, CudaBackend, DeviceMemory, cuda_device_count, default_cache_dir,
     device_memory, use_cache_dir,
 };
-pub use engine::{MatmulEngine, matmul_engine, set_matmul_engine};
+pub use engine::{
+    ConvEngine, MatmulEngine, conv_engine, matmul_engine, set_conv_engine, set_matmul_engine,
+};
 pub use kernel::{
     Checkpoint, DecodedJob, JobMeta, Kernel, KindEntry, NoCheckpoint, Plan, Progress, RunContext,
 };

@@ -18,44 +18,8 @@ use serde_json::json;
 
 use crate::data::dtype_name;
 use crate::engine::{MatmulEngine, matmul_engine};
+pub use crate::precision::Dtype;
 use crate::{Kernel, Plan, RunContext, Summary, seeded_values};
-
-/// The element type the product is computed in. Inputs and outputs travel as f32.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Dtype {
-    /// 32-bit floats. On cuBLAS true f32; on Burn's CUDA kernels (`--matmul-engine burn`) the
-    /// product may run on tensor cores at TF32-like precision, which Burn 0.21 cannot turn off.
-    #[default]
-    F32,
-    /// f32 inputs and output, products on tensor cores with TF32's 10-bit mantissa (what
-    /// PyTorch computes with `allow_tf32`), GPU only.
-    Tf32,
-    /// bfloat16 inputs and output, GPU only.
-    Bf16,
-    /// IEEE half-precision inputs and output, GPU only.
-    F16,
-}
-
-impl Dtype {
-    /// The name used in parameters and outputs.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Dtype::F32 => "f32",
-            Dtype::Tf32 => "tf32",
-            Dtype::Bf16 => "bf16",
-            Dtype::F16 => "f16",
-        }
-    }
-
-    fn burn_dtype(self) -> Option<FloatDType> {
-        match self {
-            Dtype::F32 | Dtype::Tf32 => None,
-            Dtype::Bf16 => Some(FloatDType::BF16),
-            Dtype::F16 => Some(FloatDType::F16),
-        }
-    }
-}
 
 /// `{"m": 512, "k": 512, "n": 512}` (generated from the seed; `{"n": 512}` is square) or
 /// `{"a": [[..]], "b": [[..]]}`, with an optional `"dtype"`.
@@ -189,11 +153,8 @@ impl Kernel for Matmul {
         ctx: &RunContext<'_, B>,
     ) -> Result<serde_json::Value, JobError> {
         let dtype = params.dtype.unwrap_or_default();
-        if dtype != Dtype::F32 && !ctx.is_gpu {
-            return Err(JobError::invalid_input(format!(
-                "dtype {} needs a GPU worker; submit to jobs.gpu.matmul or use f32",
-                dtype.as_str()
-            )));
+        if let Some(refusal) = dtype.refuse_on_cpu(Self::NAME).filter(|_| !ctx.is_gpu) {
+            return Err(refusal);
         }
         let Dims { m, k, n } = params.dims()?;
         let (m, k, n) = (m as usize, k as usize, n as usize);

@@ -74,6 +74,22 @@ fn work_counts_follow_the_sizes() {
         Some(2.0 * 32.0 * 64.0 * 224.0 * 224.0 * 64.0 * 9.0)
     );
 
+    let filter = Case::filter([32, 3, 512, 512], 5, Precision::F32, false);
+    assert_eq!(filter.name, "conv2d_dw5x5_f32_32x3x512x512");
+    // Depthwise: one input channel per output channel, 25 taps.
+    assert_eq!(
+        filter.flops(),
+        Some(2.0 * 32.0 * 3.0 * 512.0 * 512.0 * 25.0)
+    );
+    assert_eq!(
+        filter.shape(),
+        "input 32x3x512x512, weight 3x1x5x5, padding 2, 3 groups"
+    );
+    assert_eq!(
+        Case::filter([1, 3, 8, 8], 5, Precision::F32, true).name,
+        "conv2d_dw5x5_f32_1x3x8x8_burn"
+    );
+
     let step = Case::train_step(512, 256, &[1024, 1024], 10);
     assert_eq!(step.name, "train_mlp_step_256-1024-1024-10_b512");
     let weights = 257 * 1024 + 1025 * 1024 + 1025 * 10;

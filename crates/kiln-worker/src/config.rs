@@ -37,6 +37,9 @@ pub struct WorkerConfig {
     /// What `matmul` jobs run on: the device's BLAS (cuBLAS, OpenBLAS; checked at start, Burn
     /// where it cannot be loaded) or Burn's kernels.
     pub matmul_engine: kiln_kernels::MatmulEngine,
+    /// What `conv2d` jobs run on in a CUDA worker: cuDNN (checked at start, Burn where it
+    /// cannot be loaded) or Burn's kernels. CPU workers convolve on burn-ndarray.
+    pub conv_engine: kiln_kernels::ConvEngine,
     /// Memory the jobs of this worker may hold together (`None`: a share of the device's
     /// memory, found at start). A job needing more is refused before any allocation; jobs
     /// that fit wait for each other rather than run out of memory together.
@@ -69,6 +72,7 @@ impl WorkerConfig {
             warmup: true,
             cache_dir: Some(kiln_kernels::default_cache_dir()),
             matmul_engine: kiln_kernels::MatmulEngine::Blas,
+            conv_engine: kiln_kernels::ConvEngine::Cudnn,
             memory: None,
             metrics: kiln_telemetry::WorkerMetrics::default(),
             health: kiln_telemetry::Health::default(),

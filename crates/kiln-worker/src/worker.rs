@@ -126,6 +126,7 @@ pub async fn run(
     tokio::pin!(shutdown);
     // Before the first heartbeat: a CPU worker announces itself serving, so it must be ready.
     choose_matmul_engine(shared.config.device.clone(), shared.config.matmul_engine).await;
+    choose_conv_engine(shared.config.device.clone(), shared.config.conv_engine).await;
     let serving = Arc::new(AtomicBool::new(false));
     let heartbeat = crate::heartbeat::Heartbeat::start(&js, shared.clone(), serving.clone())
         .await
@@ -309,6 +310,36 @@ impl Shared {
             succeeded: self.counters.succeeded.load(Ordering::Relaxed),
             failed: self.counters.failed.load(Ordering::Relaxed),
             retried: self.counters.retried.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Set what this process's `conv2d` jobs run on when it runs them on CUDA: cuDNN when asked for
+/// and it works (a small dense and a small depthwise convolution check it against the host),
+/// else Burn's kernels, saying why. CPU workers convolve on burn-ndarray and check nothing.
+async fn choose_conv_engine(device: ComputeDevice, wanted: kiln_kernels::ConvEngine) {
+    use kiln_kernels::ConvEngine;
+    let ComputeDevice::Cuda(index) = device else {
+        return;
+    };
+    if wanted == ConvEngine::Burn {
+        kiln_kernels::set_conv_engine(ConvEngine::Burn);
+        tracing::info!(engine = "burn", "conv2d engine (--conv2d-engine burn)");
+        return;
+    }
+    let checked = tokio::task::spawn_blocking(move || kiln_kernels::cudnn::probe(index))
+        .await
+        .unwrap_or_else(|e| Err(format!("the check itself failed: {e}")));
+    match checked {
+        Ok(()) => {
+            kiln_kernels::set_conv_engine(ConvEngine::Cudnn);
+            tracing::info!(engine = "cudnn", library = %format!("cuDNN on cuda:{index}"), "conv2d engine");
+        }
+        Err(reason) => {
+            kiln_kernels::set_conv_engine(ConvEngine::Burn);
+            tracing::warn!(
+                "cuDNN is not usable, so conv2d jobs run on Burn's kernels (f32 at TF32-like precision): {reason}"
+            );
         }
     }
 }

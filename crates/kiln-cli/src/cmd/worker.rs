@@ -93,6 +93,10 @@ pub fn worker_config(
         .matmul_engine
         .parse()
         .map_err(|e: String| anyhow::anyhow!("--matmul-engine: {e}"))?;
+    config.conv_engine = args
+        .conv_engine
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!("--conv2d-engine: {e}"))?;
     config.topology = super::topology(nats);
     config.topology.ack_wait = Duration::from_secs(args.ack_wait_s.max(1));
     Ok(config)

@@ -95,6 +95,97 @@ fn box_filter_on_a_small_image_is_exact() {
     // Zero padding: a corner sees 4 of 9 pixels, an edge 6, the centre 9.
     let expected = [4.0, 6.0, 4.0, 6.0, 9.0, 6.0, 4.0, 6.0, 4.0].map(|v| v / 9.0);
     assert_close(&floats(&out["image"]), &expected, 1e-6, "box on ones");
+    // A CPU worker convolves on burn-ndarray in f32, and says so.
+    assert_eq!(out["engine"], "burn-ndarray");
+    assert_eq!(out["dtype"], "f32");
+}
+
+#[test]
+fn gpu_dtypes_are_refused_on_the_cpu_naming_the_way_out() {
+    for dtype in ["tf32", "bf16", "f16"] {
+        let e = crate::support::run_with(
+            "conv2d",
+            json!({"height": 8, "width": 8, "dtype": dtype}),
+            0,
+            &kiln_kernels::NoCheckpoint,
+        )
+        .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidInput);
+        assert_eq!(
+            e.message,
+            format!("dtype {dtype} needs a GPU worker; submit to jobs.gpu.conv2d or use f32")
+        );
+    }
+    let out = run(
+        "conv2d",
+        json!({"height": 8, "width": 8, "dtype": "f32"}),
+        0,
+    );
+    assert_eq!(out["dtype"], "f32");
+    assert_eq!(
+        error_kind("conv2d", json!({"dtype": "f64"})),
+        ErrorKind::InvalidInput
+    );
+}
+
+/// The host reference the cuDNN start-up check compares with is the convolution jobs compute:
+/// depthwise here (the job's own shape) and dense against Burn's convolution, on integers,
+/// where every result is exact.
+#[test]
+fn the_cudnn_reference_is_the_convolution_jobs_compute() {
+    use burn::tensor::{Tensor, TensorData, module::conv2d, ops::ConvOptions};
+    use kiln_kernels::CpuBackend;
+    use kiln_kernels::cudnn::{ConvShape, conv2d_reference, probe_cases};
+
+    let image = json!([
+        [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11, 12]],
+        [[0, -1, 0, 2], [3, 0, 1, 0], [2, 2, 0, -3]]
+    ]);
+    let kernel = [[0.0f32, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]];
+    let out = run("conv2d", json!({"image": image, "kernel": kernel}), 0);
+    let depthwise = ConvShape {
+        batch: 1,
+        channels: 2,
+        height: 3,
+        width: 4,
+        out_channels: 2,
+        kernel: [3, 3],
+        padding: [1, 1],
+        groups: 2,
+    };
+    let weights: Vec<f32> = [kernel.concat(), kernel.concat()].concat();
+    assert_eq!(
+        floats(&out["image"]),
+        conv2d_reference(&floats(&image), &weights, &depthwise)
+    );
+
+    // The start-up check's convolutions (dense 3x3 and depthwise 5x5) against Burn's.
+    let device = Default::default();
+    let cases = probe_cases();
+    assert_eq!(cases.len(), 2);
+    for (shape, x, w) in cases {
+        let [o, i, kh, kw] = [
+            shape.out_channels,
+            shape.channels / shape.groups,
+            shape.kernel[0],
+            shape.kernel[1],
+        ];
+        let burn = conv2d(
+            Tensor::<CpuBackend, 4>::from_data(
+                TensorData::new(
+                    x.clone(),
+                    [shape.batch, shape.channels, shape.height, shape.width],
+                ),
+                &device,
+            ),
+            Tensor::<CpuBackend, 4>::from_data(TensorData::new(w.clone(), [o, i, kh, kw]), &device),
+            None,
+            ConvOptions::new([1, 1], shape.padding, [1, 1], shape.groups),
+        );
+        assert_eq!(burn.dims(), shape.output_dims());
+        let burn = burn.into_data().into_vec::<f32>().unwrap();
+        assert_eq!(burn, conv2d_reference(&x, &w, &shape), "{shape:?}");
+    }
 }
 
 #[test]

@@ -111,9 +111,9 @@ fn cuda_conv2d_matches_reference_for_every_filter() {
     }
     let (c, h, w) = (3, 40, 50);
     let pixels = generated(6, c * h * w);
-    // Pixels are in [0, 1): an output is off by at most (Σ|kernel|)·(rounding), and the
-    // bound 2e-3 allows for TF32 inputs. Σ|kernel| is 1 (gaussian, box), 9 (sharpen) and
-    // 8 per derivative (sobel).
+    // Pixels are in [0, 1): an output is off by at most (Σ|kernel|)·(rounding). conv2d jobs
+    // run on cuDNN in true f32 (at most 25 roundings of 2⁻²⁴: 1e-5 is a wide bound).
+    // Σ|kernel| is 1 (gaussian, box), 9 (sharpen) and 8 per derivative (sobel).
     for (filter, abs_sum) in [
         ("gaussian", 1.0),
         ("sobel", 8.0),
@@ -126,14 +126,39 @@ fn cuda_conv2d_matches_reference_for_every_filter() {
             .collect();
         let out = run_gpu("conv2d", json!({"image": image, "filter": filter}), 6);
         assert_eq!(out["shape"], json!([1, c, h, w]));
+        assert_eq!(out["engine"], "cudnn");
+        assert_eq!(out["dtype"], "f32");
         let expected = named(filter, &pixels, h, w);
         let scale = vec![abs_sum; expected.len()];
         check_scaled(
             &floats(&out["image"]),
             &expected,
             &scale,
-            2e-3,
+            1e-5,
             &format!("cuda conv2d {filter}"),
+        );
+    }
+    // Lower precisions: inputs rounded to the dtype (f16 and TF32 10-bit mantissas, bf16 7),
+    // f32 accumulation, the output rounded once more (f16, bf16): about 2·2⁻¹¹ ≈ 1e-3 and
+    // 2·2⁻⁸ ≈ 8e-3 of Σ|kernel|; the bounds double those.
+    let image: Vec<Vec<Vec<f32>>> = pixels
+        .chunks(h * w)
+        .map(|plane| plane.chunks(w).map(<[f32]>::to_vec).collect())
+        .collect();
+    for (dtype, tol) in [("tf32", 2e-3), ("f16", 2e-3), ("bf16", 1.6e-2)] {
+        let out = run_gpu(
+            "conv2d",
+            json!({"image": image, "filter": "sharpen", "dtype": dtype}),
+            6,
+        );
+        assert_eq!(out["dtype"], dtype);
+        let expected = named("sharpen", &pixels, h, w);
+        check_scaled(
+            &floats(&out["image"]),
+            &expected,
+            &vec![9.0; expected.len()],
+            tol,
+            &format!("cuda conv2d sharpen {dtype}"),
         );
     }
     let out = run_gpu(
@@ -195,5 +220,62 @@ fn cuda_vector_add_matches_the_cpu_exactly() {
         let gpu = run_gpu("vector_add", params.clone(), 9);
         let cpu = crate::support::run("vector_add", params, 9);
         assert_eq!(gpu["summary"], cpu["summary"], "len {len}");
+    }
+}
+
+#[test]
+fn cudnn_dense_convolutions_match_the_host_reference() {
+    use kiln_kernels::cudnn::{ConvShape, conv2d, conv2d_reference, probe};
+    use kiln_kernels::precision::Dtype;
+    if !have_gpu("cudnn_dense_convolutions_match_the_host_reference") {
+        return;
+    }
+    probe(0).expect("cuDNN's start-up check");
+    // A dense 3x3 convolution like the benchmark's, small, with odd sizes; and a grouped one.
+    for shape in [
+        ConvShape {
+            batch: 2,
+            channels: 16,
+            height: 17,
+            width: 23,
+            out_channels: 8,
+            kernel: [3, 3],
+            padding: [1, 1],
+            groups: 1,
+        },
+        ConvShape {
+            batch: 1,
+            channels: 8,
+            height: 9,
+            width: 9,
+            out_channels: 8,
+            kernel: [5, 3],
+            padding: [2, 0],
+            groups: 4,
+        },
+    ] {
+        let x = seeded_values(4, 0, shape.input_len());
+        let w = seeded_values(4, 1, shape.weight_len());
+        let want: Vec<f64> = conv2d_reference(&x, &w, &shape)
+            .into_iter()
+            .map(f64::from)
+            .collect();
+        // Inputs in [-1, 1): Σ|x·w| is at most the taps per output.
+        let taps = (shape.channels / shape.groups * shape.kernel[0] * shape.kernel[1]) as f64;
+        for (dtype, tol) in [
+            (Dtype::F32, 1e-5),
+            (Dtype::Tf32, 2e-3),
+            (Dtype::F16, 2e-3),
+            (Dtype::Bf16, 1.6e-2),
+        ] {
+            let got = conv2d(0, &x, &w, &shape, dtype).expect("cuDNN conv2d");
+            check_scaled(
+                &got,
+                &want,
+                &vec![taps; want.len()],
+                tol,
+                &format!("cudnn {shape:?} {}", dtype.as_str()),
+            );
+        }
     }
 }

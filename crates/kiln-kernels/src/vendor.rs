@@ -1,0 +1,220 @@
+//! What kiln's direct calls into NVIDIA's libraries share (cuBLAS for matmul in `cublas.rs`,
+//! cuDNN for conv2d in `cudnn.rs`): finding the library before cudarc loads it (cudarc panics
+//! when one is missing), one handle per device on its own stream, the device buffers of one
+//! operation in the element type the library reads, and CUDA's errors as job errors.
+//!
+//! Unsafe code: loading the library with libloading to see whether it loads.
+#![allow(unsafe_code)]
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+use cudarc::driver::{
+    CudaContext, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, DriverError,
+    SyncOnDrop, ValidAsZeroBits, sys::CUdeviceptr,
+};
+use kiln_proto::{ErrorKind, JobError};
+
+use crate::precision::{Dtype, from_half, to_half};
+
+/// One of NVIDIA's libraries, as kiln uses it.
+pub(crate) struct Library {
+    /// As people write it: cuBLAS, cuDNN.
+    pub name: &'static str,
+    /// What cudarc calls it (libcublas.so.13, libcudnn.so.9 and the other candidates).
+    pub file: &'static str,
+    /// The job kind that runs on it, for messages.
+    pub kind: &'static str,
+    /// How to install it, for the error when it does not load.
+    pub install: &'static str,
+}
+
+/// The handles of one library, one per device index.
+pub(crate) type Handles<T> = OnceLock<Mutex<HashMap<usize, Arc<Mutex<T>>>>>;
+
+impl Library {
+    /// Whether the library loads; looked for once per process (`found` keeps the answer).
+    pub fn loads(&self, found: &OnceLock<Result<String, String>>) -> Result<(), String> {
+        found
+            .get_or_init(|| {
+                let candidates = cudarc::get_lib_name_candidates(self.file);
+                for name in &candidates {
+                    // SAFETY: loading the library runs only its initialisers, as cudarc's own
+                    // load of the same library would.
+                    if unsafe { libloading::Library::new(name) }.is_ok() {
+                        return Ok(name.clone());
+                    }
+                }
+                Err(format!(
+                    "lib{} could not be loaded (tried {}); {}",
+                    self.file,
+                    candidates.join(", "),
+                    self.install
+                ))
+            })
+            .as_ref()
+            .map(|_| ())
+            .map_err(Clone::clone)
+    }
+
+    /// The handle of device `index`, made the first time by `create` on a new stream of the
+    /// device (bound to this thread while `create` runs).
+    pub fn handle<T>(
+        &self,
+        handles: &Handles<T>,
+        index: usize,
+        create: impl FnOnce(Arc<CudaStream>) -> Result<T, JobError>,
+    ) -> Result<Arc<Mutex<T>>, JobError> {
+        let mut handles = lock(handles.get_or_init(Default::default));
+        if let Some(handle) = handles.get(&index) {
+            return Ok(handle.clone());
+        }
+        let context =
+            CudaContext::new(index).map_err(|e| self.driver_error("opening the device", e))?;
+        let stream = context
+            .new_stream()
+            .map_err(|e| self.driver_error("creating a stream", e))?;
+        context
+            .bind_to_thread()
+            .map_err(|e| self.driver_error("binding the device", e))?;
+        let handle = Arc::new(Mutex::new(create(stream)?));
+        handles.insert(index, handle.clone());
+        Ok(handle)
+    }
+
+    /// A CUDA driver error while doing `what`: `out_of_memory` when the device is full, else
+    /// `internal`.
+    pub fn driver_error(&self, what: &str, e: DriverError) -> JobError {
+        let text = format!("{e:?}");
+        if text.contains("OUT_OF_MEMORY") {
+            JobError::new(
+                ErrorKind::OutOfMemory,
+                format!(
+                    "the GPU ran out of memory {what} for this {} ({text}); submit a smaller job \
+                     or run it on a device with more memory",
+                    self.kind
+                ),
+            )
+        } else {
+            JobError::internal(format!("CUDA failed {what} for {}: {text}", self.name))
+        }
+    }
+
+    /// Make the stream's device current on this thread: the libraries work on the calling
+    /// thread's context, jobs run on whichever blocking thread is free, and a process may serve
+    /// several devices.
+    pub fn bind(&self, stream: &CudaStream) -> Result<(), JobError> {
+        stream
+            .context()
+            .bind_to_thread()
+            .map_err(|e| self.driver_error("binding the device", e))
+    }
+}
+
+/// A handle, whether or not a job panicked while holding it (the handle itself stays valid).
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The device buffers of one operation with two inputs and an output (A, B, C of a product;
+/// input, weights, output of a convolution), in one element type.
+pub(crate) struct Operands<T> {
+    a: CudaSlice<T>,
+    b: CudaSlice<T>,
+    out: CudaSlice<T>,
+}
+
+impl<T: DeviceRepr + ValidAsZeroBits> Operands<T> {
+    fn upload(
+        library: &Library,
+        stream: &Arc<CudaStream>,
+        [(a_name, a), (b_name, b)]: [(&str, &[T]); 2],
+        (out_name, out_len): (&str, usize),
+    ) -> Result<Self, JobError> {
+        let upload = |name: &str, values: &[T]| {
+            stream
+                .clone_htod(values)
+                .map_err(|e| library.driver_error(&format!("uploading {name}"), e))
+        };
+        Ok(Operands {
+            a: upload(a_name, a)?,
+            b: upload(b_name, b)?,
+            out: stream
+                .alloc_zeros(out_len)
+                .map_err(|e| library.driver_error(&format!("allocating {out_name}"), e))?,
+        })
+    }
+}
+
+/// [`Operands`] in f32 (f32, tf32) or as 16-bit floats (bf16, f16).
+pub(crate) enum Buffers {
+    Full(Operands<f32>),
+    Half(Operands<u16>),
+}
+
+/// The device addresses of [`Buffers`], valid while it lives (the guards record the stream's
+/// work on the buffers when dropped).
+pub(crate) struct Pointers<'a> {
+    pub a: CUdeviceptr,
+    pub b: CUdeviceptr,
+    pub out: CUdeviceptr,
+    _guards: [SyncOnDrop<'a>; 3],
+}
+
+impl Buffers {
+    /// Upload two f32 host inputs, converted to `dtype`'s element type (bf16/f16 round to
+    /// nearest), and allocate the output; each comes with its name for error messages.
+    pub fn upload(
+        library: &Library,
+        stream: &Arc<CudaStream>,
+        [(a_name, a), (b_name, b)]: [(&str, &[f32]); 2],
+        out: (&str, usize),
+        dtype: Dtype,
+    ) -> Result<Self, JobError> {
+        if dtype.is_half() {
+            let (a, b) = (to_half(a, dtype), to_half(b, dtype));
+            Operands::upload(library, stream, [(a_name, &a), (b_name, &b)], out).map(Buffers::Half)
+        } else {
+            Operands::upload(library, stream, [(a_name, a), (b_name, b)], out).map(Buffers::Full)
+        }
+    }
+
+    /// Where the buffers are, for a library call on `stream`.
+    pub fn pointers<'a>(&'a mut self, stream: &'a CudaStream) -> Pointers<'a> {
+        fn of<'a, T>(ops: &'a mut Operands<T>, stream: &'a CudaStream) -> Pointers<'a> {
+            let (a, ga) = ops.a.device_ptr(stream);
+            let (b, gb) = ops.b.device_ptr(stream);
+            let (out, gout) = ops.out.device_ptr_mut(stream);
+            Pointers {
+                a,
+                b,
+                out,
+                _guards: [ga, gb, gout],
+            }
+        }
+        match self {
+            Buffers::Full(ops) => of(ops, stream),
+            Buffers::Half(ops) => of(ops, stream),
+        }
+    }
+
+    /// The output back on the host as f32 (waits for the stream).
+    pub fn download(
+        &self,
+        library: &Library,
+        stream: &Arc<CudaStream>,
+        what: &str,
+        dtype: Dtype,
+    ) -> Result<Vec<f32>, JobError> {
+        let failed = |e| library.driver_error(&format!("reading {what} back"), e);
+        match self {
+            Buffers::Full(ops) => stream.clone_dtoh(&ops.out).map_err(failed),
+            Buffers::Half(ops) => Ok(from_half(
+                &stream.clone_dtoh(&ops.out).map_err(failed)?,
+                dtype,
+            )),
+        }
+    }
+}
