@@ -182,6 +182,21 @@ async fn auto_jobs_go_to_cpu_once_the_gpu_worker_is_gone_and_none_are_lost() {
         "took {switched_after:?}"
     );
 
+    // A job only a GPU can run (a bf16 product) never goes to the cpu class, which would
+    // refuse it: with no live gpu worker it waits in the gpu class.
+    let mut args = vec![
+        "submit",
+        "matmul",
+        "--device",
+        "auto",
+        "--id",
+        "bf16-after-kill",
+        "-p",
+        "dtype=bf16",
+    ];
+    args.extend_from_slice(&MATMUL);
+    assert_success(&cluster.kiln(&args));
+
     // Jobs routed to the gpu class before the expiry wait there; a new gpu worker finishes
     // them: every submitted job gets exactly one result.
     cluster.spawn(
@@ -197,7 +212,11 @@ async fn auto_jobs_go_to_cpu_once_the_gpu_worker_is_gone_and_none_are_lost() {
         ],
     );
     let deadline = Instant::now() + Duration::from_secs(60);
-    while ids.iter().any(|id| !routed.contains_key(id)) {
+    while ids
+        .iter()
+        .chain(["bf16-after-kill".to_owned()].iter())
+        .any(|id| !routed.contains_key(id))
+    {
         assert!(
             Instant::now() < deadline,
             "lost: {:?}",
@@ -220,4 +239,16 @@ async fn auto_jobs_go_to_cpu_once_the_gpu_worker_is_gone_and_none_are_lost() {
     for id in &ids {
         assert_eq!(by_id[id].status, Status::Succeeded, "{id}");
     }
+    // The bf16 job reached the gpu class; the stand-in gpu worker is a CPU, which refuses it.
+    let bf16 = &routed["bf16-after-kill"];
+    assert_eq!(routed_to(bf16), DeviceClass::Gpu);
+    assert_eq!(
+        bf16.routing.as_ref().unwrap().reason,
+        "its dtype needs a gpu and none is live: gpu, to wait for one"
+    );
+    let error = bf16.error.as_ref().expect("the cpu stand-in refuses bf16");
+    assert_eq!(
+        error.message,
+        "dtype bf16 needs a GPU worker; submit to jobs.gpu.matmul or use f32"
+    );
 }

@@ -287,6 +287,7 @@ impl Kernel for Conv2d {
         Ok(Plan {
             elements,
             flops: 2.0 * pixels as f64 * (s.ksize * s.ksize * s.passes) as f64,
+            gpu_only: params.dtype.unwrap_or_default() != Dtype::F32,
         })
     }
 

@@ -15,6 +15,9 @@ pub struct Plan {
     pub elements: u64,
     /// Floating-point operations (multiply-adds count as two).
     pub flops: f64,
+    /// Only a GPU worker can run it (a `dtype` other than f32): the scheduler routes it to the
+    /// GPU class, never to the CPU class, which would refuse it.
+    pub gpu_only: bool,
 }
 
 /// Progress of a long job, reported at checkpoints (training epochs, batch slices).

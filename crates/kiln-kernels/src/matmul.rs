@@ -145,6 +145,7 @@ impl Kernel for Matmul {
         Ok(Plan {
             elements,
             flops: 2.0 * m as f64 * k as f64 * n as f64,
+            gpu_only: params.dtype.unwrap_or_default() != Dtype::F32,
         })
     }
 

@@ -306,7 +306,11 @@ impl Kernel for TrainMlp {
             .ok_or_else(overflow)?;
         // Forward 2, backward 4 per parameter and sample; the accuracy pass another 2.
         let flops = 8.0 * parameters as f64 * c.samples as f64 * c.epochs as f64;
-        Ok(Plan { elements, flops })
+        Ok(Plan {
+            elements,
+            flops,
+            gpu_only: false,
+        })
     }
 
     fn run<B: Backend>(

@@ -55,6 +55,7 @@ impl Kernel for VectorAdd {
         Ok(Plan {
             elements,
             flops: len as f64,
+            gpu_only: false,
         })
     }
 

@@ -487,6 +487,22 @@ impl CostModel {
         }
     }
 
+    /// The decision for a job only a GPU can run (a `dtype` other than f32): the GPU class,
+    /// with its prediction when it has live workers, else to wait there for one.
+    pub fn decide_gpu_only(&self, kind: &str, flops: f64, gpu: &ClassState) -> Decision {
+        let g = self.predict(kind, DeviceClass::Gpu, sanitize_flops(flops), gpu);
+        let reason = match &g {
+            Some(g) => format!("{}; its dtype needs a gpu", g.describe()),
+            None => "its dtype needs a gpu and none is live: gpu, to wait for one".to_owned(),
+        };
+        Decision {
+            chosen: DeviceClass::Gpu,
+            gpu: g,
+            cpu: None,
+            reason,
+        }
+    }
+
     /// The fitted line of every (kind, class) seen, by kind then class, with its
     /// observation count (0: the prior alone).
     pub fn snapshot(&self) -> Vec<FitView> {
@@ -770,6 +786,28 @@ mod tests {
                 assert!(d.cpu.is_none());
             }
         }
+    }
+
+    #[test]
+    fn a_job_only_a_gpu_can_run_goes_to_the_gpu_however_backed_up() {
+        let mut model = CostModel::new();
+        let mut rng = Lcg(17);
+        feed(&mut model, &mut rng, Cpu, CPU_TRUTH, 100);
+        feed(&mut model, &mut rng, Gpu, GPU_TRUTH, 100);
+        let swamped = live(1, 10_000);
+        let d = model.decide_gpu_only("matmul", 1e3, &swamped);
+        assert_eq!(d.chosen, Gpu, "{}", d.reason);
+        assert!(d.cpu.is_none());
+        assert!(d.gpu.is_some_and(|g| g.total_ms > 0.0));
+        assert!(d.reason.ends_with("its dtype needs a gpu"), "{}", d.reason);
+        let gone = ClassState::default();
+        let d = model.decide_gpu_only("conv2d", 1e9, &gone);
+        assert_eq!(d.chosen, Gpu);
+        assert!(d.gpu.is_none());
+        assert_eq!(
+            d.reason,
+            "its dtype needs a gpu and none is live: gpu, to wait for one"
+        );
     }
 
     #[test]

@@ -220,7 +220,11 @@ async fn route(
             .or(header(HEADER_MSG_ID).as_deref()),
         sequence,
     );
-    let decision = model.decide(&kind, flops, &classes.gpu, &classes.cpu);
+    let decision = if decoded.as_ref().is_some_and(|job| job.plan.gpu_only) {
+        model.decide_gpu_only(&kind, flops, &classes.gpu)
+    } else {
+        model.decide(&kind, flops, &classes.gpu, &classes.cpu)
+    };
     let routing = Routing {
         chosen: decision.chosen,
         by: config.name.clone(),
