@@ -159,7 +159,18 @@ struct ClusterNode {
 
 /// The committed cluster node configuration.
 pub fn cluster_config() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../nats/cluster/node.conf")
+    workspace_root().join("nats/cluster/node.conf")
+}
+
+/// The workspace root, two levels above a crate's folder: from the running test's
+/// `CARGO_MANIFEST_DIR` (cargo sets it when it runs a test binary), else from this crate's at
+/// build time. The build-time path alone goes stale when a build folder shared by two
+/// checkouts keeps this crate as the other checkout built it.
+pub fn workspace_root() -> PathBuf {
+    let crate_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    crate_dir.join("../..")
 }
 
 impl NatsCluster {
@@ -380,7 +391,7 @@ pub fn find_nats_server() -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("NATS_SERVER_BIN") {
         return Some(PathBuf::from(path));
     }
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let workspace = workspace_root();
     let here = std::env::current_dir().unwrap_or_default();
     for root in [workspace, here] {
         let local = root.join(".tools/venv/bin/nats-server");
