@@ -8,11 +8,14 @@
 //! tensor cores' GPUs. A worker checks its device's BLAS at start ([`crate::cublas::probe`],
 //! [`crate::openblas::probe`]) and uses Burn where the library is missing.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use kiln_proto::JobError;
+
+use crate::device::ComputeDevice;
 
 /// What `matmul` jobs run on in this process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -132,6 +135,29 @@ pub fn conv_engine() -> ConvEngine {
         0 => ConvEngine::Cudnn,
         _ => ConvEngine::Burn,
     }
+}
+
+/// What `matmul` and `conv2d` jobs run on in this process on `device`, named as their result
+/// events name it (`output.engine`), for heartbeats and `kiln status`.
+pub fn engines(device: &ComputeDevice) -> BTreeMap<String, String> {
+    let burn = match device {
+        ComputeDevice::Cpu => "burn-ndarray",
+        ComputeDevice::Cuda(_) => "burn-cuda",
+    };
+    let blas = matmul_engine() == MatmulEngine::Blas;
+    let matmul = match device {
+        ComputeDevice::Cuda(_) if blas => "cublas",
+        ComputeDevice::Cpu if blas && crate::openblas::available() => "openblas",
+        _ => burn,
+    };
+    let conv2d = match device {
+        ComputeDevice::Cuda(_) if conv_engine() == ConvEngine::Cudnn => "cudnn",
+        _ => burn,
+    };
+    [("matmul", matmul), ("conv2d", conv2d)]
+        .into_iter()
+        .map(|(kind, engine)| (kind.to_owned(), engine.to_owned()))
+        .collect()
 }
 
 /// A matrix dimension as the 32-bit integer both BLAS interfaces take (cuBLAS's `int`, CBLAS's

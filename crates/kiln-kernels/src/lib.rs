@@ -36,7 +36,8 @@ pub use device::{
     device_memory, use_cache_dir,
 };
 pub use engine::{
-    ConvEngine, MatmulEngine, conv_engine, matmul_engine, set_conv_engine, set_matmul_engine,
+    ConvEngine, MatmulEngine, conv_engine, engines, matmul_engine, set_conv_engine,
+    set_matmul_engine,
 };
 pub use kernel::{
     Checkpoint, DecodedJob, JobMeta, Kernel, KindEntry, NoCheckpoint, Plan, Progress, RunContext,

@@ -20,6 +20,11 @@ pub struct WorkerInfo {
     pub device: String,
     /// The Burn backend: `ndarray` or `cuda`.
     pub backend: String,
+    /// What the kinds with a choice of library run on, as their result events name it:
+    /// `{"matmul": "cublas" | "openblas" | "burn-…", "conv2d": "cudnn" | "burn-…"}`. A GPU
+    /// worker on `burn-cuda` has no cuBLAS or cuDNN (its log says why) and runs 2–4× slower.
+    #[serde(default)]
+    pub engines: std::collections::BTreeMap<String, String>,
     /// Jobs it computes at once.
     pub capacity: usize,
     /// Jobs it holds at most (computing, waiting for a slot, publishing).

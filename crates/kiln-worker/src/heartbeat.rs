@@ -87,6 +87,7 @@ fn info(shared: &Shared, serving: &AtomicBool, started_at: OffsetDateTime) -> Wo
             ComputeDevice::Cuda(_) => "cuda",
         }
         .into(),
+        engines: kiln_kernels::engines(&config.device),
         capacity: config.compute_slots,
         max_in_flight: config.max_in_flight,
         // Jobs held (computing, waiting for a slot, publishing) — not the slots reserved by

@@ -166,9 +166,14 @@ pub async fn overview(js: &jetstream::Context) -> anyhow::Result<String> {
         Ok(workers) => {
             let _ = writeln!(out, "workers: {} live", workers.len());
             for w in &workers {
+                let engines: Vec<String> = w
+                    .engines
+                    .iter()
+                    .map(|(kind, on)| format!("{kind}={on}"))
+                    .collect();
                 let _ = writeln!(
                     out,
-                    "  {:<28} {:<4} {:<7} {:<8} {:<10} slots {:>3}  in flight {:>4}  ok {:>8}  failed {:>6}",
+                    "  {:<28} {:<4} {:<7} {:<8} {:<10} slots {:>3}  in flight {:>4}  ok {:>8}  failed {:>6}  {}",
                     w.name,
                     w.class,
                     w.device,
@@ -177,7 +182,8 @@ pub async fn overview(js: &jetstream::Context) -> anyhow::Result<String> {
                     w.capacity,
                     w.in_flight,
                     w.succeeded,
-                    w.failed
+                    w.failed,
+                    engines.join(" ")
                 );
             }
         }
