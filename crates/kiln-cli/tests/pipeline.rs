@@ -330,6 +330,33 @@ async fn bad_jobs_get_failed_results_and_the_worker_keeps_serving() {
     assert_eq!(matmul.failures.get("too_large"), Some(&1));
     let add = snapshot(&snapshots, "vector_add", "cpu").unwrap();
     assert_eq!((add.succeeded, add.failed), (1, 1));
+
+    // `kiln submit` refuses a dtype only GPUs compute for the cpu class before publishing;
+    // the same job sent to the cpu class anyway is refused by the worker, naming the way out.
+    let out = cluster.kiln(&["submit", "conv2d", "-p", "dtype=bf16", "-d", "cpu"]);
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains(
+            "conv2d with dtype \"bf16\" runs on GPU workers only (CPU workers compute f32): \
+             submit it with --device gpu or --device auto"
+        ),
+        "{said}"
+    );
+    publish(
+        "jobs.cpu.conv2d",
+        "bf16-on-cpu",
+        r#"{"params":{"height":8,"width":8,"dtype":"bf16"}}"#,
+    )
+    .await;
+    let refused = &wait_for_results(&client, &["bf16-on-cpu"], WAIT).await["bf16-on-cpu"];
+    assert_eq!(refused.status, Status::Failed);
+    let error = refused.error.as_ref().unwrap();
+    assert_eq!(error.kind, ErrorKind::InvalidInput);
+    assert_eq!(
+        error.message,
+        "dtype bf16 needs a GPU worker; submit to jobs.gpu.conv2d or use f32"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

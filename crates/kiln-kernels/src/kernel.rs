@@ -282,12 +282,7 @@ fn encode<K: Kernel>(
 ) -> Result<Vec<u8>, JobError> {
     let params: K::Params = serde_json::from_value(params)
         .map_err(|e| JobError::invalid_input(format!("{} params: {e}", K::NAME)))?;
-    let unlimited = Limits {
-        max_elements: u64::MAX,
-        max_payload_bytes: usize::MAX,
-        max_inline_output: 0,
-    };
-    K::plan(&params, &unlimited)?;
+    K::plan(&params, &Limits::UNLIMITED)?;
     let job = Job {
         id: meta.id,
         params,

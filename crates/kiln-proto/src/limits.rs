@@ -30,6 +30,14 @@ impl Default for Limits {
 }
 
 impl Limits {
+    /// No bounds: for checking a job's parameters where the worker's limits, the ones that
+    /// count, are not known (`kiln submit`).
+    pub const UNLIMITED: Limits = Limits {
+        max_elements: u64::MAX,
+        max_payload_bytes: usize::MAX,
+        max_inline_output: 0,
+    };
+
     /// Refuse a job whose tensors would hold more than [`Limits::max_elements`].
     pub fn check_elements(&self, what: &str, elements: u64) -> Result<(), JobError> {
         if elements > self.max_elements {

@@ -251,6 +251,19 @@ pub async fn run(nats: &NatsArgs, args: SubmitArgs) -> anyhow::Result<ExitCode> 
     })?;
     let class: DeviceClass = args.device.parse()?;
     let params = parse_params(&args.params, args.params_json.as_deref())?;
+    // A dtype only GPUs compute would come back refused from a CPU worker: say so now.
+    if class == DeviceClass::Cpu
+        && kind
+            .check_params(params.clone(), &kiln_proto::Limits::UNLIMITED)
+            .is_ok_and(|plan| plan.gpu_only)
+    {
+        anyhow::bail!(
+            "{} with dtype {} runs on GPU workers only (CPU workers compute f32): submit it with \
+             --device gpu or --device auto",
+            kind.name,
+            params["dtype"]
+        );
+    }
     let codec = if args.bincode {
         Codec::Bincode
     } else {
