@@ -895,6 +895,111 @@ mod tests {
         assert_eq!(out, want);
     }
 
+    /// cuDNN's entry points kiln calls; cudarc resolves each on first use and panics on a
+    /// missing one.
+    const SYMBOLS: [&str; 19] = [
+        "cudnnCreate",
+        "cudnnDestroy",
+        "cudnnSetStream",
+        "cudnnCreateTensorDescriptor",
+        "cudnnSetTensor4dDescriptor",
+        "cudnnDestroyTensorDescriptor",
+        "cudnnCreateFilterDescriptor",
+        "cudnnSetFilter4dDescriptor",
+        "cudnnDestroyFilterDescriptor",
+        "cudnnCreateConvolutionDescriptor",
+        "cudnnSetConvolution2dDescriptor",
+        "cudnnSetConvolutionGroupCount",
+        "cudnnSetConvolutionMathType",
+        "cudnnGetConvolutionMathType",
+        "cudnnDestroyConvolutionDescriptor",
+        "cudnnGetConvolution2dForwardOutputDim",
+        "cudnnGetConvolutionForwardAlgorithm_v7",
+        "cudnnFindConvolutionForwardAlgorithmEx",
+        "cudnnConvolutionForward",
+    ];
+
+    /// Without a GPU, where libcudnn loads (it needs no device for this): every entry point
+    /// exists, and cuDNN accepts kiln's descriptors in every dtype and computes the output size
+    /// kiln computes. `LD_LIBRARY_PATH=…/nvidia/cudnn/lib cargo test -p kiln-kernels cudnn`
+    /// runs it against PyTorch's cuDNN wheel.
+    #[test]
+    fn cudnn_takes_kilns_descriptors_and_agrees_on_output_sizes() {
+        static FOUND: OnceLock<Result<String, String>> = OnceLock::new();
+        if let Err(why) = CUDNN.loads(&FOUND) {
+            eprintln!("SKIPPED: {why}");
+            return;
+        }
+        let library = FOUND.get().unwrap().as_ref().unwrap();
+        // SAFETY: loading the library runs its initialisers only.
+        let lib = unsafe { libloading::Library::new(library) }.unwrap();
+        for symbol in SYMBOLS {
+            // SAFETY: only looked up, never called.
+            let found = unsafe { lib.get::<*const c_void>(symbol.as_bytes()) };
+            assert!(found.is_ok(), "{library} lacks {symbol}");
+        }
+        println!("cuDNN {} from {library}", result::get_version());
+        let mut shapes: Vec<ConvShape> = probe_cases().into_iter().map(|(s, _, _)| s).collect();
+        shapes.push(ConvShape {
+            batch: 32,
+            channels: 64,
+            height: 224,
+            width: 224,
+            out_channels: 64,
+            kernel: [3, 3],
+            padding: [1, 1],
+            groups: 1,
+        });
+        shapes.push(ConvShape {
+            padding: [0, 1],
+            kernel: [5, 3],
+            ..shapes[0]
+        });
+        for shape in shapes {
+            for dtype in [Dtype::F32, Dtype::Tf32, Dtype::Bf16, Dtype::F16] {
+                let (element, math) = types(dtype);
+                let int = ConvShape::int;
+                let x = TensorDesc::new(
+                    element,
+                    [shape.batch, shape.channels, shape.height, shape.width].map(int),
+                )
+                .unwrap();
+                let w = FilterDesc::new(
+                    element,
+                    [
+                        shape.out_channels,
+                        shape.channels / shape.groups,
+                        shape.kernel[0],
+                        shape.kernel[1],
+                    ]
+                    .map(int),
+                )
+                .unwrap();
+                let conv = ConvDesc::new(shape.padding.map(int), int(shape.groups), math).unwrap();
+                let mut dims: [c_int; 4] = [0; 4];
+                // SAFETY: live descriptors; distinct out-pointers.
+                unsafe {
+                    let [n, c, h, w_] = &mut dims;
+                    sys::cudnnGetConvolution2dForwardOutputDim(conv.0, x.0, w.0, n, c, h, w_)
+                }
+                .result()
+                .unwrap();
+                assert_eq!(
+                    dims,
+                    shape.output_dims().map(int),
+                    "{shape:?} {}",
+                    dtype.as_str()
+                );
+                let mut back = sys::cudnnMathType_t::CUDNN_DEFAULT_MATH;
+                // SAFETY: a live descriptor and an out-pointer to a local.
+                unsafe { sys::cudnnGetConvolutionMathType(conv.0, &mut back) }
+                    .result()
+                    .unwrap();
+                assert_eq!(back, math);
+            }
+        }
+    }
+
     #[test]
     fn each_dtype_maps_to_pytorchs_math_type() {
         use sys::cudnnMathType_t::*;
