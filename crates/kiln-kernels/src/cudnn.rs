@@ -525,6 +525,16 @@ impl Dnn {
         CUDNN.bind(&self.stream)?;
         let needed = self.plan(shape, dtype, ops)?.workspace;
         let workspace = self.reserve_workspace(needed)?;
+        if workspace < needed {
+            return Err(JobError::new(
+                ErrorKind::OutOfMemory,
+                format!(
+                    "the GPU ran out of memory for cuDNN's {needed}-byte workspace of this \
+                     conv2d (it gave {workspace}); submit a smaller job or run it on a device \
+                     with more memory"
+                ),
+            ));
+        }
         let stream = self.stream.clone();
         let plan = self
             .plans
