@@ -55,6 +55,20 @@ build:
 gpu-check:
     scripts/gpu-check.sh
 
+# Without a GPU: check kiln's cuDNN calls against the real library (PyTorch's nvidia-cudnn-cu13 wheel, a 537 MB download into .tools/): entry points, descriptors in every dtype, output sizes
+[group('check')]
+cudnn-check:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    lib=.tools/cudnn/nvidia/cudnn/lib
+    if [ ! -f "$lib/libcudnn.so.9" ]; then
+        mkdir -p .tools/cudnn
+        python3 -m pip download --quiet --disable-pip-version-check --no-deps nvidia-cudnn-cu13==9.27.0.42 -d .tools/cudnn
+        python3 -m zipfile -e .tools/cudnn/nvidia_cudnn_cu13-*.whl .tools/cudnn
+        rm -f .tools/cudnn/*.whl
+    fi
+    LD_LIBRARY_PATH="$PWD/$lib" cargo test -p kiln-kernels --lib cudnn -- --nocapture
+
 # Build the release binary and gzip it with nats-server into .device/, ready to carry to a GPU machine (scripts/gpu-check.sh unpacks them)
 [group('build')]
 gpu-bundle:

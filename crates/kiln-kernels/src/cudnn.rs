@@ -931,8 +931,7 @@ mod tests {
 
     /// Without a GPU, where libcudnn loads (it needs no device for this): every entry point
     /// exists, and cuDNN accepts kiln's descriptors in every dtype and computes the output size
-    /// kiln computes. `LD_LIBRARY_PATH=…/nvidia/cudnn/lib cargo test -p kiln-kernels cudnn`
-    /// runs it against PyTorch's cuDNN wheel.
+    /// kiln computes. `./dev cudnn-check` runs it against PyTorch's cuDNN wheel.
     #[test]
     fn cudnn_takes_kilns_descriptors_and_agrees_on_output_sizes() {
         static FOUND: OnceLock<Result<String, String>> = OnceLock::new();
