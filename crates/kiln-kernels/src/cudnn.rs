@@ -243,12 +243,80 @@ pub fn probe(index: usize) -> Result<(), String> {
 
 /// The descriptors of one shape and dtype, and the algorithm measured for it.
 struct Plan {
+    desc: Descriptors,
+    algo: sys::cudnnConvolutionFwdAlgo_t,
+    workspace: usize,
+}
+
+/// cuDNN's description of one convolution: input, weights, output, and the convolution itself.
+struct Descriptors {
     x: TensorDesc,
     w: FilterDesc,
     y: TensorDesc,
     conv: ConvDesc,
-    algo: sys::cudnnConvolutionFwdAlgo_t,
-    workspace: usize,
+}
+
+impl Descriptors {
+    /// Describe `shape` (checked by the caller) in `dtype`, and check that cuDNN's idea of the
+    /// output is kiln's. Host-side only: no device or handle needed.
+    fn new(shape: &ConvShape, dtype: Dtype) -> Result<Self, JobError> {
+        let (element, math) = types(dtype);
+        let int = ConvShape::int;
+        let x = TensorDesc::new(
+            element,
+            [shape.batch, shape.channels, shape.height, shape.width].map(int),
+        )
+        .map_err(|e| dnn_error("describing the input", e))?;
+        let w = FilterDesc::new(
+            element,
+            [
+                shape.out_channels,
+                shape.channels / shape.groups,
+                shape.kernel[0],
+                shape.kernel[1],
+            ]
+            .map(int),
+        )
+        .map_err(|e| dnn_error("describing the weights", e))?;
+        let y = TensorDesc::new(element, shape.output_dims().map(int))
+            .map_err(|e| dnn_error("describing the output", e))?;
+        let conv = ConvDesc::new(shape.padding.map(int), int(shape.groups), math)
+            .map_err(|e| dnn_error("describing the convolution", e))?;
+        let desc = Descriptors { x, w, y, conv };
+        let dims = desc
+            .output_dims()
+            .map_err(|e| dnn_error("computing the output size", e))?;
+        if dims != shape.output_dims().map(int) {
+            return Err(JobError::internal(format!(
+                "cuDNN computes a conv2d output of {dims:?}, kiln {:?}",
+                shape.output_dims()
+            )));
+        }
+        Ok(desc)
+    }
+
+    /// The output size cuDNN computes from the input, weights and convolution.
+    fn output_dims(&self) -> Result<[c_int; 4], CudnnError> {
+        let mut dims: [c_int; 4] = [0; 4];
+        // SAFETY: the descriptors are live and initialised; the four out-pointers are distinct
+        // elements of `dims`.
+        unsafe {
+            let [n, c, h, w] = &mut dims;
+            sys::cudnnGetConvolution2dForwardOutputDim(self.conv.0, self.x.0, self.w.0, n, c, h, w)
+        }
+        .result()?;
+        Ok(dims)
+    }
+}
+
+/// The number of forward algorithms cuDNN has, the most it reports on.
+const ALGOS: usize = sys::cudnnConvolutionFwdAlgo_t::CUDNN_CONVOLUTION_FWD_ALGO_COUNT as usize;
+
+/// Room for cuDNN's report on every algorithm.
+fn perf_slots() -> [sys::cudnnConvolutionFwdAlgoPerf_t; ALGOS] {
+    // SAFETY: an all-zero perf struct is valid (enums with a zero variant, numbers); cuDNN
+    // overwrites the first ones it reports on.
+    unsafe { std::mem::zeroed() }
 }
 
 /// A cuDNN handle on its own stream of one device, its plans and its workspace.
@@ -327,58 +395,15 @@ impl Dnn {
         dtype: Dtype,
         ops: &mut Buffers,
     ) -> Result<Plan, JobError> {
-        shape.check()?;
-        let (element, math) = types(dtype);
-        let int = ConvShape::int;
-        let x = TensorDesc::new(
-            element,
-            [shape.batch, shape.channels, shape.height, shape.width].map(int),
-        )
-        .map_err(|e| dnn_error("describing the input", e))?;
-        let w = FilterDesc::new(
-            element,
-            [
-                shape.out_channels,
-                shape.channels / shape.groups,
-                shape.kernel[0],
-                shape.kernel[1],
-            ]
-            .map(int),
-        )
-        .map_err(|e| dnn_error("describing the weights", e))?;
-        let y = TensorDesc::new(element, shape.output_dims().map(int))
-            .map_err(|e| dnn_error("describing the output", e))?;
-        let conv = ConvDesc::new(shape.padding.map(int), int(shape.groups), math)
-            .map_err(|e| dnn_error("describing the convolution", e))?;
-
-        // cuDNN's own idea of the output must be ours.
-        let mut dims: [c_int; 4] = [0; 4];
-        // SAFETY: the descriptors are live and initialised; the four out-pointers are distinct
-        // elements of `dims`.
-        unsafe {
-            let [n, c, h, w_] = &mut dims;
-            sys::cudnnGetConvolution2dForwardOutputDim(conv.0, x.0, w.0, n, c, h, w_)
-        }
-        .result()
-        .map_err(|e| dnn_error("computing the output size", e))?;
-        if dims != shape.output_dims().map(int) {
-            return Err(JobError::internal(format!(
-                "cuDNN computes a conv2d output of {dims:?}, kiln {:?}",
-                shape.output_dims()
-            )));
-        }
+        let desc = Descriptors::new(shape, dtype)?;
 
         // The largest workspace any algorithm asks for, within bounds and what the GPU can
         // give; algorithms that need more are not measured.
-        let wanted = self.largest_workspace(&x, &w, &y, &conv);
+        let wanted = self.largest_workspace(&desc);
         let workspace = self.reserve_workspace(wanted)?;
 
-        const COUNT: usize =
-            sys::cudnnConvolutionFwdAlgo_t::CUDNN_CONVOLUTION_FWD_ALGO_COUNT as usize;
         let mut returned: c_int = 0;
-        // SAFETY: an all-zero perf struct is valid (enums with a zero variant, numbers); cuDNN
-        // overwrites the first `returned` of them.
-        let mut perf: [sys::cudnnConvolutionFwdAlgoPerf_t; COUNT] = unsafe { std::mem::zeroed() };
+        let mut perf = perf_slots();
         let stream = self.stream.clone();
         {
             let at = ops.pointers(&stream);
@@ -392,18 +417,18 @@ impl Dnn {
             // SAFETY: the handle works on `stream`, where the buffers live; x, w and y hold the
             // element counts their descriptors describe, in `dtype`'s element type
             // (`Buffers::upload` made them from slices of those lengths, checked by `conv2d`);
-            // the workspace holds `workspace` bytes; `perf` has room for COUNT results.
+            // the workspace holds `workspace` bytes; `perf` has room for ALGOS results.
             unsafe {
                 sys::cudnnFindConvolutionForwardAlgorithmEx(
                     self.handle.0,
-                    x.0,
+                    desc.x.0,
                     at.a as *const c_void,
-                    w.0,
+                    desc.w.0,
                     at.b as *const c_void,
-                    conv.0,
-                    y.0,
+                    desc.conv.0,
+                    desc.y.0,
                     at.out as *mut c_void,
-                    COUNT as c_int,
+                    ALGOS as c_int,
                     &mut returned,
                     perf.as_mut_ptr(),
                     space,
@@ -432,7 +457,8 @@ impl Dnn {
                     shape.groups
                 ))
             })?;
-        conv.set_math(chosen.mathType)
+        desc.conv
+            .set_math(chosen.mathType)
             .map_err(|e| dnn_error("setting the math type", e))?;
         tracing::debug!(
             shape = ?shape,
@@ -444,10 +470,7 @@ impl Dnn {
             "cudnn conv2d plan"
         );
         Ok(Plan {
-            x,
-            w,
-            y,
-            conv,
+            desc,
             algo: chosen.algo,
             workspace: chosen.memory,
         })
@@ -455,27 +478,18 @@ impl Dnn {
 
     /// The largest workspace of the algorithms cuDNN's heuristics list, at most
     /// [`MAX_WORKSPACE`].
-    fn largest_workspace(
-        &self,
-        x: &TensorDesc,
-        w: &FilterDesc,
-        y: &TensorDesc,
-        conv: &ConvDesc,
-    ) -> usize {
-        const COUNT: usize =
-            sys::cudnnConvolutionFwdAlgo_t::CUDNN_CONVOLUTION_FWD_ALGO_COUNT as usize;
+    fn largest_workspace(&self, desc: &Descriptors) -> usize {
         let mut returned: c_int = 0;
-        // SAFETY: as in `measure`.
-        let mut perf: [sys::cudnnConvolutionFwdAlgoPerf_t; COUNT] = unsafe { std::mem::zeroed() };
-        // SAFETY: live descriptors, room for COUNT results.
+        let mut perf = perf_slots();
+        // SAFETY: live descriptors, room for ALGOS results.
         let listed = unsafe {
             result::get_convolution_forward_algorithm(
                 self.handle.0,
-                x.0,
-                w.0,
-                conv.0,
-                y.0,
-                COUNT as c_int,
+                desc.x.0,
+                desc.w.0,
+                desc.conv.0,
+                desc.y.0,
+                ALGOS as c_int,
                 &mut returned,
                 perf.as_mut_ptr(),
             )
@@ -555,16 +569,16 @@ impl Dnn {
             result::convolution_forward(
                 self.handle.0,
                 (&alpha as *const f32).cast::<c_void>(),
-                plan.x.0,
+                plan.desc.x.0,
                 at.a as *const c_void,
-                plan.w.0,
+                plan.desc.w.0,
                 at.b as *const c_void,
-                plan.conv.0,
+                plan.desc.conv.0,
                 plan.algo,
                 space,
                 if plan.workspace > 0 { workspace } else { 0 },
                 (&beta as *const f32).cast::<c_void>(),
-                plan.y.0,
+                plan.desc.y.0,
                 at.out as *mut c_void,
             )
         }
@@ -652,11 +666,7 @@ impl Convolutions {
     pub fn algorithm(&self) -> Option<String> {
         let dnn = lock(&self.dnn);
         let plan = dnn.plans.get(&(self.shape, self.dtype))?;
-        let mut math = sys::cudnnMathType_t::CUDNN_DEFAULT_MATH;
-        // SAFETY: a live descriptor and an out-pointer to a local.
-        unsafe { sys::cudnnGetConvolutionMathType(plan.conv.0, &mut math) }
-            .result()
-            .ok()?;
+        let math = plan.desc.conv.math().ok()?;
         Some(format!("{:?}, {:?}", plan.algo, math))
     }
 
@@ -788,6 +798,13 @@ impl ConvDesc {
     fn set_math(&self, math: sys::cudnnMathType_t) -> Result<(), CudnnError> {
         // SAFETY: a live descriptor.
         unsafe { result::set_convolution_math_type(self.0, math) }
+    }
+
+    fn math(&self) -> Result<sys::cudnnMathType_t, CudnnError> {
+        let mut math = sys::cudnnMathType_t::CUDNN_DEFAULT_MATH;
+        // SAFETY: a live descriptor and an out-pointer to a local.
+        unsafe { sys::cudnnGetConvolutionMathType(self.0, &mut math) }.result()?;
+        Ok(math)
     }
 }
 
@@ -966,45 +983,15 @@ mod tests {
         });
         for shape in shapes {
             for dtype in [Dtype::F32, Dtype::Tf32, Dtype::Bf16, Dtype::F16] {
-                let (element, math) = types(dtype);
-                let int = ConvShape::int;
-                let x = TensorDesc::new(
-                    element,
-                    [shape.batch, shape.channels, shape.height, shape.width].map(int),
-                )
-                .unwrap();
-                let w = FilterDesc::new(
-                    element,
-                    [
-                        shape.out_channels,
-                        shape.channels / shape.groups,
-                        shape.kernel[0],
-                        shape.kernel[1],
-                    ]
-                    .map(int),
-                )
-                .unwrap();
-                let conv = ConvDesc::new(shape.padding.map(int), int(shape.groups), math).unwrap();
-                let mut dims: [c_int; 4] = [0; 4];
-                // SAFETY: live descriptors; distinct out-pointers.
-                unsafe {
-                    let [n, c, h, w_] = &mut dims;
-                    sys::cudnnGetConvolution2dForwardOutputDim(conv.0, x.0, w.0, n, c, h, w_)
-                }
-                .result()
-                .unwrap();
+                let what = format!("{shape:?} {}", dtype.as_str());
+                let desc = Descriptors::new(&shape, dtype)
+                    .unwrap_or_else(|e| panic!("{what}: {}", e.message));
                 assert_eq!(
-                    dims,
-                    shape.output_dims().map(int),
-                    "{shape:?} {}",
-                    dtype.as_str()
+                    desc.output_dims().unwrap(),
+                    shape.output_dims().map(ConvShape::int),
+                    "{what}"
                 );
-                let mut back = sys::cudnnMathType_t::CUDNN_DEFAULT_MATH;
-                // SAFETY: a live descriptor and an out-pointer to a local.
-                unsafe { sys::cudnnGetConvolutionMathType(conv.0, &mut back) }
-                    .result()
-                    .unwrap();
-                assert_eq!(back, math);
+                assert_eq!(desc.conv.math().unwrap(), types(dtype).1, "{what}");
             }
         }
     }
