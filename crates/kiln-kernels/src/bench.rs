@@ -71,6 +71,15 @@ impl Precision {
             Precision::Bf16 => "bf16",
         }
     }
+
+    /// The job dtype of the same name, as cuBLAS and cuDNN take it.
+    fn dtype(self) -> Dtype {
+        match self {
+            Precision::F32 => Dtype::F32,
+            Precision::Tf32 => Dtype::Tf32,
+            Precision::Bf16 => Dtype::Bf16,
+        }
+    }
 }
 
 /// What a case computes.
@@ -814,13 +823,16 @@ fn measure_blas(cuda: Option<usize>, case: &Case, settings: &Settings) -> Result
     };
     let (samples, note) = match cuda {
         Some(index) => {
-            let (dtype, note) = match precision {
-                Precision::F32 => (Dtype::F32, "cuBLAS, CUBLAS_COMPUTE_32F (true f32)"),
-                Precision::Tf32 => (Dtype::Tf32, "cuBLAS, CUBLAS_COMPUTE_32F_FAST_TF32"),
-                Precision::Bf16 => (Dtype::Bf16, "cuBLAS, bf16 in and out, f32 accumulation"),
+            let note = match precision {
+                Precision::F32 => "cuBLAS, CUBLAS_COMPUTE_32F (true f32)",
+                Precision::Tf32 => "cuBLAS, CUBLAS_COMPUTE_32F_FAST_TF32",
+                Precision::Bf16 => "cuBLAS, bf16 in and out, f32 accumulation",
             };
-            let products =
-                std::cell::RefCell::new(crate::cublas::SquareProducts::new(index, n, dtype)?);
+            let products = std::cell::RefCell::new(crate::cublas::SquareProducts::new(
+                index,
+                n,
+                precision.dtype(),
+            )?);
             let samples = sample(
                 settings,
                 settings.iters,
@@ -856,13 +868,11 @@ fn measure_cudnn(index: usize, case: &Case, settings: &Settings) -> Result<Measu
     let Some(shape) = case.work.conv_shape() else {
         return Err(format!("{} is not a conv2d", case.name));
     };
-    let dtype = match case.precision() {
-        Precision::F32 => Dtype::F32,
-        Precision::Tf32 => Dtype::Tf32,
-        Precision::Bf16 => Dtype::Bf16,
-    };
-    let convolutions =
-        std::cell::RefCell::new(crate::cudnn::Convolutions::new(index, shape, dtype)?);
+    let convolutions = std::cell::RefCell::new(crate::cudnn::Convolutions::new(
+        index,
+        shape,
+        case.precision().dtype(),
+    )?);
     let samples = sample(
         settings,
         settings.iters,
