@@ -564,10 +564,7 @@ impl Row {
 
 /// The name of the burn backend that runs on `device`.
 pub fn backend_name(device: &ComputeDevice) -> &'static str {
-    match device {
-        ComputeDevice::Cpu => "burn-ndarray",
-        ComputeDevice::Cuda(_) => "burn-cuda",
-    }
+    crate::engine::burn_engine(matches!(device, ComputeDevice::Cuda(_)))
 }
 
 /// Run one case on `device`. Never panics: failures become error rows, bf16 on the CPU a

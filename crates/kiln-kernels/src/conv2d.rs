@@ -345,12 +345,7 @@ impl Kernel for Conv2d {
             ),
             None => {
                 let (values, computed) = burn_conv2d::<B>(pixels, weights, &conv, dtype, ctx)?;
-                let engine = if ctx.is_gpu {
-                    "burn-cuda"
-                } else {
-                    "burn-ndarray"
-                };
-                (values, computed, engine)
+                (values, computed, crate::engine::burn_engine(ctx.is_gpu))
             }
         };
         let mut out = json!({

@@ -137,13 +137,16 @@ pub fn conv_engine() -> ConvEngine {
     }
 }
 
+/// The name of Burn's backend on a GPU or on the CPU, as results, heartbeats and benchmark rows
+/// name the engine when a kind runs on Burn's kernels.
+pub(crate) fn burn_engine(is_gpu: bool) -> &'static str {
+    if is_gpu { "burn-cuda" } else { "burn-ndarray" }
+}
+
 /// What `matmul` and `conv2d` jobs run on in this process on `device`, named as their result
 /// events name it (`output.engine`), for heartbeats and `kiln status`.
 pub fn engines(device: &ComputeDevice) -> BTreeMap<String, String> {
-    let burn = match device {
-        ComputeDevice::Cpu => "burn-ndarray",
-        ComputeDevice::Cuda(_) => "burn-cuda",
-    };
+    let burn = burn_engine(matches!(device, ComputeDevice::Cuda(_)));
     let blas = matmul_engine() == MatmulEngine::Blas;
     let matmul = match device {
         ComputeDevice::Cuda(_) if blas => "cublas",

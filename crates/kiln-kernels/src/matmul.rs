@@ -178,15 +178,7 @@ impl Kernel for Matmul {
             }
             _ => {
                 let (c, computed) = burn_matmul::<B>(a, b, (m, k, n), dtype, &ctx.device)?;
-                (
-                    c,
-                    computed,
-                    if ctx.is_gpu {
-                        "burn-cuda"
-                    } else {
-                        "burn-ndarray"
-                    },
-                )
+                (c, computed, crate::engine::burn_engine(ctx.is_gpu))
             }
         };
         let mut out = json!({
