@@ -173,11 +173,11 @@ pub struct WorkerArgs {
     /// as the other kinds; on CUDA f32 at TF32-like precision).
     #[arg(long, env = "KILN_MATMUL_ENGINE", default_value = "blas", value_parser = ["blas", "burn"])]
     pub matmul_engine: String,
-    /// What conv2d jobs run on in a CUDA worker: cudnn (NVIDIA's cuDNN 9, loaded at run time,
-    /// with f32 jobs in true f32), falling back to burn with a log line where it cannot be
-    /// loaded; or burn (Burn's kernels; f32 at TF32-like precision). CPU workers always
-    /// convolve on burn-ndarray.
-    #[arg(long = "conv2d-engine", env = "KILN_CONV2D_ENGINE", default_value = "cudnn", value_parser = ["cudnn", "burn"])]
+    /// What conv2d jobs run on: native (on CUDA workers NVIDIA's cuDNN 9, loaded at run time,
+    /// with f32 jobs in true f32, falling back to burn with a log line where it cannot be
+    /// loaded; on CPU workers kiln's direct depthwise loop on every core); or burn (Burn's
+    /// kernels; on CUDA f32 at TF32-like precision). cudnn, its former name, means native.
+    #[arg(long = "conv2d-engine", env = "KILN_CONV2D_ENGINE", default_value = "native", value_parser = ["native", "cudnn", "burn"])]
     pub conv_engine: String,
     /// Serve Prometheus /metrics, /healthz and /readyz on this HOST:PORT (off when unset).
     #[arg(long, env = "KILN_METRICS_ADDR", value_name = "HOST:PORT")]

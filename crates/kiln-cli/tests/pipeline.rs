@@ -600,7 +600,7 @@ async fn live_workers_are_listed_and_expire_when_killed() {
     assert_eq!(w.name, "test-worker");
     assert_eq!(w.class, kiln_proto::DeviceClass::Cpu);
     assert_eq!((w.device.as_str(), w.backend.as_str()), ("cpu", "ndarray"));
-    // OpenBLAS where it loads (./dev provides one everywhere), Burn's CPU kernels for conv2d.
+    // OpenBLAS where it loads (./dev provides one everywhere), the direct loop for conv2d.
     let matmul = if kiln_kernels::openblas::available() {
         "openblas"
     } else {
@@ -608,7 +608,7 @@ async fn live_workers_are_listed_and_expire_when_killed() {
     };
     assert_eq!(
         w.engines,
-        [("conv2d", "burn-ndarray"), ("matmul", matmul)]
+        [("conv2d", "direct"), ("matmul", matmul)]
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect()
@@ -619,7 +619,7 @@ async fn live_workers_are_listed_and_expire_when_killed() {
     assert!(
         status.contains("workers: 1 live")
             && status.contains("test-worker")
-            && status.contains(&format!("conv2d=burn-ndarray matmul={matmul}")),
+            && status.contains(&format!("conv2d=direct matmul={matmul}")),
         "{status}"
     );
 

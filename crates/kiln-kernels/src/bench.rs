@@ -464,6 +464,9 @@ pub fn cases(profile: Profile) -> Vec<Case> {
             Case::conv2d([4, 64, 112, 112], 64, F32),
             Case::conv2d([4, 64, 112, 112], 64, Bf16),
             Case::filter([8, 3, 224, 224], 5, F32, false),
+            Case::filter([8, 3, 224, 224], 5, F32, true),
+            Case::filter([1, 3, 2048, 2048], 5, F32, false),
+            Case::filter([1, 3, 2048, 2048], 5, F32, true),
             mlp(512),
         ],
         Profile::Quick => vec![
@@ -591,11 +594,25 @@ pub fn run_case(device: &ComputeDevice, case: &Case, settings: &Settings) -> Row
         (Work::Matmul { burn: false, .. }, ComputeDevice::Cpu) if crate::openblas::available() => {
             Some(Vendor::Openblas)
         }
-        (Work::Conv2d { burn: false, .. }, ComputeDevice::Cuda(index))
-            if crate::conv_engine() == crate::ConvEngine::Cudnn =>
+        (Work::Conv2d { burn: false, .. }, _)
+            if crate::conv_engine() != crate::ConvEngine::Native =>
         {
+            None
+        }
+        (Work::Conv2d { burn: false, .. }, ComputeDevice::Cuda(index)) => {
             Some(Vendor::Cudnn(*index))
         }
+        (
+            &Work::Conv2d {
+                burn: false,
+                channels,
+                out_channels,
+                groups,
+                precision: Precision::F32,
+                ..
+            },
+            ComputeDevice::Cpu,
+        ) if groups == channels && out_channels == channels => Some(Vendor::Direct),
         _ => None,
     };
     if let Some(vendor) = vendor {
@@ -610,6 +627,7 @@ pub fn run_case(device: &ComputeDevice, case: &Case, settings: &Settings) -> Row
         (_, Some(Vendor::Cublas(index))) => measure_blas(Some(index), case, &settings),
         (_, Some(Vendor::Openblas)) => measure_blas(None, case, &settings),
         (_, Some(Vendor::Cudnn(index))) => measure_cudnn(index, case, &settings),
+        (_, Some(Vendor::Direct)) => measure_direct(case, &settings),
         (ComputeDevice::Cpu, None) => measure::<CpuBackend>(&Default::default(), case, &settings),
         (ComputeDevice::Cuda(index), None) => measure::<CudaBackend>(
             &burn::backend::cuda::CudaDevice::new(*index),
@@ -656,6 +674,8 @@ enum Vendor {
     Cublas(usize),
     Openblas,
     Cudnn(usize),
+    /// conv2d jobs' depthwise loop on the CPU.
+    Direct,
 }
 
 impl Vendor {
@@ -664,6 +684,7 @@ impl Vendor {
             Vendor::Cublas(_) => "cublas",
             Vendor::Openblas => "openblas",
             Vendor::Cudnn(_) => "cudnn",
+            Vendor::Direct => crate::depthwise::ENGINE,
         }
     }
 }
@@ -855,6 +876,35 @@ fn measure_blas(cuda: Option<usize>, case: &Case, settings: &Settings) -> Result
         samples,
         dtype: precision.as_str().into(),
         note: Some(note.into()),
+    })
+}
+
+/// A depthwise conv2d case on the CPU's direct loop, as a conv2d job filters there: one kernel
+/// over every plane of the batch, each sample one call.
+fn measure_direct(case: &Case, settings: &Settings) -> Result<Measured, String> {
+    let Some(shape) = case.work.conv_shape() else {
+        return Err(format!("{} is not a conv2d", case.name));
+    };
+    let [k, _] = shape.kernel;
+    let pixels = crate::seeded_values(7, 0, shape.input_len());
+    let kernels = [crate::seeded_values(7, 1, k * k)];
+    let depthwise = crate::depthwise::Depthwise {
+        planes: shape.batch * shape.channels,
+        height: shape.height,
+        width: shape.width,
+        side: k,
+        kernels: &kernels,
+    };
+    let samples = sample(
+        settings,
+        settings.iters,
+        || Ok(()),
+        || Ok(depthwise.run(&pixels)),
+    )?;
+    Ok(Measured {
+        samples,
+        dtype: "f32".into(),
+        note: Some("kiln's direct depthwise loop, on every core".into()),
     })
 }
 

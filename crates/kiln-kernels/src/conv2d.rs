@@ -16,10 +16,11 @@
 //! [batch][channel][row][column].
 //!
 //! On a CUDA worker the convolution runs on cuDNN by default ([`crate::cudnn`]), in the job's
-//! `dtype` (f32 true f32, tf32, bf16 or f16); with `--conv2d-engine burn`, where cuDNN is
-//! missing, and on CPU workers (f32 only) it runs on Burn's kernels. The result names both
-//! (`"dtype"`, `"engine"`: cudnn, burn-cuda or burn-ndarray). Sobel's magnitude is taken in f32
-//! from the two maps, whatever the dtype of the convolution.
+//! `dtype` (f32 true f32, tf32, bf16 or f16); on a CPU worker (f32 only) on a direct depthwise
+//! loop ([`crate::depthwise`]); with `--conv2d-engine burn`, and where cuDNN is missing, on
+//! Burn's kernels. The result names both (`"dtype"`, `"engine"`: cudnn, direct, burn-cuda or
+//! burn-ndarray). Sobel's magnitude is taken in f32 from the two maps, whatever the dtype of
+//! the convolution.
 
 use burn::tensor::{
     DType, FloatDType, Tensor, TensorData, backend::Backend, module::conv2d, ops::ConvOptions,
@@ -30,6 +31,7 @@ use serde_json::json;
 
 use crate::cudnn::ConvShape;
 use crate::data::dtype_name;
+use crate::depthwise::Depthwise;
 use crate::engine::{ConvEngine, conv_engine};
 use crate::precision::Dtype;
 use crate::{Kernel, Plan, RunContext, Summary, seeded_values};
@@ -322,12 +324,14 @@ impl Kernel for Conv2d {
             padding: [k / 2, k / 2],
             groups: c,
         };
-        // Tensors over cuDNN's 32-bit sizes run on Burn; so does a convolution cuDNN fails on
-        // for another reason than memory (Burn would run out of it too), with a warning.
-        let on_cudnn = match ctx.cuda_index {
-            Some(index) if conv_engine() == ConvEngine::Cudnn && conv.check().is_ok() => {
+        // On CUDA, tensors over cuDNN's 32-bit sizes run on Burn; so does a convolution cuDNN
+        // fails on for another reason than memory (Burn would run out of it too), with a
+        // warning.
+        let native = match (ctx.cuda_index, conv_engine()) {
+            (_, ConvEngine::Burn) => None,
+            (Some(index), ConvEngine::Native) if conv.check().is_ok() => {
                 match crate::cudnn::conv2d(index, &pixels, &weights, &conv, dtype) {
-                    Ok(maps) => Some(maps),
+                    Ok(maps) => Some((maps, "cudnn")),
                     Err(e) if e.kind == kiln_proto::ErrorKind::Internal => {
                         tracing::warn!(error = %e.message, "cuDNN failed a conv2d; running it on Burn");
                         None
@@ -335,10 +339,20 @@ impl Kernel for Conv2d {
                     Err(e) => return Err(e),
                 }
             }
-            _ => None,
+            (Some(_), ConvEngine::Native) => None,
+            (None, ConvEngine::Native) => {
+                let depthwise = Depthwise {
+                    planes: b * c,
+                    height: h,
+                    width: w,
+                    side: k,
+                    kernels: &kernels,
+                };
+                Some((depthwise.run(&pixels), crate::depthwise::ENGINE))
+            }
         };
-        let (maps, computed, engine) = match on_cudnn {
-            Some(maps) => (maps, dtype.as_str().to_owned(), "cudnn"),
+        let (maps, computed, engine) = match native {
+            Some((maps, engine)) => (maps, dtype.as_str().to_owned(), engine),
             None => {
                 let (maps, computed) = burn_conv2d::<B>(pixels, weights, &conv, dtype, ctx)?;
                 (maps, computed, crate::engine::burn_engine(ctx.is_gpu))

@@ -1,6 +1,7 @@
 //! What `matmul` jobs run on: the vendor BLAS of the device (cuBLAS on CUDA, OpenBLAS on the
 //! CPU, both loaded at run time) or Burn's own kernels, like the other kinds; and what `conv2d`
-//! jobs run on in CUDA workers: cuDNN (loaded at run time, see [`crate::cudnn`]) or Burn.
+//! jobs run on: cuDNN on CUDA workers (loaded at run time, see [`crate::cudnn`]), a direct
+//! depthwise loop on CPU workers ([`crate::depthwise`]), or Burn.
 //!
 //! Burn 0.21's GEMMs reach about a quarter of cuBLAS on Hopper GPUs (its kernels use the
 //! warp-level `mma` instructions, not `wgmma`) and about half of OpenBLAS on AVX-512 CPUs
@@ -77,20 +78,21 @@ pub fn matmul_engine() -> MatmulEngine {
     }
 }
 
-/// What `conv2d` jobs run on in a CUDA worker (CPU workers convolve on burn-ndarray).
+/// What `conv2d` jobs run on in this process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ConvEngine {
-    /// NVIDIA's cuDNN (the default), in the precision the job asks for.
+    /// The default: NVIDIA's cuDNN on CUDA workers, in the precision the job asks for; kiln's
+    /// direct depthwise loop on CPU workers (burn-ndarray has no vectorised depthwise path).
     #[default]
-    Cudnn,
-    /// Burn's CubeCL kernels (f32 may run on tensor cores at TF32-like precision).
+    Native,
+    /// Burn's kernels (on CUDA, f32 may run on tensor cores at TF32-like precision).
     Burn,
 }
 
 impl ConvEngine {
     pub fn as_str(self) -> &'static str {
         match self {
-            ConvEngine::Cudnn => "cudnn",
+            ConvEngine::Native => "native",
             ConvEngine::Burn => "burn",
         }
     }
@@ -105,34 +107,36 @@ impl fmt::Display for ConvEngine {
 impl FromStr for ConvEngine {
     type Err = String;
 
+    /// `cudnn`, this setting's name before CPU workers had a native path, still means `native`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
-            "cudnn" => Ok(ConvEngine::Cudnn),
+            "native" | "cudnn" => Ok(ConvEngine::Native),
             "burn" => Ok(ConvEngine::Burn),
             other => Err(format!(
-                "unknown conv2d engine {other:?}: use cudnn (on CUDA workers) or burn"
+                "unknown conv2d engine {other:?}: use native (cuDNN on CUDA workers, a direct \
+                 loop on CPU workers) or burn"
             )),
         }
     }
 }
 
-/// 0: cuDNN, 1: Burn.
+/// 0: native, 1: Burn.
 static CONV_ENGINE: AtomicU8 = AtomicU8::new(0);
 
-/// Choose what `conv2d` jobs run on in this process (a CUDA worker does this at start, after
-/// checking cuDNN).
+/// Choose what `conv2d` jobs run on in this process (a worker does this at start; a CUDA worker
+/// after checking cuDNN).
 pub fn set_conv_engine(engine: ConvEngine) {
     let value = match engine {
-        ConvEngine::Cudnn => 0,
+        ConvEngine::Native => 0,
         ConvEngine::Burn => 1,
     };
     CONV_ENGINE.store(value, Ordering::Relaxed);
 }
 
-/// What `conv2d` jobs run on in this process when it runs them on CUDA.
+/// What `conv2d` jobs run on in this process.
 pub fn conv_engine() -> ConvEngine {
     match CONV_ENGINE.load(Ordering::Relaxed) {
-        0 => ConvEngine::Cudnn,
+        0 => ConvEngine::Native,
         _ => ConvEngine::Burn,
     }
 }
@@ -153,9 +157,10 @@ pub fn engines(device: &ComputeDevice) -> BTreeMap<String, String> {
         ComputeDevice::Cpu if blas && crate::openblas::available() => "openblas",
         _ => burn,
     };
-    let conv2d = match device {
-        ComputeDevice::Cuda(_) if conv_engine() == ConvEngine::Cudnn => "cudnn",
-        _ => burn,
+    let conv2d = match (device, conv_engine()) {
+        (ComputeDevice::Cuda(_), ConvEngine::Native) => "cudnn",
+        (ComputeDevice::Cpu, ConvEngine::Native) => crate::depthwise::ENGINE,
+        (_, ConvEngine::Burn) => burn,
     };
     [("matmul", matmul), ("conv2d", conv2d)]
         .into_iter()
@@ -198,12 +203,14 @@ mod tests {
         assert_eq!(MatmulEngine::Burn.to_string(), "burn");
         let err = "mkl".parse::<MatmulEngine>().unwrap_err();
         assert!(err.starts_with("unknown matmul engine \"mkl\""), "{err}");
-        assert_eq!("cudnn".parse(), Ok(ConvEngine::Cudnn));
+        assert_eq!("native".parse(), Ok(ConvEngine::Native));
+        assert_eq!("cudnn".parse(), Ok(ConvEngine::Native));
         assert_eq!(ConvEngine::Burn.to_string(), "burn");
         let err = "miopen".parse::<ConvEngine>().unwrap_err();
         assert_eq!(
             err,
-            "unknown conv2d engine \"miopen\": use cudnn (on CUDA workers) or burn"
+            "unknown conv2d engine \"miopen\": use native (cuDNN on CUDA workers, a direct loop \
+             on CPU workers) or burn"
         );
     }
 

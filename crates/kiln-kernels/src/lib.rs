@@ -22,6 +22,7 @@ pub mod bench;
 pub mod conv2d;
 pub mod cublas;
 pub mod cudnn;
+mod depthwise;
 mod engine;
 pub mod matmul;
 pub mod openblas;

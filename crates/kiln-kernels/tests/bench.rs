@@ -25,7 +25,13 @@ fn quick_cases_measure_positive_finite_times_on_the_cpu() {
             && case.precision() == Precision::F32
             && !case.name.ends_with("_burn")
             && kiln_kernels::openblas::available();
-        let backend = if blas { "openblas" } else { "burn-ndarray" };
+        // Depthwise filters without `_burn` run on the direct loop, as conv2d jobs do.
+        let direct = case.name.starts_with("conv2d_dw") && !case.name.ends_with("_burn");
+        let backend = match (blas, direct) {
+            (true, _) => "openblas",
+            (_, true) => "direct",
+            _ => "burn-ndarray",
+        };
         assert_eq!(row.backend, backend, "{}", case.name);
         assert_eq!(row.device, "cpu");
         if case.precision() != Precision::F32 {

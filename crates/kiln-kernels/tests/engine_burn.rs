@@ -1,14 +1,21 @@
-//! `--matmul-engine burn` on the CPU: matmul jobs run on burn-ndarray and say so, and agree with
-//! the OpenBLAS product where OpenBLAS is installed. A test binary of its own, because the engine
-//! is chosen per process.
+//! `--matmul-engine burn` and `--conv2d-engine burn` on the CPU: matmul and conv2d jobs run on
+//! burn-ndarray and say so, and agree with the OpenBLAS product where OpenBLAS is installed and
+//! with the direct depthwise loop. A test binary of its own, because engines are chosen per
+//! process.
 
-use kiln_kernels::{ComputeDevice, MatmulEngine, NoCheckpoint, find, set_matmul_engine};
+use kiln_kernels::{
+    ComputeDevice, ConvEngine, MatmulEngine, NoCheckpoint, find, set_conv_engine, set_matmul_engine,
+};
 use kiln_proto::{Codec, Limits};
 use serde_json::{Value, json};
 
 fn run(params: Value) -> Value {
+    run_kind("matmul", params)
+}
+
+fn run_kind(kind: &str, params: Value) -> Value {
     let body = serde_json::to_vec(&json!({ "params": params, "seed": 11 })).unwrap();
-    let job = find("matmul")
+    let job = find(kind)
         .unwrap()
         .decode(Codec::Json, &body, &Limits::default())
         .unwrap();
@@ -45,5 +52,36 @@ fn burn_engine_runs_matmul_on_burn_ndarray_and_agrees_with_openblas() {
             (a - b).abs() <= 1e-5 * scale,
             "{stat}: burn {a} vs openblas {b}"
         );
+    }
+}
+
+#[test]
+fn burn_engine_filters_images_on_burn_ndarray_exactly_as_the_direct_loop_does() {
+    let image: Vec<Vec<Vec<f32>>> = (0..2)
+        .map(|c| {
+            (0..9)
+                .map(|y| {
+                    (0..13)
+                        .map(|x| ((c * 31 + y * 7 + x * 3) % 17) as f32 / 16.0)
+                        .collect()
+                })
+                .collect()
+        })
+        .collect();
+    for params in [
+        json!({"image": image, "filter": "sobel"}),
+        json!({"image": image, "filter": "gaussian"}),
+        json!({"batch": 2, "channels": 3, "height": 120, "width": 250, "filter": "sharpen"}),
+    ] {
+        set_conv_engine(ConvEngine::Burn);
+        let burn = run_kind("conv2d", params.clone());
+        set_conv_engine(ConvEngine::Native);
+        let direct = run_kind("conv2d", params);
+        assert_eq!(burn["engine"], "burn-ndarray");
+        assert_eq!(direct["engine"], "direct");
+        // Same order of additions: the same bits, image and summary.
+        assert_eq!(burn["image"], direct["image"]);
+        assert_eq!(burn["summary"], direct["summary"]);
+        assert!(burn["summary"]["l2_norm"].as_f64().unwrap() > 0.0);
     }
 }

@@ -72,7 +72,7 @@ impl WorkerConfig {
             warmup: true,
             cache_dir: Some(kiln_kernels::default_cache_dir()),
             matmul_engine: kiln_kernels::MatmulEngine::Blas,
-            conv_engine: kiln_kernels::ConvEngine::Cudnn,
+            conv_engine: kiln_kernels::ConvEngine::Native,
             memory: None,
             metrics: kiln_telemetry::WorkerMetrics::default(),
             health: kiln_telemetry::Health::default(),

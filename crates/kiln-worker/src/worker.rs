@@ -314,25 +314,28 @@ impl Shared {
     }
 }
 
-/// Set what this process's `conv2d` jobs run on when it runs them on CUDA: cuDNN when asked for
-/// and it works (a small dense and a small depthwise convolution check it against the host),
-/// else Burn's kernels, saying why. CPU workers convolve on burn-ndarray and check nothing.
+/// Set what this process's `conv2d` jobs run on: on CUDA, cuDNN when asked for and it works (a
+/// small dense and a small depthwise convolution check it against the host), else Burn's
+/// kernels, saying why; on the CPU, the direct depthwise loop (plain Rust, nothing to check) or
+/// Burn, as asked.
 async fn choose_conv_engine(device: ComputeDevice, wanted: kiln_kernels::ConvEngine) {
     use kiln_kernels::ConvEngine;
-    let ComputeDevice::Cuda(index) = device else {
-        return;
-    };
     if wanted == ConvEngine::Burn {
         kiln_kernels::set_conv_engine(ConvEngine::Burn);
         tracing::info!(engine = "burn", "conv2d engine (--conv2d-engine burn)");
         return;
     }
+    let ComputeDevice::Cuda(index) = device else {
+        kiln_kernels::set_conv_engine(ConvEngine::Native);
+        tracing::info!(engine = "direct", "conv2d engine");
+        return;
+    };
     let checked = tokio::task::spawn_blocking(move || kiln_kernels::cudnn::probe(index))
         .await
         .unwrap_or_else(|e| Err(format!("the check itself failed: {e}")));
     match checked {
         Ok(()) => {
-            kiln_kernels::set_conv_engine(ConvEngine::Cudnn);
+            kiln_kernels::set_conv_engine(ConvEngine::Native);
             tracing::info!(engine = "cudnn", library = %format!("cuDNN on cuda:{index}"), "conv2d engine");
         }
         Err(reason) => {
