@@ -65,7 +65,8 @@ async fn jobs_survive_workers_killed_and_restarted_at_random() {
         "submit",
         "vector_add",
         "-p",
-        "len=20000",
+        // Jobs heavy enough (a few ms each) that the burst outlasts several kills.
+        "len=400000",
         "--count",
         "2000",
         "--id",
