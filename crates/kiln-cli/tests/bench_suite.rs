@@ -45,7 +45,7 @@ fn json(dir: &Path, name: &str) -> Value {
 fn quick_suite_writes_every_file_with_its_figures() {
     let out = tempfile::tempdir().unwrap();
     let dir = out.path();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/numpy_reference.py");
+    let script = kiln_testkit::workspace_root().join("scripts/numpy_reference.py");
     let output = Command::new(KILN)
         .args(["bench", "suite", "--quick", "--workers", "1,2", "--out"])
         .arg(dir)

@@ -11,7 +11,9 @@ use async_nats::jetstream;
 use common::{Cluster, assert_success, stdout};
 use kiln_proto::{DeviceClass, ResultEvent, Status};
 
-const MATMUL: [&str; 4] = ["-p", "m=96", "-p", "n=96"];
+/// Products large enough (about 0.5 ms with OpenBLAS here) that compute, not overhead,
+/// separates the classes.
+const MATMUL: [&str; 4] = ["-p", "m=256", "-p", "n=256"];
 
 /// Submit one job and wait for its result.
 fn submit(cluster: &Cluster, device: &str, id: &str) -> ResultEvent {
@@ -91,12 +93,15 @@ fn cluster_with_two_classes(cpu_slowdown: &str) -> Cluster {
             Status::Succeeded
         );
     }
+    // Idle means idle as the scheduler sees it: it re-reads the queues every 100 ms, and one
+    // read can still count the last teaching job, finished but not yet acknowledged.
+    std::thread::sleep(Duration::from_millis(300));
     cluster
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn auto_jobs_shift_away_from_a_backlogged_class_and_back() {
-    let cluster = cluster_with_two_classes("10");
+    let cluster = cluster_with_two_classes("30");
     // Idle: the faster class wins.
     for i in 0..4 {
         let r = submit(&cluster, "auto", &format!("idle-{i}"));
@@ -136,11 +141,12 @@ async fn auto_jobs_shift_away_from_a_backlogged_class_and_back() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn auto_jobs_go_to_cpu_once_the_gpu_worker_is_gone_and_none_are_lost() {
-    // The cpu class ten times slower, so that the live gpu class wins clearly even on a
-    // loaded machine (with 3× the first routing was seen to go to cpu once under `./dev test`).
-    let mut cluster = cluster_with_two_classes("10");
+    // The cpu class thirty times slower, so that the live gpu class wins clearly even on a
+    // loaded machine (with 3× the first routing was seen to go to cpu once under `./dev test`,
+    // and 10× on 96×96 products, 0.07 ms of compute, left too little margin once).
+    let mut cluster = cluster_with_two_classes("30");
     let first = submit(&cluster, "auto", "before-kill");
-    assert_eq!(routed_to(&first), DeviceClass::Gpu);
+    assert_eq!(routed_to(&first), DeviceClass::Gpu, "{:?}", first.routing);
 
     let gpu = cluster.child("gpu");
     gpu.kill().unwrap();

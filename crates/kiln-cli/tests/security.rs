@@ -36,7 +36,7 @@ fn password(user: &str) -> &'static str {
 }
 
 fn config(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../../nats/secure/{name}"))
+    kiln_testkit::workspace_root().join(format!("nats/secure/{name}"))
 }
 
 /// How a kiln process authenticates.

@@ -110,7 +110,7 @@ pub async fn run(
         tokio::select! {
             _ = &mut shutdown => break,
             _ = ticker.tick() => refresh(&js, &mut classes).await,
-            Some(message) = results.next() => learn(&mut model, &message.payload),
+            Some(message) = results.next() => learn(&mut model, &mut classes, &message.payload),
             next = jobs.next() => match next {
                 Some(Ok(message)) => {
                     let class = route(&js, &config, &model, &mut classes, &limits, message).await;
@@ -171,11 +171,20 @@ struct Observed {
     flops: f64,
 }
 
-fn learn(model: &mut CostModel, payload: &[u8]) {
-    if let Ok(o) = serde_json::from_slice::<Observed>(payload)
-        && o.status == kiln_proto::Status::Succeeded
-        && kiln_kernels::find(&o.kind).is_some()
-    {
+/// Learn from a result event, and take its job off its class's backlog at once: between two
+/// refreshes the backlog counts the jobs routed since the last one, and without this a job
+/// that had already finished still priced its class's queue until the next refresh.
+fn learn(model: &mut CostModel, classes: &mut Classes, payload: &[u8]) {
+    let Ok(o) = serde_json::from_slice::<Observed>(payload) else {
+        return;
+    };
+    let state = match o.class {
+        DeviceClass::Gpu => &mut classes.gpu,
+        DeviceClass::Cpu => &mut classes.cpu,
+        DeviceClass::Auto => return,
+    };
+    state.backlog = state.backlog.saturating_sub(1);
+    if o.status == kiln_proto::Status::Succeeded && kiln_kernels::find(&o.kind).is_some() {
         model.observe(&o.kind, o.class, o.flops, o.compute_ms);
     }
 }
@@ -302,4 +311,41 @@ fn trace_route(
         attributes.push(KeyValue::new("kiln.route.predicted_ms", ms));
     }
     TraceSpan::start("kiln.route", SpanKind::Consumer, &parent, None, attributes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(class: &str, status: &str) -> Vec<u8> {
+        serde_json::json!({
+            "id": "j", "kind": "matmul", "class": class, "status": status,
+            "compute_ms": 40.0, "flops": 2.0e9,
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    #[test]
+    fn a_result_takes_its_job_off_its_class_backlog_and_teaches_only_when_it_succeeded() {
+        let mut model = CostModel::default();
+        let mut classes = Classes::default();
+        classes.gpu.backlog = 2;
+        let before = model.estimate("matmul", DeviceClass::Gpu, 2.0e9);
+
+        learn(&mut model, &mut classes, &event("gpu", "succeeded"));
+        assert_eq!((classes.gpu.backlog, classes.cpu.backlog), (1, 0));
+        let taught = model.estimate("matmul", DeviceClass::Gpu, 2.0e9);
+        assert!(taught > before, "{before} -> {taught}");
+
+        // A failed job left the queue too, but its time teaches nothing.
+        learn(&mut model, &mut classes, &event("gpu", "failed"));
+        assert_eq!(classes.gpu.backlog, 0);
+        assert_eq!(model.estimate("matmul", DeviceClass::Gpu, 2.0e9), taught);
+
+        // Never below zero; what does not parse changes nothing.
+        learn(&mut model, &mut classes, &event("gpu", "succeeded"));
+        learn(&mut model, &mut classes, b"not json");
+        assert_eq!((classes.gpu.backlog, classes.cpu.backlog), (0, 0));
+    }
 }

@@ -558,7 +558,7 @@ mod config_tests {
 
     #[test]
     fn shipped_single_node_config_is_valid() {
-        let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../nats/single-node.conf");
+        let config = workspace_root().join("nats/single-node.conf");
         let out = Command::new(nats_server_bin())
             .arg("-t")
             .arg("-c")

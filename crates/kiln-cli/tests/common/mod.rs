@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
@@ -13,10 +13,13 @@ use kiln_testkit::NatsServer;
 
 pub const KILN: &str = env!("CARGO_BIN_EXE_kiln");
 
-/// A server plus the kiln processes started against it; everything stops on drop.
+/// A server plus the kiln processes started against it; everything stops on drop. Each
+/// process logs (at `info`) to its own file; a failing test prints every process's exit status
+/// and the end of its log, so a role that died or hung explains itself.
 pub struct Cluster {
     pub server: NatsServer,
     children: Vec<(String, Child)>,
+    logs: tempfile::TempDir,
 }
 
 impl Cluster {
@@ -24,6 +27,10 @@ impl Cluster {
         Cluster {
             server: NatsServer::start(),
             children: Vec::new(),
+            logs: tempfile::Builder::new()
+                .prefix("kiln-test-logs-")
+                .tempdir()
+                .expect("a folder for the processes' logs"),
         }
     }
 
@@ -44,16 +51,77 @@ impl Cluster {
 
     /// [`Cluster::spawn`] with extra environment variables.
     pub fn spawn_with_env(&mut self, name: &str, args: &[&str], env: &[(&str, &str)]) {
+        let log = self
+            .logs
+            .path()
+            .join(format!("{}-{name}.log", self.children.len()));
+        let file = std::fs::File::create(&log).expect("create a process log");
         let child = Command::new(KILN)
             .args(args)
             .envs(env.iter().copied())
             .env("NATS_URL", self.server.url())
             .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .env("NO_COLOR", "1")
+            .stdout(file.try_clone().expect("share the process log"))
+            .stderr(file)
             .spawn()
             .expect("start kiln");
         self.children.push((name.to_owned(), child));
+    }
+
+    /// Each process's name, exit status (if it has exited) and the last lines of its log.
+    pub fn report(&mut self) -> String {
+        const TAIL: usize = 40;
+        let mut out = String::new();
+        for (i, (name, child)) in self.children.iter_mut().enumerate() {
+            let status = match child.try_wait() {
+                Ok(Some(status)) => format!("exited: {status}"),
+                Ok(None) => "running".to_owned(),
+                Err(e) => format!("unknown: {e}"),
+            };
+            let log = std::fs::read_to_string(self.logs.path().join(format!("{i}-{name}.log")))
+                .unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            let skipped = lines.len().saturating_sub(TAIL);
+            out.push_str(&format!(
+                "--- {name} (pid {}, {status}), {} log lines{}\n",
+                child.id(),
+                lines.len(),
+                if skipped > 0 {
+                    format!(", the last {TAIL}")
+                } else {
+                    String::new()
+                }
+            ));
+            for line in &lines[skipped..] {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        // JetStream sizes its store from the free disk when it starts: a nearly full disk
+        // refuses writes ("insufficient resources") long before the disk is full.
+        let log = self.server.log();
+        let lines: Vec<&str> = log.lines().collect();
+        out.push_str("--- nats-server: its limits, then the end of its log\n");
+        for line in lines
+            .iter()
+            .filter(|l| l.contains("Max Storage") || l.contains("Max Memory"))
+        {
+            out.push_str(line);
+            out.push('\n');
+        }
+        for line in &lines[lines.len().saturating_sub(20)..] {
+            out.push_str(line);
+            out.push('\n');
+        }
+        if let Ok(df) = Command::new("df")
+            .arg("-h")
+            .arg(self.server.store_dir())
+            .output()
+        {
+            out.push_str(&String::from_utf8_lossy(&df.stdout));
+        }
+        out
     }
 
     pub fn child(&mut self, name: &str) -> &mut Child {
@@ -95,6 +163,12 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "the cluster's processes when the test failed:\n{}",
+                self.report()
+            );
+        }
         for (_, child) in &mut self.children {
             let _ = child.kill();
             let _ = child.wait();
