@@ -1,11 +1,15 @@
 //! Whole jobs in-process on the CPU, as a CPU worker runs them (inputs generated from the seed,
-//! compute, summary), with kiln's allocator: median wall time per job over a few runs.
+//! compute, summary), with kiln's allocator: median wall time per job over a few runs; then
+//! the two pieces of host work every job does, alone: generating 16M seeded values, and the
+//! summary of 16M values.
 //!
 //!     cargo run --release -p kiln-kernels --example job_times [-- --conv2d-engine burn]
 
 use std::time::Instant;
 
-use kiln_kernels::{ComputeDevice, ConvEngine, NoCheckpoint, find, set_conv_engine};
+use kiln_kernels::{
+    ComputeDevice, ConvEngine, NoCheckpoint, Summary, find, seeded_values, set_conv_engine,
+};
 use kiln_proto::{Codec, Limits};
 
 #[global_allocator]
@@ -50,7 +54,7 @@ fn main() {
             .expect("a registered kind")
             .decode(Codec::Json, body.as_bytes(), &limits)
             .expect("valid parameters");
-        let mut times: Vec<f64> = (0..=RUNS)
+        let times: Vec<f64> = (0..=RUNS)
             .map(|_| {
                 let start = Instant::now();
                 let out = job
@@ -61,7 +65,30 @@ fn main() {
             })
             .skip(1)
             .collect();
-        times.sort_by(f64::total_cmp);
-        println!("{kind:<10} {params:<80} median {:>9.3} ms", times[RUNS / 2]);
+        println!("{kind:<10} {params:<80} median {:>9.3} ms", median(times));
     }
+    const N: usize = 1 << 24;
+    let generate = median_ms(|| std::hint::black_box(seeded_values(1, 0, N)).len());
+    println!("{:<91} median {generate:>9.3} ms", "seeded_values 16M");
+    let values = seeded_values(1, 0, N);
+    let summary = median_ms(|| std::hint::black_box(Summary::of(&values)).min as usize);
+    println!("{:<91} median {summary:>9.3} ms", "Summary::of 16M");
+}
+
+fn median(mut times: Vec<f64>) -> f64 {
+    times.sort_by(f64::total_cmp);
+    times[RUNS / 2]
+}
+
+/// The median over `RUNS` of `f`'s wall time, after one untimed run.
+fn median_ms(f: impl Fn() -> usize) -> f64 {
+    let times = (0..=RUNS)
+        .map(|_| {
+            let start = Instant::now();
+            std::hint::black_box(f());
+            start.elapsed().as_secs_f64() * 1e3
+        })
+        .skip(1)
+        .collect();
+    median(times)
 }

@@ -5,6 +5,8 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::Serialize;
 
+use crate::simd::Width;
+
 /// Values per block when generating or summarising: each block is one task on rayon's pool,
 /// and its place in the output fixes its random words and its share of the sums, so results do
 /// not depend on how many cores did the work.
@@ -63,7 +65,8 @@ pub(crate) fn dtype_name(dtype: burn::tensor::DType) -> String {
 }
 
 /// Summary statistics of an output tensor, so that large results can be compared without
-/// shipping them.
+/// shipping them. Computed in the widest vectors the CPU has (`crate::simd`), with the same
+/// result at every width.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Summary {
     /// Sum of all values (accumulated in f64).
@@ -81,10 +84,15 @@ impl Summary {
     /// same values give the same summary on any machine. NaNs make the sums NaN and are passed
     /// over by `min` and `max`.
     pub fn of(values: &[f32]) -> Self {
+        Self::of_in(Width::widest(), values)
+    }
+
+    fn of_in(width: Width, values: &[f32]) -> Self {
+        let partial = |block| Partial::of(width, block);
         let partials: Vec<Partial> = if values.len() >= PARALLEL_FROM {
-            values.par_chunks(BLOCK).map(Partial::of).collect()
+            values.par_chunks(BLOCK).map(partial).collect()
         } else {
-            values.chunks(BLOCK).map(Partial::of).collect()
+            values.chunks(BLOCK).map(partial).collect()
         };
         let total = partials
             .into_iter()
@@ -118,9 +126,37 @@ impl Partial {
         max: f32::NEG_INFINITY,
     };
 
+    /// The partial of a block, in vectors of `width` (the same at every width).
+    fn of(width: Width, values: &[f32]) -> Self {
+        match width {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Width::all` makes `Avx512` only where the CPU has AVX-512F.
+            #[allow(unsafe_code)]
+            Width::Avx512 => unsafe { Self::of_avx512(values) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Width::all` makes `Avx2` only where the CPU has AVX2.
+            #[allow(unsafe_code)]
+            Width::Avx2 => unsafe { Self::of_avx2(values) },
+            Width::Baseline => Self::of_lanes(values),
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    fn of_avx512(values: &[f32]) -> Self {
+        Self::of_lanes(values)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    fn of_avx2(values: &[f32]) -> Self {
+        Self::of_lanes(values)
+    }
+
     /// Eight independent lanes let the compiler keep the loop in vector registers (one f64
     /// chain would serialise on the adder's latency).
-    fn of(values: &[f32]) -> Self {
+    #[inline(always)]
+    fn of_lanes(values: &[f32]) -> Self {
         const LANES: usize = 8;
         let mut sum = [0.0f64; LANES];
         let mut sq = [0.0f64; LANES];
@@ -222,6 +258,10 @@ mod tests {
             .unwrap()
             .install(|| Summary::of(&values));
         assert_eq!(on_one, on_four);
+        // The same at every vector width this CPU has.
+        for width in Width::all() {
+            assert_eq!(Summary::of_in(width, &values), on_one, "{width:?}");
+        }
         // And they are the sums: against one f64 chain, within the summation error bound of
         // n·ε·Σ|v| (for both orders).
         let n = values.len() as f64;

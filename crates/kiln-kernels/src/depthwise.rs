@@ -14,6 +14,8 @@
 
 use rayon::prelude::*;
 
+use crate::simd::Width;
+
 /// The engine's name in results, heartbeats and benchmark rows.
 pub(crate) const ENGINE: &str = "direct";
 
@@ -26,40 +28,6 @@ const PARALLEL_FROM: usize = 1 << 17;
 /// Pixels summed in registers at once: four AVX-512 or eight AVX2 vectors, enough independent
 /// sums to hide the adds' latency.
 const STRIP: usize = 64;
-
-/// The vector instructions the loop is compiled for, chosen at run time: the build targets
-/// baseline x86-64 (SSE2), and AVX2 or AVX-512 run the same loop two or four times as wide.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Width {
-    #[cfg(target_arch = "x86_64")]
-    Avx512,
-    #[cfg(target_arch = "x86_64")]
-    Avx2,
-    Baseline,
-}
-
-impl Width {
-    /// Every width this CPU runs, widest first.
-    fn all() -> Vec<Width> {
-        let mut widths = Vec::new();
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                widths.push(Width::Avx512);
-            }
-            if std::arch::is_x86_feature_detected!("avx2") {
-                widths.push(Width::Avx2);
-            }
-        }
-        widths.push(Width::Baseline);
-        widths
-    }
-
-    fn widest() -> Width {
-        static WIDEST: std::sync::OnceLock<Width> = std::sync::OnceLock::new();
-        *WIDEST.get_or_init(|| Width::all()[0])
-    }
-}
 
 /// The planes of one job and its kernels: `planes` images of `height`×`width` pixels, each
 /// filtered by every kernel (square, odd `side`, row-major) with zero "same" padding.
@@ -120,11 +88,11 @@ impl Depthwise<'_> {
     fn rows(&self, width: Width, input: &[f32], kernel: &[f32], first: usize, out: &mut [f32]) {
         match width {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: `Width::Avx512` exists only where the CPU has AVX-512F (`Width::all`).
+            // SAFETY: `Width::all` makes `Avx512` only where the CPU has AVX-512F.
             #[allow(unsafe_code)]
             Width::Avx512 => unsafe { self.rows_avx512(input, kernel, first, out) },
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: `Width::Avx2` exists only where the CPU has AVX2 (`Width::all`).
+            // SAFETY: `Width::all` makes `Avx2` only where the CPU has AVX2.
             #[allow(unsafe_code)]
             Width::Avx2 => unsafe { self.rows_avx2(input, kernel, first, out) },
             Width::Baseline => self.rows_portable::<STRIP>(input, kernel, first, out),

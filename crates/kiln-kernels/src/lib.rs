@@ -27,6 +27,7 @@ mod engine;
 pub mod matmul;
 pub mod openblas;
 pub mod precision;
+mod simd;
 pub mod train_mlp;
 pub mod vector_add;
 mod vendor;
