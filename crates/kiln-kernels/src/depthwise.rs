@@ -29,6 +29,9 @@ const PARALLEL_FROM: usize = 1 << 17;
 /// sums to hide the adds' latency.
 const STRIP: usize = 64;
 
+/// The strips after the wide ones, so that at most 15 interior pixels a row go tap by tap.
+const NARROW_STRIP: usize = 16;
+
 /// The planes of one job and its kernels: `planes` images of `height`×`width` pixels, each
 /// filtered by every kernel (square, odd `side`, row-major) with zero "same" padding.
 #[derive(Debug, Clone, Copy)]
@@ -112,9 +115,9 @@ impl Depthwise<'_> {
     }
 
     /// The interior of each row — the columns every tap of a kernel row reaches — goes in
-    /// strips of `L` pixels whose sums stay in registers across all k² taps; the `r` columns
-    /// at each edge and the interior's last partial strip go tap by tap over the row. Both
-    /// add each pixel's taps in the same order, starting from zero.
+    /// strips of `L` pixels whose sums stay in registers across all k² taps, then in strips of
+    /// [`NARROW_STRIP`]; the `r` columns at each edge and what is left of the interior go tap
+    /// by tap over the row. All of them add each pixel's taps in the same order, from zero.
     #[inline(always)]
     fn rows_portable<const L: usize>(
         &self,
@@ -125,48 +128,89 @@ impl Depthwise<'_> {
     ) {
         let (h, w, k) = (self.height, self.width, self.side);
         let r = k / 2;
-        // Interior columns [r, w − r); whole strips of them from r.
-        let interior = w.saturating_sub(2 * r);
-        let strips_end = r + interior / L * L;
+        // Interior columns [r, w − r).
+        let interior_end = r + w.saturating_sub(2 * r);
         for (dy, row) in out.chunks_exact_mut(w).enumerate() {
             let y = first + dy;
             // The kernel rows whose input row y + i − r exists.
             let valid = r.saturating_sub(y)..(h + r - y).min(k);
-            let mut x0 = r;
-            while x0 < strips_end {
-                let mut sums = [0.0f32; L];
-                for i in valid.clone() {
-                    let source = &input[(y + i - r) * w..][..w];
-                    for (j, &weight) in kernel[i * k..][..k].iter().enumerate() {
-                        let taps = &source[x0 + j - r..][..L];
-                        for (sum, &v) in sums.iter_mut().zip(taps) {
-                            *sum += v * weight;
-                        }
+            let rows = Rows {
+                input,
+                kernel,
+                width: w,
+                side: k,
+                first_input_row: y,
+                valid,
+            };
+            let wide_end = rows.strips::<L>(row, r, interior_end);
+            let strips_end = rows.strips::<NARROW_STRIP>(row, wide_end, interior_end);
+            rows.taps(row, 0, r.min(w));
+            rows.taps(row, strips_end.max(r.min(w)), w);
+        }
+    }
+}
+
+/// One output row's inputs: the kernel rows `valid` whose input rows exist, input row
+/// `first_input_row + i − r` for kernel row `i`.
+struct Rows<'a> {
+    input: &'a [f32],
+    kernel: &'a [f32],
+    width: usize,
+    side: usize,
+    first_input_row: usize,
+    valid: std::ops::Range<usize>,
+}
+
+impl Rows<'_> {
+    fn source(&self, i: usize) -> &[f32] {
+        let (w, r) = (self.width, self.side / 2);
+        &self.input[(self.first_input_row + i - r) * w..][..w]
+    }
+
+    /// Whole strips of `L` interior pixels from `from` while they end by `to` (where every tap
+    /// of every strip pixel exists); returns where they stopped.
+    #[inline(always)]
+    fn strips<const L: usize>(&self, row: &mut [f32], from: usize, to: usize) -> usize {
+        let (k, r) = (self.side, self.side / 2);
+        let mut x0 = from;
+        while x0 + L <= to {
+            let mut sums = [0.0f32; L];
+            for i in self.valid.clone() {
+                let source = self.source(i);
+                for (j, &weight) in self.kernel[i * k..][..k].iter().enumerate() {
+                    let taps = &source[x0 + j - r..][..L];
+                    for (sum, &v) in sums.iter_mut().zip(taps) {
+                        *sum += v * weight;
                     }
                 }
-                row[x0..x0 + L].copy_from_slice(&sums);
-                x0 += L;
             }
-            // The rest, tap by tap: columns [0, r) and [strips_end, w).
-            for (from, to) in [(0, r.min(w)), (strips_end.max(r.min(w)), w)] {
-                if from >= to {
+            row[x0..x0 + L].copy_from_slice(&sums);
+            x0 += L;
+        }
+        x0
+    }
+
+    /// Columns `[from, to)` tap by tap over the row (`row` zeroed there), skipping the taps
+    /// that fall outside the image.
+    #[inline(always)]
+    fn taps(&self, row: &mut [f32], from: usize, to: usize) {
+        let (w, k, r) = (self.width, self.side, self.side / 2);
+        if from >= to {
+            return;
+        }
+        for i in self.valid.clone() {
+            let source = self.source(i);
+            for j in 0..k {
+                let weight = self.kernel[i * k + j];
+                // Columns x in [from, to) with 0 ≤ x + j − r < w.
+                let start = from.max(r.saturating_sub(j));
+                let end = to.min((w + r).saturating_sub(j));
+                if start >= end {
                     continue;
                 }
-                for i in valid.clone() {
-                    let source = &input[(y + i - r) * w..][..w];
-                    for j in 0..k {
-                        let weight = kernel[i * k + j];
-                        // Columns x in [from, to) with 0 ≤ x + j − r < w.
-                        let start = from.max(r.saturating_sub(j));
-                        let end = to.min((w + r).saturating_sub(j));
-                        if start >= end {
-                            continue;
-                        }
-                        let taps = &source[start + j - r..end + j - r];
-                        for (o, &v) in row[start..end].iter_mut().zip(taps) {
-                            *o += v * weight;
-                        }
-                    }
+                let taps = &source[start + j - r..end + j - r];
+                for (o, &v) in row[start..end].iter_mut().zip(taps) {
+                    *o += v * weight;
                 }
             }
         }
@@ -216,6 +260,8 @@ mod tests {
             (1, 9, STRIP + 4, 5, 1),
             (2, 6, STRIP + 3, 3, 2),
             (1, 4, 2 * STRIP + 7, 7, 1),
+            (2, 5, STRIP + NARROW_STRIP + 7, 5, 2),
+            (1, 3, NARROW_STRIP + 2, 3, 1),
             (2, 300, 257, 3, 2),
             (3, 129, 1031, 5, 1),
         ] {
