@@ -13,6 +13,7 @@ Needs opencv-python-headless and numpy (`pip install opencv-python-headless`).
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -63,14 +64,16 @@ def main():
     parser.add_argument("--out", default=None, help="write cpu-conv2d.json here")
     parser.add_argument("--iters", type=int, default=ITERS)
     args = parser.parse_args()
-    try:
-        import cv2
-        import numpy as np
-    except ImportError:
+    if not all(importlib.util.find_spec(m) for m in ("cv2", "numpy")):
         print("opencv_reference: needs opencv-python-headless and numpy "
               "(pip install opencv-python-headless)", file=sys.stderr)
         return 2
+    # kiln runs before OpenCV and numpy are imported: importing them starts numpy's OpenBLAS
+    # threads, which spin for a while and took a core from kiln's first case (8x3x224x224:
+    # 2.41-2.47 ms against 1.40-1.53 ms when kiln ran first, three runs each).
     kiln = kiln_rows(args.kiln, args.iters)
+    import cv2
+    import numpy as np
     rows = []
     for shape in SHAPES:
         b, c, h, w, k = shape
