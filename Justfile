@@ -12,10 +12,10 @@ default:
 demo *ARGS:
     cargo run --quiet -p kiln-cli -- demo {{ARGS}}
 
-# Run the whole test suite: formatting, lints, unit and integration tests
+# Run the whole test suite: formatting, lints, unit and integration tests (all of them, even after a failure)
 [group('check')]
 test: fmt-check lint lint-docker
-    cargo test --workspace --all-targets
+    cargo test --workspace --all-targets --no-fail-fast
     cargo test --workspace --doc
 
 # Check formatting
