@@ -42,8 +42,8 @@
 //! # Waiting time
 //!
 //! A class's queue is priced as `backlog * mean_service_ms / capacity`: the jobs ahead
-//! (pending and in flight on its consumer, as last read, plus the jobs routed and less the
-//! results seen since) times the class's mean service time, an average
+//! (pending and in flight on its consumer, as last read, plus the jobs routed since and not
+//! yet answered) times the class's mean service time, an average
 //! of observed compute times over all kinds (prior 1 ms, forgotten with [`CLASS_MEAN_DECAY`]),
 //! spread over its compute slots.
 //!

@@ -1,6 +1,7 @@
 //! The scheduler service: pull `jobs.auto.>`, decide with the [`CostModel`], republish to
 //! `jobs.gpu.<kind>` or `jobs.cpu.<kind>`, ack once the routed copy is stored.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::time::Duration;
 
@@ -57,11 +58,25 @@ pub enum Error {
 }
 
 /// The classes' state as last read, plus the jobs routed since (so that a burst between two
-/// reads does not all land on one class).
+/// reads does not all land on one class), less those of them whose results have come back.
 #[derive(Debug, Default)]
 struct Classes {
     gpu: ClassState,
     cpu: ClassState,
+    /// The jobs this scheduler routed since the last read, by id, with their class. Only
+    /// these come off a backlog when their result arrives: the read itself counted the
+    /// others, and a duplicate result, another scheduler's job or one submitted to a class
+    /// directly must not take a job off twice or take off one never counted.
+    routed_since: HashMap<String, DeviceClass>,
+}
+
+impl Classes {
+    fn state(&mut self, class: DeviceClass) -> &mut ClassState {
+        match class {
+            DeviceClass::Gpu => &mut self.gpu,
+            _ => &mut self.cpu,
+        }
+    }
 }
 
 /// Route auto jobs until `shutdown` resolves.
@@ -158,11 +173,13 @@ async fn refresh(js: &jetstream::Context, classes: &mut Classes) {
     }
     classes.gpu = gpu;
     classes.cpu = cpu;
+    classes.routed_since.clear();
 }
 
 /// The fields of a result event the model learns from.
 #[derive(serde::Deserialize)]
 struct Observed {
+    id: String,
     kind: String,
     class: DeviceClass,
     status: kiln_proto::Status,
@@ -171,19 +188,16 @@ struct Observed {
     flops: f64,
 }
 
-/// Learn from a result event, and take its job off its class's backlog at once: between two
-/// refreshes the backlog counts the jobs routed since the last one, and without this a job
-/// that had already finished still priced its class's queue until the next refresh.
+/// Learn from a result event; a job this scheduler routed since the last read comes off its
+/// class's backlog at once, rather than pricing the class's queue until the next read.
 fn learn(model: &mut CostModel, classes: &mut Classes, payload: &[u8]) {
     let Ok(o) = serde_json::from_slice::<Observed>(payload) else {
         return;
     };
-    let state = match o.class {
-        DeviceClass::Gpu => &mut classes.gpu,
-        DeviceClass::Cpu => &mut classes.cpu,
-        DeviceClass::Auto => return,
-    };
-    state.backlog = state.backlog.saturating_sub(1);
+    if let Some(class) = classes.routed_since.remove(&o.id) {
+        let state = classes.state(class);
+        state.backlog = state.backlog.saturating_sub(1);
+    }
     if o.status == kiln_proto::Status::Succeeded && kiln_kernels::find(&o.kind).is_some() {
         model.observe(&o.kind, o.class, o.flops, o.compute_ms);
     }
@@ -279,11 +293,10 @@ async fn route(
     drop(span);
     config.metrics.routed(&kind, &decision.chosen.to_string());
     tracing::debug!(%id, %target, reason = %decision.reason, "routed");
-    // Count it against its class until the next refresh reads the consumer again.
-    match decision.chosen {
-        DeviceClass::Gpu => classes.gpu.backlog += 1,
-        _ => classes.cpu.backlog += 1,
-    }
+    // Count it against its class until its result arrives or the next refresh reads the
+    // consumer again.
+    classes.state(decision.chosen).backlog += 1;
+    classes.routed_since.insert(id, decision.chosen);
     Some(decision.chosen)
 }
 
@@ -317,9 +330,9 @@ fn trace_route(
 mod tests {
     use super::*;
 
-    fn event(class: &str, status: &str) -> Vec<u8> {
+    fn event(id: &str, class: &str, status: &str) -> Vec<u8> {
         serde_json::json!({
-            "id": "j", "kind": "matmul", "class": class, "status": status,
+            "id": id, "kind": "matmul", "class": class, "status": status,
             "compute_ms": 40.0, "flops": 2.0e9,
         })
         .to_string()
@@ -327,25 +340,40 @@ mod tests {
     }
 
     #[test]
-    fn a_result_takes_its_job_off_its_class_backlog_and_teaches_only_when_it_succeeded() {
+    fn results_take_only_the_jobs_routed_since_the_last_read_off_their_backlog() {
         let mut model = CostModel::default();
         let mut classes = Classes::default();
-        classes.gpu.backlog = 2;
+        // The last read counted 3 gpu jobs; this scheduler routed two more since, one per class.
+        classes.gpu.backlog = 4;
+        classes.cpu.backlog = 1;
+        classes.routed_since.insert("a".into(), DeviceClass::Gpu);
+        classes.routed_since.insert("b".into(), DeviceClass::Cpu);
         let before = model.estimate("matmul", DeviceClass::Gpu, 2.0e9);
 
-        learn(&mut model, &mut classes, &event("gpu", "succeeded"));
-        assert_eq!((classes.gpu.backlog, classes.cpu.backlog), (1, 0));
+        learn(&mut model, &mut classes, &event("a", "gpu", "succeeded"));
+        assert_eq!((classes.gpu.backlog, classes.cpu.backlog), (3, 1));
         let taught = model.estimate("matmul", DeviceClass::Gpu, 2.0e9);
         assert!(taught > before, "{before} -> {taught}");
 
-        // A failed job left the queue too, but its time teaches nothing.
-        learn(&mut model, &mut classes, &event("gpu", "failed"));
-        assert_eq!(classes.gpu.backlog, 0);
-        assert_eq!(model.estimate("matmul", DeviceClass::Gpu, 2.0e9), taught);
+        // A duplicate of that result, a job the last read counted, and one another scheduler
+        // routed or that was submitted to the class directly: no change to the backlogs.
+        for id in ["a", "counted-by-the-read", "elsewhere"] {
+            learn(&mut model, &mut classes, &event(id, "gpu", "succeeded"));
+        }
+        assert_eq!((classes.gpu.backlog, classes.cpu.backlog), (3, 1));
 
-        // Never below zero; what does not parse changes nothing.
-        learn(&mut model, &mut classes, &event("gpu", "succeeded"));
+        // A failed job left its queue too, but its time teaches nothing.
+        let cpu_before = model.estimate("matmul", DeviceClass::Cpu, 2.0e9);
+        learn(&mut model, &mut classes, &event("b", "cpu", "failed"));
+        assert_eq!((classes.gpu.backlog, classes.cpu.backlog), (3, 0));
+        assert_eq!(
+            model.estimate("matmul", DeviceClass::Cpu, 2.0e9),
+            cpu_before
+        );
+        assert!(classes.routed_since.is_empty());
+
+        // What does not parse changes nothing.
         learn(&mut model, &mut classes, b"not json");
-        assert_eq!((classes.gpu.backlog, classes.cpu.backlog), (0, 0));
+        assert_eq!((classes.gpu.backlog, classes.cpu.backlog), (3, 0));
     }
 }
