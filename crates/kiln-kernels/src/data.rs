@@ -130,13 +130,13 @@ impl Partial {
     fn of(width: Width, values: &[f32]) -> Self {
         match width {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: `Width::all` makes `Avx512` only where the CPU has AVX-512F.
+            // SAFETY: `Avx512` holds a `Detected`, made only where the CPU has AVX-512F.
             #[allow(unsafe_code)]
-            Width::Avx512 => unsafe { Self::of_avx512(values) },
+            Width::Avx512(_) => unsafe { Self::of_avx512(values) },
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: `Width::all` makes `Avx2` only where the CPU has AVX2.
+            // SAFETY: `Avx2` holds a `Detected`, made only where the CPU has AVX2.
             #[allow(unsafe_code)]
-            Width::Avx2 => unsafe { Self::of_avx2(values) },
+            Width::Avx2(_) => unsafe { Self::of_avx2(values) },
             Width::Baseline => Self::of_lanes(values),
         }
     }

@@ -91,13 +91,13 @@ impl Depthwise<'_> {
     fn rows(&self, width: Width, input: &[f32], kernel: &[f32], first: usize, out: &mut [f32]) {
         match width {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: `Width::all` makes `Avx512` only where the CPU has AVX-512F.
+            // SAFETY: `Avx512` holds a `Detected`, made only where the CPU has AVX-512F.
             #[allow(unsafe_code)]
-            Width::Avx512 => unsafe { self.rows_avx512(input, kernel, first, out) },
+            Width::Avx512(_) => unsafe { self.rows_avx512(input, kernel, first, out) },
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: `Width::all` makes `Avx2` only where the CPU has AVX2.
+            // SAFETY: `Avx2` holds a `Detected`, made only where the CPU has AVX2.
             #[allow(unsafe_code)]
-            Width::Avx2 => unsafe { self.rows_avx2(input, kernel, first, out) },
+            Width::Avx2(_) => unsafe { self.rows_avx2(input, kernel, first, out) },
             Width::Baseline => self.rows_portable::<STRIP>(input, kernel, first, out),
         }
     }

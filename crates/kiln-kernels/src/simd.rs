@@ -4,15 +4,21 @@
 //! width (lanes are independent), so its results do not depend on the machine, and its tests
 //! run every width the CPU has.
 
-/// The vector instructions a loop is compiled for.
+/// The vector instructions a loop is compiled for. The wide ones carry a [`Detected`], which
+/// only [`Width::all`] makes, after checking the CPU: holding one is what makes calling the
+/// matching `#[target_feature]` code sound.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Width {
     #[cfg(target_arch = "x86_64")]
-    Avx512,
+    Avx512(Detected),
     #[cfg(target_arch = "x86_64")]
-    Avx2,
+    Avx2(Detected),
     Baseline,
 }
+
+/// Proof that the CPU has the width it comes with (private: made only in this module).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Detected(());
 
 impl Width {
     /// Every width this CPU runs, widest first.
@@ -21,10 +27,10 @@ impl Width {
         #[cfg(target_arch = "x86_64")]
         {
             if std::arch::is_x86_feature_detected!("avx512f") {
-                widths.push(Width::Avx512);
+                widths.push(Width::Avx512(Detected(())));
             }
             if std::arch::is_x86_feature_detected!("avx2") {
-                widths.push(Width::Avx2);
+                widths.push(Width::Avx2(Detected(())));
             }
         }
         widths.push(Width::Baseline);
