@@ -51,10 +51,7 @@ impl Cluster {
 
     /// [`Cluster::spawn`] with extra environment variables.
     pub fn spawn_with_env(&mut self, name: &str, args: &[&str], env: &[(&str, &str)]) {
-        let log = self
-            .logs
-            .path()
-            .join(format!("{}-{name}.log", self.children.len()));
+        let log = log_path(self.logs.path(), self.children.len(), name);
         let file = std::fs::File::create(&log).expect("create a process log");
         let child = Command::new(KILN)
             .args(args)
@@ -79,8 +76,8 @@ impl Cluster {
                 Ok(None) => "running".to_owned(),
                 Err(e) => format!("unknown: {e}"),
             };
-            let log = std::fs::read_to_string(self.logs.path().join(format!("{i}-{name}.log")))
-                .unwrap_or_default();
+            let log =
+                std::fs::read_to_string(log_path(self.logs.path(), i, name)).unwrap_or_default();
             let lines: Vec<&str> = log.lines().collect();
             let skipped = lines.len().saturating_sub(TAIL);
             out.push_str(&format!(
@@ -159,6 +156,11 @@ impl Cluster {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+/// The log of the `index`-th process a cluster started, named `name`, in its log folder.
+fn log_path(logs: &std::path::Path, index: usize, name: &str) -> std::path::PathBuf {
+    logs.join(format!("{index}-{name}.log"))
 }
 
 impl Drop for Cluster {
