@@ -5,7 +5,7 @@ pub enum Error {
     Setup(#[from] kiln_proto::streams::SetupError),
     #[error("could not read {what}: {message}")]
     Read { what: &'static str, message: String },
-    #[error("could not publish the metrics snapshot {subject}: {message}")]
+    #[error("could not store {subject} (a metrics snapshot or a job state): {message}")]
     Publish { subject: String, message: String },
 }
 

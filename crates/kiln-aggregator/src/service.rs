@@ -165,7 +165,7 @@ async fn store(
     unacked: &[(jetstream::Message, Option<(String, JobState)>)],
     now: OffsetDateTime,
 ) -> Result<()> {
-    let mut acks = Vec::new();
+    let mut acks = Vec::with_capacity(ACK_WINDOW);
     for snapshot in snapshots {
         let subject = subject::metrics(&snapshot.kind, &snapshot.class);
         let mut headers = HeaderMap::new();
@@ -174,12 +174,35 @@ async fn store(
             format!("{subject}-{}", now.unix_timestamp_nanos()).as_str(),
         );
         acks.push(publish(js, subject, headers, snapshot).await?);
+        if acks.len() >= ACK_WINDOW {
+            stored(&mut acks).await?;
+        }
     }
-    for (id, state) in unacked.iter().filter_map(|(_, s)| s.as_ref()) {
+    // A result whose id is no valid job id (a forged or old one) gets no state: its key
+    // would not fit in a subject.
+    let states = unacked
+        .iter()
+        .filter_map(|(_, s)| s.as_ref())
+        .filter(|(id, _)| kiln_proto::valid_job_id(id));
+    for (id, state) in states {
         let subject = kiln_proto::state_subject(id);
         acks.push(publish(js, subject, HeaderMap::new(), state).await?);
+        if acks.len() >= ACK_WINDOW {
+            stored(&mut acks).await?;
+        }
     }
-    for (subject, ack) in acks {
+    stored(&mut acks).await
+}
+
+/// Publishes a store has in flight at most before it waits for their acknowledgements:
+/// async-nats lets a client have 5,000 unacknowledged publishes and then makes the next one
+/// wait for a free slot, so a store that published the states of more results than that
+/// before awaiting any would wait for ever.
+const ACK_WINDOW: usize = 1000;
+
+/// Wait until the server has stored every publish in `acks`.
+async fn stored(acks: &mut Vec<(String, jetstream::context::PublishAckFuture)>) -> Result<()> {
+    for (subject, ack) in acks.drain(..) {
         ack.await.map_err(|e| Error::Publish {
             subject,
             message: e.to_string(),

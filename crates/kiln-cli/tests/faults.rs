@@ -146,6 +146,20 @@ async fn acknowledged_jobs_survive_a_server_restart() {
         snapshot(&snapshots, "vector_add", "cpu").unwrap().jobs,
         JOBS as u64
     );
+    // The live-workers bucket lives in memory, so the restart lost it: the worker's next
+    // heartbeats make it again, and the worker is listed.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = common::stdout(&cluster.kiln(&["status"]));
+        if status.contains("w0") && status.contains("1 live") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the worker never came back in kiln status:\n{status}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// Every result of job `id`, once at least `n` are stored.
@@ -305,9 +319,12 @@ async fn job_failing_internally_on_its_last_attempt_is_answered_and_dead_lettere
 
     let mut cluster = Cluster::new();
     let client = cluster.client().await;
-    // One delivery: the first attempt is the last.
+    // One delivery: the first attempt is the last. A queue of one job: the stopping worker
+    // cannot queue the job again unspent (see the next test), so it hands it back as a
+    // failed attempt.
     let topology = kiln_proto::Topology {
         max_deliver: 1,
+        max_queued_jobs: 1,
         ..Default::default()
     };
     streams::update_all(&jetstream::new(client.clone()), &topology)
@@ -345,15 +362,9 @@ async fn job_failing_internally_on_its_last_attempt_is_answered_and_dead_lettere
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // A shutdown that outlasts the drain timeout stops the job at its next epoch with an
-    // internal error; on the last attempt the worker answers it and keeps a dead letter.
-    let pid = cluster.child("worker").id().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    // internal error; the queue is full, so the job cannot go back unspent, and on its last
+    // attempt the worker answers it and keeps a dead letter.
+    terminate(&mut cluster, "worker");
     let failed = results_of(&client, "last-1", 1).await.remove(0);
     assert_eq!(failed.status, Status::Failed);
     assert_eq!(failed.attempt, 1);
@@ -366,4 +377,225 @@ async fn job_failing_internally_on_its_last_attempt_is_answered_and_dead_lettere
     assert!(listed.contains("last-1"), "{listed}");
     assert!(listed.contains("jobs.cpu.train_mlp"), "{listed}");
     assert!(listed.contains("shutting down"), "{listed}");
+}
+
+/// Wait until `kiln status <id>` says the job is running on worker `name`.
+async fn wait_until_running_on(cluster: &Cluster, id: &str, name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let state = common::stdout(&cluster.kiln(&["status", id]));
+        if state.contains("running") && state.contains(&format!("({name})")) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{id} never seen running on {name}: {state}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn terminate(cluster: &mut Cluster, name: &str) {
+    let pid = cluster.child(name).id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn job_a_stopping_worker_hands_back_keeps_its_deliveries_and_succeeds_elsewhere() {
+    use async_nats::jetstream;
+    use kiln_proto::streams;
+
+    let mut cluster = Cluster::new();
+    let client = cluster.client().await;
+    // One delivery: a hand-back that spent it would fail the job.
+    let topology = kiln_proto::Topology {
+        max_deliver: 1,
+        ..Default::default()
+    };
+    let js = jetstream::new(client.clone());
+    streams::update_all(&js, &topology).await.unwrap();
+    let worker = |name: &'static str| {
+        [
+            "worker",
+            "--device",
+            "cpu",
+            "--name",
+            name,
+            "--drain-timeout-s",
+            "1",
+        ]
+    };
+    cluster.spawn("w1", &worker("w1"));
+    assert_success(&cluster.kiln(&[
+        "submit",
+        "train_mlp",
+        "-p",
+        "epochs=400",
+        "-p",
+        "samples=2048",
+        "--id",
+        "long-1",
+    ]));
+    // Stopped twice in the middle of the job, past the drain timeout each time.
+    for (name, next) in [("w1", "w2"), ("w2", "w3")] {
+        wait_until_running_on(&cluster, "long-1", name).await;
+        terminate(&mut cluster, name);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while cluster.child(name).try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "{name} did not stop");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        cluster.spawn(next, &worker(next));
+    }
+    let done = results_of(&client, "long-1", 1).await;
+    assert_eq!(done.len(), 1, "one result: {done:?}");
+    let done = &done[0];
+    assert_eq!(done.status, Status::Succeeded, "{done:?}");
+    assert_eq!(done.worker, "w3");
+    assert_eq!(done.attempt, 1, "hand-backs spend no delivery");
+    assert_eq!(done.output["epochs"].as_array().map(Vec::len), Some(400));
+    let list = common::stdout(&cluster.kiln(&["dlq", "list"]));
+    assert!(list.contains("KILN_DLQ is empty"), "{list}");
+    // The job's ack follows its result: the queue empties soon after.
+    let mut jobs = js
+        .get_stream(kiln_proto::streams::STREAM_JOBS)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while jobs.info().await.unwrap().state.messages > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "a copy of the job is left queued"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_holds_no_long_job_it_cannot_start_so_an_idle_worker_takes_it() {
+    use async_nats::jetstream;
+
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    let client = cluster.client().await;
+    let js = jetstream::new(client.clone());
+    let worker = |name: &'static str| {
+        [
+            "worker",
+            "--device",
+            "cpu",
+            "--name",
+            name,
+            "--compute-slots",
+            "1",
+            "--no-warmup",
+        ]
+    };
+    cluster.spawn("w1", &worker("w1"));
+    assert_success(&cluster.kiln(&[
+        "submit",
+        "train_mlp",
+        "-p",
+        "epochs=300",
+        "-p",
+        "samples=2048",
+        "--count",
+        "3",
+        "--id",
+        "long",
+    ]));
+    // One compute slot, jobs of seconds: w1 holds the one it runs, the rest stay queued.
+    let mut consumer: jetstream::consumer::PullConsumer = js
+        .get_stream(kiln_proto::streams::STREAM_JOBS)
+        .await
+        .unwrap()
+        .get_consumer("workers-cpu")
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while consumer.info().await.unwrap().num_ack_pending == 0 {
+        assert!(Instant::now() < deadline, "w1 never took a job");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for _ in 0..10 {
+        let info = consumer.info().await.unwrap();
+        assert_eq!(
+            (info.num_ack_pending, info.num_pending),
+            (1, 2),
+            "held, queued: {info:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cluster.spawn("w2", &worker("w2"));
+    let mut by_worker: HashMap<String, usize> = HashMap::new();
+    for i in 0..3 {
+        let done = results_of(&client, &format!("long-{i}"), 1).await.remove(0);
+        assert_eq!(done.status, Status::Succeeded, "{done:?}");
+        *by_worker.entry(done.worker).or_default() += 1;
+    }
+    assert_eq!(by_worker.len(), 2, "both workers ran jobs: {by_worker:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_aggregator_coming_back_to_a_backlog_of_thousands_of_results_counts_them_all() {
+    use async_nats::jetstream;
+
+    // More results than async-nats lets one client have unacknowledged publishes (5,000):
+    // the aggregator stores one job state per result before it acks them.
+    const JOBS: u64 = 6000;
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    let client = cluster.client().await;
+    let js = jetstream::new(client.clone());
+    cluster.cpu_worker();
+    assert_success(&cluster.kiln(&[
+        "submit",
+        "vector_add",
+        "-p",
+        "len=16",
+        "--count",
+        &JOBS.to_string(),
+        "--id",
+        "backlog",
+    ]));
+    let mut results = js
+        .get_stream(kiln_proto::streams::STREAM_RESULTS)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while results.info().await.unwrap().state.messages < JOBS {
+        assert!(Instant::now() < deadline, "the jobs did not all finish");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The aggregator was down meanwhile; it comes back to all of them at once, and folds
+    // them all into its first snapshot (one flush: 6,000 job states to store).
+    cluster.spawn("aggregator", &["aggregator", "--interval-ms", "3000"]);
+    let snapshots = wait_for_metrics(&client, Duration::from_secs(60), |s| {
+        snapshot(s, "vector_add", "cpu").is_some_and(|m| m.jobs == JOBS)
+    })
+    .await;
+    let m = snapshot(&snapshots, "vector_add", "cpu").unwrap();
+    assert_eq!((m.jobs, m.succeeded), (JOBS, JOBS));
+    let mut consumer: jetstream::consumer::PullConsumer = results
+        .get_consumer(kiln_proto::streams::CONSUMER_AGGREGATOR)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let info = consumer.info().await.unwrap();
+        if info.num_ack_pending == 0 && info.num_pending == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "results left unacked: {info:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Every job's final state was stored.
+    let last = common::stdout(&cluster.kiln(&["status", &format!("backlog-{}", JOBS - 1)]));
+    assert!(last.contains("succeeded"), "{last}");
 }

@@ -6,6 +6,10 @@ use crate::error::{Error, Result};
 
 /// `Content-Type` of JSON bodies (the default when the header is absent).
 pub const CONTENT_TYPE_JSON: &str = "application/json";
+/// The most a bincode body may claim while it is decoded (strings and sequences), in bytes:
+/// far above what a body within the server's 1 MiB payload limit can really hold.
+pub const DECODE_LIMIT: usize = 64 << 20;
+
 /// `Content-Type` of bincode bodies: the same structure, kiln's own fast path.
 pub const CONTENT_TYPE_BINCODE: &str = "application/x-bincode";
 
@@ -67,18 +71,24 @@ impl Codec {
         })
     }
 
+    /// Decode a body. Bincode reads lengths before the data they announce: a 10-byte body
+    /// can claim a string of 4·10¹⁸ bytes, whose allocation aborts the process. Decoding
+    /// stops with an error once what it would hold passes [`DECODE_LIMIT`].
     pub fn decode<T: DeserializeOwned>(self, what: &'static str, bytes: &[u8]) -> Result<T> {
         let decoded = match self {
             Codec::Json => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
-            Codec::Bincode => bincode::serde::decode_from_slice(bytes, bincode::config::standard())
-                .map_err(|e| e.to_string())
-                .and_then(|(value, read)| {
-                    if read == bytes.len() {
-                        Ok(value)
-                    } else {
-                        Err(format!("{} trailing bytes", bytes.len() - read))
-                    }
-                }),
+            Codec::Bincode => bincode::serde::decode_from_slice(
+                bytes,
+                bincode::config::standard().with_limit::<DECODE_LIMIT>(),
+            )
+            .map_err(|e| e.to_string())
+            .and_then(|(value, read)| {
+                if read == bytes.len() {
+                    Ok(value)
+                } else {
+                    Err(format!("{} trailing bytes", bytes.len() - read))
+                }
+            }),
         };
         decoded.map_err(|message| Error::Decode {
             what,
@@ -118,5 +128,20 @@ mod tests {
             .decode::<(u32, Vec<f32>, Option<String>)>("test", &bytes)
             .unwrap_err();
         assert!(err.to_string().contains("trailing"), "{err}");
+    }
+
+    #[test]
+    fn bincode_lengths_past_the_limit_are_refused_before_anything_is_allocated() {
+        // `Some(` then a string length of 4·10¹⁸ (varint 0xfd + u64), and no string.
+        let mut bytes = vec![0x01, 0xfd];
+        bytes.extend_from_slice(&4_000_000_000_000_000_000u64.to_le_bytes());
+        let err = Codec::Bincode
+            .decode::<(Option<String>, u32)>("job", &bytes)
+            .unwrap_err();
+        assert!(err.to_string().contains("bincode"), "{err}");
+        // The same for a sequence.
+        let mut bytes = vec![0xfd];
+        bytes.extend_from_slice(&(u64::MAX / 2).to_le_bytes());
+        assert!(Codec::Bincode.decode::<Vec<f32>>("job", &bytes).is_err());
     }
 }

@@ -48,3 +48,7 @@ pub const HEADER_DLQ_SUBJECT: &str = "Kiln-Dlq-Subject";
 /// On a job replayed from the dead-letter queue: how many times it has been replayed (its
 /// result then has a `Nats-Msg-Id` of its own, see [`result_msg_id`]).
 pub const HEADER_REPLAY: &str = "Kiln-Replay";
+/// On a job a worker handed back without running it to its end (it was shutting down, or its
+/// device stopped working): how many times that has happened. The copy is a new message, so
+/// the hand-back does not spend one of the job's deliveries (`max_deliver`).
+pub const HEADER_HANDBACKS: &str = "Kiln-Handbacks";

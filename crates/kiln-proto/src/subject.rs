@@ -58,9 +58,9 @@ pub fn job(class: DeviceClass, kind: &str) -> String {
     format!("jobs.{class}.{kind}")
 }
 
-/// `jobs.<class>.>`: every job of a class.
+/// `jobs.<class>.*`: every job of a class.
 pub fn jobs_of_class(class: DeviceClass) -> String {
-    format!("jobs.{class}.>")
+    format!("jobs.{class}.*")
 }
 
 /// `results.<kind>`

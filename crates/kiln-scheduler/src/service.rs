@@ -239,8 +239,9 @@ async fn route(
     let id = kiln_proto::resolve_job_id(
         decoded.as_ref().and_then(|job| job.id.as_deref()),
         header(HEADER_JOB_ID)
-            .as_deref()
-            .or(header(HEADER_MSG_ID).as_deref()),
+            .filter(|id| kiln_proto::valid_job_id(id))
+            .or(header(HEADER_MSG_ID))
+            .as_deref(),
         sequence,
     );
     let decision = if decoded.as_ref().is_some_and(|job| job.plan.gpu_only) {
@@ -263,9 +264,11 @@ async fn route(
         span.inject(&mut headers);
     }
     // The original holds `<id>` in this stream's duplicate window: the routed copy goes by
-    // `routed-<id>`, which also makes a second routing of the same job (a redelivery to
-    // another scheduler) a duplicate the server drops.
-    headers.insert(HEADER_MSG_ID, format!("routed-{id}").as_str());
+    // `routed-<sequence of the original>-<id>`, which makes a second routing of the same
+    // message (a redelivery to another scheduler) a duplicate the server drops, while a
+    // replay of the job from the dead-letter queue (a new message) is routed again, and no
+    // job submitted with the id `routed-<id>` can take the copy's place.
+    headers.insert(HEADER_MSG_ID, format!("routed-{sequence}-{id}").as_str());
     headers.insert(HEADER_JOB_ID, id.as_str());
     if let Ok(routing) = serde_json::to_string(&routing) {
         headers.insert(HEADER_ROUTING, routing.as_str());

@@ -20,8 +20,14 @@ pub struct WorkerConfig {
     pub slowdown: f64,
     /// Simulation: a fixed delay added to every job (a GPU's launch and transfer cost).
     pub sim_overhead: Duration,
-    /// Jobs held at once (running, waiting for a compute slot, or publishing results).
+    /// Jobs held at once (running, waiting for a compute slot, or publishing results), at
+    /// most; see `prefetch` for how many the worker actually holds.
     pub max_in_flight: usize,
+    /// Work held beyond the compute slots: the worker holds one job per compute slot plus as
+    /// many as its slots get through in this time at the recent pace of its jobs (zero: one
+    /// job per slot). Small jobs keep the slots busy between pulls; long jobs are not held
+    /// where another worker could be running them.
+    pub prefetch: Duration,
     /// Jobs computing at once.
     pub compute_slots: usize,
     /// Limits jobs are checked against before anything is allocated.
@@ -65,6 +71,7 @@ impl WorkerConfig {
             sim_overhead: Duration::ZERO,
             device,
             max_in_flight: 256,
+            prefetch: Duration::from_millis(100),
             compute_slots,
             limits: Limits::default(),
             topology: Topology::default(),

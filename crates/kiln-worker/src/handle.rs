@@ -9,8 +9,8 @@ use async_nats::jetstream::{self, AckKind};
 use kiln_kernels::{Checkpoint, ComputeDevice, DecodedJob, Progress};
 use kiln_proto::{
     Codec, DeviceClass, Disposition, ErrorKind, HEADER_DLQ_REASON, HEADER_DLQ_SUBJECT,
-    HEADER_JOB_ID, HEADER_MSG_ID, HEADER_ROUTING, JobError, JobSubject, ResultEvent, Routing,
-    Status, subject,
+    HEADER_HANDBACKS, HEADER_JOB_ID, HEADER_MSG_ID, HEADER_ROUTING, JobError, JobSubject,
+    ResultEvent, Routing, Status, subject,
 };
 use time::OffsetDateTime;
 use tokio::sync::Semaphore;
@@ -30,6 +30,10 @@ pub(crate) struct Shared {
     pub memory_mib: Arc<Semaphore>,
     pub memory: kiln_kernels::MemoryBudget,
     pub counters: Counters,
+    /// The recent pace of jobs, which decides how many the pull loop holds.
+    pub pace: crate::worker::Pace,
+    /// Signalled each time a job's task ends (its slot is free).
+    pub finished: tokio::sync::Notify,
     /// Set when a shutdown ran out of patience: checkpoints then hand jobs back.
     pub stopping: AtomicBool,
     /// Set (with the reason) when the device stopped working: the worker stops pulling,
@@ -136,14 +140,29 @@ pub(crate) async fn handle(shared: &Arc<Shared>, message: jetstream::Message) {
                 (id, Err(error), 0.0, flops)
             } else {
                 shared.track(&id, &delivery, true);
-                let (result, compute_ms) = compute(shared, &message, job, &id).await;
+                let ran = compute(shared, &message, job, &id).await;
                 shared.track(&id, &delivery, false);
+                let Ran {
+                    result,
+                    compute_ms,
+                    handed_back,
+                } = ran;
                 shared
                     .config
                     .metrics
                     .compute(&delivery.kind, compute_ms / 1000.0);
                 if let Some(trace) = &delivery.trace {
                     trace.compute(compute_ms, &result);
+                }
+                if let (true, Err(error)) = (handed_back, &result) {
+                    if let Some(trace) = &delivery.trace {
+                        trace.id(&id);
+                    }
+                    if hand_back(shared, &message, &delivery, &id, error).await {
+                        return;
+                    }
+                } else if compute_ms > 0.0 {
+                    shared.pace.record(compute_ms);
                 }
                 (id, result, compute_ms, flops)
             }
@@ -178,25 +197,41 @@ fn decode(
     Ok(job)
 }
 
+/// What running a job came to.
+struct Ran {
+    result: Result<serde_json::Value, JobError>,
+    compute_ms: f64,
+    /// The worker gave the job up through no fault of the job's: it was shutting down past
+    /// its drain timeout, or its device stopped working. Such a job goes back to the queue
+    /// without spending one of its deliveries ([`hand_back`]).
+    handed_back: bool,
+}
+
 /// Run the job on a compute slot, off the async executor, with progress acks meanwhile.
 async fn compute(
     shared: &Arc<Shared>,
     message: &jetstream::Message,
     job: DecodedJob,
     id: &str,
-) -> (Result<serde_json::Value, JobError>, f64) {
+) -> Ran {
     if runs_inline(&shared.config, &job) {
         let start = Instant::now();
+        let handed_back = AtomicBool::new(false);
         let guard = Guard {
             start,
             timeout: job.timeout_ms.map(Duration::from_millis),
             stopping: &shared.stopping,
+            handed_back: &handed_back,
             id,
             cancelled: &shared.cancelled,
         };
         let device = &shared.config.device;
         let result = crate::warmup::run_guarded(device, || job.run(device, &guard));
-        return (result, start.elapsed().as_secs_f64() * 1000.0);
+        return Ran {
+            result,
+            compute_ms: start.elapsed().as_secs_f64() * 1000.0,
+            handed_back: handed_back.into_inner(),
+        };
     }
     let ack_wait = shared.config.topology.ack_wait;
     let progress_every = (ack_wait / 3).max(Duration::from_millis(100));
@@ -233,16 +268,22 @@ async fn compute(
     let task = tokio::task::spawn_blocking(move || {
         let _permit = permit;
         let start = Instant::now();
+        let handed_back = AtomicBool::new(false);
         let guard = Guard {
             start,
             timeout,
             stopping: &shared_for_task.stopping,
+            handed_back: &handed_back,
             id: &id,
             cancelled: &shared_for_task.cancelled,
         };
         if let Some(reason) = shared_for_task.poisoned.get() {
             let message = format!("device {device} is unusable ({reason}); job handed back");
-            return (Err(JobError::internal(message)), 0.0);
+            return Ran {
+                result: Err(JobError::internal(message)),
+                compute_ms: 0.0,
+                handed_back: true,
+            };
         }
         let result = crate::warmup::run_guarded(&device, || {
             guard.checkpoint(Progress { done: 0, total: 1 })?;
@@ -264,16 +305,21 @@ async fn compute(
             std::thread::sleep(start.elapsed().mul_f64(slowdown - 1.0));
         }
         std::thread::sleep(shared_for_task.config.sim_overhead);
-        (result, start.elapsed().as_secs_f64() * 1000.0)
+        Ran {
+            result,
+            compute_ms: start.elapsed().as_secs_f64() * 1000.0,
+            handed_back: handed_back.into_inner(),
+        }
     });
     tokio::pin!(task);
     loop {
         tokio::select! {
             joined = &mut task => {
-                return match joined {
-                    Ok(done) => done,
-                    Err(e) => (Err(JobError::internal(format!("compute task failed: {e}"))), 0.0),
-                };
+                return joined.unwrap_or_else(|e| Ran {
+                    result: Err(JobError::internal(format!("compute task failed: {e}"))),
+                    compute_ms: 0.0,
+                    handed_back: false,
+                });
             }
             _ = ticker.tick() => { let _ = message.ack_with(AckKind::Progress).await; }
         }
@@ -285,6 +331,8 @@ struct Guard<'a> {
     start: Instant,
     timeout: Option<Duration>,
     stopping: &'a AtomicBool,
+    /// Set when the job is stopped because the worker is stopping.
+    handed_back: &'a AtomicBool,
     id: &'a str,
     cancelled: &'a crate::cancel::Cancellations,
 }
@@ -314,6 +362,7 @@ impl Checkpoint for Guard<'_> {
             ));
         }
         if self.stopping.load(Ordering::Relaxed) {
+            self.handed_back.store(true, Ordering::Relaxed);
             return Err(JobError::internal("worker shutting down; job handed back"));
         }
         Ok(())
@@ -331,6 +380,71 @@ fn runs_inline(config: &WorkerConfig, job: &DecodedJob) -> bool {
         && config.sim_overhead.is_zero()
         && job.plan.flops <= INLINE_MAX_WORK as f64
         && job.plan.elements <= INLINE_MAX_WORK
+}
+
+/// Most times one job is handed back without spending a delivery: a job that outlasts every
+/// worker's drain timeout, deploy after deploy, is then retried like any other (and, after
+/// its last delivery, answered and dead-lettered), rather than going round for ever.
+const MAX_HANDBACKS: u32 = 20;
+
+/// Give back a job this worker did not finish through no fault of the job's (a shutdown past
+/// the drain timeout, a device that stopped working) without spending one of its deliveries.
+/// JetStream counts every nak as a delivery, and `max_deliver` of them dead-letter a job, so a
+/// nak would let rolling restarts fail a long job that never failed. Instead the job is
+/// published again as a new message (same subject, body and headers; `Kiln-Job-Id` keeps its
+/// id, `Kiln-Handbacks` counts, `Nats-Msg-Id` names this copy) and this delivery is acked once
+/// the copy is stored. The copy joins the back of the queue. Returns false when that was not
+/// possible (the queue is full, the server did not answer, [`MAX_HANDBACKS`] reached): the
+/// caller then hands the job back the usual way.
+async fn hand_back(
+    shared: &Shared,
+    message: &jetstream::Message,
+    delivery: &Delivery,
+    id: &str,
+    error: &JobError,
+) -> bool {
+    let handbacks = handbacks_of(message.headers.as_ref());
+    if handbacks >= MAX_HANDBACKS {
+        tracing::warn!(%id, handbacks, "job handed back too often; retrying it as a failed attempt");
+        return false;
+    }
+    let mut headers = message.headers.clone().unwrap_or_default();
+    headers.insert(HEADER_JOB_ID, id);
+    headers.insert(HEADER_HANDBACKS, (handbacks + 1).to_string().as_str());
+    let msg_id = format!("{id}.handback.{}", delivery.stream_sequence);
+    headers.insert(HEADER_MSG_ID, msg_id.as_str());
+    let stored = match shared
+        .js
+        .publish_with_headers(message.subject.clone(), headers, message.payload.clone())
+        .await
+    {
+        Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(e) = stored {
+        tracing::warn!(%id, error = %e, "could not queue the job again; handing it back as a failed attempt");
+        return false;
+    }
+    tracing::info!(%id, attempt = delivery.attempt, handbacks = handbacks + 1, reason = %error.message, "job handed back without spending a delivery");
+    shared.counters.handed_back.fetch_add(1, Ordering::Relaxed);
+    shared.config.metrics.job(&delivery.kind, "handed_back");
+    if let Some(trace) = &delivery.trace {
+        trace.outcome("handed_back", Some(error));
+    }
+    if let Err(e) = message.ack().await {
+        // The delivery comes back after the ack wait and runs twice; its result is stored
+        // once (its Nats-Msg-Id comes from the job id).
+        tracing::warn!(%id, error = %e, "ack of a handed-back job failed; it may run twice");
+    }
+    true
+}
+
+/// `Kiln-Handbacks`: how often a job was handed back without spending a delivery (0 if never).
+fn handbacks_of(headers: Option<&HeaderMap>) -> u32 {
+    headers
+        .and_then(|h| h.get(kiln_proto::HEADER_HANDBACKS))
+        .and_then(|v| v.as_str().trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// Publish the answer (or hand the job back), then ack.
@@ -562,7 +676,10 @@ pub(crate) fn job_id_of(payload: &[u8], headers: Option<&HeaderMap>, sequence: u
         .and_then(|b| b.id)
         .filter(|id| kiln_proto::valid_job_id(id));
     let get = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str());
-    let header_id = get(HEADER_JOB_ID).or_else(|| get(HEADER_MSG_ID));
+    let valid = |id: &&str| kiln_proto::valid_job_id(id);
+    let header_id = get(HEADER_JOB_ID)
+        .filter(valid)
+        .or_else(|| get(HEADER_MSG_ID).filter(valid));
     kiln_proto::resolve_job_id(body_id.as_deref(), header_id, sequence)
 }
 
@@ -575,8 +692,10 @@ pub(crate) fn replay_of(headers: Option<&HeaderMap>) -> u32 {
 }
 
 impl Delivery {
-    /// The id the headers give: a routed copy's `Kiln-Job-Id`, else the `Nats-Msg-Id`.
+    /// The id the headers give: a routed copy's `Kiln-Job-Id`, else the `Nats-Msg-Id`
+    /// (each only when it is a valid job id).
     fn header_id(&self) -> Option<&str> {
-        self.job_id.as_deref().or(self.msg_id.as_deref())
+        let valid = |id: &&str| kiln_proto::valid_job_id(id);
+        (self.job_id.as_deref().filter(valid)).or(self.msg_id.as_deref().filter(valid))
     }
 }

@@ -36,7 +36,7 @@ impl Heartbeat {
         shared: Arc<Shared>,
         serving: Arc<AtomicBool>,
     ) -> Result<Self, String> {
-        let store = js
+        let mut store = js
             .get_key_value(BUCKET_WORKERS)
             .await
             .map_err(|e| format!("opening the {BUCKET_WORKERS} bucket: {e}"))?;
@@ -50,10 +50,29 @@ impl Heartbeat {
                     _ = &mut stopped => break,
                     _ = ticker.tick() => {
                         let info = info(&shared, &serving, started_at);
-                        if let Ok(body) = serde_json::to_vec(&info)
-                            && let Err(e) = store.put(&key, body.into()).await
-                        {
+                        let Ok(body) = serde_json::to_vec(&info) else { continue };
+                        let Err(e) = store.put(&key, body.clone().into()).await else { continue };
+                        // The bucket keeps its entries in memory: a restarted server comes
+                        // back without it. Make it again, as every role does at start.
+                        let text = e.to_string();
+                        if !(text.contains("no stream found") || text.contains("stream not found")) {
                             tracing::warn!(error = %e, "heartbeat failed");
+                            continue;
+                        }
+                        // Create only (a worker may not update streams); another worker may have made it first.
+                        let made = match shared.js.create_key_value(shared.config.topology.workers_bucket()).await {
+                            Ok(store) => Ok(store),
+                            Err(e) => shared.js.get_key_value(BUCKET_WORKERS).await.map_err(|_| e),
+                        };
+                        match made {
+                            Ok(again) => {
+                                tracing::info!("{BUCKET_WORKERS} was gone (a server restart); made it again");
+                                store = again;
+                                if let Err(e) = store.put(&key, body.into()).await {
+                                    tracing::warn!(error = %e, "heartbeat failed");
+                                }
+                            }
+                            Err(again) => tracing::warn!(error = %e, making_it = %again, "heartbeat failed: {BUCKET_WORKERS} is missing and could not be made"),
                         }
                     }
                 }

@@ -88,7 +88,7 @@ impl JobTrace {
         )
     }
 
-    /// How the job ended on this delivery: `succeeded`, `failed` or `retried`.
+    /// How the job ended on this delivery: `succeeded`, `failed`, `retried` or `handed_back`.
     pub(crate) fn outcome(&self, status: &str, error: Option<&JobError>) {
         self.job
             .set_attribute(KeyValue::new("kiln.job.status", status.to_owned()));

@@ -1,4 +1,4 @@
-//! The pull loop: take as many jobs as there are free slots, hand each to its own task.
+//! The pull loop: take as many jobs as the worker can start soon, hand each to its own task.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -24,6 +24,8 @@ pub struct WorkerStats {
     pub failed: u64,
     /// Jobs handed back for another attempt.
     pub retried: u64,
+    /// Jobs queued again unfinished because the worker stopped (no attempt spent).
+    pub handed_back: u64,
 }
 
 #[derive(Debug, Default)]
@@ -31,6 +33,43 @@ pub(crate) struct Counters {
     pub succeeded: AtomicU64,
     pub failed: AtomicU64,
     pub retried: AtomicU64,
+    pub handed_back: AtomicU64,
+}
+
+/// The recent pace of a worker's jobs, which decides how many jobs it holds ([`Pace::limit`]).
+#[derive(Debug, Default)]
+pub(crate) struct Pace {
+    /// Exponentially weighted mean compute time of the recent jobs, in ms; `None` before the
+    /// first job.
+    mean_ms: std::sync::Mutex<Option<f64>>,
+}
+
+impl Pace {
+    /// The weight of the newest job in the mean.
+    const WEIGHT: f64 = 0.2;
+
+    /// A job computed in `compute_ms`.
+    pub fn record(&self, compute_ms: f64) {
+        let mut mean = self.mean_ms.lock().unwrap_or_else(|e| e.into_inner());
+        *mean = Some(match *mean {
+            Some(m) => m + Self::WEIGHT * (compute_ms - m),
+            None => compute_ms,
+        });
+    }
+
+    /// How many jobs to hold at once: one per compute slot, plus as many as the slots get
+    /// through in `prefetch` at the recent pace (none before the first job), at most `max`.
+    pub fn limit(&self, compute_slots: usize, prefetch: Duration, max: usize) -> usize {
+        let mean = *self.mean_ms.lock().unwrap_or_else(|e| e.into_inner());
+        let ahead = match mean {
+            Some(ms) => {
+                let per_slot = prefetch.as_secs_f64() * 1000.0 / ms.max(1e-3);
+                (per_slot * compute_slots as f64).min(max as f64) as usize
+            }
+            None => 0,
+        };
+        compute_slots.saturating_add(ahead).clamp(1, max.max(1))
+    }
 }
 
 /// The most tensor elements a GPU job may hold: CubeCL indexes tensors with 32-bit integers,
@@ -112,6 +151,8 @@ pub async fn run(
         memory_mib: Arc::new(Semaphore::new(mib(memory.bytes) as usize)),
         memory,
         counters: Counters::default(),
+        pace: Pace::default(),
+        finished: tokio::sync::Notify::new(),
         stopping: AtomicBool::new(false),
         poisoned: std::sync::OnceLock::new(),
         cancelled: crate::cancel::Cancellations::watch(&js)
@@ -201,11 +242,26 @@ pub async fn run(
         if shared.poisoned.get().is_some() {
             break 'pull;
         }
-        // Wait for at least one free slot, then ask for as many jobs as there are free slots:
-        // the worker never holds a job it has no room for.
+        // Hold one job per compute slot, plus as many as the slots get through in
+        // `--prefetch-ms` at the recent pace: small jobs keep the slots busy between pulls,
+        // while a long job stays in the queue, where an idle worker (or a new one KEDA
+        // starts for the backlog) can take it, instead of waiting here behind another.
+        let limit = shared.pace.limit(
+            shared.config.compute_slots.max(1),
+            shared.config.prefetch,
+            max_in_flight,
+        );
+        let held = max_in_flight - slots.available_permits();
+        if held >= limit {
+            tokio::select! {
+                _ = &mut shutdown => break 'pull,
+                _ = shared.finished.notified() => continue 'pull,
+            }
+        }
+        let room = limit - held;
         // Each pull request is a subscription on the server: ask for jobs in chunks of at
-        // least a quarter of the slots, so that a busy worker does not pull one job at a time.
-        let chunk = (max_in_flight / 4).max(1) as u32;
+        // least a quarter of the limit, so that a busy worker does not pull one job at a time.
+        let chunk = (limit / 4).clamp(1, room) as u32;
         let first = tokio::select! {
             _ = &mut shutdown => break 'pull,
             permit = slots.clone().acquire_many_owned(chunk) => permit.expect("semaphore is never closed"),
@@ -216,8 +272,11 @@ pub async fn run(
             permits.push(first.split(1).expect("the chunk holds this many permits"));
         }
         permits.push(first);
-        while let Ok(p) = slots.clone().try_acquire_owned() {
-            permits.push(p);
+        while permits.len() < room {
+            match slots.clone().try_acquire_owned() {
+                Ok(p) => permits.push(p),
+                Err(_) => break,
+            }
         }
         let mut batch = match consumer
             .batch()
@@ -256,6 +315,7 @@ pub async fn run(
                         handle::handle(&shared, message).await;
                         shared.config.metrics.in_flight.dec();
                         drop(permit);
+                        shared.finished.notify_one();
                     });
                 }
                 Some(Err(e)) => {
@@ -293,6 +353,7 @@ pub async fn run(
         succeeded = stats.succeeded,
         failed = stats.failed,
         retried = stats.retried,
+        handed_back = stats.handed_back,
         "worker stopped"
     );
     Ok(stats)
@@ -310,6 +371,7 @@ impl Shared {
             succeeded: self.counters.succeeded.load(Ordering::Relaxed),
             failed: self.counters.failed.load(Ordering::Relaxed),
             retried: self.counters.retried.load(Ordering::Relaxed),
+            handed_back: self.counters.handed_back.load(Ordering::Relaxed),
         }
     }
 }
@@ -381,5 +443,52 @@ async fn choose_matmul_engine(device: ComputeDevice, wanted: kiln_kernels::Matmu
                 ),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WINDOW: Duration = Duration::from_millis(100);
+
+    #[test]
+    fn a_new_worker_holds_one_job_per_compute_slot() {
+        assert_eq!(Pace::default().limit(4, WINDOW, 256), 4);
+    }
+
+    #[test]
+    fn small_jobs_are_held_ahead_and_long_ones_are_not() {
+        let pace = Pace::default();
+        pace.record(2.0);
+        // 2 slots get through 100 jobs of 2 ms in 100 ms.
+        assert_eq!(pace.limit(2, WINDOW, 256), 102);
+        assert_eq!(pace.limit(2, WINDOW, 64), 64, "never above --max-in-flight");
+        assert_eq!(pace.limit(2, Duration::ZERO, 256), 2, "--prefetch-ms 0");
+        let long = Pace::default();
+        long.record(3000.0);
+        assert_eq!(long.limit(2, WINDOW, 256), 2);
+        let tiny = Pace::default();
+        tiny.record(0.0);
+        assert_eq!(
+            tiny.limit(2, WINDOW, 256),
+            256,
+            "a zero mean is not a division by zero"
+        );
+    }
+
+    #[test]
+    fn the_pace_follows_recent_jobs() {
+        let pace = Pace::default();
+        pace.record(1.0);
+        for _ in 0..30 {
+            pace.record(1000.0);
+        }
+        // After a run of one-second jobs the worker holds no more than its slots again.
+        assert_eq!(pace.limit(2, WINDOW, 256), 2);
+        for _ in 0..40 {
+            pace.record(1.0);
+        }
+        assert!(pace.limit(2, WINDOW, 256) > 100);
     }
 }

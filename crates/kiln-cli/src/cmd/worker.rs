@@ -53,6 +53,7 @@ pub fn worker_config(
         config.name = name.clone();
     }
     config.max_in_flight = args.max_in_flight.max(1);
+    config.prefetch = Duration::from_millis(args.prefetch_ms);
     if let Some(slots) = args.compute_slots {
         config.compute_slots = slots.max(1);
     }
@@ -116,8 +117,8 @@ pub async fn worker(nats: &NatsArgs, args: WorkerArgs) -> anyhow::Result<ExitCod
     let client = crate::connect::connect(nats).await?;
     let stats = kiln_worker::run(client, config, crate::signal::shutdown()).await?;
     eprintln!(
-        "worker stopped: {} succeeded, {} failed, {} handed back for retry",
-        stats.succeeded, stats.failed, stats.retried
+        "worker stopped: {} succeeded, {} failed, {} handed back for retry, {} handed back unfinished",
+        stats.succeeded, stats.failed, stats.retried, stats.handed_back
     );
     Ok(ExitCode::SUCCESS)
 }

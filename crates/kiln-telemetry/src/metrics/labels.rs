@@ -8,7 +8,7 @@ pub struct KindLabels {
     pub kind: String,
 }
 
-/// `{kind, status}`: status is `succeeded`, `failed` or (worker) `retried`.
+/// `{kind, status}`: status is `succeeded`, `failed` or (worker) `retried`, `handed_back`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindStatusLabels {
     pub kind: String,

@@ -22,8 +22,9 @@ impl MetricConstructor<Histogram> for LatencyHistogram {
 /// A worker's metrics. Cloning shares them.
 #[derive(Clone, Debug)]
 pub struct WorkerMetrics {
-    /// `kiln_worker_jobs_total{kind, status}`: jobs answered (`succeeded`, `failed`) or handed
-    /// back for another attempt (`retried`).
+    /// `kiln_worker_jobs_total{kind, status}`: jobs answered (`succeeded`, `failed`), handed
+    /// back for another attempt (`retried`), or queued again unfinished because the worker
+    /// stopped (`handed_back`, which spends no attempt).
     pub jobs: Family<KindStatusLabels, Counter>,
     /// `kiln_worker_jobs_in_flight`: jobs held now (computing, waiting for a compute slot, or
     /// publishing their result).
@@ -55,7 +56,7 @@ impl WorkerMetrics {
     pub fn register(&self, registry: &mut Registry, worker: &str, device: &str, class: &str) {
         registry.register(
             "kiln_worker_jobs",
-            "Jobs this worker answered (succeeded, failed) or handed back (retried)",
+            "Jobs this worker answered (succeeded, failed), handed back (retried) or queued again unfinished (handed_back)",
             self.jobs.clone(),
         );
         registry.register(
