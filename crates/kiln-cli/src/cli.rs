@@ -132,6 +132,11 @@ pub struct WorkerArgs {
     /// Jobs held at once: computing, waiting for a compute slot, or publishing results.
     #[arg(long, env = "KILN_MAX_IN_FLIGHT", default_value_t = 256)]
     pub max_in_flight: usize,
+    /// Work to hold beyond the compute slots, in ms of compute at the recent pace of this
+    /// worker's jobs: small jobs are pulled ahead, long ones are left for idle workers (0:
+    /// one job per compute slot).
+    #[arg(long, env = "KILN_PREFETCH_MS", default_value_t = 100)]
+    pub prefetch_ms: u64,
     /// Jobs computing at once (default: CPU cores for cpu, 2 for cuda).
     #[arg(long, env = "KILN_COMPUTE_SLOTS")]
     pub compute_slots: Option<usize>,
@@ -212,11 +217,13 @@ pub struct SubmitArgs {
     /// Job kind (see `kiln kinds`).
     pub kind: String,
     /// A parameter as key=value; the value is read as JSON when it parses, else as a string
-    /// (`-p n=512 -p dtype=bf16 -p hidden=[64,64]`).
+    /// (`-p n=512 -p dtype=bf16 -p hidden=[64,64]`); key=@FILE reads the value as JSON from a
+    /// file, key=@- from standard input.
     #[arg(short = 'p', long = "param", value_name = "KEY=VALUE")]
     pub params: Vec<String>,
-    /// All parameters as one JSON object (merged under -p values).
-    #[arg(long = "params", value_name = "JSON")]
+    /// All parameters as one JSON object (merged under -p values); @FILE reads it from a file,
+    /// @- from standard input (for inputs too big for the command line).
+    #[arg(long = "params", value_name = "JSON|@FILE|@-")]
     pub params_json: Option<String>,
     /// Device class: gpu, cpu or auto.
     #[arg(long, short = 'd', env = "KILN_SUBMIT_DEVICE", default_value = "cpu")]
@@ -224,8 +231,10 @@ pub struct SubmitArgs {
     /// Number of jobs; job i gets seed + i and id <id>-<i>.
     #[arg(long, short = 'n', default_value_t = 1)]
     pub count: u64,
-    /// Job id (default: a fresh unique id). It is also the Nats-Msg-Id, so resubmitting an
-    /// id within 10 minutes is dropped by the server.
+    /// Job id (default: a fresh unique id): 1 to 128 ASCII letters, digits or punctuation
+    /// characters, no spaces; with --count, ids are <id>-<i>. It is also the Nats-Msg-Id, so
+    /// resubmitting an id within 10 minutes is dropped by the server (and reported, with the
+    /// earlier submission's result under --wait).
     #[arg(long)]
     pub id: Option<String>,
     /// Seed for generated inputs.
@@ -247,9 +256,9 @@ pub struct SubmitArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct ResultArgs {
-    /// The job id.
+    /// The job id (exit status 2 when it has no result, or is not a valid job id).
     pub id: String,
-    /// The job's kind, to search only results.<kind>.
+    /// Only a result of this kind (searches only results.<kind>).
     #[arg(long)]
     pub kind: Option<String>,
 }
@@ -257,13 +266,14 @@ pub struct ResultArgs {
 #[derive(Debug, Clone, Args)]
 pub struct StatusArgs {
     /// A job id: answers succeeded / failed / running (where, attempt) / cancel requested /
-    /// queued-or-unknown.
+    /// queued / unknown (exit status 2, as for an id that is not a valid job id).
     pub id: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct CancelArgs {
-    /// The job ids.
+    /// The job ids. Finished jobs are not marked (a mark lasts a day and would cancel a later
+    /// run of the same id); ids kiln knows nothing of are, in case they are still in flight.
     pub ids: Vec<String>,
 }
 
@@ -279,7 +289,8 @@ pub enum DlqCommand {
     List,
     /// Resubmit dead letters to the subject they came from, and remove them from the queue.
     Replay {
-        /// Sequences of the dead letters (from `kiln dlq list`).
+        /// Sequences of the dead letters (from `kiln dlq list`); exit status 2 when one is not
+        /// in the queue.
         sequences: Vec<u64>,
         /// Replay every dead letter.
         #[arg(long)]
@@ -299,8 +310,8 @@ pub struct WatchArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct DemoArgs {
-    /// Scale of the workload (1 = 368 jobs per device class, a few seconds on two CPU cores).
-    #[arg(long, default_value_t = 1.0)]
+    /// Scale of the workload.
+    #[arg(long, default_value_t = 1.0, help = crate::cmd::demo::scale_help())]
     pub scale: f64,
     /// Never start a local nats-server; fail if --nats-url is unreachable.
     #[arg(long)]
@@ -434,4 +445,23 @@ pub struct PipelineArgs {
     /// Use the server at --nats-url instead of starting a private one.
     #[arg(long)]
     pub external: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn id_help_says_what_valid_job_id_accepts() {
+        let cli = super::Cli::command();
+        let submit = cli.find_subcommand("submit").unwrap();
+        let id = submit.get_arguments().find(|a| a.get_id() == "id").unwrap();
+        let help = id.get_help().unwrap().to_string();
+        let rule = format!(
+            "1 to {} ASCII letters, digits or punctuation",
+            kiln_proto::MAX_ID_LEN
+        );
+        assert!(help.contains(&rule) && help.contains("no spaces"), "{help}");
+        assert!(kiln_proto::valid_job_id("a/b.c*") && !kiln_proto::valid_job_id("café"));
+    }
 }

@@ -58,12 +58,23 @@ fn init_tracing(cli: &cli::Cli) {
     } else {
         "warn"
     };
+    // async-nats logs every connection event at info; kiln logs the ones that matter itself,
+    // with the server's URL (see connect.rs).
+    let default = format!("{default},async_nats=warn");
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(colour_logs());
     match cli.log_format {
         cli::LogFormat::Json => builder.json().init(),
         cli::LogFormat::Text => builder.init(),
     }
+}
+
+/// Colours in text logs only when stderr is a terminal (not a file, journald or a container's
+/// log), and not when NO_COLOR is set to anything (https://no-color.org).
+fn colour_logs() -> bool {
+    use std::io::IsTerminal as _;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }

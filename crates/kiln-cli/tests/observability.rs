@@ -725,3 +725,59 @@ async fn without_an_exporter_the_worker_forwards_the_trace_context_it_got() {
         Some("vendor=value")
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn roles_without_a_server_say_once_which_url_they_cannot_reach_in_plain_text() {
+    // Nothing listens there.
+    let url = format!("nats://{}", free_addr());
+    let logs = tempfile::tempdir().unwrap();
+    let mut children = Vec::new();
+    for role in ["worker", "aggregator", "scheduler"] {
+        let log = logs.path().join(format!("{role}.log"));
+        let child = Command::new(KILN)
+            .args([role])
+            .env("NATS_URL", &url)
+            .env("KILN_DEVICE", "cpu")
+            // The default filter and colours: stderr is a file here, not a terminal.
+            .env_remove("RUST_LOG")
+            .env_remove("NO_COLOR")
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        children.push((role, log, child));
+    }
+    let deadline = Instant::now() + WAIT;
+    for (role, log, _) in &children {
+        while !std::fs::read_to_string(log)
+            .unwrap()
+            .contains("could not reach NATS")
+        {
+            assert!(
+                Instant::now() < deadline,
+                "{role} never said it could not connect"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // The client retries many times a second at first: none of them is logged again.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for (role, log, mut child) in children {
+        assert_eq!(child.try_wait().unwrap(), None, "{role} keeps retrying");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let text = std::fs::read_to_string(&log).unwrap();
+        let lines: Vec<&str> = text.lines().filter(|l| l.contains("NATS")).collect();
+        assert_eq!(lines.len(), 1, "{role}:\n{text}");
+        assert!(
+            lines[0].contains(" WARN ")
+                && lines[0].contains(&format!("could not reach NATS at {url}"))
+                && lines[0].contains("Connection refused"),
+            "{role}:\n{text}"
+        );
+        assert!(!text.contains("client error"), "{role}:\n{text}");
+        assert!(
+            !text.contains('\x1b'),
+            "colour codes in a log file, {role}:\n{text}"
+        );
+    }
+}

@@ -456,6 +456,17 @@ async fn result_command_finds_a_finished_job() {
     assert_eq!(event.status, Status::Succeeded);
     let missing = cluster.kiln(&["result", "no-such-job"]);
     assert_eq!(missing.status.code(), Some(2));
+    // --kind finds only a result of that kind, and says what the job's result is.
+    let same = cluster.kiln(&["result", "find-me", "--kind", "vector_add"]);
+    assert_success(&same);
+    let other = cluster.kiln(&["result", "find-me", "--kind", "matmul"]);
+    assert_eq!(other.status.code(), Some(2), "{other:?}");
+    assert!(other.stdout.is_empty(), "{}", stdout(&other));
+    let stderr = String::from_utf8_lossy(&other.stderr);
+    assert!(
+        stderr.contains("no matmul result for job \"find-me\": its result is a vector_add result"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -798,7 +809,36 @@ async fn cancel_answers_queued_jobs_and_stops_running_ones_at_a_checkpoint() {
     );
     assert!(r.compute_ms > 500.0, "it was running: {} ms", r.compute_ms);
     // The worker keeps serving.
-    assert_success(&cluster.kiln(&["submit", "vector_add", "-p", "len=8", "--wait"]));
+    assert_success(&cluster.kiln(&[
+        "submit",
+        "vector_add",
+        "-p",
+        "len=8",
+        "--id",
+        "done-1",
+        "--wait",
+    ]));
+    // A finished job is not marked: the mark would cancel a later run of the same id.
+    let finished = cluster.kiln(&["cancel", "done-1"]);
+    assert_success(&finished);
+    assert!(
+        stdout(&finished).contains("done-1: succeeded") && stdout(&finished).contains("not marked"),
+        "{}",
+        stdout(&finished)
+    );
+    let js = jetstream::new(client.clone());
+    let marks = js.get_key_value(kiln_proto::BUCKET_CANCEL).await.unwrap();
+    assert_eq!(marks.get("done-1").await.unwrap(), None);
+    assert!(marks.get("queued-1").await.unwrap().is_some());
+    // Ids no worker would take are refused, and nothing is marked.
+    let invalid = cluster.kiln(&["cancel", "later-1", "a b/c.d*"]);
+    assert_eq!(invalid.status.code(), Some(2), "{invalid:?}");
+    assert!(
+        String::from_utf8_lossy(&invalid.stderr).contains("\"a b/c.d*\" is not a job id"),
+        "{}",
+        String::from_utf8_lossy(&invalid.stderr)
+    );
+    assert_eq!(marks.get("later-1").await.unwrap(), None);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -901,4 +941,237 @@ async fn job_bigger_than_the_workers_memory_is_refused_naming_the_limit() {
     // A job that fits (3 × 1024² f32 = 12 MiB) runs on the same worker.
     let fits = submit_wait(&cluster, &["matmul", "-p", "n=1024"]);
     assert_eq!(fits.status, Status::Succeeded, "{fits:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn resubmitted_ids_answer_with_the_earlier_results_and_keep_their_state() {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    let client = cluster.client().await;
+    let submit = [
+        "submit",
+        "vector_add",
+        "-p",
+        "len=10",
+        "--count",
+        "3",
+        "--id",
+        "batch",
+    ];
+    // Queued while no worker runs; a resubmission with --wait waits for the earlier one's
+    // results.
+    assert_success(&cluster.kiln(&["submit", "vector_add", "-p", "len=4", "--id", "early"]));
+    let waiting = std::process::Command::new(common::KILN)
+        .args([
+            "submit",
+            "vector_add",
+            "-p",
+            "len=4",
+            "--id",
+            "early",
+            "--wait",
+        ])
+        .env("NATS_URL", cluster.server.url())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    cluster.cpu_worker();
+    cluster.aggregator();
+    let waited = waiting.wait_with_output().unwrap();
+    assert_success(&waited);
+    let event: ResultEvent = serde_json::from_str(&stdout(&waited)).unwrap();
+    assert_eq!(
+        (event.id.as_str(), event.status),
+        ("early", Status::Succeeded)
+    );
+
+    let mut all = submit.to_vec();
+    all.push("--wait");
+    assert_success(&cluster.kiln(&all));
+    // Once the aggregator has recorded them, a resubmission answers at once with the same
+    // results (not after --wait-timeout-s).
+    let js = jetstream::new(client.clone());
+    let states = js.get_key_value(kiln_proto::BUCKET_STATE).await.unwrap();
+    let phase = |id: &'static str| {
+        let states = states.clone();
+        async move {
+            let value = states.get(id).await.unwrap().expect("a recorded state");
+            serde_json::from_slice::<kiln_proto::JobState>(&value)
+                .unwrap()
+                .phase
+        }
+    };
+    let deadline = std::time::Instant::now() + WAIT;
+    for id in ["batch-0", "batch-1", "batch-2"] {
+        while !phase(id).await.is_final() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{id} never recorded final"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    all.extend(["--wait-timeout-s", "600"]);
+    let again = cluster.kiln(&all);
+    assert_success(&again);
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        stderr.contains("3 job id(s) were already submitted")
+            && stderr.contains("batch-0, batch-1, batch-2"),
+        "{stderr}"
+    );
+    let mut ids: Vec<String> = stdout(&again)
+        .lines()
+        .map(|line| serde_json::from_str::<ResultEvent>(line).unwrap())
+        .inspect(|event| assert_eq!(event.status, Status::Succeeded, "{event:?}"))
+        .map(|event| event.id)
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["batch-0", "batch-1", "batch-2"]);
+    // The resubmission did not record them as queued again.
+    for id in ["batch-0", "batch-1", "batch-2"] {
+        assert_eq!(phase(id).await, kiln_proto::Phase::Succeeded, "{id}");
+    }
+    let status = cluster.kiln(&["status", "batch-0"]);
+    assert!(
+        stdout(&status).contains("batch-0: succeeded"),
+        "{}",
+        stdout(&status)
+    );
+    // Each ran once.
+    let (stored, _) = common::stored_results(&client).await;
+    assert_eq!(stored, 4);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_or_unknown_ids_and_sequences_exit_with_status_2() {
+    let cluster = Cluster::new();
+    cluster.init().await;
+    let long = "x".repeat(5000);
+    for args in [
+        vec!["status", long.as_str()],
+        vec!["result", long.as_str()],
+        vec!["cancel", long.as_str()],
+        vec!["submit", "vector_add", "-p", "len=4", "--id", "caf\u{e9}"],
+    ] {
+        let out = cluster.kiln(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:.2?}: {out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("is not a job id") && stderr.contains("1 to 128 ASCII"),
+            "{args:.2?}: {stderr}"
+        );
+        assert!(stderr.len() < 400, "the id is cut short: {stderr}");
+    }
+    let unknown = cluster.kiln(&["status", "nobody"]);
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(
+        stdout(&unknown).contains("nobody: unknown"),
+        "{}",
+        stdout(&unknown)
+    );
+    let replay = cluster.kiln(&["dlq", "replay", "999"]);
+    assert_eq!(replay.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&replay.stderr).contains("no dead letter with sequence 999"),
+        "{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn submit_wait_names_the_jobs_whose_results_did_not_arrive() {
+    let cluster = Cluster::new();
+    cluster.init().await;
+    // No worker: nothing arrives.
+    let out = cluster.kiln(&[
+        "submit",
+        "vector_add",
+        "-p",
+        "len=4",
+        "--count",
+        "12",
+        "--id",
+        "late",
+        "--wait",
+        "--wait-timeout-s",
+        "1",
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("12 of 12 result(s) did not arrive within 1 s: late-0, late-1, late-2")
+            && stderr.contains("late-9 and 2 more"),
+        "{stderr}"
+    );
+    let one = cluster.kiln(&[
+        "submit",
+        "vector_add",
+        "-p",
+        "len=4",
+        "--id",
+        "alone",
+        "--wait",
+        "--wait-timeout-s",
+        "1",
+    ]);
+    let stderr = String::from_utf8_lossy(&one.stderr);
+    assert!(
+        stderr.contains("did not arrive within 1 s: alone;"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn params_are_read_from_a_file_or_standard_input() {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    cluster.cpu_worker();
+    let dir = tempfile::tempdir().unwrap();
+    // Bigger than the command line takes in one argument (128 KiB on Linux).
+    let n = 40_000;
+    let params = json!({ "a": vec![1.5; n], "b": vec![2.0; n] }).to_string();
+    assert!(params.len() > 128 * 1024);
+    let file = dir.path().join("big.json");
+    std::fs::write(&file, &params).unwrap();
+    let at_file = format!("@{}", file.display());
+    for out in [
+        cluster.kiln(&["submit", "vector_add", "--params", &at_file, "--wait"]),
+        cluster.kiln_with_input(
+            &["submit", "vector_add", "--params", "@-", "--wait"],
+            params.as_bytes(),
+        ),
+    ] {
+        assert_success(&out);
+        let event: ResultEvent = serde_json::from_str(&stdout(&out)).unwrap();
+        assert_eq!(event.status, Status::Succeeded, "{event:?}");
+        assert_eq!(event.output["len"], json!(n));
+        assert_eq!(event.output["summary"]["mean"], json!(3.5));
+    }
+    // One parameter from a file, another from standard input.
+    let a = dir.path().join("a.json");
+    std::fs::write(&a, "[1, 2]").unwrap();
+    let out = cluster.kiln_with_input(
+        &[
+            "submit",
+            "vector_add",
+            "-p",
+            &format!("a=@{}", a.display()),
+            "-p",
+            "b=@-",
+            "--wait",
+        ],
+        b"[10, 20]",
+    );
+    assert_success(&out);
+    let event: ResultEvent = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(floats(&event.output["c"]), vec![11.0, 22.0]);
+    let missing = cluster.kiln(&["submit", "vector_add", "--params", "@/no/such/file.json"]);
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("reading JSON from /no/such/file.json"),
+        "{}",
+        String::from_utf8_lossy(&missing.stderr)
+    );
 }

@@ -114,7 +114,7 @@ pub struct Matmul;
 
 impl Kernel for Matmul {
     const NAME: &'static str = "matmul";
-    const SUMMARY: &'static str = "C = A·B, matrix product in f32, bf16 or f16";
+    const SUMMARY: &'static str = "C = A·B, matrix product in f32, tf32, bf16 or f16";
     const PARAMS_HELP: &'static str = "n: columns of B and C; alone, the side of a square product\n\
          m: rows of A and C (default n)\n\
          k: columns of A, rows of B (default n)\n\

@@ -135,10 +135,22 @@ pub async fn run(nats: &NatsArgs, args: DemoArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// `--scale`'s help: how many jobs scale 1 submits.
+pub fn scale_help() -> String {
+    let count = |class| per_class(class, 1.0).iter().sum::<usize>();
+    let cpu = count(DeviceClass::Cpu);
+    let routed = count(DeviceClass::Auto);
+    format!(
+        "Scale of the workload: 1 = {cpu} jobs per device class with a worker plus {routed} for \
+         the scheduler to route ({} without a GPU, a few seconds on two CPU cores; {} with one)",
+        cpu + routed,
+        2 * cpu + routed
+    )
+}
+
 /// The demo's jobs: many small vector adds, matrix products of growing size, image filters
 /// and a few training runs.
 fn workload(classes: &[DeviceClass], scale: f64) -> anyhow::Result<Vec<JobSpec>> {
-    let n = |count: f64| ((count * scale).round() as usize).max(1);
     let run = kiln_proto::new_job_id();
     let mut jobs = Vec::new();
     let mut push = |class: DeviceClass, kind: &str, params: serde_json::Value, i: usize| {
@@ -148,26 +160,55 @@ fn workload(classes: &[DeviceClass], scale: f64) -> anyhow::Result<Vec<JobSpec>>
             .map(|job| jobs.push(job))
     };
     for &class in classes {
-        // The scheduler's share is a tenth of a class's.
-        let share = if class == DeviceClass::Auto { 0.1 } else { 1.0 };
-        let n = |count: f64| n(count * share);
-        for i in 0..n(300.0) {
+        let [adds, products, filtered, trainings] = per_class(class, scale);
+        for i in 0..adds {
             push(class, "vector_add", json!({ "len": 1024 << (i % 7) }), i)?;
         }
-        for i in 0..n(40.0) {
+        for i in 0..products {
             push(class, "matmul", json!({ "n": 64 << (i % 4) }), i)?;
         }
         let filters = ["gaussian", "sobel", "sharpen", "box"];
-        for i in 0..n(24.0) {
+        for i in 0..filtered {
             let params = json!({
                 "batch": 1 + i % 2, "channels": 3, "height": 256, "width": 256,
                 "filter": filters[i % filters.len()],
             });
             push(class, "conv2d", params, i)?;
         }
-        for i in 0..n(4.0) {
+        for i in 0..trainings {
             push(class, "train_mlp", json!({ "epochs": 10 + 5 * (i % 3) }), i)?;
         }
     }
     Ok(jobs)
+}
+
+/// How many vector_add, matmul, conv2d and train_mlp jobs the demo gives `class`.
+fn per_class(class: DeviceClass, scale: f64) -> [usize; 4] {
+    // The scheduler's share is a tenth of a class's.
+    let share = if class == DeviceClass::Auto { 0.1 } else { 1.0 };
+    [300.0, 40.0, 24.0, 4.0].map(|count: f64| ((count * scale * share).round() as usize).max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scale_help_counts_the_jobs_the_demo_submits() {
+        let without_gpu = workload(&[DeviceClass::Cpu, DeviceClass::Auto], 1.0)
+            .unwrap()
+            .len();
+        let with_gpu = workload(
+            &[DeviceClass::Cpu, DeviceClass::Gpu, DeviceClass::Auto],
+            1.0,
+        )
+        .unwrap()
+        .len();
+        let help = scale_help();
+        assert!(
+            help.contains(&format!("({without_gpu} without a GPU")),
+            "{help}"
+        );
+        assert!(help.contains(&format!("{with_gpu} with one")), "{help}");
+    }
 }

@@ -76,13 +76,21 @@ pub async fn run(nats: &NatsArgs, args: DlqArgs) -> anyhow::Result<ExitCode> {
                 );
                 replayed += 1;
             }
-            for s in &sequences {
-                if !letters.iter().any(|l| l.sequence == *s) {
-                    eprintln!("no dead letter with sequence {s}");
-                }
-            }
+            let absent: Vec<String> = sequences
+                .iter()
+                .filter(|s| !letters.iter().any(|l| l.sequence == **s))
+                .map(u64::to_string)
+                .collect();
             println!("{replayed} dead letter(s) resubmitted");
-            Ok(ExitCode::SUCCESS)
+            if absent.is_empty() {
+                return Ok(ExitCode::SUCCESS);
+            }
+            eprintln!(
+                "no dead letter with sequence {} in {STREAM_DLQ}; `kiln dlq list` shows the \
+                 sequences there",
+                super::list_ids(&absent)
+            );
+            Ok(ExitCode::from(super::EXIT_NOT_FOUND))
         }
     }
 }

@@ -4,39 +4,97 @@ use std::fmt::Write as _;
 use std::process::ExitCode;
 
 use async_nats::jetstream;
-use kiln_proto::DeviceClass;
 use kiln_proto::streams::{self, STREAM_DLQ, STREAM_JOBS, STREAM_RESULTS};
+use kiln_proto::{DeviceClass, JobState, Phase};
 
 use crate::cli::{NatsArgs, StatusArgs};
 
 pub async fn run(nats: &NatsArgs, args: StatusArgs) -> anyhow::Result<ExitCode> {
+    if let Some(id) = &args.id
+        && let Err(message) = super::check_job_id(id)
+    {
+        eprintln!("kiln: {message}");
+        return Ok(ExitCode::from(super::EXIT_NOT_FOUND));
+    }
     let client = crate::connect::connect_with(nats, false).await?;
     let js = jetstream::new(client);
     match args.id {
         None => print!("{}", overview(&js).await?),
-        Some(id) => println!("{}", job_state(&js, &id).await?),
+        Some(id) => {
+            let place = locate(&js, &id).await?;
+            println!("{}", place.describe(&id));
+            // As `kiln result`: a job kiln knows nothing of is not found.
+            if matches!(place, Place::Unknown) {
+                return Ok(ExitCode::from(super::EXIT_NOT_FOUND));
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where a job is.
+pub enum Place {
+    /// It has a result.
+    Finished(Box<kiln_proto::ResultEvent>),
+    /// Its final state is recorded, but its result is no longer stored.
+    Gone(JobState),
+    /// A live worker holds it: the line saying where.
+    Running(String),
+    /// Marked cancelled, and neither finished nor running.
+    CancelRequested,
+    /// Recorded as queued.
+    Queued(JobState),
+    /// No record, no result, no live worker holds it.
+    Unknown,
+}
+
+impl Place {
+    /// One line for `kiln status <id>`.
+    pub fn describe(&self, id: &str) -> String {
+        match self {
+            Place::Finished(event) => finished(id, event),
+            Place::Gone(state) => format!(
+                "{id}: {:?}, but its result is no longer stored",
+                state.phase
+            )
+            .to_lowercase(),
+            Place::Running(line) => line.clone(),
+            Place::CancelRequested => format!(
+                "{id}: cancel requested; it will be answered `cancelled` when a worker takes it"
+            ),
+            Place::Queued(state) => format!(
+                "{id}: queued on jobs.{}.{} since {}",
+                state.class,
+                state.kind,
+                state
+                    .at
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default()
+            ),
+            Place::Unknown => {
+                format!("{id}: unknown: no record, no result and no live worker holds it")
+            }
+        }
+    }
 }
 
 /// Where job `id` is: its final state (from `KILN_STATE`, with its result), else its result
 /// found by a scan where the record may be stale or is missing, else the live worker holding
 /// it (from the heartbeats, at most 2 s old), else cancel requested, queued (from
 /// `KILN_STATE`) or unknown. The heartbeats are read once.
-pub async fn job_state(js: &jetstream::Context, id: &str) -> anyhow::Result<String> {
-    use kiln_proto::Phase;
+pub async fn locate(js: &jetstream::Context, id: &str) -> anyhow::Result<Place> {
     let recorded = super::result::state(js, id).await;
     if recorded.as_ref().is_some_and(|s| s.phase.is_final())
         && let Some(event) = super::result::find(js, id, None).await?
     {
-        return Ok(finished(id, &event));
+        return Ok(Place::Finished(Box::new(event)));
     }
     // Not finished on record. A record of `queued` is the truth once the aggregator has folded
     // every result (it writes final states before acking them); a job kiln has no record of
     // (published with `nats pub`) may have a result, unless a worker holds it now. A result
     // comes before the heartbeats, which may still list a job that has just finished.
     let may_have_result = match &recorded {
-        Some(state) => !state.phase.is_final() && !aggregator_caught_up(js).await,
+        Some(state) => !state.phase.is_final() && !super::result::aggregator_caught_up(js).await,
         None => true,
     };
     let mut holder = None;
@@ -47,7 +105,7 @@ pub async fn job_state(js: &jetstream::Context, id: &str) -> anyhow::Result<Stri
         if !matches!(holder, Some(Some(_)))
             && let Some(event) = super::result::find(js, id, None).await?
         {
-            return Ok(finished(id, &event));
+            return Ok(Place::Finished(Box::new(event)));
         }
     }
     let holder = match holder {
@@ -55,7 +113,7 @@ pub async fn job_state(js: &jetstream::Context, id: &str) -> anyhow::Result<Stri
         None => running(js, id).await,
     };
     if let Some(line) = holder {
-        return Ok(line);
+        return Ok(Place::Running(line));
     }
     let cancelled = match js.get_key_value(kiln_proto::BUCKET_CANCEL).await {
         Ok(store) => store
@@ -67,26 +125,12 @@ pub async fn job_state(js: &jetstream::Context, id: &str) -> anyhow::Result<Stri
         Err(_) => false,
     };
     if cancelled {
-        return Ok(format!(
-            "{id}: cancel requested; it will be answered `cancelled` when a worker takes it"
-        ));
+        return Ok(Place::CancelRequested);
     }
     Ok(match recorded {
-        Some(state) if state.phase == Phase::Queued => format!(
-            "{id}: queued on jobs.{}.{} since {}",
-            state.class,
-            state.kind,
-            state
-                .at
-                .format(&time::format_description::well_known::Rfc3339)
-                .unwrap_or_default()
-        ),
-        Some(state) => format!(
-            "{id}: {:?}, but its result is no longer stored",
-            state.phase
-        )
-        .to_lowercase(),
-        None => format!("{id}: unknown: no record, no result and no live worker holds it"),
+        Some(state) if state.phase == Phase::Queued => Place::Queued(state),
+        Some(state) => Place::Gone(state),
+        None => Place::Unknown,
     })
 }
 
@@ -108,17 +152,6 @@ fn finished(id: &str, event: &kiln_proto::ResultEvent) -> String {
         "{id}: {status} on {} ({}, attempt {}{replay}) in {:.3} ms",
         event.device, event.worker, event.attempt, event.total_ms
     )
-}
-
-/// Whether the aggregator has folded (and recorded the final state of) every stored result.
-async fn aggregator_caught_up(js: &jetstream::Context) -> bool {
-    let Ok(results) = js.get_stream(STREAM_RESULTS).await else {
-        return false;
-    };
-    match results.consumer_info(streams::CONSUMER_AGGREGATOR).await {
-        Ok(info) => info.num_pending == 0 && info.num_ack_pending == 0,
-        Err(_) => false,
-    }
 }
 
 /// "running …" when a live worker's heartbeat lists job `id`.

@@ -58,36 +58,54 @@ impl JobSpec {
 const PUBLISH_WINDOW: usize = 1024;
 
 /// Publish jobs with pipelined acknowledgements; fails on the first job the server refuses
-/// (a full stream, for instance). Returns how many were stored as duplicates. With
-/// `track`, each job's `queued` state goes to `KILN_STATE` too (`kiln status <id>`), pipelined
-/// the same way; the pipeline benchmark publishes without it, as plain NATS clients do.
+/// (a full stream, for instance). Returns the ids the server dropped as duplicates (submitted
+/// within its duplicate window), in submission order.
+///
+/// With `track`, each job not dropped is recorded as `queued` in `KILN_STATE` too (`kiln status
+/// <id>`), once its PubAck says it was stored; a duplicate's state is left as it is. The write
+/// expects the state's revision read before the job was published, so it never overwrites a
+/// final state the aggregator recorded in between. The reads and writes are pipelined the same
+/// way; the pipeline benchmark publishes without them, as plain NATS clients do.
 pub async fn publish_all(
     js: &jetstream::Context,
     jobs: impl IntoIterator<Item = JobSpec>,
     progress: Option<&ProgressBar>,
     track: bool,
-) -> anyhow::Result<u64> {
-    let mut states = FuturesUnordered::new();
+) -> anyhow::Result<Vec<String>> {
+    let states = if track {
+        js.get_key_value(kiln_proto::BUCKET_STATE).await.ok()
+    } else {
+        None
+    };
+    // Each job with its state's revision (0: none) before it is published, in order.
+    let mut jobs = futures::stream::iter(jobs)
+        .map(|job| {
+            let states = states.as_ref();
+            async move {
+                let revision = match states {
+                    Some(store) => match store.entry(kiln_proto::job_key(&job.id)).await {
+                        Ok(entry) => Some(entry.map_or(0, |e| e.revision)),
+                        Err(e) => {
+                            tracing::debug!(error = %e, id = %job.id, "could not read a job's state");
+                            None
+                        }
+                    },
+                    None => None,
+                };
+                (job, revision)
+            }
+        })
+        .buffered(PUBLISH_WINDOW);
+    let mut published = Published {
+        js,
+        track,
+        progress,
+        states: FuturesUnordered::new(),
+        duplicates: Vec::new(),
+    };
     let mut pending = FuturesUnordered::new();
-    let mut duplicates = 0;
-    let mut settle =
-        |result: (String, Result<jetstream::publish::PublishAck, _>)| -> anyhow::Result<()> {
-            let (id, ack) = result;
-            let ack: jetstream::publish::PublishAck = ack.map_err(|e: jetstream::context::PublishError| {
-            anyhow::anyhow!(
-                "the server refused job {id}: {e} (if the KILN_JOBS stream is full, wait for \
-                 workers to catch up or raise its limits)"
-            )
-        })?;
-            if ack.duplicate {
-                duplicates += 1;
-            }
-            if let Some(p) = progress {
-                p.inc(1);
-            }
-            Ok(())
-        };
-    for job in jobs {
+    let mut order = 0usize;
+    while let Some((job, revision)) = jobs.next().await {
         let mut headers = HeaderMap::new();
         headers.insert(HEADER_MSG_ID, job.id.as_str());
         headers.insert("Content-Type", job.codec.content_type());
@@ -96,44 +114,122 @@ pub async fn publish_all(
         if let Some(span) = &span {
             span.inject(&mut headers);
         }
-        let ack = js
+        let size = job.body.len();
+        let ack = match js
             .publish_with_headers(job.subject.clone(), headers, job.body.into())
             .await
-            .with_context(|| format!("publishing job {} on {}", job.id, job.subject))?;
-        if track && let Ok(subject) = kiln_proto::JobSubject::parse(&job.subject) {
-            let state = kiln_proto::JobState::queued(subject.kind, subject.class);
-            let ack = js
-                .publish(
-                    kiln_proto::state_subject(&job.id),
-                    serde_json::to_vec(&state)?.into(),
+        {
+            Ok(ack) => ack,
+            Err(e) if e.kind() == jetstream::context::PublishErrorKind::MaxPayloadExceeded => {
+                anyhow::bail!(
+                    "job {} is {size} bytes, over the NATS server's max_payload ({} bytes): \
+                     give sizes and let the worker generate the inputs (`kiln kinds`), or \
+                     raise max_payload in the server's configuration",
+                    job.id,
+                    js.client().server_info().max_payload
                 )
-                .await
-                .with_context(|| format!("recording job {} as queued", job.id))?;
-            states.push(std::future::IntoFuture::into_future(ack));
-            while states.len() >= PUBLISH_WINDOW && states.next().await.is_some() {}
-        }
-        let id = job.id;
+            }
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("publishing job {} on {}", job.id, job.subject));
+            }
+        };
+        let sent = Sent {
+            order,
+            id: job.id,
+            subject: job.subject,
+            revision,
+        };
+        order += 1;
         pending.push(async move {
             let ack = ack.await;
             drop(span);
-            (id, ack)
+            (sent, ack)
         });
         if pending.len() >= PUBLISH_WINDOW
-            && let Some(done) = pending.next().await
+            && let Some((sent, ack)) = pending.next().await
         {
-            settle(done)?;
+            published.settle(sent, ack).await?;
         }
     }
-    while let Some(done) = pending.next().await {
-        settle(done)?;
+    while let Some((sent, ack)) = pending.next().await {
+        published.settle(sent, ack).await?;
     }
     // A state that was not stored only makes `kiln status` less precise; the jobs are in.
-    while let Some(stored) = states.next().await {
+    while let Some(stored) = published.states.next().await {
         if let Err(e) = stored {
-            tracing::debug!(error = %e, "a queued state was not stored");
+            tracing::debug!(error = %e, "a queued state was not stored (a final state was recorded first, or the write failed)");
         }
     }
-    Ok(duplicates)
+    let mut duplicates = published.duplicates;
+    duplicates.sort_unstable_by_key(|(order, _)| *order);
+    Ok(duplicates.into_iter().map(|(_, id)| id).collect())
+}
+
+/// A job published, its PubAck not yet in.
+struct Sent {
+    /// Its place in the submission.
+    order: usize,
+    id: String,
+    subject: String,
+    /// The revision of its state before it was published (`None`: not tracked, or unknown).
+    revision: Option<u64>,
+}
+
+/// What [`publish_all`] does with each PubAck.
+struct Published<'a> {
+    js: &'a jetstream::Context,
+    track: bool,
+    progress: Option<&'a ProgressBar>,
+    states: FuturesUnordered<<jetstream::context::PublishAckFuture as IntoFuture>::IntoFuture>,
+    duplicates: Vec<(usize, String)>,
+}
+
+impl Published<'_> {
+    async fn settle(
+        &mut self,
+        sent: Sent,
+        ack: Result<jetstream::publish::PublishAck, jetstream::context::PublishError>,
+    ) -> anyhow::Result<()> {
+        let ack = ack.map_err(|e| {
+            anyhow::anyhow!(
+                "the server refused job {}: {e} (if the KILN_JOBS stream is full, wait for \
+                 workers to catch up or raise its limits)",
+                sent.id
+            )
+        })?;
+        if let Some(p) = self.progress {
+            p.inc(1);
+        }
+        if ack.duplicate {
+            self.duplicates.push((sent.order, sent.id));
+            return Ok(());
+        }
+        if self.track
+            && let Ok(subject) = kiln_proto::JobSubject::parse(&sent.subject)
+        {
+            let state = kiln_proto::JobState::queued(subject.kind, subject.class);
+            let mut headers = HeaderMap::new();
+            if let Some(revision) = sent.revision {
+                headers.insert(
+                    async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+                    revision.to_string().as_str(),
+                );
+            }
+            let ack = self
+                .js
+                .publish_with_headers(
+                    kiln_proto::state_subject(&sent.id),
+                    headers,
+                    serde_json::to_vec(&state)?.into(),
+                )
+                .await
+                .with_context(|| format!("recording job {} as queued", sent.id))?;
+            self.states.push(ack.into_future());
+            while self.states.len() >= PUBLISH_WINDOW && self.states.next().await.is_some() {}
+        }
+        Ok(())
+    }
 }
 
 /// The span of one job's publish (until its PubAck), when tracing is on.
@@ -216,15 +312,24 @@ pub fn progress_bar(len: u64, what: &str) -> ProgressBar {
     bar
 }
 
-/// Parse `-p key=value` pairs and `--params JSON` into one JSON object.
+/// Parse `-p key=value` pairs and `--params JSON` into one JSON object. `--params @FILE` and
+/// `-p key=@FILE` read the JSON from a file, `@-` from standard input (for jobs too big for
+/// the command line).
 pub fn parse_params(pairs: &[String], json: Option<&str>) -> anyhow::Result<serde_json::Value> {
+    let mut source = JsonSource::default();
     let mut params = match json {
         Some(text) => {
-            let value: serde_json::Value =
-                serde_json::from_str(text).context("--params must be a JSON object")?;
+            let text = source.read("--params", text)?;
+            let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+                anyhow::anyhow!(
+                    "--params is not valid JSON ({e}): give a JSON object, or @FILE / @- to read \
+                     it from a file / standard input"
+                )
+            })?;
             anyhow::ensure!(
                 value.is_object(),
-                "--params must be a JSON object, got {value}"
+                "--params must be a JSON object (`{{\"n\": 512}}`), got {}",
+                json_type(&value)
             );
             value
         }
@@ -234,11 +339,62 @@ pub fn parse_params(pairs: &[String], json: Option<&str>) -> anyhow::Result<serd
         let (key, value) = pair
             .split_once('=')
             .with_context(|| format!("-p {pair:?}: write parameters as key=value"))?;
-        let value = serde_json::from_str(value)
-            .unwrap_or_else(|_| serde_json::Value::String(value.to_owned()));
-        params[key.trim()] = value;
+        let key = key.trim();
+        let value = if value.starts_with('@') {
+            let text = source.read(&format!("-p {key}"), value)?;
+            serde_json::from_str(&text)
+                .with_context(|| format!("-p {key}={value}: the file is not valid JSON"))?
+        } else {
+            serde_json::from_str(value)
+                .unwrap_or_else(|_| serde_json::Value::String(value.to_owned()))
+        };
+        params[key] = value;
     }
     Ok(params)
+}
+
+/// Reads `@FILE` and `@-` arguments; standard input only once.
+#[derive(Default)]
+struct JsonSource {
+    stdin_read: bool,
+}
+
+impl JsonSource {
+    /// `arg` itself, or with `@FILE` the file's text, with `@-` standard input's.
+    fn read(&mut self, flag: &str, arg: &str) -> anyhow::Result<String> {
+        use std::io::Read as _;
+        match arg.strip_prefix('@') {
+            None => Ok(arg.to_owned()),
+            Some("-") => {
+                anyhow::ensure!(
+                    !self.stdin_read,
+                    "{flag}=@-: standard input was already read for another parameter; give \
+                     the others as @FILE"
+                );
+                self.stdin_read = true;
+                let mut text = String::new();
+                std::io::stdin()
+                    .read_to_string(&mut text)
+                    .with_context(|| format!("{flag}: reading JSON from standard input"))?;
+                Ok(text)
+            }
+            Some("") => anyhow::bail!("{flag}: name a file after @ (or @- for standard input)"),
+            Some(path) => std::fs::read_to_string(path)
+                .with_context(|| format!("{flag}: reading JSON from {path}")),
+        }
+    }
+}
+
+/// "an array", "a string", … for messages.
+fn json_type(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
 }
 
 pub async fn run(nats: &NatsArgs, args: SubmitArgs) -> anyhow::Result<ExitCode> {
@@ -270,31 +426,33 @@ pub async fn run(nats: &NatsArgs, args: SubmitArgs) -> anyhow::Result<ExitCode> 
         Codec::Json
     };
     let base_id = args.id.clone().unwrap_or_else(kiln_proto::new_job_id);
-    anyhow::ensure!(
-        kiln_proto::valid_job_id(&base_id),
-        "--id {base_id:?}: use 1 to {} printable characters without spaces",
-        kiln_proto::MAX_ID_LEN
-    );
     anyhow::ensure!(args.count >= 1, "--count must be at least 1");
-    let jobs = (0..args.count)
-        .map(|i| {
-            let id = if args.count == 1 {
-                base_id.clone()
-            } else {
-                format!("{base_id}-{i}")
-            };
+    let ids: Vec<String> = match args.count {
+        1 => vec![base_id.clone()],
+        n => (0..n).map(|i| format!("{base_id}-{i}")).collect(),
+    };
+    // The last id is the longest.
+    if let Err(message) = super::check_job_id(&base_id)
+        .and_then(|()| super::check_job_id(ids.last().map_or("", String::as_str)))
+    {
+        eprintln!("kiln: --id: {message}");
+        return Ok(ExitCode::from(super::EXIT_NOT_FOUND));
+    }
+    let jobs = ids
+        .iter()
+        .zip(args.seed..)
+        .map(|(id, seed)| {
             JobSpec::new(
                 kind,
                 class,
                 params.clone(),
-                id,
-                args.seed + i,
+                id.clone(),
+                seed,
                 args.timeout_ms,
                 codec,
             )
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let ids: HashSet<String> = jobs.iter().map(|j| j.id.clone()).collect();
 
     let client = crate::connect::connect_with(nats, false).await?;
     let js = jetstream::new(client.clone());
@@ -310,12 +468,19 @@ pub async fn run(nats: &NatsArgs, args: SubmitArgs) -> anyhow::Result<ExitCode> 
     if let Some(bar) = &bar {
         bar.finish();
     }
-    if duplicates > 0 {
+    if !duplicates.is_empty() {
         eprintln!(
-            "{duplicates} job id(s) were already submitted in the last 10 minutes; the server dropped the resubmission"
+            "{} job id(s) were already submitted within the last {} min, so the server kept \
+             the earlier submission and dropped this one: {}",
+            duplicates.len(),
+            kiln_proto::streams::DUPLICATE_WINDOW.as_secs() / 60,
+            super::list_ids(&duplicates)
         );
     }
     let Some(collector) = collector.as_mut() else {
+        if !duplicates.is_empty() {
+            eprintln!("`kiln status <id>` and `kiln result <id>` show the earlier submission");
+        }
         if args.count == 1 {
             println!("{base_id}");
         } else {
@@ -327,25 +492,52 @@ pub async fn run(nats: &NatsArgs, args: SubmitArgs) -> anyhow::Result<ExitCode> 
         }
         return Ok(ExitCode::SUCCESS);
     };
-    let bar = (args.count > 1).then(|| progress_bar(args.count, "finished"));
     let single = args.count == 1;
-    let results = collector
+    let print = |event: &ResultEvent| {
+        if single {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(event).unwrap_or_default()
+            );
+        } else if let Ok(line) = serde_json::to_string(event) {
+            println!("{line}");
+        }
+    };
+    // A duplicate's result is the earlier submission's: printed when it is in, else waited
+    // for (it comes on the same subject).
+    let mut results = super::result::existing(&js, &duplicates, Some(kind.name)).await?;
+    match duplicates.len() - results.len() {
+        _ if duplicates.is_empty() => {}
+        0 => eprintln!("their results are in (printed below)"),
+        waiting => eprintln!(
+            "{} of them have a result (printed below); waiting for the other {waiting}, queued \
+             or running since the earlier submission",
+            results.len()
+        ),
+    }
+    let bar = (args.count > 1).then(|| progress_bar(args.count, "finished"));
+    for id in &ids {
+        if let Some(event) = results.get(id) {
+            print(event);
+            if let Some(bar) = &bar {
+                bar.inc(1);
+            }
+        }
+    }
+    let waiting: HashSet<String> = ids
+        .iter()
+        .filter(|id| !results.contains_key(*id))
+        .cloned()
+        .collect();
+    let arrived = collector
         .collect(
-            ids.clone(),
+            waiting,
             Duration::from_secs(args.wait_timeout_s),
             bar.as_ref(),
-            |event| {
-                if single {
-                    println!(
-                        "{}",
-                        serde_json::to_string_pretty(event).unwrap_or_default()
-                    );
-                } else if let Ok(line) = serde_json::to_string(event) {
-                    println!("{line}");
-                }
-            },
+            print,
         )
         .await;
+    results.extend(arrived);
     if let Some(bar) = &bar {
         bar.finish();
     }
@@ -353,18 +545,21 @@ pub async fn run(nats: &NatsArgs, args: SubmitArgs) -> anyhow::Result<ExitCode> 
         .values()
         .filter(|r| r.status == Status::Failed)
         .count();
-    let missing = ids.len() - results.len();
-    if missing > 0 {
+    let missing: Vec<&String> = ids.iter().filter(|id| !results.contains_key(*id)).collect();
+    if !missing.is_empty() {
         eprintln!(
-            "{missing} of {} result(s) did not arrive within {} s; `kiln result <id>` looks them up later",
+            "{} of {} result(s) did not arrive within {} s: {}; `kiln status <id>` says where \
+             each job is, `kiln result <id>` looks its result up later",
+            missing.len(),
             ids.len(),
-            args.wait_timeout_s
+            args.wait_timeout_s,
+            super::list_ids(&missing)
         );
     }
     if failed > 0 {
         eprintln!("{failed} of {} job(s) failed", ids.len());
     }
-    Ok(if failed == 0 && missing == 0 {
+    Ok(if failed == 0 && missing.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

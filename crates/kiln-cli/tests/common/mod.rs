@@ -44,6 +44,24 @@ impl Cluster {
             .expect("run kiln")
     }
 
+    /// [`Cluster::kiln`] with `input` on its standard input.
+    pub fn kiln_with_input(&self, args: &[&str], input: &[u8]) -> Output {
+        use std::io::Write as _;
+        let mut child = Command::new(KILN)
+            .args(args)
+            .env("NATS_URL", self.server.url())
+            .env("RUST_LOG", "warn")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run kiln");
+        let mut stdin = child.stdin.take().expect("kiln's standard input");
+        stdin.write_all(input).expect("write kiln's standard input");
+        drop(stdin);
+        child.wait_with_output().expect("run kiln")
+    }
+
     /// Start a long-running `kiln <args>` (worker, aggregator) in the background.
     pub fn spawn(&mut self, name: &str, args: &[&str]) {
         self.spawn_with_env(name, args, &[]);
