@@ -261,3 +261,18 @@ async fn auto_jobs_go_to_cpu_once_the_gpu_worker_is_gone_and_none_are_lost() {
         "dtype bf16 needs a GPU worker; submit to jobs.gpu.matmul or use f32"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_auto_job_is_routed_even_when_a_job_named_like_its_routed_copy_exists() {
+    let mut cluster = Cluster::new();
+    assert_success(&cluster.kiln(&["init"]));
+    cluster.cpu_worker();
+    cluster.spawn("scheduler", &["scheduler", "--name", "sched-1"]);
+    // A job whose id is what the routed copy of `job7` was once named.
+    let first = submit(&cluster, "cpu", "routed-job7");
+    assert_eq!(first.status, Status::Succeeded, "{first:?}");
+    let routed = submit(&cluster, "auto", "job7");
+    assert_eq!(routed.status, Status::Succeeded, "{routed:?}");
+    assert_eq!(routed.id, "job7");
+    assert_eq!(routed_to(&routed), DeviceClass::Cpu);
+}

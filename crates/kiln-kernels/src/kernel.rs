@@ -243,6 +243,25 @@ fn decode<K: Kernel>(
     limits: &Limits,
 ) -> Result<DecodedJob, JobError> {
     limits.check_payload(body.len())?;
+    // serde reads a JSON array as a struct's fields in order: `[1, 2, 3]` would be refused
+    // for its first element ("expected a string"), which says nothing useful.
+    if codec == Codec::Json
+        && let Some(first) = body.iter().find(|b| !b.is_ascii_whitespace())
+        && *first != b'{'
+    {
+        return Err(JobError::invalid_input(format!(
+            "{} job: the body must be a JSON object such as {{\"params\": {{…}}}}, got {}",
+            K::NAME,
+            match first {
+                b'[' => "an array",
+                b'"' => "a string",
+                b'-' | b'0'..=b'9' => "a number",
+                b't' | b'f' => "a boolean",
+                b'n' => "null",
+                _ => "something that is not JSON",
+            }
+        )));
+    }
     let job: Job<K::Params> = codec
         .decode("job", body)
         .map_err(|e| JobError::invalid_input(format!("{} job: {e}", K::NAME)))?;

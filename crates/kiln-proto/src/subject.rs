@@ -90,7 +90,7 @@ impl<'a> JobSubject<'a> {
     pub fn parse(subject: &'a str) -> Result<Self, Error> {
         let mut parts = subject.splitn(3, '.');
         match (parts.next(), parts.next(), parts.next()) {
-            (Some("jobs"), Some(class), Some(kind)) if !kind.is_empty() => Ok(JobSubject {
+            (Some("jobs"), Some(class), Some(kind)) if is_token(kind) => Ok(JobSubject {
                 class: class.parse()?,
                 kind,
             }),
@@ -117,6 +117,8 @@ mod tests {
         assert_eq!(parsed.class, DeviceClass::Gpu);
         assert_eq!(parsed.kind, "conv2d");
         assert!(JobSubject::parse("jobs.tpu.matmul").is_err());
+        assert!(JobSubject::parse("jobs.cpu.matmul.extra").is_err());
+        assert!(JobSubject::parse("jobs.cpu.").is_err());
         assert!(JobSubject::parse("results.matmul").is_err());
         assert_eq!(metrics("matmul", "cpu"), "metrics.matmul.cpu");
     }

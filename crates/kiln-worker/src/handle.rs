@@ -17,6 +17,9 @@ use tokio::sync::Semaphore;
 
 use crate::config::WorkerConfig;
 
+/// The kind a job is answered under when its subject names no kind this build runs.
+const UNKNOWN_KIND: &str = "unknown";
+
 /// How long a worker keeps retrying to store a computed result (holding the job with
 /// progress acks) before it hands the job back.
 const RESULT_PATIENCE: Duration = Duration::from_secs(60);
@@ -97,9 +100,13 @@ pub(crate) async fn handle(shared: &Arc<Shared>, message: jetstream::Message) {
         }
     };
     let job_subject = JobSubject::parse(message.subject.as_str());
+    // A kind this build does not run is answered as `unknown` (the error names it): result
+    // subjects, metrics subjects and Prometheus labels stay one per real kind, whatever
+    // subjects people publish to.
     let (kind, class) = match &job_subject {
-        Ok(s) => (s.kind.to_owned(), s.class),
-        Err(_) => ("unknown".to_owned(), shared.config.class),
+        Ok(s) if kiln_kernels::find(s.kind).is_some() => (s.kind.to_owned(), s.class),
+        Ok(s) => (UNKNOWN_KIND.to_owned(), s.class),
+        Err(_) => (UNKNOWN_KIND.to_owned(), shared.config.class),
     };
     let mut delivery = Delivery {
         kind,

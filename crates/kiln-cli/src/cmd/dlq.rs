@@ -46,10 +46,22 @@ pub async fn run(nats: &NatsArgs, args: DlqArgs) -> anyhow::Result<ExitCode> {
             );
             let stream = js.get_stream(STREAM_DLQ).await?;
             let mut replayed = 0;
+            let mut refused = 0;
             for l in letters
                 .iter()
                 .filter(|l| all || sequences.contains(&l.sequence))
             {
+                // The subject comes from the dead letter's own header: replay only to a job
+                // subject, never to results, metrics or anything else a forged letter names.
+                if kiln_proto::JobSubject::parse(&l.original_subject).is_err() {
+                    eprintln!(
+                        "dead letter {} ({}) names {:?} as its job's subject, which is no \
+                         jobs.<gpu|cpu|auto>.<kind> subject: not replayed (it stays in {STREAM_DLQ})",
+                        l.sequence, l.id, l.original_subject
+                    );
+                    refused += 1;
+                    continue;
+                }
                 let mut headers = l.headers.clone();
                 // A fresh message id: the original is still in the job stream's duplicate
                 // window. The job keeps its id in Kiln-Job-Id.
@@ -82,6 +94,9 @@ pub async fn run(nats: &NatsArgs, args: DlqArgs) -> anyhow::Result<ExitCode> {
                 .map(u64::to_string)
                 .collect();
             println!("{replayed} dead letter(s) resubmitted");
+            if refused > 0 {
+                return Ok(ExitCode::FAILURE);
+            }
             if absent.is_empty() {
                 return Ok(ExitCode::SUCCESS);
             }

@@ -237,3 +237,24 @@ fn huge_sizes_are_too_large_not_a_crash() {
         );
     }
 }
+
+#[test]
+fn a_body_that_is_not_a_json_object_says_so() {
+    let entry = find("matmul").unwrap();
+    for (body, what) in [
+        (&b"[1, 2, 3]"[..], "an array"),
+        (b"  \"params\"", "a string"),
+        (b"42", "a number"),
+        (b"null", "null"),
+    ] {
+        let err = entry
+            .decode(Codec::Json, body, &Limits::default())
+            .err()
+            .expect("refused");
+        assert_eq!(err.kind, ErrorKind::InvalidInput);
+        assert!(
+            err.message.contains("must be a JSON object") && err.message.contains(what),
+            "{err}"
+        );
+    }
+}
