@@ -111,6 +111,11 @@ pub struct Fold {
     jobs_at_last_snapshot: u64,
     last_snapshot_at: Option<OffsetDateTime>,
     dirty: bool,
+    /// The highest results-stream sequence counted.
+    through: u64,
+    /// The same, as restored from the stored snapshot: results at or below it were counted
+    /// before a restart.
+    restored_through: u64,
 }
 
 impl Fold {
@@ -180,6 +185,7 @@ impl Fold {
             queue_ms: self.queue.stats(),
             compute_ms: self.compute.stats(),
             total_ms: self.total.stats(),
+            results_through: self.through,
             prediction: PredictionStats {
                 routed: self.predicted,
                 mean_abs_error_ms: self.abs_error_sum_ms / self.predicted.max(1) as f64,
@@ -210,6 +216,8 @@ impl Fold {
             jobs_at_last_snapshot: snapshot.jobs,
             last_snapshot_at: Some(snapshot.updated_at),
             dirty: false,
+            through: snapshot.results_through,
+            restored_through: snapshot.results_through,
         }
     }
 }
@@ -228,7 +236,23 @@ pub struct Folds {
 impl Folds {
     /// Count one result event; returns false when its job id was already counted.
     pub fn add(&mut self, event: &ResultHead) -> bool {
+        self.add_at(event, 0)
+    }
+
+    /// [`add`](Self::add) for the result at `sequence` in `KILN_RESULTS` (0: unknown). A
+    /// result at or below the sequence its fold's stored snapshot had counted before a
+    /// restart is a redelivery of one already counted (the consumer delivers results in
+    /// stream order the first time), and is dropped as a duplicate.
+    pub fn add_at(&mut self, event: &ResultHead, sequence: u64) -> bool {
         let key = (event.kind.clone(), event.class.to_string());
+        if sequence > 0
+            && let Some(fold) = self.folds.get_mut(&key)
+            && sequence <= fold.restored_through
+        {
+            fold.duplicates += 1;
+            fold.dirty = true;
+            return false;
+        }
         // One count per job and run: a replay from the dead-letter queue is a new run.
         let seen_key = match event.replay {
             0 => event.id.clone(),
@@ -246,7 +270,9 @@ impl Folds {
         {
             self.seen.remove(&old);
         }
-        self.folds.entry(key).or_default().add(event);
+        let fold = self.folds.entry(key).or_default();
+        fold.add(event);
+        fold.through = fold.through.max(sequence);
         true
     }
 
@@ -365,5 +391,26 @@ mod tests {
         assert_eq!(again.jobs, 11);
         assert_eq!(again.total_ms.count, 11);
         assert!((again.total_ms.max - 11.0).abs() < 0.01);
+    }
+
+    #[test]
+    fn results_a_stored_snapshot_counted_are_not_counted_again_after_a_restart() {
+        let mut folds = Folds::default();
+        for seq in 1..=10 {
+            assert!(folds.add_at(&event(&seq.to_string(), Status::Succeeded, 1.0), seq));
+        }
+        let snap = folds.snapshots(OffsetDateTime::now_utc()).remove(0);
+        assert_eq!(snap.results_through, 10);
+        // The aggregator stopped after storing the snapshot, before acking: all ten come
+        // back, with the results that followed.
+        let mut restored = Folds::default();
+        restored.restore(&snap);
+        for seq in 1..=12 {
+            let counted = restored.add_at(&event(&seq.to_string(), Status::Succeeded, 1.0), seq);
+            assert_eq!(counted, seq > 10, "result {seq}");
+        }
+        let again = restored.snapshots(OffsetDateTime::now_utc()).remove(0);
+        assert_eq!((again.jobs, again.duplicates), (12, 10));
+        assert_eq!(again.results_through, 12);
     }
 }

@@ -102,15 +102,16 @@ pub async fn run(
             },
             next = messages.next() => match next {
                 Some(Ok(message)) => {
+                    let sequence = message.info().map_or(0, |info| info.stream_sequence);
                     let state = match serde_json::from_slice::<ResultHead>(&message.payload) {
                         Ok(event) => {
-                            if folds.add(&event) {
+                            if folds.add_at(&event, sequence) {
                                 exporter.counted(&event);
                             } else {
                                 exporter.duplicate(&event);
                             }
                             spans.extend(trace_aggregate(&message, &event));
-                            message.info().ok().map(|info| (event.id.clone(), event.final_state(info.stream_sequence)))
+                            (sequence > 0).then(|| (event.id.clone(), event.final_state(sequence)))
                         }
                         Err(e) => {
                             tracing::warn!(

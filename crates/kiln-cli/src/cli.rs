@@ -130,7 +130,7 @@ pub struct WorkerArgs {
     #[arg(long, env = "KILN_WORKER_NAME")]
     pub name: Option<String>,
     /// Jobs held at once: computing, waiting for a compute slot, or publishing results.
-    #[arg(long, env = "KILN_MAX_IN_FLIGHT", default_value_t = 256)]
+    #[arg(long, env = "KILN_MAX_IN_FLIGHT", default_value_t = 256, value_parser = at_least_one)]
     pub max_in_flight: usize,
     /// Work to hold beyond the compute slots, in ms of compute at the recent pace of this
     /// worker's jobs: small jobs are pulled ahead, long ones are left for idle workers (0:
@@ -138,15 +138,16 @@ pub struct WorkerArgs {
     #[arg(long, env = "KILN_PREFETCH_MS", default_value_t = 100)]
     pub prefetch_ms: u64,
     /// Jobs computing at once (default: CPU cores for cpu, 2 for cuda).
-    #[arg(long, env = "KILN_COMPUTE_SLOTS")]
+    #[arg(long, env = "KILN_COMPUTE_SLOTS", value_parser = at_least_one)]
     pub compute_slots: Option<usize>,
-    /// Most tensor elements one job may hold; bigger jobs fail with too_large.
-    #[arg(long, env = "KILN_MAX_ELEMENTS")]
+    /// Most tensor elements one job may hold, inputs and output together (default 2^28, 1 GiB
+    /// of f32); bigger jobs fail with too_large.
+    #[arg(long, env = "KILN_MAX_ELEMENTS", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_elements: Option<u64>,
     /// MiB of tensors this worker's jobs may hold together (default: 80% of host memory or
     /// of the container's limit for cpu, 85% of the GPU's memory for cuda). A job needing
     /// more fails with too_large before anything is allocated; jobs that fit wait their turn.
-    #[arg(long, env = "KILN_MAX_MEMORY_MB")]
+    #[arg(long, env = "KILN_MAX_MEMORY_MB", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_memory_mb: Option<u64>,
     /// Seconds a graceful shutdown waits for running jobs before handing them back.
     #[arg(long, env = "KILN_DRAIN_TIMEOUT_S", default_value_t = 30)]
@@ -445,6 +446,15 @@ pub struct PipelineArgs {
     /// Use the server at --nats-url instead of starting a private one.
     #[arg(long)]
     pub external: bool,
+}
+
+/// A count that must be at least one (`--compute-slots 0` would serve nothing).
+fn at_least_one(value: &str) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 #[cfg(test)]

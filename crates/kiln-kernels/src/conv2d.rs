@@ -111,7 +111,8 @@ pub struct Params {
     /// A named filter (default gaussian).
     #[serde(default)]
     pub filter: Option<Filter>,
-    /// A user kernel instead of a named filter: odd square size up to 31, finite values.
+    /// A user kernel instead of a named filter: odd square size up to 31, finite values,
+    /// applied as given (cross-correlation, as PyTorch's conv2d computes: not flipped).
     #[serde(default)]
     pub kernel: Option<Vec<Vec<f32>>>,
     /// A user image instead of a generated batch, shaped [channels][height][width].

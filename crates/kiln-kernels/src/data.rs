@@ -76,6 +76,15 @@ pub struct Summary {
     pub min: f32,
     pub max: f32,
     pub mean: f64,
+    /// Values that are not finite (an overflow to ±inf, a NaN): JSON has no such numbers, so
+    /// they and the sums they spoil read `null`; this says how many there were. Left out when
+    /// there are none.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub non_finite: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Summary {
@@ -105,6 +114,13 @@ impl Summary {
             min: if values.is_empty() { 0.0 } else { total.min },
             max: if values.is_empty() { 0.0 } else { total.max },
             mean: total.sum / n,
+            // The sums are finite unless a value is not (f32 squares stay far inside f64):
+            // only then is there something to count.
+            non_finite: if total.sum.is_finite() && total.sq.is_finite() {
+                0
+            } else {
+                values.iter().filter(|v| !v.is_finite()).count() as u64
+            },
         }
     }
 }
@@ -284,6 +300,20 @@ mod tests {
         let s = Summary::of(&values);
         assert!(s.checksum.is_nan() && s.l2_norm.is_nan());
         assert_eq!((s.min, s.max), (-2.0, 1.0));
+        assert_eq!(s.non_finite, 1);
+        values[5] = f32::INFINITY;
+        let s = Summary::of(&values);
+        assert_eq!(s.non_finite, 2);
+        let json = serde_json::to_value(&s).unwrap();
+        assert!(
+            json["checksum"].is_null() && json["non_finite"] == 2,
+            "{json}"
+        );
+        let fine = serde_json::to_value(Summary::of(&[1.0, 2.0])).unwrap();
+        assert!(
+            fine.get("non_finite").is_none(),
+            "left out when none: {fine}"
+        );
         let empty = Summary::of(&[]);
         assert_eq!((empty.checksum, empty.min, empty.max), (0.0, 0.0, 0.0));
     }

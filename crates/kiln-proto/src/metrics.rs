@@ -58,6 +58,12 @@ pub struct MetricsSnapshot {
     pub prediction: PredictionStats,
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
+    /// The highest `KILN_RESULTS` sequence counted in this snapshot (0: not recorded). The
+    /// aggregator acks results only after the snapshot that counts them is stored; one that
+    /// restarts between the two gets those results again, and skips the ones at or below
+    /// this sequence instead of counting them twice.
+    #[serde(default)]
+    pub results_through: u64,
 }
 
 /// The scheduler's prediction error for routed jobs: predicted completion (queue wait + run

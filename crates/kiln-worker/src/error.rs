@@ -9,7 +9,9 @@ pub enum Error {
     Consumer { consumer: String, message: String },
     #[error("pulling jobs from {consumer} failed: {message}")]
     Pull { consumer: String, message: String },
-    #[error("{0} jobs were still running after the {1:?} drain timeout; they will be redelivered")]
+    #[error(
+        "{0} jobs were still running after the {1:?} drain timeout; they were handed back to the queue (or, where that failed, come back after the ack wait)"
+    )]
     DrainTimeout(usize, Duration),
     /// The device failed in a way that leaves it unusable; the worker stopped taking jobs and
     /// handed back what it held. Restart it (its supervisor should).

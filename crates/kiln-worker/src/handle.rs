@@ -346,26 +346,28 @@ struct Guard<'a> {
 
 impl Checkpoint for Guard<'_> {
     fn checkpoint(&self, progress: Progress) -> Result<(), JobError> {
+        // Before the first step (every job passes a checkpoint just before it starts), or
+        // how far it got.
+        let when = || match progress.done {
+            0 => "before it started".to_owned(),
+            done => format!("while running ({done} of {} steps done)", progress.total),
+        };
         if let Some(timeout) = self.timeout
             && self.start.elapsed() > timeout
         {
             return Err(JobError::new(
                 ErrorKind::Timeout,
                 format!(
-                    "job ran past its timeout_ms of {} ({} of {} steps done)",
+                    "job ran past its timeout_ms of {}, stopped {}",
                     timeout.as_millis(),
-                    progress.done,
-                    progress.total
+                    when()
                 ),
             ));
         }
         if self.cancelled.contains(self.id) {
             return Err(JobError::new(
                 ErrorKind::Cancelled,
-                format!(
-                    "cancelled by `kiln cancel` while running ({} of {} steps done)",
-                    progress.done, progress.total
-                ),
+                format!("cancelled by `kiln cancel` {}", when()),
             ));
         }
         if self.stopping.load(Ordering::Relaxed) {
@@ -438,7 +440,9 @@ async fn hand_back(
     if let Some(trace) = &delivery.trace {
         trace.outcome("handed_back", Some(error));
     }
-    if let Err(e) = message.ack().await {
+    // Acked and confirmed: the worker is stopping, and an ack still in the client's buffer
+    // when the process exits would leave this delivery to come back beside its copy.
+    if let Err(e) = message.double_ack().await {
         // The delivery comes back after the ack wait and runs twice; its result is stored
         // once (its Nats-Msg-Id comes from the job id).
         tracing::warn!(%id, error = %e, "ack of a handed-back job failed; it may run twice");

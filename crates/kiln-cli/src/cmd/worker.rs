@@ -115,7 +115,11 @@ pub async fn worker(nats: &NatsArgs, args: WorkerArgs) -> anyhow::Result<ExitCod
     })
     .await?;
     let client = crate::connect::connect(nats).await?;
-    let stats = kiln_worker::run(client, config, crate::signal::shutdown()).await?;
+    let stopped = kiln_worker::run(client.clone(), config, crate::signal::shutdown()).await;
+    // The acks of the last jobs may still sit in the client's write buffer: send them before
+    // the process exits, or those jobs come back after the ack wait and run again.
+    let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
+    let stats = stopped?;
     eprintln!(
         "worker stopped: {} succeeded, {} failed, {} handed back for retry, {} handed back unfinished",
         stats.succeeded, stats.failed, stats.retried, stats.handed_back

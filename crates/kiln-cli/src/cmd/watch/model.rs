@@ -339,6 +339,7 @@ mod tests {
             total_ms: total.stats(),
             prediction: Default::default(),
             updated_at: at,
+            results_through: 0,
         }
     }
 
