@@ -577,7 +577,7 @@ async fn warn_if_unserved(js: &jetstream::Context, class: DeviceClass) {
         && info.num_ack_pending == 0
     {
         let who = match class {
-            DeviceClass::Auto => "a scheduler runs (this version of kiln has none yet)",
+            DeviceClass::Auto => "a scheduler runs (`kiln scheduler`)",
             DeviceClass::Gpu => "a GPU worker runs (`kiln worker --device cuda`)",
             DeviceClass::Cpu => "a CPU worker runs (`kiln worker --device cpu`)",
         };
