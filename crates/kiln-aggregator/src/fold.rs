@@ -1,6 +1,6 @@
 //! The fold itself: pure, so that it is tested without a server.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 
 use kiln_proto::{
     DeviceClass, ErrorKind, Latency, MetricsSnapshot, PredictionStats, ResultEvent, Routing, Status,
@@ -111,10 +111,8 @@ pub struct Fold {
     jobs_at_last_snapshot: u64,
     last_snapshot_at: Option<OffsetDateTime>,
     dirty: bool,
-    /// The highest results-stream sequence counted.
-    through: u64,
-    /// The same, as restored from the stored snapshot: results at or below it were counted
-    /// before a restart.
+    /// `results_through` of the stored snapshot this fold was restored from: its results at
+    /// or below it were counted before a restart.
     restored_through: u64,
 }
 
@@ -185,7 +183,7 @@ impl Fold {
             queue_ms: self.queue.stats(),
             compute_ms: self.compute.stats(),
             total_ms: self.total.stats(),
-            results_through: self.through,
+            results_through: self.restored_through,
             prediction: PredictionStats {
                 routed: self.predicted,
                 mean_abs_error_ms: self.abs_error_sum_ms / self.predicted.max(1) as f64,
@@ -216,7 +214,6 @@ impl Fold {
             jobs_at_last_snapshot: snapshot.jobs,
             last_snapshot_at: Some(snapshot.updated_at),
             dirty: false,
-            through: snapshot.results_through,
             restored_through: snapshot.results_through,
         }
     }
@@ -231,6 +228,35 @@ pub struct Folds {
     folds: BTreeMap<(String, String), Fold>,
     seen: HashSet<String>,
     seen_order: VecDeque<String>,
+    delivered: Watermark,
+}
+
+/// The `KILN_RESULTS` sequences this aggregator has had delivered, as a watermark: every
+/// sequence at or below `through` was delivered to it, or acked before it started. A
+/// snapshot stored after folding them counts every one of them, so `through` is what
+/// snapshots record as `results_through`. (Not merely the highest sequence folded: results
+/// a previous instance held unacked when it stopped come back only after the ack wait,
+/// behind newer ones.)
+#[derive(Debug, Default)]
+struct Watermark {
+    through: u64,
+    above: BTreeSet<u64>,
+}
+
+impl Watermark {
+    /// Sequences above `through` kept at most; past it the watermark stops advancing (and a
+    /// restart may count some results twice rather than miss any).
+    const MAX_ABOVE: usize = 1 << 20;
+
+    fn see(&mut self, sequence: u64) {
+        if sequence <= self.through || self.above.len() >= Self::MAX_ABOVE {
+            return;
+        }
+        self.above.insert(sequence);
+        while self.above.remove(&(self.through + 1)) {
+            self.through += 1;
+        }
+    }
 }
 
 impl Folds {
@@ -244,6 +270,7 @@ impl Folds {
     /// restart is a redelivery of one already counted (the consumer delivers results in
     /// stream order the first time), and is dropped as a duplicate.
     pub fn add_at(&mut self, event: &ResultHead, sequence: u64) -> bool {
+        self.delivered_at(sequence);
         let key = (event.kind.clone(), event.class.to_string());
         if sequence > 0
             && let Some(fold) = self.folds.get_mut(&key)
@@ -270,10 +297,35 @@ impl Folds {
         {
             self.seen.remove(&old);
         }
-        let fold = self.folds.entry(key).or_default();
-        fold.add(event);
-        fold.through = fold.through.max(sequence);
+        self.folds.entry(key).or_default().add(event);
         true
+    }
+
+    /// A result at `sequence` was delivered, counted or not (one that does not parse).
+    pub fn delivered_at(&mut self, sequence: u64) {
+        if sequence > 0 {
+            self.delivered.see(sequence);
+        }
+    }
+
+    /// Start from the aggregator consumer's ack floor (every result at or below it was acked,
+    /// so counted in a stored snapshot) and the results stream's last sequence. A stream whose
+    /// last sequence is below what the restored snapshots recorded was made again, with its
+    /// sequences starting over: their `results_through` then says nothing, and is forgotten.
+    pub fn start(&mut self, ack_floor: u64, last_sequence: u64) {
+        self.delivered = Watermark {
+            through: ack_floor,
+            above: BTreeSet::new(),
+        };
+        if self
+            .folds
+            .values()
+            .any(|f| f.restored_through > last_sequence)
+        {
+            for fold in self.folds.values_mut() {
+                fold.restored_through = 0;
+            }
+        }
     }
 
     pub fn restore(&mut self, snapshot: &MetricsSnapshot) {
@@ -299,10 +351,15 @@ impl Folds {
 
     /// Snapshots of every fold that changed since the last call.
     pub fn snapshots(&mut self, now: OffsetDateTime) -> Vec<MetricsSnapshot> {
+        let through = self.delivered.through;
         self.folds
             .iter_mut()
             .filter(|(_, fold)| fold.dirty)
-            .map(|((kind, class), fold)| fold.snapshot(kind, class, now))
+            .map(|((kind, class), fold)| {
+                let mut snapshot = fold.snapshot(kind, class, now);
+                snapshot.results_through = snapshot.results_through.max(through);
+                snapshot
+            })
             .collect()
     }
 }
@@ -412,5 +469,52 @@ mod tests {
         let again = restored.snapshots(OffsetDateTime::now_utc()).remove(0);
         assert_eq!((again.jobs, again.duplicates), (12, 10));
         assert_eq!(again.results_through, 12);
+    }
+
+    #[test]
+    fn results_a_stopped_aggregator_held_unacked_are_counted_by_a_later_one() {
+        // A counted 1–5 and stored them (through 5); 6–10 were delivered to it, unacked, when
+        // it stopped. B starts at the ack floor, 5, and gets 11 and 12 first: 6–10 come back
+        // only after the ack wait.
+        let mut a = Folds::default();
+        for seq in 1..=5 {
+            a.add_at(&event(&seq.to_string(), Status::Succeeded, 1.0), seq);
+        }
+        let stored = a.snapshots(OffsetDateTime::now_utc()).remove(0);
+        let mut b = Folds::default();
+        b.restore(&stored);
+        b.start(5, 12);
+        for seq in [11, 12] {
+            assert!(b.add_at(&event(&seq.to_string(), Status::Succeeded, 1.0), seq));
+        }
+        let stored = b.snapshots(OffsetDateTime::now_utc()).remove(0);
+        assert_eq!(stored.results_through, 5, "6–10 not seen: not claimed");
+        // B stops too; C gets 6–10 at last and counts them.
+        let mut c = Folds::default();
+        c.restore(&stored);
+        c.start(5, 12);
+        for seq in 6..=10 {
+            assert!(c.add_at(&event(&seq.to_string(), Status::Succeeded, 1.0), seq));
+        }
+        let done = c.snapshots(OffsetDateTime::now_utc()).remove(0);
+        assert_eq!(done.jobs, 12);
+        assert_eq!(
+            done.results_through, 10,
+            "11 and 12 were delivered to B, not C"
+        );
+    }
+
+    #[test]
+    fn a_results_stream_made_again_forgets_the_recorded_sequences() {
+        let mut a = Folds::default();
+        for seq in 1..=50 {
+            a.add_at(&event(&seq.to_string(), Status::Succeeded, 1.0), seq);
+        }
+        let stored = a.snapshots(OffsetDateTime::now_utc()).remove(0);
+        let mut b = Folds::default();
+        b.restore(&stored);
+        // The stream now ends at 3: it was deleted and made again.
+        b.start(0, 3);
+        assert!(b.add_at(&event("new-1", Status::Succeeded, 1.0), 1));
     }
 }

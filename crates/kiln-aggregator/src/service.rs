@@ -63,13 +63,27 @@ pub async fn run(
         "aggregator restored its state from KILN_METRICS"
     );
 
-    let consumer: PullConsumer = js
+    let mut results = js
         .get_stream(STREAM_RESULTS)
         .await
+        .map_err(|e| read_error("the results stream", e))?;
+    let last_sequence = results
+        .info()
+        .await
         .map_err(|e| read_error("the results stream", e))?
+        .state
+        .last_sequence;
+    let mut consumer: PullConsumer = results
         .get_consumer(CONSUMER_AGGREGATOR)
         .await
         .map_err(|e| read_error("the aggregator consumer", e))?;
+    let ack_floor = consumer
+        .info()
+        .await
+        .map_err(|e| read_error("the aggregator consumer", e))?
+        .ack_floor
+        .stream_sequence;
+    folds.start(ack_floor, last_sequence);
     let mut messages = consumer
         .stream()
         .max_messages_per_batch(1000)
@@ -114,6 +128,7 @@ pub async fn run(
                             (sequence > 0).then(|| (event.id.clone(), event.final_state(sequence)))
                         }
                         Err(e) => {
+                            folds.delivered_at(sequence);
                             tracing::warn!(
                                 subject = %message.subject,
                                 error = %e,

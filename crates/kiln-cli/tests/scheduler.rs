@@ -276,3 +276,26 @@ async fn an_auto_job_is_routed_even_when_a_job_named_like_its_routed_copy_exists
     assert_eq!(routed.id, "job7");
     assert_eq!(routed_to(&routed), DeviceClass::Cpu);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_auto_job_whose_kind_is_no_kind_name_is_answered_not_dropped() {
+    let mut cluster = Cluster::new();
+    assert_success(&cluster.kiln(&["init"]));
+    cluster.cpu_worker();
+    cluster.spawn("scheduler", &["scheduler", "--name", "sched-1"]);
+    let client = cluster.client().await;
+    let js = jetstream::new(client.clone());
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", "odd-kind-1");
+    js.publish_with_headers("jobs.auto.mat+mul", headers, "{\"params\":{}}".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let results = common::wait_for_results(&client, &["odd-kind-1"], Duration::from_secs(60)).await;
+    let answer = &results["odd-kind-1"];
+    assert_eq!(answer.status, Status::Failed, "{answer:?}");
+    assert_eq!(answer.kind, "unknown");
+    let error = answer.error.as_ref().unwrap();
+    assert_eq!(error.kind, kiln_proto::ErrorKind::InvalidInput, "{error}");
+}

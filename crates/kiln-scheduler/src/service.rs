@@ -216,12 +216,19 @@ async fn route(
         return None;
     };
     let sequence = info.stream_sequence;
-    let Ok(job_subject) = JobSubject::parse(message.subject.as_str()) else {
-        // Not jobs.auto.<kind>: nothing can route it; a worker answers malformed subjects.
-        let _ = message.ack_with(AckKind::Term).await;
-        return None;
+    // A kind that is no kiln kind name (`jobs.auto.mat+mul`) is routed all the same: the
+    // worker that takes it answers it `invalid_input`, so it is not dropped unanswered.
+    let kind = match JobSubject::parse(message.subject.as_str()) {
+        Ok(job_subject) => job_subject.kind.to_owned(),
+        Err(_) => match message.subject.as_str().strip_prefix("jobs.auto.") {
+            Some(token) if !token.is_empty() && !token.contains('.') => token.to_owned(),
+            _ => {
+                // KILN_JOBS stores no other subject on this consumer's filter.
+                let _ = message.ack_with(AckKind::Term).await;
+                return None;
+            }
+        },
     };
-    let kind = job_subject.kind.to_owned();
     // The job's work, from its kind; a job that does not decode goes wherever a worker can
     // answer it with a failed result.
     let header = |name: &str| {

@@ -259,12 +259,21 @@ async fn compute(
             (compute, memory)
         };
         tokio::pin!(acquire);
+        // A worker stopping past its drain timeout hands back the jobs still waiting here too.
+        let mut stopping = tokio::time::interval(Duration::from_millis(200));
         loop {
             tokio::select! {
                 (compute, memory) = &mut acquire => {
                     break (compute.expect("semaphore is never closed"), memory.expect("semaphore is never closed"));
                 }
                 _ = ticker.tick() => { let _ = message.ack_with(AckKind::Progress).await; }
+                _ = stopping.tick() => if shared.stopping.load(Ordering::Relaxed) {
+                    return Ran {
+                        result: Err(JobError::internal("worker shutting down before the job started; job handed back")),
+                        compute_ms: 0.0,
+                        handed_back: true,
+                    };
+                }
             }
         }
     };

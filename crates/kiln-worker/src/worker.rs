@@ -339,8 +339,9 @@ pub async fn run(
     if drained.is_err() {
         shared.stopping.store(true, Ordering::SeqCst);
         let running = max_in_flight - slots.available_permits();
-        // Give checkpointing kernels a moment to notice and hand their jobs back.
-        let _ = tokio::time::timeout(Duration::from_secs(2), slots.acquire_many(all)).await;
+        // Give checkpointing kernels a moment to notice and hand their jobs back (a hand-back
+        // is a publish and a confirmed ack: milliseconds, seconds if the server is slow).
+        let _ = tokio::time::timeout(Duration::from_secs(10), slots.acquire_many(all)).await;
         return Err(Error::DrainTimeout(running, drain));
     }
     if let Some(reason) = shared.poisoned.get() {

@@ -73,6 +73,8 @@ pub async fn run(nats: &NatsArgs, args: DlqArgs) -> anyhow::Result<ExitCode> {
                     .unwrap_or(0)
                     + 1;
                 headers.insert(kiln_proto::HEADER_REPLAY, replay.to_string().as_str());
+                // A new run starts with no hand-backs spent.
+                headers.insert(kiln_proto::HEADER_HANDBACKS, "0");
                 headers.insert(
                     HEADER_MSG_ID,
                     format!("replay-{}-{}", l.sequence, l.id).as_str(),
