@@ -128,6 +128,9 @@ pub async fn run(nats: &NatsArgs, args: DemoArgs) -> anyhow::Result<ExitCode> {
     }
 
     roles.stop().await?;
+    // Close the connection before the private server stops, so that its end is not reported
+    // as a lost connection.
+    let _ = client.drain().await;
     Ok(if results.len() as u64 == total && failures.is_empty() {
         ExitCode::SUCCESS
     } else {
