@@ -31,15 +31,22 @@ pub struct Job<P> {
 /// Longest job id accepted; ids travel in headers and subjects of logs.
 pub const MAX_ID_LEN: usize = 128;
 
-/// The id a job goes by: its own `id`, else its `Nats-Msg-Id`, else one derived from the
-/// stream sequence (unique within the stream). A header id that is not a valid job id
-/// ([`valid_job_id`]: a 5,000-character `Nats-Msg-Id`, one with spaces) is passed over: it
-/// would not fit in a key-value key or a subject. (A body id is checked when the job is
-/// decoded, and refused there.)
-pub fn resolve_job_id(body_id: Option<&str>, msg_id: Option<&str>, stream_sequence: u64) -> String {
+/// The id a job goes by: its own `id`, else a routed or replayed copy's `Kiln-Job-Id`, else
+/// its `Nats-Msg-Id`, else one derived from the stream sequence (unique within the stream). A
+/// header id that is not a valid job id ([`valid_job_id`]: a 5,000-character `Nats-Msg-Id`,
+/// one with spaces) is passed over: it would not fit in a key-value key or a subject. (A body
+/// id is checked when the job is decoded, and refused there.)
+pub fn resolve_job_id(
+    body_id: Option<&str>,
+    job_id_header: Option<&str>,
+    msg_id: Option<&str>,
+    stream_sequence: u64,
+) -> String {
+    let valid = |id: &&str| valid_job_id(id);
     body_id
         .filter(|id| !id.is_empty())
-        .or(msg_id.filter(|id| valid_job_id(id)))
+        .or(job_id_header.filter(valid))
+        .or(msg_id.filter(valid))
         .map(str::to_owned)
         .unwrap_or_else(|| format!("seq-{stream_sequence}"))
 }
@@ -66,14 +73,19 @@ mod tests {
 
     #[test]
     fn id_falls_back_to_header_then_sequence() {
-        assert_eq!(resolve_job_id(Some("a"), Some("b"), 7), "a");
-        assert_eq!(resolve_job_id(None, Some("b"), 7), "b");
-        assert_eq!(resolve_job_id(None, None, 7), "seq-7");
-        assert_eq!(resolve_job_id(Some(""), None, 7), "seq-7");
+        assert_eq!(resolve_job_id(Some("a"), None, Some("b"), 7), "a");
+        assert_eq!(resolve_job_id(None, None, Some("b"), 7), "b");
+        assert_eq!(resolve_job_id(None, Some("k"), Some("b"), 7), "k");
+        assert_eq!(resolve_job_id(None, None, None, 7), "seq-7");
+        assert_eq!(resolve_job_id(Some(""), None, None, 7), "seq-7");
         // Header ids that could not be keys or subjects are passed over.
-        assert_eq!(resolve_job_id(None, Some(&"M".repeat(5000)), 7), "seq-7");
-        assert_eq!(resolve_job_id(None, Some("with spaces"), 7), "seq-7");
-        assert_eq!(resolve_job_id(Some(""), Some("b"), 7), "b");
+        assert_eq!(
+            resolve_job_id(None, None, Some(&"M".repeat(5000)), 7),
+            "seq-7"
+        );
+        assert_eq!(resolve_job_id(None, None, Some("with spaces"), 7), "seq-7");
+        assert_eq!(resolve_job_id(None, Some("\t\t"), Some("b"), 7), "b");
+        assert_eq!(resolve_job_id(Some(""), None, Some("b"), 7), "b");
     }
 
     #[test]

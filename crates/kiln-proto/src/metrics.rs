@@ -58,10 +58,11 @@ pub struct MetricsSnapshot {
     pub prediction: PredictionStats,
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
-    /// The highest `KILN_RESULTS` sequence counted in this snapshot (0: not recorded). The
-    /// aggregator acks results only after the snapshot that counts them is stored; one that
-    /// restarts between the two gets those results again, and skips the ones at or below
-    /// this sequence instead of counting them twice.
+    /// A `KILN_RESULTS` sequence at or below which every result had been delivered to the
+    /// aggregator that stored this snapshot (or acked before it started), and so is counted
+    /// (0: not recorded). The aggregator acks results only after the snapshot that counts
+    /// them is stored; one that restarts between the two gets those results again, and skips
+    /// the ones at or below this sequence instead of counting them twice.
     #[serde(default)]
     pub results_through: u64,
 }

@@ -245,10 +245,8 @@ async fn route(
     let flops = decoded.as_ref().map_or(0.0, |job| job.plan.flops);
     let id = kiln_proto::resolve_job_id(
         decoded.as_ref().and_then(|job| job.id.as_deref()),
-        header(HEADER_JOB_ID)
-            .filter(|id| kiln_proto::valid_job_id(id))
-            .or(header(HEADER_MSG_ID))
-            .as_deref(),
+        header(HEADER_JOB_ID).as_deref(),
+        header(HEADER_MSG_ID).as_deref(),
         sequence,
     );
     let decision = if decoded.as_ref().is_some_and(|job| job.plan.gpu_only) {

@@ -135,7 +135,8 @@ pub(crate) async fn handle(shared: &Arc<Shared>, message: jetstream::Message) {
         Ok(job) => {
             let id = kiln_proto::resolve_job_id(
                 job.id.as_deref(),
-                delivery.header_id(),
+                delivery.job_id.as_deref(),
+                delivery.msg_id.as_deref(),
                 stream_sequence,
             );
             let flops = job.plan.flops;
@@ -147,13 +148,12 @@ pub(crate) async fn handle(shared: &Arc<Shared>, message: jetstream::Message) {
                 (id, Err(error), 0.0, flops)
             } else {
                 shared.track(&id, &delivery, true);
-                let ran = compute(shared, &message, job, &id).await;
-                shared.track(&id, &delivery, false);
                 let Ran {
                     result,
                     compute_ms,
                     handed_back,
-                } = ran;
+                } = compute(shared, &message, job, &id).await;
+                shared.track(&id, &delivery, false);
                 shared
                     .config
                     .metrics
@@ -696,11 +696,12 @@ pub(crate) fn job_id_of(payload: &[u8], headers: Option<&HeaderMap>, sequence: u
         .and_then(|b| b.id)
         .filter(|id| kiln_proto::valid_job_id(id));
     let get = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str());
-    let valid = |id: &&str| kiln_proto::valid_job_id(id);
-    let header_id = get(HEADER_JOB_ID)
-        .filter(valid)
-        .or_else(|| get(HEADER_MSG_ID).filter(valid));
-    kiln_proto::resolve_job_id(body_id.as_deref(), header_id, sequence)
+    kiln_proto::resolve_job_id(
+        body_id.as_deref(),
+        get(HEADER_JOB_ID),
+        get(HEADER_MSG_ID),
+        sequence,
+    )
 }
 
 /// `Kiln-Replay`: how often a job was replayed from the dead-letter queue (0 if never).
@@ -709,13 +710,4 @@ pub(crate) fn replay_of(headers: Option<&HeaderMap>) -> u32 {
         .and_then(|h| h.get(kiln_proto::HEADER_REPLAY))
         .and_then(|v| v.as_str().trim().parse().ok())
         .unwrap_or(0)
-}
-
-impl Delivery {
-    /// The id the headers give: a routed copy's `Kiln-Job-Id`, else the `Nats-Msg-Id`
-    /// (each only when it is a valid job id).
-    fn header_id(&self) -> Option<&str> {
-        let valid = |id: &&str| kiln_proto::valid_job_id(id);
-        (self.job_id.as_deref().filter(valid)).or(self.msg_id.as_deref().filter(valid))
-    }
 }
