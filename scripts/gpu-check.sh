@@ -30,6 +30,9 @@ phase() { echo "== [$(( $(date +%s) - started )) s] $*"; }
 
 # cuBLAS (matmul jobs) and cuDNN (conv2d jobs) are loaded at run time: make the toolkit's and
 # PyTorch's copies findable (cuDNN is not part of the toolkit; PyTorch's wheels carry it).
+# PyTorch itself runs with the path it came with: it refuses a cuDNN other than its own, and the
+# system's may be older (the H200 machine has 9.14 in /usr/lib, PyTorch wants 9.19).
+torch_ld="${LD_LIBRARY_PATH:-}"
 for lib in libcublas libcudnn; do
     for dir in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib /usr/lib/x86_64-linux-gnu \
         $(python3 -c 'import nvidia, os; print(" ".join(os.path.join(p, d, "lib") for p in nvidia.__path__ for d in os.listdir(p)))' 2>/dev/null); do
@@ -93,7 +96,7 @@ if python3 -c 'import torch' 2>/dev/null; then
         --cache-dir "$work/cache" --json "$OUT/burn-kernels.json" "${filter[@]}" > "$LOGS/bench-kernels.log" 2>&1
     echo "kiln kernels: exit $?"
     phase "kernels: PyTorch (scripts/torch_reference.py)"
-    timeout -k 10 "${KILN_TORCH_BENCH_LIMIT_S:-75}" python3 scripts/torch_reference.py \
+    LD_LIBRARY_PATH="$torch_ld" timeout -k 10 "${KILN_TORCH_BENCH_LIMIT_S:-75}" python3 scripts/torch_reference.py \
         --json "$OUT/torch-kernels.json" "${filter[@]}" > "$LOGS/torch-reference.log" 2>&1
     echo "PyTorch kernels: exit $?"
     python3 scripts/torch_reference.py --compare "$OUT/burn-kernels.json" \

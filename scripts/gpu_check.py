@@ -23,6 +23,7 @@ import time
 CASES = [
     ("vector_add 1k", "vector_add", {"len": 1024}, 1, 1e-6),
     ("vector_add 4M", "vector_add", {"len": 4 << 20}, 2, 1e-6),
+    ("vector_add 1M+3", "vector_add", {"len": (1 << 20) + 3}, 3, 1e-6),
     ("matmul 256", "matmul", {"n": 256}, 3, 1e-4),
     ("matmul 1024", "matmul", {"n": 1024}, 4, 1e-4),
     ("matmul 1000x300 by 300x700", "matmul", {"m": 1000, "k": 300, "n": 700}, 5, 1e-4),

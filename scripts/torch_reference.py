@@ -11,8 +11,8 @@ Precision, named as kiln's matmul and conv2d dtypes: "_f32" rows are true f32 (T
 "_tf32" rows run with TF32 allowed (cuBLAS and cuDNN tensor cores), "_bf16" rows in bf16. The
 MLP step runs with TF32 allowed.
 
-kiln's "_burn" rows (matmul and conv2d on Burn's kernels, where kiln's jobs run on cuBLAS and
-cuDNN) are compared with the PyTorch row of the same name without the suffix.
+kiln's "_burn" rows (matmul, vector add and conv2d on Burn's kernels, where kiln's jobs run on
+cuBLAS and cuDNN) are compared with the PyTorch row of the same name without the suffix.
 
 `--compare` joins a burn file and a PyTorch file by case name and writes kernels.md and
 kernels.json with the burn/PyTorch ratio (PyTorch's seconds per iteration over burn's: above 1,
@@ -545,7 +545,8 @@ def compare(args):
         "PyTorch's throughput; above 1 kiln is faster). Medians over the timed iterations.",
         "- matmul and conv2d rows are named by kiln's dtypes: f32 is true f32 (TF32 off on "
         "both sides), tf32 allows TF32, bf16 is bf16. Rows without a suffix are kiln's job "
-        "path (cuBLAS and cuDNN on CUDA); \"_burn\" rows run Burn's own kernels (its f32, "
+        "path (cuBLAS for matmul and vector add, cuDNN for conv2d on CUDA); \"_burn\" rows run "
+        "Burn's own kernels (its f32, "
         "TF32-like) against the PyTorch row of the same name without the suffix.",
         "",
         "| case | kiln | PyTorch | kiln/PyTorch | target | meets |",

@@ -620,10 +620,14 @@ async fn live_workers_are_listed_and_expire_when_killed() {
     };
     assert_eq!(
         w.engines,
-        [("conv2d", "direct"), ("matmul", matmul)]
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect()
+        [
+            ("conv2d", "direct"),
+            ("matmul", matmul),
+            ("vector_add", "burn-ndarray")
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
     );
     assert_eq!(w.state, "serving");
     assert!(w.capacity >= 1);

@@ -92,8 +92,9 @@ pub enum Work {
         precision: Precision,
         burn: bool,
     },
-    /// c = a + b on the device, f32; 3·4·len bytes moved.
-    VectorAdd { len: usize },
+    /// c = a + b on the device, f32; 3·4·len bytes moved. `burn`: on Burn's kernels even where
+    /// `vector_add` jobs run on cuBLAS (CUDA).
+    VectorAdd { len: usize, burn: bool },
     /// Convolution with a square `kernel`, stride 1, "same" zero padding (kernel / 2), no
     /// bias: input [batch, channels, height, width], weight
     /// [out_channels, channels / groups, kernel, kernel];
@@ -120,7 +121,8 @@ pub enum Work {
         classes: usize,
     },
     /// One small job: upload a and b from host memory, add, read c back; per iteration.
-    SmallVectorAdd { len: usize },
+    /// `burn` as for [`Work::VectorAdd`].
+    SmallVectorAdd { len: usize, burn: bool },
 }
 
 /// One benchmark case: a name (the join key with the PyTorch reference) and its work.
@@ -156,10 +158,16 @@ impl Case {
         }
     }
 
-    pub fn vector_add(len: usize) -> Self {
+    /// A vector add as `vector_add` jobs run it (on CUDA: cuBLAS, unless the process chose Burn),
+    /// or on Burn's kernels (`vector_add_f32_<len>_burn`).
+    pub fn vector_add(len: usize, burn: bool) -> Self {
         Case {
-            name: format!("vector_add_f32_{}", count_name(len)),
-            work: Work::VectorAdd { len },
+            name: format!(
+                "vector_add_f32_{}{}",
+                count_name(len),
+                if burn { "_burn" } else { "" }
+            ),
+            work: Work::VectorAdd { len, burn },
         }
     }
 
@@ -246,10 +254,15 @@ impl Case {
         }
     }
 
-    pub fn small_vector_add(len: usize) -> Self {
+    /// One small job's round trip as `vector_add` jobs run it, or on Burn's kernels
+    /// (`small_vector_add_roundtrip_<len>_burn`).
+    pub fn small_vector_add(len: usize, burn: bool) -> Self {
         Case {
-            name: format!("small_vector_add_roundtrip_{len}"),
-            work: Work::SmallVectorAdd { len },
+            name: format!(
+                "small_vector_add_roundtrip_{len}{}",
+                if burn { "_burn" } else { "" }
+            ),
+            work: Work::SmallVectorAdd { len, burn },
         }
     }
 
@@ -277,7 +290,7 @@ impl Case {
     pub fn shape(&self) -> String {
         match &self.work {
             Work::Matmul { n, .. } => format!("m=k=n={n}"),
-            Work::VectorAdd { len } | Work::SmallVectorAdd { len } => format!("len={len}"),
+            Work::VectorAdd { len, .. } | Work::SmallVectorAdd { len, .. } => format!("len={len}"),
             Work::Conv2d { .. } => {
                 let Some(s) = self.work.conv_shape() else {
                     return String::new();
@@ -330,7 +343,9 @@ impl Case {
     /// Bytes read and written by one iteration of the element-wise cases (3·4·len).
     pub fn bytes(&self) -> Option<f64> {
         match self.work {
-            Work::VectorAdd { len } | Work::SmallVectorAdd { len } => Some(12.0 * len as f64),
+            Work::VectorAdd { len, .. } | Work::SmallVectorAdd { len, .. } => {
+                Some(12.0 * len as f64)
+            }
             _ => None,
         }
     }
@@ -433,8 +448,8 @@ pub fn cases(profile: Profile) -> Vec<Case> {
         // The cases behind the targets first, Burn's own kernels (`_burn`, for
         // reference) last: on a cold cache their autotuning is what a time limit cuts.
         Profile::Gpu => vec![
-            Case::vector_add(64 << 20),
-            Case::small_vector_add(SMALL_LEN),
+            Case::vector_add(64 << 20, false),
+            Case::small_vector_add(SMALL_LEN, false),
             Case::matmul(4096, F32),
             Case::matmul(8192, F32),
             Case::matmul(4096, Tf32),
@@ -454,10 +469,12 @@ pub fn cases(profile: Profile) -> Vec<Case> {
             Case::conv2d_burn([32, 64, 224, 224], 64, Tf32),
             Case::conv2d_burn([32, 64, 224, 224], 64, Bf16),
             Case::filter([32, 3, 512, 512], 5, F32, true),
+            Case::vector_add(64 << 20, true),
+            Case::small_vector_add(SMALL_LEN, true),
         ],
         Profile::Cpu => vec![
-            Case::vector_add(16 << 20),
-            Case::small_vector_add(SMALL_LEN),
+            Case::vector_add(16 << 20, false),
+            Case::small_vector_add(SMALL_LEN, false),
             Case::matmul(1024, F32),
             Case::matmul(2048, F32),
             Case::matmul(2048, Bf16),
@@ -470,8 +487,8 @@ pub fn cases(profile: Profile) -> Vec<Case> {
             mlp(512),
         ],
         Profile::Quick => vec![
-            Case::vector_add(1 << 16),
-            Case::small_vector_add(SMALL_LEN),
+            Case::vector_add(1 << 16, false),
+            Case::small_vector_add(SMALL_LEN, false),
             Case::matmul(64, F32),
             Case::matmul(128, F32),
             Case::matmul(128, Tf32),
@@ -581,16 +598,20 @@ pub fn run_case(device: &ComputeDevice, case: &Case, settings: &Settings) -> Row
         return row;
     }
     // Cases without `_burn` run where jobs of their kind run: matmul on the device's BLAS,
-    // conv2d on cuDNN (CUDA).
+    // vector adds on cuBLAS (CUDA), conv2d on cuDNN (CUDA).
     let vendor = match (&case.work, device) {
-        (Work::Matmul { burn: false, .. }, _)
-            if crate::matmul_engine() != crate::MatmulEngine::Blas =>
-        {
-            None
-        }
-        (Work::Matmul { burn: false, .. }, ComputeDevice::Cuda(index)) => {
-            Some(Vendor::Cublas(*index))
-        }
+        (
+            Work::Matmul { burn: false, .. }
+            | Work::VectorAdd { burn: false, .. }
+            | Work::SmallVectorAdd { burn: false, .. },
+            _,
+        ) if crate::matmul_engine() != crate::MatmulEngine::Blas => None,
+        (
+            Work::Matmul { burn: false, .. }
+            | Work::VectorAdd { burn: false, .. }
+            | Work::SmallVectorAdd { burn: false, .. },
+            ComputeDevice::Cuda(index),
+        ) => Some(Vendor::Cublas(*index)),
         (Work::Matmul { burn: false, .. }, ComputeDevice::Cpu) if crate::openblas::available() => {
             Some(Vendor::Openblas)
         }
@@ -624,7 +645,10 @@ pub fn run_case(device: &ComputeDevice, case: &Case, settings: &Settings) -> Row
         case_budget_s: settings.case_budget_s,
     };
     let outcome = catch_unwind(AssertUnwindSafe(|| match (device, vendor) {
-        (_, Some(Vendor::Cublas(index))) => measure_blas(Some(index), case, &settings),
+        (_, Some(Vendor::Cublas(index))) => match case.work {
+            Work::Matmul { .. } => measure_blas(Some(index), case, &settings),
+            _ => measure_cublas_add(index, case, &settings),
+        },
         (_, Some(Vendor::Openblas)) => measure_blas(None, case, &settings),
         (_, Some(Vendor::Cudnn(index))) => measure_cudnn(index, case, &settings),
         (_, Some(Vendor::Direct)) => measure_direct(case, &settings),
@@ -879,6 +903,64 @@ fn measure_blas(cuda: Option<usize>, case: &Case, settings: &Settings) -> Result
     })
 }
 
+/// A vector add case on cuBLAS, as `vector_add` jobs run on CUDA: the large case on vectors kept
+/// on the device (as the Burn and PyTorch rows time it), the small one a whole job (upload,
+/// add, read back) per iteration.
+fn measure_cublas_add(index: usize, case: &Case, settings: &Settings) -> Result<Measured, String> {
+    let (samples, note) = match case.work {
+        Work::VectorAdd { len, .. } => {
+            let sums = std::cell::RefCell::new(crate::cublas::DeviceSums::new(index, len)?);
+            let samples = sample(
+                settings,
+                settings.iters,
+                || sums.borrow().sync(),
+                || sums.borrow_mut().launch(),
+            )?;
+            (samples, "cuBLAS cublasSgeam, c = 1·a + 1·b")
+        }
+        Work::SmallVectorAdd { len, .. } => {
+            let (a, b) = small_operands(len);
+            let iters = settings.iters.saturating_mul(SMALL_ITERS_FACTOR);
+            let samples = sample(
+                settings,
+                iters,
+                || Ok(()),
+                || {
+                    let c = crate::cublas::vector_add(index, &a, &b).map_err(|e| e.message)?;
+                    check_small_sum(&a, &b, &c)?;
+                    Ok(c)
+                },
+            )?;
+            (
+                samples,
+                "per job: upload a and b from host, add on cuBLAS, read c back",
+            )
+        }
+        _ => return Err(format!("{} is not a vector add", case.name)),
+    };
+    Ok(Measured {
+        samples,
+        dtype: "f32".into(),
+        note: Some(note.into()),
+    })
+}
+
+/// The small vector add's host vectors (made once, as a job's are before it runs), whose last
+/// sum is exact: (len − 1) + (len − 1)/2.
+fn small_operands(len: usize) -> (Vec<f32>, Vec<f32>) {
+    let a = (0..len).map(|i| i as f32).collect();
+    let b = (0..len).map(|i| 0.5 * i as f32).collect();
+    (a, b)
+}
+
+/// That the small vector add read back its whole output with the right last sum.
+fn check_small_sum(a: &[f32], b: &[f32], c: &[f32]) -> Result<(), String> {
+    match (a.last(), b.last(), c.last()) {
+        (Some(x), Some(y), Some(z)) if c.len() == a.len() && *z == x + y => Ok(()),
+        _ => Err("the small vector add read back a wrong sum".into()),
+    }
+}
+
 /// A depthwise conv2d case on the CPU's direct loop, as a conv2d job filters there: one kernel
 /// over every plane of the batch, each sample one call.
 fn measure_direct(case: &Case, settings: &Settings) -> Result<Measured, String> {
@@ -960,7 +1042,7 @@ fn measure<B: Backend>(
             })?;
             Ok(measured(samples, precision.as_str()))
         }
-        &Work::VectorAdd { len } => {
+        &Work::VectorAdd { len, .. } => {
             let a = Tensor::<B, 1>::random([len], Distribution::Default, device);
             let b = Tensor::<B, 1>::random([len], Distribution::Default, device);
             let samples =
@@ -1021,9 +1103,8 @@ fn measure<B: Backend>(
             )?;
             Ok(measured(samples, "f32"))
         }
-        &Work::SmallVectorAdd { len } => {
-            let a: Vec<f32> = (0..len).map(|i| i as f32).collect();
-            let b: Vec<f32> = (0..len).map(|i| 0.5 * i as f32).collect();
+        &Work::SmallVectorAdd { len, .. } => {
+            let (a, b) = small_operands(len);
             let iters = iters.saturating_mul(SMALL_ITERS_FACTOR);
             let samples = time_iterations::<B, _>(device, settings, iters, || {
                 let ta = Tensor::<B, 1>::from_data(TensorData::new(a.clone(), [len]), device);
@@ -1032,10 +1113,7 @@ fn measure<B: Backend>(
                     .into_data()
                     .into_vec::<f32>()
                     .map_err(|e| format!("reading the small vector add back: {e:?}"))?;
-                let last = len - 1;
-                if c.len() != len || c[last] != a[last] + b[last] {
-                    return Err("the small vector add read back a wrong sum".into());
-                }
+                check_small_sum(&a, &b, &c)?;
                 Ok(c)
             })?;
             let mut m = measured(samples, "f32");

@@ -12,23 +12,30 @@
 //! | `bf16` | bf16 | `CUBLAS_COMPUTE_32F` (bf16 tensor cores, f32 accumulation) |
 //! | `f16` | f16 | `CUBLAS_COMPUTE_32F` (f16 tensor cores, f32 accumulation) |
 //!
+//! `vector_add` jobs run on cuBLAS too: c = 1·a + 1·b is `cublasSgeam` over the vectors seen as
+//! one-column matrices, a single correctly rounded f32 addition per element, like the CPU's. The
+//! job moves its vectors with plain CUDA copies on the handle's stream. On Burn the same job had
+//! cost 582 ms for 4M elements on an H200 (19 ms on the CPU; its transfers, not the add, took the
+//! time), and a 1,024-element job 116 µs against PyTorch's 60 µs.
+//!
 //! libcublas is loaded at run time, like libcuda and NVRTC: a worker that cannot load it logs why
-//! and runs matmul on Burn's kernels instead ([`crate::MatmulEngine::Burn`], also chosen with
-//! `kiln worker --matmul-engine burn`). The other kinds always run on Burn.
+//! and runs matmul and vector_add on Burn's kernels instead ([`crate::MatmulEngine::Burn`], also
+//! chosen with `kiln worker --matmul-engine burn`). The other kinds run on cuDNN or Burn.
 //!
 //! cuBLAS is column-major and kiln's matrices are row-major: a row-major m×n matrix is the
 //! column-major n×m matrix of its transpose, so C = A·B is computed as Cᵀ = Bᵀ·Aᵀ, that is
 //! `gemm(n, m, k, B, A)`, and the column-major result is C in row-major order.
 //!
-//! Unsafe code (with `cudnn.rs`, `vendor.rs` and `openblas.rs`, the only in kiln): the call of
-//! cuBLAS's `gemm_ex` on raw device pointers (cudarc's typed `Gemm` has no TF32 compute type).
+//! Unsafe code (with `cudnn.rs`, `vendor.rs` and `openblas.rs`, the only in kiln): the calls of
+//! cuBLAS's `gemm_ex` (cudarc's typed `Gemm` has no TF32 compute type) and `cublasSgeam` (cudarc
+//! has no safe wrapper) on raw device pointers.
 #![allow(unsafe_code)]
 
 use std::ffi::c_void;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::cublas::{CudaBlas, result::gemm_ex, sys};
-use cudarc::driver::CudaStream;
+use cudarc::driver::{CudaStream, sys::CUdeviceptr};
 use kiln_proto::{ErrorKind, JobError};
 
 use crate::precision::Dtype;
@@ -42,6 +49,20 @@ const CUBLAS: Library = Library {
               to LD_LIBRARY_PATH",
 };
 
+/// The same library, named in the messages of `vector_add` jobs.
+const CUBLAS_ADD: Library = Library {
+    kind: "vector_add",
+    ..CUBLAS
+};
+
+/// The rows of the matrices a vector add hands `cublasSgeam`. Seen as one column, a 64M-element
+/// add ran at 267 GB/s on an H200 (PyTorch: 3918); a matrix view lets cuBLAS spread it out.
+const GEAM_ROWS: usize = 4096;
+
+/// The most elements one `cublasSgeam` call adds (its dimensions are 32-bit `int`s); longer
+/// vectors go in pieces of this length (a multiple of [`GEAM_ROWS`]).
+const GEAM_PIECE: usize = 1 << 30;
+
 /// Check that cuBLAS works on CUDA device `index`: the library loads, and a handle and a tiny
 /// product succeed. The error says what is missing.
 pub fn probe(index: usize) -> Result<(), String> {
@@ -49,19 +70,19 @@ pub fn probe(index: usize) -> Result<(), String> {
 }
 
 /// A cuBLAS handle on its own stream of one device.
-struct Gemm {
+struct Blas {
     stream: Arc<CudaStream>,
     blas: CudaBlas,
 }
 
-fn gemm_for(index: usize) -> Result<Arc<Mutex<Gemm>>, JobError> {
+fn blas_for(index: usize) -> Result<Arc<Mutex<Blas>>, JobError> {
     static FOUND: OnceLock<Result<String, String>> = OnceLock::new();
-    static HANDLES: Handles<Gemm> = OnceLock::new();
+    static HANDLES: Handles<Blas> = OnceLock::new();
     CUBLAS.loads(&FOUND).map_err(JobError::internal)?;
     CUBLAS.handle(&HANDLES, index, |stream| {
         let blas = CudaBlas::new(stream.clone())
             .map_err(|e| JobError::internal(format!("creating a cuBLAS handle: {e:?}")))?;
-        Ok(Gemm { stream, blas })
+        Ok(Blas { stream, blas })
     })
 }
 
@@ -83,7 +104,7 @@ fn types(dtype: Dtype) -> (sys::cudaDataType, sys::cublasComputeType_t) {
 
 /// Launch C = A·B (row-major, A m×k, B k×n) on `gemm`'s stream; does not wait for it.
 fn launch(
-    gemm: &Gemm,
+    gemm: &Blas,
     ops: &mut Buffers,
     (m, k, n): (i32, i32, i32),
     dtype: Dtype,
@@ -146,7 +167,7 @@ pub fn matmul(
     dtype: Dtype,
 ) -> Result<Vec<f32>, JobError> {
     let dims = (dim("m", m)?, dim("k", k)?, dim("n", n)?);
-    let gemm = gemm_for(index)?;
+    let gemm = blas_for(index)?;
     let gemm = lock(&gemm);
     let mut ops = Buffers::upload(
         &CUBLAS,
@@ -163,7 +184,7 @@ pub fn matmul(
 /// device, for the kernel benchmarks (which time [`SquareProducts::launch`] between two
 /// [`SquareProducts::sync`] calls, as they time Burn between two `B::sync`).
 pub struct SquareProducts {
-    gemm: Arc<Mutex<Gemm>>,
+    gemm: Arc<Mutex<Blas>>,
     operands: Buffers,
     size: i32,
     dtype: Dtype,
@@ -173,7 +194,7 @@ impl SquareProducts {
     pub fn new(index: usize, n: usize, dtype: Dtype) -> Result<Self, String> {
         let size = dim("n", n).map_err(|e| e.message)?;
         let values = crate::seeded_values(7, 0, n * n);
-        let gemm = gemm_for(index).map_err(|e| e.message)?;
+        let gemm = blas_for(index).map_err(|e| e.message)?;
         let stream = lock(&gemm).stream.clone();
         let operands = Buffers::upload(
             &CUBLAS,
@@ -200,9 +221,134 @@ impl SquareProducts {
 
     /// Wait for the products launched so far.
     pub fn sync(&self) -> Result<(), String> {
-        lock(&self.gemm)
-            .stream
-            .synchronize()
-            .map_err(|e| format!("stream sync: {e:?}"))
+        sync(&self.gemm)
     }
+}
+
+/// Launch c = a + b (f32, `len` elements, all three in `ops`) on `blas`'s stream; does not wait
+/// for it. The vectors are added as [`GEAM_ROWS`]-row column-major matrices (pieces of at most
+/// [`GEAM_PIECE`] elements), then a one-column matrix for the last `len % GEAM_ROWS`.
+fn launch_add(blas: &Blas, ops: &mut Buffers, len: usize) -> Result<(), JobError> {
+    CUBLAS_ADD.bind(&blas.stream)?;
+    let at = ops.pointers(&blas.stream);
+    let whole = len - len % GEAM_ROWS;
+    let mut done = 0;
+    while done < len {
+        let (rows, cols) = if done < whole {
+            (GEAM_ROWS, (whole - done).min(GEAM_PIECE) / GEAM_ROWS)
+        } else {
+            (len - done, 1)
+        };
+        let offset = (done * std::mem::size_of::<f32>()) as u64;
+        let (a, b, c) = (at.a + offset, at.b + offset, at.out + offset);
+        geam(blas, rows, cols, [a, b, c])?;
+        done += rows * cols;
+    }
+    Ok(())
+}
+
+/// C = A + B for column-major `rows`×`cols` f32 matrices stored contiguously at `a`, `b`, `c`.
+fn geam(
+    blas: &Blas,
+    rows: usize,
+    cols: usize,
+    [a, b, c]: [CUdeviceptr; 3],
+) -> Result<(), JobError> {
+    let int = |v: usize| i32::try_from(v).expect("a piece's dimensions fit an int");
+    let (m, n) = (int(rows), int(cols));
+    let one = 1.0f32;
+    // SAFETY: the caller passes the addresses of `rows·cols` f32 elements inside the buffers of
+    // one operation on this stream's device (`launch_add`: offsets within `len`-element
+    // buffers uploaded in f32); alpha and beta are f32 host scalars (the handle's default
+    // pointer mode); contiguous column-major matrices have leading dimension `rows`.
+    unsafe {
+        sys::cublasSgeam(
+            *blas.blas.handle(),
+            sys::cublasOperation_t::CUBLAS_OP_N,
+            sys::cublasOperation_t::CUBLAS_OP_N,
+            m,
+            n,
+            &one,
+            a as *const f32,
+            m,
+            &one,
+            b as *const f32,
+            m,
+            c as *mut f32,
+            m,
+        )
+    }
+    .result()
+    .map_err(|e| JobError::internal(format!("cuBLAS geam (vector add) failed: {e:?}")))
+}
+
+/// c = a + b on CUDA device `index` through cuBLAS, f32 (a and b of equal length).
+pub fn vector_add(index: usize, a: &[f32], b: &[f32]) -> Result<Vec<f32>, JobError> {
+    if a.len() != b.len() {
+        return Err(JobError::invalid_input(format!(
+            "vector_add needs a and b of equal length, got {} and {}",
+            a.len(),
+            b.len()
+        )));
+    }
+    let blas = blas_for(index)?;
+    let blas = lock(&blas);
+    let mut ops = Buffers::upload(
+        &CUBLAS_ADD,
+        &blas.stream,
+        [("a", a), ("b", b)],
+        ("c", a.len()),
+        Dtype::F32,
+    )?;
+    launch_add(&blas, &mut ops, a.len())?;
+    ops.download(&CUBLAS_ADD, &blas.stream, "c", Dtype::F32)
+}
+
+/// Sums of two seeded f32 vectors kept on the device, for the kernel benchmarks (which time
+/// [`DeviceSums::launch`] between two [`DeviceSums::sync`] calls).
+pub struct DeviceSums {
+    blas: Arc<Mutex<Blas>>,
+    operands: Buffers,
+    len: usize,
+}
+
+impl DeviceSums {
+    pub fn new(index: usize, len: usize) -> Result<Self, String> {
+        let a = crate::seeded_values(7, 0, len);
+        let b = crate::seeded_values(7, 1, len);
+        let blas = blas_for(index).map_err(|e| e.message)?;
+        let stream = lock(&blas).stream.clone();
+        let operands = Buffers::upload(
+            &CUBLAS_ADD,
+            &stream,
+            [("a", &a), ("b", &b)],
+            ("c", len),
+            Dtype::F32,
+        )
+        .map_err(|e| e.message)?;
+        Ok(DeviceSums {
+            blas,
+            operands,
+            len,
+        })
+    }
+
+    /// Start one sum on the handle's stream; does not wait for it.
+    pub fn launch(&mut self) -> Result<(), String> {
+        let blas = lock(&self.blas);
+        launch_add(&blas, &mut self.operands, self.len).map_err(|e| e.message)
+    }
+
+    /// Wait for the sums launched so far.
+    pub fn sync(&self) -> Result<(), String> {
+        sync(&self.blas)
+    }
+}
+
+/// Wait for the work launched on a handle's stream (the benchmarks' sync).
+fn sync(blas: &Mutex<Blas>) -> Result<(), String> {
+    lock(blas)
+        .stream
+        .synchronize()
+        .map_err(|e| format!("stream sync: {e:?}"))
 }

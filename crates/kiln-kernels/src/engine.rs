@@ -1,5 +1,6 @@
 //! What `matmul` jobs run on: the vendor BLAS of the device (cuBLAS on CUDA, OpenBLAS on the
-//! CPU, both loaded at run time) or Burn's own kernels, like the other kinds; and what `conv2d`
+//! CPU, both loaded at run time) or Burn's own kernels, like the other kinds (`vector_add` follows
+//! the same setting: cuBLAS on CUDA, Burn on the CPU); and what `conv2d`
 //! jobs run on: cuDNN on CUDA workers (loaded at run time, see [`crate::cudnn`]), a direct
 //! depthwise loop on CPU workers ([`crate::depthwise`]), or Burn.
 //!
@@ -18,10 +19,11 @@ use kiln_proto::JobError;
 
 use crate::device::ComputeDevice;
 
-/// What `matmul` jobs run on in this process.
+/// What `matmul` jobs run on in this process (and `vector_add` jobs on CUDA workers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum MatmulEngine {
-    /// The device's BLAS (the default): cuBLAS on CUDA, OpenBLAS on the CPU.
+    /// The device's BLAS (the default): cuBLAS on CUDA (matmul and vector_add), OpenBLAS on the
+    /// CPU (matmul).
     #[default]
     Blas,
     /// Burn's kernels, as the other kinds (on CUDA, "f32" runs at TF32-like precision).
@@ -147,8 +149,8 @@ pub(crate) fn burn_engine(is_gpu: bool) -> &'static str {
     if is_gpu { "burn-cuda" } else { "burn-ndarray" }
 }
 
-/// What `matmul` and `conv2d` jobs run on in this process on `device`, named as their result
-/// events name it (`output.engine`), for heartbeats and `kiln status`.
+/// What `matmul`, `conv2d` and `vector_add` jobs run on in this process on `device`, named as
+/// their result events name it (`output.engine`), for heartbeats and `kiln status`.
 pub fn engines(device: &ComputeDevice) -> BTreeMap<String, String> {
     let burn = burn_engine(matches!(device, ComputeDevice::Cuda(_)));
     let blas = matmul_engine() == MatmulEngine::Blas;
@@ -157,15 +159,23 @@ pub fn engines(device: &ComputeDevice) -> BTreeMap<String, String> {
         ComputeDevice::Cpu if blas && crate::openblas::available() => "openblas",
         _ => burn,
     };
+    let vector_add = match device {
+        ComputeDevice::Cuda(_) if blas => "cublas",
+        _ => burn,
+    };
     let conv2d = match (device, conv_engine()) {
         (ComputeDevice::Cuda(_), ConvEngine::Native) => "cudnn",
         (ComputeDevice::Cpu, ConvEngine::Native) => crate::depthwise::ENGINE,
         (_, ConvEngine::Burn) => burn,
     };
-    [("matmul", matmul), ("conv2d", conv2d)]
-        .into_iter()
-        .map(|(kind, engine)| (kind.to_owned(), engine.to_owned()))
-        .collect()
+    [
+        ("matmul", matmul),
+        ("conv2d", conv2d),
+        ("vector_add", vector_add),
+    ]
+    .into_iter()
+    .map(|(kind, engine)| (kind.to_owned(), engine.to_owned()))
+    .collect()
 }
 
 /// A matrix dimension as the 32-bit integer both BLAS interfaces take (cuBLAS's `int`, CBLAS's

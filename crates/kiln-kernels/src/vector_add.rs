@@ -1,10 +1,16 @@
 //! `vector_add`: c = a + b, the "small job" of pipeline benchmarks.
+//!
+//! On a CUDA worker it runs on cuBLAS (`cublasSgeam`, see [`crate::cublas`]) unless the worker
+//! runs its BLAS kinds on Burn (`--matmul-engine burn`, or cuBLAS missing); on a CPU worker on
+//! burn-ndarray. Either way each element is one correctly rounded f32 addition, so every engine
+//! gives the same bits. Results name it in `"engine"`: cublas, burn-cuda or burn-ndarray.
 
 use burn::tensor::{Tensor, TensorData, backend::Backend};
 use kiln_proto::{JobError, Limits};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::engine::{MatmulEngine, burn_engine, matmul_engine};
 use crate::{Kernel, Plan, RunContext, Summary, seeded_values};
 
 /// `{"len": 1024}` (generated from the seed) or `{"a": [..], "b": [..]}`.
@@ -74,14 +80,15 @@ impl Kernel for VectorAdd {
             }
         };
         let len = a.len();
-        let a = Tensor::<B, 1>::from_data(TensorData::new(a, [len]), &ctx.device);
-        let b = Tensor::<B, 1>::from_data(TensorData::new(b, [len]), &ctx.device);
-        let c = (a + b).into_data();
-        let c = c
-            .into_vec::<f32>()
-            .map_err(|e| JobError::internal(format!("reading vector_add output: {e:?}")))?;
+        let (c, engine) = match ctx.cuda_index {
+            Some(index) if matmul_engine() == MatmulEngine::Blas => {
+                (crate::cublas::vector_add(index, &a, &b)?, "cublas")
+            }
+            _ => (burn_add::<B>(a, b, &ctx.device)?, burn_engine(ctx.is_gpu)),
+        };
         let mut out = json!({
             "len": len,
+            "engine": engine,
             "summary": Summary::of(&c),
         });
         // Data the user sent comes back inline (when small); generated inputs get the
@@ -91,4 +98,19 @@ impl Kernel for VectorAdd {
         }
         Ok(out)
     }
+}
+
+/// c = a + b on Burn's kernels.
+fn burn_add<B: Backend>(
+    a: Vec<f32>,
+    b: Vec<f32>,
+    device: &B::Device,
+) -> Result<Vec<f32>, JobError> {
+    let len = a.len();
+    let a = Tensor::<B, 1>::from_data(TensorData::new(a, [len]), device);
+    let b = Tensor::<B, 1>::from_data(TensorData::new(b, [len]), device);
+    (a + b)
+        .into_data()
+        .into_vec::<f32>()
+        .map_err(|e| JobError::internal(format!("reading vector_add output: {e:?}")))
 }

@@ -67,8 +67,12 @@ fn work_counts_follow_the_sizes() {
     // 2n³ flops in one second.
     assert!((matmul.value(1.0).unwrap() - 2.0 * 4096f64.powi(3) / 1e12).abs() < 1e-12);
 
-    let add = Case::vector_add(64 << 20);
+    let add = Case::vector_add(64 << 20, false);
     assert_eq!(add.name, "vector_add_f32_64M");
+    assert_eq!(
+        Case::vector_add(64 << 20, true).name,
+        "vector_add_f32_64M_burn"
+    );
     assert_eq!(add.bytes(), Some(3.0 * 4.0 * (64u64 << 20) as f64));
     assert_eq!(add.flops(), None);
     assert!((add.value(1e-3).unwrap() - 12.0 * (64u64 << 20) as f64 / 1e-3 / 1e9).abs() < 1e-6);
@@ -103,7 +107,12 @@ fn work_counts_follow_the_sizes() {
     assert_eq!(step.metric(), "ms/step");
     assert_eq!(step.value(0.002), Some(2.0));
 
-    let small = Case::small_vector_add(1024);
+    let small = Case::small_vector_add(1024, false);
+    assert_eq!(small.name, "small_vector_add_roundtrip_1024");
+    assert_eq!(
+        Case::small_vector_add(1024, true).name,
+        "small_vector_add_roundtrip_1024_burn"
+    );
     assert_eq!(small.metric(), "us/job");
     assert_eq!(small.value(45e-6).map(|v| (v * 1e3).round()), Some(45e3));
 }

@@ -130,14 +130,14 @@ pub fn cases(quick: bool) -> Vec<SuiteCase> {
         kind: "vector_add",
         workload: VECTOR,
         size: format!("{} (one job: upload, add, read back)", bench::SMALL_LEN),
-        case: Case::small_vector_add(bench::SMALL_LEN),
+        case: Case::small_vector_add(bench::SMALL_LEN, false),
     });
     for &len in lens {
         out.push(SuiteCase {
             kind: "vector_add",
             workload: VECTOR,
             size: count_words(len),
-            case: Case::vector_add(len),
+            case: Case::vector_add(len, false),
         });
     }
     out
