@@ -166,6 +166,7 @@ async fn plain_json_published_without_kiln_is_processed() {
     let results = wait_for_results(&client, &["raw-1", &seq_id], WAIT).await;
     assert_eq!(results["raw-1"].status, Status::Succeeded);
     assert_eq!(floats(&results["raw-1"].output["c"]), vec![4.0, 6.0]);
+    assert_eq!(results["raw-1"].output["engine"], "burn-ndarray");
     assert_eq!(
         results[&seq_id].status,
         Status::Succeeded,

@@ -1188,6 +1188,8 @@ mod tests {
                 "conv2d_3x3_tf32_32x64x224x224_c64_burn",
                 "conv2d_3x3_bf16_32x64x224x224_c64_burn",
                 "conv2d_dw5x5_f32_32x3x512x512_burn",
+                "vector_add_f32_64M_burn",
+                "small_vector_add_roundtrip_1024_burn",
             ]
         );
     }

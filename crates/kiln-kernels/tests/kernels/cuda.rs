@@ -214,13 +214,23 @@ fn cuda_vector_add_matches_the_cpu_exactly() {
     if !have_gpu("cuda_vector_add_matches_the_cpu_exactly") {
         return;
     }
-    // One f32 addition per element, correctly rounded on both: bit-identical.
-    for len in [1, 1024, 1 << 20] {
+    // One f32 addition per element, correctly rounded on both: bit-identical. On cuBLAS the
+    // vectors are added as 4096-row matrices plus a one-column rest: lengths below, at and
+    // past a whole number of rows.
+    for len in [1, 1024, 4096, 1 << 20, (1 << 20) + 3] {
         let params = json!({ "len": len });
         let gpu = run_gpu("vector_add", params.clone(), 9);
         let cpu = crate::support::run("vector_add", params, 9);
+        assert_eq!(gpu["engine"], "cublas", "len {len}");
+        assert_eq!(cpu["engine"], "burn-ndarray", "len {len}");
         assert_eq!(gpu["summary"], cpu["summary"], "len {len}");
     }
+    // Vectors sent inline come back inline, element for element.
+    let a: Vec<f32> = (0..5000).map(|i| i as f32 * 0.25).collect();
+    let b: Vec<f32> = (0..5000).map(|i| 1.0 - i as f32).collect();
+    let out = run_gpu("vector_add", json!({"a": a, "b": b}), 9);
+    let expected: Vec<f32> = a.iter().zip(&b).map(|(x, y)| x + y).collect();
+    assert_eq!(floats(&out["c"]), expected);
 }
 
 #[test]
