@@ -220,6 +220,9 @@ async fn job_no_worker_acknowledges_is_answered_dead_lettered_and_replayable() {
 
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("Nats-Msg-Id", "stuck-1");
+    // A submitter's safeguard, met here, which the dead letter (in KILN_DLQ) and the replay
+    // must not carry.
+    headers.insert("Nats-Expected-Stream", STREAM_JOBS);
     js.publish_with_headers(
         "jobs.cpu.vector_add",
         headers,

@@ -299,3 +299,41 @@ async fn an_auto_job_whose_kind_is_no_kind_name_is_answered_not_dropped() {
     let error = answer.error.as_ref().unwrap();
     assert_eq!(error.kind, kiln_proto::ErrorKind::InvalidInput, "{error}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_auto_job_published_with_conditions_is_routed_without_them() {
+    let mut cluster = Cluster::new();
+    assert_success(&cluster.kiln(&["init"]));
+    cluster.cpu_worker();
+    cluster.spawn("scheduler", &["scheduler", "--name", "sched-1"]);
+    let client = cluster.client().await;
+    let js = jetstream::new(client.clone());
+    // Conditions the original meets when it is submitted, and its routed copy, published
+    // into the same stream afterwards, never could.
+    let last = js
+        .get_stream(kiln_proto::streams::STREAM_JOBS)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .last_sequence;
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", "guarded-1");
+    headers.insert("Nats-Expected-Stream", kiln_proto::streams::STREAM_JOBS);
+    headers.insert("Nats-Expected-Last-Sequence", last.to_string().as_str());
+    js.publish_with_headers(
+        "jobs.auto.vector_add",
+        headers,
+        r#"{"params":{"len":8}}"#.into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let results = common::wait_for_results(&client, &["guarded-1"], Duration::from_secs(60)).await;
+    let answer = &results["guarded-1"];
+    assert_eq!(answer.status, Status::Succeeded, "{answer:?}");
+    assert_eq!(routed_to(answer), DeviceClass::Cpu);
+}

@@ -36,8 +36,9 @@ pub use workers::{BUCKET_CANCEL, BUCKET_WORKERS, RunningJob, WorkerInfo, job_key
 
 /// Header carrying the job id into JetStream's duplicate detection.
 pub const HEADER_MSG_ID: &str = "Nats-Msg-Id";
-/// Header naming the job id on a routed copy, whose `Nats-Msg-Id` is `routed-<id>` (the
-/// original already holds `<id>` in the same stream's duplicate window).
+/// Header naming the job id on a copy of a job (a routed copy, whose `Nats-Msg-Id` is
+/// `routed-<sequence>-<id>`, or a handed-back one, `<id>.handback.<sequence>`): the original
+/// already holds `<id>` in the same stream's duplicate window.
 pub const HEADER_JOB_ID: &str = "Kiln-Job-Id";
 /// Header carrying a scheduler's [`Routing`] decision (JSON) on a routed job.
 pub const HEADER_ROUTING: &str = "Kiln-Routing";
@@ -52,3 +53,55 @@ pub const HEADER_REPLAY: &str = "Kiln-Replay";
 /// device stopped working): how many times that has happened. The copy is a new message, so
 /// the hand-back does not spend one of the job's deliveries (`max_deliver`).
 pub const HEADER_HANDBACKS: &str = "Kiln-Handbacks";
+
+/// The headers of a job's copy (a scheduler's routed copy, a worker's hand-back): the
+/// original's, less the `Nats-Expected-*` conditions its own publish had to meet. Those name
+/// the stream's state when the job was submitted (`Nats-Expected-Last-Sequence: 41`), which
+/// the copy, published later into the same stream, could never meet: it would be refused, and
+/// the job would go round until it was dead-lettered without running.
+pub fn copy_headers(original: Option<&async_nats::HeaderMap>) -> async_nats::HeaderMap {
+    let mut copy = async_nats::HeaderMap::new();
+    for (name, values) in original.into_iter().flat_map(async_nats::HeaderMap::iter) {
+        let text: &str = name.as_ref();
+        let condition = text
+            .get(..EXPECTED_PREFIX.len())
+            .is_some_and(|start| start.eq_ignore_ascii_case(EXPECTED_PREFIX));
+        if !condition {
+            // Appended one by one: collecting into a HeaderMap keeps only a name's last value.
+            for value in values {
+                copy.append(name.clone(), value.clone());
+            }
+        }
+    }
+    copy
+}
+
+/// The prefix of JetStream's publish conditions (`Nats-Expected-Stream`,
+/// `Nats-Expected-Last-Sequence`, `Nats-Expected-Last-Subject-Sequence`,
+/// `Nats-Expected-Last-Msg-Id`).
+const EXPECTED_PREFIX: &str = "Nats-Expected-";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_copy_keeps_every_header_but_the_publish_conditions() {
+        let mut original = async_nats::HeaderMap::new();
+        original.insert(HEADER_MSG_ID, "job-1");
+        original.insert("traceparent", "00-abc-def-01");
+        original.append("Kiln-Note", "one");
+        original.append("Kiln-Note", "two");
+        original.insert("Nats-Expected-Last-Sequence", "41");
+        original.insert("nats-expected-stream", "KILN_JOBS");
+        original.insert("Nats-Expected-Last-Subject-Sequence", "7");
+        let copy = copy_headers(Some(&original));
+        assert_eq!(copy.len(), 3, "{copy:?}");
+        assert_eq!(copy.get(HEADER_MSG_ID).unwrap().as_str(), "job-1");
+        assert_eq!(copy.get("traceparent").unwrap().as_str(), "00-abc-def-01");
+        let notes: Vec<&str> = copy.get_all("Kiln-Note").map(|v| v.as_str()).collect();
+        assert_eq!(notes, ["one", "two"]);
+        assert!(copy.get("Nats-Expected-Last-Sequence").is_none());
+        assert!(copy_headers(None).is_empty());
+    }
+}

@@ -261,7 +261,7 @@ async fn route(
         predicted_cpu_ms: decision.cpu.as_ref().map(|p| p.total_ms),
         reason: decision.reason.clone(),
     };
-    let mut headers = message.headers.clone().unwrap_or_default();
+    let mut headers = kiln_proto::copy_headers(message.headers.as_ref());
     // Tracing on: a `kiln.route` span under the submitter's, whose context the routed copy
     // carries (replacing the submitter's). Off: the copy keeps the headers as they came.
     let span = trace_route(&message, &id, &kind, &routing);

@@ -409,8 +409,9 @@ const MAX_HANDBACKS: u32 = 20;
 /// the drain timeout, a device that stopped working) without spending one of its deliveries.
 /// JetStream counts every nak as a delivery, and `max_deliver` of them dead-letter a job, so a
 /// nak would let rolling restarts fail a long job that never failed. Instead the job is
-/// published again as a new message (same subject, body and headers; `Kiln-Job-Id` keeps its
-/// id, `Kiln-Handbacks` counts, `Nats-Msg-Id` names this copy) and this delivery is acked once
+/// published again as a new message (same subject, body and headers but the publish
+/// conditions, see [`kiln_proto::copy_headers`]; `Kiln-Job-Id` keeps its id, `Kiln-Handbacks`
+/// counts, `Nats-Msg-Id` names this copy) and this delivery is acked once
 /// the copy is stored. The copy joins the back of the queue. Returns false when that was not
 /// possible (the queue is full, the server did not answer, [`MAX_HANDBACKS`] reached): the
 /// caller then hands the job back the usual way.
@@ -426,7 +427,7 @@ async fn hand_back(
         tracing::warn!(%id, handbacks, "job handed back too often; retrying it as a failed attempt");
         return false;
     }
-    let mut headers = message.headers.clone().unwrap_or_default();
+    let mut headers = kiln_proto::copy_headers(message.headers.as_ref());
     headers.insert(HEADER_JOB_ID, id);
     headers.insert(HEADER_HANDBACKS, (handbacks + 1).to_string().as_str());
     let msg_id = format!("{id}.handback.{}", delivery.stream_sequence);
@@ -638,7 +639,9 @@ pub(crate) async fn dead_letter(
     job_headers: &HeaderMap,
     payload: &bytes::Bytes,
 ) -> Result<(), String> {
-    let mut headers = job_headers.clone();
+    // Not the job's publish conditions: `Nats-Expected-Stream: KILN_JOBS` would refuse the
+    // letter in KILN_DLQ.
+    let mut headers = kiln_proto::copy_headers(Some(job_headers));
     let reason = event
         .error
         .as_ref()
