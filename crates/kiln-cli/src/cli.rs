@@ -173,10 +173,10 @@ pub struct WorkerArgs {
     /// (default: $XDG_CACHE_HOME/kiln or ~/.cache/kiln).
     #[arg(long, env = "KILN_CACHE_DIR")]
     pub cache_dir: Option<std::path::PathBuf>,
-    /// What matmul jobs run on: blas, the device's BLAS loaded at run time (cuBLAS on CUDA,
-    /// with f32 jobs in true f32; OpenBLAS on the CPU, from $KILN_OPENBLAS or libopenblas.so.0),
-    /// falling back to burn with a log line where it cannot be loaded; or burn (Burn's kernels,
-    /// as the other kinds; on CUDA f32 at TF32-like precision).
+    /// What matmul jobs (and vector_add jobs on CUDA) run on: blas, the device's BLAS loaded at
+    /// run time (cuBLAS on CUDA, with f32 matmul jobs in true f32; OpenBLAS on the CPU, from
+    /// $KILN_OPENBLAS or libopenblas.so.0), falling back to burn with a log line where it cannot
+    /// be loaded; or burn (Burn's kernels; on CUDA matmul's f32 at TF32-like precision).
     #[arg(long, env = "KILN_MATMUL_ENGINE", default_value = "blas", value_parser = ["blas", "burn"])]
     pub matmul_engine: String,
     /// What conv2d jobs run on: native (on CUDA workers NVIDIA's cuDNN 9, loaded at run time,

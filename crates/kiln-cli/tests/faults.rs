@@ -445,6 +445,7 @@ async fn job_a_stopping_worker_hands_back_keeps_its_deliveries_and_succeeds_else
         "--id",
         "long-1",
     ]));
+    let submitted_by = time::OffsetDateTime::now_utc();
     // Stopped twice in the middle of the job, past the drain timeout each time.
     for (name, next) in [("w1", "w2"), ("w2", "w3")] {
         wait_until_running_on(&cluster, "long-1", name).await;
@@ -462,6 +463,17 @@ async fn job_a_stopping_worker_hands_back_keeps_its_deliveries_and_succeeds_else
     assert_eq!(done.status, Status::Succeeded, "{done:?}");
     assert_eq!(done.worker, "w3");
     assert_eq!(done.attempt, 1, "hand-backs spend no delivery");
+    // Its times count from the submission (`Kiln-Enqueued-At`), not from the last copy: the
+    // time it spent on the stopped workers is queue time.
+    assert!(
+        done.enqueued_at <= submitted_by,
+        "enqueued at {}, after the submission returned at {submitted_by}",
+        done.enqueued_at
+    );
+    assert!(
+        done.queue_ms >= (done.started_at - submitted_by).as_seconds_f64() * 1000.0,
+        "{done:?}"
+    );
     assert_eq!(done.output["epochs"].as_array().map(Vec::len), Some(400));
     let list = common::stdout(&cluster.kiln(&["dlq", "list"]));
     assert!(list.contains("KILN_DLQ is empty"), "{list}");

@@ -53,20 +53,60 @@ pub const HEADER_REPLAY: &str = "Kiln-Replay";
 /// device stopped working): how many times that has happened. The copy is a new message, so
 /// the hand-back does not spend one of the job's deliveries (`max_deliver`).
 pub const HEADER_HANDBACKS: &str = "Kiln-Handbacks";
+/// On a copy of a job (a scheduler's routed copy, a worker's hand-back): when the job was first
+/// stored in `KILN_JOBS` (RFC 3339, by the server's clock), so that its result's `enqueued_at`,
+/// `queue_ms` and `total_ms` count from the submission rather than from the copy.
+pub const HEADER_ENQUEUED_AT: &str = "Kiln-Enqueued-At";
 
-/// The headers of a job's copy (a scheduler's routed copy, a worker's hand-back): the
+/// When a job was submitted: the `Kiln-Enqueued-At` of a copy, when it names a time no later
+/// than `published` (when this message was stored), else `published`.
+pub fn enqueued_at(
+    headers: Option<&async_nats::HeaderMap>,
+    published: time::OffsetDateTime,
+) -> time::OffsetDateTime {
+    headers
+        .and_then(|h| h.get(HEADER_ENQUEUED_AT))
+        .and_then(|v| {
+            time::OffsetDateTime::parse(
+                v.as_str().trim(),
+                &time::format_description::well_known::Rfc3339,
+            )
+            .ok()
+        })
+        .filter(|at| *at <= published)
+        .unwrap_or(published)
+}
+
+/// `at` as a `Kiln-Enqueued-At` value.
+pub fn enqueued_at_value(at: time::OffsetDateTime) -> String {
+    at.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// The headers of a job's copy (a scheduler's routed copy, a worker's hand-back, a dead
+/// letter, a replay): the
 /// original's, less the `Nats-Expected-*` conditions its own publish had to meet. Those name
 /// the stream's state when the job was submitted (`Nats-Expected-Last-Sequence: 41`), which
 /// the copy, published later into the same stream, could never meet: it would be refused, and
 /// the job would go round until it was dead-lettered without running.
 pub fn copy_headers(original: Option<&async_nats::HeaderMap>) -> async_nats::HeaderMap {
+    copy_headers_except(original, &[])
+}
+
+/// [`copy_headers`], leaving out the headers named in `also` as well (names compared ignoring
+/// case).
+pub fn copy_headers_except(
+    original: Option<&async_nats::HeaderMap>,
+    also: &[&str],
+) -> async_nats::HeaderMap {
     let mut copy = async_nats::HeaderMap::new();
     for (name, values) in original.into_iter().flat_map(async_nats::HeaderMap::iter) {
         let text: &str = name.as_ref();
         let condition = text
             .get(..EXPECTED_PREFIX.len())
             .is_some_and(|start| start.eq_ignore_ascii_case(EXPECTED_PREFIX));
-        if !condition {
+        let left_out = also.iter().any(|n| n.eq_ignore_ascii_case(text));
+        if !condition && !left_out {
             // Appended one by one: collecting into a HeaderMap keeps only a name's last value.
             for value in values {
                 copy.append(name.clone(), value.clone());
@@ -103,5 +143,30 @@ mod tests {
         assert_eq!(notes, ["one", "two"]);
         assert!(copy.get("Nats-Expected-Last-Sequence").is_none());
         assert!(copy_headers(None).is_empty());
+        let less = copy_headers_except(Some(&original), &["kiln-note"]);
+        assert_eq!(less.len(), 2, "{less:?}");
+        assert!(less.get("Kiln-Note").is_none());
+    }
+
+    #[test]
+    fn a_copy_counts_from_the_submission_and_nothing_later() {
+        use time::macros::datetime;
+        let published = datetime!(2026-11-27 10:00:05 UTC);
+        let submitted = datetime!(2026-11-27 09:58:00.25 UTC);
+        let mut headers = async_nats::HeaderMap::new();
+        assert_eq!(enqueued_at(None, published), published);
+        assert_eq!(enqueued_at(Some(&headers), published), published);
+        headers.insert(HEADER_ENQUEUED_AT, enqueued_at_value(submitted).as_str());
+        assert_eq!(
+            headers.get(HEADER_ENQUEUED_AT).unwrap().as_str(),
+            "2026-11-27T09:58:00.25Z"
+        );
+        assert_eq!(enqueued_at(Some(&headers), published), submitted);
+        // A time after the copy's own (forged, or another clock) or no time at all is not
+        // believed.
+        for value in ["2026-11-27T10:00:06Z", "yesterday", ""] {
+            headers.insert(HEADER_ENQUEUED_AT, value);
+            assert_eq!(enqueued_at(Some(&headers), published), published, "{value}");
+        }
     }
 }

@@ -28,7 +28,8 @@ pub struct ResultEvent {
     pub worker: String,
     /// Delivery attempt that produced this result, from 1.
     pub attempt: u64,
-    /// When the job entered the stream.
+    /// When the job was submitted: it entered `KILN_JOBS` (for a routed or handed-back copy,
+    /// when the original did: [`crate::HEADER_ENQUEUED_AT`]).
     #[serde(with = "time::serde::rfc3339")]
     pub enqueued_at: OffsetDateTime,
     /// When the worker started on it.

@@ -275,6 +275,11 @@ async fn route(
     // job submitted with the id `routed-<id>` can take the copy's place.
     headers.insert(HEADER_MSG_ID, format!("routed-{sequence}-{id}").as_str());
     headers.insert(HEADER_JOB_ID, id.as_str());
+    let submitted = kiln_proto::enqueued_at(message.headers.as_ref(), info.published);
+    headers.insert(
+        kiln_proto::HEADER_ENQUEUED_AT,
+        kiln_proto::enqueued_at_value(submitted).as_str(),
+    );
     if let Ok(routing) = serde_json::to_string(&routing) {
         headers.insert(HEADER_ROUTING, routing.as_str());
     }

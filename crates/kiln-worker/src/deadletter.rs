@@ -127,7 +127,8 @@ async fn answer(
         ),
     );
     let now = OffsetDateTime::now_utc();
-    let waited_ms = (now - job.time).as_seconds_f64().max(0.0) * 1000.0;
+    let enqueued_at = kiln_proto::enqueued_at(headers, job.time);
+    let waited_ms = (now - enqueued_at).as_seconds_f64().max(0.0) * 1000.0;
     let event = ResultEvent {
         id,
         kind,
@@ -136,7 +137,7 @@ async fn answer(
         class,
         worker: worker.to_owned(),
         attempt: advisory.deliveries,
-        enqueued_at: job.time,
+        enqueued_at,
         started_at: now,
         finished_at: now,
         queue_ms: waited_ms,

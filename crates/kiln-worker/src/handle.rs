@@ -89,9 +89,10 @@ struct Delivery {
 pub(crate) async fn handle(shared: &Arc<Shared>, message: jetstream::Message) {
     let started_at = OffsetDateTime::now_utc();
     let (attempt, enqueued_at, stream_sequence) = match message.info() {
+        // A routed or handed-back copy counts from the job's submission.
         Ok(info) => (
             info.delivered.max(1) as u64,
-            info.published,
+            kiln_proto::enqueued_at(message.headers.as_ref(), info.published),
             info.stream_sequence,
         ),
         Err(e) => {
@@ -411,7 +412,7 @@ const MAX_HANDBACKS: u32 = 20;
 /// nak would let rolling restarts fail a long job that never failed. Instead the job is
 /// published again as a new message (same subject, body and headers but the publish
 /// conditions, see [`kiln_proto::copy_headers`]; `Kiln-Job-Id` keeps its id, `Kiln-Handbacks`
-/// counts, `Nats-Msg-Id` names this copy) and this delivery is acked once
+/// counts, `Kiln-Enqueued-At` keeps its submission time, `Nats-Msg-Id` names this copy) and this delivery is acked once
 /// the copy is stored. The copy joins the back of the queue. Returns false when that was not
 /// possible (the queue is full, the server did not answer, [`MAX_HANDBACKS`] reached): the
 /// caller then hands the job back the usual way.
@@ -430,6 +431,10 @@ async fn hand_back(
     let mut headers = kiln_proto::copy_headers(message.headers.as_ref());
     headers.insert(HEADER_JOB_ID, id);
     headers.insert(HEADER_HANDBACKS, (handbacks + 1).to_string().as_str());
+    headers.insert(
+        kiln_proto::HEADER_ENQUEUED_AT,
+        kiln_proto::enqueued_at_value(delivery.enqueued_at).as_str(),
+    );
     let msg_id = format!("{id}.handback.{}", delivery.stream_sequence);
     headers.insert(HEADER_MSG_ID, msg_id.as_str());
     let stored = match shared

@@ -437,7 +437,7 @@ async fn choose_matmul_engine(device: ComputeDevice, wanted: kiln_kernels::Matmu
             kiln_kernels::set_matmul_engine(MatmulEngine::Burn);
             match device {
                 ComputeDevice::Cuda(_) => tracing::warn!(
-                    "cuBLAS is not usable, so matmul jobs run on Burn's kernels (f32 at TF32-like precision): {reason}"
+                    "cuBLAS is not usable, so matmul and vector_add jobs run on Burn's kernels (matmul's f32 at TF32-like precision): {reason}"
                 ),
                 ComputeDevice::Cpu => tracing::info!(
                     "matmul jobs run on burn-ndarray, about half of OpenBLAS's speed: {reason}"

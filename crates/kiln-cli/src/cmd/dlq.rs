@@ -62,8 +62,12 @@ pub async fn run(nats: &NatsArgs, args: DlqArgs) -> anyhow::Result<ExitCode> {
                     refused += 1;
                     continue;
                 }
-                // Without publish conditions (letters stored before kiln dropped them).
-                let mut headers = kiln_proto::copy_headers(Some(&l.headers));
+                // Without publish conditions (letters stored before kiln dropped them), and
+                // counted from the replay, a new submission.
+                let mut headers = kiln_proto::copy_headers_except(
+                    Some(&l.headers),
+                    &[kiln_proto::HEADER_ENQUEUED_AT],
+                );
                 // A fresh message id: the original is still in the job stream's duplicate
                 // window. The job keeps its id in Kiln-Job-Id.
                 headers.insert(kiln_proto::HEADER_JOB_ID, l.id.as_str());
