@@ -88,11 +88,10 @@ struct Delivery {
 
 pub(crate) async fn handle(shared: &Arc<Shared>, message: jetstream::Message) {
     let started_at = OffsetDateTime::now_utc();
-    let (attempt, enqueued_at, stream_sequence) = match message.info() {
-        // A routed or handed-back copy counts from the job's submission.
+    let (attempt, published, stream_sequence) = match message.info() {
         Ok(info) => (
             info.delivered.max(1) as u64,
-            kiln_proto::enqueued_at(message.headers.as_ref(), info.published),
+            info.published,
             info.stream_sequence,
         ),
         Err(e) => {
@@ -100,6 +99,8 @@ pub(crate) async fn handle(shared: &Arc<Shared>, message: jetstream::Message) {
             return;
         }
     };
+    // A routed or handed-back copy counts from the job's submission.
+    let enqueued_at = kiln_proto::enqueued_at(message.headers.as_ref(), published);
     let job_subject = JobSubject::parse(message.subject.as_str());
     // A kind this build does not run is answered as `unknown` (the error names it): result
     // subjects, metrics subjects and Prometheus labels stay one per real kind, whatever
@@ -127,7 +128,7 @@ pub(crate) async fn handle(shared: &Arc<Shared>, message: jetstream::Message) {
         &delivery.kind,
         delivery.class,
         attempt,
-        enqueued_at,
+        published,
         started_at,
         &shared.config,
     );

@@ -17,14 +17,15 @@ pub(crate) struct JobTrace {
 }
 
 impl JobTrace {
-    /// Start the job's span at its enqueue time and record its wait in the queue; `None`
-    /// when tracing is off.
+    /// Start the job's span when this message was stored (`published`; for a routed copy the
+    /// copy's time, inside the scheduler's `kiln.route` span, which covers the time before) and
+    /// record its wait in the queue; `None` when tracing is off.
     pub(crate) fn start(
         message: &jetstream::Message,
         kind: &str,
         class: DeviceClass,
         attempt: u64,
-        enqueued_at: OffsetDateTime,
+        published: OffsetDateTime,
         started_at: OffsetDateTime,
         config: &WorkerConfig,
     ) -> Option<Self> {
@@ -32,7 +33,7 @@ impl JobTrace {
             return None;
         }
         let parent = trace::extract(message.headers.as_ref());
-        let enqueued = SystemTime::from(enqueued_at);
+        let enqueued = SystemTime::from(published);
         let job = TraceSpan::start(
             "kiln.job",
             SpanKind::Consumer,
