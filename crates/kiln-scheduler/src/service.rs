@@ -263,7 +263,7 @@ async fn route(
     };
     let mut headers = kiln_proto::copy_headers(message.headers.as_ref());
     // Tracing on: a `kiln.route` span under the submitter's, whose context the routed copy
-    // carries (replacing the submitter's). Off: the copy keeps the headers as they came.
+    // carries (replacing the submitter's). Off: the copy keeps the trace headers as they came.
     let span = trace_route(&message, &id, &kind, &routing);
     if let Some(span) = &span {
         span.inject(&mut headers);

@@ -413,8 +413,8 @@ const MAX_HANDBACKS: u32 = 20;
 /// nak would let rolling restarts fail a long job that never failed. Instead the job is
 /// published again as a new message (same subject, body and headers but the publish
 /// conditions, see [`kiln_proto::copy_headers`]; `Kiln-Job-Id` keeps its id, `Kiln-Handbacks`
-/// counts, `Kiln-Enqueued-At` keeps its submission time, `Nats-Msg-Id` names this copy) and this delivery is acked once
-/// the copy is stored. The copy joins the back of the queue. Returns false when that was not
+/// counts, `Kiln-Enqueued-At` keeps its submission time, `Nats-Msg-Id` names this copy) and
+/// this delivery is acked once the copy is stored. The copy joins the back of the queue. Returns false when that was not
 /// possible (the queue is full, the server did not answer, [`MAX_HANDBACKS`] reached): the
 /// caller then hands the job back the usual way.
 async fn hand_back(
