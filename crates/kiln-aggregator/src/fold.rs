@@ -43,31 +43,6 @@ pub struct ErrorHead {
     pub kind: ErrorKind,
 }
 
-impl ResultHead {
-    /// The job's final entry in `KILN_STATE`, for the result stored at `result_seq`.
-    pub fn final_state(&self, result_seq: u64) -> kiln_proto::JobState {
-        use kiln_proto::Phase;
-        let error = self.error.as_ref().map(|e| e.kind);
-        let phase = match (self.status, error) {
-            (Status::Succeeded, _) => Phase::Succeeded,
-            (Status::Failed, Some(ErrorKind::Cancelled)) => Phase::Cancelled,
-            (Status::Failed, _) => Phase::Failed,
-        };
-        kiln_proto::JobState {
-            phase,
-            kind: self.kind.clone(),
-            class: self.class,
-            at: self.finished_at,
-            device: Some(self.device.clone()),
-            worker: Some(self.worker.clone()),
-            attempt: Some(self.attempt),
-            replay: self.replay,
-            result_seq: Some(result_seq),
-            error,
-        }
-    }
-}
-
 impl From<&ResultEvent> for ResultHead {
     fn from(event: &ResultEvent) -> Self {
         ResultHead {

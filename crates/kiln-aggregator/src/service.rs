@@ -7,7 +7,7 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::{self, consumer::PullConsumer};
 use futures::StreamExt as _;
 use kiln_proto::streams::{self, CONSUMER_AGGREGATOR, STREAM_RESULTS};
-use kiln_proto::{HEADER_MSG_ID, JobState, MetricsSnapshot, Topology, subject};
+use kiln_proto::{HEADER_MSG_ID, MetricsSnapshot, Topology, subject};
 use time::OffsetDateTime;
 
 use crate::error::{Error, Result};
@@ -91,8 +91,9 @@ pub async fn run(
         .await
         .map_err(|e| read_error("result events", e))?;
 
-    // Folded results waiting for the next snapshot, each with its job's final state.
-    let mut unacked: Vec<(jetstream::Message, Option<(String, JobState)>)> = Vec::new();
+    // Folded results waiting for the next snapshot that counts them. (A job's result is
+    // found by its own subject, `results.<kind>.<id>`: nothing is written per job here.)
+    let mut unacked: Vec<jetstream::Message> = Vec::new();
     // With tracing on, one `kiln.aggregate` span per result, ended once the snapshot that
     // counts it is stored and the result acked.
     let mut spans: Vec<TraceSpan> = Vec::new();
@@ -117,7 +118,7 @@ pub async fn run(
             next = messages.next() => match next {
                 Some(Ok(message)) => {
                     let sequence = message.info().map_or(0, |info| info.stream_sequence);
-                    let state = match serde_json::from_slice::<ResultHead>(&message.payload) {
+                    match serde_json::from_slice::<ResultHead>(&message.payload) {
                         Ok(event) => {
                             if folds.add_at(&event, sequence) {
                                 exporter.counted(&event);
@@ -125,7 +126,6 @@ pub async fn run(
                                 exporter.duplicate(&event);
                             }
                             spans.extend(trace_aggregate(&message, &event));
-                            (sequence > 0).then(|| (event.id.clone(), event.final_state(sequence)))
                         }
                         Err(e) => {
                             folds.delivered_at(sequence);
@@ -134,10 +134,9 @@ pub async fn run(
                                 error = %e,
                                 "result event does not parse; not counted"
                             );
-                            None
                         }
-                    };
-                    unacked.push((message, state));
+                    }
+                    unacked.push(message);
                 }
                 Some(Err(e)) => tracing::warn!(error = %e, "error while reading result events"),
                 None => break,
@@ -151,22 +150,22 @@ pub async fn run(
     Ok(())
 }
 
-/// Publish the snapshots that changed and the final states of the jobs folded since the
-/// last flush, wait for the server to store them, then ack the results they include.
+/// Publish the snapshots that changed since the last flush, wait for the server to store
+/// them, then ack the results they include.
 async fn flush(
     js: &jetstream::Context,
     folds: &mut Folds,
-    unacked: &mut Vec<(jetstream::Message, Option<(String, JobState)>)>,
+    unacked: &mut Vec<jetstream::Message>,
 ) -> Result<()> {
     let now = OffsetDateTime::now_utc();
     let snapshots = folds.snapshots(now);
-    let stored = store(js, &snapshots, unacked, now).await;
+    let stored = store(js, &snapshots, now).await;
     if stored.is_err() {
         // Not stored: these snapshots go out again at the next flush, the results stay unacked.
         folds.unstored(&snapshots);
     }
     stored?;
-    for (message, _) in unacked.drain(..) {
+    for message in unacked.drain(..) {
         if let Err(e) = message.ack().await {
             tracing::warn!(error = %e, "could not ack a folded result; it will be redelivered and dropped as a duplicate");
         }
@@ -174,11 +173,10 @@ async fn flush(
     Ok(())
 }
 
-/// Publish snapshots and job states and wait until the server has stored every one.
+/// Publish snapshots and wait until the server has stored every one.
 async fn store(
     js: &jetstream::Context,
     snapshots: &[MetricsSnapshot],
-    unacked: &[(jetstream::Message, Option<(String, JobState)>)],
     now: OffsetDateTime,
 ) -> Result<()> {
     let mut acks = Vec::with_capacity(ACK_WINDOW);
@@ -190,19 +188,6 @@ async fn store(
             format!("{subject}-{}", now.unix_timestamp_nanos()).as_str(),
         );
         acks.push(publish(js, subject, headers, snapshot).await?);
-        if acks.len() >= ACK_WINDOW {
-            stored(&mut acks).await?;
-        }
-    }
-    // A result whose id is no valid job id (a forged or old one) gets no state: its key
-    // would not fit in a subject.
-    let states = unacked
-        .iter()
-        .filter_map(|(_, s)| s.as_ref())
-        .filter(|(id, _)| kiln_proto::valid_job_id(id));
-    for (id, state) in states {
-        let subject = kiln_proto::state_subject(id);
-        acks.push(publish(js, subject, HeaderMap::new(), state).await?);
         if acks.len() >= ACK_WINDOW {
             stored(&mut acks).await?;
         }

@@ -67,6 +67,21 @@ pub struct NatsArgs {
         global = true
     )]
     pub max_queued_jobs: i64,
+    /// Most bytes of result events kept (kiln init); past it new results are refused until
+    /// old ones age out, so an answered job is never forgotten to make room.
+    #[arg(long, env = "KILN_RESULTS_MAX_BYTES", default_value_t = 8 << 30, global = true)]
+    pub results_max_bytes: i64,
+    /// Hours objects stay in the KILN_DATA object store (kiln init).
+    #[arg(
+        long,
+        env = "KILN_DATA_MAX_AGE_HOURS",
+        default_value_t = 168,
+        global = true
+    )]
+    pub data_max_age_hours: u64,
+    /// Most bytes the KILN_DATA object store holds (kiln init).
+    #[arg(long, env = "KILN_DATA_MAX_BYTES", default_value_t = 16 << 30, global = true)]
+    pub data_max_bytes: i64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -98,6 +113,30 @@ pub enum Command {
     Bench(BenchArgs),
     /// List the job kinds this build can run, with their parameters.
     Kinds,
+    /// Store a file (a .npy or safetensors tensor, a PNG/JPEG image, a CSV dataset) in the
+    /// KILN_DATA object store, for jobs to name as {"object": NAME}.
+    Put(PutArgs),
+    /// Fetch an object from KILN_DATA (a job's stored output, a trained model) into a file.
+    Get(GetArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PutArgs {
+    /// The file to store.
+    pub file: PathBuf,
+    /// The object's name (default: the file's name).
+    #[arg(long)]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct GetArgs {
+    /// The object's name (a result's output.object.name).
+    pub name: String,
+    /// Where to write it (default: the last part of its name, in the current folder); `-` is
+    /// standard output.
+    #[arg(short = 'o', long)]
+    pub output: Option<PathBuf>,
 }
 
 impl Command {
@@ -232,8 +271,8 @@ pub struct SubmitArgs {
     /// Number of jobs; job i gets seed + i and id <id>-<i>.
     #[arg(long, short = 'n', default_value_t = 1)]
     pub count: u64,
-    /// Job id (default: a fresh unique id): 1 to 128 ASCII letters, digits or punctuation
-    /// characters, no spaces; with --count, ids are <id>-<i>. It is also the Nats-Msg-Id, so
+    /// Job id (default: a fresh unique id): 1 to 128 ASCII letters, digits, '-' and '_';
+    /// with --count, ids are <id>-<i>. It is also the Nats-Msg-Id, so
     /// resubmitting an id within 10 minutes is dropped by the server (and reported, with the
     /// earlier submission's result under --wait).
     #[arg(long)]
@@ -253,15 +292,31 @@ pub struct SubmitArgs {
     /// Seconds --wait waits for all results.
     #[arg(long, default_value_t = 300)]
     pub wait_timeout_s: u64,
+    /// A tensor parameter from a file or an object: KEY=@FILE stores FILE in KILN_DATA and
+    /// passes it as {"object": ..}; KEY=@FILE#ENTRY picks one entry of a safetensors file;
+    /// KEY=NAME names an object already stored (`kiln put`).
+    #[arg(long = "input", short = 'i', value_name = "KEY=@FILE|KEY=NAME")]
+    pub inputs: Vec<String>,
+    /// Store the job's output in KILN_DATA, wait for it and write it to FILE; the format
+    /// follows the extension: .npy, .safetensors or .png. Implies --wait; one job only.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Store the output in KILN_DATA whatever its size (`"output": "object"`), as .npy,
+    /// safetensors or png; results name it in output.object.
+    #[arg(long, value_name = "npy|safetensors|png", conflicts_with = "output")]
+    pub output_format: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct ResultArgs {
     /// The job id (exit status 2 when it has no result, or is not a valid job id).
     pub id: String,
-    /// Only a result of this kind (searches only results.<kind>).
+    /// Only a result of this kind (looks only at results.<kind>.<id>).
     #[arg(long)]
     pub kind: Option<String>,
+    /// Write the job's stored output (output.object) to FILE.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -693,7 +693,7 @@ async fn without_an_exporter_the_worker_forwards_the_trace_context_it_got() {
     cluster.cpu_worker();
     let client = cluster.client().await;
     let mut results = client
-        .subscribe("results.vector_add")
+        .subscribe("results.vector_add.>")
         .await
         .expect("subscribe");
     let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";

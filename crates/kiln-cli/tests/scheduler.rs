@@ -154,7 +154,7 @@ async fn auto_jobs_go_to_cpu_once_the_gpu_worker_is_gone_and_none_are_lost() {
     let killed = Instant::now();
     // Submit without waiting, one every 250 ms, until one lands on the cpu class.
     let client = cluster.client().await;
-    let mut results = client.subscribe("results.matmul").await.unwrap();
+    let mut results = client.subscribe("results.matmul.>").await.unwrap();
     let mut ids = Vec::new();
     let mut routed = HashMap::new();
     let switched_after = loop {

@@ -29,6 +29,9 @@ use kiln_proto::{JobError, Limits, checked_product};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::Want;
+use crate::io::{Input, Inputs, Placement, Wanted};
+
 use crate::cudnn::ConvShape;
 use crate::data::dtype_name;
 use crate::depthwise::Depthwise;
@@ -115,9 +118,10 @@ pub struct Params {
     /// applied as given (cross-correlation, as PyTorch's conv2d computes: not flipped).
     #[serde(default)]
     pub kernel: Option<Vec<Vec<f32>>>,
-    /// A user image instead of a generated batch, shaped [channels][height][width].
+    /// A user image instead of a generated batch, shaped [channels][height][width], or an
+    /// object: a PNG or JPEG (values in [0, 1]), or a tensor [C, H, W] or [B, C, H, W].
     #[serde(default)]
-    pub image: Option<Vec<Vec<Vec<f32>>>>,
+    pub image: Option<Input<Vec<Vec<Vec<f32>>>>>,
     /// Element type of the convolution (default f32; tf32, bf16 and f16 on GPU workers).
     #[serde(default)]
     pub dtype: Option<Dtype>,
@@ -142,7 +146,8 @@ struct Shape {
 }
 
 impl Params {
-    fn shape(&self) -> Result<Shape, JobError> {
+    /// The job's sizes; `None` while an image given as an object is not loaded yet.
+    fn shape(&self, inputs: &Inputs) -> Result<Option<Shape>, JobError> {
         let (ksize, passes) = match (&self.filter, &self.kernel) {
             (Some(_), Some(_)) => {
                 return Err(JobError::invalid_input(
@@ -158,9 +163,11 @@ impl Params {
         };
         let (batch, channels, height, width) = match &self.image {
             Some(image) => {
-                let (c, h, w) = image_shape(image)?;
+                let Some((b, c, h, w)) = given_shape(image, inputs)? else {
+                    return Ok(None);
+                };
                 for (name, given, actual) in [
-                    ("batch", self.batch, 1),
+                    ("batch", self.batch, b),
                     ("channels", self.channels, c),
                     ("height", self.height, h),
                     ("width", self.width, w),
@@ -173,7 +180,7 @@ impl Params {
                         )));
                     }
                 }
-                (1, c, h, w)
+                (b, c, h, w)
             }
             None => (
                 self.batch.unwrap_or(DEFAULT_BATCH),
@@ -188,14 +195,14 @@ impl Params {
                  {batch}x{channels}x{height}x{width}"
             )));
         }
-        Ok(Shape {
+        Ok(Some(Shape {
             batch,
             channels,
             height,
             width,
             ksize,
             passes,
-        })
+        }))
     }
 
     /// The filter's name in outputs, and its kernels (row-major, one or two).
@@ -231,6 +238,34 @@ fn check_kernel(kernel: &[Vec<f32>]) -> Result<usize, JobError> {
         ));
     }
     Ok(size)
+}
+
+/// Batch, channels, rows and columns of the image the user gave, inline or loaded (None while
+/// not loaded yet).
+fn given_shape(
+    image: &Input<Vec<Vec<Vec<f32>>>>,
+    inputs: &Inputs,
+) -> Result<Option<(u64, u64, u64, u64)>, JobError> {
+    let shape = match image {
+        Input::Inline(image) => {
+            let (c, h, w) = image_shape(image)?;
+            return Ok(Some((1, c, h, w)));
+        }
+        Input::Object(r) => match inputs.shape("image") {
+            None => return Ok(None),
+            Some(shape) => (r, shape),
+        },
+    };
+    let as_u64 = |d: &usize| *d as u64;
+    match shape.1 {
+        [c, h, w] if c * h * w > 0 => Ok(Some((1, as_u64(c), as_u64(h), as_u64(w)))),
+        [b, c, h, w] if b * c * h * w > 0 => Ok(Some((as_u64(b), as_u64(c), as_u64(h), as_u64(w)))),
+        other => Err(JobError::invalid_input(format!(
+            "conv2d image (object {:?}) has shape {other:?}; give an image file (PNG, JPEG) or a \
+             tensor shaped [channels, height, width] or [batch, channels, height, width]",
+            shape.0.object
+        ))),
+    }
 }
 
 /// Channels, rows and columns of a user image, refusing empty and ragged ones.
@@ -270,15 +305,34 @@ impl Kernel for Conv2d {
          height, width: image size in pixels (256, 256)\n\
          filter: gaussian (5x5, sigma 1), sobel (edge magnitude), sharpen or box (gaussian)\n\
          kernel: a square kernel with an odd side up to 31, instead of filter\n\
-         image: the image itself as [channels][height][width], instead of the sizes\n\
+         image: the image as [channels][height][width], or {\"object\": NAME} in KILN_DATA \
+         (PNG, JPEG, or a [C,H,W] / [B,C,H,W] tensor), instead of the sizes\n\
          dtype: f32, or tf32/bf16/f16 on GPU workers (f32; on GPUs f32 is true f32)";
     // Sharpen and box share sobel's 3×3 depthwise shape; gaussian is 5×5.
     const WARMUP: &'static [&'static str] =
         &[r#"{"filter": "gaussian"}"#, r#"{"filter": "sobel"}"#];
     type Params = Params;
 
-    fn plan(params: &Params, _limits: &Limits) -> Result<Plan, JobError> {
-        let s = params.shape()?;
+    fn objects(params: &Params) -> Vec<Wanted> {
+        let reference = params.image.as_ref().and_then(Input::object);
+        reference
+            .map(|reference| Wanted {
+                param: "image",
+                reference: reference.clone(),
+                want: Want::Image,
+            })
+            .into_iter()
+            .collect()
+    }
+
+    fn plan(params: &Params, inputs: &Inputs, _limits: &Limits) -> Result<Plan, JobError> {
+        let gpu_only = params.dtype.unwrap_or_default() != Dtype::F32;
+        let Some(s) = params.shape(inputs)? else {
+            return Ok(Plan {
+                gpu_only,
+                ..Plan::default()
+            });
+        };
         let what = "conv2d";
         let pixels = checked_product(what, &[s.batch, s.channels, s.height, s.width])?;
         // Input and output, plus the passes' intermediate maps for sobel, plus the weights.
@@ -290,7 +344,7 @@ impl Kernel for Conv2d {
         Ok(Plan {
             elements,
             flops: 2.0 * pixels as f64 * (s.ksize * s.ksize * s.passes) as f64,
-            gpu_only: params.dtype.unwrap_or_default() != Dtype::F32,
+            gpu_only,
         })
     }
 
@@ -302,10 +356,13 @@ impl Kernel for Conv2d {
         if let Some(refusal) = dtype.refuse_on_cpu(Self::NAME).filter(|_| !ctx.is_gpu) {
             return Err(refusal);
         }
-        let s = params.shape()?;
+        let Some(s) = params.shape(ctx.inputs)? else {
+            return Err(JobError::internal("conv2d ran before its image was loaded"));
+        };
         let [b, c, h, w] = [s.batch, s.channels, s.height, s.width].map(|d| d as usize);
         let pixels: Vec<f32> = match &params.image {
-            Some(image) => image.iter().flatten().flatten().copied().collect(),
+            Some(Input::Inline(image)) => image.iter().flatten().flatten().copied().collect(),
+            Some(Input::Object(_)) => ctx.inputs.take_tensor("image")?.data,
             None => seeded_values(ctx.seed, 0, b * c * h * w)
                 .into_iter()
                 .map(|v| (v + 1.0) / 2.0)
@@ -367,14 +424,27 @@ impl Kernel for Conv2d {
             "engine": engine,
             "summary": Summary::of(&values),
         });
-        // An image the user sent comes back inline (when small); generated images get the
-        // summary only.
-        if params.image.is_some() && b == 1 && values.len() <= ctx.limits.max_inline_output {
-            let image: Vec<Vec<&[f32]>> = values
-                .chunks(h * w)
-                .map(|channel| channel.chunks(w).collect())
-                .collect();
-            out["image"] = json!(image);
+        // An image the user sent comes back inline when small (and one image), else as an
+        // object; generated images get the summary only (unless the job asks for the object).
+        let inline_fits = if b == 1 { values.len() } else { usize::MAX };
+        match ctx.place(params.image.is_some(), inline_fits) {
+            Placement::Inline => {
+                let image: Vec<Vec<&[f32]>> = values
+                    .chunks(h * w)
+                    .map(|channel| channel.chunks(w).collect())
+                    .collect();
+                out["image"] = json!(image);
+            }
+            Placement::Object => {
+                let shape = if b == 1 {
+                    vec![c, h, w]
+                } else {
+                    vec![b, c, h, w]
+                };
+                ctx.sink
+                    .put("image", kiln_data::HostTensor::new(shape, values));
+            }
+            Placement::Summary => {}
         }
         Ok(out)
     }

@@ -3,10 +3,11 @@
 use std::fmt::Debug;
 
 use burn::tensor::backend::Backend;
-use kiln_proto::{Codec, Job, JobError, Limits};
+use kiln_proto::{Codec, Job, JobError, Limits, OutputMode};
 use serde::{Serialize, de::DeserializeOwned};
 
 use crate::device::{ComputeDevice, CpuBackend, CudaBackend};
+use crate::io::{Inputs, OutputSink, Placement, Stored, Wanted};
 
 /// What a job will cost, computed from its parameters before anything is allocated.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -55,11 +56,28 @@ pub struct RunContext<'a, B: Backend> {
     /// directly, as matmul does cuBLAS).
     pub cuda_index: Option<usize>,
     pub checkpoint: &'a dyn Checkpoint,
+    /// The objects loaded for the job's parameters that name one.
+    pub inputs: &'a Inputs,
+    /// Where the job asked its output to go.
+    pub output: OutputMode,
+    /// Where a kernel puts an output that goes to the object store ([`Placement::Object`]).
+    pub sink: &'a OutputSink,
 }
 
 impl<B: Backend> RunContext<'_, B> {
     pub fn checkpoint(&self, done: u64, total: u64) -> Result<(), JobError> {
         self.checkpoint.checkpoint(Progress { done, total })
+    }
+
+    /// Where an output of `elements` values goes: `user_data` says whether the job's inputs
+    /// came from the user (inline or objects) rather than from the seed.
+    pub fn place(&self, user_data: bool, elements: usize) -> Placement {
+        Placement::of(
+            self.output,
+            user_data,
+            elements,
+            self.limits.max_inline_output,
+        )
     }
 }
 
@@ -80,7 +98,16 @@ pub trait Kernel: 'static {
     type Params: Serialize + DeserializeOwned + Debug + Clone + Send + Sync + 'static;
 
     /// Validate the parameters and say what the job will cost. Must not allocate tensors.
-    fn plan(params: &Self::Params, limits: &Limits) -> Result<Plan, JobError>;
+    /// Parameters that name objects are known by `inputs` once the worker has loaded them;
+    /// before that (`inputs` empty) they count as nothing and only the rest is checked.
+    fn plan(params: &Self::Params, inputs: &Inputs, limits: &Limits) -> Result<Plan, JobError>;
+
+    /// The objects the parameters name, and how each is read. Kinds without object
+    /// parameters keep the default.
+    fn objects(params: &Self::Params) -> Vec<Wanted> {
+        let _ = params;
+        Vec::new()
+    }
 
     /// Run the job and summarise its output as a JSON object.
     fn run<B: Backend>(
@@ -95,8 +122,12 @@ pub struct DecodedJob {
     pub id: Option<String>,
     pub timeout_ms: Option<u64>,
     pub seed: u64,
+    /// Where the output goes.
+    pub output: OutputMode,
     pub plan: Plan,
     limits: Limits,
+    inputs: Inputs,
+    sink: OutputSink,
     runnable: Box<dyn Runnable>,
 }
 
@@ -118,55 +149,96 @@ impl DecodedJob {
         device: &ComputeDevice,
         checkpoint: &dyn Checkpoint,
     ) -> Result<serde_json::Value, JobError> {
-        self.runnable
-            .run(device, self.seed, &self.limits, checkpoint)
+        let run = Run {
+            seed: self.seed,
+            limits: &self.limits,
+            checkpoint,
+            inputs: &self.inputs,
+            output: self.output,
+            sink: &self.sink,
+        };
+        self.runnable.run(device, run)
+    }
+
+    /// The objects the job's parameters name, to be loaded before it runs.
+    pub fn objects(&self) -> Vec<Wanted> {
+        self.runnable.objects()
+    }
+
+    /// Give the job the objects loaded for it, and check it again now that their sizes are
+    /// known (shapes that do not fit together, too many elements).
+    pub fn load(&mut self, inputs: Inputs) -> Result<(), JobError> {
+        let plan = self.runnable.plan(&inputs, &self.limits)?;
+        self.limits.check_elements(self.kind.name, plan.elements)?;
+        self.plan = plan;
+        self.inputs = inputs;
+        Ok(())
+    }
+
+    /// The output the job left to be stored in `KILN_DATA`, once it ran.
+    pub fn take_stored(&self) -> Option<Stored> {
+        self.sink.take()
     }
 }
 
+/// What one run of a job gets besides the device.
+struct Run<'a> {
+    seed: u64,
+    limits: &'a Limits,
+    checkpoint: &'a dyn Checkpoint,
+    inputs: &'a Inputs,
+    output: OutputMode,
+    sink: &'a OutputSink,
+}
+
 trait Runnable: Send + Sync {
-    fn run(
-        &self,
-        device: &ComputeDevice,
-        seed: u64,
-        limits: &Limits,
-        checkpoint: &dyn Checkpoint,
-    ) -> Result<serde_json::Value, JobError>;
+    fn run(&self, device: &ComputeDevice, run: Run<'_>) -> Result<serde_json::Value, JobError>;
+    fn objects(&self) -> Vec<Wanted>;
+    fn plan(&self, inputs: &Inputs, limits: &Limits) -> Result<Plan, JobError>;
 }
 
 struct Typed<K: Kernel>(K::Params);
 
 impl<K: Kernel> Runnable for Typed<K> {
-    fn run(
-        &self,
-        device: &ComputeDevice,
-        seed: u64,
-        limits: &Limits,
-        checkpoint: &dyn Checkpoint,
-    ) -> Result<serde_json::Value, JobError> {
+    fn run(&self, device: &ComputeDevice, run: Run<'_>) -> Result<serde_json::Value, JobError> {
         match device {
             ComputeDevice::Cpu => K::run::<CpuBackend>(
                 &self.0,
                 &RunContext {
                     device: Default::default(),
-                    seed,
-                    limits,
+                    seed: run.seed,
+                    limits: run.limits,
                     is_gpu: false,
                     cuda_index: None,
-                    checkpoint,
+                    checkpoint: run.checkpoint,
+                    inputs: run.inputs,
+                    output: run.output,
+                    sink: run.sink,
                 },
             ),
             ComputeDevice::Cuda(index) => K::run::<CudaBackend>(
                 &self.0,
                 &RunContext {
                     device: burn::backend::cuda::CudaDevice::new(*index),
-                    seed,
-                    limits,
+                    seed: run.seed,
+                    limits: run.limits,
                     is_gpu: true,
                     cuda_index: Some(*index),
-                    checkpoint,
+                    checkpoint: run.checkpoint,
+                    inputs: run.inputs,
+                    output: run.output,
+                    sink: run.sink,
                 },
             ),
         }
+    }
+
+    fn objects(&self) -> Vec<Wanted> {
+        K::objects(&self.0)
+    }
+
+    fn plan(&self, inputs: &Inputs, limits: &Limits) -> Result<Plan, JobError> {
+        K::plan(&self.0, inputs, limits)
     }
 }
 
@@ -189,6 +261,7 @@ pub struct JobMeta {
     pub id: Option<String>,
     pub seed: Option<u64>,
     pub timeout_ms: Option<u64>,
+    pub output: OutputMode,
 }
 
 impl KindEntry {
@@ -269,27 +342,40 @@ fn decode<K: Kernel>(
         && !kiln_proto::valid_job_id(id)
     {
         return Err(JobError::invalid_input(format!(
-            "job id {id:?} must be 1 to {} printable ASCII characters without spaces",
-            kiln_proto::MAX_ID_LEN
+            "job id {:?} is not valid: {}",
+            truncated(id),
+            kiln_proto::JOB_ID_RULE
         )));
     }
-    let plan = K::plan(&job.params, limits)?;
+    let plan = K::plan(&job.params, &Inputs::none(), limits)?;
     limits.check_elements(K::NAME, plan.elements)?;
     Ok(DecodedJob {
         kind: entry,
         id: job.id,
         timeout_ms: job.timeout_ms,
         seed: job.seed.unwrap_or(0),
+        output: job.output,
         plan,
         runnable: Box::new(Typed::<K>(job.params)),
         limits: *limits,
+        inputs: Inputs::none(),
+        sink: OutputSink::default(),
     })
+}
+
+/// At most the first 40 characters of something a user sent, for an error message that
+/// must stay small whatever they sent.
+fn truncated(text: &str) -> String {
+    match text.char_indices().nth(40) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_owned(),
+    }
 }
 
 fn check_params<K: Kernel>(params: serde_json::Value, limits: &Limits) -> Result<Plan, JobError> {
     let params: K::Params = serde_json::from_value(params)
         .map_err(|e| JobError::invalid_input(format!("{} params: {e}", K::NAME)))?;
-    let plan = K::plan(&params, limits)?;
+    let plan = K::plan(&params, &Inputs::none(), limits)?;
     limits.check_elements(K::NAME, plan.elements)?;
     Ok(plan)
 }
@@ -301,12 +387,13 @@ fn encode<K: Kernel>(
 ) -> Result<Vec<u8>, JobError> {
     let params: K::Params = serde_json::from_value(params)
         .map_err(|e| JobError::invalid_input(format!("{} params: {e}", K::NAME)))?;
-    K::plan(&params, &Limits::UNLIMITED)?;
+    K::plan(&params, &Inputs::none(), &Limits::UNLIMITED)?;
     let job = Job {
         id: meta.id,
         params,
         timeout_ms: meta.timeout_ms,
         seed: meta.seed,
+        output: meta.output,
     };
     codec
         .encode("job", &job)

@@ -15,6 +15,7 @@
 
 mod data;
 mod device;
+mod io;
 mod kernel;
 mod memory;
 
@@ -25,6 +26,7 @@ pub mod cudnn;
 mod depthwise;
 mod engine;
 pub mod matmul;
+pub mod mlp_predict;
 pub mod openblas;
 pub mod precision;
 mod simd;
@@ -41,9 +43,11 @@ pub use engine::{
     ConvEngine, MatmulEngine, conv_engine, engines, matmul_engine, set_conv_engine,
     set_matmul_engine,
 };
+pub use io::{Input, Inputs, OutputSink, Placement, Stored, Wanted};
 pub use kernel::{
     Checkpoint, DecodedJob, JobMeta, Kernel, KindEntry, NoCheckpoint, Plan, Progress, RunContext,
 };
+pub use kiln_data::store::{Loaded, Want};
 pub use memory::{BYTES_PER_ELEMENT, Bytes, MemoryBudget};
 
 /// The kind registry: one entry per job kind. Adding a kind = one module + one line here.
@@ -59,6 +63,7 @@ registry! {
     vector_add::VectorAdd,
     conv2d::Conv2d,
     train_mlp::TrainMlp,
+    mlp_predict::MlpPredict,
 }
 
 /// The registry entry of the kind called `name`.

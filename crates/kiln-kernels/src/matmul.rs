@@ -18,6 +18,7 @@ use serde_json::json;
 
 use crate::data::dtype_name;
 use crate::engine::{MatmulEngine, matmul_engine};
+use crate::io::{Input, Inputs, Placement, Wanted, tensor_objects};
 pub use crate::precision::Dtype;
 use crate::{Kernel, Plan, RunContext, Summary, seeded_values};
 
@@ -38,12 +39,12 @@ pub struct Params {
     /// Element type of the product (default f32).
     #[serde(default)]
     pub dtype: Option<Dtype>,
-    /// A, row by row (instead of sizes).
+    /// A, row by row or an object holding a 2-D tensor (instead of sizes).
     #[serde(default)]
-    pub a: Option<Vec<Vec<f32>>>,
-    /// B, row by row (instead of sizes).
+    pub a: Option<Input<Vec<Vec<f32>>>>,
+    /// B, row by row or an object holding a 2-D tensor (instead of sizes).
     #[serde(default)]
-    pub b: Option<Vec<Vec<f32>>>,
+    pub b: Option<Input<Vec<Vec<f32>>>>,
 }
 
 /// The sizes of one product: A is m×k, B is k×n, C is m×n.
@@ -55,18 +56,22 @@ struct Dims {
 }
 
 impl Params {
-    fn dims(&self) -> Result<Dims, JobError> {
+    /// The product's sizes; `None` while a matrix given as an object is not loaded yet.
+    fn dims(&self, inputs: &Inputs) -> Result<Option<Dims>, JobError> {
         let sized = self.m.is_some() || self.k.is_some() || self.n.is_some();
         match (&self.a, &self.b) {
             (Some(a), Some(b)) if !sized => {
-                let (m, k) = matrix_shape("a", a)?;
-                let (k_b, n) = matrix_shape("b", b)?;
+                let (Some((m, k)), Some((k_b, n))) =
+                    (input_shape("a", a, inputs)?, input_shape("b", b, inputs)?)
+                else {
+                    return Ok(None);
+                };
                 if k != k_b {
                     return Err(JobError::invalid_input(format!(
                         "matmul needs a's columns to equal b's rows, got a {m}x{k} and b {k_b}x{n}"
                     )));
                 }
-                Ok(Dims { m, k, n })
+                Ok(Some(Dims { m, k, n }))
             }
             (None, None) if sized => {
                 let fallback = self.n.or(self.m).or(self.k).unwrap_or(0);
@@ -81,7 +86,7 @@ impl Params {
                         dims.m, dims.k, dims.n
                     )));
                 }
-                Ok(dims)
+                Ok(Some(dims))
             }
             (Some(_), Some(_)) => Err(JobError::invalid_input(
                 "matmul takes either sizes (m, k, n) or matrices (a, b), not both",
@@ -90,6 +95,38 @@ impl Params {
                 "matmul needs sizes (\"n\", or \"m\", \"k\", \"n\") or both matrices \"a\" and \"b\"",
             )),
         }
+    }
+}
+
+/// Rows and columns of matrix `name`, inline or loaded (None while not loaded yet).
+fn input_shape(
+    name: &str,
+    input: &Input<Vec<Vec<f32>>>,
+    inputs: &Inputs,
+) -> Result<Option<(u64, u64)>, JobError> {
+    match input {
+        Input::Inline(rows) => matrix_shape(name, rows).map(Some),
+        Input::Object(r) => match inputs.shape(name) {
+            None => Ok(None),
+            Some(&[rows, cols]) if rows > 0 && cols > 0 => Ok(Some((rows as u64, cols as u64))),
+            Some(shape) => Err(JobError::invalid_input(format!(
+                "matmul matrix {name} (object {:?}) has shape {shape:?}; it must be a 2-D \
+                 tensor with at least one row and one column",
+                r.object
+            ))),
+        },
+    }
+}
+
+/// Matrix `name`'s values, row-major: inline rows joined, or the loaded object's.
+fn input_values(
+    name: &str,
+    input: &Input<Vec<Vec<f32>>>,
+    inputs: &Inputs,
+) -> Result<Vec<f32>, JobError> {
+    match input {
+        Input::Inline(rows) => Ok(rows.concat()),
+        Input::Object(_) => Ok(inputs.take_tensor(name)?.data),
     }
 }
 
@@ -119,7 +156,8 @@ impl Kernel for Matmul {
          m: rows of A and C (default n)\n\
          k: columns of A, rows of B (default n)\n\
          dtype: f32, or tf32/bf16/f16 on GPU workers (f32; on GPUs f32 is true f32)\n\
-         a, b: the matrices themselves as rows (instead of m, k, n)";
+         a, b: the matrices themselves as rows, or {\"object\": NAME} in KILN_DATA (2-D .npy \
+         or safetensors), instead of m, k, n";
     const WARMUP: &'static [&'static str] = &[
         r#"{"n": 1024}"#,
         r#"{"n": 4096}"#,
@@ -127,8 +165,17 @@ impl Kernel for Matmul {
     ];
     type Params = Params;
 
-    fn plan(params: &Params, _limits: &Limits) -> Result<Plan, JobError> {
-        let Dims { m, k, n } = params.dims()?;
+    fn objects(params: &Params) -> Vec<Wanted> {
+        tensor_objects(&[("a", &params.a), ("b", &params.b)])
+    }
+
+    fn plan(params: &Params, inputs: &Inputs, _limits: &Limits) -> Result<Plan, JobError> {
+        let Some(Dims { m, k, n }) = params.dims(inputs)? else {
+            return Ok(Plan {
+                gpu_only: params.dtype.unwrap_or_default() != Dtype::F32,
+                ..Plan::default()
+            });
+        };
         let what = "matmul";
         let elements = [
             checked_product(what, &[m, k])?,
@@ -157,10 +204,17 @@ impl Kernel for Matmul {
         if let Some(refusal) = dtype.refuse_on_cpu(Self::NAME).filter(|_| !ctx.is_gpu) {
             return Err(refusal);
         }
-        let Dims { m, k, n } = params.dims()?;
+        let Some(Dims { m, k, n }) = params.dims(ctx.inputs)? else {
+            return Err(JobError::internal(
+                "matmul ran before its objects were loaded",
+            ));
+        };
         let (m, k, n) = (m as usize, k as usize, n as usize);
         let (a, b) = match (&params.a, &params.b) {
-            (Some(a), Some(b)) => (a.concat(), b.concat()),
+            (Some(a), Some(b)) => (
+                input_values("a", a, ctx.inputs)?,
+                input_values("b", b, ctx.inputs)?,
+            ),
             _ => (
                 seeded_values(ctx.seed, 0, m * k),
                 seeded_values(ctx.seed, 1, k * n),
@@ -187,11 +241,15 @@ impl Kernel for Matmul {
             "engine": engine,
             "summary": Summary::of(&c),
         });
-        // Matrices the user sent come back inline (when small); generated inputs get the
-        // summary only.
-        if params.a.is_some() && m * n <= ctx.limits.max_inline_output {
-            let rows: Vec<&[f32]> = c.chunks(n).collect();
-            out["c"] = json!(rows);
+        // Matrices the user sent come back inline when small, else as an object; generated
+        // inputs get the summary only (unless the job asks for the object).
+        match ctx.place(params.a.is_some(), m * n) {
+            Placement::Inline => {
+                let rows: Vec<&[f32]> = c.chunks(n).collect();
+                out["c"] = json!(rows);
+            }
+            Placement::Object => ctx.sink.put("c", kiln_data::HostTensor::new(vec![m, n], c)),
+            Placement::Summary => {}
         }
         Ok(out)
     }

@@ -1,9 +1,16 @@
-//! `train_mlp`: trains a small multi-layer perceptron on a seeded synthetic data set and
-//! reports loss and accuracy per epoch.
+//! `train_mlp`: trains a small multi-layer perceptron on a user's dataset or a seeded synthetic
+//! one, reports loss and accuracy per epoch, and hands back the trained model.
 //!
-//! The data set is **concentric shells**: sample `i` belongs to class `i % classes`; its
-//! point is `r · u` with `u` a uniformly random direction in `features` dimensions (a
-//! normalised Gaussian vector; ±1 when `features` is 1) and radius
+//! **A user's dataset** (`"dataset": {"object": NAME}`, CSV `features…,label` or safetensors
+//! `x` and `y`, read by the worker) sets the sizes: samples and features from `x`, classes
+//! from the largest label + 1. A `validation_split` fraction (default 0.2) is held out: the
+//! sample indices are shuffled by the job's seed (ChaCha8 stream [`STREAM_SPLIT`]) and the last
+//! `round(samples · split)` form the validation set. Features are standardised with the
+//! training set's mean and standard deviation (a constant feature's deviation counts as 1).
+//!
+//! **Without a dataset** the data set is **concentric shells**: sample `i` belongs to class
+//! `i % classes`; its point is `r · u` with `u` a uniformly random direction in `features`
+//! dimensions (a normalised Gaussian vector; ±1 when `features` is 1) and radius
 //! `r = 2 · (class + 0.5 + U(−0.3, 0.3)) / classes`, so class `c` fills the shell between
 //! radii `2(c + 0.2)/classes` and `2(c + 0.8)/classes`, with empty gaps between shells. The
 //! classes are separable by the distance from the origin, which an MLP learns; no linear
@@ -17,6 +24,13 @@
 //! cross-entropy, Adam (β = 0.9, 0.999, ε = 1e-5) at a constant learning rate, mini-batches
 //! of a fresh shuffle every epoch (the last batch of an epoch may be smaller). An empty
 //! `hidden` trains softmax regression, the linear baseline.
+//!
+//! **The model** is stored for every dataset job, and for a shells job whose `output` asks for
+//! an object: safetensors, all f32, `layers.{i}.weight` [in, out] (Burn's `Linear` layout) and
+//! `layers.{i}.bias` [out] for each layer from input to output, `input.mean` and `input.std`
+//! [features] (0 and 1 for the shells, which train unstandardised); metadata `format=kiln-mlp`,
+//! `version=1`, `features`, `classes`, `hidden` (comma-separated, empty for none) and
+//! `activation=relu`. `mlp_predict` runs it.
 
 use burn::backend::Autodiff;
 use burn::module::{AutodiffModule, Module, Param};
@@ -26,14 +40,16 @@ use burn::optim::{AdamConfig, GradientsParams, Optimizer};
 use burn::tensor::{
     ElementConversion, Int, Tensor, TensorData, activation::relu, backend::Backend,
 };
-use kiln_proto::{JobError, Limits, checked_product};
+use kiln_data::{Dataset, HostTensor, Model};
+use kiln_proto::{JobError, Limits, ObjectRef, checked_product};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::{Kernel, Plan, RunContext, seeded_values};
+use crate::io::{Inputs, Wanted};
+use crate::{Kernel, Plan, RunContext, Want, seeded_values};
 
 /// Widest hidden layer accepted.
 pub const MAX_HIDDEN: u64 = 4096;
@@ -41,15 +57,28 @@ pub const MAX_HIDDEN: u64 = 4096;
 pub const MAX_LAYERS: usize = 64;
 /// Most epochs accepted.
 pub const MAX_EPOCHS: u64 = 10_000;
+/// Largest `validation_split` accepted.
+pub const MAX_VALIDATION_SPLIT: f64 = 0.9;
+/// `validation_split` of a dataset job that leaves it out.
+pub const DEFAULT_VALIDATION_SPLIT: f64 = 0.2;
 /// Rows per forward pass when measuring training-set accuracy (at least a batch).
 const EVAL_ROWS: u64 = 4096;
+
+/// The stored model's `format` metadata.
+pub const MODEL_FORMAT: &str = "kiln-mlp";
+/// The stored model's `version` metadata.
+pub const MODEL_VERSION: &str = "1";
 
 const STREAM_DATA: u64 = 0;
 const STREAM_SHUFFLE: u64 = 1;
 const STREAM_WEIGHTS: u64 = 2;
+/// The shuffle that picks the validation samples: far past the weights' streams
+/// (2 + 2 · layers).
+pub const STREAM_SPLIT: u64 = 1 << 32;
 
 /// `{"samples": 2048, "features": 2, "classes": 3, "hidden": [64, 64], "epochs": 20,
-/// "batch_size": 128, "lr": 0.01}`, every field optional with these defaults.
+/// "batch_size": 128, "lr": 0.01}`, every field optional with these defaults; or
+/// `{"dataset": {"object": NAME}, "validation_split": 0.2, …}` without the three sizes.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Params {
@@ -74,6 +103,81 @@ pub struct Params {
     /// Adam's learning rate (default 0.01).
     #[serde(default)]
     pub lr: Option<f64>,
+    /// A labelled dataset in `KILN_DATA` to train on instead of the shells.
+    #[serde(default)]
+    pub dataset: Option<ObjectRef>,
+    /// Fraction of the samples held out for validation, 0 to 0.9 (default 0.2 with a
+    /// dataset, 0 for the shells).
+    #[serde(default)]
+    pub validation_split: Option<f64>,
+}
+
+/// The sizes of the data a job trains on.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Sizes {
+    samples: u64,
+    features: u64,
+    classes: u64,
+}
+
+impl Params {
+    fn validation_split(&self) -> f64 {
+        self.validation_split.unwrap_or(if self.dataset.is_some() {
+            DEFAULT_VALIDATION_SPLIT
+        } else {
+            0.0
+        })
+    }
+
+    /// The shells' sizes: as given, or the defaults.
+    fn shell_sizes(&self) -> Sizes {
+        Sizes {
+            samples: self.samples.unwrap_or(2048),
+            features: self.features.unwrap_or(2),
+            classes: self.classes.unwrap_or(3),
+        }
+    }
+
+    /// A dataset's sizes, refusing sizes the job gave that disagree with it. `classes` is
+    /// `None` while the labels are not read (planning): the given count, else 2, stands in.
+    fn dataset_sizes(
+        &self,
+        object: &str,
+        samples: u64,
+        features: u64,
+        classes: Option<u64>,
+    ) -> Result<Sizes, JobError> {
+        for (name, given, actual) in [
+            ("samples", self.samples, Some(samples)),
+            ("features", self.features, Some(features)),
+            ("classes", self.classes, classes),
+        ] {
+            if let (Some(given), Some(actual)) = (given, actual)
+                && given != actual
+            {
+                return Err(JobError::invalid_input(format!(
+                    "train_mlp {name} {given} disagrees with dataset {object:?}'s {actual}; \
+                     leave the sizes out when sending a dataset"
+                )));
+            }
+        }
+        Ok(Sizes {
+            samples,
+            features,
+            classes: classes.or(self.classes).unwrap_or(2),
+        })
+    }
+}
+
+/// The shape of the dataset's `x` as samples and features, refusing any other.
+fn dataset_shape(object: &str, shape: &[usize]) -> Result<(u64, u64), JobError> {
+    match *shape {
+        [samples, features] if samples > 0 && features > 0 => Ok((samples as u64, features as u64)),
+        _ => Err(JobError::invalid_input(format!(
+            "train_mlp dataset {object:?} has features shaped {shape:?}; it needs one row per \
+             sample and at least one sample and one feature"
+        ))),
+    }
 }
 
 /// Parameters with defaults applied, validated.
@@ -86,31 +190,70 @@ struct Config {
     epochs: u64,
     batch_size: u64,
     lr: f64,
+    /// Samples held out for validation (0: none).
+    held_out: u64,
+}
+
+fn invalid<T>(message: String) -> Result<T, JobError> {
+    Err(JobError::invalid_input(format!("train_mlp {message}")))
 }
 
 impl Config {
-    fn from_params(p: &Params) -> Result<Self, JobError> {
+    /// The job's training settings for data of `sizes`, validated.
+    fn new(p: &Params, sizes: Sizes) -> Result<Self, JobError> {
+        let Sizes {
+            samples,
+            features,
+            classes,
+        } = sizes;
+        if classes < 2 {
+            return invalid(format!("needs classes >= 2, got {classes}"));
+        }
+        // A dataset may leave a class out; the shells give every class a sample.
+        if p.dataset.is_none() && samples < classes {
+            return invalid(format!(
+                "needs samples >= classes, got {samples} samples for {classes} classes"
+            ));
+        }
+        if features == 0 {
+            return invalid("needs features >= 1, got 0".into());
+        }
+        let mut c = Config::training(p)?;
+        let split = p.validation_split();
+        c.held_out = (samples as f64 * split).round() as u64;
+        if split > 0.0 && c.held_out == 0 {
+            return invalid(format!(
+                "validation_split {split} of {samples} samples holds out none; send more \
+                 samples or set validation_split to 0"
+            ));
+        }
+        if c.held_out >= samples {
+            return invalid(format!(
+                "validation_split {split} of {samples} samples leaves none to train on; send \
+                 more samples or lower validation_split"
+            ));
+        }
+        (c.samples, c.features, c.classes) = (samples, features, classes);
+        Ok(c)
+    }
+
+    /// The settings that do not depend on the data, validated (sizes left at 0).
+    fn training(p: &Params) -> Result<Self, JobError> {
         let c = Config {
-            samples: p.samples.unwrap_or(2048),
-            features: p.features.unwrap_or(2),
-            classes: p.classes.unwrap_or(3),
+            samples: 0,
+            features: 0,
+            classes: 0,
             hidden: p.hidden.clone().unwrap_or_else(|| vec![64, 64]),
             epochs: p.epochs.unwrap_or(20),
             batch_size: p.batch_size.unwrap_or(128),
             lr: p.lr.unwrap_or(0.01),
+            held_out: 0,
         };
-        let invalid = |m: String| Err(JobError::invalid_input(format!("train_mlp {m}")));
-        if c.classes < 2 {
-            return invalid(format!("needs classes >= 2, got {}", c.classes));
-        }
-        if c.samples < c.classes {
+        let split = p.validation_split();
+        if !(0.0..=MAX_VALIDATION_SPLIT).contains(&split) {
             return invalid(format!(
-                "needs samples >= classes, got {} samples for {} classes",
-                c.samples, c.classes
+                "needs validation_split from 0 to {MAX_VALIDATION_SPLIT}, got {split}"
             ));
-        }
-        if c.features == 0 {
-            return invalid("needs features >= 1, got 0".into());
         }
         if c.hidden.len() > MAX_LAYERS {
             return invalid(format!(
@@ -159,9 +302,14 @@ impl Config {
         })
     }
 
+    /// Samples trained on.
+    fn training_samples(&self) -> u64 {
+        self.samples - self.held_out
+    }
+
     /// Rows in one forward pass: a training batch, or an accuracy slice.
     fn batch_rows(&self) -> u64 {
-        self.batch_size.min(self.samples)
+        self.batch_size.min(self.training_samples())
     }
 
     fn eval_rows(&self) -> u64 {
@@ -210,6 +358,11 @@ impl<B: Backend> Mlp<B> {
         Mlp { layers }
     }
 
+    /// The network of these layers, input first.
+    pub(crate) fn from_layers(layers: Vec<Linear<B>>) -> Self {
+        Mlp { layers }
+    }
+
     pub(crate) fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
         let last = self.layers.len() - 1;
         self.layers.iter().enumerate().fold(x, |x, (i, layer)| {
@@ -233,6 +386,212 @@ impl<B: Backend> Mlp<B> {
         }
         correct.into_scalar().elem::<i64>()
     }
+
+    /// Mean cross-entropy and the number classified right on `x` and `y`, `rows` at a time.
+    fn evaluate(&self, x: &Tensor<B, 2>, y: &Tensor<B, 1, Int>, rows: usize) -> (f64, i64) {
+        let [samples, _] = x.dims();
+        let device = x.device();
+        let loss_fn = CrossEntropyLossConfig::new().init(&device);
+        let mut loss_sum = Tensor::<B, 1>::zeros([1], &device);
+        let mut correct = Tensor::<B, 1, Int>::zeros([1], &device);
+        for start in (0..samples).step_by(rows) {
+            let end = (start + rows).min(samples);
+            let logits = self.forward(x.clone().slice(start..end));
+            let labels = y.clone().slice(start..end);
+            let predicted = logits.clone().argmax(1).reshape([end - start]);
+            correct = correct + predicted.equal(labels.clone()).int().sum();
+            loss_sum = loss_sum + loss_fn.forward(logits, labels) * (end - start) as f32;
+        }
+        (
+            loss_sum.into_scalar().elem::<f64>() / samples as f64,
+            correct.into_scalar().elem::<i64>(),
+        )
+    }
+
+    /// The model in kiln's format (see the module docs), with the inputs' standardisation.
+    fn export(
+        &self,
+        standard: Standardisation,
+        widths: &[usize],
+        hidden: &[u64],
+    ) -> Result<Model, JobError> {
+        let mut tensors = Vec::with_capacity(2 * self.layers.len() + 2);
+        for (i, layer) in self.layers.iter().enumerate() {
+            tensors.push((format!("layers.{i}.weight"), host(layer.weight.val())?));
+            let bias = match &layer.bias {
+                Some(bias) => host(bias.val())?,
+                None => HostTensor::new(vec![widths[i + 1]], vec![0.0; widths[i + 1]]),
+            };
+            tensors.push((format!("layers.{i}.bias"), bias));
+        }
+        let features = standard.mean.len();
+        tensors.push((
+            "input.mean".into(),
+            HostTensor::new(vec![features], standard.mean),
+        ));
+        tensors.push((
+            "input.std".into(),
+            HostTensor::new(vec![features], standard.std),
+        ));
+        let hidden: Vec<String> = hidden.iter().map(u64::to_string).collect();
+        let metadata = [
+            ("format", MODEL_FORMAT.to_owned()),
+            ("version", MODEL_VERSION.to_owned()),
+            ("features", features.to_string()),
+            ("classes", widths[widths.len() - 1].to_string()),
+            ("hidden", hidden.join(",")),
+            ("activation", "relu".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        Ok(Model { tensors, metadata })
+    }
+}
+
+/// A tensor's values copied to the host.
+fn host<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Result<HostTensor, JobError> {
+    let shape = tensor.dims().to_vec();
+    let data = tensor
+        .into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .map_err(|e| JobError::internal(format!("reading train_mlp weights: {e:?}")))?;
+    Ok(HostTensor::new(shape, data))
+}
+
+/// Points (row-major) and their labels.
+struct Samples {
+    x: Vec<f32>,
+    y: Vec<i64>,
+}
+
+impl Samples {
+    fn len(&self) -> usize {
+        self.y.len()
+    }
+
+    /// Training and validation sets: with `held_out` > 0, the last `held_out` samples of a
+    /// shuffle by `seed` are held out; with none, every sample trains, in order.
+    fn split(self, features: usize, held_out: usize, seed: u64) -> (Samples, Samples) {
+        let none = Samples {
+            x: Vec::new(),
+            y: Vec::new(),
+        };
+        if held_out == 0 {
+            return (self, none);
+        }
+        let mut order: Vec<usize> = (0..self.len()).collect();
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        rng.set_stream(STREAM_SPLIT);
+        order.shuffle(&mut rng);
+        let (train, validation) = order.split_at(order.len() - held_out);
+        let gather = |indices: &[usize]| Samples {
+            x: indices
+                .iter()
+                .flat_map(|&i| &self.x[i * features..(i + 1) * features])
+                .copied()
+                .collect(),
+            y: indices.iter().map(|&i| self.y[i]).collect(),
+        };
+        (gather(train), gather(validation))
+    }
+
+    /// The points as a tensor and the labels as another, on `device`.
+    fn tensors<B: Backend>(
+        self,
+        features: usize,
+        device: &B::Device,
+    ) -> (Tensor<B, 2>, Tensor<B, 1, Int>) {
+        let rows = self.len();
+        (
+            Tensor::from_data(TensorData::new(self.x, [rows, features]), device),
+            Tensor::from_data(TensorData::new(self.y, [rows]), device),
+        )
+    }
+}
+
+/// Per-feature mean and standard deviation the inputs are standardised with.
+#[derive(Debug, Clone, PartialEq)]
+struct Standardisation {
+    mean: Vec<f32>,
+    std: Vec<f32>,
+}
+
+impl Standardisation {
+    /// Inputs left as they are.
+    fn identity(features: usize) -> Self {
+        Self {
+            mean: vec![0.0; features],
+            std: vec![1.0; features],
+        }
+    }
+
+    /// The mean and (population) standard deviation of each column of `x`, accumulated in
+    /// f64; a constant column's deviation counts as 1.
+    fn of(x: &[f32], features: usize) -> Self {
+        let rows = (x.len() / features).max(1) as f64;
+        let mut mean = vec![0.0f64; features];
+        for row in x.chunks_exact(features) {
+            mean.iter_mut()
+                .zip(row)
+                .for_each(|(m, &v)| *m += f64::from(v));
+        }
+        mean.iter_mut().for_each(|m| *m /= rows);
+        let mut var = vec![0.0f64; features];
+        for row in x.chunks_exact(features) {
+            for ((s, &v), m) in var.iter_mut().zip(row).zip(&mean) {
+                *s += (f64::from(v) - m).powi(2);
+            }
+        }
+        let std = var
+            .iter()
+            .map(|s| match (s / rows).sqrt() as f32 {
+                d if d > 0.0 && d.is_finite() => d,
+                _ => 1.0,
+            })
+            .collect();
+        Self {
+            mean: mean.into_iter().map(|m| m as f32).collect(),
+            std,
+        }
+    }
+
+    fn apply(&self, x: &mut [f32]) {
+        let features = self.mean.len();
+        for row in x.chunks_exact_mut(features) {
+            for ((v, m), d) in row.iter_mut().zip(&self.mean).zip(&self.std) {
+                *v = (*v - m) / d;
+            }
+        }
+    }
+}
+
+/// A user's dataset as samples, with its sizes; refuses one kiln cannot train on.
+fn dataset_samples(
+    params: &Params,
+    object: &str,
+    data: Dataset,
+) -> Result<(Samples, Sizes), JobError> {
+    let (samples, features) = dataset_shape(object, &data.x.shape)?;
+    if data.y.len() as u64 != samples {
+        return invalid(format!(
+            "dataset {object:?} has {samples} samples but {} labels; it needs one label per sample",
+            data.y.len()
+        ));
+    }
+    if let Some(i) = data.x.data.iter().position(|v| !v.is_finite()) {
+        return invalid(format!(
+            "dataset {object:?} has a value that is not a finite number (sample {}, feature {}); \
+             clean the data and upload it again",
+            i as u64 / features,
+            i as u64 % features
+        ));
+    }
+    let classes = data.y.iter().max().map_or(0, |&m| u64::from(m) + 1);
+    let sizes = params.dataset_sizes(object, samples, features, Some(classes))?;
+    let y = data.y.into_iter().map(i64::from).collect();
+    Ok((Samples { x: data.x.data, y }, sizes))
 }
 
 /// The concentric-shells data set (see the module docs): points row-major, and labels.
@@ -268,11 +627,46 @@ fn normal(rng: &mut ChaCha8Rng) -> f32 {
 
 pub struct TrainMlp;
 
+/// What training on data of `c`'s sizes costs.
+fn cost(c: &Config) -> Result<Plan, JobError> {
+    let what = "train_mlp";
+    let parameters = c.parameters()?;
+    // Points and labels.
+    let data = checked_product(
+        what,
+        &[c.samples, c.features.checked_add(1).ok_or_else(overflow)?],
+    )?;
+    // Weights, their gradients and Adam's two moments.
+    let state = checked_product(what, &[parameters, 4])?;
+    // Activations of every layer, and their gradients, for the widest pass.
+    let width_sum = c
+        .widths()
+        .iter()
+        .try_fold(0u64, |acc, &w| acc.checked_add(w))
+        .ok_or_else(overflow)?;
+    let activations = checked_product(what, &[c.eval_rows(), width_sum, 2])?;
+    let elements = [data, state, activations]
+        .into_iter()
+        .try_fold(0u64, |acc, e| acc.checked_add(e))
+        .ok_or_else(overflow)?;
+    // Forward 2, backward 4 per parameter and sample; the accuracy pass another 2.
+    let flops = 8.0 * parameters as f64 * c.samples as f64 * c.epochs as f64;
+    Ok(Plan {
+        elements,
+        flops,
+        gpu_only: false,
+    })
+}
+
 impl Kernel for TrainMlp {
     const NAME: &'static str = "train_mlp";
-    const SUMMARY: &'static str =
-        "trains an MLP on seeded concentric shells; loss and accuracy per epoch";
-    const PARAMS_HELP: &'static str = "samples: points in the data set (2048)\n\
+    const SUMMARY: &'static str = "trains an MLP on a dataset object or seeded concentric shells; \
+         loss and accuracy per epoch, and the trained model";
+    const PARAMS_HELP: &'static str = "dataset: {\"object\": NAME} in KILN_DATA, CSV \
+         features...,label or safetensors x and y (instead of the generated shells)\n\
+         validation_split: fraction of the samples held out for validation, 0 to 0.9 (0.2 \
+         with a dataset, else 0)\n\
+         samples: points in the generated data set (2048)\n\
          features: dimensions of a point (2)\n\
          classes: classes, one concentric shell each (3)\n\
          hidden: hidden layer widths, each 1 to 4096 ([64, 64]; [] = softmax regression)\n\
@@ -282,50 +676,76 @@ impl Kernel for TrainMlp {
     const WARMUP: &'static [&'static str] = &[r#"{"epochs": 1}"#];
     type Params = Params;
 
-    fn plan(params: &Params, _limits: &Limits) -> Result<Plan, JobError> {
-        let c = Config::from_params(params)?;
-        let what = "train_mlp";
-        let parameters = c.parameters()?;
-        // Points and labels.
-        let data = checked_product(
-            what,
-            &[c.samples, c.features.checked_add(1).ok_or_else(overflow)?],
-        )?;
-        // Weights, their gradients and Adam's two moments.
-        let state = checked_product(what, &[parameters, 4])?;
-        // Activations of every layer, and their gradients, for the widest pass.
-        let width_sum = c
-            .widths()
+    fn objects(params: &Params) -> Vec<Wanted> {
+        params
+            .dataset
             .iter()
-            .try_fold(0u64, |acc, &w| acc.checked_add(w))
-            .ok_or_else(overflow)?;
-        let activations = checked_product(what, &[c.eval_rows(), width_sum, 2])?;
-        let elements = [data, state, activations]
-            .into_iter()
-            .try_fold(0u64, |acc, e| acc.checked_add(e))
-            .ok_or_else(overflow)?;
-        // Forward 2, backward 4 per parameter and sample; the accuracy pass another 2.
-        let flops = 8.0 * parameters as f64 * c.samples as f64 * c.epochs as f64;
-        Ok(Plan {
-            elements,
-            flops,
-            gpu_only: false,
-        })
+            .map(|reference| Wanted {
+                param: "dataset",
+                reference: reference.clone(),
+                want: Want::Dataset,
+            })
+            .collect()
+    }
+
+    fn plan(params: &Params, inputs: &Inputs, _limits: &Limits) -> Result<Plan, JobError> {
+        let sizes = match &params.dataset {
+            None => params.shell_sizes(),
+            Some(reference) => match inputs.shape("dataset") {
+                // Not loaded yet: checked again once it is.
+                None => {
+                    Config::training(params)?;
+                    return Ok(Plan::default());
+                }
+                // The labels are read when the job runs, which checks the classes again.
+                Some(shape) => {
+                    let (samples, features) = dataset_shape(&reference.object, shape)?;
+                    params.dataset_sizes(&reference.object, samples, features, None)?
+                }
+            },
+        };
+        cost(&Config::new(params, sizes)?)
     }
 
     fn run<B: Backend>(
         params: &Params,
         ctx: &RunContext<'_, B>,
     ) -> Result<serde_json::Value, JobError> {
-        let c = Config::from_params(params)?;
-        let [samples, features, classes] = [c.samples, c.features, c.classes].map(|v| v as usize);
+        let (data, c) = match &params.dataset {
+            Some(reference) => {
+                let data = ctx.inputs.take_dataset("dataset")?;
+                let (data, sizes) = dataset_samples(params, &reference.object, data)?;
+                let c = Config::new(params, sizes)?;
+                // The plan could not know the classes (labels are read only now).
+                ctx.limits.check_elements(Self::NAME, cost(&c)?.elements)?;
+                (data, c)
+            }
+            None => {
+                let c = Config::new(params, params.shell_sizes())?;
+                let [samples, features, classes] =
+                    [c.samples, c.features, c.classes].map(|v| v as usize);
+                let (x, y) = shells(ctx.seed, samples, features, classes);
+                (Samples { x, y }, c)
+            }
+        };
+        let [features, held_out] = [c.features, c.held_out].map(|v| v as usize);
+        let samples = c.training_samples() as usize;
         let (batch_rows, eval_rows) = (c.batch_rows() as usize, c.eval_rows() as usize);
         let widths: Vec<usize> = c.widths().iter().map(|&w| w as usize).collect();
         let device = &ctx.device;
 
-        let (points, labels) = shells(ctx.seed, samples, features, classes);
-        let x = Tensor::<B, 2>::from_data(TensorData::new(points, [samples, features]), device);
-        let y = Tensor::<B, 1, Int>::from_data(TensorData::new(labels, [samples]), device);
+        let (mut train, mut validation) = data.split(features, held_out, ctx.seed);
+        // The shells are centred and of unit scale by construction, and train as they are.
+        let standard = match params.dataset {
+            Some(_) => Standardisation::of(&train.x, features),
+            None => Standardisation::identity(features),
+        };
+        if params.dataset.is_some() {
+            standard.apply(&mut train.x);
+            standard.apply(&mut validation.x);
+        }
+        let (x, y) = train.tensors::<B>(features, device);
+        let (val_x, val_y) = validation.tensors::<B>(features, device);
         let x_ad = Tensor::<Autodiff<B>, 2>::from_inner(x.clone());
         let y_ad = Tensor::<Autodiff<B>, 1, Int>::from_inner(y.clone());
 
@@ -357,19 +777,47 @@ impl Kernel for TrainMlp {
                 model = optim.step(c.lr, model, grads);
             }
             let loss = loss_sum.into_scalar().elem::<f64>() / batches as f64;
-            let correct = model.valid().correct(&x, &y, eval_rows);
+            let trained = model.valid();
+            let correct = trained.correct(&x, &y, eval_rows);
             let accuracy = correct as f64 / samples as f64;
-            history.push(json!({"epoch": epoch, "loss": loss, "accuracy": accuracy}));
+            let mut record = json!({"epoch": epoch, "loss": loss, "accuracy": accuracy});
+            if held_out > 0 {
+                let (val_loss, val_correct) = trained.evaluate(&val_x, &val_y, eval_rows);
+                record["val_loss"] = json!(val_loss);
+                record["val_accuracy"] = json!(val_correct as f64 / held_out as f64);
+            }
+            history.push(record);
             ctx.checkpoint(epoch, c.epochs)?;
         }
 
         let last = history.last().cloned().unwrap_or_default();
-        Ok(json!({
+        let mut out = json!({
             "epochs": history,
             "final_loss": last["loss"],
             "final_accuracy": last["accuracy"],
             "parameters": parameters,
-            "dataset": "concentric_shells",
-        }))
+            "dataset": params
+                .dataset
+                .as_ref()
+                .map_or("concentric_shells", |r| r.object.as_str()),
+        });
+        if params.dataset.is_some() {
+            out["samples"] = json!(c.samples);
+        }
+        if held_out > 0 {
+            out["final_val_loss"] = last["val_loss"].clone();
+            out["final_val_accuracy"] = last["val_accuracy"].clone();
+            out["validation_samples"] = json!(held_out);
+        }
+        if params.dataset.is_some() || ctx.output.stores() {
+            let model = model.valid().export(standard, &widths, &c.hidden)?;
+            ctx.sink.put_model(model);
+            out["model"] = json!({
+                "layers": widths,
+                "features": c.features,
+                "classes": c.classes,
+            });
+        }
+        Ok(out)
     }
 }

@@ -11,18 +11,39 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::engine::{MatmulEngine, burn_engine, matmul_engine};
+use crate::io::{Input, Inputs, Placement, Wanted, tensor_objects};
 use crate::{Kernel, Plan, RunContext, Summary, seeded_values};
 
-/// `{"len": 1024}` (generated from the seed) or `{"a": [..], "b": [..]}`.
+/// `{"len": 1024}` (generated from the seed) or `{"a": [..], "b": [..]}`, each of `a` and `b`
+/// inline or an object (`{"object": "NAME"}`, a tensor of any shape, taken flat).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Params {
     #[serde(default)]
     pub len: Option<u64>,
     #[serde(default)]
-    pub a: Option<Vec<f32>>,
+    pub a: Option<Input<Vec<f32>>>,
     #[serde(default)]
-    pub b: Option<Vec<f32>>,
+    pub b: Option<Input<Vec<f32>>>,
+}
+
+/// The length of vector `name`: its inline values, or the loaded object's (None while the
+/// object is not loaded yet).
+fn length(name: &str, input: &Input<Vec<f32>>, inputs: &Inputs) -> Option<u64> {
+    match input {
+        Input::Inline(v) => Some(v.len() as u64),
+        Input::Object(_) => inputs
+            .shape(name)
+            .map(|s| s.iter().product::<usize>() as u64),
+    }
+}
+
+/// Vector `name`'s values, inline or taken from the loaded object.
+fn values(name: &str, input: &Input<Vec<f32>>, inputs: &Inputs) -> Result<Vec<f32>, JobError> {
+    match input {
+        Input::Inline(v) => Ok(v.clone()),
+        Input::Object(_) => Ok(inputs.take_tensor(name)?.data),
+    }
 }
 
 pub struct VectorAdd;
@@ -31,21 +52,34 @@ impl Kernel for VectorAdd {
     const NAME: &'static str = "vector_add";
     const SUMMARY: &'static str = "c = a + b, element-wise";
     const PARAMS_HELP: &'static str = "len: length of generated a and b\n\
-         a, b: the vectors themselves (instead of len), equal lengths";
+         a, b: the vectors themselves (instead of len), equal lengths: inline, or \
+         {\"object\": NAME} in KILN_DATA (.npy or safetensors)";
     const WARMUP: &'static [&'static str] = &[r#"{"len": 1024}"#, r#"{"len": 1048576}"#];
     type Params = Params;
 
-    fn plan(params: &Params, _limits: &Limits) -> Result<Plan, JobError> {
+    fn objects(params: &Params) -> Vec<Wanted> {
+        tensor_objects(&[("a", &params.a), ("b", &params.b)])
+    }
+
+    fn plan(params: &Params, inputs: &Inputs, _limits: &Limits) -> Result<Plan, JobError> {
         let len = match (params.len, &params.a, &params.b) {
             (Some(len), None, None) => len,
-            (None, Some(a), Some(b)) if a.len() == b.len() => a.len() as u64,
-            (None, Some(a), Some(b)) => {
-                return Err(JobError::invalid_input(format!(
-                    "vector_add needs a and b of equal length, got {} and {}",
-                    a.len(),
-                    b.len()
-                )));
-            }
+            (None, Some(a), Some(b)) => match (length("a", a, inputs), length("b", b, inputs)) {
+                (Some(la), Some(lb)) if la == lb => la,
+                (Some(la), Some(lb)) => {
+                    return Err(JobError::invalid_input(format!(
+                        "vector_add needs a and b of equal length, got {la} and {lb}"
+                    )));
+                }
+                // An object not loaded yet: checked again once it is.
+                _ => {
+                    return Ok(Plan {
+                        elements: 0,
+                        flops: 0.0,
+                        gpu_only: false,
+                    });
+                }
+            },
             _ => {
                 return Err(JobError::invalid_input(
                     "vector_add needs either \"len\" or both \"a\" and \"b\"",
@@ -70,7 +104,7 @@ impl Kernel for VectorAdd {
         ctx: &RunContext<'_, B>,
     ) -> Result<serde_json::Value, JobError> {
         let (a, b) = match (&params.a, &params.b) {
-            (Some(a), Some(b)) => (a.clone(), b.clone()),
+            (Some(a), Some(b)) => (values("a", a, ctx.inputs)?, values("b", b, ctx.inputs)?),
             _ => {
                 let len = params.len.unwrap_or(0) as usize;
                 (
@@ -91,10 +125,13 @@ impl Kernel for VectorAdd {
             "engine": engine,
             "summary": Summary::of(&c),
         });
-        // Data the user sent comes back inline (when small); generated inputs get the
-        // summary only, which is what benchmarks need and keeps result events small.
-        if params.a.is_some() && len <= ctx.limits.max_inline_output {
-            out["c"] = json!(c);
+        // Data the user sent comes back inline when small, else as an object; generated
+        // inputs get the summary only (unless the job asks for the object), which is what
+        // benchmarks need and keeps result events small.
+        match ctx.place(params.a.is_some(), len) {
+            Placement::Inline => out["c"] = json!(c),
+            Placement::Object => ctx.sink.put("c", kiln_data::HostTensor::new(vec![len], c)),
+            Placement::Summary => {}
         }
         Ok(out)
     }

@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::OutputMode;
+
 /// A job as it travels on `jobs.<class>.<kind>`. `P` is the kind's parameter type, so a
 /// worker that knows the kind from the subject decodes the whole body in one pass.
 ///
@@ -26,6 +28,9 @@ pub struct Job<P> {
     /// Seed for generated inputs (default 0), so that runs can be reproduced.
     #[serde(default)]
     pub seed: Option<u64>,
+    /// Where the output goes: inline, or stored in `KILN_DATA` ([`OutputMode`]).
+    #[serde(default)]
+    pub output: OutputMode,
 }
 
 /// Longest job id accepted; ids travel in headers and subjects of logs.
@@ -51,10 +56,22 @@ pub fn resolve_job_id(
         .unwrap_or_else(|| format!("seq-{stream_sequence}"))
 }
 
-/// Whether a job id is acceptable: printable ASCII without spaces, at most [`MAX_ID_LEN`].
+/// Whether a job id is acceptable: 1 to [`MAX_ID_LEN`] ASCII letters, digits, `-` and `_`.
+///
+/// One grammar checked at every door (the CLI, workers, the scheduler, the aggregator, dead
+/// letter replays), so that every subject and key made from an id is valid by construction:
+/// an id is one subject token (`results.<kind>.<id>`), a key-value key and an object name part.
 pub fn valid_job_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= MAX_ID_LEN && id.bytes().all(|b| b.is_ascii_graphic())
+    !id.is_empty()
+        && id.len() <= MAX_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
+
+/// The sentence that says what a valid job id is, for error messages.
+pub const JOB_ID_RULE: &str =
+    "a job id is 1 to 128 ASCII letters, digits, '-' and '_' (no dots, spaces or wildcards)";
 
 /// A fresh job id: time-ordered and unique enough across submitters.
 pub fn new_job_id() -> String {
@@ -101,5 +118,21 @@ mod tests {
         assert_ne!(new_job_id(), new_job_id());
         assert!(valid_job_id(&new_job_id()));
         assert!(!valid_job_id("has space"));
+        for bad in [
+            "wedge.",
+            ".a",
+            "a..b",
+            "a.b",
+            "*",
+            ">",
+            "a:b",
+            "",
+            &"x".repeat(129),
+        ] {
+            assert!(!valid_job_id(bad), "{bad:?}");
+        }
+        for good in ["a", "job-1", "JOB_2", &"x".repeat(128)] {
+            assert!(valid_job_id(good), "{good:?}");
+        }
     }
 }

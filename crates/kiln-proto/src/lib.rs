@@ -2,7 +2,8 @@
 //!
 //! - [`Job`]: the envelope published on `jobs.<class>.<kind>`, generic over the kind's
 //!   parameters, JSON by default and bincode with `Content-Type: application/x-bincode`.
-//! - [`ResultEvent`]: published on `results.<kind>` for every finished job.
+//! - [`ResultEvent`]: published on `results.<kind>.<id>` for every finished job.
+//! - [`ObjectRef`], [`ObjectDescriptor`]: inputs and outputs in the `KILN_DATA` object store.
 //! - [`MetricsSnapshot`]: published on `metrics.<kind>.<class>` by the aggregator.
 //! - [`streams`]: the JetStream streams and durable consumers, created idempotently.
 //! - [`Limits`]: what a job may ask for, checked before anything is allocated.
@@ -13,6 +14,7 @@
 //! ```
 
 mod codec;
+mod data;
 mod error;
 mod job;
 mod limits;
@@ -24,8 +26,9 @@ pub mod subject;
 mod workers;
 
 pub use codec::{CONTENT_TYPE_BINCODE, CONTENT_TYPE_JSON, Codec};
+pub use data::{BUCKET_DATA, ObjectDescriptor, ObjectRef, OutputMode, output_object_name};
 pub use error::{Disposition, Error, ErrorKind, JobError, Result};
-pub use job::{Job, MAX_ID_LEN, new_job_id, resolve_job_id, valid_job_id};
+pub use job::{JOB_ID_RULE, Job, MAX_ID_LEN, new_job_id, resolve_job_id, valid_job_id};
 pub use limits::{Limits, checked_product};
 pub use metrics::{Latency, LatencyStats, MetricsSnapshot, PredictionStats};
 pub use result::{ResultEvent, Routing, Status, result_msg_id};

@@ -49,8 +49,16 @@ pub struct Topology {
     pub max_queued_jobs: i64,
     /// Most bytes waiting in `KILN_JOBS`.
     pub max_queued_bytes: i64,
-    /// How long result events are kept.
+    /// How long result events are kept (and with them, the guarantee that a job id is
+    /// answered once).
     pub results_max_age: Duration,
+    /// Most bytes of result events kept; past it new results are refused until old ones age
+    /// out (discard new: a stored answer is never dropped to make room).
+    pub results_max_bytes: i64,
+    /// How long objects in `KILN_DATA` (inputs people put, outputs workers store) are kept.
+    pub data_max_age: Duration,
+    /// Most bytes `KILN_DATA` holds; past it new objects are refused.
+    pub data_max_bytes: i64,
     /// Consumer ack wait: a job not acked (or progress-acked) in this time is redelivered.
     pub ack_wait: Duration,
     /// Deliveries of one job before it is given up.
@@ -67,6 +75,9 @@ impl Default for Topology {
             max_queued_jobs: 1_000_000,
             max_queued_bytes: 1 << 30,
             results_max_age: Duration::from_secs(7 * 24 * 3600),
+            results_max_bytes: 8 << 30,
+            data_max_age: Duration::from_secs(7 * 24 * 3600),
+            data_max_bytes: 16 << 30,
             ack_wait: Duration::from_secs(30),
             max_deliver: 5,
             heartbeat: Duration::from_secs(2),
@@ -104,13 +115,18 @@ impl Topology {
     pub fn results_stream(&self) -> stream::Config {
         stream::Config {
             name: STREAM_RESULTS.into(),
-            description: Some("kiln result events: results.<kind>".into()),
+            description: Some("kiln result events: results.<kind>.<id>".into()),
             subjects: vec!["results.>".into()],
             retention: RetentionPolicy::Limits,
             storage: StorageType::File,
-            discard: DiscardPolicy::Old,
+            // One stored result per job id for as long as results are kept: a second
+            // result on the same subject (a job id reused after the duplicate window, a
+            // job redelivered after a lost ack) is refused, not stored over the first.
+            discard: DiscardPolicy::New,
+            discard_new_per_subject: true,
+            max_messages_per_subject: 1,
             max_age: self.results_max_age,
-            max_bytes: 4 << 30,
+            max_bytes: self.results_max_bytes,
             duplicate_window: DUPLICATE_WINDOW,
             num_replicas: self.replicas,
             ..Default::default()
@@ -197,6 +213,19 @@ impl Topology {
             description: "kiln job states (kiln status <id>)".into(),
             history: 1,
             max_age: self.results_max_age,
+            storage: StorageType::File,
+            num_replicas: self.replicas,
+            ..Default::default()
+        }
+    }
+
+    /// The `KILN_DATA` object store: job inputs put by users, outputs stored by workers.
+    pub fn data_bucket(&self) -> jetstream::object_store::Config {
+        jetstream::object_store::Config {
+            bucket: crate::BUCKET_DATA.into(),
+            description: Some("kiln job data: inputs (kiln put) and outputs".into()),
+            max_age: self.data_max_age,
+            max_bytes: self.data_max_bytes,
             storage: StorageType::File,
             num_replicas: self.replicas,
             ..Default::default()
@@ -356,6 +385,44 @@ async fn setup(
                     source: source.into(),
                 })?;
         }
+    }
+    ensure_data_bucket(js, topology, update).await
+}
+
+/// The `KILN_DATA` object store: created when missing; with `update`, its stream's age, size
+/// and replicas set to `topology`'s.
+async fn ensure_data_bucket(
+    js: &jetstream::Context,
+    topology: &Topology,
+    update: bool,
+) -> Result<(), SetupError> {
+    let config = topology.data_bucket();
+    let missing = |source: Box<dyn std::error::Error + Send + Sync>| SetupError::Missing {
+        what: format!("object store bucket {}", crate::BUCKET_DATA),
+        source,
+    };
+    if js.get_object_store(crate::BUCKET_DATA).await.is_err() {
+        return js
+            .create_object_store(config)
+            .await
+            .map(|_| ())
+            .map_err(|e| missing(e.into()));
+    }
+    if update {
+        let name = format!("OBJ_{}", crate::BUCKET_DATA);
+        let mut stream = js.get_stream(&name).await.map_err(|e| missing(e.into()))?;
+        let mut current = stream
+            .info()
+            .await
+            .map_err(|e| missing(e.into()))?
+            .config
+            .clone();
+        current.max_age = config.max_age;
+        current.max_bytes = config.max_bytes;
+        current.num_replicas = config.num_replicas;
+        js.update_stream(current)
+            .await
+            .map_err(|e| missing(e.into()))?;
     }
     Ok(())
 }

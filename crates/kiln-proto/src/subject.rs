@@ -1,4 +1,4 @@
-//! Subject names: `jobs.<class>.<kind>`, `results.<kind>`, `metrics.<kind>.<class>`, `dlq.<kind>`.
+//! Subject names: `jobs.<class>.<kind>`, `results.<kind>.<id>`, `metrics.<kind>.<class>`, `dlq.<kind>`.
 
 use std::fmt;
 use std::str::FromStr;
@@ -63,9 +63,33 @@ pub fn jobs_of_class(class: DeviceClass) -> String {
     format!("jobs.{class}.*")
 }
 
-/// `results.<kind>`
-pub fn result(kind: &str) -> String {
-    format!("results.{kind}")
+/// `results.<kind>.<id>`: the one subject job `id`'s result is stored on (in its first life;
+/// a replay from the dead-letter queue answers on [`result_of`]'s replay subject). The
+/// results stream keeps one message a subject and refuses a second, so a job id is answered
+/// once for as long as results are kept. `id` must be a valid job id
+/// ([`crate::valid_job_id`]): one token.
+pub fn result(kind: &str, id: &str) -> String {
+    result_of(kind, id, 0)
+}
+
+/// The result subject of job `id` in its `replay`th life: `results.<kind>.<id>` for the
+/// first, `results.<kind>.<id>.replay-<n>` after `n` replays from the dead-letter queue.
+pub fn result_of(kind: &str, id: &str, replay: u32) -> String {
+    match replay {
+        0 => format!("results.{kind}.{id}"),
+        n => format!("results.{kind}.{id}.replay-{n}"),
+    }
+}
+
+/// `results.<kind>.>`: every result of a kind.
+pub fn results_of_kind(kind: &str) -> String {
+    format!("results.{kind}.>")
+}
+
+/// `results.*.<id>` and `results.*.<id>.>`: job `id`'s results of any kind, first life and
+/// replays.
+pub fn results_of_job(id: &str) -> [String; 2] {
+    [format!("results.*.{id}"), format!("results.*.{id}.>")]
 }
 
 /// `metrics.<kind>.<class>`
@@ -121,5 +145,7 @@ mod tests {
         assert!(JobSubject::parse("jobs.cpu.").is_err());
         assert!(JobSubject::parse("results.matmul").is_err());
         assert_eq!(metrics("matmul", "cpu"), "metrics.matmul.cpu");
+        assert_eq!(result("matmul", "j-1"), "results.matmul.j-1");
+        assert_eq!(result_of("matmul", "j-1", 2), "results.matmul.j-1.replay-2");
     }
 }

@@ -46,6 +46,8 @@ pub(crate) struct Shared {
     pub cancelled: crate::cancel::Cancellations,
     /// Jobs held now, by id, for the heartbeat (`kiln status <id>`).
     pub running: std::sync::Mutex<std::collections::HashMap<String, kiln_proto::RunningJob>>,
+    /// The `KILN_DATA` object store, opened when a job first needs it.
+    pub data: tokio::sync::OnceCell<jetstream::object_store::ObjectStore>,
     pub config: WorkerConfig,
 }
 
@@ -134,7 +136,7 @@ pub(crate) async fn handle(shared: &Arc<Shared>, message: jetstream::Message) {
     );
 
     let outcome = match decode(shared, &message, job_subject) {
-        Ok(job) => {
+        Ok(mut job) => {
             let id = kiln_proto::resolve_job_id(
                 job.id.as_deref(),
                 delivery.job_id.as_deref(),
@@ -148,13 +150,35 @@ pub(crate) async fn handle(shared: &Arc<Shared>, message: jetstream::Message) {
                     "cancelled by `kiln cancel` before it ran",
                 );
                 (id, Err(error), 0.0, flops)
+            } else if let Err(error) = crate::data::load(shared, &message, &mut job).await {
+                (id, Err(error), 0.0, flops)
             } else {
+                let flops = job.plan.flops;
+                let output_mode = job.output;
                 shared.track(&id, &delivery, true);
                 let Ran {
-                    result,
+                    mut result,
                     compute_ms,
                     handed_back,
+                    stored,
                 } = compute(shared, &message, job, &id).await;
+                // An output too large to travel in the result goes to the object store.
+                if let (Ok(output), Some(stored)) = (&mut result, stored) {
+                    let format = crate::data::format_of(&stored, output_mode);
+                    let name = kiln_proto::output_object_name(
+                        &id,
+                        delivery.replay,
+                        delivery.stream_sequence,
+                        delivery.attempt,
+                        format,
+                    );
+                    if let Err(error) =
+                        crate::data::store_output(shared, &message, &name, format, stored, output)
+                            .await
+                    {
+                        result = Err(error);
+                    }
+                }
                 shared.track(&id, &delivery, false);
                 shared
                     .config
@@ -214,6 +238,8 @@ struct Ran {
     /// its drain timeout, or its device stopped working. Such a job goes back to the queue
     /// without spending one of its deliveries ([`hand_back`]).
     handed_back: bool,
+    /// What the job left to store in `KILN_DATA` (its full output, a model).
+    stored: Option<kiln_kernels::Stored>,
 }
 
 /// Run the job on a compute slot, off the async executor, with progress acks meanwhile.
@@ -240,6 +266,7 @@ async fn compute(
             result,
             compute_ms: start.elapsed().as_secs_f64() * 1000.0,
             handed_back: handed_back.into_inner(),
+            stored: job.take_stored(),
         };
     }
     let ack_wait = shared.config.topology.ack_wait;
@@ -274,6 +301,7 @@ async fn compute(
                         result: Err(JobError::internal("worker shutting down before the job started; job handed back")),
                         compute_ms: 0.0,
                         handed_back: true,
+                        stored: None,
                     };
                 }
             }
@@ -301,6 +329,7 @@ async fn compute(
                 result: Err(JobError::internal(message)),
                 compute_ms: 0.0,
                 handed_back: true,
+                stored: None,
             };
         }
         let result = crate::warmup::run_guarded(&device, || {
@@ -327,6 +356,7 @@ async fn compute(
             result,
             compute_ms: start.elapsed().as_secs_f64() * 1000.0,
             handed_back: handed_back.into_inner(),
+            stored: job.take_stored(),
         }
     });
     tokio::pin!(task);
@@ -337,6 +367,7 @@ async fn compute(
                     result: Err(JobError::internal(format!("compute task failed: {e}"))),
                     compute_ms: 0.0,
                     handed_back: false,
+                    stored: None,
                 });
             }
             _ = ticker.tick() => { let _ = message.ack_with(AckKind::Progress).await; }
@@ -565,7 +596,16 @@ async fn finish(
     let mut pause = Duration::from_millis(200);
     loop {
         match publish_result(&shared.js, &event, message.headers.as_ref(), trace).await {
-            Ok(()) => break,
+            Ok(Answer::Now) => break,
+            Ok(Answer::Before) => {
+                // This run's stored output is nobody's answer.
+                if let Some(name) = stored_object_name(&event)
+                    && let Ok(bucket) = crate::data::bucket(shared).await
+                {
+                    let _ = bucket.delete(&name).await;
+                }
+                break;
+            }
             Err(e) if tokio::time::Instant::now() + pause < patience => {
                 tracing::warn!(id = %event.id, error = %e, ?pause, "could not publish result; retrying");
                 let _ = message.ack_with(AckKind::Progress).await;
@@ -606,12 +646,12 @@ pub(crate) async fn publish_result(
     event: &ResultEvent,
     job_headers: Option<&HeaderMap>,
     trace: Option<&crate::trace::JobTrace>,
-) -> Result<(), String> {
+) -> Result<Answer, String> {
     let body = serde_json::to_vec(event).map_err(|e| e.to_string())?;
     let mut headers = HeaderMap::new();
     headers.insert(HEADER_MSG_ID, event.msg_id().as_str());
     headers.insert("Content-Type", kiln_proto::CONTENT_TYPE_JSON);
-    let subject = subject::result(&event.kind);
+    let subject = subject::result_of(&event.kind, &event.id, event.replay);
     // The result carries the trace on: this worker's publish span when it traces, else the
     // job's own trace context as it came.
     let _span = match trace {
@@ -625,16 +665,50 @@ pub(crate) async fn publish_result(
             None
         }
     };
-    let ack = js
+    let stored = js
         .publish_with_headers(subject, headers, body.into())
         .await
         .map_err(|e| e.to_string())?
-        .await
-        .map_err(|e| e.to_string())?;
-    if ack.duplicate {
-        tracing::debug!(id = %event.id, "result already stored; this delivery was a duplicate");
+        .await;
+    match stored {
+        Ok(ack) => {
+            if ack.duplicate {
+                tracing::debug!(id = %event.id, "result already stored; this delivery was a duplicate");
+                return Ok(Answer::Before);
+            }
+            Ok(Answer::Now)
+        }
+        // The results stream keeps one result a job id, for good: this job was answered
+        // before (a redelivery after a lost ack, an id used again after the duplicate window).
+        Err(e) if already_answered(&e.to_string()) => {
+            tracing::info!(id = %event.id, "job already has a stored result; this run's result is dropped");
+            Ok(Answer::Before)
+        }
+        Err(e) => Err(e.to_string()),
     }
-    Ok(())
+}
+
+/// Whether a result was stored by this publish or was there before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Answer {
+    Now,
+    Before,
+}
+
+/// Whether a refused result publish says its subject already holds a result (the results
+/// stream's one-message-a-subject limit, discard new per subject).
+fn already_answered(error: &str) -> bool {
+    error.contains("maximum messages per subject exceeded")
+}
+
+/// The object name a result's output was stored under, if it was.
+fn stored_object_name(event: &ResultEvent) -> Option<String> {
+    event
+        .output
+        .get("object")?
+        .get("name")?
+        .as_str()
+        .map(str::to_owned)
 }
 
 /// Keep a copy of a job given up on in `KILN_DLQ`, with why and where it came from.

@@ -14,6 +14,7 @@
 
 mod cancel;
 mod config;
+mod data;
 mod deadletter;
 mod error;
 mod handle;

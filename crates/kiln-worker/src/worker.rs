@@ -162,6 +162,7 @@ pub async fn run(
                 message,
             })?,
         running: Default::default(),
+        data: tokio::sync::OnceCell::new(),
         config,
     });
     tokio::pin!(shutdown);

@@ -119,7 +119,7 @@ pub(crate) async fn measure(
     roles.scheduler(&client, scheduler);
     // Let the heartbeats land, then teach the scheduler both classes with a few explicit jobs.
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let mut collector = ResultCollector::subscribe(&client, None).await?;
+    let mut collector = ResultCollector::subscribe(&client, None, &[]).await?;
     for class in [DeviceClass::Gpu, DeviceClass::Cpu] {
         let jobs = workload(&format!("teach-{class}"), class, 10, 5)?;
         run_jobs(&js, &mut collector, jobs, "teaching").await?;

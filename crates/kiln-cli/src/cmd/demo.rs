@@ -81,7 +81,7 @@ pub async fn run(nats: &NatsArgs, args: DemoArgs) -> anyhow::Result<ExitCode> {
             .collect::<Vec<_>>()
             .join(" and ")
     );
-    let mut collector = ResultCollector::subscribe(&client, None).await?;
+    let mut collector = ResultCollector::subscribe(&client, None, &[]).await?;
     let started = Instant::now();
     publish_all(&js, jobs, None, true).await?;
     let bar = progress_bar(total, "finished");

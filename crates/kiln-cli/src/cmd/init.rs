@@ -9,7 +9,7 @@ pub async fn run(nats: &NatsArgs) -> anyhow::Result<ExitCode> {
     let js = async_nats::jetstream::new(client);
     streams::update_all(&js, &super::topology(nats)).await?;
     println!(
-        "streams {}, {}, {}, {}, {}, consumers {}, {}, {}, {}, {} and buckets {}, {}, {} are \
+        "streams {}, {}, {}, {}, {}, consumers {}, {}, {}, {}, {}, buckets {}, {}, {} and object store {} are \
          ready ({} replica(s))",
         streams::STREAM_JOBS,
         streams::STREAM_RESULTS,
@@ -24,6 +24,7 @@ pub async fn run(nats: &NatsArgs) -> anyhow::Result<ExitCode> {
         kiln_proto::BUCKET_WORKERS,
         kiln_proto::BUCKET_CANCEL,
         kiln_proto::BUCKET_STATE,
+        kiln_proto::BUCKET_DATA,
         nats.replicas
     );
     Ok(ExitCode::SUCCESS)

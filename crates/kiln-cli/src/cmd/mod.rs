@@ -4,6 +4,7 @@ mod bench;
 mod bench_kernels;
 mod bench_scheduler;
 mod cancel;
+mod data;
 pub(crate) mod demo;
 mod dlq;
 mod init;
@@ -39,6 +40,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo(args) => demo::run(&nats, args).await,
         Command::Bench(args) => bench::run(&nats, args).await,
         Command::Kinds => kinds::run(),
+        Command::Put(args) => data::put(&nats, args).await,
+        Command::Get(args) => data::get(&nats, args).await,
     }
 }
 
@@ -46,6 +49,9 @@ fn topology(nats: &NatsArgs) -> Topology {
     Topology {
         replicas: nats.replicas,
         max_queued_jobs: nats.max_queued_jobs,
+        results_max_bytes: nats.results_max_bytes,
+        data_max_age: std::time::Duration::from_secs(nats.data_max_age_hours.saturating_mul(3600)),
+        data_max_bytes: nats.data_max_bytes,
         ..Topology::default()
     }
 }
@@ -56,8 +62,7 @@ pub const EXIT_NOT_FOUND: u8 = 2;
 
 /// What `--id` and the job ids given to `status`, `result` and `cancel` may be: what
 /// [`kiln_proto::valid_job_id`] accepts (workers refuse other ids).
-pub const JOB_ID_RULE: &str =
-    "1 to 128 ASCII letters, digits or punctuation characters (no spaces, no other characters)";
+pub const JOB_ID_RULE: &str = "1 to 128 ASCII letters, digits, '-' and '_'";
 
 /// `Err` with a one-line explanation when `id` is not a valid job id. A long id is shown cut
 /// short, with its length.
@@ -95,8 +100,16 @@ mod tests {
     fn job_id_rule_matches_valid_job_id() {
         assert!(JOB_ID_RULE.contains(&format!("1 to {}", kiln_proto::MAX_ID_LEN)));
         assert!(check_job_id("batch-0").is_ok());
-        assert!(check_job_id("a/b.c*").is_ok(), "punctuation is allowed");
-        for bad in ["", "a b", "caf\u{e9}", "tab\there"] {
+        for bad in [
+            "",
+            "a b",
+            "caf\u{e9}",
+            "tab\there",
+            "a/b.c*",
+            "wedge.",
+            ".x",
+            "a..b",
+        ] {
             let message = check_job_id(bad).unwrap_err();
             assert!(message.contains("is not a job id"), "{message}");
         }

@@ -78,41 +78,18 @@ impl Place {
     }
 }
 
-/// Where job `id` is: its final state (from `KILN_STATE`, with its result), else its result
-/// found by a scan where the record may be stale or is missing, else the live worker holding
-/// it (from the heartbeats, at most 2 s old), else cancel requested, queued (from
-/// `KILN_STATE`) or unknown. The heartbeats are read once.
+/// Where job `id` is: its result (found by its subject), else the live worker holding it
+/// (from the heartbeats, at most 2 s old), else cancel requested, queued (from the record
+/// `kiln submit` keeps in `KILN_STATE`) or unknown.
 pub async fn locate(js: &jetstream::Context, id: &str) -> anyhow::Result<Place> {
-    let recorded = super::result::state(js, id).await;
-    if recorded.as_ref().is_some_and(|s| s.phase.is_final())
-        && let Some(event) = super::result::find(js, id, None).await?
-    {
+    if let Some(event) = super::result::find(js, id, None).await? {
         return Ok(Place::Finished(Box::new(event)));
     }
-    // Not finished on record. A record of `queued` is the truth once the aggregator has folded
-    // every result (it writes final states before acking them); a job kiln has no record of
-    // (published with `nats pub`) may have a result, unless a worker holds it now. A result
-    // comes before the heartbeats, which may still list a job that has just finished.
-    let may_have_result = match &recorded {
-        Some(state) => !state.phase.is_final() && !super::result::aggregator_caught_up(js).await,
-        None => true,
-    };
-    let mut holder = None;
-    if may_have_result {
-        if recorded.is_none() {
-            holder = Some(running(js, id).await);
-        }
-        if !matches!(holder, Some(Some(_)))
-            && let Some(event) = super::result::find(js, id, None).await?
-        {
+    if let Some(line) = running(js, id).await {
+        // A result stored since the first look wins over a heartbeat not yet refreshed.
+        if let Some(event) = super::result::find(js, id, None).await? {
             return Ok(Place::Finished(Box::new(event)));
         }
-    }
-    let holder = match holder {
-        Some(read) => read,
-        None => running(js, id).await,
-    };
-    if let Some(line) = holder {
         return Ok(Place::Running(line));
     }
     let cancelled = match js.get_key_value(kiln_proto::BUCKET_CANCEL).await {
@@ -127,7 +104,7 @@ pub async fn locate(js: &jetstream::Context, id: &str) -> anyhow::Result<Place> 
     if cancelled {
         return Ok(Place::CancelRequested);
     }
-    Ok(match recorded {
+    Ok(match super::result::state(js, id).await {
         Some(state) if state.phase == Phase::Queued => Place::Queued(state),
         Some(state) => Place::Gone(state),
         None => Place::Unknown,

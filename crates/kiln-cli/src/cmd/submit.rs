@@ -11,7 +11,7 @@ use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
 use indicatif::{ProgressBar, ProgressStyle};
 use kiln_kernels::{JobMeta, KindEntry};
-use kiln_proto::{Codec, DeviceClass, HEADER_MSG_ID, ResultEvent, Status, subject};
+use kiln_proto::{Codec, DeviceClass, HEADER_MSG_ID, OutputMode, ResultEvent, Status, subject};
 
 use crate::cli::{NatsArgs, SubmitArgs};
 
@@ -34,16 +34,26 @@ impl JobSpec {
         timeout_ms: Option<u64>,
         codec: Codec,
     ) -> anyhow::Result<Self> {
+        let meta = JobMeta {
+            id: Some(id),
+            seed: Some(seed),
+            timeout_ms,
+            output: OutputMode::Auto,
+        };
+        Self::build(kind, class, params, meta, codec)
+    }
+
+    /// [`JobSpec::new`] with every envelope field given; `meta.id` is required.
+    pub fn build(
+        kind: &KindEntry,
+        class: DeviceClass,
+        params: serde_json::Value,
+        meta: JobMeta,
+        codec: Codec,
+    ) -> anyhow::Result<Self> {
+        let id = meta.id.clone().context("a job needs an id")?;
         let body = kind
-            .encode_job(
-                params,
-                JobMeta {
-                    id: Some(id.clone()),
-                    seed: Some(seed),
-                    timeout_ms,
-                },
-                codec,
-            )
+            .encode_job(params, meta, codec)
             .map_err(|e| anyhow::anyhow!("{}", e.message))?;
         Ok(JobSpec {
             id,
@@ -62,40 +72,15 @@ const PUBLISH_WINDOW: usize = 1024;
 /// within its duplicate window), in submission order.
 ///
 /// With `track`, each job not dropped is recorded as `queued` in `KILN_STATE` too (`kiln status
-/// <id>`), once its PubAck says it was stored; a duplicate's state is left as it is. The write
-/// expects the state's revision read before the job was published, so it never overwrites a
-/// final state the aggregator recorded in between. The reads and writes are pipelined the same
-/// way; the pipeline benchmark publishes without them, as plain NATS clients do.
+/// <id>` says so until its result is stored), once its PubAck says it was stored; a
+/// duplicate's record is left as it is. The writes are pipelined the same way; the pipeline
+/// benchmark publishes without them, as plain NATS clients do.
 pub async fn publish_all(
     js: &jetstream::Context,
     jobs: impl IntoIterator<Item = JobSpec>,
     progress: Option<&ProgressBar>,
     track: bool,
 ) -> anyhow::Result<Vec<String>> {
-    let states = if track {
-        js.get_key_value(kiln_proto::BUCKET_STATE).await.ok()
-    } else {
-        None
-    };
-    // Each job with its state's revision (0: none) before it is published, in order.
-    let mut jobs = futures::stream::iter(jobs)
-        .map(|job| {
-            let states = states.as_ref();
-            async move {
-                let revision = match states {
-                    Some(store) => match store.entry(kiln_proto::job_key(&job.id)).await {
-                        Ok(entry) => Some(entry.map_or(0, |e| e.revision)),
-                        Err(e) => {
-                            tracing::debug!(error = %e, id = %job.id, "could not read a job's state");
-                            None
-                        }
-                    },
-                    None => None,
-                };
-                (job, revision)
-            }
-        })
-        .buffered(PUBLISH_WINDOW);
     let mut published = Published {
         js,
         track,
@@ -104,8 +89,7 @@ pub async fn publish_all(
         duplicates: Vec::new(),
     };
     let mut pending = FuturesUnordered::new();
-    let mut order = 0usize;
-    while let Some((job, revision)) = jobs.next().await {
+    for (order, job) in jobs.into_iter().enumerate() {
         let mut headers = HeaderMap::new();
         headers.insert(HEADER_MSG_ID, job.id.as_str());
         headers.insert("Content-Type", job.codec.content_type());
@@ -138,9 +122,7 @@ pub async fn publish_all(
             order,
             id: job.id,
             subject: job.subject,
-            revision,
         };
-        order += 1;
         pending.push(async move {
             let ack = ack.await;
             drop(span);
@@ -158,7 +140,7 @@ pub async fn publish_all(
     // A state that was not stored only makes `kiln status` less precise; the jobs are in.
     while let Some(stored) = published.states.next().await {
         if let Err(e) = stored {
-            tracing::debug!(error = %e, "a queued state was not stored (a final state was recorded first, or the write failed)");
+            tracing::debug!(error = %e, "a queued state was not stored");
         }
     }
     let mut duplicates = published.duplicates;
@@ -172,8 +154,6 @@ struct Sent {
     order: usize,
     id: String,
     subject: String,
-    /// The revision of its state before it was published (`None`: not tracked, or unknown).
-    revision: Option<u64>,
 }
 
 /// What [`publish_all`] does with each PubAck.
@@ -209,18 +189,10 @@ impl Published<'_> {
             && let Ok(subject) = kiln_proto::JobSubject::parse(&sent.subject)
         {
             let state = kiln_proto::JobState::queued(subject.kind, subject.class);
-            let mut headers = HeaderMap::new();
-            if let Some(revision) = sent.revision {
-                headers.insert(
-                    async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
-                    revision.to_string().as_str(),
-                );
-            }
             let ack = self
                 .js
-                .publish_with_headers(
+                .publish(
                     kiln_proto::state_subject(&sent.id),
-                    headers,
                     serde_json::to_vec(&state)?.into(),
                 )
                 .await
@@ -254,20 +226,42 @@ fn submit_span(job: &JobSpec) -> Option<kiln_telemetry::trace::TraceSpan> {
 /// Collects result events for known job ids. Subscribe before publishing, so that none
 /// is missed.
 pub struct ResultCollector {
-    subscriber: async_nats::Subscriber,
+    subscriber: futures::stream::SelectAll<async_nats::Subscriber>,
 }
 
+/// Up to this many jobs, a collector subscribes to each job's own result subject, so the
+/// server sends it only those results; past it, to every result of the kind (one
+/// subscription, the results of other people's jobs passed over here).
+const SUBSCRIBE_EACH_UP_TO: usize = 1000;
+
 impl ResultCollector {
+    /// Subscribe to the results of jobs `ids` of `kind` (every result when `kind` is `None`).
     pub async fn subscribe(
         client: &async_nats::Client,
         kind: Option<&str>,
+        ids: &[String],
     ) -> anyhow::Result<Self> {
-        let subject = kind.map_or_else(|| "results.>".to_owned(), subject::result);
-        let subscriber = client
-            .subscribe(subject.clone())
-            .await
-            .with_context(|| format!("subscribing to {subject}"))?;
-        Ok(Self { subscriber })
+        let subjects: Vec<String> = match kind {
+            Some(kind) if ids.len() <= SUBSCRIBE_EACH_UP_TO => {
+                ids.iter().map(|id| subject::result(kind, id)).collect()
+            }
+            Some(kind) => vec![subject::results_of_kind(kind)],
+            None => vec!["results.>".to_owned()],
+        };
+        let mut subscribers = Vec::with_capacity(subjects.len());
+        for subject in subjects {
+            subscribers.push(
+                client
+                    .subscribe(subject.clone())
+                    .await
+                    .with_context(|| format!("subscribing to {subject}"))?,
+            );
+        }
+        // The subscriptions are in place once the server has seen them.
+        client.flush().await.context("subscribing to results")?;
+        Ok(Self {
+            subscriber: futures::stream::select_all(subscribers),
+        })
     }
 
     /// Wait until every id in `ids` has a result, or `timeout` passes; returns what came.
@@ -406,7 +400,23 @@ pub async fn run(nats: &NatsArgs, args: SubmitArgs) -> anyhow::Result<ExitCode> 
         )
     })?;
     let class: DeviceClass = args.device.parse()?;
-    let params = parse_params(&args.params, args.params_json.as_deref())?;
+    let mut params = parse_params(&args.params, args.params_json.as_deref())?;
+    let inputs = args
+        .inputs
+        .iter()
+        .map(|arg| super::data::InputArg::parse(arg))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let output = match (&args.output, &args.output_format) {
+        (Some(path), _) => super::data::output_mode_for(path)?,
+        (None, Some(name)) => super::data::output_mode_named(name)?,
+        (None, None) => OutputMode::Auto,
+    };
+    anyhow::ensure!(
+        args.output.is_none() || args.count == 1,
+        "--output writes one job's output to one file: leave out --count, or use \
+         --output-format and `kiln result <id> --output FILE` for each job"
+    );
+    let wait = args.wait || args.output.is_some();
     // A dtype only GPUs compute would come back refused from a CPU worker: say so now.
     if class == DeviceClass::Cpu
         && kind
@@ -438,28 +448,29 @@ pub async fn run(nats: &NatsArgs, args: SubmitArgs) -> anyhow::Result<ExitCode> 
         eprintln!("kiln: --id: {message}");
         return Ok(ExitCode::from(super::EXIT_NOT_FOUND));
     }
+    let client = crate::connect::connect_with(nats, false).await?;
+    let js = jetstream::new(client.clone());
+    kiln_proto::streams::ensure_all(&js, &super::topology(nats)).await?;
+    if !inputs.is_empty() {
+        let bucket = super::data::bucket(&js).await?;
+        super::data::attach_inputs(&bucket, &base_id, &inputs, &mut params).await?;
+    }
     let jobs = ids
         .iter()
         .zip(args.seed..)
         .map(|(id, seed)| {
-            JobSpec::new(
-                kind,
-                class,
-                params.clone(),
-                id.clone(),
-                seed,
-                args.timeout_ms,
-                codec,
-            )
+            let meta = JobMeta {
+                id: Some(id.clone()),
+                seed: Some(seed),
+                timeout_ms: args.timeout_ms,
+                output,
+            };
+            JobSpec::build(kind, class, params.clone(), meta, codec)
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-
-    let client = crate::connect::connect_with(nats, false).await?;
-    let js = jetstream::new(client.clone());
-    kiln_proto::streams::ensure_all(&js, &super::topology(nats)).await?;
     warn_if_unserved(&js, class).await;
-    let mut collector = if args.wait {
-        Some(ResultCollector::subscribe(&client, Some(kind.name)).await?)
+    let mut collector = if wait {
+        Some(ResultCollector::subscribe(&client, Some(kind.name), &ids).await?)
     } else {
         None
     };
@@ -558,6 +569,11 @@ pub async fn run(nats: &NatsArgs, args: SubmitArgs) -> anyhow::Result<ExitCode> 
     }
     if failed > 0 {
         eprintln!("{failed} of {} job(s) failed", ids.len());
+    }
+    if let (Some(path), Some(event)) = (&args.output, results.get(&base_id))
+        && event.status == Status::Succeeded
+    {
+        super::data::save_output(&js, event, path).await?;
     }
     Ok(if failed == 0 && missing.is_empty() {
         ExitCode::SUCCESS

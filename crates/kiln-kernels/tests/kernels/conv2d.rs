@@ -391,7 +391,8 @@ fn non_finite_kernel_values_are_invalid_input() {
             kernel: Some(vec![vec![bad]]),
             ..Default::default()
         };
-        let err = Conv2d::plan(&params, &Limits::default()).unwrap_err();
+        let err =
+            Conv2d::plan(&params, &kiln_kernels::Inputs::none(), &Limits::default()).unwrap_err();
         assert_eq!(err.kind, ErrorKind::InvalidInput);
     }
 }

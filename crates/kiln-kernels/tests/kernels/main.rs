@@ -4,5 +4,6 @@
 mod conv2d;
 mod cuda;
 mod matmul;
+mod mlp_predict;
 mod support;
 mod train_mlp;

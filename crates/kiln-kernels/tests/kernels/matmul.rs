@@ -1,6 +1,6 @@
 //! `matmul` against a triple-loop reference.
 
-use kiln_kernels::{ComputeDevice, NoCheckpoint, find, seeded_values};
+use kiln_kernels::{ComputeDevice, Input, NoCheckpoint, find, seeded_values};
 use kiln_proto::{Codec, ErrorKind, Job, Limits};
 use serde_json::json;
 
@@ -166,8 +166,8 @@ fn gpu_precisions_on_a_cpu_worker_are_invalid_input() {
 #[test]
 fn bincode_carries_the_same_params() {
     let params = kiln_kernels::matmul::Params {
-        a: Some(vec![vec![1.0, 2.0]]),
-        b: Some(vec![vec![3.0], vec![4.0]]),
+        a: Some(Input::Inline(vec![vec![1.0, 2.0]])),
+        b: Some(Input::Inline(vec![vec![3.0], vec![4.0]])),
         dtype: Some(kiln_kernels::matmul::Dtype::F32),
         ..Default::default()
     };
@@ -176,6 +176,7 @@ fn bincode_carries_the_same_params() {
         params,
         timeout_ms: None,
         seed: Some(1),
+        output: Default::default(),
     };
     let body = Codec::Bincode.encode("job", &job).unwrap();
     let decoded = find("matmul")

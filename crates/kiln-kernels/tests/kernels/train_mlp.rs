@@ -1,7 +1,16 @@
-//! `train_mlp`: learns its data set, reports one epoch at a time, stops when told to.
+//! `train_mlp`: learns its data set or a user's, reports one epoch at a time, stops when told
+//! to, and hands back the model it trained.
 
-use kiln_kernels::{Kernel, Progress, find};
-use kiln_proto::{ErrorKind, Limits};
+use std::collections::BTreeMap;
+
+use kiln_data::{Dataset, HostTensor, Model};
+use kiln_kernels::{
+    ComputeDevice, DecodedJob, Inputs, Kernel, Loaded, NoCheckpoint, Progress, Stored, Want,
+    Wanted, find,
+};
+use kiln_proto::{Codec, ErrorKind, JobError, Limits, ObjectRef};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use serde_json::{Value, json};
 
 use crate::support::{Recorder, error_kind, run, run_with};
@@ -195,7 +204,12 @@ fn bad_params_are_invalid_input() {
         lr: Some(f64::NAN),
         ..Default::default()
     };
-    let err = kiln_kernels::train_mlp::TrainMlp::plan(&nan, &Limits::default()).unwrap_err();
+    let err = kiln_kernels::train_mlp::TrainMlp::plan(
+        &nan,
+        &kiln_kernels::Inputs::none(),
+        &Limits::default(),
+    )
+    .unwrap_err();
     assert_eq!(err.kind, ErrorKind::InvalidInput);
 }
 
@@ -214,4 +228,373 @@ fn huge_sizes_are_too_large_not_a_crash() {
             "{params}"
         );
     }
+}
+
+/// Centres of the three blobs of [`blobs`], class by class: far from the origin and on
+/// different scales per feature, so that training needs the standardisation.
+pub const CENTRES: [[f32; 2]; 3] = [[100.0, -5.0], [104.0, -5.0], [100.0, -3.0]];
+
+/// `per_class` points around each of [`CENTRES`] (Gaussian, σ 0.6 along the first feature and
+/// 0.3 along the second: the blobs are 6σ apart), classes interleaved.
+pub fn blobs(per_class: usize, seed: u64) -> Dataset {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut normal = move || {
+        let u1: f32 = 1.0 - rng.random::<f32>();
+        let u2: f32 = rng.random();
+        (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
+    };
+    let (mut x, mut y) = (Vec::new(), Vec::new());
+    for i in 0..per_class * CENTRES.len() {
+        let class = i % CENTRES.len();
+        let [cx, cy] = CENTRES[class];
+        x.extend([cx + 0.6 * normal(), cy + 0.3 * normal()]);
+        y.push(class as u32);
+    }
+    Dataset {
+        x: HostTensor::new(vec![y.len(), 2], x),
+        y,
+    }
+}
+
+/// A `train_mlp` job decoded from `{"params": params, "seed": seed}`, its dataset loaded as a
+/// worker would.
+fn dataset_job(params: Value, seed: u64, data: Dataset) -> Result<DecodedJob, JobError> {
+    let body = serde_json::to_vec(&json!({"params": params, "seed": seed})).unwrap();
+    let mut job = find("train_mlp")
+        .unwrap()
+        .decode(Codec::Json, &body, &Limits::default())?;
+    let mut inputs = Inputs::none();
+    inputs.insert("dataset", Loaded::Dataset(data));
+    job.load(inputs)?;
+    Ok(job)
+}
+
+/// The model trained on 100 points a blob for 30 epochs (seed 1), and the job's output.
+pub fn trained_blobs() -> (Model, Value) {
+    let params =
+        json!({"dataset": {"object": "d"}, "epochs": 30, "hidden": [16], "batch_size": 32});
+    let job = dataset_job(params, 1, blobs(100, 7)).unwrap();
+    let out = job.run(&ComputeDevice::Cpu, &NoCheckpoint).unwrap();
+    match job.take_stored() {
+        Some(Stored::Model(model)) => (model, out),
+        other => panic!("a dataset job stores its model, got {other:?}"),
+    }
+}
+
+fn val_accuracies(out: &Value) -> Vec<f64> {
+    out["epochs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["val_accuracy"].as_f64().unwrap())
+        .collect()
+}
+
+#[test]
+fn learns_a_users_dataset_and_stores_the_model() {
+    let (model, out) = trained_blobs();
+    assert_eq!(out["epochs"].as_array().unwrap().len(), 30);
+    let val = val_accuracies(&out);
+    // Blobs 6σ apart: measured 0.8 after epoch 1 and 1.0 from epoch 2 on; 0.9 is the contract.
+    assert!(val[29] > 0.9, "validation accuracies {val:?}");
+    assert_eq!(out["final_val_accuracy"].as_f64().unwrap(), val[29]);
+    assert!(out["final_accuracy"].as_f64().unwrap() > 0.9, "{out}");
+    let val_loss = out["epochs"][29]["val_loss"].as_f64().unwrap();
+    assert!(val_loss.is_finite() && val_loss < 0.3, "{out}");
+    // 300 samples, 0.2 held out.
+    assert_eq!(out["samples"], 300);
+    assert_eq!(out["validation_samples"], 60);
+    assert_eq!(out["dataset"], "d");
+    assert_eq!(out["parameters"], 2 * 16 + 16 + 16 * 3 + 3);
+    assert_eq!(
+        out["model"],
+        json!({"layers": [2, 16, 3], "features": 2, "classes": 3})
+    );
+
+    let shapes: Vec<(&str, &[usize])> = model
+        .tensors
+        .iter()
+        .map(|(name, t)| (name.as_str(), t.shape.as_slice()))
+        .collect();
+    assert_eq!(
+        shapes,
+        [
+            ("layers.0.weight", &[2, 16][..]),
+            ("layers.0.bias", &[16][..]),
+            ("layers.1.weight", &[16, 3][..]),
+            ("layers.1.bias", &[3][..]),
+            ("input.mean", &[2][..]),
+            ("input.std", &[2][..]),
+        ]
+    );
+    for (name, t) in &model.tensors {
+        assert_eq!(t.data.len(), t.shape.iter().product::<usize>(), "{name}");
+    }
+    let expected: BTreeMap<String, String> = [
+        ("format", "kiln-mlp"),
+        ("version", "1"),
+        ("features", "2"),
+        ("classes", "3"),
+        ("hidden", "16"),
+        ("activation", "relu"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    assert_eq!(model.metadata, expected);
+    // The training split's statistics: the mean of the three centres (101.33, -4.33) and the
+    // spread of the centres plus the noise (about 1.98 and 0.99), within sampling error.
+    let tensor = |name: &str| {
+        &model
+            .tensors
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap()
+            .1
+            .data
+    };
+    let (mean, std) = (tensor("input.mean"), tensor("input.std"));
+    assert!(
+        (mean[0] - 101.33).abs() < 0.3 && (mean[1] + 4.33).abs() < 0.15,
+        "{mean:?}"
+    );
+    assert!(
+        (std[0] - 1.98).abs() < 0.3 && (std[1] - 0.99).abs() < 0.15,
+        "{std:?}"
+    );
+}
+
+#[test]
+fn a_dataset_job_names_its_object_and_is_planned_once_loaded() {
+    let body = br#"{"params":{"dataset":{"object":"d"},"hidden":[8],"epochs":2},"seed":1}"#;
+    let mut job = find("train_mlp")
+        .unwrap()
+        .decode(Codec::Json, body, &Limits::default())
+        .unwrap();
+    assert_eq!(
+        job.objects(),
+        [Wanted {
+            param: "dataset",
+            reference: ObjectRef::new("d"),
+            want: Want::Dataset,
+        }]
+    );
+    assert_eq!(
+        job.plan.elements, 0,
+        "nothing known before the dataset is loaded"
+    );
+    let mut inputs = Inputs::none();
+    inputs.insert("dataset", Loaded::Dataset(blobs(10, 0)));
+    job.load(inputs).unwrap();
+    // 30 points of 2 features and a label; 2·8 + 8 + 8·2 + 2 weights (classes counted as 2
+    // until the labels are read) four times over; activations of a pass over the 30 rows
+    // through widths 2, 8, 2, twice.
+    let parameters = 2 * 8 + 8 + 8 * 2 + 2;
+    assert_eq!(
+        job.plan.elements,
+        30 * 3 + parameters * 4 + 30 * (2 + 8 + 2) * 2
+    );
+    // The generated shells' jobs name nothing.
+    let shells = find("train_mlp")
+        .unwrap()
+        .decode(Codec::Json, br#"{"params":{}}"#, &Limits::default())
+        .unwrap();
+    assert!(shells.objects().is_empty());
+}
+
+#[test]
+fn the_validation_split_is_fixed_by_the_seed() {
+    let params =
+        json!({"dataset": {"object": "d"}, "epochs": 3, "hidden": [4], "validation_split": 0.5});
+    let run = |seed| {
+        let job = dataset_job(params.clone(), seed, blobs(20, 3)).unwrap();
+        job.run(&ComputeDevice::Cpu, &NoCheckpoint).unwrap()
+    };
+    let (a, b) = (run(5), run(5));
+    assert_eq!(val_accuracies(&a), val_accuracies(&b));
+    assert_eq!(a["validation_samples"], 30);
+    assert_eq!(a["epochs"].as_array().unwrap().len(), 3);
+    assert!(
+        a["epochs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e.get("val_loss").is_some()),
+        "{a}"
+    );
+}
+
+#[test]
+fn no_validation_split_trains_on_every_sample() {
+    let params =
+        json!({"dataset": {"object": "d"}, "epochs": 2, "hidden": [4], "validation_split": 0});
+    let job = dataset_job(params, 0, blobs(10, 0)).unwrap();
+    let out = job.run(&ComputeDevice::Cpu, &NoCheckpoint).unwrap();
+    let first = &out["epochs"][0];
+    assert!(
+        first.get("val_loss").is_none() && first.get("val_accuracy").is_none(),
+        "{out}"
+    );
+    assert!(out.get("validation_samples").is_none() && out.get("final_val_accuracy").is_none());
+    assert_eq!(out["samples"], 30);
+    assert!(matches!(job.take_stored(), Some(Stored::Model(_))));
+}
+
+#[test]
+fn generated_jobs_store_a_model_only_when_asked() {
+    let out = run(
+        "train_mlp",
+        json!({"samples": 64, "epochs": 1, "hidden": [8]}),
+        0,
+    );
+    assert!(out.get("model").is_none(), "{out}");
+    assert!(out["epochs"][0].get("val_loss").is_none(), "{out}");
+    assert_eq!(out["dataset"], "concentric_shells");
+
+    let body = br#"{"params":{"samples":64,"epochs":1,"hidden":[8]},"output":"object"}"#;
+    let job = find("train_mlp")
+        .unwrap()
+        .decode(Codec::Json, body, &Limits::default())
+        .unwrap();
+    let out = job.run(&ComputeDevice::Cpu, &NoCheckpoint).unwrap();
+    assert_eq!(
+        out["model"],
+        json!({"layers": [2, 8, 3], "features": 2, "classes": 3})
+    );
+    let Some(Stored::Model(model)) = job.take_stored() else {
+        panic!("an object output stores the model")
+    };
+    // The shells train unstandardised: the identity.
+    let tensor = |name: &str| {
+        &model
+            .tensors
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap()
+            .1
+            .data
+    };
+    assert_eq!(tensor("input.mean"), &vec![0.0; 2]);
+    assert_eq!(tensor("input.std"), &vec![1.0; 2]);
+    assert_eq!(model.metadata["hidden"], "8");
+
+    // A validation split on the shells reports validation too.
+    let out = run(
+        "train_mlp",
+        json!({"samples": 64, "epochs": 2, "hidden": [8], "validation_split": 0.25}),
+        0,
+    );
+    assert_eq!(out["validation_samples"], 16);
+    assert!(out["epochs"][1]["val_accuracy"].as_f64().is_some(), "{out}");
+}
+
+#[test]
+fn softmax_regression_model_has_an_empty_hidden_list() {
+    let params = json!({"dataset": {"object": "d"}, "epochs": 1, "hidden": []});
+    let job = dataset_job(params, 0, blobs(5, 0)).unwrap();
+    job.run(&ComputeDevice::Cpu, &NoCheckpoint).unwrap();
+    let Some(Stored::Model(model)) = job.take_stored() else {
+        panic!("a dataset job stores its model")
+    };
+    assert_eq!(model.metadata["hidden"], "");
+    let names: Vec<&str> = model.tensors.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "layers.0.weight",
+            "layers.0.bias",
+            "input.mean",
+            "input.std"
+        ]
+    );
+}
+
+#[test]
+fn dataset_jobs_refuse_bad_splits_and_disagreeing_sizes() {
+    let refused = |params: Value| {
+        let err = dataset_job(params.clone(), 0, blobs(10, 0))
+            .and_then(|job| job.run(&ComputeDevice::Cpu, &NoCheckpoint))
+            .unwrap_err();
+        assert_eq!(err.kind, ErrorKind::InvalidInput, "{params}: {err}");
+        err.message
+    };
+    let d = json!({"object": "d"});
+    let message = refused(json!({"dataset": d, "validation_split": 0.95}));
+    assert!(
+        message.contains("validation_split from 0 to 0.9"),
+        "{message}"
+    );
+    refused(json!({"dataset": d, "validation_split": -0.1}));
+    let message = refused(json!({"dataset": d, "features": 3}));
+    assert!(
+        message.contains("features 3") && message.contains("leave the sizes out"),
+        "{message}"
+    );
+    refused(json!({"dataset": d, "samples": 31}));
+    // Classes are known once the labels are read, when the job runs.
+    let message = refused(json!({"dataset": d, "classes": 4}));
+    assert!(
+        message.contains("classes 4") && message.contains("3"),
+        "{message}"
+    );
+    // Agreeing sizes are fine.
+    let job = dataset_job(
+        json!({"dataset": d, "samples": 30, "features": 2, "classes": 3, "epochs": 1}),
+        0,
+        blobs(10, 0),
+    )
+    .unwrap();
+    job.run(&ComputeDevice::Cpu, &NoCheckpoint).unwrap();
+    // Splits that leave a side empty.
+    let one = Dataset {
+        x: HostTensor::new(vec![2, 1], vec![0.0, 1.0]),
+        y: vec![0, 1],
+    };
+    let err = dataset_job(json!({"dataset": d, "validation_split": 0.2}), 0, one).unwrap_err();
+    assert!(err.message.contains("holds out none"), "{}", err.message);
+    // Shells too refuse a split out of range, at decode time.
+    assert_eq!(
+        error_kind("train_mlp", json!({"validation_split": 0.95})),
+        ErrorKind::InvalidInput
+    );
+}
+
+#[test]
+fn non_finite_features_are_invalid_input() {
+    let mut data = blobs(5, 0);
+    data.x.data[7] = f32::NAN;
+    let job = dataset_job(json!({"dataset": {"object": "d"}, "epochs": 1}), 0, data).unwrap();
+    let err = job.run(&ComputeDevice::Cpu, &NoCheckpoint).unwrap_err();
+    assert_eq!(err.kind, ErrorKind::InvalidInput);
+    assert!(
+        err.message.contains("sample 3, feature 1"),
+        "{}",
+        err.message
+    );
+}
+
+#[test]
+#[ignore = "kiln_proto::ObjectRef skips None fields when serialising, which bincode cannot \
+          decode; run with --ignored once it no longer does"]
+fn bincode_carries_the_dataset_params() {
+    let params = kiln_kernels::train_mlp::Params {
+        dataset: Some(ObjectRef::new("d")),
+        validation_split: Some(0.25),
+        epochs: Some(1),
+        ..Default::default()
+    };
+    let job = kiln_proto::Job {
+        id: None,
+        params: params.clone(),
+        timeout_ms: None,
+        seed: Some(3),
+        output: Default::default(),
+    };
+    let body = Codec::Bincode.encode("job", &job).unwrap();
+    let decoded = find("train_mlp")
+        .unwrap()
+        .decode(Codec::Bincode, &body, &Limits::default())
+        .unwrap();
+    assert_eq!(decoded.objects()[0].reference, ObjectRef::new("d"));
+    assert_eq!(decoded.seed, 3);
 }

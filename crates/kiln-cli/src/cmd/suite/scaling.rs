@@ -89,7 +89,7 @@ pub async fn measure(
     let exe = std::env::current_exe().context("finding the kiln binary to start workers")?;
     let workloads = workloads(quick);
     bar.set_length(counts.len() as u64 * workloads.iter().map(|w| w.jobs).sum::<u64>());
-    let mut collector = ResultCollector::subscribe(&client, None).await?;
+    let mut collector = ResultCollector::subscribe(&client, None, &[]).await?;
     let run = kiln_proto::new_job_id();
     let mut rows: Vec<ScalingRow> = Vec::new();
     for &count in counts {

@@ -287,7 +287,9 @@ mod tests {
             codec: Codec::Json,
         });
         let ids = jobs.iter().map(|j| j.id.clone()).collect();
-        let mut collector = ResultCollector::subscribe(&client, None).await.unwrap();
+        let mut collector = ResultCollector::subscribe(&client, None, &[])
+            .await
+            .unwrap();
         publish_all(&js, jobs, None, true).await.unwrap();
         let results = collector
             .collect(ids, Duration::from_secs(60), None, |_| {})

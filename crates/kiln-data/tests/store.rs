@@ -1,0 +1,277 @@
+//! The object store against a real nats-server.
+
+use std::collections::BTreeMap;
+
+use async_nats::jetstream;
+use kiln_data::store::{self, ObjectStore};
+use kiln_data::{DataError, HostTensor, Loaded, Model, Want, formats};
+use kiln_proto::{BUCKET_DATA, ObjectRef, Topology};
+
+const MIB: u64 = 1024 * 1024;
+
+/// A server with the `KILN_DATA` bucket (kept alive by the returned server).
+async fn bucket() -> (kiln_testkit::NatsServer, jetstream::Context, ObjectStore) {
+    let server = kiln_testkit::NatsServer::start();
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let js = jetstream::new(client);
+    js.create_object_store(Topology::default().data_bucket())
+        .await
+        .unwrap();
+    let store = store::open(&js).await.unwrap();
+    (server, js, store)
+}
+
+fn invalid(result: Result<impl std::fmt::Debug, DataError>) -> String {
+    match result.expect_err("expected an error") {
+        DataError::Invalid(m) => m,
+        other => panic!("expected Invalid, got {other:?}"),
+    }
+}
+
+fn tensor(loaded: Loaded) -> HostTensor {
+    match loaded {
+        Loaded::Tensor(t) => t,
+        other => panic!("expected a tensor, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn put_tensor_then_fetch_round_trips_a_million_values() {
+    let (_server, _js, store) = bucket().await;
+    let data: Vec<f32> = (0..1_000_000).map(|i| (i as f32).sin() * 1e3).collect();
+    let t = HostTensor::new(vec![1000, 1000], data);
+
+    let d = store::put_tensor(&store, "in/x.npy", &t, "npy", "")
+        .await
+        .unwrap();
+    assert_eq!(d.bucket, BUCKET_DATA);
+    assert_eq!(d.name, "in/x.npy");
+    assert_eq!((d.format.as_str(), d.dtype.as_str()), ("npy", "f32"));
+    assert_eq!(d.shape, vec![1000, 1000]);
+    assert_eq!(
+        d.size,
+        formats::npy_header(&t.shape).len() as u64 + 4_000_000
+    );
+    assert_eq!(d.sha256.len(), 64);
+
+    // With the digest the put reported, and in any case.
+    let mut reference = ObjectRef::new("in/x.npy");
+    reference.sha256 = Some(d.sha256.to_uppercase());
+    let back = store::fetch(&store, &reference, Want::Tensor, 64 * MIB, 1 << 20).await;
+    assert_eq!(tensor(back.unwrap()), t);
+
+    // `kiln get`: the very bytes of encode_npy, and the same digest.
+    let mut out = Vec::new();
+    let got = store::get_to_writer(&store, "in/x.npy", &mut out)
+        .await
+        .unwrap();
+    assert_eq!(out, formats::encode_npy(&t));
+    assert_eq!((got.size, got.sha256), (d.size, d.sha256));
+
+    // Over the element limit: refused from the header.
+    let refused = store::fetch(&store, &reference, Want::Tensor, 64 * MIB, 999_999).await;
+    assert!(
+        matches!(refused, Err(DataError::TooLarge(_))),
+        "{refused:?}"
+    );
+}
+
+#[tokio::test]
+async fn refuses_before_downloading_a_missing_too_large_or_unexpected_object() {
+    let (_server, _js, store) = bucket().await;
+    let t = HostTensor::new(vec![256, 1024], vec![0.5; 256 * 1024]);
+    let d = store::put_tensor(&store, "big", &t, "npy", "")
+        .await
+        .unwrap();
+
+    let m =
+        invalid(store::fetch(&store, &ObjectRef::new("nope"), Want::Tensor, MIB, 1 << 20).await);
+    assert_eq!(
+        m,
+        "object \"nope\" not found in KILN_DATA: put it first (kiln put FILE --name nope)"
+    );
+
+    match store::fetch(
+        &store,
+        &ObjectRef::new("big"),
+        Want::Tensor,
+        MIB / 2,
+        1 << 30,
+    )
+    .await
+    {
+        Err(DataError::TooLarge(m)) => assert!(
+            m.starts_with("object big is 1.0 MiB, over this worker's memory budget of 0.5 MiB"),
+            "{m}"
+        ),
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+
+    let mut reference = ObjectRef::new("big");
+    let wrong = "0".repeat(64);
+    reference.sha256 = Some(wrong.clone());
+    let m = invalid(store::fetch(&store, &reference, Want::Tensor, 2 * MIB, 1 << 20).await);
+    assert_eq!(
+        m,
+        format!(
+            "object big has SHA-256 {}, not the {wrong} the job asks for; put the right object \
+             or fix \"sha256\"",
+            d.sha256
+        )
+    );
+    reference.sha256 = Some("xyz".into());
+    let m = invalid(store::fetch(&store, &reference, Want::Tensor, 2 * MIB, 1 << 20).await);
+    assert!(m.contains("is not 64 hex digits"), "{m}");
+}
+
+#[tokio::test]
+async fn corrupt_and_truncated_objects_are_invalid() {
+    let (_server, js, store) = bucket().await;
+    let t = HostTensor::new(vec![4, 4], (0..16).map(|i| i as f32).collect());
+    store::put_tensor(&store, "x", &t, "npy", "").await.unwrap();
+
+    // One more chunk behind the object's back: its bytes no longer match its digest.
+    let info = store.info("x").await.unwrap();
+    js.publish(
+        format!("$O.{BUCKET_DATA}.C.{}", info.nuid),
+        vec![1u8, 2, 3].into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let m = invalid(store::fetch(&store, &ObjectRef::new("x"), Want::Tensor, MIB, 1 << 20).await);
+    assert_eq!(
+        m,
+        "object x is corrupt: its bytes do not match its stored SHA-256 digest; put it again"
+    );
+    let m = invalid(store::get_to_writer(&store, "x", &mut Vec::new()).await);
+    assert!(m.starts_with("object x is corrupt"), "{m}");
+
+    // A file cut short when it was uploaded.
+    let npy = formats::encode_npy(&t);
+    let d = store::put_reader(&store, "cut", &mut &npy[..npy.len() - 6])
+        .await
+        .unwrap();
+    assert_eq!(
+        (d.format.as_str(), d.shape.as_slice()),
+        ("npy", &[4u64, 4][..])
+    );
+    let m = invalid(store::fetch(&store, &ObjectRef::new("cut"), Want::Tensor, MIB, 1 << 20).await);
+    assert_eq!(
+        m,
+        "object cut: truncated: header says 64 bytes of values, found 58; upload the whole file again"
+    );
+}
+
+#[tokio::test]
+async fn safetensors_entries_are_picked_by_key() {
+    let (_server, _js, store) = bucket().await;
+    let w = HostTensor::new(vec![2, 2], vec![1.0, 2.0, 3.0, 4.0]);
+    let d = store::put_tensor(&store, "one", &w, "safetensors", "w")
+        .await
+        .unwrap();
+    assert_eq!(
+        (d.format.as_str(), d.dtype.as_str()),
+        ("safetensors", "f32")
+    );
+    let fetched = store::fetch(&store, &ObjectRef::new("one"), Want::Tensor, MIB, 100).await;
+    assert_eq!(tensor(fetched.unwrap()), w);
+
+    let model = Model {
+        tensors: vec![
+            ("w".into(), w.clone()),
+            ("b".into(), HostTensor::new(vec![2], vec![-1.0, 1.0])),
+        ],
+        metadata: BTreeMap::from([("epochs".into(), "3".into())]),
+    };
+    let d = store::put_model(&store, "model", &model).await.unwrap();
+    assert_eq!((d.format.as_str(), d.shape.len()), ("safetensors", 0));
+    let mut reference = ObjectRef::new("model");
+    reference.tensor = Some("b".into());
+    let b = store::fetch(&store, &reference, Want::Tensor, MIB, 100)
+        .await
+        .unwrap();
+    assert_eq!(tensor(b).data, vec![-1.0, 1.0]);
+
+    reference.tensor = Some("c".into());
+    let m = invalid(store::fetch(&store, &reference, Want::Tensor, MIB, 100).await);
+    assert_eq!(
+        m,
+        "object model has no tensor \"c\"; pick one of \"b\", \"w\" with \"tensor\""
+    );
+    reference.tensor = None;
+    let m = invalid(store::fetch(&store, &reference, Want::Tensor, MIB, 100).await);
+    assert!(
+        m.starts_with("object model holds 2 tensors (\"b\", \"w\")"),
+        "{m}"
+    );
+
+    match store::fetch(&store, &reference, Want::Model, MIB, 100)
+        .await
+        .unwrap()
+    {
+        Loaded::Model(back) => {
+            assert_eq!(back.tensors.len(), 2);
+            assert_eq!(back.tensors[1], model.tensors[0]);
+            assert_eq!(back.metadata, model.metadata);
+        }
+        other => panic!("expected a model, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn images_load_as_images_and_not_as_tensors() {
+    let (_server, _js, store) = bucket().await;
+    let img = HostTensor::new(vec![3, 1, 2], vec![0.0, 1.0, 0.2, 0.4, 0.6, 0.8]);
+    let d = store::put_tensor(&store, "img.png", &img, "png", "")
+        .await
+        .unwrap();
+    assert_eq!((d.format.as_str(), d.dtype.as_str()), ("png", "u8"));
+
+    let reference = ObjectRef::new("img.png");
+    let m = invalid(store::fetch(&store, &reference, Want::Tensor, MIB, 100).await);
+    assert_eq!(
+        m,
+        "object img.png is a PNG image, but this job wants a tensor (.npy or safetensors); \
+         store it in one of those formats"
+    );
+    let loaded = store::fetch(&store, &reference, Want::Image, MIB, 100)
+        .await
+        .unwrap();
+    assert_eq!(tensor(loaded), img);
+
+    // A [H, W] tensor is a one-channel image.
+    let grey = HostTensor::new(vec![2, 2], vec![0.0, 0.25, 0.5, 1.0]);
+    store::put_tensor(&store, "grey.npy", &grey, "npy", "")
+        .await
+        .unwrap();
+    let loaded = store::fetch(&store, &ObjectRef::new("grey.npy"), Want::Image, MIB, 100).await;
+    let loaded = tensor(loaded.unwrap());
+    assert_eq!((loaded.shape, loaded.data), (vec![1, 2, 2], grey.data));
+}
+
+#[tokio::test]
+async fn put_reader_stores_a_csv_dataset_and_open_needs_the_bucket() {
+    let (_server, js, store) = bucket().await;
+    let csv = b"f1,f2,label\n0.5,1,0\n2,3.5,1\n";
+    let d = store::put_reader(&store, "iris.csv", &mut &csv[..])
+        .await
+        .unwrap();
+    assert_eq!((d.format.as_str(), d.size), ("csv", csv.len() as u64));
+    match store::fetch(&store, &ObjectRef::new("iris.csv"), Want::Dataset, MIB, 100).await {
+        Ok(Loaded::Dataset(data)) => {
+            assert_eq!(data.x.shape, vec![2, 2]);
+            assert_eq!(data.x.data, vec![0.5, 1.0, 2.0, 3.5]);
+            assert_eq!(data.y, vec![0, 1]);
+        }
+        other => panic!("expected a dataset, got {other:?}"),
+    }
+
+    js.delete_object_store(BUCKET_DATA).await.unwrap();
+    let m = invalid(store::open(&js).await.map(|_| ()));
+    assert_eq!(
+        m,
+        "object store KILN_DATA does not exist on this server: run `kiln init`"
+    );
+}

@@ -1,0 +1,280 @@
+//! A job's data beyond its JSON: parameters given by reference to the `KILN_DATA` object
+//! store ([`Input`]), the objects a worker loaded for them ([`Inputs`]), and the full output a
+//! kernel hands back to be stored ([`OutputSink`]).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Mutex;
+
+use kiln_data::store::{Loaded, Want};
+use kiln_data::{Dataset, HostTensor, Model};
+use kiln_proto::{JobError, ObjectRef, OutputMode};
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
+
+/// A tensor parameter: the values inline (`[1, 2, 3]`, `[[1, 2], [3, 4]]`), or a reference to
+/// an object (`{"object": "NAME"}`, optionally `"tensor"` and `"sha256"`).
+///
+/// In JSON the two are told apart by shape (an array or an object); in bincode, which cannot
+/// look ahead, it is an enum with a tag.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input<T> {
+    Inline(T),
+    Object(ObjectRef),
+}
+
+impl<T> Input<T> {
+    /// The inline value, if the parameter was given inline.
+    pub fn inline(&self) -> Option<&T> {
+        match self {
+            Input::Inline(v) => Some(v),
+            Input::Object(_) => None,
+        }
+    }
+
+    /// The reference, if the parameter names an object.
+    pub fn object(&self) -> Option<&ObjectRef> {
+        match self {
+            Input::Inline(_) => None,
+            Input::Object(r) => Some(r),
+        }
+    }
+}
+
+/// The tagged form bincode carries.
+#[derive(Deserialize)]
+enum Tagged<T> {
+    Inline(T),
+    Object(ObjectRef),
+}
+
+/// [`Tagged`] borrowed, for encoding without a copy of the values (same variants, same tags).
+#[derive(Serialize)]
+#[serde(rename = "Tagged")]
+enum TaggedRef<'a, T> {
+    Inline(&'a T),
+    Object(&'a ObjectRef),
+}
+
+impl<T: Serialize> Serialize for Input<T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if serializer.is_human_readable() {
+            match self {
+                Input::Inline(v) => v.serialize(serializer),
+                Input::Object(r) => r.serialize(serializer),
+            }
+        } else {
+            match self {
+                Input::Inline(v) => TaggedRef::Inline(v).serialize(serializer),
+                Input::Object(r) => TaggedRef::<T>::Object(r).serialize(serializer),
+            }
+        }
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Input<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        if !deserializer.is_human_readable() {
+            return Ok(match Tagged::<T>::deserialize(deserializer)? {
+                Tagged::Inline(v) => Input::Inline(v),
+                Tagged::Object(r) => Input::Object(r),
+            });
+        }
+        struct InputVisitor<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for InputVisitor<T> {
+            type Value = Input<T>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an array of numbers or an object reference {\"object\": \"NAME\"}")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+                T::deserialize(de::value::SeqAccessDeserializer::new(seq)).map(Input::Inline)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                ObjectRef::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(Input::Object)
+            }
+        }
+        deserializer.deserialize_any(InputVisitor(PhantomData))
+    }
+}
+
+/// One object a job's parameters name: which parameter, the reference, and how to read it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Wanted {
+    pub param: &'static str,
+    pub reference: ObjectRef,
+    pub want: Want,
+}
+
+/// The objects named by tensor parameters `(name, value)`, each read as a tensor.
+pub fn tensor_objects<T>(params: &[(&'static str, &Option<Input<T>>)]) -> Vec<Wanted> {
+    params
+        .iter()
+        .filter_map(|(param, input)| {
+            let reference = input.as_ref()?.object()?.clone();
+            Some(Wanted {
+                param,
+                reference,
+                want: Want::Tensor,
+            })
+        })
+        .collect()
+}
+
+/// The objects a worker loaded for a job, by parameter name. Kernels take them out when
+/// they run (so a tensor is never held twice).
+#[derive(Default)]
+pub struct Inputs {
+    loaded: Mutex<HashMap<&'static str, Loaded>>,
+    shapes: HashMap<&'static str, Vec<usize>>,
+}
+
+impl fmt::Debug for Inputs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Inputs")
+            .field("shapes", &self.shapes)
+            .finish()
+    }
+}
+
+impl Inputs {
+    /// No objects.
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// Record what was loaded for `param`.
+    pub fn insert(&mut self, param: &'static str, loaded: Loaded) {
+        let shape = match &loaded {
+            Loaded::Tensor(t) => t.shape.clone(),
+            Loaded::Dataset(d) => d.x.shape.clone(),
+            Loaded::Model(_) => Vec::new(),
+        };
+        self.shapes.insert(param, shape);
+        self.loaded
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(param, loaded);
+    }
+
+    /// Whether nothing was loaded.
+    pub fn is_empty(&self) -> bool {
+        self.shapes.is_empty()
+    }
+
+    /// The shape of the tensor (or of a dataset's `x`) loaded for `param`.
+    pub fn shape(&self, param: &str) -> Option<&[usize]> {
+        self.shapes.get(param).map(Vec::as_slice)
+    }
+
+    /// Bytes the loaded objects hold.
+    pub fn bytes(&self) -> u64 {
+        let loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        loaded
+            .values()
+            .map(|l| match l {
+                Loaded::Tensor(t) => t.data.len() as u64 * 4,
+                Loaded::Dataset(d) => (d.x.data.len() + d.y.len()) as u64 * 4,
+                Loaded::Model(m) => m.tensors.iter().map(|(_, t)| t.data.len() as u64 * 4).sum(),
+            })
+            .sum()
+    }
+
+    fn take(&self, param: &str) -> Option<Loaded> {
+        self.loaded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(param)
+    }
+
+    /// Take the tensor loaded for `param`.
+    pub fn take_tensor(&self, param: &str) -> Result<HostTensor, JobError> {
+        match self.take(param) {
+            Some(Loaded::Tensor(t)) => Ok(t),
+            _ => Err(missing(param)),
+        }
+    }
+
+    /// Take the dataset loaded for `param`.
+    pub fn take_dataset(&self, param: &str) -> Result<Dataset, JobError> {
+        match self.take(param) {
+            Some(Loaded::Dataset(d)) => Ok(d),
+            _ => Err(missing(param)),
+        }
+    }
+
+    /// Take the model loaded for `param`.
+    pub fn take_model(&self, param: &str) -> Result<Model, JobError> {
+        match self.take(param) {
+            Some(Loaded::Model(m)) => Ok(m),
+            _ => Err(missing(param)),
+        }
+    }
+}
+
+fn missing(param: &str) -> JobError {
+    JobError::internal(format!(
+        "the object for parameter {param:?} was not loaded before the job ran"
+    ))
+}
+
+/// Where a kernel's output goes, decided from the job's `output` and where its inputs came
+/// from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// A summary only (generated inputs).
+    Summary,
+    /// The values inline in the result.
+    Inline,
+    /// Stored in `KILN_DATA`: hand the tensor to [`OutputSink::put`].
+    Object,
+}
+
+impl Placement {
+    /// Where an output of `elements` values goes for a job asking `mode`, whose inputs the
+    /// user sent (`user_data`) or kiln generated, with `max_inline` values allowed inline.
+    pub fn of(mode: OutputMode, user_data: bool, elements: usize, max_inline: usize) -> Self {
+        match (mode.stores(), user_data) {
+            (true, _) => Placement::Object,
+            (false, false) => Placement::Summary,
+            (false, true) if elements <= max_inline => Placement::Inline,
+            (false, true) => Placement::Object,
+        }
+    }
+}
+
+/// What a kernel hands back to be stored.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Stored {
+    /// A tensor, under the name its inline form has (`c`, `image`, `probabilities`).
+    Tensor { name: String, tensor: HostTensor },
+    /// A trained model (safetensors).
+    Model(Model),
+}
+
+/// The slot a kernel puts its full output in; the worker stores it after the job ran.
+#[derive(Debug, Default)]
+pub struct OutputSink {
+    slot: Mutex<Option<Stored>>,
+}
+
+impl OutputSink {
+    /// Keep `tensor` (named `name` in the result) to be stored.
+    pub fn put(&self, name: &str, tensor: HostTensor) {
+        *self.slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(Stored::Tensor {
+            name: name.to_owned(),
+            tensor,
+        });
+    }
+
+    /// Keep a model to be stored.
+    pub fn put_model(&self, model: Model) {
+        *self.slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(Stored::Model(model));
+    }
+
+    /// What the kernel left to store.
+    pub fn take(&self) -> Option<Stored> {
+        self.slot.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}

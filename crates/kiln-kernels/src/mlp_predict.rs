@@ -1,0 +1,394 @@
+//! `mlp_predict`: runs a model trained by `train_mlp` on rows of features, giving each row's
+//! class probabilities and most likely class.
+//!
+//! The model is a `kiln-mlp` safetensors object (see [`crate::train_mlp`] for its layout). Each
+//! row is standardised with the model's `input.mean` and `input.std`, passed through its
+//! `Linear` layers with ReLU between them, and turned into probabilities by a softmax, on the
+//! job's backend, `batch_size` rows at a time. A row's class is the first with the highest
+//! probability.
+
+use std::collections::HashMap;
+
+use burn::module::Param;
+use burn::nn::Linear;
+use burn::tensor::{Tensor, TensorData, activation::softmax, backend::Backend};
+use kiln_data::{HostTensor, Model};
+use kiln_proto::{JobError, Limits, ObjectRef, checked_product};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::io::{Input, Inputs, Placement, Wanted};
+use crate::train_mlp::{MODEL_FORMAT, MODEL_VERSION, Mlp};
+use crate::{Kernel, Plan, RunContext, Summary, Want};
+
+/// Rows per forward pass when the job leaves `batch_size` out.
+pub const DEFAULT_BATCH_SIZE: u64 = 4096;
+
+/// `{"model": {"object": NAME}, "x": [[..], ..], "batch_size": 4096}`, `x` inline or an
+/// object holding a 2-D tensor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Params {
+    /// The model, trained by `train_mlp`.
+    pub model: ObjectRef,
+    /// The rows to classify, one row of features each.
+    pub x: Input<Vec<Vec<f32>>>,
+    /// Rows per forward pass (default 4096), to bound memory.
+    #[serde(default)]
+    pub batch_size: Option<u64>,
+}
+
+impl Params {
+    fn batch_size(&self) -> Result<u64, JobError> {
+        match self.batch_size.unwrap_or(DEFAULT_BATCH_SIZE) {
+            0 => Err(JobError::invalid_input(
+                "mlp_predict needs batch_size >= 1, got 0",
+            )),
+            b => Ok(b),
+        }
+    }
+}
+
+/// Rows and columns of x, inline or loaded (None while not loaded yet).
+fn x_shape(input: &Input<Vec<Vec<f32>>>, inputs: &Inputs) -> Result<Option<(u64, u64)>, JobError> {
+    match input {
+        Input::Inline(rows) => {
+            let cols = rows.first().map_or(0, Vec::len);
+            if cols == 0 {
+                return Err(JobError::invalid_input(
+                    "mlp_predict x is empty; give at least one row with at least one value",
+                ));
+            }
+            if let Some((i, row)) = rows.iter().enumerate().find(|(_, r)| r.len() != cols) {
+                return Err(JobError::invalid_input(format!(
+                    "mlp_predict x is ragged: row 0 has {cols} values but row {i} has {}",
+                    row.len()
+                )));
+            }
+            Ok(Some((rows.len() as u64, cols as u64)))
+        }
+        Input::Object(r) => match inputs.shape("x") {
+            None => Ok(None),
+            Some(&[rows, cols]) if rows > 0 && cols > 0 => Ok(Some((rows as u64, cols as u64))),
+            Some(shape) => Err(JobError::invalid_input(format!(
+                "mlp_predict x (object {:?}) has shape {shape:?}; it must be a 2-D tensor of \
+                 rows by features with at least one of each",
+                r.object
+            ))),
+        },
+    }
+}
+
+/// A `kiln-mlp` model checked whole: layers from input to output, and the standardisation.
+struct Network {
+    /// Weight [in, out] and bias [out] of each layer.
+    layers: Vec<(HostTensor, HostTensor)>,
+    mean: HostTensor,
+    std: HostTensor,
+}
+
+impl Network {
+    /// The network in `model`, refusing one that is not a complete `kiln-mlp` model.
+    fn of(object: &str, model: Model) -> Result<Self, JobError> {
+        let refuse = |what: String| {
+            JobError::invalid_input(format!(
+                "mlp_predict model {object:?} {what}; train one with train_mlp"
+            ))
+        };
+        match model.metadata.get("format").map(String::as_str) {
+            Some(MODEL_FORMAT) => {}
+            Some(other) => {
+                return Err(refuse(format!(
+                    "has format {other:?}, not {MODEL_FORMAT:?}"
+                )));
+            }
+            None => {
+                return Err(refuse(format!(
+                    "has no \"format\" metadata (it must be {MODEL_FORMAT:?})"
+                )));
+            }
+        }
+        match model.metadata.get("version").map(String::as_str) {
+            Some(MODEL_VERSION) => {}
+            other => {
+                return Err(refuse(format!(
+                    "has version {other:?}; this worker reads version {MODEL_VERSION}"
+                )));
+            }
+        }
+        if let Some(activation) = model.metadata.get("activation")
+            && activation != "relu"
+        {
+            return Err(refuse(format!(
+                "uses activation {activation:?}; only relu is supported"
+            )));
+        }
+        let mut tensors: HashMap<String, HostTensor> = model.tensors.into_iter().collect();
+        let count = tensors
+            .keys()
+            .filter_map(|name| {
+                let (index, part) = name.strip_prefix("layers.")?.split_once('.')?;
+                matches!(part, "weight" | "bias").then(|| index.parse::<usize>().ok())?
+            })
+            .max()
+            .map_or(0, |last| last + 1);
+        let mut take = |name: &str| {
+            tensors
+                .remove(name)
+                .ok_or_else(|| refuse(format!("lacks tensor {name:?}")))
+        };
+        let (mean, std) = (take("input.mean")?, take("input.std")?);
+        if count == 0 {
+            return Err(refuse(
+                "has no layers (tensors \"layers.0.weight\", \"layers.0.bias\", …)".into(),
+            ));
+        }
+        let mut layers = Vec::new();
+        let mut width = None;
+        for i in 0..count {
+            let (weight, bias) = (format!("layers.{i}.weight"), format!("layers.{i}.bias"));
+            let (w, b) = (take(&weight)?, take(&bias)?);
+            let [fan_in, fan_out] = match *w.shape {
+                [fan_in, fan_out] if fan_in > 0 && fan_out > 0 => [fan_in, fan_out],
+                _ => {
+                    return Err(refuse(format!(
+                        "has {weight} shaped {:?}; it must be [in, out]",
+                        w.shape
+                    )));
+                }
+            };
+            if width.is_some_and(|width| width != fan_in) {
+                return Err(refuse(format!(
+                    "has {weight} shaped {:?}, but the layer before gives {} values",
+                    w.shape,
+                    width.unwrap_or_default()
+                )));
+            }
+            if b.shape != [fan_out] {
+                return Err(refuse(format!(
+                    "has {bias} shaped {:?}; it must be [{fan_out}]",
+                    b.shape
+                )));
+            }
+            width = Some(fan_out);
+            layers.push((w, b));
+        }
+        let features = layers[0].0.shape[0];
+        for (name, t) in [("input.mean", &mean), ("input.std", &std)] {
+            if t.shape != [features] {
+                return Err(refuse(format!(
+                    "has {name} shaped {:?}; it must be [{features}], one per feature",
+                    t.shape
+                )));
+            }
+        }
+        if std.data.iter().any(|d| !(d.is_finite() && *d > 0.0)) {
+            return Err(refuse(
+                "has an input.std value that is not a positive number".into(),
+            ));
+        }
+        let network = Network { layers, mean, std };
+        for (key, actual) in [
+            ("features", network.features()),
+            ("classes", network.classes()),
+        ] {
+            if let Some(given) = model.metadata.get(key)
+                && given.parse::<usize>().ok() != Some(actual)
+            {
+                return Err(refuse(format!(
+                    "says {key}={given} in its metadata but its tensors have {actual}"
+                )));
+            }
+        }
+        Ok(network)
+    }
+
+    fn features(&self) -> usize {
+        self.mean.shape[0]
+    }
+
+    fn classes(&self) -> usize {
+        self.layers.last().map_or(0, |(w, _)| w.shape[1])
+    }
+
+    /// Layer widths from input to output.
+    fn widths(&self) -> Vec<usize> {
+        std::iter::once(self.features())
+            .chain(self.layers.iter().map(|(w, _)| w.shape[1]))
+            .collect()
+    }
+
+    /// Weights and biases.
+    fn parameters(&self) -> u64 {
+        self.layers
+            .iter()
+            .map(|(w, b)| (w.len() + b.len()) as u64)
+            .sum()
+    }
+
+    /// Multiply-adds per row.
+    fn macs(&self) -> u64 {
+        self.layers.iter().map(|(w, _)| w.len() as u64).sum()
+    }
+
+    /// The layers as Burn modules on `device`.
+    fn module<B: Backend>(&self, device: &B::Device) -> Mlp<B> {
+        let param = |t: &HostTensor| TensorData::new(t.data.clone(), t.shape.clone());
+        Mlp::from_layers(
+            self.layers
+                .iter()
+                .map(|(w, b)| Linear {
+                    weight: Param::from_data(param(w), device),
+                    bias: Some(Param::from_data(param(b), device)),
+                })
+                .collect(),
+        )
+    }
+}
+
+/// What classifying `rows` rows costs on `network`, `batch` rows at a time.
+fn cost(network: &Network, rows: u64, batch: u64) -> Result<Plan, JobError> {
+    let what = "mlp_predict";
+    let widths: u64 = network.widths().iter().map(|&w| w as u64).sum();
+    let elements = [
+        checked_product(what, &[rows, network.features() as u64])?,
+        checked_product(what, &[rows, network.classes() as u64])?,
+        network.parameters(),
+        checked_product(what, &[batch.min(rows), widths])?,
+    ]
+    .into_iter()
+    .try_fold(0u64, u64::checked_add)
+    .ok_or_else(|| JobError::too_large("mlp_predict sizes overflow a 64-bit element count"))?;
+    Ok(Plan {
+        elements,
+        flops: 2.0 * rows as f64 * network.macs() as f64,
+        gpu_only: false,
+    })
+}
+
+pub struct MlpPredict;
+
+impl Kernel for MlpPredict {
+    const NAME: &'static str = "mlp_predict";
+    const SUMMARY: &'static str =
+        "classifies rows with a model trained by train_mlp; probabilities and classes";
+    const PARAMS_HELP: &'static str = "model: {\"object\": NAME} in KILN_DATA, a model stored \
+         by train_mlp (required)\n\
+         x: the rows to classify, one row of features each: inline, or {\"object\": NAME} \
+         (2-D .npy or safetensors) (required)\n\
+         batch_size: rows per forward pass, to bound memory (4096)";
+    type Params = Params;
+
+    fn objects(params: &Params) -> Vec<Wanted> {
+        let model = Wanted {
+            param: "model",
+            reference: params.model.clone(),
+            want: Want::Model,
+        };
+        let x = params.x.object().map(|reference| Wanted {
+            param: "x",
+            reference: reference.clone(),
+            want: Want::Tensor,
+        });
+        std::iter::once(model).chain(x).collect()
+    }
+
+    /// The model's size is known only when the job runs (a loaded model has no shape to
+    /// plan with), which checks the whole job against the limits again.
+    fn plan(params: &Params, inputs: &Inputs, _limits: &Limits) -> Result<Plan, JobError> {
+        params.batch_size()?;
+        let Some((rows, features)) = x_shape(&params.x, inputs)? else {
+            return Ok(Plan::default());
+        };
+        Ok(Plan {
+            elements: checked_product("mlp_predict", &[rows, features])?,
+            flops: 0.0,
+            gpu_only: false,
+        })
+    }
+
+    fn run<B: Backend>(
+        params: &Params,
+        ctx: &RunContext<'_, B>,
+    ) -> Result<serde_json::Value, JobError> {
+        let network = Network::of(&params.model.object, ctx.inputs.take_model("model")?)?;
+        let batch = params.batch_size()?;
+        let Some((rows, features)) = x_shape(&params.x, ctx.inputs)? else {
+            return Err(JobError::internal("mlp_predict ran before x was loaded"));
+        };
+        if features as usize != network.features() {
+            return Err(JobError::invalid_input(format!(
+                "mlp_predict model {:?} expects {} features, x has {features}",
+                params.model.object,
+                network.features()
+            )));
+        }
+        ctx.limits
+            .check_elements(Self::NAME, cost(&network, rows, batch)?.elements)?;
+        let x = match &params.x {
+            Input::Inline(r) => r.concat(),
+            Input::Object(_) => ctx.inputs.take_tensor("x")?.data,
+        };
+
+        let device = &ctx.device;
+        let (rows, features, batch) = (rows as usize, features as usize, batch as usize);
+        let classes = network.classes();
+        let mlp = network.module::<B>(device);
+        let row_of = |t: &HostTensor| {
+            Tensor::<B, 1>::from_data(TensorData::new(t.data.clone(), [features]), device)
+                .reshape([1, features])
+        };
+        let (mean, std) = (row_of(&network.mean), row_of(&network.std));
+        let batches = rows.div_ceil(batch) as u64;
+        let mut probabilities = Vec::with_capacity(rows * classes);
+        for (done, chunk) in x.chunks(batch * features).enumerate() {
+            let n = chunk.len() / features;
+            let x =
+                Tensor::<B, 2>::from_data(TensorData::new(chunk.to_vec(), [n, features]), device);
+            let x = (x - mean.clone()) / std.clone();
+            let p = softmax(mlp.forward(x), 1)
+                .into_data()
+                .convert::<f32>()
+                .into_vec::<f32>()
+                .map_err(|e| JobError::internal(format!("reading mlp_predict output: {e:?}")))?;
+            probabilities.extend(p);
+            ctx.checkpoint(done as u64 + 1, batches)?;
+        }
+        let predicted: Vec<usize> = probabilities
+            .chunks_exact(classes)
+            .map(|row| {
+                row.iter()
+                    .enumerate()
+                    .fold((0, f32::NEG_INFINITY), |best, (i, &p)| {
+                        if p > best.1 { (i, p) } else { best }
+                    })
+                    .0
+            })
+            .collect();
+
+        let mut out = json!({
+            "rows": rows,
+            "model": {
+                "layers": network.widths(),
+                "features": features,
+                "classes": classes,
+            },
+            "summary": Summary::of(&probabilities),
+        });
+        if rows <= ctx.limits.max_inline_output {
+            out["classes"] = json!(predicted);
+        }
+        match ctx.place(true, rows * classes) {
+            Placement::Inline => {
+                out["probabilities"] =
+                    json!(probabilities.chunks_exact(classes).collect::<Vec<_>>());
+            }
+            Placement::Object => ctx.sink.put(
+                "probabilities",
+                HostTensor::new(vec![rows, classes], probabilities),
+            ),
+            Placement::Summary => {}
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,105 @@
+//! User data by reference: the `KILN_DATA` object store bucket, how a job names an object
+//! (`{"object": "NAME"}`), and how a result names the object holding its output.
+
+use serde::{Deserialize, Serialize};
+
+/// The object store bucket that holds job inputs and outputs.
+pub const BUCKET_DATA: &str = "KILN_DATA";
+
+/// A job parameter given by reference: `{"object": "NAME"}`, with `"tensor": "KEY"` to pick
+/// one entry of a safetensors file and `"sha256": "HEX"` to have the worker check the
+/// object's digest before using it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectRef {
+    /// The object's name in `KILN_DATA`.
+    pub object: String,
+    /// The entry of a safetensors file to use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tensor: Option<String>,
+    /// The SHA-256 the object must have, in hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+}
+
+impl ObjectRef {
+    /// A reference to the object called `name`.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            object: name.into(),
+            tensor: None,
+            sha256: None,
+        }
+    }
+}
+
+/// Where a job's output goes (the job envelope's `output`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputMode {
+    /// Inline in the result when the job sent its own data and the output is small (at most
+    /// the worker's inline limit); stored as `.npy` when it sent its own data and the output
+    /// is larger; a summary (shape, checksum, norms) for generated inputs.
+    #[default]
+    Auto,
+    /// Stored in `KILN_DATA` as `.npy` whatever its size.
+    Object,
+    /// Stored as `.npy`.
+    Npy,
+    /// Stored as safetensors (one entry, named after the output).
+    Safetensors,
+    /// Stored as an 8-bit PNG (image outputs: conv2d).
+    Png,
+}
+
+impl OutputMode {
+    /// Whether the output must be stored as an object.
+    pub fn stores(self) -> bool {
+        !matches!(self, OutputMode::Auto)
+    }
+
+    /// The format it is stored in: `npy`, `safetensors` or `png`.
+    pub fn format(self) -> &'static str {
+        match self {
+            OutputMode::Auto | OutputMode::Object | OutputMode::Npy => "npy",
+            OutputMode::Safetensors => "safetensors",
+            OutputMode::Png => "png",
+        }
+    }
+}
+
+/// A stored object as a result names it (`output.object`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ObjectDescriptor {
+    pub bucket: String,
+    pub name: String,
+    /// `npy`, `safetensors` or `png`.
+    pub format: String,
+    /// Bytes.
+    pub size: u64,
+    /// SHA-256 of the object's bytes, in hex.
+    pub sha256: String,
+    /// Shape of the tensor it holds (for a model: empty).
+    #[serde(default)]
+    pub shape: Vec<u64>,
+    /// Element type of the tensor it holds (`f32`; `u8` for a PNG).
+    #[serde(default)]
+    pub dtype: String,
+}
+
+/// The name of the object holding the output of job `id` (in its `replay`th life), stored by
+/// delivery `attempt` of the message at `stream_sequence` in `KILN_JOBS`: one name per run, so
+/// that a run whose result is refused (the job was answered already) never overwrites the
+/// answered run's output, and can delete its own.
+pub fn output_object_name(
+    id: &str,
+    replay: u32,
+    stream_sequence: u64,
+    attempt: u64,
+    format: &str,
+) -> String {
+    match replay {
+        0 => format!("results/{id}/{stream_sequence}-{attempt}.{format}"),
+        n => format!("results/{id}/replay-{n}-{stream_sequence}-{attempt}.{format}"),
+    }
+}

@@ -1,0 +1,115 @@
+//! A job's objects: loading the inputs its parameters name from `KILN_DATA` before it runs,
+//! and storing the output it leaves there after.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind};
+use kiln_data::store;
+use kiln_kernels::{DecodedJob, Inputs, Stored};
+use kiln_proto::{JobError, ObjectDescriptor};
+
+use crate::handle::Shared;
+
+/// The `KILN_DATA` bucket, opened on first use (a worker that never sees an object never
+/// needs it, and a bucket made after the worker started is found).
+pub(crate) async fn bucket(
+    shared: &Shared,
+) -> Result<&jetstream::object_store::ObjectStore, JobError> {
+    shared
+        .data
+        .get_or_try_init(|| async { store::open(&shared.js).await.map_err(JobError::from) })
+        .await
+}
+
+/// Load every object `job`'s parameters name, refusing one larger than this worker's memory
+/// budget before it is downloaded, then check the job again with the sizes now known.
+/// Progress acks keep the job while large objects arrive.
+pub(crate) async fn load(
+    shared: &Shared,
+    message: &jetstream::Message,
+    job: &mut DecodedJob,
+) -> Result<(), JobError> {
+    let wanted = job.objects();
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let fetch = async {
+        let bucket = bucket(shared).await?;
+        let mut inputs = Inputs::none();
+        let budget = shared.memory.bytes;
+        let max_elements = shared.config.limits.max_elements;
+        for w in wanted {
+            let loaded = store::fetch(bucket, &w.reference, w.want, budget, max_elements)
+                .await
+                .map_err(|e| {
+                    let mut error = JobError::from(e);
+                    error.message = format!("parameter {:?}: {}", w.param, error.message);
+                    error
+                })?;
+            inputs.insert(w.param, loaded);
+        }
+        Ok::<_, JobError>(inputs)
+    };
+    let inputs = with_progress(message, shared.config.topology.ack_wait, fetch).await?;
+    job.load(inputs)?;
+    shared.memory.check(job.kind.name, job.plan.elements)?;
+    Ok(())
+}
+
+/// Store what the job left to store (its output in full, or a trained model) and name the
+/// object in its output under `"object"`.
+pub(crate) async fn store_output(
+    shared: &Shared,
+    message: &jetstream::Message,
+    name: &str,
+    format: &'static str,
+    stored: Stored,
+    output: &mut serde_json::Value,
+) -> Result<ObjectDescriptor, JobError> {
+    let put = async {
+        let bucket = bucket(shared).await?;
+        let descriptor = match &stored {
+            Stored::Tensor {
+                name: entry,
+                tensor,
+            } => store::put_tensor(bucket, name, tensor, format, entry).await?,
+            Stored::Model(model) => store::put_model(bucket, name, model).await?,
+        };
+        Ok::<_, JobError>(descriptor)
+    };
+    let descriptor = with_progress(message, shared.config.topology.ack_wait, put).await?;
+    if let Some(fields) = output.as_object_mut() {
+        fields.insert(
+            "object".into(),
+            serde_json::to_value(&descriptor).unwrap_or_default(),
+        );
+    }
+    Ok(descriptor)
+}
+
+/// The format a stored output takes: a model is always safetensors; a tensor is what the job
+/// asked for.
+pub(crate) fn format_of(stored: &Stored, asked: kiln_proto::OutputMode) -> &'static str {
+    match stored {
+        Stored::Model(_) => "safetensors",
+        Stored::Tensor { .. } => asked.format(),
+    }
+}
+
+/// Run `work`, telling the server every third of the ack wait that the job is still in
+/// progress.
+async fn with_progress<T>(
+    message: &jetstream::Message,
+    ack_wait: Duration,
+    work: impl std::future::Future<Output = T>,
+) -> T {
+    let every = (ack_wait / 3).max(Duration::from_millis(100));
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            done = &mut work => return done,
+            _ = ticker.tick() => { let _ = message.ack_with(AckKind::Progress).await; }
+        }
+    }
+}
