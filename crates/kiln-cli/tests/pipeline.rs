@@ -856,7 +856,7 @@ async fn status_of_a_job_follows_it_from_queued_to_running_to_succeeded() {
         "submit",
         "train_mlp",
         "-p",
-        "epochs=300",
+        "epochs=1000",
         "-p",
         "samples=1024",
         "--id",

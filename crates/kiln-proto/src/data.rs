@@ -14,11 +14,12 @@ pub const BUCKET_DATA: &str = "KILN_DATA";
 pub struct ObjectRef {
     /// The object's name in `KILN_DATA`.
     pub object: String,
-    /// The entry of a safetensors file to use.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The entry of a safetensors file to use. (Never skipped when absent: bincode, which
+    /// kiln also speaks, has no field names and cannot skip one.)
+    #[serde(default)]
     pub tensor: Option<String>,
     /// The SHA-256 the object must have, in hex.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub sha256: Option<String>,
 }
 

@@ -44,6 +44,17 @@ impl Cluster {
             .expect("run kiln")
     }
 
+    /// [`Cluster::kiln`] run in folder `dir`.
+    pub fn kiln_in(&self, dir: &std::path::Path, args: &[&str]) -> Output {
+        Command::new(KILN)
+            .args(args)
+            .current_dir(dir)
+            .env("NATS_URL", self.server.url())
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("run kiln")
+    }
+
     /// [`Cluster::kiln`] with `input` on its standard input.
     pub fn kiln_with_input(&self, args: &[&str], input: &[u8]) -> Output {
         use std::io::Write as _;

@@ -278,8 +278,6 @@ fn bad_params_are_invalid_input() {
 }
 
 #[test]
-#[ignore = "kiln_proto::ObjectRef skips None fields when serialising, which bincode cannot \
-          decode; run with --ignored once it no longer does"]
 fn bincode_carries_the_params() {
     let params = kiln_kernels::mlp_predict::Params {
         model: ObjectRef::new("m"),

@@ -574,8 +574,6 @@ fn non_finite_features_are_invalid_input() {
 }
 
 #[test]
-#[ignore = "kiln_proto::ObjectRef skips None fields when serialising, which bincode cannot \
-          decode; run with --ignored once it no longer does"]
 fn bincode_carries_the_dataset_params() {
     let params = kiln_kernels::train_mlp::Params {
         dataset: Some(ObjectRef::new("d")),

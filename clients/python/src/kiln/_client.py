@@ -1,0 +1,721 @@
+"""Connecting to kiln's NATS server, submitting jobs, and the KILN_DATA object store."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import ssl
+from collections import Counter
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import nats
+import nats.errors
+import nats.js.errors
+import numpy as np
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js.client import JetStreamContext
+from nats.js.object_store import ObjectStore
+
+from . import _wire
+from ._errors import ConnectError, KilnError, ObjectNotFound, SubmitError
+from ._job import Job, JobState, Result
+
+log = logging.getLogger("kiln")
+
+DEFAULT_URL = "nats://127.0.0.1:4222"
+#: Seconds to wait for the server's acknowledgement of a published job.
+ACK_TIMEOUT = 10.0
+
+# JetStream's error codes for "no message found" and "stream not found".
+_NO_MESSAGE = 10037
+_NO_STREAM = 10059
+
+#: Up to this many jobs in one submission, each job's result subject is subscribed to (the
+#: server sends only those results); past it, every result of the kind (as `kiln submit`).
+SUBSCRIBE_EACH_UP_TO = 1000
+
+_ENVELOPE_KEYS = frozenset(
+    {"kind", "device", "id", "seed", "timeout_ms", "output", "upload", "params"}
+)
+
+
+def connect(
+    url: str | None = None,
+    *,
+    creds: str | os.PathLike[str] | None = None,
+    nkey: str | os.PathLike[str] | None = None,
+    user: str | None = None,
+    password: str | None = None,
+    token: str | None = None,
+    tls_ca: str | os.PathLike[str] | None = None,
+    tls_cert: str | os.PathLike[str] | None = None,
+    tls_key: str | os.PathLike[str] | None = None,
+    name: str = "kiln-python",
+    connect_timeout: float = 2.0,
+) -> Connecting:
+    """Connect to the NATS server kiln runs on: `await kiln.connect(...)` gives a `Client`,
+    `async with kiln.connect(...) as client:` closes it at the end.
+
+    Each option left out is read from the environment as the `kiln` CLI reads it: `NATS_URL`
+    (default nats://127.0.0.1:4222; several URLs comma-separated), `NATS_CREDS` (credentials
+    file), `NATS_NKEY` (nkey seed file), `NATS_USER` and `NATS_PASSWORD`, `NATS_TOKEN`,
+    `NATS_CA`, `NATS_CERT` and `NATS_KEY` (TLS).
+    """
+    env = os.environ.get
+    options = _Options(
+        url=url or env("NATS_URL") or DEFAULT_URL,
+        creds=_path(creds or env("NATS_CREDS")),
+        nkey=_path(nkey or env("NATS_NKEY")),
+        user=user or env("NATS_USER"),
+        password=password or env("NATS_PASSWORD"),
+        token=token or env("NATS_TOKEN"),
+        tls_ca=_path(tls_ca or env("NATS_CA")),
+        tls_cert=_path(tls_cert or env("NATS_CERT")),
+        tls_key=_path(tls_key or env("NATS_KEY")),
+        name=name,
+        connect_timeout=connect_timeout,
+    )
+    if (options.user is None) != (options.password is None):
+        raise ValueError(
+            "user and password go together (NATS_USER, NATS_PASSWORD): give both or neither"
+        )
+    if (options.tls_cert is None) != (options.tls_key is None):
+        raise ValueError(
+            "tls_cert and tls_key go together (NATS_CERT, NATS_KEY): give both or neither"
+        )
+    return Connecting(options)
+
+
+def _path(value: str | os.PathLike[str] | None) -> str | None:
+    return os.fspath(value) if value else None
+
+
+@dataclass(frozen=True)
+class _Options:
+    url: str
+    creds: str | None
+    nkey: str | None
+    user: str | None
+    password: str | None
+    token: str | None
+    tls_ca: str | None
+    tls_cert: str | None
+    tls_key: str | None
+    name: str
+    connect_timeout: float
+
+
+class Connecting:
+    """What `kiln.connect` returns: await it for a `Client`, or use it in `async with`."""
+
+    def __init__(self, options: _Options) -> None:
+        self._options = options
+        self._client: Client | None = None
+
+    def __await__(self) -> Generator[Any, None, Client]:
+        return self._connect().__await__()
+
+    async def __aenter__(self) -> Client:
+        self._client = await self._connect()
+        return self._client
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._client is not None:
+            await self._client.close()
+
+    async def _connect(self) -> Client:
+        o = self._options
+        servers = [s.strip() for s in o.url.split(",") if s.strip()]
+        if not servers:
+            raise ValueError(
+                f"{o.url!r} is not a NATS URL: give nats://host:port, comma-separated for several"
+            )
+        kwargs: dict[str, Any] = {}
+        if o.creds:
+            _readable(o.creds, "credentials file (creds, NATS_CREDS)")
+            kwargs["user_credentials"] = o.creds
+        if o.nkey:
+            _readable(o.nkey, "nkey seed file (nkey, NATS_NKEY)")
+            kwargs["nkeys_seed"] = o.nkey
+        if o.user is not None:
+            kwargs["user"], kwargs["password"] = o.user, o.password
+        if o.token:
+            kwargs["token"] = o.token
+        if o.tls_ca or o.tls_cert:
+            context = ssl.create_default_context(cafile=o.tls_ca)
+            if o.tls_cert and o.tls_key:
+                context.load_cert_chain(o.tls_cert, o.tls_key)
+            kwargs["tls"] = context
+
+        errors: list[Exception] = []
+
+        async def on_error(e: Exception) -> None:
+            errors.append(e)
+            log.debug("NATS at %s: %s", o.url, e)
+
+        try:
+            # One attempt per server (and one retry) for the first connection, so that a
+            # server that is not there is reported at once ...
+            nc = await nats.connect(
+                servers=servers,
+                name=o.name,
+                connect_timeout=o.connect_timeout,
+                allow_reconnect=True,
+                max_reconnect_attempts=1,
+                reconnect_time_wait=0.1,
+                error_cb=on_error,
+                **kwargs,
+            )
+        except Exception as e:  # every failure gets the same one sentence
+            cause = errors[-1] if errors else e
+            text = str(cause) or type(cause).__name__
+            if "authorization" in text.lower() or "authentication" in text.lower():
+                raise ConnectError(
+                    f"the NATS server at {o.url} refused these credentials ({text}): check user/"
+                    "password, nkey, creds or token (NATS_USER, NATS_PASSWORD, NATS_NKEY, "
+                    "NATS_CREDS, NATS_TOKEN)"
+                ) from e
+            if isinstance(cause, ssl.SSLError) or "certificate" in text.lower():
+                raise ConnectError(
+                    f"TLS with the NATS server at {o.url} failed ({text}): check tls_ca (and "
+                    "tls_cert/tls_key for mutual TLS), and that the server's certificate names "
+                    "the host in the URL"
+                ) from e
+            raise ConnectError(
+                f"could not reach NATS at {o.url} ({text}): start nats-server -js, or point "
+                "url / NATS_URL at your server"
+            ) from e
+        # ... and a connection lost later is retried as nats-py does by default (60 attempts
+        # per server, 2 s apart), pending requests waiting for it.
+        nc.options["max_reconnect_attempts"] = 60
+        nc.options["reconnect_time_wait"] = 2.0
+        return Client(nc)
+
+
+def _readable(path: str, what: str) -> None:
+    if not os.path.isfile(path):
+        raise ValueError(f"{what} {path!r} does not exist")
+
+
+@dataclass
+class _Watch:
+    """A job waiting for its result: its own subscription, or a place on its kind's."""
+
+    future: asyncio.Future[Result]
+    sub: Subscription | None
+    kind: str | None
+
+
+@dataclass
+class _Prepared:
+    """A job checked and encoded, its inputs not yet uploaded."""
+
+    job_id: str
+    kind: str
+    device: str
+    params: dict[str, Any]
+    uploads: list[_wire.Upload]
+    seed: int
+    timeout_ms: int | None
+    output: str
+    body: bytes = b""
+
+
+class Client:
+    """A connection to kiln. Make one with `await kiln.connect()`; close it with
+    `await client.close()` (or use `async with`)."""
+
+    def __init__(self, nc: NATS) -> None:
+        self._nc = nc
+        self._js: JetStreamContext = nc.jetstream()
+        self._data: ObjectStore | None = None
+        # Jobs waiting for their result: each with its own subscription, or (in batches
+        # past SUBSCRIBE_EACH_UP_TO) on one subscription to every result of its kind.
+        self._watching: dict[str, _Watch] = {}
+        self._by_kind: dict[str, tuple[Subscription, dict[str, asyncio.Future[Result]]]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    @property
+    def nats(self) -> NATS:
+        """The underlying nats-py connection."""
+        return self._nc
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Stop waiting for results and close the connection."""
+        for job_id in list(self._watching):
+            await self._unwatch(job_id)
+        if not self._nc.is_closed:
+            await self._nc.close()
+
+    # -- submitting -----------------------------------------------------------------------
+
+    async def submit(
+        self,
+        kind: str,
+        device: str = "cpu",
+        *,
+        id: str | None = None,
+        seed: int = 0,
+        timeout_ms: int | None = None,
+        output: _wire.OutputMode = "auto",
+        upload: bool | None = None,
+        **params: Any,
+    ) -> Job:
+        """Submit one job of `kind` to device class `device` (gpu, cpu or auto) and return it
+        (the job is stored in KILN_JOBS when this returns; `await job.result()` waits for its
+        answer).
+
+        `params` are the kind's parameters. A numpy array (or nested list) for a tensor
+        parameter (`a`, `b`, `image`, `x`) is sent inline when its JSON is small, else stored
+        in KILN_DATA as `inputs/<id>/<param>.npy` and passed by reference; `upload=True`
+        always stores, `upload=False` never does. `kiln.ObjectRef`, the `ObjectInfo` from
+        `put`, or a `Result` with a stored output pass an object by reference; for `dataset`
+        and `model` a plain string names the object.
+
+        Raises ValueError for a bad id, kind, class or output before anything is sent, and
+        `SubmitError` when the server refuses the job.
+        """
+        spec: dict[str, Any] = dict(params)
+        spec.update(
+            kind=kind,
+            device=device,
+            id=id,
+            seed=seed,
+            timeout_ms=timeout_ms,
+            output=output,
+            upload=upload,
+        )
+        jobs = await self._submit([self._prepare(spec, params)])
+        return jobs[0]
+
+    async def submit_many(
+        self,
+        specs: Iterable[Mapping[str, Any]],
+        *,
+        device: str = "cpu",
+        upload: bool | None = None,
+    ) -> list[Job]:
+        """Submit many jobs at once with pipelined acknowledgements. Each spec is a mapping
+        with `kind` and the kind's parameters, optionally `device`, `id`, `seed`,
+        `timeout_ms`, `output`, `upload` (defaults as in `submit`, `device` and `upload`
+        from this call), or the parameters under `params`.
+
+        Every spec is checked before anything is sent (ValueError). When the server refuses
+        some jobs, raises `SubmitError` after the rest are in: its `jobs` are the accepted
+        ones and `refused` says why each other one was not.
+        """
+        prepared = []
+        for spec in specs:
+            if "kind" not in spec:
+                raise ValueError(
+                    f"a job spec needs a 'kind' ({', '.join(_wire.KINDS)}): {dict(spec)!r:.200}"
+                )
+            merged: dict[str, Any] = {"device": device, "upload": upload}
+            merged.update(spec)
+            params = dict(merged.pop("params", None) or {})
+            params.update({k: v for k, v in merged.items() if k not in _ENVELOPE_KEYS})
+            prepared.append(self._prepare(merged, params))
+        ids = [p.job_id for p in prepared]
+        if len(set(ids)) != len(ids):
+            repeated = sorted(i for i, n in Counter(ids).items() if n > 1)
+            raise ValueError(f"job ids repeat within one submit_many: {', '.join(repeated[:5])}")
+        return await self._submit(prepared)
+
+    def _prepare(self, spec: Mapping[str, Any], params: Mapping[str, Any]) -> _Prepared:
+        kind = _wire.check_kind(spec["kind"])
+        device = _wire.check_class(spec.get("device") or "cpu")
+        job_id = spec.get("id")
+        job_id = _wire.new_job_id() if job_id is None else _wire.check_job_id(job_id)
+        output = _wire.check_output(spec.get("output") or "auto")
+        seed = int(spec.get("seed") or 0)
+        if seed < 0:
+            raise ValueError(f"seed must be >= 0, got {seed}")
+        timeout_ms = spec.get("timeout_ms")
+        if timeout_ms is not None and int(timeout_ms) < 1:
+            raise ValueError(f"timeout_ms must be >= 1, got {timeout_ms}")
+        upload = spec.get("upload")
+        encoded: dict[str, Any] = {}
+        uploads: list[_wire.Upload] = []
+        for name, value in params.items():
+            planned = self._param(name, value, upload)
+            if isinstance(planned, _wire.Upload):
+                uploads.append(planned)
+            else:
+                encoded[name] = planned
+        return _Prepared(
+            job_id,
+            kind,
+            device,
+            encoded,
+            uploads,
+            seed,
+            None if timeout_ms is None else int(timeout_ms),
+            output,
+        )
+
+    @staticmethod
+    def _param(name: str, value: Any, upload: bool | None) -> Any:
+        if isinstance(value, Result):
+            return value.ref().to_json()
+        if isinstance(value, (_wire.ObjectRef, _wire.ObjectInfo)):
+            return _wire.json_default(value)
+        if name in _wire.REFERENCE_PARAMS and isinstance(value, str):
+            return _wire.ObjectRef(value).to_json()
+        if name in _wire.TENSOR_PARAMS and isinstance(value, (np.ndarray, list, tuple)):
+            return _wire.plan_tensor(name, value, upload)
+        return value
+
+    async def _submit(self, prepared: list[_Prepared]) -> list[Job]:
+        # Inputs first, so that a job never names an object not yet stored.
+        for p in prepared:
+            for up in p.uploads:
+                info = await self.put(f"inputs/{p.job_id}/{up.param}", up.array)
+                p.params[up.param] = info.ref().to_json()
+            p.body = _wire.encode_job(
+                p.job_id, p.params, seed=p.seed, timeout_ms=p.timeout_ms, output=p.output
+            )
+        # Subscribed before publishing, so that no result can be missed.
+        shared = len(prepared) > SUBSCRIBE_EACH_UP_TO
+        jobs = [await self._watch(p.job_id, p.kind, p.device, shared=shared) for p in prepared]
+        await self._nc.flush()
+        acks: list[asyncio.Future[Any] | BaseException] = []
+        for p in prepared:
+            headers = {"Nats-Msg-Id": p.job_id, "Content-Type": "application/json"}
+            try:
+                acks.append(
+                    await self._js.publish_async(
+                        _wire.job_subject(p.device, p.kind), p.body, headers=headers
+                    )
+                )
+            except Exception as e:  # reported per job below
+                acks.append(e)
+        accepted: list[Job] = []
+        refused: dict[str, str] = {}
+        states: list[asyncio.Future[Any]] = []
+        # Acks come in order: once one is overdue, so are the ones after it (no second wait).
+        ack_timeout = ACK_TIMEOUT
+        for p, job, ack in zip(prepared, jobs, acks):
+            try:
+                if isinstance(ack, BaseException):
+                    raise ack
+                pub = await asyncio.wait_for(ack, ack_timeout)
+            except Exception as e:  # every refusal is reported, the other jobs go on
+                if isinstance(e, asyncio.TimeoutError):
+                    ack_timeout = 0
+                refused[p.job_id] = self._refusal(p, e)
+                await self._unwatch(p.job_id, job._future)
+                continue
+            job.duplicate = bool(getattr(pub, "duplicate", False))
+            job.sequence = getattr(pub, "seq", None)
+            accepted.append(job)
+            if not job.duplicate:
+                states.append(await self._record_queued(p))
+        # As `kiln submit` does: `kiln status <id>` says "queued" until the result is in. A
+        # state not stored only makes status less precise; the jobs are in.
+        if states:
+            await asyncio.wait(states, timeout=ACK_TIMEOUT)
+            for state in states:
+                if not state.done():
+                    state.cancel()
+                elif not state.cancelled() and state.exception() is not None:
+                    log.debug("a queued state was not stored: %s", state.exception())
+        if refused:
+            first = next(iter(refused.values()))
+            more = f" (and {len(refused) - 1} more job(s))" if len(refused) > 1 else ""
+            raise SubmitError(f"{first}{more}", jobs=list(accepted), refused=refused)
+        return accepted
+
+    def _refusal(self, p: _Prepared, e: BaseException) -> str:
+        subject = _wire.job_subject(p.device, p.kind)
+        if isinstance(e, nats.errors.MaxPayloadError):
+            return (
+                f"job {p.job_id} is {len(p.body)} bytes, over the NATS server's max_payload "
+                f"({self._nc.max_payload} bytes): pass large values as numpy arrays (stored in "
+                "KILN_DATA automatically) or with upload=True, or raise max_payload"
+            )
+        if isinstance(e, (nats.js.errors.NoStreamResponseError, nats.errors.NoRespondersError)):
+            return (
+                f"no JetStream stream takes {subject}, so job {p.job_id} was not stored: kiln's "
+                "streams do not exist on this server yet; run `kiln init` (is it nats-server -js?)"
+            )
+        if isinstance(e, asyncio.TimeoutError):
+            return (
+                f"job {p.job_id}: no acknowledgement from JetStream within {ACK_TIMEOUT:.0f} s on "
+                f"{subject}; check that the server runs with JetStream (nats-server -js)"
+            )
+        if isinstance(e, nats.js.errors.APIError):
+            return (
+                f"the server refused job {p.job_id} on {subject}: {e.description or e} (if the "
+                "KILN_JOBS stream is full, wait for workers to catch up or raise its limits)"
+            )
+        return f"publishing job {p.job_id} on {subject} failed: {e!r}"
+
+    async def _record_queued(self, p: _Prepared) -> asyncio.Future[Any]:
+        now = datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+        state = {"phase": "queued", "kind": p.kind, "class": p.device, "at": now}
+        subject = f"$KV.{_wire.BUCKET_STATE}.{_wire.job_key(p.job_id)}"
+        return await self._js.publish_async(subject, json.dumps(state).encode())
+
+    # -- results --------------------------------------------------------------------------
+
+    async def job(self, job_id: str, kind: str | None = None) -> Job:
+        """A handle on job `job_id` submitted elsewhere (`kiln submit`, another process), to
+        wait for its result, see its status or cancel it. Without `kind`, a result of any
+        kind with this id is taken."""
+        _wire.check_job_id(job_id)
+        if kind is not None:
+            _wire.check_kind(kind)
+        job = await self._watch(job_id, kind, None)
+        await self._nc.flush()
+        return job
+
+    async def _watch(
+        self, job_id: str, kind: str | None, device: str | None, *, shared: bool = False
+    ) -> Job:
+        """A Job whose future its result completes (the subscription is in place at the
+        server after the next flush)."""
+        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        job = Job(self, job_id, kind, device, future)
+        earlier = self._watching.get(job_id)
+        if earlier is not None:
+            # Another handle on the same id: it shares the answer.
+            def share(done: asyncio.Future[Result]) -> None:
+                if not future.done() and not done.cancelled():
+                    future.set_result(done.result())
+
+            earlier.future.add_done_callback(share)
+            return job
+        if shared and kind is not None:
+            if kind not in self._by_kind:
+                waiting: dict[str, asyncio.Future[Result]] = {}
+                sub = await self._nc.subscribe(
+                    f"results.{kind}.>", cb=self._on_result(kind, waiting)
+                )
+                self._by_kind[kind] = (sub, waiting)
+            self._by_kind[kind][1][job_id] = future
+            self._watching[job_id] = _Watch(future, None, kind)
+        else:
+            sub = await self._nc.subscribe(
+                _wire.result_subject(kind, job_id), cb=self._on_result(None, {job_id: future})
+            )
+            self._watching[job_id] = _Watch(future, sub, None)
+        return job
+
+    def _on_result(
+        self, kind: str | None, waiting: dict[str, asyncio.Future[Result]]
+    ) -> Callable[[Msg], Awaitable[None]]:
+        """The callback of a result subscription: completes the future of the job the
+        result names, if it is one of `waiting`."""
+
+        async def on_result(msg: Msg) -> None:
+            try:
+                event = json.loads(msg.data)
+            except ValueError:
+                log.warning("a message on %s is not a result event; ignored", msg.subject)
+                return
+            job_id = event.get("id") if isinstance(event, dict) else None
+            future = waiting.get(job_id) if isinstance(job_id, str) else None
+            if future is None or future.done() or job_id is None:
+                return
+            future.set_result(Result(event, self))
+            # Not awaited here: unsubscribing stops the task running this callback.
+            self._spawn(self._unwatch(job_id, future))
+
+        return on_result
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _unwatch(self, job_id: str, future: asyncio.Future[Result] | None = None) -> None:
+        """Stop waiting for job `job_id`'s result (only when `future` is the one watched,
+        if given)."""
+        watch = self._watching.get(job_id)
+        if watch is None or (future is not None and watch.future is not future):
+            return
+        del self._watching[job_id]
+        sub = watch.sub
+        if watch.kind is not None and watch.kind in self._by_kind:
+            kind_sub, waiting = self._by_kind[watch.kind]
+            waiting.pop(job_id, None)
+            if waiting:
+                return
+            del self._by_kind[watch.kind]
+            sub = kind_sub
+        if sub is not None:
+            try:
+                await sub.unsubscribe()
+            except Exception:  # the connection may be closing; nothing left to stop
+                pass
+
+    async def _lookup(self, kind: str | None, job_id: str) -> Result | None:
+        """Job `job_id`'s stored result, if any: a replay's result (later, so it wins),
+        else the first run's."""
+        subject = _wire.result_subject(kind, job_id)
+        for candidate in (f"{subject}.>", subject):
+            try:
+                msg = await self._js.get_last_msg(_wire.STREAM_RESULTS, candidate)
+            except nats.js.errors.NotFoundError as e:
+                if e.err_code == _NO_STREAM:
+                    raise KilnError(
+                        "the KILN_RESULTS stream does not exist on this server: run `kiln init`"
+                    ) from e
+                continue
+            if not msg.data:
+                continue
+            return Result(json.loads(msg.data), self)
+        return None
+
+    async def result(self, job_id: str, kind: str | None = None) -> Result | None:
+        """Job `job_id`'s stored result, or None when it has none yet (one lookup, no
+        waiting; `Client.job(id).result()` waits)."""
+        _wire.check_job_id(job_id)
+        return await self._lookup(kind, job_id)
+
+    async def status(self, job_id: str, kind: str | None = None) -> JobState:
+        """Where job `job_id` is; see `Job.status`."""
+        _wire.check_job_id(job_id)
+        found = await self._lookup(kind, job_id)
+        if found is not None:
+            return "succeeded" if found.succeeded else "failed"
+        if await self._running(job_id):
+            # A result stored since the first look wins over a heartbeat not yet refreshed.
+            found = await self._lookup(kind, job_id)
+            if found is not None:
+                return "succeeded" if found.succeeded else "failed"
+            return "running"
+        if await self._kv_get(_wire.BUCKET_CANCEL, job_id) is not None:
+            return "cancel_requested"
+        state = await self._kv_get(_wire.BUCKET_STATE, job_id)
+        if state is not None:
+            try:
+                phase = json.loads(state).get("phase")
+            except (ValueError, AttributeError):
+                phase = None
+            if phase == "queued":
+                return "queued"
+        return "pending"
+
+    async def _kv_get(self, bucket: str, job_id: str) -> bytes | None:
+        try:
+            kv = await self._js.key_value(bucket)
+            entry = await kv.get(_wire.job_key(job_id))
+        except (nats.js.errors.NotFoundError, nats.js.errors.KeyValueError):
+            return None
+        return entry.value
+
+    async def _running(self, job_id: str) -> bool:
+        try:
+            kv = await self._js.key_value(_wire.BUCKET_WORKERS)
+            keys = await kv.keys()
+        except (
+            nats.js.errors.NotFoundError,
+            nats.js.errors.NoKeysError,
+            nats.js.errors.KeyValueError,
+        ):
+            return False
+        for key in keys:
+            try:
+                entry = await kv.get(key)
+                worker = json.loads(entry.value or b"{}")
+            except (nats.js.errors.NotFoundError, nats.js.errors.KeyValueError, ValueError):
+                continue
+            if any(j.get("id") == job_id for j in worker.get("running") or []):
+                return True
+        return False
+
+    async def cancel(self, job_id: str, kind: str | None = None) -> bool:
+        """Mark job `job_id` cancelled; see `Job.cancel`. Returns False, marking nothing,
+        when it has a result already (a mark would cancel a later run of the same id)."""
+        _wire.check_job_id(job_id)
+        if await self._lookup(kind, job_id) is not None:
+            return False
+        try:
+            kv = await self._js.key_value(_wire.BUCKET_CANCEL)
+        except nats.js.errors.NotFoundError as e:
+            raise KilnError(
+                f"the {_wire.BUCKET_CANCEL} bucket does not exist on this server: run `kiln init`"
+            ) from e
+        now = datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+        await kv.put(
+            _wire.job_key(job_id), json.dumps({"id": job_id, "requested_at": now}).encode()
+        )
+        return True
+
+    # -- the object store -----------------------------------------------------------------
+
+    async def _bucket(self) -> ObjectStore:
+        if self._data is None:
+            try:
+                self._data = await self._js.object_store(_wire.BUCKET_DATA)
+            except nats.js.errors.NotFoundError as e:
+                raise KilnError(
+                    f"the {_wire.BUCKET_DATA} object store does not exist on this server: run "
+                    "`kiln init` (with a kiln version that has it)"
+                ) from e
+        return self._data
+
+    async def put(
+        self,
+        name: str,
+        data: bytes | bytearray | memoryview | np.ndarray[Any, Any] | str | os.PathLike[str],
+    ) -> _wire.ObjectInfo:
+        """Store `data` in KILN_DATA as object `name`: bytes as they are (a CSV dataset, a
+        PNG, a safetensors file), a numpy array as `.npy`, a str or path as that file's
+        contents. Returns its `ObjectInfo`; `info.ref()` is the reference a job names it by."""
+        if not isinstance(name, str) or not name:
+            raise ValueError("an object needs a non-empty name")
+        if isinstance(data, np.ndarray):
+            payload = _wire.npy_bytes(data)
+        elif isinstance(data, (bytes, bytearray, memoryview)):
+            payload = bytes(data)
+        elif isinstance(data, (str, os.PathLike)):
+            payload = await asyncio.get_running_loop().run_in_executor(None, Path(data).read_bytes)
+        else:
+            raise TypeError(
+                f"put stores bytes, a numpy array or a file path, not {type(data).__name__}"
+            )
+        bucket = await self._bucket()
+        await bucket.put(name, payload)
+        return _wire.ObjectInfo(
+            name=name, size=len(payload), sha256=hashlib.sha256(payload).hexdigest()
+        )
+
+    async def get(self, name: str) -> bytes:
+        """Object `name`'s bytes from KILN_DATA (a job's stored output, a trained model)."""
+        bucket = await self._bucket()
+        try:
+            result = await bucket.get(name)
+        except nats.js.errors.ObjectNotFoundError as e:
+            raise ObjectNotFound(
+                f"no object {name!r} in {_wire.BUCKET_DATA}: a result names its stored output in "
+                "output.object.name"
+            ) from e
+        return bytes(result.data or b"")

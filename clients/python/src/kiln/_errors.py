@@ -1,0 +1,101 @@
+"""kiln's exceptions: one base class, one per job failure kind."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._job import Result
+
+
+class KilnError(Exception):
+    """Base class of every error this package raises (besides ValueError/TypeError for bad
+    arguments)."""
+
+
+class ConnectError(KilnError):
+    """The NATS server could not be reached, or refused the credentials or TLS."""
+
+
+class SubmitError(KilnError):
+    """The server refused a job: no stream takes its subject (run `kiln init`), the
+    KILN_JOBS stream is full, or the job is over the server's max_payload.
+
+    From `submit_many`, `jobs` holds the jobs that were accepted and `refused` maps each
+    refused job id to why.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        jobs: list[object] | None = None,
+        refused: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.jobs = jobs or []
+        self.refused = refused or {}
+
+
+class ObjectNotFound(KilnError):
+    """No object of that name in the KILN_DATA object store."""
+
+
+class ResultTimeout(KilnError, asyncio.TimeoutError):
+    """A job's result did not arrive in time (also an `asyncio.TimeoutError`). The job may
+    still finish: call `job.result()` again, or `job.status()` to see where it is."""
+
+
+class JobFailed(KilnError):
+    """A job ended with status "failed". `kind` is the machine-readable error kind
+    (`invalid_input`, `too_large`, `out_of_memory`, `timeout`, `cancelled`, `internal`),
+    `message` the worker's sentence, `result` the whole result."""
+
+    kind: str = "internal"
+
+    def __init__(self, kind: str, message: str, result: Result) -> None:
+        super().__init__(f"job {result.id} ({result.kind}) failed: {kind}: {message}")
+        self.kind = kind
+        self.message = message
+        self.result = result
+
+
+class InvalidInput(JobFailed):
+    """The job's parameters or data were wrong; resubmitting it unchanged cannot help."""
+
+
+class TooLarge(JobFailed):
+    """The job asked for more than the worker's limits allow."""
+
+
+class OutOfMemory(JobFailed):
+    """The device ran out of memory running the job."""
+
+
+class Timeout(JobFailed):
+    """The job ran past its `timeout_ms`."""
+
+
+class Cancelled(JobFailed):
+    """The job was cancelled (`job.cancel()`, `kiln cancel`)."""
+
+
+class Internal(JobFailed):
+    """Something went wrong inside kiln (after its retries)."""
+
+
+_BY_KIND: dict[str, type[JobFailed]] = {
+    "invalid_input": InvalidInput,
+    "too_large": TooLarge,
+    "out_of_memory": OutOfMemory,
+    "timeout": Timeout,
+    "cancelled": Cancelled,
+    "internal": Internal,
+}
+
+
+def job_failed(kind: str, message: str, result: Result) -> JobFailed:
+    """The exception for a failure of `kind` (an unknown kind is a plain `JobFailed`)."""
+    cls = _BY_KIND.get(kind, JobFailed)
+    return cls(kind, message, result)

@@ -1,0 +1,287 @@
+"""Submitted jobs and their results."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from . import _data
+from ._errors import KilnError, ResultTimeout, job_failed
+from ._wire import ObjectRef
+
+if TYPE_CHECKING:
+    from ._client import Client
+
+#: What `Job.status()` answers.
+JobState = Literal["succeeded", "failed", "running", "cancel_requested", "queued", "pending"]
+
+#: The output each kind's `Result.array()` gives when no name is asked for.
+DEFAULT_OUTPUT = {
+    "vector_add": "c",
+    "matmul": "c",
+    "conv2d": "image",
+    "mlp_predict": "probabilities",
+}
+#: Inline outputs that hold integers.
+INTEGER_OUTPUTS = frozenset({"classes"})
+
+_FRACTION = re.compile(r"(\.\d{6})\d+")
+
+
+def _time(value: Any) -> datetime | None:
+    """An RFC 3339 time from a result (nanoseconds cut to microseconds)."""
+    if not isinstance(value, str):
+        return None
+    text = _FRACTION.sub(r"\1", value.strip())
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class JobError:
+    """Why a job failed: `kind` (`invalid_input`, `too_large`, `out_of_memory`, `timeout`,
+    `cancelled`, `internal`) and the worker's `message`."""
+
+    kind: str
+    message: str
+
+
+class Result:
+    """One finished job, as its worker published it on `results.<kind>.<id>`.
+
+    Attributes mirror the result event: `id`, `kind`, `status` ("succeeded" or "failed"),
+    `device` (`cpu`, `cuda:0`), `device_class` (the event's `class`), `worker`, `attempt`,
+    `enqueued_at`, `started_at`, `finished_at` (datetimes), `queue_ms`, `compute_ms`,
+    `total_ms`, `flops`, `replay`, `routing`, `output` (the kind's output dict), `error`
+    (a `JobError` when it failed) and `raw` (the whole event as decoded JSON).
+    """
+
+    def __init__(self, event: dict[str, Any], client: Client | None = None) -> None:
+        self.raw = event
+        self._client = client
+        self._object_data: bytes | None = None
+        self.id: str = str(event.get("id", ""))
+        self.kind: str = str(event.get("kind", ""))
+        self.status: str = str(event.get("status", ""))
+        self.device: str = str(event.get("device", ""))
+        self.device_class: str = str(event.get("class", ""))
+        self.worker: str = str(event.get("worker", ""))
+        self.attempt: int = int(event.get("attempt") or 0)
+        self.enqueued_at = _time(event.get("enqueued_at"))
+        self.started_at = _time(event.get("started_at"))
+        self.finished_at = _time(event.get("finished_at"))
+        self.queue_ms: float = float(event.get("queue_ms") or 0.0)
+        self.compute_ms: float = float(event.get("compute_ms") or 0.0)
+        self.total_ms: float = float(event.get("total_ms") or 0.0)
+        self.flops: float = float(event.get("flops") or 0.0)
+        self.replay: int = int(event.get("replay") or 0)
+        self.routing: dict[str, Any] | None = event.get("routing")
+        output = event.get("output")
+        self.output: dict[str, Any] = output if isinstance(output, dict) else {}
+        error = event.get("error")
+        self.error: JobError | None = (
+            JobError(str(error.get("kind", "internal")), str(error.get("message", "")))
+            if isinstance(error, dict)
+            else None
+        )
+
+    def __repr__(self) -> str:
+        detail = f", error={self.error.kind}: {self.error.message!r}" if self.error else ""
+        return (
+            f"Result(id={self.id!r}, kind={self.kind!r}, status={self.status!r}, "
+            f"device={self.device!r}{detail})"
+        )
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == "succeeded"
+
+    @property
+    def failed(self) -> bool:
+        return self.status != "succeeded"
+
+    def raise_for_status(self) -> None:
+        """Raise the `JobFailed` subclass of this result's error kind when it failed."""
+        if self.status == "succeeded":
+            return
+        error = self.error or JobError("internal", f"status {self.status!r} without an error")
+        raise job_failed(error.kind, error.message, self)
+
+    @property
+    def object(self) -> dict[str, Any] | None:
+        """The stored output's descriptor (`output.object`: bucket, name, format, size,
+        sha256, shape, dtype), or None when the output is inline or a summary."""
+        obj = self.output.get("object")
+        return obj if isinstance(obj, dict) else None
+
+    def ref(self, tensor: str | None = None) -> ObjectRef:
+        """A reference to this result's stored output (its digest included), to pass as
+        another job's parameter: a trained model to `mlp_predict`, a matrix to `matmul`."""
+        self.raise_for_status()
+        obj = self.object
+        if obj is None:
+            raise KilnError(
+                f"job {self.id} ({self.kind}) has no stored output to refer to; submit it "
+                "with output='npy' (or 'safetensors') to have it stored"
+            )
+        return ObjectRef(str(obj["name"]), tensor=tensor, sha256=obj.get("sha256"))
+
+    async def object_bytes(self) -> bytes:
+        """The stored output object's bytes (a .npy, safetensors or PNG file), fetched from
+        KILN_DATA once and checked against its sha256."""
+        self.raise_for_status()
+        obj = self.object
+        if obj is None:
+            raise KilnError(
+                f"job {self.id} ({self.kind}) has no stored output (its result has no "
+                "output.object): its output is inline (see .output) or, for generated "
+                "inputs, a summary; submit with output='npy' to store it"
+            )
+        if self._object_data is None:
+            if self._client is None:
+                raise KilnError("this result is not attached to a client; fetch it with one")
+            data = await self._client.get(str(obj["name"]))
+            expected = obj.get("sha256")
+            if expected and hashlib.sha256(data).hexdigest() != str(expected).lower():
+                raise KilnError(
+                    f"object {obj['name']!r} does not match the sha256 in job {self.id}'s "
+                    "result: it was overwritten or corrupted"
+                )
+            self._object_data = data
+        return self._object_data
+
+    async def array(self, name: str | None = None) -> np.ndarray[Any, Any]:
+        """An output as a numpy array: `name` (`c`, `image`, `probabilities`, `classes`),
+        default the kind's main output. Inline values are converted; a stored output is
+        fetched from KILN_DATA on the first call (.npy and safetensors as stored, PNG as
+        float32 [channels, height, width] in [0, 1]). Raises the job's `JobFailed` when it
+        failed."""
+        self.raise_for_status()
+        if name is not None and name in self.output and isinstance(self.output[name], list):
+            return self._inline(name)
+        obj = self.object
+        wanted = name or DEFAULT_OUTPUT.get(self.kind)
+        if obj is None:
+            if wanted is not None and isinstance(self.output.get(wanted), list):
+                return self._inline(wanted)
+            inline = [k for k, v in self.output.items() if isinstance(v, list) and k != "epochs"]
+            raise KilnError(
+                f"job {self.id} ({self.kind}) has no output {wanted or '(unnamed)'!r} in its "
+                f"result (inline: {inline or 'none'}; nothing stored): jobs on generated "
+                "inputs return a summary unless submitted with output='npy'"
+            )
+        data = await self.object_bytes()
+        what = f"object {obj.get('name')!r}"
+        fmt = obj.get("format")
+        if fmt == "npy" or data.startswith(_data.NPY_MAGIC):
+            return _data.load_npy(what, data)
+        if fmt == "png" or data.startswith(_data.PNG_SIGNATURE):
+            return _data.decode_png(what, data)
+        tensors = _data.load_safetensors(what, data)
+        if wanted is not None and wanted in tensors:
+            return tensors[wanted]
+        if len(tensors) == 1:
+            return next(iter(tensors.values()))
+        raise KilnError(
+            f"{what} holds tensors {sorted(tensors)}; name the one you want: "
+            f".array({sorted(tensors)[0]!r})"
+        )
+
+    def _inline(self, name: str) -> np.ndarray[Any, Any]:
+        dtype = np.int64 if name in INTEGER_OUTPUTS else np.float32
+        return np.asarray(self.output[name], dtype=dtype)
+
+    async def model(self) -> dict[str, np.ndarray[Any, Any]]:
+        """A `train_mlp` result's model: its safetensors tensors by name
+        (`layers.0.weight` [in, out], `layers.0.bias`, ..., `input.mean`, `input.std`)."""
+        data = await self.object_bytes()
+        return _data.load_safetensors(f"job {self.id}'s model", data)
+
+    async def model_metadata(self) -> dict[str, str]:
+        """A `train_mlp` result's model metadata (`format`, `version`, `features`,
+        `classes`, `hidden`, `activation`)."""
+        return _data.safetensors_metadata(await self.object_bytes())
+
+
+class Job:
+    """A job this client submitted (or looked up with `Client.job`)."""
+
+    def __init__(
+        self,
+        client: Client,
+        job_id: str,
+        kind: str | None,
+        device: str | None,
+        future: asyncio.Future[Result],
+    ) -> None:
+        self._client = client
+        self.id = job_id
+        self.kind = kind
+        self.device = device
+        #: True when the server dropped this submission as a duplicate of an earlier one
+        #: with the same id (within its 10-minute window): the result is the earlier job's.
+        self.duplicate = False
+        #: The job's sequence in KILN_JOBS (the earlier one's for a duplicate).
+        self.sequence: int | None = None
+        self._future = future
+        self._looked_up = False
+
+    def __repr__(self) -> str:
+        return f"Job(id={self.id!r}, kind={self.kind!r}, device={self.device!r})"
+
+    def done(self) -> bool:
+        """Whether the result has arrived."""
+        return self._future.done()
+
+    async def result(
+        self, timeout: float | None = 60.0, *, raise_on_failure: bool = True
+    ) -> Result:
+        """Wait for the job's result. A failed job raises its `JobFailed` subclass
+        (`InvalidInput`, `TooLarge`, ...) unless `raise_on_failure=False`, which returns the
+        failed `Result`. Past `timeout` seconds (None: no limit) raises `ResultTimeout`; the
+        job goes on, and a later call can still get its result."""
+        if not self._future.done() and not self._looked_up:
+            # A result stored before this client subscribed (a resubmitted id).
+            found = await self._client._lookup(self.kind, self.id)
+            self._looked_up = True
+            if found is not None and not self._future.done():
+                self._future.set_result(found)
+                await self._client._unwatch(self.id, self._future)
+        try:
+            result = await asyncio.wait_for(asyncio.shield(self._future), timeout)
+        except asyncio.TimeoutError:
+            where = f"jobs.{self.device}.{self.kind}" if self.device else "its queue"
+            raise ResultTimeout(
+                f"job {self.id} ({self.kind or 'any kind'}) has no result after {timeout} s: it "
+                f"is queued or running (`await job.status()` says which), or no worker serves "
+                f"{where}"
+            ) from None
+        if raise_on_failure:
+            result.raise_for_status()
+        return result
+
+    async def status(self) -> JobState:
+        """Where the job is: "succeeded" or "failed" (its result is stored), "running" (a
+        live worker's heartbeat lists it), "cancel_requested", "queued" (recorded in
+        KILN_STATE), else "pending" (submitted, nothing recorded yet)."""
+        if self._future.done():
+            return "succeeded" if self._future.result().succeeded else "failed"
+        return await self._client.status(self.id, kind=self.kind)
+
+    async def cancel(self) -> bool:
+        """Mark the job cancelled in KILN_CANCEL (as `kiln cancel` does): a worker answers a
+        queued job `cancelled` when it takes it, a running one stops at its next checkpoint.
+        Returns False, marking nothing, when the job has finished already."""
+        if self._future.done():
+            return False
+        return await self._client.cancel(self.id, kind=self.kind)

@@ -1,0 +1,232 @@
+"""kiln's wire contract as the Python client speaks it: subjects, ids, keys, references, and
+how a job's parameters become JSON (inline values or uploaded objects)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import secrets
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+STREAM_JOBS = "KILN_JOBS"
+STREAM_RESULTS = "KILN_RESULTS"
+BUCKET_DATA = "KILN_DATA"
+BUCKET_CANCEL = "KILN_CANCEL"
+BUCKET_STATE = "KILN_STATE"
+BUCKET_WORKERS = "KILN_WORKERS"
+
+#: The device classes a job can be submitted to.
+CLASSES = ("gpu", "cpu", "auto")
+#: The kinds kiln runs today (the worker answers any other with `invalid_input`).
+KINDS = ("vector_add", "matmul", "conv2d", "train_mlp", "mlp_predict")
+#: Where a job's output goes.
+OUTPUTS = ("auto", "object", "npy", "safetensors", "png")
+OutputMode = Literal["auto", "object", "npy", "safetensors", "png"]
+
+#: Parameters that take a tensor, inline or by reference.
+TENSOR_PARAMS = frozenset({"a", "b", "image", "x"})
+#: Parameters that only take a reference; a plain string names the object.
+REFERENCE_PARAMS = frozenset({"dataset", "model"})
+#: Inline JSON of one tensor parameter above this many bytes is uploaded instead.
+INLINE_LIMIT = 256 * 1024
+
+MAX_ID_LEN = 128
+JOB_ID_RULE = (
+    "a job id is 1 to 128 ASCII letters, digits, '-' and '_' (no dots, spaces or wildcards)"
+)
+_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+_TOKEN = re.compile(r"[A-Za-z0-9_-]+")
+_KEY = re.compile(r"[A-Za-z0-9_=.-]+")
+
+
+def valid_job_id(job_id: str) -> bool:
+    """Whether `job_id` is one kiln accepts (the same grammar as `kiln_proto::valid_job_id`)."""
+    return isinstance(job_id, str) and _ID.fullmatch(job_id) is not None
+
+
+def check_job_id(job_id: str) -> str:
+    """`job_id`, or a ValueError saying what a job id is."""
+    if not isinstance(job_id, str):
+        raise TypeError(f"a job id is a str, got {type(job_id).__name__}")
+    if not valid_job_id(job_id):
+        shown = job_id if len(job_id) <= 40 else job_id[:40] + "..."
+        raise ValueError(f"invalid job id {shown!r}: {JOB_ID_RULE}")
+    return job_id
+
+
+def check_kind(kind: str) -> str:
+    if not isinstance(kind, str) or _TOKEN.fullmatch(kind) is None:
+        raise ValueError(
+            f"invalid job kind {kind!r}: a kind is one subject token; kiln runs {', '.join(KINDS)}"
+        )
+    return kind
+
+
+def check_class(device: str) -> str:
+    if device not in CLASSES:
+        raise ValueError(f"unknown device class {device!r}: use gpu, cpu or auto")
+    return device
+
+
+def check_output(output: str) -> str:
+    if output not in OUTPUTS:
+        raise ValueError(f"unknown output {output!r}: use {', '.join(OUTPUTS)}")
+    return output
+
+
+_counter = itertools.count()
+_process_tag = secrets.token_hex(3)
+
+
+def new_job_id() -> str:
+    """A fresh job id: time-ordered, and unique across processes and machines."""
+    micros = time.time_ns() // 1000
+    return f"{micros:x}-{os.getpid():x}{_process_tag}-{next(_counter):x}"
+
+
+def job_subject(device: str, kind: str) -> str:
+    return f"jobs.{device}.{kind}"
+
+
+def result_subject(kind: str | None, job_id: str) -> str:
+    """`results.<kind>.<id>`; `results.*.<id>` when the kind is not known."""
+    return f"results.{kind or '*'}.{job_id}"
+
+
+def job_key(job_id: str) -> str:
+    """The key of job `job_id` in kiln's key-value buckets (`kiln_proto::job_key`): the id
+    itself when it only uses the characters keys allow and does not start with `x-`, else
+    `x-` and its bytes in hex."""
+    if job_id and not job_id.startswith("x-") and _KEY.fullmatch(job_id):
+        return job_id
+    return "x-" + job_id.encode().hex()
+
+
+@dataclass(frozen=True)
+class ObjectRef:
+    """A parameter given by reference to an object in KILN_DATA: `name`, optionally one
+    `tensor` of a safetensors file, and the `sha256` (hex) the worker checks."""
+
+    name: str
+    tensor: str | None = None
+    sha256: str | None = None
+
+    def to_json(self) -> dict[str, str]:
+        out = {"object": self.name}
+        if self.tensor is not None:
+            out["tensor"] = self.tensor
+        if self.sha256 is not None:
+            out["sha256"] = self.sha256
+        return out
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """An object stored in KILN_DATA (what `Client.put` returns)."""
+
+    name: str
+    size: int
+    sha256: str
+    bucket: str = BUCKET_DATA
+
+    def ref(self, tensor: str | None = None) -> ObjectRef:
+        """The reference a job names this object by, with its digest for the worker to
+        check."""
+        return ObjectRef(self.name, tensor=tensor, sha256=self.sha256)
+
+
+def npy_bytes(array: np.ndarray[Any, Any]) -> bytes:
+    """`array` as a .npy file."""
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def tensor_array(name: str, value: Any) -> np.ndarray[Any, Any]:
+    """`value` (an array or nested lists of numbers) as a numeric numpy array."""
+    array = np.asarray(value)
+    if array.dtype.kind not in "biuf":
+        raise TypeError(
+            f"parameter {name!r} must hold numbers, got an array of {array.dtype} "
+            f"(shape {array.shape}); ragged lists cannot be sent either"
+        )
+    return array
+
+
+@dataclass
+class Upload:
+    """A tensor parameter to store as `.npy` before the job is published."""
+
+    param: str
+    array: np.ndarray[Any, Any]
+
+
+def plan_tensor(name: str, value: Any, upload: bool | None) -> Any:
+    """What tensor parameter `name` becomes: its inline JSON value (nested lists), or an
+    `Upload`. `upload`: True always uploads, False never does, None uploads when the inline
+    JSON would pass `INLINE_LIMIT` or the values are not all finite (JSON has no NaN)."""
+    if upload is False:
+        array = tensor_array(name, value)
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise ValueError(
+                f"parameter {name!r} holds NaN or infinite values, which JSON cannot carry "
+                "inline: leave upload unset (or True) to send it as a .npy object"
+            )
+        return array.tolist()
+    array = tensor_array(name, value)
+    if upload is True:
+        return Upload(name, array)
+    # Each value takes at least two characters ("0,"): past that many, no need to measure.
+    if array.size * 2 > INLINE_LIMIT:
+        return Upload(name, array)
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        return Upload(name, array)
+    inline = array.tolist()
+    if len(json.dumps(inline)) > INLINE_LIMIT:
+        return Upload(name, array)
+    return inline
+
+
+def json_default(value: Any) -> Any:
+    """json.dumps' fallback for numpy values and kiln references."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, ObjectRef):
+        return value.to_json()
+    if isinstance(value, ObjectInfo):
+        return value.ref().to_json()
+    raise TypeError(f"{type(value).__name__} cannot be sent in a job's parameters")
+
+
+def encode_job(
+    job_id: str,
+    params: Mapping[str, Any],
+    *,
+    seed: int,
+    timeout_ms: int | None,
+    output: str,
+) -> bytes:
+    """The job envelope as JSON bytes."""
+    envelope: dict[str, Any] = {"id": job_id, "params": params, "seed": seed, "output": output}
+    if timeout_ms is not None:
+        envelope["timeout_ms"] = timeout_ms
+    try:
+        return json.dumps(
+            envelope, default=json_default, allow_nan=False, separators=(",", ":")
+        ).encode()
+    except ValueError as e:
+        raise ValueError(
+            f"job {job_id}: its parameters hold NaN or infinite numbers, which JSON cannot "
+            "carry; pass the values as a numpy array (sent as a .npy object)"
+        ) from e

@@ -1,0 +1,358 @@
+"""The client against a real nats-server, kiln worker (CPU) and aggregator (conftest.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+
+import nats.js.errors
+import numpy as np
+import pytest
+from conftest import Stack
+from pngs import SIGNATURE, write_png
+
+import kiln
+
+RESULT_TIMEOUT = 60.0
+
+
+def correlate_same(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """Each channel of `image` [C, H, W] cross-correlated with `kernel` (odd, square), zero
+    padding, same size: what kiln's conv2d computes."""
+    k = kernel.shape[0]
+    r = k // 2
+    c, h, w = image.shape
+    padded = np.zeros((c, h + 2 * r, w + 2 * r), dtype=np.float64)
+    padded[:, r : r + h, r : r + w] = image
+    out = np.zeros((c, h, w), dtype=np.float64)
+    for i in range(k):
+        for j in range(k):
+            out += kernel[i, j] * padded[:, i : i + h, j : j + w]
+    return out
+
+
+SOBEL_X = np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], dtype=np.float64)
+
+
+async def test_vector_add_with_inline_arrays_returns_their_sum(client: kiln.Client) -> None:
+    a = np.arange(10, dtype=np.float32) * 0.5
+    b = np.linspace(-1, 1, 10, dtype=np.float32)
+    job = await client.submit("vector_add", "cpu", a=a, b=b)
+    result = await job.result(timeout=RESULT_TIMEOUT)
+    assert (result.id, result.kind, result.status) == (job.id, "vector_add", "succeeded")
+    assert (result.device, result.device_class, result.worker) == ("cpu", "cpu", "pytest-cpu")
+    assert result.object is None, "10 values come back inline"
+    assert isinstance(result.output["c"], list)
+    np.testing.assert_array_equal(await result.array(), a + b)
+    assert result.total_ms >= result.compute_ms >= 0
+    assert result.finished_at is not None and result.enqueued_at is not None
+    assert result.finished_at >= result.enqueued_at
+    assert await job.status() == "succeeded"
+    assert await client.status(job.id) == "succeeded"
+
+
+async def test_matmul_of_uploaded_matrices_matches_numpy(client: kiln.Client) -> None:
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((300, 200)).astype(np.float32)
+    b = rng.standard_normal((200, 100)).astype(np.float32)
+    job = await client.submit("matmul", "cpu", a=a, b=b, upload=True)
+    # Both inputs went to KILN_DATA as .npy files under the job's id.
+    stored = np.load(io.BytesIO(await client.get(f"inputs/{job.id}/a")))
+    np.testing.assert_array_equal(stored, a)
+    result = await job.result(timeout=RESULT_TIMEOUT)
+    assert result.object is not None and result.object["format"] == "npy"
+    assert result.object["shape"] == [300, 100]
+    c = await result.array()
+    assert c.shape == (300, 100)
+    np.testing.assert_allclose(c, a @ b, rtol=1e-4, atol=1e-4)
+
+
+async def test_a_large_vector_add_output_comes_back_as_an_object(client: kiln.Client) -> None:
+    rng = np.random.default_rng(2)
+    a = rng.random(5000, dtype=np.float32)
+    b = rng.random(5000, dtype=np.float32)
+    result = await (await client.submit("vector_add", a=a, b=b)).result(timeout=RESULT_TIMEOUT)
+    assert "c" not in result.output, "5,000 values are over the worker's inline limit of 4,096"
+    assert result.object is not None
+    assert (result.object["bucket"], result.object["format"]) == ("KILN_DATA", "npy")
+    assert result.object["shape"] == [5000]
+    c = await result.array()
+    np.testing.assert_array_equal(c, a + b)
+    assert len(await result.object_bytes()) == result.object["size"]
+
+
+async def test_conv2d_of_an_npy_image_matches_a_numpy_sobel(client: kiln.Client) -> None:
+    image = np.random.default_rng(3).random((3, 24, 40), dtype=np.float32)
+    job = await client.submit("conv2d", "cpu", image=image, filter="sobel", upload=True)
+    result = await job.result(timeout=RESULT_TIMEOUT)
+    out = await result.array()
+    assert out.shape == (3, 24, 40)
+    gx = correlate_same(image, SOBEL_X)
+    gy = correlate_same(image, SOBEL_X.T)
+    np.testing.assert_allclose(out, np.sqrt(gx**2 + gy**2), rtol=1e-4, atol=1e-5)
+
+
+async def test_conv2d_of_a_png_returns_a_png_of_the_filtered_image(client: kiln.Client) -> None:
+    rng = np.random.default_rng(4)
+    pixels = rng.integers(0, 256, size=(20, 30, 3), dtype=np.uint8)
+    name = f"images/{kiln.new_job_id()}.png"
+    await client.put(name, write_png(pixels, filters=(0, 1, 2, 3, 4)))
+    job = await client.submit(
+        "conv2d", "cpu", image=kiln.ObjectRef(name), filter="box", output="png"
+    )
+    result = await job.result(timeout=RESULT_TIMEOUT)
+    assert result.object is not None and result.object["format"] == "png"
+    png = await result.object_bytes()
+    assert png.startswith(SIGNATURE)
+    decoded = await result.array()
+    assert decoded.shape == (3, 20, 30)
+    expected = correlate_same(pixels.transpose(2, 0, 1) / 255.0, np.full((3, 3), 1 / 9))
+    # The PNG holds each value rounded to 8 bits.
+    np.testing.assert_allclose(decoded, np.clip(expected, 0, 1), atol=0.5 / 255 + 1e-6)
+
+
+def blobs(rng: np.random.Generator, per_class: int) -> tuple[np.ndarray, np.ndarray]:
+    centres = np.array([[0.0, 0.0], [6.0, 0.0], [3.0, 5.0]])
+    x = np.concatenate([c + 0.6 * rng.standard_normal((per_class, 2)) for c in centres])
+    y = np.repeat(np.arange(3), per_class)
+    return x, y
+
+
+async def test_train_mlp_on_a_csv_then_mlp_predict_classifies_new_points(
+    client: kiln.Client,
+) -> None:
+    rng = np.random.default_rng(5)
+    x, y = blobs(rng, 100)
+    rows = "\n".join(f"{a:.5f},{b:.5f},{label}" for (a, b), label in zip(x, y))
+    dataset = await client.put(
+        f"datasets/{kiln.new_job_id()}.csv", f"x1,x2,label\n{rows}\n".encode()
+    )
+    job = await client.submit(
+        "train_mlp", "cpu", dataset=dataset, epochs=40, hidden=[16], validation_split=0.2
+    )
+    trained = await job.result(timeout=RESULT_TIMEOUT)
+    out = trained.output
+    assert out["samples"] == 300 and out["validation_samples"] == 60
+    assert out["final_accuracy"] >= 0.95, out["epochs"][-1]
+    assert out["final_val_accuracy"] >= 0.95, out["epochs"][-1]
+    assert len(out["epochs"]) == 40
+    assert trained.object is not None and trained.object["format"] == "safetensors"
+    model = await trained.model()
+    assert model["layers.0.weight"].shape == (2, 16)
+    assert model["layers.1.weight"].shape == (16, 3)
+    assert model["input.mean"].shape == (2,)
+    np.testing.assert_allclose(model["input.mean"], x.mean(axis=0), atol=0.5)
+    metadata = await trained.model_metadata()
+    assert (metadata["format"], metadata["classes"]) == ("kiln-mlp", "3")
+
+    points = np.array([[0.2, -0.1], [5.8, 0.3], [3.1, 4.7], [-0.3, 0.4], [6.2, -0.2], [2.8, 5.3]])
+    predict = await client.submit("mlp_predict", "cpu", model=trained, x=points)
+    predicted = await predict.result(timeout=RESULT_TIMEOUT)
+    np.testing.assert_array_equal(await predicted.array("classes"), [0, 1, 2, 0, 1, 2])
+    probabilities = await predicted.array()
+    assert probabilities.shape == (6, 3)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+
+
+async def test_a_missing_object_fails_with_invalid_input_naming_it(client: kiln.Client) -> None:
+    missing = kiln.ObjectRef(f"missing/{kiln.new_job_id()}.npy")
+    job = await client.submit("vector_add", "cpu", a=missing, b=missing)
+    with pytest.raises(kiln.InvalidInput) as caught:
+        await job.result(timeout=RESULT_TIMEOUT)
+    failure = caught.value
+    assert failure.kind == "invalid_input"
+    assert missing.name in failure.message
+    assert failure.result.status == "failed" and failure.result.id == job.id
+    # Without raising, the failed result itself; its arrays raise the same.
+    result = await job.result(timeout=RESULT_TIMEOUT, raise_on_failure=False)
+    assert result.error is not None and result.error.kind == "invalid_input"
+    with pytest.raises(kiln.InvalidInput):
+        await result.array()
+    assert await job.status() == "failed"
+
+
+async def test_a_bad_job_id_is_refused_before_anything_is_published(
+    client: kiln.Client,
+) -> None:
+    jobs_stream = await client.nats.jetstream().stream_info("KILN_JOBS")
+    for bad in ["has space", "a.b", "", "x" * 129, "*", "wild>"]:
+        with pytest.raises(ValueError, match="invalid job id"):
+            await client.submit("vector_add", "cpu", id=bad, len=4)
+    with pytest.raises(ValueError, match="invalid job id"):
+        await client.submit_many(
+            [{"kind": "vector_add", "len": 4}, {"kind": "vector_add", "id": "a b"}]
+        )
+    with pytest.raises(ValueError, match="unknown device class"):
+        await client.submit("vector_add", "tpu", len=4)
+    after = await client.nats.jetstream().stream_info("KILN_JOBS")
+    assert after.state.last_seq == jobs_stream.state.last_seq
+
+
+async def test_cancel_marks_a_queued_job_in_kiln_cancel(client: kiln.Client) -> None:
+    # No GPU worker runs here, so a gpu job stays queued.
+    job = await client.submit("vector_add", "gpu", len=4)
+    with pytest.raises(kiln.ResultTimeout) as caught:
+        await job.result(timeout=0.5)
+    assert isinstance(caught.value, asyncio.TimeoutError)
+    assert await job.status() == "queued"
+    assert await job.cancel() is True
+    kv = await client.nats.jetstream().key_value("KILN_CANCEL")
+    mark = json.loads((await kv.get(job.id)).value or b"")
+    assert mark["id"] == job.id and mark["requested_at"]
+    assert await job.status() == "cancel_requested"
+    # An id starting with x- is stored under its hex key, as kiln_proto::job_key does.
+    other = await client.submit("vector_add", "gpu", id=f"x-{kiln.new_job_id()}", len=4)
+    assert await other.cancel() is True
+    entry = await kv.get(kiln.job_key(other.id))
+    assert kiln.job_key(other.id) == "x-" + other.id.encode().hex()
+    assert json.loads(entry.value or b"")["id"] == other.id
+
+
+async def test_cancel_of_a_finished_job_marks_nothing(client: kiln.Client) -> None:
+    job = await client.submit("vector_add", "cpu", len=8)
+    await job.result(timeout=RESULT_TIMEOUT)
+    assert await job.cancel() is False
+    assert await client.cancel(job.id) is False
+    kv = await client.nats.jetstream().key_value("KILN_CANCEL")
+    with pytest.raises(nats.js.errors.KeyNotFoundError):
+        await kv.get(job.id)
+
+
+async def test_submit_many_answers_all_200_jobs(client: kiln.Client) -> None:
+    rng = np.random.default_rng(6)
+    inputs = [
+        (rng.random(8, dtype=np.float32), rng.random(8, dtype=np.float32)) for _ in range(200)
+    ]
+    jobs = await client.submit_many({"kind": "vector_add", "a": a, "b": b} for a, b in inputs)
+    assert len(jobs) == 200 and len({j.id for j in jobs}) == 200
+    results = await asyncio.gather(*(j.result(timeout=RESULT_TIMEOUT) for j in jobs))
+    for (a, b), job, result in zip(inputs, jobs, results):
+        assert result.id == job.id
+        np.testing.assert_array_equal(await result.array(), a + b)
+
+
+async def test_a_resubmitted_id_gets_the_stored_result(client: kiln.Client) -> None:
+    job_id = kiln.new_job_id()
+    first = await (await client.submit("vector_add", id=job_id, a=[1.0, 2.0], b=[3.0, 4.0])).result(
+        timeout=RESULT_TIMEOUT
+    )
+    again = await client.submit("vector_add", id=job_id, a=[1.0, 2.0], b=[3.0, 4.0])
+    assert again.duplicate
+    second = await again.result(timeout=5.0)
+    assert (second.id, second.finished_at, second.worker) == (
+        first.id,
+        first.finished_at,
+        first.worker,
+    )
+    # A handle on the id from another client finds it too, kind known or not.
+    async with kiln.connect(client.nats.connected_url.geturl()) as other:
+        found = await (await other.job(job_id)).result(timeout=5.0)
+        np.testing.assert_array_equal(await found.array(), [4.0, 6.0])
+        assert (await other.result(job_id, "matmul")) is None
+
+
+async def test_put_and_get_round_trip_and_a_missing_object_raises(client: kiln.Client) -> None:
+    array = np.arange(12, dtype=np.int32).reshape(3, 4)
+    name = f"test/{kiln.new_job_id()}.npy"
+    info = await client.put(name, array)
+    assert info.ref().to_json() == {"object": name, "sha256": info.sha256}
+    np.testing.assert_array_equal(np.load(io.BytesIO(await client.get(name))), array)
+    big = bytes(range(256)) * 2000  # several object-store chunks
+    await client.put("test/big.bin", big)
+    assert await client.get("test/big.bin") == big
+    with pytest.raises(kiln.ObjectNotFound, match="no object 'test/nothing'"):
+        await client.get("test/nothing")
+
+
+async def test_a_job_over_max_payload_raises_submit_error(client: kiln.Client) -> None:
+    a = np.ones(300_000, dtype=np.float32)
+    with pytest.raises(kiln.SubmitError, match="max_payload"):
+        await client.submit("vector_add", "cpu", a=a, b=a, upload=False)
+
+
+async def test_submitting_where_kiln_has_no_streams_raises_submit_error(bare_nats: str) -> None:
+    async with kiln.connect(bare_nats) as bare:
+        with pytest.raises(kiln.SubmitError, match="kiln init") as caught:
+            await bare.submit("vector_add", "cpu", len=4, id="nowhere-1")
+        assert list(caught.value.refused) == ["nowhere-1"]
+
+
+async def test_connecting_to_nothing_raises_connect_error() -> None:
+    from conftest import free_port
+
+    with pytest.raises(kiln.ConnectError, match="could not reach NATS at nats://127.0.0.1"):
+        await kiln.connect(f"nats://127.0.0.1:{free_port()}", connect_timeout=0.5)
+
+
+async def test_connect_reads_nats_url_from_the_environment(
+    kiln_stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NATS_URL", kiln_stack.url)
+    async with kiln.connect() as client:
+        assert client.nats.connected_url is not None
+        assert client.nats.connected_url.port == int(kiln_stack.url.rsplit(":", 1)[1])
+
+
+async def test_submit_many_past_a_thousand_jobs_shares_one_subscription(
+    client: kiln.Client,
+) -> None:
+    jobs = await client.submit_many(
+        {"kind": "vector_add", "len": 2, "seed": i % 10} for i in range(1001)
+    )
+    results = await asyncio.gather(*(j.result(timeout=RESULT_TIMEOUT) for j in jobs))
+    assert [r.id for r in results] == [j.id for j in jobs]
+    assert {r.status for r in results} == {"succeeded"}
+    # Generated inputs: a summary, the same for the same seed, another for another.
+    summaries = [r.output["summary"]["checksum"] for r in results]
+    assert summaries[5] == summaries[15] != summaries[6]
+    # Every job answered, the kind's one subscription is gone.
+    await asyncio.sleep(0.1)
+    assert client._by_kind == {} and client._watching == {}
+
+
+async def test_a_job_marked_cancelled_before_a_worker_takes_it_is_answered_cancelled(
+    client: kiln.Client,
+) -> None:
+    job_id = kiln.new_job_id()
+    # Marked before it is submitted (an id kiln knows nothing of yet is marked all the same),
+    # so the CPU worker finds the mark when it takes the job.
+    assert await client.cancel(job_id) is True
+    await asyncio.sleep(1.0)  # workers mirror KILN_CANCEL through a watch
+    job = await client.submit("vector_add", "cpu", id=job_id, len=16)
+    with pytest.raises(kiln.Cancelled) as caught:
+        await job.result(timeout=RESULT_TIMEOUT)
+    assert caught.value.kind == "cancelled"
+    assert caught.value.result.status == "failed"
+    assert await job.status() == "failed"
+
+
+async def test_outputs_stored_as_safetensors_read_back(client: kiln.Client) -> None:
+    a = np.arange(6, dtype=np.float32)
+    job = await client.submit("vector_add", a=a, b=a, output="safetensors")
+    result = await job.result(timeout=RESULT_TIMEOUT)
+    assert result.object is not None and result.object["format"] == "safetensors"
+    np.testing.assert_array_equal(await result.array(), 2 * a)
+    np.testing.assert_array_equal(await result.array("c"), 2 * a)
+
+
+async def test_a_running_job_is_seen_running_and_stops_when_cancelled(
+    client: kiln.Client,
+) -> None:
+    # Far more training than the test waits for: it only ends by being cancelled.
+    job = await client.submit(
+        "train_mlp", "cpu", samples=20_000, hidden=[256, 256], epochs=10_000, batch_size=64
+    )
+    state = await job.status()
+    for _ in range(300):  # the worker's heartbeat lists its jobs every 2 s
+        if state == "running":
+            break
+        assert state in ("pending", "queued"), state
+        await asyncio.sleep(0.1)
+        state = await job.status()
+    assert state == "running"
+    assert await job.cancel() is True
+    with pytest.raises(kiln.Cancelled) as caught:
+        await job.result(timeout=RESULT_TIMEOUT)
+    assert caught.value.result.worker == "pytest-cpu"
+    assert await job.status() == "failed"

@@ -1,0 +1,148 @@
+"""The client's side of the wire contract, without a server: ids, keys, parameter encoding,
+result parsing, and the PNG decoder."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+import numpy as np
+import pytest
+from pngs import SIGNATURE, write_png
+
+import kiln
+from kiln import _data, _wire
+
+
+def test_job_ids_follow_kilns_grammar() -> None:
+    for good in ["a", "job-1", "JOB_2", "x" * 128, "x-61"]:
+        assert kiln.valid_job_id(good), good
+        assert _wire.check_job_id(good) == good
+    for bad in ["wedge.", ".a", "a..b", "a.b", "*", ">", "a:b", "", "x" * 129, "has space", "é"]:
+        assert not kiln.valid_job_id(bad), bad
+        with pytest.raises(ValueError, match="invalid job id.*1 to 128 ASCII letters"):
+            _wire.check_job_id(bad)
+    with pytest.raises(TypeError):
+        _wire.check_job_id(12)  # type: ignore[arg-type]
+
+
+def test_fresh_ids_are_valid_and_distinct() -> None:
+    ids = {kiln.new_job_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    assert all(kiln.valid_job_id(i) for i in ids)
+
+
+def test_job_keys_match_kiln_proto() -> None:
+    # The cases of kiln_proto::workers::tests, and an id starting with x-.
+    assert kiln.job_key("job-1.a") == "job-1.a"
+    assert kiln.job_key("a:b") == "x-613a62"
+    assert kiln.job_key("x-61") == "x-" + b"x-61".hex()
+    assert kiln.job_key("x-61") != "x-61"
+    assert kiln.job_key("plain_id-7") == "plain_id-7"
+
+
+def test_small_tensors_go_inline_large_or_non_finite_ones_are_uploaded() -> None:
+    small = np.arange(6, dtype=np.float32).reshape(2, 3)
+    assert _wire.plan_tensor("a", small, None) == [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]
+    assert _wire.plan_tensor("a", [[1, 2]], None) == [[1, 2]]
+    forced = _wire.plan_tensor("a", small, True)
+    assert isinstance(forced, _wire.Upload) and forced.param == "a"
+    np.testing.assert_array_equal(forced.array, small)
+    big = np.zeros(_wire.INLINE_LIMIT, dtype=np.float32)
+    assert isinstance(_wire.plan_tensor("b", big, None), _wire.Upload)
+    # 20,000 float32 values of ~19 characters each pass 256 KiB only once written out.
+    medium = np.random.default_rng(0).random(20_000).astype(np.float32)
+    assert isinstance(_wire.plan_tensor("x", medium, None), _wire.Upload)
+    assert isinstance(_wire.plan_tensor("x", medium[:1000], None), list)
+    nan = np.array([1.0, np.nan], dtype=np.float32)
+    assert isinstance(_wire.plan_tensor("x", nan, None), _wire.Upload)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        _wire.plan_tensor("x", nan, False)
+    assert len(_wire.plan_tensor("b", big, False)) == _wire.INLINE_LIMIT
+    with pytest.raises(TypeError, match="must hold numbers"):
+        _wire.plan_tensor("a", np.array(["x"]), None)
+
+
+def test_the_envelope_has_exactly_kilns_fields() -> None:
+    body = _wire.encode_job(
+        "j-1",
+        {"a": [1.0], "n": np.int64(3), "m": kiln.ObjectRef("in/m", sha256="ab")},
+        seed=7,
+        timeout_ms=None,
+        output="npy",
+    )
+    assert json.loads(body) == {
+        "id": "j-1",
+        "params": {"a": [1.0], "n": 3, "m": {"object": "in/m", "sha256": "ab"}},
+        "seed": 7,
+        "output": "npy",
+    }
+    with_timeout = json.loads(_wire.encode_job("j", {}, seed=0, timeout_ms=500, output="auto"))
+    assert with_timeout["timeout_ms"] == 500
+    ref = kiln.ObjectRef("model.safetensors", tensor="w")
+    assert ref.to_json() == {"object": "model.safetensors", "tensor": "w"}
+    info = kiln.ObjectInfo(name="d.csv", size=3, sha256="00ff")
+    assert info.ref().to_json() == {"object": "d.csv", "sha256": "00ff"}
+
+
+def _event(**overrides: object) -> dict[str, object]:
+    event: dict[str, object] = {
+        "id": "j-1",
+        "kind": "vector_add",
+        "status": "succeeded",
+        "device": "cpu",
+        "class": "cpu",
+        "worker": "w",
+        "attempt": 1,
+        "enqueued_at": "2026-11-27T09:58:00.123456789Z",
+        "started_at": "2026-11-27T09:58:00.5Z",
+        "finished_at": "2026-11-27T09:58:01Z",
+        "queue_ms": 1.5,
+        "compute_ms": 2.0,
+        "total_ms": 3.5,
+        "output": {"c": [1.0, 2.0]},
+    }
+    event.update(overrides)
+    return event
+
+
+async def test_results_parse_times_outputs_and_failures() -> None:
+    result = kiln.Result(_event())
+    assert result.enqueued_at == datetime(2026, 11, 27, 9, 58, 0, 123456, tzinfo=timezone.utc)
+    assert result.finished_at == datetime(2026, 11, 27, 9, 58, 1, tzinfo=timezone.utc)
+    assert (result.device_class, result.attempt, result.total_ms) == ("cpu", 1, 3.5)
+    np.testing.assert_array_equal(await result.array(), np.array([1.0, 2.0], dtype=np.float32))
+    with pytest.raises(kiln.KilnError, match="no output 'image'"):
+        await result.array("image")
+
+    kinds = {
+        "invalid_input": kiln.InvalidInput,
+        "too_large": kiln.TooLarge,
+        "out_of_memory": kiln.OutOfMemory,
+        "timeout": kiln.Timeout,
+        "cancelled": kiln.Cancelled,
+        "internal": kiln.Internal,
+    }
+    for kind, cls in kinds.items():
+        failed = kiln.Result(
+            _event(status="failed", output={}, error={"kind": kind, "message": "why"})
+        )
+        with pytest.raises(cls) as caught:
+            await failed.array()
+        assert isinstance(caught.value, kiln.JobFailed)
+        assert (caught.value.kind, caught.value.message) == (kind, "why")
+        assert caught.value.result is failed
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 4])
+def test_png_decoder_reads_every_filter(channels: int) -> None:
+    rng = np.random.default_rng(channels)
+    pixels = rng.integers(0, 256, size=(9, 7, channels), dtype=np.uint8)
+    png = write_png(pixels, filters=(0, 1, 2, 3, 4))
+    assert png.startswith(SIGNATURE)
+    expected = pixels.transpose(2, 0, 1).astype(np.float32) / 255
+    decoded = _data._decode_png("test.png", png)
+    assert decoded.shape == (channels, 9, 7)
+    np.testing.assert_array_equal(decoded, expected)
+    # Through Pillow too, where it is installed.
+    np.testing.assert_array_equal(_data.decode_png("test.png", png), expected)

@@ -1,0 +1,302 @@
+//! Users' data in and out through the KILN_DATA object store, end to end with real processes:
+//! `kiln put`, `kiln submit --input/--output`, `kiln result --output`, `kiln get`, and one
+//! stored result per job id for good.
+
+mod common;
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use common::{Cluster, assert_success, stdout};
+use kiln_data::HostTensor;
+use kiln_data::formats::{encode_npy, encode_png, read_tensor};
+use kiln_proto::{ErrorKind, ResultEvent, Status};
+
+fn write(dir: &std::path::Path, name: &str, bytes: &[u8]) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+fn read_npy(path: &std::path::Path) -> HostTensor {
+    let bytes = std::fs::read(path).unwrap();
+    read_tensor("output", &mut &bytes[..], None, u64::MAX).unwrap()
+}
+
+fn result_of(out: &std::process::Output) -> ResultEvent {
+    serde_json::from_str(&stdout(out)).expect("--wait prints the result event")
+}
+
+/// Values that are exact in f32 products: small integers.
+fn matrix(rows: usize, cols: usize, salt: usize) -> HostTensor {
+    let data = (0..rows * cols)
+        .map(|i| ((i * 7 + salt) % 11) as f32 - 5.0)
+        .collect();
+    HostTensor::new(vec![rows, cols], data)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_users_matrices_go_in_by_object_and_the_whole_product_comes_back() {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    cluster.cpu_worker();
+    let dir = tempfile::tempdir().unwrap();
+    // 100×80 · 80×70 = 7,000 values: over the 4,096 returned inline.
+    let (a, b) = (matrix(100, 80, 1), matrix(80, 70, 3));
+    let a_path = write(dir.path(), "a.npy", &encode_npy(&a));
+    let b_path = write(dir.path(), "b.npy", &encode_npy(&b));
+    let c_path = dir.path().join("c.npy");
+    let out = cluster.kiln(&[
+        "submit",
+        "matmul",
+        "--id",
+        "mm-1",
+        "--input",
+        &format!("a=@{a_path}"),
+        "--input",
+        &format!("b=@{b_path}"),
+        "--output",
+        c_path.to_str().unwrap(),
+    ]);
+    assert_success(&out);
+    let event = result_of(&out);
+    let object = &event.output["object"];
+    assert_eq!(object["format"], "npy");
+    assert_eq!(object["shape"], serde_json::json!([100, 70]));
+    assert_eq!(object["bucket"], "KILN_DATA");
+    assert!(event.output.get("c").is_none(), "not inline as well");
+    let c = read_npy(&c_path);
+    assert_eq!(c.shape, [100, 70]);
+    for i in 0..100 {
+        for j in 0..70 {
+            let want: f32 = (0..80)
+                .map(|k| a.data[i * 80 + k] * b.data[k * 70 + j])
+                .sum();
+            assert_eq!(c.data[i * 70 + j], want, "c[{i}][{j}]");
+        }
+    }
+    // Later: by the job id, and by the object's name.
+    let again = dir.path().join("again.npy");
+    assert_success(&cluster.kiln(&["result", "mm-1", "--output", again.to_str().unwrap()]));
+    assert_eq!(read_npy(&again), c);
+    let name = object["name"].as_str().unwrap();
+    let got = dir.path().join("got.npy");
+    assert_success(&cluster.kiln(&["get", name, "-o", got.to_str().unwrap()]));
+    assert_eq!(
+        std::fs::read(&got).unwrap(),
+        std::fs::read(&c_path).unwrap()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_image_is_filtered_and_comes_back_as_a_png() {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    cluster.cpu_worker();
+    let dir = tempfile::tempdir().unwrap();
+    // A grey 40×60 image, dark left half and light right half: Sobel finds one vertical edge.
+    let pixels = (0..40 * 60)
+        .map(|i| if i % 60 < 30 { 0.0 } else { 1.0 })
+        .collect();
+    let png = encode_png(&HostTensor::new(vec![1, 40, 60], pixels)).unwrap();
+    let photo = write(dir.path(), "photo.png", &png);
+    let edges = dir.path().join("edges.png");
+    let out = cluster.kiln(&[
+        "submit",
+        "conv2d",
+        "-p",
+        "filter=sobel",
+        "--input",
+        &format!("image=@{photo}"),
+        "--output",
+        edges.to_str().unwrap(),
+    ]);
+    assert_success(&out);
+    let event = result_of(&out);
+    assert_eq!(event.output["shape"], serde_json::json!([1, 1, 40, 60]));
+    assert_eq!(event.output["object"]["format"], "png");
+    let back = kiln_data::formats::decode_image("edges", &std::fs::read(&edges).unwrap(), 1 << 20)
+        .unwrap();
+    assert_eq!(back.shape, [1, 40, 60]);
+    // Interior rows: the edge (clamped to 1) at columns 29 and 30, nothing elsewhere.
+    let row = &back.data[20 * 60..21 * 60];
+    assert_eq!(row[29], 1.0);
+    assert_eq!(row[30], 1.0);
+    assert_eq!(row[10], 0.0);
+    assert_eq!(row[50], 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_model_trained_on_a_csv_predicts_on_new_points() {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    cluster.cpu_worker();
+    let dir = tempfile::tempdir().unwrap();
+    // Three tight clusters around (0, 0), (4, 4) and (0, 5).
+    let centres = [(0.0f32, 0.0f32), (4.0, 4.0), (0.0, 5.0)];
+    let mut csv = String::from("x,y,label\n");
+    for i in 0..300 {
+        let (x, y) = centres[i % 3];
+        let jitter = |k: usize| ((i * 37 + k * 17) % 21) as f32 / 40.0 - 0.25;
+        csv.push_str(&format!("{},{},{}\n", x + jitter(1), y + jitter(2), i % 3));
+    }
+    let points = write(dir.path(), "points.csv", csv.as_bytes());
+    let out = cluster.kiln(&[
+        "submit",
+        "train_mlp",
+        "--id",
+        "trained",
+        "--input",
+        &format!("dataset=@{points}"),
+        "-p",
+        "epochs=30",
+        "--wait",
+    ]);
+    assert_success(&out);
+    let trained = result_of(&out);
+    assert_eq!(trained.output["validation_samples"], 60);
+    assert!(trained.output["final_val_accuracy"].as_f64().unwrap() > 0.95);
+    let model = trained.output["object"]["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(trained.output["object"]["format"], "safetensors");
+    let x = HostTensor::new(vec![3, 2], vec![0.1, -0.1, 3.9, 4.2, 0.2, 5.1]);
+    let new_points = write(dir.path(), "new.npy", &encode_npy(&x));
+    let out = cluster.kiln(&[
+        "submit",
+        "mlp_predict",
+        "--input",
+        &format!("model={model}"),
+        "--input",
+        &format!("x=@{new_points}"),
+        "--wait",
+    ]);
+    assert_success(&out);
+    let predicted = result_of(&out);
+    assert_eq!(predicted.output["classes"], serde_json::json!([0, 1, 2]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_objects_are_answered_invalid_input_naming_them() {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    cluster.cpu_worker();
+    let dir = tempfile::tempdir().unwrap();
+    let good = encode_npy(&HostTensor::new(vec![4], vec![1.0, 2.0, 3.0, 4.0]));
+    let truncated = write(dir.path(), "cut.npy", &good[..good.len() - 3]);
+    assert_success(&cluster.kiln(&["put", &truncated, "--name", "cut"]));
+    let full = write(dir.path(), "full.npy", &good);
+    assert_success(&cluster.kiln(&["put", &full, "--name", "full"]));
+    let wrong_digest = format!(r#"{{"object":"full","sha256":"{}"}}"#, "0".repeat(64));
+    for (b, names) in [
+        (r#"{"object":"nowhere"}"#.to_owned(), "nowhere"),
+        (r#"{"object":"cut"}"#.to_owned(), "cut"),
+        (wrong_digest, "full"),
+    ] {
+        let out = cluster.kiln(&[
+            "submit",
+            "vector_add",
+            "-p",
+            r#"a={"object":"full"}"#,
+            "-p",
+            &format!("b={b}"),
+            "--wait",
+        ]);
+        assert!(!out.status.success(), "{b}");
+        let event = result_of(&out);
+        let error = event.error.expect("an error");
+        assert_eq!(
+            error.kind,
+            ErrorKind::InvalidInput,
+            "{b}: {}",
+            error.message
+        );
+        assert!(error.message.contains(names), "{b}: {}", error.message);
+        assert!(
+            error.message.contains("\"b\""),
+            "names the parameter: {}",
+            error.message
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_object_over_the_memory_budget_is_refused_before_it_is_read() {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    cluster.spawn(
+        "worker",
+        &["worker", "--device", "cpu", "--max-memory-mb", "8"],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let big = HostTensor::new(vec![3 << 20], vec![0.5; 3 << 20]);
+    let path = write(dir.path(), "big.npy", &encode_npy(&big));
+    let out = cluster.kiln(&[
+        "submit",
+        "vector_add",
+        "--input",
+        &format!("a=@{path}"),
+        "--input",
+        &format!("b=@{path}"),
+        "--wait",
+    ]);
+    assert!(!out.status.success());
+    let error = result_of(&out).error.expect("an error");
+    assert_eq!(error.kind, ErrorKind::TooLarge, "{}", error.message);
+    assert!(error.message.contains("MiB"), "{}", error.message);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_id_is_answered_once_even_after_the_duplicate_window() {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    cluster.cpu_worker();
+    let first = cluster.kiln(&[
+        "submit",
+        "vector_add",
+        "-p",
+        "a=[1,2]",
+        "-p",
+        "b=[3,4]",
+        "--id",
+        "once",
+        "--wait",
+    ]);
+    assert_success(&first);
+    let first = result_of(&first);
+    assert_eq!(first.output["c"], serde_json::json!([4.0, 6.0]));
+    // The same id again under another Nats-Msg-Id: what a resubmission after the 10-minute
+    // duplicate window looks like to the server. It is stored and runs, but its result is
+    // refused: the first answer stands.
+    let client = cluster.client().await;
+    let js = jetstream::new(client.clone());
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", "once-later");
+    js.publish_with_headers(
+        "jobs.cpu.vector_add",
+        headers,
+        r#"{"id":"once","params":{"a":[10,20],"b":[30,40]}}"#.into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut jobs = js.get_stream("KILN_JOBS").await.unwrap();
+    while jobs.info().await.unwrap().state.messages > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the job was never taken"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (stored, results) = common::stored_results(&client).await;
+    assert_eq!(stored, 1, "one stored result for the id");
+    assert_eq!(results["once"].output["c"], serde_json::json!([4.0, 6.0]));
+    let shown: ResultEvent = serde_json::from_str(&stdout(&cluster.kiln(&["result", "once"])))
+        .expect("kiln result prints it");
+    assert_eq!(shown.status, Status::Succeeded);
+    assert_eq!(shown.output["c"], serde_json::json!([4.0, 6.0]));
+}
