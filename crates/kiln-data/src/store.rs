@@ -184,6 +184,20 @@ struct Verified {
     corrupt: Arc<AtomicBool>,
 }
 
+impl Verified {
+    /// Object `name` to read, and the flag its reader raises when the bytes do not match the
+    /// stored digest.
+    async fn open(store: &ObjectStore, name: &str) -> Result<(Self, Arc<AtomicBool>), DataError> {
+        let object = store.get(name).await.map_err(|e| get_error(name, e))?;
+        let corrupt = Arc::new(AtomicBool::new(false));
+        let reader = Verified {
+            object,
+            corrupt: corrupt.clone(),
+        };
+        Ok((reader, corrupt))
+    }
+}
+
 impl AsyncRead for Verified {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -324,12 +338,7 @@ pub async fn fetch(
         ))
     };
 
-    let object = store.get(name).await.map_err(|e| get_error(name, e))?;
-    let corrupt_flag = Arc::new(AtomicBool::new(false));
-    let mut reader = Verified {
-        object,
-        corrupt: corrupt_flag.clone(),
-    };
+    let (mut reader, corrupt_flag) = Verified::open(store, name).await?;
     let mut prefix = vec![0u8; PEEK];
     let n = read_full(&mut reader, &mut prefix)
         .await
@@ -558,12 +567,7 @@ pub async fn get_to_writer(
     writer: &mut (impl AsyncWrite + Unpin),
 ) -> Result<StoredObject, DataError> {
     let info = stored_info(store, name).await?;
-    let object = store.get(name).await.map_err(|e| get_error(name, e))?;
-    let corrupt_flag = Arc::new(AtomicBool::new(false));
-    let mut reader = Verified {
-        object,
-        corrupt: corrupt_flag.clone(),
-    };
+    let (mut reader, corrupt_flag) = Verified::open(store, name).await?;
     let mut buf = vec![0u8; CHUNK_SIZE];
     loop {
         let n = reader
