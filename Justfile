@@ -57,12 +57,12 @@ test-python:
 [group('check')]
 ci: test
 
-# The whole benchmark suite into bench/results/<date>/ (report.md, JSON, CSV, SVG charts) and the README's Benchmarks tables: kernels GPU vs CPU, CPU matmul vs numpy, pipeline vs the raw JetStream ceiling, communication overhead, scaling with workers, scheduler
+# The whole benchmark suite into bench/results/<date>/ (report.md, JSON, CSV, SVG charts) and the tables in docs/BENCHMARKS.md: kernels GPU vs CPU, CPU matmul vs numpy, pipeline vs the raw JetStream ceiling, communication overhead, data through the object store, scaling with workers, scheduler
 [group('bench')]
 bench *ARGS:
     cargo build --release -p kiln-cli
     "${KILN_BENCH_PYTHON:-python3}" -c 'import numpy' 2>/dev/null || "${KILN_BENCH_PYTHON:-python3}" -m pip install --quiet --disable-pip-version-check numpy || echo "bench: numpy could not be installed; the numpy comparison will be skipped" >&2
-    "${CARGO_TARGET_DIR:-target}/release/kiln" bench suite --readme README.md {{ARGS}}
+    "${CARGO_TARGET_DIR:-target}/release/kiln" bench suite --readme docs/BENCHMARKS.md {{ARGS}}
 
 # Build the release binary
 [group('build')]

@@ -3,7 +3,7 @@
 //!
 //! burn-ndarray's SIMD convolution needs a multiple of the vector width of output channels per
 //! group, so a depthwise filter (one or two per group) takes its generic loop, at about a tenth
-//! of this one (see `kiln bench kernels`' `conv2d_dw5x5_*` rows, and the README's figures).
+//! of this one (see `kiln bench kernels`' `conv2d_dw5x5_*` rows, and docs/CPU.md's figures).
 //!
 //! Each output pixel adds its taps in the order Burn's direct convolution does — for kernel
 //! row `i`, for kernel column `j`, `out[x] += k[i][j] · in[y + i − r][x + j − r]`, skipping
