@@ -428,9 +428,31 @@ pub struct SuiteArgs {
     pub python: String,
     /// Rewrite the part of this markdown file between `<!-- bench:start -->` and
     /// `<!-- bench:end -->` with the run's headline tables and charts (`just bench` passes
-    /// README.md; not with --quick).
+    /// docs/BENCHMARKS.md; not with --quick).
     #[arg(long, env = "KILN_BENCH_README")]
     pub readme: Option<PathBuf>,
+    /// The parts to run, comma-separated (default: all of them); the README is not rewritten
+    /// unless every part ran.
+    #[arg(
+        long,
+        env = "KILN_BENCH_PARTS",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "kernels,numpy,pipeline,overhead,data,scaling,scheduler"
+    )]
+    pub parts: Vec<SuitePart>,
+}
+
+/// One part of `kiln bench suite`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SuitePart {
+    Kernels,
+    Numpy,
+    Pipeline,
+    Overhead,
+    Data,
+    Scaling,
+    Scheduler,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -66,6 +66,8 @@ fn quick_suite_writes_every_file_with_its_figures() {
         "pipeline.svg",
         "overhead.csv",
         "overhead.svg",
+        "data.csv",
+        "data.svg",
         "scaling.csv",
         "scaling.svg",
         "scheduler.json",
@@ -138,6 +140,30 @@ fn quick_suite_writes_every_file_with_its_figures() {
         assert!(num(r, over) > 0.0, "{r:?}");
     }
 
+    // Data: the matmul by object against the raw store, and the JPEG; ratios from the run's
+    // own figures, the output fetched and checked, the worker's memory read.
+    let d = &suite["data"]["transfer"];
+    let g = |k: &str| d[k].as_f64().unwrap_or_else(|| panic!("{k} in {d}"));
+    assert!(g("raw_ms") > 0.0 && g("kiln_transfer_ms") > 0.0, "{d}");
+    assert!((g("rate_ratio") - g("raw_ms") / g("kiln_transfer_ms")).abs() < 1e-9);
+    assert!(g("worker_peak_mib") >= g("worker_rss_before_mib"), "{d}");
+    assert!(g("memory_ratio") >= 0.0, "{d}");
+    let image = &suite["data"]["image"];
+    assert!(image["jpeg_bytes"].as_u64().unwrap() >= 1 << 20, "{image}");
+    assert!(image["png_bytes"].as_u64().unwrap() > 0, "{image}");
+    let data = csv_rows(dir, "data.csv");
+    assert_eq!(data.len(), 2);
+    let (dcompute, de2e, dupload, ddown) = (
+        column(dir, "data.csv", "compute_ms"),
+        column(dir, "data.csv", "end_to_end_ms"),
+        column(dir, "data.csv", "upload_ms"),
+        column(dir, "data.csv", "download_ms"),
+    );
+    for r in &data {
+        assert!(num(r, de2e) > num(r, dcompute), "{r:?}");
+        assert!(num(r, dupload) > 0.0 && num(r, ddown) > 0.0, "{r:?}");
+    }
+
     // Scaling: both workloads at 1 and 2 workers; 1 worker is the base.
     let scaling = csv_rows(dir, "scaling.csv");
     let (workers, rate, relative) = (
@@ -178,6 +204,10 @@ fn quick_suite_writes_every_file_with_its_figures() {
             &["worker processes", "ideal (linear)", "compute jobs"][..],
         ),
         ("scheduler.svg", &["milliseconds", "makespan"][..]),
+        (
+            "data.svg",
+            &["raw put + get, same bytes", "worker handling (load, store)"][..],
+        ),
     ] {
         let svg = std::fs::read_to_string(dir.join(name)).unwrap();
         assert!(svg.starts_with("<svg"), "{name}");
@@ -194,6 +224,7 @@ fn quick_suite_writes_every_file_with_its_figures() {
         "## CPU matmul: kiln vs numpy",
         "## Pipeline vs the raw JetStream ceiling",
         "## Communication overhead",
+        "## Data through the object store",
         "## Scaling with workers",
         "## Scheduler vs static policies",
     ] {

@@ -2,6 +2,7 @@
 
 use plotters::prelude::*;
 
+use super::data::{Section as DataSection, Split};
 use super::kernels::{self, KernelRow, Speedup};
 use super::overhead::OverheadRow;
 use super::scaling::ScalingRow;
@@ -448,6 +449,141 @@ pub fn overhead(rows: &[OverheadRow]) -> anyhow::Result<String> {
         root.present().map_err(err)?;
     }
     Ok(svg)
+}
+
+/// Where a job's time goes when its data travels through the object store: the matmul by
+/// object against the raw store's same transfers (top), the JPEG through conv2d (bottom).
+pub fn data(d: &DataSection) -> anyhow::Result<String> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (1000, 460)).into_drawing_area();
+        root.fill(&WHITE).map_err(err)?;
+        let (top, bottom) = root.split_vertically(260);
+        let t = &d.transfer;
+        let mut raw = vec![0.0; STAGES.len()];
+        raw[0] = t.raw_ms;
+        stacked_panel(
+            &top,
+            &format!("{}: raw object store vs kiln (medians)", t.case),
+            &[
+                "raw put + get, same bytes".to_owned(),
+                "kiln job".to_owned(),
+            ],
+            &[raw, stages(&t.split)],
+        )?;
+        stacked_panel(
+            &bottom,
+            &format!("{} (medians)", d.image.case),
+            &["kiln job".to_owned()],
+            &[stages(&d.image.split)],
+        )?;
+        root.present().map_err(err)?;
+    }
+    Ok(svg)
+}
+
+const STAGES: [(&str, RGBColor); 8] = [
+    ("raw object store transfers", RGBColor(0x99, 0x99, 0x99)),
+    ("upload", RGBColor(0x4c, 0x72, 0xb0)),
+    ("submit", RGBColor(0x64, 0xb5, 0xcd)),
+    ("queue wait", RGBColor(0x81, 0x72, 0xb3)),
+    ("worker handling (load, store)", RGBColor(0xdd, 0x84, 0x52)),
+    ("compute", RGBColor(0x55, 0xa8, 0x68)),
+    ("result delivery", RGBColor(0xc4, 0x4e, 0x52)),
+    ("download", RGBColor(0xcc, 0xb9, 0x74)),
+];
+
+fn stages(s: &Split) -> Vec<f64> {
+    [
+        0.0,
+        s.upload_ms,
+        s.submit_ms,
+        s.queue_ms,
+        s.worker_ms,
+        s.compute_ms,
+        s.result_ms,
+        s.download_ms,
+    ]
+    .iter()
+    .map(|v| v.max(0.0))
+    .collect()
+}
+
+/// Horizontal bars, one per label, each stacked from `values[i]` in [`STAGES`] order.
+fn stacked_panel(
+    area: &Area<'_>,
+    title: &str,
+    labels: &[String],
+    values: &[Vec<f64>],
+) -> anyhow::Result<()> {
+    let hi = values
+        .iter()
+        .map(|v| v.iter().sum::<f64>())
+        .fold(0.1f64, f64::max)
+        * 1.6;
+    let n = labels.len().max(1) as f64;
+    let names = labels.to_vec();
+    let name = move |y: &f64| {
+        let i = y.round();
+        if (y - i).abs() > 1e-6 || i < 0.0 {
+            return String::new();
+        }
+        names.get(i as usize).cloned().unwrap_or_default()
+    };
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, (FONT, 16))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(190)
+        .build_cartesian_2d(0f64..hi, -0.6f64..n - 0.4)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .y_labels(labels.len().max(1))
+        .y_label_formatter(&name)
+        .x_label_formatter(&|v| significant(*v))
+        .x_desc("milliseconds")
+        .disable_y_mesh()
+        .label_style((FONT, 12))
+        .draw()
+        .map_err(err)?;
+    for (k, (part, color)) in STAGES.iter().enumerate() {
+        if values
+            .iter()
+            .all(|v| v.get(k).copied().unwrap_or(0.0) <= 0.0)
+        {
+            continue;
+        }
+        let color = *color;
+        chart
+            .draw_series(values.iter().enumerate().map(|(i, v)| {
+                let x0: f64 = v[..k].iter().sum();
+                let y = i as f64;
+                Rectangle::new([(x0, y - 0.3), (x0 + v[k], y + 0.3)], color.filled())
+            }))
+            .map_err(err)?
+            .label(*part)
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
+    }
+    chart
+        .draw_series(values.iter().enumerate().map(|(i, v)| {
+            let total: f64 = v.iter().sum();
+            Text::new(
+                super::report::ms(total),
+                (total + hi * 0.01, i as f64 - 0.05),
+                (FONT, 11),
+            )
+        }))
+        .map_err(err)?;
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .label_font((FONT, 11))
+        .draw()
+        .map_err(err)?;
+    Ok(())
 }
 
 /// Throughput relative to one worker against worker processes, one line per workload, with

@@ -3,11 +3,13 @@
 //!
 //! Parts, in order: kernels on every backend present (GPU vs CPU in the same run), CPU matmul
 //! against numpy (`scripts/numpy_reference.py`, skipped without python and numpy), the
-//! pipeline against the raw JetStream ceiling, communication overhead per kind and size,
-//! throughput against worker processes, and the scheduler against static policies. A part
+//! pipeline against the raw JetStream ceiling, communication overhead per kind and size, data
+//! through the object store (a 4096² matmul by object against the raw store, a JPEG through
+//! conv2d), throughput against worker processes, and the scheduler against static policies. A part
 //! that fails is reported as failed and the others still run; the command then exits 1.
 
 mod charts;
+mod data;
 mod kernels;
 mod overhead;
 mod report;
@@ -18,10 +20,11 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context as _;
+use clap::ValueEnum as _;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
-use crate::cli::{NatsArgs, PipelineArgs, SchedulerBenchArgs, SuiteArgs};
+use crate::cli::{NatsArgs, PipelineArgs, SchedulerBenchArgs, SuiteArgs, SuitePart};
 use crate::cmd::{bench, bench_scheduler};
 
 /// The machine the suite ran on.
@@ -82,13 +85,14 @@ pub struct Suite {
     pub numpy: Numpy,
     pub pipeline: Option<bench::Report>,
     pub overhead: Option<overhead::Section>,
+    pub data: Option<data::Section>,
     pub scaling: Option<scaling::Section>,
     pub scheduler: Option<bench_scheduler::Report>,
     /// The files written, relative to the output folder.
     pub files: Vec<String>,
 }
 
-const STEPS: usize = 7;
+const STEPS: usize = 8;
 
 pub async fn run(nats: &NatsArgs, args: SuiteArgs) -> anyhow::Result<ExitCode> {
     let started_at = time::OffsetDateTime::now_utc();
@@ -116,94 +120,119 @@ pub async fn run(nats: &NatsArgs, args: SuiteArgs) -> anyhow::Result<ExitCode> {
         },
         pipeline: None,
         overhead: None,
+        data: None,
         scaling: None,
         scheduler: None,
         files: Vec::new(),
     };
     eprintln!("kiln bench suite ({mode} settings) into {}", out.display());
     eprintln!("machine: {}", describe(&suite.machine));
+    let want = |part: SuitePart| args.parts.contains(&part);
+    let every_part = SuitePart::value_variants().iter().all(|p| want(*p));
 
-    // 1. Kernels, on a blocking thread.
-    let bar = step_bar(1, "kernels on every backend");
-    let timer = Instant::now();
-    let (gpu, b) = (!args.no_gpu, bar.clone());
-    let section = tokio::task::spawn_blocking(move || kernels::measure(quick, gpu, &b)).await;
-    bar.finish_and_clear();
-    let section = section.map_err(anyhow::Error::from);
-    record(&mut suite.steps, "kernels", timer, section.as_ref().err());
-    suite.kernels = section.ok();
-    if let Some(k) = &suite.kernels {
-        suite.machine.gpu = match (&k.gpu_device, &k.gpu_skipped) {
-            (Some(device), _) => gpu_name(device),
-            (None, Some(why)) => format!("none used: {why}"),
-            (None, None) => "none".into(),
-        };
-        let failed = k.rows.iter().filter(|r| r.row.status == "error").count();
-        if failed > 0 {
-            suite.steps.last_mut().expect("just recorded").error =
-                Some(format!("{failed} case(s) failed; see kernels.csv"));
+    if want(SuitePart::Kernels) {
+        // 1. Kernels, on a blocking thread.
+        let bar = step_bar(1, "kernels on every backend");
+        let timer = Instant::now();
+        let (gpu, b) = (!args.no_gpu, bar.clone());
+        let section = tokio::task::spawn_blocking(move || kernels::measure(quick, gpu, &b)).await;
+        bar.finish_and_clear();
+        let section = section.map_err(anyhow::Error::from);
+        record(&mut suite.steps, "kernels", timer, section.as_ref().err());
+        suite.kernels = section.ok();
+        if let Some(k) = &suite.kernels {
+            suite.machine.gpu = match (&k.gpu_device, &k.gpu_skipped) {
+                (Some(device), _) => gpu_name(device),
+                (None, Some(why)) => format!("none used: {why}"),
+                (None, None) => "none".into(),
+            };
+            let failed = k.rows.iter().filter(|r| r.row.status == "error").count();
+            if failed > 0 {
+                suite.steps.last_mut().expect("just recorded").error =
+                    Some(format!("{failed} case(s) failed; see kernels.csv"));
+            }
         }
     }
 
-    // 2. numpy, from the CPU matmul rows.
-    eprintln!("[2/{STEPS}] CPU matmul vs numpy");
-    let timer = Instant::now();
-    suite.numpy = match &suite.kernels {
-        Some(k) => numpy(&args, &out, k),
-        None => Numpy {
-            status: "skipped: the kernel part failed".into(),
-            rows: Vec::new(),
-            numpy: None,
-        },
-    };
-    record(&mut suite.steps, "numpy reference", timer, None);
+    if want(SuitePart::Numpy) {
+        // 2. numpy, from the CPU matmul rows.
+        eprintln!("[2/{STEPS}] CPU matmul vs numpy");
+        let timer = Instant::now();
+        suite.numpy = match &suite.kernels {
+            Some(k) => numpy(&args, &out, k),
+            None => Numpy {
+                status: "skipped: the kernel part failed or was left out".into(),
+                rows: Vec::new(),
+                numpy: None,
+            },
+        };
+        record(&mut suite.steps, "numpy reference", timer, None);
+    }
 
-    // 3. Pipeline vs the ceiling.
-    let timer = Instant::now();
-    step_bar(3, "pipeline vs the raw JetStream ceiling").finish_and_clear();
-    let pipeline_args = PipelineArgs {
-        jobs: if quick { 500 } else { 20_000 },
-        len: 1024,
-        runs: if quick { 1 } else { 5 },
-        json: None,
-        external: false,
-    };
-    let result = bench::measure_pipeline(nats, &pipeline_args, false).await;
-    record(&mut suite.steps, "pipeline", timer, result.as_ref().err());
-    suite.pipeline = result.ok();
+    if want(SuitePart::Pipeline) {
+        // 3. Pipeline vs the ceiling.
+        let timer = Instant::now();
+        step_bar(3, "pipeline vs the raw JetStream ceiling").finish_and_clear();
+        let pipeline_args = PipelineArgs {
+            jobs: if quick { 500 } else { 20_000 },
+            len: 1024,
+            runs: if quick { 1 } else { 5 },
+            json: None,
+            external: false,
+        };
+        let result = bench::measure_pipeline(nats, &pipeline_args, false).await;
+        record(&mut suite.steps, "pipeline", timer, result.as_ref().err());
+        suite.pipeline = result.ok();
+    }
 
-    // 4. Communication overhead.
-    let bar = step_bar(4, "communication overhead per kind and size");
-    let timer = Instant::now();
-    let result = overhead::measure(nats, quick, &bar).await;
-    bar.finish_and_clear();
-    record(&mut suite.steps, "overhead", timer, result.as_ref().err());
-    suite.overhead = result.ok();
+    if want(SuitePart::Overhead) {
+        // 4. Communication overhead.
+        let bar = step_bar(4, "communication overhead per kind and size");
+        let timer = Instant::now();
+        let result = overhead::measure(nats, quick, &bar).await;
+        bar.finish_and_clear();
+        record(&mut suite.steps, "overhead", timer, result.as_ref().err());
+        suite.overhead = result.ok();
+    }
 
-    // 5. Scaling with worker processes.
-    let bar = step_bar(5, "throughput against worker processes");
-    let timer = Instant::now();
-    let result = scaling::measure(nats, quick, &args.workers, &bar).await;
-    bar.finish_and_clear();
-    record(&mut suite.steps, "scaling", timer, result.as_ref().err());
-    suite.scaling = result.ok();
+    if want(SuitePart::Data) {
+        // 5. Data through the object store.
+        let bar = step_bar(5, "data through the object store");
+        let timer = Instant::now();
+        let result = data::measure(nats, quick, &bar).await;
+        bar.finish_and_clear();
+        record(&mut suite.steps, "data", timer, result.as_ref().err());
+        suite.data = result.ok();
+    }
 
-    // 6. Scheduler vs static policies.
-    step_bar(6, "scheduler vs always-GPU and always-CPU").finish_and_clear();
-    let timer = Instant::now();
-    let scheduler_args = SchedulerBenchArgs {
-        small: if quick { 60 } else { 400 },
-        large: if quick { 6 } else { 60 },
-        gpu_overhead_ms: 2.0,
-        cpu_slowdown: 8.0,
-        json: None,
-    };
-    let result = bench_scheduler::measure(nats, &scheduler_args, false).await;
-    record(&mut suite.steps, "scheduler", timer, result.as_ref().err());
-    suite.scheduler = result.ok();
+    if want(SuitePart::Scaling) {
+        // 6. Scaling with worker processes.
+        let bar = step_bar(6, "throughput against worker processes");
+        let timer = Instant::now();
+        let result = scaling::measure(nats, quick, &args.workers, &bar).await;
+        bar.finish_and_clear();
+        record(&mut suite.steps, "scaling", timer, result.as_ref().err());
+        suite.scaling = result.ok();
+    }
 
-    // 7. Files.
-    eprintln!("[7/{STEPS}] writing JSON, CSV, charts and report.md");
+    if want(SuitePart::Scheduler) {
+        // 7. Scheduler vs static policies.
+        step_bar(7, "scheduler vs always-GPU and always-CPU").finish_and_clear();
+        let timer = Instant::now();
+        let scheduler_args = SchedulerBenchArgs {
+            small: if quick { 60 } else { 400 },
+            large: if quick { 6 } else { 60 },
+            gpu_overhead_ms: 2.0,
+            cpu_slowdown: 8.0,
+            json: None,
+        };
+        let result = bench_scheduler::measure(nats, &scheduler_args, false).await;
+        record(&mut suite.steps, "scheduler", timer, result.as_ref().err());
+        suite.scheduler = result.ok();
+    }
+
+    // 8. Files.
+    eprintln!("[8/{STEPS}] writing JSON, CSV, charts and report.md");
     suite.machine.load_at_end = load_average();
     suite.seconds = started.elapsed().as_secs_f64();
     let timer = Instant::now();
@@ -214,7 +243,7 @@ pub async fn run(nats: &NatsArgs, args: SuiteArgs) -> anyhow::Result<ExitCode> {
     std::fs::write(out.join("report.md"), report::markdown(&suite))
         .with_context(|| format!("writing {}", out.join("report.md").display()))?;
 
-    if let Some(readme) = &args.readme {
+    if let Some(readme) = args.readme.as_ref().filter(|_| every_part) {
         match update_readme(readme, &out, &suite) {
             Ok(()) => eprintln!("{} updated", readme.display()),
             Err(e) => eprintln!("{} not updated: {e:#}", readme.display()),
@@ -299,6 +328,10 @@ fn write_all(out: &Path, suite: &mut Suite) -> anyhow::Result<()> {
         put("overhead.csv", csv_bytes(o.rows.iter())?)?;
         put("overhead.svg", charts::overhead(&o.rows)?.into_bytes())?;
     }
+    if let Some(d) = &suite.data {
+        put("data.csv", csv_bytes(d.csv_rows())?)?;
+        put("data.svg", charts::data(d)?.into_bytes())?;
+    }
     if let Some(s) = &suite.scaling {
         put("scaling.csv", csv_bytes(s.rows.iter())?)?;
         put(
@@ -326,15 +359,15 @@ fn update_readme(readme: &Path, out: &Path, suite: &Suite) -> anyhow::Result<()>
         "quick figures are a smoke run, not figures to show"
     );
     let text = std::fs::read_to_string(readme)?;
-    // Links from the README's folder to the report's.
+    // Links from the file's folder to the report's (e.g. `../bench/results/<date>/` from docs/).
     let root = readme
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let base = out
-        .strip_prefix(root)
-        .map(|p| format!("{}/", p.display()))
-        .unwrap_or_else(|_| format!("{}/", out.display()));
+    let base = match (root.canonicalize(), out.canonicalize()) {
+        (Ok(from), Ok(to)) => format!("{}/", relative(&from, &to).display()),
+        _ => format!("{}/", out.display()),
+    };
     let section = report::readme_section(suite, &base);
     let text = report::splice(&text, &section).with_context(|| {
         format!(
@@ -345,6 +378,21 @@ fn update_readme(readme: &Path, out: &Path, suite: &Suite) -> anyhow::Result<()>
     })?;
     std::fs::write(readme, text)?;
     Ok(())
+}
+
+/// The path from folder `from` to `to`, both absolute.
+fn relative(from: &Path, to: &Path) -> PathBuf {
+    let from: Vec<_> = from.components().collect();
+    let to: Vec<_> = to.components().collect();
+    let common = from.iter().zip(&to).take_while(|(a, b)| a == b).count();
+    let mut path = PathBuf::new();
+    for _ in common..from.len() {
+        path.push("..");
+    }
+    for c in &to[common..] {
+        path.push(c);
+    }
+    path
 }
 
 fn csv_bytes<T: Serialize>(rows: impl IntoIterator<Item = T>) -> anyhow::Result<Vec<u8>> {
@@ -477,4 +525,23 @@ fn describe(m: &Machine) -> String {
         "{}, {} cores, {:.1} GiB, {}; GPU: {}",
         m.cpu, m.cores, m.memory_gib, m.os, m.gpu
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_links_are_relative_to_the_file_they_go_into() {
+        let rel = |a: &str, b: &str| relative(Path::new(a), Path::new(b));
+        assert_eq!(
+            rel("/r", "/r/bench/results/d"),
+            Path::new("bench/results/d")
+        );
+        assert_eq!(
+            rel("/r/docs", "/r/bench/results/d"),
+            Path::new("../bench/results/d")
+        );
+        assert_eq!(rel("/r/a/b", "/r/c"), Path::new("../../c"));
+    }
 }

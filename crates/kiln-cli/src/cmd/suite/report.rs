@@ -118,6 +118,7 @@ pub fn markdown(s: &Suite) -> String {
     numpy(&mut o, s);
     pipeline(&mut o, s);
     overhead(&mut o, s);
+    data_path(&mut o, s);
     scaling(&mut o, s);
     scheduler(&mut o, s);
 
@@ -136,7 +137,10 @@ fn cell(text: &str) -> String {
 fn gpu_vs_cpu(o: &mut String, s: &Suite) {
     let _ = writeln!(o, "## GPU vs CPU\n");
     let Some(k) = &s.kernels else {
-        let _ = writeln!(o, "Not measured: the kernel part failed (see Steps).\n");
+        let _ = writeln!(
+            o,
+            "Not measured: the kernel part failed or was left out by --parts (see Steps).\n"
+        );
         return;
     };
     let cpu_rows: Vec<&KernelRow> = k.rows.iter().filter(|r| r.row.device == "cpu").collect();
@@ -208,7 +212,10 @@ fn gpu_vs_cpu(o: &mut String, s: &Suite) {
 fn kernel_table(o: &mut String, s: &Suite) {
     let _ = writeln!(o, "## Kernels\n");
     let Some(k) = &s.kernels else {
-        let _ = writeln!(o, "Not measured: the kernel part failed (see Steps).\n");
+        let _ = writeln!(
+            o,
+            "Not measured: the kernel part failed or was left out by --parts (see Steps).\n"
+        );
         return;
     };
     let _ = writeln!(
@@ -278,7 +285,10 @@ fn numpy(o: &mut String, s: &Suite) {
 fn pipeline(o: &mut String, s: &Suite) {
     let _ = writeln!(o, "## Pipeline vs the raw JetStream ceiling\n");
     let Some(p) = &s.pipeline else {
-        let _ = writeln!(o, "Not measured: the pipeline part failed (see Steps).\n");
+        let _ = writeln!(
+            o,
+            "Not measured: the pipeline part failed or was left out by --parts (see Steps).\n"
+        );
         return;
     };
     let runs = p.runs.iter().filter(|r| r.side == "kiln").count();
@@ -323,7 +333,10 @@ fn pipeline(o: &mut String, s: &Suite) {
 fn overhead(o: &mut String, s: &Suite) {
     let _ = writeln!(o, "## Communication overhead\n");
     let Some(ov) = &s.overhead else {
-        let _ = writeln!(o, "Not measured: the overhead part failed (see Steps).\n");
+        let _ = writeln!(
+            o,
+            "Not measured: the overhead part failed or was left out by --parts (see Steps).\n"
+        );
         return;
     };
     let _ = writeln!(
@@ -360,10 +373,77 @@ fn overhead(o: &mut String, s: &Suite) {
     let _ = writeln!(o, "\n![Communication overhead](overhead.svg)\n");
 }
 
+fn data_path(o: &mut String, s: &Suite) {
+    let _ = writeln!(o, "## Data through the object store\n");
+    let Some(d) = &s.data else {
+        let _ = writeln!(
+            o,
+            "Not measured: the data part failed or was left out by --parts (see Steps).\n"
+        );
+        return;
+    };
+    let t = &d.transfer;
+    let _ = writeln!(o, "{}. [`data.csv`](data.csv).\n", d.method);
+    let _ = writeln!(
+        o,
+        "| case | runs | bytes moved | raw put + get | kiln outside compute | rate ratio (raw = 1) | worker RSS before | worker peak | peak − before over tensors |\n\
+         |---|---|---|---|---|---|---|---|---|"
+    );
+    let _ = writeln!(
+        o,
+        "| {} | {} | {:.0} MiB | {} ({:.0} MiB/s) | {} ({:.0} MiB/s) | {} | {:.0} MiB | {:.0} MiB | {} of {:.0} MiB |\n",
+        cell(&t.case),
+        t.runs,
+        t.bytes_moved as f64 / (1024.0 * 1024.0),
+        ms(t.raw_ms),
+        t.raw_mib_s,
+        ms(t.kiln_transfer_ms),
+        t.kiln_mib_s,
+        down(t.rate_ratio, 3),
+        t.worker_rss_before_mib,
+        t.worker_peak_mib,
+        down(t.memory_ratio, 3),
+        t.tensor_mib
+    );
+    let _ = writeln!(
+        o,
+        "| case | jobs | end to end | upload | submit | queue wait | worker handling | compute | result delivery | download |\n\
+         |---|---|---|---|---|---|---|---|---|---|"
+    );
+    let i = &d.image;
+    for (case, jobs, split) in [(&t.case, t.runs, &t.split), (&i.case, i.jobs, &i.split)] {
+        let _ = writeln!(
+            o,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            cell(case),
+            jobs,
+            ms(split.end_to_end_ms),
+            ms(split.upload_ms),
+            ms(split.submit_ms),
+            ms(split.queue_ms),
+            ms(split.worker_ms),
+            ms(split.compute_ms),
+            ms(split.result_ms),
+            ms(split.download_ms)
+        );
+    }
+    let _ = writeln!(
+        o,
+        "\nWorker handling is the worker's time outside compute: downloading and decoding the \
+         inputs, encoding and storing the output ({} KiB JPEG in, {} KiB PNG out).\n",
+        i.jpeg_bytes / 1024,
+        i.png_bytes / 1024
+    );
+    let _ = writeln!(o, "![Data through the object store](data.svg)\n");
+}
+
 fn scaling(o: &mut String, s: &Suite) {
     let _ = writeln!(o, "## Scaling with workers\n");
     let Some(sc) = &s.scaling else {
-        let _ = writeln!(o, "Not measured: the scaling part failed (see Steps).\n");
+        let _ = writeln!(
+            o,
+            "Not measured: the scaling part failed or was left out by --parts (see Steps).\n"
+        );
         return;
     };
     let max = sc.rows.iter().map(|r| r.workers).max().unwrap_or(1);
@@ -399,7 +479,10 @@ fn scaling(o: &mut String, s: &Suite) {
 fn scheduler(o: &mut String, s: &Suite) {
     let _ = writeln!(o, "## Scheduler vs static policies\n");
     let Some(r) = &s.scheduler else {
-        let _ = writeln!(o, "Not measured: the scheduler part failed (see Steps).\n");
+        let _ = writeln!(
+            o,
+            "Not measured: the scheduler part failed or was left out by --parts (see Steps).\n"
+        );
         return;
     };
     let _ = writeln!(
@@ -440,9 +523,9 @@ fn scheduler(o: &mut String, s: &Suite) {
 pub const README_START: &str = "<!-- bench:start -->";
 pub const README_END: &str = "<!-- bench:end -->";
 
-/// The README's part: the machine, the GPU-vs-CPU table and every section but the full
-/// kernel table, with links made relative to the repository root through `base` (the
-/// report's folder, e.g. `bench/results/2026-11-26/`).
+/// The generated part of the benchmarks page: the machine, the GPU-vs-CPU table and every
+/// section but the full kernel table, with links made relative to that page's folder through
+/// `base` (the report's folder, e.g. `../bench/results/2026-11-26/`).
 pub fn readme_section(s: &Suite, base: &str) -> String {
     let m = &s.machine;
     let mut o = String::new();
@@ -466,6 +549,7 @@ pub fn readme_section(s: &Suite, base: &str) -> String {
     numpy(&mut body, s);
     pipeline(&mut body, s);
     overhead(&mut body, s);
+    data_path(&mut body, s);
     scaling(&mut body, s);
     scheduler(&mut body, s);
     // Headings one level down; links from the repository root.
@@ -537,6 +621,23 @@ pub fn summary(s: &Suite) -> String {
             "pipeline: kiln {:.0} jobs/s = {} of the raw JetStream ceiling (same bytes)",
             p.kiln_jobs_per_s,
             down(p.ratio_same_bytes, 3)
+        );
+    }
+    if let Some(d) = &s.data {
+        let t = &d.transfer;
+        let _ = writeln!(
+            o,
+            "data: {}: kiln moves data at {} of the raw object store's rate; worker peak {} × its tensors",
+            t.case,
+            down(t.rate_ratio, 3),
+            down(t.memory_ratio, 3)
+        );
+        let _ = writeln!(
+            o,
+            "data: {}: {} end to end, {} of it compute",
+            d.image.case,
+            ms(d.image.split.end_to_end_ms),
+            ms(d.image.split.compute_ms)
         );
     }
     if let Some(sc) = &s.scaling {

@@ -172,7 +172,11 @@ pub async fn measure(
 }
 
 /// Wait until `count` workers named `prefix…` announce themselves as serving.
-async fn wait_live(js: &jetstream::Context, prefix: &str, count: usize) -> anyhow::Result<()> {
+pub(super) async fn wait_live(
+    js: &jetstream::Context,
+    prefix: &str,
+    count: usize,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let live = streams::live_workers(js)
