@@ -112,8 +112,13 @@ impl Fold {
         self.queue.record_ms(event.queue_ms);
         self.compute.record_ms(event.compute_ms);
         self.total.record_ms(event.total_ms);
+        // A prediction is believed only as a time between 0 and a week (workers pass on only
+        // such, see `kiln_proto::Envelope`): one absurd value would make every sum infinite,
+        // and an infinite sum is `null` in the snapshot's JSON, which no reader parses.
         if let Some(predicted) = event.routing.as_ref().and_then(Routing::predicted_ms)
             && predicted.is_finite()
+            && (0.0..=MAX_PREDICTED_MS).contains(&predicted)
+            && event.total_ms.is_finite()
         {
             let error = predicted - event.total_ms;
             self.predicted += 1;
@@ -194,6 +199,9 @@ impl Fold {
     }
 }
 
+/// The largest predicted time folded, in milliseconds (a week).
+const MAX_PREDICTED_MS: f64 = 7.0 * 24.0 * 3600.0 * 1000.0;
+
 /// Job ids remembered to drop duplicate result events: the newest this many.
 const SEEN_CAPACITY: usize = 1 << 20;
 
@@ -228,6 +236,21 @@ impl Watermark {
             return;
         }
         self.above.insert(sequence);
+        while self.above.remove(&(self.through + 1)) {
+            self.through += 1;
+        }
+    }
+
+    /// Every sequence at or below `floor` was acked, so counted in a stored snapshot: the
+    /// watermark is at least there, whatever gaps below it it was waiting on (results a
+    /// previous instance acked above its ack floor never come back, and without this the
+    /// watermark would wait for them for ever).
+    fn raise(&mut self, floor: u64) {
+        if floor <= self.through {
+            return;
+        }
+        self.through = floor;
+        self.above = self.above.split_off(&(floor + 1));
         while self.above.remove(&(self.through + 1)) {
             self.through += 1;
         }
@@ -274,6 +297,11 @@ impl Folds {
         }
         self.folds.entry(key).or_default().add(event);
         true
+    }
+
+    /// The aggregator consumer's ack floor, read again: see [`Watermark::raise`].
+    pub fn acked_through(&mut self, floor: u64) {
+        self.delivered.raise(floor);
     }
 
     /// A result at `sequence` was delivered, counted or not (one that does not parse).
@@ -343,6 +371,46 @@ impl Folds {
 mod tests {
     use super::*;
     use kiln_proto::JobError;
+
+    #[test]
+    fn the_watermark_passes_gaps_once_the_ack_floor_does() {
+        let mut w = Watermark::default();
+        w.see(1);
+        // 2 and 3 were acked by a previous instance: they never come back.
+        w.see(4);
+        w.see(5);
+        assert_eq!(w.through, 1, "waits on the gap");
+        w.raise(3);
+        assert_eq!(w.through, 5, "past the gap, and on over what it had seen");
+        assert!(w.above.is_empty());
+        w.raise(2);
+        assert_eq!(w.through, 5, "never back");
+        w.see(7);
+        w.raise(8);
+        assert_eq!((w.through, w.above.len()), (8, 0));
+    }
+
+    #[test]
+    fn an_absurd_prediction_leaves_the_snapshot_readable() {
+        let mut folds = Folds::default();
+        for (i, predicted) in [1.7e308, 1.7e308, -5.0, 12.0].into_iter().enumerate() {
+            let mut e = event(&format!("p{i}"), Status::Succeeded, 10.0);
+            e.routing = Some(Routing {
+                chosen: DeviceClass::Cpu,
+                by: "s".into(),
+                predicted_gpu_ms: None,
+                predicted_cpu_ms: Some(predicted),
+                reason: String::new(),
+            });
+            folds.add(&e);
+        }
+        let snapshots = folds.snapshots(OffsetDateTime::now_utc());
+        let json = serde_json::to_vec(&snapshots[0]).unwrap();
+        let back: MetricsSnapshot = serde_json::from_slice(&json).expect("readable");
+        assert_eq!(back.jobs, 4);
+        assert_eq!(back.prediction.routed, 1, "only the believable prediction");
+        assert!((back.prediction.mean_error_ms - 2.0).abs() < 1e-9);
+    }
 
     fn event(id: &str, status: Status, total_ms: f64) -> ResultHead {
         let now = OffsetDateTime::now_utc();

@@ -102,6 +102,10 @@ pub async fn run(
     config.health.serving();
     let mut ticker = tokio::time::interval(config.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The consumer's ack floor, read now and then, lets the restart watermark past results
+    // that will never be delivered again (see `Folds::acked_through`).
+    let mut floor_ticker = tokio::time::interval(ACK_FLOOR_EVERY);
+    floor_ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -115,6 +119,11 @@ pub async fn run(
                 }
                 Err(e) => tracing::warn!(error = %e, "metrics snapshot not stored; retrying"),
             },
+            _ = floor_ticker.tick() => {
+                if let Ok(info) = results.consumer_info(CONSUMER_AGGREGATOR).await {
+                    folds.acked_through(info.ack_floor.stream_sequence);
+                }
+            }
             next = messages.next() => match next {
                 Some(Ok(message)) => {
                     let sequence = message.info().map_or(0, |info| info.stream_sequence);
@@ -149,6 +158,9 @@ pub async fn run(
     tracing::info!("aggregator stopped");
     Ok(())
 }
+
+/// How often the aggregator reads its consumer's ack floor again.
+const ACK_FLOOR_EVERY: Duration = Duration::from_secs(10);
 
 /// Publish the snapshots that changed since the last flush, wait for the server to store
 /// them, then ack the results they include.

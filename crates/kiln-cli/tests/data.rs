@@ -86,6 +86,15 @@ async fn a_users_matrices_go_in_by_object_and_the_whole_product_comes_back() {
         std::fs::read(&got).unwrap(),
         std::fs::read(&c_path).unwrap()
     );
+    // Anyone may write to the bucket: an output replaced since the job stored it is refused
+    // by its digest, and nothing is written.
+    assert_success(&cluster.kiln(&["put", &a_path, "--name", name]));
+    let replaced = dir.path().join("replaced.npy");
+    let out = cluster.kiln(&["result", "mm-1", "--output", replaced.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("not the one the job stored"), "{stderr}");
+    assert!(!replaced.exists());
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -486,6 +486,34 @@ async fn a_submitter_cannot_consume_jobs_read_dead_letters_or_delete_streams() {
         .messages()
         .await;
     assert!(saw_violation(&errors, "$JS.API.CONSUMER.MSG.NEXT.KILN_RESULTS.aggregator").await);
+    // Nor can it be replaced through a create request with no consumer name in its subject,
+    // naming the aggregator's in its body with another filter.
+    let body = serde_json::json!({
+        "stream_name": "KILN_RESULTS",
+        "config": {
+            "name": "aggregator",
+            "durable_name": "aggregator",
+            "filter_subject": "results.nothing",
+            "ack_policy": "explicit"
+        }
+    });
+    let _ = tokio::time::timeout(
+        Duration::from_secs(3),
+        js.client().request(
+            "$JS.API.CONSUMER.CREATE.KILN_RESULTS",
+            serde_json::to_vec(&body).unwrap().into(),
+        ),
+    )
+    .await;
+    assert!(saw_violation(&errors, "$JS.API.CONSUMER.CREATE.KILN_RESULTS").await);
+    // kiln's copies of jobs (whose Kiln-* headers workers believe) are kiln's own.
+    let copy = js
+        .publish("jobs.cpu.vector_add.copy", r#"{"params":{"len":4}}"#.into())
+        .await;
+    if let Ok(ack) = copy {
+        assert!(ack.await.is_err(), "a submitter stored a copy of a job");
+    }
+    assert!(saw_violation(&errors, "jobs.cpu.vector_add.copy").await);
 
     // Dead letters are for operators.
     let out = secure.kiln(Auth::User("submitter"), &["dlq", "list"]);
@@ -528,6 +556,7 @@ async fn a_submitter_cannot_consume_jobs_read_dead_letters_or_delete_streams() {
         .unwrap()
         .clone();
     assert_eq!(info.name, streams::CONSUMER_AGGREGATOR);
+    assert_eq!(info.config.filter_subject, "results.>");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -398,15 +398,26 @@ impl Kernel for Conv2d {
                 }
             }
             (Some(_), ConvEngine::Native) => None,
+            // In pieces of whole planes, with a checkpoint between pieces, so that a cancel,
+            // a timeout or a drain lands within about a second on any image.
             (None, ConvEngine::Native) => {
-                let depthwise = Depthwise {
-                    planes: b * c,
-                    height: h,
-                    width: w,
-                    side: k,
-                    kernels: &kernels,
-                };
-                Some((depthwise.run(&pixels), crate::depthwise::ENGINE))
+                let plane = h * w;
+                let flops_per_plane = (plane * k * k * passes * 2).max(1);
+                let per_piece = (CPU_PIECE_FLOPS / flops_per_plane).max(1);
+                let pieces = (b * c).div_ceil(per_piece) as u64;
+                let mut maps = Vec::with_capacity(b * c * passes * plane);
+                for (i, chunk) in pixels.chunks((per_piece * plane).max(1)).enumerate() {
+                    ctx.checkpoint(i as u64, pieces)?;
+                    let depthwise = Depthwise {
+                        planes: chunk.len() / plane.max(1),
+                        height: h,
+                        width: w,
+                        side: k,
+                        kernels: &kernels,
+                    };
+                    maps.extend(depthwise.run(chunk));
+                }
+                Some((maps, crate::depthwise::ENGINE))
             }
         };
         let (maps, computed, engine) = match native {
@@ -449,6 +460,9 @@ impl Kernel for Conv2d {
         Ok(out)
     }
 }
+
+/// Work in one piece of a CPU convolution between checkpoints (about a second at most).
+const CPU_PIECE_FLOPS: usize = 1 << 30;
 
 /// The job's output from the convolution's maps, laid out [batch][channel][pass][pixel]: the
 /// maps themselves for one pass, Sobel's √(gx² + gy²) per pixel for two.

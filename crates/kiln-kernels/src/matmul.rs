@@ -221,17 +221,37 @@ impl Kernel for Matmul {
             ),
         };
         let blas = matmul_engine() == MatmulEngine::Blas;
+        // A product runs in pieces of rows of A (and C), with a checkpoint before each, so that
+        // a cancel, a timeout or a drain lands within about a second on any size. cuBLAS runs
+        // whole: a GPU finishes the largest product that fits its memory in about a second.
+        let piece_flops = if ctx.is_gpu {
+            GPU_PIECE_FLOPS
+        } else {
+            CPU_PIECE_FLOPS
+        };
+        let rows = rows_per_piece(piece_flops, k, n).min(m.max(1));
+        let pieces = m.div_ceil(rows) as u64;
         let (c, computed, engine) = match ctx.cuda_index {
             Some(index) if blas => {
+                ctx.checkpoint(0, 1)?;
                 let c = crate::cublas::matmul(index, &a, &b, m, k, n, dtype)?;
                 (c, dtype.as_str().to_owned(), "cublas")
             }
             None if blas && !ctx.is_gpu && crate::openblas::available() => {
-                let c = crate::openblas::matmul(&a, &b, m, k, n)?;
+                let mut c = vec![0.0f32; m * n];
+                if k > 0 && n > 0 {
+                    for (i, (a_rows, c_rows)) in
+                        a.chunks(rows * k).zip(c.chunks_mut(rows * n)).enumerate()
+                    {
+                        ctx.checkpoint(i as u64, pieces)?;
+                        let r = c_rows.len() / n;
+                        crate::openblas::matmul_into(a_rows, &b, c_rows, (r, k, n))?;
+                    }
+                }
                 (c, dtype.as_str().to_owned(), "openblas")
             }
             _ => {
-                let (c, computed) = burn_matmul::<B>(a, b, (m, k, n), dtype, &ctx.device)?;
+                let (c, computed) = burn_matmul::<B>(&a, b, (m, k, n), dtype, rows, ctx)?;
                 (c, computed, crate::engine::burn_engine(ctx.is_gpu))
             }
         };
@@ -255,32 +275,60 @@ impl Kernel for Matmul {
     }
 }
 
-/// The product on Burn's kernels; returns C and the dtype it was really computed in.
+/// Work in one piece of a product between checkpoints: about a second at most on a CPU
+/// worker (about 50–100 GFLOP/s on a few cores), and on a GPU.
+const CPU_PIECE_FLOPS: f64 = 4e9;
+const GPU_PIECE_FLOPS: f64 = 2e12;
+
+/// Rows of A per piece of `flops` work, for A m×k and B k×n.
+fn rows_per_piece(flops: f64, k: usize, n: usize) -> usize {
+    ((flops / (2.0 * k.max(1) as f64 * n.max(1) as f64)) as usize).max(16)
+}
+
+/// The product on Burn's kernels, `rows` rows of A at a time; returns C and the dtype it was
+/// really computed in.
 fn burn_matmul<B: Backend>(
-    a: Vec<f32>,
+    a: &[f32],
     b: Vec<f32>,
     (m, k, n): (usize, usize, usize),
     dtype: Dtype,
-    device: &B::Device,
+    rows: usize,
+    ctx: &RunContext<'_, B>,
 ) -> Result<(Vec<f32>, String), JobError> {
-    let a = Tensor::<B, 2>::from_data(TensorData::new(a, [m, k]), device);
+    let device = &ctx.device;
     let b = Tensor::<B, 2>::from_data(TensorData::new(b, [k, n]), device);
-    let product = match dtype.burn_dtype() {
-        None => a.matmul(b),
-        Some(low) => a.cast(low).matmul(b.cast(low)),
+    let b = match dtype.burn_dtype() {
+        None => b,
+        Some(low) => b.cast(low),
     };
-    // Report the precision the product was actually computed in, not the one asked for.
-    let computed = match (dtype, product.dtype()) {
-        (Dtype::Tf32, DType::F32) => "tf32".to_owned(),
-        (_, other) => dtype_name(other),
-    };
-    let c = match product.dtype() {
-        DType::F32 => product,
-        _ => product.cast(FloatDType::F32),
-    };
-    let c = c
-        .into_data()
-        .into_vec::<f32>()
-        .map_err(|e| JobError::internal(format!("reading matmul output: {e:?}")))?;
+    let pieces = m.div_ceil(rows.max(1)) as u64;
+    let mut c = Vec::with_capacity(m * n);
+    let mut computed = dtype.as_str().to_owned();
+    for (i, a_rows) in a.chunks((rows * k).max(1)).enumerate() {
+        ctx.checkpoint(i as u64, pieces)?;
+        let r = a_rows.len() / k.max(1);
+        let a = Tensor::<B, 2>::from_data(TensorData::new(a_rows.to_vec(), [r, k]), device);
+        let product = match dtype.burn_dtype() {
+            None => a.matmul(b.clone()),
+            Some(low) => a.cast(low).matmul(b.clone()),
+        };
+        // Report the precision the product was actually computed in, not the one asked for.
+        computed = match (dtype, product.dtype()) {
+            (Dtype::Tf32, DType::F32) => "tf32".to_owned(),
+            (_, other) => dtype_name(other),
+        };
+        let part = match product.dtype() {
+            DType::F32 => product,
+            _ => product.cast(FloatDType::F32),
+        };
+        c.extend(
+            part.into_data()
+                .into_vec::<f32>()
+                .map_err(|e| JobError::internal(format!("reading matmul output: {e:?}")))?,
+        );
+    }
+    if k == 0 {
+        c.resize(m * n, 0.0);
+    }
     Ok((c, computed))
 }

@@ -114,6 +114,9 @@ impl Kernel for VectorAdd {
             }
         };
         let len = a.len();
+        // Making or loading the inputs is most of a large vector_add's time: a cancel, a
+        // timeout or a drain meanwhile stops it here.
+        ctx.checkpoint(1, 2)?;
         let (c, engine) = match ctx.cuda_index {
             Some(index) if matmul_engine() == MatmulEngine::Blas => {
                 (crate::cublas::vector_add(index, &a, &b)?, "cublas")

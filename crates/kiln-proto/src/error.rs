@@ -121,4 +121,17 @@ impl JobError {
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Internal, message)
     }
+
+    /// This error with its message cut to [`MAX_ERROR_MESSAGE`] characters: a message can
+    /// echo input (a bad id, a parameter, a server's reply), and every result and dead
+    /// letter that carries it must fit in a message.
+    pub fn bounded(mut self) -> Self {
+        if self.message.len() > MAX_ERROR_MESSAGE {
+            self.message = crate::cut(&self.message, MAX_ERROR_MESSAGE);
+        }
+        self
+    }
 }
+
+/// Most characters of an error message kiln publishes.
+pub const MAX_ERROR_MESSAGE: usize = 1024;

@@ -15,6 +15,7 @@
 
 mod codec;
 mod data;
+mod envelope;
 mod error;
 mod job;
 mod limits;
@@ -27,7 +28,8 @@ mod workers;
 
 pub use codec::{CONTENT_TYPE_BINCODE, CONTENT_TYPE_JSON, Codec};
 pub use data::{BUCKET_DATA, ObjectDescriptor, ObjectRef, OutputMode, output_object_name};
-pub use error::{Disposition, Error, ErrorKind, JobError, Result};
+pub use envelope::{Envelope, MAX_HANDBACKS, MAX_REPLAYS, OWN_HEADERS, cut};
+pub use error::{Disposition, Error, ErrorKind, JobError, MAX_ERROR_MESSAGE, Result};
 pub use job::{JOB_ID_RULE, Job, MAX_ID_LEN, new_job_id, resolve_job_id, valid_job_id};
 pub use limits::{Limits, checked_product};
 pub use metrics::{Latency, LatencyStats, MetricsSnapshot, PredictionStats};
@@ -47,6 +49,9 @@ pub const HEADER_JOB_ID: &str = "Kiln-Job-Id";
 pub const HEADER_ROUTING: &str = "Kiln-Routing";
 /// Header of a dead letter: why the job was given up.
 pub const HEADER_DLQ_REASON: &str = "Kiln-Dlq-Reason";
+/// Set on a dead letter whose job body could not be kept (it did not fit beside the
+/// letter's headers): why. Such a letter cannot be replayed.
+pub const HEADER_DLQ_BODY: &str = "Kiln-Dlq-Body";
 /// Header of a dead letter: the subject the job was published on.
 pub const HEADER_DLQ_SUBJECT: &str = "Kiln-Dlq-Subject";
 /// On a job replayed from the dead-letter queue: how many times it has been replayed (its
@@ -61,23 +66,20 @@ pub const HEADER_HANDBACKS: &str = "Kiln-Handbacks";
 /// `queue_ms` and `total_ms` count from the submission rather than from the copy.
 pub const HEADER_ENQUEUED_AT: &str = "Kiln-Enqueued-At";
 
-/// When a job was submitted: the `Kiln-Enqueued-At` of a copy, when it names a time no later
-/// than `published` (when this message was stored), else `published`.
-pub fn enqueued_at(
-    headers: Option<&async_nats::HeaderMap>,
-    published: time::OffsetDateTime,
-) -> time::OffsetDateTime {
-    headers
-        .and_then(|h| h.get(HEADER_ENQUEUED_AT))
-        .and_then(|v| {
-            time::OffsetDateTime::parse(
-                v.as_str().trim(),
-                &time::format_description::well_known::Rfc3339,
-            )
-            .ok()
-        })
-        .filter(|at| *at <= published)
-        .unwrap_or(published)
+/// Whether a refused publish was refused for its size: by the client against the server's
+/// `max_payload`, or by a stream's `max_msg_size`.
+pub fn refused_for_size(error: &str) -> bool {
+    let error = error.to_ascii_lowercase();
+    error.contains("max payload")
+        || error.contains("payload size limit")
+        || error.contains("message size exceeds")
+}
+
+/// Whether a refused result publish says its subject already holds a result (the results
+/// stream keeps one message a subject and discards new ones per subject): the job was
+/// answered before.
+pub fn already_answered(error: &str) -> bool {
+    error.contains("maximum messages per subject exceeded")
 }
 
 /// `at` as a `Kiln-Enqueued-At` value.
@@ -156,6 +158,9 @@ mod tests {
         use time::macros::datetime;
         let published = datetime!(2026-11-27 10:00:05 UTC);
         let submitted = datetime!(2026-11-27 09:58:00.25 UTC);
+        let enqueued_at = |h: Option<&async_nats::HeaderMap>, published| {
+            Envelope::read(true, h, published).enqueued_at
+        };
         let mut headers = async_nats::HeaderMap::new();
         assert_eq!(enqueued_at(None, published), published);
         assert_eq!(enqueued_at(Some(&headers), published), published);

@@ -90,16 +90,17 @@ impl Topology {
         stream::Config {
             name: STREAM_JOBS.into(),
             description: Some("kiln jobs: jobs.<gpu|cpu|auto>.<kind>".into()),
-            // Only `jobs.<class>.<kind>` of the three classes: a job on any other subject
-            // (`jobs.cpu`, `jobs.GPU.matmul`, `jobs.cpu.matmul.x`) would match no consumer
-            // and sit in the queue unanswered for ever; refused, its publisher hears of it.
+            // Only `jobs.<class>.<kind>` of the three classes, and kiln's own copies
+            // `jobs.<gpu|cpu>.<kind>.copy`: a job on any other subject (`jobs.cpu`,
+            // `jobs.GPU.matmul`, `jobs.cpu.matmul.x`) would match no consumer and sit in the
+            // queue unanswered for ever; refused, its publisher hears of it.
             subjects: [
                 crate::DeviceClass::Gpu,
                 crate::DeviceClass::Cpu,
                 crate::DeviceClass::Auto,
             ]
             .into_iter()
-            .map(crate::subject::jobs_of_class)
+            .flat_map(crate::subject::stored_jobs_of_class)
             .collect(),
             retention: RetentionPolicy::WorkQueue,
             storage: StorageType::File,

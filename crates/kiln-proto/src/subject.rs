@@ -58,9 +58,24 @@ pub fn job(class: DeviceClass, kind: &str) -> String {
     format!("jobs.{class}.{kind}")
 }
 
-/// `jobs.<class>.*`: every job of a class.
+/// `jobs.<class>.<kind>.copy`: a copy of a job made by kiln itself (a scheduler's routed copy,
+/// a worker's hand-back, a replay from the dead-letter queue). Only kiln's own roles may
+/// publish here (see `nats/secure/secure.conf`), so a worker trusts the `Kiln-*` headers of
+/// a job only on this subject: on `jobs.<class>.<kind>` they are whatever the submitter wrote.
+pub fn job_copy(class: DeviceClass, kind: &str) -> String {
+    format!("jobs.{class}.{kind}.copy")
+}
+
+/// The subjects `KILN_JOBS` stores for a class: `jobs.<class>.*` and the copies
+/// `jobs.<class>.*.copy` (on auto: replays from the dead-letter queue of jobs that no
+/// scheduler could route).
+pub fn stored_jobs_of_class(class: DeviceClass) -> Vec<String> {
+    vec![format!("jobs.{class}.*"), format!("jobs.{class}.*.copy")]
+}
+
+/// `jobs.<class>.>`: every job of a class, submitted or copied (a consumer's filter).
 pub fn jobs_of_class(class: DeviceClass) -> String {
-    format!("jobs.{class}.*")
+    format!("jobs.{class}.>")
 }
 
 /// `results.<kind>.<id>`: the one subject job `id`'s result is stored on (in its first life;
@@ -108,18 +123,37 @@ pub fn dlq(kind: &str) -> String {
 pub struct JobSubject<'a> {
     pub class: DeviceClass,
     pub kind: &'a str,
+    /// A copy kiln made ([`job_copy`]), whose `Kiln-*` headers are kiln's own.
+    pub copy: bool,
 }
 
 impl<'a> JobSubject<'a> {
     pub fn parse(subject: &'a str) -> Result<Self, Error> {
-        let mut parts = subject.splitn(3, '.');
-        match (parts.next(), parts.next(), parts.next()) {
-            (Some("jobs"), Some(class), Some(kind)) if is_token(kind) => Ok(JobSubject {
-                class: class.parse()?,
-                kind,
-            }),
-            _ => Err(Error::Subject(subject.to_owned())),
-        }
+        let mut parts = subject.split('.');
+        let parsed = match (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) {
+            (Some("jobs"), Some(class), Some(kind), copy, None)
+                if is_token(kind) && matches!(copy, None | Some("copy")) =>
+            {
+                Some(JobSubject {
+                    class: class.parse()?,
+                    kind,
+                    copy: copy.is_some(),
+                })
+            }
+            _ => None,
+        };
+        parsed.ok_or_else(|| Error::Subject(subject.to_owned()))
+    }
+
+    /// The subject a copy of this job goes to.
+    pub fn copy_subject(&self) -> String {
+        job_copy(self.class, self.kind)
     }
 }
 
@@ -141,7 +175,14 @@ mod tests {
         assert_eq!(parsed.class, DeviceClass::Gpu);
         assert_eq!(parsed.kind, "conv2d");
         assert!(JobSubject::parse("jobs.tpu.matmul").is_err());
+        assert!(!parsed.copy);
         assert!(JobSubject::parse("jobs.cpu.matmul.extra").is_err());
+        let copy = JobSubject::parse("jobs.cpu.matmul.copy").unwrap();
+        assert!(copy.copy && copy.kind == "matmul" && copy.class == DeviceClass::Cpu);
+        assert_eq!(copy.copy_subject(), "jobs.cpu.matmul.copy");
+        assert_eq!(parsed.copy_subject(), "jobs.gpu.conv2d.copy");
+        assert!(JobSubject::parse("jobs.auto.matmul.copy").unwrap().copy);
+        assert!(JobSubject::parse("jobs.cpu.matmul.copy.copy").is_err());
         assert!(JobSubject::parse("jobs.cpu.").is_err());
         assert!(JobSubject::parse("results.matmul").is_err());
         assert_eq!(metrics("matmul", "cpu"), "metrics.matmul.cpu");

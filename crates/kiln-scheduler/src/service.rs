@@ -1,5 +1,6 @@
 //! The scheduler service: pull `jobs.auto.>`, decide with the [`CostModel`], republish to
-//! `jobs.gpu.<kind>` or `jobs.cpu.<kind>`, ack once the routed copy is stored.
+//! `jobs.gpu.<kind>.copy` or `jobs.cpu.<kind>.copy` (the subjects only kiln's own roles may
+//! publish to, whose headers workers believe), ack once the routed copy is stored.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -9,8 +10,8 @@ use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
 use futures::StreamExt as _;
 use kiln_proto::streams::{self, STREAM_JOBS};
 use kiln_proto::{
-    Codec, DeviceClass, HEADER_JOB_ID, HEADER_MSG_ID, HEADER_ROUTING, JobSubject, Limits, Routing,
-    Topology, subject,
+    Codec, DeviceClass, Envelope, HEADER_MSG_ID, HEADER_ROUTING, JobError, JobSubject, Limits,
+    ResultEvent, Routing, Status, Topology, subject,
 };
 
 use crate::model::{ClassState, CostModel};
@@ -231,24 +232,15 @@ async fn route(
     };
     // The job's work, from its kind; a job that does not decode goes wherever a worker can
     // answer it with a failed result.
-    let header = |name: &str| {
-        message
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(name))
-            .map(|v| v.as_str().to_owned())
-    };
     let decoded = kiln_kernels::find(&kind).and_then(|entry| {
         let codec = Codec::from_headers(message.headers.as_ref()).ok()?;
         entry.decode(codec, &message.payload, limits).ok()
     });
     let flops = decoded.as_ref().map_or(0.0, |job| job.plan.flops);
-    let id = kiln_proto::resolve_job_id(
-        decoded.as_ref().and_then(|job| job.id.as_deref()),
-        header(HEADER_JOB_ID).as_deref(),
-        header(HEADER_MSG_ID).as_deref(),
-        sequence,
-    );
+    // kiln's own headers are believed only on a copy (a replay from the dead-letter queue).
+    let copy = JobSubject::parse(message.subject.as_str()).is_ok_and(|s| s.copy);
+    let envelope = Envelope::read(copy, message.headers.as_ref(), info.published);
+    let id = envelope.id(decoded.as_ref().and_then(|job| job.id.as_deref()), sequence);
     let decision = if decoded.as_ref().is_some_and(|job| job.plan.gpu_only) {
         model.decide_gpu_only(&kind, flops, &classes.gpu)
     } else {
@@ -261,7 +253,7 @@ async fn route(
         predicted_cpu_ms: decision.cpu.as_ref().map(|p| p.total_ms),
         reason: decision.reason.clone(),
     };
-    let mut headers = kiln_proto::copy_headers(message.headers.as_ref());
+    let mut headers = envelope.copy_headers(message.headers.as_ref(), &id);
     // Tracing on: a `kiln.route` span under the submitter's, whose context the routed copy
     // carries (replacing the submitter's). Off: the copy keeps the trace headers as they came.
     let span = trace_route(&message, &id, &kind, &routing);
@@ -274,16 +266,10 @@ async fn route(
     // replay of the job from the dead-letter queue (a new message) is routed again, and no
     // job submitted with the id `routed-<id>` can take the copy's place.
     headers.insert(HEADER_MSG_ID, format!("routed-{sequence}-{id}").as_str());
-    headers.insert(HEADER_JOB_ID, id.as_str());
-    let submitted = kiln_proto::enqueued_at(message.headers.as_ref(), info.published);
-    headers.insert(
-        kiln_proto::HEADER_ENQUEUED_AT,
-        kiln_proto::enqueued_at_value(submitted).as_str(),
-    );
     if let Ok(routing) = serde_json::to_string(&routing) {
         headers.insert(HEADER_ROUTING, routing.as_str());
     }
-    let target = subject::job(decision.chosen, &kind);
+    let target = subject::job_copy(decision.chosen, &kind);
     let stored = match js
         .publish_with_headers(target.clone(), headers, message.payload.clone())
         .await
@@ -291,6 +277,27 @@ async fn route(
         Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),
     };
+    // A job too close to max_payload for its copy's headers can never be routed: answered
+    // `too_large` instead of going round for ever.
+    if let Err(e) = &stored
+        && kiln_proto::refused_for_size(e)
+    {
+        tracing::warn!(%id, %target, error = %e, "job too large to route; answering it too_large");
+        let answered =
+            answer_too_large(js, config, &message, &kind, &id, envelope.enqueued_at, e).await;
+        match answered {
+            Ok(()) => {
+                let _ = message.ack().await;
+            }
+            Err(e) => {
+                tracing::warn!(%id, error = %e, "could not answer the job; handing it back");
+                let _ = message
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
+                    .await;
+            }
+        }
+        return None;
+    }
     if let Err(e) = stored {
         tracing::warn!(%id, %target, error = %e, "could not route the job; handing it back");
         config.metrics.route_failures.inc();
@@ -311,6 +318,72 @@ async fn route(
     classes.state(decision.chosen).backlog += 1;
     classes.routed_since.insert(id, decision.chosen);
     Some(decision.chosen)
+}
+
+/// Answer a job that cannot be routed because of its size with a `too_large` failure.
+async fn answer_too_large(
+    js: &jetstream::Context,
+    config: &SchedulerConfig,
+    message: &jetstream::Message,
+    kind: &str,
+    id: &str,
+    enqueued_at: time::OffsetDateTime,
+    why: &str,
+) -> Result<(), String> {
+    let now = time::OffsetDateTime::now_utc();
+    let waited = (now - enqueued_at).as_seconds_f64().max(0.0) * 1000.0;
+    let kind = if kiln_kernels::find(kind).is_some() {
+        kind
+    } else {
+        "unknown"
+    };
+    let event = ResultEvent {
+        id: id.to_owned(),
+        kind: kind.to_owned(),
+        status: Status::Failed,
+        device: "none".into(),
+        class: DeviceClass::Auto,
+        worker: config.name.clone(),
+        attempt: message.info().map_or(1, |i| i.delivered.max(1) as u64),
+        enqueued_at,
+        started_at: now,
+        finished_at: now,
+        queue_ms: waited,
+        compute_ms: 0.0,
+        total_ms: waited,
+        output: serde_json::Value::Null,
+        error: Some(
+            JobError::too_large(format!(
+                "the job's {} bytes leave no room for the headers of its routed copy ({why}); \
+                 send large inputs as objects (`kiln put`, {{\"object\": NAME}})",
+                message.payload.len()
+            ))
+            .bounded(),
+        ),
+        flops: 0.0,
+        routing: None,
+        replay: 0,
+    };
+    let body = serde_json::to_vec(&event).map_err(|e| e.to_string())?;
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(HEADER_MSG_ID, event.msg_id().as_str());
+    headers.insert("Content-Type", kiln_proto::CONTENT_TYPE_JSON);
+    let stored = js
+        .publish_with_headers(subject::result(&event.kind, id), headers, body.into())
+        .await
+        .map_err(|e| e.to_string())?
+        .await;
+    match stored {
+        Ok(_) => Ok(()),
+        // Answered before (this is a redelivery): nothing more to do.
+        Err(e)
+            if e.to_string()
+                .contains("maximum messages per subject exceeded") =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// The span of one routing decision, when tracing is on.

@@ -1,16 +1,89 @@
 //! Cancellations: the worker mirrors the `KILN_CANCEL` bucket into memory, so that checking a
 //! job (before it starts, and at each checkpoint) costs a set lookup, not a server round trip.
+//!
+//! The mirror is bounded whatever the number of marks: it keeps a 64-bit hash of each key
+//! (not the key), forgets a mark once the bucket's own age limit has expired it on the
+//! server (the server sends no delete for an expired key), and holds at most [`MAX_MARKS`],
+//! forgetting the oldest first. About 40 bytes a mark: a million marks are about 40 MiB.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
+use std::hash::{Hash as _, Hasher as _};
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, kv::Operation};
 use futures::StreamExt as _;
 use kiln_proto::{BUCKET_CANCEL, job_key};
 
-/// The cancelled job keys, kept current by a watcher task.
+/// Most cancellation marks a worker remembers.
+pub(crate) const MAX_MARKS: usize = 1_000_000;
+
+/// The cancelled job keys' hashes, kept current by a watcher task.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Cancellations(Arc<RwLock<HashSet<String>>>);
+pub(crate) struct Cancellations(Arc<RwLock<Marks>>);
+
+#[derive(Debug, Default)]
+pub(crate) struct Marks {
+    set: HashSet<u64>,
+    /// When each mark came, oldest first (a mark put again is listed again; the older entry
+    /// is skipped when it expires).
+    order: VecDeque<(Instant, u64)>,
+    /// The bucket's age limit (zero: none).
+    ttl: Duration,
+    cap: usize,
+}
+
+fn hash(key: &str) -> u64 {
+    // SipHash with fixed keys: the same hash in every process and run.
+    let mut h = std::hash::DefaultHasher::new();
+    key.hash(&mut h);
+    h.finish()
+}
+
+impl Marks {
+    fn new(ttl: Duration, cap: usize) -> Self {
+        Marks {
+            ttl,
+            cap,
+            ..Default::default()
+        }
+    }
+
+    fn put(&mut self, key: &str, now: Instant) {
+        let h = hash(key);
+        self.set.insert(h);
+        self.order.push_back((now, h));
+        self.expire(now);
+    }
+
+    fn remove(&mut self, key: &str) {
+        self.set.remove(&hash(key));
+    }
+
+    /// Forget marks older than the bucket keeps them, and the oldest beyond the cap.
+    fn expire(&mut self, now: Instant) {
+        while let Some(&(at, h)) = self.order.front() {
+            let old = !self.ttl.is_zero() && now.duration_since(at) > self.ttl;
+            if !old && self.order.len() <= self.cap {
+                break;
+            }
+            self.order.pop_front();
+            // Put again later: a newer entry still stands for it.
+            if !self.order.iter().rev().take(64).any(|&(_, x)| x == h) {
+                self.set.remove(&h);
+            }
+        }
+    }
+
+    fn contains(&self, key: &str) -> bool {
+        self.set.contains(&hash(key))
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.set.len()
+    }
+}
 
 impl Cancellations {
     /// Start mirroring the bucket (its current keys first, then every change).
@@ -19,29 +92,65 @@ impl Cancellations {
             .get_key_value(BUCKET_CANCEL)
             .await
             .map_err(|e| format!("opening the {BUCKET_CANCEL} bucket: {e}"))?;
+        let ttl = store
+            .status()
+            .await
+            .map(|s| s.max_age())
+            .unwrap_or(Duration::from_secs(24 * 3600));
         let mut watch = store
             .watch_with_history(">")
             .await
             .map_err(|e| format!("watching {BUCKET_CANCEL}: {e}"))?;
-        let cancellations = Cancellations::default();
-        let set = cancellations.0.clone();
+        let cancellations = Cancellations(Arc::new(RwLock::new(Marks::new(ttl, MAX_MARKS))));
+        let marks = cancellations.0.clone();
         tokio::spawn(async move {
             while let Some(entry) = watch.next().await {
                 let Ok(entry) = entry else { continue };
-                let mut set = set.write().unwrap_or_else(|e| e.into_inner());
+                let mut marks = marks.write().unwrap_or_else(|e| e.into_inner());
                 match entry.operation {
-                    Operation::Put => set.insert(entry.key),
-                    Operation::Delete | Operation::Purge => set.remove(&entry.key),
-                };
+                    Operation::Put => marks.put(&entry.key, Instant::now()),
+                    Operation::Delete | Operation::Purge => marks.remove(&entry.key),
+                }
             }
         });
         Ok(cancellations)
     }
 
     pub(crate) fn contains(&self, id: &str) -> bool {
-        self.0
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(&job_key(id))
+        let marks = self.0.read().unwrap_or_else(|e| e.into_inner());
+        marks.contains(&job_key(id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marks_are_bounded_by_count_and_by_age() {
+        let start = Instant::now();
+        let mut marks = Marks::new(Duration::from_secs(60), 1000);
+        for i in 0..5000 {
+            marks.put(&format!("job.j-{i}"), start);
+        }
+        assert_eq!(marks.len(), 1000);
+        assert!(marks.contains("job.j-4999") && !marks.contains("job.j-0"));
+        assert!(marks.order.len() <= 1000);
+        // Past the bucket's age limit every mark is gone, with the next one.
+        marks.put("job.late", start + Duration::from_secs(61));
+        assert_eq!(marks.len(), 1);
+        assert!(marks.contains("job.late"));
+        marks.remove("job.late");
+        assert!(!marks.contains("job.late"));
+    }
+
+    #[test]
+    fn a_mark_put_again_outlives_its_first_entry() {
+        let start = Instant::now();
+        let mut marks = Marks::new(Duration::from_secs(10), 100);
+        marks.put("job.a", start);
+        marks.put("job.a", start + Duration::from_secs(8));
+        marks.put("job.b", start + Duration::from_secs(11));
+        assert!(marks.contains("job.a"), "its second put is 3 s old");
     }
 }

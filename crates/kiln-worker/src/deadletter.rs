@@ -111,10 +111,16 @@ async fn answer(
         Err(e) => return Err(format!("reading job {}: {e}", advisory.stream_seq)),
     };
     let headers = Some(&job.headers);
-    let id = crate::handle::job_id_of(&job.payload, headers, advisory.stream_seq);
-    let replay = crate::handle::replay_of(headers);
-    let (kind, class) = match JobSubject::parse(job.subject.as_str()) {
-        Ok(s) => (s.kind.to_owned(), s.class),
+    let subject = JobSubject::parse(job.subject.as_str());
+    let envelope =
+        kiln_proto::Envelope::read(subject.as_ref().is_ok_and(|s| s.copy), headers, job.time);
+    let id = crate::handle::job_id_of(&job.payload, &envelope, advisory.stream_seq);
+    let replay = envelope.replay;
+    // A kind this build does not run is answered as `unknown`, as the worker does: result,
+    // dead-letter and metric subjects stay one per real kind.
+    let (kind, class) = match subject {
+        Ok(s) if kiln_kernels::find(s.kind).is_some() => (s.kind.to_owned(), s.class),
+        Ok(s) => ("unknown".to_owned(), s.class),
         Err(_) => ("unknown".to_owned(), DeviceClass::Cpu),
     };
     let error = JobError::new(
@@ -127,7 +133,7 @@ async fn answer(
         ),
     );
     let now = OffsetDateTime::now_utc();
-    let enqueued_at = kiln_proto::enqueued_at(headers, job.time);
+    let enqueued_at = envelope.enqueued_at;
     let waited_ms = (now - enqueued_at).as_seconds_f64().max(0.0) * 1000.0;
     let event = ResultEvent {
         id,
@@ -152,6 +158,7 @@ async fn answer(
     tracing::warn!(id = %event.id, kind = %event.kind, deliveries = advisory.deliveries, consumer = %advisory.consumer, "the server gave up on a job; answering it as failed and dead-lettering it");
     crate::handle::dead_letter(js, &event, job.subject.as_str(), &job.headers, &job.payload)
         .await?;
+    let event = crate::handle::fitted(js, event);
     crate::handle::publish_result(js, &event, Some(&job.headers), None).await?;
     match jobs.delete_message(advisory.stream_seq).await {
         Ok(_) => Ok(()),

@@ -8,9 +8,9 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::{self, AckKind};
 use kiln_kernels::{Checkpoint, ComputeDevice, DecodedJob, Progress};
 use kiln_proto::{
-    Codec, DeviceClass, Disposition, ErrorKind, HEADER_DLQ_REASON, HEADER_DLQ_SUBJECT,
-    HEADER_HANDBACKS, HEADER_JOB_ID, HEADER_MSG_ID, HEADER_ROUTING, JobError, JobSubject,
-    ResultEvent, Routing, Status, subject,
+    Codec, DeviceClass, Disposition, Envelope, ErrorKind, HEADER_DLQ_REASON, HEADER_DLQ_SUBJECT,
+    HEADER_HANDBACKS, HEADER_JOB_ID, HEADER_MSG_ID, JobError, JobSubject, ResultEvent, Status,
+    subject,
 };
 use time::OffsetDateTime;
 use tokio::sync::Semaphore;
@@ -75,14 +75,9 @@ struct Delivery {
     kind: String,
     class: DeviceClass,
     attempt: u64,
-    enqueued_at: OffsetDateTime,
     started_at: OffsetDateTime,
-    msg_id: Option<String>,
-    /// `Kiln-Job-Id` of a routed copy.
-    job_id: Option<String>,
-    routing: Option<Routing>,
-    /// `Kiln-Replay` of a job resubmitted from the dead-letter queue.
-    replay: u32,
+    /// What the job's subject and headers say, checked.
+    envelope: Envelope,
     stream_sequence: u64,
     /// The job's spans, when tracing is on.
     trace: Option<crate::trace::JobTrace>,
@@ -101,9 +96,11 @@ pub(crate) async fn handle(shared: &Arc<Shared>, message: jetstream::Message) {
             return;
         }
     };
-    // A routed or handed-back copy counts from the job's submission.
-    let enqueued_at = kiln_proto::enqueued_at(message.headers.as_ref(), published);
     let job_subject = JobSubject::parse(message.subject.as_str());
+    // A routed or handed-back copy counts from the job's submission; kiln's own headers are
+    // believed only on a copy's subject.
+    let copy = job_subject.as_ref().is_ok_and(|s| s.copy);
+    let envelope = Envelope::read(copy, message.headers.as_ref(), published);
     // A kind this build does not run is answered as `unknown` (the error names it): result
     // subjects, metrics subjects and Prometheus labels stay one per real kind, whatever
     // subjects people publish to.
@@ -116,12 +113,8 @@ pub(crate) async fn handle(shared: &Arc<Shared>, message: jetstream::Message) {
         kind,
         class,
         attempt,
-        enqueued_at,
         started_at,
-        msg_id: header(&message, HEADER_MSG_ID),
-        job_id: header(&message, HEADER_JOB_ID),
-        routing: header(&message, HEADER_ROUTING).and_then(|r| serde_json::from_str(&r).ok()),
-        replay: replay_of(message.headers.as_ref()),
+        envelope,
         stream_sequence,
         trace: None,
     };
@@ -137,12 +130,7 @@ pub(crate) async fn handle(shared: &Arc<Shared>, message: jetstream::Message) {
 
     let outcome = match decode(shared, &message, job_subject) {
         Ok(mut job) => {
-            let id = kiln_proto::resolve_job_id(
-                job.id.as_deref(),
-                delivery.job_id.as_deref(),
-                delivery.msg_id.as_deref(),
-                stream_sequence,
-            );
+            let id = delivery.envelope.id(job.id.as_deref(), stream_sequence);
             let flops = job.plan.flops;
             if shared.cancelled.contains(&id) {
                 let error = JobError::new(
@@ -167,7 +155,7 @@ pub(crate) async fn handle(shared: &Arc<Shared>, message: jetstream::Message) {
                     let format = crate::data::format_of(&stored, output_mode);
                     let name = kiln_proto::output_object_name(
                         &id,
-                        delivery.replay,
+                        delivery.envelope.replay,
                         delivery.stream_sequence,
                         delivery.attempt,
                         format,
@@ -455,23 +443,24 @@ async fn hand_back(
     id: &str,
     error: &JobError,
 ) -> bool {
-    let handbacks = handbacks_of(message.headers.as_ref());
+    let handbacks = delivery.envelope.handbacks;
     if handbacks >= MAX_HANDBACKS {
         tracing::warn!(%id, handbacks, "job handed back too often; retrying it as a failed attempt");
         return false;
     }
-    let mut headers = kiln_proto::copy_headers(message.headers.as_ref());
-    headers.insert(HEADER_JOB_ID, id);
+    let mut headers = delivery.envelope.copy_headers(message.headers.as_ref(), id);
     headers.insert(HEADER_HANDBACKS, (handbacks + 1).to_string().as_str());
-    headers.insert(
-        kiln_proto::HEADER_ENQUEUED_AT,
-        kiln_proto::enqueued_at_value(delivery.enqueued_at).as_str(),
-    );
     let msg_id = format!("{id}.handback.{}", delivery.stream_sequence);
     headers.insert(HEADER_MSG_ID, msg_id.as_str());
+    let Ok(job_subject) = JobSubject::parse(message.subject.as_str()) else {
+        return false;
+    };
+    let copy = job_subject.copy_subject();
+    // A copy that no longer fits in a message (the job was within a few hundred bytes of
+    // max_payload) is refused by the client before it is sent: handed back the usual way.
     let stored = match shared
         .js
-        .publish_with_headers(message.subject.clone(), headers, message.payload.clone())
+        .publish_with_headers(copy, headers, message.payload.clone())
         .await
     {
         Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
@@ -495,14 +484,6 @@ async fn hand_back(
         tracing::warn!(%id, error = %e, "ack of a handed-back job failed; it may run twice");
     }
     true
-}
-
-/// `Kiln-Handbacks`: how often a job was handed back without spending a delivery (0 if never).
-fn handbacks_of(headers: Option<&HeaderMap>) -> u32 {
-    headers
-        .and_then(|h| h.get(kiln_proto::HEADER_HANDBACKS))
-        .and_then(|v| v.as_str().trim().parse().ok())
-        .unwrap_or(0)
 }
 
 /// Publish the answer (or hand the job back), then ack.
@@ -539,7 +520,11 @@ async fn finish(
     let ms = |d: time::Duration| d.as_seconds_f64().max(0.0) * 1000.0;
     let (status, output, error) = match result {
         Ok(output) => (Status::Succeeded, output, None),
-        Err(error) => (Status::Failed, serde_json::Value::Null, Some(error)),
+        Err(error) => (
+            Status::Failed,
+            serde_json::Value::Null,
+            Some(error.bounded()),
+        ),
     };
     let device = match &error {
         Some(e) if compute_ms == 0.0 && e.kind != ErrorKind::Internal => "none".to_owned(),
@@ -553,18 +538,19 @@ async fn finish(
         class: delivery.class,
         worker: shared.config.name.clone(),
         attempt: delivery.attempt,
-        enqueued_at: delivery.enqueued_at,
+        enqueued_at: delivery.envelope.enqueued_at,
         started_at: delivery.started_at,
         finished_at,
-        queue_ms: ms(delivery.started_at - delivery.enqueued_at),
+        queue_ms: ms(delivery.started_at - delivery.envelope.enqueued_at),
         compute_ms,
-        total_ms: ms(finished_at - delivery.enqueued_at),
+        total_ms: ms(finished_at - delivery.envelope.enqueued_at),
         output,
         error,
         flops,
-        routing: delivery.routing.clone(),
-        replay: delivery.replay,
+        routing: delivery.envelope.routing.clone(),
+        replay: delivery.envelope.replay,
     };
+    let event = fitted(&shared.js, event);
     if let Some(error) = &event.error {
         tracing::info!(id = %event.id, kind = %event.kind, error = %error, "job failed");
     }
@@ -680,7 +666,7 @@ pub(crate) async fn publish_result(
         }
         // The results stream keeps one result a job id, for good: this job was answered
         // before (a redelivery after a lost ack, an id used again after the duplicate window).
-        Err(e) if already_answered(&e.to_string()) => {
+        Err(e) if kiln_proto::already_answered(&e.to_string()) => {
             tracing::info!(id = %event.id, "job already has a stored result; this run's result is dropped");
             Ok(Answer::Before)
         }
@@ -695,12 +681,6 @@ pub(crate) enum Answer {
     Before,
 }
 
-/// Whether a refused result publish says its subject already holds a result (the results
-/// stream's one-message-a-subject limit, discard new per subject).
-fn already_answered(error: &str) -> bool {
-    error.contains("maximum messages per subject exceeded")
-}
-
 /// The object name a result's output was stored under, if it was.
 fn stored_object_name(event: &ResultEvent) -> Option<String> {
     event
@@ -711,6 +691,31 @@ fn stored_object_name(event: &ResultEvent) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// Room kept in a message for a result's headers (message id, content type, trace context).
+const RESULT_HEADROOM: usize = 4096;
+
+/// `event`, or, when its JSON would not fit in a message beside its headers, a `too_large`
+/// failure in its place: a result that cannot be stored must still answer the job, never
+/// keep it going round.
+pub(crate) fn fitted(js: &jetstream::Context, event: ResultEvent) -> ResultEvent {
+    let max = js.client().server_info().max_payload;
+    let len = serde_json::to_vec(&event).map_or(usize::MAX, |b| b.len());
+    if len.saturating_add(RESULT_HEADROOM) <= max {
+        return event;
+    }
+    tracing::warn!(id = %event.id, bytes = len, max_payload = max, "result too large for a message; answering too_large");
+    ResultEvent {
+        status: Status::Failed,
+        output: serde_json::Value::Null,
+        error: Some(JobError::too_large(format!(
+            "its result of {len} bytes does not fit in a message (the server's max_payload is \
+             {max} bytes); ask for its output as an object (\"output\": \"object\") or make it \
+             smaller"
+        ))),
+        ..event
+    }
+}
+
 /// Keep a copy of a job given up on in `KILN_DLQ`, with why and where it came from.
 pub(crate) async fn dead_letter(
     js: &jetstream::Context,
@@ -719,13 +724,17 @@ pub(crate) async fn dead_letter(
     job_headers: &HeaderMap,
     payload: &bytes::Bytes,
 ) -> Result<(), String> {
-    // Not the job's publish conditions: `Nats-Expected-Stream: KILN_JOBS` would refuse the
-    // letter in KILN_DLQ.
-    let mut headers = kiln_proto::copy_headers(Some(job_headers));
+    // Not the job's publish conditions (`Nats-Expected-Stream: KILN_JOBS` would refuse the
+    // letter in KILN_DLQ), nor kiln's own headers as they came: the replay count is the
+    // result's, which was read from a copy's subject only.
+    let mut headers = kiln_proto::copy_headers_except(Some(job_headers), &kiln_proto::OWN_HEADERS);
+    if event.replay > 0 {
+        headers.insert(kiln_proto::HEADER_REPLAY, event.replay.to_string().as_str());
+    }
     let reason = event
         .error
         .as_ref()
-        .map(|e| e.to_string())
+        .map(|e| e.clone().bounded().to_string())
         .unwrap_or_default();
     headers.insert(HEADER_DLQ_REASON, reason.as_str());
     headers.insert(HEADER_DLQ_SUBJECT, job_subject);
@@ -735,12 +744,28 @@ pub(crate) async fn dead_letter(
         n => format!("dlq-{}-replay-{n}", event.id),
     };
     headers.insert(HEADER_MSG_ID, msg_id.as_str());
-    js.publish_with_headers(subject::dlq(&event.kind), headers, payload.clone())
-        .await
-        .map_err(|e| e.to_string())?
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(())
+    let publish = |headers: HeaderMap, payload: bytes::Bytes| async move {
+        js.publish_with_headers(subject::dlq(&event.kind), headers, payload)
+            .await
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| e.to_string())
+    };
+    match publish(headers.clone(), payload.clone()).await {
+        Ok(_) => Ok(()),
+        // A job within a few hundred bytes of max_payload has no room for the letter's
+        // headers: the letter keeps why and where, without the body (it cannot be replayed;
+        // `kiln dlq` says so).
+        Err(e) if kiln_proto::refused_for_size(&e) => {
+            let note = format!(
+                "dropped: the job's {} bytes did not fit in a letter beside its headers",
+                payload.len()
+            );
+            headers.insert(kiln_proto::HEADER_DLQ_BODY, note.as_str());
+            publish(headers, bytes::Bytes::new()).await.map(|_| ())
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Backoff before attempt `attempt + 1`: 1 s, 4 s, 9 s … capped at one minute.
@@ -748,28 +773,20 @@ fn retry_delay(attempt: u64) -> Duration {
     Duration::from_secs((attempt * attempt).min(60))
 }
 
-fn header(message: &jetstream::Message, name: &str) -> Option<String> {
-    message
-        .headers
-        .as_ref()
-        .and_then(|h| h.get(name))
-        .map(|v| v.as_str().to_owned())
-}
-
 /// The id of a job whose body could not be decoded: its JSON `id` if one can be read,
 /// else its `Nats-Msg-Id`, else its stream sequence.
 fn fallback_id(message: &jetstream::Message, delivery: &Delivery) -> String {
     job_id_of(
         &message.payload,
-        message.headers.as_ref(),
+        &delivery.envelope,
         delivery.stream_sequence,
     )
 }
 
-/// A job's id read off its body and headers without decoding its parameters: the body's
+/// A job's id read off its body and envelope without decoding its parameters: the body's
 /// `id` if valid, else a routed or replayed copy's `Kiln-Job-Id`, else its `Nats-Msg-Id`,
 /// else its stream sequence.
-pub(crate) fn job_id_of(payload: &[u8], headers: Option<&HeaderMap>, sequence: u64) -> String {
+pub(crate) fn job_id_of(payload: &[u8], envelope: &Envelope, sequence: u64) -> String {
     #[derive(serde::Deserialize)]
     struct IdOnly {
         id: Option<String>,
@@ -778,19 +795,5 @@ pub(crate) fn job_id_of(payload: &[u8], headers: Option<&HeaderMap>, sequence: u
         .ok()
         .and_then(|b| b.id)
         .filter(|id| kiln_proto::valid_job_id(id));
-    let get = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str());
-    kiln_proto::resolve_job_id(
-        body_id.as_deref(),
-        get(HEADER_JOB_ID),
-        get(HEADER_MSG_ID),
-        sequence,
-    )
-}
-
-/// `Kiln-Replay`: how often a job was replayed from the dead-letter queue (0 if never).
-pub(crate) fn replay_of(headers: Option<&HeaderMap>) -> u32 {
-    headers
-        .and_then(|h| h.get(kiln_proto::HEADER_REPLAY))
-        .and_then(|v| v.as_str().trim().parse().ok())
-        .unwrap_or(0)
+    envelope.id(body_id.as_deref(), sequence)
 }

@@ -55,7 +55,7 @@ pub async fn get(nats: &NatsArgs, args: GetArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::from(super::EXIT_NOT_FOUND));
     }
-    let size = get_file(&bucket, &args.name, &path).await?;
+    let size = get_file(&bucket, &args.name, &path, None).await?;
     if path != Path::new("-") {
         eprintln!("wrote {} ({size} bytes)", path.display());
     }
@@ -90,9 +90,35 @@ pub async fn put_file(
         .map_err(|e| anyhow::anyhow!("storing {} as {name:?}: {e}", path.display()))
 }
 
-/// Write object `name` to `path` (`-`: standard output); returns its size.
-pub async fn get_file(bucket: &ObjectStore, name: &str, path: &Path) -> anyhow::Result<u64> {
+/// Write object `name` to `path` (`-`: standard output); returns its size. With `expected`,
+/// the object's bytes must have that SHA-256 (the digest a result event recorded when the job
+/// stored it): an object replaced since is refused, not written.
+pub async fn get_file(
+    bucket: &ObjectStore,
+    name: &str,
+    path: &Path,
+    expected: Option<&str>,
+) -> anyhow::Result<u64> {
+    let replaced = |got: &str, want: &str| {
+        anyhow::anyhow!(
+            "object {name:?} is not the one the job stored: its SHA-256 is {got}, the result \
+             names {want} (it was replaced since; run the job again)"
+        )
+    };
     if path == Path::new("-") {
+        // Checked before a byte is written: the object's own digest is read first.
+        if let Some(want) = expected {
+            let info = bucket
+                .info(name)
+                .await
+                .map_err(|e| anyhow::anyhow!("fetching {name:?}: {e}"))?;
+            let got = info
+                .digest
+                .as_deref()
+                .and_then(kiln_data::store::sha256_hex)
+                .unwrap_or_default();
+            anyhow::ensure!(got == want, replaced(&got, want));
+        }
         let mut out = tokio::io::stdout();
         let got = kiln_data::store::get_to_writer(bucket, name, &mut out)
             .await
@@ -117,6 +143,12 @@ pub async fn get_file(bucket: &ObjectStore, name: &str, path: &Path) -> anyhow::
     };
     tokio::io::AsyncWriteExt::flush(&mut file).await?;
     drop(file);
+    if let Some(want) = expected
+        && got.sha256 != want
+    {
+        let _ = tokio::fs::remove_file(&partial).await;
+        return Err(replaced(&got.sha256, want));
+    }
     tokio::fs::rename(&partial, path)
         .await
         .with_context(|| format!("writing {}", path.display()))?;
@@ -239,7 +271,7 @@ pub async fn save_output(
     let descriptor: ObjectDescriptor = serde_json::from_value(object.clone())
         .with_context(|| format!("job {}'s output.object does not parse", event.id))?;
     let bucket = bucket(js).await?;
-    let size = get_file(&bucket, &descriptor.name, path).await?;
+    let size = get_file(&bucket, &descriptor.name, path, Some(&descriptor.sha256)).await?;
     eprintln!(
         "wrote {} ({size} bytes, {} {:?})",
         path.display(),

@@ -53,7 +53,7 @@ pub async fn run(nats: &NatsArgs, args: DlqArgs) -> anyhow::Result<ExitCode> {
             {
                 // The subject comes from the dead letter's own header: replay only to a job
                 // subject, never to results, metrics or anything else a forged letter names.
-                if kiln_proto::JobSubject::parse(&l.original_subject).is_err() {
+                let Ok(original) = kiln_proto::JobSubject::parse(&l.original_subject) else {
                     eprintln!(
                         "dead letter {} ({}) names {:?} as its job's subject, which is no \
                          jobs.<gpu|cpu|auto>.<kind> subject: not replayed (it stays in {STREAM_DLQ})",
@@ -61,38 +61,57 @@ pub async fn run(nats: &NatsArgs, args: DlqArgs) -> anyhow::Result<ExitCode> {
                     );
                     refused += 1;
                     continue;
+                };
+                if !kiln_proto::valid_job_id(&l.id) {
+                    eprintln!(
+                        "dead letter {} names the job id {:?}: {}; not replayed (it stays in \
+                         {STREAM_DLQ})",
+                        l.sequence,
+                        kiln_proto::cut(&l.id, 80),
+                        kiln_proto::JOB_ID_RULE
+                    );
+                    refused += 1;
+                    continue;
                 }
-                // Without publish conditions (letters stored before kiln dropped them), and
-                // counted from the replay, a new submission.
-                let mut headers = kiln_proto::copy_headers_except(
-                    Some(&l.headers),
-                    &[kiln_proto::HEADER_ENQUEUED_AT],
-                );
+                if let Some(why) = l.headers.get(kiln_proto::HEADER_DLQ_BODY) {
+                    eprintln!(
+                        "dead letter {} ({}) holds no job to replay: its body was {}; submit \
+                         the job again (it stays in {STREAM_DLQ})",
+                        l.sequence,
+                        l.id,
+                        why.as_str()
+                    );
+                    refused += 1;
+                    continue;
+                }
+                // A copy made by kiln (jobs.<class>.<kind>.copy, whose headers workers
+                // believe), without publish conditions nor the letter's own headers, counted
+                // from the replay, a new submission.
+                let target = original.copy_subject();
+                let mut headers =
+                    kiln_proto::copy_headers_except(Some(&l.headers), &kiln_proto::OWN_HEADERS);
                 // A fresh message id: the original is still in the job stream's duplicate
                 // window. The job keeps its id in Kiln-Job-Id.
                 headers.insert(kiln_proto::HEADER_JOB_ID, l.id.as_str());
                 // A replay is a new run with a result of its own (the failed one stays).
-                let replay = headers
+                let replay = l
+                    .headers
                     .get(kiln_proto::HEADER_REPLAY)
-                    .and_then(|v| v.as_str().parse::<u32>().ok())
+                    .and_then(|v| v.as_str().trim().parse::<u32>().ok())
+                    .filter(|n| *n < kiln_proto::MAX_REPLAYS)
                     .unwrap_or(0)
                     + 1;
                 headers.insert(kiln_proto::HEADER_REPLAY, replay.to_string().as_str());
-                // A new run starts with no hand-backs spent.
-                headers.insert(kiln_proto::HEADER_HANDBACKS, "0");
                 headers.insert(
                     HEADER_MSG_ID,
                     format!("replay-{}-{}", l.sequence, l.id).as_str(),
                 );
-                js.publish_with_headers(l.original_subject.clone(), headers, l.payload.clone())
+                js.publish_with_headers(target.clone(), headers, l.payload.clone())
                     .await?
                     .await
                     .with_context(|| format!("resubmitting dead letter {}", l.sequence))?;
                 stream.delete_message(l.sequence).await?;
-                println!(
-                    "replayed {} ({}) to {}",
-                    l.sequence, l.id, l.original_subject
-                );
+                println!("replayed {} ({}) to {target}", l.sequence, l.id);
                 replayed += 1;
             }
             let absent: Vec<String> = sequences

@@ -1,0 +1,239 @@
+//! Hostile and unlucky input against real processes: forged `Kiln-*` headers, a job too large
+//! for its routed copy, an error message that echoes a huge input. Each is answered, once,
+//! with bounded values, and nothing it carries reaches the metrics unchecked.
+
+mod common;
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream;
+use common::{Cluster, snapshot, wait_for_metrics, wait_for_results};
+use kiln_proto::{ErrorKind, MAX_ERROR_MESSAGE, ResultEvent, Status, streams};
+
+const FORGED_ROUTING: &str = r#"{"chosen":"cpu","by":"mallory","predicted_gpu_ms":1.7e308,"predicted_cpu_ms":1.7e308,"reason":"forged"}"#;
+
+fn forged_headers() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert("Kiln-Replay", "5");
+    h.insert("Kiln-Routing", FORGED_ROUTING);
+    h.insert("Kiln-Enqueued-At", "2020-01-01T00:00:00Z");
+    h.insert("Kiln-Handbacks", "19");
+    h
+}
+
+async fn publish(js: &jetstream::Context, subject: &str, headers: HeaderMap, body: Vec<u8>) {
+    js.publish_with_headers(subject.to_owned(), headers, body.into())
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+}
+
+/// The result stored on exactly `subject`.
+async fn result_on(js: &jetstream::Context, subject: &str) -> Option<ResultEvent> {
+    let stream = js.get_stream(streams::STREAM_RESULTS).await.unwrap();
+    let message = stream.get_last_raw_message_by_subject(subject).await.ok()?;
+    Some(serde_json::from_slice(&message.payload).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kilns_own_headers_are_believed_only_on_a_copy_and_always_bounded() {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    cluster.cpu_worker();
+    cluster.aggregator();
+    let client = cluster.client().await;
+    let js = jetstream::new(client.clone());
+
+    // A submitted job claiming to be a replay, routed, handed back and six years old.
+    publish(
+        &js,
+        "jobs.cpu.vector_add",
+        forged_headers(),
+        br#"{"id":"forged-1","params":{"len":16}}"#.to_vec(),
+    )
+    .await;
+    // The same headers on a copy's subject: believed where they make sense, bounded where not.
+    publish(
+        &js,
+        "jobs.cpu.vector_add.copy",
+        forged_headers(),
+        br#"{"id":"copied-1","params":{"len":16}}"#.to_vec(),
+    )
+    .await;
+    let results =
+        wait_for_results(&client, &["forged-1", "copied-1"], Duration::from_secs(60)).await;
+
+    let forged = &results["forged-1"];
+    assert_eq!(forged.status, Status::Succeeded, "{forged:?}");
+    assert_eq!(forged.replay, 0, "a submitter cannot claim a replay");
+    assert!(forged.routing.is_none(), "{:?}", forged.routing);
+    assert!(forged.queue_ms < 60_000.0, "queue_ms {}", forged.queue_ms);
+    assert!(
+        result_on(&js, "results.vector_add.forged-1")
+            .await
+            .is_some(),
+        "the result is on the job's own subject, not a replay's"
+    );
+    assert!(
+        result_on(&js, "results.vector_add.forged-1.replay-5")
+            .await
+            .is_none()
+    );
+
+    let copied = &results["copied-1"];
+    assert_eq!(copied.status, Status::Succeeded, "{copied:?}");
+    assert_eq!(copied.replay, 5);
+    let routing = copied.routing.as_ref().expect("a copy's routing is read");
+    assert_eq!(
+        (routing.predicted_gpu_ms, routing.predicted_cpu_ms),
+        (None, None),
+        "predictions of 1.7e308 ms are dropped"
+    );
+    assert!(
+        copied.queue_ms < 60_000.0,
+        "a submit time older than any job lives is not believed: {}",
+        copied.queue_ms
+    );
+
+    // The aggregator counts both, and its snapshot stays readable.
+    let snapshots = wait_for_metrics(&client, Duration::from_secs(30), |s| {
+        snapshot(s, "vector_add", "cpu").is_some_and(|m| m.succeeded >= 2)
+    })
+    .await;
+    let m = snapshot(&snapshots, "vector_add", "cpu").unwrap();
+    assert_eq!(m.succeeded, 2, "{m:?}");
+    let status = cluster.kiln(&["status"]);
+    assert!(status.status.success(), "{}", common::stdout(&status));
+    assert!(common::stdout(&status).contains("vector_add"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_too_large_for_its_routed_copy_is_answered_too_large() {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    cluster.spawn("scheduler", &["scheduler"]);
+    cluster.cpu_worker();
+    let client = cluster.client().await;
+    let js = jetstream::new(client.clone());
+    let max_payload = client.server_info().max_payload;
+
+    // A valid inline vector_add whose JSON is 64 bytes short of max_payload: it is stored,
+    // but its routed copy's headers no longer fit.
+    let len = max_payload / 16;
+    let values = vec!["0.25"; len].join(",");
+    let mut body = format!(r#"{{"id":"huge-1","params":{{"a":[{values}],"b":[{values}]}}}}"#);
+    assert!(body.len() < max_payload - 64, "{} bytes", body.len());
+    body.push_str(&" ".repeat(max_payload - 64 - body.len()));
+    publish(
+        &js,
+        "jobs.auto.vector_add",
+        HeaderMap::new(),
+        body.into_bytes(),
+    )
+    .await;
+
+    let results = wait_for_results(&client, &["huge-1"], Duration::from_secs(60)).await;
+    let event = &results["huge-1"];
+    assert_eq!(event.status, Status::Failed, "{event:?}");
+    let error = event.error.as_ref().unwrap();
+    assert_eq!(error.kind, ErrorKind::TooLarge, "{error}");
+    assert!(error.message.contains("routed copy"), "{error}");
+    assert!(error.message.contains("kiln put"), "{error}");
+    // Answered once, and the queue is empty: nothing goes round.
+    let mut stream = js.get_stream(streams::STREAM_JOBS).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while stream.info().await.unwrap().state.messages > 0 {
+        assert!(std::time::Instant::now() < deadline, "the job stays queued");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_error_that_echoes_a_huge_input_is_cut_and_answered_at_once() {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    cluster.cpu_worker();
+    let client = cluster.client().await;
+    let js = jetstream::new(client.clone());
+
+    // An unknown parameter whose 600 KB name the decoder's error repeats.
+    let name = "x".repeat(600_000);
+    let body = format!(r#"{{"id":"echo-1","params":{{"{name}":1}}}}"#);
+    let started = std::time::Instant::now();
+    publish(&js, "jobs.cpu.matmul", HeaderMap::new(), body.into_bytes()).await;
+    let results = wait_for_results(&client, &["echo-1"], Duration::from_secs(60)).await;
+    let event = &results["echo-1"];
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "answered after {:?}",
+        started.elapsed()
+    );
+    let error = event.error.as_ref().unwrap();
+    assert_eq!(error.kind, ErrorKind::InvalidInput, "{error}");
+    assert!(
+        error.message.contains("unknown field"),
+        "{}",
+        &error.message[..200]
+    );
+    assert!(
+        error.message.chars().count() <= MAX_ERROR_MESSAGE + 1,
+        "{} characters",
+        error.message.chars().count()
+    );
+    assert!(error.message.ends_with('…'));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_long_product_stops_at_its_timeout_and_at_a_cancel() {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    cluster.cpu_worker();
+    let client = cluster.client().await;
+    let js = jetstream::new(client.clone());
+
+    // 2048³ is 17 GFLOP: several pieces, so a 1 ms timeout lands inside the product.
+    publish(
+        &js,
+        "jobs.cpu.matmul",
+        HeaderMap::new(),
+        br#"{"id":"short-fuse","params":{"n":2048},"timeout_ms":1}"#.to_vec(),
+    )
+    .await;
+    let results = wait_for_results(&client, &["short-fuse"], Duration::from_secs(120)).await;
+    let error = results["short-fuse"].error.as_ref().expect("it failed");
+    assert_eq!(error.kind, ErrorKind::Timeout, "{error}");
+
+    // 6144³ is 464 GFLOP, seconds on any CPU: cancelled while it runs, it stops within a
+    // couple of seconds, not when the product is done.
+    publish(
+        &js,
+        "jobs.cpu.matmul",
+        HeaderMap::new(),
+        br#"{"id":"long-product","params":{"n":6144}}"#.to_vec(),
+    )
+    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let status = common::stdout(&cluster.kiln(&["status", "long-product"]));
+        if status.contains("running") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never ran: {status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let cancelled_at = std::time::Instant::now();
+    common::assert_success(&cluster.kiln(&["cancel", "long-product"]));
+    let results = wait_for_results(&client, &["long-product"], Duration::from_secs(120)).await;
+    let stopped_after = cancelled_at.elapsed();
+    let event = &results["long-product"];
+    let error = event.error.as_ref().expect("it was stopped");
+    assert_eq!(error.kind, ErrorKind::Cancelled, "{error}");
+    assert!(error.message.contains("while running"), "{error}");
+    assert!(
+        stopped_after < Duration::from_secs(5),
+        "stopped {stopped_after:?} after the cancel"
+    );
+}

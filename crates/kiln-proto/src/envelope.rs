@@ -1,0 +1,308 @@
+//! A job message's envelope: what its subject and headers say about it, read once when it
+//! arrives, every value checked and bounded.
+//!
+//! Headers are untrusted input. Anyone allowed to submit can write any header, so the
+//! `Kiln-*` headers that only kiln's own roles set (`Kiln-Routing`, `Kiln-Replay`,
+//! `Kiln-Handbacks`, `Kiln-Enqueued-At`) are read only from a copy's subject
+//! (`jobs.<class>.<kind>.copy`, which submitters may not publish to); on a submitted job they
+//! are ignored. Even a copy's values are bounded: a number that is not finite, negative or
+//! absurd, an oversized string, a time outside the job's life is dropped, not folded into
+//! metrics.
+
+use async_nats::HeaderMap;
+use time::OffsetDateTime;
+
+use crate::{
+    DeviceClass, HEADER_DLQ_BODY, HEADER_DLQ_REASON, HEADER_DLQ_SUBJECT, HEADER_ENQUEUED_AT,
+    HEADER_HANDBACKS, HEADER_JOB_ID, HEADER_MSG_ID, HEADER_REPLAY, HEADER_ROUTING, Routing,
+    copy_headers_except, enqueued_at_value, resolve_job_id, valid_job_id,
+};
+
+/// The headers only kiln writes: never copied from a job as they came, always written again
+/// from checked values ([`Envelope::copy_headers`]).
+pub const OWN_HEADERS: [&str; 8] = [
+    HEADER_JOB_ID,
+    HEADER_ROUTING,
+    HEADER_REPLAY,
+    HEADER_HANDBACKS,
+    HEADER_ENQUEUED_AT,
+    HEADER_DLQ_REASON,
+    HEADER_DLQ_SUBJECT,
+    HEADER_DLQ_BODY,
+];
+
+/// Most replays from the dead-letter queue a job can have had.
+pub const MAX_REPLAYS: u32 = 10_000;
+/// Most hand-backs a header may count.
+pub const MAX_HANDBACKS: u32 = 10_000;
+/// Most bytes of a `Kiln-Routing` header read.
+pub const MAX_ROUTING_BYTES: usize = 4096;
+/// Longest routing reason and scheduler name kept, in characters.
+const MAX_ROUTING_TEXT: usize = 256;
+/// The largest predicted time believed, in milliseconds (a week).
+const MAX_PREDICTED_MS: f64 = 7.0 * 24.0 * 3600.0 * 1000.0;
+/// How long before its copy's publish a job may have been submitted (a job that waited
+/// longer than this in queues is older than any stream keeps one).
+const MAX_COPY_AGE: time::Duration = time::Duration::days(30);
+
+/// A job's envelope.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Envelope {
+    /// Whether the job came on a copy's subject.
+    pub copy: bool,
+    /// `Nats-Msg-Id`, when a valid job id.
+    pub msg_id: Option<String>,
+    /// `Kiln-Job-Id`, when a valid job id (a copy's, or the submitter's own).
+    pub job_id: Option<String>,
+    /// A routed copy's `Kiln-Routing`.
+    pub routing: Option<Routing>,
+    /// A replayed copy's `Kiln-Replay` (0: never replayed).
+    pub replay: u32,
+    /// A handed-back copy's `Kiln-Handbacks` (0: never handed back).
+    pub handbacks: u32,
+    /// When the job was submitted: a copy's `Kiln-Enqueued-At` where it holds a time in the
+    /// job's life, else when this message was stored.
+    pub enqueued_at: OffsetDateTime,
+}
+
+impl Envelope {
+    /// Read the envelope of a job stored at `published` on a subject that is a copy's
+    /// (`copy`) or not.
+    pub fn read(copy: bool, headers: Option<&HeaderMap>, published: OffsetDateTime) -> Self {
+        let get = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str());
+        let trusted = |name: &str| get(name).filter(|_| copy);
+        let id = |v: Option<&str>| {
+            v.map(str::trim)
+                .filter(|v| valid_job_id(v))
+                .map(str::to_owned)
+        };
+        let count = |name: &str, max: u32| {
+            trusted(name)
+                .and_then(|v| v.trim().parse::<u32>().ok())
+                .filter(|n| *n <= max)
+                .unwrap_or(0)
+        };
+        Envelope {
+            copy,
+            msg_id: id(get(HEADER_MSG_ID)),
+            job_id: id(get(HEADER_JOB_ID)),
+            routing: trusted(HEADER_ROUTING).and_then(routing),
+            replay: count(HEADER_REPLAY, MAX_REPLAYS),
+            handbacks: count(HEADER_HANDBACKS, MAX_HANDBACKS),
+            enqueued_at: trusted(HEADER_ENQUEUED_AT)
+                .and_then(|v| {
+                    OffsetDateTime::parse(v.trim(), &time::format_description::well_known::Rfc3339)
+                        .ok()
+                })
+                .filter(|at| *at <= published && published - *at <= MAX_COPY_AGE)
+                .unwrap_or(published),
+        }
+    }
+
+    /// The headers of a copy of job `id` (routed, handed back, dead-lettered): the original's
+    /// less its publish conditions and less kiln's own headers as they came, with kiln's own
+    /// written again from this envelope's checked values. The caller then sets what the copy
+    /// changes (a routing, one more hand-back, a message id).
+    pub fn copy_headers(&self, original: Option<&HeaderMap>, id: &str) -> HeaderMap {
+        let mut headers = copy_headers_except(original, &OWN_HEADERS);
+        headers.insert(HEADER_JOB_ID, id);
+        headers.insert(
+            HEADER_ENQUEUED_AT,
+            enqueued_at_value(self.enqueued_at).as_str(),
+        );
+        if let Some(routing) = self
+            .routing
+            .as_ref()
+            .and_then(|r| serde_json::to_string(r).ok())
+        {
+            headers.insert(HEADER_ROUTING, routing.as_str());
+        }
+        if self.replay > 0 {
+            headers.insert(HEADER_REPLAY, self.replay.to_string().as_str());
+        }
+        if self.handbacks > 0 {
+            headers.insert(HEADER_HANDBACKS, self.handbacks.to_string().as_str());
+        }
+        headers
+    }
+
+    /// The id the job goes by (see [`resolve_job_id`]), given its body's id.
+    pub fn id(&self, body_id: Option<&str>, stream_sequence: u64) -> String {
+        resolve_job_id(
+            body_id,
+            self.job_id.as_deref(),
+            self.msg_id.as_deref(),
+            stream_sequence,
+        )
+    }
+}
+
+/// A `Kiln-Routing` value, checked: a routed class (gpu or cpu), predictions that are finite
+/// times between zero and a week (others dropped), text cut to a bounded length.
+pub fn routing(value: &str) -> Option<Routing> {
+    if value.len() > MAX_ROUTING_BYTES {
+        return None;
+    }
+    let mut r: Routing = serde_json::from_str(value).ok()?;
+    if r.chosen == DeviceClass::Auto {
+        return None;
+    }
+    let believable =
+        |ms: Option<f64>| ms.filter(|v| v.is_finite() && (0.0..=MAX_PREDICTED_MS).contains(v));
+    r.predicted_gpu_ms = believable(r.predicted_gpu_ms);
+    r.predicted_cpu_ms = believable(r.predicted_cpu_ms);
+    r.by = cut(&r.by, MAX_ROUTING_TEXT);
+    r.reason = cut(&r.reason, MAX_ROUTING_TEXT);
+    Some(r)
+}
+
+/// `text` cut to at most `max` characters, with `…` where it was cut.
+pub fn cut(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        None => text.to_owned(),
+        Some((at, _)) => format!("{}…", &text[..at]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> OffsetDateTime {
+        OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).unwrap()
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, *v);
+        }
+        h
+    }
+
+    const ROUTING: &str = r#"{"chosen":"gpu","by":"s1","predicted_gpu_ms":2.5,"predicted_cpu_ms":9.0,"reason":"faster"}"#;
+
+    #[test]
+    fn a_submitted_job_cannot_claim_kilns_own_headers() {
+        let published = at("2026-12-02T10:00:00Z");
+        let h = headers(&[
+            (HEADER_ROUTING, ROUTING),
+            (HEADER_REPLAY, "3"),
+            (HEADER_HANDBACKS, "2"),
+            (HEADER_ENQUEUED_AT, "2026-11-20T10:00:00Z"),
+            (HEADER_JOB_ID, "mine"),
+        ]);
+        let e = Envelope::read(false, Some(&h), published);
+        assert_eq!(e.routing, None);
+        assert_eq!((e.replay, e.handbacks), (0, 0));
+        assert_eq!(e.enqueued_at, published);
+        assert_eq!(e.job_id.as_deref(), Some("mine"));
+        let copy = Envelope::read(true, Some(&h), published);
+        assert_eq!(copy.routing.unwrap().predicted_gpu_ms, Some(2.5));
+        assert_eq!((copy.replay, copy.handbacks), (3, 2));
+        assert_eq!(copy.enqueued_at, at("2026-11-20T10:00:00Z"));
+    }
+
+    #[test]
+    fn a_copys_values_are_bounded() {
+        let published = at("2026-12-02T10:00:00Z");
+        let forged = r#"{"chosen":"cpu","by":"s","predicted_gpu_ms":1.7e308,"predicted_cpu_ms":-1,"reason":"x"}"#;
+        let h = headers(&[
+            (HEADER_ROUTING, forged),
+            (HEADER_REPLAY, "4294967295"),
+            (HEADER_HANDBACKS, "-1"),
+            (HEADER_ENQUEUED_AT, "2020-01-01T00:00:00Z"),
+            (HEADER_MSG_ID, "has spaces in it"),
+        ]);
+        let e = Envelope::read(true, Some(&h), published);
+        let r = e.routing.clone().unwrap();
+        assert_eq!((r.predicted_gpu_ms, r.predicted_cpu_ms), (None, None));
+        assert_eq!((e.replay, e.handbacks), (0, 0));
+        assert_eq!(e.enqueued_at, published, "older than any job lives");
+        assert_eq!(e.msg_id, None);
+        assert_eq!(e.id(None, 7), "seq-7");
+        // A time after the copy was stored is no submission time either.
+        let h = headers(&[(HEADER_ENQUEUED_AT, "2026-12-03T00:00:00Z")]);
+        assert_eq!(
+            Envelope::read(true, Some(&h), published).enqueued_at,
+            published
+        );
+        // An auto "choice", an oversized header, text that is not JSON: no routing.
+        assert!(routing(&ROUTING.replace("\"gpu\"", "\"auto\"")).is_none());
+        assert!(routing(&" ".repeat(MAX_ROUTING_BYTES + 1)).is_none());
+        assert!(routing("{").is_none());
+        let long = ROUTING.replace("faster", &"é".repeat(1000));
+        assert_eq!(
+            routing(&long).unwrap().reason.chars().count(),
+            MAX_ROUTING_TEXT + 1
+        );
+    }
+
+    #[test]
+    fn a_copy_carries_checked_values_not_the_forged_ones() {
+        let published = at("2026-12-02T10:00:00Z");
+        let h = headers(&[
+            (HEADER_ROUTING, ROUTING),
+            (HEADER_REPLAY, "3"),
+            (HEADER_DLQ_REASON, "forged"),
+            ("X-Mine", "kept"),
+            ("Nats-Expected-Stream", "KILN_JOBS"),
+        ]);
+        let submitted = Envelope::read(false, Some(&h), published);
+        let copy = submitted.copy_headers(Some(&h), "j-1");
+        assert_eq!(copy.get(HEADER_JOB_ID).unwrap().as_str(), "j-1");
+        assert_eq!(copy.get("X-Mine").unwrap().as_str(), "kept");
+        for gone in [
+            HEADER_ROUTING,
+            HEADER_REPLAY,
+            HEADER_DLQ_REASON,
+            "Nats-Expected-Stream",
+        ] {
+            assert!(copy.get(gone).is_none(), "{gone} was copied");
+        }
+        let trusted = Envelope::read(true, Some(&h), published).copy_headers(Some(&h), "j-1");
+        assert_eq!(trusted.get(HEADER_REPLAY).unwrap().as_str(), "3");
+        let again = Envelope::read(true, Some(&trusted), published);
+        assert_eq!(
+            again.routing,
+            Envelope::read(true, Some(&h), published).routing
+        );
+    }
+
+    #[test]
+    fn cut_keeps_whole_characters() {
+        assert_eq!(cut("héllo", 2), "hé…");
+        assert_eq!(cut("hi", 2), "hi");
+        assert_eq!(cut("", 0), "");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_header_values_give_a_bounded_envelope(
+            routing in "[^\r\n]{0,300}",
+            replay in "[^\r\n]{0,20}",
+            handbacks in "[^\r\n]{0,20}",
+            enqueued in "[^\r\n]{0,40}",
+            id in "[^\r\n]{0,200}",
+            copy: bool,
+        ) {
+            let published = at("2026-12-02T10:00:00Z");
+            let mut h = HeaderMap::new();
+            for (k, v) in [(HEADER_ROUTING, &routing), (HEADER_REPLAY, &replay),
+                           (HEADER_HANDBACKS, &handbacks), (HEADER_ENQUEUED_AT, &enqueued),
+                           (HEADER_JOB_ID, &id), (HEADER_MSG_ID, &id)] {
+                h.insert(k, v.as_str());
+            }
+            let e = Envelope::read(copy, Some(&h), published);
+            proptest::prop_assert!(e.replay <= MAX_REPLAYS && e.handbacks <= MAX_HANDBACKS);
+            proptest::prop_assert!(e.enqueued_at <= published);
+            proptest::prop_assert!(published - e.enqueued_at <= MAX_COPY_AGE);
+            if let Some(r) = &e.routing {
+                for ms in [r.predicted_gpu_ms, r.predicted_cpu_ms].into_iter().flatten() {
+                    proptest::prop_assert!(ms.is_finite() && ms >= 0.0);
+                }
+            }
+            proptest::prop_assert!(valid_job_id(&e.id(None, 1)));
+        }
+    }
+}
