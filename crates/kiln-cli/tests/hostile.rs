@@ -237,3 +237,60 @@ async fn a_long_product_stops_at_its_timeout_and_at_a_cancel() {
         "stopped {stopped_after:?} after the cancel"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_jobs_stream_without_copy_subjects_is_named_at_start_and_fixed_by_init() {
+    let mut cluster = Cluster::new();
+    let client = cluster.client().await;
+    let js = jetstream::new(client.clone());
+    // KILN_JOBS as kiln made it before copies had subjects of their own.
+    js.create_stream(jetstream::stream::Config {
+        name: streams::STREAM_JOBS.into(),
+        subjects: vec![
+            "jobs.gpu.*".into(),
+            "jobs.cpu.*".into(),
+            "jobs.auto.*".into(),
+        ],
+        retention: jetstream::stream::RetentionPolicy::WorkQueue,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    for (name, filter) in [
+        (streams::CONSUMER_WORKERS_CPU, "jobs.cpu.*"),
+        ("scheduler", "jobs.auto.*"),
+    ] {
+        js.get_stream(streams::STREAM_JOBS)
+            .await
+            .unwrap()
+            .create_consumer(jetstream::consumer::pull::Config {
+                durable_name: Some(name.into()),
+                filter_subject: filter.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let out = cluster.kiln(&["worker", "--device", "cpu", "--no-warmup"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("jobs.cpu.*.copy") && stderr.contains("run `kiln init` once"),
+        "{stderr}"
+    );
+    cluster.init().await;
+    cluster.spawn("scheduler", &["scheduler"]);
+    cluster.cpu_worker();
+    let out = cluster.kiln(&[
+        "submit",
+        "vector_add",
+        "-p",
+        "len=4",
+        "--device",
+        "auto",
+        "--id",
+        "after-init",
+        "--wait",
+    ]);
+    common::assert_success(&out);
+}

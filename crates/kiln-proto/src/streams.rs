@@ -310,6 +310,13 @@ pub enum SetupError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// A stream made by an older kiln lacks what this one needs, and roles do not change
+    /// what `kiln init` set (its limits are the operator's).
+    #[error(
+        "{what}: run `kiln init` once (as the admin user with nats/secure) to update it; it \
+         keeps the queued jobs"
+    )]
+    Outdated { what: String },
     #[error("could not open stream {stream}: {source}")]
     GetStream {
         stream: &'static str,
@@ -356,7 +363,31 @@ async fn setup(
                 })?;
         }
     }
-    let jobs = get_stream(js, STREAM_JOBS).await?;
+    let mut jobs = get_stream(js, STREAM_JOBS).await?;
+    if !update {
+        // Streams made before copies had a subject of their own would refuse every routed
+        // copy and hand-back: say so at start rather than leave jobs going round.
+        let stored = jobs
+            .info()
+            .await
+            .map(|info| info.config.subjects.clone())
+            .unwrap_or_default();
+        let wanted = topology.jobs_stream().subjects;
+        if !stored.is_empty() && wanted.iter().any(|s| !stored.contains(s)) {
+            return Err(SetupError::Outdated {
+                what: format!(
+                    "{STREAM_JOBS} stores {} but this kiln also needs {}",
+                    stored.join(", "),
+                    wanted
+                        .iter()
+                        .filter(|s| !stored.contains(s))
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            });
+        }
+    }
     for class in [
         crate::DeviceClass::Gpu,
         crate::DeviceClass::Cpu,
