@@ -27,8 +27,8 @@ const GPU_RESOURCE: &str = "nvidia.com/gpu";
 pub fn parse_documents(yaml: &str) -> Result<Vec<Value>, String> {
     use serde::Deserialize as _;
     let mut docs = Vec::new();
-    for (i, doc) in serde_yaml::Deserializer::from_str(yaml).enumerate() {
-        let value = serde_yaml::Value::deserialize(doc)
+    for (i, doc) in yaml_serde::Deserializer::from_str(yaml).enumerate() {
+        let value = yaml_serde::Value::deserialize(doc)
             .map_err(|e| format!("document {i} is not YAML: {e}"))?;
         if value.is_null() {
             continue;

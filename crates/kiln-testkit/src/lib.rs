@@ -163,14 +163,15 @@ pub fn cluster_config() -> PathBuf {
 }
 
 /// The workspace root, two levels above a crate's folder: from the running test's
-/// `CARGO_MANIFEST_DIR` (cargo sets it when it runs a test binary), else from this crate's at
-/// build time. The build-time path alone goes stale when a build folder shared by two
-/// checkouts keeps this crate as the other checkout built it.
+/// `CARGO_MANIFEST_DIR` (cargo sets it when it runs a test binary), else the current folder
+/// (`kiln demo` and `kiln bench` run from a checkout). Never a path fixed at build time: the
+/// release binary carries no path of the machine that built it, and a build folder shared by
+/// two checkouts cannot point one at the other.
 pub fn workspace_root() -> PathBuf {
-    let crate_dir = std::env::var_os("CARGO_MANIFEST_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
-    crate_dir.join("../..")
+    match std::env::var_os("CARGO_MANIFEST_DIR") {
+        Some(crate_dir) => PathBuf::from(crate_dir).join("../.."),
+        None => std::env::current_dir().unwrap_or_default(),
+    }
 }
 
 impl NatsCluster {
