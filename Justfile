@@ -95,7 +95,9 @@ gpu-bundle:
     mkdir -p .device
     cp "$CARGO_TARGET_DIR/release/kiln" .device/kiln && strip .device/kiln
     cp "$(readlink -f "$(command -v nats-server)")" .device/nats-server
-    rm -f .device/*.gz && gzip -6 .device/kiln .device/nats-server
+    # The CUDA tests (ignored without a GPU), as one test binary gpu-check runs with --ignored.
+    exe=$(cargo test --release -p kiln-kernels --test kernels --no-run --message-format=json | python3 -c 'import json, sys; print([m["executable"] for m in map(json.loads, sys.stdin) if m.get("executable") and m["target"]["name"] == "kernels"][-1])') && cp "$exe" .device/kiln-kernel-tests && strip .device/kiln-kernel-tests
+    rm -f .device/*.gz && gzip -6 .device/kiln .device/nats-server .device/kiln-kernel-tests
     @du -ch .device/*.gz | tail -1
 
 # Build the container images kiln:TAG (CPU) and kiln-cuda:TAG (GPU workers) where Docker runs

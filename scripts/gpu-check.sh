@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 started=$(date +%s)
 OUT="${OUT:-$PWD/gpu-report}"
 # `just gpu-bundle` gzips the binaries (the device tool carries at most 64 MiB).
-for f in kiln nats-server; do
+for f in kiln nats-server kiln-kernel-tests; do
     [ -f ".device/$f" ] || [ ! -f ".device/$f.gz" ] || { gunzip -k ".device/$f.gz" && chmod +x ".device/$f"; }
 done
 BIN="${KILN_BIN:-$PWD/.device/kiln}"
@@ -88,6 +88,14 @@ if [ -n "$pids" ]; then
     wait $pids 2>/dev/null
     kill $killer 2>/dev/null
 fi
+# The CUDA tests `cargo test` ignores without a GPU, from the test binary `just gpu-bundle`
+# carries (skip with KILN_SKIP_CUDA_TESTS=1).
+if [ -x .device/kiln-kernel-tests ] && [ -z "${KILN_SKIP_CUDA_TESTS:-}" ]; then
+    phase "CUDA kernel tests (the ignored ones, bundled test binary)"
+    timeout -k 10 "${KILN_CUDA_TESTS_LIMIT_S:-150}" .device/kiln-kernel-tests --ignored cuda_ \
+        --test-threads 1 > "$LOGS/cuda-tests.log" 2>&1
+    echo "CUDA kernel tests: exit $?" | tee -a "$LOGS/cuda-tests.log"
+fi
 if python3 -c 'import torch' 2>/dev/null; then
     phase "kernels: kiln (kiln bench kernels --device cuda)"
     filter=()
@@ -119,6 +127,9 @@ phase "done"
     python3 scripts/gpu_check.py --render "$OUT/gpu-check.json" --out "$work" > /dev/null 2>&1 \
         && cat "$work/gpu-check.md" || echo "(no correctness results)"
     echo; cat "$work/kernels/kernels.md" 2>/dev/null || echo "(no kernel comparison)"
+    echo; echo "## CUDA kernel tests"; echo; echo '```'
+    grep -E '^test |test result' "$LOGS/cuda-tests.log" 2>/dev/null || echo "(not run)"
+    echo '```'
 } > "$OUT/summary.md"
 cat "$OUT/summary.md"
 if [ -d "$work/cache" ]; then

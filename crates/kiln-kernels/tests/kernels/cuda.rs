@@ -1,5 +1,7 @@
-//! The kinds on a CUDA GPU against the same references. On a machine without CUDA each test
-//! says so on stderr and passes without running (`cargo test -- --nocapture` shows it).
+//! The kinds on a CUDA GPU against the same references. Marked `#[ignore = "needs CUDA"]`, so
+//! `cargo test` lists them as ignored where they did not run instead of passing them: run them
+//! with `cargo test -p kiln-kernels --test kernels -- --ignored cuda_` on a CUDA machine (`just
+//! gpu-check` runs the bundled test binary so). Without a CUDA device they fail, saying so.
 //!
 //! Tolerances are bounds, not measurements: each test prints the largest error it saw.
 
@@ -17,13 +19,12 @@ const LIMITS: Limits = Limits {
     max_inline_output: 1 << 20,
 };
 
-/// Whether this machine has CUDA; prints the skip notice when it does not.
-fn have_gpu(test: &str) -> bool {
-    let present = cuda_device_count() > 0;
-    if !present {
-        eprintln!("skipped {test}: no CUDA device here (needs libcuda.so.1 and /dev/nvidia*)");
-    }
-    present
+/// Fails the test, saying why, on a machine without CUDA.
+fn require_gpu(test: &str) {
+    assert!(
+        cuda_device_count() > 0,
+        "{test} needs a CUDA device (libcuda.so.1 and /dev/nvidia*); it is ignored by default"
+    );
 }
 
 fn run_gpu(kind: &str, params: Value, seed: u64) -> Value {
@@ -55,10 +56,9 @@ fn check_scaled(actual: &[f32], expected: &[f64], scale: &[f64], tol: f64, what:
 }
 
 #[test]
+#[ignore = "needs CUDA"]
 fn cuda_matmul_matches_reference_in_every_dtype() {
-    if !have_gpu("cuda_matmul_matches_reference_in_every_dtype") {
-        return;
-    }
+    require_gpu("cuda_matmul_matches_reference_in_every_dtype");
     let (m, k, n) = (96, 256, 80);
     let a = seeded_values(3, 0, m * k);
     let b = seeded_values(3, 1, k * n);
@@ -105,10 +105,9 @@ fn cuda_matmul_matches_reference_in_every_dtype() {
 }
 
 #[test]
+#[ignore = "needs CUDA"]
 fn cuda_conv2d_matches_reference_for_every_filter() {
-    if !have_gpu("cuda_conv2d_matches_reference_for_every_filter") {
-        return;
-    }
+    require_gpu("cuda_conv2d_matches_reference_for_every_filter");
     let (c, h, w) = (3, 40, 50);
     let pixels = generated(6, c * h * w);
     // Pixels are in [0, 1): an output is off by at most (Σ|kernel|)·(rounding). conv2d jobs
@@ -170,10 +169,9 @@ fn cuda_conv2d_matches_reference_for_every_filter() {
 }
 
 #[test]
+#[ignore = "needs CUDA"]
 fn cuda_train_mlp_learns_like_the_cpu() {
-    if !have_gpu("cuda_train_mlp_learns_like_the_cpu") {
-        return;
-    }
+    require_gpu("cuda_train_mlp_learns_like_the_cpu");
     for seed in 0..2 {
         let started = std::time::Instant::now();
         let gpu_out = run_gpu("train_mlp", json!({}), seed);
@@ -210,10 +208,9 @@ fn cuda_train_mlp_learns_like_the_cpu() {
 }
 
 #[test]
+#[ignore = "needs CUDA"]
 fn cuda_vector_add_matches_the_cpu_exactly() {
-    if !have_gpu("cuda_vector_add_matches_the_cpu_exactly") {
-        return;
-    }
+    require_gpu("cuda_vector_add_matches_the_cpu_exactly");
     // One f32 addition per element, correctly rounded on both: bit-identical. On cuBLAS the
     // vectors are added as 4096-row matrices plus a one-column rest: lengths below, at and
     // past a whole number of rows.
@@ -234,12 +231,11 @@ fn cuda_vector_add_matches_the_cpu_exactly() {
 }
 
 #[test]
-fn cudnn_dense_convolutions_match_the_host_reference() {
+#[ignore = "needs CUDA"]
+fn cuda_cudnn_dense_convolutions_match_the_host_reference() {
     use kiln_kernels::cudnn::{ConvShape, conv2d, conv2d_reference, probe};
     use kiln_kernels::precision::Dtype;
-    if !have_gpu("cudnn_dense_convolutions_match_the_host_reference") {
-        return;
-    }
+    require_gpu("cuda_cudnn_dense_convolutions_match_the_host_reference");
     probe(0).expect("cuDNN's start-up check");
     // A dense 3x3 convolution like the benchmark's, small, with odd sizes; and a grouped one.
     for shape in [
