@@ -53,6 +53,11 @@ test-python:
     KILN_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/kiln" NATS_SERVER="$(command -v nats-server)" \
         "$venv/bin/python" -m pytest clients/python/tests
 
+# Soak test (not in CI): KILN_SOAK_JOBS mixed jobs (default 1,000,000) through a 3-node cluster with random kills of workers, scheduler, aggregator and nodes; checks exactly-once answers, aggregator counts and flat memory
+[group('check')]
+soak:
+    cargo test --release -p kiln-cli --test soak -- --ignored --nocapture
+
 # What CI runs (.ci/run calls ./dev test, which is this)
 [group('check')]
 ci: test

@@ -3,7 +3,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 
 use kiln_proto::{
-    DeviceClass, ErrorKind, Latency, MetricsSnapshot, PredictionStats, ResultEvent, Routing, Status,
+    DeviceClass, ErrorKind, Latency, MAX_RESULT_RANGES, MetricsSnapshot, PredictionStats,
+    ResultEvent, Routing, Status,
 };
 use serde::Deserialize;
 use time::OffsetDateTime;
@@ -12,24 +13,38 @@ use time::OffsetDateTime;
 /// instead of building it, which is most of a result event's bytes.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ResultHead {
+    /// See [`ResultEvent::id`].
     pub id: String,
+    /// See [`ResultEvent::kind`].
     pub kind: String,
+    /// See [`ResultEvent::status`].
     pub status: Status,
+    /// See [`ResultEvent::device`].
     pub device: String,
+    /// See [`ResultEvent::class`].
     pub class: DeviceClass,
+    /// See [`ResultEvent::worker`] (empty when absent).
     #[serde(default)]
     pub worker: String,
+    /// See [`ResultEvent::attempt`] (0 when absent).
     #[serde(default)]
     pub attempt: u64,
+    /// See [`ResultEvent::finished_at`].
     #[serde(with = "time::serde::rfc3339")]
     pub finished_at: OffsetDateTime,
+    /// See [`ResultEvent::queue_ms`].
     pub queue_ms: f64,
+    /// See [`ResultEvent::compute_ms`].
     pub compute_ms: f64,
+    /// See [`ResultEvent::total_ms`].
     pub total_ms: f64,
+    /// The failure's kind, when it failed.
     #[serde(default)]
     pub error: Option<ErrorHead>,
+    /// See [`ResultEvent::routing`].
     #[serde(default)]
     pub routing: Option<Routing>,
+    /// See [`ResultEvent::replay`].
     #[serde(default)]
     pub replay: u32,
     /// The job's work in flops (0 when unknown), for the speedup's size buckets.
@@ -40,6 +55,7 @@ pub struct ResultHead {
 /// The kind of a failure, without its message.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ErrorHead {
+    /// See [`kiln_proto::JobError::kind`].
     pub kind: ErrorKind,
 }
 
@@ -68,16 +84,27 @@ impl From<&ResultEvent> for ResultHead {
 /// Counts and latencies of one (kind, class).
 #[derive(Debug, Clone, Default)]
 pub struct Fold {
+    /// Distinct jobs counted.
     pub jobs: u64,
+    /// Of them, jobs that succeeded.
     pub succeeded: u64,
+    /// Of them, jobs that failed.
     pub failed: u64,
+    /// Failed jobs by error kind (`unknown` when the result names none).
     pub failures: BTreeMap<String, u64>,
+    /// Result events dropped because their job (and run) was already counted.
     pub duplicates: u64,
+    /// Jobs counted per device (`cpu`, `cuda:0`, `none`).
     pub devices: BTreeMap<String, u64>,
+    /// Earliest `finished_at` counted (`None`: no job yet).
     pub first_finished_at: Option<OffsetDateTime>,
+    /// Latest `finished_at` counted (`None`: no job yet).
     pub last_finished_at: Option<OffsetDateTime>,
+    /// `queue_ms` of the jobs counted.
     pub queue: Latency,
+    /// `compute_ms` of the jobs counted.
     pub compute: Latency,
+    /// `total_ms` of the jobs counted.
     pub total: Latency,
     /// Routed jobs with a prediction, and the sums of their errors.
     predicted: u64,
@@ -89,6 +116,8 @@ pub struct Fold {
     /// `results_through` of the stored snapshot this fold was restored from: its results at
     /// or below it were counted before a restart.
     restored_through: u64,
+    /// `results_above` of that snapshot: results above `restored_through` counted too.
+    restored_above: Vec<[u64; 2]>,
 }
 
 impl Fold {
@@ -164,6 +193,7 @@ impl Fold {
             compute_ms: self.compute.stats(),
             total_ms: self.total.stats(),
             results_through: self.restored_through,
+            results_above: Vec::new(),
             prediction: PredictionStats {
                 routed: self.predicted,
                 mean_abs_error_ms: self.abs_error_sum_ms / self.predicted.max(1) as f64,
@@ -195,6 +225,7 @@ impl Fold {
             last_snapshot_at: Some(snapshot.updated_at),
             dirty: false,
             restored_through: snapshot.results_through,
+            restored_above: snapshot.results_above.clone(),
         }
     }
 }
@@ -241,6 +272,18 @@ impl Watermark {
         }
     }
 
+    /// The sequences above `through`, as ranges `[first, last]`.
+    fn ranges(&self) -> Vec<[u64; 2]> {
+        let mut ranges: Vec<[u64; 2]> = Vec::new();
+        for &s in &self.above {
+            match ranges.last_mut() {
+                Some(last) if last[1] + 1 == s => last[1] = s,
+                _ => ranges.push([s, s]),
+            }
+        }
+        ranges
+    }
+
     /// Every sequence at or below `floor` was acked, so counted in a stored snapshot: the
     /// watermark is at least there, whatever gaps below it it was waiting on (results a
     /// previous instance acked above its ack floor never come back, and without this the
@@ -272,7 +315,11 @@ impl Folds {
         let key = (event.kind.clone(), event.class.to_string());
         if sequence > 0
             && let Some(fold) = self.folds.get_mut(&key)
-            && sequence <= fold.restored_through
+            && (sequence <= fold.restored_through
+                || fold
+                    .restored_above
+                    .iter()
+                    .any(|[first, last]| (*first..=*last).contains(&sequence)))
         {
             fold.duplicates += 1;
             fold.dirty = true;
@@ -327,10 +374,12 @@ impl Folds {
         {
             for fold in self.folds.values_mut() {
                 fold.restored_through = 0;
+                fold.restored_above.clear();
             }
         }
     }
 
+    /// Carry on from a stored snapshot, replacing its (kind, class) fold.
     pub fn restore(&mut self, snapshot: &MetricsSnapshot) {
         self.folds.insert(
             (snapshot.kind.clone(), snapshot.class.clone()),
@@ -338,6 +387,7 @@ impl Folds {
         );
     }
 
+    /// The fold of (`kind`, `class`), if a result of it was counted or restored.
     pub fn get(&self, kind: &str, class: &str) -> Option<&Fold> {
         self.folds.get(&(kind.to_owned(), class.to_owned()))
     }
@@ -355,22 +405,101 @@ impl Folds {
     /// Snapshots of every fold that changed since the last call.
     pub fn snapshots(&mut self, now: OffsetDateTime) -> Vec<MetricsSnapshot> {
         let through = self.delivered.through;
+        let delivered_above = self.delivered.ranges();
         self.folds
             .iter_mut()
             .filter(|(_, fold)| fold.dirty)
             .map(|((kind, class), fold)| {
                 let mut snapshot = fold.snapshot(kind, class, now);
                 snapshot.results_through = snapshot.results_through.max(through);
+                // What this fold counted above the watermark: delivered here, or counted by
+                // the instance it was restored from and not yet passed.
+                let mut above: Vec<[u64; 2]> = fold
+                    .restored_above
+                    .iter()
+                    .chain(&delivered_above)
+                    .filter(|[_, last]| *last > snapshot.results_through)
+                    .map(|&[first, last]| [first.max(snapshot.results_through + 1), last])
+                    .collect();
+                snapshot.results_above = merge_ranges(&mut above);
                 snapshot
             })
             .collect()
     }
 }
 
+/// `ranges` sorted and merged, at most [`MAX_RESULT_RANGES`] (the newest kept: past the
+/// bound, a restart may count some results twice rather than miss any).
+fn merge_ranges(ranges: &mut [[u64; 2]]) -> Vec<[u64; 2]> {
+    ranges.sort_unstable();
+    let mut merged: Vec<[u64; 2]> = Vec::new();
+    for &[first, last] in ranges.iter() {
+        match merged.last_mut() {
+            Some(prev) if first <= prev[1].saturating_add(1) => prev[1] = prev[1].max(last),
+            _ => merged.push([first, last]),
+        }
+    }
+    let excess = merged.len().saturating_sub(MAX_RESULT_RANGES);
+    merged.drain(..excess);
+    merged
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use kiln_proto::JobError;
+
+    #[test]
+    fn results_counted_above_the_watermark_are_not_counted_again_by_the_next_instance() {
+        // A counted 1–5 and stored them; 6–10 were delivered to it, unacked, when it was
+        // killed. B starts at the ack floor, 5, counts 11 and 12 (6–10 come back only after
+        // the ack wait), stores its snapshot, and is killed before its acks reach the server.
+        let mut a = Folds::default();
+        for seq in 1..=5 {
+            a.add_at(&event(&seq.to_string(), Status::Succeeded, 1.0), seq);
+        }
+        let stored = a.snapshots(OffsetDateTime::now_utc()).remove(0);
+        let mut b = Folds::default();
+        b.restore(&stored);
+        b.start(5, 12);
+        for seq in [11, 12] {
+            assert!(b.add_at(&event(&seq.to_string(), Status::Succeeded, 1.0), seq));
+        }
+        let stored = b.snapshots(OffsetDateTime::now_utc()).remove(0);
+        assert_eq!(stored.results_through, 5);
+        assert_eq!(stored.results_above, vec![[11, 12]]);
+        // C gets 6–10 and, its acks lost, 11 and 12 again: counted once.
+        let mut c = Folds::default();
+        c.restore(&stored);
+        c.start(5, 12);
+        for seq in [6, 7, 11, 8, 9, 12, 10] {
+            let counted = c.add_at(&event(&seq.to_string(), Status::Succeeded, 1.0), seq);
+            assert_eq!(counted, seq <= 10, "result {seq}");
+        }
+        let done = c.snapshots(OffsetDateTime::now_utc()).remove(0);
+        assert_eq!((done.jobs, done.duplicates), (12, 2));
+        assert_eq!(done.results_through, 12);
+        assert!(done.results_above.is_empty());
+        // Killed again before 6–10 came back, C would pass B's ranges on.
+        let mut c2 = Folds::default();
+        c2.restore(&stored);
+        c2.start(5, 12);
+        c2.add_at(&event("13", Status::Succeeded, 1.0), 13);
+        let passed_on = c2.snapshots(OffsetDateTime::now_utc()).remove(0);
+        assert_eq!(passed_on.results_above, vec![[11, 13]]);
+    }
+
+    #[test]
+    fn ranges_are_merged_and_bounded() {
+        assert_eq!(
+            merge_ranges(&mut [[5, 6], [1, 2], [3, 3], [9, 9]]),
+            vec![[1, 3], [5, 6], [9, 9]]
+        );
+        let mut many: Vec<[u64; 2]> = (0..1000).map(|i| [i * 10, i * 10]).collect();
+        let merged = merge_ranges(&mut many);
+        assert_eq!(merged.len(), MAX_RESULT_RANGES);
+        assert_eq!(merged.last(), Some(&[9990, 9990]), "the newest kept");
+    }
 
     #[test]
     fn the_watermark_passes_gaps_once_the_ack_floor_does() {

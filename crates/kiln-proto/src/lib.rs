@@ -32,7 +32,7 @@ pub use envelope::{Envelope, MAX_HANDBACKS, MAX_REPLAYS, OWN_HEADERS, cut};
 pub use error::{Disposition, Error, ErrorKind, JobError, MAX_ERROR_MESSAGE, Result};
 pub use job::{JOB_ID_RULE, Job, MAX_ID_LEN, new_job_id, resolve_job_id, valid_job_id};
 pub use limits::{Limits, checked_product};
-pub use metrics::{Latency, LatencyStats, MetricsSnapshot, PredictionStats};
+pub use metrics::{Latency, LatencyStats, MAX_RESULT_RANGES, MetricsSnapshot, PredictionStats};
 pub use result::{ResultEvent, Routing, Status, result_msg_id};
 pub use state::{BUCKET_STATE, JobState, Phase, state_subject};
 pub use streams::{MaxDeliveriesAdvisory, Topology};

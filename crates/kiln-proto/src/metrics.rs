@@ -12,11 +12,17 @@ use time::OffsetDateTime;
 /// Latency summary of one measure (queue, compute or total time), in milliseconds.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LatencyStats {
+    /// Durations recorded.
     pub count: u64,
+    /// Their mean (0 when none).
     pub mean: f64,
+    /// Median.
     pub p50: f64,
+    /// 90th percentile.
     pub p90: f64,
+    /// 99th percentile.
     pub p99: f64,
+    /// Longest recorded.
     pub max: f64,
     /// The full histogram (HdrHistogram V2, base64), so that a restarted aggregator can
     /// carry on from the last snapshot.
@@ -27,11 +33,15 @@ pub struct LatencyStats {
 /// Counts and latencies of one (kind, device class) pair, since the results stream began.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MetricsSnapshot {
+    /// Job kind (`matmul`, …; `unknown` for jobs of a kind this build does not run).
     pub kind: String,
+    /// Device class the jobs ran on: `gpu` or `cpu`.
     pub class: String,
     /// Distinct jobs finished.
     pub jobs: u64,
+    /// Of them, jobs whose result is `succeeded`.
     pub succeeded: u64,
+    /// Of them, jobs whose result is `failed`.
     pub failed: u64,
     /// Failed jobs by error kind.
     #[serde(default)]
@@ -42,20 +52,26 @@ pub struct MetricsSnapshot {
     /// Devices that ran these jobs, with their job counts.
     #[serde(default)]
     pub devices: BTreeMap<String, u64>,
+    /// Earliest `finished_at` of the jobs counted (`None`: no job yet).
     #[serde(with = "time::serde::rfc3339::option", default)]
     pub first_finished_at: Option<OffsetDateTime>,
+    /// Latest `finished_at` of the jobs counted (`None`: no job yet).
     #[serde(with = "time::serde::rfc3339::option", default)]
     pub last_finished_at: Option<OffsetDateTime>,
     /// Jobs per second between the first and the last finish.
     pub throughput_per_s: f64,
     /// Jobs per second since the previous snapshot.
     pub recent_per_s: f64,
+    /// Time in the queue, from enqueue to start, of the jobs counted.
     pub queue_ms: LatencyStats,
+    /// Time on the device, inputs and read-back included, of the jobs counted.
     pub compute_ms: LatencyStats,
+    /// Time from enqueue to finish of the jobs counted.
     pub total_ms: LatencyStats,
     /// How well the scheduler predicted these jobs' completion times (auto jobs only).
     #[serde(default)]
     pub prediction: PredictionStats,
+    /// When the aggregator made this snapshot.
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
     /// A `KILN_RESULTS` sequence at or below which every result had been delivered to the
@@ -65,7 +81,16 @@ pub struct MetricsSnapshot {
     /// the ones at or below this sequence instead of counting them twice.
     #[serde(default)]
     pub results_through: u64,
+    /// Ranges `[first, last]` of `KILN_RESULTS` sequences above `results_through` that the
+    /// aggregator storing this snapshot had also counted (results delivered out of order:
+    /// after a restart, older unacked ones come back only after the ack wait, behind newer
+    /// ones). A restarted aggregator skips these too; at most [`MAX_RESULT_RANGES`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub results_above: Vec<[u64; 2]>,
 }
+
+/// Most ranges a snapshot's `results_above` holds.
+pub const MAX_RESULT_RANGES: usize = 256;
 
 /// The scheduler's prediction error for routed jobs: predicted completion (queue wait + run
 /// on the chosen class) against the measured `total_ms`.
@@ -100,6 +125,7 @@ impl Latency {
         self.0.saturating_record(micros.max(1));
     }
 
+    /// Durations recorded.
     pub fn count(&self) -> u64 {
         self.0.len()
     }
@@ -112,6 +138,7 @@ impl Latency {
         self.0.value_at_quantile(q) as f64 / 1000.0
     }
 
+    /// The summary in milliseconds, with the histogram itself for a restart to carry on from.
     pub fn stats(&self) -> LatencyStats {
         let mut bytes = Vec::new();
         // Serialising into memory cannot fail for a valid histogram.

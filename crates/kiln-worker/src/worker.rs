@@ -49,7 +49,7 @@ impl Pace {
     const WEIGHT: f64 = 0.2;
 
     /// A job computed in `compute_ms`.
-    pub fn record(&self, compute_ms: f64) {
+    pub(crate) fn record(&self, compute_ms: f64) {
         let mut mean = self.mean_ms.lock().unwrap_or_else(|e| e.into_inner());
         *mean = Some(match *mean {
             Some(m) => m + Self::WEIGHT * (compute_ms - m),
@@ -59,7 +59,7 @@ impl Pace {
 
     /// How many jobs to hold at once: one per compute slot, plus as many as the slots get
     /// through in `prefetch` at the recent pace (none before the first job), at most `max`.
-    pub fn limit(&self, compute_slots: usize, prefetch: Duration, max: usize) -> usize {
+    pub(crate) fn limit(&self, compute_slots: usize, prefetch: Duration, max: usize) -> usize {
         let mean = *self.mean_ms.lock().unwrap_or_else(|e| e.into_inner());
         let ahead = match mean {
             Some(ms) => {
@@ -320,7 +320,10 @@ pub async fn run(
                     });
                 }
                 Some(Err(e)) => {
-                    tracing::warn!(error = %e, "error while pulling jobs");
+                    // A server without a leader for the consumer (an election in a cluster)
+                    // answers every pull at once: pause rather than ask again in a hot loop.
+                    tracing::warn!(error = %e, "error while pulling jobs; pulling again in 250 ms");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
                     break;
                 }
             }

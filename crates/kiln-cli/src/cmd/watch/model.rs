@@ -340,6 +340,7 @@ mod tests {
             prediction: Default::default(),
             updated_at: at,
             results_through: 0,
+            results_above: Vec::new(),
         }
     }
 
