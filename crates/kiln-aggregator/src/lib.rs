@@ -1,3 +1,4 @@
+#![warn(missing_docs, unreachable_pub)]
 //! kiln's aggregator: folds result events into per-(kind, device class) metrics and
 //! publishes them as snapshots on `metrics.<kind>.<class>`.
 //!

@@ -20,6 +20,7 @@ use kiln_telemetry::trace::{self, KeyValue, SpanKind, TraceSpan};
 pub struct AggregatorConfig {
     /// How often changed metrics are published (and folded results acked).
     pub interval: Duration,
+    /// Stream sizes and replicas, for the streams and consumers it creates if missing.
     pub topology: Topology,
     /// Prometheus metrics (register them to serve them).
     pub metrics: kiln_telemetry::AggregatorMetrics,

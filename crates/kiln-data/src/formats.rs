@@ -20,7 +20,9 @@ pub enum Format {
     Npy,
     /// safetensors (8-byte little-endian header length, then a JSON header).
     Safetensors,
+    /// PNG image, read as [C, H, W] values from 0 to 1; what `png` outputs are written as.
     Png,
+    /// JPEG image, read as [C, H, W] values from 0 to 1 (never written).
     Jpeg,
     /// Comma-separated text: features…, label.
     Csv,

@@ -1,3 +1,4 @@
+#![warn(missing_docs, unreachable_pub)]
 //! kiln's user data: tensors, images and datasets in the formats people have them in, and the
 //! `KILN_DATA` object store that carries them to and from workers.
 //!

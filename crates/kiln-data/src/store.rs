@@ -62,14 +62,18 @@ impl Want {
 /// An object as a job uses it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Loaded {
+    /// What [`Want::Tensor`] and [`Want::Image`] load.
     Tensor(HostTensor),
+    /// What [`Want::Dataset`] loads.
     Dataset(Dataset),
+    /// What [`Want::Model`] loads.
     Model(Model),
 }
 
 /// A stored object as `kiln get` reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredObject {
+    /// Its name in `KILN_DATA`.
     pub name: String,
     /// Bytes.
     pub size: u64,

@@ -3,7 +3,9 @@
 /// An f32 tensor in host memory: its shape and its values in row-major order.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct HostTensor {
+    /// Size of each dimension, outermost first (empty for a scalar).
     pub shape: Vec<usize>,
+    /// The values, row-major; as many as the product of `shape`.
     pub data: Vec<f32>,
 }
 
@@ -20,6 +22,7 @@ impl HostTensor {
         self.data.len()
     }
 
+    /// Whether it holds no values.
     pub fn is_empty(&self) -> bool {
         self.data.is_empty()
     }
@@ -28,13 +31,17 @@ impl HostTensor {
 /// A labelled dataset: `x` is samples × features, `y` one class index per sample.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Dataset {
+    /// Features, shape [samples, features].
     pub x: HostTensor,
+    /// Class index of each sample, from 0.
     pub y: Vec<u32>,
 }
 
 /// Named tensors with string metadata: a safetensors file in memory (a trained model).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Model {
+    /// Each tensor with its name.
     pub tensors: Vec<(String, HostTensor)>,
+    /// The file's `__metadata__`: for a `train_mlp` model its format, version and layer widths.
     pub metadata: std::collections::BTreeMap<String, String>,
 }

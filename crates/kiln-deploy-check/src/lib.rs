@@ -1,3 +1,4 @@
+#![warn(missing_docs, unreachable_pub)]
 //! Renders kiln's Kubernetes overlays (`deploy/k8s/overlays/*`) with `kubectl kustomize` and
 //! checks what they would create, without a cluster: every document parses into the Kubernetes
 //! API types (and loses no field doing so), names and labels line up, the KEDA triggers name

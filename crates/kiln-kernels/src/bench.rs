@@ -64,6 +64,7 @@ pub enum Precision {
 }
 
 impl Precision {
+    /// The name in case names and rows: `f32`, `tf32` or `bf16`.
     pub fn as_str(self) -> &'static str {
         match self {
             Precision::F32 => "f32",
@@ -88,13 +89,21 @@ pub enum Work {
     /// C = A·B with square n×n matrices; 2n³ flops. `burn`: on Burn's kernels even where
     /// `matmul` jobs run on cuBLAS (CUDA).
     Matmul {
+        /// Rows and columns of A, B and C.
         n: usize,
+        /// Element type of the product.
         precision: Precision,
+        /// On Burn's kernels, whatever `matmul` jobs run on.
         burn: bool,
     },
     /// c = a + b on the device, f32; 3·4·len bytes moved. `burn`: on Burn's kernels even where
     /// `vector_add` jobs run on cuBLAS (CUDA).
-    VectorAdd { len: usize, burn: bool },
+    VectorAdd {
+        /// Elements of each vector.
+        len: usize,
+        /// On Burn's kernels, whatever `vector_add` jobs run on.
+        burn: bool,
+    },
     /// Convolution with a square `kernel`, stride 1, "same" zero padding (kernel / 2), no
     /// bias: input [batch, channels, height, width], weight
     /// [out_channels, channels / groups, kernel, kernel];
@@ -102,33 +111,53 @@ pub enum Work {
     /// issue's target) or depthwise (groups = channels = out_channels, what `conv2d` jobs
     /// compute). `burn`: on Burn's kernels even where `conv2d` jobs run on cuDNN (CUDA).
     Conv2d {
+        /// Images in the batch.
         batch: usize,
+        /// Input channels per image.
         channels: usize,
+        /// Output channels per image.
         out_channels: usize,
+        /// Image rows.
         height: usize,
+        /// Image columns.
         width: usize,
+        /// Side of the square kernel.
         kernel: usize,
+        /// 1 for a dense convolution, `channels` for a depthwise one.
         groups: usize,
+        /// Element type of the convolution.
         precision: Precision,
+        /// On Burn's kernels, whatever `conv2d` jobs run on.
         burn: bool,
     },
     /// One Adam step (forward, softmax cross-entropy, backward, update) of an MLP
     /// `features → hidden.. → classes` with ReLU between layers, on one batch.
     TrainStep {
+        /// Samples in the batch.
         batch: usize,
+        /// Inputs of the first layer.
         features: usize,
+        /// Widths of the hidden layers, in order.
         hidden: Vec<usize>,
+        /// Outputs of the last layer.
         classes: usize,
     },
     /// One small job: upload a and b from host memory, add, read c back; per iteration.
     /// `burn` as for [`Work::VectorAdd`].
-    SmallVectorAdd { len: usize, burn: bool },
+    SmallVectorAdd {
+        /// Elements of each vector.
+        len: usize,
+        /// On Burn's kernels, whatever `vector_add` jobs run on.
+        burn: bool,
+    },
 }
 
 /// One benchmark case: a name (the join key with the PyTorch reference) and its work.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Case {
+    /// The case's name, such as `matmul_bf16_n4096`: the join key with the PyTorch reference.
     pub name: String,
+    /// What it computes.
     pub work: Work,
 }
 
@@ -237,6 +266,8 @@ impl Case {
         }
     }
 
+    /// One Adam step of an MLP `features → hidden.. → classes` on a batch of `batch`
+    /// (`train_mlp_step_<widths>_b<batch>`).
     pub fn train_step(batch: usize, features: usize, hidden: &[usize], classes: usize) -> Self {
         let widths: Vec<String> = std::iter::once(features)
             .chain(hidden.iter().copied())
@@ -437,7 +468,9 @@ pub enum Profile {
 
 /// Width of the benchmark MLP: features 256 → 1024 → 1024 → 10 classes.
 pub const MLP_FEATURES: usize = 256;
+/// Hidden layer widths of the benchmark MLP.
 pub const MLP_HIDDEN: [usize; 2] = [1024, 1024];
+/// Classes (outputs) of the benchmark MLP.
 pub const MLP_CLASSES: usize = 10;
 
 /// The cases of a profile, cheapest first within each family.
@@ -530,15 +563,21 @@ pub struct Row {
     pub device: String,
     /// The dtype the output really had (checked on the tensor), else the one asked for.
     pub dtype: String,
+    /// The sizes, in words ([`Case::shape`]).
     pub shape: String,
+    /// Untimed iterations run first.
     pub warmup: u32,
     /// Timed iterations that ran.
     pub iterations: u32,
+    /// Median seconds per iteration (`None` unless the status is ok).
     pub median_s: Option<f64>,
+    /// Mean seconds per iteration (`None` unless the status is ok).
     pub mean_s: Option<f64>,
+    /// Fewest seconds an iteration took (`None` unless the status is ok).
     pub min_s: Option<f64>,
     /// Work of one iteration.
     pub flops: Option<f64>,
+    /// Bytes one iteration reads and writes (element-wise cases only).
     pub bytes: Option<f64>,
     /// From the median.
     pub tflops: Option<f64>,
@@ -552,6 +591,8 @@ pub struct Row {
     pub status: String,
     /// Why the case failed or was skipped.
     pub error: Option<String>,
+    /// How the case really ran, where it matters: the library and compute mode used, or that
+    /// Burn may run f32 on tensor cores.
     pub note: Option<String>,
 }
 

@@ -294,6 +294,7 @@ fn image_shape(image: &[Vec<Vec<f32>>]) -> Result<(u64, u64, u64), JobError> {
     Ok((image.len() as u64, height as u64, width as u64))
 }
 
+/// The `conv2d` kind: an image batch through a depthwise filter, zero "same" padding.
 pub struct Conv2d;
 
 impl Kernel for Conv2d {

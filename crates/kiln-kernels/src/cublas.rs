@@ -191,6 +191,8 @@ pub struct SquareProducts {
 }
 
 impl SquareProducts {
+    /// Upload the operands of n×n products in `dtype` to CUDA device `index`; an error if
+    /// cuBLAS does not load or the device has no room.
     pub fn new(index: usize, n: usize, dtype: Dtype) -> Result<Self, String> {
         let size = dim("n", n).map_err(|e| e.message)?;
         let values = crate::seeded_values(7, 0, n * n);
@@ -313,6 +315,8 @@ pub struct DeviceSums {
 }
 
 impl DeviceSums {
+    /// Upload two seeded vectors of `len` elements and room for their sum to CUDA device
+    /// `index`; an error if cuBLAS does not load or the device has no room.
     pub fn new(index: usize, len: usize) -> Result<Self, String> {
         let a = crate::seeded_values(7, 0, len);
         let b = crate::seeded_values(7, 1, len);

@@ -58,10 +58,15 @@ const MAX_PLANS: usize = 256;
 /// cross-correlation (the kernel is not flipped), as PyTorch's and Burn's `conv2d`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ConvShape {
+    /// Images in the batch.
     pub batch: usize,
+    /// Input channels per image.
     pub channels: usize,
+    /// Input rows.
     pub height: usize,
+    /// Input columns.
     pub width: usize,
+    /// Output channels per image.
     pub out_channels: usize,
     /// Kernel rows and columns.
     pub kernel: [usize; 2],
@@ -86,14 +91,17 @@ impl ConvShape {
         [self.batch, self.out_channels, h, w]
     }
 
+    /// Elements of the input.
     pub fn input_len(&self) -> usize {
         self.batch * self.channels * self.height * self.width
     }
 
+    /// Elements of the weights.
     pub fn weight_len(&self) -> usize {
         self.out_channels * (self.channels / self.groups.max(1)) * self.kernel[0] * self.kernel[1]
     }
 
+    /// Elements of the output.
     pub fn output_len(&self) -> usize {
         self.output_dims().iter().product()
     }
@@ -629,6 +637,8 @@ pub struct Convolutions {
 }
 
 impl Convolutions {
+    /// Upload seeded operands of `shape` in `dtype` to CUDA device `index`; an error if the
+    /// shape is invalid, cuDNN does not load or the device has no room.
     pub fn new(index: usize, shape: ConvShape, dtype: Dtype) -> Result<Self, String> {
         shape.check().map_err(|e| e.message)?;
         let x = crate::seeded_values(7, 0, shape.input_len());

@@ -73,8 +73,11 @@ pub struct Summary {
     pub checksum: f64,
     /// Euclidean norm (Frobenius for matrices).
     pub l2_norm: f64,
+    /// Smallest value, NaNs passed over (0 for an empty tensor).
     pub min: f32,
+    /// Largest value, NaNs passed over (0 for an empty tensor).
     pub max: f32,
+    /// `checksum` over the number of values (0 for an empty tensor).
     pub mean: f64,
     /// Values that are not finite (an overflow to ±inf, a NaN): JSON has no such numbers, so
     /// they and the sums they spoil read `null`; this says how many there were. Left out when

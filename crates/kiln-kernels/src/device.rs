@@ -13,6 +13,7 @@ pub type CudaBackend = burn::backend::Cuda<f32, i32>;
 /// Where a worker runs its jobs, chosen at run time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ComputeDevice {
+    /// The host's CPUs, through burn-ndarray.
     Cpu,
     /// A CUDA device by index.
     Cuda(usize),

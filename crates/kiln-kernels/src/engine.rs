@@ -31,6 +31,7 @@ pub enum MatmulEngine {
 }
 
 impl MatmulEngine {
+    /// The setting's name: `blas` or `burn`.
     pub fn as_str(self) -> &'static str {
         match self {
             MatmulEngine::Blas => "blas",
@@ -92,6 +93,7 @@ pub enum ConvEngine {
 }
 
 impl ConvEngine {
+    /// The setting's name: `native` or `burn`.
     pub fn as_str(self) -> &'static str {
         match self {
             ConvEngine::Native => "native",

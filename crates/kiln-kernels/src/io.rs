@@ -20,7 +20,9 @@ use serde::{Deserialize, Serialize, Serializer};
 /// look ahead, it is an enum with a tag.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Input<T> {
+    /// The values, in the job body.
     Inline(T),
+    /// An object in `KILN_DATA` that holds them.
     Object(ObjectRef),
 }
 
@@ -102,13 +104,16 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Input<T> {
 /// One object a job's parameters name: which parameter, the reference, and how to read it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Wanted {
+    /// The parameter that names it (`a`, `image`, `dataset`).
     pub param: &'static str,
+    /// The object, as the parameter names it.
     pub reference: ObjectRef,
+    /// What to read it as.
     pub want: Want,
 }
 
 /// The objects named by tensor parameters `(name, value)`, each read as a tensor.
-pub fn tensor_objects<T>(params: &[(&'static str, &Option<Input<T>>)]) -> Vec<Wanted> {
+pub(crate) fn tensor_objects<T>(params: &[(&'static str, &Option<Input<T>>)]) -> Vec<Wanted> {
     params
         .iter()
         .filter_map(|(param, input)| {
@@ -248,7 +253,12 @@ impl Placement {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Stored {
     /// A tensor, under the name its inline form has (`c`, `image`, `probabilities`).
-    Tensor { name: String, tensor: HostTensor },
+    Tensor {
+        /// The output's name (`c`, `image`, `probabilities`).
+        name: String,
+        /// Its values and shape.
+        tensor: HostTensor,
+    },
     /// A trained model (safetensors).
     Model(Model),
 }

@@ -24,13 +24,16 @@ pub struct Plan {
 /// Progress of a long job, reported at checkpoints (training epochs, batch slices).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Progress {
+    /// Units of work finished so far, in the kernel's own unit (epochs, slices).
     pub done: u64,
+    /// Units of work in the whole job.
     pub total: u64,
 }
 
 /// Called by kernels at safe points: the worker uses it to extend the ack deadline, and
 /// returns an error (`cancelled`, `timeout`) to stop the job there.
 pub trait Checkpoint: Sync {
+    /// The job has reached `progress`; an error stops it there and becomes its result.
     fn checkpoint(&self, progress: Progress) -> Result<(), JobError>;
 }
 
@@ -46,15 +49,18 @@ impl Checkpoint for NoCheckpoint {
 
 /// What a kernel gets besides its parameters.
 pub struct RunContext<'a, B: Backend> {
+    /// The Burn device to allocate on.
     pub device: B::Device,
     /// Seed for generated inputs.
     pub seed: u64,
+    /// The worker's limits (inline output size among them).
     pub limits: &'a Limits,
     /// Whether the backend is a GPU (some dtypes exist only there).
     pub is_gpu: bool,
     /// The CUDA device's index when the backend is CUDA (for kernels that call CUDA libraries
     /// directly, as matmul does cuBLAS).
     pub cuda_index: Option<usize>,
+    /// Where the kernel reports progress; see [`RunContext::checkpoint`].
     pub checkpoint: &'a dyn Checkpoint,
     /// The objects loaded for the job's parameters that name one.
     pub inputs: &'a Inputs,
@@ -65,6 +71,8 @@ pub struct RunContext<'a, B: Backend> {
 }
 
 impl<B: Backend> RunContext<'_, B> {
+    /// Report `done` of `total` units finished: the job stops here with the error
+    /// (`cancelled`, `timeout`) if the worker says so.
     pub fn checkpoint(&self, done: u64, total: u64) -> Result<(), JobError> {
         self.checkpoint.checkpoint(Progress { done, total })
     }
@@ -118,12 +126,17 @@ pub trait Kernel: 'static {
 
 /// A job decoded and validated against its kind, ready to run on any device.
 pub struct DecodedJob {
+    /// The job's kind.
     pub kind: &'static KindEntry,
+    /// The `id` in its body, if it had one.
     pub id: Option<String>,
+    /// Give up after this many milliseconds of compute (`None`: no limit).
     pub timeout_ms: Option<u64>,
+    /// Seed for generated inputs (0 when the job gave none).
     pub seed: u64,
     /// Where the output goes.
     pub output: OutputMode,
+    /// What it will cost; computed again by [`DecodedJob::load`] once its objects are known.
     pub plan: Plan,
     limits: Limits,
     inputs: Inputs,
@@ -245,8 +258,11 @@ impl<K: Kernel> Runnable for Typed<K> {
 /// A kind's entry in the registry: its name, help, and how to decode its jobs.
 #[derive(Debug)]
 pub struct KindEntry {
+    /// See [`Kernel::NAME`].
     pub name: &'static str,
+    /// See [`Kernel::SUMMARY`].
     pub summary: &'static str,
+    /// See [`Kernel::PARAMS_HELP`].
     pub params_help: &'static str,
     /// See [`Kernel::WARMUP`].
     pub warmup: &'static [&'static str],
@@ -258,13 +274,18 @@ pub struct KindEntry {
 /// The envelope fields of a job being built by a client.
 #[derive(Debug, Clone, Default)]
 pub struct JobMeta {
+    /// The job's `id` (`None`: left out of the body).
     pub id: Option<String>,
+    /// Seed for generated inputs (`None`: 0).
     pub seed: Option<u64>,
+    /// Give up after this many milliseconds of compute (`None`: no limit).
     pub timeout_ms: Option<u64>,
+    /// Where the output goes.
     pub output: OutputMode,
 }
 
 impl KindEntry {
+    /// The entry of kernel `K`.
     pub const fn of<K: Kernel>() -> Self {
         KindEntry {
             name: K::NAME,

@@ -1,3 +1,4 @@
+#![warn(missing_docs, unreachable_pub)]
 //! kiln's job kinds, written once as Burn code generic over `B: Backend`, and the registry
 //! that maps a kind's name to its code.
 //!

@@ -20,7 +20,9 @@ const GPU_SHARE: f64 = 0.85;
 /// error messages that name the limit).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemoryBudget {
+    /// Bytes of tensors the jobs may hold together.
     pub bytes: u64,
+    /// Where the figure came from, for people: `--max-memory-mb`, `85% of cuda:0's 79.1 GiB`.
     pub source: String,
 }
 

@@ -266,6 +266,7 @@ fn cost(network: &Network, rows: u64, batch: u64) -> Result<Plan, JobError> {
     })
 }
 
+/// The `mlp_predict` kind: classifies rows with a model a `train_mlp` job stored.
 pub struct MlpPredict;
 
 impl Kernel for MlpPredict {

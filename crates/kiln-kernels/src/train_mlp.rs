@@ -625,6 +625,7 @@ fn normal(rng: &mut ChaCha8Rng) -> f32 {
     (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
 }
 
+/// The `train_mlp` kind: trains an MLP with Adam; loss and accuracy per epoch, and the model.
 pub struct TrainMlp;
 
 /// What training on data of `c`'s sizes costs.

@@ -19,10 +19,13 @@ use crate::{Kernel, Plan, RunContext, Summary, seeded_values};
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Params {
+    /// Length of the vectors generated from the seed, at least 1 (instead of `a` and `b`).
     #[serde(default)]
     pub len: Option<u64>,
+    /// The first vector (with `b`, instead of `len`).
     #[serde(default)]
     pub a: Option<Input<Vec<f32>>>,
+    /// The second vector, as long as `a`.
     #[serde(default)]
     pub b: Option<Input<Vec<f32>>>,
 }
@@ -46,6 +49,7 @@ fn values(name: &str, input: &Input<Vec<f32>>, inputs: &Inputs) -> Result<Vec<f3
     }
 }
 
+/// The `vector_add` kind: c = a + b, element-wise.
 pub struct VectorAdd;
 
 impl Kernel for VectorAdd {

@@ -34,7 +34,7 @@ pub(crate) type Handles<T> = OnceLock<Mutex<HashMap<usize, Arc<Mutex<T>>>>>;
 
 impl Library {
     /// Whether the library loads; looked for once per process (`found` keeps the answer).
-    pub fn loads(&self, found: &OnceLock<Result<String, String>>) -> Result<(), String> {
+    pub(crate) fn loads(&self, found: &OnceLock<Result<String, String>>) -> Result<(), String> {
         found
             .get_or_init(|| {
                 let candidates = cudarc::get_lib_name_candidates(self.file);
@@ -59,7 +59,7 @@ impl Library {
 
     /// The handle of device `index`, made the first time by `create` on a new stream of the
     /// device (bound to this thread while `create` runs).
-    pub fn handle<T>(
+    pub(crate) fn handle<T>(
         &self,
         handles: &Handles<T>,
         index: usize,
@@ -84,7 +84,7 @@ impl Library {
 
     /// A CUDA driver error while doing `what`: `out_of_memory` when the device is full, else
     /// `internal`.
-    pub fn driver_error(&self, what: &str, e: DriverError) -> JobError {
+    pub(crate) fn driver_error(&self, what: &str, e: DriverError) -> JobError {
         let text = format!("{e:?}");
         if text.contains("OUT_OF_MEMORY") {
             JobError::new(
@@ -103,7 +103,7 @@ impl Library {
     /// Make the stream's device current on this thread: the libraries work on the calling
     /// thread's context, jobs run on whichever blocking thread is free, and a process may serve
     /// several devices.
-    pub fn bind(&self, stream: &CudaStream) -> Result<(), JobError> {
+    pub(crate) fn bind(&self, stream: &CudaStream) -> Result<(), JobError> {
         stream
             .context()
             .bind_to_thread()
@@ -166,7 +166,7 @@ pub(crate) struct Pointers<'a> {
 impl Buffers {
     /// Upload two f32 host inputs, converted to `dtype`'s element type (bf16/f16 round to
     /// nearest), and allocate the output; each comes with its name for error messages.
-    pub fn upload(
+    pub(crate) fn upload(
         library: &Library,
         stream: &Arc<CudaStream>,
         [(a_name, a), (b_name, b)]: [(&str, &[f32]); 2],
@@ -182,7 +182,7 @@ impl Buffers {
     }
 
     /// Where the buffers are, for a library call on `stream`.
-    pub fn pointers<'a>(&'a mut self, stream: &'a CudaStream) -> Pointers<'a> {
+    pub(crate) fn pointers<'a>(&'a mut self, stream: &'a CudaStream) -> Pointers<'a> {
         fn of<'a, T>(ops: &'a mut Operands<T>, stream: &'a CudaStream) -> Pointers<'a> {
             let (a, ga) = ops.a.device_ptr(stream);
             let (b, gb) = ops.b.device_ptr(stream);
@@ -201,7 +201,7 @@ impl Buffers {
     }
 
     /// The output back on the host as f32 (waits for the stream).
-    pub fn download(
+    pub(crate) fn download(
         &self,
         library: &Library,
         stream: &Arc<CudaStream>,

@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 pub const CONTENT_TYPE_JSON: &str = "application/json";
 /// The most a bincode body may claim while it is decoded (strings and sequences), in bytes:
 /// far above what a body within the server's 1 MiB payload limit can really hold.
-pub const DECODE_LIMIT: usize = 64 << 20;
+pub(crate) const DECODE_LIMIT: usize = 64 << 20;
 
 /// `Content-Type` of bincode bodies: the same structure, kiln's own fast path.
 pub const CONTENT_TYPE_BINCODE: &str = "application/x-bincode";
@@ -16,8 +16,10 @@ pub const CONTENT_TYPE_BINCODE: &str = "application/x-bincode";
 /// How a message body is encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Codec {
+    /// JSON (`application/json`), the default.
     #[default]
     Json,
+    /// bincode (`application/x-bincode`), the same structure in kiln's own fast path.
     Bincode,
 }
 
@@ -44,6 +46,7 @@ impl Codec {
         Self::from_content_type(value)
     }
 
+    /// The `Content-Type` header value that names this codec.
     pub fn content_type(self) -> &'static str {
         match self {
             Codec::Json => CONTENT_TYPE_JSON,
@@ -58,6 +61,7 @@ impl Codec {
         }
     }
 
+    /// Encode a body; `what` names the value in the error if it cannot be encoded.
     pub fn encode<T: Serialize>(self, what: &'static str, value: &T) -> Result<Vec<u8>> {
         let encoded = match self {
             Codec::Json => serde_json::to_vec(value).map_err(|e| e.to_string()),

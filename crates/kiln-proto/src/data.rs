@@ -72,7 +72,9 @@ impl OutputMode {
 /// A stored object as a result names it (`output.object`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ObjectDescriptor {
+    /// The object store that holds it (`KILN_DATA`).
     pub bucket: String,
+    /// The object's name in the store (`results/<id>/…` for an output a worker stored).
     pub name: String,
     /// `npy`, `safetensors` or `png`.
     pub format: String,

@@ -36,7 +36,7 @@ pub const MAX_REPLAYS: u32 = 10_000;
 /// Most hand-backs a header may count.
 pub const MAX_HANDBACKS: u32 = 10_000;
 /// Most bytes of a `Kiln-Routing` header read.
-pub const MAX_ROUTING_BYTES: usize = 4096;
+pub(crate) const MAX_ROUTING_BYTES: usize = 4096;
 /// Longest routing reason and scheduler name kept, in characters.
 const MAX_ROUTING_TEXT: usize = 256;
 /// The largest predicted time believed, in milliseconds (a week).
@@ -139,7 +139,7 @@ impl Envelope {
 
 /// A `Kiln-Routing` value, checked: a routed class (gpu or cpu), predictions that are finite
 /// times between zero and a week (others dropped), text cut to a bounded length.
-pub fn routing(value: &str) -> Option<Routing> {
+pub(crate) fn routing(value: &str) -> Option<Routing> {
     if value.len() > MAX_ROUTING_BYTES {
         return None;
     }

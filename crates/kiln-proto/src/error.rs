@@ -8,15 +8,21 @@ pub enum Error {
     /// The body could not be decoded as the structure its subject calls for.
     #[error("could not decode {what} as {codec}: {message}")]
     Decode {
+        /// What the body holds, as the caller names it (`job`, say).
         what: &'static str,
+        /// The codec's name: `JSON` or `bincode`.
         codec: &'static str,
+        /// The decoder's own message.
         message: String,
     },
     /// The body could not be encoded.
     #[error("could not encode {what} as {codec}: {message}")]
     Encode {
+        /// What the body holds, as the caller names it (`job`, say).
         what: &'static str,
+        /// The codec's name: `JSON` or `bincode`.
         codec: &'static str,
+        /// The encoder's own message.
         message: String,
     },
     /// The `Content-Type` header names an encoding kiln does not speak.
@@ -32,6 +38,7 @@ pub enum Error {
     DeviceClass(String),
 }
 
+/// A result whose error is a wire-layer [`Error`] unless said otherwise.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// The machine-readable kind of a job failure, carried in failed result events.
@@ -98,11 +105,15 @@ impl std::fmt::Display for ErrorKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[error("{kind}: {message}")]
 pub struct JobError {
+    /// What sort of failure it is, which decides whether it is retried.
     pub kind: ErrorKind,
+    /// What went wrong, for people; [`JobError::bounded`] cuts it to [`MAX_ERROR_MESSAGE`]
+    /// characters.
     pub message: String,
 }
 
 impl JobError {
+    /// An error of `kind` saying `message`.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         Self {
             kind,
@@ -110,14 +121,17 @@ impl JobError {
         }
     }
 
+    /// An [`ErrorKind::InvalidInput`] error: the job is wrong and retrying cannot help.
     pub fn invalid_input(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::InvalidInput, message)
     }
 
+    /// A [`ErrorKind::TooLarge`] error: the job asks for more than the limits allow.
     pub fn too_large(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::TooLarge, message)
     }
 
+    /// An [`ErrorKind::Internal`] error: a fault inside kiln, worth another attempt.
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Internal, message)
     }

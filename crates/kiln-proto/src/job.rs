@@ -21,6 +21,7 @@ pub struct Job<P> {
     /// Job id. Absent: the `Nats-Msg-Id` header, else `seq-<stream sequence>`.
     #[serde(default)]
     pub id: Option<String>,
+    /// The kind's parameters.
     pub params: P,
     /// Give up on the job after this many milliseconds of compute.
     #[serde(default)]

@@ -1,3 +1,4 @@
+#![warn(missing_docs, unreachable_pub)]
 //! kiln's wire contract: the types every kiln process and every client agrees on.
 //!
 //! - [`Job`]: the envelope published on `jobs.<class>.<kind>`, generic over the kind's

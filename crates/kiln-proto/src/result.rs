@@ -10,15 +10,20 @@ use crate::subject::DeviceClass;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
+    /// It ran to the end; `output` holds what it computed.
     Succeeded,
+    /// It did not; `error` says why.
     Failed,
 }
 
 /// One finished job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ResultEvent {
+    /// The job's id.
     pub id: String,
+    /// The job's kind (`unknown` for a kind this build does not run).
     pub kind: String,
+    /// Whether it succeeded.
     pub status: Status,
     /// The device that ran it: `cpu`, `cuda:0`; `none` when the job never reached a device.
     pub device: String,

@@ -1,10 +1,11 @@
-//! Job state: one entry per job id in the `KILN_STATE` key-value bucket, so that
-//! `kiln status <id>` and `kiln result <id>` answer from one lookup instead of a scan.
+//! Job state: one entry per job id in the `KILN_STATE` key-value bucket.
 //!
-//! `kiln submit` writes `queued`; the aggregator writes the final state (`succeeded`,
-//! `failed`, `cancelled`) with the result's sequence in `KILN_RESULTS` once it has folded it.
-//! Where a job is running comes from the workers' heartbeats (`KILN_WORKERS`), which list
-//! the jobs each holds, so no per-job write slows the worker.
+//! `kiln submit` writes `queued` (with when and where), which `kiln status <id>` shows for a
+//! job not answered yet. A job's answer is found by its own result subject
+//! (`results.<kind>.<id>`), not here: nothing writes the final phases any more, which a
+//! reader of an older bucket may still find. Where a job is running comes from the workers'
+//! heartbeats (`KILN_WORKERS`), which list the jobs each holds, so no per-job write slows the
+//! worker.
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -19,13 +20,18 @@ pub const BUCKET_STATE: &str = "KILN_STATE";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
+    /// Stored in `KILN_JOBS` and not yet answered.
     Queued,
+    /// Answered with a `succeeded` result.
     Succeeded,
+    /// Answered with a `failed` result for any reason but cancellation.
     Failed,
+    /// Answered with a `failed` result of kind `cancelled`.
     Cancelled,
 }
 
 impl Phase {
+    /// Whether the job has been answered (every phase but `Queued`).
     pub fn is_final(self) -> bool {
         !matches!(self, Phase::Queued)
     }
@@ -34,7 +40,9 @@ impl Phase {
 /// One job's entry in `KILN_STATE`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobState {
+    /// Where the job is.
     pub phase: Phase,
+    /// The job's kind.
     pub kind: String,
     /// The class it was submitted to (`auto` until routed) or that ran it.
     pub class: DeviceClass,
@@ -44,8 +52,10 @@ pub struct JobState {
     /// Final states: the device and worker that answered, and on which attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
+    /// Final states: the name of the worker that answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker: Option<String>,
+    /// Final states: the delivery attempt that answered, from 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempt: Option<u64>,
     /// Dead-letter replays before this run.
@@ -54,6 +64,7 @@ pub struct JobState {
     /// Final states: the result event's sequence in `KILN_RESULTS`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result_seq: Option<u64>,
+    /// A failed job's error kind (`None` unless the phase is `Failed` or `Cancelled`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorKind>,
 }

@@ -8,17 +8,25 @@ use async_nats::jetstream::{
     stream::{self, DiscardPolicy, RetentionPolicy, StorageType},
 };
 
+/// The job queue: `jobs.<gpu|cpu|auto>.<kind>` and kiln's copies, work-queue retention.
 pub const STREAM_JOBS: &str = "KILN_JOBS";
+/// Result events, `results.<kind>.<id>`: one per job id for as long as they are kept.
 pub const STREAM_RESULTS: &str = "KILN_RESULTS";
+/// Metrics snapshots, `metrics.<kind>.<class>`: the latest per subject.
 pub const STREAM_METRICS: &str = "KILN_METRICS";
+/// Dead letters, `dlq.<kind>`: jobs given up on, kept 30 days.
 pub const STREAM_DLQ: &str = "KILN_DLQ";
 /// The server's max-deliveries advisories for `KILN_JOBS`, kept until a worker has turned
 /// each into a failed result and a dead letter.
 pub const STREAM_ADVISORIES: &str = "KILN_ADVISORIES";
 
+/// GPU workers' consumer on `KILN_JOBS` (`jobs.gpu.>`).
 pub const CONSUMER_WORKERS_GPU: &str = "workers-gpu";
+/// CPU workers' consumer on `KILN_JOBS` (`jobs.cpu.>`).
 pub const CONSUMER_WORKERS_CPU: &str = "workers-cpu";
+/// The scheduler's consumer on `KILN_JOBS` (`jobs.auto.>`).
 pub const CONSUMER_SCHEDULER: &str = "scheduler";
+/// The aggregator's consumer on `KILN_RESULTS`.
 pub const CONSUMER_AGGREGATOR: &str = "aggregator";
 /// Workers' consumer on `KILN_ADVISORIES`.
 pub const CONSUMER_DEAD_LETTERS: &str = "dead-letters";
@@ -31,9 +39,13 @@ pub const MAX_DELIVERIES_ADVISORIES: &str =
 /// The body of a max-deliveries advisory (`io.nats.jetstream.advisory.v1.max_deliver`).
 #[derive(Debug, Clone, serde::Deserialize)]
 pub struct MaxDeliveriesAdvisory {
+    /// The stream that holds the job (`KILN_JOBS`).
     pub stream: String,
+    /// The consumer that gave up on it (`workers-gpu`, …).
     pub consumer: String,
+    /// The job's sequence in the stream.
     pub stream_seq: u64,
+    /// How many times it was delivered.
     pub deliveries: u64,
 }
 
@@ -86,6 +98,7 @@ impl Default for Topology {
 }
 
 impl Topology {
+    /// `KILN_JOBS`: work-queue, file, discard new past `max_queued_jobs`/`max_queued_bytes`.
     pub fn jobs_stream(&self) -> stream::Config {
         stream::Config {
             name: STREAM_JOBS.into(),
@@ -113,6 +126,8 @@ impl Topology {
         }
     }
 
+    /// `KILN_RESULTS`: one message per subject, discard new per subject, kept
+    /// `results_max_age`/`results_max_bytes`.
     pub fn results_stream(&self) -> stream::Config {
         stream::Config {
             name: STREAM_RESULTS.into(),
@@ -134,6 +149,7 @@ impl Topology {
         }
     }
 
+    /// `KILN_METRICS`: the latest snapshot per subject, readable with direct gets.
     pub fn metrics_stream(&self) -> stream::Config {
         stream::Config {
             name: STREAM_METRICS.into(),
@@ -149,6 +165,7 @@ impl Topology {
         }
     }
 
+    /// `KILN_DLQ`: dead letters, kept 30 days.
     pub fn dlq_stream(&self) -> stream::Config {
         stream::Config {
             name: STREAM_DLQ.into(),
@@ -281,21 +298,30 @@ impl Topology {
 /// Errors from creating streams and consumers.
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
+    /// A stream could not be created or updated.
     #[error("could not create or update stream {stream}: {source}")]
     Stream {
+        /// The stream's name.
         stream: &'static str,
+        /// The server's refusal.
         #[source]
         source: jetstream::context::CreateStreamError,
     },
+    /// A consumer could not be created or updated.
     #[error("could not create or update consumer {consumer}: {source}")]
     Consumer {
+        /// The consumer's name.
         consumer: String,
+        /// The server's refusal.
         #[source]
         source: jetstream::stream::ConsumerError,
     },
+    /// A key-value bucket could not be created or updated.
     #[error("could not create or update the key-value bucket {bucket}: {source}")]
     Bucket {
+        /// The bucket's name.
         bucket: &'static str,
+        /// The server's refusal.
         #[source]
         source: jetstream::context::CreateKeyValueError,
     },
@@ -306,7 +332,9 @@ pub enum SetupError {
          allowed to create streams (the admin user with nats/secure)"
     )]
     Missing {
+        /// What is missing: `stream KILN_JOBS`, `consumer workers-gpu`, ….
         what: String,
+        /// Why it could not be created.
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
@@ -316,10 +344,16 @@ pub enum SetupError {
         "{what}: run `kiln init` once (as the admin user with nats/secure) to update it; it \
          keeps the queued jobs"
     )]
-    Outdated { what: String },
+    Outdated {
+        /// What it lacks.
+        what: String,
+    },
+    /// An existing stream could not be read.
     #[error("could not open stream {stream}: {source}")]
     GetStream {
+        /// The stream's name.
         stream: &'static str,
+        /// The server's answer.
         #[source]
         source: jetstream::context::GetStreamError,
     },

@@ -11,12 +11,16 @@ use crate::error::Error;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DeviceClass {
+    /// GPU workers (`jobs.gpu.<kind>`).
     Gpu,
+    /// CPU workers (`jobs.cpu.<kind>`).
     Cpu,
+    /// Whichever class the scheduler predicts finishes first (`jobs.auto.<kind>`).
     Auto,
 }
 
 impl DeviceClass {
+    /// The lowercase name used in subjects and on the wire: `gpu`, `cpu` or `auto`.
     pub fn as_str(self) -> &'static str {
         match self {
             DeviceClass::Gpu => "gpu",
@@ -121,13 +125,17 @@ pub fn dlq(kind: &str) -> String {
 /// is the worker's question, answered with an `invalid_input` result.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobSubject<'a> {
+    /// The class the subject names.
     pub class: DeviceClass,
+    /// The kind the subject names, as written.
     pub kind: &'a str,
     /// A copy kiln made ([`job_copy`]), whose `Kiln-*` headers are kiln's own.
     pub copy: bool,
 }
 
 impl<'a> JobSubject<'a> {
+    /// Take apart `jobs.<class>.<kind>` or `jobs.<class>.<kind>.copy`; any other subject is
+    /// an [`Error::Subject`], an unknown class an [`Error::DeviceClass`].
     pub fn parse(subject: &'a str) -> Result<Self, Error> {
         let mut parts = subject.split('.');
         let parsed = match (

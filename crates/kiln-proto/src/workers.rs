@@ -13,6 +13,7 @@ pub const BUCKET_WORKERS: &str = "KILN_WORKERS";
 /// What a worker announces about itself at every heartbeat.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkerInfo {
+    /// The worker's name, also its key in `KILN_WORKERS`.
     pub name: String,
     /// The class whose consumer it serves.
     pub class: DeviceClass,
@@ -31,7 +32,9 @@ pub struct WorkerInfo {
     pub max_in_flight: usize,
     /// Jobs it holds now.
     pub in_flight: usize,
+    /// Jobs it answered with a `succeeded` result since it started.
     pub succeeded: u64,
+    /// Jobs it answered with a `failed` result since it started.
     pub failed: u64,
     /// `warming_up` or `serving`.
     pub state: String,
@@ -40,8 +43,10 @@ pub struct WorkerInfo {
     pub running: Vec<RunningJob>,
     /// kiln's version.
     pub version: String,
+    /// When the worker started.
     #[serde(with = "time::serde::rfc3339")]
     pub started_at: OffsetDateTime,
+    /// When it wrote this heartbeat.
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
 }
@@ -49,8 +54,11 @@ pub struct WorkerInfo {
 /// A job a worker holds, as its heartbeat reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunningJob {
+    /// The job's id.
     pub id: String,
+    /// The job's kind.
     pub kind: String,
+    /// Its delivery attempt, from 1.
     pub attempt: u64,
 }
 

@@ -1,3 +1,4 @@
+#![warn(missing_docs, unreachable_pub)]
 //! kiln's scheduler: routes jobs submitted to `jobs.auto.<kind>` to the device class that
 //! will finish them first, by a cost model learned from result events, each class's backlog
 //! and its live workers.

@@ -124,6 +124,7 @@ pub struct ClassState {
 /// The predicted completion of a job on one class.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Prediction {
+    /// The class predicted for.
     pub class: DeviceClass,
     /// Time behind the class's backlog.
     pub wait_ms: f64,
@@ -136,6 +137,7 @@ pub struct Prediction {
 /// Where a job goes, and why.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Decision {
+    /// The class the job goes to: `gpu` or `cpu`.
     pub chosen: DeviceClass,
     /// `None` when the GPU class has no live workers.
     pub gpu: Option<Prediction>,
@@ -148,9 +150,13 @@ pub struct Decision {
 /// The fitted line of one (kind, class), for logs and `kiln status`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FitView {
+    /// The job kind.
     pub kind: String,
+    /// The class it ran on: `gpu` or `cpu`.
     pub class: DeviceClass,
+    /// Fitted time of a job of no work, in milliseconds: the line's intercept.
     pub overhead_ms: f64,
+    /// Fitted milliseconds per floating-point operation: the line's slope.
     pub ms_per_flop: f64,
     /// Results learned from (all of them, not only the ones still remembered).
     pub observations: u64,
@@ -362,6 +368,7 @@ impl Prediction {
 }
 
 impl CostModel {
+    /// A model that has learned nothing yet: it predicts from the built-in priors.
     pub fn new() -> Self {
         Self::default()
     }

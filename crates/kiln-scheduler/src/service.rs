@@ -21,6 +21,7 @@ use crate::model::{ClassState, CostModel};
 pub struct SchedulerConfig {
     /// Name recorded in routing decisions.
     pub name: String,
+    /// Stream sizes and replicas, for the streams and consumers it creates if missing.
     pub topology: Topology,
     /// How often backlogs and live workers are re-read from the server.
     pub refresh: Duration,
@@ -31,6 +32,7 @@ pub struct SchedulerConfig {
 }
 
 impl SchedulerConfig {
+    /// The defaults, under `name`: re-read the classes every 250 ms.
     pub fn new(name: String) -> Self {
         Self {
             name,
@@ -45,17 +47,26 @@ impl SchedulerConfig {
 /// What a scheduler did before it stopped.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SchedulerStats {
+    /// Auto jobs it routed to the GPU class.
     pub routed_gpu: u64,
+    /// Auto jobs it routed to the CPU class.
     pub routed_cpu: u64,
 }
 
 /// Errors that stop the scheduler.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A stream, consumer or bucket could not be created or opened.
     #[error(transparent)]
     Setup(#[from] streams::SetupError),
+    /// Something on the server could not be read.
     #[error("could not read {what}: {message}")]
-    Read { what: &'static str, message: String },
+    Read {
+        /// What: `the jobs stream`, `auto jobs`, ….
+        what: &'static str,
+        /// The server's or client's error.
+        message: String,
+    },
 }
 
 /// The classes' state as last read, plus the jobs routed since (so that a burst between two

@@ -1,3 +1,4 @@
+#![warn(missing_docs, unreachable_pub)]
 //! kiln's observability, shared by the long-running roles (worker, aggregator, scheduler) and
 //! by `kiln submit`:
 //!

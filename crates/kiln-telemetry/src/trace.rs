@@ -209,6 +209,7 @@ impl TraceSpan {
         &self.cx
     }
 
+    /// Add `attribute` to the span, or replace the one of the same key.
     pub fn set_attribute(&self, attribute: KeyValue) {
         self.cx.span().set_attribute(attribute);
     }
@@ -224,10 +225,12 @@ impl TraceSpan {
         TraceContextPropagator::new().inject_context(&self.cx, &mut HeaderInjector(headers));
     }
 
+    /// End the span now.
     pub fn end(self) {
         self.cx.span().end();
     }
 
+    /// End the span at `end`.
     pub fn end_at(self, end: SystemTime) {
         self.cx.span().end_with_timestamp(end);
     }

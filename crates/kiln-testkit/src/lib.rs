@@ -1,3 +1,4 @@
+#![warn(missing_docs, unreachable_pub)]
 //! Real `nats-server` processes for kiln's tests and for `kiln demo`'s embedded default: a
 //! random port, a temporary JetStream store, stopped and cleaned up on drop.
 //!
@@ -65,6 +66,7 @@ impl NatsServer {
         Self::try_start_with_config(config, env).unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// [`NatsServer::start_with_config`], returning why instead of panicking.
     pub fn try_start_with_config(config: &Path, env: &[(&str, &str)]) -> Result<Self, String> {
         let dir = tempfile::Builder::new()
             .prefix("kiln-nats-")
@@ -91,6 +93,7 @@ impl NatsServer {
         std::fs::read_to_string(self.dir.path().join("nats-server.log")).unwrap_or_default()
     }
 
+    /// The client port on 127.0.0.1.
     pub fn port(&self) -> u16 {
         self.port
     }
@@ -184,6 +187,7 @@ impl NatsCluster {
         Self::try_start().unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// [`NatsCluster::start`], returning why instead of panicking.
     pub fn try_start() -> Result<Self, String> {
         let dir = tempfile::Builder::new()
             .prefix("kiln-nats-cluster-")

@@ -58,6 +58,8 @@ pub struct WorkerConfig {
 }
 
 impl WorkerConfig {
+    /// The defaults for `device`: named `<host>-<device>-<pid>`, serving the device's class,
+    /// one compute slot per core on the CPU and two on a GPU.
     pub fn new(device: ComputeDevice) -> Self {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let compute_slots = match device {

@@ -3,12 +3,26 @@ use std::time::Duration;
 /// Errors that stop a worker (job failures are result events, not errors).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A stream, consumer or bucket could not be created or opened.
     #[error(transparent)]
     Setup(#[from] kiln_proto::streams::SetupError),
+    /// A consumer, or a bucket the worker watches, could not be opened.
     #[error("could not open consumer {consumer}: {message}")]
-    Consumer { consumer: String, message: String },
+    Consumer {
+        /// The consumer's name, or the bucket's (`KILN_CANCEL`, `KILN_WORKERS`).
+        consumer: String,
+        /// The server's or client's error.
+        message: String,
+    },
+    /// Jobs could not be pulled from a consumer.
     #[error("pulling jobs from {consumer} failed: {message}")]
-    Pull { consumer: String, message: String },
+    Pull {
+        /// The consumer's name.
+        consumer: String,
+        /// The server's or client's error.
+        message: String,
+    },
+    /// Jobs still ran when the drain timeout passed after a stop: how many, and the timeout.
     #[error(
         "{0} jobs were still running after the {1:?} drain timeout; they were handed back to the queue (or, where that failed, come back after the ack wait)"
     )]
@@ -16,20 +30,36 @@ pub enum Error {
     /// The device failed in a way that leaves it unusable; the worker stopped taking jobs and
     /// handed back what it held. Restart it (its supervisor should).
     #[error("device {device} is unusable, so this worker stopped: {reason}")]
-    DevicePoisoned { device: String, reason: String },
+    DevicePoisoned {
+        /// The device: `cuda:0`, ….
+        device: String,
+        /// What failed on it.
+        reason: String,
+    },
+    /// The device's memory size could not be found (and `--max-memory-mb` was not given).
     #[error("could not find how much memory {device} has: {reason}; set --max-memory-mb")]
-    Memory { device: String, reason: String },
+    Memory {
+        /// The device: `cpu`, `cuda:0`, ….
+        device: String,
+        /// Why its size could not be read.
+        reason: String,
+    },
     /// A warm-up job failed: the device or its runtime (libcuda, NVRTC, CUDA headers) is
     /// not usable.
     #[error(
         "warming up {device} failed on {kind} {params}: {reason}; check that libcuda, NVRTC and the CUDA headers (/usr/local/cuda) are installed"
     )]
     Warmup {
+        /// The device: `cuda:0`, ….
         device: String,
+        /// The warm-up job's kind (`all` when the warm-up task itself failed).
         kind: &'static str,
+        /// The warm-up job's parameters, JSON (empty when the task itself failed).
         params: &'static str,
+        /// Why it failed.
         reason: String,
     },
 }
 
+/// A result whose error is a worker [`Error`] unless said otherwise.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,3 +1,4 @@
+#![warn(missing_docs, unreachable_pub)]
 //! kiln's stateless worker: pull a job from its device class's consumer, validate it, run
 //! it on a Burn backend off the async executor, publish the result event, wait for the
 //! server's acknowledgement of that event, and only then ack the job.

@@ -72,6 +72,7 @@ impl Default for AggregatorMetrics {
 }
 
 impl AggregatorMetrics {
+    /// Register every metric in `registry`.
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
             "kiln_jobs",

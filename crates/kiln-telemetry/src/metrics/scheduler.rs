@@ -17,6 +17,7 @@ pub struct SchedulerMetrics {
 }
 
 impl SchedulerMetrics {
+    /// Register every metric in `registry`.
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
             "kiln_scheduler_routed_jobs",
