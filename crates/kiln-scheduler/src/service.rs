@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
 use futures::StreamExt as _;
+use futures::stream::FuturesUnordered;
 use kiln_proto::streams::{self, STREAM_JOBS};
 use kiln_proto::{
     Codec, DeviceClass, Envelope, HEADER_MSG_ID, HEADER_ROUTING, JobError, JobSubject, Limits,
@@ -133,24 +134,42 @@ pub async fn run(
     tracing::info!(scheduler = %config.name, "scheduler routing jobs.auto.>");
     config.health.serving();
     tokio::pin!(shutdown);
+    // Copies published and awaiting the server's acknowledgement.
+    let mut in_flight = FuturesUnordered::new();
+    let count = |stats: &mut SchedulerStats, class: Option<DeviceClass>| match class {
+        Some(DeviceClass::Gpu) => stats.routed_gpu += 1,
+        Some(_) => stats.routed_cpu += 1,
+        None => {}
+    };
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
             _ = ticker.tick() => refresh(&js, &mut classes).await,
             Some(message) = results.next() => learn(&mut model, &mut classes, &message.payload),
-            next = jobs.next() => match next {
+            Some((routed, stored)) = in_flight.next(), if !in_flight.is_empty() => {
+                let class = settle(&js, &config, routed, stored).await;
+                count(&mut stats, class);
+            }
+            next = jobs.next(), if in_flight.len() < ROUTING_IN_FLIGHT => match next {
                 Some(Ok(message)) => {
-                    let class = route(&js, &config, &model, &mut classes, &limits, message).await;
-                    match class {
-                        Some(DeviceClass::Gpu) => stats.routed_gpu += 1,
-                        Some(_) => stats.routed_cpu += 1,
-                        None => {}
+                    if let Some((routed, ack)) =
+                        route(&js, &config, &model, &mut classes, &limits, message).await
+                    {
+                        in_flight.push(async move {
+                            let stored = ack.await.map(|_| ()).map_err(|e| e.to_string());
+                            (routed, stored)
+                        });
                     }
                 }
                 Some(Err(e)) => tracing::warn!(error = %e, "error while pulling auto jobs"),
                 None => break,
             },
         }
+    }
+    // The copies already published: ack their originals (or hand them back) before leaving.
+    while let Some((routed, stored)) = in_flight.next().await {
+        let class = settle(&js, &config, routed, stored).await;
+        count(&mut stats, class);
     }
     config.health.stopping();
     tracing::info!(
@@ -215,7 +234,25 @@ fn learn(model: &mut CostModel, classes: &mut Classes, payload: &[u8]) {
     }
 }
 
-/// Decide, republish, ack. Returns the class chosen, or `None` if the job was handed back.
+/// A routed copy on its way: the original is acked once the server has stored the copy
+/// ([`settle`]).
+struct Routed {
+    message: jetstream::Message,
+    id: String,
+    kind: String,
+    class: DeviceClass,
+    target: String,
+    reason: String,
+    enqueued_at: time::OffsetDateTime,
+    span: Option<kiln_telemetry::trace::TraceSpan>,
+}
+
+/// Most routed copies awaiting the server's acknowledgement at once: routing does not wait
+/// for one copy to be stored before deciding the next.
+const ROUTING_IN_FLIGHT: usize = 512;
+
+/// Decide and publish the routed copy; returns it with its acknowledgement to wait for, or
+/// `None` when the job was answered or handed back already.
 async fn route(
     js: &jetstream::Context,
     config: &SchedulerConfig,
@@ -223,7 +260,7 @@ async fn route(
     classes: &mut Classes,
     limits: &Limits,
     message: jetstream::Message,
-) -> Option<DeviceClass> {
+) -> Option<(Routed, jetstream::context::PublishAckFuture)> {
     let Ok(info) = message.info() else {
         return None;
     };
@@ -281,21 +318,63 @@ async fn route(
         headers.insert(HEADER_ROUTING, routing.as_str());
     }
     let target = subject::job_copy(decision.chosen, &kind);
-    let stored = match js
-        .publish_with_headers(target.clone(), headers, message.payload.clone())
+    let routed = Routed {
+        message,
+        id,
+        kind,
+        class: decision.chosen,
+        target,
+        reason: decision.reason.clone(),
+        enqueued_at: envelope.enqueued_at,
+        span,
+    };
+    match js
+        .publish_with_headers(
+            routed.target.clone(),
+            headers,
+            routed.message.payload.clone(),
+        )
         .await
     {
-        Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
-    };
+        Ok(ack) => {
+            // Count it against its class until its result arrives or the next refresh reads
+            // the consumer again.
+            classes.state(routed.class).backlog += 1;
+            classes.routed_since.insert(routed.id.clone(), routed.class);
+            Some((routed, ack))
+        }
+        Err(e) => {
+            settle(js, config, routed, Err(e.to_string())).await;
+            None
+        }
+    }
+}
+
+/// Ack the original once its copy is stored; else answer it `too_large` (a copy that could
+/// never fit) or hand it back. Returns the class it went to, if it did.
+async fn settle(
+    js: &jetstream::Context,
+    config: &SchedulerConfig,
+    routed: Routed,
+    stored: Result<(), String>,
+) -> Option<DeviceClass> {
+    let Routed {
+        message,
+        id,
+        kind,
+        class,
+        target,
+        reason,
+        enqueued_at,
+        span,
+    } = routed;
     // A job too close to max_payload for its copy's headers can never be routed: answered
     // `too_large` instead of going round for ever.
     if let Err(e) = &stored
         && kiln_proto::refused_for_size(e)
     {
         tracing::warn!(%id, %target, error = %e, "job too large to route; answering it too_large");
-        let answered =
-            answer_too_large(js, config, &message, &kind, &id, envelope.enqueued_at, e).await;
+        let answered = answer_too_large(js, config, &message, &kind, &id, enqueued_at, e).await;
         match answered {
             Ok(()) => {
                 let _ = message.ack().await;
@@ -322,13 +401,9 @@ async fn route(
     }
     let _ = message.ack().await;
     drop(span);
-    config.metrics.routed(&kind, &decision.chosen.to_string());
-    tracing::debug!(%id, %target, reason = %decision.reason, "routed");
-    // Count it against its class until its result arrives or the next refresh reads the
-    // consumer again.
-    classes.state(decision.chosen).backlog += 1;
-    classes.routed_since.insert(id, decision.chosen);
-    Some(decision.chosen)
+    config.metrics.routed(&kind, &class.to_string());
+    tracing::debug!(%id, %target, %reason, "routed");
+    Some(class)
 }
 
 /// Answer a job that cannot be routed because of its size with a `too_large` failure.
