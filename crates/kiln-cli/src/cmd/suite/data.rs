@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use async_nats::jetstream::{self, object_store::ObjectStore};
-use futures::StreamExt as _;
 use indicatif::ProgressBar;
 use kiln_data::{HostTensor, store};
 use kiln_kernels::JobMeta;
@@ -28,7 +27,7 @@ use serde_json::json;
 use time::OffsetDateTime;
 use tokio::io::AsyncReadExt as _;
 
-use super::overhead::quantile;
+use super::overhead::{quantile, wait_for};
 use crate::cli::NatsArgs;
 use crate::cmd::submit::{JobSpec, publish_all};
 
@@ -372,7 +371,7 @@ async fn job(
     let spec = JobSpec::build(entry, DeviceClass::Cpu, params, meta, Codec::Json)?;
     let submitted = OffsetDateTime::now_utc();
     publish_all(js, [spec], None, false).await?;
-    let event = wait_for(results, id).await?;
+    let event = wait_for(results, id, Duration::from_secs(600)).await?;
     let received = OffsetDateTime::now_utc();
     anyhow::ensure!(
         event.status == Status::Succeeded,
@@ -389,21 +388,6 @@ async fn job(
         ..Sample::default()
     };
     Ok((event, sample))
-}
-
-async fn wait_for(results: &mut async_nats::Subscriber, id: &str) -> anyhow::Result<ResultEvent> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
-    loop {
-        let message = tokio::time::timeout_at(deadline, results.next())
-            .await
-            .map_err(|_| anyhow::anyhow!("no result for job {id} within 10 minutes"))?
-            .context("the result subscription ended")?;
-        if let Ok(event) = serde_json::from_slice::<ResultEvent>(&message.payload)
-            && event.id == id
-        {
-            return Ok(event);
-        }
-    }
 }
 
 fn object_of(event: &ResultEvent) -> Option<ObjectDescriptor> {

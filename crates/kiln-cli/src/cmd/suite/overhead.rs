@@ -200,7 +200,7 @@ pub async fn measure(nats: &NatsArgs, quick: bool, bar: &ProgressBar) -> anyhow:
             job_bytes = spec.body.len();
             let submitted = OffsetDateTime::now_utc();
             publish_all(&js, [spec], None, false).await?;
-            let event = wait_for(&mut results, &id).await?;
+            let event = wait_for(&mut results, &id, Duration::from_secs(300)).await?;
             let received = OffsetDateTime::now_utc();
             bar.inc(1);
             anyhow::ensure!(
@@ -233,12 +233,17 @@ pub async fn measure(nats: &NatsArgs, quick: bool, bar: &ProgressBar) -> anyhow:
     })
 }
 
-async fn wait_for(results: &mut async_nats::Subscriber, id: &str) -> anyhow::Result<ResultEvent> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
+/// The result event of job `id` among those `results` receives, within `within`.
+pub(super) async fn wait_for(
+    results: &mut async_nats::Subscriber,
+    id: &str,
+    within: Duration,
+) -> anyhow::Result<ResultEvent> {
+    let deadline = tokio::time::Instant::now() + within;
     loop {
         let message = tokio::time::timeout_at(deadline, results.next())
             .await
-            .map_err(|_| anyhow::anyhow!("no result for job {id} within 5 minutes"))?
+            .map_err(|_| anyhow::anyhow!("no result for job {id} within {} s", within.as_secs()))?
             .context("the result subscription ended")?;
         if let Ok(event) = serde_json::from_slice::<ResultEvent>(&message.payload)
             && event.id == id
