@@ -65,9 +65,9 @@ ci: test
 # The whole benchmark suite into bench/results/<date>/ (report.md, JSON, CSV, SVG charts) and the tables in docs/BENCHMARKS.md: kernels GPU vs CPU, CPU matmul vs numpy, pipeline vs the raw JetStream ceiling, communication overhead, data through the object store, scaling with workers, scheduler
 [group('bench')]
 bench *ARGS:
-    cargo build --release -p kiln-cli
+    cargo build --release -p kiln-cli -p kiln-bench
     "${KILN_BENCH_PYTHON:-python3}" -c 'import numpy' 2>/dev/null || "${KILN_BENCH_PYTHON:-python3}" -m pip install --quiet --disable-pip-version-check numpy || echo "bench: numpy could not be installed; the numpy comparison will be skipped" >&2
-    "${CARGO_TARGET_DIR:-target}/release/kiln" bench suite --readme docs/BENCHMARKS.md {{ARGS}}
+    "${CARGO_TARGET_DIR:-target}/release/kiln-bench" suite --readme docs/BENCHMARKS.md {{ARGS}}
 
 # Build the release binary
 [group('build')]
@@ -96,13 +96,14 @@ cudnn-check:
 # Build the release binary and gzip it with nats-server into .device/, ready to carry to a GPU machine (scripts/gpu-check.sh unpacks them)
 [group('build')]
 gpu-bundle:
-    cargo build --release -p kiln-cli
+    cargo build --release -p kiln-cli -p kiln-bench
     mkdir -p .device
     cp "$CARGO_TARGET_DIR/release/kiln" .device/kiln && strip .device/kiln
+    cp "$CARGO_TARGET_DIR/release/kiln-bench" .device/kiln-bench && strip .device/kiln-bench
     cp "$(readlink -f "$(command -v nats-server)")" .device/nats-server
     # The CUDA tests (ignored without a GPU), as one test binary gpu-check runs with --ignored.
     exe=$(cargo test --release -p kiln-kernels --test kernels --no-run --message-format=json | python3 -c 'import json, sys; print([m["executable"] for m in map(json.loads, sys.stdin) if m.get("executable") and m["target"]["name"] == "kernels"][-1])') && cp "$exe" .device/kiln-kernel-tests && strip .device/kiln-kernel-tests
-    rm -f .device/*.gz && gzip -6 .device/kiln .device/nats-server .device/kiln-kernel-tests
+    rm -f .device/*.gz && gzip -6 .device/kiln .device/kiln-bench .device/nats-server .device/kiln-kernel-tests
     @du -ch .device/*.gz | tail -1
 
 # Build the container images kiln:TAG (CPU) and kiln-cuda:TAG (GPU workers) where Docker runs

@@ -5,7 +5,8 @@
 # compares (skip with KILN_SKIP_CORRECTNESS=1); times the kernels (cuBLAS and Burn) against
 # PyTorch in the same run; writes the report into $OUT (default ./gpu-report).
 #
-# Expects the binaries in .device/ (kiln built with CUDARC_CUDA_VERSION=13000, nats-server).
+# Expects the binaries in .device/ (kiln and kiln-bench built with CUDARC_CUDA_VERSION=13000,
+# nats-server).
 # A cache.tgz carried in .device/ (from an earlier run's $OUT) pre-fills the GPU caches.
 # Phase limits (seconds, each an environment variable) keep the whole run under about 8 minutes.
 # A shorter rerun: KILN_SKIP_STARTUP=1 and/or KILN_SKIP_CORRECTNESS=1 leave those phases out,
@@ -15,10 +16,11 @@ cd "$(dirname "$0")/.."
 started=$(date +%s)
 OUT="${OUT:-$PWD/gpu-report}"
 # `just gpu-bundle` gzips the binaries (the device tool carries at most 64 MiB).
-for f in kiln nats-server kiln-kernel-tests; do
+for f in kiln kiln-bench nats-server kiln-kernel-tests; do
     [ -f ".device/$f" ] || [ ! -f ".device/$f.gz" ] || { gunzip -k ".device/$f.gz" && chmod +x ".device/$f"; }
 done
 BIN="${KILN_BIN:-$PWD/.device/kiln}"
+BENCH_BIN="${KILN_BENCH_BIN:-$PWD/.device/kiln-bench}"
 NATS_SERVER="${NATS_SERVER_BIN:-$PWD/.device/nats-server}"
 LOGS="$OUT/logs"
 mkdir -p "$OUT" "$LOGS"
@@ -97,17 +99,17 @@ if [ -x .device/kiln-kernel-tests ] && [ -z "${KILN_SKIP_CUDA_TESTS:-}" ]; then
     echo "CUDA kernel tests: exit $?" | tee -a "$LOGS/cuda-tests.log"
 fi
 if python3 -c 'import torch' 2>/dev/null; then
-    phase "kernels: kiln (kiln bench kernels --device cuda)"
+    phase "kernels: kiln (kiln-bench kernels --device cuda)"
     filter=()
     [ -z "${KILN_KERNEL_FILTER:-}" ] || filter=(--filter "$KILN_KERNEL_FILTER")
-    timeout -k 10 "${KILN_KERNEL_BENCH_LIMIT_S:-210}" "$BIN" bench kernels --device cuda \
+    timeout -k 10 "${KILN_KERNEL_BENCH_LIMIT_S:-210}" "$BENCH_BIN" kernels --device cuda \
         --cache-dir "$work/cache" --json "$OUT/burn-kernels.json" "${filter[@]}" > "$LOGS/bench-kernels.log" 2>&1
     echo "kiln kernels: exit $?"
-    phase "kernels: PyTorch (scripts/torch_reference.py)"
-    LD_LIBRARY_PATH="$torch_ld" timeout -k 10 "${KILN_TORCH_BENCH_LIMIT_S:-75}" python3 scripts/torch_reference.py \
+    phase "kernels: PyTorch (bench/scripts/torch_reference.py)"
+    LD_LIBRARY_PATH="$torch_ld" timeout -k 10 "${KILN_TORCH_BENCH_LIMIT_S:-75}" python3 bench/scripts/torch_reference.py \
         --json "$OUT/torch-kernels.json" "${filter[@]}" > "$LOGS/torch-reference.log" 2>&1
     echo "PyTorch kernels: exit $?"
-    python3 scripts/torch_reference.py --compare "$OUT/burn-kernels.json" \
+    python3 bench/scripts/torch_reference.py --compare "$OUT/burn-kernels.json" \
         "$OUT/torch-kernels.json" --out "$work/kernels" > "$LOGS/compare.log" 2>&1 \
         || { echo "kernel comparison failed:"; cat "$LOGS/compare.log"; }
 else

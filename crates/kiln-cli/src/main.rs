@@ -1,18 +1,13 @@
 //! The `kiln` command: one binary, one subcommand per role. Thin: parse arguments, set up
 //! logging, call the libraries.
 
-mod cli;
-mod cmd;
-mod connect;
-mod signal;
-mod table;
-
 use std::process::ExitCode;
 
 use clap::Parser as _;
+use kiln_cli::{cli, cmd};
 
 // Workers allocate and free many small buffers per job from several threads at once; glibc's
-// arena locks and consolidation showed up at ~12% of the worker's CPU in `kiln bench pipeline`.
+// arena locks and consolidation showed up at ~12% of the worker's CPU in `kiln-bench pipeline`.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

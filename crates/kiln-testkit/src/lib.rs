@@ -1,6 +1,5 @@
 #![warn(missing_docs, unreachable_pub)]
-//! Real `nats-server` processes for kiln's tests and for `kiln demo`'s embedded default: a
-//! random port, a temporary JetStream store, stopped and cleaned up on drop.
+//! Real `nats-server` processes for kiln's tests and benchmarks: a random port, a temporary JetStream store, stopped and cleaned up on drop.
 //!
 //! ```no_run
 //! let server = kiln_testkit::NatsServer::start();
@@ -165,15 +164,19 @@ pub fn cluster_config() -> PathBuf {
     workspace_root().join("nats/cluster/node.conf")
 }
 
-/// The workspace root, two levels above a crate's folder: from the running test's
+/// The workspace root: the nearest folder holding `Cargo.lock` at or above the running test's
 /// `CARGO_MANIFEST_DIR` (cargo sets it when it runs a test binary), else the current folder
-/// (`kiln demo` and `kiln bench` run from a checkout). Never a path fixed at build time: the
-/// release binary carries no path of the machine that built it, and a build folder shared by
-/// two checkouts cannot point one at the other.
+/// (`kiln-bench` runs from a checkout). Never a path fixed at build time: a binary carries no
+/// path of the machine that built it, and a build folder shared by two checkouts cannot point
+/// one at the other.
 pub fn workspace_root() -> PathBuf {
+    let here = std::env::current_dir().unwrap_or_default();
     match std::env::var_os("CARGO_MANIFEST_DIR") {
-        Some(crate_dir) => PathBuf::from(crate_dir).join("../.."),
-        None => std::env::current_dir().unwrap_or_default(),
+        Some(crate_dir) => PathBuf::from(crate_dir)
+            .ancestors()
+            .find(|dir| dir.join("Cargo.lock").is_file())
+            .map_or(here, Path::to_path_buf),
+        None => here,
     }
 }
 

@@ -1,453 +1,88 @@
-//! `kiln bench pipeline`: kiln's end-to-end throughput as a ratio of the raw JetStream
-//! ceiling, both measured in the same run on the same server.
+//! `kiln bench …`: the benchmarks live in their own binary, `kiln-bench` (the `bench/`
+//! crate), so the `kiln` that workers run carries no benchmark, plotting or test-server code.
+//! This subcommand runs it with the same arguments and connection settings.
 
+use std::ffi::OsString;
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
-use async_nats::HeaderMap;
-use async_nats::jetstream::{self, consumer::pull, stream};
-use futures::StreamExt as _;
-use kiln_kernels::ComputeDevice;
-use kiln_proto::{Codec, DeviceClass, HEADER_MSG_ID, streams};
-use serde::Serialize;
-use serde_json::json;
+use crate::cli::{BenchForward, NatsArgs};
 
-use super::roles::LocalRoles;
-use super::submit::{JobSpec, progress_bar, publish_all};
-use crate::cli::{BenchArgs, BenchKind, NatsArgs, PipelineArgs};
-
-pub async fn run(nats: &NatsArgs, args: BenchArgs) -> anyhow::Result<ExitCode> {
-    match args.which {
-        BenchKind::Pipeline(args) => pipeline(nats, args).await,
-        BenchKind::Scheduler(args) => super::bench_scheduler::run(nats, args).await,
-        BenchKind::Kernels(args) => {
-            tokio::task::spawn_blocking(move || super::bench_kernels::run(args)).await?
-        }
-        BenchKind::Suite(args) => super::suite::run(nats, args).await,
-    }
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct Run {
-    pub side: &'static str,
-    pub jobs: u64,
-    pub seconds: f64,
-    pub jobs_per_s: f64,
-}
-
-/// What `kiln bench pipeline` measures (also a part of `kiln bench suite`).
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct Report {
-    pub machine: String,
-    pub jobs_per_run: u64,
-    pub vector_len: u64,
-    pub job_bytes: usize,
-    pub result_bytes: usize,
-    pub runs: Vec<Run>,
-    pub ceiling_same_bytes_jobs_per_s: f64,
-    pub ceiling_small_jobs_per_s: f64,
-    pub kiln_jobs_per_s: f64,
-    pub ratio_same_bytes: f64,
-    pub ratio_small: f64,
-    /// Submit → result latency of kiln's jobs over all runs (the aggregator's histogram), ms.
-    pub kiln_total_ms_p50: f64,
-    pub kiln_total_ms_p90: f64,
-    pub kiln_total_ms_p99: f64,
-    pub kiln_total_ms_mean: f64,
-    pub kiln_total_ms_max: f64,
-}
-
-async fn pipeline(nats: &NatsArgs, args: PipelineArgs) -> anyhow::Result<ExitCode> {
-    let report = measure_pipeline(nats, &args, true).await?;
-    println!();
-    println!("{:<28} {:>10} {:>10}", "run", "seconds", "jobs/s");
-    for run in &report.runs {
-        println!(
-            "{:<28} {:>10.3} {:>10.0}",
-            run.side, run.seconds, run.jobs_per_s
+pub fn run(nats: &NatsArgs, args: BenchForward) -> anyhow::Result<ExitCode> {
+    let Some(bin) = find_kiln_bench() else {
+        anyhow::bail!(
+            "kiln bench runs the kiln-bench binary, which is not beside {} nor on PATH: build \
+             it with `cargo build --release -p kiln-bench` (or run `./dev bench`)",
+            std::env::current_exe().map_or_else(|_| "kiln".into(), |p| p.display().to_string())
         );
-    }
-    println!();
-    println!(
-        "median jobs/s: ceiling (same bytes) {:.0}, ceiling (16-byte messages) {:.0}, kiln {:.0}",
-        report.ceiling_same_bytes_jobs_per_s,
-        report.ceiling_small_jobs_per_s,
-        report.kiln_jobs_per_s
-    );
-    println!(
-        "kiln / ceiling: {:.3} (same bytes), {:.3} (16-byte messages); kiln latency submit→result p50 {:.2} ms, p99 {:.2} ms (all runs)",
-        report.ratio_same_bytes,
-        report.ratio_small,
-        report.kiln_total_ms_p50,
-        report.kiln_total_ms_p99
-    );
-    if let Some(path) = &args.json {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).ok();
-        }
-        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
-            .with_context(|| format!("writing {}", path.display()))?;
-        println!("figures written to {}", path.display());
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// Run the ceiling and kiln sides `args.runs` times each and take the medians; `verbose`
-/// prints the machine and the sizes first.
-pub(crate) async fn measure_pipeline(
-    nats: &NatsArgs,
-    args: &PipelineArgs,
-    verbose: bool,
-) -> anyhow::Result<Report> {
-    let mut nats = nats.clone();
-    let _server = if args.external {
-        None
-    } else {
-        let (server, private) = super::roles::private_server(&nats)?;
-        nats = private;
-        Some(server)
     };
-    let client = crate::connect::connect_with(&nats, false).await?;
-    let js = jetstream::new(client.clone());
-    let topology = super::topology(&nats);
-    streams::ensure_all(&js, &topology).await?;
-
-    // One real job and its real result fix the message sizes the ceiling uses.
-    let sample = job_specs("size", 1, args.len)?.remove(0);
-    let job_bytes = sample.body.len();
-    let result_bytes = sample_result_bytes(args.len)?;
-    let machine = describe_machine();
-    if verbose {
-        println!("machine: {machine}");
-        println!(
-            "{} jobs per run, vector_add len {}: job {} bytes, result {} bytes; {} run(s) per side",
-            args.jobs, args.len, job_bytes, result_bytes, args.runs
-        );
-    }
-
-    let mut runs = Vec::new();
-    for r in 0..args.runs.max(1) {
-        for (side, job_size, result_size) in [
-            ("ceiling, same bytes", job_bytes, result_bytes),
-            ("ceiling, 16-byte messages", 16, 16),
-        ] {
-            let seconds = ceiling(&js, args.jobs, job_size, result_size, r).await?;
-            runs.push(record(side, args.jobs, seconds));
-        }
-        let (seconds, _) = kiln(&client, &js, &topology, args.jobs, args.len, r).await?;
-        runs.push(record("kiln", args.jobs, seconds));
-    }
-    let median = |side: &str| {
-        let mut v: Vec<f64> = runs
-            .iter()
-            .filter(|r| r.side == side)
-            .map(|r| r.jobs_per_s)
-            .collect();
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let same = median("ceiling, same bytes");
-    let small = median("ceiling, 16-byte messages");
-    let kiln_rate = median("kiln");
-    let latency = streams::latest_metrics(&js).await.ok().and_then(|s| {
-        s.into_iter()
-            .find(|s| s.kind == "vector_add" && s.class == "cpu")
-    });
-    let latency = latency.map(|l| l.total_ms).unwrap_or_default();
-    Ok(Report {
-        machine,
-        jobs_per_run: args.jobs,
-        vector_len: args.len,
-        job_bytes,
-        result_bytes,
-        ceiling_same_bytes_jobs_per_s: same,
-        ceiling_small_jobs_per_s: small,
-        kiln_jobs_per_s: kiln_rate,
-        ratio_same_bytes: kiln_rate / same,
-        ratio_small: kiln_rate / small,
-        kiln_total_ms_p50: latency.p50,
-        kiln_total_ms_p90: latency.p90,
-        kiln_total_ms_p99: latency.p99,
-        kiln_total_ms_mean: latency.mean,
-        kiln_total_ms_max: latency.max,
-        runs,
+    let mut command = std::process::Command::new(&bin);
+    command.args(&args.args).envs(nats_env(nats));
+    let status = command
+        .status()
+        .map_err(|e| anyhow::anyhow!("could not run {}: {e}", bin.display()))?;
+    // The benchmark's own exit status (a signal counts as failure).
+    Ok(match status.code() {
+        Some(0) => ExitCode::SUCCESS,
+        Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        None => ExitCode::FAILURE,
     })
 }
 
-fn record(side: &'static str, jobs: u64, seconds: f64) -> Run {
-    Run {
-        side,
-        jobs,
-        seconds,
-        jobs_per_s: jobs as f64 / seconds,
-    }
-}
-
-fn job_specs(run: &str, count: u64, len: u64) -> anyhow::Result<Vec<JobSpec>> {
-    let kind = kiln_kernels::find("vector_add").context("vector_add is registered")?;
-    (0..count)
-        .map(|i| {
-            JobSpec::new(
-                kind,
-                DeviceClass::Cpu,
-                json!({ "len": len }),
-                format!("bench-{run}-{i}"),
-                i,
-                None,
-                Codec::Json,
-            )
-        })
-        .collect()
-}
-
-/// The byte size of a real result event of a vector_add of `len`.
-fn sample_result_bytes(len: u64) -> anyhow::Result<usize> {
-    let kind = kiln_kernels::find("vector_add").context("vector_add is registered")?;
-    let body = format!(r#"{{"id":"bench-size-0","params":{{"len":{len}}}}}"#);
-    let job = kind
-        .decode(Codec::Json, body.as_bytes(), &kiln_proto::Limits::default())
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let output = job
-        .run(&ComputeDevice::Cpu, &kiln_kernels::NoCheckpoint)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let now = time::OffsetDateTime::now_utc();
-    let event = kiln_proto::ResultEvent {
-        id: "bench-size-0".into(),
-        kind: "vector_add".into(),
-        status: kiln_proto::Status::Succeeded,
-        device: "cpu".into(),
-        class: DeviceClass::Cpu,
-        worker: kiln_worker::WorkerConfig::new(ComputeDevice::Cpu).name,
-        attempt: 1,
-        enqueued_at: now,
-        started_at: now,
-        finished_at: now,
-        queue_ms: 1.234,
-        compute_ms: 0.012,
-        total_ms: 1.5,
-        output,
-        error: None,
-        flops: 1024.0,
-        routing: None,
-        replay: 0,
-    };
-    Ok(serde_json::to_vec(&event)?.len())
-}
-
-/// kiln end to end: publish `jobs` vector adds, one CPU worker and the aggregator in this
-/// process; done when the aggregator's snapshot has counted them all.
-async fn kiln(
-    client: &async_nats::Client,
-    js: &jetstream::Context,
-    topology: &kiln_proto::Topology,
-    jobs: u64,
-    len: u64,
-    run: u32,
-) -> anyhow::Result<(f64, u64)> {
-    let before = counted(js).await;
-    let specs = job_specs(&format!("{}-{run}", kiln_proto::new_job_id()), jobs, len)?;
-    let mut config = kiln_worker::WorkerConfig::new(ComputeDevice::Cpu);
-    config.topology = topology.clone();
-    let mut roles = LocalRoles::default();
-    roles.worker(client, config);
-    roles.aggregator(
-        client,
-        kiln_aggregator::AggregatorConfig {
-            interval: Duration::from_millis(50),
-            topology: topology.clone(),
-            ..Default::default()
-        },
-    );
-    let bar = progress_bar(jobs, "kiln");
-    let started = Instant::now();
-    publish_all(js, specs, None, false).await?;
-    let target = before + jobs;
-    loop {
-        let now = counted(js).await;
-        bar.set_position(now.saturating_sub(before));
-        if now >= target {
-            break;
-        }
-        anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(600),
-            "kiln run did not finish in 10 minutes ({} of {jobs} counted)",
-            now - before
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let seconds = started.elapsed().as_secs_f64();
-    bar.finish_and_clear();
-    roles.stop().await?;
-    Ok((seconds, target))
-}
-
-/// Jobs the aggregator has counted for (vector_add, cpu).
-async fn counted(js: &jetstream::Context) -> u64 {
-    streams::latest_metrics(js)
-        .await
-        .unwrap_or_default()
-        .iter()
-        .filter(|s| s.kind == "vector_add" && s.class == "cpu")
-        .map(|s| s.jobs)
-        .sum()
-}
-
-/// The raw JetStream ceiling: the same message flow with no kiln logic. Publish `jobs`
-/// messages (with message ids, as kiln does) to a work-queue stream; a consumer pulls each,
-/// publishes a result to a second stream, waits for its PubAck and acks; a second consumer
-/// pulls and acks the results. Timed from the first publish to the last result acked.
-async fn ceiling(
-    js: &jetstream::Context,
-    jobs: u64,
-    job_bytes: usize,
-    result_bytes: usize,
-    run: u32,
-) -> anyhow::Result<f64> {
-    let tag = format!("{}-{run}", kiln_proto::new_job_id());
-    for (name, subject, retention) in [
-        (
-            "BENCH_JOBS",
-            "bench.jobs.>",
-            stream::RetentionPolicy::WorkQueue,
-        ),
-        (
-            "BENCH_RESULTS",
-            "bench.results.>",
-            stream::RetentionPolicy::Limits,
-        ),
-    ] {
-        let _ = js.delete_stream(name).await;
-        js.create_stream(stream::Config {
-            name: name.into(),
-            subjects: vec![subject.into()],
-            retention,
-            storage: stream::StorageType::File,
-            duplicate_window: streams::DUPLICATE_WINDOW,
-            ..Default::default()
-        })
-        .await?;
-    }
-    let workers: pull::Stream = js
-        .get_stream("BENCH_JOBS")
-        .await?
-        .create_consumer(pull::Config {
-            durable_name: Some("bench-workers".into()),
-            ack_policy: jetstream::consumer::AckPolicy::Explicit,
-            max_ack_pending: 20_000,
-            ..Default::default()
-        })
-        .await?
-        .stream()
-        .max_messages_per_batch(256)
-        .messages()
-        .await?;
-    let mut results: pull::Stream = js
-        .get_stream("BENCH_RESULTS")
-        .await?
-        .create_consumer(pull::Config {
-            durable_name: Some("bench-agg".into()),
-            ack_policy: jetstream::consumer::AckPolicy::Explicit,
-            max_ack_pending: 200_000,
-            ..Default::default()
-        })
-        .await?
-        .stream()
-        .max_messages_per_batch(1000)
-        .messages()
-        .await?;
-
-    let result_body = bytes::Bytes::from(vec![b'r'; result_bytes]);
-    let worker_js = js.clone();
-    let worker = tokio::spawn(async move {
-        workers
-            .take(jobs as usize)
-            .for_each_concurrent(256, |message| {
-                let js = worker_js.clone();
-                let body = result_body.clone();
-                async move {
-                    let Ok(message) = message else { return };
-                    let mut headers = HeaderMap::new();
-                    let id = format!("r-{}", message.info().map_or(0, |i| i.stream_sequence));
-                    headers.insert(HEADER_MSG_ID, id.as_str());
-                    if let Ok(ack) = js
-                        .publish_with_headers("bench.results.x", headers, body)
-                        .await
-                    {
-                        let _ = ack.await;
-                    }
-                    let _ = message.ack().await;
-                }
-            })
-            .await;
-    });
-    let bar = progress_bar(jobs, "ceiling");
-    let started = Instant::now();
-    let job_body = bytes::Bytes::from(vec![b'j'; job_bytes]);
-    let publisher_js = js.clone();
-    let publisher = tokio::spawn(async move {
-        let mut pending = futures::stream::FuturesUnordered::new();
-        for i in 0..jobs {
-            let mut headers = HeaderMap::new();
-            headers.insert(HEADER_MSG_ID, format!("{tag}-{i}").as_str());
-            let ack = publisher_js
-                .publish_with_headers("bench.jobs.x", headers, job_body.clone())
-                .await?;
-            pending.push(ack.into_future());
-            if pending.len() >= 1024
-                && let Some(done) = pending.next().await
-            {
-                done?;
-            }
-        }
-        while let Some(done) = pending.next().await {
-            done?;
-        }
-        anyhow::Ok(())
-    });
-    let mut seen = 0u64;
-    while seen < jobs {
-        match tokio::time::timeout(Duration::from_secs(60), results.next()).await {
-            Ok(Some(Ok(message))) => {
-                let _ = message.ack().await;
-                seen += 1;
-                if seen.is_multiple_of(1000) {
-                    bar.set_position(seen);
-                }
-            }
-            Ok(Some(Err(e))) => anyhow::bail!("ceiling result consumer failed: {e}"),
-            Ok(None) | Err(_) => anyhow::bail!("ceiling run stalled at {seen} of {jobs} results"),
-        }
-    }
-    let seconds = started.elapsed().as_secs_f64();
-    bar.finish_and_clear();
-    publisher.await??;
-    worker.await?;
-    for name in ["BENCH_JOBS", "BENCH_RESULTS"] {
-        let _ = js.delete_stream(name).await;
-    }
-    Ok(seconds)
-}
-
-/// The CPU's model name, from /proc/cpuinfo.
-pub(crate) fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
+/// `kiln-bench` beside this binary (cargo builds both into one folder), else on PATH.
+fn find_kiln_bench() -> Option<PathBuf> {
+    let beside = std::env::current_exe()
         .ok()
-        .and_then(|text| {
-            text.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|s| s.trim().to_owned())
+        .and_then(|exe| exe.parent().map(|dir| dir.join("kiln-bench")))
+        .filter(|path| path.is_file());
+    beside.or_else(|| {
+        std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join("kiln-bench"))
+                .find(|path| path.is_file())
         })
-        .unwrap_or_else(|| "unknown CPU".into())
+    })
 }
 
-pub(crate) fn describe_machine() -> String {
-    let cpu = cpu_model();
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    format!(
-        "{cpu}, {cores} cores available, {} {}",
-        std::env::consts::OS,
-        std::env::consts::ARCH
-    )
+/// The connection settings as the environment variables both binaries read, so that
+/// `kiln --nats-url … bench …` means what it says.
+fn nats_env(nats: &NatsArgs) -> Vec<(&'static str, OsString)> {
+    let mut env = vec![
+        ("NATS_URL", OsString::from(&nats.nats_url)),
+        ("KILN_REPLICAS", nats.replicas.to_string().into()),
+        (
+            "KILN_MAX_QUEUED_JOBS",
+            nats.max_queued_jobs.to_string().into(),
+        ),
+        (
+            "KILN_RESULTS_MAX_BYTES",
+            nats.results_max_bytes.to_string().into(),
+        ),
+        (
+            "KILN_DATA_MAX_AGE_HOURS",
+            nats.data_max_age_hours.to_string().into(),
+        ),
+        (
+            "KILN_DATA_MAX_BYTES",
+            nats.data_max_bytes.to_string().into(),
+        ),
+    ];
+    let paths = [
+        ("NATS_CREDS", &nats.creds),
+        ("NATS_NKEY", &nats.nkey),
+        ("NATS_CA", &nats.tls_ca),
+        ("NATS_CERT", &nats.tls_cert),
+        ("NATS_KEY", &nats.tls_key),
+    ];
+    for (name, value) in paths {
+        if let Some(path) = value {
+            env.push((name, path.into()));
+        }
+    }
+    for (name, value) in [("NATS_USER", &nats.user), ("NATS_PASSWORD", &nats.password)] {
+        if let Some(text) = value {
+            env.push((name, text.into()));
+        }
+    }
+    env
 }

@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use async_nats::jetstream;
 use kiln_kernels::ComputeDevice;
 use kiln_proto::{Codec, DeviceClass, Status, streams};
@@ -24,8 +25,9 @@ pub async fn run(nats: &NatsArgs, args: DemoArgs) -> anyhow::Result<ExitCode> {
         }
         Err(e) if args.no_embedded => return Err(e),
         Err(_) => {
-            let server = kiln_testkit::NatsServer::try_start(&[])
-                .map_err(|e| anyhow::anyhow!("no NATS server at {} and {e}", nats.nats_url))?;
+            let server = crate::local_nats::LocalNats::start()
+                .await
+                .with_context(|| format!("no NATS server at {}", nats.nats_url))?;
             eprintln!(
                 "no NATS server at {}: started nats-server -js on {} (store in a temporary directory)",
                 nats.nats_url,

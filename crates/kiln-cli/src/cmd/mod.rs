@@ -1,8 +1,6 @@
-//! One module per subcommand.
+//! One module per subcommand; `roles`, `submit` and `worker` are also used by `kiln-bench`.
 
 mod bench;
-mod bench_kernels;
-mod bench_scheduler;
 mod cancel;
 mod data;
 pub(crate) mod demo;
@@ -11,12 +9,11 @@ mod init;
 mod kinds;
 mod metrics;
 mod result;
-mod roles;
+pub mod roles;
 mod status;
-mod submit;
-mod suite;
+pub mod submit;
 mod watch;
-mod worker;
+pub mod worker;
 
 use std::process::ExitCode;
 
@@ -38,14 +35,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Cancel(args) => cancel::run(&nats, args).await,
         Command::Watch(args) => watch::run(&nats, args).await,
         Command::Demo(args) => demo::run(&nats, args).await,
-        Command::Bench(args) => bench::run(&nats, args).await,
+        Command::Bench(args) => bench::run(&nats, args),
         Command::Kinds => kinds::run(),
         Command::Put(args) => data::put(&nats, args).await,
         Command::Get(args) => data::get(&nats, args).await,
     }
 }
 
-fn topology(nats: &NatsArgs) -> Topology {
+/// The streams' shape that `--replicas` and the limits flags ask for.
+pub fn topology(nats: &NatsArgs) -> Topology {
     Topology {
         replicas: nats.replicas,
         max_queued_jobs: nats.max_queued_jobs,

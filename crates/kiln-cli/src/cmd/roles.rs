@@ -1,4 +1,4 @@
-//! kiln's roles run inside this process (`demo`, `bench`): each a task with a stop signal.
+//! kiln's roles run inside this process (`kiln demo`, and `kiln-bench`): each a task with a stop signal.
 
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -63,15 +63,4 @@ impl LocalRoles {
         }
         Ok(())
     }
-}
-
-/// A private nats-server with JetStream in a temporary directory, and the arguments pointing
-/// at it.
-pub fn private_server(
-    nats: &crate::cli::NatsArgs,
-) -> anyhow::Result<(kiln_testkit::NatsServer, crate::cli::NatsArgs)> {
-    let server = kiln_testkit::NatsServer::try_start(&[]).map_err(anyhow::Error::msg)?;
-    let mut nats = nats.clone();
-    nats.nats_url = server.url();
-    Ok((server, nats))
 }

@@ -6,7 +6,7 @@ use super::data::{Section as DataSection, Split};
 use super::kernels::{self, KernelRow, Speedup};
 use super::overhead::OverheadRow;
 use super::scaling::ScalingRow;
-use crate::cmd::bench::Report as PipelineReport;
+use crate::pipeline::Report as PipelineReport;
 
 const FONT: &str = "sans-serif";
 const CPU_COLOR: RGBColor = RGBColor(0x4c, 0x72, 0xb0);

@@ -18,8 +18,8 @@ use kiln_proto::{Codec, DeviceClass, streams};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::cli::NatsArgs;
-use crate::cmd::submit::{JobSpec, ResultCollector, publish_all};
+use kiln_cli::cli::NatsArgs;
+use kiln_cli::cmd::submit::{JobSpec, ResultCollector, publish_all};
 
 pub struct Workload {
     pub name: &'static str,
@@ -82,11 +82,11 @@ pub async fn measure(
         !counts.is_empty() && counts.iter().all(|&n| n > 0),
         "--workers needs one or more counts above 0, e.g. 1,2,4"
     );
-    let (server, nats) = crate::cmd::roles::private_server(nats)?;
-    let client = crate::connect::connect_with(&nats, false).await?;
+    let (server, nats) = crate::private_server(nats)?;
+    let client = kiln_cli::connect::connect_with(&nats, false).await?;
     let js = jetstream::new(client.clone());
-    streams::ensure_all(&js, &crate::cmd::topology(&nats)).await?;
-    let exe = std::env::current_exe().context("finding the kiln binary to start workers")?;
+    streams::ensure_all(&js, &kiln_cli::cmd::topology(&nats)).await?;
+    let exe = crate::kiln_binary()?;
     let workloads = workloads(quick);
     bar.set_length(counts.len() as u64 * workloads.iter().map(|w| w.jobs).sum::<u64>());
     let mut collector = ResultCollector::subscribe(&client, None, &[]).await?;

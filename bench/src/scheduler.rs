@@ -1,4 +1,4 @@
-//! `kiln bench scheduler`: one mixed workload (many small jobs, a few large ones) under three
+//! `kiln-bench scheduler`: one mixed workload (many small jobs, a few large ones) under three
 //! policies — always GPU, always CPU, kiln's scheduler — in the same run, compared by makespan
 //! and mean completion time.
 //!
@@ -19,9 +19,10 @@ use kiln_proto::{Codec, DeviceClass, ResultEvent, streams};
 use serde::Serialize;
 use serde_json::json;
 
-use super::roles::LocalRoles;
-use super::submit::{JobSpec, ResultCollector, progress_bar, publish_all};
-use crate::cli::{NatsArgs, SchedulerBenchArgs};
+use crate::cli::SchedulerBenchArgs;
+use kiln_cli::cli::NatsArgs;
+use kiln_cli::cmd::roles::LocalRoles;
+use kiln_cli::cmd::submit::{JobSpec, ResultCollector, progress_bar, publish_all};
 
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct PolicyRun {
@@ -33,7 +34,7 @@ pub(crate) struct PolicyRun {
     pub to_cpu: usize,
 }
 
-/// What `kiln bench scheduler` measures (also a part of `kiln bench suite`).
+/// What `kiln-bench scheduler` measures (also a part of `kiln-bench suite`).
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Report {
     pub machine: String,
@@ -91,10 +92,10 @@ pub(crate) async fn measure(
     args: &SchedulerBenchArgs,
     verbose: bool,
 ) -> anyhow::Result<Report> {
-    let (server, nats) = super::roles::private_server(nats)?;
-    let client = crate::connect::connect_with(&nats, false).await?;
+    let (server, nats) = crate::private_server(nats)?;
+    let client = kiln_cli::connect::connect_with(&nats, false).await?;
     let js = jetstream::new(client.clone());
-    let topology = super::topology(&nats);
+    let topology = kiln_cli::cmd::topology(&nats);
     streams::ensure_all(&js, &topology).await?;
 
     // The two simulated classes and a scheduler, in this process.
@@ -130,7 +131,7 @@ pub(crate) async fn measure(
         args.gpu_overhead_ms, args.cpu_slowdown
     );
     if verbose {
-        println!("machine: {}", super::bench::describe_machine());
+        println!("machine: {}", crate::machine::describe_machine());
         println!("simulated: {simulated}");
         println!(
             "workload: {} vector_add (len 4096) and {} matmul (n 384), all submitted at once",
@@ -177,7 +178,7 @@ pub(crate) async fn measure(
     };
     let (gpu, cpu, kiln) = (by("always gpu"), by("always cpu"), by("kiln scheduler"));
     let report = Report {
-        machine: super::bench::describe_machine(),
+        machine: crate::machine::describe_machine(),
         simulated,
         small_jobs: args.small,
         large_jobs: args.large,

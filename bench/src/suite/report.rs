@@ -61,7 +61,7 @@ pub fn markdown(s: &Suite) -> String {
     let _ = writeln!(o, "# kiln benchmark report, {}\n", s.started_at.date());
     let _ = writeln!(
         o,
-        "`kiln bench suite` ({} settings{}), kiln {}, started {} UTC, {:.0} s in all. \
+        "`kiln-bench suite` ({} settings{}), kiln {}, started {} UTC, {:.0} s in all. \
          Every ratio below compares figures measured in this run on this machine.\n",
         s.mode,
         if s.mode == "quick" {
@@ -259,7 +259,7 @@ fn numpy(o: &mut String, s: &Suite) {
     }
     let _ = writeln!(
         o,
-        "numpy {} on the same machine in the same run (`scripts/numpy_reference.py`); ratio = \
+        "numpy {} on the same machine in the same run (`bench/scripts/numpy_reference.py`); ratio = \
          numpy time / kiln time. Rows without a suffix run where matmul jobs run (OpenBLAS where \
          it is installed); `_burn` rows on burn-ndarray.\n",
         s.numpy.numpy.as_deref().unwrap_or("?")
@@ -534,7 +534,7 @@ pub fn readme_section(s: &Suite, base: &str) -> String {
     });
     let _ = writeln!(
         o,
-        "Latest run: {}, `kiln bench suite` ({} settings, {:.0} s) on {}, {} cores, {:.1} GiB; GPU: {}{load}. Full report: [`{base}report.md`]({base}report.md).\n",
+        "Latest run: {}, `kiln-bench suite` ({} settings, {:.0} s) on {}, {} cores, {:.1} GiB; GPU: {}{load}. Full report: [`{base}report.md`]({base}report.md).\n",
         s.started_at.date(),
         s.mode,
         s.seconds,
@@ -579,7 +579,7 @@ pub fn splice(text: &str, section: &str) -> Option<String> {
     let start = text.find(README_START)? + README_START.len();
     let end = start + text[start..].find(README_END)?;
     Some(format!(
-        "{}\n<!-- Written by `kiln bench suite --readme` (`./dev bench`); edits here are overwritten. -->\n\n{}\n{}",
+        "{}\n<!-- Written by `kiln-bench suite --readme` (`./dev bench`); edits here are overwritten. -->\n\n{}\n{}",
         &text[..start],
         section.trim_end(),
         &text[end..]

@@ -3,9 +3,9 @@
 names and the same JSON row format, timed the same way (inputs made once on the device, warm-up,
 then each iteration between two `torch.cuda.synchronize()` calls; median, mean and minimum).
 
-    python3 scripts/torch_reference.py --json torch-kernels.json            # CUDA, H100 sizes
-    python3 scripts/torch_reference.py --device cpu --json torch-cpu.json   # the CPU sizes
-    python3 scripts/torch_reference.py --compare burn-kernels.json torch-kernels.json --out DIR
+    python3 bench/scripts/torch_reference.py --json torch-kernels.json            # CUDA, H100 sizes
+    python3 bench/scripts/torch_reference.py --device cpu --json torch-cpu.json   # the CPU sizes
+    python3 bench/scripts/torch_reference.py --compare burn-kernels.json torch-kernels.json --out DIR
 
 Precision, named as kiln's matmul and conv2d dtypes: "_f32" rows are true f32 (TF32 off),
 "_tf32" rows run with TF32 allowed (cuBLAS and cuDNN tensor cores), "_bf16" rows in bf16. The
@@ -413,7 +413,7 @@ def bench(args):
         print(f"{what} ({time.perf_counter() - started:.1f} s)", file=sys.stderr, flush=True)
         rows.append(row)
         if args.json:
-            report = {"tool": "scripts/torch_reference.py", "machine": machine,
+            report = {"tool": "bench/scripts/torch_reference.py", "machine": machine,
                       "device": str(device), "backend": f"torch-{device.type}",
                       "profile": profile, "settings": settings, "rows": rows}
             with open(args.json + ".tmp", "w") as f:

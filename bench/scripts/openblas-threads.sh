@@ -7,7 +7,7 @@
 #   - serial: one n=2048 job at a time (a product alone).
 # Prints jobs/s for both and their ratio (one thread / every core).
 #
-#   cargo build --release -p kiln-cli && scripts/openblas-threads.sh
+#   cargo build --release -p kiln-cli && bench/scripts/openblas-threads.sh
 # Needs a system OpenBLAS or KILN_OPENBLAS, and nats-server (./dev installs it into .tools/).
 set -euo pipefail
 KILN="${KILN_BIN:-${CARGO_TARGET_DIR:-target}/release/kiln}"

@@ -4,7 +4,7 @@ cpu` uses, on the same machine in the same run, and the ratio of kiln's rows to 
 engine (OpenBLAS loaded at run time where installed, else burn-ndarray) and, in "_burn" rows,
 burn-ndarray itself.
 
-    python3 scripts/numpy_reference.py --burn burn-cpu.json --out DIR
+    python3 bench/scripts/numpy_reference.py --burn burn-cpu.json --out DIR
 """
 
 import argparse

@@ -3,7 +3,7 @@
 # private nats-server with no workers, starts `kiln scheduler`, and times until every routed
 # copy waits on the CPU workers' consumer (polled every 0.1 s, so a lower bound on the rate).
 # Compare two builds on the same machine in the same sitting:
-#   scripts/route-rate.sh OLD_KILN 20000; scripts/route-rate.sh NEW_KILN 20000
+#   bench/scripts/route-rate.sh OLD_KILN 20000; bench/scripts/route-rate.sh NEW_KILN 20000
 set -u
 K=${1:?usage: route-rate.sh KILN_BINARY [JOBS]}
 N=${2:-20000}

@@ -1,5 +1,5 @@
-//! `kiln bench kernels`: device-side timings of the kernels behind the job kinds, printed as a
-//! table and written as JSON in the row format `scripts/torch_reference.py` also writes, so
+//! `kiln-bench kernels`: device-side timings of the kernels behind the job kinds, printed as a
+//! table and written as JSON in the row format `bench/scripts/torch_reference.py` also writes, so
 //! that its `--compare` mode can put burn and PyTorch side by side.
 
 use std::io::Write as _;
@@ -11,8 +11,8 @@ use kiln_kernels::ComputeDevice;
 use kiln_kernels::bench::{self, Profile, Row, Settings};
 use serde::Serialize;
 
-use super::worker::parse_device;
 use crate::cli::KernelsArgs;
+use kiln_cli::cmd::worker::parse_device;
 
 #[derive(Debug, Serialize)]
 struct Report<'a> {
@@ -98,7 +98,7 @@ pub fn run(args: KernelsArgs) -> anyhow::Result<ExitCode> {
         rows.push(row);
         if let Some(path) = &args.json {
             let report = Report {
-                tool: "kiln bench kernels",
+                tool: "kiln-bench kernels",
                 machine: machine.clone(),
                 device: device.to_string(),
                 backend,
@@ -226,7 +226,7 @@ pub(crate) fn gpu_description(index: usize) -> Option<String> {
 /// CPU model and cores; on CUDA, the GPU's name, driver and memory from nvidia-smi when it
 /// is there.
 fn describe_machine(device: &ComputeDevice) -> String {
-    let mut machine = super::bench::describe_machine();
+    let mut machine = crate::machine::describe_machine();
     if let ComputeDevice::Cuda(index) = device {
         let gpu =
             gpu_description(*index).unwrap_or_else(|| "GPU not described (no nvidia-smi)".into());

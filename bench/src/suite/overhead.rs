@@ -25,9 +25,9 @@ use serde::Serialize;
 use serde_json::json;
 use time::OffsetDateTime;
 
-use crate::cli::NatsArgs;
-use crate::cmd::roles::LocalRoles;
-use crate::cmd::submit::{JobSpec, publish_all};
+use kiln_cli::cli::NatsArgs;
+use kiln_cli::cmd::roles::LocalRoles;
+use kiln_cli::cmd::submit::{JobSpec, publish_all};
 
 /// One kind at one size.
 pub struct OverheadCase {
@@ -165,10 +165,10 @@ struct Sample {
 }
 
 pub async fn measure(nats: &NatsArgs, quick: bool, bar: &ProgressBar) -> anyhow::Result<Section> {
-    let (server, nats) = crate::cmd::roles::private_server(nats)?;
-    let client = crate::connect::connect_with(&nats, false).await?;
+    let (server, nats) = crate::private_server(nats)?;
+    let client = kiln_cli::connect::connect_with(&nats, false).await?;
     let js = jetstream::new(client.clone());
-    let topology = crate::cmd::topology(&nats);
+    let topology = kiln_cli::cmd::topology(&nats);
     streams::ensure_all(&js, &topology).await?;
     let mut roles = LocalRoles::default();
     let mut config = kiln_worker::WorkerConfig::new(ComputeDevice::Cpu);

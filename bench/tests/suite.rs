@@ -1,13 +1,10 @@
-//! `kiln bench suite --quick` into a temporary folder: every file is there and holds the rows
+//! `kiln-bench suite --quick` into a temporary folder: every file is there and holds the rows
 //! and values the report is made of (values, not timings).
-
-mod common;
 
 use std::collections::HashSet;
 use std::path::Path;
 use std::process::Command;
 
-use common::{KILN, assert_success};
 use serde_json::Value;
 
 fn csv_rows(dir: &Path, name: &str) -> Vec<csv::StringRecord> {
@@ -41,13 +38,38 @@ fn json(dir: &Path, name: &str) -> Value {
     serde_json::from_slice(&std::fs::read(dir.join(name)).unwrap()).unwrap()
 }
 
+const KILN_BENCH: &str = env!("CARGO_BIN_EXE_kiln-bench");
+
+/// The `kiln` binary the suite starts workers from: cargo builds it beside `kiln-bench` when
+/// the workspace's tests are built (`cargo test --workspace`).
+fn kiln_beside() -> std::path::PathBuf {
+    let kiln = Path::new(KILN_BENCH).with_file_name("kiln");
+    assert!(
+        kiln.is_file(),
+        "{} is missing: build it first (cargo build -p kiln-cli), or run the workspace's tests",
+        kiln.display()
+    );
+    kiln
+}
+
+fn assert_success(output: &std::process::Output) {
+    assert!(
+        output.status.success(),
+        "kiln-bench failed with {}:\nstdout:\n{}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 #[test]
 fn quick_suite_writes_every_file_with_its_figures() {
     let out = tempfile::tempdir().unwrap();
     let dir = out.path();
-    let script = kiln_testkit::workspace_root().join("scripts/numpy_reference.py");
-    let output = Command::new(KILN)
-        .args(["bench", "suite", "--quick", "--workers", "1,2", "--out"])
+    let script = kiln_testkit::workspace_root().join("bench/scripts/numpy_reference.py");
+    let output = Command::new(KILN_BENCH)
+        .env("KILN_BIN", kiln_beside())
+        .args(["suite", "--quick", "--workers", "1,2", "--out"])
         .arg(dir)
         .arg("--numpy-script")
         .arg(&script)

@@ -7,7 +7,7 @@ kiln's direct loop and Burn's kernels (`_burn`) both, then OpenCV's `cv2.filter2
 on every plane of the same shapes, and prints the ratios as a table and a text chart, and
 writes JSON.
 
-    python3 scripts/opencv_reference.py [--kiln PATH] [--out DIR]
+    python3 bench/scripts/opencv_reference.py [--kiln PATH] [--out DIR]
 
 Needs opencv-python-headless and numpy (`pip install opencv-python-headless`).
 """

@@ -28,8 +28,8 @@ use time::OffsetDateTime;
 use tokio::io::AsyncReadExt as _;
 
 use super::overhead::{quantile, wait_for};
-use crate::cli::NatsArgs;
-use crate::cmd::submit::{JobSpec, publish_all};
+use kiln_cli::cli::NatsArgs;
+use kiln_cli::cmd::submit::{JobSpec, publish_all};
 
 pub const METHOD: &str = "one private nats-server (file store) and one `kiln worker --device cpu` \
     process; matmul by object: client uploads a and b (.npy), submits, the worker downloads both, \
@@ -172,13 +172,13 @@ fn median_split(samples: &[Sample]) -> Split {
 
 pub async fn measure(nats: &NatsArgs, quick: bool, bar: &ProgressBar) -> anyhow::Result<Section> {
     let (n, runs, image_jobs) = if quick { (512, 1, 2) } else { (4096, 3, 10) };
-    let (server, nats) = crate::cmd::roles::private_server(nats)?;
-    let client = crate::connect::connect_with(&nats, false).await?;
+    let (server, nats) = crate::private_server(nats)?;
+    let client = kiln_cli::connect::connect_with(&nats, false).await?;
     let js = jetstream::new(client.clone());
-    let topology = crate::cmd::topology(&nats);
+    let topology = kiln_cli::cmd::topology(&nats);
     streams::ensure_all(&js, &topology).await?;
     let bucket = store::open(&js).await?;
-    let exe = std::env::current_exe().context("finding the kiln binary to start a worker")?;
+    let exe = crate::kiln_binary()?;
     let run = kiln_proto::new_job_id();
     let name = format!("data-{run}");
     let mut worker = tokio::process::Command::new(&exe)

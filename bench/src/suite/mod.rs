@@ -1,8 +1,8 @@
-//! `kiln bench suite`: every benchmark in one run, written as JSON, CSV, SVG charts and a
+//! `kiln-bench suite`: every benchmark in one run, written as JSON, CSV, SVG charts and a
 //! markdown report into one folder (`just bench` calls it).
 //!
 //! Parts, in order: kernels on every backend present (GPU vs CPU in the same run), CPU matmul
-//! against numpy (`scripts/numpy_reference.py`, skipped without python and numpy), the
+//! against numpy (`bench/scripts/numpy_reference.py`, skipped without python and numpy), the
 //! pipeline against the raw JetStream ceiling, communication overhead per kind and size, data
 //! through the object store (a 4096² matmul by object against the raw store, a JPEG through
 //! conv2d), throughput against worker processes, and the scheduler against static policies. A part
@@ -24,8 +24,9 @@ use clap::ValueEnum as _;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
-use crate::cli::{NatsArgs, PipelineArgs, SchedulerBenchArgs, SuiteArgs, SuitePart};
-use crate::cmd::{bench, bench_scheduler};
+use crate::cli::{PipelineArgs, SchedulerBenchArgs, SuiteArgs, SuitePart};
+use crate::{pipeline, scheduler};
+use kiln_cli::cli::NatsArgs;
 
 /// The machine the suite ran on.
 #[derive(Debug, Clone, Serialize)]
@@ -83,11 +84,11 @@ pub struct Suite {
     pub steps: Vec<Step>,
     pub kernels: Option<kernels::Section>,
     pub numpy: Numpy,
-    pub pipeline: Option<bench::Report>,
+    pub pipeline: Option<pipeline::Report>,
     pub overhead: Option<overhead::Section>,
     pub data: Option<data::Section>,
     pub scaling: Option<scaling::Section>,
-    pub scheduler: Option<bench_scheduler::Report>,
+    pub scheduler: Option<scheduler::Report>,
     /// The files written, relative to the output folder.
     pub files: Vec<String>,
 }
@@ -105,7 +106,7 @@ pub async fn run(nats: &NatsArgs, args: SuiteArgs) -> anyhow::Result<ExitCode> {
     let quick = args.quick;
     let mode = if quick { "quick" } else { "default" };
     let mut suite = Suite {
-        tool: "kiln bench suite",
+        tool: "kiln-bench suite",
         version: env!("CARGO_PKG_VERSION"),
         mode,
         started_at,
@@ -125,7 +126,7 @@ pub async fn run(nats: &NatsArgs, args: SuiteArgs) -> anyhow::Result<ExitCode> {
         scheduler: None,
         files: Vec::new(),
     };
-    eprintln!("kiln bench suite ({mode} settings) into {}", out.display());
+    eprintln!("kiln-bench suite ({mode} settings) into {}", out.display());
     eprintln!("machine: {}", describe(&suite.machine));
     let want = |part: SuitePart| args.parts.contains(&part);
     let every_part = SuitePart::value_variants().iter().all(|p| want(*p));
@@ -180,7 +181,7 @@ pub async fn run(nats: &NatsArgs, args: SuiteArgs) -> anyhow::Result<ExitCode> {
             json: None,
             external: false,
         };
-        let result = bench::measure_pipeline(nats, &pipeline_args, false).await;
+        let result = pipeline::measure_pipeline(nats, &pipeline_args, false).await;
         record(&mut suite.steps, "pipeline", timer, result.as_ref().err());
         suite.pipeline = result.ok();
     }
@@ -226,7 +227,7 @@ pub async fn run(nats: &NatsArgs, args: SuiteArgs) -> anyhow::Result<ExitCode> {
             cpu_slowdown: 8.0,
             json: None,
         };
-        let result = bench_scheduler::measure(nats, &scheduler_args, false).await;
+        let result = scheduler::measure(nats, &scheduler_args, false).await;
         record(&mut suite.steps, "scheduler", timer, result.as_ref().err());
         suite.scheduler = result.ok();
     }
@@ -342,10 +343,7 @@ fn write_all(out: &Path, suite: &mut Suite) -> anyhow::Result<()> {
     if let Some(s) = &suite.scheduler {
         put("scheduler.json", serde_json::to_vec_pretty(s)?)?;
         put("scheduler.csv", csv_bytes(s.runs.iter())?)?;
-        put(
-            "scheduler.svg",
-            bench_scheduler::chart(&s.runs).into_bytes(),
-        )?;
+        put("scheduler.svg", scheduler::chart(&s.runs).into_bytes())?;
     }
     files.sort();
     suite.files = files;
@@ -408,7 +406,7 @@ fn write_json(path: &Path, value: &impl Serialize) -> anyhow::Result<()> {
         .with_context(|| format!("writing {}", path.display()))
 }
 
-/// Write the CPU matmul rows where `scripts/numpy_reference.py` reads them, run it, and read
+/// Write the CPU matmul rows where `bench/scripts/numpy_reference.py` reads them, run it, and read
 /// its figures back. Missing python, numpy or script: skipped, with the reason.
 fn numpy(args: &SuiteArgs, out: &Path, k: &kernels::Section) -> Numpy {
     let skipped = |why: String| Numpy {
@@ -430,8 +428,8 @@ fn numpy(args: &SuiteArgs, out: &Path, k: &kernels::Section) -> Numpy {
         .collect();
     let burn = out.join("burn-cpu-matmul.json");
     let body = serde_json::json!({
-        "tool": "kiln bench suite",
-        "machine": bench::describe_machine(),
+        "tool": "kiln-bench suite",
+        "machine": crate::machine::describe_machine(),
         "device": "cpu",
         "backend": "kiln (per row)",
         "settings": k.cpu_settings,
@@ -478,7 +476,7 @@ fn numpy(args: &SuiteArgs, out: &Path, k: &kernels::Section) -> Numpy {
 }
 
 fn machine() -> Machine {
-    let cpu = crate::cmd::bench::cpu_model();
+    let cpu = crate::machine::cpu_model();
     let memory_gib = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|text| {
@@ -514,7 +512,7 @@ fn gpu_name(device: &str) -> String {
         .strip_prefix("cuda:")
         .and_then(|i| i.parse().ok())
         .unwrap_or(0);
-    match crate::cmd::bench_kernels::gpu_description(index) {
+    match crate::kernels::gpu_description(index) {
         Some(gpu) => format!("{device}: {gpu}"),
         None => format!("{device} (not described: no nvidia-smi)"),
     }

@@ -1,0 +1,9 @@
+//! The `kiln` command's code, as a library for its binary (`src/main.rs`) and for `kiln-bench`,
+//! which runs kiln's roles in process and submits jobs the way `kiln submit` does.
+
+pub mod cli;
+pub mod cmd;
+pub mod connect;
+mod local_nats;
+mod signal;
+mod table;
