@@ -14,7 +14,7 @@ demo *ARGS:
 
 # Run the whole test suite: formatting, lints, unit and integration tests (all of them, even after a failure), then the Python client against real processes
 [group('check')]
-test: fmt-check lint lint-docker && test-python
+test: fmt-check lint lint-docker deny && test-python
     cargo test --workspace --all-targets --no-fail-fast
     cargo test --workspace --doc
 
@@ -27,6 +27,22 @@ fmt-check:
 [group('check')]
 lint:
     cargo clippy --workspace --all-targets -- -D warnings
+
+# Dependencies with cargo deny (deny.toml): licences, duplicate versions, sources; RustSec advisories where the database can be fetched (or is already in ~/.cargo/advisory-dbs)
+[group('check')]
+deny:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    command -v cargo-deny >/dev/null || { echo "deny: cargo-deny not found; run ./dev deny (it installs cargo-deny into .tools/)" >&2; exit 1; }
+    cargo deny check licenses bans sources
+    if cargo deny fetch db >/dev/null 2>&1; then
+        cargo deny --offline check advisories
+    elif compgen -G "$HOME/.cargo/advisory-dbs/advisory-db-*/crates" >/dev/null; then
+        echo "deny: the RustSec database cannot be fetched here; checking advisories against the copy in ~/.cargo/advisory-dbs" >&2
+        cargo deny --offline check advisories
+    else
+        echo "deny: advisories NOT checked: the RustSec database (github.com/RustSec/advisory-db) cannot be fetched from this machine and no copy is in ~/.cargo/advisory-dbs" >&2
+    fi
 
 # Lint the Dockerfiles with hadolint (./dev installs it into .tools/)
 [group('check')]
