@@ -3,6 +3,10 @@
 
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
+# Release builds carry no path of the machine that built them: panic locations in dependencies
+# would otherwise name ~/.cargo/registry/src/… (kiln's own sources are already relative).
+release_env := "RUSTFLAGS='--remap-path-prefix=" + env_var_or_default("CARGO_HOME", env_var("HOME") + "/.cargo") + "=/cargo --remap-path-prefix=" + justfile_directory() + "=/kiln'"
+
 # List the recipes
 default:
     @just --list
@@ -72,7 +76,7 @@ test-python:
 # Soak test (not in CI): KILN_SOAK_JOBS mixed jobs (default 1,000,000) through a 3-node cluster with random kills of workers, scheduler, aggregator and nodes; checks exactly-once answers, aggregator counts and flat memory
 [group('check')]
 soak:
-    cargo test --release -p kiln-cli --test soak -- --ignored --nocapture
+    {{release_env}} cargo test --release -p kiln-cli --test soak -- --ignored --nocapture
 
 # What CI runs (.ci/run calls ./dev test, which is this)
 [group('check')]
@@ -81,14 +85,14 @@ ci: test
 # The whole benchmark suite into bench/results/<date>/ (report.md, JSON, CSV, SVG charts) and the tables in docs/BENCHMARKS.md: kernels GPU vs CPU, CPU matmul vs numpy, pipeline vs the raw JetStream ceiling, communication overhead, data through the object store, scaling with workers, scheduler
 [group('bench')]
 bench *ARGS:
-    cargo build --release -p kiln-cli -p kiln-bench
+    {{release_env}} cargo build --release -p kiln-cli -p kiln-bench
     "${KILN_BENCH_PYTHON:-python3}" -c 'import numpy' 2>/dev/null || "${KILN_BENCH_PYTHON:-python3}" -m pip install --quiet --disable-pip-version-check numpy || echo "bench: numpy could not be installed; the numpy comparison will be skipped" >&2
     "${CARGO_TARGET_DIR:-target}/release/kiln-bench" suite --readme docs/BENCHMARKS.md {{ARGS}}
 
 # Build the release binary
 [group('build')]
 build:
-    cargo build --release -p kiln-cli
+    {{release_env}} cargo build --release -p kiln-cli
 
 # On a CUDA machine: every kind on a CUDA and a CPU worker with the same seeds, compared; report in $OUT
 [group('check')]
@@ -112,13 +116,13 @@ cudnn-check:
 # Build the release binary and gzip it with nats-server into .device/, ready to carry to a GPU machine (scripts/gpu-check.sh unpacks them)
 [group('build')]
 gpu-bundle:
-    cargo build --release -p kiln-cli -p kiln-bench
+    {{release_env}} cargo build --release -p kiln-cli -p kiln-bench
     mkdir -p .device
     cp "$CARGO_TARGET_DIR/release/kiln" .device/kiln && strip .device/kiln
     cp "$CARGO_TARGET_DIR/release/kiln-bench" .device/kiln-bench && strip .device/kiln-bench
     cp "$(readlink -f "$(command -v nats-server)")" .device/nats-server
     # The CUDA tests (ignored without a GPU), as one test binary gpu-check runs with --ignored.
-    exe=$(cargo test --release -p kiln-kernels --test kernels --no-run --message-format=json | python3 -c 'import json, sys; print([m["executable"] for m in map(json.loads, sys.stdin) if m.get("executable") and m["target"]["name"] == "kernels"][-1])') && cp "$exe" .device/kiln-kernel-tests && strip .device/kiln-kernel-tests
+    exe=$({{release_env}} cargo test --release -p kiln-kernels --test kernels --no-run --message-format=json | python3 -c 'import json, sys; print([m["executable"] for m in map(json.loads, sys.stdin) if m.get("executable") and m["target"]["name"] == "kernels"][-1])') && cp "$exe" .device/kiln-kernel-tests && strip .device/kiln-kernel-tests
     rm -f .device/*.gz && gzip -6 .device/kiln .device/kiln-bench .device/nats-server .device/kiln-kernel-tests
     @du -ch .device/*.gz | tail -1
 
