@@ -26,14 +26,28 @@ pub enum LogFormat {
 /// How to reach NATS.
 #[derive(Debug, Clone, Args)]
 pub struct NatsArgs {
-    /// NATS server URL(s), comma-separated.
+    /// NATS server URL(s), comma-separated [default: the context's, else
+    /// nats://127.0.0.1:4222].
     #[arg(
-        long,
+        long = "nats-url",
+        short = 's',
+        visible_alias = "server",
         env = "NATS_URL",
-        default_value = "nats://127.0.0.1:4222",
         global = true
     )]
+    pub server: Option<String>,
+    /// The `nats` CLI context to read the server and credentials from
+    /// (~/.config/nats/context/NAME.json); default: the one `nats context select` chose.
+    /// Flags and environment variables override its values.
+    #[arg(long, env = "NATS_CONTEXT", global = true)]
+    pub context: Option<String>,
+    /// The server URL(s) in use: --nats-url, else the context's, else the default
+    /// ([`NatsArgs::resolve`]).
+    #[arg(skip = DEFAULT_NATS_URL.to_owned())]
     pub nats_url: String,
+    /// Token to authenticate with.
+    #[arg(long, env = "NATS_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
     /// Credentials file (JWT + nkey seed) for decentralised auth.
     #[arg(long, env = "NATS_CREDS", global = true)]
     pub creds: Option<PathBuf>,
@@ -84,6 +98,34 @@ pub struct NatsArgs {
     pub data_max_bytes: i64,
 }
 
+/// Where kiln looks for NATS when neither a flag, the environment nor a context says.
+pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+
+impl NatsArgs {
+    /// Fill in what flags and the environment left open from the `nats` CLI's context (named
+    /// by --context, else the selected one), then the defaults.
+    pub fn resolve(&mut self) -> anyhow::Result<()> {
+        use crate::context::{given, path};
+        let context = crate::context::load(self.context.as_deref())?;
+        if let Some((_, c)) = &context {
+            self.server = self.server.take().or_else(|| given(&c.url));
+            self.token = self.token.take().or_else(|| given(&c.token));
+            self.user = self.user.take().or_else(|| given(&c.user));
+            self.password = self.password.take().or_else(|| given(&c.password));
+            self.creds = self.creds.take().or_else(|| path(&c.creds));
+            self.nkey = self.nkey.take().or_else(|| path(&c.nkey));
+            self.tls_ca = self.tls_ca.take().or_else(|| path(&c.ca));
+            self.tls_cert = self.tls_cert.take().or_else(|| path(&c.cert));
+            self.tls_key = self.tls_key.take().or_else(|| path(&c.key));
+        }
+        self.nats_url = self
+            .server
+            .clone()
+            .unwrap_or_else(|| DEFAULT_NATS_URL.to_owned());
+        Ok(())
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create or update kiln's streams and consumers (every role also does it at start).
@@ -116,6 +158,12 @@ pub enum Command {
     Bench(BenchForward),
     /// List the job kinds this build can run, with their parameters.
     Kinds,
+    /// Print a shell completion script: `kiln completions bash > ~/.local/share/bash-completion/completions/kiln`
+    /// (zsh: into a folder on $fpath as _kiln; fish: ~/.config/fish/completions/kiln.fish).
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
     /// Store a file (a .npy or safetensors tensor, a PNG/JPEG image, a CSV dataset) in the
     /// KILN_DATA object store, for jobs to name as {"object": NAME}.
     Put(PutArgs),

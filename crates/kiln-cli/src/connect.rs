@@ -42,7 +42,8 @@ pub async fn connect_with(args: &NatsArgs, retry: bool) -> anyhow::Result<async_
             Err(e).with_context(|| {
                 format!(
                     "the NATS server at {url} refused these credentials: check --user/--password, \
-                     --nkey or --creds (NATS_USER, NATS_PASSWORD, NATS_NKEY, NATS_CREDS)"
+                     --token, --nkey or --creds (NATS_USER, NATS_PASSWORD, NATS_TOKEN, NATS_NKEY, \
+                     NATS_CREDS) and the NATS context in use (--context, NATS_CONTEXT)"
                 )
             })
         }
@@ -190,6 +191,9 @@ async fn options(
         let seed = std::fs::read_to_string(path)
             .with_context(|| format!("reading nkey seed file {}", path.display()))?;
         options = options.nkey(seed.trim().to_owned());
+    }
+    if let Some(token) = &args.token {
+        options = options.token(token.clone());
     }
     match (&args.user, &args.password) {
         (Some(user), Some(password)) => {

@@ -12,8 +12,12 @@ use kiln_cli::{cli, cmd};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
+    let mut cli = cli::Cli::parse();
     init_tracing(&cli);
+    if let Err(e) = cli.nats.resolve() {
+        eprintln!("kiln: {e:#}");
+        return ExitCode::FAILURE;
+    }
     // Before the runtime: the OTLP exporter builds a blocking HTTP client. Dropped after it,
     // which flushes the spans still queued.
     let _traces = match kiln_telemetry::trace::init(cli.command.service_name()) {

@@ -79,7 +79,11 @@ fn nats_env(nats: &NatsArgs) -> Vec<(&'static str, OsString)> {
             env.push((name, path.into()));
         }
     }
-    for (name, value) in [("NATS_USER", &nats.user), ("NATS_PASSWORD", &nats.password)] {
+    for (name, value) in [
+        ("NATS_USER", &nats.user),
+        ("NATS_PASSWORD", &nats.password),
+        ("NATS_TOKEN", &nats.token),
+    ] {
         if let Some(text) = value {
             env.push((name, text.into()));
         }

@@ -37,6 +37,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo(args) => demo::run(&nats, args).await,
         Command::Bench(args) => bench::run(&nats, args),
         Command::Kinds => kinds::run(),
+        Command::Completions { shell } => {
+            use clap::CommandFactory as _;
+            let mut command = Cli::command();
+            clap_complete::generate(shell, &mut command, "kiln", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Put(args) => data::put(&nats, args).await,
         Command::Get(args) => data::get(&nats, args).await,
     }

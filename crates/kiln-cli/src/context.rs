@@ -1,0 +1,135 @@
+//! The `nats` CLI's contexts (ADR-21): `~/.config/nats/context/<name>.json`, the selected one
+//! named in `~/.config/nats/context.txt`, so that a server and credentials set up once with
+//! `nats context save` serve `kiln` as well. Flags and environment variables override a
+//! context's values, as with `nats`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use serde::Deserialize;
+
+/// The fields of a context file kiln uses; the others (JetStream domain, inbox prefix, nsc, …)
+/// are refused when set, rather than silently ignored.
+#[derive(Debug, Default, Deserialize)]
+pub struct NatsContext {
+    #[serde(default)]
+    pub url: String,
+    #[serde(default)]
+    pub token: String,
+    #[serde(default)]
+    pub user: String,
+    #[serde(default)]
+    pub password: String,
+    #[serde(default)]
+    pub creds: String,
+    #[serde(default)]
+    pub nkey: String,
+    #[serde(default)]
+    pub cert: String,
+    #[serde(default)]
+    pub key: String,
+    #[serde(default)]
+    pub ca: String,
+    #[serde(default)]
+    pub nsc: String,
+    #[serde(default)]
+    pub jetstream_domain: String,
+    #[serde(default)]
+    pub jetstream_api_prefix: String,
+    #[serde(default)]
+    pub inbox_prefix: String,
+    #[serde(default)]
+    pub user_jwt: String,
+}
+
+/// `$XDG_CONFIG_HOME/nats`, else `~/.config/nats`.
+fn config_dir() -> Option<PathBuf> {
+    let base = match std::env::var_os("XDG_CONFIG_HOME").filter(|v| !v.is_empty()) {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(std::env::var_os("HOME")?).join(".config"),
+    };
+    Some(base.join("nats"))
+}
+
+/// The context called `name`, or, without a name, the one `nats context select` chose (none
+/// when nothing is selected). A named context that does not exist is an error.
+pub fn load(name: Option<&str>) -> anyhow::Result<Option<(String, NatsContext)>> {
+    let Some(dir) = config_dir() else {
+        return Ok(None);
+    };
+    let name = match name {
+        Some(name) => name.to_owned(),
+        None => match std::fs::read_to_string(dir.join("context.txt")) {
+            Ok(selected) if !selected.trim().is_empty() => selected.trim().to_owned(),
+            _ => return Ok(None),
+        },
+    };
+    anyhow::ensure!(
+        !name.is_empty() && !name.contains(['/', '\\']) && name != "." && name != "..",
+        "{name:?} is not a NATS context name"
+    );
+    let path = dir.join("context").join(format!("{name}.json"));
+    let context = read(&path).with_context(|| {
+        format!(
+            "NATS context {name:?} ({}): list them with `nats context ls`, or leave out \
+             --context / NATS_CONTEXT",
+            path.display()
+        )
+    })?;
+    Ok(Some((name, context)))
+}
+
+fn read(path: &Path) -> anyhow::Result<NatsContext> {
+    let text = std::fs::read_to_string(path)?;
+    let context: NatsContext = serde_json::from_str(&text).context("not a context file")?;
+    for (field, value) in [
+        ("nsc", &context.nsc),
+        ("jetstream_domain", &context.jetstream_domain),
+        ("jetstream_api_prefix", &context.jetstream_api_prefix),
+        ("inbox_prefix", &context.inbox_prefix),
+        ("user_jwt", &context.user_jwt),
+    ] {
+        anyhow::ensure!(
+            value.is_empty(),
+            "it sets {field}, which kiln does not support; use a context without it"
+        );
+    }
+    Ok(context)
+}
+
+/// `Some(text)` unless empty.
+pub fn given(text: &str) -> Option<String> {
+    (!text.is_empty()).then(|| text.to_owned())
+}
+
+/// A path from a context file, with a leading `~/` meaning the home folder (as `nats` reads it).
+pub fn path(text: &str) -> Option<PathBuf> {
+    let text = given(text)?;
+    match (text.strip_prefix("~/"), std::env::var_os("HOME")) {
+        (Some(rest), Some(home)) => Some(PathBuf::from(home).join(rest)),
+        _ => Some(PathBuf::from(text)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_a_context_and_refuses_unsupported_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.json");
+        std::fs::write(
+            &file,
+            r#"{"description":"x","url":"nats://a:4222,nats://b:4222","token":"t","creds":"","tls_first":false}"#,
+        )
+        .unwrap();
+        let context = read(&file).unwrap();
+        assert_eq!(context.url, "nats://a:4222,nats://b:4222");
+        assert_eq!(given(&context.token).as_deref(), Some("t"));
+        assert_eq!(given(&context.creds), None);
+        std::fs::write(&file, r#"{"url":"nats://a:4222","jetstream_domain":"hub"}"#).unwrap();
+        let err = format!("{:#}", read(&file).unwrap_err());
+        assert!(err.contains("jetstream_domain"), "{err}");
+    }
+}
