@@ -59,83 +59,100 @@ impl PyParser<'_> {
             return None;
         }
         self.skip_ws();
+        match *self.text.get(self.pos)? {
+            quote @ (b'\'' | b'"') => self.string(quote),
+            b'(' => self.seq(b')', depth),
+            b'[' => self.seq(b']', depth),
+            b'{' => self.dict(depth),
+            b'0'..=b'9' => self.int(),
+            _ => self.word(),
+        }
+    }
+
+    /// A string between `quote`s; a backslash keeps the byte after it as it is.
+    fn string(&mut self, quote: u8) -> Option<Py> {
         let rest = &self.text[self.pos..];
-        match *rest.first()? {
-            quote @ (b'\'' | b'"') => {
-                let mut out = Vec::new();
-                let mut i = 1;
-                loop {
-                    match *rest.get(i)? {
-                        b if b == quote => break,
-                        b'\\' => {
-                            out.push(*rest.get(i + 1)?);
-                            i += 2;
-                        }
-                        b => {
-                            out.push(b);
-                            i += 1;
-                        }
-                    }
+        let mut out = Vec::new();
+        let mut i = 1;
+        loop {
+            match *rest.get(i)? {
+                b if b == quote => break,
+                b'\\' => {
+                    out.push(*rest.get(i + 1)?);
+                    i += 2;
                 }
-                self.pos += i + 1;
-                String::from_utf8(out).ok().map(Py::Str)
-            }
-            b'(' | b'[' => {
-                let close = if rest[0] == b'(' { b')' } else { b']' };
-                self.pos += 1;
-                let mut items = Vec::new();
-                loop {
-                    if self.eat(close) {
-                        return Some(Py::Seq(items));
-                    }
-                    items.push(self.value(depth + 1)?);
-                    if !self.eat(b',') {
-                        return self.eat(close).then_some(Py::Seq(items));
-                    }
+                b => {
+                    out.push(b);
+                    i += 1;
                 }
-            }
-            b'{' => {
-                self.pos += 1;
-                let mut items = Vec::new();
-                loop {
-                    if self.eat(b'}') {
-                        return Some(Py::Dict(items));
-                    }
-                    let key = self.value(depth + 1)?;
-                    if !self.eat(b':') {
-                        return None;
-                    }
-                    let value = self.value(depth + 1)?;
-                    items.push((key, value));
-                    if !self.eat(b',') {
-                        return self.eat(b'}').then_some(Py::Dict(items));
-                    }
-                }
-            }
-            b'0'..=b'9' => {
-                let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
-                let n = std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()?;
-                self.pos += digits;
-                // Python 2 wrote long integers as `3L`.
-                if self.text.get(self.pos) == Some(&b'L') {
-                    self.pos += 1;
-                }
-                Some(Py::Int(n))
-            }
-            _ => {
-                for (word, value) in [
-                    (&b"True"[..], Py::Bool(true)),
-                    (b"False", Py::Bool(false)),
-                    (b"None", Py::None),
-                ] {
-                    if rest.starts_with(word) {
-                        self.pos += word.len();
-                        return Some(value);
-                    }
-                }
-                None
             }
         }
+        self.pos += i + 1;
+        String::from_utf8(out).ok().map(Py::Str)
+    }
+
+    /// A tuple or list, ending in `close`, a trailing comma allowed.
+    fn seq(&mut self, close: u8, depth: usize) -> Option<Py> {
+        self.pos += 1;
+        let mut items = Vec::new();
+        loop {
+            if self.eat(close) {
+                return Some(Py::Seq(items));
+            }
+            items.push(self.value(depth + 1)?);
+            if !self.eat(b',') {
+                return self.eat(close).then_some(Py::Seq(items));
+            }
+        }
+    }
+
+    /// A dict of `key: value` items, a trailing comma allowed.
+    fn dict(&mut self, depth: usize) -> Option<Py> {
+        self.pos += 1;
+        let mut items = Vec::new();
+        loop {
+            if self.eat(b'}') {
+                return Some(Py::Dict(items));
+            }
+            let key = self.value(depth + 1)?;
+            if !self.eat(b':') {
+                return None;
+            }
+            let value = self.value(depth + 1)?;
+            items.push((key, value));
+            if !self.eat(b',') {
+                return self.eat(b'}').then_some(Py::Dict(items));
+            }
+        }
+    }
+
+    /// A non-negative integer.
+    fn int(&mut self) -> Option<Py> {
+        let rest = &self.text[self.pos..];
+        let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+        let n = std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()?;
+        self.pos += digits;
+        // Python 2 wrote long integers as `3L`.
+        if self.text.get(self.pos) == Some(&b'L') {
+            self.pos += 1;
+        }
+        Some(Py::Int(n))
+    }
+
+    /// `True`, `False` or `None`.
+    fn word(&mut self) -> Option<Py> {
+        let rest = &self.text[self.pos..];
+        for (word, value) in [
+            (&b"True"[..], Py::Bool(true)),
+            (b"False", Py::Bool(false)),
+            (b"None", Py::None),
+        ] {
+            if rest.starts_with(word) {
+                self.pos += word.len();
+                return Some(value);
+            }
+        }
+        None
     }
 }
 
