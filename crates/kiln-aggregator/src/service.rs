@@ -48,9 +48,28 @@ pub async fn run(
     config.health.watch(&client);
     let js = jetstream::new(client);
     streams::ensure_all(&js, &config.topology).await?;
+    let mut folds = restore(&js).await?;
+    let mut results = Results::open(&js, &mut folds).await?;
+    let mut aggregator = Aggregator {
+        js,
+        folds,
+        unacked: Vec::new(),
+        spans: Vec::new(),
+        exporter: Exporter::new(config.metrics.clone()),
+    };
+    let _backlog = BacklogSampler::start(aggregator.js.clone(), config.metrics.clone());
+    config.health.serving();
+    aggregator
+        .fold_until(&mut results, config.interval, shutdown)
+        .await;
+    config.health.stopping();
+    aggregator.stop().await
+}
 
+/// Folds as the latest snapshots in `KILN_METRICS` left them.
+async fn restore(js: &jetstream::Context) -> Result<Folds> {
     let mut folds = Folds::default();
-    let restored = streams::latest_metrics(&js)
+    let restored = streams::latest_metrics(js)
         .await
         .map_err(|message| Error::Read {
             what: "the latest metrics snapshots",
@@ -63,101 +82,140 @@ pub async fn run(
         restored = restored.len(),
         "aggregator restored its state from KILN_METRICS"
     );
+    Ok(folds)
+}
 
-    let mut results = js
-        .get_stream(STREAM_RESULTS)
-        .await
-        .map_err(|e| read_error("the results stream", e))?;
-    let last_sequence = results
-        .info()
-        .await
-        .map_err(|e| read_error("the results stream", e))?
-        .state
-        .last_sequence;
-    let mut consumer: PullConsumer = results
-        .get_consumer(CONSUMER_AGGREGATOR)
-        .await
-        .map_err(|e| read_error("the aggregator consumer", e))?;
-    let ack_floor = consumer
-        .info()
-        .await
-        .map_err(|e| read_error("the aggregator consumer", e))?
-        .ack_floor
-        .stream_sequence;
-    folds.start(ack_floor, last_sequence);
-    let mut messages = consumer
-        .stream()
-        .max_messages_per_batch(1000)
-        .messages()
-        .await
-        .map_err(|e| read_error("result events", e))?;
+/// The results stream and the aggregator's messages from it.
+struct Results {
+    stream: jetstream::stream::Stream,
+    messages: jetstream::consumer::pull::Stream,
+}
 
-    // Folded results waiting for the next snapshot that counts them. (A job's result is
-    // found by its own subject, `results.<kind>.<id>`: nothing is written per job here.)
-    let mut unacked: Vec<jetstream::Message> = Vec::new();
-    // With tracing on, one `kiln.aggregate` span per result, ended once the snapshot that
-    // counts it is stored and the result acked.
-    let mut spans: Vec<TraceSpan> = Vec::new();
-    let mut exporter = Exporter::new(config.metrics.clone());
-    let _backlog = BacklogSampler::start(js.clone(), config.metrics.clone());
-    config.health.serving();
-    let mut ticker = tokio::time::interval(config.interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // The consumer's ack floor, read now and then, lets the restart watermark past results
-    // that will never be delivered again (see `Folds::acked_through`).
-    let mut floor_ticker = tokio::time::interval(ACK_FLOOR_EVERY);
-    floor_ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            // A snapshot the server did not store (a stream leader election in a cluster, a
-            // server restart) is retried at the next tick; its results stay unacked until then.
-            _ = ticker.tick() => match flush(&js, &mut folds, &mut unacked).await {
-                Ok(()) => {
-                    spans.clear();
-                    exporter.tick();
-                }
-                Err(e) => tracing::warn!(error = %e, "metrics snapshot not stored; retrying"),
-            },
-            _ = floor_ticker.tick() => {
-                if let Ok(info) = results.consumer_info(CONSUMER_AGGREGATOR).await {
-                    folds.acked_through(info.ack_floor.stream_sequence);
-                }
-            }
-            next = messages.next() => match next {
-                Some(Ok(message)) => {
-                    let sequence = message.info().map_or(0, |info| info.stream_sequence);
-                    match serde_json::from_slice::<ResultHead>(&message.payload) {
-                        Ok(event) => {
-                            if folds.add_at(&event, sequence) {
-                                exporter.counted(&event);
-                            } else {
-                                exporter.duplicate(&event);
-                            }
-                            spans.extend(trace_aggregate(&message, &event));
-                        }
-                        Err(e) => {
-                            folds.delivered_at(sequence);
-                            tracing::warn!(
-                                subject = %message.subject,
-                                error = %e,
-                                "result event does not parse; not counted"
-                            );
-                        }
+impl Results {
+    /// Open the aggregator's consumer, telling `folds` where it stands in the stream.
+    async fn open(js: &jetstream::Context, folds: &mut Folds) -> Result<Self> {
+        let mut stream = js
+            .get_stream(STREAM_RESULTS)
+            .await
+            .map_err(|e| read_error("the results stream", e))?;
+        let last_sequence = stream
+            .info()
+            .await
+            .map_err(|e| read_error("the results stream", e))?
+            .state
+            .last_sequence;
+        let mut consumer: PullConsumer = stream
+            .get_consumer(CONSUMER_AGGREGATOR)
+            .await
+            .map_err(|e| read_error("the aggregator consumer", e))?;
+        let ack_floor = consumer
+            .info()
+            .await
+            .map_err(|e| read_error("the aggregator consumer", e))?
+            .ack_floor
+            .stream_sequence;
+        folds.start(ack_floor, last_sequence);
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(1000)
+            .messages()
+            .await
+            .map_err(|e| read_error("result events", e))?;
+        Ok(Results { stream, messages })
+    }
+}
+
+/// An aggregator at work: its folds, and what waits for the next snapshot.
+struct Aggregator {
+    js: jetstream::Context,
+    folds: Folds,
+    /// Folded results waiting for the next snapshot that counts them. (A job's result is
+    /// found by its own subject, `results.<kind>.<id>`: nothing is written per job here.)
+    unacked: Vec<jetstream::Message>,
+    /// With tracing on, one `kiln.aggregate` span per result, ended once the snapshot that
+    /// counts it is stored and the result acked.
+    spans: Vec<TraceSpan>,
+    exporter: Exporter,
+}
+
+impl Aggregator {
+    /// Fold results, snapshotting every `interval`, until `shutdown` resolves or the results
+    /// end.
+    async fn fold_until(
+        &mut self,
+        results: &mut Results,
+        interval: Duration,
+        shutdown: impl Future<Output = impl Sized>,
+    ) {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The consumer's ack floor, read now and then, lets the restart watermark past results
+        // that will never be delivered again (see `Folds::acked_through`).
+        let mut floor_ticker = tokio::time::interval(ACK_FLOOR_EVERY);
+        floor_ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = ticker.tick() => self.snapshot().await,
+                _ = floor_ticker.tick() => {
+                    if let Ok(info) = results.stream.consumer_info(CONSUMER_AGGREGATOR).await {
+                        self.folds.acked_through(info.ack_floor.stream_sequence);
                     }
-                    unacked.push(message);
                 }
-                Some(Err(e)) => tracing::warn!(error = %e, "error while reading result events"),
-                None => break,
-            },
+                next = results.messages.next() => match next {
+                    Some(Ok(message)) => self.fold(message),
+                    Some(Err(e)) => tracing::warn!(error = %e, "error while reading result events"),
+                    None => break,
+                },
+            }
         }
     }
-    config.health.stopping();
-    flush(&js, &mut folds, &mut unacked).await?;
-    spans.clear();
-    tracing::info!("aggregator stopped");
-    Ok(())
+
+    /// Publish the changed snapshots and ack the results they count. A snapshot the server did
+    /// not store (a stream leader election in a cluster, a server restart) is retried at the
+    /// next tick; its results stay unacked until then.
+    async fn snapshot(&mut self) {
+        match flush(&self.js, &mut self.folds, &mut self.unacked).await {
+            Ok(()) => {
+                self.spans.clear();
+                self.exporter.tick();
+            }
+            Err(e) => tracing::warn!(error = %e, "metrics snapshot not stored; retrying"),
+        }
+    }
+
+    /// Fold one result event, to be acked with the next snapshot.
+    fn fold(&mut self, message: jetstream::Message) {
+        let sequence = message.info().map_or(0, |info| info.stream_sequence);
+        match serde_json::from_slice::<ResultHead>(&message.payload) {
+            Ok(event) => {
+                if self.folds.add_at(&event, sequence) {
+                    self.exporter.counted(&event);
+                } else {
+                    self.exporter.duplicate(&event);
+                }
+                self.spans.extend(trace_aggregate(&message, &event));
+            }
+            Err(e) => {
+                self.folds.delivered_at(sequence);
+                tracing::warn!(
+                    subject = %message.subject,
+                    error = %e,
+                    "result event does not parse; not counted"
+                );
+            }
+        }
+        self.unacked.push(message);
+    }
+
+    /// The last snapshot, and the results it counts acked.
+    async fn stop(mut self) -> Result<()> {
+        flush(&self.js, &mut self.folds, &mut self.unacked).await?;
+        self.spans.clear();
+        tracing::info!("aggregator stopped");
+        Ok(())
+    }
 }
 
 /// How often the aggregator reads its consumer's ack floor again.

@@ -302,37 +302,9 @@ pub async fn fetch(
     let what = format!("object {name}");
     let info = stored_info(store, name).await?;
     let size = info.size as u64;
-    if size > max_bytes {
-        return Err(DataError::TooLarge(format!(
-            "object {name} is {} MiB, over this worker's memory budget of {} MiB; send a \
-             smaller object or run a worker with more memory",
-            mib(size),
-            mib(max_bytes)
-        )));
-    }
+    check_size(name, size, max_bytes)?;
     if let Some(expected) = &reference.sha256 {
-        let expected = expected.trim();
-        if expected.len() != 64 || !expected.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(DataError::Invalid(format!(
-                "{what}: \"sha256\" {expected:?} is not 64 hex digits; give the object's \
-                 SHA-256 as `kiln put` prints it"
-            )));
-        }
-        match info.digest.as_deref().and_then(sha256_hex) {
-            Some(actual) if actual.eq_ignore_ascii_case(expected) => {}
-            Some(actual) => {
-                return Err(DataError::Invalid(format!(
-                    "{what} has SHA-256 {actual}, not the {expected} the job asks for; put the \
-                     right object or fix \"sha256\""
-                )));
-            }
-            None => {
-                return Err(DataError::Invalid(format!(
-                    "{what} has no stored SHA-256 digest, so \"sha256\" cannot be checked; put \
-                     it again"
-                )));
-            }
-        }
+        check_digest(&what, &info, expected)?;
     }
     let key = reference.tensor.clone();
     let drop_key = |kind: &str| {
@@ -342,54 +314,22 @@ pub async fn fetch(
         ))
     };
 
-    let (mut reader, corrupt_flag) = Verified::open(store, name).await?;
-    let mut prefix = vec![0u8; PEEK];
-    let n = read_full(&mut reader, &mut prefix)
-        .await
-        .map_err(|e| read_error(name, &corrupt_flag, &e))?;
-    prefix.truncate(n);
-    let format = Format::sniff(&prefix);
-
-    match (want, format) {
+    let object = Peeked::open(store, name, size).await?;
+    match (want, object.format()) {
         (Want::Tensor | Want::Image, Some(Format::Npy | Format::Safetensors)) => {
-            let bridge = tokio_util::io::SyncIoBridge::new(reader);
-            let task_what = what.clone();
-            let result = tokio::task::spawn_blocking(move || {
-                let mut input = std::io::Read::chain(std::io::Cursor::new(prefix), bridge);
-                let result =
-                    formats::read_tensor(&task_what, &mut input, key.as_deref(), max_elements);
-                if let Err(DataError::Invalid(_)) = result {
-                    // Read on: a corrupt object may be why it looked invalid.
-                    let _ = std::io::copy(&mut input, &mut std::io::sink());
-                }
-                result
-            })
-            .await
-            .map_err(|e| DataError::Io(format!("{what}: decoding failed ({e}); try again")))?;
-            if corrupt_flag.load(Ordering::Relaxed) {
-                return Err(corrupt(name));
-            }
-            let mut tensor = result?;
-            if want == Want::Image {
-                match tensor.shape.len() {
-                    3 => {}
-                    2 => tensor.shape.insert(0, 1),
-                    _ => {
-                        return Err(DataError::Invalid(format!(
-                            "{what} is a tensor of shape {:?}, not an image; give a [C, H, W] \
-                             or [H, W] tensor, or a PNG or JPEG",
-                            tensor.shape
-                        )));
-                    }
-                }
-            }
+            let tensor = object.stream_tensor(&what, key, max_elements).await?;
+            let tensor = if want == Want::Image {
+                as_image(&what, tensor)?
+            } else {
+                tensor
+            };
             Ok(Loaded::Tensor(tensor))
         }
         (Want::Image, Some(kind @ (Format::Png | Format::Jpeg))) => {
             if key.is_some() {
                 return Err(drop_key(Format::describe(Some(kind))));
             }
-            let bytes = read_rest(name, prefix, size, &mut reader, &corrupt_flag).await?;
+            let bytes = object.read_whole().await?;
             decode_blocking(move || formats::decode_image(&what, &bytes, max_elements))
                 .await
                 .map(Loaded::Tensor)
@@ -398,7 +338,7 @@ pub async fn fetch(
             if key.is_some() {
                 return Err(drop_key("a dataset"));
             }
-            let bytes = read_rest(name, prefix, size, &mut reader, &corrupt_flag).await?;
+            let bytes = object.read_whole().await?;
             decode_blocking(move || formats::decode_dataset(&what, &bytes, max_elements))
                 .await
                 .map(Loaded::Dataset)
@@ -407,7 +347,7 @@ pub async fn fetch(
             if key.is_some() {
                 return Err(drop_key("a model"));
             }
-            let bytes = read_rest(name, prefix, size, &mut reader, &corrupt_flag).await?;
+            let bytes = object.read_whole().await?;
             decode_blocking(move || formats::decode_model(&what, &bytes, max_elements))
                 .await
                 .map(Loaded::Model)
@@ -420,24 +360,135 @@ pub async fn fetch(
     }
 }
 
-/// The rest of the object after `prefix`, whole (and its digest checked).
-async fn read_rest(
-    name: &str,
-    mut bytes: Vec<u8>,
+/// Refuse an object of `size` bytes over the caller's `max_bytes`.
+fn check_size(name: &str, size: u64, max_bytes: u64) -> Result<(), DataError> {
+    if size > max_bytes {
+        return Err(DataError::TooLarge(format!(
+            "object {name} is {} MiB, over this worker's memory budget of {} MiB; send a \
+             smaller object or run a worker with more memory",
+            mib(size),
+            mib(max_bytes)
+        )));
+    }
+    Ok(())
+}
+
+/// Refuse an object whose stored digest is not the `expected` SHA-256 a job asks for.
+fn check_digest(what: &str, info: &ObjectInfo, expected: &str) -> Result<(), DataError> {
+    let expected = expected.trim();
+    if expected.len() != 64 || !expected.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(DataError::Invalid(format!(
+            "{what}: \"sha256\" {expected:?} is not 64 hex digits; give the object's \
+             SHA-256 as `kiln put` prints it"
+        )));
+    }
+    match info.digest.as_deref().and_then(sha256_hex) {
+        Some(actual) if actual.eq_ignore_ascii_case(expected) => Ok(()),
+        Some(actual) => Err(DataError::Invalid(format!(
+            "{what} has SHA-256 {actual}, not the {expected} the job asks for; put the \
+             right object or fix \"sha256\""
+        ))),
+        None => Err(DataError::Invalid(format!(
+            "{what} has no stored SHA-256 digest, so \"sha256\" cannot be checked; put \
+             it again"
+        ))),
+    }
+}
+
+/// A tensor loaded as an image: [C, H, W] as it is, [H, W] as one channel.
+fn as_image(what: &str, mut tensor: HostTensor) -> Result<HostTensor, DataError> {
+    match tensor.shape.len() {
+        3 => {}
+        2 => tensor.shape.insert(0, 1),
+        _ => {
+            return Err(DataError::Invalid(format!(
+                "{what} is a tensor of shape {:?}, not an image; give a [C, H, W] \
+                 or [H, W] tensor, or a PNG or JPEG",
+                tensor.shape
+            )));
+        }
+    }
+    Ok(tensor)
+}
+
+/// An object opened for reading, its first bytes read to tell its format.
+struct Peeked<'a> {
+    name: &'a str,
     size: u64,
-    reader: &mut Verified,
-    corrupt_flag: &AtomicBool,
-) -> Result<Vec<u8>, DataError> {
-    bytes.reserve(
-        usize::try_from(size)
-            .unwrap_or(0)
-            .saturating_sub(bytes.len()),
-    );
-    reader
-        .read_to_end(&mut bytes)
+    prefix: Vec<u8>,
+    reader: Verified,
+    corrupt_flag: Arc<AtomicBool>,
+}
+
+impl<'a> Peeked<'a> {
+    /// Open object `name` (`size` bytes) and read its first [`PEEK`] bytes.
+    async fn open(store: &ObjectStore, name: &'a str, size: u64) -> Result<Self, DataError> {
+        let (mut reader, corrupt_flag) = Verified::open(store, name).await?;
+        let mut prefix = vec![0u8; PEEK];
+        let n = read_full(&mut reader, &mut prefix)
+            .await
+            .map_err(|e| read_error(name, &corrupt_flag, &e))?;
+        prefix.truncate(n);
+        Ok(Peeked {
+            name,
+            size,
+            prefix,
+            reader,
+            corrupt_flag,
+        })
+    }
+
+    fn format(&self) -> Option<Format> {
+        Format::sniff(&self.prefix)
+    }
+
+    /// Decode a `.npy` or safetensors tensor as it streams in, off the async executor.
+    async fn stream_tensor(
+        self,
+        what: &str,
+        key: Option<String>,
+        max_elements: u64,
+    ) -> Result<HostTensor, DataError> {
+        let Peeked {
+            name,
+            prefix,
+            reader,
+            corrupt_flag,
+            ..
+        } = self;
+        let bridge = tokio_util::io::SyncIoBridge::new(reader);
+        let task_what = what.to_owned();
+        let result = tokio::task::spawn_blocking(move || {
+            let mut input = std::io::Read::chain(std::io::Cursor::new(prefix), bridge);
+            let result = formats::read_tensor(&task_what, &mut input, key.as_deref(), max_elements);
+            if let Err(DataError::Invalid(_)) = result {
+                // Read on: a corrupt object may be why it looked invalid.
+                let _ = std::io::copy(&mut input, &mut std::io::sink());
+            }
+            result
+        })
         .await
-        .map_err(|e| read_error(name, corrupt_flag, &e))?;
-    Ok(bytes)
+        .map_err(|e| DataError::Io(format!("{what}: decoding failed ({e}); try again")))?;
+        if corrupt_flag.load(Ordering::Relaxed) {
+            return Err(corrupt(name));
+        }
+        result
+    }
+
+    /// The whole object, its digest checked.
+    async fn read_whole(mut self) -> Result<Vec<u8>, DataError> {
+        let mut bytes = self.prefix;
+        bytes.reserve(
+            usize::try_from(self.size)
+                .unwrap_or(0)
+                .saturating_sub(bytes.len()),
+        );
+        self.reader
+            .read_to_end(&mut bytes)
+            .await
+            .map_err(|e| read_error(self.name, &self.corrupt_flag, &e))?;
+        Ok(bytes)
+    }
 }
 
 async fn decode_blocking<T: Send + 'static>(

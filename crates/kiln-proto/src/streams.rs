@@ -376,6 +376,22 @@ async fn setup(
     topology: &Topology,
     update: bool,
 ) -> Result<(), SetupError> {
+    create_streams(js, topology, update).await?;
+    let mut jobs = get_stream(js, STREAM_JOBS).await?;
+    if !update {
+        check_jobs_subjects(&mut jobs, topology).await?;
+    }
+    create_consumers(js, &jobs, topology, update).await?;
+    create_buckets(js, topology, update).await?;
+    ensure_data_bucket(js, topology, update).await
+}
+
+/// Every stream: created when missing; with `update`, set to `topology`'s configuration.
+async fn create_streams(
+    js: &jetstream::Context,
+    topology: &Topology,
+    update: bool,
+) -> Result<(), SetupError> {
     for config in [
         topology.jobs_stream(),
         topology.results_stream(),
@@ -397,43 +413,67 @@ async fn setup(
                 })?;
         }
     }
-    let mut jobs = get_stream(js, STREAM_JOBS).await?;
-    if !update {
-        // Streams made before copies had a subject of their own would refuse every routed
-        // copy and hand-back: say so at start rather than leave jobs going round.
-        let stored = jobs
-            .info()
-            .await
-            .map(|info| info.config.subjects.clone())
-            .unwrap_or_default();
-        let wanted = topology.jobs_stream().subjects;
-        if !stored.is_empty() && wanted.iter().any(|s| !stored.contains(s)) {
-            return Err(SetupError::Outdated {
-                what: format!(
-                    "{STREAM_JOBS} stores {} but this kiln also needs {}",
-                    stored.join(", "),
-                    wanted
-                        .iter()
-                        .filter(|s| !stored.contains(s))
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            });
-        }
+    Ok(())
+}
+
+/// Streams made before copies had a subject of their own would refuse every routed copy and
+/// hand-back: say so at start rather than leave jobs going round.
+async fn check_jobs_subjects(
+    jobs: &mut jetstream::stream::Stream,
+    topology: &Topology,
+) -> Result<(), SetupError> {
+    let stored = jobs
+        .info()
+        .await
+        .map(|info| info.config.subjects.clone())
+        .unwrap_or_default();
+    let wanted = topology.jobs_stream().subjects;
+    if !stored.is_empty() && wanted.iter().any(|s| !stored.contains(s)) {
+        return Err(SetupError::Outdated {
+            what: format!(
+                "{STREAM_JOBS} stores {} but this kiln also needs {}",
+                stored.join(", "),
+                wanted
+                    .iter()
+                    .filter(|s| !stored.contains(s))
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        });
     }
+    Ok(())
+}
+
+/// Every consumer: each device class's on `jobs`, the aggregator's on the results, and the
+/// workers' dead-letter consumer on the advisories.
+async fn create_consumers(
+    js: &jetstream::Context,
+    jobs: &jetstream::stream::Stream,
+    topology: &Topology,
+    update: bool,
+) -> Result<(), SetupError> {
     for class in [
         crate::DeviceClass::Gpu,
         crate::DeviceClass::Cpu,
         crate::DeviceClass::Auto,
     ] {
         let config = topology.jobs_consumer(class.consumer(), crate::subject::jobs_of_class(class));
-        create_consumer(&jobs, config, update).await?;
+        create_consumer(jobs, config, update).await?;
     }
     let results = get_stream(js, STREAM_RESULTS).await?;
     create_consumer(&results, topology.aggregator_consumer(), update).await?;
     let advisories = get_stream(js, STREAM_ADVISORIES).await?;
-    create_consumer(&advisories, topology.dead_letters_consumer(), update).await?;
+    create_consumer(&advisories, topology.dead_letters_consumer(), update).await
+}
+
+/// The key-value buckets: created when missing; with `update`, set to `topology`'s
+/// configuration.
+async fn create_buckets(
+    js: &jetstream::Context,
+    topology: &Topology,
+    update: bool,
+) -> Result<(), SetupError> {
     for (bucket, config) in [
         (crate::BUCKET_WORKERS, topology.workers_bucket()),
         (crate::BUCKET_CANCEL, topology.cancel_bucket()),
@@ -452,7 +492,7 @@ async fn setup(
                 })?;
         }
     }
-    ensure_data_bucket(js, topology, update).await
+    Ok(())
 }
 
 /// The `KILN_DATA` object store: created when missing; with `update`, its stream's age, size

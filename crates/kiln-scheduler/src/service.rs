@@ -9,6 +9,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
+use kiln_kernels::DecodedJob;
 use kiln_proto::streams::{self, STREAM_JOBS};
 use kiln_proto::{
     Codec, DeviceClass, Envelope, HEADER_MSG_ID, HEADER_ROUTING, JobError, JobSubject, Limits,
@@ -101,64 +102,27 @@ pub async fn run(
     config.health.watch(&client);
     let js = jetstream::new(client.clone());
     streams::ensure_all(&js, &config.topology).await?;
-    let read = |what: &'static str| move |e: String| Error::Read { what, message: e };
-    let consumer: PullConsumer = js
-        .get_stream(STREAM_JOBS)
-        .await
-        .map_err(|e| read("the jobs stream")(e.to_string()))?
-        .get_consumer(DeviceClass::Auto.consumer())
-        .await
-        .map_err(|e| read("the scheduler consumer")(e.to_string()))?;
-    let mut jobs = consumer
-        .stream()
-        .max_messages_per_batch(256)
-        .messages()
-        .await
-        .map_err(|e| read("auto jobs")(e.to_string()))?;
-    // Every result teaches the model how long a kind takes on a class.
-    let mut results = client
-        .subscribe("results.>")
-        .await
-        .map_err(|e| read("result events")(e.to_string()))?;
-
-    let mut model = CostModel::default();
-    let mut classes = Classes::default();
-    refresh(&js, &mut classes).await;
-    let mut stats = SchedulerStats::default();
-    let mut ticker = tokio::time::interval(config.refresh);
+    let mut inputs = Inputs::open(&client, &js).await?;
+    let mut scheduler = Scheduler::start(js, config).await;
+    let mut ticker = tokio::time::interval(scheduler.config.refresh);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let limits = Limits {
-        max_elements: u64::MAX,
-        ..Limits::default()
-    };
-    tracing::info!(scheduler = %config.name, "scheduler routing jobs.auto.>");
-    config.health.serving();
     tokio::pin!(shutdown);
     // Copies published and awaiting the server's acknowledgement.
     let mut in_flight = FuturesUnordered::new();
-    let count = |stats: &mut SchedulerStats, class: Option<DeviceClass>| match class {
-        Some(DeviceClass::Gpu) => stats.routed_gpu += 1,
-        Some(_) => stats.routed_cpu += 1,
-        None => {}
-    };
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
-            _ = ticker.tick() => refresh(&js, &mut classes).await,
-            Some(message) = results.next() => learn(&mut model, &mut classes, &message.payload),
-            Some((routed, stored)) = in_flight.next(), if !in_flight.is_empty() => {
-                let class = settle(&js, &config, routed, stored).await;
-                count(&mut stats, class);
+            _ = ticker.tick() => refresh(&scheduler.js, &mut scheduler.classes).await,
+            Some(message) = inputs.results.next() => {
+                learn(&mut scheduler.model, &mut scheduler.classes, &message.payload);
             }
-            next = jobs.next(), if in_flight.len() < ROUTING_IN_FLIGHT => match next {
+            Some((routed, stored)) = in_flight.next(), if !in_flight.is_empty() => {
+                scheduler.settled(routed, stored).await;
+            }
+            next = inputs.jobs.next(), if in_flight.len() < ROUTING_IN_FLIGHT => match next {
                 Some(Ok(message)) => {
-                    if let Some((routed, ack)) =
-                        route(&js, &config, &model, &mut classes, &limits, message).await
-                    {
-                        in_flight.push(async move {
-                            let stored = ack.await.map(|_| ()).map_err(|e| e.to_string());
-                            (routed, stored)
-                        });
+                    if let Some((routed, ack)) = scheduler.route(message).await {
+                        in_flight.push(stored(routed, ack));
                     }
                 }
                 Some(Err(e)) => tracing::warn!(error = %e, "error while pulling auto jobs"),
@@ -168,16 +132,101 @@ pub async fn run(
     }
     // The copies already published: ack their originals (or hand them back) before leaving.
     while let Some((routed, stored)) = in_flight.next().await {
-        let class = settle(&js, &config, routed, stored).await;
-        count(&mut stats, class);
+        scheduler.settled(routed, stored).await;
     }
-    config.health.stopping();
-    tracing::info!(
-        gpu = stats.routed_gpu,
-        cpu = stats.routed_cpu,
-        "scheduler stopped"
-    );
-    Ok(stats)
+    Ok(scheduler.stop())
+}
+
+/// What the scheduler reads: the auto jobs, and the result events it learns from.
+struct Inputs {
+    jobs: jetstream::consumer::pull::Stream,
+    results: async_nats::Subscriber,
+}
+
+impl Inputs {
+    async fn open(client: &async_nats::Client, js: &jetstream::Context) -> Result<Self, Error> {
+        let read = |what: &'static str| move |e: String| Error::Read { what, message: e };
+        let consumer: PullConsumer = js
+            .get_stream(STREAM_JOBS)
+            .await
+            .map_err(|e| read("the jobs stream")(e.to_string()))?
+            .get_consumer(DeviceClass::Auto.consumer())
+            .await
+            .map_err(|e| read("the scheduler consumer")(e.to_string()))?;
+        let jobs = consumer
+            .stream()
+            .max_messages_per_batch(256)
+            .messages()
+            .await
+            .map_err(|e| read("auto jobs")(e.to_string()))?;
+        // Every result teaches the model how long a kind takes on a class.
+        let results = client
+            .subscribe("results.>")
+            .await
+            .map_err(|e| read("result events")(e.to_string()))?;
+        Ok(Inputs { jobs, results })
+    }
+}
+
+/// Wait for the server to store a routed copy; the copy, and whether it was stored.
+async fn stored(
+    routed: Routed,
+    ack: jetstream::context::PublishAckFuture,
+) -> (Routed, Result<(), String>) {
+    let stored = ack.await.map(|_| ()).map_err(|e| e.to_string());
+    (routed, stored)
+}
+
+/// A scheduler at work: what it has learned and read, and what it has routed.
+struct Scheduler {
+    js: jetstream::Context,
+    config: SchedulerConfig,
+    model: CostModel,
+    classes: Classes,
+    limits: Limits,
+    stats: SchedulerStats,
+}
+
+impl Scheduler {
+    /// Read the classes once, then report ready.
+    async fn start(js: jetstream::Context, config: SchedulerConfig) -> Self {
+        let mut classes = Classes::default();
+        refresh(&js, &mut classes).await;
+        let scheduler = Scheduler {
+            js,
+            config,
+            model: CostModel::default(),
+            classes,
+            limits: Limits {
+                max_elements: u64::MAX,
+                ..Limits::default()
+            },
+            stats: SchedulerStats::default(),
+        };
+        tracing::info!(scheduler = %scheduler.config.name, "scheduler routing jobs.auto.>");
+        scheduler.config.health.serving();
+        scheduler
+    }
+
+    /// Report stopped; what it routed.
+    fn stop(self) -> SchedulerStats {
+        self.config.health.stopping();
+        tracing::info!(
+            gpu = self.stats.routed_gpu,
+            cpu = self.stats.routed_cpu,
+            "scheduler stopped"
+        );
+        self.stats
+    }
+
+    /// [`settle`] a routed copy, and count it if it went to a class.
+    async fn settled(&mut self, routed: Routed, stored: Result<(), String>) {
+        match settle(&self.js, &self.config, routed, stored).await {
+            Some(DeviceClass::Gpu) => self.stats.routed_gpu += 1,
+            Some(_) => self.stats.routed_cpu += 1,
+            None => {}
+        }
+    }
 }
 
 /// Re-read each class's backlog (pending + in flight on its consumer) and live workers.
@@ -251,102 +300,126 @@ struct Routed {
 /// for one copy to be stored before deciding the next.
 const ROUTING_IN_FLIGHT: usize = 512;
 
-/// Decide and publish the routed copy; returns it with its acknowledgement to wait for, or
-/// `None` when the job was answered or handed back already.
-async fn route(
-    js: &jetstream::Context,
-    config: &SchedulerConfig,
-    model: &CostModel,
-    classes: &mut Classes,
-    limits: &Limits,
-    message: jetstream::Message,
-) -> Option<(Routed, jetstream::context::PublishAckFuture)> {
-    let Ok(info) = message.info() else {
-        return None;
-    };
-    let sequence = info.stream_sequence;
-    // A kind that is no kiln kind name (`jobs.auto.mat+mul`) is routed all the same: the
-    // worker that takes it answers it `invalid_input`, so it is not dropped unanswered.
-    let kind = match JobSubject::parse(message.subject.as_str()) {
-        Ok(job_subject) => job_subject.kind.to_owned(),
+impl Scheduler {
+    /// Decide and publish the routed copy; returns it with its acknowledgement to wait for,
+    /// or `None` when the job was answered or handed back already.
+    async fn route(
+        &mut self,
+        message: jetstream::Message,
+    ) -> Option<(Routed, jetstream::context::PublishAckFuture)> {
+        let Ok(info) = message.info() else {
+            return None;
+        };
+        let (sequence, published) = (info.stream_sequence, info.published);
+        let kind = auto_kind(&message).await?;
+        // The job's work, from its kind; a job that does not decode goes wherever a worker
+        // can answer it with a failed result.
+        let decoded = kiln_kernels::find(&kind).and_then(|entry| {
+            let codec = Codec::from_headers(message.headers.as_ref()).ok()?;
+            entry.decode(codec, &message.payload, &self.limits).ok()
+        });
+        // kiln's own headers are believed only on a copy (a replay from the dead-letter queue).
+        let copy = JobSubject::parse(message.subject.as_str()).is_ok_and(|s| s.copy);
+        let envelope = Envelope::read(copy, message.headers.as_ref(), published);
+        let id = envelope.id(decoded.as_ref().and_then(|job| job.id.as_deref()), sequence);
+        let routing = self.decide(&kind, decoded.as_ref());
+        let mut headers = envelope.copy_headers(message.headers.as_ref(), &id);
+        // Tracing on: a `kiln.route` span under the submitter's, whose context the routed copy
+        // carries (replacing the submitter's). Off: the copy keeps the trace headers as they
+        // came.
+        let span = trace_route(&message, &id, &kind, &routing);
+        if let Some(span) = &span {
+            span.inject(&mut headers);
+        }
+        // The original holds `<id>` in this stream's duplicate window: the routed copy goes by
+        // `routed-<sequence of the original>-<id>`, which makes a second routing of the same
+        // message (a redelivery to another scheduler) a duplicate the server drops, while a
+        // replay of the job from the dead-letter queue (a new message) is routed again, and no
+        // job submitted with the id `routed-<id>` can take the copy's place.
+        headers.insert(HEADER_MSG_ID, format!("routed-{sequence}-{id}").as_str());
+        if let Ok(routing) = serde_json::to_string(&routing) {
+            headers.insert(HEADER_ROUTING, routing.as_str());
+        }
+        let routed = Routed {
+            message,
+            id,
+            target: subject::job_copy(routing.chosen, &kind),
+            kind,
+            class: routing.chosen,
+            reason: routing.reason,
+            enqueued_at: envelope.enqueued_at,
+            span,
+        };
+        self.publish(routed, headers).await
+    }
+
+    /// Where the job goes, by the model and the classes as last read; `job` is `None` when it
+    /// does not decode.
+    fn decide(&self, kind: &str, job: Option<&DecodedJob>) -> Routing {
+        let flops = job.map_or(0.0, |job| job.plan.flops);
+        let decision = if job.is_some_and(|job| job.plan.gpu_only) {
+            self.model.decide_gpu_only(kind, flops, &self.classes.gpu)
+        } else {
+            self.model
+                .decide(kind, flops, &self.classes.gpu, &self.classes.cpu)
+        };
+        Routing {
+            chosen: decision.chosen,
+            by: self.config.name.clone(),
+            predicted_gpu_ms: decision.gpu.as_ref().map(|p| p.total_ms),
+            predicted_cpu_ms: decision.cpu.as_ref().map(|p| p.total_ms),
+            reason: decision.reason,
+        }
+    }
+
+    /// Publish the routed copy and count it against its class; a copy the server refuses at
+    /// once is settled here.
+    async fn publish(
+        &mut self,
+        routed: Routed,
+        headers: async_nats::HeaderMap,
+    ) -> Option<(Routed, jetstream::context::PublishAckFuture)> {
+        let published = self
+            .js
+            .publish_with_headers(
+                routed.target.clone(),
+                headers,
+                routed.message.payload.clone(),
+            )
+            .await;
+        match published {
+            Ok(ack) => {
+                // Count it against its class until its result arrives or the next refresh
+                // reads the consumer again.
+                self.classes.state(routed.class).backlog += 1;
+                self.classes
+                    .routed_since
+                    .insert(routed.id.clone(), routed.class);
+                Some((routed, ack))
+            }
+            Err(e) => {
+                settle(&self.js, &self.config, routed, Err(e.to_string())).await;
+                None
+            }
+        }
+    }
+}
+
+/// The kind of an auto job, from its subject. A kind that is no kiln kind name
+/// (`jobs.auto.mat+mul`) is routed all the same: the worker that takes it answers it
+/// `invalid_input`, so it is not dropped unanswered. `None` (the message terminated) for a
+/// subject that is no auto job's.
+async fn auto_kind(message: &jetstream::Message) -> Option<String> {
+    match JobSubject::parse(message.subject.as_str()) {
+        Ok(job_subject) => Some(job_subject.kind.to_owned()),
         Err(_) => match message.subject.as_str().strip_prefix("jobs.auto.") {
-            Some(token) if !token.is_empty() && !token.contains('.') => token.to_owned(),
+            Some(token) if !token.is_empty() && !token.contains('.') => Some(token.to_owned()),
             _ => {
                 // KILN_JOBS stores no other subject on this consumer's filter.
                 let _ = message.ack_with(AckKind::Term).await;
-                return None;
+                None
             }
         },
-    };
-    // The job's work, from its kind; a job that does not decode goes wherever a worker can
-    // answer it with a failed result.
-    let decoded = kiln_kernels::find(&kind).and_then(|entry| {
-        let codec = Codec::from_headers(message.headers.as_ref()).ok()?;
-        entry.decode(codec, &message.payload, limits).ok()
-    });
-    let flops = decoded.as_ref().map_or(0.0, |job| job.plan.flops);
-    // kiln's own headers are believed only on a copy (a replay from the dead-letter queue).
-    let copy = JobSubject::parse(message.subject.as_str()).is_ok_and(|s| s.copy);
-    let envelope = Envelope::read(copy, message.headers.as_ref(), info.published);
-    let id = envelope.id(decoded.as_ref().and_then(|job| job.id.as_deref()), sequence);
-    let decision = if decoded.as_ref().is_some_and(|job| job.plan.gpu_only) {
-        model.decide_gpu_only(&kind, flops, &classes.gpu)
-    } else {
-        model.decide(&kind, flops, &classes.gpu, &classes.cpu)
-    };
-    let routing = Routing {
-        chosen: decision.chosen,
-        by: config.name.clone(),
-        predicted_gpu_ms: decision.gpu.as_ref().map(|p| p.total_ms),
-        predicted_cpu_ms: decision.cpu.as_ref().map(|p| p.total_ms),
-        reason: decision.reason.clone(),
-    };
-    let mut headers = envelope.copy_headers(message.headers.as_ref(), &id);
-    // Tracing on: a `kiln.route` span under the submitter's, whose context the routed copy
-    // carries (replacing the submitter's). Off: the copy keeps the trace headers as they came.
-    let span = trace_route(&message, &id, &kind, &routing);
-    if let Some(span) = &span {
-        span.inject(&mut headers);
-    }
-    // The original holds `<id>` in this stream's duplicate window: the routed copy goes by
-    // `routed-<sequence of the original>-<id>`, which makes a second routing of the same
-    // message (a redelivery to another scheduler) a duplicate the server drops, while a
-    // replay of the job from the dead-letter queue (a new message) is routed again, and no
-    // job submitted with the id `routed-<id>` can take the copy's place.
-    headers.insert(HEADER_MSG_ID, format!("routed-{sequence}-{id}").as_str());
-    if let Ok(routing) = serde_json::to_string(&routing) {
-        headers.insert(HEADER_ROUTING, routing.as_str());
-    }
-    let target = subject::job_copy(decision.chosen, &kind);
-    let routed = Routed {
-        message,
-        id,
-        kind,
-        class: decision.chosen,
-        target,
-        reason: decision.reason.clone(),
-        enqueued_at: envelope.enqueued_at,
-        span,
-    };
-    match js
-        .publish_with_headers(
-            routed.target.clone(),
-            headers,
-            routed.message.payload.clone(),
-        )
-        .await
-    {
-        Ok(ack) => {
-            // Count it against its class until its result arrives or the next refresh reads
-            // the consumer again.
-            classes.state(routed.class).backlog += 1;
-            classes.routed_since.insert(routed.id.clone(), routed.class);
-            Some((routed, ack))
-        }
-        Err(e) => {
-            settle(js, config, routed, Err(e.to_string())).await;
-            None
-        }
     }
 }
 

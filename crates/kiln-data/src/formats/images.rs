@@ -1,0 +1,300 @@
+//! Images: PNG and JPEG decoded to [C, H, W] values in [0, 1], and tensors encoded as PNG.
+
+use std::io;
+
+use image::{ColorType, ImageDecoder};
+
+use super::error::invalid;
+use super::values::count_elements;
+use super::{DataError, Format};
+use crate::HostTensor;
+
+/// Decode a PNG or JPEG into channels × height × width, values in [0, 1] (8-bit) as
+/// torchvision's `ToTensor` does; grey images have 1 channel, grey with alpha 2, RGB 3,
+/// RGBA 4. 16-bit PNGs are scaled by 1/65535. The image's size is checked against
+/// `max_elements` before it is decoded.
+pub fn decode_image(what: &str, bytes: &[u8], max_elements: u64) -> Result<HostTensor, DataError> {
+    let format = Format::sniff(bytes);
+    let cursor = io::Cursor::new(bytes);
+    match format {
+        Some(Format::Png) => {
+            let mut limits = image::Limits::default();
+            // The decoder's own allocations: the pixels (at most 16 bits a value) and slack
+            // for metadata chunks.
+            limits.max_alloc = Some(max_elements.saturating_mul(2).max(1 << 29));
+            let decoder = image::codecs::png::PngDecoder::with_limits(cursor, limits)
+                .map_err(|e| image_error(what, "PNG", e))?;
+            decode_pixels(what, "PNG", decoder, max_elements)
+        }
+        Some(Format::Jpeg) => {
+            let decoder = image::codecs::jpeg::JpegDecoder::new(cursor)
+                .map_err(|e| image_error(what, "JPEG", e))?;
+            decode_pixels(what, "JPEG", decoder, max_elements)
+        }
+        other => Err(invalid(format!(
+            "{what} is {}, not a PNG or JPEG image; store the image as PNG or JPEG",
+            Format::describe(other)
+        ))),
+    }
+}
+
+fn image_error(what: &str, kind: &str, error: image::ImageError) -> DataError {
+    match error {
+        image::ImageError::Limits(e) => DataError::TooLarge(format!(
+            "{what}: decoding this {kind} needs more memory than this worker allows ({e}); \
+             send a smaller image"
+        )),
+        e => invalid(format!(
+            "{what} is not a valid {kind} ({e}); save the image again (for example with PIL's \
+             Image.save)"
+        )),
+    }
+}
+
+fn decode_pixels(
+    what: &str,
+    kind: &str,
+    decoder: impl ImageDecoder,
+    max_elements: u64,
+) -> Result<HostTensor, DataError> {
+    let (width, height) = decoder.dimensions();
+    let color = decoder.color_type();
+    let channels = usize::from(color.channel_count());
+    let (h, w) = (height as usize, width as usize);
+    let shape = vec![channels, h, w];
+    count_elements(what, &shape, max_elements, "image")?;
+    let mut pixels = vec![0u8; usize::try_from(decoder.total_bytes()).unwrap_or(usize::MAX)];
+    decoder
+        .read_image(&mut pixels)
+        .map_err(|e| image_error(what, kind, e))?;
+    let values: Vec<f32> = match color {
+        ColorType::L8 | ColorType::La8 | ColorType::Rgb8 | ColorType::Rgba8 => {
+            pixels.iter().map(|&v| f32::from(v) / 255.0).collect()
+        }
+        ColorType::L16 | ColorType::La16 | ColorType::Rgb16 | ColorType::Rgba16 => pixels
+            .chunks_exact(2)
+            .map(|v| f32::from(u16::from_ne_bytes([v[0], v[1]])) / 65535.0)
+            .collect(),
+        ColorType::Rgb32F | ColorType::Rgba32F => pixels
+            .chunks_exact(4)
+            .map(|v| f32::from_ne_bytes([v[0], v[1], v[2], v[3]]))
+            .collect(),
+        other => {
+            return Err(invalid(format!(
+                "{what}: its {kind} pixel format {other:?} is not read by kiln; save it as 8-bit \
+                 grey, RGB or RGBA"
+            )));
+        }
+    };
+    // Interleaved (height, width, channel) to planar (channel, height, width).
+    let plane = h * w;
+    let mut data = vec![0f32; plane * channels];
+    for (i, pixel) in values.chunks_exact(channels).enumerate() {
+        for (c, &v) in pixel.iter().enumerate() {
+            data[c * plane + i] = v;
+        }
+    }
+    Ok(HostTensor { shape, data })
+}
+
+/// A PNG of a tensor shaped [H, W], [C, H, W] or [1, C, H, W] with C of 1 (grey), 2 (grey
+/// and alpha), 3 (RGB) or 4 (RGBA): values clamped to [0, 1] and scaled to 8 bits; NaN
+/// becomes 0.
+pub fn encode_png(tensor: &HostTensor) -> Result<Vec<u8>, DataError> {
+    let (c, h, w) = match tensor.shape[..] {
+        [h, w] => (1, h, w),
+        [c, h, w] | [1, c, h, w] => (c, h, w),
+        _ => (0, 0, 0),
+    };
+    let color = match c {
+        1 => image::ExtendedColorType::L8,
+        2 => image::ExtendedColorType::La8,
+        3 => image::ExtendedColorType::Rgb8,
+        4 => image::ExtendedColorType::Rgba8,
+        _ => {
+            return Err(invalid(format!(
+                "a tensor of shape {:?} is not an image; PNG output takes [H, W], [C, H, W] or \
+                 [1, C, H, W] with C of 1, 2, 3 or 4",
+                tensor.shape
+            )));
+        }
+    };
+    let (Ok(width), Ok(height)) = (u32::try_from(w), u32::try_from(h)) else {
+        return Err(invalid(format!(
+            "an image of shape {:?} is too large for PNG; store it as .npy",
+            tensor.shape
+        )));
+    };
+    if w == 0 || h == 0 {
+        return Err(invalid(format!(
+            "an image of shape {:?} is empty, which PNG cannot hold; store it as .npy",
+            tensor.shape
+        )));
+    }
+    let plane = h * w;
+    if tensor.data.len() != plane * c {
+        return Err(invalid(format!(
+            "a tensor of shape {:?} holds {} values instead of {}; fix its shape",
+            tensor.shape,
+            tensor.data.len(),
+            plane * c
+        )));
+    }
+    let to_u8 = |v: f32| {
+        if v.is_nan() {
+            0
+        } else {
+            (v.clamp(0.0, 1.0) * 255.0).round() as u8
+        }
+    };
+    let mut pixels = vec![0u8; plane * c];
+    for (channel, values) in tensor.data.chunks_exact(plane).enumerate() {
+        for (i, &v) in values.iter().enumerate() {
+            pixels[i * c + channel] = to_u8(v);
+        }
+    }
+    let mut out = Vec::new();
+    image::ImageEncoder::write_image(
+        image::codecs::png::PngEncoder::new(&mut out),
+        &pixels,
+        width,
+        height,
+        color,
+    )
+    .map_err(|e| {
+        invalid(format!(
+            "could not encode a PNG of shape {:?}: {e}",
+            tensor.shape
+        ))
+    })?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use image::ImageEncoder as _;
+
+    use super::*;
+    use crate::formats::encode_npy;
+    use crate::formats::tests::{le, message, png};
+
+    #[test]
+    fn decodes_png_to_channels_height_width() {
+        // 3 wide, 2 high, RGB.
+        let pixels: Vec<u8> = (0..18).map(|i| i * 10).collect();
+        let file = png(&pixels, 3, 2, image::ExtendedColorType::Rgb8);
+        let t = decode_image("img", &file, 1000).unwrap();
+        assert_eq!(t.shape, vec![3, 2, 3]);
+        // Channel 0 is every third byte.
+        let red: Vec<f32> = pixels
+            .iter()
+            .step_by(3)
+            .map(|&v| f32::from(v) / 255.0)
+            .collect();
+        assert_eq!(&t.data[..6], &red[..]);
+        assert_eq!(t.data[6], 10.0 / 255.0);
+
+        let grey = png(&[0, 255, 51, 102], 2, 2, image::ExtendedColorType::L8);
+        let t = decode_image("img", &grey, 1000).unwrap();
+        assert_eq!((t.shape, t.data), (vec![1, 2, 2], vec![0.0, 1.0, 0.2, 0.4]));
+
+        let grey_alpha = png(&[255, 0], 1, 1, image::ExtendedColorType::La8);
+        let t = decode_image("img", &grey_alpha, 1000).unwrap();
+        assert_eq!((t.shape, t.data), (vec![2, 1, 1], vec![1.0, 0.0]));
+
+        let rgba = png(&[0, 51, 102, 255], 1, 1, image::ExtendedColorType::Rgba8);
+        let t = decode_image("img", &rgba, 1000).unwrap();
+        assert_eq!((t.shape, t.data), (vec![4, 1, 1], vec![0.0, 0.2, 0.4, 1.0]));
+
+        // 16-bit: scaled by 1/65535 (the encoder takes native-endian samples).
+        let samples = le(&[0u16, 65535, 13107], u16::to_ne_bytes);
+        let deep = png(&samples, 3, 1, image::ExtendedColorType::L16);
+        let t = decode_image("img", &deep, 1000).unwrap();
+        assert_eq!((t.shape, t.data), (vec![1, 1, 3], vec![0.0, 1.0, 0.2]));
+    }
+
+    #[test]
+    fn decodes_jpeg() {
+        let mut file = Vec::new();
+        let pixels: Vec<u8> = [200u8, 100, 50].repeat(64);
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut file, 100)
+            .write_image(&pixels, 8, 8, image::ExtendedColorType::Rgb8)
+            .unwrap();
+        assert_eq!(Format::sniff(&file), Some(Format::Jpeg));
+        let t = decode_image("photo", &file, 1000).unwrap();
+        assert_eq!(t.shape, vec![3, 8, 8]);
+        for (channel, want) in [200.0f32, 100.0, 50.0].into_iter().enumerate() {
+            for &v in &t.data[channel * 64..(channel + 1) * 64] {
+                assert!((v * 255.0 - want).abs() <= 3.0, "channel {channel}: {v}");
+            }
+        }
+        let mut grey = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut grey, 100)
+            .write_image(&[128u8; 16], 4, 4, image::ExtendedColorType::L8)
+            .unwrap();
+        let t = decode_image("photo", &grey, 1000).unwrap();
+        assert_eq!(t.shape, vec![1, 4, 4]);
+        assert!(
+            t.data.iter().all(|v| (v * 255.0 - 128.0).abs() <= 2.0),
+            "{:?}",
+            t.data
+        );
+    }
+
+    #[test]
+    fn refuses_images_over_the_element_limit_and_non_images() {
+        let file = png(&[0u8; 48], 4, 4, image::ExtendedColorType::Rgb8);
+        assert!(decode_image("img", &file, 48).is_ok());
+        match decode_image("img", &file, 47) {
+            Err(DataError::TooLarge(m)) => {
+                assert!(
+                    m.starts_with("img: image of shape [3, 4, 4] holds 48 values"),
+                    "{m}"
+                )
+            }
+            other => panic!("expected TooLarge, got {other:?}"),
+        }
+        let m = message(decode_image("img", &encode_npy(&HostTensor::default()), 10));
+        assert_eq!(
+            m,
+            "img is a .npy tensor, not a PNG or JPEG image; store the image as PNG or JPEG"
+        );
+        let m = message(decode_image("img", &file[..40], 100));
+        assert!(m.starts_with("img is not a valid PNG"), "{m}");
+    }
+
+    #[test]
+    fn encode_png_round_trips_through_decode_image() {
+        let data: Vec<f32> = (0..12).map(|i| (i * 20) as f32 / 255.0).collect();
+        let t = HostTensor::new(vec![3, 2, 2], data.clone());
+        let back = decode_image("out", &encode_png(&t).unwrap(), 100).unwrap();
+        assert_eq!(back, t);
+
+        // [1, C, H, W] and [H, W]; clamping and NaN.
+        let t = HostTensor::new(vec![1, 4, 1, 2], data[..8].to_vec());
+        assert_eq!(
+            decode_image("out", &encode_png(&t).unwrap(), 100)
+                .unwrap()
+                .data,
+            data[..8]
+        );
+        let t = HostTensor::new(vec![1, 4], vec![-1.0, 2.0, f32::NAN, 0.5]);
+        let back = decode_image("out", &encode_png(&t).unwrap(), 100).unwrap();
+        assert_eq!(back.shape, vec![1, 1, 4]);
+        assert_eq!(back.data, vec![0.0, 1.0, 0.0, 128.0 / 255.0]);
+        let t = HostTensor::new(vec![2, 1, 1], vec![1.0, 0.0]);
+        assert_eq!(
+            decode_image("out", &encode_png(&t).unwrap(), 100).unwrap(),
+            t
+        );
+
+        for shape in [vec![5, 2, 2], vec![2, 3, 2, 2], vec![4], vec![0, 3]] {
+            let n = shape.iter().product();
+            let m = message(encode_png(&HostTensor::new(shape, vec![0.0; n])));
+            assert!(
+                m.contains("[H, W], [C, H, W] or [1, C, H, W]") || m.contains("empty"),
+                "{m}"
+            );
+        }
+    }
+}
