@@ -17,6 +17,7 @@ mod cancel;
 mod config;
 mod data;
 mod deadletter;
+mod engines;
 mod error;
 mod handle;
 mod heartbeat;
