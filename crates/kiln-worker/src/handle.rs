@@ -13,7 +13,6 @@ use kiln_proto::{
     subject,
 };
 use time::OffsetDateTime;
-use tokio::sync::Semaphore;
 
 use crate::config::WorkerConfig;
 
@@ -28,15 +27,9 @@ use crate::worker::Counters;
 /// State every job task of one worker shares.
 pub(crate) struct Shared {
     pub js: jetstream::Context,
-    pub compute: Arc<Semaphore>,
-    /// Memory jobs hold while they run, in MiB (see [`kiln_kernels::MemoryBudget`]).
-    pub memory_mib: Arc<Semaphore>,
-    pub memory: kiln_kernels::MemoryBudget,
+    /// How many jobs the worker holds, and which of them compute now.
+    pub admission: crate::admission::Admission,
     pub counters: Counters,
-    /// The recent pace of jobs, which decides how many the pull loop holds.
-    pub pace: crate::worker::Pace,
-    /// Signalled each time a job's task ends (its slot is free).
-    pub finished: tokio::sync::Notify,
     /// Set when a shutdown ran out of patience: checkpoints then hand jobs back.
     pub stopping: AtomicBool,
     /// Set (with the reason) when the device stopped working: the worker stops pulling,
@@ -183,7 +176,7 @@ pub(crate) async fn handle(shared: &Arc<Shared>, message: jetstream::Message) {
                         return;
                     }
                 } else if compute_ms > 0.0 {
-                    shared.pace.record(compute_ms);
+                    shared.admission.record(compute_ms);
                 }
                 (id, result, compute_ms, flops)
             }
@@ -214,7 +207,7 @@ fn decode(
     let codec = Codec::from_headers(message.headers.as_ref())
         .map_err(|e| JobError::invalid_input(e.to_string()))?;
     let job = entry.decode(codec, &message.payload, &shared.config.limits)?;
-    shared.memory.check(entry.name, job.plan.elements)?;
+    shared.admission.fits(entry.name, job.plan.elements)?;
     Ok(job)
 }
 
@@ -261,28 +254,15 @@ async fn compute(
     let progress_every = (ack_wait / 3).max(Duration::from_millis(100));
     let mut ticker =
         tokio::time::interval_at(tokio::time::Instant::now() + progress_every, progress_every);
-    // A compute slot, and the job's memory: jobs that fit the budget alone but not beside
-    // the ones running wait for them instead of running out of memory together.
-    let bytes = job
-        .plan
-        .elements
-        .saturating_mul(kiln_kernels::BYTES_PER_ELEMENT);
+    // A compute slot, and the job's memory.
     let permit = {
-        let compute = shared.compute.clone();
-        let memory = shared.memory_mib.clone();
-        let acquire = async move {
-            let memory = memory.acquire_many_owned(crate::worker::mib(bytes)).await;
-            let compute = compute.acquire_owned().await;
-            (compute, memory)
-        };
+        let acquire = shared.admission.compute_permit(job.plan.elements);
         tokio::pin!(acquire);
         // A worker stopping past its drain timeout hands back the jobs still waiting here too.
         let mut stopping = tokio::time::interval(Duration::from_millis(200));
         loop {
             tokio::select! {
-                (compute, memory) = &mut acquire => {
-                    break (compute.expect("semaphore is never closed"), memory.expect("semaphore is never closed"));
-                }
+                permit = &mut acquire => break permit,
                 _ = ticker.tick() => { let _ = message.ack_with(AckKind::Progress).await; }
                 _ = stopping.tick() => if shared.stopping.load(Ordering::Relaxed) {
                     return Ran {

@@ -13,6 +13,7 @@
 //! # Ok(()) }
 //! ```
 
+mod admission;
 mod cancel;
 mod config;
 mod data;

@@ -5,15 +5,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::admission::Admission;
+use crate::config::WorkerConfig;
+use crate::error::{Error, Result};
+use crate::handle::{self, Shared};
 use async_nats::jetstream::{self, consumer::PullConsumer};
 use futures::StreamExt as _;
 use kiln_kernels::ComputeDevice;
 use kiln_proto::streams::{self, STREAM_JOBS};
-use tokio::sync::Semaphore;
-
-use crate::config::WorkerConfig;
-use crate::error::{Error, Result};
-use crate::handle::{self, Shared};
 
 /// What a worker did before it stopped.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -34,42 +33,6 @@ pub(crate) struct Counters {
     pub failed: AtomicU64,
     pub retried: AtomicU64,
     pub handed_back: AtomicU64,
-}
-
-/// The recent pace of a worker's jobs, which decides how many jobs it holds ([`Pace::limit`]).
-#[derive(Debug, Default)]
-pub(crate) struct Pace {
-    /// Exponentially weighted mean compute time of the recent jobs, in ms; `None` before the
-    /// first job.
-    mean_ms: std::sync::Mutex<Option<f64>>,
-}
-
-impl Pace {
-    /// The weight of the newest job in the mean.
-    const WEIGHT: f64 = 0.2;
-
-    /// A job computed in `compute_ms`.
-    pub(crate) fn record(&self, compute_ms: f64) {
-        let mut mean = self.mean_ms.lock().unwrap_or_else(|e| e.into_inner());
-        *mean = Some(match *mean {
-            Some(m) => m + Self::WEIGHT * (compute_ms - m),
-            None => compute_ms,
-        });
-    }
-
-    /// How many jobs to hold at once: one per compute slot, plus as many as the slots get
-    /// through in `prefetch` at the recent pace (none before the first job), at most `max`.
-    pub(crate) fn limit(&self, compute_slots: usize, prefetch: Duration, max: usize) -> usize {
-        let mean = *self.mean_ms.lock().unwrap_or_else(|e| e.into_inner());
-        let ahead = match mean {
-            Some(ms) => {
-                let per_slot = prefetch.as_secs_f64() * 1000.0 / ms.max(1e-3);
-                (per_slot * compute_slots as f64).min(max as f64) as usize
-            }
-            None => 0,
-        };
-        compute_slots.saturating_add(ahead).clamp(1, max.max(1))
-    }
 }
 
 /// The most tensor elements a GPU job may hold: CubeCL indexes tensors with 32-bit integers,
@@ -143,16 +106,10 @@ pub async fn run(
         }
     };
     tracing::info!(device = %config.device, limit = %kiln_kernels::Bytes(memory.bytes), source = %memory.source, "job memory limit");
-    let max_in_flight = config.max_in_flight.max(1);
-    let slots = Arc::new(Semaphore::new(max_in_flight));
     let shared = Arc::new(Shared {
         js: js.clone(),
-        compute: Arc::new(Semaphore::new(config.compute_slots.max(1))),
-        memory_mib: Arc::new(Semaphore::new(mib(memory.bytes) as usize)),
-        memory,
+        admission: Admission::new(&config, memory),
         counters: Counters::default(),
-        pace: Pace::default(),
-        finished: tokio::sync::Notify::new(),
         stopping: AtomicBool::new(false),
         poisoned: std::sync::OnceLock::new(),
         cancelled: crate::cancel::Cancellations::watch(&js)
@@ -236,7 +193,7 @@ pub async fn run(
         worker = %shared.config.name,
         device = %shared.config.device,
         consumer = consumer_name,
-        max_in_flight,
+        max_in_flight = shared.admission.max_in_flight(),
         compute_slots = shared.config.compute_slots,
         "worker serving"
     );
@@ -245,42 +202,16 @@ pub async fn run(
         if shared.poisoned.get().is_some() {
             break 'pull;
         }
-        // Hold one job per compute slot, plus as many as the slots get through in
-        // `--prefetch-ms` at the recent pace: small jobs keep the slots busy between pulls,
-        // while a long job stays in the queue, where an idle worker (or a new one KEDA
-        // starts for the backlog) can take it, instead of waiting here behind another.
-        let limit = shared.pace.limit(
-            shared.config.compute_slots.max(1),
-            shared.config.prefetch,
-            max_in_flight,
-        );
-        let held = max_in_flight - slots.available_permits();
-        if held >= limit {
+        let Some(room) = shared.admission.room() else {
             tokio::select! {
                 _ = &mut shutdown => break 'pull,
-                _ = shared.finished.notified() => continue 'pull,
+                _ = shared.admission.released() => continue 'pull,
             }
-        }
-        let room = limit - held;
-        // Each pull request is a subscription on the server: ask for jobs in chunks of at
-        // least a quarter of the limit, so that a busy worker does not pull one job at a time.
-        let chunk = (limit / 4).clamp(1, room) as u32;
-        let first = tokio::select! {
-            _ = &mut shutdown => break 'pull,
-            permit = slots.clone().acquire_many_owned(chunk) => permit.expect("semaphore is never closed"),
         };
-        let mut first = first;
-        let mut permits = Vec::with_capacity(max_in_flight);
-        for _ in 1..chunk {
-            permits.push(first.split(1).expect("the chunk holds this many permits"));
-        }
-        permits.push(first);
-        while permits.len() < room {
-            match slots.clone().try_acquire_owned() {
-                Ok(p) => permits.push(p),
-                Err(_) => break,
-            }
-        }
+        let mut permits = tokio::select! {
+            _ = &mut shutdown => break 'pull,
+            permits = shared.admission.reserve(room) => permits,
+        };
         let mut batch = match consumer
             .batch()
             .max_messages(permits.len())
@@ -317,8 +248,7 @@ pub async fn run(
                     tokio::spawn(async move {
                         handle::handle(&shared, message).await;
                         shared.config.metrics.in_flight.dec();
-                        drop(permit);
-                        shared.finished.notify_one();
+                        shared.admission.release(permit);
                     });
                 }
                 Some(Err(e)) => {
@@ -338,16 +268,15 @@ pub async fn run(
     let _ = stop_dead_letters.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), dead_letters).await;
     let drain = shared.config.drain_timeout;
-    let all = max_in_flight as u32;
-    let drained = tokio::time::timeout(drain, slots.acquire_many(all)).await;
+    let drained = shared.admission.all_released(drain).await;
     heartbeat.stop().await;
     let stats = shared.stats();
-    if drained.is_err() {
+    if !drained {
         shared.stopping.store(true, Ordering::SeqCst);
-        let running = max_in_flight - slots.available_permits();
+        let running = shared.admission.held();
         // Give checkpointing kernels a moment to notice and hand their jobs back (a hand-back
         // is a publish and a confirmed ack: milliseconds, seconds if the server is slow).
-        let _ = tokio::time::timeout(Duration::from_secs(10), slots.acquire_many(all)).await;
+        shared.admission.all_released(Duration::from_secs(10)).await;
         return Err(Error::DrainTimeout(running, drain));
     }
     if let Some(reason) = shared.poisoned.get() {
@@ -366,12 +295,6 @@ pub async fn run(
     Ok(stats)
 }
 
-/// Whole MiB, at least one, within what a semaphore can count: the unit jobs reserve
-/// memory in.
-pub(crate) fn mib(bytes: u64) -> u32 {
-    bytes.div_ceil(1 << 20).clamp(1, u32::MAX as u64) as u32
-}
-
 impl Shared {
     pub(crate) fn stats(&self) -> WorkerStats {
         WorkerStats {
@@ -380,52 +303,5 @@ impl Shared {
             retried: self.counters.retried.load(Ordering::Relaxed),
             handed_back: self.counters.handed_back.load(Ordering::Relaxed),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const WINDOW: Duration = Duration::from_millis(100);
-
-    #[test]
-    fn a_new_worker_holds_one_job_per_compute_slot() {
-        assert_eq!(Pace::default().limit(4, WINDOW, 256), 4);
-    }
-
-    #[test]
-    fn small_jobs_are_held_ahead_and_long_ones_are_not() {
-        let pace = Pace::default();
-        pace.record(2.0);
-        // 2 slots get through 100 jobs of 2 ms in 100 ms.
-        assert_eq!(pace.limit(2, WINDOW, 256), 102);
-        assert_eq!(pace.limit(2, WINDOW, 64), 64, "never above --max-in-flight");
-        assert_eq!(pace.limit(2, Duration::ZERO, 256), 2, "--prefetch-ms 0");
-        let long = Pace::default();
-        long.record(3000.0);
-        assert_eq!(long.limit(2, WINDOW, 256), 2);
-        let tiny = Pace::default();
-        tiny.record(0.0);
-        assert_eq!(
-            tiny.limit(2, WINDOW, 256),
-            256,
-            "a zero mean is not a division by zero"
-        );
-    }
-
-    #[test]
-    fn the_pace_follows_recent_jobs() {
-        let pace = Pace::default();
-        pace.record(1.0);
-        for _ in 0..30 {
-            pace.record(1000.0);
-        }
-        // After a run of one-second jobs the worker holds no more than its slots again.
-        assert_eq!(pace.limit(2, WINDOW, 256), 2);
-        for _ in 0..40 {
-            pace.record(1.0);
-        }
-        assert!(pace.limit(2, WINDOW, 256) > 100);
     }
 }
