@@ -8,7 +8,7 @@ use kiln_data::store;
 use kiln_kernels::{DecodedJob, Inputs, Stored};
 use kiln_proto::{JobError, ObjectDescriptor};
 
-use crate::handle::Shared;
+use crate::shared::Shared;
 
 /// The `KILN_DATA` bucket, opened on first use (a worker that never sees an object never
 /// needs it, and a bucket made after the worker started is found).

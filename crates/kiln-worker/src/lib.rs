@@ -14,19 +14,26 @@
 //! ```
 
 mod admission;
+mod answer;
+mod arrival;
 mod cancel;
+mod compute;
 mod config;
 mod data;
 mod deadletter;
 mod engines;
 mod error;
-mod handle;
+mod handback;
 mod heartbeat;
+mod job;
 mod observe;
+mod publish;
+mod shared;
 mod trace;
 mod warmup;
 mod worker;
 
 pub use config::WorkerConfig;
 pub use error::{Error, Result};
-pub use worker::{GPU_MAX_ELEMENTS, WorkerStats, run};
+pub use shared::WorkerStats;
+pub use worker::{GPU_MAX_ELEMENTS, run};

@@ -2,38 +2,18 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::admission::Admission;
+use crate::arrival::Arrival;
 use crate::config::WorkerConfig;
 use crate::error::{Error, Result};
-use crate::handle::{self, Shared};
+use crate::shared::{Counters, Shared, WorkerStats};
 use async_nats::jetstream::{self, consumer::PullConsumer};
 use futures::StreamExt as _;
 use kiln_kernels::ComputeDevice;
 use kiln_proto::streams::{self, STREAM_JOBS};
-
-/// What a worker did before it stopped.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct WorkerStats {
-    /// Jobs answered with a `succeeded` result.
-    pub succeeded: u64,
-    /// Jobs answered with a `failed` result.
-    pub failed: u64,
-    /// Jobs handed back for another attempt.
-    pub retried: u64,
-    /// Jobs queued again unfinished because the worker stopped (no attempt spent).
-    pub handed_back: u64,
-}
-
-#[derive(Debug, Default)]
-pub(crate) struct Counters {
-    pub succeeded: AtomicU64,
-    pub failed: AtomicU64,
-    pub retried: AtomicU64,
-    pub handed_back: AtomicU64,
-}
 
 /// The most tensor elements a GPU job may hold: CubeCL indexes tensors with 32-bit integers,
 /// and a bigger tensor (seen: a 150000×150000 product) panics inside the GPU runtime and
@@ -246,7 +226,9 @@ pub async fn run(
                     let shared = shared.clone();
                     shared.config.metrics.in_flight.inc();
                     tokio::spawn(async move {
-                        handle::handle(&shared, message).await;
+                        if let Some(arrival) = Arrival::read(message, &shared.config) {
+                            crate::job::handle(&shared, arrival).await;
+                        }
                         shared.config.metrics.in_flight.dec();
                         shared.admission.release(permit);
                     });
@@ -293,15 +275,4 @@ pub async fn run(
         "worker stopped"
     );
     Ok(stats)
-}
-
-impl Shared {
-    pub(crate) fn stats(&self) -> WorkerStats {
-        WorkerStats {
-            succeeded: self.counters.succeeded.load(Ordering::Relaxed),
-            failed: self.counters.failed.load(Ordering::Relaxed),
-            retried: self.counters.retried.load(Ordering::Relaxed),
-            handed_back: self.counters.handed_back.load(Ordering::Relaxed),
-        }
-    }
 }
