@@ -13,6 +13,10 @@
 //! # Ok(()) }
 //! ```
 
+// The worker's phases (`worker`: start, pull loop, drain) hand each job to `job`, which
+// takes it from its `arrival` through `compute` to its `answer` (or `handback`); `admission`
+// decides how many jobs are held and which compute now; `publish` writes results and dead
+// letters.
 mod admission;
 mod answer;
 mod arrival;
@@ -29,6 +33,7 @@ mod job;
 mod observe;
 mod publish;
 mod shared;
+mod start;
 mod trace;
 mod warmup;
 mod worker;
@@ -36,4 +41,5 @@ mod worker;
 pub use config::WorkerConfig;
 pub use error::{Error, Result};
 pub use shared::WorkerStats;
-pub use worker::{GPU_MAX_ELEMENTS, run};
+pub use start::GPU_MAX_ELEMENTS;
+pub use worker::run;
