@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::{self, consumer::PullConsumer, stream::Stream};
+use async_nats::jetstream::{self, consumer, consumer::PullConsumer, stream::Stream};
 use kiln_kernels::{ComputeDevice, JobMeta, MemoryBudget};
 use kiln_proto::streams::{self, STREAM_JOBS, STREAM_RESULTS};
 use kiln_proto::{Codec, ErrorKind, Limits, ResultEvent, Status, Topology};
@@ -75,13 +75,60 @@ impl Setup {
         self.js.get_stream(STREAM_JOBS).await.expect("jobs stream")
     }
 
-    async fn cpu_consumer(&self) -> PullConsumer {
-        self.jobs()
+    /// The `workers-cpu` consumer once `done` holds of it, waiting for that.
+    async fn cpu_consumer_when(&self, done: impl Fn(&consumer::Info) -> bool) -> consumer::Info {
+        let mut consumer: PullConsumer = self
+            .jobs()
             .await
             .get_consumer(streams::CONSUMER_WORKERS_CPU)
             .await
-            .expect("workers-cpu")
+            .expect("workers-cpu");
+        let reached = tokio::time::timeout(PATIENCE, async {
+            loop {
+                let info = consumer.info().await.expect("consumer info");
+                if done(info) {
+                    return info.clone();
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        reached
+            .await
+            .expect("the consumer reaches the expected state")
     }
+
+    /// The jobs left in `KILN_JOBS`, in stream order.
+    async fn queued(&self) -> Vec<Queued> {
+        let mut jobs = self.jobs().await;
+        let state = jobs.info().await.expect("jobs stream info").state.clone();
+        let mut queued = Vec::new();
+        for seq in state.first_sequence..=state.last_sequence {
+            let Ok(job) = jobs.get_raw_message(seq).await else {
+                continue; // acked and gone
+            };
+            let header = |name: &str| job.headers.get(name).map(|v| v.as_str().to_owned());
+            let body: serde_json::Value = serde_json::from_slice(&job.payload).expect("JSON");
+            queued.push(Queued {
+                subject: job.subject.to_string(),
+                id: body["id"].as_str().expect("an id in the body").to_owned(),
+                job_id: header(kiln_proto::HEADER_JOB_ID),
+                handbacks: header(kiln_proto::HEADER_HANDBACKS),
+            });
+        }
+        queued
+    }
+}
+
+/// A job waiting in `KILN_JOBS`.
+#[derive(Debug)]
+struct Queued {
+    subject: String,
+    /// The `id` in its body.
+    id: String,
+    /// Its `Kiln-Job-Id` header.
+    job_id: Option<String>,
+    /// Its `Kiln-Handbacks` header.
+    handbacks: Option<String>,
 }
 
 /// A worker running in this process.
@@ -197,20 +244,14 @@ async fn answers_malformed_jobs_invalid_input_and_acks_them() {
     }
 
     // Every job was acked: none is pending or redelivered, and the work queue is empty.
-    let mut consumer = setup.cpu_consumer().await;
-    let settled = tokio::time::timeout(PATIENCE, async {
-        loop {
-            let info = consumer.info().await.expect("consumer info").clone();
-            if info.num_ack_pending == 0 && info.num_pending == 0 {
-                return info;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    });
-    let info = settled.await.expect("the jobs are acked");
+    let info = setup
+        .cpu_consumer_when(|i| i.num_ack_pending == 0 && i.num_pending == 0)
+        .await;
     assert_eq!(info.num_redelivered, 0);
-    let stored = setup.jobs().await.info().await.unwrap().state.messages;
-    assert_eq!(stored, 0, "acked jobs leave the work queue");
+    assert!(
+        setup.queued().await.is_empty(),
+        "acked jobs leave the work queue"
+    );
 
     let stats = worker.stop().await.expect("a clean stop");
     assert_eq!((stats.succeeded, stats.failed, stats.retried), (0, 4, 0));
@@ -253,17 +294,7 @@ async fn drain_hands_back_held_jobs_without_spending_deliveries_and_returns() {
     }
 
     // The worker holds as many jobs as it may and leaves the rest in the queue.
-    let mut consumer = setup.cpu_consumer().await;
-    let held = tokio::time::timeout(PATIENCE, async {
-        loop {
-            let info = consumer.info().await.expect("consumer info").clone();
-            if info.num_ack_pending == 4 {
-                return info;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    });
-    let info = held.await.expect("the worker takes four jobs");
+    let info = setup.cpu_consumer_when(|i| i.num_ack_pending == 4).await;
     assert_eq!(info.num_pending, 2, "never more than max_in_flight held");
 
     // Past the drain timeout, the running job stops at its next checkpoint and the three
@@ -290,24 +321,17 @@ async fn drain_hands_back_held_jobs_without_spending_deliveries_and_returns() {
 
     // In the queue: the four held jobs as copies that count one hand-back each (a copy is a
     // new message: none of its deliveries is spent), and the two never taken, as they were.
-    let mut jobs = setup.jobs().await;
-    let state = jobs.info().await.unwrap().state.clone();
     let (mut copies, mut untouched) = (BTreeSet::new(), BTreeSet::new());
-    for seq in state.first_sequence..=state.last_sequence {
-        let Ok(job) = jobs.get_raw_message(seq).await else {
-            continue;
-        };
-        let header = |name: &str| job.headers.get(name).map(|v| v.as_str().to_owned());
-        let body: serde_json::Value = serde_json::from_slice(&job.payload).unwrap();
-        let id = body["id"].as_str().unwrap().to_owned();
+    for job in setup.queued().await {
         match job.subject.as_str() {
             "jobs.cpu.train_mlp.copy" => {
-                assert_eq!(header(kiln_proto::HEADER_HANDBACKS).as_deref(), Some("1"));
-                assert_eq!(header(kiln_proto::HEADER_JOB_ID), Some(id.clone()));
-                copies.insert(id);
+                assert_eq!(job.handbacks.as_deref(), Some("1"), "{job:?}");
+                assert_eq!(job.job_id.as_deref(), Some(job.id.as_str()), "{job:?}");
+                copies.insert(job.id);
             }
             "jobs.cpu.train_mlp" => {
-                untouched.insert(id);
+                assert_eq!(job.handbacks, None, "{job:?}");
+                untouched.insert(job.id);
             }
             other => panic!("unexpected job on {other}"),
         }
