@@ -8,7 +8,7 @@ use kiln_data::store;
 use kiln_kernels::{DecodedJob, Inputs, Stored};
 use kiln_proto::{JobError, ObjectDescriptor};
 
-use crate::handle::Shared;
+use crate::shared::Shared;
 
 /// The `KILN_DATA` bucket, opened on first use (a worker that never sees an object never
 /// needs it, and a bucket made after the worker started is found).
@@ -36,7 +36,7 @@ pub(crate) async fn load(
     let fetch = async {
         let bucket = bucket(shared).await?;
         let mut inputs = Inputs::none();
-        let budget = shared.memory.bytes;
+        let budget = shared.admission.memory().bytes;
         let max_elements = shared.config.limits.max_elements;
         for w in wanted {
             let loaded = store::fetch(bucket, &w.reference, w.want, budget, max_elements)
@@ -52,7 +52,7 @@ pub(crate) async fn load(
     };
     let inputs = with_progress(message, shared.config.topology.ack_wait, fetch).await?;
     job.load(inputs)?;
-    shared.memory.check(job.kind.name, job.plan.elements)?;
+    shared.admission.fits(job.kind.name, job.plan.elements)?;
     Ok(())
 }
 

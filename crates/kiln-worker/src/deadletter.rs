@@ -110,19 +110,33 @@ async fn answer(
         Err(e) if matches!(e.kind(), LastRawMessageErrorKind::NoMessageFound) => return Ok(()),
         Err(e) => return Err(format!("reading job {}: {e}", advisory.stream_seq)),
     };
-    let headers = Some(&job.headers);
+    let event = given_up(&job, &advisory, worker);
+    tracing::warn!(id = %event.id, kind = %event.kind, deliveries = advisory.deliveries, consumer = %advisory.consumer, "the server gave up on a job; answering it as failed and dead-lettering it");
+    crate::publish::dead_letter(js, &event, job.subject.as_str(), &job.headers, &job.payload)
+        .await?;
+    let event = crate::publish::fitted(js, event);
+    crate::publish::publish_result(js, &event, Some(&job.headers), None).await?;
+    match jobs.delete_message(advisory.stream_seq).await {
+        Ok(_) => Ok(()),
+        // Gone already: someone else finished this advisory first.
+        Err(e) if e.to_string().contains("no message found") => Ok(()),
+        Err(e) => Err(format!("removing job {}: {e}", advisory.stream_seq)),
+    }
+}
+
+/// The `failed` result that answers a job the server gave up on.
+fn given_up(
+    job: &jetstream::message::StreamMessage,
+    advisory: &MaxDeliveriesAdvisory,
+    worker: &str,
+) -> ResultEvent {
     let subject = JobSubject::parse(job.subject.as_str());
-    let envelope =
-        kiln_proto::Envelope::read(subject.as_ref().is_ok_and(|s| s.copy), headers, job.time);
-    let id = crate::handle::job_id_of(&job.payload, &envelope, advisory.stream_seq);
-    let replay = envelope.replay;
+    let copy = subject.as_ref().is_ok_and(|s| s.copy);
+    let envelope = kiln_proto::Envelope::read(copy, Some(&job.headers), job.time);
+    let id = crate::arrival::job_id_of(&job.payload, &envelope, advisory.stream_seq);
     // A kind this build does not run is answered as `unknown`, as the worker does: result,
     // dead-letter and metric subjects stay one per real kind.
-    let (kind, class) = match subject {
-        Ok(s) if kiln_kernels::find(s.kind).is_some() => (s.kind.to_owned(), s.class),
-        Ok(s) => ("unknown".to_owned(), s.class),
-        Err(_) => ("unknown".to_owned(), DeviceClass::Cpu),
-    };
+    let (kind, class) = crate::arrival::answered_as(&subject, DeviceClass::Cpu);
     let error = JobError::new(
         ErrorKind::Internal,
         format!(
@@ -135,7 +149,7 @@ async fn answer(
     let now = OffsetDateTime::now_utc();
     let enqueued_at = envelope.enqueued_at;
     let waited_ms = (now - enqueued_at).as_seconds_f64().max(0.0) * 1000.0;
-    let event = ResultEvent {
+    ResultEvent {
         id,
         kind,
         status: Status::Failed,
@@ -153,17 +167,6 @@ async fn answer(
         error: Some(error),
         flops: 0.0,
         routing: None,
-        replay,
-    };
-    tracing::warn!(id = %event.id, kind = %event.kind, deliveries = advisory.deliveries, consumer = %advisory.consumer, "the server gave up on a job; answering it as failed and dead-lettering it");
-    crate::handle::dead_letter(js, &event, job.subject.as_str(), &job.headers, &job.payload)
-        .await?;
-    let event = crate::handle::fitted(js, event);
-    crate::handle::publish_result(js, &event, Some(&job.headers), None).await?;
-    match jobs.delete_message(advisory.stream_seq).await {
-        Ok(_) => Ok(()),
-        // Gone already: someone else finished this advisory first.
-        Err(e) if e.to_string().contains("no message found") => Ok(()),
-        Err(e) => Err(format!("removing job {}: {e}", advisory.stream_seq)),
+        replay: envelope.replay,
     }
 }

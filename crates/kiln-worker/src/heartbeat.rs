@@ -9,7 +9,7 @@ use kiln_proto::{BUCKET_WORKERS, WorkerInfo};
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
 
-use crate::handle::Shared;
+use crate::shared::Shared;
 
 /// A running heartbeat; [`Heartbeat::stop`] removes the entry.
 pub(crate) struct Heartbeat {

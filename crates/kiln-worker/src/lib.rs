@@ -13,18 +13,33 @@
 //! # Ok(()) }
 //! ```
 
+// The worker's phases (`worker`: start, pull loop, drain) hand each job to `job`, which
+// takes it from its `arrival` through `compute` to its `answer` (or `handback`); `admission`
+// decides how many jobs are held and which compute now; `publish` writes results and dead
+// letters.
+mod admission;
+mod answer;
+mod arrival;
 mod cancel;
+mod compute;
 mod config;
 mod data;
 mod deadletter;
+mod engines;
 mod error;
-mod handle;
+mod handback;
 mod heartbeat;
+mod job;
 mod observe;
+mod publish;
+mod shared;
+mod start;
 mod trace;
 mod warmup;
 mod worker;
 
 pub use config::WorkerConfig;
 pub use error::{Error, Result};
-pub use worker::{GPU_MAX_ELEMENTS, WorkerStats, run};
+pub use shared::WorkerStats;
+pub use start::GPU_MAX_ELEMENTS;
+pub use worker::run;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use kiln_kernels::ComputeDevice;
 
-use crate::handle::Shared;
+use crate::shared::Shared;
 
 /// How often device memory is read: a CUDA read waits behind the work queued on the device,
 /// so it is never done on a scrape.

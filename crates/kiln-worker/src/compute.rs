@@ -1,0 +1,225 @@
+//! Computing a job: on a compute slot with its memory reserved, off the async executor, with
+//! progress acks meanwhile; a checkpoint enforces its timeout, cancellation and shutdown.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, AckKind};
+use kiln_kernels::{Checkpoint, ComputeDevice, DecodedJob, Progress};
+use kiln_proto::{ErrorKind, JobError};
+
+use crate::admission::ComputePermit;
+use crate::config::WorkerConfig;
+use crate::shared::Shared;
+
+/// What running a job came to.
+pub(crate) struct Ran {
+    pub result: Result<serde_json::Value, JobError>,
+    pub compute_ms: f64,
+    /// The worker gave the job up through no fault of the job's: it was shutting down past
+    /// its drain timeout, or its device stopped working. Such a job goes back to the queue
+    /// without spending one of its deliveries ([`crate::handback::hand_back`]).
+    pub handed_back: bool,
+    /// What the job left to store in `KILN_DATA` (its full output, a model).
+    pub stored: Option<kiln_kernels::Stored>,
+}
+
+impl Ran {
+    /// A job given up before it computed, through no fault of its own.
+    fn handed_back(reason: String) -> Self {
+        Ran {
+            result: Err(JobError::internal(reason)),
+            compute_ms: 0.0,
+            handed_back: true,
+            stored: None,
+        }
+    }
+}
+
+/// Run the job on a compute slot, off the async executor, with progress acks meanwhile.
+pub(crate) async fn compute(
+    shared: &Arc<Shared>,
+    message: &jetstream::Message,
+    job: DecodedJob,
+    id: &str,
+) -> Ran {
+    if runs_inline(&shared.config, &job) {
+        return run_inline(shared, job, id);
+    }
+    let ack_wait = shared.config.topology.ack_wait;
+    let progress_every = (ack_wait / 3).max(Duration::from_millis(100));
+    let mut ticker =
+        tokio::time::interval_at(tokio::time::Instant::now() + progress_every, progress_every);
+    let Some(permit) = admit(shared, message, &job, &mut ticker).await else {
+        return Ran::handed_back(
+            "worker shutting down before the job started; job handed back".into(),
+        );
+    };
+    let shared = shared.clone();
+    let id = id.to_owned();
+    let task = tokio::task::spawn_blocking(move || run_blocking(&shared, job, &id, permit));
+    tokio::pin!(task);
+    loop {
+        tokio::select! {
+            joined = &mut task => {
+                return joined.unwrap_or_else(|e| Ran {
+                    result: Err(JobError::internal(format!("compute task failed: {e}"))),
+                    compute_ms: 0.0,
+                    handed_back: false,
+                    stored: None,
+                });
+            }
+            _ = ticker.tick() => { let _ = message.ack_with(AckKind::Progress).await; }
+        }
+    }
+}
+
+/// Wait for a compute slot and the job's memory, with progress acks meanwhile; `None` when
+/// the worker stops past its drain timeout first (it hands back the jobs still waiting here
+/// too).
+async fn admit(
+    shared: &Shared,
+    message: &jetstream::Message,
+    job: &DecodedJob,
+    ticker: &mut tokio::time::Interval,
+) -> Option<ComputePermit> {
+    let acquire = shared.admission.compute_permit(job.plan.elements);
+    tokio::pin!(acquire);
+    let mut stopping = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            permit = &mut acquire => return Some(permit),
+            _ = ticker.tick() => { let _ = message.ack_with(AckKind::Progress).await; }
+            _ = stopping.tick() => if shared.stopping.load(Ordering::Relaxed) {
+                return None;
+            }
+        }
+    }
+}
+
+/// Run a job too small to be worth a thread hand-off on the async executor.
+fn run_inline(shared: &Shared, job: DecodedJob, id: &str) -> Ran {
+    let start = Instant::now();
+    let handed_back = AtomicBool::new(false);
+    let guard = Guard {
+        start,
+        timeout: job.timeout_ms.map(Duration::from_millis),
+        stopping: &shared.stopping,
+        handed_back: &handed_back,
+        id,
+        cancelled: &shared.cancelled,
+    };
+    let device = &shared.config.device;
+    let result = crate::warmup::run_guarded(device, || job.run(device, &guard));
+    Ran {
+        result,
+        compute_ms: start.elapsed().as_secs_f64() * 1000.0,
+        handed_back: handed_back.into_inner(),
+        stored: job.take_stored(),
+    }
+}
+
+/// Run a job on the blocking pool, holding `_permit` (its compute slot and memory).
+fn run_blocking(shared: &Shared, job: DecodedJob, id: &str, _permit: ComputePermit) -> Ran {
+    let device = shared.config.device.clone();
+    let start = Instant::now();
+    let handed_back = AtomicBool::new(false);
+    let guard = Guard {
+        start,
+        timeout: job.timeout_ms.map(Duration::from_millis),
+        stopping: &shared.stopping,
+        handed_back: &handed_back,
+        id,
+        cancelled: &shared.cancelled,
+    };
+    if let Some(reason) = shared.poisoned.get() {
+        return Ran::handed_back(format!(
+            "device {device} is unusable ({reason}); job handed back"
+        ));
+    }
+    let result = crate::warmup::run_guarded(&device, || {
+        guard.checkpoint(Progress { done: 0, total: 1 })?;
+        job.run(&device, &guard)
+    });
+    // A GPU that failed may be broken for every job that follows: probe it, and if it
+    // no longer computes, stop this worker (it exits non-zero for its supervisor).
+    if let Err(e) = &result
+        && device != ComputeDevice::Cpu
+        && matches!(e.kind, ErrorKind::OutOfMemory | ErrorKind::Internal)
+        && let Err(reason) = crate::warmup::probe(&device)
+    {
+        let _ = shared
+            .poisoned
+            .set(format!("after {}: {reason}", e.message));
+    }
+    let slowdown = shared.config.slowdown;
+    if slowdown > 1.0 {
+        std::thread::sleep(start.elapsed().mul_f64(slowdown - 1.0));
+    }
+    std::thread::sleep(shared.config.sim_overhead);
+    Ran {
+        result,
+        compute_ms: start.elapsed().as_secs_f64() * 1000.0,
+        handed_back: handed_back.into_inner(),
+        stored: job.take_stored(),
+    }
+}
+
+/// The checkpoint kernels call: enforces `timeout_ms` and hands jobs back on shutdown.
+struct Guard<'a> {
+    start: Instant,
+    timeout: Option<Duration>,
+    stopping: &'a AtomicBool,
+    /// Set when the job is stopped because the worker is stopping.
+    handed_back: &'a AtomicBool,
+    id: &'a str,
+    cancelled: &'a crate::cancel::Cancellations,
+}
+
+impl Checkpoint for Guard<'_> {
+    fn checkpoint(&self, progress: Progress) -> Result<(), JobError> {
+        // Before the first step (every job passes a checkpoint just before it starts), or
+        // how far it got.
+        let when = || match progress.done {
+            0 => "before it started".to_owned(),
+            done => format!("while running ({done} of {} steps done)", progress.total),
+        };
+        if let Some(timeout) = self.timeout
+            && self.start.elapsed() > timeout
+        {
+            return Err(JobError::new(
+                ErrorKind::Timeout,
+                format!(
+                    "job ran past its timeout_ms of {}, stopped {}",
+                    timeout.as_millis(),
+                    when()
+                ),
+            ));
+        }
+        if self.cancelled.contains(self.id) {
+            return Err(JobError::new(
+                ErrorKind::Cancelled,
+                format!("cancelled by `kiln cancel` {}", when()),
+            ));
+        }
+        if self.stopping.load(Ordering::Relaxed) {
+            self.handed_back.store(true, Ordering::Relaxed);
+            return Err(JobError::internal("worker shutting down; job handed back"));
+        }
+        Ok(())
+    }
+}
+
+/// Most work (floating-point operations, and tensor elements) a CPU job may have to run
+/// directly on the async executor: a few microseconds, less than handing it to the blocking
+/// pool costs in thread wake-ups. Everything bigger, and every GPU job, runs on the pool.
+const INLINE_MAX_WORK: u64 = 1 << 16;
+
+fn runs_inline(config: &WorkerConfig, job: &DecodedJob) -> bool {
+    config.device == ComputeDevice::Cpu
+        && config.slowdown <= 1.0
+        && config.sim_overhead.is_zero()
+        && job.plan.flops <= INLINE_MAX_WORK as f64
+        && job.plan.elements <= INLINE_MAX_WORK
+}

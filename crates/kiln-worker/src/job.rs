@@ -1,0 +1,150 @@
+//! One job, from arrival to ack: decode → validate → load its objects → compute → store its
+//! output → answer (or hand it back) → ack.
+
+use std::sync::Arc;
+
+use kiln_kernels::{DecodedJob, Stored};
+use kiln_proto::{ErrorKind, JobError, OutputMode};
+
+use crate::answer::{self, Outcome};
+use crate::arrival::Arrival;
+use crate::compute::{self, Ran};
+use crate::shared::Shared;
+
+/// Handle one job to the end: answered, handed back for another attempt, or handed back
+/// unfinished.
+pub(crate) async fn handle(shared: &Arc<Shared>, arrival: Arrival) {
+    let (id, outcome) = match decode(shared, &arrival) {
+        Ok(job) => {
+            let id = arrival.id(job.id.as_deref());
+            match run(shared, &arrival, job, &id).await {
+                Some(outcome) => (id, outcome),
+                None => return,
+            }
+        }
+        Err(error) => (
+            arrival.undecoded_id(),
+            Outcome {
+                result: Err(error),
+                compute_ms: 0.0,
+                flops: 0.0,
+            },
+        ),
+    };
+    if let Some(trace) = &arrival.trace {
+        trace.id(&id);
+    }
+    answer::finish(shared, &arrival, id, outcome).await;
+}
+
+/// Decode and validate the job; every problem becomes a specific [`JobError`].
+fn decode(shared: &Shared, arrival: &Arrival) -> Result<DecodedJob, JobError> {
+    let kernel = arrival.kernel.clone()?;
+    let codec = arrival.codec.clone()?;
+    let job = kernel.decode(codec, &arrival.message.payload, &shared.config.limits)?;
+    shared.admission.fits(kernel.name, job.plan.elements)?;
+    Ok(job)
+}
+
+/// Run a decoded job: refused when cancelled, its objects loaded, computed, its output
+/// stored. `None` when it was handed back unfinished (nothing more to answer).
+async fn run(
+    shared: &Arc<Shared>,
+    arrival: &Arrival,
+    mut job: DecodedJob,
+    id: &str,
+) -> Option<Outcome> {
+    let refused = |error: JobError, flops: f64| Outcome {
+        result: Err(error),
+        compute_ms: 0.0,
+        flops,
+    };
+    if shared.cancelled.contains(id) {
+        let error = JobError::new(
+            ErrorKind::Cancelled,
+            "cancelled by `kiln cancel` before it ran",
+        );
+        return Some(refused(error, job.plan.flops));
+    }
+    let flops = job.plan.flops;
+    if let Err(error) = crate::data::load(shared, &arrival.message, &mut job).await {
+        return Some(refused(error, flops));
+    }
+    let flops = job.plan.flops;
+    let output_mode = job.output;
+    track(shared, id, arrival, true);
+    let Ran {
+        mut result,
+        compute_ms,
+        handed_back,
+        stored,
+    } = compute::compute(shared, &arrival.message, job, id).await;
+    if let Some(stored) = stored {
+        store_output(shared, arrival, id, output_mode, stored, &mut result).await;
+    }
+    track(shared, id, arrival, false);
+    let kind = &arrival.kind;
+    shared.config.metrics.compute(kind, compute_ms / 1000.0);
+    if let Some(trace) = &arrival.trace {
+        trace.compute(compute_ms, &result);
+    }
+    if let (true, Err(error)) = (handed_back, &result) {
+        if let Some(trace) = &arrival.trace {
+            trace.id(id);
+        }
+        if crate::handback::hand_back(shared, arrival, id, error).await {
+            return None;
+        }
+    } else if compute_ms > 0.0 {
+        shared.admission.record(compute_ms);
+    }
+    Some(Outcome {
+        result,
+        compute_ms,
+        flops,
+    })
+}
+
+/// Store an output too large to travel in the result in the object store, and name it in the
+/// result; a failure to store it fails the job.
+async fn store_output(
+    shared: &Shared,
+    arrival: &Arrival,
+    id: &str,
+    mode: OutputMode,
+    stored: Stored,
+    result: &mut Result<serde_json::Value, JobError>,
+) {
+    let Ok(output) = result else { return };
+    let format = crate::data::format_of(&stored, mode);
+    let name = kiln_proto::output_object_name(
+        id,
+        arrival.envelope.replay,
+        arrival.stream_sequence,
+        arrival.attempt,
+        format,
+    );
+    let message = &arrival.message;
+    if let Err(error) =
+        crate::data::store_output(shared, message, &name, format, stored, output).await
+    {
+        *result = Err(error);
+    }
+}
+
+/// Note a job as held (or no longer held) for the heartbeat.
+fn track(shared: &Shared, id: &str, arrival: &Arrival, holding: bool) {
+    let mut running = shared.running.lock().unwrap_or_else(|e| e.into_inner());
+    if holding {
+        running.insert(
+            id.to_owned(),
+            kiln_proto::RunningJob {
+                id: id.to_owned(),
+                kind: arrival.kind.clone(),
+                attempt: arrival.attempt,
+            },
+        );
+    } else {
+        running.remove(id);
+    }
+}

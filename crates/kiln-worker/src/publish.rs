@@ -1,0 +1,140 @@
+//! Publishing what a worker answers: result events on `results.<kind>.<id>`, and dead letters
+//! in `KILN_DLQ`. Both are idempotent: their message ids come from the job id.
+
+use async_nats::HeaderMap;
+use async_nats::jetstream;
+use kiln_proto::{
+    HEADER_DLQ_REASON, HEADER_DLQ_SUBJECT, HEADER_JOB_ID, HEADER_MSG_ID, JobError, ResultEvent,
+    Status, subject,
+};
+
+/// Publish `event` and wait for the server to store it. The result carries the trace on:
+/// this worker's publish span when it traces, else `trace_context`, the job's own as it came.
+pub(crate) async fn publish_result(
+    js: &jetstream::Context,
+    event: &ResultEvent,
+    trace_context: Option<&HeaderMap>,
+    trace: Option<&crate::trace::JobTrace>,
+) -> Result<Answer, String> {
+    let body = serde_json::to_vec(event).map_err(|e| e.to_string())?;
+    let mut headers = HeaderMap::new();
+    headers.insert(HEADER_MSG_ID, event.msg_id().as_str());
+    headers.insert("Content-Type", kiln_proto::CONTENT_TYPE_JSON);
+    let subject = subject::result_of(&event.kind, &event.id, event.replay);
+    let _span = match trace {
+        Some(trace) => {
+            let span = trace.publish(&subject);
+            span.inject(&mut headers);
+            Some(span)
+        }
+        None => {
+            kiln_telemetry::trace::forward(trace_context, &mut headers);
+            None
+        }
+    };
+    let stored = js
+        .publish_with_headers(subject, headers, body.into())
+        .await
+        .map_err(|e| e.to_string())?
+        .await;
+    match stored {
+        Ok(ack) => {
+            if ack.duplicate {
+                tracing::debug!(id = %event.id, "result already stored; this delivery was a duplicate");
+                return Ok(Answer::Before);
+            }
+            Ok(Answer::Now)
+        }
+        // The results stream keeps one result a job id, for good: this job was answered
+        // before (a redelivery after a lost ack, an id used again after the duplicate window).
+        Err(e) if kiln_proto::already_answered(&e.to_string()) => {
+            tracing::info!(id = %event.id, "job already has a stored result; this run's result is dropped");
+            Ok(Answer::Before)
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Whether a result was stored by this publish or was there before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Answer {
+    Now,
+    Before,
+}
+
+/// Room kept in a message for a result's headers (message id, content type, trace context).
+const RESULT_HEADROOM: usize = 4096;
+
+/// `event`, or, when its JSON would not fit in a message beside its headers, a `too_large`
+/// failure in its place: a result that cannot be stored must still answer the job, never
+/// keep it going round.
+pub(crate) fn fitted(js: &jetstream::Context, event: ResultEvent) -> ResultEvent {
+    let max = js.client().server_info().max_payload;
+    let len = serde_json::to_vec(&event).map_or(usize::MAX, |b| b.len());
+    if len.saturating_add(RESULT_HEADROOM) <= max {
+        return event;
+    }
+    tracing::warn!(id = %event.id, bytes = len, max_payload = max, "result too large for a message; answering too_large");
+    ResultEvent {
+        status: Status::Failed,
+        output: serde_json::Value::Null,
+        error: Some(JobError::too_large(format!(
+            "its result of {len} bytes does not fit in a message (the server's max_payload is \
+             {max} bytes); ask for its output as an object (\"output\": \"object\") or make it \
+             smaller"
+        ))),
+        ..event
+    }
+}
+
+/// Keep a copy of a job given up on in `KILN_DLQ`, with why and where it came from.
+pub(crate) async fn dead_letter(
+    js: &jetstream::Context,
+    event: &ResultEvent,
+    job_subject: &str,
+    job_headers: &HeaderMap,
+    payload: &bytes::Bytes,
+) -> Result<(), String> {
+    // Not the job's publish conditions (`Nats-Expected-Stream: KILN_JOBS` would refuse the
+    // letter in KILN_DLQ), nor kiln's own headers as they came: the replay count is the
+    // result's, which was read from a copy's subject only.
+    let mut headers = kiln_proto::copy_headers_except(Some(job_headers), &kiln_proto::OWN_HEADERS);
+    if event.replay > 0 {
+        headers.insert(kiln_proto::HEADER_REPLAY, event.replay.to_string().as_str());
+    }
+    let reason = event
+        .error
+        .as_ref()
+        .map(|e| e.clone().bounded().to_string())
+        .unwrap_or_default();
+    headers.insert(HEADER_DLQ_REASON, reason.as_str());
+    headers.insert(HEADER_DLQ_SUBJECT, job_subject);
+    headers.insert(HEADER_JOB_ID, event.id.as_str());
+    let msg_id = match event.replay {
+        0 => format!("dlq-{}", event.id),
+        n => format!("dlq-{}-replay-{n}", event.id),
+    };
+    headers.insert(HEADER_MSG_ID, msg_id.as_str());
+    let publish = |headers: HeaderMap, payload: bytes::Bytes| async move {
+        js.publish_with_headers(subject::dlq(&event.kind), headers, payload)
+            .await
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| e.to_string())
+    };
+    match publish(headers.clone(), payload.clone()).await {
+        Ok(_) => Ok(()),
+        // A job within a few hundred bytes of max_payload has no room for the letter's
+        // headers: the letter keeps why and where, without the body (it cannot be replayed;
+        // `kiln dlq` says so).
+        Err(e) if kiln_proto::refused_for_size(&e) => {
+            let note = format!(
+                "dropped: the job's {} bytes did not fit in a letter beside its headers",
+                payload.len()
+            );
+            headers.insert(kiln_proto::HEADER_DLQ_BODY, note.as_str());
+            publish(headers, bytes::Bytes::new()).await.map(|_| ())
+        }
+        Err(e) => Err(e),
+    }
+}

@@ -1,0 +1,64 @@
+//! What every job task of one worker shares, and what the worker counts.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+
+use async_nats::jetstream;
+
+use crate::admission::Admission;
+use crate::cancel::Cancellations;
+use crate::config::WorkerConfig;
+
+/// What a worker did before it stopped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WorkerStats {
+    /// Jobs answered with a `succeeded` result.
+    pub succeeded: u64,
+    /// Jobs answered with a `failed` result.
+    pub failed: u64,
+    /// Jobs handed back for another attempt.
+    pub retried: u64,
+    /// Jobs queued again unfinished because the worker stopped (no attempt spent).
+    pub handed_back: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub succeeded: AtomicU64,
+    pub failed: AtomicU64,
+    pub retried: AtomicU64,
+    pub handed_back: AtomicU64,
+}
+
+/// State every job task of one worker shares.
+pub(crate) struct Shared {
+    pub js: jetstream::Context,
+    pub config: WorkerConfig,
+    /// How many jobs the worker holds, and which of them compute now.
+    pub admission: Admission,
+    pub counters: Counters,
+    /// Set when a shutdown ran out of patience: checkpoints then hand jobs back.
+    pub stopping: AtomicBool,
+    /// Set (with the reason) when the device stopped working: the worker stops pulling,
+    /// hands back what it holds, and exits with an error.
+    pub poisoned: OnceLock<String>,
+    /// Jobs cancelled with `kiln cancel`.
+    pub cancelled: Cancellations,
+    /// Jobs held now, by id, for the heartbeat (`kiln status <id>`).
+    pub running: Mutex<HashMap<String, kiln_proto::RunningJob>>,
+    /// The `KILN_DATA` object store, opened when a job first needs it.
+    pub data: tokio::sync::OnceCell<jetstream::object_store::ObjectStore>,
+}
+
+impl Shared {
+    /// What the worker did so far.
+    pub(crate) fn stats(&self) -> WorkerStats {
+        WorkerStats {
+            succeeded: self.counters.succeeded.load(Ordering::Relaxed),
+            failed: self.counters.failed.load(Ordering::Relaxed),
+            retried: self.counters.retried.load(Ordering::Relaxed),
+            handed_back: self.counters.handed_back.load(Ordering::Relaxed),
+        }
+    }
+}

@@ -1,0 +1,342 @@
+//! The worker library in-process against a real nats-server: jobs published to `KILN_JOBS`,
+//! answers read back from `KILN_RESULTS`, the worker stopped through its shutdown future.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, consumer, consumer::PullConsumer, stream::Stream};
+use kiln_kernels::{ComputeDevice, JobMeta, MemoryBudget};
+use kiln_proto::streams::{self, STREAM_JOBS, STREAM_RESULTS};
+use kiln_proto::{Codec, ErrorKind, Limits, ResultEvent, Status, Topology};
+use kiln_testkit::NatsServer;
+use kiln_worker::{Error, WorkerConfig, WorkerStats};
+use tokio::sync::oneshot;
+
+/// Generous: how long anything here may take before the test gives up.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// A server with kiln's streams, and a client of it.
+struct Setup {
+    server: NatsServer,
+    js: jetstream::Context,
+}
+
+impl Setup {
+    async fn new() -> Self {
+        let server = NatsServer::start();
+        let client = async_nats::connect(server.url()).await.expect("connect");
+        let js = jetstream::new(client);
+        streams::ensure_all(&js, &Topology::default())
+            .await
+            .expect("streams");
+        Setup { server, js }
+    }
+
+    /// Start a worker on its own connection, as a process would.
+    async fn worker(&self, config: WorkerConfig) -> Worker {
+        let client = async_nats::connect(self.server.url())
+            .await
+            .expect("connect");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(kiln_worker::run(client, config, stopped));
+        Worker { stop, task }
+    }
+
+    /// Publish a job and wait until `KILN_JOBS` stores it.
+    async fn submit(&self, subject: &str, headers: HeaderMap, body: Vec<u8>) {
+        self.js
+            .publish_with_headers(subject.to_owned(), headers, body.into())
+            .await
+            .expect("publish")
+            .await
+            .expect("job stored");
+    }
+
+    /// The result stored for job `id` of `kind`, waiting for it.
+    async fn result(&self, kind: &str, id: &str) -> ResultEvent {
+        let subject = kiln_proto::subject::result(kind, id);
+        let stream = self.js.get_stream(STREAM_RESULTS).await.expect("results");
+        let found = tokio::time::timeout(PATIENCE, async {
+            loop {
+                if let Ok(message) = stream.get_last_raw_message_by_subject(&subject).await {
+                    return message;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        let message = found
+            .await
+            .unwrap_or_else(|_| panic!("no result on {subject}"));
+        serde_json::from_slice(&message.payload).expect("a result event")
+    }
+
+    async fn jobs(&self) -> Stream {
+        self.js.get_stream(STREAM_JOBS).await.expect("jobs stream")
+    }
+
+    /// The `workers-cpu` consumer once `done` holds of it, waiting for that.
+    async fn cpu_consumer_when(&self, done: impl Fn(&consumer::Info) -> bool) -> consumer::Info {
+        let mut consumer: PullConsumer = self
+            .jobs()
+            .await
+            .get_consumer(streams::CONSUMER_WORKERS_CPU)
+            .await
+            .expect("workers-cpu");
+        let reached = tokio::time::timeout(PATIENCE, async {
+            loop {
+                let info = consumer.info().await.expect("consumer info");
+                if done(info) {
+                    return info.clone();
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        reached
+            .await
+            .expect("the consumer reaches the expected state")
+    }
+
+    /// The jobs left in `KILN_JOBS`, in stream order.
+    async fn queued(&self) -> Vec<Queued> {
+        let mut jobs = self.jobs().await;
+        let state = jobs.info().await.expect("jobs stream info").state.clone();
+        let mut queued = Vec::new();
+        for seq in state.first_sequence..=state.last_sequence {
+            let Ok(job) = jobs.get_raw_message(seq).await else {
+                continue; // acked and gone
+            };
+            let header = |name: &str| job.headers.get(name).map(|v| v.as_str().to_owned());
+            let body: serde_json::Value = serde_json::from_slice(&job.payload).expect("JSON");
+            queued.push(Queued {
+                subject: job.subject.to_string(),
+                id: body["id"].as_str().expect("an id in the body").to_owned(),
+                job_id: header(kiln_proto::HEADER_JOB_ID),
+                handbacks: header(kiln_proto::HEADER_HANDBACKS),
+            });
+        }
+        queued
+    }
+}
+
+/// A job waiting in `KILN_JOBS`.
+#[derive(Debug)]
+struct Queued {
+    subject: String,
+    /// The `id` in its body.
+    id: String,
+    /// Its `Kiln-Job-Id` header.
+    job_id: Option<String>,
+    /// Its `Kiln-Handbacks` header.
+    handbacks: Option<String>,
+}
+
+/// A worker running in this process.
+struct Worker {
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<kiln_worker::Result<WorkerStats>>,
+}
+
+impl Worker {
+    /// Resolve its shutdown future and wait for `run` to return.
+    async fn stop(self) -> kiln_worker::Result<WorkerStats> {
+        let _ = self.stop.send(());
+        tokio::time::timeout(PATIENCE, self.task)
+            .await
+            .expect("the worker returns within its drain bound")
+            .expect("the worker task does not panic")
+    }
+}
+
+/// A CPU worker with a fixed memory budget (nothing detected from the machine).
+fn cpu_worker(name: &str) -> WorkerConfig {
+    let mut config = WorkerConfig::new(ComputeDevice::Cpu);
+    config.name = name.into();
+    config.compute_slots = 2;
+    config.memory = Some(MemoryBudget::configured(1024));
+    config
+}
+
+fn msg_id(id: &str) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(kiln_proto::HEADER_MSG_ID, id);
+    headers
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn answers_vector_add_jobs_in_either_codec_with_their_sums() {
+    let setup = Setup::new().await;
+    let worker = setup.worker(cpu_worker("adder")).await;
+    let json = br#"{"id":"add-json","params":{"a":[1,2,3],"b":[10,20,30]}}"#;
+    setup
+        .submit("jobs.cpu.vector_add", HeaderMap::new(), json.to_vec())
+        .await;
+    let kind = kiln_kernels::find("vector_add").unwrap();
+    let meta = JobMeta {
+        id: Some("add-bincode".into()),
+        ..Default::default()
+    };
+    let params = serde_json::json!({"a": [0.5, 1.5], "b": [2, 4]});
+    let bincode = kind.encode_job(params, meta, Codec::Bincode).unwrap();
+    let mut headers = HeaderMap::new();
+    headers.insert("Content-Type", Codec::Bincode.content_type());
+    setup.submit("jobs.cpu.vector_add", headers, bincode).await;
+
+    let sum = setup.result("vector_add", "add-json").await;
+    assert_eq!(sum.status, Status::Succeeded, "{:?}", sum.error);
+    assert_eq!(sum.output["c"], serde_json::json!([11.0, 22.0, 33.0]));
+    assert_eq!(
+        (sum.kind.as_str(), sum.worker.as_str(), sum.device.as_str()),
+        ("vector_add", "adder", "cpu")
+    );
+    assert_eq!(sum.attempt, 1);
+    let sum = setup.result("vector_add", "add-bincode").await;
+    assert_eq!(sum.status, Status::Succeeded, "{:?}", sum.error);
+    assert_eq!(sum.output["c"], serde_json::json!([2.5, 5.5]));
+
+    let stats = worker.stop().await.expect("a clean stop");
+    assert_eq!(
+        stats,
+        WorkerStats {
+            succeeded: 2,
+            ..Default::default()
+        }
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn answers_malformed_jobs_invalid_input_and_acks_them() {
+    let setup = Setup::new().await;
+    let worker = setup.worker(cpu_worker("strict")).await;
+    // A body that is not JSON: its id comes from Nats-Msg-Id.
+    setup
+        .submit("jobs.cpu.vector_add", msg_id("not-json"), b"{nope".to_vec())
+        .await;
+    // Vectors of different lengths.
+    let uneven = br#"{"id":"uneven","params":{"a":[1,2],"b":[1]}}"#;
+    setup
+        .submit("jobs.cpu.vector_add", HeaderMap::new(), uneven.to_vec())
+        .await;
+    // A kind this build does not run is answered under `unknown`.
+    setup
+        .submit("jobs.cpu.no_such_kind", msg_id("odd-kind"), b"{}".to_vec())
+        .await;
+    // A content type nobody can decode.
+    let mut headers = msg_id("odd-codec");
+    headers.insert("Content-Type", "application/x-pickle");
+    setup
+        .submit("jobs.cpu.vector_add", headers, b"{}".to_vec())
+        .await;
+
+    for (kind, id, says) in [
+        ("vector_add", "not-json", "vector_add"),
+        ("vector_add", "uneven", "length"),
+        ("unknown", "odd-kind", "unknown job kind \"no_such_kind\""),
+        ("vector_add", "odd-codec", "application/x-pickle"),
+    ] {
+        let answer = setup.result(kind, id).await;
+        assert_eq!(answer.status, Status::Failed, "{id}");
+        let error = answer.error.expect("a failure says why");
+        assert_eq!(error.kind, ErrorKind::InvalidInput, "{id}: {error}");
+        assert!(error.message.contains(says), "{id}: {error}");
+        assert_eq!(answer.device, "none", "{id} never reached the device");
+        assert_eq!(answer.attempt, 1, "{id} was not retried");
+    }
+
+    // Every job was acked: none is pending or redelivered, and the work queue is empty.
+    let info = setup
+        .cpu_consumer_when(|i| i.num_ack_pending == 0 && i.num_pending == 0)
+        .await;
+    assert_eq!(info.num_redelivered, 0);
+    assert!(
+        setup.queued().await.is_empty(),
+        "acked jobs leave the work queue"
+    );
+
+    let stats = worker.stop().await.expect("a clean stop");
+    assert_eq!((stats.succeeded, stats.failed, stats.retried), (0, 4, 0));
+}
+
+/// A `train_mlp` job long enough to be running still when its worker stops; it passes a
+/// checkpoint every epoch.
+fn long_job(id: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "id": id,
+        "params": {"samples": 8192, "features": 2, "classes": 2, "hidden": [64, 64],
+                   "epochs": 10000, "batch_size": 128},
+    }))
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn drain_hands_back_held_jobs_without_spending_deliveries_and_returns() {
+    let setup = Setup::new().await;
+    // Room for exactly one such job in memory, four held: one computes, three wait for the
+    // memory the first holds.
+    let plan = kiln_kernels::find("train_mlp")
+        .unwrap()
+        .decode(Codec::Json, &long_job("probe"), &Limits::default())
+        .expect("a valid job")
+        .plan;
+    let mib = (plan.elements * kiln_kernels::BYTES_PER_ELEMENT).div_ceil(1 << 20);
+    let mut config = cpu_worker("drainer");
+    config.compute_slots = 4;
+    config.max_in_flight = 4;
+    config.memory = Some(MemoryBudget::configured(mib));
+    config.drain_timeout = Duration::from_millis(500);
+    let metrics = config.metrics.clone();
+    let worker = setup.worker(config).await;
+    for n in 1..=6 {
+        let id = format!("long-{n}");
+        setup
+            .submit("jobs.cpu.train_mlp", HeaderMap::new(), long_job(&id))
+            .await;
+    }
+
+    // The worker holds as many jobs as it may and leaves the rest in the queue.
+    let info = setup.cpu_consumer_when(|i| i.num_ack_pending == 4).await;
+    assert_eq!(info.num_pending, 2, "never more than max_in_flight held");
+
+    // Past the drain timeout, the running job stops at its next checkpoint and the three
+    // waiting ones never start: all four go back to the queue.
+    match worker.stop().await {
+        Err(Error::DrainTimeout(running, timeout)) => {
+            assert_eq!((running, timeout), (4, Duration::from_millis(500)));
+        }
+        other => panic!("expected a drain timeout, got {other:?}"),
+    }
+    let handed_back = metrics
+        .jobs
+        .get_or_create(&kiln_telemetry::KindStatusLabels {
+            kind: "train_mlp".into(),
+            status: "handed_back".into(),
+        })
+        .get();
+    assert_eq!(handed_back, 4);
+    assert_eq!(
+        metrics.in_flight.get(),
+        0,
+        "nothing is held after run returns"
+    );
+
+    // In the queue: the four held jobs as copies that count one hand-back each (a copy is a
+    // new message: none of its deliveries is spent), and the two never taken, as they were.
+    let (mut copies, mut untouched) = (BTreeSet::new(), BTreeSet::new());
+    for job in setup.queued().await {
+        match job.subject.as_str() {
+            "jobs.cpu.train_mlp.copy" => {
+                assert_eq!(job.handbacks.as_deref(), Some("1"), "{job:?}");
+                assert_eq!(job.job_id.as_deref(), Some(job.id.as_str()), "{job:?}");
+                copies.insert(job.id);
+            }
+            "jobs.cpu.train_mlp" => {
+                assert_eq!(job.handbacks, None, "{job:?}");
+                untouched.insert(job.id);
+            }
+            other => panic!("unexpected job on {other}"),
+        }
+    }
+    let ids = |ns: &[u32]| ns.iter().map(|n| format!("long-{n}")).collect();
+    assert_eq!(copies, ids(&[1, 2, 3, 4]));
+    assert_eq!(untouched, ids(&[5, 6]));
+}
