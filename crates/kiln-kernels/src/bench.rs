@@ -38,8 +38,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::dtype_name;
 use crate::device::{ComputeDevice, CpuBackend, CudaBackend};
-use crate::matmul::Dtype;
-use crate::train_mlp::Mlp;
+use crate::kinds::matmul::Dtype;
+use crate::kinds::train_mlp::Mlp;
 
 /// Timed iterations always run at least this many times, whatever the time budget.
 pub const MIN_ITERS: u32 = 3;
@@ -404,7 +404,7 @@ impl Case {
 
 impl Work {
     /// The convolution of a conv2d case, as cuDNN takes it.
-    pub fn conv_shape(&self) -> Option<crate::cudnn::ConvShape> {
+    pub fn conv_shape(&self) -> Option<crate::vendor::cudnn::ConvShape> {
         match *self {
             Work::Conv2d {
                 batch,
@@ -415,7 +415,7 @@ impl Work {
                 kernel,
                 groups,
                 ..
-            } => Some(crate::cudnn::ConvShape {
+            } => Some(crate::vendor::cudnn::ConvShape {
                 batch,
                 channels,
                 height,
@@ -653,7 +653,9 @@ pub fn run_case(device: &ComputeDevice, case: &Case, settings: &Settings) -> Row
             | Work::SmallVectorAdd { burn: false, .. },
             ComputeDevice::Cuda(index),
         ) => Some(Vendor::Cublas(*index)),
-        (Work::Matmul { burn: false, .. }, ComputeDevice::Cpu) if crate::openblas::available() => {
+        (Work::Matmul { burn: false, .. }, ComputeDevice::Cpu)
+            if crate::vendor::openblas::available() =>
+        {
             Some(Vendor::Openblas)
         }
         (Work::Conv2d { burn: false, .. }, _)
@@ -749,7 +751,7 @@ impl Vendor {
             Vendor::Cublas(_) => "cublas",
             Vendor::Openblas => "openblas",
             Vendor::Cudnn(_) => "cudnn",
-            Vendor::Direct => crate::depthwise::ENGINE,
+            Vendor::Direct => crate::cpu::depthwise::ENGINE,
         }
     }
 }
@@ -911,7 +913,7 @@ fn measure_blas(cuda: Option<usize>, case: &Case, settings: &Settings) -> Result
                 Precision::Tf32 => "cuBLAS, CUBLAS_COMPUTE_32F_FAST_TF32",
                 Precision::Bf16 => "cuBLAS, bf16 in and out, f32 accumulation",
             };
-            let products = std::cell::RefCell::new(crate::cublas::SquareProducts::new(
+            let products = std::cell::RefCell::new(crate::vendor::cublas::SquareProducts::new(
                 index,
                 n,
                 precision.dtype(),
@@ -932,7 +934,10 @@ fn measure_blas(cuda: Option<usize>, case: &Case, settings: &Settings) -> Result
                 settings,
                 settings.iters,
                 || Ok(()),
-                || crate::openblas::matmul_into(&a, &b, &mut c, (n, n, n)).map_err(|e| e.message),
+                || {
+                    crate::vendor::openblas::matmul_into(&a, &b, &mut c, (n, n, n))
+                        .map_err(|e| e.message)
+                },
             )?;
             (samples, "OpenBLAS cblas_sgemm")
         }
@@ -950,7 +955,7 @@ fn measure_blas(cuda: Option<usize>, case: &Case, settings: &Settings) -> Result
 fn measure_cublas_add(index: usize, case: &Case, settings: &Settings) -> Result<Measured, String> {
     let (samples, note) = match case.work {
         Work::VectorAdd { len, .. } => {
-            let sums = std::cell::RefCell::new(crate::cublas::DeviceSums::new(index, len)?);
+            let sums = std::cell::RefCell::new(crate::vendor::cublas::DeviceSums::new(index, len)?);
             let samples = sample(
                 settings,
                 settings.iters,
@@ -967,7 +972,8 @@ fn measure_cublas_add(index: usize, case: &Case, settings: &Settings) -> Result<
                 iters,
                 || Ok(()),
                 || {
-                    let c = crate::cublas::vector_add(index, &a, &b).map_err(|e| e.message)?;
+                    let c =
+                        crate::vendor::cublas::vector_add(index, &a, &b).map_err(|e| e.message)?;
                     check_small_sum(&a, &b, &c)?;
                     Ok(c)
                 },
@@ -1011,7 +1017,7 @@ fn measure_direct(case: &Case, settings: &Settings) -> Result<Measured, String> 
     let [k, _] = shape.kernel;
     let pixels = crate::seeded_values(7, 0, shape.input_len());
     let kernels = [crate::seeded_values(7, 1, k * k)];
-    let depthwise = crate::depthwise::Depthwise {
+    let depthwise = crate::cpu::depthwise::Depthwise {
         planes: shape.batch * shape.channels,
         height: shape.height,
         width: shape.width,
@@ -1038,7 +1044,7 @@ fn measure_cudnn(index: usize, case: &Case, settings: &Settings) -> Result<Measu
     let Some(shape) = case.work.conv_shape() else {
         return Err(format!("{} is not a conv2d", case.name));
     };
-    let convolutions = std::cell::RefCell::new(crate::cudnn::Convolutions::new(
+    let convolutions = std::cell::RefCell::new(crate::vendor::cudnn::Convolutions::new(
         index,
         shape,
         case.precision().dtype(),

@@ -5,7 +5,7 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::simd::Width;
+use crate::cpu::simd::Width;
 
 /// Values per block when generating or summarising: each block is one task on rayon's pool,
 /// and its place in the output fixes its random words and its share of the sums, so results do
@@ -65,7 +65,7 @@ pub(crate) fn dtype_name(dtype: burn::tensor::DType) -> String {
 }
 
 /// Summary statistics of an output tensor, so that large results can be compared without
-/// shipping them. Computed in the widest vectors the CPU has (`crate::simd`), with the same
+/// shipping them. Computed in the widest vectors the CPU has (`crate::cpu::simd`), with the same
 /// result at every width.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Summary {

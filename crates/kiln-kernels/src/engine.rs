@@ -1,21 +1,19 @@
 //! What `matmul` jobs run on: the vendor BLAS of the device (cuBLAS on CUDA, OpenBLAS on the
 //! CPU, both loaded at run time) or Burn's own kernels, like the other kinds (`vector_add` follows
 //! the same setting: cuBLAS on CUDA, Burn on the CPU); and what `conv2d`
-//! jobs run on: cuDNN on CUDA workers (loaded at run time, see [`crate::cudnn`]), a direct
-//! depthwise loop on CPU workers ([`crate::depthwise`]), or Burn.
+//! jobs run on: cuDNN on CUDA workers (loaded at run time, see [`crate::vendor::cudnn`]), a direct
+//! depthwise loop on CPU workers ([`crate::cpu::depthwise`]), or Burn.
 //!
 //! Burn 0.21's GEMMs reach about a quarter of cuBLAS on Hopper GPUs (its kernels use the
 //! warp-level `mma` instructions, not `wgmma`) and about half of OpenBLAS on AVX-512 CPUs
 //! (burn-ndarray multiplies through the `matrixmultiply` crate); neither offers true f32 on
-//! tensor cores' GPUs. A worker checks its device's BLAS at start ([`crate::cublas::probe`],
-//! [`crate::openblas::probe`]) and uses Burn where the library is missing.
+//! tensor cores' GPUs. A worker checks its device's BLAS at start ([`crate::vendor::cublas::probe`],
+//! [`crate::vendor::openblas::probe`]) and uses Burn where the library is missing.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU8, Ordering};
-
-use kiln_proto::JobError;
 
 use crate::device::ComputeDevice;
 
@@ -158,7 +156,7 @@ pub fn engines(device: &ComputeDevice) -> BTreeMap<String, String> {
     let blas = matmul_engine() == MatmulEngine::Blas;
     let matmul = match device {
         ComputeDevice::Cuda(_) if blas => "cublas",
-        ComputeDevice::Cpu if blas && crate::openblas::available() => "openblas",
+        ComputeDevice::Cpu if blas && crate::vendor::openblas::available() => "openblas",
         _ => burn,
     };
     let vector_add = match device {
@@ -167,7 +165,7 @@ pub fn engines(device: &ComputeDevice) -> BTreeMap<String, String> {
     };
     let conv2d = match (device, conv_engine()) {
         (ComputeDevice::Cuda(_), ConvEngine::Native) => "cudnn",
-        (ComputeDevice::Cpu, ConvEngine::Native) => crate::depthwise::ENGINE,
+        (ComputeDevice::Cpu, ConvEngine::Native) => crate::cpu::depthwise::ENGINE,
         (_, ConvEngine::Burn) => burn,
     };
     [
@@ -178,30 +176,6 @@ pub fn engines(device: &ComputeDevice) -> BTreeMap<String, String> {
     .into_iter()
     .map(|(kind, engine)| (kind.to_owned(), engine.to_owned()))
     .collect()
-}
-
-/// A matrix dimension as the 32-bit integer both BLAS interfaces take (cuBLAS's `int`, CBLAS's
-/// `blasint` in OpenBLAS's default build); larger is `too_large`, naming the `library`.
-pub(crate) fn blas_dim(library: &str, name: &str, value: usize) -> Result<i32, JobError> {
-    i32::try_from(value).map_err(|_| {
-        JobError::too_large(format!(
-            "matmul {name}={value} is over {library}'s limit of {} per dimension",
-            i32::MAX
-        ))
-    })
-}
-
-/// The start-up check of a BLAS: `product` computes [1 2]·[3 4]ᵀ, which must be [11].
-pub(crate) fn check_product(
-    library: &str,
-    product: impl FnOnce(&[f32], &[f32]) -> Result<Vec<f32>, JobError>,
-) -> Result<(), String> {
-    let c = product(&[1.0, 2.0], &[3.0, 4.0]).map_err(|e| e.message)?;
-    if c == [11.0] {
-        Ok(())
-    } else {
-        Err(format!("{library} computed [1 2]·[3 4]ᵀ = {c:?}, not [11]"))
-    }
 }
 
 #[cfg(test)]
@@ -224,21 +198,5 @@ mod tests {
             "unknown conv2d engine \"miopen\": use native (cuDNN on CUDA workers, a direct loop \
              on CPU workers) or burn"
         );
-    }
-
-    #[test]
-    fn dimensions_over_the_int_limit_are_too_large() {
-        let e = blas_dim("cuBLAS", "m", 1 << 31).unwrap_err();
-        assert_eq!(e.kind, kiln_proto::ErrorKind::TooLarge);
-        assert!(e.message.contains("m=2147483648"), "{}", e.message);
-        assert!(e.message.contains("cuBLAS's limit"), "{}", e.message);
-        assert_eq!(blas_dim("OpenBLAS", "k", 4096).unwrap(), 4096);
-    }
-
-    #[test]
-    fn the_start_up_check_wants_eleven() {
-        assert_eq!(check_product("x", |_, _| Ok(vec![11.0])), Ok(()));
-        let e = check_product("x", |_, _| Ok(vec![10.0])).unwrap_err();
-        assert_eq!(e, "x computed [1 2]·[3 4]ᵀ = [10.0], not [11]");
     }
 }

@@ -21,19 +21,11 @@ mod kernel;
 mod memory;
 
 pub mod bench;
-pub mod conv2d;
-pub mod cublas;
-pub mod cudnn;
-mod depthwise;
+pub mod cpu;
 mod engine;
-pub mod matmul;
-pub mod mlp_predict;
-pub mod openblas;
+pub mod kinds;
 pub mod precision;
-mod simd;
-pub mod train_mlp;
-pub mod vector_add;
-mod vendor;
+pub mod vendor;
 
 pub use data::{Summary, seeded_values};
 pub use device::{
@@ -60,11 +52,11 @@ macro_rules! registry {
 }
 
 registry! {
-    matmul::Matmul,
-    vector_add::VectorAdd,
-    conv2d::Conv2d,
-    train_mlp::TrainMlp,
-    mlp_predict::MlpPredict,
+    kinds::matmul::Matmul,
+    kinds::vector_add::VectorAdd,
+    kinds::conv2d::Conv2d,
+    kinds::train_mlp::TrainMlp,
+    kinds::mlp_predict::MlpPredict,
 }
 
 /// The registry entry of the kind called `name`.

@@ -24,7 +24,7 @@ fn quick_cases_measure_positive_finite_times_on_the_cpu() {
         let blas = case.family() == "matmul"
             && case.precision() == Precision::F32
             && !case.name.ends_with("_burn")
-            && kiln_kernels::openblas::available();
+            && kiln_kernels::vendor::openblas::available();
         // Depthwise filters without `_burn` run on the direct loop, as conv2d jobs do.
         let direct = case.name.starts_with("conv2d_dw") && !case.name.ends_with("_burn");
         let backend = match (blas, direct) {

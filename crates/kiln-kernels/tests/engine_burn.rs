@@ -32,10 +32,10 @@ fn burn_engine_runs_matmul_on_burn_ndarray_and_agrees_with_openblas() {
 
     set_matmul_engine(MatmulEngine::Blas);
     let blas = run(params);
-    if !kiln_kernels::openblas::available() {
+    if !kiln_kernels::vendor::openblas::available() {
         eprintln!(
             "SKIPPED the OpenBLAS half: {:?}",
-            kiln_kernels::openblas::probe()
+            kiln_kernels::vendor::openblas::probe()
         );
         assert_eq!(blas["engine"], "burn-ndarray");
         return;

@@ -397,7 +397,7 @@ async fn choose_conv_engine(device: ComputeDevice, wanted: kiln_kernels::ConvEng
         tracing::info!(engine = "direct", "conv2d engine");
         return;
     };
-    let checked = tokio::task::spawn_blocking(move || kiln_kernels::cudnn::probe(index))
+    let checked = tokio::task::spawn_blocking(move || kiln_kernels::vendor::cudnn::probe(index))
         .await
         .unwrap_or_else(|e| Err(format!("the check itself failed: {e}")));
     match checked {
@@ -426,9 +426,9 @@ async fn choose_matmul_engine(device: ComputeDevice, wanted: kiln_kernels::Matmu
     let probed = device.clone();
     let checked = tokio::task::spawn_blocking(move || match probed {
         ComputeDevice::Cuda(index) => {
-            kiln_kernels::cublas::probe(index).map(|()| format!("cuBLAS on cuda:{index}"))
+            kiln_kernels::vendor::cublas::probe(index).map(|()| format!("cuBLAS on cuda:{index}"))
         }
-        ComputeDevice::Cpu => kiln_kernels::openblas::probe(),
+        ComputeDevice::Cpu => kiln_kernels::vendor::openblas::probe(),
     })
     .await
     .unwrap_or_else(|e| Err(format!("the check itself failed: {e}")));

@@ -23,9 +23,10 @@
 //! kernels instead ([`crate::ConvEngine::Burn`], also chosen with
 //! `kiln worker --conv2d-engine burn`).
 //!
-//! Unsafe code (with `cublas.rs`, `vendor.rs` and `openblas.rs`, the only in kiln): cuDNN's C
-//! API on raw descriptors and device pointers (cudarc's typed wrappers do not expose the
-//! descriptors that `cudnnFindConvolutionForwardAlgorithmEx` takes).
+//! Unsafe code (as in the other modules of `vendor/`; elsewhere in kiln only the vector-width
+//! dispatch of the CPU loops): cuDNN's C API on raw descriptors and device pointers (cudarc's
+//! typed wrappers do not expose the descriptors that `cudnnFindConvolutionForwardAlgorithmEx`
+//! takes).
 #![allow(unsafe_code)]
 
 use std::collections::HashMap;
@@ -36,8 +37,8 @@ use cudarc::cudnn::{result, result::CudnnError, sys};
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtrMut};
 use kiln_proto::{ErrorKind, JobError};
 
+use super::cuda::{Buffers, Handles, Library, lock};
 use crate::precision::Dtype;
-use crate::vendor::{Buffers, Handles, Library, lock};
 
 const CUDNN: Library = Library {
     name: "cuDNN",

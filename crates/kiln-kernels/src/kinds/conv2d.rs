@@ -15,9 +15,9 @@
 //! Generated images are `seeded_values(seed, 0, b*c*h*w)` mapped to [0, 1), laid out
 //! [batch][channel][row][column].
 //!
-//! On a CUDA worker the convolution runs on cuDNN by default ([`crate::cudnn`]), in the job's
+//! On a CUDA worker the convolution runs on cuDNN by default ([`crate::vendor::cudnn`]), in the job's
 //! `dtype` (f32 true f32, tf32, bf16 or f16); on a CPU worker (f32 only) on a direct depthwise
-//! loop ([`crate::depthwise`]); with `--conv2d-engine burn`, and where cuDNN is missing, on
+//! loop ([`crate::cpu::depthwise`]); with `--conv2d-engine burn`, and where cuDNN is missing, on
 //! Burn's kernels. The result names both (`"dtype"`, `"engine"`: cudnn, direct, burn-cuda or
 //! burn-ndarray). Sobel's magnitude is taken in f32 from the two maps, whatever the dtype of
 //! the convolution.
@@ -32,11 +32,11 @@ use serde_json::json;
 use crate::Want;
 use crate::io::{Input, Inputs, Placement, Wanted};
 
-use crate::cudnn::ConvShape;
+use crate::cpu::depthwise::Depthwise;
 use crate::data::dtype_name;
-use crate::depthwise::Depthwise;
 use crate::engine::{ConvEngine, conv_engine};
 use crate::precision::Dtype;
+use crate::vendor::cudnn::ConvShape;
 use crate::{Kernel, Plan, RunContext, Summary, seeded_values};
 
 /// Largest side of a user-given kernel.
@@ -389,7 +389,7 @@ impl Kernel for Conv2d {
         let native = match (ctx.cuda_index, conv_engine()) {
             (_, ConvEngine::Burn) => None,
             (Some(index), ConvEngine::Native) if conv.check().is_ok() => {
-                match crate::cudnn::conv2d(index, &pixels, &weights, &conv, dtype) {
+                match crate::vendor::cudnn::conv2d(index, &pixels, &weights, &conv, dtype) {
                     Ok(maps) => Some((maps, "cudnn")),
                     Err(e) if e.kind == kiln_proto::ErrorKind::Internal => {
                         tracing::warn!(error = %e.message, "cuDNN failed a conv2d; running it on Burn");
@@ -418,7 +418,7 @@ impl Kernel for Conv2d {
                     };
                     maps.extend(depthwise.run(chunk));
                 }
-                Some((maps, crate::depthwise::ENGINE))
+                Some((maps, crate::cpu::depthwise::ENGINE))
             }
         };
         let (maps, computed, engine) = match native {

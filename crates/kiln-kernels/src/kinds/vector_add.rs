@@ -1,6 +1,6 @@
 //! `vector_add`: c = a + b, the "small job" of pipeline benchmarks.
 //!
-//! On a CUDA worker it runs on cuBLAS (`cublasSgeam`, see [`crate::cublas`]) unless the worker
+//! On a CUDA worker it runs on cuBLAS (`cublasSgeam`, see [`crate::vendor::cublas`]) unless the worker
 //! runs its BLAS kinds on Burn (`--matmul-engine burn`, or cuBLAS missing); on a CPU worker on
 //! burn-ndarray. Either way each element is one correctly rounded f32 addition, so every engine
 //! gives the same bits. Results name it in `"engine"`: cublas, burn-cuda or burn-ndarray.
@@ -123,7 +123,7 @@ impl Kernel for VectorAdd {
         ctx.checkpoint(1, 2)?;
         let (c, engine) = match ctx.cuda_index {
             Some(index) if matmul_engine() == MatmulEngine::Blas => {
-                (crate::cublas::vector_add(index, &a, &b)?, "cublas")
+                (crate::vendor::cublas::vector_add(index, &a, &b)?, "cublas")
             }
             _ => (burn_add::<B>(a, b, &ctx.device)?, burn_engine(ctx.is_gpu)),
         };

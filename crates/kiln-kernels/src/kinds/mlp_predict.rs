@@ -1,7 +1,7 @@
 //! `mlp_predict`: runs a model trained by `train_mlp` on rows of features, giving each row's
 //! class probabilities and most likely class.
 //!
-//! The model is a `kiln-mlp` safetensors object (see [`crate::train_mlp`] for its layout). Each
+//! The model is a `kiln-mlp` safetensors object (see [`crate::kinds::train_mlp`] for its layout). Each
 //! row is standardised with the model's `input.mean` and `input.std`, passed through its
 //! `Linear` layers with ReLU between them, and turned into probabilities by a softmax, on the
 //! job's backend, `batch_size` rows at a time. A row's class is the first with the highest
@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::io::{Input, Inputs, Placement, Wanted};
-use crate::train_mlp::{MODEL_FORMAT, MODEL_VERSION, Mlp};
+use crate::kinds::train_mlp::{MODEL_FORMAT, MODEL_VERSION, Mlp};
 use crate::{Kernel, Plan, RunContext, Summary, Want};
 
 /// Rows per forward pass when the job leaves `batch_size` out.

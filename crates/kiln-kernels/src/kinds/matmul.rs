@@ -1,8 +1,8 @@
 //! `matmul`: C = A·B, f32 everywhere, tf32, bf16 or f16 on GPUs.
 //!
 //! The product runs on the device's BLAS by default ([`crate::engine`]): cuBLAS on a CUDA worker
-//! ([`crate::cublas`]), in the precision the job asks for, and OpenBLAS on a CPU worker where it
-//! is installed ([`crate::openblas`]). With `--matmul-engine burn`, or where the library is
+//! ([`crate::vendor::cublas`]), in the precision the job asks for, and OpenBLAS on a CPU worker where it
+//! is installed ([`crate::vendor::openblas`]). With `--matmul-engine burn`, or where the library is
 //! missing, it runs on Burn's kernels like the other kinds. The result names both (`"dtype"`,
 //! `"engine"`: cublas, openblas, burn-cuda or burn-ndarray).
 //!
@@ -235,10 +235,10 @@ impl Kernel for Matmul {
         let (c, computed, engine) = match ctx.cuda_index {
             Some(index) if blas => {
                 ctx.checkpoint(0, 1)?;
-                let c = crate::cublas::matmul(index, &a, &b, m, k, n, dtype)?;
+                let c = crate::vendor::cublas::matmul(index, &a, &b, m, k, n, dtype)?;
                 (c, dtype.as_str().to_owned(), "cublas")
             }
-            None if blas && !ctx.is_gpu && crate::openblas::available() => {
+            None if blas && !ctx.is_gpu && crate::vendor::openblas::available() => {
                 let mut c = vec![0.0f32; m * n];
                 if k > 0 && n > 0 {
                     for (i, (a_rows, c_rows)) in
@@ -246,7 +246,7 @@ impl Kernel for Matmul {
                     {
                         ctx.checkpoint(i as u64, pieces)?;
                         let r = c_rows.len() / n;
-                        crate::openblas::matmul_into(a_rows, &b, c_rows, (r, k, n))?;
+                        crate::vendor::openblas::matmul_into(a_rows, &b, c_rows, (r, k, n))?;
                     }
                 }
                 (c, dtype.as_str().to_owned(), "openblas")

@@ -1,7 +1,8 @@
-//! What kiln's direct calls into NVIDIA's libraries share (cuBLAS for matmul in `cublas.rs`,
-//! cuDNN for conv2d in `cudnn.rs`): finding the library before cudarc loads it (cudarc panics
-//! when one is missing), one handle per device on its own stream, the device buffers of one
-//! operation in the element type the library reads, and CUDA's errors as job errors.
+//! What kiln's direct calls into NVIDIA's libraries share (cuBLAS for matmul in
+//! [`super::cublas`], cuDNN for conv2d in [`super::cudnn`]): finding the library before cudarc
+//! loads it (cudarc panics when one is missing), one handle per device on its own stream, the
+//! device buffers of one operation in the element type the library reads, and CUDA's errors as
+//! job errors.
 //!
 //! Unsafe code: loading the library with libloading to see whether it loads.
 #![allow(unsafe_code)]

@@ -14,7 +14,7 @@
 
 use rayon::prelude::*;
 
-use crate::simd::Width;
+use crate::cpu::simd::Width;
 
 /// The engine's name in results, heartbeats and benchmark rows.
 pub(crate) const ENGINE: &str = "direct";
