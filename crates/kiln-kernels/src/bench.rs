@@ -31,14 +31,14 @@ use burn::backend::Autodiff;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamConfig, GradientsParams, Optimizer};
 use burn::tensor::{
-    DType, Distribution, FloatDType, Int, Tensor, TensorData, backend::Backend, module::conv2d,
+    DType, Distribution, Int, Tensor, TensorData, backend::Backend, module::conv2d,
     ops::ConvOptions,
 };
 use serde::{Deserialize, Serialize};
 
-use crate::data::dtype_name;
+use crate::Dtype;
 use crate::device::{ComputeDevice, CpuBackend, CudaBackend};
-use crate::kinds::matmul::Dtype;
+use crate::dtype_name;
 use crate::kinds::train_mlp::Mlp;
 
 /// Timed iterations always run at least this many times, whatever the time budget.
@@ -50,39 +50,6 @@ pub const SMALL_LEN: usize = 1024;
 /// Adam's learning rate in the training step (its value does not change the cost).
 const LR: f64 = 1e-3;
 
-/// The element type a case computes in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Precision {
-    /// 32-bit floats (true f32 on cuBLAS; Burn's CUDA kernels may run them on tensor cores at
-    /// TF32-like precision).
-    F32,
-    /// f32 tensors, products at TF32 precision on tensor cores; GPU only.
-    Tf32,
-    /// bfloat16 inputs and output, GPU only.
-    Bf16,
-}
-
-impl Precision {
-    /// The name in case names and rows: `f32`, `tf32` or `bf16`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Precision::F32 => "f32",
-            Precision::Tf32 => "tf32",
-            Precision::Bf16 => "bf16",
-        }
-    }
-
-    /// The job dtype of the same name, as cuBLAS and cuDNN take it.
-    fn dtype(self) -> Dtype {
-        match self {
-            Precision::F32 => Dtype::F32,
-            Precision::Tf32 => Dtype::Tf32,
-            Precision::Bf16 => Dtype::Bf16,
-        }
-    }
-}
-
 /// What a case computes.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Work {
@@ -92,7 +59,7 @@ pub enum Work {
         /// Rows and columns of A, B and C.
         n: usize,
         /// Element type of the product.
-        precision: Precision,
+        dtype: Dtype,
         /// On Burn's kernels, whatever `matmul` jobs run on.
         burn: bool,
     },
@@ -126,7 +93,7 @@ pub enum Work {
         /// 1 for a dense convolution, `channels` for a depthwise one.
         groups: usize,
         /// Element type of the convolution.
-        precision: Precision,
+        dtype: Dtype,
         /// On Burn's kernels, whatever `conv2d` jobs run on.
         burn: bool,
     },
@@ -163,12 +130,12 @@ pub struct Case {
 
 impl Case {
     /// A matmul as `matmul` jobs run it (on CUDA: cuBLAS, unless the process chose Burn).
-    pub fn matmul(n: usize, precision: Precision) -> Self {
+    pub fn matmul(n: usize, dtype: Dtype) -> Self {
         Case {
-            name: format!("matmul_{}_n{n}", precision.as_str()),
+            name: format!("matmul_{}_n{n}", dtype.as_str()),
             work: Work::Matmul {
                 n,
-                precision,
+                dtype,
                 burn: false,
             },
         }
@@ -176,12 +143,12 @@ impl Case {
 
     /// A matmul on Burn's kernels (`matmul_<dtype>_n<n>_burn`); its `tf32` runs Burn's f32
     /// product, which Burn computes at TF32-like precision on tensor cores.
-    pub fn matmul_burn(n: usize, precision: Precision) -> Self {
+    pub fn matmul_burn(n: usize, dtype: Dtype) -> Self {
         Case {
-            name: format!("matmul_{}_n{n}_burn", precision.as_str()),
+            name: format!("matmul_{}_n{n}_burn", dtype.as_str()),
             work: Work::Matmul {
                 n,
-                precision,
+                dtype,
                 burn: true,
             },
         }
@@ -202,26 +169,26 @@ impl Case {
 
     /// A dense 3×3 convolution as kiln convolves (on CUDA: cuDNN, unless the process chose
     /// Burn).
-    pub fn conv2d(input: [usize; 4], out_channels: usize, precision: Precision) -> Self {
-        Self::conv2d_on(input, out_channels, precision, false)
+    pub fn conv2d(input: [usize; 4], out_channels: usize, dtype: Dtype) -> Self {
+        Self::conv2d_on(input, out_channels, dtype, false)
     }
 
     /// The same on Burn's kernels (`conv2d_3x3_<dtype>_…_burn`); its `tf32` runs Burn's f32
     /// convolution, which Burn computes at TF32-like precision on tensor cores.
-    pub fn conv2d_burn(input: [usize; 4], out_channels: usize, precision: Precision) -> Self {
-        Self::conv2d_on(input, out_channels, precision, true)
+    pub fn conv2d_burn(input: [usize; 4], out_channels: usize, dtype: Dtype) -> Self {
+        Self::conv2d_on(input, out_channels, dtype, true)
     }
 
     fn conv2d_on(
         [batch, channels, height, width]: [usize; 4],
         out_channels: usize,
-        precision: Precision,
+        dtype: Dtype,
         burn: bool,
     ) -> Self {
         Case {
             name: format!(
                 "conv2d_3x3_{}_{batch}x{channels}x{height}x{width}_c{out_channels}{}",
-                precision.as_str(),
+                dtype.as_str(),
                 if burn { "_burn" } else { "" }
             ),
             work: Work::Conv2d {
@@ -232,7 +199,7 @@ impl Case {
                 width,
                 kernel: 3,
                 groups: 1,
-                precision,
+                dtype,
                 burn,
             },
         }
@@ -243,13 +210,13 @@ impl Case {
     pub fn filter(
         [batch, channels, height, width]: [usize; 4],
         kernel: usize,
-        precision: Precision,
+        dtype: Dtype,
         burn: bool,
     ) -> Self {
         Case {
             name: format!(
                 "conv2d_dw{kernel}x{kernel}_{}_{batch}x{channels}x{height}x{width}{}",
-                precision.as_str(),
+                dtype.as_str(),
                 if burn { "_burn" } else { "" }
             ),
             work: Work::Conv2d {
@@ -260,7 +227,7 @@ impl Case {
                 width,
                 kernel,
                 groups: channels,
-                precision,
+                dtype,
                 burn,
             },
         }
@@ -309,11 +276,11 @@ impl Case {
         }
     }
 
-    /// The precision asked for.
-    pub fn precision(&self) -> Precision {
+    /// The dtype asked for.
+    pub fn dtype(&self) -> Dtype {
         match self.work {
-            Work::Matmul { precision, .. } | Work::Conv2d { precision, .. } => precision,
-            _ => Precision::F32,
+            Work::Matmul { dtype, .. } | Work::Conv2d { dtype, .. } => dtype,
+            _ => Dtype::F32,
         }
     }
 
@@ -475,7 +442,7 @@ pub const MLP_CLASSES: usize = 10;
 
 /// The cases of a profile, cheapest first within each family.
 pub fn cases(profile: Profile) -> Vec<Case> {
-    use Precision::{Bf16, F32, Tf32};
+    use Dtype::{Bf16, F32, Tf32};
     let mlp = |batch| Case::train_step(batch, MLP_FEATURES, &MLP_HIDDEN, MLP_CLASSES);
     match profile {
         // The cases behind the targets first, Burn's own kernels (`_burn`, for
@@ -603,7 +570,7 @@ impl Row {
             family: case.family().into(),
             backend: backend.into(),
             device: device.to_string(),
-            dtype: case.precision().as_str().into(),
+            dtype: case.dtype().as_str().into(),
             shape: case.shape(),
             warmup: settings.warmup,
             iterations: 0,
@@ -633,9 +600,9 @@ pub fn backend_name(device: &ComputeDevice) -> &'static str {
 pub fn run_case(device: &ComputeDevice, case: &Case, settings: &Settings) -> Row {
     let backend = backend_name(device);
     let mut row = Row::empty(case, backend, device, settings);
-    if *device == ComputeDevice::Cpu && case.precision() != Precision::F32 {
+    if *device == ComputeDevice::Cpu && case.dtype() != Dtype::F32 {
         row.status = "skipped".into();
-        row.error = Some(format!("{} needs a GPU", case.precision().as_str()));
+        row.error = Some(format!("{} needs a GPU", case.dtype().as_str()));
         return row;
     }
     // Cases without `_burn` run where jobs of their kind run: matmul on the device's BLAS,
@@ -672,7 +639,7 @@ pub fn run_case(device: &ComputeDevice, case: &Case, settings: &Settings) -> Row
                 channels,
                 out_channels,
                 groups,
-                precision: Precision::F32,
+                dtype: Dtype::F32,
                 ..
             },
             ComputeDevice::Cpu,
@@ -715,7 +682,7 @@ pub fn run_case(device: &ComputeDevice, case: &Case, settings: &Settings) -> Row
             if vendor.is_none()
                 && matches!(device, ComputeDevice::Cuda(_))
                 && matches!(case.work, Work::Matmul { .. } | Work::Conv2d { .. })
-                && case.precision() != Precision::Bf16
+                && case.dtype() != Dtype::Bf16
             {
                 row.note = Some(
                     "f32 tensors; burn may run them on tensor cores at TF32-like precision".into(),
@@ -865,36 +832,33 @@ fn sample<T>(
     Ok(samples)
 }
 
-/// Cast to the case's precision and check that the tensor really is in it.
-fn to_precision<B: Backend, const D: usize>(
+/// Cast to the case's dtype (tf32 stays f32) and check that the tensor really is in it.
+fn cast_to<B: Backend, const D: usize>(
     tensor: Tensor<B, D>,
-    precision: Precision,
+    dtype: Dtype,
     what: &str,
 ) -> Result<Tensor<B, D>, String> {
-    let tensor = match precision {
-        Precision::F32 | Precision::Tf32 => tensor,
-        Precision::Bf16 => tensor.cast(FloatDType::BF16),
+    let tensor = match dtype.burn_dtype() {
+        None => tensor,
+        Some(low) => tensor.cast(low),
     };
-    check_dtype(&tensor, precision, what)?;
+    check_dtype(&tensor, dtype, what)?;
     Ok(tensor)
 }
 
 fn check_dtype<B: Backend, const D: usize>(
     tensor: &Tensor<B, D>,
-    precision: Precision,
+    dtype: Dtype,
     what: &str,
 ) -> Result<(), String> {
-    let want = match precision {
-        Precision::F32 | Precision::Tf32 => DType::F32,
-        Precision::Bf16 => DType::BF16,
-    };
+    let want = dtype.burn_dtype().map_or(DType::F32, DType::from);
     if tensor.dtype() == want {
         Ok(())
     } else {
         Err(format!(
             "{what} is {} but the case asks for {}",
             dtype_name(tensor.dtype()),
-            precision.as_str()
+            dtype.as_str()
         ))
     }
 }
@@ -903,20 +867,19 @@ fn check_dtype<B: Backend, const D: usize>(
 /// like the Burn cases: operands in place first, warm-up, then one sample per product (between
 /// two stream synchronisations on the GPU).
 fn measure_blas(cuda: Option<usize>, case: &Case, settings: &Settings) -> Result<Measured, String> {
-    let Work::Matmul { n, precision, .. } = case.work else {
+    let Work::Matmul { n, dtype, .. } = case.work else {
         return Err(format!("{} is not a matmul", case.name));
     };
     let (samples, note) = match cuda {
         Some(index) => {
-            let note = match precision {
-                Precision::F32 => "cuBLAS, CUBLAS_COMPUTE_32F (true f32)",
-                Precision::Tf32 => "cuBLAS, CUBLAS_COMPUTE_32F_FAST_TF32",
-                Precision::Bf16 => "cuBLAS, bf16 in and out, f32 accumulation",
+            let note = match dtype {
+                Dtype::F32 => "cuBLAS, CUBLAS_COMPUTE_32F (true f32)",
+                Dtype::Tf32 => "cuBLAS, CUBLAS_COMPUTE_32F_FAST_TF32",
+                Dtype::Bf16 => "cuBLAS, bf16 in and out, f32 accumulation",
+                Dtype::F16 => "cuBLAS, f16 in and out, f32 accumulation",
             };
             let products = std::cell::RefCell::new(crate::vendor::cublas::SquareProducts::new(
-                index,
-                n,
-                precision.dtype(),
+                index, n, dtype,
             )?);
             let samples = sample(
                 settings,
@@ -944,7 +907,7 @@ fn measure_blas(cuda: Option<usize>, case: &Case, settings: &Settings) -> Result
     };
     Ok(Measured {
         samples,
-        dtype: precision.as_str().into(),
+        dtype: dtype.as_str().into(),
         note: Some(note.into()),
     })
 }
@@ -1047,7 +1010,7 @@ fn measure_cudnn(index: usize, case: &Case, settings: &Settings) -> Result<Measu
     let convolutions = std::cell::RefCell::new(crate::vendor::cudnn::Convolutions::new(
         index,
         shape,
-        case.precision().dtype(),
+        case.dtype(),
     )?);
     let samples = sample(
         settings,
@@ -1058,7 +1021,7 @@ fn measure_cudnn(index: usize, case: &Case, settings: &Settings) -> Result<Measu
     let algorithm = convolutions.borrow().algorithm();
     Ok(Measured {
         samples,
-        dtype: case.precision().as_str().into(),
+        dtype: case.dtype().as_str().into(),
         note: Some(format!(
             "cuDNN, {}",
             algorithm.unwrap_or_else(|| "algorithm unknown".into())
@@ -1078,16 +1041,16 @@ fn measure<B: Backend>(
         note: None,
     };
     match &case.work {
-        &Work::Matmul { n, precision, .. } => {
+        &Work::Matmul { n, dtype, .. } => {
             let a = Tensor::<B, 2>::random([n, n], Distribution::Default, device);
             let b = Tensor::<B, 2>::random([n, n], Distribution::Default, device);
-            let a = to_precision(a, precision, "matmul input a")?;
-            let b = to_precision(b, precision, "matmul input b")?;
-            check_dtype(&a.clone().matmul(b.clone()), precision, "matmul output")?;
+            let a = cast_to(a, dtype, "matmul input a")?;
+            let b = cast_to(b, dtype, "matmul input b")?;
+            check_dtype(&a.clone().matmul(b.clone()), dtype, "matmul output")?;
             let samples = time_iterations::<B, _>(device, settings, iters, || {
                 Ok(a.clone().matmul(b.clone()))
             })?;
-            Ok(measured(samples, precision.as_str()))
+            Ok(measured(samples, dtype.as_str()))
         }
         &Work::VectorAdd { len, .. } => {
             let a = Tensor::<B, 1>::random([len], Distribution::Default, device);
@@ -1096,8 +1059,8 @@ fn measure<B: Backend>(
                 time_iterations::<B, _>(device, settings, iters, || Ok(a.clone() + b.clone()))?;
             Ok(measured(samples, "f32"))
         }
-        Work::Conv2d { precision, .. } => {
-            let precision = *precision;
+        Work::Conv2d { dtype, .. } => {
+            let dtype = *dtype;
             let s = case
                 .work
                 .conv_shape()
@@ -1117,11 +1080,11 @@ fn measure<B: Backend>(
                 Distribution::Uniform(-0.1, 0.1),
                 device,
             );
-            let x = to_precision(x, precision, "conv2d input")?;
-            let w = to_precision(w, precision, "conv2d weight")?;
+            let x = cast_to(x, dtype, "conv2d input")?;
+            let w = cast_to(w, dtype, "conv2d weight")?;
             let options = || ConvOptions::new([1, 1], s.padding, [1, 1], s.groups);
             let first = conv2d(x.clone(), w.clone(), None, options());
-            check_dtype(&first, precision, "conv2d output")?;
+            check_dtype(&first, dtype, "conv2d output")?;
             if first.dims() != s.output_dims() {
                 return Err(format!(
                     "conv2d output has shape {:?}, expected {:?}",
@@ -1133,7 +1096,7 @@ fn measure<B: Backend>(
             let samples = time_iterations::<B, _>(device, settings, iters, || {
                 Ok(conv2d(x.clone(), w.clone(), None, options()))
             })?;
-            Ok(measured(samples, precision.as_str()))
+            Ok(measured(samples, dtype.as_str()))
         }
         Work::TrainStep {
             batch,

@@ -53,17 +53,6 @@ fn uniform(word: u32) -> f32 {
     unit * 2.0 + -1.0
 }
 
-/// The lowercase name of a tensor's element type (`f32`, `bf16`, `f16` …).
-pub(crate) fn dtype_name(dtype: burn::tensor::DType) -> String {
-    use burn::tensor::DType;
-    match dtype {
-        DType::F32 => "f32".into(),
-        DType::BF16 => "bf16".into(),
-        DType::F16 => "f16".into(),
-        other => format!("{other:?}").to_lowercase(),
-    }
-}
-
 /// Summary statistics of an output tensor, so that large results can be compared without
 /// shipping them. Computed in the widest vectors the CPU has (`crate::cpu::simd`), with the same
 /// result at every width.

@@ -16,6 +16,7 @@
 
 mod data;
 mod device;
+mod dtype;
 mod io;
 mod kernel;
 mod memory;
@@ -24,7 +25,6 @@ pub mod bench;
 pub mod cpu;
 mod engine;
 pub mod kinds;
-pub mod precision;
 pub mod vendor;
 
 pub use data::{Summary, seeded_values};
@@ -32,6 +32,7 @@ pub use device::{
     ComputeDevice, CpuBackend, CudaBackend, DeviceMemory, cuda_device_count, default_cache_dir,
     device_memory, use_cache_dir,
 };
+pub use dtype::{Dtype, dtype_name};
 pub use engine::{
     ConvEngine, MatmulEngine, conv_engine, engines, matmul_engine, set_conv_engine,
     set_matmul_engine,

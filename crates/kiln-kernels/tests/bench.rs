@@ -1,10 +1,8 @@
 //! The kernel benchmark's quick cases, run for real on the CPU: every case gives a row with
 //! positive, finite timings and the work its sizes imply; bf16 is skipped on the CPU.
 
-use kiln_kernels::ComputeDevice;
-use kiln_kernels::bench::{
-    Case, Precision, Profile, SMALL_ITERS_FACTOR, Settings, cases, run_cases,
-};
+use kiln_kernels::bench::{Case, Profile, SMALL_ITERS_FACTOR, Settings, cases, run_cases};
+use kiln_kernels::{ComputeDevice, Dtype};
 
 const SETTINGS: Settings = Settings {
     warmup: 1,
@@ -22,7 +20,7 @@ fn quick_cases_measure_positive_finite_times_on_the_cpu() {
     for (case, row) in cases.iter().zip(&rows) {
         assert_eq!(row.case, case.name);
         let blas = case.family() == "matmul"
-            && case.precision() == Precision::F32
+            && case.dtype() == Dtype::F32
             && !case.name.ends_with("_burn")
             && kiln_kernels::vendor::openblas::available();
         // Depthwise filters without `_burn` run on the direct loop, as conv2d jobs do.
@@ -34,9 +32,9 @@ fn quick_cases_measure_positive_finite_times_on_the_cpu() {
         };
         assert_eq!(row.backend, backend, "{}", case.name);
         assert_eq!(row.device, "cpu");
-        if case.precision() != Precision::F32 {
+        if case.dtype() != Dtype::F32 {
             assert_eq!(row.status, "skipped", "{row:?}");
-            let needs = format!("{} needs a GPU", case.precision().as_str());
+            let needs = format!("{} needs a GPU", case.dtype().as_str());
             assert_eq!(row.error.as_deref(), Some(needs.as_str()));
             assert!(row.median_s.is_none());
             continue;
@@ -61,7 +59,7 @@ fn quick_cases_measure_positive_finite_times_on_the_cpu() {
 
 #[test]
 fn work_counts_follow_the_sizes() {
-    let matmul = Case::matmul(4096, Precision::F32);
+    let matmul = Case::matmul(4096, Dtype::F32);
     assert_eq!(matmul.flops(), Some(2.0 * 4096f64.powi(3)));
     assert_eq!(matmul.metric(), "TFLOP/s");
     // 2n³ flops in one second.
@@ -77,14 +75,14 @@ fn work_counts_follow_the_sizes() {
     assert_eq!(add.flops(), None);
     assert!((add.value(1e-3).unwrap() - 12.0 * (64u64 << 20) as f64 / 1e-3 / 1e9).abs() < 1e-6);
 
-    let conv = Case::conv2d([32, 64, 224, 224], 64, Precision::Bf16);
+    let conv = Case::conv2d([32, 64, 224, 224], 64, Dtype::Bf16);
     assert_eq!(conv.name, "conv2d_3x3_bf16_32x64x224x224_c64");
     assert_eq!(
         conv.flops(),
         Some(2.0 * 32.0 * 64.0 * 224.0 * 224.0 * 64.0 * 9.0)
     );
 
-    let filter = Case::filter([32, 3, 512, 512], 5, Precision::F32, false);
+    let filter = Case::filter([32, 3, 512, 512], 5, Dtype::F32, false);
     assert_eq!(filter.name, "conv2d_dw5x5_f32_32x3x512x512");
     // Depthwise: one input channel per output channel, 25 taps.
     assert_eq!(
@@ -96,7 +94,7 @@ fn work_counts_follow_the_sizes() {
         "input 32x3x512x512, weight 3x1x5x5, padding 2, 3 groups"
     );
     assert_eq!(
-        Case::filter([1, 3, 8, 8], 5, Precision::F32, true).name,
+        Case::filter([1, 3, 8, 8], 5, Dtype::F32, true).name,
         "conv2d_dw5x5_f32_1x3x8x8_burn"
     );
 

@@ -32,10 +32,10 @@ use serde_json::json;
 use crate::Want;
 use crate::io::{Input, Inputs, Placement, Wanted};
 
+use crate::Dtype;
 use crate::cpu::depthwise::Depthwise;
-use crate::data::dtype_name;
+use crate::dtype_name;
 use crate::engine::{ConvEngine, conv_engine};
-use crate::precision::Dtype;
 use crate::vendor::cudnn::ConvShape;
 use crate::{Kernel, Plan, RunContext, Summary, seeded_values};
 

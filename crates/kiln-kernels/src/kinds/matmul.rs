@@ -16,10 +16,10 @@ use kiln_proto::{JobError, Limits, checked_product};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::data::dtype_name;
+use crate::Dtype;
+use crate::dtype_name;
 use crate::engine::{MatmulEngine, matmul_engine};
 use crate::io::{Input, Inputs, Placement, Wanted, tensor_objects};
-pub use crate::precision::Dtype;
 use crate::{Kernel, Plan, RunContext, Summary, seeded_values};
 
 /// `{"m": 512, "k": 512, "n": 512}` (generated from the seed; `{"n": 512}` is square) or

@@ -39,7 +39,7 @@ use cudarc::driver::{CudaStream, sys::CUdeviceptr};
 use kiln_proto::{ErrorKind, JobError};
 
 use super::cuda::{Buffers, Handles, Library, lock};
-use crate::precision::Dtype;
+use crate::Dtype;
 
 const CUBLAS: Library = Library {
     name: "cuBLAS",

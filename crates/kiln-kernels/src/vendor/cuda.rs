@@ -16,7 +16,7 @@ use cudarc::driver::{
 };
 use kiln_proto::{ErrorKind, JobError};
 
-use crate::precision::{Dtype, from_half, to_half};
+use crate::dtype::{Dtype, from_half, to_half};
 
 /// One of NVIDIA's libraries, as kiln uses it.
 pub(crate) struct Library {

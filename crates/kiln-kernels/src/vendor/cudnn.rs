@@ -38,7 +38,7 @@ use cudarc::driver::{CudaSlice, CudaStream, DevicePtrMut};
 use kiln_proto::{ErrorKind, JobError};
 
 use super::cuda::{Buffers, Handles, Library, lock};
-use crate::precision::Dtype;
+use crate::Dtype;
 
 const CUDNN: Library = Library {
     name: "cuDNN",

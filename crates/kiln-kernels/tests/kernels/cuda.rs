@@ -233,7 +233,7 @@ fn cuda_vector_add_matches_the_cpu_exactly() {
 #[test]
 #[ignore = "needs CUDA"]
 fn cuda_cudnn_dense_convolutions_match_the_host_reference() {
-    use kiln_kernels::precision::Dtype;
+    use kiln_kernels::Dtype;
     use kiln_kernels::vendor::cudnn::{ConvShape, conv2d, conv2d_reference, probe};
     require_gpu("cuda_cudnn_dense_convolutions_match_the_host_reference");
     probe(0).expect("cuDNN's start-up check");

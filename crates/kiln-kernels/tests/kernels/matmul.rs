@@ -168,7 +168,7 @@ fn bincode_carries_the_same_params() {
     let params = kiln_kernels::kinds::matmul::Params {
         a: Some(Input::Inline(vec![vec![1.0, 2.0]])),
         b: Some(Input::Inline(vec![vec![3.0], vec![4.0]])),
-        dtype: Some(kiln_kernels::kinds::matmul::Dtype::F32),
+        dtype: Some(kiln_kernels::Dtype::F32),
         ..Default::default()
     };
     let job = Job {
