@@ -16,10 +16,11 @@
 //! names its rows with the same rules.
 //!
 //! ```
-//! use kiln_kernels::ComputeDevice;
 //! use kiln_kernels::bench::{Profile, Settings, cases, run_case};
+//! use kiln_kernels::{ComputeDevice, Engines};
 //! let case = cases(Profile::Quick).remove(0);
-//! let row = run_case(&ComputeDevice::Cpu, &case, &Settings { warmup: 1, iters: 2, case_budget_s: 1.0 });
+//! let settings = Settings { warmup: 1, iters: 2, case_budget_s: 1.0 };
+//! let row = run_case(&ComputeDevice::Cpu, Engines::default(), &case, &settings);
 //! assert_eq!(row.status, "ok");
 //! assert!(row.median_s.unwrap() > 0.0);
 //! ```
@@ -36,10 +37,12 @@ use burn::tensor::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::Dtype;
+use crate::cpu::depthwise;
 use crate::device::{ComputeDevice, CpuBackend, CudaBackend};
 use crate::dtype_name;
 use crate::kinds::train_mlp::Mlp;
+use crate::vendor::openblas;
+use crate::{ConvEngine, Dtype, Engines, MatmulEngine};
 
 /// Timed iterations always run at least this many times, whatever the time budget.
 pub const MIN_ITERS: u32 = 3;
@@ -592,12 +595,13 @@ impl Row {
 
 /// The name of the burn backend that runs on `device`.
 pub fn backend_name(device: &ComputeDevice) -> &'static str {
-    crate::engine::burn_engine(matches!(device, ComputeDevice::Cuda(_)))
+    crate::burn_engine(matches!(device, ComputeDevice::Cuda(_)))
 }
 
-/// Run one case on `device`. Never panics: failures become error rows, bf16 on the CPU a
-/// skipped row. Touching a CUDA device needs CUDA (check [`crate::cuda_device_count`] first).
-pub fn run_case(device: &ComputeDevice, case: &Case, settings: &Settings) -> Row {
+/// Run one case on `device`, its cases without `_burn` on `engines` as jobs of their kind run
+/// there. Never panics: failures become error rows, bf16 on the CPU a skipped row. Touching a
+/// CUDA device needs CUDA (check [`crate::cuda_device_count`] first).
+pub fn run_case(device: &ComputeDevice, engines: Engines, case: &Case, settings: &Settings) -> Row {
     let backend = backend_name(device);
     let mut row = Row::empty(case, backend, device, settings);
     if *device == ComputeDevice::Cpu && case.dtype() != Dtype::F32 {
@@ -605,47 +609,7 @@ pub fn run_case(device: &ComputeDevice, case: &Case, settings: &Settings) -> Row
         row.error = Some(format!("{} needs a GPU", case.dtype().as_str()));
         return row;
     }
-    // Cases without `_burn` run where jobs of their kind run: matmul on the device's BLAS,
-    // vector adds on cuBLAS (CUDA), conv2d on cuDNN (CUDA).
-    let vendor = match (&case.work, device) {
-        (
-            Work::Matmul { burn: false, .. }
-            | Work::VectorAdd { burn: false, .. }
-            | Work::SmallVectorAdd { burn: false, .. },
-            _,
-        ) if crate::matmul_engine() != crate::MatmulEngine::Blas => None,
-        (
-            Work::Matmul { burn: false, .. }
-            | Work::VectorAdd { burn: false, .. }
-            | Work::SmallVectorAdd { burn: false, .. },
-            ComputeDevice::Cuda(index),
-        ) => Some(Vendor::Cublas(*index)),
-        (Work::Matmul { burn: false, .. }, ComputeDevice::Cpu)
-            if crate::vendor::openblas::available() =>
-        {
-            Some(Vendor::Openblas)
-        }
-        (Work::Conv2d { burn: false, .. }, _)
-            if crate::conv_engine() != crate::ConvEngine::Native =>
-        {
-            None
-        }
-        (Work::Conv2d { burn: false, .. }, ComputeDevice::Cuda(index)) => {
-            Some(Vendor::Cudnn(*index))
-        }
-        (
-            &Work::Conv2d {
-                burn: false,
-                channels,
-                out_channels,
-                groups,
-                dtype: Dtype::F32,
-                ..
-            },
-            ComputeDevice::Cpu,
-        ) if groups == channels && out_channels == channels => Some(Vendor::Direct),
-        _ => None,
-    };
+    let vendor = Vendor::of(device, engines, &case.work);
     if let Some(vendor) = vendor {
         row.backend = vendor.name().into();
     }
@@ -675,31 +639,39 @@ pub fn run_case(device: &ComputeDevice, case: &Case, settings: &Settings) -> Row
     };
     match outcome {
         Ok(measured) => {
-            let stats = Stats::of(&measured.samples);
-            row.iterations = measured.samples.len() as u32;
-            row.dtype = measured.dtype;
-            row.note = measured.note;
-            if vendor.is_none()
+            // Burn's f32 products and convolutions on CUDA may use tensor cores.
+            let burn_f32_on_gpu = vendor.is_none()
                 && matches!(device, ComputeDevice::Cuda(_))
                 && matches!(case.work, Work::Matmul { .. } | Work::Conv2d { .. })
-                && case.dtype() != Dtype::Bf16
-            {
-                row.note = Some(
-                    "f32 tensors; burn may run them on tensor cores at TF32-like precision".into(),
-                );
-            }
-            row.median_s = Some(stats.median);
-            row.mean_s = Some(stats.mean);
-            row.min_s = Some(stats.min);
-            row.tflops = case.flops().map(|f| f / stats.median / 1e12);
-            row.gbps = case.bytes().map(|b| b / stats.median / 1e9);
-            row.value = case.value(stats.median);
-            row.status = "ok".into();
+                && matches!(case.dtype(), Dtype::F32 | Dtype::Tf32);
+            row.fill(case, measured, burn_f32_on_gpu);
         }
         // Backend panics can carry pages of context; a row keeps the start.
         Err(error) => row.error = Some(error.chars().take(500).collect()),
     }
     row
+}
+
+impl Row {
+    /// The row of a case that ran, from what it `measured`.
+    fn fill(&mut self, case: &Case, measured: Measured, burn_f32_on_gpu: bool) {
+        let stats = Stats::of(&measured.samples);
+        self.iterations = measured.samples.len() as u32;
+        self.dtype = measured.dtype;
+        self.note = measured.note;
+        if burn_f32_on_gpu {
+            self.note = Some(
+                "f32 tensors; burn may run them on tensor cores at TF32-like precision".into(),
+            );
+        }
+        self.median_s = Some(stats.median);
+        self.mean_s = Some(stats.mean);
+        self.min_s = Some(stats.min);
+        self.tflops = case.flops().map(|f| f / stats.median / 1e12);
+        self.gbps = case.bytes().map(|b| b / stats.median / 1e9);
+        self.value = case.value(stats.median);
+        self.status = "ok".into();
+    }
 }
 
 /// The vendor library a case runs on instead of Burn.
@@ -713,12 +685,48 @@ enum Vendor {
 }
 
 impl Vendor {
+    /// Where a case runs on `device` with `engines`: cases without `_burn` run where jobs of
+    /// their kind run (matmul on the device's BLAS, vector adds on cuBLAS on CUDA, conv2d on
+    /// cuDNN on CUDA and depthwise f32 ones on the direct loop on the CPU), else on Burn (None).
+    fn of(device: &ComputeDevice, engines: Engines, work: &Work) -> Option<Vendor> {
+        let blas = engines.matmul == MatmulEngine::Blas;
+        let native = engines.conv == ConvEngine::Native;
+        match (work, device) {
+            (
+                Work::Matmul { burn: false, .. }
+                | Work::VectorAdd { burn: false, .. }
+                | Work::SmallVectorAdd { burn: false, .. },
+                ComputeDevice::Cuda(index),
+            ) if blas => Some(Vendor::Cublas(*index)),
+            (Work::Matmul { burn: false, .. }, ComputeDevice::Cpu)
+                if blas && openblas::available() =>
+            {
+                Some(Vendor::Openblas)
+            }
+            (Work::Conv2d { burn: false, .. }, ComputeDevice::Cuda(index)) if native => {
+                Some(Vendor::Cudnn(*index))
+            }
+            (
+                &Work::Conv2d {
+                    burn: false,
+                    channels,
+                    out_channels,
+                    groups,
+                    dtype: Dtype::F32,
+                    ..
+                },
+                ComputeDevice::Cpu,
+            ) if native && groups == channels && out_channels == channels => Some(Vendor::Direct),
+            _ => None,
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Vendor::Cublas(_) => "cublas",
             Vendor::Openblas => "openblas",
             Vendor::Cudnn(_) => "cudnn",
-            Vendor::Direct => crate::cpu::depthwise::ENGINE,
+            Vendor::Direct => depthwise::ENGINE,
         }
     }
 }
@@ -726,6 +734,7 @@ impl Vendor {
 /// Run `cases` one after another, handing each row to `on_row` as it finishes.
 pub fn run_cases(
     device: &ComputeDevice,
+    engines: Engines,
     cases: &[Case],
     settings: &Settings,
     mut on_row: impl FnMut(&Row),
@@ -733,7 +742,7 @@ pub fn run_cases(
     cases
         .iter()
         .map(|case| {
-            let row = run_case(device, case, settings);
+            let row = run_case(device, engines, case, settings);
             on_row(&row);
             row
         })

@@ -33,10 +33,7 @@ pub use device::{
     device_memory, use_cache_dir,
 };
 pub use dtype::{Dtype, dtype_name};
-pub use engine::{
-    ConvEngine, MatmulEngine, conv_engine, engines, matmul_engine, set_conv_engine,
-    set_matmul_engine,
-};
+pub use engine::{ConvEngine, Engines, MatmulEngine, burn_engine};
 pub use io::{Input, Inputs, OutputSink, Placement, Stored, Wanted};
 pub use kernel::{
     Checkpoint, DecodedJob, JobMeta, Kernel, KindEntry, NoCheckpoint, Plan, Progress, RunContext,

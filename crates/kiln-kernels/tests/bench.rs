@@ -1,8 +1,10 @@
 //! The kernel benchmark's quick cases, run for real on the CPU: every case gives a row with
 //! positive, finite timings and the work its sizes imply; bf16 is skipped on the CPU.
 
-use kiln_kernels::bench::{Case, Profile, SMALL_ITERS_FACTOR, Settings, cases, run_cases};
-use kiln_kernels::{ComputeDevice, Dtype};
+use kiln_kernels::bench::{
+    Case, Profile, SMALL_ITERS_FACTOR, Settings, cases, run_case, run_cases,
+};
+use kiln_kernels::{ComputeDevice, Dtype, Engines};
 
 const SETTINGS: Settings = Settings {
     warmup: 1,
@@ -14,7 +16,13 @@ const SETTINGS: Settings = Settings {
 fn quick_cases_measure_positive_finite_times_on_the_cpu() {
     let cases = cases(Profile::Quick);
     let mut seen = 0;
-    let rows = run_cases(&ComputeDevice::Cpu, &cases, &SETTINGS, |_| seen += 1);
+    let rows = run_cases(
+        &ComputeDevice::Cpu,
+        Engines::default(),
+        &cases,
+        &SETTINGS,
+        |_| seen += 1,
+    );
     assert_eq!(seen, cases.len());
     assert_eq!(rows.len(), cases.len());
     for (case, row) in cases.iter().zip(&rows) {
@@ -119,7 +127,13 @@ fn work_counts_follow_the_sizes() {
 fn a_case_that_panics_becomes_an_error_row() {
     // Zero classes: the label of sample i is i % 0, a panic inside the case.
     let case = Case::train_step(4, 2, &[2], 0);
-    let rows = run_cases(&ComputeDevice::Cpu, &[case], &SETTINGS, |_| {});
+    let rows = run_cases(
+        &ComputeDevice::Cpu,
+        Engines::default(),
+        &[case],
+        &SETTINGS,
+        |_| {},
+    );
     assert_eq!(rows[0].status, "error");
     assert!(
         rows[0].error.as_deref().unwrap().starts_with("panicked: "),
@@ -128,4 +142,28 @@ fn a_case_that_panics_becomes_an_error_row() {
     );
     assert_eq!(rows[0].median_s, None);
     assert_eq!(rows[0].iterations, 0);
+}
+
+#[test]
+fn burn_engines_move_the_job_like_cases_onto_burn() {
+    let settings = Settings {
+        warmup: 0,
+        iters: 1,
+        case_budget_s: 1.0,
+    };
+    let blas = if kiln_kernels::vendor::openblas::available() {
+        "openblas"
+    } else {
+        "burn-ndarray"
+    };
+    for (case, native) in [
+        (Case::matmul(64, Dtype::F32), blas),
+        (Case::filter([1, 3, 16, 16], 5, Dtype::F32, false), "direct"),
+    ] {
+        let row = run_case(&ComputeDevice::Cpu, Engines::default(), &case, &settings);
+        assert_eq!(row.backend, native, "{}", case.name);
+        let row = run_case(&ComputeDevice::Cpu, Engines::BURN, &case, &settings);
+        assert_eq!(row.status, "ok", "{row:?}");
+        assert_eq!(row.backend, "burn-ndarray", "{}", case.name);
+    }
 }

@@ -28,6 +28,8 @@ use crate::worker::Counters;
 /// State every job task of one worker shares.
 pub(crate) struct Shared {
     pub js: jetstream::Context,
+    /// What the kinds with a choice run on, as the worker chose at start.
+    pub engines: kiln_kernels::Engines,
     pub compute: Arc<Semaphore>,
     /// Memory jobs hold while they run, in MiB (see [`kiln_kernels::MemoryBudget`]).
     pub memory_mib: Arc<Semaphore>,
@@ -249,7 +251,8 @@ async fn compute(
             cancelled: &shared.cancelled,
         };
         let device = &shared.config.device;
-        let result = crate::warmup::run_guarded(device, || job.run(device, &guard));
+        let result =
+            crate::warmup::run_guarded(device, || job.run_with(device, shared.engines, &guard));
         return Ran {
             result,
             compute_ms: start.elapsed().as_secs_f64() * 1000.0,
@@ -322,14 +325,14 @@ async fn compute(
         }
         let result = crate::warmup::run_guarded(&device, || {
             guard.checkpoint(Progress { done: 0, total: 1 })?;
-            job.run(&device, &guard)
+            job.run_with(&device, shared_for_task.engines, &guard)
         });
         // A GPU that failed may be broken for every job that follows: probe it, and if it
         // no longer computes, stop this worker (it exits non-zero for its supervisor).
         if let Err(e) = &result
             && device != ComputeDevice::Cpu
             && matches!(e.kind, ErrorKind::OutOfMemory | ErrorKind::Internal)
-            && let Err(reason) = crate::warmup::probe(&device)
+            && let Err(reason) = crate::warmup::probe(&device, shared_for_task.engines)
         {
             let _ = shared_for_task
                 .poisoned

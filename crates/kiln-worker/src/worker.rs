@@ -145,8 +145,14 @@ pub async fn run(
     tracing::info!(device = %config.device, limit = %kiln_kernels::Bytes(memory.bytes), source = %memory.source, "job memory limit");
     let max_in_flight = config.max_in_flight.max(1);
     let slots = Arc::new(Semaphore::new(max_in_flight));
+    // Before the first heartbeat: a CPU worker announces itself serving, so it must be ready.
+    let engines = kiln_kernels::Engines {
+        matmul: choose_matmul_engine(config.device.clone(), config.matmul_engine).await,
+        conv: choose_conv_engine(config.device.clone(), config.conv_engine).await,
+    };
     let shared = Arc::new(Shared {
         js: js.clone(),
+        engines,
         compute: Arc::new(Semaphore::new(config.compute_slots.max(1))),
         memory_mib: Arc::new(Semaphore::new(mib(memory.bytes) as usize)),
         memory,
@@ -166,9 +172,6 @@ pub async fn run(
         config,
     });
     tokio::pin!(shutdown);
-    // Before the first heartbeat: a CPU worker announces itself serving, so it must be ready.
-    choose_matmul_engine(shared.config.device.clone(), shared.config.matmul_engine).await;
-    choose_conv_engine(shared.config.device.clone(), shared.config.conv_engine).await;
     let serving = Arc::new(AtomicBool::new(false));
     let heartbeat = crate::heartbeat::Heartbeat::start(&js, shared.clone(), serving.clone())
         .await
@@ -193,7 +196,7 @@ pub async fn run(
             let stop = Arc::new(AtomicBool::new(false));
             let stop_warmup = stop.clone();
             let mut warm = tokio::task::spawn_blocking(move || {
-                crate::warmup::warm_up(&device, &limits, &stop_warmup)
+                crate::warmup::warm_up(&device, engines, &limits, &stop_warmup)
             });
             let joined = tokio::select! {
                 _ = &mut shutdown => {
@@ -381,47 +384,50 @@ impl Shared {
     }
 }
 
-/// Set what this process's `conv2d` jobs run on: on CUDA, cuDNN when asked for and it works (a
+/// What this worker's `conv2d` jobs run on: on CUDA, cuDNN when asked for and it works (a
 /// small dense and a small depthwise convolution check it against the host), else Burn's
 /// kernels, saying why; on the CPU, the direct depthwise loop (plain Rust, nothing to check) or
 /// Burn, as asked.
-async fn choose_conv_engine(device: ComputeDevice, wanted: kiln_kernels::ConvEngine) {
+async fn choose_conv_engine(
+    device: ComputeDevice,
+    wanted: kiln_kernels::ConvEngine,
+) -> kiln_kernels::ConvEngine {
     use kiln_kernels::ConvEngine;
     if wanted == ConvEngine::Burn {
-        kiln_kernels::set_conv_engine(ConvEngine::Burn);
         tracing::info!(engine = "burn", "conv2d engine (--conv2d-engine burn)");
-        return;
+        return ConvEngine::Burn;
     }
     let ComputeDevice::Cuda(index) = device else {
-        kiln_kernels::set_conv_engine(ConvEngine::Native);
         tracing::info!(engine = "direct", "conv2d engine");
-        return;
+        return ConvEngine::Native;
     };
     let checked = tokio::task::spawn_blocking(move || kiln_kernels::vendor::cudnn::probe(index))
         .await
         .unwrap_or_else(|e| Err(format!("the check itself failed: {e}")));
     match checked {
         Ok(()) => {
-            kiln_kernels::set_conv_engine(ConvEngine::Native);
             tracing::info!(engine = "cudnn", library = %format!("cuDNN on cuda:{index}"), "conv2d engine");
+            ConvEngine::Native
         }
         Err(reason) => {
-            kiln_kernels::set_conv_engine(ConvEngine::Burn);
             tracing::warn!(
                 "cuDNN is not usable, so conv2d jobs run on Burn's kernels (f32 at TF32-like precision): {reason}"
             );
+            ConvEngine::Burn
         }
     }
 }
 
-/// Set what this process's `matmul` jobs run on: the device's BLAS when asked for and it works
-/// (a tiny product checks it), else Burn's kernels, saying why.
-async fn choose_matmul_engine(device: ComputeDevice, wanted: kiln_kernels::MatmulEngine) {
+/// What this worker's `matmul` jobs run on: the device's BLAS when asked for and it works (a
+/// tiny product checks it), else Burn's kernels, saying why.
+async fn choose_matmul_engine(
+    device: ComputeDevice,
+    wanted: kiln_kernels::MatmulEngine,
+) -> kiln_kernels::MatmulEngine {
     use kiln_kernels::MatmulEngine;
     if wanted == MatmulEngine::Burn {
-        kiln_kernels::set_matmul_engine(MatmulEngine::Burn);
         tracing::info!(engine = "burn", "matmul engine (--matmul-engine burn)");
-        return;
+        return MatmulEngine::Burn;
     }
     let probed = device.clone();
     let checked = tokio::task::spawn_blocking(move || match probed {
@@ -434,11 +440,10 @@ async fn choose_matmul_engine(device: ComputeDevice, wanted: kiln_kernels::Matmu
     .unwrap_or_else(|e| Err(format!("the check itself failed: {e}")));
     match checked {
         Ok(library) => {
-            kiln_kernels::set_matmul_engine(MatmulEngine::Blas);
             tracing::info!(engine = "blas", %library, "matmul engine");
+            MatmulEngine::Blas
         }
         Err(reason) => {
-            kiln_kernels::set_matmul_engine(MatmulEngine::Burn);
             match device {
                 ComputeDevice::Cuda(_) => tracing::warn!(
                     "cuBLAS is not usable, so matmul and vector_add jobs run on Burn's kernels (matmul's f32 at TF32-like precision): {reason}"
@@ -447,6 +452,7 @@ async fn choose_matmul_engine(device: ComputeDevice, wanted: kiln_kernels::Matmu
                     "matmul jobs run on burn-ndarray, about half of OpenBLAS's speed: {reason}"
                 ),
             }
+            MatmulEngine::Burn
         }
     }
 }

@@ -35,7 +35,7 @@ use crate::io::{Input, Inputs, Placement, Wanted};
 use crate::Dtype;
 use crate::cpu::depthwise::Depthwise;
 use crate::dtype_name;
-use crate::engine::{ConvEngine, conv_engine};
+use crate::engine::ConvEngine;
 use crate::vendor::cudnn::ConvShape;
 use crate::{Kernel, Plan, RunContext, Summary, seeded_values};
 
@@ -386,7 +386,7 @@ impl Kernel for Conv2d {
         // On CUDA, tensors over cuDNN's 32-bit sizes run on Burn; so does a convolution cuDNN
         // fails on for another reason than memory (Burn would run out of it too), with a
         // warning.
-        let native = match (ctx.cuda_index, conv_engine()) {
+        let native = match (ctx.cuda_index, ctx.engines.conv) {
             (_, ConvEngine::Burn) => None,
             (Some(index), ConvEngine::Native) if conv.check().is_ok() => {
                 match crate::vendor::cudnn::conv2d(index, &pixels, &weights, &conv, dtype) {
@@ -425,7 +425,7 @@ impl Kernel for Conv2d {
             Some((maps, engine)) => (maps, dtype.as_str().to_owned(), engine),
             None => {
                 let (maps, computed) = burn_conv2d::<B>(pixels, weights, &conv, dtype, ctx)?;
-                (maps, computed, crate::engine::burn_engine(ctx.is_gpu))
+                (maps, computed, crate::burn_engine(ctx.is_gpu))
             }
         };
         let values = magnitude(maps, passes, h * w);

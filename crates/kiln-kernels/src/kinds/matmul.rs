@@ -18,7 +18,7 @@ use serde_json::json;
 
 use crate::Dtype;
 use crate::dtype_name;
-use crate::engine::{MatmulEngine, matmul_engine};
+use crate::engine::MatmulEngine;
 use crate::io::{Input, Inputs, Placement, Wanted, tensor_objects};
 use crate::{Kernel, Plan, RunContext, Summary, seeded_values};
 
@@ -221,7 +221,7 @@ impl Kernel for Matmul {
                 seeded_values(ctx.seed, 1, k * n),
             ),
         };
-        let blas = matmul_engine() == MatmulEngine::Blas;
+        let blas = ctx.engines.matmul == MatmulEngine::Blas;
         // A product runs in pieces of rows of A (and C), with a checkpoint before each, so that
         // a cancel, a timeout or a drain lands within about a second on any size. cuBLAS runs
         // whole: a GPU finishes the largest product that fits its memory in about a second.
@@ -253,7 +253,7 @@ impl Kernel for Matmul {
             }
             _ => {
                 let (c, computed) = burn_matmul::<B>(&a, b, (m, k, n), dtype, rows, ctx)?;
-                (c, computed, crate::engine::burn_engine(ctx.is_gpu))
+                (c, computed, crate::burn_engine(ctx.is_gpu))
             }
         };
         let mut out = json!({

@@ -10,7 +10,7 @@ use kiln_proto::{JobError, Limits};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::engine::{MatmulEngine, burn_engine, matmul_engine};
+use crate::engine::{MatmulEngine, burn_engine};
 use crate::io::{Input, Inputs, Placement, Wanted, tensor_objects};
 use crate::{Kernel, Plan, RunContext, Summary, seeded_values};
 
@@ -122,7 +122,7 @@ impl Kernel for VectorAdd {
         // timeout or a drain meanwhile stops it here.
         ctx.checkpoint(1, 2)?;
         let (c, engine) = match ctx.cuda_index {
-            Some(index) if matmul_engine() == MatmulEngine::Blas => {
+            Some(index) if ctx.engines.matmul == MatmulEngine::Blas => {
                 (crate::vendor::cublas::vector_add(index, &a, &b)?, "cublas")
             }
             _ => (burn_add::<B>(a, b, &ctx.device)?, burn_engine(ctx.is_gpu)),

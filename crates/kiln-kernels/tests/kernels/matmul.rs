@@ -62,7 +62,7 @@ fn multiplies_given_matrices_exactly() {
     assert_eq!(out["shape"], json!([2, 2]));
     assert_eq!(out["dtype"], "f32");
     // The CPU's BLAS where it is installed, burn-ndarray elsewhere (and with --matmul-engine
-    // burn: tests/engine_burn.rs, a process of its own since the engine is per process).
+    // burn: engines.rs).
     let engine = if kiln_kernels::vendor::openblas::available() {
         "openblas"
     } else {

@@ -4,7 +4,7 @@
 
 use indicatif::ProgressBar;
 use kiln_kernels::bench::{self, Case, Row, Settings};
-use kiln_kernels::{ComputeDevice, Dtype};
+use kiln_kernels::{ComputeDevice, Dtype, Engines};
 use serde::Serialize;
 
 /// One case: the job kind it stands for, the workload's name in the speedup table, the size
@@ -198,7 +198,7 @@ pub fn measure(quick: bool, gpu: bool, bar: &ProgressBar) -> Section {
     for (device, settings) in &devices {
         for case in &cases {
             bar.set_message(format!("{device} {}", case.case.name));
-            let row = bench::run_case(device, &case.case, settings);
+            let row = bench::run_case(device, Engines::default(), &case.case, settings);
             rows.push(KernelRow {
                 kind: case.kind,
                 workload: case.workload,
