@@ -40,7 +40,7 @@ use serde::{Deserialize, Serialize};
 use crate::cpu::depthwise;
 use crate::device::{ComputeDevice, CpuBackend, CudaBackend};
 use crate::dtype_name;
-use crate::kinds::train_mlp::Mlp;
+use crate::kinds::mlp::Mlp;
 use crate::vendor::openblas;
 use crate::{ConvEngine, Dtype, Engines, MatmulEngine};
 

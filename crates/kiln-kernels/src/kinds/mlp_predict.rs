@@ -17,8 +17,8 @@ use kiln_proto::{JobError, Limits, ObjectRef, checked_product};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::mlp::{MODEL_FORMAT, MODEL_VERSION, Mlp};
 use crate::io::{Input, Inputs, Placement, Wanted};
-use crate::kinds::train_mlp::{MODEL_FORMAT, MODEL_VERSION, Mlp};
 use crate::{Kernel, Plan, RunContext, Summary, Want};
 
 /// Rows per forward pass when the job leaves `batch_size` out.

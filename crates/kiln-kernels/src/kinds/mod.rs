@@ -3,6 +3,7 @@
 
 pub mod conv2d;
 pub mod matmul;
+pub mod mlp;
 pub mod mlp_predict;
 pub mod train_mlp;
 pub mod vector_add;
