@@ -383,44 +383,7 @@ impl Kernel for Conv2d {
             padding: [k / 2, k / 2],
             groups: c,
         };
-        // On CUDA, tensors over cuDNN's 32-bit sizes run on Burn; so does a convolution cuDNN
-        // fails on for another reason than memory (Burn would run out of it too), with a
-        // warning.
-        let native = match (ctx.cuda_index, ctx.engines.conv) {
-            (_, ConvEngine::Burn) => None,
-            (Some(index), ConvEngine::Native) if conv.check().is_ok() => {
-                match crate::vendor::cudnn::conv2d(index, &pixels, &weights, &conv, dtype) {
-                    Ok(maps) => Some((maps, "cudnn")),
-                    Err(e) if e.kind == kiln_proto::ErrorKind::Internal => {
-                        tracing::warn!(error = %e.message, "cuDNN failed a conv2d; running it on Burn");
-                        None
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-            (Some(_), ConvEngine::Native) => None,
-            // In pieces of whole planes, with a checkpoint between pieces, so that a cancel,
-            // a timeout or a drain lands within about a second on any image.
-            (None, ConvEngine::Native) => {
-                let plane = h * w;
-                let flops_per_plane = (plane * k * k * passes * 2).max(1);
-                let per_piece = (CPU_PIECE_FLOPS / flops_per_plane).max(1);
-                let pieces = (b * c).div_ceil(per_piece) as u64;
-                let mut maps = Vec::with_capacity(b * c * passes * plane);
-                for (i, chunk) in pixels.chunks((per_piece * plane).max(1)).enumerate() {
-                    ctx.checkpoint(i as u64, pieces)?;
-                    let depthwise = Depthwise {
-                        planes: chunk.len() / plane.max(1),
-                        height: h,
-                        width: w,
-                        side: k,
-                        kernels: &kernels,
-                    };
-                    maps.extend(depthwise.run(chunk));
-                }
-                Some((maps, crate::cpu::depthwise::ENGINE))
-            }
-        };
+        let native = native(ctx, &pixels, &weights, &kernels, &conv, dtype)?;
         let (maps, computed, engine) = match native {
             Some((maps, engine)) => (maps, dtype.as_str().to_owned(), engine),
             None => {
@@ -460,6 +423,68 @@ impl Kernel for Conv2d {
         }
         Ok(out)
     }
+}
+
+/// The convolution's maps on the engine `ctx.engines` names other than Burn, and that
+/// engine's name; `None` where it runs on Burn. On CUDA, tensors over cuDNN's 32-bit sizes run
+/// on Burn; so does a convolution cuDNN fails on for another reason than memory (Burn would run
+/// out of it too), with a warning.
+fn native<B: Backend>(
+    ctx: &RunContext<'_, B>,
+    pixels: &[f32],
+    weights: &[f32],
+    kernels: &[Vec<f32>],
+    conv: &ConvShape,
+    dtype: Dtype,
+) -> Result<Option<(Vec<f32>, &'static str)>, JobError> {
+    Ok(match (ctx.cuda_index, ctx.engines.conv) {
+        (_, ConvEngine::Burn) => None,
+        (Some(index), ConvEngine::Native) if conv.check().is_ok() => {
+            match crate::vendor::cudnn::conv2d(index, pixels, weights, conv, dtype) {
+                Ok(maps) => Some((maps, "cudnn")),
+                Err(e) if e.kind == kiln_proto::ErrorKind::Internal => {
+                    tracing::warn!(error = %e.message, "cuDNN failed a conv2d; running it on Burn");
+                    None
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        (Some(_), ConvEngine::Native) => None,
+        (None, ConvEngine::Native) => Some((
+            direct(ctx, pixels, kernels, conv)?,
+            crate::cpu::depthwise::ENGINE,
+        )),
+    })
+}
+
+/// The maps on the CPU's direct depthwise loop, in pieces of whole planes with a checkpoint
+/// between pieces, so that a cancel, a timeout or a drain lands within about a second on any
+/// image.
+fn direct<B: Backend>(
+    ctx: &RunContext<'_, B>,
+    pixels: &[f32],
+    kernels: &[Vec<f32>],
+    conv: &ConvShape,
+) -> Result<Vec<f32>, JobError> {
+    let [b, c, h, w] = [conv.batch, conv.channels, conv.height, conv.width];
+    let ([k, _], passes) = (conv.kernel, kernels.len());
+    let plane = h * w;
+    let flops_per_plane = (plane * k * k * passes * 2).max(1);
+    let per_piece = (CPU_PIECE_FLOPS / flops_per_plane).max(1);
+    let pieces = (b * c).div_ceil(per_piece) as u64;
+    let mut maps = Vec::with_capacity(b * c * passes * plane);
+    for (i, chunk) in pixels.chunks((per_piece * plane).max(1)).enumerate() {
+        ctx.checkpoint(i as u64, pieces)?;
+        let depthwise = Depthwise {
+            planes: chunk.len() / plane.max(1),
+            height: h,
+            width: w,
+            side: k,
+            kernels,
+        };
+        maps.extend(depthwise.run(chunk));
+    }
+    Ok(maps)
 }
 
 /// Work in one piece of a CPU convolution between checkpoints (about a second at most).
