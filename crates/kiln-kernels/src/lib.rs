@@ -14,6 +14,9 @@
 //! assert_eq!(out["len"], 8);
 //! ```
 
+// `bench` names this crate as `kiln_kernels`, as it will once it moves to a crate of its own.
+extern crate self as kiln_kernels;
+
 mod data;
 mod device;
 mod dtype;

@@ -17,7 +17,7 @@ use rayon::prelude::*;
 use crate::cpu::simd::Width;
 
 /// The engine's name in results, heartbeats and benchmark rows.
-pub(crate) const ENGINE: &str = "direct";
+pub const ENGINE: &str = "direct";
 
 /// Output pixels per task on rayon's pool (whole rows of one map).
 const PIXELS_PER_TASK: usize = 1 << 15;
@@ -35,17 +35,24 @@ const NARROW_STRIP: usize = 16;
 /// The planes of one job and its kernels: `planes` images of `height`×`width` pixels, each
 /// filtered by every kernel (square, odd `side`, row-major) with zero "same" padding.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Depthwise<'a> {
+pub struct Depthwise<'a> {
+    /// Images (a batch's channels, one after another).
     pub planes: usize,
+    /// Rows of each image.
     pub height: usize,
+    /// Columns of each image.
     pub width: usize,
+    /// Side of every kernel: odd, square.
     pub side: usize,
+    /// The kernels, `side`² values each, row-major; every plane is filtered by each.
     pub kernels: &'a [Vec<f32>],
 }
 
 impl Depthwise<'_> {
-    /// The maps, laid out [plane][kernel][pixel] (as `conv2d`'s `magnitude` takes them).
-    pub(crate) fn run(&self, pixels: &[f32]) -> Vec<f32> {
+    /// The maps of `pixels` (`planes`·`height`·`width` values, plane by plane, row-major), laid
+    /// out [plane][kernel][pixel] (as `conv2d`'s `magnitude` takes them), in the widest vectors
+    /// the CPU has and on every core for large inputs.
+    pub fn run(&self, pixels: &[f32]) -> Vec<f32> {
         self.run_in(Width::widest(), pixels)
     }
 
