@@ -80,7 +80,7 @@ fn is_zero(n: &u64) -> bool {
 }
 
 impl Summary {
-    /// The summary of `values`: accumulated in f64 over blocks of [`BLOCK`] values (on every
+    /// The summary of `values`: accumulated in f64 over blocks of `BLOCK` values (on every
     /// core for large outputs), each block in eight interleaved lanes, combined in order, so the
     /// same values give the same summary on any machine. NaNs make the sums NaN and are passed
     /// over by `min` and `max`.

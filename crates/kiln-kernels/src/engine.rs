@@ -22,8 +22,9 @@ use crate::device::ComputeDevice;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum MatmulEngine {
     /// The device's BLAS (the default): cuBLAS on CUDA (matmul and vector_add); OpenBLAS on the
-    /// CPU (matmul) where libopenblas loads, else burn-ndarray. cuBLAS is not looked for when a
-    /// job runs: a worker checks it at start and chooses [`MatmulEngine::Burn`] where it fails.
+    /// CPU (matmul) where libopenblas loads, else burn-ndarray. A job on CUDA fails if cuBLAS
+    /// does not load: a worker checks it at start and chooses [`MatmulEngine::Burn`] where it
+    /// fails.
     #[default]
     Blas,
     /// Burn's kernels, as the other kinds (on CUDA, "f32" runs at TF32-like precision).

@@ -22,7 +22,7 @@ pub struct Settings {
     /// Untimed iterations first (JIT compilation, autotune, caches).
     pub warmup: u32,
     /// Timed iterations (at most; see `case_budget_s`). The small vector add runs
-    /// [`SMALL_ITERS_FACTOR`] times as many.
+    /// [`SMALL_ITERS_FACTOR`](super::SMALL_ITERS_FACTOR) times as many.
     pub iters: u32,
     /// Seconds of timed iterations after which a case stops early (after at least
     /// [`MIN_ITERS`] iterations).

@@ -8,7 +8,7 @@
 //! Each output pixel adds its taps in the order Burn's direct convolution does — for kernel
 //! row `i`, for kernel column `j`, `out[x] += k[i][j] · in[y + i − r][x + j − r]`, skipping
 //! taps outside the image, starting from zero — so the two agree to the bit (a test holds them
-//! to it). The interior of a row, where every tap exists, goes in strips of [`STRIP`] pixels
+//! to it). The interior of a row, where every tap exists, goes in strips of `STRIP` pixels
 //! whose sums stay in registers across all k² taps; the edges go tap by tap over the row. The
 //! loop is compiled for baseline x86-64, AVX2 and AVX-512, and runs in the widest the CPU has.
 
@@ -50,7 +50,7 @@ pub struct Depthwise<'a> {
 
 impl Depthwise<'_> {
     /// The maps of `pixels` (`planes`·`height`·`width` values, plane by plane, row-major), laid
-    /// out [plane][kernel][pixel] (as `conv2d`'s `magnitude` takes them), in the widest vectors
+    /// out `[plane][kernel][pixel]` (as `conv2d`'s `magnitude` takes them), in the widest vectors
     /// the CPU has and on every core for large inputs.
     pub fn run(&self, pixels: &[f32]) -> Vec<f32> {
         self.run_in(Width::widest(), pixels)

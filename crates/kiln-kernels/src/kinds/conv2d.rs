@@ -13,12 +13,13 @@
 //! - `box`: 3×3 mean.
 //!
 //! Generated images are `seeded_values(seed, 0, b*c*h*w)` mapped to [0, 1), laid out
-//! [batch][channel][row][column].
+//! `[batch][channel][row][column]`.
 //!
-//! On a CUDA worker the convolution runs on cuDNN by default ([`crate::vendor::cudnn`]), in the job's
-//! `dtype` (f32 true f32, tf32, bf16 or f16); on a CPU worker (f32 only) on a direct depthwise
-//! loop ([`crate::cpu::depthwise`]); with `--conv2d-engine burn`, and where cuDNN is missing, on
-//! Burn's kernels. The result names both (`"dtype"`, `"engine"`: cudnn, direct, burn-cuda or
+//! On a CUDA worker the convolution runs on cuDNN by default ([`crate::vendor::cudnn`]), in the
+//! job's `dtype` (f32 true f32, tf32, bf16 or f16); on a CPU worker (f32 only) on a direct
+//! depthwise loop ([`crate::cpu::depthwise`]); with `--conv2d-engine burn`
+//! ([`crate::ConvEngine::Burn`] in [`crate::RunContext::engines`]), and where cuDNN is missing,
+//! on Burn's kernels. The result names both (`"dtype"`, `"engine"`: cudnn, direct, burn-cuda or
 //! burn-ndarray). Sobel's magnitude is taken in f32 from the two maps, whatever the dtype of
 //! the convolution.
 
@@ -118,7 +119,7 @@ pub struct Params {
     /// applied as given (cross-correlation, as PyTorch's conv2d computes: not flipped).
     #[serde(default)]
     pub kernel: Option<Vec<Vec<f32>>>,
-    /// A user image instead of a generated batch, shaped [channels][height][width], or an
+    /// A user image instead of a generated batch, shaped `[channels][height][width]`, or an
     /// object: a PNG or JPEG (values in [0, 1]), or a tensor [C, H, W] or [B, C, H, W].
     #[serde(default)]
     pub image: Option<Input<Vec<Vec<Vec<f32>>>>>,

@@ -1,10 +1,10 @@
 //! `matmul`: C = A·B, f32 everywhere, tf32, bf16 or f16 on GPUs.
 //!
-//! The product runs on the device's BLAS by default ([`crate::engine`]): cuBLAS on a CUDA worker
-//! ([`crate::vendor::cublas`]), in the precision the job asks for, and OpenBLAS on a CPU worker where it
-//! is installed ([`crate::vendor::openblas`]). With `--matmul-engine burn`, or where the library is
-//! missing, it runs on Burn's kernels like the other kinds. The result names both (`"dtype"`,
-//! `"engine"`: cublas, openblas, burn-cuda or burn-ndarray).
+//! The product runs on the device's BLAS by default ([`crate::MatmulEngine::Blas`]): cuBLAS on a
+//! CUDA worker ([`crate::vendor::cublas`]), in the precision the job asks for, and OpenBLAS on a
+//! CPU worker where it is installed ([`crate::vendor::openblas`]). With `--matmul-engine burn`,
+//! or where the library is missing, it runs on Burn's kernels like the other kinds. The result
+//! names both (`"dtype"`, `"engine"`: cublas, openblas, burn-cuda or burn-ndarray).
 //!
 //! Generated inputs: A = `seeded_values(seed, 0, m*k)` and B = `seeded_values(seed, 1, k*n)`,
 //! both row-major, so every backend multiplies the same matrices. A size left out of

@@ -1,11 +1,11 @@
 //! `mlp_predict`: runs a model trained by `train_mlp` on rows of features, giving each row's
 //! class probabilities and most likely class.
 //!
-//! The model is a `kiln-mlp` safetensors object (see [`crate::kinds::train_mlp`] for its layout). Each
+//! The model is a `kiln-mlp` safetensors object (see [`super::train_mlp`] for its layout). Each
 //! row is standardised with the model's `input.mean` and `input.std`, passed through its
-//! `Linear` layers with ReLU between them, and turned into probabilities by a softmax, on the
-//! job's backend, `batch_size` rows at a time. A row's class is the first with the highest
-//! probability.
+//! `Linear` layers with ReLU between them ([`super::mlp::Mlp`]), and turned into probabilities
+//! by a softmax, on the job's backend (Burn's kernels on every device), `batch_size` rows at a
+//! time. A row's class is the first with the highest probability.
 
 use std::collections::{BTreeMap, HashMap};
 

@@ -27,8 +27,8 @@
 //!
 //! **The model** is stored for every dataset job, and for a shells job whose `output` asks for
 //! an object: safetensors, all f32, `layers.{i}.weight` [in, out] (Burn's `Linear` layout) and
-//! `layers.{i}.bias` [out] for each layer from input to output, `input.mean` and `input.std`
-//! [features] (0 and 1 for the shells, which train unstandardised); metadata `format=kiln-mlp`,
+//! `layers.{i}.bias` `[out]` for each layer from input to output, `input.mean` and `input.std`
+//! `[features]` (0 and 1 for the shells, which train unstandardised); metadata `format=kiln-mlp`,
 //! `version=1`, `features`, `classes`, `hidden` (comma-separated, empty for none) and
 //! `activation=relu`. `mlp_predict` runs it.
 

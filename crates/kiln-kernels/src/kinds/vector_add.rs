@@ -1,9 +1,10 @@
 //! `vector_add`: c = a + b, the "small job" of pipeline benchmarks.
 //!
-//! On a CUDA worker it runs on cuBLAS (`cublasSgeam`, see [`crate::vendor::cublas`]) unless the worker
-//! runs its BLAS kinds on Burn (`--matmul-engine burn`, or cuBLAS missing); on a CPU worker on
-//! burn-ndarray. Either way each element is one correctly rounded f32 addition, so every engine
-//! gives the same bits. Results name it in `"engine"`: cublas, burn-cuda or burn-ndarray.
+//! On a CUDA worker it runs on cuBLAS (`cublasSgeam`, see [`crate::vendor::cublas`]) unless the
+//! worker runs its BLAS kinds on Burn ([`crate::MatmulEngine::Burn`]: `--matmul-engine burn`, or
+//! cuBLAS missing); on a CPU worker on burn-ndarray. Either way each element is one correctly
+//! rounded f32 addition, so every engine gives the same bits. Results name it in `"engine"`:
+//! cublas, burn-cuda or burn-ndarray.
 
 use burn::tensor::{Tensor, TensorData, backend::Backend};
 use kiln_proto::{JobError, Limits};
