@@ -7,8 +7,8 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use kiln_kernels::ComputeDevice;
 use kiln_kernels::bench::{self, Profile, Row, Settings};
+use kiln_kernels::{ComputeDevice, Engines};
 use serde::Serialize;
 
 use crate::cli::KernelsArgs;
@@ -89,7 +89,7 @@ pub fn run(args: KernelsArgs) -> anyhow::Result<ExitCode> {
         eprint!("[{}/{}] {} ... ", i + 1, cases.len(), case.name);
         let _ = std::io::stderr().flush();
         let started = std::time::Instant::now();
-        let row = bench::run_case(&device, case, &settings);
+        let row = bench::run_case(&device, Engines::default(), case, &settings);
         eprintln!(
             "{} ({:.1} s)",
             summary(&row),

@@ -3,8 +3,8 @@
 //! speedup), both sides measured in this run.
 
 use indicatif::ProgressBar;
-use kiln_kernels::ComputeDevice;
-use kiln_kernels::bench::{self, Case, Precision, Row, Settings};
+use kiln_kernels::bench::{self, Case, Row, Settings};
+use kiln_kernels::{ComputeDevice, Dtype, Engines};
 use serde::Serialize;
 
 /// One case: the job kind it stands for, the workload's name in the speedup table, the size
@@ -69,7 +69,7 @@ pub fn cases(quick: bool) -> Vec<SuiteCase> {
             kind: "matmul",
             workload: MATMUL,
             size: format!("{n}×{n} f32"),
-            case: Case::matmul(n, Precision::F32),
+            case: Case::matmul(n, Dtype::F32),
         });
     }
     // The same products on Burn's kernels, for reference where matmul jobs run on a BLAS.
@@ -78,7 +78,7 @@ pub fn cases(quick: bool) -> Vec<SuiteCase> {
             kind: "matmul",
             workload: MATMUL,
             size: format!("{n}×{n} f32, Burn's kernels"),
-            case: Case::matmul_burn(n, Precision::F32),
+            case: Case::matmul_burn(n, Dtype::F32),
         });
     }
     let (features, hidden, classes, batches): (usize, &[usize], usize, &[usize]) = if quick {
@@ -118,7 +118,7 @@ pub fn cases(quick: bool) -> Vec<SuiteCase> {
             kind: "conv2d",
             workload: IMAGE,
             size: format!("{b}×{c}×{h}×{w}→{out_channels}, 3×3 filter"),
-            case: Case::conv2d(shape, out_channels, Precision::F32),
+            case: Case::conv2d(shape, out_channels, Dtype::F32),
         });
     }
     let lens: &[usize] = if quick {
@@ -198,7 +198,7 @@ pub fn measure(quick: bool, gpu: bool, bar: &ProgressBar) -> Section {
     for (device, settings) in &devices {
         for case in &cases {
             bar.set_message(format!("{device} {}", case.case.name));
-            let row = bench::run_case(device, &case.case, settings);
+            let row = bench::run_case(device, Engines::default(), &case.case, settings);
             rows.push(KernelRow {
                 kind: case.kind,
                 workload: case.workload,
@@ -310,7 +310,7 @@ mod tests {
 
     #[test]
     fn speedup_pairs_the_same_case() {
-        let case = Case::matmul(8, Precision::F32);
+        let case = Case::matmul(8, Dtype::F32);
         let row = |device: &str, median: f64| KernelRow {
             kind: "matmul",
             workload: MATMUL,

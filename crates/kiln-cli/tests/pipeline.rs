@@ -614,7 +614,7 @@ async fn live_workers_are_listed_and_expire_when_killed() {
     assert_eq!(w.class, kiln_proto::DeviceClass::Cpu);
     assert_eq!((w.device.as_str(), w.backend.as_str()), ("cpu", "ndarray"));
     // OpenBLAS where it loads (./dev provides one everywhere), the direct loop for conv2d.
-    let matmul = if kiln_kernels::openblas::available() {
+    let matmul = if kiln_kernels::vendor::openblas::available() {
         "openblas"
     } else {
         "burn-ndarray"

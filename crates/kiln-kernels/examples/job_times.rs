@@ -8,7 +8,7 @@
 use std::time::Instant;
 
 use kiln_kernels::{
-    ComputeDevice, ConvEngine, NoCheckpoint, Summary, find, seeded_values, set_conv_engine,
+    ComputeDevice, ConvEngine, Engines, NoCheckpoint, Summary, find, seeded_values,
 };
 use kiln_proto::{Codec, Limits};
 
@@ -38,11 +38,12 @@ const RUNS: usize = 7;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    let mut engines = Engines::default();
     if args
         .windows(2)
         .any(|w| w[0] == "--conv2d-engine" && w[1] == "burn")
     {
-        set_conv_engine(ConvEngine::Burn);
+        engines.conv = ConvEngine::Burn;
     }
     let limits = Limits {
         max_elements: 1 << 30,
@@ -58,7 +59,7 @@ fn main() {
             .map(|_| {
                 let start = Instant::now();
                 let out = job
-                    .run(&ComputeDevice::Cpu, &NoCheckpoint)
+                    .run_with(&ComputeDevice::Cpu, engines, &NoCheckpoint)
                     .expect("the job runs");
                 std::hint::black_box(out);
                 start.elapsed().as_secs_f64() * 1e3

@@ -5,7 +5,7 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::simd::Width;
+use crate::cpu::simd::Width;
 
 /// Values per block when generating or summarising: each block is one task on rayon's pool,
 /// and its place in the output fixes its random words and its share of the sums, so results do
@@ -53,19 +53,8 @@ fn uniform(word: u32) -> f32 {
     unit * 2.0 + -1.0
 }
 
-/// The lowercase name of a tensor's element type (`f32`, `bf16`, `f16` …).
-pub(crate) fn dtype_name(dtype: burn::tensor::DType) -> String {
-    use burn::tensor::DType;
-    match dtype {
-        DType::F32 => "f32".into(),
-        DType::BF16 => "bf16".into(),
-        DType::F16 => "f16".into(),
-        other => format!("{other:?}").to_lowercase(),
-    }
-}
-
 /// Summary statistics of an output tensor, so that large results can be compared without
-/// shipping them. Computed in the widest vectors the CPU has (`crate::simd`), with the same
+/// shipping them. Computed in the widest vectors the CPU has (`crate::cpu::simd`), with the same
 /// result at every width.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Summary {
@@ -91,7 +80,7 @@ fn is_zero(n: &u64) -> bool {
 }
 
 impl Summary {
-    /// The summary of `values`: accumulated in f64 over blocks of [`BLOCK`] values (on every
+    /// The summary of `values`: accumulated in f64 over blocks of `BLOCK` values (on every
     /// core for large outputs), each block in eight interleaved lanes, combined in order, so the
     /// same values give the same summary on any machine. NaNs make the sums NaN and are passed
     /// over by `min` and `max`.

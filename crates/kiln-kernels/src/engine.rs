@@ -1,29 +1,30 @@
 //! What `matmul` jobs run on: the vendor BLAS of the device (cuBLAS on CUDA, OpenBLAS on the
-//! CPU, both loaded at run time) or Burn's own kernels, like the other kinds (`vector_add` follows
-//! the same setting: cuBLAS on CUDA, Burn on the CPU); and what `conv2d`
-//! jobs run on: cuDNN on CUDA workers (loaded at run time, see [`crate::cudnn`]), a direct
-//! depthwise loop on CPU workers ([`crate::depthwise`]), or Burn.
+//! CPU, both loaded at run time) or Burn's own kernels, like the other kinds (`vector_add`
+//! follows the same setting: cuBLAS on CUDA, Burn on the CPU); and what `conv2d` jobs run on:
+//! cuDNN on CUDA workers (loaded at run time, see [`crate::vendor::cudnn`]), a direct depthwise
+//! loop on CPU workers ([`crate::cpu::depthwise`]), or Burn. The choice is a value,
+//! [`Engines`], that the caller makes once and hands to each run; nothing here is global.
 //!
 //! Burn 0.21's GEMMs reach about a quarter of cuBLAS on Hopper GPUs (its kernels use the
 //! warp-level `mma` instructions, not `wgmma`) and about half of OpenBLAS on AVX-512 CPUs
 //! (burn-ndarray multiplies through the `matrixmultiply` crate); neither offers true f32 on
-//! tensor cores' GPUs. A worker checks its device's BLAS at start ([`crate::cublas::probe`],
-//! [`crate::openblas::probe`]) and uses Burn where the library is missing.
+//! tensor cores' GPUs. A worker checks its device's BLAS at start
+//! ([`crate::vendor::cublas::probe`], [`crate::vendor::openblas::probe`]) and chooses Burn
+//! where the library is missing.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU8, Ordering};
-
-use kiln_proto::JobError;
 
 use crate::device::ComputeDevice;
 
-/// What `matmul` jobs run on in this process (and `vector_add` jobs on CUDA workers).
+/// What `matmul` jobs run on (and `vector_add` jobs on CUDA workers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum MatmulEngine {
-    /// The device's BLAS (the default): cuBLAS on CUDA (matmul and vector_add), OpenBLAS on the
-    /// CPU (matmul).
+    /// The device's BLAS (the default): cuBLAS on CUDA (matmul and vector_add); OpenBLAS on the
+    /// CPU (matmul) where libopenblas loads, else burn-ndarray. A job on CUDA fails if cuBLAS
+    /// does not load: a worker checks it at start and chooses [`MatmulEngine::Burn`] where it
+    /// fails.
     #[default]
     Blas,
     /// Burn's kernels, as the other kinds (on CUDA, "f32" runs at TF32-like precision).
@@ -60,32 +61,14 @@ impl FromStr for MatmulEngine {
     }
 }
 
-/// 0: the device's BLAS, 1: Burn.
-static ENGINE: AtomicU8 = AtomicU8::new(0);
-
-/// Choose what `matmul` jobs run on in this process (a worker does this at start, after checking
-/// that its device's BLAS loads).
-pub fn set_matmul_engine(engine: MatmulEngine) {
-    let value = match engine {
-        MatmulEngine::Blas => 0,
-        MatmulEngine::Burn => 1,
-    };
-    ENGINE.store(value, Ordering::Relaxed);
-}
-
-/// What `matmul` jobs run on in this process.
-pub fn matmul_engine() -> MatmulEngine {
-    match ENGINE.load(Ordering::Relaxed) {
-        0 => MatmulEngine::Blas,
-        _ => MatmulEngine::Burn,
-    }
-}
-
-/// What `conv2d` jobs run on in this process.
+/// What `conv2d` jobs run on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ConvEngine {
-    /// The default: NVIDIA's cuDNN on CUDA workers, in the precision the job asks for; kiln's
-    /// direct depthwise loop on CPU workers (burn-ndarray has no vectorised depthwise path).
+    /// The default: NVIDIA's cuDNN on CUDA workers, in the precision the job asks for (a
+    /// convolution over cuDNN's 32-bit sizes, or one cuDNN fails with an internal error, runs on
+    /// Burn); kiln's direct depthwise loop on CPU workers (burn-ndarray has no vectorised
+    /// depthwise path). A worker checks cuDNN at start and chooses [`ConvEngine::Burn`] where it
+    /// fails.
     #[default]
     Native,
     /// Burn's kernels (on CUDA, f32 may run on tensor cores at TF32-like precision).
@@ -124,89 +107,83 @@ impl FromStr for ConvEngine {
     }
 }
 
-/// 0: native, 1: Burn.
-static CONV_ENGINE: AtomicU8 = AtomicU8::new(0);
-
-/// Choose what `conv2d` jobs run on in this process (a worker does this at start; a CUDA worker
-/// after checking cuDNN).
-pub fn set_conv_engine(engine: ConvEngine) {
-    let value = match engine {
-        ConvEngine::Native => 0,
-        ConvEngine::Burn => 1,
-    };
-    CONV_ENGINE.store(value, Ordering::Relaxed);
-}
-
-/// What `conv2d` jobs run on in this process.
-pub fn conv_engine() -> ConvEngine {
-    match CONV_ENGINE.load(Ordering::Relaxed) {
-        0 => ConvEngine::Native,
-        _ => ConvEngine::Burn,
-    }
-}
-
-/// The name of Burn's backend on a GPU or on the CPU, as results, heartbeats and benchmark rows
-/// name the engine when a kind runs on Burn's kernels.
-pub(crate) fn burn_engine(is_gpu: bool) -> &'static str {
+/// The name of Burn's backend on a GPU or on the CPU (`burn-cuda`, `burn-ndarray`), as results,
+/// heartbeats and benchmark rows name the engine when a kind runs on Burn's kernels.
+pub fn burn_engine(is_gpu: bool) -> &'static str {
     if is_gpu { "burn-cuda" } else { "burn-ndarray" }
 }
 
-/// What `matmul`, `conv2d` and `vector_add` jobs run on in this process on `device`, named as
-/// their result events name it (`output.engine`), for heartbeats and `kiln status`.
-pub fn engines(device: &ComputeDevice) -> BTreeMap<String, String> {
-    let burn = burn_engine(matches!(device, ComputeDevice::Cuda(_)));
-    let blas = matmul_engine() == MatmulEngine::Blas;
-    let matmul = match device {
-        ComputeDevice::Cuda(_) if blas => "cublas",
-        ComputeDevice::Cpu if blas && crate::openblas::available() => "openblas",
-        _ => burn,
-    };
-    let vector_add = match device {
-        ComputeDevice::Cuda(_) if blas => "cublas",
-        _ => burn,
-    };
-    let conv2d = match (device, conv_engine()) {
-        (ComputeDevice::Cuda(_), ConvEngine::Native) => "cudnn",
-        (ComputeDevice::Cpu, ConvEngine::Native) => crate::depthwise::ENGINE,
-        (_, ConvEngine::Burn) => burn,
-    };
-    [
-        ("matmul", matmul),
-        ("conv2d", conv2d),
-        ("vector_add", vector_add),
-    ]
-    .into_iter()
-    .map(|(kind, engine)| (kind.to_owned(), engine.to_owned()))
-    .collect()
+/// The engines the kinds that have a choice run on: chosen once by whoever runs jobs (a worker
+/// at start, after checking that the vendor libraries load, from `--matmul-engine` and
+/// `--conv2d-engine`) and handed to every run ([`crate::DecodedJob::run_with`]), which passes
+/// it to the kind in [`crate::RunContext::engines`]. The default is the vendor libraries
+/// everywhere, each falling back as [`MatmulEngine::Blas`] and [`ConvEngine::Native`] say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Engines {
+    /// What `matmul` jobs run on, and `vector_add` jobs on CUDA.
+    pub matmul: MatmulEngine,
+    /// What `conv2d` jobs run on.
+    pub conv: ConvEngine,
 }
 
-/// A matrix dimension as the 32-bit integer both BLAS interfaces take (cuBLAS's `int`, CBLAS's
-/// `blasint` in OpenBLAS's default build); larger is `too_large`, naming the `library`.
-pub(crate) fn blas_dim(library: &str, name: &str, value: usize) -> Result<i32, JobError> {
-    i32::try_from(value).map_err(|_| {
-        JobError::too_large(format!(
-            "matmul {name}={value} is over {library}'s limit of {} per dimension",
-            i32::MAX
-        ))
-    })
-}
+impl Engines {
+    /// Burn's kernels for every kind (`--matmul-engine burn --conv2d-engine burn`).
+    pub const BURN: Engines = Engines {
+        matmul: MatmulEngine::Burn,
+        conv: ConvEngine::Burn,
+    };
 
-/// The start-up check of a BLAS: `product` computes [1 2]·[3 4]ᵀ, which must be [11].
-pub(crate) fn check_product(
-    library: &str,
-    product: impl FnOnce(&[f32], &[f32]) -> Result<Vec<f32>, JobError>,
-) -> Result<(), String> {
-    let c = product(&[1.0, 2.0], &[3.0, 4.0]).map_err(|e| e.message)?;
-    if c == [11.0] {
-        Ok(())
-    } else {
-        Err(format!("{library} computed [1 2]·[3 4]ᵀ = {c:?}, not [11]"))
+    /// What `matmul`, `conv2d` and `vector_add` jobs run on with these engines on `device`,
+    /// named as their result events name it (`output.engine`), for heartbeats and
+    /// `kiln status`.
+    pub fn names(&self, device: &ComputeDevice) -> BTreeMap<String, String> {
+        let burn = burn_engine(matches!(device, ComputeDevice::Cuda(_)));
+        let blas = self.matmul == MatmulEngine::Blas;
+        let matmul = match device {
+            ComputeDevice::Cuda(_) if blas => "cublas",
+            ComputeDevice::Cpu if blas && crate::vendor::openblas::available() => "openblas",
+            _ => burn,
+        };
+        let vector_add = match device {
+            ComputeDevice::Cuda(_) if blas => "cublas",
+            _ => burn,
+        };
+        let conv2d = match (device, self.conv) {
+            (ComputeDevice::Cuda(_), ConvEngine::Native) => "cudnn",
+            (ComputeDevice::Cpu, ConvEngine::Native) => crate::cpu::depthwise::ENGINE,
+            (_, ConvEngine::Burn) => burn,
+        };
+        [
+            ("matmul", matmul),
+            ("conv2d", conv2d),
+            ("vector_add", vector_add),
+        ]
+        .into_iter()
+        .map(|(kind, engine)| (kind.to_owned(), engine.to_owned()))
+        .collect()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn burn_engines_name_burns_backend_for_every_kind() {
+        let names = Engines::BURN.names(&ComputeDevice::Cpu);
+        assert_eq!(names.len(), 3);
+        assert!(names.values().all(|n| n == "burn-ndarray"), "{names:?}");
+        let names = Engines::BURN.names(&ComputeDevice::Cuda(0));
+        assert!(names.values().all(|n| n == "burn-cuda"), "{names:?}");
+        let native = Engines::default().names(&ComputeDevice::Cuda(0));
+        assert_eq!(native["matmul"], "cublas");
+        assert_eq!(native["vector_add"], "cublas");
+        assert_eq!(native["conv2d"], "cudnn");
+        assert_eq!(
+            Engines::default().names(&ComputeDevice::Cpu)["conv2d"],
+            "direct"
+        );
+    }
 
     #[test]
     fn engines_parse_and_print() {
@@ -224,21 +201,5 @@ mod tests {
             "unknown conv2d engine \"miopen\": use native (cuDNN on CUDA workers, a direct loop \
              on CPU workers) or burn"
         );
-    }
-
-    #[test]
-    fn dimensions_over_the_int_limit_are_too_large() {
-        let e = blas_dim("cuBLAS", "m", 1 << 31).unwrap_err();
-        assert_eq!(e.kind, kiln_proto::ErrorKind::TooLarge);
-        assert!(e.message.contains("m=2147483648"), "{}", e.message);
-        assert!(e.message.contains("cuBLAS's limit"), "{}", e.message);
-        assert_eq!(blas_dim("OpenBLAS", "k", 4096).unwrap(), 4096);
-    }
-
-    #[test]
-    fn the_start_up_check_wants_eleven() {
-        assert_eq!(check_product("x", |_, _| Ok(vec![11.0])), Ok(()));
-        let e = check_product("x", |_, _| Ok(vec![10.0])).unwrap_err();
-        assert_eq!(e, "x computed [1 2]·[3 4]ᵀ = [10.0], not [11]");
     }
 }

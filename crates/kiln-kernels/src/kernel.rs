@@ -7,6 +7,7 @@ use kiln_proto::{Codec, Job, JobError, Limits, OutputMode};
 use serde::{Serialize, de::DeserializeOwned};
 
 use crate::device::{ComputeDevice, CpuBackend, CudaBackend};
+use crate::engine::Engines;
 use crate::io::{Inputs, OutputSink, Placement, Stored, Wanted};
 
 /// What a job will cost, computed from its parameters before anything is allocated.
@@ -60,6 +61,9 @@ pub struct RunContext<'a, B: Backend> {
     /// The CUDA device's index when the backend is CUDA (for kernels that call CUDA libraries
     /// directly, as matmul does cuBLAS).
     pub cuda_index: Option<usize>,
+    /// What the kinds that have a choice run on (matmul, vector_add, conv2d), as the caller of
+    /// [`DecodedJob::run_with`] chose.
+    pub engines: Engines,
     /// Where the kernel reports progress; see [`RunContext::checkpoint`].
     pub checkpoint: &'a dyn Checkpoint,
     /// The objects loaded for the job's parameters that name one.
@@ -156,13 +160,26 @@ impl Debug for DecodedJob {
 }
 
 impl DecodedJob {
-    /// Run the job on `device`; blocking, call it off the async executor.
+    /// Run the job on `device` with the default engines ([`Engines::default`]: the vendor
+    /// libraries, each with its own fallback); blocking, call it off the async executor.
     pub fn run(
         &self,
         device: &ComputeDevice,
         checkpoint: &dyn Checkpoint,
     ) -> Result<serde_json::Value, JobError> {
+        self.run_with(device, Engines::default(), checkpoint)
+    }
+
+    /// Run the job on `device`, on `engines` where its kind has a choice (a worker passes the
+    /// engines it chose at start); blocking, call it off the async executor.
+    pub fn run_with(
+        &self,
+        device: &ComputeDevice,
+        engines: Engines,
+        checkpoint: &dyn Checkpoint,
+    ) -> Result<serde_json::Value, JobError> {
         let run = Run {
+            engines,
             seed: self.seed,
             limits: &self.limits,
             checkpoint,
@@ -196,6 +213,7 @@ impl DecodedJob {
 
 /// What one run of a job gets besides the device.
 struct Run<'a> {
+    engines: Engines,
     seed: u64,
     limits: &'a Limits,
     checkpoint: &'a dyn Checkpoint,
@@ -223,6 +241,7 @@ impl<K: Kernel> Runnable for Typed<K> {
                     limits: run.limits,
                     is_gpu: false,
                     cuda_index: None,
+                    engines: run.engines,
                     checkpoint: run.checkpoint,
                     inputs: run.inputs,
                     output: run.output,
@@ -237,6 +256,7 @@ impl<K: Kernel> Runnable for Typed<K> {
                     limits: run.limits,
                     is_gpu: true,
                     cuda_index: Some(*index),
+                    engines: run.engines,
                     checkpoint: run.checkpoint,
                     inputs: run.inputs,
                     output: run.output,

@@ -1,49 +1,87 @@
 #![warn(missing_docs, unreachable_pub)]
-//! kiln's job kinds, written once as Burn code generic over `B: Backend`, and the registry
-//! that maps a kind's name to its code.
+//! kiln's job kinds and the registry that maps a kind's name to its code.
 //!
-//! A kind is one module implementing [`Kernel`] plus one line in [`registry!`] below; the
-//! worker, the `kiln` command and the docs find it through [`find`] and [`KINDS`].
+//! A kind is one module in [`kinds`] implementing [`Kernel`], its computation written once as
+//! Burn code generic over `B: Backend`, plus one line in `registry!` below; the worker, the
+//! `kiln` command and the docs find it through [`find`] and [`KINDS`]. Three kinds can run on
+//! another engine than Burn where that is faster or more exact: the vendor libraries in
+//! [`vendor`] (cuBLAS, cuDNN, OpenBLAS, all loaded at run time) and kiln's own CPU loop in
+//! [`cpu`]. Which one runs is an [`Engines`] value the caller chooses once and hands to each
+//! run ([`DecodedJob::run_with`]; [`DecodedJob::run`] takes [`Engines::default`]), which the
+//! kind reads in [`RunContext::engines`].
+//!
+//! # Which engine runs each kind
+//!
+//! | kind | CPU worker | CUDA worker |
+//! |---|---|---|
+//! | `matmul` | OpenBLAS `cblas_sgemm` if it loads, else burn-ndarray | cuBLAS `gemm_ex` |
+//! | `vector_add` | burn-ndarray | cuBLAS `cublasSgeam` |
+//! | `conv2d` | kiln's direct depthwise loop ([`cpu::depthwise`]) | cuDNN |
+//! | `train_mlp` | burn-ndarray (with Autodiff) | burn-cuda (with Autodiff) |
+//! | `mlp_predict` | burn-ndarray | burn-cuda |
+//!
+//! cuBLAS and cuDNN compute in the job's dtype (`f32` in true f32).
+//!
+//! Those are the defaults. Burn's own kernels run everything else:
+//! - `kiln worker --matmul-engine burn` (`KILN_MATMUL_ENGINE`, [`MatmulEngine::Burn`]) moves
+//!   matmul (both devices) and vector_add (CUDA) onto Burn; `--conv2d-engine burn`
+//!   (`KILN_CONV2D_ENGINE`, [`ConvEngine::Burn`]) moves conv2d.
+//! - A worker checks its libraries at start (a tiny product on cuBLAS or OpenBLAS, two small
+//!   convolutions on cuDNN) and chooses Burn, with a log line, for the kinds whose library
+//!   fails. [`DecodedJob::run`] checks nothing: there a matmul or vector_add job on CUDA fails
+//!   if cuBLAS does not load. OpenBLAS is `$KILN_OPENBLAS` (a path or a file name), else
+//!   `libopenblas.so.0` or `libopenblas.so`; without it, matmul on the CPU runs on
+//!   burn-ndarray whatever the setting.
+//! - A convolution over cuDNN's 32-bit sizes, or one cuDNN fails with an internal error
+//!   (cuDNN not loading among them), runs on burn-cuda instead, with a warning for the latter.
+//! - The job dtypes `tf32`, `bf16` and `f16` need a GPU worker; a CPU worker refuses them.
+//!   On burn-cuda, matmul and conv2d cast to bf16 or f16, and f32 may run on tensor cores at
+//!   TF32-like precision.
+//!
+//! Burn's backends are burn-ndarray ([`CpuBackend`]: its products go through the
+//! `matrixmultiply` crate, or the system OpenBLAS with this crate's `blas` feature) and
+//! burn-cuda ([`CudaBackend`]: CubeCL kernels compiled at run time, autotuned, cached in the
+//! worker's cache directory). `matmul`, `vector_add` and `conv2d` results name the engine that
+//! ran (`"engine"`: `openblas`, `cublas`, `cudnn`, `direct`, `burn-ndarray`, `burn-cuda`), and
+//! a worker's heartbeat lists them ([`Engines::names`], `kiln status`). The kernel benchmark
+//! ([`mod@bench`]) times matmul, vector_add, conv2d and a training step where jobs run them,
+//! and on Burn in its `_burn` rows.
 //!
 //! ```
-//! use kiln_kernels::{ComputeDevice, find};
+//! use kiln_kernels::{ComputeDevice, Engines, NoCheckpoint, find};
 //! use kiln_proto::{Codec, Limits};
 //! let kind = find("vector_add").unwrap();
-//! let job = kind.decode(Codec::Json, br#"{"params":{"len":8},"seed":1}"#, &Limits::default()).unwrap();
-//! let out = job.run(&ComputeDevice::Cpu, &kiln_kernels::NoCheckpoint).unwrap();
+//! let body = br#"{"params":{"len":8},"seed":1}"#;
+//! let job = kind.decode(Codec::Json, body, &Limits::default()).unwrap();
+//! let out = job.run(&ComputeDevice::Cpu, &NoCheckpoint).unwrap();
 //! assert_eq!(out["len"], 8);
+//! let out = job.run_with(&ComputeDevice::Cpu, Engines::BURN, &NoCheckpoint).unwrap();
+//! assert_eq!(out["engine"], "burn-ndarray");
 //! ```
+
+// `bench` names this crate as `kiln_kernels`, as it will once it moves to a crate of its own.
+extern crate self as kiln_kernels;
 
 mod data;
 mod device;
+mod dtype;
 mod io;
 mod kernel;
 mod memory;
 
 pub mod bench;
-pub mod conv2d;
-pub mod cublas;
-pub mod cudnn;
-mod depthwise;
+pub mod cpu;
 mod engine;
-pub mod matmul;
-pub mod mlp_predict;
-pub mod openblas;
-pub mod precision;
-mod simd;
-pub mod train_mlp;
-pub mod vector_add;
-mod vendor;
+pub mod kinds;
+pub mod vendor;
 
 pub use data::{Summary, seeded_values};
 pub use device::{
     ComputeDevice, CpuBackend, CudaBackend, DeviceMemory, cuda_device_count, default_cache_dir,
     device_memory, use_cache_dir,
 };
-pub use engine::{
-    ConvEngine, MatmulEngine, conv_engine, engines, matmul_engine, set_conv_engine,
-    set_matmul_engine,
-};
+pub use dtype::{Dtype, dtype_name};
+pub use engine::{ConvEngine, Engines, MatmulEngine, burn_engine};
 pub use io::{Input, Inputs, OutputSink, Placement, Stored, Wanted};
 pub use kernel::{
     Checkpoint, DecodedJob, JobMeta, Kernel, KindEntry, NoCheckpoint, Plan, Progress, RunContext,
@@ -60,11 +98,11 @@ macro_rules! registry {
 }
 
 registry! {
-    matmul::Matmul,
-    vector_add::VectorAdd,
-    conv2d::Conv2d,
-    train_mlp::TrainMlp,
-    mlp_predict::MlpPredict,
+    kinds::matmul::Matmul,
+    kinds::vector_add::VectorAdd,
+    kinds::conv2d::Conv2d,
+    kinds::train_mlp::TrainMlp,
+    kinds::mlp_predict::MlpPredict,
 }
 
 /// The registry entry of the kind called `name`.

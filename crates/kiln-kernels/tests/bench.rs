@@ -1,10 +1,10 @@
 //! The kernel benchmark's quick cases, run for real on the CPU: every case gives a row with
 //! positive, finite timings and the work its sizes imply; bf16 is skipped on the CPU.
 
-use kiln_kernels::ComputeDevice;
 use kiln_kernels::bench::{
-    Case, Precision, Profile, SMALL_ITERS_FACTOR, Settings, cases, run_cases,
+    Case, Profile, SMALL_ITERS_FACTOR, Settings, cases, run_case, run_cases,
 };
+use kiln_kernels::{ComputeDevice, Dtype, Engines};
 
 const SETTINGS: Settings = Settings {
     warmup: 1,
@@ -16,15 +16,21 @@ const SETTINGS: Settings = Settings {
 fn quick_cases_measure_positive_finite_times_on_the_cpu() {
     let cases = cases(Profile::Quick);
     let mut seen = 0;
-    let rows = run_cases(&ComputeDevice::Cpu, &cases, &SETTINGS, |_| seen += 1);
+    let rows = run_cases(
+        &ComputeDevice::Cpu,
+        Engines::default(),
+        &cases,
+        &SETTINGS,
+        |_| seen += 1,
+    );
     assert_eq!(seen, cases.len());
     assert_eq!(rows.len(), cases.len());
     for (case, row) in cases.iter().zip(&rows) {
         assert_eq!(row.case, case.name);
         let blas = case.family() == "matmul"
-            && case.precision() == Precision::F32
+            && case.dtype() == Dtype::F32
             && !case.name.ends_with("_burn")
-            && kiln_kernels::openblas::available();
+            && kiln_kernels::vendor::openblas::available();
         // Depthwise filters without `_burn` run on the direct loop, as conv2d jobs do.
         let direct = case.name.starts_with("conv2d_dw") && !case.name.ends_with("_burn");
         let backend = match (blas, direct) {
@@ -34,9 +40,9 @@ fn quick_cases_measure_positive_finite_times_on_the_cpu() {
         };
         assert_eq!(row.backend, backend, "{}", case.name);
         assert_eq!(row.device, "cpu");
-        if case.precision() != Precision::F32 {
+        if case.dtype() != Dtype::F32 {
             assert_eq!(row.status, "skipped", "{row:?}");
-            let needs = format!("{} needs a GPU", case.precision().as_str());
+            let needs = format!("{} needs a GPU", case.dtype().as_str());
             assert_eq!(row.error.as_deref(), Some(needs.as_str()));
             assert!(row.median_s.is_none());
             continue;
@@ -61,7 +67,7 @@ fn quick_cases_measure_positive_finite_times_on_the_cpu() {
 
 #[test]
 fn work_counts_follow_the_sizes() {
-    let matmul = Case::matmul(4096, Precision::F32);
+    let matmul = Case::matmul(4096, Dtype::F32);
     assert_eq!(matmul.flops(), Some(2.0 * 4096f64.powi(3)));
     assert_eq!(matmul.metric(), "TFLOP/s");
     // 2n³ flops in one second.
@@ -77,14 +83,14 @@ fn work_counts_follow_the_sizes() {
     assert_eq!(add.flops(), None);
     assert!((add.value(1e-3).unwrap() - 12.0 * (64u64 << 20) as f64 / 1e-3 / 1e9).abs() < 1e-6);
 
-    let conv = Case::conv2d([32, 64, 224, 224], 64, Precision::Bf16);
+    let conv = Case::conv2d([32, 64, 224, 224], 64, Dtype::Bf16);
     assert_eq!(conv.name, "conv2d_3x3_bf16_32x64x224x224_c64");
     assert_eq!(
         conv.flops(),
         Some(2.0 * 32.0 * 64.0 * 224.0 * 224.0 * 64.0 * 9.0)
     );
 
-    let filter = Case::filter([32, 3, 512, 512], 5, Precision::F32, false);
+    let filter = Case::filter([32, 3, 512, 512], 5, Dtype::F32, false);
     assert_eq!(filter.name, "conv2d_dw5x5_f32_32x3x512x512");
     // Depthwise: one input channel per output channel, 25 taps.
     assert_eq!(
@@ -96,7 +102,7 @@ fn work_counts_follow_the_sizes() {
         "input 32x3x512x512, weight 3x1x5x5, padding 2, 3 groups"
     );
     assert_eq!(
-        Case::filter([1, 3, 8, 8], 5, Precision::F32, true).name,
+        Case::filter([1, 3, 8, 8], 5, Dtype::F32, true).name,
         "conv2d_dw5x5_f32_1x3x8x8_burn"
     );
 
@@ -121,7 +127,13 @@ fn work_counts_follow_the_sizes() {
 fn a_case_that_panics_becomes_an_error_row() {
     // Zero classes: the label of sample i is i % 0, a panic inside the case.
     let case = Case::train_step(4, 2, &[2], 0);
-    let rows = run_cases(&ComputeDevice::Cpu, &[case], &SETTINGS, |_| {});
+    let rows = run_cases(
+        &ComputeDevice::Cpu,
+        Engines::default(),
+        &[case],
+        &SETTINGS,
+        |_| {},
+    );
     assert_eq!(rows[0].status, "error");
     assert!(
         rows[0].error.as_deref().unwrap().starts_with("panicked: "),
@@ -130,4 +142,28 @@ fn a_case_that_panics_becomes_an_error_row() {
     );
     assert_eq!(rows[0].median_s, None);
     assert_eq!(rows[0].iterations, 0);
+}
+
+#[test]
+fn burn_engines_move_the_job_like_cases_onto_burn() {
+    let settings = Settings {
+        warmup: 0,
+        iters: 1,
+        case_budget_s: 1.0,
+    };
+    let blas = if kiln_kernels::vendor::openblas::available() {
+        "openblas"
+    } else {
+        "burn-ndarray"
+    };
+    for (case, native) in [
+        (Case::matmul(64, Dtype::F32), blas),
+        (Case::filter([1, 3, 16, 16], 5, Dtype::F32, false), "direct"),
+    ] {
+        let row = run_case(&ComputeDevice::Cpu, Engines::default(), &case, &settings);
+        assert_eq!(row.backend, native, "{}", case.name);
+        let row = run_case(&ComputeDevice::Cpu, Engines::BURN, &case, &settings);
+        assert_eq!(row.status, "ok", "{row:?}");
+        assert_eq!(row.backend, "burn-ndarray", "{}", case.name);
+    }
 }

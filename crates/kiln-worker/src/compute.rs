@@ -111,7 +111,8 @@ fn run_inline(shared: &Shared, job: DecodedJob, id: &str) -> Ran {
         cancelled: &shared.cancelled,
     };
     let device = &shared.config.device;
-    let result = crate::warmup::run_guarded(device, || job.run(device, &guard));
+    let result =
+        crate::warmup::run_guarded(device, || job.run_with(device, shared.engines, &guard));
     Ran {
         result,
         compute_ms: start.elapsed().as_secs_f64() * 1000.0,
@@ -140,14 +141,14 @@ fn run_blocking(shared: &Shared, job: DecodedJob, id: &str, _permit: ComputePerm
     }
     let result = crate::warmup::run_guarded(&device, || {
         guard.checkpoint(Progress { done: 0, total: 1 })?;
-        job.run(&device, &guard)
+        job.run_with(&device, shared.engines, &guard)
     });
     // A GPU that failed may be broken for every job that follows: probe it, and if it
     // no longer computes, stop this worker (it exits non-zero for its supervisor).
     if let Err(e) = &result
         && device != ComputeDevice::Cpu
         && matches!(e.kind, ErrorKind::OutOfMemory | ErrorKind::Internal)
-        && let Err(reason) = crate::warmup::probe(&device)
+        && let Err(reason) = crate::warmup::probe(&device, shared.engines)
     {
         let _ = shared
             .poisoned

@@ -1,69 +1,68 @@
-//! Which engine this process's `matmul` and `conv2d` jobs run on, chosen once at start: the
+//! Which engine this worker's `matmul` and `conv2d` jobs run on, chosen once at start: the
 //! device's libraries (cuBLAS, OpenBLAS, cuDNN) where they work, else Burn's kernels.
 
 use kiln_kernels::ComputeDevice;
 
-/// Set what this process's `conv2d` jobs run on: on CUDA, cuDNN when asked for and it works (a
+/// What this worker's `conv2d` jobs run on: on CUDA, cuDNN when asked for and it works (a
 /// small dense and a small depthwise convolution check it against the host), else Burn's
 /// kernels, saying why; on the CPU, the direct depthwise loop (plain Rust, nothing to check) or
 /// Burn, as asked.
-pub(crate) async fn choose_conv_engine(device: ComputeDevice, wanted: kiln_kernels::ConvEngine) {
+pub(crate) async fn choose_conv_engine(
+    device: ComputeDevice,
+    wanted: kiln_kernels::ConvEngine,
+) -> kiln_kernels::ConvEngine {
     use kiln_kernels::ConvEngine;
     if wanted == ConvEngine::Burn {
-        kiln_kernels::set_conv_engine(ConvEngine::Burn);
         tracing::info!(engine = "burn", "conv2d engine (--conv2d-engine burn)");
-        return;
+        return ConvEngine::Burn;
     }
     let ComputeDevice::Cuda(index) = device else {
-        kiln_kernels::set_conv_engine(ConvEngine::Native);
         tracing::info!(engine = "direct", "conv2d engine");
-        return;
+        return ConvEngine::Native;
     };
-    let checked = tokio::task::spawn_blocking(move || kiln_kernels::cudnn::probe(index))
+    let checked = tokio::task::spawn_blocking(move || kiln_kernels::vendor::cudnn::probe(index))
         .await
         .unwrap_or_else(|e| Err(format!("the check itself failed: {e}")));
     match checked {
         Ok(()) => {
-            kiln_kernels::set_conv_engine(ConvEngine::Native);
             tracing::info!(engine = "cudnn", library = %format!("cuDNN on cuda:{index}"), "conv2d engine");
+            ConvEngine::Native
         }
         Err(reason) => {
-            kiln_kernels::set_conv_engine(ConvEngine::Burn);
             tracing::warn!(
                 "cuDNN is not usable, so conv2d jobs run on Burn's kernels (f32 at TF32-like precision): {reason}"
             );
+            ConvEngine::Burn
         }
     }
 }
 
-/// Set what this process's `matmul` jobs run on: the device's BLAS when asked for and it works
-/// (a tiny product checks it), else Burn's kernels, saying why.
+/// What this worker's `matmul` jobs run on: the device's BLAS when asked for and it works (a
+/// tiny product checks it), else Burn's kernels, saying why.
 pub(crate) async fn choose_matmul_engine(
     device: ComputeDevice,
     wanted: kiln_kernels::MatmulEngine,
-) {
+) -> kiln_kernels::MatmulEngine {
     use kiln_kernels::MatmulEngine;
     if wanted == MatmulEngine::Burn {
-        kiln_kernels::set_matmul_engine(MatmulEngine::Burn);
         tracing::info!(engine = "burn", "matmul engine (--matmul-engine burn)");
-        return;
+        return MatmulEngine::Burn;
     }
     let probed = device.clone();
     let checked = tokio::task::spawn_blocking(move || match probed {
         ComputeDevice::Cuda(index) => {
-            kiln_kernels::cublas::probe(index).map(|()| format!("cuBLAS on cuda:{index}"))
+            kiln_kernels::vendor::cublas::probe(index).map(|()| format!("cuBLAS on cuda:{index}"))
         }
-        ComputeDevice::Cpu => kiln_kernels::openblas::probe(),
+        ComputeDevice::Cpu => kiln_kernels::vendor::openblas::probe(),
     })
     .await
     .unwrap_or_else(|e| Err(format!("the check itself failed: {e}")));
     match checked {
         Ok(library) => {
-            kiln_kernels::set_matmul_engine(MatmulEngine::Blas);
             tracing::info!(engine = "blas", %library, "matmul engine");
+            MatmulEngine::Blas
         }
         Err(reason) => {
-            kiln_kernels::set_matmul_engine(MatmulEngine::Burn);
             match device {
                 ComputeDevice::Cuda(_) => tracing::warn!(
                     "cuBLAS is not usable, so matmul and vector_add jobs run on Burn's kernels (matmul's f32 at TF32-like precision): {reason}"
@@ -72,6 +71,7 @@ pub(crate) async fn choose_matmul_engine(
                     "matmul jobs run on burn-ndarray, about half of OpenBLAS's speed: {reason}"
                 ),
             }
+            MatmulEngine::Burn
         }
     }
 }

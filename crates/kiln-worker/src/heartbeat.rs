@@ -106,7 +106,7 @@ fn info(shared: &Shared, serving: &AtomicBool, started_at: OffsetDateTime) -> Wo
             ComputeDevice::Cuda(_) => "cuda",
         }
         .into(),
-        engines: kiln_kernels::engines(&config.device),
+        engines: shared.engines.names(&config.device),
         capacity: config.compute_slots,
         max_in_flight: config.max_in_flight,
         // Jobs held (computing, waiting for a slot, publishing) — not the slots reserved by

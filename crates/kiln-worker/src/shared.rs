@@ -35,6 +35,8 @@ pub(crate) struct Counters {
 pub(crate) struct Shared {
     pub js: jetstream::Context,
     pub config: WorkerConfig,
+    /// What the kinds with a choice run on, as the worker chose at start.
+    pub engines: kiln_kernels::Engines,
     /// How many jobs the worker holds, and which of them compute now.
     pub admission: Admission,
     pub counters: Counters,

@@ -45,9 +45,6 @@ pub(crate) async fn start(
     streams::ensure_all(&js, &config.topology).await?;
     let (consumer, shared) = open(&js, config).await?;
     let config = &shared.config;
-    // Before the first heartbeat: a CPU worker announces itself serving, so it must be ready.
-    crate::engines::choose_matmul_engine(config.device.clone(), config.matmul_engine).await;
-    crate::engines::choose_conv_engine(config.device.clone(), config.conv_engine).await;
     let serving = Arc::new(AtomicBool::new(false));
     let heartbeat = Heartbeat::start(&js, shared.clone(), serving.clone())
         .await
@@ -115,8 +112,15 @@ async fn open(
             consumer: kiln_proto::BUCKET_CANCEL.into(),
             message,
         })?;
+    // Before the first heartbeat: a CPU worker announces itself serving, so it must be ready.
+    let engines = kiln_kernels::Engines {
+        matmul: crate::engines::choose_matmul_engine(config.device.clone(), config.matmul_engine)
+            .await,
+        conv: crate::engines::choose_conv_engine(config.device.clone(), config.conv_engine).await,
+    };
     let shared = Arc::new(Shared {
         js: js.clone(),
+        engines,
         admission: Admission::new(&config, memory),
         counters: Counters::default(),
         stopping: AtomicBool::new(false),
@@ -196,10 +200,12 @@ async fn prepare_gpu(shared: &Shared, shutdown: &mut (impl Future + Unpin)) -> R
     tracing::info!(device = %config.device, "warming up: JIT and autotune of each kind's typical sizes");
     let device = config.device.clone();
     let limits = config.limits;
+    let engines = shared.engines;
     let stop = Arc::new(AtomicBool::new(false));
     let stop_warmup = stop.clone();
-    let mut warm =
-        tokio::task::spawn_blocking(move || crate::warmup::warm_up(&device, &limits, &stop_warmup));
+    let mut warm = tokio::task::spawn_blocking(move || {
+        crate::warmup::warm_up(&device, engines, &limits, &stop_warmup)
+    });
     let joined = tokio::select! {
         _ = shutdown => {
             // Let the warm-up job on the device finish (within the drain timeout):

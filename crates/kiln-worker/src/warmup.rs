@@ -4,15 +4,16 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use kiln_kernels::{ComputeDevice, NoCheckpoint};
+use kiln_kernels::{ComputeDevice, Engines, NoCheckpoint};
 use kiln_proto::{Codec, ErrorKind, JobError, Limits};
 
 use crate::error::Error;
 
-/// Run every registered kind's [`kiln_kernels::Kernel::WARMUP`] jobs on `device`, stopping
-/// early (between jobs) once `stop` is set. Blocking.
+/// Run every registered kind's [`kiln_kernels::Kernel::WARMUP`] jobs on `device` and
+/// `engines`, stopping early (between jobs) once `stop` is set. Blocking.
 pub(crate) fn warm_up(
     device: &ComputeDevice,
+    engines: Engines,
     limits: &Limits,
     stop: &AtomicBool,
 ) -> Result<(), Error> {
@@ -35,7 +36,7 @@ pub(crate) fn warm_up(
             let job = kind
                 .decode(Codec::Json, body.as_bytes(), limits)
                 .map_err(|e| fail(e.to_string()))?;
-            run_guarded(device, || job.run(device, &NoCheckpoint))
+            run_guarded(device, || job.run_with(device, engines, &NoCheckpoint))
                 .map_err(|e| fail(e.to_string()))?;
             count += 1;
             tracing::info!(
@@ -156,7 +157,7 @@ fn recent_panic(within: std::time::Duration, wanted: impl Fn(&str) -> bool) -> O
 
 /// After a failure on a GPU, check with a tiny job whether the device still computes.
 /// `Err` carries why it does not.
-pub(crate) fn probe(device: &ComputeDevice) -> Result<(), String> {
+pub(crate) fn probe(device: &ComputeDevice, engines: Engines) -> Result<(), String> {
     let kind = kiln_kernels::find("vector_add").ok_or("vector_add is not registered")?;
     let job = kind
         .decode(
@@ -165,7 +166,8 @@ pub(crate) fn probe(device: &ComputeDevice) -> Result<(), String> {
             &Limits::default(),
         )
         .map_err(|e| e.to_string())?;
-    let out = run_guarded(device, || job.run(device, &NoCheckpoint)).map_err(|e| e.message)?;
+    let out = run_guarded(device, || job.run_with(device, engines, &NoCheckpoint))
+        .map_err(|e| e.message)?;
     if out["c"] == serde_json::json!([4.0, 6.0]) {
         Ok(())
     } else {
@@ -199,7 +201,7 @@ mod tests {
 
     #[test]
     fn probe_passes_on_a_working_cpu() {
-        assert_eq!(probe(&ComputeDevice::Cpu), Ok(()));
+        assert_eq!(probe(&ComputeDevice::Cpu, Engines::default()), Ok(()));
     }
 
     #[test]

@@ -135,7 +135,7 @@ fn gpu_dtypes_are_refused_on_the_cpu_naming_the_way_out() {
 fn the_cudnn_reference_is_the_convolution_jobs_compute() {
     use burn::tensor::{Tensor, TensorData, module::conv2d, ops::ConvOptions};
     use kiln_kernels::CpuBackend;
-    use kiln_kernels::cudnn::{ConvShape, conv2d_reference, probe_cases};
+    use kiln_kernels::vendor::cudnn::{ConvShape, conv2d_reference, probe_cases};
 
     let image = json!([
         [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11, 12]],
@@ -384,7 +384,7 @@ fn huge_sizes_are_too_large_not_a_crash() {
 #[test]
 fn non_finite_kernel_values_are_invalid_input() {
     use kiln_kernels::Kernel;
-    use kiln_kernels::conv2d::{Conv2d, Params};
+    use kiln_kernels::kinds::conv2d::{Conv2d, Params};
     // JSON cannot carry NaN or infinity, bincode can.
     for bad in [f32::NAN, f32::INFINITY] {
         let params = Params {

@@ -233,8 +233,8 @@ fn cuda_vector_add_matches_the_cpu_exactly() {
 #[test]
 #[ignore = "needs CUDA"]
 fn cuda_cudnn_dense_convolutions_match_the_host_reference() {
-    use kiln_kernels::cudnn::{ConvShape, conv2d, conv2d_reference, probe};
-    use kiln_kernels::precision::Dtype;
+    use kiln_kernels::Dtype;
+    use kiln_kernels::vendor::cudnn::{ConvShape, conv2d, conv2d_reference, probe};
     require_gpu("cuda_cudnn_dense_convolutions_match_the_host_reference");
     probe(0).expect("cuDNN's start-up check");
     // A dense 3x3 convolution like the benchmark's, small, with odd sizes; and a grouped one.

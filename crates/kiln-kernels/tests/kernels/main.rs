@@ -3,6 +3,7 @@
 
 mod conv2d;
 mod cuda;
+mod engines;
 mod matmul;
 mod mlp_predict;
 mod support;

@@ -62,8 +62,8 @@ fn multiplies_given_matrices_exactly() {
     assert_eq!(out["shape"], json!([2, 2]));
     assert_eq!(out["dtype"], "f32");
     // The CPU's BLAS where it is installed, burn-ndarray elsewhere (and with --matmul-engine
-    // burn: tests/engine_burn.rs, a process of its own since the engine is per process).
-    let engine = if kiln_kernels::openblas::available() {
+    // burn: engines.rs).
+    let engine = if kiln_kernels::vendor::openblas::available() {
         "openblas"
     } else {
         "burn-ndarray"
@@ -165,10 +165,10 @@ fn gpu_precisions_on_a_cpu_worker_are_invalid_input() {
 
 #[test]
 fn bincode_carries_the_same_params() {
-    let params = kiln_kernels::matmul::Params {
+    let params = kiln_kernels::kinds::matmul::Params {
         a: Some(Input::Inline(vec![vec![1.0, 2.0]])),
         b: Some(Input::Inline(vec![vec![3.0], vec![4.0]])),
-        dtype: Some(kiln_kernels::matmul::Dtype::F32),
+        dtype: Some(kiln_kernels::Dtype::F32),
         ..Default::default()
     };
     let job = Job {

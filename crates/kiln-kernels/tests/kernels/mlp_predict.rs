@@ -279,7 +279,7 @@ fn bad_params_are_invalid_input() {
 
 #[test]
 fn bincode_carries_the_params() {
-    let params = kiln_kernels::mlp_predict::Params {
+    let params = kiln_kernels::kinds::mlp_predict::Params {
         model: ObjectRef::new("m"),
         x: kiln_kernels::Input::Inline(vec![CENTRES[1].to_vec()]),
         batch_size: Some(7),

@@ -200,11 +200,11 @@ fn bad_params_are_invalid_input() {
             "{params}"
         );
     }
-    let nan = kiln_kernels::train_mlp::Params {
+    let nan = kiln_kernels::kinds::train_mlp::Params {
         lr: Some(f64::NAN),
         ..Default::default()
     };
-    let err = kiln_kernels::train_mlp::TrainMlp::plan(
+    let err = kiln_kernels::kinds::train_mlp::TrainMlp::plan(
         &nan,
         &kiln_kernels::Inputs::none(),
         &Limits::default(),
@@ -575,7 +575,7 @@ fn non_finite_features_are_invalid_input() {
 
 #[test]
 fn bincode_carries_the_dataset_params() {
-    let params = kiln_kernels::train_mlp::Params {
+    let params = kiln_kernels::kinds::train_mlp::Params {
         dataset: Some(ObjectRef::new("d")),
         validation_split: Some(0.25),
         epochs: Some(1),

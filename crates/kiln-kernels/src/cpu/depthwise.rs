@@ -8,16 +8,16 @@
 //! Each output pixel adds its taps in the order Burn's direct convolution does — for kernel
 //! row `i`, for kernel column `j`, `out[x] += k[i][j] · in[y + i − r][x + j − r]`, skipping
 //! taps outside the image, starting from zero — so the two agree to the bit (a test holds them
-//! to it). The interior of a row, where every tap exists, goes in strips of [`STRIP`] pixels
+//! to it). The interior of a row, where every tap exists, goes in strips of `STRIP` pixels
 //! whose sums stay in registers across all k² taps; the edges go tap by tap over the row. The
 //! loop is compiled for baseline x86-64, AVX2 and AVX-512, and runs in the widest the CPU has.
 
 use rayon::prelude::*;
 
-use crate::simd::Width;
+use crate::cpu::simd::Width;
 
 /// The engine's name in results, heartbeats and benchmark rows.
-pub(crate) const ENGINE: &str = "direct";
+pub const ENGINE: &str = "direct";
 
 /// Output pixels per task on rayon's pool (whole rows of one map).
 const PIXELS_PER_TASK: usize = 1 << 15;
@@ -35,17 +35,24 @@ const NARROW_STRIP: usize = 16;
 /// The planes of one job and its kernels: `planes` images of `height`×`width` pixels, each
 /// filtered by every kernel (square, odd `side`, row-major) with zero "same" padding.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Depthwise<'a> {
+pub struct Depthwise<'a> {
+    /// Images (a batch's channels, one after another).
     pub planes: usize,
+    /// Rows of each image.
     pub height: usize,
+    /// Columns of each image.
     pub width: usize,
+    /// Side of every kernel: odd, square.
     pub side: usize,
+    /// The kernels, `side`² values each, row-major; every plane is filtered by each.
     pub kernels: &'a [Vec<f32>],
 }
 
 impl Depthwise<'_> {
-    /// The maps, laid out [plane][kernel][pixel] (as `conv2d`'s `magnitude` takes them).
-    pub(crate) fn run(&self, pixels: &[f32]) -> Vec<f32> {
+    /// The maps of `pixels` (`planes`·`height`·`width` values, plane by plane, row-major), laid
+    /// out `[plane][kernel][pixel]` (as `conv2d`'s `magnitude` takes them), in the widest vectors
+    /// the CPU has and on every core for large inputs.
+    pub fn run(&self, pixels: &[f32]) -> Vec<f32> {
         self.run_in(Width::widest(), pixels)
     }
 

@@ -20,36 +20,34 @@
 //! stream 0 the data, stream 1 the per-epoch shuffles, streams 2 + 2l and 3 + 2l the weights
 //! and biases of layer l (uniform in ±1/√fan_in, Burn's default `Linear` initialisation).
 //!
-//! Training: `Linear` layers with ReLU between them (no activation after the last), softmax
-//! cross-entropy, Adam (β = 0.9, 0.999, ε = 1e-5) at a constant learning rate, mini-batches
-//! of a fresh shuffle every epoch (the last batch of an epoch may be smaller). An empty
-//! `hidden` trains softmax regression, the linear baseline.
+//! Training: `Linear` layers with ReLU between them (no activation after the last; the network
+//! is [`super::mlp::Mlp`]), softmax cross-entropy, Adam (β = 0.9, 0.999, ε = 1e-5) at a
+//! constant learning rate, mini-batches of a fresh shuffle every epoch (the last batch of an
+//! epoch may be smaller). An empty `hidden` trains softmax regression, the linear baseline.
 //!
 //! **The model** is stored for every dataset job, and for a shells job whose `output` asks for
 //! an object: safetensors, all f32, `layers.{i}.weight` [in, out] (Burn's `Linear` layout) and
-//! `layers.{i}.bias` [out] for each layer from input to output, `input.mean` and `input.std`
-//! [features] (0 and 1 for the shells, which train unstandardised); metadata `format=kiln-mlp`,
+//! `layers.{i}.bias` `[out]` for each layer from input to output, `input.mean` and `input.std`
+//! `[features]` (0 and 1 for the shells, which train unstandardised); metadata `format=kiln-mlp`,
 //! `version=1`, `features`, `classes`, `hidden` (comma-separated, empty for none) and
 //! `activation=relu`. `mlp_predict` runs it.
 
 use burn::backend::Autodiff;
-use burn::module::{AutodiffModule, Module, Param};
-use burn::nn::Linear;
+use burn::module::{AutodiffModule, Module};
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamConfig, GradientsParams, Optimizer};
-use burn::tensor::{
-    ElementConversion, Int, Tensor, TensorData, activation::relu, backend::Backend,
-};
-use kiln_data::{Dataset, HostTensor, Model};
+use burn::tensor::{ElementConversion, Int, Tensor, TensorData, backend::Backend};
+use kiln_data::Dataset;
 use kiln_proto::{JobError, Limits, ObjectRef, checked_product};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use serde_json::{Value, json};
 
+use super::mlp::{Mlp, Standardisation};
 use crate::io::{Inputs, Wanted};
-use crate::{Kernel, Plan, RunContext, Want, seeded_values};
+use crate::{Kernel, Plan, RunContext, Want};
 
 /// Widest hidden layer accepted.
 pub const MAX_HIDDEN: u64 = 4096;
@@ -64,14 +62,8 @@ pub const DEFAULT_VALIDATION_SPLIT: f64 = 0.2;
 /// Rows per forward pass when measuring training-set accuracy (at least a batch).
 const EVAL_ROWS: u64 = 4096;
 
-/// The stored model's `format` metadata.
-pub const MODEL_FORMAT: &str = "kiln-mlp";
-/// The stored model's `version` metadata.
-pub const MODEL_VERSION: &str = "1";
-
 const STREAM_DATA: u64 = 0;
 const STREAM_SHUFFLE: u64 = 1;
-const STREAM_WEIGHTS: u64 = 2;
 /// The shuffle that picks the validation samples: far past the weights' streams
 /// (2 + 2 · layers).
 pub const STREAM_SPLIT: u64 = 1 << 32;
@@ -281,6 +273,11 @@ impl Config {
         Ok(c)
     }
 
+    /// Layer widths from input to output, as the network takes them.
+    fn layer_widths(&self) -> Vec<usize> {
+        self.widths().iter().map(|&w| w as usize).collect()
+    }
+
     /// Layer widths from input to output: features, hidden.., classes.
     fn widths(&self) -> Vec<u64> {
         let mut w = Vec::with_capacity(self.hidden.len() + 2);
@@ -319,145 +316,6 @@ impl Config {
 
 fn overflow() -> JobError {
     JobError::too_large("train_mlp sizes overflow a 64-bit element count")
-}
-
-/// The network: `Linear` layers with ReLU between them.
-#[derive(Module, Debug)]
-pub(crate) struct Mlp<B: Backend> {
-    layers: Vec<Linear<B>>,
-}
-
-impl<B: Backend> Mlp<B> {
-    /// Burn's default `Linear` initialisation (uniform in ±1/√fan_in), drawn on the host.
-    pub(crate) fn init(widths: &[usize], seed: u64, device: &B::Device) -> Self {
-        let layers = widths
-            .windows(2)
-            .enumerate()
-            .map(|(l, pair)| {
-                let (fan_in, fan_out) = (pair[0], pair[1]);
-                let bound = 1.0 / (fan_in as f32).sqrt();
-                let stream = STREAM_WEIGHTS + 2 * l as u64;
-                let draw = |stream, n| {
-                    seeded_values(seed, stream, n)
-                        .into_iter()
-                        .map(|v| v * bound)
-                        .collect::<Vec<f32>>()
-                };
-                Linear {
-                    weight: Param::from_data(
-                        TensorData::new(draw(stream, fan_in * fan_out), [fan_in, fan_out]),
-                        device,
-                    ),
-                    bias: Some(Param::from_data(
-                        TensorData::new(draw(stream + 1, fan_out), [fan_out]),
-                        device,
-                    )),
-                }
-            })
-            .collect();
-        Mlp { layers }
-    }
-
-    /// The network of these layers, input first.
-    pub(crate) fn from_layers(layers: Vec<Linear<B>>) -> Self {
-        Mlp { layers }
-    }
-
-    pub(crate) fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        let last = self.layers.len() - 1;
-        self.layers.iter().enumerate().fold(x, |x, (i, layer)| {
-            let y = layer.forward(x);
-            if i < last { relu(y) } else { y }
-        })
-    }
-
-    /// How many rows of `x` the network classifies as `y` says, `rows` at a time.
-    fn correct(&self, x: &Tensor<B, 2>, y: &Tensor<B, 1, Int>, rows: usize) -> i64 {
-        let [samples, _] = x.dims();
-        let device = x.device();
-        let mut correct = Tensor::<B, 1, Int>::zeros([1], &device);
-        for start in (0..samples).step_by(rows) {
-            let end = (start + rows).min(samples);
-            let predicted = self
-                .forward(x.clone().slice(start..end))
-                .argmax(1)
-                .reshape([end - start]);
-            correct = correct + predicted.equal(y.clone().slice(start..end)).int().sum();
-        }
-        correct.into_scalar().elem::<i64>()
-    }
-
-    /// Mean cross-entropy and the number classified right on `x` and `y`, `rows` at a time.
-    fn evaluate(&self, x: &Tensor<B, 2>, y: &Tensor<B, 1, Int>, rows: usize) -> (f64, i64) {
-        let [samples, _] = x.dims();
-        let device = x.device();
-        let loss_fn = CrossEntropyLossConfig::new().init(&device);
-        let mut loss_sum = Tensor::<B, 1>::zeros([1], &device);
-        let mut correct = Tensor::<B, 1, Int>::zeros([1], &device);
-        for start in (0..samples).step_by(rows) {
-            let end = (start + rows).min(samples);
-            let logits = self.forward(x.clone().slice(start..end));
-            let labels = y.clone().slice(start..end);
-            let predicted = logits.clone().argmax(1).reshape([end - start]);
-            correct = correct + predicted.equal(labels.clone()).int().sum();
-            loss_sum = loss_sum + loss_fn.forward(logits, labels) * (end - start) as f32;
-        }
-        (
-            loss_sum.into_scalar().elem::<f64>() / samples as f64,
-            correct.into_scalar().elem::<i64>(),
-        )
-    }
-
-    /// The model in kiln's format (see the module docs), with the inputs' standardisation.
-    fn export(
-        &self,
-        standard: Standardisation,
-        widths: &[usize],
-        hidden: &[u64],
-    ) -> Result<Model, JobError> {
-        let mut tensors = Vec::with_capacity(2 * self.layers.len() + 2);
-        for (i, layer) in self.layers.iter().enumerate() {
-            tensors.push((format!("layers.{i}.weight"), host(layer.weight.val())?));
-            let bias = match &layer.bias {
-                Some(bias) => host(bias.val())?,
-                None => HostTensor::new(vec![widths[i + 1]], vec![0.0; widths[i + 1]]),
-            };
-            tensors.push((format!("layers.{i}.bias"), bias));
-        }
-        let features = standard.mean.len();
-        tensors.push((
-            "input.mean".into(),
-            HostTensor::new(vec![features], standard.mean),
-        ));
-        tensors.push((
-            "input.std".into(),
-            HostTensor::new(vec![features], standard.std),
-        ));
-        let hidden: Vec<String> = hidden.iter().map(u64::to_string).collect();
-        let metadata = [
-            ("format", MODEL_FORMAT.to_owned()),
-            ("version", MODEL_VERSION.to_owned()),
-            ("features", features.to_string()),
-            ("classes", widths[widths.len() - 1].to_string()),
-            ("hidden", hidden.join(",")),
-            ("activation", "relu".to_owned()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
-        Ok(Model { tensors, metadata })
-    }
-}
-
-/// A tensor's values copied to the host.
-fn host<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Result<HostTensor, JobError> {
-    let shape = tensor.dims().to_vec();
-    let data = tensor
-        .into_data()
-        .convert::<f32>()
-        .into_vec::<f32>()
-        .map_err(|e| JobError::internal(format!("reading train_mlp weights: {e:?}")))?;
-    Ok(HostTensor::new(shape, data))
 }
 
 /// Points (row-major) and their labels.
@@ -508,62 +366,6 @@ impl Samples {
             Tensor::from_data(TensorData::new(self.x, [rows, features]), device),
             Tensor::from_data(TensorData::new(self.y, [rows]), device),
         )
-    }
-}
-
-/// Per-feature mean and standard deviation the inputs are standardised with.
-#[derive(Debug, Clone, PartialEq)]
-struct Standardisation {
-    mean: Vec<f32>,
-    std: Vec<f32>,
-}
-
-impl Standardisation {
-    /// Inputs left as they are.
-    fn identity(features: usize) -> Self {
-        Self {
-            mean: vec![0.0; features],
-            std: vec![1.0; features],
-        }
-    }
-
-    /// The mean and (population) standard deviation of each column of `x`, accumulated in
-    /// f64; a constant column's deviation counts as 1.
-    fn of(x: &[f32], features: usize) -> Self {
-        let rows = (x.len() / features).max(1) as f64;
-        let mut mean = vec![0.0f64; features];
-        for row in x.chunks_exact(features) {
-            mean.iter_mut()
-                .zip(row)
-                .for_each(|(m, &v)| *m += f64::from(v));
-        }
-        mean.iter_mut().for_each(|m| *m /= rows);
-        let mut var = vec![0.0f64; features];
-        for row in x.chunks_exact(features) {
-            for ((s, &v), m) in var.iter_mut().zip(row).zip(&mean) {
-                *s += (f64::from(v) - m).powi(2);
-            }
-        }
-        let std = var
-            .iter()
-            .map(|s| match (s / rows).sqrt() as f32 {
-                d if d > 0.0 && d.is_finite() => d,
-                _ => 1.0,
-            })
-            .collect();
-        Self {
-            mean: mean.into_iter().map(|m| m as f32).collect(),
-            std,
-        }
-    }
-
-    fn apply(&self, x: &mut [f32]) {
-        let features = self.mean.len();
-        for row in x.chunks_exact_mut(features) {
-            for ((v, m), d) in row.iter_mut().zip(&self.mean).zip(&self.std) {
-                *v = (*v - m) / d;
-            }
-        }
     }
 }
 
@@ -708,33 +510,9 @@ impl Kernel for TrainMlp {
         cost(&Config::new(params, sizes)?)
     }
 
-    fn run<B: Backend>(
-        params: &Params,
-        ctx: &RunContext<'_, B>,
-    ) -> Result<serde_json::Value, JobError> {
-        let (data, c) = match &params.dataset {
-            Some(reference) => {
-                let data = ctx.inputs.take_dataset("dataset")?;
-                let (data, sizes) = dataset_samples(params, &reference.object, data)?;
-                let c = Config::new(params, sizes)?;
-                // The plan could not know the classes (labels are read only now).
-                ctx.limits.check_elements(Self::NAME, cost(&c)?.elements)?;
-                (data, c)
-            }
-            None => {
-                let c = Config::new(params, params.shell_sizes())?;
-                let [samples, features, classes] =
-                    [c.samples, c.features, c.classes].map(|v| v as usize);
-                let (x, y) = shells(ctx.seed, samples, features, classes);
-                (Samples { x, y }, c)
-            }
-        };
+    fn run<B: Backend>(params: &Params, ctx: &RunContext<'_, B>) -> Result<Value, JobError> {
+        let (data, c) = training_data(params, ctx)?;
         let [features, held_out] = [c.features, c.held_out].map(|v| v as usize);
-        let samples = c.training_samples() as usize;
-        let (batch_rows, eval_rows) = (c.batch_rows() as usize, c.eval_rows() as usize);
-        let widths: Vec<usize> = c.widths().iter().map(|&w| w as usize).collect();
-        let device = &ctx.device;
-
         let (mut train, mut validation) = data.split(features, held_out, ctx.seed);
         // The shells are centred and of unit scale by construction, and train as they are.
         let standard = match params.dataset {
@@ -745,74 +523,12 @@ impl Kernel for TrainMlp {
             standard.apply(&mut train.x);
             standard.apply(&mut validation.x);
         }
-        let (x, y) = train.tensors::<B>(features, device);
-        let (val_x, val_y) = validation.tensors::<B>(features, device);
-        let x_ad = Tensor::<Autodiff<B>, 2>::from_inner(x.clone());
-        let y_ad = Tensor::<Autodiff<B>, 1, Int>::from_inner(y.clone());
-
-        let mut model = Mlp::<Autodiff<B>>::init(&widths, ctx.seed, device);
-        let parameters = model.num_params();
-        let mut optim = AdamConfig::new().init::<Autodiff<B>, Mlp<Autodiff<B>>>();
-        let loss_fn = CrossEntropyLossConfig::new().init(device);
-
-        let mut shuffle = ChaCha8Rng::seed_from_u64(ctx.seed);
-        shuffle.set_stream(STREAM_SHUFFLE);
-        let mut order: Vec<i64> = (0..samples as i64).collect();
-        let batches = samples.div_ceil(batch_rows);
-        let mut history = Vec::with_capacity(c.epochs as usize);
-        for epoch in 1..=c.epochs {
-            order.shuffle(&mut shuffle);
-            let order_t = Tensor::<Autodiff<B>, 1, Int>::from_data(
-                TensorData::new(order.clone(), [samples]),
-                device,
-            );
-            let mut loss_sum = Tensor::<B, 1>::zeros([1], device);
-            for start in (0..samples).step_by(batch_rows) {
-                let idx = order_t
-                    .clone()
-                    .slice(start..(start + batch_rows).min(samples));
-                let logits = model.forward(x_ad.clone().select(0, idx.clone()));
-                let loss = loss_fn.forward(logits, y_ad.clone().select(0, idx));
-                loss_sum = loss_sum + loss.clone().inner();
-                let grads = GradientsParams::from_grads(loss.backward(), &model);
-                model = optim.step(c.lr, model, grads);
-            }
-            let loss = loss_sum.into_scalar().elem::<f64>() / batches as f64;
-            let trained = model.valid();
-            let correct = trained.correct(&x, &y, eval_rows);
-            let accuracy = correct as f64 / samples as f64;
-            let mut record = json!({"epoch": epoch, "loss": loss, "accuracy": accuracy});
-            if held_out > 0 {
-                let (val_loss, val_correct) = trained.evaluate(&val_x, &val_y, eval_rows);
-                record["val_loss"] = json!(val_loss);
-                record["val_accuracy"] = json!(val_correct as f64 / held_out as f64);
-            }
-            history.push(record);
-            ctx.checkpoint(epoch, c.epochs)?;
-        }
-
-        let last = history.last().cloned().unwrap_or_default();
-        let mut out = json!({
-            "epochs": history,
-            "final_loss": last["loss"],
-            "final_accuracy": last["accuracy"],
-            "parameters": parameters,
-            "dataset": params
-                .dataset
-                .as_ref()
-                .map_or("concentric_shells", |r| r.object.as_str()),
-        });
-        if params.dataset.is_some() {
-            out["samples"] = json!(c.samples);
-        }
-        if held_out > 0 {
-            out["final_val_loss"] = last["val_loss"].clone();
-            out["final_val_accuracy"] = last["val_accuracy"].clone();
-            out["validation_samples"] = json!(held_out);
-        }
+        let (model, history, parameters) = train_model(&c, train, validation, ctx)?;
+        let mut out = summary(params, &c, &history, parameters);
         if params.dataset.is_some() || ctx.output.stores() {
-            let model = model.valid().export(standard, &widths, &c.hidden)?;
-            ctx.sink.put_model(model);
+            let widths = c.layer_widths();
+            ctx.sink
+                .put_model(model.export(standard, &widths, &c.hidden)?);
             out["model"] = json!({
                 "layers": widths,
                 "features": c.features,
@@ -821,4 +537,116 @@ impl Kernel for TrainMlp {
         }
         Ok(out)
     }
+}
+
+/// The samples a job trains on (the user's dataset or the shells) and its settings, checked
+/// against the worker's limits once the labels are known.
+fn training_data<B: Backend>(
+    params: &Params,
+    ctx: &RunContext<'_, B>,
+) -> Result<(Samples, Config), JobError> {
+    match &params.dataset {
+        Some(reference) => {
+            let data = ctx.inputs.take_dataset("dataset")?;
+            let (data, sizes) = dataset_samples(params, &reference.object, data)?;
+            let c = Config::new(params, sizes)?;
+            // The plan could not know the classes (labels are read only now).
+            ctx.limits
+                .check_elements(TrainMlp::NAME, cost(&c)?.elements)?;
+            Ok((data, c))
+        }
+        None => {
+            let c = Config::new(params, params.shell_sizes())?;
+            let [samples, features, classes] =
+                [c.samples, c.features, c.classes].map(|v| v as usize);
+            let (x, y) = shells(ctx.seed, samples, features, classes);
+            Ok((Samples { x, y }, c))
+        }
+    }
+}
+
+/// Train the network `c` describes on `train` with Adam, one record of loss and accuracy (and
+/// validation loss and accuracy when `validation` holds samples) per epoch, with a checkpoint
+/// after each; returns the trained network, the records and the number of parameters.
+fn train_model<B: Backend>(
+    c: &Config,
+    train: Samples,
+    validation: Samples,
+    ctx: &RunContext<'_, B>,
+) -> Result<(Mlp<B>, Vec<Value>, usize), JobError> {
+    let [features, held_out] = [c.features, c.held_out].map(|v| v as usize);
+    let samples = c.training_samples() as usize;
+    let (batch_rows, eval_rows) = (c.batch_rows() as usize, c.eval_rows() as usize);
+    let device = &ctx.device;
+    let (x, y) = train.tensors::<B>(features, device);
+    let (val_x, val_y) = validation.tensors::<B>(features, device);
+    let x_ad = Tensor::<Autodiff<B>, 2>::from_inner(x.clone());
+    let y_ad = Tensor::<Autodiff<B>, 1, Int>::from_inner(y.clone());
+
+    let mut model = Mlp::<Autodiff<B>>::init(&c.layer_widths(), ctx.seed, device);
+    let parameters = model.num_params();
+    let mut optim = AdamConfig::new().init::<Autodiff<B>, Mlp<Autodiff<B>>>();
+    let loss_fn = CrossEntropyLossConfig::new().init(device);
+
+    let mut shuffle = ChaCha8Rng::seed_from_u64(ctx.seed);
+    shuffle.set_stream(STREAM_SHUFFLE);
+    let mut order: Vec<i64> = (0..samples as i64).collect();
+    let batches = samples.div_ceil(batch_rows);
+    let mut history = Vec::with_capacity(c.epochs as usize);
+    for epoch in 1..=c.epochs {
+        order.shuffle(&mut shuffle);
+        let order_t = Tensor::<Autodiff<B>, 1, Int>::from_data(
+            TensorData::new(order.clone(), [samples]),
+            device,
+        );
+        let mut loss_sum = Tensor::<B, 1>::zeros([1], device);
+        for start in (0..samples).step_by(batch_rows) {
+            let idx = order_t
+                .clone()
+                .slice(start..(start + batch_rows).min(samples));
+            let logits = model.forward(x_ad.clone().select(0, idx.clone()));
+            let loss = loss_fn.forward(logits, y_ad.clone().select(0, idx));
+            loss_sum = loss_sum + loss.clone().inner();
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            model = optim.step(c.lr, model, grads);
+        }
+        let loss = loss_sum.into_scalar().elem::<f64>() / batches as f64;
+        let trained = model.valid();
+        let correct = trained.correct(&x, &y, eval_rows);
+        let accuracy = correct as f64 / samples as f64;
+        let mut record = json!({"epoch": epoch, "loss": loss, "accuracy": accuracy});
+        if held_out > 0 {
+            let (val_loss, val_correct) = trained.evaluate(&val_x, &val_y, eval_rows);
+            record["val_loss"] = json!(val_loss);
+            record["val_accuracy"] = json!(val_correct as f64 / held_out as f64);
+        }
+        history.push(record);
+        ctx.checkpoint(epoch, c.epochs)?;
+    }
+    Ok((model.valid(), history, parameters))
+}
+
+/// The job's result from its epochs' records: the history, the final figures and the data
+/// trained on.
+fn summary(params: &Params, c: &Config, history: &[Value], parameters: usize) -> Value {
+    let last = history.last().cloned().unwrap_or_default();
+    let mut out = json!({
+        "epochs": history,
+        "final_loss": last["loss"],
+        "final_accuracy": last["accuracy"],
+        "parameters": parameters,
+        "dataset": params
+            .dataset
+            .as_ref()
+            .map_or("concentric_shells", |r| r.object.as_str()),
+    });
+    if params.dataset.is_some() {
+        out["samples"] = json!(c.samples);
+    }
+    if c.held_out > 0 {
+        out["final_val_loss"] = last["val_loss"].clone();
+        out["final_val_accuracy"] = last["val_accuracy"].clone();
+        out["validation_samples"] = json!(c.held_out);
+    }
+    out
 }

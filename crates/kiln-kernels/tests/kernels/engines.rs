@@ -1,41 +1,50 @@
 //! `--matmul-engine burn` and `--conv2d-engine burn` on the CPU: matmul and conv2d jobs run on
 //! burn-ndarray and say so, and agree with the OpenBLAS product where OpenBLAS is installed and
-//! with the direct depthwise loop. A test binary of its own, because engines are chosen per
-//! process.
+//! with the direct depthwise loop. The engines travel with each run, so both run side by side.
 
-use kiln_kernels::{
-    ComputeDevice, ConvEngine, MatmulEngine, NoCheckpoint, find, set_conv_engine, set_matmul_engine,
-};
+use kiln_kernels::{ComputeDevice, ConvEngine, Engines, MatmulEngine, NoCheckpoint, find};
 use kiln_proto::{Codec, Limits};
 use serde_json::{Value, json};
 
-fn run(params: Value) -> Value {
-    run_kind("matmul", params)
-}
-
-fn run_kind(kind: &str, params: Value) -> Value {
+/// Run a `kind` job with seed 11 on the CPU, on `engines`.
+fn run_on(engines: Engines, kind: &str, params: Value) -> Value {
     let body = serde_json::to_vec(&json!({ "params": params, "seed": 11 })).unwrap();
     let job = find(kind)
         .unwrap()
         .decode(Codec::Json, &body, &Limits::default())
         .unwrap();
-    job.run(&ComputeDevice::Cpu, &NoCheckpoint).unwrap()
+    job.run_with(&ComputeDevice::Cpu, engines, &NoCheckpoint)
+        .unwrap()
+}
+
+fn matmul_on(matmul: MatmulEngine, params: Value) -> Value {
+    let engines = Engines {
+        matmul,
+        ..Engines::default()
+    };
+    run_on(engines, "matmul", params)
+}
+
+fn conv2d_on(conv: ConvEngine, params: Value) -> Value {
+    let engines = Engines {
+        conv,
+        ..Engines::default()
+    };
+    run_on(engines, "conv2d", params)
 }
 
 #[test]
 fn burn_engine_runs_matmul_on_burn_ndarray_and_agrees_with_openblas() {
     let params = json!({"m": 96, "k": 200, "n": 64});
-    set_matmul_engine(MatmulEngine::Burn);
-    let burn = run(params.clone());
+    let burn = matmul_on(MatmulEngine::Burn, params.clone());
     assert_eq!(burn["engine"], "burn-ndarray");
     assert_eq!(burn["dtype"], "f32");
 
-    set_matmul_engine(MatmulEngine::Blas);
-    let blas = run(params);
-    if !kiln_kernels::openblas::available() {
+    let blas = matmul_on(MatmulEngine::Blas, params);
+    if !kiln_kernels::vendor::openblas::available() {
         eprintln!(
             "SKIPPED the OpenBLAS half: {:?}",
-            kiln_kernels::openblas::probe()
+            kiln_kernels::vendor::openblas::probe()
         );
         assert_eq!(blas["engine"], "burn-ndarray");
         return;
@@ -73,10 +82,8 @@ fn burn_engine_filters_images_on_burn_ndarray_exactly_as_the_direct_loop_does() 
         json!({"image": image, "filter": "gaussian"}),
         json!({"batch": 2, "channels": 3, "height": 120, "width": 250, "filter": "sharpen"}),
     ] {
-        set_conv_engine(ConvEngine::Burn);
-        let burn = run_kind("conv2d", params.clone());
-        set_conv_engine(ConvEngine::Native);
-        let direct = run_kind("conv2d", params);
+        let burn = conv2d_on(ConvEngine::Burn, params.clone());
+        let direct = conv2d_on(ConvEngine::Native, params);
         assert_eq!(burn["engine"], "burn-ndarray");
         assert_eq!(direct["engine"], "direct");
         // Same order of additions: the same bits, image and summary.

@@ -13,12 +13,13 @@
 //! - `box`: 3×3 mean.
 //!
 //! Generated images are `seeded_values(seed, 0, b*c*h*w)` mapped to [0, 1), laid out
-//! [batch][channel][row][column].
+//! `[batch][channel][row][column]`.
 //!
-//! On a CUDA worker the convolution runs on cuDNN by default ([`crate::cudnn`]), in the job's
-//! `dtype` (f32 true f32, tf32, bf16 or f16); on a CPU worker (f32 only) on a direct depthwise
-//! loop ([`crate::depthwise`]); with `--conv2d-engine burn`, and where cuDNN is missing, on
-//! Burn's kernels. The result names both (`"dtype"`, `"engine"`: cudnn, direct, burn-cuda or
+//! On a CUDA worker the convolution runs on cuDNN by default ([`crate::vendor::cudnn`]), in the
+//! job's `dtype` (f32 true f32, tf32, bf16 or f16); on a CPU worker (f32 only) on a direct
+//! depthwise loop ([`crate::cpu::depthwise`]); with `--conv2d-engine burn`
+//! ([`crate::ConvEngine::Burn`] in [`crate::RunContext::engines`]), and where cuDNN is missing,
+//! on Burn's kernels. The result names both (`"dtype"`, `"engine"`: cudnn, direct, burn-cuda or
 //! burn-ndarray). Sobel's magnitude is taken in f32 from the two maps, whatever the dtype of
 //! the convolution.
 
@@ -32,11 +33,11 @@ use serde_json::json;
 use crate::Want;
 use crate::io::{Input, Inputs, Placement, Wanted};
 
-use crate::cudnn::ConvShape;
-use crate::data::dtype_name;
-use crate::depthwise::Depthwise;
-use crate::engine::{ConvEngine, conv_engine};
-use crate::precision::Dtype;
+use crate::Dtype;
+use crate::cpu::depthwise::Depthwise;
+use crate::dtype_name;
+use crate::engine::ConvEngine;
+use crate::vendor::cudnn::ConvShape;
 use crate::{Kernel, Plan, RunContext, Summary, seeded_values};
 
 /// Largest side of a user-given kernel.
@@ -118,7 +119,7 @@ pub struct Params {
     /// applied as given (cross-correlation, as PyTorch's conv2d computes: not flipped).
     #[serde(default)]
     pub kernel: Option<Vec<Vec<f32>>>,
-    /// A user image instead of a generated batch, shaped [channels][height][width], or an
+    /// A user image instead of a generated batch, shaped `[channels][height][width]`, or an
     /// object: a PNG or JPEG (values in [0, 1]), or a tensor [C, H, W] or [B, C, H, W].
     #[serde(default)]
     pub image: Option<Input<Vec<Vec<Vec<f32>>>>>,
@@ -383,49 +384,12 @@ impl Kernel for Conv2d {
             padding: [k / 2, k / 2],
             groups: c,
         };
-        // On CUDA, tensors over cuDNN's 32-bit sizes run on Burn; so does a convolution cuDNN
-        // fails on for another reason than memory (Burn would run out of it too), with a
-        // warning.
-        let native = match (ctx.cuda_index, conv_engine()) {
-            (_, ConvEngine::Burn) => None,
-            (Some(index), ConvEngine::Native) if conv.check().is_ok() => {
-                match crate::cudnn::conv2d(index, &pixels, &weights, &conv, dtype) {
-                    Ok(maps) => Some((maps, "cudnn")),
-                    Err(e) if e.kind == kiln_proto::ErrorKind::Internal => {
-                        tracing::warn!(error = %e.message, "cuDNN failed a conv2d; running it on Burn");
-                        None
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-            (Some(_), ConvEngine::Native) => None,
-            // In pieces of whole planes, with a checkpoint between pieces, so that a cancel,
-            // a timeout or a drain lands within about a second on any image.
-            (None, ConvEngine::Native) => {
-                let plane = h * w;
-                let flops_per_plane = (plane * k * k * passes * 2).max(1);
-                let per_piece = (CPU_PIECE_FLOPS / flops_per_plane).max(1);
-                let pieces = (b * c).div_ceil(per_piece) as u64;
-                let mut maps = Vec::with_capacity(b * c * passes * plane);
-                for (i, chunk) in pixels.chunks((per_piece * plane).max(1)).enumerate() {
-                    ctx.checkpoint(i as u64, pieces)?;
-                    let depthwise = Depthwise {
-                        planes: chunk.len() / plane.max(1),
-                        height: h,
-                        width: w,
-                        side: k,
-                        kernels: &kernels,
-                    };
-                    maps.extend(depthwise.run(chunk));
-                }
-                Some((maps, crate::depthwise::ENGINE))
-            }
-        };
+        let native = native(ctx, &pixels, &weights, &kernels, &conv, dtype)?;
         let (maps, computed, engine) = match native {
             Some((maps, engine)) => (maps, dtype.as_str().to_owned(), engine),
             None => {
                 let (maps, computed) = burn_conv2d::<B>(pixels, weights, &conv, dtype, ctx)?;
-                (maps, computed, crate::engine::burn_engine(ctx.is_gpu))
+                (maps, computed, crate::burn_engine(ctx.is_gpu))
             }
         };
         let values = magnitude(maps, passes, h * w);
@@ -460,6 +424,68 @@ impl Kernel for Conv2d {
         }
         Ok(out)
     }
+}
+
+/// The convolution's maps on the engine `ctx.engines` names other than Burn, and that
+/// engine's name; `None` where it runs on Burn. On CUDA, tensors over cuDNN's 32-bit sizes run
+/// on Burn; so does a convolution cuDNN fails on for another reason than memory (Burn would run
+/// out of it too), with a warning.
+fn native<B: Backend>(
+    ctx: &RunContext<'_, B>,
+    pixels: &[f32],
+    weights: &[f32],
+    kernels: &[Vec<f32>],
+    conv: &ConvShape,
+    dtype: Dtype,
+) -> Result<Option<(Vec<f32>, &'static str)>, JobError> {
+    Ok(match (ctx.cuda_index, ctx.engines.conv) {
+        (_, ConvEngine::Burn) => None,
+        (Some(index), ConvEngine::Native) if conv.check().is_ok() => {
+            match crate::vendor::cudnn::conv2d(index, pixels, weights, conv, dtype) {
+                Ok(maps) => Some((maps, "cudnn")),
+                Err(e) if e.kind == kiln_proto::ErrorKind::Internal => {
+                    tracing::warn!(error = %e.message, "cuDNN failed a conv2d; running it on Burn");
+                    None
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        (Some(_), ConvEngine::Native) => None,
+        (None, ConvEngine::Native) => Some((
+            direct(ctx, pixels, kernels, conv)?,
+            crate::cpu::depthwise::ENGINE,
+        )),
+    })
+}
+
+/// The maps on the CPU's direct depthwise loop, in pieces of whole planes with a checkpoint
+/// between pieces, so that a cancel, a timeout or a drain lands within about a second on any
+/// image.
+fn direct<B: Backend>(
+    ctx: &RunContext<'_, B>,
+    pixels: &[f32],
+    kernels: &[Vec<f32>],
+    conv: &ConvShape,
+) -> Result<Vec<f32>, JobError> {
+    let [b, c, h, w] = [conv.batch, conv.channels, conv.height, conv.width];
+    let ([k, _], passes) = (conv.kernel, kernels.len());
+    let plane = h * w;
+    let flops_per_plane = (plane * k * k * passes * 2).max(1);
+    let per_piece = (CPU_PIECE_FLOPS / flops_per_plane).max(1);
+    let pieces = (b * c).div_ceil(per_piece) as u64;
+    let mut maps = Vec::with_capacity(b * c * passes * plane);
+    for (i, chunk) in pixels.chunks((per_piece * plane).max(1)).enumerate() {
+        ctx.checkpoint(i as u64, pieces)?;
+        let depthwise = Depthwise {
+            planes: chunk.len() / plane.max(1),
+            height: h,
+            width: w,
+            side: k,
+            kernels,
+        };
+        maps.extend(depthwise.run(chunk));
+    }
+    Ok(maps)
 }
 
 /// Work in one piece of a CPU convolution between checkpoints (about a second at most).

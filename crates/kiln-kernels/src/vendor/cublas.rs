@@ -26,9 +26,9 @@
 //! column-major n×m matrix of its transpose, so C = A·B is computed as Cᵀ = Bᵀ·Aᵀ, that is
 //! `gemm(n, m, k, B, A)`, and the column-major result is C in row-major order.
 //!
-//! Unsafe code (with `cudnn.rs`, `vendor.rs` and `openblas.rs`, the only in kiln): the calls of
-//! cuBLAS's `gemm_ex` (cudarc's typed `Gemm` has no TF32 compute type) and `cublasSgeam` (cudarc
-//! has no safe wrapper) on raw device pointers.
+//! Unsafe code (as in the other modules of `vendor/`; elsewhere in kiln only the vector-width
+//! dispatch of the CPU loops): the calls of cuBLAS's `gemm_ex` (cudarc's typed `Gemm` has no
+//! TF32 compute type) and `cublasSgeam` (cudarc has no safe wrapper) on raw device pointers.
 #![allow(unsafe_code)]
 
 use std::ffi::c_void;
@@ -38,8 +38,8 @@ use cudarc::cublas::{CudaBlas, result::gemm_ex, sys};
 use cudarc::driver::{CudaStream, sys::CUdeviceptr};
 use kiln_proto::{ErrorKind, JobError};
 
-use crate::precision::Dtype;
-use crate::vendor::{Buffers, Handles, Library, lock};
+use super::cuda::{Buffers, Handles, Library, lock};
+use crate::Dtype;
 
 const CUBLAS: Library = Library {
     name: "cuBLAS",
@@ -66,7 +66,7 @@ const GEAM_PIECE: usize = 1 << 30;
 /// Check that cuBLAS works on CUDA device `index`: the library loads, and a handle and a tiny
 /// product succeed. The error says what is missing.
 pub fn probe(index: usize) -> Result<(), String> {
-    crate::engine::check_product("cuBLAS", |a, b| matmul(index, a, b, 1, 2, 1, Dtype::F32))
+    super::check_product("cuBLAS", |a, b| matmul(index, a, b, 1, 2, 1, Dtype::F32))
 }
 
 /// A cuBLAS handle on its own stream of one device.
@@ -87,7 +87,7 @@ fn blas_for(index: usize) -> Result<Arc<Mutex<Blas>>, JobError> {
 }
 
 fn dim(name: &str, value: usize) -> Result<i32, JobError> {
-    crate::engine::blas_dim("cuBLAS", name, value)
+    super::blas_dim("cuBLAS", name, value)
 }
 
 /// The cuBLAS types of a job dtype: element type, compute type.

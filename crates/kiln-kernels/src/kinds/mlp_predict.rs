@@ -1,13 +1,13 @@
 //! `mlp_predict`: runs a model trained by `train_mlp` on rows of features, giving each row's
 //! class probabilities and most likely class.
 //!
-//! The model is a `kiln-mlp` safetensors object (see [`crate::train_mlp`] for its layout). Each
+//! The model is a `kiln-mlp` safetensors object (see [`super::train_mlp`] for its layout). Each
 //! row is standardised with the model's `input.mean` and `input.std`, passed through its
-//! `Linear` layers with ReLU between them, and turned into probabilities by a softmax, on the
-//! job's backend, `batch_size` rows at a time. A row's class is the first with the highest
-//! probability.
+//! `Linear` layers with ReLU between them ([`super::mlp::Mlp`]), and turned into probabilities
+//! by a softmax, on the job's backend (Burn's kernels on every device), `batch_size` rows at a
+//! time. A row's class is the first with the highest probability.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use burn::module::Param;
 use burn::nn::Linear;
@@ -17,8 +17,8 @@ use kiln_proto::{JobError, Limits, ObjectRef, checked_product};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::mlp::{MODEL_FORMAT, MODEL_VERSION, Mlp};
 use crate::io::{Input, Inputs, Placement, Wanted};
-use crate::train_mlp::{MODEL_FORMAT, MODEL_VERSION, Mlp};
 use crate::{Kernel, Plan, RunContext, Summary, Want};
 
 /// Rows per forward pass when the job leaves `batch_size` out.
@@ -95,84 +95,11 @@ impl Network {
                 "mlp_predict model {object:?} {what}; train one with train_mlp"
             ))
         };
-        match model.metadata.get("format").map(String::as_str) {
-            Some(MODEL_FORMAT) => {}
-            Some(other) => {
-                return Err(refuse(format!(
-                    "has format {other:?}, not {MODEL_FORMAT:?}"
-                )));
-            }
-            None => {
-                return Err(refuse(format!(
-                    "has no \"format\" metadata (it must be {MODEL_FORMAT:?})"
-                )));
-            }
-        }
-        match model.metadata.get("version").map(String::as_str) {
-            Some(MODEL_VERSION) => {}
-            other => {
-                return Err(refuse(format!(
-                    "has version {other:?}; this worker reads version {MODEL_VERSION}"
-                )));
-            }
-        }
-        if let Some(activation) = model.metadata.get("activation")
-            && activation != "relu"
-        {
-            return Err(refuse(format!(
-                "uses activation {activation:?}; only relu is supported"
-            )));
-        }
+        check_metadata(&model.metadata, &refuse)?;
         let mut tensors: HashMap<String, HostTensor> = model.tensors.into_iter().collect();
-        let count = tensors
-            .keys()
-            .filter_map(|name| {
-                let (index, part) = name.strip_prefix("layers.")?.split_once('.')?;
-                matches!(part, "weight" | "bias").then(|| index.parse::<usize>().ok())?
-            })
-            .max()
-            .map_or(0, |last| last + 1);
-        let mut take = |name: &str| {
-            tensors
-                .remove(name)
-                .ok_or_else(|| refuse(format!("lacks tensor {name:?}")))
-        };
-        let (mean, std) = (take("input.mean")?, take("input.std")?);
-        if count == 0 {
-            return Err(refuse(
-                "has no layers (tensors \"layers.0.weight\", \"layers.0.bias\", …)".into(),
-            ));
-        }
-        let mut layers = Vec::new();
-        let mut width = None;
-        for i in 0..count {
-            let (weight, bias) = (format!("layers.{i}.weight"), format!("layers.{i}.bias"));
-            let (w, b) = (take(&weight)?, take(&bias)?);
-            let [fan_in, fan_out] = match *w.shape {
-                [fan_in, fan_out] if fan_in > 0 && fan_out > 0 => [fan_in, fan_out],
-                _ => {
-                    return Err(refuse(format!(
-                        "has {weight} shaped {:?}; it must be [in, out]",
-                        w.shape
-                    )));
-                }
-            };
-            if width.is_some_and(|width| width != fan_in) {
-                return Err(refuse(format!(
-                    "has {weight} shaped {:?}, but the layer before gives {} values",
-                    w.shape,
-                    width.unwrap_or_default()
-                )));
-            }
-            if b.shape != [fan_out] {
-                return Err(refuse(format!(
-                    "has {bias} shaped {:?}; it must be [{fan_out}]",
-                    b.shape
-                )));
-            }
-            width = Some(fan_out);
-            layers.push((w, b));
-        }
+        let mean = take(&mut tensors, "input.mean", &refuse)?;
+        let std = take(&mut tensors, "input.std", &refuse)?;
+        let layers = take_layers(&mut tensors, &refuse)?;
         let features = layers[0].0.shape[0];
         for (name, t) in [("input.mean", &mean), ("input.std", &std)] {
             if t.shape != [features] {
@@ -231,6 +158,41 @@ impl Network {
         self.layers.iter().map(|(w, _)| w.len() as u64).sum()
     }
 
+    /// The class probabilities of each row of `x` (row-major, the network's features wide),
+    /// `batch` rows at a time on the job's backend, with a checkpoint after each batch.
+    fn predict<B: Backend>(
+        &self,
+        x: &[f32],
+        batch: usize,
+        ctx: &RunContext<'_, B>,
+    ) -> Result<Vec<f32>, JobError> {
+        let device = &ctx.device;
+        let features = self.features();
+        let mlp = self.module::<B>(device);
+        let row_of = |t: &HostTensor| {
+            Tensor::<B, 1>::from_data(TensorData::new(t.data.clone(), [features]), device)
+                .reshape([1, features])
+        };
+        let (mean, std) = (row_of(&self.mean), row_of(&self.std));
+        let rows = x.len() / features;
+        let batches = rows.div_ceil(batch) as u64;
+        let mut probabilities = Vec::with_capacity(rows * self.classes());
+        for (done, chunk) in x.chunks(batch * features).enumerate() {
+            let n = chunk.len() / features;
+            let x =
+                Tensor::<B, 2>::from_data(TensorData::new(chunk.to_vec(), [n, features]), device);
+            let x = (x - mean.clone()) / std.clone();
+            let p = softmax(mlp.forward(x), 1)
+                .into_data()
+                .convert::<f32>()
+                .into_vec::<f32>()
+                .map_err(|e| JobError::internal(format!("reading mlp_predict output: {e:?}")))?;
+            probabilities.extend(p);
+            ctx.checkpoint(done as u64 + 1, batches)?;
+        }
+        Ok(probabilities)
+    }
+
     /// The layers as Burn modules on `device`.
     fn module<B: Backend>(&self, device: &B::Device) -> Mlp<B> {
         let param = |t: &HostTensor| TensorData::new(t.data.clone(), t.shape.clone());
@@ -244,6 +206,109 @@ impl Network {
                 .collect(),
         )
     }
+}
+
+/// Refuse a model whose metadata is not `kiln-mlp`'s, in a version and with an activation this
+/// worker runs (`refuse` words the error).
+fn check_metadata(
+    metadata: &BTreeMap<String, String>,
+    refuse: &dyn Fn(String) -> JobError,
+) -> Result<(), JobError> {
+    match metadata.get("format").map(String::as_str) {
+        Some(MODEL_FORMAT) => {}
+        Some(other) => {
+            return Err(refuse(format!(
+                "has format {other:?}, not {MODEL_FORMAT:?}"
+            )));
+        }
+        None => {
+            return Err(refuse(format!(
+                "has no \"format\" metadata (it must be {MODEL_FORMAT:?})"
+            )));
+        }
+    }
+    match metadata.get("version").map(String::as_str) {
+        Some(MODEL_VERSION) => {}
+        other => {
+            return Err(refuse(format!(
+                "has version {other:?}; this worker reads version {MODEL_VERSION}"
+            )));
+        }
+    }
+    if let Some(activation) = metadata.get("activation")
+        && activation != "relu"
+    {
+        return Err(refuse(format!(
+            "uses activation {activation:?}; only relu is supported"
+        )));
+    }
+    Ok(())
+}
+
+/// Tensor `name` of a model, taken out of `tensors`.
+fn take(
+    tensors: &mut HashMap<String, HostTensor>,
+    name: &str,
+    refuse: &dyn Fn(String) -> JobError,
+) -> Result<HostTensor, JobError> {
+    tensors
+        .remove(name)
+        .ok_or_else(|| refuse(format!("lacks tensor {name:?}")))
+}
+
+/// Weight [in, out] and bias [out] of each layer `layers.{i}`, from input to output, checked
+/// to fit together; at least one.
+fn take_layers(
+    tensors: &mut HashMap<String, HostTensor>,
+    refuse: &dyn Fn(String) -> JobError,
+) -> Result<Vec<(HostTensor, HostTensor)>, JobError> {
+    let count = tensors
+        .keys()
+        .filter_map(|name| {
+            let (index, part) = name.strip_prefix("layers.")?.split_once('.')?;
+            matches!(part, "weight" | "bias").then(|| index.parse::<usize>().ok())?
+        })
+        .max()
+        .map_or(0, |last| last + 1);
+    if count == 0 {
+        return Err(refuse(
+            "has no layers (tensors \"layers.0.weight\", \"layers.0.bias\", …)".into(),
+        ));
+    }
+    let mut layers = Vec::new();
+    let mut width = None;
+    for i in 0..count {
+        let (weight, bias) = (format!("layers.{i}.weight"), format!("layers.{i}.bias"));
+        let (w, b) = (
+            take(tensors, &weight, refuse)?,
+            take(tensors, &bias, refuse)?,
+        );
+        let [fan_in, fan_out] = match *w.shape {
+            [fan_in, fan_out] if fan_in > 0 && fan_out > 0 => [fan_in, fan_out],
+            _ => {
+                return Err(refuse(format!(
+                    "has {weight} shaped {:?}; it must be [in, out]",
+                    w.shape
+                )));
+            }
+        };
+        if width.is_some_and(|width| width != fan_in) {
+            return Err(refuse(format!(
+                "has {weight} shaped {:?}, but the layer before gives {} values",
+                w.shape,
+                width.unwrap_or_default()
+            )));
+        }
+        if b.shape != [fan_out] {
+            return Err(refuse(format!(
+                "has {bias} shaped {:?}; it must be [{fan_out}]",
+                b.shape
+            )));
+        }
+        width = Some(fan_out);
+        layers.push((w, b));
+    }
+    Ok(layers)
 }
 
 /// What classifying `rows` rows costs on `network`, `batch` rows at a time.
@@ -331,30 +396,9 @@ impl Kernel for MlpPredict {
             Input::Object(_) => ctx.inputs.take_tensor("x")?.data,
         };
 
-        let device = &ctx.device;
-        let (rows, features, batch) = (rows as usize, features as usize, batch as usize);
+        let (rows, features) = (rows as usize, features as usize);
         let classes = network.classes();
-        let mlp = network.module::<B>(device);
-        let row_of = |t: &HostTensor| {
-            Tensor::<B, 1>::from_data(TensorData::new(t.data.clone(), [features]), device)
-                .reshape([1, features])
-        };
-        let (mean, std) = (row_of(&network.mean), row_of(&network.std));
-        let batches = rows.div_ceil(batch) as u64;
-        let mut probabilities = Vec::with_capacity(rows * classes);
-        for (done, chunk) in x.chunks(batch * features).enumerate() {
-            let n = chunk.len() / features;
-            let x =
-                Tensor::<B, 2>::from_data(TensorData::new(chunk.to_vec(), [n, features]), device);
-            let x = (x - mean.clone()) / std.clone();
-            let p = softmax(mlp.forward(x), 1)
-                .into_data()
-                .convert::<f32>()
-                .into_vec::<f32>()
-                .map_err(|e| JobError::internal(format!("reading mlp_predict output: {e:?}")))?;
-            probabilities.extend(p);
-            ctx.checkpoint(done as u64 + 1, batches)?;
-        }
+        let probabilities = network.predict(&x, batch as usize, ctx)?;
         let predicted: Vec<usize> = probabilities
             .chunks_exact(classes)
             .map(|row| {

@@ -1,16 +1,17 @@
 //! `vector_add`: c = a + b, the "small job" of pipeline benchmarks.
 //!
-//! On a CUDA worker it runs on cuBLAS (`cublasSgeam`, see [`crate::cublas`]) unless the worker
-//! runs its BLAS kinds on Burn (`--matmul-engine burn`, or cuBLAS missing); on a CPU worker on
-//! burn-ndarray. Either way each element is one correctly rounded f32 addition, so every engine
-//! gives the same bits. Results name it in `"engine"`: cublas, burn-cuda or burn-ndarray.
+//! On a CUDA worker it runs on cuBLAS (`cublasSgeam`, see [`crate::vendor::cublas`]) unless the
+//! worker runs its BLAS kinds on Burn ([`crate::MatmulEngine::Burn`]: `--matmul-engine burn`, or
+//! cuBLAS missing); on a CPU worker on burn-ndarray. Either way each element is one correctly
+//! rounded f32 addition, so every engine gives the same bits. Results name it in `"engine"`:
+//! cublas, burn-cuda or burn-ndarray.
 
 use burn::tensor::{Tensor, TensorData, backend::Backend};
 use kiln_proto::{JobError, Limits};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::engine::{MatmulEngine, burn_engine, matmul_engine};
+use crate::engine::{MatmulEngine, burn_engine};
 use crate::io::{Input, Inputs, Placement, Wanted, tensor_objects};
 use crate::{Kernel, Plan, RunContext, Summary, seeded_values};
 
@@ -122,8 +123,8 @@ impl Kernel for VectorAdd {
         // timeout or a drain meanwhile stops it here.
         ctx.checkpoint(1, 2)?;
         let (c, engine) = match ctx.cuda_index {
-            Some(index) if matmul_engine() == MatmulEngine::Blas => {
-                (crate::cublas::vector_add(index, &a, &b)?, "cublas")
+            Some(index) if ctx.engines.matmul == MatmulEngine::Blas => {
+                (crate::vendor::cublas::vector_add(index, &a, &b)?, "cublas")
             }
             _ => (burn_add::<B>(a, b, &ctx.device)?, burn_engine(ctx.is_gpu)),
         };

@@ -1,7 +1,8 @@
-//! What kiln's direct calls into NVIDIA's libraries share (cuBLAS for matmul in `cublas.rs`,
-//! cuDNN for conv2d in `cudnn.rs`): finding the library before cudarc loads it (cudarc panics
-//! when one is missing), one handle per device on its own stream, the device buffers of one
-//! operation in the element type the library reads, and CUDA's errors as job errors.
+//! What kiln's direct calls into NVIDIA's libraries share (cuBLAS for matmul in
+//! [`super::cublas`], cuDNN for conv2d in [`super::cudnn`]): finding the library before cudarc
+//! loads it (cudarc panics when one is missing), one handle per device on its own stream, the
+//! device buffers of one operation in the element type the library reads, and CUDA's errors as
+//! job errors.
 //!
 //! Unsafe code: loading the library with libloading to see whether it loads.
 #![allow(unsafe_code)]
@@ -15,7 +16,7 @@ use cudarc::driver::{
 };
 use kiln_proto::{ErrorKind, JobError};
 
-use crate::precision::{Dtype, from_half, to_half};
+use crate::dtype::{Dtype, from_half, to_half};
 
 /// One of NVIDIA's libraries, as kiln uses it.
 pub(crate) struct Library {

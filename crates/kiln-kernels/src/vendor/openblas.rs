@@ -118,12 +118,12 @@ fn library() -> Result<&'static OpenBlas, String> {
 
 /// Check that OpenBLAS loads and multiplies; `Ok` names the library and its build.
 pub fn probe() -> Result<String, String> {
-    crate::engine::check_product("OpenBLAS", |a, b| matmul(a, b, 1, 2, 1))?;
+    super::check_product("OpenBLAS", |a, b| matmul(a, b, 1, 2, 1))?;
     Ok(library()?.description.clone())
 }
 
 fn dim(name: &str, value: usize) -> Result<c_int, JobError> {
-    crate::engine::blas_dim("OpenBLAS", name, value)
+    super::blas_dim("OpenBLAS", name, value)
 }
 
 /// C = A·B, A m×k and B k×n, row-major f32.

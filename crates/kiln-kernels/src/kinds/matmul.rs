@@ -1,10 +1,10 @@
 //! `matmul`: C = A·B, f32 everywhere, tf32, bf16 or f16 on GPUs.
 //!
-//! The product runs on the device's BLAS by default ([`crate::engine`]): cuBLAS on a CUDA worker
-//! ([`crate::cublas`]), in the precision the job asks for, and OpenBLAS on a CPU worker where it
-//! is installed ([`crate::openblas`]). With `--matmul-engine burn`, or where the library is
-//! missing, it runs on Burn's kernels like the other kinds. The result names both (`"dtype"`,
-//! `"engine"`: cublas, openblas, burn-cuda or burn-ndarray).
+//! The product runs on the device's BLAS by default ([`crate::MatmulEngine::Blas`]): cuBLAS on a
+//! CUDA worker ([`crate::vendor::cublas`]), in the precision the job asks for, and OpenBLAS on a
+//! CPU worker where it is installed ([`crate::vendor::openblas`]). With `--matmul-engine burn`,
+//! or where the library is missing, it runs on Burn's kernels like the other kinds. The result
+//! names both (`"dtype"`, `"engine"`: cublas, openblas, burn-cuda or burn-ndarray).
 //!
 //! Generated inputs: A = `seeded_values(seed, 0, m*k)` and B = `seeded_values(seed, 1, k*n)`,
 //! both row-major, so every backend multiplies the same matrices. A size left out of
@@ -16,10 +16,10 @@ use kiln_proto::{JobError, Limits, checked_product};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::data::dtype_name;
-use crate::engine::{MatmulEngine, matmul_engine};
+use crate::Dtype;
+use crate::dtype_name;
+use crate::engine::MatmulEngine;
 use crate::io::{Input, Inputs, Placement, Wanted, tensor_objects};
-pub use crate::precision::Dtype;
 use crate::{Kernel, Plan, RunContext, Summary, seeded_values};
 
 /// `{"m": 512, "k": 512, "n": 512}` (generated from the seed; `{"n": 512}` is square) or
@@ -221,7 +221,7 @@ impl Kernel for Matmul {
                 seeded_values(ctx.seed, 1, k * n),
             ),
         };
-        let blas = matmul_engine() == MatmulEngine::Blas;
+        let blas = ctx.engines.matmul == MatmulEngine::Blas;
         // A product runs in pieces of rows of A (and C), with a checkpoint before each, so that
         // a cancel, a timeout or a drain lands within about a second on any size. cuBLAS runs
         // whole: a GPU finishes the largest product that fits its memory in about a second.
@@ -235,10 +235,10 @@ impl Kernel for Matmul {
         let (c, computed, engine) = match ctx.cuda_index {
             Some(index) if blas => {
                 ctx.checkpoint(0, 1)?;
-                let c = crate::cublas::matmul(index, &a, &b, m, k, n, dtype)?;
+                let c = crate::vendor::cublas::matmul(index, &a, &b, m, k, n, dtype)?;
                 (c, dtype.as_str().to_owned(), "cublas")
             }
-            None if blas && !ctx.is_gpu && crate::openblas::available() => {
+            None if blas && !ctx.is_gpu && crate::vendor::openblas::available() => {
                 let mut c = vec![0.0f32; m * n];
                 if k > 0 && n > 0 {
                     for (i, (a_rows, c_rows)) in
@@ -246,14 +246,14 @@ impl Kernel for Matmul {
                     {
                         ctx.checkpoint(i as u64, pieces)?;
                         let r = c_rows.len() / n;
-                        crate::openblas::matmul_into(a_rows, &b, c_rows, (r, k, n))?;
+                        crate::vendor::openblas::matmul_into(a_rows, &b, c_rows, (r, k, n))?;
                     }
                 }
                 (c, dtype.as_str().to_owned(), "openblas")
             }
             _ => {
                 let (c, computed) = burn_matmul::<B>(&a, b, (m, k, n), dtype, rows, ctx)?;
-                (c, computed, crate::engine::burn_engine(ctx.is_gpu))
+                (c, computed, crate::burn_engine(ctx.is_gpu))
             }
         };
         let mut out = json!({

@@ -1,10 +1,13 @@
-//! The element type a job computes in (`"dtype"` of `matmul` and `conv2d` jobs), and the
-//! conversions of f32 host data to and from the 16-bit types the vendor libraries read.
+//! The element type a job computes in (`"dtype"` of `matmul` and `conv2d` jobs, and of the
+//! kernel benchmark's cases), and the conversions of f32 host data to and from the 16-bit types
+//! the vendor libraries read.
 
-use burn::tensor::FloatDType;
+use burn::tensor::{DType, FloatDType};
 use serde::{Deserialize, Serialize};
 
 /// The element type a product or convolution is computed in. Inputs and outputs travel as f32.
+/// On the wire (job parameters, results, benchmark rows) it is spelled as [`Dtype::as_str`]
+/// says: `"f32"`, `"tf32"`, `"bf16"`, `"f16"`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Dtype {
@@ -32,8 +35,8 @@ impl Dtype {
         }
     }
 
-    /// The Burn element type to cast f32 tensors to, if any.
-    pub(crate) fn burn_dtype(self) -> Option<FloatDType> {
+    /// The Burn element type to cast f32 tensors to, if any (tf32 runs as Burn's f32).
+    pub fn burn_dtype(self) -> Option<FloatDType> {
         match self {
             Dtype::F32 | Dtype::Tf32 => None,
             Dtype::Bf16 => Some(FloatDType::BF16),
@@ -54,6 +57,17 @@ impl Dtype {
                 self.as_str()
             ))
         })
+    }
+}
+
+/// The lowercase name of a Burn tensor's element type (`f32`, `bf16`, `f16` …), as results and
+/// benchmark rows report the dtype a computation really ran in.
+pub fn dtype_name(dtype: DType) -> String {
+    match dtype {
+        DType::F32 => "f32".into(),
+        DType::BF16 => "bf16".into(),
+        DType::F16 => "f16".into(),
+        other => format!("{other:?}").to_lowercase(),
     }
 }
 
