@@ -369,113 +369,58 @@ fn rate_columns(area: &Area<'_>, title: &str, columns: &[Column]) -> anyhow::Res
 /// Where a job's time goes besides compute, per kind and size: stacked horizontal bars of
 /// submit, queue wait, worker handling and result delivery (medians, ms).
 pub fn overhead(rows: &[OverheadRow]) -> anyhow::Result<String> {
-    let mut svg = String::new();
-    {
-        let height = 170 + 34 * rows.len() as u32;
-        let root = SVGBackend::with_string(&mut svg, (1000, height)).into_drawing_area();
-        root.fill(&WHITE).map_err(err)?;
-        let parts = |r: &OverheadRow| {
-            [
-                r.submit_ms.max(0.0),
-                r.queue_ms.max(0.0),
-                r.worker_ms.max(0.0),
-                r.result_ms.max(0.0),
-            ]
-        };
-        let hi = rows
-            .iter()
-            .map(|r| parts(r).iter().sum::<f64>())
-            .fold(0.1f64, f64::max)
-            * 1.9;
-        let labels: Vec<String> = rows
-            .iter()
-            .map(|r| format!("{} {} ({})", r.kind, r.size, r.input))
-            .collect();
-        let n = rows.len().max(1) as f64;
-        let name = move |y: &f64| {
-            let i = y.round();
-            if (y - i).abs() > 1e-6 || i < 0.0 {
-                return String::new();
-            }
-            labels.get(i as usize).cloned().unwrap_or_default()
-        };
-        let mut chart = ChartBuilder::on(&root)
-            .caption(
-                "Communication overhead per job: end to end minus compute (medians, one job at a time)",
-                (FONT, 18),
-            )
-            .margin(14)
-            .x_label_area_size(45)
-            .y_label_area_size(300)
-            .build_cartesian_2d(0f64..hi, -0.5f64..n - 0.5)
-            .map_err(err)?;
-        chart
-            .configure_mesh()
-            .y_labels(rows.len().max(1))
-            .y_label_formatter(&name)
-            .x_label_formatter(&|v| significant(*v))
-            .x_desc("milliseconds")
-            .y_desc("kind, size (input)")
-            .disable_y_mesh()
-            .label_style((FONT, 12))
-            .draw()
-            .map_err(err)?;
-        let names = [
-            "submit (publish → stored)",
-            "queue wait (stored → worker)",
-            "worker handling (outside compute)",
-            "result delivery (finished → client)",
-        ];
-        for (k, part) in names.iter().enumerate() {
-            let color = PALETTE[k];
-            chart
-                .draw_series(rows.iter().enumerate().map(|(i, r)| {
-                    let p = parts(r);
-                    let x0: f64 = p[..k].iter().sum();
-                    let y = i as f64;
-                    Rectangle::new([(x0, y - 0.35), (x0 + p[k], y + 0.35)], color.filled())
-                }))
-                .map_err(err)?
-                .label(*part)
-                .legend(move |(x, y)| {
-                    Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled())
-                });
-        }
-        chart
-            .draw_series(rows.iter().enumerate().map(|(i, r)| {
-                let total: f64 = parts(r).iter().sum();
-                Text::new(
-                    format!("{:.2} ms", r.overhead_ms),
-                    (total + hi * 0.01, i as f64 - 0.1),
-                    (FONT, 11),
-                )
-            }))
-            .map_err(err)?;
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.9))
-            .border_style(BLACK)
-            .label_font((FONT, 12))
-            .draw()
-            .map_err(err)?;
-        root.present().map_err(err)?;
-    }
-    Ok(svg)
+    let labels: Vec<String> = rows
+        .iter()
+        .map(|r| format!("{} {} ({})", r.kind, r.size, r.input))
+        .collect();
+    let values: Vec<Vec<f64>> = rows
+        .iter()
+        .map(|r| {
+            [r.submit_ms, r.queue_ms, r.worker_ms, r.result_ms]
+                .iter()
+                .map(|v| v.max(0.0))
+                .collect()
+        })
+        .collect();
+    let ends: Vec<String> = rows
+        .iter()
+        .map(|r| format!("{:.2} ms", r.overhead_ms))
+        .collect();
+    let height = 170 + 34 * rows.len() as u32;
+    svg_chart((1000, height), |root| {
+        stacked_bars(
+            root,
+            &StackedBars {
+                title: "Communication overhead per job: end to end minus compute (medians, one job at a time)",
+                labels: &labels,
+                y_desc: Some("kind, size (input)"),
+                parts: &OVERHEAD_PARTS,
+                values: &values,
+                ends: &ends,
+                label_width: 300,
+                headroom: 1.9,
+            },
+        )
+    })
 }
+
+/// The parts of a job's time outside compute, in the overhead chart.
+const OVERHEAD_PARTS: [(&str, RGBColor); 4] = [
+    ("submit (publish → stored)", PALETTE[0]),
+    ("queue wait (stored → worker)", PALETTE[1]),
+    ("worker handling (outside compute)", PALETTE[2]),
+    ("result delivery (finished → client)", PALETTE[3]),
+];
 
 /// Where a job's time goes when its data travels through the object store: the matmul by
 /// object against the raw store's same transfers (top), the JPEG through conv2d (bottom).
 pub fn data(d: &DataSection) -> anyhow::Result<String> {
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, (1000, 460)).into_drawing_area();
-        root.fill(&WHITE).map_err(err)?;
+    svg_chart((1000, 460), |root| {
         let (top, bottom) = root.split_vertically(260);
         let t = &d.transfer;
         let mut raw = vec![0.0; STAGES.len()];
         raw[0] = t.raw_ms;
-        stacked_panel(
+        stages_panel(
             &top,
             &format!("{}: raw object store vs kiln (medians)", t.case),
             &[
@@ -484,15 +429,40 @@ pub fn data(d: &DataSection) -> anyhow::Result<String> {
             ],
             &[raw, stages(&t.split)],
         )?;
-        stacked_panel(
+        stages_panel(
             &bottom,
             &format!("{} (medians)", d.image.case),
             &["kiln job".to_owned()],
             &[stages(&d.image.split)],
-        )?;
-        root.present().map_err(err)?;
-    }
-    Ok(svg)
+        )
+    })
+}
+
+/// A panel of the data chart: one bar per label, stacked from `values[i]` in [`STAGES`]
+/// order, its total at its end.
+fn stages_panel(
+    area: &Area<'_>,
+    title: &str,
+    labels: &[String],
+    values: &[Vec<f64>],
+) -> anyhow::Result<()> {
+    let totals: Vec<String> = values
+        .iter()
+        .map(|v| super::report::ms(v.iter().sum()))
+        .collect();
+    stacked_bars(
+        area,
+        &StackedBars {
+            title,
+            labels,
+            y_desc: None,
+            parts: &STAGES,
+            values,
+            ends: &totals,
+            label_width: 190,
+            headroom: 1.6,
+        },
+    )
 }
 
 const STAGES: [(&str, RGBColor); 8] = [
@@ -522,52 +492,61 @@ fn stages(s: &Split) -> Vec<f64> {
     .collect()
 }
 
-/// Horizontal bars, one per label, each stacked from `values[i]` in [`STAGES`] order.
-fn stacked_panel(
-    area: &Area<'_>,
-    title: &str,
-    labels: &[String],
-    values: &[Vec<f64>],
-) -> anyhow::Result<()> {
+/// Horizontal bars, one per label, each stacked from its values in `parts` order, with a
+/// text at its end (the overhead chart, and each panel of the data chart).
+struct StackedBars<'a> {
+    title: &'a str,
+    /// The bars' names, on the axis.
+    labels: &'a [String],
+    /// What the names are, on the axis when given.
+    y_desc: Option<&'a str>,
+    /// Each part's name in the legend and its color; a part that is zero in every bar is
+    /// left out.
+    parts: &'a [(&'a str, RGBColor)],
+    /// One value per part for each bar, in milliseconds.
+    values: &'a [Vec<f64>],
+    /// The text at the end of each bar.
+    ends: &'a [String],
+    /// The width of the names' column, in pixels.
+    label_width: u32,
+    /// The value axis's length over the longest bar's (room for the end texts and legend).
+    headroom: f64,
+}
+
+fn stacked_bars(area: &Area<'_>, bars: &StackedBars<'_>) -> anyhow::Result<()> {
+    let values = bars.values;
     let hi = values
         .iter()
         .map(|v| v.iter().sum::<f64>())
         .fold(0.1f64, f64::max)
-        * 1.6;
-    let n = labels.len().max(1) as f64;
-    let names = labels.to_vec();
-    let name = move |y: &f64| {
-        let i = y.round();
-        if (y - i).abs() > 1e-6 || i < 0.0 {
-            return String::new();
-        }
-        names.get(i as usize).cloned().unwrap_or_default()
-    };
+        * bars.headroom;
+    let n = bars.labels.len().max(1) as f64;
     let mut chart = ChartBuilder::on(area)
-        .caption(title, (FONT, 16))
+        .caption(bars.title, (FONT, 16))
         .margin(12)
         .x_label_area_size(40)
-        .y_label_area_size(190)
+        .y_label_area_size(bars.label_width)
         .build_cartesian_2d(0f64..hi, -0.6f64..n - 0.4)
         .map_err(err)?;
-    chart
-        .configure_mesh()
-        .y_labels(labels.len().max(1))
+    let name = |y: &f64| category(bars.labels, *y).to_owned();
+    let mut mesh = chart.configure_mesh();
+    mesh.y_labels(bars.labels.len().max(1))
         .y_label_formatter(&name)
         .x_label_formatter(&|v| significant(*v))
         .x_desc("milliseconds")
         .disable_y_mesh()
-        .label_style((FONT, 12))
-        .draw()
-        .map_err(err)?;
-    for (k, (part, color)) in STAGES.iter().enumerate() {
+        .label_style((FONT, 12));
+    if let Some(y_desc) = bars.y_desc {
+        mesh.y_desc(y_desc);
+    }
+    mesh.draw().map_err(err)?;
+    for (k, &(part, color)) in bars.parts.iter().enumerate() {
         if values
             .iter()
             .all(|v| v.get(k).copied().unwrap_or(0.0) <= 0.0)
         {
             continue;
         }
-        let color = *color;
         chart
             .draw_series(values.iter().enumerate().map(|(i, v)| {
                 let x0: f64 = v[..k].iter().sum();
@@ -575,18 +554,24 @@ fn stacked_panel(
                 Rectangle::new([(x0, y - 0.3), (x0 + v[k], y + 0.3)], color.filled())
             }))
             .map_err(err)?
-            .label(*part)
+            .label(part)
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
     }
     chart
-        .draw_series(values.iter().enumerate().map(|(i, v)| {
-            let total: f64 = v.iter().sum();
-            Text::new(
-                super::report::ms(total),
-                (total + hi * 0.01, i as f64 - 0.05),
-                (FONT, 11),
-            )
-        }))
+        .draw_series(
+            values
+                .iter()
+                .zip(bars.ends)
+                .enumerate()
+                .map(|(i, (v, end))| {
+                    let total: f64 = v.iter().sum();
+                    Text::new(
+                        end.clone(),
+                        (total + hi * 0.01, i as f64 - 0.05),
+                        (FONT, 11),
+                    )
+                }),
+        )
         .map_err(err)?;
     chart
         .configure_series_labels()
@@ -595,8 +580,7 @@ fn stacked_panel(
         .border_style(BLACK)
         .label_font((FONT, 11))
         .draw()
-        .map_err(err)?;
-    Ok(())
+        .map_err(err)
 }
 
 /// Throughput relative to one worker against worker processes, one line per workload, with
