@@ -34,31 +34,9 @@ pub fn run(args: KernelsArgs) -> anyhow::Result<ExitCode> {
     );
     let gpu = matches!(device, ComputeDevice::Cuda(_));
     if gpu {
-        let dir = args
-            .cache_dir
-            .clone()
-            .unwrap_or_else(kiln_kernels::default_cache_dir);
-        if let Err(e) = kiln_kernels::use_cache_dir(&dir) {
-            eprintln!("bench: {e}");
-        }
+        use_cache_dir(&args);
     }
-    let (profile, profile_name) = match (args.quick, gpu) {
-        (true, _) => (Profile::Quick, "quick"),
-        (false, true) => (Profile::Gpu, "gpu"),
-        (false, false) => (Profile::Cpu, "cpu"),
-    };
-    let settings = Settings {
-        warmup: args.warmup.unwrap_or(if gpu { 3 } else { 1 }),
-        iters: args
-            .iters
-            .unwrap_or(match profile {
-                Profile::Gpu => 20,
-                Profile::Cpu => 5,
-                Profile::Quick => 3,
-            })
-            .max(1),
-        case_budget_s: args.case_budget_s,
-    };
+    let (profile, profile_name, settings) = profile(&args, gpu);
     let cases: Vec<_> = bench::cases(profile)
         .into_iter()
         .filter(|c| args.filter.as_deref().is_none_or(|f| c.name.contains(f)))
@@ -111,10 +89,53 @@ pub fn run(args: KernelsArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    finish(&rows, write_error, args.json.as_deref())
+}
 
+/// On CUDA: keep autotune results and compiled kernels in `--cache-dir` (default: the one
+/// workers share); a failure is said and the run goes on.
+fn use_cache_dir(args: &KernelsArgs) {
+    let dir = args
+        .cache_dir
+        .clone()
+        .unwrap_or_else(kiln_kernels::default_cache_dir);
+    if let Err(e) = kiln_kernels::use_cache_dir(&dir) {
+        eprintln!("bench: {e}");
+    }
+}
+
+/// The sizes to run (`--quick`'s, else the device's), their name, and the iterations.
+fn profile(args: &KernelsArgs, gpu: bool) -> (Profile, &'static str, Settings) {
+    let (profile, profile_name) = match (args.quick, gpu) {
+        (true, _) => (Profile::Quick, "quick"),
+        (false, true) => (Profile::Gpu, "gpu"),
+        (false, false) => (Profile::Cpu, "cpu"),
+    };
+    let settings = Settings {
+        warmup: args.warmup.unwrap_or(if gpu { 3 } else { 1 }),
+        iters: args
+            .iters
+            .unwrap_or(match profile {
+                Profile::Gpu => 20,
+                Profile::Cpu => 5,
+                Profile::Quick => 3,
+            })
+            .max(1),
+        case_budget_s: args.case_budget_s,
+    };
+    (profile, profile_name, settings)
+}
+
+/// Print the table and where the rows were written. Fails when writing them did; exit
+/// status 1 when a case failed.
+fn finish(
+    rows: &[Row],
+    write_error: Option<anyhow::Error>,
+    json: Option<&Path>,
+) -> anyhow::Result<ExitCode> {
     println!();
-    print!("{}", table(&rows));
-    if let Some(path) = &args.json {
+    print!("{}", table(rows));
+    if let Some(path) = json {
         if let Some(e) = write_error {
             return Err(e);
         }

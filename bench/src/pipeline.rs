@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, consumer::pull, stream};
 use futures::StreamExt as _;
+use indicatif::ProgressBar;
 use kiln_kernels::ComputeDevice;
 use kiln_proto::{Codec, DeviceClass, HEADER_MSG_ID, streams};
 use serde::Serialize;
@@ -296,6 +297,25 @@ async fn ceiling(
     run: u32,
 ) -> anyhow::Result<f64> {
     let tag = format!("{}-{run}", kiln_proto::new_job_id());
+    let (workers, mut results) = ceiling_streams(js).await?;
+    let worker = spawn_ceiling_worker(js.clone(), workers, jobs, result_bytes);
+    let bar = progress_bar(jobs, "ceiling");
+    let started = Instant::now();
+    let publisher = spawn_ceiling_publisher(js.clone(), jobs, job_bytes, tag);
+    ack_ceiling_results(&mut results, jobs, &bar).await?;
+    let seconds = started.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    publisher.await??;
+    worker.await?;
+    for name in ["BENCH_JOBS", "BENCH_RESULTS"] {
+        let _ = js.delete_stream(name).await;
+    }
+    Ok(seconds)
+}
+
+/// The ceiling's two streams, made afresh, and the messages of their consumers: the jobs
+/// the workers pull, and the results.
+async fn ceiling_streams(js: &jetstream::Context) -> anyhow::Result<(pull::Stream, pull::Stream)> {
     for (name, subject, retention) in [
         (
             "BENCH_JOBS",
@@ -319,42 +339,49 @@ async fn ceiling(
         })
         .await?;
     }
-    let workers: pull::Stream = js
-        .get_stream("BENCH_JOBS")
-        .await?
-        .create_consumer(pull::Config {
-            durable_name: Some("bench-workers".into()),
-            ack_policy: jetstream::consumer::AckPolicy::Explicit,
-            max_ack_pending: 20_000,
-            ..Default::default()
-        })
-        .await?
-        .stream()
-        .max_messages_per_batch(256)
-        .messages()
-        .await?;
-    let mut results: pull::Stream = js
-        .get_stream("BENCH_RESULTS")
-        .await?
-        .create_consumer(pull::Config {
-            durable_name: Some("bench-agg".into()),
-            ack_policy: jetstream::consumer::AckPolicy::Explicit,
-            max_ack_pending: 200_000,
-            ..Default::default()
-        })
-        .await?
-        .stream()
-        .max_messages_per_batch(1000)
-        .messages()
-        .await?;
+    let workers = pull_messages(js, "BENCH_JOBS", "bench-workers", 20_000, 256).await?;
+    let results = pull_messages(js, "BENCH_RESULTS", "bench-agg", 200_000, 1000).await?;
+    Ok((workers, results))
+}
 
+/// The messages of a new durable pull consumer on `stream`, acked one by one.
+async fn pull_messages(
+    js: &jetstream::Context,
+    stream: &str,
+    durable: &str,
+    max_ack_pending: i64,
+    batch: usize,
+) -> anyhow::Result<pull::Stream> {
+    Ok(js
+        .get_stream(stream)
+        .await?
+        .create_consumer(pull::Config {
+            durable_name: Some(durable.into()),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            max_ack_pending,
+            ..Default::default()
+        })
+        .await?
+        .stream()
+        .max_messages_per_batch(batch)
+        .messages()
+        .await?)
+}
+
+/// The ceiling's worker: for each of `jobs` messages, 256 at a time, publish a result of
+/// `result_bytes`, wait for its PubAck, and ack the job.
+fn spawn_ceiling_worker(
+    js: jetstream::Context,
+    workers: pull::Stream,
+    jobs: u64,
+    result_bytes: usize,
+) -> tokio::task::JoinHandle<()> {
     let result_body = bytes::Bytes::from(vec![b'r'; result_bytes]);
-    let worker_js = js.clone();
-    let worker = tokio::spawn(async move {
+    tokio::spawn(async move {
         workers
             .take(jobs as usize)
             .for_each_concurrent(256, |message| {
-                let js = worker_js.clone();
+                let js = js.clone();
                 let body = result_body.clone();
                 async move {
                     let Ok(message) = message else { return };
@@ -371,17 +398,23 @@ async fn ceiling(
                 }
             })
             .await;
-    });
-    let bar = progress_bar(jobs, "ceiling");
-    let started = Instant::now();
+    })
+}
+
+/// The ceiling's client: publish `jobs` messages of `job_bytes`, up to 1024 PubAcks pending.
+fn spawn_ceiling_publisher(
+    js: jetstream::Context,
+    jobs: u64,
+    job_bytes: usize,
+    tag: String,
+) -> tokio::task::JoinHandle<anyhow::Result<()>> {
     let job_body = bytes::Bytes::from(vec![b'j'; job_bytes]);
-    let publisher_js = js.clone();
-    let publisher = tokio::spawn(async move {
+    tokio::spawn(async move {
         let mut pending = futures::stream::FuturesUnordered::new();
         for i in 0..jobs {
             let mut headers = HeaderMap::new();
             headers.insert(HEADER_MSG_ID, format!("{tag}-{i}").as_str());
-            let ack = publisher_js
+            let ack = js
                 .publish_with_headers("bench.jobs.x", headers, job_body.clone())
                 .await?;
             pending.push(ack.into_future());
@@ -395,7 +428,15 @@ async fn ceiling(
             done?;
         }
         anyhow::Ok(())
-    });
+    })
+}
+
+/// The ceiling's aggregator: pull and ack `jobs` results; fails when none comes for a minute.
+async fn ack_ceiling_results(
+    results: &mut pull::Stream,
+    jobs: u64,
+    bar: &ProgressBar,
+) -> anyhow::Result<()> {
     let mut seen = 0u64;
     while seen < jobs {
         match tokio::time::timeout(Duration::from_secs(60), results.next()).await {
@@ -410,12 +451,5 @@ async fn ceiling(
             Ok(None) | Err(_) => anyhow::bail!("ceiling run stalled at {seen} of {jobs} results"),
         }
     }
-    let seconds = started.elapsed().as_secs_f64();
-    bar.finish_and_clear();
-    publisher.await??;
-    worker.await?;
-    for name in ["BENCH_JOBS", "BENCH_RESULTS"] {
-        let _ = js.delete_stream(name).await;
-    }
-    Ok(seconds)
+    Ok(())
 }

@@ -97,27 +97,7 @@ pub(crate) async fn measure(
     let js = jetstream::new(client.clone());
     let topology = kiln_cli::cmd::topology(&nats);
     streams::ensure_all(&js, &topology).await?;
-
-    // The two simulated classes and a scheduler, in this process.
-    let mut roles = LocalRoles::default();
-    for (name, class, slowdown, overhead_ms) in [
-        ("sim-gpu", DeviceClass::Gpu, 1.0, args.gpu_overhead_ms),
-        ("sim-cpu", DeviceClass::Cpu, args.cpu_slowdown, 0.0),
-    ] {
-        let mut config = kiln_worker::WorkerConfig::new(ComputeDevice::Cpu);
-        config.name = name.into();
-        config.class = class;
-        config.slowdown = slowdown;
-        config.sim_overhead = Duration::from_secs_f64(overhead_ms / 1000.0);
-        config.compute_slots = 1;
-        config.max_in_flight = 16;
-        config.topology = topology.clone();
-        roles.worker(&client, config);
-    }
-    let mut scheduler = kiln_scheduler::SchedulerConfig::new("bench-scheduler".into());
-    scheduler.topology = topology.clone();
-    scheduler.refresh = Duration::from_millis(50);
-    roles.scheduler(&client, scheduler);
+    let roles = start_roles(&client, &topology, args);
     // Let the heartbeats land, then teach the scheduler both classes with a few explicit jobs.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let mut collector = ResultCollector::subscribe(&client, None, &[]).await?;
@@ -144,52 +124,99 @@ pub(crate) async fn measure(
         ("always cpu", DeviceClass::Cpu),
         ("kiln scheduler", DeviceClass::Auto),
     ] {
-        let tag = format!("{}-{}", policy.replace(' ', "-"), kiln_proto::new_job_id());
-        let jobs = workload(&tag, class, args.small, args.large)?;
-        let count = jobs.len();
-        let (makespan, results) = run_jobs(&js, &mut collector, jobs, policy).await?;
-        let submitted = results.first_submit;
-        let mean = results
-            .events
-            .iter()
-            .map(|e| ((e.finished_at - submitted).as_seconds_f64() * 1000.0).max(0.0))
-            .sum::<f64>()
-            / count as f64;
-        let to_gpu = results
-            .events
-            .iter()
-            .filter(|e| e.class == DeviceClass::Gpu)
-            .count();
-        runs.push(PolicyRun {
-            policy,
-            jobs: count,
-            makespan_ms: makespan.as_secs_f64() * 1000.0,
-            mean_completion_ms: mean,
-            to_gpu,
-            to_cpu: count - to_gpu,
-        });
+        runs.push(run_policy(&js, &mut collector, policy, class, args).await?);
     }
     roles.stop().await?;
-
-    let by = |p: &str| {
-        runs.iter()
-            .find(|r| r.policy == p)
-            .expect("every policy ran")
-    };
-    let (gpu, cpu, kiln) = (by("always gpu"), by("always cpu"), by("kiln scheduler"));
-    let report = Report {
-        machine: crate::machine::describe_machine(),
-        simulated,
-        small_jobs: args.small,
-        large_jobs: args.large,
-        makespan_ratio_vs_always_gpu: kiln.makespan_ms / gpu.makespan_ms,
-        makespan_ratio_vs_always_cpu: kiln.makespan_ms / cpu.makespan_ms,
-        mean_completion_ratio_vs_always_gpu: kiln.mean_completion_ms / gpu.mean_completion_ms,
-        mean_completion_ratio_vs_always_cpu: kiln.mean_completion_ms / cpu.mean_completion_ms,
-        runs: Vec::new(),
-    };
+    let report = Report::compare(simulated, args, runs);
     drop(server);
-    Ok(Report { runs, ..report })
+    Ok(report)
+}
+
+/// The two simulated classes and a scheduler, in this process.
+fn start_roles(
+    client: &async_nats::Client,
+    topology: &kiln_proto::Topology,
+    args: &SchedulerBenchArgs,
+) -> LocalRoles {
+    let mut roles = LocalRoles::default();
+    for (name, class, slowdown, overhead_ms) in [
+        ("sim-gpu", DeviceClass::Gpu, 1.0, args.gpu_overhead_ms),
+        ("sim-cpu", DeviceClass::Cpu, args.cpu_slowdown, 0.0),
+    ] {
+        let mut config = kiln_worker::WorkerConfig::new(ComputeDevice::Cpu);
+        config.name = name.into();
+        config.class = class;
+        config.slowdown = slowdown;
+        config.sim_overhead = Duration::from_secs_f64(overhead_ms / 1000.0);
+        config.compute_slots = 1;
+        config.max_in_flight = 16;
+        config.topology = topology.clone();
+        roles.worker(client, config);
+    }
+    let mut scheduler = kiln_scheduler::SchedulerConfig::new("bench-scheduler".into());
+    scheduler.topology = topology.clone();
+    scheduler.refresh = Duration::from_millis(50);
+    roles.scheduler(client, scheduler);
+    roles
+}
+
+/// The workload submitted to `class` under `policy`: its makespan, mean completion time
+/// (from the first submit) and where its jobs ran.
+async fn run_policy(
+    js: &jetstream::Context,
+    collector: &mut ResultCollector,
+    policy: &'static str,
+    class: DeviceClass,
+    args: &SchedulerBenchArgs,
+) -> anyhow::Result<PolicyRun> {
+    let tag = format!("{}-{}", policy.replace(' ', "-"), kiln_proto::new_job_id());
+    let jobs = workload(&tag, class, args.small, args.large)?;
+    let count = jobs.len();
+    let (makespan, results) = run_jobs(js, collector, jobs, policy).await?;
+    let submitted = results.first_submit;
+    let mean = results
+        .events
+        .iter()
+        .map(|e| ((e.finished_at - submitted).as_seconds_f64() * 1000.0).max(0.0))
+        .sum::<f64>()
+        / count as f64;
+    let to_gpu = results
+        .events
+        .iter()
+        .filter(|e| e.class == DeviceClass::Gpu)
+        .count();
+    Ok(PolicyRun {
+        policy,
+        jobs: count,
+        makespan_ms: makespan.as_secs_f64() * 1000.0,
+        mean_completion_ms: mean,
+        to_gpu,
+        to_cpu: count - to_gpu,
+    })
+}
+
+impl Report {
+    /// The scheduler's run against the two static policies'.
+    fn compare(simulated: String, args: &SchedulerBenchArgs, runs: Vec<PolicyRun>) -> Self {
+        let by = |p: &str| {
+            runs.iter()
+                .find(|r| r.policy == p)
+                .expect("every policy ran")
+        };
+        let (gpu, cpu, kiln) = (by("always gpu"), by("always cpu"), by("kiln scheduler"));
+        let report = Report {
+            machine: crate::machine::describe_machine(),
+            simulated,
+            small_jobs: args.small,
+            large_jobs: args.large,
+            makespan_ratio_vs_always_gpu: kiln.makespan_ms / gpu.makespan_ms,
+            makespan_ratio_vs_always_cpu: kiln.makespan_ms / cpu.makespan_ms,
+            mean_completion_ratio_vs_always_gpu: kiln.mean_completion_ms / gpu.mean_completion_ms,
+            mean_completion_ratio_vs_always_cpu: kiln.mean_completion_ms / cpu.mean_completion_ms,
+            runs: Vec::new(),
+        };
+        Report { runs, ..report }
+    }
 }
 
 /// `small` vector adds and `large` matmuls, interleaved, for `class`.

@@ -66,13 +66,45 @@ where
         .map_err(err)
 }
 
+/// An SVG of `size` pixels on white, drawn by `draw`.
+fn svg_chart(
+    size: (u32, u32),
+    draw: impl FnOnce(&Area<'_>) -> anyhow::Result<()>,
+) -> anyhow::Result<String> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
+        root.fill(&WHITE).map_err(err)?;
+        draw(&root)?;
+        root.present().map_err(err)?;
+    }
+    Ok(svg)
+}
+
+/// The name at position `x` of a category axis (categories at 0, 1, …); nothing between.
+fn category<S: AsRef<str>>(names: &[S], x: f64) -> &str {
+    let i = x.round();
+    if (x - i).abs() > 1e-6 || i < 0.0 {
+        return "";
+    }
+    names.get(i as usize).map_or("", |s| s.as_ref())
+}
+
+/// Each distinct item once, in order of first appearance.
+fn unique<'a>(items: impl IntoIterator<Item = &'a str>) -> Vec<&'a str> {
+    let mut seen = Vec::new();
+    for item in items {
+        if !seen.contains(&item) {
+            seen.push(item);
+        }
+    }
+    seen
+}
+
 /// Median time per operation against size, one panel per workload, one line per backend
 /// (log-scale time).
 pub fn kernels(rows: &[KernelRow]) -> anyhow::Result<String> {
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, (1100, 800)).into_drawing_area();
-        root.fill(&WHITE).map_err(err)?;
+    svg_chart((1100, 800), |root| {
         let root = root
             .titled(
                 "Kernel time per operation by size (median; lower is better)",
@@ -83,35 +115,19 @@ pub fn kernels(rows: &[KernelRow]) -> anyhow::Result<String> {
         for (panel, workload) in panels.iter().zip(kernels::WORKLOADS) {
             kernel_panel(panel, workload, rows)?;
         }
-        root.present().map_err(err)?;
-    }
-    Ok(svg)
+        Ok(())
+    })
 }
 
+/// One workload's panel: a line per device through its sizes.
 fn kernel_panel(area: &Area<'_>, workload: &str, rows: &[KernelRow]) -> anyhow::Result<()> {
     // The sizes of this workload in case order (the CPU's list), without the small job.
     let ours: Vec<&KernelRow> = rows
         .iter()
         .filter(|r| r.workload == workload && r.row.family != "small_vector_add")
         .collect();
-    let mut sizes: Vec<&str> = Vec::new();
-    for r in &ours {
-        if !sizes.contains(&r.size.as_str()) {
-            sizes.push(&r.size);
-        }
-    }
-    let ms: Vec<f64> = ours
-        .iter()
-        .filter_map(|r| r.row.median_s.filter(|_| r.row.status == "ok"))
-        .map(|s| s * 1e3)
-        .collect();
-    let lo = ms.iter().copied().fold(f64::INFINITY, f64::min);
-    let hi = ms.iter().copied().fold(0.0f64, f64::max);
-    let (lo, hi) = if ms.is_empty() {
-        (0.001, 1.0)
-    } else {
-        (lo / 2.0, hi * 2.0)
-    };
+    let sizes = unique(ours.iter().map(|r| r.size.as_str()));
+    let (lo, hi) = time_range(&ours);
     let n = sizes.len().max(1) as f64;
     let mut chart = ChartBuilder::on(area)
         .caption(workload, (FONT, 17))
@@ -120,16 +136,9 @@ fn kernel_panel(area: &Area<'_>, workload: &str, rows: &[KernelRow]) -> anyhow::
         .y_label_area_size(70)
         .build_cartesian_2d(-0.5f64..n - 0.5, (lo..hi).log_scale())
         .map_err(err)?;
-    let labels = sizes.clone();
-    let short = move |x: &f64| {
-        let i = x.round();
-        if (x - i).abs() > 1e-6 || i < 0.0 {
-            return String::new();
-        }
-        labels
-            .get(i as usize)
-            .map(|s| s.split(',').next().unwrap_or(s).to_owned())
-            .unwrap_or_default()
+    let short = |x: &f64| {
+        let size = category(&sizes, *x);
+        size.split(',').next().unwrap_or(size).to_owned()
     };
     chart
         .configure_mesh()
@@ -142,42 +151,58 @@ fn kernel_panel(area: &Area<'_>, workload: &str, rows: &[KernelRow]) -> anyhow::
         .label_style((FONT, 12))
         .draw()
         .map_err(err)?;
-    let mut devices: Vec<&str> = Vec::new();
-    for r in &ours {
-        if !devices.contains(&r.row.device.as_str()) {
-            devices.push(&r.row.device);
-        }
-    }
-    for device in devices {
+    for device in unique(ours.iter().map(|r| r.row.device.as_str())) {
         let color = if device == "cpu" {
             CPU_COLOR
         } else {
             GPU_COLOR
         };
-        let points: Vec<(f64, f64)> = ours
-            .iter()
-            .filter(|r| r.row.device == device && r.row.status == "ok")
-            .filter_map(|r| {
-                let x = sizes.iter().position(|s| *s == r.size)? as f64;
-                Some((x, r.row.median_s? * 1e3))
-            })
-            .collect();
-        // Every backend of the device's points, in order (matmul: the BLAS, then Burn's rows).
-        let mut backends: Vec<&str> = Vec::new();
-        for r in ours.iter().filter(|r| r.row.device == device) {
-            if !backends.contains(&r.row.backend.as_str()) {
-                backends.push(&r.row.backend);
-            }
-        }
-        let label = format!(
-            "{} ({})",
-            if device == "cpu" { "CPU" } else { device },
-            backends.join(", ")
-        );
+        let (points, label) = device_line(&ours, &sizes, device);
         line_with_markers(&mut chart, points, color, label)?;
     }
     legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
     Ok(())
+}
+
+/// The time axis of a kernel panel, in milliseconds: half the fastest to twice the slowest
+/// median.
+fn time_range(rows: &[&KernelRow]) -> (f64, f64) {
+    let ms: Vec<f64> = rows
+        .iter()
+        .filter_map(|r| r.row.median_s.filter(|_| r.row.status == "ok"))
+        .map(|s| s * 1e3)
+        .collect();
+    if ms.is_empty() {
+        return (0.001, 1.0);
+    }
+    let lo = ms.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = ms.iter().copied().fold(0.0f64, f64::max);
+    (lo / 2.0, hi * 2.0)
+}
+
+/// A device's line in a kernel panel: (size position, median ms) of its measured rows, and
+/// its label, the device and the backends of its rows.
+fn device_line(rows: &[&KernelRow], sizes: &[&str], device: &str) -> (Vec<(f64, f64)>, String) {
+    let points: Vec<(f64, f64)> = rows
+        .iter()
+        .filter(|r| r.row.device == device && r.row.status == "ok")
+        .filter_map(|r| {
+            let x = sizes.iter().position(|s| *s == r.size)? as f64;
+            Some((x, r.row.median_s? * 1e3))
+        })
+        .collect();
+    // Every backend of the device's points, in order (matmul: the BLAS, then Burn's rows).
+    let backends = unique(
+        rows.iter()
+            .filter(|r| r.row.device == device)
+            .map(|r| r.row.backend.as_str()),
+    );
+    let label = format!(
+        "{} ({})",
+        if device == "cpu" { "CPU" } else { device },
+        backends.join(", ")
+    );
+    (points, label)
 }
 
 /// GPU speedup over the CPU per case (log scale), only where both ran.
@@ -204,265 +229,198 @@ fn horizontal_bars(
     labels: &[String],
     values: &[f64],
 ) -> anyhow::Result<String> {
-    let mut svg = String::new();
-    {
-        let height = 140 + 34 * labels.len() as u32;
-        let root = SVGBackend::with_string(&mut svg, (1000, height)).into_drawing_area();
-        root.fill(&WHITE).map_err(err)?;
+    let height = 140 + 34 * labels.len() as u32;
+    svg_chart((1000, height), |root| {
         let hi = values.iter().copied().fold(1.0f64, f64::max) * 2.0;
         let lo = values.iter().copied().fold(1.0f64, f64::min) / 2.0;
         let n = labels.len().max(1) as f64;
-        let y_labels = labels.to_vec();
-        let name = move |y: &f64| {
-            let i = y.round();
-            if (y - i).abs() > 1e-6 || i < 0.0 {
-                return String::new();
-            }
-            y_labels.get(i as usize).cloned().unwrap_or_default()
-        };
-        {
-            let mut chart = ChartBuilder::on(&root)
-                .caption(title, (FONT, 20))
-                .margin(14)
-                .x_label_area_size(45)
-                .y_label_area_size(280)
-                .build_cartesian_2d((lo..hi).log_scale(), -0.5f64..n - 0.5)
-                .map_err(err)?;
-            chart
-                .configure_mesh()
-                .y_labels(labels.len().max(1))
-                .y_label_formatter(&name)
-                .x_label_formatter(&|v| significant(*v))
-                .x_desc(x_desc)
-                .y_desc("case")
-                .disable_y_mesh()
-                .label_style((FONT, 12))
-                .draw()
-                .map_err(err)?;
-            chart
-                .draw_series(values.iter().enumerate().map(|(i, &v)| {
-                    let y = i as f64;
-                    Rectangle::new([(lo, y - 0.35), (v, y + 0.35)], GPU_COLOR.filled())
-                }))
-                .map_err(err)?
-                .label(legend)
-                .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], GPU_COLOR.filled()));
-            chart
-                .draw_series(
-                    values.iter().enumerate().map(|(i, &v)| {
-                        Text::new(format!("{v:.2}×"), (v, i as f64 - 0.1), (FONT, 12))
-                    }),
-                )
-                .map_err(err)?;
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::LowerRight)
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK)
-                .draw()
-                .map_err(err)?;
-        }
-        root.present().map_err(err)?;
-    }
-    Ok(svg)
+        let mut chart = ChartBuilder::on(root)
+            .caption(title, (FONT, 20))
+            .margin(14)
+            .x_label_area_size(45)
+            .y_label_area_size(280)
+            .build_cartesian_2d((lo..hi).log_scale(), -0.5f64..n - 0.5)
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .y_labels(labels.len().max(1))
+            .y_label_formatter(&|y| category(labels, *y).to_owned())
+            .x_label_formatter(&|v| significant(*v))
+            .x_desc(x_desc)
+            .y_desc("case")
+            .disable_y_mesh()
+            .label_style((FONT, 12))
+            .draw()
+            .map_err(err)?;
+        chart
+            .draw_series(values.iter().enumerate().map(|(i, &v)| {
+                let y = i as f64;
+                Rectangle::new([(lo, y - 0.35), (v, y + 0.35)], GPU_COLOR.filled())
+            }))
+            .map_err(err)?
+            .label(legend)
+            .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], GPU_COLOR.filled()));
+        chart
+            .draw_series(
+                values
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &v)| Text::new(format!("{v:.2}×"), (v, i as f64 - 0.1), (FONT, 12))),
+            )
+            .map_err(err)?;
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()
+            .map_err(err)
+    })
 }
 
 /// Jobs per second of the two ceilings and of kiln, medians of the runs.
 pub fn pipeline(report: &PipelineReport) -> anyhow::Result<String> {
-    let bars = [
-        (
-            format!(
+    let columns = [
+        Column {
+            name: "ceiling (same bytes)",
+            label: format!(
                 "raw JetStream, kiln-sized messages ({} B job, {} B result)",
                 report.job_bytes, report.result_bytes
             ),
-            report.ceiling_same_bytes_jobs_per_s,
-            PALETTE[0],
-        ),
-        (
-            "raw JetStream, 16-byte messages".to_owned(),
-            report.ceiling_small_jobs_per_s,
-            PALETTE[2],
-        ),
-        (
-            format!(
+            value: report.ceiling_same_bytes_jobs_per_s,
+            color: PALETTE[0],
+        },
+        Column {
+            name: "ceiling (16 B)",
+            label: "raw JetStream, 16-byte messages".to_owned(),
+            value: report.ceiling_small_jobs_per_s,
+            color: PALETTE[2],
+        },
+        Column {
+            name: "kiln",
+            label: format!(
                 "kiln end to end ({:.3} of the same-size ceiling)",
                 report.ratio_same_bytes
             ),
-            report.kiln_jobs_per_s,
-            PALETTE[1],
-        ),
+            value: report.kiln_jobs_per_s,
+            color: PALETTE[1],
+        },
     ];
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, (900, 520)).into_drawing_area();
-        root.fill(&WHITE).map_err(err)?;
-        let hi = bars.iter().map(|b| b.1).fold(1.0f64, f64::max) * 1.25;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(
-                format!(
-                    "Pipeline: {} small jobs (vector_add len {}) vs the raw JetStream ceiling, same run",
-                    report.jobs_per_run, report.vector_len
-                ),
-                (FONT, 18),
-            )
-            .margin(14)
-            .x_label_area_size(40)
-            .y_label_area_size(80)
-            .build_cartesian_2d(-0.5f64..2.5, 0f64..hi)
-            .map_err(err)?;
+    let title = format!(
+        "Pipeline: {} small jobs (vector_add len {}) vs the raw JetStream ceiling, same run",
+        report.jobs_per_run, report.vector_len
+    );
+    svg_chart((900, 520), |root| rate_columns(root, &title, &columns))
+}
+
+/// A column of [`rate_columns`]: its name on the axis, its label in the legend, its jobs
+/// per second and color.
+struct Column {
+    name: &'static str,
+    label: String,
+    value: f64,
+    color: RGBColor,
+}
+
+/// One column per flow, its jobs per second written above it.
+fn rate_columns(area: &Area<'_>, title: &str, columns: &[Column]) -> anyhow::Result<()> {
+    let hi = columns.iter().map(|c| c.value).fold(1.0f64, f64::max) * 1.25;
+    let n = columns.len() as f64;
+    let names: Vec<&str> = columns.iter().map(|c| c.name).collect();
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, (FONT, 18))
+        .margin(14)
+        .x_label_area_size(40)
+        .y_label_area_size(80)
+        .build_cartesian_2d(-0.5f64..n - 0.5, 0f64..hi)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_labels(columns.len())
+        .x_label_formatter(&|x| category(&names, *x).to_owned())
+        .y_label_formatter(&|v| format!("{v:.0}"))
+        .x_desc("flow")
+        .y_desc("jobs per second (median of runs)")
+        .disable_x_mesh()
+        .label_style((FONT, 12))
+        .draw()
+        .map_err(err)?;
+    for (i, column) in columns.iter().enumerate() {
+        let (x, value, color) = (i as f64, column.value, column.color);
         chart
-            .configure_mesh()
-            .x_labels(3)
-            .x_label_formatter(&|x| match x.round() as i64 {
-                0 if (x - x.round()).abs() < 1e-6 => "ceiling (same bytes)".into(),
-                1 if (x - x.round()).abs() < 1e-6 => "ceiling (16 B)".into(),
-                2 if (x - x.round()).abs() < 1e-6 => "kiln".into(),
-                _ => String::new(),
-            })
-            .y_label_formatter(&|v| format!("{v:.0}"))
-            .x_desc("flow")
-            .y_desc("jobs per second (median of runs)")
-            .disable_x_mesh()
-            .label_style((FONT, 12))
-            .draw()
+            .draw_series(std::iter::once(Rectangle::new(
+                [(x - 0.3, 0.0), (x + 0.3, value)],
+                color.filled(),
+            )))
+            .map_err(err)?
+            .label(column.label.clone())
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
+        chart
+            .draw_series(std::iter::once(Text::new(
+                format!("{value:.0}/s"),
+                (x - 0.12, value + hi * 0.03),
+                (FONT, 13),
+            )))
             .map_err(err)?;
-        for (i, (label, value, color)) in bars.iter().enumerate() {
-            let x = i as f64;
-            let color = *color;
-            chart
-                .draw_series(std::iter::once(Rectangle::new(
-                    [(x - 0.3, 0.0), (x + 0.3, *value)],
-                    color.filled(),
-                )))
-                .map_err(err)?
-                .label(label.clone())
-                .legend(move |(x, y)| {
-                    Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled())
-                });
-            chart
-                .draw_series(std::iter::once(Text::new(
-                    format!("{value:.0}/s"),
-                    (x - 0.12, value + hi * 0.03),
-                    (FONT, 13),
-                )))
-                .map_err(err)?;
-        }
-        legend(&mut chart, SeriesLabelPosition::UpperRight)?;
-        root.present().map_err(err)?;
     }
-    Ok(svg)
+    legend(&mut chart, SeriesLabelPosition::UpperRight)
 }
 
 /// Where a job's time goes besides compute, per kind and size: stacked horizontal bars of
 /// submit, queue wait, worker handling and result delivery (medians, ms).
 pub fn overhead(rows: &[OverheadRow]) -> anyhow::Result<String> {
-    let mut svg = String::new();
-    {
-        let height = 170 + 34 * rows.len() as u32;
-        let root = SVGBackend::with_string(&mut svg, (1000, height)).into_drawing_area();
-        root.fill(&WHITE).map_err(err)?;
-        let parts = |r: &OverheadRow| {
-            [
-                r.submit_ms.max(0.0),
-                r.queue_ms.max(0.0),
-                r.worker_ms.max(0.0),
-                r.result_ms.max(0.0),
-            ]
-        };
-        let hi = rows
-            .iter()
-            .map(|r| parts(r).iter().sum::<f64>())
-            .fold(0.1f64, f64::max)
-            * 1.9;
-        let labels: Vec<String> = rows
-            .iter()
-            .map(|r| format!("{} {} ({})", r.kind, r.size, r.input))
-            .collect();
-        let n = rows.len().max(1) as f64;
-        let name = move |y: &f64| {
-            let i = y.round();
-            if (y - i).abs() > 1e-6 || i < 0.0 {
-                return String::new();
-            }
-            labels.get(i as usize).cloned().unwrap_or_default()
-        };
-        let mut chart = ChartBuilder::on(&root)
-            .caption(
-                "Communication overhead per job: end to end minus compute (medians, one job at a time)",
-                (FONT, 18),
-            )
-            .margin(14)
-            .x_label_area_size(45)
-            .y_label_area_size(300)
-            .build_cartesian_2d(0f64..hi, -0.5f64..n - 0.5)
-            .map_err(err)?;
-        chart
-            .configure_mesh()
-            .y_labels(rows.len().max(1))
-            .y_label_formatter(&name)
-            .x_label_formatter(&|v| significant(*v))
-            .x_desc("milliseconds")
-            .y_desc("kind, size (input)")
-            .disable_y_mesh()
-            .label_style((FONT, 12))
-            .draw()
-            .map_err(err)?;
-        let names = [
-            "submit (publish → stored)",
-            "queue wait (stored → worker)",
-            "worker handling (outside compute)",
-            "result delivery (finished → client)",
-        ];
-        for (k, part) in names.iter().enumerate() {
-            let color = PALETTE[k];
-            chart
-                .draw_series(rows.iter().enumerate().map(|(i, r)| {
-                    let p = parts(r);
-                    let x0: f64 = p[..k].iter().sum();
-                    let y = i as f64;
-                    Rectangle::new([(x0, y - 0.35), (x0 + p[k], y + 0.35)], color.filled())
-                }))
-                .map_err(err)?
-                .label(*part)
-                .legend(move |(x, y)| {
-                    Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled())
-                });
-        }
-        chart
-            .draw_series(rows.iter().enumerate().map(|(i, r)| {
-                let total: f64 = parts(r).iter().sum();
-                Text::new(
-                    format!("{:.2} ms", r.overhead_ms),
-                    (total + hi * 0.01, i as f64 - 0.1),
-                    (FONT, 11),
-                )
-            }))
-            .map_err(err)?;
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.9))
-            .border_style(BLACK)
-            .label_font((FONT, 12))
-            .draw()
-            .map_err(err)?;
-        root.present().map_err(err)?;
-    }
-    Ok(svg)
+    let labels: Vec<String> = rows
+        .iter()
+        .map(|r| format!("{} {} ({})", r.kind, r.size, r.input))
+        .collect();
+    let values: Vec<Vec<f64>> = rows
+        .iter()
+        .map(|r| {
+            [r.submit_ms, r.queue_ms, r.worker_ms, r.result_ms]
+                .iter()
+                .map(|v| v.max(0.0))
+                .collect()
+        })
+        .collect();
+    let ends: Vec<String> = rows
+        .iter()
+        .map(|r| format!("{:.2} ms", r.overhead_ms))
+        .collect();
+    let height = 170 + 34 * rows.len() as u32;
+    svg_chart((1000, height), |root| {
+        stacked_bars(
+            root,
+            &StackedBars {
+                title: "Communication overhead per job: end to end minus compute (medians, one job at a time)",
+                labels: &labels,
+                y_desc: Some("kind, size (input)"),
+                parts: &OVERHEAD_PARTS,
+                values: &values,
+                ends: &ends,
+                label_width: 300,
+                headroom: 1.9,
+            },
+        )
+    })
 }
+
+/// The parts of a job's time outside compute, in the overhead chart.
+const OVERHEAD_PARTS: [(&str, RGBColor); 4] = [
+    ("submit (publish → stored)", PALETTE[0]),
+    ("queue wait (stored → worker)", PALETTE[1]),
+    ("worker handling (outside compute)", PALETTE[2]),
+    ("result delivery (finished → client)", PALETTE[3]),
+];
 
 /// Where a job's time goes when its data travels through the object store: the matmul by
 /// object against the raw store's same transfers (top), the JPEG through conv2d (bottom).
 pub fn data(d: &DataSection) -> anyhow::Result<String> {
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, (1000, 460)).into_drawing_area();
-        root.fill(&WHITE).map_err(err)?;
+    svg_chart((1000, 460), |root| {
         let (top, bottom) = root.split_vertically(260);
         let t = &d.transfer;
         let mut raw = vec![0.0; STAGES.len()];
         raw[0] = t.raw_ms;
-        stacked_panel(
+        stages_panel(
             &top,
             &format!("{}: raw object store vs kiln (medians)", t.case),
             &[
@@ -471,15 +429,40 @@ pub fn data(d: &DataSection) -> anyhow::Result<String> {
             ],
             &[raw, stages(&t.split)],
         )?;
-        stacked_panel(
+        stages_panel(
             &bottom,
             &format!("{} (medians)", d.image.case),
             &["kiln job".to_owned()],
             &[stages(&d.image.split)],
-        )?;
-        root.present().map_err(err)?;
-    }
-    Ok(svg)
+        )
+    })
+}
+
+/// A panel of the data chart: one bar per label, stacked from `values[i]` in [`STAGES`]
+/// order, its total at its end.
+fn stages_panel(
+    area: &Area<'_>,
+    title: &str,
+    labels: &[String],
+    values: &[Vec<f64>],
+) -> anyhow::Result<()> {
+    let totals: Vec<String> = values
+        .iter()
+        .map(|v| super::report::ms(v.iter().sum()))
+        .collect();
+    stacked_bars(
+        area,
+        &StackedBars {
+            title,
+            labels,
+            y_desc: None,
+            parts: &STAGES,
+            values,
+            ends: &totals,
+            label_width: 190,
+            headroom: 1.6,
+        },
+    )
 }
 
 const STAGES: [(&str, RGBColor); 8] = [
@@ -509,52 +492,61 @@ fn stages(s: &Split) -> Vec<f64> {
     .collect()
 }
 
-/// Horizontal bars, one per label, each stacked from `values[i]` in [`STAGES`] order.
-fn stacked_panel(
-    area: &Area<'_>,
-    title: &str,
-    labels: &[String],
-    values: &[Vec<f64>],
-) -> anyhow::Result<()> {
+/// Horizontal bars, one per label, each stacked from its values in `parts` order, with a
+/// text at its end (the overhead chart, and each panel of the data chart).
+struct StackedBars<'a> {
+    title: &'a str,
+    /// The bars' names, on the axis.
+    labels: &'a [String],
+    /// What the names are, on the axis when given.
+    y_desc: Option<&'a str>,
+    /// Each part's name in the legend and its color; a part that is zero in every bar is
+    /// left out.
+    parts: &'a [(&'a str, RGBColor)],
+    /// One value per part for each bar, in milliseconds.
+    values: &'a [Vec<f64>],
+    /// The text at the end of each bar.
+    ends: &'a [String],
+    /// The width of the names' column, in pixels.
+    label_width: u32,
+    /// The value axis's length over the longest bar's (room for the end texts and legend).
+    headroom: f64,
+}
+
+fn stacked_bars(area: &Area<'_>, bars: &StackedBars<'_>) -> anyhow::Result<()> {
+    let values = bars.values;
     let hi = values
         .iter()
         .map(|v| v.iter().sum::<f64>())
         .fold(0.1f64, f64::max)
-        * 1.6;
-    let n = labels.len().max(1) as f64;
-    let names = labels.to_vec();
-    let name = move |y: &f64| {
-        let i = y.round();
-        if (y - i).abs() > 1e-6 || i < 0.0 {
-            return String::new();
-        }
-        names.get(i as usize).cloned().unwrap_or_default()
-    };
+        * bars.headroom;
+    let n = bars.labels.len().max(1) as f64;
     let mut chart = ChartBuilder::on(area)
-        .caption(title, (FONT, 16))
+        .caption(bars.title, (FONT, 16))
         .margin(12)
         .x_label_area_size(40)
-        .y_label_area_size(190)
+        .y_label_area_size(bars.label_width)
         .build_cartesian_2d(0f64..hi, -0.6f64..n - 0.4)
         .map_err(err)?;
-    chart
-        .configure_mesh()
-        .y_labels(labels.len().max(1))
+    let name = |y: &f64| category(bars.labels, *y).to_owned();
+    let mut mesh = chart.configure_mesh();
+    mesh.y_labels(bars.labels.len().max(1))
         .y_label_formatter(&name)
         .x_label_formatter(&|v| significant(*v))
         .x_desc("milliseconds")
         .disable_y_mesh()
-        .label_style((FONT, 12))
-        .draw()
-        .map_err(err)?;
-    for (k, (part, color)) in STAGES.iter().enumerate() {
+        .label_style((FONT, 12));
+    if let Some(y_desc) = bars.y_desc {
+        mesh.y_desc(y_desc);
+    }
+    mesh.draw().map_err(err)?;
+    for (k, &(part, color)) in bars.parts.iter().enumerate() {
         if values
             .iter()
             .all(|v| v.get(k).copied().unwrap_or(0.0) <= 0.0)
         {
             continue;
         }
-        let color = *color;
         chart
             .draw_series(values.iter().enumerate().map(|(i, v)| {
                 let x0: f64 = v[..k].iter().sum();
@@ -562,18 +554,24 @@ fn stacked_panel(
                 Rectangle::new([(x0, y - 0.3), (x0 + v[k], y + 0.3)], color.filled())
             }))
             .map_err(err)?
-            .label(*part)
+            .label(part)
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
     }
     chart
-        .draw_series(values.iter().enumerate().map(|(i, v)| {
-            let total: f64 = v.iter().sum();
-            Text::new(
-                super::report::ms(total),
-                (total + hi * 0.01, i as f64 - 0.05),
-                (FONT, 11),
-            )
-        }))
+        .draw_series(
+            values
+                .iter()
+                .zip(bars.ends)
+                .enumerate()
+                .map(|(i, (v, end))| {
+                    let total: f64 = v.iter().sum();
+                    Text::new(
+                        end.clone(),
+                        (total + hi * 0.01, i as f64 - 0.05),
+                        (FONT, 11),
+                    )
+                }),
+        )
         .map_err(err)?;
     chart
         .configure_series_labels()
@@ -582,20 +580,16 @@ fn stacked_panel(
         .border_style(BLACK)
         .label_font((FONT, 11))
         .draw()
-        .map_err(err)?;
-    Ok(())
+        .map_err(err)
 }
 
 /// Throughput relative to one worker against worker processes, one line per workload, with
 /// the ideal (linear) line and the machine's core count.
 pub fn scaling(rows: &[ScalingRow], cores: usize) -> anyhow::Result<String> {
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, (900, 560)).into_drawing_area();
-        root.fill(&WHITE).map_err(err)?;
+    svg_chart((900, 560), |root| {
         let max_workers = rows.iter().map(|r| r.workers).max().unwrap_or(1) as f64;
         let hi = rows.iter().map(|r| r.relative).fold(max_workers, f64::max) * 1.1;
-        let mut chart = ChartBuilder::on(&root)
+        let mut chart = ChartBuilder::on(root)
             .caption(
                 format!(
                     "Scaling: throughput against worker processes ({cores} CPU cores available)"
@@ -640,12 +634,7 @@ pub fn scaling(rows: &[ScalingRow], cores: usize) -> anyhow::Result<String> {
             .map_err(err)?
             .label(format!("cores available ({cores})"))
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED.mix(0.4)));
-        let mut workloads: Vec<&str> = Vec::new();
-        for r in rows {
-            if !workloads.contains(&r.workload) {
-                workloads.push(r.workload);
-            }
-        }
+        let workloads = unique(rows.iter().map(|r| r.workload));
         for (k, workload) in workloads.iter().enumerate() {
             let color = PALETTE[k % PALETTE.len()];
             let points: Vec<(f64, f64)> = rows
@@ -655,10 +644,8 @@ pub fn scaling(rows: &[ScalingRow], cores: usize) -> anyhow::Result<String> {
                 .collect();
             line_with_markers(&mut chart, points, color, *workload)?;
         }
-        legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
-        root.present().map_err(err)?;
-    }
-    Ok(svg)
+        legend(&mut chart, SeriesLabelPosition::UpperLeft)
+    })
 }
 
 /// Three significant digits for axis labels.

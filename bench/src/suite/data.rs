@@ -172,77 +172,245 @@ fn median_split(samples: &[Sample]) -> Split {
 
 pub async fn measure(nats: &NatsArgs, quick: bool, bar: &ProgressBar) -> anyhow::Result<Section> {
     let (n, runs, image_jobs) = if quick { (512, 1, 2) } else { (4096, 3, 10) };
-    let (server, nats) = crate::private_server(nats)?;
-    let client = kiln_cli::connect::connect_with(&nats, false).await?;
-    let js = jetstream::new(client.clone());
-    let topology = kiln_cli::cmd::topology(&nats);
-    streams::ensure_all(&js, &topology).await?;
-    let bucket = store::open(&js).await?;
-    let exe = crate::kiln_binary()?;
-    let run = kiln_proto::new_job_id();
-    let name = format!("data-{run}");
-    let mut worker = tokio::process::Command::new(&exe)
-        .args(["worker", "--device", "cpu", "--no-warmup", "--name", &name])
-        .env("NATS_URL", &nats.nats_url)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("starting {}", exe.display()))?;
-    let pid = worker.id().context("the worker process has an id")?;
-    super::scaling::wait_live(&js, &name, 1).await?;
-    let mut results = client.subscribe("results.>").await?;
+    let mut rig = Rig::start(nats).await?;
     bar.set_length((2 * runs + image_jobs + 2) as u64);
+    let transfer = rig.transfer(n, runs, bar).await?;
+    let image = rig.image(image_jobs, bar).await?;
+    rig.stop().await;
+    Ok(Section {
+        method: METHOD,
+        transfer,
+        image,
+    })
+}
 
-    // matmul by object; run 0 is an untimed warm-up.
-    bar.set_message(format!("matmul {n}×{n} by object"));
-    let a = tensor(n, 1);
-    let b = tensor(n, 2);
-    let tensor_bytes = 3 * (n * n * 4) as u64;
-    let npy_bytes = kiln_data::formats::npy_header(&[n, n]).len() as u64 + (n * n * 4) as u64;
-    let mut samples = Vec::new();
-    let mut raw = Vec::new();
-    let mut memory = Vec::new();
-    for i in 0..=runs {
-        let before = rss(pid, "VmRSS")?;
-        reset_peak(pid)?;
-        let id = format!("data-{run}-mm-{i}");
+/// What both cases run against: a private nats-server, its object store, and one CPU worker
+/// process. Fields drop in order, the client before its server.
+struct Rig {
+    /// Every result on the server.
+    results: async_nats::Subscriber,
+    worker: tokio::process::Child,
+    /// The worker process's id, for its memory figures.
+    pid: u32,
+    bucket: ObjectStore,
+    js: jetstream::Context,
+    client: async_nats::Client,
+    server: kiln_testkit::NatsServer,
+    /// This run's id, in every job id and object name.
+    run: String,
+}
+
+/// One timed run of matmul by object, and the same transfers raw.
+struct TransferRun {
+    sample: Sample,
+    raw_ms: f64,
+    /// The worker's resident memory before the job and its peak during it, in bytes.
+    rss_before: u64,
+    rss_peak: u64,
+}
+
+impl Rig {
+    /// Start the server and the worker, and wait until the worker is live.
+    async fn start(nats: &NatsArgs) -> anyhow::Result<Self> {
+        let (server, nats) = crate::private_server(nats)?;
+        let client = kiln_cli::connect::connect_with(&nats, false).await?;
+        let js = jetstream::new(client.clone());
+        let topology = kiln_cli::cmd::topology(&nats);
+        streams::ensure_all(&js, &topology).await?;
+        let bucket = store::open(&js).await?;
+        let exe = crate::kiln_binary()?;
+        let run = kiln_proto::new_job_id();
+        let name = format!("data-{run}");
+        let worker = tokio::process::Command::new(&exe)
+            .args(["worker", "--device", "cpu", "--no-warmup", "--name", &name])
+            .env("NATS_URL", &nats.nats_url)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", exe.display()))?;
+        let pid = worker.id().context("the worker process has an id")?;
+        super::scaling::wait_live(&js, &name, 1).await?;
+        let results = client.subscribe("results.>").await?;
+        Ok(Self {
+            results,
+            worker,
+            pid,
+            bucket,
+            js,
+            client,
+            server,
+            run,
+        })
+    }
+
+    /// matmul by object against the raw object store; run 0 is an untimed warm-up.
+    async fn transfer(
+        &mut self,
+        n: usize,
+        runs: usize,
+        bar: &ProgressBar,
+    ) -> anyhow::Result<Transfer> {
+        bar.set_message(format!("matmul {n}×{n} by object"));
+        let a = tensor(n, 1);
+        let b = tensor(n, 2);
+        let npy_bytes = kiln_data::formats::npy_header(&[n, n]).len() as u64 + (n * n * 4) as u64;
+        let mut measured = Vec::new();
+        for i in 0..=runs {
+            let run = self.matmul_by_object(i, [&a, &b], npy_bytes, bar).await?;
+            if i > 0 {
+                measured.push(run);
+            }
+        }
+        Ok(transfer_figures(n, npy_bytes, &measured))
+    }
+
+    /// Run `i` of matmul by object, its memory watched, then the same six transfers raw.
+    async fn matmul_by_object(
+        &mut self,
+        i: usize,
+        [a, b]: [&HostTensor; 2],
+        npy_bytes: u64,
+        bar: &ProgressBar,
+    ) -> anyhow::Result<TransferRun> {
+        let rss_before = rss(self.pid, "VmRSS")?;
+        reset_peak(self.pid)?;
+        let id = format!("data-{}-mm-{i}", self.run);
         let started = Instant::now();
-        let a_ref = put_timed(&bucket, &format!("{id}/a.npy"), &a).await?;
-        let b_ref = put_timed(&bucket, &format!("{id}/b.npy"), &b).await?;
+        let a_ref = put_timed(&self.bucket, &format!("{id}/a.npy"), a).await?;
+        let b_ref = put_timed(&self.bucket, &format!("{id}/b.npy"), b).await?;
         let upload = started.elapsed();
         let params = json!({"a": {"object": a_ref}, "b": {"object": b_ref}});
-        let (event, mut sample) =
-            job(&js, &mut results, "matmul", params, &id, OutputMode::Npy).await?;
-        let download = download(&bucket, &event).await?;
+        let (event, mut sample) = self.job("matmul", params, &id, OutputMode::Npy).await?;
+        let download = download(&self.bucket, &event).await?;
         sample.upload = ms(upload);
         sample.download = download.0;
         sample.end_to_end = ms(started.elapsed());
-        let peak = rss(pid, "VmHWM")?;
+        let rss_peak = rss(self.pid, "VmHWM")?;
         bar.inc(1);
         // The same six transfers, raw.
-        let raw_ms = raw_transfers(&bucket, &format!("{id}/raw"), npy_bytes).await?;
+        let raw_ms = raw_transfers(&self.bucket, &format!("{id}/raw"), npy_bytes).await?;
         bar.inc(1);
         for object in [a_ref, b_ref, download.1] {
-            let _ = bucket.delete(&object).await;
+            let _ = self.bucket.delete(&object).await;
         }
-        if i == 0 {
-            continue;
-        }
-        samples.push(sample);
-        raw.push(raw_ms);
-        memory.push((before, peak));
+        Ok(TransferRun {
+            sample,
+            raw_ms,
+            rss_before,
+            rss_peak,
+        })
     }
-    let split = median_split(&samples);
-    let raw_ms = quantile(raw.clone(), 0.5);
+
+    /// A JPEG through conv2d, back as PNG; job 0 is an untimed warm-up.
+    async fn image(&mut self, jobs: usize, bar: &ProgressBar) -> anyhow::Result<Image> {
+        let jpeg = jpeg_of_about(1 << 20)?;
+        bar.set_message(format!("conv2d on a {} KiB JPEG", jpeg.len() / 1024));
+        let mut samples = Vec::new();
+        let mut png_bytes = 0;
+        for i in 0..=jobs {
+            let id = format!("data-{}-img-{i}", self.run);
+            let object = format!("{id}/photo.jpg");
+            let started = Instant::now();
+            store::put_reader(&self.bucket, &object, &mut &jpeg[..]).await?;
+            let upload = started.elapsed();
+            let params = json!({"image": {"object": object}, "filter": "sobel"});
+            let (event, mut sample) = self.job("conv2d", params, &id, OutputMode::Png).await?;
+            let (download, output) = download(&self.bucket, &event).await?;
+            sample.upload = ms(upload);
+            sample.download = download;
+            sample.end_to_end = ms(started.elapsed());
+            png_bytes = object_of(&event).map_or(0, |o| o.size);
+            for name in [object, output] {
+                let _ = self.bucket.delete(&name).await;
+            }
+            bar.inc(1);
+            if i > 0 {
+                samples.push(sample);
+            }
+        }
+        Ok(Image {
+            case: format!(
+                "conv2d sobel on a {:.2} MiB JPEG, PNG out",
+                mib(jpeg.len() as u64)
+            ),
+            jobs: samples.len(),
+            jpeg_bytes: jpeg.len() as u64,
+            png_bytes,
+            split: median_split(&samples),
+        })
+    }
+
+    /// Submit one job asking for its output as an object, and wait for its result: the event
+    /// and its split (upload, download and end to end left for the caller).
+    async fn job(
+        &mut self,
+        kind: &str,
+        params: serde_json::Value,
+        id: &str,
+        output: OutputMode,
+    ) -> anyhow::Result<(ResultEvent, Sample)> {
+        let entry = kiln_kernels::find(kind).context("the suite's kinds are registered")?;
+        let meta = JobMeta {
+            id: Some(id.to_owned()),
+            seed: None,
+            timeout_ms: None,
+            output,
+        };
+        let spec = JobSpec::build(entry, DeviceClass::Cpu, params, meta, Codec::Json)?;
+        let submitted = OffsetDateTime::now_utc();
+        publish_all(&self.js, [spec], None, false).await?;
+        let event = wait_for(&mut self.results, id, Duration::from_secs(600)).await?;
+        let received = OffsetDateTime::now_utc();
+        anyhow::ensure!(
+            event.status == Status::Succeeded,
+            "{kind} by object failed: {}",
+            event.error.map(|e| e.to_string()).unwrap_or_default()
+        );
+        let ms = |d: time::Duration| d.as_seconds_f64() * 1e3;
+        let sample = Sample {
+            submit: ms(event.enqueued_at - submitted),
+            queue: event.queue_ms,
+            worker: event.total_ms - event.queue_ms - event.compute_ms,
+            compute: event.compute_ms,
+            result: ms(received - event.finished_at),
+            ..Sample::default()
+        };
+        Ok((event, sample))
+    }
+
+    /// Stop the worker, then close the client before its server stops (else it warns of a
+    /// lost connection).
+    async fn stop(self) {
+        let Rig {
+            results,
+            mut worker,
+            bucket,
+            js,
+            client,
+            server,
+            ..
+        } = self;
+        let _ = worker.start_kill();
+        let _ = worker.wait().await;
+        drop((results, bucket, js));
+        let _ = client.drain().await;
+        drop(server);
+    }
+}
+
+/// The matmul-by-object figures from the timed runs: medians, and the largest memory rise.
+fn transfer_figures(n: usize, npy_bytes: u64, runs: &[TransferRun]) -> Transfer {
+    let samples: Vec<Sample> = runs.iter().map(|r| r.sample).collect();
+    let tensor_bytes = 3 * (n * n * 4) as u64;
+    let raw_ms = quantile(runs.iter().map(|r| r.raw_ms).collect(), 0.5);
     let kiln_transfer_ms = quantile(
         samples.iter().map(|s| s.end_to_end - s.compute).collect(),
         0.5,
     );
     let moved = 6 * npy_bytes;
-    let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
     let rate = |ms: f64| {
         if ms > 0.0 {
             mib(moved) / (ms / 1e3)
@@ -250,14 +418,14 @@ pub async fn measure(nats: &NatsArgs, quick: bool, bar: &ProgressBar) -> anyhow:
             0.0
         }
     };
-    let (before, peak) = memory
+    let (before, peak) = runs
         .iter()
-        .copied()
+        .map(|r| (r.rss_before, r.rss_peak))
         .max_by_key(|(b, p)| p.saturating_sub(*b))
         .unwrap_or_default();
-    let transfer = Transfer {
+    Transfer {
         case: format!("matmul {n}×{n} f32 by object (.npy in, .npy out)"),
-        runs,
+        runs: runs.len(),
         bytes_moved: moved,
         raw_ms,
         raw_mib_s: rate(raw_ms),
@@ -268,62 +436,16 @@ pub async fn measure(nats: &NatsArgs, quick: bool, bar: &ProgressBar) -> anyhow:
         } else {
             0.0
         },
-        split,
+        split: median_split(&samples),
         tensor_mib: mib(tensor_bytes),
         worker_rss_before_mib: mib(before),
         worker_peak_mib: mib(peak),
         memory_ratio: peak.saturating_sub(before) as f64 / tensor_bytes as f64,
-    };
-
-    // A JPEG through conv2d, back as PNG; job 0 is an untimed warm-up.
-    let jpeg = jpeg_of_about(1 << 20)?;
-    bar.set_message(format!("conv2d on a {} KiB JPEG", jpeg.len() / 1024));
-    let mut samples = Vec::new();
-    let mut png_bytes = 0;
-    for i in 0..=image_jobs {
-        let id = format!("data-{run}-img-{i}");
-        let object = format!("{id}/photo.jpg");
-        let started = Instant::now();
-        store::put_reader(&bucket, &object, &mut &jpeg[..]).await?;
-        let upload = started.elapsed();
-        let params = json!({"image": {"object": object}, "filter": "sobel"});
-        let (event, mut sample) =
-            job(&js, &mut results, "conv2d", params, &id, OutputMode::Png).await?;
-        let (download, output) = download(&bucket, &event).await?;
-        sample.upload = ms(upload);
-        sample.download = download;
-        sample.end_to_end = ms(started.elapsed());
-        png_bytes = object_of(&event).map_or(0, |o| o.size);
-        for name in [object, output] {
-            let _ = bucket.delete(&name).await;
-        }
-        bar.inc(1);
-        if i > 0 {
-            samples.push(sample);
-        }
     }
-    let image = Image {
-        case: format!(
-            "conv2d sobel on a {:.2} MiB JPEG, PNG out",
-            mib(jpeg.len() as u64)
-        ),
-        jobs: samples.len(),
-        jpeg_bytes: jpeg.len() as u64,
-        png_bytes,
-        split: median_split(&samples),
-    };
+}
 
-    let _ = worker.start_kill();
-    let _ = worker.wait().await;
-    // The client goes before its server does (else it warns of a lost connection).
-    drop((results, bucket, js));
-    let _ = client.drain().await;
-    drop(server);
-    Ok(Section {
-        method: METHOD,
-        transfer,
-        image,
-    })
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
 }
 
 fn ms(d: Duration) -> f64 {
@@ -349,45 +471,6 @@ async fn put_timed(
 ) -> anyhow::Result<String> {
     store::put_tensor(bucket, name, tensor, "npy", "").await?;
     Ok(name.to_owned())
-}
-
-/// Submit one job asking for its output as an object, and wait for its result: the event and
-/// its split (upload, download and end to end left for the caller).
-async fn job(
-    js: &jetstream::Context,
-    results: &mut async_nats::Subscriber,
-    kind: &str,
-    params: serde_json::Value,
-    id: &str,
-    output: OutputMode,
-) -> anyhow::Result<(ResultEvent, Sample)> {
-    let entry = kiln_kernels::find(kind).context("the suite's kinds are registered")?;
-    let meta = JobMeta {
-        id: Some(id.to_owned()),
-        seed: None,
-        timeout_ms: None,
-        output,
-    };
-    let spec = JobSpec::build(entry, DeviceClass::Cpu, params, meta, Codec::Json)?;
-    let submitted = OffsetDateTime::now_utc();
-    publish_all(js, [spec], None, false).await?;
-    let event = wait_for(results, id, Duration::from_secs(600)).await?;
-    let received = OffsetDateTime::now_utc();
-    anyhow::ensure!(
-        event.status == Status::Succeeded,
-        "{kind} by object failed: {}",
-        event.error.map(|e| e.to_string()).unwrap_or_default()
-    );
-    let ms = |d: time::Duration| d.as_seconds_f64() * 1e3;
-    let sample = Sample {
-        submit: ms(event.enqueued_at - submitted),
-        queue: event.queue_ms,
-        worker: event.total_ms - event.queue_ms - event.compute_ms,
-        compute: event.compute_ms,
-        result: ms(received - event.finished_at),
-        ..Sample::default()
-    };
-    Ok((event, sample))
 }
 
 fn object_of(event: &ResultEvent) -> Option<ObjectDescriptor> {

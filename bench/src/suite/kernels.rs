@@ -58,29 +58,40 @@ pub const WORKLOADS: [&str; 4] = [MATMUL, TRAINING, IMAGE, VECTOR];
 
 /// The suite's cases: several sizes of every kind, cheapest first.
 pub fn cases(quick: bool) -> Vec<SuiteCase> {
-    let mut out = Vec::new();
-    let matmul_sizes: &[usize] = if quick {
+    [
+        matmul_cases(quick),
+        training_cases(quick),
+        image_cases(quick),
+        vector_cases(quick),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+fn matmul_cases(quick: bool) -> Vec<SuiteCase> {
+    let sizes: &[usize] = if quick {
         &[64, 128]
     } else {
         &[256, 512, 1024, 2048]
     };
-    for &n in matmul_sizes {
-        out.push(SuiteCase {
-            kind: "matmul",
-            workload: MATMUL,
-            size: format!("{n}×{n} f32"),
-            case: Case::matmul(n, Dtype::F32),
-        });
-    }
+    let blas = sizes.iter().map(|&n| SuiteCase {
+        kind: "matmul",
+        workload: MATMUL,
+        size: format!("{n}×{n} f32"),
+        case: Case::matmul(n, Dtype::F32),
+    });
     // The same products on Burn's kernels, for reference where matmul jobs run on a BLAS.
-    for &n in matmul_sizes {
-        out.push(SuiteCase {
-            kind: "matmul",
-            workload: MATMUL,
-            size: format!("{n}×{n} f32, Burn's kernels"),
-            case: Case::matmul_burn(n, Dtype::F32),
-        });
-    }
+    let burn = sizes.iter().map(|&n| SuiteCase {
+        kind: "matmul",
+        workload: MATMUL,
+        size: format!("{n}×{n} f32, Burn's kernels"),
+        case: Case::matmul_burn(n, Dtype::F32),
+    });
+    blas.chain(burn).collect()
+}
+
+fn training_cases(quick: bool) -> Vec<SuiteCase> {
     let (features, hidden, classes, batches): (usize, &[usize], usize, &[usize]) = if quick {
         (16, &[32, 32], 4, &[32, 128])
     } else {
@@ -91,19 +102,23 @@ pub fn cases(quick: bool) -> Vec<SuiteCase> {
             &[64, 512, 2048],
         )
     };
-    for &batch in batches {
-        let widths: Vec<String> = std::iter::once(features)
-            .chain(hidden.iter().copied())
-            .chain(std::iter::once(classes))
-            .map(|w| w.to_string())
-            .collect();
-        out.push(SuiteCase {
+    let widths: Vec<String> = std::iter::once(features)
+        .chain(hidden.iter().copied())
+        .chain(std::iter::once(classes))
+        .map(|w| w.to_string())
+        .collect();
+    batches
+        .iter()
+        .map(|&batch| SuiteCase {
             kind: "train_mlp",
             workload: TRAINING,
             size: format!("batch {batch}, Adam step of MLP {}", widths.join("-")),
             case: Case::train_step(batch, features, hidden, classes),
-        });
-    }
+        })
+        .collect()
+}
+
+fn image_cases(quick: bool) -> Vec<SuiteCase> {
     let convs: &[([usize; 4], usize)] = if quick {
         &[([1, 3, 32, 32], 3), ([1, 8, 16, 16], 8)]
     } else {
@@ -113,34 +128,38 @@ pub fn cases(quick: bool) -> Vec<SuiteCase> {
             ([4, 64, 112, 112], 64),
         ]
     };
-    for &(shape @ [b, c, h, w], out_channels) in convs {
-        out.push(SuiteCase {
+    convs
+        .iter()
+        .map(|&(shape @ [b, c, h, w], out_channels)| SuiteCase {
             kind: "conv2d",
             workload: IMAGE,
             size: format!("{b}×{c}×{h}×{w}→{out_channels}, 3×3 filter"),
             case: Case::conv2d(shape, out_channels, Dtype::F32),
-        });
-    }
+        })
+        .collect()
+}
+
+/// One small job's round trip, then long vectors.
+fn vector_cases(quick: bool) -> Vec<SuiteCase> {
     let lens: &[usize] = if quick {
         &[1 << 12, 1 << 16]
     } else {
         &[1 << 16, 1 << 20, 16 << 20]
     };
-    out.push(SuiteCase {
+    let small = SuiteCase {
         kind: "vector_add",
         workload: VECTOR,
         size: format!("{} (one job: upload, add, read back)", bench::SMALL_LEN),
         case: Case::small_vector_add(bench::SMALL_LEN, false),
-    });
-    for &len in lens {
-        out.push(SuiteCase {
+    };
+    std::iter::once(small)
+        .chain(lens.iter().map(|&len| SuiteCase {
             kind: "vector_add",
             workload: VECTOR,
             size: count_words(len),
             case: Case::vector_add(len, false),
-        });
-    }
-    out
+        }))
+        .collect()
 }
 
 /// `16M elements` for 16·2²⁰.

@@ -96,179 +96,242 @@ pub struct Suite {
 const STEPS: usize = 8;
 
 pub async fn run(nats: &NatsArgs, args: SuiteArgs) -> anyhow::Result<ExitCode> {
-    let started_at = time::OffsetDateTime::now_utc();
-    let started = Instant::now();
-    let out = args.out.clone().unwrap_or_else(|| {
-        let date = started_at.date();
-        PathBuf::from(format!("bench/results/{date}"))
-    });
-    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    let quick = args.quick;
-    let mode = if quick { "quick" } else { "default" };
-    let mut suite = Suite {
-        tool: "kiln-bench suite",
-        version: env!("CARGO_PKG_VERSION"),
-        mode,
-        started_at,
-        seconds: 0.0,
-        machine: machine(),
-        steps: Vec::new(),
-        kernels: None,
-        numpy: Numpy {
-            status: "not run".into(),
-            rows: Vec::new(),
-            numpy: None,
-        },
-        pipeline: None,
-        overhead: None,
-        data: None,
-        scaling: None,
-        scheduler: None,
-        files: Vec::new(),
-    };
-    eprintln!("kiln-bench suite ({mode} settings) into {}", out.display());
-    eprintln!("machine: {}", describe(&suite.machine));
+    let mut run = SuiteRun::start(nats, &args)?;
     let want = |part: SuitePart| args.parts.contains(&part);
-    let every_part = SuitePart::value_variants().iter().all(|p| want(*p));
-
     if want(SuitePart::Kernels) {
-        // 1. Kernels, on a blocking thread.
+        run.kernels().await;
+    }
+    if want(SuitePart::Numpy) {
+        run.numpy();
+    }
+    if want(SuitePart::Pipeline) {
+        run.pipeline().await;
+    }
+    if want(SuitePart::Overhead) {
+        run.overhead().await;
+    }
+    if want(SuitePart::Data) {
+        run.data().await;
+    }
+    if want(SuitePart::Scaling) {
+        run.scaling().await;
+    }
+    if want(SuitePart::Scheduler) {
+        run.scheduler().await;
+    }
+    run.write_files()?;
+    let every_part = SuitePart::value_variants().iter().all(|p| want(*p));
+    if let Some(readme) = args.readme.as_ref().filter(|_| every_part) {
+        match update_readme(readme, &run.out, &run.suite) {
+            Ok(()) => eprintln!("{} updated", readme.display()),
+            Err(e) => eprintln!("{} not updated: {e:#}", readme.display()),
+        }
+    }
+    Ok(run.finish())
+}
+
+/// One run of the suite: its settings, where it writes, and what it has measured so far.
+/// Each part is a method that records its step, failed or not, and keeps its section.
+struct SuiteRun<'a> {
+    nats: &'a NatsArgs,
+    args: &'a SuiteArgs,
+    /// The output folder.
+    out: PathBuf,
+    quick: bool,
+    started: Instant,
+    suite: Suite,
+}
+
+impl<'a> SuiteRun<'a> {
+    /// Create the output folder and describe the machine.
+    fn start(nats: &'a NatsArgs, args: &'a SuiteArgs) -> anyhow::Result<Self> {
+        let started_at = time::OffsetDateTime::now_utc();
+        let started = Instant::now();
+        let out = args.out.clone().unwrap_or_else(|| {
+            let date = started_at.date();
+            PathBuf::from(format!("bench/results/{date}"))
+        });
+        std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+        let mode = if args.quick { "quick" } else { "default" };
+        let suite = Suite {
+            tool: "kiln-bench suite",
+            version: env!("CARGO_PKG_VERSION"),
+            mode,
+            started_at,
+            seconds: 0.0,
+            machine: machine(),
+            steps: Vec::new(),
+            kernels: None,
+            numpy: Numpy {
+                status: "not run".into(),
+                rows: Vec::new(),
+                numpy: None,
+            },
+            pipeline: None,
+            overhead: None,
+            data: None,
+            scaling: None,
+            scheduler: None,
+            files: Vec::new(),
+        };
+        eprintln!("kiln-bench suite ({mode} settings) into {}", out.display());
+        eprintln!("machine: {}", describe(&suite.machine));
+        Ok(Self {
+            nats,
+            args,
+            out,
+            quick: args.quick,
+            started,
+            suite,
+        })
+    }
+
+    /// Record a step that started at `timer`; returns its section when it has one.
+    fn record<T>(
+        &mut self,
+        name: &'static str,
+        timer: Instant,
+        result: anyhow::Result<T>,
+    ) -> Option<T> {
+        self.suite.steps.push(Step {
+            name,
+            seconds: timer.elapsed().as_secs_f64(),
+            error: result.as_ref().err().map(|e| format!("{e:#}")),
+        });
+        result.ok()
+    }
+
+    /// 1. Kernels, on a blocking thread; the GPU they used names the machine's.
+    async fn kernels(&mut self) {
         let bar = step_bar(1, "kernels on every backend");
         let timer = Instant::now();
-        let (gpu, b) = (!args.no_gpu, bar.clone());
+        let (quick, gpu, b) = (self.quick, !self.args.no_gpu, bar.clone());
         let section = tokio::task::spawn_blocking(move || kernels::measure(quick, gpu, &b)).await;
         bar.finish_and_clear();
-        let section = section.map_err(anyhow::Error::from);
-        record(&mut suite.steps, "kernels", timer, section.as_ref().err());
-        suite.kernels = section.ok();
-        if let Some(k) = &suite.kernels {
-            suite.machine.gpu = match (&k.gpu_device, &k.gpu_skipped) {
+        self.suite.kernels = self.record("kernels", timer, section.map_err(anyhow::Error::from));
+        if let Some(k) = &self.suite.kernels {
+            self.suite.machine.gpu = match (&k.gpu_device, &k.gpu_skipped) {
                 (Some(device), _) => gpu_name(device),
                 (None, Some(why)) => format!("none used: {why}"),
                 (None, None) => "none".into(),
             };
             let failed = k.rows.iter().filter(|r| r.row.status == "error").count();
             if failed > 0 {
-                suite.steps.last_mut().expect("just recorded").error =
+                self.suite.steps.last_mut().expect("just recorded").error =
                     Some(format!("{failed} case(s) failed; see kernels.csv"));
             }
         }
     }
 
-    if want(SuitePart::Numpy) {
-        // 2. numpy, from the CPU matmul rows.
+    /// 2. numpy, from the CPU matmul rows.
+    fn numpy(&mut self) {
         eprintln!("[2/{STEPS}] CPU matmul vs numpy");
         let timer = Instant::now();
-        suite.numpy = match &suite.kernels {
-            Some(k) => numpy(&args, &out, k),
+        self.suite.numpy = match &self.suite.kernels {
+            Some(k) => numpy_reference(self.args, &self.out, k),
             None => Numpy {
                 status: "skipped: the kernel part failed or was left out".into(),
                 rows: Vec::new(),
                 numpy: None,
             },
         };
-        record(&mut suite.steps, "numpy reference", timer, None);
+        self.record("numpy reference", timer, Ok(()));
     }
 
-    if want(SuitePart::Pipeline) {
-        // 3. Pipeline vs the ceiling.
+    /// 3. Pipeline vs the ceiling.
+    async fn pipeline(&mut self) {
         let timer = Instant::now();
         step_bar(3, "pipeline vs the raw JetStream ceiling").finish_and_clear();
         let pipeline_args = PipelineArgs {
-            jobs: if quick { 500 } else { 20_000 },
+            jobs: if self.quick { 500 } else { 20_000 },
             len: 1024,
-            runs: if quick { 1 } else { 5 },
+            runs: if self.quick { 1 } else { 5 },
             json: None,
             external: false,
         };
-        let result = pipeline::measure_pipeline(nats, &pipeline_args, false).await;
-        record(&mut suite.steps, "pipeline", timer, result.as_ref().err());
-        suite.pipeline = result.ok();
+        let result = pipeline::measure_pipeline(self.nats, &pipeline_args, false).await;
+        self.suite.pipeline = self.record("pipeline", timer, result);
     }
 
-    if want(SuitePart::Overhead) {
-        // 4. Communication overhead.
+    /// 4. Communication overhead.
+    async fn overhead(&mut self) {
         let bar = step_bar(4, "communication overhead per kind and size");
         let timer = Instant::now();
-        let result = overhead::measure(nats, quick, &bar).await;
+        let result = overhead::measure(self.nats, self.quick, &bar).await;
         bar.finish_and_clear();
-        record(&mut suite.steps, "overhead", timer, result.as_ref().err());
-        suite.overhead = result.ok();
+        self.suite.overhead = self.record("overhead", timer, result);
     }
 
-    if want(SuitePart::Data) {
-        // 5. Data through the object store.
+    /// 5. Data through the object store.
+    async fn data(&mut self) {
         let bar = step_bar(5, "data through the object store");
         let timer = Instant::now();
-        let result = data::measure(nats, quick, &bar).await;
+        let result = data::measure(self.nats, self.quick, &bar).await;
         bar.finish_and_clear();
-        record(&mut suite.steps, "data", timer, result.as_ref().err());
-        suite.data = result.ok();
+        self.suite.data = self.record("data", timer, result);
     }
 
-    if want(SuitePart::Scaling) {
-        // 6. Scaling with worker processes.
+    /// 6. Scaling with worker processes.
+    async fn scaling(&mut self) {
         let bar = step_bar(6, "throughput against worker processes");
         let timer = Instant::now();
-        let result = scaling::measure(nats, quick, &args.workers, &bar).await;
+        let result = scaling::measure(self.nats, self.quick, &self.args.workers, &bar).await;
         bar.finish_and_clear();
-        record(&mut suite.steps, "scaling", timer, result.as_ref().err());
-        suite.scaling = result.ok();
+        self.suite.scaling = self.record("scaling", timer, result);
     }
 
-    if want(SuitePart::Scheduler) {
-        // 7. Scheduler vs static policies.
+    /// 7. Scheduler vs static policies.
+    async fn scheduler(&mut self) {
         step_bar(7, "scheduler vs always-GPU and always-CPU").finish_and_clear();
         let timer = Instant::now();
         let scheduler_args = SchedulerBenchArgs {
-            small: if quick { 60 } else { 400 },
-            large: if quick { 6 } else { 60 },
+            small: if self.quick { 60 } else { 400 },
+            large: if self.quick { 6 } else { 60 },
             gpu_overhead_ms: 2.0,
             cpu_slowdown: 8.0,
             json: None,
         };
-        let result = scheduler::measure(nats, &scheduler_args, false).await;
-        record(&mut suite.steps, "scheduler", timer, result.as_ref().err());
-        suite.scheduler = result.ok();
+        let result = scheduler::measure(self.nats, &scheduler_args, false).await;
+        self.suite.scheduler = self.record("scheduler", timer, result);
     }
 
-    // 8. Files.
-    eprintln!("[8/{STEPS}] writing JSON, CSV, charts and report.md");
-    suite.machine.load_at_end = load_average();
-    suite.seconds = started.elapsed().as_secs_f64();
-    let timer = Instant::now();
-    let written = write_all(&out, &mut suite);
-    record(&mut suite.steps, "files", timer, written.as_ref().err());
-    // Rewrite the JSON and the report with the last step's time in them.
-    write_json(&out.join("suite.json"), &suite)?;
-    std::fs::write(out.join("report.md"), report::markdown(&suite))
-        .with_context(|| format!("writing {}", out.join("report.md").display()))?;
+    /// 8. Files.
+    fn write_files(&mut self) -> anyhow::Result<()> {
+        eprintln!("[8/{STEPS}] writing JSON, CSV, charts and report.md");
+        self.suite.machine.load_at_end = load_average();
+        self.suite.seconds = self.started.elapsed().as_secs_f64();
+        let timer = Instant::now();
+        let written = write_all(&self.out, &mut self.suite);
+        self.record("files", timer, written);
+        // Rewrite the JSON and the report with the last step's time in them.
+        write_json(&self.out.join("suite.json"), &self.suite)?;
+        std::fs::write(self.out.join("report.md"), report::markdown(&self.suite))
+            .with_context(|| format!("writing {}", self.out.join("report.md").display()))
+    }
 
-    if let Some(readme) = args.readme.as_ref().filter(|_| every_part) {
-        match update_readme(readme, &out, &suite) {
-            Ok(()) => eprintln!("{} updated", readme.display()),
-            Err(e) => eprintln!("{} not updated: {e:#}", readme.display()),
+    /// Print the summary and the steps that failed; fails when one did.
+    fn finish(&self) -> ExitCode {
+        println!("{}", report::summary(&self.suite));
+        println!(
+            "report: {} ({:.0} s in all)",
+            self.out.join("report.md").display(),
+            self.suite.seconds
+        );
+        let failed: Vec<String> = self
+            .suite
+            .steps
+            .iter()
+            .filter_map(|s| s.error.as_ref().map(|e| format!("{}: {e}", s.name)))
+            .collect();
+        for f in &failed {
+            eprintln!("failed: {f}");
+        }
+        if failed.is_empty() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
         }
     }
-    println!("{}", report::summary(&suite));
-    println!(
-        "report: {} ({:.0} s in all)",
-        out.join("report.md").display(),
-        suite.seconds
-    );
-    let failed: Vec<String> = suite
-        .steps
-        .iter()
-        .filter_map(|s| s.error.as_ref().map(|e| format!("{}: {e}", s.name)))
-        .collect();
-    for f in &failed {
-        eprintln!("failed: {f}");
-    }
-    Ok(if failed.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
 }
 
 fn step_bar(n: usize, what: &str) -> ProgressBar {
@@ -280,19 +343,6 @@ fn step_bar(n: usize, what: &str) -> ProgressBar {
             .progress_chars("=> "),
     );
     bar
-}
-
-fn record(
-    steps: &mut Vec<Step>,
-    name: &'static str,
-    timer: Instant,
-    error: Option<&anyhow::Error>,
-) {
-    steps.push(Step {
-        name,
-        seconds: timer.elapsed().as_secs_f64(),
-        error: error.map(|e| format!("{e:#}")),
-    });
 }
 
 /// Write every file; the names go into `suite.files`.
@@ -408,7 +458,7 @@ fn write_json(path: &Path, value: &impl Serialize) -> anyhow::Result<()> {
 
 /// Write the CPU matmul rows where `bench/scripts/numpy_reference.py` reads them, run it, and read
 /// its figures back. Missing python, numpy or script: skipped, with the reason.
-fn numpy(args: &SuiteArgs, out: &Path, k: &kernels::Section) -> Numpy {
+fn numpy_reference(args: &SuiteArgs, out: &Path, k: &kernels::Section) -> Numpy {
     let skipped = |why: String| Numpy {
         status: format!("skipped: {why}"),
         rows: Vec::new(),

@@ -8,6 +8,7 @@
 //! result received).
 
 use std::collections::HashSet;
+use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -95,55 +96,11 @@ pub async fn measure(
     for &count in counts {
         bar.set_message(format!("starting {count} worker(s)"));
         let prefix = format!("scale-{run}-{count}-");
-        let mut children = Vec::with_capacity(count);
-        for i in 0..count {
-            let child = tokio::process::Command::new(&exe)
-                .args(["worker", "--device", "cpu", "--compute-slots", "1"])
-                .args(["--no-warmup", "--name", &format!("{prefix}{i}")])
-                .env("NATS_URL", &nats.nats_url)
-                .env("RUST_LOG", "warn")
-                .env("RAYON_NUM_THREADS", "1")
-                .env("MATMUL_NUM_THREADS", "1")
-                .env("OPENBLAS_NUM_THREADS", "1")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .kill_on_drop(true)
-                .spawn()
-                .with_context(|| format!("starting {}", exe.display()))?;
-            children.push(child);
-        }
+        let children = start_workers(&exe, &nats.nats_url, &prefix, count)?;
         wait_live(&js, &prefix, count).await?;
         for w in &workloads {
             bar.set_message(format!("{count} worker(s): {}", w.name));
-            let entry = kiln_kernels::find(w.kind).context("the suite's kinds are registered")?;
-            let jobs = (0..w.jobs)
-                .map(|i| {
-                    JobSpec::new(
-                        entry,
-                        DeviceClass::Cpu,
-                        w.params.clone(),
-                        format!("{prefix}{}-{i}", w.kind),
-                        i,
-                        None,
-                        Codec::Json,
-                    )
-                })
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            let ids: HashSet<String> = jobs.iter().map(|j| j.id.clone()).collect();
-            let started = Instant::now();
-            publish_all(&js, jobs, None, false).await?;
-            let results = collector
-                .collect(ids, Duration::from_secs(600), Some(bar), |_| {})
-                .await;
-            let seconds = started.elapsed().as_secs_f64();
-            anyhow::ensure!(
-                results.len() as u64 == w.jobs,
-                "{count} worker(s), {}: {} of {} results arrived",
-                w.name,
-                results.len(),
-                w.jobs
-            );
+            let seconds = timed_run(&js, &mut collector, w, &prefix, count, bar).await?;
             let jobs_per_s = w.jobs as f64 / seconds;
             let base = rows
                 .iter()
@@ -169,6 +126,75 @@ pub async fn measure(
         method: METHOD,
         rows,
     })
+}
+
+/// `count` worker processes named `<prefix><i>`, each with one compute thread.
+fn start_workers(
+    exe: &Path,
+    nats_url: &str,
+    prefix: &str,
+    count: usize,
+) -> anyhow::Result<Vec<tokio::process::Child>> {
+    let mut children = Vec::with_capacity(count);
+    for i in 0..count {
+        let child = tokio::process::Command::new(exe)
+            .args(["worker", "--device", "cpu", "--compute-slots", "1"])
+            .args(["--no-warmup", "--name", &format!("{prefix}{i}")])
+            .env("NATS_URL", nats_url)
+            .env("RUST_LOG", "warn")
+            .env("RAYON_NUM_THREADS", "1")
+            .env("MATMUL_NUM_THREADS", "1")
+            .env("OPENBLAS_NUM_THREADS", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", exe.display()))?;
+        children.push(child);
+    }
+    Ok(children)
+}
+
+/// Publish the workload's jobs at once and wait for every result from the `count` workers:
+/// seconds from the first publish to the last result.
+async fn timed_run(
+    js: &jetstream::Context,
+    collector: &mut ResultCollector,
+    w: &Workload,
+    prefix: &str,
+    count: usize,
+    bar: &ProgressBar,
+) -> anyhow::Result<f64> {
+    let entry = kiln_kernels::find(w.kind).context("the suite's kinds are registered")?;
+    let jobs = (0..w.jobs)
+        .map(|i| {
+            JobSpec::new(
+                entry,
+                DeviceClass::Cpu,
+                w.params.clone(),
+                format!("{prefix}{}-{i}", w.kind),
+                i,
+                None,
+                Codec::Json,
+            )
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let ids: HashSet<String> = jobs.iter().map(|j| j.id.clone()).collect();
+    let started = Instant::now();
+    publish_all(js, jobs, None, false).await?;
+    let results = collector
+        .collect(ids, Duration::from_secs(600), Some(bar), |_| {})
+        .await;
+    let seconds = started.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        results.len() as u64 == w.jobs,
+        "{count} worker(s), {}: {} of {} results arrived",
+        w.name,
+        results.len(),
+        w.jobs
+    );
+    Ok(seconds)
 }
 
 /// Wait until `count` workers named `prefix…` announce themselves as serving.

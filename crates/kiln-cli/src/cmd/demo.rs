@@ -8,24 +8,58 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use async_nats::jetstream;
 use kiln_kernels::ComputeDevice;
-use kiln_proto::{Codec, DeviceClass, Status, streams};
+use kiln_proto::{Codec, DeviceClass, Status, Topology, streams};
 use serde_json::json;
 
 use super::roles::LocalRoles;
 use super::submit::{JobSpec, ResultCollector, progress_bar, publish_all};
 use crate::cli::{DemoArgs, NatsArgs};
+use crate::local_nats::LocalNats;
 
 pub async fn run(nats: &NatsArgs, args: DemoArgs) -> anyhow::Result<ExitCode> {
-    // Use the configured server when it answers; otherwise start a private one.
+    let (nats, _embedded) = server(nats, args.no_embedded).await?;
+    let client = crate::connect::connect_with(&nats, false).await?;
+    let js = jetstream::new(client.clone());
+    let topology = super::topology(&nats);
+    streams::ensure_all(&js, &topology).await?;
+    let (roles, devices) = start_roles(&client, &topology);
+
+    // A mixed workload of every kind, for every device class that has a worker.
+    // Every class with a worker gets the workload, and the scheduler routes a share of it.
+    let mut classes: Vec<DeviceClass> = devices.iter().map(|d| d.class()).collect();
+    classes.push(DeviceClass::Auto);
+    let jobs = workload(&classes, args.scale)?;
+    let outcome = submit_and_collect(&client, &js, &classes, jobs).await?;
+    outcome.print(&js).await;
+
+    roles.stop().await?;
+    // Close the connection before the private server stops, so that its end is not reported
+    // as a lost connection.
+    let _ = client.drain().await;
+    Ok(
+        if outcome.finished == outcome.total && outcome.failures.is_empty() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        },
+    )
+}
+
+/// Use the configured server when it answers; otherwise start a private one. Returns the
+/// settings to connect with, and the private server (stopped when dropped).
+async fn server(
+    nats: &NatsArgs,
+    no_embedded: bool,
+) -> anyhow::Result<(NatsArgs, Option<LocalNats>)> {
     let mut nats = nats.clone();
-    let _embedded = match crate::connect::connect_with(&nats, false).await {
+    let embedded = match crate::connect::connect_with(&nats, false).await {
         Ok(_) => {
             eprintln!("using the NATS server at {}", nats.nats_url);
             None
         }
-        Err(e) if args.no_embedded => return Err(e),
+        Err(e) if no_embedded => return Err(e),
         Err(_) => {
-            let server = crate::local_nats::LocalNats::start()
+            let server = LocalNats::start()
                 .await
                 .with_context(|| format!("no NATS server at {}", nats.nats_url))?;
             eprintln!(
@@ -37,16 +71,18 @@ pub async fn run(nats: &NatsArgs, args: DemoArgs) -> anyhow::Result<ExitCode> {
             Some(server)
         }
     };
-    let client = crate::connect::connect_with(&nats, false).await?;
-    let js = jetstream::new(client.clone());
-    let topology = super::topology(&nats);
-    streams::ensure_all(&js, &topology).await?;
+    Ok((nats, embedded))
+}
 
-    // The roles, in this process: aggregator, scheduler, a CPU worker, and a CUDA worker
-    // when present.
+/// The roles, in this process: aggregator, scheduler, a CPU worker, and a CUDA worker
+/// when present. Returns them and the workers' devices.
+fn start_roles(
+    client: &async_nats::Client,
+    topology: &Topology,
+) -> (LocalRoles, Vec<ComputeDevice>) {
     let mut roles = LocalRoles::default();
     roles.aggregator(
-        &client,
+        client,
         kiln_aggregator::AggregatorConfig {
             interval: Duration::from_millis(250),
             topology: topology.clone(),
@@ -55,7 +91,7 @@ pub async fn run(nats: &NatsArgs, args: DemoArgs) -> anyhow::Result<ExitCode> {
     );
     let mut scheduler = kiln_scheduler::SchedulerConfig::new("demo-scheduler".into());
     scheduler.topology = topology.clone();
-    roles.scheduler(&client, scheduler);
+    roles.scheduler(client, scheduler);
     let mut devices = vec![ComputeDevice::Cpu];
     if kiln_kernels::cuda_device_count() > 0 {
         devices.push(ComputeDevice::Cuda(0));
@@ -65,14 +101,30 @@ pub async fn run(nats: &NatsArgs, args: DemoArgs) -> anyhow::Result<ExitCode> {
     for device in &devices {
         let mut config = kiln_worker::WorkerConfig::new(device.clone());
         config.topology = topology.clone();
-        roles.worker(&client, config);
+        roles.worker(client, config);
     }
+    (roles, devices)
+}
 
-    // A mixed workload of every kind, for every device class that has a worker.
-    // Every class with a worker gets the workload, and the scheduler routes a share of it.
-    let mut classes: Vec<DeviceClass> = devices.iter().map(|d| d.class()).collect();
-    classes.push(DeviceClass::Auto);
-    let jobs = workload(&classes, args.scale)?;
+/// What came of the demo's workload.
+struct Outcome {
+    /// Jobs submitted.
+    total: u64,
+    /// Results that came.
+    finished: u64,
+    /// One line per failed job: kind, id and error.
+    failures: Vec<String>,
+    /// From the first publish to the last result.
+    elapsed: Duration,
+}
+
+/// Submit the jobs and wait (up to 10 minutes) for their results, with a progress bar.
+async fn submit_and_collect(
+    client: &async_nats::Client,
+    js: &jetstream::Context,
+    classes: &[DeviceClass],
+    jobs: Vec<JobSpec>,
+) -> anyhow::Result<Outcome> {
     let ids: HashSet<String> = jobs.iter().map(|j| j.id.clone()).collect();
     let total = jobs.len() as u64;
     eprintln!(
@@ -83,9 +135,9 @@ pub async fn run(nats: &NatsArgs, args: DemoArgs) -> anyhow::Result<ExitCode> {
             .collect::<Vec<_>>()
             .join(" and ")
     );
-    let mut collector = ResultCollector::subscribe(&client, None, &[]).await?;
+    let mut collector = ResultCollector::subscribe(client, None, &[]).await?;
     let started = Instant::now();
-    publish_all(&js, jobs, None, true).await?;
+    publish_all(js, jobs, None, true).await?;
     let bar = progress_bar(total, "finished");
     let mut failures = Vec::new();
     let results = collector
@@ -105,39 +157,40 @@ pub async fn run(nats: &NatsArgs, args: DemoArgs) -> anyhow::Result<ExitCode> {
         })
         .await;
     bar.finish();
-    let elapsed = started.elapsed();
-
-    // Let the aggregator publish snapshots that include every result, then show them.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let snapshots = loop {
-        let snapshots = streams::latest_metrics(&js).await.unwrap_or_default();
-        let counted: u64 = snapshots.iter().map(|s| s.jobs).sum();
-        if counted >= results.len() as u64 || Instant::now() > deadline {
-            break snapshots;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    println!();
-    print!("{}", crate::table::metrics_table(&snapshots));
-    println!(
-        "\n{} of {total} jobs finished in {:.1} s ({} failed); total latency is submit → result, compute is time on the device",
-        results.len(),
-        elapsed.as_secs_f64(),
-        failures.len()
-    );
-    for failure in &failures {
-        println!("failed: {failure}");
-    }
-
-    roles.stop().await?;
-    // Close the connection before the private server stops, so that its end is not reported
-    // as a lost connection.
-    let _ = client.drain().await;
-    Ok(if results.len() as u64 == total && failures.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
+    Ok(Outcome {
+        total,
+        finished: results.len() as u64,
+        failures,
+        elapsed: started.elapsed(),
     })
+}
+
+impl Outcome {
+    /// The aggregator's metrics table, then how many jobs finished and which failed.
+    async fn print(&self, js: &jetstream::Context) {
+        // Let the aggregator publish snapshots that include every result, then show them.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let snapshots = loop {
+            let snapshots = streams::latest_metrics(js).await.unwrap_or_default();
+            let counted: u64 = snapshots.iter().map(|s| s.jobs).sum();
+            if counted >= self.finished || Instant::now() > deadline {
+                break snapshots;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        println!();
+        print!("{}", crate::table::metrics_table(&snapshots));
+        println!(
+            "\n{} of {} jobs finished in {:.1} s ({} failed); total latency is submit → result, compute is time on the device",
+            self.finished,
+            self.total,
+            self.elapsed.as_secs_f64(),
+            self.failures.len()
+        );
+        for failure in &self.failures {
+            println!("failed: {failure}");
+        }
+    }
 }
 
 /// `--scale`'s help: how many jobs scale 1 submits.

@@ -8,6 +8,7 @@ mod dlq;
 mod init;
 mod kinds;
 mod metrics;
+mod params;
 mod result;
 pub mod roles;
 mod status;

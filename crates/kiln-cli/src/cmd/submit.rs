@@ -306,118 +306,275 @@ pub fn progress_bar(len: u64, what: &str) -> ProgressBar {
     bar
 }
 
-/// Parse `-p key=value` pairs and `--params JSON` into one JSON object. `--params @FILE` and
-/// `-p key=@FILE` read the JSON from a file, `@-` from standard input (for jobs too big for
-/// the command line).
-pub fn parse_params(pairs: &[String], json: Option<&str>) -> anyhow::Result<serde_json::Value> {
-    let mut source = JsonSource::default();
-    let mut params = match json {
-        Some(text) => {
-            let text = source.read("--params", text)?;
-            let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-                anyhow::anyhow!(
-                    "--params is not valid JSON ({e}): give a JSON object, or @FILE / @- to read \
-                     it from a file / standard input"
-                )
-            })?;
-            anyhow::ensure!(
-                value.is_object(),
-                "--params must be a JSON object (`{{\"n\": 512}}`), got {}",
-                json_type(&value)
-            );
-            value
-        }
-        None => serde_json::json!({}),
-    };
-    for pair in pairs {
-        let (key, value) = pair
-            .split_once('=')
-            .with_context(|| format!("-p {pair:?}: write parameters as key=value"))?;
-        let key = key.trim();
-        let value = if value.starts_with('@') {
-            let text = source.read(&format!("-p {key}"), value)?;
-            serde_json::from_str(&text)
-                .with_context(|| format!("-p {key}={value}: the file is not valid JSON"))?
-        } else {
-            serde_json::from_str(value)
-                .unwrap_or_else(|_| serde_json::Value::String(value.to_owned()))
-        };
-        params[key] = value;
-    }
-    Ok(params)
-}
-
-/// Reads `@FILE` and `@-` arguments; standard input only once.
-#[derive(Default)]
-struct JsonSource {
-    stdin_read: bool,
-}
-
-impl JsonSource {
-    /// `arg` itself, or with `@FILE` the file's text, with `@-` standard input's.
-    fn read(&mut self, flag: &str, arg: &str) -> anyhow::Result<String> {
-        use std::io::Read as _;
-        match arg.strip_prefix('@') {
-            None => Ok(arg.to_owned()),
-            Some("-") => {
-                anyhow::ensure!(
-                    !self.stdin_read,
-                    "{flag}=@-: standard input was already read for another parameter; give \
-                     the others as @FILE"
-                );
-                self.stdin_read = true;
-                let mut text = String::new();
-                std::io::stdin()
-                    .read_to_string(&mut text)
-                    .with_context(|| format!("{flag}: reading JSON from standard input"))?;
-                Ok(text)
-            }
-            Some("") => anyhow::bail!("{flag}: name a file after @ (or @- for standard input)"),
-            Some(path) => std::fs::read_to_string(path)
-                .with_context(|| format!("{flag}: reading JSON from {path}")),
-        }
-    }
-}
-
-/// "an array", "a string", … for messages.
-fn json_type(value: &serde_json::Value) -> &'static str {
-    match value {
-        serde_json::Value::Null => "null",
-        serde_json::Value::Bool(_) => "a boolean",
-        serde_json::Value::Number(_) => "a number",
-        serde_json::Value::String(_) => "a string",
-        serde_json::Value::Array(_) => "an array",
-        serde_json::Value::Object(_) => "an object",
-    }
-}
-
+/// `kiln submit`: check what was asked, publish the jobs, and with `--wait` print their
+/// results as they come.
 pub async fn run(nats: &NatsArgs, args: SubmitArgs) -> anyhow::Result<ExitCode> {
-    let kind = kiln_kernels::find(&args.kind).with_context(|| {
-        format!(
-            "unknown job kind {:?}; known kinds: {}",
-            args.kind,
-            kiln_kernels::kind_names().join(", ")
-        )
-    })?;
-    let class: DeviceClass = args.device.parse()?;
-    let mut params = parse_params(&args.params, args.params_json.as_deref())?;
-    let inputs = args
-        .inputs
-        .iter()
-        .map(|arg| super::data::InputArg::parse(arg))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let output = match (&args.output, &args.output_format) {
-        (Some(path), _) => super::data::output_mode_for(path)?,
-        (None, Some(name)) => super::data::output_mode_named(name)?,
-        (None, None) => OutputMode::Auto,
+    let mut submission = Submission::parse(&args)?;
+    if let Err(message) = submission.check_ids() {
+        eprintln!("kiln: --id: {message}");
+        return Ok(ExitCode::from(super::EXIT_NOT_FOUND));
+    }
+    let client = crate::connect::connect_with(nats, false).await?;
+    let js = jetstream::new(client.clone());
+    kiln_proto::streams::ensure_all(&js, &super::topology(nats)).await?;
+    let jobs = submission.jobs(&js).await?;
+    warn_if_unserved(&js, submission.class).await;
+    let collector = if submission.wait {
+        let kind = Some(submission.kind.name);
+        Some(ResultCollector::subscribe(&client, kind, &submission.ids).await?)
+    } else {
+        None
     };
-    anyhow::ensure!(
-        args.output.is_none() || args.count == 1,
-        "--output writes one job's output to one file: leave out --count, or use \
-         --output-format and `kiln result <id> --output FILE` for each job"
-    );
-    let wait = args.wait || args.output.is_some();
-    // A dtype only GPUs compute would come back refused from a CPU worker: say so now.
+    let duplicates = submission.publish(&js, jobs).await?;
+    match collector {
+        None => {
+            submission.print_submitted(&duplicates);
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(mut collector) => submission.wait(&js, &mut collector, &duplicates).await,
+    }
+}
+
+/// A `kiln submit` command line, checked before connecting.
+struct Submission<'a> {
+    args: &'a SubmitArgs,
+    kind: &'static KindEntry,
+    class: DeviceClass,
+    params: serde_json::Value,
+    inputs: Vec<super::data::InputArg>,
+    output: OutputMode,
+    codec: Codec,
+    /// `--id`, or a fresh one.
+    base_id: String,
+    /// Every job's id: `base_id` alone, or `<base_id>-<i>` with `--count`.
+    ids: Vec<String>,
+    /// Wait for the results (`--wait`, or `--output`).
+    wait: bool,
+}
+
+impl<'a> Submission<'a> {
+    fn parse(args: &'a SubmitArgs) -> anyhow::Result<Self> {
+        let kind = kiln_kernels::find(&args.kind).with_context(|| {
+            format!(
+                "unknown job kind {:?}; known kinds: {}",
+                args.kind,
+                kiln_kernels::kind_names().join(", ")
+            )
+        })?;
+        let class: DeviceClass = args.device.parse()?;
+        let params = super::params::parse_params(&args.params, args.params_json.as_deref())?;
+        let inputs = args
+            .inputs
+            .iter()
+            .map(|arg| super::data::InputArg::parse(arg))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let output = match (&args.output, &args.output_format) {
+            (Some(path), _) => super::data::output_mode_for(path)?,
+            (None, Some(name)) => super::data::output_mode_named(name)?,
+            (None, None) => OutputMode::Auto,
+        };
+        anyhow::ensure!(
+            args.output.is_none() || args.count == 1,
+            "--output writes one job's output to one file: leave out --count, or use \
+             --output-format and `kiln result <id> --output FILE` for each job"
+        );
+        check_class(kind, class, &params)?;
+        let codec = if args.bincode {
+            Codec::Bincode
+        } else {
+            Codec::Json
+        };
+        let base_id = args.id.clone().unwrap_or_else(kiln_proto::new_job_id);
+        anyhow::ensure!(args.count >= 1, "--count must be at least 1");
+        let ids: Vec<String> = match args.count {
+            1 => vec![base_id.clone()],
+            n => (0..n).map(|i| format!("{base_id}-{i}")).collect(),
+        };
+        Ok(Self {
+            args,
+            kind,
+            class,
+            params,
+            inputs,
+            output,
+            codec,
+            base_id,
+            ids,
+            wait: args.wait || args.output.is_some(),
+        })
+    }
+
+    /// Whether the ids are valid job ids (the message says why not).
+    fn check_ids(&self) -> Result<(), String> {
+        // The last id is the longest.
+        super::check_job_id(&self.base_id)
+            .and_then(|()| super::check_job_id(self.ids.last().map_or("", String::as_str)))
+    }
+
+    /// Store the `--input` files, then build every job.
+    async fn jobs(&mut self, js: &jetstream::Context) -> anyhow::Result<Vec<JobSpec>> {
+        if !self.inputs.is_empty() {
+            let bucket = super::data::bucket(js).await?;
+            super::data::attach_inputs(&bucket, &self.base_id, &self.inputs, &mut self.params)
+                .await?;
+        }
+        self.ids
+            .iter()
+            .zip(self.args.seed..)
+            .map(|(id, seed)| {
+                let meta = JobMeta {
+                    id: Some(id.clone()),
+                    seed: Some(seed),
+                    timeout_ms: self.args.timeout_ms,
+                    output: self.output,
+                };
+                JobSpec::build(self.kind, self.class, self.params.clone(), meta, self.codec)
+            })
+            .collect()
+    }
+
+    /// Publish the jobs (with a progress bar for more than one) and say which the server
+    /// dropped as duplicates; returns those.
+    async fn publish(
+        &self,
+        js: &jetstream::Context,
+        jobs: Vec<JobSpec>,
+    ) -> anyhow::Result<Vec<String>> {
+        let count = self.args.count;
+        let bar = (count > 1).then(|| progress_bar(count, "submitted"));
+        let duplicates = publish_all(js, jobs, bar.as_ref(), true).await?;
+        if let Some(bar) = &bar {
+            bar.finish();
+        }
+        if !duplicates.is_empty() {
+            eprintln!(
+                "{} job id(s) were already submitted within the last {} min, so the server \
+                 kept the earlier submission and dropped this one: {}",
+                duplicates.len(),
+                kiln_proto::streams::DUPLICATE_WINDOW.as_secs() / 60,
+                super::list_ids(&duplicates)
+            );
+        }
+        Ok(duplicates)
+    }
+
+    /// Without `--wait`: print the job id, or the range of ids.
+    fn print_submitted(&self, duplicates: &[String]) {
+        if !duplicates.is_empty() {
+            eprintln!("`kiln status <id>` and `kiln result <id>` show the earlier submission");
+        }
+        let (base_id, count) = (&self.base_id, self.args.count);
+        if count == 1 {
+            println!("{base_id}");
+        } else {
+            println!(
+                "submitted {count} jobs: {base_id}-0 .. {base_id}-{}",
+                count - 1
+            );
+        }
+    }
+
+    /// With `--wait`: print each result as it comes, then say what failed or did not come
+    /// and write `--output`. Exits non-zero unless every job succeeded.
+    async fn wait(
+        &self,
+        js: &jetstream::Context,
+        collector: &mut ResultCollector,
+        duplicates: &[String],
+    ) -> anyhow::Result<ExitCode> {
+        let single = self.args.count == 1;
+        let print = |event: &ResultEvent| print_result(event, single);
+        let mut results = self.earlier_results(js, duplicates).await?;
+        let bar = (!single).then(|| progress_bar(self.args.count, "finished"));
+        for id in &self.ids {
+            if let Some(event) = results.get(id) {
+                print(event);
+                if let Some(bar) = &bar {
+                    bar.inc(1);
+                }
+            }
+        }
+        let waiting: HashSet<String> = self
+            .ids
+            .iter()
+            .filter(|id| !results.contains_key(*id))
+            .cloned()
+            .collect();
+        let timeout = Duration::from_secs(self.args.wait_timeout_s);
+        let arrived = collector
+            .collect(waiting, timeout, bar.as_ref(), print)
+            .await;
+        results.extend(arrived);
+        if let Some(bar) = &bar {
+            bar.finish();
+        }
+        self.finish(js, &results).await
+    }
+
+    /// The results the duplicates already have. A duplicate's result is the earlier
+    /// submission's: printed when it is in, else waited for (it comes on the same subject).
+    async fn earlier_results(
+        &self,
+        js: &jetstream::Context,
+        duplicates: &[String],
+    ) -> anyhow::Result<HashMap<String, ResultEvent>> {
+        let results = super::result::existing(js, duplicates, Some(self.kind.name)).await?;
+        match duplicates.len() - results.len() {
+            _ if duplicates.is_empty() => {}
+            0 => eprintln!("their results are in (printed below)"),
+            waiting => eprintln!(
+                "{} of them have a result (printed below); waiting for the other {waiting}, \
+                 queued or running since the earlier submission",
+                results.len()
+            ),
+        }
+        Ok(results)
+    }
+
+    /// Say which results failed or did not come, write `--output`, and give the exit status.
+    async fn finish(
+        &self,
+        js: &jetstream::Context,
+        results: &HashMap<String, ResultEvent>,
+    ) -> anyhow::Result<ExitCode> {
+        let ids = &self.ids;
+        let failed = results
+            .values()
+            .filter(|r| r.status == Status::Failed)
+            .count();
+        let missing: Vec<&String> = ids.iter().filter(|id| !results.contains_key(*id)).collect();
+        if !missing.is_empty() {
+            eprintln!(
+                "{} of {} result(s) did not arrive within {} s: {}; `kiln status <id>` says \
+                 where each job is, `kiln result <id>` looks its result up later",
+                missing.len(),
+                ids.len(),
+                self.args.wait_timeout_s,
+                super::list_ids(&missing)
+            );
+        }
+        if failed > 0 {
+            eprintln!("{failed} of {} job(s) failed", ids.len());
+        }
+        if let (Some(path), Some(event)) = (&self.args.output, results.get(&self.base_id))
+            && event.status == Status::Succeeded
+        {
+            super::data::save_output(js, event, path).await?;
+        }
+        Ok(if failed == 0 && missing.is_empty() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        })
+    }
+}
+
+/// A dtype only GPUs compute would come back refused from a CPU worker: say so now.
+fn check_class(
+    kind: &KindEntry,
+    class: DeviceClass,
+    params: &serde_json::Value,
+) -> anyhow::Result<()> {
     if class == DeviceClass::Cpu
         && kind
             .check_params(params.clone(), &kiln_proto::Limits::UNLIMITED)
@@ -430,156 +587,19 @@ pub async fn run(nats: &NatsArgs, args: SubmitArgs) -> anyhow::Result<ExitCode> 
             params["dtype"]
         );
     }
-    let codec = if args.bincode {
-        Codec::Bincode
-    } else {
-        Codec::Json
-    };
-    let base_id = args.id.clone().unwrap_or_else(kiln_proto::new_job_id);
-    anyhow::ensure!(args.count >= 1, "--count must be at least 1");
-    let ids: Vec<String> = match args.count {
-        1 => vec![base_id.clone()],
-        n => (0..n).map(|i| format!("{base_id}-{i}")).collect(),
-    };
-    // The last id is the longest.
-    if let Err(message) = super::check_job_id(&base_id)
-        .and_then(|()| super::check_job_id(ids.last().map_or("", String::as_str)))
-    {
-        eprintln!("kiln: --id: {message}");
-        return Ok(ExitCode::from(super::EXIT_NOT_FOUND));
-    }
-    let client = crate::connect::connect_with(nats, false).await?;
-    let js = jetstream::new(client.clone());
-    kiln_proto::streams::ensure_all(&js, &super::topology(nats)).await?;
-    if !inputs.is_empty() {
-        let bucket = super::data::bucket(&js).await?;
-        super::data::attach_inputs(&bucket, &base_id, &inputs, &mut params).await?;
-    }
-    let jobs = ids
-        .iter()
-        .zip(args.seed..)
-        .map(|(id, seed)| {
-            let meta = JobMeta {
-                id: Some(id.clone()),
-                seed: Some(seed),
-                timeout_ms: args.timeout_ms,
-                output,
-            };
-            JobSpec::build(kind, class, params.clone(), meta, codec)
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    warn_if_unserved(&js, class).await;
-    let mut collector = if wait {
-        Some(ResultCollector::subscribe(&client, Some(kind.name), &ids).await?)
-    } else {
-        None
-    };
-    let bar = (args.count > 1).then(|| progress_bar(args.count, "submitted"));
-    let duplicates = publish_all(&js, jobs, bar.as_ref(), true).await?;
-    if let Some(bar) = &bar {
-        bar.finish();
-    }
-    if !duplicates.is_empty() {
-        eprintln!(
-            "{} job id(s) were already submitted within the last {} min, so the server kept \
-             the earlier submission and dropped this one: {}",
-            duplicates.len(),
-            kiln_proto::streams::DUPLICATE_WINDOW.as_secs() / 60,
-            super::list_ids(&duplicates)
+    Ok(())
+}
+
+/// One result on standard output: pretty JSON for a single job, else one line each.
+fn print_result(event: &ResultEvent, single: bool) {
+    if single {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(event).unwrap_or_default()
         );
+    } else if let Ok(line) = serde_json::to_string(event) {
+        println!("{line}");
     }
-    let Some(collector) = collector.as_mut() else {
-        if !duplicates.is_empty() {
-            eprintln!("`kiln status <id>` and `kiln result <id>` show the earlier submission");
-        }
-        if args.count == 1 {
-            println!("{base_id}");
-        } else {
-            println!(
-                "submitted {} jobs: {base_id}-0 .. {base_id}-{}",
-                args.count,
-                args.count - 1
-            );
-        }
-        return Ok(ExitCode::SUCCESS);
-    };
-    let single = args.count == 1;
-    let print = |event: &ResultEvent| {
-        if single {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(event).unwrap_or_default()
-            );
-        } else if let Ok(line) = serde_json::to_string(event) {
-            println!("{line}");
-        }
-    };
-    // A duplicate's result is the earlier submission's: printed when it is in, else waited
-    // for (it comes on the same subject).
-    let mut results = super::result::existing(&js, &duplicates, Some(kind.name)).await?;
-    match duplicates.len() - results.len() {
-        _ if duplicates.is_empty() => {}
-        0 => eprintln!("their results are in (printed below)"),
-        waiting => eprintln!(
-            "{} of them have a result (printed below); waiting for the other {waiting}, queued \
-             or running since the earlier submission",
-            results.len()
-        ),
-    }
-    let bar = (args.count > 1).then(|| progress_bar(args.count, "finished"));
-    for id in &ids {
-        if let Some(event) = results.get(id) {
-            print(event);
-            if let Some(bar) = &bar {
-                bar.inc(1);
-            }
-        }
-    }
-    let waiting: HashSet<String> = ids
-        .iter()
-        .filter(|id| !results.contains_key(*id))
-        .cloned()
-        .collect();
-    let arrived = collector
-        .collect(
-            waiting,
-            Duration::from_secs(args.wait_timeout_s),
-            bar.as_ref(),
-            print,
-        )
-        .await;
-    results.extend(arrived);
-    if let Some(bar) = &bar {
-        bar.finish();
-    }
-    let failed = results
-        .values()
-        .filter(|r| r.status == Status::Failed)
-        .count();
-    let missing: Vec<&String> = ids.iter().filter(|id| !results.contains_key(*id)).collect();
-    if !missing.is_empty() {
-        eprintln!(
-            "{} of {} result(s) did not arrive within {} s: {}; `kiln status <id>` says where \
-             each job is, `kiln result <id>` looks its result up later",
-            missing.len(),
-            ids.len(),
-            args.wait_timeout_s,
-            super::list_ids(&missing)
-        );
-    }
-    if failed > 0 {
-        eprintln!("{failed} of {} job(s) failed", ids.len());
-    }
-    if let (Some(path), Some(event)) = (&args.output, results.get(&base_id))
-        && event.status == Status::Succeeded
-    {
-        super::data::save_output(&js, event, path).await?;
-    }
-    Ok(if failed == 0 && missing.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
 }
 
 /// Say so when nothing is pulling from the class's consumer: the jobs are safe in KILN_JOBS,

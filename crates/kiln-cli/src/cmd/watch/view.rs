@@ -4,10 +4,12 @@
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
-use ratatui::text::{Line, Span};
+use ratatui::text::{Line, Span, Text};
 use ratatui::widgets::{Block, Paragraph, Row, Table};
 
-use super::model::{Dashboard, WINDOW};
+use time::OffsetDateTime;
+
+use super::model::{Dashboard, Series, WINDOW};
 
 const TREND_BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
 
@@ -179,80 +181,34 @@ fn trend(values: impl Iterator<Item = f64> + Clone) -> String {
         .collect()
 }
 
+/// The kinds table's columns: heading and width.
+const KIND_COLUMNS: [(&str, u16); 12] = [
+    ("kind", 11),
+    ("class", 5),
+    ("jobs", 9),
+    ("ok", 9),
+    ("failed", 7),
+    ("jobs/s", 9),
+    ("trend", 26),
+    ("p50 ms", 9),
+    ("p90 ms", 9),
+    ("p99 ms", 9),
+    ("queue p50", 10),
+    ("compute p50", 11),
+];
+
 fn render_kinds(frame: &mut Frame, area: Rect, d: &Dashboard) {
     let window = WINDOW.as_secs();
     let title = format!(
         " Throughput and latency by kind and class · jobs/s and percentiles over the last {window} s (dim: since the start) "
     );
-    let rows = d.series.values().map(|s| {
-        let l = &s.latest;
-        let rate = s
-            .rate(d.now)
-            .map_or_else(|| "-".to_owned(), |r| format!("{r:.1}"));
-        let (p50, p90, p99, style) = match s.window_latency(d.now) {
-            Some(w) => (w.p50, w.p90, w.p99, Style::new()),
-            None => (
-                l.total_ms.p50,
-                l.total_ms.p90,
-                l.total_ms.p99,
-                Style::new().add_modifier(Modifier::DIM),
-            ),
-        };
-        let failed_style = if l.failed > 0 {
-            Style::new().fg(Color::Red)
-        } else {
-            Style::new()
-        };
-        Row::new(vec![
-            ratatui::text::Text::raw(l.kind.clone()),
-            ratatui::text::Text::raw(l.class.clone()),
-            ratatui::text::Text::raw(l.jobs.to_string()),
-            ratatui::text::Text::raw(l.succeeded.to_string()),
-            ratatui::text::Text::styled(l.failed.to_string(), failed_style),
-            ratatui::text::Text::styled(rate, bold()),
-            ratatui::text::Text::raw(trend(s.trend.iter().copied())),
-            ratatui::text::Text::styled(ms(p50), style),
-            ratatui::text::Text::styled(ms(p90), style),
-            ratatui::text::Text::styled(ms(p99), style),
-            ratatui::text::Text::raw(ms(l.queue_ms.p50)),
-            ratatui::text::Text::raw(ms(l.compute_ms.p50)),
-        ])
-    });
+    let rows = d.series.values().map(|s| kind_row(s, d.now));
     let empty = d.series.is_empty();
     let table = Table::new(
         rows,
-        [
-            Constraint::Length(11),
-            Constraint::Length(5),
-            Constraint::Length(9),
-            Constraint::Length(9),
-            Constraint::Length(7),
-            Constraint::Length(9),
-            Constraint::Length(26),
-            Constraint::Length(9),
-            Constraint::Length(9),
-            Constraint::Length(9),
-            Constraint::Length(10),
-            Constraint::Length(11),
-        ],
+        KIND_COLUMNS.map(|(_, width)| Constraint::Length(width)),
     )
-    .header(
-        Row::new([
-            "kind",
-            "class",
-            "jobs",
-            "ok",
-            "failed",
-            "jobs/s",
-            "trend",
-            "p50 ms",
-            "p90 ms",
-            "p99 ms",
-            "queue p50",
-            "compute p50",
-        ])
-        .style(bold()),
-    )
+    .header(Row::new(KIND_COLUMNS.map(|(heading, _)| heading)).style(bold()))
     .block(Block::bordered().title(title));
     frame.render_widget(table, area);
     if empty {
@@ -267,6 +223,43 @@ fn render_kinds(frame: &mut Frame, area: Rect, d: &Dashboard) {
             note,
         );
     }
+}
+
+/// One (kind, class) line of the kinds table: counts, rate and trend, and the latency
+/// percentiles over the window (dim, since the start, when the window holds none).
+fn kind_row(s: &Series, now: OffsetDateTime) -> Row<'static> {
+    let l = &s.latest;
+    let rate = s
+        .rate(now)
+        .map_or_else(|| "-".to_owned(), |r| format!("{r:.1}"));
+    let (p50, p90, p99, style) = match s.window_latency(now) {
+        Some(w) => (w.p50, w.p90, w.p99, Style::new()),
+        None => (
+            l.total_ms.p50,
+            l.total_ms.p90,
+            l.total_ms.p99,
+            Style::new().add_modifier(Modifier::DIM),
+        ),
+    };
+    let failed_style = if l.failed > 0 {
+        Style::new().fg(Color::Red)
+    } else {
+        Style::new()
+    };
+    Row::new(vec![
+        Text::raw(l.kind.clone()),
+        Text::raw(l.class.clone()),
+        Text::raw(l.jobs.to_string()),
+        Text::raw(l.succeeded.to_string()),
+        Text::styled(l.failed.to_string(), failed_style),
+        Text::styled(rate, bold()),
+        Text::raw(trend(s.trend.iter().copied())),
+        Text::styled(ms(p50), style),
+        Text::styled(ms(p90), style),
+        Text::styled(ms(p99), style),
+        Text::raw(ms(l.queue_ms.p50)),
+        Text::raw(ms(l.compute_ms.p50)),
+    ])
 }
 
 fn render_failures(frame: &mut Frame, area: Rect, d: &Dashboard) {
