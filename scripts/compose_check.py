@@ -79,11 +79,17 @@ def prometheus(query: str) -> list[dict[str, Any]]:
 def container(project: str, service: str) -> str:
     out = subprocess.run(
         [
-            "docker", "ps", "-aq",
-            "--filter", f"label=com.docker.compose.project={project}",
-            "--filter", f"label=com.docker.compose.service={service}",
+            "docker",
+            "ps",
+            "-aq",
+            "--filter",
+            f"label=com.docker.compose.project={project}",
+            "--filter",
+            f"label=com.docker.compose.service={service}",
         ],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.split()
     if len(out) != 1:
         raise CheckFailed(f"expected one container of service {service}, found {out}")
@@ -155,7 +161,7 @@ async def submit_all(client: Any, specs: list[dict[str, Any]], on_progress: Any)
     batch = max(25, len(specs) // 20)  # the kills come between batches, mid-submission
     for start in range(0, len(specs), batch):
         pending = specs[start : start + batch]
-        for attempt in range(60):
+        for _attempt in range(60):
             try:
                 await client.submit_many(pending, device="auto")
                 break
@@ -199,7 +205,7 @@ async def aggregator_counts(js: Any) -> dict[str, dict[str, int]]:
     snapshot on each metrics.<kind>.<class> subject."""
     info = await js.stream_info("KILN_METRICS", subjects_filter="metrics.>")
     counts: dict[str, dict[str, int]] = {}
-    for subject in (info.state.subjects or {}):
+    for subject in info.state.subjects or {}:
         msg = await js.get_last_msg("KILN_METRICS", subject)
         snap = json.loads(msg.data)
         kind = subject.split(".")[1]
@@ -213,7 +219,9 @@ async def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--project", required=True, help="the compose project name")
     ap.add_argument("--jobs", type=int, default=1000, help="jobs of each kind")
-    ap.add_argument("--kill-at", type=float, default=0.4, help="fraction submitted before the kills")
+    ap.add_argument(
+        "--kill-at", type=float, default=0.4, help="fraction submitted before the kills"
+    )
     ap.add_argument("--timeout-s", type=float, default=900, help="seconds to wait for all results")
     args = ap.parse_args()
     timings: dict[str, float] = {}
@@ -255,8 +263,12 @@ async def main() -> int:
             leader = await jobs_leader(js)
             crash(args.project, SERVICE_OF_NODE[leader])
             crash(args.project, "worker-cpu-1")
-            killed.update({"nats": f"{SERVICE_OF_NODE[leader]} ({leader}, leading KILN_JOBS)",
-                           "worker": "worker-cpu-1"})
+            killed.update(
+                {
+                    "nats": f"{SERVICE_OF_NODE[leader]} ({leader}, leading KILN_JOBS)",
+                    "worker": "worker-cpu-1",
+                }
+            )
             log(f"SIGKILLed {killed['nats']} and worker-cpu-1 after {submitted} submissions")
             timings["kill_at_s"] = time.monotonic() - t0
 
@@ -304,7 +316,9 @@ async def main() -> int:
             return counts if ok else None
 
         try:
-            counts = await wait_until("the aggregator's counts to equal the results", 60, aggregated, 1)
+            counts = await wait_until(
+                "the aggregator's counts to equal the results", 60, aggregated, 1
+            )
         except CheckFailed:
             raise CheckFailed(
                 f"aggregator counts {await aggregator_counts(js)} != results {dict(per_kind)}"
@@ -323,7 +337,9 @@ async def main() -> int:
         return seen if seen == dict(per_kind) else None
 
     try:
-        prom = await wait_until("Prometheus' kiln_jobs_total to equal the results", 60, prometheus_counts, 1)
+        prom = await wait_until(
+            "Prometheus' kiln_jobs_total to equal the results", 60, prometheus_counts, 1
+        )
     except CheckFailed:
         rows = prometheus('sum by (kind) (kiln_jobs_total{role="aggregator"})')
         raise CheckFailed(f"Prometheus has {rows}, the results {dict(per_kind)}") from None
@@ -335,18 +351,23 @@ async def main() -> int:
     if not any(restarts[s] for s in ("nats-1", "nats-2", "nats-3")) or not restarts["worker-cpu-1"]:
         raise CheckFailed(f"the killed containers were not restarted: {restarts}")
     timings["total_s"] = time.monotonic() - t0
-    print(json.dumps({
-        "jobs": total,
-        "results_per_kind": dict(per_kind),
-        "aggregator": counts,
-        "prometheus_kiln_jobs_total": prom,
-        "answered_after_a_retry": dict(retries),
-        "resubmitted_after_refusal": retried,
-        "results_per_worker": dict(workers),
-        "killed": killed,
-        "restarts": restarts,
-        "seconds": {k: round(v, 1) for k, v in timings.items()},
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "jobs": total,
+                "results_per_kind": dict(per_kind),
+                "aggregator": counts,
+                "prometheus_kiln_jobs_total": prom,
+                "answered_after_a_retry": dict(retries),
+                "resubmitted_after_refusal": retried,
+                "results_per_worker": dict(workers),
+                "killed": killed,
+                "restarts": restarts,
+                "seconds": {k: round(v, 1) for k, v in timings.items()},
+            },
+            indent=2,
+        )
+    )
     return 0
 
 

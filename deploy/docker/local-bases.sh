@@ -8,8 +8,8 @@
 #   kiln-local/distroless:bookworm  the files of the packages gcr.io/distroless/cc-debian12 carries
 #                                   (glibc, libgcc, libstdc++, libgomp, OpenSSL's libssl,
 #                                   ca-certificates, tzdata, netbase, base-files) and zlib (cuDNN
-#                                   links it; the local CUDA image runs on this base), with users root,
-#                                   nobody and nonroot (65532) and no shell or package manager.
+#                                   links it; the local CUDA image runs on this base), with the
+#                                   users root, nobody and nonroot (65532), no shell, no apt.
 #
 #   deploy/docker/local-bases.sh            make both unless they exist (and match this script)
 #   deploy/docker/local-bases.sh --force    make them again (a newer Debian point release)
@@ -28,7 +28,8 @@ distroless_image=kiln-local/distroless:$suite
 include=libopenblas0-pthread,ca-certificates,tzdata,netbase,libstdc++6,libgomp1,libssl3
 # The packages whose files make the distroless base: distroless/cc-debian12's list, and zlib,
 # which cuDNN links (the CUDA image runs on this base here).
-distroless_packages=(base-files netbase tzdata ca-certificates libc6 libgcc-s1 libgomp1 libstdc++6 libssl3 zlib1g)
+distroless_packages=(base-files netbase tzdata ca-certificates libc6 libgcc-s1 libgomp1 libstdc++6
+  libssl3 zlib1g)
 # A label on both images: a change to this script makes them again.
 stamp=$(sha256sum "$0" | cut -c1-16)
 
@@ -92,6 +93,7 @@ done
 # package list, for scanners and for people.
 mkdir -p "$stage/etc/ssl/certs" "$stage/usr/share/doc/kiln-local-base"
 cp -a "$root/etc/ssl/certs/ca-certificates.crt" "$stage/etc/ssl/certs/"
+# shellcheck disable=SC2016 # a dpkg-query format, not shell
 chroot "$root" dpkg-query -W -f '${Package} ${Version}\n' "${distroless_packages[@]}" \
   > "$stage/usr/share/doc/kiln-local-base/packages"
 cat > "$stage/etc/passwd" <<'EOF'
