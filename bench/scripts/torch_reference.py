@@ -36,7 +36,7 @@ MLP_FEATURES, MLP_HIDDEN, MLP_CLASSES = 256, [1024, 1024], 10
 
 
 # ---------------------------------------------------------------------------------------------
-# Cases: the same list and names as kiln_kernels::bench::cases.
+# Cases: the same list and names as kiln_bench::timing::cases.
 
 
 def count_name(n):

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use kiln_kernels::bench::{self, Profile, Row, Settings};
+use kiln_bench::timing::{self as bench, Profile, Row, Settings};
 use kiln_kernels::{ComputeDevice, Engines};
 use serde::Serialize;
 

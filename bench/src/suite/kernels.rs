@@ -3,7 +3,7 @@
 //! speedup), both sides measured in this run.
 
 use indicatif::ProgressBar;
-use kiln_kernels::bench::{self, Case, Row, Settings};
+use kiln_bench::timing::{self as bench, Case, Row, Settings};
 use kiln_kernels::{ComputeDevice, Dtype, Engines};
 use serde::Serialize;
 

@@ -220,7 +220,7 @@ fn kernel_table(o: &mut String, s: &Suite) {
     };
     let _ = writeln!(
         o,
-        "Every kind at several sizes on each backend present (`kiln_kernels::bench`: inputs \
+        "Every kind at several sizes on each backend present (`kiln_bench::timing`: inputs \
          made once on the device, warm-up iterations, then each iteration timed between two \
          device syncs; median shown). `train_mlp` is timed as one Adam step of its network, \
          `vector_add` 1,024 as one whole small job (upload, add, read back). CPU settings: {} \

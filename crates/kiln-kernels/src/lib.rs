@@ -44,8 +44,8 @@
 //! worker's cache directory). `matmul`, `vector_add` and `conv2d` results name the engine that
 //! ran (`"engine"`: `openblas`, `cublas`, `cudnn`, `direct`, `burn-ndarray`, `burn-cuda`), and
 //! a worker's heartbeat lists them ([`Engines::names`], `kiln status`). The kernel benchmark
-//! ([`mod@bench`]) times matmul, vector_add, conv2d and a training step where jobs run them,
-//! and on Burn in its `_burn` rows.
+//! (`kiln_bench::timing`, in the workspace's `bench/` crate) times matmul, vector_add, conv2d
+//! and a training step where jobs run them, and on Burn in its `_burn` rows.
 //!
 //! ```
 //! use kiln_kernels::{ComputeDevice, Engines, NoCheckpoint, find};
@@ -59,9 +59,6 @@
 //! assert_eq!(out["engine"], "burn-ndarray");
 //! ```
 
-// `bench` names this crate as `kiln_kernels`, as it will once it moves to a crate of its own.
-extern crate self as kiln_kernels;
-
 mod data;
 mod device;
 mod dtype;
@@ -69,7 +66,6 @@ mod io;
 mod kernel;
 mod memory;
 
-pub mod bench;
 pub mod cpu;
 mod engine;
 pub mod kinds;

@@ -3,7 +3,7 @@
 //! the two pieces of host work every job does, alone: generating 16M seeded values, and the
 //! summary of 16M values.
 //!
-//!     cargo run --release -p kiln-kernels --example job_times [-- --conv2d-engine burn]
+//!     cargo run --release -p kiln-bench --example job_times [-- --conv2d-engine burn]
 
 use std::time::Instant;
 

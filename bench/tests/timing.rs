@@ -1,9 +1,7 @@
 //! The kernel benchmark's quick cases, run for real on the CPU: every case gives a row with
 //! positive, finite timings and the work its sizes imply; bf16 is skipped on the CPU.
 
-use kiln_kernels::bench::{
-    Case, Profile, SMALL_ITERS_FACTOR, Settings, cases, run_case, run_cases,
-};
+use kiln_bench::timing::{Case, Profile, SMALL_ITERS_FACTOR, Settings, cases, run_case, run_cases};
 use kiln_kernels::{ComputeDevice, Dtype, Engines};
 
 const SETTINGS: Settings = Settings {

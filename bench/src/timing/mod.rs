@@ -12,14 +12,14 @@
 //! case's throughput. A case that fails (a panic in the backend, a dtype the device lacks)
 //! becomes an error row; the other cases still run.
 //!
-//! Case names are the join key with the PyTorch reference (`scripts/torch_reference.py`), which
+//! Case names are the join key with the PyTorch reference (`bench/scripts/torch_reference.py`), which
 //! names its rows with the same rules.
 //!
-//! This module uses only the crate's public API, by the name `kiln_kernels::…` (the crate
-//! aliases itself for that), so that it can move as it is to a benchmark crate of its own.
+//! It uses only `kiln_kernels`' public API: the kinds' networks, the vendor engines and the
+//! CPU loop, exactly as jobs call them.
 //!
 //! ```
-//! use kiln_kernels::bench::{Profile, Settings, cases, run_case};
+//! use kiln_bench::timing::{Profile, Settings, cases, run_case};
 //! use kiln_kernels::{ComputeDevice, Engines};
 //! let case = cases(Profile::Quick).remove(0);
 //! let settings = Settings { warmup: 1, iters: 2, case_budget_s: 1.0 };
