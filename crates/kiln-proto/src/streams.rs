@@ -357,7 +357,22 @@ pub enum SetupError {
         #[source]
         source: jetstream::context::GetStreamError,
     },
+    /// JetStream did not answer for [`SETUP_PATIENCE`]: no server with JetStream (`-js`), or a
+    /// cluster that has not elected its leader.
+    #[error(
+        "JetStream did not answer for {waited:?} ({reason}): is the server started with          JetStream (-js), and has a cluster elected its leader?"
+    )]
+    Unavailable {
+        /// How long setup waited.
+        waited: Duration,
+        /// The last answer.
+        reason: String,
+    },
 }
+
+/// How long a process waits at start for JetStream to answer (a cluster forming, a stream's
+/// leader being elected) before it gives up.
+pub const SETUP_PATIENCE: Duration = Duration::from_secs(60);
 
 /// Create every stream, consumer and bucket kiln uses that does not exist yet, leaving
 /// existing ones as they are: what every kiln process does at start, so that a process with
@@ -371,11 +386,86 @@ pub async fn update_all(js: &jetstream::Context, topology: &Topology) -> Result<
     setup(js, topology, true).await
 }
 
+/// [`setup_once`], again while JetStream is not answering yet (a cluster forming at start,
+/// as under `docker compose up`), for up to [`SETUP_PATIENCE`].
 async fn setup(
     js: &jetstream::Context,
     topology: &Topology,
     update: bool,
 ) -> Result<(), SetupError> {
+    let started = std::time::Instant::now();
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match setup_once(js, topology, update).await {
+            Err(NotYet(reason)) if started.elapsed() < SETUP_PATIENCE => {
+                tracing::warn!(%reason, retry_in = ?delay, "JetStream is not answering yet");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            Err(NotYet(reason)) => {
+                return Err(SetupError::Unavailable {
+                    waited: started.elapsed(),
+                    reason,
+                });
+            }
+            Err(Failed(e)) => return Err(e),
+            Ok(()) => return Ok(()),
+        }
+    }
+}
+
+/// Why one round of setup stopped.
+enum Stop {
+    /// JetStream did not answer, or answered that it is not available yet: try again.
+    NotYet(String),
+    Failed(SetupError),
+}
+use Stop::{Failed, NotYet};
+
+impl From<SetupError> for Stop {
+    fn from(e: SetupError) -> Self {
+        Failed(e)
+    }
+}
+
+/// Whether a JetStream API error means "not now" (no leader yet, no responders, a timeout)
+/// rather than a refusal.
+fn not_yet(code: Option<jetstream::ErrorCode>) -> bool {
+    use jetstream::ErrorCode;
+    code.is_none_or(|code| {
+        [
+            ErrorCode::CLUSTER_NOT_AVAILABLE,
+            ErrorCode::CLUSTER_NOT_ACTIVE,
+            ErrorCode::CLUSTER_NOT_LEADER,
+            ErrorCode::CLUSTER_NOT_ASSIGNED,
+        ]
+        .contains(&code)
+    })
+}
+
+/// Account information answers once JetStream is up, and a cluster has a meta leader.
+async fn jetstream_ready(js: &jetstream::Context) -> Result<(), Stop> {
+    use jetstream::context::AccountErrorKind;
+    match js.query_account().await {
+        Ok(_) => Ok(()),
+        Err(e) => match e.kind() {
+            AccountErrorKind::JetStream(inner) if !not_yet(Some(inner.error_code())) => {
+                Err(Failed(SetupError::Unavailable {
+                    waited: Duration::ZERO,
+                    reason: e.to_string(),
+                }))
+            }
+            _ => Err(NotYet(e.to_string())),
+        },
+    }
+}
+
+async fn setup_once(
+    js: &jetstream::Context,
+    topology: &Topology,
+    update: bool,
+) -> Result<(), Stop> {
+    jetstream_ready(js).await?;
     create_streams(js, topology, update).await?;
     let mut jobs = get_stream(js, STREAM_JOBS).await?;
     if !update {
@@ -383,7 +473,7 @@ async fn setup(
     }
     create_consumers(js, &jobs, topology, update).await?;
     create_buckets(js, topology, update).await?;
-    ensure_data_bucket(js, topology, update).await
+    Ok(ensure_data_bucket(js, topology, update).await?)
 }
 
 /// Every stream: created when missing; with `update`, set to `topology`'s configuration.
@@ -391,7 +481,7 @@ async fn create_streams(
     js: &jetstream::Context,
     topology: &Topology,
     update: bool,
-) -> Result<(), SetupError> {
+) -> Result<(), Stop> {
     for config in [
         topology.jobs_stream(),
         topology.results_stream(),
@@ -404,7 +494,7 @@ async fn create_streams(
             js.create_or_update_stream(config)
                 .await
                 .map_err(|source| SetupError::Stream { stream, source })?;
-        } else if js.get_stream(stream).await.is_err() {
+        } else if stream_missing(js, stream).await? {
             js.create_or_update_stream(config)
                 .await
                 .map_err(|source| SetupError::Missing {
@@ -414,6 +504,23 @@ async fn create_streams(
         }
     }
     Ok(())
+}
+
+/// Whether `stream` does not exist. Any other failure to read it is "not yet": creating it
+/// then would reset an existing stream to this process's defaults.
+async fn stream_missing(js: &jetstream::Context, stream: &str) -> Result<bool, Stop> {
+    use jetstream::context::GetStreamErrorKind;
+    match js.get_stream(stream).await {
+        Ok(_) => Ok(false),
+        Err(e) => match e.kind() {
+            GetStreamErrorKind::JetStream(inner)
+                if inner.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
+            {
+                Ok(true)
+            }
+            _ => Err(NotYet(format!("reading stream {stream}: {e}"))),
+        },
+    }
 }
 
 /// Streams made before copies had a subject of their own would refuse every routed copy and

@@ -1,0 +1,57 @@
+//! A role started before JetStream answers — a cluster still electing its leader under
+//! `docker compose up`, a server restarted with JetStream a moment later — waits for it
+//! instead of exiting, and says so.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::KILN;
+use kiln_testkit::NatsServer;
+
+#[test]
+fn init_waits_for_jetstream_to_come_up() {
+    // A server without JetStream: the JetStream API has no responders.
+    let mut plain = NatsServer::start_with_args(&["-js=false"]);
+    let port = plain.port();
+    let url = plain.url();
+    let mut init = Command::new(KILN)
+        .arg("init")
+        .env("NATS_URL", &url)
+        .env("RUST_LOG", "warn")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run kiln init");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        init.try_wait().unwrap().is_none(),
+        "kiln init gave up while JetStream was not answering"
+    );
+
+    // The same address, now with JetStream: init finishes and the streams are there.
+    plain.kill();
+    let server = NatsServer::start_with_args(&["-p", &port.to_string()]);
+    assert_eq!(server.port(), port);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while init.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "kiln init did not finish");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let output = init.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "kiln init failed: {stderr}");
+    assert!(
+        stderr.contains("JetStream is not answering yet"),
+        "the wait is logged: {stderr}"
+    );
+    let status = Command::new(KILN)
+        .arg("status")
+        .env("NATS_URL", server.url())
+        .output()
+        .unwrap();
+    assert!(status.status.success());
+    assert!(String::from_utf8_lossy(&status.stdout).contains("KILN_JOBS"));
+}
