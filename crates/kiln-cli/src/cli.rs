@@ -216,7 +216,7 @@ pub struct WorkerArgs {
     /// Device to run jobs on: cpu, cuda, cuda:N, or auto (CUDA when present, else CPU).
     #[arg(long, env = "KILN_DEVICE", default_value = "auto")]
     pub device: String,
-    /// Worker name reported in result events (default: host-device-pid).
+    /// Worker name reported in result events (default: host-device-pid-RANDOM, unique per process).
     #[arg(long, env = "KILN_WORKER_NAME")]
     pub name: Option<String>,
     /// Jobs held at once: computing, waiting for a compute slot, or publishing results.

@@ -84,6 +84,27 @@ pub fn job_key(id: &str) -> String {
     }
 }
 
+/// A default name for one running role: `<host>-<role>-<pid>-<random>`. The random part keeps
+/// apart two containers on one host network, which share the host name and both run as pid 1.
+pub fn instance_name(role: &str) -> String {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    // RandomState is seeded from the OS's randomness for each process.
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    format!(
+        "{host}-{role}-{}-{:04x}",
+        std::process::id(),
+        random & 0xffff
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -90,12 +90,5 @@ impl WorkerConfig {
 }
 
 fn default_name(device: &ComputeDevice) -> String {
-    let host = std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into());
-    let device = device.to_string().replace(':', "");
-    format!("{host}-{device}-{}", std::process::id())
+    kiln_proto::instance_name(&device.to_string().replace(':', ""))
 }

@@ -143,10 +143,10 @@ pub async fn aggregator(nats: &NatsArgs, args: AggregatorArgs) -> anyhow::Result
 }
 
 pub async fn scheduler(nats: &NatsArgs, args: SchedulerArgs) -> anyhow::Result<ExitCode> {
-    let name = args.name.clone().unwrap_or_else(|| {
-        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
-        format!("{host}-scheduler-{}", std::process::id())
-    });
+    let name = args
+        .name
+        .clone()
+        .unwrap_or_else(|| kiln_proto::instance_name("scheduler"));
     let mut config = kiln_scheduler::SchedulerConfig::new(name);
     config.topology = super::topology(nats);
     config.refresh = Duration::from_millis(args.refresh_ms.max(10));
