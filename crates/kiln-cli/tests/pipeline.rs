@@ -545,26 +545,31 @@ fn demo_runs_to_completion_with_an_embedded_server() {
 async fn long_job_is_kept_alive_by_progress_acks_and_runs_once() {
     let mut cluster = Cluster::new();
     cluster.init().await;
-    // An ack wait of 1 s, and a training job that runs for several seconds: only the
-    // in-progress acks keep the server from redelivering it.
+    // An ack wait of 1 s on the consumer (which the worker follows), and a training job that
+    // runs for several seconds: only the in-progress acks keep the server from redelivering it.
+    let client = cluster.client().await;
+    let js = jetstream::new(client.clone());
+    let stream = js.get_stream("KILN_JOBS").await.unwrap();
+    let mut config = stream
+        .consumer_info("workers-cpu")
+        .await
+        .unwrap()
+        .config
+        .clone();
+    config.ack_wait = Duration::from_secs(1);
+    stream
+        .update_consumer(config)
+        .await
+        .expect("set a 1 s ack wait");
     cluster.spawn(
         "worker",
-        &[
-            "worker",
-            "--device",
-            "cpu",
-            "--name",
-            "slow-worker",
-            "--ack-wait-s",
-            "1",
-        ],
+        &["worker", "--device", "cpu", "--name", "slow-worker"],
     );
-    let client = cluster.client().await;
     let out = cluster.kiln(&[
         "submit",
         "train_mlp",
         "-p",
-        "epochs=400",
+        "epochs=1500",
         "-p",
         "samples=1024",
         "--id",
@@ -580,9 +585,8 @@ async fn long_job_is_kept_alive_by_progress_acks_and_runs_once() {
         event.compute_ms
     );
     assert_eq!(event.attempt, 1);
-    let js = jetstream::new(client.clone());
-    let stream = js.get_stream("KILN_JOBS").await.unwrap();
     let info = stream.consumer_info("workers-cpu").await.unwrap();
+    assert_eq!(info.config.ack_wait, Duration::from_secs(1));
     assert_eq!(info.num_redelivered, 0, "no redelivery while the job ran");
     assert_eq!(info.num_ack_pending, 0);
     let (stored, _) = common::stored_results(&client).await;
