@@ -461,13 +461,16 @@ class Client:
             )
         if isinstance(e, (nats.js.errors.NoStreamResponseError, nats.errors.NoRespondersError)):
             return (
-                f"no JetStream stream takes {subject}, so job {p.job_id} was not stored: kiln's "
-                "streams do not exist on this server yet; run `kiln init` (is it nats-server -js?)"
+                f"no JetStream stream answered on {subject}, so job {p.job_id} was not stored: "
+                "either kiln's streams do not exist on this server yet (run `kiln init`; is it "
+                "nats-server -js?) or a cluster is electing a new leader for KILN_JOBS (submit "
+                "it again in a moment: the same job id is stored at most once)"
             )
         if isinstance(e, asyncio.TimeoutError):
             return (
                 f"job {p.job_id}: no acknowledgement from JetStream within {ACK_TIMEOUT:.0f} s on "
-                f"{subject}; check that the server runs with JetStream (nats-server -js)"
+                f"{subject}; it may or may not be stored (submit it again: the same job id is "
+                "stored at most once); check that the server runs with JetStream (nats-server -js)"
             )
         if isinstance(e, nats.js.errors.APIError):
             return (
