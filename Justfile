@@ -16,9 +16,9 @@ default:
 demo *ARGS:
     cargo run --quiet -p kiln-cli -- demo {{ARGS}}
 
-# Run the whole test suite: formatting, lints, unit and integration tests (all of them, even after a failure), then the Python client against real processes
+# Run the whole test suite: formatting, lints, alert rules, unit and integration tests (all of them, even after a failure), then the Python client against real processes and the dashboard against a live Prometheus
 [group('check')]
-test: fmt-check lint lint-docker deny rules-check && test-python
+test: fmt-check lint lint-docker deny rules-check && test-python dashboard-check
     cargo test --workspace --all-targets --no-fail-fast
     cargo test --workspace --doc
 
@@ -86,6 +86,12 @@ rules-check:
     fi
     promtool check rules deploy/prometheus/rules/*.yml
     promtool test rules deploy/prometheus/tests/*.test.yml
+
+# Check the Grafana dashboard live: nats-server, kiln's aggregator, scheduler and two workers, and a real Prometheus scraping them with the alert rules; under load every panel query of deploy/grafana/kiln.json must return data, the rules load, a dead letter raises its alert
+[group('check')]
+dashboard-check *ARGS:
+    cargo build -p kiln-cli
+    KILN_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/kiln" python3 scripts/dashboard-check.py {{ARGS}}
 
 # Soak test (not in CI): KILN_SOAK_JOBS mixed jobs (default 1,000,000) through a 3-node cluster with random kills of workers, scheduler, aggregator and nodes; checks exactly-once answers, aggregator counts and flat memory
 [group('check')]
