@@ -177,7 +177,7 @@ def substitute(expr: str, rate_interval: str) -> str:
 
 def check_dashboard_shape(dashboard: dict) -> None:
     if dashboard.get("schemaVersion", 0) < 39:
-        fail(f"schemaVersion {dashboard.get('schemaVersion')} is older than Grafana 11's (39)")
+        fail(f"schemaVersion {dashboard.get('schemaVersion')} is older than Grafana 11's (39); kiln.json is written for Grafana 12 (41)")
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
     ds = variables.get("datasource")
     if not ds or ds["type"] != "datasource" or ds["query"] != "prometheus":
