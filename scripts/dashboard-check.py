@@ -34,11 +34,17 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
+from typing import ClassVar
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "deploy/grafana/kiln.json"
 RULES = sorted(glob.glob(str(ROOT / "deploy/prometheus/rules/*.yml")))
-ALERTS = {"KilnDeadLettersGrowing", "KilnBacklogWithoutWorkers", "KilnJobFailureRatioHigh", "KilnRoleDown"}
+ALERTS = {
+    "KilnDeadLettersGrowing",
+    "KilnBacklogWithoutWorkers",
+    "KilnJobFailureRatioHigh",
+    "KilnRoleDown",
+}
 WAIT_S = 90.0  # --wait-s
 
 
@@ -83,8 +89,10 @@ class Processes:
         self.dir, self.env, self.children = dir, env, []
 
     def start(self, name: str, args: list[str]) -> None:
-        log = open(self.dir / f"{name}.log", "wb")
-        child = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.dir)
+        log = open(self.dir / f"{name}.log", "wb")  # noqa: SIM115 (closed in stop())
+        child = subprocess.Popen(
+            args, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.dir
+        )
         self.children.append((name, child, log))
 
     def check_alive(self) -> None:
@@ -119,7 +127,12 @@ def nats_publish(port: int, subject: str, msg_id: str, body: bytes) -> None:
             raise OSError("nats-server did not greet with INFO")
         headers = f"NATS/1.0\r\nNats-Msg-Id: {msg_id}\r\n\r\n".encode()
         s.sendall(b'CONNECT {"verbose":false,"pedantic":false,"headers":true,"protocol":1}\r\n')
-        s.sendall(f"HPUB {subject} {len(headers)} {len(headers) + len(body)}\r\n".encode() + headers + body + b"\r\n")
+        s.sendall(
+            f"HPUB {subject} {len(headers)} {len(headers) + len(body)}\r\n".encode()
+            + headers
+            + body
+            + b"\r\n"
+        )
         s.sendall(b"PING\r\n")
         while (line := f.readline()) and not line.startswith(b"PONG"):
             if line.startswith(b"-ERR"):
@@ -167,8 +180,13 @@ def panels_of(dashboard: dict) -> list[dict]:
 
 
 def substitute(expr: str, rate_interval: str) -> str:
-    for name, value in [("$__rate_interval", rate_interval), ("${kind}", ".*"), ("$kind", ".*"),
-                        ("${class}", ".*"), ("$class", ".*")]:
+    for name, value in [
+        ("$__rate_interval", rate_interval),
+        ("${kind}", ".*"),
+        ("$kind", ".*"),
+        ("${class}", ".*"),
+        ("$class", ".*"),
+    ]:
         expr = expr.replace(name, value)
     if "$" in expr.replace("${1}", ""):
         fail(f"a Grafana variable this check does not know is left in {expr!r}")
@@ -177,7 +195,9 @@ def substitute(expr: str, rate_interval: str) -> str:
 
 def check_dashboard_shape(dashboard: dict) -> None:
     if dashboard.get("schemaVersion", 0) < 39:
-        fail(f"schemaVersion {dashboard.get('schemaVersion')} is older than Grafana 11's (39); kiln.json is written for Grafana 12 (41)")
+        fail(
+            f"schemaVersion {dashboard.get('schemaVersion')} is older than Grafana 11's (39); kiln.json is written for Grafana 12 (41)"
+        )
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
     ds = variables.get("datasource")
     if not ds or ds["type"] != "datasource" or ds["query"] != "prometheus":
@@ -195,7 +215,7 @@ class Load(threading.Thread):
     speedup compares a size bucket across classes), small matmuls, and jobs that fail
     validation on the worker."""
 
-    BATCHES = [
+    BATCHES: ClassVar[list[list[str]]] = [
         ["vector_add", "-p", "len=4096", "-d", "cpu", "--count", "20"],
         ["vector_add", "-p", "len=4096", "-d", "gpu", "--count", "10"],
         ["vector_add", "-p", "len=4096", "-d", "auto", "--count", "10"],
@@ -207,7 +227,12 @@ class Load(threading.Thread):
 
     def __init__(self, kiln: str, env: dict[str, str], nats_port: int, max_rounds: int):
         super().__init__(daemon=True)
-        self.kiln, self.env, self.nats_port, self.max_rounds = kiln, env, nats_port, max_rounds
+        self.kiln, self.env, self.nats_port, self.max_rounds = (
+            kiln,
+            env,
+            nats_port,
+            max_rounds,
+        )
         self.stopped = threading.Event()
         self.submitted = 0
         self.failing = 0
@@ -218,7 +243,13 @@ class Load(threading.Thread):
             if self.stopped.is_set():
                 return
             for batch in self.BATCHES:
-                out = subprocess.run([self.kiln, "submit", *batch], env=self.env, capture_output=True, text=True)
+                out = subprocess.run(
+                    [self.kiln, "submit", *batch],
+                    check=False,
+                    env=self.env,
+                    capture_output=True,
+                    text=True,
+                )
                 if out.returncode != 0:
                     self.errors.append(f"kiln submit {' '.join(batch)}: {out.stderr.strip()}")
                 else:
@@ -226,7 +257,12 @@ class Load(threading.Thread):
             for _ in range(3):
                 self.failing += 1
                 try:
-                    nats_publish(self.nats_port, "jobs.cpu.vector_add", f"invalid-{self.failing}", self.INVALID)
+                    nats_publish(
+                        self.nats_port,
+                        "jobs.cpu.vector_add",
+                        f"invalid-{self.failing}",
+                        self.INVALID,
+                    )
                 except OSError as e:
                     self.errors.append(f"publishing an invalid job: {e}")
             self.stopped.wait(1.0)
@@ -238,16 +274,28 @@ def main() -> int:
     target = os.environ.get("CARGO_TARGET_DIR", str(ROOT / "target"))
     parser.add_argument("--kiln", default=os.environ.get("KILN_BIN", f"{target}/debug/kiln"))
     parser.add_argument("--rate-interval", default="30s", help="what $__rate_interval becomes")
-    parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, config)")
-    parser.add_argument("--wait-s", type=float, default=WAIT_S, help="how long each query may take to return data")
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the temporary directory (logs, config)",
+    )
+    parser.add_argument(
+        "--wait-s",
+        type=float,
+        default=WAIT_S,
+        help="how long each query may take to return data",
+    )
     args = parser.parse_args()
     WAIT_S = args.wait_s
 
     tools = {name: shutil.which(name) for name in ["nats-server", "prometheus", "promtool"]}
     missing = [name for name, path in tools.items() if not path]
     if missing:
-        print(f"dashboard-check: {', '.join(missing)} not found: dashboard NOT checked; run it as "
-              "./dev dashboard-check (it installs them into .tools/)", file=sys.stderr)
+        print(
+            f"dashboard-check: {', '.join(missing)} not found: dashboard NOT checked; run it as "
+            "./dev dashboard-check (it installs them into .tools/)",
+            file=sys.stderr,
+        )
         return 1 if os.environ.get("CI") else 0
     if not os.access(args.kiln, os.X_OK):
         fail(f"no kiln binary at {args.kiln}; build it (cargo build -p kiln-cli) or set KILN_BIN")
@@ -262,69 +310,169 @@ def main() -> int:
     # Small streams: JetStream reserves each stream's maximum out of the store's share of the
     # free disk, and kiln's defaults (4 GiB of results, 8 GiB of data) need more than a
     # build machine may have.
-    env = {**os.environ, "NATS_URL": f"nats://127.0.0.1:{nats_port}", "RUST_LOG": "warn",
-           "KILN_RESULTS_MAX_BYTES": str(256 << 20), "KILN_DATA_MAX_BYTES": str(256 << 20)}
+    env = {
+        **os.environ,
+        "NATS_URL": f"nats://127.0.0.1:{nats_port}",
+        "RUST_LOG": "warn",
+        "KILN_RESULTS_MAX_BYTES": str(256 << 20),
+        "KILN_DATA_MAX_BYTES": str(256 << 20),
+    }
     env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
     procs = Processes(tmp, env)
     load = None
     try:
-        procs.start("nats-server", [tools["nats-server"], "-a", "127.0.0.1", "-p", str(nats_port), "-js",
-                                    "-sd", str(tmp / "jetstream")])
-        wait_until("nats-server listens", lambda: socket.socket().connect_ex(("127.0.0.1", nats_port)) == 0)
-        init = subprocess.run([args.kiln, "init"], env=env, capture_output=True, text=True)
+        procs.start(
+            "nats-server",
+            [
+                tools["nats-server"],
+                "-a",
+                "127.0.0.1",
+                "-p",
+                str(nats_port),
+                "-js",
+                "-sd",
+                str(tmp / "jetstream"),
+            ],
+        )
+        wait_until(
+            "nats-server listens",
+            lambda: socket.socket().connect_ex(("127.0.0.1", nats_port)) == 0,
+        )
+        init = subprocess.run(
+            [args.kiln, "init"], check=False, env=env, capture_output=True, text=True
+        )
         if init.returncode != 0:
             fail(f"kiln init: {init.stderr.strip()}")
-        procs.start("aggregator", [args.kiln, "aggregator", "--interval-ms", "500",
-                                   "--metrics-addr", f"127.0.0.1:{ports['aggregator']}"])
-        procs.start("scheduler", [args.kiln, "scheduler", "--metrics-addr", f"127.0.0.1:{ports['scheduler']}"])
-        procs.start("worker-cpu", [args.kiln, "worker", "--device", "cpu", "--name", "check-cpu",
-                                   "--metrics-addr", f"127.0.0.1:{ports['worker-cpu']}"])
-        procs.start("worker-gpu", [args.kiln, "worker", "--device", "cpu", "--serve-class", "gpu",
-                                   "--name", "check-gpu-class", "--metrics-addr", f"127.0.0.1:{ports['worker-gpu']}"])
+        procs.start(
+            "aggregator",
+            [
+                args.kiln,
+                "aggregator",
+                "--interval-ms",
+                "500",
+                "--metrics-addr",
+                f"127.0.0.1:{ports['aggregator']}",
+            ],
+        )
+        procs.start(
+            "scheduler",
+            [
+                args.kiln,
+                "scheduler",
+                "--metrics-addr",
+                f"127.0.0.1:{ports['scheduler']}",
+            ],
+        )
+        procs.start(
+            "worker-cpu",
+            [
+                args.kiln,
+                "worker",
+                "--device",
+                "cpu",
+                "--name",
+                "check-cpu",
+                "--metrics-addr",
+                f"127.0.0.1:{ports['worker-cpu']}",
+            ],
+        )
+        procs.start(
+            "worker-gpu",
+            [
+                args.kiln,
+                "worker",
+                "--device",
+                "cpu",
+                "--serve-class",
+                "gpu",
+                "--name",
+                "check-gpu-class",
+                "--metrics-addr",
+                f"127.0.0.1:{ports['worker-gpu']}",
+            ],
+        )
 
         config = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "rule_files": RULES,
-            "scrape_configs": [{
-                "job_name": "kiln",
-                "static_configs": [
-                    {"targets": [f"127.0.0.1:{ports['aggregator']}"], "labels": {"role": "aggregator"}},
-                    {"targets": [f"127.0.0.1:{ports['scheduler']}"], "labels": {"role": "scheduler"}},
-                    {"targets": [f"127.0.0.1:{ports['worker-cpu']}"], "labels": {"role": "worker", "class": "cpu"}},
-                    {"targets": [f"127.0.0.1:{ports['worker-gpu']}"], "labels": {"role": "worker", "class": "gpu"}},
-                ],
-            }],
+            "scrape_configs": [
+                {
+                    "job_name": "kiln",
+                    "static_configs": [
+                        {
+                            "targets": [f"127.0.0.1:{ports['aggregator']}"],
+                            "labels": {"role": "aggregator"},
+                        },
+                        {
+                            "targets": [f"127.0.0.1:{ports['scheduler']}"],
+                            "labels": {"role": "scheduler"},
+                        },
+                        {
+                            "targets": [f"127.0.0.1:{ports['worker-cpu']}"],
+                            "labels": {"role": "worker", "class": "cpu"},
+                        },
+                        {
+                            "targets": [f"127.0.0.1:{ports['worker-gpu']}"],
+                            "labels": {"role": "worker", "class": "gpu"},
+                        },
+                    ],
+                }
+            ],
         }
         # JSON is YAML: no YAML library needed.
         (tmp / "prometheus.yml").write_text(json.dumps(config, indent=2))
-        procs.start("prometheus", [tools["prometheus"], f"--config.file={tmp / 'prometheus.yml'}",
-                                   f"--storage.tsdb.path={tmp / 'prometheus'}",
-                                   f"--web.listen-address=127.0.0.1:{prom_port}"])
+        procs.start(
+            "prometheus",
+            [
+                tools["prometheus"],
+                f"--config.file={tmp / 'prometheus.yml'}",
+                f"--storage.tsdb.path={tmp / 'prometheus'}",
+                f"--web.listen-address=127.0.0.1:{prom_port}",
+            ],
+        )
         prom = Prometheus(prom_port)
 
         for role, port in ports.items():
-            wait_until(f"{role} ready (/readyz)",
-                       lambda: (procs.check_alive(), http_get(f"http://127.0.0.1:{port}/readyz")[0] == 200)[1])
+            wait_until(
+                f"{role} ready (/readyz)",
+                lambda port=port: (
+                    procs.check_alive(),
+                    http_get(f"http://127.0.0.1:{port}/readyz")[0] == 200,
+                )[1],
+            )
         wait_until("Prometheus ready", lambda: http_get(f"{prom.base}/-/ready")[0] == 200)
-        wait_until("Prometheus scraping all four kiln targets",
-                   lambda: finite_series(prom.query('up{job="kiln"} == 1')) == 4)
+        wait_until(
+            "Prometheus scraping all four kiln targets",
+            lambda: finite_series(prom.query('up{job="kiln"} == 1')) == 4,
+        )
         # The dead-letter alert compares with the lowest count of its window: let Prometheus
         # see an empty KILN_DLQ first.
-        wait_until("kiln_dead_letters = 0 in Prometheus",
-                   lambda: finite_series(prom.query("kiln_dead_letters == 0")) == 1)
+        wait_until(
+            "kiln_dead_letters = 0 in Prometheus",
+            lambda: finite_series(prom.query("kiln_dead_letters == 0")) == 1,
+        )
 
         load = Load(args.kiln, env, nats_port, max_rounds=120)
         load.start()
-        nats_publish(nats_port, "dlq.vector_add", "dashboard-check-dead-letter", b'{"params":{"len":8}}')
+        nats_publish(
+            nats_port,
+            "dlq.vector_add",
+            "dashboard-check-dead-letter",
+            b'{"params":{"len":8}}',
+        )
 
         # Every template variable's label_values(metric, label) has values.
         variables = [v for v in dashboard["templating"]["list"] if v["type"] == "query"]
         for v in variables:
             definition = v["definition"]
-            inner = definition[definition.index("(") + 1: definition.rindex(")")]
+            inner = definition[definition.index("(") + 1 : definition.rindex(")")]
             metric, label = [part.strip() for part in inner.split(",")]
-            wait_until(f"variable ${v['name']}: {definition} has values",
-                       lambda: prom.api(f"label/{label}/values", **{"match[]": metric}).get("data"))
+            wait_until(
+                f"variable ${v['name']}: {definition} has values",
+                lambda label=label, metric=metric: prom.api(
+                    f"label/{label}/values", **{"match[]": metric}
+                ).get("data"),
+            )
 
         # Every panel target returns data.
         checked = []
@@ -338,7 +486,10 @@ def main() -> int:
                         fail("submissions failed:\n" + "\n".join(load.errors[:5]))
                     return finite_series(prom.query(expr))
 
-                series = wait_until(f"panel {panel['title']!r} target {t['refId']}: no data for {expr}", answered)
+                series = wait_until(
+                    f"panel {panel['title']!r} target {t['refId']}: no data for {expr}",
+                    answered,
+                )
                 checked.append((panel["title"], t["refId"], series))
                 print(f"  {series:3d} series  {panel['title']} [{t['refId']}]")
 
@@ -347,19 +498,39 @@ def main() -> int:
             groups = prom.api("rules").get("data", {}).get("groups", [])
             rules = [r for g in groups for r in g["rules"]]
             names = {r["name"] for r in rules}
-            ok = names == ALERTS and all(r["health"] == "ok" and r.get("lastEvaluation", "").startswith("2")
-                                         for r in rules)
+            ok = names == ALERTS and all(
+                r["health"] == "ok" and r.get("lastEvaluation", "").startswith("2") for r in rules
+            )
             return (len(rules), len(groups)) if ok else None
-        n_rules, n_groups = wait_until(f"the rules {sorted(ALERTS)} loaded and healthy in /api/v1/rules",
-                                       rules_healthy)
+
+        n_rules, n_groups = wait_until(
+            f"the rules {sorted(ALERTS)} loaded and healthy in /api/v1/rules",
+            rules_healthy,
+        )
 
         # The dead letter raised its alert (pending for its first minute).
         def dead_letter_alert():
             alerts = prom.api("alerts").get("data", {}).get("alerts", [])
-            return next((a["state"] for a in alerts if a["labels"]["alertname"] == "KilnDeadLettersGrowing"), None)
-        state = wait_until("KilnDeadLettersGrowing pending or firing after a dead letter", dead_letter_alert)
+            return next(
+                (
+                    a["state"]
+                    for a in alerts
+                    if a["labels"]["alertname"] == "KilnDeadLettersGrowing"
+                ),
+                None,
+            )
 
-        promtool = subprocess.run([tools["promtool"], "check", "rules", *RULES], capture_output=True, text=True)
+        state = wait_until(
+            "KilnDeadLettersGrowing pending or firing after a dead letter",
+            dead_letter_alert,
+        )
+
+        promtool = subprocess.run(
+            [tools["promtool"], "check", "rules", *RULES],
+            check=False,
+            capture_output=True,
+            text=True,
+        )
         if promtool.returncode != 0:
             fail(f"promtool check rules:\n{promtool.stdout}{promtool.stderr}")
 
@@ -368,10 +539,12 @@ def main() -> int:
         if load.errors:
             fail("submissions failed:\n" + "\n".join(load.errors[:5]))
         panels = len(panels_of(dashboard))
-        print(f"dashboard-check: {panels} panels, {len(checked)} panel queries and {len(variables)} template "
-              f"variables returned data from Prometheus scraping 4 kiln processes under load "
-              f"({load.submitted} jobs submitted, {load.failing} invalid ones published); {n_rules} alert rules in {n_groups} group(s) loaded and "
-              f"healthy; KilnDeadLettersGrowing {state} after one dead letter; promtool check rules passed")
+        print(
+            f"dashboard-check: {panels} panels, {len(checked)} panel queries and {len(variables)} template "
+            f"variables returned data from Prometheus scraping 4 kiln processes under load "
+            f"({load.submitted} jobs submitted, {load.failing} invalid ones published); {n_rules} alert rules in {n_groups} group(s) loaded and "
+            f"healthy; KilnDeadLettersGrowing {state} after one dead letter; promtool check rules passed"
+        )
         return 0
     finally:
         if load is not None:
