@@ -268,26 +268,156 @@ class Load(threading.Thread):
             self.stopped.wait(1.0)
 
 
-def main() -> int:
-    global WAIT_S
+ROLES = ["aggregator", "scheduler", "worker-cpu", "worker-gpu"]
+
+
+def role_args(kiln: str, ports: dict[str, int]) -> dict[str, list[str]]:
+    """Each kiln role's command line: the GPU class is served by a CPU worker, so that the
+    GPU speedup has both classes on a machine without a GPU."""
+    metrics = {role: ["--metrics-addr", f"127.0.0.1:{port}"] for role, port in ports.items()}
+    return {
+        "aggregator": [kiln, "aggregator", "--interval-ms", "500", *metrics["aggregator"]],
+        "scheduler": [kiln, "scheduler", *metrics["scheduler"]],
+        "worker-cpu": [kiln, "worker", "--device", "cpu", "--name", "check-cpu",
+                       *metrics["worker-cpu"]],
+        "worker-gpu": [kiln, "worker", "--device", "cpu", "--serve-class", "gpu",
+                       "--name", "check-gpu-class", *metrics["worker-gpu"]],
+    }  # fmt: skip
+
+
+def prometheus_config(ports: dict[str, int]) -> str:
+    """Scrape every role each second as job `kiln`, with the labels of compose's config; the
+    rules loaded. JSON is YAML, so no YAML library is needed."""
+    labels = {
+        "aggregator": {"role": "aggregator"},
+        "scheduler": {"role": "scheduler"},
+        "worker-cpu": {"role": "worker", "class": "cpu"},
+        "worker-gpu": {"role": "worker", "class": "gpu"},
+    }
+    static = [{"targets": [f"127.0.0.1:{ports[r]}"], "labels": labels[r]} for r in ROLES]
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": RULES,
+        "scrape_configs": [{"job_name": "kiln", "static_configs": static}],
+    }
+    return json.dumps(config, indent=2)
+
+
+def start_system(kiln: str, tools: dict[str, str], tmp: Path, procs: Processes) -> Prometheus:
+    """nats-server, `kiln init`, the four roles and Prometheus, each answering before the next
+    step; returns the Prometheus."""
+    nats_port = int(procs.env["NATS_URL"].rsplit(":", 1)[1])
+    procs.start("nats-server", [tools["nats-server"], "-a", "127.0.0.1", "-p", str(nats_port),
+                                "-js", "-sd", str(tmp / "jetstream")])  # fmt: skip
+    wait_until(
+        "nats-server listens", lambda: socket.socket().connect_ex(("127.0.0.1", nats_port)) == 0
+    )
+    init = subprocess.run(
+        [kiln, "init"], check=False, env=procs.env, capture_output=True, text=True
+    )
+    if init.returncode != 0:
+        fail(f"kiln init: {init.stderr.strip()}")
+    ports = {role: free_port() for role in ROLES}
+    for role, args in role_args(kiln, ports).items():
+        procs.start(role, args)
+    (tmp / "prometheus.yml").write_text(prometheus_config(ports))
+    prom = Prometheus(free_port())
+    procs.start("prometheus", [tools["prometheus"], f"--config.file={tmp / 'prometheus.yml'}",
+                               f"--storage.tsdb.path={tmp / 'prometheus'}",
+                               f"--web.listen-address={prom.base.removeprefix('http://')}"])  # fmt: skip
+    for role, port in ports.items():
+        wait_until(
+            f"{role} ready (/readyz)",
+            lambda port=port: (
+                procs.check_alive(),
+                http_get(f"http://127.0.0.1:{port}/readyz")[0] == 200,
+            )[1],
+        )
+    wait_until("Prometheus ready", lambda: http_get(f"{prom.base}/-/ready")[0] == 200)
+    wait_until(
+        "Prometheus scraping all four kiln targets",
+        lambda: finite_series(prom.query('up{job="kiln"} == 1')) == len(ROLES),
+    )
+    return prom
+
+
+def check_variables(dashboard: dict, prom: Prometheus) -> int:
+    """Every template variable's label_values(metric, label) has values; returns how many."""
+    variables = [v for v in dashboard["templating"]["list"] if v["type"] == "query"]
+    for v in variables:
+        definition = v["definition"]
+        inner = definition[definition.index("(") + 1 : definition.rindex(")")]
+        metric, label = [part.strip() for part in inner.split(",")]
+        wait_until(
+            f"variable ${v['name']}: {definition} has values",
+            lambda label=label, metric=metric: prom.api(
+                f"label/{label}/values", **{"match[]": metric}
+            ).get("data"),
+        )
+    return len(variables)
+
+
+def check_panels(dashboard: dict, prom: Prometheus, rate_interval: str, watch) -> int:
+    """Every panel target returns at least one finite series; returns how many targets.
+    `watch` is called at every poll (it fails when a process or the load did)."""
+    checked = 0
+    for panel in panels_of(dashboard):
+        for t in panel["targets"]:
+            expr = substitute(t["expr"], rate_interval)
+
+            def answered(expr=expr):
+                watch()
+                return finite_series(prom.query(expr))
+
+            series = wait_until(
+                f"panel {panel['title']!r} target {t['refId']}: no data for {expr}", answered
+            )
+            checked += 1
+            print(f"  {series:3d} series  {panel['title']} [{t['refId']}]")
+    return checked
+
+
+def check_rules(prom: Prometheus) -> int:
+    """kiln's alert rules are loaded and evaluate without error; returns how many rules."""
+
+    def healthy():
+        groups = prom.api("rules").get("data", {}).get("groups", [])
+        rules = [r for g in groups for r in g["rules"]]
+        ok = {r["name"] for r in rules} == ALERTS and all(
+            r["health"] == "ok" and r.get("lastEvaluation", "").startswith("2") for r in rules
+        )
+        return len(rules) if ok else None
+
+    return wait_until(f"the rules {sorted(ALERTS)} loaded and healthy in /api/v1/rules", healthy)
+
+
+def check_dead_letter_alert(prom: Prometheus) -> str:
+    """KilnDeadLettersGrowing is pending (its first minute) or firing; returns which."""
+
+    def state():
+        alerts = prom.api("alerts").get("data", {}).get("alerts", [])
+        names = {a["labels"]["alertname"]: a["state"] for a in alerts}
+        return names.get("KilnDeadLettersGrowing")
+
+    return wait_until("KilnDeadLettersGrowing pending or firing after a dead letter", state)
+
+
+def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     target = os.environ.get("CARGO_TARGET_DIR", str(ROOT / "target"))
     parser.add_argument("--kiln", default=os.environ.get("KILN_BIN", f"{target}/debug/kiln"))
     parser.add_argument("--rate-interval", default="30s", help="what $__rate_interval becomes")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     parser.add_argument(
-        "--keep",
-        action="store_true",
-        help="keep the temporary directory (logs, config)",
+        "--wait-s", type=float, default=WAIT_S, help="how long each query may take to return data"
     )
-    parser.add_argument(
-        "--wait-s",
-        type=float,
-        default=WAIT_S,
-        help="how long each query may take to return data",
-    )
-    args = parser.parse_args()
-    WAIT_S = args.wait_s
+    return parser.parse_args()
 
+
+def main() -> int:
+    global WAIT_S
+    args = arguments()
+    WAIT_S = args.wait_s
     tools = {name: shutil.which(name) for name in ["nats-server", "prometheus", "promtool"]}
     missing = [name for name, path in tools.items() if not path]
     if missing:
@@ -299,14 +429,11 @@ def main() -> int:
         return 1 if os.environ.get("CI") else 0
     if not os.access(args.kiln, os.X_OK):
         fail(f"no kiln binary at {args.kiln}; build it (cargo build -p kiln-cli) or set KILN_BIN")
-
     dashboard = json.loads(DASHBOARD.read_text())
     check_dashboard_shape(dashboard)
 
     tmp = Path(tempfile.mkdtemp(prefix="kiln-dashboard-check-"))
     nats_port = free_port()
-    ports = {role: free_port() for role in ["aggregator", "scheduler", "worker-cpu", "worker-gpu"]}
-    prom_port = free_port()
     # Small streams: JetStream reserves each stream's maximum out of the store's share of the
     # free disk, and kiln's defaults (4 GiB of results, 8 GiB of data) need more than a
     # build machine may have.
@@ -319,212 +446,27 @@ def main() -> int:
     }
     env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
     procs = Processes(tmp, env)
-    load = None
+    load = Load(args.kiln, env, nats_port, max_rounds=120)
     try:
-        procs.start(
-            "nats-server",
-            [
-                tools["nats-server"],
-                "-a",
-                "127.0.0.1",
-                "-p",
-                str(nats_port),
-                "-js",
-                "-sd",
-                str(tmp / "jetstream"),
-            ],
-        )
-        wait_until(
-            "nats-server listens",
-            lambda: socket.socket().connect_ex(("127.0.0.1", nats_port)) == 0,
-        )
-        init = subprocess.run(
-            [args.kiln, "init"], check=False, env=env, capture_output=True, text=True
-        )
-        if init.returncode != 0:
-            fail(f"kiln init: {init.stderr.strip()}")
-        procs.start(
-            "aggregator",
-            [
-                args.kiln,
-                "aggregator",
-                "--interval-ms",
-                "500",
-                "--metrics-addr",
-                f"127.0.0.1:{ports['aggregator']}",
-            ],
-        )
-        procs.start(
-            "scheduler",
-            [
-                args.kiln,
-                "scheduler",
-                "--metrics-addr",
-                f"127.0.0.1:{ports['scheduler']}",
-            ],
-        )
-        procs.start(
-            "worker-cpu",
-            [
-                args.kiln,
-                "worker",
-                "--device",
-                "cpu",
-                "--name",
-                "check-cpu",
-                "--metrics-addr",
-                f"127.0.0.1:{ports['worker-cpu']}",
-            ],
-        )
-        procs.start(
-            "worker-gpu",
-            [
-                args.kiln,
-                "worker",
-                "--device",
-                "cpu",
-                "--serve-class",
-                "gpu",
-                "--name",
-                "check-gpu-class",
-                "--metrics-addr",
-                f"127.0.0.1:{ports['worker-gpu']}",
-            ],
-        )
-
-        config = {
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "rule_files": RULES,
-            "scrape_configs": [
-                {
-                    "job_name": "kiln",
-                    "static_configs": [
-                        {
-                            "targets": [f"127.0.0.1:{ports['aggregator']}"],
-                            "labels": {"role": "aggregator"},
-                        },
-                        {
-                            "targets": [f"127.0.0.1:{ports['scheduler']}"],
-                            "labels": {"role": "scheduler"},
-                        },
-                        {
-                            "targets": [f"127.0.0.1:{ports['worker-cpu']}"],
-                            "labels": {"role": "worker", "class": "cpu"},
-                        },
-                        {
-                            "targets": [f"127.0.0.1:{ports['worker-gpu']}"],
-                            "labels": {"role": "worker", "class": "gpu"},
-                        },
-                    ],
-                }
-            ],
-        }
-        # JSON is YAML: no YAML library needed.
-        (tmp / "prometheus.yml").write_text(json.dumps(config, indent=2))
-        procs.start(
-            "prometheus",
-            [
-                tools["prometheus"],
-                f"--config.file={tmp / 'prometheus.yml'}",
-                f"--storage.tsdb.path={tmp / 'prometheus'}",
-                f"--web.listen-address=127.0.0.1:{prom_port}",
-            ],
-        )
-        prom = Prometheus(prom_port)
-
-        for role, port in ports.items():
-            wait_until(
-                f"{role} ready (/readyz)",
-                lambda port=port: (
-                    procs.check_alive(),
-                    http_get(f"http://127.0.0.1:{port}/readyz")[0] == 200,
-                )[1],
-            )
-        wait_until("Prometheus ready", lambda: http_get(f"{prom.base}/-/ready")[0] == 200)
-        wait_until(
-            "Prometheus scraping all four kiln targets",
-            lambda: finite_series(prom.query('up{job="kiln"} == 1')) == 4,
-        )
+        prom = start_system(args.kiln, tools, tmp, procs)
         # The dead-letter alert compares with the lowest count of its window: let Prometheus
         # see an empty KILN_DLQ first.
         wait_until(
             "kiln_dead_letters = 0 in Prometheus",
             lambda: finite_series(prom.query("kiln_dead_letters == 0")) == 1,
         )
-
-        load = Load(args.kiln, env, nats_port, max_rounds=120)
         load.start()
-        nats_publish(
-            nats_port,
-            "dlq.vector_add",
-            "dashboard-check-dead-letter",
-            b'{"params":{"len":8}}',
-        )
+        nats_publish(nats_port, "dlq.vector_add", "dashboard-check-letter", b'{"params":{"len":8}}')
 
-        # Every template variable's label_values(metric, label) has values.
-        variables = [v for v in dashboard["templating"]["list"] if v["type"] == "query"]
-        for v in variables:
-            definition = v["definition"]
-            inner = definition[definition.index("(") + 1 : definition.rindex(")")]
-            metric, label = [part.strip() for part in inner.split(",")]
-            wait_until(
-                f"variable ${v['name']}: {definition} has values",
-                lambda label=label, metric=metric: prom.api(
-                    f"label/{label}/values", **{"match[]": metric}
-                ).get("data"),
-            )
+        def watch():
+            procs.check_alive()
+            if load.errors:
+                fail("submissions failed:\n" + "\n".join(load.errors[:5]))
 
-        # Every panel target returns data.
-        checked = []
-        for panel in panels_of(dashboard):
-            for t in panel["targets"]:
-                expr = substitute(t["expr"], args.rate_interval)
-
-                def answered(expr=expr):
-                    procs.check_alive()
-                    if load.errors:
-                        fail("submissions failed:\n" + "\n".join(load.errors[:5]))
-                    return finite_series(prom.query(expr))
-
-                series = wait_until(
-                    f"panel {panel['title']!r} target {t['refId']}: no data for {expr}",
-                    answered,
-                )
-                checked.append((panel["title"], t["refId"], series))
-                print(f"  {series:3d} series  {panel['title']} [{t['refId']}]")
-
-        # The rules are loaded and evaluate without error.
-        def rules_healthy():
-            groups = prom.api("rules").get("data", {}).get("groups", [])
-            rules = [r for g in groups for r in g["rules"]]
-            names = {r["name"] for r in rules}
-            ok = names == ALERTS and all(
-                r["health"] == "ok" and r.get("lastEvaluation", "").startswith("2") for r in rules
-            )
-            return (len(rules), len(groups)) if ok else None
-
-        n_rules, n_groups = wait_until(
-            f"the rules {sorted(ALERTS)} loaded and healthy in /api/v1/rules",
-            rules_healthy,
-        )
-
-        # The dead letter raised its alert (pending for its first minute).
-        def dead_letter_alert():
-            alerts = prom.api("alerts").get("data", {}).get("alerts", [])
-            return next(
-                (
-                    a["state"]
-                    for a in alerts
-                    if a["labels"]["alertname"] == "KilnDeadLettersGrowing"
-                ),
-                None,
-            )
-
-        state = wait_until(
-            "KilnDeadLettersGrowing pending or firing after a dead letter",
-            dead_letter_alert,
-        )
-
+        variables = check_variables(dashboard, prom)
+        targets = check_panels(dashboard, prom, args.rate_interval, watch)
+        rules = check_rules(prom)
+        state = check_dead_letter_alert(prom)
         promtool = subprocess.run(
             [tools["promtool"], "check", "rules", *RULES],
             check=False,
@@ -533,22 +475,19 @@ def main() -> int:
         )
         if promtool.returncode != 0:
             fail(f"promtool check rules:\n{promtool.stdout}{promtool.stderr}")
-
         load.stopped.set()
         load.join()
-        if load.errors:
-            fail("submissions failed:\n" + "\n".join(load.errors[:5]))
-        panels = len(panels_of(dashboard))
+        watch()
         print(
-            f"dashboard-check: {panels} panels, {len(checked)} panel queries and {len(variables)} template "
-            f"variables returned data from Prometheus scraping 4 kiln processes under load "
-            f"({load.submitted} jobs submitted, {load.failing} invalid ones published); {n_rules} alert rules in {n_groups} group(s) loaded and "
-            f"healthy; KilnDeadLettersGrowing {state} after one dead letter; promtool check rules passed"
+            f"dashboard-check: {len(panels_of(dashboard))} panels, {targets} panel queries and "
+            f"{variables} template variables returned data from Prometheus scraping "
+            f"{len(ROLES)} kiln processes under load ({load.submitted} jobs submitted, "
+            f"{load.failing} invalid ones published); {rules} alert rules loaded and healthy; "
+            f"KilnDeadLettersGrowing {state} after one dead letter; promtool check rules passed"
         )
         return 0
     finally:
-        if load is not None:
-            load.stopped.set()
+        load.stopped.set()
         procs.stop()
         if args.keep:
             print(f"dashboard-check: logs and config kept in {tmp}", file=sys.stderr)
