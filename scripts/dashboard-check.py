@@ -446,7 +446,7 @@ def main() -> int:
     }
     env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
     procs = Processes(tmp, env)
-    load = Load(args.kiln, env, nats_port, max_rounds=120)
+    load = Load(args.kiln, env, nats_port, max_rounds=300)
     try:
         prom = start_system(args.kiln, tools, tmp, procs)
         # The dead-letter alert compares with the lowest count of its window: let Prometheus
