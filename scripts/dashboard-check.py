@@ -8,9 +8,10 @@ second with deploy/prometheus/rules/*.yml loaded. While jobs flow (succeeding an
 ones, GPU, CPU and auto jobs, and one dead letter), it evaluates the PromQL of every panel
 target of deploy/grafana/kiln.json, and every template variable's label_values(), through
 Prometheus' HTTP API and requires each to return data (at least one series with a finite
-value). It also requires the rules to be loaded and healthy (/api/v1/rules), the dead letter
-to raise KilnDeadLettersGrowing (pending or firing, /api/v1/alerts), and `promtool check
-rules` to pass.
+value). It also requires the rules to be loaded and healthy (/api/v1/rules) and `promtool
+check rules` to pass; and three alerts to go pending (or firing) in /api/v1/alerts: the dead
+letter raises KilnDeadLettersGrowing, and once the GPU-class worker is stopped and GPU jobs
+queued, KilnRoleDown (its target) and KilnBacklogWithoutWorkers (class gpu).
 
 Grafana's variables are replaced as Grafana would: $__rate_interval by --rate-interval (30s),
 $kind and $class by their "All" value `.*`. Standard library only.
@@ -103,6 +104,13 @@ class Processes:
     def tail(self, name: str, lines: int = 20) -> str:
         text = (self.dir / f"{name}.log").read_text(errors="replace")
         return "\n".join(text.splitlines()[-lines:])
+
+    def stop_one(self, name: str) -> None:
+        """SIGTERM one child and wait for it (a worker drains and deletes its heartbeat)."""
+        for child_name, child, _ in self.children:
+            if child_name == name and child.poll() is None:
+                child.terminate()
+                child.wait(timeout=30)
 
     def stop(self) -> None:
         for _, child, _ in self.children:
@@ -391,15 +399,37 @@ def check_rules(prom: Prometheus) -> int:
     return wait_until(f"the rules {sorted(ALERTS)} loaded and healthy in /api/v1/rules", healthy)
 
 
-def check_dead_letter_alert(prom: Prometheus) -> str:
-    """KilnDeadLettersGrowing is pending (its first minute) or firing; returns which."""
+def alert_state(prom: Prometheus, why: str, alertname: str, **labels: str) -> str:
+    """Wait until the alert `alertname` with `labels` is pending (before its `for:`) or firing;
+    returns which."""
 
     def state():
-        alerts = prom.api("alerts").get("data", {}).get("alerts", [])
-        names = {a["labels"]["alertname"]: a["state"] for a in alerts}
-        return names.get("KilnDeadLettersGrowing")
+        for a in prom.api("alerts").get("data", {}).get("alerts", []):
+            want = {"alertname": alertname, **{k.rstrip("_"): v for k, v in labels.items()}}
+            if all(a["labels"].get(k) == v for k, v in want.items()):
+                return a["state"]
+        return None
 
-    return wait_until("KilnDeadLettersGrowing pending or firing after a dead letter", state)
+    return wait_until(f"{alertname} {labels or ''} pending or firing {why}", state)
+
+
+def check_alerts_without_gpu_worker(kiln: str, procs: Processes, prom: Prometheus) -> list[str]:
+    """Stop the GPU-class worker and queue GPU jobs: its target goes down (KilnRoleDown) and the
+    GPU class has a backlog and no live worker (KilnBacklogWithoutWorkers)."""
+    procs.stop_one("worker-gpu")
+    out = subprocess.run(
+        [kiln, "submit", "vector_add", "-p", "len=64", "-d", "gpu", "--count", "5"],
+        check=False, env=procs.env, capture_output=True, text=True,
+    )  # fmt: skip
+    if out.returncode != 0:
+        fail(f"kiln submit -d gpu: {out.stderr.strip()}")
+    down = alert_state(
+        prom, "after the worker stopped", "KilnRoleDown", role="worker", class_="gpu"
+    )
+    backlog = alert_state(
+        prom, "with GPU jobs queued and no GPU worker", "KilnBacklogWithoutWorkers", class_="gpu"
+    )
+    return [f"KilnRoleDown {down}", f"KilnBacklogWithoutWorkers {backlog}"]
 
 
 def arguments() -> argparse.Namespace:
@@ -466,7 +496,10 @@ def main() -> int:
         variables = check_variables(dashboard, prom)
         targets = check_panels(dashboard, prom, args.rate_interval, watch)
         rules = check_rules(prom)
-        state = check_dead_letter_alert(prom)
+        alerts = [
+            "KilnDeadLettersGrowing "
+            + alert_state(prom, "after a dead letter", "KilnDeadLettersGrowing")
+        ]
         promtool = subprocess.run(
             [tools["promtool"], "check", "rules", *RULES],
             check=False,
@@ -478,12 +511,13 @@ def main() -> int:
         load.stopped.set()
         load.join()
         watch()
+        alerts += check_alerts_without_gpu_worker(args.kiln, procs, prom)
         print(
             f"dashboard-check: {len(panels_of(dashboard))} panels, {targets} panel queries and "
             f"{variables} template variables returned data from Prometheus scraping "
             f"{len(ROLES)} kiln processes under load ({load.submitted} jobs submitted, "
             f"{load.failing} invalid ones published); {rules} alert rules loaded and healthy; "
-            f"KilnDeadLettersGrowing {state} after one dead letter; promtool check rules passed"
+            f"promtool check rules passed; live alerts: {', '.join(alerts)}"
         )
         return 0
     finally:
