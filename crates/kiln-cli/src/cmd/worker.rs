@@ -105,14 +105,19 @@ pub fn worker_config(
 
 pub async fn worker(nats: &NatsArgs, args: WorkerArgs) -> anyhow::Result<ExitCode> {
     let config = worker_config(&args, nats)?;
-    let _endpoint = super::metrics::serve(args.metrics_addr.as_deref(), &config.health, |r| {
-        config.metrics.register(
-            r,
-            &config.name,
-            &config.device.to_string(),
-            config.class.as_str(),
-        )
-    })
+    let _endpoint = super::metrics::serve(
+        args.metrics_addr.as_deref(),
+        "worker",
+        &config.health,
+        |r| {
+            config.metrics.register(
+                r,
+                &config.name,
+                &config.device.to_string(),
+                config.class.as_str(),
+            )
+        },
+    )
     .await?;
     let client = crate::connect::connect(nats).await?;
     let stopped = kiln_worker::run(client.clone(), config, crate::signal::shutdown()).await;
@@ -133,9 +138,12 @@ pub async fn aggregator(nats: &NatsArgs, args: AggregatorArgs) -> anyhow::Result
         topology: super::topology(nats),
         ..Default::default()
     };
-    let _endpoint = super::metrics::serve(args.metrics_addr.as_deref(), &config.health, |r| {
-        config.metrics.register(r)
-    })
+    let _endpoint = super::metrics::serve(
+        args.metrics_addr.as_deref(),
+        "aggregator",
+        &config.health,
+        |r| config.metrics.register(r),
+    )
     .await?;
     let client = crate::connect::connect(nats).await?;
     kiln_aggregator::run(client, config, crate::signal::shutdown()).await?;
@@ -150,9 +158,12 @@ pub async fn scheduler(nats: &NatsArgs, args: SchedulerArgs) -> anyhow::Result<E
     let mut config = kiln_scheduler::SchedulerConfig::new(name);
     config.topology = super::topology(nats);
     config.refresh = Duration::from_millis(args.refresh_ms.max(10));
-    let _endpoint = super::metrics::serve(args.metrics_addr.as_deref(), &config.health, |r| {
-        config.metrics.register(r)
-    })
+    let _endpoint = super::metrics::serve(
+        args.metrics_addr.as_deref(),
+        "scheduler",
+        &config.health,
+        |r| config.metrics.register(r),
+    )
     .await?;
     let client = crate::connect::connect(nats).await?;
     let stats = kiln_scheduler::run(client, config, crate::signal::shutdown()).await?;
