@@ -78,6 +78,7 @@ async fn run(
         compute_ms,
         handed_back,
         stored,
+        batched,
     } = compute::compute(shared, &arrival.message, job, id).await;
     if let Some(stored) = stored {
         store_output(shared, arrival, id, output_mode, stored, &mut result).await;
@@ -96,7 +97,8 @@ async fn run(
             return None;
         }
     } else if compute_ms > 0.0 {
-        shared.admission.record(compute_ms);
+        // A launch shared by `batched` jobs took each of them 1/batched of the device.
+        shared.admission.record(compute_ms / batched as f64);
     }
     Some(Outcome {
         result,

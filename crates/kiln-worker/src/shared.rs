@@ -49,6 +49,8 @@ pub(crate) struct Shared {
     pub cancelled: Cancellations,
     /// Jobs held now, by id, for the heartbeat (`kiln status <id>`).
     pub running: Mutex<HashMap<String, kiln_proto::RunningJob>>,
+    /// Small jobs waiting to share a launch ([`crate::batch`]).
+    pub batcher: crate::batch::Batcher,
     /// The `KILN_DATA` object store, opened when a job first needs it.
     pub data: tokio::sync::OnceCell<jetstream::object_store::ObjectStore>,
 }
