@@ -65,9 +65,12 @@ pub(crate) fn enqueue(shared: &Arc<Shared>, job: DecodedJob, id: &str) -> onesho
         id: id.to_owned(),
         done,
     });
-    let full =
-        batch.jobs.len() >= shared.config.batch_max_jobs || batch.elements >= MAX_BATCH_ELEMENTS;
-    if full {
+    // Full, or nothing else on its way to join (a lone job, the last of a pull's jobs): no
+    // reason to wait.
+    let now = batch.jobs.len() >= shared.config.batch_max_jobs
+        || batch.elements >= MAX_BATCH_ELEMENTS
+        || shared.arriving.load(Ordering::Relaxed) == 0;
+    if now {
         let jobs = pending.remove(kind).map(|b| b.jobs).unwrap_or_default();
         tokio::spawn(run(shared.clone(), jobs));
     } else if batch.jobs.len() == 1 {

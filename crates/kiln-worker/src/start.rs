@@ -128,6 +128,7 @@ async fn open(
         cancelled,
         running: Default::default(),
         batcher: Default::default(),
+        arriving: Default::default(),
         data: tokio::sync::OnceCell::new(),
         config,
     });
