@@ -230,6 +230,14 @@ pub struct WorkerArgs {
     /// Jobs computing at once (default: CPU cores for cpu, 2 for cuda).
     #[arg(long, env = "KILN_COMPUTE_SLOTS", value_parser = at_least_one)]
     pub compute_slots: Option<usize>,
+    /// How long a small job that can share one launch with others of its kind waits for them
+    /// (dynamic batching; vector_add up to 2^20 elements): the most it delays a lone job.
+    /// 0 runs every job alone. Default: 1ms for cuda, 0 for cpu.
+    #[arg(long, env = "KILN_BATCH_WINDOW", value_parser = humantime::parse_duration)]
+    pub batch_window: Option<std::time::Duration>,
+    /// The most jobs one shared launch takes.
+    #[arg(long, env = "KILN_BATCH_MAX_JOBS", default_value_t = 256, value_parser = at_least_one)]
+    pub batch_max_jobs: usize,
     /// Most tensor elements one job may hold, inputs and output together (default 2^28, 1 GiB
     /// of f32); bigger jobs fail with too_large.
     #[arg(long, env = "KILN_MAX_ELEMENTS", value_parser = clap::value_parser!(u64).range(1..))]

@@ -57,6 +57,10 @@ pub fn worker_config(
     if let Some(slots) = args.compute_slots {
         config.compute_slots = slots.max(1);
     }
+    if let Some(window) = args.batch_window {
+        config.batch_window = window;
+    }
+    config.batch_max_jobs = args.batch_max_jobs;
     if let Some(mib) = args.max_memory_mb {
         config.memory = Some(kiln_kernels::MemoryBudget::configured(mib));
     }
