@@ -43,7 +43,7 @@ pub struct NatsArgs {
     pub context: Option<String>,
     /// The server URL(s) in use: --nats-url, else the context's, else the default
     /// ([`NatsArgs::resolve`]).
-    #[arg(skip = DEFAULT_NATS_URL.to_owned())]
+    #[arg(skip = kiln_client::DEFAULT_NATS_URL.to_owned())]
     pub nats_url: String,
     /// Token to authenticate with.
     #[arg(long, env = "NATS_TOKEN", global = true, hide_env_values = true)]
@@ -98,31 +98,41 @@ pub struct NatsArgs {
     pub data_max_bytes: i64,
 }
 
-/// Where kiln looks for NATS when neither a flag, the environment nor a context says.
-pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
-
 impl NatsArgs {
     /// Fill in what flags and the environment left open from the `nats` CLI's context (named
     /// by --context, else the selected one), then the defaults.
     pub fn resolve(&mut self) -> anyhow::Result<()> {
-        use crate::context::{given, path};
-        let context = crate::context::load(self.context.as_deref())?;
-        if let Some((_, c)) = &context {
-            self.server = self.server.take().or_else(|| given(&c.url));
-            self.token = self.token.take().or_else(|| given(&c.token));
-            self.user = self.user.take().or_else(|| given(&c.user));
-            self.password = self.password.take().or_else(|| given(&c.password));
-            self.creds = self.creds.take().or_else(|| path(&c.creds));
-            self.nkey = self.nkey.take().or_else(|| path(&c.nkey));
-            self.tls_ca = self.tls_ca.take().or_else(|| path(&c.ca));
-            self.tls_cert = self.tls_cert.take().or_else(|| path(&c.cert));
-            self.tls_key = self.tls_key.take().or_else(|| path(&c.key));
-        }
-        self.nats_url = self
-            .server
-            .clone()
-            .unwrap_or_else(|| DEFAULT_NATS_URL.to_owned());
+        let mut o = kiln_client::ConnectOptions::from(&*self);
+        o.url = self.server.clone();
+        let o = o.resolve()?;
+        self.nats_url = o.server_url().to_owned();
+        (self.server, self.token, self.user, self.password) = (o.url, o.token, o.user, o.password);
+        (self.creds, self.nkey) = (o.creds, o.nkey);
+        (self.tls_ca, self.tls_cert, self.tls_key) = (o.tls_ca, o.tls_cert, o.tls_key);
         Ok(())
+    }
+
+    /// The options to connect with (after [`NatsArgs::resolve`]).
+    pub fn connect_options(&self) -> kiln_client::ConnectOptions {
+        self.into()
+    }
+}
+
+impl From<&NatsArgs> for kiln_client::ConnectOptions {
+    fn from(args: &NatsArgs) -> Self {
+        Self {
+            // Resolved ([`NatsArgs::resolve`]): the flag's, the context's or the default.
+            url: Some(args.nats_url.clone()),
+            context: args.context.clone(),
+            token: args.token.clone(),
+            user: args.user.clone(),
+            password: args.password.clone(),
+            creds: args.creds.clone(),
+            nkey: args.nkey.clone(),
+            tls_ca: args.tls_ca.clone(),
+            tls_cert: args.tls_cert.clone(),
+            tls_key: args.tls_key.clone(),
+        }
     }
 }
 

@@ -65,28 +65,6 @@ pub fn topology(nats: &NatsArgs) -> Topology {
 /// given one that cannot exist (an invalid job id): distinct from 1, a failure.
 pub const EXIT_NOT_FOUND: u8 = 2;
 
-/// What `--id` and the job ids given to `status`, `result` and `cancel` may be: what
-/// [`kiln_proto::valid_job_id`] accepts (workers refuse other ids).
-pub const JOB_ID_RULE: &str = "1 to 128 ASCII letters, digits, '-' and '_'";
-
-/// `Err` with a one-line explanation when `id` is not a valid job id. A long id is shown cut
-/// short, with its length.
-pub fn check_job_id(id: &str) -> Result<(), String> {
-    if kiln_proto::valid_job_id(id) {
-        return Ok(());
-    }
-    const SHOWN: usize = 40;
-    let shown = if id.chars().count() > SHOWN {
-        let head: String = id.chars().take(SHOWN).collect();
-        format!("{head:?}… ({} bytes)", id.len())
-    } else {
-        format!("{id:?}")
-    };
-    Err(format!(
-        "{shown} is not a job id: job ids are {JOB_ID_RULE}"
-    ))
-}
-
 /// `ids` for a message: all of them when there are few, else the first ten and how many more.
 pub fn list_ids<S: AsRef<str>>(ids: &[S]) -> String {
     const SHOWN: usize = 10;
@@ -100,31 +78,6 @@ pub fn list_ids<S: AsRef<str>>(ids: &[S]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn job_id_rule_matches_valid_job_id() {
-        assert!(JOB_ID_RULE.contains(&format!("1 to {}", kiln_proto::MAX_ID_LEN)));
-        assert!(check_job_id("batch-0").is_ok());
-        for bad in [
-            "",
-            "a b",
-            "caf\u{e9}",
-            "tab\there",
-            "a/b.c*",
-            "wedge.",
-            ".x",
-            "a..b",
-        ] {
-            let message = check_job_id(bad).unwrap_err();
-            assert!(message.contains("is not a job id"), "{message}");
-        }
-        let long = "x".repeat(5000);
-        let message = check_job_id(&long).unwrap_err();
-        assert!(
-            message.contains("(5000 bytes)") && message.len() < 200,
-            "{message}"
-        );
-    }
 
     #[test]
     fn long_id_lists_are_cut_short_with_a_count() {

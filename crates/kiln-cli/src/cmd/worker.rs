@@ -114,7 +114,7 @@ pub async fn worker(nats: &NatsArgs, args: WorkerArgs) -> anyhow::Result<ExitCod
         )
     })
     .await?;
-    let client = crate::connect::connect(nats).await?;
+    let client = kiln_client::connect_and_wait(&nats.connect_options()).await?;
     let stopped = kiln_worker::run(client.clone(), config, crate::signal::shutdown()).await;
     // The acks of the last jobs may still sit in the client's write buffer: send them before
     // the process exits, or those jobs come back after the ack wait and run again.
@@ -137,7 +137,7 @@ pub async fn aggregator(nats: &NatsArgs, args: AggregatorArgs) -> anyhow::Result
         config.metrics.register(r)
     })
     .await?;
-    let client = crate::connect::connect(nats).await?;
+    let client = kiln_client::connect_and_wait(&nats.connect_options()).await?;
     kiln_aggregator::run(client, config, crate::signal::shutdown()).await?;
     Ok(ExitCode::SUCCESS)
 }
@@ -154,7 +154,7 @@ pub async fn scheduler(nats: &NatsArgs, args: SchedulerArgs) -> anyhow::Result<E
         config.metrics.register(r)
     })
     .await?;
-    let client = crate::connect::connect(nats).await?;
+    let client = kiln_client::connect_and_wait(&nats.connect_options()).await?;
     let stats = kiln_scheduler::run(client, config, crate::signal::shutdown()).await?;
     eprintln!(
         "scheduler stopped: {} job(s) routed to gpu, {} to cpu",
