@@ -55,7 +55,7 @@ pub fn topology(nats: &NatsArgs) -> Topology {
         replicas: nats.replicas,
         max_queued_jobs: nats.max_queued_jobs,
         results_max_bytes: nats.results_max_bytes,
-        data_max_age: std::time::Duration::from_secs(nats.data_max_age_hours.saturating_mul(3600)),
+        data_max_age: nats.data_max_age(),
         data_max_bytes: nats.data_max_bytes,
         ..Topology::default()
     }

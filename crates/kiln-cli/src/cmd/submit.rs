@@ -2,7 +2,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::jetstream;
@@ -151,7 +150,7 @@ impl<'a> Submission<'a> {
                 let meta = JobMeta {
                     id: Some(id.clone()),
                     seed: Some(seed),
-                    timeout_ms: self.args.timeout_ms,
+                    timeout_ms: self.args.timeout_ms(),
                     output: self.output,
                 };
                 JobSpec::build(self.kind, self.class, self.params.clone(), meta, self.codec)
@@ -232,7 +231,7 @@ impl<'a> Submission<'a> {
             .filter(|id| !results.contains_key(*id))
             .cloned()
             .collect();
-        let timeout = Duration::from_secs(self.args.wait_timeout_s);
+        let timeout = self.args.wait_timeout();
         let arrived = collector
             .collect(waiting, timeout, |event| {
                 if let Some(bar) = &bar {
@@ -287,7 +286,7 @@ impl<'a> Submission<'a> {
                  where each job is, `kiln result <id>` looks its result up later",
                 missing.len(),
                 ids.len(),
-                self.args.wait_timeout_s,
+                self.args.wait_timeout().as_secs_f64(),
                 super::list_ids(&missing)
             );
         }

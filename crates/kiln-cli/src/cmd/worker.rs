@@ -63,7 +63,7 @@ pub fn worker_config(
     if let Some(max) = args.max_elements {
         config.limits.max_elements = max;
     }
-    config.drain_timeout = Duration::from_secs(args.drain_timeout_s);
+    config.drain_timeout = args.drain_timeout();
     config.warmup = !args.no_warmup;
     if let Some(class) = &args.serve_class {
         config.class = match class.parse()? {
@@ -81,12 +81,12 @@ pub fn worker_config(
         args.slowdown
     );
     config.slowdown = args.slowdown;
-    anyhow::ensure!(
-        args.sim_overhead_ms.is_finite() && args.sim_overhead_ms >= 0.0,
-        "--sim-overhead-ms {}: use 0 (off) or more",
-        args.sim_overhead_ms
-    );
-    config.sim_overhead = Duration::from_secs_f64(args.sim_overhead_ms / 1000.0);
+    config.sim_overhead = args.sim_overhead().with_context(|| {
+        format!(
+            "--sim-overhead-ms {}: use 0 (off) or more",
+            args.sim_overhead_ms.unwrap_or_default()
+        )
+    })?;
     if let Some(dir) = &args.cache_dir {
         config.cache_dir = Some(dir.clone());
     }
@@ -99,7 +99,7 @@ pub fn worker_config(
         .parse()
         .map_err(|e: String| anyhow::anyhow!("--conv2d-engine: {e}"))?;
     config.topology = super::topology(nats);
-    config.topology.ack_wait = Duration::from_secs(args.ack_wait_s.max(1));
+    config.topology.ack_wait = args.ack_wait().max(Duration::from_secs(1));
     Ok(config)
 }
 
@@ -129,7 +129,7 @@ pub async fn worker(nats: &NatsArgs, args: WorkerArgs) -> anyhow::Result<ExitCod
 
 pub async fn aggregator(nats: &NatsArgs, args: AggregatorArgs) -> anyhow::Result<ExitCode> {
     let config = kiln_aggregator::AggregatorConfig {
-        interval: Duration::from_millis(args.interval_ms.max(10)),
+        interval: args.interval().max(Duration::from_millis(10)),
         topology: super::topology(nats),
         ..Default::default()
     };
@@ -149,7 +149,7 @@ pub async fn scheduler(nats: &NatsArgs, args: SchedulerArgs) -> anyhow::Result<E
     });
     let mut config = kiln_scheduler::SchedulerConfig::new(name);
     config.topology = super::topology(nats);
-    config.refresh = Duration::from_millis(args.refresh_ms.max(10));
+    config.refresh = args.refresh().max(Duration::from_millis(10));
     let _endpoint = super::metrics::serve(args.metrics_addr.as_deref(), &config.health, |r| {
         config.metrics.register(r)
     })

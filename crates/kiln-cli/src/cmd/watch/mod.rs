@@ -18,7 +18,7 @@ use crate::cli::{NatsArgs, WatchArgs};
 pub async fn run(nats: &NatsArgs, args: WatchArgs) -> anyhow::Result<ExitCode> {
     let client = kiln_client::connect(&nats.connect_options()).await?;
     let js = jetstream::new(client);
-    let interval = Duration::from_millis(args.interval_ms.max(100));
+    let interval = args.interval().max(Duration::from_millis(100));
     if args.once {
         print!("{}", super::status::overview(&js).await?);
         return Ok(ExitCode::SUCCESS);
