@@ -182,7 +182,10 @@ pub enum Command {
     #[command(disable_help_flag = true)]
     Bench(BenchForward),
     /// List the job kinds this build can run, with their parameters.
-    Kinds,
+    Kinds(FormatArgs),
+    /// List the live workers (from their heartbeats): device, class, engines, capacity, jobs
+    /// held, last heartbeat.
+    Workers(FormatArgs),
     /// Print a shell completion script: `kiln completions bash > ~/.local/share/bash-completion/completions/kiln`
     /// (zsh: into a folder on $fpath as _kiln; fish: ~/.config/fish/completions/kiln.fish).
     Completions {
@@ -476,6 +479,23 @@ pub struct SubmitArgs {
     pub output_format: Option<String>,
 }
 
+/// How a command that reads prints what it found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Lines for people.
+    Text,
+    /// One JSON document on standard output, numbers as numbers.
+    Json,
+}
+
+/// `-o text|json`.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct FormatArgs {
+    /// Output format: text, or json (one JSON document on standard output).
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct ResultArgs {
     /// The job id (exit status 2 when it has no result, or is not a valid job id).
@@ -483,9 +503,26 @@ pub struct ResultArgs {
     /// Only a result of this kind (looks only at results.<kind>.<id>).
     #[arg(long)]
     pub kind: Option<String>,
-    /// Write the job's stored output (output.object) to FILE.
-    #[arg(long, short = 'o', value_name = "FILE")]
-    pub output: Option<PathBuf>,
+    /// text or json: how to print the result (both print its JSON); any other value is a
+    /// FILE to write the job's stored output (output.object) to (./json for a file named
+    /// json).
+    #[arg(long, short = 'o', value_name = "text|json|FILE", value_parser = result_output)]
+    pub output: Option<ResultOutput>,
+}
+
+/// `kiln result -o`: a format, or a file for the job's stored output.
+#[derive(Debug, Clone)]
+pub enum ResultOutput {
+    Format(Format),
+    File(PathBuf),
+}
+
+fn result_output(value: &str) -> Result<ResultOutput, String> {
+    Ok(match value {
+        "text" => ResultOutput::Format(Format::Text),
+        "json" => ResultOutput::Format(Format::Json),
+        file => ResultOutput::File(PathBuf::from(file)),
+    })
 }
 
 #[derive(Debug, Clone, Args)]
@@ -493,6 +530,8 @@ pub struct StatusArgs {
     /// A job id: answers succeeded / failed / running (where, attempt) / cancel requested /
     /// queued / unknown (exit status 2, as for an id that is not a valid job id).
     pub id: Option<String>,
+    #[command(flatten)]
+    pub output: FormatArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -511,7 +550,7 @@ pub struct DlqArgs {
 #[derive(Debug, Clone, Subcommand)]
 pub enum DlqCommand {
     /// List the dead letters: sequence, job id, original subject, why.
-    List,
+    List(FormatArgs),
     /// Resubmit dead letters to the subject they came from, and remove them from the queue.
     Replay {
         /// Sequences of the dead letters (from `kiln dlq list`); exit status 2 when one is not

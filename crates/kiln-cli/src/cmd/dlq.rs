@@ -6,14 +6,18 @@ use async_nats::jetstream;
 use kiln_client::dlq::{DeadLetter as Letter, dead_letters};
 use kiln_proto::streams::STREAM_DLQ;
 
-use crate::cli::{DlqArgs, DlqCommand, NatsArgs};
+use crate::cli::{DlqArgs, DlqCommand, Format, NatsArgs};
 
 pub async fn run(nats: &NatsArgs, args: DlqArgs) -> anyhow::Result<ExitCode> {
     let client = kiln_client::connect(&nats.connect_options()).await?;
     let js = jetstream::new(client);
     let letters = dead_letters(&js).await?;
     match args.command {
-        DlqCommand::List => {
+        DlqCommand::List(output) if output.format == Format::Json => {
+            super::print_json(&letters)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        DlqCommand::List(_) => {
             list(&letters);
             Ok(ExitCode::SUCCESS)
         }

@@ -15,6 +15,7 @@ mod status;
 pub mod submit;
 mod watch;
 pub mod worker;
+mod workers;
 
 use std::process::ExitCode;
 
@@ -37,7 +38,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Watch(args) => watch::run(&nats, args).await,
         Command::Demo(args) => demo::run(&nats, args).await,
         Command::Bench(args) => bench::run(&nats, args),
-        Command::Kinds => kinds::run(),
+        Command::Kinds(args) => kinds::run(args.format),
+        Command::Workers(args) => workers::run(&nats, args.format).await,
         Command::Completions { shell } => {
             use clap::CommandFactory as _;
             let mut command = Cli::command();
@@ -58,6 +60,33 @@ pub fn topology(nats: &NatsArgs) -> Topology {
         data_max_age: nats.data_max_age(),
         data_max_bytes: nats.data_max_bytes,
         ..Topology::default()
+    }
+}
+
+/// `value` as one JSON document on standard output.
+pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// The JSON answer (`-o json`) of a command that found nothing under the id it was given, or
+/// was given an id that cannot exist: exit status [`EXIT_NOT_FOUND`].
+#[derive(serde::Serialize)]
+pub struct NotFound<'a> {
+    pub id: &'a str,
+    /// `invalid` (not a job id), `no_result`, …
+    pub state: &'static str,
+    /// What the text form says on stderr.
+    pub message: String,
+}
+
+impl<'a> NotFound<'a> {
+    pub fn invalid(id: &'a str, message: String) -> Self {
+        NotFound {
+            id,
+            state: "invalid",
+            message,
+        }
     }
 }
 

@@ -5,23 +5,36 @@ use std::process::ExitCode;
 use async_nats::jetstream;
 use kiln_client::jobs::{check_job_id, find_result as find};
 
-use super::EXIT_NOT_FOUND;
-use crate::cli::{NatsArgs, ResultArgs};
+use super::{EXIT_NOT_FOUND, NotFound};
+use crate::cli::{Format, NatsArgs, ResultArgs, ResultOutput};
 
 pub async fn run(nats: &NatsArgs, args: ResultArgs) -> anyhow::Result<ExitCode> {
+    let json = matches!(args.output, Some(ResultOutput::Format(Format::Json)));
+    // Not found: said on stderr, and with -o json as a JSON object too.
+    let not_found = |state: &'static str, message: String| -> anyhow::Result<ExitCode> {
+        eprintln!("{message}");
+        if json {
+            let message = message.trim_start_matches("kiln: ").to_owned();
+            super::print_json(&NotFound {
+                id: &args.id,
+                state,
+                message,
+            })?;
+        }
+        Ok(ExitCode::from(EXIT_NOT_FOUND))
+    };
     if let Err(message) = check_job_id(&args.id) {
-        eprintln!("kiln: {message}");
-        return Ok(ExitCode::from(EXIT_NOT_FOUND));
+        return not_found("invalid", format!("kiln: {message}"));
     }
     let kind = match args.kind.as_deref() {
         Some(name) => match kiln_kernels::find(name) {
             Some(entry) => Some(entry.name),
             None => {
-                eprintln!(
+                let message = format!(
                     "kiln: unknown job kind {name:?} for --kind; known kinds: {}",
                     kiln_kernels::kind_names().join(", ")
                 );
-                return Ok(ExitCode::from(EXIT_NOT_FOUND));
+                return not_found("unknown_kind", message);
             }
         },
         None => None,
@@ -29,8 +42,9 @@ pub async fn run(nats: &NatsArgs, args: ResultArgs) -> anyhow::Result<ExitCode> 
     let client = kiln_client::connect(&nats.connect_options()).await?;
     let js = jetstream::new(client);
     if let Some(event) = find(&js, &args.id, kind).await? {
+        // The text form is the event's JSON as well.
         println!("{}", serde_json::to_string_pretty(&event)?);
-        if let Some(path) = &args.output {
+        if let Some(ResultOutput::File(path)) = &args.output {
             super::data::save_output(&js, &event, path).await?;
         }
         return Ok(ExitCode::SUCCESS);
@@ -40,17 +54,17 @@ pub async fn run(nats: &NatsArgs, args: ResultArgs) -> anyhow::Result<ExitCode> 
         Some(_) => find(&js, &args.id, None).await?,
         None => None,
     };
-    match (kind, other) {
-        (Some(kind), Some(other)) => eprintln!(
+    let message = match (kind, other) {
+        (Some(kind), Some(other)) => format!(
             "no {kind} result for job {:?}: its result is a {} result (`kiln result {}` \
              prints it)",
             args.id, other.kind, args.id
         ),
-        _ => eprintln!(
+        _ => format!(
             "no result for job {:?} yet: it is queued, running, or older than the results \
              stream keeps",
             args.id
         ),
-    }
-    Ok(ExitCode::from(EXIT_NOT_FOUND))
+    };
+    not_found("no_result", message)
 }

@@ -7,23 +7,37 @@ use async_nats::jetstream;
 use kiln_client::cluster::Overview;
 use kiln_client::jobs::{Place, locate};
 use kiln_proto::streams::{STREAM_DLQ, STREAM_JOBS, STREAM_RESULTS};
+use serde::Serialize;
 
-use crate::cli::{NatsArgs, StatusArgs};
+use super::NotFound;
+use crate::cli::{Format, NatsArgs, StatusArgs};
 
 pub async fn run(nats: &NatsArgs, args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let json = args.output.format == Format::Json;
     if let Some(id) = &args.id
         && let Err(message) = kiln_client::jobs::check_job_id(id)
     {
         eprintln!("kiln: {message}");
+        if json {
+            super::print_json(&NotFound::invalid(id, message))?;
+        }
         return Ok(ExitCode::from(super::EXIT_NOT_FOUND));
     }
     let client = kiln_client::connect(&nats.connect_options()).await?;
     let js = jetstream::new(client);
     match args.id {
+        None if json => super::print_json(&kiln_client::cluster::overview(&js).await?)?,
         None => print!("{}", overview(&js).await?),
         Some(id) => {
             let place = locate(&js, &id).await?;
-            println!("{}", describe(&place, &id));
+            if json {
+                super::print_json(&JobStatus {
+                    id: &id,
+                    place: &place,
+                })?;
+            } else {
+                println!("{}", describe(&place, &id));
+            }
             // As `kiln result`: a job kiln knows nothing of is not found.
             if matches!(place, Place::Unknown) {
                 return Ok(ExitCode::from(super::EXIT_NOT_FOUND));
@@ -31,6 +45,15 @@ pub async fn run(nats: &NatsArgs, args: StatusArgs) -> anyhow::Result<ExitCode> 
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `kiln status <id> -o json`: the id, and where the job is (`state`: finished, gone,
+/// running, cancel_requested, queued or unknown, with what kiln knows of it there).
+#[derive(Serialize)]
+struct JobStatus<'a> {
+    id: &'a str,
+    #[serde(flatten)]
+    place: &'a Place,
 }
 
 /// One line for `kiln status <id>` saying where job `id` is.
