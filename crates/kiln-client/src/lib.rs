@@ -10,6 +10,9 @@
 //! - [`cluster`]: queues, live workers and metrics at a glance.
 //! - [`dlq`]: the dead-letter queue, listed and replayed.
 //! - [`data`]: the `KILN_DATA` object store: input files stored, outputs fetched.
+//! - [`watch`]: the system followed live: a [`watch::Dashboard`] fed by [`watch::Feeds`].
+//!
+//! Errors are one [`Error`] enum; its messages say what to do, in the `kiln` command's terms.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), kiln_client::Error> {
