@@ -43,7 +43,7 @@ struct Report {
 pub async fn run(nats: &NatsArgs, args: BatchingArgs) -> anyhow::Result<ExitCode> {
     let device = kiln_cli::cmd::worker::parse_device(&args.device)?;
     let (_server, nats) = crate::private_server(nats)?;
-    let client = kiln_cli::connect::connect_with(&nats, false).await?;
+    let client = kiln_client::connect(&nats.connect_options()).await?;
     let js = jetstream::new(client.clone());
     streams::ensure_all(&js, &kiln_proto::Topology::default()).await?;
     let machine = crate::machine::describe_machine();
@@ -101,7 +101,7 @@ async fn measure(
     let mut config = kiln_worker::WorkerConfig::new(device.clone());
     config.batch_window = window;
     config.warmup = false;
-    let worker_client = kiln_cli::connect::connect_with(nats, false).await?;
+    let worker_client = kiln_client::connect(&nats.connect_options()).await?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let worker = tokio::spawn(kiln_worker::run(worker_client, config, stopped));
     let tag = kiln_proto::new_job_id();
