@@ -8,8 +8,10 @@
 
 mod cli;
 mod kernels;
+mod latency;
 mod machine;
 mod pipeline;
+mod roles;
 mod scheduler;
 mod suite;
 
@@ -61,6 +63,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let nats = &cli.nats;
     match cli.which {
         BenchKind::Pipeline(args) => pipeline::run(nats, args).await,
+        BenchKind::Latency(args) => latency::run(nats, args).await,
         BenchKind::Scheduler(args) => scheduler::run(nats, args).await,
         BenchKind::Kernels(args) => tokio::task::spawn_blocking(move || kernels::run(args)).await?,
         BenchKind::Suite(args) => suite::run(nats, args).await,

@@ -16,6 +16,7 @@ use serde_json::json;
 
 use crate::cli::PipelineArgs;
 use crate::machine::describe_machine;
+use crate::roles::RoleProcesses;
 use kiln_cli::cli::NatsArgs;
 use kiln_cli::cmd::roles::LocalRoles;
 use kiln_cli::cmd::submit::{JobSpec, progress_bar, publish_all};
@@ -42,6 +43,9 @@ pub(crate) struct Report {
     pub kiln_jobs_per_s: f64,
     pub ratio_same_bytes: f64,
     pub ratio_small: f64,
+    /// The same jobs with the worker and the aggregator inside the bench process.
+    pub kiln_in_process_jobs_per_s: f64,
+    pub ratio_in_process_same_bytes: f64,
     /// Submit → result latency of kiln's jobs over all runs (the aggregator's histogram), ms.
     pub kiln_total_ms_p50: f64,
     pub kiln_total_ms_p90: f64,
@@ -62,15 +66,19 @@ pub async fn run(nats: &NatsArgs, args: PipelineArgs) -> anyhow::Result<ExitCode
     }
     println!();
     println!(
-        "median jobs/s: ceiling (same bytes) {:.0}, ceiling (16-byte messages) {:.0}, kiln {:.0}",
+        "median jobs/s: ceiling (same bytes) {:.0}, ceiling (16-byte messages) {:.0}, kiln \
+         (worker and aggregator processes) {:.0}, kiln (in-process roles) {:.0}",
         report.ceiling_same_bytes_jobs_per_s,
         report.ceiling_small_jobs_per_s,
-        report.kiln_jobs_per_s
+        report.kiln_jobs_per_s,
+        report.kiln_in_process_jobs_per_s
     );
     println!(
-        "kiln / ceiling: {:.3} (same bytes), {:.3} (16-byte messages); kiln latency submit→result p50 {:.2} ms, p99 {:.2} ms (all runs)",
+        "kiln / ceiling: {:.3} (same bytes), {:.3} (16-byte messages); in-process roles {:.3} \
+         (same bytes); kiln latency submit→result p50 {:.2} ms, p99 {:.2} ms (all runs)",
         report.ratio_same_bytes,
         report.ratio_small,
+        report.ratio_in_process_same_bytes,
         report.kiln_total_ms_p50,
         report.kiln_total_ms_p99
     );
@@ -118,30 +126,22 @@ pub(crate) async fn measure_pipeline(
         );
     }
 
-    let mut runs = Vec::new();
-    for r in 0..args.runs.max(1) {
-        for (side, job_size, result_size) in [
-            ("ceiling, same bytes", job_bytes, result_bytes),
-            ("ceiling, 16-byte messages", 16, 16),
-        ] {
-            let seconds = ceiling(&js, args.jobs, job_size, result_size, r).await?;
-            runs.push(record(side, args.jobs, seconds));
-        }
-        let (seconds, _) = kiln(&client, &js, &topology, args.jobs, args.len, r).await?;
-        runs.push(record("kiln", args.jobs, seconds));
-    }
-    let median = |side: &str| {
-        let mut v: Vec<f64> = runs
-            .iter()
-            .filter(|r| r.side == side)
-            .map(|r| r.jobs_per_s)
-            .collect();
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
+    let sizes = (job_bytes, result_bytes);
+    let runs = measure_runs(
+        &client,
+        &js,
+        &topology,
+        &nats.nats_url,
+        args,
+        sizes,
+        verbose,
+    )
+    .await?;
+    let median = |side: &str| median_rate(&runs, side);
     let same = median("ceiling, same bytes");
     let small = median("ceiling, 16-byte messages");
     let kiln_rate = median("kiln");
+    let in_process = median("kiln, in-process roles");
     let latency = streams::latest_metrics(&js).await.ok().and_then(|s| {
         s.into_iter()
             .find(|s| s.kind == "vector_add" && s.class == "cpu")
@@ -158,6 +158,8 @@ pub(crate) async fn measure_pipeline(
         kiln_jobs_per_s: kiln_rate,
         ratio_same_bytes: kiln_rate / same,
         ratio_small: kiln_rate / small,
+        kiln_in_process_jobs_per_s: in_process,
+        ratio_in_process_same_bytes: in_process / same,
         kiln_total_ms_p50: latency.p50,
         kiln_total_ms_p90: latency.p90,
         kiln_total_ms_p99: latency.p99,
@@ -165,6 +167,49 @@ pub(crate) async fn measure_pipeline(
         kiln_total_ms_max: latency.max,
         runs,
     })
+}
+
+/// Each side `args.runs` times, interleaved: the two ceilings, kiln with in-process roles,
+/// kiln with role processes.
+async fn measure_runs(
+    client: &async_nats::Client,
+    js: &jetstream::Context,
+    topology: &kiln_proto::Topology,
+    nats_url: &str,
+    args: &PipelineArgs,
+    (job_bytes, result_bytes): (usize, usize),
+    verbose: bool,
+) -> anyhow::Result<Vec<Run>> {
+    let mut runs = Vec::new();
+    for r in 0..args.runs.max(1) {
+        for (side, job_size, result_size) in [
+            ("ceiling, same bytes", job_bytes, result_bytes),
+            ("ceiling, 16-byte messages", 16, 16),
+        ] {
+            let varz = Varz::read(args.varz.as_deref());
+            let seconds = ceiling(js, args.jobs, job_size, result_size, r).await?;
+            varz.report(side, args.jobs);
+            runs.push(record(side, args.jobs, seconds));
+        }
+        let varz = Varz::read(args.varz.as_deref());
+        let seconds = kiln(client, js, topology, args.jobs, args.len, r).await?;
+        varz.report("kiln, in-process roles", args.jobs);
+        runs.push(record("kiln, in-process roles", args.jobs, seconds));
+        let seconds = kiln_processes(js, nats_url, args, r, verbose).await?;
+        runs.push(record("kiln", args.jobs, seconds));
+    }
+    Ok(runs)
+}
+
+/// The median jobs/s of one side's runs.
+fn median_rate(runs: &[Run], side: &str) -> f64 {
+    let mut v: Vec<f64> = runs
+        .iter()
+        .filter(|r| r.side == side)
+        .map(|r| r.jobs_per_s)
+        .collect();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 fn record(side: &'static str, jobs: u64, seconds: f64) -> Run {
@@ -194,7 +239,7 @@ fn job_specs(run: &str, count: u64, len: u64) -> anyhow::Result<Vec<JobSpec>> {
 }
 
 /// The byte size of a real result event of a vector_add of `len`.
-fn sample_result_bytes(len: u64) -> anyhow::Result<usize> {
+pub(crate) fn sample_result_bytes(len: u64) -> anyhow::Result<usize> {
     let kind = kiln_kernels::find("vector_add").context("vector_add is registered")?;
     let body = format!(r#"{{"id":"bench-size-0","params":{{"len":{len}}}}}"#);
     let job = kind
@@ -227,8 +272,8 @@ fn sample_result_bytes(len: u64) -> anyhow::Result<usize> {
     Ok(serde_json::to_vec(&event)?.len())
 }
 
-/// kiln end to end: publish `jobs` vector adds, one CPU worker and the aggregator in this
-/// process; done when the aggregator's snapshot has counted them all.
+/// kiln end to end with its roles in this process: publish `jobs` vector adds, one CPU
+/// worker and the aggregator running here; seconds until the aggregator counted them all.
 async fn kiln(
     client: &async_nats::Client,
     js: &jetstream::Context,
@@ -236,8 +281,7 @@ async fn kiln(
     jobs: u64,
     len: u64,
     run: u32,
-) -> anyhow::Result<(f64, u64)> {
-    let before = counted(js).await;
+) -> anyhow::Result<f64> {
     let specs = job_specs(&format!("{}-{run}", kiln_proto::new_job_id()), jobs, len)?;
     let mut config = kiln_worker::WorkerConfig::new(ComputeDevice::Cpu);
     config.topology = topology.clone();
@@ -246,12 +290,50 @@ async fn kiln(
     roles.aggregator(
         client,
         kiln_aggregator::AggregatorConfig {
-            interval: Duration::from_millis(50),
+            interval: Duration::from_millis(crate::roles::SNAPSHOT_INTERVAL_MS),
             topology: topology.clone(),
             ..Default::default()
         },
     );
-    let bar = progress_bar(jobs, "kiln");
+    let seconds = publish_and_count(js, specs, "kiln, in-process").await?;
+    roles.stop().await?;
+    Ok(seconds)
+}
+
+/// kiln end to end as users run it: a `kiln worker` and a `kiln aggregator` process, this
+/// process only publishing. The roles start (and take 200 warm-up jobs) before the clock does.
+async fn kiln_processes(
+    js: &jetstream::Context,
+    nats_url: &str,
+    args: &PipelineArgs,
+    run: u32,
+    verbose: bool,
+) -> anyhow::Result<f64> {
+    let tag = format!("{}-{run}", kiln_proto::new_job_id());
+    let roles = RoleProcesses::start(js, nats_url, &format!("bench-{tag}-")).await?;
+    if verbose {
+        println!("run {run}: kiln processes {:?}", roles.pids());
+    }
+    let warmup = job_specs(&format!("warm-{tag}"), 200, args.len)?;
+    publish_and_count(js, warmup, "kiln warm-up").await?;
+    let varz = Varz::read(args.varz.as_deref());
+    let specs = job_specs(&tag, args.jobs, args.len)?;
+    let seconds = publish_and_count(js, specs, "kiln, processes").await?;
+    varz.report("kiln, processes", args.jobs);
+    roles.stop().await?;
+    Ok(seconds)
+}
+
+/// Publish `specs` at once and wait until the aggregator has counted them: seconds from the
+/// first publish.
+async fn publish_and_count(
+    js: &jetstream::Context,
+    specs: Vec<JobSpec>,
+    label: &'static str,
+) -> anyhow::Result<f64> {
+    let jobs = specs.len() as u64;
+    let before = counted(js).await;
+    let bar = progress_bar(jobs, label);
     let started = Instant::now();
     publish_all(js, specs, None, false).await?;
     let target = before + jobs;
@@ -263,15 +345,54 @@ async fn kiln(
         }
         anyhow::ensure!(
             started.elapsed() < Duration::from_secs(600),
-            "kiln run did not finish in 10 minutes ({} of {jobs} counted)",
+            "{label}: the run did not finish in 10 minutes ({} of {jobs} counted)",
             now - before
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let seconds = started.elapsed().as_secs_f64();
     bar.finish_and_clear();
-    roles.stop().await?;
-    Ok((seconds, target))
+    Ok(seconds)
+}
+
+/// The server's message counters (`/varz` of its monitoring port), read before a side runs,
+/// to print the messages it moved per job (`--varz`).
+struct Varz {
+    url: Option<String>,
+    before: (u64, u64),
+}
+
+impl Varz {
+    fn read(url: Option<&str>) -> Self {
+        let before = url.map_or((0, 0), varz_counts);
+        Varz {
+            url: url.map(str::to_owned),
+            before,
+        }
+    }
+
+    fn report(&self, side: &str, jobs: u64) {
+        let Some(url) = &self.url else { return };
+        let (inn, out) = varz_counts(url);
+        let per = |d: u64| d as f64 / jobs as f64;
+        println!(
+            "{side}: server messages per job: in {:.2}, out {:.2}",
+            per(inn - self.before.0),
+            per(out - self.before.1)
+        );
+    }
+}
+
+/// `in_msgs` and `out_msgs` of the server whose monitoring endpoint is `url` (with curl).
+fn varz_counts(url: &str) -> (u64, u64) {
+    let body = std::process::Command::new("curl")
+        .args(["-s", &format!("{url}/varz")])
+        .output()
+        .map(|o| o.stdout)
+        .unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let n = |k: &str| v.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
+    (n("in_msgs"), n("out_msgs"))
 }
 
 /// Jobs the aggregator has counted for (vector_add, cpu).
