@@ -40,6 +40,8 @@ pub(crate) struct Report {
     pub runs: Vec<Run>,
     pub ceiling_same_bytes_jobs_per_s: f64,
     pub ceiling_small_jobs_per_s: f64,
+    /// Same bytes, results stored as `KILN_RESULTS` stores kiln's (a subject per result).
+    pub ceiling_subject_per_result_jobs_per_s: f64,
     pub kiln_jobs_per_s: f64,
     pub ratio_same_bytes: f64,
     pub ratio_small: f64,
@@ -155,6 +157,7 @@ pub(crate) async fn measure_pipeline(
         result_bytes,
         ceiling_same_bytes_jobs_per_s: same,
         ceiling_small_jobs_per_s: small,
+        ceiling_subject_per_result_jobs_per_s: median(CEILING_PER_JOB),
         kiln_jobs_per_s: kiln_rate,
         ratio_same_bytes: kiln_rate / same,
         ratio_small: kiln_rate / small,
@@ -182,12 +185,19 @@ async fn measure_runs(
 ) -> anyhow::Result<Vec<Run>> {
     let mut runs = Vec::new();
     for r in 0..args.runs.max(1) {
-        for (side, job_size, result_size) in [
-            ("ceiling, same bytes", job_bytes, result_bytes),
-            ("ceiling, 16-byte messages", 16, 16),
+        for (side, job_size, result_size, per_job) in [
+            ("ceiling, same bytes", job_bytes, result_bytes, false),
+            ("ceiling, 16-byte messages", 16, 16, false),
+            (CEILING_PER_JOB, job_bytes, result_bytes, true),
         ] {
             let varz = Varz::read(args.varz.as_deref());
-            let seconds = ceiling(js, args.jobs, job_size, result_size, r).await?;
+            let shape = Shape {
+                jobs: args.jobs,
+                job_bytes: job_size,
+                result_bytes: result_size,
+                subject_per_result: per_job,
+            };
+            let seconds = ceiling(js, shape, r).await?;
             varz.report(side, args.jobs);
             runs.push(record(side, args.jobs, seconds));
         }
@@ -406,20 +416,31 @@ async fn counted(js: &jetstream::Context) -> u64 {
         .sum()
 }
 
+/// The ceiling's side whose results are stored as `KILN_RESULTS` stores kiln's: a subject per
+/// result, one message per subject (what issue 9's one-answer-per-job rule costs the server).
+const CEILING_PER_JOB: &str = "ceiling, same bytes, a subject per result";
+
+/// What one ceiling run moves.
+#[derive(Debug, Clone, Copy)]
+struct Shape {
+    jobs: u64,
+    job_bytes: usize,
+    result_bytes: usize,
+    /// Results on a subject each, one message per subject (as in `KILN_RESULTS`).
+    subject_per_result: bool,
+}
+
 /// The raw JetStream ceiling: the same message flow with no kiln logic. Publish `jobs`
 /// messages (with message ids, as kiln does) to a work-queue stream; a consumer pulls each,
 /// publishes a result to a second stream, waits for its PubAck and acks; a second consumer
 /// pulls and acks the results. Timed from the first publish to the last result acked.
-async fn ceiling(
-    js: &jetstream::Context,
-    jobs: u64,
-    job_bytes: usize,
-    result_bytes: usize,
-    run: u32,
-) -> anyhow::Result<f64> {
+async fn ceiling(js: &jetstream::Context, shape: Shape, run: u32) -> anyhow::Result<f64> {
+    let Shape {
+        jobs, job_bytes, ..
+    } = shape;
     let tag = format!("{}-{run}", kiln_proto::new_job_id());
-    let (workers, mut results) = ceiling_streams(js).await?;
-    let worker = spawn_ceiling_worker(js.clone(), workers, jobs, result_bytes);
+    let (workers, mut results) = ceiling_streams(js, shape.subject_per_result).await?;
+    let worker = spawn_ceiling_worker(js.clone(), workers, shape);
     let bar = progress_bar(jobs, "ceiling");
     let started = Instant::now();
     let publisher = spawn_ceiling_publisher(js.clone(), jobs, job_bytes, tag);
@@ -436,7 +457,10 @@ async fn ceiling(
 
 /// The ceiling's two streams, made afresh, and the messages of their consumers: the jobs
 /// the workers pull, and the results.
-async fn ceiling_streams(js: &jetstream::Context) -> anyhow::Result<(pull::Stream, pull::Stream)> {
+async fn ceiling_streams(
+    js: &jetstream::Context,
+    subject_per_result: bool,
+) -> anyhow::Result<(pull::Stream, pull::Stream)> {
     for (name, subject, retention) in [
         (
             "BENCH_JOBS",
@@ -450,15 +474,21 @@ async fn ceiling_streams(js: &jetstream::Context) -> anyhow::Result<(pull::Strea
         ),
     ] {
         let _ = js.delete_stream(name).await;
-        js.create_stream(stream::Config {
+        let mut config = stream::Config {
             name: name.into(),
             subjects: vec![subject.into()],
             retention,
             storage: stream::StorageType::File,
             duplicate_window: streams::DUPLICATE_WINDOW,
             ..Default::default()
-        })
-        .await?;
+        };
+        if subject_per_result && name == "BENCH_RESULTS" {
+            // As KILN_RESULTS keeps them: one message per subject, a second one refused.
+            config.max_messages_per_subject = 1;
+            config.discard = stream::DiscardPolicy::New;
+            config.discard_new_per_subject = true;
+        }
+        js.create_stream(config).await?;
     }
     let workers = pull_messages(js, "BENCH_JOBS", "bench-workers", 20_000, 256).await?;
     let results = pull_messages(js, "BENCH_RESULTS", "bench-agg", 200_000, 1000).await?;
@@ -494,10 +524,10 @@ async fn pull_messages(
 fn spawn_ceiling_worker(
     js: jetstream::Context,
     workers: pull::Stream,
-    jobs: u64,
-    result_bytes: usize,
+    shape: Shape,
 ) -> tokio::task::JoinHandle<()> {
-    let result_body = bytes::Bytes::from(vec![b'r'; result_bytes]);
+    let result_body = bytes::Bytes::from(vec![b'r'; shape.result_bytes]);
+    let (jobs, per_result) = (shape.jobs, shape.subject_per_result);
     tokio::spawn(async move {
         workers
             .take(jobs as usize)
@@ -509,10 +539,11 @@ fn spawn_ceiling_worker(
                     let mut headers = HeaderMap::new();
                     let id = format!("r-{}", message.info().map_or(0, |i| i.stream_sequence));
                     headers.insert(HEADER_MSG_ID, id.as_str());
-                    if let Ok(ack) = js
-                        .publish_with_headers("bench.results.x", headers, body)
-                        .await
-                    {
+                    let subject = match per_result {
+                        true => format!("bench.results.{id}"),
+                        false => "bench.results.x".to_owned(),
+                    };
+                    if let Ok(ack) = js.publish_with_headers(subject, headers, body).await {
                         let _ = ack.await;
                     }
                     let _ = message.ack().await;

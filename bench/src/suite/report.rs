@@ -307,6 +307,7 @@ fn pipeline(o: &mut String, s: &Suite) {
         "| flow | jobs/s | kiln as a ratio |\n|---|---|---|\n\
          | raw JetStream, messages the size of kiln's ({} B job, {} B result) | {:.0} | {} |\n\
          | raw JetStream, 16-byte messages | {:.0} | {} |\n\
+         | raw JetStream, same bytes, a subject per result as in `KILN_RESULTS` | {:.0} | {} |\n\
          | kiln end to end, worker and aggregator processes | {:.0} | — |\n\
          | kiln end to end, worker and aggregator in the bench process | {:.0} | {} of the same-bytes ceiling |\n",
         p.job_bytes,
@@ -315,6 +316,11 @@ fn pipeline(o: &mut String, s: &Suite) {
         down(p.ratio_same_bytes, 3),
         p.ceiling_small_jobs_per_s,
         down(p.ratio_small, 3),
+        p.ceiling_subject_per_result_jobs_per_s,
+        down(
+            p.kiln_jobs_per_s / p.ceiling_subject_per_result_jobs_per_s,
+            3
+        ),
         p.kiln_jobs_per_s,
         p.kiln_in_process_jobs_per_s,
         down(p.ratio_in_process_same_bytes, 3)
