@@ -98,6 +98,10 @@ if [ -x .device/kiln-kernel-tests ] && [ -z "${KILN_SKIP_CUDA_TESTS:-}" ]; then
         --test-threads 1 > "$LOGS/cuda-tests.log" 2>&1
     echo "CUDA kernel tests: exit $?" | tee -a "$LOGS/cuda-tests.log"
 fi
+phase "dynamic batching (kiln-bench batching --device cuda)"
+timeout -k 10 "${KILN_BATCHING_LIMIT_S:-90}" "$BENCH_BIN" batching --device cuda \
+    > "$LOGS/batching.log" 2>&1
+echo "batching: exit $?"; grep -A4 "batch window" "$LOGS/batching.log"
 if python3 -c 'import torch' 2>/dev/null; then
     phase "kernels: kiln (kiln-bench kernels --device cuda)"
     filter=()
@@ -129,6 +133,9 @@ phase "done"
     python3 scripts/gpu_check.py --render "$OUT/gpu-check.json" --out "$work" > /dev/null 2>&1 \
         && cat "$work/gpu-check.md" || echo "(no correctness results)"
     echo; cat "$work/kernels/kernels.md" 2>/dev/null || echo "(no kernel comparison)"
+    echo; echo "## Dynamic batching"; echo; echo '```'
+    grep -A4 "batch window" "$LOGS/batching.log" 2>/dev/null || echo "(not run)"
+    echo '```'
     echo; echo "## CUDA kernel tests"; echo; echo '```'
     grep -E '^test |test result' "$LOGS/cuda-tests.log" 2>/dev/null || echo "(not run)"
     echo '```'

@@ -24,6 +24,9 @@ pub enum BenchKind {
     /// through `kiln worker` and `kiln aggregator` processes: p50/p90/p99/max against the raw
     /// JetStream round trip of the same shape measured in the same run.
     Latency(LatencyArgs),
+    /// Small vector_add jobs on one worker with dynamic batching off and on: burst
+    /// throughput and lone-job latency, in the same run.
+    Batching(BatchingArgs),
     /// A mixed workload under three policies — always GPU, always CPU, kiln's scheduler —
     /// by makespan and mean completion time; simulated classes on machines without a GPU.
     Scheduler(SchedulerBenchArgs),
@@ -141,6 +144,28 @@ pub struct SchedulerBenchArgs {
     #[arg(long, default_value_t = 8.0)]
     pub cpu_slowdown: f64,
     /// Write the figures as JSON to this file (a bar chart goes beside it as .svg).
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BatchingArgs {
+    /// The worker's device: cpu, cuda, cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Jobs in the burst published at once.
+    #[arg(long, default_value_t = 5_000)]
+    pub jobs: u64,
+    /// Lone jobs sent one at a time after the burst.
+    #[arg(long, default_value_t = 500)]
+    pub lone: u64,
+    /// Length of each vector_add.
+    #[arg(long, default_value_t = 1024)]
+    pub len: u64,
+    /// The batch window of the batching side.
+    #[arg(long, default_value = "1ms", value_parser = humantime::parse_duration)]
+    pub window: std::time::Duration,
+    /// Write the figures as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
 }

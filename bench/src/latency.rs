@@ -109,7 +109,7 @@ pub(crate) async fn measure_latency(
         nats = private;
         Some(server)
     };
-    let client = kiln_cli::connect::connect_with(&nats, false).await?;
+    let client = kiln_client::connect(&nats.connect_options()).await?;
     let js = jetstream::new(client.clone());
     streams::ensure_all(&js, &kiln_cli::cmd::topology(&nats)).await?;
     let tag = kiln_proto::new_job_id();

@@ -6,6 +6,7 @@
 //! Parts that need separate worker processes start the `kiln` binary: `KILN_BIN`, else the
 //! `kiln` beside this binary (cargo builds both into the same folder), else `kiln` on PATH.
 
+mod batching;
 mod cli;
 mod kernels;
 mod latency;
@@ -64,6 +65,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.which {
         BenchKind::Pipeline(args) => pipeline::run(nats, args).await,
         BenchKind::Latency(args) => latency::run(nats, args).await,
+        BenchKind::Batching(args) => batching::run(nats, args).await,
         BenchKind::Scheduler(args) => scheduler::run(nats, args).await,
         BenchKind::Kernels(args) => tokio::task::spawn_blocking(move || kernels::run(args)).await?,
         BenchKind::Suite(args) => suite::run(nats, args).await,

@@ -19,7 +19,8 @@ use crate::machine::describe_machine;
 use crate::roles::RoleProcesses;
 use kiln_cli::cli::NatsArgs;
 use kiln_cli::cmd::roles::LocalRoles;
-use kiln_cli::cmd::submit::{JobSpec, progress_bar, publish_all};
+use kiln_cli::cmd::submit::progress_bar;
+use kiln_client::{JobSpec, publish_all};
 
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Run {
@@ -110,7 +111,7 @@ pub(crate) async fn measure_pipeline(
         nats = private;
         Some(server)
     };
-    let client = kiln_cli::connect::connect_with(&nats, false).await?;
+    let client = kiln_client::connect(&nats.connect_options()).await?;
     let js = jetstream::new(client.clone());
     let topology = kiln_cli::cmd::topology(&nats);
     streams::ensure_all(&js, &topology).await?;
@@ -245,7 +246,8 @@ fn job_specs(run: &str, count: u64, len: u64) -> anyhow::Result<Vec<JobSpec>> {
                 Codec::Json,
             )
         })
-        .collect()
+        .collect::<kiln_client::Result<_>>()
+        .map_err(Into::into)
 }
 
 /// The byte size of a real result event of a vector_add of `len`.
@@ -345,7 +347,7 @@ async fn publish_and_count(
     let before = counted(js).await;
     let bar = progress_bar(jobs, label);
     let started = Instant::now();
-    publish_all(js, specs, None, false).await?;
+    publish_all(js, specs, false, || {}).await?;
     let target = before + jobs;
     loop {
         let now = counted(js).await;

@@ -22,7 +22,8 @@ use serde_json::json;
 use crate::cli::SchedulerBenchArgs;
 use kiln_cli::cli::NatsArgs;
 use kiln_cli::cmd::roles::LocalRoles;
-use kiln_cli::cmd::submit::{JobSpec, ResultCollector, progress_bar, publish_all};
+use kiln_cli::cmd::submit::progress_bar;
+use kiln_client::{JobSpec, ResultCollector, publish_all};
 
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct PolicyRun {
@@ -93,7 +94,7 @@ pub(crate) async fn measure(
     verbose: bool,
 ) -> anyhow::Result<Report> {
     let (server, nats) = crate::private_server(nats)?;
-    let client = kiln_cli::connect::connect_with(&nats, false).await?;
+    let client = kiln_client::connect(&nats.connect_options()).await?;
     let js = jetstream::new(client.clone());
     let topology = kiln_cli::cmd::topology(&nats);
     streams::ensure_all(&js, &topology).await?;
@@ -236,7 +237,8 @@ fn workload(tag: &str, class: DeviceClass, small: u64, large: u64) -> anyhow::Re
                 JobSpec::new(add, class, json!({"len": 4096}), id, i, None, Codec::Json)
             }
         })
-        .collect()
+        .collect::<kiln_client::Result<_>>()
+        .map_err(Into::into)
 }
 
 struct Collected {
@@ -256,9 +258,9 @@ async fn run_jobs(
     let bar = progress_bar(count as u64, what);
     let first_submit = time::OffsetDateTime::now_utc();
     let started = Instant::now();
-    publish_all(js, jobs, None, true).await?;
+    publish_all(js, jobs, true, || {}).await?;
     let results = collector
-        .collect(ids, Duration::from_secs(600), Some(&bar), |_| {})
+        .collect(ids, Duration::from_secs(600), |_| bar.inc(1))
         .await;
     let makespan = started.elapsed();
     bar.finish_and_clear();

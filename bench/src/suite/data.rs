@@ -29,7 +29,7 @@ use tokio::io::AsyncReadExt as _;
 
 use super::overhead::{quantile, wait_for};
 use kiln_cli::cli::NatsArgs;
-use kiln_cli::cmd::submit::{JobSpec, publish_all};
+use kiln_client::{JobSpec, publish_all};
 
 pub const METHOD: &str = "one private nats-server (file store) and one `kiln worker --device cpu` \
     process; matmul by object: client uploads a and b (.npy), submits, the worker downloads both, \
@@ -213,7 +213,7 @@ impl Rig {
     /// Start the server and the worker, and wait until the worker is live.
     async fn start(nats: &NatsArgs) -> anyhow::Result<Self> {
         let (server, nats) = crate::private_server(nats)?;
-        let client = kiln_cli::connect::connect_with(&nats, false).await?;
+        let client = kiln_client::connect(&nats.connect_options()).await?;
         let js = jetstream::new(client.clone());
         let topology = kiln_cli::cmd::topology(&nats);
         streams::ensure_all(&js, &topology).await?;
@@ -361,7 +361,7 @@ impl Rig {
         };
         let spec = JobSpec::build(entry, DeviceClass::Cpu, params, meta, Codec::Json)?;
         let submitted = OffsetDateTime::now_utc();
-        publish_all(&self.js, [spec], None, false).await?;
+        publish_all(&self.js, [spec], false, || {}).await?;
         let event = wait_for(&mut self.results, id, Duration::from_secs(600)).await?;
         let received = OffsetDateTime::now_utc();
         anyhow::ensure!(

@@ -27,7 +27,7 @@ use time::OffsetDateTime;
 
 use kiln_cli::cli::NatsArgs;
 use kiln_cli::cmd::roles::LocalRoles;
-use kiln_cli::cmd::submit::{JobSpec, publish_all};
+use kiln_client::{JobSpec, publish_all};
 
 /// One kind at one size.
 pub struct OverheadCase {
@@ -166,7 +166,7 @@ struct Sample {
 
 pub async fn measure(nats: &NatsArgs, quick: bool, bar: &ProgressBar) -> anyhow::Result<Section> {
     let (server, nats) = crate::private_server(nats)?;
-    let client = kiln_cli::connect::connect_with(&nats, false).await?;
+    let client = kiln_client::connect(&nats.connect_options()).await?;
     let js = jetstream::new(client.clone());
     let topology = kiln_cli::cmd::topology(&nats);
     streams::ensure_all(&js, &topology).await?;
@@ -199,7 +199,7 @@ pub async fn measure(nats: &NatsArgs, quick: bool, bar: &ProgressBar) -> anyhow:
             )?;
             job_bytes = spec.body.len();
             let submitted = OffsetDateTime::now_utc();
-            publish_all(&js, [spec], None, false).await?;
+            publish_all(&js, [spec], false, || {}).await?;
             let event = wait_for(&mut results, &id, Duration::from_secs(300)).await?;
             let received = OffsetDateTime::now_utc();
             bar.inc(1);

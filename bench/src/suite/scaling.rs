@@ -20,7 +20,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use kiln_cli::cli::NatsArgs;
-use kiln_cli::cmd::submit::{JobSpec, ResultCollector, publish_all};
+use kiln_client::{JobSpec, ResultCollector, publish_all};
 
 pub struct Workload {
     pub name: &'static str,
@@ -84,7 +84,7 @@ pub async fn measure(
         "--workers needs one or more counts above 0, e.g. 1,2,4"
     );
     let (server, nats) = crate::private_server(nats)?;
-    let client = kiln_cli::connect::connect_with(&nats, false).await?;
+    let client = kiln_client::connect(&nats.connect_options()).await?;
     let js = jetstream::new(client.clone());
     streams::ensure_all(&js, &kiln_cli::cmd::topology(&nats)).await?;
     let exe = crate::kiln_binary()?;
@@ -179,12 +179,12 @@ async fn timed_run(
                 Codec::Json,
             )
         })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+        .collect::<kiln_client::Result<Vec<_>>>()?;
     let ids: HashSet<String> = jobs.iter().map(|j| j.id.clone()).collect();
     let started = Instant::now();
-    publish_all(js, jobs, None, false).await?;
+    publish_all(js, jobs, false, || {}).await?;
     let results = collector
-        .collect(ids, Duration::from_secs(600), Some(bar), |_| {})
+        .collect(ids, Duration::from_secs(600), |_| bar.inc(1))
         .await;
     let seconds = started.elapsed().as_secs_f64();
     anyhow::ensure!(

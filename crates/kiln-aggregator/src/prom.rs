@@ -1,11 +1,12 @@
 //! The aggregator's Prometheus view: counters and histograms from each counted result,
-//! throughput per snapshot interval, the GPU-vs-CPU speedup, and each consumer's backlog.
+//! throughput per snapshot interval, the GPU-vs-CPU speedup; and, read every 2 s, each
+//! consumer's backlog, the dead letters and the live workers per class.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
-use kiln_proto::streams::{CONSUMER_AGGREGATOR, STREAM_JOBS, STREAM_RESULTS};
+use kiln_proto::streams::{self, CONSUMER_AGGREGATOR, STREAM_DLQ, STREAM_JOBS, STREAM_RESULTS};
 use kiln_proto::{DeviceClass, Status};
 use kiln_telemetry::{
     AggregatorMetrics, ClassLabels, ConsumerLabels, FailureLabels, JobLabels, KindClassLabels,
@@ -175,10 +176,10 @@ fn seconds(ms: f64) -> f64 {
     }
 }
 
-/// How often consumers' backlogs are read.
+/// How often consumers' backlogs, the dead letters and the live workers are read.
 const BACKLOG_EVERY: Duration = Duration::from_secs(2);
 
-/// Keep the consumer gauges current until dropped.
+/// Keep the consumer, dead-letter and live-worker gauges current until dropped.
 pub(crate) struct BacklogSampler(tokio::task::JoinHandle<()>);
 
 impl Drop for BacklogSampler {
@@ -194,6 +195,8 @@ impl BacklogSampler {
             loop {
                 ticker.tick().await;
                 sample(&js, &metrics).await;
+                sample_dead_letters(&js, &metrics).await;
+                sample_workers(&js, &metrics).await;
             }
         }))
     }
@@ -243,5 +246,37 @@ async fn sample(js: &jetstream::Context, metrics: &AggregatorMetrics) {
                 })
                 .set(pending + in_flight);
         }
+    }
+}
+
+/// `kiln_dead_letters`: the messages in `KILN_DLQ`. Left as it was when the stream cannot
+/// be read.
+async fn sample_dead_letters(js: &jetstream::Context, metrics: &AggregatorMetrics) {
+    let Ok(mut stream) = js.get_stream(STREAM_DLQ).await else {
+        return;
+    };
+    if let Ok(info) = stream.info().await {
+        metrics
+            .dead_letters
+            .set(i64::try_from(info.state.messages).unwrap_or(i64::MAX));
+    }
+}
+
+/// `kiln_workers_live{class}`: the workers whose heartbeat has not expired, counted as
+/// `kiln status` lists them; `gpu` and `cpu` are always present (0 when none), so that an
+/// alert can compare a class's backlog with its workers. Left as it was when the bucket
+/// cannot be read.
+async fn sample_workers(js: &jetstream::Context, metrics: &AggregatorMetrics) {
+    let Ok(workers) = streams::live_workers(js).await else {
+        return;
+    };
+    for class in [DeviceClass::Gpu, DeviceClass::Cpu] {
+        let live = workers.iter().filter(|w| w.class == class).count();
+        metrics
+            .workers_live
+            .get_or_create(&ClassLabels {
+                class: class.to_string(),
+            })
+            .set(i64::try_from(live).unwrap_or(i64::MAX));
     }
 }

@@ -1,6 +1,7 @@
 //! Command-line arguments.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -43,7 +44,7 @@ pub struct NatsArgs {
     pub context: Option<String>,
     /// The server URL(s) in use: --nats-url, else the context's, else the default
     /// ([`NatsArgs::resolve`]).
-    #[arg(skip = DEFAULT_NATS_URL.to_owned())]
+    #[arg(skip = kiln_client::DEFAULT_NATS_URL.to_owned())]
     pub nats_url: String,
     /// Token to authenticate with.
     #[arg(long, env = "NATS_TOKEN", global = true, hide_env_values = true)]
@@ -85,44 +86,68 @@ pub struct NatsArgs {
     /// old ones age out, so an answered job is never forgotten to make room.
     #[arg(long, env = "KILN_RESULTS_MAX_BYTES", default_value_t = 4 << 30, global = true)]
     pub results_max_bytes: i64,
-    /// Hours objects stay in the KILN_DATA object store (kiln init).
+    /// How long objects stay in the KILN_DATA object store (kiln init) [default: 7d].
+    #[arg(long, value_parser = duration, value_name = "DURATION", global = true)]
+    pub data_max_age: Option<Duration>,
+    /// --data-max-age in hours (the older spelling).
     #[arg(
         long,
         env = "KILN_DATA_MAX_AGE_HOURS",
-        default_value_t = 168,
-        global = true
+        global = true,
+        conflicts_with = "data_max_age",
+        value_name = "HOURS"
     )]
-    pub data_max_age_hours: u64,
+    pub data_max_age_hours: Option<u64>,
     /// Most bytes the KILN_DATA object store holds (kiln init).
     #[arg(long, env = "KILN_DATA_MAX_BYTES", default_value_t = 8 << 30, global = true)]
     pub data_max_bytes: i64,
 }
 
-/// Where kiln looks for NATS when neither a flag, the environment nor a context says.
-pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
-
 impl NatsArgs {
     /// Fill in what flags and the environment left open from the `nats` CLI's context (named
     /// by --context, else the selected one), then the defaults.
     pub fn resolve(&mut self) -> anyhow::Result<()> {
-        use crate::context::{given, path};
-        let context = crate::context::load(self.context.as_deref())?;
-        if let Some((_, c)) = &context {
-            self.server = self.server.take().or_else(|| given(&c.url));
-            self.token = self.token.take().or_else(|| given(&c.token));
-            self.user = self.user.take().or_else(|| given(&c.user));
-            self.password = self.password.take().or_else(|| given(&c.password));
-            self.creds = self.creds.take().or_else(|| path(&c.creds));
-            self.nkey = self.nkey.take().or_else(|| path(&c.nkey));
-            self.tls_ca = self.tls_ca.take().or_else(|| path(&c.ca));
-            self.tls_cert = self.tls_cert.take().or_else(|| path(&c.cert));
-            self.tls_key = self.tls_key.take().or_else(|| path(&c.key));
-        }
-        self.nats_url = self
-            .server
-            .clone()
-            .unwrap_or_else(|| DEFAULT_NATS_URL.to_owned());
+        let mut o = kiln_client::ConnectOptions::from(&*self);
+        o.url = self.server.clone();
+        let o = o.resolve()?;
+        self.nats_url = o.server_url().to_owned();
+        (self.server, self.token, self.user, self.password) = (o.url, o.token, o.user, o.password);
+        (self.creds, self.nkey) = (o.creds, o.nkey);
+        (self.tls_ca, self.tls_cert, self.tls_key) = (o.tls_ca, o.tls_cert, o.tls_key);
         Ok(())
+    }
+
+    /// --data-max-age, or --data-max-age-hours, or 7 days.
+    pub fn data_max_age(&self) -> Duration {
+        let hours = |h: u64| Duration::from_secs(h.saturating_mul(3600));
+        either(
+            self.data_max_age,
+            self.data_max_age_hours.map(hours),
+            hours(168),
+        )
+    }
+
+    /// The options to connect with (after [`NatsArgs::resolve`]).
+    pub fn connect_options(&self) -> kiln_client::ConnectOptions {
+        self.into()
+    }
+}
+
+impl From<&NatsArgs> for kiln_client::ConnectOptions {
+    fn from(args: &NatsArgs) -> Self {
+        Self {
+            // Resolved ([`NatsArgs::resolve`]): the flag's, the context's or the default.
+            url: Some(args.nats_url.clone()),
+            context: args.context.clone(),
+            token: args.token.clone(),
+            user: args.user.clone(),
+            password: args.password.clone(),
+            creds: args.creds.clone(),
+            nkey: args.nkey.clone(),
+            tls_ca: args.tls_ca.clone(),
+            tls_cert: args.tls_cert.clone(),
+            tls_key: args.tls_key.clone(),
+        }
     }
 }
 
@@ -157,7 +182,10 @@ pub enum Command {
     #[command(disable_help_flag = true)]
     Bench(BenchForward),
     /// List the job kinds this build can run, with their parameters.
-    Kinds,
+    Kinds(FormatArgs),
+    /// List the live workers (from their heartbeats): device, class, engines, capacity, jobs
+    /// held, last heartbeat.
+    Workers(FormatArgs),
     /// Print a shell completion script: `kiln completions bash > ~/.local/share/bash-completion/completions/kiln`
     /// (zsh: into a folder on $fpath as _kiln; fish: ~/.config/fish/completions/kiln.fish).
     Completions {
@@ -230,6 +258,14 @@ pub struct WorkerArgs {
     /// Jobs computing at once (default: CPU cores for cpu, 2 for cuda).
     #[arg(long, env = "KILN_COMPUTE_SLOTS", value_parser = at_least_one)]
     pub compute_slots: Option<usize>,
+    /// How long a small job that can share one launch with others of its kind waits for them
+    /// (dynamic batching; vector_add up to 2^20 elements): the most it delays a lone job.
+    /// 0 runs every job alone. Default: 1ms for cuda, 0 for cpu.
+    #[arg(long, env = "KILN_BATCH_WINDOW", value_parser = humantime::parse_duration)]
+    pub batch_window: Option<std::time::Duration>,
+    /// The most jobs one shared launch takes.
+    #[arg(long, env = "KILN_BATCH_MAX_JOBS", default_value_t = 256, value_parser = at_least_one)]
+    pub batch_max_jobs: usize,
     /// Most tensor elements one job may hold, inputs and output together (default 2^28, 1 GiB
     /// of f32); bigger jobs fail with too_large.
     #[arg(long, env = "KILN_MAX_ELEMENTS", value_parser = clap::value_parser!(u64).range(1..))]
@@ -239,13 +275,31 @@ pub struct WorkerArgs {
     /// more fails with too_large before anything is allocated; jobs that fit wait their turn.
     #[arg(long, env = "KILN_MAX_MEMORY_MB", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_memory_mb: Option<u64>,
-    /// Seconds a graceful shutdown waits for running jobs before handing them back.
-    #[arg(long, env = "KILN_DRAIN_TIMEOUT_S", default_value_t = 30)]
-    pub drain_timeout_s: u64,
-    /// Seconds a job may go without an ack or progress ack before it is redelivered, when this
-    /// worker creates its consumer (an existing consumer's own ack wait is followed).
-    #[arg(long, env = "KILN_ACK_WAIT_S", default_value_t = 30)]
-    pub ack_wait_s: u64,
+    /// How long a graceful shutdown waits for running jobs before handing them back
+    /// [default: 30s].
+    #[arg(long, value_parser = duration, value_name = "DURATION")]
+    pub drain_timeout: Option<Duration>,
+    /// --drain-timeout in seconds (the older spelling).
+    #[arg(
+        long,
+        env = "KILN_DRAIN_TIMEOUT_S",
+        conflicts_with = "drain_timeout",
+        value_name = "SECONDS"
+    )]
+    pub drain_timeout_s: Option<u64>,
+    /// How long a job may go without an ack or progress ack before it is redelivered, when
+    /// this worker creates its consumer (an existing consumer's own ack wait is followed)
+    /// [default: 30s].
+    #[arg(long, value_parser = duration, value_name = "DURATION")]
+    pub ack_wait: Option<Duration>,
+    /// --ack-wait in seconds (the older spelling).
+    #[arg(
+        long,
+        env = "KILN_ACK_WAIT_S",
+        conflicts_with = "ack_wait",
+        value_name = "SECONDS"
+    )]
+    pub ack_wait_s: Option<u64>,
     /// Serve another class's consumer than the device's own (`gpu` from a CPU worker): with
     /// --slowdown, simulates a second device class on a machine without a GPU.
     #[arg(long, env = "KILN_SERVE_CLASS")]
@@ -253,9 +307,17 @@ pub struct WorkerArgs {
     /// Simulation: make each job take this many times its real compute time (1 = off).
     #[arg(long, env = "KILN_SLOWDOWN", default_value_t = 1.0)]
     pub slowdown: f64,
-    /// Simulation: milliseconds added to every job (a GPU's launch and transfer cost).
-    #[arg(long, env = "KILN_SIM_OVERHEAD_MS", default_value_t = 0.0)]
-    pub sim_overhead_ms: f64,
+    /// Simulation: time added to every job (a GPU's launch and transfer cost) [default: 0s].
+    #[arg(long, value_parser = duration, value_name = "DURATION")]
+    pub sim_overhead: Option<Duration>,
+    /// --sim-overhead in milliseconds (the older spelling; fractions allowed).
+    #[arg(
+        long,
+        env = "KILN_SIM_OVERHEAD_MS",
+        conflicts_with = "sim_overhead",
+        value_name = "MS"
+    )]
+    pub sim_overhead_ms: Option<f64>,
     /// Skip the GPU warm-up (JIT and autotune of each kind's typical sizes before the first job).
     #[arg(long, env = "KILN_NO_WARMUP")]
     pub no_warmup: bool,
@@ -280,14 +342,59 @@ pub struct WorkerArgs {
     pub metrics_addr: Option<String>,
 }
 
+impl WorkerArgs {
+    /// --drain-timeout, or --drain-timeout-s, or 30 s.
+    pub fn drain_timeout(&self) -> Duration {
+        either(
+            self.drain_timeout,
+            self.drain_timeout_s.map(Duration::from_secs),
+            Duration::from_secs(30),
+        )
+    }
+
+    /// --sim-overhead, or --sim-overhead-ms; `None` when that is negative or not a number.
+    pub fn sim_overhead(&self) -> Option<Duration> {
+        match (self.sim_overhead, self.sim_overhead_ms) {
+            (Some(d), _) => Some(d),
+            (None, Some(ms)) => Duration::try_from_secs_f64(ms / 1000.0).ok(),
+            (None, None) => Some(Duration::ZERO),
+        }
+    }
+
+    /// --ack-wait, or --ack-wait-s, or 30 s.
+    pub fn ack_wait(&self) -> Duration {
+        either(
+            self.ack_wait,
+            self.ack_wait_s.map(Duration::from_secs),
+            Duration::from_secs(30),
+        )
+    }
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct AggregatorArgs {
-    /// Milliseconds between metrics snapshots.
-    #[arg(long, env = "KILN_SNAPSHOT_INTERVAL_MS", default_value_t = 1000)]
-    pub interval_ms: u64,
+    /// Time between metrics snapshots [default: 1s].
+    #[arg(long, value_parser = duration, value_name = "DURATION")]
+    pub interval: Option<Duration>,
+    /// --interval in milliseconds (the older spelling).
+    #[arg(
+        long,
+        env = "KILN_SNAPSHOT_INTERVAL_MS",
+        conflicts_with = "interval",
+        value_name = "MS"
+    )]
+    pub interval_ms: Option<u64>,
     /// Serve Prometheus /metrics, /healthz and /readyz on this HOST:PORT (off when unset).
     #[arg(long, env = "KILN_METRICS_ADDR", value_name = "HOST:PORT")]
     pub metrics_addr: Option<String>,
+}
+
+impl AggregatorArgs {
+    /// --interval, or --interval-ms, or 1 s.
+    pub fn interval(&self) -> Duration {
+        let old = self.interval_ms.map(Duration::from_millis);
+        either(self.interval, old, Duration::from_secs(1))
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -295,12 +402,28 @@ pub struct SchedulerArgs {
     /// Name recorded in routing decisions (default: host-scheduler-pid).
     #[arg(long, env = "KILN_SCHEDULER_NAME")]
     pub name: Option<String>,
-    /// Milliseconds between re-reads of each class's backlog and live workers.
-    #[arg(long, env = "KILN_SCHEDULER_REFRESH_MS", default_value_t = 250)]
-    pub refresh_ms: u64,
+    /// Time between re-reads of each class's backlog and live workers [default: 250ms].
+    #[arg(long, value_parser = duration, value_name = "DURATION")]
+    pub refresh: Option<Duration>,
+    /// --refresh in milliseconds (the older spelling).
+    #[arg(
+        long,
+        env = "KILN_SCHEDULER_REFRESH_MS",
+        conflicts_with = "refresh",
+        value_name = "MS"
+    )]
+    pub refresh_ms: Option<u64>,
     /// Serve Prometheus /metrics, /healthz and /readyz on this HOST:PORT (off when unset).
     #[arg(long, env = "KILN_METRICS_ADDR", value_name = "HOST:PORT")]
     pub metrics_addr: Option<String>,
+}
+
+impl SchedulerArgs {
+    /// --refresh, or --refresh-ms, or 250 ms.
+    pub fn refresh(&self) -> Duration {
+        let old = self.refresh_ms.map(Duration::from_millis);
+        either(self.refresh, old, Duration::from_millis(250))
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -331,8 +454,11 @@ pub struct SubmitArgs {
     /// Seed for generated inputs.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Give up on the job after this many milliseconds of compute.
-    #[arg(long)]
+    /// Give up on the job after this much compute time (30s, 500ms, 2m).
+    #[arg(long, value_parser = duration, value_name = "DURATION")]
+    pub timeout: Option<Duration>,
+    /// --timeout in milliseconds (the older spelling).
+    #[arg(long, conflicts_with = "timeout", value_name = "MS")]
     pub timeout_ms: Option<u64>,
     /// Encode jobs with bincode instead of JSON.
     #[arg(long)]
@@ -340,9 +466,12 @@ pub struct SubmitArgs {
     /// Wait for the results and print them; exit non-zero if any failed.
     #[arg(long, short = 'w')]
     pub wait: bool,
-    /// Seconds --wait waits for all results.
-    #[arg(long, default_value_t = 300)]
-    pub wait_timeout_s: u64,
+    /// How long --wait waits for all results [default: 5m].
+    #[arg(long, value_parser = duration, value_name = "DURATION")]
+    pub wait_timeout: Option<Duration>,
+    /// --wait-timeout in seconds (the older spelling).
+    #[arg(long, conflicts_with = "wait_timeout", value_name = "SECONDS")]
+    pub wait_timeout_s: Option<u64>,
     /// A tensor parameter from a file or an object: KEY=@FILE stores FILE in KILN_DATA and
     /// passes it as {"object": ..}; KEY=@FILE#ENTRY picks one entry of a safetensors file;
     /// KEY=NAME names an object already stored (`kiln put`).
@@ -358,6 +487,23 @@ pub struct SubmitArgs {
     pub output_format: Option<String>,
 }
 
+/// How a command that reads prints what it found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Lines for people.
+    Text,
+    /// One JSON document on standard output, numbers as numbers.
+    Json,
+}
+
+/// `-o text|json`.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct FormatArgs {
+    /// Output format: text, or json (one JSON document on standard output).
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct ResultArgs {
     /// The job id (exit status 2 when it has no result, or is not a valid job id).
@@ -365,9 +511,26 @@ pub struct ResultArgs {
     /// Only a result of this kind (looks only at results.<kind>.<id>).
     #[arg(long)]
     pub kind: Option<String>,
-    /// Write the job's stored output (output.object) to FILE.
-    #[arg(long, short = 'o', value_name = "FILE")]
-    pub output: Option<PathBuf>,
+    /// text or json: how to print the result (both print its JSON); any other value is a
+    /// FILE to write the job's stored output (output.object) to (./json for a file named
+    /// json).
+    #[arg(long, short = 'o', value_name = "text|json|FILE", value_parser = result_output)]
+    pub output: Option<ResultOutput>,
+}
+
+/// `kiln result -o`: a format, or a file for the job's stored output.
+#[derive(Debug, Clone)]
+pub enum ResultOutput {
+    Format(Format),
+    File(PathBuf),
+}
+
+fn result_output(value: &str) -> Result<ResultOutput, String> {
+    Ok(match value {
+        "text" => ResultOutput::Format(Format::Text),
+        "json" => ResultOutput::Format(Format::Json),
+        file => ResultOutput::File(PathBuf::from(file)),
+    })
 }
 
 #[derive(Debug, Clone, Args)]
@@ -375,6 +538,8 @@ pub struct StatusArgs {
     /// A job id: answers succeeded / failed / running (where, attempt) / cancel requested /
     /// queued / unknown (exit status 2, as for an id that is not a valid job id).
     pub id: Option<String>,
+    #[command(flatten)]
+    pub output: FormatArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -393,7 +558,7 @@ pub struct DlqArgs {
 #[derive(Debug, Clone, Subcommand)]
 pub enum DlqCommand {
     /// List the dead letters: sequence, job id, original subject, why.
-    List,
+    List(FormatArgs),
     /// Resubmit dead letters to the subject they came from, and remove them from the queue.
     Replay {
         /// Sequences of the dead letters (from `kiln dlq list`); exit status 2 when one is not
@@ -407,12 +572,23 @@ pub enum DlqCommand {
 
 #[derive(Debug, Clone, Args)]
 pub struct WatchArgs {
-    /// Milliseconds between refreshes.
-    #[arg(long, default_value_t = 1000)]
-    pub interval_ms: u64,
+    /// Time between refreshes [default: 1s].
+    #[arg(long, value_parser = duration, value_name = "DURATION")]
+    pub interval: Option<Duration>,
+    /// --interval in milliseconds (the older spelling).
+    #[arg(long, conflicts_with = "interval", value_name = "MS")]
+    pub interval_ms: Option<u64>,
     /// Print the table once and exit.
     #[arg(long)]
     pub once: bool,
+}
+
+impl WatchArgs {
+    /// --interval, or --interval-ms, or 1 s.
+    pub fn interval(&self) -> Duration {
+        let old = self.interval_ms.map(Duration::from_millis);
+        either(self.interval, old, Duration::from_secs(1))
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -431,6 +607,38 @@ pub struct BenchForward {
     /// The arguments of `kiln-bench` (`suite`, `pipeline`, `kernels`, `scheduler`, `--help`).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub args: Vec<std::ffi::OsString>,
+}
+
+impl SubmitArgs {
+    /// --timeout, or --timeout-ms, in whole milliseconds (rounded up): the job's `timeout_ms`.
+    pub fn timeout_ms(&self) -> Option<u64> {
+        let ms = |d: Duration| {
+            d.as_nanos()
+                .div_ceil(1_000_000)
+                .try_into()
+                .unwrap_or(u64::MAX)
+        };
+        self.timeout.map(ms).or(self.timeout_ms)
+    }
+
+    /// --wait-timeout, or --wait-timeout-s, or 5 minutes.
+    pub fn wait_timeout(&self) -> Duration {
+        either(
+            self.wait_timeout,
+            self.wait_timeout_s.map(Duration::from_secs),
+            Duration::from_secs(300),
+        )
+    }
+}
+
+/// A duration flag: the new spelling's value, else the older spelling's, else `default`.
+fn either(new: Option<Duration>, old: Option<Duration>, default: Duration) -> Duration {
+    new.or(old).unwrap_or(default)
+}
+
+/// A duration as humantime reads it: `30s`, `250ms`, `1h 30m`, `7d`.
+fn duration(value: &str) -> Result<Duration, String> {
+    humantime::parse_duration(value).map_err(|e| e.to_string())
 }
 
 /// A count that must be at least one (`--compute-slots 0` would serve nothing).

@@ -3,8 +3,6 @@
 
 pub mod cli;
 pub mod cmd;
-pub mod connect;
-mod context;
 mod local_nats;
 mod signal;
 mod table;

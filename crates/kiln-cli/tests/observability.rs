@@ -266,6 +266,37 @@ async fn metrics_of_worker_and_aggregator_count_jobs_latencies_backlog_and_speed
         served.value("kiln_worker_device_memory_reserved_bytes", &[]),
         Some(0.0)
     );
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(
+        served.value(
+            "kiln_build_info",
+            &[("version", version), ("role", "worker")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        agg.value(
+            "kiln_build_info",
+            &[("version", version), ("role", "aggregator")]
+        ),
+        Some(1.0)
+    );
+
+    // Live workers per class, from the heartbeat bucket; none of the GPU class yet. Two jobs
+    // kept as dead letters (as a worker keeps one) are counted from KILN_DLQ.
+    for i in 0..2 {
+        let id = format!("dlq-obs-{i}");
+        publish_raw(&client, "dlq.vector_add", &id, r#"{"params":{"len":8}}"#).await;
+    }
+    let sampled = scrape_until(&aggregator, |s| {
+        s.value("kiln_workers_live", &[("class", "cpu")]) == Some(1.0)
+            && s.value("kiln_dead_letters", &[]) == Some(2.0)
+    })
+    .await;
+    assert_eq!(
+        sampled.value("kiln_workers_live", &[("class", "gpu")]),
+        Some(0.0)
+    );
 
     // Five jobs for a class nobody serves yet: the aggregator sees them waiting.
     let out = cluster.kiln(&[
@@ -360,6 +391,8 @@ async fn metrics_of_worker_and_aggregator_count_jobs_latencies_backlog_and_speed
     );
     scrape_until(&aggregator, |s| {
         s.value("kiln_backlog_jobs", &[("class", "gpu")]) == Some(0.0)
+            && s.value("kiln_workers_live", &[("class", "gpu")]) == Some(1.0)
+            && s.value("kiln_workers_live", &[("class", "cpu")]) == Some(1.0)
     })
     .await;
 }
@@ -386,6 +419,16 @@ async fn health_endpoints_follow_the_nats_connection_of_every_role() {
         assert_eq!(
             get(addr, "/healthz").await,
             Some((200, "ok\n".into())),
+            "{role}"
+        );
+        // Every role says which kiln it is.
+        let (_, text) = wait_for(addr, "/metrics", |s, _| s == 200).await;
+        assert_eq!(
+            Scrape::parse(&text).value(
+                "kiln_build_info",
+                &[("version", env!("CARGO_PKG_VERSION")), ("role", role)]
+            ),
+            Some(1.0),
             "{role}"
         );
     }

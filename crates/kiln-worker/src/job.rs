@@ -14,10 +14,11 @@ use crate::shared::Shared;
 /// Handle one job to the end: answered, handed back for another attempt, or handed back
 /// unfinished.
 pub(crate) async fn handle(shared: &Arc<Shared>, arrival: Arrival) {
+    let arriving = Arriving(shared);
     let (id, outcome) = match decode(shared, &arrival) {
         Ok(job) => {
             let id = arrival.id(job.id.as_deref());
-            match run(shared, &arrival, job, &id).await {
+            match run(shared, &arrival, job, &id, arriving).await {
                 Some(outcome) => (id, outcome),
                 None => return,
             }
@@ -37,6 +38,18 @@ pub(crate) async fn handle(shared: &Arc<Shared>, arrival: Arrival) {
     answer::finish(shared, &arrival, id, outcome).await;
 }
 
+/// A job counted in [`Shared::arriving`] until this is dropped: at its compute step, or when
+/// it is answered before one.
+struct Arriving<'a>(&'a Shared);
+
+impl Drop for Arriving<'_> {
+    fn drop(&mut self) {
+        self.0
+            .arriving
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Decode and validate the job; every problem becomes a specific [`JobError`].
 fn decode(shared: &Shared, arrival: &Arrival) -> Result<DecodedJob, JobError> {
     let kernel = arrival.kernel.clone()?;
@@ -53,6 +66,7 @@ async fn run(
     arrival: &Arrival,
     mut job: DecodedJob,
     id: &str,
+    arriving: Arriving<'_>,
 ) -> Option<Outcome> {
     let refused = |error: JobError, flops: f64| Outcome {
         result: Err(error),
@@ -73,11 +87,13 @@ async fn run(
     let flops = job.plan.flops;
     let output_mode = job.output;
     track(shared, id, arrival, true);
+    drop(arriving);
     let Ran {
         mut result,
         compute_ms,
         handed_back,
         stored,
+        batched,
     } = compute::compute(shared, &arrival.message, job, id).await;
     if let Some(stored) = stored {
         store_output(shared, arrival, id, output_mode, stored, &mut result).await;
@@ -96,7 +112,8 @@ async fn run(
             return None;
         }
     } else if compute_ms > 0.0 {
-        shared.admission.record(compute_ms);
+        // A launch shared by `batched` jobs took each of them 1/batched of the device.
+        shared.admission.record(compute_ms / batched as f64);
     }
     Some(Outcome {
         result,

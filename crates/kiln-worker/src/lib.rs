@@ -20,6 +20,7 @@
 mod admission;
 mod answer;
 mod arrival;
+mod batch;
 mod cancel;
 mod compute;
 mod config;

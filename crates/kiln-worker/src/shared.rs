@@ -49,6 +49,11 @@ pub(crate) struct Shared {
     pub cancelled: Cancellations,
     /// Jobs held now, by id, for the heartbeat (`kiln status <id>`).
     pub running: Mutex<HashMap<String, kiln_proto::RunningJob>>,
+    /// Small jobs waiting to share a launch ([`crate::batch`]).
+    pub batcher: crate::batch::Batcher,
+    /// Jobs delivered and not yet at their compute step (decoding, loading their objects):
+    /// when none are, no job is on its way to join a batch, which then runs at once.
+    pub arriving: std::sync::atomic::AtomicUsize,
     /// The `KILN_DATA` object store, opened when a job first needs it.
     pub data: tokio::sync::OnceCell<jetstream::object_store::ObjectStore>,
 }

@@ -127,6 +127,8 @@ async fn open(
         poisoned: std::sync::OnceLock::new(),
         cancelled,
         running: Default::default(),
+        batcher: Default::default(),
+        arriving: Default::default(),
         data: tokio::sync::OnceCell::new(),
         config,
     });

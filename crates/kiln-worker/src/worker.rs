@@ -102,6 +102,7 @@ async fn take(
                 };
                 let shared = shared.clone();
                 shared.config.metrics.in_flight.inc();
+                shared.arriving.fetch_add(1, Ordering::Relaxed);
                 tokio::spawn(async move {
                     if let Some(arrival) = Arrival::read(message, &shared.config) {
                         crate::job::handle(&shared, arrival).await;

@@ -340,3 +340,85 @@ async fn drain_hands_back_held_jobs_without_spending_deliveries_and_returns() {
     assert_eq!(copies, ids(&[1, 2, 3, 4]));
     assert_eq!(untouched, ids(&[5, 6]));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn small_jobs_arriving_together_share_launches_and_each_gets_its_own_answer() {
+    let setup = Setup::new().await;
+    let kind = kiln_kernels::find("vector_add").unwrap();
+    let mut expected = Vec::new();
+    // Queued before the worker starts, so that they arrive together.
+    for i in 0..40u64 {
+        let id = format!("batch-{i}");
+        let meta = JobMeta {
+            id: Some(id.clone()),
+            seed: Some(i),
+            ..JobMeta::default()
+        };
+        let params = serde_json::json!({"len": 100 + i});
+        let body = kind.encode_job(params, meta, Codec::Json).unwrap();
+        let alone = kind
+            .decode(Codec::Json, &body, &Limits::default())
+            .unwrap()
+            .run(&ComputeDevice::Cpu, &kiln_kernels::NoCheckpoint)
+            .unwrap();
+        setup.submit("jobs.cpu.vector_add", msg_id(&id), body).await;
+        expected.push((id, alone));
+    }
+    let mut config = cpu_worker("batching");
+    config.batch_window = Duration::from_millis(50);
+    config.batch_max_jobs = 16;
+    config.compute_slots = 1;
+    let worker = setup.worker(config).await;
+    let mut shared_launch = 0;
+    for (id, alone) in &expected {
+        let event = setup.result("vector_add", id).await;
+        assert_eq!(event.status, Status::Succeeded, "{event:?}");
+        let mut output = event.output.clone();
+        let batched = output
+            .as_object_mut()
+            .unwrap()
+            .remove("batched")
+            .map_or(1, |n| n.as_u64().unwrap());
+        assert!(
+            batched <= 16,
+            "at most batch_max_jobs share a launch: {batched}"
+        );
+        shared_launch += usize::from(batched > 1);
+        // The summary's sums may add in another order on another thread: equal to 1e-12.
+        for field in ["checksum", "l2_norm", "max", "mean", "min"] {
+            let (got, want) = (&output["summary"][field], &alone["summary"][field]);
+            let (got, want) = (got.as_f64().unwrap(), want.as_f64().unwrap());
+            assert!(
+                (got - want).abs() <= 1e-12 * want.abs().max(1.0),
+                "job {id}: {field} {got} alone {want}"
+            );
+        }
+        assert_eq!(output["len"], alone["len"]);
+        assert_eq!(output["engine"], alone["engine"]);
+    }
+    assert!(
+        shared_launch >= 20,
+        "most jobs shared a launch: {shared_launch} of 40"
+    );
+
+    // A lone job waits for the window, no longer, and runs alone.
+    let body = kind
+        .encode_job(
+            serde_json::json!({"len": 8}),
+            JobMeta {
+                id: Some("lone".into()),
+                ..JobMeta::default()
+            },
+            Codec::Json,
+        )
+        .unwrap();
+    setup
+        .submit("jobs.cpu.vector_add", msg_id("lone"), body)
+        .await;
+    let lone = setup.result("vector_add", "lone").await;
+    assert_eq!(lone.status, Status::Succeeded);
+    assert!(lone.output.get("batched").is_none(), "{}", lone.output);
+    let stats = worker.stop().await.expect("the worker stops cleanly");
+    assert_eq!(stats.succeeded, 41);
+    assert_eq!(stats.failed, 0);
+}

@@ -60,7 +60,12 @@ fn nats_env(nats: &NatsArgs) -> Vec<(&'static str, OsString)> {
         ),
         (
             "KILN_DATA_MAX_AGE_HOURS",
-            nats.data_max_age_hours.to_string().into(),
+            // Whole hours, rounded up: kiln-bench reads the same flags.
+            nats.data_max_age()
+                .as_secs()
+                .div_ceil(3600)
+                .to_string()
+                .into(),
         ),
         (
             "KILN_DATA_MAX_BYTES",

@@ -4,11 +4,11 @@
 
 use std::process::ExitCode;
 
-use anyhow::Context as _;
 use async_nats::jetstream;
-use kiln_proto::{BUCKET_CANCEL, job_key, streams};
+use kiln_client::jobs::{Place, cancel, check_job_id};
+use kiln_proto::streams;
 
-use super::status::{Place, locate};
+use super::status::describe;
 use crate::cli::{CancelArgs, NatsArgs};
 
 pub async fn run(nats: &NatsArgs, args: CancelArgs) -> anyhow::Result<ExitCode> {
@@ -17,7 +17,7 @@ pub async fn run(nats: &NatsArgs, args: CancelArgs) -> anyhow::Result<ExitCode> 
     let invalid: Vec<String> = args
         .ids
         .iter()
-        .filter_map(|id| super::check_job_id(id).err())
+        .filter_map(|id| check_job_id(id).err())
         .collect();
     if !invalid.is_empty() {
         for message in &invalid {
@@ -26,45 +26,30 @@ pub async fn run(nats: &NatsArgs, args: CancelArgs) -> anyhow::Result<ExitCode> 
         eprintln!("kiln: nothing was cancelled");
         return Ok(ExitCode::from(super::EXIT_NOT_FOUND));
     }
-    let client = crate::connect::connect_with(nats, false).await?;
+    let client = kiln_client::connect(&nats.connect_options()).await?;
     let js = jetstream::new(client);
     streams::ensure_all(&js, &super::topology(nats)).await?;
-    let store = js
-        .get_key_value(BUCKET_CANCEL)
-        .await
-        .with_context(|| format!("opening the {BUCKET_CANCEL} bucket"))?;
-    let at = time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default();
     for id in &args.ids {
-        let place = locate(&js, id).await?;
-        let outcome = match &place {
-            Place::Finished(_) | Place::Gone(_) => {
-                println!(
-                    "{}; not marked: it is finished, and a mark would cancel a later run of \
-                     this id",
-                    place.describe(id)
-                );
-                continue;
-            }
-            Place::Queued(_) => {
+        let place = cancel(&js, id).await?;
+        let line = match &place {
+            Place::Finished { .. } | Place::Gone { .. } => format!(
+                "{}; not marked: it is finished, and a mark would cancel a later run of this id",
+                describe(&place, id)
+            ),
+            Place::Queued { .. } => {
                 format!("{id}: queued: marked; a worker answers it `cancelled` when it takes it")
             }
-            Place::Running(line) => {
-                format!("{line}: marked; it stops at its next checkpoint (each training epoch)")
-            }
+            Place::Running { .. } => format!(
+                "{}: marked; it stops at its next checkpoint (each training epoch)",
+                describe(&place, id)
+            ),
             Place::CancelRequested => format!("{id}: cancel already requested: marked again"),
             Place::Unknown => format!(
                 "{id}: unknown (no record, no result, no live worker holds it): marked in case \
                  it is still in flight; the mark lasts a day"
             ),
         };
-        let body = serde_json::json!({ "id": id, "requested_at": at });
-        store
-            .put(job_key(id), serde_json::to_vec(&body)?.into())
-            .await
-            .with_context(|| format!("cancelling {id}"))?;
-        println!("{outcome}");
+        println!("{line}");
     }
     Ok(ExitCode::SUCCESS)
 }

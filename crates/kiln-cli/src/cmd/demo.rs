@@ -12,13 +12,14 @@ use kiln_proto::{Codec, DeviceClass, Status, Topology, streams};
 use serde_json::json;
 
 use super::roles::LocalRoles;
-use super::submit::{JobSpec, ResultCollector, progress_bar, publish_all};
+use super::submit::progress_bar;
 use crate::cli::{DemoArgs, NatsArgs};
 use crate::local_nats::LocalNats;
+use kiln_client::{JobSpec, ResultCollector, publish_all};
 
 pub async fn run(nats: &NatsArgs, args: DemoArgs) -> anyhow::Result<ExitCode> {
     let (nats, _embedded) = server(nats, args.no_embedded).await?;
-    let client = crate::connect::connect_with(&nats, false).await?;
+    let client = kiln_client::connect(&nats.connect_options()).await?;
     let js = jetstream::new(client.clone());
     let topology = super::topology(&nats);
     streams::ensure_all(&js, &topology).await?;
@@ -52,12 +53,12 @@ async fn server(
     no_embedded: bool,
 ) -> anyhow::Result<(NatsArgs, Option<LocalNats>)> {
     let mut nats = nats.clone();
-    let embedded = match crate::connect::connect_with(&nats, false).await {
+    let embedded = match kiln_client::connect(&nats.connect_options()).await {
         Ok(_) => {
             eprintln!("using the NATS server at {}", nats.nats_url);
             None
         }
-        Err(e) if no_embedded => return Err(e),
+        Err(e) if no_embedded => return Err(e.into()),
         Err(_) => {
             let server = LocalNats::start()
                 .await
@@ -137,11 +138,12 @@ async fn submit_and_collect(
     );
     let mut collector = ResultCollector::subscribe(client, None, &[]).await?;
     let started = Instant::now();
-    publish_all(js, jobs, None, true).await?;
+    publish_all(js, jobs, true, || {}).await?;
     let bar = progress_bar(total, "finished");
     let mut failures = Vec::new();
     let results = collector
-        .collect(ids, Duration::from_secs(600), Some(&bar), |event| {
+        .collect(ids, Duration::from_secs(600), |event| {
+            bar.inc(1);
             if event.status == Status::Failed {
                 failures.push(format!(
                     "{} {}: {}",

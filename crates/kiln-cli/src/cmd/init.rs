@@ -5,7 +5,7 @@ use kiln_proto::streams;
 use crate::cli::NatsArgs;
 
 pub async fn run(nats: &NatsArgs) -> anyhow::Result<ExitCode> {
-    let client = crate::connect::connect_with(nats, false).await?;
+    let client = kiln_client::connect(&nats.connect_options()).await?;
     let js = async_nats::jetstream::new(client);
     streams::update_all(&js, &super::topology(nats)).await?;
     println!(

@@ -1,6 +1,33 @@
+//! `kiln kinds`: the job kinds this build runs, with their parameters.
+
 use std::process::ExitCode;
 
-pub fn run() -> anyhow::Result<ExitCode> {
+use serde::Serialize;
+
+use crate::cli::Format;
+
+/// One kind in `kiln kinds -o json`.
+#[derive(Serialize)]
+struct Kind {
+    name: &'static str,
+    summary: &'static str,
+    /// The parameters' description, one per line.
+    params: Vec<&'static str>,
+}
+
+pub fn run(format: Format) -> anyhow::Result<ExitCode> {
+    if format == Format::Json {
+        let kinds: Vec<Kind> = kiln_kernels::KINDS
+            .iter()
+            .map(|k| Kind {
+                name: k.name,
+                summary: k.summary,
+                params: k.params_help.lines().collect(),
+            })
+            .collect();
+        super::print_json(&kinds)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     for kind in kiln_kernels::KINDS {
         println!("{}: {}", kind.name, kind.summary);
         for line in kind.params_help.lines() {

@@ -3,11 +3,12 @@
 use anyhow::Context as _;
 use kiln_telemetry::{Health, MetricsServer, Registry};
 
-/// Serve `/metrics`, `/healthz` and `/readyz` on `addr` (a HOST:PORT) with the metrics
-/// `register` adds; nothing when `addr` is `None`. Started before the role connects, so that
+/// Serve `/metrics`, `/healthz` and `/readyz` on `addr` (a HOST:PORT) with
+/// `kiln_build_info{role}` and the metrics `register` adds; nothing when `addr` is `None`. Started before the role connects, so that
 /// `/healthz` answers (and `/readyz` says why not ready) while NATS is still unreachable.
 pub async fn serve(
     addr: Option<&str>,
+    role: &str,
     health: &Health,
     register: impl FnOnce(&mut Registry),
 ) -> anyhow::Result<Option<MetricsServer>> {
@@ -20,6 +21,7 @@ pub async fn serve(
         .next()
         .with_context(|| format!("--metrics-addr {addr:?}: the host has no address"))?;
     let mut registry = Registry::default();
+    kiln_telemetry::register_build_info(&mut registry, role);
     register(&mut registry);
     let server = kiln_telemetry::serve(resolved, registry, health.clone()).await?;
     Ok(Some(server))

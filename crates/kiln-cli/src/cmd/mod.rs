@@ -15,6 +15,7 @@ mod status;
 pub mod submit;
 mod watch;
 pub mod worker;
+mod workers;
 
 use std::process::ExitCode;
 
@@ -37,7 +38,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Watch(args) => watch::run(&nats, args).await,
         Command::Demo(args) => demo::run(&nats, args).await,
         Command::Bench(args) => bench::run(&nats, args),
-        Command::Kinds => kinds::run(),
+        Command::Kinds(args) => kinds::run(args.format),
+        Command::Workers(args) => workers::run(&nats, args.format).await,
         Command::Completions { shell } => {
             use clap::CommandFactory as _;
             let mut command = Cli::command();
@@ -55,37 +57,42 @@ pub fn topology(nats: &NatsArgs) -> Topology {
         replicas: nats.replicas,
         max_queued_jobs: nats.max_queued_jobs,
         results_max_bytes: nats.results_max_bytes,
-        data_max_age: std::time::Duration::from_secs(nats.data_max_age_hours.saturating_mul(3600)),
+        data_max_age: nats.data_max_age(),
         data_max_bytes: nats.data_max_bytes,
         ..Topology::default()
+    }
+}
+
+/// `value` as one JSON document on standard output.
+pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// The JSON answer (`-o json`) of a command that found nothing under the id it was given, or
+/// was given an id that cannot exist: exit status [`EXIT_NOT_FOUND`].
+#[derive(serde::Serialize)]
+pub struct NotFound<'a> {
+    pub id: &'a str,
+    /// `invalid` (not a job id), `no_result`, …
+    pub state: &'static str,
+    /// What the text form says on stderr.
+    pub message: String,
+}
+
+impl<'a> NotFound<'a> {
+    pub fn invalid(id: &'a str, message: String) -> Self {
+        NotFound {
+            id,
+            state: "invalid",
+            message,
+        }
     }
 }
 
 /// Exit status of a command that found nothing under the id or sequence it was given, or was
 /// given one that cannot exist (an invalid job id): distinct from 1, a failure.
 pub const EXIT_NOT_FOUND: u8 = 2;
-
-/// What `--id` and the job ids given to `status`, `result` and `cancel` may be: what
-/// [`kiln_proto::valid_job_id`] accepts (workers refuse other ids).
-pub const JOB_ID_RULE: &str = "1 to 128 ASCII letters, digits, '-' and '_'";
-
-/// `Err` with a one-line explanation when `id` is not a valid job id. A long id is shown cut
-/// short, with its length.
-pub fn check_job_id(id: &str) -> Result<(), String> {
-    if kiln_proto::valid_job_id(id) {
-        return Ok(());
-    }
-    const SHOWN: usize = 40;
-    let shown = if id.chars().count() > SHOWN {
-        let head: String = id.chars().take(SHOWN).collect();
-        format!("{head:?}… ({} bytes)", id.len())
-    } else {
-        format!("{id:?}")
-    };
-    Err(format!(
-        "{shown} is not a job id: job ids are {JOB_ID_RULE}"
-    ))
-}
 
 /// `ids` for a message: all of them when there are few, else the first ten and how many more.
 pub fn list_ids<S: AsRef<str>>(ids: &[S]) -> String {
@@ -100,31 +107,6 @@ pub fn list_ids<S: AsRef<str>>(ids: &[S]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn job_id_rule_matches_valid_job_id() {
-        assert!(JOB_ID_RULE.contains(&format!("1 to {}", kiln_proto::MAX_ID_LEN)));
-        assert!(check_job_id("batch-0").is_ok());
-        for bad in [
-            "",
-            "a b",
-            "caf\u{e9}",
-            "tab\there",
-            "a/b.c*",
-            "wedge.",
-            ".x",
-            "a..b",
-        ] {
-            let message = check_job_id(bad).unwrap_err();
-            assert!(message.contains("is not a job id"), "{message}");
-        }
-        let long = "x".repeat(5000);
-        let message = check_job_id(&long).unwrap_err();
-        assert!(
-            message.contains("(5000 bytes)") && message.len() < 200,
-            "{message}"
-        );
-    }
 
     #[test]
     fn long_id_lists_are_cut_short_with_a_count() {

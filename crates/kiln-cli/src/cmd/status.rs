@@ -4,25 +4,40 @@ use std::fmt::Write as _;
 use std::process::ExitCode;
 
 use async_nats::jetstream;
-use kiln_proto::streams::{self, STREAM_DLQ, STREAM_JOBS, STREAM_RESULTS};
-use kiln_proto::{DeviceClass, JobState, Phase};
+use kiln_client::cluster::Overview;
+use kiln_client::jobs::{Place, locate};
+use kiln_proto::streams::{STREAM_DLQ, STREAM_JOBS, STREAM_RESULTS};
+use serde::Serialize;
 
-use crate::cli::{NatsArgs, StatusArgs};
+use super::NotFound;
+use crate::cli::{Format, NatsArgs, StatusArgs};
 
 pub async fn run(nats: &NatsArgs, args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let json = args.output.format == Format::Json;
     if let Some(id) = &args.id
-        && let Err(message) = super::check_job_id(id)
+        && let Err(message) = kiln_client::jobs::check_job_id(id)
     {
         eprintln!("kiln: {message}");
+        if json {
+            super::print_json(&NotFound::invalid(id, message))?;
+        }
         return Ok(ExitCode::from(super::EXIT_NOT_FOUND));
     }
-    let client = crate::connect::connect_with(nats, false).await?;
+    let client = kiln_client::connect(&nats.connect_options()).await?;
     let js = jetstream::new(client);
     match args.id {
+        None if json => super::print_json(&kiln_client::cluster::overview(&js).await?)?,
         None => print!("{}", overview(&js).await?),
         Some(id) => {
             let place = locate(&js, &id).await?;
-            println!("{}", place.describe(&id));
+            if json {
+                super::print_json(&JobStatus {
+                    id: &id,
+                    place: &place,
+                })?;
+            } else {
+                println!("{}", describe(&place, &id));
+            }
             // As `kiln result`: a job kiln knows nothing of is not found.
             if matches!(place, Place::Unknown) {
                 return Ok(ExitCode::from(super::EXIT_NOT_FOUND));
@@ -32,83 +47,46 @@ pub async fn run(nats: &NatsArgs, args: StatusArgs) -> anyhow::Result<ExitCode> 
     Ok(ExitCode::SUCCESS)
 }
 
-/// Where a job is.
-pub enum Place {
-    /// It has a result.
-    Finished(Box<kiln_proto::ResultEvent>),
-    /// Its final state is recorded, but its result is no longer stored.
-    Gone(JobState),
-    /// A live worker holds it: the line saying where.
-    Running(String),
-    /// Marked cancelled, and neither finished nor running.
-    CancelRequested,
-    /// Recorded as queued.
-    Queued(JobState),
-    /// No record, no result, no live worker holds it.
-    Unknown,
+/// `kiln status <id> -o json`: the id, and where the job is (`state`: finished, gone,
+/// running, cancel_requested, queued or unknown, with what kiln knows of it there).
+#[derive(Serialize)]
+struct JobStatus<'a> {
+    id: &'a str,
+    #[serde(flatten)]
+    place: &'a Place,
 }
 
-impl Place {
-    /// One line for `kiln status <id>`.
-    pub fn describe(&self, id: &str) -> String {
-        match self {
-            Place::Finished(event) => finished(id, event),
-            Place::Gone(state) => format!(
-                "{id}: {:?}, but its result is no longer stored",
-                state.phase
-            )
-            .to_lowercase(),
-            Place::Running(line) => line.clone(),
-            Place::CancelRequested => format!(
-                "{id}: cancel requested; it will be answered `cancelled` when a worker takes it"
-            ),
-            Place::Queued(state) => format!(
-                "{id}: queued on jobs.{}.{} since {}",
-                state.class,
-                state.kind,
-                state
-                    .at
-                    .format(&time::format_description::well_known::Rfc3339)
-                    .unwrap_or_default()
-            ),
-            Place::Unknown => {
-                format!("{id}: unknown: no record, no result and no live worker holds it")
-            }
+/// One line for `kiln status <id>` saying where job `id` is.
+pub fn describe(place: &Place, id: &str) -> String {
+    match place {
+        Place::Finished { result } => finished(id, result),
+        Place::Gone { record } => format!(
+            "{id}: {:?}, but its result is no longer stored",
+            record.phase
+        )
+        .to_lowercase(),
+        Place::Running {
+            kind,
+            device,
+            worker,
+            attempt,
+        } => format!("{id}: running ({kind}) on {device} ({worker}), attempt {attempt}"),
+        Place::CancelRequested => format!(
+            "{id}: cancel requested; it will be answered `cancelled` when a worker takes it"
+        ),
+        Place::Queued { record } => format!(
+            "{id}: queued on jobs.{}.{} since {}",
+            record.class,
+            record.kind,
+            record
+                .at
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default()
+        ),
+        Place::Unknown => {
+            format!("{id}: unknown: no record, no result and no live worker holds it")
         }
     }
-}
-
-/// Where job `id` is: its result (found by its subject), else the live worker holding it
-/// (from the heartbeats, at most 2 s old), else cancel requested, queued (from the record
-/// `kiln submit` keeps in `KILN_STATE`) or unknown.
-pub async fn locate(js: &jetstream::Context, id: &str) -> anyhow::Result<Place> {
-    if let Some(event) = super::result::find(js, id, None).await? {
-        return Ok(Place::Finished(Box::new(event)));
-    }
-    if let Some(line) = running(js, id).await {
-        // A result stored since the first look wins over a heartbeat not yet refreshed.
-        if let Some(event) = super::result::find(js, id, None).await? {
-            return Ok(Place::Finished(Box::new(event)));
-        }
-        return Ok(Place::Running(line));
-    }
-    let cancelled = match js.get_key_value(kiln_proto::BUCKET_CANCEL).await {
-        Ok(store) => store
-            .get(kiln_proto::job_key(id))
-            .await
-            .ok()
-            .flatten()
-            .is_some(),
-        Err(_) => false,
-    };
-    if cancelled {
-        return Ok(Place::CancelRequested);
-    }
-    Ok(match super::result::state(js, id).await {
-        Some(state) if state.phase == Phase::Queued => Place::Queued(state),
-        Some(state) => Place::Gone(state),
-        None => Place::Unknown,
-    })
 }
 
 /// "succeeded / failed / cancelled on <device> (<worker>, attempt N[, replay N]) in … ms".
@@ -131,51 +109,34 @@ fn finished(id: &str, event: &kiln_proto::ResultEvent) -> String {
     )
 }
 
-/// "running …" when a live worker's heartbeat lists job `id`.
-async fn running(js: &jetstream::Context, id: &str) -> Option<String> {
-    let workers = streams::live_workers(js).await.unwrap_or_default();
-    workers.iter().find_map(|w| {
-        w.running.iter().find(|j| j.id == id).map(|job| {
-            format!(
-                "{id}: running ({}) on {} ({}), attempt {}",
-                job.kind, w.device, w.name, job.attempt
-            )
-        })
-    })
-}
-
 /// Queue and consumer state, then the per-kind metrics table.
 pub async fn overview(js: &jetstream::Context) -> anyhow::Result<String> {
+    Ok(overview_text(&kiln_client::cluster::overview(js).await?))
+}
+
+/// [`Overview`] as `kiln status` prints it.
+fn overview_text(o: &Overview) -> String {
     let mut out = String::new();
-    let mut jobs = match js.get_stream(STREAM_JOBS).await {
-        Ok(stream) => stream,
-        Err(_) => anyhow::bail!("kiln's streams do not exist yet on this server; run `kiln init`"),
-    };
-    let info = jobs.info().await?;
     let _ = writeln!(
         out,
         "{STREAM_JOBS}: {} job(s) queued, {} bytes",
-        info.state.messages, info.state.bytes
+        o.queued_jobs, o.queued_bytes
     );
-    for class in [DeviceClass::Gpu, DeviceClass::Cpu, DeviceClass::Auto] {
-        let name = class.consumer();
-        match jobs.consumer_info(name).await {
-            Ok(c) => {
-                let _ = writeln!(
-                    out,
-                    "  {name:<12} pending {:>8}  in flight {:>6}  redelivered {:>6}  waiting pulls {:>3}",
-                    c.num_pending, c.num_ack_pending, c.num_redelivered, c.num_waiting
-                );
-            }
-            Err(e) => {
-                let _ = writeln!(out, "  {name:<12} unavailable: {e}");
-            }
-        }
+    for c in &o.consumers {
+        let name = &c.name;
+        let _ = match &c.error {
+            None => writeln!(
+                out,
+                "  {name:<12} pending {:>8}  in flight {:>6}  redelivered {:>6}  waiting pulls {:>3}",
+                c.pending, c.in_flight, c.redelivered, c.waiting_pulls
+            ),
+            Some(e) => writeln!(out, "  {name:<12} unavailable: {e}"),
+        };
     }
-    match streams::live_workers(js).await {
-        Ok(workers) => {
-            let _ = writeln!(out, "workers: {} live", workers.len());
-            for w in &workers {
+    match &o.workers_error {
+        None => {
+            let _ = writeln!(out, "workers: {} live", o.workers.len());
+            for w in &o.workers {
                 let engines: Vec<String> = w
                     .engines
                     .iter()
@@ -197,21 +158,16 @@ pub async fn overview(js: &jetstream::Context) -> anyhow::Result<String> {
                 );
             }
         }
-        Err(e) => {
+        Some(e) => {
             let _ = writeln!(out, "workers: unavailable: {e}");
         }
     }
-    for name in [STREAM_RESULTS, STREAM_DLQ] {
-        if let Ok(mut stream) = js.get_stream(name).await
-            && let Ok(info) = stream.info().await
-        {
-            let _ = writeln!(out, "{name}: {} message(s)", info.state.messages);
+    for (name, count) in [(STREAM_RESULTS, o.results), (STREAM_DLQ, o.dead_letters)] {
+        if let Some(count) = count {
+            let _ = writeln!(out, "{name}: {count} message(s)");
         }
     }
-    let snapshots = streams::latest_metrics(js)
-        .await
-        .map_err(|e| anyhow::anyhow!("reading metrics: {e}"))?;
     let _ = writeln!(out);
-    out.push_str(&crate::table::metrics_table(&snapshots));
-    Ok(out)
+    out.push_str(&crate::table::metrics_table(&o.metrics));
+    out
 }

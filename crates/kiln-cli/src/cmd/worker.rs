@@ -57,13 +57,17 @@ pub fn worker_config(
     if let Some(slots) = args.compute_slots {
         config.compute_slots = slots.max(1);
     }
+    if let Some(window) = args.batch_window {
+        config.batch_window = window;
+    }
+    config.batch_max_jobs = args.batch_max_jobs;
     if let Some(mib) = args.max_memory_mb {
         config.memory = Some(kiln_kernels::MemoryBudget::configured(mib));
     }
     if let Some(max) = args.max_elements {
         config.limits.max_elements = max;
     }
-    config.drain_timeout = Duration::from_secs(args.drain_timeout_s);
+    config.drain_timeout = args.drain_timeout();
     config.warmup = !args.no_warmup;
     if let Some(class) = &args.serve_class {
         config.class = match class.parse()? {
@@ -81,12 +85,12 @@ pub fn worker_config(
         args.slowdown
     );
     config.slowdown = args.slowdown;
-    anyhow::ensure!(
-        args.sim_overhead_ms.is_finite() && args.sim_overhead_ms >= 0.0,
-        "--sim-overhead-ms {}: use 0 (off) or more",
-        args.sim_overhead_ms
-    );
-    config.sim_overhead = Duration::from_secs_f64(args.sim_overhead_ms / 1000.0);
+    config.sim_overhead = args.sim_overhead().with_context(|| {
+        format!(
+            "--sim-overhead-ms {}: use 0 (off) or more",
+            args.sim_overhead_ms.unwrap_or_default()
+        )
+    })?;
     if let Some(dir) = &args.cache_dir {
         config.cache_dir = Some(dir.clone());
     }
@@ -99,22 +103,27 @@ pub fn worker_config(
         .parse()
         .map_err(|e: String| anyhow::anyhow!("--conv2d-engine: {e}"))?;
     config.topology = super::topology(nats);
-    config.topology.ack_wait = Duration::from_secs(args.ack_wait_s.max(1));
+    config.topology.ack_wait = args.ack_wait().max(Duration::from_secs(1));
     Ok(config)
 }
 
 pub async fn worker(nats: &NatsArgs, args: WorkerArgs) -> anyhow::Result<ExitCode> {
     let config = worker_config(&args, nats)?;
-    let _endpoint = super::metrics::serve(args.metrics_addr.as_deref(), &config.health, |r| {
-        config.metrics.register(
-            r,
-            &config.name,
-            &config.device.to_string(),
-            config.class.as_str(),
-        )
-    })
+    let _endpoint = super::metrics::serve(
+        args.metrics_addr.as_deref(),
+        "worker",
+        &config.health,
+        |r| {
+            config.metrics.register(
+                r,
+                &config.name,
+                &config.device.to_string(),
+                config.class.as_str(),
+            )
+        },
+    )
     .await?;
-    let client = crate::connect::connect(nats).await?;
+    let client = kiln_client::connect_and_wait(&nats.connect_options()).await?;
     let stopped = kiln_worker::run(client.clone(), config, crate::signal::shutdown()).await;
     // The acks of the last jobs may still sit in the client's write buffer: send them before
     // the process exits, or those jobs come back after the ack wait and run again.
@@ -129,15 +138,18 @@ pub async fn worker(nats: &NatsArgs, args: WorkerArgs) -> anyhow::Result<ExitCod
 
 pub async fn aggregator(nats: &NatsArgs, args: AggregatorArgs) -> anyhow::Result<ExitCode> {
     let config = kiln_aggregator::AggregatorConfig {
-        interval: Duration::from_millis(args.interval_ms.max(10)),
+        interval: args.interval().max(Duration::from_millis(10)),
         topology: super::topology(nats),
         ..Default::default()
     };
-    let _endpoint = super::metrics::serve(args.metrics_addr.as_deref(), &config.health, |r| {
-        config.metrics.register(r)
-    })
+    let _endpoint = super::metrics::serve(
+        args.metrics_addr.as_deref(),
+        "aggregator",
+        &config.health,
+        |r| config.metrics.register(r),
+    )
     .await?;
-    let client = crate::connect::connect(nats).await?;
+    let client = kiln_client::connect_and_wait(&nats.connect_options()).await?;
     kiln_aggregator::run(client, config, crate::signal::shutdown()).await?;
     Ok(ExitCode::SUCCESS)
 }
@@ -149,12 +161,15 @@ pub async fn scheduler(nats: &NatsArgs, args: SchedulerArgs) -> anyhow::Result<E
         .unwrap_or_else(|| kiln_proto::instance_name("scheduler"));
     let mut config = kiln_scheduler::SchedulerConfig::new(name);
     config.topology = super::topology(nats);
-    config.refresh = Duration::from_millis(args.refresh_ms.max(10));
-    let _endpoint = super::metrics::serve(args.metrics_addr.as_deref(), &config.health, |r| {
-        config.metrics.register(r)
-    })
+    config.refresh = args.refresh().max(Duration::from_millis(10));
+    let _endpoint = super::metrics::serve(
+        args.metrics_addr.as_deref(),
+        "scheduler",
+        &config.health,
+        |r| config.metrics.register(r),
+    )
     .await?;
-    let client = crate::connect::connect(nats).await?;
+    let client = kiln_client::connect_and_wait(&nats.connect_options()).await?;
     let stats = kiln_scheduler::run(client, config, crate::signal::shutdown()).await?;
     eprintln!(
         "scheduler stopped: {} job(s) routed to gpu, {} to cpu",

@@ -5,6 +5,7 @@ use serde_json::Value;
 // The documents as API types and what the checks ask of them; then one module per thing
 // checked.
 mod gpu;
+mod monitoring;
 mod namespaces;
 mod nats;
 mod objects;
@@ -13,6 +14,7 @@ mod services;
 mod workloads;
 
 use self::gpu::check_gpu;
+use self::monitoring::check_monitoring;
 use self::namespaces::check_namespaces;
 use self::nats::check_nats;
 use self::objects::{typed_objects, workloads};
@@ -61,5 +63,6 @@ pub fn check_documents(docs: &[Value]) -> Vec<String> {
     check_nats(&objects, &workloads, &mut p);
     check_keda(&objects, &workloads, &mut p);
     check_gpu(&workloads, &mut p);
+    check_monitoring(&objects, &workloads, &mut p);
     p
 }

@@ -13,6 +13,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::keda::ScaledObject;
+use crate::monitoring::{PodMonitor, PrometheusRule};
 
 /// A workload with a pod template.
 pub(super) struct Workload<'a> {
@@ -39,6 +40,8 @@ pub(super) struct Objects {
     pub(super) jobs: Vec<Job>,
     pub(super) pdbs: Vec<PodDisruptionBudget>,
     pub(super) scaled_objects: Vec<ScaledObject>,
+    pub(super) pod_monitors: Vec<PodMonitor>,
+    pub(super) prometheus_rules: Vec<PrometheusRule>,
 }
 
 fn name_of(doc: &Value) -> String {
@@ -133,6 +136,21 @@ pub(super) fn typed_objects(docs: &[Value], p: &mut Vec<String>) -> Objects {
                 match serde_json::from_value::<ScaledObject>(doc.clone()) {
                     Ok(so) => o.scaled_objects.push(so),
                     Err(e) => p.push(format!("{} is not a valid ScaledObject: {e}", name_of(doc))),
+                }
+            }
+            ("monitoring.coreos.com/v1", "PodMonitor") => {
+                match serde_json::from_value::<PodMonitor>(doc.clone()) {
+                    Ok(pm) => o.pod_monitors.push(pm),
+                    Err(e) => p.push(format!("{} is not a valid PodMonitor: {e}", name_of(doc))),
+                }
+            }
+            ("monitoring.coreos.com/v1", "PrometheusRule") => {
+                match serde_json::from_value::<PrometheusRule>(doc.clone()) {
+                    Ok(pr) => o.prometheus_rules.push(pr),
+                    Err(e) => p.push(format!(
+                        "{} is not a valid PrometheusRule: {e}",
+                        name_of(doc)
+                    )),
                 }
             }
             _ => p.push(format!(

@@ -108,41 +108,116 @@ impl Kernel for VectorAdd {
         params: &Params,
         ctx: &RunContext<'_, B>,
     ) -> Result<serde_json::Value, JobError> {
-        let (a, b) = match (&params.a, &params.b) {
-            (Some(a), Some(b)) => (values("a", a, ctx.inputs)?, values("b", b, ctx.inputs)?),
-            _ => {
-                let len = params.len.unwrap_or(0) as usize;
-                (
-                    seeded_values(ctx.seed, 0, len),
-                    seeded_values(ctx.seed, 1, len),
-                )
-            }
-        };
-        let len = a.len();
-        // Making or loading the inputs is most of a large vector_add's time: a cancel, a
-        // timeout or a drain meanwhile stops it here.
-        ctx.checkpoint(1, 2)?;
-        let (c, engine) = match ctx.cuda_index {
-            Some(index) if ctx.engines.matmul == MatmulEngine::Blas => {
-                (crate::vendor::cublas::vector_add(index, &a, &b)?, "cublas")
-            }
-            _ => (burn_add::<B>(a, b, &ctx.device)?, burn_engine(ctx.is_gpu)),
-        };
-        let mut out = json!({
-            "len": len,
-            "engine": engine,
-            "summary": Summary::of(&c),
-        });
-        // Data the user sent comes back inline when small, else as an object; generated
-        // inputs get the summary only (unless the job asks for the object), which is what
-        // benchmarks need and keeps result events small.
-        match ctx.place(params.a.is_some(), len) {
-            Placement::Inline => out["c"] = json!(c),
-            Placement::Object => ctx.sink.put("c", kiln_data::HostTensor::new(vec![len], c)),
-            Placement::Summary => {}
-        }
-        Ok(out)
+        let (a, b) = operands(params, ctx)?;
+        let (c, engine) = add(ctx, a, b)?;
+        Ok(answer(params, ctx, c, engine, 1))
     }
+
+    /// Small jobs share a launch: their vectors are laid end to end, added at once, and cut
+    /// apart again (an element-wise sum gives each job the bits it would get alone).
+    fn batchable(_params: &Params, plan: &Plan) -> bool {
+        plan.elements <= BATCH_MAX_ELEMENTS
+    }
+
+    fn run_batch<B: Backend>(
+        jobs: &[(&Params, &RunContext<'_, B>)],
+    ) -> Vec<Result<serde_json::Value, JobError>> {
+        let Some((_, first)) = jobs.first() else {
+            return Vec::new();
+        };
+        let operands: Vec<_> = jobs.iter().map(|(p, ctx)| operands(p, ctx)).collect();
+        let ready = operands.iter().filter(|o| o.is_ok()).count();
+        let total: usize = operands.iter().flatten().map(|(a, _)| a.len()).sum();
+        let (mut a, mut b) = (Vec::with_capacity(total), Vec::with_capacity(total));
+        for (x, y) in operands.iter().flatten() {
+            a.extend_from_slice(x);
+            b.extend_from_slice(y);
+        }
+        // One launch for every job whose inputs are ready; a failed launch fails them all.
+        let launched = match ready {
+            0 => Err(JobError::internal("no job of the batch had its inputs")),
+            _ => add(first, a, b),
+        };
+        let mut offset = 0;
+        jobs.iter()
+            .zip(operands)
+            .map(|((params, ctx), operands)| {
+                let (a, _) = operands?;
+                let (c, engine) = launched.as_ref().map_err(Clone::clone)?;
+                let c = c[offset..offset + a.len()].to_vec();
+                offset += a.len();
+                Ok(answer(params, ctx, c, engine, ready))
+            })
+            .collect()
+    }
+}
+
+/// Jobs of at most this many tensor elements (a + b + c: vectors of about 350,000) share
+/// launches; bigger ones gain nothing from it.
+pub const BATCH_MAX_ELEMENTS: u64 = 1 << 20;
+
+/// The job's a and b: inline, loaded, or generated from its seed; then its first checkpoint.
+fn operands<B: Backend>(
+    params: &Params,
+    ctx: &RunContext<'_, B>,
+) -> Result<(Vec<f32>, Vec<f32>), JobError> {
+    let (a, b) = match (&params.a, &params.b) {
+        (Some(a), Some(b)) => (values("a", a, ctx.inputs)?, values("b", b, ctx.inputs)?),
+        _ => {
+            let len = params.len.unwrap_or(0) as usize;
+            (
+                seeded_values(ctx.seed, 0, len),
+                seeded_values(ctx.seed, 1, len),
+            )
+        }
+    };
+    // Making or loading the inputs is most of a large vector_add's time: a cancel, a
+    // timeout or a drain meanwhile stops it here.
+    ctx.checkpoint(1, 2)?;
+    Ok((a, b))
+}
+
+/// c = a + b on the engine `ctx` names, and that engine's name.
+fn add<B: Backend>(
+    ctx: &RunContext<'_, B>,
+    a: Vec<f32>,
+    b: Vec<f32>,
+) -> Result<(Vec<f32>, &'static str), JobError> {
+    Ok(match ctx.cuda_index {
+        Some(index) if ctx.engines.matmul == MatmulEngine::Blas => {
+            (crate::vendor::cublas::vector_add(index, &a, &b)?, "cublas")
+        }
+        _ => (burn_add::<B>(a, b, &ctx.device)?, burn_engine(ctx.is_gpu)),
+    })
+}
+
+/// The job's result: its length, engine and summary, with `c` inline or stored as the job's
+/// output placement says; `"batched"`: how many jobs shared its launch, when more than one.
+fn answer<B: Backend>(
+    params: &Params,
+    ctx: &RunContext<'_, B>,
+    c: Vec<f32>,
+    engine: &str,
+    batched: usize,
+) -> serde_json::Value {
+    let len = c.len();
+    let mut out = json!({
+        "len": len,
+        "engine": engine,
+        "summary": Summary::of(&c),
+    });
+    if batched > 1 {
+        out["batched"] = json!(batched);
+    }
+    // Data the user sent comes back inline when small, else as an object; generated
+    // inputs get the summary only (unless the job asks for the object), which is what
+    // benchmarks need and keeps result events small.
+    match ctx.place(params.a.is_some(), len) {
+        Placement::Inline => out["c"] = json!(c),
+        Placement::Object => ctx.sink.put("c", kiln_data::HostTensor::new(vec![len], c)),
+        Placement::Summary => {}
+    }
+    out
 }
 
 /// c = a + b on Burn's kernels.

@@ -44,6 +44,11 @@ pub struct AggregatorMetrics {
     /// `kiln_backlog_jobs{class}`: pending + in flight on the class's job consumer (`gpu`:
     /// workers-gpu, `cpu`: workers-cpu, `auto`: scheduler).
     pub backlog: Family<ClassLabels, Gauge>,
+    /// `kiln_dead_letters`: messages in `KILN_DLQ` (jobs given up on, kept 30 days).
+    pub dead_letters: Gauge,
+    /// `kiln_workers_live{class}`: workers with a live heartbeat in `KILN_WORKERS`, by the
+    /// class they serve (`gpu`, `cpu`; 0 when none).
+    pub workers_live: Family<ClassLabels, Gauge>,
     /// `kiln_gpu_speedup_ratio{kind, size}`: mean CPU compute time ÷ mean GPU compute time of
     /// succeeded jobs of that kind and size bucket; present once both classes ran one.
     pub speedup: Family<SizeLabels, FloatGauge>,
@@ -65,6 +70,8 @@ impl Default for AggregatorMetrics {
             consumer_pending: Family::default(),
             consumer_ack_pending: Family::default(),
             backlog: Family::default(),
+            dead_letters: Gauge::default(),
+            workers_live: Family::default(),
             speedup: Family::default(),
             prediction_error_seconds: Family::new_with_constructor(LatencyHistogram),
         }
@@ -123,6 +130,16 @@ impl AggregatorMetrics {
             "kiln_backlog_jobs",
             "Jobs pending or in flight on a device class's consumer",
             self.backlog.clone(),
+        );
+        registry.register(
+            "kiln_dead_letters",
+            "Messages in the dead-letter stream KILN_DLQ",
+            self.dead_letters.clone(),
+        );
+        registry.register(
+            "kiln_workers_live",
+            "Workers with a live heartbeat in KILN_WORKERS, by the device class they serve",
+            self.workers_live.clone(),
         );
         registry.register(
             "kiln_gpu_speedup_ratio",

@@ -2,11 +2,13 @@
 //! (`_seconds`, `_bytes`), counters exposed with `_total`.
 
 mod aggregator;
+mod build;
 mod labels;
 mod scheduler;
 mod worker;
 
 pub use aggregator::AggregatorMetrics;
+pub use build::register_build_info;
 pub use labels::{
     ClassLabels, ConsumerLabels, FailureLabels, JobLabels, KindClassLabels, KindLabels,
     KindStatusLabels, SizeLabels,

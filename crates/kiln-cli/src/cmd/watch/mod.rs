@@ -2,31 +2,23 @@
 //! and latency, and recent failures, refreshed from the metrics stream. `--once`, or a stdout
 //! that is not a terminal, prints the plain-text status instead.
 
-mod model;
 mod view;
 
 use std::io::IsTerminal as _;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer};
-use futures::StreamExt as _;
-use kiln_proto::MetricsSnapshot;
-use kiln_proto::streams::{STREAM_METRICS, STREAM_RESULTS};
+use async_nats::jetstream;
+use kiln_client::watch::{Dashboard, Feeds};
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
 use tokio::sync::mpsc;
 
-pub use model::Dashboard;
-
 use crate::cli::{NatsArgs, WatchArgs};
 
-/// How far back the failures panel starts reading the results stream.
-const FAILURES_SINCE: Duration = Duration::from_secs(10 * 60);
-
 pub async fn run(nats: &NatsArgs, args: WatchArgs) -> anyhow::Result<ExitCode> {
-    let client = crate::connect::connect_with(nats, false).await?;
+    let client = kiln_client::connect(&nats.connect_options()).await?;
     let js = jetstream::new(client);
-    let interval = Duration::from_millis(args.interval_ms.max(100));
+    let interval = args.interval().max(Duration::from_millis(100));
     if args.once {
         print!("{}", super::status::overview(&js).await?);
         return Ok(ExitCode::SUCCESS);
@@ -54,91 +46,6 @@ async fn plain(js: &jetstream::Context, interval: Duration) -> anyhow::Result<Ex
                 println!("--- {}\n{body}", time::OffsetDateTime::now_utc());
             }
         }
-    }
-}
-
-/// What the dashboard reads continuously: every metrics snapshot (the latest per subject
-/// first, then each new one) and the result events of the last minutes.
-pub struct Feeds {
-    metrics: Option<consumer::pull::Ordered>,
-    results: Option<consumer::pull::Ordered>,
-}
-
-impl Feeds {
-    pub async fn open(js: &jetstream::Context) -> Self {
-        let metrics = async {
-            js.get_stream(STREAM_METRICS)
-                .await
-                .ok()?
-                .create_consumer(consumer::pull::OrderedConfig {
-                    filter_subject: "metrics.>".into(),
-                    deliver_policy: consumer::DeliverPolicy::LastPerSubject,
-                    ..Default::default()
-                })
-                .await
-                .ok()?
-                .messages()
-                .await
-                .ok()
-        };
-        let results = async {
-            let since = time::OffsetDateTime::now_utc() - FAILURES_SINCE;
-            js.get_stream(STREAM_RESULTS)
-                .await
-                .ok()?
-                .create_consumer(consumer::pull::OrderedConfig {
-                    filter_subject: "results.>".into(),
-                    deliver_policy: consumer::DeliverPolicy::ByStartTime { start_time: since },
-                    ..Default::default()
-                })
-                .await
-                .ok()?
-                .messages()
-                .await
-                .ok()
-        };
-        let (metrics, results) = tokio::join!(metrics, results);
-        Feeds { metrics, results }
-    }
-
-    fn ready(&self) -> bool {
-        self.metrics.is_some() && self.results.is_some()
-    }
-
-    /// Take in whatever arrives for `wait` (the tests build a dashboard with it).
-    #[cfg(test)]
-    pub async fn drain(&mut self, dashboard: &mut Dashboard, wait: Duration) {
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            tokio::select! {
-                Some(m) = next(&mut self.metrics) => take_metrics(dashboard, m),
-                Some(r) = next(&mut self.results) => take_result(dashboard, r),
-                _ = tokio::time::sleep_until(deadline) => return,
-            }
-        }
-    }
-}
-
-type Delivery = Result<jetstream::Message, consumer::pull::OrderedError>;
-
-async fn next(feed: &mut Option<consumer::pull::Ordered>) -> Option<Delivery> {
-    match feed {
-        Some(messages) => messages.next().await,
-        None => std::future::pending().await,
-    }
-}
-
-fn take_metrics(dashboard: &mut Dashboard, message: Delivery) {
-    if let Ok(message) = message
-        && let Ok(snapshot) = serde_json::from_slice::<MetricsSnapshot>(&message.payload)
-    {
-        dashboard.snapshot(snapshot);
-    }
-}
-
-fn take_result(dashboard: &mut Dashboard, message: Delivery) {
-    if let Ok(message) = message {
-        dashboard.result(&message.payload);
     }
 }
 
@@ -195,15 +102,9 @@ async fn live(
                 Some(_) => { terminal.draw(|f| view::render(f, dashboard))?; }
                 None => keys_open = false,
             },
-            Some(m) = next(&mut feeds.metrics) => take_metrics(dashboard, m),
-            Some(r) = next(&mut feeds.results) => take_result(dashboard, r),
+            update = feeds.next() => dashboard.take(update),
             _ = ticker.tick() => {
-                if !feeds.ready() {
-                    // The streams appear when the first kiln process starts.
-                    let reopened = Feeds::open(js).await;
-                    if feeds.metrics.is_none() { feeds.metrics = reopened.metrics; }
-                    if feeds.results.is_none() { feeds.results = reopened.results; }
-                }
+                feeds.reopen(js).await;
                 dashboard.poll(js).await;
                 terminal.draw(|f| view::render(f, dashboard))?;
             }
@@ -223,7 +124,7 @@ mod tests {
 
     use super::*;
     use crate::cmd::roles::LocalRoles;
-    use crate::cmd::submit::{JobSpec, ResultCollector, publish_all};
+    use kiln_client::{JobSpec, ResultCollector, publish_all};
 
     fn screen(terminal: &Terminal<TestBackend>) -> Vec<String> {
         let buffer = terminal.backend().buffer();
@@ -290,9 +191,9 @@ mod tests {
         let mut collector = ResultCollector::subscribe(&client, None, &[])
             .await
             .unwrap();
-        publish_all(&js, jobs, None, true).await.unwrap();
+        publish_all(&js, jobs, true, || {}).await.unwrap();
         let results = collector
-            .collect(ids, Duration::from_secs(60), None, |_| {})
+            .collect(ids, Duration::from_secs(60), |_| {})
             .await;
         assert_eq!(results.len(), 21);
 

@@ -9,7 +9,7 @@ use ratatui::widgets::{Block, Paragraph, Row, Table};
 
 use time::OffsetDateTime;
 
-use super::model::{Dashboard, Series, WINDOW};
+use kiln_client::watch::{Dashboard, Series, WINDOW};
 
 const TREND_BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
 
@@ -67,7 +67,7 @@ fn render_queues(frame: &mut Frame, area: Rect, d: &Dashboard) {
         count(d.dead_letters)
     );
     let rows = d.queues.iter().map(|q| match &q.error {
-        Some(e) => Row::new(vec![q.consumer.clone(), format!("unavailable: {e}")]),
+        Some(e) => Row::new(vec![q.name.clone(), format!("unavailable: {e}")]),
         None => {
             let style = if q.pending > 0 {
                 Style::new().fg(Color::Yellow)
@@ -75,7 +75,7 @@ fn render_queues(frame: &mut Frame, area: Rect, d: &Dashboard) {
                 Style::new()
             };
             Row::new(vec![
-                q.consumer.clone(),
+                q.name.clone(),
                 q.pending.to_string(),
                 q.in_flight.to_string(),
                 q.redelivered.to_string(),

@@ -1,22 +1,92 @@
-//! Connecting to NATS with the auth and TLS options every subcommand shares.
+//! Connecting to NATS with the auth and TLS options every kiln program shares, the `nats`
+//! CLI's contexts filling in what is not given.
 
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
-use async_nats::{ConnectErrorKind, ConnectOptions, ServerAddr};
+use async_nats::{ConnectErrorKind, ServerAddr};
 
-use crate::cli::NatsArgs;
+use crate::error::{Error, Result};
 
-pub async fn connect(args: &NatsArgs) -> anyhow::Result<async_nats::Client> {
-    connect_with(args, true).await
+/// Where kiln looks for NATS when neither the options nor a context say.
+pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+
+/// How to reach NATS: the server and the credentials, as the `nats` CLI takes them. Fields
+/// left `None` may be filled in from a `nats` CLI context by [`ConnectOptions::resolve`].
+#[derive(Debug, Clone, Default)]
+pub struct ConnectOptions {
+    /// Server URL(s), comma-separated (`None`: the context's, else [`DEFAULT_NATS_URL`]).
+    pub url: Option<String>,
+    /// The `nats` CLI context to read (`None`: the one `nats context select` chose, if any).
+    pub context: Option<String>,
+    /// Token to authenticate with.
+    pub token: Option<String>,
+    /// User name for user/password auth (with `password`).
+    pub user: Option<String>,
+    /// Password for user/password auth (with `user`).
+    pub password: Option<String>,
+    /// Credentials file (JWT + nkey seed) for decentralised auth.
+    pub creds: Option<PathBuf>,
+    /// File holding an nkey seed to authenticate with.
+    pub nkey: Option<PathBuf>,
+    /// CA certificate (PEM) to verify the server with; implies TLS.
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS (with `tls_key`).
+    pub tls_cert: Option<PathBuf>,
+    /// Client private key (PEM) for mutual TLS (with `tls_cert`).
+    pub tls_key: Option<PathBuf>,
 }
 
-/// Connect; `retry` keeps trying in the background when the server is not up yet (services),
-/// otherwise the first failure is returned (one-shot commands, probing). Refused
-/// credentials and TLS failures are returned at once either way.
-pub async fn connect_with(args: &NatsArgs, retry: bool) -> anyhow::Result<async_nats::Client> {
-    let url = args.nats_url.as_str();
+impl ConnectOptions {
+    /// Options for the server(s) at `url`, nothing else set.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: Some(url.into()),
+            ..Self::default()
+        }
+    }
+
+    /// Fill in what is not set from the `nats` CLI context (named by `context`, else the
+    /// selected one, ADR-21), as `nats` does: set fields override the context's. A named
+    /// context that does not exist, or one using what kiln does not support, is an error.
+    pub fn resolve(mut self) -> Result<Self> {
+        use crate::context::{given, path};
+        if let Some((_, c)) = crate::context::load(self.context.as_deref())? {
+            self.url = self.url.take().or_else(|| given(&c.url));
+            self.token = self.token.take().or_else(|| given(&c.token));
+            self.user = self.user.take().or_else(|| given(&c.user));
+            self.password = self.password.take().or_else(|| given(&c.password));
+            self.creds = self.creds.take().or_else(|| path(&c.creds));
+            self.nkey = self.nkey.take().or_else(|| path(&c.nkey));
+            self.tls_ca = self.tls_ca.take().or_else(|| path(&c.ca));
+            self.tls_cert = self.tls_cert.take().or_else(|| path(&c.cert));
+            self.tls_key = self.tls_key.take().or_else(|| path(&c.key));
+        }
+        Ok(self)
+    }
+
+    /// The server URL(s) these options connect to.
+    pub fn server_url(&self) -> &str {
+        self.url.as_deref().unwrap_or(DEFAULT_NATS_URL)
+    }
+}
+
+/// Connect once: the first failure is returned (one-shot commands, probing). Refused
+/// credentials and TLS failures say which options to check.
+pub async fn connect(options: &ConnectOptions) -> Result<async_nats::Client> {
+    connect_with(options, false).await
+}
+
+/// Connect, and when the server is not up yet keep trying in the background until it answers
+/// (services: their first requests would only time out). Refused credentials and TLS failures
+/// are returned at once.
+pub async fn connect_and_wait(options: &ConnectOptions) -> Result<async_nats::Client> {
+    connect_with(options, true).await
+}
+
+async fn connect_with(args: &ConnectOptions, retry: bool) -> Result<async_nats::Client> {
+    let url = args.server_url();
     // A cluster is given as a comma-separated list; the client tries them in turn and learns
     // the others from the server.
     let servers: Vec<ServerAddr> = url
@@ -24,39 +94,45 @@ pub async fn connect_with(args: &NatsArgs, retry: bool) -> anyhow::Result<async_
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .map(|s| {
-            s.parse().with_context(|| {
-                format!(
+            s.parse().map_err(|e: std::io::Error| Error::Config {
+                message: format!(
                     "{s:?} in --nats-url is not a NATS URL: give nats://host:port, \
                      comma-separated for several servers"
-                )
+                ),
+                source: Some(e.into()),
             })
         })
-        .collect::<anyhow::Result<_>>()?;
+        .collect::<Result<_>>()?;
     let first = options(args, Duration::from_secs(if retry { 3 } else { 2 }), false)
         .await?
         .connect(servers.clone())
         .await;
+    let refused = |message: String, e| Error::Connect {
+        message,
+        source: Some(e),
+    };
     match first {
         Ok(client) => Ok(client),
-        Err(e) if matches!(e.kind(), ConnectErrorKind::AuthorizationViolation) => {
-            Err(e).with_context(|| {
-                format!(
-                    "the NATS server at {url} refused these credentials: check --user/--password, \
-                     --token, --nkey or --creds (NATS_USER, NATS_PASSWORD, NATS_TOKEN, NATS_NKEY, \
-                     NATS_CREDS) and the NATS context in use (--context, NATS_CONTEXT)"
-                )
-            })
-        }
+        Err(e) if matches!(e.kind(), ConnectErrorKind::AuthorizationViolation) => Err(refused(
+            format!(
+                "the NATS server at {url} refused these credentials: check --user/--password, \
+                 --token, --nkey or --creds (NATS_USER, NATS_PASSWORD, NATS_TOKEN, NATS_NKEY, \
+                 NATS_CREDS) and the NATS context in use (--context, NATS_CONTEXT)"
+            ),
+            e,
+        )),
         Err(e)
             if matches!(e.kind(), ConnectErrorKind::Tls)
                 || e.to_string().contains("certificate") =>
         {
-            Err(e).with_context(|| {
-            format!(
-                "TLS with the NATS server at {url} failed: check --tls-ca (and --tls-cert/--tls-key \
-                 for mutual TLS), and that the server's certificate names the host in the URL"
-                )
-            })
+            Err(refused(
+                format!(
+                    "TLS with the NATS server at {url} failed: check --tls-ca (and --tls-cert/\
+                     --tls-key for mutual TLS), and that the server's certificate names the host \
+                     in the URL"
+                ),
+                e,
+            ))
         }
         // A service waits for a server that is not up yet: the client keeps trying in the
         // background, and the service starts once it is connected (its first requests would
@@ -68,13 +144,16 @@ pub async fn connect_with(args: &NatsArgs, retry: bool) -> anyhow::Result<async_
                 .retry_on_initial_connect()
                 .connect(servers)
                 .await
-                .with_context(|| format!("connecting to NATS at {url}"))?;
+                .map_err(|e| refused(format!("connecting to NATS at {url}"), e))?;
             while client.connection_state() != async_nats::connection::State::Connected {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Ok(client)
         }
-        Err(e) => Err(anyhow::anyhow!("{}", unreachable(url, &e))),
+        Err(e) => Err(Error::Connect {
+            message: unreachable(url, &e),
+            source: None,
+        }),
     }
 }
 
@@ -163,33 +242,37 @@ impl Link {
 /// The shared options; `reported`: an unreachable server was already reported (the caller
 /// logged the first failure with its cause).
 async fn options(
-    args: &NatsArgs,
+    args: &ConnectOptions,
     timeout: Duration,
     reported: bool,
-) -> anyhow::Result<ConnectOptions> {
+) -> Result<async_nats::ConnectOptions> {
     let link = Arc::new(Link {
-        url: args.nats_url.clone(),
+        url: args.server_url().to_owned(),
         state: Mutex::new(LinkState {
             reported: reported.then(Instant::now),
             ..LinkState::default()
         }),
     });
-    let mut options = ConnectOptions::new()
+    let mut options = async_nats::ConnectOptions::new()
         .name("kiln")
         .connection_timeout(timeout)
         .event_callback(move |event| {
             let link = link.clone();
             async move { link.on_event(event) }
         });
+    let unreadable = |what: &str, path: &std::path::Path, e: std::io::Error| Error::Config {
+        message: format!("reading {what} {}", path.display()),
+        source: Some(e.into()),
+    };
     if let Some(creds) = &args.creds {
         options = options
             .credentials_file(creds)
             .await
-            .with_context(|| format!("reading credentials file {}", creds.display()))?;
+            .map_err(|e| unreadable("credentials file", creds, e))?;
     }
     if let Some(path) = &args.nkey {
-        let seed = std::fs::read_to_string(path)
-            .with_context(|| format!("reading nkey seed file {}", path.display()))?;
+        let seed =
+            std::fs::read_to_string(path).map_err(|e| unreadable("nkey seed file", path, e))?;
         options = options.nkey(seed.trim().to_owned());
     }
     if let Some(token) = &args.token {
@@ -200,7 +283,9 @@ async fn options(
             options = options.user_and_password(user.clone(), password.clone())
         }
         (Some(_), None) | (None, Some(_)) => {
-            anyhow::bail!("--user and --password go together; give both or neither")
+            return Err(Error::config(
+                "--user and --password go together; give both or neither",
+            ));
         }
         (None, None) => {}
     }

@@ -5,41 +5,42 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context as _;
 use serde::Deserialize;
+
+use crate::error::{Error, Result};
 
 /// The fields of a context file kiln uses; the others (JetStream domain, inbox prefix, nsc, …)
 /// are refused when set, rather than silently ignored.
 #[derive(Debug, Default, Deserialize)]
-pub struct NatsContext {
+pub(crate) struct NatsContext {
     #[serde(default)]
-    pub url: String,
+    pub(crate) url: String,
     #[serde(default)]
-    pub token: String,
+    pub(crate) token: String,
     #[serde(default)]
-    pub user: String,
+    pub(crate) user: String,
     #[serde(default)]
-    pub password: String,
+    pub(crate) password: String,
     #[serde(default)]
-    pub creds: String,
+    pub(crate) creds: String,
     #[serde(default)]
-    pub nkey: String,
+    pub(crate) nkey: String,
     #[serde(default)]
-    pub cert: String,
+    pub(crate) cert: String,
     #[serde(default)]
-    pub key: String,
+    pub(crate) key: String,
     #[serde(default)]
-    pub ca: String,
+    pub(crate) ca: String,
     #[serde(default)]
-    pub nsc: String,
+    pub(crate) nsc: String,
     #[serde(default)]
-    pub jetstream_domain: String,
+    pub(crate) jetstream_domain: String,
     #[serde(default)]
-    pub jetstream_api_prefix: String,
+    pub(crate) jetstream_api_prefix: String,
     #[serde(default)]
-    pub inbox_prefix: String,
+    pub(crate) inbox_prefix: String,
     #[serde(default)]
-    pub user_jwt: String,
+    pub(crate) user_jwt: String,
 }
 
 /// `$XDG_CONFIG_HOME/nats`, else `~/.config/nats`.
@@ -53,7 +54,7 @@ fn config_dir() -> Option<PathBuf> {
 
 /// The context called `name`, or, without a name, the one `nats context select` chose (none
 /// when nothing is selected). A named context that does not exist is an error.
-pub fn load(name: Option<&str>) -> anyhow::Result<Option<(String, NatsContext)>> {
+pub(crate) fn load(name: Option<&str>) -> Result<Option<(String, NatsContext)>> {
     let Some(dir) = config_dir() else {
         return Ok(None);
     };
@@ -64,24 +65,28 @@ pub fn load(name: Option<&str>) -> anyhow::Result<Option<(String, NatsContext)>>
             _ => return Ok(None),
         },
     };
-    anyhow::ensure!(
-        !name.is_empty() && !name.contains(['/', '\\']) && name != "." && name != "..",
-        "{name:?} is not a NATS context name"
-    );
+    if name.is_empty() || name.contains(['/', '\\']) || name == "." || name == ".." {
+        return Err(Error::config(format!(
+            "{name:?} is not a NATS context name"
+        )));
+    }
     let path = dir.join("context").join(format!("{name}.json"));
-    let context = read(&path).with_context(|| {
-        format!(
+    let context = read(&path).map_err(|source| Error::Config {
+        message: format!(
             "NATS context {name:?} ({}): list them with `nats context ls`, or leave out \
              --context / NATS_CONTEXT",
             path.display()
-        )
+        ),
+        source: Some(source.into()),
     })?;
     Ok(Some((name, context)))
 }
 
-fn read(path: &Path) -> anyhow::Result<NatsContext> {
-    let text = std::fs::read_to_string(path)?;
-    let context: NatsContext = serde_json::from_str(&text).context("not a context file")?;
+/// The context file at `path`; the error says why it cannot be used.
+fn read(path: &Path) -> Result<NatsContext, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let context: NatsContext =
+        serde_json::from_str(&text).map_err(|e| format!("not a context file: {e}"))?;
     for (field, value) in [
         ("nsc", &context.nsc),
         ("jetstream_domain", &context.jetstream_domain),
@@ -89,21 +94,22 @@ fn read(path: &Path) -> anyhow::Result<NatsContext> {
         ("inbox_prefix", &context.inbox_prefix),
         ("user_jwt", &context.user_jwt),
     ] {
-        anyhow::ensure!(
-            value.is_empty(),
-            "it sets {field}, which kiln does not support; use a context without it"
-        );
+        if !value.is_empty() {
+            return Err(format!(
+                "it sets {field}, which kiln does not support; use a context without it"
+            ));
+        }
     }
     Ok(context)
 }
 
 /// `Some(text)` unless empty.
-pub fn given(text: &str) -> Option<String> {
+pub(crate) fn given(text: &str) -> Option<String> {
     (!text.is_empty()).then(|| text.to_owned())
 }
 
 /// A path from a context file, with a leading `~/` meaning the home folder (as `nats` reads it).
-pub fn path(text: &str) -> Option<PathBuf> {
+pub(crate) fn path(text: &str) -> Option<PathBuf> {
     let text = given(text)?;
     match (text.strip_prefix("~/"), std::env::var_os("HOME")) {
         (Some(rest), Some(home)) => Some(PathBuf::from(home).join(rest)),
@@ -129,7 +135,7 @@ mod tests {
         assert_eq!(given(&context.token).as_deref(), Some("t"));
         assert_eq!(given(&context.creds), None);
         std::fs::write(&file, r#"{"url":"nats://a:4222","jetstream_domain":"hub"}"#).unwrap();
-        let err = format!("{:#}", read(&file).unwrap_err());
+        let err = read(&file).unwrap_err();
         assert!(err.contains("jetstream_domain"), "{err}");
     }
 }

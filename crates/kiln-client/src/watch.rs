@@ -1,17 +1,19 @@
-//! What `kiln watch` shows, and how it is gathered: queues from consumer info, live workers
-//! from `KILN_WORKERS`, per-(kind, class) throughput and latency from successive metrics
-//! snapshots, recent failures from the results stream.
+//! kiln followed live (what `kiln watch` shows): a [`Dashboard`] of queues from consumer
+//! info, live workers from `KILN_WORKERS`, per-(kind, class) throughput and latency from
+//! successive metrics snapshots, and recent failures from the results stream, fed by
+//! [`Feeds`] and refreshed by [`Dashboard::poll`].
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
-use async_nats::jetstream;
-use kiln_proto::streams::{STREAM_DLQ, STREAM_JOBS, STREAM_RESULTS};
-use kiln_proto::{
-    DeviceClass, JobError, Latency, LatencyStats, MetricsSnapshot, Status, WorkerInfo,
-};
+use async_nats::jetstream::{self, consumer};
+use futures::StreamExt as _;
+use kiln_proto::streams::{STREAM_DLQ, STREAM_JOBS, STREAM_METRICS, STREAM_RESULTS};
+use kiln_proto::{JobError, Latency, LatencyStats, MetricsSnapshot, Status, WorkerInfo};
 use serde::Deserialize;
 use time::OffsetDateTime;
+
+use crate::cluster::ConsumerState;
 
 /// Throughput and windowed latency are measured over this much time.
 pub const WINDOW: Duration = Duration::from_secs(10);
@@ -20,28 +22,20 @@ pub const MAX_FAILURES: usize = 50;
 /// Throughput samples kept per (kind, class) for the trend column.
 const TREND: usize = 24;
 
-/// One consumer's backlog.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Queue {
-    pub consumer: String,
-    /// Waiting, not yet delivered.
-    pub pending: u64,
-    /// Delivered, not yet acknowledged (in the workers' hands).
-    pub in_flight: u64,
-    pub redelivered: u64,
-    pub waiting_pulls: u64,
-    /// Why it could not be read, when it could not.
-    pub error: Option<String>,
-}
-
 /// A failed job, from its result event.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Failure {
+    /// When it finished.
     pub at: OffsetDateTime,
+    /// The job's id.
     pub id: String,
+    /// The job's kind.
     pub kind: String,
+    /// The worker that answered it.
     pub worker: String,
+    /// The delivery attempt, from 1.
     pub attempt: u64,
+    /// Its error: kind and message.
     pub error: String,
 }
 
@@ -70,8 +64,10 @@ enum Base<'a> {
 /// throughput measured at each refresh.
 #[derive(Debug, Clone)]
 pub struct Series {
+    /// The latest snapshot.
     pub latest: MetricsSnapshot,
     seen: VecDeque<Seen>,
+    /// Jobs per second at each of the last refreshes, oldest first.
     pub trend: VecDeque<f64>,
 }
 
@@ -141,18 +137,28 @@ impl Series {
     }
 }
 
-/// Everything on the screen.
+/// Everything a dashboard shows.
 #[derive(Debug, Clone)]
 pub struct Dashboard {
+    /// The server's URL, as given.
     pub server: String,
+    /// Milliseconds between refreshes.
     pub interval_ms: u64,
+    /// When it was last refreshed.
     pub now: OffsetDateTime,
+    /// Jobs in `KILN_JOBS` (`None`: unreadable).
     pub jobs_queued: Option<u64>,
+    /// Result events in `KILN_RESULTS`.
     pub results_stored: Option<u64>,
+    /// Dead letters in `KILN_DLQ`.
     pub dead_letters: Option<u64>,
-    pub queues: Vec<Queue>,
+    /// The job consumers' backlogs.
+    pub queues: Vec<ConsumerState>,
+    /// Live workers.
     pub workers: Vec<WorkerInfo>,
+    /// Why the workers could not be read, when they could not.
     pub workers_error: Option<String>,
+    /// Every (kind, class) seen in the metrics.
     pub series: BTreeMap<(String, String), Series>,
     /// Newest first.
     pub failures: VecDeque<Failure>,
@@ -161,6 +167,7 @@ pub struct Dashboard {
 }
 
 impl Dashboard {
+    /// An empty dashboard of the server at `server`, refreshed every `interval_ms`.
     pub fn new(server: String, interval_ms: u64) -> Self {
         Dashboard {
             server,
@@ -175,6 +182,14 @@ impl Dashboard {
             series: BTreeMap::new(),
             failures: VecDeque::new(),
             error: None,
+        }
+    }
+
+    /// Take in a message from [`Feeds`].
+    pub fn take(&mut self, update: Update) {
+        match update {
+            Update::Metrics(snapshot) => self.snapshot(*snapshot),
+            Update::Result(payload) => self.result(&payload),
         }
     }
 
@@ -241,29 +256,7 @@ impl Dashboard {
         match js.get_stream(STREAM_JOBS).await {
             Ok(mut jobs) => {
                 self.jobs_queued = jobs.info().await.ok().map(|i| i.state.messages);
-                let mut queues = Vec::new();
-                for class in [DeviceClass::Gpu, DeviceClass::Cpu, DeviceClass::Auto] {
-                    let consumer = class.consumer().to_owned();
-                    queues.push(match jobs.consumer_info(&consumer).await {
-                        Ok(c) => Queue {
-                            consumer,
-                            pending: c.num_pending,
-                            in_flight: c.num_ack_pending as u64,
-                            redelivered: c.num_redelivered as u64,
-                            waiting_pulls: c.num_waiting as u64,
-                            error: None,
-                        },
-                        Err(e) => Queue {
-                            consumer,
-                            pending: 0,
-                            in_flight: 0,
-                            redelivered: 0,
-                            waiting_pulls: 0,
-                            error: Some(e.to_string()),
-                        },
-                    });
-                }
-                self.queues = queues;
+                self.queues = crate::cluster::consumers(&mut jobs).await;
             }
             Err(e) => {
                 self.error = Some(format!(
@@ -296,6 +289,119 @@ impl Dashboard {
                 }
             }
         }
+    }
+}
+
+/// How far back the failures feed starts reading the results stream.
+const FAILURES_SINCE: Duration = Duration::from_secs(10 * 60);
+
+/// What a dashboard reads continuously: every metrics snapshot (the latest per subject
+/// first, then each new one) and the result events of the last ten minutes.
+pub struct Feeds {
+    metrics: Option<consumer::pull::Ordered>,
+    results: Option<consumer::pull::Ordered>,
+}
+
+/// One message from [`Feeds`], for [`Dashboard::take`].
+#[derive(Debug)]
+pub enum Update {
+    /// A metrics snapshot.
+    Metrics(Box<MetricsSnapshot>),
+    /// A result event's body.
+    Result(bytes::Bytes),
+}
+
+impl Feeds {
+    /// Open both feeds; one whose stream does not exist yet stays closed until
+    /// [`Feeds::reopen`].
+    pub async fn open(js: &jetstream::Context) -> Self {
+        let since = OffsetDateTime::now_utc() - FAILURES_SINCE;
+        let (metrics, results) = tokio::join!(
+            ordered(
+                js,
+                STREAM_METRICS,
+                "metrics.>",
+                consumer::DeliverPolicy::LastPerSubject
+            ),
+            ordered(
+                js,
+                STREAM_RESULTS,
+                "results.>",
+                consumer::DeliverPolicy::ByStartTime { start_time: since }
+            ),
+        );
+        Feeds { metrics, results }
+    }
+
+    /// Open the feeds still closed (their streams appear when the first kiln process starts).
+    pub async fn reopen(&mut self, js: &jetstream::Context) {
+        if self.metrics.is_some() && self.results.is_some() {
+            return;
+        }
+        let reopened = Feeds::open(js).await;
+        self.metrics = self.metrics.take().or(reopened.metrics);
+        self.results = self.results.take().or(reopened.results);
+    }
+
+    /// The next message of either feed (never, while both are closed). Cancel-safe.
+    pub async fn next(&mut self) -> Update {
+        loop {
+            tokio::select! {
+                Some(m) = next(&mut self.metrics) => {
+                    if let Ok(m) = m
+                        && let Ok(snapshot) = serde_json::from_slice(&m.payload)
+                    {
+                        return Update::Metrics(snapshot);
+                    }
+                }
+                Some(r) = next(&mut self.results) => {
+                    if let Ok(r) = r {
+                        return Update::Result(r.payload.clone());
+                    }
+                }
+                // Both feeds ended: nothing more comes.
+                else => return std::future::pending().await,
+            }
+        }
+    }
+
+    /// Take into `dashboard` whatever arrives for `wait`.
+    pub async fn drain(&mut self, dashboard: &mut Dashboard, wait: Duration) {
+        let deadline = tokio::time::Instant::now() + wait;
+        while let Ok(update) = tokio::time::timeout_at(deadline, self.next()).await {
+            dashboard.take(update);
+        }
+    }
+}
+
+/// An ordered consumer of `stream` from `deliver`, or `None` when it cannot be made.
+async fn ordered(
+    js: &jetstream::Context,
+    stream: &str,
+    filter: &str,
+    deliver: consumer::DeliverPolicy,
+) -> Option<consumer::pull::Ordered> {
+    js.get_stream(stream)
+        .await
+        .ok()?
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subject: filter.into(),
+            deliver_policy: deliver,
+            ..Default::default()
+        })
+        .await
+        .ok()?
+        .messages()
+        .await
+        .ok()
+}
+
+type Delivery = Result<jetstream::Message, consumer::pull::OrderedError>;
+
+async fn next(feed: &mut Option<consumer::pull::Ordered>) -> Option<Delivery> {
+    match feed {
+        Some(messages) => messages.next().await,
+        None => std::future::pending().await,
     }
 }
 

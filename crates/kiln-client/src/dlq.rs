@@ -1,0 +1,169 @@
+//! The dead-letter queue: jobs given up after their last attempt, listed and replayed.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer};
+use futures::StreamExt as _;
+use kiln_proto::streams::STREAM_DLQ;
+use kiln_proto::{HEADER_DLQ_REASON, HEADER_DLQ_SUBJECT, HEADER_MSG_ID};
+use serde::Serialize;
+
+use crate::error::{Context as _, Error, NOT_INITIALISED, Result};
+
+/// One dead letter in `KILN_DLQ`.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeadLetter {
+    /// Its sequence in `KILN_DLQ` (what [`replay`] names it by).
+    pub sequence: u64,
+    /// Its subject: `dlq.<kind>`.
+    pub subject: String,
+    /// The subject the job was submitted on: `jobs.<class>.<kind>`.
+    pub original_subject: String,
+    /// The job's id.
+    pub id: String,
+    /// Why it was given up.
+    pub reason: String,
+    #[serde(skip)]
+    headers: async_nats::HeaderMap,
+    #[serde(skip)]
+    payload: bytes::Bytes,
+}
+
+/// Resubmit `letter` to the subject it came from, as a new run of the same job id, and delete
+/// it from the queue; returns the subject it went to. A letter that cannot be replayed (see
+/// [`DeadLetter::replay_subject`]) is an [`Error::Invalid`] saying why, and stays.
+pub async fn replay(js: &jetstream::Context, letter: &DeadLetter) -> Result<String> {
+    let target = letter.replay_subject().map_err(Error::Invalid)?;
+    let what = || format!("resubmitting dead letter {}", letter.sequence);
+    js.publish_with_headers(
+        target.clone(),
+        letter.replay_headers(),
+        letter.payload.clone(),
+    )
+    .await
+    .nats(what)?
+    .await
+    .nats(what)?;
+    js.get_stream(STREAM_DLQ)
+        .await
+        .nats(|| NOT_INITIALISED.into())?
+        .delete_message(letter.sequence)
+        .await
+        .nats(|| format!("removing dead letter {} from {STREAM_DLQ}", letter.sequence))?;
+    Ok(target)
+}
+
+impl DeadLetter {
+    /// Where a replay of this letter goes, or why it is not replayed: a copy made by kiln
+    /// (jobs.<class>.<kind>.copy, whose headers workers believe), without publish conditions
+    /// nor the letter's own headers, counted from the replay, a new submission.
+    pub fn replay_subject(&self) -> Result<String, String> {
+        // The subject comes from the dead letter's own header: replay only to a job
+        // subject, never to results, metrics or anything else a forged letter names.
+        let Ok(original) = kiln_proto::JobSubject::parse(&self.original_subject) else {
+            return Err(format!(
+                "dead letter {} ({}) names {:?} as its job's subject, which is no \
+                 jobs.<gpu|cpu|auto>.<kind> subject: not replayed (it stays in {STREAM_DLQ})",
+                self.sequence, self.id, self.original_subject
+            ));
+        };
+        if !kiln_proto::valid_job_id(&self.id) {
+            return Err(format!(
+                "dead letter {} names the job id {:?}: {}; not replayed (it stays in \
+                 {STREAM_DLQ})",
+                self.sequence,
+                kiln_proto::cut(&self.id, 80),
+                kiln_proto::JOB_ID_RULE
+            ));
+        }
+        if let Some(why) = self.headers.get(kiln_proto::HEADER_DLQ_BODY) {
+            return Err(format!(
+                "dead letter {} ({}) holds no job to replay: its body was {}; submit \
+                 the job again (it stays in {STREAM_DLQ})",
+                self.sequence,
+                self.id,
+                why.as_str()
+            ));
+        }
+        Ok(original.copy_subject())
+    }
+
+    /// The headers of this letter's replay.
+    fn replay_headers(&self) -> async_nats::HeaderMap {
+        let mut headers =
+            kiln_proto::copy_headers_except(Some(&self.headers), &kiln_proto::OWN_HEADERS);
+        // A fresh message id: the original is still in the job stream's duplicate
+        // window. The job keeps its id in Kiln-Job-Id.
+        headers.insert(kiln_proto::HEADER_JOB_ID, self.id.as_str());
+        // A replay is a new run with a result of its own (the failed one stays).
+        let replay = self
+            .headers
+            .get(kiln_proto::HEADER_REPLAY)
+            .and_then(|v| v.as_str().trim().parse::<u32>().ok())
+            .filter(|n| *n < kiln_proto::MAX_REPLAYS)
+            .unwrap_or(0)
+            + 1;
+        headers.insert(kiln_proto::HEADER_REPLAY, replay.to_string().as_str());
+        headers.insert(
+            HEADER_MSG_ID,
+            format!("replay-{}-{}", self.sequence, self.id).as_str(),
+        );
+        headers
+    }
+}
+
+/// Every message in the dead-letter stream, oldest first.
+pub async fn dead_letters(js: &jetstream::Context) -> Result<Vec<DeadLetter>> {
+    let stream = js
+        .get_stream(STREAM_DLQ)
+        .await
+        .nats(|| NOT_INITIALISED.into())?;
+    let mut reader = stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subject: "dlq.>".into(),
+            ..Default::default()
+        })
+        .await
+        .nats(|| format!("reading {STREAM_DLQ}"))?;
+    let pending = reader
+        .info()
+        .await
+        .nats(|| format!("reading {STREAM_DLQ}"))?
+        .num_pending;
+    let mut messages = reader
+        .messages()
+        .await
+        .nats(|| format!("reading {STREAM_DLQ}"))?;
+    let mut letters = Vec::new();
+    while (letters.len() as u64) < pending {
+        let Ok(Some(message)) = tokio::time::timeout(Duration::from_secs(5), messages.next()).await
+        else {
+            break;
+        };
+        let message = message.nats(|| format!("reading {STREAM_DLQ}"))?;
+        let sequence = message
+            .info()
+            .map_err(|e| Error::Nats {
+                what: format!("reading {STREAM_DLQ}"),
+                source: e,
+            })?
+            .stream_sequence;
+        let headers = message.headers.clone().unwrap_or_default();
+        let header = |name: &str| headers.get(name).map(|v| v.as_str().to_owned());
+        let id = header(kiln_proto::HEADER_JOB_ID)
+            .or_else(|| header(HEADER_MSG_ID).map(|m| m.trim_start_matches("dlq-").to_owned()))
+            .unwrap_or_else(|| format!("dlq-seq-{sequence}"));
+        letters.push(DeadLetter {
+            sequence,
+            subject: message.subject.to_string(),
+            original_subject: header(HEADER_DLQ_SUBJECT).unwrap_or_else(|| {
+                format!("jobs.cpu.{}", message.subject.trim_start_matches("dlq."))
+            }),
+            id,
+            reason: header(HEADER_DLQ_REASON).unwrap_or_default(),
+            payload: message.payload.clone(),
+            headers,
+        });
+    }
+    Ok(letters)
+}

@@ -1,0 +1,232 @@
+//! One job by its id: its result, its recorded state, where it is now, and cancelling it.
+
+use std::collections::HashMap;
+
+use async_nats::jetstream;
+use futures::StreamExt as _;
+use kiln_proto::streams::{self, STREAM_RESULTS};
+use kiln_proto::{BUCKET_CANCEL, JobState, Phase, ResultEvent, job_key, subject};
+use serde::Serialize;
+
+use crate::error::{Context as _, Error, NOT_INITIALISED, Result};
+
+/// What job ids may be: what [`kiln_proto::valid_job_id`] accepts (workers refuse other ids).
+pub const JOB_ID_RULE: &str = "1 to 128 ASCII letters, digits, '-' and '_'";
+
+/// `Err` with a one-line explanation when `id` is not a valid job id. A long id is shown cut
+/// short, with its length.
+pub fn check_job_id(id: &str) -> Result<(), String> {
+    if kiln_proto::valid_job_id(id) {
+        return Ok(());
+    }
+    const SHOWN: usize = 40;
+    let shown = if id.chars().count() > SHOWN {
+        let head: String = id.chars().take(SHOWN).collect();
+        format!("{head:?}… ({} bytes)", id.len())
+    } else {
+        format!("{id:?}")
+    };
+    Err(format!(
+        "{shown} is not a job id: job ids are {JOB_ID_RULE}"
+    ))
+}
+
+/// The job's state in `KILN_STATE`, if kiln recorded one (`kiln submit` records `queued`).
+pub async fn state(js: &jetstream::Context, id: &str) -> Option<JobState> {
+    let store = js.get_key_value(kiln_proto::BUCKET_STATE).await.ok()?;
+    let value = store.get(job_key(id)).await.ok()??;
+    serde_json::from_slice(&value).ok()
+}
+
+/// Job `id`'s latest result (of `kind`, when given): one lookup of the last message on its
+/// result subjects (`results.<kind>.<id>`, and `results.<kind>.<id>.replay-<n>` after
+/// replays from the dead-letter queue, which come later and win).
+pub async fn find_result(
+    js: &jetstream::Context,
+    id: &str,
+    kind: Option<&str>,
+) -> Result<Option<ResultEvent>> {
+    if !kiln_proto::valid_job_id(id) {
+        return Ok(None);
+    }
+    let stream = js
+        .get_stream(STREAM_RESULTS)
+        .await
+        .nats(|| NOT_INITIALISED.into())?;
+    let kind = kind.unwrap_or("*");
+    for subject in [
+        format!("{}.>", subject::result(kind, id)),
+        subject::result(kind, id),
+    ] {
+        match stream.get_last_raw_message_by_subject(&subject).await {
+            Ok(message) => {
+                let event = serde_json::from_slice::<ResultEvent>(&message.payload)
+                    .nats(|| format!("the result stored on {subject} does not parse"))?;
+                return Ok(Some(event));
+            }
+            Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {}
+            Err(e) => return Err(e).nats(|| format!("looking up the result on {subject}")),
+        }
+    }
+    Ok(None)
+}
+
+/// The results that jobs `ids` already have (for resubmissions the server dropped as
+/// duplicates), each found by its subject.
+pub async fn existing_results(
+    js: &jetstream::Context,
+    ids: &[String],
+    kind: Option<&str>,
+) -> Result<HashMap<String, ResultEvent>> {
+    let found: Vec<Result<Option<ResultEvent>>> = futures::stream::iter(ids)
+        .map(|id| find_result(js, id, kind))
+        .buffered(64)
+        .collect()
+        .await;
+    let mut results = HashMap::new();
+    for (id, event) in ids.iter().zip(found) {
+        if let Some(event) = event? {
+            results.insert(id.clone(), event);
+        }
+    }
+    Ok(results)
+}
+
+/// Where a job is. Serialized with its `state` as a tag: `finished`, `gone`, `running`,
+/// `cancel_requested`, `queued`, `unknown`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum Place {
+    /// It has a result.
+    Finished {
+        /// Its latest result event.
+        result: Box<ResultEvent>,
+    },
+    /// Its final state is recorded, but its result is no longer stored.
+    Gone {
+        /// The record in `KILN_STATE`.
+        record: JobState,
+    },
+    /// A live worker holds it.
+    Running {
+        /// The job's kind.
+        kind: String,
+        /// The worker's device (`cpu`, `cuda:0`).
+        device: String,
+        /// The worker's name.
+        worker: String,
+        /// The delivery attempt, from 1.
+        attempt: u64,
+    },
+    /// Marked cancelled, and neither finished nor running.
+    CancelRequested,
+    /// Recorded as queued.
+    Queued {
+        /// The record in `KILN_STATE`.
+        record: JobState,
+    },
+    /// No record, no result, no live worker holds it.
+    Unknown,
+}
+
+/// Where job `id` is: its result (found by its subject), else the live worker holding it
+/// (from the heartbeats, at most 2 s old), else cancel requested, queued (from the record
+/// `kiln submit` keeps in `KILN_STATE`) or unknown.
+pub async fn locate(js: &jetstream::Context, id: &str) -> Result<Place> {
+    if let Some(event) = find_result(js, id, None).await? {
+        return Ok(Place::Finished {
+            result: Box::new(event),
+        });
+    }
+    if let Some(running) = running(js, id).await {
+        // A result stored since the first look wins over a heartbeat not yet refreshed.
+        if let Some(event) = find_result(js, id, None).await? {
+            return Ok(Place::Finished {
+                result: Box::new(event),
+            });
+        }
+        return Ok(running);
+    }
+    let cancelled = match js.get_key_value(BUCKET_CANCEL).await {
+        Ok(store) => store.get(job_key(id)).await.ok().flatten().is_some(),
+        Err(_) => false,
+    };
+    if cancelled {
+        return Ok(Place::CancelRequested);
+    }
+    Ok(match state(js, id).await {
+        Some(record) if record.phase == Phase::Queued => Place::Queued { record },
+        Some(record) => Place::Gone { record },
+        None => Place::Unknown,
+    })
+}
+
+/// [`Place::Running`] when a live worker's heartbeat lists job `id`.
+async fn running(js: &jetstream::Context, id: &str) -> Option<Place> {
+    let workers = streams::live_workers(js).await.unwrap_or_default();
+    workers.into_iter().find_map(|w| {
+        let job = w.running.into_iter().find(|j| j.id == id)?;
+        Some(Place::Running {
+            kind: job.kind,
+            device: w.device,
+            worker: w.name,
+            attempt: job.attempt,
+        })
+    })
+}
+
+/// Cancel job `id` unless it is finished; returns where it was. Workers mirror the mark in
+/// `KILN_CANCEL`: a queued job is answered `cancelled` when a worker takes it, a running one
+/// stops at its next checkpoint. A finished job ([`Place::Finished`], [`Place::Gone`]) is not
+/// marked: the mark lives a day and would cancel a later run of the same id. An unknown id
+/// is marked, in case it is still in flight.
+pub async fn cancel(js: &jetstream::Context, id: &str) -> Result<Place> {
+    check_job_id(id).map_err(Error::Invalid)?;
+    let place = locate(js, id).await?;
+    if matches!(place, Place::Finished { .. } | Place::Gone { .. }) {
+        return Ok(place);
+    }
+    let store = js
+        .get_key_value(BUCKET_CANCEL)
+        .await
+        .nats(|| format!("opening the {BUCKET_CANCEL} bucket"))?;
+    let at = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    let body = serde_json::json!({ "id": id, "requested_at": at });
+    store
+        .put(job_key(id), body.to_string().into())
+        .await
+        .nats(|| format!("cancelling {id}"))?;
+    Ok(place)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_id_rule_matches_valid_job_id() {
+        assert!(JOB_ID_RULE.contains(&format!("1 to {}", kiln_proto::MAX_ID_LEN)));
+        assert!(check_job_id("batch-0").is_ok());
+        for bad in [
+            "",
+            "a b",
+            "caf\u{e9}",
+            "tab\there",
+            "a/b.c*",
+            "wedge.",
+            ".x",
+            "a..b",
+        ] {
+            let message = check_job_id(bad).unwrap_err();
+            assert!(message.contains("is not a job id"), "{message}");
+        }
+        let long = "x".repeat(5000);
+        let message = check_job_id(&long).unwrap_err();
+        assert!(
+            message.contains("(5000 bytes)") && message.len() < 200,
+            "{message}"
+        );
+    }
+}

@@ -1,0 +1,319 @@
+//! Submitting jobs: [`JobSpec`]s built and checked by their kind, [`publish_all`] with
+//! pipelined acknowledgements, and a [`ResultCollector`] that waits for their results.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream;
+use futures::StreamExt as _;
+use futures::stream::FuturesUnordered;
+use kiln_kernels::{JobMeta, KindEntry};
+use kiln_proto::{Codec, DeviceClass, HEADER_MSG_ID, OutputMode, ResultEvent, subject};
+
+use crate::error::{Context as _, Error, Result};
+
+/// A job ready to publish.
+#[derive(Debug, Clone)]
+pub struct JobSpec {
+    /// The job's id, also its `Nats-Msg-Id`.
+    pub id: String,
+    /// `jobs.<class>.<kind>`.
+    pub subject: String,
+    /// The encoded job.
+    pub body: Vec<u8>,
+    /// How `body` is encoded.
+    pub codec: Codec,
+}
+
+impl JobSpec {
+    /// Build a job of `kind` for `class` from JSON parameters (checked by the kind).
+    pub fn new(
+        kind: &KindEntry,
+        class: DeviceClass,
+        params: serde_json::Value,
+        id: String,
+        seed: u64,
+        timeout_ms: Option<u64>,
+        codec: Codec,
+    ) -> Result<Self> {
+        let meta = JobMeta {
+            id: Some(id),
+            seed: Some(seed),
+            timeout_ms,
+            output: OutputMode::Auto,
+        };
+        Self::build(kind, class, params, meta, codec)
+    }
+
+    /// [`JobSpec::new`] with every envelope field given; `meta.id` is required.
+    pub fn build(
+        kind: &KindEntry,
+        class: DeviceClass,
+        params: serde_json::Value,
+        meta: JobMeta,
+        codec: Codec,
+    ) -> Result<Self> {
+        let id = meta
+            .id
+            .clone()
+            .ok_or_else(|| Error::Invalid("a job needs an id".into()))?;
+        let body = kind
+            .encode_job(params, meta, codec)
+            .map_err(|e| Error::Invalid(e.message))?;
+        Ok(JobSpec {
+            id,
+            subject: subject::job(class, kind.name),
+            body,
+            codec,
+        })
+    }
+}
+
+/// Most publishes awaiting their PubAck at once.
+const PUBLISH_WINDOW: usize = 1024;
+
+/// Publish jobs with pipelined acknowledgements; fails on the first job the server refuses
+/// (a full stream, for instance). Returns the ids the server dropped as duplicates (submitted
+/// within its duplicate window), in submission order.
+///
+/// `on_stored` is called once per job the server acknowledged (stored or dropped), for
+/// progress.
+///
+/// With `track`, each job not dropped is recorded as `queued` in `KILN_STATE` too (`kiln status
+/// <id>` says so until its result is stored), once its PubAck says it was stored; a
+/// duplicate's record is left as it is. The writes are pipelined the same way; the pipeline
+/// benchmark publishes without them, as plain NATS clients do.
+pub async fn publish_all(
+    js: &jetstream::Context,
+    jobs: impl IntoIterator<Item = JobSpec>,
+    track: bool,
+    mut on_stored: impl FnMut(),
+) -> Result<Vec<String>> {
+    let mut published = Published {
+        js,
+        track,
+        on_stored: &mut on_stored,
+        states: FuturesUnordered::new(),
+        duplicates: Vec::new(),
+    };
+    let mut pending = FuturesUnordered::new();
+    for (order, job) in jobs.into_iter().enumerate() {
+        let mut headers = HeaderMap::new();
+        headers.insert(HEADER_MSG_ID, job.id.as_str());
+        headers.insert("Content-Type", job.codec.content_type());
+        // Tracing on: each job is the root of its own trace, its context in the headers.
+        let span = submit_span(&job);
+        if let Some(span) = &span {
+            span.inject(&mut headers);
+        }
+        let size = job.body.len();
+        let ack = match js
+            .publish_with_headers(job.subject.clone(), headers, job.body.into())
+            .await
+        {
+            Ok(ack) => ack,
+            Err(e) if e.kind() == jetstream::context::PublishErrorKind::MaxPayloadExceeded => {
+                return Err(Error::Invalid(format!(
+                    "job {} is {size} bytes, over the NATS server's max_payload ({} bytes): \
+                     give sizes and let the worker generate the inputs (`kiln kinds`), or \
+                     raise max_payload in the server's configuration",
+                    job.id,
+                    js.client().server_info().max_payload
+                )));
+            }
+            Err(e) => {
+                return Err(e).nats(|| format!("publishing job {} on {}", job.id, job.subject));
+            }
+        };
+        let sent = Sent {
+            order,
+            id: job.id,
+            subject: job.subject,
+        };
+        pending.push(async move {
+            let ack = ack.await;
+            drop(span);
+            (sent, ack)
+        });
+        if pending.len() >= PUBLISH_WINDOW
+            && let Some((sent, ack)) = pending.next().await
+        {
+            published.settle(sent, ack).await?;
+        }
+    }
+    while let Some((sent, ack)) = pending.next().await {
+        published.settle(sent, ack).await?;
+    }
+    // A state that was not stored only makes `kiln status` less precise; the jobs are in.
+    while let Some(stored) = published.states.next().await {
+        if let Err(e) = stored {
+            tracing::debug!(error = %e, "a queued state was not stored");
+        }
+    }
+    let mut duplicates = published.duplicates;
+    duplicates.sort_unstable_by_key(|(order, _)| *order);
+    Ok(duplicates.into_iter().map(|(_, id)| id).collect())
+}
+
+/// A job published, its PubAck not yet in.
+struct Sent {
+    /// Its place in the submission.
+    order: usize,
+    id: String,
+    subject: String,
+}
+
+/// What [`publish_all`] does with each PubAck.
+struct Published<'a> {
+    js: &'a jetstream::Context,
+    track: bool,
+    on_stored: &'a mut dyn FnMut(),
+    states: FuturesUnordered<<jetstream::context::PublishAckFuture as IntoFuture>::IntoFuture>,
+    duplicates: Vec<(usize, String)>,
+}
+
+impl Published<'_> {
+    async fn settle(
+        &mut self,
+        sent: Sent,
+        ack: Result<jetstream::publish::PublishAck, jetstream::context::PublishError>,
+    ) -> Result<()> {
+        let ack = ack.map_err(|e| Error::Nats {
+            what: format!(
+                "the server refused job {} (if the KILN_JOBS stream is full, wait for workers \
+                 to catch up or raise its limits)",
+                sent.id
+            ),
+            source: Box::new(e),
+        })?;
+        (self.on_stored)();
+        if ack.duplicate {
+            self.duplicates.push((sent.order, sent.id));
+            return Ok(());
+        }
+        if self.track
+            && let Ok(subject) = kiln_proto::JobSubject::parse(&sent.subject)
+        {
+            let state = kiln_proto::JobState::queued(subject.kind, subject.class);
+            let ack = self
+                .js
+                .publish(
+                    kiln_proto::state_subject(&sent.id),
+                    serde_json::to_vec(&state).unwrap_or_default().into(),
+                )
+                .await
+                .nats(|| format!("recording job {} as queued", sent.id))?;
+            self.states.push(ack.into_future());
+            while self.states.len() >= PUBLISH_WINDOW && self.states.next().await.is_some() {}
+        }
+        Ok(())
+    }
+}
+
+/// The span of one job's publish (until its PubAck), when tracing is on.
+fn submit_span(job: &JobSpec) -> Option<kiln_telemetry::trace::TraceSpan> {
+    use kiln_telemetry::trace::{Context, KeyValue, SpanKind, TraceSpan};
+    if !kiln_telemetry::trace::enabled() {
+        return None;
+    }
+    TraceSpan::start(
+        "kiln.submit",
+        SpanKind::Producer,
+        &Context::new(),
+        None,
+        vec![
+            KeyValue::new("messaging.system", "nats"),
+            KeyValue::new("messaging.destination.name", job.subject.clone()),
+            KeyValue::new("kiln.job.id", job.id.clone()),
+        ],
+    )
+}
+
+/// Collects result events for known job ids. Subscribe before publishing, so that none
+/// is missed.
+pub struct ResultCollector {
+    subscriber: futures::stream::SelectAll<async_nats::Subscriber>,
+}
+
+/// Up to this many jobs, a collector subscribes to each job's own result subject, so the
+/// server sends it only those results; past it, to every result of the kind (one
+/// subscription, the results of other people's jobs passed over here).
+const SUBSCRIBE_EACH_UP_TO: usize = 1000;
+
+impl ResultCollector {
+    /// Subscribe to the results of jobs `ids` of `kind` (every result when `kind` is `None`).
+    pub async fn subscribe(
+        client: &async_nats::Client,
+        kind: Option<&str>,
+        ids: &[String],
+    ) -> Result<Self> {
+        let subjects: Vec<String> = match kind {
+            Some(kind) if ids.len() <= SUBSCRIBE_EACH_UP_TO => {
+                ids.iter().map(|id| subject::result(kind, id)).collect()
+            }
+            Some(kind) => vec![subject::results_of_kind(kind)],
+            None => vec!["results.>".to_owned()],
+        };
+        let mut subscribers = Vec::with_capacity(subjects.len());
+        for subject in subjects {
+            subscribers.push(
+                client
+                    .subscribe(subject.clone())
+                    .await
+                    .nats(|| format!("subscribing to {subject}"))?,
+            );
+        }
+        // The subscriptions are in place once the server has seen them.
+        client
+            .flush()
+            .await
+            .nats(|| "subscribing to results".into())?;
+        Ok(Self {
+            subscriber: futures::stream::select_all(subscribers),
+        })
+    }
+
+    /// Wait until every id in `ids` has a result, or `timeout` passes; returns what came.
+    /// `on_result` sees each result as it comes.
+    pub async fn collect(
+        &mut self,
+        mut ids: HashSet<String>,
+        timeout: Duration,
+        mut on_result: impl FnMut(&ResultEvent),
+    ) -> HashMap<String, ResultEvent> {
+        let mut results = HashMap::new();
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !ids.is_empty() {
+            let message = match tokio::time::timeout_at(deadline, self.subscriber.next()).await {
+                Ok(Some(message)) => message,
+                Ok(None) | Err(_) => break,
+            };
+            let Ok(event) = serde_json::from_slice::<ResultEvent>(&message.payload) else {
+                continue;
+            };
+            if ids.remove(&event.id) {
+                on_result(&event);
+                results.insert(event.id.clone(), event);
+            }
+        }
+        results
+    }
+}
+
+/// A dtype only GPUs compute would come back refused from a CPU worker: an error now, before
+/// the job is sent.
+pub fn check_class(kind: &KindEntry, class: DeviceClass, params: &serde_json::Value) -> Result<()> {
+    if class == DeviceClass::Cpu
+        && kind
+            .check_params(params.clone(), &kiln_proto::Limits::UNLIMITED)
+            .is_ok_and(|plan| plan.gpu_only)
+    {
+        return Err(Error::Invalid(format!(
+            "{} with dtype {} runs on GPU workers only (CPU workers compute f32): submit it with \
+             --device gpu or --device auto",
+            kind.name, params["dtype"]
+        )));
+    }
+    Ok(())
+}

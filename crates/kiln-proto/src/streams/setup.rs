@@ -1,0 +1,401 @@
+//! Creating and updating kiln's streams, consumers and buckets: what `kiln init` and every
+//! process at start do, waiting for JetStream while a cluster forms.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::pull};
+
+use super::{STREAM_ADVISORIES, STREAM_DLQ, STREAM_JOBS, STREAM_METRICS, STREAM_RESULTS, Topology};
+
+/// Errors from creating streams and consumers.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// A stream could not be created or updated.
+    #[error("could not create or update stream {stream}: {source}")]
+    Stream {
+        /// The stream's name.
+        stream: &'static str,
+        /// The server's refusal.
+        #[source]
+        source: jetstream::context::CreateStreamError,
+    },
+    /// A consumer could not be created or updated.
+    #[error("could not create or update consumer {consumer}: {source}")]
+    Consumer {
+        /// The consumer's name.
+        consumer: String,
+        /// The server's refusal.
+        #[source]
+        source: jetstream::stream::ConsumerError,
+    },
+    /// A key-value bucket could not be created or updated.
+    #[error("could not create or update the key-value bucket {bucket}: {source}")]
+    Bucket {
+        /// The bucket's name.
+        bucket: &'static str,
+        /// The server's refusal.
+        #[source]
+        source: jetstream::context::CreateKeyValueError,
+    },
+    /// Something a role needs does not exist and this user could not create it: with
+    /// least-privilege users only the admin creates streams and consumers.
+    #[error(
+        "{what} does not exist and this user could not create it: run `kiln init` as a user \
+         allowed to create streams (the admin user with nats/secure)"
+    )]
+    Missing {
+        /// What is missing: `stream KILN_JOBS`, `consumer workers-gpu`, ….
+        what: String,
+        /// Why it could not be created.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A stream made by an older kiln lacks what this one needs, and roles do not change
+    /// what `kiln init` set (its limits are the operator's).
+    #[error(
+        "{what}: run `kiln init` once (as the admin user with nats/secure) to update it; it \
+         keeps the queued jobs"
+    )]
+    Outdated {
+        /// What it lacks.
+        what: String,
+    },
+    /// An existing stream could not be read.
+    #[error("could not open stream {stream}: {source}")]
+    GetStream {
+        /// The stream's name.
+        stream: &'static str,
+        /// The server's answer.
+        #[source]
+        source: jetstream::context::GetStreamError,
+    },
+    /// JetStream did not answer for [`SETUP_PATIENCE`]: no server with JetStream (`-js`), or a
+    /// cluster that has not elected its leader.
+    #[error(
+        "JetStream did not answer for {waited:?} ({reason}): is the server started with          JetStream (-js), and has a cluster elected its leader?"
+    )]
+    Unavailable {
+        /// How long setup waited.
+        waited: Duration,
+        /// The last answer.
+        reason: String,
+    },
+}
+
+/// How long a process waits at start for JetStream to answer (a cluster forming, a stream's
+/// leader being elected) before it gives up.
+pub const SETUP_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Create every stream, consumer and bucket kiln uses that does not exist yet, leaving
+/// existing ones as they are: what every kiln process does at start, so that a process with
+/// default settings never undoes what `kiln init` configured.
+pub async fn ensure_all(js: &jetstream::Context, topology: &Topology) -> Result<(), SetupError> {
+    setup(js, topology, false).await
+}
+
+/// Create or update every stream, consumer and bucket to `topology`: `kiln init`.
+pub async fn update_all(js: &jetstream::Context, topology: &Topology) -> Result<(), SetupError> {
+    setup(js, topology, true).await
+}
+
+/// [`setup_once`], again while JetStream is not answering yet (a cluster forming at start,
+/// as under `docker compose up`), for up to [`SETUP_PATIENCE`].
+async fn setup(
+    js: &jetstream::Context,
+    topology: &Topology,
+    update: bool,
+) -> Result<(), SetupError> {
+    let started = std::time::Instant::now();
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match setup_once(js, topology, update).await {
+            Err(NotYet(reason)) if started.elapsed() < SETUP_PATIENCE => {
+                tracing::warn!(%reason, retry_in = ?delay, "JetStream is not answering yet");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            Err(NotYet(reason)) => {
+                return Err(SetupError::Unavailable {
+                    waited: started.elapsed(),
+                    reason,
+                });
+            }
+            Err(Failed(e)) => return Err(e),
+            Ok(()) => return Ok(()),
+        }
+    }
+}
+
+/// Why one round of setup stopped.
+enum Stop {
+    /// JetStream did not answer, or answered that it is not available yet: try again.
+    NotYet(String),
+    Failed(SetupError),
+}
+use Stop::{Failed, NotYet};
+
+impl From<SetupError> for Stop {
+    fn from(e: SetupError) -> Self {
+        Failed(e)
+    }
+}
+
+/// Whether a JetStream API error means "not now" (no leader yet, no responders, a timeout)
+/// rather than a refusal.
+fn not_yet(code: Option<jetstream::ErrorCode>) -> bool {
+    use jetstream::ErrorCode;
+    code.is_none_or(|code| {
+        [
+            ErrorCode::CLUSTER_NOT_AVAILABLE,
+            ErrorCode::CLUSTER_NOT_ACTIVE,
+            ErrorCode::CLUSTER_NOT_LEADER,
+            ErrorCode::CLUSTER_NOT_ASSIGNED,
+        ]
+        .contains(&code)
+    })
+}
+
+/// Account information answers once JetStream is up, and a cluster has a meta leader.
+async fn jetstream_ready(js: &jetstream::Context) -> Result<(), Stop> {
+    use jetstream::context::AccountErrorKind;
+    match js.query_account().await {
+        Ok(_) => Ok(()),
+        Err(e) => match e.kind() {
+            AccountErrorKind::JetStream(inner) if !not_yet(Some(inner.error_code())) => {
+                Err(Failed(SetupError::Unavailable {
+                    waited: Duration::ZERO,
+                    reason: e.to_string(),
+                }))
+            }
+            _ => Err(NotYet(e.to_string())),
+        },
+    }
+}
+
+async fn setup_once(
+    js: &jetstream::Context,
+    topology: &Topology,
+    update: bool,
+) -> Result<(), Stop> {
+    jetstream_ready(js).await?;
+    create_streams(js, topology, update).await?;
+    let mut jobs = get_stream(js, STREAM_JOBS).await?;
+    if !update {
+        check_jobs_subjects(&mut jobs, topology).await?;
+    }
+    create_consumers(js, &jobs, topology, update).await?;
+    create_buckets(js, topology, update).await?;
+    Ok(ensure_data_bucket(js, topology, update).await?)
+}
+
+/// Every stream: created when missing; with `update`, set to `topology`'s configuration.
+async fn create_streams(
+    js: &jetstream::Context,
+    topology: &Topology,
+    update: bool,
+) -> Result<(), Stop> {
+    for config in [
+        topology.jobs_stream(),
+        topology.results_stream(),
+        topology.metrics_stream(),
+        topology.dlq_stream(),
+        topology.advisories_stream(),
+    ] {
+        let stream = stream_name(&config.name);
+        if update {
+            js.create_or_update_stream(config)
+                .await
+                .map_err(|source| SetupError::Stream { stream, source })?;
+        } else if stream_missing(js, stream).await? {
+            js.create_or_update_stream(config)
+                .await
+                .map_err(|source| SetupError::Missing {
+                    what: format!("stream {stream}"),
+                    source: source.into(),
+                })?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether `stream` does not exist. Any other failure to read it is "not yet": creating it
+/// then would reset an existing stream to this process's defaults.
+async fn stream_missing(js: &jetstream::Context, stream: &str) -> Result<bool, Stop> {
+    use jetstream::context::GetStreamErrorKind;
+    match js.get_stream(stream).await {
+        Ok(_) => Ok(false),
+        Err(e) => match e.kind() {
+            GetStreamErrorKind::JetStream(inner)
+                if inner.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
+            {
+                Ok(true)
+            }
+            _ => Err(NotYet(format!("reading stream {stream}: {e}"))),
+        },
+    }
+}
+
+/// Streams made before copies had a subject of their own would refuse every routed copy and
+/// hand-back: say so at start rather than leave jobs going round.
+async fn check_jobs_subjects(
+    jobs: &mut jetstream::stream::Stream,
+    topology: &Topology,
+) -> Result<(), SetupError> {
+    let stored = jobs
+        .info()
+        .await
+        .map(|info| info.config.subjects.clone())
+        .unwrap_or_default();
+    let wanted = topology.jobs_stream().subjects;
+    if !stored.is_empty() && wanted.iter().any(|s| !stored.contains(s)) {
+        return Err(SetupError::Outdated {
+            what: format!(
+                "{STREAM_JOBS} stores {} but this kiln also needs {}",
+                stored.join(", "),
+                wanted
+                    .iter()
+                    .filter(|s| !stored.contains(s))
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Every consumer: each device class's on `jobs`, the aggregator's on the results, and the
+/// workers' dead-letter consumer on the advisories.
+async fn create_consumers(
+    js: &jetstream::Context,
+    jobs: &jetstream::stream::Stream,
+    topology: &Topology,
+    update: bool,
+) -> Result<(), SetupError> {
+    for class in [
+        crate::DeviceClass::Gpu,
+        crate::DeviceClass::Cpu,
+        crate::DeviceClass::Auto,
+    ] {
+        let config = topology.jobs_consumer(class.consumer(), crate::subject::jobs_of_class(class));
+        create_consumer(jobs, config, update).await?;
+    }
+    let results = get_stream(js, STREAM_RESULTS).await?;
+    create_consumer(&results, topology.aggregator_consumer(), update).await?;
+    let advisories = get_stream(js, STREAM_ADVISORIES).await?;
+    create_consumer(&advisories, topology.dead_letters_consumer(), update).await
+}
+
+/// The key-value buckets: created when missing; with `update`, set to `topology`'s
+/// configuration.
+async fn create_buckets(
+    js: &jetstream::Context,
+    topology: &Topology,
+    update: bool,
+) -> Result<(), SetupError> {
+    for (bucket, config) in [
+        (crate::BUCKET_WORKERS, topology.workers_bucket()),
+        (crate::BUCKET_CANCEL, topology.cancel_bucket()),
+        (crate::BUCKET_STATE, topology.state_bucket()),
+    ] {
+        if update {
+            js.create_or_update_key_value(config)
+                .await
+                .map_err(|source| SetupError::Bucket { bucket, source })?;
+        } else if js.get_key_value(bucket).await.is_err() {
+            js.create_or_update_key_value(config)
+                .await
+                .map_err(|source| SetupError::Missing {
+                    what: format!("key-value bucket {bucket}"),
+                    source: source.into(),
+                })?;
+        }
+    }
+    Ok(())
+}
+
+/// The `KILN_DATA` object store: created when missing; with `update`, its stream's age, size
+/// and replicas set to `topology`'s.
+async fn ensure_data_bucket(
+    js: &jetstream::Context,
+    topology: &Topology,
+    update: bool,
+) -> Result<(), SetupError> {
+    let config = topology.data_bucket();
+    let missing = |source: Box<dyn std::error::Error + Send + Sync>| SetupError::Missing {
+        what: format!("object store bucket {}", crate::BUCKET_DATA),
+        source,
+    };
+    if js.get_object_store(crate::BUCKET_DATA).await.is_err() {
+        return js
+            .create_object_store(config)
+            .await
+            .map(|_| ())
+            .map_err(|e| missing(e.into()));
+    }
+    if update {
+        let name = format!("OBJ_{}", crate::BUCKET_DATA);
+        let mut stream = js.get_stream(&name).await.map_err(|e| missing(e.into()))?;
+        let mut current = stream
+            .info()
+            .await
+            .map_err(|e| missing(e.into()))?
+            .config
+            .clone();
+        current.max_age = config.max_age;
+        current.max_bytes = config.max_bytes;
+        current.num_replicas = config.num_replicas;
+        js.update_stream(current)
+            .await
+            .map_err(|e| missing(e.into()))?;
+    }
+    Ok(())
+}
+
+async fn get_stream(
+    js: &jetstream::Context,
+    name: &'static str,
+) -> Result<jetstream::stream::Stream, SetupError> {
+    js.get_stream(name)
+        .await
+        .map_err(|source| SetupError::GetStream {
+            stream: name,
+            source,
+        })
+}
+
+async fn create_consumer(
+    stream: &jetstream::stream::Stream,
+    config: pull::Config,
+    update: bool,
+) -> Result<(), SetupError> {
+    let consumer = config.durable_name.clone().unwrap_or_default();
+    if update {
+        return stream
+            .create_consumer(config)
+            .await
+            .map(|_| ())
+            .map_err(|source| SetupError::Consumer { consumer, source });
+    }
+    if stream.consumer_info(&consumer).await.is_ok() {
+        return Ok(());
+    }
+    stream
+        .create_consumer(config)
+        .await
+        .map(|_| ())
+        .map_err(|source| SetupError::Missing {
+            what: format!("consumer {consumer}"),
+            source: source.into(),
+        })
+}
+
+fn stream_name(name: &str) -> &'static str {
+    match name {
+        STREAM_JOBS => STREAM_JOBS,
+        STREAM_RESULTS => STREAM_RESULTS,
+        STREAM_METRICS => STREAM_METRICS,
+        STREAM_ADVISORIES => STREAM_ADVISORIES,
+        _ => STREAM_DLQ,
+    }
+}
