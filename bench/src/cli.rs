@@ -20,6 +20,10 @@ pub enum BenchKind {
     /// Small vector_add jobs end to end (submit → worker → result → aggregator), as a ratio
     /// of the raw JetStream ceiling measured in the same run.
     Pipeline(PipelineArgs),
+    /// One tiny job at a time (vector_add of 16 inline floats) from an external client,
+    /// through `kiln worker` and `kiln aggregator` processes: p50/p90/p99/max against the raw
+    /// JetStream round trip of the same shape measured in the same run.
+    Latency(LatencyArgs),
     /// Small vector_add jobs on one worker with dynamic batching off and on: burst
     /// throughput and lone-job latency, in the same run.
     Batching(BatchingArgs),
@@ -177,6 +181,26 @@ pub struct PipelineArgs {
     /// Runs of each side (the best is reported, with all runs in the JSON).
     #[arg(long, default_value_t = 3)]
     pub runs: u32,
+    /// Write the figures as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Use the server at --nats-url instead of starting a private one.
+    #[arg(long)]
+    pub external: bool,
+    /// The server's monitoring URL (e.g. http://127.0.0.1:8222, nats-server -m 8222): print
+    /// the messages it moved per job on each side, from its `/varz` counters.
+    #[arg(long)]
+    pub varz: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LatencyArgs {
+    /// Jobs timed per side.
+    #[arg(long, default_value_t = 2000)]
+    pub jobs: u64,
+    /// Untimed jobs per side first.
+    #[arg(long, default_value_t = 200)]
+    pub warmup: u64,
     /// Write the figures as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,

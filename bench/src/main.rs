@@ -9,8 +9,10 @@
 mod batching;
 mod cli;
 mod kernels;
+mod latency;
 mod machine;
 mod pipeline;
+mod roles;
 mod scheduler;
 mod suite;
 
@@ -62,6 +64,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let nats = &cli.nats;
     match cli.which {
         BenchKind::Pipeline(args) => pipeline::run(nats, args).await,
+        BenchKind::Latency(args) => latency::run(nats, args).await,
         BenchKind::Batching(args) => batching::run(nats, args).await,
         BenchKind::Scheduler(args) => scheduler::run(nats, args).await,
         BenchKind::Kernels(args) => tokio::task::spawn_blocking(move || kernels::run(args)).await?,

@@ -16,6 +16,7 @@ use serde_json::json;
 
 use crate::cli::PipelineArgs;
 use crate::machine::describe_machine;
+use crate::roles::RoleProcesses;
 use kiln_cli::cli::NatsArgs;
 use kiln_cli::cmd::roles::LocalRoles;
 use kiln_cli::cmd::submit::progress_bar;
@@ -40,9 +41,14 @@ pub(crate) struct Report {
     pub runs: Vec<Run>,
     pub ceiling_same_bytes_jobs_per_s: f64,
     pub ceiling_small_jobs_per_s: f64,
+    /// Same bytes, results stored as `KILN_RESULTS` stores kiln's (a subject per result).
+    pub ceiling_subject_per_result_jobs_per_s: f64,
     pub kiln_jobs_per_s: f64,
     pub ratio_same_bytes: f64,
     pub ratio_small: f64,
+    /// The same jobs with the worker and the aggregator inside the bench process.
+    pub kiln_in_process_jobs_per_s: f64,
+    pub ratio_in_process_same_bytes: f64,
     /// Submit → result latency of kiln's jobs over all runs (the aggregator's histogram), ms.
     pub kiln_total_ms_p50: f64,
     pub kiln_total_ms_p90: f64,
@@ -63,15 +69,19 @@ pub async fn run(nats: &NatsArgs, args: PipelineArgs) -> anyhow::Result<ExitCode
     }
     println!();
     println!(
-        "median jobs/s: ceiling (same bytes) {:.0}, ceiling (16-byte messages) {:.0}, kiln {:.0}",
+        "median jobs/s: ceiling (same bytes) {:.0}, ceiling (16-byte messages) {:.0}, kiln \
+         (worker and aggregator processes) {:.0}, kiln (in-process roles) {:.0}",
         report.ceiling_same_bytes_jobs_per_s,
         report.ceiling_small_jobs_per_s,
-        report.kiln_jobs_per_s
+        report.kiln_jobs_per_s,
+        report.kiln_in_process_jobs_per_s
     );
     println!(
-        "kiln / ceiling: {:.3} (same bytes), {:.3} (16-byte messages); kiln latency submit→result p50 {:.2} ms, p99 {:.2} ms (all runs)",
+        "kiln / ceiling: {:.3} (same bytes), {:.3} (16-byte messages); in-process roles {:.3} \
+         (same bytes); kiln latency submit→result p50 {:.2} ms, p99 {:.2} ms (all runs)",
         report.ratio_same_bytes,
         report.ratio_small,
+        report.ratio_in_process_same_bytes,
         report.kiln_total_ms_p50,
         report.kiln_total_ms_p99
     );
@@ -119,30 +129,22 @@ pub(crate) async fn measure_pipeline(
         );
     }
 
-    let mut runs = Vec::new();
-    for r in 0..args.runs.max(1) {
-        for (side, job_size, result_size) in [
-            ("ceiling, same bytes", job_bytes, result_bytes),
-            ("ceiling, 16-byte messages", 16, 16),
-        ] {
-            let seconds = ceiling(&js, args.jobs, job_size, result_size, r).await?;
-            runs.push(record(side, args.jobs, seconds));
-        }
-        let (seconds, _) = kiln(&client, &js, &topology, args.jobs, args.len, r).await?;
-        runs.push(record("kiln", args.jobs, seconds));
-    }
-    let median = |side: &str| {
-        let mut v: Vec<f64> = runs
-            .iter()
-            .filter(|r| r.side == side)
-            .map(|r| r.jobs_per_s)
-            .collect();
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
+    let sizes = (job_bytes, result_bytes);
+    let runs = measure_runs(
+        &client,
+        &js,
+        &topology,
+        &nats.nats_url,
+        args,
+        sizes,
+        verbose,
+    )
+    .await?;
+    let median = |side: &str| median_rate(&runs, side);
     let same = median("ceiling, same bytes");
     let small = median("ceiling, 16-byte messages");
     let kiln_rate = median("kiln");
+    let in_process = median("kiln, in-process roles");
     let latency = streams::latest_metrics(&js).await.ok().and_then(|s| {
         s.into_iter()
             .find(|s| s.kind == "vector_add" && s.class == "cpu")
@@ -156,9 +158,12 @@ pub(crate) async fn measure_pipeline(
         result_bytes,
         ceiling_same_bytes_jobs_per_s: same,
         ceiling_small_jobs_per_s: small,
+        ceiling_subject_per_result_jobs_per_s: median(CEILING_PER_JOB),
         kiln_jobs_per_s: kiln_rate,
         ratio_same_bytes: kiln_rate / same,
         ratio_small: kiln_rate / small,
+        kiln_in_process_jobs_per_s: in_process,
+        ratio_in_process_same_bytes: in_process / same,
         kiln_total_ms_p50: latency.p50,
         kiln_total_ms_p90: latency.p90,
         kiln_total_ms_p99: latency.p99,
@@ -166,6 +171,56 @@ pub(crate) async fn measure_pipeline(
         kiln_total_ms_max: latency.max,
         runs,
     })
+}
+
+/// Each side `args.runs` times, interleaved: the two ceilings, kiln with in-process roles,
+/// kiln with role processes.
+async fn measure_runs(
+    client: &async_nats::Client,
+    js: &jetstream::Context,
+    topology: &kiln_proto::Topology,
+    nats_url: &str,
+    args: &PipelineArgs,
+    (job_bytes, result_bytes): (usize, usize),
+    verbose: bool,
+) -> anyhow::Result<Vec<Run>> {
+    let mut runs = Vec::new();
+    for r in 0..args.runs.max(1) {
+        for (side, job_size, result_size, per_job) in [
+            ("ceiling, same bytes", job_bytes, result_bytes, false),
+            ("ceiling, 16-byte messages", 16, 16, false),
+            (CEILING_PER_JOB, job_bytes, result_bytes, true),
+        ] {
+            let varz = Varz::read(args.varz.as_deref());
+            let shape = Shape {
+                jobs: args.jobs,
+                job_bytes: job_size,
+                result_bytes: result_size,
+                subject_per_result: per_job,
+            };
+            let seconds = ceiling(js, shape, r).await?;
+            varz.report(side, args.jobs);
+            runs.push(record(side, args.jobs, seconds));
+        }
+        let varz = Varz::read(args.varz.as_deref());
+        let seconds = kiln(client, js, topology, args.jobs, args.len, r).await?;
+        varz.report("kiln, in-process roles", args.jobs);
+        runs.push(record("kiln, in-process roles", args.jobs, seconds));
+        let seconds = kiln_processes(js, nats_url, args, r, verbose).await?;
+        runs.push(record("kiln", args.jobs, seconds));
+    }
+    Ok(runs)
+}
+
+/// The median jobs/s of one side's runs.
+fn median_rate(runs: &[Run], side: &str) -> f64 {
+    let mut v: Vec<f64> = runs
+        .iter()
+        .filter(|r| r.side == side)
+        .map(|r| r.jobs_per_s)
+        .collect();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 fn record(side: &'static str, jobs: u64, seconds: f64) -> Run {
@@ -196,7 +251,7 @@ fn job_specs(run: &str, count: u64, len: u64) -> anyhow::Result<Vec<JobSpec>> {
 }
 
 /// The byte size of a real result event of a vector_add of `len`.
-fn sample_result_bytes(len: u64) -> anyhow::Result<usize> {
+pub(crate) fn sample_result_bytes(len: u64) -> anyhow::Result<usize> {
     let kind = kiln_kernels::find("vector_add").context("vector_add is registered")?;
     let body = format!(r#"{{"id":"bench-size-0","params":{{"len":{len}}}}}"#);
     let job = kind
@@ -229,8 +284,8 @@ fn sample_result_bytes(len: u64) -> anyhow::Result<usize> {
     Ok(serde_json::to_vec(&event)?.len())
 }
 
-/// kiln end to end: publish `jobs` vector adds, one CPU worker and the aggregator in this
-/// process; done when the aggregator's snapshot has counted them all.
+/// kiln end to end with its roles in this process: publish `jobs` vector adds, one CPU
+/// worker and the aggregator running here; seconds until the aggregator counted them all.
 async fn kiln(
     client: &async_nats::Client,
     js: &jetstream::Context,
@@ -238,8 +293,7 @@ async fn kiln(
     jobs: u64,
     len: u64,
     run: u32,
-) -> anyhow::Result<(f64, u64)> {
-    let before = counted(js).await;
+) -> anyhow::Result<f64> {
     let specs = job_specs(&format!("{}-{run}", kiln_proto::new_job_id()), jobs, len)?;
     let mut config = kiln_worker::WorkerConfig::new(ComputeDevice::Cpu);
     config.topology = topology.clone();
@@ -248,12 +302,50 @@ async fn kiln(
     roles.aggregator(
         client,
         kiln_aggregator::AggregatorConfig {
-            interval: Duration::from_millis(50),
+            interval: Duration::from_millis(crate::roles::SNAPSHOT_INTERVAL_MS),
             topology: topology.clone(),
             ..Default::default()
         },
     );
-    let bar = progress_bar(jobs, "kiln");
+    let seconds = publish_and_count(js, specs, "kiln, in-process").await?;
+    roles.stop().await?;
+    Ok(seconds)
+}
+
+/// kiln end to end as users run it: a `kiln worker` and a `kiln aggregator` process, this
+/// process only publishing. The roles start (and take 200 warm-up jobs) before the clock does.
+async fn kiln_processes(
+    js: &jetstream::Context,
+    nats_url: &str,
+    args: &PipelineArgs,
+    run: u32,
+    verbose: bool,
+) -> anyhow::Result<f64> {
+    let tag = format!("{}-{run}", kiln_proto::new_job_id());
+    let roles = RoleProcesses::start(js, nats_url, &format!("bench-{tag}-")).await?;
+    if verbose {
+        println!("run {run}: kiln processes {:?}", roles.pids());
+    }
+    let warmup = job_specs(&format!("warm-{tag}"), 200, args.len)?;
+    publish_and_count(js, warmup, "kiln warm-up").await?;
+    let varz = Varz::read(args.varz.as_deref());
+    let specs = job_specs(&tag, args.jobs, args.len)?;
+    let seconds = publish_and_count(js, specs, "kiln, processes").await?;
+    varz.report("kiln, processes", args.jobs);
+    roles.stop().await?;
+    Ok(seconds)
+}
+
+/// Publish `specs` at once and wait until the aggregator has counted them: seconds from the
+/// first publish.
+async fn publish_and_count(
+    js: &jetstream::Context,
+    specs: Vec<JobSpec>,
+    label: &'static str,
+) -> anyhow::Result<f64> {
+    let jobs = specs.len() as u64;
+    let before = counted(js).await;
+    let bar = progress_bar(jobs, label);
     let started = Instant::now();
     publish_all(js, specs, false, || {}).await?;
     let target = before + jobs;
@@ -265,15 +357,54 @@ async fn kiln(
         }
         anyhow::ensure!(
             started.elapsed() < Duration::from_secs(600),
-            "kiln run did not finish in 10 minutes ({} of {jobs} counted)",
+            "{label}: the run did not finish in 10 minutes ({} of {jobs} counted)",
             now - before
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let seconds = started.elapsed().as_secs_f64();
     bar.finish_and_clear();
-    roles.stop().await?;
-    Ok((seconds, target))
+    Ok(seconds)
+}
+
+/// The server's message counters (`/varz` of its monitoring port), read before a side runs,
+/// to print the messages it moved per job (`--varz`).
+struct Varz {
+    url: Option<String>,
+    before: (u64, u64),
+}
+
+impl Varz {
+    fn read(url: Option<&str>) -> Self {
+        let before = url.map_or((0, 0), varz_counts);
+        Varz {
+            url: url.map(str::to_owned),
+            before,
+        }
+    }
+
+    fn report(&self, side: &str, jobs: u64) {
+        let Some(url) = &self.url else { return };
+        let (inn, out) = varz_counts(url);
+        let per = |d: u64| d as f64 / jobs as f64;
+        println!(
+            "{side}: server messages per job: in {:.2}, out {:.2}",
+            per(inn - self.before.0),
+            per(out - self.before.1)
+        );
+    }
+}
+
+/// `in_msgs` and `out_msgs` of the server whose monitoring endpoint is `url` (with curl).
+fn varz_counts(url: &str) -> (u64, u64) {
+    let body = std::process::Command::new("curl")
+        .args(["-s", &format!("{url}/varz")])
+        .output()
+        .map(|o| o.stdout)
+        .unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let n = |k: &str| v.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
+    (n("in_msgs"), n("out_msgs"))
 }
 
 /// Jobs the aggregator has counted for (vector_add, cpu).
@@ -287,20 +418,31 @@ async fn counted(js: &jetstream::Context) -> u64 {
         .sum()
 }
 
+/// The ceiling's side whose results are stored as `KILN_RESULTS` stores kiln's: a subject per
+/// result, one message per subject (what issue 9's one-answer-per-job rule costs the server).
+const CEILING_PER_JOB: &str = "ceiling, same bytes, a subject per result";
+
+/// What one ceiling run moves.
+#[derive(Debug, Clone, Copy)]
+struct Shape {
+    jobs: u64,
+    job_bytes: usize,
+    result_bytes: usize,
+    /// Results on a subject each, one message per subject (as in `KILN_RESULTS`).
+    subject_per_result: bool,
+}
+
 /// The raw JetStream ceiling: the same message flow with no kiln logic. Publish `jobs`
 /// messages (with message ids, as kiln does) to a work-queue stream; a consumer pulls each,
 /// publishes a result to a second stream, waits for its PubAck and acks; a second consumer
 /// pulls and acks the results. Timed from the first publish to the last result acked.
-async fn ceiling(
-    js: &jetstream::Context,
-    jobs: u64,
-    job_bytes: usize,
-    result_bytes: usize,
-    run: u32,
-) -> anyhow::Result<f64> {
+async fn ceiling(js: &jetstream::Context, shape: Shape, run: u32) -> anyhow::Result<f64> {
+    let Shape {
+        jobs, job_bytes, ..
+    } = shape;
     let tag = format!("{}-{run}", kiln_proto::new_job_id());
-    let (workers, mut results) = ceiling_streams(js).await?;
-    let worker = spawn_ceiling_worker(js.clone(), workers, jobs, result_bytes);
+    let (workers, mut results) = ceiling_streams(js, shape.subject_per_result).await?;
+    let worker = spawn_ceiling_worker(js.clone(), workers, shape);
     let bar = progress_bar(jobs, "ceiling");
     let started = Instant::now();
     let publisher = spawn_ceiling_publisher(js.clone(), jobs, job_bytes, tag);
@@ -317,7 +459,10 @@ async fn ceiling(
 
 /// The ceiling's two streams, made afresh, and the messages of their consumers: the jobs
 /// the workers pull, and the results.
-async fn ceiling_streams(js: &jetstream::Context) -> anyhow::Result<(pull::Stream, pull::Stream)> {
+async fn ceiling_streams(
+    js: &jetstream::Context,
+    subject_per_result: bool,
+) -> anyhow::Result<(pull::Stream, pull::Stream)> {
     for (name, subject, retention) in [
         (
             "BENCH_JOBS",
@@ -331,15 +476,21 @@ async fn ceiling_streams(js: &jetstream::Context) -> anyhow::Result<(pull::Strea
         ),
     ] {
         let _ = js.delete_stream(name).await;
-        js.create_stream(stream::Config {
+        let mut config = stream::Config {
             name: name.into(),
             subjects: vec![subject.into()],
             retention,
             storage: stream::StorageType::File,
             duplicate_window: streams::DUPLICATE_WINDOW,
             ..Default::default()
-        })
-        .await?;
+        };
+        if subject_per_result && name == "BENCH_RESULTS" {
+            // As KILN_RESULTS keeps them: one message per subject, a second one refused.
+            config.max_messages_per_subject = 1;
+            config.discard = stream::DiscardPolicy::New;
+            config.discard_new_per_subject = true;
+        }
+        js.create_stream(config).await?;
     }
     let workers = pull_messages(js, "BENCH_JOBS", "bench-workers", 20_000, 256).await?;
     let results = pull_messages(js, "BENCH_RESULTS", "bench-agg", 200_000, 1000).await?;
@@ -375,10 +526,10 @@ async fn pull_messages(
 fn spawn_ceiling_worker(
     js: jetstream::Context,
     workers: pull::Stream,
-    jobs: u64,
-    result_bytes: usize,
+    shape: Shape,
 ) -> tokio::task::JoinHandle<()> {
-    let result_body = bytes::Bytes::from(vec![b'r'; result_bytes]);
+    let result_body = bytes::Bytes::from(vec![b'r'; shape.result_bytes]);
+    let (jobs, per_result) = (shape.jobs, shape.subject_per_result);
     tokio::spawn(async move {
         workers
             .take(jobs as usize)
@@ -390,10 +541,11 @@ fn spawn_ceiling_worker(
                     let mut headers = HeaderMap::new();
                     let id = format!("r-{}", message.info().map_or(0, |i| i.stream_sequence));
                     headers.insert(HEADER_MSG_ID, id.as_str());
-                    if let Ok(ack) = js
-                        .publish_with_headers("bench.results.x", headers, body)
-                        .await
-                    {
+                    let subject = match per_result {
+                        true => format!("bench.results.{id}"),
+                        false => "bench.results.x".to_owned(),
+                    };
+                    if let Ok(ack) = js.publish_with_headers(subject, headers, body).await {
                         let _ = ack.await;
                     }
                     let _ = message.ack().await;

@@ -143,7 +143,25 @@ fn quick_suite_writes_every_file_with_its_figures() {
     assert!(f("kiln_total_ms_p50") > 0.0 && f("kiln_total_ms_p50") <= f("kiln_total_ms_p99"));
     let runs = csv_rows(dir, "pipeline.csv");
     let sides: HashSet<&str> = runs.iter().map(|r| r.get(0).unwrap()).collect();
-    assert_eq!(sides.len(), 3, "{sides:?}");
+    // Two kiln sides (role processes, in-process roles) and three ceilings.
+    assert_eq!(sides.len(), 5, "{sides:?}");
+    let in_process = f("kiln_in_process_jobs_per_s") / f("ceiling_same_bytes_jobs_per_s");
+    assert!((f("ratio_in_process_same_bytes") - in_process).abs() < 1e-12);
+    assert!(f("ceiling_subject_per_result_jobs_per_s") > 0.0);
+    // One job at a time: percentiles in order, on both sides.
+    let suite = json(dir, "suite.json");
+    for side in ["kiln", "floor"] {
+        let l = &suite["latency"][side];
+        let q = |k: &str| {
+            l[k].as_f64()
+                .unwrap_or_else(|| panic!("latency.{side}.{k} in {l}"))
+        };
+        assert!(
+            q("p50") > 0.0 && q("p50") <= q("p90") && q("p90") <= q("p99"),
+            "{l}"
+        );
+        assert!(q("p99") <= q("max"), "{l}");
+    }
 
     // Overhead: every kind, end to end above compute, the given number of jobs.
     let overhead = csv_rows(dir, "overhead.csv");

@@ -13,7 +13,7 @@ mod data;
 mod kernels;
 mod overhead;
 mod report;
-mod scaling;
+pub(crate) mod scaling;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -24,8 +24,8 @@ use clap::ValueEnum as _;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
-use crate::cli::{PipelineArgs, SchedulerBenchArgs, SuiteArgs, SuitePart};
-use crate::{pipeline, scheduler};
+use crate::cli::{LatencyArgs, PipelineArgs, SchedulerBenchArgs, SuiteArgs, SuitePart};
+use crate::{latency, pipeline, scheduler};
 use kiln_cli::cli::NatsArgs;
 
 /// The machine the suite ran on.
@@ -85,6 +85,8 @@ pub struct Suite {
     pub kernels: Option<kernels::Section>,
     pub numpy: Numpy,
     pub pipeline: Option<pipeline::Report>,
+    /// One tiny job at a time against the raw round trip (measured with the pipeline).
+    pub latency: Option<latency::Report>,
     pub overhead: Option<overhead::Section>,
     pub data: Option<data::Section>,
     pub scaling: Option<scaling::Section>,
@@ -168,6 +170,7 @@ impl<'a> SuiteRun<'a> {
                 numpy: None,
             },
             pipeline: None,
+            latency: None,
             overhead: None,
             data: None,
             scaling: None,
@@ -248,9 +251,19 @@ impl<'a> SuiteRun<'a> {
             runs: if self.quick { 1 } else { 5 },
             json: None,
             external: false,
+            varz: None,
         };
         let result = pipeline::measure_pipeline(self.nats, &pipeline_args, false).await;
         self.suite.pipeline = self.record("pipeline", timer, result);
+        let timer = Instant::now();
+        let latency_args = LatencyArgs {
+            jobs: if self.quick { 100 } else { 2000 },
+            warmup: if self.quick { 20 } else { 200 },
+            json: None,
+            external: false,
+        };
+        let result = latency::measure_latency(self.nats, &latency_args, false).await;
+        self.suite.latency = self.record("latency, one job at a time", timer, result);
     }
 
     /// 4. Communication overhead.

@@ -294,11 +294,12 @@ fn pipeline(o: &mut String, s: &Suite) {
     let runs = p.runs.iter().filter(|r| r.side == "kiln").count();
     let _ = writeln!(
         o,
-        "{} small jobs (vector_add, len {}) per run, all published at once, one in-process CPU \
-         worker and the aggregator, against the same flow with no kiln logic (publish with a \
-         message id → pull + ack → publish a result and wait for its PubAck → pull + ack), on \
-         one private nats-server; medians of {runs} run(s) per side. Every run: \
-         [`pipeline.csv`](pipeline.csv).\n",
+        "{} small jobs (vector_add, len {}) per run, all published at once by the bench \
+         process, through a `kiln worker --device cpu` and a `kiln aggregator` process (the \
+         clock starts after they took 200 warm-up jobs), against the same flow with no kiln \
+         logic in one process (publish with a message id → pull + ack → publish a result and \
+         wait for its PubAck → pull + ack), on one private nats-server; medians of {runs} \
+         run(s) per side. Every run: [`pipeline.csv`](pipeline.csv).\n",
         p.jobs_per_run, p.vector_len
     );
     let _ = writeln!(
@@ -306,14 +307,23 @@ fn pipeline(o: &mut String, s: &Suite) {
         "| flow | jobs/s | kiln as a ratio |\n|---|---|---|\n\
          | raw JetStream, messages the size of kiln's ({} B job, {} B result) | {:.0} | {} |\n\
          | raw JetStream, 16-byte messages | {:.0} | {} |\n\
-         | kiln end to end | {:.0} | — |\n",
+         | raw JetStream, same bytes, a subject per result as in `KILN_RESULTS` | {:.0} | {} |\n\
+         | kiln end to end, worker and aggregator processes | {:.0} | — |\n\
+         | kiln end to end, worker and aggregator in the bench process | {:.0} | {} of the same-bytes ceiling |\n",
         p.job_bytes,
         p.result_bytes,
         p.ceiling_same_bytes_jobs_per_s,
         down(p.ratio_same_bytes, 3),
         p.ceiling_small_jobs_per_s,
         down(p.ratio_small, 3),
-        p.kiln_jobs_per_s
+        p.ceiling_subject_per_result_jobs_per_s,
+        down(
+            p.kiln_jobs_per_s / p.ceiling_subject_per_result_jobs_per_s,
+            3
+        ),
+        p.kiln_jobs_per_s,
+        p.kiln_in_process_jobs_per_s,
+        down(p.ratio_in_process_same_bytes, 3)
     );
     let _ = writeln!(
         o,
@@ -328,6 +338,14 @@ fn pipeline(o: &mut String, s: &Suite) {
         p.jobs_per_run
     );
     let _ = writeln!(o, "![Pipeline throughput](pipeline.svg)\n");
+    if let Some(l) = &s.latency {
+        let _ = writeln!(
+            o,
+            "{}\n\n{}\n",
+            crate::latency::METHOD,
+            crate::latency::table(l)
+        );
+    }
 }
 
 fn overhead(o: &mut String, s: &Suite) {

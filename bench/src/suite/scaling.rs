@@ -198,7 +198,7 @@ async fn timed_run(
 }
 
 /// Wait until `count` workers named `prefix…` announce themselves as serving.
-pub(super) async fn wait_live(
+pub(crate) async fn wait_live(
     js: &jetstream::Context,
     prefix: &str,
     count: usize,

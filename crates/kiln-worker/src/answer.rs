@@ -10,7 +10,7 @@ use kiln_proto::{Disposition, ErrorKind, JobError, ResultEvent, Status};
 use time::OffsetDateTime;
 
 use crate::arrival::Arrival;
-use crate::publish::{Answer, dead_letter, fitted, publish_result};
+use crate::publish::{Answer, Fitted, dead_letter, fitted, publish_result};
 use crate::shared::Shared;
 
 /// How long a worker keeps retrying to store a computed result (holding the job with
@@ -32,7 +32,8 @@ pub(crate) async fn finish(shared: &Shared, arrival: &Arrival, id: String, outco
     if retried(shared, arrival, &id, &outcome.result).await {
         return;
     }
-    let event = fitted(&shared.js, result_event(shared, arrival, id, outcome));
+    let fitted = fitted(&shared.js, result_event(shared, arrival, id, outcome));
+    let event = &fitted.event;
     if let Some(error) = &event.error {
         tracing::info!(id = %event.id, kind = %event.kind, error = %error, "job failed");
     }
@@ -44,7 +45,7 @@ pub(crate) async fn finish(shared: &Shared, arrival: &Arrival, id: String, outco
         .is_some_and(|e| e.kind.disposition() == Disposition::Retry)
         && let Err(e) = dead_letter(
             &shared.js,
-            &event,
+            event,
             message.subject.as_str(),
             message.headers.as_ref().unwrap_or(&HeaderMap::new()),
             &message.payload,
@@ -57,7 +58,7 @@ pub(crate) async fn finish(shared: &Shared, arrival: &Arrival, id: String, outco
             .await;
         return;
     }
-    if !store(shared, arrival, &event).await {
+    if !store(shared, arrival, &fitted).await {
         return;
     }
     let status = match event.status {
@@ -151,13 +152,13 @@ fn result_event(shared: &Shared, arrival: &Arrival, id: String, outcome: Outcome
 /// still in progress, and try again: handing it back would spend one of its deliveries on a
 /// fault that is not the job's. Only after [`RESULT_PATIENCE`] is it handed back, and this
 /// returns false.
-async fn store(shared: &Shared, arrival: &Arrival, event: &ResultEvent) -> bool {
-    let message = &arrival.message;
+async fn store(shared: &Shared, arrival: &Arrival, fitted: &Fitted) -> bool {
+    let (message, event) = (&arrival.message, &fitted.event);
     let patience = tokio::time::Instant::now() + RESULT_PATIENCE;
     let mut pause = Duration::from_millis(200);
     loop {
         let trace = arrival.trace.as_ref();
-        match publish_result(&shared.js, event, Some(&arrival.trace_context), trace).await {
+        match publish_result(&shared.js, fitted, Some(&arrival.trace_context), trace).await {
             Ok(Answer::Now) => return true,
             Ok(Answer::Before) => {
                 // This run's stored output is nobody's answer.

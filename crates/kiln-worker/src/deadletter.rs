@@ -114,8 +114,8 @@ async fn answer(
     tracing::warn!(id = %event.id, kind = %event.kind, deliveries = advisory.deliveries, consumer = %advisory.consumer, "the server gave up on a job; answering it as failed and dead-lettering it");
     crate::publish::dead_letter(js, &event, job.subject.as_str(), &job.headers, &job.payload)
         .await?;
-    let event = crate::publish::fitted(js, event);
-    crate::publish::publish_result(js, &event, Some(&job.headers), None).await?;
+    let fitted = crate::publish::fitted(js, event);
+    crate::publish::publish_result(js, &fitted, Some(&job.headers), None).await?;
     match jobs.delete_message(advisory.stream_seq).await {
         Ok(_) => Ok(()),
         // Gone already: someone else finished this advisory first.

@@ -8,15 +8,16 @@ use kiln_proto::{
     Status, subject,
 };
 
-/// Publish `event` and wait for the server to store it. The result carries the trace on:
-/// this worker's publish span when it traces, else `trace_context`, the job's own as it came.
+/// Publish a result event, encoded once by [`fitted`], and wait for the server to store it.
+/// The result carries the trace on: this worker's publish span when it traces, else
+/// `trace_context`, the job's own as it came.
 pub(crate) async fn publish_result(
     js: &jetstream::Context,
-    event: &ResultEvent,
+    fitted: &Fitted,
     trace_context: Option<&HeaderMap>,
     trace: Option<&crate::trace::JobTrace>,
 ) -> Result<Answer, String> {
-    let body = serde_json::to_vec(event).map_err(|e| e.to_string())?;
+    let (event, body) = (&fitted.event, fitted.body.clone());
     let mut headers = HeaderMap::new();
     headers.insert(HEADER_MSG_ID, event.msg_id().as_str());
     headers.insert("Content-Type", kiln_proto::CONTENT_TYPE_JSON);
@@ -33,7 +34,7 @@ pub(crate) async fn publish_result(
         }
     };
     let stored = js
-        .publish_with_headers(subject, headers, body.into())
+        .publish_with_headers(subject, headers, body)
         .await
         .map_err(|e| e.to_string())?
         .await;
@@ -65,17 +66,30 @@ pub(crate) enum Answer {
 /// Room kept in a message for a result's headers (message id, content type, trace context).
 const RESULT_HEADROOM: usize = 4096;
 
-/// `event`, or, when its JSON would not fit in a message beside its headers, a `too_large`
-/// failure in its place: a result that cannot be stored must still answer the job, never
-/// keep it going round.
-pub(crate) fn fitted(js: &jetstream::Context, event: ResultEvent) -> ResultEvent {
-    let max = js.client().server_info().max_payload;
-    let len = serde_json::to_vec(&event).map_or(usize::MAX, |b| b.len());
-    if len.saturating_add(RESULT_HEADROOM) <= max {
-        return event;
-    }
+/// A result event and its JSON, encoded once.
+pub(crate) struct Fitted {
+    pub event: ResultEvent,
+    pub body: bytes::Bytes,
+}
+
+/// `event` with its JSON, or, when its JSON would not fit in a message beside its headers, a
+/// `too_large` failure in its place: a result that cannot be stored must still answer the
+/// job, never keep it going round.
+pub(crate) fn fitted(js: &jetstream::Context, event: ResultEvent) -> Fitted {
+    // The client keeps the server's limit current (an atomic read, no copy of its INFO).
+    let max = js.client().max_payload();
+    let len = match serde_json::to_vec(&event) {
+        Ok(body) if body.len().saturating_add(RESULT_HEADROOM) <= max => {
+            return Fitted {
+                event,
+                body: body.into(),
+            };
+        }
+        Ok(body) => body.len(),
+        Err(_) => usize::MAX,
+    };
     tracing::warn!(id = %event.id, bytes = len, max_payload = max, "result too large for a message; answering too_large");
-    ResultEvent {
+    let event = ResultEvent {
         status: Status::Failed,
         output: serde_json::Value::Null,
         error: Some(JobError::too_large(format!(
@@ -84,7 +98,10 @@ pub(crate) fn fitted(js: &jetstream::Context, event: ResultEvent) -> ResultEvent
              smaller"
         ))),
         ..event
-    }
+    };
+    // Small by construction (no output, a bounded error).
+    let body = serde_json::to_vec(&event).unwrap_or_default().into();
+    Fitted { event, body }
 }
 
 /// Keep a copy of a job given up on in `KILN_DLQ`, with why and where it came from.
