@@ -83,6 +83,19 @@ fn private_server(
     Ok((server, nats))
 }
 
+/// The server a benchmark runs against: the one `nats` names when `external`, else a private
+/// one, kept running as long as the returned handle lives.
+fn bench_server(
+    nats: &kiln_cli::cli::NatsArgs,
+    external: bool,
+) -> anyhow::Result<(Option<kiln_testkit::NatsServer>, kiln_cli::cli::NatsArgs)> {
+    if external {
+        return Ok((None, nats.clone()));
+    }
+    let (server, nats) = private_server(nats)?;
+    Ok((Some(server), nats))
+}
+
 /// The `kiln` binary that worker processes are started from: `KILN_BIN`, the `kiln` beside
 /// this binary, or `kiln` on PATH.
 fn kiln_binary() -> anyhow::Result<PathBuf> {

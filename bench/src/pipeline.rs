@@ -103,14 +103,7 @@ pub(crate) async fn measure_pipeline(
     args: &PipelineArgs,
     verbose: bool,
 ) -> anyhow::Result<Report> {
-    let mut nats = nats.clone();
-    let _server = if args.external {
-        None
-    } else {
-        let (server, private) = crate::private_server(&nats)?;
-        nats = private;
-        Some(server)
-    };
+    let (_server, nats) = crate::bench_server(nats, args.external)?;
     let client = kiln_client::connect(&nats.connect_options()).await?;
     let js = jetstream::new(client.clone());
     let topology = kiln_cli::cmd::topology(&nats);
