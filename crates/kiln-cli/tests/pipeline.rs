@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream;
+use async_nats::jetstream::consumer::AckPolicy;
 use common::{Cluster, assert_success, snapshot, stdout, wait_for_metrics, wait_for_results};
 use kiln_proto::{ErrorKind, ResultEvent, Status};
 use serde_json::json;
@@ -425,6 +426,23 @@ async fn aggregator_counts_match_what_was_submitted() {
     })
     .await;
     assert_eq!(snapshot(&snapshots, "vector_add", "cpu").unwrap().jobs, 205);
+    // It acks cumulatively: one ack per snapshot, and nothing is left pending.
+    let info = aggregator_caught_up(&client).await;
+    assert_eq!(info.config.ack_policy, AckPolicy::All);
+    // Results carry no message id: KILN_RESULTS's one message per subject keeps them once.
+    let first = jetstream::new(client.clone())
+        .get_stream("KILN_RESULTS")
+        .await
+        .unwrap()
+        .get_raw_message(1)
+        .await
+        .unwrap();
+    assert!(first.subject.starts_with("results.vector_add."));
+    assert!(
+        first.headers.get(kiln_proto::HEADER_MSG_ID).is_none(),
+        "{:?}",
+        first.headers
+    );
 
     let status = cluster.kiln(&["status"]);
     assert_success(&status);
@@ -435,6 +453,66 @@ async fn aggregator_counts_match_what_was_submitted() {
             .any(|l| l.starts_with("vector_add") && l.contains(" 205 ")),
         "{text}"
     );
+}
+
+/// The aggregator's consumer once it has acked every stored result (fails after `WAIT`).
+async fn aggregator_caught_up(client: &async_nats::Client) -> jetstream::consumer::Info {
+    let mut results = jetstream::new(client.clone())
+        .get_stream("KILN_RESULTS")
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let last = results.info().await.unwrap().state.last_sequence;
+        let info = results.consumer_info("aggregator").await.unwrap();
+        if info.ack_floor.stream_sequence == last && info.num_ack_pending == 0 {
+            return info;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "aggregator did not ack through {last}: {info:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_aggregator_consumer_made_by_an_older_kiln_is_kept_and_acked_per_result() {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    // Older kilns made the aggregator's consumer with explicit acks; the server cannot change
+    // a consumer's ack policy, so `kiln init` keeps it, and the aggregator acks each result.
+    let client = cluster.client().await;
+    let results = jetstream::new(client.clone())
+        .get_stream("KILN_RESULTS")
+        .await
+        .unwrap();
+    results.delete_consumer("aggregator").await.unwrap();
+    let mut old = kiln_proto::Topology::default().aggregator_consumer();
+    old.ack_policy = AckPolicy::Explicit;
+    results.create_consumer(old).await.unwrap();
+    cluster.init().await;
+    let info = results.consumer_info("aggregator").await.unwrap();
+    assert_eq!(info.config.ack_policy, AckPolicy::Explicit);
+    cluster.cpu_worker();
+    cluster.aggregator();
+    let out = cluster.kiln(&[
+        "submit",
+        "vector_add",
+        "-p",
+        "len=8",
+        "--count",
+        "20",
+        "--wait",
+    ]);
+    assert_success(&out);
+    let snapshots = wait_for_metrics(&client, WAIT, |s| {
+        snapshot(s, "vector_add", "cpu").is_some_and(|m| m.jobs >= 20)
+    })
+    .await;
+    assert_eq!(snapshot(&snapshots, "vector_add", "cpu").unwrap().jobs, 20);
+    let info = aggregator_caught_up(&client).await;
+    assert_eq!(info.config.ack_policy, AckPolicy::Explicit);
 }
 
 #[tokio::test(flavor = "multi_thread")]

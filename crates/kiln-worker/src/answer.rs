@@ -158,7 +158,15 @@ async fn store(shared: &Shared, arrival: &Arrival, fitted: &Fitted) -> bool {
     let mut pause = Duration::from_millis(200);
     loop {
         let trace = arrival.trace.as_ref();
-        match publish_result(&shared.js, fitted, Some(&arrival.trace_context), trace).await {
+        match publish_result(
+            &shared.js,
+            shared.result_ids,
+            fitted,
+            Some(&arrival.trace_context),
+            trace,
+        )
+        .await
+        {
             Ok(Answer::Now) => return true,
             Ok(Answer::Before) => {
                 // This run's stored output is nobody's answer.

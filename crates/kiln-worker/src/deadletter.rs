@@ -115,7 +115,9 @@ async fn answer(
     crate::publish::dead_letter(js, &event, job.subject.as_str(), &job.headers, &job.payload)
         .await?;
     let fitted = crate::publish::fitted(js, event);
-    crate::publish::publish_result(js, &fitted, Some(&job.headers), None).await?;
+    // Rare (a job the server gave up on): the results stream is read again each time.
+    let ids = crate::publish::ResultIds::of(js).await;
+    crate::publish::publish_result(js, ids, &fitted, Some(&job.headers), None).await?;
     match jobs.delete_message(advisory.stream_seq).await {
         Ok(_) => Ok(()),
         // Gone already: someone else finished this advisory first.

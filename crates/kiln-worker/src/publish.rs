@@ -8,18 +8,53 @@ use kiln_proto::{
     Status, subject,
 };
 
+/// Whether result events carry a `Nats-Msg-Id`. `KILN_RESULTS` keeps one message per subject
+/// and refuses a second (`results.<kind>.<id>`: one per job), which is what makes a result
+/// stored once however often its job is delivered; a message id on top would only make the
+/// server keep every result's id for the 10-minute duplicate window, which costs it a map
+/// insert per result and a third of kiln's end-to-end throughput (`kiln-bench pipeline`). A
+/// results stream made by an older kiln without that limit still gets the ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ResultIds {
+    /// The stream keeps one result per subject: no message id.
+    Omitted,
+    /// The stream does not: each result carries [`ResultEvent::msg_id`].
+    Sent,
+}
+
+impl ResultIds {
+    /// What `KILN_RESULTS` as it is on the server needs (ids, when it cannot be read).
+    pub(crate) async fn of(js: &jetstream::Context) -> Self {
+        let Ok(mut stream) = js.get_stream(kiln_proto::streams::STREAM_RESULTS).await else {
+            return ResultIds::Sent;
+        };
+        match stream.info().await {
+            Ok(info)
+                if info.config.max_messages_per_subject == 1
+                    && info.config.discard_new_per_subject =>
+            {
+                ResultIds::Omitted
+            }
+            _ => ResultIds::Sent,
+        }
+    }
+}
+
 /// Publish a result event, encoded once by [`fitted`], and wait for the server to store it.
 /// The result carries the trace on: this worker's publish span when it traces, else
 /// `trace_context`, the job's own as it came.
 pub(crate) async fn publish_result(
     js: &jetstream::Context,
+    ids: ResultIds,
     fitted: &Fitted,
     trace_context: Option<&HeaderMap>,
     trace: Option<&crate::trace::JobTrace>,
 ) -> Result<Answer, String> {
     let (event, body) = (&fitted.event, fitted.body.clone());
     let mut headers = HeaderMap::new();
-    headers.insert(HEADER_MSG_ID, event.msg_id().as_str());
+    if ids == ResultIds::Sent {
+        headers.insert(HEADER_MSG_ID, event.msg_id().as_str());
+    }
     headers.insert("Content-Type", kiln_proto::CONTENT_TYPE_JSON);
     let subject = subject::result_of(&event.kind, &event.id, event.replay);
     let _span = match trace {

@@ -54,6 +54,8 @@ pub(crate) struct Shared {
     /// Jobs delivered and not yet at their compute step (decoding, loading their objects):
     /// when none are, no job is on its way to join a batch, which then runs at once.
     pub arriving: std::sync::atomic::AtomicUsize,
+    /// Whether result events carry a message id (see [`crate::publish::ResultIds`]).
+    pub result_ids: crate::publish::ResultIds,
     /// The `KILN_DATA` object store, opened when a job first needs it.
     pub data: tokio::sync::OnceCell<jetstream::object_store::ObjectStore>,
 }

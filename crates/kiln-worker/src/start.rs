@@ -129,6 +129,7 @@ async fn open(
         running: Default::default(),
         batcher: Default::default(),
         arriving: Default::default(),
+        result_ids: crate::publish::ResultIds::of(js).await,
         data: tokio::sync::OnceCell::new(),
         config,
     });
