@@ -65,6 +65,7 @@ mod dtype;
 mod io;
 mod kernel;
 mod memory;
+mod seeded;
 
 pub mod cpu;
 mod engine;
