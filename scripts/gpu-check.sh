@@ -91,7 +91,9 @@ if [ -n "$pids" ]; then
     kill $killer 2>/dev/null
 fi
 # The CUDA tests `cargo test` ignores without a GPU, from the test binary `just gpu-bundle`
-# carries (skip with KILN_SKIP_CUDA_TESTS=1).
+# carries (skip with KILN_SKIP_CUDA_TESTS=1): every kind against references, batched vector
+# adds against lone ones, and seeded inputs made on the device against the host's, bit for bit
+# (cuda_seeded_inputs_*, cuda_jobs_with_generated_inputs_*).
 if [ -x .device/kiln-kernel-tests ] && [ -z "${KILN_SKIP_CUDA_TESTS:-}" ]; then
     phase "CUDA kernel tests (the ignored ones, bundled test binary)"
     timeout -k 10 "${KILN_CUDA_TESTS_LIMIT_S:-150}" .device/kiln-kernel-tests --ignored cuda_ \

@@ -48,7 +48,7 @@ pub fn seeded_values(seed: u64, stream: u64, n: usize) -> Vec<f32> {
 /// One word to a value in `[-1, 1)` as rand 0.9's `UniformFloat<f32>` does it: the top 23 bits
 /// as the mantissa of a number in `[1, 2)`, moved to `[0, 1)`, scaled by 2 and shifted by -1
 /// (the multiply and the add stay two roundings, as in rand).
-fn uniform(word: u32) -> f32 {
+pub(crate) fn uniform(word: u32) -> f32 {
     let unit = f32::from_bits((word >> 9) | 0x3F80_0000) - 1.0;
     unit * 2.0 + -1.0
 }

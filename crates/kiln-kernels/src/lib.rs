@@ -20,7 +20,9 @@
 //! | `train_mlp` | burn-ndarray (with Autodiff) | burn-cuda (with Autodiff) |
 //! | `mlp_predict` | burn-ndarray | burn-cuda |
 //!
-//! cuBLAS and cuDNN compute in the job's dtype (`f32` in true f32).
+//! cuBLAS and cuDNN compute in the job's dtype (`f32` in true f32). matmul and vector_add jobs
+//! on cuBLAS make their seeded inputs on the GPU ([`vendor::nvrtc`]), the same values
+//! [`seeded_values`] makes on the host.
 //!
 //! Those are the defaults. Burn's own kernels run everything else:
 //! - `kiln worker --matmul-engine burn` (`KILN_MATMUL_ENGINE`, [`MatmulEngine::Burn`]) moves
@@ -65,6 +67,7 @@ mod dtype;
 mod io;
 mod kernel;
 mod memory;
+mod seeded;
 
 pub mod cpu;
 mod engine;

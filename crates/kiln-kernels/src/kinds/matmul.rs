@@ -7,7 +7,11 @@
 //! names both (`"dtype"`, `"engine"`: cublas, openblas, burn-cuda or burn-ndarray).
 //!
 //! Generated inputs: A = `seeded_values(seed, 0, m*k)` and B = `seeded_values(seed, 1, k*n)`,
-//! both row-major, so every backend multiplies the same matrices. A size left out of
+//! both row-major, so every backend multiplies the same matrices. On cuBLAS they are made on the
+//! GPU, in the job's dtype ([`crate::vendor::nvrtc`]: the same values, bit for bit, and for bf16
+//! and f16 the same rounding as the host's conversion, without the host generating them or PCIe
+//! carrying them), and the result says `"inputs": "device"`; elsewhere, or where the generator
+//! kernel does not compile, on the host. A size left out of
 //! `{"m", "k", "n"}` takes the value of `n`; without `n`, of `m`; without both, of `k`:
 //! `{"n": 512}` is a 512³ product and `{"m": 64, "n": 512}` multiplies 64×512 by 512×512.
 
@@ -20,6 +24,7 @@ use crate::Dtype;
 use crate::dtype_name;
 use crate::engine::MatmulEngine;
 use crate::io::{Input, Inputs, Placement, Wanted, tensor_objects};
+use crate::vendor::cublas::{MadeOn, Source};
 use crate::{Kernel, Plan, RunContext, Summary, seeded_values};
 
 /// `{"m": 512, "k": 512, "n": 512}` (generated from the seed; `{"n": 512}` is square) or
@@ -211,20 +216,37 @@ impl Kernel for Matmul {
             ));
         };
         let (m, k, n) = (m as usize, k as usize, n as usize);
-        let (a, b) = match (&params.a, &params.b) {
-            (Some(a), Some(b)) => (
+        let given = match (&params.a, &params.b) {
+            (Some(a), Some(b)) => Some((
                 input_values("a", a, ctx.inputs)?,
                 input_values("b", b, ctx.inputs)?,
-            ),
-            _ => (
-                seeded_values(ctx.seed, 0, m * k),
-                seeded_values(ctx.seed, 1, k * n),
-            ),
+            )),
+            _ => None,
         };
         let blas = ctx.engines.matmul == MatmulEngine::Blas;
+        if let (Some(index), true) = (ctx.cuda_index, blas) {
+            // cuBLAS runs whole: a GPU finishes the largest product that fits its memory in
+            // about a second. Generated inputs are made on the device.
+            ctx.checkpoint(0, 1)?;
+            let source = match &given {
+                Some((a, b)) => Source::Host(a, b),
+                None => Source::Seeded(ctx.seed),
+            };
+            let (c, made) = crate::vendor::cublas::matmul_from(index, source, (m, k, n), dtype)?;
+            let mut out = answer(params, ctx, c, (m, n), (dtype.as_str(), "cublas"));
+            if made == MadeOn::Device {
+                out["inputs"] = json!(made.as_str());
+            }
+            return Ok(out);
+        }
+        let (a, b) = given.unwrap_or_else(|| {
+            (
+                seeded_values(ctx.seed, 0, m * k),
+                seeded_values(ctx.seed, 1, k * n),
+            )
+        });
         // A product runs in pieces of rows of A (and C), with a checkpoint before each, so that
-        // a cancel, a timeout or a drain lands within about a second on any size. cuBLAS runs
-        // whole: a GPU finishes the largest product that fits its memory in about a second.
+        // a cancel, a timeout or a drain lands within about a second on any size.
         let piece_flops = if ctx.is_gpu {
             GPU_PIECE_FLOPS
         } else {
@@ -233,11 +255,6 @@ impl Kernel for Matmul {
         let rows = rows_per_piece(piece_flops, k, n).min(m.max(1));
         let pieces = m.div_ceil(rows) as u64;
         let (c, computed, engine) = match ctx.cuda_index {
-            Some(index) if blas => {
-                ctx.checkpoint(0, 1)?;
-                let c = crate::vendor::cublas::matmul(index, &a, &b, m, k, n, dtype)?;
-                (c, dtype.as_str().to_owned(), "cublas")
-            }
             None if blas && !ctx.is_gpu && crate::vendor::openblas::available() => {
                 let mut c = vec![0.0f32; m * n];
                 if k > 0 && n > 0 {
@@ -256,24 +273,36 @@ impl Kernel for Matmul {
                 (c, computed, crate::burn_engine(ctx.is_gpu))
             }
         };
-        let mut out = json!({
-            "shape": [m, n],
-            "dtype": computed,
-            "engine": engine,
-            "summary": Summary::of(&c),
-        });
-        // Matrices the user sent come back inline when small, else as an object; generated
-        // inputs get the summary only (unless the job asks for the object).
-        match ctx.place(params.a.is_some(), m * n) {
-            Placement::Inline => {
-                let rows: Vec<&[f32]> = c.chunks(n).collect();
-                out["c"] = json!(rows);
-            }
-            Placement::Object => ctx.sink.put("c", kiln_data::HostTensor::new(vec![m, n], c)),
-            Placement::Summary => {}
-        }
-        Ok(out)
+        Ok(answer(params, ctx, c, (m, n), (&computed, engine)))
     }
+}
+
+/// The job's result: C's shape, the dtype it was computed in, the engine and C's summary, with C
+/// inline or stored as the job's output placement says.
+fn answer<B: Backend>(
+    params: &Params,
+    ctx: &RunContext<'_, B>,
+    c: Vec<f32>,
+    (m, n): (usize, usize),
+    (computed, engine): (&str, &str),
+) -> serde_json::Value {
+    let mut out = json!({
+        "shape": [m, n],
+        "dtype": computed,
+        "engine": engine,
+        "summary": Summary::of(&c),
+    });
+    // Matrices the user sent come back inline when small, else as an object; generated
+    // inputs get the summary only (unless the job asks for the object).
+    match ctx.place(params.a.is_some(), m * n) {
+        Placement::Inline => {
+            let rows: Vec<&[f32]> = c.chunks(n).collect();
+            out["c"] = json!(rows);
+        }
+        Placement::Object => ctx.sink.put("c", kiln_data::HostTensor::new(vec![m, n], c)),
+        Placement::Summary => {}
+    }
+    out
 }
 
 /// Work in one piece of a product between checkpoints: about a second at most on a CPU

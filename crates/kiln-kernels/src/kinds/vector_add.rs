@@ -5,6 +5,15 @@
 //! cuBLAS missing); on a CPU worker on burn-ndarray. Either way each element is one correctly
 //! rounded f32 addition, so every engine gives the same bits. Results name it in `"engine"`:
 //! cublas, burn-cuda or burn-ndarray.
+//!
+//! Generated inputs (`{"len": N}`) are a = `seeded_values(seed, 0, N)` and b =
+//! `seeded_values(seed, 1, N)`. A job that runs alone on cuBLAS makes them on the GPU
+//! ([`crate::vendor::nvrtc`]: the same values, bit for bit, without the host generating them or
+//! PCIe carrying them) and says `"inputs": "device"`; elsewhere they are made on the host (and,
+//! on a GPU, uploaded). Jobs that share a launch (at most [`BATCH_MAX_ELEMENTS`] elements each)
+//! still make theirs on the host and upload them in one copy: a generator launch per job would
+//! cost more than generating a small job's vectors, and one launch for a whole batch is not
+//! written yet.
 
 use burn::tensor::{Tensor, TensorData, backend::Backend};
 use kiln_proto::{JobError, Limits};
@@ -13,6 +22,7 @@ use serde_json::json;
 
 use crate::engine::{MatmulEngine, burn_engine};
 use crate::io::{Input, Inputs, Placement, Wanted, tensor_objects};
+use crate::vendor::cublas::{MadeOn, Source};
 use crate::{Kernel, Plan, RunContext, Summary, seeded_values};
 
 /// `{"len": 1024}` (generated from the seed) or `{"a": [..], "b": [..]}`, each of `a` and `b`
@@ -108,6 +118,17 @@ impl Kernel for VectorAdd {
         params: &Params,
         ctx: &RunContext<'_, B>,
     ) -> Result<serde_json::Value, JobError> {
+        if let (Some(index), Some(len), true) = (ctx.cuda_index, params.len, on_cublas(ctx)) {
+            // Generated inputs on cuBLAS are made on the device, not uploaded.
+            ctx.checkpoint(1, 2)?;
+            let source = Source::Seeded(ctx.seed);
+            let (c, made) = crate::vendor::cublas::vector_add_from(index, source, len as usize)?;
+            let mut out = answer(params, ctx, c, "cublas", 1);
+            if made == MadeOn::Device {
+                out["inputs"] = json!(made.as_str());
+            }
+            return Ok(out);
+        }
         let (a, b) = operands(params, ctx)?;
         let (c, engine) = add(ctx, a, b)?;
         Ok(answer(params, ctx, c, engine, 1))
@@ -184,11 +205,17 @@ fn add<B: Backend>(
     b: Vec<f32>,
 ) -> Result<(Vec<f32>, &'static str), JobError> {
     Ok(match ctx.cuda_index {
-        Some(index) if ctx.engines.matmul == MatmulEngine::Blas => {
+        Some(index) if on_cublas(ctx) => {
             (crate::vendor::cublas::vector_add(index, &a, &b)?, "cublas")
         }
         _ => (burn_add::<B>(a, b, &ctx.device)?, burn_engine(ctx.is_gpu)),
     })
+}
+
+/// Whether the job runs on cuBLAS (on a CUDA device, unless the worker runs its BLAS kinds on
+/// Burn).
+fn on_cublas<B: Backend>(ctx: &RunContext<'_, B>) -> bool {
+    ctx.cuda_index.is_some() && ctx.engines.matmul == MatmulEngine::Blas
 }
 
 /// The job's result: its length, engine and summary, with `c` inline or stored as the job's

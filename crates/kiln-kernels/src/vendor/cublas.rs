@@ -18,6 +18,11 @@
 //! cost 582 ms for 4M elements on an H200 (19 ms on the CPU; its transfers, not the add, took the
 //! time), and a 1,024-element job 116 µs against PyTorch's 60 µs.
 //!
+//! Jobs whose inputs come from their seed do not upload them: A and B (a and b) are allocated on
+//! the device and filled there by kiln's seeded-input kernel ([`super::nvrtc`], in the job's
+//! element type), with the same bits the host would have uploaded ([`Source::Seeded`],
+//! [`MadeOn`]).
+//!
 //! libcublas is loaded at run time, like libcuda and NVRTC: a worker that cannot load it logs why
 //! and runs matmul and vector_add on Burn's kernels instead ([`crate::MatmulEngine::Burn`], also
 //! chosen with `kiln worker --matmul-engine burn`). The other kinds run on cuDNN or Burn.
@@ -31,6 +36,7 @@
 //! TF32 compute type) and `cublasSgeam` (cudarc has no safe wrapper) on raw device pointers.
 #![allow(unsafe_code)]
 
+use std::borrow::Cow;
 use std::ffi::c_void;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -39,7 +45,8 @@ use cudarc::driver::{CudaStream, sys::CUdeviceptr};
 use kiln_proto::{ErrorKind, JobError};
 
 use super::cuda::{Buffers, Handles, Library, lock};
-use crate::Dtype;
+use super::nvrtc::{Generator, generator};
+use crate::{Dtype, seeded_values};
 
 const CUBLAS: Library = Library {
     name: "cuBLAS",
@@ -84,6 +91,108 @@ fn blas_for(index: usize) -> Result<Arc<Mutex<Blas>>, JobError> {
             .map_err(|e| JobError::internal(format!("creating a cuBLAS handle: {e:?}")))?;
         Ok(Blas { stream, blas })
     })
+}
+
+/// Where the two inputs of a cuBLAS job come from.
+#[derive(Debug, Clone, Copy)]
+pub enum Source<'a> {
+    /// Values on the host (A and B, or a and b), uploaded.
+    Host(&'a [f32], &'a [f32]),
+    /// `seeded_values(seed, 0, ..)` and `seeded_values(seed, 1, ..)`: made on the device by
+    /// [`super::nvrtc`]'s kernel, or on the host and uploaded where it is not available.
+    Seeded(u64),
+}
+
+/// Where a job's inputs were made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MadeOn {
+    /// On the host (given, loaded or generated there), then uploaded.
+    Host,
+    /// On the GPU, by the seeded-input kernel.
+    Device,
+}
+
+impl MadeOn {
+    /// `host` or `device`, as results name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MadeOn::Host => "host",
+            MadeOn::Device => "device",
+        }
+    }
+}
+
+/// A job's inputs ready to go to the device: host values (given, or generated on the host where
+/// the generator is not available), or the generator and the seed.
+enum Prepared<'a> {
+    Host(Cow<'a, [f32]>, Cow<'a, [f32]>),
+    Device(Arc<Generator>, u64),
+}
+
+impl<'a> Prepared<'a> {
+    /// Resolve `source` for the device of `handle` (its generator is compiled and loaded the
+    /// first time); inputs of `lens` elements, which host values must have. Host generation,
+    /// where needed, runs before the handle is locked for the job.
+    fn of(
+        source: Source<'a>,
+        handle: &Mutex<Blas>,
+        [a_len, b_len]: [usize; 2],
+    ) -> Result<Self, JobError> {
+        Ok(match source {
+            Source::Host(a, b) if a.len() != a_len || b.len() != b_len => {
+                return Err(JobError::invalid_input(format!(
+                    "the inputs have {} and {} values where the operation needs {a_len} and \
+                     {b_len}",
+                    a.len(),
+                    b.len()
+                )));
+            }
+            Source::Host(a, b) => Prepared::Host(a.into(), b.into()),
+            Source::Seeded(seed) => {
+                let stream = lock(handle).stream.clone();
+                match generator(&stream) {
+                    Ok(generator) => Prepared::Device(generator, seed),
+                    // Why is logged once per device by `generator`.
+                    Err(_) => Prepared::Host(
+                        seeded_values(seed, 0, a_len).into(),
+                        seeded_values(seed, 1, b_len).into(),
+                    ),
+                }
+            }
+        })
+    }
+
+    /// The operation's buffers on `stream`: the inputs uploaded or made there, the output
+    /// allocated.
+    fn buffers(
+        &self,
+        library: &Library,
+        stream: &Arc<CudaStream>,
+        [(a_name, a_len), (b_name, b_len)]: [(&str, usize); 2],
+        out: (&str, usize),
+        dtype: Dtype,
+    ) -> Result<Buffers, JobError> {
+        match self {
+            Prepared::Host(a, b) => {
+                Buffers::upload(library, stream, [(a_name, a), (b_name, b)], out, dtype)
+            }
+            Prepared::Device(generator, seed) => Buffers::seeded(
+                library,
+                stream,
+                (generator, *seed),
+                [(a_name, a_len), (b_name, b_len)],
+                out,
+                dtype,
+            ),
+        }
+    }
+
+    fn made_on(&self) -> MadeOn {
+        match self {
+            Prepared::Host(..) => MadeOn::Host,
+            Prepared::Device(..) => MadeOn::Device,
+        }
+    }
 }
 
 fn dim(name: &str, value: usize) -> Result<i32, JobError> {
@@ -166,18 +275,31 @@ pub fn matmul(
     n: usize,
     dtype: Dtype,
 ) -> Result<Vec<f32>, JobError> {
+    matmul_from(index, Source::Host(a, b), (m, k, n), dtype).map(|(c, _)| c)
+}
+
+/// C = A·B on CUDA device `index` through cuBLAS, A (m×k) and B (k×n) from `source`, in
+/// `dtype`'s element type; C comes back as f32, with where A and B were made.
+pub fn matmul_from(
+    index: usize,
+    source: Source<'_>,
+    (m, k, n): (usize, usize, usize),
+    dtype: Dtype,
+) -> Result<(Vec<f32>, MadeOn), JobError> {
     let dims = (dim("m", m)?, dim("k", k)?, dim("n", n)?);
     let gemm = blas_for(index)?;
+    let inputs = Prepared::of(source, &gemm, [m * k, k * n])?;
     let gemm = lock(&gemm);
-    let mut ops = Buffers::upload(
+    let mut ops = inputs.buffers(
         &CUBLAS,
         &gemm.stream,
-        [("A", a), ("B", b)],
+        [("A", m * k), ("B", k * n)],
         ("C", m * n),
         dtype,
     )?;
     launch(&gemm, &mut ops, dims, dtype)?;
-    ops.download(&CUBLAS, &gemm.stream, "C", dtype)
+    let c = ops.download(&CUBLAS, &gemm.stream, "C", dtype)?;
+    Ok((c, inputs.made_on()))
 }
 
 /// Products of two n×n matrices of seeded values in one dtype, with the operands kept on the
@@ -195,7 +317,7 @@ impl SquareProducts {
     /// cuBLAS does not load or the device has no room.
     pub fn new(index: usize, n: usize, dtype: Dtype) -> Result<Self, String> {
         let size = dim("n", n).map_err(|e| e.message)?;
-        let values = crate::seeded_values(7, 0, n * n);
+        let values = seeded_values(7, 0, n * n);
         let gemm = blas_for(index).map_err(|e| e.message)?;
         let stream = lock(&gemm).stream.clone();
         let operands = Buffers::upload(
@@ -293,17 +415,29 @@ pub fn vector_add(index: usize, a: &[f32], b: &[f32]) -> Result<Vec<f32>, JobErr
             b.len()
         )));
     }
+    vector_add_from(index, Source::Host(a, b), a.len()).map(|(c, _)| c)
+}
+
+/// c = a + b on CUDA device `index` through cuBLAS, f32, `len` elements of a and b from
+/// `source` (host vectors of that length, or a seed); c comes back with where a and b were made.
+pub fn vector_add_from(
+    index: usize,
+    source: Source<'_>,
+    len: usize,
+) -> Result<(Vec<f32>, MadeOn), JobError> {
     let blas = blas_for(index)?;
+    let inputs = Prepared::of(source, &blas, [len, len])?;
     let blas = lock(&blas);
-    let mut ops = Buffers::upload(
+    let mut ops = inputs.buffers(
         &CUBLAS_ADD,
         &blas.stream,
-        [("a", a), ("b", b)],
-        ("c", a.len()),
+        [("a", len), ("b", len)],
+        ("c", len),
         Dtype::F32,
     )?;
-    launch_add(&blas, &mut ops, a.len())?;
-    ops.download(&CUBLAS_ADD, &blas.stream, "c", Dtype::F32)
+    launch_add(&blas, &mut ops, len)?;
+    let c = ops.download(&CUBLAS_ADD, &blas.stream, "c", Dtype::F32)?;
+    Ok((c, inputs.made_on()))
 }
 
 /// Sums of two seeded f32 vectors kept on the device, for the kernel benchmarks (which time
@@ -318,8 +452,8 @@ impl DeviceSums {
     /// Upload two seeded vectors of `len` elements and room for their sum to CUDA device
     /// `index`; an error if cuBLAS does not load or the device has no room.
     pub fn new(index: usize, len: usize) -> Result<Self, String> {
-        let a = crate::seeded_values(7, 0, len);
-        let b = crate::seeded_values(7, 1, len);
+        let a = seeded_values(7, 0, len);
+        let b = seeded_values(7, 1, len);
         let blas = blas_for(index).map_err(|e| e.message)?;
         let stream = lock(&blas).stream.clone();
         let operands = Buffers::upload(

@@ -1,10 +1,12 @@
 //! What kiln's direct calls into NVIDIA's libraries share (cuBLAS for matmul in
 //! [`super::cublas`], cuDNN for conv2d in [`super::cudnn`]): finding the library before cudarc
 //! loads it (cudarc panics when one is missing), one handle per device on its own stream, the
-//! device buffers of one operation in the element type the library reads, and CUDA's errors as
-//! job errors.
+//! device buffers of one operation in the element type the library reads (uploaded from the
+//! host, or seeded inputs made on the device by [`super::nvrtc`]), and CUDA's errors as job
+//! errors.
 //!
-//! Unsafe code: loading the library with libloading to see whether it loads.
+//! Unsafe code: loading the library with libloading to see whether it loads; allocating seeded
+//! inputs without clearing them (the generator writes every element).
 #![allow(unsafe_code)]
 
 use std::collections::HashMap;
@@ -16,6 +18,7 @@ use cudarc::driver::{
 };
 use kiln_proto::{ErrorKind, JobError};
 
+use super::nvrtc::{Element, Generator};
 use crate::dtype::{Dtype, from_half, to_half};
 
 /// One of NVIDIA's libraries, as kiln uses it.
@@ -149,6 +152,41 @@ impl<T: DeviceRepr + ValidAsZeroBits> Operands<T> {
     }
 }
 
+impl<T: Element + ValidAsZeroBits> Operands<T> {
+    /// A and B made on the device by `generator` from `seed` (streams 0 and 1, as
+    /// `seeded_values`), and the output allocated.
+    fn seeded(
+        library: &Library,
+        stream: &Arc<CudaStream>,
+        (generator, seed): (&Generator, u64),
+        [(a_name, a_len), (b_name, b_len)]: [(&str, usize); 2],
+        (out_name, out_len): (&str, usize),
+        dtype: Dtype,
+    ) -> Result<Self, JobError> {
+        let make = |name: &str, stream_id: u64, len: usize| {
+            // SAFETY: the kernel `fill` launches next on the same stream writes all `len`
+            // elements before any later work on the stream reads one.
+            let mut values = unsafe { stream.alloc::<T>(len) }
+                .map_err(|e| library.driver_error(&format!("allocating {name}"), e))?;
+            generator.fill(
+                (library, name),
+                stream,
+                &mut values,
+                (seed, stream_id),
+                dtype,
+            )?;
+            Ok::<_, JobError>(values)
+        };
+        Ok(Operands {
+            a: make(a_name, 0, a_len)?,
+            b: make(b_name, 1, b_len)?,
+            out: stream
+                .alloc_zeros(out_len)
+                .map_err(|e| library.driver_error(&format!("allocating {out_name}"), e))?,
+        })
+    }
+}
+
 /// [`Operands`] in f32 (f32, tf32) or as 16-bit floats (bf16, f16).
 pub(crate) enum Buffers {
     Full(Operands<f32>),
@@ -179,6 +217,24 @@ impl Buffers {
             Operands::upload(library, stream, [(a_name, &a), (b_name, &b)], out).map(Buffers::Half)
         } else {
             Operands::upload(library, stream, [(a_name, a), (b_name, b)], out).map(Buffers::Full)
+        }
+    }
+
+    /// Make two seeded inputs on the device in `dtype`'s element type (`seeded_values(seed, 0,
+    /// ..)` and `seeded_values(seed, 1, ..)`, bf16/f16 rounded to nearest as [`Buffers::upload`]
+    /// rounds them), and allocate the output; each comes with its name for error messages.
+    pub(crate) fn seeded(
+        library: &Library,
+        stream: &Arc<CudaStream>,
+        generator: (&Generator, u64),
+        inputs: [(&str, usize); 2],
+        out: (&str, usize),
+        dtype: Dtype,
+    ) -> Result<Self, JobError> {
+        if dtype.is_half() {
+            Operands::seeded(library, stream, generator, inputs, out, dtype).map(Buffers::Half)
+        } else {
+            Operands::seeded(library, stream, generator, inputs, out, dtype).map(Buffers::Full)
         }
     }
 

@@ -1,10 +1,12 @@
 //! The vendor libraries kiln calls directly, all loaded at run time: cuBLAS (`matmul` and
 //! `vector_add` on CUDA), cuDNN (`conv2d` on CUDA) and OpenBLAS (`matmul` on the CPU), with
-//! what they share.
+//! what they share; and NVRTC, which compiles kiln's one CUDA kernel of its own (seeded inputs
+//! made on the device).
 
 pub mod cublas;
 mod cuda;
 pub mod cudnn;
+pub mod nvrtc;
 pub mod openblas;
 
 use kiln_proto::JobError;

@@ -285,3 +285,93 @@ fn cuda_cudnn_dense_convolutions_match_the_host_reference() {
         }
     }
 }
+
+#[test]
+#[ignore = "needs CUDA"]
+fn cuda_seeded_inputs_made_on_the_device_are_the_hosts_bit_for_bit() {
+    use kiln_kernels::Dtype;
+    use kiln_kernels::vendor::nvrtc::{OnDevice, seeded_on_device};
+    require_gpu("cuda_seeded_inputs_made_on_the_device_are_the_hosts_bit_for_bit");
+    // One value, part of a thread's 16, a whole number of threads, past the host's 65,536-value
+    // blocks, and about 10M, on both streams.
+    for (seed, stream, n) in [
+        (0, 0, 1),
+        (7, 1, 17),
+        (42, 0, 4096),
+        (9, 1, (1 << 16) + 37),
+        (3, 0, (1 << 20) + 3),
+        (11, 1, 10_000_003),
+    ] {
+        let host = seeded_values(seed, stream, n);
+        let what = format!("seed {seed} stream {stream} n {n}");
+        match seeded_on_device(0, (seed, stream), n, Dtype::F32) {
+            Ok(OnDevice::F32(device)) => {
+                assert_eq!(device.len(), n, "{what}");
+                let wrong = device
+                    .iter()
+                    .zip(&host)
+                    .position(|(d, h)| d.to_bits() != h.to_bits());
+                assert_eq!(wrong, None, "f32 {what}: first differing index");
+            }
+            other => panic!("f32 {what}: {other:?}"),
+        }
+        // The host's bf16/f16 inputs: `half`'s round-to-nearest-even conversion (what
+        // kiln-kernels' `to_half` calls).
+        for dtype in [Dtype::Bf16, Dtype::F16] {
+            let expected: Vec<u16> = match dtype {
+                Dtype::F16 => host
+                    .iter()
+                    .map(|&v| half::f16::from_f32(v).to_bits())
+                    .collect(),
+                _ => host
+                    .iter()
+                    .map(|&v| half::bf16::from_f32(v).to_bits())
+                    .collect(),
+            };
+            match seeded_on_device(0, (seed, stream), n, dtype) {
+                Ok(OnDevice::Half(device)) => {
+                    assert_eq!(device.len(), n, "{what}");
+                    let wrong = device.iter().zip(&expected).position(|(d, h)| d != h);
+                    assert_eq!(
+                        wrong,
+                        None,
+                        "{} {what}: first differing index",
+                        dtype.as_str()
+                    );
+                }
+                other => panic!("{} {what}: {other:?}", dtype.as_str()),
+            }
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs CUDA"]
+fn cuda_jobs_with_generated_inputs_make_them_on_the_device_with_the_same_results() {
+    require_gpu("cuda_jobs_with_generated_inputs_make_them_on_the_device_with_the_same_results");
+    // A product of generated matrices against the same matrices sent inline (uploaded from the
+    // host): the same bits into the same cuBLAS call, the same summary.
+    let (m, k, n) = (96, 256, 80);
+    let rows = |v: Vec<f32>, cols: usize| -> Vec<Vec<f32>> {
+        v.chunks(cols).map(<[f32]>::to_vec).collect()
+    };
+    let a = rows(seeded_values(5, 0, m * k), k);
+    let b = rows(seeded_values(5, 1, k * n), n);
+    for dtype in ["f32", "tf32", "bf16", "f16"] {
+        let made = run_gpu("matmul", json!({"m": m, "k": k, "n": n, "dtype": dtype}), 5);
+        let sent = run_gpu("matmul", json!({"a": a, "b": b, "dtype": dtype}), 5);
+        assert_eq!(made["inputs"], "device", "matmul {dtype}");
+        assert!(sent.get("inputs").is_none(), "matmul {dtype}: {sent}");
+        assert_eq!(made["summary"], sent["summary"], "matmul {dtype}");
+        assert_eq!(made["dtype"], dtype);
+    }
+    // A vector add of generated vectors against the CPU's (exact on both).
+    for len in [1, 17, (1 << 20) + 3, 10_000_000] {
+        let params = json!({ "len": len });
+        let gpu = run_gpu("vector_add", params.clone(), 4);
+        let cpu = crate::support::run("vector_add", params, 4);
+        assert_eq!(gpu["inputs"], "device", "len {len}");
+        assert!(cpu.get("inputs").is_none(), "len {len}");
+        assert_eq!(gpu["summary"], cpu["summary"], "len {len}");
+    }
+}

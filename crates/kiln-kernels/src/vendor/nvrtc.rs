@@ -1,0 +1,270 @@
+//! kiln's own CUDA kernel: seeded inputs made on the device. [`crate::seeded`] holds its source
+//! and the Rust mirror the tests check it with; here it is compiled at run time by NVRTC (loaded
+//! at run time like libcuda; burn-cuda compiles its kernels with the same library), once per
+//! process, loaded once per device, and launched on the stream of the job's cuBLAS handle.
+//!
+//! A `matmul` or `vector_add` job on cuBLAS whose inputs come from its seed allocates A and B on
+//! the device and fills them there, one ChaCha8 block of 16 values per thread, with the bits
+//! `seeded_values` and the host's bf16/f16 conversion give (see [`crate::seeded`]): a 10M-element
+//! vector add no longer generates 80 MB on the host and copies it over PCIe. Its result says
+//! `"inputs": "device"`.
+//!
+//! When NVRTC does not load, or the kernel does not compile or load, the reason is logged once
+//! per device and such jobs generate their inputs on the host and upload them, as before.
+//!
+//! Unsafe code: allocating the inputs without clearing them (the kernel writes every element
+//! before anything reads one) and launching the kernel.
+#![allow(unsafe_code)]
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
+};
+use cudarc::nvrtc::{CompileOptions, Ptx, compile_ptx_with_opts};
+use kiln_proto::JobError;
+
+use super::cuda::{Library, lock};
+use crate::Dtype;
+use crate::seeded::{
+    ENTRY_BF16, ENTRY_F16, ENTRY_F32, KERNEL_SOURCE, VALUES_PER_THREAD, key_words,
+};
+
+const NVRTC: Library = Library {
+    name: "NVRTC",
+    file: "nvrtc",
+    kind: "seeded input",
+    install: "install the CUDA toolkit's NVRTC (libnvrtc and libnvrtc-builtins) and add its \
+              folder to LD_LIBRARY_PATH",
+};
+
+/// Threads per block of the generator's launch.
+const THREADS: u32 = 256;
+
+/// The generator kernel loaded on one device: an entry point per output type.
+pub(crate) struct Generator {
+    f32: CudaFunction,
+    bf16: CudaFunction,
+    f16: CudaFunction,
+}
+
+/// An element type the generator writes: f32, or the bits of bf16 or f16.
+pub(crate) trait Element: cudarc::driver::DeviceRepr {
+    /// The entry point writing this type for `dtype`.
+    fn entry(generator: &Generator, dtype: Dtype) -> &CudaFunction;
+}
+
+impl Element for f32 {
+    fn entry(generator: &Generator, _dtype: Dtype) -> &CudaFunction {
+        &generator.f32
+    }
+}
+
+impl Element for u16 {
+    fn entry(generator: &Generator, dtype: Dtype) -> &CudaFunction {
+        match dtype {
+            Dtype::F16 => &generator.f16,
+            _ => &generator.bf16,
+        }
+    }
+}
+
+/// A device's generator, or why it has none.
+type Loaded = Result<Arc<Generator>, String>;
+
+/// The generator on `stream`'s device: compiled and loaded the first time; an error (logged
+/// once per device, and the same for every later call) when NVRTC does not load or the kernel
+/// does not compile or load there.
+pub(crate) fn generator(stream: &Arc<CudaStream>) -> Result<Arc<Generator>, JobError> {
+    static LOADED: OnceLock<Mutex<HashMap<usize, Loaded>>> = OnceLock::new();
+    let device = stream.context().ordinal();
+    let mut loaded = lock(LOADED.get_or_init(Default::default));
+    loaded
+        .entry(device)
+        .or_insert_with(|| {
+            let generator = load(stream);
+            if let Err(why) = &generator {
+                tracing::warn!(
+                    device,
+                    "seeded inputs of cuBLAS jobs will be generated on the host: {why}"
+                );
+            }
+            generator
+        })
+        .clone()
+        .map_err(JobError::internal)
+}
+
+/// The kernel as PTX, compiled once per process.
+fn ptx() -> Result<String, String> {
+    static FOUND: OnceLock<Result<String, String>> = OnceLock::new();
+    static PTX: OnceLock<Result<String, String>> = OnceLock::new();
+    PTX.get_or_init(|| {
+        NVRTC.loads(&FOUND)?;
+        let options = CompileOptions {
+            // No contraction into FMAs (the kernel's arithmetic is exact either way).
+            fmad: Some(false),
+            name: Some("kiln_seeded.cu".into()),
+            ..Default::default()
+        };
+        // cudarc panics where an NVRTC lacks a symbol it calls or cannot give its log: that too
+        // becomes an error (and host generation), not a failed worker.
+        std::panic::catch_unwind(|| compile_ptx_with_opts(KERNEL_SOURCE, options))
+            .map_err(|_| "NVRTC panicked compiling the seeded-input kernel".to_owned())?
+            .map(|ptx| ptx.to_src())
+            .map_err(|e| format!("NVRTC could not compile the seeded-input kernel: {e}"))
+    })
+    .clone()
+}
+
+/// Compile (once) and load the generator on `stream`'s device.
+fn load(stream: &Arc<CudaStream>) -> Result<Arc<Generator>, String> {
+    let ptx = ptx()?;
+    let module = stream
+        .context()
+        .load_module(Ptx::from_src(ptx))
+        .map_err(|e| format!("the device could not load the seeded-input kernel: {e:?}"))?;
+    let function = |name: &str| {
+        module
+            .load_function(name)
+            .map_err(|e| format!("the seeded-input kernel has no {name}: {e:?}"))
+    };
+    Ok(Arc::new(Generator {
+        f32: function(ENTRY_F32)?,
+        bf16: function(ENTRY_BF16)?,
+        f16: function(ENTRY_F16)?,
+    }))
+}
+
+/// The launch of one thread per 16 of `len` values.
+fn launch_config(len: usize) -> Option<LaunchConfig> {
+    let blocks = len.div_ceil(VALUES_PER_THREAD).div_ceil(THREADS as usize);
+    // CUDA's grids are at most 2^31 - 1 blocks wide.
+    let blocks = i32::try_from(blocks).ok()? as u32;
+    Some(LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    })
+}
+
+impl Generator {
+    /// Launch the kernel filling `out` with `seeded_values(seed, stream_id, out.len())` in
+    /// `T` (f32, or `dtype`'s 16-bit bits) on `stream`; does not wait for it. `what` names the
+    /// buffer in `library`'s error messages.
+    pub(crate) fn fill<T: Element>(
+        &self,
+        (library, what): (&Library, &str),
+        stream: &Arc<CudaStream>,
+        out: &mut CudaSlice<T>,
+        (seed, stream_id): (u64, u64),
+        dtype: Dtype,
+    ) -> Result<(), JobError> {
+        let len = out.len();
+        if len == 0 {
+            return Ok(());
+        }
+        let config = launch_config(len).ok_or_else(|| {
+            JobError::too_large(format!(
+                "{what} has {len} elements, more than one launch of the seeded-input kernel makes"
+            ))
+        })?;
+        let n = len as u64;
+        let key = key_words(seed);
+        library.bind(stream)?;
+        let mut launch = stream.launch_builder(T::entry(self, dtype));
+        launch.arg(out).arg(&n).arg(&key).arg(&stream_id);
+        // SAFETY: the entry point takes (T* out, unsigned long long n, KilnKey key [8 × u32 by
+        // value], unsigned long long stream), which are the arguments pushed, in that order;
+        // `out` is a whole allocation of `n` elements of T on this stream's device (so 256-byte
+        // aligned, as the kernel's 16-byte stores need), and the kernel writes only indices
+        // below `n`; the grid has a thread for every 16 of them.
+        unsafe { launch.launch(config) }
+            .map(drop)
+            .map_err(|e| library.driver_error(&format!("generating {what}"), e))
+    }
+}
+
+/// Seeded values read back from a device, in the type the device holds them.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OnDevice {
+    /// f32 (f32 and tf32 jobs).
+    F32(Vec<f32>),
+    /// The bits of bf16 or f16 values (bf16 and f16 jobs).
+    Half(Vec<u16>),
+}
+
+/// `seeded_values(seed, stream_id, n)` made on CUDA device `index` in `dtype`'s element type and
+/// read back, for the GPU tests: what a cuBLAS job's seeded inputs hold. An error if NVRTC does
+/// not load or the kernel does not compile.
+pub fn seeded_on_device(
+    index: usize,
+    (seed, stream_id): (u64, u64),
+    n: usize,
+    dtype: Dtype,
+) -> Result<OnDevice, JobError> {
+    let context = CudaContext::new(index)
+        .map_err(|e| NVRTC.driver_error(&format!("opening CUDA device {index}"), e))?;
+    let stream = context
+        .new_stream()
+        .map_err(|e| NVRTC.driver_error("creating a stream", e))?;
+    let generator = generator(&stream)?;
+    fn make<T: Element>(
+        generator: &Generator,
+        stream: &Arc<CudaStream>,
+        (seed, stream_id, n): (u64, u64, usize),
+        dtype: Dtype,
+    ) -> Result<Vec<T>, JobError> {
+        // SAFETY: `fill` writes all `n` elements before `clone_dtoh`, on the same stream,
+        // reads them.
+        let mut out = unsafe { stream.alloc::<T>(n) }
+            .map_err(|e| NVRTC.driver_error("allocating the values", e))?;
+        generator.fill(
+            (&NVRTC, "the values"),
+            stream,
+            &mut out,
+            (seed, stream_id),
+            dtype,
+        )?;
+        stream
+            .clone_dtoh(&out)
+            .map_err(|e| NVRTC.driver_error("reading the values back", e))
+    }
+    let what = (seed, stream_id, n);
+    Ok(if dtype.is_half() {
+        OnDevice::Half(make(&generator, &stream, what, dtype)?)
+    } else {
+        OnDevice::F32(make(&generator, &stream, what, dtype)?)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_launch_has_a_thread_for_every_16_values() {
+        for (len, blocks) in [(1, 1), (16 * 256, 1), (16 * 256 + 1, 2), (10_000_000, 2442)] {
+            let config = launch_config(len).unwrap();
+            assert_eq!(config.grid_dim, (blocks, 1, 1), "len {len}");
+            assert_eq!(config.block_dim, (THREADS, 1, 1));
+            let threads = blocks as usize * THREADS as usize;
+            assert!(threads * VALUES_PER_THREAD >= len, "len {len}");
+        }
+        assert!(launch_config(usize::MAX).is_none());
+    }
+
+    /// Compiles the kernel with the NVRTC the machine has (no GPU needed).
+    #[test]
+    #[ignore = "needs libnvrtc (NVRTC) on the loader path; run with --ignored nvrtc"]
+    fn nvrtc_compiles_the_seeded_input_kernel() {
+        let ptx = ptx().expect("NVRTC compiles the kernel");
+        for entry in [ENTRY_F32, ENTRY_BF16, ENTRY_F16] {
+            assert!(
+                ptx.contains(&format!(".entry {entry}(")),
+                "{entry} in the PTX"
+            );
+        }
+    }
+}
