@@ -178,7 +178,7 @@ pub struct PipelineArgs {
     /// Length of each vector_add.
     #[arg(long, default_value_t = 1024)]
     pub len: u64,
-    /// Runs of each side (the best is reported, with all runs in the JSON).
+    /// Runs of each side (the median is reported, with all runs in the JSON).
     #[arg(long, default_value_t = 3)]
     pub runs: u32,
     /// Write the figures as JSON to this file.
@@ -191,6 +191,10 @@ pub struct PipelineArgs {
     /// the messages it moved per job on each side, from its `/varz` counters.
     #[arg(long)]
     pub varz: Option<String>,
+    /// The pid of the --external server on this machine, to count its CPU per job on each
+    /// side (a private server's is counted without it).
+    #[arg(long)]
+    pub server_pid: Option<u32>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -8,6 +8,7 @@
 
 mod batching;
 mod cli;
+mod cpu;
 mod kernels;
 mod latency;
 mod machine;

@@ -1,6 +1,7 @@
 //! `kiln-bench pipeline`: kiln's end-to-end throughput as a ratio of the raw JetStream
 //! ceiling, both measured in the same run on the same server.
 
+use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -15,6 +16,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::cli::PipelineArgs;
+use crate::cpu::CpuClock;
 use crate::machine::describe_machine;
 use crate::roles::RoleProcesses;
 use kiln_cli::cli::NatsArgs;
@@ -28,6 +30,9 @@ pub(crate) struct Run {
     pub jobs: u64,
     pub seconds: f64,
     pub jobs_per_s: f64,
+    /// CPU each process spent per job over the run, in µs (`server` when the bench knows its
+    /// pid: its own server, or `--server-pid`).
+    pub cpu_us_per_job: BTreeMap<String, f64>,
 }
 
 /// What `kiln-bench pipeline` measures (also a part of `kiln-bench suite`).
@@ -60,11 +65,17 @@ pub(crate) struct Report {
 pub async fn run(nats: &NatsArgs, args: PipelineArgs) -> anyhow::Result<ExitCode> {
     let report = measure_pipeline(nats, &args, true).await?;
     println!();
-    println!("{:<28} {:>10} {:>10}", "run", "seconds", "jobs/s");
+    println!(
+        "{:<44} {:>8} {:>8}  CPU µs per job",
+        "run", "seconds", "jobs/s"
+    );
     for run in &report.runs {
         println!(
-            "{:<28} {:>10.3} {:>10.0}",
-            run.side, run.seconds, run.jobs_per_s
+            "{:<44} {:>8.3} {:>8.0}  {}",
+            run.side,
+            run.seconds,
+            run.jobs_per_s,
+            crate::cpu::describe(&run.cpu_us_per_job)
         );
     }
     println!();
@@ -103,7 +114,8 @@ pub(crate) async fn measure_pipeline(
     args: &PipelineArgs,
     verbose: bool,
 ) -> anyhow::Result<Report> {
-    let (_server, nats) = crate::bench_server(nats, args.external)?;
+    let (server, nats) = crate::bench_server(nats, args.external)?;
+    let server_pid = server.as_ref().map(|s| s.pid()).or(args.server_pid);
     let client = kiln_client::connect(&nats.connect_options()).await?;
     let js = jetstream::new(client.clone());
     let topology = kiln_cli::cmd::topology(&nats);
@@ -127,7 +139,7 @@ pub(crate) async fn measure_pipeline(
         &client,
         &js,
         &topology,
-        &nats.nats_url,
+        (&nats.nats_url, server_pid),
         args,
         sizes,
         verbose,
@@ -172,12 +184,14 @@ async fn measure_runs(
     client: &async_nats::Client,
     js: &jetstream::Context,
     topology: &kiln_proto::Topology,
-    nats_url: &str,
+    (nats_url, server_pid): (&str, Option<u32>),
     args: &PipelineArgs,
     (job_bytes, result_bytes): (usize, usize),
     verbose: bool,
 ) -> anyhow::Result<Vec<Run>> {
     let mut runs = Vec::new();
+    let mut here = vec![("bench", std::process::id())];
+    here.extend(server_pid.map(|pid| ("server", pid)));
     for r in 0..args.runs.max(1) {
         for (side, job_size, result_size, per_job) in [
             ("ceiling, same bytes", job_bytes, result_bytes, false),
@@ -191,16 +205,19 @@ async fn measure_runs(
                 result_bytes: result_size,
                 subject_per_result: per_job,
             };
+            let cpu = CpuClock::start(&here);
             let seconds = ceiling(js, shape, r).await?;
             varz.report(side, args.jobs);
-            runs.push(record(side, args.jobs, seconds));
+            runs.push(record(side, args.jobs, seconds, cpu.per_job(args.jobs)));
         }
         let varz = Varz::read(args.varz.as_deref());
+        let cpu = CpuClock::start(&here);
         let seconds = kiln(client, js, topology, args.jobs, args.len, r).await?;
         varz.report("kiln, in-process roles", args.jobs);
-        runs.push(record("kiln, in-process roles", args.jobs, seconds));
-        let seconds = kiln_processes(js, nats_url, args, r, verbose).await?;
-        runs.push(record("kiln", args.jobs, seconds));
+        let cpu = cpu.per_job(args.jobs);
+        runs.push(record("kiln, in-process roles", args.jobs, seconds, cpu));
+        let (seconds, cpu) = kiln_processes(js, (nats_url, &here), args, r, verbose).await?;
+        runs.push(record("kiln", args.jobs, seconds, cpu));
     }
     Ok(runs)
 }
@@ -216,12 +233,13 @@ fn median_rate(runs: &[Run], side: &str) -> f64 {
     v[v.len() / 2]
 }
 
-fn record(side: &'static str, jobs: u64, seconds: f64) -> Run {
+fn record(side: &'static str, jobs: u64, seconds: f64, cpu: BTreeMap<String, f64>) -> Run {
     Run {
         side,
         jobs,
         seconds,
         jobs_per_s: jobs as f64 / seconds,
+        cpu_us_per_job: cpu,
     }
 }
 
@@ -306,14 +324,15 @@ async fn kiln(
 }
 
 /// kiln end to end as users run it: a `kiln worker` and a `kiln aggregator` process, this
-/// process only publishing. The roles start (and take 200 warm-up jobs) before the clock does.
+/// process only publishing. The roles start (and take 200 warm-up jobs) before the clock does;
+/// the CPU of `here` (this process, the server) and of the roles is counted over the same time.
 async fn kiln_processes(
     js: &jetstream::Context,
-    nats_url: &str,
+    (nats_url, here): (&str, &[(&'static str, u32)]),
     args: &PipelineArgs,
     run: u32,
     verbose: bool,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<(f64, BTreeMap<String, f64>)> {
     let tag = format!("{}-{run}", kiln_proto::new_job_id());
     let roles = RoleProcesses::start(js, nats_url, &format!("bench-{tag}-")).await?;
     if verbose {
@@ -323,10 +342,13 @@ async fn kiln_processes(
     publish_and_count(js, warmup, "kiln warm-up").await?;
     let varz = Varz::read(args.varz.as_deref());
     let specs = job_specs(&tag, args.jobs, args.len)?;
+    let processes: Vec<_> = here.iter().copied().chain(roles.pids()).collect();
+    let cpu = CpuClock::start(&processes);
     let seconds = publish_and_count(js, specs, "kiln, processes").await?;
+    let cpu = cpu.per_job(args.jobs);
     varz.report("kiln, processes", args.jobs);
     roles.stop().await?;
-    Ok(seconds)
+    Ok((seconds, cpu))
 }
 
 /// Publish `specs` at once and wait until the aggregator has counted them: seconds from the

@@ -252,6 +252,7 @@ impl<'a> SuiteRun<'a> {
             json: None,
             external: false,
             varz: None,
+            server_pid: None,
         };
         let result = pipeline::measure_pipeline(self.nats, &pipeline_args, false).await;
         self.suite.pipeline = self.record("pipeline", timer, result);

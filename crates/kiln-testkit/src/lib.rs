@@ -92,6 +92,11 @@ impl NatsServer {
         std::fs::read_to_string(self.dir.path().join("nats-server.log")).unwrap_or_default()
     }
 
+    /// The server's process id (to read its CPU time, say).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The client port on 127.0.0.1.
     pub fn port(&self) -> u16 {
         self.port

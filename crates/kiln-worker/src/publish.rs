@@ -55,7 +55,6 @@ pub(crate) async fn publish_result(
     if ids == ResultIds::Sent {
         headers.insert(HEADER_MSG_ID, event.msg_id().as_str());
     }
-    headers.insert("Content-Type", kiln_proto::CONTENT_TYPE_JSON);
     let subject = subject::result_of(&event.kind, &event.id, event.replay);
     let _span = match trace {
         Some(trace) => {
@@ -68,11 +67,13 @@ pub(crate) async fn publish_result(
             None
         }
     };
-    let stored = js
-        .publish_with_headers(subject, headers, body)
-        .await
-        .map_err(|e| e.to_string())?
-        .await;
+    // A result is JSON (no Content-Type needed); with neither an id nor a trace context it
+    // goes without headers at all, which the server stores without scanning any.
+    let sent = match headers.is_empty() {
+        true => js.publish(subject, body).await,
+        false => js.publish_with_headers(subject, headers, body).await,
+    };
+    let stored = sent.map_err(|e| e.to_string())?.await;
     match stored {
         Ok(ack) => {
             if ack.duplicate {
@@ -98,7 +99,7 @@ pub(crate) enum Answer {
     Before,
 }
 
-/// Room kept in a message for a result's headers (message id, content type, trace context).
+/// Room kept in a message for a result's headers (message id, trace context).
 const RESULT_HEADROOM: usize = 4096;
 
 /// A result event and its JSON, encoded once.
