@@ -272,7 +272,7 @@ async fn ack(unacked: &mut Vec<jetstream::Message>, acks: Acks) {
     let sequence = |m: &jetstream::Message| m.info().map_or(0, |i| i.stream_sequence);
     let messages: Vec<_> = match acks {
         Acks::Cumulative => unacked.drain(..).max_by_key(sequence).into_iter().collect(),
-        Acks::EachResult => unacked.drain(..).collect(),
+        Acks::EachResult => std::mem::take(unacked),
     };
     for message in messages {
         if let Err(e) = message.ack().await {
