@@ -35,6 +35,33 @@ pub(crate) struct Run {
     pub cpu_us_per_job: BTreeMap<String, f64>,
 }
 
+/// A [`Run`] as a CSV row: its CPU per process as one `role=µs` list (CSV has no maps).
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct RunRow<'a> {
+    pub side: &'a str,
+    pub jobs: u64,
+    pub seconds: f64,
+    pub jobs_per_s: f64,
+    pub cpu_us_per_job: String,
+}
+
+impl Run {
+    pub(crate) fn row(&self) -> RunRow<'_> {
+        let cpu: Vec<String> = self
+            .cpu_us_per_job
+            .iter()
+            .map(|(role, us)| format!("{role}={us:.1}"))
+            .collect();
+        RunRow {
+            side: self.side,
+            jobs: self.jobs,
+            seconds: self.seconds,
+            jobs_per_s: self.jobs_per_s,
+            cpu_us_per_job: cpu.join(" "),
+        }
+    }
+}
+
 /// What `kiln-bench pipeline` measures (also a part of `kiln-bench suite`).
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Report {

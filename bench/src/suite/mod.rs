@@ -386,7 +386,10 @@ fn write_all(out: &Path, suite: &mut Suite) -> anyhow::Result<()> {
     }
     if let Some(p) = &suite.pipeline {
         put("pipeline.json", serde_json::to_vec_pretty(p)?)?;
-        put("pipeline.csv", csv_bytes(p.runs.iter())?)?;
+        put(
+            "pipeline.csv",
+            csv_bytes(p.runs.iter().map(pipeline::Run::row))?,
+        )?;
         put("pipeline.svg", charts::pipeline(p)?.into_bytes())?;
     }
     if let Some(o) = &suite.overhead {
