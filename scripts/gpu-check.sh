@@ -97,7 +97,7 @@ fi
 if [ -x .device/kiln-kernel-tests ] && [ -z "${KILN_SKIP_CUDA_TESTS:-}" ]; then
     phase "CUDA kernel tests (the ignored ones, bundled test binary)"
     timeout -k 10 "${KILN_CUDA_TESTS_LIMIT_S:-150}" .device/kiln-kernel-tests --ignored cuda_ \
-        --test-threads 1 > "$LOGS/cuda-tests.log" 2>&1
+        --test-threads 1 --nocapture > "$LOGS/cuda-tests.log" 2>&1
     echo "CUDA kernel tests: exit $?" | tee -a "$LOGS/cuda-tests.log"
 fi
 phase "dynamic batching (kiln-bench batching --device cuda)"
@@ -139,7 +139,7 @@ phase "done"
     grep -A4 "batch window" "$LOGS/batching.log" 2>/dev/null || echo "(not run)"
     echo '```'
     echo; echo "## CUDA kernel tests"; echo; echo '```'
-    grep -E '^test |test result' "$LOGS/cuda-tests.log" 2>/dev/null || echo "(not run)"
+    grep -E '^test |test result|^seeded inputs' "$LOGS/cuda-tests.log" 2>/dev/null || echo "(not run)"
     echo '```'
 } > "$OUT/summary.md"
 cat "$OUT/summary.md"

@@ -374,4 +374,29 @@ fn cuda_jobs_with_generated_inputs_make_them_on_the_device_with_the_same_results
         assert!(cpu.get("inputs").is_none(), "len {len}");
         assert_eq!(gpu["summary"], cpu["summary"], "len {len}");
     }
+    print_seeded_times(10_000_000);
+}
+
+/// What making inputs on the device saves a 10M-element vector add on cuBLAS (upload, add,
+/// read back), best of three each way; printed for the GPU check (`--nocapture`), not
+/// asserted: a test is no benchmark.
+fn print_seeded_times(len: usize) {
+    use kiln_kernels::vendor::cublas::{Source, vector_add_from};
+    let best = |run: &dyn Fn() -> f64| (0..3).map(|_| run()).fold(f64::INFINITY, f64::min);
+    let device = best(&|| {
+        let start = std::time::Instant::now();
+        vector_add_from(0, Source::Seeded(9), len).expect("device inputs");
+        start.elapsed().as_secs_f64() * 1e3
+    });
+    let host = best(&|| {
+        let start = std::time::Instant::now();
+        let (a, b) = (seeded_values(9, 0, len), seeded_values(9, 1, len));
+        vector_add_from(0, Source::Host(&a, &b), len).expect("host inputs");
+        start.elapsed().as_secs_f64() * 1e3
+    });
+    println!(
+        "seeded inputs, vector_add {len} on cuBLAS: made on the device {device:.2} ms, made on \
+         the host and uploaded {host:.2} ms ({:.1}x)",
+        host / device
+    );
 }
