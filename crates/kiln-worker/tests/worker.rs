@@ -422,3 +422,62 @@ async fn small_jobs_arriving_together_share_launches_and_each_gets_its_own_answe
     assert_eq!(stats.succeeded, 41);
     assert_eq!(stats.failed, 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn results_carry_a_message_id_only_where_the_stream_does_not_keep_one_per_subject() {
+    // kiln's results stream keeps one message per subject: results go without headers.
+    let setup = Setup::new().await;
+    let worker = setup.worker(cpu_worker("plain")).await;
+    let job = br#"{"id":"plain-1","params":{"len":8}}"#;
+    setup
+        .submit("jobs.cpu.vector_add", HeaderMap::new(), job.to_vec())
+        .await;
+    assert_eq!(
+        setup.result("vector_add", "plain-1").await.status,
+        Status::Succeeded
+    );
+    let stored = setup
+        .js
+        .get_stream(STREAM_RESULTS)
+        .await
+        .unwrap()
+        .get_last_raw_message_by_subject("results.vector_add.plain-1")
+        .await
+        .unwrap();
+    assert!(stored.headers.is_empty(), "{:?}", stored.headers);
+    worker.stop().await.expect("a clean stop");
+
+    // A results stream made by an older kiln, without that limit: the id still keeps a
+    // redelivered job's result from being stored twice, so results carry it.
+    let mut old = Topology::default().results_stream();
+    old.max_messages_per_subject = 0;
+    old.discard_new_per_subject = false;
+    old.discard = jetstream::stream::DiscardPolicy::Old;
+    setup.js.delete_stream(STREAM_RESULTS).await.unwrap();
+    setup.js.create_stream(old).await.unwrap();
+    let worker = setup.worker(cpu_worker("older")).await;
+    let job = br#"{"id":"older-1","params":{"len":8}}"#;
+    setup
+        .submit("jobs.cpu.vector_add", HeaderMap::new(), job.to_vec())
+        .await;
+    assert_eq!(
+        setup.result("vector_add", "older-1").await.status,
+        Status::Succeeded
+    );
+    let stored = setup
+        .js
+        .get_stream(STREAM_RESULTS)
+        .await
+        .unwrap()
+        .get_last_raw_message_by_subject("results.vector_add.older-1")
+        .await
+        .unwrap();
+    assert_eq!(
+        stored
+            .headers
+            .get(kiln_proto::HEADER_MSG_ID)
+            .map(|v| v.as_str()),
+        Some(kiln_proto::result_msg_id("older-1", 0).as_str())
+    );
+    worker.stop().await.expect("a clean stop");
+}
