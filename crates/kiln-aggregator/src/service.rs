@@ -4,7 +4,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::{self, consumer::AckPolicy, consumer::PullConsumer};
+use async_nats::jetstream::{self, consumer::PullConsumer};
 use futures::StreamExt as _;
 use kiln_proto::streams::{self, CONSUMER_AGGREGATOR, STREAM_RESULTS};
 use kiln_proto::{HEADER_MSG_ID, MetricsSnapshot, Topology, subject};
@@ -54,7 +54,6 @@ pub async fn run(
         js,
         folds,
         unacked: Vec::new(),
-        acks: results.acks,
         spans: Vec::new(),
         exporter: Exporter::new(config.metrics.clone()),
     };
@@ -90,21 +89,6 @@ async fn restore(js: &jetstream::Context) -> Result<Folds> {
 struct Results {
     stream: jetstream::stream::Stream,
     messages: jetstream::consumer::pull::Stream,
-    /// How the consumer takes acks: one per flush when it acks cumulatively (as `kiln init`
-    /// makes it), else one per result (a consumer made by an older kiln; see [`Acks`]).
-    acks: Acks,
-}
-
-/// How the aggregator acks the results a stored snapshot counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Acks {
-    /// One ack of the last result folded (`AckPolicy::All` acks everything up to it): the
-    /// consumer delivers in stream order and every result delivered is folded before the
-    /// snapshot that counts it is stored, so nothing below it is still uncounted.
-    Cumulative,
-    /// One ack per result (`AckPolicy::Explicit`, as older kilns made the consumer: the
-    /// server cannot change a consumer's ack policy, and kiln does not recreate it).
-    EachResult,
 }
 
 impl Results {
@@ -124,15 +108,12 @@ impl Results {
             .get_consumer(CONSUMER_AGGREGATOR)
             .await
             .map_err(|e| read_error("the aggregator consumer", e))?;
-        let info = consumer
+        let ack_floor = consumer
             .info()
             .await
-            .map_err(|e| read_error("the aggregator consumer", e))?;
-        let ack_floor = info.ack_floor.stream_sequence;
-        let acks = match info.config.ack_policy {
-            AckPolicy::All => Acks::Cumulative,
-            _ => Acks::EachResult,
-        };
+            .map_err(|e| read_error("the aggregator consumer", e))?
+            .ack_floor
+            .stream_sequence;
         folds.start(ack_floor, last_sequence);
         let messages = consumer
             .stream()
@@ -140,11 +121,7 @@ impl Results {
             .messages()
             .await
             .map_err(|e| read_error("result events", e))?;
-        Ok(Results {
-            stream,
-            messages,
-            acks,
-        })
+        Ok(Results { stream, messages })
     }
 }
 
@@ -155,8 +132,6 @@ struct Aggregator {
     /// Folded results waiting for the next snapshot that counts them. (A job's result is
     /// found by its own subject, `results.<kind>.<id>`: nothing is written per job here.)
     unacked: Vec<jetstream::Message>,
-    /// How to ack them.
-    acks: Acks,
     /// With tracing on, one `kiln.aggregate` span per result, ended once the snapshot that
     /// counts it is stored and the result acked.
     spans: Vec<TraceSpan>,
@@ -201,7 +176,7 @@ impl Aggregator {
     /// not store (a stream leader election in a cluster, a server restart) is retried at the
     /// next tick; its results stay unacked until then.
     async fn snapshot(&mut self) {
-        match flush(&self.js, &mut self.folds, &mut self.unacked, self.acks).await {
+        match flush(&self.js, &mut self.folds, &mut self.unacked).await {
             Ok(()) => {
                 self.spans.clear();
                 self.exporter.tick();
@@ -236,7 +211,7 @@ impl Aggregator {
 
     /// The last snapshot, and the results it counts acked.
     async fn stop(mut self) -> Result<()> {
-        flush(&self.js, &mut self.folds, &mut self.unacked, self.acks).await?;
+        flush(&self.js, &mut self.folds, &mut self.unacked).await?;
         self.spans.clear();
         tracing::info!("aggregator stopped");
         Ok(())
@@ -252,7 +227,6 @@ async fn flush(
     js: &jetstream::Context,
     folds: &mut Folds,
     unacked: &mut Vec<jetstream::Message>,
-    acks: Acks,
 ) -> Result<()> {
     let now = OffsetDateTime::now_utc();
     let snapshots = folds.snapshots(now);
@@ -262,23 +236,12 @@ async fn flush(
         folds.unstored(&snapshots);
     }
     stored?;
-    ack(unacked, acks).await;
-    Ok(())
-}
-
-/// Ack the results a stored snapshot counts: the last of them when acks are cumulative (one
-/// message to the server instead of one per result), else each.
-async fn ack(unacked: &mut Vec<jetstream::Message>, acks: Acks) {
-    let sequence = |m: &jetstream::Message| m.info().map_or(0, |i| i.stream_sequence);
-    let messages: Vec<_> = match acks {
-        Acks::Cumulative => unacked.drain(..).max_by_key(sequence).into_iter().collect(),
-        Acks::EachResult => std::mem::take(unacked),
-    };
-    for message in messages {
+    for message in unacked.drain(..) {
         if let Err(e) = message.ack().await {
-            tracing::warn!(error = %e, "could not ack folded results; they will be redelivered and dropped as duplicates");
+            tracing::warn!(error = %e, "could not ack a folded result; it will be redelivered and dropped as a duplicate");
         }
     }
+    Ok(())
 }
 
 /// Publish snapshots and wait until the server has stored every one.

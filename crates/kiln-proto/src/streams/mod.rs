@@ -283,17 +283,14 @@ impl Topology {
     }
 
     /// The aggregator's consumer on `KILN_RESULTS`. It acks a result only once a snapshot
-    /// that includes it is stored, so its ack wait spans several snapshot intervals; and it
-    /// acks cumulatively (`AckPolicy::All`): one ack per snapshot covers every result the
-    /// snapshot counts, instead of one message to the server per result. Safe because one
-    /// aggregator runs at a time (its Deployment recreates, never overlaps).
+    /// that includes it is stored, so its ack wait spans several snapshot intervals.
     pub fn aggregator_consumer(&self) -> pull::Config {
         pull::Config {
             durable_name: Some(CONSUMER_AGGREGATOR.into()),
             description: Some("kiln aggregator".into()),
             filter_subject: "results.>".into(),
             deliver_policy: DeliverPolicy::All,
-            ack_policy: AckPolicy::All,
+            ack_policy: AckPolicy::Explicit,
             ack_wait: Duration::from_secs(60),
             max_ack_pending: 200_000,
             num_replicas: self.replicas,

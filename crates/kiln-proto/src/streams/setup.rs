@@ -371,10 +371,6 @@ async fn create_consumer(
 ) -> Result<(), SetupError> {
     let consumer = config.durable_name.clone().unwrap_or_default();
     if update {
-        let config = match stream.consumer_info(&consumer).await {
-            Ok(existing) => keep_fixed(config, &existing.config),
-            Err(_) => config,
-        };
         return stream
             .create_consumer(config)
             .await
@@ -392,15 +388,6 @@ async fn create_consumer(
             what: format!("consumer {consumer}"),
             source: source.into(),
         })
-}
-
-/// `config` with the settings the server does not let an existing consumer change taken from
-/// `existing`'s (a consumer made by an older kiln keeps its ack policy: the aggregator reads
-/// which it has and acks accordingly).
-fn keep_fixed(mut config: pull::Config, existing: &jetstream::consumer::Config) -> pull::Config {
-    config.ack_policy = existing.ack_policy;
-    config.deliver_policy = existing.deliver_policy;
-    config
 }
 
 fn stream_name(name: &str) -> &'static str {
