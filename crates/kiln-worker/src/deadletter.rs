@@ -18,8 +18,15 @@ use kiln_proto::{
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
-/// Serve the `dead-letters` consumer until `stop` turns true.
-pub(crate) async fn serve(js: jetstream::Context, worker: String, mut stop: watch::Receiver<bool>) {
+use crate::publish::ResultIds;
+
+/// Serve the `dead-letters` consumer until `stop` turns true; results carry message ids as
+/// `ids` says (the worker's reading of `KILN_RESULTS` at start).
+pub(crate) async fn serve(
+    js: jetstream::Context,
+    (worker, ids): (String, ResultIds),
+    mut stop: watch::Receiver<bool>,
+) {
     let consumer: jetstream::consumer::PullConsumer = match async {
         js.get_stream(STREAM_ADVISORIES)
             .await
@@ -71,7 +78,7 @@ pub(crate) async fn serve(js: jetstream::Context, worker: String, mut stop: watc
                 next = batch.next() => next,
             };
             let Some(Ok(advisory)) = next else { break };
-            match answer(&js, &jobs, &worker, &advisory.payload).await {
+            match answer(&js, &jobs, (&worker, ids), &advisory.payload).await {
                 Ok(()) => {
                     let _ = advisory.ack().await;
                 }
@@ -90,7 +97,7 @@ pub(crate) async fn serve(js: jetstream::Context, worker: String, mut stop: watc
 async fn answer(
     js: &jetstream::Context,
     jobs: &jetstream::stream::Stream,
-    worker: &str,
+    (worker, ids): (&str, ResultIds),
     body: &[u8],
 ) -> Result<(), String> {
     let advisory: MaxDeliveriesAdvisory = match serde_json::from_slice(body) {
@@ -115,8 +122,6 @@ async fn answer(
     crate::publish::dead_letter(js, &event, job.subject.as_str(), &job.headers, &job.payload)
         .await?;
     let fitted = crate::publish::fitted(js, event);
-    // Rare (a job the server gave up on): the results stream is read again each time.
-    let ids = crate::publish::ResultIds::of(js).await;
     crate::publish::publish_result(js, ids, &fitted, Some(&job.headers), None).await?;
     match jobs.delete_message(advisory.stream_seq).await {
         Ok(_) => Ok(()),

@@ -63,7 +63,7 @@ pub(crate) async fn start(
     let (stop_dead_letters, stopped) = tokio::sync::watch::channel(false);
     let dead_letters = tokio::spawn(crate::deadletter::serve(
         js.clone(),
-        config.name.clone(),
+        (config.name.clone(), shared.result_ids),
         stopped,
     ));
     config.health.serving();
