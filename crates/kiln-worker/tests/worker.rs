@@ -55,6 +55,12 @@ impl Setup {
 
     /// The result stored for job `id` of `kind`, waiting for it.
     async fn result(&self, kind: &str, id: &str) -> ResultEvent {
+        let message = self.stored_result(kind, id).await;
+        serde_json::from_slice(&message.payload).expect("a result event")
+    }
+
+    /// The message holding the result of job `id` of `kind` (headers and body), waiting for it.
+    async fn stored_result(&self, kind: &str, id: &str) -> jetstream::message::StreamMessage {
         let subject = kiln_proto::subject::result(kind, id);
         let stream = self.js.get_stream(STREAM_RESULTS).await.expect("results");
         let found = tokio::time::timeout(PATIENCE, async {
@@ -65,10 +71,9 @@ impl Setup {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         });
-        let message = found
+        found
             .await
-            .unwrap_or_else(|_| panic!("no result on {subject}"));
-        serde_json::from_slice(&message.payload).expect("a result event")
+            .unwrap_or_else(|_| panic!("no result on {subject}"))
     }
 
     async fn jobs(&self) -> Stream {
@@ -427,25 +432,8 @@ async fn small_jobs_arriving_together_share_launches_and_each_gets_its_own_answe
 async fn results_carry_a_message_id_only_where_the_stream_does_not_keep_one_per_subject() {
     // kiln's results stream keeps one message per subject: results go without headers.
     let setup = Setup::new().await;
-    let worker = setup.worker(cpu_worker("plain")).await;
-    let job = br#"{"id":"plain-1","params":{"len":8}}"#;
-    setup
-        .submit("jobs.cpu.vector_add", HeaderMap::new(), job.to_vec())
-        .await;
-    assert_eq!(
-        setup.result("vector_add", "plain-1").await.status,
-        Status::Succeeded
-    );
-    let stored = setup
-        .js
-        .get_stream(STREAM_RESULTS)
-        .await
-        .unwrap()
-        .get_last_raw_message_by_subject("results.vector_add.plain-1")
-        .await
-        .unwrap();
+    let stored = answer_one(&setup, "plain").await;
     assert!(stored.headers.is_empty(), "{:?}", stored.headers);
-    worker.stop().await.expect("a clean stop");
 
     // A results stream made by an older kiln, without that limit: the id still keeps a
     // redelivered job's result from being stored twice, so results carry it.
@@ -455,23 +443,7 @@ async fn results_carry_a_message_id_only_where_the_stream_does_not_keep_one_per_
     old.discard = jetstream::stream::DiscardPolicy::Old;
     setup.js.delete_stream(STREAM_RESULTS).await.unwrap();
     setup.js.create_stream(old).await.unwrap();
-    let worker = setup.worker(cpu_worker("older")).await;
-    let job = br#"{"id":"older-1","params":{"len":8}}"#;
-    setup
-        .submit("jobs.cpu.vector_add", HeaderMap::new(), job.to_vec())
-        .await;
-    assert_eq!(
-        setup.result("vector_add", "older-1").await.status,
-        Status::Succeeded
-    );
-    let stored = setup
-        .js
-        .get_stream(STREAM_RESULTS)
-        .await
-        .unwrap()
-        .get_last_raw_message_by_subject("results.vector_add.older-1")
-        .await
-        .unwrap();
+    let stored = answer_one(&setup, "older").await;
     assert_eq!(
         stored
             .headers
@@ -479,5 +451,19 @@ async fn results_carry_a_message_id_only_where_the_stream_does_not_keep_one_per_
             .map(|v| v.as_str()),
         Some(kiln_proto::result_msg_id("older-1", 0).as_str())
     );
+}
+
+/// A worker `name` answers one vector add, `<name>-1`, and stops: the stored result message.
+async fn answer_one(setup: &Setup, name: &str) -> jetstream::message::StreamMessage {
+    let worker = setup.worker(cpu_worker(name)).await;
+    let id = format!("{name}-1");
+    let job = format!(r#"{{"id":"{id}","params":{{"len":8}}}}"#);
+    setup
+        .submit("jobs.cpu.vector_add", HeaderMap::new(), job.into_bytes())
+        .await;
+    let stored = setup.stored_result("vector_add", &id).await;
+    let event: ResultEvent = serde_json::from_slice(&stored.payload).expect("a result event");
+    assert_eq!(event.status, Status::Succeeded, "{:?}", event.error);
     worker.stop().await.expect("a clean stop");
+    stored
 }
