@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use async_nats::HeaderMap;
-use async_nats::jetstream::{self, consumer::pull, stream};
+use async_nats::jetstream::{self, consumer::pull};
 use futures::StreamExt as _;
 use hdrhistogram::Histogram;
 use kiln_proto::{HEADER_MSG_ID, streams};
@@ -248,29 +248,15 @@ impl Side {
 
 /// The floor's streams, made afresh, and the messages of its echo consumer.
 async fn echo_consumer(js: &jetstream::Context) -> anyhow::Result<pull::Stream> {
-    for (name, subject, retention) in [
-        (
-            "BENCH_LAT_JOBS",
-            "bench.latency.jobs.>",
-            stream::RetentionPolicy::WorkQueue,
-        ),
-        (
-            "BENCH_LAT_RESULTS",
-            "bench.latency.results.>",
-            stream::RetentionPolicy::Limits,
-        ),
-    ] {
-        let _ = js.delete_stream(name).await;
-        js.create_stream(stream::Config {
-            name: name.into(),
-            subjects: vec![subject.into()],
-            retention,
-            storage: stream::StorageType::File,
-            duplicate_window: streams::DUPLICATE_WINDOW,
-            ..Default::default()
-        })
-        .await?;
-    }
+    crate::pipeline::fresh_streams(
+        js,
+        [
+            ("BENCH_LAT_JOBS", "bench.latency.jobs.>"),
+            ("BENCH_LAT_RESULTS", "bench.latency.results.>"),
+        ],
+        false,
+    )
+    .await?;
     Ok(js
         .get_stream("BENCH_LAT_JOBS")
         .await?

@@ -505,17 +505,32 @@ async fn ceiling_streams(
     js: &jetstream::Context,
     subject_per_result: bool,
 ) -> anyhow::Result<(pull::Stream, pull::Stream)> {
+    fresh_streams(
+        js,
+        [
+            ("BENCH_JOBS", "bench.jobs.>"),
+            ("BENCH_RESULTS", "bench.results.>"),
+        ],
+        subject_per_result,
+    )
+    .await?;
+    let workers = pull_messages(js, "BENCH_JOBS", "bench-workers", 20_000, 256).await?;
+    let results = pull_messages(js, "BENCH_RESULTS", "bench-agg", 200_000, 1000).await?;
+    Ok((workers, results))
+}
+
+/// A raw JetStream side's two streams, made afresh (deleted first): a work-queue stream of
+/// jobs and a stream of results, both with kiln's duplicate window; with
+/// `results_once_per_subject`, results are kept as `KILN_RESULTS` keeps kiln's (one message per
+/// subject, a second one refused).
+pub(crate) async fn fresh_streams(
+    js: &jetstream::Context,
+    [(jobs, jobs_subject), (results, results_subject)]: [(&str, &str); 2],
+    results_once_per_subject: bool,
+) -> anyhow::Result<()> {
     for (name, subject, retention) in [
-        (
-            "BENCH_JOBS",
-            "bench.jobs.>",
-            stream::RetentionPolicy::WorkQueue,
-        ),
-        (
-            "BENCH_RESULTS",
-            "bench.results.>",
-            stream::RetentionPolicy::Limits,
-        ),
+        (jobs, jobs_subject, stream::RetentionPolicy::WorkQueue),
+        (results, results_subject, stream::RetentionPolicy::Limits),
     ] {
         let _ = js.delete_stream(name).await;
         let mut config = stream::Config {
@@ -526,17 +541,14 @@ async fn ceiling_streams(
             duplicate_window: streams::DUPLICATE_WINDOW,
             ..Default::default()
         };
-        if subject_per_result && name == "BENCH_RESULTS" {
-            // As KILN_RESULTS keeps them: one message per subject, a second one refused.
+        if results_once_per_subject && name == results {
             config.max_messages_per_subject = 1;
             config.discard = stream::DiscardPolicy::New;
             config.discard_new_per_subject = true;
         }
         js.create_stream(config).await?;
     }
-    let workers = pull_messages(js, "BENCH_JOBS", "bench-workers", 20_000, 256).await?;
-    let results = pull_messages(js, "BENCH_RESULTS", "bench-agg", 200_000, 1000).await?;
-    Ok((workers, results))
+    Ok(())
 }
 
 /// The messages of a new durable pull consumer on `stream`, acked one by one.
