@@ -101,7 +101,11 @@ pub async fn publish_all(
     for (order, job) in jobs.into_iter().enumerate() {
         let mut headers = HeaderMap::new();
         headers.insert(HEADER_MSG_ID, job.id.as_str());
-        headers.insert("Content-Type", job.codec.content_type());
+        // JSON is what a job without a Content-Type is read as: only bincode names itself,
+        // and a JSON job carries one header less through the stream and to its worker.
+        if job.codec != Codec::Json {
+            headers.insert("Content-Type", job.codec.content_type());
+        }
         // Tracing on: each job is the root of its own trace, its context in the headers.
         let span = submit_span(&job);
         if let Some(span) = &span {
