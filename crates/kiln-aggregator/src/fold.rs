@@ -1,6 +1,6 @@
 //! The fold itself: pure, so that it is tested without a server.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 
 use kiln_proto::{
     DeviceClass, ErrorKind, Latency, MAX_RESULT_RANGES, MetricsSnapshot, PredictionStats,
@@ -8,6 +8,8 @@ use kiln_proto::{
 };
 use serde::Deserialize;
 use time::OffsetDateTime;
+
+use crate::watermark::Watermark;
 
 /// The fields of a result event the fold needs. Decoding into it skips the `output` object
 /// instead of building it, which is most of a result event's bytes.
@@ -245,61 +247,6 @@ pub struct Folds {
     delivered: Watermark,
 }
 
-/// The `KILN_RESULTS` sequences this aggregator has had delivered, as a watermark: every
-/// sequence at or below `through` was delivered to it, or acked before it started. A
-/// snapshot stored after folding them counts every one of them, so `through` is what
-/// snapshots record as `results_through`. (Not merely the highest sequence folded: results
-/// a previous instance held unacked when it stopped come back only after the ack wait,
-/// behind newer ones.)
-#[derive(Debug, Default)]
-struct Watermark {
-    through: u64,
-    above: BTreeSet<u64>,
-}
-
-impl Watermark {
-    /// Sequences above `through` kept at most; past it the watermark stops advancing (and a
-    /// restart may count some results twice rather than miss any).
-    const MAX_ABOVE: usize = 1 << 20;
-
-    fn see(&mut self, sequence: u64) {
-        if sequence <= self.through || self.above.len() >= Self::MAX_ABOVE {
-            return;
-        }
-        self.above.insert(sequence);
-        while self.above.remove(&(self.through + 1)) {
-            self.through += 1;
-        }
-    }
-
-    /// The sequences above `through`, as ranges `[first, last]`.
-    fn ranges(&self) -> Vec<[u64; 2]> {
-        let mut ranges: Vec<[u64; 2]> = Vec::new();
-        for &s in &self.above {
-            match ranges.last_mut() {
-                Some(last) if last[1] + 1 == s => last[1] = s,
-                _ => ranges.push([s, s]),
-            }
-        }
-        ranges
-    }
-
-    /// Every sequence at or below `floor` was acked, so counted in a stored snapshot: the
-    /// watermark is at least there, whatever gaps below it it was waiting on (results a
-    /// previous instance acked above its ack floor never come back, and without this the
-    /// watermark would wait for them for ever).
-    fn raise(&mut self, floor: u64) {
-        if floor <= self.through {
-            return;
-        }
-        self.through = floor;
-        self.above = self.above.split_off(&(floor + 1));
-        while self.above.remove(&(self.through + 1)) {
-            self.through += 1;
-        }
-    }
-}
-
 impl Folds {
     /// Count one result event; returns false when its job id was already counted.
     pub fn add(&mut self, event: &ResultHead) -> bool {
@@ -358,15 +305,30 @@ impl Folds {
         }
     }
 
+    /// No result from `first` to `last` is in the stream (the consumer went past them
+    /// without a delivery lost on the way, or the stream said so).
+    pub fn absent(&mut self, first: u64, last: u64) {
+        self.delivered.see_range(first, last);
+    }
+
+    /// The watermark: every result at or below it is accounted for.
+    pub fn through(&self) -> u64 {
+        self.delivered.through
+    }
+
+    /// Up to `limit` sequences below the highest delivered that are not accounted for: a
+    /// delivery lost on the way (a consumer leader moving in a cluster), or results a
+    /// previous instance held unacked when it stopped.
+    pub fn holes(&self, limit: usize) -> Vec<u64> {
+        self.delivered.holes(limit)
+    }
+
     /// Start from the aggregator consumer's ack floor (every result at or below it was acked,
     /// so counted in a stored snapshot) and the results stream's last sequence. A stream whose
     /// last sequence is below what the restored snapshots recorded was made again, with its
     /// sequences starting over: their `results_through` then says nothing, and is forgotten.
     pub fn start(&mut self, ack_floor: u64, last_sequence: u64) {
-        self.delivered = Watermark {
-            through: ack_floor,
-            above: BTreeSet::new(),
-        };
+        self.delivered = Watermark::at(ack_floor);
         if self
             .folds
             .values()
@@ -499,24 +461,6 @@ mod tests {
         let merged = merge_ranges(&mut many);
         assert_eq!(merged.len(), MAX_RESULT_RANGES);
         assert_eq!(merged.last(), Some(&[9990, 9990]), "the newest kept");
-    }
-
-    #[test]
-    fn the_watermark_passes_gaps_once_the_ack_floor_does() {
-        let mut w = Watermark::default();
-        w.see(1);
-        // 2 and 3 were acked by a previous instance: they never come back.
-        w.see(4);
-        w.see(5);
-        assert_eq!(w.through, 1, "waits on the gap");
-        w.raise(3);
-        assert_eq!(w.through, 5, "past the gap, and on over what it had seen");
-        assert!(w.above.is_empty());
-        w.raise(2);
-        assert_eq!(w.through, 5, "never back");
-        w.see(7);
-        w.raise(8);
-        assert_eq!((w.through, w.above.len()), (8, 0));
     }
 
     #[test]

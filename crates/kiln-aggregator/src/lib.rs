@@ -12,10 +12,12 @@
 //! assert!(folds.snapshots(time::OffsetDateTime::now_utc()).is_empty());
 //! ```
 
+mod acks;
 mod error;
 mod fold;
 mod prom;
 mod service;
+mod watermark;
 
 pub use error::{Error, Result};
 pub use fold::{ErrorHead, Fold, Folds, ResultHead};

@@ -4,12 +4,14 @@ use std::future::Future;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::{self, consumer::PullConsumer};
+use async_nats::jetstream::{self, consumer::PullConsumer, stream::RawMessageErrorKind};
+use bytes::Bytes;
 use futures::StreamExt as _;
 use kiln_proto::streams::{self, CONSUMER_AGGREGATOR, STREAM_RESULTS};
 use kiln_proto::{HEADER_MSG_ID, MetricsSnapshot, Topology, subject};
 use time::OffsetDateTime;
 
+use crate::acks::Acks;
 use crate::error::{Error, Result};
 use crate::fold::{Folds, ResultHead};
 use crate::prom::{BacklogSampler, Exporter};
@@ -49,11 +51,12 @@ pub async fn run(
     let js = jetstream::new(client);
     streams::ensure_all(&js, &config.topology).await?;
     let mut folds = restore(&js).await?;
-    let mut results = Results::open(&js, &mut folds).await?;
+    let (mut results, acks) = Results::open(&js, &mut folds).await?;
     let mut aggregator = Aggregator {
         js,
         folds,
-        unacked: Vec::new(),
+        acks,
+        stuck_at: None,
         spans: Vec::new(),
         exporter: Exporter::new(config.metrics.clone()),
     };
@@ -92,8 +95,9 @@ struct Results {
 }
 
 impl Results {
-    /// Open the aggregator's consumer, telling `folds` where it stands in the stream.
-    async fn open(js: &jetstream::Context, folds: &mut Folds) -> Result<Self> {
+    /// Open the aggregator's consumer, telling `folds` where it stands in the stream; with
+    /// how it acks, from the consumer as it is on the server.
+    async fn open(js: &jetstream::Context, folds: &mut Folds) -> Result<(Self, Acks)> {
         let mut stream = js
             .get_stream(STREAM_RESULTS)
             .await
@@ -108,20 +112,31 @@ impl Results {
             .get_consumer(CONSUMER_AGGREGATOR)
             .await
             .map_err(|e| read_error("the aggregator consumer", e))?;
-        let ack_floor = consumer
+        let info = consumer
             .info()
             .await
-            .map_err(|e| read_error("the aggregator consumer", e))?
-            .ack_floor
-            .stream_sequence;
-        folds.start(ack_floor, last_sequence);
+            .map_err(|e| read_error("the aggregator consumer", e))?;
+        folds.start(info.ack_floor.stream_sequence, last_sequence);
+        let delivered = (
+            info.delivered.consumer_sequence,
+            info.delivered.stream_sequence,
+        );
+        let acks = Acks::new(info.config.ack_policy, delivered);
+        tracing::info!(
+            cumulative = acks.cumulative(),
+            "aggregator acks {}",
+            match acks.cumulative() {
+                true => "once per snapshot, up to the results it accounted for",
+                false => "each result (its consumer has explicit acks)",
+            }
+        );
         let messages = consumer
             .stream()
             .max_messages_per_batch(1000)
             .messages()
             .await
             .map_err(|e| read_error("result events", e))?;
-        Ok(Results { stream, messages })
+        Ok((Results { stream, messages }, acks))
     }
 }
 
@@ -131,7 +146,10 @@ struct Aggregator {
     folds: Folds,
     /// Folded results waiting for the next snapshot that counts them. (A job's result is
     /// found by its own subject, `results.<kind>.<id>`: nothing is written per job here.)
-    unacked: Vec<jetstream::Message>,
+    acks: Acks,
+    /// The watermark when holes below it were last seen, to read them from the stream when
+    /// they are still there a floor tick later.
+    stuck_at: Option<u64>,
     /// With tracing on, one `kiln.aggregate` span per result, ended once the snapshot that
     /// counts it is stored and the result acked.
     spans: Vec<TraceSpan>,
@@ -162,6 +180,7 @@ impl Aggregator {
                     if let Ok(info) = results.stream.consumer_info(CONSUMER_AGGREGATOR).await {
                         self.folds.acked_through(info.ack_floor.stream_sequence);
                     }
+                    self.fill_holes(&results.stream).await;
                 }
                 next = results.messages.next() => match next {
                     Some(Ok(message)) => self.fold(message),
@@ -176,7 +195,7 @@ impl Aggregator {
     /// not store (a stream leader election in a cluster, a server restart) is retried at the
     /// next tick; its results stay unacked until then.
     async fn snapshot(&mut self) {
-        match flush(&self.js, &mut self.folds, &mut self.unacked).await {
+        match flush(&self.js, &mut self.folds, &mut self.acks).await {
             Ok(()) => {
                 self.spans.clear();
                 self.exporter.tick();
@@ -187,31 +206,73 @@ impl Aggregator {
 
     /// Fold one result event, to be acked with the next snapshot.
     fn fold(&mut self, message: jetstream::Message) {
-        let sequence = message.info().map_or(0, |info| info.stream_sequence);
-        match serde_json::from_slice::<ResultHead>(&message.payload) {
+        let (sequence, delivery) = message.info().map_or((0, 0), |info| {
+            (info.stream_sequence, info.consumer_sequence)
+        });
+        if let Some((first, last)) = self.acks.delivered(delivery, sequence) {
+            self.folds.absent(first, last);
+        }
+        if let Some(event) = self.fold_body(sequence, &message.subject, &message.payload) {
+            self.spans.extend(trace_aggregate(&message, &event));
+        }
+        self.acks.hold(sequence, message.reply.clone());
+    }
+
+    /// Fold the result at `sequence`; the event, when it parses.
+    fn fold_body(&mut self, sequence: u64, subject: &str, body: &[u8]) -> Option<ResultHead> {
+        match serde_json::from_slice::<ResultHead>(body) {
             Ok(event) => {
                 if self.folds.add_at(&event, sequence) {
                     self.exporter.counted(&event);
                 } else {
                     self.exporter.duplicate(&event);
                 }
-                self.spans.extend(trace_aggregate(&message, &event));
+                Some(event)
             }
             Err(e) => {
                 self.folds.delivered_at(sequence);
-                tracing::warn!(
-                    subject = %message.subject,
-                    error = %e,
-                    "result event does not parse; not counted"
-                );
+                tracing::warn!(%subject, error = %e, "result event does not parse; not counted");
+                None
             }
         }
-        self.unacked.push(message);
+    }
+
+    /// Read from the stream the results below the watermark that were not delivered and
+    /// are still missing a floor tick after they were first seen missing: deliveries lost
+    /// on the way (the server redelivers them only after the ack wait), or sequences no
+    /// longer in the stream. Either way the watermark, and with it the acks, move on.
+    async fn fill_holes(&mut self, stream: &jetstream::stream::Stream) {
+        let holes = self.folds.holes(MAX_HOLES_READ);
+        let through = self.folds.through();
+        if holes.is_empty() || self.stuck_at != Some(through) {
+            self.stuck_at = (!holes.is_empty()).then_some(through);
+            return;
+        }
+        tracing::info!(
+            missing = holes.len(),
+            from = holes[0],
+            unacked = self.acks.held(),
+            "results below the ones delivered are still missing; reading them from the stream"
+        );
+        for sequence in holes {
+            match stream.get_raw_message(sequence).await {
+                Ok(message) => {
+                    self.fold_body(sequence, &message.subject, &message.payload);
+                }
+                Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => {
+                    self.folds.absent(sequence, sequence);
+                }
+                Err(e) => {
+                    tracing::warn!(sequence, error = %e, "could not read a missing result; trying again later");
+                    return;
+                }
+            }
+        }
     }
 
     /// The last snapshot, and the results it counts acked.
     async fn stop(mut self) -> Result<()> {
-        flush(&self.js, &mut self.folds, &mut self.unacked).await?;
+        flush(&self.js, &mut self.folds, &mut self.acks).await?;
         self.spans.clear();
         tracing::info!("aggregator stopped");
         Ok(())
@@ -221,13 +282,12 @@ impl Aggregator {
 /// How often the aggregator reads its consumer's ack floor again.
 const ACK_FLOOR_EVERY: Duration = Duration::from_secs(10);
 
+/// Results read from the stream at most per floor tick to fill holes below the watermark.
+const MAX_HOLES_READ: usize = 10_000;
+
 /// Publish the snapshots that changed since the last flush, wait for the server to store
 /// them, then ack the results they include.
-async fn flush(
-    js: &jetstream::Context,
-    folds: &mut Folds,
-    unacked: &mut Vec<jetstream::Message>,
-) -> Result<()> {
+async fn flush(js: &jetstream::Context, folds: &mut Folds, acks: &mut Acks) -> Result<()> {
     let now = OffsetDateTime::now_utc();
     let snapshots = folds.snapshots(now);
     let stored = store(js, &snapshots, now).await;
@@ -236,9 +296,9 @@ async fn flush(
         folds.unstored(&snapshots);
     }
     stored?;
-    for message in unacked.drain(..) {
-        if let Err(e) = message.ack().await {
-            tracing::warn!(error = %e, "could not ack a folded result; it will be redelivered and dropped as a duplicate");
+    for reply in acks.due(folds.through()) {
+        if let Err(e) = js.client().publish(reply, Bytes::new()).await {
+            tracing::warn!(error = %e, "could not ack folded results; they will be redelivered and dropped as duplicates");
         }
     }
     Ok(())

@@ -614,3 +614,131 @@ async fn an_aggregator_coming_back_to_a_backlog_of_thousands_of_results_counts_t
     let last = common::stdout(&cluster.kiln(&["status", &format!("backlog-{}", JOBS - 1)]));
     assert!(last.contains("succeeded"), "{last}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn results_the_aggregator_never_received_are_read_from_the_stream_and_counted() {
+    use async_nats::jetstream::{self, consumer::AckPolicy};
+    use futures::StreamExt as _;
+
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    let client = cluster.client().await;
+    let js = jetstream::new(client.clone());
+    cluster.cpu_worker();
+    assert_success(&cluster.kiln(&[
+        "submit",
+        "vector_add",
+        "-p",
+        "len=16",
+        "--count",
+        "10",
+        "--id",
+        "lost",
+        "--wait",
+    ]));
+    let results = js
+        .get_stream(kiln_proto::streams::STREAM_RESULTS)
+        .await
+        .unwrap();
+    let mut consumer: jetstream::consumer::PullConsumer = results
+        .get_consumer(kiln_proto::streams::CONSUMER_AGGREGATOR)
+        .await
+        .unwrap();
+    assert_eq!(
+        consumer.info().await.unwrap().config.ack_policy,
+        AckPolicy::All
+    );
+    // Results 1–3 are delivered, never to the aggregator: as far as it can tell, deliveries
+    // lost on the way. The server would send them again only after the 60 s ack wait.
+    let mut taken = consumer.fetch().max_messages(3).messages().await.unwrap();
+    let mut lost = Vec::new();
+    while let Some(message) = taken.next().await {
+        lost.push(message.unwrap().info().unwrap().stream_sequence);
+    }
+    assert_eq!(lost, vec![1, 2, 3]);
+    // Result 8 is deleted: the aggregator's deliveries go past it without a lost one.
+    assert!(results.delete_message(8).await.unwrap());
+    cluster.aggregator();
+    let started = Instant::now();
+    let snapshots = wait_for_metrics(&client, Duration::from_secs(50), |s| {
+        snapshot(s, "vector_add", "cpu").is_some_and(|m| m.jobs >= 9)
+    })
+    .await;
+    let m = snapshot(&snapshots, "vector_add", "cpu").unwrap();
+    assert_eq!((m.jobs, m.succeeded, m.duplicates), (9, 9, 0));
+    assert_eq!(
+        m.results_through, 10,
+        "1–3 read, 8 absent: all accounted for"
+    );
+    // One cumulative ack covers them all, the three it never received included.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let info = consumer.info().await.unwrap();
+        if info.ack_floor.stream_sequence == 10 && info.num_ack_pending == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "results left unacked: {info:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "counted before the ack wait would have sent them again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_aggregator_consumer_made_by_an_older_kiln_keeps_explicit_acks_and_acks_each_result() {
+    use async_nats::jetstream::{self, consumer::AckPolicy};
+
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    let client = cluster.client().await;
+    let js = jetstream::new(client.clone());
+    let results = js
+        .get_stream(kiln_proto::streams::STREAM_RESULTS)
+        .await
+        .unwrap();
+    // The consumer as a kiln before cumulative acks made it.
+    results
+        .delete_consumer(kiln_proto::streams::CONSUMER_AGGREGATOR)
+        .await
+        .unwrap();
+    let mut older = kiln_proto::Topology::default().aggregator_consumer();
+    older.ack_policy = AckPolicy::Explicit;
+    results.create_consumer(older).await.unwrap();
+    // `kiln init` updates it without touching its ack policy (which cannot change).
+    cluster.init().await;
+    let policy = |info: jetstream::consumer::Info| info.config.ack_policy;
+    let info = results
+        .consumer_info(kiln_proto::streams::CONSUMER_AGGREGATOR)
+        .await
+        .unwrap();
+    assert_eq!(policy(info), AckPolicy::Explicit);
+    cluster.cpu_worker();
+    cluster.aggregator();
+    assert_success(&cluster.kiln(&[
+        "submit",
+        "vector_add",
+        "-p",
+        "len=16",
+        "--count",
+        "20",
+        "--wait",
+    ]));
+    wait_for_metrics(&client, Duration::from_secs(30), |s| {
+        snapshot(s, "vector_add", "cpu").is_some_and(|m| m.jobs == 20)
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let info = results
+            .consumer_info(kiln_proto::streams::CONSUMER_AGGREGATOR)
+            .await
+            .unwrap();
+        if info.ack_floor.stream_sequence == 20 && info.num_ack_pending == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "results left unacked: {info:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -283,14 +283,17 @@ impl Topology {
     }
 
     /// The aggregator's consumer on `KILN_RESULTS`. It acks a result only once a snapshot
-    /// that includes it is stored, so its ack wait spans several snapshot intervals.
+    /// that includes it is stored, so its ack wait spans several snapshot intervals; and
+    /// cumulatively, one ack per snapshot for every result it accounted for (see the
+    /// aggregator's `acks` module). A consumer made by an older kiln keeps explicit acks (a
+    /// consumer's ack policy cannot change), and the aggregator acks each result there.
     pub fn aggregator_consumer(&self) -> pull::Config {
         pull::Config {
             durable_name: Some(CONSUMER_AGGREGATOR.into()),
             description: Some("kiln aggregator".into()),
             filter_subject: "results.>".into(),
             deliver_policy: DeliverPolicy::All,
-            ack_policy: AckPolicy::Explicit,
+            ack_policy: AckPolicy::All,
             ack_wait: Duration::from_secs(60),
             max_ack_pending: 200_000,
             num_replicas: self.replicas,

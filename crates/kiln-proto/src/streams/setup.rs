@@ -371,6 +371,11 @@ async fn create_consumer(
 ) -> Result<(), SetupError> {
     let consumer = config.durable_name.clone().unwrap_or_default();
     if update {
+        // A consumer's ack policy cannot change: one made by an older kiln keeps its own.
+        let mut config = config;
+        if let Ok(info) = stream.consumer_info(&consumer).await {
+            config.ack_policy = info.config.ack_policy;
+        }
         return stream
             .create_consumer(config)
             .await
