@@ -40,8 +40,11 @@ impl Codec {
 
     /// The codec named by the `Content-Type` header of a NATS message.
     pub fn from_headers(headers: Option<&async_nats::HeaderMap>) -> Result<Self> {
+        // Made at compile time: a lookup by `&str` allocates the name first.
+        const CONTENT_TYPE: async_nats::header::HeaderName =
+            async_nats::header::HeaderName::from_static("Content-Type");
         let value = headers
-            .and_then(|h| h.get("Content-Type"))
+            .and_then(|h| h.get(CONTENT_TYPE))
             .map(|v| v.as_str());
         Self::from_content_type(value)
     }

@@ -10,6 +10,7 @@
 //! metrics.
 
 use async_nats::HeaderMap;
+use async_nats::header::HeaderName;
 use time::OffsetDateTime;
 
 use crate::{
@@ -69,14 +70,22 @@ impl Envelope {
     /// Read the envelope of a job stored at `published` on a subject that is a copy's
     /// (`copy`) or not.
     pub fn read(copy: bool, headers: Option<&HeaderMap>, published: OffsetDateTime) -> Self {
-        let get = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str());
-        let trusted = |name: &str| get(name).filter(|_| copy);
+        // Names made at compile time: a lookup by `&str` allocates the name first.
+        const MSG_ID: HeaderName = HeaderName::from_static(HEADER_MSG_ID);
+        const JOB_ID: HeaderName = HeaderName::from_static(HEADER_JOB_ID);
+        const ROUTING: HeaderName = HeaderName::from_static(HEADER_ROUTING);
+        const REPLAY: HeaderName = HeaderName::from_static(HEADER_REPLAY);
+        const HANDBACKS: HeaderName = HeaderName::from_static(HEADER_HANDBACKS);
+        const ENQUEUED_AT: HeaderName = HeaderName::from_static(HEADER_ENQUEUED_AT);
+        let get = |name: HeaderName| headers.and_then(|h| h.get(name)).map(|v| v.as_str());
+        // kiln's own headers are read on a copy only (most jobs are not: no lookups).
+        let trusted = |name: HeaderName| copy.then(|| get(name)).flatten();
         let id = |v: Option<&str>| {
             v.map(str::trim)
                 .filter(|v| valid_job_id(v))
                 .map(str::to_owned)
         };
-        let count = |name: &str, max: u32| {
+        let count = |name: HeaderName, max: u32| {
             trusted(name)
                 .and_then(|v| v.trim().parse::<u32>().ok())
                 .filter(|n| *n <= max)
@@ -84,12 +93,12 @@ impl Envelope {
         };
         Envelope {
             copy,
-            msg_id: id(get(HEADER_MSG_ID)),
-            job_id: id(get(HEADER_JOB_ID)),
-            routing: trusted(HEADER_ROUTING).and_then(routing),
-            replay: count(HEADER_REPLAY, MAX_REPLAYS),
-            handbacks: count(HEADER_HANDBACKS, MAX_HANDBACKS),
-            enqueued_at: trusted(HEADER_ENQUEUED_AT)
+            msg_id: id(get(MSG_ID)),
+            job_id: id(get(JOB_ID)),
+            routing: trusted(ROUTING).and_then(routing),
+            replay: count(REPLAY, MAX_REPLAYS),
+            handbacks: count(HANDBACKS, MAX_HANDBACKS),
+            enqueued_at: trusted(ENQUEUED_AT)
                 .and_then(|v| {
                     OffsetDateTime::parse(v.trim(), &time::format_description::well_known::Rfc3339)
                         .ok()

@@ -141,9 +141,14 @@ pub fn extract(headers: Option<&HeaderMap>) -> Context {
 /// Copy the W3C trace-context headers from one message to another, as they are: what a role
 /// does when it does not trace itself, so that a trace still links its neighbours.
 pub fn forward(from: Option<&HeaderMap>, to: &mut HeaderMap) {
+    // Names made at compile time: a lookup by `&str` allocates the name first.
+    const NAMES: [async_nats::header::HeaderName; 2] = [
+        async_nats::header::HeaderName::from_static(TRACE_HEADERS[0]),
+        async_nats::header::HeaderName::from_static(TRACE_HEADERS[1]),
+    ];
     let Some(from) = from else { return };
-    for name in TRACE_HEADERS {
-        if let Some(value) = from.get(name) {
+    for (name, key) in TRACE_HEADERS.into_iter().zip(NAMES) {
+        if let Some(value) = from.get(key) {
             to.insert(name, value.as_str());
         }
     }

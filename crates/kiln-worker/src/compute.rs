@@ -249,7 +249,7 @@ impl Checkpoint for Guard<'_> {
 /// pool costs in thread wake-ups. Everything bigger, and every GPU job, runs on the pool.
 const INLINE_MAX_WORK: u64 = 1 << 16;
 
-fn runs_inline(config: &WorkerConfig, job: &DecodedJob) -> bool {
+pub(crate) fn runs_inline(config: &WorkerConfig, job: &DecodedJob) -> bool {
     config.device == ComputeDevice::Cpu
         && config.slowdown <= 1.0
         && config.sim_overhead.is_zero()

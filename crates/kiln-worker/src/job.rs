@@ -86,7 +86,11 @@ async fn run(
     }
     let flops = job.plan.flops;
     let output_mode = job.output;
-    track(shared, id, arrival, true);
+    // A job run inline is done in microseconds, before any heartbeat could report it.
+    let tracked = !compute::runs_inline(&shared.config, &job);
+    if tracked {
+        track(shared, id, arrival, true);
+    }
     drop(arriving);
     let Ran {
         mut result,
@@ -98,7 +102,9 @@ async fn run(
     if let Some(stored) = stored {
         store_output(shared, arrival, id, output_mode, stored, &mut result).await;
     }
-    track(shared, id, arrival, false);
+    if tracked {
+        track(shared, id, arrival, false);
+    }
     let kind = &arrival.kind;
     shared.config.metrics.compute(kind, compute_ms / 1000.0);
     if let Some(trace) = &arrival.trace {

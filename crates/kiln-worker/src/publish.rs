@@ -115,7 +115,9 @@ pub(crate) struct Fitted {
 pub(crate) fn fitted(js: &jetstream::Context, event: ResultEvent) -> Fitted {
     // The client keeps the server's limit current (an atomic read, no copy of its INFO).
     let max = js.client().max_payload();
-    let len = match serde_json::to_vec(&event) {
+    // Sized for a small job's result at once (serde_json starts at 128 bytes and doubles).
+    let mut body = Vec::with_capacity(1024);
+    let len = match serde_json::to_writer(&mut body, &event).map(|()| body) {
         Ok(body) if body.len().saturating_add(RESULT_HEADROOM) <= max => {
             return Fitted {
                 event,

@@ -103,13 +103,16 @@ async fn take(
                 let shared = shared.clone();
                 shared.config.metrics.in_flight.inc();
                 shared.arriving.fetch_add(1, Ordering::Relaxed);
-                tokio::spawn(async move {
+                // Boxed: a job's future holds every path a job can take (objects to load and
+                // store, hand-backs, dead letters), kilobytes that spawning would otherwise
+                // copy several times over (spawning showed at 7% of the worker's CPU).
+                tokio::spawn(Box::pin(async move {
                     if let Some(arrival) = Arrival::read(message, &shared.config) {
                         crate::job::handle(&shared, arrival).await;
                     }
                     shared.config.metrics.in_flight.dec();
                     shared.admission.release(permit);
-                });
+                }));
             }
             Some(Err(e)) => {
                 // A server without a leader for the consumer (an election in a cluster)
