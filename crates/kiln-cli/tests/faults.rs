@@ -741,4 +741,35 @@ async fn an_aggregator_consumer_made_by_an_older_kiln_keeps_explicit_acks_and_ac
         assert!(Instant::now() < deadline, "results left unacked: {info:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Switching it as docs/ARCHITECTURE.md says: stop the aggregator, remove the consumer,
+    // `kiln init`. The results delivered again are dropped by sequence, counted once.
+    let agg = cluster.child("aggregator");
+    agg.kill().unwrap();
+    agg.wait().unwrap();
+    results
+        .delete_consumer(kiln_proto::streams::CONSUMER_AGGREGATOR)
+        .await
+        .unwrap();
+    cluster.init().await;
+    let info = results
+        .consumer_info(kiln_proto::streams::CONSUMER_AGGREGATOR)
+        .await
+        .unwrap();
+    assert_eq!(policy(info), AckPolicy::All);
+    cluster.aggregator();
+    assert_success(&cluster.kiln(&[
+        "submit",
+        "vector_add",
+        "-p",
+        "len=16",
+        "--count",
+        "5",
+        "--wait",
+    ]));
+    let snapshots = wait_for_metrics(&client, Duration::from_secs(30), |s| {
+        snapshot(s, "vector_add", "cpu").is_some_and(|m| m.jobs >= 25 && m.duplicates >= 20)
+    })
+    .await;
+    let m = snapshot(&snapshots, "vector_add", "cpu").unwrap();
+    assert_eq!((m.jobs, m.succeeded, m.duplicates), (25, 25, 20));
 }
