@@ -1,10 +1,12 @@
 //! The aggregator service: consume results, fold, snapshot on an interval, then ack.
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::{self, consumer::PullConsumer, stream::RawMessageErrorKind};
+use async_nats::jetstream::consumer::{DeliverPolicy, PullConsumer, pull};
+use async_nats::jetstream::{self};
 use bytes::Bytes;
 use futures::StreamExt as _;
 use kiln_proto::streams::{self, CONSUMER_AGGREGATOR, STREAM_RESULTS};
@@ -50,13 +52,11 @@ pub async fn run(
     config.health.watch(&client);
     let js = jetstream::new(client);
     streams::ensure_all(&js, &config.topology).await?;
-    let mut folds = restore(&js).await?;
-    let (mut results, acks) = Results::open(&js, &mut folds).await?;
+    let (folds, mut results, acks) = resume(&js).await?;
     let mut aggregator = Aggregator {
         js,
         folds,
         acks,
-        stuck_at: None,
         spans: Vec::new(),
         exporter: Exporter::new(config.metrics.clone()),
     };
@@ -67,6 +67,30 @@ pub async fn run(
         .await;
     config.health.stopping();
     aggregator.stop().await
+}
+
+/// The folds as the latest snapshots left them and the consumer opened where it stands,
+/// asked again while JetStream does not answer (a cluster node just restarted, a stream
+/// leader being elected), for up to [`streams::SETUP_PATIENCE`].
+async fn resume(js: &jetstream::Context) -> Result<(Folds, Results, Acks)> {
+    let started = std::time::Instant::now();
+    let mut pause = Duration::from_millis(200);
+    loop {
+        let attempt = async {
+            let mut folds = restore(js).await?;
+            let (results, acks) = Results::open(js, &mut folds).await?;
+            Ok((folds, results, acks))
+        };
+        match attempt.await {
+            Ok(resumed) => return Ok(resumed),
+            Err(e) if started.elapsed() + pause < streams::SETUP_PATIENCE => {
+                tracing::warn!(error = %e, retry_in = ?pause, "could not resume from the stored state yet");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Folds as the latest snapshots in `KILN_METRICS` left them.
@@ -147,9 +171,6 @@ struct Aggregator {
     /// Folded results waiting for the next snapshot that counts them. (A job's result is
     /// found by its own subject, `results.<kind>.<id>`: nothing is written per job here.)
     acks: Acks,
-    /// The watermark when holes below it were last seen, to read them from the stream when
-    /// they are still there a floor tick later.
-    stuck_at: Option<u64>,
     /// With tracing on, one `kiln.aggregate` span per result, ended once the snapshot that
     /// counts it is stored and the result acked.
     spans: Vec<TraceSpan>,
@@ -175,12 +196,16 @@ impl Aggregator {
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
-                _ = ticker.tick() => self.snapshot().await,
+                _ = ticker.tick() => {
+                    if self.acks.cumulative() {
+                        self.fill_holes(&results.stream).await;
+                    }
+                    self.snapshot().await;
+                }
                 _ = floor_ticker.tick() => {
                     if let Ok(info) = results.stream.consumer_info(CONSUMER_AGGREGATOR).await {
                         self.folds.acked_through(info.ack_floor.stream_sequence);
                     }
-                    self.fill_holes(&results.stream).await;
                 }
                 next = results.messages.next() => match next {
                     Some(Ok(message)) => self.fold(message),
@@ -237,35 +262,75 @@ impl Aggregator {
         }
     }
 
-    /// Read from the stream the results below the watermark that were not delivered and
-    /// are still missing a floor tick after they were first seen missing: deliveries lost
-    /// on the way (the server redelivers them only after the ack wait), or sequences no
-    /// longer in the stream. Either way the watermark, and with it the acks, move on.
+    /// Read from the stream the results below the highest one delivered that never were:
+    /// deliveries lost on the way, results a previous instance held unacked when it stopped,
+    /// results deleted. The server would send the pending ones again only after the ack wait,
+    /// while every result after them waits for the watermark to be acked (and, held past its
+    /// own ack wait, comes again too); so they are read at once, in one pass of an ordered
+    /// consumer from the first to the last, and what that pass does not find is not in the
+    /// stream. A pass that fails leaves them for the next tick.
     async fn fill_holes(&mut self, stream: &jetstream::stream::Stream) {
         let holes = self.folds.holes(MAX_HOLES_READ);
-        let through = self.folds.through();
-        if holes.is_empty() || self.stuck_at != Some(through) {
-            self.stuck_at = (!holes.is_empty()).then_some(through);
+        let (Some(&first), Some(&last)) = (holes.first(), holes.last()) else {
             return;
-        }
+        };
         tracing::info!(
             missing = holes.len(),
-            from = holes[0],
+            first,
+            last,
             unacked = self.acks.held(),
-            "results below the ones delivered are still missing; reading them from the stream"
+            "results below the ones delivered were not; reading them from the stream"
         );
-        for sequence in holes {
-            match stream.get_raw_message(sequence).await {
-                Ok(message) => {
-                    self.fold_body(sequence, &message.subject, &message.payload);
-                }
-                Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => {
-                    self.folds.absent(sequence, sequence);
-                }
-                Err(e) => {
-                    tracing::warn!(sequence, error = %e, "could not read a missing result; trying again later");
-                    return;
-                }
+        let mut wanted: BTreeSet<u64> = holes.into_iter().collect();
+        let reached = match self.read_range(stream, first, last, &mut wanted).await {
+            Ok(reached) => reached,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the missing results; trying again at the next snapshot");
+                return;
+            }
+        };
+        for sequence in wanted.range(..=reached) {
+            self.folds.absent(*sequence, *sequence);
+        }
+    }
+
+    /// Fold the results in `wanted` (removing them) from one ordered pass over `first..=last`;
+    /// the sequence up to which the pass saw every result there is.
+    async fn read_range(
+        &mut self,
+        stream: &jetstream::stream::Stream,
+        first: u64,
+        last: u64,
+        wanted: &mut BTreeSet<u64>,
+    ) -> std::result::Result<u64, String> {
+        let reader = stream
+            .create_consumer(pull::OrderedConfig {
+                name: Some(format!("{CONSUMER_AGGREGATOR}-holes")),
+                filter_subject: "results.>".into(),
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: first,
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut messages = reader.messages().await.map_err(|e| e.to_string())?;
+        loop {
+            let message = tokio::time::timeout(HOLE_READ_PATIENCE, messages.next())
+                .await
+                .map_err(|_| format!("no result for {HOLE_READ_PATIENCE:?}"))?
+                .ok_or("the reader ended")?
+                .map_err(|e| e.to_string())?;
+            let info = message.info().map_err(|e| e.to_string())?;
+            let (sequence, pending) = (info.stream_sequence, info.pending);
+            if wanted.remove(&sequence) {
+                self.fold_body(sequence, &message.subject, &message.payload);
+            }
+            match () {
+                _ if sequence >= last => return Ok(last),
+                // The end of the stream: nothing after this one.
+                _ if pending == 0 => return Ok(last),
+                _ => {}
             }
         }
     }
@@ -282,8 +347,13 @@ impl Aggregator {
 /// How often the aggregator reads its consumer's ack floor again.
 const ACK_FLOOR_EVERY: Duration = Duration::from_secs(10);
 
-/// Results read from the stream at most per floor tick to fill holes below the watermark.
-const MAX_HOLES_READ: usize = 10_000;
+/// Missing results read from the stream at most in one pass (the consumer's max ack pending:
+/// more are never held by one instance).
+const MAX_HOLES_READ: usize = 200_000;
+
+/// How long a pass over missing results waits for the next one before it gives up (and tries
+/// again at the next snapshot).
+const HOLE_READ_PATIENCE: Duration = Duration::from_secs(5);
 
 /// Publish the snapshots that changed since the last flush, wait for the server to store
 /// them, then ack the results they include.
