@@ -71,26 +71,14 @@ pub async fn run(
 
 /// The folds as the latest snapshots left them and the consumer opened where it stands,
 /// asked again while JetStream does not answer (a cluster node just restarted, a stream
-/// leader being elected), for up to [`streams::SETUP_PATIENCE`].
+/// leader being elected).
 async fn resume(js: &jetstream::Context) -> Result<(Folds, Results, Acks)> {
-    let started = std::time::Instant::now();
-    let mut pause = Duration::from_millis(200);
-    loop {
-        let attempt = async {
-            let mut folds = restore(js).await?;
-            let (results, acks) = Results::open(js, &mut folds).await?;
-            Ok((folds, results, acks))
-        };
-        match attempt.await {
-            Ok(resumed) => return Ok(resumed),
-            Err(e) if started.elapsed() + pause < streams::SETUP_PATIENCE => {
-                tracing::warn!(error = %e, retry_in = ?pause, "could not resume from the stored state yet");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(5));
-            }
-            Err(e) => return Err(e),
-        }
-    }
+    streams::patiently("resume from the stored state", || async {
+        let mut folds = restore(js).await?;
+        let (results, acks) = Results::open(js, &mut folds).await?;
+        Ok((folds, results, acks))
+    })
+    .await
 }
 
 /// Folds as the latest snapshots in `KILN_METRICS` left them.

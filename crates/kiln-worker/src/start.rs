@@ -46,12 +46,14 @@ pub(crate) async fn start(
     let (consumer, shared) = open(&js, config).await?;
     let config = &shared.config;
     let serving = Arc::new(AtomicBool::new(false));
-    let heartbeat = Heartbeat::start(&js, shared.clone(), serving.clone())
-        .await
-        .map_err(|message| Error::Consumer {
-            consumer: kiln_proto::BUCKET_WORKERS.into(),
-            message,
-        })?;
+    let heartbeat = streams::patiently("start the heartbeat", || {
+        Heartbeat::start(&js, shared.clone(), serving.clone())
+    })
+    .await
+    .map_err(|message| Error::Consumer {
+        consumer: kiln_proto::BUCKET_WORKERS.into(),
+        message,
+    })?;
     match prepare_gpu(&shared, shutdown).await {
         Ok(true) => {}
         stopped => {
@@ -96,22 +98,26 @@ async fn open(
         consumer: consumer_name.into(),
         message: e,
     };
-    let mut consumer: PullConsumer = js
-        .get_stream(STREAM_JOBS)
-        .await
-        .map_err(|e| consumer_error(e.to_string()))?
-        .get_consumer(consumer_name)
-        .await
-        .map_err(|e| consumer_error(e.to_string()))?;
+    let mut consumer: PullConsumer = streams::patiently("open the jobs consumer", || async {
+        js.get_stream(STREAM_JOBS)
+            .await
+            .map_err(|e| consumer_error(e.to_string()))?
+            .get_consumer(consumer_name)
+            .await
+            .map_err(|e| consumer_error(e.to_string()))
+    })
+    .await?;
     adopt_consumer_settings(&mut consumer, &mut config).await;
     bound_gpu_jobs(&mut config);
     let memory = memory_budget(&config)?;
-    let cancelled = crate::cancel::Cancellations::watch(js)
-        .await
-        .map_err(|message| Error::Consumer {
-            consumer: kiln_proto::BUCKET_CANCEL.into(),
-            message,
-        })?;
+    let cancelled = streams::patiently("watch cancellations", || {
+        crate::cancel::Cancellations::watch(js)
+    })
+    .await
+    .map_err(|message| Error::Consumer {
+        consumer: kiln_proto::BUCKET_CANCEL.into(),
+        message,
+    })?;
     // Before the first heartbeat: a CPU worker announces itself serving, so it must be ready.
     let engines = kiln_kernels::Engines {
         matmul: crate::engines::choose_matmul_engine(config.device.clone(), config.matmul_engine)

@@ -10,7 +10,7 @@ use async_nats::jetstream::{
 
 mod setup;
 
-pub use setup::{SETUP_PATIENCE, SetupError, ensure_all, update_all};
+pub use setup::{SETUP_PATIENCE, SetupError, ensure_all, patiently, update_all};
 
 /// The job queue: `jobs.<gpu|cpu|auto>.<kind>` and kiln's copies, work-queue retention.
 pub const STREAM_JOBS: &str = "KILN_JOBS";

@@ -86,6 +86,29 @@ pub enum SetupError {
 /// leader being elected) before it gives up.
 pub const SETUP_PATIENCE: Duration = Duration::from_secs(60);
 
+/// `op` again while it fails, for up to [`SETUP_PATIENCE`] in all (with a growing pause,
+/// each failure logged as `what`), then its last error: what a process does with the requests
+/// it makes at start, which time out while a cluster node restarts or a leader is elected.
+pub async fn patiently<T, E, F, Fut>(what: &str, mut op: F) -> Result<T, E>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let started = std::time::Instant::now();
+    let mut pause = Duration::from_millis(200);
+    loop {
+        match op().await {
+            Err(e) if started.elapsed() + pause < SETUP_PATIENCE => {
+                tracing::warn!(error = %e, retry_in = ?pause, "could not {what} yet");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+            done => return done,
+        }
+    }
+}
+
 /// Create every stream, consumer and bucket kiln uses that does not exist yet, leaving
 /// existing ones as they are: what every kiln process does at start, so that a process with
 /// default settings never undoes what `kiln init` configured.
