@@ -293,7 +293,12 @@ impl Aggregator {
     ) -> std::result::Result<u64, String> {
         let reader = stream
             .create_consumer(pull::OrderedConfig {
-                name: Some(format!("{CONSUMER_AGGREGATOR}-holes")),
+                // A name of its own each pass: the server keeps an idle ordered consumer
+                // for 30 s, and one of the same name with another start would be refused.
+                name: Some(format!(
+                    "{CONSUMER_AGGREGATOR}-holes-{}",
+                    OffsetDateTime::now_utc().unix_timestamp_nanos()
+                )),
                 filter_subject: "results.>".into(),
                 deliver_policy: DeliverPolicy::ByStartSequence {
                     start_sequence: first,
