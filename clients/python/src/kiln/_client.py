@@ -406,7 +406,8 @@ class Client:
         await self._nc.flush()
         acks: list[asyncio.Future[Any] | BaseException] = []
         for p in prepared:
-            headers = {"Nats-Msg-Id": p.job_id, "Content-Type": "application/json"}
+            # JSON is what a job without a Content-Type is read as: one header less per job.
+            headers = {"Nats-Msg-Id": p.job_id}
             try:
                 acks.append(
                     await self._js.publish_async(
