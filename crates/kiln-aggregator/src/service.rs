@@ -5,8 +5,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
+use async_nats::jetstream;
 use async_nats::jetstream::consumer::{DeliverPolicy, PullConsumer, pull};
-use async_nats::jetstream::{self};
 use bytes::Bytes;
 use futures::StreamExt as _;
 use kiln_proto::streams::{self, CONSUMER_AGGREGATOR, STREAM_RESULTS};
@@ -319,11 +319,9 @@ impl Aggregator {
             if wanted.remove(&sequence) {
                 self.fold_body(sequence, &message.subject, &message.payload);
             }
-            match () {
-                _ if sequence >= last => return Ok(last),
-                // The end of the stream: nothing after this one.
-                _ if pending == 0 => return Ok(last),
-                _ => {}
+            // Past the last one missing, or at the end of the stream (nothing after this one).
+            if sequence >= last || pending == 0 {
+                return Ok(last);
             }
         }
     }
