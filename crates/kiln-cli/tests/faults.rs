@@ -673,15 +673,8 @@ async fn results_the_aggregator_never_received_are_read_from_the_stream_and_coun
         "1, 2, 3 and 5 read, 4 found gone, 8 absent"
     );
     // One cumulative ack covers them all.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let info = consumer.info().await.unwrap();
-        if info.ack_floor.stream_sequence == 10 && info.num_ack_pending == 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "results left unacked: {info:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let info = common::aggregator_caught_up(&client, Duration::from_secs(10)).await;
+    assert_eq!(info.ack_floor.stream_sequence, 10);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -727,18 +720,8 @@ async fn an_aggregator_consumer_made_by_an_older_kiln_keeps_explicit_acks_and_ac
         snapshot(s, "vector_add", "cpu").is_some_and(|m| m.jobs == 20)
     })
     .await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let info = results
-            .consumer_info(kiln_proto::streams::CONSUMER_AGGREGATOR)
-            .await
-            .unwrap();
-        if info.ack_floor.stream_sequence == 20 && info.num_ack_pending == 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "results left unacked: {info:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let info = common::aggregator_caught_up(&client, Duration::from_secs(10)).await;
+    assert_eq!(info.ack_floor.stream_sequence, 20);
     // Switching it as docs/ARCHITECTURE.md says: stop the aggregator, remove the consumer,
     // `kiln init`. The results delivered again are dropped by sequence, counted once.
     let agg = cluster.child("aggregator");

@@ -426,7 +426,7 @@ async fn aggregator_counts_match_what_was_submitted() {
     .await;
     assert_eq!(snapshot(&snapshots, "vector_add", "cpu").unwrap().jobs, 205);
     // It acks every result it counted: nothing is left pending.
-    aggregator_caught_up(&client).await;
+    common::aggregator_caught_up(&client, WAIT).await;
     // Results carry no message id: KILN_RESULTS's one message per subject keeps them once.
     let first = jetstream::new(client.clone())
         .get_stream("KILN_RESULTS")
@@ -451,27 +451,6 @@ async fn aggregator_counts_match_what_was_submitted() {
             .any(|l| l.starts_with("vector_add") && l.contains(" 205 ")),
         "{text}"
     );
-}
-
-/// The aggregator's consumer once it has acked every stored result (fails after `WAIT`).
-async fn aggregator_caught_up(client: &async_nats::Client) -> jetstream::consumer::Info {
-    let mut results = jetstream::new(client.clone())
-        .get_stream("KILN_RESULTS")
-        .await
-        .unwrap();
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        let last = results.info().await.unwrap().state.last_sequence;
-        let info = results.consumer_info("aggregator").await.unwrap();
-        if info.ack_floor.stream_sequence == last && info.num_ack_pending == 0 {
-            return info;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "aggregator did not ack through {last}: {info:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -309,3 +309,31 @@ pub fn assert_success(output: &Output) {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// The aggregator's consumer once it has acked every result in `KILN_RESULTS`, with none
+/// pending (fails after `timeout`).
+pub async fn aggregator_caught_up(
+    client: &async_nats::Client,
+    timeout: Duration,
+) -> jetstream::consumer::Info {
+    let mut results = jetstream::new(client.clone())
+        .get_stream(streams::STREAM_RESULTS)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + timeout;
+    loop {
+        let last = results.info().await.unwrap().state.last_sequence;
+        let info = results
+            .consumer_info(streams::CONSUMER_AGGREGATOR)
+            .await
+            .unwrap();
+        if info.ack_floor.stream_sequence == last && info.num_ack_pending == 0 {
+            return info;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "aggregator did not ack through {last}: {info:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
