@@ -8,7 +8,9 @@
 # Expects the binaries in .device/ (kiln and kiln-bench built with CUDARC_CUDA_VERSION=13000,
 # nats-server).
 # A cache.tgz carried in .device/ (from an earlier run's $OUT) pre-fills the GPU caches.
-# Phase limits (seconds, each an environment variable) keep the whole run under about 8 minutes.
+# Phase limits (seconds, each an environment variable) keep the whole run under about 8 minutes,
+# 12 with the original sizes' table (KILN_SKIP_ORIGINAL=1 leaves it out; KILN_SKIP_STARTUP=1
+# KILN_SKIP_CORRECTNESS=1 KILN_SKIP_CUDA_TESTS=1 run little else).
 # A shorter rerun: KILN_SKIP_STARTUP=1 and/or KILN_SKIP_CORRECTNESS=1 leave those phases out,
 # KILN_KERNEL_FILTER=train_mlp (say) times only the kernel cases whose name contains it.
 set -u
@@ -121,10 +123,24 @@ if python3 -c 'import torch' 2>/dev/null; then
 else
     echo "PyTorch is not importable here: kernel benchmarks skipped" | tee "$LOGS/kernels.txt"
 fi
+# The original system's table (issue 20, item 5): every kind at the original sizes as jobs on a
+# CPU and a CUDA worker, end to end and compute, beside PyTorch's same jobs
+# (`kiln-bench suite --parts original`; skip with KILN_SKIP_ORIGINAL=1). PyTorch runs with the
+# library path it came with, through a wrapper the suite calls as its python.
+if [ -z "${KILN_SKIP_ORIGINAL:-}" ]; then
+    phase "the original sizes, GPU vs CPU, beside PyTorch (kiln-bench suite --parts original)"
+    printf '#!/bin/sh\nLD_LIBRARY_PATH="%s" exec python3 "$@"\n' "$torch_ld" > "$work/torch-python"
+    chmod +x "$work/torch-python"
+    KILN_BIN="$BIN" KILN_CACHE_DIR="$work/cache" timeout -k 10 "${KILN_ORIGINAL_LIMIT_S:-240}" \
+        "$BENCH_BIN" suite --parts original --out "$work/original" --python "$work/torch-python" \
+        > "$LOGS/original.log" 2>&1
+    echo "original sizes: exit $?"
+    tar czf "$OUT/original.tgz" -C "$work" original 2>/dev/null
+fi
 phase "done"
 
 # $OUT brings back at most 8 files: startup.json, gpu-check.json, burn-kernels.json,
-# torch-kernels.json, summary.md (the tables; remade here from the JSON files with
+# torch-kernels.json, original.tgz (the original sizes' report, CSV, charts), summary.md (the tables; remade here from the JSON files with
 # `gpu_check.py --render` and `torch_reference.py --compare`), logs.txt (every log, long ones
 # cut in the middle) and cache.tgz (the GPU caches, to carry into a rerun).
 {
@@ -138,6 +154,12 @@ phase "done"
     echo; echo "## Dynamic batching"; echo; echo '```'
     grep -A4 "batch window" "$LOGS/batching.log" 2>/dev/null || echo "(not run)"
     echo '```'
+    echo; echo "## The original sizes as jobs"; echo
+    if [ -f "$work/original/report.md" ]; then
+        sed -n '/^## GPU vs CPU at the original/,/^## /p' "$work/original/report.md" | sed '$d'
+    else
+        echo "(not run)"
+    fi
     echo; echo "## CUDA kernel tests"; echo; echo '```'
     grep -E '^test |test result|^seeded inputs' "$LOGS/cuda-tests.log" 2>/dev/null || echo "(not run)"
     echo '```'

@@ -65,7 +65,15 @@ pub struct SuiteArgs {
         default_value = "bench/scripts/numpy_reference.py"
     )]
     pub numpy_script: PathBuf,
-    /// Python interpreter for the numpy reference.
+    /// The PyTorch side of the original sizes' table (skipped when it, python or torch is
+    /// missing).
+    #[arg(
+        long,
+        env = "KILN_BENCH_TORCH_SCRIPT",
+        default_value = "bench/scripts/torch_jobs.py"
+    )]
+    pub torch_script: PathBuf,
+    /// Python interpreter for the numpy and PyTorch references.
     #[arg(long, env = "KILN_BENCH_PYTHON", default_value = "python3")]
     pub python: String,
     /// Rewrite the part of this markdown file between `<!-- bench:start -->` and
@@ -80,7 +88,7 @@ pub struct SuiteArgs {
         env = "KILN_BENCH_PARTS",
         value_enum,
         value_delimiter = ',',
-        default_value = "kernels,numpy,pipeline,overhead,data,scaling,scheduler"
+        default_value = "kernels,numpy,original,pipeline,overhead,data,scaling,scheduler"
     )]
     pub parts: Vec<SuitePart>,
 }
@@ -90,6 +98,8 @@ pub struct SuiteArgs {
 pub enum SuitePart {
     Kernels,
     Numpy,
+    /// GPU vs CPU at the original system's sizes, end to end and compute, beside PyTorch.
+    Original,
     Pipeline,
     Overhead,
     Data,

@@ -86,6 +86,8 @@ fn quick_suite_writes_every_file_with_its_figures() {
         "pipeline.json",
         "pipeline.csv",
         "pipeline.svg",
+        "original.csv",
+        "original.svg",
         "overhead.csv",
         "overhead.svg",
         "data.csv",
@@ -180,6 +182,46 @@ fn quick_suite_writes_every_file_with_its_figures() {
         assert!(num(r, over) > 0.0, "{r:?}");
     }
 
+    // The original sizes (tiny with --quick): every kind on the CPU worker, end to end above
+    // compute; a GPU row and a speedup per case where CUDA ran.
+    let original = csv_rows(dir, "original.csv");
+    let (ocase, okind, odevice, oe2e, ocompute, oengine) = (
+        column(dir, "original.csv", "case"),
+        column(dir, "original.csv", "kind"),
+        column(dir, "original.csv", "device"),
+        column(dir, "original.csv", "end_to_end_ms"),
+        column(dir, "original.csv", "compute_ms"),
+        column(dir, "original.csv", "engine"),
+    );
+    let cpu: Vec<_> = original.iter().filter(|r| &r[odevice] == "cpu").collect();
+    let kinds: HashSet<&str> = cpu.iter().map(|r| &r[okind]).collect();
+    assert_eq!(kinds.len(), 4, "{kinds:?}");
+    assert!(cpu.len() >= 8, "two sizes of every kind: {}", cpu.len());
+    for r in &original {
+        assert!(num(r, ocompute) > 0.0, "{r:?}");
+        assert!(num(r, oe2e) > num(r, ocompute), "{r:?}");
+        assert!(!r[oengine].is_empty(), "{r:?}");
+    }
+    let matmul_engine = cpu.iter().find(|r| &r[okind] == "matmul").unwrap();
+    assert!(
+        ["openblas", "burn-ndarray"].contains(&&matmul_engine[oengine]),
+        "{matmul_engine:?}"
+    );
+    if gpu {
+        let speedups = csv_rows(dir, "original-speedup.csv");
+        assert_eq!(speedups.len(), cpu.len());
+        assert!(dir.join("original-speedup.svg").is_file());
+    } else {
+        assert!(!dir.join("original-speedup.csv").exists());
+        assert!(original.iter().all(|r| &r[odevice] == "cpu"));
+        assert!(
+            report.contains("GPU vs CPU at the original system's sizes"),
+            "{report}"
+        );
+    }
+    let cases: HashSet<&str> = cpu.iter().map(|r| &r[ocase]).collect();
+    assert_eq!(cases.len(), cpu.len(), "one CPU row per case");
+
     // Data: the matmul by object against the raw store, and the JPEG; ratios from the run's
     // own figures, the output fetched and checked, the worker's memory read.
     let d = &suite["data"]["transfer"];
@@ -234,6 +276,15 @@ fn quick_suite_writes_every_file_with_its_figures() {
         (
             "pipeline.svg",
             &["jobs per second", "raw JetStream, 16-byte messages"][..],
+        ),
+        (
+            "original.svg",
+            &[
+                "milliseconds (log scale)",
+                "CPU: end to end",
+                "CPU: compute",
+                "vector addition",
+            ][..],
         ),
         (
             "overhead.svg",

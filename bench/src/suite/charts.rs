@@ -4,6 +4,7 @@ use plotters::prelude::*;
 
 use super::data::{Section as DataSection, Split};
 use super::kernels::{self, KernelRow, Speedup};
+use super::original::{OriginalRow, OriginalSpeedup};
 use super::overhead::OverheadRow;
 use super::scaling::ScalingRow;
 use crate::pipeline::Report as PipelineReport;
@@ -104,16 +105,22 @@ fn unique<'a>(items: impl IntoIterator<Item = &'a str>) -> Vec<&'a str> {
 /// Median time per operation against size, one panel per workload, one line per backend
 /// (log-scale time).
 pub fn kernels(rows: &[KernelRow]) -> anyhow::Result<String> {
+    per_workload(
+        "Kernel time per operation by size (median; lower is better)",
+        |panel, workload| kernel_panel(panel, workload, rows),
+    )
+}
+
+/// A chart titled `title` of four panels, one per workload, each drawn by `panel`.
+fn per_workload(
+    title: &str,
+    panel: impl Fn(&Area<'_>, &str) -> anyhow::Result<()>,
+) -> anyhow::Result<String> {
     svg_chart((1100, 800), |root| {
-        let root = root
-            .titled(
-                "Kernel time per operation by size (median; lower is better)",
-                (FONT, 22),
-            )
-            .map_err(err)?;
+        let root = root.titled(title, (FONT, 20)).map_err(err)?;
         let panels = root.split_evenly((2, 2));
-        for (panel, workload) in panels.iter().zip(kernels::WORKLOADS) {
-            kernel_panel(panel, workload, rows)?;
+        for (area, workload) in panels.iter().zip(kernels::WORKLOADS) {
+            panel(area, workload)?;
         }
         Ok(())
     })
@@ -128,6 +135,28 @@ fn kernel_panel(area: &Area<'_>, workload: &str, rows: &[KernelRow]) -> anyhow::
         .collect();
     let sizes = unique(ours.iter().map(|r| r.size.as_str()));
     let (lo, hi) = time_range(&ours);
+    let mut chart = time_by_size(area, workload, &sizes, (lo, hi))?;
+    for device in unique(ours.iter().map(|r| r.row.device.as_str())) {
+        let color = if device == "cpu" {
+            CPU_COLOR
+        } else {
+            GPU_COLOR
+        };
+        let (points, label) = device_line(&ours, &sizes, device);
+        line_with_markers(&mut chart, points, color, label)?;
+    }
+    legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
+    Ok(())
+}
+
+/// A panel's axes: `sizes` along x (each label up to its first comma), milliseconds from
+/// `lo` to `hi` up y on a log scale, titled `workload`.
+fn time_by_size<'a, 'b>(
+    area: &'a Area<'b>,
+    workload: &str,
+    sizes: &[&str],
+    (lo, hi): (f64, f64),
+) -> anyhow::Result<ChartContext<'a, SVGBackend<'b>, TimeBySize>> {
     let n = sizes.len().max(1) as f64;
     let mut chart = ChartBuilder::on(area)
         .caption(workload, (FONT, 17))
@@ -137,7 +166,7 @@ fn kernel_panel(area: &Area<'_>, workload: &str, rows: &[KernelRow]) -> anyhow::
         .build_cartesian_2d(-0.5f64..n - 0.5, (lo..hi).log_scale())
         .map_err(err)?;
     let short = |x: &f64| {
-        let size = category(&sizes, *x);
+        let size = category(sizes, *x);
         size.split(',').next().unwrap_or(size).to_owned()
     };
     chart
@@ -151,18 +180,13 @@ fn kernel_panel(area: &Area<'_>, workload: &str, rows: &[KernelRow]) -> anyhow::
         .label_style((FONT, 12))
         .draw()
         .map_err(err)?;
-    for device in unique(ours.iter().map(|r| r.row.device.as_str())) {
-        let color = if device == "cpu" {
-            CPU_COLOR
-        } else {
-            GPU_COLOR
-        };
-        let (points, label) = device_line(&ours, &sizes, device);
-        line_with_markers(&mut chart, points, color, label)?;
-    }
-    legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
-    Ok(())
+    Ok(chart)
 }
+
+type TimeBySize = Cartesian2d<
+    plotters::coord::types::RangedCoordf64,
+    plotters::coord::combinators::LogCoord<f64>,
+>;
 
 /// The time axis of a kernel panel, in milliseconds: half the fastest to twice the slowest
 /// median.
@@ -203,6 +227,80 @@ fn device_line(rows: &[&KernelRow], sizes: &[&str], device: &str) -> (Vec<(f64, 
         backends.join(", ")
     );
     (points, label)
+}
+
+/// The original system's sizes: one panel per workload, milliseconds against size (log
+/// scale), a line for each of end to end and compute per device, and PyTorch's where it ran.
+pub fn original(rows: &[OriginalRow]) -> anyhow::Result<String> {
+    per_workload(
+        "The original system's sizes as kiln jobs: end to end and compute, GPU and CPU \
+         (median; lower is better)",
+        |panel, workload| original_panel(panel, workload, rows),
+    )
+}
+
+fn original_panel(area: &Area<'_>, workload: &str, rows: &[OriginalRow]) -> anyhow::Result<()> {
+    let ours: Vec<&OriginalRow> = rows.iter().filter(|r| r.workload == workload).collect();
+    let sizes = unique(ours.iter().map(|r| r.size.as_str()));
+    let times = ours
+        .iter()
+        .flat_map(|r| [Some(r.end_to_end_ms), Some(r.compute_ms), r.torch_ms])
+        .flatten()
+        .filter(|v| *v > 0.0);
+    let (lo, hi) = times.fold((f64::INFINITY, 0.0f64), |(lo, hi), v| {
+        (lo.min(v), hi.max(v))
+    });
+    let (lo, hi) = if hi > 0.0 {
+        (lo / 2.0, hi * 2.0)
+    } else {
+        (0.001, 1.0)
+    };
+    let mut chart = time_by_size(area, workload, &sizes, (lo, hi))?;
+    type Pick = fn(&OriginalRow) -> Option<f64>;
+    let series: [(&str, Pick); 3] = [
+        ("end to end", |r| Some(r.end_to_end_ms)),
+        ("compute", |r| Some(r.compute_ms)),
+        ("PyTorch, same job", |r| r.torch_ms),
+    ];
+    let mut color = PALETTE.iter().cycle();
+    for device in unique(ours.iter().map(|r| r.device.as_str())) {
+        let name = if device == "cpu" { "CPU" } else { device };
+        for (what, pick) in series {
+            let points: Vec<(f64, f64)> = ours
+                .iter()
+                .filter(|r| r.device == device)
+                .filter_map(|r| {
+                    let x = sizes.iter().position(|s| *s == r.size)? as f64;
+                    Some((x, pick(r)?))
+                })
+                .collect();
+            if !points.is_empty() {
+                let c = *color.next().expect("a cycle");
+                line_with_markers(&mut chart, points, c, format!("{name}: {what}"))?;
+            }
+        }
+    }
+    legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
+    Ok(())
+}
+
+/// GPU speedup over the CPU at the original sizes, end to end and compute, per case.
+pub fn original_speedup(rows: &[OriginalSpeedup]) -> anyhow::Result<String> {
+    let mut labels = Vec::new();
+    let mut values = Vec::new();
+    for r in rows {
+        labels.push(format!("{} {}, end to end", r.workload, r.size));
+        values.push(r.end_to_end_speedup);
+        labels.push(format!("{} {}, compute", r.workload, r.size));
+        values.push(r.compute_speedup);
+    }
+    horizontal_bars(
+        "GPU speedup over the CPU at the original system's sizes (same run)",
+        "speedup (×, log scale; 1 = as fast)",
+        "CPU time / GPU time",
+        &labels,
+        &values,
+    )
 }
 
 /// GPU speedup over the CPU per case (log scale), only where both ran.

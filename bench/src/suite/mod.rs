@@ -2,8 +2,9 @@
 //! markdown report into one folder (`just bench` calls it).
 //!
 //! Parts, in order: kernels on every backend present (GPU vs CPU in the same run), CPU matmul
-//! against numpy (`bench/scripts/numpy_reference.py`, skipped without python and numpy), the
-//! pipeline against the raw JetStream ceiling, communication overhead per kind and size, data
+//! against numpy (`bench/scripts/numpy_reference.py`, skipped without python and numpy), GPU
+//! vs CPU at the original system's sizes as jobs, end to end and compute, beside PyTorch
+//! (`bench/scripts/torch_jobs.py`, skipped without torch), the pipeline against the raw JetStream ceiling, communication overhead per kind and size, data
 //! through the object store (a 4096² matmul by object against the raw store, a JPEG through
 //! conv2d), throughput against worker processes, and the scheduler against static policies. A part
 //! that fails is reported as failed and the others still run; the command then exits 1.
@@ -11,6 +12,7 @@
 mod charts;
 mod data;
 mod kernels;
+mod original;
 mod overhead;
 mod report;
 pub(crate) mod scaling;
@@ -84,6 +86,8 @@ pub struct Suite {
     pub steps: Vec<Step>,
     pub kernels: Option<kernels::Section>,
     pub numpy: Numpy,
+    /// GPU vs CPU at the original system's sizes, as jobs.
+    pub original: Option<original::Section>,
     pub pipeline: Option<pipeline::Report>,
     /// One tiny job at a time against the raw round trip (measured with the pipeline).
     pub latency: Option<latency::Report>,
@@ -95,7 +99,7 @@ pub struct Suite {
     pub files: Vec<String>,
 }
 
-const STEPS: usize = 8;
+const STEPS: usize = 9;
 
 pub async fn run(nats: &NatsArgs, args: SuiteArgs) -> anyhow::Result<ExitCode> {
     let mut run = SuiteRun::start(nats, &args)?;
@@ -105,6 +109,9 @@ pub async fn run(nats: &NatsArgs, args: SuiteArgs) -> anyhow::Result<ExitCode> {
     }
     if want(SuitePart::Numpy) {
         run.numpy();
+    }
+    if want(SuitePart::Original) {
+        run.original().await;
     }
     if want(SuitePart::Pipeline) {
         run.pipeline().await;
@@ -169,6 +176,7 @@ impl<'a> SuiteRun<'a> {
                 rows: Vec::new(),
                 numpy: None,
             },
+            original: None,
             pipeline: None,
             latency: None,
             overhead: None,
@@ -241,10 +249,21 @@ impl<'a> SuiteRun<'a> {
         self.record("numpy reference", timer, Ok(()));
     }
 
-    /// 3. Pipeline vs the ceiling.
+    /// 3. GPU vs CPU at the original system's sizes.
+    async fn original(&mut self) {
+        let bar = step_bar(3, "GPU vs CPU at the original system's sizes, as jobs");
+        let timer = Instant::now();
+        let torch = (self.args.python.as_str(), self.args.torch_script.as_path());
+        let gpu = !self.args.no_gpu;
+        let result = original::measure(self.nats, self.quick, gpu, torch, &self.out, &bar).await;
+        bar.finish_and_clear();
+        self.suite.original = self.record("original sizes", timer, result);
+    }
+
+    /// 4. Pipeline vs the ceiling.
     async fn pipeline(&mut self) {
         let timer = Instant::now();
-        step_bar(3, "pipeline vs the raw JetStream ceiling").finish_and_clear();
+        step_bar(4, "pipeline vs the raw JetStream ceiling").finish_and_clear();
         let pipeline_args = PipelineArgs {
             jobs: if self.quick { 500 } else { 20_000 },
             len: 1024,
@@ -267,36 +286,36 @@ impl<'a> SuiteRun<'a> {
         self.suite.latency = self.record("latency, one job at a time", timer, result);
     }
 
-    /// 4. Communication overhead.
+    /// 5. Communication overhead.
     async fn overhead(&mut self) {
-        let bar = step_bar(4, "communication overhead per kind and size");
+        let bar = step_bar(5, "communication overhead per kind and size");
         let timer = Instant::now();
         let result = overhead::measure(self.nats, self.quick, &bar).await;
         bar.finish_and_clear();
         self.suite.overhead = self.record("overhead", timer, result);
     }
 
-    /// 5. Data through the object store.
+    /// 6. Data through the object store.
     async fn data(&mut self) {
-        let bar = step_bar(5, "data through the object store");
+        let bar = step_bar(6, "data through the object store");
         let timer = Instant::now();
         let result = data::measure(self.nats, self.quick, &bar).await;
         bar.finish_and_clear();
         self.suite.data = self.record("data", timer, result);
     }
 
-    /// 6. Scaling with worker processes.
+    /// 7. Scaling with worker processes.
     async fn scaling(&mut self) {
-        let bar = step_bar(6, "throughput against worker processes");
+        let bar = step_bar(7, "throughput against worker processes");
         let timer = Instant::now();
         let result = scaling::measure(self.nats, self.quick, &self.args.workers, &bar).await;
         bar.finish_and_clear();
         self.suite.scaling = self.record("scaling", timer, result);
     }
 
-    /// 7. Scheduler vs static policies.
+    /// 8. Scheduler vs static policies.
     async fn scheduler(&mut self) {
-        step_bar(7, "scheduler vs always-GPU and always-CPU").finish_and_clear();
+        step_bar(8, "scheduler vs always-GPU and always-CPU").finish_and_clear();
         let timer = Instant::now();
         let scheduler_args = SchedulerBenchArgs {
             small: if self.quick { 60 } else { 400 },
@@ -309,9 +328,9 @@ impl<'a> SuiteRun<'a> {
         self.suite.scheduler = self.record("scheduler", timer, result);
     }
 
-    /// 8. Files.
+    /// 9. Files.
     fn write_files(&mut self) -> anyhow::Result<()> {
-        eprintln!("[8/{STEPS}] writing JSON, CSV, charts and report.md");
+        eprintln!("[9/{STEPS}] writing JSON, CSV, charts and report.md");
         self.suite.machine.load_at_end = load_average();
         self.suite.seconds = self.started.elapsed().as_secs_f64();
         let timer = Instant::now();
@@ -367,6 +386,18 @@ fn write_all(out: &Path, suite: &mut Suite) -> anyhow::Result<()> {
             files.push(name.to_owned());
         }
     }
+    if suite.original.is_some() {
+        // PyTorch's side of the original sizes: the cases it was given, its figures per device.
+        for name in [
+            "original-cases.json",
+            "torch-jobs-cpu.json",
+            "torch-jobs-cuda0.json",
+        ] {
+            if out.join(name).is_file() {
+                files.push(name.to_owned());
+            }
+        }
+    }
     let mut put = |name: &str, bytes: Vec<u8>| -> anyhow::Result<()> {
         let path = out.join(name);
         std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
@@ -382,6 +413,15 @@ fn write_all(out: &Path, suite: &mut Suite) -> anyhow::Result<()> {
         if !k.speedups.is_empty() {
             put("speedup.csv", csv_bytes(k.speedups.iter())?)?;
             put("speedup.svg", charts::speedup(&k.speedups)?.into_bytes())?;
+        }
+    }
+    if let Some(o) = &suite.original {
+        put("original.csv", csv_bytes(o.rows.iter())?)?;
+        put("original.svg", charts::original(&o.rows)?.into_bytes())?;
+        if !o.speedups.is_empty() {
+            put("original-speedup.csv", csv_bytes(o.speedups.iter())?)?;
+            let chart = charts::original_speedup(&o.speedups)?;
+            put("original-speedup.svg", chart.into_bytes())?;
         }
     }
     if let Some(p) = &suite.pipeline {

@@ -192,24 +192,16 @@ pub async fn measure(nats: &NatsArgs, quick: bool, bar: &ProgressBar) -> anyhow:
                 entry,
                 DeviceClass::Cpu,
                 case.params.clone(),
-                id.clone(),
+                id,
                 i as u64,
                 None,
                 Codec::Json,
             )?;
             job_bytes = spec.body.len();
-            let submitted = OffsetDateTime::now_utc();
-            publish_all(&js, [spec], false, || {}).await?;
-            let event = wait_for(&mut results, &id, Duration::from_secs(300)).await?;
-            let received = OffsetDateTime::now_utc();
+            let what = format!("{} {}", case.kind, case.size);
+            let done = one_job(&js, &mut results, spec, &what, Duration::from_secs(300)).await?;
             bar.inc(1);
-            anyhow::ensure!(
-                event.status == Status::Succeeded,
-                "{} {} failed: {}",
-                case.kind,
-                case.size,
-                event.error.map(|e| e.to_string()).unwrap_or_default()
-            );
+            let (event, submitted, received) = (done.event, done.submitted, done.received);
             if i == 0 {
                 continue;
             }
@@ -230,6 +222,39 @@ pub async fn measure(nats: &NatsArgs, quick: bool, bar: &ProgressBar) -> anyhow:
     Ok(Section {
         method: METHOD,
         rows,
+    })
+}
+
+/// A job that succeeded: its result event, when it was published and when the result came.
+pub(super) struct Done {
+    pub event: ResultEvent,
+    pub submitted: OffsetDateTime,
+    pub received: OffsetDateTime,
+}
+
+/// Publish `spec` and wait (up to `within`) for its result among those `results` receives;
+/// an error unless the job succeeded (`what` names it).
+pub(super) async fn one_job(
+    js: &jetstream::Context,
+    results: &mut async_nats::Subscriber,
+    spec: JobSpec,
+    what: &str,
+    within: Duration,
+) -> anyhow::Result<Done> {
+    let id = spec.id.clone();
+    let submitted = OffsetDateTime::now_utc();
+    publish_all(js, [spec], false, || {}).await?;
+    let event = wait_for(results, &id, within).await?;
+    let received = OffsetDateTime::now_utc();
+    anyhow::ensure!(
+        event.status == Status::Succeeded,
+        "{what} failed: {}",
+        event.error.map(|e| e.to_string()).unwrap_or_default()
+    );
+    Ok(Done {
+        event,
+        submitted,
+        received,
     })
 }
 

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 
 use super::Suite;
 use super::kernels::{self, KernelRow};
+use super::original;
 
 /// Where the GPU figures recorded so far are (`just gpu-check` on an H200, 2026-11-26), from the
 /// repository root and relative to a report in `bench/results/<date>/`.
@@ -116,6 +117,7 @@ pub fn markdown(s: &Suite) -> String {
     gpu_vs_cpu(&mut o, s);
     kernel_table(&mut o, s);
     numpy(&mut o, s);
+    original(&mut o, s);
     pipeline(&mut o, s);
     overhead(&mut o, s);
     data_path(&mut o, s);
@@ -348,6 +350,106 @@ fn pipeline(o: &mut String, s: &Suite) {
     }
 }
 
+/// The original system's GPU-vs-CPU table at its sizes, as jobs: end to end and compute per
+/// device, speedups, and PyTorch's time for the same job.
+fn original(o: &mut String, s: &Suite) {
+    let _ = writeln!(
+        o,
+        "## GPU vs CPU at the original system's sizes
+"
+    );
+    let Some(x) = &s.original else {
+        let _ = writeln!(
+            o,
+            "Not measured: the original-sizes part failed or was left out by --parts (see Steps).\n"
+        );
+        return;
+    };
+    let _ = writeln!(
+        o,
+        "Every case as kiln jobs: {}. GPU: {}. PyTorch: {}. Speedup = CPU time / GPU time. \
+         [`original.csv`](original.csv).\n",
+        x.method, x.gpu, x.torch
+    );
+    let gpu = x.rows.iter().any(|r| r.device != "cpu");
+    original_table(o, x, gpu);
+    o.push('\n');
+    if !gpu {
+        let _ = writeln!(
+            o,
+            "The GPU columns are missing because no GPU was used here; run `./dev bench` (or \
+             `kiln-bench suite --parts original`) on a CUDA machine to add them.\n"
+        );
+    }
+    let _ = writeln!(o, "![The original sizes as jobs](original.svg)\n");
+    if !x.speedups.is_empty() {
+        let _ = writeln!(
+            o,
+            "![GPU speedup at the original sizes](original-speedup.svg)\n"
+        );
+    }
+}
+
+/// The original sizes' table: a row per case, the GPU's columns where `gpu` ran.
+fn original_table(o: &mut String, x: &original::Section, gpu: bool) {
+    let torch = x.rows.iter().any(|r| r.torch_ms.is_some());
+    let mut header = vec![
+        "workload",
+        "size",
+        "jobs",
+        "CPU engine",
+        "CPU end to end",
+        "CPU compute",
+    ];
+    if torch {
+        header.push("PyTorch CPU");
+    }
+    if gpu {
+        header.extend(["GPU engine", "GPU end to end", "GPU compute"]);
+        if torch {
+            header.push("PyTorch GPU");
+        }
+        header.extend(["speedup end to end", "speedup compute"]);
+    }
+    let _ = writeln!(o, "| {} |", header.join(" | "));
+    let _ = writeln!(o, "|{}", "---|".repeat(header.len()));
+    let torch_cell = |t: Option<f64>| t.map_or_else(|| "-".to_owned(), ms);
+    for cpu in x.rows.iter().filter(|r| r.device == "cpu") {
+        let mut cells = vec![
+            cpu.workload.to_owned(),
+            cell(&cpu.size),
+            cpu.jobs.to_string(),
+            cpu.engine.clone(),
+            ms(cpu.end_to_end_ms),
+            ms(cpu.compute_ms),
+        ];
+        if torch {
+            cells.push(torch_cell(cpu.torch_ms));
+        }
+        if gpu {
+            match x
+                .rows
+                .iter()
+                .find(|g| g.device != "cpu" && g.case == cpu.case)
+            {
+                Some(g) => {
+                    cells.extend([g.engine.clone(), ms(g.end_to_end_ms), ms(g.compute_ms)]);
+                    if torch {
+                        cells.push(torch_cell(g.torch_ms));
+                    }
+                    cells.push(format!("{}×", down(cpu.end_to_end_ms / g.end_to_end_ms, 2)));
+                    cells.push(format!("{}×", down(cpu.compute_ms / g.compute_ms, 2)));
+                }
+                None => cells.extend(std::iter::repeat_n(
+                    "-".to_owned(),
+                    header.len() - cells.len(),
+                )),
+            }
+        }
+        let _ = writeln!(o, "| {} |", cells.join(" | "));
+    }
+}
+
 fn overhead(o: &mut String, s: &Suite) {
     let _ = writeln!(o, "## Communication overhead\n");
     let Some(ov) = &s.overhead else {
@@ -565,6 +667,7 @@ pub fn readme_section(s: &Suite, base: &str) -> String {
     gpu_vs_cpu(&mut body, s);
     let _ = writeln!(body, "![Kernel times by size](kernels.svg)\n");
     numpy(&mut body, s);
+    original(&mut body, s);
     pipeline(&mut body, s);
     overhead(&mut body, s);
     data_path(&mut body, s);
@@ -631,6 +734,18 @@ pub fn summary(s: &Suite) -> String {
                     RECORDED_GPU[0].0
                 );
             }
+        }
+    }
+    if let Some(x) = &s.original {
+        for r in &x.speedups {
+            let _ = writeln!(
+                o,
+                "original sizes: {:<28} {:<14} GPU speedup {}× end to end, {}× compute",
+                r.workload,
+                r.size,
+                down(r.end_to_end_speedup, 2),
+                down(r.compute_speedup, 2)
+            );
         }
     }
     if let Some(p) = &s.pipeline {
