@@ -18,9 +18,23 @@ use kiln_proto::{BUCKET_CANCEL, job_key};
 /// Most cancellation marks a worker remembers.
 pub(crate) const MAX_MARKS: usize = 1_000_000;
 
-/// The cancelled job keys' hashes, kept current by a watcher task.
+/// The cancelled job keys' hashes, kept current by a watcher task that stops with the last
+/// clone (a worker that has stopped leaves no watch running on its client, which may live on:
+/// an in-process worker's, in `kiln demo` or the benchmarks).
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Cancellations(Arc<RwLock<Marks>>);
+pub(crate) struct Cancellations {
+    marks: Arc<RwLock<Marks>>,
+    _watcher: Option<Arc<AbortOnDrop>>,
+}
+
+#[derive(Debug)]
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 #[derive(Debug, Default)]
 pub(crate) struct Marks {
@@ -101,23 +115,26 @@ impl Cancellations {
             .watch_with_history(">")
             .await
             .map_err(|e| format!("watching {BUCKET_CANCEL}: {e}"))?;
-        let cancellations = Cancellations(Arc::new(RwLock::new(Marks::new(ttl, MAX_MARKS))));
-        let marks = cancellations.0.clone();
-        tokio::spawn(async move {
+        let marks = Arc::new(RwLock::new(Marks::new(ttl, MAX_MARKS)));
+        let mirror = marks.clone();
+        let watcher = tokio::spawn(async move {
             while let Some(entry) = watch.next().await {
                 let Ok(entry) = entry else { continue };
-                let mut marks = marks.write().unwrap_or_else(|e| e.into_inner());
+                let mut marks = mirror.write().unwrap_or_else(|e| e.into_inner());
                 match entry.operation {
                     Operation::Put => marks.put(&entry.key, Instant::now()),
                     Operation::Delete | Operation::Purge => marks.remove(&entry.key),
                 }
             }
         });
-        Ok(cancellations)
+        Ok(Cancellations {
+            marks,
+            _watcher: Some(Arc::new(AbortOnDrop(watcher.abort_handle()))),
+        })
     }
 
     pub(crate) fn contains(&self, id: &str) -> bool {
-        let marks = self.0.read().unwrap_or_else(|e| e.into_inner());
+        let marks = self.marks.read().unwrap_or_else(|e| e.into_inner());
         marks.contains(&job_key(id))
     }
 }

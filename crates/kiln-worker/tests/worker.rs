@@ -467,3 +467,55 @@ async fn answer_one(setup: &Setup, name: &str) -> jetstream::message::StreamMess
     worker.stop().await.expect("a clean stop");
     stored
 }
+
+/// A stopped worker leaves nothing running on its client, which may live on (an in-process
+/// worker's, in `kiln demo` and the benchmarks): its watch of the cancellations bucket goes
+/// with it. (Left running, the watch panicked inside async-nats once the client closed.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopped_worker_leaves_no_watch_on_its_client() {
+    let setup = Setup::new().await;
+    let client = async_nats::connect(setup.server.url())
+        .await
+        .expect("connect");
+    let mut bucket = setup
+        .js
+        .get_stream(format!("KV_{}", kiln_proto::BUCKET_CANCEL))
+        .await
+        .expect("the cancellations bucket");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(kiln_worker::run(client.clone(), cpu_worker("w"), stopped));
+    let watching = |n: usize| n >= 1;
+    let consumers = consumers_until(&mut bucket, watching).await;
+    assert!(watching(consumers), "the worker watches the bucket");
+
+    let _ = stop.send(());
+    tokio::time::timeout(PATIENCE, task)
+        .await
+        .expect("the worker returns")
+        .expect("no panic")
+        .expect("the worker stops cleanly");
+    // The client is still connected: only the worker's own ending can take the watch away.
+    let consumers = consumers_until(&mut bucket, |n| n == 0).await;
+    assert_eq!(consumers, 0, "a watch outlived the worker");
+    assert_eq!(
+        client.connection_state(),
+        async_nats::connection::State::Connected
+    );
+}
+
+/// The consumers of `stream` once `done` says so of their number, or after [`PATIENCE`].
+async fn consumers_until(stream: &mut Stream, done: impl Fn(usize) -> bool) -> usize {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let n = stream
+            .info()
+            .await
+            .expect("stream info")
+            .state
+            .consumer_count;
+        if done(n) || tokio::time::Instant::now() > deadline {
+            return n;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
