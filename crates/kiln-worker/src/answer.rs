@@ -43,13 +43,14 @@ pub(crate) async fn finish(shared: &Shared, arrival: &Arrival, id: String, outco
         .error
         .as_ref()
         .is_some_and(|e| e.kind.disposition() == Disposition::Retry)
-        && let Err(e) = dead_letter(
+        // Boxed: rare, and its publishes would otherwise widen every job's future.
+        && let Err(e) = Box::pin(dead_letter(
             &shared.js,
             event,
             message.subject.as_str(),
             message.headers.as_ref().unwrap_or(&HeaderMap::new()),
             &message.payload,
-        )
+        ))
         .await
     {
         tracing::error!(id = %event.id, error = %e, "could not dead-letter job; handing it back");
@@ -147,6 +148,13 @@ fn result_event(shared: &Shared, arrival: &Arrival, id: String, outcome: Outcome
     }
 }
 
+/// Delete an object this run stored for nobody (best effort).
+async fn delete_object(shared: &Shared, name: String) {
+    if let Ok(bucket) = crate::data::bucket(shared).await {
+        let _ = bucket.delete(&name).await;
+    }
+}
+
 /// Store the result. The result is computed; when the server cannot store it right now (a
 /// stream leader election in a cluster, a server restart) keep the job, tell the server it is
 /// still in progress, and try again: handing it back would spend one of its deliveries on a
@@ -170,10 +178,9 @@ async fn store(shared: &Shared, arrival: &Arrival, fitted: &Fitted) -> bool {
             Ok(Answer::Now) => return true,
             Ok(Answer::Before) => {
                 // This run's stored output is nobody's answer.
-                if let Some(name) = stored_object_name(event)
-                    && let Ok(bucket) = crate::data::bucket(shared).await
-                {
-                    let _ = bucket.delete(&name).await;
+                if let Some(name) = stored_object_name(event) {
+                    // Boxed: the object store's futures are large and this is rare.
+                    Box::pin(delete_object(shared, name)).await;
                 }
                 return true;
             }

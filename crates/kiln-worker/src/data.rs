@@ -50,7 +50,14 @@ pub(crate) async fn load(
         }
         Ok::<_, JobError>(inputs)
     };
-    let inputs = with_progress(message, shared.config.topology.ack_wait, fetch).await?;
+    // Boxed: the object store's futures are tens of kilobytes, which every job's future would
+    // otherwise carry (and spawning copy) whether it loads objects or not.
+    let fetching = Box::pin(with_progress(
+        message,
+        shared.config.topology.ack_wait,
+        fetch,
+    ));
+    let inputs = fetching.await?;
     job.load(inputs)?;
     shared.admission.fits(job.kind.name, job.plan.elements)?;
     Ok(())
@@ -77,7 +84,10 @@ pub(crate) async fn store_output(
         };
         Ok::<_, JobError>(descriptor)
     };
-    let descriptor = with_progress(message, shared.config.topology.ack_wait, put).await?;
+    // Boxed, as loading is: only a job that stores an output pays for the object store's
+    // futures.
+    let storing = Box::pin(with_progress(message, shared.config.topology.ack_wait, put));
+    let descriptor = storing.await?;
     if let Some(fields) = output.as_object_mut() {
         fields.insert(
             "object".into(),
