@@ -210,20 +210,7 @@ pub async fn measure(
     let js = jetstream::new(client.clone());
     let topology = kiln_cli::cmd::topology(&nats);
     streams::ensure_all(&js, &topology).await?;
-    let mut roles = LocalRoles::default();
-    for device in &devices {
-        let mut config = kiln_worker::WorkerConfig::new(device.clone());
-        config.topology = topology.clone();
-        config.limits.max_elements = MAX_ELEMENTS;
-        // Each case's first job is its warm-up (JIT, autotune); a worker's own warm-up jobs
-        // would compile shapes no case uses, on cores the CPU side is measured on.
-        config.warmup = false;
-        // The GPU caches a `kiln worker` would use (`just gpu-check` points it at its own).
-        if let Some(dir) = std::env::var_os("KILN_CACHE_DIR") {
-            config.cache_dir = Some(dir.into());
-        }
-        roles.worker(&client, config);
-    }
+    let roles = start_workers(&client, &topology, &devices);
     let mut results = client.subscribe("results.>").await?;
 
     let cases = cases(quick);
@@ -270,6 +257,29 @@ pub async fn measure(
         },
         torch,
     })
+}
+
+/// A worker per device on `client`, for jobs up to [`MAX_ELEMENTS`], without warm-up jobs of
+/// their own: each case's first job is its warm-up (JIT, autotune), and a worker's own would
+/// compile shapes no case uses, on cores the CPU side is measured on.
+fn start_workers(
+    client: &async_nats::Client,
+    topology: &kiln_proto::Topology,
+    devices: &[ComputeDevice],
+) -> LocalRoles {
+    let mut roles = LocalRoles::default();
+    for device in devices {
+        let mut config = kiln_worker::WorkerConfig::new(device.clone());
+        config.topology = topology.clone();
+        config.limits.max_elements = MAX_ELEMENTS;
+        config.warmup = false;
+        // The GPU caches a `kiln worker` would use (`just gpu-check` points it at its own).
+        if let Some(dir) = std::env::var_os("KILN_CACHE_DIR") {
+            config.cache_dir = Some(dir.into());
+        }
+        roles.worker(client, config);
+    }
+    roles
 }
 
 /// Where one case's jobs go and what they are called.
