@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, kv::Operation};
 use futures::StreamExt as _;
 use kiln_proto::{BUCKET_CANCEL, job_key};
+use tokio_util::task::AbortOnDropHandle;
 
 /// Most cancellation marks a worker remembers.
 pub(crate) const MAX_MARKS: usize = 1_000_000;
@@ -21,19 +22,10 @@ pub(crate) const MAX_MARKS: usize = 1_000_000;
 /// The cancelled job keys' hashes, kept current by a watcher task that stops with the last
 /// clone (a worker that has stopped leaves no watch running on its client, which may live on:
 /// an in-process worker's, in `kiln demo` or the benchmarks).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub(crate) struct Cancellations {
     marks: Arc<RwLock<Marks>>,
-    _watcher: Option<Arc<AbortOnDrop>>,
-}
-
-#[derive(Debug)]
-struct AbortOnDrop(tokio::task::AbortHandle);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
+    _watcher: Arc<AbortOnDropHandle<()>>,
 }
 
 #[derive(Debug, Default)]
@@ -129,7 +121,7 @@ impl Cancellations {
         });
         Ok(Cancellations {
             marks,
-            _watcher: Some(Arc::new(AbortOnDrop(watcher.abort_handle()))),
+            _watcher: Arc::new(AbortOnDropHandle::new(watcher)),
         })
     }
 
