@@ -201,13 +201,7 @@ pub fn gpu_settings(quick: bool) -> Settings {
 /// one progress tick per case. Blocking: call from a blocking thread.
 pub fn measure(quick: bool, gpu: bool, bar: &ProgressBar) -> Section {
     let cases = cases(quick);
-    let cuda = if !gpu {
-        Err("left out with --no-gpu".to_owned())
-    } else if kiln_kernels::cuda_device_count() == 0 {
-        Err("no CUDA device on this machine".to_owned())
-    } else {
-        Ok(ComputeDevice::Cuda(0))
-    };
+    let cuda = cuda_device(gpu);
     let mut devices = vec![(ComputeDevice::Cpu, cpu_settings(quick))];
     if let Ok(device) = &cuda {
         devices.push((device.clone(), gpu_settings(quick)));
@@ -235,6 +229,17 @@ pub fn measure(quick: bool, gpu: bool, bar: &ProgressBar) -> Section {
         gpu_skipped: cuda.err(),
         rows,
         speedups,
+    }
+}
+
+/// The GPU a part measures: CUDA device 0 where there is one and `gpu` allows, or why none.
+pub(super) fn cuda_device(gpu: bool) -> Result<ComputeDevice, String> {
+    if !gpu {
+        Err("left out with --no-gpu".to_owned())
+    } else if kiln_kernels::cuda_device_count() == 0 {
+        Err("no CUDA device on this machine".to_owned())
+    } else {
+        Ok(ComputeDevice::Cuda(0))
     }
 }
 

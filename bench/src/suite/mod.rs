@@ -4,7 +4,8 @@
 //! Parts, in order: kernels on every backend present (GPU vs CPU in the same run), CPU matmul
 //! against numpy (`bench/scripts/numpy_reference.py`, skipped without python and numpy), GPU
 //! vs CPU at the original system's sizes as jobs, end to end and compute, beside PyTorch
-//! (`bench/scripts/torch_jobs.py`, skipped without torch), the pipeline against the raw JetStream ceiling, communication overhead per kind and size, data
+//! (`bench/scripts/torch_jobs.py`, skipped without torch), the pipeline against the raw
+//! JetStream ceiling, communication overhead per kind and size, data
 //! through the object store (a 4096² matmul by object against the raw store, a JPEG through
 //! conv2d), throughput against worker processes, and the scheduler against static policies. A part
 //! that fails is reported as failed and the others still run; the command then exits 1.
@@ -388,11 +389,7 @@ fn write_all(out: &Path, suite: &mut Suite) -> anyhow::Result<()> {
     }
     if suite.original.is_some() {
         // PyTorch's side of the original sizes: the cases it was given, its figures per device.
-        for name in [
-            "original-cases.json",
-            "torch-jobs-cpu.json",
-            "torch-jobs-cuda0.json",
-        ] {
+        for name in original::PYTORCH_FILES {
             if out.join(name).is_file() {
                 files.push(name.to_owned());
             }

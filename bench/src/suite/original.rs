@@ -34,6 +34,10 @@ use kiln_client::JobSpec;
 /// The largest job here (a 100M-element vector add: 300M elements) is above a worker's
 /// default `--max-elements` (2²⁸); the workers of this part accept 2³⁰ (4 GiB of f32).
 const MAX_ELEMENTS: u64 = 1 << 30;
+/// What PyTorch's side writes: the cases it is given, and its figures per device (CUDA device
+/// 0 is the only GPU measured; see [`torch_file`]).
+pub const PYTORCH_FILES: [&str; 3] = [CASES_FILE, "torch-jobs-cpu.json", "torch-jobs-cuda0.json"];
+const CASES_FILE: &str = "original-cases.json";
 /// The longest one job may take before the part gives up on it.
 const JOB_PATIENCE: Duration = Duration::from_secs(600);
 
@@ -195,13 +199,7 @@ pub async fn measure(
     out: &Path,
     bar: &ProgressBar,
 ) -> anyhow::Result<Section> {
-    let cuda = if !gpu {
-        Err("left out with --no-gpu".to_owned())
-    } else if kiln_kernels::cuda_device_count() == 0 {
-        Err("no CUDA device on this machine".to_owned())
-    } else {
-        Ok(ComputeDevice::Cuda(0))
-    };
+    let cuda = super::kernels::cuda_device(gpu);
     let mut devices = vec![ComputeDevice::Cpu];
     devices.extend(cuda.clone());
 
@@ -349,11 +347,7 @@ fn torch_side(
     rows: &mut [OriginalRow],
 ) -> String {
     // A file left by an earlier run into the same folder must not pass for this run's.
-    for name in [
-        "original-cases.json",
-        "torch-jobs-cpu.json",
-        "torch-jobs-cuda0.json",
-    ] {
+    for name in PYTORCH_FILES {
         let _ = std::fs::remove_file(out.join(name));
     }
     if !script.is_file() {
@@ -366,7 +360,7 @@ fn torch_side(
     if !has_torch {
         return format!("skipped: {python} cannot import torch");
     }
-    let cases_path = out.join("original-cases.json");
+    let cases_path = out.join(CASES_FILE);
     if let Err(e) = super::write_json(&cases_path, &cases) {
         return format!("skipped: {e:#}");
     }
@@ -376,7 +370,7 @@ fn torch_side(
             ComputeDevice::Cpu => "cpu".to_owned(),
             other => other.to_string(),
         };
-        let json_path = out.join(format!("torch-jobs-{}.json", torch_device.replace(':', "")));
+        let json_path = out.join(torch_file(&torch_device));
         bar.set_message(format!("PyTorch on {torch_device}: the same jobs"));
         let mut command = std::process::Command::new(python);
         command
@@ -414,6 +408,11 @@ fn torch_side(
         }
     }
     format!("ran (torch {version})")
+}
+
+/// The file PyTorch's figures on `device` (`cpu`, `cuda:0`) go to: one of [`PYTORCH_FILES`].
+fn torch_file(device: &str) -> String {
+    format!("torch-jobs-{}.json", device.replace(':', ""))
 }
 
 /// Run `command`, each line it writes to stderr shown as `bar`'s message; its exit status and
@@ -514,6 +513,14 @@ mod tests {
                 p["samples"].as_u64().unwrap() >= 1000,
                 "thousands of samples: {p}"
             );
+        }
+    }
+
+    #[test]
+    fn pytorch_writes_only_the_files_listed() {
+        for device in [ComputeDevice::Cpu, ComputeDevice::Cuda(0)] {
+            let file = torch_file(&device.to_string());
+            assert!(PYTORCH_FILES.contains(&file.as_str()), "{file}");
         }
     }
 
