@@ -229,31 +229,53 @@ impl Scheduler {
     }
 }
 
-/// Re-read each class's backlog (pending + in flight on its consumer) and live workers.
+/// Re-read each class's backlog (pending + in flight on its consumer) and live workers. A
+/// read that fails (a slow or restarting server) keeps what the last one found: a worker does
+/// not vanish from the model because one read of the workers bucket timed out, which routed
+/// every auto job away from a live GPU class until the next read.
 async fn refresh(js: &jetstream::Context, classes: &mut Classes) {
-    let mut gpu = ClassState::default();
-    let mut cpu = ClassState::default();
-    if let Ok(workers) = streams::live_workers(js).await {
-        for w in workers.iter().filter(|w| w.state == "serving") {
-            let state = if w.class == DeviceClass::Gpu {
-                &mut gpu
-            } else {
-                &mut cpu
-            };
-            state.live_workers += 1;
-            state.capacity += w.capacity;
-        }
-    }
-    if let Ok(stream) = js.get_stream(STREAM_JOBS).await {
-        for (class, state) in [(DeviceClass::Gpu, &mut gpu), (DeviceClass::Cpu, &mut cpu)] {
-            if let Ok(info) = stream.consumer_info(class.consumer()).await {
-                state.backlog = info.num_pending + info.num_ack_pending as u64;
+    match streams::live_workers(js).await {
+        Ok(workers) => {
+            let (mut gpu, mut cpu) = (Workers::default(), Workers::default());
+            for w in workers.iter().filter(|w| w.state == "serving") {
+                let class = if w.class == DeviceClass::Gpu {
+                    &mut gpu
+                } else {
+                    &mut cpu
+                };
+                class.live += 1;
+                class.capacity += w.capacity;
             }
+            gpu.set(&mut classes.gpu);
+            cpu.set(&mut classes.cpu);
+        }
+        Err(e) => tracing::debug!(error = %e, "could not read live workers; keeping the last read"),
+    }
+    let Ok(stream) = js.get_stream(STREAM_JOBS).await else {
+        return;
+    };
+    for class in [DeviceClass::Gpu, DeviceClass::Cpu] {
+        // The jobs routed since are in the backlog just read; after a failed read they are
+        // still counted in the one kept, and come off it when their results arrive.
+        if let Ok(info) = stream.consumer_info(class.consumer()).await {
+            classes.state(class).backlog = info.num_pending + info.num_ack_pending as u64;
+            classes.routed_since.retain(|_, routed| *routed != class);
         }
     }
-    classes.gpu = gpu;
-    classes.cpu = cpu;
-    classes.routed_since.clear();
+}
+
+/// The live workers of one class, as one read of the workers bucket found them.
+#[derive(Default)]
+struct Workers {
+    live: usize,
+    capacity: usize,
+}
+
+impl Workers {
+    fn set(self, state: &mut ClassState) {
+        state.live_workers = self.live;
+        state.capacity = self.capacity;
+    }
 }
 
 /// The fields of a result event the model learns from.
@@ -620,5 +642,70 @@ mod tests {
         // What does not parse changes nothing.
         learn(&mut model, &mut classes, b"not json");
         assert_eq!((classes.gpu.backlog, classes.cpu.backlog), (3, 0));
+    }
+
+    /// A heartbeat of a serving worker of `class` with `capacity` compute slots.
+    fn heartbeat(name: &str, class: DeviceClass, capacity: usize) -> Vec<u8> {
+        let now = time::OffsetDateTime::now_utc();
+        serde_json::to_vec(&kiln_proto::WorkerInfo {
+            name: name.into(),
+            class,
+            device: "cpu".into(),
+            backend: "ndarray".into(),
+            engines: Default::default(),
+            capacity,
+            max_in_flight: 64,
+            in_flight: 0,
+            succeeded: 0,
+            failed: 0,
+            state: "serving".into(),
+            running: Vec::new(),
+            version: "test".into(),
+            started_at: now,
+            updated_at: now,
+        })
+        .expect("a heartbeat")
+    }
+
+    /// A read of the workers bucket that fails keeps the classes as the last read found
+    /// them; a read that succeeds and finds no worker empties them.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_failed_read_keeps_the_last_live_workers() {
+        let server = kiln_testkit::NatsServer::start();
+        let client = async_nats::connect(server.url()).await.expect("connect");
+        let js = jetstream::new(client);
+        let topology = kiln_proto::Topology::default();
+        streams::ensure_all(&js, &topology).await.expect("streams");
+        let kv = js
+            .get_key_value(kiln_proto::BUCKET_WORKERS)
+            .await
+            .expect("bucket");
+        kv.put("g", heartbeat("g", DeviceClass::Gpu, 2).into())
+            .await
+            .expect("put");
+        kv.put("c", heartbeat("c", DeviceClass::Cpu, 1).into())
+            .await
+            .expect("put");
+        let mut classes = Classes::default();
+        refresh(&js, &mut classes).await;
+        let seen = |c: &Classes| {
+            (
+                (c.gpu.live_workers, c.gpu.capacity),
+                (c.cpu.live_workers, c.cpu.capacity),
+            )
+        };
+        assert_eq!(seen(&classes), ((1, 2), (1, 1)));
+
+        // The bucket cannot be read: the last read stands.
+        js.delete_key_value(kiln_proto::BUCKET_WORKERS)
+            .await
+            .expect("delete bucket");
+        refresh(&js, &mut classes).await;
+        assert_eq!(seen(&classes), ((1, 2), (1, 1)));
+
+        // Readable again, and empty: no live workers.
+        streams::ensure_all(&js, &topology).await.expect("streams");
+        refresh(&js, &mut classes).await;
+        assert_eq!(seen(&classes), ((0, 0), (0, 0)));
     }
 }

@@ -319,8 +319,13 @@ pub async fn live_workers(js: &jetstream::Context) -> Result<Vec<crate::WorkerIn
         .map_err(|e| e.to_string())?;
     let mut workers = Vec::with_capacity(keys.len());
     for key in keys {
-        if let Ok(Some(value)) = kv.get(key).await
-            && let Ok(info) = serde_json::from_slice::<crate::WorkerInfo>(&value)
+        // A key gone since the listing is a worker gone; a read that fails is an error, not
+        // a worker fewer (the scheduler keeps its last read instead).
+        let value = kv
+            .get(&key)
+            .await
+            .map_err(|e| format!("reading {key}: {e}"))?;
+        if let Some(info) = value.and_then(|v| serde_json::from_slice::<crate::WorkerInfo>(&v).ok())
         {
             workers.push(info);
         }
