@@ -522,7 +522,7 @@ async fn ceiling_streams(
 /// A raw JetStream side's two streams, made afresh (deleted first): a work-queue stream of
 /// jobs and a stream of results, both with kiln's duplicate window; with
 /// `results_once_per_subject`, results are kept as `KILN_RESULTS` keeps kiln's (one message per
-/// subject, a second one refused).
+/// subject; published with kiln's condition, a second one is refused).
 pub(crate) async fn fresh_streams(
     js: &jetstream::Context,
     [(jobs, jobs_subject), (results, results_subject)]: [(&str, &str); 2],
@@ -543,8 +543,6 @@ pub(crate) async fn fresh_streams(
         };
         if results_once_per_subject && name == results {
             config.max_messages_per_subject = 1;
-            config.discard = stream::DiscardPolicy::New;
-            config.discard_new_per_subject = true;
         }
         js.create_stream(config).await?;
     }
@@ -594,10 +592,17 @@ fn spawn_ceiling_worker(
                     let Ok(message) = message else { return };
                     let mut headers = HeaderMap::new();
                     let id = format!("r-{}", message.info().map_or(0, |i| i.stream_sequence));
-                    headers.insert(HEADER_MSG_ID, id.as_str());
+                    // A result on a subject of its own goes as kiln's do: only onto an empty
+                    // subject, without a message id.
                     let subject = match per_result {
-                        true => format!("bench.results.{id}"),
-                        false => "bench.results.x".to_owned(),
+                        true => {
+                            kiln_proto::expect_no_result(&mut headers);
+                            format!("bench.results.{id}")
+                        }
+                        false => {
+                            headers.insert(HEADER_MSG_ID, id.as_str());
+                            "bench.results.x".to_owned()
+                        }
                     };
                     if let Ok(ack) = js.publish_with_headers(subject, headers, body).await {
                         let _ = ack.await;

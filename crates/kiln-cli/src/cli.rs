@@ -82,8 +82,8 @@ pub struct NatsArgs {
         global = true
     )]
     pub max_queued_jobs: i64,
-    /// Most bytes of result events kept (kiln init); past it new results are refused until
-    /// old ones age out, so an answered job is never forgotten to make room.
+    /// Most bytes of result events kept (kiln init); past it the oldest results make room.
+    /// A job is answered once for as long as its result is kept.
     #[arg(long, env = "KILN_RESULTS_MAX_BYTES", default_value_t = 4 << 30, global = true)]
     pub results_max_bytes: i64,
     /// How long objects stay in the KILN_DATA object store (kiln init) [default: 7d].

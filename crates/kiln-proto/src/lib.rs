@@ -76,11 +76,19 @@ pub fn refused_for_size(error: &str) -> bool {
         || error.contains("message size exceeds")
 }
 
-/// Whether a refused result publish says its subject already holds a result (the results
-/// stream keeps one message a subject and discards new ones per subject): the job was
-/// answered before.
+/// Whether a refused result publish says its subject already holds a result: the job was
+/// answered before. `KILN_RESULTS` refuses it for the condition [`expect_no_result`] puts on
+/// every result (`wrong last sequence`), or, as made by kiln before 2026-12, for its limit of
+/// one message a subject with new ones discarded.
 pub fn already_answered(error: &str) -> bool {
-    error.contains("maximum messages per subject exceeded")
+    error.contains("wrong last sequence") || error.contains("maximum messages per subject exceeded")
+}
+
+/// Publish a result only onto a subject that holds none yet
+/// (`Nats-Expected-Last-Subject-Sequence: 0`): a job is answered once, for as long as its
+/// result is kept, however often it is delivered.
+pub fn expect_no_result(headers: &mut async_nats::HeaderMap) {
+    headers.insert(async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, "0");
 }
 
 /// `at` as a `Kiln-Enqueued-At` value.

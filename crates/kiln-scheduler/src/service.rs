@@ -549,6 +549,7 @@ async fn answer_too_large(
     let mut headers = async_nats::HeaderMap::new();
     headers.insert(HEADER_MSG_ID, event.msg_id().as_str());
     headers.insert("Content-Type", kiln_proto::CONTENT_TYPE_JSON);
+    kiln_proto::expect_no_result(&mut headers);
     let stored = js
         .publish_with_headers(subject::result(&event.kind, id), headers, body.into())
         .await
@@ -557,12 +558,7 @@ async fn answer_too_large(
     match stored {
         Ok(_) => Ok(()),
         // Answered before (this is a redelivery): nothing more to do.
-        Err(e)
-            if e.to_string()
-                .contains("maximum messages per subject exceeded") =>
-        {
-            Ok(())
-        }
+        Err(e) if kiln_proto::already_answered(&e.to_string()) => Ok(()),
         Err(e) => Err(e.to_string()),
     }
 }

@@ -9,12 +9,13 @@ use kiln_proto::{
 };
 
 /// Whether result events carry a `Nats-Msg-Id`. `KILN_RESULTS` keeps one message per subject
-/// and refuses a second (`results.<kind>.<id>`: one per job), which is what makes a result
-/// stored once however often its job is delivered; a message id on top would only make the
-/// server keep every result's id for the 10-minute duplicate window: a map insert per result,
-/// which took kiln / the JetStream ceiling in `kiln-bench pipeline` from 0.687 down to 0.518
-/// (medians of five A/B runs). A results stream made by an older kiln without that limit still
-/// gets the ids.
+/// (`results.<kind>.<id>`: one per job) and every result is published only onto an empty
+/// subject ([`kiln_proto::expect_no_result`]), which is what makes a result stored once
+/// however often its job is delivered; a message id on top would only make the server keep
+/// every result's id for the 10-minute duplicate window: a map insert per result, which took
+/// kiln / the JetStream ceiling in `kiln-bench pipeline` from 0.687 down to 0.518 (medians of
+/// five A/B runs). A results stream made by an older kiln without that limit still gets the
+/// ids.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ResultIds {
     /// The stream keeps one result per subject: no message id.
@@ -29,13 +30,19 @@ impl ResultIds {
         let Ok(mut stream) = js.get_stream(kiln_proto::streams::STREAM_RESULTS).await else {
             return ResultIds::Sent;
         };
-        match stream.info().await {
-            Ok(info)
-                if info.config.max_messages_per_subject == 1
-                    && info.config.discard_new_per_subject =>
-            {
-                ResultIds::Omitted
-            }
+        let Ok(info) = stream.info().await else {
+            return ResultIds::Sent;
+        };
+        if info.config.discard == jetstream::stream::DiscardPolicy::New {
+            tracing::warn!(
+                "{} was made by an older kiln: once it holds --results-max-bytes it refuses \
+                 every new result, and jobs wait until old results age out; `kiln init` lets \
+                 the oldest results make room instead",
+                kiln_proto::streams::STREAM_RESULTS
+            );
+        }
+        match info.config.max_messages_per_subject {
+            1 => ResultIds::Omitted,
             _ => ResultIds::Sent,
         }
     }
@@ -53,6 +60,7 @@ pub(crate) async fn publish_result(
 ) -> Result<Answer, String> {
     let (event, body) = (&fitted.event, fitted.body.clone());
     let mut headers = HeaderMap::new();
+    kiln_proto::expect_no_result(&mut headers);
     if ids == ResultIds::Sent {
         headers.insert(HEADER_MSG_ID, event.msg_id().as_str());
     }
@@ -68,12 +76,8 @@ pub(crate) async fn publish_result(
             None
         }
     };
-    // A result is JSON (no Content-Type needed); with neither an id nor a trace context it
-    // goes without headers at all, which the server stores without scanning any.
-    let sent = match headers.is_empty() {
-        true => js.publish(subject, body).await,
-        false => js.publish_with_headers(subject, headers, body).await,
-    };
+    // A result is JSON: no Content-Type needed.
+    let sent = js.publish_with_headers(subject, headers, body).await;
     let stored = sent.map_err(|e| e.to_string())?.await;
     match stored {
         Ok(ack) => {
@@ -83,8 +87,9 @@ pub(crate) async fn publish_result(
             }
             Ok(Answer::Now)
         }
-        // The results stream keeps one result a job id, for good: this job was answered
-        // before (a redelivery after a lost ack, an id used again after the duplicate window).
+        // The results stream keeps one result a job id for as long as results are kept: this
+        // job was answered before (a redelivery after a lost ack, an id used again after the
+        // duplicate window).
         Err(e) if kiln_proto::already_answered(&e.to_string()) => {
             tracing::info!(id = %event.id, "job already has a stored result; this run's result is dropped");
             Ok(Answer::Before)

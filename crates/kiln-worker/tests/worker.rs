@@ -53,6 +53,23 @@ impl Setup {
             .expect("job stored");
     }
 
+    /// Wait until the cpu workers' consumer has no job left, pending or unacked.
+    async fn drained(&self) {
+        let jobs = self.js.get_stream(STREAM_JOBS).await.expect("jobs");
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let info = jobs.consumer_info("workers-cpu").await.expect("consumer");
+            if info.num_pending == 0 && info.num_ack_pending == 0 {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "jobs left: {info:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The result stored for job `id` of `kind`, waiting for it.
     async fn result(&self, kind: &str, id: &str) -> ResultEvent {
         let message = self.stored_result(kind, id).await;
@@ -430,10 +447,12 @@ async fn small_jobs_arriving_together_share_launches_and_each_gets_its_own_answe
 
 #[tokio::test(flavor = "multi_thread")]
 async fn results_carry_a_message_id_only_where_the_stream_does_not_keep_one_per_subject() {
-    // kiln's results stream keeps one message per subject: results go without headers.
+    // kiln's results stream keeps one message per subject, and a result goes only onto an
+    // empty subject: its one header is that condition, no id.
     let setup = Setup::new().await;
     let stored = answer_one(&setup, "plain").await;
-    assert!(stored.headers.is_empty(), "{:?}", stored.headers);
+    let names: Vec<String> = stored.headers.iter().map(|(k, _)| k.to_string()).collect();
+    assert_eq!(names, ["Nats-Expected-Last-Subject-Sequence"]);
 
     // A results stream made by an older kiln, without that limit: the id still keeps a
     // redelivered job's result from being stored twice, so results carry it.
@@ -451,6 +470,88 @@ async fn results_carry_a_message_id_only_where_the_stream_does_not_keep_one_per_
             .map(|v| v.as_str()),
         Some(kiln_proto::result_msg_id("older-1", 0).as_str())
     );
+}
+
+/// A results stream that holds all it may makes room by dropping its oldest results: every
+/// job is still answered (with `discard: new` a full stream refused every result, and the
+/// worker held its jobs retrying), and a second result for a job whose result is kept is
+/// still refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_results_stream_drops_its_oldest_results_and_jobs_are_still_answered() {
+    let setup = Setup::new().await;
+    let small = Topology {
+        results_max_bytes: 32 * 1024,
+        ..Topology::default()
+    };
+    setup.js.delete_stream(STREAM_RESULTS).await.unwrap();
+    setup
+        .js
+        .create_stream(small.results_stream())
+        .await
+        .unwrap();
+    let worker = setup.worker(cpu_worker("full")).await;
+    // Each result is about 600 bytes: 300 of them fill the stream five times over.
+    let jobs: u64 = 300;
+    let job = |i: u64| format!(r#"{{"id":"full-{i}","params":{{"len":8}}}}"#).into_bytes();
+    for i in 0..jobs {
+        setup
+            .submit("jobs.cpu.vector_add", HeaderMap::new(), job(i))
+            .await;
+    }
+    let last_id = format!("full-{}", jobs - 1);
+    let first = setup.stored_result("vector_add", &last_id).await;
+    // The same job id again, while its result is kept: answered once, by the first run.
+    setup
+        .submit("jobs.cpu.vector_add", HeaderMap::new(), job(jobs - 1))
+        .await;
+    setup.drained().await;
+    let stats = worker.stop().await.expect("the worker stops cleanly");
+    assert_eq!(stats.succeeded, jobs + 1, "{stats:?}");
+    assert_eq!(stats.retried + stats.handed_back, 0, "{stats:?}");
+    let mut stream = setup.js.get_stream(STREAM_RESULTS).await.unwrap();
+    let state = stream.info().await.unwrap().state.clone();
+    assert!(state.bytes <= 32 * 1024, "{state:?}");
+    assert!(
+        state.messages < jobs,
+        "the oldest results made room: {state:?}"
+    );
+    assert_eq!(state.last_sequence, jobs, "the second result was refused");
+    let kept = setup.stored_result("vector_add", &last_id).await;
+    assert_eq!(kept.sequence, first.sequence, "the first result stays");
+}
+
+/// A results stream made by an older kiln (discard new per subject, which also refuses every
+/// result once the stream is full) still answers each job once, and `kiln init` (which
+/// updates every stream) turns it into one that makes room.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_older_results_stream_answers_once_and_kiln_init_lets_it_make_room() {
+    let setup = Setup::new().await;
+    let mut old = Topology::default().results_stream();
+    old.discard = jetstream::stream::DiscardPolicy::New;
+    old.discard_new_per_subject = true;
+    setup.js.delete_stream(STREAM_RESULTS).await.unwrap();
+    setup.js.create_stream(old).await.unwrap();
+    let worker = setup.worker(cpu_worker("old")).await;
+    for _ in 0..2 {
+        // The same job twice: the second result is refused, by either rule.
+        let job = br#"{"id":"old-1","params":{"len":8}}"#.to_vec();
+        setup
+            .submit("jobs.cpu.vector_add", HeaderMap::new(), job)
+            .await;
+    }
+    setup.drained().await;
+    let stats = worker.stop().await.expect("a clean stop");
+    assert_eq!(stats.succeeded, 2, "{stats:?}");
+    let mut stream = setup.js.get_stream(STREAM_RESULTS).await.unwrap();
+    assert_eq!(stream.info().await.unwrap().state.last_sequence, 1);
+
+    streams::update_all(&setup.js, &Topology::default())
+        .await
+        .expect("kiln init");
+    let config = stream.info().await.unwrap().config.clone();
+    assert_eq!(config.discard, jetstream::stream::DiscardPolicy::Old);
+    assert!(!config.discard_new_per_subject);
+    assert_eq!(config.max_messages_per_subject, 1);
 }
 
 /// A worker `name` answers one vector add, `<name>-1`, and stops: the stored result message.

@@ -130,8 +130,8 @@ impl Topology {
         }
     }
 
-    /// `KILN_RESULTS`: one message per subject, discard new per subject, kept
-    /// `results_max_age`/`results_max_bytes`.
+    /// `KILN_RESULTS`: one message per subject, each published only onto an empty subject,
+    /// kept `results_max_age`/`results_max_bytes` (the oldest go first).
     pub fn results_stream(&self) -> stream::Config {
         stream::Config {
             name: STREAM_RESULTS.into(),
@@ -139,11 +139,14 @@ impl Topology {
             subjects: vec!["results.>".into()],
             retention: RetentionPolicy::Limits,
             storage: StorageType::File,
-            // One stored result per job id for as long as results are kept: a second
-            // result on the same subject (a job id reused after the duplicate window, a
-            // job redelivered after a lost ack) is refused, not stored over the first.
-            discard: DiscardPolicy::New,
-            discard_new_per_subject: true,
+            // One stored result per job id for as long as results are kept: every result is
+            // published on the condition that its subject holds none yet
+            // (`Nats-Expected-Last-Subject-Sequence: 0`, [`crate::expect_no_result`]), so a
+            // second result (a job id reused after the duplicate window, a job redelivered
+            // after a lost ack) is refused, not stored over the first. Past the byte limit
+            // the oldest results make room: with `discard: new` a full stream refused every
+            // new result, and every worker held its jobs retrying until results aged out.
+            discard: DiscardPolicy::Old,
             max_messages_per_subject: 1,
             max_age: self.results_max_age,
             max_bytes: self.results_max_bytes,
