@@ -82,7 +82,14 @@ struct Classes {
     /// others, and a duplicate result, another scheduler's job or one submitted to a class
     /// directly must not take a job off twice or take off one never counted.
     routed_since: HashMap<String, DeviceClass>,
+    /// When the live workers were last read (`None`: never).
+    workers_read_at: Option<std::time::Instant>,
 }
+
+/// How long a read of the live workers stands while new reads fail: as long as a worker's
+/// heartbeat lives by default (three of two seconds). Past it the classes count no workers,
+/// as they would once the heartbeats had expired.
+const WORKERS_STAND_FOR: Duration = Duration::from_secs(6);
 
 impl Classes {
     fn state(&mut self, class: DeviceClass) -> &mut ClassState {
@@ -230,9 +237,10 @@ impl Scheduler {
 }
 
 /// Re-read each class's backlog (pending + in flight on its consumer) and live workers. A
-/// read that fails (a slow or restarting server) keeps what the last one found: a worker does
-/// not vanish from the model because one read of the workers bucket timed out, which routed
-/// every auto job away from a live GPU class until the next read.
+/// read that fails (a slow or restarting server) keeps what the last one found, for up to
+/// [`WORKERS_STAND_FOR`]: a worker does not vanish from the model because one read of the
+/// workers bucket timed out, which routed every auto job away from a live GPU class until
+/// the next read.
 async fn refresh(js: &jetstream::Context, classes: &mut Classes) {
     match streams::live_workers(js).await {
         Ok(workers) => {
@@ -248,8 +256,18 @@ async fn refresh(js: &jetstream::Context, classes: &mut Classes) {
             }
             gpu.set(&mut classes.gpu);
             cpu.set(&mut classes.cpu);
+            classes.workers_read_at = Some(std::time::Instant::now());
         }
-        Err(e) => tracing::debug!(error = %e, "could not read live workers; keeping the last read"),
+        Err(e) => {
+            tracing::debug!(error = %e, "could not read live workers; keeping the last read");
+            if classes
+                .workers_read_at
+                .is_none_or(|at| at.elapsed() > WORKERS_STAND_FOR)
+            {
+                Workers::default().set(&mut classes.gpu);
+                Workers::default().set(&mut classes.cpu);
+            }
+        }
     }
     let Ok(stream) = js.get_stream(STREAM_JOBS).await else {
         return;
@@ -692,16 +710,29 @@ mod tests {
         };
         assert_eq!(seen(&classes), ((1, 2), (1, 1)));
 
-        // The bucket cannot be read: the last read stands.
+        // The bucket cannot be read: the last read stands, for as long as a heartbeat would.
         js.delete_key_value(kiln_proto::BUCKET_WORKERS)
             .await
             .expect("delete bucket");
         refresh(&js, &mut classes).await;
         assert_eq!(seen(&classes), ((1, 2), (1, 1)));
-
-        // Readable again, and empty: no live workers.
-        streams::ensure_all(&js, &topology).await.expect("streams");
+        classes.workers_read_at = classes
+            .workers_read_at
+            .and_then(|at| at.checked_sub(WORKERS_STAND_FOR + Duration::from_secs(1)));
         refresh(&js, &mut classes).await;
-        assert_eq!(seen(&classes), ((0, 0), (0, 0)));
+        assert_eq!(seen(&classes), ((0, 0), (0, 0)), "a read too old to stand");
+        classes.workers_read_at = None;
+
+        // Readable again, with one worker back.
+        streams::ensure_all(&js, &topology).await.expect("streams");
+        let kv = js
+            .get_key_value(kiln_proto::BUCKET_WORKERS)
+            .await
+            .expect("bucket");
+        kv.put("g", heartbeat("g", DeviceClass::Gpu, 3).into())
+            .await
+            .expect("put");
+        refresh(&js, &mut classes).await;
+        assert_eq!(seen(&classes), ((1, 3), (0, 0)));
     }
 }
