@@ -681,6 +681,17 @@ mod tests {
         .expect("a heartbeat")
     }
 
+    /// Store a heartbeat of a serving worker in the workers bucket.
+    async fn beat(js: &jetstream::Context, name: &str, class: DeviceClass, capacity: usize) {
+        let kv = js
+            .get_key_value(kiln_proto::BUCKET_WORKERS)
+            .await
+            .expect("bucket");
+        kv.put(name, heartbeat(name, class, capacity).into())
+            .await
+            .expect("put");
+    }
+
     /// A read of the workers bucket that fails keeps the classes as the last read found
     /// them; a read that succeeds and finds no worker empties them.
     #[tokio::test(flavor = "multi_thread")]
@@ -690,16 +701,8 @@ mod tests {
         let js = jetstream::new(client);
         let topology = kiln_proto::Topology::default();
         streams::ensure_all(&js, &topology).await.expect("streams");
-        let kv = js
-            .get_key_value(kiln_proto::BUCKET_WORKERS)
-            .await
-            .expect("bucket");
-        kv.put("g", heartbeat("g", DeviceClass::Gpu, 2).into())
-            .await
-            .expect("put");
-        kv.put("c", heartbeat("c", DeviceClass::Cpu, 1).into())
-            .await
-            .expect("put");
+        beat(&js, "g", DeviceClass::Gpu, 2).await;
+        beat(&js, "c", DeviceClass::Cpu, 1).await;
         let mut classes = Classes::default();
         refresh(&js, &mut classes).await;
         let seen = |c: &Classes| {
@@ -721,17 +724,10 @@ mod tests {
             .and_then(|at| at.checked_sub(WORKERS_STAND_FOR + Duration::from_secs(1)));
         refresh(&js, &mut classes).await;
         assert_eq!(seen(&classes), ((0, 0), (0, 0)), "a read too old to stand");
-        classes.workers_read_at = None;
 
         // Readable again, with one worker back.
         streams::ensure_all(&js, &topology).await.expect("streams");
-        let kv = js
-            .get_key_value(kiln_proto::BUCKET_WORKERS)
-            .await
-            .expect("bucket");
-        kv.put("g", heartbeat("g", DeviceClass::Gpu, 3).into())
-            .await
-            .expect("put");
+        beat(&js, "g", DeviceClass::Gpu, 3).await;
         refresh(&js, &mut classes).await;
         assert_eq!(seen(&classes), ((1, 3), (0, 0)));
     }
