@@ -32,7 +32,10 @@ pub(crate) async fn finish(shared: &Shared, arrival: &Arrival, id: String, outco
     if retried(shared, arrival, &id, &outcome.result).await {
         return;
     }
-    let fitted = fitted(&shared.js, result_event(shared, arrival, id, outcome));
+    let fitted = fitted(
+        shared.client.max_payload(),
+        result_event(shared, arrival, id, outcome),
+    );
     let event = &fitted.event;
     if let Some(error) = &event.error {
         tracing::info!(id = %event.id, kind = %event.kind, error = %error, "job failed");

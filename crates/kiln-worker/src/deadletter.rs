@@ -121,7 +121,7 @@ async fn answer(
     tracing::warn!(id = %event.id, kind = %event.kind, deliveries = advisory.deliveries, consumer = %advisory.consumer, "the server gave up on a job; answering it as failed and dead-lettering it");
     crate::publish::dead_letter(js, &event, job.subject.as_str(), &job.headers, &job.payload)
         .await?;
-    let fitted = crate::publish::fitted(js, event);
+    let fitted = crate::publish::fitted(js.client().max_payload(), event);
     crate::publish::publish_result(js, ids, &fitted, Some(&job.headers), None).await?;
     match jobs.delete_message(advisory.stream_seq).await {
         Ok(_) => Ok(()),

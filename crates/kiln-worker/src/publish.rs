@@ -114,12 +114,11 @@ pub(crate) struct Fitted {
     pub body: bytes::Bytes,
 }
 
-/// `event` with its JSON, or, when its JSON would not fit in a message beside its headers, a
-/// `too_large` failure in its place: a result that cannot be stored must still answer the
-/// job, never keep it going round.
-pub(crate) fn fitted(js: &jetstream::Context, event: ResultEvent) -> Fitted {
-    // The client keeps the server's limit current (an atomic read, no copy of its INFO).
-    let max = js.client().max_payload();
+/// `event` with its JSON, or, when its JSON would not fit in a message of `max` bytes (the
+/// server's `max_payload`, which the client keeps current) beside its headers, a `too_large`
+/// failure in its place: a result that cannot be stored must still answer the job, never keep
+/// it going round.
+pub(crate) fn fitted(max: usize, event: ResultEvent) -> Fitted {
     // Sized for a small job's result at once (serde_json starts at 128 bytes and doubles).
     let mut body = Vec::with_capacity(1024);
     let len = match serde_json::to_writer(&mut body, &event).map(|()| body) {

@@ -34,6 +34,10 @@ pub(crate) struct Counters {
 /// State every job task of one worker shares.
 pub(crate) struct Shared {
     pub js: jetstream::Context,
+    /// The connection `js` uses, kept so that a job reads the server's `max_payload` without
+    /// cloning the client (`Context::client` does: several reference counts and a channel
+    /// sender, up and down again, per job).
+    pub client: async_nats::Client,
     pub config: WorkerConfig,
     /// What the kinds with a choice run on, as the worker chose at start.
     pub engines: kiln_kernels::Engines,

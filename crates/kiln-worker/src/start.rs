@@ -126,6 +126,7 @@ async fn open(
     };
     let shared = Arc::new(Shared {
         js: js.clone(),
+        client: js.client(),
         engines,
         admission: Admission::new(&config, memory),
         counters: Counters::default(),
