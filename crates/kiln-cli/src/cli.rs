@@ -83,7 +83,8 @@ pub struct NatsArgs {
     )]
     pub max_queued_jobs: i64,
     /// Most bytes of result events kept (kiln init); past it the oldest results make room.
-    /// A job is answered once for as long as its result is kept.
+    /// A job is answered once for as long as its result is kept. Job states (KILN_STATE, for
+    /// kiln status) are kept within the same number of bytes, the oldest going first.
     #[arg(long, env = "KILN_RESULTS_MAX_BYTES", default_value_t = 4 << 30, global = true)]
     pub results_max_bytes: i64,
     /// How long objects stay in the KILN_DATA object store (kiln init) [default: 7d].

@@ -294,3 +294,67 @@ async fn a_jobs_stream_without_copy_subjects_is_named_at_start_and_fixed_by_init
     ]);
     common::assert_success(&out);
 }
+
+/// A flood of submissions fills `KILN_STATE`, which is kept within `--results-max-bytes`: the
+/// oldest job states make room for new ones instead of the bucket refusing every new state
+/// (or, without a limit, growing until the server's storage is gone and every stream refuses
+/// writes). A bucket made by an older kiln (no limit, discard new) is fixed by `kiln init`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_job_state_bucket_drops_its_oldest_states() {
+    use async_nats::jetstream::stream::DiscardPolicy;
+
+    const LIMIT: i64 = 32 * 1024;
+    let cluster = Cluster::new();
+    let js = jetstream::new(cluster.client().await);
+    // The bucket as an older kiln made it.
+    js.create_key_value(jetstream::kv::Config {
+        bucket: kiln_proto::BUCKET_STATE.into(),
+        history: 1,
+        ..Default::default()
+    })
+    .await
+    .expect("an older kiln's bucket");
+    let out = cluster.kiln(&["init", "--results-max-bytes", &LIMIT.to_string()]);
+    common::assert_success(&out);
+    let mut stream = js
+        .get_stream(format!("KV_{}", kiln_proto::BUCKET_STATE))
+        .await
+        .expect("the bucket's stream");
+    let config = stream.info().await.expect("stream info").config.clone();
+    assert_eq!(config.discard, DiscardPolicy::Old);
+    assert_eq!(config.max_bytes, LIMIT);
+
+    // 600 queued states, as `kiln submit` records them: several times what the bucket holds.
+    let state = serde_json::to_vec(&kiln_proto::JobState::queued(
+        "vector_add",
+        kiln_proto::DeviceClass::Cpu,
+    ))
+    .expect("a job state");
+    for i in 0..600 {
+        js.publish(
+            kiln_proto::state_subject(&format!("flood-{i}")),
+            state.clone().into(),
+        )
+        .await
+        .expect("publish")
+        .await
+        .unwrap_or_else(|e| panic!("state {i} refused by a full bucket: {e}"));
+    }
+    let info = stream.info().await.expect("stream info");
+    assert!(info.state.bytes <= LIMIT as u64, "{:?}", info.state);
+    assert!(info.state.messages < 600, "{:?}", info.state);
+    let bucket = js
+        .get_key_value(kiln_proto::BUCKET_STATE)
+        .await
+        .expect("the bucket");
+    let newest = bucket
+        .get(kiln_proto::job_key("flood-599"))
+        .await
+        .expect("read the newest state");
+    assert!(newest.is_some(), "the newest state is kept");
+    let oldest = bucket
+        .get(kiln_proto::job_key("flood-0"))
+        .await
+        .expect("read the oldest state");
+    assert!(oldest.is_none(), "the oldest state made room");
+}

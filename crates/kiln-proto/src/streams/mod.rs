@@ -68,8 +68,9 @@ pub struct Topology {
     /// How long result events are kept (and with them, the guarantee that a job id is
     /// answered once).
     pub results_max_age: Duration,
-    /// Most bytes of result events kept; past it new results are refused until old ones age
-    /// out (discard new: a stored answer is never dropped to make room).
+    /// Most bytes of result events kept; past it the oldest results make room (discard old:
+    /// a full stream must not refuse every new answer). Job states in `KILN_STATE` are kept
+    /// within the same number of bytes, the oldest going first too.
     pub results_max_bytes: i64,
     /// How long objects in `KILN_DATA` (inputs people put, outputs workers store) are kept.
     pub data_max_age: Duration,
@@ -231,13 +232,16 @@ impl Topology {
         }
     }
 
-    /// Job states (`KILN_STATE`): one key per job, kept as long as results.
+    /// Job states (`KILN_STATE`): one key per job, kept as long as results and within as
+    /// many bytes. (A bucket drops its oldest keys when full only once its stream discards
+    /// old, which the setup sets after making it: see `streams::setup`.)
     pub fn state_bucket(&self) -> jetstream::kv::Config {
         jetstream::kv::Config {
             bucket: crate::BUCKET_STATE.into(),
             description: "kiln job states (kiln status <id>)".into(),
             history: 1,
             max_age: self.results_max_age,
+            max_bytes: self.results_max_bytes,
             storage: StorageType::File,
             num_replicas: self.replicas,
             ..Default::default()

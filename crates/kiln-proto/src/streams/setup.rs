@@ -37,6 +37,17 @@ pub enum SetupError {
         #[source]
         source: jetstream::context::CreateKeyValueError,
     },
+    /// A bucket's stream could not be set to drop its oldest entries when full.
+    #[error(
+        "could not let the key-value bucket {bucket} drop its oldest entries when full: {source}"
+    )]
+    BucketDiscard {
+        /// The bucket's name.
+        bucket: &'static str,
+        /// The server's refusal.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// Something a role needs does not exist and this user could not create it: with
     /// least-privilege users only the admin creates streams and consumers.
     #[error(
@@ -241,6 +252,24 @@ async fn create_streams(
     Ok(())
 }
 
+/// Let a full `KILN_STATE` drop its oldest job states. async-nats makes (and updates) every
+/// bucket with discard *new*, under which a bucket that reached its byte limit would refuse
+/// every new state until old ones aged out a week later: `kiln status` would know nothing of
+/// new jobs. A job state is a convenience (`kiln submit` goes on without one), so the oldest
+/// give way.
+async fn state_makes_room(
+    js: &jetstream::Context,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let name = format!("KV_{}", crate::BUCKET_STATE);
+    let mut stream = js.get_stream(&name).await?;
+    let mut config = stream.info().await?.config.clone();
+    if config.discard != jetstream::stream::DiscardPolicy::Old {
+        config.discard = jetstream::stream::DiscardPolicy::Old;
+        js.update_stream(config).await?;
+    }
+    Ok(())
+}
+
 /// Whether `stream` does not exist. Any other failure to read it is "not yet": creating it
 /// then would reset an existing stream to this process's defaults.
 async fn stream_missing(js: &jetstream::Context, stream: &str) -> Result<bool, Stop> {
@@ -332,6 +361,13 @@ async fn create_buckets(
                     what: format!("key-value bucket {bucket}"),
                     source: source.into(),
                 })?;
+        } else {
+            continue;
+        }
+        if bucket == crate::BUCKET_STATE {
+            state_makes_room(js)
+                .await
+                .map_err(|source| SetupError::BucketDiscard { bucket, source })?;
         }
     }
     Ok(())
