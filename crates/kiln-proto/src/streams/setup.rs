@@ -257,14 +257,29 @@ async fn create_streams(
 /// every new state until old ones aged out a week later: `kiln status` would know nothing of
 /// new jobs. A job state is a convenience (`kiln submit` goes on without one), so the oldest
 /// give way.
-async fn state_makes_room(
-    js: &jetstream::Context,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+async fn state_makes_room(js: &jetstream::Context) -> Result<(), BoxError> {
     let name = format!("KV_{}", crate::BUCKET_STATE);
-    let mut stream = js.get_stream(&name).await?;
-    let mut config = stream.info().await?.config.clone();
-    if config.discard != jetstream::stream::DiscardPolicy::Old {
+    change_stream(js, &name, |config| {
         config.discard = jetstream::stream::DiscardPolicy::Old;
+    })
+    .await
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Apply `change` to the configuration of stream `name` as it is on the server (a bucket's
+/// own stream, which the key-value and object-store calls do not let kiln configure in
+/// full), and store it where that changed anything.
+async fn change_stream(
+    js: &jetstream::Context,
+    name: &str,
+    change: impl FnOnce(&mut jetstream::stream::Config),
+) -> Result<(), BoxError> {
+    let mut stream = js.get_stream(name).await?;
+    let current = stream.info().await?.config.clone();
+    let mut config = current.clone();
+    change(&mut config);
+    if config != current {
         js.update_stream(config).await?;
     }
     Ok(())
@@ -381,7 +396,7 @@ async fn ensure_data_bucket(
     update: bool,
 ) -> Result<(), SetupError> {
     let config = topology.data_bucket();
-    let missing = |source: Box<dyn std::error::Error + Send + Sync>| SetupError::Missing {
+    let missing = |source: BoxError| SetupError::Missing {
         what: format!("object store bucket {}", crate::BUCKET_DATA),
         source,
     };
@@ -394,19 +409,13 @@ async fn ensure_data_bucket(
     }
     if update {
         let name = format!("OBJ_{}", crate::BUCKET_DATA);
-        let mut stream = js.get_stream(&name).await.map_err(|e| missing(e.into()))?;
-        let mut current = stream
-            .info()
-            .await
-            .map_err(|e| missing(e.into()))?
-            .config
-            .clone();
-        current.max_age = config.max_age;
-        current.max_bytes = config.max_bytes;
-        current.num_replicas = config.num_replicas;
-        js.update_stream(current)
-            .await
-            .map_err(|e| missing(e.into()))?;
+        change_stream(js, &name, |current| {
+            current.max_age = config.max_age;
+            current.max_bytes = config.max_bytes;
+            current.num_replicas = config.num_replicas;
+        })
+        .await
+        .map_err(missing)?;
     }
     Ok(())
 }
