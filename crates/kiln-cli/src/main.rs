@@ -13,6 +13,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let mut cli = cli::Cli::parse();
+    if !cli.command.is_service() {
+        die_quietly_on_broken_pipe();
+    }
     init_tracing(&cli);
     if let Err(e) = cli.nats.resolve() {
         eprintln!("kiln: {e:#}");
@@ -48,6 +51,21 @@ fn main() -> ExitCode {
     // a shutdown, a job past the drain timeout): it is handed back by the server.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     code
+}
+
+/// A command that prints for people and scripts ends quietly, as Unix tools do, when whoever
+/// reads its output goes away (`kiln watch | head`, `kiln completions bash | head -1`): Rust
+/// ignores SIGPIPE, which turns the next print into a panic with a backtrace. Services keep
+/// ignoring it: they print nothing, and a log reader that goes away must not kill a worker.
+/// (Sockets are unaffected either way: std writes them with `MSG_NOSIGNAL`.)
+fn die_quietly_on_broken_pipe() {
+    #[cfg(unix)]
+    #[allow(unsafe_code)]
+    // SAFETY: called at the start of `main`, before any other thread exists; setting a
+    // signal's disposition back to its default touches no memory of this process.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
 }
 
 fn init_tracing(cli: &cli::Cli) {

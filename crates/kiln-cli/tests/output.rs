@@ -299,3 +299,28 @@ async fn duration_flags_take_durations_and_the_old_spellings_still_work() {
         assert!(stdout(&out).contains("train_mlp"), "{}", stdout(&out));
     }
 }
+
+/// A command whose reader goes away (`kiln completions bash | head -1`, `kiln watch | head`)
+/// ends quietly, killed by SIGPIPE as Unix tools are, not with a panic and a backtrace.
+#[test]
+fn a_command_whose_reader_goes_away_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt as _;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(common::KILN)
+        .args(["completions", "bash"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run kiln");
+    // The reader is gone before kiln has printed anything.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("run kiln");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "kiln panicked:\n{stderr}");
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGPIPE),
+        "kiln should end by SIGPIPE: {:?}\n{stderr}",
+        out.status
+    );
+}
