@@ -68,6 +68,62 @@ async def test_matmul_of_uploaded_matrices_matches_numpy(client: kiln.Client) ->
     np.testing.assert_allclose(c, a @ b, rtol=1e-4, atol=1e-4)
 
 
+async def test_fortran_order_and_transposed_arrays_upload_in_c_order(
+    client: kiln.Client,
+) -> None:
+    rng = np.random.default_rng(7)
+    # a.T is 200x300 in Fortran order; its JSON passes 256 KiB, so it goes as an object.
+    a = rng.standard_normal((300, 200)).astype(np.float32)
+    b = rng.standard_normal((300, 100)).astype(np.float32)
+    job = await client.submit("matmul", "cpu", a=a.T, b=b)
+    stored = np.load(io.BytesIO(await client.get(f"inputs/{job.id}/a")))
+    assert stored.shape == (200, 300) and stored.flags.c_contiguous
+    np.testing.assert_array_equal(stored, a.T)
+    c = await (await job.result(timeout=RESULT_TIMEOUT)).array()
+    np.testing.assert_allclose(c, a.T @ b, rtol=1e-4, atol=1e-4)
+
+    small = np.asfortranarray(rng.standard_normal((6, 4)))
+    right = rng.standard_normal((4, 3))
+    job = await client.submit("matmul", "cpu", a=small, b=right, upload=True)
+    c = await (await job.result(timeout=RESULT_TIMEOUT)).array()
+    np.testing.assert_allclose(c, small @ right, rtol=1e-4, atol=1e-4)
+    # put stores one in C order too.
+    name = f"test/{kiln.new_job_id()}.npy"
+    info = await client.put(name, small)
+    job = await client.submit("matmul", "cpu", a=info, b=right)
+    c = await (await job.result(timeout=RESULT_TIMEOUT)).array()
+    np.testing.assert_allclose(c, small @ right, rtol=1e-4, atol=1e-4)
+
+
+async def test_inline_bool_arrays_are_sent_as_numbers(client: kiln.Client) -> None:
+    a = np.eye(3) > 0
+    b = np.array([[True, True, False], [False, True, True], [True, False, True]])
+    job = await client.submit("matmul", "cpu", a=a, b=b)
+    result = await job.result(timeout=RESULT_TIMEOUT)
+    assert result.object is None, "9 values go and come back inline"
+    np.testing.assert_array_equal(await result.array(), a.astype(np.float32) @ b)
+    u = np.array([True, False, True, False])
+    v = np.array([True, True, False, False])
+    for upload in (None, False):
+        job = await client.submit("vector_add", "cpu", a=u, b=v, upload=upload)
+        c = await (await job.result(timeout=RESULT_TIMEOUT)).array()
+        np.testing.assert_array_equal(c, u.astype(np.float32) + v.astype(np.float32))
+
+
+async def test_vector_add_takes_inline_arrays_of_any_shape_flat(client: kiln.Client) -> None:
+    rng = np.random.default_rng(8)
+    a = rng.random((3, 4), dtype=np.float32)
+    b = rng.random((3, 4), dtype=np.float32)
+    for upload in (None, False, True):
+        job = await client.submit("vector_add", "cpu", a=a, b=b, upload=upload)
+        c = await (await job.result(timeout=RESULT_TIMEOUT)).array()
+        np.testing.assert_array_equal(c.ravel(), (a + b).ravel())
+    nested = [[[1.0, 2.0], [3.0, 4.0]]]
+    job = await client.submit("vector_add", "cpu", a=nested, b=nested)
+    c = await (await job.result(timeout=RESULT_TIMEOUT)).array()
+    np.testing.assert_array_equal(c, [2.0, 4.0, 6.0, 8.0])
+
+
 async def test_a_large_vector_add_output_comes_back_as_an_object(client: kiln.Client) -> None:
     rng = np.random.default_rng(2)
     a = rng.random(5000, dtype=np.float32)

@@ -3,6 +3,7 @@ result parsing, and the PNG decoder."""
 
 from __future__ import annotations
 
+import io
 import json
 from datetime import datetime, timezone
 
@@ -61,6 +62,36 @@ def test_small_tensors_go_inline_large_or_non_finite_ones_are_uploaded() -> None
     assert len(_wire.plan_tensor("b", big, False)) == _wire.INLINE_LIMIT
     with pytest.raises(TypeError, match="must hold numbers"):
         _wire.plan_tensor("a", np.array(["x"]), None)
+
+
+def test_inline_bools_go_as_numbers_and_flat_params_go_flat() -> None:
+    mask = np.array([[True, False], [False, True]])
+    assert _wire.plan_tensor("a", mask, None) == [[1, 0], [0, 1]]
+    assert _wire.plan_tensor("a", mask, False, flat=True) == [1, 0, 0, 1]
+    grid = np.arange(12, dtype=np.float32).reshape(3, 4)
+    assert _wire.plan_tensor("a", grid, None, flat=True) == grid.ravel().tolist()
+    assert _wire.plan_tensor("a", grid, False, flat=True) == grid.ravel().tolist()
+    assert _wire.plan_tensor("a", [[1, 2], [3, 4]], None, flat=True) == [1, 2, 3, 4]
+    # An upload keeps the array as it is (the worker takes a stored tensor flat itself).
+    forced = _wire.plan_tensor("a", grid, True, flat=True)
+    assert isinstance(forced, _wire.Upload) and forced.array.shape == (3, 4)
+    # Only vector_add's a and b are taken flat; matmul's matrices stay nested.
+    assert _wire.FLAT_PARAMS == {"vector_add": frozenset({"a", "b"})}
+    assert kiln.Client._param("vector_add", "a", grid, None) == grid.ravel().tolist()
+    assert kiln.Client._param("matmul", "a", grid, None) == grid.tolist()
+    assert kiln.Client._param("conv2d", "image", grid[None], None) == grid[None].tolist()
+
+
+def test_npy_bytes_are_c_order_whatever_the_arrays_layout() -> None:
+    a = np.arange(12, dtype=np.float64).reshape(3, 4)
+    for array in [a.T, np.asfortranarray(a), a[:, ::2], a]:
+        data = _wire.npy_bytes(array)
+        assert b"'fortran_order': False" in data[:128]
+        loaded = np.load(io.BytesIO(data))
+        assert loaded.shape == array.shape and loaded.dtype == array.dtype
+        np.testing.assert_array_equal(loaded, array)
+    scalar = np.load(io.BytesIO(_wire.npy_bytes(np.array(2.5))))
+    assert scalar.shape == () and scalar == 2.5
 
 
 def test_the_envelope_has_exactly_kilns_fields() -> None:

@@ -363,7 +363,7 @@ class Client:
         encoded: dict[str, Any] = {}
         uploads: list[_wire.Upload] = []
         for name, value in params.items():
-            planned = self._param(name, value, upload)
+            planned = self._param(kind, name, value, upload)
             if isinstance(planned, _wire.Upload):
                 uploads.append(planned)
             else:
@@ -380,7 +380,7 @@ class Client:
         )
 
     @staticmethod
-    def _param(name: str, value: Any, upload: bool | None) -> Any:
+    def _param(kind: str, name: str, value: Any, upload: bool | None) -> Any:
         if isinstance(value, Result):
             return value.ref().to_json()
         if isinstance(value, (_wire.ObjectRef, _wire.ObjectInfo)):
@@ -388,7 +388,8 @@ class Client:
         if name in _wire.REFERENCE_PARAMS and isinstance(value, str):
             return _wire.ObjectRef(value).to_json()
         if name in _wire.TENSOR_PARAMS and isinstance(value, (np.ndarray, list, tuple)):
-            return _wire.plan_tensor(name, value, upload)
+            flat = name in _wire.FLAT_PARAMS.get(kind, ())
+            return _wire.plan_tensor(name, value, upload, flat=flat)
         return value
 
     async def _submit(self, prepared: list[_Prepared]) -> list[Job]:

@@ -32,6 +32,8 @@ OutputMode = Literal["auto", "object", "npy", "safetensors", "png"]
 
 #: Parameters that take a tensor, inline or by reference.
 TENSOR_PARAMS = frozenset({"a", "b", "image", "x"})
+#: Tensor parameters each kind takes flat (a vector); inline, they are sent flat.
+FLAT_PARAMS = {"vector_add": frozenset({"a", "b"})}
 #: Parameters that only take a reference; a plain string names the object.
 REFERENCE_PARAMS = frozenset({"dataset", "model"})
 #: Inline JSON of one tensor parameter above this many bytes is uploaded instead.
@@ -143,9 +145,11 @@ class ObjectInfo:
 
 
 def npy_bytes(array: np.ndarray[Any, Any]) -> bytes:
-    """`array` as a .npy file."""
+    """`array` as a .npy file, in C order (kiln refuses Fortran-order files)."""
     import io
 
+    if not array.flags.c_contiguous:
+        array = np.ascontiguousarray(array)
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=False)
     return buffer.getvalue()
@@ -170,10 +174,19 @@ class Upload:
     array: np.ndarray[Any, Any]
 
 
-def plan_tensor(name: str, value: Any, upload: bool | None) -> Any:
-    """What tensor parameter `name` becomes: its inline JSON value (nested lists), or an
-    `Upload`. `upload`: True always uploads, False never does, None uploads when the inline
-    JSON would pass `INLINE_LIMIT` or the values are not all finite (JSON has no NaN)."""
+def inline_values(array: np.ndarray[Any, Any], flat: bool = False) -> Any:
+    """`array` as inline JSON values: nested lists, one list when `flat`, bools as 0 and 1
+    (kiln reads inline numbers only)."""
+    if array.dtype.kind == "b":
+        array = array.astype(np.uint8)
+    return (array.ravel() if flat else array).tolist()
+
+
+def plan_tensor(name: str, value: Any, upload: bool | None, *, flat: bool = False) -> Any:
+    """What tensor parameter `name` becomes: its inline JSON value (nested lists, or one list
+    when `flat`), or an `Upload`. `upload`: True always uploads, False never does, None
+    uploads when the inline JSON would pass `INLINE_LIMIT` or the values are not all finite
+    (JSON has no NaN)."""
     if upload is False:
         array = tensor_array(name, value)
         if array.dtype.kind == "f" and not np.isfinite(array).all():
@@ -181,7 +194,7 @@ def plan_tensor(name: str, value: Any, upload: bool | None) -> Any:
                 f"parameter {name!r} holds NaN or infinite values, which JSON cannot carry "
                 "inline: leave upload unset (or True) to send it as a .npy object"
             )
-        return array.tolist()
+        return inline_values(array, flat)
     array = tensor_array(name, value)
     if upload is True:
         return Upload(name, array)
@@ -190,7 +203,7 @@ def plan_tensor(name: str, value: Any, upload: bool | None) -> Any:
         return Upload(name, array)
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         return Upload(name, array)
-    inline = array.tolist()
+    inline = inline_values(array, flat)
     if len(json.dumps(inline)) > INLINE_LIMIT:
         return Upload(name, array)
     return inline
