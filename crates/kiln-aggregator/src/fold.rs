@@ -104,7 +104,8 @@ pub struct Fold {
     pub last_finished_at: Option<OffsetDateTime>,
     /// `queue_ms` of the jobs counted.
     pub queue: Latency,
-    /// `compute_ms` of the jobs counted.
+    /// `compute_ms` of the jobs counted that succeeded: a failed job's time is often none (it
+    /// never reached a device) and would pull means and speedups down.
     pub compute: Latency,
     /// `total_ms` of the jobs counted.
     pub total: Latency,
@@ -141,7 +142,9 @@ impl Fold {
         self.first_finished_at = Some(self.first_finished_at.map_or(at, |f| f.min(at)));
         self.last_finished_at = Some(self.last_finished_at.map_or(at, |l| l.max(at)));
         self.queue.record_ms(event.queue_ms);
-        self.compute.record_ms(event.compute_ms);
+        if event.status == Status::Succeeded {
+            self.compute.record_ms(event.compute_ms);
+        }
         self.total.record_ms(event.total_ms);
         // A prediction is believed only as a time between 0 and a week (workers pass on only
         // such, see `kiln_proto::Envelope`): one absurd value would make every sum infinite,
@@ -525,6 +528,8 @@ mod tests {
         assert_eq!(s.failures.get("invalid_input"), Some(&1));
         assert_eq!(s.total_ms.count, 2);
         assert!((s.total_ms.max - 5.0).abs() < 0.01);
+        // Compute times are the succeeded jobs' only.
+        assert_eq!(s.compute_ms.count, 1);
         // Nothing changed: no new snapshot.
         assert!(folds.snapshots(OffsetDateTime::now_utc()).is_empty());
     }

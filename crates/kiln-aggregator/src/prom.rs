@@ -86,9 +86,12 @@ impl Exporter {
         m.queue_seconds
             .get_or_create(&kc)
             .observe(seconds(event.queue_ms));
-        m.compute_seconds
-            .get_or_create(&kc)
-            .observe(seconds(event.compute_ms));
+        // Succeeded jobs only, as in the snapshots (see `Fold::compute`).
+        if event.status == Status::Succeeded {
+            m.compute_seconds
+                .get_or_create(&kc)
+                .observe(seconds(event.compute_ms));
+        }
         m.total_seconds
             .get_or_create(&kc)
             .observe(seconds(event.total_ms));
