@@ -337,3 +337,59 @@ async fn an_auto_job_published_with_conditions_is_routed_without_them() {
     assert_eq!(answer.status, Status::Succeeded, "{answer:?}");
     assert_eq!(routed_to(answer), DeviceClass::Cpu);
 }
+
+/// Auto jobs the server accepted into a full `KILN_JOBS` wait for room for their routed copies
+/// (held with progress acks, not handed back: each nak spends a delivery, and five in five
+/// seconds dead-lettered them as if workers had crashed on them), and run once workers make
+/// room.
+#[tokio::test(flavor = "multi_thread")]
+async fn auto_jobs_in_a_full_queue_wait_for_room_instead_of_being_dead_lettered() {
+    let mut cluster = Cluster::new();
+    assert_success(&cluster.kiln(&["init", "--max-queued-jobs", "12"]));
+    cluster.spawn("scheduler", &["scheduler", "--name", "sched-1"]);
+    let client = cluster.client().await;
+    let js = jetstream::new(client.clone());
+    // Nine CPU jobs no worker takes yet and three auto jobs fill the queue.
+    let mut ids = Vec::new();
+    for (device, n) in [("cpu", 9), ("auto", 3)] {
+        for i in 0..n {
+            let id = format!("{device}-{i}");
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", id.as_str());
+            let body = format!(r#"{{"id":"{id}","params":{{"len":8}}}}"#);
+            js.publish_with_headers(format!("jobs.{device}.vector_add"), headers, body.into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+            ids.push(id);
+        }
+    }
+    // Long enough for the old five 1 s hand-backs to have dead-lettered the auto jobs.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let (stored, _) = common::stored_results(&client).await;
+    assert_eq!(stored, 0, "nothing is answered while no worker runs");
+    cluster.cpu_worker();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let results = common::wait_for_results(&client, &ids, Duration::from_secs(90)).await;
+    for id in &ids {
+        let answer = &results[*id];
+        assert_eq!(answer.status, Status::Succeeded, "{answer:?}");
+        assert_eq!(answer.attempt, 1, "{answer:?}");
+    }
+    for i in 0..3 {
+        assert_eq!(routed_to(&results[&format!("auto-{i}")]), DeviceClass::Cpu);
+    }
+    let dlq = js
+        .get_stream(kiln_proto::streams::STREAM_DLQ)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .messages;
+    assert_eq!(dlq, 0, "no job was dead-lettered");
+    let scheduler = cluster.child("scheduler").try_wait().unwrap();
+    assert!(scheduler.is_none(), "the scheduler exited: {scheduler:?}");
+}

@@ -67,6 +67,13 @@ pub const HEADER_HANDBACKS: &str = "Kiln-Handbacks";
 /// `queue_ms` and `total_ms` count from the submission rather than from the copy.
 pub const HEADER_ENQUEUED_AT: &str = "Kiln-Enqueued-At";
 
+/// Whether a refused publish was refused because its stream is full (`KILN_JOBS` at
+/// `--max-queued-jobs` or its byte limit, with discard-new): room comes back as jobs finish.
+pub fn refused_for_room(error: &str) -> bool {
+    let error = error.to_ascii_lowercase();
+    error.contains("maximum messages exceeded") || error.contains("maximum bytes exceeded")
+}
+
 /// Whether a refused publish was refused for its size: by the client against the server's
 /// `max_payload`, or by a stream's `max_msg_size`.
 pub fn refused_for_size(error: &str) -> bool {

@@ -12,8 +12,8 @@ use futures::stream::FuturesUnordered;
 use kiln_kernels::DecodedJob;
 use kiln_proto::streams::{self, STREAM_JOBS};
 use kiln_proto::{
-    Codec, DeviceClass, Envelope, HEADER_MSG_ID, HEADER_ROUTING, JobError, JobSubject, Limits,
-    ResultEvent, Routing, Status, Topology, subject,
+    Codec, DeviceClass, Envelope, ErrorKind, HEADER_MSG_ID, HEADER_ROUTING, JobError, JobSubject,
+    Limits, ResultEvent, Routing, Status, Topology, subject,
 };
 
 use crate::model::{ClassState, CostModel};
@@ -126,9 +126,16 @@ pub async fn run(
             Some((routed, stored)) = in_flight.next(), if !in_flight.is_empty() => {
                 scheduler.settled(routed, stored).await;
             }
+            _ = tokio::time::sleep_until(scheduler.held.next_due()), if !scheduler.held.is_empty() => {
+                for (message, hold) in scheduler.held.due() {
+                    if let Some((routed, ack)) = scheduler.route(message, Some(hold)).await {
+                        in_flight.push(stored(routed, ack));
+                    }
+                }
+            }
             next = inputs.jobs.next(), if in_flight.len() < ROUTING_IN_FLIGHT => match next {
                 Some(Ok(message)) => {
-                    if let Some((routed, ack)) = scheduler.route(message).await {
+                    if let Some((routed, ack)) = scheduler.route(message, None).await {
                         in_flight.push(stored(routed, ack));
                     }
                 }
@@ -140,6 +147,10 @@ pub async fn run(
     // The copies already published: ack their originals (or hand them back) before leaving.
     while let Some((routed, stored)) = in_flight.next().await {
         scheduler.settled(routed, stored).await;
+    }
+    // Jobs held for room: back to the queue at once, for another scheduler.
+    for (message, _) in std::mem::take(&mut scheduler.held).all() {
+        let _ = message.ack_with(AckKind::Nak(None)).await;
     }
     Ok(scheduler.stop())
 }
@@ -192,6 +203,8 @@ struct Scheduler {
     classes: Classes,
     limits: Limits,
     stats: SchedulerStats,
+    /// Jobs whose copies `KILN_JOBS` had no room for, waiting to be routed again.
+    held: Held,
 }
 
 impl Scheduler {
@@ -209,6 +222,7 @@ impl Scheduler {
                 ..Limits::default()
             },
             stats: SchedulerStats::default(),
+            held: Held::default(),
         };
         tracing::info!(scheduler = %scheduler.config.name, "scheduler routing jobs.auto.>");
         scheduler.config.health.serving();
@@ -226,12 +240,14 @@ impl Scheduler {
         self.stats
     }
 
-    /// [`settle`] a routed copy, and count it if it went to a class.
+    /// [`settle`] a routed copy: count it if it went to a class, hold it if there was no
+    /// room for it.
     async fn settled(&mut self, routed: Routed, stored: Result<(), String>) {
         match settle(&self.js, &self.config, routed, stored).await {
-            Some(DeviceClass::Gpu) => self.stats.routed_gpu += 1,
-            Some(_) => self.stats.routed_cpu += 1,
-            None => {}
+            Settled::Routed(DeviceClass::Gpu) => self.stats.routed_gpu += 1,
+            Settled::Routed(_) => self.stats.routed_cpu += 1,
+            Settled::Held(message, hold) => self.held.push(message, hold),
+            Settled::Done => {}
         }
     }
 }
@@ -334,6 +350,85 @@ struct Routed {
     reason: String,
     enqueued_at: time::OffsetDateTime,
     span: Option<kiln_telemetry::trace::TraceSpan>,
+    /// Since when, and how patiently, the job has waited for room in `KILN_JOBS`.
+    hold: Option<Hold>,
+}
+
+/// How long a job whose copy `KILN_JOBS` has no room for is held (its delivery kept with
+/// progress acks, not handed back: every nak spends one of its deliveries, and five refusals
+/// in five seconds dead-lettered accepted jobs as if workers had crashed on them) before it is
+/// answered `failed`. Room comes back as workers finish jobs; a stream full of nothing but
+/// auto jobs waiting to be routed never makes any.
+const HOLD_PATIENCE: Duration = Duration::from_secs(120);
+
+/// A job waiting for room for its copy: since when, and the pause before its next try.
+#[derive(Debug, Clone, Copy)]
+struct Hold {
+    since: tokio::time::Instant,
+    pause: Duration,
+}
+
+impl Hold {
+    /// The next hold after a refusal: first 250 ms, then doubling up to 5 s (well inside the
+    /// scheduler consumer's ack wait, which each try's progress ack restarts).
+    fn after(previous: Option<Hold>) -> Hold {
+        match previous {
+            None => Hold {
+                since: tokio::time::Instant::now(),
+                pause: Duration::from_millis(250),
+            },
+            Some(h) => Hold {
+                since: h.since,
+                pause: (h.pause * 2).min(Duration::from_secs(5)),
+            },
+        }
+    }
+}
+
+/// Jobs held for room, with when each is tried again.
+#[derive(Default)]
+struct Held(Vec<(tokio::time::Instant, jetstream::Message, Hold)>);
+
+impl Held {
+    fn push(&mut self, message: jetstream::Message, hold: Hold) {
+        let due = tokio::time::Instant::now() + hold.pause;
+        self.0.push((due, message, hold));
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// When the first held job is due (now when none is held).
+    fn next_due(&self) -> tokio::time::Instant {
+        let now = tokio::time::Instant::now();
+        self.0.iter().map(|(due, ..)| *due).min().unwrap_or(now)
+    }
+
+    /// The held jobs that are due, taken out.
+    fn due(&mut self) -> Vec<(jetstream::Message, Hold)> {
+        let now = tokio::time::Instant::now();
+        let (due, later) = std::mem::take(&mut self.0)
+            .into_iter()
+            .partition(|(at, ..)| *at <= now);
+        self.0 = later;
+        due.into_iter().map(|(_, m, h)| (m, h)).collect()
+    }
+
+    /// Every held job, taken out.
+    fn all(self) -> Vec<(jetstream::Message, Hold)> {
+        self.0.into_iter().map(|(_, m, h)| (m, h)).collect()
+    }
+}
+
+/// What became of a routed copy's original.
+enum Settled {
+    /// Acked: its copy is stored for this class.
+    Routed(DeviceClass),
+    /// Kept, to be routed again when the hold is over: `KILN_JOBS` had no room for its copy.
+    Held(jetstream::Message, Hold),
+    /// Answered, or handed back.
+    Done,
 }
 
 /// Most routed copies awaiting the server's acknowledgement at once: routing does not wait
@@ -346,6 +441,7 @@ impl Scheduler {
     async fn route(
         &mut self,
         message: jetstream::Message,
+        hold: Option<Hold>,
     ) -> Option<(Routed, jetstream::context::PublishAckFuture)> {
         let Ok(info) = message.info() else {
             return None;
@@ -389,6 +485,7 @@ impl Scheduler {
             reason: routing.reason,
             enqueued_at: envelope.enqueued_at,
             span,
+            hold,
         };
         self.publish(routed, headers).await
     }
@@ -438,7 +535,7 @@ impl Scheduler {
                 Some((routed, ack))
             }
             Err(e) => {
-                settle(&self.js, &self.config, routed, Err(e.to_string())).await;
+                self.settled(routed, Err(e.to_string())).await;
                 None
             }
         }
@@ -464,13 +561,13 @@ async fn auto_kind(message: &jetstream::Message) -> Option<String> {
 }
 
 /// Ack the original once its copy is stored; else answer it `too_large` (a copy that could
-/// never fit) or hand it back. Returns the class it went to, if it did.
+/// never fit), hold it (no room for its copy in `KILN_JOBS` yet) or hand it back.
 async fn settle(
     js: &jetstream::Context,
     config: &SchedulerConfig,
     routed: Routed,
     stored: Result<(), String>,
-) -> Option<DeviceClass> {
+) -> Settled {
     let Routed {
         message,
         id,
@@ -480,54 +577,89 @@ async fn settle(
         reason,
         enqueued_at,
         span,
+        hold,
     } = routed;
-    // A job too close to max_payload for its copy's headers can never be routed: answered
-    // `too_large` instead of going round for ever.
-    if let Err(e) = &stored
-        && kiln_proto::refused_for_size(e)
-    {
-        tracing::warn!(%id, %target, error = %e, "job too large to route; answering it too_large");
-        let answered = answer_too_large(js, config, &message, &kind, &id, enqueued_at, e).await;
-        match answered {
-            Ok(()) => {
-                let _ = message.ack().await;
-            }
-            Err(e) => {
-                tracing::warn!(%id, error = %e, "could not answer the job; handing it back");
-                let _ = message
-                    .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
-                    .await;
+    let answer = |error: JobError| {
+        let (message, kind, id) = (&message, &kind, &id);
+        async move {
+            match answer_failed(js, config, message, kind, id, enqueued_at, error).await {
+                Ok(()) => {
+                    let _ = message.ack().await;
+                }
+                Err(e) => {
+                    tracing::warn!(%id, error = %e, "could not answer the job; handing it back");
+                    let _ = message
+                        .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
+                        .await;
+                }
             }
         }
-        return None;
-    }
-    if let Err(e) = stored {
-        tracing::warn!(%id, %target, error = %e, "could not route the job; handing it back");
-        config.metrics.route_failures.inc();
-        if let Some(span) = &span {
-            span.error(e);
-        }
-        let _ = message
-            .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+    };
+    match &stored {
+        // A job too close to max_payload for its copy's headers can never be routed: answered
+        // `too_large` instead of going round for ever.
+        Err(e) if kiln_proto::refused_for_size(e) => {
+            tracing::warn!(%id, %target, error = %e, "job too large to route; answering it too_large");
+            answer(JobError::too_large(format!(
+                "the job's {} bytes leave no room for the headers of its routed copy ({e}); \
+                 send large inputs as objects (`kiln put`, {{\"object\": NAME}})",
+                message.payload.len()
+            )))
             .await;
-        return None;
+            return Settled::Done;
+        }
+        Err(e) if kiln_proto::refused_for_room(e) => {
+            config.metrics.route_failures.inc();
+            let hold = Hold::after(hold);
+            if hold.since.elapsed() >= HOLD_PATIENCE {
+                tracing::warn!(%id, %target, error = %e, "no room to route the job for {HOLD_PATIENCE:?}; answering it failed");
+                answer(JobError::new(
+                    ErrorKind::Internal,
+                    format!(
+                        "{STREAM_JOBS} had no room for its routed copy for {}s ({e}): the queue \
+                         is full of jobs waiting to be routed or run; raise `kiln init \
+                         --max-queued-jobs` or submit fewer at once, then submit it again",
+                        HOLD_PATIENCE.as_secs()
+                    ),
+                ))
+                .await;
+                return Settled::Done;
+            }
+            if hold.pause == Duration::from_millis(250) {
+                tracing::warn!(%id, %target, error = %e, "no room in {STREAM_JOBS} for the routed copy; holding the job and trying again");
+            }
+            let _ = message.ack_with(AckKind::Progress).await;
+            return Settled::Held(message, hold);
+        }
+        Err(e) => {
+            tracing::warn!(%id, %target, error = %e, "could not route the job; handing it back");
+            config.metrics.route_failures.inc();
+            if let Some(span) = &span {
+                span.error(e);
+            }
+            let _ = message
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                .await;
+            return Settled::Done;
+        }
+        Ok(()) => {}
     }
     let _ = message.ack().await;
     drop(span);
     config.metrics.routed(&kind, &class.to_string());
     tracing::debug!(%id, %target, %reason, "routed");
-    Some(class)
+    Settled::Routed(class)
 }
 
-/// Answer a job that cannot be routed because of its size with a `too_large` failure.
-async fn answer_too_large(
+/// Answer a job that cannot be routed with a failure.
+async fn answer_failed(
     js: &jetstream::Context,
     config: &SchedulerConfig,
     message: &jetstream::Message,
     kind: &str,
     id: &str,
     enqueued_at: time::OffsetDateTime,
-    why: &str,
+    error: JobError,
 ) -> Result<(), String> {
     let now = time::OffsetDateTime::now_utc();
     let waited = (now - enqueued_at).as_seconds_f64().max(0.0) * 1000.0;
@@ -551,14 +683,7 @@ async fn answer_too_large(
         compute_ms: 0.0,
         total_ms: waited,
         output: serde_json::Value::Null,
-        error: Some(
-            JobError::too_large(format!(
-                "the job's {} bytes leave no room for the headers of its routed copy ({why}); \
-                 send large inputs as objects (`kiln put`, {{\"object\": NAME}})",
-                message.payload.len()
-            ))
-            .bounded(),
-        ),
+        error: Some(error.bounded()),
         flops: 0.0,
         routing: None,
         replay: 0,
