@@ -25,6 +25,11 @@ def test_job_ids_follow_kilns_grammar() -> None:
             _wire.check_job_id(bad)
     with pytest.raises(TypeError):
         _wire.check_job_id(12)  # type: ignore[arg-type]
+    # kiln's own ids are looked up, never submitted under.
+    assert _wire.check_job_id("seq-7") == "seq-7"
+    with pytest.raises(ValueError, match="kiln's own"):
+        _wire.check_submitted_id("seq-7")
+    assert _wire.check_submitted_id("sequence-7") == "sequence-7"
 
 
 def test_fresh_ids_are_valid_and_distinct() -> None:

@@ -358,3 +358,53 @@ async fn a_full_job_state_bucket_drops_its_oldest_states() {
         .expect("read the oldest state");
     assert!(oldest.is_none(), "the oldest state made room");
 }
+
+/// No submitter can take the id kiln gives a job sent without one (`seq-<its sequence>`,
+/// known to everyone in advance): a job naming one in its body is refused under an id of its
+/// own, one whose `Nats-Msg-Id` is one goes by its sequence, and the id-less job is answered
+/// with its own result.
+#[tokio::test(flavor = "multi_thread")]
+async fn no_job_can_take_the_id_kiln_gives_a_job_sent_without_one() {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    cluster.cpu_worker();
+    let client = cluster.client().await;
+    let js = jetstream::new(client.clone());
+    let last = js
+        .get_stream(streams::STREAM_JOBS)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .last_sequence;
+    let victim = format!("seq-{}", last + 3);
+    let mut headers = HeaderMap::new();
+    headers.insert("Nats-Msg-Id", "planted-body");
+    let body = format!(r#"{{"id":"{victim}","params":{{"a":[666],"b":[0]}}}}"#);
+    publish(&js, "jobs.cpu.vector_add", headers, body.into_bytes()).await;
+    let mut headers = HeaderMap::new();
+    headers.insert("Nats-Msg-Id", victim.as_str());
+    let body = r#"{"params":{"a":[777],"b":[0]}}"#;
+    publish(&js, "jobs.cpu.vector_add", headers, body.into()).await;
+    // The job sent without an id, at the sequence both aimed at.
+    let body = r#"{"params":{"a":[1],"b":[1]}}"#;
+    publish(&js, "jobs.cpu.vector_add", HeaderMap::new(), body.into()).await;
+
+    let second = format!("seq-{}", last + 2);
+    let ids = ["planted-body", second.as_str(), victim.as_str()];
+    let results = wait_for_results(&client, &ids, Duration::from_secs(60)).await;
+    let planted = &results["planted-body"];
+    assert_eq!(planted.status, Status::Failed, "{planted:?}");
+    let error = planted.error.as_ref().unwrap();
+    assert_eq!(error.kind, ErrorKind::InvalidInput, "{error}");
+    assert!(error.message.contains("kiln's own"), "{error}");
+    assert_eq!(
+        results[second.as_str()].output["c"],
+        serde_json::json!([777.0])
+    );
+    let own = &results[victim.as_str()];
+    assert_eq!(own.status, Status::Succeeded, "{own:?}");
+    assert_eq!(own.output["c"], serde_json::json!([2.0]), "{own:?}");
+}

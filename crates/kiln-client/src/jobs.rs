@@ -31,6 +31,19 @@ pub fn check_job_id(id: &str) -> Result<(), String> {
     ))
 }
 
+/// [`check_job_id`] for an id to submit a job under: kiln's own `seq-<sequence>` ids are
+/// refused too ([`kiln_proto::submittable_job_id`]).
+pub fn check_submitted_id(id: &str) -> Result<(), String> {
+    check_job_id(id)?;
+    match kiln_proto::submittable_job_id(id) {
+        true => Ok(()),
+        false => Err(format!(
+            "{id:?} cannot be submitted: {}",
+            kiln_proto::ASSIGNED_ID_RULE
+        )),
+    }
+}
+
 /// The job's state in `KILN_STATE`, if kiln recorded one (`kiln submit` records `queued`).
 pub async fn state(js: &jetstream::Context, id: &str) -> Option<JobState> {
     let store = js.get_key_value(kiln_proto::BUCKET_STATE).await.ok()?;
@@ -209,6 +222,16 @@ mod tests {
     fn job_id_rule_matches_valid_job_id() {
         assert!(JOB_ID_RULE.contains(&format!("1 to {}", kiln_proto::MAX_ID_LEN)));
         assert!(check_job_id("batch-0").is_ok());
+        assert!(
+            check_job_id("seq-12").is_ok(),
+            "kiln's own ids are looked up"
+        );
+        assert!(
+            check_submitted_id("seq-12")
+                .unwrap_err()
+                .contains("kiln's own")
+        );
+        assert!(check_submitted_id("sequence-12").is_ok());
         for bad in [
             "",
             "a b",

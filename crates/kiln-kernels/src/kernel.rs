@@ -503,6 +503,14 @@ fn decode<K: Kernel>(
             kiln_proto::JOB_ID_RULE
         )));
     }
+    if let Some(id) = &job.id
+        && !kiln_proto::submittable_job_id(id)
+    {
+        return Err(JobError::invalid_input(format!(
+            "job id {id:?} cannot be submitted: {}",
+            kiln_proto::ASSIGNED_ID_RULE
+        )));
+    }
     let plan = K::plan(&job.params, &Inputs::none(), limits)?;
     limits.check_elements(K::NAME, plan.elements)?;
     Ok(DecodedJob {

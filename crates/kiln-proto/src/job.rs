@@ -52,7 +52,7 @@ pub fn resolve_job_id(
     body_id
         .filter(|id| !id.is_empty())
         .or(job_id_header.filter(valid))
-        .or(msg_id.filter(valid))
+        .or(msg_id.filter(|id| submittable_job_id(id)))
         .map(str::to_owned)
         .unwrap_or_else(|| format!("seq-{stream_sequence}"))
 }
@@ -69,6 +69,21 @@ pub fn valid_job_id(id: &str) -> bool {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
+
+/// The prefix of the ids kiln gives jobs sent without one (`seq-<stream sequence>`).
+pub const ASSIGNED_ID_PREFIX: &str = "seq-";
+
+/// Whether a submitter may name a job `id` (in its body, `kiln submit --id`, or as the
+/// `Nats-Msg-Id` it goes by): a valid id ([`valid_job_id`]) outside kiln's own
+/// `seq-<sequence>` ids. Those are known to everyone in advance, and a job sent under one
+/// before an id-less job reaches that sequence would answer that job with its own result.
+pub fn submittable_job_id(id: &str) -> bool {
+    valid_job_id(id) && !id.starts_with(ASSIGNED_ID_PREFIX)
+}
+
+/// Why a job id that [`valid_job_id`] accepts may not be submitted.
+pub const ASSIGNED_ID_RULE: &str =
+    "ids starting with \"seq-\" are kiln's own, given to jobs sent without an id";
 
 /// The sentence that says what a valid job id is, for error messages.
 pub const JOB_ID_RULE: &str =

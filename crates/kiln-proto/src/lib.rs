@@ -31,7 +31,10 @@ pub use codec::{CONTENT_TYPE_BINCODE, CONTENT_TYPE_JSON, Codec};
 pub use data::{BUCKET_DATA, ObjectDescriptor, ObjectRef, OutputMode, output_object_name};
 pub use envelope::{Envelope, MAX_HANDBACKS, MAX_REPLAYS, OWN_HEADERS, cut};
 pub use error::{Disposition, Error, ErrorKind, JobError, MAX_ERROR_MESSAGE, Result};
-pub use job::{JOB_ID_RULE, Job, MAX_ID_LEN, new_job_id, resolve_job_id, valid_job_id};
+pub use job::{
+    ASSIGNED_ID_PREFIX, ASSIGNED_ID_RULE, JOB_ID_RULE, Job, MAX_ID_LEN, new_job_id, resolve_job_id,
+    submittable_job_id, valid_job_id,
+};
 pub use limits::{Limits, checked_product};
 pub use metrics::{Latency, LatencyStats, MAX_RESULT_RANGES, MetricsSnapshot, PredictionStats};
 pub use result::{ResultEvent, Routing, Status, result_msg_id};

@@ -139,6 +139,6 @@ pub(crate) fn job_id_of(payload: &[u8], envelope: &Envelope, sequence: u64) -> S
     let body_id = serde_json::from_slice::<IdOnly>(payload)
         .ok()
         .and_then(|b| b.id)
-        .filter(|id| kiln_proto::valid_job_id(id));
+        .filter(|id| kiln_proto::submittable_job_id(id));
     envelope.id(body_id.as_deref(), sequence)
 }

@@ -351,7 +351,7 @@ class Client:
         kind = _wire.check_kind(spec["kind"])
         device = _wire.check_class(spec.get("device") or "cpu")
         job_id = spec.get("id")
-        job_id = _wire.new_job_id() if job_id is None else _wire.check_job_id(job_id)
+        job_id = _wire.new_job_id() if job_id is None else _wire.check_submitted_id(job_id)
         output = _wire.check_output(spec.get("output") or "auto")
         seed = int(spec.get("seed") or 0)
         if seed < 0:

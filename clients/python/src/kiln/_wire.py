@@ -63,6 +63,23 @@ def check_job_id(job_id: str) -> str:
     return job_id
 
 
+#: Ids kiln gives jobs sent without one (`seq-<stream sequence>`); no job is submitted
+#: under one (everyone knows them in advance, and a job sent under one first would answer
+#: the id-less job with its own result).
+ASSIGNED_ID_PREFIX = "seq-"
+
+
+def check_submitted_id(job_id: str) -> str:
+    """`check_job_id`, refusing kiln's own `seq-<sequence>` ids too."""
+    check_job_id(job_id)
+    if job_id.startswith(ASSIGNED_ID_PREFIX):
+        raise ValueError(
+            f"job id {job_id!r} cannot be submitted: ids starting with "
+            f"{ASSIGNED_ID_PREFIX!r} are kiln's own, given to jobs sent without an id"
+        )
+    return job_id
+
+
 def check_kind(kind: str) -> str:
     if not isinstance(kind, str) or _TOKEN.fullmatch(kind) is None:
         raise ValueError(

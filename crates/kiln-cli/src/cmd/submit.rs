@@ -126,9 +126,9 @@ impl<'a> Submission<'a> {
     /// Whether the ids are valid job ids (the message says why not).
     fn check_ids(&self) -> Result<(), String> {
         // The last id is the longest.
-        use kiln_client::jobs::check_job_id;
-        check_job_id(&self.base_id)
-            .and_then(|()| check_job_id(self.ids.last().map_or("", String::as_str)))
+        use kiln_client::jobs::check_submitted_id;
+        check_submitted_id(&self.base_id)
+            .and_then(|()| check_submitted_id(self.ids.last().map_or("", String::as_str)))
     }
 
     /// Store the `--input` files, then build every job.
