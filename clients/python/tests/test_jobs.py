@@ -319,6 +319,10 @@ async def test_put_and_get_round_trip_and_a_missing_object_raises(client: kiln.C
     assert await client.get("test/big.bin") == big
     with pytest.raises(kiln.ObjectNotFound, match="no object 'test/nothing'"):
         await client.get("test/nothing")
+    # A name the server would close the connection over is refused before it is sent.
+    with pytest.raises(ValueError, match="at most 1024 bytes"):
+        await client.put("x" * 4000, big)
+    assert await client.get("test/big.bin") == big
 
 
 async def test_a_job_over_max_payload_raises_submit_error(client: kiln.Client) -> None:

@@ -198,10 +198,14 @@ async fn bad_objects_are_answered_invalid_input_naming_them() {
     let full = write(dir.path(), "full.npy", &good);
     assert_success(&cluster.kiln(&["put", &full, "--name", "full"]));
     let wrong_digest = format!(r#"{{"object":"full","sha256":"{}"}}"#, "0".repeat(64));
+    // A name whose metadata subject would pass the server's control line, which closed the
+    // worker's connection (and every other job's on it) on each attempt.
+    let long = format!(r#"{{"object":"{}"}}"#, "x".repeat(4000));
     for (b, names) in [
         (r#"{"object":"nowhere"}"#.to_owned(), "nowhere"),
         (r#"{"object":"cut"}"#.to_owned(), "cut"),
         (wrong_digest, "full"),
+        (long, "at most 1024 bytes"),
     ] {
         let out = cluster.kiln(&[
             "submit",
@@ -227,7 +231,13 @@ async fn bad_objects_are_answered_invalid_input_naming_them() {
             "names the parameter: {}",
             error.message
         );
+        assert_eq!(event.attempt, 1, "answered at once: {}", error.message);
     }
+    let long = "y".repeat(4000);
+    let out = cluster.kiln(&["put", &full, "--name", &long]);
+    assert!(!out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("at most 1024 bytes"), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

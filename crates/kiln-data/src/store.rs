@@ -120,10 +120,26 @@ fn not_found(name: &str) -> DataError {
     ))
 }
 
+/// Longest object name kiln reads or stores, in bytes. The object store names an object's
+/// metadata subject by the name in base64, and a subject past the server's 4 KiB control
+/// line (a name of about 2,900 bytes) makes the server close the connection, which cut off
+/// every other job of the worker that tried.
+pub const MAX_OBJECT_NAME: usize = 1024;
+
+/// Whether kiln asks the server about object `name` at all (see [`MAX_OBJECT_NAME`]).
+fn usable_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= MAX_OBJECT_NAME
+}
+
 fn bad_name(name: &str) -> DataError {
+    let shown: String = name.chars().take(60).collect();
+    let shown = match shown.len() < name.len() {
+        true => format!("{shown:?}… ({} bytes)", name.len()),
+        false => format!("{name:?}"),
+    };
     DataError::Invalid(format!(
-        "object name {name:?} is not valid: use a non-empty name that does not start or end \
-         with '.'"
+        "object name {shown} is not valid: use a non-empty name of at most {MAX_OBJECT_NAME} \
+         bytes that does not start or end with '.'"
     ))
 }
 
@@ -167,7 +183,7 @@ fn corrupt(name: &str) -> DataError {
 
 /// The object's info; a deleted object is not found.
 async fn stored_info(store: &ObjectStore, name: &str) -> Result<ObjectInfo, DataError> {
-    if name.is_empty() {
+    if !usable_name(name) {
         return Err(bad_name(name));
     }
     let info = store.info(name).await.map_err(|e| info_error(name, e))?;
@@ -504,7 +520,7 @@ async fn put(
     name: &str,
     reader: &mut (impl AsyncRead + Unpin),
 ) -> Result<ObjectInfo, DataError> {
-    if name.is_empty() {
+    if !usable_name(name) {
         return Err(bad_name(name));
     }
     let meta = ObjectMetadata {

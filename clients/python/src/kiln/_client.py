@@ -697,6 +697,11 @@ class Client:
         contents. Returns its `ObjectInfo`; `info.ref()` is the reference a job names it by."""
         if not isinstance(name, str) or not name:
             raise ValueError("an object needs a non-empty name")
+        if len(name.encode()) > _wire.MAX_OBJECT_NAME:
+            raise ValueError(
+                f"object names are at most {_wire.MAX_OBJECT_NAME} bytes, not "
+                f"{len(name.encode())} (the server closes the connection of a longer one)"
+            )
         if isinstance(data, np.ndarray):
             payload = _wire.npy_bytes(data)
         elif isinstance(data, (bytes, bytearray, memoryview)):

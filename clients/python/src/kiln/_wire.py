@@ -40,6 +40,8 @@ REFERENCE_PARAMS = frozenset({"dataset", "model"})
 INLINE_LIMIT = 256 * 1024
 
 MAX_ID_LEN = 128
+#: Longest object name kiln reads or stores, in bytes (`kiln_data::store::MAX_OBJECT_NAME`).
+MAX_OBJECT_NAME = 1024
 JOB_ID_RULE = (
     "a job id is 1 to 128 ASCII letters, digits, '-' and '_' (no dots, spaces or wildcards)"
 )
