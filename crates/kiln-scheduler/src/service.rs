@@ -246,7 +246,7 @@ impl Scheduler {
         match settle(&self.js, &self.config, routed, stored).await {
             Settled::Routed(DeviceClass::Gpu) => self.stats.routed_gpu += 1,
             Settled::Routed(_) => self.stats.routed_cpu += 1,
-            Settled::Held(message, hold) => self.held.push(message, hold),
+            Settled::Held(message, hold) => self.held.push(*message, hold),
             Settled::Done => {}
         }
     }
@@ -426,7 +426,7 @@ enum Settled {
     /// Acked: its copy is stored for this class.
     Routed(DeviceClass),
     /// Kept, to be routed again when the hold is over: `KILN_JOBS` had no room for its copy.
-    Held(jetstream::Message, Hold),
+    Held(Box<jetstream::Message>, Hold),
     /// Answered, or handed back.
     Done,
 }
@@ -629,7 +629,7 @@ async fn settle(
                 tracing::warn!(%id, %target, error = %e, "no room in {STREAM_JOBS} for the routed copy; holding the job and trying again");
             }
             let _ = message.ack_with(AckKind::Progress).await;
-            return Settled::Held(message, hold);
+            return Settled::Held(Box::new(message), hold);
         }
         Err(e) => {
             tracing::warn!(%id, %target, error = %e, "could not route the job; handing it back");
