@@ -12,6 +12,13 @@ pub enum Error {
         /// The server's or client's error.
         message: String,
     },
+    /// Another aggregator stored a snapshot of `subject` since this one last read or wrote
+    /// it: two were counting, and this one stands by.
+    #[error("another aggregator stored {subject} since this one last read it")]
+    Superseded {
+        /// The snapshot's subject.
+        subject: String,
+    },
     /// A snapshot or job state could not be stored.
     #[error("could not store {subject} (a metrics snapshot or a job state): {message}")]
     Publish {

@@ -248,6 +248,8 @@ pub struct Folds {
     seen: HashSet<String>,
     seen_order: VecDeque<String>,
     delivered: Watermark,
+    /// See [`Folds::owed_through`].
+    owed: u64,
 }
 
 impl Folds {
@@ -323,7 +325,14 @@ impl Folds {
     /// delivery lost on the way (a consumer leader moving in a cluster), or results a
     /// previous instance held unacked when it stopped.
     pub fn holes(&self, limit: usize) -> Vec<u64> {
-        self.delivered.holes(limit)
+        self.delivered.holes(limit, self.owed)
+    }
+
+    /// Results up to `sequence` were delivered before this instance started (to an instance
+    /// that stopped, or stood down, with them unacked): read them at the next snapshot,
+    /// rather than wait for their redelivery after the ack wait.
+    pub fn owed_through(&mut self, sequence: u64) {
+        self.owed = self.owed.max(sequence);
     }
 
     /// Start from the aggregator consumer's ack floor (every result at or below it was acked,

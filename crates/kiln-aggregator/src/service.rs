@@ -1,6 +1,6 @@
 //! The aggregator service: consume results, fold, snapshot on an interval, then ack.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::time::Duration;
 
@@ -44,6 +44,14 @@ impl Default for AggregatorConfig {
 }
 
 /// Fold result events until `shutdown` resolves; a last snapshot is published on the way out.
+///
+/// One aggregator counts at a time. One that finds another reading results (a pull request
+/// of its waiting on the consumer) stands by until that one stops, then carries on from the
+/// snapshots it left. Every snapshot is stored on the condition that the last one of its
+/// subject is the one this aggregator read or wrote; an aggregator whose snapshot is refused
+/// so (two started at once, or one was cut off long enough for another to take over) stops
+/// counting and stands by: two counting at once each stored their own share, and whichever
+/// stored last erased the other's counts.
 pub async fn run(
     client: async_nats::Client,
     config: AggregatorConfig,
@@ -52,52 +60,133 @@ pub async fn run(
     config.health.watch(&client);
     let js = jetstream::new(client);
     streams::ensure_all(&js, &config.topology).await?;
-    let (folds, mut results, acks) = resume(&js).await?;
-    let mut aggregator = Aggregator {
-        js,
-        folds,
-        acks,
-        spans: Vec::new(),
-        exporter: Exporter::new(config.metrics.clone()),
-    };
-    let _backlog = BacklogSampler::start(aggregator.js.clone(), config.metrics.clone());
-    config.health.serving();
-    aggregator
-        .fold_until(&mut results, config.interval, shutdown)
-        .await;
-    config.health.stopping();
-    aggregator.stop().await
+    let _backlog = BacklogSampler::start(js.clone(), config.metrics.clone());
+    let mut exporter = Exporter::new(config.metrics.clone());
+    tokio::pin!(shutdown);
+    loop {
+        if !stand_by(&js, &config.health, &mut shutdown).await {
+            return Ok(());
+        }
+        let (folds, sequences, mut results, acks) = resume(&js).await?;
+        let mut aggregator = Aggregator {
+            js: js.clone(),
+            folds,
+            sequences,
+            acks,
+            spans: Vec::new(),
+            exporter,
+        };
+        config.health.serving();
+        match aggregator
+            .fold_until(&mut results, config.interval, &mut shutdown)
+            .await
+        {
+            Ended::Stopped => {
+                config.health.stopping();
+                return aggregator.stop().await;
+            }
+            Ended::Superseded(subject) => {
+                tracing::warn!(
+                    %subject,
+                    "another aggregator stored a snapshot this one did not know of: two were \
+                     counting; this one stops and stands by (the results it held unacked go to \
+                     the other)"
+                );
+                config.health.standing_by();
+                exporter = aggregator.exporter;
+            }
+        }
+    }
 }
 
-/// The folds as the latest snapshots left them and the consumer opened where it stands,
-/// asked again while JetStream does not answer (a cluster node just restarted, a stream
-/// leader being elected).
-async fn resume(js: &jetstream::Context) -> Result<(Folds, Results, Acks)> {
+/// How long each of the aggregator's pull requests waits on the consumer.
+const PULL_EXPIRES: Duration = Duration::from_secs(5);
+
+/// How often a standby aggregator looks at the consumer, and how many looks in a row must
+/// find no other aggregator's pull request waiting before it takes over.
+const STANDBY_LOOK_EVERY: Duration = Duration::from_secs(1);
+const STANDBY_QUIET_LOOKS: u32 = 3;
+
+/// Wait while another aggregator reads results: its pull requests wait on the consumer for
+/// as long as it runs, and the server drops them when its connection goes. `false` when
+/// `shutdown` came first. An aggregator that finds none at once starts at once.
+async fn stand_by(
+    js: &jetstream::Context,
+    health: &kiln_telemetry::Health,
+    shutdown: &mut (impl Future + Unpin),
+) -> bool {
+    let mut quiet = 0;
+    let mut standing_by = false;
+    loop {
+        let waiting = async {
+            let stream = js.get_stream(STREAM_RESULTS).await.ok()?;
+            let info = stream.consumer_info(CONSUMER_AGGREGATOR).await.ok()?;
+            Some(info.num_waiting)
+        }
+        .await;
+        match waiting {
+            Some(0) | None if !standing_by => return true,
+            Some(0) => {
+                quiet += 1;
+                if quiet >= STANDBY_QUIET_LOOKS {
+                    tracing::info!("the other aggregator stopped reading results; taking over");
+                    return true;
+                }
+            }
+            Some(_) | None => {
+                quiet = 0;
+                if !standing_by {
+                    tracing::info!(
+                        "another aggregator is reading results: standing by until it stops"
+                    );
+                    health.standing_by();
+                    standing_by = true;
+                }
+            }
+        }
+        tokio::select! {
+            _ = &mut *shutdown => return false,
+            _ = tokio::time::sleep(STANDBY_LOOK_EVERY) => {}
+        }
+    }
+}
+
+/// The folds as the latest snapshots left them (with each snapshot subject's last sequence)
+/// and the consumer opened where it stands, asked again while JetStream does not answer (a
+/// cluster node just restarted, a stream leader being elected).
+async fn resume(js: &jetstream::Context) -> Result<(Folds, Sequences, Results, Acks)> {
     streams::patiently("resume from the stored state", || async {
-        let mut folds = restore(js).await?;
+        let (mut folds, sequences) = restore(js).await?;
         let (results, acks) = Results::open(js, &mut folds).await?;
-        Ok((folds, results, acks))
+        Ok((folds, sequences, results, acks))
     })
     .await
 }
 
+/// The last stored sequence of each snapshot subject: the condition of its next snapshot.
+type Sequences = HashMap<String, u64>;
+
 /// Folds as the latest snapshots in `KILN_METRICS` left them.
-async fn restore(js: &jetstream::Context) -> Result<Folds> {
+async fn restore(js: &jetstream::Context) -> Result<(Folds, Sequences)> {
     let mut folds = Folds::default();
-    let restored = streams::latest_metrics(js)
+    let stored = streams::latest_metrics_stored(js)
         .await
         .map_err(|message| Error::Read {
             what: "the latest metrics snapshots",
             message,
         })?;
-    for snapshot in &restored {
-        folds.restore(snapshot);
+    let mut sequences = Sequences::new();
+    for stored in &stored {
+        sequences.insert(stored.subject.clone(), stored.sequence);
+        if let Some(snapshot) = &stored.snapshot {
+            folds.restore(snapshot);
+        }
     }
     tracing::info!(
-        restored = restored.len(),
+        restored = stored.len(),
         "aggregator restored its state from KILN_METRICS"
     );
-    Ok(folds)
+    Ok((folds, sequences))
 }
 
 /// The results stream and the aggregator's messages from it.
@@ -129,6 +218,7 @@ impl Results {
             .await
             .map_err(|e| read_error("the aggregator consumer", e))?;
         folds.start(info.ack_floor.stream_sequence, last_sequence);
+        folds.owed_through(info.delivered.stream_sequence.min(last_sequence));
         let delivered = (
             info.delivered.consumer_sequence,
             info.delivered.stream_sequence,
@@ -142,9 +232,13 @@ impl Results {
                 false => "each result (its consumer has explicit acks)",
             }
         );
+        // Pull requests that expire in seconds, not the client's 30: a standby aggregator
+        // takes over once no request of another waits on the consumer, and a request of one
+        // that died (or stood down) waits until it expires.
         let messages = consumer
             .stream()
             .max_messages_per_batch(1000)
+            .expires(PULL_EXPIRES)
             .messages()
             .await
             .map_err(|e| read_error("result events", e))?;
@@ -152,10 +246,20 @@ impl Results {
     }
 }
 
+/// How a stretch of folding ended.
+enum Ended {
+    /// Shutdown, or the results ended.
+    Stopped,
+    /// Another aggregator stored a snapshot of this subject: stand by.
+    Superseded(String),
+}
+
 /// An aggregator at work: its folds, and what waits for the next snapshot.
 struct Aggregator {
     js: jetstream::Context,
     folds: Folds,
+    /// The last sequence of each snapshot subject this aggregator read or stored.
+    sequences: Sequences,
     /// Folded results waiting for the next snapshot that counts them. (A job's result is
     /// found by its own subject, `results.<kind>.<id>`: nothing is written per job here.)
     acks: Acks,
@@ -172,23 +276,24 @@ impl Aggregator {
         &mut self,
         results: &mut Results,
         interval: Duration,
-        shutdown: impl Future<Output = impl Sized>,
-    ) {
+        shutdown: &mut (impl Future + Unpin),
+    ) -> Ended {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The consumer's ack floor, read now and then, lets the restart watermark past results
         // that will never be delivered again (see `Folds::acked_through`).
         let mut floor_ticker = tokio::time::interval(ACK_FLOOR_EVERY);
         floor_ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tokio::pin!(shutdown);
         loop {
             tokio::select! {
-                _ = &mut shutdown => break,
+                _ = &mut *shutdown => return Ended::Stopped,
                 _ = ticker.tick() => {
                     if self.acks.cumulative() {
                         self.fill_holes(&results.stream).await;
                     }
-                    self.snapshot().await;
+                    if let Err(subject) = self.snapshot().await {
+                        return Ended::Superseded(subject);
+                    }
                 }
                 _ = floor_ticker.tick() => {
                     if let Ok(info) = results.stream.consumer_info(CONSUMER_AGGREGATOR).await {
@@ -198,7 +303,7 @@ impl Aggregator {
                 next = results.messages.next() => match next {
                     Some(Ok(message)) => self.fold(message),
                     Some(Err(e)) => tracing::warn!(error = %e, "error while reading result events"),
-                    None => break,
+                    None => return Ended::Stopped,
                 },
             }
         }
@@ -207,14 +312,24 @@ impl Aggregator {
     /// Publish the changed snapshots and ack the results they count. A snapshot the server did
     /// not store (a stream leader election in a cluster, a server restart) is retried at the
     /// next tick; its results stay unacked until then.
-    async fn snapshot(&mut self) {
-        match flush(&self.js, &mut self.folds, &mut self.acks).await {
+    /// `Err` with the subject when another aggregator stored a snapshot of it meanwhile.
+    async fn snapshot(&mut self) -> std::result::Result<(), String> {
+        match flush(
+            &self.js,
+            &mut self.folds,
+            &mut self.acks,
+            &mut self.sequences,
+        )
+        .await
+        {
             Ok(()) => {
                 self.spans.clear();
                 self.exporter.tick();
             }
+            Err(Error::Superseded { subject }) => return Err(subject),
             Err(e) => tracing::warn!(error = %e, "metrics snapshot not stored; retrying"),
         }
+        Ok(())
     }
 
     /// Fold one result event, to be acked with the next snapshot.
@@ -328,7 +443,20 @@ impl Aggregator {
 
     /// The last snapshot, and the results it counts acked.
     async fn stop(mut self) -> Result<()> {
-        flush(&self.js, &mut self.folds, &mut self.acks).await?;
+        match flush(
+            &self.js,
+            &mut self.folds,
+            &mut self.acks,
+            &mut self.sequences,
+        )
+        .await
+        {
+            // Another aggregator counts now; the results this one held go to it.
+            Err(Error::Superseded { subject }) => {
+                tracing::warn!(%subject, "last snapshot not stored: another aggregator stored one since");
+            }
+            stored => stored?,
+        }
         self.spans.clear();
         tracing::info!("aggregator stopped");
         Ok(())
@@ -348,10 +476,15 @@ const HOLE_READ_PATIENCE: Duration = Duration::from_secs(5);
 
 /// Publish the snapshots that changed since the last flush, wait for the server to store
 /// them, then ack the results they include.
-async fn flush(js: &jetstream::Context, folds: &mut Folds, acks: &mut Acks) -> Result<()> {
+async fn flush(
+    js: &jetstream::Context,
+    folds: &mut Folds,
+    acks: &mut Acks,
+    sequences: &mut Sequences,
+) -> Result<()> {
     let now = OffsetDateTime::now_utc();
     let snapshots = folds.snapshots(now);
-    let stored = store(js, &snapshots, now).await;
+    let stored = store(js, &snapshots, now, sequences).await;
     if stored.is_err() {
         // Not stored: these snapshots go out again at the next flush, the results stay unacked.
         folds.unstored(&snapshots);
@@ -365,11 +498,14 @@ async fn flush(js: &jetstream::Context, folds: &mut Folds, acks: &mut Acks) -> R
     Ok(())
 }
 
-/// Publish snapshots and wait until the server has stored every one.
+/// Publish snapshots, each on the condition that its subject's last message is the one in
+/// `sequences`, and wait until the server has stored every one (`sequences` then holds
+/// theirs).
 async fn store(
     js: &jetstream::Context,
     snapshots: &[MetricsSnapshot],
     now: OffsetDateTime,
+    sequences: &mut Sequences,
 ) -> Result<()> {
     let mut acks = Vec::with_capacity(ACK_WINDOW);
     for snapshot in snapshots {
@@ -379,12 +515,17 @@ async fn store(
             HEADER_MSG_ID,
             format!("{subject}-{}", now.unix_timestamp_nanos()).as_str(),
         );
+        let last = sequences.get(&subject).copied().unwrap_or(0);
+        headers.insert(
+            async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+            last.to_string().as_str(),
+        );
         acks.push(publish(js, subject, headers, snapshot).await?);
         if acks.len() >= ACK_WINDOW {
-            stored(&mut acks).await?;
+            stored(&mut acks, sequences).await?;
         }
     }
-    stored(&mut acks).await
+    stored(&mut acks, sequences).await
 }
 
 /// Publishes a store has in flight at most before it waits for their acknowledgements:
@@ -394,12 +535,25 @@ async fn store(
 const ACK_WINDOW: usize = 1000;
 
 /// Wait until the server has stored every publish in `acks`.
-async fn stored(acks: &mut Vec<(String, jetstream::context::PublishAckFuture)>) -> Result<()> {
+async fn stored(
+    acks: &mut Vec<(String, jetstream::context::PublishAckFuture)>,
+    sequences: &mut Sequences,
+) -> Result<()> {
     for (subject, ack) in acks.drain(..) {
-        ack.await.map_err(|e| Error::Publish {
-            subject,
-            message: e.to_string(),
-        })?;
+        match ack.await {
+            Ok(ack) => {
+                sequences.insert(subject, ack.sequence);
+            }
+            Err(e) if e.to_string().contains("wrong last sequence") => {
+                return Err(Error::Superseded { subject });
+            }
+            Err(e) => {
+                return Err(Error::Publish {
+                    subject,
+                    message: e.to_string(),
+                });
+            }
+        }
     }
     Ok(())
 }

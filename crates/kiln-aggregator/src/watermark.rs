@@ -66,17 +66,20 @@ impl Watermark {
         self.above.iter().map(|(&s, &e)| [s, e]).collect()
     }
 
-    /// Up to `limit` sequences below the highest one seen that are not accounted for, lowest
-    /// first.
-    pub(crate) fn holes(&self, limit: usize) -> Vec<u64> {
+    /// Up to `limit` sequences not accounted for below the highest one seen, or up to `owed`
+    /// when that is higher, lowest first.
+    pub(crate) fn holes(&self, limit: usize, owed: u64) -> Vec<u64> {
         let mut holes = Vec::new();
         let mut next = self.through + 1;
         for (&s, &e) in &self.above {
             holes.extend((next..s).take(limit - holes.len()));
             if holes.len() >= limit {
-                break;
+                return holes;
             }
             next = e + 1;
+        }
+        if next <= owed {
+            holes.extend((next..=owed).take(limit - holes.len()));
         }
         holes
     }
@@ -104,7 +107,7 @@ mod tests {
         w.see(4);
         w.see(5);
         assert_eq!(w.through, 1, "waits on the gap");
-        assert_eq!(w.holes(10), vec![2, 3]);
+        assert_eq!(w.holes(10, 0), vec![2, 3]);
         w.raise(3);
         assert_eq!(w.through, 5, "past the gap, and on over what it had seen");
         assert!(w.ranges().is_empty());
@@ -123,13 +126,16 @@ mod tests {
         }
         assert_eq!(w.through, 10);
         assert_eq!(w.ranges(), vec![[12, 15], [19, 21]]);
-        assert_eq!(w.holes(100), vec![11, 16, 17, 18]);
-        assert_eq!(w.holes(2), vec![11, 16], "bounded");
+        assert_eq!(w.holes(100, 0), vec![11, 16, 17, 18]);
+        assert_eq!(w.holes(2, 0), vec![11, 16], "bounded");
+        // Results delivered to an instance before this one, up to 23: read too.
+        assert_eq!(w.holes(100, 23), vec![11, 16, 17, 18, 22, 23]);
+        assert_eq!(w.holes(100, 20), vec![11, 16, 17, 18], "nothing owed above");
         w.see_range(16, 18);
         assert_eq!(w.ranges(), vec![[12, 21]]);
         w.see(11);
         assert_eq!((w.through, w.ranges().len()), (21, 0));
-        assert!(w.holes(10).is_empty());
+        assert!(w.holes(10, 0).is_empty());
         // Ranges overlapping what is there, and the watermark.
         w.see_range(30, 40);
         w.see_range(35, 50);

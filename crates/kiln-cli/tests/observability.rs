@@ -199,15 +199,20 @@ async fn metrics_of_worker_and_aggregator_count_jobs_latencies_backlog_and_speed
         "kiln_job_compute_seconds",
         "kiln_job_total_seconds",
     ] {
+        // Compute times are the succeeded jobs' (20), the others every job's.
+        let count = match histogram {
+            "kiln_job_compute_seconds" => 20.0,
+            _ => 22.0,
+        };
         assert_eq!(
             agg.value(&format!("{histogram}_count"), &kc),
-            Some(22.0),
+            Some(count),
             "{histogram}"
         );
         let buckets = agg.buckets(histogram, &kc);
         assert_eq!(buckets.len(), kiln_telemetry::LATENCY_BUCKETS_S.len() + 1);
         assert!(buckets.windows(2).all(|w| w[0].1 <= w[1].1), "{buckets:?}");
-        assert_eq!(buckets.last().map(|b| b.1), Some(22.0), "{histogram} +Inf");
+        assert_eq!(buckets.last().map(|b| b.1), Some(count), "{histogram} +Inf");
     }
     // The histogram's sum is the results' own total_ms, in seconds.
     let (_, results) = stored_results(&client).await;
@@ -823,4 +828,130 @@ async fn roles_without_a_server_say_once_which_url_they_cannot_reach_in_plain_te
             "colour codes in a log file, {role}:\n{text}"
         );
     }
+}
+
+/// Two aggregators each counted their share and stored their own snapshots, and the last to
+/// store erased the other's counts. A second one now stands by while the first counts (it
+/// pulls no result: its Prometheus counts stay empty) and takes over, from the first's
+/// snapshots, when the first is gone: every job is counted once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_aggregator_stands_by_and_takes_over_when_the_first_is_gone() {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    cluster.cpu_worker();
+    let (first, second) = (free_addr(), free_addr());
+    cluster.spawn("aggregator-1", &["aggregator", "--metrics-addr", &first]);
+    wait_for(&first, "/readyz", |status, _| status == 200).await;
+    cluster.spawn("aggregator-2", &["aggregator", "--metrics-addr", &second]);
+    wait_for(&second, "/metrics", |status, _| status == 200).await;
+    let counted = |s: &Scrape| {
+        s.value(
+            "kiln_jobs_total",
+            &[("kind", "vector_add"), ("status", "succeeded")],
+        )
+        .unwrap_or(0.0)
+    };
+    let client = cluster.client().await;
+    let total = |n: u64| {
+        move |snapshots: &[kiln_proto::MetricsSnapshot]| {
+            common::snapshot(snapshots, "vector_add", "cpu").is_some_and(|s| s.jobs == n)
+        }
+    };
+    for (batch, count) in [("a", "150"), ("b", "150")] {
+        let out = cluster.kiln(&[
+            "submit",
+            "vector_add",
+            "-p",
+            "len=16",
+            "--count",
+            count,
+            "--id",
+            batch,
+        ]);
+        assert_success(&out);
+    }
+    scrape_until(&first, |s| counted(s) == 300.0).await;
+    common::wait_for_metrics(&client, WAIT, total(300)).await;
+    let (_, text) = get(&second, "/metrics").await.expect("the second answers");
+    assert_eq!(counted(&Scrape::parse(&text)), 0.0, "the second stood by");
+    let (status, why) = get(&second, "/readyz").await.expect("the second answers");
+    assert_eq!(status, 503, "{why}");
+    assert!(why.contains("standing by"), "{why}");
+
+    let first_process = cluster.child("aggregator-1");
+    first_process.kill().unwrap();
+    first_process.wait().unwrap();
+    let out = cluster.kiln(&[
+        "submit",
+        "vector_add",
+        "-p",
+        "len=16",
+        "--count",
+        "200",
+        "--id",
+        "c",
+    ]);
+    assert_success(&out);
+    scrape_until(&second, |s| counted(s) == 200.0).await;
+    let snapshots = common::wait_for_metrics(&client, WAIT, total(500)).await;
+    let s = common::snapshot(&snapshots, "vector_add", "cpu").unwrap();
+    assert_eq!(s.succeeded, 500, "{s:?}");
+    let (stored, _) = stored_results(&client).await;
+    assert_eq!(stored, 500);
+}
+
+/// An aggregator whose snapshot finds another stored since it read one (two started at once,
+/// or one was cut off long enough for another to take over) does not overwrite it: it stops,
+/// stands by, and carries on from the snapshot it found.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_aggregator_never_overwrites_a_snapshot_it_did_not_read() {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    cluster.cpu_worker();
+    cluster.aggregator();
+    let client = cluster.client().await;
+    let js = jetstream::new(client.clone());
+    let total = |n: u64| {
+        move |snapshots: &[kiln_proto::MetricsSnapshot]| {
+            common::snapshot(snapshots, "vector_add", "cpu").is_some_and(|s| s.jobs == n)
+        }
+    };
+    let submit = |batch: &str| {
+        let out = cluster.kiln(&[
+            "submit",
+            "vector_add",
+            "-p",
+            "len=16",
+            "--count",
+            "100",
+            "--id",
+            batch,
+        ]);
+        assert_success(&out);
+    };
+    submit("a");
+    let snapshots = common::wait_for_metrics(&client, WAIT, total(100)).await;
+    // Another aggregator's snapshot: the same one, 1,000 jobs further on.
+    let mut other = common::snapshot(&snapshots, "vector_add", "cpu")
+        .unwrap()
+        .clone();
+    other.jobs += 1000;
+    other.succeeded += 1000;
+    js.publish(
+        "metrics.vector_add.cpu",
+        serde_json::to_vec(&other).unwrap().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    submit("b");
+    let snapshots = common::wait_for_metrics(&client, WAIT, total(1200)).await;
+    let s = common::snapshot(&snapshots, "vector_add", "cpu").unwrap();
+    assert_eq!(s.succeeded, 1200, "{s:?}");
+    // And it stays there: nothing counted twice, nothing erased.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let snapshots = kiln_proto::streams::latest_metrics(&js).await.unwrap();
+    let s = common::snapshot(&snapshots, "vector_add", "cpu").unwrap();
+    assert_eq!(s.jobs, 1200, "{s:?}");
 }

@@ -9,6 +9,7 @@ const STARTING: u8 = 0;
 const WARMING_UP: u8 = 1;
 const SERVING: u8 = 2;
 const STOPPING: u8 = 3;
+const STANDING_BY: u8 = 4;
 
 /// A role's health, shared between the role (which moves it through starting → warming up →
 /// serving → stopping) and the HTTP endpoint (which reads it). Cloning shares it.
@@ -47,6 +48,12 @@ impl Health {
         self.inner.state.store(SERVING, Ordering::Relaxed);
     }
 
+    /// The role waits while another instance does its work (an aggregator while another
+    /// counts): alive, not ready.
+    pub fn standing_by(&self) {
+        self.inner.state.store(STANDING_BY, Ordering::Relaxed);
+    }
+
     /// The role is draining or has stopped: not ready, so that no new work is sent its way.
     pub fn stopping(&self) {
         self.inner.state.store(STOPPING, Ordering::Relaxed);
@@ -64,6 +71,7 @@ impl Health {
             WARMING_UP => Err("warming up the device (JIT compilation and autotune)"),
             STOPPING => Err("shutting down"),
             STARTING => Err("starting: setting up streams and consumers"),
+            STANDING_BY => Err("standing by while another instance does the work"),
             _ => Err("in an unknown state"),
         }
     }

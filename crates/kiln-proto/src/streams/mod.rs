@@ -346,6 +346,26 @@ pub async fn live_workers(js: &jetstream::Context) -> Result<Vec<crate::WorkerIn
 pub async fn latest_metrics(
     js: &jetstream::Context,
 ) -> Result<Vec<crate::MetricsSnapshot>, String> {
+    let stored = latest_metrics_stored(js).await?;
+    let mut snapshots: Vec<_> = stored.into_iter().filter_map(|s| s.snapshot).collect();
+    snapshots.sort_by(|a, b| (&a.kind, &a.class).cmp(&(&b.kind, &b.class)));
+    Ok(snapshots)
+}
+
+/// The last message of one `metrics.<kind>.<class>` subject.
+#[derive(Debug, Clone)]
+pub struct StoredSnapshot {
+    /// Its subject.
+    pub subject: String,
+    /// Its sequence in `KILN_METRICS`: the aggregator publishes the next snapshot of the
+    /// subject on the condition that this is still the last (one writer at a time).
+    pub sequence: u64,
+    /// The snapshot, `None` when it does not parse.
+    pub snapshot: Option<crate::MetricsSnapshot>,
+}
+
+/// The last message of every `metrics.<kind>.<class>` subject, with its sequence.
+pub async fn latest_metrics_stored(js: &jetstream::Context) -> Result<Vec<StoredSnapshot>, String> {
     use futures_util::TryStreamExt as _;
     let stream = js
         .get_stream(STREAM_METRICS)
@@ -358,16 +378,17 @@ pub async fn latest_metrics(
         .try_collect()
         .await
         .map_err(|e| e.to_string())?;
-    let mut snapshots = Vec::with_capacity(subjects.len());
+    let mut stored = Vec::with_capacity(subjects.len());
     for (subject, _count) in subjects {
         let message = stream
-            .direct_get_last_for_subject(subject)
+            .direct_get_last_for_subject(subject.as_str())
             .await
             .map_err(|e| e.to_string())?;
-        if let Ok(snapshot) = serde_json::from_slice::<crate::MetricsSnapshot>(&message.payload) {
-            snapshots.push(snapshot);
-        }
+        stored.push(StoredSnapshot {
+            subject,
+            sequence: message.sequence,
+            snapshot: serde_json::from_slice(&message.payload).ok(),
+        });
     }
-    snapshots.sort_by(|a, b| (&a.kind, &a.class).cmp(&(&b.kind, &b.class)));
-    Ok(snapshots)
+    Ok(stored)
 }
