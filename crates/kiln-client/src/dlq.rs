@@ -10,6 +10,9 @@ use serde::Serialize;
 
 use crate::error::{Context as _, Error, NOT_INITIALISED, Result};
 
+/// What a letter that does not say where its job came from lists as its subject.
+const UNKNOWN: &str = "unknown";
+
 /// One dead letter in `KILN_DLQ`.
 #[derive(Debug, Clone, Serialize)]
 pub struct DeadLetter {
@@ -17,9 +20,10 @@ pub struct DeadLetter {
     pub sequence: u64,
     /// Its subject: `dlq.<kind>`.
     pub subject: String,
-    /// The subject the job was submitted on: `jobs.<class>.<kind>`.
+    /// The subject the job was submitted on: `jobs.<class>.<kind>` (`unknown` when the
+    /// letter does not say, which no letter kiln writes lacks).
     pub original_subject: String,
-    /// The job's id.
+    /// The job's id (`dlq-seq-<sequence>` when the letter names none).
     pub id: String,
     /// Why it was given up.
     pub reason: String,
@@ -60,6 +64,16 @@ impl DeadLetter {
     pub fn replay_subject(&self) -> Result<String, String> {
         // The subject comes from the dead letter's own header: replay only to a job
         // subject, never to results, metrics or anything else a forged letter names.
+        // Nor to a subject or an id the letter does not name: a guess is not the job's.
+        let named = |name: &str| self.headers.get(name).is_some();
+        if !named(HEADER_DLQ_SUBJECT) || !(named(kiln_proto::HEADER_JOB_ID) || named(HEADER_MSG_ID))
+        {
+            return Err(format!(
+                "dead letter {} ({}) does not say which subject or job id it came from: not \
+                 replayed (it stays in {STREAM_DLQ})",
+                self.sequence, self.id
+            ));
+        }
         let Ok(original) = kiln_proto::JobSubject::parse(&self.original_subject) else {
             return Err(format!(
                 "dead letter {} ({}) names {:?} as its job's subject, which is no \
@@ -156,9 +170,7 @@ pub async fn dead_letters(js: &jetstream::Context) -> Result<Vec<DeadLetter>> {
         letters.push(DeadLetter {
             sequence,
             subject: message.subject.to_string(),
-            original_subject: header(HEADER_DLQ_SUBJECT).unwrap_or_else(|| {
-                format!("jobs.cpu.{}", message.subject.trim_start_matches("dlq."))
-            }),
+            original_subject: header(HEADER_DLQ_SUBJECT).unwrap_or_else(|| UNKNOWN.to_owned()),
             id,
             reason: header(HEADER_DLQ_REASON).unwrap_or_default(),
             payload: message.payload.clone(),
@@ -166,4 +178,43 @@ pub async fn dead_letters(js: &jetstream::Context) -> Result<Vec<DeadLetter>> {
         });
     }
     Ok(letters)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn letter(headers: &[(&str, &str)]) -> DeadLetter {
+        let mut map = async_nats::HeaderMap::new();
+        for (k, v) in headers {
+            map.insert(*k, *v);
+        }
+        let header = |name: &str| map.get(name).map(|v| v.as_str().to_owned());
+        DeadLetter {
+            sequence: 3,
+            subject: "dlq.matmul".into(),
+            original_subject: header(HEADER_DLQ_SUBJECT).unwrap_or_else(|| UNKNOWN.into()),
+            id: header(kiln_proto::HEADER_JOB_ID).unwrap_or_else(|| "dlq-seq-3".into()),
+            reason: String::new(),
+            headers: map,
+            payload: bytes::Bytes::from_static(b"{}"),
+        }
+    }
+
+    #[test]
+    fn a_letter_is_replayed_only_where_it_says_it_came_from() {
+        let full = letter(&[
+            (HEADER_DLQ_SUBJECT, "jobs.cpu.matmul"),
+            (kiln_proto::HEADER_JOB_ID, "mm-1"),
+        ]);
+        assert_eq!(full.replay_subject().unwrap(), "jobs.cpu.matmul.copy");
+        for headers in [
+            vec![],
+            vec![(kiln_proto::HEADER_JOB_ID, "mm-1")],
+            vec![(HEADER_DLQ_SUBJECT, "jobs.cpu.matmul")],
+        ] {
+            let why = letter(&headers).replay_subject().unwrap_err();
+            assert!(why.contains("does not say"), "{headers:?}: {why}");
+        }
+    }
 }
