@@ -277,10 +277,12 @@ impl Folds {
             fold.dirty = true;
             return false;
         }
-        // One count per job and run: a replay from the dead-letter queue is a new run.
+        // One count per job and run: a replay from the dead-letter queue is a new run. A job
+        // is its kind and id, as its result subject is (`results.<kind>.<id>`): the same id
+        // sent as two kinds is two jobs with two results, and both are counted.
         let seen_key = match event.replay {
-            0 => event.id.clone(),
-            n => format!("{}#replay-{n}", event.id),
+            0 => format!("{}/{}", event.kind, event.id),
+            n => format!("{}/{}#replay-{n}", event.kind, event.id),
         };
         if !self.seen.insert(seen_key.clone()) {
             let fold = self.folds.entry(key).or_default();
@@ -529,10 +531,14 @@ mod tests {
         let mut folds = Folds::default();
         assert!(folds.add(&event("a", Status::Succeeded, 3.0)));
         assert!(!folds.add(&event("a", Status::Succeeded, 3.0)));
+        // The same id as another kind is another job.
+        let mut other = event("a", Status::Succeeded, 3.0);
+        other.kind = "matmul".into();
+        assert!(folds.add(&other));
         assert!(folds.add(&event("b", Status::Failed, 5.0)));
         let snaps = folds.snapshots(OffsetDateTime::now_utc());
-        assert_eq!(snaps.len(), 1);
-        let s = &snaps[0];
+        assert_eq!(snaps.len(), 2);
+        let s = snaps.iter().find(|s| s.kind == "vector_add").unwrap();
         assert_eq!((s.jobs, s.succeeded, s.failed, s.duplicates), (2, 1, 1, 1));
         assert_eq!(s.failures.get("invalid_input"), Some(&1));
         assert_eq!(s.total_ms.count, 2);
