@@ -788,6 +788,8 @@ async fn a_full_job_stream_refuses_submissions_with_a_clear_error() {
         stderr.contains("refused") && stderr.contains("KILN_JOBS stream is full"),
         "{stderr}"
     );
+    // Which ones got in, so that a script resubmits only the others.
+    assert!(stderr.contains("5 of 8 job(s) were stored"), "{stderr}");
     let js = jetstream::new(cluster.client().await);
     let mut stream = js.get_stream("KILN_JOBS").await.unwrap();
     assert_eq!(

@@ -90,15 +90,23 @@ pub async fn publish_all(
     track: bool,
     mut on_stored: impl FnMut(),
 ) -> Result<Vec<String>> {
+    let jobs: Vec<JobSpec> = jobs.into_iter().collect();
+    let total = jobs.len();
     let mut published = Published {
         js,
         track,
         on_stored: &mut on_stored,
         states: FuturesUnordered::new(),
         duplicates: Vec::new(),
+        stored: 0,
+        refused: Vec::new(),
     };
     let mut pending = FuturesUnordered::new();
     for (order, job) in jobs.into_iter().enumerate() {
+        // Once the server refuses one (a full queue), send no more: settle those on the way.
+        if !published.refused.is_empty() {
+            break;
+        }
         let mut headers = HeaderMap::new();
         headers.insert(HEADER_MSG_ID, job.id.as_str());
         // JSON is what a job without a Content-Type is read as: only bincode names itself,
@@ -149,6 +157,9 @@ pub async fn publish_all(
     while let Some((sent, ack)) = pending.next().await {
         published.settle(sent, ack).await?;
     }
+    if !published.refused.is_empty() {
+        return Err(published.refusal(total));
+    }
     // A state that was not stored only makes `kiln status` less precise; the jobs are in.
     while let Some(stored) = published.states.next().await {
         if let Err(e) = stored {
@@ -175,22 +186,28 @@ struct Published<'a> {
     on_stored: &'a mut dyn FnMut(),
     states: FuturesUnordered<<jetstream::context::PublishAckFuture as IntoFuture>::IntoFuture>,
     duplicates: Vec<(usize, String)>,
+    /// Jobs the server stored (duplicates included).
+    stored: usize,
+    /// Jobs the server refused, by their place in the submission, with why.
+    refused: Vec<(usize, String, jetstream::context::PublishError)>,
 }
 
 impl Published<'_> {
+    /// Note the server's answer to one job: stored (and, when tracking, recorded as
+    /// queued), a duplicate, or refused.
     async fn settle(
         &mut self,
         sent: Sent,
         ack: Result<jetstream::publish::PublishAck, jetstream::context::PublishError>,
     ) -> Result<()> {
-        let ack = ack.map_err(|e| Error::Nats {
-            what: format!(
-                "the server refused job {} (if the KILN_JOBS stream is full, wait for workers \
-                 to catch up or raise its limits)",
-                sent.id
-            ),
-            source: Box::new(e),
-        })?;
+        let ack = match ack {
+            Ok(ack) => ack,
+            Err(e) => {
+                self.refused.push((sent.order, sent.id, e));
+                return Ok(());
+            }
+        };
+        self.stored += 1;
         (self.on_stored)();
         if ack.duplicate {
             self.duplicates.push((sent.order, sent.id));
@@ -212,6 +229,34 @@ impl Published<'_> {
             while self.states.len() >= PUBLISH_WINDOW && self.states.next().await.is_some() {}
         }
         Ok(())
+    }
+}
+
+impl Published<'_> {
+    /// The error for a submission the server refused part of: which jobs, and how many of
+    /// the `total` are in (those run; a script resubmits the others).
+    fn refusal(&mut self, total: usize) -> Error {
+        self.refused.sort_by_key(|(order, ..)| *order);
+        let ids: Vec<&str> = self.refused.iter().map(|(_, id, _)| id.as_str()).collect();
+        let shown = match ids.len() {
+            0..=5 => ids.join(", "),
+            n => format!("{} … {} ({n} jobs)", ids[..3].join(", "), ids[n - 1]),
+        };
+        let unsent = total - self.stored - self.refused.len();
+        let (_, _, first) = self.refused.remove(0);
+        Error::Nats {
+            what: format!(
+                "the server refused {shown} (if the KILN_JOBS stream is full, wait for workers \
+                 to catch up or raise its limits); {} of {total} job(s) were stored and will \
+                 run{}",
+                self.stored,
+                match unsent {
+                    0 => String::new(),
+                    n => format!(", {n} were not sent"),
+                }
+            ),
+            source: Box::new(first),
+        }
     }
 }
 
