@@ -40,7 +40,7 @@ pub async fn run(nats: &NatsArgs, args: CancelArgs) -> anyhow::Result<ExitCode> 
                 format!("{id}: queued: marked; a worker answers it `cancelled` when it takes it")
             }
             Place::Running { .. } => format!(
-                "{}: marked; it stops at its next checkpoint (each training epoch)",
+                "{}: marked; it stops at its next checkpoint (a training step, a slice of a large job)",
                 describe(&place, id)
             ),
             Place::CancelRequested => format!("{id}: cancel already requested: marked again"),

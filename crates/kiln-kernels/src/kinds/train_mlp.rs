@@ -567,7 +567,9 @@ fn training_data<B: Backend>(
 
 /// Train the network `c` describes on `train` with Adam, one record of loss and accuracy (and
 /// validation loss and accuracy when `validation` holds samples) per epoch, with a checkpoint
-/// after each; returns the trained network, the records and the number of parameters.
+/// before each step and after each epoch's evaluation (an epoch of a large network on many
+/// samples runs for minutes, past any timeout or cancel checked only between epochs); returns
+/// the trained network, the records and the number of parameters.
 fn train_model<B: Backend>(
     c: &Config,
     train: Samples,
@@ -592,15 +594,18 @@ fn train_model<B: Backend>(
     shuffle.set_stream(STREAM_SHUFFLE);
     let mut order: Vec<i64> = (0..samples as i64).collect();
     let batches = samples.div_ceil(batch_rows);
+    let steps = c.epochs.saturating_mul(batches as u64);
     let mut history = Vec::with_capacity(c.epochs as usize);
     for epoch in 1..=c.epochs {
+        let done = (epoch - 1) * batches as u64;
         order.shuffle(&mut shuffle);
         let order_t = Tensor::<Autodiff<B>, 1, Int>::from_data(
             TensorData::new(order.clone(), [samples]),
             device,
         );
         let mut loss_sum = Tensor::<B, 1>::zeros([1], device);
-        for start in (0..samples).step_by(batch_rows) {
+        for (step, start) in (0..samples).step_by(batch_rows).enumerate() {
+            ctx.checkpoint(done + step as u64, steps)?;
             let idx = order_t
                 .clone()
                 .slice(start..(start + batch_rows).min(samples));
@@ -621,7 +626,7 @@ fn train_model<B: Backend>(
             record["val_accuracy"] = json!(val_correct as f64 / held_out as f64);
         }
         history.push(record);
-        ctx.checkpoint(epoch, c.epochs)?;
+        ctx.checkpoint(epoch * batches as u64, steps)?;
     }
     Ok((model.valid(), history, parameters))
 }

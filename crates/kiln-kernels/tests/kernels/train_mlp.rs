@@ -103,18 +103,31 @@ fn training_is_reproducible_from_the_seed() {
 }
 
 #[test]
-fn checkpoints_once_per_epoch() {
+fn checkpoints_before_each_step_and_after_each_epoch() {
     let recorder = Recorder::default();
+    // 64 samples in batches of 16: four steps an epoch, sixteen in all.
     let out = run_with(
         "train_mlp",
-        json!({"samples": 64, "epochs": 4, "hidden": [8]}),
+        json!({"samples": 64, "epochs": 4, "hidden": [8], "batch_size": 16}),
         0,
         &recorder,
     )
     .unwrap();
     assert_eq!(out["epochs"].as_array().unwrap().len(), 4);
     let calls = recorder.calls.lock().unwrap().clone();
-    let expected: Vec<Progress> = (1..=4).map(|done| Progress { done, total: 4 }).collect();
+    let mut expected = Vec::new();
+    for epoch in 0..4 {
+        for step in 0..4 {
+            expected.push(Progress {
+                done: epoch * 4 + step,
+                total: 16,
+            });
+        }
+        expected.push(Progress {
+            done: (epoch + 1) * 4,
+            total: 16,
+        });
+    }
     assert_eq!(calls, expected);
 }
 
@@ -133,11 +146,16 @@ fn a_failing_checkpoint_stops_training_with_its_error() {
     .unwrap_err();
     assert_eq!(err.kind, ErrorKind::Cancelled);
     assert_eq!(err.message, "cancelled by the test");
-    assert_eq!(
-        recorder.calls.lock().unwrap().len(),
-        2,
-        "no epoch runs after the failure"
-    );
+    // One step an epoch: before step 1 (0), after epoch 1 (1), before step 2 (1), after
+    // epoch 2 (2), which fails; nothing runs after it.
+    let done: Vec<u64> = recorder
+        .calls
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|p| p.done)
+        .collect();
+    assert_eq!(done, [0, 1, 1, 2], "nothing runs after the failure");
 }
 
 #[test]
