@@ -397,6 +397,17 @@ impl Kernel for MlpPredict {
         };
 
         let (rows, features) = (rows as usize, features as usize);
+        // A NaN went through the network as 0 (ReLU passes it over) and came back a confident
+        // class; training refuses such rows, and so does prediction.
+        if let Some(at) = x.iter().position(|v| !v.is_finite()) {
+            return Err(JobError::invalid_input(format!(
+                "mlp_predict x row {} holds {} at feature {}: the model cannot classify it \
+                 (drop or fill the row)",
+                at / features.max(1),
+                x[at],
+                at % features.max(1)
+            )));
+        }
         let classes = network.classes();
         let probabilities = network.predict(&x, batch as usize, ctx)?;
         let predicted: Vec<usize> = probabilities

@@ -183,6 +183,25 @@ fn large_inline_rows_are_stored_without_being_asked() {
 }
 
 #[test]
+fn rows_with_a_nan_or_infinity_are_invalid_input_naming_where() {
+    // JSON has no NaN: it comes in a tensor object.
+    let x = HostTensor::new(vec![3, 2], vec![0.0, 0.0, 1.0, f32::NAN, 2.0, 2.0]);
+    let err = predict_with(
+        json!({"params": {"model": {"object": "m"}, "x": {"object": "x"}}}),
+        model(),
+        Some(x),
+        &Recorder::default(),
+    )
+    .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::InvalidInput);
+    assert!(
+        err.message.contains("x row 1 holds NaN at feature 1"),
+        "{}",
+        err.message
+    );
+}
+
+#[test]
 fn rows_of_the_wrong_width_are_invalid_input() {
     let err = predict(
         json!({"model": {"object": "m"}, "x": [[1.0, 2.0, 3.0]]}),
