@@ -102,42 +102,12 @@ pub async fn publish_all(
         refused: Vec::new(),
     };
     let mut pending = FuturesUnordered::new();
-    for (order, job) in jobs.into_iter().enumerate() {
+    for (order, mut job) in jobs.into_iter().enumerate() {
         // Once the server refuses one (a full queue), send no more: settle those on the way.
         if !published.refused.is_empty() {
             break;
         }
-        let mut headers = HeaderMap::new();
-        headers.insert(HEADER_MSG_ID, job.id.as_str());
-        // JSON is what a job without a Content-Type is read as: only bincode names itself,
-        // and a JSON job carries one header less through the stream and to its worker.
-        if job.codec != Codec::Json {
-            headers.insert("Content-Type", job.codec.content_type());
-        }
-        // Tracing on: each job is the root of its own trace, its context in the headers.
-        let span = submit_span(&job);
-        if let Some(span) = &span {
-            span.inject(&mut headers);
-        }
-        let size = job.body.len();
-        let ack = match js
-            .publish_with_headers(job.subject.clone(), headers, job.body.into())
-            .await
-        {
-            Ok(ack) => ack,
-            Err(e) if e.kind() == jetstream::context::PublishErrorKind::MaxPayloadExceeded => {
-                return Err(Error::Invalid(format!(
-                    "job {} is {size} bytes, over the NATS server's max_payload ({} bytes): \
-                     give sizes and let the worker generate the inputs (`kiln kinds`), or \
-                     raise max_payload in the server's configuration",
-                    job.id,
-                    js.client().server_info().max_payload
-                )));
-            }
-            Err(e) => {
-                return Err(e).nats(|| format!("publishing job {} on {}", job.id, job.subject));
-            }
-        };
+        let (ack, span) = publish_one(js, &mut job).await?;
         let sent = Sent {
             order,
             id: job.id,
@@ -169,6 +139,50 @@ pub async fn publish_all(
     let mut duplicates = published.duplicates;
     duplicates.sort_unstable_by_key(|(order, _)| *order);
     Ok(duplicates.into_iter().map(|(_, id)| id).collect())
+}
+
+/// Publish one job (its id as `Nats-Msg-Id`, its trace context when tracing; its body is
+/// taken): its PubAck to wait for, and its span, open until then.
+async fn publish_one(
+    js: &jetstream::Context,
+    job: &mut JobSpec,
+) -> Result<(
+    jetstream::context::PublishAckFuture,
+    Option<kiln_telemetry::trace::TraceSpan>,
+)> {
+    let mut headers = HeaderMap::new();
+    headers.insert(HEADER_MSG_ID, job.id.as_str());
+    // JSON is what a job without a Content-Type is read as: only bincode names itself,
+    // and a JSON job carries one header less through the stream and to its worker.
+    if job.codec != Codec::Json {
+        headers.insert("Content-Type", job.codec.content_type());
+    }
+    // Tracing on: each job is the root of its own trace, its context in the headers.
+    let span = submit_span(job);
+    if let Some(span) = &span {
+        span.inject(&mut headers);
+    }
+    let size = job.body.len();
+    let body = std::mem::take(&mut job.body);
+    let ack = match js
+        .publish_with_headers(job.subject.clone(), headers, body.into())
+        .await
+    {
+        Ok(ack) => ack,
+        Err(e) if e.kind() == jetstream::context::PublishErrorKind::MaxPayloadExceeded => {
+            return Err(Error::Invalid(format!(
+                "job {} is {size} bytes, over the NATS server's max_payload ({} bytes): \
+                 give sizes and let the worker generate the inputs (`kiln kinds`), or \
+                 raise max_payload in the server's configuration",
+                job.id,
+                js.client().server_info().max_payload
+            )));
+        }
+        Err(e) => {
+            return Err(e).nats(|| format!("publishing job {} on {}", job.id, job.subject));
+        }
+    };
+    Ok((ack, span))
 }
 
 /// A job published, its PubAck not yet in.

@@ -579,22 +579,7 @@ async fn settle(
         span,
         hold,
     } = routed;
-    let answer = |error: JobError| {
-        let (message, kind, id) = (&message, &kind, &id);
-        async move {
-            match answer_failed(js, config, message, kind, id, enqueued_at, error).await {
-                Ok(()) => {
-                    let _ = message.ack().await;
-                }
-                Err(e) => {
-                    tracing::warn!(%id, error = %e, "could not answer the job; handing it back");
-                    let _ = message
-                        .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
-                        .await;
-                }
-            }
-        }
-    };
+    let answer = |error| answer_and_ack(js, config, &message, &kind, &id, enqueued_at, error);
     match &stored {
         // A job too close to max_payload for its copy's headers can never be routed: answered
         // `too_large` instead of going round for ever.
@@ -649,6 +634,30 @@ async fn settle(
     config.metrics.routed(&kind, &class.to_string());
     tracing::debug!(%id, %target, %reason, "routed");
     Settled::Routed(class)
+}
+
+/// Answer a job that cannot be routed with a failure, and ack it; hand it back when the
+/// answer is not stored.
+async fn answer_and_ack(
+    js: &jetstream::Context,
+    config: &SchedulerConfig,
+    message: &jetstream::Message,
+    kind: &str,
+    id: &str,
+    enqueued_at: time::OffsetDateTime,
+    error: JobError,
+) {
+    match answer_failed(js, config, message, kind, id, enqueued_at, error).await {
+        Ok(()) => {
+            let _ = message.ack().await;
+        }
+        Err(e) => {
+            tracing::warn!(%id, error = %e, "could not answer the job; handing it back");
+            let _ = message
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
+                .await;
+        }
+    }
 }
 
 /// Answer a job that cannot be routed with a failure.
