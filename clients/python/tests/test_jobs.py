@@ -52,13 +52,26 @@ async def test_vector_add_with_inline_arrays_returns_their_sum(client: kiln.Clie
     assert await client.status(job.id) == "succeeded"
 
 
+async def stored_input(client: kiln.Client, job_id: str, param: str) -> bytes:
+    """The bytes the client uploaded for `param` of job `job_id`
+    (`inputs/<id>/<submission>/<param>`)."""
+    bucket = await client._bucket()
+    names = [
+        info.name
+        for info in await bucket.list()
+        if info.name.startswith(f"inputs/{job_id}/") and info.name.endswith(f"/{param}")
+    ]
+    assert len(names) == 1, names
+    return await client.get(names[0])
+
+
 async def test_matmul_of_uploaded_matrices_matches_numpy(client: kiln.Client) -> None:
     rng = np.random.default_rng(1)
     a = rng.standard_normal((300, 200)).astype(np.float32)
     b = rng.standard_normal((200, 100)).astype(np.float32)
     job = await client.submit("matmul", "cpu", a=a, b=b, upload=True)
     # Both inputs went to KILN_DATA as .npy files under the job's id.
-    stored = np.load(io.BytesIO(await client.get(f"inputs/{job.id}/a")))
+    stored = np.load(io.BytesIO(await stored_input(client, job.id, "a")))
     np.testing.assert_array_equal(stored, a)
     result = await job.result(timeout=RESULT_TIMEOUT)
     assert result.object is not None and result.object["format"] == "npy"
@@ -76,7 +89,7 @@ async def test_fortran_order_and_transposed_arrays_upload_in_c_order(
     a = rng.standard_normal((300, 200)).astype(np.float32)
     b = rng.standard_normal((300, 100)).astype(np.float32)
     job = await client.submit("matmul", "cpu", a=a.T, b=b)
-    stored = np.load(io.BytesIO(await client.get(f"inputs/{job.id}/a")))
+    stored = np.load(io.BytesIO(await stored_input(client, job.id, "a")))
     assert stored.shape == (200, 300) and stored.flags.c_contiguous
     np.testing.assert_array_equal(stored, a.T)
     c = await (await job.result(timeout=RESULT_TIMEOUT)).array()

@@ -319,3 +319,51 @@ async fn a_job_id_is_answered_once_even_after_the_duplicate_window() {
     assert_eq!(shown.status, Status::Succeeded);
     assert_eq!(shown.output["c"], serde_json::json!([4.0, 6.0]));
 }
+
+/// Submitting an id again while the server still keeps the first submission (it drops the
+/// second as a duplicate) leaves the first one's input files alone: each submission stores
+/// them under a name of its own, and the kept job runs on its own data.
+#[tokio::test(flavor = "multi_thread")]
+async fn resubmitting_an_id_never_replaces_the_kept_jobs_inputs() {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    let dir = tempfile::tempdir().unwrap();
+    let b = matrix(3, 2, 5);
+    let b_path = write(dir.path(), "b.npy", &encode_npy(&b));
+    let mut firsts = Vec::new();
+    for (n, salt) in [(1, 1), (2, 9)] {
+        let a = matrix(2, 3, salt);
+        let a_path = write(dir.path(), &format!("a{n}.npy"), &encode_npy(&a));
+        let out = cluster.kiln(&[
+            "submit",
+            "matmul",
+            "--id",
+            "twice-1",
+            "--input",
+            &format!("a=@{a_path}"),
+            "--input",
+            &format!("b=@{b_path}"),
+        ]);
+        assert_success(&out);
+        firsts.push(a);
+    }
+    // Only now a worker: the job the server kept is the first.
+    cluster.cpu_worker();
+    let client = cluster.client().await;
+    let results = common::wait_for_results(&client, &["twice-1"], Duration::from_secs(60)).await;
+    let event = &results["twice-1"];
+    assert_eq!(event.status, kiln_proto::Status::Succeeded, "{event:?}");
+    let a = &firsts[0];
+    let want: Vec<f32> = (0..2)
+        .flat_map(|i| (0..2).map(move |j| (i, j)))
+        .map(|(i, j)| (0..3).map(|k| a.data[i * 3 + k] * b.data[k * 2 + j]).sum())
+        .collect();
+    let got: Vec<f32> = event.output["c"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|row| row.as_array().unwrap().clone())
+        .map(|v| v.as_f64().unwrap() as f32)
+        .collect();
+    assert_eq!(got, want, "the first submission's product");
+}

@@ -156,7 +156,7 @@ impl Input {
     }
 }
 
-/// Store the files `--input` names (as `inputs/<job id>/<key>`) and set each parameter to its
+/// Store the files `--input` names (as `inputs/<job id>/<submission>/<key>`) and set each parameter to its
 /// object reference, with the digest the worker checks.
 pub async fn attach_inputs(
     bucket: &ObjectStore,
@@ -164,10 +164,14 @@ pub async fn attach_inputs(
     inputs: &[Input],
     params: &mut serde_json::Value,
 ) -> Result<()> {
+    // A name of this submission's own: a later submission under the same id (which the
+    // server drops as a duplicate while this one waits) must not replace the files this one
+    // names, which it would then fail to read by their digests.
+    let submission = kiln_proto::new_job_id();
     for input in inputs {
         let mut reference = match &input.source {
             Source::File(path) => {
-                let name = format!("inputs/{job_id}/{}", input.key);
+                let name = format!("inputs/{job_id}/{submission}/{}", input.key);
                 let descriptor = put_file(bucket, &name, path).await?;
                 let mut reference = ObjectRef::new(descriptor.name);
                 reference.sha256 = Some(descriptor.sha256);

@@ -293,7 +293,7 @@ class Client:
 
         `params` are the kind's parameters. A numpy array (or nested list) for a tensor
         parameter (`a`, `b`, `image`, `x`) is sent inline when its JSON is small, else stored
-        in KILN_DATA as `inputs/<id>/<param>.npy` and passed by reference; `upload=True`
+        in KILN_DATA as `inputs/<id>/<submission>/<param>` and passed by reference; `upload=True`
         always stores, `upload=False` never does. `kiln.ObjectRef`, the `ObjectInfo` from
         `put`, or a `Result` with a stored output pass an object by reference; for `dataset`
         and `model` a plain string names the object.
@@ -394,9 +394,12 @@ class Client:
 
     async def _submit(self, prepared: list[_Prepared]) -> list[Job]:
         # Inputs first, so that a job never names an object not yet stored.
+        # Under a name of this submission's own: a later one under the same id (dropped by
+        # the server as a duplicate while this one waits) must not replace its inputs.
+        submission = _wire.new_job_id()
         for p in prepared:
             for up in p.uploads:
-                info = await self.put(f"inputs/{p.job_id}/{up.param}", up.array)
+                info = await self.put(f"inputs/{p.job_id}/{submission}/{up.param}", up.array)
                 p.params[up.param] = info.ref().to_json()
             p.body = _wire.encode_job(
                 p.job_id, p.params, seed=p.seed, timeout_ms=p.timeout_ms, output=p.output
