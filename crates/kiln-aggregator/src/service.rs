@@ -63,8 +63,11 @@ pub async fn run(
     let _backlog = BacklogSampler::start(js.clone(), config.metrics.clone());
     let mut exporter = Exporter::new(config.metrics.clone());
     tokio::pin!(shutdown);
+    // At start, no wait when no other reads results; after standing down, three quiet looks:
+    // the other's pull request may be between two waits at the first.
+    let mut patient = false;
     loop {
-        if !stand_by(&js, &config.health, &mut shutdown).await {
+        if !stand_by(&js, &config.health, patient, &mut shutdown).await {
             return Ok(());
         }
         let (folds, sequences, mut results, acks) = resume(&js).await?;
@@ -94,6 +97,7 @@ pub async fn run(
                 );
                 config.health.standing_by();
                 exporter = aggregator.exporter;
+                patient = true;
             }
         }
     }
@@ -109,14 +113,16 @@ const STANDBY_QUIET_LOOKS: u32 = 3;
 
 /// Wait while another aggregator reads results: its pull requests wait on the consumer for
 /// as long as it runs, and the server drops them when its connection goes. `false` when
-/// `shutdown` came first. An aggregator that finds none at once starts at once.
+/// `shutdown` came first. Unless `patient`, an aggregator that finds none at once starts at
+/// once; a patient one waits for [`STANDBY_QUIET_LOOKS`] looks in a row that find none.
 async fn stand_by(
     js: &jetstream::Context,
     health: &kiln_telemetry::Health,
+    patient: bool,
     shutdown: &mut (impl Future + Unpin),
 ) -> bool {
     let mut quiet = 0;
-    let mut standing_by = false;
+    let mut standing_by = patient;
     loop {
         let waiting = async {
             let stream = js.get_stream(STREAM_RESULTS).await.ok()?;
