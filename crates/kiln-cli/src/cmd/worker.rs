@@ -128,6 +128,16 @@ pub async fn worker(nats: &NatsArgs, args: WorkerArgs) -> anyhow::Result<ExitCod
     // The acks of the last jobs may still sit in the client's write buffer: send them before
     // the process exits, or those jobs come back after the ack wait and run again.
     let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
+    // A drain that runs past its timeout hands the jobs still running back: that is how a
+    // worker stops gracefully (a rolling restart), not a failure of the process.
+    if let Err(kiln_worker::Error::DrainTimeout(running, timeout)) = &stopped {
+        eprintln!(
+            "worker stopped: {running} job(s) still running after the {timeout:?} drain timeout \
+             went back to the queue (or, where that failed, were answered or come back after \
+             the ack wait)"
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let stats = stopped?;
     eprintln!(
         "worker stopped: {} succeeded, {} failed, {} handed back for retry, {} handed back unfinished",
