@@ -617,14 +617,15 @@ async fn live_workers_are_listed_and_expire_when_killed() {
     let client = cluster.client().await;
     let js = jetstream::new(client.clone());
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    // Its first heartbeat may come while it still warms up: wait for it to serve.
     let workers = loop {
         let workers = kiln_proto::streams::live_workers(&js).await.unwrap();
-        if !workers.is_empty() {
+        if workers.iter().any(|w| w.state == "serving") {
             break workers;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "the worker never announced itself"
+            "the worker never announced itself serving: {workers:?}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
