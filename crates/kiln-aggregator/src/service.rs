@@ -320,14 +320,7 @@ impl Aggregator {
     /// next tick; its results stay unacked until then.
     /// `Err` with the subject when another aggregator stored a snapshot of it meanwhile.
     async fn snapshot(&mut self) -> std::result::Result<(), String> {
-        match flush(
-            &self.js,
-            &mut self.folds,
-            &mut self.acks,
-            &mut self.sequences,
-        )
-        .await
-        {
+        match self.flush().await {
             Ok(()) => {
                 self.spans.clear();
                 self.exporter.tick();
@@ -447,16 +440,20 @@ impl Aggregator {
         }
     }
 
-    /// The last snapshot, and the results it counts acked.
-    async fn stop(mut self) -> Result<()> {
-        match flush(
+    /// [`flush`] this aggregator's folds, acks and snapshot sequences.
+    async fn flush(&mut self) -> Result<()> {
+        flush(
             &self.js,
             &mut self.folds,
             &mut self.acks,
             &mut self.sequences,
         )
         .await
-        {
+    }
+
+    /// The last snapshot, and the results it counts acked.
+    async fn stop(mut self) -> Result<()> {
+        match self.flush().await {
             // Another aggregator counts now; the results this one held go to it.
             Err(Error::Superseded { subject }) => {
                 tracing::warn!(%subject, "last snapshot not stored: another aggregator stored one since");

@@ -595,6 +595,7 @@ async fn settle(
         }
         Err(e) if kiln_proto::refused_for_room(e) => {
             config.metrics.route_failures.inc();
+            let first_refusal = hold.is_none();
             let hold = Hold::after(hold);
             if hold.since.elapsed() >= HOLD_PATIENCE {
                 tracing::warn!(%id, %target, error = %e, "no room to route the job for {HOLD_PATIENCE:?}; answering it failed");
@@ -610,7 +611,7 @@ async fn settle(
                 .await;
                 return Settled::Done;
             }
-            if hold.pause == Duration::from_millis(250) {
+            if first_refusal {
                 tracing::warn!(%id, %target, error = %e, "no room in {STREAM_JOBS} for the routed copy; holding the job and trying again");
             }
             let _ = message.ack_with(AckKind::Progress).await;
