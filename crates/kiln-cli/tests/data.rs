@@ -133,6 +133,48 @@ async fn an_image_is_filtered_and_comes_back_as_a_png() {
     assert_eq!(row[30], 1.0);
     assert_eq!(row[10], 0.0);
     assert_eq!(row[50], 0.0);
+
+    // A batch as a [B, C, H, W] tensor: the second image's edge runs across instead of down,
+    // and each image comes back filtered on its own.
+    let vertical: Vec<f32> = (0..40 * 60)
+        .map(|i| if i % 60 < 30 { 0.0 } else { 1.0 })
+        .collect();
+    let horizontal: Vec<f32> = (0..40 * 60)
+        .map(|i| if i / 60 < 20 { 1.0 } else { 0.0 })
+        .collect();
+    let batch = HostTensor::new(vec![2, 1, 40, 60], [vertical, horizontal].concat());
+    let batch = write(dir.path(), "batch.npy", &encode_npy(&batch));
+    let filtered = dir.path().join("filtered.npy");
+    let out = cluster.kiln(&[
+        "submit",
+        "conv2d",
+        "-p",
+        "filter=sobel",
+        "--input",
+        &format!("image=@{batch}"),
+        "--output",
+        filtered.to_str().unwrap(),
+    ]);
+    assert_success(&out);
+    assert_eq!(
+        result_of(&out).output["shape"],
+        serde_json::json!([2, 1, 40, 60])
+    );
+    let back = read_npy(&filtered);
+    assert_eq!(back.shape, [2, 1, 40, 60]);
+    let at = |b: usize, y: usize, x: usize| back.data[b * 2400 + y * 60 + x].abs();
+    assert!(
+        at(0, 20, 29) > 1.0 && at(0, 20, 30) > 1.0,
+        "{}",
+        at(0, 20, 29)
+    );
+    assert_eq!((at(0, 20, 10), at(0, 10, 45)), (0.0, 0.0));
+    assert!(
+        at(1, 19, 10) > 1.0 && at(1, 20, 10) > 1.0,
+        "{}",
+        at(1, 19, 10)
+    );
+    assert_eq!((at(1, 10, 30), at(1, 30, 50)), (0.0, 0.0));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -39,8 +39,8 @@ const PEEK: usize = 4096;
 pub enum Want {
     /// A tensor: `.npy` or safetensors (one entry, picked by the reference's `tensor`).
     Tensor,
-    /// An image: PNG or JPEG, or a tensor of shape [C, H, W] or [H, W]; loads as a
-    /// [`Loaded::Tensor`] of shape [C, H, W].
+    /// An image: PNG or JPEG, or a tensor of shape [C, H, W], [B, C, H, W] (a batch) or
+    /// [H, W]; loads as a [`Loaded::Tensor`] of shape [C, H, W] or [B, C, H, W].
     Image,
     /// A labelled dataset: CSV or safetensors with `x` and `y`.
     Dataset,
@@ -52,7 +52,7 @@ impl Want {
     fn describe(self) -> &'static str {
         match self {
             Want::Tensor => "a tensor (.npy or safetensors)",
-            Want::Image => "an image (PNG, JPEG or a [C, H, W] tensor)",
+            Want::Image => "an image (PNG, JPEG or a [C, H, W] or [B, C, H, W] tensor)",
             Want::Dataset => "a dataset (CSV, or safetensors with x and y)",
             Want::Model => "a model (safetensors)",
         }
@@ -411,15 +411,16 @@ fn check_digest(what: &str, info: &ObjectInfo, expected: &str) -> Result<(), Dat
     }
 }
 
-/// A tensor loaded as an image: [C, H, W] as it is, [H, W] as one channel.
+/// A tensor loaded as an image: [C, H, W] and a batch [B, C, H, W] as they are, [H, W] as one
+/// channel.
 fn as_image(what: &str, mut tensor: HostTensor) -> Result<HostTensor, DataError> {
     match tensor.shape.len() {
-        3 => {}
+        3 | 4 => {}
         2 => tensor.shape.insert(0, 1),
         _ => {
             return Err(DataError::Invalid(format!(
-                "{what} is a tensor of shape {:?}, not an image; give a [C, H, W] \
-                 or [H, W] tensor, or a PNG or JPEG",
+                "{what} is a tensor of shape {:?}, not an image; give a [C, H, W], \
+                 [B, C, H, W] or [H, W] tensor, or a PNG or JPEG",
                 tensor.shape
             )));
         }

@@ -249,6 +249,24 @@ async fn images_load_as_images_and_not_as_tensors() {
     let loaded = store::fetch(&store, &ObjectRef::new("grey.npy"), Want::Image, MIB, 100).await;
     let loaded = tensor(loaded.unwrap());
     assert_eq!((loaded.shape, loaded.data), (vec![1, 2, 2], grey.data));
+
+    // A [B, C, H, W] tensor is a batch of images, kept as it is; five dimensions are not.
+    let batch = HostTensor::new(vec![2, 1, 1, 2], vec![0.1, 0.2, 0.3, 0.4]);
+    store::put_tensor(&store, "batch.npy", &batch, "npy", "")
+        .await
+        .unwrap();
+    let loaded = store::fetch(&store, &ObjectRef::new("batch.npy"), Want::Image, MIB, 100).await;
+    assert_eq!(tensor(loaded.unwrap()), batch);
+    let five = HostTensor::new(vec![1, 2, 1, 1, 2], vec![0.1, 0.2, 0.3, 0.4]);
+    store::put_tensor(&store, "five.npy", &five, "npy", "")
+        .await
+        .unwrap();
+    let m = invalid(store::fetch(&store, &ObjectRef::new("five.npy"), Want::Image, MIB, 100).await);
+    assert_eq!(
+        m,
+        "object five.npy is a tensor of shape [1, 2, 1, 1, 2], not an image; give a [C, H, W], \
+         [B, C, H, W] or [H, W] tensor, or a PNG or JPEG"
+    );
 }
 
 #[tokio::test]
