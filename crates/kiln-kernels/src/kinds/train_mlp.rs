@@ -25,6 +25,12 @@
 //! constant learning rate, mini-batches of a fresh shuffle every epoch (the last batch of an
 //! epoch may be smaller). An empty `hidden` trains softmax regression, the linear baseline.
 //!
+//! **The result** lists a record per epoch in `epochs` (`epoch`, `loss` — the mean of its
+//! mini-batch losses —, `accuracy` on the training samples, and `val_loss` and `val_accuracy`
+//! when samples are held out), then the last record's figures as `final_*`. Past 1,000 epochs it
+//! lists every `history_every`-th epoch and the last, so the result stays small (epochs not
+//! listed are not evaluated either).
+//!
 //! **The model** is stored for every dataset job, and for a shells job whose `output` asks for
 //! an object: safetensors, all f32, `layers.{i}.weight` [in, out] (Burn's `Linear` layout) and
 //! `layers.{i}.bias` `[out]` for each layer from input to output, `input.mean` and `input.std`
@@ -452,8 +458,10 @@ fn cost(c: &Config) -> Result<Plan, JobError> {
         .into_iter()
         .try_fold(0u64, |acc, e| acc.checked_add(e))
         .ok_or_else(overflow)?;
-    // Forward 2, backward 4 per parameter and sample; the accuracy pass another 2.
-    let flops = 8.0 * parameters as f64 * c.samples as f64 * c.epochs as f64;
+    // Forward 2, backward 4 per parameter and sample; the accuracy pass of a recorded epoch
+    // another 2.
+    let recorded = c.epochs.div_ceil(history_every(c.epochs)) as f64;
+    let flops = 2.0 * parameters as f64 * c.samples as f64 * (3.0 * c.epochs as f64 + recorded);
     Ok(Plan {
         elements,
         flops,
@@ -566,7 +574,8 @@ fn training_data<B: Backend>(
 }
 
 /// Train the network `c` describes on `train` with Adam, one record of loss and accuracy (and
-/// validation loss and accuracy when `validation` holds samples) per epoch, with a checkpoint
+/// validation loss and accuracy when `validation` holds samples) per recorded epoch (see
+/// [`recorded`]: every epoch up to [`MAX_HISTORY`]; others are not evaluated), with a checkpoint
 /// before each step and after each epoch's evaluation (an epoch of a large network on many
 /// samples runs for minutes, past any timeout or cancel checked only between epochs); returns
 /// the trained network, the records and the number of parameters.
@@ -595,7 +604,7 @@ fn train_model<B: Backend>(
     let mut order: Vec<i64> = (0..samples as i64).collect();
     let batches = samples.div_ceil(batch_rows);
     let steps = c.epochs.saturating_mul(batches as u64);
-    let mut history = Vec::with_capacity(c.epochs as usize);
+    let mut history = Vec::with_capacity(c.epochs.min(MAX_HISTORY) as usize);
     for epoch in 1..=c.epochs {
         let done = (epoch - 1) * batches as u64;
         order.shuffle(&mut shuffle);
@@ -615,6 +624,10 @@ fn train_model<B: Backend>(
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             model = optim.step(c.lr, model, grads);
         }
+        if !recorded(epoch, c.epochs) {
+            ctx.checkpoint(epoch * batches as u64, steps)?;
+            continue;
+        }
         let loss = loss_sum.into_scalar().elem::<f64>() / batches as f64;
         let trained = model.valid();
         let correct = trained.correct(&x, &y, eval_rows);
@@ -631,12 +644,29 @@ fn train_model<B: Backend>(
     Ok((model.valid(), history, parameters))
 }
 
+/// Most epochs a result lists: 10,000 epochs of records with validation figures came to 1.1 MB,
+/// over a NATS message, and the model's object does not carry them.
+const MAX_HISTORY: u64 = 1000;
+
+/// Every how many epochs the history records one: 1 up to [`MAX_HISTORY`] epochs, then enough
+/// to keep at most that many records.
+fn history_every(epochs: u64) -> u64 {
+    epochs.div_ceil(MAX_HISTORY).max(1)
+}
+
+/// Whether `epoch` of `epochs` is recorded (and evaluated): every [`history_every`]-th, and
+/// always the last.
+fn recorded(epoch: u64, epochs: u64) -> bool {
+    epoch.is_multiple_of(history_every(epochs)) || epoch == epochs
+}
+
 /// The job's result from its epochs' records: the history, the final figures and the data
 /// trained on.
 fn summary(params: &Params, c: &Config, history: &[Value], parameters: usize) -> Value {
     let last = history.last().cloned().unwrap_or_default();
     let mut out = json!({
         "epochs": history,
+        "history_every": history_every(c.epochs),
         "final_loss": last["loss"],
         "final_accuracy": last["accuracy"],
         "parameters": parameters,

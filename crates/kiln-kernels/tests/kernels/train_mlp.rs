@@ -132,6 +132,32 @@ fn checkpoints_before_each_step_and_after_each_epoch() {
 }
 
 #[test]
+fn past_a_thousand_epochs_the_history_lists_every_kth_and_the_last() {
+    // 2,500 epochs: every third (3, 6, …, 2,499) and the last, 834 records.
+    let params = json!({"samples": 8, "epochs": 2500, "hidden": [2], "batch_size": 8});
+    let out = run("train_mlp", params, 0);
+    let epochs: Vec<u64> = out["epochs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["epoch"].as_u64().unwrap())
+        .collect();
+    assert_eq!(out["history_every"], 3);
+    assert_eq!(epochs.len(), 834);
+    assert_eq!(epochs[..3], [3, 6, 9]);
+    assert_eq!(epochs[832..], [2499, 2500]);
+    assert_eq!(out["final_loss"], out["epochs"][833]["loss"]);
+    // Up to 1,000 epochs every one is listed.
+    let out = run(
+        "train_mlp",
+        json!({"samples": 8, "epochs": 1000, "hidden": [2]}),
+        0,
+    );
+    assert_eq!(out["epochs"].as_array().unwrap().len(), 1000);
+    assert_eq!(out["history_every"], 1);
+}
+
+#[test]
 fn a_failing_checkpoint_stops_training_with_its_error() {
     let recorder = Recorder {
         fail_at: Some(2),
