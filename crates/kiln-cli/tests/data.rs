@@ -79,6 +79,17 @@ async fn a_users_matrices_go_in_by_object_and_the_whole_product_comes_back() {
     let again = dir.path().join("again.npy");
     assert_success(&cluster.kiln(&["result", "mm-1", "--output", again.to_str().unwrap()]));
     assert_eq!(read_npy(&again), c);
+    // A file named for another format gets the output converted to it.
+    let converted = dir.path().join("c.safetensors");
+    let out = cluster.kiln(&["result", "mm-1", "--output", converted.to_str().unwrap()]);
+    assert_success(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("safetensors, converted from the stored npy [100, 70]"),
+        "{stderr}"
+    );
+    let mut file = std::fs::File::open(&converted).unwrap();
+    assert_eq!(read_tensor("c", &mut file, None, u64::MAX).unwrap(), c);
     let name = object["name"].as_str().unwrap();
     let got = dir.path().join("got.npy");
     assert_success(&cluster.kiln(&["get", name, "-o", got.to_str().unwrap()]));
@@ -212,6 +223,19 @@ async fn a_model_trained_on_a_csv_predicts_on_new_points() {
         .unwrap()
         .to_owned();
     assert_eq!(trained.output["object"]["format"], "safetensors");
+    // A model is several tensors: a .npy file cannot hold it, and none is written.
+    let npy = dir.path().join("model.npy");
+    let out = cluster.kiln(&["result", "trained", "--output", npy.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "job trained's output \"{model}\" is a model (several tensors in one safetensors \
+             file), which a .npy file cannot hold; write it to a .safetensors file"
+        )),
+        "{stderr}"
+    );
+    assert!(!npy.exists());
     let x = HostTensor::new(vec![3, 2], vec![0.1, -0.1, 3.9, 4.2, 0.2, 5.1]);
     let new_points = write(dir.path(), "new.npy", &encode_npy(&x));
     let out = cluster.kiln(&[

@@ -711,7 +711,7 @@ async fn job_past_its_timeout_fails_with_timeout_at_a_checkpoint() {
     let error = event.error.unwrap();
     assert_eq!(error.kind, ErrorKind::Timeout);
     assert!(
-        error.message.contains("timeout_ms of 50"),
+        error.message.contains("timeout_ms of 50: stopped after "),
         "{}",
         error.message
     );

@@ -124,7 +124,8 @@ pub enum Source {
 }
 
 impl Input {
-    /// Parse `KEY=@FILE[#ENTRY]` or `KEY=NAME`.
+    /// Parse `KEY=@FILE[#ENTRY]` or `KEY=NAME[#ENTRY]` (a file that exists under the whole
+    /// name after `@`, `#` and all, is that file).
     pub fn parse(arg: &str) -> Result<Self> {
         let invalid = |message: String| Err(Error::Invalid(message));
         let Some((key, value)) = arg.split_once('=') else {
@@ -136,8 +137,14 @@ impl Input {
         if key.is_empty() {
             return invalid(format!("--input {arg:?}: the parameter name is missing"));
         }
+        // `#` starts an entry name, except in the name of a file that exists as written.
+        let whole_file = value
+            .strip_prefix('@')
+            .is_some_and(|path| Path::new(path).is_file());
         let (value, entry) = match value.rsplit_once('#') {
-            Some((value, entry)) if !entry.is_empty() => (value, Some(entry.to_owned())),
+            Some((value, entry)) if !entry.is_empty() && !whole_file => {
+                (value, Some(entry.to_owned()))
+            }
             _ => (value, None),
         };
         let source = match value.strip_prefix('@') {
@@ -233,18 +240,125 @@ pub fn stored_output(event: &kiln_proto::ResultEvent) -> Result<ObjectDescriptor
     })
 }
 
-/// Write the object a result's `output.object` names to the file at `path`; returns its
-/// descriptor and size. Refused when the job has no stored output, or the object was
-/// replaced since.
+/// Write the object a result's `output.object` names to the file at `path` (`-`: standard
+/// output); returns its descriptor and the bytes written. A file whose extension names
+/// another format than the stored one (`.npy`, `.safetensors`, `.png`) gets the output
+/// converted to it; a model (several tensors) goes only to a `.safetensors` file. Refused when
+/// the job has no stored output, or the object was replaced since.
 pub async fn save_output(
     js: &jetstream::Context,
     event: &kiln_proto::ResultEvent,
     path: &Path,
-) -> Result<(ObjectDescriptor, u64)> {
+) -> Result<SavedOutput> {
     let descriptor = stored_output(event)?;
     let bucket = bucket(js).await?;
-    let size = get_file(&bucket, &descriptor.name, path, Some(&descriptor.sha256)).await?;
-    Ok((descriptor, size))
+    let (name, sha256) = (&descriptor.name, Some(descriptor.sha256.as_str()));
+    let stdout = path == Path::new("-");
+    let converted = conversion(&event.id, &descriptor, path)?;
+    let size = match converted {
+        None if stdout => get_to_writer(&bucket, name, &mut tokio::io::stdout(), sha256).await?,
+        None => get_file(&bucket, name, path, sha256).await?,
+        Some(mode) => {
+            let mut stored = Vec::with_capacity(descriptor.size as usize);
+            get_to_writer(&bucket, name, &mut stored, sha256).await?;
+            let (what, format) = (descriptor.name.clone(), descriptor.format.clone());
+            let bytes = tokio::task::spawn_blocking(move || convert(&stored, &what, &format, mode))
+                .await
+                .map_err(|e| Error::Data(format!("converting {name:?}: {e}")))??;
+            write_bytes(path, &bytes).await?;
+            bytes.len() as u64
+        }
+    };
+    Ok(SavedOutput {
+        descriptor,
+        size,
+        converted_to: converted.map(format_name),
+    })
+}
+
+/// What [`save_output`] wrote.
+#[derive(Debug, Clone)]
+pub struct SavedOutput {
+    /// The stored object.
+    pub descriptor: ObjectDescriptor,
+    /// Bytes written.
+    pub size: u64,
+    /// The format it was converted to (`npy`, `safetensors`, `png`), when not as stored.
+    pub converted_to: Option<&'static str>,
+}
+
+/// The name of the file format `mode` stores (`object` stores `.npy`).
+fn format_name(mode: OutputMode) -> &'static str {
+    match mode {
+        OutputMode::Png => "png",
+        OutputMode::Safetensors => "safetensors",
+        _ => "npy",
+    }
+}
+
+/// The format `path`'s extension asks for when it is not the stored one (`None`: write the
+/// object as it is stored, also when the extension names no format kiln writes).
+fn conversion(id: &str, descriptor: &ObjectDescriptor, path: &Path) -> Result<Option<OutputMode>> {
+    let Ok(mode) = output_mode_for(path) else {
+        return Ok(None);
+    };
+    let wanted = format_name(mode);
+    if wanted == descriptor.format {
+        return Ok(None);
+    }
+    if descriptor.shape.is_empty() {
+        return Err(Error::Invalid(format!(
+            "job {id}'s output {:?} is a model (several tensors in one safetensors file), \
+             which a .{wanted} file cannot hold; write it to a .safetensors file",
+            descriptor.name
+        )));
+    }
+    Ok(Some(mode))
+}
+
+/// A stored tensor output (`.npy`, one-tensor safetensors or PNG) re-encoded as `mode`.
+fn convert(stored: &[u8], name: &str, format: &str, mode: OutputMode) -> Result<Vec<u8>> {
+    let what = format!("object {name:?}");
+    let bad = |e: kiln_data::DataError| Error::Data(format!("converting {what}: {e}"));
+    let tensor = match format {
+        "png" => kiln_data::formats::decode_image(&what, stored, u64::MAX),
+        _ => kiln_data::formats::read_tensor(&what, &mut &stored[..], None, u64::MAX),
+    }
+    .map_err(bad)?;
+    match mode {
+        OutputMode::Png => kiln_data::formats::encode_png(&tensor).map_err(bad),
+        OutputMode::Safetensors => {
+            let model = kiln_data::Model {
+                tensors: vec![("tensor".to_owned(), tensor)],
+                metadata: Default::default(),
+            };
+            kiln_data::formats::encode_safetensors(&model).map_err(bad)
+        }
+        _ => Ok(kiln_data::formats::encode_npy(&tensor)),
+    }
+}
+
+/// Write `bytes` to `path` (`-`: standard output) through a file beside it, renamed when
+/// complete, as [`get_file`] does.
+async fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
+    use tokio::io::AsyncWriteExt;
+    if path == Path::new("-") {
+        let mut out = tokio::io::stdout();
+        out.write_all(bytes)
+            .await
+            .map_err(io(|| "writing to standard output".to_owned()))?;
+        return out
+            .flush()
+            .await
+            .map_err(io(|| "writing to standard output".to_owned()));
+    }
+    let partial = path.with_extension("part");
+    tokio::fs::write(&partial, bytes)
+        .await
+        .map_err(io(|| format!("writing {}", partial.display())))?;
+    tokio::fs::rename(&partial, path)
+        .await
+        .map_err(io(|| format!("writing {}", path.display())))
 }
 
 #[cfg(test)]
@@ -260,6 +374,12 @@ mod tests {
         let object = Input::parse("image=photos/cat.jpg").unwrap();
         assert_eq!(object.source, Source::Object("photos/cat.jpg".into()));
         assert_eq!(object.entry, None);
+        // A file whose name holds a `#` is that file, when it exists.
+        let dir = tempfile::tempdir().unwrap();
+        let hashed = dir.path().join("scan#2.npy");
+        std::fs::write(&hashed, b"x").unwrap();
+        let input = Input::parse(&format!("a=@{}", hashed.display())).unwrap();
+        assert_eq!((input.source, input.entry), (Source::File(hashed), None));
         for bad in ["a", "=@x", "a=@", "a="] {
             assert!(Input::parse(bad).is_err(), "{bad}");
         }

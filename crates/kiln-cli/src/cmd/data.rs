@@ -71,25 +71,24 @@ async fn connect(nats: &NatsArgs) -> anyhow::Result<jetstream::Context> {
     Ok(js)
 }
 
-/// Write the object a result's `output.object` names to `path`, and say so on stderr.
+/// Write the object a result's `output.object` names to `path` (converted to the format its
+/// extension names), and say so on stderr.
 pub async fn save_output(
     js: &jetstream::Context,
     event: &kiln_proto::ResultEvent,
     path: &Path,
 ) -> anyhow::Result<()> {
-    let descriptor = kiln_client::data::stored_output(event)?;
-    let bucket = bucket(js).await?;
-    let (name, sha256) = (&descriptor.name, Some(descriptor.sha256.as_str()));
-    let size = if path == Path::new("-") {
-        get_to_writer(&bucket, name, &mut tokio::io::stdout(), sha256).await?
-    } else {
-        get_file(&bucket, name, path, sha256).await?
+    let saved = kiln_client::data::save_output(js, event, path).await?;
+    let d = &saved.descriptor;
+    let format = match saved.converted_to {
+        Some(to) => format!("{to}, converted from the stored {}", d.format),
+        None => d.format.clone(),
     };
     eprintln!(
-        "wrote {} ({size} bytes, {} {:?})",
+        "wrote {} ({} bytes, {format} {:?})",
         path.display(),
-        descriptor.format,
-        descriptor.shape
+        saved.size,
+        d.shape
     );
     Ok(())
 }
