@@ -212,20 +212,22 @@ impl<'a> Guard<'a> {
 
 impl Checkpoint for Guard<'_> {
     fn checkpoint(&self, progress: Progress) -> Result<(), JobError> {
-        // Before the first step (every job passes a checkpoint just before it starts), or
-        // how far it got.
+        // Before the first step (every job passes a checkpoint just before it starts, after
+        // its inputs are loaded and made, which counts towards its time), or how far it got.
         let when = || match progress.done {
-            0 => "before it started".to_owned(),
+            0 => "before its first step".to_owned(),
             done => format!("while running ({done} of {} steps done)", progress.total),
         };
+        let elapsed = self.start.elapsed();
         if let Some(timeout) = self.timeout
-            && self.start.elapsed() > timeout
+            && elapsed > timeout
         {
             return Err(JobError::new(
                 ErrorKind::Timeout,
                 format!(
-                    "job ran past its timeout_ms of {}, stopped {}",
+                    "job ran past its timeout_ms of {}: stopped after {:.0} ms, {}",
                     timeout.as_millis(),
+                    elapsed.as_secs_f64() * 1e3,
                     when()
                 ),
             ));
