@@ -537,7 +537,7 @@ fn truncated(text: &str) -> String {
 }
 
 fn check_params<K: Kernel>(params: serde_json::Value, limits: &Limits) -> Result<Plan, JobError> {
-    let params: K::Params = serde_json::from_value(params)
+    let params: K::Params = kiln_proto::json_at_path(params)
         .map_err(|e| JobError::invalid_input(format!("{} params: {e}", K::NAME)))?;
     let plan = K::plan(&params, &Inputs::none(), limits)?;
     limits.check_elements(K::NAME, plan.elements)?;
@@ -549,7 +549,7 @@ fn encode<K: Kernel>(
     meta: JobMeta,
     codec: Codec,
 ) -> Result<Vec<u8>, JobError> {
-    let params: K::Params = serde_json::from_value(params)
+    let params: K::Params = kiln_proto::json_at_path(params)
         .map_err(|e| JobError::invalid_input(format!("{} params: {e}", K::NAME)))?;
     K::plan(&params, &Inputs::none(), &Limits::UNLIMITED)?;
     let job = Job {

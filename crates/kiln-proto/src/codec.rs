@@ -83,7 +83,12 @@ impl Codec {
     /// stops with an error once what it would hold passes [`DECODE_LIMIT`].
     pub fn decode<T: DeserializeOwned>(self, what: &'static str, bytes: &[u8]) -> Result<T> {
         let decoded = match self {
-            Codec::Json => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
+            // Decoded again only to name the field an error is about: no cost when it is not.
+            Codec::Json => serde_json::from_slice(bytes).map_err(|_| {
+                json_at_path::<T, _>(&mut serde_json::Deserializer::from_slice(bytes))
+                    .err()
+                    .unwrap_or_default()
+            }),
             Codec::Bincode => bincode::serde::decode_from_slice(
                 bytes,
                 bincode::config::standard().with_limit::<DECODE_LIMIT>(),
@@ -103,6 +108,19 @@ impl Codec {
             message,
         })
     }
+}
+
+/// Deserialize JSON, an error naming the field it is about: `params.n: invalid type: string
+/// "abc", expected u64 at line 1 column 18` (the path is left out at the top level).
+pub fn json_at_path<'de, T, D>(deserializer: D) -> std::result::Result<T, String>
+where
+    T: serde::Deserialize<'de>,
+    D: serde::Deserializer<'de, Error = serde_json::Error>,
+{
+    serde_path_to_error::deserialize(deserializer).map_err(|e| match e.path().to_string() {
+        path if path == "." => e.into_inner().to_string(),
+        path => format!("{path}: {}", e.into_inner()),
+    })
 }
 
 #[cfg(test)]
@@ -150,5 +168,38 @@ mod tests {
         let mut bytes = vec![0xfd];
         bytes.extend_from_slice(&(u64::MAX / 2).to_le_bytes());
         assert!(Codec::Bincode.decode::<Vec<f32>>("job", &bytes).is_err());
+    }
+
+    #[test]
+    fn json_errors_name_the_field() {
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Params {
+            n: u64,
+            hidden: Vec<u64>,
+        }
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Job {
+            params: Params,
+        }
+        let err = Codec::Json
+            .decode::<Job>("job", br#"{"params": {"n": "abc", "hidden": []}}"#)
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "could not decode job as JSON: params.n: invalid type: string \"abc\", expected \
+             u64 at line 1 column 22"
+        );
+        let err = json_at_path::<Params, _>(serde_json::json!({"n": 1, "hidden": [2, -1]}));
+        assert_eq!(
+            err.unwrap_err(),
+            "hidden[1]: invalid value: integer `-1`, expected u64"
+        );
+        let err = json_at_path::<Params, _>(serde_json::json!("x"));
+        assert_eq!(
+            err.unwrap_err(),
+            "invalid type: string \"x\", expected struct Params"
+        );
     }
 }
