@@ -491,16 +491,50 @@ async fn result_command_finds_a_finished_job() {
 async fn worker_drains_and_exits_cleanly_on_sigterm() {
     let mut cluster = Cluster::new();
     cluster.init().await;
-    cluster.cpu_worker();
+    cluster.spawn(
+        "worker",
+        &[
+            "worker",
+            "--device",
+            "cpu",
+            "--name",
+            "test-worker",
+            "--drain-timeout-s",
+            "120",
+        ],
+    );
     assert_success(&cluster.kiln(&["submit", "vector_add", "-p", "len=4", "--wait"]));
-    let worker = cluster.child("worker");
-    let pid = worker.id().to_string();
+    // A job of several seconds, running when the worker is told to stop.
+    let long = ["-p", "epochs=500", "-p", "samples=1024", "--id", "drained"];
+    assert_success(&cluster.kiln(&[&["submit", "train_mlp"][..], &long].concat()));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !stdout(&cluster.kiln(&["status", "drained"])).contains("running") {
+        assert!(std::time::Instant::now() < deadline, "never ran");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let pid = cluster.child("worker").id().to_string();
     let status = std::process::Command::new("kill")
         .args(["-TERM", &pid])
         .status()
         .unwrap();
     assert!(status.success());
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    // While it finishes the job, its heartbeat says it is draining, and still holds the job.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let listed = stdout(&cluster.kiln(&["workers", "-o", "json"]));
+        let workers: serde_json::Value = serde_json::from_str(&listed).unwrap();
+        if workers[0]["state"] == "draining" {
+            assert_eq!(workers[0]["running"][0]["id"], "drained", "{workers}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never draining: {listed}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let worker = cluster.child("worker");
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
     let exit = loop {
         if let Some(exit) = worker.try_wait().unwrap() {
             break exit;
@@ -512,8 +546,11 @@ async fn worker_drains_and_exits_cleanly_on_sigterm() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(exit.success(), "worker exited with {exit}");
+    let client = cluster.client().await;
+    let results = wait_for_results(&client, &["drained"], WAIT).await;
+    assert_eq!(results["drained"].status, Status::Succeeded);
     // A clean stop removes the worker's heartbeat entry at once, not after its TTL.
-    let js = jetstream::new(cluster.client().await);
+    let js = jetstream::new(client);
     let workers = kiln_proto::streams::live_workers(&js).await.unwrap();
     assert!(workers.is_empty(), "{workers:?}");
 }
@@ -882,6 +919,8 @@ async fn status_of_a_job_follows_it_from_queued_to_running_to_succeeded() {
     let mut cluster = Cluster::new();
     cluster.init().await;
     let state = |cluster: &Cluster, id: &str| stdout(&cluster.kiln(&["status", id]));
+    // A small job first: once a worker has a pace, it holds work ahead of its slots.
+    assert_success(&cluster.kiln(&["submit", "vector_add", "-p", "len=8"]));
     assert_success(&cluster.kiln(&[
         "submit",
         "train_mlp",
@@ -897,25 +936,57 @@ async fn status_of_a_job_follows_it_from_queued_to_running_to_succeeded() {
         queued.contains("followed: queued on jobs.cpu.train_mlp since 20"),
         "{queued}"
     );
-    cluster.cpu_worker();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let s = state(&cluster, "followed");
-        if s.contains("running (train_mlp) on cpu (test-worker), attempt 1") {
-            break;
+    // A second job behind it, held by a worker with one compute slot that holds work ahead.
+    let behind = ["-p", "epochs=1000", "-p", "samples=1024", "--id", "behind"];
+    assert_success(&cluster.kiln(&[&["submit", "train_mlp"][..], &behind].concat()));
+    cluster.spawn(
+        "worker",
+        &[
+            "worker",
+            "--device",
+            "cpu",
+            "--name",
+            "test-worker",
+            "--compute-slots",
+            "1",
+            "--prefetch-ms",
+            "600000",
+        ],
+    );
+    let until = |id: &'static str, want: &'static str| {
+        let cluster = &cluster;
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                let s = state(cluster, id);
+                if s.contains(want) {
+                    return s;
+                }
+                assert!(!s.contains("succeeded"), "finished before {want:?}: {s}");
+                assert!(std::time::Instant::now() < deadline, "never {want:?}: {s}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }
-        assert!(
-            !s.contains("succeeded"),
-            "finished before it was seen running: {s}"
-        );
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never seen running: {s}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    };
+    until(
+        "followed",
+        "running (train_mlp) on cpu (test-worker), attempt 1",
+    )
+    .await;
+    until(
+        "behind",
+        "behind: held, waiting for a compute slot (train_mlp) on cpu (test-worker), attempt 1",
+    )
+    .await;
+    // Cancelled while held: status says so, and it stops before its first step.
+    assert_success(&cluster.kiln(&["cancel", "behind"]));
+    let s = until("behind", "cancel requested").await;
+    assert!(s.contains("it stops at its next checkpoint"), "{s}");
     let client = cluster.client().await;
-    wait_for_results(&client, &["followed"], WAIT).await;
+    let results = wait_for_results(&client, &["followed", "behind"], WAIT).await;
+    let error = results["behind"].error.clone().expect("it was cancelled");
+    assert_eq!(error.kind, ErrorKind::Cancelled);
+    assert!(error.message.contains("before its first step"), "{error}");
     // No aggregator yet: the record still says queued, and status finds the result.
     let s = state(&cluster, "followed");
     assert!(

@@ -130,6 +130,10 @@ pub enum Place {
         worker: String,
         /// The delivery attempt, from 1.
         attempt: u64,
+        /// Held, but waiting for a compute slot.
+        waiting: bool,
+        /// `kiln cancel` marked it: it stops at its next checkpoint.
+        cancel_requested: bool,
     },
     /// Marked cancelled, and neither finished nor running.
     CancelRequested,
@@ -151,7 +155,11 @@ pub async fn locate(js: &jetstream::Context, id: &str) -> Result<Place> {
             result: Box::new(event),
         });
     }
-    if let Some(running) = running(js, id).await {
+    let cancelled = match js.get_key_value(BUCKET_CANCEL).await {
+        Ok(store) => store.get(job_key(id)).await.ok().flatten().is_some(),
+        Err(_) => false,
+    };
+    if let Some(running) = running(js, id, cancelled).await {
         // A result stored since the first look wins over a heartbeat not yet refreshed.
         if let Some(event) = find_result(js, id, None).await? {
             return Ok(Place::Finished {
@@ -160,10 +168,6 @@ pub async fn locate(js: &jetstream::Context, id: &str) -> Result<Place> {
         }
         return Ok(running);
     }
-    let cancelled = match js.get_key_value(BUCKET_CANCEL).await {
-        Ok(store) => store.get(job_key(id)).await.ok().flatten().is_some(),
-        Err(_) => false,
-    };
     if cancelled {
         return Ok(Place::CancelRequested);
     }
@@ -174,8 +178,9 @@ pub async fn locate(js: &jetstream::Context, id: &str) -> Result<Place> {
     })
 }
 
-/// [`Place::Running`] when a live worker's heartbeat lists job `id`.
-async fn running(js: &jetstream::Context, id: &str) -> Option<Place> {
+/// [`Place::Running`] when a live worker's heartbeat lists job `id` (`cancelled`: marked by
+/// `kiln cancel`).
+async fn running(js: &jetstream::Context, id: &str, cancelled: bool) -> Option<Place> {
     let workers = streams::live_workers(js).await.unwrap_or_default();
     workers.into_iter().find_map(|w| {
         let job = w.running.into_iter().find(|j| j.id == id)?;
@@ -184,6 +189,8 @@ async fn running(js: &jetstream::Context, id: &str) -> Option<Place> {
             device: w.device,
             worker: w.name,
             attempt: job.attempt,
+            waiting: job.waiting,
+            cancel_requested: cancelled,
         })
     })
 }

@@ -36,7 +36,8 @@ pub struct WorkerInfo {
     pub succeeded: u64,
     /// Jobs it answered with a `failed` result since it started.
     pub failed: u64,
-    /// `warming_up` or `serving`.
+    /// `warming_up`, `serving`, or `draining` (stopping: it takes no new jobs and finishes or
+    /// hands back those it holds).
     pub state: String,
     /// The jobs it holds now (at most the first 1,000).
     #[serde(default)]
@@ -60,6 +61,9 @@ pub struct RunningJob {
     pub kind: String,
     /// Its delivery attempt, from 1.
     pub attempt: u64,
+    /// Held but not computing yet: waiting for a compute slot and memory.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub waiting: bool,
 }
 
 /// The key-value bucket of cancelled job ids (`kiln cancel`); entries expire after a day.

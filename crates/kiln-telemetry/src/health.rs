@@ -59,6 +59,11 @@ impl Health {
         self.inner.state.store(STOPPING, Ordering::Relaxed);
     }
 
+    /// Whether [`Health::stopping`] was called: the role is draining.
+    pub fn is_stopping(&self) -> bool {
+        self.inner.state.load(Ordering::Relaxed) == STOPPING
+    }
+
     /// `Ok` when ready; otherwise why not, in one line.
     pub fn readiness(&self) -> Result<(), &'static str> {
         match self.inner.client.get().map(|c| c.connection_state()) {

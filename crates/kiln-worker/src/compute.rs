@@ -63,6 +63,7 @@ pub(crate) async fn compute(
     let mut ticker =
         tokio::time::interval_at(tokio::time::Instant::now() + progress_every, progress_every);
     if crate::batch::takes(shared, &job) {
+        computing(shared, id);
         let mut batched = crate::batch::enqueue(shared, job, id);
         loop {
             tokio::select! {
@@ -79,6 +80,7 @@ pub(crate) async fn compute(
             "worker shutting down before the job started; job handed back".into(),
         );
     };
+    computing(shared, id);
     let shared = shared.clone();
     let id = id.to_owned();
     let task = tokio::task::spawn_blocking(move || run_blocking(&shared, job, &id, permit));
@@ -88,6 +90,14 @@ pub(crate) async fn compute(
             joined = &mut task => return joined.unwrap_or_else(Ran::task_failed),
             _ = ticker.tick() => { let _ = message.ack_with(AckKind::Progress).await; }
         }
+    }
+}
+
+/// Note for the heartbeat that job `id` has its compute slot (or joined a batch).
+fn computing(shared: &Shared, id: &str) {
+    let mut running = shared.running.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(held) = running.get_mut(id) {
+        held.waiting = false;
     }
 }
 

@@ -122,7 +122,11 @@ fn info(shared: &Shared, serving: &AtomicBool, started_at: OffsetDateTime) -> Wo
             .take(1000)
             .cloned()
             .collect(),
-        state: if serving.load(Ordering::Relaxed) {
+        // A draining worker takes no new jobs (the scheduler counts serving workers only) but
+        // still holds some, which `kiln status <id>` finds here.
+        state: if config.health.is_stopping() {
+            "draining"
+        } else if serving.load(Ordering::Relaxed) {
             "serving"
         } else {
             "warming_up"

@@ -155,7 +155,7 @@ async fn store_output(
     }
 }
 
-/// Note a job as held (or no longer held) for the heartbeat.
+/// Note a job as held (waiting for a compute slot; or no longer held) for the heartbeat.
 fn track(shared: &Shared, id: &str, arrival: &Arrival, holding: bool) {
     let mut running = shared.running.lock().unwrap_or_else(|e| e.into_inner());
     if holding {
@@ -165,6 +165,7 @@ fn track(shared: &Shared, id: &str, arrival: &Arrival, holding: bool) {
                 id: id.to_owned(),
                 kind: arrival.kind.clone(),
                 attempt: arrival.attempt,
+                waiting: true,
             },
         );
     } else {

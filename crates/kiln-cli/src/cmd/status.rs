@@ -70,7 +70,19 @@ pub fn describe(place: &Place, id: &str) -> String {
             device,
             worker,
             attempt,
-        } => format!("{id}: running ({kind}) on {device} ({worker}), attempt {attempt}"),
+            waiting,
+            cancel_requested,
+        } => format!(
+            "{id}: {} ({kind}) on {device} ({worker}), attempt {attempt}{}",
+            match waiting {
+                true => "held, waiting for a compute slot",
+                false => "running",
+            },
+            match cancel_requested {
+                true => "; cancel requested, it stops at its next checkpoint",
+                false => "",
+            }
+        ),
         Place::CancelRequested => format!(
             "{id}: cancel requested; it will be answered `cancelled` when a worker takes it"
         ),
