@@ -84,10 +84,11 @@ impl Codec {
     pub fn decode<T: DeserializeOwned>(self, what: &'static str, bytes: &[u8]) -> Result<T> {
         let decoded = match self {
             // Decoded again only to name the field an error is about: no cost when it is not.
-            Codec::Json => serde_json::from_slice(bytes).map_err(|_| {
+            // (Trailing characters fail only the first, which says so.)
+            Codec::Json => serde_json::from_slice(bytes).map_err(|e| {
                 json_at_path::<T, _>(&mut serde_json::Deserializer::from_slice(bytes))
                     .err()
-                    .unwrap_or_default()
+                    .unwrap_or_else(|| e.to_string())
             }),
             Codec::Bincode => bincode::serde::decode_from_slice(
                 bytes,
@@ -119,7 +120,11 @@ where
 {
     serde_path_to_error::deserialize(deserializer).map_err(|e| match e.path().to_string() {
         path if path == "." => e.into_inner().to_string(),
-        path => format!("{path}: {}", e.into_inner()),
+        // A key is whatever the sender wrote: at most the first 80 characters of the path.
+        path => match path.char_indices().nth(80) {
+            Some((end, _)) => format!("{}…: {}", &path[..end], e.into_inner()),
+            None => format!("{path}: {}", e.into_inner()),
+        },
     })
 }
 
@@ -173,6 +178,7 @@ mod tests {
     #[test]
     fn json_errors_name_the_field() {
         #[derive(Debug, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
         #[allow(dead_code)]
         struct Params {
             n: u64,
@@ -191,11 +197,25 @@ mod tests {
             "could not decode job as JSON: params.n: invalid type: string \"abc\", expected \
              u64 at line 1 column 22"
         );
+        // Trailing characters: the whole body is not one JSON value.
+        let err = Codec::Json
+            .decode::<Job>("job", br#"{"params": {"n": 1, "hidden": []}}}"#)
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "could not decode job as JSON: trailing characters at line 1 column 35"
+        );
         let err = json_at_path::<Params, _>(serde_json::json!({"n": 1, "hidden": [2, -1]}));
         assert_eq!(
             err.unwrap_err(),
             "hidden[1]: invalid value: integer `-1`, expected u64"
         );
+        // A long key is cut in the path (the decoder's own message may repeat it).
+        let long = "k".repeat(500);
+        let err = json_at_path::<Params, _>(serde_json::json!({ "n": 1, long.clone(): 1 }));
+        let message = err.unwrap_err();
+        let path = format!("{}…: unknown field `{long}`", &long[..80]);
+        assert!(message.starts_with(&path), "{message}");
         let err = json_at_path::<Params, _>(serde_json::json!("x"));
         assert_eq!(
             err.unwrap_err(),
