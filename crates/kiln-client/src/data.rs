@@ -64,7 +64,7 @@ pub async fn get_file(
     path: &Path,
     expected: Option<&str>,
 ) -> Result<u64> {
-    let partial = path.with_extension("part");
+    let partial = partial_path(path);
     let mut file = tokio::fs::File::create(&partial)
         .await
         .map_err(io(|| format!("creating {}", partial.display())))?;
@@ -78,9 +78,10 @@ pub async fn get_file(
             return Err(e);
         }
     };
-    tokio::io::AsyncWriteExt::flush(&mut file)
-        .await
-        .map_err(io(|| format!("writing {}", partial.display())))?;
+    if let Err(e) = tokio::io::AsyncWriteExt::flush(&mut file).await {
+        let _ = tokio::fs::remove_file(&partial).await;
+        return Err(io(|| format!("writing {}", partial.display()))(e));
+    }
     drop(file);
     if let Some(want) = expected
         && got.sha256 != want
@@ -88,9 +89,10 @@ pub async fn get_file(
         let _ = tokio::fs::remove_file(&partial).await;
         return Err(replaced(name, &got.sha256, want));
     }
-    tokio::fs::rename(&partial, path)
-        .await
-        .map_err(io(|| format!("writing {}", path.display())))?;
+    if let Err(e) = tokio::fs::rename(&partial, path).await {
+        let _ = tokio::fs::remove_file(&partial).await;
+        return Err(io(|| format!("writing {}", path.display()))(e));
+    }
     Ok(got.size)
 }
 
@@ -259,12 +261,21 @@ pub async fn save_output(
         None if stdout => get_to_writer(&bucket, name, &mut tokio::io::stdout(), sha256).await?,
         None => get_file(&bucket, name, path, sha256).await?,
         Some(mode) => {
-            let mut stored = Vec::with_capacity(descriptor.size as usize);
+            let mut stored = Vec::new();
             get_to_writer(&bucket, name, &mut stored, sha256).await?;
             let (what, format) = (descriptor.name.clone(), descriptor.format.clone());
-            let bytes = tokio::task::spawn_blocking(move || convert(&stored, &what, &format, mode))
-                .await
-                .map_err(|e| Error::Data(format!("converting {name:?}: {e}")))??;
+            // The values its descriptor (checked by digest with the bytes) says it holds: a
+            // decoder never makes more, whatever the bytes claim.
+            let elements = descriptor
+                .shape
+                .iter()
+                .try_fold(1u64, |n, &d| n.checked_mul(d))
+                .unwrap_or(0);
+            let bytes = tokio::task::spawn_blocking(move || {
+                convert(&stored, &what, &format, elements, mode)
+            })
+            .await
+            .map_err(|e| Error::Data(format!("converting {name:?}: {e}")))??;
             write_bytes(path, &bytes).await?;
             bytes.len() as u64
         }
@@ -306,7 +317,7 @@ fn conversion(id: &str, descriptor: &ObjectDescriptor, path: &Path) -> Result<Op
     if wanted == descriptor.format {
         return Ok(None);
     }
-    if descriptor.shape.is_empty() {
+    if descriptor.shape.is_empty() && descriptor.format == "safetensors" {
         return Err(Error::Invalid(format!(
             "job {id}'s output {:?} is a model (several tensors in one safetensors file), \
              which a .{wanted} file cannot hold; write it to a .safetensors file",
@@ -317,12 +328,19 @@ fn conversion(id: &str, descriptor: &ObjectDescriptor, path: &Path) -> Result<Op
 }
 
 /// A stored tensor output (`.npy`, one-tensor safetensors or PNG) re-encoded as `mode`.
-fn convert(stored: &[u8], name: &str, format: &str, mode: OutputMode) -> Result<Vec<u8>> {
+/// Values are decoded only up to `elements`, the number its descriptor gives.
+fn convert(
+    stored: &[u8],
+    name: &str,
+    format: &str,
+    elements: u64,
+    mode: OutputMode,
+) -> Result<Vec<u8>> {
     let what = format!("object {name:?}");
     let bad = |e: kiln_data::DataError| Error::Data(format!("converting {what}: {e}"));
     let tensor = match format {
-        "png" => kiln_data::formats::decode_image(&what, stored, u64::MAX),
-        _ => kiln_data::formats::read_tensor(&what, &mut &stored[..], None, u64::MAX),
+        "png" => kiln_data::formats::decode_image(&what, stored, elements),
+        _ => kiln_data::formats::read_tensor(&what, &mut &stored[..], None, elements),
     }
     .map_err(bad)?;
     match mode {
@@ -352,13 +370,25 @@ async fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
             .await
             .map_err(io(|| "writing to standard output".to_owned()));
     }
-    let partial = path.with_extension("part");
-    tokio::fs::write(&partial, bytes)
-        .await
-        .map_err(io(|| format!("writing {}", partial.display())))?;
-    tokio::fs::rename(&partial, path)
-        .await
-        .map_err(io(|| format!("writing {}", path.display())))
+    let partial = partial_path(path);
+    let written = match tokio::fs::write(&partial, bytes).await {
+        Ok(()) => tokio::fs::rename(&partial, path)
+            .await
+            .map_err(io(|| format!("writing {}", path.display()))),
+        Err(e) => Err(io(|| format!("writing {}", partial.display()))(e)),
+    };
+    if written.is_err() {
+        let _ = tokio::fs::remove_file(&partial).await;
+    }
+    written
+}
+
+/// The file a fetch writes before it is complete: `path` with `.part` added (`out.npy.part`),
+/// so that two outputs of one stem never share it.
+fn partial_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".part");
+    PathBuf::from(name)
 }
 
 #[cfg(test)]
