@@ -18,7 +18,7 @@ fn main() -> ExitCode {
     }
     init_tracing(&cli);
     if let Err(e) = cli.nats.resolve() {
-        eprintln!("kiln: {e:#}");
+        eprintln!("kiln: {}", causes(&e));
         return ExitCode::FAILURE;
     }
     // Before the runtime: the OTLP exporter builds a blocking HTTP client. Dropped after it,
@@ -43,7 +43,7 @@ fn main() -> ExitCode {
     let code = match runtime.block_on(cmd::run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("kiln: {e:#}");
+            eprintln!("kiln: {}", causes(&e));
             ExitCode::FAILURE
         }
     };
@@ -51,6 +51,20 @@ fn main() -> ExitCode {
     // a shutdown, a job past the drain timeout): it is handed back by the server.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     code
+}
+
+/// An error and its causes on one line, each cause once: many errors (kiln's own and
+/// async-nats's) already end with their cause's text, which `{:#}` would print again.
+fn causes(e: &anyhow::Error) -> String {
+    let mut line = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !line.ends_with(&cause) {
+            line.push_str(": ");
+            line.push_str(&cause);
+        }
+    }
+    line
 }
 
 /// A command that prints for people and scripts ends quietly, as Unix tools do, when whoever
@@ -94,4 +108,35 @@ fn init_tracing(cli: &cli::Cli) {
 fn colour_logs() -> bool {
     use std::io::IsTerminal as _;
     std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    /// An error that ends with its cause's text, as `#[error("…: {source}")]` makes one.
+    #[derive(Debug)]
+    struct Setup(std::io::Error);
+
+    impl std::fmt::Display for Setup {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "could not create stream KILN_JOBS: {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Setup {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn each_cause_is_printed_once() {
+        let refused = std::io::Error::other("replicas > 1 not supported");
+        let e = anyhow::Error::new(Setup(refused));
+        assert_eq!(
+            super::causes(&e),
+            "could not create stream KILN_JOBS: replicas > 1 not supported"
+        );
+        let e = anyhow::Error::new(std::io::Error::other("timed out")).context("connecting");
+        assert_eq!(super::causes(&e), "connecting: timed out");
+    }
 }

@@ -83,7 +83,7 @@ pub enum SetupError {
     /// JetStream did not answer for [`SETUP_PATIENCE`]: no server with JetStream (`-js`), or a
     /// cluster that has not elected its leader.
     #[error(
-        "JetStream did not answer for {waited:?} ({reason}): is the server started with          JetStream (-js), and has a cluster elected its leader?"
+        "JetStream did not answer for {waited:?} ({reason}): is the server started with JetStream (-js), and has a cluster elected its leader?"
     )]
     Unavailable {
         /// How long setup waited.
