@@ -514,7 +514,7 @@ pub struct ResultArgs {
     pub kind: Option<String>,
     /// text or json: how to print the result (both print its JSON); any other value is a
     /// FILE to write the job's stored output (output.object) to (./json for a file named
-    /// json).
+    /// json), converted to the format a .npy, .safetensors or .png extension names.
     #[arg(long, short = 'o', value_name = "text|json|FILE", value_parser = result_output)]
     pub output: Option<ResultOutput>,
 }

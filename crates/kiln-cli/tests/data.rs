@@ -236,6 +236,14 @@ async fn a_model_trained_on_a_csv_predicts_on_new_points() {
         "{stderr}"
     );
     assert!(!npy.exists());
+    // Asked for when submitting, it is refused before anything is sent.
+    let npy = npy.to_str().unwrap();
+    let out = cluster.kiln(&["submit", "train_mlp", "--id", "never", "--output", npy]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("name a .safetensors file"), "{stderr}");
+    let status = stdout(&cluster.kiln(&["status", "never"]));
+    assert!(status.contains("never: unknown"), "{status}");
     let x = HostTensor::new(vec![3, 2], vec![0.1, -0.1, 3.9, 4.2, 0.2, 5.1]);
     let new_points = write(dir.path(), "new.npy", &encode_npy(&x));
     let out = cluster.kiln(&[

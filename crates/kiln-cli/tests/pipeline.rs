@@ -504,8 +504,15 @@ async fn worker_drains_and_exits_cleanly_on_sigterm() {
         ],
     );
     assert_success(&cluster.kiln(&["submit", "vector_add", "-p", "len=4", "--wait"]));
-    // A job of several seconds, running when the worker is told to stop.
-    let long = ["-p", "epochs=500", "-p", "samples=1024", "--id", "drained"];
+    // A job far too long to finish on its own, running when the worker is told to stop.
+    let long = [
+        "-p",
+        "epochs=10000",
+        "-p",
+        "samples=1024",
+        "--id",
+        "drained",
+    ];
     assert_success(&cluster.kiln(&[&["submit", "train_mlp"][..], &long].concat()));
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while !stdout(&cluster.kiln(&["status", "drained"])).contains("running") {
@@ -518,7 +525,7 @@ async fn worker_drains_and_exits_cleanly_on_sigterm() {
         .status()
         .unwrap();
     assert!(status.success());
-    // While it finishes the job, its heartbeat says it is draining, and still holds the job.
+    // While it runs the job, its heartbeat says it is draining, and still holds the job.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let listed = stdout(&cluster.kiln(&["workers", "-o", "json"]));
@@ -533,8 +540,10 @@ async fn worker_drains_and_exits_cleanly_on_sigterm() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Stopped by a cancel, the job is answered, and the drained worker exits.
+    assert_success(&cluster.kiln(&["cancel", "drained"]));
     let worker = cluster.child("worker");
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let exit = loop {
         if let Some(exit) = worker.try_wait().unwrap() {
             break exit;
@@ -548,7 +557,8 @@ async fn worker_drains_and_exits_cleanly_on_sigterm() {
     assert!(exit.success(), "worker exited with {exit}");
     let client = cluster.client().await;
     let results = wait_for_results(&client, &["drained"], WAIT).await;
-    assert_eq!(results["drained"].status, Status::Succeeded);
+    let error = results["drained"].error.clone().expect("it was cancelled");
+    assert_eq!(error.kind, ErrorKind::Cancelled, "{error}");
     // A clean stop removes the worker's heartbeat entry at once, not after its TTL.
     let js = jetstream::new(client);
     let workers = kiln_proto::streams::live_workers(&js).await.unwrap();
@@ -919,8 +929,6 @@ async fn status_of_a_job_follows_it_from_queued_to_running_to_succeeded() {
     let mut cluster = Cluster::new();
     cluster.init().await;
     let state = |cluster: &Cluster, id: &str| stdout(&cluster.kiln(&["status", id]));
-    // A small job first: once a worker has a pace, it holds work ahead of its slots.
-    assert_success(&cluster.kiln(&["submit", "vector_add", "-p", "len=8"]));
     assert_success(&cluster.kiln(&[
         "submit",
         "train_mlp",
@@ -936,57 +944,25 @@ async fn status_of_a_job_follows_it_from_queued_to_running_to_succeeded() {
         queued.contains("followed: queued on jobs.cpu.train_mlp since 20"),
         "{queued}"
     );
-    // A second job behind it, held by a worker with one compute slot that holds work ahead.
-    let behind = ["-p", "epochs=1000", "-p", "samples=1024", "--id", "behind"];
-    assert_success(&cluster.kiln(&[&["submit", "train_mlp"][..], &behind].concat()));
-    cluster.spawn(
-        "worker",
-        &[
-            "worker",
-            "--device",
-            "cpu",
-            "--name",
-            "test-worker",
-            "--compute-slots",
-            "1",
-            "--prefetch-ms",
-            "600000",
-        ],
-    );
-    let until = |id: &'static str, want: &'static str| {
-        let cluster = &cluster;
-        async move {
-            let deadline = std::time::Instant::now() + Duration::from_secs(30);
-            loop {
-                let s = state(cluster, id);
-                if s.contains(want) {
-                    return s;
-                }
-                assert!(!s.contains("succeeded"), "finished before {want:?}: {s}");
-                assert!(std::time::Instant::now() < deadline, "never {want:?}: {s}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+    cluster.cpu_worker();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = state(&cluster, "followed");
+        if s.contains("running (train_mlp) on cpu (test-worker), attempt 1") {
+            break;
         }
-    };
-    until(
-        "followed",
-        "running (train_mlp) on cpu (test-worker), attempt 1",
-    )
-    .await;
-    until(
-        "behind",
-        "behind: held, waiting for a compute slot (train_mlp) on cpu (test-worker), attempt 1",
-    )
-    .await;
-    // Cancelled while held: status says so, and it stops before its first step.
-    assert_success(&cluster.kiln(&["cancel", "behind"]));
-    let s = until("behind", "cancel requested").await;
-    assert!(s.contains("it stops at its next checkpoint"), "{s}");
+        assert!(
+            !s.contains("succeeded"),
+            "finished before it was seen running: {s}"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never seen running: {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let client = cluster.client().await;
-    let results = wait_for_results(&client, &["followed", "behind"], WAIT).await;
-    let error = results["behind"].error.clone().expect("it was cancelled");
-    assert_eq!(error.kind, ErrorKind::Cancelled);
-    assert!(error.message.contains("before its first step"), "{error}");
+    wait_for_results(&client, &["followed"], WAIT).await;
     // No aggregator yet: the record still says queued, and status finds the result.
     let s = state(&cluster, "followed");
     assert!(
@@ -1019,6 +995,66 @@ async fn status_of_a_job_follows_it_from_queued_to_running_to_succeeded() {
     assert!(state(&cluster, "nobody").contains("nobody: unknown"));
     assert_success(&cluster.kiln(&["cancel", "never-submitted"]));
     assert!(state(&cluster, "never-submitted").contains("cancel requested"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_held_job_says_it_waits_and_a_cancel_shows_until_it_stops() {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    // One compute slot, and work held far ahead of it once the worker has a pace.
+    cluster.spawn(
+        "worker",
+        &[
+            "worker",
+            "--device",
+            "cpu",
+            "--name",
+            "test-worker",
+            "--compute-slots",
+            "1",
+            "--prefetch-ms",
+            "600000",
+        ],
+    );
+    assert_success(&cluster.kiln(&["submit", "vector_add", "-p", "len=8", "--wait"]));
+    // Two jobs far too long to finish during the test: one computes, the other waits.
+    for id in ["one", "two"] {
+        let job = ["-p", "epochs=10000", "-p", "samples=1024", "--id", id];
+        assert_success(&cluster.kiln(&[&["submit", "train_mlp"][..], &job].concat()));
+    }
+    let state = |id: &str| stdout(&cluster.kiln(&["status", id]));
+    let held = "held, waiting for a compute slot (train_mlp) on cpu (test-worker), attempt 1";
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let (running, waiting) = loop {
+        let (one, two) = (state("one"), state("two"));
+        if one.contains("running (train_mlp)") && two.contains(held) {
+            break ("one", "two");
+        }
+        if two.contains("running (train_mlp)") && one.contains(held) {
+            break ("two", "one");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never one running and one held: {one} / {two}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Cancelled while held: status says so until it stops.
+    assert_success(&cluster.kiln(&["cancel", waiting]));
+    let s = state(waiting);
+    assert!(
+        s.contains(held) && s.contains("; cancel requested, it stops at its next checkpoint"),
+        "{s}"
+    );
+    assert_success(&cluster.kiln(&["cancel", running]));
+    let client = cluster.client().await;
+    let results = wait_for_results(&client, &[running, waiting], WAIT).await;
+    let stopped = results[running].error.clone().expect("it was cancelled");
+    assert_eq!(stopped.kind, ErrorKind::Cancelled);
+    assert!(stopped.message.contains("while running"), "{stopped}");
+    let error = results[waiting].error.clone().expect("it was cancelled");
+    assert_eq!(error.kind, ErrorKind::Cancelled);
+    assert!(error.message.contains("before its first step"), "{error}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

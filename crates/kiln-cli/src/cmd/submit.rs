@@ -92,6 +92,18 @@ impl<'a> Submission<'a> {
             (None, Some(name)) => kiln_client::data::output_mode_named(name)?,
             (None, None) => OutputMode::Auto,
         };
+        // A trained model is several tensors: only a safetensors file holds it. Said before
+        // the job trains, not after.
+        anyhow::ensure!(
+            args.output.is_none() || kind.name != "train_mlp" || output == OutputMode::Safetensors,
+            "train_mlp stores its trained model as safetensors (several tensors), which a .{} \
+             file cannot hold: name a .safetensors file",
+            args.output
+                .as_deref()
+                .and_then(|p| p.extension())
+                .and_then(|e| e.to_str())
+                .unwrap_or("npy")
+        );
         anyhow::ensure!(
             args.output.is_none() || args.count == 1,
             "--output writes one job's output to one file: leave out --count, or use \
