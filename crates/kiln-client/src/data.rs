@@ -283,7 +283,7 @@ pub async fn save_output(
     Ok(SavedOutput {
         descriptor,
         size,
-        converted_to: converted.map(format_name),
+        converted_to: converted.map(OutputMode::format),
     })
 }
 
@@ -298,22 +298,13 @@ pub struct SavedOutput {
     pub converted_to: Option<&'static str>,
 }
 
-/// The name of the file format `mode` stores (`object` stores `.npy`).
-fn format_name(mode: OutputMode) -> &'static str {
-    match mode {
-        OutputMode::Png => "png",
-        OutputMode::Safetensors => "safetensors",
-        _ => "npy",
-    }
-}
-
 /// The format `path`'s extension asks for when it is not the stored one (`None`: write the
 /// object as it is stored, also when the extension names no format kiln writes).
 fn conversion(id: &str, descriptor: &ObjectDescriptor, path: &Path) -> Result<Option<OutputMode>> {
     let Ok(mode) = output_mode_for(path) else {
         return Ok(None);
     };
-    let wanted = format_name(mode);
+    let wanted = mode.format();
     if wanted == descriptor.format {
         return Ok(None);
     }
