@@ -491,18 +491,7 @@ async fn result_command_finds_a_finished_job() {
 async fn worker_drains_and_exits_cleanly_on_sigterm() {
     let mut cluster = Cluster::new();
     cluster.init().await;
-    cluster.spawn(
-        "worker",
-        &[
-            "worker",
-            "--device",
-            "cpu",
-            "--name",
-            "test-worker",
-            "--drain-timeout-s",
-            "120",
-        ],
-    );
+    cluster.cpu_worker_with(&["--drain-timeout-s", "120"]);
     assert_success(&cluster.kiln(&["submit", "vector_add", "-p", "len=4", "--wait"]));
     // A job far too long to finish on its own, running when the worker is told to stop.
     let long = [
@@ -1002,20 +991,7 @@ async fn a_held_job_says_it_waits_and_a_cancel_shows_until_it_stops() {
     let mut cluster = Cluster::new();
     cluster.init().await;
     // One compute slot, and work held far ahead of it once the worker has a pace.
-    cluster.spawn(
-        "worker",
-        &[
-            "worker",
-            "--device",
-            "cpu",
-            "--name",
-            "test-worker",
-            "--compute-slots",
-            "1",
-            "--prefetch-ms",
-            "600000",
-        ],
-    );
+    cluster.cpu_worker_with(&["--compute-slots", "1", "--prefetch-ms", "600000"]);
     assert_success(&cluster.kiln(&["submit", "vector_add", "-p", "len=8", "--wait"]));
     // Two jobs far too long to finish during the test: one computes, the other waits.
     for id in ["one", "two"] {

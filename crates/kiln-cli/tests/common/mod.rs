@@ -160,10 +160,13 @@ impl Cluster {
     }
 
     pub fn cpu_worker(&mut self) {
-        self.spawn(
-            "worker",
-            &["worker", "--device", "cpu", "--name", "test-worker"],
-        );
+        self.cpu_worker_with(&[]);
+    }
+
+    /// The CPU worker `test-worker`, with these flags as well.
+    pub fn cpu_worker_with(&mut self, flags: &[&str]) {
+        let base = ["worker", "--device", "cpu", "--name", "test-worker"];
+        self.spawn("worker", &[&base[..], flags].concat());
     }
 
     pub fn aggregator(&mut self) {
