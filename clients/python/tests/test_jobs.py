@@ -162,6 +162,19 @@ async def test_conv2d_of_an_npy_image_matches_a_numpy_sobel(client: kiln.Client)
     np.testing.assert_allclose(out, np.sqrt(gx**2 + gy**2), rtol=1e-4, atol=1e-5)
 
 
+async def test_conv2d_of_a_batch_array_filters_each_image(client: kiln.Client) -> None:
+    # A [B, C, H, W] array goes inline with no dimensions the kind reads there: it is sent as
+    # an object without being asked to.
+    batch = np.random.default_rng(6).random((2, 3, 12, 10), dtype=np.float32)
+    job = await client.submit("conv2d", "cpu", image=batch, filter="sobel")
+    out = await (await job.result(timeout=RESULT_TIMEOUT)).array()
+    assert out.shape == (2, 3, 12, 10)
+    for image, filtered in zip(batch, out):
+        gx = correlate_same(image, SOBEL_X)
+        gy = correlate_same(image, SOBEL_X.T)
+        np.testing.assert_allclose(filtered, np.sqrt(gx**2 + gy**2), rtol=1e-4, atol=1e-5)
+
+
 async def test_conv2d_of_a_png_returns_a_png_of_the_filtered_image(client: kiln.Client) -> None:
     rng = np.random.default_rng(4)
     pixels = rng.integers(0, 256, size=(20, 30, 3), dtype=np.uint8)
@@ -222,6 +235,19 @@ async def test_train_mlp_on_a_csv_then_mlp_predict_classifies_new_points(
     probabilities = await predicted.array()
     assert probabilities.shape == (6, 3)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+
+    # Past the 4,096 values kept inline the probabilities are stored; the classes asked for
+    # are still the classes (the row-wise argmax), never the probabilities in their place.
+    many = np.tile(points, (700, 1))
+    predict = await client.submit("mlp_predict", "cpu", model=trained, x=many, upload=True)
+    predicted = await predict.result(timeout=RESULT_TIMEOUT)
+    assert "classes" not in predicted.output and predicted.object is not None
+    classes = await predicted.array("classes")
+    assert classes.dtype == np.int64 and classes.shape == (4200,)
+    np.testing.assert_array_equal(classes, np.tile([0, 1, 2, 0, 1, 2], 700))
+    assert (await predicted.array("probabilities")).shape == (4200, 3)
+    with pytest.raises(kiln.KilnError, match="stored its output 'probabilities', not 'c'"):
+        await predicted.array("c")
 
 
 async def test_a_missing_object_fails_with_invalid_input_naming_it(client: kiln.Client) -> None:

@@ -85,6 +85,14 @@ def test_inline_bools_go_as_numbers_and_flat_params_go_flat() -> None:
     assert kiln.Client._param("vector_add", "a", grid, None) == grid.ravel().tolist()
     assert kiln.Client._param("matmul", "a", grid, None) == grid.tolist()
     assert kiln.Client._param("conv2d", "image", grid[None], None) == grid[None].tolist()
+    # Dimensions the kind does not read inline go as an object, or are refused inline.
+    batch = np.zeros((2, 3, 4, 4), dtype=np.float32)
+    assert isinstance(kiln.Client._param("conv2d", "image", batch, None), _wire.Upload)
+    assert isinstance(kiln.Client._param("mlp_predict", "x", grid[0], None), _wire.Upload)
+    with pytest.raises(ValueError, match=r"shape \(2, 3, 4, 4\), but goes inline only with 3"):
+        kiln.Client._param("conv2d", "image", batch, False)
+    with pytest.raises(ValueError, match="must be an array, got the single number"):
+        kiln.Client._param("vector_add", "a", np.float32(2), None)
 
 
 def test_npy_bytes_are_c_order_whatever_the_arrays_layout() -> None:

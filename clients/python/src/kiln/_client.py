@@ -387,9 +387,10 @@ class Client:
             return _wire.json_default(value)
         if name in _wire.REFERENCE_PARAMS and isinstance(value, str):
             return _wire.ObjectRef(value).to_json()
-        if name in _wire.TENSOR_PARAMS and isinstance(value, (np.ndarray, list, tuple)):
+        if name in _wire.TENSOR_PARAMS and isinstance(value, (np.ndarray, np.generic, list, tuple)):
             flat = name in _wire.FLAT_PARAMS.get(kind, ())
-            return _wire.plan_tensor(name, value, upload, flat=flat)
+            dims = _wire.INLINE_DIMS.get(kind, {}).get(name)
+            return _wire.plan_tensor(name, value, upload, flat=flat, dims=dims)
         return value
 
     async def _submit(self, prepared: list[_Prepared]) -> list[Job]:

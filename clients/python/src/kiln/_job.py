@@ -164,8 +164,10 @@ class Result:
         """An output as a numpy array: `name` (`c`, `image`, `probabilities`, `classes`),
         default the kind's main output. Inline values are converted; a stored output is
         fetched from KILN_DATA on the first call (.npy and safetensors as stored, PNG as
-        float32 [channels, height, width] in [0, 1]). Raises the job's `JobFailed` when it
-        failed."""
+        float32 [channels, height, width] in [0, 1]); an mlp_predict's `classes` past the
+        inline limit are the row-wise argmax of its stored probabilities. Raises the job's
+        `JobFailed` when it failed, and `KilnError` when the job has no output of that
+        name."""
         self.raise_for_status()
         if name is not None and name in self.output and isinstance(self.output[name], list):
             return self._inline(name)
@@ -180,6 +182,18 @@ class Result:
                 f"result (inline: {inline or 'none'}; nothing stored): jobs on generated "
                 "inputs return a summary unless submitted with output='npy'"
             )
+        stored = DEFAULT_OUTPUT.get(self.kind)
+        # mlp_predict stores its probabilities; its classes are their row-wise argmax (the first
+        # largest, as the worker picks them inline).
+        if self.kind == "mlp_predict" and wanted == "classes":
+            probabilities = await self.array("probabilities")
+            classes: np.ndarray[Any, Any] = np.argmax(probabilities, axis=1).astype(np.int64)
+            return classes
+        if wanted is not None and stored is not None and wanted != stored:
+            raise KilnError(
+                f"job {self.id} ({self.kind}) stored its output {stored!r}, not {wanted!r}: "
+                f".array({stored!r})"
+            )
         data = await self.object_bytes()
         what = f"object {obj.get('name')!r}"
         fmt = obj.get("format")
@@ -190,10 +204,10 @@ class Result:
         tensors = _data.load_safetensors(what, data)
         if wanted is not None and wanted in tensors:
             return tensors[wanted]
-        if len(tensors) == 1:
+        if len(tensors) == 1 and (wanted is None or wanted == stored):
             return next(iter(tensors.values()))
         raise KilnError(
-            f"{what} holds tensors {sorted(tensors)}; name the one you want: "
+            f"{what} holds tensors {sorted(tensors)}, not {wanted!r}: "
             f".array({sorted(tensors)[0]!r})"
         )
 

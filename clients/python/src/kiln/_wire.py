@@ -34,6 +34,10 @@ OutputMode = Literal["auto", "object", "npy", "safetensors", "png"]
 TENSOR_PARAMS = frozenset({"a", "b", "image", "x"})
 #: Tensor parameters each kind takes flat (a vector); inline, they are sent flat.
 FLAT_PARAMS = {"vector_add": frozenset({"a", "b"})}
+#: The dimensions a tensor parameter has inline, by kind; an array of other dimensions goes
+#: as an object, whose shapes the worker reads more freely (conv2d: [H, W], [C, H, W] or
+#: [B, C, H, W]).
+INLINE_DIMS = {"conv2d": {"image": 3}, "matmul": {"a": 2, "b": 2}, "mlp_predict": {"x": 2}}
 #: Parameters that only take a reference; a plain string names the object.
 REFERENCE_PARAMS = frozenset({"dataset", "model"})
 #: Inline JSON of one tensor parameter above this many bytes is uploaded instead.
@@ -201,21 +205,31 @@ def inline_values(array: np.ndarray[Any, Any], flat: bool = False) -> Any:
     return (array.ravel() if flat else array).tolist()
 
 
-def plan_tensor(name: str, value: Any, upload: bool | None, *, flat: bool = False) -> Any:
+def plan_tensor(
+    name: str, value: Any, upload: bool | None, *, flat: bool = False, dims: int | None = None
+) -> Any:
     """What tensor parameter `name` becomes: its inline JSON value (nested lists, or one list
     when `flat`), or an `Upload`. `upload`: True always uploads, False never does, None
-    uploads when the inline JSON would pass `INLINE_LIMIT` or the values are not all finite
-    (JSON has no NaN)."""
+    uploads when the inline JSON would pass `INLINE_LIMIT`, the values are not all finite
+    (JSON has no NaN) or the array has other dimensions than `dims`, the ones the kind reads
+    inline."""
+    array = tensor_array(name, value)
+    if array.ndim == 0:
+        raise ValueError(f"parameter {name!r} must be an array, got the single number {value!r}")
+    other_dims = dims is not None and array.ndim != dims
     if upload is False:
-        array = tensor_array(name, value)
+        if other_dims:
+            raise ValueError(
+                f"parameter {name!r} has shape {array.shape}, but goes inline only with {dims} "
+                "dimensions: leave upload unset (or True) to send it as a .npy object"
+            )
         if array.dtype.kind == "f" and not np.isfinite(array).all():
             raise ValueError(
                 f"parameter {name!r} holds NaN or infinite values, which JSON cannot carry "
                 "inline: leave upload unset (or True) to send it as a .npy object"
             )
         return inline_values(array, flat)
-    array = tensor_array(name, value)
-    if upload is True:
+    if upload is True or other_dims:
         return Upload(name, array)
     # Each value takes at least two characters ("0,"): past that many, no need to measure.
     if array.size * 2 > INLINE_LIMIT:
