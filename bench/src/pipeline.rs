@@ -75,6 +75,11 @@ pub(crate) struct Report {
     pub ceiling_small_jobs_per_s: f64,
     /// Same bytes, results stored as `KILN_RESULTS` stores kiln's (a subject per result).
     pub ceiling_subject_per_result_jobs_per_s: f64,
+    /// Same bytes, the publisher, the worker and the consumer of results each on a connection
+    /// of its own, as kiln's bench, worker and aggregator processes are.
+    pub ceiling_three_connections_jobs_per_s: f64,
+    /// kiln's processes against that ceiling.
+    pub ratio_three_connections: f64,
     pub kiln_jobs_per_s: f64,
     pub ratio_same_bytes: f64,
     pub ratio_small: f64,
@@ -107,18 +112,22 @@ pub async fn run(nats: &NatsArgs, args: PipelineArgs) -> anyhow::Result<ExitCode
     }
     println!();
     println!(
-        "median jobs/s: ceiling (same bytes) {:.0}, ceiling (16-byte messages) {:.0}, kiln \
-         (worker and aggregator processes) {:.0}, kiln (in-process roles) {:.0}",
+        "median jobs/s: ceiling (same bytes) {:.0}, ceiling (16-byte messages) {:.0}, ceiling \
+         (same bytes, three connections) {:.0}, kiln (worker and aggregator processes) {:.0}, \
+         kiln (in-process roles) {:.0}",
         report.ceiling_same_bytes_jobs_per_s,
         report.ceiling_small_jobs_per_s,
+        report.ceiling_three_connections_jobs_per_s,
         report.kiln_jobs_per_s,
         report.kiln_in_process_jobs_per_s
     );
     println!(
-        "kiln / ceiling: {:.3} (same bytes), {:.3} (16-byte messages); in-process roles {:.3} \
-         (same bytes); kiln latency submit→result p50 {:.2} ms, p99 {:.2} ms (all runs)",
+        "kiln / ceiling: {:.3} (same bytes), {:.3} (16-byte messages), {:.3} (same bytes, three \
+         connections); in-process roles {:.3} (same bytes); kiln latency submit→result p50 \
+         {:.2} ms, p99 {:.2} ms (all runs)",
         report.ratio_same_bytes,
         report.ratio_small,
+        report.ratio_three_connections,
         report.ratio_in_process_same_bytes,
         report.kiln_total_ms_p50,
         report.kiln_total_ms_p99
@@ -162,9 +171,23 @@ pub(crate) async fn measure_pipeline(
     }
 
     let sizes = (job_bytes, result_bytes);
+    // Two more connections, for the ceiling whose roles each have their own.
+    let mut own = Vec::new();
+    for _ in 0..2 {
+        own.push(jetstream::new(
+            kiln_client::connect(&nats.connect_options()).await?,
+        ));
+    }
+    let [worker_js, results_js] = <[jetstream::Context; 2]>::try_from(own)
+        .map_err(|_| anyhow::anyhow!("two connections were made"))?;
+    let separate = Roles {
+        publisher: js.clone(),
+        worker: worker_js,
+        results: results_js,
+    };
     let runs = measure_runs(
         &client,
-        &js,
+        (&js, &separate),
         &topology,
         (&nats.nats_url, server_pid),
         args,
@@ -173,8 +196,8 @@ pub(crate) async fn measure_pipeline(
     )
     .await?;
     let median = |side: &str| median_rate(&runs, side);
-    let same = median("ceiling, same bytes");
-    let small = median("ceiling, 16-byte messages");
+    let same = median(CEILING_SAME);
+    let small = median(CEILING_SMALL);
     let kiln_rate = median("kiln");
     let in_process = median("kiln, in-process roles");
     let latency = streams::latest_metrics(&js).await.ok().and_then(|s| {
@@ -191,6 +214,8 @@ pub(crate) async fn measure_pipeline(
         ceiling_same_bytes_jobs_per_s: same,
         ceiling_small_jobs_per_s: small,
         ceiling_subject_per_result_jobs_per_s: median(CEILING_PER_JOB),
+        ceiling_three_connections_jobs_per_s: median(CEILING_THREE),
+        ratio_three_connections: kiln_rate / median(CEILING_THREE),
         kiln_jobs_per_s: kiln_rate,
         ratio_same_bytes: kiln_rate / same,
         ratio_small: kiln_rate / small,
@@ -209,7 +234,7 @@ pub(crate) async fn measure_pipeline(
 /// kiln with role processes.
 async fn measure_runs(
     client: &async_nats::Client,
-    js: &jetstream::Context,
+    (js, separate): (&jetstream::Context, &Roles),
     topology: &kiln_proto::Topology,
     (nats_url, server_pid): (&str, Option<u32>),
     args: &PipelineArgs,
@@ -219,11 +244,13 @@ async fn measure_runs(
     let mut runs = Vec::new();
     let mut here = vec![("bench", std::process::id())];
     here.extend(server_pid.map(|pid| ("server", pid)));
+    let shared = Roles::shared(js);
     for r in 0..args.runs.max(1) {
-        for (side, job_size, result_size, per_job) in [
-            ("ceiling, same bytes", job_bytes, result_bytes, false),
-            ("ceiling, 16-byte messages", 16, 16, false),
-            (CEILING_PER_JOB, job_bytes, result_bytes, true),
+        for (side, job_size, result_size, per_job, roles) in [
+            (CEILING_SAME, job_bytes, result_bytes, false, &shared),
+            (CEILING_SMALL, 16, 16, false, &shared),
+            (CEILING_PER_JOB, job_bytes, result_bytes, true, &shared),
+            (CEILING_THREE, job_bytes, result_bytes, false, separate),
         ] {
             let varz = Varz::read(args.varz.as_deref());
             let shape = Shape {
@@ -233,7 +260,7 @@ async fn measure_runs(
                 subject_per_result: per_job,
             };
             let cpu = CpuClock::start(&here);
-            let seconds = ceiling(js, shape, r).await?;
+            let seconds = ceiling(roles, shape, r).await?;
             varz.report(side, args.jobs);
             runs.push(record(side, args.jobs, seconds, cpu.per_job(args.jobs)));
         }
@@ -460,9 +487,37 @@ async fn counted(js: &jetstream::Context) -> u64 {
         .sum()
 }
 
+/// The ceiling: kiln's message sizes, its three roles on one connection.
+const CEILING_SAME: &str = "ceiling, same bytes";
+
+/// The ceiling with 16-byte jobs and results.
+const CEILING_SMALL: &str = "ceiling, 16-byte messages";
+
 /// The ceiling's side whose results are stored as `KILN_RESULTS` stores kiln's: a subject per
 /// result, one message per subject (what issue 9's one-answer-per-job rule costs the server).
 const CEILING_PER_JOB: &str = "ceiling, same bytes, a subject per result";
+
+/// The ceiling whose publisher, worker and consumer of results each have a connection of
+/// their own, as kiln's publisher, worker and aggregator processes do (the server reads,
+/// writes and wakes for three clients where the other ceilings have it serve one).
+const CEILING_THREE: &str = "ceiling, same bytes, three connections";
+
+/// The connections a ceiling's roles use: one, shared, or one each.
+struct Roles {
+    publisher: jetstream::Context,
+    worker: jetstream::Context,
+    results: jetstream::Context,
+}
+
+impl Roles {
+    fn shared(js: &jetstream::Context) -> Self {
+        Roles {
+            publisher: js.clone(),
+            worker: js.clone(),
+            results: js.clone(),
+        }
+    }
+}
 
 /// What one ceiling run moves.
 #[derive(Debug, Clone, Copy)]
@@ -478,13 +533,14 @@ struct Shape {
 /// messages (with message ids, as kiln does) to a work-queue stream; a consumer pulls each,
 /// publishes a result to a second stream, waits for its PubAck and acks; a second consumer
 /// pulls and acks the results. Timed from the first publish to the last result acked.
-async fn ceiling(js: &jetstream::Context, shape: Shape, run: u32) -> anyhow::Result<f64> {
+async fn ceiling(roles: &Roles, shape: Shape, run: u32) -> anyhow::Result<f64> {
     let Shape {
         jobs, job_bytes, ..
     } = shape;
+    let js = &roles.publisher;
     let tag = format!("{}-{run}", kiln_proto::new_job_id());
-    let (workers, mut results) = ceiling_streams(js, shape.subject_per_result).await?;
-    let worker = spawn_ceiling_worker(js.clone(), workers, shape);
+    let (workers, mut results) = ceiling_streams(roles, shape.subject_per_result).await?;
+    let worker = spawn_ceiling_worker(roles.worker.clone(), workers, shape);
     let bar = progress_bar(jobs, "ceiling");
     let started = Instant::now();
     let publisher = spawn_ceiling_publisher(js.clone(), jobs, job_bytes, tag);
@@ -500,13 +556,13 @@ async fn ceiling(js: &jetstream::Context, shape: Shape, run: u32) -> anyhow::Res
 }
 
 /// The ceiling's two streams, made afresh, and the messages of their consumers: the jobs
-/// the workers pull, and the results.
+/// the worker pulls (on its connection), and the results (on theirs).
 async fn ceiling_streams(
-    js: &jetstream::Context,
+    roles: &Roles,
     subject_per_result: bool,
 ) -> anyhow::Result<(pull::Stream, pull::Stream)> {
     fresh_streams(
-        js,
+        &roles.publisher,
         [
             ("BENCH_JOBS", "bench.jobs.>"),
             ("BENCH_RESULTS", "bench.results.>"),
@@ -514,8 +570,9 @@ async fn ceiling_streams(
         subject_per_result,
     )
     .await?;
-    let workers = pull_messages(js, "BENCH_JOBS", "bench-workers", 20_000, 256).await?;
-    let results = pull_messages(js, "BENCH_RESULTS", "bench-agg", 200_000, 1000).await?;
+    let workers = pull_messages(&roles.worker, "BENCH_JOBS", "bench-workers", 20_000, 256).await?;
+    let results =
+        pull_messages(&roles.results, "BENCH_RESULTS", "bench-agg", 200_000, 1000).await?;
     Ok((workers, results))
 }
 

@@ -395,6 +395,12 @@ pub fn pipeline(report: &PipelineReport) -> anyhow::Result<String> {
             color: PALETTE[2],
         },
         Column {
+            name: "ceiling (3 conn.)",
+            label: "raw JetStream, kiln-sized messages, a connection per role".to_owned(),
+            value: report.ceiling_three_connections_jobs_per_s,
+            color: PALETTE[3],
+        },
+        Column {
             name: "kiln",
             label: format!(
                 "kiln end to end ({:.3} of the same-size ceiling)",
