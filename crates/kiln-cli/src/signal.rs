@@ -11,7 +11,8 @@ pub async fn shutdown() {
     });
 }
 
-async fn wait_for_signal() {
+/// Resolves at the first SIGINT or SIGTERM (for commands that clean up and exit on it).
+pub async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

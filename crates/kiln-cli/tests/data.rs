@@ -79,6 +79,21 @@ async fn a_users_matrices_go_in_by_object_and_the_whole_product_comes_back() {
     let again = dir.path().join("again.npy");
     assert_success(&cluster.kiln(&["result", "mm-1", "--output", again.to_str().unwrap()]));
     assert_eq!(read_npy(&again), c);
+    // To standard output: the file's bytes alone there, the result event on stderr.
+    let piped = cluster.kiln(&["result", "mm-1", "--output", "-"]);
+    assert_success(&piped);
+    assert_eq!(piped.stdout, std::fs::read(&again).unwrap());
+    assert!(String::from_utf8_lossy(&piped.stderr).contains("\"id\": \"mm-1\""));
+    // A file that cannot be made says the job has its result and how to write it later.
+    let nowhere = dir.path().join("no-such-folder/c.npy");
+    let out = cluster.kiln(&["result", "mm-1", "--output", nowhere.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("job mm-1 has its result, but its output was not written to")
+            && stderr.contains("`kiln result mm-1 --output FILE` writes it"),
+        "{stderr}"
+    );
     // A file named for another format gets the output converted to it.
     let converted = dir.path().join("c.safetensors");
     let out = cluster.kiln(&["result", "mm-1", "--output", converted.to_str().unwrap()]);

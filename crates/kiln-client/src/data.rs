@@ -376,7 +376,7 @@ async fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// The file a fetch writes before it is complete: `path` with `.part` added (`out.npy.part`),
 /// so that two outputs of one stem never share it.
-fn partial_path(path: &Path) -> PathBuf {
+pub fn partial_path(path: &Path) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(".part");
     PathBuf::from(name)

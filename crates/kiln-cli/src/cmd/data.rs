@@ -58,10 +58,26 @@ pub async fn get(nats: &NatsArgs, args: GetArgs) -> anyhow::Result<ExitCode> {
     if path == Path::new("-") {
         get_to_writer(&bucket, &args.name, &mut tokio::io::stdout(), None).await?;
     } else {
-        let size = get_file(&bucket, &args.name, &path, None).await?;
+        let size = or_interrupted(&path, get_file(&bucket, &args.name, &path, None)).await?;
         eprintln!("wrote {} ({size} bytes)", path.display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Run `fetch`, which writes `path` by way of its `.part` file; a SIGINT or SIGTERM on the
+/// way removes the partial file and ends the process with status 130, as an interrupted Unix
+/// tool does.
+async fn or_interrupted<T>(path: &Path, fetch: impl Future<Output = T>) -> T {
+    tokio::select! {
+        done = fetch => done,
+        () = crate::signal::wait_for_signal() => {
+            if path != Path::new("-") {
+                let _ = std::fs::remove_file(kiln_client::data::partial_path(path));
+            }
+            eprintln!("kiln: interrupted; {} was not written", path.display());
+            std::process::exit(130);
+        }
+    }
 }
 
 async fn connect(nats: &NatsArgs) -> anyhow::Result<jetstream::Context> {
@@ -78,7 +94,17 @@ pub async fn save_output(
     event: &kiln_proto::ResultEvent,
     path: &Path,
 ) -> anyhow::Result<()> {
-    let saved = kiln_client::data::save_output(js, event, path).await?;
+    let saved = or_interrupted(path, kiln_client::data::save_output(js, event, path))
+        .await
+        .with_context(|| {
+            format!(
+                "job {} has its result, but its output was not written to {}; `kiln result {} \
+                 --output FILE` writes it",
+                event.id,
+                path.display(),
+                event.id
+            )
+        })?;
     let d = &saved.descriptor;
     let format = match saved.converted_to {
         Some(to) => format!("{to}, converted from the stored {}", d.format),

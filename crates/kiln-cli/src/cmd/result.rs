@@ -42,8 +42,12 @@ pub async fn run(nats: &NatsArgs, args: ResultArgs) -> anyhow::Result<ExitCode> 
     let client = kiln_client::connect(&nats.connect_options()).await?;
     let js = jetstream::new(client);
     if let Some(event) = find(&js, &args.id, kind).await? {
-        // The text form is the event's JSON as well.
-        println!("{}", serde_json::to_string_pretty(&event)?);
+        // The text form is the event's JSON as well; on stderr when the output goes to stdout.
+        let event_json = serde_json::to_string_pretty(&event)?;
+        match &args.output {
+            Some(ResultOutput::File(path)) if path.as_os_str() == "-" => eprintln!("{event_json}"),
+            _ => println!("{event_json}"),
+        }
         if let Some(ResultOutput::File(path)) = &args.output {
             super::data::save_output(&js, &event, path).await?;
         }

@@ -1,6 +1,7 @@
 //! `kiln submit`, and the progress bar `demo` and `bench` share.
 
 use std::collections::{HashMap, HashSet};
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
@@ -226,7 +227,9 @@ impl<'a> Submission<'a> {
         duplicates: &[String],
     ) -> anyhow::Result<ExitCode> {
         let single = self.args.count == 1;
-        let print = |event: &ResultEvent| print_result(event, single);
+        // With the output going to stdout, the results go to stderr.
+        let to_stderr = self.args.output.as_deref() == Some(Path::new("-"));
+        let print = |event: &ResultEvent| print_result(event, single, to_stderr);
         let bar = (!single).then(|| progress_bar(self.args.count, "finished"));
         let mut results = self.earlier_results(js, duplicates).await?;
         for id in &self.ids {
@@ -318,15 +321,16 @@ impl<'a> Submission<'a> {
     }
 }
 
-/// One result on standard output: pretty JSON for a single job, else one line each.
-fn print_result(event: &ResultEvent, single: bool) {
-    if single {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(event).unwrap_or_default()
-        );
-    } else if let Ok(line) = serde_json::to_string(event) {
-        println!("{line}");
+/// One result on standard output (or error): pretty JSON for a single job, else one line each.
+fn print_result(event: &ResultEvent, single: bool, to_stderr: bool) {
+    let text = match single {
+        true => serde_json::to_string_pretty(event),
+        false => serde_json::to_string(event),
+    };
+    match (text, to_stderr) {
+        (Ok(text), false) => println!("{text}"),
+        (Ok(text), true) => eprintln!("{text}"),
+        (Err(_), _) => {}
     }
 }
 
