@@ -118,19 +118,31 @@ pub fn copy_headers(original: Option<&async_nats::HeaderMap>) -> async_nats::Hea
 }
 
 /// [`copy_headers`], leaving out the headers named in `also` as well (names compared ignoring
-/// case).
+/// case). A header of over [`COPIED_HEADER_MAX`] bytes is left out too, and other people's
+/// headers past [`COPIED_HEADERS_MAX`] in all: the server refuses a message whose headers pass
+/// 64 KiB, and a job that came with nearly that much would otherwise have no copy, hand-back
+/// or dead letter the server takes, and go round for ever unanswered.
 pub fn copy_headers_except(
     original: Option<&async_nats::HeaderMap>,
     also: &[&str],
 ) -> async_nats::HeaderMap {
     let mut copy = async_nats::HeaderMap::new();
+    let mut others = 0usize;
     for (name, values) in original.into_iter().flat_map(async_nats::HeaderMap::iter) {
         let text: &str = name.as_ref();
-        let condition = text
-            .get(..EXPECTED_PREFIX.len())
-            .is_some_and(|start| start.eq_ignore_ascii_case(EXPECTED_PREFIX));
+        let starts = |prefix: &str| {
+            text.get(..prefix.len())
+                .is_some_and(|start| start.eq_ignore_ascii_case(prefix))
+        };
+        let condition = starts(EXPECTED_PREFIX);
         let left_out = also.iter().any(|n| n.eq_ignore_ascii_case(text));
-        if !condition && !left_out {
+        let size = text.len() + values.iter().map(|v| v.as_str().len()).sum::<usize>();
+        let own = starts("Nats-") || starts("Kiln-");
+        let room = size <= COPIED_HEADER_MAX && (own || others + size <= COPIED_HEADERS_MAX);
+        if !own && room {
+            others += size;
+        }
+        if !condition && !left_out && room {
             // Appended one by one: collecting into a HeaderMap keeps only a name's last value.
             for value in values {
                 copy.append(name.clone(), value.clone());
@@ -139,6 +151,12 @@ pub fn copy_headers_except(
     }
     copy
 }
+
+/// The most bytes of one header, name and values, that a job's copy keeps.
+pub const COPIED_HEADER_MAX: usize = 4096;
+
+/// The most bytes of headers other than NATS's and kiln's own that a job's copy keeps.
+pub const COPIED_HEADERS_MAX: usize = 16 * 1024;
 
 /// The prefix of JetStream's publish conditions (`Nats-Expected-Stream`,
 /// `Nats-Expected-Last-Sequence`, `Nats-Expected-Last-Subject-Sequence`,
@@ -170,6 +188,24 @@ mod tests {
         let less = copy_headers_except(Some(&original), &["kiln-note"]);
         assert_eq!(less.len(), 2, "{less:?}");
         assert!(less.get("Kiln-Note").is_none());
+    }
+
+    #[test]
+    fn a_copy_leaves_out_huge_headers_and_keeps_its_own_within_64_kib() {
+        let mut original = async_nats::HeaderMap::new();
+        original.insert(HEADER_MSG_ID, "job-1");
+        original.insert("traceparent", "a".repeat(65_000).as_str());
+        original.insert("Kiln-Routing", "b".repeat(5_000).as_str());
+        for i in 0..10 {
+            original.insert(format!("X-Note-{i}").as_str(), "c".repeat(3_000).as_str());
+        }
+        let copy = copy_headers(Some(&original));
+        assert_eq!(copy.get(HEADER_MSG_ID).unwrap().as_str(), "job-1");
+        assert!(copy.get("traceparent").is_none() && copy.get("Kiln-Routing").is_none());
+        let notes = (0..10)
+            .filter(|i| copy.get(format!("X-Note-{i}").as_str()).is_some())
+            .count();
+        assert_eq!(notes, 5, "16 KiB holds five notes of 3,008 bytes: {copy:?}");
     }
 
     #[test]

@@ -138,20 +138,62 @@ pub fn extract(headers: Option<&HeaderMap>) -> Context {
     }
 }
 
-/// Copy the W3C trace-context headers from one message to another, as they are: what a role
-/// does when it does not trace itself, so that a trace still links its neighbours.
+/// Copy the W3C trace-context headers from one message to another when they are well formed:
+/// what a role does when it does not trace itself, so that a trace still links its
+/// neighbours. Anything else is left behind: a `traceparent` of 64 KiB copied onto a result
+/// beside kiln's own headers made every publish of the answer fail.
 pub fn forward(from: Option<&HeaderMap>, to: &mut HeaderMap) {
     // Names made at compile time: a lookup by `&str` allocates the name first.
-    const NAMES: [async_nats::header::HeaderName; 2] = [
-        async_nats::header::HeaderName::from_static(TRACE_HEADERS[0]),
-        async_nats::header::HeaderName::from_static(TRACE_HEADERS[1]),
-    ];
+    const PARENT: async_nats::header::HeaderName =
+        async_nats::header::HeaderName::from_static(TRACE_HEADERS[0]);
+    const STATE: async_nats::header::HeaderName =
+        async_nats::header::HeaderName::from_static(TRACE_HEADERS[1]);
     let Some(from) = from else { return };
-    for (name, key) in TRACE_HEADERS.into_iter().zip(NAMES) {
-        if let Some(value) = from.get(key) {
-            to.insert(name, value.as_str());
-        }
+    let Some(parent) = from.get(PARENT).map(|v| v.as_str()) else {
+        return;
+    };
+    if !is_traceparent(parent) {
+        return;
     }
+    to.insert(TRACE_HEADERS[0], parent);
+    if let Some(state) = from.get(STATE).map(|v| v.as_str())
+        && state.len() <= MAX_TRACESTATE
+        && state.bytes().all(|b| (b' '..=b'~').contains(&b))
+    {
+        to.insert(TRACE_HEADERS[1], state);
+    }
+}
+
+/// The longest `tracestate` passed on: W3C Trace Context asks that at least 512 characters be
+/// propagated, and lets longer ones be cut.
+const MAX_TRACESTATE: usize = 512;
+
+/// Whether `value` is a W3C `traceparent`: `version-traceid-parentid-flags` in lowercase hex,
+/// 2-32-16-2 digits, the version not `ff` and the ids not all zeros (version 00 has nothing
+/// after the flags; a later version may, after a dash, and is passed on as its first 55
+/// characters would be read).
+pub fn is_traceparent(value: &str) -> bool {
+    let hex = |s: &str| s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    let zeros = |s: &str| s.bytes().all(|b| b == b'0');
+    let Some(head) = value.get(..55) else {
+        return false;
+    };
+    let rest = &value[55..];
+    let fields: Vec<&str> = head.split('-').collect();
+    let [version, trace, parent, flags] = fields[..] else {
+        return false;
+    };
+    let sizes = (version.len(), trace.len(), parent.len(), flags.len()) == (2, 32, 16, 2);
+    let later = match version {
+        "00" => rest.is_empty(),
+        _ => rest.is_empty() || (rest.starts_with('-') && value.len() <= 256),
+    };
+    sizes
+        && [version, trace, parent, flags].into_iter().all(hex)
+        && version != "ff"
+        && !zeros(trace)
+        && !zeros(parent)
+        && later
 }
 
 /// A span being recorded; it ends when [`TraceSpan::end`] is called or when it is dropped.
@@ -244,6 +286,49 @@ impl TraceSpan {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_well_formed_trace_headers_are_forwarded() {
+        let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert!(is_traceparent(good));
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-600f067aa0ba902b7-01",
+        ] {
+            assert!(!is_traceparent(bad), "{bad}");
+        }
+        assert!(is_traceparent(&format!("01{}-later", &good[2..])));
+        assert!(!is_traceparent(&format!(
+            "01{}-{}",
+            &good[2..],
+            "a".repeat(300)
+        )));
+
+        let forwarded = |parent: &str, state: &str| {
+            let mut from = HeaderMap::new();
+            from.insert("traceparent", parent);
+            from.insert("tracestate", state);
+            let mut to = HeaderMap::new();
+            forward(Some(&from), &mut to);
+            (
+                to.get("traceparent").map(|v| v.as_str().to_owned()),
+                to.get("tracestate").map(|v| v.as_str().to_owned()),
+            )
+        };
+        assert_eq!(
+            forwarded(good, "rojo=00f067aa0ba902b7"),
+            (Some(good.into()), Some("rojo=00f067aa0ba902b7".into()))
+        );
+        // 64 KiB of either is left behind; a bad parent takes its state with it.
+        let huge = "a".repeat(65_000);
+        assert_eq!(forwarded(good, &huge), (Some(good.into()), None));
+        assert_eq!(forwarded(&format!("00-{huge}"), "k=v"), (None, None));
+    }
 
     #[test]
     fn headers_round_trip_w3c_trace_context() {
