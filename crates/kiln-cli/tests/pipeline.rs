@@ -242,6 +242,42 @@ async fn resubmitted_job_id_runs_once_and_is_counted_once() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_waiting_submitter_gets_the_stored_answer_not_a_refused_one() {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    cluster.cpu_worker();
+    let client = cluster.client().await;
+    let first = submit_wait(
+        &cluster,
+        &["vector_add", "--id", "twice", "-p", "a=[1]", "-p", "b=[1]"],
+    );
+    assert_eq!(floats(&first.output["c"]), [2.0]);
+
+    // The id again under another message id (as after the duplicate window): it runs, its
+    // result is refused, and a subscriber still hears of it; the collector answers with the
+    // stored one.
+    let mut collector =
+        kiln_client::ResultCollector::subscribe(&client, Some("vector_add"), &["twice".into()])
+            .await
+            .unwrap();
+    let js = jetstream::new(client.clone());
+    let mut headers = HeaderMap::new();
+    headers.insert("Nats-Msg-Id", "twice-again");
+    js.publish_with_headers(
+        "jobs.cpu.vector_add",
+        headers,
+        r#"{"id":"twice","params":{"a":[9],"b":[9]}}"#.into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let ids = std::collections::HashSet::from(["twice".to_owned()]);
+    let got = collector.collect(ids, WAIT, |_| {}).await;
+    assert_eq!(floats(&got["twice"].output["c"]), [2.0], "{got:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn bad_jobs_get_failed_results_and_the_worker_keeps_serving() {
     let mut cluster = Cluster::new();
     cluster.init().await;

@@ -297,6 +297,7 @@ fn submit_span(job: &JobSpec) -> Option<kiln_telemetry::trace::TraceSpan> {
 /// is missed.
 pub struct ResultCollector {
     subscriber: futures::stream::SelectAll<async_nats::Subscriber>,
+    js: async_nats::jetstream::Context,
 }
 
 /// Up to this many jobs, a collector subscribes to each job's own result subject, so the
@@ -334,7 +335,42 @@ impl ResultCollector {
             .nats(|| "subscribing to results".into())?;
         Ok(Self {
             subscriber: futures::stream::select_all(subscribers),
+            js: async_nats::jetstream::new(client.clone()),
         })
+    }
+
+    /// The result `KILN_RESULTS` holds on `subject`: a subscriber sees every result published,
+    /// also one the stream refused because the job was answered before (a redelivery, an id
+    /// used again), and the answer is the stored one. `None` when nothing is stored there
+    /// (the publish was refused for another reason, and the worker tries again); the event as
+    /// it came when the stream cannot be read. Subscribers may hear of a result just before
+    /// the stream has stored it: an empty subject is looked at again for about a second.
+    async fn stored(&self, subject: &str, came: ResultEvent) -> Option<ResultEvent> {
+        use async_nats::jetstream::stream::LastRawMessageErrorKind;
+        let Ok(stream) = self
+            .js
+            .get_stream(kiln_proto::streams::STREAM_RESULTS)
+            .await
+        else {
+            return Some(came);
+        };
+        let mut pause = Duration::from_millis(5);
+        for _ in 0..8 {
+            match stream.get_last_raw_message_by_subject(subject).await {
+                Ok(message) => {
+                    return match serde_json::from_slice::<ResultEvent>(&message.payload) {
+                        Ok(stored) if stored.id == came.id => Some(stored),
+                        _ => Some(came),
+                    };
+                }
+                Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => {
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+                Err(_) => return Some(came),
+            }
+        }
+        None
     }
 
     /// Wait until every id in `ids` has a result, or `timeout` passes; returns what came.
@@ -353,6 +389,12 @@ impl ResultCollector {
                 Ok(None) | Err(_) => break,
             };
             let Ok(event) = serde_json::from_slice::<ResultEvent>(&message.payload) else {
+                continue;
+            };
+            if !ids.contains(&event.id) {
+                continue;
+            }
+            let Some(event) = self.stored(message.subject.as_str(), event).await else {
                 continue;
             };
             if ids.remove(&event.id) {

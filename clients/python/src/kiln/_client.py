@@ -552,11 +552,41 @@ class Client:
             future = waiting.get(job_id) if isinstance(job_id, str) else None
             if future is None or future.done() or job_id is None:
                 return
-            future.set_result(Result(event, self))
+            stored = await self._stored(msg.subject, event)
+            if stored is None or future.done():
+                return
+            future.set_result(Result(stored, self))
             # Not awaited here: unsubscribing stops the task running this callback.
             self._spawn(self._unwatch(job_id, future))
 
         return on_result
+
+    async def _stored(self, subject: str, came: dict[str, Any]) -> dict[str, Any] | None:
+        """The result KILN_RESULTS holds on `subject`: a subscriber sees every result
+        published, also one the stream refused because the job was answered before (a
+        redelivery, an id used again), and the answer is the stored one. None when nothing
+        is stored there after about a second (the publish was refused for another reason and
+        the worker tries again); the event as it came when the stream cannot be read."""
+        pause = 0.005
+        for _ in range(8):
+            try:
+                msg = await self._js.get_last_msg(_wire.STREAM_RESULTS, subject)
+            except nats.js.errors.NotFoundError as e:
+                if e.err_code == _NO_STREAM:
+                    return came
+                await asyncio.sleep(pause)
+                pause *= 2
+                continue
+            except Exception:
+                return came
+            try:
+                stored = json.loads(msg.data or b"")
+            except ValueError:
+                return came
+            if isinstance(stored, dict) and stored.get("id") == came.get("id"):
+                return stored
+            return came
+        return None
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coroutine)
