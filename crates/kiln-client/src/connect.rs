@@ -87,6 +87,7 @@ pub async fn connect_and_wait(options: &ConnectOptions) -> Result<async_nats::Cl
 
 async fn connect_with(args: &ConnectOptions, retry: bool) -> Result<async_nats::Client> {
     let url = args.server_url();
+    let shown = redacted(url);
     // A cluster is given as a comma-separated list; the client tries them in turn and learns
     // the others from the server.
     let servers: Vec<ServerAddr> = url
@@ -96,8 +97,9 @@ async fn connect_with(args: &ConnectOptions, retry: bool) -> Result<async_nats::
         .map(|s| {
             s.parse().map_err(|e: std::io::Error| Error::Config {
                 message: format!(
-                    "{s:?} in --nats-url is not a NATS URL: give nats://host:port, \
-                     comma-separated for several servers"
+                    "{:?} in --nats-url is not a NATS URL: give nats://host:port, \
+                     comma-separated for several servers",
+                    redacted(s)
                 ),
                 source: Some(e.into()),
             })
@@ -115,7 +117,7 @@ async fn connect_with(args: &ConnectOptions, retry: bool) -> Result<async_nats::
         Ok(client) => Ok(client),
         Err(e) if matches!(e.kind(), ConnectErrorKind::AuthorizationViolation) => Err(refused(
             format!(
-                "the NATS server at {url} refused these credentials: check --user/--password, \
+                "the NATS server at {shown} refused these credentials: check --user/--password, \
                  --token, --nkey or --creds (NATS_USER, NATS_PASSWORD, NATS_TOKEN, NATS_NKEY, \
                  NATS_CREDS) and the NATS context in use (--context, NATS_CONTEXT)"
             ),
@@ -127,7 +129,7 @@ async fn connect_with(args: &ConnectOptions, retry: bool) -> Result<async_nats::
         {
             Err(refused(
                 format!(
-                    "TLS with the NATS server at {url} failed: check --tls-ca (and --tls-cert/\
+                    "TLS with the NATS server at {shown} failed: check --tls-ca (and --tls-cert/\
                      --tls-key for mutual TLS), and that the server's certificate names the host \
                      in the URL"
                 ),
@@ -138,23 +140,46 @@ async fn connect_with(args: &ConnectOptions, retry: bool) -> Result<async_nats::
         // background, and the service starts once it is connected (its first requests would
         // only time out). Said once here, with the cause; the retries log a reminder a minute.
         Err(e) if retry => {
-            tracing::warn!("{}; retrying until it answers", unreachable(url, &e));
+            tracing::warn!("{}; retrying until it answers", unreachable(&shown, &e));
             let client = options(args, Duration::from_secs(3), true)
                 .await?
                 .retry_on_initial_connect()
                 .connect(servers)
                 .await
-                .map_err(|e| refused(format!("connecting to NATS at {url}"), e))?;
+                .map_err(|e| refused(format!("connecting to NATS at {shown}"), e))?;
             while client.connection_state() != async_nats::connection::State::Connected {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Ok(client)
         }
         Err(e) => Err(Error::Connect {
-            message: unreachable(url, &e),
+            message: unreachable(&shown, &e),
             source: None,
         }),
     }
+}
+
+/// `url` (comma-separated URLs) with the credentials in each left out: what messages and logs
+/// show of it.
+pub(crate) fn redacted(url: &str) -> String {
+    url.split(',')
+        .map(|part| match (part.find("://"), part.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                format!("{}***{}", &part[..scheme + 3], &part[at..])
+            }
+            (None, Some(at)) => format!("***{}", &part[at..]),
+            _ => part.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The user and password (or the token, as a user with no password) in the first URL of
+/// `url`, if it has any.
+fn url_credentials(url: &str) -> Option<(String, Option<String>)> {
+    let first: ServerAddr = url.split(',').next()?.trim().parse().ok()?;
+    let user = first.username()?.to_owned();
+    Some((user, first.password().map(str::to_owned)))
 }
 
 /// Why the server at `url` could not be reached, and what to do: one sentence. (The
@@ -247,7 +272,7 @@ async fn options(
     reported: bool,
 ) -> Result<async_nats::ConnectOptions> {
     let link = Arc::new(Link {
-        url: args.server_url().to_owned(),
+        url: redacted(args.server_url()),
         state: Mutex::new(LinkState {
             reported: reported.then(Instant::now),
             ..LinkState::default()
@@ -278,6 +303,16 @@ async fn options(
     if let Some(token) = &args.token {
         options = options.token(token.clone());
     }
+    // Credentials in the URL (nats://user:password@host, nats://token@host), as the nats CLI
+    // and NATS's own clients take them, when no flag gives any.
+    let flags = args.token.is_some() || args.user.is_some() || args.password.is_some();
+    match url_credentials(args.server_url()) {
+        Some((user, Some(password))) if !flags => {
+            options = options.user_and_password(user, password);
+        }
+        Some((token, None)) if !flags => options = options.token(token),
+        _ => {}
+    }
     match (&args.user, &args.password) {
         (Some(user), Some(password)) => {
             options = options.user_and_password(user.clone(), password.clone())
@@ -298,4 +333,27 @@ async fn options(
             .require_tls(true);
     }
     Ok(options)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_in_urls_are_used_and_never_shown() {
+        assert_eq!(
+            redacted("nats://alice:wonder@10.0.0.1:4222, tls://s3cret@b:4222,nats://c:4222"),
+            "nats://***@10.0.0.1:4222, tls://***@b:4222,nats://c:4222"
+        );
+        assert_eq!(redacted("alice:wonder@host:4222"), "***@host:4222");
+        assert_eq!(
+            url_credentials("nats://alice:wonder@127.0.0.1:4222,nats://b:4222"),
+            Some(("alice".into(), Some("wonder".into())))
+        );
+        assert_eq!(
+            url_credentials("nats://s3cret@127.0.0.1:4222"),
+            Some(("s3cret".into(), None))
+        );
+        assert_eq!(url_credentials("nats://127.0.0.1:4222"), None);
+    }
 }
