@@ -297,7 +297,8 @@ fn submit_span(job: &JobSpec) -> Option<kiln_telemetry::trace::TraceSpan> {
 /// is missed.
 pub struct ResultCollector {
     subscriber: futures::stream::SelectAll<async_nats::Subscriber>,
-    js: async_nats::jetstream::Context,
+    /// `KILN_RESULTS`, named once: a lookup per result, no stream-info request per result.
+    results: async_nats::jetstream::stream::Stream<()>,
 }
 
 /// Up to this many jobs, a collector subscribes to each job's own result subject, so the
@@ -333,9 +334,13 @@ impl ResultCollector {
             .flush()
             .await
             .nats(|| "subscribing to results".into())?;
+        let results = async_nats::jetstream::new(client.clone())
+            .get_stream_no_info(kiln_proto::streams::STREAM_RESULTS)
+            .await
+            .map_err(|e| Error::Invalid(format!("naming the results stream: {e}")))?;
         Ok(Self {
             subscriber: futures::stream::select_all(subscribers),
-            js: async_nats::jetstream::new(client.clone()),
+            results,
         })
     }
 
@@ -347,16 +352,9 @@ impl ResultCollector {
     /// the stream has stored it: an empty subject is looked at again for about a second.
     async fn stored(&self, subject: &str, came: ResultEvent) -> Option<ResultEvent> {
         use async_nats::jetstream::stream::LastRawMessageErrorKind;
-        let Ok(stream) = self
-            .js
-            .get_stream(kiln_proto::streams::STREAM_RESULTS)
-            .await
-        else {
-            return Some(came);
-        };
         let mut pause = Duration::from_millis(5);
         for _ in 0..8 {
-            match stream.get_last_raw_message_by_subject(subject).await {
+            match self.results.get_last_raw_message_by_subject(subject).await {
                 Ok(message) => {
                     return match serde_json::from_slice::<ResultEvent>(&message.payload) {
                         Ok(stored) if stored.id == came.id => Some(stored),
