@@ -408,3 +408,66 @@ async fn no_job_can_take_the_id_kiln_gives_a_job_sent_without_one() {
     assert_eq!(own.status, Status::Succeeded, "{own:?}");
     assert_eq!(own.output["c"], serde_json::json!([2.0]), "{own:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn values_past_f32_and_parameters_given_twice_are_refused_by_name() {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    cluster.cpu_worker();
+    let dir = tempfile::tempdir().unwrap();
+    let npy = dir.path().join("a.npy");
+    std::fs::write(
+        &npy,
+        kiln_data::formats::encode_npy(&kiln_data::HostTensor::new(vec![1], vec![1.0])),
+    )
+    .unwrap();
+    let npy = format!("a=@{}", npy.display());
+    // Each is refused by `kiln submit` before anything is sent (a value too large for f32
+    // was sent on as `null`, a parameter given twice quietly took the last value).
+    for (args, said) in [
+        (
+            vec!["-p", "a=[1e39, 1]", "-p", "b=[1, 2]"],
+            "outside f32's range",
+        ),
+        (
+            vec!["-p", "a=[1]", "-p", "a=[2]", "-p", "b=[1]"],
+            "-p a=… is given twice",
+        ),
+        (
+            vec!["--input", &npy, "--input", "a=other", "-p", "b=[1]"],
+            "--input a=… is given twice",
+        ),
+        (
+            vec!["--input", &npy, "-p", "a=[1]", "-p", "b=[1]"],
+            "a is given both by -p and by --input",
+        ),
+    ] {
+        let mut all = vec!["submit", "vector_add", "--id", "never"];
+        all.extend(args.iter().copied());
+        let out = cluster.kiln(&all);
+        assert!(!out.status.success(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(said), "{args:?}: {stderr}");
+    }
+    let status = String::from_utf8_lossy(&cluster.kiln(&["status", "never"]).stdout).into_owned();
+    assert!(status.contains("never: unknown"), "{status}");
+
+    // Sent as raw JSON (`nats pub`), the worker answers it invalid_input, naming the place.
+    let client = cluster.client().await;
+    let js = jetstream::new(client.clone());
+    let mut headers = HeaderMap::new();
+    headers.insert("Nats-Msg-Id", "too-big");
+    let body = r#"{"id":"too-big","params":{"a":[1, 2, 1e39],"b":[1, 2, 3]}}"#;
+    publish(&js, "jobs.cpu.vector_add", headers, body.into()).await;
+    let results = wait_for_results(&client, &["too-big"], Duration::from_secs(60)).await;
+    let event = &results["too-big"];
+    assert_eq!(event.status, Status::Failed, "{event:?}");
+    let error = event.error.as_ref().unwrap();
+    assert_eq!(error.kind, ErrorKind::InvalidInput, "{error}");
+    assert!(
+        error
+            .message
+            .contains("params.a: element [2] is outside f32's range"),
+        "{error}"
+    );
+}

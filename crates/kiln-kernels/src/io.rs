@@ -75,7 +75,37 @@ impl<T: Serialize> Serialize for Input<T> {
     }
 }
 
-impl<'de, T: Deserialize<'de>> Deserialize<'de> for Input<T> {
+/// Inline values read from JSON, checked to fit in f32: JSON has no infinities, so an
+/// infinite value here is a number too large for f32 (`1e39`), which must be refused rather
+/// than computed as infinity (or sent on as `null` by a client that re-encodes it).
+pub trait InlineValues {
+    /// Where the first value that is not finite sits (`[2][0]`), if any.
+    fn first_non_finite(&self) -> Option<String>;
+}
+
+impl InlineValues for f32 {
+    fn first_non_finite(&self) -> Option<String> {
+        (!self.is_finite()).then(String::new)
+    }
+}
+
+impl<T: InlineValues> InlineValues for Vec<T> {
+    fn first_non_finite(&self) -> Option<String> {
+        self.iter()
+            .enumerate()
+            .find_map(|(i, v)| v.first_non_finite().map(|at| format!("[{i}]{at}")))
+    }
+}
+
+/// The error for inline values outside f32's range, `at` the first one's place.
+pub(crate) fn out_of_f32_range(at: &str) -> String {
+    format!(
+        "element {at} is outside f32's range: values are 32-bit floats, at most ±{:e} in          magnitude",
+        f32::MAX
+    )
+}
+
+impl<'de, T: Deserialize<'de> + InlineValues> Deserialize<'de> for Input<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         if !deserializer.is_human_readable() {
             return Ok(match Tagged::<T>::deserialize(deserializer)? {
@@ -84,13 +114,17 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Input<T> {
             });
         }
         struct InputVisitor<T>(PhantomData<T>);
-        impl<'de, T: Deserialize<'de>> Visitor<'de> for InputVisitor<T> {
+        impl<'de, T: Deserialize<'de> + InlineValues> Visitor<'de> for InputVisitor<T> {
             type Value = Input<T>;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("an array of numbers or an object reference {\"object\": \"NAME\"}")
             }
             fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
-                T::deserialize(de::value::SeqAccessDeserializer::new(seq)).map(Input::Inline)
+                let values = T::deserialize(de::value::SeqAccessDeserializer::new(seq))?;
+                match values.first_non_finite() {
+                    Some(at) => Err(de::Error::custom(out_of_f32_range(&at))),
+                    None => Ok(Input::Inline(values)),
+                }
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
                 ObjectRef::deserialize(de::value::MapAccessDeserializer::new(map))

@@ -26,11 +26,21 @@ pub fn parse_params(pairs: &[String], json: Option<&str>) -> anyhow::Result<serd
         }
         None => serde_json::json!({}),
     };
+    let mut given: Vec<&str> = Vec::new();
     for pair in pairs {
         let (key, value) = pair
             .split_once('=')
             .with_context(|| format!("-p {pair:?}: write parameters as key=value"))?;
         let key = key.trim();
+        anyhow::ensure!(
+            !key.is_empty(),
+            "-p {pair:?}: the parameter name is missing"
+        );
+        anyhow::ensure!(
+            !given.contains(&key),
+            "-p {key}=… is given twice: give each parameter once"
+        );
+        given.push(key);
         let value = if value.starts_with('@') {
             let text = source.read(&format!("-p {key}"), value)?;
             serde_json::from_str(&text)

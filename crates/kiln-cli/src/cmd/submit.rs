@@ -88,6 +88,20 @@ impl<'a> Submission<'a> {
             .iter()
             .map(|arg| Input::parse(arg))
             .collect::<kiln_client::Result<Vec<_>>>()?;
+        for (i, input) in inputs.iter().enumerate() {
+            anyhow::ensure!(
+                inputs[..i].iter().all(|earlier| earlier.key != input.key),
+                "--input {}=… is given twice: give each parameter once",
+                input.key
+            );
+            anyhow::ensure!(
+                !args.params.iter().any(|pair| pair
+                    .split_once('=')
+                    .is_some_and(|(k, _)| k.trim() == input.key)),
+                "{} is given both by -p and by --input: give it once",
+                input.key
+            );
+        }
         let output = match (&args.output, &args.output_format) {
             (Some(path), _) => kiln_client::data::output_mode_for(path)?,
             (None, Some(name)) => kiln_client::data::output_mode_named(name)?,

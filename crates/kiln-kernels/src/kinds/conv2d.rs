@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::Want;
-use crate::io::{Input, Inputs, Placement, Wanted};
+use crate::io::{InlineValues, Input, Inputs, Placement, Wanted};
 
 use crate::Dtype;
 use crate::cpu::depthwise::Depthwise;
@@ -233,10 +233,15 @@ fn check_kernel(kernel: &[Vec<f32>]) -> Result<usize, JobError> {
             row.len()
         )));
     }
-    if kernel.iter().flatten().any(|v| !v.is_finite()) {
-        return Err(JobError::invalid_input(
-            "conv2d kernel values must be finite numbers",
-        ));
+    if let Some(at) = kernel
+        .iter()
+        .enumerate()
+        .find_map(|(i, row)| row.first_non_finite().map(|at| format!("[{i}]{at}")))
+    {
+        return Err(JobError::invalid_input(format!(
+            "conv2d kernel {}",
+            crate::io::out_of_f32_range(&at)
+        )));
     }
     Ok(size)
 }

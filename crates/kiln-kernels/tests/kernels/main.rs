@@ -5,6 +5,7 @@ mod batch;
 mod conv2d;
 mod cuda;
 mod engines;
+mod inline;
 mod matmul;
 mod mlp_predict;
 mod support;

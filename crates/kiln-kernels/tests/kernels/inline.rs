@@ -1,0 +1,97 @@
+//! Inline values too large for f32: JSON has no infinities, so `1e39` is a mistake to refuse
+//! by name, never a value to compute with (or, re-encoded by a client, to send as `null`).
+
+use kiln_kernels::{JobMeta, find};
+use kiln_proto::{Codec, ErrorKind, OutputMode};
+use serde_json::{Value, json};
+
+use crate::support::run_with;
+
+fn refused(kind: &str, params: Value) -> String {
+    match run_with(kind, params.clone(), 0, &kiln_kernels::NoCheckpoint) {
+        Ok(out) => panic!("{kind} {params} should be refused but gave {out}"),
+        Err(e) => {
+            assert_eq!(e.kind, ErrorKind::InvalidInput, "{kind}: {}", e.message);
+            e.message
+        }
+    }
+}
+
+#[test]
+fn values_past_f32_are_invalid_input_naming_where() {
+    for (kind, params, place) in [
+        (
+            "vector_add",
+            json!({"a": [1.0, 1e39], "b": [1.0, 2.0]}),
+            "params.a",
+        ),
+        (
+            "vector_add",
+            json!({"a": [1.0, 2.0], "b": [-4e38, 2.0]}),
+            "params.b",
+        ),
+        (
+            "matmul",
+            json!({"a": [[1.0, 2.0], [3.0, 1e300]], "b": [[1.0], [2.0]]}),
+            "params.a",
+        ),
+        (
+            "conv2d",
+            json!({"image": [[[1.0, 2.0], [3.0, 1e40]]]}),
+            "params.image",
+        ),
+        (
+            "mlp_predict",
+            json!({"model": {"object": "m"}, "x": [[0.5, 1e39]]}),
+            "params.x",
+        ),
+    ] {
+        let message = refused(kind, params);
+        assert!(message.contains(place), "{kind}: {message}");
+        assert!(message.contains("outside f32's range"), "{kind}: {message}");
+    }
+    let message = refused("vector_add", json!({"a": [1.0, 1e39], "b": [1.0, 2.0]}));
+    assert!(message.contains("element [1]"), "{message}");
+    let message = refused(
+        "conv2d",
+        json!({"image": [[[1.0, 2.0], [3.0, 4.0]]], "kernel": [[1e39]]}),
+    );
+    assert!(
+        message.contains("kernel element [0][0] is outside f32's range"),
+        "{message}"
+    );
+}
+
+#[test]
+fn values_f32_holds_still_run() {
+    // The largest f32 and the smallest subnormals are values, not mistakes.
+    let out = crate::support::run(
+        "vector_add",
+        json!({"a": [3.4028235e38, 1e-45], "b": [0.0, 0.0]}),
+        0,
+    );
+    assert_eq!(out["c"][0].as_f64().unwrap() as f32, f32::MAX, "{out}");
+}
+
+#[test]
+fn clients_encoding_jobs_refuse_them_too() {
+    // What `kiln submit -p 'a=[1e39]'` goes through before anything is sent.
+    let meta = JobMeta {
+        id: Some("j".into()),
+        seed: Some(0),
+        timeout_ms: None,
+        output: OutputMode::Auto,
+    };
+    for codec in [Codec::Json, Codec::Bincode] {
+        let err = find("vector_add")
+            .unwrap()
+            .encode_job(json!({"a": [1e39], "b": [1.0]}), meta.clone(), codec)
+            .unwrap_err();
+        assert_eq!(err.kind, ErrorKind::InvalidInput);
+        assert!(
+            err.message.contains("outside f32's range"),
+            "{}",
+            err.message
+        );
+    }
+}
