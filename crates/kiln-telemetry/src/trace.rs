@@ -71,20 +71,14 @@ pub fn init(service: &str) -> Result<TraceGuard, String> {
     if !configured() {
         return Ok(TraceGuard(None));
     }
-    for name in [
-        "OTEL_EXPORTER_OTLP_PROTOCOL",
-        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
-    ] {
-        if std::env::var(name).is_ok_and(|v| v.trim().eq_ignore_ascii_case("grpc")) {
-            tracing::warn!(
-                "{name}=grpc: kiln exports OTLP over HTTP only (http/protobuf, http/json); \
-                 using http/protobuf, so point the endpoint at the collector's OTLP/HTTP port \
-                 (4318)"
-            );
-        }
+    use opentelemetry_otlp::WithExportConfig as _;
+    let (protocol, warning) = protocol(|name| std::env::var(name).ok());
+    if let Some(warning) = warning {
+        tracing::warn!("{warning}");
     }
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
+        .with_protocol(protocol)
         .build()
         .map_err(|e| format!("could not set up the OTLP trace exporter: {e}"))?;
     let mut resource = opentelemetry_sdk::Resource::builder();
@@ -100,6 +94,46 @@ pub fn init(service: &str) -> Result<TraceGuard, String> {
         .set(tracer)
         .map_err(|_| "trace export was already set up".to_owned())?;
     Ok(TraceGuard(Some(provider)))
+}
+
+/// The OTLP encoding the environment asks for (`OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`, else
+/// `OTEL_EXPORTER_OTLP_PROTOCOL`): `http/protobuf` unless it says `http/json`, as the
+/// specification's default is. Chosen here because the exporter's own default follows its
+/// cargo features (JSON when both encodings are built in). A value kiln cannot honour comes
+/// with a warning to log.
+fn protocol(
+    var: impl Fn(&str) -> Option<String>,
+) -> (opentelemetry_otlp::Protocol, Option<String>) {
+    use opentelemetry_otlp::Protocol;
+    for name in [
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+    ] {
+        let Some(value) = var(name).filter(|v| !v.trim().is_empty()) else {
+            continue;
+        };
+        let value = value.trim().to_ascii_lowercase();
+        return match value.as_str() {
+            "http/protobuf" => (Protocol::HttpBinary, None),
+            "http/json" => (Protocol::HttpJson, None),
+            "grpc" => (
+                Protocol::HttpBinary,
+                Some(format!(
+                    "{name}=grpc: kiln exports OTLP over HTTP only (http/protobuf, http/json); \
+                     using http/protobuf, so point the endpoint at the collector's OTLP/HTTP \
+                     port (4318)"
+                )),
+            ),
+            other => (
+                Protocol::HttpBinary,
+                Some(format!(
+                    "{name}={other:?} is not an OTLP protocol kiln knows (http/protobuf, \
+                     http/json); using http/protobuf"
+                )),
+            ),
+        };
+    }
+    (Protocol::HttpBinary, None)
 }
 
 /// Whether spans are exported (so worth creating).
@@ -286,6 +320,40 @@ impl TraceSpan {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn protobuf_unless_json_is_asked_for() {
+        use opentelemetry_otlp::Protocol;
+        fn env(pairs: &[(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, v)| (*v).to_owned())
+            }
+        }
+        assert_eq!(protocol(env(&[])), (Protocol::HttpBinary, None));
+        let json = [("OTEL_EXPORTER_OTLP_PROTOCOL", "HTTP/JSON")];
+        assert_eq!(protocol(env(&json)), (Protocol::HttpJson, None));
+        // The traces variable wins over the general one.
+        let both = [
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf"),
+        ];
+        assert_eq!(protocol(env(&both)), (Protocol::HttpBinary, None));
+        let grpc = [("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")];
+        let (chosen, warning) = protocol(env(&grpc));
+        assert_eq!(chosen, Protocol::HttpBinary);
+        assert!(warning.unwrap().contains("OTLP/HTTP port (4318)"));
+        let odd = [("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "carrier-pigeon")];
+        let (chosen, warning) = protocol(env(&odd));
+        assert_eq!(chosen, Protocol::HttpBinary);
+        assert!(
+            warning
+                .unwrap()
+                .contains("\"carrier-pigeon\" is not an OTLP protocol")
+        );
+    }
 
     #[test]
     fn only_well_formed_trace_headers_are_forwarded() {
