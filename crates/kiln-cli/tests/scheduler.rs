@@ -393,3 +393,74 @@ async fn auto_jobs_in_a_full_queue_wait_for_room_instead_of_being_dead_lettered(
     let scheduler = cluster.child("scheduler").try_wait().unwrap();
     assert!(scheduler.is_none(), "the scheduler exited: {scheduler:?}");
 }
+
+/// A routed copy the server refuses for another reason than room or size (here the
+/// scheduler's user may not publish copies) is answered on the job's last delivery, naming
+/// the refusal, instead of the server giving up on it and a dead letter blaming workers that
+/// never saw the job.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_auto_job_whose_copy_is_always_refused_is_answered_with_the_refusal() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("nats.conf");
+    std::fs::write(
+        &config,
+        r#"
+jetstream { store_dir: $KILN_STORE_DIR }
+accounts {
+  KILN {
+    jetstream: enabled
+    users: [
+      { user: admin, password: admin }
+      { user: sched, password: sched, permissions: { publish: { allow: ">", deny: "jobs.*.*.copy" } } }
+    ]
+  }
+}
+no_auth_user: admin
+"#,
+    )
+    .unwrap();
+    let mut cluster = Cluster::new();
+    cluster.server = kiln_testkit::NatsServer::start_with_config(&config, &[]);
+    let client = cluster.client().await;
+    let js = jetstream::new(client.clone());
+    // Two deliveries: the scheduler's consumer gives up quickly.
+    let topology = kiln_proto::Topology {
+        max_deliver: 2,
+        ..Default::default()
+    };
+    kiln_proto::streams::update_all(&js, &topology)
+        .await
+        .unwrap();
+    // The scheduler as the user who may not publish copies.
+    cluster.spawn(
+        "scheduler",
+        &["scheduler", "--user", "sched", "--password", "sched"],
+    );
+    let submit = cluster.kiln(&[
+        "submit",
+        "vector_add",
+        "--device",
+        "auto",
+        "--id",
+        "fenced",
+        "-p",
+        "len=4",
+    ]);
+    assert_success(&submit);
+    let results = common::wait_for_results(&client, &["fenced"], Duration::from_secs(90)).await;
+    let event = &results["fenced"];
+    assert_eq!(event.status, Status::Failed, "{event:?}");
+    let error = event.error.as_ref().unwrap();
+    assert_eq!(error.kind, kiln_proto::ErrorKind::Internal, "{error}");
+    assert!(
+        error
+            .message
+            .contains("the scheduler could not store the job's routed copy on jobs."),
+        "{error}"
+    );
+    assert!(!error.message.contains("no worker acknowledged"), "{error}");
+    // Answered and acked: the server does not give up on it, nothing is dead-lettered.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let list = stdout(&cluster.kiln(&["dlq", "list"]));
+    assert!(list.contains("KILN_DLQ is empty"), "{list}");
+}

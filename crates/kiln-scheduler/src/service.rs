@@ -110,7 +110,7 @@ pub async fn run(
     let js = jetstream::new(client.clone());
     streams::ensure_all(&js, &config.topology).await?;
     let mut inputs = Inputs::open(&client, &js).await?;
-    let mut scheduler = Scheduler::start(js, config).await;
+    let mut scheduler = Scheduler::start(js, config, inputs.max_deliver).await;
     let mut ticker = tokio::time::interval(scheduler.config.refresh);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
@@ -159,6 +159,8 @@ pub async fn run(
 struct Inputs {
     jobs: jetstream::consumer::pull::Stream,
     results: async_nats::Subscriber,
+    /// The scheduler consumer's deliveries per job (0 or less: no limit).
+    max_deliver: i64,
 }
 
 impl Inputs {
@@ -171,6 +173,7 @@ impl Inputs {
             .get_consumer(DeviceClass::Auto.consumer())
             .await
             .map_err(|e| read("the scheduler consumer")(e.to_string()))?;
+        let max_deliver = consumer.cached_info().config.max_deliver;
         let jobs = consumer
             .stream()
             .max_messages_per_batch(256)
@@ -182,7 +185,11 @@ impl Inputs {
             .subscribe("results.>")
             .await
             .map_err(|e| read("result events")(e.to_string()))?;
-        Ok(Inputs { jobs, results })
+        Ok(Inputs {
+            jobs,
+            results,
+            max_deliver,
+        })
     }
 }
 
@@ -205,11 +212,13 @@ struct Scheduler {
     stats: SchedulerStats,
     /// Jobs whose copies `KILN_JOBS` had no room for, waiting to be routed again.
     held: Held,
+    /// The scheduler consumer's deliveries per job (0 or less: no limit).
+    max_deliver: i64,
 }
 
 impl Scheduler {
     /// Read the classes once, then report ready.
-    async fn start(js: jetstream::Context, config: SchedulerConfig) -> Self {
+    async fn start(js: jetstream::Context, config: SchedulerConfig, max_deliver: i64) -> Self {
         let mut classes = Classes::default();
         refresh(&js, &mut classes).await;
         let scheduler = Scheduler {
@@ -223,6 +232,7 @@ impl Scheduler {
             },
             stats: SchedulerStats::default(),
             held: Held::default(),
+            max_deliver,
         };
         tracing::info!(scheduler = %scheduler.config.name, "scheduler routing jobs.auto.>");
         scheduler.config.health.serving();
@@ -243,7 +253,12 @@ impl Scheduler {
     /// [`settle`] a routed copy: count it if it went to a class, hold it if there was no
     /// room for it.
     async fn settled(&mut self, routed: Routed, stored: Result<(), String>) {
-        match settle(&self.js, &self.config, routed, stored).await {
+        let last_delivery = self.max_deliver > 0
+            && routed
+                .message
+                .info()
+                .is_ok_and(|info| info.delivered >= self.max_deliver);
+        match settle(&self.js, &self.config, routed, stored, last_delivery).await {
             Settled::Routed(DeviceClass::Gpu) => self.stats.routed_gpu += 1,
             Settled::Routed(_) => self.stats.routed_cpu += 1,
             Settled::Held(message, hold) => self.held.push(*message, hold),
@@ -561,12 +576,15 @@ async fn auto_kind(message: &jetstream::Message) -> Option<String> {
 }
 
 /// Ack the original once its copy is stored; else answer it `too_large` (a copy that could
-/// never fit), hold it (no room for its copy in `KILN_JOBS` yet) or hand it back.
+/// never fit), hold it (no room for its copy in `KILN_JOBS` yet) or hand it back; on its
+/// `last_delivery`, answer it `failed` with the refusal rather than let the server give up
+/// on it (whose dead letter would blame workers that never saw it).
 async fn settle(
     js: &jetstream::Context,
     config: &SchedulerConfig,
     routed: Routed,
     stored: Result<(), String>,
+    last_delivery: bool,
 ) -> Settled {
     let Routed {
         message,
@@ -616,6 +634,23 @@ async fn settle(
             }
             let _ = message.ack_with(AckKind::Progress).await;
             return Settled::Held(Box::new(message), hold);
+        }
+        Err(e) if last_delivery => {
+            tracing::warn!(%id, %target, error = %e, "could not route the job on its last delivery; answering it failed");
+            config.metrics.route_failures.inc();
+            if let Some(span) = &span {
+                span.error(e);
+            }
+            answer(JobError::new(
+                ErrorKind::Internal,
+                format!(
+                    "the scheduler could not store the job's routed copy on {target}, on any \
+                     of its deliveries: {e}; submit it again once the server accepts jobs \
+                     there (or to jobs.{class}.{kind} directly)"
+                ),
+            ))
+            .await;
+            return Settled::Done;
         }
         Err(e) => {
             tracing::warn!(%id, %target, error = %e, "could not route the job; handing it back");
