@@ -304,6 +304,45 @@ async def test_cancel_marks_a_queued_job_in_kiln_cancel(client: kiln.Client) -> 
     assert json.loads(entry.value or b"")["id"] == other.id
 
 
+async def test_a_replayed_job_is_queued_again_not_its_failed_run(
+    client: kiln.Client, kiln_stack: Stack
+) -> None:
+    # A gpu job given up by its last worker: its failed result and its dead letter, as a
+    # worker writes them (no GPU worker runs here, so the replay stays queued).
+    job_id = kiln.new_job_id()
+    js = client.nats.jetstream()
+    now = "2026-12-04T00:00:00Z"
+    failed = {
+        "id": job_id, "kind": "vector_add", "status": "failed", "device": "cuda:0",
+        "class": "gpu", "worker": "gone", "attempt": 5, "enqueued_at": now,
+        "started_at": now, "finished_at": now, "queue_ms": 0.0, "compute_ms": 0.0,
+        "total_ms": 0.0, "output": {}, "flops": 0.0,
+        "error": {"kind": "internal", "message": "kernel panicked: boom"},
+    }
+    await js.publish(f"results.vector_add.{job_id}", json.dumps(failed).encode())
+    letter = await js.publish(
+        "dlq.vector_add",
+        json.dumps({"id": job_id, "params": {"len": 4}}).encode(),
+        headers={
+            "Nats-Msg-Id": f"dlq-{job_id}",
+            "Kiln-Dlq-Reason": "internal: kernel panicked: boom",
+            "Kiln-Dlq-Subject": "jobs.gpu.vector_add",
+            "Kiln-Job-Id": job_id,
+        },
+    )
+    assert await client.status(job_id) == "failed"
+    replay = await asyncio.create_subprocess_exec(
+        kiln_stack.kiln, "--nats-url", kiln_stack.url, "dlq", "replay", str(letter.seq),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await replay.communicate()
+    assert replay.returncode == 0, out.decode()
+    assert await client.status(job_id) == "queued"
+    # And it can be cancelled: the mark is for the replay, not refused as finished.
+    assert await client.cancel(job_id) is True
+    assert await client.status(job_id) == "cancel_requested"
+
+
 async def test_cancel_of_a_finished_job_marks_nothing(client: kiln.Client) -> None:
     job = await client.submit("vector_add", "cpu", len=8)
     await job.result(timeout=RESULT_TIMEOUT)

@@ -300,11 +300,25 @@ async fn job_no_worker_acknowledges_is_answered_dead_lettered_and_replayable() {
     assert!(listed.contains("jobs.cpu.vector_add"), "{listed}");
     assert!(listed.contains("gave up after 2 deliveries"), "{listed}");
 
-    // An operator replays it once a healthy worker runs: a new run with its own result.
-    spawn_worker(&mut cluster, "healthy");
+    let status = common::stdout(&cluster.kiln(&["status", "stuck-1"]));
+    assert!(
+        status.starts_with("stuck-1: failed (internal: "),
+        "{status}"
+    );
+
+    // An operator replays it: until a worker answers the replay, `kiln status` says it is
+    // queued again, not the failed run's result.
     let replay = cluster.kiln(&["dlq", "replay", "--all"]);
     assert_success(&replay);
     assert!(common::stdout(&replay).contains("1 dead letter(s) resubmitted"));
+    let status = common::stdout(&cluster.kiln(&["status", "stuck-1"]));
+    assert!(
+        status.starts_with("stuck-1: queued on jobs.cpu.vector_add since ")
+            && status.contains("(replay 1 from the dead-letter queue)"),
+        "{status}"
+    );
+    // Once a healthy worker runs, the replay is a new run with its own result.
+    spawn_worker(&mut cluster, "healthy");
     let both = results_of(&client, "stuck-1", 2).await;
     let rerun = &both[1];
     assert_eq!(rerun.status, Status::Succeeded, "{rerun:?}");
@@ -313,6 +327,11 @@ async fn job_no_worker_acknowledges_is_answered_dead_lettered_and_replayable() {
     assert_eq!(both[0], *failed, "the failed result stays as it was");
     let empty = cluster.kiln(&["dlq", "list"]);
     assert!(common::stdout(&empty).contains("KILN_DLQ is empty"));
+    let status = common::stdout(&cluster.kiln(&["status", "stuck-1"]));
+    assert!(
+        status.starts_with("stuck-1: succeeded on cpu (healthy, attempt 1, replay 1)"),
+        "{status}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -48,6 +48,23 @@ pub async fn replay(js: &jetstream::Context, letter: &DeadLetter) -> Result<Stri
     .nats(what)?
     .await
     .nats(what)?;
+    // `kiln status` says the replay is queued (the failed run's result stays stored, and
+    // would otherwise be what it shows until the replay answers). A state not stored only
+    // makes the status less precise; the job is in.
+    if let Ok(original) = kiln_proto::JobSubject::parse(&letter.original_subject) {
+        let mut state = kiln_proto::JobState::queued(original.kind, original.class);
+        state.replay = letter.replay_number();
+        if let Ok(store) = js.get_key_value(kiln_proto::BUCKET_STATE).await
+            && let Err(e) = store
+                .put(
+                    kiln_proto::job_key(&letter.id),
+                    serde_json::to_vec(&state).unwrap_or_default().into(),
+                )
+                .await
+        {
+            tracing::debug!(error = %e, id = %letter.id, "the replay's queued state was not stored");
+        }
+    }
     js.get_stream(STREAM_DLQ)
         .await
         .nats(|| NOT_INITIALISED.into())?
@@ -102,6 +119,16 @@ impl DeadLetter {
         Ok(original.copy_subject())
     }
 
+    /// The number of this letter's replay: one more than the letter's own run's.
+    fn replay_number(&self) -> u32 {
+        self.headers
+            .get(kiln_proto::HEADER_REPLAY)
+            .and_then(|v| v.as_str().trim().parse::<u32>().ok())
+            .filter(|n| *n < kiln_proto::MAX_REPLAYS)
+            .unwrap_or(0)
+            + 1
+    }
+
     /// The headers of this letter's replay.
     fn replay_headers(&self) -> async_nats::HeaderMap {
         let mut headers =
@@ -110,14 +137,10 @@ impl DeadLetter {
         // window. The job keeps its id in Kiln-Job-Id.
         headers.insert(kiln_proto::HEADER_JOB_ID, self.id.as_str());
         // A replay is a new run with a result of its own (the failed one stays).
-        let replay = self
-            .headers
-            .get(kiln_proto::HEADER_REPLAY)
-            .and_then(|v| v.as_str().trim().parse::<u32>().ok())
-            .filter(|n| *n < kiln_proto::MAX_REPLAYS)
-            .unwrap_or(0)
-            + 1;
-        headers.insert(kiln_proto::HEADER_REPLAY, replay.to_string().as_str());
+        headers.insert(
+            kiln_proto::HEADER_REPLAY,
+            self.replay_number().to_string().as_str(),
+        );
         headers.insert(
             HEADER_MSG_ID,
             format!("replay-{}-{}", self.sequence, self.id).as_str(),

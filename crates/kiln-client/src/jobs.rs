@@ -148,9 +148,20 @@ pub enum Place {
 
 /// Where job `id` is: its result (found by its subject), else the live worker holding it
 /// (from the heartbeats, at most 2 s old), else cancel requested, queued (from the record
-/// `kiln submit` keeps in `KILN_STATE`) or unknown.
+/// `kiln submit` keeps in `KILN_STATE`) or unknown. A result older than a replay recorded as
+/// queued (`kiln dlq replay`) is the failed run's, not the answer: the replay is located as a
+/// job not answered yet.
 pub async fn locate(js: &jetstream::Context, id: &str) -> Result<Place> {
-    if let Some(event) = find_result(js, id, None).await? {
+    let record = state(js, id).await;
+    // The answer, unless a replay was queued after it.
+    let answer = async |record: &Option<JobState>| -> Result<Option<ResultEvent>> {
+        Ok(find_result(js, id, None).await?.filter(|event| {
+            !record
+                .as_ref()
+                .is_some_and(|r| r.phase == Phase::Queued && r.replay > event.replay)
+        }))
+    };
+    if let Some(event) = answer(&record).await? {
         return Ok(Place::Finished {
             result: Box::new(event),
         });
@@ -161,7 +172,7 @@ pub async fn locate(js: &jetstream::Context, id: &str) -> Result<Place> {
     };
     if let Some(running) = running(js, id, cancelled).await {
         // A result stored since the first look wins over a heartbeat not yet refreshed.
-        if let Some(event) = find_result(js, id, None).await? {
+        if let Some(event) = answer(&record).await? {
             return Ok(Place::Finished {
                 result: Box::new(event),
             });
@@ -171,7 +182,7 @@ pub async fn locate(js: &jetstream::Context, id: &str) -> Result<Place> {
     if cancelled {
         return Ok(Place::CancelRequested);
     }
-    Ok(match state(js, id).await {
+    Ok(match record {
         Some(record) if record.phase == Phase::Queued => Place::Queued { record },
         Some(record) => Place::Gone { record },
         None => Place::Unknown,

@@ -641,26 +641,43 @@ class Client:
     async def status(self, job_id: str, kind: str | None = None) -> JobState:
         """Where job `job_id` is; see `Job.status`."""
         _wire.check_job_id(job_id)
-        found = await self._lookup(kind, job_id)
+        phase, replay = await self._record(job_id)
+        found = await self._answer(kind, job_id, phase, replay)
         if found is not None:
             return "succeeded" if found.succeeded else "failed"
         if await self._running(job_id):
             # A result stored since the first look wins over a heartbeat not yet refreshed.
-            found = await self._lookup(kind, job_id)
+            found = await self._answer(kind, job_id, phase, replay)
             if found is not None:
                 return "succeeded" if found.succeeded else "failed"
             return "running"
         if await self._kv_get(_wire.BUCKET_CANCEL, job_id) is not None:
             return "cancel_requested"
-        state = await self._kv_get(_wire.BUCKET_STATE, job_id)
-        if state is not None:
-            try:
-                phase = json.loads(state).get("phase")
-            except (ValueError, AttributeError):
-                phase = None
-            if phase == "queued":
-                return "queued"
+        if phase == "queued":
+            return "queued"
         return "pending"
+
+    async def _record(self, job_id: str) -> tuple[str | None, int]:
+        """The phase and replay number KILN_STATE records for `job_id` (None, 0 without)."""
+        state = await self._kv_get(_wire.BUCKET_STATE, job_id)
+        if state is None:
+            return None, 0
+        try:
+            record = json.loads(state)
+            return record.get("phase"), int(record.get("replay") or 0)
+        except (ValueError, AttributeError, TypeError):
+            return None, 0
+
+    async def _answer(
+        self, kind: str | None, job_id: str, phase: str | None, replay: int
+    ) -> Result | None:
+        """The job's stored result, unless it is older than a replay recorded as queued
+        (`kiln dlq replay`): that one is the failed run's, and the replay is not answered
+        yet."""
+        found = await self._lookup(kind, job_id)
+        if found is not None and phase == "queued" and replay > found.replay:
+            return None
+        return found
 
     async def _kv_get(self, bucket: str, job_id: str) -> bytes | None:
         try:
@@ -694,7 +711,7 @@ class Client:
         """Mark job `job_id` cancelled; see `Job.cancel`. Returns False, marking nothing,
         when it has a result already (a mark would cancel a later run of the same id)."""
         _wire.check_job_id(job_id)
-        if await self._lookup(kind, job_id) is not None:
+        if await self._answer(kind, job_id, *await self._record(job_id)) is not None:
             return False
         try:
             kv = await self._js.key_value(_wire.BUCKET_CANCEL)

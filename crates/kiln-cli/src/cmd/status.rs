@@ -87,13 +87,21 @@ pub fn describe(place: &Place, id: &str) -> String {
             "{id}: cancel requested; it will be answered `cancelled` when a worker takes it"
         ),
         Place::Queued { record } => format!(
-            "{id}: queued on jobs.{}.{} since {}",
+            "{id}: queued on jobs.{}.{}{} since {}{}",
             record.class,
             record.kind,
+            match record.class {
+                kiln_proto::DeviceClass::Auto => " (the scheduler routes it to GPU or CPU workers)",
+                _ => "",
+            },
             record
                 .at
                 .format(&time::format_description::well_known::Rfc3339)
-                .unwrap_or_default()
+                .unwrap_or_default(),
+            match record.replay {
+                0 => String::new(),
+                n => format!(" (replay {n} from the dead-letter queue)"),
+            }
         ),
         Place::Unknown => {
             format!("{id}: unknown: no record, no result and no live worker holds it")
