@@ -83,12 +83,35 @@ pub(crate) async fn compute(
     computing(shared, id);
     let shared = shared.clone();
     let id = id.to_owned();
+    let abandon = abandoned(shared.abandon.subscribe());
+    tokio::pin!(abandon);
     let task = tokio::task::spawn_blocking(move || run_blocking(&shared, job, &id, permit));
     tokio::pin!(task);
     loop {
         tokio::select! {
             joined = &mut task => return joined.unwrap_or_else(Ran::task_failed),
             _ = ticker.tick() => { let _ = message.ack_with(AckKind::Progress).await; }
+            // The computation goes on unseen; the process exits before it ends.
+            () = &mut abandon => {
+                return Ran::handed_back(
+                    "worker shutting down past its drain timeout while the job computed (a \
+                     step with no checkpoint); job handed back"
+                        .into(),
+                );
+            }
+        }
+    }
+}
+
+/// Resolves once the worker abandons the computations still running ([`Shared::abandon`]).
+async fn abandoned(mut abandon: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        let now = *abandon.borrow_and_update();
+        if now {
+            return;
+        }
+        if abandon.changed().await.is_err() {
+            return std::future::pending().await;
         }
     }
 }

@@ -22,11 +22,20 @@ pub enum Error {
         /// The server's or client's error.
         message: String,
     },
-    /// Jobs still ran when the drain timeout passed after a stop: how many, and the timeout.
+    /// Jobs still ran when the drain timeout passed after a stop: how many, how many of them
+    /// went back to the queue unspent (the others were answered, or retried as a failed
+    /// attempt where the queue had no room), and the timeout.
     #[error(
-        "{0} jobs were still running after the {1:?} drain timeout; they were handed back to the queue (or, where that failed, come back after the ack wait)"
+        "{running} job(s) were still running after the {timeout:?} drain timeout; {handed_back} went back to the queue without spending a delivery"
     )]
-    DrainTimeout(usize, Duration),
+    DrainTimeout {
+        /// Jobs held when the drain timeout passed.
+        running: usize,
+        /// Of them, jobs queued again unspent.
+        handed_back: usize,
+        /// The drain timeout.
+        timeout: Duration,
+    },
     /// The device failed in a way that leaves it unusable; the worker stopped taking jobs and
     /// handed back what it held. Restart it (its supervisor should).
     #[error("device {device} is unusable, so this worker stopped: {reason}")]

@@ -46,6 +46,10 @@ pub(crate) struct Shared {
     pub counters: Counters,
     /// Set when a shutdown ran out of patience: checkpoints then hand jobs back.
     pub stopping: AtomicBool,
+    /// Set when jobs still compute after the checkpoints' grace (a step with no checkpoint
+    /// in it): their tasks stop waiting for the computation, hand the jobs back, and the
+    /// process exits without its outcome.
+    pub abandon: tokio::sync::watch::Sender<bool>,
     /// Set (with the reason) when the device stopped working: the worker stops pulling,
     /// hands back what it holds, and exits with an error.
     pub poisoned: OnceLock<String>,

@@ -131,6 +131,7 @@ async fn open(
         admission: Admission::new(&config, memory),
         counters: Counters::default(),
         stopping: AtomicBool::new(false),
+        abandon: tokio::sync::watch::Sender::new(false),
         poisoned: std::sync::OnceLock::new(),
         cancelled,
         running: Default::default(),

@@ -139,10 +139,27 @@ async fn drain(started: Started) -> Result<WorkerStats> {
     if !drained {
         shared.stopping.store(true, Ordering::SeqCst);
         let running = shared.admission.held();
+        let handed_back = || shared.counters.handed_back.load(Ordering::Relaxed);
+        let before = handed_back();
         // Give checkpointing kernels a moment to notice and hand their jobs back (a hand-back
         // is a publish and a confirmed ack: milliseconds, seconds if the server is slow).
-        shared.admission.all_released(Duration::from_secs(10)).await;
-        return Err(Error::DrainTimeout(running, drain));
+        if !shared.admission.all_released(Duration::from_secs(10)).await {
+            // The rest compute a step with no checkpoint in it: hand them back without
+            // waiting for it, rather than leave them to come back after the ack wait.
+            shared.abandon.send_replace(true);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while shared.config.metrics.in_flight.get() > 0
+                && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        let handed_back = (handed_back() - before) as usize;
+        return Err(Error::DrainTimeout {
+            running,
+            handed_back,
+            timeout: drain,
+        });
     }
     if let Some(reason) = shared.poisoned.get() {
         return Err(Error::DevicePoisoned {

@@ -322,8 +322,15 @@ async fn drain_hands_back_held_jobs_without_spending_deliveries_and_returns() {
     // Past the drain timeout, the running job stops at its next checkpoint and the three
     // waiting ones never start: all four go back to the queue.
     match worker.stop().await {
-        Err(Error::DrainTimeout(running, timeout)) => {
-            assert_eq!((running, timeout), (4, Duration::from_millis(500)));
+        Err(Error::DrainTimeout {
+            running,
+            handed_back,
+            timeout,
+        }) => {
+            assert_eq!(
+                (running, handed_back, timeout),
+                (4, 4, Duration::from_millis(500))
+            );
         }
         other => panic!("expected a drain timeout, got {other:?}"),
     }
@@ -361,6 +368,44 @@ async fn drain_hands_back_held_jobs_without_spending_deliveries_and_returns() {
     let ids = |ns: &[u32]| ns.iter().map(|n| format!("long-{n}")).collect();
     assert_eq!(copies, ids(&[1, 2, 3, 4]));
     assert_eq!(untouched, ids(&[5, 6]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn drain_hands_back_a_job_computing_a_step_with_no_checkpoint_and_returns() {
+    let setup = Setup::new().await;
+    // The simulated overhead is slept after the computation, with no checkpoint in it: the
+    // job cannot stop itself, as a long step of a real kernel cannot.
+    let mut config = cpu_worker("sleeper");
+    config.sim_overhead = Duration::from_secs(20);
+    config.drain_timeout = Duration::from_millis(500);
+    let worker = setup.worker(config).await;
+    let body = br#"{"id": "stuck-in-a-step", "params": {"len": 64}}"#.to_vec();
+    setup
+        .submit("jobs.cpu.vector_add", HeaderMap::new(), body)
+        .await;
+    setup.cpu_consumer_when(|i| i.num_ack_pending == 1).await;
+
+    let started = std::time::Instant::now();
+    match worker.stop().await {
+        Err(Error::DrainTimeout {
+            running,
+            handed_back,
+            ..
+        }) => assert_eq!((running, handed_back), (1, 1)),
+        other => panic!("expected a drain timeout, got {other:?}"),
+    }
+    // The drain timeout, the checkpoints' grace (10 s), then the hand-back: not the
+    // computation's 20 s, nor an ack wait before the job runs elsewhere.
+    assert!(
+        started.elapsed() < Duration::from_secs(16),
+        "stopped after {:?}",
+        started.elapsed()
+    );
+    let queued = setup.queued().await;
+    assert_eq!(queued.len(), 1, "{queued:?}");
+    assert_eq!(queued[0].subject, "jobs.cpu.vector_add.copy");
+    assert_eq!(queued[0].id, "stuck-in-a-step");
+    assert_eq!(queued[0].handbacks.as_deref(), Some("1"));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -130,12 +130,22 @@ pub async fn worker(nats: &NatsArgs, args: WorkerArgs) -> anyhow::Result<ExitCod
     let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
     // A drain that runs past its timeout hands the jobs still running back: that is how a
     // worker stops gracefully (a rolling restart), not a failure of the process.
-    if let Err(kiln_worker::Error::DrainTimeout(running, timeout)) = &stopped {
-        eprintln!(
-            "worker stopped: {running} job(s) still running after the {timeout:?} drain timeout \
-             went back to the queue (or, where that failed, were answered or come back after \
-             the ack wait)"
-        );
+    if let Err(
+        e @ kiln_worker::Error::DrainTimeout {
+            running,
+            handed_back,
+            ..
+        },
+    ) = &stopped
+    {
+        let rest = match running.saturating_sub(*handed_back) {
+            0 => String::new(),
+            n => format!(
+                " ({n} could not be: answered, or retried as a failed attempt where the queue \
+                 had no room for a copy)"
+            ),
+        };
+        eprintln!("worker stopped: {e}{rest}");
         return Ok(ExitCode::SUCCESS);
     }
     let stats = stopped?;
