@@ -55,3 +55,36 @@ fn init_waits_for_jetstream_to_come_up() {
     assert!(status.status.success());
     assert!(String::from_utf8_lossy(&status.stdout).contains("KILN_JOBS"));
 }
+
+#[test]
+fn commands_against_a_server_without_jetstream_say_so_at_once() {
+    let plain = NatsServer::start_with_args(&["-js=false"]);
+    for args in [
+        vec!["submit", "vector_add", "-p", "len=4"],
+        vec!["status"],
+        vec!["status", "some-job"],
+        vec!["result", "some-job"],
+        vec!["dlq", "list"],
+    ] {
+        let started = Instant::now();
+        let out = Command::new(KILN)
+            .args(&args)
+            .env("NATS_URL", plain.url())
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("runs without JetStream")
+                && stderr.contains("start it with -js")
+                && !stderr.contains("kiln init"),
+            "{args:?}: {stderr}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{args:?} took {:?}",
+            started.elapsed()
+        );
+    }
+}

@@ -78,6 +78,38 @@ pub async fn connect(options: &ConnectOptions) -> Result<async_nats::Client> {
     connect_with(options, false).await
 }
 
+/// [`connect`], then make sure the server offers JetStream, where kiln keeps its jobs and
+/// results: a server started without it (`nats-server` without `-js`) is named at once, as
+/// such, rather than after a minute of retries or as streams to create with `kiln init`.
+/// (A server whose INFO says it runs without JetStream may still reach JetStream elsewhere in
+/// its cluster: only when the JetStream API has no responders is that an error.)
+pub async fn connect_to_jetstream(options: &ConnectOptions) -> Result<async_nats::Client> {
+    let client = connect(options).await?;
+    let info = client.server_info();
+    if info.jetstream {
+        return Ok(client);
+    }
+    let js = async_nats::jetstream::new(client.clone());
+    match js.query_account().await {
+        Err(e)
+            if e.kind()
+                == async_nats::jetstream::context::AccountErrorKind::JetStreamUnavailable =>
+        {
+            Err(Error::Connect {
+                message: format!(
+                    "the NATS server at {} (nats-server {}) runs without JetStream, where kiln \
+                     keeps its jobs and results: start it with -js (`nats-server -js`), or add \
+                     `jetstream {{}}` to its configuration",
+                    redacted(options.server_url()),
+                    info.version
+                ),
+                source: None,
+            })
+        }
+        _ => Ok(client),
+    }
+}
+
 /// Connect, and when the server is not up yet keep trying in the background until it answers
 /// (services: their first requests would only time out). Refused credentials and TLS failures
 /// are returned at once.

@@ -43,6 +43,8 @@ pub mod jobs;
 pub mod submit;
 pub mod watch;
 
-pub use connect::{ConnectOptions, DEFAULT_NATS_URL, connect, connect_and_wait};
+pub use connect::{
+    ConnectOptions, DEFAULT_NATS_URL, connect, connect_and_wait, connect_to_jetstream,
+};
 pub use error::{Error, Result};
 pub use submit::{JobSpec, ResultCollector, check_class, publish_all};

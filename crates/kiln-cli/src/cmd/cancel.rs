@@ -26,7 +26,7 @@ pub async fn run(nats: &NatsArgs, args: CancelArgs) -> anyhow::Result<ExitCode> 
         eprintln!("kiln: nothing was cancelled");
         return Ok(ExitCode::from(super::EXIT_NOT_FOUND));
     }
-    let client = kiln_client::connect(&nats.connect_options()).await?;
+    let client = kiln_client::connect_to_jetstream(&nats.connect_options()).await?;
     let js = jetstream::new(client);
     streams::ensure_all(&js, &super::topology(nats)).await?;
     for id in &args.ids {

@@ -81,7 +81,7 @@ async fn or_interrupted<T>(path: &Path, fetch: impl Future<Output = T>) -> T {
 }
 
 async fn connect(nats: &NatsArgs) -> anyhow::Result<jetstream::Context> {
-    let client = kiln_client::connect(&nats.connect_options()).await?;
+    let client = kiln_client::connect_to_jetstream(&nats.connect_options()).await?;
     let js = jetstream::new(client);
     kiln_proto::streams::ensure_all(&js, &super::topology(nats)).await?;
     Ok(js)

@@ -9,7 +9,7 @@ use kiln_proto::streams::STREAM_DLQ;
 use crate::cli::{DlqArgs, DlqCommand, Format, NatsArgs};
 
 pub async fn run(nats: &NatsArgs, args: DlqArgs) -> anyhow::Result<ExitCode> {
-    let client = kiln_client::connect(&nats.connect_options()).await?;
+    let client = kiln_client::connect_to_jetstream(&nats.connect_options()).await?;
     let js = jetstream::new(client);
     let letters = dead_letters(&js).await?;
     match args.command {

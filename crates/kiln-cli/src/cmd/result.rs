@@ -39,7 +39,7 @@ pub async fn run(nats: &NatsArgs, args: ResultArgs) -> anyhow::Result<ExitCode> 
         },
         None => None,
     };
-    let client = kiln_client::connect(&nats.connect_options()).await?;
+    let client = kiln_client::connect_to_jetstream(&nats.connect_options()).await?;
     let js = jetstream::new(client);
     if let Some(event) = find(&js, &args.id, kind).await? {
         // The text form is the event's JSON as well; on stderr when the output goes to stdout.

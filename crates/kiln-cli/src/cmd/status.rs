@@ -23,7 +23,7 @@ pub async fn run(nats: &NatsArgs, args: StatusArgs) -> anyhow::Result<ExitCode> 
         }
         return Ok(ExitCode::from(super::EXIT_NOT_FOUND));
     }
-    let client = kiln_client::connect(&nats.connect_options()).await?;
+    let client = kiln_client::connect_to_jetstream(&nats.connect_options()).await?;
     let js = jetstream::new(client);
     match args.id {
         None if json => super::print_json(&kiln_client::cluster::overview(&js).await?)?,

@@ -34,7 +34,7 @@ pub async fn run(nats: &NatsArgs, args: SubmitArgs) -> anyhow::Result<ExitCode> 
         eprintln!("kiln: --id: {message}");
         return Ok(ExitCode::from(super::EXIT_NOT_FOUND));
     }
-    let client = kiln_client::connect(&nats.connect_options()).await?;
+    let client = kiln_client::connect_to_jetstream(&nats.connect_options()).await?;
     let js = jetstream::new(client.clone());
     kiln_proto::streams::ensure_all(&js, &super::topology(nats)).await?;
     let jobs = submission.jobs(&js).await?;

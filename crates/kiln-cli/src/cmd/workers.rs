@@ -19,7 +19,7 @@ struct Worker<'a> {
 }
 
 pub async fn run(nats: &NatsArgs, format: Format) -> anyhow::Result<ExitCode> {
-    let client = kiln_client::connect(&nats.connect_options()).await?;
+    let client = kiln_client::connect_to_jetstream(&nats.connect_options()).await?;
     let workers = kiln_client::cluster::workers(&jetstream::new(client)).await?;
     let now = OffsetDateTime::now_utc();
     let age_ms = |w: &WorkerInfo| {

@@ -201,6 +201,11 @@ async fn jetstream_ready(js: &jetstream::Context) -> Result<(), Stop> {
                     reason: e.to_string(),
                 }))
             }
+            AccountErrorKind::JetStreamUnavailable if !js.client().server_info().jetstream => {
+                Err(NotYet(format!(
+                    "{e}: the server runs without JetStream; start it with -js"
+                )))
+            }
             _ => Err(NotYet(e.to_string())),
         },
     }

@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use crate::cli::{NatsArgs, WatchArgs};
 
 pub async fn run(nats: &NatsArgs, args: WatchArgs) -> anyhow::Result<ExitCode> {
-    let client = kiln_client::connect(&nats.connect_options()).await?;
+    let client = kiln_client::connect_to_jetstream(&nats.connect_options()).await?;
     let js = jetstream::new(client);
     let interval = args.interval().max(Duration::from_millis(100));
     if args.once {
