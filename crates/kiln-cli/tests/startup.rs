@@ -88,3 +88,37 @@ fn commands_against_a_server_without_jetstream_say_so_at_once() {
         );
     }
 }
+
+#[test]
+fn unusable_credential_files_are_named_not_blamed_on_the_server() {
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage");
+    std::fs::write(&garbage, "not a seed").unwrap();
+    let garbage = garbage.to_str().unwrap();
+    let missing = dir.path().join("missing.pem");
+    let missing = missing.to_str().unwrap();
+    for (args, said) in [
+        (vec!["--nkey", garbage], "holds no valid nkey seed"),
+        (vec!["--tls-ca", missing], "reading --tls-ca certificate"),
+        (
+            vec!["--tls-cert", garbage, "--tls-key", missing],
+            "reading --tls-key private key",
+        ),
+    ] {
+        let out = Command::new(KILN)
+            .arg("status")
+            .args(&args)
+            .env("NATS_URL", server.url())
+            .env("RUST_LOG", "off")
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(said), "{args:?}: {stderr}");
+        assert!(
+            !stderr.contains("could not reach") && !stderr.contains("TLS with the NATS server"),
+            "{args:?}: {stderr}"
+        );
+    }
+}

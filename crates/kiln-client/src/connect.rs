@@ -330,6 +330,17 @@ async fn options(
     if let Some(path) = &args.nkey {
         let seed =
             std::fs::read_to_string(path).map_err(|e| unreadable("nkey seed file", path, e))?;
+        // A bad seed would otherwise surface as the server being unreachable.
+        if let Err(e) = nkeys::KeyPair::from_seed(seed.trim()) {
+            return Err(Error::Config {
+                message: format!(
+                    "{} holds no valid nkey seed: give a file with the user's seed (SU…, as \
+                     `nk -gen user` makes)",
+                    path.display()
+                ),
+                source: Some(e.into()),
+            });
+        }
         options = options.nkey(seed.trim().to_owned());
     }
     if let Some(token) = &args.token {
@@ -355,6 +366,16 @@ async fn options(
             ));
         }
         (None, None) => {}
+    }
+    // Files the TLS setup would otherwise report as a failed handshake with the server.
+    for (what, path) in [
+        ("--tls-ca certificate", &args.tls_ca),
+        ("--tls-cert certificate", &args.tls_cert),
+        ("--tls-key private key", &args.tls_key),
+    ] {
+        if let Some(path) = path {
+            std::fs::File::open(path).map_err(|e| unreadable(what, path, e))?;
+        }
     }
     if let Some(ca) = &args.tls_ca {
         options = options.add_root_certificates(ca.clone()).require_tls(true);
