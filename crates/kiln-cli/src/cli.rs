@@ -70,6 +70,9 @@ pub struct NatsArgs {
     /// Client private key (PEM) for mutual TLS.
     #[arg(long, env = "NATS_KEY", global = true, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Start TLS before the NATS protocol, for servers that require it (`handshake_first`).
+    #[arg(long, global = true)]
+    pub tls_first: bool,
     /// Stream and consumer replicas when kiln creates them (1 on a laptop, 3 on a cluster).
     #[arg(long, env = "KILN_REPLICAS", default_value_t = 1, global = true)]
     pub replicas: usize,
@@ -115,6 +118,7 @@ impl NatsArgs {
         (self.server, self.token, self.user, self.password) = (o.url, o.token, o.user, o.password);
         (self.creds, self.nkey) = (o.creds, o.nkey);
         (self.tls_ca, self.tls_cert, self.tls_key) = (o.tls_ca, o.tls_cert, o.tls_key);
+        self.tls_first = o.tls_first;
         Ok(())
     }
 
@@ -148,6 +152,7 @@ impl From<&NatsArgs> for kiln_client::ConnectOptions {
             tls_ca: args.tls_ca.clone(),
             tls_cert: args.tls_cert.clone(),
             tls_key: args.tls_key.clone(),
+            tls_first: args.tls_first,
         }
     }
 }

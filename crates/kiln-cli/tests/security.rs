@@ -693,3 +693,40 @@ async fn tls_clients_verify_the_server_and_plaintext_is_refused() {
     }
     assert!(!answer.starts_with("PONG"), "plaintext accepted: {answer}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_that_wants_the_tls_handshake_first_is_reached_with_tls_first() {
+    let dir = tempfile::tempdir().unwrap();
+    make_certificates(dir.path());
+    let file = dir.path().join("tls-first.conf");
+    std::fs::write(
+        &file,
+        format!(
+            "jetstream {{ store_dir: $KILN_STORE_DIR }}\n\
+             tls {{ cert_file: \"{0}/server.pem\", key_file: \"{0}/server.key\", \
+             handshake_first: true }}\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let server = NatsServer::start_with_config(&file, &[]);
+    let ca = dir.path().join("ca.pem");
+    let kiln = |args: &[&str]| {
+        Command::new(KILN)
+            .args(args)
+            .env("NATS_URL", server.url())
+            .env("NATS_CA", &ca)
+            .env("RUST_LOG", "off")
+            .output()
+            .unwrap()
+    };
+    // The server waits for a TLS handshake before anything else: a client that reads its
+    // INFO first gets nowhere.
+    let out = kiln(&["status"]);
+    assert!(!out.status.success(), "{}", stdout(&out));
+    let out = kiln(&["--tls-first", "init"]);
+    assert_success(&out);
+    let out = kiln(&["--tls-first", "status"]);
+    assert_success(&out);
+    assert!(stdout(&out).contains("KILN_JOBS"), "{}", stdout(&out));
+}

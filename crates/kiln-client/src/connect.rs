@@ -36,6 +36,8 @@ pub struct ConnectOptions {
     pub tls_cert: Option<PathBuf>,
     /// Client private key (PEM) for mutual TLS (with `tls_cert`).
     pub tls_key: Option<PathBuf>,
+    /// TLS before the NATS protocol (servers with `handshake_first`).
+    pub tls_first: bool,
 }
 
 impl ConnectOptions {
@@ -62,6 +64,7 @@ impl ConnectOptions {
             self.tls_ca = self.tls_ca.take().or_else(|| path(&c.ca));
             self.tls_cert = self.tls_cert.take().or_else(|| path(&c.cert));
             self.tls_key = self.tls_key.take().or_else(|| path(&c.key));
+            self.tls_first |= c.tls_first;
         }
         Ok(self)
     }
@@ -379,6 +382,9 @@ async fn options(
     }
     if let Some(ca) = &args.tls_ca {
         options = options.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    if args.tls_first {
+        options = options.tls_first();
     }
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         options = options

@@ -41,6 +41,10 @@ pub(crate) struct NatsContext {
     pub(crate) inbox_prefix: String,
     #[serde(default)]
     pub(crate) user_jwt: String,
+    #[serde(default)]
+    pub(crate) tls_first: bool,
+    #[serde(default)]
+    pub(crate) socks_proxy: String,
 }
 
 /// `$XDG_CONFIG_HOME/nats`, else `~/.config/nats`.
@@ -93,6 +97,7 @@ fn read(path: &Path) -> Result<NatsContext, String> {
         ("jetstream_api_prefix", &context.jetstream_api_prefix),
         ("inbox_prefix", &context.inbox_prefix),
         ("user_jwt", &context.user_jwt),
+        ("socks_proxy", &context.socks_proxy),
     ] {
         if !value.is_empty() {
             return Err(format!(
@@ -137,5 +142,11 @@ mod tests {
         std::fs::write(&file, r#"{"url":"nats://a:4222","jetstream_domain":"hub"}"#).unwrap();
         let err = read(&file).unwrap_err();
         assert!(err.contains("jetstream_domain"), "{err}");
+        // A SOCKS proxy kiln cannot go through is refused; TLS first is honoured.
+        std::fs::write(&file, r#"{"url":"nats://a:4222","socks_proxy":"p:1080"}"#).unwrap();
+        let err = read(&file).unwrap_err();
+        assert!(err.contains("socks_proxy"), "{err}");
+        std::fs::write(&file, r#"{"url":"nats://a:4222","tls_first":true}"#).unwrap();
+        assert!(read(&file).unwrap().tls_first);
     }
 }
