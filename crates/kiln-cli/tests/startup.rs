@@ -122,3 +122,31 @@ fn unusable_credential_files_are_named_not_blamed_on_the_server() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_is_refused_the_name_of_a_live_one() {
+    let mut cluster = common::Cluster::new();
+    cluster.init().await;
+    let twin = ["worker", "--device", "cpu", "--name", "twin", "--no-warmup"];
+    cluster.spawn("first", &twin);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !common::stdout(&cluster.kiln(&["workers"])).contains("twin") {
+        assert!(
+            Instant::now() < deadline,
+            "the first worker never showed up"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = cluster.kiln(&twin);
+    assert!(!out.status.success(), "a second worker started as twin");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("a live worker named \"twin\" (on cpu, started ")
+            && stderr.contains("give each worker its own --name"),
+        "{stderr}"
+    );
+    // The first one serves on, under its name.
+    let ok = cluster.kiln(&["submit", "vector_add", "-p", "len=8", "--wait"]);
+    common::assert_success(&ok);
+    assert!(common::stdout(&ok).contains("\"worker\": \"twin\""));
+}

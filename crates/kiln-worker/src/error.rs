@@ -6,6 +6,18 @@ pub enum Error {
     /// A stream, consumer or bucket could not be created or opened.
     #[error(transparent)]
     Setup(#[from] kiln_proto::streams::SetupError),
+    /// A live worker already sends heartbeats under this worker's name.
+    #[error(
+        "a live worker named {name:?} (on {device}, started {started_at}) already sends heartbeats: two workers with one --name overwrite each other's entry, so `kiln workers` and `kiln status` would show one of them; give each worker its own --name (or leave it out for a unique one)"
+    )]
+    NameTaken {
+        /// The name.
+        name: String,
+        /// The other worker's device.
+        device: String,
+        /// When the other worker started (RFC 3339).
+        started_at: String,
+    },
     /// A consumer, or a bucket the worker watches, could not be opened.
     #[error("could not open consumer {consumer}: {message}")]
     Consumer {

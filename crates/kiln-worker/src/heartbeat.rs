@@ -30,6 +30,39 @@ fn key(name: &str) -> String {
         .collect()
 }
 
+/// Refuse to start under `name` while a live worker uses it: its entry in `KILN_WORKERS` is
+/// refreshed every `heartbeat`. An entry that is not (left by a worker that stopped without
+/// removing it, until its TTL) is no obstacle.
+pub(crate) async fn check_name_free(
+    js: &jetstream::Context,
+    name: &str,
+    heartbeat: std::time::Duration,
+) -> crate::Result<()> {
+    let Ok(store) = js.get_key_value(BUCKET_WORKERS).await else {
+        return Ok(());
+    };
+    let key = key(name);
+    let read = async || -> Option<WorkerInfo> {
+        let entry = store.get(&key).await.ok()??;
+        serde_json::from_slice(&entry).ok()
+    };
+    let Some(first) = read().await else {
+        return Ok(());
+    };
+    tokio::time::sleep(heartbeat + heartbeat / 2).await;
+    match read().await {
+        Some(again) if again.updated_at != first.updated_at => Err(crate::Error::NameTaken {
+            name: name.to_owned(),
+            device: again.device,
+            started_at: again
+                .started_at
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+        }),
+        _ => Ok(()),
+    }
+}
+
 impl Heartbeat {
     pub(crate) async fn start(
         js: &jetstream::Context,
