@@ -463,4 +463,36 @@ no_auth_user: admin
     tokio::time::sleep(Duration::from_secs(2)).await;
     let list = stdout(&cluster.kiln(&["dlq", "list"]));
     assert!(list.contains("KILN_DLQ is empty"), "{list}");
+
+    // Replayed from the dead-letter queue, the job is a run of its own: the scheduler's
+    // answer to the replay is stored beside the first (not refused by it), and `kiln status`
+    // shows it rather than "queued" for ever.
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", "dlq-fenced");
+    headers.insert("Kiln-Dlq-Reason", "internal: as a worker writes it");
+    headers.insert("Kiln-Dlq-Subject", "jobs.auto.vector_add");
+    headers.insert("Kiln-Job-Id", "fenced");
+    js.publish_with_headers(
+        "dlq.vector_add",
+        headers,
+        r#"{"id":"fenced","params":{"len":4}}"#.into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    assert_success(&cluster.kiln(&["dlq", "replay", "--all"]));
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let status = stdout(&cluster.kiln(&["status", "fenced"]));
+        if status.starts_with("fenced: failed (internal: the scheduler could not store") {
+            assert!(status.contains("replay 1"), "{status}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the replay was never answered: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }

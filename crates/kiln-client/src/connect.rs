@@ -101,8 +101,9 @@ pub async fn connect_to_jetstream(options: &ConnectOptions) -> Result<async_nats
             Err(Error::Connect {
                 message: format!(
                     "the NATS server at {} (nats-server {}) runs without JetStream, where kiln \
-                     keeps its jobs and results: start it with -js (`nats-server -js`), or add \
-                     `jetstream {{}}` to its configuration",
+                     keeps its jobs and results, and no JetStream server answered through it: \
+                     start it with -js (`nats-server -js`), or add `jetstream {{}}` to its \
+                     configuration",
                     redacted(options.server_url()),
                     info.version
                 ),

@@ -99,19 +99,26 @@ impl<T: InlineValues> InlineValues for Vec<T> {
 
 /// The error for inline values outside f32's range, `at` the first one's place.
 pub(crate) fn out_of_f32_range(at: &str) -> String {
-    format!(
-        "element {at} is outside f32's range: values are 32-bit floats, at most ±{:e} in          magnitude",
-        f32::MAX
-    )
+    let max = f32::MAX;
+    format!("element {at} is outside f32's range: values are 32-bit floats, at most ±{max:e}")
+}
+
+/// The error for inline values that are not finite in a binary body (which, unlike JSON, can
+/// carry NaN and infinities), `at` the first one's place.
+pub(crate) fn not_finite(at: &str) -> String {
+    format!("element {at} is NaN or infinite: inline values must be finite numbers")
 }
 
 impl<'de, T: Deserialize<'de> + InlineValues> Deserialize<'de> for Input<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         if !deserializer.is_human_readable() {
-            return Ok(match Tagged::<T>::deserialize(deserializer)? {
-                Tagged::Inline(v) => Input::Inline(v),
-                Tagged::Object(r) => Input::Object(r),
-            });
+            return match Tagged::<T>::deserialize(deserializer)? {
+                Tagged::Inline(v) => match v.first_non_finite() {
+                    Some(at) => Err(de::Error::custom(not_finite(&at))),
+                    None => Ok(Input::Inline(v)),
+                },
+                Tagged::Object(r) => Ok(Input::Object(r)),
+            };
         }
         struct InputVisitor<T>(PhantomData<T>);
         impl<'de, T: Deserialize<'de> + InlineValues> Visitor<'de> for InputVisitor<T> {

@@ -258,6 +258,26 @@ impl Scheduler {
                 .message
                 .info()
                 .is_ok_and(|info| info.delivered >= self.max_deliver);
+        let stored = match stored {
+            // A copy whose PubAck did not come may be stored all the same. Before the job is
+            // answered for it, the copy goes again under the same message id: the server
+            // acknowledges it as a duplicate when it was stored.
+            Err(e) if last_delivery && e.contains("timed out") => {
+                let again = self
+                    .js
+                    .publish_with_headers(
+                        routed.target.clone(),
+                        routed.headers.clone(),
+                        routed.message.payload.clone(),
+                    )
+                    .await;
+                match again {
+                    Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+            other => other,
+        };
         match settle(&self.js, &self.config, routed, stored, last_delivery).await {
             Settled::Routed(DeviceClass::Gpu) => self.stats.routed_gpu += 1,
             Settled::Routed(_) => self.stats.routed_cpu += 1,
@@ -367,6 +387,8 @@ struct Routed {
     span: Option<kiln_telemetry::trace::TraceSpan>,
     /// Since when, and how patiently, the job has waited for room in `KILN_JOBS`.
     hold: Option<Hold>,
+    /// The copy's headers, to send it again under the same message id.
+    headers: async_nats::HeaderMap,
 }
 
 /// How long a job whose copy `KILN_JOBS` has no room for is held (its delivery kept with
@@ -501,6 +523,7 @@ impl Scheduler {
             enqueued_at: envelope.enqueued_at,
             span,
             hold,
+            headers: headers.clone(),
         };
         self.publish(routed, headers).await
     }
@@ -596,6 +619,7 @@ async fn settle(
         enqueued_at,
         span,
         hold,
+        ..
     } = routed;
     let answer = |error| answer_and_ack(js, config, &message, &kind, &id, enqueued_at, error);
     match &stored {
@@ -713,6 +737,10 @@ async fn answer_failed(
     } else {
         "unknown"
     };
+    // A replay from the dead-letter queue is a run of its own, answered on its own subject
+    // (the failed run's result is there already, and would refuse this one).
+    let copy = JobSubject::parse(message.subject.as_str()).is_ok_and(|s| s.copy);
+    let replay = Envelope::read(copy, message.headers.as_ref(), now).replay;
     let event = ResultEvent {
         id: id.to_owned(),
         kind: kind.to_owned(),
@@ -731,7 +759,7 @@ async fn answer_failed(
         error: Some(error.bounded()),
         flops: 0.0,
         routing: None,
-        replay: 0,
+        replay,
     };
     let body = serde_json::to_vec(&event).map_err(|e| e.to_string())?;
     let mut headers = async_nats::HeaderMap::new();
@@ -739,7 +767,11 @@ async fn answer_failed(
     headers.insert("Content-Type", kiln_proto::CONTENT_TYPE_JSON);
     kiln_proto::expect_no_result(&mut headers);
     let stored = js
-        .publish_with_headers(subject::result(&event.kind, id), headers, body.into())
+        .publish_with_headers(
+            subject::result_of(&event.kind, id, replay),
+            headers,
+            body.into(),
+        )
         .await
         .map_err(|e| e.to_string())?
         .await;

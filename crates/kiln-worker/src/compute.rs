@@ -65,10 +65,14 @@ pub(crate) async fn compute(
     if crate::batch::takes(shared, &job) {
         computing(shared, id);
         let mut batched = crate::batch::enqueue(shared, job, id);
+        let abandon = abandoned(shared.abandon.subscribe());
+        tokio::pin!(abandon);
         loop {
             tokio::select! {
+                biased;
                 ran = &mut batched => return ran.unwrap_or_else(Ran::task_failed),
                 _ = ticker.tick() => { let _ = message.ack_with(AckKind::Progress).await; }
+                () = &mut abandon => return Ran::handed_back(ABANDONED.into()),
             }
         }
     }
@@ -89,19 +93,19 @@ pub(crate) async fn compute(
     tokio::pin!(task);
     loop {
         tokio::select! {
+            // A job that finished is answered, not handed back to run again.
+            biased;
             joined = &mut task => return joined.unwrap_or_else(Ran::task_failed),
             _ = ticker.tick() => { let _ = message.ack_with(AckKind::Progress).await; }
             // The computation goes on unseen; the process exits before it ends.
-            () = &mut abandon => {
-                return Ran::handed_back(
-                    "worker shutting down past its drain timeout while the job computed (a \
-                     step with no checkpoint); job handed back"
-                        .into(),
-                );
-            }
+            () = &mut abandon => return Ran::handed_back(ABANDONED.into()),
         }
     }
 }
+
+/// Why a job whose computation the stopping worker stopped waiting for was handed back.
+const ABANDONED: &str = "worker shutting down past its drain timeout while the job computed (a \
+                         step with no checkpoint); job handed back";
 
 /// Resolves once the worker abandons the computations still running ([`Shared::abandon`]).
 async fn abandoned(mut abandon: tokio::sync::watch::Receiver<bool>) {

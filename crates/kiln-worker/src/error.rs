@@ -8,7 +8,7 @@ pub enum Error {
     Setup(#[from] kiln_proto::streams::SetupError),
     /// A live worker already sends heartbeats under this worker's name.
     #[error(
-        "a live worker named {name:?} (on {device}, started {started_at}) already sends heartbeats: two workers with one --name overwrite each other's entry, so `kiln workers` and `kiln status` would show one of them; give each worker its own --name (or leave it out for a unique one)"
+        "a live worker named {name:?} (on {device}, started {started_at}) already sends heartbeats under this worker's --name (names that differ only in characters other than letters, digits and -_=. share an entry): two workers with one entry overwrite each other's, so `kiln workers` and `kiln status` would show one of them; give each worker its own --name (or leave it out for a unique one)"
     )]
     NameTaken {
         /// The name.

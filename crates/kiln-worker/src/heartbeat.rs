@@ -49,16 +49,23 @@ pub(crate) async fn check_name_free(
     let Some(first) = read().await else {
         return Ok(());
     };
+    // A worker draining under this name (the one this replaces, in a rolling restart that
+    // does not wait for it to exit) leaves its entry soon: no obstacle.
+    if first.state == "draining" {
+        return Ok(());
+    }
     tokio::time::sleep(heartbeat + heartbeat / 2).await;
     match read().await {
-        Some(again) if again.updated_at != first.updated_at => Err(crate::Error::NameTaken {
-            name: name.to_owned(),
-            device: again.device,
-            started_at: again
-                .started_at
-                .format(&time::format_description::well_known::Rfc3339)
-                .unwrap_or_default(),
-        }),
+        Some(again) if again.updated_at != first.updated_at && again.state != "draining" => {
+            Err(crate::Error::NameTaken {
+                name: again.name,
+                device: again.device,
+                started_at: again
+                    .started_at
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default(),
+            })
+        }
         _ => Ok(()),
     }
 }

@@ -141,8 +141,9 @@ pub async fn worker(nats: &NatsArgs, args: WorkerArgs) -> anyhow::Result<ExitCod
         let rest = match running.saturating_sub(*handed_back) {
             0 => String::new(),
             n => format!(
-                " ({n} could not be: answered, or retried as a failed attempt where the queue \
-                 had no room for a copy)"
+                " (the other {n}: answered as they finished, retried as a failed attempt where \
+                 the queue had no room for a copy, or, still loading or storing their data, \
+                 back after the ack wait)"
             ),
         };
         eprintln!("worker stopped: {e}{rest}");

@@ -238,8 +238,9 @@ fn check_kernel(kernel: &[Vec<f32>]) -> Result<usize, JobError> {
         .enumerate()
         .find_map(|(i, row)| row.first_non_finite().map(|at| format!("[{i}]{at}")))
     {
+        // JSON's only way to an infinity is a number too large; a binary body may hold NaN.
         return Err(JobError::invalid_input(format!(
-            "conv2d kernel {}",
+            "conv2d kernel {} (or not a number)",
             crate::io::out_of_f32_range(&at)
         )));
     }

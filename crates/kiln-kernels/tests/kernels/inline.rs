@@ -95,3 +95,33 @@ fn clients_encoding_jobs_refuse_them_too() {
         );
     }
 }
+
+#[test]
+fn binary_bodies_with_nan_or_infinity_are_invalid_input_too() {
+    use kiln_kernels::Input;
+    use kiln_kernels::kinds::vector_add::Params;
+    for bad in [f32::NAN, f32::INFINITY] {
+        let job = kiln_proto::Job {
+            id: Some("j".into()),
+            params: Params {
+                len: None,
+                a: Some(Input::Inline(vec![1.0, bad])),
+                b: Some(Input::Inline(vec![1.0, 2.0])),
+            },
+            timeout_ms: None,
+            seed: None,
+            output: OutputMode::Auto,
+        };
+        let body = Codec::Bincode.encode("job", &job).unwrap();
+        let err = find("vector_add")
+            .unwrap()
+            .decode(Codec::Bincode, &body, &kiln_proto::Limits::default())
+            .unwrap_err();
+        assert_eq!(err.kind, ErrorKind::InvalidInput);
+        assert!(
+            err.message.contains("element [1] is NaN or infinite"),
+            "{}",
+            err.message
+        );
+    }
+}
