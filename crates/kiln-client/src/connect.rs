@@ -321,10 +321,6 @@ async fn options(
             let link = link.clone();
             async move { link.on_event(event) }
         });
-    let unreadable = |what: &str, path: &std::path::Path, e: std::io::Error| Error::Config {
-        message: format!("reading {what} {}", path.display()),
-        source: Some(e.into()),
-    };
     if let Some(creds) = &args.creds {
         options = options
             .credentials_file(creds)
@@ -332,20 +328,7 @@ async fn options(
             .map_err(|e| unreadable("credentials file", creds, e))?;
     }
     if let Some(path) = &args.nkey {
-        let seed =
-            std::fs::read_to_string(path).map_err(|e| unreadable("nkey seed file", path, e))?;
-        // A bad seed would otherwise surface as the server being unreachable.
-        if let Err(e) = nkeys::KeyPair::from_seed(seed.trim()) {
-            return Err(Error::Config {
-                message: format!(
-                    "{} holds no valid nkey seed: give a file with the user's seed (SU…, as \
-                     `nk -gen user` makes)",
-                    path.display()
-                ),
-                source: Some(e.into()),
-            });
-        }
-        options = options.nkey(seed.trim().to_owned());
+        options = options.nkey(nkey_seed(path)?);
     }
     if let Some(token) = &args.token {
         options = options.token(token.clone());
@@ -371,7 +354,41 @@ async fn options(
         }
         (None, None) => {}
     }
-    // Files the TLS setup would otherwise report as a failed handshake with the server.
+    tls(options, args)
+}
+
+/// [`Error::Config`] for a file that cannot be read.
+fn unreadable(what: &str, path: &std::path::Path, e: std::io::Error) -> Error {
+    Error::Config {
+        message: format!("reading {what} {}", path.display()),
+        source: Some(e.into()),
+    }
+}
+
+/// The nkey seed in the file at `path`, checked: a bad seed would otherwise surface as the
+/// server being unreachable.
+fn nkey_seed(path: &std::path::Path) -> Result<String> {
+    let seed = std::fs::read_to_string(path).map_err(|e| unreadable("nkey seed file", path, e))?;
+    let seed = seed.trim();
+    if let Err(e) = nkeys::KeyPair::from_seed(seed) {
+        return Err(Error::Config {
+            message: format!(
+                "{} holds no valid nkey seed: give a file with the user's seed (SU…, as \
+                 `nk -gen user` makes)",
+                path.display()
+            ),
+            source: Some(e.into()),
+        });
+    }
+    Ok(seed.to_owned())
+}
+
+/// `options` with the TLS settings of `args`; files that cannot be read are named here, which
+/// the TLS setup would report as a failed handshake with the server.
+fn tls(
+    mut options: async_nats::ConnectOptions,
+    args: &ConnectOptions,
+) -> Result<async_nats::ConnectOptions> {
     for (what, path) in [
         ("--tls-ca certificate", &args.tls_ca),
         ("--tls-cert certificate", &args.tls_cert),

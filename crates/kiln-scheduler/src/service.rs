@@ -641,16 +641,7 @@ async fn settle(
             let hold = Hold::after(hold);
             if hold.since.elapsed() >= HOLD_PATIENCE {
                 tracing::warn!(%id, %target, error = %e, "no room to route the job for {HOLD_PATIENCE:?}; answering it failed");
-                answer(JobError::new(
-                    ErrorKind::Internal,
-                    format!(
-                        "{STREAM_JOBS} had no room for its routed copy for {}s ({e}): the queue \
-                         is full of jobs waiting to be routed or run; raise `kiln init \
-                         --max-queued-jobs` or submit fewer at once, then submit it again",
-                        HOLD_PATIENCE.as_secs()
-                    ),
-                ))
-                .await;
+                answer(no_room(e)).await;
                 return Settled::Done;
             }
             if first_refusal {
@@ -659,32 +650,20 @@ async fn settle(
             let _ = message.ack_with(AckKind::Progress).await;
             return Settled::Held(Box::new(message), hold);
         }
-        Err(e) if last_delivery => {
-            tracing::warn!(%id, %target, error = %e, "could not route the job on its last delivery; answering it failed");
-            config.metrics.route_failures.inc();
-            if let Some(span) = &span {
-                span.error(e);
-            }
-            answer(JobError::new(
-                ErrorKind::Internal,
-                format!(
-                    "the scheduler could not store the job's routed copy on {target}, on any \
-                     of its deliveries: {e}; submit it again once the server accepts jobs \
-                     there (or to jobs.{class}.{kind} directly)"
-                ),
-            ))
-            .await;
-            return Settled::Done;
-        }
         Err(e) => {
-            tracing::warn!(%id, %target, error = %e, "could not route the job; handing it back");
             config.metrics.route_failures.inc();
             if let Some(span) = &span {
                 span.error(e);
             }
-            let _ = message
-                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                .await;
+            if last_delivery {
+                tracing::warn!(%id, %target, error = %e, "could not route the job on its last delivery; answering it failed");
+                answer(refused(&target, class, &kind, e)).await;
+            } else {
+                tracing::warn!(%id, %target, error = %e, "could not route the job; handing it back");
+                let _ = message
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                    .await;
+            }
             return Settled::Done;
         }
         Ok(()) => {}
@@ -694,6 +673,31 @@ async fn settle(
     config.metrics.routed(&kind, &class.to_string());
     tracing::debug!(%id, %target, %reason, "routed");
     Settled::Routed(class)
+}
+
+/// The answer to a job whose routed copy `KILN_JOBS` had no room for, for too long.
+fn no_room(e: &str) -> JobError {
+    JobError::new(
+        ErrorKind::Internal,
+        format!(
+            "{STREAM_JOBS} had no room for its routed copy for {}s ({e}): the queue is full of \
+             jobs waiting to be routed or run; raise `kiln init --max-queued-jobs` or submit \
+             fewer at once, then submit it again",
+            HOLD_PATIENCE.as_secs()
+        ),
+    )
+}
+
+/// The answer to a job whose routed copy to `target` the server refused on every delivery.
+fn refused(target: &str, class: DeviceClass, kind: &str, e: &str) -> JobError {
+    JobError::new(
+        ErrorKind::Internal,
+        format!(
+            "the scheduler could not store the job's routed copy on {target}, on any of its \
+             deliveries: {e}; submit it again once the server accepts jobs there (or to \
+             jobs.{class}.{kind} directly)"
+        ),
+    )
 }
 
 /// Answer a job that cannot be routed with a failure, and ack it; hand it back when the
