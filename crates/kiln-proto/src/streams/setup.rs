@@ -245,13 +245,17 @@ async fn create_streams(
             js.create_or_update_stream(config)
                 .await
                 .map_err(|source| SetupError::Stream { stream, source })?;
-        } else if stream_missing(js, stream).await? {
-            js.create_or_update_stream(config)
-                .await
-                .map_err(|source| SetupError::Missing {
-                    what: format!("stream {stream}"),
-                    source: source.into(),
-                })?;
+        } else if stream_missing(js, stream).await?
+            && let Err(source) = js.create_or_update_stream(config).await
+            // Another role starting at the same moment may have made it (the server can
+            // refuse the second of two creations for the storage both reserve).
+            && stream_missing(js, stream).await?
+        {
+            return Err(SetupError::Missing {
+                what: format!("stream {stream}"),
+                source: source.into(),
+            }
+            .into());
         }
     }
     Ok(())
@@ -375,12 +379,15 @@ async fn create_buckets(
                 .await
                 .map_err(|source| SetupError::Bucket { bucket, source })?;
         } else if js.get_key_value(bucket).await.is_err() {
-            js.create_or_update_key_value(config)
-                .await
-                .map_err(|source| SetupError::Missing {
+            if let Err(source) = js.create_or_update_key_value(config).await
+                // Made by another role starting at the same moment?
+                && js.get_key_value(bucket).await.is_err()
+            {
+                return Err(SetupError::Missing {
                     what: format!("key-value bucket {bucket}"),
                     source: source.into(),
-                })?;
+                });
+            }
         } else {
             continue;
         }
@@ -406,11 +413,13 @@ async fn ensure_data_bucket(
         source,
     };
     if js.get_object_store(crate::BUCKET_DATA).await.is_err() {
-        return js
-            .create_object_store(config)
-            .await
-            .map(|_| ())
-            .map_err(|e| missing(e.into()));
+        return match js.create_object_store(config).await {
+            Ok(_) => Ok(()),
+            // Made by another role starting at the same moment (the server can refuse the
+            // second of two creations for the storage both reserve)?
+            Err(_) if js.get_object_store(crate::BUCKET_DATA).await.is_ok() => Ok(()),
+            Err(e) => Err(missing(e.into())),
+        };
     }
     if update {
         let name = format!("OBJ_{}", crate::BUCKET_DATA);
