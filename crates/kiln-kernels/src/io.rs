@@ -89,11 +89,17 @@ impl InlineValues for f32 {
     }
 }
 
-impl<T: InlineValues> InlineValues for Vec<T> {
+impl<T: InlineValues> InlineValues for [T] {
     fn first_non_finite(&self) -> Option<String> {
         self.iter()
             .enumerate()
             .find_map(|(i, v)| v.first_non_finite().map(|at| format!("[{i}]{at}")))
+    }
+}
+
+impl<T: InlineValues> InlineValues for Vec<T> {
+    fn first_non_finite(&self) -> Option<String> {
+        self.as_slice().first_non_finite()
     }
 }
 

@@ -109,14 +109,8 @@ const ABANDONED: &str = "worker shutting down past its drain timeout while the j
 
 /// Resolves once the worker abandons the computations still running ([`Shared::abandon`]).
 async fn abandoned(mut abandon: tokio::sync::watch::Receiver<bool>) {
-    loop {
-        let now = *abandon.borrow_and_update();
-        if now {
-            return;
-        }
-        if abandon.changed().await.is_err() {
-            return std::future::pending().await;
-        }
+    if abandon.wait_for(|abandon| *abandon).await.is_err() {
+        std::future::pending().await
     }
 }
 

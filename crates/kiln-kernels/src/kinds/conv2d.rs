@@ -233,11 +233,7 @@ fn check_kernel(kernel: &[Vec<f32>]) -> Result<usize, JobError> {
             row.len()
         )));
     }
-    if let Some(at) = kernel
-        .iter()
-        .enumerate()
-        .find_map(|(i, row)| row.first_non_finite().map(|at| format!("[{i}]{at}")))
-    {
+    if let Some(at) = kernel.first_non_finite() {
         // JSON's only way to an infinity is a number too large; a binary body may hold NaN.
         return Err(JobError::invalid_input(format!(
             "conv2d kernel {} (or not a number)",
