@@ -401,6 +401,14 @@ pub fn pipeline(report: &PipelineReport) -> anyhow::Result<String> {
             color: PALETTE[3],
         },
         Column {
+            name: "ceiling (kiln's streams)",
+            label: "raw JetStream, kiln-sized messages, a connection per role, kiln's stream \
+                    and consumer settings"
+                .to_owned(),
+            value: report.ceiling_kiln_streams_jobs_per_s,
+            color: PALETTE[4],
+        },
+        Column {
             name: "kiln",
             label: format!(
                 "kiln end to end ({:.3} of the same-size ceiling)",

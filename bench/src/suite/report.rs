@@ -311,6 +311,7 @@ fn pipeline(o: &mut String, s: &Suite) {
          | raw JetStream, 16-byte messages | {:.0} | {} |\n\
          | raw JetStream, same bytes, a subject per result as in `KILN_RESULTS` | {:.0} | {} |\n\
          | raw JetStream, same bytes, publisher, worker and results each on their own connection | {:.0} | {} |\n\
+         | raw JetStream, same bytes, three connections, streams and consumers set up as kiln's | {:.0} | {} |\n\
          | kiln end to end, worker and aggregator processes | {:.0} | — |\n\
          | kiln end to end, worker and aggregator in the bench process | {:.0} | {} of the same-bytes ceiling |\n",
         p.job_bytes,
@@ -326,6 +327,8 @@ fn pipeline(o: &mut String, s: &Suite) {
         ),
         p.ceiling_three_connections_jobs_per_s,
         down(p.ratio_three_connections, 3),
+        p.ceiling_kiln_streams_jobs_per_s,
+        down(p.ratio_kiln_streams, 3),
         p.kiln_jobs_per_s,
         p.kiln_in_process_jobs_per_s,
         down(p.ratio_in_process_same_bytes, 3)

@@ -6,12 +6,9 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use async_nats::HeaderMap;
-use async_nats::jetstream::{self, consumer::pull, stream};
-use futures::StreamExt as _;
-use indicatif::ProgressBar;
+use async_nats::jetstream;
 use kiln_kernels::ComputeDevice;
-use kiln_proto::{Codec, DeviceClass, HEADER_MSG_ID, streams};
+use kiln_proto::{Codec, DeviceClass, streams};
 use serde::Serialize;
 use serde_json::json;
 
@@ -23,6 +20,14 @@ use kiln_cli::cli::NatsArgs;
 use kiln_cli::cmd::roles::LocalRoles;
 use kiln_cli::cmd::submit::progress_bar;
 use kiln_client::{JobSpec, publish_all};
+
+mod ceiling;
+
+pub(crate) use ceiling::fresh_streams;
+use ceiling::{
+    CEILING_KILN_STREAMS, CEILING_PER_JOB, CEILING_SAME, CEILING_SMALL, CEILING_THREE, Roles,
+    Shape, Streams,
+};
 
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Run {
@@ -80,6 +85,10 @@ pub(crate) struct Report {
     pub ceiling_three_connections_jobs_per_s: f64,
     /// kiln's processes against that ceiling.
     pub ratio_three_connections: f64,
+    /// Same bytes, on streams and consumers set up as kiln's are.
+    pub ceiling_kiln_streams_jobs_per_s: f64,
+    /// kiln's processes against that ceiling.
+    pub ratio_kiln_streams: f64,
     pub kiln_jobs_per_s: f64,
     pub ratio_same_bytes: f64,
     pub ratio_small: f64,
@@ -113,21 +122,23 @@ pub async fn run(nats: &NatsArgs, args: PipelineArgs) -> anyhow::Result<ExitCode
     println!();
     println!(
         "median jobs/s: ceiling (same bytes) {:.0}, ceiling (16-byte messages) {:.0}, ceiling \
-         (same bytes, three connections) {:.0}, kiln (worker and aggregator processes) {:.0}, \
-         kiln (in-process roles) {:.0}",
+         (same bytes, three connections) {:.0}, ceiling (same bytes, kiln's stream settings) \
+         {:.0}, kiln (worker and aggregator processes) {:.0}, kiln (in-process roles) {:.0}",
         report.ceiling_same_bytes_jobs_per_s,
         report.ceiling_small_jobs_per_s,
         report.ceiling_three_connections_jobs_per_s,
+        report.ceiling_kiln_streams_jobs_per_s,
         report.kiln_jobs_per_s,
         report.kiln_in_process_jobs_per_s
     );
     println!(
         "kiln / ceiling: {:.3} (same bytes), {:.3} (16-byte messages), {:.3} (same bytes, three \
-         connections); in-process roles {:.3} (same bytes); kiln latency submit→result p50 \
-         {:.2} ms, p99 {:.2} ms (all runs)",
+         connections), {:.3} (kiln's stream settings); in-process roles {:.3} (same bytes); kiln \
+         latency submit→result p50 {:.2} ms, p99 {:.2} ms (all runs)",
         report.ratio_same_bytes,
         report.ratio_small,
         report.ratio_three_connections,
+        report.ratio_kiln_streams,
         report.ratio_in_process_same_bytes,
         report.kiln_total_ms_p50,
         report.kiln_total_ms_p99
@@ -171,20 +182,7 @@ pub(crate) async fn measure_pipeline(
     }
 
     let sizes = (job_bytes, result_bytes);
-    // Two more connections, for the ceiling whose roles each have their own.
-    let mut own = Vec::new();
-    for _ in 0..2 {
-        own.push(jetstream::new(
-            kiln_client::connect(&nats.connect_options()).await?,
-        ));
-    }
-    let [worker_js, results_js] = <[jetstream::Context; 2]>::try_from(own)
-        .map_err(|_| anyhow::anyhow!("two connections were made"))?;
-    let separate = Roles {
-        publisher: js.clone(),
-        worker: worker_js,
-        results: results_js,
-    };
+    let separate = separate_roles(&nats, &js).await?;
     let runs = measure_runs(
         &client,
         (&js, &separate),
@@ -200,11 +198,15 @@ pub(crate) async fn measure_pipeline(
     let small = median(CEILING_SMALL);
     let kiln_rate = median("kiln");
     let in_process = median("kiln, in-process roles");
-    let latency = streams::latest_metrics(&js).await.ok().and_then(|s| {
-        s.into_iter()
-            .find(|s| s.kind == "vector_add" && s.class == "cpu")
-    });
-    let latency = latency.map(|l| l.total_ms).unwrap_or_default();
+    let latency = streams::latest_metrics(&js)
+        .await
+        .ok()
+        .and_then(|s| {
+            s.into_iter()
+                .find(|s| s.kind == "vector_add" && s.class == "cpu")
+        })
+        .map(|l| l.total_ms)
+        .unwrap_or_default();
     Ok(Report {
         machine,
         jobs_per_run: args.jobs,
@@ -216,6 +218,8 @@ pub(crate) async fn measure_pipeline(
         ceiling_subject_per_result_jobs_per_s: median(CEILING_PER_JOB),
         ceiling_three_connections_jobs_per_s: median(CEILING_THREE),
         ratio_three_connections: kiln_rate / median(CEILING_THREE),
+        ceiling_kiln_streams_jobs_per_s: median(CEILING_KILN_STREAMS),
+        ratio_kiln_streams: kiln_rate / median(CEILING_KILN_STREAMS),
         kiln_jobs_per_s: kiln_rate,
         ratio_same_bytes: kiln_rate / same,
         ratio_small: kiln_rate / small,
@@ -227,6 +231,21 @@ pub(crate) async fn measure_pipeline(
         kiln_total_ms_mean: latency.mean,
         kiln_total_ms_max: latency.max,
         runs,
+    })
+}
+
+/// The ceiling's roles each on a connection of their own: the publisher on `js`'s, the worker
+/// and the consumer of results on two more.
+async fn separate_roles(nats: &NatsArgs, js: &jetstream::Context) -> anyhow::Result<Roles> {
+    let connect = async || -> anyhow::Result<jetstream::Context> {
+        Ok(jetstream::new(
+            kiln_client::connect(&nats.connect_options()).await?,
+        ))
+    };
+    Ok(Roles {
+        publisher: js.clone(),
+        worker: connect().await?,
+        results: connect().await?,
     })
 }
 
@@ -246,25 +265,50 @@ async fn measure_runs(
     here.extend(server_pid.map(|pid| ("server", pid)));
     let shared = Roles::shared(js);
     for r in 0..args.runs.max(1) {
-        for (side, job_size, result_size, per_job, roles) in [
-            (CEILING_SAME, job_bytes, result_bytes, false, &shared),
-            (CEILING_SMALL, 16, 16, false, &shared),
-            (CEILING_PER_JOB, job_bytes, result_bytes, true, &shared),
-            (CEILING_THREE, job_bytes, result_bytes, false, separate),
+        for (side, job_size, result_size, layout, roles) in [
+            (
+                CEILING_SAME,
+                job_bytes,
+                result_bytes,
+                Streams::Plain,
+                &shared,
+            ),
+            (CEILING_SMALL, 16, 16, Streams::Plain, &shared),
+            (
+                CEILING_PER_JOB,
+                job_bytes,
+                result_bytes,
+                Streams::SubjectPerResult,
+                &shared,
+            ),
+            (
+                CEILING_THREE,
+                job_bytes,
+                result_bytes,
+                Streams::Plain,
+                separate,
+            ),
+            (
+                CEILING_KILN_STREAMS,
+                job_bytes,
+                result_bytes,
+                Streams::Kiln,
+                separate,
+            ),
         ] {
-            let varz = Varz::read(args.varz.as_deref());
+            let varz = Varz::read(args.varz.as_deref(), server_pid);
             let shape = Shape {
                 jobs: args.jobs,
                 job_bytes: job_size,
                 result_bytes: result_size,
-                subject_per_result: per_job,
+                streams: layout,
             };
             let cpu = CpuClock::start(&here);
-            let seconds = ceiling(roles, shape, r).await?;
+            let seconds = ceiling::ceiling(roles, topology, shape, r).await?;
             varz.report(side, args.jobs);
             runs.push(record(side, args.jobs, seconds, cpu.per_job(args.jobs)));
         }
-        let varz = Varz::read(args.varz.as_deref());
+        let varz = Varz::read(args.varz.as_deref(), server_pid);
         let cpu = CpuClock::start(&here);
         let seconds = kiln(client, js, topology, args.jobs, args.len, r).await?;
         varz.report("kiln, in-process roles", args.jobs);
@@ -394,7 +438,8 @@ async fn kiln_processes(
     }
     let warmup = job_specs(&format!("warm-{tag}"), 200, args.len)?;
     publish_and_count(js, warmup, "kiln warm-up").await?;
-    let varz = Varz::read(args.varz.as_deref());
+    let server = here.iter().find(|(role, _)| *role == "server");
+    let varz = Varz::read(args.varz.as_deref(), server.map(|&(_, pid)| pid));
     let specs = job_specs(&tag, args.jobs, args.len)?;
     let processes: Vec<_> = here.iter().copied().chain(roles.pids()).collect();
     let cpu = CpuClock::start(&processes);
@@ -436,19 +481,24 @@ async fn publish_and_count(
     Ok(seconds)
 }
 
-/// The server's message counters (`/varz` of its monitoring port), read before a side runs,
-/// to print the messages it moved per job (`--varz`).
+/// The server's message counters (`/varz` of its monitoring port) and, when its pid is
+/// known, its read and write system calls (`/proc/<pid>/io`), read before a side runs, to
+/// print what it moved and how often it was woken per job (`--varz`).
 struct Varz {
     url: Option<String>,
     before: (u64, u64),
+    pid: Option<u32>,
+    calls_before: Option<(u64, u64)>,
 }
 
 impl Varz {
-    fn read(url: Option<&str>) -> Self {
+    fn read(url: Option<&str>, pid: Option<u32>) -> Self {
         let before = url.map_or((0, 0), varz_counts);
         Varz {
             url: url.map(str::to_owned),
             before,
+            pid,
+            calls_before: pid.and_then(syscalls),
         }
     }
 
@@ -456,12 +506,33 @@ impl Varz {
         let Some(url) = &self.url else { return };
         let (inn, out) = varz_counts(url);
         let per = |d: u64| d as f64 / jobs as f64;
+        let calls = match (self.calls_before, self.pid.and_then(syscalls)) {
+            (Some((r0, w0)), Some((r1, w1))) => {
+                format!(
+                    "; system calls per job: read {:.2}, write {:.2}",
+                    per(r1 - r0),
+                    per(w1 - w0)
+                )
+            }
+            _ => String::new(),
+        };
         println!(
-            "{side}: server messages per job: in {:.2}, out {:.2}",
+            "{side}: server messages per job: in {:.2}, out {:.2}{calls}",
             per(inn - self.before.0),
             per(out - self.before.1)
         );
     }
+}
+
+/// The read and write system calls process `pid` has made (`syscr`, `syscw` of
+/// `/proc/<pid>/io`; Linux).
+fn syscalls(pid: u32) -> Option<(u64, u64)> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    let field = |name: &str| {
+        io.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok())
+    };
+    Some((field("syscr:")?, field("syscw:")?))
 }
 
 /// `in_msgs` and `out_msgs` of the server whose monitoring endpoint is `url` (with curl).
@@ -476,250 +547,17 @@ fn varz_counts(url: &str) -> (u64, u64) {
     (n("in_msgs"), n("out_msgs"))
 }
 
-/// Jobs the aggregator has counted for (vector_add, cpu).
+/// Jobs the aggregator has counted for (vector_add, cpu): its latest snapshot, read with one
+/// direct get (the bench polls it every 10 ms while kiln runs, so it asks the server for
+/// no more than that).
 async fn counted(js: &jetstream::Context) -> u64 {
-    streams::latest_metrics(js)
-        .await
-        .unwrap_or_default()
-        .iter()
-        .filter(|s| s.kind == "vector_add" && s.class == "cpu")
-        .map(|s| s.jobs)
-        .sum()
-}
-
-/// The ceiling: kiln's message sizes, its three roles on one connection.
-const CEILING_SAME: &str = "ceiling, same bytes";
-
-/// The ceiling with 16-byte jobs and results.
-const CEILING_SMALL: &str = "ceiling, 16-byte messages";
-
-/// The ceiling's side whose results are stored as `KILN_RESULTS` stores kiln's: a subject per
-/// result, one message per subject (what issue 9's one-answer-per-job rule costs the server).
-const CEILING_PER_JOB: &str = "ceiling, same bytes, a subject per result";
-
-/// The ceiling whose publisher, worker and consumer of results each have a connection of
-/// their own, as kiln's publisher, worker and aggregator processes do (the server reads,
-/// writes and wakes for three clients where the other ceilings have it serve one).
-const CEILING_THREE: &str = "ceiling, same bytes, three connections";
-
-/// The connections a ceiling's roles use: one, shared, or one each.
-struct Roles {
-    publisher: jetstream::Context,
-    worker: jetstream::Context,
-    results: jetstream::Context,
-}
-
-impl Roles {
-    fn shared(js: &jetstream::Context) -> Self {
-        Roles {
-            publisher: js.clone(),
-            worker: js.clone(),
-            results: js.clone(),
-        }
+    let Ok(metrics) = js.get_stream_no_info(streams::STREAM_METRICS).await else {
+        return 0;
+    };
+    let subject = kiln_proto::subject::metrics("vector_add", "cpu");
+    match metrics.direct_get_last_for_subject(subject).await {
+        Ok(message) => serde_json::from_slice::<kiln_proto::MetricsSnapshot>(&message.payload)
+            .map_or(0, |s| s.jobs),
+        Err(_) => 0,
     }
-}
-
-/// What one ceiling run moves.
-#[derive(Debug, Clone, Copy)]
-struct Shape {
-    jobs: u64,
-    job_bytes: usize,
-    result_bytes: usize,
-    /// Results on a subject each, one message per subject (as in `KILN_RESULTS`).
-    subject_per_result: bool,
-}
-
-/// The raw JetStream ceiling: the same message flow with no kiln logic. Publish `jobs`
-/// messages (with message ids, as kiln does) to a work-queue stream; a consumer pulls each,
-/// publishes a result to a second stream, waits for its PubAck and acks; a second consumer
-/// pulls and acks the results. Timed from the first publish to the last result acked.
-async fn ceiling(roles: &Roles, shape: Shape, run: u32) -> anyhow::Result<f64> {
-    let Shape {
-        jobs, job_bytes, ..
-    } = shape;
-    let js = &roles.publisher;
-    let tag = format!("{}-{run}", kiln_proto::new_job_id());
-    let (workers, mut results) = ceiling_streams(roles, shape.subject_per_result).await?;
-    let worker = spawn_ceiling_worker(roles.worker.clone(), workers, shape);
-    let bar = progress_bar(jobs, "ceiling");
-    let started = Instant::now();
-    let publisher = spawn_ceiling_publisher(js.clone(), jobs, job_bytes, tag);
-    ack_ceiling_results(&mut results, jobs, &bar).await?;
-    let seconds = started.elapsed().as_secs_f64();
-    bar.finish_and_clear();
-    publisher.await??;
-    worker.await?;
-    for name in ["BENCH_JOBS", "BENCH_RESULTS"] {
-        let _ = js.delete_stream(name).await;
-    }
-    Ok(seconds)
-}
-
-/// The ceiling's two streams, made afresh, and the messages of their consumers: the jobs
-/// the worker pulls (on its connection), and the results (on theirs).
-async fn ceiling_streams(
-    roles: &Roles,
-    subject_per_result: bool,
-) -> anyhow::Result<(pull::Stream, pull::Stream)> {
-    fresh_streams(
-        &roles.publisher,
-        [
-            ("BENCH_JOBS", "bench.jobs.>"),
-            ("BENCH_RESULTS", "bench.results.>"),
-        ],
-        subject_per_result,
-    )
-    .await?;
-    let workers = pull_messages(&roles.worker, "BENCH_JOBS", "bench-workers", 20_000, 256).await?;
-    let results =
-        pull_messages(&roles.results, "BENCH_RESULTS", "bench-agg", 200_000, 1000).await?;
-    Ok((workers, results))
-}
-
-/// A raw JetStream side's two streams, made afresh (deleted first): a work-queue stream of
-/// jobs and a stream of results, both with kiln's duplicate window; with
-/// `results_once_per_subject`, results are kept as `KILN_RESULTS` keeps kiln's (one message per
-/// subject; published with kiln's condition, a second one is refused).
-pub(crate) async fn fresh_streams(
-    js: &jetstream::Context,
-    [(jobs, jobs_subject), (results, results_subject)]: [(&str, &str); 2],
-    results_once_per_subject: bool,
-) -> anyhow::Result<()> {
-    for (name, subject, retention) in [
-        (jobs, jobs_subject, stream::RetentionPolicy::WorkQueue),
-        (results, results_subject, stream::RetentionPolicy::Limits),
-    ] {
-        let _ = js.delete_stream(name).await;
-        let mut config = stream::Config {
-            name: name.into(),
-            subjects: vec![subject.into()],
-            retention,
-            storage: stream::StorageType::File,
-            duplicate_window: streams::DUPLICATE_WINDOW,
-            ..Default::default()
-        };
-        if results_once_per_subject && name == results {
-            config.max_messages_per_subject = 1;
-        }
-        js.create_stream(config).await?;
-    }
-    Ok(())
-}
-
-/// The messages of a new durable pull consumer on `stream`, acked one by one.
-async fn pull_messages(
-    js: &jetstream::Context,
-    stream: &str,
-    durable: &str,
-    max_ack_pending: i64,
-    batch: usize,
-) -> anyhow::Result<pull::Stream> {
-    Ok(js
-        .get_stream(stream)
-        .await?
-        .create_consumer(pull::Config {
-            durable_name: Some(durable.into()),
-            ack_policy: jetstream::consumer::AckPolicy::Explicit,
-            max_ack_pending,
-            ..Default::default()
-        })
-        .await?
-        .stream()
-        .max_messages_per_batch(batch)
-        .messages()
-        .await?)
-}
-
-/// The ceiling's worker: for each of `jobs` messages, 256 at a time, publish a result of
-/// `result_bytes`, wait for its PubAck, and ack the job.
-fn spawn_ceiling_worker(
-    js: jetstream::Context,
-    workers: pull::Stream,
-    shape: Shape,
-) -> tokio::task::JoinHandle<()> {
-    let result_body = bytes::Bytes::from(vec![b'r'; shape.result_bytes]);
-    let (jobs, per_result) = (shape.jobs, shape.subject_per_result);
-    tokio::spawn(async move {
-        workers
-            .take(jobs as usize)
-            .for_each_concurrent(256, |message| {
-                let js = js.clone();
-                let body = result_body.clone();
-                async move {
-                    let Ok(message) = message else { return };
-                    let mut headers = HeaderMap::new();
-                    let id = format!("r-{}", message.info().map_or(0, |i| i.stream_sequence));
-                    // A result on a subject of its own goes as kiln's do: only onto an empty
-                    // subject, without a message id.
-                    let subject = match per_result {
-                        true => {
-                            kiln_proto::expect_no_result(&mut headers);
-                            format!("bench.results.{id}")
-                        }
-                        false => {
-                            headers.insert(HEADER_MSG_ID, id.as_str());
-                            "bench.results.x".to_owned()
-                        }
-                    };
-                    if let Ok(ack) = js.publish_with_headers(subject, headers, body).await {
-                        let _ = ack.await;
-                    }
-                    let _ = message.ack().await;
-                }
-            })
-            .await;
-    })
-}
-
-/// The ceiling's client: publish `jobs` messages of `job_bytes`, up to 1024 PubAcks pending.
-fn spawn_ceiling_publisher(
-    js: jetstream::Context,
-    jobs: u64,
-    job_bytes: usize,
-    tag: String,
-) -> tokio::task::JoinHandle<anyhow::Result<()>> {
-    let job_body = bytes::Bytes::from(vec![b'j'; job_bytes]);
-    tokio::spawn(async move {
-        let mut pending = futures::stream::FuturesUnordered::new();
-        for i in 0..jobs {
-            let mut headers = HeaderMap::new();
-            headers.insert(HEADER_MSG_ID, format!("{tag}-{i}").as_str());
-            let ack = js
-                .publish_with_headers("bench.jobs.x", headers, job_body.clone())
-                .await?;
-            pending.push(ack.into_future());
-            if pending.len() >= 1024
-                && let Some(done) = pending.next().await
-            {
-                done?;
-            }
-        }
-        while let Some(done) = pending.next().await {
-            done?;
-        }
-        anyhow::Ok(())
-    })
-}
-
-/// The ceiling's aggregator: pull and ack `jobs` results; fails when none comes for a minute.
-async fn ack_ceiling_results(
-    results: &mut pull::Stream,
-    jobs: u64,
-    bar: &ProgressBar,
-) -> anyhow::Result<()> {
-    let mut seen = 0u64;
-    while seen < jobs {
-        match tokio::time::timeout(Duration::from_secs(60), results.next()).await {
-            Ok(Some(Ok(message))) => {
-                let _ = message.ack().await;
-                seen += 1;
-                if seen.is_multiple_of(1000) {
-                    bar.set_position(seen);
-                }
-            }
-            Ok(Some(Err(e))) => anyhow::bail!("ceiling result consumer failed: {e}"),
-            Ok(None) | Err(_) => anyhow::bail!("ceiling run stalled at {seen} of {jobs} results"),
-        }
-    }
-    Ok(())
 }
