@@ -74,7 +74,7 @@ pub struct NatsArgs {
     #[arg(long, global = true)]
     pub tls_first: bool,
     /// Stream and consumer replicas when kiln creates them (1 on a laptop, 3 on a cluster).
-    #[arg(long, env = "KILN_REPLICAS", default_value_t = 1, global = true)]
+    #[arg(long, env = "KILN_REPLICAS", default_value_t = 1, global = true, value_parser = replicas)]
     pub replicas: usize,
     /// Most jobs waiting in KILN_JOBS when kiln creates or updates it; beyond it submissions
     /// are refused with an error (nothing is dropped).
@@ -82,16 +82,25 @@ pub struct NatsArgs {
         long,
         env = "KILN_MAX_QUEUED_JOBS",
         default_value_t = 1_000_000,
-        global = true
+        global = true,
+        allow_hyphen_values = true,
+        value_parser = limit
     )]
     pub max_queued_jobs: i64,
     /// Most bytes of result events kept (kiln init); past it the oldest results make room.
     /// A job is answered once for as long as its result is kept. Job states (KILN_STATE, for
     /// kiln status) are kept within the same number of bytes, the oldest going first.
-    #[arg(long, env = "KILN_RESULTS_MAX_BYTES", default_value_t = 4 << 30, global = true)]
+    #[arg(
+        long,
+        env = "KILN_RESULTS_MAX_BYTES",
+        default_value_t = 4 << 30,
+        global = true,
+        allow_hyphen_values = true,
+        value_parser = limit
+    )]
     pub results_max_bytes: i64,
     /// How long objects stay in the KILN_DATA object store (kiln init) [default: 7d].
-    #[arg(long, value_parser = duration, value_name = "DURATION", global = true)]
+    #[arg(long, value_parser = lifetime, value_name = "DURATION", global = true)]
     pub data_max_age: Option<Duration>,
     /// --data-max-age in hours (the older spelling).
     #[arg(
@@ -99,11 +108,19 @@ pub struct NatsArgs {
         env = "KILN_DATA_MAX_AGE_HOURS",
         global = true,
         conflicts_with = "data_max_age",
-        value_name = "HOURS"
+        value_name = "HOURS",
+        value_parser = clap::value_parser!(u64).range(1..)
     )]
     pub data_max_age_hours: Option<u64>,
     /// Most bytes the KILN_DATA object store holds (kiln init).
-    #[arg(long, env = "KILN_DATA_MAX_BYTES", default_value_t = 8 << 30, global = true)]
+    #[arg(
+        long,
+        env = "KILN_DATA_MAX_BYTES",
+        default_value_t = 8 << 30,
+        global = true,
+        allow_hyphen_values = true,
+        value_parser = limit
+    )]
     pub data_max_bytes: i64,
 }
 
@@ -600,7 +617,7 @@ impl WatchArgs {
 #[derive(Debug, Clone, Args)]
 pub struct DemoArgs {
     /// Scale of the workload.
-    #[arg(long, default_value_t = 1.0, help = crate::cmd::demo::scale_help())]
+    #[arg(long, default_value_t = 1.0, help = crate::cmd::demo::scale_help(), value_parser = scale, allow_hyphen_values = true)]
     pub scale: f64,
     /// Never start a local nats-server; fail if --nats-url is unreachable.
     #[arg(long)]
@@ -647,6 +664,43 @@ fn duration(value: &str) -> Result<Duration, String> {
     humantime::parse_duration(value).map_err(|e| e.to_string())
 }
 
+/// A stream limit (jobs, bytes): at least 1. NATS reads 0 and -1 as no limit at all, which
+/// is never what `--max-queued-jobs 0` means; a limit kiln sets is a limit.
+fn limit(value: &str) -> Result<i64, String> {
+    match value.parse::<i64>() {
+        Ok(n) if n >= 1 => Ok(n),
+        Ok(_) => Err("must be at least 1 (NATS would read it as no limit)".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// How long stored objects live: longer than nothing (NATS reads a max age of 0 as for ever).
+fn lifetime(value: &str) -> Result<Duration, String> {
+    match duration(value)? {
+        Duration::ZERO => Err("must be longer than 0 (NATS would keep objects for ever)".into()),
+        age => Ok(age),
+    }
+}
+
+/// Stream replicas: 1 to 5, what JetStream keeps (1 on one server, 3 on a cluster).
+fn replicas(value: &str) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(n @ 1..=5) => Ok(n),
+        Ok(_) => Err("JetStream keeps 1 to 5 replicas (1 on one server, 3 on a cluster)".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// `kiln demo --scale`: a finite factor above 0, at most [`crate::cmd::demo::MAX_SCALE`].
+fn scale(value: &str) -> Result<f64, String> {
+    let max = crate::cmd::demo::MAX_SCALE;
+    match value.parse::<f64>() {
+        Ok(x) if x > 0.0 && x <= max => Ok(x),
+        Ok(_) => Err(format!("use a factor above 0 and at most {max}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// A count that must be at least one (`--compute-slots 0` would serve nothing).
 fn at_least_one(value: &str) -> Result<usize, String> {
     match value.parse::<usize>() {
@@ -672,5 +726,58 @@ mod tests {
         );
         assert!(help.contains(&rule), "{help}");
         assert!(kiln_proto::valid_job_id("a-b_C9") && !kiln_proto::valid_job_id("a/b.c*"));
+    }
+
+    /// Values NATS would read as "no limit" or "keep for ever", replica counts it cannot
+    /// keep, and demo scales that cannot be allocated are refused by name before anything
+    /// connects; the limits that make sense still parse.
+    #[test]
+    fn limits_nats_would_read_as_none_are_refused() {
+        use clap::Parser as _;
+        let refused = [
+            ("--max-queued-jobs", "0", "must be at least 1"),
+            ("--max-queued-jobs", "-5", "must be at least 1"),
+            ("--results-max-bytes", "0", "must be at least 1"),
+            ("--data-max-bytes", "-1", "must be at least 1"),
+            ("--data-max-age", "0s", "must be longer than 0"),
+            ("--data-max-age-hours", "0", "0 is not in 1.."),
+            ("--replicas", "0", "1 to 5 replicas"),
+            ("--replicas", "7", "1 to 5 replicas"),
+        ];
+        for (flag, value, want) in refused {
+            let e = super::Cli::try_parse_from(["kiln", "init", flag, value]).unwrap_err();
+            let message = e.to_string();
+            assert!(
+                message.contains(flag) && message.contains(want),
+                "{flag} {value}: {message}"
+            );
+        }
+        for value in ["0", "-1", "inf", "NaN", "1001"] {
+            let e = super::Cli::try_parse_from(["kiln", "demo", "--scale", value]).unwrap_err();
+            let message = e.to_string();
+            assert!(
+                message.contains("above 0 and at most 1000"),
+                "{value}: {message}"
+            );
+        }
+        let cli = super::Cli::try_parse_from([
+            "kiln",
+            "init",
+            "--max-queued-jobs",
+            "1",
+            "--data-max-age",
+            "90m",
+            "--replicas",
+            "3",
+        ])
+        .unwrap();
+        assert_eq!(cli.nats.max_queued_jobs, 1);
+        assert_eq!(cli.nats.replicas, 3);
+        assert_eq!(
+            cli.nats.data_max_age(),
+            std::time::Duration::from_secs(5400)
+        );
+        let demo = super::Cli::try_parse_from(["kiln", "demo", "--scale", "0.05"]).unwrap();
+        assert!(matches!(demo.command, super::Command::Demo(d) if d.scale == 0.05));
     }
 }

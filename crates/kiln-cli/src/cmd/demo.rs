@@ -195,6 +195,10 @@ impl Outcome {
     }
 }
 
+/// The largest `--scale`: about 370,000 jobs a class, which a laptop still holds in memory
+/// while publishing (a larger or infinite one would try to allocate without bound).
+pub const MAX_SCALE: f64 = 1000.0;
+
 /// `--scale`'s help: how many jobs scale 1 submits.
 pub fn scale_help() -> String {
     let count = |class| per_class(class, 1.0).iter().sum::<usize>();
