@@ -145,11 +145,14 @@ fn quick_suite_writes_every_file_with_its_figures() {
     assert!(f("kiln_total_ms_p50") > 0.0 && f("kiln_total_ms_p50") <= f("kiln_total_ms_p99"));
     let runs = csv_rows(dir, "pipeline.csv");
     let sides: HashSet<&str> = runs.iter().map(|r| r.get(0).unwrap()).collect();
-    // Two kiln sides (role processes, in-process roles) and four ceilings.
-    assert_eq!(sides.len(), 6, "{sides:?}");
+    // Two kiln sides (role processes, in-process roles) and five ceilings.
+    assert_eq!(sides.len(), 7, "{sides:?}");
     assert!(sides.contains("ceiling, same bytes, three connections"));
+    assert!(sides.contains("ceiling, same bytes, kiln's stream settings"));
     let three = f("kiln_jobs_per_s") / f("ceiling_three_connections_jobs_per_s");
     assert!((f("ratio_three_connections") - three).abs() < 1e-12);
+    let settings = f("kiln_jobs_per_s") / f("ceiling_kiln_streams_jobs_per_s");
+    assert!((f("ratio_kiln_streams") - settings).abs() < 1e-12);
     let in_process = f("kiln_in_process_jobs_per_s") / f("ceiling_same_bytes_jobs_per_s");
     assert!((f("ratio_in_process_same_bytes") - in_process).abs() < 1e-12);
     assert!(f("ceiling_subject_per_result_jobs_per_s") > 0.0);
