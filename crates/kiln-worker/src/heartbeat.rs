@@ -9,6 +9,7 @@ use kiln_proto::{BUCKET_WORKERS, WorkerInfo};
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
 
+use crate::WorkerConfig;
 use crate::shared::Shared;
 
 /// A running heartbeat; [`Heartbeat::stop`] removes the entry.
@@ -30,43 +31,98 @@ fn key(name: &str) -> String {
         .collect()
 }
 
-/// Refuse to start under `name` while a live worker uses it: its entry in `KILN_WORKERS` is
-/// refreshed every `heartbeat`. An entry that is not (left by a worker that stopped without
-/// removing it, until its TTL) is no obstacle.
-pub(crate) async fn check_name_free(
+/// Claim `config.name` in `KILN_WORKERS`, or refuse to start under it while a live worker
+/// uses it: a live worker's entry is refreshed every heartbeat. An entry that is not (left by
+/// a worker that stopped without removing it, until its TTL) is no obstacle. The claim is a
+/// conditional write (create the key, or replace the stale entry read before waiting), so of
+/// two workers starting under one name at the same instant, one gets it and the other is
+/// refused; the claim is a `warming_up` entry that the first heartbeat replaces.
+pub(crate) async fn claim_name(
     js: &jetstream::Context,
-    name: &str,
-    heartbeat: std::time::Duration,
+    config: &WorkerConfig,
 ) -> crate::Result<()> {
     let Ok(store) = js.get_key_value(BUCKET_WORKERS).await else {
         return Ok(());
     };
-    let key = key(name);
-    let read = async || -> Option<WorkerInfo> {
-        let entry = store.get(&key).await.ok()??;
-        serde_json::from_slice(&entry).ok()
+    let key = key(&config.name);
+    let claim = || -> bytes::Bytes {
+        serde_json::to_vec(&claim_info(config))
+            .unwrap_or_default()
+            .into()
     };
-    let Some(first) = read().await else {
-        return Ok(());
+    let Some((revision, first)) = live_entry(&store, &key).await else {
+        return match store.create(&key, claim()).await {
+            Ok(_) => Ok(()),
+            Err(_) => taken(&store, &key).await,
+        };
     };
     // A worker draining under this name (the one this replaces, in a rolling restart that
-    // does not wait for it to exit) leaves its entry soon: no obstacle.
+    // does not wait for it to exit) leaves its entry soon: no obstacle, and no claim (it
+    // still writes its entry until it leaves).
     if first.state == "draining" {
         return Ok(());
     }
-    tokio::time::sleep(heartbeat + heartbeat / 2).await;
-    match read().await {
-        Some(again) if again.updated_at != first.updated_at && again.state != "draining" => {
-            Err(crate::Error::NameTaken {
-                name: again.name,
-                device: again.device,
-                started_at: again
-                    .started_at
-                    .format(&time::format_description::well_known::Rfc3339)
-                    .unwrap_or_default(),
-            })
-        }
+    tokio::time::sleep(config.topology.heartbeat + config.topology.heartbeat / 2).await;
+    match store.update(&key, claim(), revision).await {
+        Ok(_) => Ok(()),
+        Err(_) => taken(&store, &key).await,
+    }
+}
+
+/// The entry under `key` and its revision, unless there is none, it was deleted, or it does
+/// not parse.
+async fn live_entry(store: &jetstream::kv::Store, key: &str) -> Option<(u64, WorkerInfo)> {
+    let entry = store.entry(key).await.ok()??;
+    if entry.operation != jetstream::kv::Operation::Put {
+        return None;
+    }
+    Some((entry.revision, serde_json::from_slice(&entry.value).ok()?))
+}
+
+/// After a claim was refused because the entry under `key` changed: the worker that wrote
+/// it, unless it is draining or gone (then the name is free enough to start under).
+async fn taken(store: &jetstream::kv::Store, key: &str) -> crate::Result<()> {
+    match live_entry(store, key).await {
+        Some((_, other)) if other.state != "draining" => Err(crate::Error::NameTaken {
+            name: other.name,
+            device: other.device,
+            started_at: other
+                .started_at
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+        }),
         _ => Ok(()),
+    }
+}
+
+/// The entry a starting worker claims its name with: what its configuration says, nothing
+/// held yet, `warming_up` (the scheduler counts serving workers only).
+fn claim_info(config: &WorkerConfig) -> WorkerInfo {
+    let now = OffsetDateTime::now_utc();
+    WorkerInfo {
+        name: config.name.clone(),
+        class: config.class,
+        device: config.device.to_string(),
+        backend: backend(&config.device).into(),
+        engines: Default::default(),
+        capacity: config.compute_slots,
+        max_in_flight: config.max_in_flight,
+        in_flight: 0,
+        succeeded: 0,
+        failed: 0,
+        running: Vec::new(),
+        state: "warming_up".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        started_at: now,
+        updated_at: now,
+    }
+}
+
+/// The Burn backend a device runs on, as heartbeats name it.
+fn backend(device: &ComputeDevice) -> &'static str {
+    match device {
+        ComputeDevice::Cpu => "ndarray",
+        ComputeDevice::Cuda(_) => "cuda",
     }
 }
 
@@ -141,11 +197,7 @@ fn info(shared: &Shared, serving: &AtomicBool, started_at: OffsetDateTime) -> Wo
         name: config.name.clone(),
         class: config.class,
         device: config.device.to_string(),
-        backend: match config.device {
-            ComputeDevice::Cpu => "ndarray",
-            ComputeDevice::Cuda(_) => "cuda",
-        }
-        .into(),
+        backend: backend(&config.device).into(),
         engines: shared.engines.names(&config.device),
         capacity: config.compute_slots,
         max_in_flight: config.max_in_flight,
@@ -175,5 +227,95 @@ fn info(shared: &Shared, serving: &AtomicBool, started_at: OffsetDateTime) -> Wo
         version: env!("CARGO_PKG_VERSION").into(),
         started_at,
         updated_at: OffsetDateTime::now_utc(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_proto::streams;
+    use kiln_testkit::NatsServer;
+
+    async fn jetstream(server: &NatsServer) -> jetstream::Context {
+        jetstream::new(async_nats::connect(server.url()).await.expect("connect"))
+    }
+
+    fn config(name: &str) -> WorkerConfig {
+        let mut config = WorkerConfig::new(ComputeDevice::Cpu);
+        config.name = name.into();
+        config.topology.heartbeat = std::time::Duration::from_millis(200);
+        config
+    }
+
+    /// Two workers claiming one name at the same instant, each on its own connection: a read
+    /// and then a write would let both through; the conditional write lets one.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn of_two_claims_of_one_name_at_once_one_is_refused() {
+        let server = NatsServer::start();
+        let (a, b) = (jetstream(&server).await, jetstream(&server).await);
+        streams::ensure_all(&a, &config("twin").topology)
+            .await
+            .expect("streams");
+        let twin = config("twin");
+        let (first, second) = tokio::join!(claim_name(&a, &twin), claim_name(&b, &twin));
+        let refused: Vec<_> = [first, second]
+            .into_iter()
+            .filter_map(Result::err)
+            .collect();
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        let message = refused[0].to_string();
+        assert!(
+            message.contains("a live worker named \"twin\" (on cpu, started "),
+            "{message}"
+        );
+        // The claim is a `warming_up` entry under the name, which no scheduler counts.
+        let store = a.get_key_value(BUCKET_WORKERS).await.unwrap();
+        let (_, claimed) = live_entry(&store, "twin").await.expect("the claim");
+        assert_eq!(
+            (claimed.name.as_str(), claimed.state.as_str()),
+            ("twin", "warming_up")
+        );
+    }
+
+    /// An entry nobody refreshes (a worker killed without removing it) is claimed after a
+    /// heartbeat and a half; one that is refreshed is not.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_stale_entry_is_claimed_and_a_live_one_is_not() {
+        let server = NatsServer::start();
+        let js = jetstream(&server).await;
+        let stale = config("stale");
+        streams::ensure_all(&js, &stale.topology)
+            .await
+            .expect("streams");
+        let store = js.get_key_value(BUCKET_WORKERS).await.unwrap();
+        let mut left = claim_info(&stale);
+        left.state = "serving".into();
+        let body = serde_json::to_vec(&left).unwrap();
+        let before = store.put("stale", body.clone().into()).await.unwrap();
+        claim_name(&js, &stale)
+            .await
+            .expect("a stale entry is no obstacle");
+        let (revision, _) = live_entry(&store, "stale").await.expect("the claim");
+        assert!(
+            revision > before,
+            "the stale entry was replaced by the claim"
+        );
+
+        store.put("live", body.into()).await.unwrap();
+        let refresh = tokio::spawn(async move {
+            for _ in 0..40 {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                let mut info = claim_info(&config("live"));
+                info.state = "serving".into();
+                let body = serde_json::to_vec(&info).unwrap();
+                let _ = store.put("live", body.into()).await;
+            }
+        });
+        let refused = claim_name(&js, &config("live")).await.unwrap_err();
+        assert!(
+            matches!(refused, crate::Error::NameTaken { .. }),
+            "{refused}"
+        );
+        refresh.abort();
     }
 }

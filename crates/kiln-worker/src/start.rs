@@ -43,7 +43,7 @@ pub(crate) async fn start(
     crate::warmup::record_panics();
     let js = jetstream::new(client);
     streams::ensure_all(&js, &config.topology).await?;
-    crate::heartbeat::check_name_free(&js, &config.name, config.topology.heartbeat).await?;
+    crate::heartbeat::claim_name(&js, &config).await?;
     let (consumer, shared) = open(&js, config).await?;
     let config = &shared.config;
     let serving = Arc::new(AtomicBool::new(false));
