@@ -109,6 +109,8 @@ pub struct Fold {
     pub compute: Latency,
     /// `total_ms` of the jobs counted.
     pub total: Latency,
+    /// Succeeded jobs and the sum of their `compute_ms`, by size (the decade of their flops).
+    pub compute_by_size: BTreeMap<String, (u64, f64)>,
     /// Routed jobs with a prediction, and the sums of their errors.
     predicted: u64,
     abs_error_sum_ms: f64,
@@ -144,6 +146,12 @@ impl Fold {
         self.queue.record_ms(event.queue_ms);
         if event.status == Status::Succeeded {
             self.compute.record_ms(event.compute_ms);
+            if event.compute_ms.is_finite() && event.compute_ms >= 0.0 {
+                let size = kiln_telemetry::size_bucket(event.flops);
+                let (jobs, sum_ms) = self.compute_by_size.entry(size).or_default();
+                *jobs += 1;
+                *sum_ms += event.compute_ms;
+            }
         }
         self.total.record_ms(event.total_ms);
         // A prediction is believed only as a time between 0 and a week (workers pass on only
@@ -196,6 +204,14 @@ impl Fold {
             recent_per_s,
             queue_ms: self.queue.stats(),
             compute_ms: self.compute.stats(),
+            compute_by_size: self
+                .compute_by_size
+                .iter()
+                .map(|(size, &(jobs, sum_ms))| {
+                    let mean_ms = sum_ms / jobs.max(1) as f64;
+                    (size.clone(), kiln_proto::SizeMean { jobs, mean_ms })
+                })
+                .collect(),
             total_ms: self.total.stats(),
             results_through: self.restored_through,
             results_above: Vec::new(),
@@ -222,6 +238,11 @@ impl Fold {
             queue: Latency::from_stats(&snapshot.queue_ms).unwrap_or_default(),
             compute: Latency::from_stats(&snapshot.compute_ms).unwrap_or_default(),
             total: Latency::from_stats(&snapshot.total_ms).unwrap_or_default(),
+            compute_by_size: snapshot
+                .compute_by_size
+                .iter()
+                .map(|(size, m)| (size.clone(), (m.jobs, m.mean_ms * m.jobs as f64)))
+                .collect(),
             predicted: snapshot.prediction.routed,
             abs_error_sum_ms: snapshot.prediction.mean_abs_error_ms
                 * snapshot.prediction.routed as f64,

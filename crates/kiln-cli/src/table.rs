@@ -5,7 +5,9 @@ use std::fmt::Write as _;
 use kiln_proto::MetricsSnapshot;
 
 /// One row per (kind, class), plus a GPU-vs-CPU speedup column where both classes ran the
-/// kind (ratio of mean compute times of succeeded jobs; `-` where a class has none).
+/// kind: mean CPU compute time over mean GPU compute time of succeeded jobs of one size (the
+/// largest decade of flops both classes ran), so that two classes given different mixes of
+/// sizes are not compared; `-` where they share no size.
 pub fn metrics_table(snapshots: &[MetricsSnapshot]) -> String {
     let mut out = String::new();
     let _ = writeln!(
@@ -28,17 +30,12 @@ pub fn metrics_table(snapshots: &[MetricsSnapshot]) -> String {
         return out;
     }
     for s in snapshots {
-        let speedup = if s.class == "gpu" {
-            snapshots
-                .iter()
-                .find(|o| o.kind == s.kind && o.class == "cpu")
-                .filter(|cpu| {
-                    s.compute_ms.count > 0 && s.compute_ms.mean > 0.0 && cpu.compute_ms.count > 0
-                })
-                .map(|cpu| format!("{:.1}x", cpu.compute_ms.mean / s.compute_ms.mean))
-                .unwrap_or_else(|| "-".into())
-        } else {
-            "-".into()
+        let cpu = snapshots
+            .iter()
+            .find(|o| o.kind == s.kind && o.class == "cpu");
+        let speedup = match (s.class.as_str(), cpu) {
+            ("gpu", Some(cpu)) => speedup(cpu, s).map_or("-".into(), |x| format!("{x:.1}x")),
+            _ => "-".into(),
         };
         let compute = match s.compute_ms.count {
             0 => "-".to_owned(),
@@ -61,6 +58,29 @@ pub fn metrics_table(snapshots: &[MetricsSnapshot]) -> String {
         );
     }
     out
+}
+
+/// Mean CPU compute time over mean GPU compute time of one kind's succeeded jobs of the
+/// largest size both classes ran. Snapshots of an aggregator older than sizes compare the
+/// two classes' overall means.
+fn speedup(cpu: &MetricsSnapshot, gpu: &MetricsSnapshot) -> Option<f64> {
+    let ratio = |cpu_ms: f64, gpu_ms: f64| (gpu_ms > 0.0 && cpu_ms > 0.0).then(|| cpu_ms / gpu_ms);
+    if cpu.compute_by_size.is_empty() && gpu.compute_by_size.is_empty() {
+        let counted = cpu.compute_ms.count > 0 && gpu.compute_ms.count > 0;
+        return ratio(cpu.compute_ms.mean, gpu.compute_ms.mean).filter(|_| counted);
+    }
+    gpu.compute_by_size
+        .iter()
+        .filter_map(|(size, g)| {
+            let c = cpu.compute_by_size.get(size)?;
+            let both = c.jobs > 0 && g.jobs > 0;
+            Some((
+                kiln_proto::size_decade(size)?,
+                ratio(c.mean_ms, g.mean_ms).filter(|_| both)?,
+            ))
+        })
+        .max_by_key(|&(decade, _)| decade)
+        .map(|(_, x)| x)
 }
 
 #[cfg(test)]
@@ -127,5 +147,39 @@ mod tests {
         let gpu = row(&table, "gpu");
         assert!((ms(gpu[9]) - 20.0).abs() < 0.1, "{table}");
         assert_eq!(gpu[10], "4.0x", "{table}");
+    }
+
+    /// Two classes given different mixes of sizes: the speedup compares jobs of one size
+    /// (the largest both ran), not the CPU's many small jobs with the GPU's few large ones.
+    #[test]
+    fn the_speedup_compares_jobs_of_one_size() {
+        let sized = |id: &str, class, compute_ms, flops| {
+            let mut r = result(id, class, Status::Succeeded, compute_ms);
+            r.flops = flops;
+            r
+        };
+        let mut folds = Folds::default();
+        for i in 0..9 {
+            folds.add(&sized(&format!("c{i}"), DeviceClass::Cpu, 1.0, 2e3));
+        }
+        folds.add(&sized("gbig", DeviceClass::Gpu, 5.0, 3e9));
+        // No size in common yet: no speedup, rather than 1.0 ms against 5.0 ms.
+        let table = super::metrics_table(&folds.snapshots(OffsetDateTime::now_utc()));
+        assert_eq!(row(&table, "gpu")[10], "-", "{table}");
+
+        folds.add(&sized("cbig", DeviceClass::Cpu, 100.0, 4e9));
+        folds.add(&sized("gsmall", DeviceClass::Gpu, 0.5, 2e3));
+        let snapshots = folds.snapshots(OffsetDateTime::now_utc());
+        let table = super::metrics_table(&snapshots);
+        // 1e9: 100 ms on the CPU, 5 ms on the GPU (the overall means would say 10.9 / 2.75).
+        assert_eq!(row(&table, "gpu")[10], "20.0x", "{table}");
+        let cpu = snapshots.iter().find(|s| s.class == "cpu").unwrap();
+        let big = cpu.compute_by_size["1e9"];
+        assert_eq!((big.jobs, big.mean_ms), (1, 100.0));
+        assert_eq!(cpu.compute_by_size["1e3"].jobs, 9);
+
+        // A restarted aggregator carries the sizes on from its last snapshot.
+        let restored = kiln_aggregator::Fold::restore(cpu);
+        assert_eq!(restored.compute_by_size["1e9"], (1, 100.0));
     }
 }

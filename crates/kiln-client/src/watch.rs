@@ -442,6 +442,7 @@ mod tests {
             recent_per_s: 0.0,
             queue_ms: Default::default(),
             compute_ms: Default::default(),
+            compute_by_size: Default::default(),
             total_ms: total.stats(),
             prediction: Default::default(),
             updated_at: at,

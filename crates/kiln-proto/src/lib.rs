@@ -36,7 +36,10 @@ pub use job::{
     submittable_job_id, valid_job_id,
 };
 pub use limits::{Limits, checked_product};
-pub use metrics::{Latency, LatencyStats, MAX_RESULT_RANGES, MetricsSnapshot, PredictionStats};
+pub use metrics::{
+    Latency, LatencyStats, MAX_RESULT_RANGES, MetricsSnapshot, PredictionStats, SizeMean,
+    size_decade,
+};
 pub use result::{ResultEvent, Routing, Status, result_msg_id};
 pub use state::{BUCKET_STATE, JobState, Phase, state_subject};
 pub use streams::{MaxDeliveriesAdvisory, Topology};

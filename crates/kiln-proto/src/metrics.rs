@@ -66,6 +66,11 @@ pub struct MetricsSnapshot {
     pub queue_ms: LatencyStats,
     /// Time on the device, inputs and read-back included, of the jobs counted.
     pub compute_ms: LatencyStats,
+    /// Mean compute time of the succeeded jobs by size, the decade of their flops (`1e6`,
+    /// `1e9`; `0` when a kind reports none), as `kiln_gpu_speedup_ratio`'s `size` label: a
+    /// GPU-vs-CPU speedup compares jobs of one size, not two classes' different mixes.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub compute_by_size: BTreeMap<String, SizeMean>,
     /// Time from enqueue to finish of the jobs counted.
     pub total_ms: LatencyStats,
     /// How well the scheduler predicted these jobs' completion times (auto jobs only).
@@ -87,6 +92,24 @@ pub struct MetricsSnapshot {
     /// ones). A restarted aggregator skips these too; at most [`MAX_RESULT_RANGES`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub results_above: Vec<[u64; 2]>,
+}
+
+/// The mean compute time of the succeeded jobs of one size.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct SizeMean {
+    /// Jobs of that size counted.
+    pub jobs: u64,
+    /// Their mean compute time, ms.
+    pub mean_ms: f64,
+}
+
+/// The decade a size label of [`MetricsSnapshot::compute_by_size`] stands for (`1e6` → 6,
+/// `0` → -1; `None` for another label).
+pub fn size_decade(label: &str) -> Option<i32> {
+    match label {
+        "0" => Some(-1),
+        _ => label.strip_prefix("1e")?.parse().ok(),
+    }
 }
 
 /// Most ranges a snapshot's `results_above` holds.
