@@ -146,7 +146,9 @@ impl Fold {
         self.queue.record_ms(event.queue_ms);
         if event.status == Status::Succeeded {
             self.compute.record_ms(event.compute_ms);
-            if event.compute_ms.is_finite() && event.compute_ms >= 0.0 {
+            // Within a week, as predictions are: sums of absurd times would reach infinity,
+            // which the snapshot's JSON writes as `null` and no reader parses.
+            if (0.0..=MAX_PREDICTED_MS).contains(&event.compute_ms) {
                 let size = kiln_telemetry::size_bucket(event.flops);
                 let (jobs, sum_ms) = self.compute_by_size.entry(size).or_default();
                 *jobs += 1;
@@ -256,7 +258,8 @@ impl Fold {
     }
 }
 
-/// The largest predicted time folded, in milliseconds (a week).
+/// The largest predicted time folded, and the largest compute time folded by size, in
+/// milliseconds (a week).
 const MAX_PREDICTED_MS: f64 = 7.0 * 24.0 * 3600.0 * 1000.0;
 
 /// Job ids remembered to drop duplicate result events: the newest this many.

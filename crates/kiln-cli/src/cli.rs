@@ -109,7 +109,7 @@ pub struct NatsArgs {
         global = true,
         conflicts_with = "data_max_age",
         value_name = "HOURS",
-        value_parser = clap::value_parser!(u64).range(1..)
+        value_parser = clap::value_parser!(u64).range(1..=MAX_LIFETIME_HOURS)
     )]
     pub data_max_age_hours: Option<u64>,
     /// Most bytes the KILN_DATA object store holds (kiln init).
@@ -674,13 +674,20 @@ fn limit(value: &str) -> Result<i64, String> {
     }
 }
 
-/// How long stored objects live: longer than nothing (NATS reads a max age of 0 as for ever).
+/// How long stored objects live: longer than nothing (NATS reads a max age of 0 as for ever)
+/// and at most [`MAX_LIFETIME_HOURS`] (NATS counts ages in nanoseconds, in an i64).
 fn lifetime(value: &str) -> Result<Duration, String> {
     match duration(value)? {
         Duration::ZERO => Err("must be longer than 0 (NATS would keep objects for ever)".into()),
+        age if age > Duration::from_secs(MAX_LIFETIME_HOURS * 3600) => Err(format!(
+            "must be at most {MAX_LIFETIME_HOURS} hours (100 years)"
+        )),
         age => Ok(age),
     }
 }
+
+/// The longest `--data-max-age`, in hours: 100 years.
+const MAX_LIFETIME_HOURS: u64 = 876_000;
 
 /// Stream replicas: 1 to 5, what JetStream keeps (1 on one server, 3 on a cluster).
 fn replicas(value: &str) -> Result<usize, String> {
@@ -740,7 +747,9 @@ mod tests {
             ("--results-max-bytes", "0", "must be at least 1"),
             ("--data-max-bytes", "-1", "must be at least 1"),
             ("--data-max-age", "0s", "must be longer than 0"),
-            ("--data-max-age-hours", "0", "0 is not in 1.."),
+            ("--data-max-age-hours", "0", "0 is not in 1..=876000"),
+            ("--data-max-age", "300years", "at most 876000 hours"),
+            ("--data-max-age-hours", "3000000", "is not in 1..=876000"),
             ("--replicas", "0", "1 to 5 replicas"),
             ("--replicas", "7", "1 to 5 replicas"),
         ];

@@ -61,11 +61,11 @@ pub fn metrics_table(snapshots: &[MetricsSnapshot]) -> String {
 }
 
 /// Mean CPU compute time over mean GPU compute time of one kind's succeeded jobs of the
-/// largest size both classes ran. Snapshots of an aggregator older than sizes compare the
-/// two classes' overall means.
+/// largest size both classes ran. Where a class has no sizes (its snapshots come from an
+/// aggregator older than them, or carried on from one), the two classes' overall means.
 fn speedup(cpu: &MetricsSnapshot, gpu: &MetricsSnapshot) -> Option<f64> {
     let ratio = |cpu_ms: f64, gpu_ms: f64| (gpu_ms > 0.0 && cpu_ms > 0.0).then(|| cpu_ms / gpu_ms);
-    if cpu.compute_by_size.is_empty() && gpu.compute_by_size.is_empty() {
+    if cpu.compute_by_size.is_empty() || gpu.compute_by_size.is_empty() {
         let counted = cpu.compute_ms.count > 0 && gpu.compute_ms.count > 0;
         return ratio(cpu.compute_ms.mean, gpu.compute_ms.mean).filter(|_| counted);
     }

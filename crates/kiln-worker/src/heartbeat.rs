@@ -36,25 +36,21 @@ fn key(name: &str) -> String {
 /// a worker that stopped without removing it, until its TTL) is no obstacle. The claim is a
 /// conditional write (create the key, or replace the stale entry read before waiting), so of
 /// two workers starting under one name at the same instant, one gets it and the other is
-/// refused; the claim is a `warming_up` entry that the first heartbeat replaces.
+/// refused; the claim is a `warming_up` entry that the first heartbeat, started right after,
+/// replaces. A write that fails for another reason than the entry having changed (a timeout,
+/// an election) claims nothing and refuses nothing: the worker starts, as it would without
+/// the bucket.
 pub(crate) async fn claim_name(
     js: &jetstream::Context,
     config: &WorkerConfig,
 ) -> crate::Result<()> {
+    use jetstream::kv::UpdateErrorKind;
     let Ok(store) = js.get_key_value(BUCKET_WORKERS).await else {
         return Ok(());
     };
     let key = key(&config.name);
-    let claim = || -> bytes::Bytes {
-        serde_json::to_vec(&claim_info(config))
-            .unwrap_or_default()
-            .into()
-    };
     let Some((revision, first)) = live_entry(&store, &key).await else {
-        return match store.create(&key, claim()).await {
-            Ok(_) => Ok(()),
-            Err(_) => taken(&store, &key).await,
-        };
+        return create_claim(&store, &key, config).await;
     };
     // A worker draining under this name (the one this replaces, in a rolling restart that
     // does not wait for it to exit) leaves its entry soon: no obstacle, and no claim (it
@@ -63,10 +59,65 @@ pub(crate) async fn claim_name(
         return Ok(());
     }
     tokio::time::sleep(config.topology.heartbeat + config.topology.heartbeat / 2).await;
-    match store.update(&key, claim(), revision).await {
+    match store.update(&key, claim(config), revision).await {
         Ok(_) => Ok(()),
-        Err(_) => taken(&store, &key).await,
+        Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => {
+            match live_entry(&store, &key).await {
+                // Refreshed meanwhile, or claimed by another starting worker.
+                Some((_, other)) => refuse(other),
+                // Expired meanwhile (its TTL is three heartbeats): claim the empty key.
+                None => create_claim(&store, &key, config).await,
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not claim the worker name; starting without");
+            Ok(())
+        }
     }
+}
+
+/// Create the key of a name nobody holds; refused when another worker created it first.
+async fn create_claim(
+    store: &jetstream::kv::Store,
+    key: &str,
+    config: &WorkerConfig,
+) -> crate::Result<()> {
+    match store.create(key, claim(config)).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == jetstream::kv::CreateErrorKind::AlreadyExists => {
+            match live_entry(store, key).await {
+                Some((_, other)) => refuse(other),
+                // Gone again, or not a worker's entry: nobody to name.
+                None => Ok(()),
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not claim the worker name; starting without");
+            Ok(())
+        }
+    }
+}
+
+/// The claim's body: [`claim_info`] as JSON.
+fn claim(config: &WorkerConfig) -> bytes::Bytes {
+    serde_json::to_vec(&claim_info(config))
+        .unwrap_or_default()
+        .into()
+}
+
+/// Refuse to start under the name `other` holds, unless it is draining (it leaves soon).
+fn refuse(other: WorkerInfo) -> crate::Result<()> {
+    if other.state == "draining" {
+        return Ok(());
+    }
+    Err(crate::Error::NameTaken {
+        name: other.name,
+        device: other.device,
+        started_at: other
+            .started_at
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default(),
+    })
 }
 
 /// The entry under `key` and its revision, unless there is none, it was deleted, or it does
@@ -77,22 +128,6 @@ async fn live_entry(store: &jetstream::kv::Store, key: &str) -> Option<(u64, Wor
         return None;
     }
     Some((entry.revision, serde_json::from_slice(&entry.value).ok()?))
-}
-
-/// After a claim was refused because the entry under `key` changed: the worker that wrote
-/// it, unless it is draining or gone (then the name is free enough to start under).
-async fn taken(store: &jetstream::kv::Store, key: &str) -> crate::Result<()> {
-    match live_entry(store, key).await {
-        Some((_, other)) if other.state != "draining" => Err(crate::Error::NameTaken {
-            name: other.name,
-            device: other.device,
-            started_at: other
-                .started_at
-                .format(&time::format_description::well_known::Rfc3339)
-                .unwrap_or_default(),
-        }),
-        _ => Ok(()),
-    }
 }
 
 /// The entry a starting worker claims its name with: what its configuration says, nothing
@@ -240,11 +275,20 @@ mod tests {
         jetstream::new(async_nats::connect(server.url()).await.expect("connect"))
     }
 
-    fn config(name: &str) -> WorkerConfig {
+    /// A worker named `name` whose heartbeat is `heartbeat_ms` (entries live three).
+    fn config(name: &str, heartbeat_ms: u64) -> WorkerConfig {
         let mut config = WorkerConfig::new(ComputeDevice::Cpu);
         config.name = name.into();
-        config.topology.heartbeat = std::time::Duration::from_millis(200);
+        config.topology.heartbeat = std::time::Duration::from_millis(heartbeat_ms);
         config
+    }
+
+    /// A `serving` entry under `name`, as a worker that died left it.
+    async fn left_behind(store: &jetstream::kv::Store, name: &str) -> u64 {
+        let mut left = claim_info(&config(name, 1000));
+        left.state = "serving".into();
+        let body = serde_json::to_vec(&left).unwrap();
+        store.put(name, body.into()).await.unwrap()
     }
 
     /// Two workers claiming one name at the same instant, each on its own connection: a read
@@ -253,10 +297,10 @@ mod tests {
     async fn of_two_claims_of_one_name_at_once_one_is_refused() {
         let server = NatsServer::start();
         let (a, b) = (jetstream(&server).await, jetstream(&server).await);
-        streams::ensure_all(&a, &config("twin").topology)
+        let twin = config("twin", 200);
+        streams::ensure_all(&a, &twin.topology)
             .await
             .expect("streams");
-        let twin = config("twin");
         let (first, second) = tokio::join!(claim_name(&a, &twin), claim_name(&b, &twin));
         let refused: Vec<_> = [first, second]
             .into_iter()
@@ -283,39 +327,52 @@ mod tests {
     async fn a_stale_entry_is_claimed_and_a_live_one_is_not() {
         let server = NatsServer::start();
         let js = jetstream(&server).await;
-        let stale = config("stale");
+        let stale = config("stale", 1000);
         streams::ensure_all(&js, &stale.topology)
             .await
             .expect("streams");
         let store = js.get_key_value(BUCKET_WORKERS).await.unwrap();
-        let mut left = claim_info(&stale);
-        left.state = "serving".into();
-        let body = serde_json::to_vec(&left).unwrap();
-        let before = store.put("stale", body.clone().into()).await.unwrap();
+        let before = left_behind(&store, "stale").await;
         claim_name(&js, &stale)
             .await
             .expect("a stale entry is no obstacle");
-        let (revision, _) = live_entry(&store, "stale").await.expect("the claim");
+        let (revision, claimed) = live_entry(&store, "stale").await.expect("the claim");
         assert!(
-            revision > before,
-            "the stale entry was replaced by the claim"
+            revision > before && claimed.state == "warming_up",
+            "{claimed:?}"
         );
 
-        store.put("live", body.into()).await.unwrap();
+        left_behind(&store, "live").await;
         let refresh = tokio::spawn(async move {
-            for _ in 0..40 {
+            for _ in 0..60 {
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                let mut info = claim_info(&config("live"));
-                info.state = "serving".into();
-                let body = serde_json::to_vec(&info).unwrap();
-                let _ = store.put("live", body.into()).await;
+                left_behind(&store, "live").await;
             }
         });
-        let refused = claim_name(&js, &config("live")).await.unwrap_err();
+        let refused = claim_name(&js, &config("live", 1000)).await.unwrap_err();
         assert!(
             matches!(refused, crate::Error::NameTaken { .. }),
             "{refused}"
         );
         refresh.abort();
+    }
+
+    /// A stale entry that expires (three heartbeats after its last write) while the claim
+    /// waits: the key is empty then, and the claim creates it rather than starting without.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_entry_expiring_during_the_wait_is_claimed_all_the_same() {
+        let server = NatsServer::start();
+        let js = jetstream(&server).await;
+        let expiring = config("expiring", 200);
+        streams::ensure_all(&js, &expiring.topology)
+            .await
+            .expect("streams");
+        let store = js.get_key_value(BUCKET_WORKERS).await.unwrap();
+        left_behind(&store, "expiring").await;
+        // Read at 400 ms, still there; gone at 600 ms, before the claim at 700 ms.
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+        claim_name(&js, &expiring).await.expect("no live worker");
+        let (_, claimed) = live_entry(&store, "expiring").await.expect("the claim");
+        assert_eq!(claimed.state, "warming_up");
     }
 }

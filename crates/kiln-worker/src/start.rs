@@ -43,9 +43,12 @@ pub(crate) async fn start(
     crate::warmup::record_panics();
     let js = jetstream::new(client);
     streams::ensure_all(&js, &config.topology).await?;
-    crate::heartbeat::claim_name(&js, &config).await?;
     let (consumer, shared) = open(&js, config).await?;
     let config = &shared.config;
+    // Right before the heartbeat starts, which keeps the claim's entry fresh from then on
+    // (a claim left unrefreshed through a long open, a GPU's library probes, could be taken
+    // over by a second worker as stale).
+    crate::heartbeat::claim_name(&js, config).await?;
     let serving = Arc::new(AtomicBool::new(false));
     let heartbeat = streams::patiently("start the heartbeat", || {
         Heartbeat::start(&js, shared.clone(), serving.clone())
