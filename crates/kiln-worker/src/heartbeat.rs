@@ -291,8 +291,9 @@ mod tests {
         store.put(name, body.into()).await.unwrap()
     }
 
-    /// Two workers claiming one name at the same instant, each on its own connection: a read
-    /// and then a write would let both through; the conditional write lets one.
+    /// Two workers claiming one name at the same instant, each on its own connection, each
+    /// refreshing its entry from right after a claim as the heartbeat does: a read and then
+    /// a write would let both through; the conditional write lets one.
     #[tokio::test(flavor = "multi_thread")]
     async fn of_two_claims_of_one_name_at_once_one_is_refused() {
         let server = NatsServer::start();
@@ -301,7 +302,21 @@ mod tests {
         streams::ensure_all(&a, &twin.topology)
             .await
             .expect("streams");
-        let (first, second) = tokio::join!(claim_name(&a, &twin), claim_name(&b, &twin));
+        let claim_and_beat = async |js: &jetstream::Context| {
+            let claimed = claim_name(js, &twin).await;
+            if claimed.is_ok() {
+                let store = js.get_key_value(BUCKET_WORKERS).await.unwrap();
+                let body = claim(&twin);
+                tokio::spawn(async move {
+                    for _ in 0..40 {
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        let _ = store.put("twin", body.clone()).await;
+                    }
+                });
+            }
+            claimed
+        };
+        let (first, second) = tokio::join!(claim_and_beat(&a), claim_and_beat(&b));
         let refused: Vec<_> = [first, second]
             .into_iter()
             .filter_map(Result::err)
