@@ -1,0 +1,67 @@
+//! The value parsers of kiln's flags: durations, and the limits that must mean what they
+//! say to NATS.
+
+use std::time::Duration;
+
+/// A duration flag: the new spelling's value, else the older spelling's, else `default`.
+pub(super) fn either(new: Option<Duration>, old: Option<Duration>, default: Duration) -> Duration {
+    new.or(old).unwrap_or(default)
+}
+
+/// A duration as humantime reads it: `30s`, `250ms`, `1h 30m`, `7d`.
+pub(super) fn duration(value: &str) -> Result<Duration, String> {
+    humantime::parse_duration(value).map_err(|e| e.to_string())
+}
+
+/// A stream limit (jobs, bytes): at least 1. NATS reads 0 and -1 as no limit at all, which
+/// is never what `--max-queued-jobs 0` means; a limit kiln sets is a limit.
+pub(super) fn limit(value: &str) -> Result<i64, String> {
+    match value.parse::<i64>() {
+        Ok(n) if n >= 1 => Ok(n),
+        Ok(_) => Err("must be at least 1 (NATS would read it as no limit)".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// How long stored objects live: longer than nothing (NATS reads a max age of 0 as for ever)
+/// and at most [`MAX_LIFETIME_HOURS`] (NATS counts ages in nanoseconds, in an i64).
+pub(super) fn lifetime(value: &str) -> Result<Duration, String> {
+    match duration(value)? {
+        Duration::ZERO => Err("must be longer than 0 (NATS would keep objects for ever)".into()),
+        age if age > Duration::from_secs(MAX_LIFETIME_HOURS * 3600) => Err(format!(
+            "must be at most {MAX_LIFETIME_HOURS} hours (100 years)"
+        )),
+        age => Ok(age),
+    }
+}
+
+/// The longest `--data-max-age`, in hours: 100 years.
+pub(super) const MAX_LIFETIME_HOURS: u64 = 876_000;
+
+/// Stream replicas: 1 to 5, what JetStream keeps (1 on one server, 3 on a cluster).
+pub(super) fn replicas(value: &str) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(n @ 1..=5) => Ok(n),
+        Ok(_) => Err("JetStream keeps 1 to 5 replicas (1 on one server, 3 on a cluster)".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// `kiln demo --scale`: a finite factor above 0, at most [`crate::cmd::demo::MAX_SCALE`].
+pub(super) fn scale(value: &str) -> Result<f64, String> {
+    let max = crate::cmd::demo::MAX_SCALE;
+    match value.parse::<f64>() {
+        Ok(x) if x > 0.0 && x <= max => Ok(x),
+        Ok(_) => Err(format!("use a factor above 0 and at most {max}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A count that must be at least one (`--compute-slots 0` would serve nothing).
+pub(super) fn at_least_one(value: &str) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
