@@ -109,8 +109,9 @@ pub struct Fold {
     pub compute: Latency,
     /// `total_ms` of the jobs counted.
     pub total: Latency,
-    /// Succeeded jobs and the sum of their `compute_ms`, by size (the decade of their flops).
-    pub compute_by_size: BTreeMap<String, (u64, f64)>,
+    /// Succeeded jobs and the sum of their `compute_ms`, by size (the decade of their flops,
+    /// -1 for none; labelled as [`kiln_telemetry::size_bucket`] does in snapshots).
+    pub compute_by_size: BTreeMap<i32, (u64, f64)>,
     /// Routed jobs with a prediction, and the sums of their errors.
     predicted: u64,
     abs_error_sum_ms: f64,
@@ -149,7 +150,7 @@ impl Fold {
             // Within a week, as predictions are: sums of absurd times would reach infinity,
             // which the snapshot's JSON writes as `null` and no reader parses.
             if (0.0..=MAX_PREDICTED_MS).contains(&event.compute_ms) {
-                let size = kiln_telemetry::size_bucket(event.flops);
+                let size = kiln_telemetry::flops_decade(event.flops);
                 let (jobs, sum_ms) = self.compute_by_size.entry(size).or_default();
                 *jobs += 1;
                 *sum_ms += event.compute_ms;
@@ -209,9 +210,10 @@ impl Fold {
             compute_by_size: self
                 .compute_by_size
                 .iter()
-                .map(|(size, &(jobs, sum_ms))| {
+                .map(|(&decade, &(jobs, sum_ms))| {
                     let mean_ms = sum_ms / jobs.max(1) as f64;
-                    (size.clone(), kiln_proto::SizeMean { jobs, mean_ms })
+                    let size = kiln_telemetry::size_label(decade);
+                    (size, kiln_proto::SizeMean { jobs, mean_ms })
                 })
                 .collect(),
             total_ms: self.total.stats(),
@@ -243,7 +245,10 @@ impl Fold {
             compute_by_size: snapshot
                 .compute_by_size
                 .iter()
-                .map(|(size, m)| (size.clone(), (m.jobs, m.mean_ms * m.jobs as f64)))
+                .filter_map(|(size, m)| {
+                    let decade = kiln_proto::size_decade(size)?;
+                    Some((decade, (m.jobs, m.mean_ms * m.jobs as f64)))
+                })
                 .collect(),
             predicted: snapshot.prediction.routed,
             abs_error_sum_ms: snapshot.prediction.mean_abs_error_ms

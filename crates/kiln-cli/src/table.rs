@@ -180,6 +180,6 @@ mod tests {
 
         // A restarted aggregator carries the sizes on from its last snapshot.
         let restored = kiln_aggregator::Fold::restore(cpu);
-        assert_eq!(restored.compute_by_size["1e9"], (1, 100.0));
+        assert_eq!(restored.compute_by_size[&9], (1, 100.0));
     }
 }

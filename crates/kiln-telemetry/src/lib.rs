@@ -36,7 +36,7 @@ pub use health::Health;
 pub use metrics::{
     AggregatorMetrics, ClassLabels, ConsumerLabels, FailureLabels, JobLabels, KindClassLabels,
     KindLabels, KindStatusLabels, LATENCY_BUCKETS_S, LatencyHistogram, SchedulerMetrics,
-    SizeLabels, WorkerMetrics, register_build_info, size_bucket,
+    SizeLabels, WorkerMetrics, flops_decade, register_build_info, size_bucket, size_label,
 };
 pub use prometheus_client::registry::Registry;
 pub use server::{MetricsServer, process_resident_memory_bytes, serve};

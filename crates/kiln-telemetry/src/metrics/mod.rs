@@ -33,12 +33,25 @@ pub(crate) fn latency_histogram() -> Histogram {
 /// 10⁶ ≤ flops < 10⁷ (`"0"` below 1). A vector add of n elements is n flops, a matmul
 /// 2·m·k·n, a conv2d 2·batch·channels·height·width·taps, train_mlp 8·parameters·samples·epochs.
 pub fn size_bucket(flops: f64) -> String {
+    size_label(flops_decade(flops))
+}
+
+/// The label of a [`flops_decade`]: `"1e6"` for 6, `"0"` for -1.
+pub fn size_label(decade: i32) -> String {
+    match decade {
+        ..0 => "0".to_owned(),
+        decade => format!("1e{decade}"),
+    }
+}
+
+/// The decade of `flops` that [`size_bucket`] names (6 for 10⁶ ≤ flops < 10⁷), -1 below 1 or
+/// when not finite; for counting by size without making the label each time.
+pub fn flops_decade(flops: f64) -> i32 {
     if !flops.is_finite() || flops < 1.0 {
-        return "0".to_owned();
+        return -1;
     }
     // log10 of an f64 can land a hair under an exact power of ten; nudge it.
-    let decade = (flops.log10() + 1e-9).floor() as i32;
-    format!("1e{decade}")
+    (flops.log10() + 1e-9).floor() as i32
 }
 
 #[cfg(test)]
@@ -53,5 +66,10 @@ mod tests {
         assert_eq!(size_bucket(1000.0), "1e3");
         assert_eq!(size_bucket(2.0 * 512.0 * 512.0 * 512.0), "1e8");
         assert_eq!(size_bucket(f64::NAN), "0");
+        assert_eq!((flops_decade(0.5), flops_decade(2e9)), (-1, 9));
+        assert_eq!(
+            (size_label(-1), size_label(9)),
+            ("0".to_owned(), "1e9".to_owned())
+        );
     }
 }
