@@ -98,9 +98,9 @@ async fn create_claim(
     }
 }
 
-/// The claim's body: [`claim_info`] as JSON.
+/// The claim's body: [`entry_of`] the worker starting now, as JSON.
 fn claim(config: &WorkerConfig) -> bytes::Bytes {
-    serde_json::to_vec(&claim_info(config))
+    serde_json::to_vec(&entry_of(config, OffsetDateTime::now_utc()))
         .unwrap_or_default()
         .into()
 }
@@ -130,15 +130,19 @@ async fn live_entry(store: &jetstream::kv::Store, key: &str) -> Option<(u64, Wor
     Some((entry.revision, serde_json::from_slice(&entry.value).ok()?))
 }
 
-/// The entry a starting worker claims its name with: what its configuration says, nothing
-/// held yet, `warming_up` (the scheduler counts serving workers only).
-fn claim_info(config: &WorkerConfig) -> WorkerInfo {
-    let now = OffsetDateTime::now_utc();
+/// A worker's entry as its configuration alone gives it, started at `started_at`: nothing
+/// held or answered yet, `warming_up` (the scheduler counts serving workers only). A
+/// starting worker claims its name with it; every heartbeat fills in the rest.
+fn entry_of(config: &WorkerConfig, started_at: OffsetDateTime) -> WorkerInfo {
     WorkerInfo {
         name: config.name.clone(),
         class: config.class,
         device: config.device.to_string(),
-        backend: backend(&config.device).into(),
+        backend: match config.device {
+            ComputeDevice::Cpu => "ndarray",
+            ComputeDevice::Cuda(_) => "cuda",
+        }
+        .into(),
         engines: Default::default(),
         capacity: config.compute_slots,
         max_in_flight: config.max_in_flight,
@@ -148,16 +152,8 @@ fn claim_info(config: &WorkerConfig) -> WorkerInfo {
         running: Vec::new(),
         state: "warming_up".into(),
         version: env!("CARGO_PKG_VERSION").into(),
-        started_at: now,
-        updated_at: now,
-    }
-}
-
-/// The Burn backend a device runs on, as heartbeats name it.
-fn backend(device: &ComputeDevice) -> &'static str {
-    match device {
-        ComputeDevice::Cpu => "ndarray",
-        ComputeDevice::Cuda(_) => "cuda",
+        started_at,
+        updated_at: OffsetDateTime::now_utc(),
     }
 }
 
@@ -229,13 +225,7 @@ fn info(shared: &Shared, serving: &AtomicBool, started_at: OffsetDateTime) -> Wo
     let config = &shared.config;
     let stats = shared.stats();
     WorkerInfo {
-        name: config.name.clone(),
-        class: config.class,
-        device: config.device.to_string(),
-        backend: backend(&config.device).into(),
         engines: shared.engines.names(&config.device),
-        capacity: config.compute_slots,
-        max_in_flight: config.max_in_flight,
         // Jobs held (computing, waiting for a slot, publishing) — not the slots reserved by
         // a pull request still waiting for jobs.
         in_flight: config.metrics.in_flight.get().max(0) as usize,
@@ -259,9 +249,7 @@ fn info(shared: &Shared, serving: &AtomicBool, started_at: OffsetDateTime) -> Wo
             "warming_up"
         }
         .into(),
-        version: env!("CARGO_PKG_VERSION").into(),
-        started_at,
-        updated_at: OffsetDateTime::now_utc(),
+        ..entry_of(config, started_at)
     }
 }
 
@@ -285,7 +273,7 @@ mod tests {
 
     /// A `serving` entry under `name`, as a worker that died left it.
     async fn left_behind(store: &jetstream::kv::Store, name: &str) -> u64 {
-        let mut left = claim_info(&config(name, 1000));
+        let mut left = entry_of(&config(name, 1000), OffsetDateTime::now_utc());
         left.state = "serving".into();
         let body = serde_json::to_vec(&left).unwrap();
         store.put(name, body.into()).await.unwrap()
