@@ -83,8 +83,7 @@ pub async fn run(nats: &NatsArgs, args: BatchingArgs) -> anyhow::Result<ExitCode
         args.window.as_secs_f64() * 1000.0
     );
     if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
-            .with_context(|| format!("writing {}", path.display()))?;
+        crate::write_json(path, &report)?;
         println!("figures written to {}", path.display());
     }
     Ok(ExitCode::SUCCESS)

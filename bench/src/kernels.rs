@@ -84,7 +84,7 @@ pub fn run(args: KernelsArgs) -> anyhow::Result<ExitCode> {
                 settings,
                 rows: &rows,
             };
-            if let Err(e) = write_json(path, &report) {
+            if let Err(e) = crate::write_json(path, &report) {
                 write_error = Some(e);
             }
         }
@@ -147,11 +147,6 @@ fn finish(
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn write_json(path: &Path, report: &Report<'_>) -> anyhow::Result<()> {
-    std::fs::write(path, serde_json::to_vec_pretty(report)?)
-        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// The headline of a row, or why it has none.

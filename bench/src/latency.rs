@@ -64,11 +64,7 @@ pub async fn run(nats: &NatsArgs, args: LatencyArgs) -> anyhow::Result<ExitCode>
     println!();
     println!("{}", table(&report));
     if let Some(path) = &args.json {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).ok();
-        }
-        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
-            .with_context(|| format!("writing {}", path.display()))?;
+        crate::write_json(path, &report)?;
         println!("figures written to {}", path.display());
     }
     Ok(ExitCode::SUCCESS)

@@ -97,6 +97,17 @@ fn bench_server(
     Ok((Some(server), nats))
 }
 
+/// Write `value` as pretty JSON to `path`, making its folder first (`--json`, the suite's
+/// files).
+fn write_json(path: &std::path::Path, value: &impl serde::Serialize) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).ok();
+    }
+    std::fs::write(path, serde_json::to_vec_pretty(value)?)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
 /// The `kiln` binary that worker processes are started from: `KILN_BIN`, the `kiln` beside
 /// this binary, or `kiln` on PATH.
 fn kiln_binary() -> anyhow::Result<PathBuf> {

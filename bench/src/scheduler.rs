@@ -70,11 +70,7 @@ pub async fn run(nats: &NatsArgs, args: SchedulerBenchArgs) -> anyhow::Result<Ex
         report.mean_completion_ratio_vs_always_cpu
     );
     if let Some(path) = &args.json {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).ok();
-        }
-        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
-            .with_context(|| format!("writing {}", path.display()))?;
+        crate::write_json(path, &report)?;
         let svg = path.with_extension("svg");
         std::fs::write(&svg, chart(&report.runs))
             .with_context(|| format!("writing {}", svg.display()))?;

@@ -338,7 +338,7 @@ impl<'a> SuiteRun<'a> {
         let written = write_all(&self.out, &mut self.suite);
         self.record("files", timer, written);
         // Rewrite the JSON and the report with the last step's time in them.
-        write_json(&self.out.join("suite.json"), &self.suite)?;
+        crate::write_json(&self.out.join("suite.json"), &self.suite)?;
         std::fs::write(self.out.join("report.md"), report::markdown(&self.suite))
             .with_context(|| format!("writing {}", self.out.join("report.md").display()))
     }
@@ -505,11 +505,6 @@ fn csv_bytes<T: Serialize>(rows: impl IntoIterator<Item = T>) -> anyhow::Result<
     writer.into_inner().context("finishing a CSV file")
 }
 
-fn write_json(path: &Path, value: &impl Serialize) -> anyhow::Result<()> {
-    std::fs::write(path, serde_json::to_vec_pretty(value)?)
-        .with_context(|| format!("writing {}", path.display()))
-}
-
 /// Write the CPU matmul rows where `bench/scripts/numpy_reference.py` reads them, run it, and read
 /// its figures back. Missing python, numpy or script: skipped, with the reason.
 fn numpy_reference(args: &SuiteArgs, out: &Path, k: &kernels::Section) -> Numpy {
@@ -539,7 +534,7 @@ fn numpy_reference(args: &SuiteArgs, out: &Path, k: &kernels::Section) -> Numpy 
         "settings": k.cpu_settings,
         "rows": rows,
     });
-    if let Err(e) = write_json(&burn, &body) {
+    if let Err(e) = crate::write_json(&burn, &body) {
         return skipped(format!("{e:#}"));
     }
     let output = std::process::Command::new(&args.python)

@@ -361,7 +361,7 @@ fn torch_side(
         return format!("skipped: {python} cannot import torch");
     }
     let cases_path = out.join(CASES_FILE);
-    if let Err(e) = super::write_json(&cases_path, &cases) {
+    if let Err(e) = crate::write_json(&cases_path, &cases) {
         return format!("skipped: {e:#}");
     }
     let mut version = String::new();
