@@ -149,7 +149,10 @@ def main():
     ap.add_argument("--cases", required=True, help="the suite's original-cases.json")
     ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     ap.add_argument("--json", required=True, help="where to write the rows")
+    ap.add_argument("--time-limit-s", type=float, default=None,
+                    help="start no case after this many seconds; the rest are rows saying so")
     args = ap.parse_args()
+    started = time.monotonic()
     import torch
 
     device = torch.device(args.device)
@@ -165,6 +168,11 @@ def main():
         cases = json.load(f)
     rows = []
     for case in cases:
+        if args.time_limit_s is not None and time.monotonic() - started >= args.time_limit_s:
+            rows.append({"case": case["name"], "median_ms": None,
+                         "status": f"skipped: past --time-limit-s {args.time_limit_s:g}"})
+            print(f"{args.device} {case['name']}: not reached in time", file=sys.stderr)
+            continue
         try:
             times = run_case(torch, device, case)
             row = {"case": case["name"], "median_ms": statistics.median(times),

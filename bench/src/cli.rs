@@ -91,6 +91,11 @@ pub struct SuiteArgs {
         default_value = "kernels,numpy,original,pipeline,overhead,data,scaling,scheduler"
     )]
     pub parts: Vec<SuitePart>,
+    /// Seconds the original sizes' part may take (kiln's jobs and PyTorch's together): it
+    /// starts no case past its share of them and reports the cases it did not reach, so that
+    /// a run under an outer time limit (`just gpu-check`) still writes its report.
+    #[arg(long, env = "KILN_BENCH_ORIGINAL_LIMIT_S")]
+    pub original_limit_s: Option<u64>,
 }
 
 /// One part of `kiln-bench suite`.

@@ -256,7 +256,9 @@ impl<'a> SuiteRun<'a> {
         let timer = Instant::now();
         let torch = (self.args.python.as_str(), self.args.torch_script.as_path());
         let gpu = !self.args.no_gpu;
-        let result = original::measure(self.nats, self.quick, gpu, torch, &self.out, &bar).await;
+        let limit = self.args.original_limit_s.map(std::time::Duration::from_secs);
+        let result =
+            original::measure(self.nats, self.quick, gpu, torch, limit, &self.out, &bar).await;
         bar.finish_and_clear();
         self.suite.original = self.record("original sizes", timer, result);
     }

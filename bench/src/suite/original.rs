@@ -15,7 +15,7 @@
 //! operation, the same summary read back), so kiln's compute column sits beside PyTorch's.
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use async_nats::jetstream;
@@ -40,6 +40,9 @@ pub const PYTORCH_FILES: [&str; 3] = [CASES_FILE, "torch-jobs-cpu.json", "torch-
 const CASES_FILE: &str = "original-cases.json";
 /// The longest one job may take before the part gives up on it.
 const JOB_PATIENCE: Duration = Duration::from_secs(600);
+/// Under a time limit, kiln's jobs start no case after this share of it; PyTorch's side has
+/// what is left.
+const KILN_SHARE: f64 = 0.6;
 
 /// One kind at one size.
 #[derive(Debug, Clone, Serialize)]
@@ -95,6 +98,8 @@ pub struct Section {
     pub gpu: String,
     /// `ran (torch X)` or why PyTorch's side is missing.
     pub torch: String,
+    /// The cases not started within the part's time limit (`--original-limit-s`).
+    pub not_reached: Vec<String>,
 }
 
 pub const METHOD: &str = "jobs one at a time through a private nats-server to an in-process \
@@ -189,16 +194,20 @@ fn count(n: u64) -> String {
     }
 }
 
-/// Run every case on the CPU worker, then on the CUDA worker where there is one (and `gpu`
-/// allows), then PyTorch's side where `python` has torch.
+/// Run every case on the CPU worker and on the CUDA worker where there is one (and `gpu`
+/// allows), then PyTorch's side where `python` has torch. Under a `limit`, the cases run in
+/// rounds (every kind's smallest size, then every kind's next, …) so that a cut-off run still
+/// covers every kind, and the cases not started in time are listed in the section.
 pub async fn measure(
     nats: &NatsArgs,
     quick: bool,
     gpu: bool,
     torch: (&str, &Path),
+    limit: Option<Duration>,
     out: &Path,
     bar: &ProgressBar,
 ) -> anyhow::Result<Section> {
+    let started = Instant::now();
     let cuda = super::kernels::cuda_device(gpu);
     let mut devices = vec![ComputeDevice::Cpu];
     devices.extend(cuda.clone());
@@ -216,8 +225,14 @@ pub async fn measure(
     bar.set_length((per_device * devices.len()) as u64);
     let run = kiln_proto::new_job_id();
     let mut rows = Vec::new();
-    for device in &devices {
-        for case in &cases {
+    let mut not_reached = Vec::new();
+    for case in in_rounds(&cases) {
+        if limit.is_some_and(|l| started.elapsed() >= l.mul_f64(KILN_SHARE)) {
+            bar.suspend(|| eprintln!("  {}: not reached within the time limit", case.name));
+            not_reached.push(case.name.clone());
+            continue;
+        }
+        for device in &devices {
             bar.set_message(format!("{device} {} {}", case.kind, case.size));
             let jobs = Jobs {
                 js: &js,
@@ -236,13 +251,23 @@ pub async fn measure(
             rows.push(row);
         }
     }
+    // The table's order: the cases' own, CPU first.
+    let place = |r: &OriginalRow| cases.iter().position(|c| c.name == r.case);
+    rows.sort_by_key(|r| (place(r), r.device != "cpu"));
     roles.stop().await?;
     drop(results);
     let _ = client.drain().await;
 
-    // PyTorch runs for minutes at these sizes: off the async threads.
-    let torch =
-        tokio::task::block_in_place(|| torch_side(torch, bar, out, &cases, &devices, &mut rows));
+    // PyTorch runs for minutes at these sizes: off the async threads. It gets the cases kiln
+    // measured and, under a limit, what is left of it.
+    let measured: Vec<OriginalCase> = cases
+        .into_iter()
+        .filter(|c| !not_reached.contains(&c.name))
+        .collect();
+    let left = limit.map(|l| l.saturating_sub(started.elapsed()));
+    let torch = tokio::task::block_in_place(|| {
+        torch_side(torch, bar, out, &measured, &devices, left, &mut rows)
+    });
     // Stopped last: a client still connected would warn of the lost connection meanwhile.
     drop(server);
     Ok(Section {
@@ -254,7 +279,16 @@ pub async fn measure(
             Err(why) => format!("none: {why}"),
         },
         torch,
+        not_reached,
     })
+}
+
+/// The cases in rounds: every kind's first size, then every kind's second, and so on.
+fn in_rounds(cases: &[OriginalCase]) -> Vec<&OriginalCase> {
+    let rank = |i: usize| cases[..i].iter().filter(|c| c.kind == cases[i].kind).count();
+    let mut order: Vec<usize> = (0..cases.len()).collect();
+    order.sort_by_key(|&i| rank(i)); // stable: kinds keep their order within a round
+    order.into_iter().map(|i| &cases[i]).collect()
 }
 
 /// A worker per device on `client`, for jobs up to [`MAX_ELEMENTS`], without warm-up jobs of
@@ -344,6 +378,7 @@ fn torch_side(
     out: &Path,
     cases: &[OriginalCase],
     devices: &[ComputeDevice],
+    limit: Option<Duration>,
     rows: &mut [OriginalRow],
 ) -> String {
     // A file left by an earlier run into the same folder must not pass for this run's.
@@ -365,6 +400,8 @@ fn torch_side(
         return format!("skipped: {e:#}");
     }
     let mut version = String::new();
+    // Under a limit, each device has an equal share of what is left.
+    let share = limit.map(|l| l.div_f64(devices.len() as f64));
     for device in devices {
         let torch_device = match device {
             ComputeDevice::Cpu => "cpu".to_owned(),
@@ -379,6 +416,9 @@ fn torch_side(
             .arg(&cases_path)
             .args(["--device", &torch_device, "--json"])
             .arg(&json_path);
+        if let Some(share) = share {
+            command.arg("--time-limit-s").arg(share.as_secs().max(1).to_string());
+        }
         let figures = match run_showing_progress(command, bar) {
             Err(e) => return format!("failed: could not run {python}: {e}"),
             Ok((status, log)) if !status.success() => {
@@ -514,6 +554,24 @@ mod tests {
                 "thousands of samples: {p}"
             );
         }
+    }
+
+    #[test]
+    fn rounds_take_every_kinds_next_size_in_turn() {
+        let cases = cases(false);
+        let order: Vec<&str> = in_rounds(&cases).iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(order.len(), cases.len());
+        assert_eq!(
+            order[..4],
+            [
+                "matmul_1000_1000",
+                "vector_add_1M",
+                "conv2d_32_3_224_224",
+                "train_mlp_1024_samples"
+            ]
+        );
+        assert_eq!(order[4], "matmul_2000_2000");
+        assert_eq!(order.last(), Some(&"matmul_5000_5000"));
     }
 
     #[test]

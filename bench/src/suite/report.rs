@@ -380,6 +380,13 @@ fn original(o: &mut String, s: &Suite) {
     let gpu = x.rows.iter().any(|r| r.device != "cpu");
     original_table(o, x, gpu);
     o.push('\n');
+    if !x.not_reached.is_empty() {
+        let _ = writeln!(
+            o,
+            "Not reached within the part's time limit (`--original-limit-s`): {}.\n",
+            x.not_reached.join(", ")
+        );
+    }
     if !gpu {
         let _ = writeln!(
             o,
