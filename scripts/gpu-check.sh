@@ -13,7 +13,9 @@
 # phases that do not fit are skipped. Each phase can be left out: KILN_SKIP_STARTUP,
 # KILN_SKIP_CORRECTNESS, KILN_SKIP_CUDA_TESTS, KILN_SKIP_BATCHING, KILN_SKIP_KERNELS,
 # KILN_SKIP_ORIGINAL (=1); issue 20's owed checks are the last four.
-# KILN_KERNEL_FILTER=train_mlp (say) times only the kernel cases whose name contains it.
+# KILN_KERNEL_FILTER=train_mlp (say) times only the kernel cases whose name contains it;
+# KILN_CUDA_TEST_FILTER="cuda_output cuda_jobs" (say) runs only the CUDA tests whose names
+# contain one of its words.
 set -u
 cd "$(dirname "$0")/.."
 started=$(date +%s)
@@ -115,7 +117,7 @@ fi
 if [ -x .device/kiln-kernel-tests ] && [ -z "${KILN_SKIP_CUDA_TESTS:-}" ] &&
     lim=$(limit "${KILN_CUDA_TESTS_LIMIT_S:-150}"); then
     phase "CUDA kernel tests (the ignored ones, bundled test binary)"
-    timeout -k 10 "$lim" .device/kiln-kernel-tests --ignored cuda_ \
+    timeout -k 10 "$lim" .device/kiln-kernel-tests --ignored ${KILN_CUDA_TEST_FILTER:-cuda_} \
         --test-threads 1 --nocapture > "$LOGS/cuda-tests.log" 2>&1
     echo "CUDA kernel tests: exit $?" | tee -a "$LOGS/cuda-tests.log"
 fi

@@ -256,7 +256,10 @@ impl<'a> SuiteRun<'a> {
         let timer = Instant::now();
         let torch = (self.args.python.as_str(), self.args.torch_script.as_path());
         let gpu = !self.args.no_gpu;
-        let limit = self.args.original_limit_s.map(std::time::Duration::from_secs);
+        let limit = self
+            .args
+            .original_limit_s
+            .map(std::time::Duration::from_secs);
         let result =
             original::measure(self.nats, self.quick, gpu, torch, limit, &self.out, &bar).await;
         bar.finish_and_clear();

@@ -285,7 +285,12 @@ pub async fn measure(
 
 /// The cases in rounds: every kind's first size, then every kind's second, and so on.
 fn in_rounds(cases: &[OriginalCase]) -> Vec<&OriginalCase> {
-    let rank = |i: usize| cases[..i].iter().filter(|c| c.kind == cases[i].kind).count();
+    let rank = |i: usize| {
+        cases[..i]
+            .iter()
+            .filter(|c| c.kind == cases[i].kind)
+            .count()
+    };
     let mut order: Vec<usize> = (0..cases.len()).collect();
     order.sort_by_key(|&i| rank(i)); // stable: kinds keep their order within a round
     order.into_iter().map(|i| &cases[i]).collect()
@@ -417,7 +422,9 @@ fn torch_side(
             .args(["--device", &torch_device, "--json"])
             .arg(&json_path);
         if let Some(share) = share {
-            command.arg("--time-limit-s").arg(share.as_secs().max(1).to_string());
+            command
+                .arg("--time-limit-s")
+                .arg(share.as_secs().max(1).to_string());
         }
         let figures = match run_showing_progress(command, bar) {
             Err(e) => return format!("failed: could not run {python}: {e}"),

@@ -10,10 +10,14 @@ use crate::cpu::simd::Width;
 /// Values per block when generating or summarising: each block is one task on rayon's pool,
 /// and its place in the output fixes its random words and its share of the sums, so results do
 /// not depend on how many cores did the work.
-const BLOCK: usize = 1 << 16;
+pub(crate) const BLOCK: usize = 1 << 16;
 
 /// Below this many values the work stays on the calling thread (a task costs microseconds).
 const PARALLEL_FROM: usize = 4 * BLOCK;
+
+/// Interleaved accumulators of a block's summary: value `i` of a block goes to lane `i % LANES`
+/// (the values after its last whole chunk of `LANES` are added one by one).
+pub(crate) const LANES: usize = 8;
 
 /// `n` values uniform in `[-1, 1)`, the same for the same `(seed, stream)` on every machine.
 /// `stream` separates the inputs of one job (A and B of a matmul) drawn from one seed.
@@ -99,20 +103,75 @@ impl Summary {
             .into_iter()
             .reduce(Partial::then)
             .unwrap_or(Partial::EMPTY);
-        let n = values.len().max(1) as f64;
+        // The sums are finite unless a value is not (f32 squares stay far inside f64): only
+        // then is there something to count.
+        let non_finite = || values.iter().filter(|v| !v.is_finite()).count() as u64;
+        Self::of_total(total, values.len(), non_finite)
+    }
+
+    /// The summary of `n` values from their lanes as the device makes them ([`LANES`] per
+    /// block of [`BLOCK`], blocks in order; see `crate::reduce`) and the values after the last
+    /// block's whole chunks of lanes (`tail`, fewer than [`LANES`]): bit for bit what
+    /// [`Summary::of`] gives for the values themselves.
+    pub(crate) fn of_lanes(n: usize, lanes: &[Lane], tail: &[f32]) -> Self {
+        let blocks = lanes.len() / LANES;
+        let total = lanes
+            .chunks(LANES)
+            .enumerate()
+            .map(|(i, block)| {
+                let whole = block
+                    .iter()
+                    .map(Lane::partial)
+                    .fold(Partial::EMPTY, Partial::then);
+                let tail = if i + 1 == blocks { tail } else { &[] };
+                tail.iter()
+                    .map(|&v| Partial::one(v))
+                    .fold(whole, Partial::then)
+            })
+            .reduce(Partial::then)
+            .unwrap_or(Partial::EMPTY);
+        let non_finite = || {
+            let counted: u64 = lanes.iter().map(|l| l.non_finite).sum();
+            counted + tail.iter().filter(|v| !v.is_finite()).count() as u64
+        };
+        Self::of_total(total, n, non_finite)
+    }
+
+    fn of_total(total: Partial, n: usize, non_finite: impl FnOnce() -> u64) -> Self {
         Summary {
             checksum: total.sum,
             l2_norm: total.sq.sqrt(),
-            min: if values.is_empty() { 0.0 } else { total.min },
-            max: if values.is_empty() { 0.0 } else { total.max },
-            mean: total.sum / n,
-            // The sums are finite unless a value is not (f32 squares stay far inside f64):
-            // only then is there something to count.
+            min: if n == 0 { 0.0 } else { total.min },
+            max: if n == 0 { 0.0 } else { total.max },
+            mean: total.sum / n.max(1) as f64,
             non_finite: if total.sum.is_finite() && total.sq.is_finite() {
                 0
             } else {
-                values.iter().filter(|v| !v.is_finite()).count() as u64
+                non_finite()
             },
+        }
+    }
+}
+
+/// One lane's share of a block's summary, as the device's summary kernel makes it
+/// (`crate::reduce`): the sum and sum of squares of its values in f64, their smallest and
+/// largest (NaNs passed over), and how many are not finite.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Lane {
+    pub sum: f64,
+    pub sq: f64,
+    pub min: f32,
+    pub max: f32,
+    pub non_finite: u64,
+}
+
+impl Lane {
+    fn partial(&self) -> Partial {
+        Partial {
+            sum: self.sum,
+            sq: self.sq,
+            min: self.min,
+            max: self.max,
         }
     }
 }
@@ -165,7 +224,6 @@ impl Partial {
     /// chain would serialise on the adder's latency).
     #[inline(always)]
     fn of_lanes(values: &[f32]) -> Self {
-        const LANES: usize = 8;
         let mut sum = [0.0f64; LANES];
         let mut sq = [0.0f64; LANES];
         let mut min = [f32::INFINITY; LANES];
@@ -191,15 +249,20 @@ impl Partial {
             })
             .fold(Partial::EMPTY, Partial::then);
         for &v in tail {
-            let d = f64::from(v);
-            total = total.then(Partial {
-                sum: d,
-                sq: d * d,
-                min: v,
-                max: v,
-            });
+            total = total.then(Partial::one(v));
         }
         total
+    }
+
+    /// The partial of one value.
+    fn one(v: f32) -> Self {
+        let d = f64::from(v);
+        Partial {
+            sum: d,
+            sq: d * d,
+            min: v,
+            max: v,
+        }
     }
 
     fn then(self, next: Partial) -> Partial {

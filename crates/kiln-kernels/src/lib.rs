@@ -64,9 +64,12 @@
 mod data;
 mod device;
 mod dtype;
+#[cfg(test)]
+mod host_kernel;
 mod io;
 mod kernel;
 mod memory;
+mod reduce;
 mod seeded;
 
 pub mod cpu;

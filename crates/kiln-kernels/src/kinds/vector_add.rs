@@ -13,7 +13,8 @@
 //! on a GPU, uploaded). Jobs that share a launch (at most [`BATCH_MAX_ELEMENTS`] elements each)
 //! still make theirs on the host and upload them in one copy: a generator launch per job would
 //! cost more than generating a small job's vectors, and one launch for a whole batch is not
-//! written yet.
+//! written yet. A job alone on cuBLAS whose result carries only c's summary has the summary
+//! made on the GPU ([`crate::reduce`]: the same bits) rather than copying c back.
 
 use burn::tensor::{Tensor, TensorData, backend::Backend};
 use kiln_proto::{JobError, Limits};
@@ -22,8 +23,8 @@ use serde_json::json;
 
 use crate::engine::{MatmulEngine, burn_engine};
 use crate::io::{Input, Inputs, Placement, Wanted, tensor_objects};
-use crate::vendor::cublas::{MadeOn, Source};
-use crate::{Kernel, Plan, RunContext, Summary, seeded_values};
+use crate::vendor::cublas::{MadeOn, Output, ReadBack, Source};
+use crate::{Kernel, Plan, RunContext, seeded_values};
 
 /// `{"len": 1024}` (generated from the seed) or `{"a": [..], "b": [..]}`, each of `a` and `b`
 /// inline or an object (`{"object": "NAME"}`, a tensor of any shape, taken flat).
@@ -122,7 +123,12 @@ impl Kernel for VectorAdd {
             // Generated inputs on cuBLAS are made on the device, not uploaded.
             ctx.checkpoint(1, 2)?;
             let source = Source::Seeded(ctx.seed);
-            let (c, made) = crate::vendor::cublas::vector_add_from(index, source, len as usize)?;
+            let read = match ctx.place(false, len as usize) {
+                Placement::Summary => ReadBack::Summary,
+                Placement::Inline | Placement::Object => ReadBack::Values,
+            };
+            let (c, made) =
+                crate::vendor::cublas::vector_add_from(index, source, len as usize, read)?;
             let mut out = answer(params, ctx, c, "cublas", 1);
             if made == MadeOn::Device {
                 out["inputs"] = json!(made.as_str());
@@ -131,7 +137,7 @@ impl Kernel for VectorAdd {
         }
         let (a, b) = operands(params, ctx)?;
         let (c, engine) = add(ctx, a, b)?;
-        Ok(answer(params, ctx, c, engine, 1))
+        Ok(answer(params, ctx, Output::Values(c), engine, 1))
     }
 
     /// Small jobs share a launch: their vectors are laid end to end, added at once, and cut
@@ -165,7 +171,7 @@ impl Kernel for VectorAdd {
             .map(|((params, ctx), operands)| {
                 let (a, _) = operands?;
                 let (c, engine) = launched.as_ref().map_err(Clone::clone)?;
-                let c = c[offset..offset + a.len()].to_vec();
+                let c = Output::Values(c[offset..offset + a.len()].to_vec());
                 offset += a.len();
                 Ok(answer(params, ctx, c, engine, ready))
             })
@@ -219,19 +225,25 @@ fn on_cublas<B: Backend>(ctx: &RunContext<'_, B>) -> bool {
 }
 
 /// The job's result: its length, engine and summary, with `c` inline or stored as the job's
-/// output placement says; `"batched"`: how many jobs shared its launch, when more than one.
+/// output placement says (`c` was read back whole unless only its summary is wanted);
+/// `"batched"`: how many jobs shared its launch, when more than one.
 fn answer<B: Backend>(
     params: &Params,
     ctx: &RunContext<'_, B>,
-    c: Vec<f32>,
+    c: Output,
     engine: &str,
     batched: usize,
 ) -> serde_json::Value {
+    let summary = c.summary();
+    let Output::Values(c) = c else {
+        let len = params.len.unwrap_or(0);
+        return json!({ "len": len, "engine": engine, "summary": summary });
+    };
     let len = c.len();
     let mut out = json!({
         "len": len,
         "engine": engine,
-        "summary": Summary::of(&c),
+        "summary": summary,
     });
     if batched > 1 {
         out["batched"] = json!(batched);

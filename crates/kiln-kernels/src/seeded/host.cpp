@@ -1,5 +1,5 @@
-// kernel.cu run on the host, for kiln's tests (seeded/tests.rs): the few CUDA built-ins it uses
-// as plain C++, and every thread of the launch grid in turn.
+// kernel.cu run on the host, for kiln's tests (seeded/tests.rs): CUDA's built-ins from host_shim.h,
+// and every thread of the launch grid in turn.
 //
 // Usage: host KIND N STREAM K0 .. K7 (KIND f32, bf16 or f16; the key words in decimal). Writes
 // the N values' bytes to stdout; exits 3 if a thread wrote past N.
@@ -7,29 +7,7 @@
 #include <cstdlib>
 #include <cstring>
 
-#define __device__
-#define __global__
-#define __forceinline__ inline
-
-struct KilnDim3 {
-    unsigned int x;
-};
-static KilnDim3 blockIdx, blockDim, threadIdx;
-
-static inline float __uint_as_float(unsigned int u) {
-    float f;
-    std::memcpy(&f, &u, sizeof f);
-    return f;
-}
-static inline unsigned int __float_as_uint(float f) {
-    unsigned int u;
-    std::memcpy(&u, &f, sizeof u);
-    return u;
-}
-static inline float __fadd_rn(float a, float b) { return a + b; }
-static inline float __fsub_rn(float a, float b) { return a - b; }
-static inline float __fmul_rn(float a, float b) { return a * b; }
-
+#include "host_shim.h"
 #include "kernel.cu"
 
 // The launch the device gets (vendor/nvrtc.rs): THREADS threads a block, enough blocks for one

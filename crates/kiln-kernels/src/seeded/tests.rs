@@ -151,32 +151,9 @@ fn conversions_match_the_host_over_all_of_f32() {
     }
 }
 
-/// The kernel's own source compiled for this CPU with a few lines standing in for CUDA's
-/// built-ins (`host.cpp`), in a fresh folder; its path.
+/// The kernel's own source compiled for this CPU (`host.cpp`); its path.
 fn host_build_of_the_kernel() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("kiln-seeded-kernel-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("kernel.cu"), KERNEL_SOURCE).unwrap();
-    std::fs::write(dir.join("host.cpp"), include_str!("host.cpp")).unwrap();
-    let compiler = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
-    let exe = dir.join("host");
-    let built = std::process::Command::new(&compiler)
-        .args(["-std=c++17", "-O2", "-ffp-contract=off", "-Wall", "-Wextra"])
-        .arg("-Wno-unknown-pragmas")
-        .arg("-o")
-        .arg(&exe)
-        .arg(dir.join("host.cpp"))
-        .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "this test compiles the CUDA kernel's source for the CPU and needs a C++ \
-                 compiler ({compiler}: {e}); install one (apt-get install g++) or set CXX"
-            )
-        });
-    let warnings = String::from_utf8_lossy(&built.stderr);
-    assert!(built.status.success(), "{compiler} failed:\n{warnings}");
-    assert!(warnings.trim().is_empty(), "{compiler} warned:\n{warnings}");
-    exe
+    crate::host_kernel::build("seeded", KERNEL_SOURCE, include_str!("host.cpp"))
 }
 
 /// The kernel's output for `n` values of `(seed, stream)` as `kind` (f32, bf16, f16), run on

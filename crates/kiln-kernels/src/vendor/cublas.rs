@@ -45,8 +45,8 @@ use cudarc::driver::{CudaStream, sys::CUdeviceptr};
 use kiln_proto::{ErrorKind, JobError};
 
 use super::cuda::{Buffers, Handles, Library, lock};
-use super::nvrtc::{Generator, generator};
-use crate::{Dtype, seeded_values};
+use super::nvrtc::{Generator, generator, summarizer};
+use crate::{Dtype, Summary, seeded_values};
 
 const CUBLAS: Library = Library {
     name: "cuBLAS",
@@ -120,6 +120,70 @@ impl MadeOn {
             MadeOn::Device => "device",
         }
     }
+}
+
+/// What a job reads back of its output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadBack {
+    /// Every value (the job returns them, inline or as an object).
+    Values,
+    /// Only their summary: made on the device where [`super::nvrtc`]'s summary kernel runs
+    /// (a few kilobytes come back instead of the output), else on the host.
+    Summary,
+}
+
+/// An output read back: its values, or only their summary.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// Every value, as f32.
+    Values(Vec<f32>),
+    /// Only the summary.
+    Summary(Summary),
+}
+
+impl Output {
+    /// The output's summary.
+    pub fn summary(&self) -> Summary {
+        match self {
+            Output::Values(values) => Summary::of(values),
+            Output::Summary(summary) => summary.clone(),
+        }
+    }
+
+    /// The values, where they were read back.
+    pub fn values(&self) -> Option<&[f32]> {
+        match self {
+            Output::Values(values) => Some(values),
+            Output::Summary(_) => None,
+        }
+    }
+
+    fn into_values(self) -> Vec<f32> {
+        match self {
+            Output::Values(values) => values,
+            Output::Summary(_) => unreachable!("values were asked for"),
+        }
+    }
+}
+
+/// Read `what` back from `ops` on `stream` as `read` asks.
+fn read_back(
+    library: &Library,
+    stream: &Arc<CudaStream>,
+    ops: &Buffers,
+    (what, dtype): (&str, Dtype),
+    read: ReadBack,
+) -> Result<Output, JobError> {
+    if read == ReadBack::Summary {
+        // Why a device has no summarizer is logged once by `summarizer`.
+        if let Ok(summarizer) = summarizer(stream) {
+            return ops
+                .summary(library, stream, (what, dtype), &summarizer)
+                .map(Output::Summary);
+        }
+    }
+    ops.download(library, stream, what, dtype)
+        .map(Output::Values)
 }
 
 /// A job's inputs ready to go to the device: host values (given, or generated on the host where
@@ -275,17 +339,20 @@ pub fn matmul(
     n: usize,
     dtype: Dtype,
 ) -> Result<Vec<f32>, JobError> {
-    matmul_from(index, Source::Host(a, b), (m, k, n), dtype).map(|(c, _)| c)
+    let source = Source::Host(a, b);
+    matmul_from(index, source, (m, k, n), dtype, ReadBack::Values).map(|(c, _)| c.into_values())
 }
 
 /// C = A·B on CUDA device `index` through cuBLAS, A (m×k) and B (k×n) from `source`, in
-/// `dtype`'s element type; C comes back as f32, with where A and B were made.
+/// `dtype`'s element type; C (as f32, or its summary: `read`) comes back with where A and B
+/// were made.
 pub fn matmul_from(
     index: usize,
     source: Source<'_>,
     (m, k, n): (usize, usize, usize),
     dtype: Dtype,
-) -> Result<(Vec<f32>, MadeOn), JobError> {
+    read: ReadBack,
+) -> Result<(Output, MadeOn), JobError> {
     let dims = (dim("m", m)?, dim("k", k)?, dim("n", n)?);
     let gemm = blas_for(index)?;
     let inputs = Prepared::of(source, &gemm, [m * k, k * n])?;
@@ -298,7 +365,7 @@ pub fn matmul_from(
         dtype,
     )?;
     launch(&gemm, &mut ops, dims, dtype)?;
-    let c = ops.download(&CUBLAS, &gemm.stream, "C", dtype)?;
+    let c = read_back(&CUBLAS, &gemm.stream, &ops, ("C", dtype), read)?;
     Ok((c, inputs.made_on()))
 }
 
@@ -415,16 +482,19 @@ pub fn vector_add(index: usize, a: &[f32], b: &[f32]) -> Result<Vec<f32>, JobErr
             b.len()
         )));
     }
-    vector_add_from(index, Source::Host(a, b), a.len()).map(|(c, _)| c)
+    vector_add_from(index, Source::Host(a, b), a.len(), ReadBack::Values)
+        .map(|(c, _)| c.into_values())
 }
 
 /// c = a + b on CUDA device `index` through cuBLAS, f32, `len` elements of a and b from
-/// `source` (host vectors of that length, or a seed); c comes back with where a and b were made.
+/// `source` (host vectors of that length, or a seed); c (or its summary: `read`) comes back
+/// with where a and b were made.
 pub fn vector_add_from(
     index: usize,
     source: Source<'_>,
     len: usize,
-) -> Result<(Vec<f32>, MadeOn), JobError> {
+    read: ReadBack,
+) -> Result<(Output, MadeOn), JobError> {
     let blas = blas_for(index)?;
     let inputs = Prepared::of(source, &blas, [len, len])?;
     let blas = lock(&blas);
@@ -436,7 +506,7 @@ pub fn vector_add_from(
         Dtype::F32,
     )?;
     launch_add(&blas, &mut ops, len)?;
-    let c = ops.download(&CUBLAS_ADD, &blas.stream, "c", Dtype::F32)?;
+    let c = read_back(&CUBLAS_ADD, &blas.stream, &ops, ("c", Dtype::F32), read)?;
     Ok((c, inputs.made_on()))
 }
 

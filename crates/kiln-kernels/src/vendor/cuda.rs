@@ -18,7 +18,8 @@ use cudarc::driver::{
 };
 use kiln_proto::{ErrorKind, JobError};
 
-use super::nvrtc::{Element, Generator};
+use super::nvrtc::{Element, Generator, Summarizer};
+use crate::Summary;
 use crate::dtype::{Dtype, from_half, to_half};
 
 /// One of NVIDIA's libraries, as kiln uses it.
@@ -254,6 +255,21 @@ impl Buffers {
         match self {
             Buffers::Full(ops) => of(ops, stream),
             Buffers::Half(ops) => of(ops, stream),
+        }
+    }
+
+    /// The output's summary (waits for the stream): made on the device by `summarizer` from
+    /// an f32 output; a 16-bit output is read back and summarised on the host.
+    pub(crate) fn summary(
+        &self,
+        library: &Library,
+        stream: &Arc<CudaStream>,
+        (what, dtype): (&str, Dtype),
+        summarizer: &Summarizer,
+    ) -> Result<Summary, JobError> {
+        match self {
+            Buffers::Full(ops) => summarizer.summarize((library, what), stream, &ops.out),
+            Buffers::Half(_) => Ok(Summary::of(&self.download(library, stream, what, dtype)?)),
         }
     }
 

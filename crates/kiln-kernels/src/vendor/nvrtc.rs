@@ -1,7 +1,8 @@
-//! kiln's own CUDA kernel: seeded inputs made on the device. [`crate::seeded`] holds its source
-//! and the Rust mirror the tests check it with; here it is compiled at run time by NVRTC (loaded
-//! at run time like libcuda; burn-cuda compiles its kernels with the same library), once per
-//! process, loaded once per device, and launched on the stream of the job's cuBLAS handle.
+//! kiln's own CUDA kernels: seeded inputs made on the device ([`crate::seeded`] holds the source
+//! and the Rust mirror the tests check it with) and output summaries made on the device
+//! ([`crate::reduce`]). Each is compiled at run time by NVRTC (loaded at run time like libcuda;
+//! burn-cuda compiles its kernels with the same library), once per process, loaded once per
+//! device, and launched on the stream of the job's cuBLAS handle.
 //!
 //! A `matmul` or `vector_add` job on cuBLAS whose inputs come from its seed allocates A and B on
 //! the device and fills them there, one ChaCha8 block of 16 values per thread, with the bits
@@ -9,8 +10,12 @@
 //! vector add no longer generates 80 MB on the host and copies it over PCIe. Its result says
 //! `"inputs": "device"`.
 //!
-//! When NVRTC does not load, or the kernel does not compile or load, the reason is logged once
-//! per device and such jobs generate their inputs on the host and upload them, as before.
+//! A job whose output comes back only as its summary has the summary made where the output is,
+//! and reads back a few kilobytes of partial sums instead of the output (see [`crate::reduce`]).
+//!
+//! When NVRTC does not load, or a kernel does not compile or load, the reason is logged once
+//! per device and such jobs generate their inputs on the host and upload them, or read their
+//! output back and summarise it on the host, as before.
 //!
 //! Unsafe code: allocating the inputs without clearing them (the kernel writes every element
 //! before anything reads one) and launching the kernel.
@@ -26,10 +31,11 @@ use cudarc::nvrtc::{CompileOptions, Ptx, compile_ptx_with_opts};
 use kiln_proto::JobError;
 
 use super::cuda::{Library, lock};
-use crate::Dtype;
+use crate::data::Lane;
 use crate::seeded::{
     ENTRY_BF16, ENTRY_F16, ENTRY_F32, KERNEL_SOURCE, VALUES_PER_THREAD, key_words,
 };
+use crate::{Dtype, Summary, reduce};
 
 const NVRTC: Library = Library {
     name: "NVRTC",
@@ -73,6 +79,9 @@ impl Element for u16 {
 /// A device's generator, or why it has none.
 type Loaded = Result<Arc<Generator>, String>;
 
+/// Each device's summary kernel, or why it has none.
+type Summarizers = Mutex<HashMap<usize, Result<Arc<Summarizer>, String>>>;
+
 /// The generator on `stream`'s device: compiled and loaded the first time; an error (logged
 /// once per device, and the same for every later call) when NVRTC does not load or the kernel
 /// does not compile or load there.
@@ -96,45 +105,200 @@ pub(crate) fn generator(stream: &Arc<CudaStream>) -> Result<Arc<Generator>, JobE
         .map_err(JobError::internal)
 }
 
-/// The kernel as PTX, compiled once per process.
-fn ptx() -> Result<String, String> {
-    static FOUND: OnceLock<Result<String, String>> = OnceLock::new();
-    static PTX: OnceLock<Result<String, String>> = OnceLock::new();
-    PTX.get_or_init(|| {
-        NVRTC.loads(&FOUND)?;
-        let options = CompileOptions {
-            // No contraction into FMAs (the kernel's arithmetic is exact either way).
-            fmad: Some(false),
-            name: Some("kiln_seeded.cu".into()),
-            ..Default::default()
-        };
-        // cudarc panics where an NVRTC lacks a symbol it calls or cannot give its log: that too
-        // becomes an error (and host generation), not a failed worker.
-        std::panic::catch_unwind(|| compile_ptx_with_opts(KERNEL_SOURCE, options))
-            .map_err(|_| "NVRTC panicked compiling the seeded-input kernel".to_owned())?
-            .map(|ptx| ptx.to_src())
-            .map_err(|e| format!("NVRTC could not compile the seeded-input kernel: {e}"))
-    })
-    .clone()
+/// One of kiln's kernels: its source, the file name NVRTC gives it, what it is called in
+/// messages, and its PTX once compiled.
+struct Source {
+    code: &'static str,
+    file: &'static str,
+    what: &'static str,
+    ptx: OnceLock<Result<String, String>>,
+}
+
+static SEEDED: Source = Source {
+    code: KERNEL_SOURCE,
+    file: "kiln_seeded.cu",
+    what: "seeded-input kernel",
+    ptx: OnceLock::new(),
+};
+
+static SUMMARY: Source = Source {
+    code: reduce::KERNEL_SOURCE,
+    file: "kiln_summary.cu",
+    what: "summary kernel",
+    ptx: OnceLock::new(),
+};
+
+impl Source {
+    /// The kernel as PTX, compiled once per process.
+    fn ptx(&self) -> Result<String, String> {
+        static FOUND: OnceLock<Result<String, String>> = OnceLock::new();
+        self.ptx
+            .get_or_init(|| {
+                NVRTC.loads(&FOUND)?;
+                let options = CompileOptions {
+                    // No contraction into FMAs: the summary's squares are rounded before they
+                    // are added, as on the host (the generator's arithmetic is exact either way).
+                    fmad: Some(false),
+                    name: Some(self.file.into()),
+                    ..Default::default()
+                };
+                // cudarc panics where an NVRTC lacks a symbol it calls or cannot give its log:
+                // that too becomes an error (and the host's way), not a failed worker.
+                std::panic::catch_unwind(|| compile_ptx_with_opts(self.code, options))
+                    .map_err(|_| format!("NVRTC panicked compiling the {}", self.what))?
+                    .map(|ptx| ptx.to_src())
+                    .map_err(|e| format!("NVRTC could not compile the {}: {e}", self.what))
+            })
+            .clone()
+    }
+
+    /// Compile (once) and load the kernel on `stream`'s device; its entry points `names`.
+    fn load<const N: usize>(
+        &self,
+        stream: &Arc<CudaStream>,
+        names: [&str; N],
+    ) -> Result<[CudaFunction; N], String> {
+        let module = stream
+            .context()
+            .load_module(Ptx::from_src(self.ptx()?))
+            .map_err(|e| format!("the device could not load the {}: {e:?}", self.what))?;
+        let functions = names.map(|name| {
+            module
+                .load_function(name)
+                .map_err(|e| format!("the {} has no {name}: {e:?}", self.what))
+        });
+        if let Some(Err(why)) = functions.iter().find(|f| f.is_err()) {
+            return Err(why.clone());
+        }
+        Ok(functions.map(|f| f.expect("every function loaded")))
+    }
 }
 
 /// Compile (once) and load the generator on `stream`'s device.
 fn load(stream: &Arc<CudaStream>) -> Result<Arc<Generator>, String> {
-    let ptx = ptx()?;
-    let module = stream
-        .context()
-        .load_module(Ptx::from_src(ptx))
-        .map_err(|e| format!("the device could not load the seeded-input kernel: {e:?}"))?;
-    let function = |name: &str| {
-        module
-            .load_function(name)
-            .map_err(|e| format!("the seeded-input kernel has no {name}: {e:?}"))
-    };
-    Ok(Arc::new(Generator {
-        f32: function(ENTRY_F32)?,
-        bf16: function(ENTRY_BF16)?,
-        f16: function(ENTRY_F16)?,
-    }))
+    let [f32, bf16, f16] = SEEDED.load(stream, [ENTRY_F32, ENTRY_BF16, ENTRY_F16])?;
+    Ok(Arc::new(Generator { f32, bf16, f16 }))
+}
+
+/// The summary kernel loaded on one device.
+pub(crate) struct Summarizer {
+    f32: CudaFunction,
+}
+
+/// The summary kernel on `stream`'s device: compiled and loaded the first time; an error
+/// (logged once per device, and the same for every later call) where it cannot be.
+pub(crate) fn summarizer(stream: &Arc<CudaStream>) -> Result<Arc<Summarizer>, JobError> {
+    static LOADED: OnceLock<Summarizers> = OnceLock::new();
+    let device = stream.context().ordinal();
+    let mut loaded = lock(LOADED.get_or_init(Default::default));
+    loaded
+        .entry(device)
+        .or_insert_with(|| {
+            let summarizer = SUMMARY
+                .load(stream, [reduce::ENTRY_F32])
+                .map(|[f32]| Arc::new(Summarizer { f32 }));
+            if let Err(why) = &summarizer {
+                tracing::warn!(
+                    device,
+                    "outputs of cuBLAS jobs will be summarised on the host: {why}"
+                );
+            }
+            summarizer
+        })
+        .clone()
+        .map_err(JobError::internal)
+}
+
+impl Summarizer {
+    /// The summary of `values` on `stream` (waits for it): the lanes made on the device, read
+    /// back with the last block's leftover values, and folded on the host into what
+    /// [`Summary::of`] gives for the values. `what` names the buffer in `library`'s errors.
+    pub(crate) fn summarize(
+        &self,
+        (library, what): (&Library, &str),
+        stream: &Arc<CudaStream>,
+        values: &CudaSlice<f32>,
+    ) -> Result<Summary, JobError> {
+        let n = values.len();
+        let lanes = reduce::lanes(n);
+        if lanes == 0 {
+            return Ok(Summary::of(&[]));
+        }
+        let failed = |doing: &str| {
+            let doing = format!("{doing} the summary of {what}");
+            move |e| library.driver_error(&doing, e)
+        };
+        let blocks = u32::try_from(lanes.div_ceil(THREADS as usize))
+            .map_err(|_| JobError::too_large(format!("{what} has too many values to summarise")))?;
+        let config = LaunchConfig {
+            grid_dim: (blocks, 1, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut sums = stream
+            .alloc_zeros::<f64>(lanes)
+            .map_err(failed("allocating"))?;
+        let mut squares = stream
+            .alloc_zeros::<f64>(lanes)
+            .map_err(failed("allocating"))?;
+        let mut mins = stream
+            .alloc_zeros::<f32>(lanes)
+            .map_err(failed("allocating"))?;
+        let mut maxs = stream
+            .alloc_zeros::<f32>(lanes)
+            .map_err(failed("allocating"))?;
+        let mut bad = stream
+            .alloc_zeros::<u64>(lanes)
+            .map_err(failed("allocating"))?;
+        let count = n as u64;
+        library.bind(stream)?;
+        let mut launch = stream.launch_builder(&self.f32);
+        launch
+            .arg(values)
+            .arg(&count)
+            .arg(&mut sums)
+            .arg(&mut squares)
+            .arg(&mut mins)
+            .arg(&mut maxs)
+            .arg(&mut bad);
+        // SAFETY: the entry point takes (const float* values, unsigned long long n, double*
+        // sums, double* squares, float* mins, float* maxs, unsigned long long* non_finite), the
+        // arguments pushed in that order; `values` holds `n` f32s and each output `lanes`
+        // elements, and the kernel reads only indices below `n` and writes one element per
+        // thread below `lanes` (threads past it return at once).
+        unsafe { launch.launch(config) }.map_err(failed("making"))?;
+        let start = reduce::tail_start(n);
+        let tail = if start < n {
+            stream
+                .clone_dtoh(&values.slice(start..))
+                .map_err(failed("reading back"))?
+        } else {
+            Vec::new()
+        };
+        let read = failed("reading back");
+        let (sums, squares) = (stream.clone_dtoh(&sums), stream.clone_dtoh(&squares));
+        let (mins, maxs, bad) = (
+            stream.clone_dtoh(&mins),
+            stream.clone_dtoh(&maxs),
+            stream.clone_dtoh(&bad),
+        );
+        let (sums, squares) = (sums.map_err(&read)?, squares.map_err(&read)?);
+        let (mins, maxs, bad) = (
+            mins.map_err(&read)?,
+            maxs.map_err(&read)?,
+            bad.map_err(&read)?,
+        );
+        let lanes: Vec<Lane> = (0..lanes)
+            .map(|i| Lane {
+                sum: sums[i],
+                sq: squares[i],
+                min: mins[i],
+                max: maxs[i],
+                non_finite: bad[i],
+            })
+            .collect();
+        Ok(Summary::of_lanes(n, &lanes, &tail))
+    }
 }
 
 /// The launch of one thread per 16 of `len` values.
@@ -258,13 +422,17 @@ mod tests {
     /// Compiles the kernel with the NVRTC the machine has (no GPU needed).
     #[test]
     #[ignore = "needs libnvrtc (NVRTC) on the loader path; run with --ignored nvrtc"]
-    fn nvrtc_compiles_the_seeded_input_kernel() {
-        let ptx = ptx().expect("NVRTC compiles the kernel");
+    fn nvrtc_compiles_kilns_kernels() {
+        let ptx = SEEDED
+            .ptx()
+            .expect("NVRTC compiles the seeded-input kernel");
         for entry in [ENTRY_F32, ENTRY_BF16, ENTRY_F16] {
             assert!(
                 ptx.contains(&format!(".entry {entry}(")),
                 "{entry} in the PTX"
             );
         }
+        let ptx = SUMMARY.ptx().expect("NVRTC compiles the summary kernel");
+        assert!(ptx.contains(&format!(".entry {}(", reduce::ENTRY_F32)));
     }
 }

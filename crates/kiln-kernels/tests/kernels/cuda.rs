@@ -381,22 +381,74 @@ fn cuda_jobs_with_generated_inputs_make_them_on_the_device_with_the_same_results
 /// read back), best of three each way; printed for the GPU check (`--nocapture`), not
 /// asserted: a test is no benchmark.
 fn print_seeded_times(len: usize) {
-    use kiln_kernels::vendor::cublas::{Source, vector_add_from};
+    use kiln_kernels::vendor::cublas::{ReadBack, Source, vector_add_from};
     let best = |run: &dyn Fn() -> f64| (0..3).map(|_| run()).fold(f64::INFINITY, f64::min);
+    let read = ReadBack::Values;
     let device = best(&|| {
         let start = std::time::Instant::now();
-        vector_add_from(0, Source::Seeded(9), len).expect("device inputs");
+        vector_add_from(0, Source::Seeded(9), len, read).expect("device inputs");
         start.elapsed().as_secs_f64() * 1e3
     });
     let host = best(&|| {
         let start = std::time::Instant::now();
         let (a, b) = (seeded_values(9, 0, len), seeded_values(9, 1, len));
-        vector_add_from(0, Source::Host(&a, &b), len).expect("host inputs");
+        vector_add_from(0, Source::Host(&a, &b), len, read).expect("host inputs");
         start.elapsed().as_secs_f64() * 1e3
     });
     println!(
         "seeded inputs, vector_add {len} on cuBLAS: made on the device {device:.2} ms, made on \
          the host and uploaded {host:.2} ms ({:.1}x)",
         host / device
+    );
+}
+
+#[test]
+#[ignore = "needs CUDA"]
+fn cuda_output_summaries_made_on_the_device_are_the_hosts_bit_for_bit() {
+    use kiln_kernels::vendor::cublas::{Output, ReadBack, Source, matmul_from, vector_add_from};
+    use kiln_kernels::{Dtype, Summary};
+    require_gpu("cuda_output_summaries_made_on_the_device_are_the_hosts_bit_for_bit");
+    let block = 1 << 16;
+    for len in [1, 7, 8, 1000, block + 5, 3 * block + 4099, 10_000_001] {
+        let source = Source::Seeded(len as u64);
+        let (values, _) = vector_add_from(0, source, len, ReadBack::Values).expect("values");
+        let (made, _) = vector_add_from(0, source, len, ReadBack::Summary).expect("summary");
+        let Output::Summary(made) = made else {
+            panic!("len {len}: the summary was not made on the device");
+        };
+        let host = Summary::of(values.values().expect("values read back"));
+        assert_eq!(made, host, "vector_add len {len}");
+    }
+    // An f32 product is summarised on the device, a bf16 one read back and summarised on the
+    // host: the same either way.
+    for dtype in [Dtype::F32, Dtype::Bf16] {
+        let dims = (300, 200, 500);
+        let (values, _) =
+            matmul_from(0, Source::Seeded(3), dims, dtype, ReadBack::Values).expect("values");
+        let (made, _) =
+            matmul_from(0, Source::Seeded(3), dims, dtype, ReadBack::Summary).expect("summary");
+        let host = Summary::of(values.values().expect("values read back"));
+        let Output::Summary(made) = made else {
+            panic!("matmul {}: values came back", dtype.as_str());
+        };
+        assert_eq!(made, host, "matmul {}", dtype.as_str());
+    }
+    // What it saves a 100M-element vector add (inputs made on the device): printed for the GPU
+    // check, not asserted.
+    let len = 100_000_000;
+    let best = |read: ReadBack| {
+        (0..3)
+            .map(|_| {
+                let start = std::time::Instant::now();
+                vector_add_from(0, Source::Seeded(1), len, read).expect("vector_add");
+                start.elapsed().as_secs_f64() * 1e3
+            })
+            .fold(f64::INFINITY, f64::min)
+    };
+    let (summary, values) = (best(ReadBack::Summary), best(ReadBack::Values));
+    println!(
+        "output summary, vector_add {len} on cuBLAS: made on the device {summary:.2} ms, c read \
+         back and summarised on the host {values:.2} ms ({:.1}x)",
+        values / summary
     );
 }
