@@ -236,8 +236,10 @@ impl Partial {
                 let d = f64::from(v);
                 sum[lane] += d;
                 sq[lane] += d * d;
-                min[lane] = min[lane].min(v);
-                max[lane] = max[lane].max(v);
+                // Written out rather than f32::min/max, whose choice between -0 and +0 differs
+                // between CPUs: as the device's summary kernel compares (a NaN keeps the lane's).
+                min[lane] = if v < min[lane] { v } else { min[lane] };
+                max[lane] = if v > max[lane] { v } else { max[lane] };
             }
         }
         let mut total = (0..LANES)
@@ -269,8 +271,17 @@ impl Partial {
         Partial {
             sum: self.sum + next.sum,
             sq: self.sq + next.sq,
-            min: self.min.min(next.min),
-            max: self.max.max(next.max),
+            // As in the lanes: a NaN (a lone value's) is passed over, and ±0 ties keep `self`.
+            min: if next.min < self.min {
+                next.min
+            } else {
+                self.min
+            },
+            max: if next.max > self.max {
+                next.max
+            } else {
+                self.max
+            },
         }
     }
 }

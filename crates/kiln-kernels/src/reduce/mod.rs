@@ -20,6 +20,10 @@ pub(crate) const KERNEL_SOURCE: &str = include_str!("kernel.cu");
 /// The kernel's entry point.
 pub(crate) const ENTRY_F32: &str = "kiln_summary_f32";
 
+/// Outputs of fewer values are read back and summarised on the host: below about 4 MiB the
+/// copy costs less than the kernel's launch, allocations and read-backs.
+pub(crate) const DEVICE_FROM: usize = 1 << 20;
+
 /// Values per block and lanes per block: the kernel's `KILN_SUMMARY_BLOCK` and
 /// `KILN_SUMMARY_LANES`.
 pub(crate) use crate::data::{BLOCK, LANES};

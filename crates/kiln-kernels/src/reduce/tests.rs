@@ -76,9 +76,10 @@ fn the_kernel_source_run_on_the_cpu_gives_the_hosts_summary_bit_for_bit() {
     // Magnitudes far apart (the order of f64 additions shows), and values that are not finite.
     let mut wide = crate::seeded_values(3, 1, 2 * BLOCK + 11);
     for (i, v) in wide.iter_mut().enumerate() {
-        *v *= [1.0, 1e-7, 3e7, 1e30][i % 4];
+        *v *= [1.0, 1e-7, 3e7, 1e30, 0.0, -0.0][i % 6];
     }
     cases.push(wide.clone());
+    cases.push([-0.0, 0.0].repeat(13));
     wide[BLOCK + 9] = f32::NAN;
     wide[17] = f32::INFINITY;
     wide[2 * BLOCK + 10] = f32::NEG_INFINITY;

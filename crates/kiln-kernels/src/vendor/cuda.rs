@@ -259,7 +259,8 @@ impl Buffers {
     }
 
     /// The output's summary (waits for the stream): made on the device by `summarizer` from
-    /// an f32 output; a 16-bit output is read back and summarised on the host.
+    /// an f32 output of at least [`crate::reduce::DEVICE_FROM`] values; a smaller or 16-bit
+    /// output is read back and summarised on the host.
     pub(crate) fn summary(
         &self,
         library: &Library,
@@ -268,8 +269,10 @@ impl Buffers {
         summarizer: &Summarizer,
     ) -> Result<Summary, JobError> {
         match self {
-            Buffers::Full(ops) => summarizer.summarize((library, what), stream, &ops.out),
-            Buffers::Half(_) => Ok(Summary::of(&self.download(library, stream, what, dtype)?)),
+            Buffers::Full(ops) if ops.out.len() >= crate::reduce::DEVICE_FROM => {
+                summarizer.summarize((library, what), stream, &ops.out)
+            }
+            _ => Ok(Summary::of(&self.download(library, stream, what, dtype)?)),
         }
     }
 

@@ -350,6 +350,25 @@ impl Generator {
     }
 }
 
+/// The summary of `values` made on CUDA device `index` by the summary kernel, whatever their
+/// number, for the GPU tests: what a cuBLAS job's summary-only result carries. An error if
+/// NVRTC does not load or the kernel does not compile.
+pub fn summary_on_device(index: usize, values: &[f32]) -> Result<Summary, JobError> {
+    let context = CudaContext::new(index)
+        .map_err(|e| NVRTC.driver_error(&format!("opening CUDA device {index}"), e))?;
+    let stream = context
+        .new_stream()
+        .map_err(|e| NVRTC.driver_error("creating a stream", e))?;
+    let summarizer = summarizer(&stream)?;
+    if values.is_empty() {
+        return Ok(Summary::of(values));
+    }
+    let on_device = stream
+        .clone_htod(values)
+        .map_err(|e| NVRTC.driver_error("uploading the values", e))?;
+    summarizer.summarize((&NVRTC, "the values"), &stream, &on_device)
+}
+
 /// Seeded values read back from a device, in the type the device holds them.
 #[derive(Debug, Clone, PartialEq)]
 pub enum OnDevice {

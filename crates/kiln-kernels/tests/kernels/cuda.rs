@@ -406,23 +406,61 @@ fn print_seeded_times(len: usize) {
 #[ignore = "needs CUDA"]
 fn cuda_output_summaries_made_on_the_device_are_the_hosts_bit_for_bit() {
     use kiln_kernels::vendor::cublas::{Output, ReadBack, Source, matmul_from, vector_add_from};
+    use kiln_kernels::vendor::nvrtc::summary_on_device;
     use kiln_kernels::{Dtype, Summary};
     require_gpu("cuda_output_summaries_made_on_the_device_are_the_hosts_bit_for_bit");
+    let bits = |s: &Summary| {
+        let f = |x: f64| x.to_bits();
+        let g = |x: f32| x.to_bits();
+        (
+            f(s.checksum),
+            f(s.l2_norm),
+            g(s.min),
+            g(s.max),
+            f(s.mean),
+            s.non_finite,
+        )
+    };
+    // The kernel itself, at any length: magnitudes far apart, zeros of both signs, and values
+    // that are not finite inside whole chunks and in the tail.
     let block = 1 << 16;
-    for len in [1, 7, 8, 1000, block + 5, 3 * block + 4099, 10_000_001] {
-        let source = Source::Seeded(len as u64);
-        let (values, _) = vector_add_from(0, source, len, ReadBack::Values).expect("values");
-        let (made, _) = vector_add_from(0, source, len, ReadBack::Summary).expect("summary");
-        let Output::Summary(made) = made else {
-            panic!("len {len}: the summary was not made on the device");
-        };
-        let host = Summary::of(values.values().expect("values read back"));
-        assert_eq!(made, host, "vector_add len {len}");
+    for len in [1, 7, 8, 1000, block + 5, 3 * block + 4099] {
+        let mut values = seeded_values(len as u64, 0, len);
+        for (i, v) in values.iter_mut().enumerate() {
+            *v *= [1.0, 1e-7, 3e7, 1e30, 0.0, -0.0][i % 6];
+        }
+        for (what, special) in [
+            ("finite", None),
+            ("nan", Some(f32::NAN)),
+            ("inf", Some(f32::INFINITY)),
+        ] {
+            let mut values = values.clone();
+            if let Some(x) = special {
+                values[len / 2] = x;
+                values[len - 1] = -x;
+            }
+            let made = summary_on_device(0, &values).expect("summary on the device");
+            let host = Summary::of(&values);
+            assert_eq!(
+                bits(&made),
+                bits(&host),
+                "{len} values, {what}: {made:?} vs {host:?}"
+            );
+        }
     }
-    // An f32 product is summarised on the device, a bf16 one read back and summarised on the
-    // host: the same either way.
+    // Through the jobs' path: a vector add and an f32 product big enough to be summarised on
+    // the device, and a bf16 product (read back and summarised on the host).
+    let len = 10_000_001;
+    let source = Source::Seeded(11);
+    let (values, _) = vector_add_from(0, source, len, ReadBack::Values).expect("values");
+    let (made, _) = vector_add_from(0, source, len, ReadBack::Summary).expect("summary");
+    let Output::Summary(made) = made else {
+        panic!("vector_add {len}: values came back");
+    };
+    let host = Summary::of(values.values().expect("values read back"));
+    assert_eq!(bits(&made), bits(&host), "vector_add {len}");
     for dtype in [Dtype::F32, Dtype::Bf16] {
-        let dims = (300, 200, 500);
+        let dims = (1100, 256, 1024);
         let (values, _) =
             matmul_from(0, Source::Seeded(3), dims, dtype, ReadBack::Values).expect("values");
         let (made, _) =
@@ -431,7 +469,7 @@ fn cuda_output_summaries_made_on_the_device_are_the_hosts_bit_for_bit() {
         let Output::Summary(made) = made else {
             panic!("matmul {}: values came back", dtype.as_str());
         };
-        assert_eq!(made, host, "matmul {}", dtype.as_str());
+        assert_eq!(bits(&made), bits(&host), "matmul {}", dtype.as_str());
     }
     // What it saves a 100M-element vector add (inputs made on the device): printed for the GPU
     // check, not asserted.
