@@ -233,22 +233,13 @@ pub async fn measure(
             continue;
         }
         for device in &devices {
-            bar.set_message(format!("{device} {} {}", case.kind, case.size));
             let jobs = Jobs {
                 js: &js,
                 run: &run,
                 device,
                 bar,
             };
-            let row = jobs.measure(case, &mut results).await?;
-            // A line per case, so that a run cut short (a time limit) still says what it measured.
-            bar.suspend(|| {
-                eprintln!(
-                    "  {device} {} {}: end to end {:.3} ms, compute {:.3} ms ({})",
-                    row.kind, row.size, row.end_to_end_ms, row.compute_ms, row.engine
-                );
-            });
-            rows.push(row);
+            rows.push(jobs.measure(case, &mut results).await?);
         }
     }
     // The table's order: the cases' own, CPU first.
@@ -339,6 +330,8 @@ impl Jobs<'_> {
             ComputeDevice::Cpu => DeviceClass::Cpu,
             ComputeDevice::Cuda(_) => DeviceClass::Gpu,
         };
+        self.bar
+            .set_message(format!("{device} {} {}", case.kind, case.size));
         let entry = kiln_kernels::find(case.kind).context("the suite's kinds are registered")?;
         let what = format!("{} {} on {device}", case.kind, case.size);
         let (mut end_to_end, mut compute, mut engine) = (Vec::new(), Vec::new(), String::new());
@@ -361,6 +354,15 @@ impl Jobs<'_> {
                 .unwrap_or(burn)
                 .to_owned();
         }
+        let (end_to_end_ms, compute_ms) = (quantile(end_to_end, 0.5), quantile(compute, 0.5));
+        // A line per case, so that a run cut short (a time limit) still says what it measured.
+        self.bar.suspend(|| {
+            eprintln!(
+                "  {device} {} {}: end to end {end_to_end_ms:.3} ms, compute {compute_ms:.3} ms \
+                 ({engine})",
+                case.kind, case.size
+            );
+        });
         Ok(OriginalRow {
             case: case.name.clone(),
             kind: case.kind,
@@ -369,8 +371,8 @@ impl Jobs<'_> {
             device: device.to_string(),
             engine,
             jobs: case.jobs,
-            end_to_end_ms: quantile(end_to_end, 0.5),
-            compute_ms: quantile(compute, 0.5),
+            end_to_end_ms,
+            compute_ms,
             torch_ms: None,
         })
     }

@@ -225,26 +225,11 @@ impl Kernel for Matmul {
         };
         let blas = ctx.engines.matmul == MatmulEngine::Blas;
         if let (Some(index), true) = (ctx.cuda_index, blas) {
-            // cuBLAS runs whole: a GPU finishes the largest product that fits its memory in
-            // about a second. Generated inputs are made on the device.
-            ctx.checkpoint(0, 1)?;
             let source = match &given {
                 Some((a, b)) => Source::Host(a, b),
                 None => Source::Seeded(ctx.seed),
             };
-            // Only C's summary comes back where that is all the result carries: made on the
-            // device rather than copying C over.
-            let read = match ctx.place(params.a.is_some(), m * n) {
-                Placement::Summary => ReadBack::Summary,
-                Placement::Inline | Placement::Object => ReadBack::Values,
-            };
-            let dims = (m, k, n);
-            let (c, made) = crate::vendor::cublas::matmul_from(index, source, dims, dtype, read)?;
-            let mut out = answer(params, ctx, c, (m, n), (dtype.as_str(), "cublas"));
-            if made == MadeOn::Device {
-                out["inputs"] = json!(made.as_str());
-            }
-            return Ok(out);
+            return on_cublas(params, ctx, (index, source), (m, k, n), dtype);
         }
         let (a, b) = given.unwrap_or_else(|| {
             (
@@ -288,6 +273,26 @@ impl Kernel for Matmul {
             (&computed, engine),
         ))
     }
+}
+
+/// The product on cuBLAS of CUDA device `index`, from `source`: whole (a GPU finishes the
+/// largest product that fits its memory in about a second), generated inputs made on the
+/// device, and only C's summary read back where that is all the result carries.
+fn on_cublas<B: Backend>(
+    params: &Params,
+    ctx: &RunContext<'_, B>,
+    (index, source): (usize, Source<'_>),
+    (m, k, n): (usize, usize, usize),
+    dtype: Dtype,
+) -> Result<serde_json::Value, JobError> {
+    ctx.checkpoint(0, 1)?;
+    let read = ReadBack::for_placement(ctx.place(params.a.is_some(), m * n));
+    let (c, made) = crate::vendor::cublas::matmul_from(index, source, (m, k, n), dtype, read)?;
+    let mut out = answer(params, ctx, c, (m, n), (dtype.as_str(), "cublas"));
+    if made == MadeOn::Device {
+        out["inputs"] = json!(made.as_str());
+    }
+    Ok(out)
 }
 
 /// The job's result: C's shape, the dtype it was computed in, the engine and C's summary, with C

@@ -123,10 +123,7 @@ impl Kernel for VectorAdd {
             // Generated inputs on cuBLAS are made on the device, not uploaded.
             ctx.checkpoint(1, 2)?;
             let source = Source::Seeded(ctx.seed);
-            let read = match ctx.place(false, len as usize) {
-                Placement::Summary => ReadBack::Summary,
-                Placement::Inline | Placement::Object => ReadBack::Values,
-            };
+            let read = ReadBack::for_placement(ctx.place(false, len as usize));
             let (c, made) =
                 crate::vendor::cublas::vector_add_from(index, source, len as usize, read)?;
             let mut out = answer(params, ctx, c, "cublas", 1);

@@ -132,6 +132,16 @@ pub enum ReadBack {
     Summary,
 }
 
+impl ReadBack {
+    /// What a job whose output goes to `placement` needs of it.
+    pub fn for_placement(placement: crate::Placement) -> Self {
+        match placement {
+            crate::Placement::Summary => ReadBack::Summary,
+            crate::Placement::Inline | crate::Placement::Object => ReadBack::Values,
+        }
+    }
+}
+
 /// An output read back: its values, or only their summary.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output {

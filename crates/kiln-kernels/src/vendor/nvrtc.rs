@@ -209,6 +209,49 @@ pub(crate) fn summarizer(stream: &Arc<CudaStream>) -> Result<Arc<Summarizer>, Jo
         .map_err(JobError::internal)
 }
 
+/// The summary kernel's outputs on the device, one element per lane.
+struct LaneBuffers {
+    sums: CudaSlice<f64>,
+    squares: CudaSlice<f64>,
+    mins: CudaSlice<f32>,
+    maxs: CudaSlice<f32>,
+    non_finite: CudaSlice<u64>,
+}
+
+impl LaneBuffers {
+    fn alloc(stream: &Arc<CudaStream>, lanes: usize) -> Result<Self, cudarc::driver::DriverError> {
+        Ok(LaneBuffers {
+            sums: stream.alloc_zeros(lanes)?,
+            squares: stream.alloc_zeros(lanes)?,
+            mins: stream.alloc_zeros(lanes)?,
+            maxs: stream.alloc_zeros(lanes)?,
+            non_finite: stream.alloc_zeros(lanes)?,
+        })
+    }
+
+    /// The lanes, read back (waits for the stream).
+    fn read(&self, stream: &Arc<CudaStream>) -> Result<Vec<Lane>, cudarc::driver::DriverError> {
+        let (sums, squares) = (
+            stream.clone_dtoh(&self.sums)?,
+            stream.clone_dtoh(&self.squares)?,
+        );
+        let (mins, maxs) = (
+            stream.clone_dtoh(&self.mins)?,
+            stream.clone_dtoh(&self.maxs)?,
+        );
+        let non_finite = stream.clone_dtoh(&self.non_finite)?;
+        Ok((0..sums.len())
+            .map(|i| Lane {
+                sum: sums[i],
+                sq: squares[i],
+                min: mins[i],
+                max: maxs[i],
+                non_finite: non_finite[i],
+            })
+            .collect())
+    }
+}
+
 impl Summarizer {
     /// The summary of `values` on `stream` (waits for it): the lanes made on the device, read
     /// back with the last block's leftover values, and folded on the host into what
@@ -235,32 +278,18 @@ impl Summarizer {
             block_dim: (THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
-        let mut sums = stream
-            .alloc_zeros::<f64>(lanes)
-            .map_err(failed("allocating"))?;
-        let mut squares = stream
-            .alloc_zeros::<f64>(lanes)
-            .map_err(failed("allocating"))?;
-        let mut mins = stream
-            .alloc_zeros::<f32>(lanes)
-            .map_err(failed("allocating"))?;
-        let mut maxs = stream
-            .alloc_zeros::<f32>(lanes)
-            .map_err(failed("allocating"))?;
-        let mut bad = stream
-            .alloc_zeros::<u64>(lanes)
-            .map_err(failed("allocating"))?;
+        let mut out = LaneBuffers::alloc(stream, lanes).map_err(failed("allocating"))?;
         let count = n as u64;
         library.bind(stream)?;
         let mut launch = stream.launch_builder(&self.f32);
         launch
             .arg(values)
             .arg(&count)
-            .arg(&mut sums)
-            .arg(&mut squares)
-            .arg(&mut mins)
-            .arg(&mut maxs)
-            .arg(&mut bad);
+            .arg(&mut out.sums)
+            .arg(&mut out.squares)
+            .arg(&mut out.mins)
+            .arg(&mut out.maxs)
+            .arg(&mut out.non_finite);
         // SAFETY: the entry point takes (const float* values, unsigned long long n, double*
         // sums, double* squares, float* mins, float* maxs, unsigned long long* non_finite), the
         // arguments pushed in that order; `values` holds `n` f32s and each output `lanes`
@@ -275,28 +304,7 @@ impl Summarizer {
         } else {
             Vec::new()
         };
-        let read = failed("reading back");
-        let (sums, squares) = (stream.clone_dtoh(&sums), stream.clone_dtoh(&squares));
-        let (mins, maxs, bad) = (
-            stream.clone_dtoh(&mins),
-            stream.clone_dtoh(&maxs),
-            stream.clone_dtoh(&bad),
-        );
-        let (sums, squares) = (sums.map_err(&read)?, squares.map_err(&read)?);
-        let (mins, maxs, bad) = (
-            mins.map_err(&read)?,
-            maxs.map_err(&read)?,
-            bad.map_err(&read)?,
-        );
-        let lanes: Vec<Lane> = (0..lanes)
-            .map(|i| Lane {
-                sum: sums[i],
-                sq: squares[i],
-                min: mins[i],
-                max: maxs[i],
-                non_finite: bad[i],
-            })
-            .collect();
+        let lanes = out.read(stream).map_err(failed("reading back"))?;
         Ok(Summary::of_lanes(n, &lanes, &tail))
     }
 }
