@@ -1,5 +1,6 @@
 // The CUDA built-ins kiln's kernels use, as plain C++, for their host builds (host_kernel.rs):
 // the launch indices as globals a host.cpp sets for each thread in turn.
+#include <cmath>
 #include <cstring>
 
 #define __device__
@@ -24,3 +25,4 @@ static inline unsigned int __float_as_uint(float f) {
 static inline float __fadd_rn(float a, float b) { return a + b; }
 static inline float __fsub_rn(float a, float b) { return a - b; }
 static inline float __fmul_rn(float a, float b) { return a * b; }
+static inline float __fsqrt_rn(float a) { return std::sqrt(a); }

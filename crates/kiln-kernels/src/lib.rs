@@ -68,6 +68,7 @@ mod dtype;
 mod host_kernel;
 mod io;
 mod kernel;
+mod magnitude;
 mod memory;
 mod reduce;
 mod seeded;

@@ -22,6 +22,11 @@
 //! on Burn's kernels. The result names both (`"dtype"`, `"engine"`: cudnn, direct, burn-cuda or
 //! burn-ndarray). Sobel's magnitude is taken in f32 from the two maps, whatever the dtype of
 //! the convolution.
+//!
+//! On cuDNN a generated image is made on the GPU ([`crate::vendor::nvrtc`]'s generator, the
+//! same values bit for bit; the result says `"inputs": "device"`) and the output is made there
+//! from the maps ([`crate::magnitude`]) and summarised there when large, so that only what the
+//! job returns comes back over PCIe ([`cudnn::conv2d_from`]).
 
 use burn::tensor::{
     DType, FloatDType, Tensor, TensorData, backend::Backend, module::conv2d, ops::ConvOptions,
@@ -37,8 +42,9 @@ use crate::Dtype;
 use crate::cpu::depthwise::Depthwise;
 use crate::dtype_name;
 use crate::engine::ConvEngine;
-use crate::vendor::cudnn::ConvShape;
-use crate::{Kernel, Plan, RunContext, Summary, seeded_values};
+use crate::vendor::cublas::{MadeOn, Output, ReadBack};
+use crate::vendor::cudnn::{self, ConvShape};
+use crate::{Kernel, Plan, RunContext, seeded_values};
 
 /// Largest side of a user-given kernel.
 pub const MAX_KERNEL_SIZE: usize = 31;
@@ -364,14 +370,6 @@ impl Kernel for Conv2d {
             return Err(JobError::internal("conv2d ran before its image was loaded"));
         };
         let [b, c, h, w] = [s.batch, s.channels, s.height, s.width].map(|d| d as usize);
-        let pixels: Vec<f32> = match &params.image {
-            Some(Input::Inline(image)) => image.iter().flatten().flatten().copied().collect(),
-            Some(Input::Object(_)) => ctx.inputs.take_tensor("image")?.data,
-            None => seeded_values(ctx.seed, 0, b * c * h * w)
-                .into_iter()
-                .map(|v| (v + 1.0) / 2.0)
-                .collect(),
-        };
         let (name, k, kernels) = params.kernels();
         let passes = kernels.len();
         // Depthwise: output channel `ch * passes + p` is pass `p` over input channel `ch`.
@@ -386,27 +384,33 @@ impl Kernel for Conv2d {
             padding: [k / 2, k / 2],
             groups: c,
         };
-        let native = native(ctx, &pixels, &weights, &kernels, &conv, dtype)?;
-        let (maps, computed, engine) = match native {
-            Some((maps, engine)) => (maps, dtype.as_str().to_owned(), engine),
-            None => {
-                let (maps, computed) = burn_conv2d::<B>(pixels, weights, &conv, dtype, ctx)?;
-                (maps, computed, crate::burn_engine(ctx.is_gpu))
-            }
-        };
-        let values = magnitude(maps, passes, h * w);
+        // An image the user sent comes back inline when small (and one image), else as an
+        // object; generated images get the summary only (unless the job asks for the object).
+        let inline_fits = if b == 1 { c * h * w } else { usize::MAX };
+        let placement = ctx.place(params.image.is_some(), inline_fits);
+        let Convolved {
+            output,
+            dtype: computed,
+            engine,
+            made_on,
+        } = convolve(params, ctx, (&weights, &kernels), &conv, (dtype, placement))?;
         let mut out = json!({
             "shape": [b, c, h, w],
             "filter": name,
             "dtype": computed,
             "engine": engine,
-            "summary": Summary::of(&values),
+            "summary": output.summary(),
         });
-        // An image the user sent comes back inline when small (and one image), else as an
-        // object; generated images get the summary only (unless the job asks for the object).
-        let inline_fits = if b == 1 { values.len() } else { usize::MAX };
-        match ctx.place(params.image.is_some(), inline_fits) {
+        if made_on == MadeOn::Device {
+            out["inputs"] = json!(made_on.as_str());
+        }
+        let values = || match output {
+            Output::Values(values) => Ok(values),
+            Output::Summary(_) => Err(JobError::internal("conv2d's output was not read back")),
+        };
+        match placement {
             Placement::Inline => {
+                let values = values()?;
                 let image: Vec<Vec<&[f32]>> = values
                     .chunks(h * w)
                     .map(|channel| channel.chunks(w).collect())
@@ -420,7 +424,7 @@ impl Kernel for Conv2d {
                     vec![b, c, h, w]
                 };
                 ctx.sink
-                    .put("image", kiln_data::HostTensor::new(shape, values));
+                    .put("image", kiln_data::HostTensor::new(shape, values()?));
             }
             Placement::Summary => {}
         }
@@ -428,35 +432,90 @@ impl Kernel for Conv2d {
     }
 }
 
-/// The convolution's maps on the engine `ctx.engines` names other than Burn, and that
-/// engine's name; `None` where it runs on Burn. On CUDA, tensors over cuDNN's 32-bit sizes run
-/// on Burn; so does a convolution cuDNN fails on for another reason than memory (Burn would run
-/// out of it too), with a warning.
-fn native<B: Backend>(
+/// A convolution's output and how it was made.
+struct Convolved {
+    /// Every value, or only their summary (a generated image's output on cuDNN).
+    output: Output,
+    /// The dtype it really ran in.
+    dtype: String,
+    /// cudnn, direct, burn-cuda or burn-ndarray.
+    engine: &'static str,
+    /// Where its image was made.
+    made_on: MadeOn,
+}
+
+/// The job's image on the host: given inline, loaded, or `None` when it is generated.
+fn host_image<B: Backend>(
+    params: &Params,
     ctx: &RunContext<'_, B>,
-    pixels: &[f32],
-    weights: &[f32],
-    kernels: &[Vec<f32>],
+) -> Result<Option<Vec<f32>>, JobError> {
+    Ok(match &params.image {
+        Some(Input::Inline(image)) => Some(image.iter().flatten().flatten().copied().collect()),
+        Some(Input::Object(_)) => Some(ctx.inputs.take_tensor("image")?.data),
+        None => None,
+    })
+}
+
+/// The convolution and the job's output from its maps: on cuDNN (the image made on the device
+/// when generated, the output made and summarised there: [`cudnn::conv2d_from`]) where the
+/// worker runs conv2d there; else on the CPU's direct loop or on Burn, with the image made on
+/// the host.
+fn convolve<B: Backend>(
+    params: &Params,
+    ctx: &RunContext<'_, B>,
+    (weights, kernels): (&[f32], &[Vec<f32>]),
     conv: &ConvShape,
-    dtype: Dtype,
-) -> Result<Option<(Vec<f32>, &'static str)>, JobError> {
-    Ok(match (ctx.cuda_index, ctx.engines.conv) {
-        (_, ConvEngine::Burn) => None,
-        (Some(index), ConvEngine::Native) if conv.check().is_ok() => {
-            match crate::vendor::cudnn::conv2d(index, pixels, weights, conv, dtype) {
-                Ok(maps) => Some((maps, "cudnn")),
-                Err(e) if e.kind == kiln_proto::ErrorKind::Internal => {
-                    tracing::warn!(error = %e.message, "cuDNN failed a conv2d; running it on Burn");
-                    None
-                }
-                Err(e) => return Err(e),
+    (dtype, placement): (Dtype, Placement),
+) -> Result<Convolved, JobError> {
+    let given = host_image(params, ctx)?;
+    let on_cudnn = ctx.engines.conv == ConvEngine::Native && conv.check().is_ok();
+    if let (Some(index), true) = (ctx.cuda_index, on_cudnn) {
+        let image = match &given {
+            Some(pixels) => cudnn::Image::Host(pixels),
+            None => cudnn::Image::Seeded(ctx.seed),
+        };
+        let read = ReadBack::for_placement(placement);
+        match cudnn::conv2d_from(index, image, weights, conv, dtype, read) {
+            Ok((output, made_on)) => {
+                return Ok(Convolved {
+                    output,
+                    dtype: dtype.as_str().to_owned(),
+                    engine: "cudnn",
+                    made_on,
+                });
             }
+            Err(e) if e.kind == kiln_proto::ErrorKind::Internal => {
+                tracing::warn!(error = %e.message, "cuDNN failed a conv2d; running it on Burn");
+            }
+            Err(e) => return Err(e),
         }
-        (Some(_), ConvEngine::Native) => None,
-        (None, ConvEngine::Native) => Some((
-            direct(ctx, pixels, kernels, conv)?,
-            crate::cpu::depthwise::ENGINE,
-        )),
+    }
+    let pixels = given.unwrap_or_else(|| {
+        seeded_values(ctx.seed, 0, conv.input_len())
+            .into_iter()
+            .map(crate::seeded::unit)
+            .collect()
+    });
+    let passes = kernels.len();
+    let (maps, computed, engine) = match (ctx.cuda_index, ctx.engines.conv) {
+        (None, ConvEngine::Native) => {
+            let maps = direct(ctx, &pixels, kernels, conv)?;
+            (
+                maps,
+                dtype.as_str().to_owned(),
+                crate::cpu::depthwise::ENGINE,
+            )
+        }
+        _ => {
+            let (maps, computed) = burn_conv2d::<B>(pixels, weights.to_vec(), conv, dtype, ctx)?;
+            (maps, computed, crate::burn_engine(ctx.is_gpu))
+        }
+    };
+    Ok(Convolved {
+        output: Output::Values(magnitude(maps, passes, conv.height * conv.width)),
+        dtype: computed,
+        engine,
+        made_on: MadeOn::Host,
     })
 }
 
@@ -495,7 +554,7 @@ const CPU_PIECE_FLOPS: usize = 1 << 30;
 
 /// The job's output from the convolution's maps, laid out [batch][channel][pass][pixel]: the
 /// maps themselves for one pass, Sobel's √(gx² + gy²) per pixel for two.
-fn magnitude(maps: Vec<f32>, passes: usize, plane: usize) -> Vec<f32> {
+pub(crate) fn magnitude(maps: Vec<f32>, passes: usize, plane: usize) -> Vec<f32> {
     if passes == 1 {
         return maps;
     }

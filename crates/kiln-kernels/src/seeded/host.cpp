@@ -1,7 +1,8 @@
 // kernel.cu run on the host, for kiln's tests (seeded/tests.rs): CUDA's built-ins from host_shim.h,
 // and every thread of the launch grid in turn.
 //
-// Usage: host KIND N STREAM K0 .. K7 (KIND f32, bf16 or f16; the key words in decimal). Writes
+// Usage: host KIND N STREAM K0 .. K7 (KIND f32, bf16 or f16, or unit-f32, unit-bf16 or
+// unit-f16 for the values mapped to [0, 1); the key words in decimal). Writes
 // the N values' bytes to stdout; exits 3 if a thread wrote past N.
 #include <cstdio>
 #include <cstdlib>
@@ -21,6 +22,10 @@ int main(int argc, char **argv) {
         return 2;
     }
     const char *kind = argv[1];
+    int unit = std::strncmp(kind, "unit-", 5) == 0;
+    if (unit) {
+        kind += 5;
+    }
     unsigned long long n = std::strtoull(argv[2], nullptr, 10);
     unsigned long long stream = std::strtoull(argv[3], nullptr, 10);
     KilnKey key;
@@ -38,11 +43,13 @@ int main(int argc, char **argv) {
     for (blockIdx.x = 0; blockIdx.x < grid; ++blockIdx.x) {
         for (threadIdx.x = 0; threadIdx.x < THREADS; ++threadIdx.x) {
             if (size == 4) {
-                kiln_seeded_f32((float *)out, n, key, stream);
+                (unit ? kiln_seeded_unit_f32 : kiln_seeded_f32)((float *)out, n, key, stream);
             } else if (std::strcmp(kind, "bf16") == 0) {
-                kiln_seeded_bf16((unsigned short *)out, n, key, stream);
+                (unit ? kiln_seeded_unit_bf16 : kiln_seeded_bf16)((unsigned short *)out, n, key,
+                                                                  stream);
             } else {
-                kiln_seeded_f16((unsigned short *)out, n, key, stream);
+                (unit ? kiln_seeded_unit_f16 : kiln_seeded_f16)((unsigned short *)out, n, key,
+                                                                stream);
             }
         }
     }

@@ -4,7 +4,8 @@
 //
 // Thread t makes ChaCha8 block t (16 words) of (key, stream) and writes values 16t .. 16t+15,
 // those below n: as f32 (uniform in [-1, 1), exact), or as the bits of bf16 or f16, rounded to
-// nearest, ties to even. `out` is the start of a device allocation (aligned to 256 bytes), so a
+// nearest, ties to even. The `unit` entry points write (v + 1) / 2 instead, in [0, 1) (conv2d's
+// generated images), computed in f32 before any rounding to 16 bits, as the host does. `out` is the start of a device allocation (aligned to 256 bytes), so a
 // thread's 16 values start 16-byte aligned and whole blocks go out in 16-byte stores.
 
 struct KilnKey {
@@ -66,6 +67,13 @@ __device__ __forceinline__ float kiln_uniform(unsigned int word) {
     return __fadd_rn(__fmul_rn(unit, 2.0f), -1.0f);
 }
 
+// The value a word makes: uniform, or mapped to [0, 1) when `unit` ((v + 1) / 2: the sum is
+// exact, and halving it is too).
+__device__ __forceinline__ float kiln_value(unsigned int word, int unit) {
+    float v = kiln_uniform(word);
+    return unit ? __fmul_rn(__fadd_rn(v, 1.0f), 0.5f) : v;
+}
+
 // f32 to bf16 bits, to nearest, ties to even; a NaN stays a NaN (quiet).
 __device__ __forceinline__ unsigned int kiln_bf16_bits(float value) {
     unsigned int x = __float_as_uint(value);
@@ -114,8 +122,9 @@ __device__ __forceinline__ bool kiln_thread_block(unsigned long long n, unsigned
     return *first < n;
 }
 
-extern "C" __global__ void kiln_seeded_f32(float *out, unsigned long long n, KilnKey key,
-                                           unsigned long long stream) {
+__device__ __forceinline__ void kiln_seeded_full(float *out, unsigned long long n,
+                                                 const KilnKey &key, unsigned long long stream,
+                                                 int unit) {
     unsigned long long block, first;
     if (!kiln_thread_block(n, &block, &first)) {
         return;
@@ -130,16 +139,26 @@ extern "C" __global__ void kiln_seeded_f32(float *out, unsigned long long n, Kil
             KilnVec4 v;
 #pragma unroll
             for (int j = 0; j < 4; ++j) {
-                v.w[j] = __float_as_uint(kiln_uniform(w[4 * q + j]));
+                v.w[j] = __float_as_uint(kiln_value(w[4 * q + j], unit));
             }
             vec[q] = v;
         }
     } else {
         unsigned int rest = (unsigned int)(n - first);
         for (unsigned int j = 0; j < rest; ++j) {
-            dst[j] = kiln_uniform(w[j]);
+            dst[j] = kiln_value(w[j], unit);
         }
     }
+}
+
+extern "C" __global__ void kiln_seeded_f32(float *out, unsigned long long n, KilnKey key,
+                                           unsigned long long stream) {
+    kiln_seeded_full(out, n, key, stream, 0);
+}
+
+extern "C" __global__ void kiln_seeded_unit_f32(float *out, unsigned long long n, KilnKey key,
+                                                unsigned long long stream) {
+    kiln_seeded_full(out, n, key, stream, 1);
 }
 
 // The 16-bit variants: `f16` is 0 for bf16, 1 for f16.
@@ -149,7 +168,7 @@ __device__ __forceinline__ unsigned int kiln_half_bits(float value, int f16) {
 
 __device__ __forceinline__ void kiln_seeded_half(unsigned short *out, unsigned long long n,
                                                  const KilnKey &key, unsigned long long stream,
-                                                 int f16) {
+                                                 int f16, int unit) {
     unsigned long long block, first;
     if (!kiln_thread_block(n, &block, &first)) {
         return;
@@ -166,8 +185,8 @@ __device__ __forceinline__ void kiln_seeded_half(unsigned short *out, unsigned l
             KilnVec4 v;
 #pragma unroll
             for (int j = 0; j < 4; ++j) {
-                unsigned int lo = kiln_half_bits(kiln_uniform(w[8 * q + 2 * j]), f16);
-                unsigned int hi = kiln_half_bits(kiln_uniform(w[8 * q + 2 * j + 1]), f16);
+                unsigned int lo = kiln_half_bits(kiln_value(w[8 * q + 2 * j], unit), f16);
+                unsigned int hi = kiln_half_bits(kiln_value(w[8 * q + 2 * j + 1], unit), f16);
                 v.w[j] = lo | (hi << 16);
             }
             vec[q] = v;
@@ -175,17 +194,27 @@ __device__ __forceinline__ void kiln_seeded_half(unsigned short *out, unsigned l
     } else {
         unsigned int rest = (unsigned int)(n - first);
         for (unsigned int j = 0; j < rest; ++j) {
-            dst[j] = (unsigned short)kiln_half_bits(kiln_uniform(w[j]), f16);
+            dst[j] = (unsigned short)kiln_half_bits(kiln_value(w[j], unit), f16);
         }
     }
 }
 
 extern "C" __global__ void kiln_seeded_bf16(unsigned short *out, unsigned long long n, KilnKey key,
                                             unsigned long long stream) {
-    kiln_seeded_half(out, n, key, stream, 0);
+    kiln_seeded_half(out, n, key, stream, 0, 0);
 }
 
 extern "C" __global__ void kiln_seeded_f16(unsigned short *out, unsigned long long n, KilnKey key,
                                            unsigned long long stream) {
-    kiln_seeded_half(out, n, key, stream, 1);
+    kiln_seeded_half(out, n, key, stream, 1, 0);
+}
+
+extern "C" __global__ void kiln_seeded_unit_bf16(unsigned short *out, unsigned long long n,
+                                                 KilnKey key, unsigned long long stream) {
+    kiln_seeded_half(out, n, key, stream, 0, 1);
+}
+
+extern "C" __global__ void kiln_seeded_unit_f16(unsigned short *out, unsigned long long n,
+                                                KilnKey key, unsigned long long stream) {
+    kiln_seeded_half(out, n, key, stream, 1, 1);
 }

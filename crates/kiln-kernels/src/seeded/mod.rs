@@ -27,13 +27,26 @@
 //! (`host.cpp`; needs a C++ compiler), against the same values.
 
 /// The generator kernel, CUDA C: `kiln_seeded_f32`, `kiln_seeded_bf16` and `kiln_seeded_f16`
-/// write the first `n` seeded values into a device buffer, one ChaCha8 block per thread.
+/// write the first `n` seeded values into a device buffer, one ChaCha8 block per thread; the
+/// `kiln_seeded_unit_*` entry points write them mapped to [0, 1), `(v + 1) / 2` in f32 before
+/// any rounding to 16 bits (conv2d's generated images).
 pub(crate) const KERNEL_SOURCE: &str = include_str!("kernel.cu");
 
 /// The names of the kernel's entry points, for f32, bf16 and f16 output.
 pub(crate) const ENTRY_F32: &str = "kiln_seeded_f32";
 pub(crate) const ENTRY_BF16: &str = "kiln_seeded_bf16";
 pub(crate) const ENTRY_F16: &str = "kiln_seeded_f16";
+
+/// The entry points writing the values mapped to [0, 1), for f32, bf16 and f16 output.
+pub(crate) const ENTRY_UNIT_F32: &str = "kiln_seeded_unit_f32";
+pub(crate) const ENTRY_UNIT_BF16: &str = "kiln_seeded_unit_bf16";
+pub(crate) const ENTRY_UNIT_F16: &str = "kiln_seeded_unit_f16";
+
+/// The seeded values as made on the host, mapped to [0, 1) as conv2d's generated images are:
+/// `(v + 1) / 2` in f32.
+pub(crate) fn unit(v: f32) -> f32 {
+    (v + 1.0) / 2.0
+}
 
 /// Values one GPU thread writes: one ChaCha block.
 pub(crate) const VALUES_PER_THREAD: usize = 16;

@@ -184,32 +184,31 @@ fn the_kernel_source_run_on_the_cpu_makes_the_hosts_values() {
         (9, 1, (1 << 16) + 37),
         (u64::MAX, 3, 3 * (1 << 16) + 4099),
     ] {
-        let host = seeded_values(seed, stream, n);
-        let bytes = run_host_kernel(&exe, "f32", seed, stream, n);
-        let kernel: Vec<f32> = bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-            .collect();
-        assert_eq!(
-            first_difference(&kernel, &host),
-            None,
-            "f32 seed {seed} stream {stream} n {n}"
-        );
-        for dtype in [Dtype::Bf16, Dtype::F16] {
-            let bytes = run_host_kernel(&exe, dtype.as_str(), seed, stream, n);
-            let kernel: Vec<u16> = bytes
-                .chunks_exact(2)
-                .map(|b| u16::from_le_bytes(b.try_into().unwrap()))
+        let signed = seeded_values(seed, stream, n);
+        let unit: Vec<f32> = signed.iter().map(|&v| super::unit(v)).collect();
+        for (prefix, host) in [("", signed), ("unit-", unit)] {
+            let bytes = run_host_kernel(&exe, &format!("{prefix}f32"), seed, stream, n);
+            let kernel: Vec<f32> = bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
                 .collect();
-            let expected = to_half(&host, dtype);
-            let wrong = kernel.iter().zip(&expected).position(|(a, b)| a != b);
-            assert_eq!(kernel.len(), n);
             assert_eq!(
-                wrong,
+                first_difference(&kernel, &host),
                 None,
-                "{} seed {seed} stream {stream} n {n}",
-                dtype.as_str()
+                "{prefix}f32 seed {seed} stream {stream} n {n}"
             );
+            for dtype in [Dtype::Bf16, Dtype::F16] {
+                let kind = format!("{prefix}{}", dtype.as_str());
+                let bytes = run_host_kernel(&exe, &kind, seed, stream, n);
+                let kernel: Vec<u16> = bytes
+                    .chunks_exact(2)
+                    .map(|b| u16::from_le_bytes(b.try_into().unwrap()))
+                    .collect();
+                let expected = to_half(&host, dtype);
+                let wrong = kernel.iter().zip(&expected).position(|(a, b)| a != b);
+                assert_eq!(kernel.len(), n);
+                assert_eq!(wrong, None, "{kind} seed {seed} stream {stream} n {n}");
+            }
         }
     }
     std::fs::remove_dir_all(exe.parent().unwrap()).unwrap();

@@ -18,7 +18,7 @@ use cudarc::driver::{
 };
 use kiln_proto::{ErrorKind, JobError};
 
-use super::nvrtc::{Element, Generator, Summarizer};
+use super::nvrtc::{Element, Generator, Range, Summarizer};
 use crate::Summary;
 use crate::dtype::{Dtype, from_half, to_half};
 
@@ -153,6 +153,31 @@ impl<T: DeviceRepr + ValidAsZeroBits> Operands<T> {
     }
 }
 
+impl<T> Operands<T> {
+    /// The output buffer.
+    pub(crate) fn output(&self) -> &CudaSlice<T> {
+        &self.out
+    }
+}
+
+/// A buffer of `len` seeded values (`(seed, stream_id, range)`) made on the device by
+/// `generator` in `T`; `name` names it in `library`'s errors.
+fn seeded_buffer<T: Element>(
+    library: &Library,
+    stream: &Arc<CudaStream>,
+    generator: &Generator,
+    (name, len): (&str, usize),
+    values: (u64, u64, Range),
+    dtype: Dtype,
+) -> Result<CudaSlice<T>, JobError> {
+    // SAFETY: the kernel `fill` launches next on the same stream writes all `len` elements
+    // before any later work on the stream reads one.
+    let mut buffer = unsafe { stream.alloc::<T>(len) }
+        .map_err(|e| library.driver_error(&format!("allocating {name}"), e))?;
+    generator.fill((library, name), stream, &mut buffer, values, dtype)?;
+    Ok(buffer)
+}
+
 impl<T: Element + ValidAsZeroBits> Operands<T> {
     /// A and B made on the device by `generator` from `seed` (streams 0 and 1, as
     /// `seeded_values`), and the output allocated.
@@ -165,22 +190,34 @@ impl<T: Element + ValidAsZeroBits> Operands<T> {
         dtype: Dtype,
     ) -> Result<Self, JobError> {
         let make = |name: &str, stream_id: u64, len: usize| {
-            // SAFETY: the kernel `fill` launches next on the same stream writes all `len`
-            // elements before any later work on the stream reads one.
-            let mut values = unsafe { stream.alloc::<T>(len) }
-                .map_err(|e| library.driver_error(&format!("allocating {name}"), e))?;
-            generator.fill(
-                (library, name),
-                stream,
-                &mut values,
-                (seed, stream_id),
-                dtype,
-            )?;
-            Ok::<_, JobError>(values)
+            let values = (seed, stream_id, Range::Signed);
+            seeded_buffer(library, stream, generator, (name, len), values, dtype)
         };
         Ok(Operands {
             a: make(a_name, 0, a_len)?,
             b: make(b_name, 1, b_len)?,
+            out: stream
+                .alloc_zeros(out_len)
+                .map_err(|e| library.driver_error(&format!("allocating {out_name}"), e))?,
+        })
+    }
+
+    /// An image made on the device by `generator` from `seed` (stream 0, mapped to [0, 1)),
+    /// weights uploaded, and the output allocated.
+    fn seeded_image(
+        library: &Library,
+        stream: &Arc<CudaStream>,
+        (generator, seed): (&Generator, u64),
+        ((a_name, a_len), (b_name, b)): ((&str, usize), (&str, &[T])),
+        (out_name, out_len): (&str, usize),
+        dtype: Dtype,
+    ) -> Result<Self, JobError> {
+        let values = (seed, 0, Range::Unit);
+        Ok(Operands {
+            a: seeded_buffer(library, stream, generator, (a_name, a_len), values, dtype)?,
+            b: stream
+                .clone_htod(b)
+                .map_err(|e| library.driver_error(&format!("uploading {b_name}"), e))?,
             out: stream
                 .alloc_zeros(out_len)
                 .map_err(|e| library.driver_error(&format!("allocating {out_name}"), e))?,
@@ -236,6 +273,37 @@ impl Buffers {
             Operands::seeded(library, stream, generator, inputs, out, dtype).map(Buffers::Half)
         } else {
             Operands::seeded(library, stream, generator, inputs, out, dtype).map(Buffers::Full)
+        }
+    }
+
+    /// A convolution's buffers: its image made on the device from `seed` (`seeded_values(seed,
+    /// 0, ..)` mapped to [0, 1), in `dtype`'s element type), its f32 weights converted to that
+    /// type and uploaded, its output allocated; each comes with its name for error messages.
+    pub(crate) fn seeded_image(
+        library: &Library,
+        stream: &Arc<CudaStream>,
+        generator: (&Generator, u64),
+        (image, (w_name, w)): ((&str, usize), (&str, &[f32])),
+        out: (&str, usize),
+        dtype: Dtype,
+    ) -> Result<Self, JobError> {
+        if dtype.is_half() {
+            let w = to_half(w, dtype);
+            let inputs = (image, (w_name, w.as_slice()));
+            Operands::seeded_image(library, stream, generator, inputs, out, dtype)
+                .map(Buffers::Half)
+        } else {
+            let inputs = (image, (w_name, w));
+            Operands::seeded_image(library, stream, generator, inputs, out, dtype)
+                .map(Buffers::Full)
+        }
+    }
+
+    /// The output buffer, when it holds f32.
+    pub(crate) fn output_f32(&self) -> Option<&CudaSlice<f32>> {
+        match self {
+            Buffers::Full(ops) => Some(&ops.out),
+            Buffers::Half(_) => None,
         }
     }
 

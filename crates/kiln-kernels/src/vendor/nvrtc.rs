@@ -13,6 +13,10 @@
 //! A job whose output comes back only as its summary has the summary made where the output is,
 //! and reads back a few kilobytes of partial sums instead of the output (see [`crate::reduce`]).
 //!
+//! A `conv2d` job on cuDNN has its generated image made on the device too (the seeded values
+//! mapped to [0, 1)), and its output made there from cuDNN's maps (Sobel's magnitude, 16-bit
+//! maps widened to f32: [`crate::magnitude`]), so that only what it returns comes back.
+//!
 //! When NVRTC does not load, or a kernel does not compile or load, the reason is logged once
 //! per device and such jobs generate their inputs on the host and upload them, or read their
 //! output back and summarise it on the host, as before.
@@ -33,9 +37,10 @@ use kiln_proto::JobError;
 use super::cuda::{Library, lock};
 use crate::data::Lane;
 use crate::seeded::{
-    ENTRY_BF16, ENTRY_F16, ENTRY_F32, KERNEL_SOURCE, VALUES_PER_THREAD, key_words,
+    ENTRY_BF16, ENTRY_F16, ENTRY_F32, ENTRY_UNIT_BF16, ENTRY_UNIT_F16, ENTRY_UNIT_F32,
+    KERNEL_SOURCE, VALUES_PER_THREAD, key_words,
 };
-use crate::{Dtype, Summary, reduce};
+use crate::{Dtype, Summary, magnitude, reduce};
 
 const NVRTC: Library = Library {
     name: "NVRTC",
@@ -48,45 +53,65 @@ const NVRTC: Library = Library {
 /// Threads per block of the generator's launch.
 const THREADS: u32 = 256;
 
-/// The generator kernel loaded on one device: an entry point per output type.
-pub(crate) struct Generator {
+/// One kernel's entry points, one per element type: f32, bf16 and f16.
+#[derive(Debug)]
+pub(crate) struct Entries {
     f32: CudaFunction,
     bf16: CudaFunction,
     f16: CudaFunction,
 }
 
-/// An element type the generator writes: f32, or the bits of bf16 or f16.
+impl Entries {
+    fn of([f32, bf16, f16]: [CudaFunction; 3]) -> Self {
+        Entries { f32, bf16, f16 }
+    }
+}
+
+/// The generator kernel loaded on one device: the entry points writing seeded values, and
+/// those writing them mapped to [0, 1).
+pub(crate) struct Generator {
+    signed: Entries,
+    unit: Entries,
+}
+
+/// Which seeded values the generator writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Range {
+    /// `seeded_values` as they are, in [-1, 1).
+    Signed,
+    /// Mapped to [0, 1): `(v + 1) / 2` in f32 (conv2d's generated images).
+    Unit,
+}
+
+/// An element type kiln's kernels read or write: f32, or the bits of bf16 or f16.
 pub(crate) trait Element: cudarc::driver::DeviceRepr {
-    /// The entry point writing this type for `dtype`.
-    fn entry(generator: &Generator, dtype: Dtype) -> &CudaFunction;
+    /// This type's entry point of `entries`, for `dtype`.
+    fn entry(entries: &Entries, dtype: Dtype) -> &CudaFunction;
 }
 
 impl Element for f32 {
-    fn entry(generator: &Generator, _dtype: Dtype) -> &CudaFunction {
-        &generator.f32
+    fn entry(entries: &Entries, _dtype: Dtype) -> &CudaFunction {
+        &entries.f32
     }
 }
 
 impl Element for u16 {
-    fn entry(generator: &Generator, dtype: Dtype) -> &CudaFunction {
+    fn entry(entries: &Entries, dtype: Dtype) -> &CudaFunction {
         match dtype {
-            Dtype::F16 => &generator.f16,
-            _ => &generator.bf16,
+            Dtype::F16 => &entries.f16,
+            _ => &entries.bf16,
         }
     }
 }
 
-/// A device's generator, or why it has none.
-type Loaded = Result<Arc<Generator>, String>;
-
-/// Each device's summary kernel, or why it has none.
-type Summarizers = Mutex<HashMap<usize, Result<Arc<Summarizer>, String>>>;
+/// Each device's loaded kernel of one kind, or why it has none.
+type PerDevice<T> = Mutex<HashMap<usize, Result<Arc<T>, String>>>;
 
 /// The generator on `stream`'s device: compiled and loaded the first time; an error (logged
 /// once per device, and the same for every later call) when NVRTC does not load or the kernel
 /// does not compile or load there.
 pub(crate) fn generator(stream: &Arc<CudaStream>) -> Result<Arc<Generator>, JobError> {
-    static LOADED: OnceLock<Mutex<HashMap<usize, Loaded>>> = OnceLock::new();
+    static LOADED: OnceLock<PerDevice<Generator>> = OnceLock::new();
     let device = stream.context().ordinal();
     let mut loaded = lock(LOADED.get_or_init(Default::default));
     loaded
@@ -118,6 +143,13 @@ static SEEDED: Source = Source {
     code: KERNEL_SOURCE,
     file: "kiln_seeded.cu",
     what: "seeded-input kernel",
+    ptx: OnceLock::new(),
+};
+
+static MAGNITUDE: Source = Source {
+    code: magnitude::KERNEL_SOURCE,
+    file: "kiln_magnitude.cu",
+    what: "conv2d output kernel",
     ptx: OnceLock::new(),
 };
 
@@ -176,8 +208,19 @@ impl Source {
 
 /// Compile (once) and load the generator on `stream`'s device.
 fn load(stream: &Arc<CudaStream>) -> Result<Arc<Generator>, String> {
-    let [f32, bf16, f16] = SEEDED.load(stream, [ENTRY_F32, ENTRY_BF16, ENTRY_F16])?;
-    Ok(Arc::new(Generator { f32, bf16, f16 }))
+    let names = [
+        ENTRY_F32,
+        ENTRY_BF16,
+        ENTRY_F16,
+        ENTRY_UNIT_F32,
+        ENTRY_UNIT_BF16,
+        ENTRY_UNIT_F16,
+    ];
+    let [f32, bf16, f16, unit_f32, unit_bf16, unit_f16] = SEEDED.load(stream, names)?;
+    Ok(Arc::new(Generator {
+        signed: Entries::of([f32, bf16, f16]),
+        unit: Entries::of([unit_f32, unit_bf16, unit_f16]),
+    }))
 }
 
 /// The summary kernel loaded on one device.
@@ -188,7 +231,7 @@ pub(crate) struct Summarizer {
 /// The summary kernel on `stream`'s device: compiled and loaded the first time; an error
 /// (logged once per device, and the same for every later call) where it cannot be.
 pub(crate) fn summarizer(stream: &Arc<CudaStream>) -> Result<Arc<Summarizer>, JobError> {
-    static LOADED: OnceLock<Summarizers> = OnceLock::new();
+    static LOADED: OnceLock<PerDevice<Summarizer>> = OnceLock::new();
     let device = stream.context().ordinal();
     let mut loaded = lock(LOADED.get_or_init(Default::default));
     loaded
@@ -322,15 +365,15 @@ fn launch_config(len: usize) -> Option<LaunchConfig> {
 }
 
 impl Generator {
-    /// Launch the kernel filling `out` with `seeded_values(seed, stream_id, out.len())` in
-    /// `T` (f32, or `dtype`'s 16-bit bits) on `stream`; does not wait for it. `what` names the
-    /// buffer in `library`'s error messages.
+    /// Launch the kernel filling `out` with `seeded_values(seed, stream_id, out.len())` (as
+    /// they are or mapped to [0, 1): `range`) in `T` (f32, or `dtype`'s 16-bit bits) on
+    /// `stream`; does not wait for it. `what` names the buffer in `library`'s error messages.
     pub(crate) fn fill<T: Element>(
         &self,
         (library, what): (&Library, &str),
         stream: &Arc<CudaStream>,
         out: &mut CudaSlice<T>,
-        (seed, stream_id): (u64, u64),
+        (seed, stream_id, range): (u64, u64, Range),
         dtype: Dtype,
     ) -> Result<(), JobError> {
         let len = out.len();
@@ -345,7 +388,11 @@ impl Generator {
         let n = len as u64;
         let key = key_words(seed);
         library.bind(stream)?;
-        let mut launch = stream.launch_builder(T::entry(self, dtype));
+        let entries = match range {
+            Range::Signed => &self.signed,
+            Range::Unit => &self.unit,
+        };
+        let mut launch = stream.launch_builder(T::entry(entries, dtype));
         launch.arg(out).arg(&n).arg(&key).arg(&stream_id);
         // SAFETY: the entry point takes (T* out, unsigned long long n, KilnKey key [8 × u32 by
         // value], unsigned long long stream), which are the arguments pushed, in that order;
@@ -355,6 +402,108 @@ impl Generator {
         unsafe { launch.launch(config) }
             .map(drop)
             .map_err(|e| library.driver_error(&format!("generating {what}"), e))
+    }
+}
+
+/// The conv2d output kernel loaded on one device ([`crate::magnitude`]).
+pub(crate) struct Magnitudes {
+    entries: Entries,
+}
+
+/// The conv2d output kernel on `stream`'s device: compiled and loaded the first time; an error
+/// (logged once per device, and the same for every later call) where it cannot be.
+pub(crate) fn magnitudes(stream: &Arc<CudaStream>) -> Result<Arc<Magnitudes>, JobError> {
+    static LOADED: OnceLock<PerDevice<Magnitudes>> = OnceLock::new();
+    let device = stream.context().ordinal();
+    let mut loaded = lock(LOADED.get_or_init(Default::default));
+    loaded
+        .entry(device)
+        .or_insert_with(|| {
+            let names = [
+                magnitude::ENTRY_F32,
+                magnitude::ENTRY_BF16,
+                magnitude::ENTRY_F16,
+            ];
+            let kernel = MAGNITUDE.load(stream, names).map(|entries| {
+                Arc::new(Magnitudes {
+                    entries: Entries::of(entries),
+                })
+            });
+            if let Err(why) = &kernel {
+                tracing::warn!(
+                    device,
+                    "conv2d outputs on cuDNN will be made on the host from their maps: {why}"
+                );
+            }
+            kernel
+        })
+        .clone()
+        .map_err(JobError::internal)
+}
+
+/// The shape of a convolution's maps, as the conv2d output kernel reads them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Maps {
+    /// Images × channels: the output's planes.
+    pub planes: usize,
+    /// Values in one plane (height × width).
+    pub plane: usize,
+    /// Maps per plane: 1, or 2 (Sobel's x and y derivatives).
+    pub passes: usize,
+}
+
+impl Magnitudes {
+    /// The output made from `maps` (laid out as [`Maps`] says, in `T`: f32 or `dtype`'s 16-bit
+    /// bits) on `stream`, as f32 in a new buffer; does not wait for it. `what` names the output
+    /// in `library`'s errors.
+    pub(crate) fn make<T: Element>(
+        &self,
+        (library, what): (&Library, &str),
+        stream: &Arc<CudaStream>,
+        (maps, shape): (&CudaSlice<T>, Maps),
+        dtype: Dtype,
+    ) -> Result<CudaSlice<f32>, JobError> {
+        let n = shape.planes * shape.plane;
+        if !(1..=2).contains(&shape.passes) || maps.len() != n * shape.passes {
+            return Err(JobError::internal(format!(
+                "the conv2d output kernel was given {} map values for {shape:?}",
+                maps.len()
+            )));
+        }
+        // SAFETY: the kernel launched next on the same stream writes all `n` values before any
+        // later work on the stream reads one.
+        let mut out = unsafe { stream.alloc::<f32>(n) }
+            .map_err(|e| library.driver_error(&format!("allocating {what}"), e))?;
+        if n == 0 {
+            return Ok(out);
+        }
+        let blocks = u32::try_from(n.div_ceil(THREADS as usize))
+            .ok()
+            .filter(|&b| b <= i32::MAX as u32)
+            .ok_or_else(|| JobError::too_large(format!("{what} has too many values")))?;
+        let config = LaunchConfig {
+            grid_dim: (blocks, 1, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (count, plane, passes) = (n as u64, shape.plane as u64, shape.passes as u32);
+        library.bind(stream)?;
+        let mut launch = stream.launch_builder(T::entry(&self.entries, dtype));
+        launch
+            .arg(maps)
+            .arg(&mut out)
+            .arg(&count)
+            .arg(&plane)
+            .arg(&passes);
+        // SAFETY: the entry point takes (const T* maps, float* out, unsigned long long n,
+        // unsigned long long plane, unsigned int passes), the arguments pushed in that order;
+        // `maps` holds n · passes values of T and `out` n f32s on this stream's device, and each
+        // thread below n reads two map values below n · passes (its plane's, at its pixel, in
+        // passes 0 and 1) and writes its own output value; threads past n return at once.
+        unsafe { launch.launch(config) }
+            .map(drop)
+            .map_err(|e| library.driver_error(&format!("making {what}"), e))?;
+        Ok(out)
     }
 }
 
@@ -415,7 +564,7 @@ pub fn seeded_on_device(
             (&NVRTC, "the values"),
             stream,
             &mut out,
-            (seed, stream_id),
+            (seed, stream_id, Range::Signed),
             dtype,
         )?;
         stream
@@ -459,7 +608,26 @@ mod tests {
                 "{entry} in the PTX"
             );
         }
+        for entry in [ENTRY_UNIT_F32, ENTRY_UNIT_BF16, ENTRY_UNIT_F16] {
+            assert!(
+                ptx.contains(&format!(".entry {entry}(")),
+                "{entry} in the PTX"
+            );
+        }
         let ptx = SUMMARY.ptx().expect("NVRTC compiles the summary kernel");
         assert!(ptx.contains(&format!(".entry {}(", reduce::ENTRY_F32)));
+        let ptx = MAGNITUDE
+            .ptx()
+            .expect("NVRTC compiles the conv2d output kernel");
+        for entry in [
+            magnitude::ENTRY_F32,
+            magnitude::ENTRY_BF16,
+            magnitude::ENTRY_F16,
+        ] {
+            assert!(
+                ptx.contains(&format!(".entry {entry}(")),
+                "{entry} in the PTX"
+            );
+        }
     }
 }

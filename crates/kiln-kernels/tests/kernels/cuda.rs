@@ -377,6 +377,41 @@ fn cuda_jobs_with_generated_inputs_make_them_on_the_device_with_the_same_results
     print_seeded_times(10_000_000);
 }
 
+#[test]
+#[ignore = "needs CUDA"]
+fn cuda_conv2d_jobs_make_their_images_and_outputs_on_the_device() {
+    require_gpu("cuda_conv2d_jobs_make_their_images_and_outputs_on_the_device");
+    // A generated image against the same image sent inline (uploaded from the host): the same
+    // bits into the same cuDNN plan. The generated job's output is made on the device (Sobel's
+    // magnitude, 16-bit maps widened) and, at 360,000 values, summarised there; the sent one's
+    // comes back whole and is summarised on the host: the same summary, bit for bit.
+    let (c, h, w) = (3, 400, 300);
+    let image: Vec<Vec<Vec<f32>>> = generated(8, c * h * w)
+        .chunks(h * w)
+        .map(|plane| plane.chunks(w).map(<[f32]>::to_vec).collect())
+        .collect();
+    for dtype in ["f32", "tf32", "bf16", "f16"] {
+        for filter in ["sobel", "gaussian"] {
+            let what = format!("conv2d {filter} {dtype}");
+            let params = json!({
+                "channels": c, "height": h, "width": w, "filter": filter, "dtype": dtype
+            });
+            let made = run_gpu("conv2d", params, 8);
+            let sent = run_gpu(
+                "conv2d",
+                json!({"image": image, "filter": filter, "dtype": dtype}),
+                8,
+            );
+            assert_eq!(made["inputs"], "device", "{what}: {made}");
+            assert!(sent.get("inputs").is_none(), "{what}: {sent}");
+            assert_eq!(made["engine"], "cudnn", "{what}");
+            assert_eq!(made["shape"], json!([1, c, h, w]), "{what}");
+            assert!(made.get("image").is_none(), "{what}: the summary only");
+            assert_eq!(made["summary"], sent["summary"], "{what}");
+        }
+    }
+}
+
 /// What making inputs on the device saves a 10M-element vector add on cuBLAS (upload, add,
 /// read back), best of three each way; printed for the GPU check (`--nocapture`), not
 /// asserted: a test is no benchmark.

@@ -32,6 +32,7 @@
 mod descriptors;
 mod shape;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::ffi::{c_int, c_void};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -42,8 +43,10 @@ use kiln_proto::{ErrorKind, JobError};
 
 use self::descriptors::{ALGOS, Descriptors, Handle, perf_slots};
 pub use self::shape::{ConvShape, conv2d_reference, probe_cases};
+use super::cublas::{MadeOn, Output, ReadBack};
 use super::cuda::{Buffers, Handles, Library, lock};
-use crate::Dtype;
+use super::nvrtc::{Generator, Magnitudes, Maps, generator, magnitudes, summarizer};
+use crate::{Dtype, Summary};
 
 const CUDNN: Library = Library {
     name: "cuDNN",
@@ -386,6 +389,185 @@ pub fn conv2d(
     )?;
     dnn.launch(shape, dtype, &mut ops)?;
     ops.download(&CUDNN, &stream, "the output", dtype)
+}
+
+/// Where a conv2d job's image comes from.
+#[derive(Debug, Clone, Copy)]
+pub enum Image<'a> {
+    /// f32 values on the host (given or loaded), uploaded.
+    Host(&'a [f32]),
+    /// `seeded_values(seed, 0, ..)` mapped to [0, 1) (`(v + 1) / 2`): made on the device by
+    /// [`super::nvrtc`]'s generator, or on the host and uploaded where it is not available.
+    Seeded(u64),
+}
+
+/// A conv2d job on CUDA device `index` through cuDNN: the depthwise convolution of the image
+/// (from `image`) with the f32 weights `w` (`passes` = `shape.out_channels / shape.channels`
+/// maps per channel: 1, or 2 for Sobel), in `dtype`'s element type, and the job's output made
+/// from the maps (Sobel's magnitude √(gx² + gy²), or the map, as f32: what `magnitude` in
+/// `kinds/conv2d.rs` makes on the host). The output (every value, or its summary: `read`)
+/// comes back with where the image was made. The output is made on the device by
+/// [`super::nvrtc`]'s conv2d output kernel, and summarised there when large; where that kernel
+/// is not available, the maps are read back and the host makes it.
+pub fn conv2d_from(
+    index: usize,
+    image: Image<'_>,
+    w: &[f32],
+    shape: &ConvShape,
+    dtype: Dtype,
+    read: ReadBack,
+) -> Result<(Output, MadeOn), JobError> {
+    shape.check()?;
+    let maps = conv_maps(shape)?;
+    let wrong = |what: &str, len: usize, want: usize| {
+        JobError::internal(format!(
+            "conv2d was given {len} {what} values for {shape:?}, not {want}"
+        ))
+    };
+    if w.len() != shape.weight_len() {
+        return Err(wrong("weight", w.len(), shape.weight_len()));
+    }
+    let pixels = shape.input_len();
+    if let Image::Host(x) = image
+        && x.len() != pixels
+    {
+        return Err(wrong("image", x.len(), pixels));
+    }
+    let dnn = dnn_for(index)?;
+    let stream = lock(&dnn).stream.clone();
+    let pixels = Pixels::of(image, &stream, pixels);
+    let mut dnn = lock(&dnn);
+    let out = ("the output", shape.output_len());
+    let mut ops = match &pixels {
+        Pixels::Host(x) => {
+            let inputs = [("the image", &**x), ("the weights", w)];
+            Buffers::upload(&CUDNN, &stream, inputs, out, dtype)?
+        }
+        Pixels::Device(generator, seed) => {
+            let inputs = (("the image", shape.input_len()), ("the weights", w));
+            Buffers::seeded_image(&CUDNN, &stream, (generator, *seed), inputs, out, dtype)?
+        }
+    };
+    dnn.launch(shape, dtype, &mut ops)?;
+    let made_on = match pixels {
+        Pixels::Host(_) => MadeOn::Host,
+        Pixels::Device(..) => MadeOn::Device,
+    };
+    Ok((output(&stream, &ops, maps, dtype, read)?, made_on))
+}
+
+/// A conv2d job's image ready to go to the device: host values (given, or generated on the
+/// host where the generator is not available), or the generator and the seed.
+enum Pixels<'a> {
+    Host(Cow<'a, [f32]>),
+    Device(Arc<Generator>, u64),
+}
+
+impl<'a> Pixels<'a> {
+    /// Resolve `image` (of `len` values) for `stream`'s device; host generation, where
+    /// needed, runs before the handle is locked for the job.
+    fn of(image: Image<'a>, stream: &Arc<CudaStream>, len: usize) -> Self {
+        match image {
+            Image::Host(x) => Pixels::Host(Cow::Borrowed(x)),
+            Image::Seeded(seed) => match generator(stream) {
+                Ok(generator) => Pixels::Device(generator, seed),
+                // Why is logged once per device by `generator`.
+                Err(_) => Pixels::Host(Cow::Owned(
+                    crate::seeded_values(seed, 0, len)
+                        .into_iter()
+                        .map(crate::seeded::unit)
+                        .collect(),
+                )),
+            },
+        }
+    }
+}
+
+/// The planes, plane size and passes of a conv2d job's maps: an error for a convolution whose
+/// maps are not a depthwise one's with one or two passes.
+fn conv_maps(shape: &ConvShape) -> Result<Maps, JobError> {
+    let passes = shape.out_channels / shape.channels.max(1);
+    let [h, w] = shape.output_side();
+    if shape.groups != shape.channels
+        || shape.out_channels != shape.channels * passes
+        || !(1..=2).contains(&passes)
+        || [h, w] != [shape.height, shape.width]
+    {
+        return Err(JobError::internal(format!(
+            "{shape:?} is not a conv2d job's depthwise convolution with one or two passes"
+        )));
+    }
+    Ok(Maps {
+        planes: shape.batch * shape.channels,
+        plane: h * w,
+        passes,
+    })
+}
+
+/// The job's output from the maps in `ops` (waits for the stream): made and, when large,
+/// summarised on the device where the output kernel loads; else the maps read back and the
+/// host's `magnitude`.
+fn output(
+    stream: &Arc<CudaStream>,
+    ops: &Buffers,
+    maps: Maps,
+    dtype: Dtype,
+    read: ReadBack,
+) -> Result<Output, JobError> {
+    const WHAT: &str = "the output";
+    let values = match (ops, maps.passes) {
+        // f32 maps of one pass are the output already.
+        (Buffers::Full(_), 1) => None,
+        // Why a device has no output kernel is logged once by `magnitudes`.
+        _ => match magnitudes(stream) {
+            Ok(kernel) => Some(make_output(&kernel, stream, ops, maps, dtype)?),
+            Err(_) => {
+                let read_maps = ops.download(&CUDNN, stream, WHAT, dtype)?;
+                let values = crate::kinds::conv2d::magnitude(read_maps, maps.passes, maps.plane);
+                return Ok(on_host(values, read));
+            }
+        },
+    };
+    let values = match &values {
+        Some(values) => values,
+        None => ops
+            .output_f32()
+            .ok_or_else(|| JobError::internal("f32 maps expected"))?,
+    };
+    if read == ReadBack::Summary
+        && values.len() >= crate::reduce::DEVICE_FROM
+        && let Ok(summarizer) = summarizer(stream)
+    {
+        let summary = summarizer.summarize((&CUDNN, WHAT), stream, values)?;
+        return Ok(Output::Summary(summary));
+    }
+    let values = stream
+        .clone_dtoh(values)
+        .map_err(|e| CUDNN.driver_error("reading the output back", e))?;
+    Ok(on_host(values, read))
+}
+
+/// An output read back, as `read` asks for it: the values, or their summary made on the host.
+fn on_host(values: Vec<f32>, read: ReadBack) -> Output {
+    match read {
+        ReadBack::Values => Output::Values(values),
+        ReadBack::Summary => Output::Summary(Summary::of(&values)),
+    }
+}
+
+/// The output kernel run on the maps in `ops`: the output, as f32, in a new buffer.
+fn make_output(
+    kernel: &Magnitudes,
+    stream: &Arc<CudaStream>,
+    ops: &Buffers,
+    maps: Maps,
+    dtype: Dtype,
+) -> Result<CudaSlice<f32>, JobError> {
+    let what = (&CUDNN, "the output");
+    match ops {
+        Buffers::Full(ops) => kernel.make(what, stream, (ops.output(), maps), dtype),
+        Buffers::Half(ops) => kernel.make(what, stream, (ops.output(), maps), dtype),
+    }
 }
 
 /// Convolutions of one shape and dtype over seeded values, with the operands kept on the
