@@ -1,6 +1,9 @@
 //! `kiln-bench batching`: small vector_add jobs on one worker with dynamic batching off and
 //! on, measured in the same run: throughput of a burst published at once, and the end-to-end
-//! latency of lone jobs sent one at a time (what the batch window adds to them).
+//! latency of lone jobs sent one at a time (what the batch window adds to them). Beside them,
+//! the raw JetStream ceiling of the same burst on the same server (the pipeline's, on kiln's
+//! stream settings with a connection per role): what any number of single-job messages can
+//! reach there, and so the most batching could multiply the one-by-one throughput by.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -38,6 +41,14 @@ struct Report {
     speedup: f64,
     /// Lone-job p50 with batching − without, ms: at most the window.
     lone_p50_added_ms: f64,
+    /// The raw JetStream flow of the same burst (same job and result sizes) on this server,
+    /// jobs/s.
+    ceiling_jobs_per_s: f64,
+    /// Burst throughput with batching ÷ that ceiling.
+    batched_share_of_ceiling: f64,
+    /// The ceiling ÷ the burst throughput without batching: the most any batching of jobs sent
+    /// one message each could multiply it by on this machine.
+    ceiling_over_one_by_one: f64,
 }
 
 pub async fn run(nats: &NatsArgs, args: BatchingArgs) -> anyhow::Result<ExitCode> {
@@ -56,6 +67,7 @@ pub async fn run(nats: &NatsArgs, args: BatchingArgs) -> anyhow::Result<ExitCode
     for window in [Duration::ZERO, args.window] {
         settings.push(measure(&nats, &client, &device, window, &args).await?);
     }
+    let ceiling = ceiling_rate(&nats, &js, &args).await?;
     let (off, on) = (&settings[0], &settings[1]);
     let report = Report {
         machine,
@@ -64,6 +76,9 @@ pub async fn run(nats: &NatsArgs, args: BatchingArgs) -> anyhow::Result<ExitCode
         speedup: on.jobs_per_s / off.jobs_per_s,
         lone_p50_added_ms: on.lone_p50_ms - off.lone_p50_ms,
         settings: settings.clone(),
+        ceiling_jobs_per_s: ceiling,
+        batched_share_of_ceiling: on.jobs_per_s / ceiling,
+        ceiling_over_one_by_one: ceiling / off.jobs_per_s,
     };
     println!();
     println!(
@@ -82,11 +97,48 @@ pub async fn run(nats: &NatsArgs, args: BatchingArgs) -> anyhow::Result<ExitCode
         report.lone_p50_added_ms,
         args.window.as_secs_f64() * 1000.0
     );
+    println!(
+        "JetStream ceiling of the same burst on this server: {:.0} jobs/s; with batching kiln \
+         reached {:.3} of it; one message per job cannot go past {:.3}× the throughput without \
+         batching here",
+        report.ceiling_jobs_per_s, report.batched_share_of_ceiling, report.ceiling_over_one_by_one
+    );
     if let Some(path) = &args.json {
         crate::write_json(path, &report)?;
         println!("figures written to {}", path.display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The raw JetStream ceiling of the burst: `args.jobs` messages of a job's size through
+/// streams set up as kiln's, a result of a real result's size for each, a connection per role
+/// ([`crate::pipeline::ceiling`]); jobs/s.
+async fn ceiling_rate(
+    nats: &NatsArgs,
+    js: &jetstream::Context,
+    args: &BatchingArgs,
+) -> anyhow::Result<f64> {
+    let kind = kiln_kernels::find("vector_add").context("vector_add is registered")?;
+    let meta = kiln_kernels::JobMeta {
+        id: Some(format!("{}-0", kiln_proto::new_job_id())),
+        seed: Some(0),
+        ..Default::default()
+    };
+    let job_bytes = kind
+        .encode_job(serde_json::json!({"len": args.len}), meta, Codec::Json)
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .len();
+    let shape = crate::pipeline::Shape {
+        jobs: args.jobs,
+        job_bytes,
+        result_bytes: crate::pipeline::sample_result_bytes(args.len)?,
+        streams: crate::pipeline::Streams::Kiln,
+    };
+    let roles = crate::pipeline::separate_roles(nats, js).await?;
+    println!("the JetStream ceiling of the same burst (kiln's stream settings, a role each)");
+    let topology = kiln_proto::Topology::default();
+    let seconds = crate::pipeline::ceiling(&roles, &topology, shape, 0).await?;
+    Ok(args.jobs as f64 / seconds)
 }
 
 /// One worker with `window`: a warm-up job, the burst, then the lone jobs.

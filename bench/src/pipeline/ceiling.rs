@@ -36,14 +36,14 @@ pub(super) const CEILING_THREE: &str = "ceiling, same bytes, three connections";
 pub(super) const CEILING_KILN_STREAMS: &str = "ceiling, same bytes, kiln's stream settings";
 
 /// The connections a ceiling's roles use: one, shared, or one each.
-pub(super) struct Roles {
+pub(crate) struct Roles {
     pub publisher: jetstream::Context,
     pub worker: jetstream::Context,
     pub results: jetstream::Context,
 }
 
 impl Roles {
-    pub(super) fn shared(js: &jetstream::Context) -> Self {
+    pub(crate) fn shared(js: &jetstream::Context) -> Self {
         Roles {
             publisher: js.clone(),
             worker: js.clone(),
@@ -54,7 +54,7 @@ impl Roles {
 
 /// What one ceiling run moves.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Shape {
+pub(crate) struct Shape {
     pub jobs: u64,
     pub job_bytes: usize,
     pub result_bytes: usize,
@@ -63,7 +63,7 @@ pub(super) struct Shape {
 
 /// How a ceiling's streams are set up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Streams {
+pub(crate) enum Streams {
     /// Results on one subject, each with a message id.
     Plain,
     /// Results on a subject each, one message per subject (as in `KILN_RESULTS`).
@@ -96,7 +96,7 @@ impl Streams {
 /// messages (with message ids, as kiln does) to a work-queue stream; a consumer pulls each,
 /// publishes a result to a second stream, waits for its PubAck and acks; a second consumer
 /// pulls and acks the results. Timed from the first publish to the last result acked.
-pub(super) async fn ceiling(
+pub(crate) async fn ceiling(
     roles: &Roles,
     topology: &Topology,
     shape: Shape,

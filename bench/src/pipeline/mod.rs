@@ -23,11 +23,8 @@ use kiln_client::{JobSpec, publish_all};
 
 mod ceiling;
 
-pub(crate) use ceiling::fresh_streams;
-use ceiling::{
-    CEILING_KILN_STREAMS, CEILING_PER_JOB, CEILING_SAME, CEILING_SMALL, CEILING_THREE, Roles,
-    Shape, Streams,
-};
+use ceiling::{CEILING_KILN_STREAMS, CEILING_PER_JOB, CEILING_SAME, CEILING_SMALL, CEILING_THREE};
+pub(crate) use ceiling::{Roles, Shape, Streams, ceiling, fresh_streams};
 
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Run {
@@ -232,7 +229,10 @@ pub(crate) async fn measure_pipeline(
 
 /// The ceiling's roles each on a connection of their own: the publisher on `js`'s, the worker
 /// and the consumer of results on two more.
-async fn separate_roles(nats: &NatsArgs, js: &jetstream::Context) -> anyhow::Result<Roles> {
+pub(crate) async fn separate_roles(
+    nats: &NatsArgs,
+    js: &jetstream::Context,
+) -> anyhow::Result<Roles> {
     let connect = async || -> anyhow::Result<jetstream::Context> {
         Ok(jetstream::new(
             kiln_client::connect(&nats.connect_options()).await?,
@@ -300,7 +300,7 @@ async fn measure_runs(
                 streams: layout,
             };
             let cpu = CpuClock::start(&here);
-            let seconds = ceiling::ceiling(roles, topology, shape, r).await?;
+            let seconds = ceiling(roles, topology, shape, r).await?;
             varz.report(side, args.jobs);
             runs.push(record(side, args.jobs, seconds, cpu.per_job(args.jobs)));
         }
