@@ -76,6 +76,7 @@ impl Library {
         }
         let context =
             CudaContext::new(index).map_err(|e| self.driver_error("opening the device", e))?;
+        keep_freed_memory(&context);
         let stream = context
             .new_stream()
             .map_err(|e| self.driver_error("creating a stream", e))?;
@@ -113,6 +114,38 @@ impl Library {
             .context()
             .bind_to_thread()
             .map_err(|e| self.driver_error("binding the device", e))
+    }
+}
+
+/// Most device memory a pool keeps for later allocations after a sync.
+const POOL_KEEPS: u64 = 1 << 30;
+
+/// Let the device's stream-ordered memory pool, which the libraries' buffers come from
+/// (cudarc allocates with `cuMemAllocAsync` where the device supports it), keep up to
+/// [`POOL_KEEPS`] (at most a sixteenth of the device) of freed memory across syncs instead of
+/// none, its default. With none kept, every job's buffers were freed back to the device at the
+/// next job's first sync and mapped afresh for it, a cost of every small job; PyTorch's
+/// stream-ordered allocator keeps all of it. The bound leaves the rest to jobs on Burn's own
+/// allocator. Best effort: a device that refuses keeps its default (logged at debug).
+fn keep_freed_memory(context: &CudaContext) {
+    if !context.has_async_alloc() {
+        return;
+    }
+    let total = context.total_mem().unwrap_or(0) as u64;
+    let mut keep: u64 = (total / 16).min(POOL_KEEPS);
+    // SAFETY: the device is the context's own; the release threshold is a cuuint64_t, and
+    // `keep` is one, alive for the call.
+    let set = unsafe {
+        cudarc::driver::result::device::get_default_mem_pool(context.cu_device()).and_then(|pool| {
+            cudarc::driver::result::mem_pool::set_attribute(
+                pool,
+                cudarc::driver::sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                (&mut keep as *mut u64).cast(),
+            )
+        })
+    };
+    if let Err(e) = set {
+        tracing::debug!(error = ?e, "the device's memory pool keeps no freed memory");
     }
 }
 
