@@ -1,6 +1,7 @@
 // conv2d's output made on the device from cuDNN's maps (see mod.rs beside this file): the values
-// `magnitude` (kinds/conv2d.rs) makes on the host, bit for bit. Compiled at run time by NVRTC with
-// no headers and without contraction into FMAs.
+// `magnitude` (kinds/conv2d.rs) makes on the host, bit for bit but for a NaN's bits (the GPU's
+// arithmetic makes its own NaN where the CPU passes its operand's on; both are NaN). Compiled at
+// run time by NVRTC with no headers and without contraction into FMAs.
 //
 // The maps are laid out [image][channel][pass][row][column] (a depthwise convolution's output
 // channel `channel * passes + pass`), in f32 or as the bits of bf16 or f16. Thread i writes

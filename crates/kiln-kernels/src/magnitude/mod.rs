@@ -6,8 +6,11 @@
 //! reading every map back: the magnitude `sqrt(gx² + gy²)` for Sobel, the map as f32 otherwise
 //! (`magnitude` in `kinds/conv2d.rs`). This kernel makes the same f32 values on the device, bit
 //! for bit (each product, the sum and the square root rounded as the host rounds them; bf16 and
-//! f16 widened exactly, as the `half` crate does), so that the output stays there for the
-//! summary kernel ([`crate::reduce`]) and only what the job returns comes back.
+//! f16 widened exactly, as the `half` crate does) but for the bits of a NaN (a Sobel map can
+//! hold one where cuDNN added infinities of both signs: the GPU's arithmetic makes its own NaN
+//! where the CPU passes its operand's on; both read `null` in a result), so that the output
+//! stays there for the summary kernel ([`crate::reduce`]) and only what the job returns comes
+//! back.
 //!
 //! The tests (no GPU needed) run the kernel's own source compiled for the CPU with the shim
 //! for CUDA's built-ins (`host.cpp`; needs a C++ compiler) against the host's conversions and

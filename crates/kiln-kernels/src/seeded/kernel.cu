@@ -5,8 +5,9 @@
 // Thread t makes ChaCha8 block t (16 words) of (key, stream) and writes values 16t .. 16t+15,
 // those below n: as f32 (uniform in [-1, 1), exact), or as the bits of bf16 or f16, rounded to
 // nearest, ties to even. The `unit` entry points write (v + 1) / 2 instead, in [0, 1) (conv2d's
-// generated images), computed in f32 before any rounding to 16 bits, as the host does. `out` is the start of a device allocation (aligned to 256 bytes), so a
-// thread's 16 values start 16-byte aligned and whole blocks go out in 16-byte stores.
+// generated images), computed in f32 before any rounding to 16 bits, as the host does. `out` is
+// the start of a device allocation (aligned to 256 bytes), so a thread's 16 values start 16-byte
+// aligned and whole blocks go out in 16-byte stores.
 
 struct KilnKey {
     unsigned int w[8];

@@ -125,8 +125,9 @@ const POOL_KEEPS: u64 = 1 << 30;
 /// [`POOL_KEEPS`] (at most a sixteenth of the device) of freed memory across syncs instead of
 /// none, its default. With none kept, every job's buffers were freed back to the device at the
 /// next job's first sync and mapped afresh for it, a cost of every small job; PyTorch's
-/// stream-ordered allocator keeps all of it. The bound leaves the rest to jobs on Burn's own
-/// allocator. Best effort: a device that refuses keeps its default (logged at debug).
+/// stream-ordered allocator keeps all of it. Burn's CUDA runtime allocates from the same pool,
+/// so the bound caps what freed memory of either sits unused. Best effort: a device that
+/// refuses keeps its default (logged at debug).
 fn keep_freed_memory(context: &CudaContext) {
     if !context.has_async_alloc() {
         return;

@@ -436,6 +436,10 @@ pub fn conv2d_from(
     let dnn = dnn_for(index)?;
     let stream = lock(&dnn).stream.clone();
     let pixels = Pixels::of(image, &stream, pixels);
+    // The first job on a device compiles and loads the output and summary kernels here, not
+    // while holding the handle every conv2d job on the device waits for (`output` finds them
+    // loaded; why one is missing is logged once, and `output` takes the host's way).
+    let _ = (magnitudes(&stream), summarizer(&stream));
     let mut dnn = lock(&dnn);
     let out = ("the output", shape.output_len());
     let mut ops = match &pixels {
