@@ -166,6 +166,23 @@ pub(crate) struct Lane {
 }
 
 impl Lane {
+    /// Bytes of one lane as the summary kernel writes it (its `KilnLane`).
+    pub(crate) const BYTES: usize = 32;
+
+    /// A lane from the summary kernel's 32 bytes (little-endian: sum and square as f64 at 0
+    /// and 8, min and max as f32 at 16 and 20, the non-finite count as u64 at 24).
+    pub(crate) fn from_bytes(b: &[u8; Self::BYTES]) -> Self {
+        let f64_at = |i: usize| f64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
+        let f32_at = |i: usize| f32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"));
+        Lane {
+            sum: f64_at(0),
+            sq: f64_at(8),
+            min: f32_at(16),
+            max: f32_at(20),
+            non_finite: u64::from_le_bytes(b[24..32].try_into().expect("8 bytes")),
+        }
+    }
+
     fn partial(&self) -> Partial {
         Partial {
             sum: self.sum,

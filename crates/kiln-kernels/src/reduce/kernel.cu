@@ -12,9 +12,18 @@
 #define KILN_SUMMARY_BLOCK 65536ull
 #define KILN_SUMMARY_LANES 8ull
 
+// One lane's partials, 32 bytes, as the host reads them back in one copy (`Lane::from_bytes`
+// in crate::data): sum and square at 0 and 8, min and max at 16 and 20, the count at 24.
+struct KilnLane {
+    double sum;
+    double square;
+    float min;
+    float max;
+    unsigned long long non_finite;
+};
+
 extern "C" __global__ void kiln_summary_f32(const float *values, unsigned long long n,
-                                            double *sums, double *squares, float *mins,
-                                            float *maxs, unsigned long long *non_finite) {
+                                            KilnLane *lanes) {
     unsigned long long t = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
     unsigned long long blocks = (n + KILN_SUMMARY_BLOCK - 1) / KILN_SUMMARY_BLOCK;
     if (t >= blocks * KILN_SUMMARY_LANES) {
@@ -40,9 +49,11 @@ extern "C" __global__ void kiln_summary_f32(const float *values, unsigned long l
         hi = x > hi ? x : hi;
         bad += (__float_as_uint(x) & 0x7f800000u) == 0x7f800000u ? 1ull : 0ull;
     }
-    sums[t] = sum;
-    squares[t] = square;
-    mins[t] = lo;
-    maxs[t] = hi;
-    non_finite[t] = bad;
+    KilnLane lane;
+    lane.sum = sum;
+    lane.square = square;
+    lane.min = lo;
+    lane.max = hi;
+    lane.non_finite = bad;
+    lanes[t] = lane;
 }

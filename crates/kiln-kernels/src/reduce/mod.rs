@@ -6,9 +6,9 @@
 //! does not need the output on the host: a 100M-element vector add copied 400 MB back over
 //! PCIe to sum it there (42 ms of its 43 ms on an H200). The kernel computes exactly what
 //! `Summary::of` computes on the host, in the same order with the same roundings (blocks of
-//! 65,536 values, eight f64 lanes each, no FMA), and only the lanes (24 bytes and a count per
-//! eight thousand values) and the last block's few leftover values come back, so the summary is
-//! the host's, bit for bit.
+//! 65,536 values, eight f64 lanes each, no FMA), and only the lanes (32 bytes each, one per
+//! eight thousand values, in one copy) and the last block's few leftover values come back, so
+//! the summary is the host's, bit for bit.
 //!
 //! The tests (no GPU needed) run the kernel's own source compiled for the CPU with a few lines
 //! standing in for CUDA's built-ins (`host.cpp`; needs a C++ compiler) and hold the summary the

@@ -21,16 +21,11 @@ fn run_host_kernel(exe: &std::path::Path, values: &[f32]) -> Vec<Lane> {
     let out = child.wait_with_output().unwrap();
     writer.join().unwrap();
     assert!(out.status.success());
+    assert_eq!(out.stdout.len() % Lane::BYTES, 0);
     let lanes: Vec<Lane> = out
         .stdout
-        .chunks_exact(32)
-        .map(|b| Lane {
-            sum: f64::from_le_bytes(b[0..8].try_into().unwrap()),
-            sq: f64::from_le_bytes(b[8..16].try_into().unwrap()),
-            min: f32::from_le_bytes(b[16..20].try_into().unwrap()),
-            max: f32::from_le_bytes(b[20..24].try_into().unwrap()),
-            non_finite: u64::from_le_bytes(b[24..32].try_into().unwrap()),
-        })
+        .chunks_exact(Lane::BYTES)
+        .map(|b| Lane::from_bytes(b.try_into().unwrap()))
         .collect();
     assert_eq!(lanes.len(), super::lanes(values.len()));
     lanes

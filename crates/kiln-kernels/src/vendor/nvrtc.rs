@@ -252,49 +252,6 @@ pub(crate) fn summarizer(stream: &Arc<CudaStream>) -> Result<Arc<Summarizer>, Jo
         .map_err(JobError::internal)
 }
 
-/// The summary kernel's outputs on the device, one element per lane.
-struct LaneBuffers {
-    sums: CudaSlice<f64>,
-    squares: CudaSlice<f64>,
-    mins: CudaSlice<f32>,
-    maxs: CudaSlice<f32>,
-    non_finite: CudaSlice<u64>,
-}
-
-impl LaneBuffers {
-    fn alloc(stream: &Arc<CudaStream>, lanes: usize) -> Result<Self, cudarc::driver::DriverError> {
-        Ok(LaneBuffers {
-            sums: stream.alloc_zeros(lanes)?,
-            squares: stream.alloc_zeros(lanes)?,
-            mins: stream.alloc_zeros(lanes)?,
-            maxs: stream.alloc_zeros(lanes)?,
-            non_finite: stream.alloc_zeros(lanes)?,
-        })
-    }
-
-    /// The lanes, read back (waits for the stream).
-    fn read(&self, stream: &Arc<CudaStream>) -> Result<Vec<Lane>, cudarc::driver::DriverError> {
-        let (sums, squares) = (
-            stream.clone_dtoh(&self.sums)?,
-            stream.clone_dtoh(&self.squares)?,
-        );
-        let (mins, maxs) = (
-            stream.clone_dtoh(&self.mins)?,
-            stream.clone_dtoh(&self.maxs)?,
-        );
-        let non_finite = stream.clone_dtoh(&self.non_finite)?;
-        Ok((0..sums.len())
-            .map(|i| Lane {
-                sum: sums[i],
-                sq: squares[i],
-                min: mins[i],
-                max: maxs[i],
-                non_finite: non_finite[i],
-            })
-            .collect())
-    }
-}
-
 impl Summarizer {
     /// The summary of `values` on `stream` (waits for it): the lanes made on the device, read
     /// back with the last block's leftover values, and folded on the host into what
@@ -321,23 +278,19 @@ impl Summarizer {
             block_dim: (THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
-        let mut out = LaneBuffers::alloc(stream, lanes).map_err(failed("allocating"))?;
+        // SAFETY: the kernel launched next on the same stream writes every lane (a thread per
+        // lane, `lanes` of them) before the read-back below, on the stream too, reads one.
+        let mut out =
+            unsafe { stream.alloc::<u8>(lanes * Lane::BYTES) }.map_err(failed("allocating"))?;
         let count = n as u64;
         library.bind(stream)?;
         let mut launch = stream.launch_builder(&self.f32);
-        launch
-            .arg(values)
-            .arg(&count)
-            .arg(&mut out.sums)
-            .arg(&mut out.squares)
-            .arg(&mut out.mins)
-            .arg(&mut out.maxs)
-            .arg(&mut out.non_finite);
-        // SAFETY: the entry point takes (const float* values, unsigned long long n, double*
-        // sums, double* squares, float* mins, float* maxs, unsigned long long* non_finite), the
-        // arguments pushed in that order; `values` holds `n` f32s and each output `lanes`
-        // elements, and the kernel reads only indices below `n` and writes one element per
-        // thread below `lanes` (threads past it return at once).
+        launch.arg(values).arg(&count).arg(&mut out);
+        // SAFETY: the entry point takes (const float* values, unsigned long long n, KilnLane*
+        // lanes), the arguments pushed in that order; `values` holds `n` f32s and `out`
+        // `lanes` lanes of 32 bytes (a device allocation, so aligned as a lane's doubles need),
+        // and the kernel reads only indices below `n` and writes one lane per thread below
+        // `lanes` (threads past it return at once).
         unsafe { launch.launch(config) }.map_err(failed("making"))?;
         let start = reduce::tail_start(n);
         let tail = if start < n {
@@ -347,7 +300,11 @@ impl Summarizer {
         } else {
             Vec::new()
         };
-        let lanes = out.read(stream).map_err(failed("reading back"))?;
+        let bytes = stream.clone_dtoh(&out).map_err(failed("reading back"))?;
+        let lanes: Vec<Lane> = bytes
+            .chunks_exact(Lane::BYTES)
+            .map(|b| Lane::from_bytes(b.try_into().expect("a whole lane")))
+            .collect();
         Ok(Summary::of_lanes(n, &lanes, &tail))
     }
 }
