@@ -21,6 +21,7 @@ struct KilnLane {
     float max;
     unsigned long long non_finite;
 };
+static_assert(sizeof(KilnLane) == 32 && alignof(KilnLane) == 8, "a lane as the host reads it");
 
 extern "C" __global__ void kiln_summary_f32(const float *values, unsigned long long n,
                                             KilnLane *lanes) {

@@ -21,8 +21,9 @@
 //! per device and such jobs generate their inputs on the host and upload them, or read their
 //! output back and summarise it on the host, as before.
 //!
-//! Unsafe code: allocating the inputs without clearing them (the kernel writes every element
-//! before anything reads one) and launching the kernel.
+//! Unsafe code: allocating the inputs, the conv2d output and the summary's lanes without
+//! clearing them (the kernel that fills each writes every element before anything reads one)
+//! and launching the kernels.
 #![allow(unsafe_code)]
 
 use std::collections::HashMap;
