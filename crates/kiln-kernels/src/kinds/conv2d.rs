@@ -44,7 +44,7 @@ use crate::dtype_name;
 use crate::engine::ConvEngine;
 use crate::vendor::cublas::{MadeOn, Output, ReadBack};
 use crate::vendor::cudnn::{self, ConvShape};
-use crate::{Kernel, Plan, RunContext, seeded_values};
+use crate::{Kernel, Plan, RunContext};
 
 /// Largest side of a user-given kernel.
 pub const MAX_KERNEL_SIZE: usize = 31;
@@ -490,12 +490,7 @@ fn convolve<B: Backend>(
             Err(e) => return Err(e),
         }
     }
-    let pixels = given.unwrap_or_else(|| {
-        seeded_values(ctx.seed, 0, conv.input_len())
-            .into_iter()
-            .map(crate::seeded::unit)
-            .collect()
-    });
+    let pixels = given.unwrap_or_else(|| crate::seeded::image(ctx.seed, conv.input_len()));
     let passes = kernels.len();
     let (maps, computed, engine) = match (ctx.cuda_index, ctx.engines.conv) {
         (None, ConvEngine::Native) => {

@@ -48,6 +48,15 @@ pub(crate) fn unit(v: f32) -> f32 {
     (v + 1.0) / 2.0
 }
 
+/// A conv2d job's generated image of `len` values made on the host: `seeded_values(seed, 0,
+/// len)` mapped to [0, 1) by [`unit`], as the `unit` entry points make it on the device.
+pub(crate) fn image(seed: u64, len: usize) -> Vec<f32> {
+    crate::seeded_values(seed, 0, len)
+        .into_iter()
+        .map(unit)
+        .collect()
+}
+
 /// Values one GPU thread writes: one ChaCha block.
 pub(crate) const VALUES_PER_THREAD: usize = 16;
 

@@ -44,8 +44,8 @@ use cudarc::cublas::{CudaBlas, result::gemm_ex, sys};
 use cudarc::driver::{CudaStream, sys::CUdeviceptr};
 use kiln_proto::{ErrorKind, JobError};
 
-use super::cuda::{Buffers, Handles, Library, lock};
-use super::nvrtc::{Generator, generator, summarizer};
+use super::cuda::{Buffers, Handles, Library, lock, read_values};
+use super::nvrtc::{Generator, generator};
 use crate::{Dtype, Summary, seeded_values};
 
 const CUBLAS: Library = Library {
@@ -152,6 +152,14 @@ pub enum Output {
 }
 
 impl Output {
+    /// `values` read back, as `read` asks for them: the values, or their summary made here.
+    pub(crate) fn read(values: Vec<f32>, read: ReadBack) -> Self {
+        match read {
+            ReadBack::Values => Output::Values(values),
+            ReadBack::Summary => Output::Summary(Summary::of(&values)),
+        }
+    }
+
     /// The output's summary.
     pub fn summary(&self) -> Summary {
         match self {
@@ -176,7 +184,8 @@ impl Output {
     }
 }
 
-/// Read `what` back from `ops` on `stream` as `read` asks.
+/// Read `what` back from `ops` on `stream` as `read` asks: an f32 output through
+/// [`read_values`] (its summary made on the device when large), a 16-bit one read back whole.
 fn read_back(
     library: &Library,
     stream: &Arc<CudaStream>,
@@ -184,16 +193,13 @@ fn read_back(
     (what, dtype): (&str, Dtype),
     read: ReadBack,
 ) -> Result<Output, JobError> {
-    if read == ReadBack::Summary {
-        // Why a device has no summarizer is logged once by `summarizer`.
-        if let Ok(summarizer) = summarizer(stream) {
-            return ops
-                .summary(library, stream, (what, dtype), &summarizer)
-                .map(Output::Summary);
-        }
+    match ops.output_f32() {
+        Some(out) => read_values(library, stream, (what, out), read),
+        None => Ok(Output::read(
+            ops.download(library, stream, what, dtype)?,
+            read,
+        )),
     }
-    ops.download(library, stream, what, dtype)
-        .map(Output::Values)
 }
 
 /// A job's inputs ready to go to the device: host values (given, or generated on the host where

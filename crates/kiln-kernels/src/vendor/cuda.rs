@@ -18,8 +18,8 @@ use cudarc::driver::{
 };
 use kiln_proto::{ErrorKind, JobError};
 
-use super::nvrtc::{Element, Generator, Range, Summarizer};
-use crate::Summary;
+use super::cublas::{Output, ReadBack};
+use super::nvrtc::{Element, Generator, Range, summarizer};
 use crate::dtype::{Dtype, from_half, to_half};
 
 /// One of NVIDIA's libraries, as kiln uses it.
@@ -115,6 +115,31 @@ impl Library {
             .bind_to_thread()
             .map_err(|e| self.driver_error("binding the device", e))
     }
+}
+
+/// `values` (f32 on `stream`'s device) read back as `read` asks (waits for the stream): only
+/// their summary, made on the device by the summary kernel, when that is all that is wanted and
+/// there are at least [`crate::reduce::DEVICE_FROM`] of them; else every value (summarised
+/// here when only the summary is wanted). `what` names them in `library`'s errors.
+pub(crate) fn read_values(
+    library: &Library,
+    stream: &Arc<CudaStream>,
+    (what, values): (&str, &CudaSlice<f32>),
+    read: ReadBack,
+) -> Result<Output, JobError> {
+    if read == ReadBack::Summary
+        && values.len() >= crate::reduce::DEVICE_FROM
+        // Why a device has no summary kernel is logged once by `summarizer`.
+        && let Ok(summarizer) = summarizer(stream)
+    {
+        return summarizer
+            .summarize((library, what), stream, values)
+            .map(Output::Summary);
+    }
+    let values = stream
+        .clone_dtoh(values)
+        .map_err(|e| library.driver_error(&format!("reading {what} back"), e))?;
+    Ok(Output::read(values, read))
 }
 
 /// Most device memory a pool keeps for later allocations after a sync.
@@ -357,24 +382,6 @@ impl Buffers {
         match self {
             Buffers::Full(ops) => of(ops, stream),
             Buffers::Half(ops) => of(ops, stream),
-        }
-    }
-
-    /// The output's summary (waits for the stream): made on the device by `summarizer` from
-    /// an f32 output of at least [`crate::reduce::DEVICE_FROM`] values; a smaller or 16-bit
-    /// output is read back and summarised on the host.
-    pub(crate) fn summary(
-        &self,
-        library: &Library,
-        stream: &Arc<CudaStream>,
-        (what, dtype): (&str, Dtype),
-        summarizer: &Summarizer,
-    ) -> Result<Summary, JobError> {
-        match self {
-            Buffers::Full(ops) if ops.out.len() >= crate::reduce::DEVICE_FROM => {
-                summarizer.summarize((library, what), stream, &ops.out)
-            }
-            _ => Ok(Summary::of(&self.download(library, stream, what, dtype)?)),
         }
     }
 

@@ -44,9 +44,9 @@ use kiln_proto::{ErrorKind, JobError};
 use self::descriptors::{ALGOS, Descriptors, Handle, perf_slots};
 pub use self::shape::{ConvShape, conv2d_reference, probe_cases};
 use super::cublas::{MadeOn, Output, ReadBack};
-use super::cuda::{Buffers, Handles, Library, lock};
+use super::cuda::{Buffers, Handles, Library, lock, read_values};
 use super::nvrtc::{Generator, Magnitudes, Maps, generator, magnitudes, summarizer};
-use crate::{Dtype, Summary};
+use crate::Dtype;
 
 const CUDNN: Library = Library {
     name: "cuDNN",
@@ -427,15 +427,15 @@ pub fn conv2d_from(
     if w.len() != shape.weight_len() {
         return Err(wrong("weight", w.len(), shape.weight_len()));
     }
-    let pixels = shape.input_len();
+    let len = shape.input_len();
     if let Image::Host(x) = image
-        && x.len() != pixels
+        && x.len() != len
     {
-        return Err(wrong("image", x.len(), pixels));
+        return Err(wrong("image", x.len(), len));
     }
     let dnn = dnn_for(index)?;
     let stream = lock(&dnn).stream.clone();
-    let pixels = Pixels::of(image, &stream, pixels);
+    let pixels = Pixels::of(image, &stream, len);
     // The first job on a device compiles and loads the output and summary kernels here, not
     // while holding the handle every conv2d job on the device waits for (`output` finds them
     // loaded; why one is missing is logged once, and `output` takes the host's way).
@@ -448,7 +448,7 @@ pub fn conv2d_from(
             Buffers::upload(&CUDNN, &stream, inputs, out, dtype)?
         }
         Pixels::Device(generator, seed) => {
-            let inputs = (("the image", shape.input_len()), ("the weights", w));
+            let inputs = (("the image", len), ("the weights", w));
             Buffers::seeded_image(&CUDNN, &stream, (generator, *seed), inputs, out, dtype)?
         }
     };
@@ -476,12 +476,7 @@ impl<'a> Pixels<'a> {
             Image::Seeded(seed) => match generator(stream) {
                 Ok(generator) => Pixels::Device(generator, seed),
                 // Why is logged once per device by `generator`.
-                Err(_) => Pixels::Host(Cow::Owned(
-                    crate::seeded_values(seed, 0, len)
-                        .into_iter()
-                        .map(crate::seeded::unit)
-                        .collect(),
-                )),
+                Err(_) => Pixels::Host(Cow::Owned(crate::seeded::image(seed, len))),
             },
         }
     }
@@ -519,44 +514,24 @@ fn output(
     read: ReadBack,
 ) -> Result<Output, JobError> {
     const WHAT: &str = "the output";
+    let made;
     let values = match (ops, maps.passes) {
         // f32 maps of one pass are the output already.
-        (Buffers::Full(_), 1) => None,
+        (Buffers::Full(ops), 1) => ops.output(),
         // Why a device has no output kernel is logged once by `magnitudes`.
         _ => match magnitudes(stream) {
-            Ok(kernel) => Some(make_output(&kernel, stream, ops, maps, dtype)?),
+            Ok(kernel) => {
+                made = make_output(&kernel, stream, ops, maps, dtype)?;
+                &made
+            }
             Err(_) => {
                 let read_maps = ops.download(&CUDNN, stream, WHAT, dtype)?;
                 let values = crate::kinds::conv2d::magnitude(read_maps, maps.passes, maps.plane);
-                return Ok(on_host(values, read));
+                return Ok(Output::read(values, read));
             }
         },
     };
-    let values = match &values {
-        Some(values) => values,
-        None => ops
-            .output_f32()
-            .ok_or_else(|| JobError::internal("f32 maps expected"))?,
-    };
-    if read == ReadBack::Summary
-        && values.len() >= crate::reduce::DEVICE_FROM
-        && let Ok(summarizer) = summarizer(stream)
-    {
-        let summary = summarizer.summarize((&CUDNN, WHAT), stream, values)?;
-        return Ok(Output::Summary(summary));
-    }
-    let values = stream
-        .clone_dtoh(values)
-        .map_err(|e| CUDNN.driver_error("reading the output back", e))?;
-    Ok(on_host(values, read))
-}
-
-/// An output read back, as `read` asks for it: the values, or their summary made on the host.
-fn on_host(values: Vec<f32>, read: ReadBack) -> Output {
-    match read {
-        ReadBack::Values => Output::Values(values),
-        ReadBack::Summary => Output::Summary(Summary::of(&values)),
-    }
+    read_values(&CUDNN, stream, (WHAT, values), read)
 }
 
 /// The output kernel run on the maps in `ops`: the output, as f32, in a new buffer.
