@@ -1,0 +1,253 @@
+//! What the scheduler knows of the two classes between reads: each one's backlog and live
+//! workers as last read from the server, and the jobs it routed since.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use kiln_proto::DeviceClass;
+use kiln_proto::streams::{self, STREAM_JOBS};
+
+use crate::model::{ClassState, CostModel};
+
+/// The classes' state as last read, plus the jobs routed since (so that a burst between two
+/// reads does not all land on one class), less those of them whose results have come back.
+#[derive(Debug, Default)]
+pub(super) struct Classes {
+    pub(super) gpu: ClassState,
+    pub(super) cpu: ClassState,
+    /// The jobs this scheduler routed since the last read, by id, with their class. Only
+    /// these come off a backlog when their result arrives: the read itself counted the
+    /// others, and a duplicate result, another scheduler's job or one submitted to a class
+    /// directly must not take a job off twice or take off one never counted.
+    pub(super) routed_since: HashMap<String, DeviceClass>,
+    /// When the live workers were last read (`None`: never).
+    workers_read_at: Option<std::time::Instant>,
+}
+
+/// How long a read of the live workers stands while new reads fail: as long as a worker's
+/// heartbeat lives by default (three of two seconds). Past it the classes count no workers,
+/// as they would once the heartbeats had expired.
+const WORKERS_STAND_FOR: Duration = Duration::from_secs(6);
+
+impl Classes {
+    pub(super) fn state(&mut self, class: DeviceClass) -> &mut ClassState {
+        match class {
+            DeviceClass::Gpu => &mut self.gpu,
+            _ => &mut self.cpu,
+        }
+    }
+}
+
+/// Re-read each class's backlog (pending + in flight on its consumer) and live workers. A
+/// read that fails (a slow or restarting server) keeps what the last one found, for up to
+/// [`WORKERS_STAND_FOR`]: a worker does not vanish from the model because one read of the
+/// workers bucket timed out, which routed every auto job away from a live GPU class until
+/// the next read.
+pub(super) async fn refresh(js: &jetstream::Context, classes: &mut Classes) {
+    match streams::live_workers(js).await {
+        Ok(workers) => {
+            let (mut gpu, mut cpu) = (Workers::default(), Workers::default());
+            for w in workers.iter().filter(|w| w.state == "serving") {
+                let class = if w.class == DeviceClass::Gpu {
+                    &mut gpu
+                } else {
+                    &mut cpu
+                };
+                class.live += 1;
+                class.capacity += w.capacity;
+            }
+            gpu.set(&mut classes.gpu);
+            cpu.set(&mut classes.cpu);
+            classes.workers_read_at = Some(std::time::Instant::now());
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "could not read live workers; keeping the last read");
+            if classes
+                .workers_read_at
+                .is_none_or(|at| at.elapsed() > WORKERS_STAND_FOR)
+            {
+                Workers::default().set(&mut classes.gpu);
+                Workers::default().set(&mut classes.cpu);
+            }
+        }
+    }
+    let Ok(stream) = js.get_stream(STREAM_JOBS).await else {
+        return;
+    };
+    for class in [DeviceClass::Gpu, DeviceClass::Cpu] {
+        // The jobs routed since are in the backlog just read; after a failed read they are
+        // still counted in the one kept, and come off it when their results arrive.
+        if let Ok(info) = stream.consumer_info(class.consumer()).await {
+            classes.state(class).backlog = info.num_pending + info.num_ack_pending as u64;
+            classes.routed_since.retain(|_, routed| *routed != class);
+        }
+    }
+}
+
+/// The live workers of one class, as one read of the workers bucket found them.
+#[derive(Default)]
+struct Workers {
+    live: usize,
+    capacity: usize,
+}
+
+impl Workers {
+    fn set(self, state: &mut ClassState) {
+        state.live_workers = self.live;
+        state.capacity = self.capacity;
+    }
+}
+
+/// The fields of a result event the model learns from.
+#[derive(serde::Deserialize)]
+struct Observed {
+    id: String,
+    kind: String,
+    class: DeviceClass,
+    status: kiln_proto::Status,
+    compute_ms: f64,
+    #[serde(default)]
+    flops: f64,
+}
+
+/// Learn from a result event; a job this scheduler routed since the last read comes off its
+/// class's backlog at once, rather than pricing the class's queue until the next read.
+pub(super) fn learn(model: &mut CostModel, classes: &mut Classes, payload: &[u8]) {
+    let Ok(o) = serde_json::from_slice::<Observed>(payload) else {
+        return;
+    };
+    if let Some(class) = classes.routed_since.remove(&o.id) {
+        let state = classes.state(class);
+        state.backlog = state.backlog.saturating_sub(1);
+    }
+    if o.status == kiln_proto::Status::Succeeded && kiln_kernels::find(&o.kind).is_some() {
+        model.observe(&o.kind, o.class, o.flops, o.compute_ms);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(id: &str, class: &str, status: &str) -> Vec<u8> {
+        serde_json::json!({
+            "id": id, "kind": "matmul", "class": class, "status": status,
+            "compute_ms": 40.0, "flops": 2.0e9,
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    #[test]
+    fn results_take_only_the_jobs_routed_since_the_last_read_off_their_backlog() {
+        let mut model = CostModel::default();
+        let mut classes = Classes::default();
+        // The last read counted 3 gpu jobs; this scheduler routed two more since, one per class.
+        classes.gpu.backlog = 4;
+        classes.cpu.backlog = 1;
+        classes.routed_since.insert("a".into(), DeviceClass::Gpu);
+        classes.routed_since.insert("b".into(), DeviceClass::Cpu);
+        let before = model.estimate("matmul", DeviceClass::Gpu, 2.0e9);
+
+        learn(&mut model, &mut classes, &event("a", "gpu", "succeeded"));
+        assert_eq!((classes.gpu.backlog, classes.cpu.backlog), (3, 1));
+        let taught = model.estimate("matmul", DeviceClass::Gpu, 2.0e9);
+        assert!(taught > before, "{before} -> {taught}");
+
+        // A duplicate of that result, a job the last read counted, and one another scheduler
+        // routed or that was submitted to the class directly: no change to the backlogs.
+        for id in ["a", "counted-by-the-read", "elsewhere"] {
+            learn(&mut model, &mut classes, &event(id, "gpu", "succeeded"));
+        }
+        assert_eq!((classes.gpu.backlog, classes.cpu.backlog), (3, 1));
+
+        // A failed job left its queue too, but its time teaches nothing.
+        let cpu_before = model.estimate("matmul", DeviceClass::Cpu, 2.0e9);
+        learn(&mut model, &mut classes, &event("b", "cpu", "failed"));
+        assert_eq!((classes.gpu.backlog, classes.cpu.backlog), (3, 0));
+        assert_eq!(
+            model.estimate("matmul", DeviceClass::Cpu, 2.0e9),
+            cpu_before
+        );
+        assert!(classes.routed_since.is_empty());
+
+        // What does not parse changes nothing.
+        learn(&mut model, &mut classes, b"not json");
+        assert_eq!((classes.gpu.backlog, classes.cpu.backlog), (3, 0));
+    }
+
+    /// A heartbeat of a serving worker of `class` with `capacity` compute slots.
+    fn heartbeat(name: &str, class: DeviceClass, capacity: usize) -> Vec<u8> {
+        let now = time::OffsetDateTime::now_utc();
+        serde_json::to_vec(&kiln_proto::WorkerInfo {
+            name: name.into(),
+            class,
+            device: "cpu".into(),
+            backend: "ndarray".into(),
+            engines: Default::default(),
+            capacity,
+            max_in_flight: 64,
+            in_flight: 0,
+            succeeded: 0,
+            failed: 0,
+            state: "serving".into(),
+            running: Vec::new(),
+            version: "test".into(),
+            started_at: now,
+            updated_at: now,
+        })
+        .expect("a heartbeat")
+    }
+
+    /// Store a heartbeat of a serving worker in the workers bucket.
+    async fn beat(js: &jetstream::Context, name: &str, class: DeviceClass, capacity: usize) {
+        let kv = js
+            .get_key_value(kiln_proto::BUCKET_WORKERS)
+            .await
+            .expect("bucket");
+        kv.put(name, heartbeat(name, class, capacity).into())
+            .await
+            .expect("put");
+    }
+
+    /// A read of the workers bucket that fails keeps the classes as the last read found
+    /// them; a read that succeeds and finds no worker empties them.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_failed_read_keeps_the_last_live_workers() {
+        let server = kiln_testkit::NatsServer::start();
+        let client = async_nats::connect(server.url()).await.expect("connect");
+        let js = jetstream::new(client);
+        let topology = kiln_proto::Topology::default();
+        streams::ensure_all(&js, &topology).await.expect("streams");
+        beat(&js, "g", DeviceClass::Gpu, 2).await;
+        beat(&js, "c", DeviceClass::Cpu, 1).await;
+        let mut classes = Classes::default();
+        refresh(&js, &mut classes).await;
+        let seen = |c: &Classes| {
+            (
+                (c.gpu.live_workers, c.gpu.capacity),
+                (c.cpu.live_workers, c.cpu.capacity),
+            )
+        };
+        assert_eq!(seen(&classes), ((1, 2), (1, 1)));
+
+        // The bucket cannot be read: the last read stands, for as long as a heartbeat would.
+        js.delete_key_value(kiln_proto::BUCKET_WORKERS)
+            .await
+            .expect("delete bucket");
+        refresh(&js, &mut classes).await;
+        assert_eq!(seen(&classes), ((1, 2), (1, 1)));
+        classes.workers_read_at = classes
+            .workers_read_at
+            .and_then(|at| at.checked_sub(WORKERS_STAND_FOR + Duration::from_secs(1)));
+        refresh(&js, &mut classes).await;
+        assert_eq!(seen(&classes), ((0, 0), (0, 0)), "a read too old to stand");
+
+        // Readable again, with one worker back.
+        streams::ensure_all(&js, &topology).await.expect("streams");
+        beat(&js, "g", DeviceClass::Gpu, 3).await;
+        refresh(&js, &mut classes).await;
+        assert_eq!(seen(&classes), ((1, 3), (0, 0)));
+    }
+}

@@ -1,0 +1,454 @@
+//! Routing one auto job: decide its class, publish its copy to `jobs.<class>.<kind>.copy`,
+//! and settle the original once the server has answered for the copy (ack it, hold it for
+//! room, hand it back, or answer it `failed`).
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind};
+use kiln_kernels::DecodedJob;
+use kiln_proto::streams::STREAM_JOBS;
+use kiln_proto::{
+    Codec, DeviceClass, Envelope, ErrorKind, HEADER_MSG_ID, HEADER_ROUTING, JobError, JobSubject,
+    ResultEvent, Routing, Status, subject,
+};
+
+use super::{Scheduler, SchedulerConfig};
+
+/// A routed copy on its way: the original is acked once the server has stored the copy
+/// ([`settle`]).
+pub(super) struct Routed {
+    pub(super) message: jetstream::Message,
+    id: String,
+    kind: String,
+    class: DeviceClass,
+    pub(super) target: String,
+    reason: String,
+    enqueued_at: time::OffsetDateTime,
+    span: Option<kiln_telemetry::trace::TraceSpan>,
+    /// Since when, and how patiently, the job has waited for room in `KILN_JOBS`.
+    hold: Option<Hold>,
+    /// The copy's headers, to send it again under the same message id.
+    pub(super) headers: async_nats::HeaderMap,
+}
+
+/// How long a job whose copy `KILN_JOBS` has no room for is held (its delivery kept with
+/// progress acks, not handed back: every nak spends one of its deliveries, and five refusals
+/// in five seconds dead-lettered accepted jobs as if workers had crashed on them) before it is
+/// answered `failed`. Room comes back as workers finish jobs; a stream full of nothing but
+/// auto jobs waiting to be routed never makes any.
+const HOLD_PATIENCE: Duration = Duration::from_secs(120);
+
+/// A job waiting for room for its copy: since when, and the pause before its next try.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Hold {
+    since: tokio::time::Instant,
+    pause: Duration,
+}
+
+impl Hold {
+    /// The next hold after a refusal: first 250 ms, then doubling up to 5 s (well inside the
+    /// scheduler consumer's ack wait, which each try's progress ack restarts).
+    fn after(previous: Option<Hold>) -> Hold {
+        match previous {
+            None => Hold {
+                since: tokio::time::Instant::now(),
+                pause: Duration::from_millis(250),
+            },
+            Some(h) => Hold {
+                since: h.since,
+                pause: (h.pause * 2).min(Duration::from_secs(5)),
+            },
+        }
+    }
+}
+
+/// Jobs held for room, with when each is tried again.
+#[derive(Default)]
+pub(super) struct Held(Vec<(tokio::time::Instant, jetstream::Message, Hold)>);
+
+impl Held {
+    pub(super) fn push(&mut self, message: jetstream::Message, hold: Hold) {
+        let due = tokio::time::Instant::now() + hold.pause;
+        self.0.push((due, message, hold));
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// When the first held job is due (now when none is held).
+    pub(super) fn next_due(&self) -> tokio::time::Instant {
+        let now = tokio::time::Instant::now();
+        self.0.iter().map(|(due, ..)| *due).min().unwrap_or(now)
+    }
+
+    /// The held jobs that are due, taken out.
+    pub(super) fn due(&mut self) -> Vec<(jetstream::Message, Hold)> {
+        let now = tokio::time::Instant::now();
+        let (due, later) = std::mem::take(&mut self.0)
+            .into_iter()
+            .partition(|(at, ..)| *at <= now);
+        self.0 = later;
+        due.into_iter().map(|(_, m, h)| (m, h)).collect()
+    }
+
+    /// Every held job, taken out.
+    pub(super) fn all(self) -> Vec<(jetstream::Message, Hold)> {
+        self.0.into_iter().map(|(_, m, h)| (m, h)).collect()
+    }
+}
+
+/// What became of a routed copy's original.
+pub(super) enum Settled {
+    /// Acked: its copy is stored for this class.
+    Routed(DeviceClass),
+    /// Kept, to be routed again when the hold is over: `KILN_JOBS` had no room for its copy.
+    Held(Box<jetstream::Message>, Hold),
+    /// Answered, or handed back.
+    Done,
+}
+
+/// Most routed copies awaiting the server's acknowledgement at once: routing does not wait
+/// for one copy to be stored before deciding the next.
+pub(super) const ROUTING_IN_FLIGHT: usize = 512;
+
+impl Scheduler {
+    /// Decide and publish the routed copy; returns it with its acknowledgement to wait for,
+    /// or `None` when the job was answered or handed back already.
+    pub(super) async fn route(
+        &mut self,
+        message: jetstream::Message,
+        hold: Option<Hold>,
+    ) -> Option<(Routed, jetstream::context::PublishAckFuture)> {
+        let Ok(info) = message.info() else {
+            return None;
+        };
+        let (sequence, published) = (info.stream_sequence, info.published);
+        let kind = auto_kind(&message).await?;
+        // The job's work, from its kind; a job that does not decode goes wherever a worker
+        // can answer it with a failed result.
+        let decoded = kiln_kernels::find(&kind).and_then(|entry| {
+            let codec = Codec::from_headers(message.headers.as_ref()).ok()?;
+            entry.decode(codec, &message.payload, &self.limits).ok()
+        });
+        // kiln's own headers are believed only on a copy (a replay from the dead-letter queue).
+        let copy = JobSubject::parse(message.subject.as_str()).is_ok_and(|s| s.copy);
+        let envelope = Envelope::read(copy, message.headers.as_ref(), published);
+        let id = envelope.id(decoded.as_ref().and_then(|job| job.id.as_deref()), sequence);
+        let routing = self.decide(&kind, decoded.as_ref());
+        let mut headers = envelope.copy_headers(message.headers.as_ref(), &id);
+        // Tracing on: a `kiln.route` span under the submitter's, whose context the routed copy
+        // carries (replacing the submitter's). Off: the copy keeps the trace headers as they
+        // came.
+        let span = trace_route(&message, &id, &kind, &routing);
+        if let Some(span) = &span {
+            span.inject(&mut headers);
+        }
+        // The original holds `<id>` in this stream's duplicate window: the routed copy goes by
+        // `routed-<sequence of the original>-<id>`, which makes a second routing of the same
+        // message (a redelivery to another scheduler) a duplicate the server drops, while a
+        // replay of the job from the dead-letter queue (a new message) is routed again, and no
+        // job submitted with the id `routed-<id>` can take the copy's place.
+        headers.insert(HEADER_MSG_ID, format!("routed-{sequence}-{id}").as_str());
+        if let Ok(routing) = serde_json::to_string(&routing) {
+            headers.insert(HEADER_ROUTING, routing.as_str());
+        }
+        let routed = Routed {
+            message,
+            id,
+            target: subject::job_copy(routing.chosen, &kind),
+            kind,
+            class: routing.chosen,
+            reason: routing.reason,
+            enqueued_at: envelope.enqueued_at,
+            span,
+            hold,
+            headers: headers.clone(),
+        };
+        self.publish(routed, headers).await
+    }
+
+    /// Where the job goes, by the model and the classes as last read; `job` is `None` when it
+    /// does not decode.
+    fn decide(&self, kind: &str, job: Option<&DecodedJob>) -> Routing {
+        let flops = job.map_or(0.0, |job| job.plan.flops);
+        let decision = if job.is_some_and(|job| job.plan.gpu_only) {
+            self.model.decide_gpu_only(kind, flops, &self.classes.gpu)
+        } else {
+            self.model
+                .decide(kind, flops, &self.classes.gpu, &self.classes.cpu)
+        };
+        Routing {
+            chosen: decision.chosen,
+            by: self.config.name.clone(),
+            predicted_gpu_ms: decision.gpu.as_ref().map(|p| p.total_ms),
+            predicted_cpu_ms: decision.cpu.as_ref().map(|p| p.total_ms),
+            reason: decision.reason,
+        }
+    }
+
+    /// Publish the routed copy and count it against its class; a copy the server refuses at
+    /// once is settled here.
+    async fn publish(
+        &mut self,
+        routed: Routed,
+        headers: async_nats::HeaderMap,
+    ) -> Option<(Routed, jetstream::context::PublishAckFuture)> {
+        let published = self
+            .js
+            .publish_with_headers(
+                routed.target.clone(),
+                headers,
+                routed.message.payload.clone(),
+            )
+            .await;
+        match published {
+            Ok(ack) => {
+                // Count it against its class until its result arrives or the next refresh
+                // reads the consumer again.
+                self.classes.state(routed.class).backlog += 1;
+                self.classes
+                    .routed_since
+                    .insert(routed.id.clone(), routed.class);
+                Some((routed, ack))
+            }
+            Err(e) => {
+                self.settled(routed, Err(e.to_string())).await;
+                None
+            }
+        }
+    }
+}
+
+/// The kind of an auto job, from its subject. A kind that is no kiln kind name
+/// (`jobs.auto.mat+mul`) is routed all the same: the worker that takes it answers it
+/// `invalid_input`, so it is not dropped unanswered. `None` (the message terminated) for a
+/// subject that is no auto job's.
+async fn auto_kind(message: &jetstream::Message) -> Option<String> {
+    match JobSubject::parse(message.subject.as_str()) {
+        Ok(job_subject) => Some(job_subject.kind.to_owned()),
+        Err(_) => match message.subject.as_str().strip_prefix("jobs.auto.") {
+            Some(token) if !token.is_empty() && !token.contains('.') => Some(token.to_owned()),
+            _ => {
+                // KILN_JOBS stores no other subject on this consumer's filter.
+                let _ = message.ack_with(AckKind::Term).await;
+                None
+            }
+        },
+    }
+}
+
+/// Ack the original once its copy is stored; else answer it `too_large` (a copy that could
+/// never fit), hold it (no room for its copy in `KILN_JOBS` yet) or hand it back; on its
+/// `last_delivery`, answer it `failed` with the refusal rather than let the server give up
+/// on it (whose dead letter would blame workers that never saw it).
+pub(super) async fn settle(
+    js: &jetstream::Context,
+    config: &SchedulerConfig,
+    routed: Routed,
+    stored: Result<(), String>,
+    last_delivery: bool,
+) -> Settled {
+    let Routed {
+        message,
+        id,
+        kind,
+        class,
+        target,
+        reason,
+        enqueued_at,
+        span,
+        hold,
+        ..
+    } = routed;
+    let answer = |error| answer_and_ack(js, config, &message, &kind, &id, enqueued_at, error);
+    match &stored {
+        // A job too close to max_payload for its copy's headers can never be routed: answered
+        // `too_large` instead of going round for ever.
+        Err(e) if kiln_proto::refused_for_size(e) => {
+            tracing::warn!(%id, %target, error = %e, "job too large to route; answering it too_large");
+            answer(JobError::too_large(format!(
+                "the job's {} bytes leave no room for the headers of its routed copy ({e}); \
+                 send large inputs as objects (`kiln put`, {{\"object\": NAME}})",
+                message.payload.len()
+            )))
+            .await;
+            return Settled::Done;
+        }
+        Err(e) if kiln_proto::refused_for_room(e) => {
+            config.metrics.route_failures.inc();
+            let first_refusal = hold.is_none();
+            let hold = Hold::after(hold);
+            if hold.since.elapsed() >= HOLD_PATIENCE {
+                tracing::warn!(%id, %target, error = %e, "no room to route the job for {HOLD_PATIENCE:?}; answering it failed");
+                answer(no_room(e)).await;
+                return Settled::Done;
+            }
+            if first_refusal {
+                tracing::warn!(%id, %target, error = %e, "no room in {STREAM_JOBS} for the routed copy; holding the job and trying again");
+            }
+            let _ = message.ack_with(AckKind::Progress).await;
+            return Settled::Held(Box::new(message), hold);
+        }
+        Err(e) => {
+            config.metrics.route_failures.inc();
+            if let Some(span) = &span {
+                span.error(e);
+            }
+            if last_delivery {
+                tracing::warn!(%id, %target, error = %e, "could not route the job on its last delivery; answering it failed");
+                answer(refused(&target, class, &kind, e)).await;
+            } else {
+                tracing::warn!(%id, %target, error = %e, "could not route the job; handing it back");
+                let _ = message
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                    .await;
+            }
+            return Settled::Done;
+        }
+        Ok(()) => {}
+    }
+    let _ = message.ack().await;
+    drop(span);
+    config.metrics.routed(&kind, &class.to_string());
+    tracing::debug!(%id, %target, %reason, "routed");
+    Settled::Routed(class)
+}
+
+/// The answer to a job whose routed copy `KILN_JOBS` had no room for, for too long.
+fn no_room(e: &str) -> JobError {
+    JobError::new(
+        ErrorKind::Internal,
+        format!(
+            "{STREAM_JOBS} had no room for its routed copy for {}s ({e}): the queue is full of \
+             jobs waiting to be routed or run; raise `kiln init --max-queued-jobs` or submit \
+             fewer at once, then submit it again",
+            HOLD_PATIENCE.as_secs()
+        ),
+    )
+}
+
+/// The answer to a job whose routed copy to `target` the server refused on every delivery.
+fn refused(target: &str, class: DeviceClass, kind: &str, e: &str) -> JobError {
+    JobError::new(
+        ErrorKind::Internal,
+        format!(
+            "the scheduler could not store the job's routed copy on {target}, on any of its \
+             deliveries: {e}; submit it again once the server accepts jobs there (or to \
+             jobs.{class}.{kind} directly)"
+        ),
+    )
+}
+
+/// Answer a job that cannot be routed with a failure, and ack it; hand it back when the
+/// answer is not stored.
+async fn answer_and_ack(
+    js: &jetstream::Context,
+    config: &SchedulerConfig,
+    message: &jetstream::Message,
+    kind: &str,
+    id: &str,
+    enqueued_at: time::OffsetDateTime,
+    error: JobError,
+) {
+    match answer_failed(js, config, message, kind, id, enqueued_at, error).await {
+        Ok(()) => {
+            let _ = message.ack().await;
+        }
+        Err(e) => {
+            tracing::warn!(%id, error = %e, "could not answer the job; handing it back");
+            let _ = message
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
+                .await;
+        }
+    }
+}
+
+/// Answer a job that cannot be routed with a failure.
+async fn answer_failed(
+    js: &jetstream::Context,
+    config: &SchedulerConfig,
+    message: &jetstream::Message,
+    kind: &str,
+    id: &str,
+    enqueued_at: time::OffsetDateTime,
+    error: JobError,
+) -> Result<(), String> {
+    let now = time::OffsetDateTime::now_utc();
+    let waited = (now - enqueued_at).as_seconds_f64().max(0.0) * 1000.0;
+    let kind = if kiln_kernels::find(kind).is_some() {
+        kind
+    } else {
+        "unknown"
+    };
+    // A replay from the dead-letter queue is a run of its own, answered on its own subject
+    // (the failed run's result is there already, and would refuse this one).
+    let copy = JobSubject::parse(message.subject.as_str()).is_ok_and(|s| s.copy);
+    let replay = Envelope::read(copy, message.headers.as_ref(), now).replay;
+    let event = ResultEvent {
+        id: id.to_owned(),
+        kind: kind.to_owned(),
+        status: Status::Failed,
+        device: "none".into(),
+        class: DeviceClass::Auto,
+        worker: config.name.clone(),
+        attempt: message.info().map_or(1, |i| i.delivered.max(1) as u64),
+        enqueued_at,
+        started_at: now,
+        finished_at: now,
+        queue_ms: waited,
+        compute_ms: 0.0,
+        total_ms: waited,
+        output: serde_json::Value::Null,
+        error: Some(error.bounded()),
+        flops: 0.0,
+        routing: None,
+        replay,
+    };
+    let body = serde_json::to_vec(&event).map_err(|e| e.to_string())?;
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(HEADER_MSG_ID, event.msg_id().as_str());
+    headers.insert("Content-Type", kiln_proto::CONTENT_TYPE_JSON);
+    kiln_proto::expect_no_result(&mut headers);
+    let stored = js
+        .publish_with_headers(
+            subject::result_of(&event.kind, id, replay),
+            headers,
+            body.into(),
+        )
+        .await
+        .map_err(|e| e.to_string())?
+        .await;
+    match stored {
+        Ok(_) => Ok(()),
+        // Answered before (this is a redelivery): nothing more to do.
+        Err(e) if kiln_proto::already_answered(&e.to_string()) => Ok(()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The span of one routing decision, when tracing is on.
+fn trace_route(
+    message: &jetstream::Message,
+    id: &str,
+    kind: &str,
+    routing: &Routing,
+) -> Option<kiln_telemetry::trace::TraceSpan> {
+    use kiln_telemetry::trace::{self, KeyValue, SpanKind, TraceSpan};
+    if !trace::enabled() {
+        return None;
+    }
+    let parent = trace::extract(message.headers.as_ref());
+    let mut attributes = vec![
+        KeyValue::new("messaging.system", "nats"),
+        KeyValue::new("messaging.destination.name", message.subject.to_string()),
+        KeyValue::new("kiln.job.id", id.to_owned()),
+        KeyValue::new("kiln.job.kind", kind.to_owned()),
+        KeyValue::new("kiln.route.chosen", routing.chosen.to_string()),
+        KeyValue::new("kiln.route.reason", routing.reason.clone()),
+    ];
+    if let Some(ms) = routing.predicted_ms() {
+        attributes.push(KeyValue::new("kiln.route.predicted_ms", ms));
+    }
+    TraceSpan::start("kiln.route", SpanKind::Consumer, &parent, None, attributes)
+}
