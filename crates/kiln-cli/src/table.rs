@@ -34,8 +34,8 @@ pub fn metrics_table(snapshots: &[MetricsSnapshot]) -> String {
             .iter()
             .find(|o| o.kind == s.kind && o.class == "cpu");
         let speedup = match (s.class.as_str(), cpu) {
-            ("gpu", Some(cpu)) => speedup(cpu, s).map_or("-".into(), |x| format!("{x:.1}x")),
-            _ => "-".into(),
+            ("gpu", Some(cpu)) => speedup_text(speedup(cpu, s)),
+            _ => speedup_text(None),
         };
         let compute = match s.compute_ms.count {
             0 => "-".to_owned(),
@@ -60,10 +60,15 @@ pub fn metrics_table(snapshots: &[MetricsSnapshot]) -> String {
     out
 }
 
+/// A speedup as the tables show it: `12.3x`, or `-` where there is none.
+pub(crate) fn speedup_text(speedup: Option<f64>) -> String {
+    speedup.map_or_else(|| "-".into(), |x| format!("{x:.1}x"))
+}
+
 /// Mean CPU compute time over mean GPU compute time of one kind's succeeded jobs of the
 /// largest size both classes ran. Where a class has no sizes (its snapshots come from an
 /// aggregator older than them, or carried on from one), the two classes' overall means.
-fn speedup(cpu: &MetricsSnapshot, gpu: &MetricsSnapshot) -> Option<f64> {
+pub(crate) fn speedup(cpu: &MetricsSnapshot, gpu: &MetricsSnapshot) -> Option<f64> {
     let ratio = |cpu_ms: f64, gpu_ms: f64| (gpu_ms > 0.0 && cpu_ms > 0.0).then(|| cpu_ms / gpu_ms);
     if cpu.compute_by_size.is_empty() || gpu.compute_by_size.is_empty() {
         let counted = cpu.compute_ms.count > 0 && gpu.compute_ms.count > 0;

@@ -271,4 +271,48 @@ mod tests {
 
         roles.stop().await.unwrap();
     }
+
+    /// The kinds table gives a GPU row its speedup over the CPU row of the same kind, as
+    /// `kiln status` does (jobs of one size compared); the CPU row has none.
+    #[test]
+    fn a_gpu_rows_speedup_over_the_cpu_is_shown() {
+        use kiln_aggregator::{Folds, ResultHead};
+        let now = time::OffsetDateTime::now_utc();
+        let result = |id: &str, class, compute_ms| ResultHead {
+            id: id.into(),
+            kind: "matmul".into(),
+            status: kiln_proto::Status::Succeeded,
+            device: "none".into(),
+            class,
+            worker: "w".into(),
+            attempt: 1,
+            finished_at: now,
+            queue_ms: 1.0,
+            compute_ms,
+            total_ms: compute_ms + 1.0,
+            error: None,
+            routing: None,
+            replay: 0,
+            flops: 2e9,
+        };
+        let mut folds = Folds::default();
+        folds.add(&result("c", DeviceClass::Cpu, 100.0));
+        folds.add(&result("g", DeviceClass::Gpu, 4.0));
+        let mut dashboard = Dashboard::new("nats://127.0.0.1:4222".into(), 1000);
+        for snapshot in folds.snapshots(now) {
+            dashboard.snapshot(snapshot);
+        }
+        let mut terminal = Terminal::new(TestBackend::new(160, 30)).unwrap();
+        terminal.draw(|f| view::render(f, &dashboard)).unwrap();
+        let lines = screen(&terminal);
+        let text = lines.join("\n");
+        let last_word = |needle: &str| {
+            let line = lines.iter().find(|l| l.contains(needle));
+            let line = line.unwrap_or_else(|| panic!("no {needle:?} row in\n{text}"));
+            line.split_whitespace().last().unwrap().to_owned()
+        };
+        assert!(text.contains("speedup"), "{text}");
+        assert_eq!(last_word("matmul      gpu"), "25.0x", "{text}");
+        assert_eq!(last_word("matmul      cpu"), "-", "{text}");
+    }
 }

@@ -182,7 +182,7 @@ fn trend(values: impl Iterator<Item = f64> + Clone) -> String {
 }
 
 /// The kinds table's columns: heading and width.
-const KIND_COLUMNS: [(&str, u16); 12] = [
+const KIND_COLUMNS: [(&str, u16); 13] = [
     ("kind", 11),
     ("class", 5),
     ("jobs", 9),
@@ -195,6 +195,7 @@ const KIND_COLUMNS: [(&str, u16); 12] = [
     ("p99 ms", 9),
     ("queue p50", 10),
     ("compute p50", 11),
+    ("speedup", 8),
 ];
 
 fn render_kinds(frame: &mut Frame, area: Rect, d: &Dashboard) {
@@ -202,7 +203,15 @@ fn render_kinds(frame: &mut Frame, area: Rect, d: &Dashboard) {
     let title = format!(
         " Throughput and latency by kind and class · jobs/s and percentiles over the last {window} s (dim: since the start) "
     );
-    let rows = d.series.values().map(|s| kind_row(s, d.now));
+    let rows = d.series.values().map(|s| {
+        // A GPU row's speedup over the CPU row of its kind, as `kiln status` computes it.
+        let cpu = d.series.get(&(s.latest.kind.clone(), "cpu".to_owned()));
+        let speedup = match (s.latest.class.as_str(), cpu) {
+            ("gpu", Some(cpu)) => crate::table::speedup(&cpu.latest, &s.latest),
+            _ => None,
+        };
+        kind_row(s, d.now, speedup)
+    });
     let empty = d.series.is_empty();
     let table = Table::new(
         rows,
@@ -226,8 +235,9 @@ fn render_kinds(frame: &mut Frame, area: Rect, d: &Dashboard) {
 }
 
 /// One (kind, class) line of the kinds table: counts, rate and trend, and the latency
-/// percentiles over the window (dim, since the start, when the window holds none).
-fn kind_row(s: &Series, now: OffsetDateTime) -> Row<'static> {
+/// percentiles over the window (dim, since the start, when the window holds none), and a GPU
+/// row's `speedup` over the CPU.
+fn kind_row(s: &Series, now: OffsetDateTime, speedup: Option<f64>) -> Row<'static> {
     let l = &s.latest;
     let rate = s
         .rate(now)
@@ -259,6 +269,7 @@ fn kind_row(s: &Series, now: OffsetDateTime) -> Row<'static> {
         Text::styled(ms(p99), style),
         Text::raw(ms(l.queue_ms.p50)),
         Text::raw(ms(l.compute_ms.p50)),
+        Text::raw(crate::table::speedup_text(speedup)),
     ])
 }
 
