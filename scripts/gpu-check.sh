@@ -11,8 +11,8 @@
 # Phase limits (seconds, each an environment variable) and a budget for the whole run
 # (KILN_GPU_CHECK_BUDGET_S, default 560) keep it within the device tool's 600 s a command; the
 # phases that do not fit are skipped. Each phase can be left out: KILN_SKIP_STARTUP,
-# KILN_SKIP_CORRECTNESS, KILN_SKIP_CUDA_TESTS, KILN_SKIP_BATCHING, KILN_SKIP_KERNELS,
-# KILN_SKIP_ORIGINAL (=1); issue 20's owed checks are the last four.
+# KILN_SKIP_CORRECTNESS, KILN_SKIP_CUDA_TESTS, KILN_SKIP_BATCHING, KILN_SKIP_PIPELINE,
+# KILN_SKIP_KERNELS, KILN_SKIP_ORIGINAL (=1); issue 20's owed checks are the last five.
 # KILN_KERNEL_FILTER=train_mlp (say) times only the kernel cases whose name contains it;
 # KILN_CUDA_TEST_FILTER="cuda_output cuda_jobs" (say) runs only the CUDA tests whose names
 # contain one of its words.
@@ -127,6 +127,15 @@ if [ -z "${KILN_SKIP_BATCHING:-}" ] && lim=$(limit "${KILN_BATCHING_LIMIT_S:-90}
     timeout -k 10 "$lim" "$BENCH_BIN" batching --device cuda > "$LOGS/batching.log" 2>&1
     echo "batching: exit $?"; grep -A4 "batch window" "$LOGS/batching.log"
 fi
+# The pipeline against the raw JetStream ceiling (issue 20, target 1), on this host's cores: on a
+# 2-core machine the server, the publisher, the worker and the aggregator share two cores and the
+# ratio is their CPU per job; here each can have its own (skip with KILN_SKIP_PIPELINE=1).
+if [ -z "${KILN_SKIP_PIPELINE:-}" ] && lim=$(limit "${KILN_PIPELINE_LIMIT_S:-75}"); then
+    phase "pipeline against the JetStream ceiling (kiln-bench pipeline)"
+    KILN_BIN="$BIN" timeout -k 10 "$lim" "$BENCH_BIN" pipeline --runs 3 --jobs 30000 \
+        > "$LOGS/pipeline.log" 2>&1
+    echo "pipeline: exit $?"; grep -E "^(median jobs/s|kiln / ceiling)" "$LOGS/pipeline.log"
+fi
 # Skip with KILN_SKIP_KERNELS=1.
 if ! python3 -c 'import torch' 2>/dev/null; then
     echo "PyTorch is not importable here: kernel benchmarks skipped" | tee "$LOGS/kernels.txt"
@@ -177,6 +186,9 @@ phase "done"
     echo; cat "$work/kernels/kernels.md" 2>/dev/null || echo "(no kernel comparison)"
     echo; echo "## Dynamic batching"; echo; echo '```'
     grep -A4 "batch window" "$LOGS/batching.log" 2>/dev/null || echo "(not run)"
+    echo '```'
+    echo; echo "## Pipeline against the JetStream ceiling"; echo; echo '```'
+    grep -E "^(machine|median jobs/s|kiln / ceiling)" "$LOGS/pipeline.log" 2>/dev/null || echo "(not run)"
     echo '```'
     echo; echo "## The original sizes as jobs"; echo
     if [ -f "$work/original/report.md" ]; then
