@@ -395,6 +395,8 @@ async fn bad_jobs_get_failed_results_and_the_worker_keeps_serving() {
         error.message,
         "dtype bf16 needs a GPU worker; submit to jobs.gpu.conv2d or use f32"
     );
+    // Refused before it reached the device, as every other validation failure is.
+    assert_eq!((refused.device.as_str(), refused.compute_ms), ("none", 0.0));
 }
 
 #[tokio::test(flavor = "multi_thread")]

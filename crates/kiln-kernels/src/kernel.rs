@@ -127,6 +127,13 @@ pub trait Kernel: 'static {
         ctx: &RunContext<'_, B>,
     ) -> Result<serde_json::Value, JobError>;
 
+    /// Why a CPU worker refuses this job without running it (a dtype only GPUs compute); the
+    /// kinds with such parameters say so, and [`Kernel::run`] refuses them on the CPU too.
+    fn refusal_on_cpu(params: &Self::Params) -> Option<JobError> {
+        let _ = params;
+        None
+    }
+
     /// Whether this job may share one launch with other jobs of its kind
     /// ([`Kernel::run_batch`]): kinds with a batched path say yes for their small jobs.
     fn batchable(params: &Self::Params, plan: &Plan) -> bool {
@@ -178,6 +185,12 @@ impl Debug for DecodedJob {
 }
 
 impl DecodedJob {
+    /// Why a CPU worker refuses this job before running it: a `dtype` only GPU workers
+    /// compute (the same error [`DecodedJob::run`] gives on the CPU).
+    pub fn refusal_on_cpu(&self) -> Option<JobError> {
+        self.runnable.refusal_on_cpu()
+    }
+
     /// Run the job on `device` with the default engines ([`Engines::default`]: the vendor
     /// libraries, each with its own fallback); blocking, call it off the async executor.
     pub fn run(
@@ -281,6 +294,7 @@ trait Runnable: Send + Sync {
     fn objects(&self) -> Vec<Wanted>;
     fn plan(&self, inputs: &Inputs, limits: &Limits) -> Result<Plan, JobError>;
     fn batchable(&self, plan: &Plan) -> bool;
+    fn refusal_on_cpu(&self) -> Option<JobError>;
     /// Run `runs` (this one's kind, each with its runnable) as one batch.
     fn run_batch(
         &self,
@@ -348,6 +362,10 @@ impl<K: Kernel> Runnable for Typed<K> {
 
     fn batchable(&self, plan: &Plan) -> bool {
         K::batchable(&self.0, plan)
+    }
+
+    fn refusal_on_cpu(&self) -> Option<JobError> {
+        K::refusal_on_cpu(&self.0)
     }
 
     fn run_batch(
@@ -478,17 +496,18 @@ fn decode<K: Kernel>(
         && let Some(first) = body.iter().find(|b| !b.is_ascii_whitespace())
         && *first != b'{'
     {
+        // Parsed to say what it is (an error path: the body is within the payload limit).
+        let got = match serde_json::from_slice::<serde_json::Value>(body) {
+            Ok(serde_json::Value::Array(_)) => "an array".to_owned(),
+            Ok(serde_json::Value::String(_)) => "a string".to_owned(),
+            Ok(serde_json::Value::Number(_)) => "a number".to_owned(),
+            Ok(serde_json::Value::Bool(_)) => "a boolean".to_owned(),
+            Ok(_) => "null".to_owned(),
+            Err(e) => format!("something that is not JSON ({e})"),
+        };
         return Err(JobError::invalid_input(format!(
-            "{} job: the body must be a JSON object such as {{\"params\": {{…}}}}, got {}",
+            "{} job: the body must be a JSON object such as {{\"params\": {{…}}}}, got {got}",
             K::NAME,
-            match first {
-                b'[' => "an array",
-                b'"' => "a string",
-                b'-' | b'0'..=b'9' => "a number",
-                b't' | b'f' => "a boolean",
-                b'n' => "null",
-                _ => "something that is not JSON",
-            }
         )));
     }
     let job: Job<K::Params> = codec

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use kiln_kernels::{DecodedJob, Stored};
+use kiln_kernels::{ComputeDevice, DecodedJob, Stored};
 use kiln_proto::{ErrorKind, JobError, OutputMode};
 
 use crate::answer::{self, Outcome};
@@ -55,6 +55,10 @@ fn decode(shared: &Shared, arrival: &Arrival) -> Result<DecodedJob, JobError> {
     let kernel = arrival.kernel.clone()?;
     let codec = arrival.codec.clone()?;
     let job = kernel.decode(codec, &arrival.message.payload, &shared.config.limits)?;
+    // A dtype only GPUs compute is refused before it reaches the CPU (`"device": "none"`).
+    if let (ComputeDevice::Cpu, Some(refusal)) = (&shared.config.device, job.refusal_on_cpu()) {
+        return Err(refusal);
+    }
     shared.admission.fits(kernel.name, job.plan.elements)?;
     Ok(job)
 }

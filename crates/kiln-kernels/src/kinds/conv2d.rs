@@ -126,7 +126,7 @@ pub struct Params {
     #[serde(default)]
     pub kernel: Option<Vec<Vec<f32>>>,
     /// A user image instead of a generated batch, shaped `[channels][height][width]`, or an
-    /// object: a PNG or JPEG (values in [0, 1]), or a tensor [C, H, W] or [B, C, H, W].
+    /// object: a PNG or JPEG (values in [0, 1]), or a tensor [H, W], [C, H, W] or [B, C, H, W].
     #[serde(default)]
     pub image: Option<Input<Vec<Vec<Vec<f32>>>>>,
     /// Element type of the convolution (default f32; tf32, bf16 and f16 on GPU workers).
@@ -358,12 +358,16 @@ impl Kernel for Conv2d {
         })
     }
 
+    fn refusal_on_cpu(params: &Self::Params) -> Option<JobError> {
+        params.dtype.unwrap_or_default().refuse_on_cpu(Self::NAME)
+    }
+
     fn run<B: Backend>(
         params: &Params,
         ctx: &RunContext<'_, B>,
     ) -> Result<serde_json::Value, JobError> {
         let dtype = params.dtype.unwrap_or_default();
-        if let Some(refusal) = dtype.refuse_on_cpu(Self::NAME).filter(|_| !ctx.is_gpu) {
+        if let Some(refusal) = Self::refusal_on_cpu(params).filter(|_| !ctx.is_gpu) {
             return Err(refusal);
         }
         let Some(s) = params.shape(ctx.inputs)? else {

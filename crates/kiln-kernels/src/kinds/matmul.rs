@@ -202,12 +202,16 @@ impl Kernel for Matmul {
         })
     }
 
+    fn refusal_on_cpu(params: &Self::Params) -> Option<JobError> {
+        params.dtype.unwrap_or_default().refuse_on_cpu(Self::NAME)
+    }
+
     fn run<B: Backend>(
         params: &Params,
         ctx: &RunContext<'_, B>,
     ) -> Result<serde_json::Value, JobError> {
         let dtype = params.dtype.unwrap_or_default();
-        if let Some(refusal) = dtype.refuse_on_cpu(Self::NAME).filter(|_| !ctx.is_gpu) {
+        if let Some(refusal) = Self::refusal_on_cpu(params).filter(|_| !ctx.is_gpu) {
             return Err(refusal);
         }
         let Some(Dims { m, k, n }) = params.dims(ctx.inputs)? else {

@@ -273,8 +273,15 @@ impl Config {
         if c.batch_size == 0 {
             return invalid("needs batch_size >= 1, got 0".into());
         }
-        if !(c.lr.is_finite() && c.lr > 0.0) {
-            return invalid(format!("needs a finite lr > 0, got {}", c.lr));
+        // Training computes in f32: an lr that f32 rounds to infinity or to 0 is no lr.
+        let in_f32 = c.lr as f32;
+        if !(c.lr.is_finite() && c.lr > 0.0 && in_f32.is_finite() && in_f32 > 0.0) {
+            return invalid(format!(
+                "needs a finite lr > 0 that f32 holds (at most {:e}, at least {:e}), got {}",
+                f32::MAX,
+                f32::from_bits(1),
+                c.lr
+            ));
         }
         Ok(c)
     }

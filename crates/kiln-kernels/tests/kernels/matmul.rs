@@ -247,6 +247,16 @@ fn a_body_that_is_not_a_json_object_says_so() {
         (b"  \"params\"", "a string"),
         (b"42", "a number"),
         (b"null", "null"),
+        (b" true", "a boolean"),
+        // Not JSON, whatever its first letter looks like.
+        (b"this is not json", "something that is not JSON"),
+        (b"nonsense", "something that is not JSON"),
+        (
+            b"\"abc",
+            "something that is not JSON (EOF while parsing a string",
+        ),
+        (b"-x", "something that is not JSON"),
+        (b"true x", "something that is not JSON (trailing characters"),
     ] {
         let Err(err) = entry.decode(Codec::Json, body, &Limits::default()) else {
             panic!("{} was decoded", String::from_utf8_lossy(body));

@@ -235,6 +235,9 @@ fn bad_params_are_invalid_input() {
         json!({"batch_size": 0}),
         json!({"lr": 0.0}),
         json!({"lr": -0.01}),
+        // Finite in JSON (f64), infinite or 0 in f32, which training computes in.
+        json!({"lr": 1e39}),
+        json!({"lr": 1e-50}),
         json!({"lr": "fast"}),
         json!({"learning_rate": 0.01}),
     ] {
