@@ -386,6 +386,18 @@ async def test_a_resubmitted_id_gets_the_stored_result(client: kiln.Client) -> N
         assert (await other.result(job_id, "matmul")) is None
 
 
+async def test_an_id_used_again_for_another_kind_is_refused(client: kiln.Client) -> None:
+    job_id = kiln.new_job_id()
+    await (await client.submit("vector_add", id=job_id, a=[1.0], b=[2.0])).result(
+        timeout=RESULT_TIMEOUT
+    )
+    # The id is the message id: the server drops the matmul, which would never be answered.
+    with pytest.raises(kiln.SubmitError, match="submitted as a vector_add job") as caught:
+        await client.submit("matmul", id=job_id, a=[[1.0]], b=[[2.0]])
+    assert list(caught.value.refused) == [job_id]
+    assert "submit it under another id" in caught.value.refused[job_id]
+
+
 async def test_put_and_get_round_trip_and_a_missing_object_raises(client: kiln.Client) -> None:
     array = np.arange(12, dtype=np.int32).reshape(3, 4)
     name = f"test/{kiln.new_job_id()}.npy"

@@ -176,6 +176,59 @@ async fn plain_json_published_without_kiln_is_processed() {
     assert_eq!(results[&seq_id].output["shape"], json!([8, 8]));
 }
 
+/// kiln publishes the job id as `Nats-Msg-Id`, so an id used again within the duplicate
+/// window for another kind is dropped by the server: `kiln submit` says so and fails at once,
+/// with or without `--wait`, instead of waiting for a result that cannot come.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_id_used_again_for_another_kind_fails_at_once() {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    cluster.cpu_worker();
+    let first = cluster.kiln(&[
+        "submit",
+        "vector_add",
+        "-p",
+        "len=4",
+        "--id",
+        "twokinds",
+        "--wait",
+    ]);
+    assert_success(&first);
+    for wait in [true, false] {
+        let mut args = vec!["submit", "matmul", "-p", "n=4", "--id", "twokinds"];
+        if wait {
+            args.extend(["--wait", "--wait-timeout", "120s"]);
+        }
+        let started = std::time::Instant::now();
+        let again = cluster.kiln(&args);
+        let stderr = String::from_utf8_lossy(&again.stderr);
+        assert!(!again.status.success(), "wait {wait}: {stderr}");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "wait {wait}: took {:?}",
+            started.elapsed()
+        );
+        assert!(
+            stderr.contains("job id twokinds was submitted as a vector_add job")
+                && stderr.contains("dropped this matmul job")
+                && stderr.contains("submit it under another id"),
+            "wait {wait}: {stderr}"
+        );
+        assert!(!stderr.contains("did not arrive"), "wait {wait}: {stderr}");
+    }
+    // The same kind again is still a resubmission that answers with the earlier result.
+    let same = cluster.kiln(&[
+        "submit",
+        "vector_add",
+        "-p",
+        "len=4",
+        "--id",
+        "twokinds",
+        "--wait",
+    ]);
+    assert_success(&same);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn resubmitted_job_id_runs_once_and_is_counted_once() {
     let mut cluster = Cluster::new();

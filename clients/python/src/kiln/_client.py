@@ -439,6 +439,16 @@ class Client:
                 continue
             job.duplicate = bool(getattr(pub, "duplicate", False))
             job.sequence = getattr(pub, "seq", None)
+            earlier = await self._earlier_kind(p.job_id) if job.duplicate else None
+            if earlier is not None and earlier != p.kind:
+                # The id is the message id: the server dropped this job for good.
+                refused[p.job_id] = (
+                    f"job id {p.job_id} was submitted as a {earlier} job within the last "
+                    f"10 min: the server dropped this {p.kind} job as its duplicate (the job "
+                    "id is its Nats-Msg-Id) and it will not run; submit it under another id"
+                )
+                await self._unwatch(p.job_id, job._future)
+                continue
             accepted.append(job)
             if not job.duplicate:
                 states.append(await self._record_queued(p))
@@ -656,6 +666,22 @@ class Client:
         if phase == "queued":
             return "queued"
         return "pending"
+
+    async def _earlier_kind(self, job_id: str) -> str | None:
+        """The kind an earlier submission of `job_id` had: its result's, else its queued
+        record's (None when neither is found)."""
+        try:
+            found = await self._lookup(None, job_id)
+        except KilnError:
+            found = None
+        if found is not None:
+            return found.kind
+        state = await self._kv_get(_wire.BUCKET_STATE, job_id)
+        try:
+            kind = json.loads(state).get("kind") if state is not None else None
+        except (ValueError, AttributeError):
+            return None
+        return kind if isinstance(kind, str) else None
 
     async def _record(self, job_id: str) -> tuple[str | None, int]:
         """The phase and replay number KILN_STATE records for `job_id` (None, 0 without)."""

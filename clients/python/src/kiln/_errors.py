@@ -20,7 +20,9 @@ class ConnectError(KilnError):
 
 class SubmitError(KilnError):
     """The server refused a job: no stream takes its subject (run `kiln init`), the
-    KILN_JOBS stream is full, or the job is over the server's max_payload.
+    KILN_JOBS stream is full, the job is over the server's max_payload, or its id was
+    submitted within the last 10 minutes as a job of another kind (the server dropped it
+    as that one's duplicate).
 
     From `submit_many`, `jobs` holds the jobs that were accepted and `refused` maps each
     refused job id to why.

@@ -91,7 +91,11 @@ pub fn describe(place: &Place, id: &str) -> String {
             record.class,
             record.kind,
             match record.class {
-                kiln_proto::DeviceClass::Auto => " (the scheduler routes it to GPU or CPU workers)",
+                // Routed or not: its record is not updated when the scheduler routes it.
+                kiln_proto::DeviceClass::Auto => {
+                    " (the scheduler routes it to the GPU or CPU workers, where it waits for a \
+                     worker of that class; `kiln status` shows each class's backlog)"
+                }
                 _ => "",
             },
             record

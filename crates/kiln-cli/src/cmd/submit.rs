@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use async_nats::jetstream;
+use futures::StreamExt as _;
 use indicatif::{ProgressBar, ProgressStyle};
 use kiln_client::data::Input;
 use kiln_client::{JobSpec, ResultCollector, publish_all};
@@ -39,19 +40,41 @@ pub async fn run(nats: &NatsArgs, args: SubmitArgs) -> anyhow::Result<ExitCode> 
     kiln_proto::streams::ensure_all(&js, &super::topology(nats)).await?;
     let jobs = submission.jobs(&js).await?;
     warn_if_unserved(&js, submission.class).await;
+    // An auto job only GPUs compute is routed to the GPU class even with no GPU worker live,
+    // to wait there for one.
+    let gpu_only = submission
+        .kind
+        .check_params(submission.params.clone(), &kiln_proto::Limits::UNLIMITED)
+        .is_ok_and(|plan| plan.gpu_only);
+    if submission.class == DeviceClass::Auto && gpu_only {
+        warn_if_unserved(&js, DeviceClass::Gpu).await;
+    }
     let collector = if submission.wait {
         let kind = Some(submission.kind.name);
         Some(ResultCollector::subscribe(&client, kind, &submission.ids).await?)
     } else {
         None
     };
-    let duplicates = submission.publish(&js, jobs).await?;
+    let mut duplicates = submission.publish(&js, jobs).await?;
+    // An id the earlier submission used for another kind: this job will never run.
+    let taken = submission.taken(&js, &mut duplicates).await;
     match collector {
         None => {
             submission.print_submitted(&duplicates);
-            Ok(ExitCode::SUCCESS)
+            Ok(match taken.is_empty() {
+                true => ExitCode::SUCCESS,
+                false => ExitCode::FAILURE,
+            })
         }
-        Some(mut collector) => submission.wait(&js, &mut collector, &duplicates).await,
+        Some(mut collector) => {
+            let code = submission
+                .wait(&js, &mut collector, &duplicates, &taken)
+                .await?;
+            Ok(match taken.is_empty() {
+                true => code,
+                false => ExitCode::FAILURE,
+            })
+        }
     }
 }
 
@@ -216,6 +239,42 @@ impl<'a> Submission<'a> {
         Ok(duplicates)
     }
 
+    /// The duplicates whose earlier submission was of another kind (by its result, else by
+    /// its `queued` record), taken out of `duplicates` and reported: the server dropped these
+    /// jobs for good, since kiln publishes the job id as `Nats-Msg-Id`, and no result of
+    /// this kind will come for them.
+    async fn taken(&self, js: &jetstream::Context, duplicates: &mut Vec<String>) -> Vec<String> {
+        let kind = self.kind.name;
+        let earlier_kinds: Vec<Option<String>> = futures::stream::iter(duplicates.iter())
+            .map(|id| async move {
+                match kiln_client::jobs::find_result(js, id, None).await {
+                    Ok(Some(event)) => Some(event.kind),
+                    _ => kiln_client::jobs::state(js, id).await.map(|r| r.kind),
+                }
+            })
+            .buffered(64)
+            .collect()
+            .await;
+        let mut taken = Vec::new();
+        let mut others = Vec::new();
+        for (id, earlier) in std::mem::take(duplicates).into_iter().zip(earlier_kinds) {
+            match earlier {
+                Some(earlier) if earlier != kind => {
+                    eprintln!(
+                        "kiln: job id {id} was submitted as a {earlier} job within the last {} \
+                         min: the server dropped this {kind} job as its duplicate (the job id \
+                         is its Nats-Msg-Id) and it will not run; submit it under another id",
+                        kiln_proto::streams::DUPLICATE_WINDOW.as_secs() / 60
+                    );
+                    taken.push(id);
+                }
+                _ => others.push(id),
+            }
+        }
+        *duplicates = others;
+        taken
+    }
+
     /// Without `--wait`: print the job id, or the range of ids.
     fn print_submitted(&self, duplicates: &[String]) {
         if !duplicates.is_empty() {
@@ -239,6 +298,7 @@ impl<'a> Submission<'a> {
         js: &jetstream::Context,
         collector: &mut ResultCollector,
         duplicates: &[String],
+        taken: &[String],
     ) -> anyhow::Result<ExitCode> {
         let single = self.args.count == 1;
         // With the output going to stdout, the results go to stderr.
@@ -257,7 +317,7 @@ impl<'a> Submission<'a> {
         let waiting: HashSet<String> = self
             .ids
             .iter()
-            .filter(|id| !results.contains_key(*id))
+            .filter(|id| !results.contains_key(*id) && !taken.contains(*id))
             .cloned()
             .collect();
         let timeout = self.args.wait_timeout();
@@ -273,7 +333,7 @@ impl<'a> Submission<'a> {
         if let Some(bar) = &bar {
             bar.finish();
         }
-        self.finish(js, &results).await
+        self.finish(js, &results, taken).await
     }
 
     /// The results the duplicates already have. A duplicate's result is the earlier
@@ -302,13 +362,17 @@ impl<'a> Submission<'a> {
         &self,
         js: &jetstream::Context,
         results: &HashMap<String, ResultEvent>,
+        taken: &[String],
     ) -> anyhow::Result<ExitCode> {
         let ids = &self.ids;
         let failed = results
             .values()
             .filter(|r| r.status == Status::Failed)
             .count();
-        let missing: Vec<&String> = ids.iter().filter(|id| !results.contains_key(*id)).collect();
+        let missing: Vec<&String> = ids
+            .iter()
+            .filter(|id| !results.contains_key(*id) && !taken.contains(*id))
+            .collect();
         if !missing.is_empty() {
             eprintln!(
                 "{} of {} result(s) did not arrive within {} s: {}; `kiln status <id>` says \
@@ -327,7 +391,7 @@ impl<'a> Submission<'a> {
         {
             super::data::save_output(js, event, path).await?;
         }
-        Ok(if failed == 0 && missing.is_empty() {
+        Ok(if failed == 0 && missing.is_empty() && taken.is_empty() {
             ExitCode::SUCCESS
         } else {
             ExitCode::FAILURE
