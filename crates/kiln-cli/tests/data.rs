@@ -112,6 +112,22 @@ async fn a_users_matrices_go_in_by_object_and_the_whole_product_comes_back() {
         std::fs::read(&got).unwrap(),
         std::fs::read(&c_path).unwrap()
     );
+    // A name that ends in no file name (`dir/`) asks for -o, rather than failing to write "".
+    assert_success(&cluster.kiln(&["put", &a_path, "--name", "dir/"]));
+    let out = cluster.kiln_in(dir.path(), &["get", "dir/"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("object \"dir/\" ends in no file name") && stderr.contains("-o FILE"),
+        "{stderr}"
+    );
+    let named = dir.path().join("dir.npy");
+    let out = cluster.kiln(&["get", "dir/", "-o", named.to_str().unwrap()]);
+    assert_success(&out);
+    assert_eq!(
+        std::fs::read(&named).unwrap(),
+        std::fs::read(&a_path).unwrap()
+    );
     // Anyone may write to the bucket: an output replaced since the job stored it is refused
     // by its digest, and nothing is written.
     assert_success(&cluster.kiln(&["put", &a_path, "--name", name]));

@@ -44,7 +44,18 @@ pub async fn get(nats: &NatsArgs, args: GetArgs) -> anyhow::Result<ExitCode> {
     let bucket = bucket(&js).await?;
     let path = match &args.output {
         Some(path) => path.clone(),
-        None => PathBuf::from(args.name.rsplit('/').next().unwrap_or(&args.name)),
+        None => match args.name.rsplit('/').next().unwrap_or(&args.name) {
+            // `dir/`, `.`, `..`: no file of that name can be written here.
+            "" | "." | ".." => {
+                eprintln!(
+                    "kiln: object {:?} ends in no file name to write it to: give one with -o \
+                     FILE (or -o - for standard output)",
+                    args.name
+                );
+                return Ok(ExitCode::FAILURE);
+            }
+            base => PathBuf::from(base),
+        },
     };
     if bucket.info(&args.name).await.is_err() {
         eprintln!(
