@@ -65,7 +65,7 @@ test-python:
     # Installed again only when the package's requirements (or the checkout's place) change.
     stamp="$venv/.kiln-client-$( (cat clients/python/pyproject.toml; pwd) | sha256sum | cut -c1-16)"
     if [ ! -f "$stamp" ]; then
-        "$venv/bin/pip" install --quiet --disable-pip-version-check -e 'clients/python[test]'
+        "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e 'clients/python[test]'
         rm -f "$venv"/.kiln-client-* && touch "$stamp"
     fi
     cargo build -p kiln-cli
