@@ -202,7 +202,11 @@ async fn an_id_used_again_for_another_kind_fails_at_once() {
         let started = std::time::Instant::now();
         let again = cluster.kiln(&args);
         let stderr = String::from_utf8_lossy(&again.stderr);
-        assert!(!again.status.success(), "wait {wait}: {stderr}");
+        assert_eq!(again.status.code(), Some(1), "wait {wait}: {stderr}");
+        assert!(
+            again.stdout.is_empty() || wait,
+            "no id for a job that will not run"
+        );
         assert!(
             started.elapsed() < Duration::from_secs(60),
             "wait {wait}: took {:?}",
@@ -227,6 +231,18 @@ async fn an_id_used_again_for_another_kind_fails_at_once() {
         "--wait",
     ]);
     assert_success(&same);
+    // An earlier job with no result yet (no GPU worker: it waits) is known by its record.
+    let queued = cluster.kiln(&[
+        "submit", "matmul", "-p", "n=4", "-d", "gpu", "--id", "waiting",
+    ]);
+    assert_success(&queued);
+    let again = cluster.kiln(&["submit", "vector_add", "-p", "len=4", "--id", "waiting"]);
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert_eq!(again.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("job id waiting was submitted as a matmul job"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

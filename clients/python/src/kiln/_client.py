@@ -29,6 +29,7 @@ from nats.js.object_store import ObjectStore
 from . import _wire
 from ._errors import ConnectError, KilnError, ObjectNotFound, SubmitError
 from ._job import Job, JobState, Result
+from ._job import _time as _parse_time
 
 log = logging.getLogger("kiln")
 
@@ -43,6 +44,8 @@ _NO_STREAM = 10059
 #: Up to this many jobs in one submission, each job's result subject is subscribed to (the
 #: server sends only those results); past it, every result of the kind (as `kiln submit`).
 SUBSCRIBE_EACH_UP_TO = 1000
+#: KILN_JOBS' duplicate window in seconds (`kiln_proto::streams::DUPLICATE_WINDOW`).
+DUPLICATE_WINDOW_S = 600
 
 _ENVELOPE_KEYS = frozenset(
     {"kind", "device", "id", "seed", "timeout_ms", "output", "upload", "params"}
@@ -424,6 +427,7 @@ class Client:
         accepted: list[Job] = []
         refused: dict[str, str] = {}
         states: list[asyncio.Future[Any]] = []
+        duplicates: list[tuple[_Prepared, Job]] = []
         # Acks come in order: once one is overdue, so are the ones after it (no second wait).
         ack_timeout = ACK_TIMEOUT
         for p, job, ack in zip(prepared, jobs, acks):
@@ -439,19 +443,33 @@ class Client:
                 continue
             job.duplicate = bool(getattr(pub, "duplicate", False))
             job.sequence = getattr(pub, "seq", None)
-            earlier = await self._earlier_kind(p.job_id) if job.duplicate else None
-            if earlier is not None and earlier != p.kind:
-                # The id is the message id: the server dropped this job for good.
-                refused[p.job_id] = (
-                    f"job id {p.job_id} was submitted as a {earlier} job within the last "
-                    f"10 min: the server dropped this {p.kind} job as its duplicate (the job "
-                    "id is its Nats-Msg-Id) and it will not run; submit it under another id"
-                )
-                await self._unwatch(p.job_id, job._future)
-                continue
             accepted.append(job)
-            if not job.duplicate:
+            if job.duplicate:
+                duplicates.append((p, job))
+            else:
                 states.append(await self._record_queued(p))
+        # A duplicate of a job of another kind: the id is the message id, so the server
+        # dropped this job for good and no result of its kind will come.
+        lookups = asyncio.Semaphore(64)
+
+        async def earlier(job_id: str) -> str | None:
+            async with lookups:
+                return await self._earlier_kind(job_id)
+
+        kinds = await asyncio.gather(*(earlier(p.job_id) for p, _ in duplicates))
+        for (p, job), kind in zip(duplicates, kinds):
+            if kind is None or kind == p.kind:
+                continue
+            what = f"a {kind} job"
+            if kind == "unknown":
+                what = "a job of a kind the worker did not know"
+            refused[p.job_id] = (
+                f"job id {p.job_id} was submitted as {what} within the last 10 min: the "
+                f"server dropped this {p.kind} job as its duplicate (the job id is its "
+                "Nats-Msg-Id) and it will not run; submit it under another id"
+            )
+            accepted.remove(job)
+            await self._unwatch(p.job_id, job._future)
         # As `kiln submit` does: `kiln status <id>` says "queued" until the result is in. A
         # state not stored only makes status less precise; the jobs are in.
         if states:
@@ -668,20 +686,32 @@ class Client:
         return "pending"
 
     async def _earlier_kind(self, job_id: str) -> str | None:
-        """The kind an earlier submission of `job_id` had: its result's, else its queued
-        record's (None when neither is found)."""
+        """The kind `job_id` was submitted as within the duplicate window: its queued
+        record's, else its result's (None when neither was made in the window, or they
+        cannot be read)."""
+        # A minute's grace for clocks: the server's window runs from when it stored the job.
+        window = DUPLICATE_WINDOW_S + 60
+
+        def recent(at: datetime | None) -> bool:
+            if at is None:
+                return False
+            if at.tzinfo is None:
+                at = at.replace(tzinfo=timezone.utc)
+            return abs((datetime.now(timezone.utc) - at).total_seconds()) <= window
+
         try:
+            state = await self._kv_get(_wire.BUCKET_STATE, job_id)
+            record = json.loads(state) if state is not None else None
+            if isinstance(record, dict) and isinstance(record.get("kind"), str):
+                at = record.get("at")
+                if isinstance(at, str) and recent(_parse_time(at)):
+                    return str(record["kind"])
             found = await self._lookup(None, job_id)
-        except KilnError:
-            found = None
-        if found is not None:
-            return found.kind
-        state = await self._kv_get(_wire.BUCKET_STATE, job_id)
-        try:
-            kind = json.loads(state).get("kind") if state is not None else None
-        except (ValueError, AttributeError):
+        except Exception:  # a lookup that fails leaves the job a plain resubmission
             return None
-        return kind if isinstance(kind, str) else None
+        if found is not None and recent(found.enqueued_at):
+            return found.kind
+        return None
 
     async def _record(self, job_id: str) -> tuple[str | None, int]:
         """The phase and replay number KILN_STATE records for `job_id` (None, 0 without)."""

@@ -1,6 +1,6 @@
 //! `kiln submit`, and the progress bar `demo` and `bench` share.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -60,7 +60,10 @@ pub async fn run(nats: &NatsArgs, args: SubmitArgs) -> anyhow::Result<ExitCode> 
     let taken = submission.taken(&js, &mut duplicates).await;
     match collector {
         None => {
-            submission.print_submitted(&duplicates);
+            // A script reading the id gets none for a job that will not run.
+            if taken.is_empty() {
+                submission.print_submitted(&duplicates);
+            }
             Ok(match taken.is_empty() {
                 true => ExitCode::SUCCESS,
                 false => ExitCode::FAILURE,
@@ -239,40 +242,58 @@ impl<'a> Submission<'a> {
         Ok(duplicates)
     }
 
-    /// The duplicates whose earlier submission was of another kind (by its result, else by
-    /// its `queued` record), taken out of `duplicates` and reported: the server dropped these
-    /// jobs for good, since kiln publishes the job id as `Nats-Msg-Id`, and no result of
-    /// this kind will come for them.
-    async fn taken(&self, js: &jetstream::Context, duplicates: &mut Vec<String>) -> Vec<String> {
+    /// The duplicates whose earlier submission was of another kind (by its `queued` record,
+    /// else by its result, either made within the duplicate window), taken out of
+    /// `duplicates` and reported: the server dropped these jobs for good, since kiln
+    /// publishes the job id as `Nats-Msg-Id`, and no result of this kind will come for them.
+    /// Where neither is found (the earlier one was published without a record, or its record
+    /// is not stored yet), the job counts as a plain resubmission.
+    async fn taken(
+        &self,
+        js: &jetstream::Context,
+        duplicates: &mut Vec<String>,
+    ) -> HashSet<String> {
         let kind = self.kind.name;
         let earlier_kinds: Vec<Option<String>> = futures::stream::iter(duplicates.iter())
-            .map(|id| async move {
-                match kiln_client::jobs::find_result(js, id, None).await {
-                    Ok(Some(event)) => Some(event.kind),
-                    _ => kiln_client::jobs::state(js, id).await.map(|r| r.kind),
-                }
-            })
+            .map(|id| earlier_kind(js, id))
             .buffered(64)
             .collect()
             .await;
-        let mut taken = Vec::new();
+        let mut by_kind: BTreeMap<String, Vec<String>> = BTreeMap::new();
         let mut others = Vec::new();
         for (id, earlier) in std::mem::take(duplicates).into_iter().zip(earlier_kinds) {
             match earlier {
-                Some(earlier) if earlier != kind => {
-                    eprintln!(
-                        "kiln: job id {id} was submitted as a {earlier} job within the last {} \
-                         min: the server dropped this {kind} job as its duplicate (the job id \
-                         is its Nats-Msg-Id) and it will not run; submit it under another id",
-                        kiln_proto::streams::DUPLICATE_WINDOW.as_secs() / 60
-                    );
-                    taken.push(id);
-                }
+                Some(earlier) if earlier != kind => by_kind.entry(earlier).or_default().push(id),
                 _ => others.push(id),
             }
         }
         *duplicates = others;
-        taken
+        let minutes = kiln_proto::streams::DUPLICATE_WINDOW.as_secs() / 60;
+        for (earlier, ids) in &by_kind {
+            // Answered under `unknown`: a kind the worker that took it did not run.
+            let (job, jobs) = match earlier.as_str() {
+                "unknown" => (
+                    "a job of a kind the worker did not know".to_owned(),
+                    "jobs of a kind the worker did not know".to_owned(),
+                ),
+                earlier => (format!("a {earlier} job"), format!("{earlier} jobs")),
+            };
+            let said = match ids.as_slice() {
+                [id] => format!(
+                    "job id {id} was submitted as {job} within the last {minutes} min: the \
+                     server dropped this {kind} job as its duplicate (the job id is its \
+                     Nats-Msg-Id) and it will not run; submit it under another id"
+                ),
+                _ => format!(
+                    "job ids {} were submitted as {jobs} within the last {minutes} min: the \
+                     server dropped these {kind} jobs as their duplicates (the job id is the \
+                     Nats-Msg-Id) and they will not run; submit them under other ids",
+                    super::list_ids(ids)
+                ),
+            };
+            eprintln!("kiln: {said}");
+        }
+        by_kind.into_values().flatten().collect()
     }
 
     /// Without `--wait`: print the job id, or the range of ids.
@@ -298,7 +319,7 @@ impl<'a> Submission<'a> {
         js: &jetstream::Context,
         collector: &mut ResultCollector,
         duplicates: &[String],
-        taken: &[String],
+        taken: &HashSet<String>,
     ) -> anyhow::Result<ExitCode> {
         let single = self.args.count == 1;
         // With the output going to stdout, the results go to stderr.
@@ -362,7 +383,7 @@ impl<'a> Submission<'a> {
         &self,
         js: &jetstream::Context,
         results: &HashMap<String, ResultEvent>,
-        taken: &[String],
+        taken: &HashSet<String>,
     ) -> anyhow::Result<ExitCode> {
         let ids = &self.ids;
         let failed = results
@@ -409,6 +430,22 @@ fn print_result(event: &ResultEvent, single: bool, to_stderr: bool) {
         (Ok(text), false) => println!("{text}"),
         (Ok(text), true) => eprintln!("{text}"),
         (Err(_), _) => {}
+    }
+}
+
+/// The kind job `id` was submitted as within the duplicate window: its `queued` record's,
+/// else its result's (`None` when neither was made in the window).
+async fn earlier_kind(js: &jetstream::Context, id: &str) -> Option<String> {
+    // A minute's grace for clocks: the server's window runs from when it stored the job.
+    let window = kiln_proto::streams::DUPLICATE_WINDOW + std::time::Duration::from_secs(60);
+    let recent =
+        |at: time::OffsetDateTime| (time::OffsetDateTime::now_utc() - at).unsigned_abs() <= window;
+    match kiln_client::jobs::state(js, id).await {
+        Some(record) if recent(record.at) => Some(record.kind),
+        _ => match kiln_client::jobs::find_result(js, id, None).await {
+            Ok(Some(event)) if recent(event.enqueued_at) => Some(event.kind),
+            _ => None,
+        },
     }
 }
 
