@@ -52,7 +52,7 @@ impl Want {
     fn describe(self) -> &'static str {
         match self {
             Want::Tensor => "a tensor (.npy or safetensors)",
-            Want::Image => "an image (PNG, JPEG or a [C, H, W] or [B, C, H, W] tensor)",
+            Want::Image => "an image (PNG, JPEG or a [H, W], [C, H, W] or [B, C, H, W] tensor)",
             Want::Dataset => "a dataset (CSV, or safetensors with x and y)",
             Want::Model => "a model (safetensors)",
         }

@@ -496,14 +496,17 @@ fn decode<K: Kernel>(
         && let Some(first) = body.iter().find(|b| !b.is_ascii_whitespace())
         && *first != b'{'
     {
-        // Parsed to say what it is (an error path: the body is within the payload limit).
-        let got = match serde_json::from_slice::<serde_json::Value>(body) {
-            Ok(serde_json::Value::Array(_)) => "an array".to_owned(),
-            Ok(serde_json::Value::String(_)) => "a string".to_owned(),
-            Ok(serde_json::Value::Number(_)) => "a number".to_owned(),
-            Ok(serde_json::Value::Bool(_)) => "a boolean".to_owned(),
-            Ok(_) => "null".to_owned(),
+        // Read through (nothing kept) to know it is JSON before naming it by its first byte.
+        let got = match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
             Err(e) => format!("something that is not JSON ({e})"),
+            Ok(_) => match first {
+                b'[' => "an array",
+                b'"' => "a string",
+                b't' | b'f' => "a boolean",
+                b'n' => "null",
+                _ => "a number",
+            }
+            .to_owned(),
         };
         return Err(JobError::invalid_input(format!(
             "{} job: the body must be a JSON object such as {{\"params\": {{…}}}}, got {got}",

@@ -55,10 +55,6 @@ fn decode(shared: &Shared, arrival: &Arrival) -> Result<DecodedJob, JobError> {
     let kernel = arrival.kernel.clone()?;
     let codec = arrival.codec.clone()?;
     let job = kernel.decode(codec, &arrival.message.payload, &shared.config.limits)?;
-    // A dtype only GPUs compute is refused before it reaches the CPU (`"device": "none"`).
-    if let (ComputeDevice::Cpu, Some(refusal)) = (&shared.config.device, job.refusal_on_cpu()) {
-        return Err(refusal);
-    }
     shared.admission.fits(kernel.name, job.plan.elements)?;
     Ok(job)
 }
@@ -77,6 +73,11 @@ async fn run(
         compute_ms: 0.0,
         flops,
     };
+    // A dtype only GPUs compute is refused before it reaches the CPU (`"device": "none"`),
+    // answered under the id its body gives.
+    if let (ComputeDevice::Cpu, Some(refusal)) = (&shared.config.device, job.refusal_on_cpu()) {
+        return Some(refused(refusal, 0.0));
+    }
     if shared.cancelled.contains(id) {
         let error = JobError::new(
             ErrorKind::Cancelled,

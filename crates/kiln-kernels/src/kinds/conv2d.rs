@@ -271,7 +271,8 @@ fn given_shape(
         [b, c, h, w] if b * c * h * w > 0 => Ok(Some((as_u64(b), as_u64(c), as_u64(h), as_u64(w)))),
         other => Err(JobError::invalid_input(format!(
             "conv2d image (object {:?}) has shape {other:?}; give an image file (PNG, JPEG) or a \
-             tensor shaped [channels, height, width] or [batch, channels, height, width]",
+             tensor shaped [height, width], [channels, height, width] or [batch, channels, \
+             height, width]",
             shape.0.object
         ))),
     }
