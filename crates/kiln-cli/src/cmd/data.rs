@@ -42,6 +42,15 @@ pub async fn put(nats: &NatsArgs, args: PutArgs) -> anyhow::Result<ExitCode> {
 pub async fn get(nats: &NatsArgs, args: GetArgs) -> anyhow::Result<ExitCode> {
     let js = connect(nats).await?;
     let bucket = bucket(&js).await?;
+    if bucket.info(&args.name).await.is_err() {
+        eprintln!(
+            "kiln: no object {:?} in {}: `kiln result <id>` names a job's output in \
+             output.object.name",
+            args.name,
+            kiln_proto::BUCKET_DATA
+        );
+        return Ok(ExitCode::from(super::EXIT_NOT_FOUND));
+    }
     let path = match &args.output {
         Some(path) => path.clone(),
         None => match args.name.rsplit('/').next().unwrap_or(&args.name) {
@@ -57,15 +66,6 @@ pub async fn get(nats: &NatsArgs, args: GetArgs) -> anyhow::Result<ExitCode> {
             base => PathBuf::from(base),
         },
     };
-    if bucket.info(&args.name).await.is_err() {
-        eprintln!(
-            "kiln: no object {:?} in {}: `kiln result <id>` names a job's output in \
-             output.object.name",
-            args.name,
-            kiln_proto::BUCKET_DATA
-        );
-        return Ok(ExitCode::from(super::EXIT_NOT_FOUND));
-    }
     if path == Path::new("-") {
         get_to_writer(&bucket, &args.name, &mut tokio::io::stdout(), None).await?;
     } else {
