@@ -102,7 +102,13 @@ pub(crate) async fn measure_latency(
     let js = jetstream::new(client.clone());
     streams::ensure_all(&js, &kiln_cli::cmd::topology(&nats)).await?;
     let tag = kiln_proto::new_job_id();
-    let roles = RoleProcesses::start(&js, &nats.nats_url, &format!("lat-{tag}-")).await?;
+    let roles = RoleProcesses::start(
+        &js,
+        &nats.nats_url,
+        &format!("lat-{tag}-"),
+        crate::roles::SNAPSHOT_INTERVAL_MS,
+    )
+    .await?;
     if verbose {
         println!("machine: {}", describe_machine());
         println!("kiln processes {:?}", roles.pids());

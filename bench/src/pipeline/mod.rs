@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use async_nats::jetstream;
+use futures::StreamExt as _;
 use kiln_kernels::ComputeDevice;
 use kiln_proto::{Codec, DeviceClass, streams};
 use serde::Serialize;
@@ -15,7 +16,7 @@ use serde_json::json;
 use crate::cli::PipelineArgs;
 use crate::cpu::CpuClock;
 use crate::machine::describe_machine;
-use crate::roles::RoleProcesses;
+use crate::roles::{PIPELINE_SNAPSHOT_MS, RoleProcesses};
 use kiln_cli::cli::NatsArgs;
 use kiln_cli::cmd::roles::LocalRoles;
 use kiln_cli::cmd::submit::progress_bar;
@@ -407,7 +408,7 @@ async fn kiln(
     roles.aggregator(
         client,
         kiln_aggregator::AggregatorConfig {
-            interval: Duration::from_millis(crate::roles::SNAPSHOT_INTERVAL_MS),
+            interval: Duration::from_millis(PIPELINE_SNAPSHOT_MS),
             topology: topology.clone(),
             ..Default::default()
         },
@@ -428,7 +429,8 @@ async fn kiln_processes(
     verbose: bool,
 ) -> anyhow::Result<(f64, BTreeMap<String, f64>)> {
     let tag = format!("{}-{run}", kiln_proto::new_job_id());
-    let roles = RoleProcesses::start(js, nats_url, &format!("bench-{tag}-")).await?;
+    let prefix = format!("bench-{tag}-");
+    let roles = RoleProcesses::start(js, nats_url, &prefix, PIPELINE_SNAPSHOT_MS).await?;
     if verbose {
         println!("run {run}: kiln processes {:?}", roles.pids());
     }
@@ -447,33 +449,53 @@ async fn kiln_processes(
 }
 
 /// Publish `specs` at once and wait until the aggregator has counted them: seconds from the
-/// first publish.
+/// first publish. The count comes from the aggregator's snapshots as it publishes them (a
+/// subscription to their subject), so the run ends within one snapshot interval of the last
+/// result counted, not also a polling period later; a direct get of the latest snapshot every
+/// 250 ms backs it up.
 async fn publish_and_count(
     js: &jetstream::Context,
     specs: Vec<JobSpec>,
     label: &'static str,
 ) -> anyhow::Result<f64> {
     let jobs = specs.len() as u64;
+    let subject = kiln_proto::subject::metrics("vector_add", "cpu");
+    let mut snapshots = js.client().subscribe(subject).await?;
     let before = counted(js).await;
     let bar = progress_bar(jobs, label);
     let started = Instant::now();
     publish_all(js, specs, false, || {}).await?;
     let target = before + jobs;
-    loop {
-        let now = counted(js).await;
+    let mut now = counted(js).await;
+    while now < target {
         bar.set_position(now.saturating_sub(before));
-        if now >= target {
-            break;
-        }
         anyhow::ensure!(
             started.elapsed() < Duration::from_secs(600),
             "{label}: the run did not finish in 10 minutes ({} of {jobs} counted)",
             now - before
         );
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        let seen = tokio::time::timeout(Duration::from_millis(250), snapshots.next()).await;
+        now = match seen {
+            Ok(Some(message)) => {
+                serde_json::from_slice::<kiln_proto::MetricsSnapshot>(&message.payload)
+                    .map_or(now, |s| s.jobs.max(now))
+            }
+            Ok(None) => {
+                // The subscription ended (a reconnect): poll, without spinning.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                counted(js).await.max(now)
+            }
+            Err(_) => counted(js).await.max(now),
+        };
     }
     let seconds = started.elapsed().as_secs_f64();
     bar.finish_and_clear();
+    // The next run's baseline is read from the stream: wait (off the clock) until the
+    // snapshot this run ended on is stored there.
+    let stored_by = Instant::now() + Duration::from_secs(10);
+    while counted(js).await < now && Instant::now() < stored_by {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     Ok(seconds)
 }
 
@@ -544,8 +566,7 @@ fn varz_counts(url: &str) -> (u64, u64) {
 }
 
 /// Jobs the aggregator has counted for (vector_add, cpu): its latest snapshot, read with one
-/// direct get (the bench polls it every 10 ms while kiln runs, so it asks the server for
-/// no more than that).
+/// direct get.
 async fn counted(js: &jetstream::Context) -> u64 {
     let Ok(metrics) = js.get_stream_no_info(streams::STREAM_METRICS).await else {
         return 0;
