@@ -700,12 +700,9 @@ class Client:
             return abs((datetime.now(timezone.utc) - at).total_seconds()) <= window
 
         try:
-            state = await self._kv_get(_wire.BUCKET_STATE, job_id)
-            record = json.loads(state) if state is not None else None
-            if isinstance(record, dict) and isinstance(record.get("kind"), str):
-                at = record.get("at")
-                if isinstance(at, str) and recent(_parse_time(at)):
-                    return str(record["kind"])
+            record = await self._state(job_id)
+            if isinstance(record.get("kind"), str) and recent(_parse_time(record.get("at"))):
+                return str(record["kind"])
             found = await self._lookup(None, job_id)
         except Exception:  # a lookup that fails leaves the job a plain resubmission
             return None
@@ -713,15 +710,22 @@ class Client:
             return found.kind
         return None
 
+    async def _state(self, job_id: str) -> dict[str, Any]:
+        """What KILN_STATE records for `job_id` (empty without a record, or one that does
+        not parse)."""
+        state = await self._kv_get(_wire.BUCKET_STATE, job_id)
+        try:
+            record = json.loads(state) if state is not None else {}
+        except ValueError:
+            return {}
+        return record if isinstance(record, dict) else {}
+
     async def _record(self, job_id: str) -> tuple[str | None, int]:
         """The phase and replay number KILN_STATE records for `job_id` (None, 0 without)."""
-        state = await self._kv_get(_wire.BUCKET_STATE, job_id)
-        if state is None:
-            return None, 0
+        record = await self._state(job_id)
         try:
-            record = json.loads(state)
             return record.get("phase"), int(record.get("replay") or 0)
-        except (ValueError, AttributeError, TypeError):
+        except (ValueError, TypeError):
             return None, 0
 
     async def _answer(

@@ -59,24 +59,17 @@ pub async fn run(nats: &NatsArgs, args: SubmitArgs) -> anyhow::Result<ExitCode> 
     // An id the earlier submission used for another kind: this job will never run.
     let taken = submission.taken(&js, &mut duplicates).await;
     match collector {
+        // A script reading the id gets none for a job that will not run.
+        None if !taken.is_empty() => Ok(ExitCode::FAILURE),
         None => {
-            // A script reading the id gets none for a job that will not run.
-            if taken.is_empty() {
-                submission.print_submitted(&duplicates);
-            }
-            Ok(match taken.is_empty() {
-                true => ExitCode::SUCCESS,
-                false => ExitCode::FAILURE,
-            })
+            submission.print_submitted(&duplicates);
+            Ok(ExitCode::SUCCESS)
         }
+        // `finish` fails the command for the taken ids too.
         Some(mut collector) => {
-            let code = submission
+            submission
                 .wait(&js, &mut collector, &duplicates, &taken)
-                .await?;
-            Ok(match taken.is_empty() {
-                true => code,
-                false => ExitCode::FAILURE,
-            })
+                .await
         }
     }
 }
