@@ -58,11 +58,8 @@ pub(crate) async fn compute(
     job: DecodedJob,
     id: &str,
 ) -> Ran {
-    let ack_wait = shared.config.topology.ack_wait;
-    let progress_every = (ack_wait / 3).max(Duration::from_millis(100));
-    let mut ticker =
-        tokio::time::interval_at(tokio::time::Instant::now() + progress_every, progress_every);
     if crate::batch::takes(shared, &job) {
+        let mut ticker = progress_ticker(shared);
         computing(shared, id);
         let mut batched = crate::batch::enqueue(shared, job, id);
         let abandon = abandoned(shared.abandon.subscribe());
@@ -79,6 +76,7 @@ pub(crate) async fn compute(
     if runs_inline(&shared.config, &job) {
         return run_inline(shared, job, id);
     }
+    let mut ticker = progress_ticker(shared);
     let Some(permit) = admit(shared, message, &job, &mut ticker).await else {
         return Ran::handed_back(
             "worker shutting down before the job started; job handed back".into(),
@@ -101,6 +99,13 @@ pub(crate) async fn compute(
             () = &mut abandon => return Ran::handed_back(ABANDONED.into()),
         }
     }
+}
+
+/// Ticks for the progress acks of a job that waits or computes for longer than a moment:
+/// three per ack wait. (Not made for a job run inline: a timer is an allocation.)
+fn progress_ticker(shared: &Shared) -> tokio::time::Interval {
+    let every = (shared.config.topology.ack_wait / 3).max(Duration::from_millis(100));
+    tokio::time::interval_at(tokio::time::Instant::now() + every, every)
 }
 
 /// Why a job whose computation the stopping worker stopped waiting for was handed back.

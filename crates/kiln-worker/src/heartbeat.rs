@@ -271,6 +271,20 @@ mod tests {
         config
     }
 
+    /// A connection to `server` with kiln's streams made (as `config` has them), and the
+    /// workers' bucket.
+    async fn set_up(
+        server: &NatsServer,
+        config: &WorkerConfig,
+    ) -> (jetstream::Context, jetstream::kv::Store) {
+        let js = jetstream(server).await;
+        streams::ensure_all(&js, &config.topology)
+            .await
+            .expect("streams");
+        let store = js.get_key_value(BUCKET_WORKERS).await.unwrap();
+        (js, store)
+    }
+
     /// A `serving` entry under `name`, as a worker that died left it.
     async fn left_behind(store: &jetstream::kv::Store, name: &str) -> u64 {
         let mut left = entry_of(&config(name, 1000), OffsetDateTime::now_utc());
@@ -329,12 +343,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn a_stale_entry_is_claimed_and_a_live_one_is_not() {
         let server = NatsServer::start();
-        let js = jetstream(&server).await;
         let stale = config("stale", 1000);
-        streams::ensure_all(&js, &stale.topology)
-            .await
-            .expect("streams");
-        let store = js.get_key_value(BUCKET_WORKERS).await.unwrap();
+        let (js, store) = set_up(&server, &stale).await;
         let before = left_behind(&store, "stale").await;
         claim_name(&js, &stale)
             .await
@@ -365,12 +375,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn an_entry_expiring_during_the_wait_is_claimed_all_the_same() {
         let server = NatsServer::start();
-        let js = jetstream(&server).await;
         let expiring = config("expiring", 200);
-        streams::ensure_all(&js, &expiring.topology)
-            .await
-            .expect("streams");
-        let store = js.get_key_value(BUCKET_WORKERS).await.unwrap();
+        let (js, store) = set_up(&server, &expiring).await;
         left_behind(&store, "expiring").await;
         // Read at 400 ms, still there; gone at 600 ms, before the claim at 700 ms.
         tokio::time::sleep(std::time::Duration::from_millis(400)).await;
