@@ -303,7 +303,9 @@ async fn a_jobs_stream_without_copy_subjects_is_named_at_start_and_fixed_by_init
 async fn a_full_job_state_bucket_drops_its_oldest_states() {
     use async_nats::jetstream::stream::DiscardPolicy;
 
-    const LIMIT: i64 = 32 * 1024;
+    // The smallest limit `kiln init` takes (1 MiB, one message of the server's default size).
+    const LIMIT: i64 = 1 << 20;
+    const STATES: usize = 20_000;
     let cluster = Cluster::new();
     let js = jetstream::new(cluster.client().await);
     // The bucket as an older kiln made it.
@@ -324,31 +326,34 @@ async fn a_full_job_state_bucket_drops_its_oldest_states() {
     assert_eq!(config.discard, DiscardPolicy::Old);
     assert_eq!(config.max_bytes, LIMIT);
 
-    // 600 queued states, as `kiln submit` records them: several times what the bucket holds.
+    // 20,000 queued states, as `kiln submit` records them (about 150 bytes each): several
+    // times what the bucket holds.
     let state = serde_json::to_vec(&kiln_proto::JobState::queued(
         "vector_add",
         kiln_proto::DeviceClass::Cpu,
     ))
     .expect("a job state");
-    for i in 0..600 {
-        js.publish(
-            kiln_proto::state_subject(&format!("flood-{i}")),
-            state.clone().into(),
-        )
-        .await
-        .expect("publish")
-        .await
-        .unwrap_or_else(|e| panic!("state {i} refused by a full bucket: {e}"));
+    for first in (0..STATES).step_by(500) {
+        let mut acks = Vec::with_capacity(500);
+        for i in first..first + 500 {
+            let subject = kiln_proto::state_subject(&format!("flood-{i}"));
+            let ack = js.publish(subject, state.clone().into()).await;
+            acks.push((i, ack.expect("publish")));
+        }
+        for (i, ack) in acks {
+            ack.await
+                .unwrap_or_else(|e| panic!("state {i} refused by a full bucket: {e}"));
+        }
     }
     let info = stream.info().await.expect("stream info");
     assert!(info.state.bytes <= LIMIT as u64, "{:?}", info.state);
-    assert!(info.state.messages < 600, "{:?}", info.state);
+    assert!(info.state.messages < STATES as u64 / 2, "{:?}", info.state);
     let bucket = js
         .get_key_value(kiln_proto::BUCKET_STATE)
         .await
         .expect("the bucket");
     let newest = bucket
-        .get(kiln_proto::job_key("flood-599"))
+        .get(kiln_proto::job_key(&format!("flood-{}", STATES - 1)))
         .await
         .expect("read the newest state");
     assert!(newest.is_some(), "the newest state is kept");

@@ -773,6 +773,13 @@ async fn live_workers_are_listed_and_expire_when_killed() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(workers.len(), 1);
+    // Listing them leaves nothing on the server (a key listing is a consumer that lingers
+    // for 30 s: the scheduler's four reads a second piled them up to the account's limit).
+    for _ in 0..20 {
+        assert_eq!(kiln_proto::streams::live_workers(&js).await.unwrap().len(), 1);
+    }
+    let mut bucket = js.get_stream("KV_KILN_WORKERS").await.unwrap();
+    assert_eq!(bucket.info().await.unwrap().state.consumer_count, 0);
     let w = &workers[0];
     assert_eq!(w.name, "test-worker");
     assert_eq!(w.class, kiln_proto::DeviceClass::Cpu);

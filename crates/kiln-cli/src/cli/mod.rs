@@ -8,7 +8,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 mod values;
 
 use values::{
-    MAX_LIFETIME_HOURS, at_least_one, duration, either, lifetime, limit, replicas, scale,
+    MAX_LIFETIME_HOURS, at_least_one, byte_limit, duration, either, lifetime, limit, replicas,
+    scale, worker_name,
 };
 
 /// kiln: run compute jobs on GPUs and CPUs over NATS JetStream.
@@ -93,7 +94,8 @@ pub struct NatsArgs {
         value_parser = limit
     )]
     pub max_queued_jobs: i64,
-    /// Most bytes of result events kept (kiln init); past it the oldest results make room.
+    /// Most bytes of result events kept (kiln init; at least 1 MiB); past it the oldest
+    /// results make room.
     /// A job is answered once for as long as its result is kept. Job states (KILN_STATE, for
     /// kiln status) are kept within the same number of bytes, the oldest going first.
     #[arg(
@@ -102,7 +104,7 @@ pub struct NatsArgs {
         default_value_t = 4 << 30,
         global = true,
         allow_hyphen_values = true,
-        value_parser = limit
+        value_parser = byte_limit
     )]
     pub results_max_bytes: i64,
     /// How long objects stay in the KILN_DATA object store (kiln init) [default: 7d].
@@ -118,14 +120,14 @@ pub struct NatsArgs {
         value_parser = clap::value_parser!(u64).range(1..=MAX_LIFETIME_HOURS)
     )]
     pub data_max_age_hours: Option<u64>,
-    /// Most bytes the KILN_DATA object store holds (kiln init).
+    /// Most bytes the KILN_DATA object store holds (kiln init; at least 1 MiB).
     #[arg(
         long,
         env = "KILN_DATA_MAX_BYTES",
         default_value_t = 8 << 30,
         global = true,
         allow_hyphen_values = true,
-        value_parser = limit
+        value_parser = byte_limit
     )]
     pub data_max_bytes: i64,
 }
@@ -274,7 +276,7 @@ pub struct WorkerArgs {
     #[arg(long, env = "KILN_DEVICE", default_value = "auto")]
     pub device: String,
     /// Worker name reported in result events (default: host-device-pid-RANDOM, unique per process).
-    #[arg(long, env = "KILN_WORKER_NAME")]
+    #[arg(long, env = "KILN_WORKER_NAME", value_parser = worker_name)]
     pub name: Option<String>,
     /// Jobs held at once: computing, waiting for a compute slot, or publishing results.
     #[arg(long, env = "KILN_MAX_IN_FLIGHT", default_value_t = 256, value_parser = at_least_one)]
@@ -678,6 +680,28 @@ mod tests {
         assert!(kiln_proto::valid_job_id("a-b_C9") && !kiln_proto::valid_job_id("a/b.c*"));
     }
 
+    /// A worker name is its key in `KILN_WORKERS`: one that cannot be a key is refused at
+    /// start (it served jobs unseen, with a failing heartbeat); others are kept as given.
+    #[test]
+    fn worker_names_that_cannot_be_keys_are_refused() {
+        use clap::Parser as _;
+        for name in ["", ".w", "w.", "a..b"] {
+            let e = super::Cli::try_parse_from(["kiln", "worker", "--name", name]).unwrap_err();
+            let message = e.to_string();
+            assert!(
+                message.contains("--name") && message.contains("must not"),
+                "{name:?}: {message}"
+            );
+        }
+        for name in ["gpu-box-1", "a.b", "bad name>with*chars"] {
+            let cli = super::Cli::try_parse_from(["kiln", "worker", "--name", name]).unwrap();
+            assert!(
+                matches!(&cli.command, super::Command::Worker(w) if w.name.as_deref() == Some(name)),
+                "{name:?}"
+            );
+        }
+    }
+
     /// Values NATS would read as "no limit" or "keep for ever", replica counts it cannot
     /// keep, and demo scales that cannot be allocated are refused by name before anything
     /// connects; the limits that make sense still parse.
@@ -690,6 +714,10 @@ mod tests {
             ("--results-max-bytes", "0", "must be at least 1"),
             ("--data-max-bytes", "-1", "must be at least 1"),
             ("--data-max-age", "0s", "must be longer than 0"),
+            // A stream smaller than one message keeps none; an age NATS refuses.
+            ("--results-max-bytes", "100", "must be at least 1048576"),
+            ("--data-max-bytes", "1048575", "must be at least 1048576"),
+            ("--data-max-age", "50ms", "must be at least 1s"),
             ("--data-max-age-hours", "0", "0 is not in 1..=876000"),
             ("--data-max-age", "300years", "at most 876000 hours"),
             ("--data-max-age-hours", "3000000", "is not in 1..=876000"),
@@ -729,6 +757,10 @@ mod tests {
             cli.nats.data_max_age(),
             std::time::Duration::from_secs(5400)
         );
+        let smallest = (1 << 20).to_string();
+        let cli = super::Cli::try_parse_from(["kiln", "init", "--results-max-bytes", &smallest])
+            .unwrap();
+        assert_eq!(cli.nats.results_max_bytes, 1 << 20);
         let demo = super::Cli::try_parse_from(["kiln", "demo", "--scale", "0.05"]).unwrap();
         assert!(matches!(demo.command, super::Command::Demo(d) if d.scale == 0.05));
     }

@@ -23,11 +23,32 @@ pub(super) fn limit(value: &str) -> Result<i64, String> {
     }
 }
 
-/// How long stored objects live: longer than nothing (NATS reads a max age of 0 as for ever)
-/// and at most [`MAX_LIFETIME_HOURS`] (NATS counts ages in nanoseconds, in an i64).
+/// The smallest byte limit of a stream kiln keeps messages in: 1 MiB, the largest message a
+/// server takes by default. A stream smaller than a message it is to keep drops it as it
+/// stores it (with `--results-max-bytes 100` every job ran, was acked, and its result was
+/// gone at once).
+pub(super) const MIN_BYTE_LIMIT: i64 = 1 << 20;
+
+/// A stream's byte limit: a [`limit`] of at least [`MIN_BYTE_LIMIT`].
+pub(super) fn byte_limit(value: &str) -> Result<i64, String> {
+    match limit(value)? {
+        n if n < MIN_BYTE_LIMIT => Err(format!(
+            "must be at least {MIN_BYTE_LIMIT} (1 MiB, the largest message a server takes by \
+             default): a stream smaller than its messages drops each one as it stores it"
+        )),
+        n => Ok(n),
+    }
+}
+
+/// How long stored objects live: at least a second (NATS reads a max age of 0 as for ever,
+/// and refuses one under 100 ms) and at most [`MAX_LIFETIME_HOURS`] (NATS counts ages in
+/// nanoseconds, in an i64).
 pub(super) fn lifetime(value: &str) -> Result<Duration, String> {
     match duration(value)? {
         Duration::ZERO => Err("must be longer than 0 (NATS would keep objects for ever)".into()),
+        age if age < Duration::from_secs(1) => {
+            Err("must be at least 1s: objects must outlive the jobs that read them".into())
+        }
         age if age > Duration::from_secs(MAX_LIFETIME_HOURS * 3600) => Err(format!(
             "must be at most {MAX_LIFETIME_HOURS} hours (100 years)"
         )),
@@ -64,4 +85,21 @@ pub(super) fn at_least_one(value: &str) -> Result<usize, String> {
         Ok(n) => Ok(n),
         Err(e) => Err(e.to_string()),
     }
+}
+
+/// A worker's name: also its key in `KILN_WORKERS` (characters a key cannot hold become
+/// `_`), which cannot be empty, start or end with '.', or hold "..". A worker under such a
+/// name served jobs but had no heartbeat: no scheduler, `kiln workers` or alert saw it.
+pub(super) fn worker_name(value: &str) -> Result<String, String> {
+    if value.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if value.starts_with('.') || value.ends_with('.') || value.contains("..") {
+        return Err(
+            "must not start or end with '.' or hold \"..\" (it is the worker's key in \
+             KILN_WORKERS)"
+                .into(),
+        );
+    }
+    Ok(value.to_owned())
 }

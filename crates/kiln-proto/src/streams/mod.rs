@@ -311,25 +311,40 @@ impl Topology {
 
 /// The workers whose heartbeat has not expired, sorted by class then name. Entries that do
 /// not parse are skipped.
+///
+/// The keys come from the bucket's stream info (its subjects), not from the bucket's key
+/// listing: that is an ordered consumer on the server per call, which lingers there for 30 s
+/// after it is read, and the scheduler reads the workers four times a second. Several
+/// schedulers and `kiln status` calls piled up hundreds of them, and at the account's
+/// consumer limit every listing (and every new consumer) failed.
 pub async fn live_workers(js: &jetstream::Context) -> Result<Vec<crate::WorkerInfo>, String> {
     use futures_util::TryStreamExt as _;
     let kv = js
         .get_key_value(crate::BUCKET_WORKERS)
         .await
         .map_err(|e| e.to_string())?;
-    let keys: Vec<String> = kv
-        .keys()
+    let prefix = format!("$KV.{}.", crate::BUCKET_WORKERS);
+    let subjects: Vec<(String, usize)> = js
+        .get_stream(format!("KV_{}", crate::BUCKET_WORKERS))
+        .await
+        .map_err(|e| e.to_string())?
+        .info_with_subjects(format!("{prefix}>"))
         .await
         .map_err(|e| e.to_string())?
         .try_collect()
         .await
         .map_err(|e| e.to_string())?;
+    let keys: Vec<&str> = subjects
+        .iter()
+        .filter_map(|(subject, _)| subject.strip_prefix(prefix.as_str()))
+        .collect();
     let mut workers = Vec::with_capacity(keys.len());
     for key in keys {
-        // A key gone since the listing is a worker gone; a read that fails is an error, not
-        // a worker fewer (the scheduler keeps its last read instead).
+        // A key gone since the listing (or deleted: its last message is a marker) is a
+        // worker gone; a read that fails is an error, not a worker fewer (the scheduler keeps
+        // its last read instead).
         let value = kv
-            .get(&key)
+            .get(key)
             .await
             .map_err(|e| format!("reading {key}: {e}"))?;
         if let Some(info) = value.and_then(|v| serde_json::from_slice::<crate::WorkerInfo>(&v).ok())
