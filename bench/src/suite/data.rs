@@ -17,8 +17,9 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use async_nats::jetstream::{self, object_store::ObjectStore};
+use async_nats::jetstream;
 use indicatif::ProgressBar;
+use kiln_data::store::Bucket;
 use kiln_data::{HostTensor, store};
 use kiln_kernels::JobMeta;
 use kiln_proto::{Codec, DeviceClass, ObjectDescriptor, OutputMode, ResultEvent, Status, streams};
@@ -192,7 +193,7 @@ struct Rig {
     worker: tokio::process::Child,
     /// The worker process's id, for its memory figures.
     pid: u32,
-    bucket: ObjectStore,
+    bucket: Bucket,
     js: jetstream::Context,
     client: async_nats::Client,
     server: kiln_testkit::NatsServer,
@@ -464,11 +465,7 @@ fn tensor(n: usize, salt: usize) -> HostTensor {
 }
 
 /// Upload `tensor` as `.npy` object `name`; its name back.
-async fn put_timed(
-    bucket: &ObjectStore,
-    name: &str,
-    tensor: &HostTensor,
-) -> anyhow::Result<String> {
+async fn put_timed(bucket: &Bucket, name: &str, tensor: &HostTensor) -> anyhow::Result<String> {
     store::put_tensor(bucket, name, tensor, "npy", "").await?;
     Ok(name.to_owned())
 }
@@ -479,7 +476,7 @@ fn object_of(event: &ResultEvent) -> Option<ObjectDescriptor> {
 
 /// Download the object the result names, as `kiln get` does (digest checked): milliseconds
 /// taken and the object's name.
-async fn download(bucket: &ObjectStore, event: &ResultEvent) -> anyhow::Result<(f64, String)> {
+async fn download(bucket: &Bucket, event: &ResultEvent) -> anyhow::Result<(f64, String)> {
     let object = object_of(event).context("the result names no stored output")?;
     let started = Instant::now();
     let mut sink = tokio::io::sink();
@@ -493,7 +490,7 @@ async fn download(bucket: &ObjectStore, event: &ResultEvent) -> anyhow::Result<(
 
 /// Put and get `bytes` bytes three times as kiln's path does (put a, put b, get a, get b,
 /// put c, get c) with the object store alone: milliseconds.
-async fn raw_transfers(bucket: &ObjectStore, prefix: &str, bytes: u64) -> anyhow::Result<f64> {
+async fn raw_transfers(bucket: &Bucket, prefix: &str, bytes: u64) -> anyhow::Result<f64> {
     let data: Vec<u8> = (0..bytes).map(|i| (i % 251) as u8).collect();
     let names = [0, 1, 2].map(|i| format!("{prefix}-{i}"));
     let mut buf = Vec::with_capacity(bytes as usize);

@@ -166,8 +166,13 @@ async fn an_image_is_filtered_and_comes_back_as_a_png() {
     let event = result_of(&out);
     assert_eq!(event.output["shape"], serde_json::json!([1, 1, 40, 60]));
     assert_eq!(event.output["object"]["format"], "png");
-    let back = kiln_data::formats::decode_image("edges", &std::fs::read(&edges).unwrap(), 1 << 20)
-        .unwrap();
+    let back = kiln_data::formats::decode_image(
+        "edges",
+        &std::fs::read(&edges).unwrap(),
+        1 << 20,
+        u64::MAX,
+    )
+    .unwrap();
     assert_eq!(back.shape, [1, 40, 60]);
     // Interior rows: the edge (clamped to 1) at columns 29 and 30, nothing elsewhere.
     let row = &back.data[20 * 60..21 * 60];

@@ -776,7 +776,10 @@ async fn live_workers_are_listed_and_expire_when_killed() {
     // Listing them leaves nothing on the server (a key listing is a consumer that lingers
     // for 30 s: the scheduler's four reads a second piled them up to the account's limit).
     for _ in 0..20 {
-        assert_eq!(kiln_proto::streams::live_workers(&js).await.unwrap().len(), 1);
+        assert_eq!(
+            kiln_proto::streams::live_workers(&js).await.unwrap().len(),
+            1
+        );
     }
     let mut bucket = js.get_stream("KV_KILN_WORKERS").await.unwrap();
     assert_eq!(bucket.info().await.unwrap().state.consumer_count, 0);

@@ -68,6 +68,6 @@ async fn the_readme_cli_examples_run_as_written() {
     let c00: f32 = (0..200).map(|k| a.data[k] * b.data[k * 100]).sum();
     assert_eq!(c.data[0], c00);
     let edges = std::fs::read(dir.path().join("edges.png")).expect("edges.png written");
-    let edges = kiln_data::formats::decode_image("edges.png", &edges, 1 << 20).unwrap();
+    let edges = kiln_data::formats::decode_image("edges.png", &edges, 1 << 20, u64::MAX).unwrap();
     assert_eq!(edges.shape, [3, 48, 64]);
 }

@@ -3,20 +3,21 @@
 
 use std::path::{Path, PathBuf};
 
-use async_nats::jetstream::{self, object_store::ObjectStore};
+use async_nats::jetstream;
+use kiln_data::store::Bucket;
 use kiln_proto::{ObjectDescriptor, ObjectRef, OutputMode};
 
 use crate::error::{Error, Result, io};
 
 /// The `KILN_DATA` bucket.
-pub async fn bucket(js: &jetstream::Context) -> Result<ObjectStore> {
+pub async fn bucket(js: &jetstream::Context) -> Result<Bucket> {
     kiln_data::store::open(js)
         .await
         .map_err(|e| Error::Data(e.to_string()))
 }
 
 /// Store the file at `path` as object `name`.
-pub async fn put_file(bucket: &ObjectStore, name: &str, path: &Path) -> Result<ObjectDescriptor> {
+pub async fn put_file(bucket: &Bucket, name: &str, path: &Path) -> Result<ObjectDescriptor> {
     let mut file = tokio::fs::File::open(path)
         .await
         .map_err(io(|| format!("opening {}", path.display())))?;
@@ -29,7 +30,7 @@ pub async fn put_file(bucket: &ObjectStore, name: &str, path: &Path) -> Result<O
 /// must have that SHA-256 (the digest a result event recorded when the job stored it): an
 /// object replaced since is refused before a byte is written.
 pub async fn get_to_writer(
-    bucket: &ObjectStore,
+    bucket: &Bucket,
     name: &str,
     writer: &mut (impl tokio::io::AsyncWrite + Unpin),
     expected: Option<&str>,
@@ -59,7 +60,7 @@ pub async fn get_to_writer(
 /// bytes go to a file beside `path`, renamed when complete: an interrupted fetch leaves no
 /// half file under the name asked for.
 pub async fn get_file(
-    bucket: &ObjectStore,
+    bucket: &Bucket,
     name: &str,
     path: &Path,
     expected: Option<&str>,
@@ -168,7 +169,7 @@ impl Input {
 /// Store the files `--input` names (as `inputs/<job id>/<submission>/<key>`) and set each parameter to its
 /// object reference, with the digest the worker checks.
 pub async fn attach_inputs(
-    bucket: &ObjectStore,
+    bucket: &Bucket,
     job_id: &str,
     inputs: &[Input],
     params: &mut serde_json::Value,
@@ -330,7 +331,7 @@ fn convert(
     let what = format!("object {name:?}");
     let bad = |e: kiln_data::DataError| Error::Data(format!("converting {what}: {e}"));
     let tensor = match format {
-        "png" => kiln_data::formats::decode_image(&what, stored, elements),
+        "png" => kiln_data::formats::decode_image(&what, stored, elements, u64::MAX),
         _ => kiln_data::formats::read_tensor(&what, &mut &stored[..], None, elements),
     }
     .map_err(bad)?;

@@ -3,20 +3,22 @@
 //!
 //! Every read checks the object's size against the caller's budget and, when the reference
 //! asks for it, its SHA-256 before downloading a byte; every read goes to the object's end,
-//! where the client checks the stored digest.
+//! where its size and stored digest are checked ([`Bucket`] says why kiln reads the chunks).
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use async_nats::jetstream;
 use async_nats::jetstream::object_store::{
-    GetError, GetErrorKind, InfoError, InfoErrorKind, Object, ObjectInfo, ObjectMetadata, PutError,
-    PutErrorKind,
+    InfoError, InfoErrorKind, ObjectInfo, ObjectMetadata, PutError, PutErrorKind,
 };
 use base64::Engine as _;
+use futures::StreamExt as _;
 use kiln_proto::{BUCKET_DATA, ObjectDescriptor, ObjectRef};
+use sha2::Digest as _;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 pub use async_nats::jetstream::object_store::ObjectStore;
@@ -81,8 +83,56 @@ pub struct StoredObject {
     pub sha256: String,
 }
 
+/// The `KILN_DATA` object store, and the stream under it: kiln reads an object's chunks from
+/// the stream itself ([`chunks`]), because the client's reader follows links without end (an
+/// object linked to itself overflowed the worker's stack, and took it down again at every
+/// redelivery) and waits for ever for chunks that are gone (an object put again while a job
+/// read it held that job, and with it a slot of its worker, until the worker stopped).
+/// Everything else is the client's object store, which this dereferences to.
+#[derive(Clone)]
+pub struct Bucket {
+    store: ObjectStore,
+    stream: jetstream::stream::Stream,
+    client: async_nats::Client,
+    patience: Duration,
+}
+
+impl Bucket {
+    /// How long a read waits for an object's next chunk ([`CHUNK_PATIENCE`] unless set).
+    pub fn with_chunk_patience(mut self, patience: Duration) -> Self {
+        self.patience = patience;
+        self
+    }
+}
+
+impl std::ops::Deref for Bucket {
+    type Target = ObjectStore;
+
+    fn deref(&self) -> &ObjectStore {
+        &self.store
+    }
+}
+
 /// The `KILN_DATA` bucket (`kiln init` creates it).
-pub async fn open(js: &jetstream::Context) -> Result<ObjectStore, DataError> {
+pub async fn open(js: &jetstream::Context) -> Result<Bucket, DataError> {
+    let store = open_store(js).await?;
+    let stream = js
+        .get_stream(format!("OBJ_{BUCKET_DATA}"))
+        .await
+        .map_err(|e| {
+            DataError::Io(format!(
+                "could not open the stream of {BUCKET_DATA} ({e}); check the connection to NATS"
+            ))
+        })?;
+    Ok(Bucket {
+        store,
+        stream,
+        client: js.client(),
+        patience: CHUNK_PATIENCE,
+    })
+}
+
+async fn open_store(js: &jetstream::Context) -> Result<ObjectStore, DataError> {
     js.get_object_store(BUCKET_DATA).await.map_err(|e| {
         let missing = std::error::Error::source(&e)
             .and_then(|s| s.downcast_ref::<jetstream::context::GetStreamError>())
@@ -139,7 +189,7 @@ fn bad_name(name: &str) -> DataError {
     };
     DataError::Invalid(format!(
         "object name {shown} is not valid: use a non-empty name of at most {MAX_OBJECT_NAME} \
-         bytes that does not start or end with '.'"
+         bytes"
     ))
 }
 
@@ -147,6 +197,15 @@ fn info_error(name: &str, error: InfoError) -> DataError {
     match error.kind() {
         InfoErrorKind::NotFound => not_found(name),
         InfoErrorKind::InvalidName => bad_name(name),
+        // What is stored is not an object's metadata as this client reads it: a fault of the
+        // data, not of the connection (nats-py marks an object deleted with an empty `mtime`).
+        InfoErrorKind::Other if error.to_string().contains("decode info payload") => {
+            DataError::Invalid(format!(
+                "object {name}'s entry in {BUCKET_DATA} does not parse ({error}): another \
+                 client wrote it, or deleted the object (nats-py leaves \"mtime\": \"\" behind); \
+                 put the object again"
+            ))
+        }
         InfoErrorKind::TimedOut | InfoErrorKind::Other => DataError::Io(format!(
             "could not look up object {name} in {BUCKET_DATA} ({error}); check the connection \
              to NATS"
@@ -154,20 +213,26 @@ fn info_error(name: &str, error: InfoError) -> DataError {
     }
 }
 
-fn get_error(name: &str, error: GetError) -> DataError {
-    match error.kind() {
-        GetErrorKind::NotFound => not_found(name),
-        GetErrorKind::InvalidName => bad_name(name),
-        _ => DataError::Io(format!(
-            "could not read object {name} from {BUCKET_DATA} ({error}); check the connection \
-             to NATS"
-        )),
-    }
-}
-
 fn put_error(name: &str, error: PutError) -> DataError {
+    let text = format!(
+        "{error} {}",
+        std::error::Error::source(&error)
+            .map(|s| s.to_string())
+            .unwrap_or_default()
+    );
     match error.kind() {
         PutErrorKind::InvalidName => bad_name(name),
+        _ if text.contains("maximum bytes exceeded") => DataError::TooLarge(format!(
+            "could not store object {name}: {BUCKET_DATA} is full (its --data-max-bytes); \
+             delete objects it no longer needs (`nats object rm {BUCKET_DATA} NAME`), wait for \
+             old ones to age out (--data-max-age), or raise the limit with `kiln init \
+             --data-max-bytes`"
+        )),
+        _ if text.contains("max payload") => DataError::Invalid(format!(
+            "could not store object {name}: the server's max_payload is under the {} KiB \
+             chunks kiln stores objects in; raise max_payload to at least 1 MiB ({error})",
+            CHUNK_SIZE / 1024
+        )),
         _ => DataError::Io(format!(
             "could not store object {name} in {BUCKET_DATA} ({error}); check the connection to \
              NATS and try again"
@@ -181,8 +246,36 @@ fn corrupt(name: &str) -> DataError {
     ))
 }
 
-/// The object's info; a deleted object is not found.
+/// The object's info; a deleted object is not found. A link is followed once, within
+/// `KILN_DATA` (as the client makes them: never to another link).
 async fn stored_info(store: &ObjectStore, name: &str) -> Result<ObjectInfo, DataError> {
+    let info = plain_info(store, name).await?;
+    let Some(link) = info.options.as_ref().and_then(|o| o.link.as_ref()) else {
+        return Ok(info);
+    };
+    let target = match (&link.name, link.bucket == BUCKET_DATA) {
+        (Some(target), true) => target.clone(),
+        _ => {
+            return Err(DataError::Invalid(format!(
+                "object {name} is a link to {} in bucket {}: kiln reads objects in \
+                 {BUCKET_DATA} only; put the data there and name it",
+                link.name.as_deref().unwrap_or("the whole bucket"),
+                link.bucket
+            )));
+        }
+    };
+    let info = plain_info(store, &target).await?;
+    if info.options.as_ref().is_some_and(|o| o.link.is_some()) {
+        return Err(DataError::Invalid(format!(
+            "object {name} is a link to {target}, itself a link: kiln follows one link; name \
+             the object the links lead to"
+        )));
+    }
+    Ok(info)
+}
+
+/// Object `name`'s own info (a link's, for a link); a deleted object is not found.
+async fn plain_info(store: &ObjectStore, name: &str) -> Result<ObjectInfo, DataError> {
     if !usable_name(name) {
         return Err(bad_name(name));
     }
@@ -197,24 +290,35 @@ fn mib(bytes: u64) -> String {
     format!("{:.1}", bytes as f64 / (1024.0 * 1024.0))
 }
 
-/// An object being read, noting when the client finds its bytes do not match the stored
-/// digest (it reports that as `InvalidData` on the last chunk).
+/// How long a read waits for an object's next chunk before it gives up. A healthy server
+/// sends them milliseconds apart; chunks that never come were removed (the object was put
+/// again or deleted while the job read it), and the job is better retried (`internal`), which
+/// reads what the name holds then, than held until its worker stops.
+pub const CHUNK_PATIENCE: Duration = Duration::from_secs(20);
+
+/// An object being read from its chunks, noting when its bytes do not match its stored
+/// digest or size (reported as `InvalidData` after the last chunk).
 struct Verified {
-    object: Object,
+    reader: Pin<Box<dyn AsyncRead + Send>>,
     corrupt: Arc<AtomicBool>,
 }
 
 impl Verified {
-    /// Object `name` to read, and the flag its reader raises when the bytes do not match the
-    /// stored digest.
-    async fn open(store: &ObjectStore, name: &str) -> Result<(Self, Arc<AtomicBool>), DataError> {
-        let object = store.get(name).await.map_err(|e| get_error(name, e))?;
+    /// The object `info` describes (resolved by [`stored_info`]) to read, and the flag its
+    /// reader raises when the bytes do not match.
+    fn open(bucket: &Bucket, info: &ObjectInfo) -> (Self, Arc<AtomicBool>) {
+        let reader = tokio_util::io::StreamReader::new(chunks(
+            bucket.stream.clone(),
+            bucket.client.new_inbox(),
+            info.clone(),
+            bucket.patience,
+        ));
         let corrupt = Arc::new(AtomicBool::new(false));
-        let reader = Verified {
-            object,
+        let verified = Verified {
+            reader: Box::pin(reader),
             corrupt: corrupt.clone(),
         };
-        Ok((reader, corrupt))
+        (verified, corrupt)
     }
 }
 
@@ -224,7 +328,7 @@ impl AsyncRead for Verified {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        let result = Pin::new(&mut self.object).poll_read(cx, buf);
+        let result = self.reader.as_mut().poll_read(cx, buf);
         if let Poll::Ready(Err(e)) = &result
             && e.kind() == std::io::ErrorKind::InvalidData
         {
@@ -232,6 +336,101 @@ impl AsyncRead for Verified {
         }
         result
     }
+}
+
+/// The chunks of the object `info` describes, in order, from an ordered consumer on its
+/// chunks' subject; after the last, its size and SHA-256 are checked (`InvalidData` when they
+/// do not match). A chunk that does not come within `patience` is a `TimedOut` error.
+fn chunks(
+    stream: jetstream::stream::Stream,
+    inbox: String,
+    info: ObjectInfo,
+    patience: Duration,
+) -> Pin<Box<dyn futures::Stream<Item = std::io::Result<bytes::Bytes>> + Send>> {
+    use jetstream::consumer::push::{Ordered, OrderedConfig};
+    use std::io::{Error, ErrorKind};
+    struct Reading {
+        stream: jetstream::stream::Stream,
+        inbox: String,
+        info: ObjectInfo,
+        messages: Option<Ordered>,
+        /// The last message on the chunks' subject came (the server counts none pending):
+        /// chunks added behind the object's back are read too, and fail its digest.
+        done: bool,
+        chunks: usize,
+        bytes: u64,
+        digest: sha2::Sha256,
+    }
+    let reading = Reading {
+        stream,
+        inbox,
+        info,
+        messages: None,
+        done: false,
+        chunks: 0,
+        bytes: 0,
+        digest: sha2::Sha256::new(),
+    };
+    Box::pin(futures::stream::try_unfold(
+        reading,
+        move |mut r| async move {
+            if r.done || r.info.chunks == 0 {
+                let read: String = r
+                    .digest
+                    .finalize_reset()
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
+                let stored = r.info.digest.as_deref().and_then(sha256_hex);
+                let whole = r.chunks == r.info.chunks && r.bytes == r.info.size as u64;
+                if !whole || stored.is_some_and(|stored| stored != read) {
+                    return Err(Error::new(
+                        ErrorKind::InvalidData,
+                        "the object's bytes do not match its stored size and digest",
+                    ));
+                }
+                return Ok(None);
+            }
+            if r.messages.is_none() {
+                let subject = format!("$O.{BUCKET_DATA}.C.{}", r.info.nuid);
+                let consumer = r
+                    .stream
+                    .create_consumer(OrderedConfig {
+                        deliver_subject: r.inbox.clone(),
+                        filter_subject: subject,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(Error::other)?;
+                r.messages = Some(consumer.messages().await.map_err(Error::other)?);
+            }
+            let Some(messages) = r.messages.as_mut() else {
+                return Ok(None);
+            };
+            let next = tokio::time::timeout(patience, messages.next()).await;
+            let message = match next {
+                Ok(Some(message)) => message.map_err(Error::other)?,
+                Ok(None) => return Err(Error::other("the object's chunks stopped coming")),
+                Err(_) => {
+                    return Err(Error::new(
+                        ErrorKind::TimedOut,
+                        format!(
+                            "chunk {} of {} did not come within {patience:?}: the object was put \
+                         again or deleted while it was read, or the server is overloaded",
+                            r.chunks + 1,
+                            r.info.chunks,
+                        ),
+                    ));
+                }
+            };
+            r.digest.update(&message.payload);
+            r.chunks += 1;
+            r.done = message.info().map_err(Error::other)?.pending == 0;
+            r.bytes += message.payload.len() as u64;
+            let payload = message.payload.clone();
+            Ok(Some((payload, r)))
+        },
+    ))
 }
 
 /// `prefix`, then `inner`: in one read where `inner` is ready, so a store's chunks stay whole.
@@ -308,7 +507,7 @@ fn read_error(name: &str, corrupt_flag: &AtomicBool, error: &std::io::Error) -> 
 /// their header; images, datasets and models are read whole (at most `max_bytes`) and decoded
 /// off the async executor.
 pub async fn fetch(
-    store: &ObjectStore,
+    store: &Bucket,
     reference: &ObjectRef,
     want: Want,
     max_bytes: u64,
@@ -330,7 +529,7 @@ pub async fn fetch(
         ))
     };
 
-    let object = Peeked::open(store, name, size).await?;
+    let object = Peeked::open(store, name, &info).await?;
     match (want, object.format()) {
         (Want::Tensor | Want::Image, Some(Format::Npy | Format::Safetensors)) => {
             let tensor = object.stream_tensor(&what, key, max_elements).await?;
@@ -346,7 +545,9 @@ pub async fn fetch(
                 return Err(drop_key(Format::describe(Some(kind))));
             }
             let bytes = object.read_whole().await?;
-            decode_blocking(move || formats::decode_image(&what, &bytes, max_elements))
+            // What the object's bytes leave of the budget (they are held while it decodes).
+            let left = max_bytes.saturating_sub(bytes.len() as u64);
+            decode_blocking(move || formats::decode_image(&what, &bytes, max_elements, left))
                 .await
                 .map(Loaded::Tensor)
         }
@@ -439,8 +640,9 @@ struct Peeked<'a> {
 
 impl<'a> Peeked<'a> {
     /// Open object `name` (`size` bytes) and read its first [`PEEK`] bytes.
-    async fn open(store: &ObjectStore, name: &'a str, size: u64) -> Result<Self, DataError> {
-        let (mut reader, corrupt_flag) = Verified::open(store, name).await?;
+    async fn open(store: &Bucket, name: &'a str, info: &ObjectInfo) -> Result<Self, DataError> {
+        let size = info.size as u64;
+        let (mut reader, corrupt_flag) = Verified::open(store, info);
         let mut prefix = vec![0u8; PEEK];
         let n = read_full(&mut reader, &mut prefix)
             .await
@@ -634,12 +836,12 @@ pub async fn put_reader(
 
 /// Copy the object `name` into `writer` (`kiln get`), checking its digest at the end.
 pub async fn get_to_writer(
-    store: &ObjectStore,
+    store: &Bucket,
     name: &str,
     writer: &mut (impl AsyncWrite + Unpin),
 ) -> Result<StoredObject, DataError> {
     let info = stored_info(store, name).await?;
-    let (mut reader, corrupt_flag) = Verified::open(store, name).await?;
+    let (mut reader, corrupt_flag) = Verified::open(store, &info);
     let mut buf = vec![0u8; CHUNK_SIZE];
     loop {
         let n = reader

@@ -3,14 +3,14 @@
 use std::collections::BTreeMap;
 
 use async_nats::jetstream;
-use kiln_data::store::{self, ObjectStore};
+use kiln_data::store::{self, Bucket};
 use kiln_data::{DataError, HostTensor, Loaded, Model, Want, formats};
 use kiln_proto::{BUCKET_DATA, ObjectRef, Topology};
 
 const MIB: u64 = 1024 * 1024;
 
 /// A server with the `KILN_DATA` bucket (kept alive by the returned server).
-async fn bucket() -> (kiln_testkit::NatsServer, jetstream::Context, ObjectStore) {
+async fn bucket() -> (kiln_testkit::NatsServer, jetstream::Context, Bucket) {
     let server = kiln_testkit::NatsServer::start();
     let client = async_nats::connect(server.url()).await.unwrap();
     let js = jetstream::new(client);
@@ -291,5 +291,120 @@ async fn put_reader_stores_a_csv_dataset_and_open_needs_the_bucket() {
     assert_eq!(
         m,
         "object store KILN_DATA does not exist on this server: run `kiln init`"
+    );
+}
+
+/// An object's metadata as another client could write it under `name`: `change` applied to
+/// a real object's info.
+async fn publish_meta(
+    js: &jetstream::Context,
+    store: &Bucket,
+    name: &str,
+    change: impl FnOnce(&mut serde_json::Value),
+) {
+    use base64::Engine as _;
+    let mut meta = serde_json::to_value(store.info("real").await.unwrap()).unwrap();
+    meta["name"] = name.into();
+    change(&mut meta);
+    let encoded = base64::engine::general_purpose::URL_SAFE.encode(name);
+    js.publish(
+        format!("$O.{BUCKET_DATA}.M.{encoded}"),
+        serde_json::to_vec(&meta).unwrap().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+}
+
+/// A link is followed once, within KILN_DATA; a link to itself, to another link (a loop) or
+/// to another bucket is refused (the client's own reader followed a self-link until the
+/// worker's stack overflowed, at every redelivery).
+#[tokio::test]
+async fn links_are_followed_once_and_loops_refused() {
+    let (_server, js, store) = bucket().await;
+    let t = HostTensor::new(vec![3], vec![1.0, 2.0, 3.0]);
+    store::put_tensor(&store, "real", &t, "npy", "")
+        .await
+        .unwrap();
+    let real = store.info("real").await.unwrap();
+    store.add_link("alias", &real).await.unwrap();
+    let fetched = store::fetch(&store, &ObjectRef::new("alias"), Want::Tensor, MIB, 100).await;
+    assert!(
+        matches!(fetched, Ok(Loaded::Tensor(ref back)) if *back == t),
+        "{fetched:?}"
+    );
+
+    let link = |bucket: &str, name: &str| serde_json::json!({ "link": { "bucket": bucket, "name": name }, "max_chunk_size": null });
+    publish_meta(&js, &store, "self", |m| {
+        m["options"] = link(BUCKET_DATA, "self")
+    })
+    .await;
+    publish_meta(&js, &store, "a", |m| m["options"] = link(BUCKET_DATA, "b")).await;
+    publish_meta(&js, &store, "b", |m| m["options"] = link(BUCKET_DATA, "a")).await;
+    publish_meta(&js, &store, "away", |m| m["options"] = link("SECRET", "x")).await;
+    for (name, want) in [
+        (
+            "self",
+            "object self is a link to self, itself a link: kiln follows one link",
+        ),
+        (
+            "a",
+            "object a is a link to b, itself a link: kiln follows one link",
+        ),
+        (
+            "away",
+            "object away is a link to x in bucket SECRET: kiln reads objects in KILN_DATA only",
+        ),
+    ] {
+        let m = invalid(store::fetch(&store, &ObjectRef::new(name), Want::Tensor, MIB, 100).await);
+        assert!(m.starts_with(want), "{name}: {m}");
+        let m = invalid(store::get_to_writer(&store, name, &mut Vec::new()).await);
+        assert!(m.starts_with(want), "{name}: {m}");
+    }
+}
+
+/// Chunks that never come (purged: the object was put again or deleted while a job read it)
+/// end the read after the chunk patience, as an I/O error to retry, instead of holding the job
+/// for ever; an object deleted by a client that leaves an empty `mtime` (nats-py) is bad
+/// data, not a fault of the connection.
+#[tokio::test]
+async fn missing_chunks_time_out_and_foreign_metadata_is_invalid() {
+    let (_server, js, store) = bucket().await;
+    let store = store.with_chunk_patience(std::time::Duration::from_millis(500));
+    let t = HostTensor::new(vec![3], vec![1.0, 2.0, 3.0]);
+    store::put_tensor(&store, "real", &t, "npy", "")
+        .await
+        .unwrap();
+    let info = store.info("real").await.unwrap();
+    js.get_stream(format!("OBJ_{BUCKET_DATA}"))
+        .await
+        .unwrap()
+        .purge()
+        .filter(format!("$O.{BUCKET_DATA}.C.{}", info.nuid))
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let fetched = store::fetch(&store, &ObjectRef::new("real"), Want::Tensor, MIB, 100).await;
+    match fetched {
+        Err(DataError::Io(m)) => assert!(
+            m.contains(
+                "chunk 1 of 1 did not come within 500ms: the object was put again or deleted"
+            ),
+            "{m}"
+        ),
+        other => panic!("expected Io, got {other:?}"),
+    }
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+
+    publish_meta(&js, &store, "gone", |m| {
+        m["deleted"] = true.into();
+        m["mtime"] = "".into();
+    })
+    .await;
+    let m = invalid(store::fetch(&store, &ObjectRef::new("gone"), Want::Tensor, MIB, 100).await);
+    assert!(
+        m.starts_with("object gone's entry in KILN_DATA does not parse"),
+        "{m}"
     );
 }

@@ -12,9 +12,7 @@ use crate::shared::Shared;
 
 /// The `KILN_DATA` bucket, opened on first use (a worker that never sees an object never
 /// needs it, and a bucket made after the worker started is found).
-pub(crate) async fn bucket(
-    shared: &Shared,
-) -> Result<&jetstream::object_store::ObjectStore, JobError> {
+pub(crate) async fn bucket(shared: &Shared) -> Result<&store::Bucket, JobError> {
     shared
         .data
         .get_or_try_init(|| async { store::open(&shared.js).await.map_err(JobError::from) })

@@ -65,7 +65,7 @@ pub(crate) struct Shared {
     /// Whether result events carry a message id (see [`crate::publish::ResultIds`]).
     pub result_ids: crate::publish::ResultIds,
     /// The `KILN_DATA` object store, opened when a job first needs it.
-    pub data: tokio::sync::OnceCell<jetstream::object_store::ObjectStore>,
+    pub data: tokio::sync::OnceCell<kiln_data::store::Bucket>,
 }
 
 impl Shared {

@@ -758,8 +758,8 @@ mod tests {
             std::time::Duration::from_secs(5400)
         );
         let smallest = (1 << 20).to_string();
-        let cli = super::Cli::try_parse_from(["kiln", "init", "--results-max-bytes", &smallest])
-            .unwrap();
+        let cli =
+            super::Cli::try_parse_from(["kiln", "init", "--results-max-bytes", &smallest]).unwrap();
         assert_eq!(cli.nats.results_max_bytes, 1 << 20);
         let demo = super::Cli::try_parse_from(["kiln", "demo", "--scale", "0.05"]).unwrap();
         assert!(matches!(demo.command, super::Command::Demo(d) if d.scale == 0.05));

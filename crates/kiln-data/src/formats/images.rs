@@ -11,11 +11,22 @@ use crate::HostTensor;
 
 /// Decode a PNG or JPEG into channels × height × width, values in [0, 1] (8-bit) as
 /// torchvision's `ToTensor` does; grey images have 1 channel, grey with alpha 2, RGB 3,
-/// RGBA 4. 16-bit PNGs are scaled by 1/65535. The image's size is checked against
-/// `max_elements` before it is decoded.
-pub fn decode_image(what: &str, bytes: &[u8], max_elements: u64) -> Result<HostTensor, DataError> {
+/// RGBA 4. 16-bit PNGs are scaled by 1/65535. The image's size is checked before it is
+/// decoded, from its header: against `max_elements`, and what decoding it takes (its pixels
+/// as the decoder writes them, and the f32 values) against `max_bytes`, the caller's memory
+/// budget: a 97 KB PNG of 10,000 × 10,000 grey pixels decodes to 500 MB.
+pub fn decode_image(
+    what: &str,
+    bytes: &[u8],
+    max_elements: u64,
+    max_bytes: u64,
+) -> Result<HostTensor, DataError> {
     let format = Format::sniff(bytes);
     let cursor = io::Cursor::new(bytes);
+    let budget = Budget {
+        max_elements,
+        max_bytes,
+    };
     match format {
         Some(Format::Png) => {
             let mut limits = image::Limits::default();
@@ -24,18 +35,25 @@ pub fn decode_image(what: &str, bytes: &[u8], max_elements: u64) -> Result<HostT
             limits.max_alloc = Some(max_elements.saturating_mul(2).max(1 << 29));
             let decoder = image::codecs::png::PngDecoder::with_limits(cursor, limits)
                 .map_err(|e| image_error(what, "PNG", e))?;
-            decode_pixels(what, "PNG", decoder, max_elements)
+            decode_pixels(what, "PNG", decoder, budget)
         }
         Some(Format::Jpeg) => {
             let decoder = image::codecs::jpeg::JpegDecoder::new(cursor)
                 .map_err(|e| image_error(what, "JPEG", e))?;
-            decode_pixels(what, "JPEG", decoder, max_elements)
+            decode_pixels(what, "JPEG", decoder, budget)
         }
         other => Err(invalid(format!(
             "{what} is {}, not a PNG or JPEG image; store the image as PNG or JPEG",
             Format::describe(other)
         ))),
     }
+}
+
+/// What decoding an image may take.
+#[derive(Clone, Copy)]
+struct Budget {
+    max_elements: u64,
+    max_bytes: u64,
 }
 
 fn image_error(what: &str, kind: &str, error: image::ImageError) -> DataError {
@@ -51,47 +69,66 @@ fn image_error(what: &str, kind: &str, error: image::ImageError) -> DataError {
     }
 }
 
+/// One sample of a pixel format as an f32, and its size in bytes.
+type Sample = (usize, fn(&[u8]) -> f32);
+
+fn sample_of(color: ColorType) -> Option<Sample> {
+    match color {
+        ColorType::L8 | ColorType::La8 | ColorType::Rgb8 | ColorType::Rgba8 => {
+            Some((1, |b| f32::from(b[0]) / 255.0))
+        }
+        ColorType::L16 | ColorType::La16 | ColorType::Rgb16 | ColorType::Rgba16 => {
+            Some((2, |b| f32::from(u16::from_ne_bytes([b[0], b[1]])) / 65535.0))
+        }
+        ColorType::Rgb32F | ColorType::Rgba32F => {
+            Some((4, |b| f32::from_ne_bytes([b[0], b[1], b[2], b[3]])))
+        }
+        _ => None,
+    }
+}
+
 fn decode_pixels(
     what: &str,
     kind: &str,
     decoder: impl ImageDecoder,
-    max_elements: u64,
+    budget: Budget,
 ) -> Result<HostTensor, DataError> {
     let (width, height) = decoder.dimensions();
     let color = decoder.color_type();
     let channels = usize::from(color.channel_count());
     let (h, w) = (height as usize, width as usize);
     let shape = vec![channels, h, w];
-    count_elements(what, &shape, max_elements, "image")?;
+    let elements = count_elements(what, &shape, budget.max_elements, "image")?;
+    let Some((sample_bytes, to_f32)) = sample_of(color) else {
+        return Err(invalid(format!(
+            "{what}: its {kind} pixel format {color:?} is not read by kiln; save it as 8-bit \
+             grey, RGB or RGBA"
+        )));
+    };
+    let needed = decoder
+        .total_bytes()
+        .saturating_add(elements.saturating_mul(4));
+    if needed > budget.max_bytes {
+        let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+        return Err(DataError::TooLarge(format!(
+            "{what}: this {width} × {height} {kind} with {channels} channel(s) takes {:.1} MiB \
+             to decode (its pixels and {elements} f32 values), over this worker's memory \
+             budget of {:.1} MiB; send a smaller image or run a worker with more memory",
+            mib(needed),
+            mib(budget.max_bytes)
+        )));
+    }
     let mut pixels = vec![0u8; usize::try_from(decoder.total_bytes()).unwrap_or(usize::MAX)];
     decoder
         .read_image(&mut pixels)
         .map_err(|e| image_error(what, kind, e))?;
-    let values: Vec<f32> = match color {
-        ColorType::L8 | ColorType::La8 | ColorType::Rgb8 | ColorType::Rgba8 => {
-            pixels.iter().map(|&v| f32::from(v) / 255.0).collect()
-        }
-        ColorType::L16 | ColorType::La16 | ColorType::Rgb16 | ColorType::Rgba16 => pixels
-            .chunks_exact(2)
-            .map(|v| f32::from(u16::from_ne_bytes([v[0], v[1]])) / 65535.0)
-            .collect(),
-        ColorType::Rgb32F | ColorType::Rgba32F => pixels
-            .chunks_exact(4)
-            .map(|v| f32::from_ne_bytes([v[0], v[1], v[2], v[3]]))
-            .collect(),
-        other => {
-            return Err(invalid(format!(
-                "{what}: its {kind} pixel format {other:?} is not read by kiln; save it as 8-bit \
-                 grey, RGB or RGBA"
-            )));
-        }
-    };
-    // Interleaved (height, width, channel) to planar (channel, height, width).
+    // Interleaved (height, width, channel) to planar (channel, height, width), straight from
+    // the decoder's bytes (one f32 buffer, not two).
     let plane = h * w;
     let mut data = vec![0f32; plane * channels];
-    for (i, pixel) in values.chunks_exact(channels).enumerate() {
-        for (c, &v) in pixel.iter().enumerate() {
-            data[c * plane + i] = v;
+    for (i, pixel) in pixels.chunks_exact(sample_bytes * channels).enumerate() {
+        for (c, sample) in pixel.chunks_exact(sample_bytes).enumerate() {
+            data[c * plane + i] = to_f32(sample);
         }
     }
     Ok(HostTensor { shape, data })
@@ -183,7 +220,7 @@ mod tests {
         // 3 wide, 2 high, RGB.
         let pixels: Vec<u8> = (0..18).map(|i| i * 10).collect();
         let file = png(&pixels, 3, 2, image::ExtendedColorType::Rgb8);
-        let t = decode_image("img", &file, 1000).unwrap();
+        let t = decode_image("img", &file, 1000, u64::MAX).unwrap();
         assert_eq!(t.shape, vec![3, 2, 3]);
         // Channel 0 is every third byte.
         let red: Vec<f32> = pixels
@@ -195,21 +232,21 @@ mod tests {
         assert_eq!(t.data[6], 10.0 / 255.0);
 
         let grey = png(&[0, 255, 51, 102], 2, 2, image::ExtendedColorType::L8);
-        let t = decode_image("img", &grey, 1000).unwrap();
+        let t = decode_image("img", &grey, 1000, u64::MAX).unwrap();
         assert_eq!((t.shape, t.data), (vec![1, 2, 2], vec![0.0, 1.0, 0.2, 0.4]));
 
         let grey_alpha = png(&[255, 0], 1, 1, image::ExtendedColorType::La8);
-        let t = decode_image("img", &grey_alpha, 1000).unwrap();
+        let t = decode_image("img", &grey_alpha, 1000, u64::MAX).unwrap();
         assert_eq!((t.shape, t.data), (vec![2, 1, 1], vec![1.0, 0.0]));
 
         let rgba = png(&[0, 51, 102, 255], 1, 1, image::ExtendedColorType::Rgba8);
-        let t = decode_image("img", &rgba, 1000).unwrap();
+        let t = decode_image("img", &rgba, 1000, u64::MAX).unwrap();
         assert_eq!((t.shape, t.data), (vec![4, 1, 1], vec![0.0, 0.2, 0.4, 1.0]));
 
         // 16-bit: scaled by 1/65535 (the encoder takes native-endian samples).
         let samples = le(&[0u16, 65535, 13107], u16::to_ne_bytes);
         let deep = png(&samples, 3, 1, image::ExtendedColorType::L16);
-        let t = decode_image("img", &deep, 1000).unwrap();
+        let t = decode_image("img", &deep, 1000, u64::MAX).unwrap();
         assert_eq!((t.shape, t.data), (vec![1, 1, 3], vec![0.0, 1.0, 0.2]));
     }
 
@@ -221,7 +258,7 @@ mod tests {
             .write_image(&pixels, 8, 8, image::ExtendedColorType::Rgb8)
             .unwrap();
         assert_eq!(Format::sniff(&file), Some(Format::Jpeg));
-        let t = decode_image("photo", &file, 1000).unwrap();
+        let t = decode_image("photo", &file, 1000, u64::MAX).unwrap();
         assert_eq!(t.shape, vec![3, 8, 8]);
         for (channel, want) in [200.0f32, 100.0, 50.0].into_iter().enumerate() {
             for &v in &t.data[channel * 64..(channel + 1) * 64] {
@@ -232,7 +269,7 @@ mod tests {
         image::codecs::jpeg::JpegEncoder::new_with_quality(&mut grey, 100)
             .write_image(&[128u8; 16], 4, 4, image::ExtendedColorType::L8)
             .unwrap();
-        let t = decode_image("photo", &grey, 1000).unwrap();
+        let t = decode_image("photo", &grey, 1000, u64::MAX).unwrap();
         assert_eq!(t.shape, vec![1, 4, 4]);
         assert!(
             t.data.iter().all(|v| (v * 255.0 - 128.0).abs() <= 2.0),
@@ -244,8 +281,20 @@ mod tests {
     #[test]
     fn refuses_images_over_the_element_limit_and_non_images() {
         let file = png(&[0u8; 48], 4, 4, image::ExtendedColorType::Rgb8);
-        assert!(decode_image("img", &file, 48).is_ok());
-        match decode_image("img", &file, 47) {
+        assert!(decode_image("img", &file, 48, u64::MAX).is_ok());
+        // 48 bytes of pixels and 48 f32 values: 240 bytes to decode, refused under that.
+        assert!(decode_image("img", &file, 48, 240).is_ok());
+        match decode_image("img", &file, 48, 239) {
+            Err(DataError::TooLarge(m)) => assert!(
+                m.starts_with(
+                    "img: this 4 × 4 PNG with 3 channel(s) takes 0.0 MiB to decode (its pixels \
+                     and 48 f32 values), over this worker's memory budget of 0.0 MiB"
+                ),
+                "{m}"
+            ),
+            other => panic!("expected TooLarge, got {other:?}"),
+        }
+        match decode_image("img", &file, 47, u64::MAX) {
             Err(DataError::TooLarge(m)) => {
                 assert!(
                     m.starts_with("img: image of shape [3, 4, 4] holds 48 values"),
@@ -254,12 +303,17 @@ mod tests {
             }
             other => panic!("expected TooLarge, got {other:?}"),
         }
-        let m = message(decode_image("img", &encode_npy(&HostTensor::default()), 10));
+        let m = message(decode_image(
+            "img",
+            &encode_npy(&HostTensor::default()),
+            10,
+            u64::MAX,
+        ));
         assert_eq!(
             m,
             "img is a .npy tensor, not a PNG or JPEG image; store the image as PNG or JPEG"
         );
-        let m = message(decode_image("img", &file[..40], 100));
+        let m = message(decode_image("img", &file[..40], 100, u64::MAX));
         assert!(m.starts_with("img is not a valid PNG"), "{m}");
     }
 
@@ -267,24 +321,24 @@ mod tests {
     fn encode_png_round_trips_through_decode_image() {
         let data: Vec<f32> = (0..12).map(|i| (i * 20) as f32 / 255.0).collect();
         let t = HostTensor::new(vec![3, 2, 2], data.clone());
-        let back = decode_image("out", &encode_png(&t).unwrap(), 100).unwrap();
+        let back = decode_image("out", &encode_png(&t).unwrap(), 100, u64::MAX).unwrap();
         assert_eq!(back, t);
 
         // [1, C, H, W] and [H, W]; clamping and NaN.
         let t = HostTensor::new(vec![1, 4, 1, 2], data[..8].to_vec());
         assert_eq!(
-            decode_image("out", &encode_png(&t).unwrap(), 100)
+            decode_image("out", &encode_png(&t).unwrap(), 100, u64::MAX)
                 .unwrap()
                 .data,
             data[..8]
         );
         let t = HostTensor::new(vec![1, 4], vec![-1.0, 2.0, f32::NAN, 0.5]);
-        let back = decode_image("out", &encode_png(&t).unwrap(), 100).unwrap();
+        let back = decode_image("out", &encode_png(&t).unwrap(), 100, u64::MAX).unwrap();
         assert_eq!(back.shape, vec![1, 1, 4]);
         assert_eq!(back.data, vec![0.0, 1.0, 0.0, 128.0 / 255.0]);
         let t = HostTensor::new(vec![2, 1, 1], vec![1.0, 0.0]);
         assert_eq!(
-            decode_image("out", &encode_png(&t).unwrap(), 100).unwrap(),
+            decode_image("out", &encode_png(&t).unwrap(), 100, u64::MAX).unwrap(),
             t
         );
 

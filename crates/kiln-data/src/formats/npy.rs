@@ -398,6 +398,29 @@ mod tests {
         )
         .unwrap();
         assert_eq!(t.data, vec![0.5, -1e10, 3.0]);
+        // A finite value past f32's range is refused, as inline values are; a stored
+        // infinity stays one (big-endian too).
+        for (descr, bytes) in [
+            ("<f8", le(&[1.0f64, 1e39], f64::to_le_bytes)),
+            (">f8", le(&[1.0f64, -1e39], f64::to_be_bytes)),
+        ] {
+            let m = message(read(&npy(descr, false, "(2,)", &bytes), None));
+            assert!(
+                m.contains("the value ") && m.contains("e39 is beyond f32's range"),
+                "{m}"
+            );
+        }
+        let t = read(
+            &npy(
+                "<f8",
+                false,
+                "(2,)",
+                &le(&[f64::INFINITY, 2.0], f64::to_le_bytes),
+            ),
+            None,
+        )
+        .unwrap();
+        assert_eq!(t.data, vec![f32::INFINITY, 2.0]);
 
         let f16s = [0.5f32, -1.25, 1024.0, 65504.0].map(half::f16::from_f32);
         let t = read(

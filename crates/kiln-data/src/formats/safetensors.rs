@@ -7,7 +7,9 @@ use std::io::Read;
 use safetensors::tensor::{Dtype, Metadata, TensorInfo, View};
 
 use super::error::{invalid, io_error, truncated};
-use super::values::{Elem, allocate, convert, count_elements, drain, read_full, read_values, skip};
+use super::values::{
+    Elem, allocate, beyond_f32, convert, count_elements, drain, read_full, read_values, skip,
+};
 use super::{DataError, Format, MAX_SAFETENSORS_HEADER};
 use crate::{HostTensor, Model};
 
@@ -175,7 +177,8 @@ impl<'a> Safetensors<'a> {
             false,
             &self.data[info.data_offsets.0..info.data_offsets.1],
             &mut values,
-        );
+        )
+        .map_err(|value| beyond_f32(what, value))?;
         Ok(HostTensor {
             shape: info.shape.clone(),
             data: values,

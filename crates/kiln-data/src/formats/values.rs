@@ -5,7 +5,7 @@ use std::io::{self, Read};
 use safetensors::tensor::Dtype;
 
 use super::DataError;
-use super::error::io_error;
+use super::error::{invalid, io_error};
 
 /// Values are read and converted this many bytes at a time.
 const READ_CHUNK: usize = 1 << 16;
@@ -100,8 +100,15 @@ impl Elem {
     }
 }
 
-/// Append the values in `bytes` (whole elements) to `out` as f32.
-pub(super) fn convert(elem: Elem, big_endian: bool, bytes: &[u8], out: &mut Vec<f32>) {
+/// Append the values in `bytes` (whole elements) to `out` as f32. `Err(value)`: a finite f64
+/// too large for f32 (it would be computed as an infinity; inline values are refused the same
+/// way).
+pub(super) fn convert(
+    elem: Elem,
+    big_endian: bool,
+    bytes: &[u8],
+    out: &mut Vec<f32>,
+) -> Result<(), f64> {
     fn each<const N: usize>(
         bytes: &[u8],
         big_endian: bool,
@@ -131,8 +138,31 @@ pub(super) fn convert(elem: Elem, big_endian: bool, bytes: &[u8], out: &mut Vec<
         Elem::F32 => each::<4>(bytes, be, out, f32::from_le_bytes),
         Elem::U64 => each::<8>(bytes, be, out, |b| u64::from_le_bytes(b) as f32),
         Elem::I64 => each::<8>(bytes, be, out, |b| i64::from_le_bytes(b) as f32),
-        Elem::F64 => each::<8>(bytes, be, out, |b| f64::from_le_bytes(b) as f32),
+        Elem::F64 => {
+            for chunk in bytes.chunks_exact(8) {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(chunk);
+                if be {
+                    b.reverse();
+                }
+                let value = f64::from_le_bytes(b);
+                let narrowed = value as f32;
+                if narrowed.is_infinite() && value.is_finite() {
+                    return Err(value);
+                }
+                out.push(narrowed);
+            }
+        }
     }
+    Ok(())
+}
+
+/// Why a value read from an object is refused ([`convert`]'s `Err`).
+pub(super) fn beyond_f32(what: &str, value: f64) -> DataError {
+    invalid(format!(
+        "{what}: the value {value:e} is beyond f32's range (±3.4e38), which kiln computes in; \
+         it would be computed as an infinity: scale the data first"
+    ))
 }
 
 /// The number of values of `shape`, refused (`TooLarge`) over `max_elements` or past u64.
@@ -193,7 +223,8 @@ pub(super) fn read_values(
         if got < want {
             return Ok(Err(done));
         }
-        convert(elem, big_endian, &buf[..got], &mut values);
+        convert(elem, big_endian, &buf[..got], &mut values)
+            .map_err(|value| beyond_f32(what, value))?;
     }
     Ok(Ok(values))
 }

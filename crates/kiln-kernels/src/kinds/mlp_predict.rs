@@ -229,9 +229,14 @@ fn check_metadata(
     }
     match metadata.get("version").map(String::as_str) {
         Some(MODEL_VERSION) => {}
-        other => {
+        Some(other) => {
             return Err(refuse(format!(
-                "has version {other:?}; this worker reads version {MODEL_VERSION}"
+                "has version {other:?}; this worker reads version {MODEL_VERSION:?}"
+            )));
+        }
+        None => {
+            return Err(refuse(format!(
+                "has no \"version\" metadata (it must be {MODEL_VERSION:?})"
             )));
         }
     }
