@@ -4,5 +4,6 @@
 pub mod cli;
 pub mod cmd;
 mod local_nats;
+pub mod screen;
 mod signal;
 mod table;

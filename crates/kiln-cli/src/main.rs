@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use kiln_cli::{cli, cmd};
+use kiln_cli::{cli, cmd, screen};
 
 // Workers allocate and free many small buffers per job from several threads at once; glibc's
 // arena locks and consolidation showed up at ~12% of the worker's CPU in `kiln-bench pipeline`.
@@ -84,6 +84,7 @@ fn die_quietly_on_broken_pipe() {
 
 fn init_tracing(cli: &cli::Cli) {
     use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::fmt::writer::MakeWriterExt as _;
     let default = if cli.command.is_service() {
         "info"
     } else {
@@ -93,9 +94,11 @@ fn init_tracing(cli: &cli::Cli) {
     // with the server's URL (see connect.rs).
     let default = format!("{default},async_nats=warn");
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    // Not over `kiln watch`'s screen: a line written there would stay until redrawn.
+    let writer = std::io::stderr.with_filter(|_: &tracing::Metadata<'_>| !screen::taken());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(colour_logs());
     match cli.log_format {
         cli::LogFormat::Json => builder.json().init(),

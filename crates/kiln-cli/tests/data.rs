@@ -477,3 +477,79 @@ async fn resubmitting_an_id_never_replaces_the_kept_jobs_inputs() {
         .collect();
     assert_eq!(got, want, "the first submission's product");
 }
+
+/// `kiln result --output` writes only what it can: a file named for a format kiln does not
+/// write is refused as `kiln submit --output` refuses it, and a job with no output object (its
+/// output inline in its result, or a failure) is said to have none, with what to do instead
+/// (not the command that just failed). Nothing is written either way.
+#[tokio::test(flavor = "multi_thread")]
+async fn result_output_refuses_what_it_cannot_write() {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    cluster.cpu_worker();
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name);
+    let arg = |p: &std::path::PathBuf| p.to_str().unwrap().to_owned();
+    let failed_with = |out: &std::process::Output| {
+        assert!(!out.status.success(), "{}", stdout(out));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let submit = |id: &str, extra: &[&str]| {
+        let base = ["submit", "vector_add", "-p", "len=16", "--id", id, "--wait"];
+        cluster.kiln(&[&base[..], extra].concat())
+    };
+    assert_success(&submit("stored-1", &["--output-format", "npy"]));
+    assert_success(&submit("inline-1", &[]));
+
+    // The stored .npy is not written under a .jpg (or any other) name.
+    for name in ["r1.jpg", "r1.txt", "r1"] {
+        let file = path(name);
+        let stderr = failed_with(&cluster.kiln(&["result", "stored-1", "--output", &arg(&file)]));
+        assert!(
+            stderr.contains(&format!(
+                "--output {}: name a .npy, .safetensors or .png file",
+                file.display()
+            )),
+            "{stderr}"
+        );
+        assert!(!file.exists(), "{name} was written");
+    }
+    let stored = path("r1.npy");
+    assert_success(&cluster.kiln(&["result", "stored-1", "-o", &arg(&stored)]));
+    assert_eq!(read_npy(&stored).shape, [16]);
+
+    // No output object: said as such, with what to do.
+    let file = path("inline.npy");
+    let out = cluster.kiln(&["result", "inline-1", "--output", &arg(&file)]);
+    let stderr = failed_with(&out);
+    let event: ResultEvent = serde_json::from_str(&stdout(&out)).expect("the result is printed");
+    assert_eq!(event.status, Status::Succeeded);
+    assert!(event.output.get("object").is_none(), "{:?}", event.output);
+    assert!(
+        stderr.contains(&format!(
+            "job inline-1 has no output object to write to {}: its output is inline in its \
+             result",
+            file.display()
+        )) && stderr.contains("`kiln result inline-1` prints")
+            && stderr.contains("--output-format npy"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("--output FILE"), "{stderr}");
+    assert!(!file.exists());
+
+    // A failed job has none either: its failure is named.
+    let out = cluster.kiln(&[
+        "submit", "matmul", "-p", "n=100000", "--id", "too-big", "--wait",
+    ]);
+    assert!(
+        !out.status.success(),
+        "a matmul over the worker's limit fails"
+    );
+    let stderr = failed_with(&cluster.kiln(&["result", "too-big", "-o", &arg(&file)]));
+    assert!(
+        stderr.contains("job too-big failed (too_large: ")
+            && stderr.contains("so it has no output to write to"),
+        "{stderr}"
+    );
+    assert!(!file.exists());
+}

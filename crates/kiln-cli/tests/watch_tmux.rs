@@ -1,10 +1,13 @@
 //! `kiln watch` in a real terminal: tmux runs it at 160×45 against a real server, worker and
 //! aggregator; the screen shows the worker, then the jobs as they are submitted, and `q`
-//! quits. Skipped (with a note) where tmux is not installed.
+//! quits; with the server gone it says so and still quits at once on a key or a signal.
+//! Skipped (with a note) where tmux is not installed. And `kiln watch` with a stdout that is
+//! not a terminal, stopped by SIGTERM with the server gone.
 
 mod common;
 
-use std::process::{Command, Output};
+use std::io::BufRead as _;
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Cluster, KILN, assert_success};
@@ -148,5 +151,200 @@ fn watch_renders_in_tmux_and_updates_as_jobs_flow() {
             tmux.screen()
         );
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Send `signal` (`TERM`, `INT`) to the process `pid`.
+fn signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args([format!("-{signal}"), pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{signal} {pid} failed");
+}
+
+/// Long enough for a busy machine to schedule a process that handles a key or a signal at
+/// once; far shorter than the tens of seconds `kiln watch` took, when it waited for a
+/// server that was gone, to notice one.
+const QUITS_WITHIN: Duration = Duration::from_secs(5);
+
+/// The server SIGKILLed under four dashboards: each says the server is unreachable (and no
+/// log line is drawn over it), and q, Esc, Ctrl-C and SIGTERM each end theirs at once, with
+/// the terminal back from the alternate screen.
+#[test]
+fn watch_quits_at_once_when_the_server_is_gone() {
+    if Command::new("tmux").arg("-V").output().is_err() {
+        eprintln!("tmux is not installed: skipping the terminal test");
+        return;
+    }
+    let mut cluster = Cluster::new();
+    assert_success(&cluster.kiln(&["init"]));
+    let tmux = Tmux {
+        socket: format!("kiln-watch-gone-test-{}", std::process::id()),
+    };
+    let nats = format!("NATS_URL={}", cluster.server.url());
+    let sessions = ["q", "esc", "ctrl-c", "sigterm"];
+    for session in sessions {
+        let started = tmux.run(&[
+            "new-session",
+            "-d",
+            "-x",
+            "160",
+            "-y",
+            "45",
+            "-s",
+            session,
+            "env",
+            &nats,
+            "RUST_LOG=warn",
+            KILN,
+            "watch",
+            "--interval-ms",
+            "200",
+        ]);
+        assert!(
+            started.status.success(),
+            "tmux: {}",
+            String::from_utf8_lossy(&started.stderr)
+        );
+        // The pane stays when kiln exits, to be read.
+        tmux.run(&["set-option", "-t", session, "remain-on-exit", "on"]);
+    }
+    let screen = |session: &str| {
+        String::from_utf8_lossy(&tmux.run(&["capture-pane", "-p", "-t", session]).stdout)
+            .into_owned()
+    };
+    let wait_for = |session: &str, what: &str, done: &dyn Fn(&str) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let shown = screen(session);
+            if done(&shown) {
+                return shown;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{session}: {what} never showed; the screen:\n{shown}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    for session in sessions {
+        wait_for(session, "the queues", &|s| s.contains("workers-cpu"));
+    }
+
+    cluster.server.kill();
+    for session in sessions {
+        let shown = wait_for(session, "the server unreachable", &|s| {
+            s.contains("server unreachable")
+        });
+        assert!(
+            !shown.contains("lost the connection"),
+            "{session}: a log line is drawn over the dashboard:\n{shown}"
+        );
+    }
+
+    let pane = |session: &str, format: &str| {
+        let out = tmux.run(&["display-message", "-p", "-t", session, format]);
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    for session in sessions {
+        match session {
+            "q" => tmux.run(&["send-keys", "-t", session, "q"]),
+            "esc" => tmux.run(&["send-keys", "-t", session, "Escape"]),
+            "ctrl-c" => tmux.run(&["send-keys", "-t", session, "C-c"]),
+            _ => {
+                // `env` replaced itself with kiln: the pane's process is kiln.
+                let pid = pane(session, "#{pane_pid}").parse().expect("a pid");
+                signal(pid, "TERM");
+                continue;
+            }
+        };
+    }
+    for session in sessions {
+        let deadline = Instant::now() + QUITS_WITHIN;
+        while pane(session, "#{pane_dead}") != "1" {
+            assert!(
+                Instant::now() < deadline,
+                "{session}: kiln watch did not quit with the server gone:\n{}",
+                screen(session)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(
+            pane(session, "#{pane_dead_status} #{alternate_on}"),
+            "0 0",
+            "{session}: kiln watch's exit status, and whether it left the alternate screen on"
+        );
+    }
+}
+
+/// With stdout not a terminal, `kiln watch` prints the status every interval; with the server
+/// gone it prints that it is unreachable, and SIGTERM (then SIGINT, for another) ends it at
+/// once, with status 0.
+#[test]
+fn plain_watch_stops_at_once_on_a_signal_when_the_server_is_gone() {
+    let mut cluster = Cluster::new();
+    assert_success(&cluster.kiln(&["init"]));
+    let mut watches: Vec<_> = ["TERM", "INT"]
+        .into_iter()
+        .map(|signal| {
+            let mut child = Command::new(KILN)
+                .args(["watch", "--interval-ms", "200"])
+                .env("NATS_URL", cluster.server.url())
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start kiln watch");
+            let (tx, lines) = std::sync::mpsc::channel();
+            let stdout = child.stdout.take().expect("kiln's stdout");
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { return };
+                    if tx.send(line).is_err() {
+                        return;
+                    }
+                }
+            });
+            (signal, child, lines)
+        })
+        .collect();
+    let wait_for_line = |lines: &std::sync::mpsc::Receiver<String>, needle: &str| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return,
+                Ok(_) => {}
+                Err(e) => panic!("no line with {needle:?} from kiln watch: {e}"),
+            }
+        }
+    };
+    for (_, _, lines) in &watches {
+        wait_for_line(lines, "KILN_JOBS");
+    }
+    cluster.server.kill();
+    for (_, _, lines) in &watches {
+        wait_for_line(lines, "server unreachable");
+    }
+    for (name, child, _) in &watches {
+        signal(child.id(), name);
+    }
+    for (name, child, _) in &mut watches {
+        let deadline = Instant::now() + QUITS_WITHIN;
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                panic!("kiln watch did not stop on SIG{name} with the server gone");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(
+            status.success(),
+            "SIG{name}: kiln watch exited with {status}"
+        );
     }
 }

@@ -1,9 +1,10 @@
 //! kiln followed live (what `kiln watch` shows): a [`Dashboard`] of queues from consumer
 //! info, live workers from `KILN_WORKERS`, per-(kind, class) throughput and latency from
 //! successive metrics snapshots, and recent failures from the results stream, fed by
-//! [`Feeds`] and refreshed by [`Dashboard::poll`].
+//! [`Feeds`] and refreshed by [`Dashboard::refresh`].
 
 use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
@@ -21,6 +22,48 @@ pub const WINDOW: Duration = Duration::from_secs(10);
 pub const MAX_FAILURES: usize = 50;
 /// Throughput samples kept per (kind, class) for the trend column.
 const TREND: usize = 24;
+/// How long a refresh waits for the server's answers before it calls the server unreachable.
+/// A request to a server that went away waits for the client's request timeout (10 s), one
+/// after the other: a refresh of a few of them would leave the figures silently stale.
+pub const ANSWER_WITHIN: Duration = Duration::from_secs(2);
+
+/// Why a refresh read nothing from the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unreachable {
+    /// The connection is down; the client is reconnecting.
+    ConnectionLost,
+    /// Connected, but the server did not answer within [`ANSWER_WITHIN`].
+    NoAnswer,
+}
+
+impl std::fmt::Display for Unreachable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unreachable::ConnectionLost => {
+                f.write_str("server unreachable: the connection is lost, reconnecting")
+            }
+            Unreachable::NoAnswer => write!(
+                f,
+                "server unreachable: no answer within {} s, retrying",
+                ANSWER_WITHIN.as_secs()
+            ),
+        }
+    }
+}
+
+/// `read` (requests to the server behind `js`), unless the connection is down or the answers
+/// take longer than [`ANSWER_WITHIN`]: then why, and `read` is dropped unfinished.
+pub async fn within_reach<T>(
+    js: &jetstream::Context,
+    read: impl Future<Output = T>,
+) -> Result<T, Unreachable> {
+    if js.client().connection_state() != async_nats::connection::State::Connected {
+        return Err(Unreachable::ConnectionLost);
+    }
+    tokio::time::timeout(ANSWER_WITHIN, read)
+        .await
+        .map_err(|_| Unreachable::NoAnswer)
+}
 
 /// A failed job, from its result event.
 #[derive(Debug, Clone, PartialEq)]
@@ -249,6 +292,27 @@ impl Dashboard {
         self.failures.truncate(MAX_FAILURES);
     }
 
+    /// Open the feeds still closed and [`Dashboard::poll`], within [`within_reach`]. When the
+    /// server is unreachable the figures last read stay (as of `now`, left as it was) and
+    /// `error` says so.
+    pub async fn refresh(&mut self, js: &jetstream::Context, feeds: &mut Feeds) {
+        let last = self.now;
+        let read = async {
+            feeds.reopen(js).await;
+            self.poll(js).await;
+        };
+        if let Err(why) = within_reach(js, read).await {
+            self.now = last;
+            let t = last.time();
+            self.error = Some(format!(
+                "{why}; the figures are from {:02}:{:02}:{:02} UTC",
+                t.hour(),
+                t.minute(),
+                t.second()
+            ));
+        }
+    }
+
     /// Re-read queues, workers and stream sizes; sample every series' throughput.
     pub async fn poll(&mut self, js: &jetstream::Context) {
         self.now = OffsetDateTime::now_utc();
@@ -296,7 +360,9 @@ impl Dashboard {
 const FAILURES_SINCE: Duration = Duration::from_secs(10 * 60);
 
 /// What a dashboard reads continuously: every metrics snapshot (the latest per subject
-/// first, then each new one) and the result events of the last ten minutes.
+/// first, then each new one) and the result events of the last ten minutes. The default is
+/// both closed, for [`Feeds::reopen`] to open.
+#[derive(Default)]
 pub struct Feeds {
     metrics: Option<consumer::pull::Ordered>,
     results: Option<consumer::pull::Ordered>,

@@ -543,8 +543,8 @@ pub struct ResultArgs {
     #[arg(long)]
     pub kind: Option<String>,
     /// text or json: how to print the result (both print its JSON); any other value is a
-    /// FILE to write the job's stored output (output.object) to (./json for a file named
-    /// json), converted to the format a .npy, .safetensors or .png extension names.
+    /// FILE to write the job's stored output (output.object) to, converted to the format its
+    /// .npy, .safetensors or .png extension names (./json.npy for a file named json.npy).
     #[arg(long, short = 'o', value_name = "text|json|FILE", value_parser = result_output)]
     pub output: Option<ResultOutput>,
 }
@@ -595,8 +595,8 @@ pub enum DlqCommand {
         /// Sequences of the dead letters (from `kiln dlq list`); exit status 2 when one is not
         /// in the queue.
         sequences: Vec<u64>,
-        /// Replay every dead letter.
-        #[arg(long)]
+        /// Replay every dead letter (not with sequences).
+        #[arg(long, conflicts_with = "sequences")]
         all: bool,
     },
 }
@@ -678,6 +678,33 @@ mod tests {
         );
         assert!(help.contains(&rule), "{help}");
         assert!(kiln_proto::valid_job_id("a-b_C9") && !kiln_proto::valid_job_id("a/b.c*"));
+    }
+
+    /// `--all` replays every dead letter: with sequences as well it is refused, rather than
+    /// replaying all and then reporting the named ones missing.
+    #[test]
+    fn dlq_replay_takes_all_or_sequences_not_both() {
+        use clap::Parser as _;
+        let e = super::Cli::try_parse_from(["kiln", "dlq", "replay", "--all", "1"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::ArgumentConflict);
+        let message = e.to_string();
+        assert!(
+            message.contains("--all") && message.contains("[SEQUENCES]"),
+            "{message}"
+        );
+        let replay = |args: &[&str]| {
+            let argv = [&["kiln", "dlq", "replay"][..], args].concat();
+            let cli = super::Cli::try_parse_from(argv).unwrap();
+            let super::Command::Dlq(dlq) = cli.command else {
+                panic!("not dlq: {:?}", cli.command)
+            };
+            let super::DlqCommand::Replay { sequences, all } = dlq.command else {
+                panic!("not replay: {:?}", dlq.command)
+            };
+            (sequences, all)
+        };
+        assert_eq!(replay(&["--all"]), (vec![], true));
+        assert_eq!(replay(&["1", "2"]), (vec![1, 2], false));
     }
 
     /// A worker name is its key in `KILN_WORKERS`: one that cannot be a key is refused at

@@ -1,5 +1,6 @@
 //! `kiln result <id>`: find a job's result event in KILN_RESULTS.
 
+use std::path::Path;
 use std::process::ExitCode;
 
 use async_nats::jetstream;
@@ -39,6 +40,13 @@ pub async fn run(nats: &NatsArgs, args: ResultArgs) -> anyhow::Result<ExitCode> 
         },
         None => None,
     };
+    // The formats `kiln submit --output` writes, refused as it refuses them: before looking
+    // for the job, not after writing bytes that a .jpg or .txt name would misdescribe.
+    if let Some(ResultOutput::File(path)) = &args.output
+        && path != Path::new("-")
+    {
+        kiln_client::data::output_mode_for(path)?;
+    }
     let client = kiln_client::connect_to_jetstream(&nats.connect_options()).await?;
     let js = jetstream::new(client);
     if let Some(event) = find(&js, &args.id, kind).await? {
@@ -49,6 +57,9 @@ pub async fn run(nats: &NatsArgs, args: ResultArgs) -> anyhow::Result<ExitCode> 
             _ => println!("{event_json}"),
         }
         if let Some(ResultOutput::File(path)) = &args.output {
+            if let Some(why) = no_output_object(&event, path) {
+                anyhow::bail!(why);
+            }
             super::data::save_output(&js, &event, path).await?;
         }
         return Ok(ExitCode::SUCCESS);
@@ -71,4 +82,26 @@ pub async fn run(nats: &NatsArgs, args: ResultArgs) -> anyhow::Result<ExitCode> 
         ),
     };
     not_found("no_result", message)
+}
+
+/// Why `event` has no stored output to write to `path`, and what to do instead; `None` when
+/// its result names one (`output.object`).
+fn no_output_object(event: &kiln_proto::ResultEvent, path: &Path) -> Option<String> {
+    if event.output.get("object").is_some() {
+        return None;
+    }
+    let (id, path) = (&event.id, path.display());
+    Some(match &event.error {
+        Some(e) => format!(
+            "job {id} failed ({}: {}), so it has no output to write to {path}: submit it again \
+             once the cause is fixed",
+            e.kind, e.message
+        ),
+        None => format!(
+            "job {id} has no output object to write to {path}: its output is inline in its \
+             result (the values, or a summary for generated inputs), which `kiln result {id}` \
+             prints; for a file, submit the job again with --output-format npy (or \"output\": \
+             \"object\" in its JSON)"
+        ),
+    })
 }

@@ -1,6 +1,6 @@
 //! `kiln watch`: a live terminal dashboard (ratatui) of queues, workers, per-kind throughput
-//! and latency, and recent failures, refreshed from the metrics stream. `--once`, or a stdout
-//! that is not a terminal, prints the plain-text status instead.
+//! and latency, and recent failures, refreshed from the metrics stream. `--once` prints the
+//! plain-text status once; a stdout that is not a terminal gets it every interval instead.
 
 mod view;
 
@@ -9,9 +9,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use kiln_client::watch::{Dashboard, Feeds};
+use kiln_client::watch::{Dashboard, Feeds, within_reach};
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
+use tokio::time::MissedTickBehavior;
 
 use crate::cli::{NatsArgs, WatchArgs};
 
@@ -24,28 +25,41 @@ pub async fn run(nats: &NatsArgs, args: WatchArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if !std::io::stdout().is_terminal() {
-        return plain(&js, interval).await;
+        plain(&js, interval).await;
+        return Ok(ExitCode::SUCCESS);
     }
-    let mut dashboard = Dashboard::new(nats.nats_url.clone(), interval.as_millis() as u64);
-    let mut terminal = ratatui::try_init()?;
-    let outcome = live(&js, &mut terminal, &mut dashboard, interval).await;
-    ratatui::restore();
-    outcome.map(|()| ExitCode::SUCCESS)
+    let dashboard = Dashboard::new(nats.nats_url.clone(), interval.as_millis() as u64);
+    let mut screen = crate::screen::Screen::enter()?;
+    live(js, screen.terminal(), dashboard, interval).await?;
+    Ok(ExitCode::SUCCESS)
 }
 
-/// Not a terminal: the plain status every interval, without escape codes.
-async fn plain(js: &jetstream::Context, interval: Duration) -> anyhow::Result<ExitCode> {
+/// A ticker for refreshes that may take longer than `interval`: the next one waits a whole
+/// interval rather than starting at once.
+fn ticker(interval: Duration) -> tokio::time::Interval {
     let mut ticker = tokio::time::interval(interval);
-    let shutdown = crate::signal::shutdown();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => return Ok(ExitCode::SUCCESS),
-            _ = ticker.tick() => {
-                let body = super::status::overview(js).await.unwrap_or_else(|e| format!("{e:#}\n"));
-                println!("--- {}\n{body}", time::OffsetDateTime::now_utc());
-            }
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    ticker
+}
+
+/// Not a terminal: the plain status every interval, without escape codes, until SIGINT or
+/// SIGTERM (which stop it at once, also in the middle of a read).
+async fn plain(js: &jetstream::Context, interval: Duration) {
+    let print = async {
+        let mut ticker = ticker(interval);
+        loop {
+            ticker.tick().await;
+            let body = match within_reach(js, super::status::overview(js)).await {
+                Ok(Ok(body)) => body,
+                Ok(Err(e)) => format!("{e:#}\n"),
+                Err(why) => format!("{why}\n"),
+            };
+            println!("--- {}\n{body}", time::OffsetDateTime::now_utc());
         }
+    };
+    tokio::select! {
+        _ = crate::signal::shutdown() => {}
+        _ = print => {}
     }
 }
 
@@ -81,32 +95,65 @@ fn quits(ev: &Event) -> bool {
     }
 }
 
+/// Keys and signals here, the server's figures read by a task of their own: however long the
+/// server takes to answer (or not), a key or a signal is handled at once.
 async fn live(
-    js: &jetstream::Context,
+    js: jetstream::Context,
     terminal: &mut ratatui::DefaultTerminal,
-    dashboard: &mut Dashboard,
+    dashboard: Dashboard,
     interval: Duration,
 ) -> anyhow::Result<()> {
     let mut keys = keys();
     // Without a readable terminal on stdin there are no keys; signals still stop it.
     let mut keys_open = true;
-    let mut feeds = Feeds::open(js).await;
-    let mut ticker = tokio::time::interval(interval);
+    let (refreshed, mut latest) = watch::channel(dashboard.clone());
+    let reader = tokio::spawn(read(js, dashboard, interval, refreshed));
     let shutdown = crate::signal::shutdown();
     tokio::pin!(shutdown);
-    loop {
+    let outcome = loop {
         tokio::select! {
-            _ = &mut shutdown => return Ok(()),
+            _ = &mut shutdown => break Ok(()),
             key = keys.recv(), if keys_open => match key {
-                Some(ev) if quits(&ev) => return Ok(()),
-                Some(_) => { terminal.draw(|f| view::render(f, dashboard))?; }
+                Some(ev) if quits(&ev) => break Ok(()),
+                Some(_) => {
+                    let d = latest.borrow();
+                    if let Err(e) = terminal.draw(|f| view::render(f, &d)) {
+                        break Err(e.into());
+                    }
+                }
                 None => keys_open = false,
             },
+            Ok(()) = latest.changed() => {
+                let d = latest.borrow_and_update();
+                if let Err(e) = terminal.draw(|f| view::render(f, &d)) {
+                    break Err(e.into());
+                }
+            }
+        }
+    };
+    reader.abort();
+    outcome
+}
+
+/// Feed `dashboard` from the server and send it to `refreshed` after every refresh, until the
+/// receiver is gone.
+async fn read(
+    js: jetstream::Context,
+    mut dashboard: Dashboard,
+    interval: Duration,
+    refreshed: watch::Sender<Dashboard>,
+) {
+    // Opened by the first refresh, within its time limit.
+    let mut feeds = Feeds::default();
+    let mut ticker = ticker(interval);
+    loop {
+        tokio::select! {
             update = feeds.next() => dashboard.take(update),
             _ = ticker.tick() => {
-                feeds.reopen(js).await;
-                dashboard.poll(js).await;
-                terminal.draw(|f| view::render(f, dashboard))?;
+                dashboard.refresh(&js, &mut feeds).await;
+                if refreshed.send(dashboard.clone()).is_err() {
+                    return;
+                }
             }
         }
     }
@@ -270,6 +317,50 @@ mod tests {
         assert!(text.contains("Recent failures · 1"), "{text}");
 
         roles.stop().await.unwrap();
+    }
+
+    /// With the server gone, a refresh says so at once (on a line of its own under the header)
+    /// and keeps the figures last read, and their time.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refresh_with_the_server_gone_says_so_and_keeps_the_figures() {
+        let mut server = kiln_testkit::NatsServer::start();
+        let client = async_nats::connect(server.url()).await.unwrap();
+        let js = jetstream::new(client.clone());
+        streams::ensure_all(&js, &kiln_proto::Topology::default())
+            .await
+            .unwrap();
+        let mut dashboard = Dashboard::new(server.url(), 1000);
+        let mut feeds = Feeds::default();
+        dashboard.refresh(&js, &mut feeds).await;
+        assert_eq!(dashboard.error, None);
+        assert_eq!(dashboard.jobs_queued, Some(0));
+        let queues: Vec<String> = dashboard.queues.iter().map(|q| q.name.clone()).collect();
+        assert_eq!(queues, ["workers-gpu", "workers-cpu", "scheduler"]);
+        let read_at = dashboard.now;
+
+        server.kill();
+        while client.connection_state() == async_nats::connection::State::Connected {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Bounded, so that a refresh that waits for the server fails here rather than hangs.
+        tokio::time::timeout(Duration::from_secs(10), dashboard.refresh(&js, &mut feeds))
+            .await
+            .expect("a refresh returns with the server gone");
+        let error = dashboard.error.clone().expect("the dashboard says why");
+        assert!(
+            error.starts_with("server unreachable: the connection is lost"),
+            "{error}"
+        );
+        assert_eq!(dashboard.now, read_at);
+        assert_eq!(dashboard.jobs_queued, Some(0));
+        assert_eq!(dashboard.queues.len(), queues.len());
+
+        let mut terminal = Terminal::new(TestBackend::new(160, 30)).unwrap();
+        terminal.draw(|f| view::render(f, &dashboard)).unwrap();
+        let lines = screen(&terminal);
+        assert!(lines[0].contains("q, Esc or Ctrl-C quits"), "{}", lines[0]);
+        assert_eq!(lines[1].trim(), error);
+        assert!(lines[2].contains("Queues · KILN_JOBS 0"), "{}", lines[2]);
     }
 
     /// The kinds table gives a GPU row its speedup over the CPU row of the same kind, as

@@ -16,8 +16,10 @@ const TREND_BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', 
 pub fn render(frame: &mut Frame, d: &Dashboard) {
     let workers_height = (d.workers.len() as u16 + 3).clamp(7, 14);
     let failures_height = (d.failures.len() as u16 + 3).clamp(4, 10);
+    // A problem reaching the server gets a line of its own, where it is not cut off.
+    let header_height = 1 + u16::from(d.error.is_some());
     let [header, top, kinds, failures] = Layout::vertical([
-        Constraint::Length(1),
+        Constraint::Length(header_height),
         Constraint::Length(workers_height),
         Constraint::Min(6),
         Constraint::Length(failures_height),
@@ -38,7 +40,7 @@ fn bold() -> Style {
 
 fn render_header(frame: &mut Frame, area: Rect, d: &Dashboard) {
     let time = d.now.time();
-    let mut spans = vec![
+    let spans = vec![
         Span::styled(" kiln watch ", bold().fg(Color::Black).bg(Color::Cyan)),
         Span::raw(format!(
             " {} · {:02}:{:02}:{:02} UTC · every {} ms · q, Esc or Ctrl-C quits",
@@ -49,10 +51,11 @@ fn render_header(frame: &mut Frame, area: Rect, d: &Dashboard) {
             d.interval_ms
         )),
     ];
+    let mut lines = vec![Line::from(spans)];
     if let Some(e) = &d.error {
-        spans.push(Span::styled(format!(" · {e}"), Style::new().fg(Color::Red)));
+        lines.push(Line::styled(format!(" {e}"), Style::new().fg(Color::Red)));
     }
-    frame.render_widget(Line::from(spans), area);
+    frame.render_widget(Paragraph::new(lines), area);
 }
 
 fn count(v: Option<u64>) -> String {
