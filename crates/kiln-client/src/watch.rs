@@ -24,8 +24,11 @@ pub const MAX_FAILURES: usize = 50;
 const TREND: usize = 24;
 /// How long a refresh waits for the server's answers before it calls the server unreachable.
 /// A request to a server that went away waits for the client's request timeout (10 s), one
-/// after the other: a refresh of a few of them would leave the figures silently stale.
-pub const ANSWER_WITHIN: Duration = Duration::from_secs(2);
+/// after the other: a refresh of a few of them would leave the figures silently stale. A
+/// refresh is a dozen requests and one per live worker, one after the other: at 50 ms a round
+/// trip, 2 s cut off every refresh of a cluster of 27 workers, so it is 10 s (keys and signals
+/// are handled beside it, at once).
+pub const ANSWER_WITHIN: Duration = Duration::from_secs(10);
 
 /// Why a refresh read nothing from the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -160,7 +160,11 @@ pub fn sha256_hex(digest: &str) -> Option<String> {
         base64::engine::GeneralPurposeConfig::new()
             .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
     );
-    let bytes = engine.decode(encoded).ok()?;
+    // The Go client writes URL-safe base64; accept the standard alphabet too.
+    let bytes = engine
+        .decode(encoded)
+        .or_else(|_| base64::engine::general_purpose::STANDARD.decode(encoded))
+        .ok()?;
     (bytes.len() == 32).then(|| bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
@@ -230,7 +234,8 @@ fn put_error(name: &str, error: PutError) -> DataError {
         )),
         _ if text.contains("max payload") => DataError::Invalid(format!(
             "could not store object {name}: the server's max_payload is under the {} KiB \
-             chunks kiln stores objects in; raise max_payload to at least 1 MiB ({error})",
+             chunks kiln stores objects in (and their headers); raise it (the server's \
+             default, 1 MiB, is enough) ({error})",
             CHUNK_SIZE / 1024
         )),
         _ => DataError::Io(format!(
@@ -264,7 +269,12 @@ async fn stored_info(store: &ObjectStore, name: &str) -> Result<ObjectInfo, Data
             )));
         }
     };
-    let info = plain_info(store, &target).await?;
+    let info = plain_info(store, &target).await.map_err(|e| match e {
+        DataError::Invalid(why) => DataError::Invalid(format!(
+            "object {name} is a link to {target}, which cannot be read: {why}"
+        )),
+        other => other,
+    })?;
     if info.options.as_ref().is_some_and(|o| o.link.is_some()) {
         return Err(DataError::Invalid(format!(
             "object {name} is a link to {target}, itself a link: kiln follows one link; name \
@@ -361,6 +371,30 @@ fn chunks(
         bytes: u64,
         digest: sha2::Sha256,
     }
+    impl Reading {
+        /// The object read whole: as many chunks and bytes as its info says, and its digest.
+        /// A stored digest that does not parse is a mismatch (the client refused those too).
+        fn check(&mut self) -> std::io::Result<()> {
+            let read: String = self
+                .digest
+                .finalize_reset()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            let whole = self.chunks == self.info.chunks && self.bytes == self.info.size as u64;
+            let digest_ok = match self.info.digest.as_deref() {
+                None => true,
+                Some(stored) => sha256_hex(stored).is_some_and(|stored| stored == read),
+            };
+            if whole && digest_ok {
+                return Ok(());
+            }
+            Err(Error::new(
+                ErrorKind::InvalidData,
+                "the object's bytes do not match its stored size and digest",
+            ))
+        }
+    }
     let reading = Reading {
         stream,
         inbox,
@@ -375,21 +409,11 @@ fn chunks(
         reading,
         move |mut r| async move {
             if r.done || r.info.chunks == 0 {
-                let read: String = r
-                    .digest
-                    .finalize_reset()
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect();
-                let stored = r.info.digest.as_deref().and_then(sha256_hex);
-                let whole = r.chunks == r.info.chunks && r.bytes == r.info.size as u64;
-                if !whole || stored.is_some_and(|stored| stored != read) {
-                    return Err(Error::new(
-                        ErrorKind::InvalidData,
-                        "the object's bytes do not match its stored size and digest",
-                    ));
-                }
-                return Ok(None);
+                // Empty, or its last chunk read and checked.
+                return match r.info.chunks {
+                    0 => r.check().map(|()| None),
+                    _ => Ok(None),
+                };
             }
             if r.messages.is_none() {
                 let subject = format!("$O.{BUCKET_DATA}.C.{}", r.info.nuid);
@@ -402,31 +426,62 @@ fn chunks(
                     })
                     .await
                     .map_err(Error::other)?;
+                if consumer.cached_info().num_pending == 0 {
+                    return Err(Error::new(
+                        ErrorKind::NotFound,
+                        format!(
+                            "none of its {} chunks is stored: the object was put again or \
+                             deleted as it was read",
+                            r.info.chunks
+                        ),
+                    ));
+                }
                 r.messages = Some(consumer.messages().await.map_err(Error::other)?);
             }
             let Some(messages) = r.messages.as_mut() else {
                 return Ok(None);
             };
-            let next = tokio::time::timeout(patience, messages.next()).await;
-            let message = match next {
-                Ok(Some(message)) => message.map_err(Error::other)?,
-                Ok(None) => return Err(Error::other("the object's chunks stopped coming")),
-                Err(_) => {
-                    return Err(Error::new(
-                        ErrorKind::TimedOut,
-                        format!(
-                            "chunk {} of {} did not come within {patience:?}: the object was put \
-                         again or deleted while it was read, or the server is overloaded",
-                            r.chunks + 1,
-                            r.info.chunks,
-                        ),
-                    ));
+            let message = loop {
+                let next = tokio::time::timeout(patience, messages.next()).await;
+                match next {
+                    Ok(Some(Ok(message))) => break message,
+                    // The ordered consumer makes itself again after a missed heartbeat.
+                    Ok(Some(Err(e)))
+                        if e.kind()
+                            == jetstream::consumer::push::OrderedErrorKind::MissingHeartbeat => {}
+                    Ok(Some(Err(e))) => return Err(Error::other(e)),
+                    Ok(None) => return Err(Error::other("the object's chunks stopped coming")),
+                    Err(_) => {
+                        return Err(Error::new(
+                            ErrorKind::TimedOut,
+                            format!(
+                                "chunk {} of {} did not come within {patience:?}: the object was \
+                                 put again or deleted while it was read, or the server is \
+                                 overloaded",
+                                r.chunks + 1,
+                                r.info.chunks,
+                            ),
+                        ));
+                    }
                 }
             };
             r.digest.update(&message.payload);
             r.chunks += 1;
-            r.done = message.info().map_err(Error::other)?.pending == 0;
             r.bytes += message.payload.len() as u64;
+            // Never more than the object's info says (chunks added behind its back would
+            // grow a whole read past the memory budget it was checked against).
+            if r.chunks > r.info.chunks || r.bytes > r.info.size as u64 {
+                return Err(Error::new(
+                    ErrorKind::InvalidData,
+                    "the object holds more than its info says",
+                ));
+            }
+            // The last chunk is checked as it comes, so that a reader that stops at the
+            // object's end gets the error too.
+            r.done = message.info().map_err(Error::other)?.pending == 0;
+            if r.done {
+                r.check()?;
+            }
             let payload = message.payload.clone();
             Ok(Some((payload, r)))
         },
@@ -492,9 +547,13 @@ fn read_error(name: &str, corrupt_flag: &AtomicBool, error: &std::io::Error) -> 
     if corrupt_flag.load(Ordering::Relaxed) {
         corrupt(name)
     } else {
+        let advice = match error.kind() {
+            // Its chunks are gone or stopped coming: the connection is not the suspect.
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::TimedOut => "try again",
+            _ => "check the connection to NATS",
+        };
         DataError::Io(format!(
-            "reading object {name} from {BUCKET_DATA} failed ({error}); check the connection to \
-             NATS"
+            "reading object {name} from {BUCKET_DATA} failed ({error}); {advice}"
         ))
     }
 }

@@ -343,7 +343,17 @@ async fn links_are_followed_once_and_loops_refused() {
     publish_meta(&js, &store, "a", |m| m["options"] = link(BUCKET_DATA, "b")).await;
     publish_meta(&js, &store, "b", |m| m["options"] = link(BUCKET_DATA, "a")).await;
     publish_meta(&js, &store, "away", |m| m["options"] = link("SECRET", "x")).await;
+    // A link whose object is gone says which link.
+    publish_meta(&js, &store, "dangling", |m| {
+        m["options"] = link(BUCKET_DATA, "nowhere")
+    })
+    .await;
     for (name, want) in [
+        (
+            "dangling",
+            "object dangling is a link to nowhere, which cannot be read: object \"nowhere\" \
+             not found",
+        ),
         (
             "self",
             "object self is a link to self, itself a link: kiln follows one link",
@@ -389,7 +399,8 @@ async fn missing_chunks_time_out_and_foreign_metadata_is_invalid() {
     match fetched {
         Err(DataError::Io(m)) => assert!(
             m.contains(
-                "chunk 1 of 1 did not come within 500ms: the object was put again or deleted"
+                "none of its 1 chunks is stored: the object was put again or deleted as it was \
+                 read); try again"
             ),
             "{m}"
         ),
@@ -405,6 +416,26 @@ async fn missing_chunks_time_out_and_foreign_metadata_is_invalid() {
     let m = invalid(store::fetch(&store, &ObjectRef::new("gone"), Want::Tensor, MIB, 100).await);
     assert!(
         m.starts_with("object gone's entry in KILN_DATA does not parse"),
+        "{m}"
+    );
+}
+
+/// An empty object has no chunks: read whole at once (no consumer, no wait), and refused as a
+/// tensor for what it is.
+#[tokio::test]
+async fn an_empty_object_is_read_at_once() {
+    let (_server, _js, store) = bucket().await;
+    store::put_reader(&store, "empty", &mut &b""[..])
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let got = store::get_to_writer(&store, "empty", &mut out)
+        .await
+        .unwrap();
+    assert_eq!((got.size, out.len()), (0, 0));
+    let m = invalid(store::fetch(&store, &ObjectRef::new("empty"), Want::Tensor, MIB, 100).await);
+    assert!(
+        m.starts_with("object empty is in no format kiln reads"),
         "{m}"
     );
 }

@@ -544,7 +544,7 @@ pub struct ResultArgs {
     pub kind: Option<String>,
     /// text or json: how to print the result (both print its JSON); any other value is a
     /// FILE to write the job's stored output (output.object) to, converted to the format its
-    /// .npy, .safetensors or .png extension names (./json.npy for a file named json.npy).
+    /// .npy, .safetensors or .png extension names.
     #[arg(long, short = 'o', value_name = "text|json|FILE", value_parser = result_output)]
     pub output: Option<ResultOutput>,
 }
@@ -712,11 +712,12 @@ mod tests {
     #[test]
     fn worker_names_that_cannot_be_keys_are_refused() {
         use clap::Parser as _;
-        for name in ["", ".w", "w.", "a..b"] {
+        let long = "w".repeat(257);
+        for name in ["", ".w", "w.", "a..b", long.as_str()] {
             let e = super::Cli::try_parse_from(["kiln", "worker", "--name", name]).unwrap_err();
             let message = e.to_string();
             assert!(
-                message.contains("--name") && message.contains("must not"),
+                message.contains("--name") && message.contains("must "),
                 "{name:?}: {message}"
             );
         }

@@ -87,12 +87,20 @@ pub(super) fn at_least_one(value: &str) -> Result<usize, String> {
     }
 }
 
+/// The longest worker name, in bytes.
+pub(super) const MAX_WORKER_NAME: usize = 256;
+
 /// A worker's name: also its key in `KILN_WORKERS` (characters a key cannot hold become
 /// `_`), which cannot be empty, start or end with '.', or hold "..". A worker under such a
 /// name served jobs but had no heartbeat: no scheduler, `kiln workers` or alert saw it.
 pub(super) fn worker_name(value: &str) -> Result<String, String> {
     if value.is_empty() {
         return Err("must not be empty".into());
+    }
+    // The heartbeat's subject holds it: past the server's 4 KiB control line the server
+    // closes the connection at every heartbeat.
+    if value.len() > MAX_WORKER_NAME {
+        return Err(format!("must be at most {MAX_WORKER_NAME} bytes"));
     }
     if value.starts_with('.') || value.ends_with('.') || value.contains("..") {
         return Err(

@@ -319,7 +319,13 @@ pub(super) fn read_npy(
         })?;
     let values = read_values(what, reader, header.elem, header.big_endian, elements)?
         .map_err(|found| truncated(what, bytes, found))?;
-    drain(what, reader)?;
+    let rest = drain(what, reader)?;
+    if rest > 0 {
+        return Err(invalid(format!(
+            "{what}: {rest} bytes follow the {bytes} bytes of values its header declares, \
+             which np.save never writes; save the array again"
+        )));
+    }
     Ok(HostTensor {
         shape: header.shape,
         data: values,
@@ -387,6 +393,13 @@ mod tests {
         let t = read(&file, None).unwrap();
         assert_eq!(t.shape, vec![2, 3]);
         assert_eq!(t.data, values);
+        let mut longer = file.clone();
+        longer.extend_from_slice(&[1, 2, 3]);
+        let m = message(read(&longer, None));
+        assert!(
+            m.contains("3 bytes follow the 24 bytes of values its header declares"),
+            "{m}"
+        );
     }
 
     #[test]

@@ -123,6 +123,13 @@ pub(super) fn read_safetensors(
     if end + rest < data_len {
         return Err(truncated(what, data_len, end + rest));
     }
+    if end + rest > data_len {
+        return Err(invalid(format!(
+            "{what}: {} bytes follow the {data_len} bytes of data its header declares; save \
+             the file again",
+            end + rest - data_len
+        )));
+    }
     Ok(HostTensor {
         shape: info.shape.clone(),
         data: values,
@@ -333,6 +340,14 @@ mod tests {
         );
         let t = read(&file, Some("a")).unwrap();
         assert_eq!((t.shape, t.data), (vec![2, 2], a.to_vec()));
+        // Data past the last entry's end is not a file the library writes.
+        let mut longer = file.clone();
+        longer.extend_from_slice(&[0; 8]);
+        let m = message(read(&longer, Some("a")));
+        assert!(
+            m.contains("8 bytes follow the 32 bytes of data its header declares"),
+            "{m}"
+        );
 
         let mut reader = Counting {
             inner: &file,
