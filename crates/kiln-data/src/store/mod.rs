@@ -5,10 +5,10 @@
 //! asks for it, its SHA-256 before downloading a byte; every read goes to the object's end,
 //! where its size and stored digest are checked ([`Bucket`] says why kiln reads the chunks).
 
-use std::pin::Pin;
+mod chunks;
+mod readers;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -16,13 +16,14 @@ use async_nats::jetstream::object_store::{
     InfoError, InfoErrorKind, ObjectInfo, ObjectMetadata, PutError, PutErrorKind,
 };
 use base64::Engine as _;
-use futures::StreamExt as _;
 use kiln_proto::{BUCKET_DATA, ObjectDescriptor, ObjectRef};
-use sha2::Digest as _;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 pub use async_nats::jetstream::object_store::ObjectStore;
 
+pub use chunks::CHUNK_PATIENCE;
+
+use self::readers::{Prefixed, Verified, read_error, read_full};
 use crate::formats::{self, DataError, Format};
 use crate::{Dataset, HostTensor, Model};
 
@@ -84,7 +85,7 @@ pub struct StoredObject {
 }
 
 /// The `KILN_DATA` object store, and the stream under it: kiln reads an object's chunks from
-/// the stream itself ([`chunks`]), because the client's reader follows links without end (an
+/// the stream itself ([`crate::chunks`]), because the client's reader follows links without end (an
 /// object linked to itself overflowed the worker's stack, and took it down again at every
 /// redelivery) and waits for ever for chunks that are gone (an object put again while a job
 /// read it held that job, and with it a slot of its worker, until the worker stopped).
@@ -95,6 +96,20 @@ pub struct Bucket {
     stream: jetstream::stream::Stream,
     client: async_nats::Client,
     patience: Duration,
+}
+
+impl Bucket {
+    /// A reader of the object `info` describes (resolved by `stored_info`), and the flag it
+    /// raises when the bytes do not match the object's size and digest.
+    fn read(&self, info: &ObjectInfo) -> (Verified, Arc<AtomicBool>) {
+        let chunks = chunks::chunks(
+            self.stream.clone(),
+            self.client.new_inbox(),
+            info.clone(),
+            self.patience,
+        );
+        Verified::new(chunks)
+    }
 }
 
 impl Bucket {
@@ -300,264 +315,6 @@ fn mib(bytes: u64) -> String {
     format!("{:.1}", bytes as f64 / (1024.0 * 1024.0))
 }
 
-/// How long a read waits for an object's next chunk before it gives up. A healthy server
-/// sends them milliseconds apart; chunks that never come were removed (the object was put
-/// again or deleted while the job read it), and the job is better retried (`internal`), which
-/// reads what the name holds then, than held until its worker stops.
-pub const CHUNK_PATIENCE: Duration = Duration::from_secs(20);
-
-/// An object being read from its chunks, noting when its bytes do not match its stored
-/// digest or size (reported as `InvalidData` after the last chunk).
-struct Verified {
-    reader: Pin<Box<dyn AsyncRead + Send>>,
-    corrupt: Arc<AtomicBool>,
-}
-
-impl Verified {
-    /// The object `info` describes (resolved by [`stored_info`]) to read, and the flag its
-    /// reader raises when the bytes do not match.
-    fn open(bucket: &Bucket, info: &ObjectInfo) -> (Self, Arc<AtomicBool>) {
-        let reader = tokio_util::io::StreamReader::new(chunks(
-            bucket.stream.clone(),
-            bucket.client.new_inbox(),
-            info.clone(),
-            bucket.patience,
-        ));
-        let corrupt = Arc::new(AtomicBool::new(false));
-        let verified = Verified {
-            reader: Box::pin(reader),
-            corrupt: corrupt.clone(),
-        };
-        (verified, corrupt)
-    }
-}
-
-impl AsyncRead for Verified {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let result = self.reader.as_mut().poll_read(cx, buf);
-        if let Poll::Ready(Err(e)) = &result
-            && e.kind() == std::io::ErrorKind::InvalidData
-        {
-            self.corrupt.store(true, Ordering::Relaxed);
-        }
-        result
-    }
-}
-
-/// The chunks of the object `info` describes, in order, from an ordered consumer on its
-/// chunks' subject; after the last, its size and SHA-256 are checked (`InvalidData` when they
-/// do not match). A chunk that does not come within `patience` is a `TimedOut` error.
-fn chunks(
-    stream: jetstream::stream::Stream,
-    inbox: String,
-    info: ObjectInfo,
-    patience: Duration,
-) -> Pin<Box<dyn futures::Stream<Item = std::io::Result<bytes::Bytes>> + Send>> {
-    use jetstream::consumer::push::{Ordered, OrderedConfig};
-    use std::io::{Error, ErrorKind};
-    struct Reading {
-        stream: jetstream::stream::Stream,
-        inbox: String,
-        info: ObjectInfo,
-        messages: Option<Ordered>,
-        /// The last message on the chunks' subject came (the server counts none pending):
-        /// chunks added behind the object's back are read too, and fail its digest.
-        done: bool,
-        chunks: usize,
-        bytes: u64,
-        digest: sha2::Sha256,
-    }
-    impl Reading {
-        /// The object read whole: as many chunks and bytes as its info says, and its digest.
-        /// A stored digest that does not parse is a mismatch (the client refused those too).
-        fn check(&mut self) -> std::io::Result<()> {
-            let read: String = self
-                .digest
-                .finalize_reset()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
-            let whole = self.chunks == self.info.chunks && self.bytes == self.info.size as u64;
-            let digest_ok = match self.info.digest.as_deref() {
-                None => true,
-                Some(stored) => sha256_hex(stored).is_some_and(|stored| stored == read),
-            };
-            if whole && digest_ok {
-                return Ok(());
-            }
-            Err(Error::new(
-                ErrorKind::InvalidData,
-                "the object's bytes do not match its stored size and digest",
-            ))
-        }
-    }
-    let reading = Reading {
-        stream,
-        inbox,
-        info,
-        messages: None,
-        done: false,
-        chunks: 0,
-        bytes: 0,
-        digest: sha2::Sha256::new(),
-    };
-    Box::pin(futures::stream::try_unfold(
-        reading,
-        move |mut r| async move {
-            if r.done || r.info.chunks == 0 {
-                // Empty, or its last chunk read and checked.
-                return match r.info.chunks {
-                    0 => r.check().map(|()| None),
-                    _ => Ok(None),
-                };
-            }
-            if r.messages.is_none() {
-                let subject = format!("$O.{BUCKET_DATA}.C.{}", r.info.nuid);
-                let consumer = r
-                    .stream
-                    .create_consumer(OrderedConfig {
-                        deliver_subject: r.inbox.clone(),
-                        filter_subject: subject,
-                        ..Default::default()
-                    })
-                    .await
-                    .map_err(Error::other)?;
-                if consumer.cached_info().num_pending == 0 {
-                    return Err(Error::new(
-                        ErrorKind::NotFound,
-                        format!(
-                            "none of its {} chunks is stored: the object was put again or \
-                             deleted as it was read",
-                            r.info.chunks
-                        ),
-                    ));
-                }
-                r.messages = Some(consumer.messages().await.map_err(Error::other)?);
-            }
-            let Some(messages) = r.messages.as_mut() else {
-                return Ok(None);
-            };
-            let message = loop {
-                let next = tokio::time::timeout(patience, messages.next()).await;
-                match next {
-                    Ok(Some(Ok(message))) => break message,
-                    // The ordered consumer makes itself again after a missed heartbeat.
-                    Ok(Some(Err(e)))
-                        if e.kind()
-                            == jetstream::consumer::push::OrderedErrorKind::MissingHeartbeat => {}
-                    Ok(Some(Err(e))) => return Err(Error::other(e)),
-                    Ok(None) => return Err(Error::other("the object's chunks stopped coming")),
-                    Err(_) => {
-                        return Err(Error::new(
-                            ErrorKind::TimedOut,
-                            format!(
-                                "chunk {} of {} did not come within {patience:?}: the object was \
-                                 put again or deleted while it was read, or the server is \
-                                 overloaded",
-                                r.chunks + 1,
-                                r.info.chunks,
-                            ),
-                        ));
-                    }
-                }
-            };
-            r.digest.update(&message.payload);
-            r.chunks += 1;
-            r.bytes += message.payload.len() as u64;
-            // Never more than the object's info says (chunks added behind its back would
-            // grow a whole read past the memory budget it was checked against).
-            if r.chunks > r.info.chunks || r.bytes > r.info.size as u64 {
-                return Err(Error::new(
-                    ErrorKind::InvalidData,
-                    "the object holds more than its info says",
-                ));
-            }
-            // The last chunk is checked as it comes, so that a reader that stops at the
-            // object's end gets the error too.
-            r.done = message.info().map_err(Error::other)?.pending == 0;
-            if r.done {
-                r.check()?;
-            }
-            let payload = message.payload.clone();
-            Ok(Some((payload, r)))
-        },
-    ))
-}
-
-/// `prefix`, then `inner`: in one read where `inner` is ready, so a store's chunks stay whole.
-struct Prefixed<R> {
-    prefix: Vec<u8>,
-    pos: usize,
-    inner: R,
-}
-
-impl<R> Prefixed<R> {
-    fn new(prefix: Vec<u8>, inner: R) -> Self {
-        Self {
-            prefix,
-            pos: 0,
-            inner,
-        }
-    }
-}
-
-impl<R: AsyncRead + Unpin> AsyncRead for Prefixed<R> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let this = &mut *self;
-        if this.pos < this.prefix.len() {
-            let n = buf.remaining().min(this.prefix.len() - this.pos);
-            buf.put_slice(&this.prefix[this.pos..this.pos + n]);
-            this.pos += n;
-            if buf.remaining() > 0
-                && let Poll::Ready(Err(e)) = Pin::new(&mut this.inner).poll_read(cx, buf)
-            {
-                return Poll::Ready(Err(e));
-            }
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut this.inner).poll_read(cx, buf)
-    }
-}
-
-/// Read until `buf` is full or the input ends; the number of bytes read.
-async fn read_full(
-    reader: &mut (impl AsyncRead + Unpin),
-    buf: &mut [u8],
-) -> std::io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match reader.read(&mut buf[filled..]).await? {
-            0 => break,
-            n => filled += n,
-        }
-    }
-    Ok(filled)
-}
-
-/// A failed read of object `name`: corrupt when the digest did not match, else I/O.
-fn read_error(name: &str, corrupt_flag: &AtomicBool, error: &std::io::Error) -> DataError {
-    if corrupt_flag.load(Ordering::Relaxed) {
-        corrupt(name)
-    } else {
-        let advice = match error.kind() {
-            // Its chunks are gone or stopped coming: the connection is not the suspect.
-            std::io::ErrorKind::NotFound | std::io::ErrorKind::TimedOut => "try again",
-            _ => "check the connection to NATS",
-        };
-        DataError::Io(format!(
-            "reading object {name} from {BUCKET_DATA} failed ({error}); {advice}"
-        ))
-    }
-}
-
 /// Load the object `reference` names as `want`.
 ///
 /// Refused before anything is downloaded: a missing object, one over `max_bytes`
@@ -701,7 +458,7 @@ impl<'a> Peeked<'a> {
     /// Open object `name` (`size` bytes) and read its first [`PEEK`] bytes.
     async fn open(store: &Bucket, name: &'a str, info: &ObjectInfo) -> Result<Self, DataError> {
         let size = info.size as u64;
-        let (mut reader, corrupt_flag) = Verified::open(store, info);
+        let (mut reader, corrupt_flag) = store.read(info);
         let mut prefix = vec![0u8; PEEK];
         let n = read_full(&mut reader, &mut prefix)
             .await
@@ -900,7 +657,7 @@ pub async fn get_to_writer(
     writer: &mut (impl AsyncWrite + Unpin),
 ) -> Result<StoredObject, DataError> {
     let info = stored_info(store, name).await?;
-    let (mut reader, corrupt_flag) = Verified::open(store, &info);
+    let (mut reader, corrupt_flag) = store.read(&info);
     let mut buf = vec![0u8; CHUNK_SIZE];
     loop {
         let n = reader

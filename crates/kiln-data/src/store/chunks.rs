@@ -1,0 +1,177 @@
+//! Reading an object of `KILN_DATA` from its chunks, in kiln rather than through the client's
+//! reader: that one follows links without end (an object linked to itself overflowed the
+//! worker's stack, at every redelivery) and waits for ever for chunks that are gone (an object
+//! put again while a job read it held the job, and a slot of its worker, until the worker
+//! stopped). Here a read stops at what the object's info says, waits a bounded time for each
+//! chunk, and checks size and SHA-256 as the last chunk comes.
+
+use std::io::{Error, ErrorKind};
+use std::pin::Pin;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::push::{Ordered, OrderedConfig, OrderedErrorKind};
+use async_nats::jetstream::object_store::ObjectInfo;
+use async_nats::jetstream::stream::Stream;
+use futures::StreamExt as _;
+use kiln_proto::BUCKET_DATA;
+use sha2::Digest as _;
+
+/// How long a read waits for an object's next chunk before it gives up. A healthy server
+/// sends them milliseconds apart; chunks that never come were removed (the object was put
+/// again or deleted while the job read it), and the job is better retried (`internal`), which
+/// reads what the name holds then, than held until its worker stops.
+pub const CHUNK_PATIENCE: Duration = Duration::from_secs(20);
+
+/// The chunks' bytes, in order.
+pub(crate) type Chunks = Pin<Box<dyn futures::Stream<Item = std::io::Result<bytes::Bytes>> + Send>>;
+
+/// The chunks of the object `info` describes (resolved, not a link), from an ordered consumer
+/// on its chunks' subject delivering to `inbox`. Errors: `InvalidData` when the object holds
+/// more than its info says, or its size or SHA-256 do not match at the last chunk;
+/// `NotFound` when none of its chunks is stored; `TimedOut` when a chunk does not come within
+/// `patience`.
+pub(crate) fn chunks(
+    stream: Stream,
+    inbox: String,
+    info: ObjectInfo,
+    patience: Duration,
+) -> Chunks {
+    let reading = Reading {
+        stream,
+        inbox,
+        info,
+        patience,
+        messages: None,
+        done: false,
+        chunks: 0,
+        bytes: 0,
+        digest: sha2::Sha256::new(),
+    };
+    Box::pin(futures::stream::try_unfold(reading, |mut r| async move {
+        if r.info.chunks == 0 {
+            return r.check().map(|()| None);
+        }
+        if r.done {
+            return Ok(None);
+        }
+        let payload = r.next_chunk().await?;
+        Ok(Some((payload, r)))
+    }))
+}
+
+/// One object being read.
+struct Reading {
+    stream: Stream,
+    inbox: String,
+    info: ObjectInfo,
+    patience: Duration,
+    messages: Option<Ordered>,
+    /// Its last chunk came (and was checked).
+    done: bool,
+    chunks: usize,
+    bytes: u64,
+    digest: sha2::Sha256,
+}
+
+impl Reading {
+    /// The next chunk, counted and checked against the object's info.
+    async fn next_chunk(&mut self) -> std::io::Result<bytes::Bytes> {
+        let message = self.next_message().await?;
+        self.digest.update(&message.payload);
+        self.chunks += 1;
+        self.bytes += message.payload.len() as u64;
+        // Never more than the object's info says (chunks added behind its back would grow a
+        // whole read past the memory budget it was checked against).
+        if self.chunks > self.info.chunks || self.bytes > self.info.size as u64 {
+            return Err(Error::new(
+                ErrorKind::InvalidData,
+                "the object holds more than its info says",
+            ));
+        }
+        // The last chunk is checked as it comes, so that a reader that stops at the object's
+        // end gets the error too.
+        self.done = message.info().map_err(Error::other)?.pending == 0;
+        if self.done {
+            self.check()?;
+        }
+        Ok(message.payload.clone())
+    }
+
+    /// The next message on the chunks' subject, within the patience.
+    async fn next_message(&mut self) -> std::io::Result<async_nats::jetstream::Message> {
+        let patience = self.patience;
+        let (chunk, of) = (self.chunks + 1, self.info.chunks);
+        let messages = self.messages().await?;
+        loop {
+            match tokio::time::timeout(patience, messages.next()).await {
+                Ok(Some(Ok(message))) => return Ok(message),
+                // The ordered consumer makes itself again after a missed heartbeat.
+                Ok(Some(Err(e))) if e.kind() == OrderedErrorKind::MissingHeartbeat => {}
+                Ok(Some(Err(e))) => return Err(Error::other(e)),
+                Ok(None) => return Err(Error::other("the object's chunks stopped coming")),
+                Err(_) => {
+                    return Err(Error::new(
+                        ErrorKind::TimedOut,
+                        format!(
+                            "chunk {chunk} of {of} did not come within {patience:?}: the \
+                             object was put again or deleted while it was read, or the server \
+                             is overloaded"
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// The consumer of the chunks, made on first use; `NotFound` when none is stored.
+    async fn messages(&mut self) -> std::io::Result<&mut Ordered> {
+        if self.messages.is_none() {
+            let consumer = self
+                .stream
+                .create_consumer(OrderedConfig {
+                    deliver_subject: self.inbox.clone(),
+                    filter_subject: format!("$O.{BUCKET_DATA}.C.{}", self.info.nuid),
+                    ..Default::default()
+                })
+                .await
+                .map_err(Error::other)?;
+            if consumer.cached_info().num_pending == 0 {
+                return Err(Error::new(
+                    ErrorKind::NotFound,
+                    format!(
+                        "none of its {} chunks is stored: the object was put again or deleted \
+                         as it was read",
+                        self.info.chunks
+                    ),
+                ));
+            }
+            self.messages = Some(consumer.messages().await.map_err(Error::other)?);
+        }
+        self.messages
+            .as_mut()
+            .ok_or_else(|| Error::other("no consumer"))
+    }
+
+    /// The object read whole: as many chunks and bytes as its info says, and its digest. A
+    /// stored digest that does not parse is a mismatch (the client refused those too).
+    fn check(&mut self) -> std::io::Result<()> {
+        let read: String = self
+            .digest
+            .finalize_reset()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let whole = self.chunks == self.info.chunks && self.bytes == self.info.size as u64;
+        let digest_ok = match self.info.digest.as_deref() {
+            None => true,
+            Some(stored) => crate::store::sha256_hex(stored).is_some_and(|stored| stored == read),
+        };
+        if whole && digest_ok {
+            return Ok(());
+        }
+        Err(Error::new(
+            ErrorKind::InvalidData,
+            "the object's bytes do not match its stored size and digest",
+        ))
+    }
+}
