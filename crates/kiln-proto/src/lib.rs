@@ -44,7 +44,9 @@ pub use result::{ResultEvent, Routing, Status, result_msg_id};
 pub use state::{BUCKET_STATE, JobState, Phase, state_subject};
 pub use streams::{MaxDeliveriesAdvisory, Topology};
 pub use subject::{DeviceClass, JobSubject};
-pub use workers::{BUCKET_CANCEL, BUCKET_WORKERS, RunningJob, WorkerInfo, instance_name, job_key};
+pub use workers::{
+    BUCKET_CANCEL, BUCKET_WORKERS, RunningJob, WorkerInfo, instance_name, job_key, key_byte,
+};
 
 /// Header carrying the job id into JetStream's duplicate detection.
 pub const HEADER_MSG_ID: &str = "Nats-Msg-Id";

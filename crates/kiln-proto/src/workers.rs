@@ -69,15 +69,16 @@ pub struct RunningJob {
 /// The key-value bucket of cancelled job ids (`kiln cancel`); entries expire after a day.
 pub const BUCKET_CANCEL: &str = "KILN_CANCEL";
 
+/// Whether kiln writes byte `b` in a key-value key as it is: letters, digits and `-_=.`
+/// (job keys, worker names; other bytes are encoded or replaced).
+pub fn key_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-_=.".contains(&b)
+}
+
 /// The key of job `id` in a key-value bucket: the id itself when it only uses the characters
 /// keys allow, else `x-` and its bytes in hex.
 pub fn job_key(id: &str) -> String {
-    if !id.is_empty()
-        && !id.starts_with("x-")
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_=.".contains(&b))
-    {
+    if !id.is_empty() && !id.starts_with("x-") && id.bytes().all(key_byte) {
         id.to_owned()
     } else {
         let mut key = String::from("x-");

@@ -59,7 +59,7 @@ pub(crate) async fn compute(
     id: &str,
 ) -> Ran {
     if crate::batch::takes(shared, &job) {
-        let mut ticker = progress_ticker(shared);
+        let mut ticker = progress_ticker(shared.config.topology.ack_wait);
         computing(shared, id);
         let mut batched = crate::batch::enqueue(shared, job, id);
         let abandon = abandoned(shared.abandon.subscribe());
@@ -76,7 +76,7 @@ pub(crate) async fn compute(
     if runs_inline(&shared.config, &job) {
         return run_inline(shared, job, id);
     }
-    let mut ticker = progress_ticker(shared);
+    let mut ticker = progress_ticker(shared.config.topology.ack_wait);
     let Some(permit) = admit(shared, message, &job, &mut ticker).await else {
         return Ran::handed_back(
             "worker shutting down before the job started; job handed back".into(),
@@ -103,8 +103,8 @@ pub(crate) async fn compute(
 
 /// Ticks for the progress acks of a job that waits or computes for longer than a moment:
 /// three per ack wait. (Not made for a job run inline: a timer is an allocation.)
-fn progress_ticker(shared: &Shared) -> tokio::time::Interval {
-    let every = (shared.config.topology.ack_wait / 3).max(Duration::from_millis(100));
+pub(crate) fn progress_ticker(ack_wait: Duration) -> tokio::time::Interval {
+    let every = (ack_wait / 3).max(Duration::from_millis(100));
     tokio::time::interval_at(tokio::time::Instant::now() + every, every)
 }
 

@@ -111,8 +111,7 @@ async fn with_progress<T>(
     ack_wait: Duration,
     work: impl std::future::Future<Output = T>,
 ) -> T {
-    let every = (ack_wait / 3).max(Duration::from_millis(100));
-    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    let mut ticker = crate::compute::progress_ticker(ack_wait);
     tokio::pin!(work);
     loop {
         tokio::select! {

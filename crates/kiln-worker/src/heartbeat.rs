@@ -18,15 +18,12 @@ pub(crate) struct Heartbeat {
     task: tokio::task::JoinHandle<()>,
 }
 
-/// A key-value key for a worker name (keys allow letters, digits and `-_=.`).
+/// A key-value key for a worker name: what a key cannot hold becomes `_`.
 fn key(name: &str) -> String {
     name.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "-_=.".contains(c) {
-                c
-            } else {
-                '_'
-            }
+        .map(|c| match c.is_ascii() && kiln_proto::key_byte(c as u8) {
+            true => c,
+            false => '_',
         })
         .collect()
 }

@@ -109,13 +109,12 @@ fn decode_pixels(
         .total_bytes()
         .saturating_add(elements.saturating_mul(4));
     if needed > budget.max_bytes {
-        let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
         return Err(DataError::TooLarge(format!(
-            "{what}: this {width} × {height} {kind} with {channels} channel(s) takes {:.1} MiB \
+            "{what}: this {width} × {height} {kind} with {channels} channel(s) takes {} MiB \
              to decode (its pixels and {elements} f32 values), over this worker's memory \
-             budget of {:.1} MiB; send a smaller image or run a worker with more memory",
-            mib(needed),
-            mib(budget.max_bytes)
+             budget of {} MiB; send a smaller image or run a worker with more memory",
+            super::mib(needed),
+            super::mib(budget.max_bytes)
         )));
     }
     let mut pixels = vec![0u8; usize::try_from(decoder.total_bytes()).unwrap_or(usize::MAX)];

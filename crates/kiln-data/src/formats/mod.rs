@@ -28,6 +28,11 @@ use self::safetensors::{read_safetensors, read_safetensors_header};
 use self::values::{Elem, read_full};
 use crate::HostTensor;
 
+/// `bytes` in MiB with one decimal, as messages about memory give sizes.
+pub(crate) fn mib(bytes: u64) -> String {
+    format!("{:.1}", bytes as f64 / (1024.0 * 1024.0))
+}
+
 /// A format kiln reads or writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {

@@ -311,10 +311,6 @@ async fn plain_info(store: &ObjectStore, name: &str) -> Result<ObjectInfo, DataE
     Ok(info)
 }
 
-fn mib(bytes: u64) -> String {
-    format!("{:.1}", bytes as f64 / (1024.0 * 1024.0))
-}
-
 /// Load the object `reference` names as `want`.
 ///
 /// Refused before anything is downloaded: a missing object, one over `max_bytes`
@@ -399,8 +395,8 @@ fn check_size(name: &str, size: u64, max_bytes: u64) -> Result<(), DataError> {
         return Err(DataError::TooLarge(format!(
             "object {name} is {} MiB, over this worker's memory budget of {} MiB; send a \
              smaller object or run a worker with more memory",
-            mib(size),
-            mib(max_bytes)
+            formats::mib(size),
+            formats::mib(max_bytes)
         )));
     }
     Ok(())

@@ -334,15 +334,13 @@ pub async fn live_workers(js: &jetstream::Context) -> Result<Vec<crate::WorkerIn
         .try_collect()
         .await
         .map_err(|e| e.to_string())?;
-    // A subject published there by hand that is no key (a worker's keys are letters,
-    // digits and `-_=.`) is nobody's heartbeat: skipped, rather than fail every read.
+    // A subject published there by hand that is no key kiln writes is nobody's heartbeat:
+    // skipped, rather than fail every read.
     let key_like = |key: &&str| {
         !key.is_empty()
             && !key.starts_with('.')
             && !key.ends_with('.')
-            && key
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_=./".contains(&b))
+            && key.bytes().all(crate::key_byte)
     };
     let keys: Vec<&str> = subjects
         .iter()
