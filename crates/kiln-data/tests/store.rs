@@ -439,3 +439,105 @@ async fn an_empty_object_is_read_at_once() {
         "{m}"
     );
 }
+
+/// Messages stored on `subject` (a filter) in the bucket's stream.
+async fn stored_on(js: &jetstream::Context, subject: &str) -> u64 {
+    let stream = js.get_stream(format!("OBJ_{BUCKET_DATA}")).await.unwrap();
+    use futures::TryStreamExt as _;
+    let subjects: Vec<(String, usize)> = stream
+        .info_with_subjects(subject)
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    subjects.iter().map(|(_, n)| *n as u64).sum()
+}
+
+/// kiln writes an object's chunks itself, several in flight: what it stores is what the
+/// client's own reader reads (digest checked), in full chunks, and a put under the same name
+/// removes the chunks of the object it replaces.
+#[tokio::test]
+async fn a_put_reads_back_through_the_client_and_replaces_what_it_replaces() {
+    use tokio::io::AsyncReadExt as _;
+    let (_server, js, store) = bucket().await;
+    // 11 chunks and a part: more than are ever in flight at once.
+    let bytes: Vec<u8> = (0..11 * store::CHUNK_SIZE + 12_345)
+        .map(|i| (i * 7 % 251) as u8)
+        .collect();
+    let put = store::put_reader(&store, "big.bin", &mut &bytes[..])
+        .await
+        .unwrap();
+    assert_eq!(put.size, bytes.len() as u64);
+    let first = store.info("big.bin").await.unwrap();
+    assert_eq!((first.chunks, first.size), (12, bytes.len()));
+
+    let mut back = Vec::new();
+    let mut reader = store.get("big.bin").await.unwrap();
+    reader.read_to_end(&mut back).await.unwrap();
+    assert!(back == bytes, "the client read back other bytes");
+    let chunks = format!("$O.{BUCKET_DATA}.C.{}", first.nuid);
+    assert_eq!(stored_on(&js, &chunks).await, 12);
+
+    // Put again, from a reader that yields a few bytes at a time: still full chunks.
+    let again = &bytes[..3 * store::CHUNK_SIZE];
+    let mut trickle = tokio_util::io::StreamReader::new(futures::stream::iter(
+        again
+            .chunks(1000)
+            .map(|c| Ok::<_, std::io::Error>(bytes::Bytes::copy_from_slice(c))),
+    ));
+    store::put_reader(&store, "big.bin", &mut trickle)
+        .await
+        .unwrap();
+    let second = store.info("big.bin").await.unwrap();
+    assert_eq!((second.chunks, second.size), (3, again.len()));
+    assert_eq!(stored_on(&js, &chunks).await, 0, "the old chunks stayed");
+    let all = format!("$O.{BUCKET_DATA}.C.>");
+    assert_eq!(stored_on(&js, &all).await, 3);
+    let mut out = Vec::new();
+    store::get_to_writer(&store, "big.bin", &mut out)
+        .await
+        .unwrap();
+    assert!(out == again);
+}
+
+/// A put that does not fit leaves nothing behind: the client's put left the chunks it had
+/// stored, which filled the bucket for everything after it until they aged out.
+#[tokio::test]
+async fn a_put_that_does_not_fit_leaves_no_chunks() {
+    let server = kiln_testkit::NatsServer::start();
+    let js = jetstream::new(async_nats::connect(server.url()).await.unwrap());
+    let mut config = Topology::default().data_bucket();
+    config.max_bytes = 4 * MIB as i64;
+    js.create_object_store(config).await.unwrap();
+    let store = store::open(&js).await.unwrap();
+
+    let small = vec![1u8; 1000];
+    store::put_reader(&store, "small", &mut &small[..])
+        .await
+        .unwrap();
+    let big = vec![2u8; 10 * MIB as usize];
+    let failed = store::put_reader(&store, "big", &mut &big[..]).await;
+    match failed {
+        Err(DataError::TooLarge(m)) => assert!(m.contains("KILN_DATA is full"), "{m}"),
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    let all = format!("$O.{BUCKET_DATA}.C.>");
+    assert_eq!(
+        stored_on(&js, &all).await,
+        1,
+        "only the small object's chunk"
+    );
+    assert!(store.info("big").await.is_err());
+
+    // The room the failed put took is free again: 3 MiB fit.
+    let fits = vec![3u8; 3 * MIB as usize];
+    store::put_reader(&store, "fits", &mut &fits[..])
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    store::get_to_writer(&store, "small", &mut out)
+        .await
+        .unwrap();
+    assert!(out == small);
+}

@@ -6,6 +6,7 @@
 //! where its size and stored digest are checked ([`Bucket`] says why kiln reads the chunks).
 
 mod chunks;
+mod put;
 mod readers;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,7 +14,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use async_nats::jetstream::object_store::{
-    InfoError, InfoErrorKind, ObjectInfo, ObjectMetadata, PutError, PutErrorKind,
+    InfoError, InfoErrorKind, ObjectInfo, PutError, PutErrorKind,
 };
 use base64::Engine as _;
 use kiln_proto::{BUCKET_DATA, ObjectDescriptor, ObjectRef};
@@ -85,15 +86,18 @@ pub struct StoredObject {
 }
 
 /// The `KILN_DATA` object store, and the stream under it: kiln reads an object's chunks from
-/// the stream itself ([`crate::chunks`]), because the client's reader follows links without end (an
+/// the stream itself (`store/chunks.rs`), because the client's reader follows links without end (an
 /// object linked to itself overflowed the worker's stack, and took it down again at every
 /// redelivery) and waits for ever for chunks that are gone (an object put again while a job
-/// read it held that job, and with it a slot of its worker, until the worker stopped).
-/// Everything else is the client's object store, which this dereferences to.
+/// read it held that job, and with it a slot of its worker, until the worker stopped). It
+/// writes them itself too, several in flight at once, and removes the chunks of a put that
+/// fails (the client's put left them behind, filling the bucket). Everything else is the
+/// client's object store, which this dereferences to.
 #[derive(Clone)]
 pub struct Bucket {
     store: ObjectStore,
     stream: jetstream::stream::Stream,
+    js: jetstream::Context,
     client: async_nats::Client,
     patience: Duration,
 }
@@ -142,6 +146,7 @@ pub async fn open(js: &jetstream::Context) -> Result<Bucket, DataError> {
     Ok(Bucket {
         store,
         stream,
+        js: js.clone(),
         client: js.client(),
         patience: CHUNK_PATIENCE,
     })
@@ -531,20 +536,14 @@ async fn decode_blocking<T: Send + 'static>(
 }
 
 async fn put(
-    store: &ObjectStore,
+    store: &Bucket,
     name: &str,
     reader: &mut (impl AsyncRead + Unpin),
 ) -> Result<ObjectInfo, DataError> {
     if !usable_name(name) {
         return Err(bad_name(name));
     }
-    let meta = ObjectMetadata {
-        name: name.to_string(),
-        chunk_size: Some(CHUNK_SIZE),
-        ..Default::default()
-    };
-    store
-        .put(meta, reader)
+    put::put(store, name, reader)
         .await
         .map_err(|e| put_error(name, e))
 }
@@ -570,7 +569,7 @@ fn descriptor(info: &ObjectInfo, format: &str, shape: Vec<u64>, dtype: &str) -> 
 /// also streamed) or `png` (8-bit; shapes as [`formats::encode_png`] takes). An existing
 /// object of that name is replaced.
 pub async fn put_tensor(
-    store: &ObjectStore,
+    store: &Bucket,
     name: &str,
     tensor: &HostTensor,
     format: &str,
@@ -618,7 +617,7 @@ pub async fn put_tensor(
 
 /// Store `model` as a safetensors object `name` (its tensors as f32, with its metadata).
 pub async fn put_model(
-    store: &ObjectStore,
+    store: &Bucket,
     name: &str,
     model: &Model,
 ) -> Result<ObjectDescriptor, DataError> {
@@ -631,7 +630,7 @@ pub async fn put_model(
 /// format is what the first bytes say (empty when none kiln reads), with the shape and element
 /// type of a `.npy`, a one-tensor safetensors file or a PNG.
 pub async fn put_reader(
-    store: &ObjectStore,
+    store: &Bucket,
     name: &str,
     reader: &mut (impl AsyncRead + Unpin),
 ) -> Result<ObjectDescriptor, DataError> {

@@ -1,0 +1,194 @@
+//! Storing an object in `KILN_DATA`, in kiln rather than through the client's `put`: that one
+//! waits for each chunk's ack before it sends the next (a round trip per chunk), and a put
+//! that fails part-way (a full bucket, a lost connection) leaves the chunks it stored behind,
+//! where they count against `--data-max-bytes` until they age out: a worker whose output did
+//! not fit left another partial copy at every attempt, filling the bucket further. Here a few
+//! chunks are in flight at once, and a put that fails removes its chunks before it returns.
+//! What is stored is what the client stores (chunks on `$O.<bucket>.C.<nuid>`, then the
+//! object's info on `$O.<bucket>.M.<name in base64>`, rolled up), so every NATS client reads it.
+
+use std::collections::VecDeque;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::context::PublishAckFuture;
+use async_nats::jetstream::object_store::{ObjectInfo, ObjectOptions, PutError, PutErrorKind};
+use base64::Engine as _;
+use bytes::BytesMut;
+use kiln_proto::BUCKET_DATA;
+use sha2::Digest as _;
+use tokio::io::{AsyncRead, AsyncReadExt as _};
+
+use super::{Bucket, CHUNK_SIZE};
+
+/// Chunks sent before the first of them must be acknowledged: 4 MiB in flight.
+pub(crate) const WINDOW: usize = 8;
+
+/// Store everything `reader` yields as object `name` (its name checked by the caller),
+/// replacing the object of that name, whose chunks are then removed. On failure nothing of
+/// this put is left in the bucket (as far as the server can still be told).
+pub(crate) async fn put(
+    bucket: &Bucket,
+    name: &str,
+    reader: &mut (impl AsyncRead + Unpin),
+) -> Result<ObjectInfo, PutError> {
+    let previous = bucket.store.info(name).await.ok();
+    let nuid = nuid::next().to_string();
+    let chunk_subject = format!("$O.{BUCKET_DATA}.C.{nuid}");
+    let written = match write_chunks(bucket, &chunk_subject, reader).await {
+        Ok(written) => written,
+        Err(error) => {
+            forget(bucket, &chunk_subject).await;
+            return Err(error);
+        }
+    };
+    let info = ObjectInfo {
+        name: name.to_owned(),
+        description: None,
+        metadata: Default::default(),
+        headers: None,
+        options: Some(ObjectOptions {
+            link: None,
+            max_chunk_size: Some(CHUNK_SIZE),
+        }),
+        bucket: BUCKET_DATA.to_owned(),
+        nuid,
+        size: written.size,
+        chunks: written.chunks,
+        modified: Some(time::OffsetDateTime::now_utc()),
+        digest: Some(format!(
+            "SHA-256={}",
+            base64::engine::general_purpose::URL_SAFE.encode(written.digest)
+        )),
+        deleted: false,
+    };
+    if let Err(error) = publish_info(bucket, &info).await {
+        // The info may have been stored though its ack was lost: then the put happened.
+        let stored = bucket.store.info(name).await;
+        if !stored.is_ok_and(|s| s.nuid == info.nuid) {
+            forget(bucket, &chunk_subject).await;
+            return Err(error);
+        }
+    }
+    if let Some(previous) = previous.filter(|p| !p.nuid.is_empty() && p.nuid != info.nuid) {
+        let old = format!("$O.{BUCKET_DATA}.C.{}", previous.nuid);
+        if let Err(e) = bucket.stream.purge().filter(&old).await {
+            // The object is stored; what it replaced ages out with --data-max-age.
+            tracing::warn!(object = name, error = %e, "could not remove the chunks of the object this one replaced");
+        }
+    }
+    Ok(info)
+}
+
+/// What [`write_chunks`] stored.
+struct Written {
+    size: usize,
+    chunks: usize,
+    digest: [u8; 32],
+}
+
+/// Publish `reader`'s bytes in chunks of [`CHUNK_SIZE`] on `subject`, at most [`WINDOW`] of
+/// them not yet acknowledged, and wait for every ack (also after a failure).
+async fn write_chunks(
+    bucket: &Bucket,
+    subject: &str,
+    reader: &mut (impl AsyncRead + Unpin),
+) -> Result<Written, PutError> {
+    let mut in_flight: VecDeque<PublishAckFuture> = VecDeque::with_capacity(WINDOW);
+    let mut written = send_chunks(bucket, subject, reader, &mut in_flight).await;
+    // Every chunk sent is waited for, also after a failure (their acks fail fast on a full
+    // bucket), so that none is stored after a failed put's chunks are removed.
+    for ack in in_flight {
+        let stored = acked(ack).await;
+        if let (Ok(_), Err(error)) = (&written, stored) {
+            written = Err(error);
+        }
+    }
+    written
+}
+
+async fn send_chunks(
+    bucket: &Bucket,
+    subject: &str,
+    reader: &mut (impl AsyncRead + Unpin),
+    in_flight: &mut VecDeque<PublishAckFuture>,
+) -> Result<Written, PutError> {
+    let mut digest = sha2::Sha256::new();
+    let (mut size, mut chunks) = (0, 0);
+    loop {
+        let chunk = read_chunk(reader).await?;
+        if chunk.is_empty() {
+            break;
+        }
+        digest.update(&chunk);
+        size += chunk.len();
+        chunks += 1;
+        if in_flight.len() == WINDOW
+            && let Some(oldest) = in_flight.pop_front()
+        {
+            acked(oldest).await?;
+        }
+        let ack = bucket
+            .js
+            .publish(subject.to_owned(), chunk.freeze())
+            .await
+            .map_err(|e| failed(PutErrorKind::PublishChunks, "chunk publish", e))?;
+        in_flight.push_back(ack);
+    }
+    Ok(Written {
+        size,
+        chunks,
+        digest: digest.finalize().into(),
+    })
+}
+
+/// Up to [`CHUNK_SIZE`] bytes from `reader`: a full chunk unless the data ends; empty at the
+/// end.
+async fn read_chunk(reader: &mut (impl AsyncRead + Unpin)) -> Result<BytesMut, PutError> {
+    let mut chunk = BytesMut::with_capacity(CHUNK_SIZE);
+    while chunk.len() < CHUNK_SIZE {
+        let n = reader
+            .read_buf(&mut chunk)
+            .await
+            .map_err(|e| PutError::with_source(PutErrorKind::ReadChunks, e))?;
+        if n == 0 {
+            break;
+        }
+    }
+    Ok(chunk)
+}
+
+async fn acked(ack: PublishAckFuture) -> Result<(), PutError> {
+    ack.await
+        .map(drop)
+        .map_err(|e| failed(PutErrorKind::PublishChunks, "chunk ack", e))
+}
+
+/// Publish the object's info, replacing what its name held.
+async fn publish_info(bucket: &Bucket, info: &ObjectInfo) -> Result<(), PutError> {
+    let encoded = base64::engine::general_purpose::URL_SAFE.encode(&info.name);
+    let subject = format!("$O.{BUCKET_DATA}.M.{encoded}");
+    let body =
+        serde_json::to_vec(info).map_err(|e| PutError::with_source(PutErrorKind::Other, e))?;
+    let mut headers = HeaderMap::new();
+    headers.insert(async_nats::header::NATS_ROLLUP, "sub");
+    bucket
+        .js
+        .publish_with_headers(subject, headers, body.into())
+        .await
+        .map_err(|e| failed(PutErrorKind::PublishMetadata, "info publish", e))?
+        .await
+        .map(drop)
+        .map_err(|e| failed(PutErrorKind::PublishMetadata, "info ack", e))
+}
+
+fn failed(kind: PutErrorKind, what: &str, error: impl std::fmt::Display) -> PutError {
+    PutError::with_source(kind, format!("failed {what}: {error}"))
+}
+
+/// Remove the chunks a failed put stored (best effort: when the server cannot be told, they
+/// age out with `--data-max-age`).
+async fn forget(bucket: &Bucket, chunk_subject: &str) {
+    if let Err(e) = bucket.stream.purge().filter(chunk_subject).await {
+        tracing::warn!(subject = chunk_subject, error = %e, "could not remove the chunks of a failed put");
+    }
+}
