@@ -44,12 +44,52 @@ pub(super) fn read_safetensors_header(
             text.len()
         )));
     }
-    serde_json::from_slice::<Metadata>(&text).map_err(|e| {
+    let not_valid = |e: serde_json::Error| {
         invalid(format!(
             "{what}: its safetensors header is not valid ({e}); save the file again with \
              safetensors"
         ))
-    })
+    };
+    // The header's map keeps the last of two entries under one name, silently: refused.
+    if let Some(name) = serde_json::from_slice::<TwiceNamed>(&text)
+        .map_err(not_valid)?
+        .0
+    {
+        return Err(invalid(format!(
+            "{what}: its safetensors header gives {name:?} twice; save the file again with \
+             safetensors"
+        )));
+    }
+    serde_json::from_slice::<Metadata>(&text).map_err(not_valid)
+}
+
+/// The first name a JSON object gives twice at its top level, if any.
+struct TwiceNamed(Option<String>);
+
+impl<'de> serde::Deserialize<'de> for TwiceNamed {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Names;
+        impl<'de> serde::de::Visitor<'de> for Names {
+            type Value = TwiceNamed;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                mut map: M,
+            ) -> Result<TwiceNamed, M::Error> {
+                let (mut seen, mut twice) = (std::collections::HashSet::new(), None);
+                while let Some(name) = map.next_key::<String>()? {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                    if twice.is_none() && !seen.insert(name.clone()) {
+                        twice = Some(name);
+                    }
+                }
+                Ok(TwiceNamed(twice))
+            }
+        }
+        deserializer.deserialize_map(Names)
+    }
 }
 
 /// Names for a message: all of them, or the first 20 and how many more.
@@ -425,6 +465,24 @@ mod tests {
         match read_tensor("t", &mut &file[..], Some("a"), 1) {
             Err(DataError::TooLarge(m)) => assert!(m.starts_with("t: tensor \"a\""), "{m}"),
             other => panic!("expected TooLarge, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn refuses_a_header_that_names_an_entry_twice() {
+        let values = le(&[1.0f32, 2.0], f32::to_le_bytes);
+        let header = br#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]},"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#;
+        let mut file = (header.len() as u64).to_le_bytes().to_vec();
+        file.extend_from_slice(header);
+        file.extend_from_slice(&values);
+        let m = message(read(&file, Some("b")));
+        assert_eq!(
+            m,
+            "t: its safetensors header gives \"a\" twice; save the file again with safetensors"
+        );
+        match decode_model("t", &file, 100) {
+            Err(DataError::Invalid(m)) => assert!(m.contains("gives \"a\" twice"), "{m}"),
+            other => panic!("expected Invalid, got {other:?}"),
         }
     }
 
