@@ -541,3 +541,94 @@ async fn a_put_that_does_not_fit_leaves_no_chunks() {
         .unwrap();
     assert!(out == small);
 }
+
+/// A writer that holds its first write until [`Gate::open`].
+#[derive(Clone, Default)]
+struct Gate(std::sync::Arc<std::sync::Mutex<(bool, Option<std::task::Waker>)>>);
+
+impl Gate {
+    fn open(&self) {
+        let mut gate = self.0.lock().unwrap();
+        gate.0 = true;
+        if let Some(waker) = gate.1.take() {
+            waker.wake();
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Gate {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let mut gate = self.0.lock().unwrap();
+        if !gate.0 {
+            gate.1 = Some(cx.waker().clone());
+            return std::task::Poll::Pending;
+        }
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// A read whose next chunk does not come looks at the object's info every second: an object
+/// put again (or deleted) while a job reads it ends the read at once, not after the chunk
+/// patience (20 s by default, which held the job that long before it was retried). The
+/// reader is held by its writer after its first chunk; the server's flow control then
+/// stops sending the rest, which the put removes.
+#[tokio::test]
+async fn a_read_stalled_by_a_replaced_object_ends_at_once() {
+    let (_server, _js, store) = bucket().await;
+    let store = store.with_chunk_patience(std::time::Duration::from_secs(60));
+    let bytes = vec![7u8; 8 * MIB as usize];
+    for (then, said) in [("put again", "put again"), ("deleted", "deleted")] {
+        store::put_reader(&store, "big", &mut &bytes[..])
+            .await
+            .unwrap();
+        let gate = Gate::default();
+        let reading = {
+            let (store, mut out) = (store.clone(), gate.clone());
+            tokio::spawn(async move {
+                let started = std::time::Instant::now();
+                let got = store::get_to_writer(&store, "big", &mut out).await;
+                (got, started.elapsed())
+            })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        match then {
+            "put again" => {
+                store::put_reader(&store, "big", &mut &bytes[..1000])
+                    .await
+                    .unwrap();
+            }
+            _ => store.delete("big").await.unwrap(),
+        }
+        gate.open();
+        let (got, took) = reading.await.unwrap();
+        match got {
+            Err(DataError::Io(m)) => assert!(
+                m.contains(&format!(
+                    "will not come: the object was {said} as it was read"
+                )),
+                "{m}"
+            ),
+            other => panic!("{then}: expected Io, got {other:?}"),
+        }
+        assert!(
+            took < std::time::Duration::from_secs(10),
+            "{then}: took {took:?}"
+        );
+    }
+}

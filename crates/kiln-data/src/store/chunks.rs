@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::push::{Ordered, OrderedConfig, OrderedErrorKind};
 use async_nats::jetstream::object_store::ObjectInfo;
-use async_nats::jetstream::stream::Stream;
+use async_nats::jetstream::stream::{LastRawMessageErrorKind, Stream};
 use futures::StreamExt as _;
 use kiln_proto::BUCKET_DATA;
 use sha2::Digest as _;
@@ -21,6 +21,10 @@ use sha2::Digest as _;
 /// again or deleted while the job read it), and the job is better retried (`internal`), which
 /// reads what the name holds then, than held until its worker stops.
 pub const CHUNK_PATIENCE: Duration = Duration::from_secs(20);
+
+/// How often a read whose next chunk does not come looks whether its object is still the one
+/// it reads.
+const LOOK_EVERY: Duration = Duration::from_secs(1);
 
 /// The chunks' bytes, in order.
 pub(crate) type Chunks = Pin<Box<dyn futures::Stream<Item = std::io::Result<bytes::Bytes>> + Send>>;
@@ -97,18 +101,35 @@ impl Reading {
         Ok(message.payload.clone())
     }
 
-    /// The next message on the chunks' subject, within the patience.
+    /// The next message on the chunks' subject, within the patience. While none comes, the
+    /// object's info is looked at every [`LOOK_EVERY`]: an object put again or deleted as it
+    /// was read ends the read at once (its chunks are gone), rather than after the patience.
     async fn next_message(&mut self) -> std::io::Result<async_nats::jetstream::Message> {
         let patience = self.patience;
         let (chunk, of) = (self.chunks + 1, self.info.chunks);
-        let messages = self.messages().await?;
+        self.messages().await?;
+        let deadline = tokio::time::Instant::now() + patience;
         loop {
-            match tokio::time::timeout(patience, messages.next()).await {
+            let Some(messages) = self.messages.as_mut() else {
+                return Err(Error::other("no consumer"));
+            };
+            let look = deadline.min(tokio::time::Instant::now() + LOOK_EVERY);
+            match tokio::time::timeout_at(look, messages.next()).await {
                 Ok(Some(Ok(message))) => return Ok(message),
                 // The ordered consumer makes itself again after a missed heartbeat.
                 Ok(Some(Err(e))) if e.kind() == OrderedErrorKind::MissingHeartbeat => {}
                 Ok(Some(Err(e))) => return Err(Error::other(e)),
                 Ok(None) => return Err(Error::other("the object's chunks stopped coming")),
+                Err(_) if look < deadline => {
+                    if let Some(now) = replaced(&self.stream, &self.info).await {
+                        return Err(Error::new(
+                            ErrorKind::NotFound,
+                            format!(
+                                "chunk {chunk} of {of} will not come: the object was {now} as it was read"
+                            ),
+                        ));
+                    }
+                }
                 Err(_) => {
                     return Err(Error::new(
                         ErrorKind::TimedOut,
@@ -173,5 +194,23 @@ impl Reading {
             ErrorKind::InvalidData,
             "the object's bytes do not match its stored size and digest",
         ))
+    }
+}
+
+/// What became of the object `info` describes, when its name no longer holds it: `"put
+/// again"` or `"deleted"`; `None` while it does, or when the server cannot say.
+async fn replaced(stream: &Stream, info: &ObjectInfo) -> Option<&'static str> {
+    use base64::Engine as _;
+    let name = base64::engine::general_purpose::URL_SAFE.encode(&info.name);
+    let subject = format!("$O.{BUCKET_DATA}.M.{name}");
+    match stream.get_last_raw_message_by_subject(&subject).await {
+        Ok(message) => match serde_json::from_slice::<ObjectInfo>(&message.payload) {
+            Ok(now) if now.deleted => Some("deleted"),
+            Ok(now) if now.nuid != info.nuid => Some("put again"),
+            Ok(_) => None,
+            Err(_) => Some("put again"),
+        },
+        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Some("deleted"),
+        Err(_) => None,
     }
 }
