@@ -22,12 +22,14 @@ fn forged_headers() -> HeaderMap {
     h
 }
 
-async fn publish(js: &jetstream::Context, subject: &str, headers: HeaderMap, body: Vec<u8>) {
+/// Publish and wait for the job to be stored; its stream sequence.
+async fn publish(js: &jetstream::Context, subject: &str, headers: HeaderMap, body: Vec<u8>) -> u64 {
     js.publish_with_headers(subject.to_owned(), headers, body.into())
         .await
         .expect("publish")
         .await
-        .expect("stored");
+        .expect("stored")
+        .sequence
 }
 
 /// The result stored on exactly `subject`.
@@ -62,8 +64,31 @@ async fn kilns_own_headers_are_believed_only_on_a_copy_and_always_bounded() {
         br#"{"id":"copied-1","params":{"len":16}}"#.to_vec(),
     )
     .await;
-    let results =
-        wait_for_results(&client, &["forged-1", "copied-1"], Duration::from_secs(60)).await;
+    // A job sent without an id, claiming one in `Kiln-Job-Id`: it keeps its own `seq-` id (a
+    // forged `Kiln-Job-Id` took another job's, and its answer).
+    let mut claims = HeaderMap::new();
+    claims.insert("Kiln-Job-Id", "victim-1");
+    let sequence = publish(
+        &js,
+        "jobs.cpu.vector_add",
+        claims,
+        br#"{"params":{"len":16}}"#.to_vec(),
+    )
+    .await;
+    let own = format!("seq-{sequence}");
+    let results = wait_for_results(
+        &client,
+        &["forged-1", "copied-1", own.as_str()],
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(results[own.as_str()].status, Status::Succeeded);
+    assert!(
+        result_on(&js, "results.vector_add.victim-1")
+            .await
+            .is_none(),
+        "a submitted job took the id its Kiln-Job-Id claimed"
+    );
 
     let forged = &results["forged-1"];
     assert_eq!(forged.status, Status::Succeeded, "{forged:?}");
@@ -97,13 +122,40 @@ async fn kilns_own_headers_are_believed_only_on_a_copy_and_always_bounded() {
         copied.queue_ms
     );
 
-    // The aggregator counts both, and its snapshot stays readable.
+    // The aggregator counts all three, and its snapshot stays readable.
     let snapshots = wait_for_metrics(&client, Duration::from_secs(30), |s| {
-        snapshot(s, "vector_add", "cpu").is_some_and(|m| m.succeeded >= 2)
+        snapshot(s, "vector_add", "cpu").is_some_and(|m| m.succeeded >= 3)
     })
     .await;
     let m = snapshot(&snapshots, "vector_add", "cpu").unwrap();
-    assert_eq!(m.succeeded, 2, "{m:?}");
+    assert_eq!(m.succeeded, 3, "{m:?}");
+
+    // Something that is no snapshot on the snapshot's subject (metrics.> open to all): the
+    // aggregator replaces it with its counts and counts on. It took it for a second
+    // aggregator's, stood by, and started again from nothing.
+    publish(
+        &js,
+        "metrics.vector_add.cpu",
+        HeaderMap::new(),
+        b"garbage\xff".to_vec(),
+    )
+    .await;
+    for id in ["after-1", "after-2"] {
+        let body = format!(r#"{{"id":"{id}","params":{{"len":16}}}}"#);
+        publish(
+            &js,
+            "jobs.cpu.vector_add",
+            HeaderMap::new(),
+            body.into_bytes(),
+        )
+        .await;
+    }
+    let snapshots = wait_for_metrics(&client, Duration::from_secs(30), |s| {
+        snapshot(s, "vector_add", "cpu").is_some_and(|m| m.succeeded >= 5)
+    })
+    .await;
+    let m = snapshot(&snapshots, "vector_add", "cpu").unwrap();
+    assert_eq!((m.jobs, m.succeeded), (5, 5), "{m:?}");
     let status = cluster.kiln(&["status"]);
     assert!(status.status.success(), "{}", common::stdout(&status));
     assert!(common::stdout(&status).contains("vector_add"));

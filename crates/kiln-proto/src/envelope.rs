@@ -2,8 +2,8 @@
 //! arrives, every value checked and bounded.
 //!
 //! Headers are untrusted input. Anyone allowed to submit can write any header, so the
-//! `Kiln-*` headers that only kiln's own roles set (`Kiln-Routing`, `Kiln-Replay`,
-//! `Kiln-Handbacks`, `Kiln-Enqueued-At`) are read only from a copy's subject
+//! `Kiln-*` headers that only kiln's own roles set (`Kiln-Job-Id`, `Kiln-Routing`,
+//! `Kiln-Replay`, `Kiln-Handbacks`, `Kiln-Enqueued-At`) are read only from a copy's subject
 //! (`jobs.<class>.<kind>.copy`, which submitters may not publish to); on a submitted job they
 //! are ignored. Even a copy's values are bounded: a number that is not finite, negative or
 //! absurd, an oversized string, a time outside the job's life is dropped, not folded into
@@ -53,7 +53,8 @@ pub struct Envelope {
     pub copy: bool,
     /// `Nats-Msg-Id`, when a valid job id.
     pub msg_id: Option<String>,
-    /// `Kiln-Job-Id`, when a valid job id (a copy's, or the submitter's own).
+    /// A copy's `Kiln-Job-Id`, when a valid job id (on a submitted job it is ignored: it
+    /// would let a job take another's id, `seq-` ids included, and its answer).
     pub job_id: Option<String>,
     /// A routed copy's `Kiln-Routing`.
     pub routing: Option<Routing>,
@@ -94,7 +95,7 @@ impl Envelope {
         Envelope {
             copy,
             msg_id: id(get(MSG_ID)),
-            job_id: id(get(JOB_ID)),
+            job_id: id(trusted(JOB_ID)),
             routing: trusted(ROUTING).and_then(routing),
             replay: count(REPLAY, MAX_REPLAYS),
             handbacks: count(HANDBACKS, MAX_HANDBACKS),
@@ -205,8 +206,11 @@ mod tests {
         assert_eq!(e.routing, None);
         assert_eq!((e.replay, e.handbacks), (0, 0));
         assert_eq!(e.enqueued_at, published);
-        assert_eq!(e.job_id.as_deref(), Some("mine"));
+        // A forged `Kiln-Job-Id` took a job sent without an id its `seq-` id, and its answer.
+        assert_eq!(e.job_id, None);
+        assert_eq!(e.id(None, 7), "seq-7");
         let copy = Envelope::read(true, Some(&h), published);
+        assert_eq!(copy.job_id.as_deref(), Some("mine"));
         assert_eq!(copy.routing.unwrap().predicted_gpu_ms, Some(2.5));
         assert_eq!((copy.replay, copy.handbacks), (3, 2));
         assert_eq!(copy.enqueued_at, at("2026-11-20T10:00:00Z"));

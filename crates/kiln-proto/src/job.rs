@@ -37,7 +37,8 @@ pub struct Job<P> {
 /// Longest job id accepted; ids travel in headers and subjects of logs.
 pub const MAX_ID_LEN: usize = 128;
 
-/// The id a job goes by: its own `id`, else a routed or replayed copy's `Kiln-Job-Id`, else
+/// The id a job goes by: its own `id`, else a copy's `Kiln-Job-Id` (routed, handed back or
+/// replayed; the caller passes none for a submitted job), else
 /// its `Nats-Msg-Id`, else one derived from the stream sequence (unique within the stream). A
 /// header id that is not a valid job id ([`valid_job_id`]: a 5,000-character `Nats-Msg-Id`,
 /// one with spaces) is passed over: it would not fit in a key-value key or a subject. (A body
