@@ -253,15 +253,13 @@ async fn sample(js: &jetstream::Context, metrics: &AggregatorMetrics) {
 }
 
 /// `kiln_dead_letters`: the messages in `KILN_DLQ`. Left as it was when the stream cannot
-/// be read.
+/// be read (absent until it was).
 async fn sample_dead_letters(js: &jetstream::Context, metrics: &AggregatorMetrics) {
     let Ok(mut stream) = js.get_stream(STREAM_DLQ).await else {
         return;
     };
     if let Ok(info) = stream.info().await {
-        metrics
-            .dead_letters
-            .set(i64::try_from(info.state.messages).unwrap_or(i64::MAX));
+        metrics.set_dead_letters(info.state.messages);
     }
 }
 

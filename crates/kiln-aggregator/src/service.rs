@@ -184,8 +184,14 @@ async fn restore(js: &jetstream::Context) -> Result<(Folds, Sequences)> {
     let mut sequences = Sequences::new();
     for stored in &stored {
         sequences.insert(stored.subject.clone(), stored.sequence);
-        if let Some(snapshot) = &stored.snapshot {
-            folds.restore(snapshot);
+        match &stored.snapshot {
+            Some(snapshot) => folds.restore(snapshot),
+            None => tracing::warn!(
+                subject = %stored.subject,
+                sequence = stored.sequence,
+                "the last message there is no metrics snapshot: the counts it held are lost, and \
+                 counting goes on from here"
+            ),
         }
     }
     tracing::info!(
@@ -492,6 +498,16 @@ async fn flush(
         // Not stored: these snapshots go out again at the next flush, the results stay unacked.
         folds.unstored(&snapshots);
     }
+    // A message there that is no snapshot was not stored by another aggregator (a publish by
+    // hand, a forgery where metrics.> is open to all): it is replaced at the next flush, not
+    // taken for a second aggregator, which stood this one by and restored the counts from it.
+    if let Err(Error::Superseded { subject }) = &stored
+        && let Some(sequence) = not_a_snapshot(js, subject).await
+    {
+        tracing::warn!(%subject, sequence, "a message that is no metrics snapshot was stored there; this aggregator's counts replace it");
+        sequences.insert(subject.clone(), sequence);
+        return Ok(());
+    }
     stored?;
     for reply in acks.due(folds.through()) {
         if let Err(e) = js.client().publish(reply, Bytes::new()).await {
@@ -542,23 +558,37 @@ async fn stored(
     acks: &mut Vec<(String, jetstream::context::PublishAckFuture)>,
     sequences: &mut Sequences,
 ) -> Result<()> {
+    // Every ack is read, also after a refusal: a sequence not recorded would make this
+    // aggregator's own next snapshot there look like another's.
+    let mut first_error = None;
     for (subject, ack) in acks.drain(..) {
-        match ack.await {
+        let error = match ack.await {
             Ok(ack) => {
                 sequences.insert(subject, ack.sequence);
+                continue;
             }
             Err(e) if e.to_string().contains("wrong last sequence") => {
-                return Err(Error::Superseded { subject });
+                Error::Superseded { subject }
             }
-            Err(e) => {
-                return Err(Error::Publish {
-                    subject,
-                    message: e.to_string(),
-                });
-            }
-        }
+            Err(e) => Error::Publish {
+                subject,
+                message: e.to_string(),
+            },
+        };
+        first_error.get_or_insert(error);
     }
-    Ok(())
+    first_error.map_or(Ok(()), Err)
+}
+
+/// The sequence of the last message on snapshot subject `subject` when it is no metrics
+/// snapshot (`None` when it is one, or when it cannot be read).
+async fn not_a_snapshot(js: &jetstream::Context, subject: &str) -> Option<u64> {
+    let stream = js.get_stream(streams::STREAM_METRICS).await.ok()?;
+    let message = stream.get_last_raw_message_by_subject(subject).await.ok()?;
+    match serde_json::from_slice::<MetricsSnapshot>(&message.payload) {
+        Ok(_) => None,
+        Err(_) => Some(message.sequence),
+    }
 }
 
 /// Publish `body` as JSON without waiting for the server's acknowledgement (returned).

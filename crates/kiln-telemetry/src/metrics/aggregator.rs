@@ -44,8 +44,11 @@ pub struct AggregatorMetrics {
     /// `kiln_backlog_jobs{class}`: pending + in flight on the class's job consumer (`gpu`:
     /// workers-gpu, `cpu`: workers-cpu, `auto`: scheduler).
     pub backlog: Family<ClassLabels, Gauge>,
-    /// `kiln_dead_letters`: messages in `KILN_DLQ` (jobs given up on, kept 30 days).
-    pub dead_letters: Gauge,
+    /// `kiln_dead_letters`: messages in `KILN_DLQ` (jobs given up on, kept 30 days). One
+    /// series with no labels (`set_dead_letters`), absent until `KILN_DLQ` was read: a 0 on
+    /// the first scrape, before the first read, then the true count, fired the growth alert
+    /// at every aggregator restart.
+    pub dead_letters: Family<Vec<(String, String)>, Gauge>,
     /// `kiln_workers_live{class}`: workers with a live heartbeat in `KILN_WORKERS`, by the
     /// class they serve (`gpu`, `cpu`; 0 when none).
     pub workers_live: Family<ClassLabels, Gauge>,
@@ -70,7 +73,7 @@ impl Default for AggregatorMetrics {
             consumer_pending: Family::default(),
             consumer_ack_pending: Family::default(),
             backlog: Family::default(),
-            dead_letters: Gauge::default(),
+            dead_letters: Family::default(),
             workers_live: Family::default(),
             speedup: Family::default(),
             prediction_error_seconds: Family::new_with_constructor(LatencyHistogram),
@@ -79,6 +82,13 @@ impl Default for AggregatorMetrics {
 }
 
 impl AggregatorMetrics {
+    /// `kiln_dead_letters` is `count`.
+    pub fn set_dead_letters(&self, count: u64) {
+        self.dead_letters
+            .get_or_create(&Vec::new())
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
     /// Register every metric in `registry`.
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
@@ -151,5 +161,28 @@ impl AggregatorMetrics {
             "Absolute error of the scheduler's predicted completion time for routed jobs",
             self.prediction_error_seconds.clone(),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exposition(metrics: &AggregatorMetrics) -> String {
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        text
+    }
+
+    #[test]
+    fn dead_letters_are_absent_until_read() {
+        let metrics = AggregatorMetrics::default();
+        let before = exposition(&metrics);
+        assert!(!before.contains("\nkiln_dead_letters "), "{before}");
+        metrics.set_dead_letters(3);
+        let after = exposition(&metrics);
+        assert!(after.contains("\nkiln_dead_letters 3\n"), "{after}");
     }
 }
