@@ -29,9 +29,19 @@ impl Codec {
         let Some(value) = value else {
             return Ok(Codec::Json);
         };
-        // Ignore parameters such as `; charset=utf-8`.
-        let mime = value.split(';').next().unwrap_or("").trim();
+        let mut parts = value.split(';');
+        let mime = parts.next().unwrap_or("").trim();
+        // A charset other than UTF-8 (or its subset ASCII) would be read as UTF-8: refused.
+        let other_charset = parts.any(|p| {
+            p.split_once('=').is_some_and(|(k, v)| {
+                k.trim().eq_ignore_ascii_case("charset")
+                    && !["utf-8", "utf8", "us-ascii"]
+                        .iter()
+                        .any(|c| v.trim().trim_matches('"').eq_ignore_ascii_case(c))
+            })
+        });
         match mime.to_ascii_lowercase().as_str() {
+            _ if other_charset => Err(Error::ContentType(value.to_owned())),
             "" | CONTENT_TYPE_JSON | "text/json" | "text/plain" => Ok(Codec::Json),
             CONTENT_TYPE_BINCODE | "application/bincode" => Ok(Codec::Bincode),
             _ => Err(Error::ContentType(value.to_owned())),
@@ -145,6 +155,13 @@ mod tests {
         );
         let err = Codec::from_content_type(Some("text/xml")).unwrap_err();
         assert!(err.to_string().contains("text/xml"), "{err}");
+        // A body in another charset would be read as UTF-8.
+        assert_eq!(
+            Codec::from_content_type(Some("application/json; charset=\"UTF-8\"")).unwrap(),
+            Codec::Json
+        );
+        let err = Codec::from_content_type(Some("application/json; charset=utf-16")).unwrap_err();
+        assert!(err.to_string().contains("charset=utf-16"), "{err}");
     }
 
     #[test]

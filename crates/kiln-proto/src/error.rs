@@ -27,7 +27,7 @@ pub enum Error {
     },
     /// The `Content-Type` header names an encoding kiln does not speak.
     #[error(
-        "unsupported content type {0:?}: send application/json (the default) or application/x-bincode"
+        "unsupported content type {0:?}: send application/json (in UTF-8; the default) or application/x-bincode"
     )]
     ContentType(String),
     /// A subject that is not part of kiln's contract.

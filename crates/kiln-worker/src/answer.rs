@@ -25,6 +25,8 @@ pub(crate) struct Outcome {
     pub compute_ms: f64,
     /// The floating-point operations it was planned at.
     pub flops: f64,
+    /// How long it waited on this worker for a compute slot: queue time.
+    pub waited: Duration,
 }
 
 /// Publish the answer (or hand the job back), then ack.
@@ -129,6 +131,8 @@ fn result_event(shared: &Shared, arrival: &Arrival, id: String, outcome: Outcome
         _ => shared.config.device.to_string(),
     };
     let envelope = &arrival.envelope;
+    // Waiting here for a compute slot is queueing, not running.
+    let started_at = (arrival.started_at + outcome.waited).min(finished_at);
     ResultEvent {
         id,
         kind: arrival.kind.clone(),
@@ -138,9 +142,9 @@ fn result_event(shared: &Shared, arrival: &Arrival, id: String, outcome: Outcome
         worker: shared.config.name.clone(),
         attempt: arrival.attempt,
         enqueued_at: envelope.enqueued_at,
-        started_at: arrival.started_at,
+        started_at,
         finished_at,
-        queue_ms: ms(arrival.started_at - envelope.enqueued_at),
+        queue_ms: ms(started_at - envelope.enqueued_at),
         compute_ms: outcome.compute_ms,
         total_ms: ms(finished_at - envelope.enqueued_at),
         output,

@@ -194,6 +194,7 @@ fn run_blocking(shared: &Shared, jobs: Vec<Waiting>, _permit: ComputePermit) {
             handed_back: flag.into_inner(),
             stored: waiting.job.take_stored(),
             batched: count,
+            waited: std::time::Duration::ZERO,
         });
     }
 }

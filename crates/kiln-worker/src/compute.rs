@@ -25,6 +25,9 @@ pub(crate) struct Ran {
     pub stored: Option<kiln_kernels::Stored>,
     /// How many jobs shared its launch ([`crate::batch`]); 1 when it ran alone.
     pub batched: usize,
+    /// How long it waited on this worker for a compute slot and its memory: queue time,
+    /// which its result's `started_at` and `queue_ms` count.
+    pub waited: Duration,
 }
 
 impl Ran {
@@ -36,6 +39,19 @@ impl Ran {
             handed_back: true,
             stored: None,
             batched: 1,
+            waited: Duration::ZERO,
+        }
+    }
+
+    /// A job that failed before it computed.
+    fn failed(error: JobError) -> Self {
+        Ran {
+            result: Err(error),
+            compute_ms: 0.0,
+            handed_back: false,
+            stored: None,
+            batched: 1,
+            waited: Duration::ZERO,
         }
     }
 
@@ -47,6 +63,7 @@ impl Ran {
             handed_back: false,
             stored: None,
             batched: 1,
+            waited: Duration::ZERO,
         }
     }
 }
@@ -77,11 +94,26 @@ pub(crate) async fn compute(
         return run_inline(shared, job, id);
     }
     let mut ticker = progress_ticker(shared.config.topology.ack_wait);
-    let Some(permit) = admit(shared, message, &job, &mut ticker).await else {
-        return Ran::handed_back(
-            "worker shutting down before the job started; job handed back".into(),
-        );
+    let waiting = Instant::now();
+    let permit = match admit(shared, message, &job, id, &mut ticker).await {
+        Admitted::Permit(permit) => permit,
+        Admitted::Stopping => {
+            return Ran::handed_back(
+                "worker shutting down before the job started; job handed back".into(),
+            );
+        }
+        Admitted::Cancelled => {
+            let error = JobError::new(
+                ErrorKind::Cancelled,
+                "cancelled by `kiln cancel` while it waited for a compute slot",
+            );
+            return Ran {
+                waited: waiting.elapsed(),
+                ..Ran::failed(error)
+            };
+        }
     };
+    let waited = waiting.elapsed();
     computing(shared, id);
     let shared = shared.clone();
     let id = id.to_owned();
@@ -93,7 +125,9 @@ pub(crate) async fn compute(
         tokio::select! {
             // A job that finished is answered, not handed back to run again.
             biased;
-            joined = &mut task => return joined.unwrap_or_else(Ran::task_failed),
+            joined = &mut task => {
+                return Ran { waited, ..joined.unwrap_or_else(Ran::task_failed) };
+            }
             _ = ticker.tick() => { let _ = message.ack_with(AckKind::Progress).await; }
             // The computation goes on unseen; the process exits before it ends.
             () = &mut abandon => return Ran::handed_back(ABANDONED.into()),
@@ -127,24 +161,38 @@ fn computing(shared: &Shared, id: &str) {
     }
 }
 
-/// Wait for a compute slot and the job's memory, with progress acks meanwhile; `None` when
-/// the worker stops past its drain timeout first (it hands back the jobs still waiting here
-/// too).
+/// How waiting for a compute slot ended.
+enum Admitted {
+    Permit(ComputePermit),
+    /// The worker stops past its drain timeout (it hands back the jobs still waiting too).
+    Stopping,
+    /// `kiln cancel` marked the job meanwhile.
+    Cancelled,
+}
+
+/// Wait for a compute slot and the job's memory, with progress acks meanwhile, looking five
+/// times a second whether the worker stops or the job was cancelled.
 async fn admit(
     shared: &Shared,
     message: &jetstream::Message,
     job: &DecodedJob,
+    id: &str,
     ticker: &mut tokio::time::Interval,
-) -> Option<ComputePermit> {
+) -> Admitted {
     let acquire = shared.admission.compute_permit(job.plan.elements);
     tokio::pin!(acquire);
-    let mut stopping = tokio::time::interval(Duration::from_millis(200));
+    let mut look = tokio::time::interval(Duration::from_millis(200));
     loop {
         tokio::select! {
-            permit = &mut acquire => return Some(permit),
+            permit = &mut acquire => return Admitted::Permit(permit),
             _ = ticker.tick() => { let _ = message.ack_with(AckKind::Progress).await; }
-            _ = stopping.tick() => if shared.stopping.load(Ordering::Relaxed) {
-                return None;
+            _ = look.tick() => {
+                if shared.stopping.load(Ordering::Relaxed) {
+                    return Admitted::Stopping;
+                }
+                if shared.cancelled.contains(id) {
+                    return Admitted::Cancelled;
+                }
             }
         }
     }
@@ -164,6 +212,7 @@ fn run_inline(shared: &Shared, job: DecodedJob, id: &str) -> Ran {
         handed_back: handed_back.into_inner(),
         stored: job.take_stored(),
         batched: 1,
+        waited: Duration::ZERO,
     }
 }
 
@@ -196,6 +245,7 @@ fn run_blocking(shared: &Shared, job: DecodedJob, id: &str, _permit: ComputePerm
         handed_back: handed_back.into_inner(),
         stored: job.take_stored(),
         batched: 1,
+        waited: Duration::ZERO,
     }
 }
 

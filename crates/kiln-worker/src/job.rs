@@ -29,6 +29,7 @@ pub(crate) async fn handle(shared: &Arc<Shared>, arrival: Arrival) {
                 result: Err(error),
                 compute_ms: 0.0,
                 flops: 0.0,
+                waited: std::time::Duration::ZERO,
             },
         ),
     };
@@ -72,6 +73,7 @@ async fn run(
         result: Err(error),
         compute_ms: 0.0,
         flops,
+        waited: std::time::Duration::ZERO,
     };
     // A dtype only GPUs compute is refused before it reaches the CPU (`"device": "none"`),
     // answered under the id its body gives.
@@ -103,6 +105,7 @@ async fn run(
         handed_back,
         stored,
         batched,
+        waited,
     } = compute::compute(shared, &arrival.message, job, id).await;
     if let Some(stored) = stored {
         store_output(shared, arrival, id, output_mode, stored, &mut result).await;
@@ -130,6 +133,7 @@ async fn run(
         result,
         compute_ms,
         flops,
+        waited,
     })
 }
 
