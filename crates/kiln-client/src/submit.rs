@@ -299,6 +299,8 @@ pub struct ResultCollector {
     subscriber: futures::stream::SelectAll<async_nats::Subscriber>,
     /// `KILN_RESULTS`, named once: a lookup per result, no stream-info request per result.
     results: async_nats::jetstream::stream::Stream<()>,
+    /// Ids whose stored answer is an earlier job's ([`ResultCollector::answered_before`]).
+    answered_before: HashSet<String>,
 }
 
 /// Up to this many jobs, a collector subscribes to each job's own result subject, so the
@@ -341,6 +343,7 @@ impl ResultCollector {
         Ok(Self {
             subscriber: futures::stream::select_all(subscribers),
             results,
+            answered_before: HashSet::new(),
         })
     }
 
@@ -371,7 +374,18 @@ impl ResultCollector {
         None
     }
 
-    /// Wait until every id in `ids` has a result, or `timeout` passes; returns what came.
+    /// The ids collected whose stored answer is not this job's but an earlier job's under the
+    /// same id (submitted before the server's duplicate window, or without a `Nats-Msg-Id`,
+    /// so the server did not drop this one as a duplicate): this job ran, and its result was
+    /// refused, as a job id keeps its first answer. Told by the job's submit time
+    /// (`enqueued_at`), which every run of one submission shares (a redelivery's result is
+    /// refused too, but it is the same job's).
+    pub fn answered_before(&self) -> &HashSet<String> {
+        &self.answered_before
+    }
+
+    /// Wait until every id in `ids` has a result, or `timeout` passes; returns what came (for
+    /// an id answered before, the stored answer: see [`ResultCollector::answered_before`]).
     /// `on_result` sees each result as it comes.
     pub async fn collect(
         &mut self,
@@ -392,9 +406,13 @@ impl ResultCollector {
             if !ids.contains(&event.id) {
                 continue;
             }
+            let enqueued_at = event.enqueued_at;
             let Some(event) = self.stored(message.subject.as_str(), event).await else {
                 continue;
             };
+            if event.enqueued_at != enqueued_at {
+                self.answered_before.insert(event.id.clone());
+            }
             if ids.remove(&event.id) {
                 on_result(&event);
                 results.insert(event.id.clone(), event);

@@ -335,19 +335,50 @@ impl<'a> Submission<'a> {
             .cloned()
             .collect();
         let timeout = self.args.wait_timeout();
-        let arrived = collector
-            .collect(waiting, timeout, |event| {
+        let unanswered = std::sync::Mutex::new(waiting.clone());
+        let collect = collector.collect(waiting, timeout, |event| {
+            if let Some(bar) = &bar {
+                bar.inc(1);
+            }
+            unanswered
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&event.id);
+            print(event)
+        });
+        // Interrupted while waiting: the jobs go on; say which, so that they can be found
+        // (an id kiln made up was printed nowhere else).
+        let arrived = tokio::select! {
+            arrived = collect => arrived,
+            () = crate::signal::wait_for_signal() => {
                 if let Some(bar) = &bar {
-                    bar.inc(1);
+                    bar.abandon();
                 }
-                print(event)
-            })
-            .await;
+                let mut unanswered: Vec<String> = unanswered
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .iter()
+                    .cloned()
+                    .collect();
+                unanswered.sort_unstable();
+                eprintln!(
+                    "kiln: interrupted; stopped waiting for {}, still queued or running: \
+                     `kiln status <id>` follows a job, `kiln result <id>` gets its answer later{}",
+                    super::list_ids(&unanswered),
+                    match &self.args.output {
+                        Some(path) => format!(" (`--output {}` writes its output)", path.display()),
+                        None => String::new(),
+                    }
+                );
+                std::process::exit(130);
+            }
+        };
         results.extend(arrived);
         if let Some(bar) = &bar {
             bar.finish();
         }
-        self.finish(js, &results, taken).await
+        let answered_before = collector.answered_before().clone();
+        self.finish(js, &results, taken, &answered_before).await
     }
 
     /// The results the duplicates already have. A duplicate's result is the earlier
@@ -377,8 +408,25 @@ impl<'a> Submission<'a> {
         js: &jetstream::Context,
         results: &HashMap<String, ResultEvent>,
         taken: &HashSet<String>,
+        answered_before: &HashSet<String>,
     ) -> anyhow::Result<ExitCode> {
         let ids = &self.ids;
+        if !answered_before.is_empty() {
+            let ids: Vec<&String> = ids
+                .iter()
+                .filter(|id| answered_before.contains(*id))
+                .collect();
+            eprintln!(
+                "{} job id(s) already had an answer, from an earlier job under the same id (sent \
+                 more than {} min earlier, or without a Nats-Msg-Id, so the server did not drop \
+                 this one as a duplicate: it ran, but a job id keeps its first answer and its \
+                 result was refused): {}; the results above are the earlier jobs', not this \
+                 submission's. Submit under new ids to get yours",
+                ids.len(),
+                kiln_proto::streams::DUPLICATE_WINDOW.as_secs() / 60,
+                super::list_ids(&ids)
+            );
+        }
         let failed = results
             .values()
             .filter(|r| r.status == Status::Failed)
@@ -402,14 +450,17 @@ impl<'a> Submission<'a> {
         }
         if let (Some(path), Some(event)) = (&self.args.output, results.get(&self.base_id))
             && event.status == Status::Succeeded
+            && !answered_before.contains(&self.base_id)
         {
             super::data::save_output(js, event, path).await?;
         }
-        Ok(if failed == 0 && missing.is_empty() && taken.is_empty() {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::FAILURE
-        })
+        Ok(
+            if failed == 0 && missing.is_empty() && taken.is_empty() && answered_before.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            },
+        )
     }
 }
 
