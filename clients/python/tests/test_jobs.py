@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
+from datetime import datetime, timedelta, timezone
 
 import nats.js.errors
 import numpy as np
@@ -48,6 +50,7 @@ async def test_vector_add_with_inline_arrays_returns_their_sum(client: kiln.Clie
     assert result.total_ms >= result.compute_ms >= 0
     assert result.finished_at is not None and result.enqueued_at is not None
     assert result.finished_at >= result.enqueued_at
+    assert not job.duplicate
     assert await job.status() == "succeeded"
     assert await client.status(job.id) == "succeeded"
 
@@ -79,6 +82,22 @@ async def test_matmul_of_uploaded_matrices_matches_numpy(client: kiln.Client) ->
     c = await result.array()
     assert c.shape == (300, 100)
     np.testing.assert_allclose(c, a @ b, rtol=1e-4, atol=1e-4)
+
+
+async def test_the_readme_matmul_example_holds_for_float32_and_float64_inputs(
+    client: kiln.Client,
+) -> None:
+    # README.md's example: a.npy (300x200) and b.npy (200x100) saved with numpy, the product
+    # checked with allclose. kiln computes in float32; entries near 0 carry the rounding of
+    # 200-term sums, which numpy's own float32 product has as well.
+    rng = np.random.default_rng(11)
+    for dtype in (np.float64, np.float32):
+        a = rng.standard_normal((300, 200)).astype(dtype)
+        b = rng.standard_normal((200, 100)).astype(dtype)
+        job = await client.submit("matmul", "cpu", a=a, b=b)
+        c = await (await job.result(timeout=RESULT_TIMEOUT)).array()
+        assert c.shape == (300, 100) and c.dtype == np.float32
+        assert np.allclose(c, a @ b, rtol=1e-4, atol=1e-3), np.abs(c - a @ b).max()
 
 
 async def test_fortran_order_and_transposed_arrays_upload_in_c_order(
@@ -396,6 +415,171 @@ async def test_an_id_used_again_for_another_kind_is_refused(client: kiln.Client)
         await client.submit("matmul", id=job_id, a=[[1.0]], b=[[2.0]])
     assert list(caught.value.refused) == [job_id]
     assert "submit it under another id" in caught.value.refused[job_id]
+
+
+async def test_an_id_answered_before_is_not_sent_again_and_keeps_its_first_answer(
+    client: kiln.Client,
+) -> None:
+    job_id = kiln.new_job_id()
+    js = client.nats.jetstream()
+    # The first job under the id goes without a Nats-Msg-Id, as if sent longer ago than the
+    # server's 10-minute duplicate window: the server would not drop a second as a duplicate.
+    handle = await client.job(job_id, "vector_add")
+    body = {"id": job_id, "params": {"a": [1.0, 1.0], "b": [1.0, 1.0]}}
+    await js.publish("jobs.cpu.vector_add", json.dumps(body).encode())
+    first = await handle.result(timeout=RESULT_TIMEOUT)
+    assert not handle.duplicate
+    np.testing.assert_array_equal(await first.array(), [2.0, 2.0])
+    stored_jobs = (await js.stream_info("KILN_JOBS")).state.last_seq
+
+    # The id keeps its first answer: the job is not sent (it would run, and its result would
+    # be refused), and says that its result is the earlier job's.
+    again = await client.submit("vector_add", "cpu", id=job_id, a=[5.0, 5.0], b=[5.0, 5.0])
+    assert again.duplicate and again.sequence is None and again.done()
+    result = await again.result(timeout=5.0)
+    np.testing.assert_array_equal(await result.array(), [2.0, 2.0])
+    assert (result.id, result.enqueued_at) == (job_id, first.enqueued_at)
+    assert await again.status() == "succeeded"
+    jobs = await client.submit_many(
+        [
+            {"kind": "vector_add", "id": job_id, "a": [7.0], "b": [7.0]},
+            {"kind": "vector_add", "a": [1.0], "b": [2.0]},
+        ]
+    )
+    assert [j.duplicate for j in jobs] == [True, False]
+    np.testing.assert_array_equal(await (await jobs[0].result(timeout=5.0)).array(), [2.0, 2.0])
+    np.testing.assert_array_equal(
+        await (await jobs[1].result(timeout=RESULT_TIMEOUT)).array(), [3.0]
+    )
+    # Only the fresh job was sent.
+    assert (await js.stream_info("KILN_JOBS")).state.last_seq == stored_jobs + 1
+    # The same id as another kind is another job, answered on its own.
+    # (The first had no Nats-Msg-Id: the server drops none as its duplicate.)
+    other = await client.submit("matmul", "cpu", id=job_id, a=[[2.0]], b=[[3.0]])
+    assert not other.duplicate
+    product = await (await other.result(timeout=RESULT_TIMEOUT)).array()
+    np.testing.assert_array_equal(product, [[6.0]])
+
+
+async def test_an_answer_that_is_an_earlier_jobs_marks_the_job_a_duplicate(
+    client: kiln.Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="kiln")
+    # No GPU worker runs here: the job stays queued, unanswered.
+    job_id = kiln.new_job_id()
+    job = await client.submit("vector_add", "gpu", id=job_id, a=[5.0, 5.0], b=[5.0, 5.0])
+    assert not job.duplicate and job.sequence is not None
+    # Meanwhile an earlier job under the same id, submitted an hour ago (before the server's
+    # duplicate window), is answered: its answer is the one the id keeps, and this job's
+    # result, when it runs, will be refused.
+    hour_ago = (datetime.now(timezone.utc) - timedelta(hours=1)).isoformat()
+    earlier = {
+        "id": job_id, "kind": "vector_add", "status": "succeeded", "device": "cpu",
+        "class": "cpu", "worker": "elsewhere", "attempt": 1, "enqueued_at": hour_ago,
+        "started_at": hour_ago, "finished_at": hour_ago, "queue_ms": 0.1, "compute_ms": 0.1,
+        "total_ms": 0.2, "flops": 2.0, "output": {"len": 2, "c": [2.0, 2.0]},
+    }
+    await client.nats.jetstream().publish(
+        f"results.vector_add.{job_id}", json.dumps(earlier).encode()
+    )
+    result = await job.result(timeout=RESULT_TIMEOUT)
+    assert job.duplicate
+    assert (result.worker, result.enqueued_at) == ("elsewhere", datetime.fromisoformat(hour_ago))
+    np.testing.assert_array_equal(await result.array(), [2.0, 2.0])
+    assert f"job {job_id} (vector_add): the answer kept for this id is an earlier job's" in (
+        caplog.text
+    )
+    # A handle that submitted nothing takes the stored answer as the id's, as it is.
+    async with kiln.connect(client.nats.connected_url.geturl()) as other:
+        handle = await other.job(job_id, "vector_add")
+        assert (await handle.result(timeout=5.0)).worker == "elsewhere"
+        assert not handle.duplicate
+
+
+async def test_a_kind_no_worker_runs_is_answered_invalid_input_on_results_unknown(
+    client: kiln.Client,
+) -> None:
+    job = await client.submit("matmull", "cpu", n=3)
+    # Its status comes from results.unknown.<id>, where the worker answers it.
+    state = await job.status()
+    for _ in range(300):
+        if state not in ("pending", "queued"):
+            break
+        await asyncio.sleep(0.1)
+        state = await job.status()
+    assert state == "failed"
+    with pytest.raises(kiln.InvalidInput) as caught:
+        await job.result(timeout=RESULT_TIMEOUT)
+    failure = caught.value
+    assert failure.kind == "invalid_input"
+    assert failure.message.startswith('unknown job kind "matmull"'), failure.message
+    assert (failure.result.id, failure.result.kind, failure.result.status) == (
+        job.id,
+        "unknown",
+        "failed",
+    )
+    assert not job.duplicate
+    assert await client.status(job.id, kind="matmull") == "failed"
+    stored = await client.result(job.id, "matmull")
+    assert stored is not None and stored.error is not None
+    assert stored.error.message == failure.message
+    # Another client's handle finds it under the kind asked for, not under another one.
+    async with kiln.connect(client.nats.connected_url.geturl()) as other:
+        with pytest.raises(kiln.InvalidInput, match='unknown job kind "matmull"'):
+            await (await other.job(job.id, "matmull")).result(timeout=5.0)
+        assert await other.result(job.id, "conv2dd") is None
+        assert await other.result(job.id, "vector_add") is None
+
+    # Waited for straight away too: the answer comes while the job waits, not by timing out.
+    waited = await client.submit("no_such_kind", "cpu", id=f"odd-{kiln.new_job_id()}")
+    with pytest.raises(kiln.InvalidInput, match='unknown job kind "no_such_kind"'):
+        await waited.result(timeout=RESULT_TIMEOUT)
+    assert await waited.status() == "failed"
+
+
+async def test_a_kind_no_worker_runs_is_answered_in_a_batch_past_a_thousand_jobs(
+    client: kiln.Client,
+) -> None:
+    specs: list[dict[str, object]] = [{"kind": "vector_add", "len": 2} for _ in range(1000)]
+    specs.insert(500, {"kind": "matmull", "n": 3})
+    jobs = await client.submit_many(specs)
+    results = await asyncio.gather(
+        *(j.result(timeout=RESULT_TIMEOUT, raise_on_failure=False) for j in jobs)
+    )
+    odd = results.pop(500)
+    assert (odd.id, odd.kind, odd.status) == (jobs[500].id, "unknown", "failed")
+    assert odd.error is not None and odd.error.kind == "invalid_input"
+    assert 'unknown job kind "matmull"' in odd.error.message
+    assert {r.status for r in results} == {"succeeded"}
+    await asyncio.sleep(0.1)
+    assert client._by_kind == {} and client._watching == {}
+
+
+async def test_a_single_number_for_a_tensor_parameter_is_refused_before_anything_is_sent(
+    client: kiln.Client,
+) -> None:
+    js = client.nats.jetstream()
+    stored_jobs = (await js.stream_info("KILN_JOBS")).state.last_seq
+    with pytest.raises(ValueError, match="parameter 'a' must be an array, got the single number"):
+        await client.submit("vector_add", "cpu", a=1.0, b=2.0)
+    refused: list[tuple[str, dict[str, object]]] = [
+        ("vector_add", {"a": [1.0, 2.0], "b": 3}),
+        ("vector_add", {"a": np.float32(1.0), "b": [1.0]}),
+        ("matmul", {"a": 2, "b": [[1.0]]}),
+        ("conv2d", {"image": 0.5, "filter": "box"}),
+        ("mlp_predict", {"model": "models/m.safetensors", "x": 1.0}),
+    ]
+    for kind, params in refused:
+        with pytest.raises(ValueError, match="must be an array, got the single number"):
+            await client.submit(kind, "cpu", **params)
+    with pytest.raises(ValueError, match="must be an array"):
+        await client.submit_many([{"kind": "vector_add", "len": 4}, {"kind": "matmul", "a": 1}])
+    assert (await js.stream_info("KILN_JOBS")).state.last_seq == stored_jobs
+    # A kind kiln does not run may take a number by such a name: the client sends it, and
+    # this worker, which does not know the kind, answers.
+    job = await client.submit("my_kind", "cpu", a=1.0)
+    with pytest.raises(kiln.InvalidInput, match='unknown job kind "my_kind"'):
+        await job.result(timeout=RESULT_TIMEOUT)
 
 
 async def test_put_and_get_round_trip_and_a_missing_object_raises(client: kiln.Client) -> None:

@@ -178,6 +178,35 @@ async def test_results_parse_times_outputs_and_failures() -> None:
         assert caught.value.result is failed
 
 
+def test_a_results_job_is_told_by_kind_unknown_answers_and_submit_time() -> None:
+    from datetime import timedelta
+
+    from kiln._job import CLOCK_GRACE_S, answers, enqueued_before
+
+    ours = kiln.Result(_event())
+    assert answers("vector_add", ours) and answers(None, ours)
+    assert not answers("matmul", ours)
+    # A worker answers a kind it does not run under `unknown`, its message naming the kind.
+    unknown = kiln.Result(
+        _event(
+            kind="unknown",
+            status="failed",
+            error={"kind": "invalid_input", "message": 'unknown job kind "matmull"; known ...'},
+        )
+    )
+    assert answers("matmull", unknown) and answers(None, unknown)
+    assert not answers("conv2dd", unknown) and not answers("matmul", unknown)
+    # One that does not name it answers a job this client published since (give or take the
+    # clock grace), not an earlier one.
+    submitted = ours.enqueued_at
+    assert submitted is not None
+    assert answers("conv2dd", unknown, since=submitted + timedelta(seconds=CLOCK_GRACE_S - 1))
+    assert not answers("conv2dd", unknown, since=submitted + timedelta(seconds=CLOCK_GRACE_S + 1))
+    assert not enqueued_before(ours, submitted + timedelta(seconds=CLOCK_GRACE_S - 1))
+    assert enqueued_before(ours, submitted + timedelta(seconds=CLOCK_GRACE_S + 1))
+    assert not enqueued_before(kiln.Result(_event(enqueued_at=None)), submitted)
+
+
 @pytest.mark.parametrize("channels", [1, 2, 3, 4])
 def test_png_decoder_reads_every_filter(channels: int) -> None:
     rng = np.random.default_rng(channels)

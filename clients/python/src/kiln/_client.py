@@ -28,7 +28,7 @@ from nats.js.object_store import ObjectStore
 
 from . import _wire
 from ._errors import ConnectError, KilnError, ObjectNotFound, SubmitError
-from ._job import Job, JobState, Result
+from ._job import Job, JobState, Result, answers
 from ._job import _time as _parse_time
 
 log = logging.getLogger("kiln")
@@ -217,11 +217,12 @@ def _readable(path: str, what: str) -> None:
 
 @dataclass
 class _Watch:
-    """A job waiting for its result: its own subscription, or a place on its kind's."""
+    """A job waiting for its result: its own subscription, or a place on the shared ones of
+    `kinds` (its kind's and `unknown`'s)."""
 
-    future: asyncio.Future[Result]
+    job: Job
     sub: Subscription | None
-    kind: str | None
+    kinds: tuple[str, ...]
 
 
 @dataclass
@@ -236,6 +237,8 @@ class _Prepared:
     seed: int
     timeout_ms: int | None
     output: str
+    #: Whether the caller named the id (else it is a fresh one, answered by nothing yet).
+    given_id: bool
     body: bytes = b""
 
 
@@ -248,9 +251,10 @@ class Client:
         self._js: JetStreamContext = nc.jetstream()
         self._data: ObjectStore | None = None
         # Jobs waiting for their result: each with its own subscription, or (in batches
-        # past SUBSCRIBE_EACH_UP_TO) on one subscription to every result of its kind.
+        # past SUBSCRIBE_EACH_UP_TO) on one subscription to every result of its kind and one
+        # to every result of kind `unknown`.
         self._watching: dict[str, _Watch] = {}
-        self._by_kind: dict[str, tuple[Subscription, dict[str, asyncio.Future[Result]]]] = {}
+        self._by_kind: dict[str, tuple[Subscription, dict[str, Job]]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
 
     @property
@@ -301,8 +305,14 @@ class Client:
         `put`, or a `Result` with a stored output pass an object by reference; for `dataset`
         and `model` a plain string names the object.
 
-        Raises ValueError for a bad id, kind, class or output before anything is sent, and
-        `SubmitError` when the server refuses the job.
+        An id given that already has an answer of this kind (a job id keeps its first answer,
+        however long ago it was given) is not sent again: the job returned has `duplicate`
+        true and the earlier job's result, as for a resubmission the server drops within its
+        10-minute duplicate window.
+
+        Raises ValueError for a bad id, kind, class or output, or a single number for a
+        tensor parameter of one of kiln's kinds, before anything is sent, and `SubmitError`
+        when the server refuses the job.
         """
         spec: dict[str, Any] = dict(params)
         spec.update(
@@ -353,8 +363,8 @@ class Client:
     def _prepare(self, spec: Mapping[str, Any], params: Mapping[str, Any]) -> _Prepared:
         kind = _wire.check_kind(spec["kind"])
         device = _wire.check_class(spec.get("device") or "cpu")
-        job_id = spec.get("id")
-        job_id = _wire.new_job_id() if job_id is None else _wire.check_submitted_id(job_id)
+        given_id = spec.get("id")
+        job_id = _wire.new_job_id() if given_id is None else _wire.check_submitted_id(given_id)
         output = _wire.check_output(spec.get("output") or "auto")
         seed = int(spec.get("seed") or 0)
         if seed < 0:
@@ -380,6 +390,7 @@ class Client:
             seed,
             None if timeout_ms is None else int(timeout_ms),
             output,
+            given_id is not None,
         )
 
     @staticmethod
@@ -390,18 +401,28 @@ class Client:
             return _wire.json_default(value)
         if name in _wire.REFERENCE_PARAMS and isinstance(value, str):
             return _wire.ObjectRef(value).to_json()
-        if name in _wire.TENSOR_PARAMS and isinstance(value, (np.ndarray, np.generic, list, tuple)):
+        if name in _wire.TENSOR_PARAMS and (
+            isinstance(value, (np.ndarray, np.generic, list, tuple))
+            # A single number, which plan_tensor refuses: kiln's own kinds take arrays there
+            # (another kind's parameter of that name is its own business).
+            or (kind in _wire.KINDS and isinstance(value, (int, float)))
+        ):
             flat = name in _wire.FLAT_PARAMS.get(kind, ())
             dims = _wire.INLINE_DIMS.get(kind, {}).get(name)
             return _wire.plan_tensor(name, value, upload, flat=flat, dims=dims)
         return value
 
     async def _submit(self, prepared: list[_Prepared]) -> list[Job]:
+        # An id answered already keeps its answer: the job is not sent (it would run in vain,
+        # its result refused), and its result is the earlier one's.
+        answered = await self._answered(prepared)
         # Inputs first, so that a job never names an object not yet stored.
         # Under a name of this submission's own: a later one under the same id (dropped by
         # the server as a duplicate while this one waits) must not replace its inputs.
         submission = _wire.new_job_id()
         for p in prepared:
+            if p.job_id in answered:
+                continue
             for up in p.uploads:
                 info = await self.put(f"inputs/{p.job_id}/{submission}/{up.param}", up.array)
                 p.params[up.param] = info.ref().to_json()
@@ -410,12 +431,28 @@ class Client:
             )
         # Subscribed before publishing, so that no result can be missed.
         shared = len(prepared) > SUBSCRIBE_EACH_UP_TO
-        jobs = [await self._watch(p.job_id, p.kind, p.device, shared=shared) for p in prepared]
-        await self._nc.flush()
-        acks: list[asyncio.Future[Any] | BaseException] = []
+        jobs: list[Job] = []
         for p in prepared:
+            kept = answered.get(p.job_id)
+            if kept is None:
+                jobs.append(await self._watch(p.job_id, p.kind, p.device, shared=shared))
+                continue
+            done: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+            done.set_result(kept)
+            job = Job(self, p.job_id, p.kind, p.device, done)
+            job.duplicate = True
+            jobs.append(job)
+        await self._nc.flush()
+        acks: list[asyncio.Future[Any] | BaseException | None] = []
+        for p, job in zip(prepared, jobs):
+            if p.job_id in answered:
+                acks.append(None)
+                continue
             # JSON is what a job without a Content-Type is read as: one header less per job.
             headers = {"Nats-Msg-Id": p.job_id}
+            # Before it is stored, by this client's clock: a result enqueued well before
+            # this is an earlier job's (Job._settle).
+            job._published_at = datetime.now(timezone.utc)
             try:
                 acks.append(
                     await self._js.publish_async(
@@ -431,6 +468,9 @@ class Client:
         # Acks come in order: once one is overdue, so are the ones after it (no second wait).
         ack_timeout = ACK_TIMEOUT
         for p, job, ack in zip(prepared, jobs, acks):
+            if ack is None:  # answered already, not sent
+                accepted.append(job)
+                continue
             try:
                 if isinstance(ack, BaseException):
                     raise ack
@@ -484,6 +524,27 @@ class Client:
             more = f" (and {len(refused) - 1} more job(s))" if len(refused) > 1 else ""
             raise SubmitError(f"{first}{more}", jobs=list(accepted), refused=refused)
         return accepted
+
+    async def _answered(self, prepared: list[_Prepared]) -> dict[str, Result]:
+        """The stored answers of the jobs in `prepared` whose id the caller gave and which
+        have one of their kind already (on `results.<kind>.<id>`, where a job sent now would
+        have its result refused: a job id keeps its first answer), by id. A lookup that
+        fails leaves its job to be sent."""
+        lookups = asyncio.Semaphore(64)
+
+        async def answer(p: _Prepared) -> Result | None:
+            async with lookups:
+                try:
+                    if await self._last_result(_wire.result_subject(p.kind, p.job_id)) is None:
+                        return None
+                    # A replay's result, if any, is the later answer.
+                    return await self._lookup(p.kind, p.job_id)
+                except Exception:  # no stream (the publish says so), no permission, ...
+                    return None
+
+        given = [p for p in prepared if p.given_id]
+        found = await asyncio.gather(*(answer(p) for p in given))
+        return {p.job_id: result for p, result in zip(given, found) if result is not None}
 
     def _refusal(self, p: _Prepared, e: BaseException) -> str:
         subject = _wire.job_subject(p.device, p.kind)
@@ -543,32 +604,36 @@ class Client:
         if earlier is not None:
             # Another handle on the same id: it shares the answer.
             def share(done: asyncio.Future[Result]) -> None:
-                if not future.done() and not done.cancelled():
-                    future.set_result(done.result())
+                if not done.cancelled():
+                    job._settle(done.result())
 
-            earlier.future.add_done_callback(share)
+            earlier.job._future.add_done_callback(share)
             return job
+        # A worker answers a job of a kind it does not run on `results.unknown.<id>`: each
+        # job listens there too (its kind's answer or that one, whichever comes).
         if shared and kind is not None:
-            if kind not in self._by_kind:
-                waiting: dict[str, asyncio.Future[Result]] = {}
-                sub = await self._nc.subscribe(
-                    f"results.{kind}.>", cb=self._on_result(kind, waiting)
-                )
-                self._by_kind[kind] = (sub, waiting)
-            self._by_kind[kind][1][job_id] = future
-            self._watching[job_id] = _Watch(future, None, kind)
+            kinds = (kind,) if kind == _wire.UNKNOWN_KIND else (kind, _wire.UNKNOWN_KIND)
+            for each in kinds:
+                if each not in self._by_kind:
+                    waiting: dict[str, Job] = {}
+                    sub = await self._nc.subscribe(
+                        f"results.{each}.>", cb=self._on_result(waiting)
+                    )
+                    self._by_kind[each] = (sub, waiting)
+                self._by_kind[each][1][job_id] = job
+            self._watching[job_id] = _Watch(job, None, kinds)
         else:
+            # `results.*.<id>`: every kind's answer to the id, the job's own and `unknown`'s
+            # among them (the callback takes only those).
             sub = await self._nc.subscribe(
-                _wire.result_subject(kind, job_id), cb=self._on_result(None, {job_id: future})
+                _wire.result_subject(None, job_id), cb=self._on_result({job_id: job})
             )
-            self._watching[job_id] = _Watch(future, sub, None)
+            self._watching[job_id] = _Watch(job, sub, ())
         return job
 
-    def _on_result(
-        self, kind: str | None, waiting: dict[str, asyncio.Future[Result]]
-    ) -> Callable[[Msg], Awaitable[None]]:
-        """The callback of a result subscription: completes the future of the job the
-        result names, if it is one of `waiting`."""
+    def _on_result(self, waiting: dict[str, Job]) -> Callable[[Msg], Awaitable[None]]:
+        """The callback of a result subscription: completes the job the result names, if it
+        is one of `waiting` and the result answers it (`kiln._job.answers`)."""
 
         async def on_result(msg: Msg) -> None:
             try:
@@ -577,15 +642,23 @@ class Client:
                 log.warning("a message on %s is not a result event; ignored", msg.subject)
                 return
             job_id = event.get("id") if isinstance(event, dict) else None
-            future = waiting.get(job_id) if isinstance(job_id, str) else None
-            if future is None or future.done() or job_id is None:
+            job = waiting.get(job_id) if isinstance(job_id, str) else None
+            if job is None or job.done() or job_id is None:
+                return
+            came = Result(event, self)
+            if not job._answers(came):  # another kind's job under the same id
                 return
             stored = await self._stored(msg.subject, event)
-            if stored is None or future.done():
+            if stored is None or job.done():
                 return
-            future.set_result(Result(stored, self))
+            answer = came if stored is event else Result(stored, self)
+            if not job._answers(answer):
+                # `results.unknown.<id>` keeps another kind's answer under this id, which
+                # refused this job's own: the one that came is all it gets.
+                answer = came
+            job._settle(answer)
             # Not awaited here: unsubscribing stops the task running this callback.
-            self._spawn(self._unwatch(job_id, future))
+            self._spawn(self._unwatch(job_id, job._future))
 
         return on_result
 
@@ -625,40 +698,57 @@ class Client:
         """Stop waiting for job `job_id`'s result (only when `future` is the one watched,
         if given)."""
         watch = self._watching.get(job_id)
-        if watch is None or (future is not None and watch.future is not future):
+        if watch is None or (future is not None and watch.job._future is not future):
             return
         del self._watching[job_id]
-        sub = watch.sub
-        if watch.kind is not None and watch.kind in self._by_kind:
-            kind_sub, waiting = self._by_kind[watch.kind]
+        subs = [] if watch.sub is None else [watch.sub]
+        for kind in watch.kinds:
+            if kind not in self._by_kind:
+                continue
+            kind_sub, waiting = self._by_kind[kind]
             waiting.pop(job_id, None)
-            if waiting:
-                return
-            del self._by_kind[watch.kind]
-            sub = kind_sub
-        if sub is not None:
+            if not waiting:
+                del self._by_kind[kind]
+                subs.append(kind_sub)
+        for sub in subs:
             try:
                 await sub.unsubscribe()
             except Exception:  # the connection may be closing; nothing left to stop
                 pass
 
-    async def _lookup(self, kind: str | None, job_id: str) -> Result | None:
+    async def _lookup(
+        self, kind: str | None, job_id: str, *, since: datetime | None = None
+    ) -> Result | None:
         """Job `job_id`'s stored result, if any: a replay's result (later, so it wins),
-        else the first run's."""
+        else the first run's; for a job of `kind` that workers do not run, the answer on
+        `results.unknown.<id>` that names the kind (or, for a job this client published at
+        `since`, was submitted since: `kiln._job.answers`)."""
         subject = _wire.result_subject(kind, job_id)
         for candidate in (f"{subject}.>", subject):
-            try:
-                msg = await self._js.get_last_msg(_wire.STREAM_RESULTS, candidate)
-            except nats.js.errors.NotFoundError as e:
-                if e.err_code == _NO_STREAM:
-                    raise KilnError(
-                        "the KILN_RESULTS stream does not exist on this server: run `kiln init`"
-                    ) from e
-                continue
-            if not msg.data:
-                continue
-            return Result(json.loads(msg.data), self)
+            found = await self._last_result(candidate)
+            if found is not None:
+                return found
+        if kind is not None and kind != _wire.UNKNOWN_KIND:
+            found = await self._last_result(_wire.result_subject(_wire.UNKNOWN_KIND, job_id))
+            if found is not None and answers(kind, found, since):
+                return found
         return None
+
+    async def _last_result(self, subject: str) -> Result | None:
+        """The result KILN_RESULTS holds last on `subject` (a wildcard: of all it matches),
+        or None."""
+        try:
+            msg = await self._js.get_last_msg(_wire.STREAM_RESULTS, subject)
+        except nats.js.errors.NotFoundError as e:
+            if e.err_code == _NO_STREAM:
+                raise KilnError(
+                    "the KILN_RESULTS stream does not exist on this server: run `kiln init`"
+                ) from e
+            return None
+        if not msg.data:
+            return None
+        event = json.loads(msg.data)
+        return Result(event, self) if isinstance(event, dict) else None
 
     async def result(self, job_id: str, kind: str | None = None) -> Result | None:
         """Job `job_id`'s stored result, or None when it has none yet (one lookup, no

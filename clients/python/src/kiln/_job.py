@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from . import _data
 from ._errors import KilnError, ResultTimeout, job_failed
-from ._wire import ObjectRef
+from ._wire import UNKNOWN_KIND, ObjectRef
 
 if TYPE_CHECKING:
     from ._client import Client
+
+log = logging.getLogger("kiln")
 
 #: What `Job.status()` answers.
 JobState = Literal["succeeded", "failed", "running", "cancel_requested", "queued", "pending"]
@@ -33,6 +36,12 @@ INTEGER_OUTPUTS = frozenset({"classes"})
 
 _FRACTION = re.compile(r"(\.\d{6})\d+")
 
+#: How far apart this client's clock and the NATS server's may be, in seconds, when a result's
+#: `enqueued_at` (the server's clock) is compared with when this client published its job (its
+#: own clock). Generous on purpose: an earlier job under the same id that the server did not
+#: drop as a duplicate was sent over 10 minutes before (or without a `Nats-Msg-Id`).
+CLOCK_GRACE_S = 60.0
+
 
 def _time(value: Any) -> datetime | None:
     """An RFC 3339 time from a result (nanoseconds cut to microseconds)."""
@@ -45,6 +54,10 @@ def _time(value: Any) -> datetime | None:
         return datetime.fromisoformat(text)
     except ValueError:
         return None
+
+
+def _utc(at: datetime) -> datetime:
+    return at if at.tzinfo is not None else at.replace(tzinfo=timezone.utc)
 
 
 @dataclass(frozen=True)
@@ -227,6 +240,32 @@ class Result:
         return _data.safetensors_metadata(await self.object_bytes())
 
 
+def enqueued_before(result: Result, at: datetime) -> bool:
+    """Whether `result`'s job was submitted before `at` (this client's clock), by more than
+    `CLOCK_GRACE_S`: it is an earlier job's answer than that of a job published at `at`."""
+    if result.enqueued_at is None:
+        return False
+    return _utc(result.enqueued_at) < _utc(at) - timedelta(seconds=CLOCK_GRACE_S)
+
+
+def answers(kind: str | None, result: Result, since: datetime | None = None) -> bool:
+    """Whether `result`, stored or heard under a job id, answers that id's job of `kind`: a
+    result of that kind (of any, when `kind` is None), or one of kind `unknown`, which is how
+    a worker answers a job of a kind it does not run (on `results.unknown.<id>`), when its
+    error names `kind` or, for a job this client published at `since`, when its job was
+    submitted since then (give or take `CLOCK_GRACE_S`). No list of kinds is consulted:
+    kinds are the workers' to know."""
+    if kind is None or result.kind == kind:
+        return True
+    if result.kind != UNKNOWN_KIND:
+        return False
+    if result.error is not None and f'"{kind}"' in result.error.message:
+        return True
+    return since is not None and result.enqueued_at is not None and not enqueued_before(
+        result, since
+    )
+
+
 class Job:
     """A job this client submitted (or looked up with `Client.job`)."""
 
@@ -242,11 +281,17 @@ class Job:
         self.id = job_id
         self.kind = kind
         self.device = device
-        #: True when the server dropped this submission as a duplicate of an earlier one
-        #: with the same id (within its 10-minute window): the result is the earlier job's.
+        #: True when this submission's result is an earlier job's under the same id (a job
+        #: id keeps its first answer): the server dropped it as a duplicate (within its
+        #: 10-minute window), or the id had an answer already, so the client did not send it,
+        #: or (found when the result comes) the stored answer is a job's submitted before
+        #: this one, which ran in vain.
         self.duplicate = False
-        #: The job's sequence in KILN_JOBS (the earlier one's for a duplicate).
+        #: The job's sequence in KILN_JOBS (the earlier one's for a duplicate the server
+        #: dropped; None for a job the client did not send, its id answered already).
         self.sequence: int | None = None
+        #: When this client published the job (its own clock); None for a job it did not.
+        self._published_at: datetime | None = None
         self._future = future
         self._looked_up = False
 
@@ -266,10 +311,10 @@ class Job:
         job goes on, and a later call can still get its result."""
         if not self._future.done() and not self._looked_up:
             # A result stored before this client subscribed (a resubmitted id).
-            found = await self._client._lookup(self.kind, self.id)
+            found = await self._client._lookup(self.kind, self.id, since=self._published_at)
             self._looked_up = True
             if found is not None and not self._future.done():
-                self._future.set_result(found)
+                self._settle(found)
                 await self._client._unwatch(self.id, self._future)
         try:
             result = await asyncio.wait_for(asyncio.shield(self._future), timeout)
@@ -283,6 +328,33 @@ class Job:
         if raise_on_failure:
             result.raise_for_status()
         return result
+
+    def _answers(self, result: Result) -> bool:
+        """Whether `result` is this job's answer (see `answers`)."""
+        return answers(self.kind, result, self._published_at)
+
+    def _settle(self, result: Result) -> None:
+        """Complete the job with `result`, its answer; when that is an earlier job's under the
+        same id (submitted before this one was published), mark the job a duplicate."""
+        if self._future.done():
+            return
+        if (
+            not self.duplicate
+            and self._published_at is not None
+            and enqueued_before(result, self._published_at)
+        ):
+            self.duplicate = True
+            log.warning(
+                "job %s (%s): the answer kept for this id is an earlier job's, submitted at %s, "
+                "before this one was (at %s by this client's clock); a job id keeps its first "
+                "answer, so this job's own result is refused: job.duplicate is True and its "
+                "result is the earlier one's. Submit under a new id to get this job's own",
+                self.id,
+                self.kind or "any kind",
+                result.enqueued_at.isoformat() if result.enqueued_at else "?",
+                self._published_at.isoformat(),
+            )
+        self._future.set_result(result)
 
     async def status(self) -> JobState:
         """Where the job is: "succeeded" or "failed" (its result is stored), "running" (a

@@ -26,6 +26,9 @@ BUCKET_WORKERS = "KILN_WORKERS"
 CLASSES = ("gpu", "cpu", "auto")
 #: The kinds kiln runs today (the worker answers any other with `invalid_input`).
 KINDS = ("vector_add", "matmul", "conv2d", "train_mlp", "mlp_predict")
+#: The kind a worker answers a job of a kind it does not run under, on
+#: `results.unknown.<id>` (its error message names the kind the job asked for).
+UNKNOWN_KIND = "unknown"
 #: Where a job's output goes.
 OUTPUTS = ("auto", "object", "npy", "safetensors", "png")
 OutputMode = Literal["auto", "object", "npy", "safetensors", "png"]
