@@ -56,13 +56,26 @@ impl Depthwise<'_> {
         self.run_in(Width::widest(), pixels)
     }
 
+    /// [`Depthwise::run`] into `maps` (`planes`·kernels·`height`·`width` values, zeroed):
+    /// a job's pieces go straight into its output, not through a piece of their own each
+    /// (which held a third copy of a one-plane image).
+    pub fn run_into(&self, pixels: &[f32], maps: &mut [f32]) {
+        self.fill(Width::widest(), pixels, maps);
+    }
+
     fn run_in(&self, width: Width, pixels: &[f32]) -> Vec<f32> {
+        let mut maps = vec![0.0f32; self.planes * self.kernels.len() * self.height * self.width];
+        self.fill(width, pixels, &mut maps);
+        maps
+    }
+
+    fn fill(&self, width: Width, pixels: &[f32], maps: &mut [f32]) {
         let plane = self.height * self.width;
         debug_assert_eq!(pixels.len(), self.planes * plane);
         let passes = self.kernels.len();
-        let mut maps = vec![0.0f32; self.planes * passes * plane];
+        debug_assert_eq!(maps.len(), self.planes * passes * plane);
         if maps.is_empty() {
-            return maps;
+            return;
         }
         // Tasks of whole rows of one map: map `index` filters plane `index / passes` with
         // kernel `index % passes`.
@@ -89,7 +102,6 @@ impl Depthwise<'_> {
                 })
                 .for_each(fill);
         }
-        maps
     }
 
     /// Output rows `first..` of one map (`out` holds whole rows, zeroed) from its input plane,

@@ -534,8 +534,10 @@ fn direct<B: Backend>(
     let flops_per_plane = (plane * k * k * passes * 2).max(1);
     let per_piece = (CPU_PIECE_FLOPS / flops_per_plane).max(1);
     let pieces = (b * c).div_ceil(per_piece) as u64;
-    let mut maps = Vec::with_capacity(b * c * passes * plane);
-    for (i, chunk) in pixels.chunks((per_piece * plane).max(1)).enumerate() {
+    let mut maps = vec![0.0f32; b * c * passes * plane];
+    let piece = (per_piece * plane).max(1);
+    let pieces_out = maps.chunks_mut(piece * passes);
+    for (i, (chunk, out)) in pixels.chunks(piece).zip(pieces_out).enumerate() {
         ctx.checkpoint(i as u64, pieces)?;
         let depthwise = Depthwise {
             planes: chunk.len() / plane.max(1),
@@ -544,7 +546,7 @@ fn direct<B: Backend>(
             side: k,
             kernels,
         };
-        maps.extend(depthwise.run(chunk));
+        depthwise.run_into(chunk, out);
     }
     Ok(maps)
 }
