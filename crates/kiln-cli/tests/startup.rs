@@ -89,6 +89,52 @@ fn commands_against_a_server_without_jetstream_say_so_at_once() {
     }
 }
 
+/// A server with less JetStream storage than kiln's default limits reserve (17 GiB; a small
+/// disk grants less): `kiln init` and the roles say so and what to do, not that the user
+/// lacks a permission; with smaller limits `kiln init` works.
+#[test]
+fn a_server_short_of_storage_for_the_limits_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("small.conf");
+    std::fs::write(
+        &config,
+        "jetstream { store_dir: $KILN_STORE_DIR, max_file_store: 4GB }\n",
+    )
+    .unwrap();
+    let server = NatsServer::start_with_config(&config, &[]);
+    let kiln = |args: &[&str]| {
+        Command::new(KILN)
+            .args(args)
+            .env("NATS_URL", server.url())
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    for args in [&["init"][..], &["submit", "vector_add", "-p", "len=4"]] {
+        let out = kiln(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("The server has not the JetStream storage that kiln's limits reserve")
+                && stderr.contains("--data-max-bytes")
+                && !stderr.contains("this user could not create it"),
+            "{args:?}: {stderr}"
+        );
+    }
+    let small = kiln(&[
+        "init",
+        "--data-max-bytes",
+        "1073741824",
+        "--results-max-bytes",
+        "536870912",
+    ]);
+    assert!(
+        small.status.success(),
+        "{}",
+        String::from_utf8_lossy(&small.stderr)
+    );
+}
+
 #[test]
 fn unusable_credential_files_are_named_not_blamed_on_the_server() {
     let server = NatsServer::start();

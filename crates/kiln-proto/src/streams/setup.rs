@@ -61,6 +61,19 @@ pub enum SetupError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The server has not the JetStream storage kiln's limits reserve.
+    #[error(
+        "{refused}. The server has not the JetStream storage that kiln's limits reserve: by \
+         default 8 GiB for KILN_DATA (--data-max-bytes), 4 GiB each for KILN_RESULTS and \
+         KILN_STATE (--results-max-bytes) and 1 GiB for queued jobs. Run `kiln init` with \
+         smaller limits (say --data-max-bytes 1073741824 --results-max-bytes 536870912), or \
+         give the server more: `max_file_store` in its jetstream block, or free disk (without \
+         it, the server takes 75% of the disk space free when it starts)"
+    )]
+    NoStorage {
+        /// What the server refused.
+        refused: String,
+    },
     /// A stream made by an older kiln lacks what this one needs, and roles do not change
     /// what `kiln init` set (its limits are the operator's).
     #[error(
@@ -124,12 +137,35 @@ where
 /// existing ones as they are: what every kiln process does at start, so that a process with
 /// default settings never undoes what `kiln init` configured.
 pub async fn ensure_all(js: &jetstream::Context, topology: &Topology) -> Result<(), SetupError> {
-    setup(js, topology, false).await
+    setup(js, topology, false).await.map_err(short_of_storage)
 }
 
 /// Create or update every stream, consumer and bucket to `topology`: `kiln init`.
 pub async fn update_all(js: &jetstream::Context, topology: &Topology) -> Result<(), SetupError> {
-    setup(js, topology, true).await
+    setup(js, topology, true).await.map_err(short_of_storage)
+}
+
+/// `error`, or [`SetupError::NoStorage`] when the server refused it for the storage kiln's
+/// limits reserve (JetStream error 10047): said as a permission problem before, while the
+/// defaults (17 GiB) are more than a server on a small disk grants.
+fn short_of_storage(error: SetupError) -> SetupError {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    match text.contains("insufficient storage resources") {
+        true => SetupError::NoStorage {
+            refused: match error {
+                SetupError::Missing { what, source } => {
+                    format!("could not create {what}: {source}")
+                }
+                other => other.to_string(),
+            },
+        },
+        false => error,
+    }
 }
 
 /// [`setup_once`], again while JetStream is not answering yet (a cluster forming at start,

@@ -54,7 +54,15 @@ async fn plain(js: &jetstream::Context, interval: Duration) {
                 Ok(Err(e)) => format!("{e:#}\n"),
                 Err(why) => format!("{why}\n"),
             };
-            println!("--- {}\n{body}", time::OffsetDateTime::now_utc());
+            // RFC 3339 to the millisecond (Display wrote `1:19:28.112339945 +00:00:00`).
+            let now = time::OffsetDateTime::now_utc();
+            let now = now
+                .replace_nanosecond(now.millisecond() as u32 * 1_000_000)
+                .unwrap_or(now);
+            let at = now
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default();
+            println!("--- {at}\n{body}");
         }
     };
     tokio::select! {
