@@ -172,8 +172,10 @@ async fn publish_one(
         Err(e) if e.kind() == jetstream::context::PublishErrorKind::MaxPayloadExceeded => {
             return Err(Error::Invalid(format!(
                 "job {} is {size} bytes, over the NATS server's max_payload ({} bytes): \
-                 give sizes and let the worker generate the inputs (`kiln kinds`), or \
-                 raise max_payload in the server's configuration",
+                 send large inputs as objects (`kiln submit --input KEY=@FILE`, or \
+                 `{{\"object\": NAME}}` after `kiln put`), give sizes and let the worker \
+                 generate the inputs (`kiln kinds`), or raise max_payload in the server's \
+                 configuration",
                 job.id,
                 js.client().server_info().max_payload
             )));

@@ -108,7 +108,11 @@ pub fn describe(place: &Place, id: &str) -> String {
             }
         ),
         Place::Unknown => {
-            format!("{id}: unknown: no record, no result and no live worker holds it")
+            format!(
+                "{id}: unknown: no record, no result and no live worker holds it (a job \
+                 published without `kiln submit` has no record: it may still wait in \
+                 KILN_JOBS, whose queues `kiln status` shows)"
+            )
         }
     }
 }

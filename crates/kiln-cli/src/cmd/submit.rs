@@ -101,6 +101,11 @@ impl<'a> Submission<'a> {
             )
         })?;
         let class: DeviceClass = args.device.parse()?;
+        // A zero timeout fails every job at its first checkpoint.
+        anyhow::ensure!(
+            args.timeout_ms() != Some(0),
+            "--timeout must be more than 0 (leave it out for no timeout)"
+        );
         let params = super::params::parse_params(&args.params, args.params_json.as_deref())?;
         let inputs = args
             .inputs
