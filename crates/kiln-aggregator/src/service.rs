@@ -493,20 +493,25 @@ async fn flush(
 ) -> Result<()> {
     let now = OffsetDateTime::now_utc();
     let snapshots = folds.snapshots(now);
-    let stored = store(js, &snapshots, now, sequences).await;
+    let mut stored = store(js, &snapshots, now, sequences).await;
+    // A message there that is no snapshot was not stored by another aggregator (a publish by
+    // hand, a forgery where metrics.> is open to all): it is replaced at once, not taken for a
+    // second aggregator, which stood this one by and restored the counts from it. (What was
+    // stored of this flush goes again under the same message ids: the server keeps it once.)
+    for _ in 0..snapshots.len() {
+        let Err(Error::Superseded { subject }) = &stored else {
+            break;
+        };
+        let Some(sequence) = not_a_snapshot(js, subject).await else {
+            break;
+        };
+        tracing::warn!(%subject, sequence, "a message that is no metrics snapshot was stored there; this aggregator's counts replace it");
+        sequences.insert(subject.clone(), sequence);
+        stored = store(js, &snapshots, now, sequences).await;
+    }
     if stored.is_err() {
         // Not stored: these snapshots go out again at the next flush, the results stay unacked.
         folds.unstored(&snapshots);
-    }
-    // A message there that is no snapshot was not stored by another aggregator (a publish by
-    // hand, a forgery where metrics.> is open to all): it is replaced at the next flush, not
-    // taken for a second aggregator, which stood this one by and restored the counts from it.
-    if let Err(Error::Superseded { subject }) = &stored
-        && let Some(sequence) = not_a_snapshot(js, subject).await
-    {
-        tracing::warn!(%subject, sequence, "a message that is no metrics snapshot was stored there; this aggregator's counts replace it");
-        sequences.insert(subject.clone(), sequence);
-        return Ok(());
     }
     stored?;
     for reply in acks.due(folds.through()) {

@@ -3,7 +3,9 @@
 //! that fails part-way (a full bucket, a lost connection) leaves the chunks it stored behind,
 //! where they count against `--data-max-bytes` until they age out: a worker whose output did
 //! not fit left another partial copy at every attempt, filling the bucket further. Here a few
-//! chunks are in flight at once, and a put that fails removes its chunks before it returns.
+//! chunks are in flight at once, and a put that fails removes its chunks before it returns
+//! (not one whose task is cancelled mid-write, nor, when the server cannot say whether its
+//! info was stored, one whose info ack was lost: those age out).
 //! What is stored is what the client stores (chunks on `$O.<bucket>.C.<nuid>`, then the
 //! object's info on `$O.<bucket>.M.<name in base64>`, rolled up), so every NATS client reads it.
 
@@ -25,7 +27,7 @@ pub(crate) const WINDOW: usize = 8;
 
 /// Store everything `reader` yields as object `name` (its name checked by the caller),
 /// replacing the object of that name, whose chunks are then removed. On failure nothing of
-/// this put is left in the bucket (as far as the server can still be told).
+/// this put is left in the bucket, as far as the server can still be told.
 pub(crate) async fn put(
     bucket: &Bucket,
     name: &str,
@@ -62,11 +64,16 @@ pub(crate) async fn put(
         deleted: false,
     };
     if let Err(error) = publish_info(bucket, &info).await {
-        // The info may have been stored though its ack was lost: then the put happened.
-        let stored = bucket.store.info(name).await;
-        if !stored.is_ok_and(|s| s.nuid == info.nuid) {
-            forget(bucket, &chunk_subject).await;
-            return Err(error);
+        // The info may have been stored though its ack was lost: then the put happened. The
+        // chunks go only when the stream (its leader, not a replica that may lag) shows the
+        // name holding another object or none.
+        match holds(bucket, &info).await {
+            Some(true) => {}
+            Some(false) => {
+                forget(bucket, &chunk_subject).await;
+                return Err(error);
+            }
+            None => return Err(error),
         }
     }
     if let Some(previous) = previous.filter(|p| !p.nuid.is_empty() && p.nuid != info.nuid) {
@@ -77,6 +84,26 @@ pub(crate) async fn put(
         }
     }
     Ok(info)
+}
+
+/// Whether the stream's last info for `info`'s name is `info`'s (its nuid); `None` when the
+/// server cannot say.
+async fn holds(bucket: &Bucket, info: &ObjectInfo) -> Option<bool> {
+    use async_nats::jetstream::stream::LastRawMessageErrorKind;
+    let encoded = base64::engine::general_purpose::URL_SAFE.encode(&info.name);
+    let subject = format!("$O.{BUCKET_DATA}.M.{encoded}");
+    match bucket
+        .stream
+        .get_last_raw_message_by_subject(&subject)
+        .await
+    {
+        Ok(message) => Some(
+            serde_json::from_slice::<ObjectInfo>(&message.payload)
+                .is_ok_and(|stored| stored.nuid == info.nuid),
+        ),
+        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Some(false),
+        Err(_) => None,
+    }
 }
 
 /// What [`write_chunks`] stored.

@@ -155,7 +155,13 @@ fn short_of_storage(error: SetupError) -> SetupError {
         text.push_str(&cause.to_string());
         source = cause.source();
     }
-    match text.contains("insufficient storage resources") {
+    // 10047 on one server; a cluster's placement says 10023, memory storage 10028.
+    let short = [
+        "insufficient storage resources",
+        "insufficient resources",
+        "insufficient memory resources",
+    ];
+    match short.iter().any(|s| text.contains(s)) {
         true => SetupError::NoStorage {
             refused: match error {
                 SetupError::Missing { what, source } => {
