@@ -262,10 +262,12 @@ fn watch_quits_at_once_when_the_server_is_gone() {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        // tmux may mark the pane dead a moment before it has the exit status.
+        // tmux may mark the pane dead a moment before it has the exit status: a few seconds
+        // of its own for it (the quit's deadline may be nearly spent by then).
+        let status_by = Instant::now() + Duration::from_secs(5);
         let ended = loop {
             let ended = pane(session, "#{pane_dead_status}:#{alternate_on}");
-            if !ended.starts_with(':') || Instant::now() >= deadline {
+            if !ended.starts_with(':') || Instant::now() >= status_by {
                 break ended;
             }
             std::thread::sleep(Duration::from_millis(50));
