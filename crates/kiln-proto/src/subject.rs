@@ -121,6 +121,24 @@ pub fn dlq(kind: &str) -> String {
     format!("dlq.{kind}")
 }
 
+/// Whether `subject` is a copy's, `jobs.<class>.<kind>.copy` ([`job_copy`]), which only kiln's
+/// roles may publish to, so that kiln's own headers on it are believed: also when its kind is
+/// no kind name (`jobs.cpu.mat+mul.copy`, the scheduler's copy of such an auto job, which
+/// [`JobSubject::parse`] refuses), whose `Kiln-Job-Id` still names the job.
+pub fn is_copy_subject(subject: &str) -> bool {
+    let mut parts = subject.split('.');
+    matches!(
+        (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next()
+        ),
+        (Some("jobs"), Some(_), Some(_), Some("copy"), None)
+    )
+}
+
 /// A job subject taken apart. The kind is kept as written: whether it names a known kind
 /// is the worker's question, answered with an `invalid_input` result.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -175,6 +193,16 @@ pub fn is_token(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn copies_are_told_by_their_subject_whatever_their_kind() {
+        assert!(is_copy_subject("jobs.cpu.matmul.copy"));
+        assert!(is_copy_subject("jobs.cpu.mat+mul.copy"));
+        assert!(!is_copy_subject("jobs.cpu.matmul"));
+        assert!(!is_copy_subject("jobs.cpu.copy"));
+        assert!(!is_copy_subject("jobs.cpu.matmul.copy.more"));
+        assert!(!is_copy_subject("results.cpu.matmul.copy"));
+    }
 
     #[test]
     fn builds_and_parses_job_subjects() {

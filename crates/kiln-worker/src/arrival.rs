@@ -61,7 +61,7 @@ impl Arrival {
         let subject = JobSubject::parse(message.subject.as_str());
         // A routed or handed-back copy counts from the job's submission; kiln's own headers
         // are believed only on a copy's subject.
-        let copy = on_copy_subject(message.subject.as_str());
+        let copy = kiln_proto::subject::is_copy_subject(message.subject.as_str());
         let envelope = Envelope::read(copy, message.headers.as_ref(), published);
         let (kind, class) = answered_as(&subject, config.class);
         let kernel = match &subject {
@@ -118,23 +118,6 @@ pub(crate) fn answered_as(
         Ok(s) => (UNKNOWN_KIND.to_owned(), s.class),
         Err(_) => (UNKNOWN_KIND.to_owned(), fallback),
     }
-}
-
-/// Whether `subject` is a copy's, `jobs.<class>.<kind>.copy`, which only kiln's roles may
-/// publish to: also when its kind is no kind name (`jobs.cpu.mat+mul.copy`, the scheduler's
-/// copy of such an auto job), whose `Kiln-Job-Id` still names the job.
-pub(crate) fn on_copy_subject(subject: &str) -> bool {
-    let mut parts = subject.split('.');
-    matches!(
-        (
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next()
-        ),
-        (Some("jobs"), Some(_), Some(_), Some("copy"), None)
-    )
 }
 
 /// Why a subject's kind is not run here.
@@ -195,16 +178,6 @@ mod tests {
 
     /// A body that goes wrong after its id is answered under that id (a NaN, trailing
     /// bytes, a byte-order mark and a second id each sent the answer to `seq-<n>`).
-    #[test]
-    fn copies_are_told_by_their_subject_whatever_their_kind() {
-        assert!(super::on_copy_subject("jobs.cpu.matmul.copy"));
-        assert!(super::on_copy_subject("jobs.cpu.mat+mul.copy"));
-        assert!(!super::on_copy_subject("jobs.cpu.matmul"));
-        assert!(!super::on_copy_subject("jobs.cpu.copy"));
-        assert!(!super::on_copy_subject("jobs.cpu.matmul.copy.more"));
-        assert!(!super::on_copy_subject("results.cpu.matmul.copy"));
-    }
-
     #[test]
     fn the_body_id_is_read_up_to_where_the_body_goes_wrong() {
         let id = |body: &[u8]| body_id(body);

@@ -34,12 +34,8 @@ impl Ran {
     /// A job given up before it computed, through no fault of its own.
     pub(crate) fn handed_back(reason: String) -> Self {
         Ran {
-            result: Err(JobError::internal(reason)),
-            compute_ms: 0.0,
             handed_back: true,
-            stored: None,
-            batched: 1,
-            waited: Duration::ZERO,
+            ..Ran::failed(JobError::internal(reason))
         }
     }
 
@@ -57,14 +53,7 @@ impl Ran {
 
     /// A job whose compute task failed (panicked outside the job's own guard).
     fn task_failed(e: impl std::fmt::Display) -> Self {
-        Ran {
-            result: Err(JobError::internal(format!("compute task failed: {e}"))),
-            compute_ms: 0.0,
-            handed_back: false,
-            stored: None,
-            batched: 1,
-            waited: Duration::ZERO,
-        }
+        Ran::failed(JobError::internal(format!("compute task failed: {e}")))
     }
 }
 

@@ -138,7 +138,7 @@ fn given_up(
     worker: &str,
 ) -> ResultEvent {
     let subject = JobSubject::parse(job.subject.as_str());
-    let copy = crate::arrival::on_copy_subject(job.subject.as_str());
+    let copy = kiln_proto::subject::is_copy_subject(job.subject.as_str());
     let envelope = kiln_proto::Envelope::read(copy, Some(&job.headers), job.time);
     let id = crate::arrival::job_id_of(&job.payload, &envelope, advisory.stream_seq);
     // A kind this build does not run is answered as `unknown`, as the worker does: result,

@@ -121,7 +121,12 @@ impl Reading {
                 Ok(Some(Err(e))) => return Err(Error::other(e)),
                 Ok(None) => return Err(Error::other("the object's chunks stopped coming")),
                 Err(_) if look < deadline => {
-                    if let Some(now) = replaced(&self.stream, &self.info).await {
+                    let now = match name_holds(&self.stream, &self.info).await {
+                        Some(NameHolds::Another) => Some("put again"),
+                        Some(NameHolds::Nothing) => Some("deleted"),
+                        Some(NameHolds::It) | None => None,
+                    };
+                    if let Some(now) = now {
                         return Err(Error::new(
                             ErrorKind::NotFound,
                             format!(
@@ -151,7 +156,7 @@ impl Reading {
                 .stream
                 .create_consumer(OrderedConfig {
                     deliver_subject: self.inbox.clone(),
-                    filter_subject: format!("$O.{BUCKET_DATA}.C.{}", self.info.nuid),
+                    filter_subject: chunk_subject(&self.info.nuid),
                     ..Default::default()
                 })
                 .await
@@ -197,20 +202,45 @@ impl Reading {
     }
 }
 
-/// What became of the object `info` describes, when its name no longer holds it: `"put
-/// again"` or `"deleted"`; `None` while it does, or when the server cannot say.
-async fn replaced(stream: &Stream, info: &ObjectInfo) -> Option<&'static str> {
+/// The subject of the chunks of the object version `nuid` in `KILN_DATA`.
+pub(super) fn chunk_subject(nuid: &str) -> String {
+    format!("$O.{BUCKET_DATA}.C.{nuid}")
+}
+
+/// The subject of object `name`'s info in `KILN_DATA` (the name in padded URL-safe base64, as
+/// every NATS client writes it).
+pub(super) fn meta_subject(name: &str) -> String {
     use base64::Engine as _;
-    let name = base64::engine::general_purpose::URL_SAFE.encode(&info.name);
-    let subject = format!("$O.{BUCKET_DATA}.M.{name}");
-    match stream.get_last_raw_message_by_subject(&subject).await {
-        Ok(message) => match serde_json::from_slice::<ObjectInfo>(&message.payload) {
-            Ok(now) if now.deleted => Some("deleted"),
-            Ok(now) if now.nuid != info.nuid => Some("put again"),
-            Ok(_) => None,
-            Err(_) => Some("put again"),
-        },
-        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Some("deleted"),
+    let encoded = base64::engine::general_purpose::URL_SAFE.encode(name);
+    format!("$O.{BUCKET_DATA}.M.{encoded}")
+}
+
+/// What the name of the object `info` describes holds now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum NameHolds {
+    /// That object.
+    It,
+    /// Another one (an info that does not parse counts as another's).
+    Another,
+    /// Nothing: deleted, or never stored.
+    Nothing,
+}
+
+/// What `info`'s name holds now, read from the stream's last info for it (its leader's
+/// answer, not a replica's that may lag); `None` when the server cannot say.
+pub(super) async fn name_holds(stream: &Stream, info: &ObjectInfo) -> Option<NameHolds> {
+    match stream
+        .get_last_raw_message_by_subject(&meta_subject(&info.name))
+        .await
+    {
+        Ok(message) => Some(
+            match serde_json::from_slice::<ObjectInfo>(&message.payload) {
+                Ok(now) if now.deleted => NameHolds::Nothing,
+                Ok(now) if now.nuid == info.nuid => NameHolds::It,
+                _ => NameHolds::Another,
+            },
+        ),
+        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Some(NameHolds::Nothing),
         Err(_) => None,
     }
 }

@@ -98,7 +98,6 @@ pub struct Bucket {
     store: ObjectStore,
     stream: jetstream::stream::Stream,
     js: jetstream::Context,
-    client: async_nats::Client,
     patience: Duration,
 }
 
@@ -108,7 +107,7 @@ impl Bucket {
     fn read(&self, info: &ObjectInfo) -> (Verified, Arc<AtomicBool>) {
         let chunks = chunks::chunks(
             self.stream.clone(),
-            self.client.new_inbox(),
+            self.js.client().new_inbox(),
             info.clone(),
             self.patience,
         );
@@ -147,7 +146,6 @@ pub async fn open(js: &jetstream::Context) -> Result<Bucket, DataError> {
         store,
         stream,
         js: js.clone(),
-        client: js.client(),
         patience: CHUNK_PATIENCE,
     })
 }

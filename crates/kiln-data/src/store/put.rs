@@ -20,6 +20,7 @@ use kiln_proto::BUCKET_DATA;
 use sha2::Digest as _;
 use tokio::io::{AsyncRead, AsyncReadExt as _};
 
+use super::chunks::{NameHolds, chunk_subject, meta_subject, name_holds};
 use super::{Bucket, CHUNK_SIZE};
 
 /// Chunks sent before the first of them must be acknowledged: 4 MiB in flight.
@@ -35,11 +36,11 @@ pub(crate) async fn put(
 ) -> Result<ObjectInfo, PutError> {
     let previous = bucket.store.info(name).await.ok();
     let nuid = nuid::next().to_string();
-    let chunk_subject = format!("$O.{BUCKET_DATA}.C.{nuid}");
-    let written = match write_chunks(bucket, &chunk_subject, reader).await {
+    let chunks = chunk_subject(&nuid);
+    let written = match write_chunks(bucket, &chunks, reader).await {
         Ok(written) => written,
         Err(error) => {
-            forget(bucket, &chunk_subject).await;
+            forget(bucket, &chunks).await;
             return Err(error);
         }
     };
@@ -67,43 +68,23 @@ pub(crate) async fn put(
         // The info may have been stored though its ack was lost: then the put happened. The
         // chunks go only when the stream (its leader, not a replica that may lag) shows the
         // name holding another object or none.
-        match holds(bucket, &info).await {
-            Some(true) => {}
-            Some(false) => {
-                forget(bucket, &chunk_subject).await;
+        match name_holds(&bucket.stream, &info).await {
+            Some(NameHolds::It) => {}
+            Some(NameHolds::Another | NameHolds::Nothing) => {
+                forget(bucket, &chunks).await;
                 return Err(error);
             }
             None => return Err(error),
         }
     }
     if let Some(previous) = previous.filter(|p| !p.nuid.is_empty() && p.nuid != info.nuid) {
-        let old = format!("$O.{BUCKET_DATA}.C.{}", previous.nuid);
+        let old = chunk_subject(&previous.nuid);
         if let Err(e) = bucket.stream.purge().filter(&old).await {
             // The object is stored; what it replaced ages out with --data-max-age.
             tracing::warn!(object = name, error = %e, "could not remove the chunks of the object this one replaced");
         }
     }
     Ok(info)
-}
-
-/// Whether the stream's last info for `info`'s name is `info`'s (its nuid); `None` when the
-/// server cannot say.
-async fn holds(bucket: &Bucket, info: &ObjectInfo) -> Option<bool> {
-    use async_nats::jetstream::stream::LastRawMessageErrorKind;
-    let encoded = base64::engine::general_purpose::URL_SAFE.encode(&info.name);
-    let subject = format!("$O.{BUCKET_DATA}.M.{encoded}");
-    match bucket
-        .stream
-        .get_last_raw_message_by_subject(&subject)
-        .await
-    {
-        Ok(message) => Some(
-            serde_json::from_slice::<ObjectInfo>(&message.payload)
-                .is_ok_and(|stored| stored.nuid == info.nuid),
-        ),
-        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Some(false),
-        Err(_) => None,
-    }
 }
 
 /// What [`write_chunks`] stored.
@@ -192,8 +173,7 @@ async fn acked(ack: PublishAckFuture) -> Result<(), PutError> {
 
 /// Publish the object's info, replacing what its name held.
 async fn publish_info(bucket: &Bucket, info: &ObjectInfo) -> Result<(), PutError> {
-    let encoded = base64::engine::general_purpose::URL_SAFE.encode(&info.name);
-    let subject = format!("$O.{BUCKET_DATA}.M.{encoded}");
+    let subject = meta_subject(&info.name);
     let body =
         serde_json::to_vec(info).map_err(|e| PutError::with_source(PutErrorKind::Other, e))?;
     let mut headers = HeaderMap::new();

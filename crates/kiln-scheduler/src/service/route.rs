@@ -132,7 +132,7 @@ impl Scheduler {
             entry.decode(codec, &message.payload, &self.limits).ok()
         });
         // kiln's own headers are believed only on a copy (a replay from the dead-letter queue).
-        let copy = JobSubject::parse(message.subject.as_str()).is_ok_and(|s| s.copy);
+        let copy = kiln_proto::subject::is_copy_subject(message.subject.as_str());
         let envelope = Envelope::read(copy, message.headers.as_ref(), published);
         let id = envelope.id(decoded.as_ref().and_then(|job| job.id.as_deref()), sequence);
         let routing = self.decide(&kind, decoded.as_ref());
@@ -383,7 +383,7 @@ async fn answer_failed(
     };
     // A replay from the dead-letter queue is a run of its own, answered on its own subject
     // (the failed run's result is there already, and would refuse this one).
-    let copy = JobSubject::parse(message.subject.as_str()).is_ok_and(|s| s.copy);
+    let copy = kiln_proto::subject::is_copy_subject(message.subject.as_str());
     let replay = Envelope::read(copy, message.headers.as_ref(), now).replay;
     let event = ResultEvent {
         id: id.to_owned(),
