@@ -27,9 +27,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let nats = cli.nats;
     match cli.command {
         Command::Init => init::run(&nats).await,
-        Command::Worker(args) => worker::worker(&nats, args).await,
-        Command::Aggregator(args) => worker::aggregator(&nats, args).await,
-        Command::Scheduler(args) => worker::scheduler(&nats, args).await,
+        Command::Worker(args) => on_pool(async move { worker::worker(&nats, args).await }).await,
+        Command::Aggregator(args) => {
+            on_pool(async move { worker::aggregator(&nats, args).await }).await
+        }
+        Command::Scheduler(args) => {
+            on_pool(async move { worker::scheduler(&nats, args).await }).await
+        }
         Command::Submit(args) => submit::run(&nats, args).await,
         Command::Status(args) => status::run(&nats, args).await,
         Command::Result(args) => result::run(&nats, args).await,
@@ -48,6 +52,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Put(args) => data::put(&nats, args).await,
         Command::Get(args) => data::get(&nats, args).await,
+    }
+}
+
+/// Run a service on one of the runtime's worker threads rather than on `main`'s, where
+/// `block_on` polls it: there, every message its loop took from the connection's task (on a
+/// pool thread) woke the main thread, and every job task it spawned woke a pool thread back,
+/// two thread hand-offs per job on the latency path. On the pool, what a task wakes or spawns
+/// runs next on the same thread (tokio's LIFO slot).
+async fn on_pool(
+    service: impl Future<Output = anyhow::Result<ExitCode>> + Send + 'static,
+) -> anyhow::Result<ExitCode> {
+    match tokio::spawn(service).await {
+        Ok(outcome) => outcome,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => Err(anyhow::anyhow!("the service's task ended: {e}")),
     }
 }
 
