@@ -18,7 +18,7 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::{self, consumer::pull};
 use futures::StreamExt as _;
 use hdrhistogram::Histogram;
-use kiln_proto::{HEADER_MSG_ID, streams};
+use kiln_proto::{HEADER_MSG_ID, ResultEvent, streams};
 use serde::Serialize;
 
 use crate::cli::LatencyArgs;
@@ -45,6 +45,41 @@ pub(crate) struct Report {
     pub job_bytes: usize,
     pub kiln: Percentiles,
     pub floor: Percentiles,
+    /// Each side's round trip in stages (see [`STAGES`]), from the times its result carries
+    /// (kiln's `enqueued_at`, `started_at` and `finished_at`; the echo's stored and taken
+    /// times). Wall clocks of one machine.
+    pub stages: Vec<Stage>,
+}
+
+/// One stage of both sides' round trips; the floor has no compute stage.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Stage {
+    pub stage: &'static str,
+    pub kiln: Percentiles,
+    pub floor: Option<Percentiles>,
+}
+
+/// The stages of a round trip, in order.
+const STAGES: [&str; 4] = [
+    "publish → stored",
+    "stored → the worker (echo) has it",
+    "the worker has it → computed",
+    "computed (taken) → the client has the result",
+];
+
+/// The histograms of one side: the round trip and its stages, µs.
+struct Timings {
+    total: Histogram<u64>,
+    stages: [Histogram<u64>; 4],
+}
+
+impl Timings {
+    fn new() -> Self {
+        Timings {
+            total: histogram(),
+            stages: STAGES.map(|_| histogram()),
+        }
+    }
 }
 
 /// How the latency is measured, for the report.
@@ -78,9 +113,24 @@ pub(crate) fn table(r: &Report) -> String {
             p.p50, p.p90, p.p99, p.max, p.mean
         )
     };
+    let stages: String = r
+        .stages
+        .iter()
+        .map(|s| {
+            let floor = s
+                .floor
+                .as_ref()
+                .map_or("–".to_owned(), |f| format!("{:.3} / {:.3}", f.p50, f.p99));
+            format!(
+                "| {} | {floor} | {:.3} / {:.3} |\n",
+                s.stage, s.kiln.p50, s.kiln.p99
+            )
+        })
+        .collect();
     format!(
         "| one job at a time, ms | p50 | p90 | p99 | max | mean |\n|---|---|---|---|---|---|\n\
-         {}{}\nkiln / floor: p50 {:.2}, p99 {:.2} ({} jobs per side after {} warm-up, {} B jobs)",
+         {}{}\n| stage, p50 / p99 ms | floor | kiln |\n|---|---|---|\n{stages}\n\
+         kiln / floor: p50 {:.2}, p99 {:.2} ({} jobs per side after {} warm-up, {} B jobs)",
         row("raw JetStream round trip (floor)", &r.floor),
         row("kiln (worker + aggregator processes)", &r.kiln),
         r.kiln.p50 / r.floor.p50,
@@ -117,7 +167,7 @@ pub(crate) async fn measure_latency(
     let mut floor = Side::floor(&client, &js, &tag).await?;
     kiln.time(&js, args.warmup, None).await?;
     floor.time(&js, args.warmup, None).await?;
-    let (mut kiln_ms, mut floor_ms) = (histogram(), histogram());
+    let (mut kiln_ms, mut floor_ms) = (Timings::new(), Timings::new());
     let mut done = 0;
     while done < args.jobs {
         let n = BLOCK.min(args.jobs - done);
@@ -132,8 +182,16 @@ pub(crate) async fn measure_latency(
         jobs: args.jobs,
         warmup: args.warmup,
         job_bytes: body("x").len(),
-        kiln: percentiles(&kiln_ms),
-        floor: percentiles(&floor_ms),
+        kiln: percentiles(&kiln_ms.total),
+        floor: percentiles(&floor_ms.total),
+        stages: (0..STAGES.len())
+            .map(|i| Stage {
+                stage: STAGES[i],
+                kiln: percentiles(&kiln_ms.stages[i]),
+                // The echo computes nothing.
+                floor: (i != 2).then(|| percentiles(&floor_ms.stages[i])),
+            })
+            .collect(),
     })
 }
 
@@ -203,12 +261,12 @@ impl Side {
         })
     }
 
-    /// Send `n` jobs one at a time; record each round trip in `into` (µs).
+    /// Send `n` jobs one at a time; record each round trip and its stages in `into`.
     async fn time(
         &mut self,
         js: &jetstream::Context,
         n: u64,
-        mut into: Option<&mut Histogram<u64>>,
+        mut into: Option<&mut Timings>,
     ) -> anyhow::Result<()> {
         for _ in 0..n {
             self.count += 1;
@@ -217,22 +275,38 @@ impl Side {
             let mut headers = HeaderMap::new();
             headers.insert(HEADER_MSG_ID, id.as_str());
             let started = Instant::now();
+            let sent_at = time::OffsetDateTime::now_utc();
             js.publish_with_headers(self.job_subject, headers, body(&id).into())
                 .await?
                 .await?;
-            loop {
+            let result = loop {
                 let next = tokio::time::timeout(Duration::from_secs(30), self.results.next());
                 let message =
                     next.await.ok().flatten().with_context(|| {
                         format!("{}: no result for {id} within 30 s", self.name)
                     })?;
                 if message.subject.as_str() == want {
-                    break;
+                    break message;
                 }
-            }
+            };
             let us = started.elapsed().as_micros() as u64;
-            if let Some(h) = into.as_deref_mut() {
-                h.saturating_record(us.max(1));
+            let received_at = time::OffsetDateTime::now_utc();
+            let Some(into) = into.as_deref_mut() else {
+                continue;
+            };
+            into.total.saturating_record(us.max(1));
+            let [stored, taken, computed] = if self.echo.is_some() {
+                echoed_times(&result.payload)
+            } else {
+                let event: ResultEvent = serde_json::from_slice(&result.payload)
+                    .with_context(|| format!("kiln's result for {id}"))?;
+                Some([event.enqueued_at, event.started_at, event.finished_at])
+            }
+            .with_context(|| format!("{}: no times in the result of {id}", self.name))?;
+            let at = [sent_at, stored, taken, computed, received_at];
+            for (h, pair) in into.stages.iter_mut().zip(at.windows(2)) {
+                let us = (pair[1] - pair[0]).whole_microseconds().max(1) as u64;
+                h.saturating_record(us);
             }
         }
         Ok(())
@@ -275,8 +349,18 @@ async fn echo_consumer(js: &jetstream::Context) -> anyhow::Result<pull::Stream> 
 /// The floor's worker: for each job, publish a result of `result_bytes` under the job's id
 /// (with a message id), wait for its PubAck, and ack the job.
 async fn echo(js: jetstream::Context, mut jobs: pull::Stream, result_bytes: usize) {
-    let body = bytes::Bytes::from(vec![b'r'; result_bytes]);
     while let Some(Ok(message)) = jobs.next().await {
+        // When the job was stored and when the echo had it, as kiln's result says them, in
+        // the first bytes of a body of kiln's result size.
+        let had_it = time::OffsetDateTime::now_utc();
+        let stored = message.info().map(|i| i.published).unwrap_or(had_it);
+        let mut body = format!(
+            "{} {} ",
+            stored.unix_timestamp_nanos(),
+            had_it.unix_timestamp_nanos()
+        )
+        .into_bytes();
+        body.resize(result_bytes.max(body.len()), b'r');
         let id = message
             .headers
             .as_ref()
@@ -286,14 +370,25 @@ async fn echo(js: jetstream::Context, mut jobs: pull::Stream, result_bytes: usiz
         let mut headers = HeaderMap::new();
         headers.insert(HEADER_MSG_ID, format!("result-{id}").as_str());
         let subject = format!("bench.latency.results.{id}");
-        if let Ok(ack) = js
-            .publish_with_headers(subject, headers, body.clone())
-            .await
-        {
+        if let Ok(ack) = js.publish_with_headers(subject, headers, body.into()).await {
             let _ = ack.await;
         }
         let _ = message.ack().await;
     }
+}
+
+/// When the echo's job was stored and taken, from the start of its result; taken twice (the
+/// echo computes nothing).
+fn echoed_times(body: &[u8]) -> Option<[time::OffsetDateTime; 3]> {
+    let mut words = std::str::from_utf8(&body[..body.len().min(64)])
+        .ok()?
+        .split(' ');
+    let mut at = || {
+        let ns = words.next()?.parse::<i128>().ok()?;
+        time::OffsetDateTime::from_unix_timestamp_nanos(ns).ok()
+    };
+    let (stored, taken) = (at()?, at()?);
+    Some([stored, taken, taken])
 }
 
 /// The size of kiln's result for one of these jobs (a vector_add of 16 floats).

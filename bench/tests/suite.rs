@@ -170,6 +170,21 @@ fn quick_suite_writes_every_file_with_its_figures() {
         );
         assert!(q("p99") <= q("max"), "{l}");
     }
+    // Each side's round trip in stages, from its result's times: four for kiln, the echo
+    // computing nothing; the stages' medians are within the round trip's slowest.
+    let stages = suite["latency"]["stages"]
+        .as_array()
+        .expect("latency stages");
+    assert_eq!(stages.len(), 4, "{stages:?}");
+    let max = |side: &str| suite["latency"][side]["max"].as_f64().expect("max");
+    for (i, stage) in stages.iter().enumerate() {
+        let p50 = stage["kiln"]["p50"].as_f64().expect("kiln p50");
+        assert!(p50 > 0.0 && p50 <= max("kiln"), "{stage}");
+        match stage["floor"]["p50"].as_f64() {
+            Some(p50) => assert!(i != 2 && p50 > 0.0 && p50 <= max("floor"), "{stage}"),
+            None => assert!(i == 2 && stage["floor"].is_null(), "{stage}"),
+        }
+    }
 
     // Overhead: every kind, end to end above compute, the given number of jobs.
     let overhead = csv_rows(dir, "overhead.csv");
