@@ -81,9 +81,7 @@ pub(crate) async fn finish(shared: &Shared, arrival: &Arrival, id: String, outco
     if let Some(trace) = &arrival.trace {
         trace.outcome(status, event.error.as_ref());
     }
-    if let Err(e) = message.ack().await {
-        tracing::warn!(id = %event.id, error = %e, "ack failed; the job may be redelivered (its result is deduplicated)");
-    }
+    shared.acks.ack(message, &event.id).await;
 }
 
 /// Hand a job that failed in a way worth retrying back for another attempt, after a

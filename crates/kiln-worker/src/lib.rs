@@ -17,6 +17,7 @@
 // takes it from its `arrival` through `compute` to its `answer` (or `handback`); `admission`
 // decides how many jobs are held and which compute now; `publish` writes results and dead
 // letters.
+mod acks;
 mod admission;
 mod answer;
 mod arrival;

@@ -66,6 +66,8 @@ pub(crate) struct Shared {
     pub result_ids: crate::publish::ResultIds,
     /// The `KILN_DATA` object store, opened when a job first needs it.
     pub data: tokio::sync::OnceCell<kiln_data::store::Bucket>,
+    /// Acks of answered jobs, sent a moment later ([`crate::acks`]).
+    pub acks: crate::acks::Acks,
 }
 
 impl Shared {

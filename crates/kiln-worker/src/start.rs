@@ -143,6 +143,7 @@ async fn open(
         arriving: Default::default(),
         result_ids: crate::publish::ResultIds::of(js).await,
         data: tokio::sync::OnceCell::new(),
+        acks: crate::acks::Acks::start(js.client()),
         config,
     });
     Ok((consumer, shared))

@@ -134,6 +134,9 @@ async fn drain(started: Started) -> Result<WorkerStats> {
     let _ = tokio::time::timeout(Duration::from_secs(5), started.dead_letters).await;
     let drain = shared.config.drain_timeout;
     let drained = shared.admission.all_released(drain).await;
+    // Jobs answered until now are acked before the worker says it stopped; any answered
+    // after this (a drain that ran out of time) are acked at once.
+    shared.acks.close(Duration::from_secs(5)).await;
     started.heartbeat.stop().await;
     let stats = shared.stats();
     if !drained {
