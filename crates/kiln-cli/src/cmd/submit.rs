@@ -107,25 +107,7 @@ impl<'a> Submission<'a> {
             "--timeout must be more than 0 (leave it out for no timeout)"
         );
         let params = super::params::parse_params(&args.params, args.params_json.as_deref())?;
-        let inputs = args
-            .inputs
-            .iter()
-            .map(|arg| Input::parse(arg))
-            .collect::<kiln_client::Result<Vec<_>>>()?;
-        for (i, input) in inputs.iter().enumerate() {
-            anyhow::ensure!(
-                inputs[..i].iter().all(|earlier| earlier.key != input.key),
-                "--input {}=… is given twice: give each parameter once",
-                input.key
-            );
-            anyhow::ensure!(
-                !args.params.iter().any(|pair| pair
-                    .split_once('=')
-                    .is_some_and(|(k, _)| k.trim() == input.key)),
-                "{} is given both by -p and by --input: give it once",
-                input.key
-            );
-        }
+        let inputs = parse_inputs(args)?;
         let output = match (&args.output, &args.output_format) {
             (Some(path), _) => kiln_client::data::output_mode_for(path)?,
             (None, Some(name)) => kiln_client::data::output_mode_named(name)?,
@@ -518,4 +500,28 @@ async fn warn_if_unserved(js: &jetstream::Context, class: DeviceClass) {
             class.consumer()
         );
     }
+}
+
+/// `--input KEY=…` arguments, each key given once and not also by `-p`.
+fn parse_inputs(args: &SubmitArgs) -> anyhow::Result<Vec<Input>> {
+    let inputs = args
+        .inputs
+        .iter()
+        .map(|arg| Input::parse(arg))
+        .collect::<kiln_client::Result<Vec<_>>>()?;
+    for (i, input) in inputs.iter().enumerate() {
+        anyhow::ensure!(
+            inputs[..i].iter().all(|earlier| earlier.key != input.key),
+            "--input {}=… is given twice: give each parameter once",
+            input.key
+        );
+        anyhow::ensure!(
+            !args.params.iter().any(|pair| pair
+                .split_once('=')
+                .is_some_and(|(k, _)| k.trim() == input.key)),
+            "{} is given both by -p and by --input: give it once",
+            input.key
+        );
+    }
+    Ok(inputs)
 }
