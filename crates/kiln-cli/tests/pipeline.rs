@@ -733,6 +733,40 @@ fn demo_runs_to_completion_with_an_embedded_server() {
     assert!(text.contains("(0 failed)"), "{text}");
 }
 
+/// On a server that has run jobs before, the demo's table counts this run's jobs only: a
+/// second, smaller demo on one server shows as many jobs as it ran (it showed the first run's
+/// table, whose count already reached the second's, or both runs' jobs).
+#[test]
+fn a_second_demo_on_one_server_tables_its_own_jobs() {
+    let cluster = Cluster::new();
+    for (run, scale) in [(1, "0.1"), (2, "0.05")] {
+        let out = std::process::Command::new(common::KILN)
+            .args(["demo", "--scale", scale])
+            .env("NATS_URL", cluster.server.url())
+            .output()
+            .unwrap();
+        assert_success(&out);
+        let text = stdout(&out);
+        let finished: u64 = text
+            .lines()
+            .find_map(|l| l.split_once(" of ").map(|(n, _)| n.trim().parse().ok()))
+            .flatten()
+            .unwrap_or_else(|| panic!("no \"N of M jobs finished\" line in:\n{text}"));
+        let tabled: u64 = ["vector_add", "matmul", "conv2d", "train_mlp"]
+            .iter()
+            .flat_map(|kind| text.lines().filter(move |l| l.starts_with(kind)))
+            .map(|row| {
+                row.split_whitespace()
+                    .nth(2)
+                    .and_then(|jobs| jobs.parse::<u64>().ok())
+                    .unwrap_or_else(|| panic!("no job count in {row:?}"))
+            })
+            .sum();
+        assert!(finished > 0, "run {run}:\n{text}");
+        assert_eq!(tabled, finished, "run {run}: the table's jobs\n{text}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn long_job_is_kept_alive_by_progress_acks_and_runs_once() {
     let mut cluster = Cluster::new();

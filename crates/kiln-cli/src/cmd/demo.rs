@@ -31,7 +31,7 @@ pub async fn run(nats: &NatsArgs, args: DemoArgs) -> anyhow::Result<ExitCode> {
     classes.push(DeviceClass::Auto);
     let jobs = workload(&classes, args.scale)?;
     let outcome = submit_and_collect(&client, &js, &classes, jobs).await?;
-    outcome.print(&js).await;
+    outcome.print();
 
     roles.stop().await?;
     // Close the connection before the private server stops, so that its end is not reported
@@ -117,6 +117,9 @@ struct Outcome {
     failures: Vec<String>,
     /// From the first publish to the last result.
     elapsed: Duration,
+    /// This run's results folded as the aggregator folds them, per kind and class: the
+    /// aggregator's own snapshots on a server with history count earlier runs' jobs too.
+    snapshots: Vec<kiln_proto::MetricsSnapshot>,
 }
 
 /// Submit the jobs and wait (up to 10 minutes) for their results, with a progress bar.
@@ -141,9 +144,11 @@ async fn submit_and_collect(
     publish_all(js, jobs, true, || {}).await?;
     let bar = progress_bar(total, "finished");
     let mut failures = Vec::new();
+    let mut folds = kiln_aggregator::Folds::default();
     let results = collector
         .collect(ids, Duration::from_secs(600), |event| {
             bar.inc(1);
+            folds.add(&kiln_aggregator::ResultHead::from(event));
             if event.status == Status::Failed {
                 failures.push(format!(
                     "{} {}: {}",
@@ -164,24 +169,15 @@ async fn submit_and_collect(
         finished: results.len() as u64,
         failures,
         elapsed: started.elapsed(),
+        snapshots: folds.snapshots(time::OffsetDateTime::now_utc()),
     })
 }
 
 impl Outcome {
-    /// The aggregator's metrics table, then how many jobs finished and which failed.
-    async fn print(&self, js: &jetstream::Context) {
-        // Let the aggregator publish snapshots that include every result, then show them.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let snapshots = loop {
-            let snapshots = streams::latest_metrics(js).await.unwrap_or_default();
-            let counted: u64 = snapshots.iter().map(|s| s.jobs).sum();
-            if counted >= self.finished || Instant::now() > deadline {
-                break snapshots;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
+    /// The metrics table of this run's jobs, then how many finished and which failed.
+    fn print(&self) {
         println!();
-        print!("{}", crate::table::metrics_table(&snapshots));
+        print!("{}", crate::table::metrics_table(&self.snapshots));
         println!(
             "\n{} of {} jobs finished in {:.1} s ({} failed); total latency is submit → result, compute is time on the device",
             self.finished,
