@@ -103,7 +103,11 @@ impl Kernel for VectorAdd {
             }
         };
         if len == 0 {
-            return Err(JobError::invalid_input("vector_add needs len >= 1"));
+            return Err(JobError::invalid_input(if params.len.is_some() {
+                "vector_add needs len >= 1"
+            } else {
+                "vector_add needs a and b of at least one element each, got empty ones"
+            }));
         }
         let elements = len.checked_mul(3).ok_or_else(|| {
             JobError::too_large(format!("vector_add len {len} overflows an element count"))
@@ -269,4 +273,29 @@ fn burn_add<B: Backend>(
         .into_data()
         .into_vec::<f32>()
         .map_err(|e| JobError::internal(format!("reading vector_add output: {e:?}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use kiln_proto::{Codec, ErrorKind, Limits};
+
+    /// An empty job is refused in the words the submitter used: `len`, or the vectors.
+    #[test]
+    fn empty_jobs_are_refused_in_their_own_terms() {
+        let kind = crate::find("vector_add").expect("vector_add is registered");
+        for (body, says) in [
+            (r#"{"params":{"len":0}}"#, "vector_add needs len >= 1"),
+            (
+                r#"{"params":{"a":[],"b":[]}}"#,
+                "vector_add needs a and b of at least one element each, got empty ones",
+            ),
+        ] {
+            let error = kind
+                .decode(Codec::Json, body.as_bytes(), &Limits::default())
+                .err()
+                .unwrap_or_else(|| panic!("{body} is refused"));
+            assert_eq!(error.kind, ErrorKind::InvalidInput, "{body}");
+            assert_eq!(error.message, says, "{body}");
+        }
+    }
 }
