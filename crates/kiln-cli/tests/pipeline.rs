@@ -811,7 +811,15 @@ async fn long_job_is_kept_alive_by_progress_acks_and_runs_once() {
         event.compute_ms
     );
     assert_eq!(event.attempt, 1);
-    let info = stream.consumer_info("workers-cpu").await.unwrap();
+    // The worker acks a millisecond or two after the result is stored: wait for that.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let info = loop {
+        let info = stream.consumer_info("workers-cpu").await.unwrap();
+        if info.num_ack_pending == 0 || std::time::Instant::now() > deadline {
+            break info;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(info.config.ack_wait, Duration::from_secs(1));
     assert_eq!(info.num_redelivered, 0, "no redelivery while the job ran");
     assert_eq!(info.num_ack_pending, 0);
