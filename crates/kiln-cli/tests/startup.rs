@@ -7,7 +7,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::KILN;
+use common::{Cluster, KILN, assert_success};
 use kiln_testkit::NatsServer;
 
 #[test]
@@ -101,17 +101,9 @@ fn a_server_short_of_storage_for_the_limits_says_so() {
         "jetstream { store_dir: $KILN_STORE_DIR, max_file_store: 4GB }\n",
     )
     .unwrap();
-    let server = NatsServer::start_with_config(&config, &[]);
-    let kiln = |args: &[&str]| {
-        Command::new(KILN)
-            .args(args)
-            .env("NATS_URL", server.url())
-            .env("RUST_LOG", "warn")
-            .output()
-            .unwrap()
-    };
+    let cluster = Cluster::on(NatsServer::start_with_config(&config, &[]));
     for args in [&["init"][..], &["submit", "vector_add", "-p", "len=4"]] {
-        let out = kiln(args);
+        let out = cluster.kiln(args);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{args:?}: {stderr}");
         assert!(
@@ -121,18 +113,13 @@ fn a_server_short_of_storage_for_the_limits_says_so() {
             "{args:?}: {stderr}"
         );
     }
-    let small = kiln(&[
+    assert_success(&cluster.kiln(&[
         "init",
         "--data-max-bytes",
         "1073741824",
         "--results-max-bytes",
         "536870912",
-    ]);
-    assert!(
-        small.status.success(),
-        "{}",
-        String::from_utf8_lossy(&small.stderr)
-    );
+    ]));
 }
 
 #[test]
@@ -171,7 +158,7 @@ fn unusable_credential_files_are_named_not_blamed_on_the_server() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_worker_is_refused_the_name_of_a_live_one() {
-    let mut cluster = common::Cluster::new();
+    let mut cluster = Cluster::new();
     cluster.init().await;
     let twin = ["worker", "--device", "cpu", "--name", "twin", "--no-warmup"];
     cluster.spawn("first", &twin);
@@ -193,6 +180,6 @@ async fn a_worker_is_refused_the_name_of_a_live_one() {
     );
     // The first one serves on, under its name.
     let ok = cluster.kiln(&["submit", "vector_add", "-p", "len=8", "--wait"]);
-    common::assert_success(&ok);
+    assert_success(&ok);
     assert!(common::stdout(&ok).contains("\"worker\": \"twin\""));
 }

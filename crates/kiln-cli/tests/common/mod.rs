@@ -24,8 +24,13 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn new() -> Self {
+        Cluster::on(NatsServer::start())
+    }
+
+    /// A cluster around `server` (one started with a configuration of the test's own).
+    pub fn on(server: NatsServer) -> Self {
         Cluster {
-            server: NatsServer::start(),
+            server,
             children: Vec::new(),
             logs: tempfile::Builder::new()
                 .prefix("kiln-test-logs-")
