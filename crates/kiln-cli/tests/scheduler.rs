@@ -139,6 +139,57 @@ async fn auto_jobs_shift_away_from_a_backlogged_class_and_back() {
     assert_eq!(routed_to(&r), DeviceClass::Gpu, "{:?}", r.routing);
 }
 
+/// A burst of long jobs on a class whose recent results were short ones is priced as long:
+/// the scheduler reads which kinds are queued and prices each at its own mean, where the class
+/// mean of its recent results would price the burst at almost nothing and send auto jobs to
+/// wait behind it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_of_long_jobs_is_priced_by_its_kind_not_by_the_recent_results() {
+    let cluster = cluster_with_two_classes("30");
+    let train = [
+        "submit",
+        "train_mlp",
+        "--device",
+        "gpu",
+        "-p",
+        "samples=1024",
+        "-p",
+        "epochs=10",
+    ];
+    // The scheduler learns what a training job takes on the gpu class ...
+    let started = Instant::now();
+    for i in 0..2 {
+        let id = format!("teach-train-{i}");
+        let mut args = train.to_vec();
+        args.extend_from_slice(&["--id", &id, "--wait"]);
+        assert_success(&cluster.kiln(&args));
+    }
+    let train_s = started.elapsed().as_secs_f64() / 2.0;
+    // ... then sees 200 short products there, after which the class mean over all kinds has
+    // all but forgotten them (0.98^200: under 2 % of their weight).
+    let mut args = vec![
+        "submit", "matmul", "--device", "gpu", "--count", "200", "--id", "short", "--wait",
+    ];
+    args.extend_from_slice(&MATMUL);
+    assert_success(&cluster.kiln(&args));
+    // A burst of eight training jobs on the gpu class's one compute slot.
+    let mut args = train.to_vec();
+    args.extend_from_slice(&["--count", "8", "--id", "burst"]);
+    assert_success(&cluster.kiln(&args));
+    std::thread::sleep(Duration::from_millis(300));
+    let r = submit(&cluster, "auto", "behind-the-burst");
+    let routing = r.routing.clone().expect("routing");
+    assert_eq!(
+        routed_to(&r),
+        DeviceClass::Cpu,
+        "training jobs took {train_s:.2} s each: {routing:?}"
+    );
+    assert!(
+        routing.predicted_gpu_ms.unwrap() > 1000.0 * train_s,
+        "most of the burst is still ahead, at {train_s:.2} s a job: {routing:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn auto_jobs_go_to_cpu_once_the_gpu_worker_is_gone_and_none_are_lost() {
     // The cpu class thirty times slower, so that the live gpu class wins clearly even on a

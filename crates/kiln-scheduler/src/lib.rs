@@ -7,7 +7,7 @@
 //! use kiln_proto::DeviceClass;
 //! use kiln_scheduler::{ClassState, CostModel};
 //! let model = CostModel::default();
-//! let idle = ClassState { live_workers: 1, capacity: 2, backlog: 0 };
+//! let idle = ClassState { live_workers: 1, capacity: 2, ..ClassState::default() };
 //! let none = ClassState::default();
 //! assert_eq!(model.decide("matmul", 1e9, &none, &idle).chosen, DeviceClass::Cpu);
 //! ```

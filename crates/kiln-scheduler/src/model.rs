@@ -41,11 +41,15 @@
 //!
 //! # Waiting time
 //!
-//! A class's queue is priced as `backlog * mean_service_ms / capacity`: the jobs ahead
+//! A class's queue is priced as `backlog * queued_mean_ms / capacity`: the jobs ahead
 //! (pending and in flight on its consumer, as last read, plus the jobs routed since and not
-//! yet answered) times the class's mean service time, an average
-//! of observed compute times over all kinds (prior 1 ms, forgotten with [`CLASS_MEAN_DECAY`]),
-//! spread over its compute slots.
+//! yet answered) times the mean service time of the jobs in it, spread over its compute
+//! slots. That mean is taken over the kinds queued (`ClassState::queued`, jobs per kind as
+//! the stream's subjects count them): each kind at its own mean observed compute time on the
+//! class, a kind not seen there yet at the class's mean over all kinds (prior 1 ms); both
+//! forgotten with [`CLASS_MEAN_DECAY`]. Priced at the class mean alone, a burst of long jobs
+//! (a training sweep) behind a history of short ones would look short until most of it had
+//! run, and every auto job meanwhile would queue behind it.
 //!
 //! # Decision
 //!
@@ -108,10 +112,12 @@ pub struct CostModel {
     fits: BTreeMap<String, [Fit; 2]>,
     /// `[gpu, cpu]`.
     means: [ClassMean; 2],
+    /// Per kind: `[gpu, cpu]` mean observed compute time, to price the jobs queued.
+    kind_means: BTreeMap<String, [ClassMean; 2]>,
 }
 
 /// What the scheduler knows of one device class right now.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClassState {
     /// Workers with a fresh heartbeat.
     pub live_workers: usize,
@@ -119,6 +125,10 @@ pub struct ClassState {
     pub capacity: usize,
     /// Jobs pending or in flight on the class's consumer.
     pub backlog: u64,
+    /// The mix of the jobs in `backlog`, as far as it is known: jobs per kind. Empty: the
+    /// backlog is priced at the class's mean over all kinds.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub queued: BTreeMap<String, u64>,
 }
 
 /// The predicted completion of a job on one class.
@@ -316,6 +326,12 @@ impl ClassMean {
         self.weight = self.weight * CLASS_MEAN_DECAY + 1.0;
     }
 
+    /// The mean of the observations alone, without the prior; `None` before the first.
+    fn observed_ms(&self) -> Option<f64> {
+        let mean = self.sum_ms / self.weight;
+        (self.observations > 0 && mean.is_finite()).then(|| mean.max(0.0))
+    }
+
     fn mean_ms(&self) -> f64 {
         let p = PRIOR_WEIGHT * CLASS_MEAN_DECAY.powf(self.observations as f64);
         let mean = (self.sum_ms + p * PRIOR_MEAN_SERVICE_MS) / (self.weight + p);
@@ -390,6 +406,14 @@ impl CostModel {
             }
         }
         self.means[i].observe(compute_ms);
+        match self.kind_means.get_mut(kind) {
+            Some(means) => means[i].observe(compute_ms),
+            None => {
+                let mut means = [ClassMean::default(); 2];
+                means[i].observe(compute_ms);
+                self.kind_means.insert(kind.to_owned(), means);
+            }
+        }
     }
 
     /// Expected time on the device, in ms, of a `kind` job of `flops` on `class`; for
@@ -416,6 +440,32 @@ impl CostModel {
         }
     }
 
+    /// The mean service time of a job in `queued` (jobs per kind) on `class`: each kind at
+    /// its own mean observed compute time there, a kind not seen there at the class's mean;
+    /// with nothing known of the mix, the class's mean. `Auto` as in [`Self::mean_service_ms`].
+    pub fn queued_mean_ms(&self, class: DeviceClass, queued: &BTreeMap<String, u64>) -> f64 {
+        let class_mean = self.mean_service_ms(class);
+        let Some(i) = slot(class) else {
+            return class_mean;
+        };
+        let (mut jobs, mut total_ms) = (0.0, 0.0);
+        for (kind, &count) in queued {
+            let mean = self
+                .kind_means
+                .get(kind)
+                .and_then(|means| means[i].observed_ms())
+                .unwrap_or(class_mean);
+            jobs += count as f64;
+            total_ms += count as f64 * mean;
+        }
+        let mean = total_ms / jobs;
+        if jobs > 0.0 && mean.is_finite() {
+            mean
+        } else {
+            class_mean
+        }
+    }
+
     /// The predicted completion of a job on `class` in `state`; `None` when the class has
     /// no live workers or no capacity, or is `Auto`.
     pub fn predict(
@@ -433,7 +483,7 @@ impl CostModel {
         let wait_ms = if state.backlog == 0 {
             0.0
         } else {
-            state.backlog as f64 * self.mean_service_ms(class) / state.capacity as f64
+            state.backlog as f64 * self.queued_mean_ms(class, &state.queued) / state.capacity as f64
         };
         Some(Prediction {
             class,
@@ -591,6 +641,7 @@ mod tests {
             live_workers: 1,
             capacity,
             backlog,
+            ..ClassState::default()
         }
     }
 
@@ -766,6 +817,51 @@ mod tests {
     }
 
     #[test]
+    fn a_queue_is_priced_by_the_kinds_in_it_not_by_the_last_results() {
+        let mut model = CostModel::new();
+        // The GPU class trained three long jobs a while ago, then ran 400 short products;
+        // the CPU class ran short products, each 40 times slower.
+        for _ in 0..3 {
+            model.observe("train_mlp", Gpu, 1e9, 800.0);
+        }
+        for _ in 0..400 {
+            model.observe("matmul", Gpu, 1e6, 0.5);
+            model.observe("matmul", Cpu, 1e6, 20.0);
+        }
+        // The class mean has all but forgotten the long jobs.
+        assert!(
+            model.mean_service_ms(Gpu) < 1.0,
+            "{}",
+            model.mean_service_ms(Gpu)
+        );
+        let idle = live(1, 0);
+        let mut burst = live(1, 4);
+        // Four long jobs queued on the GPU's one slot: 3.2 s behind them.
+        burst.queued.insert("train_mlp".into(), 4);
+        let d = model.decide("matmul", 1e6, &burst, &idle);
+        assert_eq!(d.chosen, Cpu, "{}", d.reason);
+        assert_within("gpu wait", d.gpu.unwrap().wait_ms, 4.0 * 800.0, 1e-9);
+        // With the mix unknown, the same backlog is priced at the class mean, as before.
+        let unknown = live(1, 4);
+        let d = model.decide("matmul", 1e6, &unknown, &idle);
+        assert_eq!(d.chosen, Gpu, "{}", d.reason);
+        assert_within(
+            "gpu wait, mix unknown",
+            d.gpu.unwrap().wait_ms,
+            4.0 * model.mean_service_ms(Gpu),
+            1e-12,
+        );
+        // A mix: each kind at its own mean, a kind never seen on the class at the class mean.
+        let mut mixed = live(2, 10);
+        mixed.queued.insert("train_mlp".into(), 1);
+        mixed.queued.insert("matmul".into(), 2);
+        mixed.queued.insert("conv2d".into(), 1);
+        let per_job = (800.0 + 2.0 * 0.5 + model.mean_service_ms(Gpu)) / 4.0;
+        let got = model.predict("matmul", Gpu, 1e6, &mixed).unwrap().wait_ms;
+        assert_within("mixed wait", got, 10.0 * per_job / 2.0, 1e-9);
+    }
+
+    #[test]
     fn a_class_without_live_workers_is_never_chosen() {
         let mut model = CostModel::new();
         let mut rng = Lcg(13);
@@ -775,11 +871,13 @@ mod tests {
             live_workers: 0,
             capacity: 8,
             backlog: 0,
+            ..ClassState::default()
         };
         let no_slots = ClassState {
             live_workers: 3,
             capacity: 0,
             backlog: 0,
+            ..ClassState::default()
         };
         for flops in [0.0, 1e3, 1e6, 1e9, 1e12] {
             for backlog in [0, 10, 10_000] {

@@ -1,12 +1,13 @@
 //! What the scheduler knows of the two classes between reads: each one's backlog and live
 //! workers as last read from the server, and the jobs it routed since.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use async_nats::jetstream;
-use kiln_proto::DeviceClass;
+use futures::StreamExt as _;
 use kiln_proto::streams::{self, STREAM_JOBS};
+use kiln_proto::{DeviceClass, JobSubject};
 
 use crate::model::{ClassState, CostModel};
 
@@ -30,12 +31,26 @@ pub(super) struct Classes {
 /// as they would once the heartbeats had expired.
 const WORKERS_STAND_FOR: Duration = Duration::from_secs(6);
 
+/// Subjects of the jobs stream read for the mix of the queues: one per class and kind (two
+/// with the copies) in a working system, so this only bounds a stream filled with jobs on
+/// made-up subjects.
+const MAX_SUBJECTS: usize = 1000;
+
 impl Classes {
     pub(super) fn state(&mut self, class: DeviceClass) -> &mut ClassState {
         match class {
             DeviceClass::Gpu => &mut self.gpu,
             _ => &mut self.cpu,
         }
+    }
+
+    /// Count a job this scheduler routed to `class` against it until its result arrives or
+    /// the next read of the queues counts it.
+    pub(super) fn routed(&mut self, id: String, class: DeviceClass, kind: &str) {
+        let state = self.state(class);
+        state.backlog += 1;
+        *state.queued.entry(kind.to_owned()).or_default() += 1;
+        self.routed_since.insert(id, class);
     }
 }
 
@@ -83,6 +98,41 @@ pub(super) async fn refresh(js: &jetstream::Context, classes: &mut Classes) {
             classes.routed_since.retain(|_, routed| *routed != class);
         }
     }
+    match queued(&stream).await {
+        Ok([gpu, cpu]) => {
+            classes.gpu.queued = gpu;
+            classes.cpu.queued = cpu;
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "could not read the queues' kinds; keeping the last read")
+        }
+    }
+}
+
+/// Jobs per kind queued on each class (`[gpu, cpu]`), pending or in flight: the jobs
+/// stream's message counts per subject (`jobs.<class>.<kind>` and its copies), which in a
+/// work queue are the jobs not yet acked.
+async fn queued(
+    stream: &jetstream::stream::Stream,
+) -> Result<[BTreeMap<String, u64>; 2], jetstream::stream::InfoError> {
+    let mut subjects = stream
+        .info_with_subjects("jobs.>")
+        .await?
+        .take(MAX_SUBJECTS);
+    let mut queued = [BTreeMap::new(), BTreeMap::new()];
+    while let Some(entry) = subjects.next().await {
+        let (subject, count) = entry?;
+        let Ok(job) = JobSubject::parse(&subject) else {
+            continue;
+        };
+        let i = match job.class {
+            DeviceClass::Gpu => 0,
+            DeviceClass::Cpu => 1,
+            DeviceClass::Auto => continue,
+        };
+        *queued[i].entry(job.kind.to_owned()).or_default() += count as u64;
+    }
+    Ok(queued)
 }
 
 /// The live workers of one class, as one read of the workers bucket found them.
@@ -120,6 +170,9 @@ pub(super) fn learn(model: &mut CostModel, classes: &mut Classes, payload: &[u8]
     if let Some(class) = classes.routed_since.remove(&o.id) {
         let state = classes.state(class);
         state.backlog = state.backlog.saturating_sub(1);
+        if let Some(count) = state.queued.get_mut(&o.kind) {
+            *count = count.saturating_sub(1);
+        }
     }
     if o.status == kiln_proto::Status::Succeeded && kiln_kernels::find(&o.kind).is_some() {
         model.observe(&o.kind, o.class, o.flops, o.compute_ms);
@@ -175,6 +228,55 @@ mod tests {
         // What does not parse changes nothing.
         learn(&mut model, &mut classes, b"not json");
         assert_eq!((classes.gpu.backlog, classes.cpu.backlog), (3, 0));
+    }
+
+    /// The queues' mix is read from the jobs stream's subjects: per class, per kind (one
+    /// kiln does not run too: the model prices it at the class mean), copies with their
+    /// kind, auto jobs (not yet routed) left out.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_queues_are_read_per_kind() {
+        let server = kiln_testkit::NatsServer::start();
+        let client = async_nats::connect(server.url()).await.expect("connect");
+        let js = jetstream::new(client);
+        let topology = kiln_proto::Topology::default();
+        streams::ensure_all(&js, &topology).await.expect("streams");
+        let jobs = [
+            ("jobs.gpu.train_mlp", 3),
+            ("jobs.gpu.train_mlp.copy", 2),
+            ("jobs.gpu.matmul", 1),
+            ("jobs.cpu.vector_add", 4),
+            ("jobs.auto.matmul", 5),
+            ("jobs.cpu.nokind", 1),
+        ];
+        for (subject, count) in jobs {
+            for _ in 0..count {
+                js.publish(subject, "{}".into())
+                    .await
+                    .expect("publish")
+                    .await
+                    .expect("stored");
+            }
+        }
+        let mut classes = Classes::default();
+        refresh(&js, &mut classes).await;
+        let mix = |pairs: &[(&str, u64)]| {
+            pairs
+                .iter()
+                .map(|&(k, n)| (k.to_owned(), n))
+                .collect::<BTreeMap<_, _>>()
+        };
+        assert_eq!(classes.gpu.queued, mix(&[("train_mlp", 5), ("matmul", 1)]));
+        assert_eq!(classes.cpu.queued, mix(&[("vector_add", 4), ("nokind", 1)]));
+        // What the scheduler routes counts at once, and comes off when answered.
+        classes.routed("r".into(), DeviceClass::Cpu, "matmul");
+        assert_eq!(classes.cpu.queued["matmul"], 1);
+        let mut model = CostModel::default();
+        let result = serde_json::json!({
+            "id": "r", "kind": "matmul", "class": "cpu", "status": "succeeded",
+            "compute_ms": 1.0, "flops": 1.0e6,
+        });
+        learn(&mut model, &mut classes, result.to_string().as_bytes());
+        assert_eq!(classes.cpu.queued["matmul"], 0);
     }
 
     /// A heartbeat of a serving worker of `class` with `capacity` compute slots.

@@ -206,10 +206,8 @@ impl Scheduler {
             Ok(ack) => {
                 // Count it against its class until its result arrives or the next refresh
                 // reads the consumer again.
-                self.classes.state(routed.class).backlog += 1;
                 self.classes
-                    .routed_since
-                    .insert(routed.id.clone(), routed.class);
+                    .routed(routed.id.clone(), routed.class, &routed.kind);
                 Some((routed, ack))
             }
             Err(e) => {
