@@ -351,6 +351,37 @@ async fn an_auto_job_whose_kind_is_no_kind_name_is_answered_not_dropped() {
     assert_eq!(error.kind, kiln_proto::ErrorKind::InvalidInput, "{error}");
 }
 
+/// An auto job published without headers (`nats pub`) whose parameters are wrong, or whose
+/// body goes wrong after its id, is answered under the id its body gives, where its submitter
+/// waits, as a job submitted to a class directly is.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broken_auto_job_is_answered_under_its_body_id() {
+    let mut cluster = Cluster::new();
+    assert_success(&cluster.kiln(&["init"]));
+    cluster.cpu_worker();
+    cluster.spawn("scheduler", &["scheduler", "--name", "sched-1"]);
+    let client = cluster.client().await;
+    let js = jetstream::new(client.clone());
+    for body in [
+        r#"{"id":"bad-params","params":{"n":-1}}"#,
+        r#"{"id":"bad-after-id","params":{"n":[NaN]}}"#,
+    ] {
+        js.publish("jobs.auto.matmul", body.as_bytes().to_vec().into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let ids = ["bad-params", "bad-after-id"];
+    let results = common::wait_for_results(&client, &ids, Duration::from_secs(60)).await;
+    for id in ids {
+        let answer = &results[id];
+        assert_eq!(answer.status, Status::Failed, "{answer:?}");
+        let error = answer.error.as_ref().unwrap();
+        assert_eq!(error.kind, kiln_proto::ErrorKind::InvalidInput, "{error}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_auto_job_published_with_conditions_is_routed_without_them() {
     let mut cluster = Cluster::new();
@@ -498,18 +529,31 @@ no_auth_user: admin
         "len=4",
     ]);
     assert_success(&submit);
-    let results = common::wait_for_results(&client, &["fenced"], Duration::from_secs(90)).await;
-    let event = &results["fenced"];
-    assert_eq!(event.status, Status::Failed, "{event:?}");
-    let error = event.error.as_ref().unwrap();
-    assert_eq!(error.kind, kiln_proto::ErrorKind::Internal, "{error}");
-    assert!(
-        error
-            .message
-            .contains("the scheduler could not store the job's routed copy on jobs."),
-        "{error}"
-    );
-    assert!(!error.message.contains("no worker acknowledged"), "{error}");
+    // A job with no headers whose parameters do not decode: the scheduler answers it under
+    // the id its body gives, as a worker would (it was `seq-<n>`).
+    js.publish(
+        "jobs.auto.vector_add",
+        r#"{"id":"fenced-broken","params":{"len":-1}}"#.into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let ids = ["fenced", "fenced-broken"];
+    let results = common::wait_for_results(&client, &ids, Duration::from_secs(90)).await;
+    for id in ids {
+        let event = &results[id];
+        assert_eq!(event.status, Status::Failed, "{event:?}");
+        let error = event.error.as_ref().unwrap();
+        assert_eq!(error.kind, kiln_proto::ErrorKind::Internal, "{error}");
+        assert!(
+            error
+                .message
+                .contains("the scheduler could not store the job's routed copy on jobs."),
+            "{error}"
+        );
+        assert!(!error.message.contains("no worker acknowledged"), "{error}");
+    }
     // Answered and acked: the server does not give up on it, nothing is dead-lettered.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let list = stdout(&cluster.kiln(&["dlq", "list"]));

@@ -95,9 +95,10 @@ impl Arrival {
         self.envelope.id(body_id, self.stream_sequence)
     }
 
-    /// The id of a job whose body could not be decoded (see [`job_id_of`]).
+    /// The id of a job whose body could not be decoded (see [`Envelope::undecoded_id`]).
     pub(crate) fn undecoded_id(&self) -> String {
-        job_id_of(&self.message.payload, &self.envelope, self.stream_sequence)
+        self.envelope
+            .undecoded_id(&self.message.payload, self.stream_sequence)
     }
 
     /// The subject a copy of this job (a hand-back) goes to.
@@ -126,84 +127,4 @@ fn unknown_kind(kind: &str) -> JobError {
         "unknown job kind {kind:?}; known kinds: {}",
         kiln_kernels::kind_names().join(", ")
     ))
-}
-
-/// A job's id read off its body and envelope without decoding its parameters: the body's
-/// `id` if valid, else a routed or replayed copy's `Kiln-Job-Id`, else its `Nats-Msg-Id`,
-/// else its stream sequence.
-pub(crate) fn job_id_of(payload: &[u8], envelope: &Envelope, sequence: u64) -> String {
-    let body_id = body_id(payload).filter(|id| kiln_proto::submittable_job_id(id));
-    envelope.id(body_id.as_deref(), sequence)
-}
-
-/// The first top-level `"id"` of a JSON body, read up to it: a body that goes wrong after its
-/// id (a `NaN`, bytes after the object, a second `"id"`) or that starts with a UTF-8
-/// byte-order mark is still answered under the id it gave, where its submitter waits, not
-/// under `seq-<sequence>`.
-fn body_id(payload: &[u8]) -> Option<String> {
-    use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
-    struct FirstId<'a>(&'a mut Option<String>);
-    impl<'de> DeserializeSeed<'de> for FirstId<'_> {
-        type Value = ();
-        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-            d.deserialize_map(self)
-        }
-    }
-    impl<'de> Visitor<'de> for FirstId<'_> {
-        type Value = ();
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("a JSON object")
-        }
-        fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<(), M::Error> {
-            while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-                if key == "id" {
-                    *self.0 = map.next_value::<Option<String>>()?;
-                    return Ok(());
-                }
-                map.next_value::<IgnoredAny>()?;
-            }
-            Ok(())
-        }
-    }
-    let payload = payload.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(payload);
-    let mut id = None;
-    // Errors after the id (the object not read to its end, above, is one) do not matter.
-    let _ = FirstId(&mut id).deserialize(&mut serde_json::Deserializer::from_slice(payload));
-    id
-}
-
-#[cfg(test)]
-mod tests {
-    use super::body_id;
-
-    /// A body that goes wrong after its id is answered under that id (a NaN, trailing
-    /// bytes, a byte-order mark and a second id each sent the answer to `seq-<n>`).
-    #[test]
-    fn the_body_id_is_read_up_to_where_the_body_goes_wrong() {
-        let id = |body: &[u8]| body_id(body);
-        assert_eq!(id(br#"{"id":"a","params":{}}"#).as_deref(), Some("a"));
-        assert_eq!(
-            id(br#"{"params":{"a":[1]},"id":"b"}"#).as_deref(),
-            Some("b")
-        );
-        assert_eq!(
-            id(br#"{"id":"nan","params":{"a":[NaN]}}"#).as_deref(),
-            Some("nan")
-        );
-        assert_eq!(
-            id(br#"{"id":"t","params":{}} trailing"#).as_deref(),
-            Some("t")
-        );
-        assert_eq!(id(b"\xEF\xBB\xBF{\"id\":\"bom\"}").as_deref(), Some("bom"));
-        assert_eq!(
-            id(br#"{"id":"first","id":"second"}"#).as_deref(),
-            Some("first")
-        );
-        // No id to be had: before it goes wrong, or not a string.
-        assert_eq!(id(br#"{"params":{"a":[NaN]},"id":"late"}"#), None);
-        assert_eq!(id(br#"{"id":7}"#), None);
-        assert_eq!(id(br#"{"id":null}"#), None);
-        assert_eq!(id(b"[1,2]"), None);
-        assert_eq!(id(b"\xff\xfe"), None);
-    }
 }

@@ -140,7 +140,7 @@ fn given_up(
     let subject = JobSubject::parse(job.subject.as_str());
     let copy = kiln_proto::subject::is_copy_subject(job.subject.as_str());
     let envelope = kiln_proto::Envelope::read(copy, Some(&job.headers), job.time);
-    let id = crate::arrival::job_id_of(&job.payload, &envelope, advisory.stream_seq);
+    let id = envelope.undecoded_id(&job.payload, advisory.stream_seq);
     // A kind this build does not run is answered as `unknown`, as the worker does: result,
     // dead-letter and metric subjects stay one per real kind.
     let (kind, class) = crate::arrival::answered_as(&subject, DeviceClass::Cpu);

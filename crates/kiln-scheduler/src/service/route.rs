@@ -134,7 +134,12 @@ impl Scheduler {
         // kiln's own headers are believed only on a copy (a replay from the dead-letter queue).
         let copy = kiln_proto::subject::is_copy_subject(message.subject.as_str());
         let envelope = Envelope::read(copy, message.headers.as_ref(), published);
-        let id = envelope.id(decoded.as_ref().and_then(|job| job.id.as_deref()), sequence);
+        let id = match &decoded {
+            Some(job) => envelope.id(job.id.as_deref(), sequence),
+            // As the worker that answers it will: the id its body gives, where its submitter
+            // waits (also for the scheduler's own answer, and its copy's message id).
+            None => envelope.undecoded_id(&message.payload, sequence),
+        };
         let routing = self.decide(&kind, decoded.as_ref());
         let mut headers = envelope.copy_headers(message.headers.as_ref(), &id);
         // Tracing on: a `kiln.route` span under the submitter's, whose context the routed copy
