@@ -3,7 +3,6 @@
 
 use std::process::ExitCode;
 
-use clap::Parser as _;
 use kiln_cli::{cli, cmd, screen};
 
 // Workers allocate and free many small buffers per job from several threads at once; glibc's
@@ -12,7 +11,7 @@ use kiln_cli::{cli, cmd, screen};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let mut cli = cli::Cli::parse();
+    let mut cli = cli::parse();
     if !cli.command.is_service() {
         die_quietly_on_broken_pipe();
     }

@@ -307,6 +307,47 @@ async fn duration_flags_take_durations_and_the_old_spellings_still_work() {
     }
 }
 
+/// An invalid value set in an environment variable is named as that variable (a Deployment's
+/// `KILN_ACK_WAIT_S`), not as the flag nobody typed; typed, it is named as the flag.
+#[test]
+fn an_invalid_value_from_the_environment_names_its_variable() {
+    use std::process::Command;
+    let run = |env: (&str, &str), args: &[&str]| {
+        let out = Command::new(common::KILN)
+            .args(args)
+            .env(env.0, env.1)
+            .env("NATS_URL", "nats://127.0.0.1:1")
+            .output()
+            .expect("run kiln");
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let worker = ["worker", "--device", "cpu"];
+    let stderr = run(("KILN_ACK_WAIT_S", "abc"), &worker);
+    assert!(
+        stderr.contains(
+            "invalid value 'abc' in the environment variable KILN_ACK_WAIT_S (the setting of \
+             --ack-wait-s): invalid digit found in string"
+        ),
+        "{stderr}"
+    );
+    // A value from a list: the list.
+    let stderr = run(("KILN_LOG_FORMAT", "xml"), &["kinds"]);
+    assert!(
+        stderr.contains("environment variable KILN_LOG_FORMAT (the setting of --log-format)"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("[possible values: text, json]"), "{stderr}");
+    // Typed on the command line: clap's own message, naming the flag.
+    let typed = [&worker[..], &["--ack-wait-s", "xyz"]].concat();
+    let stderr = run(("KILN_ACK_WAIT_S", "abc"), &typed);
+    assert!(
+        stderr.contains("invalid value 'xyz' for '--ack-wait-s"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("environment variable"), "{stderr}");
+}
+
 /// A command whose reader goes away (`kiln completions bash | head -1`, `kiln watch | head`)
 /// ends quietly, killed by SIGPIPE as Unix tools are, not with a panic and a backtrace.
 #[test]

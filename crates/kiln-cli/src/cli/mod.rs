@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+mod env_value;
 mod values;
 
 use values::{
@@ -659,6 +660,25 @@ impl SubmitArgs {
             self.wait_timeout_s.map(Duration::from_secs),
             Duration::from_secs(300),
         )
+    }
+}
+
+/// Parse the command line, or exit as clap does (status 2), except that an invalid value
+/// taken from an environment variable is named as that variable.
+pub fn parse() -> Cli {
+    use clap::CommandFactory as _;
+    match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            let argv: Vec<String> = std::env::args().collect();
+            match env_value::message(&Cli::command(), &error, &argv) {
+                Some(message) => {
+                    eprintln!("error: {message}");
+                    std::process::exit(2)
+                }
+                None => error.exit(),
+            }
+        }
     }
 }
 
