@@ -338,6 +338,20 @@ fn an_invalid_value_from_the_environment_names_its_variable() {
         "{stderr}"
     );
     assert!(stderr.contains("[possible values: text, json]"), "{stderr}");
+    // Device classes and devices are checked as they are read, so named the same way.
+    let stderr = run(("KILN_SUBMIT_DEVICE", "GPU"), &["submit", "vector_add"]);
+    assert!(
+        stderr.contains(
+            "invalid value 'GPU' in the environment variable KILN_SUBMIT_DEVICE (the setting \
+             of --device): unknown device class \"GPU\": use gpu, cpu or auto"
+        ),
+        "{stderr}"
+    );
+    let stderr = run(("KILN_DEVICE", "tpu"), &["worker"]);
+    assert!(
+        stderr.contains("KILN_DEVICE (the setting of --device)"),
+        "{stderr}"
+    );
     // Typed on the command line: clap's own message, naming the flag.
     let typed = [&worker[..], &["--ack-wait-s", "xyz"]].concat();
     let stderr = run(("KILN_ACK_WAIT_S", "abc"), &typed);

@@ -9,8 +9,8 @@ mod env_value;
 mod values;
 
 use values::{
-    MAX_LIFETIME_HOURS, at_least_one, byte_limit, duration, either, lifetime, limit, replicas,
-    scale, worker_name,
+    MAX_LIFETIME_HOURS, at_least_one, byte_limit, device, device_class, duration, either, lifetime,
+    limit, replicas, scale, worker_name,
 };
 
 /// kiln: run compute jobs on GPUs and CPUs over NATS JetStream.
@@ -274,7 +274,7 @@ impl Command {
 #[derive(Debug, Clone, Args)]
 pub struct WorkerArgs {
     /// Device to run jobs on: cpu, cuda, cuda:N, or auto (CUDA when present, else CPU).
-    #[arg(long, env = "KILN_DEVICE", default_value = "auto")]
+    #[arg(long, env = "KILN_DEVICE", default_value = "auto", value_parser = device)]
     pub device: String,
     /// Worker name reported in result events (default: host-device-pid-RANDOM, unique per process).
     #[arg(long, env = "KILN_WORKER_NAME", value_parser = worker_name)]
@@ -334,7 +334,7 @@ pub struct WorkerArgs {
     pub ack_wait_s: Option<u64>,
     /// Serve another class's consumer than the device's own (`gpu` from a CPU worker): with
     /// --slowdown, simulates a second device class on a machine without a GPU.
-    #[arg(long, env = "KILN_SERVE_CLASS")]
+    #[arg(long, env = "KILN_SERVE_CLASS", value_parser = device_class)]
     pub serve_class: Option<String>,
     /// Simulation: make each job take this many times its real compute time (1 = off).
     #[arg(long, env = "KILN_SLOWDOWN", default_value_t = 1.0)]
@@ -472,7 +472,7 @@ pub struct SubmitArgs {
     #[arg(long = "params", value_name = "JSON|@FILE|@-")]
     pub params_json: Option<String>,
     /// Device class: gpu, cpu or auto.
-    #[arg(long, short = 'd', env = "KILN_SUBMIT_DEVICE", default_value = "cpu")]
+    #[arg(long, short = 'd', env = "KILN_SUBMIT_DEVICE", default_value = "cpu", value_parser = device_class)]
     pub device: String,
     /// Number of jobs; job i gets seed + i and id <id>-<i>.
     #[arg(long, short = 'n', default_value_t = 1)]

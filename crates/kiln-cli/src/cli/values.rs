@@ -13,6 +13,25 @@ pub(super) fn duration(value: &str) -> Result<Duration, String> {
     humantime::parse_duration(value).map_err(|e| e.to_string())
 }
 
+/// A device class (`gpu`, `cpu`, `auto`), checked as it is read, so that a bad value (also
+/// one from an environment variable) is named with the flag, or variable, it came from.
+pub(super) fn device_class(value: &str) -> Result<String, String> {
+    value
+        .parse::<kiln_proto::DeviceClass>()
+        .map(|_| value.to_owned())
+        .map_err(|e| e.to_string())
+}
+
+/// A worker's device as written (`cpu`, `cuda`, `cuda:N`, `auto`); whether the machine has
+/// that device is checked when the worker starts.
+pub(super) fn device(value: &str) -> Result<String, String> {
+    let cuda_index = value.strip_prefix("cuda:").map(str::parse::<usize>);
+    match (value, cuda_index) {
+        ("cpu" | "cuda" | "auto", _) | (_, Some(Ok(_))) => Ok(value.to_owned()),
+        _ => Err("use cpu, cuda, cuda:N (N a number) or auto".into()),
+    }
+}
+
 /// A stream limit (jobs, bytes): at least 1. NATS reads 0 and -1 as no limit at all, which
 /// is never what `--max-queued-jobs 0` means; a limit kiln sets is a limit.
 pub(super) fn limit(value: &str) -> Result<i64, String> {
