@@ -21,7 +21,7 @@ pub(super) struct Classes {
     /// these come off a backlog when their result arrives: the read itself counted the
     /// others, and a duplicate result, another scheduler's job or one submitted to a class
     /// directly must not take a job off twice or take off one never counted.
-    pub(super) routed_since: HashMap<String, DeviceClass>,
+    pub(super) routed_since: HashMap<String, (DeviceClass, String)>,
     /// When the live workers were last read (`None`: never).
     workers_read_at: Option<std::time::Instant>,
 }
@@ -31,9 +31,9 @@ pub(super) struct Classes {
 /// as they would once the heartbeats had expired.
 const WORKERS_STAND_FOR: Duration = Duration::from_secs(6);
 
-/// Subjects of the jobs stream read for the mix of the queues: one per class and kind (two
-/// with the copies) in a working system, so this only bounds a stream filled with jobs on
-/// made-up subjects.
+/// Subjects of the jobs stream counted into the mix of the queues: one per class and kind
+/// (two with the copies) in a working system. This bounds the work of counting a stream full
+/// of jobs on made-up kinds, not what the server sends (its first page of subjects).
 const MAX_SUBJECTS: usize = 1000;
 
 impl Classes {
@@ -50,7 +50,7 @@ impl Classes {
         let state = self.state(class);
         state.backlog += 1;
         *state.queued.entry(kind.to_owned()).or_default() += 1;
-        self.routed_since.insert(id, class);
+        self.routed_since.insert(id, (class, kind.to_owned()));
     }
 }
 
@@ -95,7 +95,9 @@ pub(super) async fn refresh(js: &jetstream::Context, classes: &mut Classes) {
         // still counted in the one kept, and come off it when their results arrive.
         if let Ok(info) = stream.consumer_info(class.consumer()).await {
             classes.state(class).backlog = info.num_pending + info.num_ack_pending as u64;
-            classes.routed_since.retain(|_, routed| *routed != class);
+            classes
+                .routed_since
+                .retain(|_, (routed, _)| *routed != class);
         }
     }
     match queued(&stream).await {
@@ -103,8 +105,12 @@ pub(super) async fn refresh(js: &jetstream::Context, classes: &mut Classes) {
             classes.gpu.queued = gpu;
             classes.cpu.queued = cpu;
         }
+        // Priced at the class mean until a read succeeds: a mix kept from an older read would
+        // drift, with the jobs routed since added to it and none taken off.
         Err(e) => {
-            tracing::debug!(error = %e, "could not read the queues' kinds; keeping the last read")
+            tracing::debug!(error = %e, "could not read the queues' kinds; pricing them at the class mean");
+            classes.gpu.queued.clear();
+            classes.cpu.queued.clear();
         }
     }
 }
@@ -167,10 +173,11 @@ pub(super) fn learn(model: &mut CostModel, classes: &mut Classes, payload: &[u8]
     let Ok(o) = serde_json::from_slice::<Observed>(payload) else {
         return;
     };
-    if let Some(class) = classes.routed_since.remove(&o.id) {
+    if let Some((class, kind)) = classes.routed_since.remove(&o.id) {
         let state = classes.state(class);
         state.backlog = state.backlog.saturating_sub(1);
-        if let Some(count) = state.queued.get_mut(&o.kind) {
+        // The kind it was routed as: one kiln does not run is answered as `unknown`.
+        if let Some(count) = state.queued.get_mut(&kind) {
             *count = count.saturating_sub(1);
         }
     }
@@ -199,8 +206,12 @@ mod tests {
         // The last read counted 3 gpu jobs; this scheduler routed two more since, one per class.
         classes.gpu.backlog = 4;
         classes.cpu.backlog = 1;
-        classes.routed_since.insert("a".into(), DeviceClass::Gpu);
-        classes.routed_since.insert("b".into(), DeviceClass::Cpu);
+        classes
+            .routed_since
+            .insert("a".into(), (DeviceClass::Gpu, "matmul".into()));
+        classes
+            .routed_since
+            .insert("b".into(), (DeviceClass::Cpu, "matmul".into()));
         let before = model.estimate("matmul", DeviceClass::Gpu, 2.0e9);
 
         learn(&mut model, &mut classes, &event("a", "gpu", "succeeded"));
