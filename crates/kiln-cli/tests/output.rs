@@ -312,16 +312,17 @@ async fn duration_flags_take_durations_and_the_old_spellings_still_work() {
 #[test]
 fn an_invalid_value_from_the_environment_names_its_variable() {
     use std::process::Command;
-    let run = |env: (&str, &str), args: &[&str]| {
+    let run_with = |envs: &[(&str, &str)], args: &[&str]| {
         let out = Command::new(common::KILN)
             .args(args)
-            .env(env.0, env.1)
+            .envs(envs.iter().copied())
             .env("NATS_URL", "nats://127.0.0.1:1")
             .output()
             .expect("run kiln");
         assert_eq!(out.status.code(), Some(2), "{out:?}");
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
+    let run = |env: (&str, &str), args: &[&str]| run_with(&[env], args);
     let worker = ["worker", "--device", "cpu"];
     let stderr = run(("KILN_ACK_WAIT_S", "abc"), &worker);
     assert!(
@@ -352,6 +353,23 @@ fn an_invalid_value_from_the_environment_names_its_variable() {
         stderr.contains("KILN_DEVICE (the setting of --device)"),
         "{stderr}"
     );
+    // Two commands' --device set alike: the one of the command run is named.
+    let both = [("KILN_DEVICE", "GPU"), ("KILN_SUBMIT_DEVICE", "GPU")];
+    let stderr = run_with(&both, &["submit", "vector_add"]);
+    assert!(stderr.contains("variable KILN_SUBMIT_DEVICE"), "{stderr}");
+    let stderr = run(("KILN_SERVE_CLASS", "auto"), &worker);
+    assert!(
+        stderr.contains(
+            "variable KILN_SERVE_CLASS (the setting of --serve-class): workers serve gpu or cpu"
+        ),
+        "{stderr}"
+    );
+    // Typed as a short flag: clap's message.
+    let stderr = run(
+        ("KILN_SUBMIT_DEVICE", "GPU"),
+        &["submit", "vector_add", "-dGPU"],
+    );
+    assert!(stderr.contains("for '--device"), "{stderr}");
     // Typed on the command line: clap's own message, naming the flag.
     let typed = [&worker[..], &["--ack-wait-s", "xyz"]].concat();
     let stderr = run(("KILN_ACK_WAIT_S", "abc"), &typed);

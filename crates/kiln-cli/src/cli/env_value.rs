@@ -4,8 +4,9 @@
 
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 
-/// The message for `error` when the invalid value came from an environment variable (the
-/// flag it sets is not on `argv`, and the variable holds the value), else `None`.
+/// The message for `error` when the invalid value came from an environment variable (no
+/// argument on `argv` carries it, and the variable of the flag, in the subcommand `argv`
+/// names, holds it), else `None`.
 pub(super) fn message(cmd: &clap::Command, error: &clap::Error, argv: &[String]) -> Option<String> {
     if !matches!(
         error.kind(),
@@ -23,14 +24,11 @@ pub(super) fn message(cmd: &clap::Command, error: &clap::Error, argv: &[String])
         .strip_prefix("--")?
         .to_owned();
     let value = context(ContextKind::InvalidValue)?;
-    let flag = format!("--{long}");
-    if argv
-        .iter()
-        .any(|a| *a == flag || a.starts_with(&format!("{flag}=")))
-    {
+    // Typed (`--device GPU`, `--device=GPU`, `-dGPU`): clap's message names it rightly.
+    if argv.iter().skip(1).any(|a| a.ends_with(value.as_str())) {
         return None;
     }
-    let env = env_of(cmd, &long, &value)?;
+    let env = env_of(&path(cmd, argv), &long, &value)?;
     let why = match (error.kind(), error.get(ContextKind::ValidValue)) {
         (ErrorKind::InvalidValue, Some(ContextValue::Strings(valid))) => {
             format!(" [possible values: {}]", valid.join(", "))
@@ -41,19 +39,29 @@ pub(super) fn message(cmd: &clap::Command, error: &clap::Error, argv: &[String])
     };
     Some(format!(
         "invalid value '{value}' in the environment variable {env} (the setting of \
-         {flag}){why}"
+         --{long}){why}"
     ))
 }
 
-/// The environment variable of an argument named `--long` somewhere in `cmd` that holds
-/// `value` now.
-fn env_of(cmd: &clap::Command, long: &str, value: &str) -> Option<String> {
-    let here = cmd.get_arguments().find_map(|arg| {
-        let env = arg.get_env()?.to_str()?;
-        (arg.get_long() == Some(long) && std::env::var(env).ok()? == value).then(|| env.to_owned())
-    });
-    here.or_else(|| {
-        cmd.get_subcommands()
-            .find_map(|sub| env_of(sub, long, value))
-    })
+/// The command and the subcommands `argv` names, outermost first.
+fn path<'a>(cmd: &'a clap::Command, argv: &[String]) -> Vec<&'a clap::Command> {
+    let mut path = vec![cmd];
+    for arg in argv.iter().skip(1) {
+        let here = path[path.len() - 1];
+        if let Some(sub) = here.find_subcommand(arg) {
+            path.push(sub);
+        }
+    }
+    path
+}
+
+/// The environment variable of argument `--long` of the innermost command in `path` that has
+/// one (global flags live on the outer ones), when it holds `value` now.
+fn env_of(path: &[&clap::Command], long: &str, value: &str) -> Option<String> {
+    let arg = path
+        .iter()
+        .rev()
+        .find_map(|cmd| cmd.get_arguments().find(|a| a.get_long() == Some(long)))?;
+    let env = arg.get_env()?.to_str()?;
+    (std::env::var(env).ok()? == value).then(|| env.to_owned())
 }

@@ -10,7 +10,7 @@ mod values;
 
 use values::{
     MAX_LIFETIME_HOURS, at_least_one, byte_limit, device, device_class, duration, either, lifetime,
-    limit, replicas, scale, worker_name,
+    limit, replicas, scale, served_class, worker_name,
 };
 
 /// kiln: run compute jobs on GPUs and CPUs over NATS JetStream.
@@ -334,7 +334,7 @@ pub struct WorkerArgs {
     pub ack_wait_s: Option<u64>,
     /// Serve another class's consumer than the device's own (`gpu` from a CPU worker): with
     /// --slowdown, simulates a second device class on a machine without a GPU.
-    #[arg(long, env = "KILN_SERVE_CLASS", value_parser = device_class)]
+    #[arg(long, env = "KILN_SERVE_CLASS", value_parser = served_class)]
     pub serve_class: Option<String>,
     /// Simulation: make each job take this many times its real compute time (1 = off).
     #[arg(long, env = "KILN_SLOWDOWN", default_value_t = 1.0)]
@@ -670,7 +670,10 @@ pub fn parse() -> Cli {
     match Cli::try_parse() {
         Ok(cli) => cli,
         Err(error) => {
-            let argv: Vec<String> = std::env::args().collect();
+            // Lossy: an argument that is no UTF-8 (a path) must not panic here.
+            let argv: Vec<String> = std::env::args_os()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
             match env_value::message(&Cli::command(), &error, &argv) {
                 Some(message) => {
                     eprintln!("error: {message}");

@@ -22,6 +22,17 @@ pub(super) fn device_class(value: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
+/// The class a worker serves (`--serve-class`): `gpu` or `cpu`; auto jobs go to the scheduler.
+pub(super) fn served_class(value: &str) -> Result<String, String> {
+    match value.parse::<kiln_proto::DeviceClass>() {
+        Ok(kiln_proto::DeviceClass::Auto) => {
+            Err("workers serve gpu or cpu; auto jobs go to the scheduler".into())
+        }
+        Ok(_) => Ok(value.to_owned()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// A worker's device as written (`cpu`, `cuda`, `cuda:N`, `auto`); whether the machine has
 /// that device is checked when the worker starts.
 pub(super) fn device(value: &str) -> Result<String, String> {
