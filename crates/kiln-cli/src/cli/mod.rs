@@ -335,7 +335,7 @@ pub struct WorkerArgs {
     /// Serve another class's consumer than the device's own (`gpu` from a CPU worker): with
     /// --slowdown, simulates a second device class on a machine without a GPU.
     #[arg(long, env = "KILN_SERVE_CLASS", value_parser = served_class)]
-    pub serve_class: Option<String>,
+    pub serve_class: Option<kiln_proto::DeviceClass>,
     /// Simulation: make each job take this many times its real compute time (1 = off).
     #[arg(long, env = "KILN_SLOWDOWN", default_value_t = 1.0)]
     pub slowdown: f64,
@@ -473,7 +473,7 @@ pub struct SubmitArgs {
     pub params_json: Option<String>,
     /// Device class: gpu, cpu or auto.
     #[arg(long, short = 'd', env = "KILN_SUBMIT_DEVICE", default_value = "cpu", value_parser = device_class)]
-    pub device: String,
+    pub device: kiln_proto::DeviceClass,
     /// Number of jobs; job i gets seed + i and id <id>-<i>.
     #[arg(long, short = 'n', default_value_t = 1)]
     pub count: u64,

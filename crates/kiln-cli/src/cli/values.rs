@@ -13,23 +13,19 @@ pub(super) fn duration(value: &str) -> Result<Duration, String> {
     humantime::parse_duration(value).map_err(|e| e.to_string())
 }
 
-/// A device class (`gpu`, `cpu`, `auto`), checked as it is read, so that a bad value (also
-/// one from an environment variable) is named with the flag, or variable, it came from.
-pub(super) fn device_class(value: &str) -> Result<String, String> {
-    value
-        .parse::<kiln_proto::DeviceClass>()
-        .map(|_| value.to_owned())
-        .map_err(|e| e.to_string())
+/// A device class (`gpu`, `cpu`, `auto`), read with the command line, so that a bad value
+/// (also one from an environment variable) is named with the flag, or variable, it came from.
+pub(super) fn device_class(value: &str) -> Result<kiln_proto::DeviceClass, String> {
+    value.parse().map_err(|e: kiln_proto::Error| e.to_string())
 }
 
 /// The class a worker serves (`--serve-class`): `gpu` or `cpu`; auto jobs go to the scheduler.
-pub(super) fn served_class(value: &str) -> Result<String, String> {
-    match value.parse::<kiln_proto::DeviceClass>() {
-        Ok(kiln_proto::DeviceClass::Auto) => {
+pub(super) fn served_class(value: &str) -> Result<kiln_proto::DeviceClass, String> {
+    match device_class(value)? {
+        kiln_proto::DeviceClass::Auto => {
             Err("workers serve gpu or cpu; auto jobs go to the scheduler".into())
         }
-        Ok(_) => Ok(value.to_owned()),
-        Err(e) => Err(e.to_string()),
+        class => Ok(class),
     }
 }
 

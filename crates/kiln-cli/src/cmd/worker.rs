@@ -69,15 +69,9 @@ pub fn worker_config(
     }
     config.drain_timeout = args.drain_timeout();
     config.warmup = !args.no_warmup;
-    if let Some(class) = &args.serve_class {
-        config.class = match class.parse()? {
-            kiln_proto::DeviceClass::Auto => {
-                anyhow::bail!(
-                    "--serve-class auto: workers serve gpu or cpu; auto jobs go to the scheduler"
-                )
-            }
-            class => class,
-        };
+    // Never `auto`: the flag's parser refuses it.
+    if let Some(class) = args.serve_class {
+        config.class = class;
     }
     anyhow::ensure!(
         args.slowdown.is_finite() && args.slowdown >= 1.0,
