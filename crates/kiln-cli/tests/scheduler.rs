@@ -37,6 +37,15 @@ fn routed_to(event: &ResultEvent) -> DeviceClass {
     routing.chosen
 }
 
+/// A cluster with one CPU worker and a scheduler.
+fn cpu_worker_and_scheduler() -> Cluster {
+    let mut cluster = Cluster::new();
+    assert_success(&cluster.kiln(&["init"]));
+    cluster.cpu_worker();
+    cluster.spawn("scheduler", &["scheduler", "--name", "sched-1"]);
+    cluster
+}
+
 /// A fast "gpu" class and a slow cpu class, a scheduler, and a model taught by a few explicit
 /// jobs on each.
 fn cluster_with_two_classes(cpu_slowdown: &str) -> Cluster {
@@ -326,10 +335,7 @@ async fn auto_jobs_go_to_cpu_once_the_gpu_worker_is_gone_and_none_are_lost() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_auto_job_is_routed_even_when_a_job_named_like_its_routed_copy_exists() {
-    let mut cluster = Cluster::new();
-    assert_success(&cluster.kiln(&["init"]));
-    cluster.cpu_worker();
-    cluster.spawn("scheduler", &["scheduler", "--name", "sched-1"]);
+    let cluster = cpu_worker_and_scheduler();
     // A job whose id is what the routed copy of `job7` was once named.
     let first = submit(&cluster, "cpu", "routed-job7");
     assert_eq!(first.status, Status::Succeeded, "{first:?}");
@@ -341,10 +347,7 @@ async fn an_auto_job_is_routed_even_when_a_job_named_like_its_routed_copy_exists
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_auto_job_whose_kind_is_no_kind_name_is_answered_not_dropped() {
-    let mut cluster = Cluster::new();
-    assert_success(&cluster.kiln(&["init"]));
-    cluster.cpu_worker();
-    cluster.spawn("scheduler", &["scheduler", "--name", "sched-1"]);
+    let cluster = cpu_worker_and_scheduler();
     let client = cluster.client().await;
     let js = jetstream::new(client.clone());
     let mut headers = async_nats::HeaderMap::new();
@@ -367,10 +370,7 @@ async fn an_auto_job_whose_kind_is_no_kind_name_is_answered_not_dropped() {
 /// waits, as a job submitted to a class directly is.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_broken_auto_job_is_answered_under_its_body_id() {
-    let mut cluster = Cluster::new();
-    assert_success(&cluster.kiln(&["init"]));
-    cluster.cpu_worker();
-    cluster.spawn("scheduler", &["scheduler", "--name", "sched-1"]);
+    let cluster = cpu_worker_and_scheduler();
     let client = cluster.client().await;
     let js = jetstream::new(client.clone());
     for body in [
@@ -395,10 +395,7 @@ async fn a_broken_auto_job_is_answered_under_its_body_id() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_auto_job_published_with_conditions_is_routed_without_them() {
-    let mut cluster = Cluster::new();
-    assert_success(&cluster.kiln(&["init"]));
-    cluster.cpu_worker();
-    cluster.spawn("scheduler", &["scheduler", "--name", "sched-1"]);
+    let cluster = cpu_worker_and_scheduler();
     let client = cluster.client().await;
     let js = jetstream::new(client.clone());
     // Conditions the original meets when it is submitted, and its routed copy, published

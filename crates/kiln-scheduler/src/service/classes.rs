@@ -241,16 +241,23 @@ mod tests {
         assert_eq!((classes.gpu.backlog, classes.cpu.backlog), (3, 0));
     }
 
+    /// A server with kiln's streams and buckets, and a JetStream context on it.
+    async fn server_with_streams() -> (kiln_testkit::NatsServer, jetstream::Context) {
+        let server = kiln_testkit::NatsServer::start();
+        let client = async_nats::connect(server.url()).await.expect("connect");
+        let js = jetstream::new(client);
+        streams::ensure_all(&js, &kiln_proto::Topology::default())
+            .await
+            .expect("streams");
+        (server, js)
+    }
+
     /// The queues' mix is read from the jobs stream's subjects: per class, per kind (one
     /// kiln does not run too: the model prices it at the class mean), copies with their
     /// kind, auto jobs (not yet routed) left out.
     #[tokio::test(flavor = "multi_thread")]
     async fn the_queues_are_read_per_kind() {
-        let server = kiln_testkit::NatsServer::start();
-        let client = async_nats::connect(server.url()).await.expect("connect");
-        let js = jetstream::new(client);
-        let topology = kiln_proto::Topology::default();
-        streams::ensure_all(&js, &topology).await.expect("streams");
+        let (_server, js) = server_with_streams().await;
         let jobs = [
             ("jobs.gpu.train_mlp", 3),
             ("jobs.gpu.train_mlp.copy", 2),
@@ -328,11 +335,7 @@ mod tests {
     /// them; a read that succeeds and finds no worker empties them.
     #[tokio::test(flavor = "multi_thread")]
     async fn a_failed_read_keeps_the_last_live_workers() {
-        let server = kiln_testkit::NatsServer::start();
-        let client = async_nats::connect(server.url()).await.expect("connect");
-        let js = jetstream::new(client);
-        let topology = kiln_proto::Topology::default();
-        streams::ensure_all(&js, &topology).await.expect("streams");
+        let (_server, js) = server_with_streams().await;
         beat(&js, "g", DeviceClass::Gpu, 2).await;
         beat(&js, "c", DeviceClass::Cpu, 1).await;
         let mut classes = Classes::default();
@@ -358,7 +361,9 @@ mod tests {
         assert_eq!(seen(&classes), ((0, 0), (0, 0)), "a read too old to stand");
 
         // Readable again, with one worker back.
-        streams::ensure_all(&js, &topology).await.expect("streams");
+        streams::ensure_all(&js, &kiln_proto::Topology::default())
+            .await
+            .expect("streams");
         beat(&js, "g", DeviceClass::Gpu, 3).await;
         refresh(&js, &mut classes).await;
         assert_eq!(seen(&classes), ((1, 3), (0, 0)));
