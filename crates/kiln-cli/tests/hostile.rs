@@ -528,3 +528,81 @@ async fn values_past_f32_and_parameters_given_twice_are_refused_by_name() {
         "{error}"
     );
 }
+
+/// kiln's copies of a job go by message ids no submitter can know in advance. A job
+/// published first under the id a routed copy or a dead-letter replay would have had
+/// (`routed-<sequence>-<id>`, `replay-<letter>-<id>`: sequences and ids are no secret) made the
+/// server drop the copy as a duplicate while kiln took it as stored: the auto job was acked
+/// and never ran, and the replayed letter was removed with nothing queued.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_planted_message_id_cannot_take_the_place_of_a_copy() {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    cluster.cpu_worker();
+    cluster.spawn("scheduler", &["scheduler", "--name", "sched-1"]);
+    let client = cluster.client().await;
+    let js = jetstream::new(client.clone());
+    let jobs = || async {
+        let mut stream = js.get_stream(streams::STREAM_JOBS).await.unwrap();
+        stream.info().await.unwrap().state.last_sequence
+    };
+    let last = jobs().await;
+    // Twenty planted jobs, each under the routed copy's old id for one of the twenty
+    // sequences after them: the victim's is among them.
+    let planted = |n: u64| format!(r#"{{"id":"planted-{n}","params":{{"a":[0],"b":[0]}}}}"#);
+    for k in 1..=20 {
+        let mut headers = HeaderMap::new();
+        let aimed = format!("routed-{}-victim-routed", last + 20 + k);
+        headers.insert("Nats-Msg-Id", aimed.as_str());
+        publish(&js, "jobs.cpu.vector_add", headers, planted(k).into_bytes()).await;
+    }
+    let mut headers = HeaderMap::new();
+    headers.insert("Nats-Msg-Id", "victim-routed");
+    let body = r#"{"id":"victim-routed","params":{"a":[1],"b":[2]}}"#;
+    let sequence = publish(&js, "jobs.auto.vector_add", headers, body.into()).await;
+    assert!(sequence > last + 20 && sequence <= last + 40, "{sequence}");
+
+    // A dead letter, and a job planted under its replay's old id.
+    let mut headers = HeaderMap::new();
+    headers.insert("Nats-Msg-Id", "dlq-victim-replayed");
+    headers.insert("Kiln-Job-Id", "victim-replayed");
+    headers.insert(
+        "Kiln-Dlq-Reason",
+        "internal: kernel panicked on cuda:0: boom",
+    );
+    headers.insert("Kiln-Dlq-Subject", "jobs.cpu.vector_add");
+    let body = r#"{"id":"victim-replayed","params":{"a":[3],"b":[4]}}"#;
+    let letter = publish(&js, "dlq.vector_add", headers, body.into()).await;
+    let mut headers = HeaderMap::new();
+    let aimed = format!("replay-{letter}-victim-replayed");
+    headers.insert("Nats-Msg-Id", aimed.as_str());
+    publish(
+        &js,
+        "jobs.cpu.vector_add",
+        headers,
+        planted(21).into_bytes(),
+    )
+    .await;
+    let replay = cluster.kiln(&["dlq", "replay", "--all"]);
+    common::assert_success(&replay);
+
+    let ids = [
+        "victim-routed",
+        "victim-replayed",
+        "planted-1",
+        "planted-21",
+    ];
+    let results = wait_for_results(&client, &ids, Duration::from_secs(60)).await;
+    let routed = &results["victim-routed"];
+    assert_eq!(routed.status, Status::Succeeded, "{routed:?}");
+    assert_eq!(routed.output["c"], serde_json::json!([3.0]), "{routed:?}");
+    assert!(routed.routing.is_some(), "{routed:?}");
+    let replayed = &results["victim-replayed"];
+    assert_eq!(replayed.status, Status::Succeeded, "{replayed:?}");
+    assert_eq!(replayed.replay, 1, "{replayed:?}");
+    assert_eq!(
+        replayed.output["c"],
+        serde_json::json!([7.0]),
+        "{replayed:?}"
+    );
+}

@@ -133,8 +133,8 @@ impl DeadLetter {
     fn replay_headers(&self) -> async_nats::HeaderMap {
         let mut headers =
             kiln_proto::copy_headers_except(Some(&self.headers), &kiln_proto::OWN_HEADERS);
-        // A fresh message id: the original is still in the job stream's duplicate
-        // window. The job keeps its id in Kiln-Job-Id.
+        // A message id of its own that no submitter can know in advance: the original may
+        // still be in the job stream's duplicate window. The job keeps its id in Kiln-Job-Id.
         headers.insert(kiln_proto::HEADER_JOB_ID, self.id.as_str());
         // A replay is a new run with a result of its own (the failed one stays).
         headers.insert(
@@ -143,7 +143,7 @@ impl DeadLetter {
         );
         headers.insert(
             HEADER_MSG_ID,
-            format!("replay-{}-{}", self.sequence, self.id).as_str(),
+            kiln_proto::copy_msg_id("replay", self.sequence, &self.id).as_str(),
         );
         headers
     }

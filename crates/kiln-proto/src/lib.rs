@@ -50,9 +50,9 @@ pub use workers::{
 
 /// Header carrying the job id into JetStream's duplicate detection.
 pub const HEADER_MSG_ID: &str = "Nats-Msg-Id";
-/// Header naming the job id on a copy of a job (a routed copy, whose `Nats-Msg-Id` is
-/// `routed-<sequence>-<id>`, or a handed-back one, `<id>.handback.<sequence>`): the original
-/// already holds `<id>` in the same stream's duplicate window.
+/// Header naming the job id on a copy of a job (routed, handed back or replayed, whose
+/// `Nats-Msg-Id` is [`copy_msg_id`]'s): the original already holds `<id>` in the same
+/// stream's duplicate window.
 pub const HEADER_JOB_ID: &str = "Kiln-Job-Id";
 /// Header carrying a scheduler's [`Routing`] decision (JSON) on a routed job.
 pub const HEADER_ROUTING: &str = "Kiln-Routing";
@@ -104,6 +104,18 @@ pub fn already_answered(error: &str) -> bool {
 /// result is kept, however often it is delivered.
 pub fn expect_no_result(headers: &mut async_nats::HeaderMap) {
     headers.insert(async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, "0");
+}
+
+/// The `Nats-Msg-Id` of a copy kiln publishes of a job into `KILN_JOBS` (`what` is `routed`,
+/// `handback` or `replay`, `sequence` the original's in its stream): `<what>-<sequence>-<id>.`
+/// and 64 random bits in hex. Without the random part anyone allowed to submit could compute
+/// it (job ids and sequences are no secret) and publish a job under it first: the server
+/// would then drop kiln's copy as a duplicate, report it stored, and the job would never
+/// run. The price: a job redelivered to a second router after the first died between
+/// storing its copy and acking the original is copied twice, runs twice, and keeps its first
+/// answer (a job id is answered once).
+pub fn copy_msg_id(what: &str, sequence: u64, id: &str) -> String {
+    format!("{what}-{sequence}-{id}.{:016x}", rand::random::<u64>())
 }
 
 /// `at` as a `Kiln-Enqueued-At` value.
@@ -171,6 +183,21 @@ const EXPECTED_PREFIX: &str = "Nats-Expected-";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A copy's message id names what it is and of which job, and cannot be worked out in
+    /// advance: two copies of the same job at the same sequence differ.
+    #[test]
+    fn a_copys_message_id_cannot_be_known_in_advance() {
+        let first = copy_msg_id("routed", 41, "mm-1");
+        let second = copy_msg_id("routed", 41, "mm-1");
+        assert_ne!(first, second);
+        for id in [&first, &second] {
+            let (named, random) = id.rsplit_once('.').unwrap();
+            assert_eq!(named, "routed-41-mm-1");
+            assert_eq!(random.len(), 16, "{id}");
+            assert!(random.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+        }
+    }
 
     #[test]
     fn a_copy_keeps_every_header_but_the_publish_conditions() {

@@ -19,7 +19,8 @@ const MAX_HANDBACKS: u32 = 20;
 /// nak would let rolling restarts fail a long job that never failed. Instead the job is
 /// published again as a new message (same subject, body and headers but the publish
 /// conditions, see [`kiln_proto::copy_headers`]; `Kiln-Job-Id` keeps its id, `Kiln-Handbacks`
-/// counts, `Kiln-Enqueued-At` keeps its submission time, `Nats-Msg-Id` names this copy) and
+/// counts, `Kiln-Enqueued-At` keeps its submission time, `Nats-Msg-Id` is a
+/// [`kiln_proto::copy_msg_id`]) and
 /// this delivery is acked once the copy is stored. The copy joins the back of the queue.
 /// Returns false when that was not possible (the queue is full, the server did not answer,
 /// [`MAX_HANDBACKS`] reached): the caller then hands the job back the usual way.
@@ -37,7 +38,7 @@ pub(crate) async fn hand_back(
     }
     let mut headers = arrival.envelope.copy_headers(message.headers.as_ref(), id);
     headers.insert(HEADER_HANDBACKS, (handbacks + 1).to_string().as_str());
-    let msg_id = format!("{id}.handback.{}", arrival.stream_sequence);
+    let msg_id = kiln_proto::copy_msg_id("handback", arrival.stream_sequence, id);
     headers.insert(HEADER_MSG_ID, msg_id.as_str());
     let copy = arrival.copy_subject();
     // A copy that no longer fits in a message (the job was within a few hundred bytes of
@@ -64,7 +65,7 @@ pub(crate) async fn hand_back(
     // when the process exits would leave this delivery to come back beside its copy.
     if let Err(e) = message.double_ack().await {
         // The delivery comes back after the ack wait and runs twice; its result is stored
-        // once (its Nats-Msg-Id comes from the job id).
+        // once (a job id is answered once).
         tracing::warn!(%id, error = %e, "ack of a handed-back job failed; it may run twice");
     }
     true

@@ -149,12 +149,12 @@ impl Scheduler {
         if let Some(span) = &span {
             span.inject(&mut headers);
         }
-        // The original holds `<id>` in this stream's duplicate window: the routed copy goes by
-        // `routed-<sequence of the original>-<id>`, which makes a second routing of the same
-        // message (a redelivery to another scheduler) a duplicate the server drops, while a
-        // replay of the job from the dead-letter queue (a new message) is routed again, and no
-        // job submitted with the id `routed-<id>` can take the copy's place.
-        headers.insert(HEADER_MSG_ID, format!("routed-{sequence}-{id}").as_str());
+        // The original holds `<id>` in this stream's duplicate window: the copy goes by a
+        // message id of its own that no submitter can know in advance (see `copy_msg_id`).
+        headers.insert(
+            HEADER_MSG_ID,
+            kiln_proto::copy_msg_id("routed", sequence, &id).as_str(),
+        );
         if let Ok(routing) = serde_json::to_string(&routing) {
             headers.insert(HEADER_ROUTING, routing.as_str());
         }
