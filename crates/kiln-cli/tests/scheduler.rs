@@ -366,8 +366,8 @@ async fn an_auto_job_whose_kind_is_no_kind_name_is_answered_not_dropped() {
 }
 
 /// An auto job published without headers (`nats pub`) whose parameters are wrong, or whose
-/// body goes wrong after its id, is answered under the id its body gives, where its submitter
-/// waits, as a job submitted to a class directly is.
+/// body goes wrong after its id (in JSON or in bincode), is answered under the id its body
+/// gives, where its submitter waits, as a job submitted to a class directly is.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_broken_auto_job_is_answered_under_its_body_id() {
     let cluster = cpu_worker_and_scheduler();
@@ -383,7 +383,28 @@ async fn a_broken_auto_job_is_answered_under_its_body_id() {
             .await
             .unwrap();
     }
-    let ids = ["bad-params", "bad-after-id"];
+    // The same in bincode: a whole job followed by bytes that are not part of it.
+    let matmul = kiln_kernels::find("matmul").unwrap();
+    let spec = kiln_client::JobSpec::new(
+        matmul,
+        kiln_proto::DeviceClass::Auto,
+        serde_json::json!({"n": 4}),
+        "bad-bincode".into(),
+        0,
+        None,
+        kiln_proto::Codec::Bincode,
+    )
+    .unwrap();
+    let mut body = spec.body;
+    body.extend_from_slice(b"trailing");
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Content-Type", kiln_proto::Codec::Bincode.content_type());
+    js.publish_with_headers("jobs.auto.matmul", headers, body.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let ids = ["bad-params", "bad-after-id", "bad-bincode"];
     let results = common::wait_for_results(&client, &ids, Duration::from_secs(60)).await;
     for id in ids {
         let answer = &results[id];

@@ -65,6 +65,8 @@ pub struct Envelope {
     /// When the job was submitted: a copy's `Kiln-Enqueued-At` where it holds a time in the
     /// job's life, else when this message was stored.
     pub enqueued_at: OffsetDateTime,
+    /// Whether its `Content-Type` names bincode (the body is read as JSON otherwise).
+    pub bincode: bool,
 }
 
 impl Envelope {
@@ -106,6 +108,10 @@ impl Envelope {
                 })
                 .filter(|at| *at <= published && published - *at <= MAX_COPY_AGE)
                 .unwrap_or(published),
+            bincode: matches!(
+                crate::Codec::from_headers(headers),
+                Ok(crate::Codec::Bincode)
+            ),
         }
     }
 
@@ -151,7 +157,11 @@ impl Envelope {
     /// `Nats-Msg-Id`, else its stream sequence. Workers, the scheduler and dead-lettering
     /// answer such a job under this id, where its submitter waits.
     pub fn undecoded_id(&self, payload: &[u8], stream_sequence: u64) -> String {
-        let body_id = body_id(payload).filter(|id| crate::submittable_job_id(id));
+        let body_id = match self.bincode {
+            true => bincode_body_id(payload),
+            false => body_id(payload),
+        };
+        let body_id = body_id.filter(|id| crate::submittable_job_id(id));
         self.id(body_id.as_deref(), stream_sequence)
     }
 }
@@ -217,6 +227,15 @@ fn body_id(payload: &[u8]) -> Option<String> {
     // Errors after the id (the object not read to its end, above, is one) do not matter.
     let _ = FirstId(&mut id).deserialize(&mut serde_json::Deserializer::from_slice(payload));
     id
+}
+
+/// The `id` a bincode body starts with: a body that goes wrong after it (a `NaN` where the
+/// kind refuses one, bytes after the job) is answered under it, as a JSON one is.
+fn bincode_body_id(payload: &[u8]) -> Option<String> {
+    let config = bincode::config::standard().with_limit::<{ crate::codec::DECODE_LIMIT }>();
+    bincode::serde::decode_from_slice::<Option<String>, _>(payload, config)
+        .ok()
+        .and_then(|(id, _)| id)
 }
 
 #[cfg(test)]
@@ -393,5 +412,44 @@ mod tests {
         assert_eq!(id(br#"{"id":null}"#), None);
         assert_eq!(id(b"[1,2]"), None);
         assert_eq!(id(b"\xff\xfe"), None);
+    }
+
+    /// A bincode body is read as bincode: its id comes first, and a body that goes wrong
+    /// after it (a NaN the kind refuses, trailing bytes) is answered under it (it was
+    /// answered under `seq-<n>`, where no submitter waits).
+    #[test]
+    fn a_bincode_body_is_answered_under_its_id() {
+        #[derive(serde::Serialize)]
+        struct Params {
+            a: Vec<f32>,
+        }
+        let job = crate::Job {
+            id: Some("bc-nan".to_owned()),
+            params: Params { a: vec![f32::NAN] },
+            timeout_ms: None,
+            seed: None,
+            output: Default::default(),
+        };
+        let mut body = crate::Codec::Bincode.encode("job", &job).unwrap();
+        body.extend_from_slice(b"trailing");
+        let bincode = headers(&[("Content-Type", crate::Codec::Bincode.content_type())]);
+        let envelope = Envelope::read(false, Some(&bincode), at("2026-12-05T10:00:00Z"));
+        assert!(envelope.bincode);
+        assert_eq!(envelope.undecoded_id(&body, 7), "bc-nan");
+        // Read as JSON (no Content-Type), the same bytes give no id.
+        let json = Envelope::read(false, None, at("2026-12-05T10:00:00Z"));
+        assert_eq!(json.undecoded_id(&body, 7), "seq-7");
+        // A bincode body without an id, or too short to hold one, goes by its sequence.
+        let none = crate::Job { id: None, ..job };
+        let body = crate::Codec::Bincode.encode("job", &none).unwrap();
+        assert_eq!(envelope.undecoded_id(&body, 8), "seq-8");
+        assert_eq!(envelope.undecoded_id(&[1, 200], 9), "seq-9");
+        // A kiln-own id is not taken from a body.
+        let seq = crate::Job {
+            id: Some("seq-1".to_owned()),
+            ..none
+        };
+        let body = crate::Codec::Bincode.encode("job", &seq).unwrap();
+        assert_eq!(envelope.undecoded_id(&body, 10), "seq-10");
     }
 }
