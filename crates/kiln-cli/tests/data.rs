@@ -553,3 +553,64 @@ async fn result_output_refuses_what_it_cannot_write() {
     );
     assert!(!file.exists());
 }
+
+/// The worker's peak resident memory (`VmHWM`), in MiB.
+fn peak_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib / 1024
+}
+
+/// A burst of jobs reading objects, after small jobs sped the worker's pulls up (it holds up
+/// to 256 jobs then), is loaded a few jobs at a time and within the memory budget: every job
+/// succeeds on its first delivery, and the worker's memory grows by less than half of what
+/// the burst's inputs would take together (60 jobs of two 3 MiB inputs). Every held job
+/// started its downloads at once before: 40 such jobs on a budget of 16 MiB took the worker
+/// from 41 to 393 MiB, and bursts larger than this one got its connection closed as a slow
+/// consumer, failing and retrying every job it held.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_of_jobs_reading_objects_loads_within_the_memory_budget() {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    cluster.spawn(
+        "worker",
+        &["worker", "--device", "cpu", "--max-memory-mb", "16"],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let n = 750_000;
+    let x = HostTensor::new(vec![n], (0..n).map(|i| (i % 1000) as f32).collect());
+    let path = write(dir.path(), "x.npy", &encode_npy(&x));
+    assert_success(&cluster.kiln(&["put", &path, "--name", "burst/x"]));
+    let small = ["submit", "vector_add", "-p", "len=8", "-n", "100", "--wait"];
+    assert_success(&cluster.kiln(&small));
+    let before = peak_mib(cluster.child("worker").id());
+    let out = cluster.kiln(&[
+        "submit",
+        "vector_add",
+        "--id",
+        "burst",
+        "--input",
+        "a=burst/x",
+        "--input",
+        "b=burst/x",
+        "-n",
+        "60",
+        "--wait",
+    ]);
+    assert_success(&out);
+    let client = cluster.client().await;
+    let (_, results) = common::stored_results(&client).await;
+    for i in 0..60 {
+        let event = &results[&format!("burst-{i}")];
+        assert_eq!(event.status, Status::Succeeded, "{event:?}");
+        assert_eq!(event.attempt, 1, "burst-{i} was retried: {event:?}");
+    }
+    let peak = peak_mib(cluster.child("worker").id());
+    eprintln!("worker peak memory: {before} MiB before the burst, {peak} MiB after");
+    let inputs = 60 * 2 * (n as u64 * 4) >> 20;
+    assert!(
+        peak - before < inputs / 2,
+        "peak {peak} MiB, {before} MiB before the burst, {inputs} MiB of inputs"
+    );
+}

@@ -67,6 +67,16 @@ pub(crate) struct Room {
     pub free: usize,
 }
 
+/// Jobs that may hold objects loaded ahead of their compute beyond one per compute slot.
+const LOADS_AHEAD: usize = 4;
+
+/// What a job that reads objects holds from before it downloads them until it has computed:
+/// one of the places for loading jobs and the objects' bytes out of the loading budget.
+pub(crate) struct LoadPermit {
+    _place: OwnedSemaphorePermit,
+    _memory: OwnedSemaphorePermit,
+}
+
 /// What a job holds while it computes: a compute slot and its share of the memory budget.
 pub(crate) struct ComputePermit {
     _compute: OwnedSemaphorePermit,
@@ -88,6 +98,11 @@ pub(crate) struct Admission {
     pace: Pace,
     /// Signalled each time a held job is released.
     released: Notify,
+    /// Places for jobs that load objects: one per compute slot and [`LOADS_AHEAD`].
+    loads: Arc<Semaphore>,
+    /// The objects' bytes jobs hold loaded (downloading, waiting for a compute slot or
+    /// computing), in MiB: as many as the memory budget.
+    loaded_mib: Arc<Semaphore>,
 }
 
 impl Admission {
@@ -95,16 +110,19 @@ impl Admission {
     pub(crate) fn new(config: &WorkerConfig, memory: MemoryBudget) -> Self {
         let max_in_flight = config.max_in_flight.max(1);
         let compute_slots = config.compute_slots.max(1);
+        let budget_mib = mib(memory.bytes) as usize;
         Admission {
             held: Arc::new(Semaphore::new(max_in_flight)),
             max_in_flight,
             compute_slots,
             prefetch: config.prefetch,
             compute: Arc::new(Semaphore::new(compute_slots)),
-            memory_mib: Arc::new(Semaphore::new(mib(memory.bytes) as usize)),
+            memory_mib: Arc::new(Semaphore::new(budget_mib)),
             memory,
             pace: Pace::default(),
             released: Notify::new(),
+            loads: Arc::new(Semaphore::new(compute_slots + LOADS_AHEAD)),
+            loaded_mib: Arc::new(Semaphore::new(budget_mib)),
         }
     }
 
@@ -204,6 +222,29 @@ impl Admission {
         }
     }
 
+    /// Wait for a place to load objects of `bytes` in all and for those bytes (at most the
+    /// whole loading budget). Loading ahead is what keeps compute slots busy, but a worker
+    /// holding hundreds of jobs (small ones sped its pulls up) started every download at once:
+    /// the server closed its connection as a slow consumer, every job it held failed, and
+    /// their inputs together passed the memory budget many times over. Computing jobs never
+    /// wait for a load permit, so holding one until the job has computed cannot deadlock.
+    /// Cancel-safe.
+    pub(crate) fn load_permit(
+        &self,
+        bytes: u64,
+    ) -> impl Future<Output = LoadPermit> + Send + 'static {
+        let (places, memory) = (self.loads.clone(), self.loaded_mib.clone());
+        let mib = mib(bytes).min(mib(self.memory.bytes));
+        async move {
+            let place = places.acquire_owned().await;
+            let memory = memory.acquire_many_owned(mib).await;
+            LoadPermit {
+                _place: place.expect("semaphore is never closed"),
+                _memory: memory.expect("semaphore is never closed"),
+            }
+        }
+    }
+
     /// Wait up to `timeout` for every held job to be released; whether they were.
     pub(crate) async fn all_released(&self, timeout: Duration) -> bool {
         let all = self.max_in_flight as u32;
@@ -225,6 +266,33 @@ mod tests {
         config.compute_slots = compute_slots;
         config.prefetch = WINDOW;
         Admission::new(&config, MemoryBudget::configured(memory_mib))
+    }
+
+    /// At most one loading job per compute slot and four more, and at most the budget's
+    /// bytes loaded; a job larger than the budget waits for all of it, not for ever.
+    #[tokio::test]
+    async fn loads_wait_for_a_place_and_for_their_bytes() {
+        let admission = admission(256, 2, 16);
+        let now = |f| futures::FutureExt::now_or_never(f);
+        let small: Vec<LoadPermit> = (0..6)
+            .map(|_| now(admission.load_permit(1 << 20)).expect("a place is free"))
+            .collect();
+        assert!(
+            now(admission.load_permit(1)).is_none(),
+            "six places, all held"
+        );
+        drop(small);
+        let big = now(admission.load_permit(10 << 20)).expect("10 of 16 MiB");
+        assert!(now(admission.load_permit(7 << 20)).is_none(), "6 MiB left");
+        let rest = now(admission.load_permit(6 << 20)).expect("the 6 MiB left");
+        drop((big, rest));
+        let all = now(admission.load_permit(1 << 40)).expect("at most the whole budget");
+        assert!(
+            now(admission.load_permit(1)).is_none(),
+            "the budget is held"
+        );
+        drop(all);
+        assert!(now(admission.load_permit(1)).is_some());
     }
 
     #[test]

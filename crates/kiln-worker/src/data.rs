@@ -8,6 +8,7 @@ use kiln_data::store;
 use kiln_kernels::{DecodedJob, Inputs, Stored};
 use kiln_proto::{JobError, ObjectDescriptor};
 
+use crate::admission::LoadPermit;
 use crate::shared::Shared;
 
 /// The `KILN_DATA` bucket, opened on first use (a worker that never sees an object never
@@ -21,18 +22,27 @@ pub(crate) async fn bucket(shared: &Shared) -> Result<&store::Bucket, JobError> 
 
 /// Load every object `job`'s parameters name, refusing one larger than this worker's memory
 /// budget before it is downloaded, then check the job again with the sizes now known.
-/// Progress acks keep the job while large objects arrive.
+/// Downloads wait for a [`LoadPermit`] for the objects' bytes, which the caller holds until
+/// the job has computed (`None`: no objects). Progress acks keep the job while it waits and
+/// while large objects arrive.
 pub(crate) async fn load(
     shared: &Shared,
     message: &jetstream::Message,
     job: &mut DecodedJob,
-) -> Result<(), JobError> {
+) -> Result<Option<LoadPermit>, JobError> {
     let wanted = job.objects();
     if wanted.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     let fetch = async {
         let bucket = bucket(shared).await?;
+        // An object whose size cannot be read counts as empty here: fetching it says why.
+        let mut bytes = 0u64;
+        for w in &wanted {
+            let size = store::stored_size(bucket, &w.reference).await.unwrap_or(0);
+            bytes = bytes.saturating_add(size);
+        }
+        let permit = shared.admission.load_permit(bytes).await;
         let mut inputs = Inputs::none();
         let budget = shared.admission.memory().bytes;
         let max_elements = shared.config.limits.max_elements;
@@ -46,7 +56,7 @@ pub(crate) async fn load(
                 })?;
             inputs.insert(w.param, loaded);
         }
-        Ok::<_, JobError>(inputs)
+        Ok::<_, JobError>((inputs, permit))
     };
     // Boxed: the object store's futures are tens of kilobytes, which every job's future would
     // otherwise carry (and spawning copy) whether it loads objects or not.
@@ -55,10 +65,10 @@ pub(crate) async fn load(
         shared.config.topology.ack_wait,
         fetch,
     ));
-    let inputs = fetching.await?;
+    let (inputs, permit) = fetching.await?;
     job.load(inputs)?;
     shared.admission.fits(job.kind.name, job.plan.elements)?;
-    Ok(())
+    Ok(Some(permit))
 }
 
 /// Store what the job left to store (its output in full, or a trained model) and name the

@@ -88,9 +88,12 @@ async fn run(
         return Some(refused(error, job.plan.flops));
     }
     let flops = job.plan.flops;
-    if let Err(error) = crate::data::load(shared, &arrival.message, &mut job).await {
-        return Some(refused(error, flops));
-    }
+    // Held until the job has computed and stored its output: its objects, then its output,
+    // are in memory until then.
+    let loaded = match crate::data::load(shared, &arrival.message, &mut job).await {
+        Ok(loaded) => loaded,
+        Err(error) => return Some(refused(error, flops)),
+    };
     let flops = job.plan.flops;
     let output_mode = job.output;
     // A job run inline is done in microseconds, before any heartbeat could report it.
@@ -110,6 +113,7 @@ async fn run(
     if let Some(stored) = stored {
         store_output(shared, arrival, id, output_mode, stored, &mut result).await;
     }
+    drop(loaded);
     if tracked {
         track(shared, id, arrival, false);
     }

@@ -314,6 +314,12 @@ async fn plain_info(store: &ObjectStore, name: &str) -> Result<ObjectInfo, DataE
     Ok(info)
 }
 
+/// The stored size in bytes of the object `reference` names (a link's target's), without
+/// reading it: what a worker reserves before it downloads the object.
+pub async fn stored_size(store: &Bucket, reference: &ObjectRef) -> Result<u64, DataError> {
+    Ok(stored_info(store, reference.object.as_str()).await?.size as u64)
+}
+
 /// Load the object `reference` names as `want`.
 ///
 /// Refused before anything is downloaded: a missing object, one over `max_bytes`
