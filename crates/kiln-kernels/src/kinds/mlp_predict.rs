@@ -114,6 +114,23 @@ impl Network {
                 "has an input.std value that is not a positive number".into(),
             ));
         }
+        // A NaN weight made every class's score NaN, and the argmax of NaNs came back as a
+        // confident class 0; one in the first layer could even give finite probabilities (ReLU
+        // passes it over). A training that diverged leaves such a model.
+        let named = layers.iter().enumerate().flat_map(|(i, (w, b))| {
+            [
+                (format!("layers.{i}.weight"), w),
+                (format!("layers.{i}.bias"), b),
+            ]
+        });
+        for (name, t) in std::iter::once(("input.mean".to_owned(), &mean)).chain(named) {
+            if let Some(at) = t.data.iter().position(|v| !v.is_finite()) {
+                return Err(refuse(format!(
+                    "has {} at element {at} of {name}: its training diverged (lower lr) or                      the file is damaged",
+                    t.data[at]
+                )));
+            }
+        }
         let network = Network { layers, mean, std };
         for (key, actual) in [
             ("features", network.features()),

@@ -246,6 +246,19 @@ fn incomplete_or_foreign_models_are_invalid_input() {
     let mut m = model();
     m.metadata.insert("classes".into(), "4".into());
     refused(m, "classes=4");
+    // Values that are not numbers, as a diverged training leaves them: a NaN weight in the
+    // first layer gave finite probabilities, NaNs in the last a confident class 0.
+    for (name, value) in [
+        ("layers.0.weight", f32::NAN),
+        ("layers.1.bias", f32::INFINITY),
+        ("input.mean", f32::NEG_INFINITY),
+    ] {
+        let mut m = model();
+        let (_, t) = m.tensors.iter_mut().find(|(n, _)| n == name).unwrap();
+        let last = t.data.len() - 1;
+        t.data[last] = value;
+        refused(m, &format!("element {last} of {name}"));
+    }
 }
 
 #[test]
