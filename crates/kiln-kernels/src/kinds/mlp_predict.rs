@@ -126,7 +126,8 @@ impl Network {
         for (name, t) in std::iter::once(("input.mean".to_owned(), &mean)).chain(named) {
             if let Some(at) = t.data.iter().position(|v| !v.is_finite()) {
                 return Err(refuse(format!(
-                    "has {} at element {at} of {name}: its training diverged (lower lr) or                      the file is damaged",
+                    "has {} at element {at} of {name}: its training diverged (lower lr) or \
+                     the file is damaged",
                     t.data[at]
                 )));
             }
