@@ -245,6 +245,71 @@ async fn an_id_used_again_for_another_kind_fails_at_once() {
     );
 }
 
+/// An id submitted again within the duplicate window with other parameters is another job,
+/// which the server drops: `kiln submit` says so, writes no `--output` and fails, rather than
+/// hand over the earlier job's result as this one's (it wrote `[[2]]` for `[[3]]·[[4]]` and
+/// exited 0). The same job sent again is still answered with its result; so is the same file
+/// sent again, which each submission stores under a name of its own.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_id_used_again_with_other_parameters_fails_and_writes_nothing() {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    cluster.cpu_worker();
+    let dir = tempfile::tempdir().unwrap();
+    let out = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let matmul = |a: &str, b: &str, path: &str| {
+        let (a, b) = (format!("a={a}"), format!("b={b}"));
+        let args = ["submit", "matmul", "-p", &a, "-p", &b, "--id", "dupout-1"];
+        cluster.kiln(&[&args[..], &["--output", path]].concat())
+    };
+    assert_success(&matmul("[[1]]", "[[2]]", &out("x.npy")));
+    let other = matmul("[[3]]", "[[4]]", &out("y.npy"));
+    let stderr = String::from_utf8_lossy(&other.stderr);
+    assert_eq!(other.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr
+            .contains("job id dupout-1 was submitted within the last 10 min with other parameters")
+            && stderr.contains("submit it under another id"),
+        "{stderr}"
+    );
+    assert!(
+        !dir.path().join("y.npy").exists(),
+        "the earlier job's output is not this one's"
+    );
+    // The same job again: its result, written.
+    assert_success(&matmul("[[1]]", "[[2]]", &out("z.npy")));
+    assert_eq!(
+        std::fs::read(dir.path().join("z.npy")).unwrap(),
+        std::fs::read(dir.path().join("x.npy")).unwrap()
+    );
+    // The same file twice is the same job; another seed is not.
+    let input = out("a.npy");
+    std::fs::copy(dir.path().join("x.npy"), &input).unwrap();
+    let with_file = |extra: &[&str]| {
+        let (a, b) = (format!("a=@{input}"), format!("b=@{input}"));
+        let args = [
+            "submit",
+            "vector_add",
+            "--input",
+            &a,
+            "--input",
+            &b,
+            "--id",
+            "dupfile-1",
+        ];
+        cluster.kiln(&[&args[..], extra, &["--wait"]].concat())
+    };
+    assert_success(&with_file(&[]));
+    assert_success(&with_file(&[]));
+    let seeded = with_file(&["--seed", "7"]);
+    assert_eq!(
+        seeded.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&seeded.stderr)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn resubmitted_job_id_runs_once_and_is_counted_once() {
     let mut cluster = Cluster::new();

@@ -24,6 +24,9 @@ pub struct JobSpec {
     pub body: Vec<u8>,
     /// How `body` is encoded.
     pub codec: Codec,
+    /// What the job computes (see [`job_digest`]), recorded with its `queued` state; `None`
+    /// for a job not built from its parameters here.
+    pub digest: Option<String>,
 }
 
 impl JobSpec {
@@ -58,6 +61,7 @@ impl JobSpec {
             .id
             .clone()
             .ok_or_else(|| Error::Invalid("a job needs an id".into()))?;
+        let digest = job_digest(kind.name, &params, &meta);
         let body = kind
             .encode_job(params, meta, codec)
             .map_err(|e| Error::Invalid(e.message))?;
@@ -66,8 +70,47 @@ impl JobSpec {
             subject: subject::job(class, kind.name),
             body,
             codec,
+            digest: Some(digest),
         })
     }
+}
+
+/// What a job computes, as the hex SHA-256 of its kind, parameters, seed, timeout and output
+/// mode (not its id, class or encoding). An input object given with its digest counts by
+/// that digest alone: `--input KEY=@FILE` stores each submission's file under a name of its
+/// own, and the same file sent twice is the same job. Two submissions of one id with
+/// different digests are two different jobs, of which the server keeps the first.
+pub fn job_digest(kind: &str, params: &serde_json::Value, meta: &JobMeta) -> String {
+    use sha2::Digest as _;
+    fn by_content(value: &serde_json::Value) -> serde_json::Value {
+        use serde_json::Value;
+        match value {
+            Value::Object(map) => match (map.get("object"), map.get("sha256")) {
+                (Some(Value::String(_)), Some(Value::String(digest))) => {
+                    serde_json::json!({ "sha256": digest.to_ascii_lowercase() })
+                }
+                _ => Value::Object(
+                    map.iter()
+                        .map(|(k, v)| (k.clone(), by_content(v)))
+                        .collect(),
+                ),
+            },
+            Value::Array(items) => Value::Array(items.iter().map(by_content).collect()),
+            other => other.clone(),
+        }
+    }
+    let what = serde_json::json!({
+        "kind": kind,
+        "params": by_content(params),
+        "seed": meta.seed.unwrap_or(0),
+        "timeout_ms": meta.timeout_ms,
+        "output": meta.output,
+    });
+    let bytes = serde_json::to_vec(&what).unwrap_or_default();
+    sha2::Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Most publishes awaiting their PubAck at once.
@@ -112,6 +155,7 @@ pub async fn publish_all(
             order,
             id: job.id,
             subject: job.subject,
+            digest: job.digest,
         };
         pending.push(async move {
             let ack = ack.await;
@@ -193,6 +237,7 @@ struct Sent {
     order: usize,
     id: String,
     subject: String,
+    digest: Option<String>,
 }
 
 /// What [`publish_all`] does with each PubAck.
@@ -232,7 +277,8 @@ impl Published<'_> {
         if self.track
             && let Ok(subject) = kiln_proto::JobSubject::parse(&sent.subject)
         {
-            let state = kiln_proto::JobState::queued(subject.kind, subject.class);
+            let mut state = kiln_proto::JobState::queued(subject.kind, subject.class);
+            state.digest = sent.digest;
             let ack = self
                 .js
                 .publish(

@@ -67,6 +67,10 @@ pub struct JobState {
     /// A failed job's error kind (`None` unless the phase is `Failed` or `Cancelled`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorKind>,
+    /// `queued` by `kiln submit`: what the job computes (`JobSpec::digest`), by which a
+    /// second submission of its id is told to be the same job or another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
 }
 
 impl JobState {
@@ -83,6 +87,7 @@ impl JobState {
             replay: 0,
             result_seq: None,
             error: None,
+            digest: None,
         }
     }
 }

@@ -55,9 +55,14 @@ pub async fn run(nats: &NatsArgs, args: SubmitArgs) -> anyhow::Result<ExitCode> 
     } else {
         None
     };
+    let digests: HashMap<String, String> = jobs
+        .iter()
+        .filter_map(|job| Some((job.id.clone(), job.digest.clone()?)))
+        .collect();
     let mut duplicates = submission.publish(&js, jobs).await?;
-    // An id the earlier submission used for another kind: this job will never run.
-    let taken = submission.taken(&js, &mut duplicates).await;
+    // An id the earlier submission used for another kind, or for other parameters: this job
+    // will never run.
+    let taken = submission.taken(&js, &mut duplicates, &digests).await;
     match collector {
         // A script reading the id gets none for a job that will not run.
         None if !taken.is_empty() => Ok(ExitCode::FAILURE),
@@ -222,33 +227,54 @@ impl<'a> Submission<'a> {
         Ok(duplicates)
     }
 
-    /// The duplicates whose earlier submission was of another kind (by its `queued` record,
-    /// else by its result, either made within the duplicate window), taken out of
-    /// `duplicates` and reported: the server dropped these jobs for good, since kiln
-    /// publishes the job id as `Nats-Msg-Id`, and no result of this kind will come for them.
-    /// Where neither is found (the earlier one was published without a record, or its record
-    /// is not stored yet), the job counts as a plain resubmission.
+    /// The duplicates whose earlier submission was of another kind or computed something else
+    /// (by its `queued` record, else by its result, either made within the duplicate window;
+    /// `digests` are this submission's, by id), taken out of `duplicates` and reported: the
+    /// server dropped these jobs for good, since kiln publishes the job id as `Nats-Msg-Id`,
+    /// and the result under their ids, if any, is the earlier job's. Where neither is found
+    /// (the earlier one was published without a record, or its record is not stored yet), or
+    /// its record has no digest, the job counts as a plain resubmission.
     async fn taken(
         &self,
         js: &jetstream::Context,
         duplicates: &mut Vec<String>,
+        digests: &HashMap<String, String>,
     ) -> HashSet<String> {
         let kind = self.kind.name;
-        let earlier_kinds: Vec<Option<String>> = futures::stream::iter(duplicates.iter())
-            .map(|id| earlier_kind(js, id))
+        let earlier: Vec<Option<Earlier>> = futures::stream::iter(duplicates.iter())
+            .map(|id| earlier_job(js, id))
             .buffered(64)
             .collect()
             .await;
         let mut by_kind: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        let mut others = Vec::new();
-        for (id, earlier) in std::mem::take(duplicates).into_iter().zip(earlier_kinds) {
+        let (mut other_params, mut others) = (Vec::new(), Vec::new());
+        for (id, earlier) in std::mem::take(duplicates).into_iter().zip(earlier) {
             match earlier {
-                Some(earlier) if earlier != kind => by_kind.entry(earlier).or_default().push(id),
+                Some(earlier) if earlier.kind != kind => {
+                    by_kind.entry(earlier.kind).or_default().push(id)
+                }
+                Some(Earlier {
+                    digest: Some(digest),
+                    ..
+                }) if digests.get(&id).is_some_and(|ours| *ours != digest) => other_params.push(id),
                 _ => others.push(id),
             }
         }
         *duplicates = others;
         let minutes = kiln_proto::streams::DUPLICATE_WINDOW.as_secs() / 60;
+        if !other_params.is_empty() {
+            let (ids, them) = match other_params.as_slice() {
+                [id] => (format!("job id {id} was"), "it"),
+                ids => (format!("job ids {} were", super::list_ids(ids)), "them"),
+            };
+            eprintln!(
+                "kiln: {ids} submitted within the last {minutes} min with other parameters \
+                 (inputs, seed, timeout or output): the server kept that job and dropped this \
+                 one as its duplicate (the job id is the Nats-Msg-Id), so this one will not run \
+                 and the result under the id is the earlier job's; submit {them} under another \
+                 id"
+            );
+        }
         for (earlier, ids) in &by_kind {
             // Answered under `unknown`: a kind the worker that took it did not run.
             let (job, jobs) = match earlier.as_str() {
@@ -273,7 +299,11 @@ impl<'a> Submission<'a> {
             };
             eprintln!("kiln: {said}");
         }
-        by_kind.into_values().flatten().collect()
+        by_kind
+            .into_values()
+            .flatten()
+            .chain(other_params)
+            .collect()
     }
 
     /// Without `--wait`: print the job id, or the range of ids.
@@ -466,15 +496,28 @@ fn print_result(event: &ResultEvent, single: bool, to_stderr: bool) {
 
 /// The kind job `id` was submitted as within the duplicate window: its `queued` record's,
 /// else its result's (`None` when neither was made in the window).
-async fn earlier_kind(js: &jetstream::Context, id: &str) -> Option<String> {
+/// What is known of the earlier submission of a duplicate's id.
+struct Earlier {
+    kind: String,
+    /// What it computes, when its `queued` record says.
+    digest: Option<String>,
+}
+
+async fn earlier_job(js: &jetstream::Context, id: &str) -> Option<Earlier> {
     // A minute's grace for clocks: the server's window runs from when it stored the job.
     let window = kiln_proto::streams::DUPLICATE_WINDOW + std::time::Duration::from_secs(60);
     let recent =
         |at: time::OffsetDateTime| (time::OffsetDateTime::now_utc() - at).unsigned_abs() <= window;
     match kiln_client::jobs::state(js, id).await {
-        Some(record) if recent(record.at) => Some(record.kind),
+        Some(record) if recent(record.at) => Some(Earlier {
+            kind: record.kind,
+            digest: record.digest,
+        }),
         _ => match kiln_client::jobs::find_result(js, id, None).await {
-            Ok(Some(event)) if recent(event.enqueued_at) => Some(event.kind),
+            Ok(Some(event)) if recent(event.enqueued_at) => Some(Earlier {
+                kind: event.kind,
+                digest: None,
+            }),
             _ => None,
         },
     }

@@ -241,6 +241,7 @@ mod tests {
             subject: kiln_proto::subject::job(DeviceClass::Cpu, "vector_add"),
             body: br#"{"id":"watch-bad-1","params":{"a":[1.0,2.0],"b":[1.0]}}"#.to_vec(),
             codec: Codec::Json,
+            digest: None,
         });
         let ids = jobs.iter().map(|j| j.id.clone()).collect();
         let mut collector = ResultCollector::subscribe(&client, None, &[])
