@@ -608,7 +608,7 @@ async fn a_burst_of_jobs_reading_objects_loads_within_the_memory_budget() {
     }
     let peak = peak_mib(cluster.child("worker").id());
     eprintln!("worker peak memory: {before} MiB before the burst, {peak} MiB after");
-    let inputs = 60 * 2 * (n as u64 * 4) >> 20;
+    let inputs = (60 * 2 * n as u64 * 4) >> 20;
     assert!(
         peak - before < inputs / 2,
         "peak {peak} MiB, {before} MiB before the burst, {inputs} MiB of inputs"

@@ -42,7 +42,9 @@ pub struct NatsArgs {
         short = 's',
         visible_alias = "server",
         env = "NATS_URL",
-        global = true
+        global = true,
+        // A URL may carry credentials (nats://user:password@host), which --help would show.
+        hide_env_values = true
     )]
     pub server: Option<String>,
     /// The `nats` CLI context to read the server and credentials from
