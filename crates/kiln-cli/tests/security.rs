@@ -730,3 +730,63 @@ async fn a_server_that_wants_the_tls_handshake_first_is_reached_with_tls_first()
     assert_success(&out);
     assert!(stdout(&out).contains("KILN_JOBS"), "{}", stdout(&out));
 }
+
+/// A user who may not read kiln's streams is told the request failed, not that kiln's streams
+/// do not exist: `kiln status`, `kiln result` and `kiln dlq list` each said to run `kiln init`,
+/// which without the operator's flags resets every limit to its default.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_user_who_may_not_read_the_streams_is_not_told_to_run_init() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("narrow.conf");
+    std::fs::write(
+        &file,
+        "jetstream { store_dir: $KILN_STORE_DIR }\n\
+         accounts { KILN { jetstream: enabled, users: [\n\
+           { user: admin, password: pwAdminNarrow1 }\n\
+           { user: narrow, password: pwNarrow1, permissions: {\n\
+               publish: [\"jobs.*.*\"], subscribe: [\"_INBOX.>\"] } }\n\
+         ] } }\n",
+    )
+    .unwrap();
+    let server = NatsServer::start_with_config(&file, &[]);
+    let kiln = |user: &str, password: &str, args: &[&str]| {
+        Command::new(KILN)
+            .args(args)
+            .env("NATS_URL", server.url())
+            .env("NATS_USER", user)
+            .env("NATS_PASSWORD", password)
+            .env("RUST_LOG", "error")
+            .env_remove("NATS_CONTEXT")
+            .output()
+            .unwrap()
+    };
+    assert_success(&kiln("admin", "pwAdminNarrow1", &["init"]));
+    for args in [&["status"][..], &["result", "some-job"], &["dlq", "list"]] {
+        let out = kiln("narrow", "pwNarrow1", args);
+        let said = stderr(&out);
+        assert!(!out.status.success(), "{args:?}: {}", stdout(&out));
+        assert!(!said.contains("kiln init"), "{args:?}: {said}");
+        assert!(said.contains("reading KILN_"), "{args:?}: {said}");
+    }
+}
+
+/// Credentials in `NATS_URL` are never shown, `--help` included (it printed the variable's
+/// value, password and all, as the default of --nats-url).
+#[test]
+fn help_does_not_show_the_credentials_in_nats_url() {
+    for args in [
+        &["status", "--help"][..],
+        &["worker", "--help"],
+        &["--help"],
+    ] {
+        let out = Command::new(KILN)
+            .args(args)
+            .env("NATS_URL", "nats://admin:s3cretPw@127.0.0.1:4222")
+            .output()
+            .unwrap();
+        assert_success(&out);
+        let help = stdout(&out);
+        assert!(help.contains("NATS_URL"), "{args:?}: {help}");
+        assert!(!help.contains("s3cretPw"), "{args:?}: {help}");
+    }
+}

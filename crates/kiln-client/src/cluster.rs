@@ -6,7 +6,7 @@ use kiln_proto::streams::{self, STREAM_DLQ, STREAM_JOBS, STREAM_RESULTS};
 use kiln_proto::{DeviceClass, MetricsSnapshot, WorkerInfo};
 use serde::Serialize;
 
-use crate::error::{Context as _, Error, NOT_INITIALISED, Result};
+use crate::error::{Context as _, Error, Result, open_stream};
 
 /// One read of kiln's queues, workers and metrics.
 #[derive(Debug, Clone, Serialize)]
@@ -48,10 +48,7 @@ pub struct ConsumerState {
 
 /// Read kiln's queues, consumers, live workers, stream sizes and metrics.
 pub async fn overview(js: &jetstream::Context) -> Result<Overview> {
-    let mut jobs = js
-        .get_stream(STREAM_JOBS)
-        .await
-        .map_err(|_| Error::config(NOT_INITIALISED))?;
+    let mut jobs = open_stream(js, STREAM_JOBS).await?;
     let state = jobs
         .info()
         .await

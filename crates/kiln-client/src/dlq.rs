@@ -8,7 +8,7 @@ use kiln_proto::streams::STREAM_DLQ;
 use kiln_proto::{HEADER_DLQ_REASON, HEADER_DLQ_SUBJECT, HEADER_MSG_ID};
 use serde::Serialize;
 
-use crate::error::{Context as _, Error, NOT_INITIALISED, Result};
+use crate::error::{Context as _, Error, Result, open_stream};
 
 /// What a letter that does not say where its job came from lists as its subject.
 const UNKNOWN: &str = "unknown";
@@ -65,9 +65,8 @@ pub async fn replay(js: &jetstream::Context, letter: &DeadLetter) -> Result<Stri
             tracing::debug!(error = %e, id = %letter.id, "the replay's queued state was not stored");
         }
     }
-    js.get_stream(STREAM_DLQ)
-        .await
-        .nats(|| NOT_INITIALISED.into())?
+    open_stream(js, STREAM_DLQ)
+        .await?
         .delete_message(letter.sequence)
         .await
         .nats(|| format!("removing dead letter {} from {STREAM_DLQ}", letter.sequence))?;
@@ -151,10 +150,7 @@ impl DeadLetter {
 
 /// Every message in the dead-letter stream, oldest first.
 pub async fn dead_letters(js: &jetstream::Context) -> Result<Vec<DeadLetter>> {
-    let stream = js
-        .get_stream(STREAM_DLQ)
-        .await
-        .nats(|| NOT_INITIALISED.into())?;
+    let stream = open_stream(js, STREAM_DLQ).await?;
     let mut reader = stream
         .create_consumer(consumer::pull::OrderedConfig {
             filter_subject: "dlq.>".into(),

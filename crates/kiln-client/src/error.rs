@@ -93,3 +93,23 @@ pub(crate) fn io(what: impl FnOnce() -> String) -> impl FnOnce(std::io::Error) -
 /// What a missing stream means.
 pub(crate) const NOT_INITIALISED: &str =
     "kiln's streams do not exist yet on this server; run `kiln init`";
+
+/// Open kiln's stream `name`. A stream the server does not have is [`NOT_INITIALISED`]; any
+/// other failure (a user not allowed to read it, a server gone) is said as it is: the advice
+/// to run `kiln init` then was wrong, and an init without the operator's flags resets every
+/// limit to its default.
+pub(crate) async fn open_stream(
+    js: &async_nats::jetstream::Context,
+    name: &str,
+) -> Result<async_nats::jetstream::stream::Stream> {
+    use async_nats::jetstream::{ErrorCode, context::GetStreamErrorKind};
+    js.get_stream(name).await.map_err(|e| match e.kind() {
+        GetStreamErrorKind::JetStream(j) if j.error_code() == ErrorCode::STREAM_NOT_FOUND => {
+            Error::config(NOT_INITIALISED)
+        }
+        _ => Error::Nats {
+            what: format!("reading {name}"),
+            source: Box::new(e),
+        },
+    })
+}

@@ -8,7 +8,7 @@ use kiln_proto::streams::{self, STREAM_RESULTS};
 use kiln_proto::{BUCKET_CANCEL, JobState, Phase, ResultEvent, job_key, subject};
 use serde::Serialize;
 
-use crate::error::{Context as _, Error, NOT_INITIALISED, Result};
+use crate::error::{Context as _, Error, Result, open_stream};
 
 /// What job ids may be: what [`kiln_proto::valid_job_id`] accepts (workers refuse other ids).
 pub const JOB_ID_RULE: &str = "1 to 128 ASCII letters, digits, '-' and '_'";
@@ -62,10 +62,7 @@ pub async fn find_result(
     if !kiln_proto::valid_job_id(id) {
         return Ok(None);
     }
-    let stream = js
-        .get_stream(STREAM_RESULTS)
-        .await
-        .nats(|| NOT_INITIALISED.into())?;
+    let stream = open_stream(js, STREAM_RESULTS).await?;
     let kind = kind.unwrap_or("*");
     for subject in [
         format!("{}.>", subject::result(kind, id)),
