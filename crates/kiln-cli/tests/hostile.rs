@@ -606,3 +606,67 @@ async fn a_planted_message_id_cannot_take_the_place_of_a_copy() {
         "{replayed:?}"
     );
 }
+
+/// A `KILN_JOBS` made by hand that would lose jobs is refused at start, with what to do: one
+/// that keeps messages as a limits stream (`kiln init` cannot change retention), and one that
+/// drops its oldest jobs when full (`kiln init` fixes it). Before, a worker ran on the first,
+/// `kiln submit --count 20` exited 0 with 10 jobs lost, and `kiln init` said only "can not
+/// change retention policy"; a stream on `jobs.>` was refused as lacking `jobs.gpu.*`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hand_made_jobs_stream_that_would_lose_jobs_is_refused_with_what_to_do() {
+    let cluster = Cluster::new();
+    let client = cluster.client().await;
+    let js = jetstream::new(client.clone());
+    let made = |retention, subjects: Vec<String>| jetstream::stream::Config {
+        name: streams::STREAM_JOBS.into(),
+        subjects,
+        retention,
+        max_messages: 10,
+        discard: jetstream::stream::DiscardPolicy::Old,
+        ..Default::default()
+    };
+    let kiln_subjects = kiln_proto::Topology::default().jobs_stream().subjects;
+    js.create_stream(made(
+        jetstream::stream::RetentionPolicy::Limits,
+        kiln_subjects,
+    ))
+    .await
+    .unwrap();
+    for args in [
+        &["worker", "--device", "cpu", "--no-warmup"][..],
+        &["submit", "vector_add", "-p", "len=4", "--count", "20"],
+        &["init"],
+    ] {
+        let out = cluster.kiln(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("by Limits retention") && stderr.contains("nats stream rm KILN_JOBS"),
+            "{args:?}: {stderr}"
+        );
+    }
+    let stored = js.get_stream(streams::STREAM_JOBS).await.unwrap();
+    assert_eq!(stored.cached_info().state.messages, 0, "nothing submitted");
+
+    // A work queue on `jobs.>` that drops its oldest jobs: named, then fixed by `kiln init`.
+    js.delete_stream(streams::STREAM_JOBS).await.unwrap();
+    let all = vec!["jobs.>".to_owned()];
+    js.create_stream(made(jetstream::stream::RetentionPolicy::WorkQueue, all))
+        .await
+        .unwrap();
+    let out = cluster.kiln(&["submit", "vector_add", "-p", "len=4"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("drops its oldest queued jobs") && stderr.contains("run `kiln init` once"),
+        "{stderr}"
+    );
+    common::assert_success(&cluster.kiln(&["init"]));
+    let info = js
+        .get_stream(streams::STREAM_JOBS)
+        .await
+        .unwrap()
+        .cached_info()
+        .clone();
+    assert_eq!(info.config.discard, jetstream::stream::DiscardPolicy::New);
+}

@@ -121,6 +121,24 @@ pub fn dlq(kind: &str) -> String {
     format!("dlq.{kind}")
 }
 
+/// Whether every subject `wanted` matches (itself a subject or a filter with `*` and `>`)
+/// is matched by the filter `filter` too: `jobs.>` covers `jobs.gpu.*`, `jobs.*.*` covers
+/// `jobs.cpu.matmul` but not `jobs.cpu.matmul.copy`.
+pub fn covers(filter: &str, wanted: &str) -> bool {
+    let (mut f, mut w) = (filter.split('.'), wanted.split('.'));
+    loop {
+        match (f.next(), w.next()) {
+            (Some(">"), Some(_)) => return true,
+            (Some(_), Some(">")) => return false,
+            (Some("*"), Some(_)) => {}
+            (Some(_), Some("*")) => return false,
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
 /// Whether `subject` is a copy's, `jobs.<class>.<kind>.copy` ([`job_copy`]), which only kiln's
 /// roles may publish to, so that kiln's own headers on it are believed: also when its kind is
 /// no kind name (`jobs.cpu.mat+mul.copy`, the scheduler's copy of such an auto job, which
@@ -202,6 +220,21 @@ mod tests {
         assert!(!is_copy_subject("jobs.cpu.copy"));
         assert!(!is_copy_subject("jobs.cpu.matmul.copy.more"));
         assert!(!is_copy_subject("results.cpu.matmul.copy"));
+    }
+
+    #[test]
+    fn a_filter_covers_the_subjects_it_matches() {
+        assert!(covers("jobs.>", "jobs.gpu.*"));
+        assert!(covers("jobs.>", "jobs.cpu.*.copy"));
+        assert!(covers("jobs.*.*", "jobs.cpu.matmul"));
+        assert!(covers("jobs.gpu.*", "jobs.gpu.*"));
+        assert!(!covers("jobs.*.*", "jobs.cpu.matmul.copy"));
+        assert!(!covers("jobs.gpu.*", "jobs.*.*"));
+        assert!(!covers("jobs.gpu.*", "jobs.cpu.*"));
+        assert!(!covers("jobs.>", "jobs"));
+        assert!(!covers("jobs.gpu", "jobs.gpu.*"));
+        assert!(!covers("jobs.gpu.matmul", "jobs.gpu.*"));
+        assert!(!covers("results.>", "jobs.gpu.*"));
     }
 
     #[test]

@@ -84,6 +84,18 @@ pub enum SetupError {
         /// What it lacks.
         what: String,
     },
+    /// A stream made by hand keeps jobs in a way `kiln init` cannot change (its retention).
+    #[error(
+        "{what}; `kiln init` cannot change a stream's retention: let kiln's roles finish with \
+         what is in it (`kiln status`), delete it (`nats stream rm {stream}`), then run \
+         `kiln init`"
+    )]
+    Unusable {
+        /// The stream's name.
+        stream: &'static str,
+        /// How it keeps its messages.
+        what: String,
+    },
     /// An existing stream could not be read.
     #[error("could not open stream {stream}: {source}")]
     GetStream {
@@ -262,7 +274,7 @@ async fn setup_once(
     create_streams(js, topology, update).await?;
     let mut jobs = get_stream(js, STREAM_JOBS).await?;
     if !update {
-        check_jobs_subjects(&mut jobs, topology).await?;
+        check_jobs_stream(&mut jobs, topology).await?;
     }
     create_consumers(js, &jobs, topology, update).await?;
     create_buckets(js, topology, update).await?;
@@ -284,6 +296,7 @@ async fn create_streams(
     ] {
         let stream = stream_name(&config.name);
         if update {
+            check_retention(js, stream, config.retention).await?;
             js.create_or_update_stream(config)
                 .await
                 .map_err(|source| SetupError::Stream { stream, source })?;
@@ -353,29 +366,75 @@ async fn stream_missing(js: &jetstream::Context, stream: &str) -> Result<bool, S
     }
 }
 
-/// Streams made before copies had a subject of their own would refuse every routed copy and
-/// hand-back: say so at start rather than leave jobs going round.
-async fn check_jobs_subjects(
+/// A jobs stream kiln can run on, said at start rather than found out later: one made before
+/// copies had a subject of their own would refuse every routed copy and hand-back; one made
+/// by hand as a limits stream keeps jobs after they ran (and runs none twice only by chance),
+/// and one that drops its oldest messages when full loses queued jobs without a word to their
+/// submitters (kiln's refuses new ones instead).
+async fn check_jobs_stream(
     jobs: &mut jetstream::stream::Stream,
     topology: &Topology,
 ) -> Result<(), SetupError> {
-    let stored = jobs
-        .info()
-        .await
-        .map(|info| info.config.subjects.clone())
-        .unwrap_or_default();
+    let Ok(info) = jobs.info().await else {
+        return Ok(());
+    };
+    let stored = &info.config;
+    if stored.retention != jetstream::stream::RetentionPolicy::WorkQueue {
+        return Err(SetupError::Unusable {
+            stream: STREAM_JOBS,
+            what: format!(
+                "{STREAM_JOBS} keeps its messages by {:?} retention, not as a work queue: jobs \
+                 would stay in it after they ran",
+                stored.retention
+            ),
+        });
+    }
     let wanted = topology.jobs_stream().subjects;
-    if !stored.is_empty() && wanted.iter().any(|s| !stored.contains(s)) {
+    let missing: Vec<&String> = wanted
+        .iter()
+        .filter(|w| !stored.subjects.iter().any(|s| crate::subject::covers(s, w)))
+        .collect();
+    if !missing.is_empty() {
         return Err(SetupError::Outdated {
             what: format!(
                 "{STREAM_JOBS} stores {} but this kiln also needs {}",
-                stored.join(", "),
-                wanted
+                stored.subjects.join(", "),
+                missing
                     .iter()
-                    .filter(|s| !stored.contains(s))
-                    .cloned()
+                    .map(|s| s.as_str())
                     .collect::<Vec<_>>()
                     .join(", ")
+            ),
+        });
+    }
+    if stored.discard != jetstream::stream::DiscardPolicy::New {
+        return Err(SetupError::Outdated {
+            what: format!(
+                "{STREAM_JOBS} drops its oldest queued jobs when it is full, unseen by their \
+                 submitters; kiln's refuses new ones instead"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// A stream whose retention is not `retention`, which no update can change: said with what to
+/// do, rather than as the server's "can not change retention policy".
+async fn check_retention(
+    js: &jetstream::Context,
+    stream: &'static str,
+    retention: jetstream::stream::RetentionPolicy,
+) -> Result<(), SetupError> {
+    if let Ok(mut existing) = js.get_stream(stream).await
+        && let Ok(info) = existing.info().await
+        && info.config.retention != retention
+    {
+        return Err(SetupError::Unusable {
+            stream,
+            what: format!(
+                "{stream} keeps its messages by {:?} retention, where kiln's keeps them by \
+                 {retention:?}",
+                info.config.retention
             ),
         });
     }
