@@ -88,6 +88,19 @@ pub async fn run(
                 config.health.stopping();
                 return aggregator.stop().await;
             }
+            Ended::Lost(last_error) => {
+                config.health.stopping();
+                aggregator.stop().await?;
+                // An aggregator that stopped counting must not look like one told to stop: a
+                // supervisor restarting it on failure only would leave results uncounted.
+                return Err(Error::Read {
+                    what: "result events",
+                    message: format!(
+                        "the {CONSUMER_AGGREGATOR} consumer stopped delivering them \
+                         ({last_error}); was it deleted? `kiln init` makes it again"
+                    ),
+                });
+            }
             Ended::Superseded(subject) => {
                 tracing::warn!(
                     %subject,
@@ -260,8 +273,10 @@ impl Results {
 
 /// How a stretch of folding ended.
 enum Ended {
-    /// Shutdown, or the results ended.
+    /// Shutdown.
     Stopped,
+    /// The results stopped coming (the consumer was deleted), with the last error read.
+    Lost(String),
     /// Another aggregator stored a snapshot of this subject: stand by.
     Superseded(String),
 }
@@ -283,7 +298,7 @@ struct Aggregator {
 
 impl Aggregator {
     /// Fold results, snapshotting every `interval`, until `shutdown` resolves or the results
-    /// end.
+    /// stop coming.
     async fn fold_until(
         &mut self,
         results: &mut Results,
@@ -296,6 +311,7 @@ impl Aggregator {
         // that will never be delivered again (see `Folds::acked_through`).
         let mut floor_ticker = tokio::time::interval(ACK_FLOOR_EVERY);
         floor_ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_error = String::new();
         loop {
             tokio::select! {
                 _ = &mut *shutdown => return Ended::Stopped,
@@ -314,8 +330,11 @@ impl Aggregator {
                 }
                 next = results.messages.next() => match next {
                     Some(Ok(message)) => self.fold(message),
-                    Some(Err(e)) => tracing::warn!(error = %e, "error while reading result events"),
-                    None => return Ended::Stopped,
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "error while reading result events");
+                        last_error = e.to_string();
+                    }
+                    None => return Ended::Lost(last_error),
                 },
             }
         }

@@ -670,3 +670,65 @@ async fn a_hand_made_jobs_stream_that_would_lose_jobs_is_refused_with_what_to_do
         .clone();
     assert_eq!(info.config.discard, jetstream::stream::DiscardPolicy::New);
 }
+
+/// An aggregator or scheduler whose consumer is deleted under it stops with a failure that
+/// says so: it exited 0 as if told to stop, which a supervisor restarting failures only would
+/// leave down, results uncounted or auto jobs unrouted.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_role_whose_consumer_is_deleted_fails_saying_so() {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    cluster.aggregator();
+    cluster.spawn("scheduler", &["scheduler", "--name", "sched-1"]);
+    let client = cluster.client().await;
+    let js = jetstream::new(client.clone());
+    // Both serving: their pull requests wait on their consumers.
+    let waiting = |stream: &'static str, consumer: &'static str| {
+        let js = js.clone();
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                let stream = js.get_stream(stream).await.unwrap();
+                if stream
+                    .consumer_info(consumer)
+                    .await
+                    .is_ok_and(|i| i.num_waiting > 0)
+                {
+                    return;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{consumer} never pulled"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    waiting(streams::STREAM_RESULTS, streams::CONSUMER_AGGREGATOR).await;
+    waiting(streams::STREAM_JOBS, streams::CONSUMER_SCHEDULER).await;
+    for (stream, consumer) in [
+        (streams::STREAM_RESULTS, streams::CONSUMER_AGGREGATOR),
+        (streams::STREAM_JOBS, streams::CONSUMER_SCHEDULER),
+    ] {
+        let stream = js.get_stream(stream).await.unwrap();
+        stream.delete_consumer(consumer).await.unwrap();
+    }
+    for name in ["aggregator", "scheduler"] {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = cluster.child(name).try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name} still runs:\n{}",
+                cluster.report()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let report = cluster.report();
+        assert!(!status.success(), "{name}: {status}\n{report}");
+        let said = format!("the {name} consumer stopped delivering them");
+        assert!(report.contains(&said), "{name}: {report}");
+    }
+}

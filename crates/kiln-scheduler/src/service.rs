@@ -88,6 +88,9 @@ pub async fn run(
     tokio::pin!(shutdown);
     // Copies published and awaiting the server's acknowledgement.
     let mut in_flight = FuturesUnordered::new();
+    // Why the auto jobs stopped coming without a shutdown (the consumer deleted), if they did.
+    let mut lost: Option<String> = None;
+    let mut last_error = String::new();
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
@@ -111,8 +114,14 @@ pub async fn run(
                         in_flight.push(stored(routed, ack));
                     }
                 }
-                Some(Err(e)) => tracing::warn!(error = %e, "error while pulling auto jobs"),
-                None => break,
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "error while pulling auto jobs");
+                    last_error = e.to_string();
+                }
+                None => {
+                    lost = Some(last_error);
+                    break;
+                }
             },
         }
     }
@@ -124,7 +133,20 @@ pub async fn run(
     for (message, _) in std::mem::take(&mut scheduler.held).all() {
         let _ = message.ack_with(AckKind::Nak(None)).await;
     }
-    Ok(scheduler.stop())
+    let stats = scheduler.stop();
+    match lost {
+        // A scheduler that stopped routing must not look like one that was told to stop: a
+        // supervisor restarting it on failure only would leave auto jobs unrouted.
+        Some(last_error) => Err(Error::Read {
+            what: "auto jobs",
+            message: format!(
+                "the {} consumer stopped delivering them ({last_error}); was it deleted? \
+                 `kiln init` makes it again",
+                streams::CONSUMER_SCHEDULER
+            ),
+        }),
+        None => Ok(stats),
+    }
 }
 
 /// What the scheduler reads: the auto jobs, and the result events it learns from.
