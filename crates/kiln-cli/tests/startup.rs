@@ -183,3 +183,28 @@ async fn a_worker_is_refused_the_name_of_a_live_one() {
     assert_success(&ok);
     assert!(common::stdout(&ok).contains("\"worker\": \"twin\""));
 }
+
+/// A creation the server refuses with a reason of its own is said as that reason, not as a
+/// permission the user lacks: `KILN_REPLICAS=3` on a single server said "this user could not
+/// create it: run `kiln init` as a user allowed to create streams".
+#[test]
+fn a_creation_the_server_refuses_says_why_not_that_permission_is_missing() {
+    let cluster = Cluster::new();
+    let out = Command::new(KILN)
+        .args(["worker", "--device", "cpu", "--no-warmup"])
+        .env("NATS_URL", cluster.server.url())
+        .env("KILN_REPLICAS", "3")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("the server refused to create it")
+            && stderr.contains("replicas > 1 not supported"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("this user could not create it"),
+        "{stderr}"
+    );
+}

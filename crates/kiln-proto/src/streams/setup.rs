@@ -61,6 +61,15 @@ pub enum SetupError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// Something a role needs does not exist and the server refused to create it, saying why.
+    #[error("{what} does not exist and the server refused to create it")]
+    Refused {
+        /// What is missing: `stream KILN_JOBS`, `consumer workers-gpu`, ….
+        what: String,
+        /// The server's answer.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The server has not the JetStream storage kiln's limits reserve.
     #[error(
         "{refused}. The server has not the JetStream storage that kiln's limits reserve: by \
@@ -173,16 +182,24 @@ fn short_of_storage(error: SetupError) -> SetupError {
         "insufficient resources",
         "insufficient memory resources",
     ];
-    match short.iter().any(|s| text.contains(s)) {
-        true => SetupError::NoStorage {
+    if short.iter().any(|s| text.contains(s)) {
+        return SetupError::NoStorage {
             refused: match error {
                 SetupError::Missing { what, source } => {
                     format!("could not create {what}: {source}")
                 }
                 other => other.to_string(),
             },
-        },
-        false => error,
+        };
+    }
+    match error {
+        // The server answered the creation with a reason of its own (`replicas > 1 not
+        // supported in non-clustered mode`, a consumer overlapping another): not a permission
+        // it lacks, as `Missing` says (a request the user may not make goes unanswered).
+        SetupError::Missing { what, source } if text.contains(", error code ") => {
+            SetupError::Refused { what, source }
+        }
+        other => other,
     }
 }
 
