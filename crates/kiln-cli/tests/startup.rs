@@ -208,3 +208,30 @@ fn a_creation_the_server_refuses_says_why_not_that_permission_is_missing() {
         "{stderr}"
     );
 }
+
+/// The live-workers bucket is kept in memory: after a server restart it is missing until a
+/// worker beats again. `kiln workers` and `kiln status` then say there are none; they failed
+/// with "stream not found".
+#[tokio::test(flavor = "multi_thread")]
+async fn no_workers_bucket_means_no_live_workers() {
+    let cluster = Cluster::new();
+    cluster.init().await;
+    let js = async_nats::jetstream::new(cluster.client().await);
+    js.delete_stream(format!("KV_{}", kiln_proto::BUCKET_WORKERS))
+        .await
+        .unwrap();
+    let out = cluster.kiln(&["workers"]);
+    assert_success(&out);
+    assert!(common::stdout(&out).contains("no live workers"));
+    let out = cluster.kiln(&["workers", "-o", "json"]);
+    assert_success(&out);
+    let listed: serde_json::Value = serde_json::from_str(&common::stdout(&out)).unwrap();
+    assert_eq!(listed, serde_json::json!([]));
+    let out = cluster.kiln(&["status"]);
+    assert_success(&out);
+    assert!(
+        !common::stdout(&out).contains("unavailable"),
+        "{}",
+        common::stdout(&out)
+    );
+}

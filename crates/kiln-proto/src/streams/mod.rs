@@ -309,6 +309,18 @@ impl Topology {
     }
 }
 
+/// Whether opening a bucket failed because its stream does not exist.
+fn bucket_missing(e: &jetstream::context::KeyValueError) -> bool {
+    use jetstream::context::{GetStreamError, GetStreamErrorKind, KeyValueErrorKind};
+    e.kind() == KeyValueErrorKind::GetBucket
+        && std::error::Error::source(e)
+            .and_then(|s| s.downcast_ref::<GetStreamError>())
+            .is_some_and(|s| {
+                matches!(s.kind(), GetStreamErrorKind::JetStream(j)
+                    if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND)
+            })
+}
+
 /// The workers whose heartbeat has not expired, sorted by class then name. Entries that do
 /// not parse are skipped.
 ///
@@ -319,10 +331,13 @@ impl Topology {
 /// consumer limit every listing (and every new consumer) failed.
 pub async fn live_workers(js: &jetstream::Context) -> Result<Vec<crate::WorkerInfo>, String> {
     use futures_util::TryStreamExt as _;
-    let kv = js
-        .get_key_value(crate::BUCKET_WORKERS)
-        .await
-        .map_err(|e| e.to_string())?;
+    let kv = match js.get_key_value(crate::BUCKET_WORKERS).await {
+        Ok(kv) => kv,
+        // The bucket is kept in memory: after a server restart it is missing until a worker
+        // beats again (a live one makes it at once), so none is live.
+        Err(e) if bucket_missing(&e) => return Ok(Vec::new()),
+        Err(e) => return Err(e.to_string()),
+    };
     let prefix = format!("$KV.{}.", crate::BUCKET_WORKERS);
     let subjects: Vec<(String, usize)> = js
         .get_stream(format!("KV_{}", crate::BUCKET_WORKERS))
