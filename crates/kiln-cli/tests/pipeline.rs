@@ -798,6 +798,50 @@ fn demo_runs_to_completion_with_an_embedded_server() {
     assert!(text.contains("(0 failed)"), "{text}");
 }
 
+/// SIGTERM to the demo alone (as `timeout` or a cancelled CI job sends it) stops its private
+/// nats-server and removes its store; they were left behind.
+#[test]
+fn a_demo_stopped_by_a_signal_takes_its_server_with_it() {
+    use std::io::{BufRead as _, BufReader};
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("nats://{}", free.local_addr().unwrap());
+    drop(free);
+    let mut demo = std::process::Command::new(common::KILN)
+        .args(["demo", "--scale", "20"])
+        .env("NATS_URL", &url)
+        .env("NATS_SERVER_BIN", kiln_testkit::nats_server_bin())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(demo.stderr.take().unwrap());
+    let mut line = String::new();
+    let server = loop {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "the demo ended first"
+        );
+        if let Some((_, rest)) = line.split_once("started nats-server -js on nats://") {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &demo.id().to_string()])
+        .status();
+    let status = demo.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{status}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(&server).is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the demo's nats-server at {server} still runs"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// On a server that has run jobs before, the demo's table counts this run's jobs only: a
 /// second, smaller demo on one server shows as many jobs as it ran (it showed the first run's
 /// table, whose count already reached the second's, or both runs' jobs).

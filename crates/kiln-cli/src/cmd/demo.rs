@@ -18,10 +18,26 @@ use crate::local_nats::LocalNats;
 use kiln_client::{JobSpec, ResultCollector, publish_all};
 
 pub async fn run(nats: &NatsArgs, args: DemoArgs) -> anyhow::Result<ExitCode> {
-    let (nats, _embedded) = server(nats, args.no_embedded).await?;
+    let (nats, embedded) = server(nats, args.no_embedded).await?;
+    // SIGINT or SIGTERM to the demo alone (`timeout`, `kill`, a cancelled CI job) ended it
+    // at once and left its private nats-server running with its store: now the demo stops
+    // and drops the server, which stops it and removes the store.
+    let outcome = tokio::select! {
+        outcome = demo(&nats, &args) => outcome,
+        () = crate::signal::wait_for_signal() => {
+            eprintln!("kiln demo: interrupted; stopping");
+            Ok(ExitCode::from(130))
+        }
+    };
+    drop(embedded);
+    outcome
+}
+
+/// The demo on the server `nats` names.
+async fn demo(nats: &NatsArgs, args: &DemoArgs) -> anyhow::Result<ExitCode> {
     let client = kiln_client::connect(&nats.connect_options()).await?;
     let js = jetstream::new(client.clone());
-    let topology = super::topology(&nats);
+    let topology = super::topology(nats);
     streams::ensure_all(&js, &topology).await?;
     let (roles, devices) = start_roles(&client, &topology);
 
