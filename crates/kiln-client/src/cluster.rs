@@ -56,7 +56,7 @@ pub async fn overview(js: &jetstream::Context) -> Result<Overview> {
         .state
         .clone();
     let consumers = consumers(&mut jobs).await;
-    let (workers, workers_error) = match streams::live_workers(js).await {
+    let (workers, workers_error) = match streams::listed_workers(js).await {
         Ok(workers) => (workers, None),
         Err(e) => (Vec::new(), Some(e)),
     };
@@ -114,7 +114,7 @@ pub async fn consumers(jobs: &mut jetstream::stream::Stream) -> Vec<ConsumerStat
 
 /// The live workers, from their heartbeats in `KILN_WORKERS` (at most 2 s old).
 pub async fn workers(js: &jetstream::Context) -> Result<Vec<WorkerInfo>> {
-    streams::live_workers(js).await.map_err(|e| Error::Nats {
+    streams::listed_workers(js).await.map_err(|e| Error::Nats {
         what: "reading the workers' heartbeats".into(),
         source: e.into(),
     })

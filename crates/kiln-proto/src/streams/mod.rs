@@ -309,6 +309,17 @@ impl Topology {
     }
 }
 
+/// [`live_workers`] for people (`kiln workers`, `kiln status`): a missing bucket lists none.
+/// The bucket is kept in memory, so after a server restart it is missing until a worker beats
+/// again (a live one makes it at once). The scheduler keeps its last read instead, for as
+/// long as a heartbeat would stand.
+pub async fn listed_workers(js: &jetstream::Context) -> Result<Vec<crate::WorkerInfo>, String> {
+    match js.get_key_value(crate::BUCKET_WORKERS).await {
+        Err(e) if bucket_missing(&e) => Ok(Vec::new()),
+        _ => live_workers(js).await,
+    }
+}
+
 /// Whether opening a bucket failed because its stream does not exist.
 fn bucket_missing(e: &jetstream::context::KeyValueError) -> bool {
     use jetstream::context::{GetStreamError, GetStreamErrorKind, KeyValueErrorKind};
@@ -331,13 +342,10 @@ fn bucket_missing(e: &jetstream::context::KeyValueError) -> bool {
 /// consumer limit every listing (and every new consumer) failed.
 pub async fn live_workers(js: &jetstream::Context) -> Result<Vec<crate::WorkerInfo>, String> {
     use futures_util::TryStreamExt as _;
-    let kv = match js.get_key_value(crate::BUCKET_WORKERS).await {
-        Ok(kv) => kv,
-        // The bucket is kept in memory: after a server restart it is missing until a worker
-        // beats again (a live one makes it at once), so none is live.
-        Err(e) if bucket_missing(&e) => return Ok(Vec::new()),
-        Err(e) => return Err(e.to_string()),
-    };
+    let kv = js
+        .get_key_value(crate::BUCKET_WORKERS)
+        .await
+        .map_err(|e| e.to_string())?;
     let prefix = format!("$KV.{}.", crate::BUCKET_WORKERS);
     let subjects: Vec<(String, usize)> = js
         .get_stream(format!("KV_{}", crate::BUCKET_WORKERS))
