@@ -13,6 +13,9 @@ use crate::WorkerConfig;
 use crate::shared::Shared;
 
 /// A running heartbeat; [`Heartbeat::stop`] removes the entry.
+/// How long a stopping worker waits for its last beat and the removal of its entry.
+const STOP_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
+
 pub(crate) struct Heartbeat {
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
@@ -210,11 +213,20 @@ impl Heartbeat {
         })
     }
 
+    /// Stop beating and remove the worker's entry, waiting at most [`STOP_PATIENCE`]: with
+    /// the server gone, a beat on its way and the removal each waited for their request to
+    /// time out, and the worker outlived its orchestrator's grace period.
     pub(crate) async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        let _ = (&mut self.task).await;
+        if tokio::time::timeout(STOP_PATIENCE, &mut self.task)
+            .await
+            .is_err()
+        {
+            // The entry then lives out its TTL, three heartbeats.
+            self.task.abort();
+        }
     }
 }
 

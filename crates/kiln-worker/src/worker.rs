@@ -131,12 +131,19 @@ async fn drain(started: Started) -> Result<WorkerStats> {
     shared.config.health.stopping();
     tracing::info!(worker = %shared.config.name, "shutting down: draining running jobs");
     let _ = started.stop_dead_letters.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(5), started.dead_letters).await;
     let drain = shared.config.drain_timeout;
-    let drained = shared.admission.all_released(drain).await;
+    // The dead-letter task finishes the letter it is writing meanwhile, not before: with
+    // the server gone, each wait added to the stop, which then outlived its grace period.
+    let (drained, _) = tokio::join!(
+        shared.admission.all_released(drain),
+        tokio::time::timeout(Duration::from_secs(5), started.dead_letters),
+    );
     // Jobs answered until now are acked before the worker says it stopped; any answered
-    // after this (a drain that ran out of time) are acked at once.
-    shared.acks.close(Duration::from_secs(5)).await;
+    // after this (a drain that ran out of time) are acked at once. Without a connection the
+    // acks cannot leave: a moment for it to come back, not five seconds.
+    let connected = shared.client.connection_state() == async_nats::connection::State::Connected;
+    let acks_within = Duration::from_secs(if connected { 5 } else { 1 });
+    shared.acks.close(acks_within).await;
     started.heartbeat.stop().await;
     let stats = shared.stats();
     if !drained {
