@@ -1,12 +1,13 @@
 //! A job's objects: loading the inputs its parameters name from `KILN_DATA` before it runs,
 //! and storing the output it leaves there after.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind};
 use kiln_data::store;
 use kiln_kernels::{DecodedJob, Inputs, Stored};
-use kiln_proto::{JobError, ObjectDescriptor};
+use kiln_proto::{ErrorKind, JobError, ObjectDescriptor};
 
 use crate::admission::LoadPermit;
 use crate::shared::Shared;
@@ -20,31 +21,55 @@ pub(crate) async fn bucket(shared: &Shared) -> Result<&store::Bucket, JobError> 
         .await
 }
 
+/// Why a job's objects were not loaded.
+pub(crate) enum Unloaded {
+    /// Answer the job with this error.
+    Failed(JobError),
+    /// The worker stops past its drain timeout while the job waited to load: hand it back
+    /// with this reason, as a job waiting for a compute slot is.
+    Stopping(JobError),
+}
+
+impl From<JobError> for Unloaded {
+    fn from(error: JobError) -> Self {
+        Unloaded::Failed(error)
+    }
+}
+
 /// Load every object `job`'s parameters name, refusing one larger than this worker's memory
 /// budget before it is downloaded, then check the job again with the sizes now known.
 /// Downloads wait for a [`LoadPermit`] for the objects' bytes, which the caller holds until
-/// the job has computed (`None`: no objects). Progress acks keep the job while it waits and
-/// while large objects arrive.
+/// the job has computed and stored its output (`None`: no objects, or one over the budget,
+/// refused without waiting). Progress acks keep the job while it waits and while large
+/// objects arrive; a wait ends when the worker stops or the job is cancelled.
 pub(crate) async fn load(
     shared: &Shared,
     message: &jetstream::Message,
     job: &mut DecodedJob,
-) -> Result<Option<LoadPermit>, JobError> {
+    id: &str,
+) -> Result<Option<LoadPermit>, Unloaded> {
     let wanted = job.objects();
     if wanted.is_empty() {
         return Ok(None);
     }
     let fetch = async {
         let bucket = bucket(shared).await?;
+        let budget = shared.admission.memory().bytes;
         // An object whose size cannot be read counts as empty here: fetching it says why.
         let mut bytes = 0u64;
+        let mut oversize = false;
         for w in &wanted {
             let size = store::stored_size(bucket, &w.reference).await.unwrap_or(0);
+            oversize |= size > budget;
             bytes = bytes.saturating_add(size);
         }
-        let permit = shared.admission.load_permit(bytes).await;
+        // One object over the budget is refused by `fetch` before it is read: no need to wait
+        // for the whole budget first (and hold up every job behind).
+        let permit = match oversize {
+            true => None,
+            false => Some(wait_for_permit(shared, id, bytes).await?),
+        };
         let mut inputs = Inputs::none();
-        let budget = shared.admission.memory().bytes;
         let max_elements = shared.config.limits.max_elements;
         for w in wanted {
             let loaded = store::fetch(bucket, &w.reference, w.want, budget, max_elements)
@@ -56,7 +81,7 @@ pub(crate) async fn load(
                 })?;
             inputs.insert(w.param, loaded);
         }
-        Ok::<_, JobError>((inputs, permit))
+        Ok::<_, Unloaded>((inputs, permit))
     };
     // Boxed: the object store's futures are tens of kilobytes, which every job's future would
     // otherwise carry (and spawning copy) whether it loads objects or not.
@@ -68,7 +93,33 @@ pub(crate) async fn load(
     let (inputs, permit) = fetching.await?;
     job.load(inputs)?;
     shared.admission.fits(job.kind.name, job.plan.elements)?;
-    Ok(Some(permit))
+    Ok(permit)
+}
+
+/// Wait for a load permit for `bytes`, looking five times a second whether the worker stops
+/// or job `id` was cancelled, as a job waiting for a compute slot does.
+async fn wait_for_permit(shared: &Shared, id: &str, bytes: u64) -> Result<LoadPermit, Unloaded> {
+    let permit = shared.admission.load_permit(bytes);
+    tokio::pin!(permit);
+    let mut look = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            permit = &mut permit => return Ok(permit),
+            _ = look.tick() => {
+                if shared.stopping.load(Ordering::Relaxed) {
+                    return Err(Unloaded::Stopping(JobError::internal(
+                        "worker shutting down before the job loaded its objects; job handed back",
+                    )));
+                }
+                if shared.cancelled.contains(id) {
+                    return Err(Unloaded::Failed(JobError::new(
+                        ErrorKind::Cancelled,
+                        "cancelled by `kiln cancel` while it waited to load its objects",
+                    )));
+                }
+            }
+        }
+    }
 }
 
 /// Store what the job left to store (its output in full, or a trained model) and name the

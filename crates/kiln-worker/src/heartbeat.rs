@@ -12,10 +12,10 @@ use tokio::sync::oneshot;
 use crate::WorkerConfig;
 use crate::shared::Shared;
 
-/// A running heartbeat; [`Heartbeat::stop`] removes the entry.
 /// How long a stopping worker waits for its last beat and the removal of its entry.
 const STOP_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// A running heartbeat; [`Heartbeat::stop`] removes the entry.
 pub(crate) struct Heartbeat {
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,

@@ -9,6 +9,7 @@ use kiln_proto::{ErrorKind, JobError, OutputMode};
 use crate::answer::{self, Outcome};
 use crate::arrival::Arrival;
 use crate::compute::{self, Ran};
+use crate::data::Unloaded;
 use crate::shared::Shared;
 
 /// Handle one job to the end: answered, handed back for another attempt, or handed back
@@ -88,17 +89,35 @@ async fn run(
         return Some(refused(error, job.plan.flops));
     }
     let flops = job.plan.flops;
-    // Held until the job has computed and stored its output: its objects, then its output,
-    // are in memory until then.
-    let loaded = match crate::data::load(shared, &arrival.message, &mut job).await {
+    // A job reading objects may wait for a place to load them: `kiln status` finds it held.
+    let loads = !job.objects().is_empty();
+    if loads {
+        track(shared, id, arrival, true);
+    }
+    // Held until the job has computed and stored its output: its objects are in memory until
+    // then.
+    let loaded = match crate::data::load(shared, &arrival.message, &mut job, id).await {
         Ok(loaded) => loaded,
-        Err(error) => return Some(refused(error, flops)),
+        Err(unloaded) => {
+            if loads {
+                track(shared, id, arrival, false);
+            }
+            return match unloaded {
+                Unloaded::Failed(error) => Some(refused(error, flops)),
+                Unloaded::Stopping(error) => {
+                    if crate::handback::hand_back(shared, arrival, id, &error).await {
+                        return None;
+                    }
+                    Some(refused(error, flops))
+                }
+            };
+        }
     };
     let flops = job.plan.flops;
     let output_mode = job.output;
     // A job run inline is done in microseconds, before any heartbeat could report it.
-    let tracked = !compute::runs_inline(&shared.config, &job);
-    if tracked {
+    let tracked = loads || !compute::runs_inline(&shared.config, &job);
+    if tracked && !loads {
         track(shared, id, arrival, true);
     }
     drop(arriving);
