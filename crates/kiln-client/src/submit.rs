@@ -77,24 +77,32 @@ impl JobSpec {
 
 /// What a job computes, as the hex SHA-256 of its kind, parameters, seed, timeout and output
 /// mode (not its id, class or encoding). An input object given with its digest counts by
-/// that digest alone: `--input KEY=@FILE` stores each submission's file under a name of its
-/// own, and the same file sent twice is the same job. Two submissions of one id with
+/// that digest, not its name (with the reference's other fields, a safetensors `tensor`):
+/// `--input KEY=@FILE` stores each submission's file under a name of its own, and the same
+/// file sent twice is the same job. Two submissions of one id with
 /// different digests are two different jobs, of which the server keeps the first.
 pub fn job_digest(kind: &str, params: &serde_json::Value, meta: &JobMeta) -> String {
     use sha2::Digest as _;
     fn by_content(value: &serde_json::Value) -> serde_json::Value {
         use serde_json::Value;
         match value {
-            Value::Object(map) => match (map.get("object"), map.get("sha256")) {
-                (Some(Value::String(_)), Some(Value::String(digest))) => {
-                    serde_json::json!({ "sha256": digest.to_ascii_lowercase() })
-                }
-                _ => Value::Object(
-                    map.iter()
-                        .map(|(k, v)| (k.clone(), by_content(v)))
+            Value::Object(map) => {
+                // An object's name gives way to its digest; the rest (a safetensors file's
+                // `tensor`) still counts.
+                let by_digest = matches!(
+                    (map.get("object"), map.get("sha256")),
+                    (Some(Value::String(_)), Some(Value::String(_)))
+                );
+                let fields = map.iter().filter(|(k, _)| !(by_digest && *k == "object"));
+                Value::Object(
+                    fields
+                        .map(|(k, v)| match (by_digest && k == "sha256", v) {
+                            (true, Value::String(d)) => (k.clone(), d.to_ascii_lowercase().into()),
+                            _ => (k.clone(), by_content(v)),
+                        })
                         .collect(),
-                ),
-            },
+                )
+            }
             Value::Array(items) => Value::Array(items.iter().map(by_content).collect()),
             other => other.clone(),
         }
@@ -485,4 +493,43 @@ pub fn check_class(kind: &KindEntry, class: DeviceClass, params: &serde_json::Va
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An input object counts by its digest and the entry it picks, not by its name.
+    #[test]
+    fn a_digest_counts_objects_by_content_and_entry() {
+        let meta = JobMeta {
+            id: None,
+            seed: Some(1),
+            timeout_ms: None,
+            output: OutputMode::Auto,
+        };
+        let digest = |params: serde_json::Value| job_digest("matmul", &params, &meta);
+        let object = |name: &str, sha: &str, tensor: &str| {
+            serde_json::json!({
+                "a": {"object": name, "sha256": sha, "tensor": tensor},
+                "b": [[1.0]],
+            })
+        };
+        let first = digest(object("inputs/x/1/a", "AB12", "layer1"));
+        assert_eq!(first, digest(object("inputs/x/2/a", "ab12", "layer1")));
+        assert_ne!(first, digest(object("inputs/x/2/a", "ab12", "layer2")));
+        assert_ne!(first, digest(object("inputs/x/1/a", "cd34", "layer1")));
+        // Without a digest the name is what is known of it.
+        let named = |name: &str| digest(serde_json::json!({"a": {"object": name}}));
+        assert_ne!(named("m1"), named("m2"));
+        let other_seed = JobMeta {
+            seed: Some(2),
+            ..meta.clone()
+        };
+        let n4 = serde_json::json!({"n": 4});
+        assert_ne!(
+            job_digest("matmul", &n4, &meta),
+            job_digest("matmul", &n4, &other_seed)
+        );
+    }
 }
