@@ -609,9 +609,9 @@ async fn a_planted_message_id_cannot_take_the_place_of_a_copy() {
 
 /// A `KILN_JOBS` made by hand that would lose jobs is refused at start, with what to do: one
 /// that keeps messages as a limits stream (`kiln init` cannot change retention), and one that
-/// drops its oldest jobs when full (`kiln init` fixes it). Before, a worker ran on the first,
-/// `kiln submit --count 20` exited 0 with 10 jobs lost, and `kiln init` said only "can not
-/// change retention policy"; a stream on `jobs.>` was refused as lacking `jobs.gpu.*`.
+/// drops its oldest jobs when full, or stores subjects no consumer reads (`kiln init` fixes
+/// those). Before, a worker ran on the first, `kiln submit --count 20` exited 0 with 10 jobs
+/// lost, and `kiln init` said only "can not change retention policy".
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hand_made_jobs_stream_that_would_lose_jobs_is_refused_with_what_to_do() {
     let cluster = Cluster::new();
@@ -625,7 +625,8 @@ async fn a_hand_made_jobs_stream_that_would_lose_jobs_is_refused_with_what_to_do
         discard: jetstream::stream::DiscardPolicy::Old,
         ..Default::default()
     };
-    let kiln_subjects = kiln_proto::Topology::default().jobs_stream().subjects;
+    let kiln_subjects_again = || kiln_proto::Topology::default().jobs_stream().subjects;
+    let kiln_subjects = kiln_subjects_again();
     js.create_stream(made(
         jetstream::stream::RetentionPolicy::Limits,
         kiln_subjects,
@@ -648,19 +649,27 @@ async fn a_hand_made_jobs_stream_that_would_lose_jobs_is_refused_with_what_to_do
     let stored = js.get_stream(streams::STREAM_JOBS).await.unwrap();
     assert_eq!(stored.cached_info().state.messages, 0, "nothing submitted");
 
-    // A work queue on `jobs.>` that drops its oldest jobs: named, then fixed by `kiln init`.
-    js.delete_stream(streams::STREAM_JOBS).await.unwrap();
-    let all = vec!["jobs.>".to_owned()];
-    js.create_stream(made(jetstream::stream::RetentionPolicy::WorkQueue, all))
+    // Work queues that store what no consumer reads, or drop their oldest jobs: each named,
+    // then fixed by `kiln init`.
+    for (subjects, said) in [
+        (vec!["jobs.>".to_owned()], "which no kiln consumer reads"),
+        (kiln_subjects_again(), "drops its oldest queued jobs"),
+    ] {
+        let _ = js.delete_stream(streams::STREAM_JOBS).await;
+        js.create_stream(made(
+            jetstream::stream::RetentionPolicy::WorkQueue,
+            subjects,
+        ))
         .await
         .unwrap();
-    let out = cluster.kiln(&["submit", "vector_add", "-p", "len=4"]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
-    assert!(
-        stderr.contains("drops its oldest queued jobs") && stderr.contains("run `kiln init` once"),
-        "{stderr}"
-    );
+        let out = cluster.kiln(&["submit", "vector_add", "-p", "len=4"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(
+            stderr.contains(said) && stderr.contains("run `kiln init` once"),
+            "{stderr}"
+        );
+    }
     common::assert_success(&cluster.kiln(&["init"]));
     let info = js
         .get_stream(streams::STREAM_JOBS)

@@ -384,10 +384,10 @@ async fn stream_missing(js: &jetstream::Context, stream: &str) -> Result<bool, S
 }
 
 /// A jobs stream kiln can run on, said at start rather than found out later: one made before
-/// copies had a subject of their own would refuse every routed copy and hand-back; one made
-/// by hand as a limits stream keeps jobs after they ran (and runs none twice only by chance),
-/// and one that drops its oldest messages when full loses queued jobs without a word to their
-/// submitters (kiln's refuses new ones instead).
+/// copies had a subject of their own would refuse every routed copy and hand-back; one that
+/// stores subjects beyond kiln's keeps jobs no consumer reads; one made by hand as a limits
+/// stream keeps jobs after they ran, and one that drops its oldest messages when full loses
+/// queued jobs without a word to their submitters (kiln's refuses new ones instead).
 async fn check_jobs_stream(
     jobs: &mut jetstream::stream::Stream,
     topology: &Topology,
@@ -411,6 +411,27 @@ async fn check_jobs_stream(
         .iter()
         .filter(|w| !stored.subjects.iter().any(|s| crate::subject::covers(s, w)))
         .collect();
+    // And nothing beyond them: a stream on `jobs.>` stores what no consumer reads
+    // (`jobs.cpu`, `jobs.GPU.matmul`), which then waits there for ever, counted against the
+    // queue's limits, where the server should answer "no responders".
+    let extra: Vec<&String> = stored
+        .subjects
+        .iter()
+        .filter(|s| !wanted.iter().any(|w| crate::subject::covers(w, s)))
+        .collect();
+    if !extra.is_empty() {
+        return Err(SetupError::Outdated {
+            what: format!(
+                "{STREAM_JOBS} stores {}, which no kiln consumer reads: jobs sent there would \
+                 wait for ever",
+                extra
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        });
+    }
     if !missing.is_empty() {
         return Err(SetupError::Outdated {
             what: format!(
