@@ -799,7 +799,7 @@ fn demo_runs_to_completion_with_an_embedded_server() {
 }
 
 /// SIGTERM to the demo alone (as `timeout` or a cancelled CI job sends it) stops its private
-/// nats-server and removes its store; they were left behind.
+/// nats-server (dropping it also removes its store); the server was left running.
 #[test]
 fn a_demo_stopped_by_a_signal_takes_its_server_with_it() {
     use std::io::{BufRead as _, BufReader};

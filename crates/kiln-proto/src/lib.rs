@@ -111,9 +111,9 @@ pub fn expect_no_result(headers: &mut async_nats::HeaderMap) {
 /// and 64 random bits in hex. Without the random part anyone allowed to submit could compute
 /// it (job ids and sequences are no secret) and publish a job under it first: the server
 /// would then drop kiln's copy as a duplicate, report it stored, and the job would never
-/// run. The price: a job redelivered to a second router after the first died between
-/// storing its copy and acking the original is copied twice, runs twice, and keeps its first
-/// answer (a job id is answered once).
+/// run. The price: a copy whose storing was not confirmed (its router died before acking the
+/// original, or the PubAck was lost and the original handed back) is made again under a new
+/// id, so the job runs twice and keeps its first answer (a job id is answered once).
 pub fn copy_msg_id(what: &str, sequence: u64, id: &str) -> String {
     format!("{what}-{sequence}-{id}.{:016x}", rand::random::<u64>())
 }
