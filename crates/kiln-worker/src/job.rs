@@ -6,6 +6,7 @@ use std::sync::Arc;
 use kiln_kernels::{ComputeDevice, DecodedJob, Stored};
 use kiln_proto::{ErrorKind, JobError, OutputMode};
 
+use crate::admission::LoadPermit;
 use crate::answer::{self, Outcome};
 use crate::arrival::Arrival;
 use crate::compute::{self, Ran};
@@ -88,30 +89,13 @@ async fn run(
         );
         return Some(refused(error, job.plan.flops));
     }
-    let flops = job.plan.flops;
     // A job reading objects may wait for a place to load them: `kiln status` finds it held.
     let loads = !job.objects().is_empty();
-    if loads {
-        track(shared, id, arrival, true);
-    }
     // Held until the job has computed and stored its output: its objects are in memory until
     // then.
-    let loaded = match crate::data::load(shared, &arrival.message, &mut job, id).await {
+    let loaded = match load(shared, arrival, &mut job, id, loads).await {
         Ok(loaded) => loaded,
-        Err(unloaded) => {
-            if loads {
-                track(shared, id, arrival, false);
-            }
-            return match unloaded {
-                Unloaded::Failed(error) => Some(refused(error, flops)),
-                Unloaded::Stopping(error) => {
-                    if crate::handback::hand_back(shared, arrival, id, &error).await {
-                        return None;
-                    }
-                    Some(refused(error, flops))
-                }
-            };
-        }
+        Err(answer) => return answer,
     };
     let flops = job.plan.flops;
     let output_mode = job.output;
@@ -157,6 +141,43 @@ async fn run(
         compute_ms,
         flops,
         waited,
+    })
+}
+
+/// Load the objects of `job` (which `loads` them: tracked as held meanwhile); `Err` with what
+/// to answer when they were not loaded (`None`: handed back).
+async fn load(
+    shared: &Shared,
+    arrival: &Arrival,
+    job: &mut DecodedJob,
+    id: &str,
+    loads: bool,
+) -> Result<Option<LoadPermit>, Option<Outcome>> {
+    if loads {
+        track(shared, id, arrival, true);
+    }
+    let flops = job.plan.flops;
+    let refused = |error| Outcome {
+        result: Err(error),
+        compute_ms: 0.0,
+        flops,
+        waited: std::time::Duration::ZERO,
+    };
+    let unloaded = match crate::data::load(shared, &arrival.message, job, id).await {
+        Ok(loaded) => return Ok(loaded),
+        Err(unloaded) => unloaded,
+    };
+    if loads {
+        track(shared, id, arrival, false);
+    }
+    Err(match unloaded {
+        Unloaded::Failed(error) => Some(refused(error)),
+        Unloaded::Stopping(error) => {
+            if crate::handback::hand_back(shared, arrival, id, &error).await {
+                return Err(None);
+            }
+            Some(refused(error))
+        }
     })
 }
 
