@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use kiln_kernels::{Checkpoint, DecodedJob, Progress};
 use kiln_proto::{ErrorKind, JobError};
@@ -99,7 +99,9 @@ pub(crate) fn enqueue(shared: &Arc<Shared>, job: DecodedJob, id: &str) -> onesho
 /// Run one batch on a compute slot holding the memory of all its jobs, then answer each.
 async fn run(shared: Arc<Shared>, jobs: Vec<Waiting>) {
     let elements = jobs.iter().map(|w| w.job.plan.elements).sum();
-    let Some(permit) = admit(&shared, elements).await else {
+    let admitted =
+        crate::compute::watched(&shared, None, shared.admission.compute_permit(elements));
+    let Ok(permit) = admitted.await else {
         for waiting in jobs {
             let _ = waiting.done.send(Ran::handed_back(
                 "worker shutting down before the job started; job handed back".into(),
@@ -111,21 +113,6 @@ async fn run(shared: Arc<Shared>, jobs: Vec<Waiting>) {
     if let Err(e) = task.await {
         // The senders went down with the task: every job's receiver sees it and fails.
         tracing::error!("a batch's compute task failed: {e}");
-    }
-}
-
-/// A compute slot and the batch's memory, or `None` when the worker stops meanwhile.
-async fn admit(shared: &Shared, elements: u64) -> Option<ComputePermit> {
-    let acquire = shared.admission.compute_permit(elements);
-    tokio::pin!(acquire);
-    let mut stopping = tokio::time::interval(Duration::from_millis(200));
-    loop {
-        tokio::select! {
-            permit = &mut acquire => return Some(permit),
-            _ = stopping.tick() => if shared.stopping.load(Ordering::Relaxed) {
-                return None;
-            },
-        }
     }
 }
 

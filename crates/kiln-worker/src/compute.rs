@@ -85,13 +85,13 @@ pub(crate) async fn compute(
     let mut ticker = progress_ticker(shared.config.topology.ack_wait);
     let waiting = Instant::now();
     let permit = match admit(shared, message, &job, id, &mut ticker).await {
-        Admitted::Permit(permit) => permit,
-        Admitted::Stopping => {
+        Ok(permit) => permit,
+        Err(Interrupted::Stopping) => {
             return Ran::handed_back(
                 "worker shutting down before the job started; job handed back".into(),
             );
         }
-        Admitted::Cancelled => {
+        Err(Interrupted::Cancelled) => {
             let error = JobError::new(
                 ErrorKind::Cancelled,
                 "cancelled by `kiln cancel` while it waited for a compute slot",
@@ -150,39 +150,56 @@ fn computing(shared: &Shared, id: &str) {
     }
 }
 
-/// How waiting for a compute slot ended.
-enum Admitted {
-    Permit(ComputePermit),
+/// How a wait for a permit ended before the permit came.
+pub(crate) enum Interrupted {
     /// The worker stops past its drain timeout (it hands back the jobs still waiting too).
     Stopping,
     /// `kiln cancel` marked the job meanwhile.
     Cancelled,
 }
 
-/// Wait for a compute slot and the job's memory, with progress acks meanwhile, looking five
-/// times a second whether the worker stops or the job was cancelled.
+/// Wait for `permit` (a compute slot, a place to load objects), looking five times a second
+/// whether the worker stops or, given its `id`, the job was cancelled.
+pub(crate) async fn watched<T>(
+    shared: &Shared,
+    id: Option<&str>,
+    permit: impl Future<Output = T>,
+) -> Result<T, Interrupted> {
+    tokio::pin!(permit);
+    let mut look = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            permit = &mut permit => return Ok(permit),
+            _ = look.tick() => {
+                if shared.stopping.load(Ordering::Relaxed) {
+                    return Err(Interrupted::Stopping);
+                }
+                if id.is_some_and(|id| shared.cancelled.contains(id)) {
+                    return Err(Interrupted::Cancelled);
+                }
+            }
+        }
+    }
+}
+
+/// Wait for a compute slot and the job's memory ([`watched`]), with progress acks meanwhile.
 async fn admit(
     shared: &Shared,
     message: &jetstream::Message,
     job: &DecodedJob,
     id: &str,
     ticker: &mut tokio::time::Interval,
-) -> Admitted {
-    let acquire = shared.admission.compute_permit(job.plan.elements);
-    tokio::pin!(acquire);
-    let mut look = tokio::time::interval(Duration::from_millis(200));
+) -> Result<ComputePermit, Interrupted> {
+    let admitted = watched(
+        shared,
+        Some(id),
+        shared.admission.compute_permit(job.plan.elements),
+    );
+    tokio::pin!(admitted);
     loop {
         tokio::select! {
-            permit = &mut acquire => return Admitted::Permit(permit),
+            admitted = &mut admitted => return admitted,
             _ = ticker.tick() => { let _ = message.ack_with(AckKind::Progress).await; }
-            _ = look.tick() => {
-                if shared.stopping.load(Ordering::Relaxed) {
-                    return Admitted::Stopping;
-                }
-                if shared.cancelled.contains(id) {
-                    return Admitted::Cancelled;
-                }
-            }
         }
     }
 }

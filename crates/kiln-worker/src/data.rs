@@ -1,7 +1,6 @@
 //! A job's objects: loading the inputs its parameters name from `KILN_DATA` before it runs,
 //! and storing the output it leaves there after.
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind};
@@ -10,6 +9,7 @@ use kiln_kernels::{DecodedJob, Inputs, Stored};
 use kiln_proto::{ErrorKind, JobError, ObjectDescriptor};
 
 use crate::admission::LoadPermit;
+use crate::compute::Interrupted;
 use crate::shared::Shared;
 
 /// The `KILN_DATA` bucket, opened on first use (a worker that never sees an object never
@@ -96,30 +96,21 @@ pub(crate) async fn load(
     Ok(permit)
 }
 
-/// Wait for a load permit for `bytes`, looking five times a second whether the worker stops
-/// or job `id` was cancelled, as a job waiting for a compute slot does.
+/// Wait for a load permit for `bytes`, as a job waiting for a compute slot waits for one
+/// ([`crate::compute::watched`]).
 async fn wait_for_permit(shared: &Shared, id: &str, bytes: u64) -> Result<LoadPermit, Unloaded> {
     let permit = shared.admission.load_permit(bytes);
-    tokio::pin!(permit);
-    let mut look = tokio::time::interval(Duration::from_millis(200));
-    loop {
-        tokio::select! {
-            permit = &mut permit => return Ok(permit),
-            _ = look.tick() => {
-                if shared.stopping.load(Ordering::Relaxed) {
-                    return Err(Unloaded::Stopping(JobError::internal(
-                        "worker shutting down before the job loaded its objects; job handed back",
-                    )));
-                }
-                if shared.cancelled.contains(id) {
-                    return Err(Unloaded::Failed(JobError::new(
-                        ErrorKind::Cancelled,
-                        "cancelled by `kiln cancel` while it waited to load its objects",
-                    )));
-                }
-            }
-        }
-    }
+    crate::compute::watched(shared, Some(id), permit)
+        .await
+        .map_err(|interrupted| match interrupted {
+            Interrupted::Stopping => Unloaded::Stopping(JobError::internal(
+                "worker shutting down before the job loaded its objects; job handed back",
+            )),
+            Interrupted::Cancelled => Unloaded::Failed(JobError::new(
+                ErrorKind::Cancelled,
+                "cancelled by `kiln cancel` while it waited to load its objects",
+            )),
+        })
 }
 
 /// Store what the job left to store (its output in full, or a trained model) and name the
