@@ -25,7 +25,8 @@ enum Py {
     Bool(bool),
     Int(u64),
     None,
-    Seq(Vec<Py>),
+    Tuple(Vec<Py>),
+    List(Vec<Py>),
     Dict(Vec<(Py, Py)>),
 }
 
@@ -62,7 +63,10 @@ impl PyParser<'_> {
         match *self.text.get(self.pos)? {
             quote @ (b'\'' | b'"') => self.string(quote),
             b'(' => self.seq(b')', depth),
-            b'[' => self.seq(b']', depth),
+            b'[' => self.seq(b']', depth).map(|items| match items {
+                Py::Tuple(items) => Py::List(items),
+                other => other,
+            }),
             b'{' => self.dict(depth),
             b'0'..=b'9' => self.int(),
             _ => self.word(),
@@ -91,17 +95,24 @@ impl PyParser<'_> {
         String::from_utf8(out).ok().map(Py::Str)
     }
 
-    /// A tuple or list, ending in `close`, a trailing comma allowed.
+    /// A tuple (or, once `value` has renamed it, a list), ending in `close`, a trailing comma
+    /// allowed. As in Python, one item in parentheses without a comma is that item, not a tuple.
     fn seq(&mut self, close: u8, depth: usize) -> Option<Py> {
         self.pos += 1;
         let mut items = Vec::new();
         loop {
             if self.eat(close) {
-                return Some(Py::Seq(items));
+                return Some(Py::Tuple(items));
             }
             items.push(self.value(depth + 1)?);
             if !self.eat(b',') {
-                return self.eat(close).then_some(Py::Seq(items));
+                if !self.eat(close) {
+                    return None;
+                }
+                return Some(match (close, items.len()) {
+                    (b')', 1) => items.pop()?,
+                    _ => Py::Tuple(items),
+                });
             }
         }
     }
@@ -153,6 +164,19 @@ impl PyParser<'_> {
             }
         }
         None
+    }
+}
+
+/// A key of an `.npy` header's dict, as an error names it.
+fn py_repr(key: &Py) -> String {
+    match key {
+        Py::Str(s) => format!("'{s}'"),
+        Py::Int(n) => n.to_string(),
+        Py::Bool(b) => if *b { "True" } else { "False" }.to_owned(),
+        Py::None => "None".to_owned(),
+        Py::Tuple(_) => "(a tuple)".to_owned(),
+        Py::List(_) => "(a list)".to_owned(),
+        Py::Dict(_) => "(a dict)".to_owned(),
     }
 }
 
@@ -259,6 +283,31 @@ fn parse_npy_dict(what: &str, text: &[u8]) -> Result<NpyHeader, DataError> {
     let Some(Py::Dict(items)) = parser.value(0) else {
         return Err(bad("is not a Python dict"));
     };
+    parser.skip_ws();
+    if parser.pos < text.len() {
+        return Err(bad("has more after its dict"));
+    }
+    // numpy refuses a header whose keys are not exactly these three; a key given twice (which
+    // Python would read as its last value) is refused rather than read either way.
+    const KEYS: [&str; 3] = ["descr", "fortran_order", "shape"];
+    for key in KEYS {
+        let times = items
+            .iter()
+            .filter(|(k, _)| matches!(k, Py::Str(s) if s == key))
+            .count();
+        if times > 1 {
+            return Err(bad(&format!("gives '{key}' {times} times")));
+        }
+    }
+    if let Some((key, _)) = items
+        .iter()
+        .find(|(k, _)| !matches!(k, Py::Str(s) if KEYS.contains(&s.as_str())))
+    {
+        return Err(bad(&format!(
+            "has the key {key}, besides numpy's 'descr', 'fortran_order' and 'shape'",
+            key = py_repr(key)
+        )));
+    }
     let get = |key: &str| {
         items
             .iter()
@@ -267,13 +316,14 @@ fn parse_npy_dict(what: &str, text: &[u8]) -> Result<NpyHeader, DataError> {
     };
     let (elem, big_endian) = match get("descr") {
         Some(Py::Str(descr)) => npy_elem(what, descr)?,
-        Some(Py::Seq(_)) => {
+        Some(Py::List(_)) => {
             return Err(invalid(format!(
                 "{what} has a structured dtype (named fields), which kiln does not read; save \
                  one plain numeric array per file"
             )));
         }
-        _ => return Err(bad("has no dtype ('descr')")),
+        Some(_) => return Err(bad("has a 'descr' that is not a dtype")),
+        None => return Err(bad("has no dtype ('descr')")),
     };
     match get("fortran_order") {
         Some(Py::Bool(false)) => {}
@@ -283,10 +333,11 @@ fn parse_npy_dict(what: &str, text: &[u8]) -> Result<NpyHeader, DataError> {
                  save it with np.save(f, np.ascontiguousarray(a))"
             )));
         }
-        _ => return Err(bad("has no 'fortran_order'")),
+        Some(_) => return Err(bad("has a 'fortran_order' that is neither True nor False")),
+        None => return Err(bad("has no 'fortran_order'")),
     }
     let shape = match get("shape") {
-        Some(Py::Seq(dims)) => dims
+        Some(Py::Tuple(dims)) => dims
             .iter()
             .map(|d| match d {
                 Py::Int(n) => usize::try_from(*n).ok(),
@@ -294,7 +345,8 @@ fn parse_npy_dict(what: &str, text: &[u8]) -> Result<NpyHeader, DataError> {
             })
             .collect::<Option<Vec<_>>>()
             .ok_or_else(|| bad("has a shape that is not a tuple of sizes"))?,
-        _ => return Err(bad("has no shape")),
+        Some(_) => return Err(bad("has a shape that is not a tuple of sizes")),
+        None => return Err(bad("has no shape")),
     };
     Ok(NpyHeader {
         elem,
@@ -524,16 +576,77 @@ mod tests {
     }
 
     fn npy_structured() -> Vec<u8> {
-        let dict =
-            "{'descr': [('a', '<f4'), ('b', '<i4')], 'fortran_order': False, 'shape': (1,), }";
+        npy_with_dict(
+            "{'descr': [('a', '<f4'), ('b', '<i4')], 'fortran_order': False, 'shape': (1,), }",
+            &[0; 8],
+        )
+    }
+
+    /// An `.npy` file whose header dict is `dict` as written.
+    fn npy_with_dict(dict: &str, data: &[u8]) -> Vec<u8> {
         let total = (10 + dict.len() + 1).next_multiple_of(64);
         let mut out = b"\x93NUMPY\x01\x00".to_vec();
         out.extend_from_slice(&((total - 10) as u16).to_le_bytes());
         out.extend_from_slice(dict.as_bytes());
         out.resize(total - 1, b' ');
         out.push(b'\n');
-        out.extend_from_slice(&[0; 8]);
+        out.extend_from_slice(data);
         out
+    }
+
+    /// What numpy's own reader (`_read_array_header`) refuses, kiln refuses too, rather than
+    /// read values numpy would not: other keys, a shape that is no tuple, a key given twice
+    /// (Python keeps the last, an earlier kiln read the first), text after the dict.
+    #[test]
+    fn refuses_npy_headers_numpy_refuses() {
+        let four = 1.5f32.to_le_bytes().repeat(4);
+        for (dict, why) in [
+            (
+                "{'descr': '<f4', 'fortran_order': False, 'shape': (4,), 'extra': 1}",
+                "has the key 'extra', besides numpy's 'descr', 'fortran_order' and 'shape'",
+            ),
+            (
+                "{'descr': '<f4', 'fortran_order': False, 'shape': [4]}",
+                "has a shape that is not a tuple of sizes",
+            ),
+            (
+                "{'descr': '<f4', 'fortran_order': False, 'shape': (4)}",
+                "has a shape that is not a tuple of sizes",
+            ),
+            (
+                "{'descr': '<i4', 'descr': '<f4', 'fortran_order': False, 'shape': (4,)}",
+                "gives 'descr' 2 times",
+            ),
+            (
+                "{'descr': '<f4', 'fortran_order': 0, 'shape': (4,)}",
+                "has a 'fortran_order' that is neither True nor False",
+            ),
+            (
+                "{'descr': 4, 'fortran_order': False, 'shape': (4,)}",
+                "has a 'descr' that is not a dtype",
+            ),
+            (
+                "{'descr': '<f4', 'fortran_order': False, 'shape': (4,)} x",
+                "has more after its dict",
+            ),
+            ("{'descr': '<f4', 'fortran_order': False}", "has no shape"),
+        ] {
+            let m = message(read(&npy_with_dict(dict, &four), None));
+            assert_eq!(
+                m,
+                format!("t: its .npy header {why}; save it again with np.save"),
+                "{dict}"
+            );
+        }
+        // What numpy writes, in the spellings it has used, still reads.
+        for dict in [
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 2), }",
+            "{\"descr\": \"<f4\", \"fortran_order\": False, \"shape\": (4,)}",
+            "{'shape': (4L,), 'fortran_order': False, 'descr': '<f4'}",
+        ] {
+            let t = read(&npy_with_dict(dict, &four), None).unwrap();
+            assert_eq!(t.data, vec![1.5; 4], "{dict}");
+        }
     }
 
     #[test]
