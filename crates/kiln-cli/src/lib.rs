@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod cmd;
 mod local_nats;
+pub mod log;
 pub mod screen;
 mod signal;
 mod table;

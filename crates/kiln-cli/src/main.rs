@@ -3,7 +3,8 @@
 
 use std::process::ExitCode;
 
-use kiln_cli::{cli, cmd, screen};
+use kiln_cli::{cli, cmd, log, screen};
+use tracing::Level;
 
 // Workers allocate and free many small buffers per job from several threads at once; glibc's
 // arena locks and consolidation showed up at ~12% of the worker's CPU in `kiln-bench pipeline`.
@@ -17,7 +18,7 @@ fn main() -> ExitCode {
     }
     init_tracing(&cli);
     if let Err(e) = cli.nats.resolve() {
-        eprintln!("kiln: {}", causes(&e));
+        log::say(Level::ERROR, &format!("kiln: {}", causes(&e)));
         return ExitCode::FAILURE;
     }
     // Before the runtime: the OTLP exporter builds a blocking HTTP client. Dropped after it,
@@ -35,14 +36,17 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("kiln: could not start the async runtime: {e}");
+            log::say(
+                Level::ERROR,
+                &format!("kiln: could not start the async runtime: {e}"),
+            );
             return ExitCode::FAILURE;
         }
     };
     let code = match runtime.block_on(cmd::run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("kiln: {}", causes(&e));
+            log::say(Level::ERROR, &format!("kiln: {}", causes(&e)));
             ExitCode::FAILURE
         }
     };
@@ -99,6 +103,7 @@ fn init_tracing(cli: &cli::Cli) {
         .with_env_filter(filter)
         .with_writer(writer)
         .with_ansi(colour_logs());
+    log::set_json(matches!(cli.log_format, cli::LogFormat::Json));
     match cli.log_format {
         cli::LogFormat::Json => builder.json().init(),
         cli::LogFormat::Text => builder.init(),

@@ -6,7 +6,7 @@ pub async fn shutdown() {
     tracing::info!("signal received: shutting down gracefully (send it again to exit now)");
     tokio::spawn(async {
         wait_for_signal().await;
-        eprintln!("kiln: second signal, exiting now");
+        crate::log::say(tracing::Level::WARN, "kiln: second signal, exiting now");
         std::process::exit(130);
     });
 }

@@ -955,3 +955,67 @@ async fn an_aggregator_never_overwrites_a_snapshot_it_did_not_read() {
     let s = common::snapshot(&snapshots, "vector_add", "cpu").unwrap();
     assert_eq!(s.jobs, 1200, "{s:?}");
 }
+
+/// With `--log-format json` (the images' and manifests' setting) every line a role writes is
+/// JSON, its last line and a fatal error included: "worker stopped: …" and "kiln: <why it
+/// exited>" were plain text, which a JSON log collector fails to parse exactly when it
+/// matters. They are written even when `RUST_LOG` leaves kiln's own target out.
+#[tokio::test(flavor = "multi_thread")]
+async fn json_logs_are_json_to_the_last_line_and_the_fatal_error() {
+    use std::io::{BufRead as _, BufReader};
+    let cluster = Cluster::new();
+    cluster.init().await;
+    let mut worker = Command::new(KILN)
+        .args(["--log-format", "json", "worker", "--device", "cpu"])
+        .env("NATS_URL", cluster.server.url())
+        .env("RUST_LOG", "kiln_worker=info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(worker.stderr.take().unwrap());
+    let mut lines = Vec::new();
+    let mut line = String::new();
+    while !line.contains("worker serving") {
+        line.clear();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "{lines:?}");
+        lines.push(line.clone());
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &worker.id().to_string()])
+        .status();
+    let rest: Vec<String> = stderr.lines().map(Result::unwrap).collect();
+    assert!(worker.wait().unwrap().success());
+    lines.extend(rest);
+    let events: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let last = events.last().unwrap();
+    assert_eq!(last["level"], "INFO", "{last}");
+    assert_eq!(
+        last["fields"]["message"],
+        "worker stopped: 0 succeeded, 0 failed, 0 handed back for retry, 0 handed back \
+         unfinished"
+    );
+
+    // A fatal error: the metrics port is taken.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = Command::new(KILN)
+        .args(["aggregator", "--metrics-addr", &addr])
+        .env("NATS_URL", cluster.server.url())
+        .env("KILN_LOG_FORMAT", "json")
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stderr);
+    let fatal: serde_json::Value = serde_json::from_str(text.trim()).expect(&text);
+    assert_eq!(fatal["level"], "ERROR");
+    assert_eq!(fatal["target"], "kiln");
+    let message = fatal["fields"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with(&format!("kiln: could not listen on --metrics-addr {addr}")),
+        "{message}"
+    );
+}

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use kiln_kernels::ComputeDevice;
+use tracing::Level;
 
 use crate::cli::{AggregatorArgs, NatsArgs, SchedulerArgs, WorkerArgs};
 
@@ -140,13 +141,17 @@ pub async fn worker(nats: &NatsArgs, args: WorkerArgs) -> anyhow::Result<ExitCod
                  back after the ack wait)"
             ),
         };
-        eprintln!("worker stopped: {e}{rest}");
+        crate::log::say(Level::INFO, &format!("worker stopped: {e}{rest}"));
         return Ok(ExitCode::SUCCESS);
     }
     let stats = stopped?;
-    eprintln!(
-        "worker stopped: {} succeeded, {} failed, {} handed back for retry, {} handed back unfinished",
-        stats.succeeded, stats.failed, stats.retried, stats.handed_back
+    crate::log::say(
+        Level::INFO,
+        &format!(
+            "worker stopped: {} succeeded, {} failed, {} handed back for retry, {} handed back \
+             unfinished",
+            stats.succeeded, stats.failed, stats.retried, stats.handed_back
+        ),
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -186,9 +191,12 @@ pub async fn scheduler(nats: &NatsArgs, args: SchedulerArgs) -> anyhow::Result<E
     .await?;
     let client = kiln_client::connect_and_wait(&nats.connect_options()).await?;
     let stats = kiln_scheduler::run(client, config, crate::signal::shutdown()).await?;
-    eprintln!(
-        "scheduler stopped: {} job(s) routed to gpu, {} to cpu",
-        stats.routed_gpu, stats.routed_cpu
+    crate::log::say(
+        Level::INFO,
+        &format!(
+            "scheduler stopped: {} job(s) routed to gpu, {} to cpu",
+            stats.routed_gpu, stats.routed_cpu
+        ),
     );
     Ok(ExitCode::SUCCESS)
 }
