@@ -273,6 +273,31 @@ pub(super) fn read_npy_header(what: &str, reader: &mut dyn Read) -> Result<NpyHe
     parse_npy_dict(what, &text)
 }
 
+/// numpy refuses a header whose keys are not exactly these three; a key given twice (which
+/// Python would read as its last value) is refused rather than read either way.
+fn check_keys(items: &[(Py, Py)]) -> Result<(), String> {
+    const KEYS: [&str; 3] = ["descr", "fortran_order", "shape"];
+    for key in KEYS {
+        let times = items
+            .iter()
+            .filter(|(k, _)| matches!(k, Py::Str(s) if s == key))
+            .count();
+        if times > 1 {
+            return Err(format!("gives '{key}' {times} times"));
+        }
+    }
+    match items
+        .iter()
+        .find(|(k, _)| !matches!(k, Py::Str(s) if KEYS.contains(&s.as_str())))
+    {
+        Some((key, _)) => Err(format!(
+            "has the key {key}, besides numpy's 'descr', 'fortran_order' and 'shape'",
+            key = py_repr(key)
+        )),
+        None => Ok(()),
+    }
+}
+
 fn parse_npy_dict(what: &str, text: &[u8]) -> Result<NpyHeader, DataError> {
     let bad = |why: &str| {
         invalid(format!(
@@ -287,27 +312,7 @@ fn parse_npy_dict(what: &str, text: &[u8]) -> Result<NpyHeader, DataError> {
     if parser.pos < text.len() {
         return Err(bad("has more after its dict"));
     }
-    // numpy refuses a header whose keys are not exactly these three; a key given twice (which
-    // Python would read as its last value) is refused rather than read either way.
-    const KEYS: [&str; 3] = ["descr", "fortran_order", "shape"];
-    for key in KEYS {
-        let times = items
-            .iter()
-            .filter(|(k, _)| matches!(k, Py::Str(s) if s == key))
-            .count();
-        if times > 1 {
-            return Err(bad(&format!("gives '{key}' {times} times")));
-        }
-    }
-    if let Some((key, _)) = items
-        .iter()
-        .find(|(k, _)| !matches!(k, Py::Str(s) if KEYS.contains(&s.as_str())))
-    {
-        return Err(bad(&format!(
-            "has the key {key}, besides numpy's 'descr', 'fortran_order' and 'shape'",
-            key = py_repr(key)
-        )));
-    }
+    check_keys(&items).map_err(|why| bad(&why))?;
     let get = |key: &str| {
         items
             .iter()
