@@ -82,11 +82,8 @@ impl<B: Backend> Mlp<B> {
         let mut correct = Tensor::<B, 1, Int>::zeros([1], &device);
         for start in (0..samples).step_by(rows) {
             let end = (start + rows).min(samples);
-            let predicted = self
-                .forward(x.clone().slice(start..end))
-                .argmax(1)
-                .reshape([end - start]);
-            correct = correct + predicted.equal(y.clone().slice(start..end)).int().sum();
+            let logits = self.forward(x.clone().slice(start..end));
+            correct = correct + classified(logits, y.clone().slice(start..end));
         }
         correct.into_scalar().elem::<i64>()
     }
@@ -107,8 +104,7 @@ impl<B: Backend> Mlp<B> {
             let end = (start + rows).min(samples);
             let logits = self.forward(x.clone().slice(start..end));
             let labels = y.clone().slice(start..end);
-            let predicted = logits.clone().argmax(1).reshape([end - start]);
-            correct = correct + predicted.equal(labels.clone()).int().sum();
+            correct = correct + classified(logits.clone(), labels.clone());
             loss_sum = loss_sum + loss_fn.forward(logits, labels) * (end - start) as f32;
         }
         (
@@ -223,4 +219,20 @@ impl Standardisation {
             }
         }
     }
+}
+
+/// How many rows `logits` classify as `labels` says. A row with a logit that is not finite is
+/// classified as nothing: the argmax of NaNs is class 0, which counted a diverged network as
+/// right on every sample of class 0.
+fn classified<B: Backend>(logits: Tensor<B, 2>, labels: Tensor<B, 1, Int>) -> Tensor<B, 1, Int> {
+    let [rows, _] = logits.dims();
+    // x - x is 0 for a finite x, NaN for an infinity or a NaN; a row's sum of them is 0 only
+    // when every logit is finite.
+    let finite = (logits.clone() - logits.clone())
+        .sum_dim(1)
+        .reshape([rows])
+        .equal_elem(0.0)
+        .int();
+    let predicted = logits.argmax(1).reshape([rows]);
+    (predicted.equal(labels).int() * finite).sum()
 }

@@ -433,6 +433,15 @@ impl Kernel for MlpPredict {
         }
         let classes = network.classes();
         let probabilities = network.predict(&x, batch as usize, ctx)?;
+        // Finite values the model overflows on (3e38 through large weights) score NaN, and the
+        // argmax of NaNs made up class 0: refused as a NaN in x is.
+        if let Some(at) = probabilities.iter().position(|p| !p.is_finite()) {
+            return Err(JobError::invalid_input(format!(
+                "mlp_predict x row {} overflows the model: its class probabilities are not \
+                 finite (scale its features as the training data was)",
+                at / classes
+            )));
+        }
         let predicted: Vec<usize> = probabilities
             .chunks_exact(classes)
             .map(|row| {

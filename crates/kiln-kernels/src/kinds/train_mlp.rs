@@ -638,12 +638,20 @@ fn train_model<B: Backend>(
         let loss = loss_sum.into_scalar().elem::<f64>() / batches as f64;
         let trained = model.valid();
         let correct = trained.correct(&x, &y, eval_rows);
-        let accuracy = correct as f64 / samples as f64;
-        let mut record = json!({"epoch": epoch, "loss": loss, "accuracy": accuracy});
+        // A loss that diverged spoils the accuracy too (its network scores NaNs): null, as
+        // the loss reads.
+        let share = |loss: f64, correct: i64, of: usize| {
+            loss.is_finite().then(|| correct as f64 / of as f64)
+        };
+        let mut record = json!({
+            "epoch": epoch,
+            "loss": loss,
+            "accuracy": share(loss, correct, samples),
+        });
         if held_out > 0 {
             let (val_loss, val_correct) = trained.evaluate(&val_x, &val_y, eval_rows);
             record["val_loss"] = json!(val_loss);
-            record["val_accuracy"] = json!(val_correct as f64 / held_out as f64);
+            record["val_accuracy"] = json!(share(val_loss, val_correct, held_out));
         }
         history.push(record);
         ctx.checkpoint(epoch * batches as u64, steps)?;

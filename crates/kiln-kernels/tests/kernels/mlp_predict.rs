@@ -201,6 +201,24 @@ fn rows_with_a_nan_or_infinity_are_invalid_input_naming_where() {
     );
 }
 
+/// Finite rows the model overflows on came back `succeeded` with null probabilities and a
+/// made-up class 0 (the argmax of NaNs).
+#[test]
+fn rows_the_model_overflows_on_are_invalid_input_naming_the_row() {
+    let err = predict(
+        json!({"model": {"object": "m"}, "x": [[1.0, 0.0], [3e38, 3e38], [-3e38, 1.0]]}),
+        model(),
+    )
+    .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::InvalidInput);
+    assert!(
+        err.message
+            .starts_with("mlp_predict x row 1 overflows the model: its class probabilities"),
+        "{}",
+        err.message
+    );
+}
+
 #[test]
 fn rows_of_the_wrong_width_are_invalid_input() {
     let err = predict(

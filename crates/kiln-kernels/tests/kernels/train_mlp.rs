@@ -84,6 +84,26 @@ fn a_linear_model_cannot_separate_the_shells() {
     }
 }
 
+/// A diverged training reads null for its loss, and for the accuracy it spoils: its network
+/// scores NaNs, whose argmax (class 0) counted as right on a third of the shells.
+#[test]
+fn a_diverged_training_reads_null_for_loss_and_accuracy() {
+    let out = run(
+        "train_mlp",
+        json!({"samples": 300, "epochs": 3, "lr": 1e30, "validation_split": 0.2}),
+        0,
+    );
+    assert_eq!(out["final_loss"], Value::Null, "{out}");
+    assert_eq!(out["final_accuracy"], Value::Null, "{out}");
+    assert_eq!(out["final_val_loss"], Value::Null, "{out}");
+    assert_eq!(out["final_val_accuracy"], Value::Null, "{out}");
+    for epoch in out["epochs"].as_array().unwrap() {
+        if epoch["loss"].is_null() {
+            assert_eq!(epoch["accuracy"], Value::Null, "{epoch}");
+        }
+    }
+}
+
 #[test]
 fn training_is_reproducible_from_the_seed() {
     let params = json!({"samples": 96, "features": 3, "classes": 4, "hidden": [8], "epochs": 3, "batch_size": 32});
