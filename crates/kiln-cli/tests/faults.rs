@@ -778,3 +778,79 @@ async fn an_aggregator_consumer_made_by_an_older_kiln_keeps_explicit_acks_and_ac
     let m = snapshot(&snapshots, "vector_add", "cpu").unwrap();
     assert_eq!((m.jobs, m.succeeded, m.duplicates), (25, 25, 20));
 }
+
+/// A server that restarts can deliver a job again while a worker runs it (its record of the
+/// delivery not yet on disk); the worker ran the second delivery too, a whole training a
+/// second time on its compute slot, and dropped its result. The server is made to deliver
+/// again here by a NAK of the job's sequence, as its consumer would after such a restart:
+/// the worker leaves the delivery to the attempt running, whose ack removes the job.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_delivered_again_while_its_worker_runs_it_runs_once() {
+    use async_nats::jetstream;
+    use kiln_proto::streams;
+
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    let client = cluster.client().await;
+    let js = jetstream::new(client.clone());
+    cluster.spawn("w1", &["worker", "--device", "cpu", "--name", "w1"]);
+    assert_success(&cluster.kiln(&[
+        "submit",
+        "train_mlp",
+        "-p",
+        "epochs=300",
+        "-p",
+        "samples=2048",
+        "--id",
+        "again-1",
+    ]));
+    let mut jobs = js.get_stream(streams::STREAM_JOBS).await.unwrap();
+    let sequence = jobs.info().await.unwrap().state.last_sequence;
+    wait_until_running_on(&cluster, "again-1", "w1").await;
+    let mut consumer: jetstream::consumer::PullConsumer = jobs
+        .get_consumer(streams::CONSUMER_WORKERS_CPU)
+        .await
+        .unwrap();
+    let delivered = consumer.info().await.unwrap().delivered.consumer_sequence;
+    client
+        .publish(
+            format!(
+                "$JS.ACK.{}.{}.1.{sequence}.{delivered}.0.0",
+                streams::STREAM_JOBS,
+                streams::CONSUMER_WORKERS_CPU
+            ),
+            "-NAK".into(),
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while consumer.info().await.unwrap().delivered.consumer_sequence == delivered {
+        assert!(Instant::now() < deadline, "the job was not delivered again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let done = results_of(&client, "again-1", 1).await;
+    assert_eq!(done.len(), 1, "{done:?}");
+    assert_eq!(done[0].status, Status::Succeeded, "{done:?}");
+    assert_eq!(
+        done[0].attempt, 1,
+        "answered by the attempt that was running"
+    );
+    // The running attempt's ack counts for the job whichever delivery it names.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while jobs.info().await.unwrap().state.messages > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the job is left queued: {:?}",
+            consumer.info().await.unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Nothing ran a second time: no second run's result was dropped.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let log = cluster.log("w1");
+    assert!(
+        log.contains("delivered again; left to the attempt running"),
+        "{log}"
+    );
+    assert!(!log.contains("result is dropped"), "{log}");
+}

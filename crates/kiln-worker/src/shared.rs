@@ -1,6 +1,6 @@
 //! What every job task of one worker shares, and what the worker counts.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
@@ -68,6 +68,41 @@ pub(crate) struct Shared {
     pub data: tokio::sync::OnceCell<kiln_data::store::Bucket>,
     /// Acks of answered jobs, sent a moment later ([`crate::acks`]).
     pub acks: crate::acks::Acks,
+    /// The `KILN_JOBS` sequences of the jobs this worker holds ([`Holding`]).
+    pub holding: Mutex<HashSet<u64>>,
+}
+
+/// A job's `KILN_JOBS` sequence in [`Shared::holding`] until this is dropped. A server that
+/// restarts can deliver a job again while a worker still runs it (its record of the delivery
+/// was not yet on disk): the second delivery is left to the attempt running, whose progress
+/// acks and final ack count for the job's sequence whichever delivery they name, instead of
+/// running the job a second time on the same worker (a 30 s training ran twice).
+pub(crate) struct Holding<'a> {
+    shared: &'a Shared,
+    sequence: u64,
+}
+
+impl<'a> Holding<'a> {
+    /// `None` when this worker holds the job of `sequence` already.
+    pub(crate) fn start(shared: &'a Shared, sequence: u64) -> Option<Self> {
+        let first = (shared.holding.lock())
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(sequence);
+        // Made only when it is to be kept: a `Holding` dropped here would remove the
+        // sequence of the attempt running (and, under the lock, deadlock).
+        first.then(|| Holding { shared, sequence })
+    }
+}
+
+impl Drop for Holding<'_> {
+    fn drop(&mut self) {
+        let mut holding = self
+            .shared
+            .holding
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        holding.remove(&self.sequence);
+    }
 }
 
 impl Shared {

@@ -144,6 +144,7 @@ async fn open(
         result_ids: crate::publish::ResultIds::of(js).await,
         data: tokio::sync::OnceCell::new(),
         acks: crate::acks::Acks::start(js.client()),
+        holding: Default::default(),
         config,
     });
     Ok((consumer, shared))

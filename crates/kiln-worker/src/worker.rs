@@ -14,7 +14,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use crate::arrival::Arrival;
 use crate::config::WorkerConfig;
 use crate::error::{Error, Result};
-use crate::shared::{Shared, WorkerStats};
+use crate::shared::{Holding, Shared, WorkerStats};
 use crate::start::Started;
 
 /// How long one pull request waits for jobs before it is renewed. Short, so that a shutdown
@@ -108,7 +108,15 @@ async fn take(
                 // copy several times over (spawning showed at 7% of the worker's CPU).
                 tokio::spawn(Box::pin(async move {
                     if let Some(arrival) = Arrival::read(message, &shared.config) {
-                        crate::job::handle(&shared, arrival).await;
+                        match Holding::start(&shared, arrival.stream_sequence) {
+                            Some(_holding) => crate::job::handle(&shared, arrival).await,
+                            None => tracing::info!(
+                                sequence = arrival.stream_sequence,
+                                attempt = arrival.attempt,
+                                "a job this worker is running was delivered again; left to \
+                                 the attempt running"
+                            ),
+                        }
                     }
                     shared.config.metrics.in_flight.dec();
                     shared.admission.release(permit);

@@ -164,6 +164,16 @@ impl Cluster {
             .1
     }
 
+    /// What the process named `name` has logged so far.
+    pub fn log(&self, name: &str) -> String {
+        let index = self
+            .children
+            .iter()
+            .position(|(n, _)| n == name)
+            .expect("a child of that name");
+        std::fs::read_to_string(log_path(self.logs.path(), index, name)).unwrap_or_default()
+    }
+
     pub fn cpu_worker(&mut self) {
         self.cpu_worker_with(&[]);
     }
