@@ -41,6 +41,8 @@ pub(crate) struct Exporter {
     compute: HashMap<(String, String), [Mean; 2]>,
     /// Jobs counted since the last tick, by (kind, class).
     window: HashMap<(String, String), u64>,
+    /// Jobs folded since the last snapshot stored, counted when the next is.
+    pending: Vec<ResultHead>,
     last_tick: Option<Instant>,
 }
 
@@ -59,8 +61,21 @@ impl Exporter {
         }
     }
 
-    /// A result counted for the first time.
-    pub(crate) fn counted(&mut self, event: &ResultHead) {
+    /// A result counted for the first time, in the Prometheus counters once the snapshot
+    /// that counts it is stored ([`Exporter::tick`]). An aggregator that was cut off (paused,
+    /// partitioned) while another took over finds, at its next snapshot, that it is no longer
+    /// the one counting: what it folded meanwhile is the other's to count ([`Exporter::discard`]),
+    /// or `sum(kiln_jobs_total)` over the two counted those jobs twice.
+    pub(crate) fn counted(&mut self, event: ResultHead) {
+        self.pending.push(event);
+    }
+
+    /// Forget the results folded since the last snapshot stored.
+    pub(crate) fn discard(&mut self) {
+        self.pending.clear();
+    }
+
+    fn count(&mut self, event: &ResultHead) {
         let class = event.class.as_str();
         let kc = KindClassLabels {
             kind: event.kind.clone(),
@@ -149,6 +164,9 @@ impl Exporter {
 
     /// End of a snapshot interval: set each (kind, class)'s throughput over it.
     pub(crate) fn tick(&mut self) {
+        for event in std::mem::take(&mut self.pending) {
+            self.count(&event);
+        }
         let now = Instant::now();
         let Some(last) = self.last_tick.replace(now) else {
             self.window.values_mut().for_each(|n| *n = 0);

@@ -102,6 +102,8 @@ pub async fn run(
                 });
             }
             Ended::Superseded(subject) => {
+                // What it folded since its last snapshot is the other's to count.
+                aggregator.exporter.discard();
                 tracing::warn!(
                     %subject,
                     "another aggregator stored a snapshot this one did not know of: two were \
@@ -364,28 +366,41 @@ impl Aggregator {
         if let Some((first, last)) = self.acks.delivered(delivery, sequence) {
             self.folds.absent(first, last);
         }
-        if let Some(event) = self.fold_body(sequence, &message.subject, &message.payload) {
+        if let Some((event, first)) = self.fold_body(sequence, &message.subject, &message.payload) {
             self.spans.extend(trace_aggregate(&message, &event));
+            self.export(event, first);
         }
         self.acks.hold(sequence, message.reply.clone());
     }
 
-    /// Fold the result at `sequence`; the event, when it parses.
-    fn fold_body(&mut self, sequence: u64, subject: &str, body: &[u8]) -> Option<ResultHead> {
+    /// Fold the result at `sequence`; the event, when it parses, and whether it was the first
+    /// of its job.
+    fn fold_body(
+        &mut self,
+        sequence: u64,
+        subject: &str,
+        body: &[u8],
+    ) -> Option<(ResultHead, bool)> {
         match serde_json::from_slice::<ResultHead>(body) {
             Ok(event) => {
-                if self.folds.add_at(&event, sequence) {
-                    self.exporter.counted(&event);
-                } else {
-                    self.exporter.duplicate(&event);
-                }
-                Some(event)
+                let first = self.folds.add_at(&event, sequence);
+                Some((event, first))
             }
             Err(e) => {
                 self.folds.delivered_at(sequence);
                 tracing::warn!(%subject, error = %e, "result event does not parse; not counted");
                 None
             }
+        }
+    }
+
+    /// A folded result to Prometheus: a job's first counts with the next snapshot stored (see
+    /// [`Exporter::counted`]), a later one as a duplicate at once.
+    fn export(&mut self, event: ResultHead, first: bool) {
+        if first {
+            self.exporter.counted(event);
+        } else {
+            self.exporter.duplicate(&event);
         }
     }
 
@@ -455,8 +470,11 @@ impl Aggregator {
                 .map_err(|e| e.to_string())?;
             let info = message.info().map_err(|e| e.to_string())?;
             let (sequence, pending) = (info.stream_sequence, info.pending);
-            if wanted.remove(&sequence) {
-                self.fold_body(sequence, &message.subject, &message.payload);
+            if wanted.remove(&sequence)
+                && let Some((event, first)) =
+                    self.fold_body(sequence, &message.subject, &message.payload)
+            {
+                self.export(event, first);
             }
             // Past the last one missing, or at the end of the stream (nothing after this one).
             if sequence >= last || pending == 0 {
@@ -483,7 +501,10 @@ impl Aggregator {
             Err(Error::Superseded { subject }) => {
                 tracing::warn!(%subject, "last snapshot not stored: another aggregator stored one since");
             }
-            stored => stored?,
+            stored => {
+                stored?;
+                self.exporter.tick();
+            }
         }
         self.spans.clear();
         tracing::info!("aggregator stopped");

@@ -1019,3 +1019,77 @@ async fn json_logs_are_json_to_the_last_line_and_the_fatal_error() {
         "{message}"
     );
 }
+
+/// An aggregator paused (SIGSTOP, a stalled VM) while the standby took over woke up, counted
+/// in its Prometheus counters the results it had been sent before the pause, and only then
+/// found at its next snapshot that the other counts now: `sum(kiln_jobs_total)` over the two
+/// counted those jobs twice. Its counters now take a result only with the snapshot that
+/// counts it stored.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_aggregator_paused_through_a_takeover_counts_nothing_twice() {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    cluster.cpu_worker();
+    let (first, second) = (free_addr(), free_addr());
+    cluster.spawn("aggregator-1", &["aggregator", "--metrics-addr", &first]);
+    wait_for(&first, "/readyz", |status, _| status == 200).await;
+    cluster.spawn("aggregator-2", &["aggregator", "--metrics-addr", &second]);
+    wait_for(&second, "/metrics", |status, _| status == 200).await;
+    let counted = |s: &Scrape| {
+        s.value(
+            "kiln_jobs_total",
+            &[("kind", "vector_add"), ("status", "succeeded")],
+        )
+        .unwrap_or(0.0)
+    };
+    let submit = |cluster: &Cluster, id: &str, count: &str| {
+        assert_success(&cluster.kiln(&[
+            "submit",
+            "vector_add",
+            "-p",
+            "len=16",
+            "--count",
+            count,
+            "--id",
+            id,
+        ]));
+    };
+    submit(&cluster, "a", "50");
+    scrape_until(&first, |s| counted(s) == 50.0).await;
+    let signal = |which: &str, pid: u32| {
+        let _ = Command::new("kill")
+            .args([which, &pid.to_string()])
+            .status();
+    };
+    let paused = cluster.child("aggregator-1").id();
+    signal("-STOP", paused);
+    // Delivered to the paused one's waiting pull request, or to the second once it takes
+    // over; the second counts them all in the end (after the ack wait for the first kind).
+    submit(&cluster, "b", "20");
+    scrape_until(&second, |s| counted(s) == 20.0).await;
+    signal("-CONT", paused);
+    let deadline = Instant::now() + WAIT;
+    while !cluster.log("aggregator-1").contains("two were counting") {
+        assert!(Instant::now() < deadline, "the first never stood by");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, text) = get(&first, "/metrics").await.expect("the first answers");
+    assert_eq!(
+        counted(&Scrape::parse(&text)),
+        50.0,
+        "the first counted b too"
+    );
+    let (_, text) = get(&second, "/metrics").await.expect("the second answers");
+    assert_eq!(counted(&Scrape::parse(&text)), 20.0);
+    let client = cluster.client().await;
+    let snapshots = common::wait_for_metrics(&client, WAIT, |snapshots| {
+        common::snapshot(snapshots, "vector_add", "cpu").is_some_and(|s| s.jobs == 70)
+    })
+    .await;
+    assert_eq!(
+        common::snapshot(&snapshots, "vector_add", "cpu")
+            .unwrap()
+            .succeeded,
+        70
+    );
+}
