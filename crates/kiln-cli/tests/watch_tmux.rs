@@ -308,7 +308,7 @@ fn watch_quits_at_once_when_the_server_is_gone() {
 }
 
 /// With stdout not a terminal, `kiln watch` prints the status every interval; with the server
-/// gone it prints that it is unreachable, and SIGTERM (then SIGINT, for another) ends it at
+/// gone it says at once that it is unreachable, and SIGTERM (then SIGINT, for another) ends it at
 /// once, with status 0.
 #[test]
 fn plain_watch_stops_at_once_on_a_signal_when_the_server_is_gone() {
@@ -353,9 +353,17 @@ fn plain_watch_stops_at_once_on_a_signal_when_the_server_is_gone() {
         wait_for_line(lines, "KILN_JOBS");
     }
     cluster.server.kill();
+    let killed = Instant::now();
     for (_, _, lines) in &watches {
         wait_for_line(lines, "server unreachable");
     }
+    // Said at the next refresh, not after the read in flight has waited out its requests'
+    // timeout (10 s, then the request's raw error, before).
+    assert!(
+        killed.elapsed() < Duration::from_secs(5),
+        "server unreachable said {:?} after the server went",
+        killed.elapsed()
+    );
     for (name, child, _) in &watches {
         signal(child.id(), name);
     }

@@ -60,12 +60,21 @@ pub async fn within_reach<T>(
     js: &jetstream::Context,
     read: impl Future<Output = T>,
 ) -> Result<T, Unreachable> {
-    if js.client().connection_state() != async_nats::connection::State::Connected {
+    let connected = || js.client().connection_state() == async_nats::connection::State::Connected;
+    if !connected() {
         return Err(Unreachable::ConnectionLost);
     }
-    tokio::time::timeout(ANSWER_WITHIN, read)
-        .await
-        .map_err(|_| Unreachable::NoAnswer)
+    // A connection lost during the read ends it at once: its requests would wait out their
+    // own timeout (seconds) for answers that cannot come.
+    let lost = async {
+        while connected() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::select! {
+        read = tokio::time::timeout(ANSWER_WITHIN, read) => read.map_err(|_| Unreachable::NoAnswer),
+        () = lost => Err(Unreachable::ConnectionLost),
+    }
 }
 
 /// A failed job, from its result event.

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use kiln_client::watch::{Dashboard, Feeds, within_reach};
+use kiln_client::watch::{Dashboard, Feeds, Unreachable, within_reach};
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
 use tokio::sync::{mpsc, watch};
 use tokio::time::MissedTickBehavior;
@@ -51,6 +51,9 @@ async fn plain(js: &jetstream::Context, interval: Duration) {
             ticker.tick().await;
             let body = match within_reach(js, super::status::overview(js)).await {
                 Ok(Ok(body)) => body,
+                // A read that failed as the connection went: the server is unreachable,
+                // not in error.
+                Ok(Err(_)) if !connected(js) => format!("{}\n", Unreachable::ConnectionLost),
                 Ok(Err(e)) => format!("{e:#}\n"),
                 Err(why) => format!("{why}\n"),
             };
@@ -69,6 +72,10 @@ async fn plain(js: &jetstream::Context, interval: Duration) {
         _ = crate::signal::shutdown() => {}
         _ = print => {}
     }
+}
+
+fn connected(js: &jetstream::Context) -> bool {
+    js.client().connection_state() == async_nats::connection::State::Connected
 }
 
 /// Keys, read on a thread of their own (crossterm's read blocks).
