@@ -230,7 +230,7 @@ async fn an_error_that_echoes_a_huge_input_is_cut_and_answered_at_once() {
         &error.message[..200]
     );
     assert!(
-        error.message.chars().count() <= MAX_ERROR_MESSAGE + 1,
+        error.message.chars().count() <= MAX_ERROR_MESSAGE,
         "{} characters",
         error.message.chars().count()
     );

@@ -185,11 +185,14 @@ pub(crate) fn routing(value: &str) -> Option<Routing> {
     Some(r)
 }
 
-/// `text` cut to at most `max` characters, with `…` where it was cut.
+/// `text` cut to at most `max` characters, the last of them a `…` where it was cut.
 pub fn cut(text: &str, max: usize) -> String {
-    match text.char_indices().nth(max) {
-        None => text.to_owned(),
-        Some((at, _)) => format!("{}…", &text[..at]),
+    if text.char_indices().nth(max).is_none() {
+        return text.to_owned();
+    }
+    match text.char_indices().nth(max.saturating_sub(1)) {
+        Some((at, _)) if max > 0 => format!("{}…", &text[..at]),
+        _ => String::new(),
     }
 }
 
@@ -311,7 +314,7 @@ mod tests {
         let long = ROUTING.replace("faster", &"é".repeat(1000));
         assert_eq!(
             routing(&long).unwrap().reason.chars().count(),
-            MAX_ROUTING_TEXT + 1
+            MAX_ROUTING_TEXT
         );
     }
 
@@ -348,9 +351,12 @@ mod tests {
 
     #[test]
     fn cut_keeps_whole_characters() {
-        assert_eq!(cut("héllo", 2), "hé…");
+        assert_eq!(cut("héllo", 3), "hé…");
+        assert_eq!(cut("héllo", 5), "héllo");
+        assert_eq!(cut("héllo", 1), "…");
         assert_eq!(cut("hi", 2), "hi");
         assert_eq!(cut("", 0), "");
+        assert_eq!(cut("hi", 0), "");
     }
 
     proptest::proptest! {

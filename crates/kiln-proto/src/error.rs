@@ -140,7 +140,7 @@ impl JobError {
     /// echo input (a bad id, a parameter, a server's reply), and every result and dead
     /// letter that carries it must fit in a message.
     pub fn bounded(mut self) -> Self {
-        if self.message.len() > MAX_ERROR_MESSAGE {
+        if self.message.chars().nth(MAX_ERROR_MESSAGE).is_some() {
             self.message = crate::cut(&self.message, MAX_ERROR_MESSAGE);
         }
         self

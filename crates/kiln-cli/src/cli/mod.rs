@@ -9,8 +9,8 @@ mod env_value;
 mod values;
 
 use values::{
-    MAX_LIFETIME_HOURS, at_least_one, byte_limit, device, device_class, duration, either, lifetime,
-    limit, replicas, scale, served_class, worker_name,
+    MAX_LIFETIME_HOURS, at_least_one, byte_limit, device, device_class, duration, either,
+    job_timeout, job_timeout_ms, lifetime, limit, replicas, scale, served_class, worker_name,
 };
 
 /// kiln: run compute jobs on GPUs and CPUs over NATS JetStream.
@@ -489,10 +489,10 @@ pub struct SubmitArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Give up on the job after this much compute time (30s, 500ms, 2m).
-    #[arg(long, value_parser = duration, value_name = "DURATION")]
+    #[arg(long, value_parser = job_timeout, value_name = "DURATION")]
     pub timeout: Option<Duration>,
     /// --timeout in milliseconds (the older spelling).
-    #[arg(long, conflicts_with = "timeout", value_name = "MS")]
+    #[arg(long, conflicts_with = "timeout", value_parser = job_timeout_ms, value_name = "MS")]
     pub timeout_ms: Option<u64>,
     /// Encode jobs with bincode instead of JSON.
     #[arg(long)]

@@ -13,6 +13,23 @@ pub(super) fn duration(value: &str) -> Result<Duration, String> {
     humantime::parse_duration(value).map_err(|e| e.to_string())
 }
 
+/// A job's compute timeout (`--timeout`): more than zero, which would fail every job at its
+/// first checkpoint.
+pub(super) fn job_timeout(value: &str) -> Result<Duration, String> {
+    match duration(value)? {
+        d if d.is_zero() => Err("must be more than 0 (leave it out for no timeout)".into()),
+        d => Ok(d),
+    }
+}
+
+/// `--timeout-ms`: [`job_timeout`] in milliseconds.
+pub(super) fn job_timeout_ms(value: &str) -> Result<u64, String> {
+    match value.parse::<u64>().map_err(|e| e.to_string())? {
+        0 => Err("must be more than 0 (leave it out for no timeout)".into()),
+        ms => Ok(ms),
+    }
+}
+
 /// A device class (`gpu`, `cpu`, `auto`), read with the command line, so that a bad value
 /// (also one from an environment variable) is named with the flag, or variable, it came from.
 pub(super) fn device_class(value: &str) -> Result<kiln_proto::DeviceClass, String> {

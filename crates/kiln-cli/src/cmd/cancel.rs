@@ -45,8 +45,8 @@ pub async fn run(nats: &NatsArgs, args: CancelArgs) -> anyhow::Result<ExitCode> 
             ),
             Place::CancelRequested => format!("{id}: cancel already requested: marked again"),
             Place::Unknown => format!(
-                "{id}: unknown (no record, no result, no live worker holds it): marked in case \
-                 it is still in flight; the mark lasts a day"
+                "{id}: unknown (no record, no result, no live worker said it held it at its \
+                 last heartbeat): marked in case it is still in flight; the mark lasts a day"
             ),
         };
         println!("{line}");

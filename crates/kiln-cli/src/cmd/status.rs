@@ -109,9 +109,10 @@ pub fn describe(place: &Place, id: &str) -> String {
         ),
         Place::Unknown => {
             format!(
-                "{id}: unknown: no record, no result and no live worker holds it (a job \
-                 published without `kiln submit` has no record: it may still wait in \
-                 KILN_JOBS, whose queues `kiln status` shows)"
+                "{id}: unknown: no record, no result, and no live worker said it held it at \
+                 its last heartbeat (every 2 s) (a job published without `kiln submit` has no \
+                 record: it may still wait in KILN_JOBS, whose queues `kiln status` shows, or \
+                 have started since)"
             )
         }
     }
