@@ -417,6 +417,33 @@ async def test_an_id_used_again_for_another_kind_is_refused(client: kiln.Client)
     assert "submit it under another id" in caught.value.refused[job_id]
 
 
+async def test_an_id_used_again_with_other_parameters_is_refused(client: kiln.Client) -> None:
+    job_id = kiln.new_job_id()
+    first = await client.submit("vector_add", id=job_id, a=[1.0, 2.0, 3.0], b=[1.0, 1.0, 1.0])
+    np.testing.assert_array_equal(
+        await (await first.result(timeout=RESULT_TIMEOUT)).array(), [2.0, 3.0, 4.0]
+    )
+    # Other inputs under the id were answered with the first job's sum, as succeeded.
+    with pytest.raises(kiln.SubmitError, match="used for a job with other parameters") as caught:
+        await client.submit("vector_add", id=job_id, a=[10.0, 20.0, 30.0], b=[5.0, 5.0, 5.0])
+    assert list(caught.value.refused) == [job_id]
+    # So is another seed or output mode; the same job again (arrays or lists) is the same.
+    with pytest.raises(kiln.SubmitError, match="other parameters"):
+        await client.submit(
+            "vector_add", id=job_id, a=[1.0, 2.0, 3.0], b=[1.0, 1.0, 1.0], output="object"
+        )
+    again = await client.submit(
+        "vector_add",
+        id=job_id,
+        a=np.array([1.0, 2.0, 3.0], dtype=np.float32),
+        b=[1.0, 1.0, 1.0],
+    )
+    assert again.duplicate
+    np.testing.assert_array_equal(
+        await (await again.result(timeout=5.0)).array(), [2.0, 3.0, 4.0]
+    )
+
+
 async def test_an_id_answered_before_is_not_sent_again_and_keeps_its_first_answer(
     client: kiln.Client,
 ) -> None:

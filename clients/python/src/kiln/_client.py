@@ -240,6 +240,8 @@ class _Prepared:
     #: Whether the caller named the id (else it is a fresh one, answered by nothing yet).
     given_id: bool
     body: bytes = b""
+    #: What it computes (`_wire.job_digest`), for a job whose id the caller gave.
+    digest: str = ""
 
 
 class Client:
@@ -413,6 +415,10 @@ class Client:
         return value
 
     async def _submit(self, prepared: list[_Prepared]) -> list[Job]:
+        # An id used for another job (other parameters, inputs, seed, timeout or output) is
+        # refused before anything is sent: the server would drop this job as its duplicate, or
+        # the id's result is the other job's.
+        await self._refuse_ids_of_other_jobs(prepared)
         # An id answered already keeps its answer: the job is not sent (it would run in vain,
         # its result refused), and its result is the earlier one's.
         answered = await self._answered(prepared)
@@ -525,6 +531,60 @@ class Client:
             raise SubmitError(f"{first}{more}", jobs=list(accepted), refused=refused)
         return accepted
 
+    async def _refuse_ids_of_other_jobs(self, prepared: list[_Prepared]) -> None:
+        """Raise SubmitError naming the given ids whose `queued` record (written by this
+        client when the id was last submitted) says they computed something else."""
+        given = [p for p in prepared if p.given_id]
+        for p in given:
+            p.digest = _wire.job_digest(
+                p.kind,
+                p.params,
+                p.uploads,
+                seed=p.seed,
+                timeout_ms=p.timeout_ms,
+                output=p.output,
+            )
+        lookups = asyncio.Semaphore(64)
+
+        async def taken(p: _Prepared) -> bool:
+            """Whether the id's record is of another job that still holds the id: submitted
+            within the duplicate window, or answered (a job id keeps its first answer)."""
+            async with lookups:
+                try:
+                    record = await self._state(p.job_id)
+                    digest = record.get("py_digest")
+                    # Another kind under the id is told apart as such (below, at publishing).
+                    if record.get("kind") != p.kind:
+                        return False
+                    if not isinstance(digest, str) or digest == p.digest:
+                        return False
+                    at = _parse_time(record.get("at"))
+                    if at is not None:
+                        if at.tzinfo is None:
+                            at = at.replace(tzinfo=timezone.utc)
+                        age = (datetime.now(timezone.utc) - at).total_seconds()
+                        if abs(age) <= DUPLICATE_WINDOW_S + 60:
+                            return True
+                    subject = _wire.result_subject(p.kind, p.job_id)
+                    return await self._last_result(subject) is not None
+                except Exception:  # no bucket, no permission: a plain resubmission
+                    return False
+
+        found = await asyncio.gather(*(taken(p) for p in given))
+        refused = {
+            p.job_id: (
+                f"job id {p.job_id} was used for a job with other parameters (inputs, seed, "
+                "timeout or output): the id's result is that job's, and this one would not "
+                "run; submit it under another id"
+            )
+            for p, other in zip(given, found)
+            if other
+        }
+        if refused:
+            first = next(iter(refused.values()))
+            more = f" (and {len(refused) - 1} more job(s))" if len(refused) > 1 else ""
+            raise SubmitError(f"{first}{more}", jobs=[], refused=refused)
+
     async def _answered(self, prepared: list[_Prepared]) -> dict[str, Result]:
         """The stored answers of the jobs in `prepared` whose id the caller gave and which
         have one of their kind already (on `results.<kind>.<id>`, where a job sent now would
@@ -577,6 +637,8 @@ class Client:
     async def _record_queued(self, p: _Prepared) -> asyncio.Future[Any]:
         now = datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
         state = {"phase": "queued", "kind": p.kind, "class": p.device, "at": now}
+        if p.digest:
+            state["py_digest"] = p.digest
         subject = f"$KV.{_wire.BUCKET_STATE}.{_wire.job_key(p.job_id)}"
         return await self._js.publish_async(subject, json.dumps(state).encode())
 

@@ -3,13 +3,14 @@ how a job's parameters become JSON (inline values or uploaded objects)."""
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
 import re
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -256,6 +257,48 @@ def json_default(value: Any) -> Any:
     if isinstance(value, ObjectInfo):
         return value.ref().to_json()
     raise TypeError(f"{type(value).__name__} cannot be sent in a job's parameters")
+
+
+def job_digest(
+    kind: str,
+    params: Mapping[str, Any],
+    uploads: Sequence[Upload],
+    *,
+    seed: int,
+    timeout_ms: int | None,
+    output: str,
+) -> str:
+    """What a job computes, as a SHA-256 of its canonical JSON: its kind, parameters (an
+    object reference by its content's SHA-256 where it has one, an array to upload by its
+    .npy's), seed, timeout and output mode. Recorded in the job's `queued` state as
+    `py_digest`, so that an id used again for another job is refused rather than answered
+    with the earlier job's result. (`kiln submit` records its own `digest`, serialised by
+    Rust; the two are not compared with each other.)"""
+
+    def by_content(value: Any) -> Any:
+        if isinstance(value, Mapping):
+            by_sha = isinstance(value.get("object"), str) and isinstance(value.get("sha256"), str)
+            return {
+                str(k): (str(v).lower() if by_sha and k == "sha256" else by_content(v))
+                for k, v in value.items()
+                if not (by_sha and k == "object")
+            }
+        if isinstance(value, (list, tuple)):
+            return [by_content(v) for v in value]
+        return value
+
+    content = dict(params)
+    for up in uploads:
+        content[up.param] = {"sha256": hashlib.sha256(npy_bytes(up.array)).hexdigest()}
+    what = {
+        "kind": kind,
+        "params": by_content(content),
+        "seed": seed,
+        "timeout_ms": timeout_ms,
+        "output": output,
+    }
+    text = json.dumps(what, sort_keys=True, separators=(",", ":"), default=json_default)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def encode_job(
