@@ -420,28 +420,10 @@ impl Kernel for MlpPredict {
         };
 
         let (rows, features) = (rows as usize, features as usize);
-        // A NaN went through the network as 0 (ReLU passes it over) and came back a confident
-        // class; training refuses such rows, and so does prediction.
-        if let Some(at) = x.iter().position(|v| !v.is_finite()) {
-            return Err(JobError::invalid_input(format!(
-                "mlp_predict x row {} holds {} at feature {}: the model cannot classify it \
-                 (drop or fill the row)",
-                at / features.max(1),
-                x[at],
-                at % features.max(1)
-            )));
-        }
+        finite_rows(&x, features)?;
         let classes = network.classes();
         let probabilities = network.predict(&x, batch as usize, ctx)?;
-        // Finite values the model overflows on (3e38 through large weights) score NaN, and the
-        // argmax of NaNs made up class 0: refused as a NaN in x is.
-        if let Some(at) = probabilities.iter().position(|p| !p.is_finite()) {
-            return Err(JobError::invalid_input(format!(
-                "mlp_predict x row {} overflows the model: its class probabilities are not \
-                 finite (scale its features as the training data was)",
-                at / classes
-            )));
-        }
+        finite_probabilities(&probabilities, classes)?;
         let predicted: Vec<usize> = probabilities
             .chunks_exact(classes)
             .map(|row| {
@@ -478,5 +460,33 @@ impl Kernel for MlpPredict {
             Placement::Summary => {}
         }
         Ok(out)
+    }
+}
+
+/// A NaN went through the network as 0 (ReLU passes it over) and came back a confident class;
+/// training refuses such rows, and so does prediction.
+fn finite_rows(x: &[f32], features: usize) -> Result<(), JobError> {
+    match x.iter().position(|v| !v.is_finite()) {
+        None => Ok(()),
+        Some(at) => Err(JobError::invalid_input(format!(
+            "mlp_predict x row {} holds {} at feature {}: the model cannot classify it (drop or \
+             fill the row)",
+            at / features.max(1),
+            x[at],
+            at % features.max(1)
+        ))),
+    }
+}
+
+/// Finite values the model overflows on (3e38 through large weights) score NaN, and the argmax
+/// of NaNs made up class 0: refused as a NaN in x is.
+fn finite_probabilities(probabilities: &[f32], classes: usize) -> Result<(), JobError> {
+    match probabilities.iter().position(|p| !p.is_finite()) {
+        None => Ok(()),
+        Some(at) => Err(JobError::invalid_input(format!(
+            "mlp_predict x row {} overflows the model: its class probabilities are not finite \
+             (scale its features as the training data was)",
+            at / classes.max(1)
+        ))),
     }
 }

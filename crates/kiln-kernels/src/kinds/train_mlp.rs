@@ -638,16 +638,10 @@ fn train_model<B: Backend>(
         let loss = loss_sum.into_scalar().elem::<f64>() / batches as f64;
         let trained = model.valid();
         let correct = trained.correct(&x, &y, eval_rows);
-        // A loss that diverged spoils the accuracy too (its network scores NaNs): null, as
-        // the loss reads.
-        let share = |loss: f64, correct: i64, of: usize| {
-            loss.is_finite().then(|| correct as f64 / of as f64)
-        };
-        let mut record = json!({
-            "epoch": epoch,
-            "loss": loss,
-            "accuracy": share(loss, correct, samples),
-        });
+        // A loss that diverged spoils the accuracy too (its network scores NaNs): null.
+        let share = |loss: f64, n: i64, of: usize| loss.is_finite().then(|| n as f64 / of as f64);
+        let accuracy = share(loss, correct, samples);
+        let mut record = json!({"epoch": epoch, "loss": loss, "accuracy": accuracy});
         if held_out > 0 {
             let (val_loss, val_correct) = trained.evaluate(&val_x, &val_y, eval_rows);
             record["val_loss"] = json!(val_loss);
