@@ -436,12 +436,26 @@ async def test_an_id_used_again_with_other_parameters_is_refused(client: kiln.Cl
         "vector_add",
         id=job_id,
         a=np.array([1.0, 2.0, 3.0], dtype=np.float32),
-        b=[1.0, 1.0, 1.0],
+        b=[1, 1, 1],
     )
     assert again.duplicate
     np.testing.assert_array_equal(
         await (await again.result(timeout=5.0)).array(), [2.0, 3.0, 4.0]
     )
+
+
+async def test_the_same_values_written_otherwise_are_the_same_job(client: kiln.Client) -> None:
+    job_id = kiln.new_job_id()
+    a = np.array([0.1, 0.2, 0.3], dtype=np.float32)
+    first = await client.submit("vector_add", id=job_id, a=a, b=a)
+    await first.result(timeout=RESULT_TIMEOUT)
+    # float32 values as float64 lists (0.10000000149011612…), and uploaded, not inline.
+    for again in [
+        await client.submit("vector_add", id=job_id, a=a.tolist(), b=a.astype(np.float64)),
+        await client.submit("vector_add", id=job_id, a=a, b=a, upload=True),
+    ]:
+        assert again.duplicate
+        np.testing.assert_array_equal(await (await again.result(timeout=5.0)).array(), a + a)
 
 
 async def test_an_id_answered_before_is_not_sent_again_and_keeps_its_first_answer(

@@ -98,7 +98,9 @@ async fn retried(
         _ => u64::MAX,
     };
     let Err(error) = result else { return false };
-    if error.kind.disposition() != Disposition::Retry || arrival.attempt >= max_deliver {
+    // A delivery made meanwhile of the job this run holds (left to this run) was spent too.
+    let spent = shared.deliveries(arrival.stream_sequence, arrival.attempt);
+    if error.kind.disposition() != Disposition::Retry || spent >= max_deliver {
         return false;
     }
     let delay = retry_delay(arrival.attempt);

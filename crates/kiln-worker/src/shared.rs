@@ -1,6 +1,6 @@
 //! What every job task of one worker shares, and what the worker counts.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
@@ -68,8 +68,9 @@ pub(crate) struct Shared {
     pub data: tokio::sync::OnceCell<kiln_data::store::Bucket>,
     /// Acks of answered jobs, sent a moment later ([`crate::acks`]).
     pub acks: crate::acks::Acks,
-    /// The `KILN_JOBS` sequences of the jobs this worker holds ([`Holding`]).
-    pub holding: Mutex<HashSet<u64>>,
+    /// The `KILN_JOBS` sequences of the jobs this worker holds ([`Holding`]), each with the
+    /// most deliveries the server has made of it.
+    pub holding: Mutex<HashMap<u64, u64>>,
 }
 
 /// A job's `KILN_JOBS` sequence in [`Shared::holding`] until this is dropped. A server that
@@ -83,14 +84,34 @@ pub(crate) struct Holding<'a> {
 }
 
 impl<'a> Holding<'a> {
-    /// `None` when this worker holds the job of `sequence` already.
-    pub(crate) fn start(shared: &'a Shared, sequence: u64) -> Option<Self> {
-        let first = (shared.holding.lock())
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(sequence);
-        // Made only when it is to be kept: a `Holding` dropped here would remove the
-        // sequence of the attempt running (and, under the lock, deadlock).
-        first.then(|| Holding { shared, sequence })
+    /// `None` when this worker holds the job of `sequence` already: then its `attempt` is
+    /// remembered, as a delivery the server has spent ([`Shared::deliveries`]).
+    pub(crate) fn start(shared: &'a Shared, sequence: u64, attempt: u64) -> Option<Self> {
+        let mut holding = shared.holding.lock().unwrap_or_else(|e| e.into_inner());
+        match holding.entry(sequence) {
+            std::collections::hash_map::Entry::Occupied(mut held) => {
+                let most = held.get_mut();
+                *most = (*most).max(attempt);
+                None
+            }
+            std::collections::hash_map::Entry::Vacant(free) => {
+                free.insert(attempt);
+                drop(holding);
+                Some(Holding { shared, sequence })
+            }
+        }
+    }
+}
+
+impl Shared {
+    /// The most deliveries the server has made of the job at `sequence` that this worker
+    /// holds: more than its run's own attempt when it was delivered again meanwhile, which
+    /// spent one of its deliveries.
+    pub(crate) fn deliveries(&self, sequence: u64, attempt: u64) -> u64 {
+        let holding = self.holding.lock().unwrap_or_else(|e| e.into_inner());
+        holding
+            .get(&sequence)
+            .map_or(attempt, |most| (*most).max(attempt))
     }
 }
 

@@ -107,15 +107,28 @@ async fn take(
                 // store, hand-backs, dead letters), kilobytes that spawning would otherwise
                 // copy several times over (spawning showed at 7% of the worker's CPU).
                 tokio::spawn(Box::pin(async move {
-                    if let Some(arrival) = Arrival::read(message, &shared.config) {
-                        match Holding::start(&shared, arrival.stream_sequence) {
-                            Some(_holding) => crate::job::handle(&shared, arrival).await,
-                            None => tracing::info!(
-                                sequence = arrival.stream_sequence,
-                                attempt = arrival.attempt,
-                                "a job this worker is running was delivered again; left to \
-                                 the attempt running"
-                            ),
+                    let arrival = Arrival::read(message, &shared.config);
+                    let holding = arrival.as_ref().and_then(|arrival| {
+                        Holding::start(&shared, arrival.stream_sequence, arrival.attempt)
+                    });
+                    match (arrival, holding) {
+                        (Some(arrival), Some(_holding)) => {
+                            crate::job::handle(&shared, arrival).await;
+                        }
+                        (arrival, _) => {
+                            // Not on its way to a compute step (see `job::Arriving`).
+                            shared.arriving.fetch_sub(1, Ordering::Relaxed);
+                            if let Some(arrival) = arrival {
+                                tracing::info!(
+                                    sequence = arrival.stream_sequence,
+                                    attempt = arrival.attempt,
+                                    "a job this worker is running was delivered again; \
+                                     left to the attempt running"
+                                );
+                                if let Some(trace) = &arrival.trace {
+                                    trace.outcome("delivered_again", None);
+                                }
+                            }
                         }
                     }
                     shared.config.metrics.in_flight.dec();

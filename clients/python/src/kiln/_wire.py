@@ -269,8 +269,8 @@ def job_digest(
     output: str,
 ) -> str:
     """What a job computes, as a SHA-256 of its canonical JSON: its kind, parameters (an
-    object reference by its content's SHA-256 where it has one, an array to upload by its
-    .npy's), seed, timeout and output mode. Recorded in the job's `queued` state as
+    object reference by its content's SHA-256 where it has one, a tensor by its f32 values),
+    seed, timeout and output mode. Recorded in the job's `queued` state as
     `py_digest`, so that an id used again for another job is refused rather than answered
     with the earlier job's result. (`kiln submit` records its own `digest`, serialised by
     Rust; the two are not compared with each other.)"""
@@ -287,9 +287,16 @@ def job_digest(
             return [by_content(v) for v in value]
         return value
 
-    content = dict(params)
+    content = {
+        name: (
+            tensor_content(kind, name, value)
+            if name in TENSOR_PARAMS and isinstance(value, (list, tuple, np.ndarray))
+            else value
+        )
+        for name, value in params.items()
+    }
     for up in uploads:
-        content[up.param] = {"sha256": hashlib.sha256(npy_bytes(up.array)).hexdigest()}
+        content[up.param] = tensor_content(kind, up.param, up.array)
     what = {
         "kind": kind,
         "params": by_content(content),
@@ -299,6 +306,20 @@ def job_digest(
     }
     text = json.dumps(what, sort_keys=True, separators=(",", ":"), default=json_default)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def tensor_content(kind: str, name: str, value: Any) -> Any:
+    """A tensor parameter by the f32 values the worker reads (and their shape), so that the
+    same values count as the same input however they were written: a list or an array, ints
+    or floats, float64 or float32, inline or uploaded. Values that are no array stay as
+    they are."""
+    try:
+        array = np.ascontiguousarray(np.asarray(value, dtype="<f4"))
+    except (TypeError, ValueError):
+        return value
+    if name in FLAT_PARAMS.get(kind, ()):
+        array = array.ravel()
+    return {"f32": hashlib.sha256(array.data).hexdigest(), "shape": list(array.shape)}
 
 
 def encode_job(
