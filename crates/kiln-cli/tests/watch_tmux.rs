@@ -385,3 +385,54 @@ fn plain_watch_stops_at_once_on_a_signal_when_the_server_is_gone() {
         );
     }
 }
+
+/// A server that stops answering (paused, overloaded) with its connection still up: the plain
+/// watch says it is unreachable after its 10 s bound, never a request's own timeout error,
+/// which raced the bound before ("reading KILN_JOBS: request error: timed out").
+#[test]
+fn plain_watch_says_a_silent_server_is_unreachable() {
+    let cluster = Cluster::new();
+    assert_success(&cluster.kiln(&["init"]));
+    let mut child = Command::new(KILN)
+        .args(["watch", "--interval-ms", "200"])
+        .env("NATS_URL", cluster.server.url())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start kiln watch");
+    let (tx, lines) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().expect("kiln's stdout");
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let next_with = |needle: &str| -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return seen,
+                Ok(line) => seen.push(line),
+                Err(e) => panic!("no line with {needle:?} from kiln watch: {e}; {seen:?}"),
+            }
+        }
+    };
+    next_with("KILN_JOBS");
+    let pid = cluster.server.pid();
+    signal(pid, "STOP");
+    let before = next_with("server unreachable: no answer within 10 s");
+    signal(pid, "CONT");
+    assert!(
+        before.iter().all(|l| !l.contains("request error")),
+        "{before:?}"
+    );
+    next_with("KILN_JOBS");
+    let _ = child.kill();
+    let _ = child.wait();
+}

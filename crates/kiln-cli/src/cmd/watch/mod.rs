@@ -18,7 +18,11 @@ use crate::cli::{NatsArgs, WatchArgs};
 
 pub async fn run(nats: &NatsArgs, args: WatchArgs) -> anyhow::Result<ExitCode> {
     let client = kiln_client::connect_to_jetstream(&nats.connect_options()).await?;
-    let js = jetstream::new(client);
+    // Its requests wait longer than a refresh does (`ANSWER_WITHIN`): a server that stops
+    // answering is said to be unreachable, rather than by a request's own timeout error.
+    let js = jetstream::ContextBuilder::new()
+        .timeout(kiln_client::watch::ANSWER_WITHIN + Duration::from_secs(5))
+        .build(client);
     let interval = args.interval().max(Duration::from_millis(100));
     if args.once {
         print!("{}", super::status::overview(&js).await?);
