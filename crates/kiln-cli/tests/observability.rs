@@ -830,12 +830,9 @@ async fn roles_without_a_server_say_once_which_url_they_cannot_reach_in_plain_te
     }
 }
 
-/// Two aggregators each counted their share and stored their own snapshots, and the last to
-/// store erased the other's counts. A second one now stands by while the first counts (it
-/// pulls no result: its Prometheus counts stay empty) and takes over, from the first's
-/// snapshots, when the first is gone: every job is counted once.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_second_aggregator_stands_by_and_takes_over_when_the_first_is_gone() {
+/// A cluster with a CPU worker, a first aggregator counting and a second one started after
+/// it (standing by); their metrics addresses.
+async fn standby_pair() -> (Cluster, String, String) {
     let mut cluster = Cluster::new();
     cluster.init().await;
     cluster.cpu_worker();
@@ -844,13 +841,25 @@ async fn a_second_aggregator_stands_by_and_takes_over_when_the_first_is_gone() {
     wait_for(&first, "/readyz", |status, _| status == 200).await;
     cluster.spawn("aggregator-2", &["aggregator", "--metrics-addr", &second]);
     wait_for(&second, "/metrics", |status, _| status == 200).await;
-    let counted = |s: &Scrape| {
-        s.value(
-            "kiln_jobs_total",
-            &[("kind", "vector_add"), ("status", "succeeded")],
-        )
-        .unwrap_or(0.0)
-    };
+    (cluster, first, second)
+}
+
+/// Succeeded vector_add jobs in an aggregator's `kiln_jobs_total`.
+fn vector_adds(s: &Scrape) -> f64 {
+    s.value(
+        "kiln_jobs_total",
+        &[("kind", "vector_add"), ("status", "succeeded")],
+    )
+    .unwrap_or(0.0)
+}
+
+/// Two aggregators each counted their share and stored their own snapshots, and the last to
+/// store erased the other's counts. A second one now stands by while the first counts (it
+/// pulls no result: its Prometheus counts stay empty) and takes over, from the first's
+/// snapshots, when the first is gone: every job is counted once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_aggregator_stands_by_and_takes_over_when_the_first_is_gone() {
+    let (mut cluster, first, second) = standby_pair().await;
     let client = cluster.client().await;
     let total = |n: u64| {
         move |snapshots: &[kiln_proto::MetricsSnapshot]| {
@@ -870,10 +879,14 @@ async fn a_second_aggregator_stands_by_and_takes_over_when_the_first_is_gone() {
         ]);
         assert_success(&out);
     }
-    scrape_until(&first, |s| counted(s) == 300.0).await;
+    scrape_until(&first, |s| vector_adds(s) == 300.0).await;
     common::wait_for_metrics(&client, WAIT, total(300)).await;
     let (_, text) = get(&second, "/metrics").await.expect("the second answers");
-    assert_eq!(counted(&Scrape::parse(&text)), 0.0, "the second stood by");
+    assert_eq!(
+        vector_adds(&Scrape::parse(&text)),
+        0.0,
+        "the second stood by"
+    );
     let (status, why) = get(&second, "/readyz").await.expect("the second answers");
     assert_eq!(status, 503, "{why}");
     assert!(why.contains("standing by"), "{why}");
@@ -892,7 +905,7 @@ async fn a_second_aggregator_stands_by_and_takes_over_when_the_first_is_gone() {
         "c",
     ]);
     assert_success(&out);
-    scrape_until(&second, |s| counted(s) == 200.0).await;
+    scrape_until(&second, |s| vector_adds(s) == 200.0).await;
     let snapshots = common::wait_for_metrics(&client, WAIT, total(500)).await;
     let s = common::snapshot(&snapshots, "vector_add", "cpu").unwrap();
     assert_eq!(s.succeeded, 500, "{s:?}");
@@ -1027,21 +1040,7 @@ async fn json_logs_are_json_to_the_last_line_and_the_fatal_error() {
 /// counts it stored.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_aggregator_paused_through_a_takeover_counts_nothing_twice() {
-    let mut cluster = Cluster::new();
-    cluster.init().await;
-    cluster.cpu_worker();
-    let (first, second) = (free_addr(), free_addr());
-    cluster.spawn("aggregator-1", &["aggregator", "--metrics-addr", &first]);
-    wait_for(&first, "/readyz", |status, _| status == 200).await;
-    cluster.spawn("aggregator-2", &["aggregator", "--metrics-addr", &second]);
-    wait_for(&second, "/metrics", |status, _| status == 200).await;
-    let counted = |s: &Scrape| {
-        s.value(
-            "kiln_jobs_total",
-            &[("kind", "vector_add"), ("status", "succeeded")],
-        )
-        .unwrap_or(0.0)
-    };
+    let (mut cluster, first, second) = standby_pair().await;
     let submit = |cluster: &Cluster, id: &str, count: &str| {
         assert_success(&cluster.kiln(&[
             "submit",
@@ -1055,7 +1054,7 @@ async fn an_aggregator_paused_through_a_takeover_counts_nothing_twice() {
         ]));
     };
     submit(&cluster, "a", "50");
-    scrape_until(&first, |s| counted(s) == 50.0).await;
+    scrape_until(&first, |s| vector_adds(s) == 50.0).await;
     let signal = |which: &str, pid: u32| {
         let _ = Command::new("kill")
             .args([which, &pid.to_string()])
@@ -1066,7 +1065,7 @@ async fn an_aggregator_paused_through_a_takeover_counts_nothing_twice() {
     // Delivered to the paused one's waiting pull request, or to the second once it takes
     // over; the second counts them all in the end (after the ack wait for the first kind).
     submit(&cluster, "b", "20");
-    scrape_until(&second, |s| counted(s) == 20.0).await;
+    scrape_until(&second, |s| vector_adds(s) == 20.0).await;
     signal("-CONT", paused);
     let deadline = Instant::now() + WAIT;
     while !cluster.log("aggregator-1").contains("two were counting") {
@@ -1075,12 +1074,12 @@ async fn an_aggregator_paused_through_a_takeover_counts_nothing_twice() {
     }
     let (_, text) = get(&first, "/metrics").await.expect("the first answers");
     assert_eq!(
-        counted(&Scrape::parse(&text)),
+        vector_adds(&Scrape::parse(&text)),
         50.0,
         "the first counted b too"
     );
     let (_, text) = get(&second, "/metrics").await.expect("the second answers");
-    assert_eq!(counted(&Scrape::parse(&text)), 20.0);
+    assert_eq!(vector_adds(&Scrape::parse(&text)), 20.0);
     let client = cluster.client().await;
     let snapshots = common::wait_for_metrics(&client, WAIT, |snapshots| {
         common::snapshot(snapshots, "vector_add", "cpu").is_some_and(|s| s.jobs == 70)

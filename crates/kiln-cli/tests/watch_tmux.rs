@@ -307,6 +307,48 @@ fn watch_quits_at_once_when_the_server_is_gone() {
     }
 }
 
+/// `kiln watch` every 200 ms against `cluster`, its stdout a pipe (no terminal), and the lines
+/// it prints as they come.
+fn plain_watch(cluster: &Cluster) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    let mut child = Command::new(KILN)
+        .args(["watch", "--interval-ms", "200"])
+        .env("NATS_URL", cluster.server.url())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start kiln watch");
+    let (tx, lines) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().expect("kiln's stdout");
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    (child, lines)
+}
+
+/// The lines before the first of `lines` that contains `needle`, which must come `within`.
+fn line_with(
+    lines: &std::sync::mpsc::Receiver<String>,
+    needle: &str,
+    within: Duration,
+) -> Vec<String> {
+    let deadline = Instant::now() + within;
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if line.contains(needle) => return seen,
+            Ok(line) => seen.push(line),
+            Err(e) => panic!("no line with {needle:?} from kiln watch: {e}; {seen:?}"),
+        }
+    }
+}
+
 /// With stdout not a terminal, `kiln watch` prints the status every interval; with the server
 /// gone it says at once that it is unreachable, and SIGTERM (then SIGINT, for another) ends it at
 /// once, with status 0.
@@ -317,45 +359,17 @@ fn plain_watch_stops_at_once_on_a_signal_when_the_server_is_gone() {
     let mut watches: Vec<_> = ["TERM", "INT"]
         .into_iter()
         .map(|signal| {
-            let mut child = Command::new(KILN)
-                .args(["watch", "--interval-ms", "200"])
-                .env("NATS_URL", cluster.server.url())
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start kiln watch");
-            let (tx, lines) = std::sync::mpsc::channel();
-            let stdout = child.stdout.take().expect("kiln's stdout");
-            std::thread::spawn(move || {
-                for line in std::io::BufReader::new(stdout).lines() {
-                    let Ok(line) = line else { return };
-                    if tx.send(line).is_err() {
-                        return;
-                    }
-                }
-            });
+            let (child, lines) = plain_watch(&cluster);
             (signal, child, lines)
         })
         .collect();
-    let wait_for_line = |lines: &std::sync::mpsc::Receiver<String>, needle: &str| {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match lines.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return,
-                Ok(_) => {}
-                Err(e) => panic!("no line with {needle:?} from kiln watch: {e}"),
-            }
-        }
-    };
     for (_, _, lines) in &watches {
-        wait_for_line(lines, "KILN_JOBS");
+        line_with(lines, "KILN_JOBS", Duration::from_secs(60));
     }
     cluster.server.kill();
     let killed = Instant::now();
     for (_, _, lines) in &watches {
-        wait_for_line(lines, "server unreachable");
+        line_with(lines, "server unreachable", Duration::from_secs(60));
     }
     // Said at the next refresh, not after the read in flight has waited out its requests'
     // timeout (10 s, then the request's raw error, before).
@@ -393,46 +407,21 @@ fn plain_watch_stops_at_once_on_a_signal_when_the_server_is_gone() {
 fn plain_watch_says_a_silent_server_is_unreachable() {
     let cluster = Cluster::new();
     assert_success(&cluster.kiln(&["init"]));
-    let mut child = Command::new(KILN)
-        .args(["watch", "--interval-ms", "200"])
-        .env("NATS_URL", cluster.server.url())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start kiln watch");
-    let (tx, lines) = std::sync::mpsc::channel();
-    let stdout = child.stdout.take().expect("kiln's stdout");
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines() {
-            let Ok(line) = line else { return };
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    let next_with = |needle: &str| -> Vec<String> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut seen = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match lines.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return seen,
-                Ok(line) => seen.push(line),
-                Err(e) => panic!("no line with {needle:?} from kiln watch: {e}; {seen:?}"),
-            }
-        }
-    };
-    next_with("KILN_JOBS");
+    let (mut child, lines) = plain_watch(&cluster);
+    line_with(&lines, "KILN_JOBS", Duration::from_secs(30));
     let pid = cluster.server.pid();
     signal(pid, "STOP");
-    let before = next_with("server unreachable: no answer within 10 s");
+    let before = line_with(
+        &lines,
+        "server unreachable: no answer within 10 s",
+        Duration::from_secs(30),
+    );
     signal(pid, "CONT");
     assert!(
         before.iter().all(|l| !l.contains("request error")),
         "{before:?}"
     );
-    next_with("KILN_JOBS");
+    line_with(&lines, "KILN_JOBS", Duration::from_secs(30));
     let _ = child.kill();
     let _ = child.wait();
 }

@@ -54,20 +54,24 @@ impl std::fmt::Display for Unreachable {
     }
 }
 
+/// Whether the connection behind `js` is up (not reconnecting).
+pub fn connected(js: &jetstream::Context) -> bool {
+    js.client().connection_state() == async_nats::connection::State::Connected
+}
+
 /// `read` (requests to the server behind `js`), unless the connection is down or the answers
 /// take longer than [`ANSWER_WITHIN`]: then why, and `read` is dropped unfinished.
 pub async fn within_reach<T>(
     js: &jetstream::Context,
     read: impl Future<Output = T>,
 ) -> Result<T, Unreachable> {
-    let connected = || js.client().connection_state() == async_nats::connection::State::Connected;
-    if !connected() {
+    if !connected(js) {
         return Err(Unreachable::ConnectionLost);
     }
     // A connection lost during the read ends it at once: its requests would wait out their
     // own timeout (seconds) for answers that cannot come.
     let lost = async {
-        while connected() {
+        while connected(js) {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     };

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use kiln_client::watch::{Dashboard, Feeds, Unreachable, within_reach};
+use kiln_client::watch::{Dashboard, Feeds, Unreachable, connected, within_reach};
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
 use tokio::sync::{mpsc, watch};
 use tokio::time::MissedTickBehavior;
@@ -76,10 +76,6 @@ async fn plain(js: &jetstream::Context, interval: Duration) {
         _ = crate::signal::shutdown() => {}
         _ = print => {}
     }
-}
-
-fn connected(js: &jetstream::Context) -> bool {
-    js.client().connection_state() == async_nats::connection::State::Connected
 }
 
 /// Keys, read on a thread of their own (crossterm's read blocks).
