@@ -244,6 +244,24 @@ class _Prepared:
     digest: str = ""
 
 
+def _in_window(at: datetime | None) -> bool:
+    """Whether `at` lies within the server's duplicate window of now, with a minute's grace
+    for clocks (the server's window runs from when it stored the job)."""
+    if at is None:
+        return False
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=timezone.utc)
+    return abs((datetime.now(timezone.utc) - at).total_seconds()) <= DUPLICATE_WINDOW_S + 60
+
+
+def _refused(refused: dict[str, str], accepted: list[Job]) -> SubmitError:
+    """The error of a submission that refused the jobs `refused` names: the first's reason,
+    and how many more."""
+    first = next(iter(refused.values()))
+    more = f" (and {len(refused) - 1} more job(s))" if len(refused) > 1 else ""
+    return SubmitError(f"{first}{more}", jobs=list(accepted), refused=refused)
+
+
 class Client:
     """A connection to kiln. Make one with `await kiln.connect()`; close it with
     `await client.close()` (or use `async with`)."""
@@ -526,9 +544,7 @@ class Client:
                 elif not state.cancelled() and state.exception() is not None:
                     log.debug("a queued state was not stored: %s", state.exception())
         if refused:
-            first = next(iter(refused.values()))
-            more = f" (and {len(refused) - 1} more job(s))" if len(refused) > 1 else ""
-            raise SubmitError(f"{first}{more}", jobs=list(accepted), refused=refused)
+            raise _refused(refused, list(accepted))
         return accepted
 
     async def _refuse_ids_of_other_jobs(self, prepared: list[_Prepared]) -> None:
@@ -558,13 +574,8 @@ class Client:
                         return False
                     if not isinstance(digest, str) or digest == p.digest:
                         return False
-                    at = _parse_time(record.get("at"))
-                    if at is not None:
-                        if at.tzinfo is None:
-                            at = at.replace(tzinfo=timezone.utc)
-                        age = (datetime.now(timezone.utc) - at).total_seconds()
-                        if abs(age) <= DUPLICATE_WINDOW_S + 60:
-                            return True
+                    if _in_window(_parse_time(record.get("at"))):
+                        return True
                     subject = _wire.result_subject(p.kind, p.job_id)
                     return await self._last_result(subject) is not None
                 except Exception:  # no bucket, no permission: a plain resubmission
@@ -581,9 +592,7 @@ class Client:
             if other
         }
         if refused:
-            first = next(iter(refused.values()))
-            more = f" (and {len(refused) - 1} more job(s))" if len(refused) > 1 else ""
-            raise SubmitError(f"{first}{more}", jobs=[], refused=refused)
+            raise _refused(refused, [])
 
     async def _answered(self, prepared: list[_Prepared]) -> dict[str, Result]:
         """The stored answers of the jobs in `prepared` whose id the caller gave and which
@@ -841,24 +850,14 @@ class Client:
         """The kind `job_id` was submitted as within the duplicate window: its queued
         record's, else its result's (None when neither was made in the window, or they
         cannot be read)."""
-        # A minute's grace for clocks: the server's window runs from when it stored the job.
-        window = DUPLICATE_WINDOW_S + 60
-
-        def recent(at: datetime | None) -> bool:
-            if at is None:
-                return False
-            if at.tzinfo is None:
-                at = at.replace(tzinfo=timezone.utc)
-            return abs((datetime.now(timezone.utc) - at).total_seconds()) <= window
-
         try:
             record = await self._state(job_id)
-            if isinstance(record.get("kind"), str) and recent(_parse_time(record.get("at"))):
+            if isinstance(record.get("kind"), str) and _in_window(_parse_time(record.get("at"))):
                 return str(record["kind"])
             found = await self._lookup(None, job_id)
         except Exception:  # a lookup that fails leaves the job a plain resubmission
             return None
-        if found is not None and recent(found.enqueued_at):
+        if found is not None and _in_window(found.enqueued_at):
             return found.kind
         return None
 
