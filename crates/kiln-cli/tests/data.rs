@@ -622,6 +622,59 @@ async fn a_burst_of_jobs_reading_objects_loads_within_the_memory_budget() {
     );
 }
 
+/// A burst of jobs with seeded inputs whose outputs are stored (`--output-format npy`): each
+/// output waits in memory until the object store has it, and a job keeps its share of the
+/// memory budget until then, so the worker's memory grows by less than twice the budget
+/// (60 outputs of 3 MiB on a 16 MiB budget: 15-19 MiB when this was written). Before, a job
+/// gave its memory back as soon as it had computed; computing is faster than storing, so
+/// every job the worker held computed and waited with its output: 47-141 MiB.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_of_jobs_storing_outputs_stays_within_the_memory_budget() {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    cluster.spawn(
+        "worker",
+        &["worker", "--device", "cpu", "--max-memory-mb", "16"],
+    );
+    let small = ["submit", "vector_add", "-p", "len=8", "-n", "100", "--wait"];
+    assert_success(&cluster.kiln(&small));
+    let before = peak_mib(cluster.child("worker").id());
+    let n = 750_000;
+    let len = format!("len={n}");
+    let out = cluster.kiln(&[
+        "submit",
+        "vector_add",
+        "--id",
+        "outs",
+        "-p",
+        &len,
+        "--output-format",
+        "npy",
+        "-n",
+        "60",
+        "--wait",
+    ]);
+    assert_success(&out);
+    let client = cluster.client().await;
+    let (_, results) = common::stored_results(&client).await;
+    for i in 0..60 {
+        let event = &results[&format!("outs-{i}")];
+        assert_eq!(event.status, Status::Succeeded, "{event:?}");
+        let object = &event.output["object"];
+        assert!(
+            object["name"].is_string(),
+            "outs-{i} stored no output: {event:?}"
+        );
+    }
+    let peak = peak_mib(cluster.child("worker").id());
+    eprintln!("worker peak memory: {before} MiB before the burst, {peak} MiB after");
+    let outputs = (60 * n as u64 * 4) >> 20;
+    assert!(
+        peak - before < 2 * 16,
+        "peak {peak} MiB, {before} MiB before the burst, {outputs} MiB of outputs"
+    );
+}
+
 /// A job waiting for a place to load its objects ends at a `kiln cancel` within moments, as
 /// one waiting for a compute slot does (it waited for a place, then loaded and ran).
 #[tokio::test(flavor = "multi_thread")]

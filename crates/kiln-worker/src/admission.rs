@@ -80,6 +80,22 @@ pub(crate) struct LoadPermit {
 /// What a job holds while it computes: a compute slot and its share of the memory budget.
 pub(crate) struct ComputePermit {
     _compute: OwnedSemaphorePermit,
+    memory: OwnedSemaphorePermit,
+}
+
+impl ComputePermit {
+    /// The job has computed, but its output is in memory until it is stored: free the compute
+    /// slot and keep the memory. (A worker whose jobs computed faster than their outputs
+    /// reached the object store held one output per job it held, past its budget.)
+    pub(crate) fn computed(self) -> MemoryHeld {
+        MemoryHeld {
+            _memory: self.memory,
+        }
+    }
+}
+
+/// A computed job's share of the memory budget, held until its output is stored.
+pub(crate) struct MemoryHeld {
     _memory: OwnedSemaphorePermit,
 }
 
@@ -217,7 +233,7 @@ impl Admission {
             let compute = compute.acquire_owned().await;
             ComputePermit {
                 _compute: compute.expect("semaphore is never closed"),
-                _memory: memory.expect("semaphore is never closed"),
+                memory: memory.expect("semaphore is never closed"),
             }
         }
     }
@@ -370,6 +386,21 @@ mod tests {
         assert!(futures::poll!(third.as_mut()).is_pending());
         drop(first);
         assert!(futures::poll!(third.as_mut()).is_ready());
+    }
+
+    #[tokio::test]
+    async fn a_computed_job_frees_its_slot_and_keeps_its_memory_until_stored() {
+        let admission = admission(8, 1, 8);
+        let first = admission.compute_permit(1 << 20).await.computed();
+        // The one compute slot is free: a job that fits beside the stored output computes.
+        let small = admission.compute_permit(1).await;
+        drop(small);
+        // One that needs the output's memory too waits until it is stored.
+        let big = admission.compute_permit(1 << 21);
+        tokio::pin!(big);
+        assert!(futures::poll!(big.as_mut()).is_pending());
+        drop(first);
+        assert!(futures::poll!(big.as_mut()).is_ready());
     }
 
     #[tokio::test]

@@ -182,6 +182,7 @@ fn run_blocking(shared: &Shared, jobs: Vec<Waiting>, _permit: ComputePermit) {
             stored: waiting.job.take_stored(),
             batched: count,
             waited: std::time::Duration::ZERO,
+            memory: None,
         });
     }
 }

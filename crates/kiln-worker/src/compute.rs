@@ -9,7 +9,7 @@ use async_nats::jetstream::{self, AckKind};
 use kiln_kernels::{Checkpoint, ComputeDevice, DecodedJob, Progress};
 use kiln_proto::{ErrorKind, JobError};
 
-use crate::admission::ComputePermit;
+use crate::admission::{ComputePermit, MemoryHeld};
 use crate::config::WorkerConfig;
 use crate::shared::Shared;
 
@@ -28,6 +28,8 @@ pub(crate) struct Ran {
     /// How long it waited on this worker for a compute slot and its memory: queue time,
     /// which its result's `started_at` and `queue_ms` count.
     pub waited: Duration,
+    /// Its share of the memory budget, while what it left to store is in memory.
+    pub memory: Option<MemoryHeld>,
 }
 
 impl Ran {
@@ -48,6 +50,7 @@ impl Ran {
             stored: None,
             batched: 1,
             waited: Duration::ZERO,
+            memory: None,
         }
     }
 
@@ -219,11 +222,13 @@ fn run_inline(shared: &Shared, job: DecodedJob, id: &str) -> Ran {
         stored: job.take_stored(),
         batched: 1,
         waited: Duration::ZERO,
+        memory: None,
     }
 }
 
-/// Run a job on the blocking pool, holding `_permit` (its compute slot and memory).
-fn run_blocking(shared: &Shared, job: DecodedJob, id: &str, _permit: ComputePermit) -> Ran {
+/// Run a job on the blocking pool, holding `permit` (its compute slot and memory; the memory
+/// until the output it leaves to store is stored).
+fn run_blocking(shared: &Shared, job: DecodedJob, id: &str, permit: ComputePermit) -> Ran {
     let device = shared.config.device.clone();
     let start = Instant::now();
     let handed_back = AtomicBool::new(false);
@@ -245,13 +250,16 @@ fn run_blocking(shared: &Shared, job: DecodedJob, id: &str, _permit: ComputePerm
         std::thread::sleep(start.elapsed().mul_f64(slowdown - 1.0));
     }
     std::thread::sleep(shared.config.sim_overhead);
+    let stored = job.take_stored();
+    let memory = stored.as_ref().map(|_| permit.computed());
     Ran {
         result,
         compute_ms: start.elapsed().as_secs_f64() * 1000.0,
         handed_back: handed_back.into_inner(),
-        stored: job.take_stored(),
+        stored,
         batched: 1,
         waited: Duration::ZERO,
+        memory,
     }
 }
 

@@ -112,11 +112,12 @@ async fn run(
         stored,
         batched,
         waited,
+        memory,
     } = compute::compute(shared, &arrival.message, job, id).await;
     if let Some(stored) = stored {
         store_output(shared, arrival, id, output_mode, stored, &mut result).await;
     }
-    drop(loaded);
+    drop((memory, loaded));
     if tracked {
         track(shared, id, arrival, false);
     }
