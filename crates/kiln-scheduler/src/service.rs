@@ -236,7 +236,8 @@ impl Scheduler {
     /// Report stopped; what it routed.
     fn stop(self) -> SchedulerStats {
         self.config.health.stopping();
-        tracing::info!(
+        // Debug: `kiln scheduler` says the same to its operator in one line of its own.
+        tracing::debug!(
             gpu = self.stats.routed_gpu,
             cpu = self.stats.routed_cpu,
             "scheduler stopped"

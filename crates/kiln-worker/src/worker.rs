@@ -198,7 +198,8 @@ async fn drain(started: Started) -> Result<WorkerStats> {
             reason: reason.clone(),
         });
     }
-    tracing::info!(
+    // Debug: `kiln worker` says the same to its operator in one line of its own.
+    tracing::debug!(
         succeeded = stats.succeeded,
         failed = stats.failed,
         retried = stats.retried,
