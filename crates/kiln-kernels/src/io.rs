@@ -210,6 +210,16 @@ impl Inputs {
             .insert(param, loaded);
     }
 
+    /// `f` of the model loaded for `param`, left in place (a plan reads its sizes); `None`
+    /// when none is.
+    pub fn with_model<R>(&self, param: &str, f: impl FnOnce(&Model) -> R) -> Option<R> {
+        let loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        match loaded.get(param) {
+            Some(Loaded::Model(model)) => Some(f(model)),
+            _ => None,
+        }
+    }
+
     /// Whether nothing was loaded.
     pub fn is_empty(&self) -> bool {
         self.shapes.is_empty()

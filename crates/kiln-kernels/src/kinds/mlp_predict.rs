@@ -292,7 +292,9 @@ fn take_layers(
             matches!(part, "weight" | "bias").then(|| index.parse::<usize>().ok())?
         })
         .max()
-        .map_or(0, |last| last + 1);
+        // Saturating: a crafted `layers.18446744073709551615.weight` is refused as a missing
+        // layer below, not an overflow.
+        .map_or(0, |last: usize| last.saturating_add(1));
     if count == 0 {
         return Err(refuse(
             "has no layers (tensors \"layers.0.weight\", \"layers.0.bias\", …)".into(),
@@ -332,6 +334,48 @@ fn take_layers(
         layers.push((w, b));
     }
     Ok(layers)
+}
+
+/// A loaded model's sizes, read from its tensors' shapes before it is checked (saturating:
+/// the checks that follow refuse a model whose shapes make no sense).
+struct ModelSize {
+    /// Values in all its tensors.
+    parameters: u64,
+    /// Multiply-adds per row: the weights' [in, out] products.
+    macs: u64,
+    /// The layers' output widths together.
+    widths: u64,
+    /// The last layer's output width.
+    classes: u64,
+}
+
+impl ModelSize {
+    fn of(model: &Model) -> Self {
+        let mut size = ModelSize {
+            parameters: 0,
+            macs: 0,
+            widths: 0,
+            classes: 0,
+        };
+        let mut last = None;
+        for (name, tensor) in &model.tensors {
+            size.parameters = size.parameters.saturating_add(tensor.data.len() as u64);
+            let layer = name
+                .strip_prefix("layers.")
+                .and_then(|rest| rest.strip_suffix(".weight"))
+                .and_then(|index| index.parse::<usize>().ok());
+            if let (Some(index), &[fan_in, fan_out]) = (layer, &tensor.shape[..]) {
+                let (fan_in, fan_out) = (fan_in as u64, fan_out as u64);
+                size.macs = size.macs.saturating_add(fan_in.saturating_mul(fan_out));
+                size.widths = size.widths.saturating_add(fan_out);
+                if last.is_none_or(|l| index > l) {
+                    last = Some(index);
+                    size.classes = fan_out;
+                }
+            }
+        }
+        size
+    }
 }
 
 /// What classifying `rows` rows costs on `network`, `batch` rows at a time.
@@ -382,16 +426,34 @@ impl Kernel for MlpPredict {
         std::iter::once(model).chain(x).collect()
     }
 
-    /// The model's size is known only when the job runs (a loaded model has no shape to
-    /// plan with), which checks the whole job against the limits again.
+    /// Before the model is loaded only x is known; once it is, the plan counts what the job
+    /// holds (x, the probabilities, the parameters, a batch's activations) and computes, from
+    /// the model's tensors' shapes, so that the memory budget refuses or reserves all of it
+    /// and a large model runs on a compute slot. (It counted x alone: a model of 4096-wide
+    /// layers took a worker with a 64 MiB budget to 668 MB, on its async threads.) The run
+    /// checks the model itself, and the job against the limits again.
     fn plan(params: &Params, inputs: &Inputs, _limits: &Limits) -> Result<Plan, JobError> {
-        params.batch_size()?;
+        let batch = params.batch_size()?;
         let Some((rows, features)) = x_shape(&params.x, inputs)? else {
             return Ok(Plan::default());
         };
+        let x = checked_product("mlp_predict", &[rows, features])?;
+        let Some(size) = inputs.with_model("model", ModelSize::of) else {
+            return Ok(Plan {
+                elements: x,
+                flops: 0.0,
+                gpu_only: false,
+            });
+        };
+        let activations = batch
+            .min(rows)
+            .saturating_mul(features.saturating_add(size.widths));
         Ok(Plan {
-            elements: checked_product("mlp_predict", &[rows, features])?,
-            flops: 0.0,
+            elements: x
+                .saturating_add(rows.saturating_mul(size.classes))
+                .saturating_add(size.parameters)
+                .saturating_add(activations),
+            flops: 2.0 * rows as f64 * size.macs as f64,
             gpu_only: false,
         })
     }

@@ -264,6 +264,13 @@ fn incomplete_or_foreign_models_are_invalid_input() {
     let mut m = model();
     m.metadata.insert("classes".into(), "4".into());
     refused(m, "classes=4");
+    // A layer index at usize's end counted the layers by an overflowing add (a panic).
+    let mut m = model();
+    m.tensors.push((
+        format!("layers.{}.weight", usize::MAX),
+        HostTensor::new(vec![1, 1], vec![0.0]),
+    ));
+    refused(m, "layers.");
     // Values that are not numbers, as a diverged training leaves them: a NaN weight in the
     // first layer gave finite probabilities, NaNs in the last a confident class 0.
     for (name, value) in [
@@ -307,6 +314,48 @@ fn the_job_names_its_objects_and_plans_the_rows() {
         )
         .unwrap();
     assert_eq!(plan.elements, 6);
+}
+
+/// Once the model is loaded the plan counts what the job holds and computes: the rows, the
+/// probabilities, the parameters and a batch's activations, and the model's multiply-adds
+/// per row. (It counted the rows alone, so the memory budget never saw a model's size, and
+/// a large model ran on the worker's async threads as a job too small for a compute slot.)
+#[test]
+fn a_loaded_model_is_planned_in_full() {
+    let model = model();
+    let widths: Vec<[usize; 2]> = (0..)
+        .map_while(|i| {
+            let name = format!("layers.{i}.weight");
+            model
+                .tensors
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, t)| [t.shape[0], t.shape[1]])
+        })
+        .collect();
+    let parameters: usize = model.tensors.iter().map(|(_, t)| t.data.len()).sum();
+    let macs: usize = widths.iter().map(|[i, o]| i * o).sum();
+    let outs: usize = widths.iter().map(|[_, o]| o).sum();
+    let classes = widths.last().unwrap()[1];
+    let body =
+        br#"{"params":{"model":{"object":"m"},"x":[[1, 2], [3, 4], [5, 6]],"batch_size":2}}"#;
+    let mut job = find("mlp_predict")
+        .unwrap()
+        .decode(Codec::Json, body, &Limits::default())
+        .unwrap();
+    assert_eq!(job.plan.elements, 6, "x alone before the model is loaded");
+    let mut inputs = Inputs::none();
+    inputs.insert("model", Loaded::Model(model));
+    job.load(inputs).unwrap();
+    let rows = 3;
+    assert_eq!(
+        job.plan.elements as usize,
+        rows * 2 + rows * classes + parameters + 2 * (2 + outs)
+    );
+    assert_eq!(job.plan.flops, 2.0 * (rows * macs) as f64);
+    // And the job still runs with the model the plan looked at.
+    let out = job.run(&ComputeDevice::Cpu, &Recorder::default()).unwrap();
+    assert_eq!(out["rows"], 3);
 }
 
 #[test]
