@@ -88,7 +88,16 @@ def test_inline_bools_go_as_numbers_and_flat_params_go_flat() -> None:
     # Dimensions the kind does not read inline go as an object, or are refused inline.
     batch = np.zeros((2, 3, 4, 4), dtype=np.float32)
     assert isinstance(kiln.Client._param("conv2d", "image", batch, None), _wire.Upload)
-    assert isinstance(kiln.Client._param("mlp_predict", "x", grid[0], None), _wire.Upload)
+    assert isinstance(kiln.Client._param("conv2d", "image", grid, None), _wire.Upload)
+    # Dimensions the kind never reads are refused before anything is sent (the worker refused
+    # a 1-D x once it was uploaded).
+    with pytest.raises(ValueError, match=r"shape \(4,\), but is read as \[rows, features\]; "
+                       r"for one row, pass x.reshape\(1, -1\)"):
+        kiln.Client._param("mlp_predict", "x", grid[0], None)
+    with pytest.raises(ValueError, match=r"'a' has shape \(2, 3, 4, 4\), but is read as \[m, k"):
+        kiln.Client._param("matmul", "a", batch, True)
+    with pytest.raises(ValueError, match=r"read as \[H, W\], \[C, H, W\] or \[B, C, H, W\]"):
+        kiln.Client._param("conv2d", "image", batch[None], None)
     with pytest.raises(ValueError, match=r"shape \(2, 3, 4, 4\), but goes inline only with 3"):
         kiln.Client._param("conv2d", "image", batch, False)
     with pytest.raises(ValueError, match="must be an array, got the single number"):

@@ -429,7 +429,8 @@ class Client:
         ):
             flat = name in _wire.FLAT_PARAMS.get(kind, ())
             dims = _wire.INLINE_DIMS.get(kind, {}).get(name)
-            return _wire.plan_tensor(name, value, upload, flat=flat, dims=dims)
+            allowed = _wire.TENSOR_DIMS.get(kind, {}).get(name)
+            return _wire.plan_tensor(name, value, upload, flat=flat, dims=dims, allowed=allowed)
         return value
 
     async def _submit(self, prepared: list[_Prepared]) -> list[Job]:

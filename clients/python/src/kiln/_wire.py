@@ -42,6 +42,14 @@ FLAT_PARAMS = {"vector_add": frozenset({"a", "b"})}
 #: as an object, whose shapes the worker reads more freely (conv2d: [H, W], [C, H, W] or
 #: [B, C, H, W]).
 INLINE_DIMS = {"conv2d": {"image": 3}, "matmul": {"a": 2, "b": 2}, "mlp_predict": {"x": 2}}
+#: The dimensions a tensor parameter of kiln's kinds may have at all (inline or as an object),
+#: and how the kind reads them: an array of other dimensions is refused before anything is
+#: sent (the worker would refuse it once uploaded).
+TENSOR_DIMS: dict[str, dict[str, tuple[tuple[int, ...], str]]] = {
+    "conv2d": {"image": ((2, 3, 4), "[H, W], [C, H, W] or [B, C, H, W]")},
+    "matmul": {"a": ((2,), "[m, k]"), "b": ((2,), "[k, n]")},
+    "mlp_predict": {"x": ((2,), "[rows, features]")},
+}
 #: Parameters that only take a reference; a plain string names the object.
 REFERENCE_PARAMS = frozenset({"dataset", "model"})
 #: Inline JSON of one tensor parameter above this many bytes is uploaded instead.
@@ -210,16 +218,29 @@ def inline_values(array: np.ndarray[Any, Any], flat: bool = False) -> Any:
 
 
 def plan_tensor(
-    name: str, value: Any, upload: bool | None, *, flat: bool = False, dims: int | None = None
+    name: str,
+    value: Any,
+    upload: bool | None,
+    *,
+    flat: bool = False,
+    dims: int | None = None,
+    allowed: tuple[tuple[int, ...], str] | None = None,
 ) -> Any:
     """What tensor parameter `name` becomes: its inline JSON value (nested lists, or one list
     when `flat`), or an `Upload`. `upload`: True always uploads, False never does, None
     uploads when the inline JSON would pass `INLINE_LIMIT`, the values are not all finite
     (JSON has no NaN) or the array has other dimensions than `dims`, the ones the kind reads
-    inline."""
+    inline. `allowed`: the dimensions the kind reads at all, and how (`TENSOR_DIMS`)."""
     array = tensor_array(name, value)
     if array.ndim == 0:
         raise ValueError(f"parameter {name!r} must be an array, got the single number {value!r}")
+    if allowed is not None and array.ndim not in allowed[0]:
+        hint = ""
+        if array.ndim == 1 and allowed[0] == (2,):
+            hint = f"; for one row, pass {name}.reshape(1, -1)"
+        raise ValueError(
+            f"parameter {name!r} has shape {array.shape}, but is read as {allowed[1]}{hint}"
+        )
     other_dims = dims is not None and array.ndim != dims
     if upload is False:
         if other_dims:
