@@ -198,7 +198,8 @@ async fn safetensors_entries_are_picked_by_key() {
     let m = invalid(store::fetch(&store, &reference, Want::Tensor, MIB, 100).await);
     assert_eq!(
         m,
-        "object model has no tensor \"c\"; pick one of \"b\", \"w\" with \"tensor\""
+        "object model has no tensor \"c\"; pick one of \"b\", \"w\" with \"tensor\" (kiln \
+         submit: --input KEY=@FILE#NAME)"
     );
     reference.tensor = None;
     let m = invalid(store::fetch(&store, &reference, Want::Tensor, MIB, 100).await);

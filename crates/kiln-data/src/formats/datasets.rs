@@ -144,8 +144,8 @@ fn record_row(
     let field = &record[features];
     let class = field.parse::<f64>().ok().and_then(label).ok_or_else(|| {
         invalid(format!(
-            "{what}: line {line}, column {}: label {field:?} is not a class number; labels \
-             are non-negative integers (0, 1, 2, …)",
+            "{what}: line {line}, column {}: label {field:?} is not a class number; a row's \
+             last column is its label, a non-negative integer (0, 1, 2, …)",
             features + 1
         ))
     })?;

@@ -12,9 +12,10 @@ use crate::HostTensor;
 /// Decode a PNG or JPEG into channels × height × width, values in [0, 1] (8-bit) as
 /// torchvision's `ToTensor` does; grey images have 1 channel, grey with alpha 2, RGB 3,
 /// RGBA 4. 16-bit PNGs are scaled by 1/65535. The image's size is checked before it is
-/// decoded, from its header: against `max_elements`, and what decoding it takes (its pixels
-/// as the decoder writes them, and the f32 values) against `max_bytes`, the caller's memory
-/// budget: a 97 KB PNG of 10,000 × 10,000 grey pixels decodes to 500 MB.
+/// decoded, from its header: against `max_elements`, and what decoding it takes (the file's
+/// `bytes`, held meanwhile, its pixels as the decoder writes them, and the f32 values)
+/// against `max_bytes`, the caller's memory budget: a 97 KB PNG of 10,000 × 10,000 grey
+/// pixels decodes to 500 MB.
 pub fn decode_image(
     what: &str,
     bytes: &[u8],
@@ -26,6 +27,7 @@ pub fn decode_image(
     let budget = Budget {
         max_elements,
         max_bytes,
+        file: bytes.len() as u64,
     };
     match format {
         Some(Format::Png) => {
@@ -54,6 +56,8 @@ pub fn decode_image(
 struct Budget {
     max_elements: u64,
     max_bytes: u64,
+    /// The encoded file's bytes, held while it decodes.
+    file: u64,
 }
 
 fn image_error(what: &str, kind: &str, error: image::ImageError) -> DataError {
@@ -105,15 +109,18 @@ fn decode_pixels(
              grey, RGB or RGBA"
         )));
     };
-    let needed = decoder
-        .total_bytes()
+    let needed = budget
+        .file
+        .saturating_add(decoder.total_bytes())
         .saturating_add(elements.saturating_mul(4));
     if needed > budget.max_bytes {
         return Err(DataError::TooLarge(format!(
             "{what}: this {width} × {height} {kind} with {channels} channel(s) takes {} MiB \
-             to decode (its pixels and {elements} f32 values), over this worker's memory \
-             budget of {} MiB; send a smaller image or run a worker with more memory",
+             to decode (its {}-byte file, its pixels and {elements} f32 values), over this \
+             worker's memory budget of {} MiB; send a smaller image or run a worker with more \
+             memory",
             super::mib(needed),
+            budget.file,
             super::mib(budget.max_bytes)
         )));
     }
@@ -281,14 +288,18 @@ mod tests {
     fn refuses_images_over_the_element_limit_and_non_images() {
         let file = png(&[0u8; 48], 4, 4, image::ExtendedColorType::Rgb8);
         assert!(decode_image("img", &file, 48, u64::MAX).is_ok());
-        // 48 bytes of pixels and 48 f32 values: 240 bytes to decode, refused under that.
-        assert!(decode_image("img", &file, 48, 240).is_ok());
-        match decode_image("img", &file, 48, 239) {
+        // The file, 48 bytes of pixels and 48 f32 values: 240 bytes and the file's to
+        // decode, refused under that.
+        let whole = 240 + file.len() as u64;
+        assert!(decode_image("img", &file, 48, whole).is_ok());
+        match decode_image("img", &file, 48, whole - 1) {
             Err(DataError::TooLarge(m)) => assert!(
-                m.starts_with(
-                    "img: this 4 × 4 PNG with 3 channel(s) takes 0.0 MiB to decode (its pixels \
-                     and 48 f32 values), over this worker's memory budget of 0.0 MiB"
-                ),
+                m.starts_with(&format!(
+                    "img: this 4 × 4 PNG with 3 channel(s) takes 0.0 MiB to decode (its \
+                     {}-byte file, its pixels and 48 f32 values), over this worker's memory \
+                     budget of 0.0 MiB",
+                    file.len()
+                )),
                 "{m}"
             ),
             other => panic!("expected TooLarge, got {other:?}"),

@@ -144,7 +144,8 @@ pub fn read_tensor(
         Some(Format::Npy) => {
             if let Some(key) = key {
                 return Err(invalid(format!(
-                    "{what} is .npy: it holds one tensor; drop \"tensor\" ({key:?})"
+                    "{what} is .npy: it holds one tensor; drop \"tensor\" ({key:?}; kiln \
+                     submit: --input KEY=@FILE without #{key})"
                 )));
             }
             read_npy(what, &mut input, max_elements)

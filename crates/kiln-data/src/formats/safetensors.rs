@@ -115,12 +115,14 @@ fn choose_key(what: &str, names: &[String], key: Option<&str>) -> Result<String,
         ))),
         (Some(key), _) if names.iter().any(|n| n == key) => Ok(key.to_string()),
         (Some(key), _) => Err(invalid(format!(
-            "{what} has no tensor {key:?}; pick one of {} with \"tensor\"",
+            "{what} has no tensor {key:?}; pick one of {} with \"tensor\" (kiln submit: \
+             --input KEY=@FILE#NAME)",
             list_names(names)
         ))),
         (None, [only]) => Ok(only.clone()),
         (None, _) => Err(invalid(format!(
-            "{what} holds {} tensors ({}); pick one with \"tensor\": \"NAME\"",
+            "{what} holds {} tensors ({}); pick one with \"tensor\": \"NAME\" (kiln submit: \
+             --input KEY=@FILE#NAME)",
             names.len(),
             list_names(names)
         ))),
@@ -402,11 +404,13 @@ mod tests {
 
         assert_eq!(
             message(read(&file, None)),
-            "t holds 2 tensors (\"a\", \"b\"); pick one with \"tensor\": \"NAME\""
+            "t holds 2 tensors (\"a\", \"b\"); pick one with \"tensor\": \"NAME\" (kiln \
+             submit: --input KEY=@FILE#NAME)"
         );
         assert_eq!(
             message(read(&file, Some("c"))),
-            "t has no tensor \"c\"; pick one of \"a\", \"b\" with \"tensor\""
+            "t has no tensor \"c\"; pick one of \"a\", \"b\" with \"tensor\" (kiln submit: \
+             --input KEY=@FILE#NAME)"
         );
         // A single entry needs no key.
         let one = safetensors(

@@ -366,9 +366,8 @@ pub async fn fetch(
                 return Err(drop_key(Format::describe(Some(kind))));
             }
             let bytes = object.read_whole().await?;
-            // What the object's bytes leave of the budget (they are held while it decodes).
-            let left = max_bytes.saturating_sub(bytes.len() as u64);
-            decode_blocking(move || formats::decode_image(&what, &bytes, max_elements, left))
+            // The object's bytes count against the budget too (held while it decodes).
+            decode_blocking(move || formats::decode_image(&what, &bytes, max_elements, max_bytes))
                 .await
                 .map(Loaded::Tensor)
         }

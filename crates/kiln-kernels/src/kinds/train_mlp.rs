@@ -382,6 +382,11 @@ impl Samples {
     }
 }
 
+/// The most classes a dataset's labels may make (its largest label + 1): a label of a billion
+/// was refused as a network of 362 billion tensor elements, which named neither the label nor
+/// the rule.
+const MAX_DATASET_CLASSES: u64 = 65_536;
+
 /// A user's dataset as samples, with its sizes; refuses one kiln cannot train on.
 fn dataset_samples(
     params: &Params,
@@ -403,7 +408,16 @@ fn dataset_samples(
             i as u64 % features
         ));
     }
+    // Labels are class numbers from 0: the largest sets how many classes the network has.
     let classes = data.y.iter().max().map_or(0, |&m| u64::from(m) + 1);
+    if classes > MAX_DATASET_CLASSES {
+        return invalid(format!(
+            "dataset {object:?}'s largest label is {}, which makes {classes} classes (labels \
+             are class numbers from 0, and the largest sets how many there are), over the \
+             {MAX_DATASET_CLASSES} kiln trains; number the classes 0 to N-1",
+            classes - 1
+        ));
+    }
     let sizes = params.dataset_sizes(object, samples, features, Some(classes))?;
     let y = data.y.into_iter().map(i64::from).collect();
     Ok((Samples { x: data.x.data, y }, sizes))

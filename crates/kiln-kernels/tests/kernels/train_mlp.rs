@@ -640,6 +640,33 @@ fn non_finite_features_are_invalid_input() {
     );
 }
 
+/// The largest label sets the number of classes: a stray huge one is named, not refused as a
+/// network too large to train.
+#[test]
+fn a_label_making_too_many_classes_is_named() {
+    let mut data = blobs(5, 0);
+    data.y[4] = 1_000_000_000;
+    let params = json!({"dataset": {"object": "d"}, "epochs": 1});
+    let err = dataset_job(params.clone(), 0, data)
+        .and_then(|job| job.run(&ComputeDevice::Cpu, &NoCheckpoint))
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::InvalidInput, "{err}");
+    assert!(
+        err.message.contains(
+            "largest label is 1000000000, which makes 1000000001 classes (labels are class \
+             numbers from 0"
+        ),
+        "{}",
+        err.message
+    );
+    // Labels up to the limit train (unused classes included).
+    let mut data = blobs(5, 0);
+    data.y[4] = 9;
+    let job = dataset_job(params, 0, data).unwrap();
+    let out = job.run(&ComputeDevice::Cpu, &NoCheckpoint).unwrap();
+    assert_eq!(out["model"]["classes"], 10, "{out}");
+}
+
 #[test]
 fn bincode_carries_the_dataset_params() {
     let params = kiln_kernels::kinds::train_mlp::Params {
