@@ -84,14 +84,16 @@ async fn a_users_matrices_go_in_by_object_and_the_whole_product_comes_back() {
     assert_success(&piped);
     assert_eq!(piped.stdout, std::fs::read(&again).unwrap());
     assert!(String::from_utf8_lossy(&piped.stderr).contains("\"id\": \"mm-1\""));
-    // A file that cannot be made says the job has its result and how to write it later.
+    // A file that cannot be made says why (and not to run the same command again, which
+    // `kiln submit --output` says: the job has its result then).
     let nowhere = dir.path().join("no-such-folder/c.npy");
     let out = cluster.kiln(&["result", "mm-1", "--output", nowhere.to_str().unwrap()]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("job mm-1 has its result, but its output was not written to")
-            && stderr.contains("`kiln result mm-1 --output FILE` writes it"),
+            && stderr.contains("No such file or directory")
+            && !stderr.contains("`kiln result mm-1 --output FILE` writes it"),
         "{stderr}"
     );
     // A file named for another format gets the output converted to it.
@@ -263,6 +265,7 @@ async fn a_model_trained_on_a_csv_predicts_on_new_points() {
     let npy = dir.path().join("model.npy");
     let out = cluster.kiln(&["result", "trained", "--output", npy.to_str().unwrap()]);
     assert!(!out.status.success());
+    assert_eq!(stdout(&out), "", "refused before the result is printed");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains(&format!(
@@ -489,6 +492,95 @@ async fn resubmitting_an_id_never_replaces_the_kept_jobs_inputs() {
 /// write is refused as `kiln submit --output` refuses it, and a job with no output object (its
 /// output inline in its result, or a failure) is said to have none, with what to do instead
 /// (not the command that just failed). Nothing is written either way.
+/// `kiln result ID --output FILE` writes an output the result holds inline (a small matmul's
+/// product) as it writes a stored one; PNG is for conv2d's images, and other kinds refuse it
+/// (in `kiln result`, in `kiln submit`, and in a worker for a job published by hand) rather
+/// than clamp their values to [0, 1] in 8 bits.
+#[tokio::test(flavor = "multi_thread")]
+async fn result_output_writes_inline_values_and_png_is_for_images() {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    cluster.cpu_worker();
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let a = "a=[[1, -2.5], [30, 4]]";
+    let submitted = cluster.kiln(&[
+        "submit",
+        "matmul",
+        "-p",
+        a,
+        "-p",
+        "b=[[1, 0], [0, 2]]",
+        "--id",
+        "small",
+        "--wait",
+    ]);
+    assert_success(&submitted);
+    assert_eq!(
+        result_of(&submitted).output["c"],
+        serde_json::json!([[1.0, -5.0], [30.0, 8.0]])
+    );
+    let out = cluster.kiln(&["result", "small", "--output", &path("c.npy")]);
+    assert_success(&out);
+    let c = read_npy(std::path::Path::new(&path("c.npy")));
+    assert_eq!((c.shape, c.data), (vec![2, 2], vec![1.0, -5.0, 30.0, 8.0]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("from the values inline in the result"),
+        "{stderr}"
+    );
+    // As safetensors, one entry named after the output, as a stored one is.
+    assert_success(&cluster.kiln(&["result", "small", "--output", &path("c.safetensors")]));
+    let bytes = std::fs::read(path("c.safetensors")).unwrap();
+    let c = read_tensor("c", &mut &bytes[..], Some("c"), 4).unwrap();
+    assert_eq!(c.data, vec![1.0, -5.0, 30.0, 8.0]);
+
+    // A matrix is no image: refused before anything is printed or written.
+    let out = cluster.kiln(&["result", "small", "--output", &path("c.png")]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("job small is a matmul job, whose output is not an image"),
+        "{stderr}"
+    );
+    assert_eq!(stdout(&out), "", "nothing printed");
+    assert!(!dir.path().join("c.png").exists());
+    let out = cluster.kiln(&[
+        "submit",
+        "matmul",
+        "-p",
+        a,
+        "-p",
+        "b=[[1, 0], [0, 2]]",
+        "--id",
+        "as-png",
+        "--output",
+        &path("p.png"),
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("\"output\": \"png\" is for images (conv2d's)"),
+        "{stderr}"
+    );
+    assert!(stdout(&cluster.kiln(&["status", "as-png"])).contains("as-png: unknown"));
+    // Published by hand, the worker answers it invalid_input.
+    let client = cluster.client().await;
+    let js = jetstream::new(client.clone());
+    js.publish(
+        "jobs.cpu.vector_add",
+        r#"{"id":"raw-png","params":{"a":[1,2],"b":[3,4]},"output":"png"}"#.into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let results = common::wait_for_results(&client, &["raw-png"], Duration::from_secs(30)).await;
+    let error = results["raw-png"].error.clone().expect("refused");
+    assert_eq!(error.kind, ErrorKind::InvalidInput);
+    assert!(error.message.contains("is for images"), "{}", error.message);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn result_output_refuses_what_it_cannot_write() {
     let mut cluster = Cluster::new();

@@ -257,7 +257,7 @@ pub async fn save_output(
     let bucket = bucket(js).await?;
     let (name, sha256) = (&descriptor.name, Some(descriptor.sha256.as_str()));
     let stdout = path == Path::new("-");
-    let converted = conversion(&event.id, &descriptor, path)?;
+    let converted = conversion(event, &descriptor, path)?;
     let size = match converted {
         None if stdout => get_to_writer(&bucket, name, &mut tokio::io::stdout(), sha256).await?,
         None => get_file(&bucket, name, path, sha256).await?,
@@ -299,15 +299,138 @@ pub struct SavedOutput {
     pub converted_to: Option<&'static str>,
 }
 
+/// Refuse, before anything is fetched, a file `event`'s output cannot become: a model as
+/// anything but `.safetensors`, an output that is no image as `.png`. (Whether there is an
+/// output to write at all is for the writing to say.)
+pub fn check_writable(event: &kiln_proto::ResultEvent, path: &Path) -> Result<()> {
+    if path == Path::new("-") {
+        return Ok(());
+    }
+    match event.output.get("object") {
+        Some(_) => conversion(event, &stored_output(event)?, path).map(drop),
+        None => match output_mode_for(path)? {
+            OutputMode::Png if event.kind != "conv2d" => Err(not_an_image(event)),
+            _ => Ok(()),
+        },
+    }
+}
+
+/// The result keys that hold an output's values inline, as a stored output would hold them
+/// (one safetensors entry of the same name): vector_add's and matmul's `c`, conv2d's `image`,
+/// mlp_predict's `probabilities`.
+const INLINE_OUTPUTS: [&str; 3] = ["c", "image", "probabilities"];
+
+/// Write the output `event` holds inline (its values, not a summary) to `path` as the file's
+/// extension asks (`.npy`, `.safetensors`, `.png` for conv2d's images); `None` when the
+/// result holds no values to write.
+pub async fn save_inline_output(
+    event: &kiln_proto::ResultEvent,
+    path: &Path,
+) -> Result<Option<SavedInline>> {
+    let Some((name, tensor)) = INLINE_OUTPUTS
+        .iter()
+        .find_map(|&key| Some((key, inline_tensor(event.output.get(key)?)?)))
+    else {
+        return Ok(None);
+    };
+    let mode = output_mode_for(path)?;
+    if mode == OutputMode::Png && event.kind != "conv2d" {
+        return Err(not_an_image(event));
+    }
+    let bad = |e: kiln_data::DataError| Error::Data(format!("job {}'s output: {e}", event.id));
+    let shape = tensor.shape.clone();
+    let bytes = match mode {
+        OutputMode::Png => kiln_data::formats::encode_png(&tensor).map_err(bad)?,
+        OutputMode::Safetensors => {
+            let model = kiln_data::Model {
+                tensors: vec![(name.to_owned(), tensor)],
+                metadata: Default::default(),
+            };
+            kiln_data::formats::encode_safetensors(&model).map_err(bad)?
+        }
+        _ => kiln_data::formats::encode_npy(&tensor),
+    };
+    write_bytes(path, &bytes).await?;
+    Ok(Some(SavedInline {
+        size: bytes.len() as u64,
+        format: mode.format(),
+        shape,
+    }))
+}
+
+/// What [`save_inline_output`] wrote.
+#[derive(Debug, Clone)]
+pub struct SavedInline {
+    /// Bytes written.
+    pub size: u64,
+    /// The format written (`npy`, `safetensors`, `png`).
+    pub format: &'static str,
+    /// The tensor's shape.
+    pub shape: Vec<usize>,
+}
+
+/// Nested JSON arrays of numbers (a `null`, which JSON writes for a value that is not finite,
+/// is NaN) as a tensor; `None` when they are not a rectangular array of numbers.
+fn inline_tensor(value: &serde_json::Value) -> Option<kiln_data::HostTensor> {
+    let mut shape = Vec::new();
+    let mut at = value;
+    while let Some(items) = at.as_array() {
+        shape.push(items.len());
+        at = items.first()?;
+    }
+    if shape.is_empty() {
+        return None;
+    }
+    let mut data = Vec::with_capacity(shape.iter().product());
+    flatten(value, &shape, &mut data)?;
+    Some(kiln_data::HostTensor::new(shape, data))
+}
+
+fn flatten(value: &serde_json::Value, shape: &[usize], data: &mut Vec<f32>) -> Option<()> {
+    match (shape.split_first(), value) {
+        (Some((&len, rest)), serde_json::Value::Array(items)) if items.len() == len => {
+            items.iter().try_for_each(|item| flatten(item, rest, data))
+        }
+        (None, serde_json::Value::Number(n)) => {
+            data.push(n.as_f64()? as f32);
+            Some(())
+        }
+        (None, serde_json::Value::Null) => {
+            data.push(f32::NAN);
+            Some(())
+        }
+        _ => None,
+    }
+}
+
+/// Refusing a PNG of a job whose output is no image.
+fn not_an_image(event: &kiln_proto::ResultEvent) -> Error {
+    Error::Invalid(format!(
+        "job {} is a {} job, whose output is not an image: a PNG would clamp its values to \
+         [0, 1] in 8 bits; write it to a .npy or .safetensors file",
+        event.id, event.kind
+    ))
+}
+
 /// The format `path`'s extension asks for when it is not the stored one (`None`: write the
 /// object as it is stored, also when the extension names no format kiln writes).
-fn conversion(id: &str, descriptor: &ObjectDescriptor, path: &Path) -> Result<Option<OutputMode>> {
+fn conversion(
+    event: &kiln_proto::ResultEvent,
+    descriptor: &ObjectDescriptor,
+    path: &Path,
+) -> Result<Option<OutputMode>> {
+    let id = &event.id;
     let Ok(mode) = output_mode_for(path) else {
         return Ok(None);
     };
     let wanted = mode.format();
     if wanted == descriptor.format {
         return Ok(None);
+    }
+    // As a worker refuses `"output": "png"` for them: a PNG would clamp the values to [0, 1]
+    // in 8 bits.
+    if mode == OutputMode::Png && event.kind != "conv2d" {
+        return Err(not_an_image(event));
     }
     if descriptor.shape.is_empty() && descriptor.format == "safetensors" {
         return Err(Error::Invalid(format!(
@@ -404,6 +527,28 @@ mod tests {
         assert_eq!((input.source, input.entry), (Source::File(hashed), None));
         for bad in ["a", "=@x", "a=@", "a="] {
             assert!(Input::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn inline_outputs_are_rectangular_arrays_of_numbers() {
+        let t = inline_tensor(&serde_json::json!([[1.0, 2.0, 3.0], [4.0, null, 6.0]])).unwrap();
+        assert_eq!(t.shape, vec![2, 3]);
+        assert_eq!(&t.data[..2], &[1.0, 2.0]);
+        assert!(t.data[4].is_nan());
+        let image = inline_tensor(&serde_json::json!([[[0.5, 1.0]], [[0.0, 0.25]]])).unwrap();
+        assert_eq!(
+            (image.shape, image.data),
+            (vec![2, 1, 2], vec![0.5, 1.0, 0.0, 0.25])
+        );
+        for not in [
+            serde_json::json!([[1.0, 2.0], [3.0]]),
+            serde_json::json!([]),
+            serde_json::json!({"checksum": 1.0}),
+            serde_json::json!([1.0, "x"]),
+            serde_json::json!(3.0),
+        ] {
+            assert!(inline_tensor(&not).is_none(), "{not}");
         }
     }
 

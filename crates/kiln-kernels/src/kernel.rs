@@ -105,6 +105,9 @@ pub trait Kernel: 'static {
     /// that JIT compilation and autotuning of the typical sizes are paid at start (and kept
     /// in the cache directory) rather than by the first user.
     const WARMUP: &'static [&'static str] = &[];
+    /// Whether the kind's output is an image, which `"output": "png"` may store (8 bits a
+    /// value, clamped to [0, 1]); other kinds refuse `png` rather than lose their values.
+    const IMAGE_OUTPUT: bool = false;
     /// The kind's parameters (`params` of the job body). Use `#[serde(deny_unknown_fields)]`
     /// and `Option` fields rather than untagged enums, so that bincode can carry them.
     type Params: Serialize + DeserializeOwned + Debug + Clone + Send + Sync + 'static;
@@ -513,9 +516,9 @@ fn decode<K: Kernel>(
             K::NAME,
         )));
     }
-    let job: Job<K::Params> = codec
-        .decode("job", body)
-        .map_err(|e| JobError::invalid_input(format!("{} job: {e}", K::NAME)))?;
+    let job: Job<K::Params> = codec.decode("job", body).map_err(|e| {
+        JobError::invalid_input(format!("{} job: {}", K::NAME, with_param_help::<K>(e)))
+    })?;
     if let Some(id) = &job.id
         && !kiln_proto::valid_job_id(id)
     {
@@ -533,6 +536,7 @@ fn decode<K: Kernel>(
             kiln_proto::ASSIGNED_ID_RULE
         )));
     }
+    check_output::<K>(job.output)?;
     let plan = K::plan(&job.params, &Inputs::none(), limits)?;
     limits.check_elements(K::NAME, plan.elements)?;
     Ok(DecodedJob {
@@ -549,6 +553,19 @@ fn decode<K: Kernel>(
     })
 }
 
+/// Refuse `"output": "png"` for a kind whose output is not an image: PNG would clamp its
+/// values to [0, 1] and keep 8 bits of each (a matmul's product came back as a grey picture).
+fn check_output<K: Kernel>(output: OutputMode) -> Result<(), JobError> {
+    if output == OutputMode::Png && !K::IMAGE_OUTPUT {
+        return Err(JobError::invalid_input(format!(
+            "{} job: \"output\": \"png\" is for images (conv2d's); a PNG would clamp this \
+             kind's values to [0, 1] in 8 bits; ask for \"npy\" or \"safetensors\"",
+            K::NAME
+        )));
+    }
+    Ok(())
+}
+
 /// At most the first 40 characters of something a user sent, for an error message that
 /// must stay small whatever they sent.
 fn truncated(text: &str) -> String {
@@ -558,9 +575,29 @@ fn truncated(text: &str) -> String {
     }
 }
 
+/// A parameters error with the help line of the parameter it names appended: serde says
+/// `image[0][0]: invalid type: integer 0, expected a sequence`, which does not say what an
+/// image is.
+fn with_param_help<K: Kernel>(e: impl std::fmt::Display) -> String {
+    let message = e.to_string();
+    let path = message
+        .split_once("params.")
+        .map_or(message.as_str(), |(_, path)| path);
+    let name = path.split(['[', '.', ':']).next().unwrap_or_default();
+    let help = K::PARAMS_HELP.lines().find_map(|line| {
+        let (names, meaning) = line.split_once(": ")?;
+        names.split(", ").any(|n| n == name).then_some(meaning)
+    });
+    match help {
+        Some(help) if !name.is_empty() => format!("{message} ({name}: {help})"),
+        _ => message,
+    }
+}
+
 fn check_params<K: Kernel>(params: serde_json::Value, limits: &Limits) -> Result<Plan, JobError> {
-    let params: K::Params = kiln_proto::json_at_path(params)
-        .map_err(|e| JobError::invalid_input(format!("{} params: {e}", K::NAME)))?;
+    let params: K::Params = kiln_proto::json_at_path(params).map_err(|e| {
+        JobError::invalid_input(format!("{} params: {}", K::NAME, with_param_help::<K>(e)))
+    })?;
     let plan = K::plan(&params, &Inputs::none(), limits)?;
     limits.check_elements(K::NAME, plan.elements)?;
     Ok(plan)
@@ -571,8 +608,10 @@ fn encode<K: Kernel>(
     meta: JobMeta,
     codec: Codec,
 ) -> Result<Vec<u8>, JobError> {
-    let params: K::Params = kiln_proto::json_at_path(params)
-        .map_err(|e| JobError::invalid_input(format!("{} params: {e}", K::NAME)))?;
+    let params: K::Params = kiln_proto::json_at_path(params).map_err(|e| {
+        JobError::invalid_input(format!("{} params: {}", K::NAME, with_param_help::<K>(e)))
+    })?;
+    check_output::<K>(meta.output)?;
     K::plan(&params, &Inputs::none(), &Limits::UNLIMITED)?;
     let job = Job {
         id: meta.id,

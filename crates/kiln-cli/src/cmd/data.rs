@@ -99,21 +99,25 @@ async fn connect(nats: &NatsArgs) -> anyhow::Result<jetstream::Context> {
 }
 
 /// Write the object a result's `output.object` names to `path` (converted to the format its
-/// extension names), and say so on stderr.
+/// extension names), and say so on stderr. `retry` adds that `kiln result` can write it later
+/// (for `kiln submit --output`, not for `kiln result` itself).
 pub async fn save_output(
     js: &jetstream::Context,
     event: &kiln_proto::ResultEvent,
     path: &Path,
+    retry: bool,
 ) -> anyhow::Result<()> {
     let saved = or_interrupted(path, kiln_client::data::save_output(js, event, path))
         .await
         .with_context(|| {
+            let later = match retry {
+                true => format!("; `kiln result {} --output FILE` writes it", event.id),
+                false => String::new(),
+            };
             format!(
-                "job {} has its result, but its output was not written to {}; `kiln result {} \
-                 --output FILE` writes it",
+                "job {} has its result, but its output was not written to {}{later}",
                 event.id,
                 path.display(),
-                event.id
             )
         })?;
     let d = &saved.descriptor;
@@ -121,11 +125,15 @@ pub async fn save_output(
         Some(to) => format!("{to}, converted from the stored {}", d.format),
         None => d.format.clone(),
     };
+    // A model's descriptor has no shape (it is several tensors).
+    let what = match d.shape.is_empty() {
+        true => "model".to_owned(),
+        false => format!("{:?}", d.shape),
+    };
     eprintln!(
-        "wrote {} ({} bytes, {format} {:?})",
+        "wrote {} ({} bytes, {format} {what})",
         path.display(),
         saved.size,
-        d.shape
     );
     Ok(())
 }

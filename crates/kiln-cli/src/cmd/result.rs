@@ -50,6 +50,11 @@ pub async fn run(nats: &NatsArgs, args: ResultArgs) -> anyhow::Result<ExitCode> 
     let client = kiln_client::connect_to_jetstream(&nats.connect_options()).await?;
     let js = jetstream::new(client);
     if let Some(event) = find(&js, &args.id, kind).await? {
+        // A file the output cannot become (a model as .npy, a matrix as .png) is refused
+        // before the event is printed: it says what to write instead, and nothing else.
+        if let Some(ResultOutput::File(path)) = &args.output {
+            kiln_client::data::check_writable(&event, path)?;
+        }
         // The text form is the event's JSON as well; on stderr when the output goes to stdout.
         let event_json = serde_json::to_string_pretty(&event)?;
         match &args.output {
@@ -57,10 +62,7 @@ pub async fn run(nats: &NatsArgs, args: ResultArgs) -> anyhow::Result<ExitCode> 
             _ => println!("{event_json}"),
         }
         if let Some(ResultOutput::File(path)) = &args.output {
-            if let Some(why) = no_output_object(&event, path) {
-                anyhow::bail!(why);
-            }
-            super::data::save_output(&js, &event, path).await?;
+            write_output(&js, &event, path).await?;
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -84,14 +86,30 @@ pub async fn run(nats: &NatsArgs, args: ResultArgs) -> anyhow::Result<ExitCode> 
     not_found("no_result", message)
 }
 
-/// Why `event` has no stored output to write to `path`, and what to do instead; `None` when
-/// its result names one (`output.object`).
-fn no_output_object(event: &kiln_proto::ResultEvent, path: &Path) -> Option<String> {
+/// Write `event`'s output to `path`: the object its result names, or the values it holds
+/// inline; an error saying why and what to do when it has neither.
+async fn write_output(
+    js: &jetstream::Context,
+    event: &kiln_proto::ResultEvent,
+    path: &Path,
+) -> anyhow::Result<()> {
     if event.output.get("object").is_some() {
-        return None;
+        return super::data::save_output(js, event, path, false).await;
+    }
+    if path != Path::new("-")
+        && let Some(saved) = kiln_client::data::save_inline_output(event, path).await?
+    {
+        eprintln!(
+            "wrote {} ({} bytes, {} {:?}, from the values inline in the result)",
+            path.display(),
+            saved.size,
+            saved.format,
+            saved.shape
+        );
+        return Ok(());
     }
     let (id, path) = (&event.id, path.display());
-    Some(match &event.error {
+    anyhow::bail!(match &event.error {
         Some(e) => format!(
             "job {id} failed ({}: {}), so it has no output to write to {path}: submit it again \
              once the cause is fixed",

@@ -469,7 +469,7 @@ impl<'a> Submission<'a> {
             && event.status == Status::Succeeded
             && !answered_before.contains(&self.base_id)
         {
-            super::data::save_output(js, event, path).await?;
+            super::data::save_output(js, event, path, true).await?;
         }
         Ok(
             if failed == 0 && missing.is_empty() && taken.is_empty() && answered_before.is_empty() {

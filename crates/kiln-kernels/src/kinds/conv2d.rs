@@ -314,11 +314,15 @@ impl Kernel for Conv2d {
     const PARAMS_HELP: &'static str = "batch: images in the generated batch (1)\n\
          channels: channels per image (3)\n\
          height, width: image size in pixels (256, 256)\n\
-         filter: gaussian (5x5, sigma 1), sobel (edge magnitude), sharpen or box (gaussian)\n\
-         kernel: a square kernel with an odd side up to 31, instead of filter\n\
+         filter: gaussian (the default: 5x5, sigma 1, weights summing to 1), sobel (edge \
+         magnitude sqrt(gx^2 + gy^2), gx = [[-1,0,1],[-2,0,2],[-1,0,1]], gy its transpose), \
+         sharpen ([[0,-1,0],[-1,5,-1],[0,-1,0]]) or box (3x3 mean)\n\
+         kernel: a square kernel with an odd side up to 31, instead of filter \
+         (cross-correlation, as PyTorch's conv2d; zero padding keeps the size)\n\
          image: the image as [channels][height][width], or {\"object\": NAME} in KILN_DATA \
-         (PNG, JPEG, or a [C,H,W] / [B,C,H,W] tensor), instead of the sizes\n\
+         (PNG, JPEG, or a [H,W] / [C,H,W] / [B,C,H,W] tensor), instead of the sizes\n\
          dtype: f32, or tf32/bf16/f16 on GPU workers (f32; on GPUs f32 is true f32)";
+    const IMAGE_OUTPUT: bool = true;
     // Sharpen and box share sobel's 3×3 depthwise shape; gaussian is 5×5.
     const WARMUP: &'static [&'static str] =
         &[r#"{"filter": "gaussian"}"#, r#"{"filter": "sobel"}"#];

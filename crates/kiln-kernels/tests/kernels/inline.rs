@@ -125,3 +125,35 @@ fn binary_bodies_with_nan_or_infinity_are_invalid_input_too() {
         );
     }
 }
+
+/// A parameter of the wrong form is refused with its help line: serde's own words
+/// ("invalid type: integer 0, expected a sequence") do not say what the parameter is.
+#[test]
+fn a_parameter_of_the_wrong_form_is_refused_with_its_help() {
+    let message = refused(
+        "conv2d",
+        json!({"image": [[0, 1], [1, 0]], "filter": "box"}),
+    );
+    assert!(
+        message.contains("expected a sequence")
+            && message.contains("(image: the image as [channels][height][width]"),
+        "{message}"
+    );
+    let message = refused("vector_add", json!({"a": [[1, 2]], "b": [[1, 1]]}));
+    assert!(message.contains("(a: the vectors themselves"), "{message}");
+    // The same when a client checks the parameters before sending.
+    let entry = find("mlp_predict").unwrap();
+    let error = entry
+        .check_params(
+            json!({"model": "m.safetensors", "x": [[1.0]]}),
+            &Default::default(),
+        )
+        .unwrap_err();
+    assert!(
+        error
+            .message
+            .contains("(model: {\"object\": NAME} in KILN_DATA"),
+        "{}",
+        error.message
+    );
+}
