@@ -333,8 +333,8 @@ fn answer<B: Backend>(
 
 /// Work in one piece of a product between checkpoints: about a second at most on a CPU
 /// worker (about 50–100 GFLOP/s on a few cores), and on a GPU.
-const CPU_PIECE_FLOPS: f64 = 4e9;
-const GPU_PIECE_FLOPS: f64 = 2e12;
+pub(crate) const CPU_PIECE_FLOPS: f64 = 4e9;
+pub(crate) const GPU_PIECE_FLOPS: f64 = 2e12;
 
 /// Rows of A per piece of `flops` work, for A m×k and B k×n.
 fn rows_per_piece(flops: f64, k: usize, n: usize) -> usize {

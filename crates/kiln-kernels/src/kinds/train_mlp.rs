@@ -20,23 +20,16 @@
 //! stream 0 the data, stream 1 the per-epoch shuffles, streams 2 + 2l and 3 + 2l the weights
 //! and biases of layer l (uniform in ±1/√fan_in, Burn's default `Linear` initialisation).
 //!
-//! Training: `Linear` layers with ReLU between them (no activation after the last; the network
-//! is [`super::mlp::Mlp`]), softmax cross-entropy, Adam (β = 0.9, 0.999, ε = 1e-5) at a
-//! constant learning rate, mini-batches of a fresh shuffle every epoch (the last batch of an
-//! epoch may be smaller). An empty `hidden` trains softmax regression, the linear baseline.
+//! Training: `Linear` layers with ReLU between them (none after the last; [`Mlp`]), softmax
+//! cross-entropy, Adam (β = 0.9, 0.999, ε = 1e-5) at a constant learning rate, mini-batches of
+//! a fresh shuffle every epoch. An empty `hidden` trains softmax regression.
 //!
 //! **The result** lists a record per epoch in `epochs` (`epoch`, `loss` — the mean of its
-//! mini-batch losses —, `accuracy` on the training samples, and `val_loss` and `val_accuracy`
-//! when samples are held out), then the last record's figures as `final_*`. Past 1,000 epochs it
-//! lists every `history_every`-th epoch and the last, so the result stays small (epochs not
-//! listed are not evaluated either).
+//! mini-batch losses —, `accuracy`, and `val_loss`, `val_accuracy` with held-out samples), then
+//! the last one's as `final_*`; past 1,000 epochs every `history_every`-th and the last.
 //!
-//! **The model** is stored for every dataset job, and for a shells job whose `output` asks for
-//! an object: safetensors, all f32, `layers.{i}.weight` [in, out] (Burn's `Linear` layout) and
-//! `layers.{i}.bias` `[out]` for each layer from input to output, `input.mean` and `input.std`
-//! `[features]` (0 and 1 for the shells, which train unstandardised); metadata `format=kiln-mlp`,
-//! `version=1`, `features`, `classes`, `hidden` (comma-separated, empty for none) and
-//! `activation=relu`. `mlp_predict` runs it.
+//! **The model** (stored for every dataset job, and for a shells job whose `output` asks for an
+//! object) is the safetensors file [`Mlp::export`] writes (docs/DATA.md); `mlp_predict` runs it.
 
 use burn::backend::Autodiff;
 use burn::module::{AutodiffModule, Module};
@@ -382,9 +375,7 @@ impl Samples {
     }
 }
 
-/// The most classes a dataset's labels may make (its largest label + 1): a label of a billion
-/// was refused as a network of 362 billion tensor elements, which named neither the label nor
-/// the rule.
+/// The most classes a dataset's labels may make (its largest label + 1).
 const MAX_DATASET_CLASSES: u64 = 65_536;
 
 /// A user's dataset as samples, with its sizes; refuses one kiln cannot train on.
@@ -408,7 +399,6 @@ fn dataset_samples(
             i as u64 % features
         ));
     }
-    // Labels are class numbers from 0: the largest sets how many classes the network has.
     let classes = data.y.iter().max().map_or(0, |&m| u64::from(m) + 1);
     if classes > MAX_DATASET_CLASSES {
         return invalid(format!(
@@ -461,11 +451,10 @@ pub struct TrainMlp;
 fn cost(c: &Config) -> Result<Plan, JobError> {
     let what = "train_mlp";
     let parameters = c.parameters()?;
-    // Points and labels.
-    let data = checked_product(
-        what,
-        &[c.samples, c.features.checked_add(1).ok_or_else(overflow)?],
-    )?;
+    // Per sample, on the host and as a tensor: features, label and place in the epoch's
+    // shuffle as i64, two f32s each (features and label alone were a quarter of the peak).
+    let per_sample = c.features.checked_add(4).ok_or_else(overflow)?;
+    let data = checked_product(what, &[c.samples, per_sample, 2])?;
     // Weights, their gradients and Adam's two moments.
     let state = checked_product(what, &[parameters, 4])?;
     // Activations of every layer, and their gradients, for the widest pass.

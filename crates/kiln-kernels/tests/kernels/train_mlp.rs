@@ -232,11 +232,12 @@ fn plan_counts_parameters_state_and_work() {
         .unwrap()
         .check_params(json!({}), &Limits::default())
         .unwrap();
-    // Points and labels, weights with gradients and two Adam moments, and activations
-    // (and their gradients) of a 2048-row accuracy pass through widths 2, 64, 64, 3.
+    // Points, labels and the shuffled order (on the host and as tensors), weights with
+    // gradients and two Adam moments, and activations (and their gradients) of a 2048-row
+    // accuracy pass through widths 2, 64, 64, 3.
     assert_eq!(
         plan.elements,
-        2048 * 3 + 4547 * 4 + 2048 * (2 + 64 + 64 + 3) * 2
+        2048 * (2 + 4) * 2 + 4547 * 4 + 2048 * (2 + 64 + 64 + 3) * 2
     );
     assert_eq!(plan.flops, 8.0 * 4547.0 * 2048.0 * 20.0);
 }
@@ -453,13 +454,14 @@ fn a_dataset_job_names_its_object_and_is_planned_once_loaded() {
     let mut inputs = Inputs::none();
     inputs.insert("dataset", Loaded::Dataset(blobs(10, 0)));
     job.load(inputs).unwrap();
-    // 30 points of 2 features and a label; 2·8 + 8 + 8·2 + 2 weights (classes counted as 2
-    // until the labels are read) four times over; activations of a pass over the 30 rows
-    // through widths 2, 8, 2, twice.
+    // 30 points of 2 features, a label and a place in the shuffle (i64, two f32s each), on
+    // the host and as tensors; 2·8 + 8 + 8·2 + 2 weights (classes counted as 2 until the
+    // labels are read) four times over; activations of a pass over the 30 rows through
+    // widths 2, 8, 2, twice.
     let parameters = 2 * 8 + 8 + 8 * 2 + 2;
     assert_eq!(
         job.plan.elements,
-        30 * 3 + parameters * 4 + 30 * (2 + 8 + 2) * 2
+        30 * (2 + 4) * 2 + parameters * 4 + 30 * (2 + 8 + 2) * 2
     );
     // The generated shells' jobs name nothing.
     let shells = find("train_mlp")
