@@ -156,6 +156,16 @@ impl Network {
         self.layers.last().map_or(0, |(w, _)| w.shape[1])
     }
 
+    /// Its sizes, as [`ModelSize`] counts them (the parameters: weights and biases).
+    fn size(&self) -> ModelSize {
+        ModelSize {
+            parameters: self.parameters(),
+            macs: self.macs(),
+            widths: self.layers.iter().map(|(w, _)| w.shape[1] as u64).sum(),
+            classes: self.classes() as u64,
+        }
+    }
+
     /// Layer widths from input to output.
     fn widths(&self) -> Vec<usize> {
         std::iter::once(self.features())
@@ -344,10 +354,11 @@ fn take_layers(
     Ok(layers)
 }
 
-/// A loaded model's sizes, read from its tensors' shapes before it is checked (saturating:
-/// the checks that follow refuse a model whose shapes make no sense).
+/// A model's sizes: of a loaded one read from its tensors' shapes before it is checked
+/// (saturating: the checks that follow refuse a model whose shapes make no sense), or of a
+/// checked [`Network`].
 struct ModelSize {
-    /// Values in all its tensors.
+    /// Values in its tensors.
     parameters: u64,
     /// Multiply-adds per row: the weights' [in, out] products.
     macs: u64,
@@ -384,26 +395,28 @@ impl ModelSize {
         }
         size
     }
-}
 
-/// What classifying `rows` rows costs on `network`, `batch` rows at a time.
-fn cost(network: &Network, rows: u64, batch: u64) -> Result<Plan, JobError> {
-    let what = "mlp_predict";
-    let widths: u64 = network.widths().iter().map(|&w| w as u64).sum();
-    let elements = [
-        checked_product(what, &[rows, network.features() as u64])?,
-        checked_product(what, &[rows, network.classes() as u64])?,
-        network.parameters(),
-        checked_product(what, &[batch.min(rows), widths])?,
-    ]
-    .into_iter()
-    .try_fold(0u64, u64::checked_add)
-    .ok_or_else(|| JobError::too_large("mlp_predict sizes overflow a 64-bit element count"))?;
-    Ok(Plan {
-        elements,
-        flops: 2.0 * rows as f64 * network.macs() as f64,
-        gpu_only: false,
-    })
+    /// What classifying `rows` rows of `features` costs, `batch` rows at a time: x, the
+    /// probabilities, the parameters and a batch's activations; the multiply-adds.
+    fn cost(&self, features: u64, rows: u64, batch: u64) -> Result<Plan, JobError> {
+        let what = "mlp_predict";
+        let overflow = || JobError::too_large("mlp_predict sizes overflow a 64-bit element count");
+        let widths = features.checked_add(self.widths).ok_or_else(overflow)?;
+        let elements = [
+            checked_product(what, &[rows, features])?,
+            checked_product(what, &[rows, self.classes])?,
+            self.parameters,
+            checked_product(what, &[batch.min(rows), widths])?,
+        ]
+        .into_iter()
+        .try_fold(0u64, u64::checked_add)
+        .ok_or_else(overflow)?;
+        Ok(Plan {
+            elements,
+            flops: 2.0 * rows as f64 * self.macs as f64,
+            gpu_only: false,
+        })
+    }
 }
 
 /// The `mlp_predict` kind: classifies rows with a model a `train_mlp` job stored.
@@ -445,25 +458,14 @@ impl Kernel for MlpPredict {
         let Some((rows, features)) = x_shape(&params.x, inputs)? else {
             return Ok(Plan::default());
         };
-        let x = checked_product("mlp_predict", &[rows, features])?;
-        let Some(size) = inputs.with_model("model", ModelSize::of) else {
-            return Ok(Plan {
-                elements: x,
+        match inputs.with_model("model", ModelSize::of) {
+            Some(size) => size.cost(features, rows, batch),
+            None => Ok(Plan {
+                elements: checked_product("mlp_predict", &[rows, features])?,
                 flops: 0.0,
                 gpu_only: false,
-            });
-        };
-        let activations = batch
-            .min(rows)
-            .saturating_mul(features.saturating_add(size.widths));
-        Ok(Plan {
-            elements: x
-                .saturating_add(rows.saturating_mul(size.classes))
-                .saturating_add(size.parameters)
-                .saturating_add(activations),
-            flops: 2.0 * rows as f64 * size.macs as f64,
-            gpu_only: false,
-        })
+            }),
+        }
     }
 
     fn run<B: Backend>(
@@ -482,8 +484,10 @@ impl Kernel for MlpPredict {
                 network.features()
             )));
         }
-        ctx.limits
-            .check_elements(Self::NAME, cost(&network, rows, batch)?.elements)?;
+        ctx.limits.check_elements(
+            Self::NAME,
+            network.size().cost(features, rows, batch)?.elements,
+        )?;
         let x = match &params.x {
             Input::Inline(r) => r.concat(),
             Input::Object(_) => ctx.inputs.take_tensor("x")?.data,
