@@ -308,10 +308,7 @@ pub fn check_writable(event: &kiln_proto::ResultEvent, path: &Path) -> Result<()
     }
     match event.output.get("object") {
         Some(_) => conversion(event, &stored_output(event)?, path).map(drop),
-        None => match output_mode_for(path)? {
-            OutputMode::Png if event.kind != "conv2d" => Err(not_an_image(event)),
-            _ => Ok(()),
-        },
+        None => refuse_png_of_no_image(event, output_mode_for(path)?),
     }
 }
 
@@ -334,22 +331,10 @@ pub async fn save_inline_output(
         return Ok(None);
     };
     let mode = output_mode_for(path)?;
-    if mode == OutputMode::Png && event.kind != "conv2d" {
-        return Err(not_an_image(event));
-    }
-    let bad = |e: kiln_data::DataError| Error::Data(format!("job {}'s output: {e}", event.id));
+    refuse_png_of_no_image(event, mode)?;
     let shape = tensor.shape.clone();
-    let bytes = match mode {
-        OutputMode::Png => kiln_data::formats::encode_png(&tensor).map_err(bad)?,
-        OutputMode::Safetensors => {
-            let model = kiln_data::Model {
-                tensors: vec![(name.to_owned(), tensor)],
-                metadata: Default::default(),
-            };
-            kiln_data::formats::encode_safetensors(&model).map_err(bad)?
-        }
-        _ => kiln_data::formats::encode_npy(&tensor),
-    };
+    let bytes = encode(tensor, name, mode)
+        .map_err(|e| Error::Data(format!("job {}'s output: {e}", event.id)))?;
     write_bytes(path, &bytes).await?;
     Ok(Some(SavedInline {
         size: bytes.len() as u64,
@@ -403,13 +388,33 @@ fn flatten(value: &serde_json::Value, shape: &[usize], data: &mut Vec<f32>) -> O
     }
 }
 
-/// Refusing a PNG of a job whose output is no image.
-fn not_an_image(event: &kiln_proto::ResultEvent) -> Error {
-    Error::Invalid(format!(
+/// Refuse `mode` PNG for a job whose output is no image (a worker refuses `"output": "png"`
+/// for them): a PNG would clamp the values to [0, 1] in 8 bits.
+fn refuse_png_of_no_image(event: &kiln_proto::ResultEvent, mode: OutputMode) -> Result<()> {
+    if mode != OutputMode::Png || event.kind == "conv2d" {
+        return Ok(());
+    }
+    Err(Error::Invalid(format!(
         "job {} is a {} job, whose output is not an image: a PNG would clamp its values to \
          [0, 1] in 8 bits; write it to a .npy or .safetensors file",
         event.id, event.kind
-    ))
+    )))
+}
+
+/// `tensor` in the format `mode` names; as safetensors, one entry named `entry`.
+fn encode(
+    tensor: kiln_data::HostTensor,
+    entry: &str,
+    mode: OutputMode,
+) -> std::result::Result<Vec<u8>, kiln_data::DataError> {
+    match mode {
+        OutputMode::Png => kiln_data::formats::encode_png(&tensor),
+        OutputMode::Safetensors => kiln_data::formats::encode_safetensors(&kiln_data::Model {
+            tensors: vec![(entry.to_owned(), tensor)],
+            metadata: Default::default(),
+        }),
+        _ => Ok(kiln_data::formats::encode_npy(&tensor)),
+    }
 }
 
 /// The format `path`'s extension asks for when it is not the stored one (`None`: write the
@@ -427,11 +432,7 @@ fn conversion(
     if wanted == descriptor.format {
         return Ok(None);
     }
-    // As a worker refuses `"output": "png"` for them: a PNG would clamp the values to [0, 1]
-    // in 8 bits.
-    if mode == OutputMode::Png && event.kind != "conv2d" {
-        return Err(not_an_image(event));
-    }
+    refuse_png_of_no_image(event, mode)?;
     if descriptor.shape.is_empty() && descriptor.format == "safetensors" {
         return Err(Error::Invalid(format!(
             "job {id}'s output {:?} is a model (several tensors in one safetensors file), \
@@ -458,17 +459,7 @@ fn convert(
         _ => kiln_data::formats::read_tensor(&what, &mut &stored[..], None, elements),
     }
     .map_err(bad)?;
-    match mode {
-        OutputMode::Png => kiln_data::formats::encode_png(&tensor).map_err(bad),
-        OutputMode::Safetensors => {
-            let model = kiln_data::Model {
-                tensors: vec![("tensor".to_owned(), tensor)],
-                metadata: Default::default(),
-            };
-            kiln_data::formats::encode_safetensors(&model).map_err(bad)
-        }
-        _ => Ok(kiln_data::formats::encode_npy(&tensor)),
-    }
+    encode(tensor, "tensor", mode).map_err(bad)
 }
 
 /// Write `bytes` to `path` (`-`: standard output) through a file beside it, renamed when
