@@ -661,6 +661,41 @@ fn peak_mib(pid: u32) -> u64 {
     kib / 1024
 }
 
+/// A cluster with one CPU worker on a 16 MiB memory budget, whose pulls 100 small jobs have
+/// sped up (it holds up to 256 jobs then). The worker is named "worker".
+async fn small_budget_worker() -> Cluster {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    cluster.spawn(
+        "worker",
+        &["worker", "--device", "cpu", "--max-memory-mb", "16"],
+    );
+    let small = ["submit", "vector_add", "-p", "len=8", "-n", "100", "--wait"];
+    assert_success(&cluster.kiln(&small));
+    cluster
+}
+
+/// Submit 60 vector adds `id-0` … `id-59` with `args` and wait for them: the worker's peak
+/// memory in MiB before and after, and the results, every one succeeded.
+async fn burst_of_sixty(
+    cluster: &mut Cluster,
+    id: &str,
+    args: &[&str],
+) -> (u64, u64, std::collections::HashMap<String, ResultEvent>) {
+    let before = peak_mib(cluster.child("worker").id());
+    let submit = ["submit", "vector_add", "--id", id, "-n", "60", "--wait"];
+    assert_success(&cluster.kiln(&[&submit[..], args].concat()));
+    let client = cluster.client().await;
+    let (_, results) = common::stored_results(&client).await;
+    for i in 0..60 {
+        let event = &results[&format!("{id}-{i}")];
+        assert_eq!(event.status, Status::Succeeded, "{event:?}");
+    }
+    let peak = peak_mib(cluster.child("worker").id());
+    eprintln!("worker peak memory: {before} MiB before the burst, {peak} MiB after");
+    (before, peak, results)
+}
+
 /// A burst of jobs reading objects, after small jobs sped the worker's pulls up (it holds up
 /// to 256 jobs then), is loaded a few jobs at a time: every job succeeds on its first
 /// delivery, and the worker's memory grows by less than half of what the burst's inputs would
@@ -670,43 +705,18 @@ fn peak_mib(pid: u32) -> u64 {
 /// consumer, failing and retrying every job it held.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_burst_of_jobs_reading_objects_loads_within_the_memory_budget() {
-    let mut cluster = Cluster::new();
-    cluster.init().await;
-    cluster.spawn(
-        "worker",
-        &["worker", "--device", "cpu", "--max-memory-mb", "16"],
-    );
+    let mut cluster = small_budget_worker().await;
     let dir = tempfile::tempdir().unwrap();
     let n = 750_000;
     let x = HostTensor::new(vec![n], (0..n).map(|i| (i % 1000) as f32).collect());
     let path = write(dir.path(), "x.npy", &encode_npy(&x));
     assert_success(&cluster.kiln(&["put", &path, "--name", "burst/x"]));
-    let small = ["submit", "vector_add", "-p", "len=8", "-n", "100", "--wait"];
-    assert_success(&cluster.kiln(&small));
-    let before = peak_mib(cluster.child("worker").id());
-    let out = cluster.kiln(&[
-        "submit",
-        "vector_add",
-        "--id",
-        "burst",
-        "--input",
-        "a=burst/x",
-        "--input",
-        "b=burst/x",
-        "-n",
-        "60",
-        "--wait",
-    ]);
-    assert_success(&out);
-    let client = cluster.client().await;
-    let (_, results) = common::stored_results(&client).await;
+    let burst = ["--input", "a=burst/x", "--input", "b=burst/x"];
+    let (before, peak, results) = burst_of_sixty(&mut cluster, "burst", &burst).await;
     for i in 0..60 {
         let event = &results[&format!("burst-{i}")];
-        assert_eq!(event.status, Status::Succeeded, "{event:?}");
         assert_eq!(event.attempt, 1, "burst-{i} was retried: {event:?}");
     }
-    let peak = peak_mib(cluster.child("worker").id());
-    eprintln!("worker peak memory: {before} MiB before the burst, {peak} MiB after");
     let inputs = (60 * 2 * n as u64 * 4) >> 20;
     assert!(
         peak - before < inputs / 2,
@@ -722,44 +732,19 @@ async fn a_burst_of_jobs_reading_objects_loads_within_the_memory_budget() {
 /// every job the worker held computed and waited with its output: 47-141 MiB.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_burst_of_jobs_storing_outputs_stays_within_the_memory_budget() {
-    let mut cluster = Cluster::new();
-    cluster.init().await;
-    cluster.spawn(
-        "worker",
-        &["worker", "--device", "cpu", "--max-memory-mb", "16"],
-    );
-    let small = ["submit", "vector_add", "-p", "len=8", "-n", "100", "--wait"];
-    assert_success(&cluster.kiln(&small));
-    let before = peak_mib(cluster.child("worker").id());
+    let mut cluster = small_budget_worker().await;
     let n = 750_000;
     let len = format!("len={n}");
-    let out = cluster.kiln(&[
-        "submit",
-        "vector_add",
-        "--id",
-        "outs",
-        "-p",
-        &len,
-        "--output-format",
-        "npy",
-        "-n",
-        "60",
-        "--wait",
-    ]);
-    assert_success(&out);
-    let client = cluster.client().await;
-    let (_, results) = common::stored_results(&client).await;
+    let burst = ["-p", &len, "--output-format", "npy"];
+    let (before, peak, results) = burst_of_sixty(&mut cluster, "outs", &burst).await;
     for i in 0..60 {
         let event = &results[&format!("outs-{i}")];
-        assert_eq!(event.status, Status::Succeeded, "{event:?}");
         let object = &event.output["object"];
         assert!(
             object["name"].is_string(),
             "outs-{i} stored no output: {event:?}"
         );
     }
-    let peak = peak_mib(cluster.child("worker").id());
-    eprintln!("worker peak memory: {before} MiB before the burst, {peak} MiB after");
     let outputs = (60 * n as u64 * 4) >> 20;
     assert!(
         peak - before < 2 * 16,
