@@ -71,10 +71,34 @@ pub(crate) struct Room {
 const LOADS_AHEAD: usize = 4;
 
 /// What a job that reads objects holds from before it downloads them until it has computed:
-/// one of the places for loading jobs and the objects' bytes out of the loading budget.
+/// one of the places for loading jobs and what loading the objects takes out of the loading
+/// budget.
 pub(crate) struct LoadPermit {
     _place: OwnedSemaphorePermit,
     _memory: OwnedSemaphorePermit,
+}
+
+/// One of the places for loading jobs, held while a job looks at its objects' first bytes to
+/// tell what loading them takes, then for as long as its [`LoadPermit`].
+pub(crate) struct LoadPlace {
+    place: OwnedSemaphorePermit,
+    memory: Arc<Semaphore>,
+    budget: u64,
+}
+
+impl LoadPlace {
+    /// Wait for `bytes` (at most the whole loading budget) out of the loading budget.
+    /// Cancel-safe.
+    pub(crate) fn reserve(self, bytes: u64) -> impl Future<Output = LoadPermit> + Send + 'static {
+        let mib = mib(bytes).min(mib(self.budget));
+        async move {
+            let memory = self.memory.acquire_many_owned(mib).await;
+            LoadPermit {
+                _place: self.place,
+                _memory: memory.expect("semaphore is never closed"),
+            }
+        }
+    }
 }
 
 /// What a job holds while it computes: a compute slot and its share of the memory budget.
@@ -238,27 +262,30 @@ impl Admission {
         }
     }
 
-    /// Wait for a place to load objects of `bytes` in all and for those bytes (at most the
-    /// whole loading budget). Loading ahead is what keeps compute slots busy, but a worker
-    /// holding hundreds of jobs (small ones sped its pulls up) started every download at once:
-    /// the server closed its connection as a slow consumer, every job it held failed, and
-    /// their inputs together passed the memory budget many times over. Computing jobs never
-    /// wait for a load permit, so holding one until the job has computed cannot deadlock.
-    /// Cancel-safe.
-    pub(crate) fn load_permit(
-        &self,
-        bytes: u64,
-    ) -> impl Future<Output = LoadPermit> + Send + 'static {
+    /// Wait for a place to load objects, then ([`LoadPlace::reserve`]) for what loading them
+    /// takes. Loading ahead is what keeps compute slots busy, but a worker holding hundreds of
+    /// jobs (small ones sped its pulls up) started every download at once: the server closed
+    /// its connection as a slow consumer, every job it held failed, and their inputs together
+    /// passed the memory budget many times over. Computing jobs never wait for a load permit,
+    /// and a job waiting for its bytes holds only its place, so holding a permit until the job
+    /// has computed cannot deadlock. Cancel-safe.
+    pub(crate) fn load_place(&self) -> impl Future<Output = LoadPlace> + Send + 'static {
         let (places, memory) = (self.loads.clone(), self.loaded_mib.clone());
-        let mib = mib(bytes).min(mib(self.memory.bytes));
+        let budget = self.memory.bytes;
         async move {
             let place = places.acquire_owned().await;
-            let memory = memory.acquire_many_owned(mib).await;
-            LoadPermit {
-                _place: place.expect("semaphore is never closed"),
-                _memory: memory.expect("semaphore is never closed"),
+            LoadPlace {
+                place: place.expect("semaphore is never closed"),
+                memory,
+                budget,
             }
         }
+    }
+
+    /// A place and `bytes` out of the loading budget, one after the other.
+    #[cfg(test)]
+    async fn load_permit(&self, bytes: u64) -> LoadPermit {
+        self.load_place().await.reserve(bytes).await
     }
 
     /// Wait up to `timeout` for every held job to be released; whether they were.

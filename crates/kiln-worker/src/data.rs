@@ -36,12 +36,12 @@ impl From<JobError> for Unloaded {
     }
 }
 
-/// Load every object `job`'s parameters name, refusing one larger than this worker's memory
-/// budget before it is downloaded, then check the job again with the sizes now known.
-/// Downloads wait for a [`LoadPermit`] for the objects' bytes, which the caller holds until
-/// the job has computed and stored its output (`None`: no objects, or one over the budget,
-/// refused without waiting). Progress acks keep the job while it waits and while large
-/// objects arrive; a wait ends when the worker stops or the job is cancelled.
+/// Load every object `job`'s parameters name, then check the job again with the sizes now
+/// known. Downloads wait for a [`LoadPermit`]: a place for loading jobs, then what loading the
+/// objects takes ([`store::load_size`]: a small PNG decodes to many times its bytes), which the
+/// caller holds until the job has computed and stored its output (`None`: no objects, or one
+/// refused as over the budget without waiting). Progress acks keep the job while it waits and
+/// while large objects arrive; a wait ends when the worker stops or the job is cancelled.
 pub(crate) async fn load(
     shared: &Shared,
     message: &jetstream::Message,
@@ -55,30 +55,31 @@ pub(crate) async fn load(
     let fetch = async {
         let bucket = bucket(shared).await?;
         let budget = shared.admission.memory().bytes;
+        let place = watched(shared, id, shared.admission.load_place()).await?;
         // An object whose size cannot be read counts as empty here: fetching it says why.
         let mut bytes = 0u64;
         let mut oversize = false;
         for w in &wanted {
-            let size = store::stored_size(bucket, &w.reference).await.unwrap_or(0);
+            let Ok((size, load)) = store::load_size(bucket, &w.reference, w.want).await else {
+                continue;
+            };
+            load.check(&format!("object {}", w.reference.object), budget)
+                .map_err(|e| in_param(w.param, e.into()))?;
             oversize |= size > budget;
-            bytes = bytes.saturating_add(size);
+            bytes = bytes.saturating_add(load.reserve(budget));
         }
         // One object over the budget is refused by `fetch` before it is read: no need to wait
         // for the whole budget first (and hold up every job behind).
         let permit = match oversize {
             true => None,
-            false => Some(wait_for_permit(shared, id, bytes).await?),
+            false => Some(watched(shared, id, place.reserve(bytes)).await?),
         };
         let mut inputs = Inputs::none();
         let max_elements = shared.config.limits.max_elements;
         for w in wanted {
             let loaded = store::fetch(bucket, &w.reference, w.want, budget, max_elements)
                 .await
-                .map_err(|e| {
-                    let mut error = JobError::from(e);
-                    error.message = format!("parameter {:?}: {}", w.param, error.message);
-                    error
-                })?;
+                .map_err(|e| in_param(w.param, e.into()))?;
             inputs.insert(w.param, loaded);
         }
         Ok::<_, Unloaded>((inputs, permit))
@@ -96,11 +97,20 @@ pub(crate) async fn load(
     Ok(permit)
 }
 
-/// Wait for a load permit for `bytes`, as a job waiting for a compute slot waits for one
-/// ([`crate::compute::watched`]).
-async fn wait_for_permit(shared: &Shared, id: &str, bytes: u64) -> Result<LoadPermit, Unloaded> {
-    let permit = shared.admission.load_permit(bytes);
-    crate::compute::watched(shared, Some(id), permit)
+/// `error`, its message naming the job parameter `param` it is about.
+fn in_param(param: &str, mut error: JobError) -> JobError {
+    error.message = format!("parameter {param:?}: {}", error.message);
+    error
+}
+
+/// Wait for `waiting` (a place to load, or the bytes to load with) as a job waiting for a
+/// compute slot waits for one ([`crate::compute::watched`]).
+async fn watched<T>(
+    shared: &Shared,
+    id: &str,
+    waiting: impl Future<Output = T>,
+) -> Result<T, Unloaded> {
+    crate::compute::watched(shared, Some(id), waiting)
         .await
         .map_err(|interrupted| match interrupted {
             Interrupted::Stopping => Unloaded::Stopping(JobError::internal(

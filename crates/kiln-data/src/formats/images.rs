@@ -51,6 +51,54 @@ pub fn decode_image(
     }
 }
 
+/// The values an image decodes to (channels × height × width) and the bytes its decoder
+/// writes them in, from its first bytes; `None` when its headers are not within them.
+pub(super) fn image_header(prefix: &[u8]) -> Option<(u64, u64)> {
+    let cursor = io::Cursor::new(prefix);
+    let (dimensions, color, total) = match Format::sniff(prefix)? {
+        Format::Png => {
+            let decoder = image::codecs::png::PngDecoder::new(cursor).ok()?;
+            (
+                decoder.dimensions(),
+                decoder.color_type(),
+                decoder.total_bytes(),
+            )
+        }
+        Format::Jpeg => {
+            let decoder = image::codecs::jpeg::JpegDecoder::new(cursor).ok()?;
+            (
+                decoder.dimensions(),
+                decoder.color_type(),
+                decoder.total_bytes(),
+            )
+        }
+        _ => return None,
+    };
+    let (width, height) = dimensions;
+    let elements = u64::from(color.channel_count())
+        .checked_mul(u64::from(width))?
+        .checked_mul(u64::from(height))?;
+    Some((elements, total))
+}
+
+/// An upper bound on the bytes decoding a PNG takes, from its IHDR chunk (always first) where
+/// the rest of its headers are not within `prefix`: 16-bit RGBA pixels and their f32 values.
+pub(super) fn png_bound(prefix: &[u8]) -> Option<u64> {
+    if prefix.len() < 24 || &prefix[12..16] != b"IHDR" {
+        return None;
+    }
+    let be = |i: usize| {
+        u64::from(u32::from_be_bytes([
+            prefix[i],
+            prefix[i + 1],
+            prefix[i + 2],
+            prefix[i + 3],
+        ]))
+    };
+    let pixels = be(16).checked_mul(be(20))?;
+    pixels.checked_mul(4 * (2 + 4))
+}
+
 /// What decoding an image may take.
 #[derive(Clone, Copy)]
 struct Budget {

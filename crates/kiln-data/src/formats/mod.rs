@@ -13,6 +13,7 @@ mod error;
 mod images;
 mod npy;
 mod safetensors;
+mod sizes;
 mod values;
 
 pub use self::datasets::decode_dataset;
@@ -21,6 +22,7 @@ pub use self::images::{decode_image, encode_png};
 pub use self::npy::{encode_npy, npy_header};
 pub use self::safetensors::{decode_model, encode_safetensors};
 pub(crate) use self::safetensors::{f32_bytes, safetensors_header};
+pub use self::sizes::{LoadSize, load_size};
 
 use self::error::{invalid, io_error};
 use self::npy::{read_npy, read_npy_header};

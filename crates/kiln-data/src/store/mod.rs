@@ -8,6 +8,7 @@
 mod chunks;
 mod put;
 mod readers;
+mod sizes;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -23,6 +24,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 pub use async_nats::jetstream::object_store::ObjectStore;
 
 pub use chunks::CHUNK_PATIENCE;
+pub use sizes::load_size;
 
 use self::readers::{Prefixed, Verified, read_error, read_full};
 use crate::formats::{self, DataError, Format};
@@ -312,12 +314,6 @@ async fn plain_info(store: &ObjectStore, name: &str) -> Result<ObjectInfo, DataE
         return Err(not_found(name));
     }
     Ok(info)
-}
-
-/// The stored size in bytes of the object `reference` names (a link's target's), without
-/// reading it: what a worker reserves before it downloads the object.
-pub async fn stored_size(store: &Bucket, reference: &ObjectRef) -> Result<u64, DataError> {
-    Ok(stored_info(store, reference.object.as_str()).await?.size as u64)
 }
 
 /// Load the object `reference` names as `want`.

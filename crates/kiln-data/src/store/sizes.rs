@@ -1,0 +1,36 @@
+//! What loading an object takes, told before it is downloaded (see [`formats::load_size`]).
+
+use kiln_proto::ObjectRef;
+
+use super::{Bucket, Want, chunks, stored_info};
+use crate::formats::{self, DataError};
+
+/// What loading the object `reference` names (a link's target) as `want` holds, told from its
+/// stored size and first chunk (one request; the rest is not read): what a worker reserves
+/// out of its memory budget before it downloads the object. Also its stored size.
+pub async fn load_size(
+    store: &Bucket,
+    reference: &ObjectRef,
+    want: Want,
+) -> Result<(u64, formats::LoadSize), DataError> {
+    let name = reference.object.as_str();
+    let info = stored_info(store, name).await?;
+    let size = info.size as u64;
+    let first = match info.chunks {
+        0 => bytes::Bytes::new(),
+        _ => {
+            store
+                .stream
+                .get_first_raw_message_by_subject(chunks::chunk_subject(&info.nuid), 1)
+                .await
+                .map_err(|e| {
+                    DataError::Io(format!(
+                        "object {name}: reading its first chunk failed ({e})"
+                    ))
+                })?
+                .payload
+        }
+    };
+    let key = reference.tensor.as_deref();
+    Ok((size, formats::load_size(&first, size, want, key)))
+}
