@@ -75,42 +75,57 @@ impl<B: Backend> Mlp<B> {
         })
     }
 
-    /// How many rows of `x` the network classifies as `y` says, `rows` at a time.
-    pub(crate) fn correct(&self, x: &Tensor<B, 2>, y: &Tensor<B, 1, Int>, rows: usize) -> i64 {
+    /// How many rows of `x` the network classifies as `y` says, `rows` at a time, calling
+    /// `checkpoint` between two slices (the job stops at its error).
+    pub(crate) fn correct(
+        &self,
+        x: &Tensor<B, 2>,
+        y: &Tensor<B, 1, Int>,
+        rows: usize,
+        checkpoint: &dyn Fn() -> Result<(), JobError>,
+    ) -> Result<i64, JobError> {
         let [samples, _] = x.dims();
         let device = x.device();
         let mut correct = Tensor::<B, 1, Int>::zeros([1], &device);
-        for start in (0..samples).step_by(rows) {
+        for start in (0..samples).step_by(rows.max(1)) {
+            if start > 0 {
+                checkpoint()?;
+            }
             let end = (start + rows).min(samples);
             let logits = self.forward(x.clone().slice(start..end));
             correct = correct + classified(logits, y.clone().slice(start..end));
         }
-        correct.into_scalar().elem::<i64>()
+        Ok(correct.into_scalar().elem::<i64>())
     }
 
-    /// Mean cross-entropy and the number classified right on `x` and `y`, `rows` at a time.
+    /// Mean cross-entropy and the number classified right on `x` and `y`, `rows` at a time,
+    /// calling `checkpoint` between two slices.
     pub(crate) fn evaluate(
         &self,
         x: &Tensor<B, 2>,
         y: &Tensor<B, 1, Int>,
         rows: usize,
-    ) -> (f64, i64) {
+        checkpoint: &dyn Fn() -> Result<(), JobError>,
+    ) -> Result<(f64, i64), JobError> {
         let [samples, _] = x.dims();
         let device = x.device();
         let loss_fn = CrossEntropyLossConfig::new().init(&device);
         let mut loss_sum = Tensor::<B, 1>::zeros([1], &device);
         let mut correct = Tensor::<B, 1, Int>::zeros([1], &device);
-        for start in (0..samples).step_by(rows) {
+        for start in (0..samples).step_by(rows.max(1)) {
+            if start > 0 {
+                checkpoint()?;
+            }
             let end = (start + rows).min(samples);
             let logits = self.forward(x.clone().slice(start..end));
             let labels = y.clone().slice(start..end);
             correct = correct + classified(logits.clone(), labels.clone());
             loss_sum = loss_sum + loss_fn.forward(logits, labels) * (end - start) as f32;
         }
-        (
+        Ok((
             loss_sum.into_scalar().elem::<f64>() / samples as f64,
             correct.into_scalar().elem::<i64>(),
-        )
+        ))
     }
 
     /// The model in kiln's format (see the module docs), with the inputs' standardisation.
