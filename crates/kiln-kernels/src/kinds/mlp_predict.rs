@@ -145,6 +145,24 @@ impl Network {
                 )));
             }
         }
+        let hidden = network.layers[..network.layers.len().saturating_sub(1)]
+            .iter()
+            .map(|(w, _)| w.shape[1].to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        if let Some(given) = model.metadata.get("hidden")
+            && given
+                .split(',')
+                .map(str::trim)
+                .collect::<Vec<_>>()
+                .join(",")
+                != hidden
+        {
+            return Err(refuse(format!(
+                "says hidden={given:?} in its metadata but its tensors have hidden layers of \
+                 {hidden:?}"
+            )));
+        }
         Ok(network)
     }
 

@@ -297,6 +297,15 @@ fn incomplete_or_foreign_models_are_invalid_input() {
     let mut m = model();
     m.metadata.insert("classes".into(), "4".into());
     refused(m, "classes=4");
+    // The hidden widths it names must be its tensors' (this one has one hidden layer).
+    let widths = tensor(&model(), "layers.0.weight").shape[1];
+    let mut m = model();
+    m.metadata
+        .insert("hidden".into(), format!("{widths},{widths}"));
+    refused(m, &format!("hidden layers of \"{widths}\""));
+    let mut m = model();
+    m.metadata.insert("hidden".into(), format!(" {widths}"));
+    predict(json!({"model": {"object": "m"}, "x": x}), m).expect("the same widths, spaced");
     // A layer index at usize's end counted the layers by an overflowing add (a panic).
     let mut m = model();
     m.tensors.push((
