@@ -741,3 +741,37 @@ async fn a_role_whose_consumer_is_deleted_fails_saying_so() {
         assert!(report.contains(&said), "{name}: {report}");
     }
 }
+
+/// A job cancelled while no worker was up is answered `cancelled` by the first worker to
+/// start, even behind many other marks: a worker reads the whole `KILN_CANCEL` bucket before
+/// it serves a job. Before, it started serving while its mirror of the bucket was still
+/// filling, and behind 100,000 marks it ran the cancelled job (`succeeded`).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_cancelled_before_any_worker_started_is_never_run() {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    let submit = ["submit", "vector_add", "-p", "len=8", "--id", "victim"];
+    assert!(cluster.kiln(&submit).status.success());
+    let client = cluster.client().await;
+    let js = jetstream::new(client.clone());
+    // Other jobs' marks first, published a batch at a time.
+    let marks = 100_000;
+    for batch in (0..marks).collect::<Vec<_>>().chunks(5_000) {
+        let mut acks = Vec::with_capacity(batch.len());
+        for i in batch {
+            let subject = format!("$KV.{}.other-{i}", kiln_proto::BUCKET_CANCEL);
+            acks.push(js.publish(subject, "".into()).await.expect("publish"));
+        }
+        for ack in acks {
+            ack.await.expect("stored");
+        }
+    }
+    let cancel = cluster.kiln(&["cancel", "victim"]);
+    assert!(cancel.status.success(), "{cancel:?}");
+    cluster.cpu_worker();
+    let results = wait_for_results(&client, &["victim"], Duration::from_secs(60)).await;
+    let event = &results["victim"];
+    assert_eq!(event.status, Status::Failed, "{event:?}");
+    let error = event.error.as_ref().expect("an error");
+    assert_eq!(error.kind, ErrorKind::Cancelled, "{}", error.message);
+}

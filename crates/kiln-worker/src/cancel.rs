@@ -92,36 +92,35 @@ impl Marks {
 }
 
 impl Cancellations {
-    /// Start mirroring the bucket (its current keys first, then every change).
+    /// Start mirroring the bucket (its current keys first, then every change), and return
+    /// once the current keys are mirrored: a worker that served jobs before it had read the
+    /// bucket ran jobs cancelled while no worker was up.
     pub(crate) async fn watch(js: &jetstream::Context) -> Result<Self, String> {
         let store = js
             .get_key_value(BUCKET_CANCEL)
             .await
             .map_err(|e| format!("opening the {BUCKET_CANCEL} bucket: {e}"))?;
-        let ttl = store
-            .status()
-            .await
-            .map(|s| s.max_age())
-            .unwrap_or(Duration::from_secs(24 * 3600));
-        let mut watch = store
+        let status = store.status().await.ok();
+        let ttl = status
+            .as_ref()
+            .map_or(Duration::from_secs(24 * 3600), |s| s.max_age());
+        let stored = status.as_ref().map_or(1, |s| s.values());
+        let watch = store
             .watch_with_history(">")
             .await
             .map_err(|e| format!("watching {BUCKET_CANCEL}: {e}"))?;
         let marks = Arc::new(RwLock::new(Marks::new(ttl, MAX_MARKS)));
-        let mirror = marks.clone();
-        let watcher = tokio::spawn(async move {
-            while let Some(entry) = watch.next().await {
-                let Ok(entry) = entry else { continue };
-                let mut marks = mirror.write().unwrap_or_else(|e| e.into_inner());
-                match entry.operation {
-                    Operation::Put => marks.put(&entry.key, Instant::now()),
-                    Operation::Delete | Operation::Purge => marks.remove(&entry.key),
-                }
-            }
-        });
+        let (read, mirrored) = tokio::sync::oneshot::channel();
+        // Nothing stored: nothing to wait for.
+        let read = (stored > 0).then_some(read);
+        let watcher = tokio::spawn(mirror(watch, marks.clone(), read));
+        let watcher = AbortOnDropHandle::new(watcher);
+        if stored > 0 {
+            wait_until_mirrored(&store, mirrored, stored).await?;
+        }
         Ok(Cancellations {
             marks,
-            _watcher: Arc::new(AbortOnDropHandle::new(watcher)),
+            _watcher: Arc::new(watcher),
         })
     }
 
@@ -129,6 +128,65 @@ impl Cancellations {
         let marks = self.marks.read().unwrap_or_else(|e| e.into_inner());
         // Nothing cancelled (nearly always): no key to build for every job and checkpoint.
         !marks.set.is_empty() && marks.contains(&job_key(id))
+    }
+}
+
+/// Mirror the bucket's entries into `marks`, a batch of those ready at a time under one lock
+/// (one at a time, a flood of a million marks outran the mirror, and the client dropped
+/// entries as a slow consumer); say on `read` when the entries stored at the start are in.
+async fn mirror(
+    watch: async_nats::jetstream::kv::Watch,
+    marks: Arc<RwLock<Marks>>,
+    mut read: Option<tokio::sync::oneshot::Sender<()>>,
+) {
+    let mut batches = watch.ready_chunks(4096);
+    while let Some(batch) = batches.next().await {
+        let now = Instant::now();
+        let mut marks = marks.write().unwrap_or_else(|e| e.into_inner());
+        for entry in batch {
+            let Ok(entry) = entry else { continue };
+            match entry.operation {
+                Operation::Put => marks.put(&entry.key, now),
+                Operation::Delete | Operation::Purge => marks.remove(&entry.key),
+            }
+            // No more pending: the entries stored at the start are all in.
+            if entry.delta == 0
+                && let Some(read) = read.take()
+            {
+                let _ = read.send(());
+            }
+        }
+    }
+}
+
+/// Wait for the mirror to have read the `stored` entries the bucket held at the start, saying
+/// so every few seconds while it takes long (and done if `store` has expired them all
+/// meanwhile: then none comes).
+async fn wait_until_mirrored(
+    store: &async_nats::jetstream::kv::Store,
+    mut mirrored: tokio::sync::oneshot::Receiver<()>,
+    stored: u64,
+) -> Result<(), String> {
+    let started = Instant::now();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), &mut mirrored).await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(_)) => {
+                return Err(format!(
+                    "the watch of {BUCKET_CANCEL} ended before its {stored} entries were read"
+                ));
+            }
+            Err(_) => {
+                if store.status().await.is_ok_and(|s| s.values() == 0) {
+                    return Ok(());
+                }
+                tracing::info!(
+                    entries = stored,
+                    waited_s = started.elapsed().as_secs(),
+                    "reading the cancellation marks before serving jobs"
+                );
+            }
+        }
     }
 }
 
