@@ -2,6 +2,8 @@
 //! pipelined acknowledgements, and a [`ResultCollector`] that waits for their results.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
@@ -353,6 +355,14 @@ fn submit_span(job: &JobSpec) -> Option<kiln_telemetry::trace::TraceSpan> {
 /// is missed.
 pub struct ResultCollector {
     subscriber: futures::stream::SelectAll<async_nats::Subscriber>,
+    /// The kind whose results these are (`None`: any kind, and no lookups by subject).
+    kind: Option<String>,
+    /// The client's statistics, whose count of connections says when it reconnected: results
+    /// published meanwhile reached no subscriber, and are looked up in `KILN_RESULTS`.
+    statistics: Arc<async_nats::Statistics>,
+    /// When the collector subscribed: a stored answer of a job submitted before is an earlier
+    /// job's under the same id.
+    since: time::OffsetDateTime,
     /// `KILN_RESULTS`, named once: a lookup per result, no stream-info request per result.
     results: async_nats::jetstream::stream::Stream<()>,
     /// Ids whose stored answer is an earlier job's ([`ResultCollector::answered_before`]).
@@ -398,6 +408,9 @@ impl ResultCollector {
             .map_err(|e| Error::Invalid(format!("naming the results stream: {e}")))?;
         Ok(Self {
             subscriber: futures::stream::select_all(subscribers),
+            kind: kind.map(str::to_owned),
+            statistics: client.statistics(),
+            since: time::OffsetDateTime::now_utc(),
             results,
             answered_before: HashSet::new(),
         })
@@ -442,7 +455,10 @@ impl ResultCollector {
 
     /// Wait until every id in `ids` has a result, or `timeout` passes; returns what came (for
     /// an id answered before, the stored answer: see [`ResultCollector::answered_before`]).
-    /// `on_result` sees each result as it comes.
+    /// `on_result` sees each result as it comes. Results stored while the client was
+    /// reconnecting reach no subscriber: after a reconnection, and before giving up, the ids
+    /// still waited for are looked up in `KILN_RESULTS` (a server restart lost `--wait` the
+    /// results stored as the workers reconnected, and it said they never came).
     pub async fn collect(
         &mut self,
         mut ids: HashSet<String>,
@@ -451,10 +467,32 @@ impl ResultCollector {
     ) -> HashMap<String, ResultEvent> {
         let mut results = HashMap::new();
         let deadline = tokio::time::Instant::now() + timeout;
+        let mut seen_connects = self.statistics.connects.load(Ordering::Relaxed);
+        // Once more a while after a reconnection: a worker may store its result after the
+        // first look, before this client's subscriptions are back.
+        let mut look_again = None;
+        let mut look = tokio::time::interval(Duration::from_millis(500));
         while !ids.is_empty() {
-            let message = match tokio::time::timeout_at(deadline, self.subscriber.next()).await {
+            let next = tokio::select! {
+                next = tokio::time::timeout_at(deadline, self.subscriber.next()) => next,
+                now = look.tick() => {
+                    let connects = self.statistics.connects.load(Ordering::Relaxed);
+                    let again = look_again.is_some_and(|at| now >= at);
+                    if connects != seen_connects || again {
+                        look_again = (connects != seen_connects)
+                            .then(|| now + Duration::from_secs(3));
+                        seen_connects = connects;
+                        self.look_up(&mut ids, &mut results, &mut on_result).await;
+                    }
+                    continue;
+                }
+            };
+            let message = match next {
                 Ok(Some(message)) => message,
-                Ok(None) | Err(_) => break,
+                Ok(None) | Err(_) => {
+                    self.look_up(&mut ids, &mut results, &mut on_result).await;
+                    break;
+                }
             };
             let Ok(event) = serde_json::from_slice::<ResultEvent>(&message.payload) else {
                 continue;
@@ -475,6 +513,47 @@ impl ResultCollector {
             }
         }
         results
+    }
+
+    /// Look the answers of `ids` up in `KILN_RESULTS` (a few at a time), moving those found
+    /// to `results`.
+    async fn look_up(
+        &mut self,
+        ids: &mut HashSet<String>,
+        results: &mut HashMap<String, ResultEvent>,
+        on_result: &mut impl FnMut(&ResultEvent),
+    ) {
+        let Some(kind) = self.kind.clone() else {
+            return;
+        };
+        let stream = &self.results;
+        let found: Vec<ResultEvent> = futures::stream::iter(ids.iter().cloned())
+            .map(|id| {
+                let subject = subject::result(&kind, &id);
+                async move {
+                    let message = stream
+                        .get_last_raw_message_by_subject(&subject)
+                        .await
+                        .ok()?;
+                    let event = serde_json::from_slice::<ResultEvent>(&message.payload).ok()?;
+                    (event.id == id).then_some(event)
+                }
+            })
+            .buffer_unordered(32)
+            .filter_map(|event| async move { event })
+            .collect()
+            .await;
+        for event in found {
+            // Submitted before this collector subscribed (a second of clocks apart): an
+            // earlier job's answer under the same id.
+            if event.enqueued_at < self.since - Duration::from_secs(1) {
+                self.answered_before.insert(event.id.clone());
+            }
+            if ids.remove(&event.id) {
+                on_result(&event);
+                results.insert(event.id.clone(), event);
+            }
+        }
     }
 }
 
