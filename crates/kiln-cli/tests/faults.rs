@@ -854,3 +854,143 @@ async fn a_job_delivered_again_while_its_worker_runs_it_runs_once() {
     );
     assert!(!log.contains("result is dropped"), "{log}");
 }
+
+/// One id sent as two kinds is two jobs: when no worker acknowledges either, each is answered
+/// and each keeps its own dead letter, replayable. The letters' message id was `dlq-<id>`, so
+/// the server's duplicate window dropped the second kind's letter, while its job was gone
+/// from KILN_JOBS and its result said it was kept in KILN_DLQ.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_id_as_two_kinds_keeps_two_dead_letters() {
+    use async_nats::jetstream;
+    use futures::StreamExt as _;
+    use kiln_proto::streams::{self, STREAM_DLQ, STREAM_JOBS};
+
+    let mut cluster = Cluster::new();
+    let client = cluster.client().await;
+    let js = jetstream::new(client.clone());
+    let topology = kiln_proto::Topology {
+        ack_wait: Duration::from_secs(1),
+        max_deliver: 2,
+        ..Default::default()
+    };
+    streams::update_all(&js, &topology).await.unwrap();
+    // It serves the gpu class, so it takes neither job, but answers the advisories.
+    let keeper = ["worker", "--device", "cpu", "--serve-class", "gpu"];
+    cluster.spawn("keeper", &[&keeper[..], &["--name", "keeper"]].concat());
+    for (subject, body) in [
+        (
+            "jobs.cpu.vector_add",
+            r#"{"id":"twin","params":{"len":64}}"#,
+        ),
+        ("jobs.cpu.matmul", r#"{"id":"twin","params":{"n":8}}"#),
+    ] {
+        js.publish(subject, body.into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    // A worker that takes the jobs and dies before acking, on every attempt.
+    let crashing = js
+        .get_stream(STREAM_JOBS)
+        .await
+        .unwrap()
+        .get_consumer::<jetstream::consumer::pull::Config>("workers-cpu")
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut answered = Vec::new();
+    while answered.len() < 2 {
+        assert!(Instant::now() < deadline, "not both given up: {answered:?}");
+        let mut batch = crashing
+            .fetch()
+            .max_messages(2)
+            .expires(Duration::from_millis(1500))
+            .messages()
+            .await
+            .unwrap();
+        while let Some(Ok(_)) = batch.next().await {}
+        answered = common::all_results(&client)
+            .await
+            .into_iter()
+            .filter(|e| e.id == "twin")
+            .collect();
+    }
+    let mut kinds: Vec<&str> = answered.iter().map(|e| e.kind.as_str()).collect();
+    kinds.sort_unstable();
+    assert_eq!(kinds, ["matmul", "vector_add"]);
+    for event in &answered {
+        assert_eq!(event.status, Status::Failed, "{event:?}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut letters = Vec::new();
+    while letters.len() < 2 {
+        assert!(Instant::now() < deadline, "letters: {letters:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut dlq = js.get_stream(STREAM_DLQ).await.unwrap();
+        let last = dlq.info().await.unwrap().state.last_sequence;
+        letters = Vec::new();
+        for sequence in 1..=last {
+            if let Ok(m) = dlq.get_raw_message(sequence).await {
+                letters.push(m.subject.to_string());
+            }
+        }
+    }
+    letters.sort_unstable();
+    assert_eq!(letters, ["dlq.matmul", "dlq.vector_add"]);
+    let list = common::stdout(&cluster.kiln(&["dlq", "list"]));
+    assert_eq!(list.matches("twin").count(), 2, "{list}");
+}
+
+/// `kiln submit --wait` gets the results stored while it was reconnecting to a restarted
+/// server: they reach no subscriber, and it looks them up in KILN_RESULTS once it is back.
+/// Before, it waited out its `--wait-timeout`, then said they did not arrive (exit 1).
+#[tokio::test(flavor = "multi_thread")]
+async fn submit_wait_gets_the_results_stored_while_the_server_restarted() {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    cluster.cpu_worker();
+    let submit = std::process::Command::new(common::KILN)
+        .args([
+            "submit",
+            "train_mlp",
+            "-p",
+            "epochs=150",
+            "-n",
+            "2",
+            "--id",
+            "rs",
+            "--wait",
+            "--wait-timeout",
+            "40s",
+        ])
+        .env("NATS_URL", cluster.server.url())
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run kiln submit");
+    // Both running, then the server goes down for longer than they take, and comes back.
+    for id in ["rs-0", "rs-1"] {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !common::stdout(&cluster.kiln(&["status", id])).contains("running (train_mlp)") {
+            assert!(Instant::now() < deadline, "{id} never ran");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let started = Instant::now();
+    cluster.server.kill();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    cluster.server.start_again();
+    let out = tokio::task::spawn_blocking(move || submit.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let waited = started.elapsed();
+    let stdout = common::stdout(&out);
+    assert!(out.status.success(), "{out:?}");
+    for id in ["rs-0", "rs-1"] {
+        assert!(stdout.contains(id), "{stdout}");
+    }
+    assert!(waited < Duration::from_secs(25), "waited {waited:?}");
+}

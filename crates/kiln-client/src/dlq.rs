@@ -184,7 +184,15 @@ pub async fn dead_letters(js: &jetstream::Context) -> Result<Vec<DeadLetter>> {
         let headers = message.headers.clone().unwrap_or_default();
         let header = |name: &str| headers.get(name).map(|v| v.as_str().to_owned());
         let id = header(kiln_proto::HEADER_JOB_ID)
-            .or_else(|| header(HEADER_MSG_ID).map(|m| m.trim_start_matches("dlq-").to_owned()))
+            .or_else(|| {
+                // `dlq-<kind>.<id>` (before: `dlq-<id>`), the kind the letter's subject's.
+                let kind = message.subject.strip_prefix("dlq.").unwrap_or_default();
+                header(HEADER_MSG_ID).map(|m| {
+                    let m = m.trim_start_matches("dlq-");
+                    let id = m.strip_prefix(kind).and_then(|m| m.strip_prefix('.'));
+                    id.unwrap_or(m).to_owned()
+                })
+            })
             .unwrap_or_else(|| format!("dlq-seq-{sequence}"));
         letters.push(DeadLetter {
             sequence,

@@ -170,9 +170,11 @@ pub(crate) async fn dead_letter(
     headers.insert(HEADER_DLQ_REASON, reason.as_str());
     headers.insert(HEADER_DLQ_SUBJECT, job_subject);
     headers.insert(HEADER_JOB_ID, event.id.as_str());
+    // The kind too: one id sent as two kinds is two jobs, and the server's duplicate window
+    // dropped the second one's letter (its job was gone from KILN_JOBS, and not replayable).
     let msg_id = match event.replay {
-        0 => format!("dlq-{}", event.id),
-        n => format!("dlq-{}-replay-{n}", event.id),
+        0 => format!("dlq-{}.{}", event.kind, event.id),
+        n => format!("dlq-{}.{}-replay-{n}", event.kind, event.id),
     };
     headers.insert(HEADER_MSG_ID, msg_id.as_str());
     let publish = |headers: HeaderMap, payload: bytes::Bytes| async move {
