@@ -775,3 +775,118 @@ async fn a_job_cancelled_before_any_worker_started_is_never_run() {
     let error = event.error.as_ref().expect("an error");
     assert_eq!(error.kind, ErrorKind::Cancelled, "{}", error.message);
 }
+
+/// One id sent as two kinds is two jobs: with one answered, `kiln cancel` still stops the
+/// other while it runs. Before, it said the id was finished and marked nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn cancel_stops_the_running_kind_of_an_id_whose_other_kind_finished() {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    cluster.cpu_worker();
+    let client = cluster.client().await;
+    let js = jetstream::new(client.clone());
+    let twin = |kind: &str, params: &str| {
+        (
+            format!("jobs.cpu.{kind}"),
+            format!(r#"{{"id":"twin","params":{params}}}"#).into_bytes(),
+        )
+    };
+    let (subject, body) = twin("matmul", r#"{"n":8}"#);
+    publish(&js, &subject, HeaderMap::new(), body).await;
+    let answered = wait_for_results(&client, &["twin"], Duration::from_secs(30)).await;
+    assert_eq!(answered["twin"].kind, "matmul");
+    let (subject, body) = twin("train_mlp", r#"{"epochs":10000}"#);
+    publish(&js, &subject, HeaderMap::new(), body).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let workers = streams::live_workers(&js).await.unwrap_or_default();
+        let held = workers.iter().flat_map(|w| &w.running);
+        if held
+            .into_iter()
+            .any(|j| j.id == "twin" && j.kind == "train_mlp" && !j.waiting)
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never seen running: {workers:?} {:?}",
+            result_on(&js, "results.train_mlp.twin").await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let out = cluster.kiln(&["cancel", "twin"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("marked; it stops at its next checkpoint"),
+        "{stdout}"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let event = loop {
+        if let Some(event) = result_on(&js, "results.train_mlp.twin").await {
+            break event;
+        }
+        assert!(std::time::Instant::now() < deadline, "never answered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let error = event.error.expect("cancelled");
+    assert_eq!(error.kind, ErrorKind::Cancelled, "{}", error.message);
+}
+
+/// One id held as two kinds at once is two entries in the worker's heartbeat: a training on
+/// the only compute slot and a product waiting for it. Before, the heartbeat kept one entry per
+/// id, so the second job hid the first from `kiln status` and from `kiln cancel`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_lists_both_kinds_of_an_id_it_holds() {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    cluster.cpu_worker_with(&["--compute-slots", "1"]);
+    // Small jobs first: the worker then holds jobs ahead of its compute slot.
+    let small = ["submit", "vector_add", "-p", "len=8", "-n", "50", "--wait"];
+    assert!(cluster.kiln(&small).status.success());
+    let client = cluster.client().await;
+    let js = jetstream::new(client.clone());
+    for (kind, params) in [
+        ("train_mlp", r#"{"epochs":10000}"#),
+        ("matmul", r#"{"n":256}"#),
+    ] {
+        let body = format!(r#"{{"id":"pair","params":{params}}}"#).into_bytes();
+        publish(&js, &format!("jobs.cpu.{kind}"), HeaderMap::new(), body).await;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let workers = streams::live_workers(&js).await.unwrap_or_default();
+        let mut held: Vec<(String, bool)> = workers
+            .iter()
+            .flat_map(|w| &w.running)
+            .filter(|j| j.id == "pair")
+            .map(|j| (j.kind.clone(), j.waiting))
+            .collect();
+        held.sort();
+        if held == [("matmul".to_owned(), true), ("train_mlp".to_owned(), false)] {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "held: {held:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(cluster.kiln(&["cancel", "pair"]).status.success());
+    for kind in ["matmul", "train_mlp"] {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let event = loop {
+            if let Some(event) = result_on(&js, &format!("results.{kind}.pair")).await {
+                break event;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{kind} never answered"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let error = event.error.expect("cancelled");
+        assert_eq!(
+            error.kind,
+            ErrorKind::Cancelled,
+            "{kind}: {}",
+            error.message
+        );
+    }
+}

@@ -167,7 +167,7 @@ pub async fn locate(js: &jetstream::Context, id: &str) -> Result<Place> {
         Ok(store) => store.get(job_key(id)).await.ok().flatten().is_some(),
         Err(_) => false,
     };
-    if let Some(running) = running(js, id, cancelled).await {
+    if let Some(running) = running(js, id, cancelled, None).await {
         // A result stored since the first look wins over a heartbeat not yet refreshed.
         if let Some(event) = answer(&record).await? {
             return Ok(Place::Finished {
@@ -186,12 +186,20 @@ pub async fn locate(js: &jetstream::Context, id: &str) -> Result<Place> {
     })
 }
 
-/// [`Place::Running`] when a live worker's heartbeat lists job `id` (`cancelled`: marked by
-/// `kiln cancel`).
-async fn running(js: &jetstream::Context, id: &str, cancelled: bool) -> Option<Place> {
+/// [`Place::Running`] when a live worker's heartbeat lists job `id` (of another kind than
+/// `except`; `cancelled`: marked by `kiln cancel`).
+async fn running(
+    js: &jetstream::Context,
+    id: &str,
+    cancelled: bool,
+    except: Option<&str>,
+) -> Option<Place> {
     let workers = streams::live_workers(js).await.unwrap_or_default();
     workers.into_iter().find_map(|w| {
-        let job = w.running.into_iter().find(|j| j.id == id)?;
+        let job = w
+            .running
+            .into_iter()
+            .find(|j| j.id == id && Some(j.kind.as_str()) != except)?;
         Some(Place::Running {
             kind: job.kind,
             device: w.device,
@@ -206,13 +214,23 @@ async fn running(js: &jetstream::Context, id: &str, cancelled: bool) -> Option<P
 /// Cancel job `id` unless it is finished; returns where it was. Workers mirror the mark in
 /// `KILN_CANCEL`: a queued job is answered `cancelled` when a worker takes it, a running one
 /// stops at its next checkpoint. A finished job ([`Place::Finished`], [`Place::Gone`]) is not
-/// marked: the mark lives a day and would cancel a later run of the same id. An unknown id
-/// is marked, in case it is still in flight.
+/// marked: the mark lives a day and would cancel a later run of the same id, unless a live
+/// worker runs the id as another kind (returned as [`Place::Running`]). An unknown id is
+/// marked, in case it is still in flight.
 pub async fn cancel(js: &jetstream::Context, id: &str) -> Result<Place> {
     check_job_id(id).map_err(Error::Invalid)?;
-    let place = locate(js, id).await?;
-    if matches!(place, Place::Finished { .. } | Place::Gone { .. }) {
-        return Ok(place);
+    let mut place = locate(js, id).await?;
+    // One id sent as two kinds is two jobs: one may still run after the other is answered.
+    let finished = match &place {
+        Place::Finished { result } => Some(result.kind.clone()),
+        Place::Gone { record } => Some(record.kind.clone()),
+        _ => None,
+    };
+    if let Some(kind) = finished {
+        match running(js, id, false, Some(&kind)).await {
+            Some(other) => place = other,
+            None => return Ok(place),
+        }
     }
     let store = js
         .get_key_value(BUCKET_CANCEL)

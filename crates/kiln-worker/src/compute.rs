@@ -69,7 +69,7 @@ pub(crate) async fn compute(
 ) -> Ran {
     if crate::batch::takes(shared, &job) {
         let mut ticker = progress_ticker(shared.config.topology.ack_wait);
-        computing(shared, id);
+        computing(shared, job.kind.name, id);
         let mut batched = crate::batch::enqueue(shared, job, id);
         let abandon = abandoned(shared.abandon.subscribe());
         tokio::pin!(abandon);
@@ -106,7 +106,7 @@ pub(crate) async fn compute(
         }
     };
     let waited = waiting.elapsed();
-    computing(shared, id);
+    computing(shared, job.kind.name, id);
     let shared = shared.clone();
     let id = id.to_owned();
     let abandon = abandoned(shared.abandon.subscribe());
@@ -145,10 +145,10 @@ async fn abandoned(mut abandon: tokio::sync::watch::Receiver<bool>) {
     }
 }
 
-/// Note for the heartbeat that job `id` has its compute slot (or joined a batch).
-fn computing(shared: &Shared, id: &str) {
+/// Note for the heartbeat that job `id` of `kind` has its compute slot (or joined a batch).
+fn computing(shared: &Shared, kind: &str, id: &str) {
     let mut running = shared.running.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(held) = running.get_mut(id) {
+    if let Some(held) = running.get_mut(&(kind.to_owned(), id.to_owned())) {
         held.waiting = false;
     }
 }

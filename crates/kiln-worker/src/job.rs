@@ -214,7 +214,7 @@ fn track(shared: &Shared, id: &str, arrival: &Arrival, holding: bool) {
     let mut running = shared.running.lock().unwrap_or_else(|e| e.into_inner());
     if holding {
         running.insert(
-            id.to_owned(),
+            (arrival.kind.clone(), id.to_owned()),
             kiln_proto::RunningJob {
                 id: id.to_owned(),
                 kind: arrival.kind.clone(),
@@ -223,7 +223,7 @@ fn track(shared: &Shared, id: &str, arrival: &Arrival, holding: bool) {
             },
         );
     } else {
-        running.remove(id);
+        running.remove(&(arrival.kind.clone(), id.to_owned()));
     }
 }
 

@@ -55,8 +55,9 @@ pub(crate) struct Shared {
     pub poisoned: OnceLock<String>,
     /// Jobs cancelled with `kiln cancel`.
     pub cancelled: Cancellations,
-    /// Jobs held now, by id, for the heartbeat (`kiln status <id>`).
-    pub running: Mutex<HashMap<String, kiln_proto::RunningJob>>,
+    /// Jobs held now, by kind and id (one id sent as two kinds is two jobs), for the
+    /// heartbeat (`kiln status <id>`).
+    pub running: Mutex<HashMap<(String, String), kiln_proto::RunningJob>>,
     /// Small jobs waiting to share a launch ([`crate::batch`]).
     pub batcher: crate::batch::Batcher,
     /// Jobs delivered and not yet at their compute step (decoding, loading their objects):
