@@ -166,10 +166,16 @@ class Connecting:
             kwargs["tls"] = context
 
         errors: list[Exception] = []
+        made: list[Client] = []
 
         async def on_error(e: Exception) -> None:
             errors.append(e)
             log.debug("NATS at %s: %s", o.url, e)
+
+        async def on_reconnect() -> None:
+            # Results stored while the connection was down reached no subscription.
+            for client in made:
+                client._spawn(client._look_up_watched())
 
         try:
             # One attempt per server (and one retry) for the first connection, so that a
@@ -182,6 +188,7 @@ class Connecting:
                 max_reconnect_attempts=1,
                 reconnect_time_wait=0.1,
                 error_cb=on_error,
+                reconnected_cb=on_reconnect,
                 **kwargs,
             )
         except Exception as e:  # every failure gets the same one sentence
@@ -207,7 +214,9 @@ class Connecting:
         # per server, 2 s apart), pending requests waiting for it.
         nc.options["max_reconnect_attempts"] = 60
         nc.options["reconnect_time_wait"] = 2.0
-        return Client(nc)
+        client = Client(nc)
+        made.append(client)
+        return client
 
 
 def _readable(path: str, what: str) -> None:
@@ -760,6 +769,15 @@ class Client:
                 return stored
             return came
         return None
+
+    async def _look_up_watched(self, again_after: float = 3.0) -> None:
+        """Look up the stored results of the jobs still waiting, now and once more
+        `again_after` seconds later (a worker may store its result after the first look,
+        before this client's subscriptions are back)."""
+        for pause in (0.0, again_after):
+            await asyncio.sleep(pause)
+            for watch in list(self._watching.values()):
+                await watch.job._look_up()
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coroutine)

@@ -311,23 +311,37 @@ class Job:
         job goes on, and a later call can still get its result."""
         if not self._future.done() and not self._looked_up:
             # A result stored before this client subscribed (a resubmitted id).
-            found = await self._client._lookup(self.kind, self.id, since=self._published_at)
+            await self._look_up()
             self._looked_up = True
-            if found is not None and not self._future.done():
-                self._settle(found)
-                await self._client._unwatch(self.id, self._future)
         try:
             result = await asyncio.wait_for(asyncio.shield(self._future), timeout)
         except asyncio.TimeoutError:
-            where = f"jobs.{self.device}.{self.kind}" if self.device else "its queue"
-            raise ResultTimeout(
-                f"job {self.id} ({self.kind or 'any kind'}) has no result after {timeout} s: it "
-                f"is queued or running (`await job.status()` says which), or no worker serves "
-                f"{where}"
-            ) from None
+            # One stored while the connection was down reached no subscription.
+            await self._look_up()
+            if not self._future.done():
+                where = f"jobs.{self.device}.{self.kind}" if self.device else "its queue"
+                raise ResultTimeout(
+                    f"job {self.id} ({self.kind or 'any kind'}) has no result after {timeout} "
+                    f"s: it is queued or running (`await job.status()` says which), or no "
+                    f"worker serves {where}"
+                ) from None
+            result = self._future.result()
         if raise_on_failure:
             result.raise_for_status()
         return result
+
+    async def _look_up(self) -> None:
+        """Settle the job with its stored result, if it has one already."""
+        if self._future.done():
+            return
+        try:
+            found = await self._client._lookup(self.kind, self.id, since=self._published_at)
+        except Exception as e:  # the server unreachable: the subscription may still answer
+            log.debug("looking up %s's result: %s", self.id, e)
+            return
+        if found is not None and not self._future.done():
+            self._settle(found)
+            await self._client._unwatch(self.id, self._future)
 
     def _answers(self, result: Result) -> bool:
         """Whether `result` is this job's answer (see `answers`)."""

@@ -1,0 +1,68 @@
+"""A server restart while the client waits for results: results stored while its connection
+was down reach no subscription, and the client looks them up once it is back."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+from pathlib import Path
+
+import kiln
+
+from conftest import (
+    Process,
+    Stack,
+    _env,
+    _wait_serving,
+    free_port,
+    kiln_binary,
+    nats_server_binary,
+    wait_for_port,
+)
+
+
+async def test_results_stored_while_the_server_restarted_are_received(tmp_path: Path) -> None:
+    port = free_port()
+    url = f"nats://127.0.0.1:{port}"
+    kiln_bin = kiln_binary()
+    stack = Stack(url=url, kiln=kiln_bin, workdir=tmp_path)
+    env = _env()
+    server_args = [nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", str(port)]
+    server_args += ["-sd", str(tmp_path / "js")]
+
+    def start_server() -> Process:
+        server = stack.start("nats-server", server_args, env)
+        wait_for_port(port, server)
+        return server
+
+    server = start_server()
+    try:
+        subprocess.run(
+            [kiln_bin, "--nats-url", url, "init"], env=env, check=True, capture_output=True
+        )
+        worker = [kiln_bin, "--nats-url", url, "worker", "--device", "cpu", "--name", "rs"]
+        stack.start("worker", worker, env)
+        await _wait_serving(url, stack)
+        async with kiln.connect(url) as client:
+            jobs = [
+                await client.submit("train_mlp", "cpu", epochs=150, id=f"restart-{i}")
+                for i in range(2)
+            ]
+            deadline = time.monotonic() + 30
+            while [await job.status() for job in jobs] != ["running", "running"]:
+                assert time.monotonic() < deadline, "the jobs never ran"
+                await asyncio.sleep(0.05)
+            # Down for longer than the jobs take: the worker stores their results as it
+            # reconnects, before this client (which tries again only after 12 s) is back.
+            client.nats.options["reconnect_time_wait"] = 12.0
+            server.popen.kill()
+            server.popen.wait()
+            await asyncio.sleep(6)
+            start_server()
+            started = time.monotonic()
+            results = [await job.result(timeout=20) for job in jobs]
+            assert [r.status for r in results] == ["succeeded", "succeeded"]
+            assert time.monotonic() - started < 18
+    finally:
+        stack.stop()
