@@ -620,3 +620,47 @@ no_auth_user: admin
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
+
+/// `kiln status <id>` of an auto job the scheduler routed to a class with no live worker
+/// says it waits there: its record still says auto (routing does not rewrite it), but the
+/// auto queue is empty, and the class's backlog and workers are named. Before, it said only
+/// "queued on jobs.auto.matmul", with no sign that no worker could take it.
+#[tokio::test(flavor = "multi_thread")]
+async fn status_of_a_routed_auto_job_names_the_class_queues_and_their_workers() {
+    let cluster = cpu_worker_and_scheduler();
+    let submit = [
+        "submit",
+        "matmul",
+        "-d",
+        "auto",
+        "-p",
+        "n=8",
+        "-p",
+        "dtype=bf16",
+        "--id",
+        "au-bf16",
+    ];
+    assert_success(&cluster.kiln(&submit));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = stdout(&cluster.kiln(&["status", "au-bf16"]));
+        if status.contains("routed: the scheduler has taken every auto job") {
+            assert!(
+                status.starts_with("au-bf16: queued on jobs.auto.matmul"),
+                "{status}"
+            );
+            assert!(!status.contains("   "), "one space between words: {status}");
+            assert!(
+                status.contains("jobs.gpu.matmul: 1 job(s) of the class waiting, no live worker"),
+                "{status}"
+            );
+            assert!(
+                status.contains("jobs.cpu.matmul: 0 job(s) of the class waiting, 1 live worker(s)"),
+                "{status}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "never routed: {status}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -37,6 +37,12 @@ pub async fn run(nats: &NatsArgs, args: StatusArgs) -> anyhow::Result<ExitCode> 
                 })?;
             } else {
                 println!("{}", describe(&place, &id));
+                if let Place::Queued { record } = &place
+                    && record.class == kiln_proto::DeviceClass::Auto
+                    && let Some(hint) = routed_hint(&js, &record.kind).await
+                {
+                    println!("  {hint}");
+                }
             }
             // As `kiln result`: a job kiln knows nothing of is not found.
             if matches!(place, Place::Unknown) {
@@ -45,6 +51,53 @@ pub async fn run(nats: &NatsArgs, args: StatusArgs) -> anyhow::Result<ExitCode> 
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where a job queued as `auto` of `kind` may be now (its record is not updated when the
+/// scheduler routes it): still in the auto queue, or, when the scheduler has taken every
+/// auto job, in one of the classes' queues, with their backlogs and live workers, so that a
+/// job routed to a class with no worker is seen to wait for one.
+async fn routed_hint(js: &jetstream::Context, kind: &str) -> Option<String> {
+    use kiln_proto::DeviceClass;
+    use kiln_proto::streams::CONSUMER_SCHEDULER;
+    let overview = kiln_client::cluster::overview(js).await.ok()?;
+    let consumer = |name: &str| overview.consumers.iter().find(|c| c.name == name);
+    let scheduler = consumer(CONSUMER_SCHEDULER)?;
+    if scheduler.pending + scheduler.in_flight > 0 {
+        return Some(match scheduler.waiting_pulls {
+            0 => format!(
+                "{} auto job(s) wait to be routed and no scheduler is pulling them: start \
+                 `kiln scheduler`",
+                scheduler.pending + scheduler.in_flight
+            ),
+            _ => format!(
+                "{} auto job(s) wait to be routed",
+                scheduler.pending + scheduler.in_flight
+            ),
+        });
+    }
+    let class = |class: DeviceClass| {
+        let queue = consumer(class.consumer());
+        let live = overview
+            .workers
+            .iter()
+            .filter(|w| w.class == class && w.state != "draining")
+            .count();
+        let waiting = queue.map_or(0, |c| c.pending);
+        format!(
+            "jobs.{class}.{kind}: {waiting} job(s) of the class waiting, {}",
+            match live {
+                0 => "no live worker".to_owned(),
+                n => format!("{n} live worker(s)"),
+            }
+        )
+    };
+    Some(format!(
+        "routed: the scheduler has taken every auto job, so it waits in the queue it chose \
+         ({}; {})",
+        class(DeviceClass::Gpu),
+        class(DeviceClass::Cpu)
+    ))
 }
 
 /// `kiln status <id> -o json`: the id, and where the job is (`state`: finished, gone,

@@ -20,7 +20,11 @@ pub async fn load_size(
         0 => bytes::Bytes::new(),
         _ => {
             let subject = chunks::chunk_subject(&info.nuid);
-            match store.stream.get_first_raw_message_by_subject(subject, 1).await {
+            match store
+                .stream
+                .get_first_raw_message_by_subject(subject, 1)
+                .await
+            {
                 Ok(message) => message.payload,
                 // Nothing told: the whole budget (the download says what went wrong).
                 Err(_) => {
