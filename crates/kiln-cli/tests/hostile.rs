@@ -890,3 +890,45 @@ async fn a_worker_lists_both_kinds_of_an_id_it_holds() {
         );
     }
 }
+
+/// A job recorded as queued whose message is gone from KILN_JOBS (an operator purged the
+/// stream) is shown as such by `kiln status <id>`, not as queued for ever.
+#[tokio::test(flavor = "multi_thread")]
+async fn status_says_when_a_queued_job_is_no_longer_in_the_stream() {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    let submit = [
+        "submit",
+        "vector_add",
+        "-d",
+        "cpu",
+        "-p",
+        "len=8",
+        "--id",
+        "purged-1",
+    ];
+    assert!(cluster.kiln(&submit).status.success());
+    let status = |cluster: &Cluster| {
+        String::from_utf8_lossy(&cluster.kiln(&["status", "purged-1"]).stdout).into_owned()
+    };
+    let before = status(&cluster);
+    assert!(
+        before.starts_with("purged-1: queued on jobs.cpu.vector_add"),
+        "{before}"
+    );
+    assert!(!before.contains("no longer there"), "{before}");
+    let js = jetstream::new(cluster.client().await);
+    js.get_stream(streams::STREAM_JOBS)
+        .await
+        .unwrap()
+        .purge()
+        .await
+        .unwrap();
+    let after = status(&cluster);
+    assert!(
+        after.contains(
+            "but KILN_JOBS holds no vector_add job of the cpu class: it is no longer there"
+        ),
+        "{after}"
+    );
+}
