@@ -23,7 +23,11 @@ pub async fn put_file(bucket: &Bucket, name: &str, path: &Path) -> Result<Object
         .map_err(io(|| format!("opening {}", path.display())))?;
     kiln_data::store::put_reader(bucket, name, &mut file)
         .await
-        .map_err(|e| Error::Data(format!("storing {} as {name:?}: {e}", path.display())))
+        .map_err(|e| {
+            // A name of a thousand characters is not echoed whole (the error names its size).
+            let name = kiln_proto::cut(name, 80);
+            Error::Data(format!("storing {} as {name:?}: {e}", path.display()))
+        })
 }
 
 /// Write object `name` to `writer`; returns its size. With `expected`, the object's bytes
