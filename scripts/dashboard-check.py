@@ -44,6 +44,7 @@ ALERTS = {
     "KilnDeadLettersGrowing",
     "KilnBacklogWithoutWorkers",
     "KilnJobFailureRatioHigh",
+    "KilnNatsDisconnected",
     "KilnRoleDown",
 }
 WAIT_S = 90.0  # --wait-s

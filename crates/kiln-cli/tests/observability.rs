@@ -436,6 +436,12 @@ async fn health_endpoints_follow_the_nats_connection_of_every_role() {
             Some(1.0),
             "{role}"
         );
+        let connected = scrape_until(addr, |s| s.value("kiln_nats_connected", &[]).is_some());
+        assert_eq!(
+            connected.await.value("kiln_nats_connected", &[]),
+            Some(1.0),
+            "{role}"
+        );
     }
 
     cluster.server.kill();
@@ -443,6 +449,13 @@ async fn health_endpoints_follow_the_nats_connection_of_every_role() {
         let (_, body) = wait_for(addr, "/readyz", |s, _| s == 503).await;
         assert_eq!(
             body, "not ready: disconnected from NATS; reconnecting\n",
+            "{role}"
+        );
+        // Still scraped (`up` is 1), saying its gauges are stale.
+        let (_, text) = wait_for(addr, "/metrics", |s, _| s == 200).await;
+        assert_eq!(
+            Scrape::parse(&text).value("kiln_nats_connected", &[]),
+            Some(0.0),
             "{role}"
         );
         // Alive all the same: restarting the process would not bring the server back.
@@ -457,6 +470,8 @@ async fn health_endpoints_follow_the_nats_connection_of_every_role() {
     for (role, addr) in &roles {
         let (_, body) = wait_for(addr, "/readyz", |s, _| s == 200).await;
         assert_eq!(body, "ready\n", "{role}");
+        let connected = scrape_until(addr, |s| s.value("kiln_nats_connected", &[]) == Some(1.0));
+        connected.await;
     }
     // And they work again: a job goes through worker and aggregator.
     let out = cluster.kiln(&["submit", "vector_add", "-p", "len=8", "--wait"]);

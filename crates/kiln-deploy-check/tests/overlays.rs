@@ -271,6 +271,7 @@ fn production_with_the_prometheus_operator_scrapes_every_role_and_carries_the_ru
             "KilnDeadLettersGrowing",
             "KilnBacklogWithoutWorkers",
             "KilnJobFailureRatioHigh",
+            "KilnNatsDisconnected",
             "KilnRoleDown"
         ]
     );

@@ -64,6 +64,14 @@ impl Health {
         self.inner.state.load(Ordering::Relaxed) == STOPPING
     }
 
+    /// Whether the role's NATS connection is up now.
+    pub fn connected(&self) -> bool {
+        self.inner
+            .client
+            .get()
+            .is_some_and(|c| c.connection_state() == State::Connected)
+    }
+
     /// `Ok` when ready; otherwise why not, in one line.
     pub fn readiness(&self) -> Result<(), &'static str> {
         match self.inner.client.get().map(|c| c.connection_state()) {

@@ -40,12 +40,13 @@ impl Drop for MetricsServer {
 struct AppState {
     registry: Arc<Registry>,
     rss: Gauge,
+    connected: Gauge,
     health: Health,
 }
 
 /// Listen on `addr` and serve `registry` and `health` until the returned server is dropped.
-/// Adds `process_resident_memory_bytes` to the registry. Fails when the address cannot be
-/// bound.
+/// Adds `process_resident_memory_bytes` and `kiln_nats_connected` to the registry. Fails when
+/// the address cannot be bound.
 pub async fn serve(
     addr: SocketAddr,
     mut registry: Registry,
@@ -57,6 +58,15 @@ pub async fn serve(
         "Resident memory of this process in bytes",
         rss.clone(),
     );
+    // A role cut off from NATS still answers scrapes (`up` stays 1) with the gauges it read
+    // last: this says whether they are current.
+    let connected = Gauge::default();
+    registry.register(
+        "kiln_nats_connected",
+        "1 while this process is connected to NATS, 0 while it is not (its other gauges are \
+         then the last values it read)",
+        connected.clone(),
+    );
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
         std::io::Error::new(
             e.kind(),
@@ -67,6 +77,7 @@ pub async fn serve(
     let state = AppState {
         registry: Arc::new(registry),
         rss,
+        connected,
         health,
     };
     let app = Router::new()
@@ -84,6 +95,7 @@ pub async fn serve(
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
+    state.connected.set(i64::from(state.health.connected()));
     // Reading /proc and encoding are blocking work: keep them off the executor.
     let encoded = tokio::task::spawn_blocking(move || {
         if let Some(bytes) = process_resident_memory_bytes() {
