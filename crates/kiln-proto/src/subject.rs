@@ -41,7 +41,8 @@ impl DeviceClass {
 
 impl fmt::Display for DeviceClass {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        // `pad`, not `write_str`: tables give it a width (`{:<5}`).
+        f.pad(self.as_str())
     }
 }
 
@@ -211,6 +212,15 @@ pub fn is_token(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Tables pad the class to their column's width (`kiln workers` printed `gpu` under a
+    /// five-wide `class`, and every later column two places off).
+    #[test]
+    fn a_class_takes_the_width_it_is_given() {
+        assert_eq!(format!("{:<5}|", DeviceClass::Gpu), "gpu  |");
+        assert_eq!(format!("{:>5}|", DeviceClass::Auto), " auto|");
+        assert_eq!(DeviceClass::Cpu.to_string(), "cpu");
+    }
 
     #[test]
     fn copies_are_told_by_their_subject_whatever_their_kind() {
