@@ -895,7 +895,7 @@ async fn a_worker_lists_both_kinds_of_an_id_it_holds() {
 /// stream) is shown as such by `kiln status <id>`, not as queued for ever.
 #[tokio::test(flavor = "multi_thread")]
 async fn status_says_when_a_queued_job_is_no_longer_in_the_stream() {
-    let mut cluster = Cluster::new();
+    let cluster = Cluster::new();
     cluster.init().await;
     let submit = [
         "submit",

@@ -5,5 +5,6 @@ pub mod conv2d;
 pub mod matmul;
 pub mod mlp;
 pub mod mlp_predict;
+mod shells;
 pub mod train_mlp;
 pub mod vector_add;

@@ -8,17 +8,12 @@
 //! `round(samples · split)` form the validation set. Features are standardised with the
 //! training set's mean and standard deviation (a constant feature's deviation counts as 1).
 //!
-//! **Without a dataset** the data set is **concentric shells**: sample `i` belongs to class
-//! `i % classes`; its point is `r · u` with `u` a uniformly random direction in `features`
-//! dimensions (a normalised Gaussian vector; ±1 when `features` is 1) and radius
-//! `r = 2 · (class + 0.5 + U(−0.3, 0.3)) / classes`, so class `c` fills the shell between
-//! radii `2(c + 0.2)/classes` and `2(c + 0.8)/classes`, with empty gaps between shells. The
-//! classes are separable by the distance from the origin, which an MLP learns; no linear
-//! model can separate nested shells (it stays near chance). Everything random is drawn on the
-//! host from ChaCha8 streams of the job's seed, so every backend trains on the same data, the
-//! same batches and the same initial weights:
-//! stream 0 the data, stream 1 the per-epoch shuffles, streams 2 + 2l and 3 + 2l the weights
-//! and biases of layer l (uniform in ±1/√fan_in, Burn's default `Linear` initialisation).
+//! **Without a dataset** the data set is **concentric shells** ([`super::shells`]): nested
+//! shells, one per class, which an MLP separates and no linear model can. Everything random is
+//! drawn on the host from ChaCha8 streams of the job's seed, so every backend trains on the
+//! same data, the same batches and the same initial weights: stream 0 the data, stream 1 the
+//! per-epoch shuffles, streams 2 + 2l and 3 + 2l the weights and biases of layer l (uniform in
+//! ±1/√fan_in, Burn's default `Linear` initialisation).
 //!
 //! Training: `Linear` layers with ReLU between them (none after the last; [`Mlp`]), softmax
 //! cross-entropy, Adam (β = 0.9, 0.999, ε = 1e-5) at a constant learning rate, mini-batches of
@@ -38,8 +33,8 @@ use burn::optim::{AdamConfig, GradientsParams, Optimizer};
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData, backend::Backend};
 use kiln_data::Dataset;
 use kiln_proto::{JobError, Limits, ObjectRef, checked_product};
+use rand::SeedableRng;
 use rand::seq::SliceRandom;
-use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -61,7 +56,6 @@ pub const DEFAULT_VALIDATION_SPLIT: f64 = 0.2;
 /// Rows per forward pass when measuring training-set accuracy (at least a batch).
 const EVAL_ROWS: u64 = 4096;
 
-const STREAM_DATA: u64 = 0;
 const STREAM_SHUFFLE: u64 = 1;
 /// The shuffle that picks the validation samples: far past the weights' streams
 /// (2 + 2 · layers).
@@ -429,37 +423,6 @@ fn dataset_samples(
     Ok((Samples { x: data.x.data, y }, sizes))
 }
 
-/// The concentric-shells data set (see the module docs): points row-major, and labels.
-fn shells(seed: u64, samples: usize, features: usize, classes: usize) -> (Vec<f32>, Vec<i64>) {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    rng.set_stream(STREAM_DATA);
-    let mut points = Vec::with_capacity(samples * features);
-    let mut labels = Vec::with_capacity(samples);
-    let mut direction = vec![0.0f32; features];
-    for i in 0..samples {
-        let class = i % classes;
-        loop {
-            direction.iter_mut().for_each(|d| *d = normal(&mut rng));
-            let norm = direction.iter().map(|d| d * d).sum::<f32>().sqrt();
-            if norm > 1e-6 {
-                direction.iter_mut().for_each(|d| *d /= norm);
-                break;
-            }
-        }
-        let radius = 2.0 * (class as f32 + 0.5 + rng.random_range(-0.3f32..0.3)) / classes as f32;
-        points.extend(direction.iter().map(|d| d * radius));
-        labels.push(class as i64);
-    }
-    (points, labels)
-}
-
-/// A standard normal draw (Box–Muller).
-fn normal(rng: &mut ChaCha8Rng) -> f32 {
-    let u1: f32 = 1.0 - rng.random::<f32>(); // (0, 1]: ln is finite
-    let u2: f32 = rng.random();
-    (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
-}
-
 /// The `train_mlp` kind: trains an MLP with Adam; loss and accuracy per epoch, and the model.
 pub struct TrainMlp;
 
@@ -594,7 +557,7 @@ fn training_data<B: Backend>(
             let c = Config::new(params, params.shell_sizes())?;
             let [samples, features, classes] =
                 [c.samples, c.features, c.classes].map(|v| v as usize);
-            let (x, y) = shells(ctx.seed, samples, features, classes);
+            let (x, y) = super::shells::shells(ctx.seed, samples, features, classes);
             Ok((Samples { x, y }, c))
         }
     }
