@@ -580,6 +580,7 @@ pub struct StatusArgs {
 pub struct CancelArgs {
     /// The job ids. Finished jobs are not marked (a mark lasts a day and would cancel a later
     /// run of the same id); ids kiln knows nothing of are, in case they are still in flight.
+    #[arg(required = true)]
     pub ids: Vec<String>,
 }
 
@@ -703,6 +704,16 @@ mod tests {
         );
         assert!(help.contains(&rule), "{help}");
         assert!(kiln_proto::valid_job_id("a-b_C9") && !kiln_proto::valid_job_id("a/b.c*"));
+    }
+
+    /// `kiln cancel` with no id is a usage error (exit 2), as for any missing argument.
+    #[test]
+    fn cancel_needs_an_id() {
+        use clap::Parser as _;
+        let e = super::Cli::try_parse_from(["kiln", "cancel"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        assert_eq!(e.exit_code(), 2);
+        assert!(super::Cli::try_parse_from(["kiln", "cancel", "a", "b"]).is_ok());
     }
 
     /// `--all` replays every dead letter: with sequences as well it is refused, rather than

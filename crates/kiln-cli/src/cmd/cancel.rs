@@ -12,7 +12,6 @@ use super::status::describe;
 use crate::cli::{CancelArgs, NatsArgs};
 
 pub async fn run(nats: &NatsArgs, args: CancelArgs) -> anyhow::Result<ExitCode> {
-    anyhow::ensure!(!args.ids.is_empty(), "name the job ids to cancel");
     // Nothing is marked when any id is one no worker would take.
     let invalid: Vec<String> = args
         .ids
