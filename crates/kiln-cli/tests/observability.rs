@@ -1107,3 +1107,40 @@ async fn an_aggregator_paused_through_a_takeover_counts_nothing_twice() {
         70
     );
 }
+
+/// A role whose OTLP endpoint refuses every export says so in its log (once, then once a
+/// minute), and goes on serving. Before, the spans were dropped without a word.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_role_says_when_its_spans_cannot_be_exported() {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    // A port nothing listens on: every export is refused.
+    let refused = format!("http://{}", free_addr());
+    cluster.spawn_with_env(
+        "worker",
+        &["worker", "--device", "cpu"],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", refused.as_str()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    );
+    let out = cluster.kiln(&["submit", "vector_add", "-p", "len=8", "-n", "3", "--wait"]);
+    assert_success(&out);
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let log = cluster.log("worker");
+        if log.contains("could not export trace spans to the OTLP endpoint") {
+            assert!(log.contains("span(s) dropped"), "{log}");
+            assert_eq!(
+                log.matches("could not export trace spans").count(),
+                1,
+                "{log}"
+            );
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never said: {log}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Still serving, untraced.
+    assert_success(&cluster.kiln(&["submit", "vector_add", "-p", "len=8", "--wait"]));
+}

@@ -27,6 +27,7 @@
 //! # drop(server); Ok(()) }
 //! ```
 
+mod export;
 mod health;
 mod metrics;
 mod server;

@@ -86,7 +86,7 @@ pub fn init(service: &str) -> Result<TraceGuard, String> {
         resource = resource.with_service_name(service.to_owned());
     }
     let provider = SdkTracerProvider::builder()
-        .with_batch_exporter(exporter)
+        .with_batch_exporter(crate::export::Reporting::new(exporter))
         .with_resource(resource.build())
         .build();
     let tracer = provider.tracer("kiln");
