@@ -51,13 +51,22 @@ pub fn decode_image(
     }
 }
 
+/// The most a PNG's headers may take to read when telling its size (an ICC profile is
+/// kilobytes; a deflate bomb in one is a gigabyte).
+const HEADER_ALLOC: u64 = 8 << 20;
+
 /// The values an image decodes to (channels × height × width) and the bytes its decoder
 /// writes them in, from its first bytes; `None` when its headers are not within them.
 pub(super) fn image_header(prefix: &[u8]) -> Option<(u64, u64)> {
     let cursor = io::Cursor::new(prefix);
     let (dimensions, color, total) = match Format::sniff(prefix)? {
         Format::Png => {
-            let decoder = image::codecs::png::PngDecoder::new(cursor).ok()?;
+            // Reading up to the first IDAT decompresses what comes before (an iCCP profile):
+            // bounded, so that a crafted chunk cannot make a worker allocate before it has
+            // reserved anything.
+            let mut limits = image::Limits::default();
+            limits.max_alloc = Some(HEADER_ALLOC);
+            let decoder = image::codecs::png::PngDecoder::with_limits(cursor, limits).ok()?;
             (
                 decoder.dimensions(),
                 decoder.color_type(),

@@ -79,12 +79,14 @@ pub fn load_size(prefix: &[u8], size: u64, want: Want, key: Option<&str>) -> Loa
                     size.saturating_add(pixel_bytes).saturating_add(values),
                 )
             }
-            None if format == Some(Format::Png) => {
-                bound(png_bound(prefix).map_or(size, |b| b.saturating_add(size)))
-            }
-            None => LoadSize {
-                peak: None,
-                values: None,
+            None => match png_bound(prefix).filter(|_| format == Some(Format::Png)) {
+                Some(b) => bound(b.saturating_add(size)),
+                // Not told (a JPEG's frame header past the first bytes, a PNG's header
+                // unreadable or its size past u64): the whole budget.
+                None => LoadSize {
+                    peak: None,
+                    values: None,
+                },
             },
         },
         (Want::Dataset | Want::Model, Some(Format::Safetensors)) => match all_elements(prefix) {
@@ -167,6 +169,22 @@ mod tests {
         assert!(load.check("object grey.png", 7 * MIB).is_err());
         load.check("object grey.png", 8 * MIB).unwrap();
         assert_eq!(load.reserve(4 * MIB), 4 * MIB, "at most the budget");
+    }
+
+    /// A colour profile that inflates to 64 MiB is not read whole to tell a PNG's size (the
+    /// header read inflates at most 8 MiB of it, and skips the profile past that), and the
+    /// size is still told.
+    #[test]
+    fn a_png_whose_profile_is_a_deflate_bomb_is_told_without_inflating_it() {
+        let mut file = Vec::new();
+        let mut encoder = image::codecs::png::PngEncoder::new(&mut file);
+        encoder.set_icc_profile(vec![0u8; 64 << 20]).unwrap();
+        encoder
+            .write_image(&[0u8; 16], 4, 4, image::ExtendedColorType::L8)
+            .unwrap();
+        assert!(file.len() < 200_000, "{} bytes", file.len());
+        let load = load_size(&file, file.len() as u64, Want::Image, None);
+        assert_eq!(load.values, Some(4 * 4 * 4));
     }
 
     #[test]
