@@ -39,9 +39,9 @@ impl From<JobError> for Unloaded {
 /// Load every object `job`'s parameters name, then check the job again with the sizes now
 /// known. Downloads wait for a [`LoadPermit`]: a place for loading jobs, then what loading the
 /// objects takes ([`store::load_size`]: a small PNG decodes to many times its bytes), which the
-/// caller holds until the job has computed and stored its output (`None`: no objects, or one
-/// refused as over the budget without waiting). Progress acks keep the job while it waits and
-/// while large objects arrive; a wait ends when the worker stops or the job is cancelled.
+/// caller holds until the job has computed and stored its output (`None`: no objects).
+/// Progress acks keep the job while it waits and while large objects arrive; a wait ends when
+/// the worker stops or the job is cancelled.
 pub(crate) async fn load(
     shared: &Shared,
     message: &jetstream::Message,
@@ -56,24 +56,21 @@ pub(crate) async fn load(
         let bucket = bucket(shared).await?;
         let budget = shared.admission.memory().bytes;
         let place = watched(shared, id, shared.admission.load_place()).await?;
-        // An object whose size cannot be read counts as empty here: fetching it says why.
+        // An object whose size cannot be read counts as empty here: fetching it says why. One
+        // over the budget, stored or as values, is refused before anything is downloaded
+        // (the job's other objects included) and without waiting for the budget.
         let mut bytes = 0u64;
-        let mut oversize = false;
         for w in &wanted {
             let Ok((size, load)) = store::load_size(bucket, &w.reference, w.want).await else {
                 continue;
             };
+            let refuse = |e: kiln_data::DataError| in_param(w.param, e.into());
+            store::check_size(w.reference.object.as_str(), size, budget).map_err(refuse)?;
             load.check(&format!("object {}", w.reference.object), budget)
-                .map_err(|e| in_param(w.param, e.into()))?;
-            oversize |= size > budget;
+                .map_err(refuse)?;
             bytes = bytes.saturating_add(load.reserve(budget));
         }
-        // One object over the budget is refused by `fetch` before it is read: no need to wait
-        // for the whole budget first (and hold up every job behind).
-        let permit = match oversize {
-            true => None,
-            false => Some(watched(shared, id, place.reserve(bytes)).await?),
-        };
+        let permit = Some(watched(shared, id, place.reserve(bytes)).await?);
         let mut inputs = Inputs::none();
         let max_elements = shared.config.limits.max_elements;
         for w in wanted {

@@ -394,7 +394,7 @@ pub async fn fetch(
 }
 
 /// Refuse an object of `size` bytes over the caller's `max_bytes`.
-fn check_size(name: &str, size: u64, max_bytes: u64) -> Result<(), DataError> {
+pub fn check_size(name: &str, size: u64, max_bytes: u64) -> Result<(), DataError> {
     if size > max_bytes {
         return Err(DataError::TooLarge(format!(
             "object {name} is {} MiB, over this worker's memory budget of {} MiB; send a \
