@@ -360,9 +360,9 @@ pub struct ResultCollector {
     /// The client's statistics, whose count of connections says when it reconnected: results
     /// published meanwhile reached no subscriber, and are looked up in `KILN_RESULTS`.
     statistics: Arc<async_nats::Statistics>,
-    /// When the collector subscribed: a stored answer of a job submitted before is an earlier
-    /// job's under the same id.
-    since: time::OffsetDateTime,
+    /// The client's connections when the collector subscribed: a reconnection since (while
+    /// the jobs were still being published, too) is looked for in `collect`.
+    connects: u64,
     /// `KILN_RESULTS`, named once: a lookup per result, no stream-info request per result.
     results: async_nats::jetstream::stream::Stream<()>,
     /// Ids whose stored answer is an earlier job's ([`ResultCollector::answered_before`]).
@@ -373,6 +373,9 @@ pub struct ResultCollector {
 /// server sends it only those results; past it, to every result of the kind (one
 /// subscription, the results of other people's jobs passed over here).
 const SUBSCRIBE_EACH_UP_TO: usize = 1000;
+
+/// Longest a collector looks results up once its wait is over.
+const LAST_LOOK: Duration = Duration::from_secs(5);
 
 impl ResultCollector {
     /// Subscribe to the results of jobs `ids` of `kind` (every result when `kind` is `None`).
@@ -410,7 +413,7 @@ impl ResultCollector {
             subscriber: futures::stream::select_all(subscribers),
             kind: kind.map(str::to_owned),
             statistics: client.statistics(),
-            since: time::OffsetDateTime::now_utc(),
+            connects: client.statistics().connects.load(Ordering::Relaxed),
             results,
             answered_before: HashSet::new(),
         })
@@ -467,7 +470,7 @@ impl ResultCollector {
     ) -> HashMap<String, ResultEvent> {
         let mut results = HashMap::new();
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut seen_connects = self.statistics.connects.load(Ordering::Relaxed);
+        let mut seen_connects = self.connects;
         // Once more a while after a reconnection: a worker may store its result after the
         // first look, before this client's subscriptions are back.
         let mut look_again = None;
@@ -482,7 +485,8 @@ impl ResultCollector {
                         look_again = (connects != seen_connects)
                             .then(|| now + Duration::from_secs(3));
                         seen_connects = connects;
-                        self.look_up(&mut ids, &mut results, &mut on_result).await;
+                        let looking = self.look_up(&mut ids, &mut results, &mut on_result);
+                        let _ = tokio::time::timeout_at(deadline, looking).await;
                     }
                     continue;
                 }
@@ -490,7 +494,10 @@ impl ResultCollector {
             let message = match next {
                 Ok(Some(message)) => message,
                 Ok(None) | Err(_) => {
-                    self.look_up(&mut ids, &mut results, &mut on_result).await;
+                    // A few seconds at most past the deadline (a server that cannot be reached
+                    // would hold every lookup for its request timeout).
+                    let looking = self.look_up(&mut ids, &mut results, &mut on_result);
+                    let _ = tokio::time::timeout(LAST_LOOK, looking).await;
                     break;
                 }
             };
@@ -543,12 +550,10 @@ impl ResultCollector {
             .filter_map(|event| async move { event })
             .collect()
             .await;
+        // (An answer found so is taken as this job's: one left by an earlier job under the
+        // same id was told at submission, and the server's and this client's clocks are too
+        // far apart to tell it again here.)
         for event in found {
-            // Submitted before this collector subscribed (a second of clocks apart): an
-            // earlier job's answer under the same id.
-            if event.enqueued_at < self.since - Duration::from_secs(1) {
-                self.answered_before.insert(event.id.clone());
-            }
             if ids.remove(&event.id) {
                 on_result(&event);
                 results.insert(event.id.clone(), event);
