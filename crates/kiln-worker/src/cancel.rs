@@ -19,6 +19,9 @@ use tokio_util::task::AbortOnDropHandle;
 /// Most cancellation marks a worker remembers.
 pub(crate) const MAX_MARKS: usize = 1_000_000;
 
+/// Longest a starting worker waits to have read the cancellation marks.
+const MIRROR_PATIENCE: Duration = Duration::from_secs(60);
+
 /// The cancelled job keys' hashes, kept current by a watcher task that stops with the last
 /// clone (a worker that has stopped leaves no watch running on its client, which may live on:
 /// an in-process worker's, in `kiln demo` or the benchmarks).
@@ -105,6 +108,11 @@ impl Cancellations {
             .as_ref()
             .map_or(Duration::from_secs(24 * 3600), |s| s.max_age());
         let stored = status.as_ref().map_or(1, |s| s.values());
+        // The bucket's last entry at the start: the mirror has read what was stored once it has
+        // read that one (or nothing is pending), even while new marks keep coming.
+        let last = status
+            .as_ref()
+            .map_or(u64::MAX, |s| s.info.state.last_sequence);
         let watch = store
             .watch_with_history(">")
             .await
@@ -113,7 +121,7 @@ impl Cancellations {
         let (read, mirrored) = tokio::sync::oneshot::channel();
         // Nothing stored: nothing to wait for.
         let read = (stored > 0).then_some(read);
-        let watcher = tokio::spawn(mirror(watch, marks.clone(), read));
+        let watcher = tokio::spawn(mirror(watch, marks.clone(), read, last));
         let watcher = AbortOnDropHandle::new(watcher);
         if stored > 0 {
             wait_until_mirrored(&store, mirrored, stored).await?;
@@ -138,6 +146,7 @@ async fn mirror(
     watch: async_nats::jetstream::kv::Watch,
     marks: Arc<RwLock<Marks>>,
     mut read: Option<tokio::sync::oneshot::Sender<()>>,
+    last: u64,
 ) {
     let mut batches = watch.ready_chunks(4096);
     while let Some(batch) = batches.next().await {
@@ -149,8 +158,8 @@ async fn mirror(
                 Operation::Put => marks.put(&entry.key, now),
                 Operation::Delete | Operation::Purge => marks.remove(&entry.key),
             }
-            // No more pending: the entries stored at the start are all in.
-            if entry.delta == 0
+            // No more pending, or past the last entry stored at the start: they are all in.
+            if (entry.delta == 0 || entry.revision >= last)
                 && let Some(read) = read.take()
             {
                 let _ = read.send(());
@@ -161,7 +170,8 @@ async fn mirror(
 
 /// Wait for the mirror to have read the `stored` entries the bucket held at the start, saying
 /// so every few seconds while it takes long (and done if `store` has expired them all
-/// meanwhile: then none comes).
+/// meanwhile: then none comes). At most [`MIRROR_PATIENCE`]: past it the worker serves with
+/// what it has read, saying so, rather than not at all.
 async fn wait_until_mirrored(
     store: &async_nats::jetstream::kv::Store,
     mut mirrored: tokio::sync::oneshot::Receiver<()>,
@@ -178,6 +188,14 @@ async fn wait_until_mirrored(
             }
             Err(_) => {
                 if store.status().await.is_ok_and(|s| s.values() == 0) {
+                    return Ok(());
+                }
+                if started.elapsed() >= MIRROR_PATIENCE {
+                    tracing::warn!(
+                        entries = stored,
+                        "serving before every cancellation mark is read: a job cancelled among \
+                         the marks not read yet may still run"
+                    );
                     return Ok(());
                 }
                 tracing::info!(
