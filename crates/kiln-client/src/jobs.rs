@@ -229,7 +229,13 @@ pub async fn cancel(js: &jetstream::Context, id: &str) -> Result<Place> {
     if let Some(kind) = finished {
         match running(js, id, false, Some(&kind)).await {
             Some(other) => place = other,
-            None => return Ok(place),
+            // Or queued as the other kind (its record is the id's latest).
+            None => match state(js, id).await {
+                Some(record) if record.phase == Phase::Queued && record.kind != kind => {
+                    place = Place::Queued { record };
+                }
+                _ => return Ok(place),
+            },
         }
     }
     let store = js
