@@ -175,7 +175,7 @@ class Connecting:
         async def on_reconnect() -> None:
             # Results stored while the connection was down reached no subscription.
             for client in made:
-                client._spawn(client._look_up_watched())
+                client._look_up_after_reconnect()
 
         try:
             # One attempt per server (and one retry) for the first connection, so that a
@@ -284,7 +284,8 @@ class Client:
         # to every result of kind `unknown`.
         self._watching: dict[str, _Watch] = {}
         self._by_kind: dict[str, tuple[Subscription, dict[str, Job]]] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks: set[asyncio.Future[Any]] = set()
+        self._sweep: asyncio.Future[None] | None = None
 
     @property
     def nats(self) -> NATS:
@@ -304,6 +305,8 @@ class Client:
 
     async def close(self) -> None:
         """Stop waiting for results and close the connection."""
+        if self._sweep is not None:
+            self._sweep.cancel()
         for job_id in list(self._watching):
             await self._unwatch(job_id)
         if not self._nc.is_closed:
@@ -770,14 +773,28 @@ class Client:
             return came
         return None
 
+    def _look_up_after_reconnect(self) -> None:
+        """Look up the stored results of the jobs still waiting (one sweep at a time: a
+        reconnection during one starts none)."""
+        if self._sweep is None or self._sweep.done():
+            self._sweep = asyncio.ensure_future(self._look_up_watched())
+            self._tasks.add(self._sweep)
+            self._sweep.add_done_callback(self._tasks.discard)
+
     async def _look_up_watched(self, again_after: float = 3.0) -> None:
-        """Look up the stored results of the jobs still waiting, now and once more
-        `again_after` seconds later (a worker may store its result after the first look,
+        """Look up the stored results of the jobs still waiting, 16 at a time, now and once
+        more `again_after` seconds later (a worker may store its result after the first look,
         before this client's subscriptions are back)."""
+        limit = asyncio.Semaphore(16)
+
+        async def look(job: Job) -> None:
+            async with limit:
+                await job._look_up()
+
         for pause in (0.0, again_after):
             await asyncio.sleep(pause)
-            for watch in list(self._watching.values()):
-                await watch.job._look_up()
+            jobs = [watch.job for watch in list(self._watching.values())]
+            await asyncio.gather(*(look(job) for job in jobs), return_exceptions=True)
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coroutine)

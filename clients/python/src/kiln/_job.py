@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Literal
 
+import nats.errors
 import numpy as np
 
 from . import _data
@@ -335,8 +336,12 @@ class Job:
         if self._future.done():
             return
         try:
-            found = await self._client._lookup(self.kind, self.id, since=self._published_at)
-        except Exception as e:  # the server unreachable: the subscription may still answer
+            found = await asyncio.wait_for(
+                self._client._lookup(self.kind, self.id, since=self._published_at), 5.0
+            )
+        except (nats.errors.Error, asyncio.TimeoutError, OSError) as e:
+            # The server unreachable: the subscription may still answer. (A missing results
+            # stream, KilnError, is raised: `kiln init` has not run.)
             log.debug("looking up %s's result: %s", self.id, e)
             return
         if found is not None and not self._future.done():
