@@ -932,3 +932,42 @@ async fn status_says_when_a_queued_job_is_no_longer_in_the_stream() {
         "{after}"
     );
 }
+
+/// One id as two kinds, one answered and the other still queued (its record, as `kiln
+/// submit` writes it once the duplicate window has passed, names the other kind): `kiln
+/// cancel` marks it. Before, it said the id was finished and marked nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn cancel_marks_the_queued_kind_of_an_id_whose_other_kind_finished() {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    cluster.cpu_worker();
+    let submit = [
+        "submit", "matmul", "-d", "cpu", "-p", "n=8", "--id", "twin3", "--wait",
+    ];
+    assert!(cluster.kiln(&submit).status.success());
+    // The other kind waits for a GPU worker that is not there, recorded as queued.
+    let client = cluster.client().await;
+    let js = jetstream::new(client.clone());
+    let body = br#"{"id":"twin3","params":{"epochs":5}}"#.to_vec();
+    publish(&js, "jobs.gpu.train_mlp", HeaderMap::new(), body).await;
+    let record = kiln_proto::JobState::queued("train_mlp", kiln_proto::DeviceClass::Gpu);
+    js.publish(
+        kiln_proto::state_subject("twin3"),
+        serde_json::to_vec(&record).unwrap().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let out = cluster.kiln(&["cancel", "twin3"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("twin3: queued: marked"), "{stdout}");
+    let marks = js.get_key_value(kiln_proto::BUCKET_CANCEL).await.unwrap();
+    assert!(
+        marks
+            .get(kiln_proto::job_key("twin3"))
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
