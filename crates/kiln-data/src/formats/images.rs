@@ -66,21 +66,9 @@ pub(super) fn image_header(prefix: &[u8]) -> Option<(u64, u64)> {
             // reserved anything.
             let mut limits = image::Limits::default();
             limits.max_alloc = Some(HEADER_ALLOC);
-            let decoder = image::codecs::png::PngDecoder::with_limits(cursor, limits).ok()?;
-            (
-                decoder.dimensions(),
-                decoder.color_type(),
-                decoder.total_bytes(),
-            )
+            described(image::codecs::png::PngDecoder::with_limits(cursor, limits).ok()?)
         }
-        Format::Jpeg => {
-            let decoder = image::codecs::jpeg::JpegDecoder::new(cursor).ok()?;
-            (
-                decoder.dimensions(),
-                decoder.color_type(),
-                decoder.total_bytes(),
-            )
-        }
+        Format::Jpeg => described(image::codecs::jpeg::JpegDecoder::new(cursor).ok()?),
         _ => return None,
     };
     let (width, height) = dimensions;
@@ -90,21 +78,31 @@ pub(super) fn image_header(prefix: &[u8]) -> Option<(u64, u64)> {
     Some((elements, total))
 }
 
-/// An upper bound on the bytes decoding a PNG takes, from its IHDR chunk (always first) where
-/// the rest of its headers are not within `prefix`: 16-bit RGBA pixels and their f32 values.
-pub(super) fn png_bound(prefix: &[u8]) -> Option<u64> {
+/// A decoder's dimensions, pixel format and the bytes its pixels take.
+fn described(decoder: impl ImageDecoder) -> ((u32, u32), ColorType, u64) {
+    (
+        decoder.dimensions(),
+        decoder.color_type(),
+        decoder.total_bytes(),
+    )
+}
+
+/// A PNG's width and height from its IHDR chunk, which always comes first (at byte 8, its
+/// fields from byte 16); `None` when `prefix` does not hold it.
+pub(super) fn png_size(prefix: &[u8]) -> Option<(u32, u32)> {
     if prefix.len() < 24 || &prefix[12..16] != b"IHDR" {
         return None;
     }
-    let be = |i: usize| {
-        u64::from(u32::from_be_bytes([
-            prefix[i],
-            prefix[i + 1],
-            prefix[i + 2],
-            prefix[i + 3],
-        ]))
-    };
-    let pixels = be(16).checked_mul(be(20))?;
+    let be =
+        |i: usize| u32::from_be_bytes([prefix[i], prefix[i + 1], prefix[i + 2], prefix[i + 3]]);
+    Some((be(16), be(20)))
+}
+
+/// An upper bound on the bytes decoding a PNG takes, from its IHDR chunk where the rest of its
+/// headers are not within `prefix`: 16-bit RGBA pixels and their f32 values.
+pub(super) fn png_bound(prefix: &[u8]) -> Option<u64> {
+    let (width, height) = png_size(prefix)?;
+    let pixels = u64::from(width).checked_mul(u64::from(height))?;
     pixels.checked_mul(4 * (2 + 4))
 }
 

@@ -25,6 +25,7 @@ pub(crate) use self::safetensors::{f32_bytes, safetensors_header};
 pub use self::sizes::{LoadSize, load_size};
 
 use self::error::{invalid, io_error};
+use self::images::png_size;
 use self::npy::{read_npy, read_npy_header};
 use self::safetensors::{read_safetensors, read_safetensors_header};
 use self::values::{Elem, read_full};
@@ -178,10 +179,11 @@ pub(crate) fn describe_prefix(prefix: &[u8]) -> (Option<Format>, Vec<u64>, Strin
                 Some((info.shape.iter().map(|&d| d as u64).collect(), elem.name()))
             })
             .unwrap_or_default(),
-        Some(Format::Png) if prefix.len() >= 26 && &prefix[12..16] == b"IHDR" => {
-            let be = |i: usize| {
-                u32::from_be_bytes([prefix[i], prefix[i + 1], prefix[i + 2], prefix[i + 3]])
-            };
+        Some(Format::Png)
+            if prefix.len() >= 26
+                && let Some((width, height)) = png_size(prefix) =>
+        {
+            // Bit depth and colour type follow the width and height.
             let channels = match prefix[25] {
                 0 => 1,
                 4 => 2,
@@ -189,7 +191,7 @@ pub(crate) fn describe_prefix(prefix: &[u8]) -> (Option<Format>, Vec<u64>, Strin
                 _ => 4,
             };
             let dtype = if prefix[24] == 16 { "u16" } else { "u8" };
-            (vec![channels, u64::from(be(20)), u64::from(be(16))], dtype)
+            (vec![channels, u64::from(height), u64::from(width)], dtype)
         }
         _ => (Vec::new(), ""),
     };

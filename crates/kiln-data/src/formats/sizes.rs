@@ -27,6 +27,12 @@ pub struct LoadSize {
 }
 
 impl LoadSize {
+    /// What loading takes where nothing tells: the whole budget.
+    pub const UNKNOWN: LoadSize = LoadSize {
+        peak: None,
+        values: None,
+    };
+
     /// Refuse (`TooLarge`) an object whose values alone are over `budget` bytes: its job could
     /// never run within the budget, so it is not downloaded.
     pub fn check(&self, what: &str, budget: u64) -> Result<(), super::DataError> {
@@ -83,10 +89,7 @@ pub fn load_size(prefix: &[u8], size: u64, want: Want, key: Option<&str>) -> Loa
                 Some(b) => bound(b.saturating_add(size)),
                 // Not told (a JPEG's frame header past the first bytes, a PNG's header
                 // unreadable or its size past u64): the whole budget.
-                None => LoadSize {
-                    peak: None,
-                    values: None,
-                },
+                None => LoadSize::UNKNOWN,
             },
         },
         (Want::Dataset | Want::Model, Some(Format::Safetensors)) => match all_elements(prefix) {

@@ -5,12 +5,6 @@ use kiln_proto::ObjectRef;
 use super::{Bucket, PEEK, Want, chunks, stored_info};
 use crate::formats::{self, DataError};
 
-/// What loading takes where nothing tells: the whole budget.
-const UNKNOWN: formats::LoadSize = formats::LoadSize {
-    peak: None,
-    values: None,
-};
-
 /// What loading the object `reference` names (a link's target) as `want` holds, told from its
 /// stored size and first chunk (one request; the rest is not read): what a worker reserves
 /// out of its memory budget before it downloads the object. Also its stored size.
@@ -33,14 +27,14 @@ pub async fn load_size(
             {
                 Ok(message) => message.payload,
                 // Nothing told: the whole budget (the download says what went wrong).
-                Err(_) => return Ok((size, UNKNOWN)),
+                Err(_) => return Ok((size, formats::LoadSize::UNKNOWN)),
             }
         }
     };
     // A first chunk too short to hold a header (a client that stores tiny chunks): nothing
     // told either, rather than a PNG counted at its stored bytes.
     if (first.len() as u64) < size.min(PEEK as u64) {
-        return Ok((size, UNKNOWN));
+        return Ok((size, formats::LoadSize::UNKNOWN));
     }
     let key = reference.tensor.as_deref();
     Ok((size, formats::load_size(&first, size, want, key)))
