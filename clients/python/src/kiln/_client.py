@@ -777,9 +777,7 @@ class Client:
         """Look up the stored results of the jobs still waiting (one sweep at a time: a
         reconnection during one starts none)."""
         if self._sweep is None or self._sweep.done():
-            self._sweep = asyncio.ensure_future(self._look_up_watched())
-            self._tasks.add(self._sweep)
-            self._sweep.add_done_callback(self._tasks.discard)
+            self._sweep = self._spawn(self._look_up_watched())
 
     async def _look_up_watched(self, again_after: float = 3.0) -> None:
         """Look up the stored results of the jobs still waiting, 16 at a time, now and once
@@ -796,10 +794,11 @@ class Client:
             jobs = [watch.job for watch in list(self._watching.values())]
             await asyncio.gather(*(look(job) for job in jobs), return_exceptions=True)
 
-    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Future[None]:
         task = asyncio.ensure_future(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _unwatch(self, job_id: str, future: asyncio.Future[Result] | None = None) -> None:
         """Stop waiting for job `job_id`'s result (only when `future` is the one watched,
