@@ -187,36 +187,45 @@ async fn results_of(
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn job_no_worker_acknowledges_is_answered_dead_lettered_and_replayable() {
-    use async_nats::jetstream;
-    use futures::StreamExt as _;
-    use kiln_proto::streams::{self, STREAM_JOBS};
-
-    let mut cluster = Cluster::new();
-    let client = cluster.client().await;
-    let js = jetstream::new(client.clone());
-    // Two deliveries, one second each: the server gives up on a job quickly.
+/// Two deliveries, one second each: the server gives up on a job quickly. And a kiln worker
+/// named "keeper" that serves the gpu class: it takes no cpu job, but it is the one that
+/// answers the advisories (and keeps the dead letters).
+async fn give_up_quickly(cluster: &mut Cluster, js: &async_nats::jetstream::Context) {
     let topology = kiln_proto::Topology {
         ack_wait: Duration::from_secs(1),
         max_deliver: 2,
         ..Default::default()
     };
-    streams::update_all(&js, &topology).await.unwrap();
-    // A kiln worker that serves the gpu class: it does not take the cpu job, but it is the
-    // one that answers the advisory.
-    cluster.spawn(
-        "keeper",
-        &[
-            "worker",
-            "--device",
-            "cpu",
-            "--serve-class",
-            "gpu",
-            "--name",
-            "keeper",
-        ],
-    );
+    kiln_proto::streams::update_all(js, &topology)
+        .await
+        .unwrap();
+    let keeper = ["worker", "--device", "cpu", "--serve-class", "gpu"];
+    cluster.spawn("keeper", &[&keeper[..], &["--name", "keeper"]].concat());
+}
+
+/// A worker that takes cpu jobs and dies before acking, on every attempt: a real client
+/// pulling from workers-cpu that never acks.
+async fn crashing_cpu_worker(
+    js: &async_nats::jetstream::Context,
+) -> async_nats::jetstream::consumer::PullConsumer {
+    js.get_stream(kiln_proto::streams::STREAM_JOBS)
+        .await
+        .unwrap()
+        .get_consumer("workers-cpu")
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn job_no_worker_acknowledges_is_answered_dead_lettered_and_replayable() {
+    use async_nats::jetstream;
+    use futures::StreamExt as _;
+    use kiln_proto::streams::STREAM_JOBS;
+
+    let mut cluster = Cluster::new();
+    let client = cluster.client().await;
+    let js = jetstream::new(client.clone());
+    give_up_quickly(&mut cluster, &js).await;
 
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("Nats-Msg-Id", "stuck-1");
@@ -233,15 +242,7 @@ async fn job_no_worker_acknowledges_is_answered_dead_lettered_and_replayable() {
     .await
     .unwrap();
 
-    // A worker that takes the job and dies before acking, on every attempt: a real client
-    // pulling from workers-cpu that never acks.
-    let crashing = js
-        .get_stream(STREAM_JOBS)
-        .await
-        .unwrap()
-        .get_consumer::<jetstream::consumer::pull::Config>("workers-cpu")
-        .await
-        .unwrap();
+    let crashing = crashing_cpu_worker(&js).await;
     let mut deliveries = 0;
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut answered = Vec::new();
@@ -863,20 +864,12 @@ async fn a_job_delivered_again_while_its_worker_runs_it_runs_once() {
 async fn one_id_as_two_kinds_keeps_two_dead_letters() {
     use async_nats::jetstream;
     use futures::StreamExt as _;
-    use kiln_proto::streams::{self, STREAM_DLQ, STREAM_JOBS};
+    use kiln_proto::streams::STREAM_DLQ;
 
     let mut cluster = Cluster::new();
     let client = cluster.client().await;
     let js = jetstream::new(client.clone());
-    let topology = kiln_proto::Topology {
-        ack_wait: Duration::from_secs(1),
-        max_deliver: 2,
-        ..Default::default()
-    };
-    streams::update_all(&js, &topology).await.unwrap();
-    // It serves the gpu class, so it takes neither job, but answers the advisories.
-    let keeper = ["worker", "--device", "cpu", "--serve-class", "gpu"];
-    cluster.spawn("keeper", &[&keeper[..], &["--name", "keeper"]].concat());
+    give_up_quickly(&mut cluster, &js).await;
     for (subject, body) in [
         (
             "jobs.cpu.vector_add",
@@ -890,14 +883,7 @@ async fn one_id_as_two_kinds_keeps_two_dead_letters() {
             .await
             .unwrap();
     }
-    // A worker that takes the jobs and dies before acking, on every attempt.
-    let crashing = js
-        .get_stream(STREAM_JOBS)
-        .await
-        .unwrap()
-        .get_consumer::<jetstream::consumer::pull::Config>("workers-cpu")
-        .await
-        .unwrap();
+    let crashing = crashing_cpu_worker(&js).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut answered = Vec::new();
     while answered.len() < 2 {
