@@ -101,17 +101,14 @@ async fn routed_hint(js: &jetstream::Context, kind: &str) -> Option<String> {
     let overview = kiln_client::cluster::overview(js).await.ok()?;
     let consumer = |name: &str| overview.consumers.iter().find(|c| c.name == name);
     let scheduler = consumer(CONSUMER_SCHEDULER)?;
-    if scheduler.pending + scheduler.in_flight > 0 {
+    let unrouted = scheduler.pending + scheduler.in_flight;
+    if unrouted > 0 {
         return Some(match scheduler.waiting_pulls {
             0 => format!(
-                "{} auto job(s) wait to be routed and no scheduler is pulling them: start \
-                 `kiln scheduler`",
-                scheduler.pending + scheduler.in_flight
+                "{unrouted} auto job(s) wait to be routed and no scheduler is pulling them: \
+                 start `kiln scheduler`"
             ),
-            _ => format!(
-                "{} auto job(s) wait to be routed",
-                scheduler.pending + scheduler.in_flight
-            ),
+            _ => format!("{unrouted} auto job(s) wait to be routed"),
         });
     }
     let class = |class: DeviceClass| {
