@@ -49,10 +49,16 @@ async def test_results_stored_while_the_server_restarted_are_received(tmp_path: 
                 await client.submit("train_mlp", "cpu", epochs=150, id=f"restart-{i}")
                 for i in range(2)
             ]
+            # Both held by the worker, which acks each once its result is stored (a status
+            # read from the worker's heartbeat, every 2 s, could miss a job this short).
+            js = client.nats.jetstream()
             deadline = time.monotonic() + 30
-            while [await job.status() for job in jobs] != ["running", "running"]:
-                assert time.monotonic() < deadline, "the jobs never ran"
-                await asyncio.sleep(0.05)
+            while True:
+                info = await js.consumer_info("KILN_JOBS", "workers-cpu")
+                if (info.num_ack_pending, info.num_pending) == (2, 0):
+                    break
+                assert time.monotonic() < deadline, f"the jobs were never both held: {info}"
+                await asyncio.sleep(0.02)
             # Down for longer than the jobs take: the worker stores their results as it
             # reconnects, before this client (which tries again only after 12 s) is back.
             client.nats.options["reconnect_time_wait"] = 12.0

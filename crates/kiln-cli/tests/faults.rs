@@ -956,13 +956,26 @@ async fn submit_wait_gets_the_results_stored_while_the_server_restarted() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("run kiln submit");
-    // Both running, then the server goes down for longer than they take, and comes back.
-    for id in ["rs-0", "rs-1"] {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !common::stdout(&cluster.kiln(&["status", id])).contains("running (train_mlp)") {
-            assert!(Instant::now() < deadline, "{id} never ran");
-            tokio::time::sleep(Duration::from_millis(50)).await;
+    // Both held by the worker (it acks each once its result is stored), then the server goes
+    // down for longer than they take, and comes back. The consumer's counts, not `kiln
+    // status`: a heartbeat every 2 s can miss a job of a second and a half.
+    let client = cluster.client().await;
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer =
+        async_nats::jetstream::new(client)
+            .get_stream(kiln_proto::streams::STREAM_JOBS)
+            .await
+            .unwrap()
+            .get_consumer("workers-cpu")
+            .await
+            .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let info = consumer.info().await.unwrap();
+        if (info.num_ack_pending, info.num_pending) == (2, 0) {
+            break;
         }
+        assert!(Instant::now() < deadline, "never both held: {info:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let started = Instant::now();
     cluster.server.kill();

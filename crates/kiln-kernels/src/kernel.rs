@@ -231,6 +231,12 @@ impl DecodedJob {
         Ok(())
     }
 
+    /// Drop the objects loaded for the job (it will not run: their memory is given back now,
+    /// not when the job is).
+    pub fn unload(&mut self) {
+        self.inputs = Inputs::none();
+    }
+
     /// The output the job left to be stored in `KILN_DATA`, once it ran.
     pub fn take_stored(&self) -> Option<Stored> {
         self.sink.take()

@@ -90,7 +90,11 @@ pub(crate) async fn load(
     ));
     let (inputs, permit) = fetching.await?;
     job.load(inputs)?;
-    shared.admission.fits(job.kind.name, job.plan.elements)?;
+    if let Err(refused) = shared.admission.fits(job.kind.name, job.plan.elements) {
+        // Before the permit goes: the next loading job may take the memory it held.
+        job.unload();
+        return Err(refused.into());
+    }
     Ok(permit)
 }
 
