@@ -633,3 +633,52 @@ async fn a_read_stalled_by_a_replaced_object_ends_at_once() {
         );
     }
 }
+
+/// An object measured for a job, then put again larger before it is fetched, is refused as
+/// it is read: the job never loads what its reservation did not cover. Before, the fetch
+/// looked at the object's info again and loaded whatever the name held by then.
+#[tokio::test]
+async fn an_object_put_again_after_it_was_measured_is_refused_not_loaded() {
+    let (_server, _js, store) = bucket().await;
+    let small = HostTensor::new(vec![4], vec![1.0, 2.0, 3.0, 4.0]);
+    store::put_tensor(&store, "x.npy", &small, "npy", "")
+        .await
+        .unwrap();
+    let reference = ObjectRef::new("x.npy");
+    let measured = store::load_size(&store, &reference, Want::Tensor)
+        .await
+        .unwrap();
+    assert_eq!(measured.load.values, Some(16));
+    let large = HostTensor::new(vec![1 << 20], vec![0.5; 1 << 20]);
+    store::put_tensor(&store, "x.npy", &large, "npy", "")
+        .await
+        .unwrap();
+    let fetched = store::fetch_measured(
+        &store,
+        &reference,
+        &measured,
+        Want::Tensor,
+        MIB * 64,
+        1 << 24,
+    )
+    .await;
+    match fetched {
+        Err(DataError::Io(m)) => assert!(m.contains("the object was put again"), "{m}"),
+        other => panic!("expected Io, got {other:?}"),
+    }
+    // Measured afresh, the new object loads.
+    let measured = store::load_size(&store, &reference, Want::Tensor)
+        .await
+        .unwrap();
+    assert_eq!(measured.load.values, Some(4 << 20));
+    let fetched = store::fetch_measured(
+        &store,
+        &reference,
+        &measured,
+        Want::Tensor,
+        MIB * 64,
+        1 << 24,
+    )
+    .await;
+    assert_eq!(tensor(fetched.unwrap()), large);
+}

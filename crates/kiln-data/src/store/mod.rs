@@ -24,7 +24,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 pub use async_nats::jetstream::object_store::ObjectStore;
 
 pub use chunks::CHUNK_PATIENCE;
-pub use sizes::load_size;
+pub use sizes::{Measured, load_size};
 
 use self::readers::{Prefixed, Verified, read_error, read_full};
 use crate::formats::{self, DataError, Format};
@@ -330,13 +330,38 @@ pub async fn fetch(
     max_bytes: u64,
     max_elements: u64,
 ) -> Result<Loaded, DataError> {
+    let info = stored_info(store, reference.object.as_str()).await?;
+    fetch_info(store, reference, &info, want, max_bytes, max_elements).await
+}
+
+/// [`fetch`] the object [`load_size`] measured: the bytes it measured, with no second look
+/// at the object's info (one put again since is refused as it is read).
+pub async fn fetch_measured(
+    store: &Bucket,
+    reference: &ObjectRef,
+    measured: &Measured,
+    want: Want,
+    max_bytes: u64,
+    max_elements: u64,
+) -> Result<Loaded, DataError> {
+    let info = &measured.info;
+    fetch_info(store, reference, info, want, max_bytes, max_elements).await
+}
+
+async fn fetch_info(
+    store: &Bucket,
+    reference: &ObjectRef,
+    info: &ObjectInfo,
+    want: Want,
+    max_bytes: u64,
+    max_elements: u64,
+) -> Result<Loaded, DataError> {
     let name = reference.object.as_str();
     let what = format!("object {name}");
-    let info = stored_info(store, name).await?;
     let size = info.size as u64;
     check_size(name, size, max_bytes)?;
     if let Some(expected) = &reference.sha256 {
-        check_digest(&what, &info, expected)?;
+        check_digest(&what, info, expected)?;
     }
     let key = reference.tensor.clone();
     let drop_key = |kind: &str| {
@@ -346,7 +371,7 @@ pub async fn fetch(
         ))
     };
 
-    let object = Peeked::open(store, name, &info).await?;
+    let object = Peeked::open(store, name, info).await?;
     match (want, object.format()) {
         (Want::Tensor | Want::Image, Some(Format::Npy | Format::Safetensors)) => {
             let tensor = object.stream_tensor(&what, key, max_elements).await?;

@@ -1,18 +1,36 @@
 //! What loading an object takes, told before it is downloaded (see [`formats::load_size`]).
 
+use async_nats::jetstream::object_store::ObjectInfo;
 use kiln_proto::ObjectRef;
 
 use super::{Bucket, PEEK, Want, chunks, stored_info};
 use crate::formats::{self, DataError};
 
+/// An object measured before it is downloaded: its info (a link's target's) and what loading
+/// it takes. [`super::fetch_measured`] then reads those very bytes: an object put again in
+/// between is refused as it is read, never loaded past what was reserved for it.
+#[derive(Debug, Clone)]
+pub struct Measured {
+    pub(super) info: ObjectInfo,
+    /// What loading it holds.
+    pub load: formats::LoadSize,
+}
+
+impl Measured {
+    /// Its stored size in bytes.
+    pub fn size(&self) -> u64 {
+        self.info.size as u64
+    }
+}
+
 /// What loading the object `reference` names (a link's target) as `want` holds, told from its
 /// stored size and first chunk (one request; the rest is not read): what a worker reserves
-/// out of its memory budget before it downloads the object. Also its stored size.
+/// out of its memory budget before it downloads the object.
 pub async fn load_size(
     store: &Bucket,
     reference: &ObjectRef,
     want: Want,
-) -> Result<(u64, formats::LoadSize), DataError> {
+) -> Result<Measured, DataError> {
     let name = reference.object.as_str();
     let info = stored_info(store, name).await?;
     let size = info.size as u64;
@@ -27,15 +45,21 @@ pub async fn load_size(
             {
                 Ok(message) => message.payload,
                 // Nothing told: the whole budget (the download says what went wrong).
-                Err(_) => return Ok((size, formats::LoadSize::UNKNOWN)),
+                Err(_) => {
+                    return Ok(Measured {
+                        info,
+                        load: formats::LoadSize::UNKNOWN,
+                    });
+                }
             }
         }
     };
     // A first chunk too short to hold a header (a client that stores tiny chunks): nothing
     // told either, rather than a PNG counted at its stored bytes.
-    if (first.len() as u64) < size.min(PEEK as u64) {
-        return Ok((size, formats::LoadSize::UNKNOWN));
-    }
-    let key = reference.tensor.as_deref();
-    Ok((size, formats::load_size(&first, size, want, key)))
+    let load = if (first.len() as u64) < size.min(PEEK as u64) {
+        formats::LoadSize::UNKNOWN
+    } else {
+        formats::load_size(&first, size, want, reference.tensor.as_deref())
+    };
+    Ok(Measured { info, load })
 }
