@@ -40,6 +40,12 @@ pub fn decode_image(
             decode_pixels(what, "PNG", decoder, budget)
         }
         Some(Format::Jpeg) => {
+            // The decoder fills what a cut file lacks with grey, and says nothing.
+            if !jpeg_complete(bytes) {
+                return Err(invalid(format!(
+                    "{what} is a truncated JPEG: no end-of-image marker follows its last                      scan, so its data ends before the image does; send the whole file"
+                )));
+            }
             let decoder = image::codecs::jpeg::JpegDecoder::new(cursor)
                 .map_err(|e| image_error(what, "JPEG", e))?;
             decode_pixels(what, "JPEG", decoder, budget)
@@ -49,6 +55,17 @@ pub fn decode_image(
             Format::describe(other)
         ))),
     }
+}
+
+/// Whether a JPEG holds all of its image: an end-of-image marker (`FF D9`) after the start of
+/// its last scan (`FF DA`). Neither can occur inside a scan's coded data, where an `FF` byte is
+/// followed by `00` or a restart marker; a thumbnail's markers come before the image's scans,
+/// and bytes after the end (padding, a second picture) do not matter.
+fn jpeg_complete(bytes: &[u8]) -> bool {
+    let Some(scan) = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]) else {
+        return false;
+    };
+    bytes[scan + 2..].windows(2).any(|w| w == [0xFF, 0xD9])
 }
 
 /// The most a PNG's headers may take to read when telling its size (an ICC profile is
@@ -337,6 +354,31 @@ mod tests {
             "{:?}",
             t.data
         );
+    }
+
+    /// A JPEG cut short is refused: the decoder would fill the missing rows with grey and say
+    /// nothing. Bytes after its end are no harm.
+    #[test]
+    fn a_truncated_jpeg_is_refused_and_trailing_bytes_are_not() {
+        let (width, height) = (64u32, 48u32);
+        let pixels: Vec<u8> = (0..width * height * 3).map(|i| (i * 7 % 251) as u8).collect();
+        let mut file = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut file, 90)
+            .write_image(&pixels, width, height, image::ExtendedColorType::Rgb8)
+            .unwrap();
+        let whole = decode_image("photo", &file, 1 << 20, u64::MAX).unwrap();
+        for cut in [file.len() * 6 / 10, file.len() - 2] {
+            match decode_image("photo", &file[..cut], 1 << 20, u64::MAX) {
+                Err(DataError::Invalid(m)) => assert!(
+                    m.starts_with("photo is a truncated JPEG: no end-of-image marker"),
+                    "{m}"
+                ),
+                other => panic!("cut at {cut}: expected Invalid, got {other:?}"),
+            }
+        }
+        let mut padded = file.clone();
+        padded.extend_from_slice(&[0u8; 100]);
+        assert_eq!(decode_image("photo", &padded, 1 << 20, u64::MAX).unwrap(), whole);
     }
 
     #[test]
