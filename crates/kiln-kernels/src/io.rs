@@ -304,6 +304,16 @@ impl Placement {
             (false, true) => Placement::Object,
         }
     }
+
+    /// Where an output goes once its `values` are known: one placed inline that holds a NaN
+    /// or an infinity is stored instead, as `.npy`, which keeps them (JSON has no infinities;
+    /// its `null` would come back a NaN, whatever the value was).
+    pub fn finite(self, values: &[f32]) -> Self {
+        match self {
+            Placement::Inline if !values.iter().all(|v| v.is_finite()) => Placement::Object,
+            other => other,
+        }
+    }
 }
 
 /// What a kernel hands back to be stored.

@@ -361,7 +361,9 @@ mod tests {
     #[test]
     fn a_truncated_jpeg_is_refused_and_trailing_bytes_are_not() {
         let (width, height) = (64u32, 48u32);
-        let pixels: Vec<u8> = (0..width * height * 3).map(|i| (i * 7 % 251) as u8).collect();
+        let pixels: Vec<u8> = (0..width * height * 3)
+            .map(|i| (i * 7 % 251) as u8)
+            .collect();
         let mut file = Vec::new();
         image::codecs::jpeg::JpegEncoder::new_with_quality(&mut file, 90)
             .write_image(&pixels, width, height, image::ExtendedColorType::Rgb8)
@@ -378,7 +380,10 @@ mod tests {
         }
         let mut padded = file.clone();
         padded.extend_from_slice(&[0u8; 100]);
-        assert_eq!(decode_image("photo", &padded, 1 << 20, u64::MAX).unwrap(), whole);
+        assert_eq!(
+            decode_image("photo", &padded, 1 << 20, u64::MAX).unwrap(),
+            whole
+        );
     }
 
     #[test]

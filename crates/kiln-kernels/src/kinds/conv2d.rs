@@ -413,6 +413,10 @@ impl Kernel for Conv2d {
         if made_on == MadeOn::Device {
             out["inputs"] = json!(made_on.as_str());
         }
+        let placement = match &output {
+            Output::Values(values) => placement.finite(values),
+            Output::Summary(_) => placement,
+        };
         let values = || match output {
             Output::Values(values) => Ok(values),
             Output::Summary(_) => Err(JobError::internal("conv2d's output was not read back")),

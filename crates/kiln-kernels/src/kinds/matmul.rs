@@ -320,7 +320,7 @@ fn answer<B: Backend>(
     };
     // Matrices the user sent come back inline when small, else as an object; generated
     // inputs get the summary only (unless the job asks for the object).
-    match ctx.place(params.a.is_some(), m * n) {
+    match ctx.place(params.a.is_some(), m * n).finite(&c) {
         Placement::Inline => {
             let rows: Vec<&[f32]> = c.chunks(n).collect();
             out["c"] = json!(rows);

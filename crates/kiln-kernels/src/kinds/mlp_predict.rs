@@ -540,7 +540,7 @@ impl Kernel for MlpPredict {
         if rows <= ctx.limits.max_inline_output {
             out["classes"] = json!(predicted);
         }
-        match ctx.place(true, rows * classes) {
+        match ctx.place(true, rows * classes).finite(&probabilities) {
             Placement::Inline => {
                 out["probabilities"] =
                     json!(probabilities.chunks_exact(classes).collect::<Vec<_>>());

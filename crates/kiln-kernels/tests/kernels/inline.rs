@@ -157,3 +157,54 @@ fn a_parameter_of_the_wrong_form_is_refused_with_its_help() {
         error.message
     );
 }
+
+/// An output that overflows to infinity, small as it is, is stored as `.npy`, which keeps
+/// the infinities, rather than sent inline, where JSON's `null` came back a NaN to every
+/// client. A finite output of the same jobs stays inline.
+#[test]
+fn a_small_output_holding_infinities_is_stored_not_inline() {
+    use kiln_kernels::{ComputeDevice, Engines, NoCheckpoint, Stored};
+    let big = 3e38f32;
+    for (kind, params, name, expected) in [
+        (
+            "vector_add",
+            json!({"a": [big, -big, 1.0], "b": [big, -big, 1.0]}),
+            "c",
+            vec![f32::INFINITY, f32::NEG_INFINITY, 2.0],
+        ),
+        (
+            "matmul",
+            json!({"a": [[big, big]], "b": [[2.0], [1.0]]}),
+            "c",
+            vec![f32::INFINITY],
+        ),
+        (
+            "conv2d",
+            json!({"image": [[[big]]], "kernel": [[4.0]]}),
+            "image",
+            vec![f32::INFINITY],
+        ),
+    ] {
+        let body = serde_json::to_vec(&json!({ "params": params })).unwrap();
+        let job = find(kind)
+            .unwrap()
+            .decode(Codec::Json, &body, &kiln_proto::Limits::default())
+            .unwrap();
+        let out = job
+            .run_with(&ComputeDevice::Cpu, Engines::default(), &NoCheckpoint)
+            .unwrap();
+        assert!(out.get(name).is_none(), "{kind}: inline {out}");
+        match job.take_stored() {
+            Some(Stored::Tensor {
+                name: stored,
+                tensor,
+            }) => {
+                assert_eq!(stored, name, "{kind}");
+                assert_eq!(tensor.data, expected, "{kind}");
+            }
+            other => panic!("{kind}: expected a stored tensor, got {other:?}"),
+        }
+    }
+    let finite = crate::support::run("vector_add", json!({"a": [1.0], "b": [2.0]}), 0);
+    assert_eq!(finite["c"], json!([3.0]));
+}
