@@ -84,11 +84,24 @@ fn decode_csv(what: &str, bytes: &[u8], max_elements: u64) -> Result<Dataset, Da
                 )));
             }
             columns = Some(record.len());
-            if record.iter().any(|field| field.parse::<f64>().is_err()) {
-                // A header row.
-                continue;
+            // A header row is names only. A first row of numbers and text is refused: taken
+            // for a header, a data row with a typo ("NA") was dropped without a word.
+            let text = record
+                .iter()
+                .position(|field| field.parse::<f64>().is_err());
+            match text {
+                Some(_) if record.iter().all(|field| field.parse::<f64>().is_err()) => {}
+                Some(column) => {
+                    return Err(invalid(format!(
+                        "{what}: line {line} mixes numbers and text (column {}: {:?}): a \
+                         header row holds names only and a data row numbers only; fix or drop \
+                         the row",
+                        column + 1,
+                        &record[column]
+                    )));
+                }
+                None => record_row(what, &record, line, max_elements, &mut x, &mut y)?,
             }
-            record_row(what, &record, line, max_elements, &mut x, &mut y)?;
             continue;
         };
         if record.len() != expected {
@@ -236,6 +249,20 @@ mod tests {
 
     #[test]
     fn refuses_bad_csv_naming_the_line() {
+        // A first row of numbers and text is no header: a data row with a typo.
+        for (first, column, field) in [
+            ("NA,1.2,0", 1, "NA"),
+            ("0x10,2,0", 1, "0x10"),
+            ("1,2,y", 3, "y"),
+        ] {
+            assert_eq!(
+                message(dataset(&format!("{first}\n3,4,1\n"))),
+                format!(
+                    "d.csv: line 1 mixes numbers and text (column {column}: {field:?}): a header \
+                     row holds names only and a data row numbers only; fix or drop the row"
+                )
+            );
+        }
         assert_eq!(
             message(dataset("a,b,y\n1,2,0\n3,1\n")),
             "d.csv: line 3 has 2 fields, but the first row has 3; give every row the same columns"
