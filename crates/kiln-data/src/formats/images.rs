@@ -11,7 +11,8 @@ use crate::HostTensor;
 
 /// Decode a PNG or JPEG into channels × height × width, values in [0, 1] (8-bit) as
 /// torchvision's `ToTensor` does; grey images have 1 channel, grey with alpha 2, RGB 3,
-/// RGBA 4. 16-bit PNGs are scaled by 1/65535. The image's size is checked before it is
+/// RGBA 4 (a PNG's transparency chunk adds alpha: palette or RGB to 4, grey to 2). 16-bit
+/// PNGs are scaled by 1/65535. The image's size is checked before it is
 /// decoded, from its header: against `max_elements`, and what decoding it takes (the file's
 /// `bytes`, held meanwhile, its pixels as the decoder writes them, and the f32 values)
 /// against `max_bytes`, the caller's memory budget: a 97 KB PNG of 10,000 × 10,000 grey
