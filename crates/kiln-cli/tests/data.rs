@@ -299,6 +299,71 @@ async fn a_model_trained_on_a_csv_predicts_on_new_points() {
     assert_eq!(predicted.output["classes"], serde_json::json!([0, 1, 2]));
 }
 
+/// `kiln rm` removes objects: `kiln get` and jobs then find none, a name not there is exit
+/// status 2 (every name is still tried), and the name can be put again.
+#[tokio::test(flavor = "multi_thread")]
+async fn removed_objects_are_gone_for_get_and_for_jobs() {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    cluster.cpu_worker();
+    let dir = tempfile::tempdir().unwrap();
+    let v = write(
+        dir.path(),
+        "v.npy",
+        &encode_npy(&HostTensor::new(vec![2], vec![1.0, 2.0])),
+    );
+    assert_success(&cluster.kiln(&["put", &v, "--name", "one"]));
+    assert_success(&cluster.kiln(&["put", &v, "--name", "two"]));
+    let out = cluster.kiln(&["rm", "one", "never", "two"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    for line in [
+        "removed object \"one\" (136 bytes) from KILN_DATA",
+        "kiln: no object \"never\" in KILN_DATA",
+        "removed object \"two\" (136 bytes) from KILN_DATA",
+    ] {
+        assert!(said.contains(line), "{said}");
+    }
+    assert_eq!(
+        cluster.kiln(&["get", "one", "-o", "-"]).status.code(),
+        Some(2)
+    );
+    let out = cluster.kiln(&[
+        "submit",
+        "vector_add",
+        "-i",
+        "a=one",
+        "-i",
+        "b=two",
+        "--wait",
+    ]);
+    let error = result_of(&out).error.expect("failed");
+    assert_eq!(error.kind, ErrorKind::InvalidInput);
+    assert!(
+        error
+            .message
+            .contains("object \"one\" not found in KILN_DATA"),
+        "{}",
+        error.message
+    );
+    assert_success(&cluster.kiln(&["put", &v, "--name", "one"]));
+    let out = cluster.kiln(&[
+        "submit",
+        "vector_add",
+        "-i",
+        "a=one",
+        "-i",
+        "b=one",
+        "--wait",
+    ]);
+    assert_eq!(result_of(&out).output["c"], serde_json::json!([2.0, 4.0]));
+    assert_eq!(
+        cluster.kiln(&["rm"]).status.code(),
+        Some(2),
+        "a name is required"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_objects_are_answered_invalid_input_naming_them() {
     let mut cluster = Cluster::new();

@@ -1015,6 +1015,17 @@ class Client:
             name=name, size=len(payload), sha256=hashlib.sha256(payload).hexdigest()
         )
 
+    async def delete(self, name: str) -> None:
+        """Remove object `name` from KILN_DATA, freeing its space (`kiln rm`); a job naming
+        it later is answered that it is not found. Raises `ObjectNotFound` when there is no
+        such object."""
+        bucket = await self._bucket()
+        try:
+            await bucket.get_info(name)
+        except (nats.js.errors.ObjectNotFoundError, nats.js.errors.ObjectDeletedError) as e:
+            raise ObjectNotFound(f"no object {name!r} in {_wire.BUCKET_DATA}") from e
+        await bucket.delete(name)
+
     async def get(self, name: str) -> bytes:
         """Object `name`'s bytes from KILN_DATA (a job's stored output, a trained model)."""
         bucket = await self._bucket()

@@ -231,6 +231,9 @@ pub enum Command {
     Put(PutArgs),
     /// Fetch an object from KILN_DATA (a job's stored output, a trained model) into a file.
     Get(GetArgs),
+    /// Remove objects from KILN_DATA (stored outputs, data no job needs any more), freeing
+    /// their space; a job naming one later is answered that it is not found.
+    Rm(RmArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -250,6 +253,13 @@ pub struct GetArgs {
     /// standard output.
     #[arg(short = 'o', long)]
     pub output: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RmArgs {
+    /// The objects' names (a result's output.object.name).
+    #[arg(required = true)]
+    pub names: Vec<String>,
 }
 
 impl Command {

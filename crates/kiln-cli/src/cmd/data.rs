@@ -1,4 +1,4 @@
-//! `kiln put`, `kiln get`, and what `kiln submit --output` and `kiln result --output` say
+//! `kiln put`, `kiln get`, `kiln rm`, and what `kiln submit --output` and `kiln result --output` say
 //! when they write a job's stored output.
 
 use std::path::{Path, PathBuf};
@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use async_nats::jetstream;
 use kiln_client::data::{bucket, get_file, get_to_writer, put_file};
 
-use crate::cli::{GetArgs, NatsArgs, PutArgs};
+use crate::cli::{GetArgs, NatsArgs, PutArgs, RmArgs};
 
 /// `kiln put FILE [--name NAME]`: store the file, print the reference a job names it by.
 pub async fn put(nats: &NatsArgs, args: PutArgs) -> anyhow::Result<ExitCode> {
@@ -42,7 +42,12 @@ pub async fn put(nats: &NatsArgs, args: PutArgs) -> anyhow::Result<ExitCode> {
 pub async fn get(nats: &NatsArgs, args: GetArgs) -> anyhow::Result<ExitCode> {
     let js = connect(nats).await?;
     let bucket = bucket(&js).await?;
-    if bucket.info(&args.name).await.is_err() {
+    // A removed object keeps an info, marked deleted.
+    if !bucket
+        .info(&args.name)
+        .await
+        .is_ok_and(|info| !info.deleted)
+    {
         eprintln!(
             "kiln: no object {:?} in {}: `kiln result <id>` names a job's output in \
              output.object.name",
@@ -73,6 +78,36 @@ pub async fn get(nats: &NatsArgs, args: GetArgs) -> anyhow::Result<ExitCode> {
         eprintln!("wrote {} ({size} bytes)", path.display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `kiln rm NAME...`: remove each object (a link removes the link only). Every name is tried;
+/// exit status [`super::EXIT_NOT_FOUND`] when one was not there.
+pub async fn rm(nats: &NatsArgs, args: RmArgs) -> anyhow::Result<ExitCode> {
+    use async_nats::jetstream::object_store::InfoErrorKind;
+    let js = connect(nats).await?;
+    let bucket = bucket(&js).await?;
+    let data = kiln_proto::BUCKET_DATA;
+    let mut code = ExitCode::SUCCESS;
+    for name in &args.names {
+        // A removed object keeps an info, marked deleted.
+        let info = match bucket.info(name).await {
+            Ok(info) if !info.deleted => Some(info),
+            Ok(_) => None,
+            Err(e) if e.kind() == InfoErrorKind::NotFound => None,
+            Err(e) => return Err(e).with_context(|| format!("looking up object {name:?}")),
+        };
+        let Some(info) = info else {
+            eprintln!("kiln: no object {name:?} in {data}");
+            code = ExitCode::from(super::EXIT_NOT_FOUND);
+            continue;
+        };
+        bucket
+            .delete(name)
+            .await
+            .with_context(|| format!("removing object {name:?} from {data}"))?;
+        eprintln!("removed object {name:?} ({} bytes) from {data}", info.size);
+    }
+    Ok(code)
 }
 
 /// Run `fetch`, which writes `path` by way of its `.part` file; a SIGINT or SIGTERM on the

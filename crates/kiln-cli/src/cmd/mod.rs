@@ -52,6 +52,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Put(args) => data::put(&nats, args).await,
         Command::Get(args) => data::get(&nats, args).await,
+        Command::Rm(args) => data::rm(&nats, args).await,
     }
 }
 

@@ -237,10 +237,26 @@ pub(super) async fn name_holds(stream: &Stream, info: &ObjectInfo) -> Option<Nam
             match serde_json::from_slice::<ObjectInfo>(&message.payload) {
                 Ok(now) if now.deleted => NameHolds::Nothing,
                 Ok(now) if now.nuid == info.nuid => NameHolds::It,
+                Err(_) if deleted_mark(&message.payload) => NameHolds::Nothing,
                 _ => NameHolds::Another,
             },
         ),
         Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Some(NameHolds::Nothing),
         Err(_) => None,
     }
+}
+
+/// Whether the metadata stored for object `name` marks it deleted, read as plain JSON: what
+/// another client wrote there may not parse as async-nats's `ObjectInfo` (nats-py leaves
+/// `"mtime": ""` on a deleted object).
+pub(super) async fn marked_deleted(stream: &Stream, name: &str) -> bool {
+    stream
+        .get_last_raw_message_by_subject(&meta_subject(name))
+        .await
+        .is_ok_and(|message| deleted_mark(&message.payload))
+}
+
+fn deleted_mark(payload: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(payload)
+        .is_ok_and(|info| info.get("deleted") == Some(&serde_json::Value::Bool(true)))
 }

@@ -217,19 +217,21 @@ fn bad_name(name: &str) -> DataError {
     ))
 }
 
+/// Whether `error` says the stored metadata is not an object's info as async-nats reads it.
+fn undecodable(error: &InfoError) -> bool {
+    error.kind() == InfoErrorKind::Other && error.to_string().contains("decode info payload")
+}
+
 fn info_error(name: &str, error: InfoError) -> DataError {
     match error.kind() {
         InfoErrorKind::NotFound => not_found(name),
         InfoErrorKind::InvalidName => bad_name(name),
         // What is stored is not an object's metadata as this client reads it: a fault of the
-        // data, not of the connection (nats-py marks an object deleted with an empty `mtime`).
-        InfoErrorKind::Other if error.to_string().contains("decode info payload") => {
-            DataError::Invalid(format!(
-                "object {name}'s entry in {BUCKET_DATA} does not parse ({error}): another \
-                 client wrote it, or deleted the object (nats-py leaves \"mtime\": \"\" behind); \
-                 put the object again"
-            ))
-        }
+        // data, not of the connection.
+        InfoErrorKind::Other if undecodable(&error) => DataError::Invalid(format!(
+            "object {name}'s entry in {BUCKET_DATA} does not parse ({error}): another client \
+             wrote it; put the object again"
+        )),
         InfoErrorKind::TimedOut | InfoErrorKind::Other => DataError::Io(format!(
             "could not look up object {name} in {BUCKET_DATA} ({error}); check the connection \
              to NATS"
@@ -248,7 +250,7 @@ fn put_error(name: &str, error: PutError) -> DataError {
         PutErrorKind::InvalidName => bad_name(name),
         _ if text.contains("maximum bytes exceeded") => DataError::TooLarge(format!(
             "could not store object {name}: {BUCKET_DATA} is full (its --data-max-bytes); \
-             delete objects it no longer needs (`nats object rm {BUCKET_DATA} NAME`), wait for \
+             remove objects it no longer needs (`kiln rm NAME`), wait for \
              old ones to age out (--data-max-age), or raise the limit with `kiln init \
              --data-max-bytes`"
         )),
@@ -273,7 +275,7 @@ fn corrupt(name: &str) -> DataError {
 
 /// The object's info; a deleted object is not found. A link is followed once, within
 /// `KILN_DATA` (as the client makes them: never to another link).
-async fn stored_info(store: &ObjectStore, name: &str) -> Result<ObjectInfo, DataError> {
+async fn stored_info(store: &Bucket, name: &str) -> Result<ObjectInfo, DataError> {
     let info = plain_info(store, name).await?;
     let Some(link) = info.options.as_ref().and_then(|o| o.link.as_ref()) else {
         return Ok(info);
@@ -305,11 +307,18 @@ async fn stored_info(store: &ObjectStore, name: &str) -> Result<ObjectInfo, Data
 }
 
 /// Object `name`'s own info (a link's, for a link); a deleted object is not found.
-async fn plain_info(store: &ObjectStore, name: &str) -> Result<ObjectInfo, DataError> {
+async fn plain_info(store: &Bucket, name: &str) -> Result<ObjectInfo, DataError> {
     if !usable_name(name) {
         return Err(bad_name(name));
     }
-    let info = store.info(name).await.map_err(|e| info_error(name, e))?;
+    let info = match store.info(name).await {
+        Ok(info) => info,
+        // nats-py marks an object deleted with `"mtime": ""`, which async-nats does not parse.
+        Err(e) if undecodable(&e) && chunks::marked_deleted(&store.stream, name).await => {
+            return Err(not_found(name));
+        }
+        Err(e) => return Err(info_error(name, e)),
+    };
     if info.deleted {
         return Err(not_found(name));
     }
