@@ -186,10 +186,11 @@ fn decode_xy(what: &str, bytes: &[u8], max_elements: u64) -> Result<Dataset, Dat
             )));
         }
     };
-    if y_info.shape != [samples] {
+    // A column vector, [samples, 1], is one label a sample as well (what numpy users have).
+    if y_info.shape != [samples] && y_info.shape != [samples, 1] {
         return Err(invalid(format!(
-            "{what}: y has shape {:?}, but x has {samples} samples; y must be 1-D with one \
-             label a sample",
+            "{what}: y has shape {:?}, but x has {samples} samples; y must hold one label a \
+             sample, [{samples}] or [{samples}, 1]",
             y_info.shape
         )));
     }
@@ -326,6 +327,28 @@ mod tests {
         assert_eq!(
             decode_dataset("d", &float_labels, 100).unwrap().y,
             vec![1, 0, 1]
+        );
+
+        // Labels as a column vector, [samples, 1], as numpy users often have them.
+        let column = safetensors(
+            &[
+                ("x", "F32", &[3, 2], x.clone()),
+                ("y", "I64", &[3, 1], le(&[2i64, 0, 1], i64::to_le_bytes)),
+            ],
+            None,
+        );
+        assert_eq!(decode_dataset("d", &column, 100).unwrap().y, vec![2, 0, 1]);
+        let wide = safetensors(
+            &[
+                ("x", "F32", &[3, 2], x.clone()),
+                ("y", "U8", &[3, 2], vec![0, 1, 1, 0, 0, 1]),
+            ],
+            None,
+        );
+        let m = message(decode_dataset("d", &wide, 100));
+        assert!(
+            m.starts_with("d: y has shape [3, 2], but x has 3 samples; y must hold one label a sample, [3] or [3, 1]"),
+            "{m}"
         );
 
         let one_class = safetensors(
