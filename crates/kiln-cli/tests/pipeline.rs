@@ -677,8 +677,32 @@ async fn result_command_finds_a_finished_job() {
     let event: ResultEvent = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(event.id, "find-me");
     assert_eq!(event.status, Status::Succeeded);
+    // An id kiln knows nothing of is said to be so (it said "queued, running, or older than
+    // the results stream keeps", as for any job without a result); a queued one, queued.
     let missing = cluster.kiln(&["result", "no-such-job"]);
     assert_eq!(missing.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        stderr.contains("no result for job \"no-such-job\": kiln has no record of it"),
+        "{stderr}"
+    );
+    assert_success(&cluster.kiln(&[
+        "submit",
+        "vector_add",
+        "-p",
+        "len=4",
+        "-d",
+        "gpu",
+        "--id",
+        "held",
+    ]));
+    let queued = cluster.kiln(&["result", "held"]);
+    assert_eq!(queued.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&queued.stderr);
+    assert!(
+        stderr.contains("no result for job \"held\": it is queued"),
+        "{stderr}"
+    );
     // --kind finds only a result of that kind, and says what the job's result is.
     let same = cluster.kiln(&["result", "find-me", "--kind", "vector_add"]);
     assert_success(&same);

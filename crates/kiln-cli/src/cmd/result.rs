@@ -77,13 +77,30 @@ pub async fn run(nats: &NatsArgs, args: ResultArgs) -> anyhow::Result<ExitCode> 
              prints it)",
             args.id, other.kind, args.id
         ),
-        _ => format!(
-            "no result for job {:?} yet: it is queued, running, or older than the results \
-             stream keeps",
-            args.id
-        ),
+        _ => no_result(&js, &args.id).await,
     };
     not_found("no_result", message)
+}
+
+/// Why job `id` has no result, from where `kiln status` finds it.
+async fn no_result(js: &jetstream::Context, id: &str) -> String {
+    use kiln_client::jobs::Place;
+    let why = match kiln_client::jobs::locate(js, id).await {
+        Ok(Place::Running { kind, worker, .. }) => {
+            format!("it is running ({kind}) on worker {worker}")
+        }
+        Ok(Place::Queued { .. }) => "it is queued".to_owned(),
+        Ok(Place::CancelRequested) => "it is marked cancelled and not answered yet".to_owned(),
+        Ok(Place::Gone { .. }) => "it finished, but its result is no longer stored".to_owned(),
+        // Answered since the first look: `kiln result` again prints it.
+        Ok(Place::Finished { .. }) => "its result was stored a moment ago: ask again".to_owned(),
+        Ok(Place::Unknown) => "kiln has no record of it (a job published without `kiln \
+                               submit` has none: it may still be queued), and no live worker \
+                               holds it"
+            .to_owned(),
+        Err(_) => "it is queued, running, or older than the results stream keeps".to_owned(),
+    };
+    format!("no result for job {id:?}: {why}")
 }
 
 /// Write `event`'s output to `path`: the object its result names, or the values it holds
