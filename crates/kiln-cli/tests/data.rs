@@ -668,6 +668,25 @@ async fn result_output_refuses_what_it_cannot_write() {
     assert_success(&submit("stored-1", &["--output-format", "npy"]));
     assert_success(&submit("inline-1", &[]));
 
+    // A file in a folder that does not exist is refused before the job is sent (it ran, then
+    // failed to write).
+    let nowhere = path("no-such-folder/c.npy");
+    let stderr = failed_with(&submit("nowhere-1", &["--output", &arg(&nowhere)]));
+    assert!(
+        stderr.contains(&format!(
+            "--output {}: folder {} does not exist",
+            nowhere.display(),
+            path("no-such-folder").display()
+        )),
+        "{stderr}"
+    );
+    let status = cluster.kiln(&["status", "nowhere-1"]);
+    assert!(
+        stdout(&status).starts_with("nowhere-1: unknown"),
+        "{}",
+        stdout(&status)
+    );
+
     // The stored .npy is not written under a .jpg (or any other) name.
     for name in ["r1.jpg", "r1.txt", "r1"] {
         let file = path(name);

@@ -217,6 +217,27 @@ pub fn output_mode_for(path: &Path) -> Result<OutputMode> {
     }
 }
 
+/// Refuse an output file whose folder does not exist: said before the job runs (or the
+/// result is looked up), not once its output is ready to write. `-` (standard output) passes.
+pub fn check_output_folder(path: &Path) -> Result<()> {
+    if path == Path::new("-") {
+        return Ok(());
+    }
+    let folder = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if folder.is_dir() {
+        return Ok(());
+    }
+    Err(Error::Invalid(format!(
+        "--output {}: folder {} does not exist; create it, or name a file in a folder that \
+         does",
+        path.display(),
+        folder.display()
+    )))
+}
+
 /// The output format named `name` (`npy`, `safetensors`, `png`; `object` means npy).
 pub fn output_mode_named(name: &str) -> Result<OutputMode> {
     match name {

@@ -114,7 +114,10 @@ impl<'a> Submission<'a> {
         let params = super::params::parse_params(&args.params, args.params_json.as_deref())?;
         let inputs = parse_inputs(args)?;
         let output = match (&args.output, &args.output_format) {
-            (Some(path), _) => kiln_client::data::output_mode_for(path)?,
+            (Some(path), _) => {
+                kiln_client::data::check_output_folder(path)?;
+                kiln_client::data::output_mode_for(path)?
+            }
             (None, Some(name)) => kiln_client::data::output_mode_named(name)?,
             (None, None) => OutputMode::Auto,
         };
