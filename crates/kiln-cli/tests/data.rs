@@ -299,6 +299,40 @@ async fn a_model_trained_on_a_csv_predicts_on_new_points() {
     assert_eq!(predicted.output["classes"], serde_json::json!([0, 1, 2]));
 }
 
+/// An object whose name holds `#` is stored, and `kiln put` says how a job names it:
+/// `--input KEY=NAME#ENTRY` reads the part after `#` as a safetensors entry.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_name_holding_a_hash_is_told_how_a_job_names_it() {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    cluster.cpu_worker();
+    let dir = tempfile::tempdir().unwrap();
+    let v = encode_npy(&HostTensor::new(vec![2], vec![1.0, 2.0]));
+    let v = write(dir.path(), "v.npy", &v);
+    let out = cluster.kiln(&["put", &v, "--name", "obj#1"]);
+    assert_success(&out);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains(
+            "note: `--input KEY=obj#1` reads as entry \"1\" of object \"obj\"; name this \
+             object with -p 'KEY={\"object\":\"obj#1\""
+        ),
+        "{said}"
+    );
+    let out = cluster.kiln(&[
+        "submit",
+        "vector_add",
+        "-p",
+        r#"a={"object":"obj#1"}"#,
+        "-p",
+        r#"b={"object":"obj#1"}"#,
+        "--wait",
+    ]);
+    assert_eq!(result_of(&out).output["c"], serde_json::json!([2.0, 4.0]));
+    let plain = cluster.kiln(&["put", &v, "--name", "plain#"]);
+    assert!(!String::from_utf8_lossy(&plain.stderr).contains("note:"));
+}
+
 /// `kiln rm` removes objects: `kiln get` and jobs then find none, a name not there is exit
 /// status 2 (every name is still tried), and the name can be put again.
 #[tokio::test(flavor = "multi_thread")]

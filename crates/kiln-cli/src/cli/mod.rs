@@ -518,7 +518,8 @@ pub struct SubmitArgs {
     pub wait_timeout_s: Option<u64>,
     /// A tensor parameter from a file or an object: KEY=@FILE stores FILE in KILN_DATA and
     /// passes it as {"object": ..}; KEY=@FILE#ENTRY picks one entry of a safetensors file;
-    /// KEY=NAME names an object already stored (`kiln put`).
+    /// KEY=NAME names an object already stored (`kiln put`), KEY=NAME#ENTRY one entry of it
+    /// (a name holding `#` goes as -p 'KEY={"object": "NAME"}').
     #[arg(long = "input", short = 'i', value_name = "KEY=@FILE|KEY=NAME")]
     pub inputs: Vec<String>,
     /// Store the job's output in KILN_DATA, wait for it and write it to FILE; the format

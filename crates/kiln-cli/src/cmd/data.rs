@@ -34,6 +34,15 @@ pub async fn put(nats: &NatsArgs, args: PutArgs) -> anyhow::Result<ExitCode> {
         descriptor.name,
         kiln_proto::BUCKET_DATA
     );
+    if let Some((object, entry)) = descriptor.name.rsplit_once('#')
+        && !entry.is_empty()
+    {
+        eprintln!(
+            "note: `--input KEY={}` reads as entry {entry:?} of object {object:?}; name this \
+             object with -p 'KEY={reference}'",
+            descriptor.name
+        );
+    }
     println!("{reference}");
     Ok(ExitCode::SUCCESS)
 }
