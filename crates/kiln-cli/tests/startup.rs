@@ -116,7 +116,7 @@ fn a_server_short_of_storage_for_the_limits_says_so() {
     assert_success(&cluster.kiln(&[
         "init",
         "--data-max-bytes",
-        "1073741824",
+        "1GiB",
         "--results-max-bytes",
         "536870912",
     ]));

@@ -97,8 +97,8 @@ pub struct NatsArgs {
         value_parser = limit
     )]
     pub max_queued_jobs: i64,
-    /// Most bytes of result events kept (kiln init; at least 1 MiB); past it the oldest
-    /// results make room.
+    /// Most bytes of result events kept (kiln init; at least 1 MiB; a unit may follow:
+    /// 512MiB, 4GiB); past it the oldest results make room.
     /// A job is answered once for as long as its result is kept. Job states (KILN_STATE, for
     /// kiln status) are kept within the same number of bytes, the oldest going first.
     #[arg(
@@ -123,7 +123,8 @@ pub struct NatsArgs {
         value_parser = clap::value_parser!(u64).range(1..=MAX_LIFETIME_HOURS)
     )]
     pub data_max_age_hours: Option<u64>,
-    /// Most bytes the KILN_DATA object store holds (kiln init; at least 1 MiB).
+    /// Most bytes the KILN_DATA object store holds (kiln init; at least 1 MiB; a unit may
+    /// follow: 512MiB, 8GiB).
     #[arg(
         long,
         env = "KILN_DATA_MAX_BYTES",
@@ -792,6 +793,12 @@ mod tests {
             // A stream smaller than one message keeps none; an age NATS refuses.
             ("--results-max-bytes", "100", "must be at least 1048576"),
             ("--data-max-bytes", "1048575", "must be at least 1048576"),
+            ("--data-max-bytes", "1000KiB", "must be at least 1048576"),
+            (
+                "--data-max-bytes",
+                "2 parsecs",
+                "is no size: give bytes, or a number and a unit",
+            ),
             ("--data-max-age", "50ms", "must be at least 1s"),
             ("--data-max-age-hours", "0", "0 is not in 1..=876000"),
             ("--data-max-age", "300years", "at most 876000 hours"),
@@ -828,6 +835,16 @@ mod tests {
         .unwrap();
         assert_eq!(cli.nats.max_queued_jobs, 1);
         assert_eq!(cli.nats.replicas, 3);
+        // Byte limits take units, as --data-max-age does.
+        for (value, bytes) in [
+            ("2MiB", 2 << 20),
+            ("8 GiB", 8 << 30),
+            ("3GB", 3_000_000_000),
+        ] {
+            let cli =
+                super::Cli::try_parse_from(["kiln", "init", "--data-max-bytes", value]).unwrap();
+            assert_eq!(cli.nats.data_max_bytes, bytes, "{value}");
+        }
         assert_eq!(
             cli.nats.data_max_age(),
             std::time::Duration::from_secs(5400)

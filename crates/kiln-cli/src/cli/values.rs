@@ -72,9 +72,23 @@ pub(super) fn limit(value: &str) -> Result<i64, String> {
 /// gone at once).
 pub(super) const MIN_BYTE_LIMIT: i64 = 1 << 20;
 
-/// A stream's byte limit: a [`limit`] of at least [`MIN_BYTE_LIMIT`].
+/// A stream's byte limit, in bytes or with a unit (`512MiB`, `8GiB`, `2GB`): a [`limit`] of
+/// at least [`MIN_BYTE_LIMIT`].
 pub(super) fn byte_limit(value: &str) -> Result<i64, String> {
-    match limit(value)? {
+    let trimmed = value.trim();
+    let bytes = match trimmed.strip_prefix('-') {
+        // A negative count, for the message [`limit`] gives it.
+        Some(_) => limit(trimmed)?,
+        None => {
+            let size: bytesize::ByteSize = trimmed.parse().map_err(|_| {
+                format!(
+                    "{value:?} is no size: give bytes, or a number and a unit (512MiB, 8GiB, 2GB)"
+                )
+            })?;
+            i64::try_from(size.as_u64()).map_err(|_| format!("{value:?} is too large"))?
+        }
+    };
+    match limit(&bytes.to_string())? {
         n if n < MIN_BYTE_LIMIT => Err(format!(
             "must be at least {MIN_BYTE_LIMIT} (1 MiB, the largest message a server takes by \
              default): a stream smaller than its messages drops each one as it stores it"
