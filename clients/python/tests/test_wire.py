@@ -104,6 +104,20 @@ def test_inline_bools_go_as_numbers_and_flat_params_go_flat() -> None:
         kiln.Client._param("vector_add", "a", np.float32(2), None)
 
 
+def test_a_str_names_a_stored_object_and_a_reference_param_takes_no_array() -> None:
+    # A str for a tensor parameter went as a str, which the worker could not read.
+    for kind, name in [("conv2d", "image"), ("matmul", "a"), ("mlp_predict", "x")]:
+        assert kiln.Client._param(kind, name, "py/img.png", None) == {"object": "py/img.png"}
+    assert kiln.Client._param("train_mlp", "dataset", "d.csv", None) == {"object": "d.csv"}
+    # Another kind's parameter of that name is its own business.
+    assert kiln.Client._param("my_kind", "image", "text", None) == "text"
+    # An array for a dataset or model said "expected a string" from the worker.
+    with pytest.raises(TypeError, match="dataset takes a stored object .* not ndarray"):
+        kiln.Client._param("train_mlp", "dataset", np.zeros((3, 3)), None)
+    with pytest.raises(TypeError, match="model takes a stored object"):
+        kiln.Client._param("mlp_predict", "model", [1, 2], None)
+
+
 def test_npy_bytes_are_c_order_whatever_the_arrays_layout() -> None:
     a = np.arange(12, dtype=np.float64).reshape(3, 4)
     for array in [a.T, np.asfortranarray(a), a[:, ::2], a]:

@@ -431,8 +431,18 @@ class Client:
             return value.ref().to_json()
         if isinstance(value, (_wire.ObjectRef, _wire.ObjectInfo)):
             return _wire.json_default(value)
-        if name in _wire.REFERENCE_PARAMS and isinstance(value, str):
+        # A str names a stored object, for a parameter that takes one (it was sent as a str,
+        # which the worker could not read as a tensor).
+        tensor = kind in _wire.KINDS and name in _wire.TENSOR_PARAMS
+        if (name in _wire.REFERENCE_PARAMS or tensor) and isinstance(value, str):
             return _wire.ObjectRef(value).to_json()
+        if name in _wire.REFERENCE_PARAMS and kind in _wire.KINDS and not isinstance(value, dict):
+            raise TypeError(
+                f"{name} takes a stored object (its name, a kiln.ObjectRef, client.put's "
+                f"result or a Result), not {type(value).__name__}: store the "
+                f"{'dataset (CSV, or safetensors with x and y)' if name == 'dataset' else 'model'}"
+                " with client.put first"
+            )
         if name in _wire.TENSOR_PARAMS and (
             isinstance(value, (np.ndarray, np.generic, list, tuple))
             # A single number, which plan_tensor refuses: kiln's own kinds take arrays there
