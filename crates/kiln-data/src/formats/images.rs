@@ -42,9 +42,10 @@ pub fn decode_image(
         }
         Some(Format::Jpeg) => {
             // The decoder fills what a cut file lacks with grey, and says nothing.
-            if !jpeg_complete(bytes) {
+            if jpeg_end(bytes) == JpegEnd::Truncated {
                 return Err(invalid(format!(
-                    "{what} is a truncated JPEG: no end-of-image marker follows its last                      scan, so its data ends before the image does; send the whole file"
+                    "{what} is a truncated JPEG: its data ends before its end-of-image marker, \
+                     so part of the image is missing; send the whole file"
                 )));
             }
             let decoder = image::codecs::jpeg::JpegDecoder::new(cursor)
@@ -58,15 +59,75 @@ pub fn decode_image(
     }
 }
 
-/// Whether a JPEG holds all of its image: an end-of-image marker (`FF D9`) after the start of
-/// its last scan (`FF DA`). Neither can occur inside a scan's coded data, where an `FF` byte is
-/// followed by `00` or a restart marker; a thumbnail's markers come before the image's scans,
-/// and bytes after the end (padding, a second picture) do not matter.
-fn jpeg_complete(bytes: &[u8]) -> bool {
-    let Some(scan) = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]) else {
-        return false;
-    };
-    bytes[scan + 2..].windows(2).any(|w| w == [0xFF, 0xD9])
+/// How a JPEG's markers end, read forward from its start: each segment skipped by its length
+/// (an EXIF thumbnail with it), each scan's coded data up to the next marker (in coded data an
+/// `FF` byte is followed by `00` or a restart marker), up to the first end-of-image marker;
+/// what follows it (a phone's motion-photo video, padding) is not read.
+#[derive(Debug, PartialEq, Eq)]
+enum JpegEnd {
+    /// An end-of-image marker after a scan.
+    Complete,
+    /// The bytes end inside a segment or a scan, or before an end-of-image marker.
+    Truncated,
+    /// Something else where a marker should be: left to the decoder to judge.
+    Unknown,
+}
+
+fn jpeg_end(bytes: &[u8]) -> JpegEnd {
+    let mut at = 2; // past the start-of-image marker
+    let mut scanned = false;
+    loop {
+        // A marker: `FF`, any number of `FF` fill bytes, its code.
+        match bytes.get(at) {
+            None => return JpegEnd::Truncated,
+            Some(0xFF) => {}
+            Some(_) => return JpegEnd::Unknown,
+        }
+        while bytes.get(at) == Some(&0xFF) {
+            at += 1;
+        }
+        let Some(&code) = bytes.get(at) else {
+            return JpegEnd::Truncated;
+        };
+        at += 1;
+        match code {
+            0xD9 if scanned => return JpegEnd::Complete,
+            0xD9 | 0xD8 | 0x00 => return JpegEnd::Unknown,
+            0x01 | 0xD0..=0xD7 => continue,
+            _ => {}
+        }
+        let Some(length) = bytes.get(at..at + 2) else {
+            return JpegEnd::Truncated;
+        };
+        let length = usize::from(u16::from_be_bytes([length[0], length[1]]));
+        if length < 2 {
+            return JpegEnd::Unknown;
+        }
+        at += length;
+        if at > bytes.len() {
+            return JpegEnd::Truncated;
+        }
+        if code != 0xDA {
+            continue;
+        }
+        // A scan's coded data, up to the `FF` that starts the next marker.
+        scanned = true;
+        loop {
+            let Some(next) = bytes[at..].iter().position(|&b| b == 0xFF) else {
+                return JpegEnd::Truncated;
+            };
+            at += next;
+            let mut code = at + 1;
+            while bytes.get(code) == Some(&0xFF) {
+                code += 1;
+            }
+            match bytes.get(code) {
+                None => return JpegEnd::Truncated,
+                Some(0x00 | 0xD0..=0xD7) => at = code + 1,
+                Some(_) => break,
+            }
+        }
+    }
 }
 
 /// The most a PNG's headers may take to read when telling its size (an ICC profile is
@@ -370,21 +431,31 @@ mod tests {
             .write_image(&pixels, width, height, image::ExtendedColorType::Rgb8)
             .unwrap();
         let whole = decode_image("photo", &file, 1 << 20, u64::MAX).unwrap();
-        for cut in [file.len() * 6 / 10, file.len() - 2] {
+        // Cut in the headers, in the scan, before and inside the end-of-image marker.
+        for cut in [100, file.len() * 6 / 10, file.len() - 2, file.len() - 1] {
             match decode_image("photo", &file[..cut], 1 << 20, u64::MAX) {
-                Err(DataError::Invalid(m)) => assert!(
-                    m.starts_with("photo is a truncated JPEG: no end-of-image marker"),
-                    "{m}"
+                Err(DataError::Invalid(m)) => assert_eq!(
+                    m,
+                    "photo is a truncated JPEG: its data ends before its end-of-image marker, \
+                     so part of the image is missing; send the whole file"
                 ),
                 other => panic!("cut at {cut}: expected Invalid, got {other:?}"),
             }
         }
-        let mut padded = file.clone();
-        padded.extend_from_slice(&[0u8; 100]);
-        assert_eq!(
-            decode_image("photo", &padded, 1 << 20, u64::MAX).unwrap(),
-            whole
-        );
+        // After the end: padding, or a trailer (a phone's motion-photo video) holding what
+        // would be a scan's start with no end after it. Fill bytes before the end marker.
+        for trailer in [&[0u8; 100][..], &[0xFF, 0xDA, 0x00, 0x08, 1, 2, 3, 0xFF]] {
+            let mut padded = file.clone();
+            padded.extend_from_slice(trailer);
+            assert_eq!(
+                decode_image("photo", &padded, 1 << 20, u64::MAX).unwrap(),
+                whole
+            );
+        }
+        let mut filled = file[..file.len() - 2].to_vec();
+        filled.extend_from_slice(&[0xFF, 0xFF, 0xFF, 0xD9]);
+        assert_eq!(jpeg_end(&filled), JpegEnd::Complete);
+        assert_eq!(jpeg_end(&file), JpegEnd::Complete);
     }
 
     #[test]
