@@ -56,37 +56,34 @@ pub(crate) async fn load(
         let bucket = bucket(shared).await?;
         let budget = shared.admission.memory().bytes;
         let place = watched(shared, id, shared.admission.load_place()).await?;
-        // An object whose size cannot be read counts as empty here: fetching it says why. One
-        // over the budget, stored or as values, is refused before anything is downloaded
+        // One over the budget, stored or as values, is refused before anything is downloaded
         // (the job's other objects included) and without waiting for the budget.
         let mut bytes = 0u64;
         let mut measured = Vec::with_capacity(wanted.len());
         for w in &wanted {
-            let Ok(m) = store::load_size(bucket, &w.reference, w.want).await else {
-                measured.push(None);
-                continue;
-            };
             let refuse = |e: kiln_data::DataError| in_param(w.param, e.into());
+            // An object that cannot be measured is not loaded either (unreserved, it could
+            // take any memory): missing is `invalid_input`, a lookup that failed `internal`.
+            let m = store::load_size(bucket, &w.reference, w.want)
+                .await
+                .map_err(refuse)?;
             store::check_size(w.reference.object.as_str(), m.size(), budget).map_err(refuse)?;
             m.load
                 .check(&format!("object {}", w.reference.object), budget)
                 .map_err(refuse)?;
             bytes = bytes.saturating_add(m.load.reserve(budget));
-            measured.push(Some(m));
+            measured.push(m);
         }
         let permit = Some(watched(shared, id, place.reserve(bytes)).await?);
         let mut inputs = Inputs::none();
         let max_elements = shared.config.limits.max_elements;
         for (w, m) in wanted.into_iter().zip(measured) {
-            let (reference, want) = (&w.reference, w.want);
             // The bytes measured, which the permit covers.
-            let loaded = match &m {
-                Some(m) => {
-                    store::fetch_measured(bucket, reference, m, want, budget, max_elements).await
-                }
-                None => store::fetch(bucket, reference, want, budget, max_elements).await,
-            };
-            inputs.insert(w.param, loaded.map_err(|e| in_param(w.param, e.into()))?);
+            let loaded =
+                store::fetch_measured(bucket, &w.reference, &m, w.want, budget, max_elements)
+                    .await
+                    .map_err(|e| in_param(w.param, e.into()))?;
+            inputs.insert(w.param, loaded);
         }
         Ok::<_, Unloaded>((inputs, permit))
     };
