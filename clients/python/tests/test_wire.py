@@ -116,6 +116,8 @@ def test_a_str_names_a_stored_object_and_a_reference_param_takes_no_array() -> N
         kiln.Client._param("train_mlp", "dataset", np.zeros((3, 3)), None)
     with pytest.raises(TypeError, match="model takes a stored object"):
         kiln.Client._param("mlp_predict", "model", [1, 2], None)
+    # No dataset: null, which trains on generated points.
+    assert kiln.Client._param("train_mlp", "dataset", None, None) is None
 
 
 def test_npy_bytes_are_c_order_whatever_the_arrays_layout() -> None:

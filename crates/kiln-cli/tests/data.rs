@@ -396,6 +396,16 @@ async fn removed_objects_are_gone_for_get_and_for_jobs() {
         Some(2),
         "a name is required"
     );
+    // A name no object can have fails (exit 1), and the names after it are still tried.
+    let long = "x".repeat(3000);
+    let out = cluster.kiln(&["rm", &long, "one"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("is not valid: use a non-empty name of at most 1024 bytes"),
+        "{said}"
+    );
+    assert!(said.contains("removed object \"one\""), "{said}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

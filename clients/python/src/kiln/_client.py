@@ -436,7 +436,9 @@ class Client:
         tensor = kind in _wire.KINDS and name in _wire.TENSOR_PARAMS
         if (name in _wire.REFERENCE_PARAMS or tensor) and isinstance(value, str):
             return _wire.ObjectRef(value).to_json()
-        if name in _wire.REFERENCE_PARAMS and kind in _wire.KINDS and not isinstance(value, dict):
+        # (None is sent as null: a train_mlp without a dataset trains on generated points.)
+        reference = name in _wire.REFERENCE_PARAMS and kind in _wire.KINDS
+        if reference and value is not None and not isinstance(value, dict):
             raise TypeError(
                 f"{name} takes a stored object (its name, a kiln.ObjectRef, client.put's "
                 f"result or a Result), not {type(value).__name__}: store the "
@@ -1029,12 +1031,17 @@ class Client:
         """Remove object `name` from KILN_DATA, freeing its space (`kiln rm`); a job naming
         it later is answered that it is not found. Raises `ObjectNotFound` when there is no
         such object."""
+        if not isinstance(name, str) or not name or len(name.encode()) > _wire.MAX_OBJECT_NAME:
+            # A longer name's subject makes the server close the connection.
+            raise ValueError(
+                f"an object name is 1 to {_wire.MAX_OBJECT_NAME} bytes, not {name!r:.80}"
+            )
         bucket = await self._bucket()
         try:
             await bucket.get_info(name)
+            await bucket.delete(name)
         except (nats.js.errors.ObjectNotFoundError, nats.js.errors.ObjectDeletedError) as e:
             raise ObjectNotFound(f"no object {name!r} in {_wire.BUCKET_DATA}") from e
-        await bucket.delete(name)
 
     async def get(self, name: str) -> bytes:
         """Object `name`'s bytes from KILN_DATA (a job's stored output, a trained model)."""

@@ -89,34 +89,32 @@ pub async fn get(nats: &NatsArgs, args: GetArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `kiln rm NAME...`: remove each object (a link removes the link only). Every name is tried;
-/// exit status [`super::EXIT_NOT_FOUND`] when one was not there.
+/// `kiln rm NAME...`: remove each object (a link removes the link only). Every name is
+/// tried; exit status 1 when one could not be removed, else [`super::EXIT_NOT_FOUND`] when one
+/// was not there.
 pub async fn rm(nats: &NatsArgs, args: RmArgs) -> anyhow::Result<ExitCode> {
-    use async_nats::jetstream::object_store::InfoErrorKind;
     let js = connect(nats).await?;
     let bucket = bucket(&js).await?;
     let data = kiln_proto::BUCKET_DATA;
-    let mut code = ExitCode::SUCCESS;
+    let (mut missing, mut failed) = (false, false);
     for name in &args.names {
-        // A removed object keeps an info, marked deleted.
-        let info = match bucket.info(name).await {
-            Ok(info) if !info.deleted => Some(info),
-            Ok(_) => None,
-            Err(e) if e.kind() == InfoErrorKind::NotFound => None,
-            Err(e) => return Err(e).with_context(|| format!("looking up object {name:?}")),
-        };
-        let Some(info) = info else {
-            eprintln!("kiln: no object {name:?} in {data}");
-            code = ExitCode::from(super::EXIT_NOT_FOUND);
-            continue;
-        };
-        bucket
-            .delete(name)
-            .await
-            .with_context(|| format!("removing object {name:?} from {data}"))?;
-        eprintln!("removed object {name:?} ({} bytes) from {data}", info.size);
+        match kiln_data::store::remove(&bucket, name).await {
+            Ok(Some(size)) => eprintln!("removed object {name:?} ({size} bytes) from {data}"),
+            Ok(None) => {
+                eprintln!("kiln: no object {name:?} in {data}");
+                missing = true;
+            }
+            Err(e) => {
+                eprintln!("kiln: {e}");
+                failed = true;
+            }
+        }
     }
-    Ok(code)
+    Ok(match (failed, missing) {
+        (true, _) => ExitCode::FAILURE,
+        (false, true) => ExitCode::from(super::EXIT_NOT_FOUND),
+        (false, false) => ExitCode::SUCCESS,
+    })
 }
 
 /// Run `fetch`, which writes `path` by way of its `.part` file; a SIGINT or SIGTERM on the

@@ -325,6 +325,30 @@ async fn plain_info(store: &Bucket, name: &str) -> Result<ObjectInfo, DataError>
     Ok(info)
 }
 
+/// Remove object `name` (`kiln rm`; a link removes the link): its size, or `None` when it was
+/// not there (never stored, or deleted by any client, nats-py's form included).
+pub async fn remove(store: &Bucket, name: &str) -> Result<Option<u64>, DataError> {
+    if !usable_name(name) {
+        return Err(bad_name(name));
+    }
+    let size = match store.info(name).await {
+        Ok(info) if info.deleted => return Ok(None),
+        Ok(info) => info.size as u64,
+        Err(e) if e.kind() == InfoErrorKind::NotFound => return Ok(None),
+        Err(e) if undecodable(&e) && chunks::marked_deleted(&store.stream, name).await => {
+            return Ok(None);
+        }
+        Err(e) => return Err(info_error(name, e)),
+    };
+    store.delete(name).await.map_err(|e| {
+        DataError::Io(format!(
+            "could not remove object {name} from {BUCKET_DATA} ({e}); check the connection \
+             to NATS"
+        ))
+    })?;
+    Ok(Some(size))
+}
+
 /// Load the object `reference` names as `want`.
 ///
 /// Refused before anything is downloaded: a missing object, one over `max_bytes`
