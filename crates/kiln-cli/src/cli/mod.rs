@@ -98,7 +98,7 @@ pub struct NatsArgs {
     )]
     pub max_queued_jobs: i64,
     /// Most bytes of result events kept (kiln init; at least 1 MiB; a unit may follow:
-    /// 512MiB, 4GiB); past it the oldest results make room.
+    /// 512MiB, 4GiB; MB and GB are powers of 1000); past it the oldest results make room.
     /// A job is answered once for as long as its result is kept. Job states (KILN_STATE, for
     /// kiln status) are kept within the same number of bytes, the oldest going first.
     #[arg(
@@ -124,7 +124,7 @@ pub struct NatsArgs {
     )]
     pub data_max_age_hours: Option<u64>,
     /// Most bytes the KILN_DATA object store holds (kiln init; at least 1 MiB; a unit may
-    /// follow: 512MiB, 8GiB).
+    /// follow: 512MiB, 8GiB; MB and GB are powers of 1000).
     #[arg(
         long,
         env = "KILN_DATA_MAX_BYTES",

@@ -84,13 +84,15 @@ fn decode_csv(what: &str, bytes: &[u8], max_elements: u64) -> Result<Dataset, Da
                 )));
             }
             columns = Some(record.len());
-            // A header row is names only. A first row of numbers and text is refused: taken
-            // for a header, a data row with a typo ("NA") was dropped without a word.
+            // A header row is names only, or pandas' names for unnamed columns (0, 1, ...)
+            // and some names ("0,1,label"). Any other first row of numbers and text is
+            // refused: taken for a header, a data row with a typo ("NA") was dropped without
+            // a word.
             let text = record
                 .iter()
                 .position(|field| field.parse::<f64>().is_err());
             match text {
-                Some(_) if record.iter().all(|field| field.parse::<f64>().is_err()) => {}
+                Some(_) if header(&record) => {}
                 Some(column) => {
                     return Err(invalid(format!(
                         "{what}: line {line} mixes numbers and text (column {}: {:?}): a \
@@ -121,6 +123,16 @@ fn decode_csv(what: &str, bytes: &[u8], max_elements: u64) -> Result<Dataset, Da
         },
         y,
     })
+}
+
+/// Whether a first row holding text is a header: its numbers, if any, are pandas' names for
+/// unnamed columns, `0`, `1`, `2`, ... in order.
+fn header(record: &csv::StringRecord) -> bool {
+    record
+        .iter()
+        .filter(|field| field.parse::<f64>().is_ok())
+        .enumerate()
+        .all(|(i, field)| *field == i.to_string())
 }
 
 fn record_row(
@@ -248,6 +260,17 @@ mod tests {
         assert_eq!(d.y, vec![2, 0]);
     }
 
+    /// pandas names unnamed columns 0, 1, 2, ...: `DataFrame(X).assign(label=y).to_csv()`
+    /// and the same with its index (an empty first name) write headers of numbers and a name.
+    #[test]
+    fn pandas_headers_of_column_numbers_and_names_are_headers() {
+        for text in ["0,1,label\n1.5,2,1\n3,4,0\n", ",0,label\n1.5,2,1\n3,4,0\n"] {
+            let d = dataset(text).unwrap();
+            assert_eq!(d.x.data, vec![1.5, 2.0, 3.0, 4.0], "{text}");
+            assert_eq!(d.y, vec![1, 0], "{text}");
+        }
+    }
+
     #[test]
     fn refuses_bad_csv_naming_the_line() {
         // A first row of numbers and text is no header: a data row with a typo.
@@ -255,6 +278,7 @@ mod tests {
             ("NA,1.2,0", 1, "NA"),
             ("0x10,2,0", 1, "0x10"),
             ("1,2,y", 3, "y"),
+            ("0,2,y", 3, "y"),
         ] {
             assert_eq!(
                 message(dataset(&format!("{first}\n3,4,1\n"))),
