@@ -724,6 +724,21 @@ async fn result_output_refuses_what_it_cannot_write() {
         )),
         "{stderr}"
     );
+    std::fs::create_dir(path("a-folder.npy")).unwrap();
+    let stderr = failed_with(&submit(
+        "nowhere-2",
+        &["--output", &arg(&path("a-folder.npy"))],
+    ));
+    assert!(
+        stderr.contains("a-folder.npy is a folder; name a file"),
+        "{stderr}"
+    );
+    let status = cluster.kiln(&["status", "nowhere-2"]);
+    assert!(
+        stdout(&status).starts_with("nowhere-2: unknown"),
+        "{}",
+        stdout(&status)
+    );
     let status = cluster.kiln(&["status", "nowhere-1"]);
     assert!(
         stdout(&status).starts_with("nowhere-1: unknown"),

@@ -217,8 +217,8 @@ pub fn output_mode_for(path: &Path) -> Result<OutputMode> {
     }
 }
 
-/// Refuse an output file whose folder does not exist: said before the job runs (or the
-/// result is looked up), not once its output is ready to write. `-` (standard output) passes.
+/// Refuse an output file that is a folder, or whose folder does not exist: said before the job
+/// runs, not once its output is ready to write. `-` (standard output) passes.
 pub fn check_output_folder(path: &Path) -> Result<()> {
     if path == Path::new("-") {
         return Ok(());
@@ -227,14 +227,21 @@ pub fn check_output_folder(path: &Path) -> Result<()> {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    if folder.is_dir() {
+    let why = if path.is_dir() {
+        format!("{} is a folder; name a file", path.display())
+    } else if folder.is_dir() {
         return Ok(());
-    }
+    } else if folder.exists() {
+        format!("{} is not a folder", folder.display())
+    } else {
+        format!(
+            "folder {} does not exist; create it, or name a file in a folder that does",
+            folder.display()
+        )
+    };
     Err(Error::Invalid(format!(
-        "--output {}: folder {} does not exist; create it, or name a file in a folder that \
-         does",
-        path.display(),
-        folder.display()
+        "--output {}: {why}",
+        path.display()
     )))
 }
 
