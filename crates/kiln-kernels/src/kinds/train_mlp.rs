@@ -32,7 +32,7 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamConfig, GradientsParams, Optimizer};
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData, backend::Backend};
 use kiln_data::Dataset;
-use kiln_proto::{JobError, Limits, ObjectRef, checked_product};
+use kiln_proto::{ErrorKind, JobError, Limits, ObjectRef, checked_product};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
@@ -619,10 +619,22 @@ fn train_model<B: Backend>(
             continue;
         }
         let loss = loss_sum.into_scalar().elem::<f64>() / batches as f64;
+        // A loss that is no number leaves a network of NaNs, which no prediction can use:
+        // answered as a failure, not stored as a model that "succeeded".
+        if !loss.is_finite() {
+            return Err(JobError::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "the training diverged: its loss is {loss} at epoch {epoch}; lower the \
+                     learning rate (lr {:?}) or scale the features to about [-1, 1]",
+                    c.lr
+                ),
+            ));
+        }
         let trained = model.valid();
         let evaluating = || ctx.checkpoint(epoch * batches as u64, steps);
         let correct = trained.correct(&x, &y, eval_rows, &evaluating)?;
-        // A loss that diverged spoils the accuracy too (its network scores NaNs): null.
+        // A validation loss that diverged spoils the accuracy too (NaN scores): null.
         let share = |loss: f64, n: i64, of: usize| loss.is_finite().then(|| n as f64 / of as f64);
         let accuracy = share(loss, correct, samples);
         let mut record = json!({"epoch": epoch, "loss": loss, "accuracy": accuracy});
