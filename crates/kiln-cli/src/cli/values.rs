@@ -76,19 +76,20 @@ pub(super) const MIN_BYTE_LIMIT: i64 = 1 << 20;
 /// at least [`MIN_BYTE_LIMIT`].
 pub(super) fn byte_limit(value: &str) -> Result<i64, String> {
     let trimmed = value.trim();
-    let bytes = match trimmed.strip_prefix('-') {
-        // A negative count, for the message [`limit`] gives it.
-        Some(_) => limit(trimmed)?,
-        None => {
+    // A negative count is under the least limit too (and no size bytesize reads).
+    let bytes = match trimmed.parse::<i64>() {
+        Ok(n) => n,
+        Err(_) => {
             let size: bytesize::ByteSize = trimmed.parse().map_err(|_| {
                 format!(
-                    "{value:?} is no size: give bytes, or a number and a unit (512MiB, 8GiB, 2GB)"
+                    "{value:?} is no size: give bytes, or a number and a unit (512MiB, 8GiB, \
+                     2GB; at most 8 EiB)"
                 )
             })?;
             i64::try_from(size.as_u64()).map_err(|_| format!("{value:?} is too large"))?
         }
     };
-    match limit(&bytes.to_string())? {
+    match bytes {
         n if n < MIN_BYTE_LIMIT => Err(format!(
             "must be at least {MIN_BYTE_LIMIT} (1 MiB, the largest message a server takes by \
              default): a stream smaller than its messages drops each one as it stores it"
