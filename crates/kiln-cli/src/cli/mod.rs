@@ -5,8 +5,11 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+mod data;
 mod env_value;
 mod values;
+
+pub use data::{GetArgs, PutArgs, RmArgs};
 
 use values::{
     MAX_LIFETIME_HOURS, at_least_one, byte_limit, device, device_class, duration, either,
@@ -235,32 +238,6 @@ pub enum Command {
     /// Remove objects from KILN_DATA (stored outputs, data no job needs any more), freeing
     /// their space; a job naming one later is answered that it is not found.
     Rm(RmArgs),
-}
-
-#[derive(Debug, Clone, Args)]
-pub struct PutArgs {
-    /// The file to store.
-    pub file: PathBuf,
-    /// The object's name (default: the file's name).
-    #[arg(long)]
-    pub name: Option<String>,
-}
-
-#[derive(Debug, Clone, Args)]
-pub struct GetArgs {
-    /// The object's name (a result's output.object.name).
-    pub name: String,
-    /// Where to write it (default: the last part of its name, in the current folder); `-` is
-    /// standard output.
-    #[arg(short = 'o', long)]
-    pub output: Option<PathBuf>,
-}
-
-#[derive(Debug, Clone, Args)]
-pub struct RmArgs {
-    /// The objects' names (a result's output.object.name).
-    #[arg(required = true)]
-    pub names: Vec<String>,
 }
 
 impl Command {

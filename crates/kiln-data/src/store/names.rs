@@ -1,0 +1,135 @@
+//! Objects' names and infos: which names kiln uses, an object's info (a link followed once;
+//! nats-py's deleted form read as deleted), removing an object.
+
+use async_nats::jetstream::object_store::{InfoError, InfoErrorKind, ObjectInfo};
+use kiln_proto::BUCKET_DATA;
+
+use super::{Bucket, chunks};
+use crate::formats::DataError;
+
+pub(super) fn not_found(name: &str) -> DataError {
+    DataError::Invalid(format!(
+        "object {name:?} not found in {BUCKET_DATA}: put it first (kiln put FILE --name {name})"
+    ))
+}
+
+/// Longest object name kiln reads or stores, in bytes. The object store names an object's
+/// metadata subject by the name in base64, and a subject past the server's 4 KiB control
+/// line (a name of about 2,900 bytes) makes the server close the connection, which cut off
+/// every other job of the worker that tried.
+pub const MAX_OBJECT_NAME: usize = 1024;
+
+/// Whether kiln asks the server about object `name` at all (see [`MAX_OBJECT_NAME`]).
+pub(super) fn usable_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= MAX_OBJECT_NAME
+}
+
+pub(super) fn bad_name(name: &str) -> DataError {
+    let shown: String = name.chars().take(60).collect();
+    let shown = match shown.len() < name.len() {
+        true => format!("{shown:?}… ({} bytes)", name.len()),
+        false => format!("{name:?}"),
+    };
+    DataError::Invalid(format!(
+        "object name {shown} is not valid: use a non-empty name of at most {MAX_OBJECT_NAME} \
+         bytes"
+    ))
+}
+
+/// Whether `error` says the stored metadata is not an object's info as async-nats reads it.
+pub(super) fn undecodable(error: &InfoError) -> bool {
+    error.kind() == InfoErrorKind::Other && error.to_string().contains("decode info payload")
+}
+
+pub(super) fn info_error(name: &str, error: InfoError) -> DataError {
+    match error.kind() {
+        InfoErrorKind::NotFound => not_found(name),
+        InfoErrorKind::InvalidName => bad_name(name),
+        // What is stored is not an object's metadata as this client reads it: a fault of the
+        // data, not of the connection.
+        InfoErrorKind::Other if undecodable(&error) => DataError::Invalid(format!(
+            "object {name}'s entry in {BUCKET_DATA} does not parse ({error}): another client \
+             wrote it; put the object again"
+        )),
+        InfoErrorKind::TimedOut | InfoErrorKind::Other => DataError::Io(format!(
+            "could not look up object {name} in {BUCKET_DATA} ({error}); check the connection \
+             to NATS"
+        )),
+    }
+}
+
+/// The object's info; a deleted object is not found. A link is followed once, within
+/// `KILN_DATA` (as the client makes them: never to another link).
+pub(super) async fn stored_info(store: &Bucket, name: &str) -> Result<ObjectInfo, DataError> {
+    let info = plain_info(store, name).await?;
+    let Some(link) = info.options.as_ref().and_then(|o| o.link.as_ref()) else {
+        return Ok(info);
+    };
+    let target = match (&link.name, link.bucket == BUCKET_DATA) {
+        (Some(target), true) => target.clone(),
+        _ => {
+            return Err(DataError::Invalid(format!(
+                "object {name} is a link to {} in bucket {}: kiln reads objects in \
+                 {BUCKET_DATA} only; put the data there and name it",
+                link.name.as_deref().unwrap_or("the whole bucket"),
+                link.bucket
+            )));
+        }
+    };
+    let info = plain_info(store, &target).await.map_err(|e| match e {
+        DataError::Invalid(why) => DataError::Invalid(format!(
+            "object {name} is a link to {target}, which cannot be read: {why}"
+        )),
+        other => other,
+    })?;
+    if info.options.as_ref().is_some_and(|o| o.link.is_some()) {
+        return Err(DataError::Invalid(format!(
+            "object {name} is a link to {target}, itself a link: kiln follows one link; name \
+             the object the links lead to"
+        )));
+    }
+    Ok(info)
+}
+
+/// Object `name`'s own info (a link's, for a link); a deleted object is not found.
+pub(super) async fn plain_info(store: &Bucket, name: &str) -> Result<ObjectInfo, DataError> {
+    if !usable_name(name) {
+        return Err(bad_name(name));
+    }
+    let info = match store.info(name).await {
+        Ok(info) => info,
+        // nats-py marks an object deleted with `"mtime": ""`, which async-nats does not parse.
+        Err(e) if undecodable(&e) && chunks::marked_deleted(&store.stream, name).await => {
+            return Err(not_found(name));
+        }
+        Err(e) => return Err(info_error(name, e)),
+    };
+    if info.deleted {
+        return Err(not_found(name));
+    }
+    Ok(info)
+}
+
+/// Remove object `name` (`kiln rm`; a link removes the link): its size, or `None` when it was
+/// not there (never stored, or deleted by any client, nats-py's form included).
+pub async fn remove(store: &Bucket, name: &str) -> Result<Option<u64>, DataError> {
+    if !usable_name(name) {
+        return Err(bad_name(name));
+    }
+    let size = match store.info(name).await {
+        Ok(info) if info.deleted => return Ok(None),
+        Ok(info) => info.size as u64,
+        Err(e) if e.kind() == InfoErrorKind::NotFound => return Ok(None),
+        Err(e) if undecodable(&e) && chunks::marked_deleted(&store.stream, name).await => {
+            return Ok(None);
+        }
+        Err(e) => return Err(info_error(name, e)),
+    };
+    store.delete(name).await.map_err(|e| {
+        DataError::Io(format!(
+            "could not remove object {name} from {BUCKET_DATA} ({e}); check the connection \
+             to NATS"
+        ))
+    })?;
+    Ok(Some(size))
+}
