@@ -72,8 +72,8 @@ pub(super) fn limit(value: &str) -> Result<i64, String> {
 /// gone at once).
 pub(super) const MIN_BYTE_LIMIT: i64 = 1 << 20;
 
-/// A stream's byte limit, in bytes or with a unit (`512MiB`, `8GiB`, `2GB`): a [`limit`] of
-/// at least [`MIN_BYTE_LIMIT`].
+/// A stream's byte limit, in bytes or with a unit (`512MiB`, `8GiB`, `2GB`): at least
+/// [`MIN_BYTE_LIMIT`] (so never 0 or -1, which NATS reads as no limit).
 pub(super) fn byte_limit(value: &str) -> Result<i64, String> {
     let trimmed = value.trim();
     // A negative count is under the least limit too (and no size bytesize reads).
