@@ -7,6 +7,7 @@ import io
 import json
 import logging
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import nats.js.errors
 import numpy as np
@@ -284,6 +285,20 @@ async def test_a_missing_object_fails_with_invalid_input_naming_it(client: kiln.
     with pytest.raises(kiln.InvalidInput):
         await result.array()
     assert await job.status() == "failed"
+
+
+async def test_errors_about_an_object_put_from_a_file_name_the_file(
+    client: kiln.Client, tmp_path: Path
+) -> None:
+    path = tmp_path / "waves.npy"
+    np.save(path, np.array([1 + 2j, 3 + 4j], dtype=np.complex64))
+    name = f"waves/{kiln.new_job_id()}"
+    await client.put(name, path)
+    ref = kiln.ObjectRef(name)
+    job = await client.submit("vector_add", "cpu", a=ref, b=ref)
+    with pytest.raises(kiln.InvalidInput) as caught:
+        await job.result(timeout=RESULT_TIMEOUT)
+    assert f"object {name} (file waves.npy) has dtype \"<c8\"" in caught.value.message
 
 
 async def test_an_object_the_client_deleted_is_not_found_by_jobs(client: kiln.Client) -> None:

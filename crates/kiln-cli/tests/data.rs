@@ -465,6 +465,111 @@ async fn bad_objects_are_answered_invalid_input_naming_them() {
     assert!(stderr.len() < 400, "{stderr}");
 }
 
+/// A `.npy` of two values of numpy dtype `descr`, `bytes` bytes each.
+fn npy_of(descr: &str, bytes: usize) -> Vec<u8> {
+    let mut header =
+        format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': (2,), }}").into_bytes();
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(b' ');
+    }
+    header.push(b'\n');
+    let mut npy = b"\x93NUMPY\x01\x00".to_vec();
+    npy.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    npy.extend_from_slice(&header);
+    npy.extend(std::iter::repeat_n(0u8, 2 * bytes));
+    npy
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_no_job_can_read_is_refused_before_it_is_sent_and_errors_name_files() {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    cluster.cpu_worker();
+    let dir = tempfile::tempdir().unwrap();
+    let good = write(dir.path(), "good.npy", &npy_of("<f4", 4));
+    let complex = write(dir.path(), "complex.npy", &npy_of("<c8", 8));
+    let cut_bytes = npy_of("<f4", 4);
+    let cut = write(dir.path(), "cut.npy", &cut_bytes[..cut_bytes.len() - 3]);
+    let utf16: Vec<u8> = "\u{feff}x,y\n1,0\n"
+        .encode_utf16()
+        .flat_map(u16::to_le_bytes)
+        .collect();
+    let utf16 = write(dir.path(), "points.csv", &utf16);
+    for (file, says) in [
+        (
+            &complex,
+            "complex.npy has dtype \"<c8\", which kiln does not read",
+        ),
+        (
+            &cut,
+            "cut.npy: truncated: header says 8 bytes of values, found 5",
+        ),
+        (&utf16, "points.csv is in no format kiln reads"),
+    ] {
+        let a = format!("a=@{file}");
+        let out = cluster.kiln(&[
+            "submit",
+            "vector_add",
+            "-i",
+            &a,
+            "-i",
+            &format!("b=@{good}"),
+        ]);
+        assert_eq!(out.status.code(), Some(1), "{file}: {out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("--input a: file "), "{stderr}");
+        assert!(stderr.contains(says), "{stderr}");
+        assert_eq!(stdout(&out), "", "no job was sent");
+    }
+    let stderr = String::from_utf8_lossy(
+        &cluster
+            .kiln(&["submit", "train_mlp", "-i", &format!("dataset=@{utf16}")])
+            .stderr,
+    )
+    .into_owned();
+    assert!(stderr.contains("UTF-16 byte-order mark"), "{stderr}");
+    // Nothing was stored or sent: no object, no job.
+    let js = jetstream::new(cluster.client().await);
+    let mut data = js.get_stream("OBJ_KILN_DATA").await.unwrap();
+    assert_eq!(data.info().await.unwrap().state.messages, 0);
+    let mut jobs = js.get_stream("KILN_JOBS").await.unwrap();
+    assert_eq!(jobs.info().await.unwrap().state.messages, 0);
+
+    // `kiln put` stores such a file all the same (an object may be for something else), and
+    // says so; a job that names it is answered with the file's name beside the object's.
+    let out = cluster.kiln(&["put", &complex, "--name", "waves"]);
+    assert_success(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("note: no job can read it as it is: file ")
+            && stderr.contains("complex.npy has dtype \"<c8\""),
+        "{stderr}"
+    );
+    let out = cluster.kiln(&["put", &good, "--name", "good"]);
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("note:"),
+        "{out:?}"
+    );
+    let out = cluster.kiln(&[
+        "submit",
+        "vector_add",
+        "-i",
+        "a=waves",
+        "-i",
+        "b=good",
+        "--wait",
+    ]);
+    let error = result_of(&out).error.expect("an error");
+    assert_eq!(error.kind, ErrorKind::InvalidInput, "{}", error.message);
+    assert!(
+        error
+            .message
+            .starts_with("parameter \"a\": object waves (file complex.npy) has dtype \"<c8\""),
+        "{}",
+        error.message
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_object_over_the_memory_budget_is_refused_before_it_is_read() {
     let mut cluster = Cluster::new();
@@ -1019,8 +1124,8 @@ async fn an_object_over_the_budget_as_values_is_refused_before_it_loads() {
     assert_eq!(error.kind, ErrorKind::TooLarge, "{}", error.message);
     assert!(
         error.message.contains(
-            "object big/bytes.npy loads as 160000000 bytes (152.6 MiB) of f32 values, over \
-             this worker's memory budget of 64.0 MiB"
+            "object big/bytes.npy (file bytes.npy) loads as 160000000 bytes (152.6 MiB) of \
+             f32 values, over this worker's memory budget of 64.0 MiB"
         ),
         "{}",
         error.message

@@ -16,12 +16,17 @@ pub async fn bucket(js: &jetstream::Context) -> Result<Bucket> {
         .map_err(|e| Error::Data(e.to_string()))
 }
 
-/// Store the file at `path` as object `name`.
+/// Store the file at `path` as object `name`. Its description records the file's name, which
+/// a worker's messages about the object then give.
 pub async fn put_file(bucket: &Bucket, name: &str, path: &Path) -> Result<ObjectDescriptor> {
     let mut file = tokio::fs::File::open(path)
         .await
         .map_err(io(|| format!("opening {}", path.display())))?;
-    kiln_data::store::put_reader(bucket, name, &mut file)
+    let file_name = path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    kiln_data::store::put_file_reader(bucket, name, &mut file, &file_name)
         .await
         .map_err(|e| {
             // A name of a thousand characters is not echoed whole (the error names its size).
@@ -109,6 +114,35 @@ fn replaced(name: &str, got: &str, want: &str) -> Error {
     ))
 }
 
+/// How many first bytes of a file [`file_problem`] reads.
+const CHECKED: u64 = 1 << 20;
+
+/// Why no job could read the file at `path`, as far as its first bytes tell (an element type
+/// kiln does not read, a header cut short, text in UTF-16, no format at all: see
+/// [`kiln_data::formats::check_start`]); `entry` is the safetensors entry a job would pick.
+/// `None` when they tell nothing against it, and for what is not a regular file (a pipe's
+/// bytes are read once).
+pub fn file_problem(path: &Path, entry: Option<&str>) -> Result<Option<String>> {
+    use std::io::Read as _;
+    let file = std::fs::File::open(path).map_err(io(|| format!("opening {}", path.display())))?;
+    let metadata = file
+        .metadata()
+        .map_err(io(|| format!("reading {}", path.display())))?;
+    if !metadata.is_file() {
+        return Ok(None);
+    }
+    let mut prefix = Vec::new();
+    file.take(CHECKED)
+        .read_to_end(&mut prefix)
+        .map_err(io(|| format!("reading {}", path.display())))?;
+    let what = format!("file {}", path.display());
+    Ok(
+        kiln_data::formats::check_start(&what, &prefix, metadata.len(), entry)
+            .err()
+            .map(|e| e.to_string()),
+    )
+}
+
 /// A tensor parameter taken from a file or a stored object: `KEY=@FILE[#ENTRY]` or
 /// `KEY=NAME` (as `kiln submit --input` spells it).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -167,6 +201,18 @@ impl Input {
             source,
             entry,
         })
+    }
+
+    /// Refuse a file no job could read ([`file_problem`]) before anything is stored or sent;
+    /// an object already stored is the worker's to read.
+    pub fn check_file(&self) -> Result<()> {
+        let Source::File(path) = &self.source else {
+            return Ok(());
+        };
+        match file_problem(path, self.entry.as_deref())? {
+            Some(problem) => Err(Error::Invalid(format!("--input {}: {problem}", self.key))),
+            None => Ok(()),
+        }
     }
 }
 

@@ -124,6 +124,45 @@ async fn refuses_before_downloading_a_missing_too_large_or_unexpected_object() {
     assert!(m.contains("is not 64 hex digits"), "{m}");
 }
 
+/// An object stored from a file records the file's name as its description (unless it is the
+/// object's name), and what a worker says about the object names the file beside it.
+#[tokio::test]
+async fn objects_stored_from_files_are_named_with_their_file() {
+    let (_server, _js, store) = bucket().await;
+    let npy = formats::encode_npy(&HostTensor::new(vec![300_000], vec![1.0; 300_000]));
+    let d = store::put_file_reader(&store, "inputs/j/s/a", &mut &npy[..], "weights.npy")
+        .await
+        .unwrap();
+    assert_eq!(d.format, "npy");
+    let info = store.info("inputs/j/s/a").await.unwrap();
+    assert_eq!(info.description.as_deref(), Some("file weights.npy"));
+    store::put_file_reader(&store, "weights.npy", &mut &npy[..], "weights.npy")
+        .await
+        .unwrap();
+    assert_eq!(store.info("weights.npy").await.unwrap().description, None);
+
+    let reference = ObjectRef::new("inputs/j/s/a");
+    match store::fetch(&store, &reference, Want::Tensor, MIB / 2, 1 << 30).await {
+        Err(DataError::TooLarge(m)) => assert!(
+            m.starts_with("object inputs/j/s/a (file weights.npy) is 1.1 MiB, over"),
+            "{m}"
+        ),
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    let m = invalid(store::fetch(&store, &reference, Want::Dataset, 4 * MIB, 1 << 30).await);
+    assert!(
+        m.starts_with("object inputs/j/s/a (file weights.npy) is a .npy tensor, but this job"),
+        "{m}"
+    );
+    let measured = store::load_size(&store, &reference, Want::Tensor)
+        .await
+        .unwrap();
+    assert_eq!(
+        measured.what("inputs/j/s/a"),
+        "object inputs/j/s/a (file weights.npy)"
+    );
+}
+
 #[tokio::test]
 async fn corrupt_and_truncated_objects_are_invalid() {
     let (_server, js, store) = bucket().await;

@@ -67,10 +67,9 @@ pub(crate) async fn load(
             let m = store::load_size(bucket, &w.reference, w.want)
                 .await
                 .map_err(refuse)?;
-            store::check_size(w.reference.object.as_str(), m.size(), budget).map_err(refuse)?;
-            m.load
-                .check(&format!("object {}", w.reference.object), budget)
-                .map_err(refuse)?;
+            let what = m.what(w.reference.object.as_str());
+            store::check_size(&what, m.size(), budget).map_err(refuse)?;
+            m.load.check(&what, budget).map_err(refuse)?;
             bytes = bytes.saturating_add(m.load.reserve(budget));
             measured.push(m);
         }

@@ -18,6 +18,7 @@ from typing import Any
 
 import nats
 import nats.errors
+import nats.js.api
 import nats.js.errors
 import numpy as np
 from nats.aio.client import Client as NATS
@@ -1011,18 +1012,24 @@ class Client:
                 f"object names are at most {_wire.MAX_OBJECT_NAME} bytes, not "
                 f"{len(name.encode())} (the server closes the connection of a longer one)"
             )
+        # A file's name is kept as the object's description: a worker's errors about the
+        # object name it (`object NAME (file data.csv)`), as they do for `kiln put`.
+        description = None
         if isinstance(data, np.ndarray):
             payload = _wire.npy_bytes(data)
         elif isinstance(data, (bytes, bytearray, memoryview)):
             payload = bytes(data)
         elif isinstance(data, (str, os.PathLike)):
-            payload = await asyncio.get_running_loop().run_in_executor(None, Path(data).read_bytes)
+            path = Path(data)
+            payload = await asyncio.get_running_loop().run_in_executor(None, path.read_bytes)
+            if path.name and path.name != name:
+                description = f"file {path.name}"
         else:
             raise TypeError(
                 f"put stores bytes, a numpy array or a file path, not {type(data).__name__}"
             )
         bucket = await self._bucket()
-        await bucket.put(name, payload)
+        await bucket.put(name, payload, meta=nats.js.api.ObjectMeta(description=description))
         return _wire.ObjectInfo(
             name=name, size=len(payload), sha256=hashlib.sha256(payload).hexdigest()
         )

@@ -16,6 +16,8 @@ pub async fn put(nats: &NatsArgs, args: PutArgs) -> anyhow::Result<ExitCode> {
         Some(name) => name.clone(),
         None => file_name(&args.file)?,
     };
+    // Stored all the same (an object may be for something else than a job), with a note.
+    let problem = kiln_client::data::file_problem(&args.file, None)?;
     let js = connect(nats).await?;
     let bucket = bucket(&js).await?;
     let descriptor = put_file(&bucket, &name, &args.file).await?;
@@ -34,6 +36,9 @@ pub async fn put(nats: &NatsArgs, args: PutArgs) -> anyhow::Result<ExitCode> {
         descriptor.name,
         kiln_proto::BUCKET_DATA
     );
+    if let Some(problem) = problem {
+        eprintln!("note: no job can read it as it is: {problem}");
+    }
     if let Some((object, entry)) = descriptor.name.rsplit_once('#')
         && !entry.is_empty()
     {

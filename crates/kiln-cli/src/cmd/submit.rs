@@ -569,5 +569,9 @@ fn parse_inputs(args: &SubmitArgs) -> anyhow::Result<Vec<Input>> {
             input.key
         );
     }
+    // A file no job could read is refused here, not stored and answered by a failed job.
+    for input in &inputs {
+        input.check_file()?;
+    }
     Ok(inputs)
 }

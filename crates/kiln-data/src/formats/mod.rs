@@ -8,6 +8,7 @@
 use std::io::Read;
 
 // One module per format family; `values` reads the element types every tensor format stores.
+mod check;
 mod datasets;
 mod error;
 mod images;
@@ -16,6 +17,7 @@ mod safetensors;
 mod sizes;
 mod values;
 
+pub use self::check::{check_start, not_a_format_hint};
 pub use self::datasets::decode_dataset;
 pub use self::error::DataError;
 pub use self::images::{decode_image, encode_png};

@@ -108,7 +108,11 @@ pub(super) fn list_names(names: &[String]) -> String {
 }
 
 /// The entry to read: `key`, or the only one.
-fn choose_key(what: &str, names: &[String], key: Option<&str>) -> Result<String, DataError> {
+pub(super) fn choose_key(
+    what: &str,
+    names: &[String],
+    key: Option<&str>,
+) -> Result<String, DataError> {
     match (key, names) {
         (_, []) => Err(invalid(format!(
             "{what} holds no tensors; store at least one"
@@ -129,7 +133,7 @@ fn choose_key(what: &str, names: &[String], key: Option<&str>) -> Result<String,
     }
 }
 
-fn tensor_elem(what: &str, key: &str, info: &TensorInfo) -> Result<Elem, DataError> {
+pub(super) fn tensor_elem(what: &str, key: &str, info: &TensorInfo) -> Result<Elem, DataError> {
     Elem::from_safetensors(info.dtype).ok_or_else(|| {
         invalid(format!(
             "{what}: tensor {key:?} has dtype {}, which kiln does not read; store it as F32 \

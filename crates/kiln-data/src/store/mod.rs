@@ -26,7 +26,7 @@ pub use chunks::CHUNK_PATIENCE;
 pub use names::{MAX_OBJECT_NAME, remove};
 pub use sizes::{Measured, load_size};
 
-use self::names::{bad_name, stored_info, usable_name};
+use self::names::{bad_name, described, stored_info, usable_name};
 
 use self::readers::{Prefixed, Verified, read_error, read_full};
 use crate::formats::{self, DataError, Format};
@@ -265,9 +265,9 @@ async fn fetch_info(
     max_elements: u64,
 ) -> Result<Loaded, DataError> {
     let name = reference.object.as_str();
-    let what = format!("object {name}");
+    let what = described(name, info);
     let size = info.size as u64;
-    check_size(name, size, max_bytes)?;
+    check_size(&what, size, max_bytes)?;
     if let Some(expected) = &reference.sha256 {
         check_digest(&what, info, expected)?;
     }
@@ -319,18 +319,23 @@ async fn fetch_info(
                 .map(Loaded::Model)
         }
         (want, format) => Err(DataError::Invalid(format!(
-            "{what} is {}, but this job wants {}; store it in one of those formats",
+            "{what} is {}, but this job wants {}; store it in one of those formats{}",
             Format::describe(format),
-            want.describe()
+            want.describe(),
+            match format {
+                None => formats::not_a_format_hint(&object.prefix),
+                Some(_) => "",
+            }
         ))),
     }
 }
 
-/// Refuse an object of `size` bytes over the caller's `max_bytes`.
-pub fn check_size(name: &str, size: u64, max_bytes: u64) -> Result<(), DataError> {
+/// Refuse an object of `size` bytes over the caller's `max_bytes`; `what` names it (as
+/// [`Measured::what`] does).
+pub fn check_size(what: &str, size: u64, max_bytes: u64) -> Result<(), DataError> {
     if size > max_bytes {
         return Err(DataError::TooLarge(format!(
-            "object {name} is {} MiB, over this worker's memory budget of {} MiB; send a \
+            "{what} is {} MiB, over this worker's memory budget of {} MiB; send a \
              smaller object or run a worker with more memory",
             formats::mib(size),
             formats::mib(max_bytes)
@@ -471,11 +476,12 @@ async fn put(
     store: &Bucket,
     name: &str,
     reader: &mut (impl AsyncRead + Unpin),
+    description: Option<String>,
 ) -> Result<ObjectInfo, DataError> {
     if !usable_name(name) {
         return Err(bad_name(name));
     }
-    put::put(store, name, reader)
+    put::put(store, name, reader, description)
         .await
         .map_err(|e| put_error(name, e))
 }
@@ -523,19 +529,19 @@ pub async fn put_tensor(
     let (info, dtype) = match format {
         "npy" => {
             let header = formats::npy_header(&tensor.shape);
-            let info = put(store, name, &mut Prefixed::new(header, &values[..])).await?;
+            let info = put(store, name, &mut Prefixed::new(header, &values[..]), None).await?;
             (info, "f32")
         }
         "safetensors" => {
             let entry = if entry.is_empty() { "tensor" } else { entry };
             let header = formats::safetensors_header(entry, &tensor.shape)?;
-            let info = put(store, name, &mut Prefixed::new(header, &values[..])).await?;
+            let info = put(store, name, &mut Prefixed::new(header, &values[..]), None).await?;
             (info, "f32")
         }
         "png" => {
             let owned = tensor.clone();
             let png = decode_blocking(move || formats::encode_png(&owned)).await?;
-            (put(store, name, &mut &png[..]).await?, "u8")
+            (put(store, name, &mut &png[..], None).await?, "u8")
         }
         other => {
             return Err(DataError::Invalid(format!(
@@ -554,7 +560,7 @@ pub async fn put_model(
     model: &Model,
 ) -> Result<ObjectDescriptor, DataError> {
     let bytes = formats::encode_safetensors(model)?;
-    let info = put(store, name, &mut &bytes[..]).await?;
+    let info = put(store, name, &mut &bytes[..], None).await?;
     Ok(descriptor(&info, "safetensors", Vec::new(), "f32"))
 }
 
@@ -566,13 +572,35 @@ pub async fn put_reader(
     name: &str,
     reader: &mut (impl AsyncRead + Unpin),
 ) -> Result<ObjectDescriptor, DataError> {
+    put_described(store, name, reader, None).await
+}
+
+/// [`put_reader`] for the contents of the file `file_name`: the object's description records
+/// it (`file data.csv`), and messages about the object name it (`object inputs/…/x (file
+/// data.csv)`), unless it is the object's name already.
+pub async fn put_file_reader(
+    store: &Bucket,
+    name: &str,
+    reader: &mut (impl AsyncRead + Unpin),
+    file_name: &str,
+) -> Result<ObjectDescriptor, DataError> {
+    let description = (file_name != name).then(|| format!("file {file_name}"));
+    put_described(store, name, reader, description).await
+}
+
+async fn put_described(
+    store: &Bucket,
+    name: &str,
+    reader: &mut (impl AsyncRead + Unpin),
+    description: Option<String>,
+) -> Result<ObjectDescriptor, DataError> {
     let mut prefix = vec![0u8; PEEK];
     let n = read_full(reader, &mut prefix)
         .await
         .map_err(|e| DataError::Io(format!("object {name}: reading its data failed ({e})")))?;
     prefix.truncate(n);
     let (format, shape, dtype) = formats::describe_prefix(&prefix);
-    let info = put(store, name, &mut Prefixed::new(prefix, reader)).await?;
+    let info = put(store, name, &mut Prefixed::new(prefix, reader), description).await?;
     let format = format.map_or("", Format::as_str);
     Ok(descriptor(&info, format, shape, &dtype))
 }

@@ -133,3 +133,24 @@ pub async fn remove(store: &Bucket, name: &str) -> Result<Option<u64>, DataError
     })?;
     Ok(Some(size))
 }
+
+/// How messages name the object `name` whose info is `info`: `object NAME`, followed by its
+/// description (kiln records the file it was stored from: `object inputs/…/x (file
+/// data.csv)`), bounded and on one line.
+pub(super) fn described(name: &str, info: &ObjectInfo) -> String {
+    let description = info
+        .description
+        .as_deref()
+        .map(|d| {
+            let shown: String = d
+                .chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect();
+            shown.split_whitespace().collect::<Vec<_>>().join(" ")
+        })
+        .filter(|d| !d.is_empty());
+    match description {
+        Some(d) => format!("object {name} ({})", kiln_proto::cut(&d, 80)),
+        None => format!("object {name}"),
+    }
+}

@@ -26,13 +26,15 @@ use super::{Bucket, CHUNK_SIZE};
 /// Chunks sent before the first of them must be acknowledged: 4 MiB in flight.
 pub(crate) const WINDOW: usize = 8;
 
-/// Store everything `reader` yields as object `name` (its name checked by the caller),
+/// Store everything `reader` yields as object `name` (its name checked by the caller), with
+/// `description` (the file it came from),
 /// replacing the object of that name, whose chunks are then removed. On failure nothing of
 /// this put is left in the bucket, as far as the server can still be told.
 pub(crate) async fn put(
     bucket: &Bucket,
     name: &str,
     reader: &mut (impl AsyncRead + Unpin),
+    description: Option<String>,
 ) -> Result<ObjectInfo, PutError> {
     let previous = bucket.store.info(name).await.ok();
     let nuid = nuid::next().to_string();
@@ -46,7 +48,7 @@ pub(crate) async fn put(
     };
     let info = ObjectInfo {
         name: name.to_owned(),
-        description: None,
+        description,
         metadata: Default::default(),
         headers: None,
         options: Some(ObjectOptions {

@@ -21,6 +21,12 @@ impl Measured {
     pub fn size(&self) -> u64 {
         self.info.size as u64
     }
+
+    /// How messages name it: `object NAME`, with the file it was stored from where its
+    /// description records one (`object inputs/…/x (file data.csv)`).
+    pub fn what(&self, name: &str) -> String {
+        super::described(name, &self.info)
+    }
 }
 
 /// What loading the object `reference` names (a link's target) as `want` holds, told from its
