@@ -16,12 +16,83 @@ pub async fn bucket(js: &jetstream::Context) -> Result<Bucket> {
         .map_err(|e| Error::Data(e.to_string()))
 }
 
-/// Store the file at `path` as object `name`. Its description records the file's name, which
-/// a worker's messages about the object then give.
-pub async fn put_file(bucket: &Bucket, name: &str, path: &Path) -> Result<ObjectDescriptor> {
-    let mut file = tokio::fs::File::open(path)
+/// Told the bytes each step of a transfer moved, as it goes (a progress bar's `inc`): how
+/// `kiln` shows a large file going in or out.
+pub type OnBytes<'a> = Option<&'a (dyn Fn(u64) + Send + Sync)>;
+
+/// A reader or writer that tells [`OnBytes`] what passes through it.
+struct Counting<'a, T> {
+    inner: T,
+    on_bytes: OnBytes<'a>,
+}
+
+impl<'a, T> Counting<'a, T> {
+    fn new(inner: T, on_bytes: OnBytes<'a>) -> Self {
+        Counting { inner, on_bytes }
+    }
+
+    fn tell(&self, bytes: usize) {
+        if let (Some(on_bytes), 1..) = (self.on_bytes, bytes) {
+            on_bytes(bytes as u64);
+        }
+    }
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counting<'_, T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let std::task::Poll::Ready(Ok(())) = polled {
+            self.tell(buf.filled().len() - before);
+        }
+        polled
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Counting<'_, T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = polled {
+            self.tell(n);
+        }
+        polled
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Store the file at `path` as object `name`, telling `on_bytes` as it goes. Its description
+/// records the file's name, which a worker's messages about the object then give.
+pub async fn put_file(
+    bucket: &Bucket,
+    name: &str,
+    path: &Path,
+    on_bytes: OnBytes<'_>,
+) -> Result<ObjectDescriptor> {
+    let file = tokio::fs::File::open(path)
         .await
         .map_err(io(|| format!("opening {}", path.display())))?;
+    let mut file = Counting::new(file, on_bytes);
     let file_name = path.file_name().map_or_else(
         || path.display().to_string(),
         |n| n.to_string_lossy().into_owned(),
@@ -35,14 +106,15 @@ pub async fn put_file(bucket: &Bucket, name: &str, path: &Path) -> Result<Object
         })
 }
 
-/// Write object `name` to `writer`; returns its size. With `expected`, the object's bytes
-/// must have that SHA-256 (the digest a result event recorded when the job stored it): an
-/// object replaced since is refused before a byte is written.
+/// Write object `name` to `writer`, telling `on_bytes` as it goes; returns its size. With
+/// `expected`, the object's bytes must have that SHA-256 (the digest a result event recorded
+/// when the job stored it): an object replaced since is refused before a byte is written.
 pub async fn get_to_writer(
     bucket: &Bucket,
     name: &str,
     writer: &mut (impl tokio::io::AsyncWrite + Unpin),
     expected: Option<&str>,
+    on_bytes: OnBytes<'_>,
 ) -> Result<u64> {
     if let Some(want) = expected {
         let info = bucket
@@ -58,26 +130,28 @@ pub async fn get_to_writer(
             return Err(replaced(name, &got, want));
         }
     }
-    let got = kiln_data::store::get_to_writer(bucket, name, writer)
+    let got = kiln_data::store::get_to_writer(bucket, name, &mut Counting::new(writer, on_bytes))
         .await
         .map_err(|e| Error::Data(format!("fetching {name:?}: {e}")))?;
     Ok(got.size)
 }
 
-/// Write object `name` to the file at `path`; returns its size. With `expected`, as
-/// [`get_to_writer`]: an object whose bytes do not have that SHA-256 is not written. The
-/// bytes go to a file beside `path`, renamed when complete: an interrupted fetch leaves no
-/// half file under the name asked for.
+/// Write object `name` to the file at `path`, telling `on_bytes` as it goes; returns its
+/// size. With `expected`, as [`get_to_writer`]: an object whose bytes do not have that
+/// SHA-256 is not written. The bytes go to a file beside `path`, renamed when complete: an
+/// interrupted fetch leaves no half file under the name asked for.
 pub async fn get_file(
     bucket: &Bucket,
     name: &str,
     path: &Path,
     expected: Option<&str>,
+    on_bytes: OnBytes<'_>,
 ) -> Result<u64> {
     let partial = partial_path(path);
-    let mut file = tokio::fs::File::create(&partial)
+    let file = tokio::fs::File::create(&partial)
         .await
         .map_err(io(|| format!("creating {}", partial.display())))?;
+    let mut file = Counting::new(file, on_bytes);
     let got = kiln_data::store::get_to_writer(bucket, name, &mut file)
         .await
         .map_err(|e| Error::Data(format!("fetching {name:?}: {e}")));
@@ -216,13 +290,15 @@ impl Input {
     }
 }
 
-/// Store the files `--input` names (as `inputs/<job id>/<submission>/<key>`) and set each parameter to its
-/// object reference, with the digest the worker checks.
+/// Store the files `--input` names (as `inputs/<job id>/<submission>/<key>`, telling
+/// `on_bytes` as they go) and set each parameter to its object reference, with the digest the
+/// worker checks.
 pub async fn attach_inputs(
     bucket: &Bucket,
     job_id: &str,
     inputs: &[Input],
     params: &mut serde_json::Value,
+    on_bytes: OnBytes<'_>,
 ) -> Result<()> {
     // A name of this submission's own: a later submission under the same id (which the
     // server drops as a duplicate while this one waits) must not replace the files this one
@@ -232,7 +308,7 @@ pub async fn attach_inputs(
         let mut reference = match &input.source {
             Source::File(path) => {
                 let name = format!("inputs/{job_id}/{submission}/{}", input.key);
-                let descriptor = put_file(bucket, &name, path).await?;
+                let descriptor = put_file(bucket, &name, path, on_bytes).await?;
                 let mut reference = ObjectRef::new(descriptor.name);
                 reference.sha256 = Some(descriptor.sha256);
                 reference
@@ -330,6 +406,7 @@ pub async fn save_output(
     js: &jetstream::Context,
     event: &kiln_proto::ResultEvent,
     path: &Path,
+    on_bytes: OnBytes<'_>,
 ) -> Result<SavedOutput> {
     let descriptor = stored_output(event)?;
     let bucket = bucket(js).await?;
@@ -337,11 +414,14 @@ pub async fn save_output(
     let stdout = path == Path::new("-");
     let converted = conversion(event, &descriptor, path)?;
     let size = match converted {
-        None if stdout => get_to_writer(&bucket, name, &mut tokio::io::stdout(), sha256).await?,
-        None => get_file(&bucket, name, path, sha256).await?,
+        None if stdout => {
+            let stdout = &mut tokio::io::stdout();
+            get_to_writer(&bucket, name, stdout, sha256, on_bytes).await?
+        }
+        None => get_file(&bucket, name, path, sha256, on_bytes).await?,
         Some(mode) => {
             let mut stored = Vec::new();
-            get_to_writer(&bucket, name, &mut stored, sha256).await?;
+            get_to_writer(&bucket, name, &mut stored, sha256, on_bytes).await?;
             let (what, format) = (descriptor.name.clone(), descriptor.format.clone());
             // The values its descriptor (checked by digest with the bytes) says it holds: a
             // decoder never makes more, whatever the bytes claim.
@@ -578,6 +658,43 @@ pub fn partial_path(path: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What `kiln` draws its progress bars from: every byte of a file stored and fetched is
+    /// told, in more than one step for a file of several chunks.
+    #[tokio::test]
+    async fn transfers_tell_every_byte_as_they_go() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let server = kiln_testkit::NatsServer::start();
+        let js = jetstream::new(async_nats::connect(server.url()).await.unwrap());
+        js.create_object_store(kiln_proto::Topology::default().data_bucket())
+            .await
+            .unwrap();
+        let bucket = bucket(&js).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let bytes: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let path = dir.path().join("big.bin");
+        std::fs::write(&path, &bytes).unwrap();
+        let (told, steps) = (AtomicU64::new(0), AtomicU64::new(0));
+        let on_bytes = |n: u64| {
+            told.fetch_add(n, Ordering::Relaxed);
+            steps.fetch_add(1, Ordering::Relaxed);
+        };
+        let d = put_file(&bucket, "big", &path, Some(&on_bytes))
+            .await
+            .unwrap();
+        assert_eq!(d.size, bytes.len() as u64);
+        assert_eq!(told.load(Ordering::Relaxed), bytes.len() as u64);
+        assert!(steps.load(Ordering::Relaxed) > 1);
+
+        told.store(0, Ordering::Relaxed);
+        let back = dir.path().join("back.bin");
+        let size = get_file(&bucket, "big", &back, Some(&d.sha256), Some(&on_bytes))
+            .await
+            .unwrap();
+        assert_eq!(size, bytes.len() as u64);
+        assert_eq!(told.load(Ordering::Relaxed), bytes.len() as u64);
+        assert_eq!(std::fs::read(&back).unwrap(), bytes);
+    }
 
     #[test]
     fn inputs_name_files_objects_and_entries() {

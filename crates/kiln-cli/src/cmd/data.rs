@@ -8,6 +8,9 @@ use anyhow::Context as _;
 use async_nats::jetstream;
 use kiln_client::data::{bucket, get_file, get_to_writer, put_file};
 
+use indicatif::ProgressBar;
+
+use super::submit::bytes_bar;
 use crate::cli::{GetArgs, NatsArgs, PutArgs, RmArgs};
 
 /// `kiln put FILE [--name NAME]`: store the file, print the reference a job names it by.
@@ -20,7 +23,12 @@ pub async fn put(nats: &NatsArgs, args: PutArgs) -> anyhow::Result<ExitCode> {
     let problem = kiln_client::data::file_problem(&args.file, None)?;
     let js = connect(nats).await?;
     let bucket = bucket(&js).await?;
-    let descriptor = put_file(&bucket, &name, &args.file).await?;
+    let size = std::fs::metadata(&args.file).map_or(0, |m| m.len());
+    let bar = bytes_bar(size, "storing");
+    let on_bytes = |n: u64| bar.iter().for_each(|bar| bar.inc(n));
+    let descriptor = put_file(&bucket, &name, &args.file, Some(&on_bytes)).await;
+    bar.iter().for_each(ProgressBar::finish_and_clear);
+    let descriptor = descriptor?;
     let reference = serde_json::json!({
         "object": descriptor.name,
         "sha256": descriptor.sha256,
@@ -57,11 +65,13 @@ pub async fn get(nats: &NatsArgs, args: GetArgs) -> anyhow::Result<ExitCode> {
     let js = connect(nats).await?;
     let bucket = bucket(&js).await?;
     // A removed object keeps an info, marked deleted.
-    if !bucket
+    let Some(size) = bucket
         .info(&args.name)
         .await
-        .is_ok_and(|info| !info.deleted)
-    {
+        .ok()
+        .filter(|info| !info.deleted)
+        .map(|info| info.size as u64)
+    else {
         eprintln!(
             "kiln: no object {:?} in {}: `kiln result <id>` names a job's output in \
              output.object.name",
@@ -69,7 +79,7 @@ pub async fn get(nats: &NatsArgs, args: GetArgs) -> anyhow::Result<ExitCode> {
             kiln_proto::BUCKET_DATA
         );
         return Ok(ExitCode::from(super::EXIT_NOT_FOUND));
-    }
+    };
     let path = match &args.output {
         Some(path) => path.clone(),
         None => match args.name.rsplit('/').next().unwrap_or(&args.name) {
@@ -85,11 +95,24 @@ pub async fn get(nats: &NatsArgs, args: GetArgs) -> anyhow::Result<ExitCode> {
             base => PathBuf::from(base),
         },
     };
+    let bar = bytes_bar(size, "fetching");
+    let on_bytes = |n: u64| bar.iter().for_each(|bar| bar.inc(n));
+    let on_bytes = Some(&on_bytes as &(dyn Fn(u64) + Send + Sync));
     if path == Path::new("-") {
-        get_to_writer(&bucket, &args.name, &mut tokio::io::stdout(), None).await?;
+        get_to_writer(
+            &bucket,
+            &args.name,
+            &mut tokio::io::stdout(),
+            None,
+            on_bytes,
+        )
+        .await?;
+        bar.iter().for_each(ProgressBar::finish_and_clear);
     } else {
-        let size = or_interrupted(&path, get_file(&bucket, &args.name, &path, None)).await?;
-        eprintln!("wrote {} ({size} bytes)", path.display());
+        let fetch = get_file(&bucket, &args.name, &path, None, on_bytes);
+        let size = or_interrupted(&path, fetch).await;
+        bar.iter().for_each(ProgressBar::finish_and_clear);
+        eprintln!("wrote {} ({} bytes)", path.display(), size?);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -154,19 +177,23 @@ pub async fn save_output(
     path: &Path,
     retry: bool,
 ) -> anyhow::Result<()> {
-    let saved = or_interrupted(path, kiln_client::data::save_output(js, event, path))
-        .await
-        .with_context(|| {
-            let later = match retry {
-                true => format!("; `kiln result {} --output FILE` writes it", event.id),
-                false => String::new(),
-            };
-            format!(
-                "job {} has its result, but its output was not written to {}{later}",
-                event.id,
-                path.display(),
-            )
-        })?;
+    let size = kiln_client::data::stored_output(event).map_or(0, |d| d.size);
+    let bar = bytes_bar(size, "fetching");
+    let on_bytes = |n: u64| bar.iter().for_each(|bar| bar.inc(n));
+    let saving = kiln_client::data::save_output(js, event, path, Some(&on_bytes));
+    let saved = or_interrupted(path, saving).await;
+    bar.iter().for_each(ProgressBar::finish_and_clear);
+    let saved = saved.with_context(|| {
+        let later = match retry {
+            true => format!("; `kiln result {} --output FILE` writes it", event.id),
+            false => String::new(),
+        };
+        format!(
+            "job {} has its result, but its output was not written to {}{later}",
+            event.id,
+            path.display(),
+        )
+    })?;
     let d = &saved.descriptor;
     let format = match saved.converted_to {
         Some(to) => format!("{to}, converted from the stored {}", d.format),

@@ -27,6 +27,26 @@ pub fn progress_bar(len: u64, what: &str) -> ProgressBar {
     bar
 }
 
+/// Transfers smaller than this go without a bar: they are over before one would show.
+const BAR_BYTES: u64 = 8 << 20;
+
+/// A progress bar in bytes on stderr for a transfer of `total` bytes (`what`: "storing",
+/// "fetching"); none for a small one (hidden when stderr is not a terminal).
+pub fn bytes_bar(total: u64, what: &str) -> Option<ProgressBar> {
+    (total >= BAR_BYTES).then(|| {
+        let bar = ProgressBar::new(total);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{msg:>10} [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta})",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar.set_message(what.to_owned());
+        bar
+    })
+}
+
 /// `kiln submit`: check what was asked, publish the jobs, and with `--wait` print their
 /// results as they come.
 pub async fn run(nats: &NatsArgs, args: SubmitArgs) -> anyhow::Result<ExitCode> {
@@ -176,13 +196,26 @@ impl<'a> Submission<'a> {
     async fn jobs(&mut self, js: &jetstream::Context) -> anyhow::Result<Vec<JobSpec>> {
         if !self.inputs.is_empty() {
             let bucket = kiln_client::data::bucket(js).await?;
+            let total = self
+                .inputs
+                .iter()
+                .filter_map(|input| match &input.source {
+                    kiln_client::data::Source::File(path) => std::fs::metadata(path).ok(),
+                    kiln_client::data::Source::Object(_) => None,
+                })
+                .map(|m| m.len())
+                .sum();
+            let bar = bytes_bar(total, "storing");
+            let on_bytes = |n: u64| bar.iter().for_each(|bar| bar.inc(n));
             kiln_client::data::attach_inputs(
                 &bucket,
                 &self.base_id,
                 &self.inputs,
                 &mut self.params,
+                Some(&on_bytes),
             )
             .await?;
+            bar.iter().for_each(ProgressBar::finish_and_clear);
         }
         self.ids
             .iter()
