@@ -495,6 +495,7 @@ async fn a_file_no_job_can_read_is_refused_before_it_is_sent_and_errors_name_fil
         .flat_map(u16::to_le_bytes)
         .collect();
     let utf16 = write(dir.path(), "points.csv", &utf16);
+    std::fs::create_dir(dir.path().join("folder")).unwrap();
     for (file, says) in [
         (
             &complex,
@@ -520,6 +521,18 @@ async fn a_file_no_job_can_read_is_refused_before_it_is_sent_and_errors_name_fil
         assert!(stderr.contains("--input a: file "), "{stderr}");
         assert!(stderr.contains(says), "{stderr}");
         assert_eq!(stdout(&out), "", "no job was sent");
+    }
+    for args in [
+        vec!["submit", "vector_add", "-i", "a=@folder", "-i", "b=@folder"],
+        vec!["put", "folder"],
+    ] {
+        let out = cluster.kiln_in(dir.path(), &args);
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("folder is a folder: name a file"),
+            "{stderr}"
+        );
     }
     let stderr = String::from_utf8_lossy(
         &cluster

@@ -195,13 +195,19 @@ const CHECKED: u64 = 1 << 20;
 /// kiln does not read, a header cut short, text in UTF-16, no format at all: see
 /// [`kiln_data::formats::check_start`]); `entry` is the safetensors entry a job would pick.
 /// `None` when they tell nothing against it, and for what is not a regular file (a pipe's
-/// bytes are read once).
+/// bytes are read once); an error for a folder, which cannot be stored at all.
 pub fn file_problem(path: &Path, entry: Option<&str>) -> Result<Option<String>> {
     use std::io::Read as _;
     let file = std::fs::File::open(path).map_err(io(|| format!("opening {}", path.display())))?;
     let metadata = file
         .metadata()
         .map_err(io(|| format!("reading {}", path.display())))?;
+    if metadata.is_dir() {
+        return Err(Error::Invalid(format!(
+            "{} is a folder: name a file",
+            path.display()
+        )));
+    }
     if !metadata.is_file() {
         return Ok(None);
     }
