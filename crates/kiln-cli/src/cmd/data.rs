@@ -99,15 +99,10 @@ pub async fn get(nats: &NatsArgs, args: GetArgs) -> anyhow::Result<ExitCode> {
     let on_bytes = |n: u64| bar.iter().for_each(|bar| bar.inc(n));
     let on_bytes = Some(&on_bytes as &(dyn Fn(u64) + Send + Sync));
     if path == Path::new("-") {
-        get_to_writer(
-            &bucket,
-            &args.name,
-            &mut tokio::io::stdout(),
-            None,
-            on_bytes,
-        )
-        .await?;
+        let stdout = &mut tokio::io::stdout();
+        let written = get_to_writer(&bucket, &args.name, stdout, None, on_bytes).await;
         bar.iter().for_each(ProgressBar::finish_and_clear);
+        written?;
     } else {
         let fetch = get_file(&bucket, &args.name, &path, None, on_bytes);
         let size = or_interrupted(&path, fetch).await;

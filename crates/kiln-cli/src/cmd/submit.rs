@@ -207,15 +207,16 @@ impl<'a> Submission<'a> {
                 .sum();
             let bar = bytes_bar(total, "storing");
             let on_bytes = |n: u64| bar.iter().for_each(|bar| bar.inc(n));
-            kiln_client::data::attach_inputs(
+            let attached = kiln_client::data::attach_inputs(
                 &bucket,
                 &self.base_id,
                 &self.inputs,
                 &mut self.params,
                 Some(&on_bytes),
             )
-            .await?;
+            .await;
             bar.iter().for_each(ProgressBar::finish_and_clear);
+            attached?;
         }
         self.ids
             .iter()
