@@ -187,6 +187,27 @@ async fn corrupt_and_truncated_objects_are_invalid() {
     let m = invalid(store::get_to_writer(&store, "x", &mut Vec::new()).await);
     assert!(m.starts_with("object x is corrupt"), "{m}");
 
+    // An object of one chunk, measured (its chunk read whole), whose info names other bytes:
+    // the measured bytes are checked too.
+    store::put_tensor(&store, "real", &t, "npy", "")
+        .await
+        .unwrap();
+    publish_meta(&js, &store, "forged", |meta| {
+        meta["digest"] = format!("SHA-256={}", "A".repeat(43) + "=").into();
+    })
+    .await;
+    let forged = ObjectRef::new("forged");
+    let measured = store::load_size(&store, &forged, Want::Tensor)
+        .await
+        .unwrap();
+    let fetched = store::fetch_measured(&store, &forged, &measured, Want::Tensor, MIB, 1 << 20);
+    let m = invalid(fetched.await);
+    assert!(m.starts_with("object forged is corrupt"), "{m}");
+    let real = ObjectRef::new("real");
+    let measured = store::load_size(&store, &real, Want::Tensor).await.unwrap();
+    let fetched = store::fetch_measured(&store, &real, &measured, Want::Tensor, MIB, 1 << 20);
+    assert_eq!(tensor(fetched.await.unwrap()), t);
+
     // A file cut short when it was uploaded.
     let npy = formats::encode_npy(&t);
     let d = store::put_reader(&store, "cut", &mut &npy[..npy.len() - 6])
@@ -682,51 +703,64 @@ async fn a_read_stalled_by_a_replaced_object_ends_at_once() {
     }
 }
 
-/// An object measured for a job, then put again larger before it is fetched, is refused as
-/// it is read: the job never loads what its reservation did not cover. Before, the fetch
-/// looked at the object's info again and loaded whatever the name held by then.
+/// An object measured for a job, then put again larger before it is fetched, never loads as
+/// what its reservation did not cover. One of several chunks is refused as it is read (before,
+/// the fetch looked at the object's info again and loaded whatever the name held by then);
+/// one of a single chunk was read whole to measure it, and loads as those very bytes, without
+/// a consumer or a second download.
 #[tokio::test]
 async fn an_object_put_again_after_it_was_measured_is_refused_not_loaded() {
     let (_server, _js, store) = bucket().await;
+    let large = HostTensor::new(vec![1 << 20], vec![0.5; 1 << 20]);
+    let fetch = |measured: store::Measured| {
+        let store = store.clone();
+        async move {
+            let reference = ObjectRef::new("x.npy");
+            store::fetch_measured(
+                &store,
+                &reference,
+                &measured,
+                Want::Tensor,
+                MIB * 64,
+                1 << 24,
+            )
+            .await
+        }
+    };
+    let reference = ObjectRef::new("x.npy");
+    // Three chunks.
+    let medium = HostTensor::new(vec![300_000], vec![1.5; 300_000]);
+    store::put_tensor(&store, "x.npy", &medium, "npy", "")
+        .await
+        .unwrap();
+    let measured = store::load_size(&store, &reference, Want::Tensor)
+        .await
+        .unwrap();
+    assert_eq!(measured.load.values, Some(1_200_000));
+    store::put_tensor(&store, "x.npy", &large, "npy", "")
+        .await
+        .unwrap();
+    match fetch(measured).await {
+        Err(DataError::Io(m)) => assert!(m.contains("the object was put again"), "{m}"),
+        other => panic!("expected Io, got {other:?}"),
+    }
+    // One chunk: the bytes measured.
     let small = HostTensor::new(vec![4], vec![1.0, 2.0, 3.0, 4.0]);
     store::put_tensor(&store, "x.npy", &small, "npy", "")
         .await
         .unwrap();
-    let reference = ObjectRef::new("x.npy");
     let measured = store::load_size(&store, &reference, Want::Tensor)
         .await
         .unwrap();
     assert_eq!(measured.load.values, Some(16));
-    let large = HostTensor::new(vec![1 << 20], vec![0.5; 1 << 20]);
     store::put_tensor(&store, "x.npy", &large, "npy", "")
         .await
         .unwrap();
-    let fetched = store::fetch_measured(
-        &store,
-        &reference,
-        &measured,
-        Want::Tensor,
-        MIB * 64,
-        1 << 24,
-    )
-    .await;
-    match fetched {
-        Err(DataError::Io(m)) => assert!(m.contains("the object was put again"), "{m}"),
-        other => panic!("expected Io, got {other:?}"),
-    }
+    assert_eq!(tensor(fetch(measured).await.unwrap()), small);
     // Measured afresh, the new object loads.
     let measured = store::load_size(&store, &reference, Want::Tensor)
         .await
         .unwrap();
     assert_eq!(measured.load.values, Some(4 << 20));
-    let fetched = store::fetch_measured(
-        &store,
-        &reference,
-        &measured,
-        Want::Tensor,
-        MIB * 64,
-        1 << 24,
-    )
-    .await;
-    assert_eq!(tensor(fetched.unwrap()), large);
+    assert_eq!(tensor(fetch(measured).await.unwrap()), large);
 }

@@ -58,15 +58,19 @@ pub(crate) async fn load(
         let place = watched(shared, id, shared.admission.load_place()).await?;
         // One over the budget, stored or as values, is refused before anything is downloaded
         // (the job's other objects included) and without waiting for the budget.
+        // All measured at once (a round trip or two each), then checked in order, so the
+        // first parameter at fault is the one named.
+        let sizes = wanted
+            .iter()
+            .map(|w| store::load_size(bucket, &w.reference, w.want));
+        let sizes = futures::future::join_all(sizes).await;
         let mut bytes = 0u64;
         let mut measured = Vec::with_capacity(wanted.len());
-        for w in &wanted {
+        for (w, m) in wanted.iter().zip(sizes) {
             let refuse = |e: kiln_data::DataError| in_param(w.param, e.into());
             // An object that cannot be measured is not loaded either (unreserved, it could
             // take any memory): missing is `invalid_input`, a lookup that failed `internal`.
-            let m = store::load_size(bucket, &w.reference, w.want)
-                .await
-                .map_err(refuse)?;
+            let m = m.map_err(refuse)?;
             let what = m.what(w.reference.object.as_str());
             store::check_size(&what, m.size(), budget).map_err(refuse)?;
             m.load.check(&what, budget).map_err(refuse)?;
@@ -74,14 +78,15 @@ pub(crate) async fn load(
             measured.push(m);
         }
         let permit = Some(watched(shared, id, place.reserve(bytes)).await?);
-        let mut inputs = Inputs::none();
         let max_elements = shared.config.limits.max_elements;
-        for (w, m) in wanted.into_iter().zip(measured) {
-            // The bytes measured, which the permit covers.
-            let loaded =
-                store::fetch_measured(bucket, &w.reference, &m, w.want, budget, max_elements)
-                    .await
-                    .map_err(|e| in_param(w.param, e.into()))?;
+        // The bytes measured, which the permit covers: all of them together.
+        let loads = wanted.iter().zip(&measured).map(|(w, m)| {
+            store::fetch_measured(bucket, &w.reference, m, w.want, budget, max_elements)
+        });
+        let loads = futures::future::join_all(loads).await;
+        let mut inputs = Inputs::none();
+        for (w, loaded) in wanted.into_iter().zip(loads) {
+            let loaded = loaded.map_err(|e| in_param(w.param, e.into()))?;
             inputs.insert(w.param, loaded);
         }
         Ok::<_, Unloaded>((inputs, permit))

@@ -41,7 +41,7 @@ pub(crate) fn chunks(
     patience: Duration,
 ) -> Chunks {
     let reading = Reading {
-        stream,
+        stream: Some(stream),
         inbox,
         info,
         patience,
@@ -63,9 +63,31 @@ pub(crate) fn chunks(
     }))
 }
 
+/// The chunks of an object of one chunk whose bytes, `only`, are already here (read to
+/// measure it): checked against its info as [`chunks`] checks the last chunk, without a
+/// consumer.
+pub(crate) fn whole(info: &ObjectInfo, only: bytes::Bytes) -> Chunks {
+    let mut digest = sha2::Sha256::new();
+    digest.update(&only);
+    let mut reading = Reading {
+        // Not read from: the one chunk is here.
+        stream: None,
+        inbox: String::new(),
+        info: info.clone(),
+        patience: Duration::ZERO,
+        messages: None,
+        done: true,
+        chunks: 1,
+        bytes: only.len() as u64,
+        digest,
+    };
+    let checked = reading.check().map(|()| only);
+    Box::pin(futures::stream::once(async move { checked }))
+}
+
 /// One object being read.
 struct Reading {
-    stream: Stream,
+    stream: Option<Stream>,
     inbox: String,
     info: ObjectInfo,
     patience: Duration,
@@ -121,7 +143,8 @@ impl Reading {
                 Ok(Some(Err(e))) => return Err(Error::other(e)),
                 Ok(None) => return Err(Error::other("the object's chunks stopped coming")),
                 Err(_) if look < deadline => {
-                    let now = match name_holds(&self.stream, &self.info).await {
+                    let Some(stream) = &self.stream else { continue };
+                    let now = match name_holds(stream, &self.info).await {
                         Some(NameHolds::Another) => Some("put again"),
                         Some(NameHolds::Nothing) => Some("deleted"),
                         Some(NameHolds::It) | None => None,
@@ -152,8 +175,11 @@ impl Reading {
     /// The consumer of the chunks, made on first use; `NotFound` when none is stored.
     async fn messages(&mut self) -> std::io::Result<&mut Ordered> {
         if self.messages.is_none() {
-            let consumer = self
+            let stream = self
                 .stream
+                .as_ref()
+                .ok_or_else(|| Error::other("no stream"))?;
+            let consumer = stream
                 .create_consumer(OrderedConfig {
                     deliver_subject: self.inbox.clone(),
                     filter_subject: chunk_subject(&self.info.nuid),

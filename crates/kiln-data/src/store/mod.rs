@@ -117,6 +117,12 @@ impl Bucket {
         );
         Verified::new(chunks)
     }
+
+    /// A reader of the object `info` describes whose one chunk, `only`, was read already
+    /// (measuring it): no consumer, no second download.
+    fn read_whole(&self, info: &ObjectInfo, only: bytes::Bytes) -> (Verified, Arc<AtomicBool>) {
+        Verified::new(chunks::whole(info, only))
+    }
 }
 
 impl Bucket {
@@ -239,7 +245,7 @@ pub async fn fetch(
     max_elements: u64,
 ) -> Result<Loaded, DataError> {
     let info = stored_info(store, reference.object.as_str()).await?;
-    fetch_info(store, reference, &info, want, max_bytes, max_elements).await
+    fetch_info(store, reference, &info, None, want, max_bytes, max_elements).await
 }
 
 /// [`fetch`] the object [`load_size`] measured: the bytes it measured, with no second look
@@ -252,14 +258,17 @@ pub async fn fetch_measured(
     max_bytes: u64,
     max_elements: u64,
 ) -> Result<Loaded, DataError> {
-    let info = &measured.info;
-    fetch_info(store, reference, info, want, max_bytes, max_elements).await
+    let (info, whole) = (&measured.info, measured.whole.clone());
+    fetch_info(store, reference, info, whole, want, max_bytes, max_elements).await
 }
 
+/// Load the object `info` describes; `whole`: its bytes, when they were read already (an
+/// object of one chunk, measured).
 async fn fetch_info(
     store: &Bucket,
     reference: &ObjectRef,
     info: &ObjectInfo,
+    whole: Option<bytes::Bytes>,
     want: Want,
     max_bytes: u64,
     max_elements: u64,
@@ -279,7 +288,7 @@ async fn fetch_info(
         ))
     };
 
-    let object = Peeked::open(store, name, info).await?;
+    let object = Peeked::open(store, name, info, whole).await?;
     match (want, object.format()) {
         (Want::Tensor | Want::Image, Some(Format::Npy | Format::Safetensors)) => {
             let tensor = object.stream_tensor(&what, key, max_elements).await?;
@@ -394,9 +403,17 @@ struct Peeked<'a> {
 
 impl<'a> Peeked<'a> {
     /// Open object `name` (`size` bytes) and read its first [`PEEK`] bytes.
-    async fn open(store: &Bucket, name: &'a str, info: &ObjectInfo) -> Result<Self, DataError> {
+    async fn open(
+        store: &Bucket,
+        name: &'a str,
+        info: &ObjectInfo,
+        whole: Option<bytes::Bytes>,
+    ) -> Result<Self, DataError> {
         let size = info.size as u64;
-        let (mut reader, corrupt_flag) = store.read(info);
+        let (mut reader, corrupt_flag) = match whole {
+            Some(only) => store.read_whole(info, only),
+            None => store.read(info),
+        };
         let mut prefix = vec![0u8; PEEK];
         let n = read_full(&mut reader, &mut prefix)
             .await

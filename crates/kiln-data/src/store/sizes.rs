@@ -14,6 +14,9 @@ pub struct Measured {
     pub(super) info: ObjectInfo,
     /// What loading it holds.
     pub load: formats::LoadSize,
+    /// Its bytes, when its first chunk read to measure it is all of it (an object of one
+    /// chunk, at most [`super::CHUNK_SIZE`]): loading it reads nothing more.
+    pub(super) whole: Option<bytes::Bytes>,
 }
 
 impl Measured {
@@ -55,6 +58,7 @@ pub async fn load_size(
                     return Ok(Measured {
                         info,
                         load: formats::LoadSize::UNKNOWN,
+                        whole: None,
                     });
                 }
             }
@@ -67,5 +71,6 @@ pub async fn load_size(
     } else {
         formats::load_size(&first, size, want, reference.tensor.as_deref())
     };
-    Ok(Measured { info, load })
+    let whole = (info.chunks == 1 && first.len() as u64 == size).then_some(first);
+    Ok(Measured { info, load, whole })
 }
