@@ -287,6 +287,11 @@ async def test_a_missing_object_fails_with_invalid_input_naming_it(client: kiln.
     assert await job.status() == "failed"
 
 
+async def test_a_local_path_as_a_parameter_says_to_put_it_first(client: kiln.Client) -> None:
+    with pytest.raises(TypeError, match=r"a=PosixPath\('a.npy'\): a job names a stored object"):
+        await client.submit("vector_add", "cpu", a=Path("a.npy"), b=[1.0])
+
+
 async def test_errors_about_an_object_put_from_a_file_name_the_file(
     client: kiln.Client, tmp_path: Path
 ) -> None:

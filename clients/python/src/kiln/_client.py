@@ -437,6 +437,12 @@ class Client:
         tensor = kind in _wire.KINDS and name in _wire.TENSOR_PARAMS
         if (name in _wire.REFERENCE_PARAMS or tensor) and isinstance(value, str):
             return _wire.ObjectRef(value).to_json()
+        if isinstance(value, os.PathLike):
+            raise TypeError(
+                f"{name}={type(value).__name__}({os.fspath(value)!r}): a job names a stored "
+                f"object, not a local file: store it first (info = await client.put(name, "
+                f"path)) and pass {name}=info, or pass the array itself ({name}=np.load(path))"
+            )
         # (None is sent as null: a train_mlp without a dataset trains on generated points.)
         reference = name in _wire.REFERENCE_PARAMS and kind in _wire.KINDS
         if reference and value is not None and not isinstance(value, dict):
