@@ -481,6 +481,26 @@ async def test_an_id_used_again_with_other_parameters_is_refused(client: kiln.Cl
     )
 
 
+async def test_a_batch_with_an_id_used_for_another_job_sends_the_others(
+    client: kiln.Client,
+) -> None:
+    job_id = kiln.new_job_id()
+    await (await client.submit("vector_add", id=job_id, a=[1.0], b=[2.0])).result(
+        timeout=RESULT_TIMEOUT
+    )
+    specs = [{"kind": "vector_add", "a": [float(i)], "b": [1.0]} for i in range(5)]
+    specs.insert(2, {"kind": "vector_add", "id": job_id, "a": [9.0], "b": [9.0]})
+    with pytest.raises(kiln.SubmitError, match="used for a job with other parameters") as caught:
+        await client.submit_many(specs)
+    assert list(caught.value.refused) == [job_id]
+    # The five others were sent, in order, and are answered.
+    jobs = caught.value.jobs
+    assert len(jobs) == 5 and job_id not in [j.id for j in jobs]
+    for i, job in enumerate(jobs):
+        result = await job.result(timeout=RESULT_TIMEOUT)
+        np.testing.assert_array_equal(await result.array(), [i + 1.0])
+
+
 async def test_the_same_values_written_otherwise_are_the_same_job(client: kiln.Client) -> None:
     job_id = kiln.new_job_id()
     a = np.array([0.1, 0.2, 0.3], dtype=np.float32)

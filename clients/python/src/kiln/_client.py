@@ -468,7 +468,11 @@ class Client:
         # An id used for another job (other parameters, inputs, seed, timeout or output) is
         # refused before anything is sent: the server would drop this job as its duplicate, or
         # the id's result is the other job's.
-        await self._refuse_ids_of_other_jobs(prepared)
+        # The other jobs of the batch go on; the error names these with the accepted ones.
+        refused = await self._ids_of_other_jobs(prepared)
+        prepared = [p for p in prepared if p.job_id not in refused]
+        if not prepared:
+            raise _refused(refused, [])
         # An id answered already keeps its answer: the job is not sent (it would run in vain,
         # its result refused), and its result is the earlier one's.
         answered = await self._answered(prepared)
@@ -518,7 +522,6 @@ class Client:
             except Exception as e:  # reported per job below
                 acks.append(e)
         accepted: list[Job] = []
-        refused: dict[str, str] = {}
         states: list[asyncio.Future[Any]] = []
         duplicates: list[tuple[_Prepared, Job]] = []
         # Acks come in order: once one is overdue, so are the ones after it (no second wait).
@@ -579,9 +582,9 @@ class Client:
             raise _refused(refused, list(accepted))
         return accepted
 
-    async def _refuse_ids_of_other_jobs(self, prepared: list[_Prepared]) -> None:
-        """Raise SubmitError naming the given ids whose `queued` record (written by this
-        client when the id was last submitted) says they computed something else."""
+    async def _ids_of_other_jobs(self, prepared: list[_Prepared]) -> dict[str, str]:
+        """The given ids whose `queued` record (written by this client when the id was last
+        submitted) says they computed something else, each with why it is refused."""
         given = [p for p in prepared if p.given_id]
         for p in given:
             p.digest = _wire.job_digest(
@@ -614,7 +617,7 @@ class Client:
                     return False
 
         found = await asyncio.gather(*(taken(p) for p in given))
-        refused = {
+        return {
             p.job_id: (
                 f"job id {p.job_id} was used for a job with other parameters (inputs, seed, "
                 "timeout or output): the id's result is that job's, and this one would not "
@@ -623,8 +626,6 @@ class Client:
             for p, other in zip(given, found)
             if other
         }
-        if refused:
-            raise _refused(refused, [])
 
     async def _answered(self, prepared: list[_Prepared]) -> dict[str, Result]:
         """The stored answers of the jobs in `prepared` whose id the caller gave and which
