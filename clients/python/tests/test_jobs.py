@@ -409,6 +409,20 @@ async def test_cancel_of_a_finished_job_marks_nothing(client: kiln.Client) -> No
         await kv.get(job.id)
 
 
+async def test_a_cancel_before_the_job_is_sent_does_not_cancel_it(client: kiln.Client) -> None:
+    job_id = kiln.new_job_id()
+    # Marked, in case a job without a record waits in the queue.
+    assert await client.cancel(job_id) is True
+    assert await client.status(job_id) == "cancel_requested"
+    # Past the second of slack for clocks: a job sent now is a later one.
+    await asyncio.sleep(1.5)
+    job = await client.submit("vector_add", "cpu", id=job_id, a=[1.0], b=[2.0])
+    assert await client.status(job_id) in ("queued", "running", "succeeded")
+    result = await job.result(timeout=RESULT_TIMEOUT)
+    np.testing.assert_array_equal(await result.array(), [3.0])
+    assert await client.status(job_id) == "succeeded"
+
+
 async def test_submit_many_answers_all_200_jobs(client: kiln.Client) -> None:
     rng = np.random.default_rng(6)
     inputs = [
@@ -743,15 +757,15 @@ async def test_submit_many_past_a_thousand_jobs_shares_one_subscription(
     assert client._by_kind == {} and client._watching == {}
 
 
-async def test_a_job_marked_cancelled_before_a_worker_takes_it_is_answered_cancelled(
-    client: kiln.Client,
-) -> None:
-    job_id = kiln.new_job_id()
-    # Marked before it is submitted (an id kiln knows nothing of yet is marked all the same),
-    # so the CPU worker finds the mark when it takes the job.
-    assert await client.cancel(job_id) is True
-    await asyncio.sleep(1.0)  # workers mirror KILN_CANCEL through a watch
-    job = await client.submit("vector_add", "cpu", id=job_id, len=16)
+async def test_a_job_cancelled_once_sent_is_answered_cancelled(client: kiln.Client) -> None:
+    # Marked after it was sent, whether a worker holds it yet or not: cancelled where it is
+    # (a mark put before a job is sent is for an earlier job under the id: see
+    # test_a_cancel_before_the_job_is_sent_does_not_cancel_it; a job marked before any
+    # worker takes it is the Rust tests' a_job_cancelled_before_any_worker_started_…).
+    job = await client.submit(
+        "train_mlp", "cpu", samples=20_000, hidden=[256, 256], epochs=10_000, batch_size=64
+    )
+    assert await client.cancel(job.id) is True
     with pytest.raises(kiln.Cancelled) as caught:
         await job.result(timeout=RESULT_TIMEOUT)
     assert caught.value.kind == "cancelled"

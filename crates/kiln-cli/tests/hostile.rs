@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream;
-use common::{Cluster, snapshot, wait_for_metrics, wait_for_results};
+use common::{Cluster, snapshot, stdout, wait_for_metrics, wait_for_results};
 use kiln_proto::{ErrorKind, MAX_ERROR_MESSAGE, ResultEvent, Status, streams};
 
 const FORGED_ROUTING: &str = r#"{"chosen":"cpu","by":"mallory","predicted_gpu_ms":1.7e308,"predicted_cpu_ms":1.7e308,"reason":"forged"}"#;
@@ -773,6 +773,51 @@ async fn a_job_cancelled_before_any_worker_started_is_never_run() {
     let event = &results["victim"];
     assert_eq!(event.status, Status::Failed, "{event:?}");
     let error = event.error.as_ref().expect("an error");
+    assert_eq!(error.kind, ErrorKind::Cancelled, "{}", error.message);
+}
+
+/// `kiln cancel` of an id with no job yet marks it (a job published without a record may
+/// wait in the queue: that one is cancelled), but the mark, kept a day, does not cancel a job
+/// sent under the id after it. Before, a typo or a cancel before the submit made the next job
+/// under that id fail `cancelled` without running.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancel_before_a_job_is_sent_does_not_cancel_it() {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    // Published with no record, as `nats pub` does, then cancelled: cancelled.
+    let client = cluster.client().await;
+    let mut headers = HeaderMap::new();
+    headers.insert("Nats-Msg-Id", "queued-bare");
+    let body = r#"{"id": "queued-bare", "params": {"len": 8}}"#;
+    let js = jetstream::new(client.clone());
+    js.publish_with_headers("jobs.cpu.vector_add", headers, body.into())
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+    for id in ["queued-bare", "later"] {
+        assert!(cluster.kiln(&["cancel", id]).status.success());
+    }
+    // Past the clocks' second of slack.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let status = cluster.kiln(&["status", "later"]);
+    assert!(stdout(&status).contains("cancel requested"), "{status:?}");
+    cluster.cpu_worker();
+    let submit = [
+        "submit",
+        "vector_add",
+        "-p",
+        "len=8",
+        "--id",
+        "later",
+        "--wait",
+    ];
+    let out = cluster.kiln(&submit);
+    assert!(out.status.success(), "{out:?}");
+    let event: ResultEvent = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(event.status, Status::Succeeded, "{event:?}");
+    let results = wait_for_results(&client, &["queued-bare"], Duration::from_secs(30)).await;
+    let error = results["queued-bare"].error.as_ref().expect("cancelled");
     assert_eq!(error.kind, ErrorKind::Cancelled, "{}", error.message);
 }
 

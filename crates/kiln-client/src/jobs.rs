@@ -7,6 +7,7 @@ use futures::StreamExt as _;
 use kiln_proto::streams::{self, STREAM_RESULTS};
 use kiln_proto::{BUCKET_CANCEL, JobState, Phase, ResultEvent, job_key, subject};
 use serde::Serialize;
+use time::OffsetDateTime;
 
 use crate::error::{Context as _, Error, Result, open_stream};
 
@@ -46,9 +47,24 @@ pub fn check_submitted_id(id: &str) -> Result<(), String> {
 
 /// The job's state in `KILN_STATE`, if kiln recorded one (`kiln submit` records `queued`).
 pub async fn state(js: &jetstream::Context, id: &str) -> Option<JobState> {
-    let store = js.get_key_value(kiln_proto::BUCKET_STATE).await.ok()?;
-    let value = store.get(job_key(id)).await.ok()??;
-    serde_json::from_slice(&value).ok()
+    stored_state(js, id).await.map(|(record, _)| record)
+}
+
+/// Job `id`'s record and when the server stored it.
+async fn stored_state(js: &jetstream::Context, id: &str) -> Option<(JobState, OffsetDateTime)> {
+    let entry = stored_entry(js, kiln_proto::BUCKET_STATE, id).await?;
+    Some((serde_json::from_slice(&entry.value).ok()?, entry.created))
+}
+
+/// Job `id`'s entry in `bucket`, unless it has none or it was deleted.
+async fn stored_entry(
+    js: &jetstream::Context,
+    bucket: &str,
+    id: &str,
+) -> Option<async_nats::jetstream::kv::Entry> {
+    let store = js.get_key_value(bucket).await.ok()?;
+    let entry = store.entry(job_key(id)).await.ok()??;
+    (entry.operation == async_nats::jetstream::kv::Operation::Put).then_some(entry)
 }
 
 /// Job `id`'s latest result (of `kind`, when given): one lookup of the last message on its
@@ -149,7 +165,9 @@ pub enum Place {
 /// queued (`kiln dlq replay`) is the failed run's, not the answer: the replay is located as a
 /// job not answered yet.
 pub async fn locate(js: &jetstream::Context, id: &str) -> Result<Place> {
-    let record = state(js, id).await;
+    let stored = stored_state(js, id).await;
+    let queued_at = stored.as_ref().map(|(_, at)| *at);
+    let record = stored.map(|(record, _)| record);
     // The answer, unless a replay was queued after it.
     let answer = async |record: &Option<JobState>| -> Result<Option<ResultEvent>> {
         Ok(find_result(js, id, None).await?.filter(|event| {
@@ -163,9 +181,10 @@ pub async fn locate(js: &jetstream::Context, id: &str) -> Result<Place> {
             result: Box::new(event),
         });
     }
-    let cancelled = match js.get_key_value(BUCKET_CANCEL).await {
-        Ok(store) => store.get(job_key(id)).await.ok().flatten().is_some(),
-        Err(_) => false,
+    // A mark older than the job's record was for an earlier job under the id, or none.
+    let cancelled = match stored_entry(js, BUCKET_CANCEL, id).await {
+        Some(mark) => queued_at.is_none_or(|at| kiln_proto::cancel_applies(mark.created, at)),
+        None => false,
     };
     if let Some(running) = running(js, id, cancelled, None).await {
         // A result stored since the first look wins over a heartbeat not yet refreshed.
@@ -216,7 +235,9 @@ async fn running(
 /// stops at its next checkpoint. A finished job ([`Place::Finished`], [`Place::Gone`]) is not
 /// marked: the mark lives a day and would cancel a later run of the same id, unless a live
 /// worker runs the id as another kind (returned as [`Place::Running`]). An unknown id is
-/// marked, in case it is still in flight.
+/// marked, in case it is still in flight (a job published without a record); a mark cancels
+/// only the jobs of its id enqueued before it ([`kiln_proto::cancel_applies`]), never one
+/// sent under the id later.
 pub async fn cancel(js: &jetstream::Context, id: &str) -> Result<Place> {
     check_job_id(id).map_err(Error::Invalid)?;
     let mut place = locate(js, id).await?;

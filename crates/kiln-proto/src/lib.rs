@@ -45,7 +45,8 @@ pub use state::{BUCKET_STATE, JobState, Phase, state_subject};
 pub use streams::{MaxDeliveriesAdvisory, Topology};
 pub use subject::{DeviceClass, JobSubject};
 pub use workers::{
-    BUCKET_CANCEL, BUCKET_WORKERS, RunningJob, WorkerInfo, instance_name, job_key, key_byte,
+    BUCKET_CANCEL, BUCKET_WORKERS, RunningJob, WorkerInfo, cancel_applies, instance_name, job_key,
+    key_byte,
 };
 
 /// Header carrying the job id into JetStream's duplicate detection.

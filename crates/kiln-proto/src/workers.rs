@@ -69,6 +69,15 @@ pub struct RunningJob {
 /// The key-value bucket of cancelled job ids (`kiln cancel`); entries expire after a day.
 pub const BUCKET_CANCEL: &str = "KILN_CANCEL";
 
+/// Whether a cancel mark stored at `marked` (the server's time of its entry) cancels a job of
+/// its id enqueued at `enqueued`: one enqueued before the mark, give or take a second (the
+/// servers of a cluster stamp the two by their own clocks). A job sent under the id later is
+/// not cancelled: a `kiln cancel` of an id with no job yet (a typo, a cancel before the
+/// submit) marked it, and the mark, kept a day, cancelled the next job under that id.
+pub fn cancel_applies(marked: time::OffsetDateTime, enqueued: time::OffsetDateTime) -> bool {
+    enqueued <= marked + time::Duration::seconds(1)
+}
+
 /// Whether kiln writes byte `b` in a key-value key as it is: letters, digits and `-_=.`
 /// (job keys, worker names; other bytes are encoded or replaced).
 pub fn key_byte(b: u8) -> bool {

@@ -35,6 +35,7 @@ struct Pending {
 struct Waiting {
     job: DecodedJob,
     id: String,
+    enqueued_at: time::OffsetDateTime,
     done: oneshot::Sender<Ran>,
 }
 
@@ -44,7 +45,12 @@ pub(crate) fn takes(shared: &Shared, job: &DecodedJob) -> bool {
 }
 
 /// Put `job` in its kind's batch; the receiver gets its own [`Ran`] once the batch ran.
-pub(crate) fn enqueue(shared: &Arc<Shared>, job: DecodedJob, id: &str) -> oneshot::Receiver<Ran> {
+pub(crate) fn enqueue(
+    shared: &Arc<Shared>,
+    job: DecodedJob,
+    id: &str,
+    enqueued_at: time::OffsetDateTime,
+) -> oneshot::Receiver<Ran> {
     static NUMBERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let (done, receiver) = oneshot::channel();
     let kind = job.kind.name;
@@ -63,6 +69,7 @@ pub(crate) fn enqueue(shared: &Arc<Shared>, job: DecodedJob, id: &str) -> onesho
     batch.jobs.push(Waiting {
         job,
         id: id.to_owned(),
+        enqueued_at,
         done,
     });
     // Full, or nothing else on its way to join (a lone job, the last of a pull's jobs): no
@@ -131,7 +138,7 @@ fn run_blocking(shared: &Shared, jobs: Vec<Waiting>, _permit: ComputePermit) {
     let guards: Vec<Guard<'_>> = jobs
         .iter()
         .zip(&handed_back)
-        .map(|(w, flag)| Guard::new(shared, &w.job, &w.id, start, flag))
+        .map(|(w, flag)| Guard::new(shared, &w.job, (&w.id, w.enqueued_at), start, flag))
         .collect();
     // Each job passes its checkpoint before the launch (timed out, cancelled, or the worker
     // stopping): those that do not are answered so, and the others share the launch.

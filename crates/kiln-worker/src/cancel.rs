@@ -4,9 +4,14 @@
 //! The mirror is bounded whatever the number of marks: it keeps a 64-bit hash of each key
 //! (not the key), forgets a mark once the bucket's own age limit has expired it on the
 //! server (the server sends no delete for an expired key), and holds at most [`MAX_MARKS`],
-//! forgetting the oldest first. About 40 bytes a mark: a million marks are about 40 MiB.
+//! forgetting the oldest first. About 60 bytes a mark: a million marks are about 60 MiB.
+//!
+//! A mark cancels the jobs of its id enqueued before it was put, not a job sent under that id
+//! later ([`kiln_proto::cancel_applies`]): `kiln cancel` of an id with no job yet (a typo, a
+//! cancel before the submit) marks it in case a job published without a record waits in the
+//! queue, and the mark, kept a day, cancelled the next job under that id before it ran.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash as _, Hasher as _};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -14,6 +19,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, kv::Operation};
 use futures::StreamExt as _;
 use kiln_proto::{BUCKET_CANCEL, job_key};
+use time::OffsetDateTime;
 use tokio_util::task::AbortOnDropHandle;
 
 /// Most cancellation marks a worker remembers.
@@ -33,7 +39,8 @@ pub(crate) struct Cancellations {
 
 #[derive(Debug, Default)]
 pub(crate) struct Marks {
-    set: HashSet<u64>,
+    /// Each mark's key hash, and when the server stored it.
+    set: HashMap<u64, OffsetDateTime>,
     /// When each mark came, oldest first (a mark put again is listed again; the older entry
     /// is skipped when it expires).
     order: VecDeque<(Instant, u64)>,
@@ -58,9 +65,9 @@ impl Marks {
         }
     }
 
-    fn put(&mut self, key: &str, now: Instant) {
+    fn put(&mut self, key: &str, now: Instant, created: OffsetDateTime) {
         let h = hash(key);
-        self.set.insert(h);
+        self.set.insert(h, created);
         self.order.push_back((now, h));
         self.expire(now);
     }
@@ -84,8 +91,11 @@ impl Marks {
         }
     }
 
-    fn contains(&self, key: &str) -> bool {
-        self.set.contains(&hash(key))
+    /// Whether a mark on `key` cancels a job enqueued at `enqueued_at`.
+    fn cancels(&self, key: &str, enqueued_at: OffsetDateTime) -> bool {
+        self.set
+            .get(&hash(key))
+            .is_some_and(|&created| kiln_proto::cancel_applies(created, enqueued_at))
     }
 
     #[cfg(test)]
@@ -132,10 +142,12 @@ impl Cancellations {
         })
     }
 
-    pub(crate) fn contains(&self, id: &str) -> bool {
+    /// Whether job `id`, enqueued at `enqueued_at`, is cancelled: by a mark put after it was
+    /// enqueued (a mark older than the job was for another job under that id, or none).
+    pub(crate) fn cancels(&self, id: &str, enqueued_at: OffsetDateTime) -> bool {
         let marks = self.marks.read().unwrap_or_else(|e| e.into_inner());
         // Nothing cancelled (nearly always): no key to build for every job and checkpoint.
-        !marks.set.is_empty() && marks.contains(&job_key(id))
+        !marks.set.is_empty() && marks.cancels(&job_key(id), enqueued_at)
     }
 }
 
@@ -155,7 +167,7 @@ async fn mirror(
         for entry in batch {
             let Ok(entry) = entry else { continue };
             match entry.operation {
-                Operation::Put => marks.put(&entry.key, now),
+                Operation::Put => marks.put(&entry.key, now, entry.created),
                 Operation::Delete | Operation::Purge => marks.remove(&entry.key),
             }
             // No more pending, or past the last entry stored at the start: they are all in.
@@ -212,18 +224,27 @@ async fn wait_until_mirrored(
 mod tests {
     use super::*;
 
+    /// A job enqueued when the marks below were put.
+    const AT: OffsetDateTime = time::macros::datetime!(2026-12-05 12:00 UTC);
+
+    impl Marks {
+        fn contains(&self, key: &str) -> bool {
+            self.cancels(key, AT)
+        }
+    }
+
     #[test]
     fn marks_are_bounded_by_count_and_by_age() {
         let start = Instant::now();
         let mut marks = Marks::new(Duration::from_secs(60), 1000);
         for i in 0..5000 {
-            marks.put(&format!("job.j-{i}"), start);
+            marks.put(&format!("job.j-{i}"), start, AT);
         }
         assert_eq!(marks.len(), 1000);
         assert!(marks.contains("job.j-4999") && !marks.contains("job.j-0"));
         assert!(marks.order.len() <= 1000);
         // Past the bucket's age limit every mark is gone, with the next one.
-        marks.put("job.late", start + Duration::from_secs(61));
+        marks.put("job.late", start + Duration::from_secs(61), AT);
         assert_eq!(marks.len(), 1);
         assert!(marks.contains("job.late"));
         marks.remove("job.late");
@@ -234,9 +255,27 @@ mod tests {
     fn a_mark_put_again_outlives_its_first_entry() {
         let start = Instant::now();
         let mut marks = Marks::new(Duration::from_secs(10), 100);
-        marks.put("job.a", start);
-        marks.put("job.a", start + Duration::from_secs(8));
-        marks.put("job.b", start + Duration::from_secs(11));
+        marks.put("job.a", start, AT);
+        marks.put("job.a", start + Duration::from_secs(8), AT);
+        marks.put("job.b", start + Duration::from_secs(11), AT);
         assert!(marks.contains("job.a"), "its second put is 3 s old");
+    }
+
+    #[test]
+    fn a_mark_cancels_jobs_enqueued_before_it_not_after() {
+        let mut marks = Marks::new(Duration::from_secs(60), 100);
+        marks.put("job.a", Instant::now(), AT);
+        let seconds = time::Duration::seconds;
+        assert!(marks.cancels("job.a", AT - seconds(3600)));
+        assert!(marks.cancels("job.a", AT));
+        assert!(
+            marks.cancels("job.a", AT + seconds(1)),
+            "within the clocks' slack"
+        );
+        assert!(
+            !marks.cancels("job.a", AT + seconds(2)),
+            "a job sent after the mark"
+        );
+        assert!(!marks.cancels("job.b", AT));
     }
 }

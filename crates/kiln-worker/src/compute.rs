@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, AckKind};
 use kiln_kernels::{Checkpoint, ComputeDevice, DecodedJob, Progress};
 use kiln_proto::{ErrorKind, JobError};
+use time::OffsetDateTime;
 
 use crate::admission::{ComputePermit, MemoryHeld};
 use crate::config::WorkerConfig;
@@ -66,11 +67,12 @@ pub(crate) async fn compute(
     message: &jetstream::Message,
     job: DecodedJob,
     id: &str,
+    enqueued_at: OffsetDateTime,
 ) -> Ran {
     if crate::batch::takes(shared, &job) {
         let mut ticker = progress_ticker(shared.config.topology.ack_wait);
         computing(shared, job.kind.name, id);
-        let mut batched = crate::batch::enqueue(shared, job, id);
+        let mut batched = crate::batch::enqueue(shared, job, id, enqueued_at);
         let abandon = abandoned(shared.abandon.subscribe());
         tokio::pin!(abandon);
         loop {
@@ -83,11 +85,11 @@ pub(crate) async fn compute(
         }
     }
     if runs_inline(&shared.config, &job) {
-        return run_inline(shared, job, id);
+        return run_inline(shared, job, id, enqueued_at);
     }
     let mut ticker = progress_ticker(shared.config.topology.ack_wait);
     let waiting = Instant::now();
-    let permit = match admit(shared, message, &job, id, &mut ticker).await {
+    let permit = match admit(shared, message, &job, (id, enqueued_at), &mut ticker).await {
         Ok(permit) => permit,
         Err(Interrupted::Stopping) => {
             return Ran::handed_back(
@@ -111,7 +113,8 @@ pub(crate) async fn compute(
     let id = id.to_owned();
     let abandon = abandoned(shared.abandon.subscribe());
     tokio::pin!(abandon);
-    let task = tokio::task::spawn_blocking(move || run_blocking(&shared, job, &id, permit));
+    let task =
+        tokio::task::spawn_blocking(move || run_blocking(&shared, job, (&id, enqueued_at), permit));
     tokio::pin!(task);
     loop {
         tokio::select! {
@@ -162,10 +165,11 @@ pub(crate) enum Interrupted {
 }
 
 /// Wait for `permit` (a compute slot, a place to load objects), looking five times a second
-/// whether the worker stops or, given its `id`, the job was cancelled.
+/// whether the worker stops or, given the job's id and when it was enqueued, the job was
+/// cancelled.
 pub(crate) async fn watched<T>(
     shared: &Shared,
-    id: Option<&str>,
+    job: Option<(&str, OffsetDateTime)>,
     permit: impl Future<Output = T>,
 ) -> Result<T, Interrupted> {
     tokio::pin!(permit);
@@ -177,7 +181,7 @@ pub(crate) async fn watched<T>(
                 if shared.stopping.load(Ordering::Relaxed) {
                     return Err(Interrupted::Stopping);
                 }
-                if id.is_some_and(|id| shared.cancelled.contains(id)) {
+                if job.is_some_and(|(id, at)| shared.cancelled.cancels(id, at)) {
                     return Err(Interrupted::Cancelled);
                 }
             }
@@ -190,12 +194,12 @@ async fn admit(
     shared: &Shared,
     message: &jetstream::Message,
     job: &DecodedJob,
-    id: &str,
+    named: (&str, OffsetDateTime),
     ticker: &mut tokio::time::Interval,
 ) -> Result<ComputePermit, Interrupted> {
     let admitted = watched(
         shared,
-        Some(id),
+        Some(named),
         shared.admission.compute_permit(job.plan.elements),
     );
     tokio::pin!(admitted);
@@ -208,10 +212,10 @@ async fn admit(
 }
 
 /// Run a job too small to be worth a thread hand-off on the async executor.
-fn run_inline(shared: &Shared, job: DecodedJob, id: &str) -> Ran {
+fn run_inline(shared: &Shared, job: DecodedJob, id: &str, enqueued_at: OffsetDateTime) -> Ran {
     let start = Instant::now();
     let handed_back = AtomicBool::new(false);
-    let guard = Guard::new(shared, &job, id, start, &handed_back);
+    let guard = Guard::new(shared, &job, (id, enqueued_at), start, &handed_back);
     let device = &shared.config.device;
     let result =
         crate::warmup::run_guarded(device, || job.run_with(device, shared.engines, &guard));
@@ -228,11 +232,16 @@ fn run_inline(shared: &Shared, job: DecodedJob, id: &str) -> Ran {
 
 /// Run a job on the blocking pool, holding `permit` (its compute slot and memory; the memory
 /// until the output it leaves to store is stored).
-fn run_blocking(shared: &Shared, job: DecodedJob, id: &str, permit: ComputePermit) -> Ran {
+fn run_blocking(
+    shared: &Shared,
+    job: DecodedJob,
+    named: (&str, OffsetDateTime),
+    permit: ComputePermit,
+) -> Ran {
     let device = shared.config.device.clone();
     let start = Instant::now();
     let handed_back = AtomicBool::new(false);
-    let guard = Guard::new(shared, &job, id, start, &handed_back);
+    let guard = Guard::new(shared, &job, named, start, &handed_back);
     if let Some(reason) = shared.poisoned.get() {
         return Ran::handed_back(format!(
             "device {device} is unusable ({reason}); job handed back"
@@ -286,16 +295,18 @@ pub(crate) struct Guard<'a> {
     /// Set when the job is stopped because the worker is stopping.
     handed_back: &'a AtomicBool,
     id: &'a str,
+    /// When the job was enqueued: a cancellation mark older than that is not for it.
+    enqueued_at: OffsetDateTime,
     cancelled: &'a crate::cancel::Cancellations,
 }
 
 impl<'a> Guard<'a> {
-    /// The guard of `job` (called `id`), started at `start`; `handed_back` is set when it
-    /// stops the job because the worker is stopping.
+    /// The guard of `job` (called `id`, enqueued at `enqueued_at`), started at `start`;
+    /// `handed_back` is set when it stops the job because the worker is stopping.
     pub(crate) fn new(
         shared: &'a Shared,
         job: &DecodedJob,
-        id: &'a str,
+        (id, enqueued_at): (&'a str, OffsetDateTime),
         start: Instant,
         handed_back: &'a AtomicBool,
     ) -> Self {
@@ -305,6 +316,7 @@ impl<'a> Guard<'a> {
             stopping: &shared.stopping,
             handed_back,
             id,
+            enqueued_at,
             cancelled: &shared.cancelled,
         }
     }
@@ -332,7 +344,7 @@ impl Checkpoint for Guard<'_> {
                 ),
             ));
         }
-        if self.cancelled.contains(self.id) {
+        if self.cancelled.cancels(self.id, self.enqueued_at) {
             return Err(JobError::new(
                 ErrorKind::Cancelled,
                 format!("cancelled by `kiln cancel` {}", when()),

@@ -46,7 +46,7 @@ pub(crate) async fn load(
     shared: &Shared,
     message: &jetstream::Message,
     job: &mut DecodedJob,
-    id: &str,
+    named: (&str, time::OffsetDateTime),
 ) -> Result<Option<LoadPermit>, Unloaded> {
     let wanted = job.objects();
     if wanted.is_empty() {
@@ -55,7 +55,7 @@ pub(crate) async fn load(
     let fetch = async {
         let bucket = bucket(shared).await?;
         let budget = shared.admission.memory().bytes;
-        let place = watched(shared, id, shared.admission.load_place()).await?;
+        let place = watched(shared, named, shared.admission.load_place()).await?;
         // One over the budget, stored or as values, is refused before anything is downloaded
         // (the job's other objects included) and without waiting for the budget.
         // All measured at once (a round trip or two each), then checked in order, so the
@@ -77,7 +77,7 @@ pub(crate) async fn load(
             bytes = bytes.saturating_add(m.load.reserve(budget));
             measured.push(m);
         }
-        let permit = Some(watched(shared, id, place.reserve(bytes)).await?);
+        let permit = Some(watched(shared, named, place.reserve(bytes)).await?);
         let max_elements = shared.config.limits.max_elements;
         // The bytes measured, which the permit covers: all of them together.
         let loads = wanted.iter().zip(&measured).map(|(w, m)| {
@@ -118,10 +118,10 @@ fn in_param(param: &str, mut error: JobError) -> JobError {
 /// compute slot waits for one ([`crate::compute::watched`]).
 async fn watched<T>(
     shared: &Shared,
-    id: &str,
+    named: (&str, time::OffsetDateTime),
     waiting: impl Future<Output = T>,
 ) -> Result<T, Unloaded> {
-    crate::compute::watched(shared, Some(id), waiting)
+    crate::compute::watched(shared, Some(named), waiting)
         .await
         .map_err(|interrupted| match interrupted {
             Interrupted::Stopping => Unloaded::Stopping(JobError::internal(

@@ -71,23 +71,8 @@ async fn run(
     id: &str,
     arriving: Arriving<'_>,
 ) -> Option<Outcome> {
-    let refused = |error: JobError, flops: f64| Outcome {
-        result: Err(error),
-        compute_ms: 0.0,
-        flops,
-        waited: std::time::Duration::ZERO,
-    };
-    // A dtype only GPUs compute is refused before it reaches the CPU (`"device": "none"`),
-    // answered under the id its body gives.
-    if let (ComputeDevice::Cpu, Some(refusal)) = (&shared.config.device, job.refusal_on_cpu()) {
-        return Some(refused(refusal, 0.0));
-    }
-    if shared.cancelled.contains(id) {
-        let error = JobError::new(
-            ErrorKind::Cancelled,
-            "cancelled by `kiln cancel` before it ran",
-        );
-        return Some(refused(error, job.plan.flops));
+    if let Some(refused) = refused_at_once(shared, arrival, &job, id) {
+        return Some(refused);
     }
     // A job reading objects may wait for a place to load them: `kiln status` finds it held.
     let loads = !job.objects().is_empty();
@@ -113,7 +98,14 @@ async fn run(
         batched,
         waited,
         memory,
-    } = compute::compute(shared, &arrival.message, job, id).await;
+    } = compute::compute(
+        shared,
+        &arrival.message,
+        job,
+        id,
+        arrival.envelope.enqueued_at,
+    )
+    .await;
     if let Some(stored) = stored {
         store_output(shared, arrival, id, output_mode, stored, &mut result).await;
     }
@@ -145,6 +137,33 @@ async fn run(
     })
 }
 
+/// What answers `job` before anything is loaded or run: a dtype only GPUs compute, on a CPU
+/// worker (`"device": "none"`, under the id its body gives), or a `kiln cancel` mark.
+fn refused_at_once(
+    shared: &Shared,
+    arrival: &Arrival,
+    job: &DecodedJob,
+    id: &str,
+) -> Option<Outcome> {
+    let refused = |error: JobError, flops: f64| Outcome {
+        result: Err(error),
+        compute_ms: 0.0,
+        flops,
+        waited: std::time::Duration::ZERO,
+    };
+    if let (ComputeDevice::Cpu, Some(refusal)) = (&shared.config.device, job.refusal_on_cpu()) {
+        return Some(refused(refusal, 0.0));
+    }
+    if shared.cancelled.cancels(id, arrival.envelope.enqueued_at) {
+        let error = JobError::new(
+            ErrorKind::Cancelled,
+            "cancelled by `kiln cancel` before it ran",
+        );
+        return Some(refused(error, job.plan.flops));
+    }
+    None
+}
+
 /// Load the objects of `job` (which `loads` them: tracked as held meanwhile); `Err` with what
 /// to answer when they were not loaded (`None`: handed back).
 async fn load(
@@ -164,7 +183,8 @@ async fn load(
         flops,
         waited: std::time::Duration::ZERO,
     };
-    let unloaded = match crate::data::load(shared, &arrival.message, job, id).await {
+    let named = (id, arrival.envelope.enqueued_at);
+    let unloaded = match crate::data::load(shared, &arrival.message, job, named).await {
         Ok(loaded) => return Ok(loaded),
         Err(unloaded) => unloaded,
     };

@@ -11,7 +11,7 @@ import ssl
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -262,6 +262,30 @@ def _in_window(at: datetime | None) -> bool:
     if at.tzinfo is None:
         at = at.replace(tzinfo=timezone.utc)
     return abs((datetime.now(timezone.utc) - at).total_seconds()) <= DUPLICATE_WINDOW_S + 60
+
+
+def _phase_and_replay(record: Mapping[str, Any]) -> tuple[str | None, int]:
+    """The phase and replay number of a KILN_STATE record (None, 0 without)."""
+    try:
+        return record.get("phase"), int(record.get("replay") or 0)
+    except (ValueError, TypeError):
+        return None, 0
+
+
+def _cancels(mark: bytes | None, record: Mapping[str, Any]) -> bool:
+    """Whether a KILN_CANCEL mark applies to the job `record` describes: one queued after
+    the mark (by more than a second: clocks differ) is a later job under that id, which the
+    workers do not cancel either."""
+    if mark is None:
+        return False
+    try:
+        requested = _parse_time(json.loads(mark).get("requested_at"))
+    except (ValueError, AttributeError):
+        return True
+    queued = _parse_time(record.get("at")) if record.get("phase") == "queued" else None
+    if requested is None or queued is None:
+        return True
+    return queued <= requested + timedelta(seconds=1)
 
 
 def _refused(refused: dict[str, str], accepted: list[Job]) -> SubmitError:
@@ -885,7 +909,8 @@ class Client:
     async def status(self, job_id: str, kind: str | None = None) -> JobState:
         """Where job `job_id` is; see `Job.status`."""
         _wire.check_job_id(job_id)
-        phase, replay = await self._record(job_id)
+        record = await self._state(job_id)
+        phase, replay = _phase_and_replay(record)
         found = await self._answer(kind, job_id, phase, replay)
         if found is not None:
             return "succeeded" if found.succeeded else "failed"
@@ -895,7 +920,7 @@ class Client:
             if found is not None:
                 return "succeeded" if found.succeeded else "failed"
             return "running"
-        if await self._kv_get(_wire.BUCKET_CANCEL, job_id) is not None:
+        if _cancels(await self._kv_get(_wire.BUCKET_CANCEL, job_id), record):
             return "cancel_requested"
         if phase == "queued":
             return "queued"
@@ -928,11 +953,7 @@ class Client:
 
     async def _record(self, job_id: str) -> tuple[str | None, int]:
         """The phase and replay number KILN_STATE records for `job_id` (None, 0 without)."""
-        record = await self._state(job_id)
-        try:
-            return record.get("phase"), int(record.get("replay") or 0)
-        except (ValueError, TypeError):
-            return None, 0
+        return _phase_and_replay(await self._state(job_id))
 
     async def _answer(
         self, kind: str | None, job_id: str, phase: str | None, replay: int
@@ -975,7 +996,9 @@ class Client:
 
     async def cancel(self, job_id: str, kind: str | None = None) -> bool:
         """Mark job `job_id` cancelled; see `Job.cancel`. Returns False, marking nothing,
-        when it has a result already (a mark would cancel a later run of the same id)."""
+        when it has a result already (a mark would cancel a later run of the same id). An id
+        with no job known is marked, in case one sent without a record waits in the queue;
+        the mark cancels only jobs enqueued before it, never one submitted later."""
         _wire.check_job_id(job_id)
         if await self._answer(kind, job_id, *await self._record(job_id)) is not None:
             return False
