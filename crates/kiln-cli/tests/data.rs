@@ -224,6 +224,56 @@ async fn an_image_is_filtered_and_comes_back_as_a_png() {
         at(1, 19, 10)
     );
     assert_eq!((at(1, 10, 30), at(1, 30, 50)), (0.0, 0.0));
+
+    // A batch of one keeps its batch dimension, as PyTorch's conv2d keeps it (it came back
+    // [C, H, W]); the same image given as [C, H, W] comes back inline as [C, H, W].
+    let first = HostTensor::new(vec![1, 1, 40, 60], back.data[..2400].to_vec());
+    let one = write(dir.path(), "one.npy", &encode_npy(&first));
+    let input = HostTensor::new(vec![1, 1, 40, 60], {
+        (0..40 * 60)
+            .map(|i| if i % 60 < 30 { 0.0 } else { 1.0 })
+            .collect()
+    });
+    std::fs::write(&one, encode_npy(&input)).unwrap();
+    let out = cluster.kiln(&[
+        "submit",
+        "conv2d",
+        "-p",
+        "filter=sobel",
+        "--input",
+        &format!("image=@{one}"),
+        "--wait",
+    ]);
+    assert_success(&out);
+    let event = result_of(&out);
+    assert_eq!(
+        event.output["object"]["shape"],
+        serde_json::json!([1, 1, 40, 60])
+    );
+    assert!(event.output.get("image").is_none(), "stored, not inline");
+    let single = dir.path().join("single.npy");
+    let out = cluster.kiln(&["result", &event.id, "--output", single.to_str().unwrap()]);
+    assert_success(&out);
+    assert_eq!(
+        read_npy(&single),
+        first,
+        "the first image of the batch of two"
+    );
+    let unbatched = HostTensor::new(vec![1, 40, 60], input.data.clone());
+    let unbatched = write(dir.path(), "unbatched.npy", &encode_npy(&unbatched));
+    let out = cluster.kiln(&[
+        "submit",
+        "conv2d",
+        "-p",
+        "filter=sobel",
+        "--input",
+        &format!("image=@{unbatched}"),
+        "--wait",
+    ]);
+    assert_success(&out);
+    let image = &result_of(&out).output["image"];
+    assert_eq!(image.as_array().map(Vec::len), Some(1), "[C, H, W] inline");
+    assert_eq!(image[0].as_array().map(Vec::len), Some(40));
 }
 
 #[tokio::test(flavor = "multi_thread")]

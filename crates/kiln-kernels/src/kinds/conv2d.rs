@@ -393,9 +393,17 @@ impl Kernel for Conv2d {
             padding: [k / 2, k / 2],
             groups: c,
         };
-        // An image the user sent comes back inline when small (and one image), else as an
-        // object; generated images get the summary only (unless the job asks for the object).
-        let inline_fits = if b == 1 { c * h * w } else { usize::MAX };
+        // The output has the rank of the image given: a tensor [B, C, H, W] comes back
+        // [B, C, H, W], also for B = 1, as PyTorch's conv2d returns it (it came back
+        // [C, H, W], and code written for batches broke at a batch of one); an image file,
+        // [C, H, W] or [H, W] comes back [C, H, W].
+        let batched = matches!(params.image, Some(Input::Object(_)))
+            && ctx.inputs.shape("image").is_some_and(|s| s.len() == 4);
+        let one_image = b == 1 && !batched;
+        // An image the user sent comes back inline when small (and one image: inline images
+        // are [C, H, W]), else as an object; generated images get the summary only (unless
+        // the job asks for the object).
+        let inline_fits = if one_image { c * h * w } else { usize::MAX };
         let placement = ctx.place(params.image.is_some(), inline_fits);
         let Convolved {
             output,
@@ -431,7 +439,7 @@ impl Kernel for Conv2d {
                 out["image"] = json!(image);
             }
             Placement::Object => {
-                let shape = if b == 1 {
+                let shape = if one_image {
                     vec![c, h, w]
                 } else {
                     vec![b, c, h, w]
