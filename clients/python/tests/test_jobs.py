@@ -241,6 +241,8 @@ async def test_train_mlp_on_a_csv_then_mlp_predict_classifies_new_points(
     assert len(out["epochs"]) == 40
     assert trained.object is not None and trained.object["format"] == "safetensors"
     model = await trained.model()
+    with pytest.raises(kiln.KilnError, match=r"holds several tensors.*\.model\(\)"):
+        await trained.array()
     assert model["layers.0.weight"].shape == (2, 16)
     assert model["layers.1.weight"].shape == (16, 3)
     assert model["input.mean"].shape == (2,)
@@ -285,6 +287,13 @@ async def test_a_missing_object_fails_with_invalid_input_naming_it(client: kiln.
     with pytest.raises(kiln.InvalidInput):
         await result.array()
     assert await job.status() == "failed"
+
+
+async def test_put_of_a_path_that_is_no_file_says_how_to_store_text(
+    client: kiln.Client,
+) -> None:
+    with pytest.raises(FileNotFoundError, match=r"no such file; to store text itself, pass bytes"):
+        await client.put("notes", "x,y\n1,0\n")
 
 
 async def test_a_local_path_as_a_parameter_says_to_put_it_first(client: kiln.Client) -> None:

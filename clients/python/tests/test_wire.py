@@ -69,6 +69,13 @@ def test_small_tensors_go_inline_large_or_non_finite_ones_are_uploaded() -> None
         _wire.plan_tensor("a", np.array(["x"]), None)
 
 
+def test_ragged_lists_and_huge_integers_are_refused_saying_so() -> None:
+    with pytest.raises(TypeError, match="'a' is not a rectangular array of numbers"):
+        _wire.plan_tensor("a", [[1.0, 2.0], [3.0]], None)
+    with pytest.raises(TypeError, match="integers past 64 bits"):
+        _wire.plan_tensor("a", [2**70, 1], None)
+
+
 def test_inline_bools_go_as_numbers_and_flat_params_go_flat() -> None:
     mask = np.array([[True, False], [False, True]])
     assert _wire.plan_tensor("a", mask, None) == [[1, 0], [0, 1]]

@@ -1051,6 +1051,11 @@ class Client:
             payload = bytes(data)
         elif isinstance(data, (str, os.PathLike)):
             path = Path(data)
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"put({name!r}, {str(data)[:60]!r}) stores the file at that path, and there is "
+                    "no such file; to store text itself, pass bytes (text.encode())"
+                )
             payload = await asyncio.get_running_loop().run_in_executor(None, path.read_bytes)
             if path.name and path.name != name:
                 description = f"file {path.name}"

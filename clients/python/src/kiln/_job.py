@@ -220,6 +220,12 @@ class Result:
             return tensors[wanted]
         if len(tensors) == 1 and (wanted is None or wanted == stored):
             return next(iter(tensors.values()))
+        if wanted is None:
+            # A train_mlp model: several tensors, and no default among them.
+            raise KilnError(
+                f"{what} holds several tensors, {sorted(tensors)}: name one "
+                f"(.array({sorted(tensors)[0]!r})), or read them all with .model()"
+            )
         raise KilnError(
             f"{what} holds tensors {sorted(tensors)}, not {wanted!r}: "
             f".array({sorted(tensors)[0]!r})"

@@ -192,11 +192,18 @@ def npy_bytes(array: np.ndarray[Any, Any]) -> bytes:
 
 def tensor_array(name: str, value: Any) -> np.ndarray[Any, Any]:
     """`value` (an array or nested lists of numbers) as a numeric numpy array."""
-    array = np.asarray(value)
+    try:
+        array = np.asarray(value)
+    except (ValueError, OverflowError) as e:
+        # numpy refuses ragged nesting outright ("inhomogeneous shape").
+        raise TypeError(
+            f"parameter {name!r} is not a rectangular array of numbers ({e}): every row "
+            "needs as many values as the others"
+        ) from e
     if array.dtype.kind not in "biuf":
         raise TypeError(
             f"parameter {name!r} must hold numbers, got an array of {array.dtype} "
-            f"(shape {array.shape}); ragged lists cannot be sent either"
+            f"(shape {array.shape}): ragged lists, and integers past 64 bits, cannot be sent"
         )
     return array
 
