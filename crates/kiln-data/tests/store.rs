@@ -88,7 +88,8 @@ async fn refuses_before_downloading_a_missing_too_large_or_unexpected_object() {
         invalid(store::fetch(&store, &ObjectRef::new("nope"), Want::Tensor, MIB, 1 << 20).await);
     assert_eq!(
         m,
-        "object \"nope\" not found in KILN_DATA: put it first (kiln put FILE --name nope)"
+        "object \"nope\" not found in KILN_DATA: put it first (kiln put FILE --name nope; in \
+         Python, await client.put(\"nope\", path))"
     );
 
     match store::fetch(

@@ -47,6 +47,10 @@ pub fn not_a_format_hint(prefix: &[u8]) -> &'static str {
         return "; it starts with a UTF-16 byte-order mark: kiln reads CSV as UTF-8, so save \
                 it as UTF-8";
     }
+    if looks_like_other_text(prefix) {
+        return "; it looks like text that is not UTF-8 (Latin-1 or Windows-1252, as older \
+                Excel saves CSV): kiln reads CSV as UTF-8, so save it as UTF-8";
+    }
     let text = prefix.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(prefix);
     match text.iter().find(|b| !b.is_ascii_whitespace()) {
         Some(b'{' | b'[') => {
@@ -55,6 +59,18 @@ pub fn not_a_format_hint(prefix: &[u8]) -> &'static str {
         }
         _ => "",
     }
+}
+
+/// Text in a single-byte encoding: no NUL or other control bytes but whitespace, mostly
+/// ASCII, and some bytes past it (which made it invalid UTF-8).
+fn looks_like_other_text(prefix: &[u8]) -> bool {
+    let control = |b: &u8| b.is_ascii_control() && !b.is_ascii_whitespace();
+    let high = prefix.iter().filter(|b| !b.is_ascii()).count();
+    !prefix.is_empty()
+        && std::str::from_utf8(prefix).is_err()
+        && !prefix.iter().any(control)
+        && high > 0
+        && high * 10 <= prefix.len()
 }
 
 /// Where a `.npy` header ends (magic, version, length, dict), from its first 12 bytes; 0 for
@@ -150,6 +166,12 @@ mod tests {
         assert!(message.contains("UTF-16 byte-order mark"), "{message}");
         let message = refused(b"  [1, 2, 3]", 11, None);
         assert!(message.contains("looks like JSON"), "{message}");
+        let latin1 = b"temp\xe9rature,label\n1,0\n2,1\n";
+        let message = refused(latin1, latin1.len() as u64, None);
+        assert!(message.contains("text that is not UTF-8"), "{message}");
+        let binary = [0x00u8, 0x9f, 0x12, 0xff, 0x80, 0x01];
+        let message = refused(&binary, 6, None);
+        assert!(!message.contains("text"), "{message}");
         assert_eq!(
             refused(b"", 0, None),
             "file f is empty; a job reads .npy, safetensors, PNG, JPEG or CSV"

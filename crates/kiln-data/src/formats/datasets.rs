@@ -52,6 +52,22 @@ fn label(value: f64) -> Option<u32> {
         .then_some(value as u32)
 }
 
+/// What a row whose fields hold semicolons, tabs or bars says about its file: not comma-
+/// separated (semicolons where a comma is the decimal point, as European spreadsheets save
+/// CSV). Empty for any other row.
+fn separator_hint(record: &csv::StringRecord) -> String {
+    let found = [';', '\t', '|']
+        .into_iter()
+        .find(|&s| record.iter().any(|field| field.contains(s)));
+    match found {
+        Some(s) => format!(
+            "; its values look separated by {s:?}: kiln reads comma-separated values with a \
+             point for decimals (pandas: to_csv(path, sep=',', decimal='.'))"
+        ),
+        None => String::new(),
+    }
+}
+
 fn decode_csv(what: &str, bytes: &[u8], max_elements: u64) -> Result<Dataset, DataError> {
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
@@ -79,8 +95,9 @@ fn decode_csv(what: &str, bytes: &[u8], max_elements: u64) -> Result<Dataset, Da
             if record.len() < 2 {
                 return Err(invalid(format!(
                     "{what} has {} column on line {line}: a dataset row is features…, label \
-                     (at least 2 columns)",
-                    record.len()
+                     (at least 2 columns){}",
+                    record.len(),
+                    separator_hint(&record)
                 )));
             }
             columns = Some(record.len());
@@ -97,9 +114,10 @@ fn decode_csv(what: &str, bytes: &[u8], max_elements: u64) -> Result<Dataset, Da
                     return Err(invalid(format!(
                         "{what}: line {line} mixes numbers and text (column {}: {:?}): a \
                          header row holds names only and a data row numbers only; fix or drop \
-                         the row",
+                         the row{}",
                         column + 1,
-                        &record[column]
+                        &record[column],
+                        separator_hint(&record)
                     )));
                 }
                 None => record_row(what, &record, line, max_elements, &mut x, &mut y)?,
@@ -155,7 +173,8 @@ fn record_row(
         let value: f32 = field.parse::<f64>().map_err(|_| {
             invalid(format!(
                 "{what}: line {line}, column {column}: {field:?} is not a number; features \
-                 must be numbers"
+                 must be numbers{}",
+                separator_hint(record)
             ))
         })? as f32;
         if !value.is_finite() {
@@ -314,6 +333,19 @@ mod tests {
         );
         let m = message(dataset("1\n2\n"));
         assert!(m.starts_with("d.csv has 1 column on line 1"), "{m}");
+        assert!(!m.contains("separated by"), "{m}");
+        for (csv, separator) in [
+            ("1;2;0\n", "';'"),
+            ("1.5\t2\t0\n", "'\\t'"),
+            // A comma for decimals splits the values wrongly, into numbers and text.
+            ("1,5;2,25;0\n3,5;1,0;1\n", "';'"),
+        ] {
+            let m = message(dataset(csv));
+            assert!(
+                m.contains(&format!("its values look separated by {separator}")),
+                "{m}"
+            );
+        }
         let m = message(dataset("a,b,label\n"));
         assert!(m.starts_with("d.csv holds no samples"), "{m}");
         let m = message(dataset(""));

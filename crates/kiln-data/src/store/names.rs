@@ -9,7 +9,8 @@ use crate::formats::DataError;
 
 pub(super) fn not_found(name: &str) -> DataError {
     DataError::Invalid(format!(
-        "object {name:?} not found in {BUCKET_DATA}: put it first (kiln put FILE --name {name})"
+        "object {name:?} not found in {BUCKET_DATA}: put it first (kiln put FILE --name {name}; \
+         in Python, await client.put({name:?}, path))"
     ))
 }
 
