@@ -1051,7 +1051,9 @@ class Client:
             payload = bytes(data)
         elif isinstance(data, (str, os.PathLike)):
             path = Path(data)
-            if not path.is_file():
+            if path.is_dir():
+                raise IsADirectoryError(f"put({name!r}, {str(data)[:60]!r}): that is a folder")
+            if not path.exists():
                 raise FileNotFoundError(
                     f"put({name!r}, {str(data)[:60]!r}) stores the file at that path, and there is "
                     "no such file; to store text itself, pass bytes (text.encode())"
@@ -1064,7 +1066,8 @@ class Client:
                 f"put stores bytes, a numpy array or a file path, not {type(data).__name__}"
             )
         bucket = await self._bucket()
-        await bucket.put(name, payload, meta=nats.js.api.ObjectMeta(description=description))
+        meta = nats.js.api.ObjectMeta(name=name, description=description)
+        await bucket.put(name, payload, meta=meta)
         return _wire.ObjectInfo(
             name=name, size=len(payload), sha256=hashlib.sha256(payload).hexdigest()
         )

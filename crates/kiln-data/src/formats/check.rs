@@ -16,6 +16,8 @@ pub fn check_start(
     size: u64,
     key: Option<&str>,
 ) -> Result<(), DataError> {
+    // A file that grew between its size and its read: what was read is there.
+    let size = size.max(prefix.len() as u64);
     if size == 0 {
         return Err(invalid(format!(
             "{what} is empty; a job reads .npy, safetensors, PNG, JPEG or CSV"
