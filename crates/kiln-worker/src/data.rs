@@ -79,14 +79,16 @@ pub(crate) async fn load(
         }
         let permit = Some(watched(shared, named, place.reserve(bytes)).await?);
         let max_elements = shared.config.limits.max_elements;
-        // The bytes measured, which the permit covers: all of them together.
-        let loads = wanted.iter().zip(&measured).map(|(w, m)| {
+        // The bytes measured, which the permit covers: all of them together, the others
+        // dropped as soon as one fails (a wrong format need not wait for a large download).
+        let loads = wanted.iter().zip(&measured).map(|(w, m)| async move {
             store::fetch_measured(bucket, &w.reference, m, w.want, budget, max_elements)
+                .await
+                .map_err(|e| in_param(w.param, e.into()))
         });
-        let loads = futures::future::join_all(loads).await;
+        let loads = futures::future::try_join_all(loads).await?;
         let mut inputs = Inputs::none();
         for (w, loaded) in wanted.into_iter().zip(loads) {
-            let loaded = loaded.map_err(|e| in_param(w.param, e.into()))?;
             inputs.insert(w.param, loaded);
         }
         Ok::<_, Unloaded>((inputs, permit))
