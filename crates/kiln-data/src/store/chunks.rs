@@ -41,7 +41,7 @@ pub(crate) fn chunks(
     patience: Duration,
 ) -> Chunks {
     let reading = Reading {
-        stream: Some(stream),
+        stream,
         inbox,
         info,
         patience,
@@ -67,27 +67,13 @@ pub(crate) fn chunks(
 /// measure it): checked against its info as [`chunks`] checks the last chunk, without a
 /// consumer.
 pub(crate) fn whole(info: &ObjectInfo, only: bytes::Bytes) -> Chunks {
-    let mut digest = sha2::Sha256::new();
-    digest.update(&only);
-    let mut reading = Reading {
-        // Not read from: the one chunk is here.
-        stream: None,
-        inbox: String::new(),
-        info: info.clone(),
-        patience: Duration::ZERO,
-        messages: None,
-        done: true,
-        chunks: 1,
-        bytes: only.len() as u64,
-        digest,
-    };
-    let checked = reading.check().map(|()| only);
+    let checked = verify(info, 1, only.len() as u64, sha2::Sha256::digest(&only)).map(|()| only);
     Box::pin(futures::stream::once(async move { checked }))
 }
 
 /// One object being read.
 struct Reading {
-    stream: Option<Stream>,
+    stream: Stream,
     inbox: String,
     info: ObjectInfo,
     patience: Duration,
@@ -143,8 +129,7 @@ impl Reading {
                 Ok(Some(Err(e))) => return Err(Error::other(e)),
                 Ok(None) => return Err(Error::other("the object's chunks stopped coming")),
                 Err(_) if look < deadline => {
-                    let Some(stream) = &self.stream else { continue };
-                    let now = match name_holds(stream, &self.info).await {
+                    let now = match name_holds(&self.stream, &self.info).await {
                         Some(NameHolds::Another) => Some("put again"),
                         Some(NameHolds::Nothing) => Some("deleted"),
                         Some(NameHolds::It) | None => None,
@@ -175,11 +160,8 @@ impl Reading {
     /// The consumer of the chunks, made on first use; `NotFound` when none is stored.
     async fn messages(&mut self) -> std::io::Result<&mut Ordered> {
         if self.messages.is_none() {
-            let stream = self
+            let consumer = self
                 .stream
-                .as_ref()
-                .ok_or_else(|| Error::other("no stream"))?;
-            let consumer = stream
                 .create_consumer(OrderedConfig {
                     deliver_subject: self.inbox.clone(),
                     filter_subject: chunk_subject(&self.info.nuid),
@@ -204,28 +186,39 @@ impl Reading {
             .ok_or_else(|| Error::other("no consumer"))
     }
 
-    /// The object read whole: as many chunks and bytes as its info says, and its digest. A
-    /// stored digest that does not parse is a mismatch (the client refused those too).
+    /// The object read whole: as many chunks and bytes as its info says, and its digest.
     fn check(&mut self) -> std::io::Result<()> {
-        let read: String = self
-            .digest
-            .finalize_reset()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        let whole = self.chunks == self.info.chunks && self.bytes == self.info.size as u64;
-        let digest_ok = match self.info.digest.as_deref() {
-            None => true,
-            Some(stored) => crate::store::sha256_hex(stored).is_some_and(|stored| stored == read),
-        };
-        if whole && digest_ok {
-            return Ok(());
-        }
-        Err(Error::new(
-            ErrorKind::InvalidData,
-            "the object's bytes do not match its stored size and digest",
-        ))
+        verify(
+            &self.info,
+            self.chunks,
+            self.bytes,
+            self.digest.finalize_reset(),
+        )
     }
+}
+
+/// Whether an object read whole, `chunks` chunks of `bytes` bytes whose SHA-256 is `digest`,
+/// is the one `info` describes. A stored digest that does not parse is a mismatch (the client
+/// refused those too).
+fn verify(
+    info: &ObjectInfo,
+    chunks: usize,
+    bytes: u64,
+    digest: sha2::digest::Output<sha2::Sha256>,
+) -> std::io::Result<()> {
+    let read: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    let whole = chunks == info.chunks && bytes == info.size as u64;
+    let digest_ok = match info.digest.as_deref() {
+        None => true,
+        Some(stored) => crate::store::sha256_hex(stored).is_some_and(|stored| stored == read),
+    };
+    if whole && digest_ok {
+        return Ok(());
+    }
+    Err(Error::new(
+        ErrorKind::InvalidData,
+        "the object's bytes do not match its stored size and digest",
+    ))
 }
 
 /// The subject of the chunks of the object version `nuid` in `KILN_DATA`.

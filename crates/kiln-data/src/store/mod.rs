@@ -249,7 +249,7 @@ pub async fn fetch(
 }
 
 /// [`fetch`] the object [`load_size`] measured: the bytes it measured, with no second look
-/// at the object's info (one put again since is refused as it is read).
+/// at the object's info (see [`Measured`]).
 pub async fn fetch_measured(
     store: &Bucket,
     reference: &ObjectRef,

@@ -94,37 +94,30 @@ pub(super) async fn stored_info(store: &Bucket, name: &str) -> Result<ObjectInfo
 
 /// Object `name`'s own info (a link's, for a link); a deleted object is not found.
 pub(super) async fn plain_info(store: &Bucket, name: &str) -> Result<ObjectInfo, DataError> {
+    live_info(store, name).await?.ok_or_else(|| not_found(name))
+}
+
+/// Object `name`'s own info, `None` when it is not there: never stored, or deleted by any
+/// client (nats-py marks an object deleted with `"mtime": ""`, which async-nats does not
+/// parse).
+async fn live_info(store: &Bucket, name: &str) -> Result<Option<ObjectInfo>, DataError> {
     if !usable_name(name) {
         return Err(bad_name(name));
     }
-    let info = match store.info(name).await {
-        Ok(info) => info,
-        // nats-py marks an object deleted with `"mtime": ""`, which async-nats does not parse.
-        Err(e) if undecodable(&e) && chunks::marked_deleted(&store.stream, name).await => {
-            return Err(not_found(name));
-        }
-        Err(e) => return Err(info_error(name, e)),
-    };
-    if info.deleted {
-        return Err(not_found(name));
+    match store.info(name).await {
+        Ok(info) if info.deleted => Ok(None),
+        Ok(info) => Ok(Some(info)),
+        Err(e) if e.kind() == InfoErrorKind::NotFound => Ok(None),
+        Err(e) if undecodable(&e) && chunks::marked_deleted(&store.stream, name).await => Ok(None),
+        Err(e) => Err(info_error(name, e)),
     }
-    Ok(info)
 }
 
 /// Remove object `name` (`kiln rm`; a link removes the link): its size, or `None` when it was
 /// not there (never stored, or deleted by any client, nats-py's form included).
 pub async fn remove(store: &Bucket, name: &str) -> Result<Option<u64>, DataError> {
-    if !usable_name(name) {
-        return Err(bad_name(name));
-    }
-    let size = match store.info(name).await {
-        Ok(info) if info.deleted => return Ok(None),
-        Ok(info) => info.size as u64,
-        Err(e) if e.kind() == InfoErrorKind::NotFound => return Ok(None),
-        Err(e) if undecodable(&e) && chunks::marked_deleted(&store.stream, name).await => {
-            return Ok(None);
-        }
-        Err(e) => return Err(info_error(name, e)),
+    let Some(info) = live_info(store, name).await? else {
+        return Ok(None);
     };
     store.delete(name).await.map_err(|e| {
         DataError::Io(format!(
@@ -132,7 +125,7 @@ pub async fn remove(store: &Bucket, name: &str) -> Result<Option<u64>, DataError
              to NATS"
         ))
     })?;
-    Ok(Some(size))
+    Ok(Some(info.size as u64))
 }
 
 /// How messages name the object `name` whose info is `info`: `object NAME`, followed by its

@@ -7,8 +7,9 @@ use super::{Bucket, PEEK, Want, chunks, stored_info};
 use crate::formats::{self, DataError};
 
 /// An object measured before it is downloaded: its info (a link's target's) and what loading
-/// it takes. [`super::fetch_measured`] then reads those very bytes: an object put again in
-/// between is refused as it is read, never loaded past what was reserved for it.
+/// it takes. [`super::fetch_measured`] then reads those very bytes, never loaded past what was
+/// reserved for it: an object of one chunk from the chunk read here; one of several, put
+/// again in between, is refused as it is read.
 #[derive(Debug, Clone)]
 pub struct Measured {
     pub(super) info: ObjectInfo,
