@@ -8,9 +8,7 @@ use anyhow::Context as _;
 use async_nats::jetstream;
 use kiln_client::data::{bucket, get_file, get_to_writer, put_file};
 
-use indicatif::ProgressBar;
-
-use super::submit::bytes_bar;
+use super::submit::BytesBar;
 use crate::cli::{GetArgs, NatsArgs, PutArgs, RmArgs};
 
 /// `kiln put FILE [--name NAME]`: store the file, print the reference a job names it by.
@@ -24,11 +22,9 @@ pub async fn put(nats: &NatsArgs, args: PutArgs) -> anyhow::Result<ExitCode> {
     let js = connect(nats).await?;
     let bucket = bucket(&js).await?;
     let size = std::fs::metadata(&args.file).map_or(0, |m| m.len());
-    let bar = bytes_bar(size, "storing");
-    let on_bytes = |n: u64| bar.iter().for_each(|bar| bar.inc(n));
-    let descriptor = put_file(&bucket, &name, &args.file, Some(&on_bytes)).await;
-    bar.iter().for_each(ProgressBar::finish_and_clear);
-    let descriptor = descriptor?;
+    let bar = BytesBar::new(size, "storing");
+    let descriptor = put_file(&bucket, &name, &args.file, bar.on_bytes()).await?;
+    drop(bar);
     let reference = serde_json::json!({
         "object": descriptor.name,
         "sha256": descriptor.sha256,
@@ -95,19 +91,15 @@ pub async fn get(nats: &NatsArgs, args: GetArgs) -> anyhow::Result<ExitCode> {
             base => PathBuf::from(base),
         },
     };
-    let bar = bytes_bar(size, "fetching");
-    let on_bytes = |n: u64| bar.iter().for_each(|bar| bar.inc(n));
-    let on_bytes = Some(&on_bytes as &(dyn Fn(u64) + Send + Sync));
+    let bar = BytesBar::new(size, "fetching");
     if path == Path::new("-") {
         let stdout = &mut tokio::io::stdout();
-        let written = get_to_writer(&bucket, &args.name, stdout, None, on_bytes).await;
-        bar.iter().for_each(ProgressBar::finish_and_clear);
-        written?;
+        get_to_writer(&bucket, &args.name, stdout, None, bar.on_bytes()).await?;
     } else {
-        let fetch = get_file(&bucket, &args.name, &path, None, on_bytes);
-        let size = or_interrupted(&path, fetch).await;
-        bar.iter().for_each(ProgressBar::finish_and_clear);
-        eprintln!("wrote {} ({} bytes)", path.display(), size?);
+        let fetch = get_file(&bucket, &args.name, &path, None, bar.on_bytes());
+        let size = or_interrupted(&path, fetch).await?;
+        drop(bar);
+        eprintln!("wrote {} ({size} bytes)", path.display());
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -173,12 +165,9 @@ pub async fn save_output(
     retry: bool,
 ) -> anyhow::Result<()> {
     let size = kiln_client::data::stored_output(event).map_or(0, |d| d.size);
-    let bar = bytes_bar(size, "fetching");
-    let on_bytes = |n: u64| bar.iter().for_each(|bar| bar.inc(n));
-    let saving = kiln_client::data::save_output(js, event, path, Some(&on_bytes));
-    let saved = or_interrupted(path, saving).await;
-    bar.iter().for_each(ProgressBar::finish_and_clear);
-    let saved = saved.with_context(|| {
+    let bar = BytesBar::new(size, "fetching");
+    let saving = kiln_client::data::save_output(js, event, path, bar.on_bytes());
+    let saved = or_interrupted(path, saving).await.with_context(|| {
         let later = match retry {
             true => format!("; `kiln result {} --output FILE` writes it", event.id),
             false => String::new(),
@@ -189,6 +178,7 @@ pub async fn save_output(
             path.display(),
         )
     })?;
+    drop(bar);
     let d = &saved.descriptor;
     let format = match saved.converted_to {
         Some(to) => format!("{to}, converted from the stored {}", d.format),

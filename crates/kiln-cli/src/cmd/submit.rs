@@ -30,21 +30,48 @@ pub fn progress_bar(len: u64, what: &str) -> ProgressBar {
 /// Transfers smaller than this go without a bar: they are over before one would show.
 const BAR_BYTES: u64 = 8 << 20;
 
-/// A progress bar in bytes on stderr for a transfer of `total` bytes (`what`: "storing",
-/// "fetching"); none for a small one (hidden when stderr is not a terminal).
-pub fn bytes_bar(total: u64, what: &str) -> Option<ProgressBar> {
-    (total >= BAR_BYTES).then(|| {
-        let bar = ProgressBar::new(total);
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{msg:>10} [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta})",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        );
-        bar.set_message(what.to_owned());
-        bar
-    })
+/// A progress bar in bytes on stderr for a transfer (hidden when stderr is not a terminal;
+/// none for a small one), moved by the callback [`BytesBar::on_bytes`] gives the transfer, and
+/// cleared when dropped: a message printed after it, an error included, has no bar above it.
+pub struct BytesBar {
+    bar: Option<ProgressBar>,
+    inc: Option<Box<dyn Fn(u64) + Send + Sync>>,
+}
+
+impl BytesBar {
+    /// A bar for `total` bytes (`what`: "storing", "fetching").
+    pub fn new(total: u64, what: &str) -> Self {
+        let bar = (total >= BAR_BYTES).then(|| {
+            let bar = ProgressBar::new(total);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{msg:>10} [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta})",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            bar.set_message(what.to_owned());
+            bar
+        });
+        let inc = bar.clone().map(|bar| {
+            let inc: Box<dyn Fn(u64) + Send + Sync> = Box::new(move |n| bar.inc(n));
+            inc
+        });
+        BytesBar { bar, inc }
+    }
+
+    /// What the transfer tells the bytes it moved (none without a bar).
+    pub fn on_bytes(&self) -> kiln_client::data::OnBytes<'_> {
+        self.inc.as_deref()
+    }
+}
+
+impl Drop for BytesBar {
+    fn drop(&mut self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
 }
 
 /// `kiln submit`: check what was asked, publish the jobs, and with `--wait` print their
@@ -205,18 +232,15 @@ impl<'a> Submission<'a> {
                 })
                 .map(|m| m.len())
                 .sum();
-            let bar = bytes_bar(total, "storing");
-            let on_bytes = |n: u64| bar.iter().for_each(|bar| bar.inc(n));
-            let attached = kiln_client::data::attach_inputs(
+            let bar = BytesBar::new(total, "storing");
+            kiln_client::data::attach_inputs(
                 &bucket,
                 &self.base_id,
                 &self.inputs,
                 &mut self.params,
-                Some(&on_bytes),
+                bar.on_bytes(),
             )
-            .await;
-            bar.iter().for_each(ProgressBar::finish_and_clear);
-            attached?;
+            .await?;
         }
         self.ids
             .iter()
