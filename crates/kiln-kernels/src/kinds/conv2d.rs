@@ -249,6 +249,14 @@ fn check_kernel(kernel: &[Vec<f32>]) -> Result<usize, JobError> {
     Ok(size)
 }
 
+/// Whether the image was given as a tensor [B, C, H, W]: its output keeps that rank, also for
+/// B = 1, as PyTorch's conv2d does (it came back [C, H, W], and code written for batches broke
+/// at a batch of one); an image file, [C, H, W] or [H, W] comes back [C, H, W].
+fn given_as_batch(params: &Params, inputs: &Inputs) -> bool {
+    matches!(params.image, Some(Input::Object(_)))
+        && inputs.shape("image").is_some_and(|s| s.len() == 4)
+}
+
 /// Batch, channels, rows and columns of the image the user gave, inline or loaded (None while
 /// not loaded yet).
 fn given_shape(
@@ -393,13 +401,7 @@ impl Kernel for Conv2d {
             padding: [k / 2, k / 2],
             groups: c,
         };
-        // The output has the rank of the image given: a tensor [B, C, H, W] comes back
-        // [B, C, H, W], also for B = 1, as PyTorch's conv2d returns it (it came back
-        // [C, H, W], and code written for batches broke at a batch of one); an image file,
-        // [C, H, W] or [H, W] comes back [C, H, W].
-        let batched = matches!(params.image, Some(Input::Object(_)))
-            && ctx.inputs.shape("image").is_some_and(|s| s.len() == 4);
-        let one_image = b == 1 && !batched;
+        let one_image = b == 1 && !given_as_batch(params, ctx.inputs);
         // An image the user sent comes back inline when small (and one image: inline images
         // are [C, H, W]), else as an object; generated images get the summary only (unless
         // the job asks for the object).
