@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 import logging
+import subprocess
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -731,6 +732,23 @@ async def test_submitting_where_kiln_has_no_streams_raises_submit_error(bare_nat
         with pytest.raises(kiln.SubmitError, match="kiln init") as caught:
             await bare.submit("vector_add", "cpu", len=4, id="nowhere-1")
         assert list(caught.value.refused) == ["nowhere-1"]
+
+
+async def test_a_full_queue_is_refused_at_once_with_the_servers_reason(bare_nats: str) -> None:
+    from conftest import kiln_binary
+
+    init = [kiln_binary(), "--nats-url", bare_nats, "init", "--max-queued-jobs", "3"]
+    subprocess.run(init, check=True, capture_output=True, timeout=60)
+    async with kiln.connect(bare_nats) as c:
+        # No GPU worker runs: the jobs stay queued, and the fourth finds the queue full.
+        specs = [{"kind": "vector_add", "len": 4, "id": f"full-{i}"} for i in range(4)]
+        with pytest.raises(kiln.SubmitError, match="maximum messages exceeded") as caught:
+            await c.submit_many(specs, device="gpu")
+        assert [job.id for job in caught.value.jobs] == ["full-0", "full-1", "full-2"]
+        assert list(caught.value.refused) == ["full-3"]
+        assert "KILN_JOBS stream is full" in caught.value.refused["full-3"]
+        with pytest.raises(kiln.SubmitError, match="the server refused job full-4"):
+            await c.submit("vector_add", "gpu", len=4, id="full-4")
 
 
 async def test_connecting_to_nothing_raises_connect_error() -> None:

@@ -28,6 +28,7 @@ from nats.js.client import JetStreamContext
 from nats.js.object_store import ObjectStore
 
 from . import _wire
+from ._acks import Acks
 from ._errors import ConnectError, KilnError, ObjectNotFound, SubmitError
 from ._job import Job, JobState, Result, answers
 from ._job import _time as _parse_time
@@ -303,6 +304,7 @@ class Client:
     def __init__(self, nc: NATS) -> None:
         self._nc = nc
         self._js: JetStreamContext = nc.jetstream()
+        self._acks = Acks(nc)
         self._data: ObjectStore | None = None
         # Jobs waiting for their result: each with its own subscription, or (in batches
         # past SUBSCRIBE_EACH_UP_TO) on one subscription to every result of its kind and one
@@ -539,7 +541,7 @@ class Client:
             job._published_at = datetime.now(timezone.utc)
             try:
                 acks.append(
-                    await self._js.publish_async(
+                    await self._acks.publish(
                         _wire.job_subject(p.device, p.kind), p.body, headers=headers
                     )
                 )
@@ -706,7 +708,7 @@ class Client:
         if p.digest:
             state["py_digest"] = p.digest
         subject = f"$KV.{_wire.BUCKET_STATE}.{_wire.job_key(p.job_id)}"
-        return await self._js.publish_async(subject, json.dumps(state).encode())
+        return await self._acks.publish(subject, json.dumps(state).encode())
 
     # -- results --------------------------------------------------------------------------
 
