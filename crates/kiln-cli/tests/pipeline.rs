@@ -960,6 +960,63 @@ async fn long_job_is_kept_alive_by_progress_acks_and_runs_once() {
     assert_eq!(stored, 1);
 }
 
+/// The consumer's ack wait cut from 30 s to 1 s while a worker runs (`nats consumer edit`, or
+/// an older `kiln init` undoing a worker's `--ack-wait`): the worker's progress acks follow
+/// it. They came every 10 s, a third of the wait read at start, so the server delivered the
+/// running job again every second, and once its five deliveries were spent it was answered
+/// `failed` and dead-lettered while it still computed. `kiln init` leaves the wait as it is.
+#[tokio::test(flavor = "multi_thread")]
+async fn progress_acks_follow_an_ack_wait_changed_while_the_worker_runs() {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    cluster.cpu_worker();
+    // Serving, with the consumer's 30 s read.
+    assert_success(&cluster.kiln(&["submit", "vector_add", "-p", "len=4", "--wait"]));
+    let client = cluster.client().await;
+    let js = jetstream::new(client.clone());
+    let stream = js.get_stream("KILN_JOBS").await.unwrap();
+    let mut config = stream.consumer_info("workers-cpu").await.unwrap().config;
+    assert_eq!(config.ack_wait, Duration::from_secs(30));
+    config.ack_wait = Duration::from_secs(1);
+    stream
+        .update_consumer(config)
+        .await
+        .expect("set a 1 s ack wait");
+    let out = cluster.kiln(&[
+        "submit",
+        "train_mlp",
+        "-p",
+        "epochs=800",
+        "-p",
+        "samples=1024",
+        "--id",
+        "long-after-change",
+        "--wait",
+    ]);
+    assert_success(&out);
+    let event: ResultEvent = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(event.status, Status::Succeeded, "{event:?}");
+    assert!(
+        event.compute_ms > 6_000.0,
+        "the job must outlast five ack waits: {} ms",
+        event.compute_ms
+    );
+    assert_eq!(event.attempt, 1);
+    let mut dlq = js.get_stream("KILN_DLQ").await.unwrap();
+    assert_eq!(
+        dlq.info().await.unwrap().state.messages,
+        0,
+        "nothing dead-lettered"
+    );
+    let (stored, _) = common::stored_results(&client).await;
+    assert_eq!(stored, 2);
+    // `kiln init` has no say in the workers' ack wait and deliveries: they stay.
+    assert_success(&cluster.kiln(&["init"]));
+    let info = stream.consumer_info("workers-cpu").await.unwrap();
+    assert_eq!(info.config.ack_wait, Duration::from_secs(1));
+    assert_eq!(info.config.max_deliver, 5);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn live_workers_are_listed_and_expire_when_killed() {
     let mut cluster = Cluster::new();

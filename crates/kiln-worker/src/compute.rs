@@ -70,7 +70,7 @@ pub(crate) async fn compute(
     enqueued_at: OffsetDateTime,
 ) -> Ran {
     if crate::batch::takes(shared, &job) {
-        let mut ticker = progress_ticker(shared.config.topology.ack_wait);
+        let mut ticker = shared.ack_wait.progress();
         computing(shared, job.kind.name, id);
         let mut batched = crate::batch::enqueue(shared, job, id, enqueued_at);
         let abandon = abandoned(shared.abandon.subscribe());
@@ -87,7 +87,7 @@ pub(crate) async fn compute(
     if runs_inline(&shared.config, &job) {
         return run_inline(shared, job, id, enqueued_at);
     }
-    let mut ticker = progress_ticker(shared.config.topology.ack_wait);
+    let mut ticker = shared.ack_wait.progress();
     let waiting = Instant::now();
     let permit = match admit(shared, message, &job, (id, enqueued_at), &mut ticker).await {
         Ok(permit) => permit,
@@ -128,13 +128,6 @@ pub(crate) async fn compute(
             () = &mut abandon => return Ran::handed_back(ABANDONED.into()),
         }
     }
-}
-
-/// Ticks for the progress acks of a job that waits or computes for longer than a moment:
-/// three per ack wait. (Not made for a job run inline: a timer is an allocation.)
-pub(crate) fn progress_ticker(ack_wait: Duration) -> tokio::time::Interval {
-    let every = (ack_wait / 3).max(Duration::from_millis(100));
-    tokio::time::interval_at(tokio::time::Instant::now() + every, every)
 }
 
 /// Why a job whose computation the stopping worker stopped waiting for was handed back.
@@ -195,7 +188,7 @@ async fn admit(
     message: &jetstream::Message,
     job: &DecodedJob,
     named: (&str, OffsetDateTime),
-    ticker: &mut tokio::time::Interval,
+    ticker: &mut crate::ackwait::Progress,
 ) -> Result<ComputePermit, Interrupted> {
     let admitted = watched(
         shared,

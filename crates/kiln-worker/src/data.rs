@@ -1,8 +1,6 @@
 //! A job's objects: loading the inputs its parameters name from `KILN_DATA` before it runs,
 //! and storing the output it leaves there after.
 
-use std::time::Duration;
-
 use async_nats::jetstream::{self, AckKind};
 use kiln_data::store;
 use kiln_kernels::{DecodedJob, Inputs, Stored};
@@ -95,11 +93,7 @@ pub(crate) async fn load(
     };
     // Boxed: the object store's futures are tens of kilobytes, which every job's future would
     // otherwise carry (and spawning copy) whether it loads objects or not.
-    let fetching = Box::pin(with_progress(
-        message,
-        shared.config.topology.ack_wait,
-        fetch,
-    ));
+    let fetching = Box::pin(with_progress(message, shared.ack_wait.progress(), fetch));
     let (inputs, permit) = fetching.await?;
     job.load(inputs)?;
     if let Err(refused) = shared.admission.fits(job.kind.name, job.plan.elements) {
@@ -159,7 +153,7 @@ pub(crate) async fn store_output(
     };
     // Boxed, as loading is: only a job that stores an output pays for the object store's
     // futures.
-    let storing = Box::pin(with_progress(message, shared.config.topology.ack_wait, put));
+    let storing = Box::pin(with_progress(message, shared.ack_wait.progress(), put));
     let descriptor = storing.await?;
     if let Some(fields) = output.as_object_mut() {
         fields.insert(
@@ -183,10 +177,9 @@ pub(crate) fn format_of(stored: &Stored, asked: kiln_proto::OutputMode) -> &'sta
 /// progress.
 async fn with_progress<T>(
     message: &jetstream::Message,
-    ack_wait: Duration,
+    mut ticker: crate::ackwait::Progress,
     work: impl std::future::Future<Output = T>,
 ) -> T {
-    let mut ticker = crate::compute::progress_ticker(ack_wait);
     tokio::pin!(work);
     loop {
         tokio::select! {

@@ -18,6 +18,7 @@
 // decides how many jobs are held and which compute now; `publish` writes results and dead
 // letters.
 mod acks;
+mod ackwait;
 mod admission;
 mod answer;
 mod arrival;

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use async_nats::jetstream;
 
@@ -67,6 +67,8 @@ pub(crate) struct Shared {
     pub result_ids: crate::publish::ResultIds,
     /// The `KILN_DATA` object store, opened when a job first needs it.
     pub data: tokio::sync::OnceCell<kiln_data::store::Bucket>,
+    /// The consumer's ack wait, which progress acks follow ([`crate::ackwait`]).
+    pub ack_wait: Arc<crate::ackwait::AckWait>,
     /// Acks of answered jobs, sent a moment later ([`crate::acks`]).
     pub acks: crate::acks::Acks,
     /// The `KILN_JOBS` sequences of the jobs this worker holds ([`Holding`]), each with the

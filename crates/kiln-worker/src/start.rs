@@ -30,6 +30,8 @@ pub(crate) struct Started {
     pub dead_letters: tokio::task::JoinHandle<()>,
     /// Keeps the memory gauges current until the worker stops.
     pub _memory: crate::observe::Sampler,
+    /// Keeps the ack wait current until the worker stops.
+    pub _ack_wait: crate::ackwait::Following,
 }
 
 /// Start a worker: everything before its first pull. `None` when `shutdown` resolved while
@@ -74,6 +76,7 @@ pub(crate) async fn start(
     ));
     config.health.serving();
     let _memory = crate::observe::sample_memory(shared.clone());
+    let _ack_wait = crate::ackwait::AckWait::follow(shared.ack_wait.clone(), consumer.clone());
     tracing::info!(
         worker = %config.name,
         device = %config.device,
@@ -89,6 +92,7 @@ pub(crate) async fn start(
         stop_dead_letters,
         dead_letters,
         _memory,
+        _ack_wait,
     }))
 }
 
@@ -144,6 +148,7 @@ async fn open(
         result_ids: crate::publish::ResultIds::of(js).await,
         data: tokio::sync::OnceCell::new(),
         acks: crate::acks::Acks::start(js.client()),
+        ack_wait: Arc::new(crate::ackwait::AckWait::new(config.topology.ack_wait)),
         holding: Default::default(),
         config,
     });

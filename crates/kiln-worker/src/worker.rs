@@ -125,6 +125,12 @@ async fn take(
                                     "a job this worker is running was delivered again; \
                                      left to the attempt running"
                                 );
+                                // The server thinks it stalled: tell it at once that it
+                                // runs, and read the ack wait again, which its progress acks
+                                // may have fallen behind (see `ackwait`).
+                                let progress = jetstream::AckKind::Progress;
+                                let _ = arrival.message.ack_with(progress).await;
+                                shared.ack_wait.stale();
                                 if let Some(trace) = &arrival.trace {
                                     trace.outcome("delivered_again", None);
                                 }

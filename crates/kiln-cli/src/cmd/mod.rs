@@ -79,6 +79,8 @@ pub fn topology(nats: &NatsArgs) -> Topology {
         results_max_bytes: nats.results_max_bytes,
         data_max_age: nats.data_max_age(),
         data_max_bytes: nats.data_max_bytes,
+        // `kiln init` takes no ack wait or deliveries: the consumers keep theirs.
+        keep_delivery: true,
         ..Topology::default()
     }
 }

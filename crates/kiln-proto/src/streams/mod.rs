@@ -83,6 +83,10 @@ pub struct Topology {
     /// How often workers refresh their entry in `KILN_WORKERS`; an entry expires after
     /// three missed heartbeats.
     pub heartbeat: Duration,
+    /// Whether an update ([`update_all`]) leaves the ack wait and deliveries of the workers'
+    /// consumers as they are: `kiln init` takes neither, and must not undo what the worker
+    /// that made a consumer chose (`--ack-wait`) or an operator set since.
+    pub keep_delivery: bool,
 }
 
 impl Default for Topology {
@@ -98,6 +102,7 @@ impl Default for Topology {
             ack_wait: Duration::from_secs(30),
             max_deliver: 5,
             heartbeat: Duration::from_secs(2),
+            keep_delivery: false,
         }
     }
 }

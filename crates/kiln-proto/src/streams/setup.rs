@@ -492,7 +492,15 @@ async fn create_consumers(
         crate::DeviceClass::Cpu,
         crate::DeviceClass::Auto,
     ] {
-        let config = topology.jobs_consumer(class.consumer(), crate::subject::jobs_of_class(class));
+        let mut config =
+            topology.jobs_consumer(class.consumer(), crate::subject::jobs_of_class(class));
+        if update
+            && topology.keep_delivery
+            && let Ok(info) = jobs.consumer_info(class.consumer()).await
+        {
+            config.ack_wait = info.config.ack_wait;
+            config.max_deliver = info.config.max_deliver;
+        }
         create_consumer(jobs, config, update).await?;
     }
     let results = get_stream(js, STREAM_RESULTS).await?;

@@ -1,0 +1,141 @@
+//! The consumer's ack wait as the server has it now, which a job's progress acks follow.
+//!
+//! A worker reads it at start, but an operator can change it while workers run (`nats consumer
+//! edit`, or a consumer made by a worker with `--ack-wait 300s` and set back by an older `kiln
+//! init`): progress acks sent at a third of a wait the server no longer uses let it deliver a
+//! healthy running job again every ack wait, until its last delivery was spent and the job was
+//! dead-lettered while it still computed. So the wait is read again every few seconds, and at
+//! once when the server delivers a job this worker is running (the sign that it is behind).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::PullConsumer;
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+
+/// How often the consumer's ack wait is read again.
+const REFRESH_EVERY: Duration = Duration::from_secs(10);
+
+/// The ack wait progress acks follow, kept current by [`AckWait::follow`].
+pub(crate) struct AckWait {
+    now: watch::Sender<Duration>,
+    stale: Notify,
+}
+
+impl AckWait {
+    pub(crate) fn new(ack_wait: Duration) -> Self {
+        AckWait {
+            now: watch::Sender::new(ack_wait),
+            stale: Notify::new(),
+        }
+    }
+
+    /// Read it again now: the server delivered a job this worker is running, so its progress
+    /// acks came too late.
+    pub(crate) fn stale(&self) {
+        self.stale.notify_one();
+    }
+
+    /// Ticks for one job's progress acks: three per ack wait, following it as it changes.
+    pub(crate) fn progress(&self) -> Progress {
+        Progress {
+            wait: self.now.subscribe(),
+            last: Instant::now(),
+        }
+    }
+
+    /// Keep the ack wait current from `consumer` until the returned guard is dropped.
+    pub(crate) fn follow(this: Arc<Self>, consumer: PullConsumer) -> Following {
+        Following(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(REFRESH_EVERY) => {}
+                    () = this.stale.notified() => {}
+                }
+                let Ok(info) = consumer.get_info().await else {
+                    continue;
+                };
+                this.set(info.config.ack_wait);
+            }
+        }))
+    }
+
+    fn set(&self, ack_wait: Duration) {
+        if ack_wait.is_zero() {
+            return;
+        }
+        self.now.send_if_modified(|now| {
+            if *now == ack_wait {
+                return false;
+            }
+            tracing::info!(was = ?*now, ?ack_wait, "the consumer's ack wait changed; progress acks follow it");
+            *now = ack_wait;
+            true
+        });
+    }
+}
+
+/// Stops following the ack wait when dropped.
+pub(crate) struct Following(tokio::task::JoinHandle<()>);
+
+impl Drop for Following {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A job's progress-ack ticks: one a third of the ack wait after the last (at least every
+/// 100 ms), sooner when the ack wait shrinks meanwhile. Cancel-safe, as a tokio interval is.
+pub(crate) struct Progress {
+    wait: watch::Receiver<Duration>,
+    last: Instant,
+}
+
+impl Progress {
+    pub(crate) async fn tick(&mut self) {
+        loop {
+            let every = (*self.wait.borrow_and_update() / 3).max(Duration::from_millis(100));
+            let at = self.last + every;
+            tokio::select! {
+                () = tokio::time::sleep_until(at) => break,
+                changed = self.wait.changed() => {
+                    if changed.is_err() {
+                        tokio::time::sleep_until(at).await;
+                        break;
+                    }
+                }
+            }
+        }
+        self.last = Instant::now();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn progress_follows_the_ack_wait_as_it_changes() {
+        let wait = AckWait::new(Duration::from_secs(300));
+        let mut progress = wait.progress();
+        let start = Instant::now();
+        // A tick is due 100 s on; 10 s in, the ack wait drops to 30 s: the tick comes at once
+        // (10 s is already past its new third), the next 10 s later.
+        let ticking = tokio::spawn(async move {
+            progress.tick().await;
+            let first = start.elapsed();
+            progress.tick().await;
+            (first, start.elapsed())
+        });
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        wait.set(Duration::from_secs(30));
+        let (first, second) = ticking.await.unwrap();
+        assert_eq!(first.as_secs(), 10);
+        assert_eq!(second.as_secs(), 20);
+        assert_eq!(*wait.now.borrow(), Duration::from_secs(30));
+        // A zero (a consumer that says nothing) changes nothing.
+        wait.set(Duration::ZERO);
+        assert_eq!(*wait.now.borrow(), Duration::from_secs(30));
+    }
+}
