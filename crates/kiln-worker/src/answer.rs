@@ -64,8 +64,11 @@ pub(crate) async fn finish(shared: &Shared, arrival: &Arrival, id: String, outco
             .await;
         return;
     }
-    if !store(shared, arrival, &fitted).await {
-        return;
+    match store(shared, arrival, &fitted).await {
+        Some(Answer::Now) => {}
+        // Another run answered the job: this one is no answer, and is not counted as one.
+        Some(Answer::Before) => return shared.acks.ack(message, &event.id).await,
+        None => return,
     }
     let status = match event.status {
         Status::Succeeded => {
@@ -166,8 +169,9 @@ async fn delete_object(shared: &Shared, name: String) {
 /// stream leader election in a cluster, a server restart) keep the job, tell the server it is
 /// still in progress, and try again: handing it back would spend one of its deliveries on a
 /// fault that is not the job's. Only after [`RESULT_PATIENCE`] is it handed back, and this
-/// returns false.
-async fn store(shared: &Shared, arrival: &Arrival, fitted: &Fitted) -> bool {
+/// returns `None`; else whether this run's result is the job's answer or one was stored
+/// before it.
+async fn store(shared: &Shared, arrival: &Arrival, fitted: &Fitted) -> Option<Answer> {
     let (message, event) = (&arrival.message, &fitted.event);
     let patience = tokio::time::Instant::now() + RESULT_PATIENCE;
     let mut pause = Duration::from_millis(200);
@@ -182,14 +186,14 @@ async fn store(shared: &Shared, arrival: &Arrival, fitted: &Fitted) -> bool {
         )
         .await
         {
-            Ok(Answer::Now) => return true,
+            Ok(Answer::Now) => return Some(Answer::Now),
             Ok(Answer::Before) => {
                 // This run's stored output is nobody's answer.
                 if let Some(name) = stored_object_name(event) {
                     // Boxed: the object store's futures are large and this is rare.
                     Box::pin(delete_object(shared, name)).await;
                 }
-                return true;
+                return Some(Answer::Before);
             }
             Err(e) if tokio::time::Instant::now() + pause < patience => {
                 tracing::warn!(id = %event.id, error = %e, ?pause, "could not publish result; retrying");
@@ -203,7 +207,7 @@ async fn store(shared: &Shared, arrival: &Arrival, fitted: &Fitted) -> bool {
                 let _ = message
                     .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
                     .await;
-                return false;
+                return None;
             }
         }
     }
