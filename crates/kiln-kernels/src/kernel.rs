@@ -499,14 +499,18 @@ fn decode<K: Kernel>(
     limits: &Limits,
 ) -> Result<DecodedJob, JobError> {
     limits.check_payload(body.len())?;
+    let json = match codec {
+        Codec::Json => kiln_proto::without_bom(body),
+        Codec::Bincode => body,
+    };
     // serde reads a JSON array as a struct's fields in order: `[1, 2, 3]` would be refused
     // for its first element ("expected a string"), which says nothing useful.
     if codec == Codec::Json
-        && let Some(first) = body.iter().find(|b| !b.is_ascii_whitespace())
+        && let Some(first) = json.iter().find(|b| !b.is_ascii_whitespace())
         && *first != b'{'
     {
         // Read through (nothing kept) to know it is JSON before naming it by its first byte.
-        let got = match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+        let got = match serde_json::from_slice::<serde::de::IgnoredAny>(json) {
             Err(e) => format!("something that is not JSON ({e})"),
             Ok(_) => match first {
                 b'[' => "an array",

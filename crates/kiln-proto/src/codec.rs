@@ -94,12 +94,18 @@ impl Codec {
     pub fn decode<T: DeserializeOwned>(self, what: &'static str, bytes: &[u8]) -> Result<T> {
         let decoded = match self {
             // Decoded again only to name the field an error is about: no cost when it is not.
-            // (Trailing characters fail only the first, which says so.)
-            Codec::Json => serde_json::from_slice(bytes).map_err(|e| {
-                json_at_path::<T, _>(&mut serde_json::Deserializer::from_slice(bytes))
-                    .err()
-                    .unwrap_or_else(|| e.to_string())
-            }),
+            // (Trailing characters fail only the first, which says so.) A UTF-8 byte-order
+            // mark, which Windows tools write, is passed over (RFC 8259 allows it).
+            Codec::Json => {
+                let bytes = without_bom(bytes);
+                serde_json::from_slice(bytes).map_err(|e| {
+                    let message =
+                        json_at_path::<T, _>(&mut serde_json::Deserializer::from_slice(bytes))
+                            .err()
+                            .unwrap_or_else(|| e.to_string());
+                    format!("{message}{}", not_in_json(bytes, &e))
+                })
+            }
             Codec::Bincode => bincode::serde::decode_from_slice(
                 bytes,
                 bincode::config::standard().with_limit::<DECODE_LIMIT>(),
@@ -118,6 +124,44 @@ impl Codec {
             codec: self.name(),
             message,
         })
+    }
+}
+
+/// `bytes` without a leading UTF-8 byte-order mark.
+pub fn without_bom(bytes: &[u8]) -> &[u8] {
+    bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes)
+}
+
+/// What to add to a JSON error at a value JSON has no word for (`NaN`, `Infinity`, as Python's
+/// `json.dumps` and JavaScript's `String(x)` write them): that it has none.
+fn not_in_json(bytes: &[u8], e: &serde_json::Error) -> &'static str {
+    if e.line() == 0 {
+        return "";
+    }
+    let line_start: usize = bytes
+        .split(|&b| b == b'\n')
+        .take(e.line() - 1)
+        .map(|line| line.len() + 1)
+        .sum();
+    // serde_json's column is that of the byte it stopped at, counted from 1.
+    let at = line_start + e.column().saturating_sub(1);
+    let words = [
+        &b"NaN"[..],
+        b"Infinity",
+        b"-Infinity",
+        b"nan",
+        b"inf",
+        b"-inf",
+    ];
+    let found = [at, at.saturating_sub(1)].into_iter().any(|at| {
+        let rest = bytes.get(at..).unwrap_or_default();
+        words.iter().any(|word| rest.starts_with(word))
+    });
+    match found {
+        true => {
+            " (JSON has no NaN or infinities: send finite numbers, or the values in a .npy file)"
+        }
+        false => "",
     }
 }
 

@@ -9,8 +9,12 @@ pub const BUCKET_DATA: &str = "KILN_DATA";
 /// A job parameter given by reference: `{"object": "NAME"}`, with `"tensor": "KEY"` to pick
 /// one entry of a safetensors file and `"sha256": "HEX"` to have the worker check the
 /// object's digest before using it.
+///
+/// In JSON only the object form is read: serde's own reading of a struct also takes an array
+/// of its fields, so that `"dataset": [[1, 2, 0]]` was refused as "expected a string" and a
+/// bare name as "expected struct ObjectRef"; both now say what is expected.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, remote = "Self")]
 pub struct ObjectRef {
     /// The object's name in `KILN_DATA`.
     pub object: String,
@@ -21,6 +25,35 @@ pub struct ObjectRef {
     /// The SHA-256 the object must have, in hex.
     #[serde(default)]
     pub sha256: Option<String>,
+}
+
+impl Serialize for ObjectRef {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        ObjectRef::serialize(self, serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for ObjectRef {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::{MapAccess, Visitor, value::MapAccessDeserializer};
+        struct Reference;
+        impl<'de> Visitor<'de> for Reference {
+            type Value = ObjectRef;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str(
+                    "an object reference {\"object\": \"NAME\"} naming an object in KILN_DATA",
+                )
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<ObjectRef, A::Error> {
+                ObjectRef::deserialize(MapAccessDeserializer::new(map))
+            }
+        }
+        match deserializer.is_human_readable() {
+            true => deserializer.deserialize_any(Reference),
+            // bincode carries the fields in order, and cannot look ahead.
+            false => ObjectRef::deserialize(deserializer),
+        }
+    }
 }
 
 impl ObjectRef {
@@ -104,5 +137,46 @@ pub fn output_object_name(
     match replay {
         0 => format!("results/{id}/{stream_sequence}-{attempt}.{format}"),
         n => format!("results/{id}/replay-{n}-{stream_sequence}-{attempt}.{format}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_object_reference_is_read_only_as_an_object_in_json() {
+        let read = |json: &str| serde_json::from_str::<ObjectRef>(json);
+        let full = read(r#"{"object": "d.csv", "tensor": "x", "sha256": "ab"}"#).unwrap();
+        assert_eq!(
+            (
+                full.object.as_str(),
+                full.tensor.as_deref(),
+                full.sha256.as_deref()
+            ),
+            ("d.csv", Some("x"), Some("ab"))
+        );
+        assert_eq!(read(r#"{"object": "m"}"#).unwrap(), ObjectRef::new("m"));
+        // Values where a reference goes, or a bare name: said as such, not as serde's
+        // reading of a struct from an array ("expected a string", "struct ObjectRef").
+        for (json, got) in [("[[1, 2, 0]]", "sequence"), (r#""abc""#, "string \"abc\"")] {
+            let e = read(json).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!(
+                    "invalid type: {got}, expected an object reference {{\"object\": \"NAME\"}}"
+                )),
+                "{e}"
+            );
+        }
+        let e = read(r#"{"object": "m", "entry": "x"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `entry`"), "{e}");
+        // bincode carries the fields in order.
+        let config = bincode::config::standard();
+        let bytes = bincode::serde::encode_to_vec(&full, config).unwrap();
+        let (back, _): (ObjectRef, usize) =
+            bincode::serde::decode_from_slice(&bytes, config).unwrap();
+        assert_eq!(back, full);
     }
 }

@@ -225,7 +225,7 @@ fn body_id(payload: &[u8]) -> Option<String> {
             Ok(())
         }
     }
-    let payload = payload.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(payload);
+    let payload = crate::without_bom(payload);
     let mut id = None;
     // Errors after the id (the object not read to its end, above, is one) do not matter.
     let _ = FirstId(&mut id).deserialize(&mut serde_json::Deserializer::from_slice(payload));

@@ -239,6 +239,36 @@ fn huge_sizes_are_too_large_not_a_crash() {
     }
 }
 
+/// A UTF-8 byte-order mark before the JSON (Windows tools write one) is passed over, as RFC
+/// 8259 allows; a NaN or an infinity, which JSON has no word for, is named as such.
+#[test]
+fn a_byte_order_mark_is_passed_over_and_nan_is_named() {
+    let entry = find("matmul").unwrap();
+    let body = b"\xEF\xBB\xBF{\"id\": \"bom-1\", \"params\": {\"n\": 4}}";
+    let job = entry.decode(Codec::Json, body, &Limits::default()).unwrap();
+    assert_eq!(job.id.as_deref(), Some("bom-1"));
+    for body in [
+        &b"{\"params\": {\"a\": [[1, NaN]], \"b\": [[1], [2]]}}"[..],
+        b"{\"params\": {\"a\": [[1,\n Infinity]], \"b\": [[1], [2]]}}",
+        b"{\"params\": {\"a\": [[-Infinity, 1]], \"b\": [[1], [2]]}}",
+    ] {
+        let Err(err) = entry.decode(Codec::Json, body, &Limits::default()) else {
+            panic!("{} was decoded", String::from_utf8_lossy(body));
+        };
+        assert_eq!(err.kind, ErrorKind::InvalidInput);
+        assert!(
+            err.message.contains("JSON has no NaN or infinities"),
+            "{err}"
+        );
+    }
+    // Other errors get no such word.
+    let body = b"{\"params\": {\"a\": [[1, x]], \"b\": [[1], [2]]}}";
+    let err = entry
+        .decode(Codec::Json, body, &Limits::default())
+        .unwrap_err();
+    assert!(!err.message.contains("NaN"), "{err}");
+}
+
 #[test]
 fn a_body_that_is_not_a_json_object_says_so() {
     let entry = find("matmul").unwrap();
