@@ -105,8 +105,10 @@ async fn a_users_matrices_go_in_by_object_and_the_whole_product_comes_back() {
         stderr.contains("safetensors, converted from the stored npy [100, 70]"),
         "{stderr}"
     );
+    // In one entry named after the output, as a worker stores it (`--output-format
+    // safetensors`) and as an inline output is written.
     let mut file = std::fs::File::open(&converted).unwrap();
-    assert_eq!(read_tensor("c", &mut file, None, u64::MAX).unwrap(), c);
+    assert_eq!(read_tensor("c", &mut file, Some("c"), u64::MAX).unwrap(), c);
     let name = object["name"].as_str().unwrap();
     let got = dir.path().join("got.npy");
     assert_success(&cluster.kiln(&["get", name, "-o", got.to_str().unwrap()]));
@@ -224,6 +226,30 @@ async fn an_image_is_filtered_and_comes_back_as_a_png() {
         at(1, 19, 10)
     );
     assert_eq!((at(1, 10, 30), at(1, 30, 50)), (0.0, 0.0));
+    // A PNG holds one image: a batch of two asked for as one is refused before it is
+    // filtered, saying what to ask for instead.
+    let png = dir.path().join("batch.png");
+    let out = cluster.kiln(&[
+        "submit",
+        "conv2d",
+        "-p",
+        "filter=sobel",
+        "--input",
+        &format!("image=@{batch}"),
+        "--output",
+        png.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let error = result_of(&out).error.expect("refused");
+    assert_eq!(error.kind, ErrorKind::InvalidInput);
+    assert!(
+        error
+            .message
+            .contains("\"output\": \"png\" holds one image, and this job's batch has 2"),
+        "{}",
+        error.message
+    );
+    assert!(!png.exists());
 
     // A batch of one keeps its batch dimension, as PyTorch's conv2d keeps it (it came back
     // [C, H, W]); the same image given as [C, H, W] comes back inline as [C, H, W].
@@ -325,6 +351,16 @@ async fn a_model_trained_on_a_csv_predicts_on_new_points() {
         "{stderr}"
     );
     assert!(!npy.exists());
+    // Nor is it an image.
+    let png = dir.path().join("model.png");
+    let out = cluster.kiln(&["result", "trained", "--output", png.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("whose output is not an image")
+            && stderr.contains("write it to a .safetensors file"),
+        "{stderr}"
+    );
     // Asked for when submitting, it is refused before anything is sent.
     let npy = npy.to_str().unwrap();
     let out = cluster.kiln(&["submit", "train_mlp", "--id", "never", "--output", npy]);
@@ -546,7 +582,23 @@ async fn a_file_no_job_can_read_is_refused_before_it_is_sent_and_errors_name_fil
         .collect();
     let utf16 = write(dir.path(), "points.csv", &utf16);
     std::fs::create_dir(dir.path().join("folder")).unwrap();
+    let pair = kiln_data::Model {
+        tensors: vec![
+            ("p".into(), HostTensor::new(vec![2], vec![1.0, 2.0])),
+            ("q".into(), HostTensor::new(vec![2], vec![3.0, 4.0])),
+        ],
+        metadata: Default::default(),
+    };
+    let pair = write(
+        dir.path(),
+        "pair.safetensors",
+        &kiln_data::formats::encode_safetensors(&pair).unwrap(),
+    );
     for (file, says) in [
+        (
+            &pair,
+            "pair.safetensors holds 2 tensors (\"p\", \"q\"); pick one with",
+        ),
         (
             &complex,
             "complex.npy has dtype \"<c8\", which kiln does not read",
@@ -814,6 +866,15 @@ async fn result_output_writes_inline_values_and_png_is_for_images() {
     let bytes = std::fs::read(path("c.safetensors")).unwrap();
     let c = read_tensor("c", &mut &bytes[..], Some("c"), 4).unwrap();
     assert_eq!(c.data, vec![1.0, -5.0, 30.0, 8.0]);
+    // To standard output as .npy, as a stored output's bytes go there.
+    let piped = cluster.kiln(&["result", "small", "--output", "-"]);
+    assert_success(&piped);
+    assert_eq!(piped.stdout, std::fs::read(path("c.npy")).unwrap());
+    let stderr = String::from_utf8_lossy(&piped.stderr);
+    assert!(
+        stderr.contains("\"id\": \"small\"") && stderr.contains("wrote standard output"),
+        "{stderr}"
+    );
 
     // A matrix is no image: refused before anything is printed or written.
     let out = cluster.kiln(&["result", "small", "--output", &path("c.png")]);

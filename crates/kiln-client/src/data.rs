@@ -9,6 +9,11 @@ use kiln_proto::{ObjectDescriptor, ObjectRef, OutputMode};
 
 use crate::error::{Error, Result, io};
 
+mod files;
+
+use files::WHOLE_FILE_PARAMS;
+pub use files::{Reads, file_problem};
+
 /// The `KILN_DATA` bucket.
 pub async fn bucket(js: &jetstream::Context) -> Result<Bucket> {
     kiln_data::store::open(js)
@@ -188,41 +193,6 @@ fn replaced(name: &str, got: &str, want: &str) -> Error {
     ))
 }
 
-/// How many first bytes of a file [`file_problem`] reads.
-const CHECKED: u64 = 1 << 20;
-
-/// Why no job could read the file at `path`, as far as its first bytes tell (an element type
-/// kiln does not read, a header cut short, text in UTF-16, no format at all: see
-/// [`kiln_data::formats::check_start`]); `entry` is the safetensors entry a job would pick.
-/// `None` when they tell nothing against it, and for what is not a regular file (a pipe's
-/// bytes are read once); an error for a folder, which cannot be stored at all.
-pub fn file_problem(path: &Path, entry: Option<&str>) -> Result<Option<String>> {
-    use std::io::Read as _;
-    let file = std::fs::File::open(path).map_err(io(|| format!("opening {}", path.display())))?;
-    let metadata = file
-        .metadata()
-        .map_err(io(|| format!("reading {}", path.display())))?;
-    if metadata.is_dir() {
-        return Err(Error::Invalid(format!(
-            "{} is a folder: name a file",
-            path.display()
-        )));
-    }
-    if !metadata.is_file() {
-        return Ok(None);
-    }
-    let mut prefix = Vec::new();
-    file.take(CHECKED)
-        .read_to_end(&mut prefix)
-        .map_err(io(|| format!("reading {}", path.display())))?;
-    let what = format!("file {}", path.display());
-    Ok(
-        kiln_data::formats::check_start(&what, &prefix, metadata.len(), entry)
-            .err()
-            .map(|e| e.to_string()),
-    )
-}
-
 /// A tensor parameter taken from a file or a stored object: `KEY=@FILE[#ENTRY]` or
 /// `KEY=NAME` (as `kiln submit --input` spells it).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -289,7 +259,11 @@ impl Input {
         let Source::File(path) = &self.source else {
             return Ok(());
         };
-        match file_problem(path, self.entry.as_deref())? {
+        let reads = match WHOLE_FILE_PARAMS.contains(&self.key.as_str()) {
+            true => Reads::Any,
+            false => Reads::Tensor,
+        };
+        match file_problem(path, self.entry.as_deref(), reads)? {
             Some(problem) => Err(Error::Invalid(format!("--input {}: {problem}", self.key))),
             None => Ok(()),
         }
@@ -429,6 +403,7 @@ pub async fn save_output(
             let mut stored = Vec::new();
             get_to_writer(&bucket, name, &mut stored, sha256, on_bytes).await?;
             let (what, format) = (descriptor.name.clone(), descriptor.format.clone());
+            let entry = output_entry(&event.kind);
             // The values its descriptor (checked by digest with the bytes) says it holds: a
             // decoder never makes more, whatever the bytes claim.
             let elements = descriptor
@@ -437,7 +412,7 @@ pub async fn save_output(
                 .try_fold(1u64, |n, &d| n.checked_mul(d))
                 .unwrap_or(0);
             let bytes = tokio::task::spawn_blocking(move || {
-                convert(&stored, &what, &format, elements, mode)
+                convert(&stored, &what, &format, elements, mode, entry)
             })
             .await
             .map_err(|e| Error::Data(format!("converting {name:?}: {e}")))??;
@@ -481,9 +456,20 @@ pub fn check_writable(event: &kiln_proto::ResultEvent, path: &Path) -> Result<()
 /// mlp_predict's `probabilities`.
 const INLINE_OUTPUTS: [&str; 3] = ["c", "image", "probabilities"];
 
+/// The name a worker gives a `kind`'s output as a safetensors entry (`"output":
+/// "safetensors"`), which a conversion gives it too.
+fn output_entry(kind: &str) -> &'static str {
+    match kind {
+        "conv2d" => "image",
+        "mlp_predict" => "probabilities",
+        "vector_add" | "matmul" => "c",
+        _ => "tensor",
+    }
+}
+
 /// Write the output `event` holds inline (its values, not a summary) to `path` as the file's
-/// extension asks (`.npy`, `.safetensors`, `.png` for conv2d's images); `None` when the
-/// result holds no values to write.
+/// extension asks (`.npy`, `.safetensors`, `.png` for conv2d's images; `-`, standard output,
+/// gets `.npy`); `None` when the result holds no values to write.
 pub async fn save_inline_output(
     event: &kiln_proto::ResultEvent,
     path: &Path,
@@ -494,7 +480,10 @@ pub async fn save_inline_output(
     else {
         return Ok(None);
     };
-    let mode = output_mode_for(path)?;
+    let mode = match path == Path::new("-") {
+        true => OutputMode::Npy,
+        false => output_mode_for(path)?,
+    };
     refuse_png_of_no_image(event, mode)?;
     let shape = tensor.shape.clone();
     let bytes = encode(tensor, name, mode)
@@ -558,9 +547,14 @@ fn refuse_png_of_no_image(event: &kiln_proto::ResultEvent, mode: OutputMode) -> 
     if mode != OutputMode::Png || event.kind == "conv2d" {
         return Ok(());
     }
+    // A model is several tensors, which only safetensors holds.
+    let files = match event.kind.as_str() {
+        "train_mlp" => "a .safetensors file",
+        _ => "a .npy or .safetensors file",
+    };
     Err(Error::Invalid(format!(
         "job {} is a {} job, whose output is not an image: a PNG would clamp its values to \
-         [0, 1] in 8 bits; write it to a .npy or .safetensors file",
+         [0, 1] in 8 bits; write it to {files}",
         event.id, event.kind
     )))
 }
@@ -607,14 +601,16 @@ fn conversion(
     Ok(Some(mode))
 }
 
-/// A stored tensor output (`.npy`, one-tensor safetensors or PNG) re-encoded as `mode`.
-/// Values are decoded only up to `elements`, the number its descriptor gives.
+/// A stored tensor output (`.npy`, one-tensor safetensors or PNG) re-encoded as `mode`, as
+/// safetensors in one entry named `entry`. Values are decoded only up to `elements`, the
+/// number its descriptor gives.
 fn convert(
     stored: &[u8],
     name: &str,
     format: &str,
     elements: u64,
     mode: OutputMode,
+    entry: &str,
 ) -> Result<Vec<u8>> {
     let what = format!("object {name:?}");
     let bad = |e: kiln_data::DataError| Error::Data(format!("converting {what}: {e}"));
@@ -623,7 +619,7 @@ fn convert(
         _ => kiln_data::formats::read_tensor(&what, &mut &stored[..], None, elements),
     }
     .map_err(bad)?;
-    encode(tensor, "tensor", mode).map_err(bad)
+    encode(tensor, entry, mode).map_err(bad)
 }
 
 /// Write `bytes` to `path` (`-`: standard output) through a file beside it, renamed when

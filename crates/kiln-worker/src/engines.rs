@@ -59,7 +59,12 @@ pub(crate) async fn choose_matmul_engine(
     .unwrap_or_else(|e| Err(format!("the check itself failed: {e}")));
     match checked {
         Ok(library) => {
-            tracing::info!(engine = "blas", %library, "matmul engine");
+            // Named as results and heartbeats name it (`--matmul-engine blas` chose it).
+            let engine = match device {
+                ComputeDevice::Cuda(_) => "cublas",
+                ComputeDevice::Cpu => "openblas",
+            };
+            tracing::info!(engine, %library, "matmul engine");
             MatmulEngine::Blas
         }
         Err(reason) => {

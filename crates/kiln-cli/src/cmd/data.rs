@@ -18,7 +18,7 @@ pub async fn put(nats: &NatsArgs, args: PutArgs) -> anyhow::Result<ExitCode> {
         None => file_name(&args.file)?,
     };
     // Stored all the same (an object may be for something else than a job), with a note.
-    let problem = kiln_client::data::file_problem(&args.file, None)?;
+    let problem = kiln_client::data::file_problem(&args.file, None, kiln_client::data::Reads::Any)?;
     let js = connect(nats).await?;
     let bucket = bucket(&js).await?;
     let size = std::fs::metadata(&args.file).map_or(0, |m| m.len());

@@ -113,15 +113,14 @@ async fn write_output(
     if event.output.get("object").is_some() {
         return super::data::save_output(js, event, path, false).await;
     }
-    if path != Path::new("-")
-        && let Some(saved) = kiln_client::data::save_inline_output(event, path).await?
-    {
+    if let Some(saved) = kiln_client::data::save_inline_output(event, path).await? {
+        let to = match path == Path::new("-") {
+            true => "standard output".to_owned(),
+            false => path.display().to_string(),
+        };
         eprintln!(
-            "wrote {} ({} bytes, {} {:?}, from the values inline in the result)",
-            path.display(),
-            saved.size,
-            saved.format,
-            saved.shape
+            "wrote {to} ({} bytes, {} {:?}, from the values inline in the result)",
+            saved.size, saved.format, saved.shape
         );
         return Ok(());
     }

@@ -42,6 +42,26 @@ pub fn check_start(
     }
 }
 
+/// [`check_start`] for a file one tensor parameter reads (`a`, `image`, `x`; not a dataset or
+/// a model, which read every entry): a safetensors file of several entries needs `key`, the
+/// one to pick.
+pub fn check_tensor_start(
+    what: &str,
+    prefix: &[u8],
+    size: u64,
+    key: Option<&str>,
+) -> Result<(), DataError> {
+    check_start(what, prefix, size, key)?;
+    if key.is_none()
+        && matches!(Format::sniff(prefix), Some(Format::Safetensors))
+        && safetensors_header_end(prefix).is_some_and(|end| end <= prefix.len())
+    {
+        let metadata = read_safetensors_header(what, &mut &prefix[..])?;
+        choose_key(what, &metadata.offset_keys(), None)?;
+    }
+    Ok(())
+}
+
 /// What data in no format kiln reads looks like, where it says how to fix it: text in
 /// UTF-16, JSON values (which go inline instead). Empty when it says nothing.
 pub fn not_a_format_hint(prefix: &[u8]) -> &'static str {

@@ -31,7 +31,7 @@
 use burn::tensor::{
     DType, FloatDType, Tensor, TensorData, backend::Backend, module::conv2d, ops::ConvOptions,
 };
-use kiln_proto::{JobError, Limits, checked_product};
+use kiln_proto::{JobError, Limits, OutputMode, checked_product};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -387,6 +387,7 @@ impl Kernel for Conv2d {
             return Err(JobError::internal("conv2d ran before its image was loaded"));
         };
         let [b, c, h, w] = [s.batch, s.channels, s.height, s.width].map(|d| d as usize);
+        png_holds(ctx.output, b)?;
         let (name, k, kernels) = params.kernels();
         let passes = kernels.len();
         // Depthwise: output channel `ch * passes + p` is pass `p` over input channel `ch`.
@@ -453,6 +454,18 @@ impl Kernel for Conv2d {
         }
         Ok(out)
     }
+}
+
+/// Refuse, before anything is computed, `"output": "png"` for a batch of several images: a
+/// PNG holds one.
+fn png_holds(output: OutputMode, images: usize) -> Result<(), JobError> {
+    if output != OutputMode::Png || images <= 1 {
+        return Ok(());
+    }
+    Err(JobError::invalid_input(format!(
+        "\"output\": \"png\" holds one image, and this job's batch has {images}: store it \
+         as npy or safetensors (`--output FILE.npy`), or send one image a job"
+    )))
 }
 
 /// A convolution's output and how it was made.
