@@ -723,8 +723,9 @@ async def test_put_and_get_round_trip_and_a_missing_object_raises(client: kiln.C
 
 async def test_a_job_over_max_payload_raises_submit_error(client: kiln.Client) -> None:
     a = np.ones(300_000, dtype=np.float32)
-    with pytest.raises(kiln.SubmitError, match="max_payload"):
+    with pytest.raises(kiln.SubmitError, match="max_payload") as caught:
         await client.submit("vector_add", "cpu", a=a, b=a, upload=False)
+    assert "leave upload=False out" in str(caught.value)
 
 
 async def test_submitting_where_kiln_has_no_streams_raises_submit_error(bare_nats: str) -> None:

@@ -74,6 +74,8 @@ def test_ragged_lists_and_huge_integers_are_refused_saying_so() -> None:
         _wire.plan_tensor("a", [[1.0, 2.0], [3.0]], None)
     with pytest.raises(TypeError, match="integers past 64 bits"):
         _wire.plan_tensor("a", [2**70, 1], None)
+    with pytest.raises(TypeError, match="'a' holds complex numbers"):
+        _wire.plan_tensor("a", np.array([1j, 1.0]), None)
 
 
 def test_inline_bools_go_as_numbers_and_flat_params_go_flat() -> None:

@@ -250,6 +250,8 @@ class _Prepared:
     output: str
     #: Whether the caller named the id (else it is a fresh one, answered by nothing yet).
     given_id: bool
+    #: Whether the caller asked for every value inline (`upload=False`).
+    inline_only: bool = False
     body: bytes = b""
     #: What it computes (`_wire.job_digest`), for a job whose id the caller gave.
     digest: str = ""
@@ -450,6 +452,7 @@ class Client:
             None if timeout_ms is None else int(timeout_ms),
             output,
             given_id is not None,
+            inline_only=upload is False,
         )
 
     @staticmethod
@@ -677,10 +680,16 @@ class Client:
     def _refusal(self, p: _Prepared, e: BaseException) -> str:
         subject = _wire.job_subject(p.device, p.kind)
         if isinstance(e, nats.errors.MaxPayloadError):
+            how = (
+                "leave upload=False out (large arrays are then stored in KILN_DATA "
+                "automatically)"
+                if p.inline_only
+                else "pass large values as numpy arrays (stored in KILN_DATA automatically) "
+                "or with upload=True"
+            )
             return (
                 f"job {p.job_id} is {len(p.body)} bytes, over the NATS server's max_payload "
-                f"({self._nc.max_payload} bytes): pass large values as numpy arrays (stored in "
-                "KILN_DATA automatically) or with upload=True, or raise max_payload"
+                f"({self._nc.max_payload} bytes): {how}, or raise max_payload"
             )
         if isinstance(e, (nats.js.errors.NoStreamResponseError, nats.errors.NoRespondersError)):
             return (

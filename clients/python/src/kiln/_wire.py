@@ -200,6 +200,11 @@ def tensor_array(name: str, value: Any) -> np.ndarray[Any, Any]:
             f"parameter {name!r} is not a rectangular array of numbers ({e}): every row "
             "needs as many values as the others"
         ) from e
+    if array.dtype.kind == "c":
+        raise TypeError(
+            f"parameter {name!r} holds complex numbers ({array.dtype}), which kiln's kinds do "
+            "not compute with: send real values (x.real, or np.abs(x))"
+        )
     if array.dtype.kind not in "biuf":
         raise TypeError(
             f"parameter {name!r} must hold numbers, got an array of {array.dtype} "
