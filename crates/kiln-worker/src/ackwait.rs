@@ -4,8 +4,9 @@
 //! edit`, or a consumer made by a worker with `--ack-wait 300s` and set back by an older `kiln
 //! init`): progress acks sent at a third of a wait the server no longer uses let it deliver a
 //! healthy running job again every ack wait, until its last delivery was spent and the job was
-//! dead-lettered while it still computed. So the wait is read again every few seconds, and at
-//! once when the server delivers a job this worker is running (the sign that it is behind).
+//! dead-lettered while it still computed. So the wait is read again every 2 s (one small
+//! request; a job delivered again to another worker is no sign to the worker running it), and
+//! at once when this worker is delivered a job again (the sign that some worker is behind).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,8 +15,9 @@ use async_nats::jetstream::consumer::PullConsumer;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
-/// How often the consumer's ack wait is read again.
-const REFRESH_EVERY: Duration = Duration::from_secs(10);
+/// How often the consumer's ack wait is read again: a wait cut to 1 s costs a running job at
+/// most two of its five deliveries before its worker's progress acks follow.
+const REFRESH_EVERY: Duration = Duration::from_secs(2);
 
 /// The ack wait progress acks follow, kept current by [`AckWait::follow`].
 pub(crate) struct AckWait {
@@ -31,8 +33,8 @@ impl AckWait {
         }
     }
 
-    /// Read it again now: the server delivered a job this worker is running, so its progress
-    /// acks came too late.
+    /// Read it again now: the server delivered a job again, so some worker's progress acks
+    /// came too late.
     pub(crate) fn stale(&self) {
         self.stale.notify_one();
     }
@@ -85,8 +87,9 @@ impl Drop for Following {
     }
 }
 
-/// A job's progress-ack ticks: one a third of the ack wait after the last (at least every
-/// 100 ms), sooner when the ack wait shrinks meanwhile. Cancel-safe, as a tokio interval is.
+/// A job's progress-ack ticks: one a third of the ack wait after the last (no closer than
+/// 100 ms apart), sooner when the ack wait shrinks meanwhile. Cancel-safe, as a tokio interval
+/// is.
 pub(crate) struct Progress {
     wait: watch::Receiver<Duration>,
     last: Instant,

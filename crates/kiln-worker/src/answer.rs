@@ -67,7 +67,13 @@ pub(crate) async fn finish(shared: &Shared, arrival: &Arrival, id: String, outco
     match store(shared, arrival, &fitted).await {
         Some(Answer::Now) => {}
         // Another run answered the job: this one is no answer, and is not counted as one.
-        Some(Answer::Before) => return shared.acks.ack(message, &event.id).await,
+        Some(Answer::Before) => {
+            tracing::info!(id = %event.id, "job answered by another run before this one; this run's result is dropped");
+            if let Some(trace) = &arrival.trace {
+                trace.outcome("answered_before", None);
+            }
+            return shared.acks.ack(message, &event.id).await;
+        }
         None => return,
     }
     let status = match event.status {

@@ -113,6 +113,11 @@ async fn take(
                     });
                     match (arrival, holding) {
                         (Some(arrival), Some(_holding)) => {
+                            // Delivered again: some worker's progress acks may have fallen
+                            // behind an ack wait cut meanwhile (see `ackwait`).
+                            if arrival.attempt > 1 {
+                                shared.ack_wait.stale();
+                            }
                             crate::job::handle(&shared, arrival).await;
                         }
                         (arrival, _) => {

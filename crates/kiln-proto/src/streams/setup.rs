@@ -28,6 +28,17 @@ pub enum SetupError {
         #[source]
         source: jetstream::stream::ConsumerError,
     },
+    /// A consumer's settings, which an update keeps, could not be read.
+    #[error(
+        "could not read consumer {consumer}'s ack wait and deliveries, which it keeps: {source}"
+    )]
+    ReadConsumer {
+        /// The consumer's name.
+        consumer: &'static str,
+        /// Why.
+        #[source]
+        source: jetstream::context::ConsumerInfoError,
+    },
     /// A key-value bucket could not be created or updated.
     #[error("could not create or update the key-value bucket {bucket}: {source}")]
     Bucket {
@@ -494,12 +505,23 @@ async fn create_consumers(
     ] {
         let mut config =
             topology.jobs_consumer(class.consumer(), crate::subject::jobs_of_class(class));
-        if update
-            && topology.keep_delivery
-            && let Ok(info) = jobs.consumer_info(class.consumer()).await
-        {
-            config.ack_wait = info.config.ack_wait;
-            config.max_deliver = info.config.max_deliver;
+        if update && topology.keep_delivery {
+            use jetstream::context::ConsumerInfoErrorKind;
+            match jobs.consumer_info(class.consumer()).await {
+                Ok(info) => {
+                    config.ack_wait = info.config.ack_wait;
+                    config.max_deliver = info.config.max_deliver;
+                }
+                // Made now, with the defaults.
+                Err(e) if matches!(e.kind(), ConsumerInfoErrorKind::NotFound) => {}
+                // Not known: updating would set the defaults over an operator's values.
+                Err(source) => {
+                    return Err(SetupError::ReadConsumer {
+                        consumer: class.consumer(),
+                        source,
+                    });
+                }
+            }
         }
         create_consumer(jobs, config, update).await?;
     }
