@@ -61,8 +61,17 @@ struct JsonSource {
 }
 
 impl JsonSource {
-    /// `arg` itself, or with `@FILE` the file's text, with `@-` standard input's.
+    /// `arg` itself, or with `@FILE` the file's text, with `@-` standard input's, without a
+    /// leading byte-order mark (PowerShell writes one; a worker passes over it too).
     fn read(&mut self, flag: &str, arg: &str) -> anyhow::Result<String> {
+        let text = self.read_text(flag, arg)?;
+        Ok(match text.strip_prefix('\u{feff}') {
+            Some(rest) => rest.to_owned(),
+            None => text,
+        })
+    }
+
+    fn read_text(&mut self, flag: &str, arg: &str) -> anyhow::Result<String> {
         use std::io::Read as _;
         match arg.strip_prefix('@') {
             None => Ok(arg.to_owned()),
@@ -95,5 +104,27 @@ fn json_type(value: &serde_json::Value) -> &'static str {
         serde_json::Value::String(_) => "a string",
         serde_json::Value::Array(_) => "an array",
         serde_json::Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_files_with_a_byte_order_mark_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("params.json");
+        std::fs::write(&file, "\u{feff}{\"n\": 4}").unwrap();
+        let at = format!("@{}", file.display());
+        assert_eq!(
+            parse_params(&[], Some(&at)).unwrap(),
+            serde_json::json!({"n": 4})
+        );
+        let pair = format!("a={at}");
+        assert_eq!(
+            parse_params(&[pair], None).unwrap(),
+            serde_json::json!({"a": {"n": 4}})
+        );
     }
 }
