@@ -19,6 +19,9 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 _NO_RESPONDERS = "503"
+#: Publishes waiting for their acknowledgement at once, at most (as nats-py's 4,000): past it a
+#: publish waits for room, and the replies never outgrow the subscription's pending limits.
+MAX_PENDING = 4000
 
 
 class Acks:
@@ -29,6 +32,8 @@ class Acks:
         self._prefix: str | None = None
         self._waiting: dict[str, asyncio.Future[nats.js.api.PubAck]] = {}
         self._tokens = itertools.count()
+        self._subscribing = asyncio.Lock()
+        self._room = asyncio.Semaphore(MAX_PENDING)
 
     async def publish(
         self, subject: str, body: bytes, headers: dict[str, str] | None = None
@@ -37,21 +42,30 @@ class Acks:
         `nats.js.errors.APIError` (a refusal), `NoStreamResponseError` (no stream takes the
         subject). Raises what `Client.publish` raises (`MaxPayloadError`, a closed
         connection)."""
-        if self._prefix is None:
-            prefix = f"{self._nc.new_inbox()}."
-            await self._nc.subscribe(f"{prefix}*", cb=self._reply)
-            self._prefix = prefix
+        async with self._subscribing:
+            if self._prefix is None:
+                prefix = f"{self._nc.new_inbox()}."
+                await self._nc.subscribe(f"{prefix}*", cb=self._reply)
+                self._prefix = prefix
+        await self._room.acquire()
         token = str(next(self._tokens))
         future: asyncio.Future[nats.js.api.PubAck] = asyncio.get_running_loop().create_future()
         self._waiting[token] = future
-        # A future given up on (a timeout cancels it) no longer waits for its reply.
-        future.add_done_callback(lambda _: self._waiting.pop(token, None))
+        future.add_done_callback(lambda done: self._settled(token, done))
         try:
             await self._nc.publish(subject, body, reply=f"{self._prefix}{token}", headers=headers)
         except BaseException:
             future.cancel()
             raise
         return future
+
+    def _settled(self, token: str, future: asyncio.Future[nats.js.api.PubAck]) -> None:
+        # A future given up on (a timeout cancels it) no longer waits for its reply; a refusal
+        # nobody awaited (a caller cancelled meanwhile) is not logged as never retrieved.
+        self._waiting.pop(token, None)
+        self._room.release()
+        if not future.cancelled():
+            future.exception()
 
     async def _reply(self, msg: Msg) -> None:
         assert self._prefix is not None
