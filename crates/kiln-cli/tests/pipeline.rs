@@ -1017,6 +1017,44 @@ async fn progress_acks_follow_an_ack_wait_changed_while_the_worker_runs() {
     assert_eq!(info.config.max_deliver, 5);
 }
 
+/// A result the server cannot store for a while (here its stream is gone until `kiln init`
+/// makes it again) is retried with pauses growing to 5 s, and the job is held meanwhile with
+/// progress acks at the ack wait's pace: with a 1 s ack wait, one progress ack per try let
+/// the server deliver it again during the longer pauses.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_result_retried_past_the_ack_wait_keeps_its_job_held() {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    let client = cluster.client().await;
+    let js = jetstream::new(client.clone());
+    let stream = js.get_stream("KILN_JOBS").await.unwrap();
+    let mut config = stream.consumer_info("workers-cpu").await.unwrap().config;
+    config.ack_wait = Duration::from_secs(1);
+    stream.update_consumer(config).await.unwrap();
+    cluster.cpu_worker();
+    assert_success(&cluster.kiln(&["submit", "vector_add", "-p", "len=4", "--wait"]));
+    js.delete_stream("KILN_RESULTS").await.unwrap();
+    // Published as `nats pub` would (`kiln submit` makes missing streams first).
+    let job = r#"{"id":"held","params":{"len":4}}"#;
+    js.publish("jobs.cpu.vector_add", job.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    // Tries at 0.2, 0.6, 1.4, 3.0 and 6.2 s: the last pauses are longer than the ack wait.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert_success(&cluster.kiln(&["init"]));
+    let results = wait_for_results(&client, &["held"], Duration::from_secs(30)).await;
+    assert_eq!(results["held"].status, Status::Succeeded);
+    assert_eq!(results["held"].attempt, 1);
+    // Every delivery takes a consumer sequence: two jobs, two deliveries, none again.
+    let info = stream.consumer_info("workers-cpu").await.unwrap();
+    assert_eq!(
+        info.delivered.consumer_sequence, 2,
+        "held by progress acks throughout"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn live_workers_are_listed_and_expire_when_killed() {
     let mut cluster = Cluster::new();
