@@ -205,15 +205,8 @@ async fn store(shared: &Shared, arrival: &Arrival, fitted: &Fitted) -> Option<An
                 tracing::warn!(id = %event.id, error = %e, ?pause, "could not publish result; retrying");
                 let _ = message.ack_with(AckKind::Progress).await;
                 // The pause grows to 5 s, past a short ack wait: progress acks go on meanwhile.
-                let mut ticker = shared.ack_wait.progress();
-                let resume = tokio::time::sleep(pause);
-                tokio::pin!(resume);
-                loop {
-                    tokio::select! {
-                        () = &mut resume => break,
-                        () = ticker.tick() => { let _ = message.ack_with(AckKind::Progress).await; }
-                    }
-                }
+                let progress = shared.ack_wait.progress();
+                crate::data::with_progress(message, progress, tokio::time::sleep(pause)).await;
                 pause = (pause * 2).min(Duration::from_secs(5));
             }
             Err(e) => {

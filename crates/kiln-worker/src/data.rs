@@ -175,7 +175,7 @@ pub(crate) fn format_of(stored: &Stored, asked: kiln_proto::OutputMode) -> &'sta
 
 /// Run `work`, telling the server every third of the ack wait that the job is still in
 /// progress.
-async fn with_progress<T>(
+pub(crate) async fn with_progress<T>(
     message: &jetstream::Message,
     mut ticker: crate::ackwait::Progress,
     work: impl std::future::Future<Output = T>,

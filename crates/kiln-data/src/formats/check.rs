@@ -16,6 +16,37 @@ pub fn check_start(
     size: u64,
     key: Option<&str>,
 ) -> Result<(), DataError> {
+    check(what, prefix, size, key, Reads::Any)
+}
+
+/// [`check_start`] for a file one tensor parameter reads (`a`, `image`, `x`; not a dataset or
+/// a model, which read every entry): a safetensors file of several entries needs `key`, the
+/// one to pick.
+pub fn check_tensor_start(
+    what: &str,
+    prefix: &[u8],
+    size: u64,
+    key: Option<&str>,
+) -> Result<(), DataError> {
+    check(what, prefix, size, key, Reads::OneTensor)
+}
+
+/// Which of a safetensors file's entries a job reads.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reads {
+    /// One, picked or the only one.
+    OneTensor,
+    /// One when picked; else all of them (a dataset, a model) or not known.
+    Any,
+}
+
+fn check(
+    what: &str,
+    prefix: &[u8],
+    size: u64,
+    key: Option<&str>,
+    reads: Reads,
+) -> Result<(), DataError> {
     // A file that grew between its size and its read: what was read is there.
     let size = size.max(prefix.len() as u64);
     if size == 0 {
@@ -35,31 +66,13 @@ pub fn check_start(
             _ => Ok(()),
         },
         Some(Format::Safetensors) => match safetensors_header_end(prefix) {
-            Some(end) if end <= prefix.len() || whole => check_safetensors(what, prefix, size, key),
+            Some(end) if end <= prefix.len() || whole => {
+                check_safetensors(what, prefix, size, key, reads)
+            }
             _ => Ok(()),
         },
         Some(Format::Png | Format::Jpeg | Format::Csv) => Ok(()),
     }
-}
-
-/// [`check_start`] for a file one tensor parameter reads (`a`, `image`, `x`; not a dataset or
-/// a model, which read every entry): a safetensors file of several entries needs `key`, the
-/// one to pick.
-pub fn check_tensor_start(
-    what: &str,
-    prefix: &[u8],
-    size: u64,
-    key: Option<&str>,
-) -> Result<(), DataError> {
-    check_start(what, prefix, size, key)?;
-    if key.is_none()
-        && matches!(Format::sniff(prefix), Some(Format::Safetensors))
-        && safetensors_header_end(prefix).is_some_and(|end| end <= prefix.len())
-    {
-        let metadata = read_safetensors_header(what, &mut &prefix[..])?;
-        choose_key(what, &metadata.offset_keys(), None)?;
-    }
-    Ok(())
 }
 
 /// What data in no format kiln reads looks like, where it says how to fix it: text in
@@ -73,7 +86,7 @@ pub fn not_a_format_hint(prefix: &[u8]) -> &'static str {
         return "; it looks like text that is not UTF-8 (Latin-1 or Windows-1252, as older \
                 Excel saves CSV): kiln reads CSV as UTF-8, so save it as UTF-8";
     }
-    let text = prefix.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(prefix);
+    let text = kiln_proto::without_bom(prefix);
     match text.iter().find(|b| !b.is_ascii_whitespace()) {
         Some(b'{' | b'[') => {
             "; it looks like JSON: give values inline as a JSON parameter instead (kiln \
@@ -130,6 +143,7 @@ fn check_safetensors(
     prefix: &[u8],
     size: u64,
     key: Option<&str>,
+    reads: Reads,
 ) -> Result<(), DataError> {
     let metadata = read_safetensors_header(what, &mut &prefix[..])?;
     let names = metadata.offset_keys();
@@ -159,6 +173,9 @@ fn check_safetensors(
         .unwrap_or(0);
     if end.saturating_add(values) > size {
         return Err(truncated(what, values, size.saturating_sub(end)));
+    }
+    if reads == Reads::OneTensor && key.is_none() {
+        choose_key(what, &names, None)?;
     }
     Ok(())
 }
