@@ -900,6 +900,18 @@ fn a_second_demo_on_one_server_tables_its_own_jobs() {
     }
 }
 
+/// Set the `workers-cpu` consumer's ack wait to 1 s; the one it had.
+async fn ack_wait_of_one_second(stream: &jetstream::stream::Stream) -> Duration {
+    let mut config = stream.consumer_info("workers-cpu").await.unwrap().config;
+    let before = config.ack_wait;
+    config.ack_wait = Duration::from_secs(1);
+    stream
+        .update_consumer(config)
+        .await
+        .expect("set a 1 s ack wait");
+    before
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn long_job_is_kept_alive_by_progress_acks_and_runs_once() {
     let mut cluster = Cluster::new();
@@ -909,17 +921,7 @@ async fn long_job_is_kept_alive_by_progress_acks_and_runs_once() {
     let client = cluster.client().await;
     let js = jetstream::new(client.clone());
     let stream = js.get_stream("KILN_JOBS").await.unwrap();
-    let mut config = stream
-        .consumer_info("workers-cpu")
-        .await
-        .unwrap()
-        .config
-        .clone();
-    config.ack_wait = Duration::from_secs(1);
-    stream
-        .update_consumer(config)
-        .await
-        .expect("set a 1 s ack wait");
+    ack_wait_of_one_second(&stream).await;
     cluster.spawn(
         "worker",
         &["worker", "--device", "cpu", "--name", "slow-worker"],
@@ -975,13 +977,10 @@ async fn progress_acks_follow_an_ack_wait_changed_while_the_worker_runs() {
     let client = cluster.client().await;
     let js = jetstream::new(client.clone());
     let stream = js.get_stream("KILN_JOBS").await.unwrap();
-    let mut config = stream.consumer_info("workers-cpu").await.unwrap().config;
-    assert_eq!(config.ack_wait, Duration::from_secs(30));
-    config.ack_wait = Duration::from_secs(1);
-    stream
-        .update_consumer(config)
-        .await
-        .expect("set a 1 s ack wait");
+    assert_eq!(
+        ack_wait_of_one_second(&stream).await,
+        Duration::from_secs(30)
+    );
     let out = cluster.kiln(&[
         "submit",
         "train_mlp",
@@ -1028,9 +1027,7 @@ async fn a_result_retried_past_the_ack_wait_keeps_its_job_held() {
     let client = cluster.client().await;
     let js = jetstream::new(client.clone());
     let stream = js.get_stream("KILN_JOBS").await.unwrap();
-    let mut config = stream.consumer_info("workers-cpu").await.unwrap().config;
-    config.ack_wait = Duration::from_secs(1);
-    stream.update_consumer(config).await.unwrap();
+    ack_wait_of_one_second(&stream).await;
     cluster.cpu_worker();
     assert_success(&cluster.kiln(&["submit", "vector_add", "-p", "len=4", "--wait"]));
     js.delete_stream("KILN_RESULTS").await.unwrap();
