@@ -337,11 +337,28 @@ async fn job_no_worker_acknowledges_is_answered_dead_lettered_and_replayable() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn job_failing_internally_on_its_last_attempt_is_answered_and_dead_lettered_by_the_worker() {
+    last_attempt_answered_by_the_worker(false).await;
+}
+
+/// The same with the consumer's max deliveries cut from 5 to 1 while the worker runs (`nats
+/// consumer edit`): the worker follows the consumer, so the one delivery it has is the last.
+/// A worker that kept the 5 it read at start handed the job back for a delivery the server
+/// never made, and nobody answered it.
+#[tokio::test(flavor = "multi_thread")]
+async fn max_deliveries_cut_while_the_worker_runs_make_its_attempt_the_last() {
+    last_attempt_answered_by_the_worker(true).await;
+}
+
+/// A job whose only delivery fails with an internal error is answered `failed` by its worker,
+/// with that error, and kept as a dead letter; `live`: the delivery limit of 1 is set after
+/// the worker started (5 before).
+async fn last_attempt_answered_by_the_worker(live: bool) {
     use async_nats::jetstream;
     use kiln_proto::streams;
 
     let mut cluster = Cluster::new();
     let client = cluster.client().await;
+    let js = jetstream::new(client.clone());
     // One delivery: the first attempt is the last. A queue of one job: the stopping worker
     // cannot queue the job again unspent (see the next test), so it hands it back as a
     // failed attempt.
@@ -350,7 +367,11 @@ async fn job_failing_internally_on_its_last_attempt_is_answered_and_dead_lettere
         max_queued_jobs: 1,
         ..Default::default()
     };
-    streams::update_all(&jetstream::new(client.clone()), &topology)
+    let at_start = kiln_proto::Topology {
+        max_deliver: 5,
+        ..topology.clone()
+    };
+    streams::update_all(&js, if live { &at_start } else { &topology })
         .await
         .unwrap();
     cluster.spawn(
@@ -383,6 +404,21 @@ async fn job_failing_internally_on_its_last_attempt_is_answered_and_dead_lettere
         }
         assert!(Instant::now() < deadline, "never seen running: {state}");
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if live {
+        streams::update_all(&js, &topology).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !cluster
+            .log("worker")
+            .contains("the consumer's max deliveries changed")
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the worker never read the new limit:\n{}",
+                cluster.report()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
     // A shutdown that outlasts the drain timeout stops the job at its next epoch with an
     // internal error; the queue is full, so the job cannot go back unspent, and on its last

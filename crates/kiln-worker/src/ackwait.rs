@@ -1,4 +1,5 @@
-//! The consumer's ack wait as the server has it now, which a job's progress acks follow.
+//! The consumer's ack wait and delivery limit as the server has them now, which a job's
+//! progress acks and its last-attempt decision follow.
 //!
 //! A worker reads it at start, but an operator can change it while workers run (`nats consumer
 //! edit`, or a consumer made by a worker with `--ack-wait 300s` and set back by an older `kiln
@@ -7,8 +8,15 @@
 //! dead-lettered while it still computed. So the wait is read again every 2 s (one small
 //! request; a job delivered again to another worker is no sign to the worker running it), and
 //! at once when this worker is delivered a job again (the sign that some worker is behind).
+//!
+//! Its max deliveries are read in the same request: a worker that still counted the limit it
+//! read at start would, with the limit lowered, hand a failed job back for a delivery the
+//! server will never make (the job is then answered only as "gave up", by whichever worker
+//! serves the dead letters, without its own error), and with the limit raised, answer a job
+//! `failed` deliveries before the server would give up on it.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::PullConsumer;
@@ -19,18 +27,26 @@ use tokio::time::Instant;
 /// most two of its five deliveries before its worker's progress acks follow.
 const REFRESH_EVERY: Duration = Duration::from_secs(2);
 
-/// The ack wait progress acks follow, kept current by [`AckWait::follow`].
+/// The ack wait progress acks follow, and the consumer's max deliveries, kept current by
+/// [`AckWait::follow`].
 pub(crate) struct AckWait {
     now: watch::Sender<Duration>,
+    max_deliver: AtomicI64,
     stale: Notify,
 }
 
 impl AckWait {
-    pub(crate) fn new(ack_wait: Duration) -> Self {
+    pub(crate) fn new(ack_wait: Duration, max_deliver: i64) -> Self {
         AckWait {
             now: watch::Sender::new(ack_wait),
+            max_deliver: AtomicI64::new(max_deliver),
             stale: Notify::new(),
         }
+    }
+
+    /// The most deliveries the server makes of a job (-1 or 0: no limit), as last read.
+    pub(crate) fn max_deliver(&self) -> i64 {
+        self.max_deliver.load(Ordering::Relaxed)
     }
 
     /// Read it again now: the server delivered a job again, so some worker's progress acks
@@ -59,6 +75,7 @@ impl AckWait {
                     continue;
                 };
                 this.set(info.config.ack_wait);
+                this.set_max_deliver(info.config.max_deliver);
             }
         }))
     }
@@ -75,6 +92,19 @@ impl AckWait {
             *now = ack_wait;
             true
         });
+    }
+}
+
+impl AckWait {
+    fn set_max_deliver(&self, max_deliver: i64) {
+        let was = self.max_deliver.swap(max_deliver, Ordering::Relaxed);
+        if was != max_deliver {
+            tracing::info!(
+                was,
+                max_deliver,
+                "the consumer's max deliveries changed; the worker follows them"
+            );
+        }
     }
 }
 
@@ -120,7 +150,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn progress_follows_the_ack_wait_as_it_changes() {
-        let wait = AckWait::new(Duration::from_secs(300));
+        let wait = AckWait::new(Duration::from_secs(300), 5);
         let mut progress = wait.progress();
         let start = Instant::now();
         // A tick is due 100 s on; 10 s in, the ack wait drops to 30 s: the tick comes at once

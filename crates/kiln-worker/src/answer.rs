@@ -101,8 +101,9 @@ async fn retried(
     id: &str,
     result: &Result<serde_json::Value, JobError>,
 ) -> bool {
-    // -1 (or 0) on the consumer: no delivery limit.
-    let max_deliver = match shared.config.topology.max_deliver {
+    // -1 (or 0) on the consumer: no delivery limit. The consumer's as last read, not this
+    // worker's at start: an operator may have changed it since.
+    let max_deliver = match shared.ack_wait.max_deliver() {
         n if n >= 1 => n as u64,
         _ => u64::MAX,
     };

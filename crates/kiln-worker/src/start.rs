@@ -148,7 +148,10 @@ async fn open(
         result_ids: crate::publish::ResultIds::of(js).await,
         data: tokio::sync::OnceCell::new(),
         acks: crate::acks::Acks::start(js.client()),
-        ack_wait: Arc::new(crate::ackwait::AckWait::new(config.topology.ack_wait)),
+        ack_wait: Arc::new(crate::ackwait::AckWait::new(
+            config.topology.ack_wait,
+            config.topology.max_deliver,
+        )),
         holding: Default::default(),
         config,
     });
