@@ -16,6 +16,9 @@ fn main() -> ExitCode {
     if !cli.command.is_service() {
         die_quietly_on_broken_pipe();
     }
+    if matches!(cli.command, cli::Command::Aggregator(_)) {
+        no_huge_pages();
+    }
     init_tracing(&cli);
     if let Err(e) = cli.nats.resolve() {
         log::say(Level::ERROR, &format!("kiln: {}", causes(&e)));
@@ -91,6 +94,23 @@ fn die_quietly_on_broken_pipe() {
             libc::SIGPIPE,
             on_sigpipe as extern "C" fn(libc::c_int) as libc::sighandler_t,
         );
+    }
+}
+
+/// No transparent huge pages for this process. mimalloc asks for them (`MADV_HUGEPAGE`) on the
+/// regions it reserves, so the first touch of any 2 MiB of them is a 2 MiB page zeroed at once.
+/// The aggregator's small, short-lived allocations (a result's fields, the acks a snapshot
+/// waits for) touch a little of many such regions: in `kiln-bench pipeline`, zeroing those
+/// pages was half the aggregator's CPU (`perf record`), and without them it spent 7.0 µs per job
+/// instead of 10.0 (medians of six runs each, interleaved; `bench/results/2026-12-06/thp/`).
+/// Workers keep them: their tensors fill what they touch, and showed no gain.
+fn no_huge_pages() {
+    #[cfg(target_os = "linux")]
+    #[allow(unsafe_code)]
+    // SAFETY: prctl(PR_SET_THP_DISABLE) only sets a flag on this process's memory; it takes
+    // no pointers. A kernel without it returns an error, which changes nothing.
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
     }
 }
 

@@ -235,3 +235,37 @@ async fn no_workers_bucket_means_no_live_workers() {
         common::stdout(&out)
     );
 }
+
+/// The aggregator turns transparent huge pages off for itself (its small allocations touched
+/// a little of many 2 MiB pages, each zeroed whole); a worker keeps the system's setting.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn the_aggregator_runs_without_huge_pages_and_a_worker_as_the_system_has_them() {
+    let thp = |pid: u32| {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("THP_enabled:"))
+            .map(|v| v.trim().to_owned())
+    };
+    let Some(ours) = thp(std::process::id()) else {
+        eprintln!("this kernel does not report THP_enabled: skipping");
+        return;
+    };
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    cluster.aggregator();
+    cluster.cpu_worker();
+    // Both set up (the aggregator at once, before its runtime; the worker keeps what it
+    // inherits), and still running.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let aggregator = cluster.child("aggregator").id();
+    let worker = cluster.child("worker").id();
+    assert_eq!(
+        thp(aggregator).as_deref(),
+        Some("0"),
+        "{}",
+        cluster.report()
+    );
+    assert_eq!(thp(worker), Some(ours), "{}", cluster.report());
+}

@@ -1,0 +1,2 @@
+#!/bin/sh
+exec env $ROLE_ENV $KILN_REAL "$@"
