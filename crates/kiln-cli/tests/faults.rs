@@ -337,7 +337,7 @@ async fn job_no_worker_acknowledges_is_answered_dead_lettered_and_replayable() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn job_failing_internally_on_its_last_attempt_is_answered_and_dead_lettered_by_the_worker() {
-    last_attempt_answered_by_the_worker(false).await;
+    last_attempt_answered_by_the_worker(Before::Nothing).await;
 }
 
 /// The same with the consumer's max deliveries cut from 5 to 1 while the worker runs (`nats
@@ -346,13 +346,30 @@ async fn job_failing_internally_on_its_last_attempt_is_answered_and_dead_lettere
 /// never made, and nobody answered it.
 #[tokio::test(flavor = "multi_thread")]
 async fn max_deliveries_cut_while_the_worker_runs_make_its_attempt_the_last() {
-    last_attempt_answered_by_the_worker(true).await;
+    last_attempt_answered_by_the_worker(Before::LimitCut).await;
+}
+
+/// A job another run answered while this one ran (delivered again, it finished first) keeps
+/// that answer, and is not dead-lettered when this run fails on its last delivery: it needs no
+/// replay. (The worker dead-lettered it, and a replay ran an answered job again.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_answered_by_another_run_is_not_dead_lettered_when_this_run_fails_last() {
+    last_attempt_answered_by_the_worker(Before::Answered).await;
+}
+
+/// What happens while the job runs, before its run fails.
+#[derive(PartialEq)]
+enum Before {
+    Nothing,
+    /// The delivery limit of 1 is set after the worker started (5 before).
+    LimitCut,
+    /// Another run's result (a succeeded one) is stored for the job.
+    Answered,
 }
 
 /// A job whose only delivery fails with an internal error is answered `failed` by its worker,
-/// with that error, and kept as a dead letter; `live`: the delivery limit of 1 is set after
-/// the worker started (5 before).
-async fn last_attempt_answered_by_the_worker(live: bool) {
+/// with that error, and kept as a dead letter (unless `before` answered it).
+async fn last_attempt_answered_by_the_worker(before: Before) {
     use async_nats::jetstream;
     use kiln_proto::streams;
 
@@ -371,6 +388,7 @@ async fn last_attempt_answered_by_the_worker(live: bool) {
         max_deliver: 5,
         ..topology.clone()
     };
+    let live = before == Before::LimitCut;
     streams::update_all(&js, if live { &at_start } else { &topology })
         .await
         .unwrap();
@@ -420,10 +438,44 @@ async fn last_attempt_answered_by_the_worker(live: bool) {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+    if before == Before::Answered {
+        let earlier = serde_json::json!({
+            "id": "last-1", "kind": "train_mlp", "status": "succeeded", "device": "cpu",
+            "class": "cpu", "worker": "w0", "attempt": 1,
+            "enqueued_at": "2026-12-06T00:00:00Z", "started_at": "2026-12-06T00:00:00Z",
+            "finished_at": "2026-12-06T00:00:01Z", "queue_ms": 0.0, "compute_ms": 1000.0,
+            "total_ms": 1000.0, "output": {"epochs": 500}
+        });
+        js.publish("results.train_mlp.last-1", earlier.to_string().into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
     // A shutdown that outlasts the drain timeout stops the job at its next epoch with an
     // internal error; the queue is full, so the job cannot go back unspent, and on its last
     // attempt the worker answers it and keeps a dead letter.
     terminate(&mut cluster, "worker");
+    if before == Before::Answered {
+        let exit = cluster.child("worker").wait().unwrap();
+        assert!(exit.success(), "{}", cluster.report());
+        let kept = results_of(&client, "last-1", 1).await;
+        assert_eq!(kept.len(), 1);
+        assert_eq!(
+            (kept[0].status, kept[0].worker.as_str()),
+            (Status::Succeeded, "w0")
+        );
+        let list = cluster.kiln(&["dlq", "list"]);
+        assert_success(&list);
+        let listed = common::stdout(&list);
+        assert!(!listed.contains("last-1"), "{listed}");
+        let log = cluster.log("worker");
+        assert!(log.contains("another run answered it"), "{log}");
+        let mut jobs = js.get_stream(streams::STREAM_JOBS).await.unwrap();
+        let jobs = jobs.info().await.unwrap();
+        assert_eq!(jobs.state.messages, 0, "the job is acked, not left queued");
+        return;
+    }
     let failed = results_of(&client, "last-1", 1).await.remove(0);
     assert_eq!(failed.status, Status::Failed);
     assert_eq!(failed.attempt, 1);

@@ -43,11 +43,14 @@ pub(crate) async fn finish(shared: &Shared, arrival: &Arrival, id: String, outco
         tracing::info!(id = %event.id, kind = %event.kind, error = %error, "job failed");
     }
     let message = &arrival.message;
-    // A job that failed for good after its last attempt is also kept as a dead letter.
+    // A job that failed for good after its last attempt is also kept as a dead letter, unless
+    // another run of it answered it already (a slow run whose job was delivered again, then
+    // finished first): that job needs no replay.
     if event
         .error
         .as_ref()
         .is_some_and(|e| e.kind.disposition() == Disposition::Retry)
+        && !Box::pin(answered_before(shared, event)).await
         // Boxed: rare, and its publishes would otherwise widen every job's future.
         && let Err(e) = Box::pin(dead_letter(
             &shared.js,
@@ -91,6 +94,24 @@ pub(crate) async fn finish(shared: &Shared, arrival: &Arrival, id: String, outco
         trace.outcome(status, event.error.as_ref());
     }
     shared.acks.ack(message, &event.id).await;
+}
+
+/// Whether `event`'s job already has a stored result. One direct get, made only for a failure on
+/// a job's last delivery; a read that fails says no, and the job is dead-lettered as before.
+async fn answered_before(shared: &Shared, event: &ResultEvent) -> bool {
+    let subject = kiln_proto::subject::result_of(&event.kind, &event.id, event.replay);
+    let Ok(results) = shared
+        .js
+        .get_stream_no_info(kiln_proto::streams::STREAM_RESULTS)
+        .await
+    else {
+        return false;
+    };
+    let found = results.get_last_raw_message_by_subject(&subject).await;
+    if found.is_ok() {
+        tracing::info!(id = %event.id, "job failed on its last delivery but another run answered it; no dead letter");
+    }
+    found.is_ok()
 }
 
 /// Hand a job that failed in a way worth retrying back for another attempt, after a
