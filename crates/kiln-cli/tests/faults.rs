@@ -439,18 +439,7 @@ async fn last_attempt_answered_by_the_worker(before: Before) {
         }
     }
     if before == Before::Answered {
-        let earlier = serde_json::json!({
-            "id": "last-1", "kind": "train_mlp", "status": "succeeded", "device": "cpu",
-            "class": "cpu", "worker": "w0", "attempt": 1,
-            "enqueued_at": "2026-12-06T00:00:00Z", "started_at": "2026-12-06T00:00:00Z",
-            "finished_at": "2026-12-06T00:00:01Z", "queue_ms": 0.0, "compute_ms": 1000.0,
-            "total_ms": 1000.0, "output": {"epochs": 500}
-        });
-        js.publish("results.train_mlp.last-1", earlier.to_string().into())
-            .await
-            .unwrap()
-            .await
-            .unwrap();
+        store_another_runs_result(&js, "last-1").await;
     }
     // A shutdown that outlasts the drain timeout stops the job at its next epoch with an
     // internal error; the queue is full, so the job cannot go back unspent, and on its last
@@ -470,7 +459,7 @@ async fn last_attempt_answered_by_the_worker(before: Before) {
         let listed = common::stdout(&list);
         assert!(!listed.contains("last-1"), "{listed}");
         let log = cluster.log("worker");
-        assert!(log.contains("another run answered it"), "{log}");
+        assert!(log.contains("another run of the job answered it"), "{log}");
         let mut jobs = js.get_stream(streams::STREAM_JOBS).await.unwrap();
         let jobs = jobs.info().await.unwrap();
         assert_eq!(jobs.state.messages, 0, "the job is acked, not left queued");
@@ -488,6 +477,81 @@ async fn last_attempt_answered_by_the_worker(before: Before) {
     assert!(listed.contains("last-1"), "{listed}");
     assert!(listed.contains("jobs.cpu.train_mlp"), "{listed}");
     assert!(listed.contains("shutting down"), "{listed}");
+}
+
+/// Store a succeeded result of the `train_mlp` job `id`, as another run (worker `w0`) would.
+async fn store_another_runs_result(js: &async_nats::jetstream::Context, id: &str) {
+    let earlier = serde_json::json!({
+        "id": id, "kind": "train_mlp", "status": "succeeded", "device": "cpu",
+        "class": "cpu", "worker": "w0", "attempt": 1,
+        "enqueued_at": "2026-12-06T00:00:00Z", "started_at": "2026-12-06T00:00:00Z",
+        "finished_at": "2026-12-06T00:00:01Z", "queue_ms": 0.0, "compute_ms": 1000.0,
+        "total_ms": 1000.0, "output": {"epochs": 500}
+    });
+    js.publish(
+        format!("results.train_mlp.{id}"),
+        earlier.to_string().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+}
+
+/// A job delivered again after another run stored its result (that run's worker stopped
+/// before its ack reached the server) is acked at once, not run again: a training of minutes
+/// here, whose result would only be dropped.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_delivered_again_after_it_was_answered_is_acked_without_running() {
+    use async_nats::jetstream;
+    use futures::StreamExt as _;
+    use kiln_proto::streams;
+
+    let mut cluster = Cluster::new();
+    let client = cluster.client().await;
+    let js = jetstream::new(client.clone());
+    let topology = kiln_proto::Topology {
+        ack_wait: Duration::from_secs(1),
+        ..Default::default()
+    };
+    streams::update_all(&js, &topology).await.unwrap();
+    // Minutes of training on this machine.
+    assert_success(&cluster.kiln(&[
+        "submit",
+        "train_mlp",
+        "-p",
+        "epochs=10000",
+        "-p",
+        "samples=4096",
+        "--id",
+        "again-1",
+    ]));
+    // The first run: a client takes the delivery and stores the job's result, and its ack
+    // never comes.
+    let first = crashing_cpu_worker(&js).await;
+    let mut batch = first.fetch().max_messages(1).messages().await.unwrap();
+    let taken = batch.next().await.expect("a delivery").unwrap();
+    assert_eq!(taken.info().unwrap().delivered, 1);
+    store_another_runs_result(&js, "again-1").await;
+    cluster.spawn("worker", &["worker", "--device", "cpu", "--name", "w1"]);
+    let mut jobs = js.get_stream(streams::STREAM_JOBS).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while jobs.info().await.unwrap().state.messages > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the answered job was not acked (run again?):\n{}",
+            cluster.report()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = cluster.log("worker");
+    assert!(log.contains("acked without running it"), "{log}");
+    let kept = results_of(&client, "again-1", 1).await;
+    assert_eq!(kept.len(), 1);
+    assert_eq!(
+        (kept[0].status, kept[0].worker.as_str()),
+        (Status::Succeeded, "w0")
+    );
 }
 
 /// Wait until `kiln status <id>` says the job is running on worker `name`.

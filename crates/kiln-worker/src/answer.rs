@@ -50,7 +50,7 @@ pub(crate) async fn finish(shared: &Shared, arrival: &Arrival, id: String, outco
         .error
         .as_ref()
         .is_some_and(|e| e.kind.disposition() == Disposition::Retry)
-        && !Box::pin(answered_before(shared, event)).await
+        && !Box::pin(has_result(shared, &event.kind, &event.id, event.replay)).await
         // Boxed: rare, and its publishes would otherwise widen every job's future.
         && let Err(e) = Box::pin(dead_letter(
             &shared.js,
@@ -96,10 +96,11 @@ pub(crate) async fn finish(shared: &Shared, arrival: &Arrival, id: String, outco
     shared.acks.ack(message, &event.id).await;
 }
 
-/// Whether `event`'s job already has a stored result. One direct get, made only for a failure on
-/// a job's last delivery; a read that fails says no, and the job is dead-lettered as before.
-async fn answered_before(shared: &Shared, event: &ResultEvent) -> bool {
-    let subject = kiln_proto::subject::result_of(&event.kind, &event.id, event.replay);
+/// Whether the job (`kind`, `id`, `replay`) already has a stored result: another run answered
+/// it. One direct get, made only where that may be so (a failure on a job's last delivery, a
+/// job delivered again); a read that fails says no, and the job goes on as it would have.
+pub(crate) async fn has_result(shared: &Shared, kind: &str, id: &str, replay: u32) -> bool {
+    let subject = kiln_proto::subject::result_of(kind, id, replay);
     let Ok(results) = shared
         .js
         .get_stream_no_info(kiln_proto::streams::STREAM_RESULTS)
@@ -107,11 +108,26 @@ async fn answered_before(shared: &Shared, event: &ResultEvent) -> bool {
     else {
         return false;
     };
-    let found = results.get_last_raw_message_by_subject(&subject).await;
-    if found.is_ok() {
-        tracing::info!(id = %event.id, "job failed on its last delivery but another run answered it; no dead letter");
+    let found = results
+        .get_last_raw_message_by_subject(&subject)
+        .await
+        .is_ok();
+    if found {
+        tracing::info!(%id, "another run of the job answered it; this one adds nothing");
     }
-    found.is_ok()
+    found
+}
+
+/// Ack a job delivered again whose result another run already stored, without running it: a
+/// long job whose worker stored its result and stopped before its ack reached the server
+/// would otherwise run again in full, for a result that is then dropped.
+pub(crate) async fn already_answered(shared: &Shared, arrival: &Arrival, id: &str) {
+    tracing::info!(%id, attempt = arrival.attempt, "job delivered again after it was answered; acked without running it");
+    if let Some(trace) = &arrival.trace {
+        trace.id(id);
+        trace.outcome("answered_before", None);
+    }
+    shared.acks.ack(&arrival.message, id).await;
 }
 
 /// Hand a job that failed in a way worth retrying back for another attempt, after a

@@ -20,6 +20,19 @@ pub(crate) async fn handle(shared: &Arc<Shared>, arrival: Arrival) {
     let (id, outcome) = match decode(shared, &arrival) {
         Ok(job) => {
             let id = arrival.id(job.id.as_deref());
+            // Delivered again (its ack lost, its worker gone) or handed back: another run may
+            // have answered it meanwhile. Boxed: rare, and kept out of every job's future.
+            if (arrival.attempt > 1 || arrival.envelope.handbacks > 0)
+                && Box::pin(answer::has_result(
+                    shared,
+                    &arrival.kind,
+                    &id,
+                    arrival.envelope.replay,
+                ))
+                .await
+            {
+                return Box::pin(answer::already_answered(shared, &arrival, &id)).await;
+            }
             match run(shared, &arrival, job, &id, arriving).await {
                 Some(outcome) => (id, outcome),
                 None => return,
