@@ -408,7 +408,7 @@ async fn last_attempt_answered_by_the_worker(before: Before) {
         "submit",
         "train_mlp",
         "-p",
-        "epochs=500",
+        "epochs=5000",
         "-p",
         "samples=2048",
         "--id",
@@ -439,7 +439,7 @@ async fn last_attempt_answered_by_the_worker(before: Before) {
         }
     }
     if before == Before::Answered {
-        store_another_runs_result(&js, "last-1").await;
+        store_another_runs_result(&js, "train_mlp", "last-1").await;
     }
     // A shutdown that outlasts the drain timeout stops the job at its next epoch with an
     // internal error; the queue is full, so the job cannot go back unspent, and on its last
@@ -460,9 +460,13 @@ async fn last_attempt_answered_by_the_worker(before: Before) {
         assert!(!listed.contains("last-1"), "{listed}");
         let log = cluster.log("worker");
         assert!(log.contains("another run of the job answered it"), "{log}");
+        // Acked, not left queued (the server applies acks as they come).
         let mut jobs = js.get_stream(streams::STREAM_JOBS).await.unwrap();
-        let jobs = jobs.info().await.unwrap();
-        assert_eq!(jobs.state.messages, 0, "the job is acked, not left queued");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while jobs.info().await.unwrap().state.messages > 0 {
+            assert!(Instant::now() < deadline, "the job was left queued");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         return;
     }
     let failed = results_of(&client, "last-1", 1).await.remove(0);
@@ -479,23 +483,20 @@ async fn last_attempt_answered_by_the_worker(before: Before) {
     assert!(listed.contains("shutting down"), "{listed}");
 }
 
-/// Store a succeeded result of the `train_mlp` job `id`, as another run (worker `w0`) would.
-async fn store_another_runs_result(js: &async_nats::jetstream::Context, id: &str) {
+/// Store a succeeded result of the job (`kind`, `id`), as another run (worker `w0`) would.
+async fn store_another_runs_result(js: &async_nats::jetstream::Context, kind: &str, id: &str) {
     let earlier = serde_json::json!({
-        "id": id, "kind": "train_mlp", "status": "succeeded", "device": "cpu",
+        "id": id, "kind": kind, "status": "succeeded", "device": "cpu",
         "class": "cpu", "worker": "w0", "attempt": 1,
         "enqueued_at": "2026-12-06T00:00:00Z", "started_at": "2026-12-06T00:00:00Z",
         "finished_at": "2026-12-06T00:00:01Z", "queue_ms": 0.0, "compute_ms": 1000.0,
         "total_ms": 1000.0, "output": {"epochs": 500}
     });
-    js.publish(
-        format!("results.train_mlp.{id}"),
-        earlier.to_string().into(),
-    )
-    .await
-    .unwrap()
-    .await
-    .unwrap();
+    js.publish(format!("results.{kind}.{id}"), earlier.to_string().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
 }
 
 /// A job delivered again after another run stored its result (that run's worker stopped
@@ -532,7 +533,7 @@ async fn a_job_delivered_again_after_it_was_answered_is_acked_without_running() 
     let mut batch = first.fetch().max_messages(1).messages().await.unwrap();
     let taken = batch.next().await.expect("a delivery").unwrap();
     assert_eq!(taken.info().unwrap().delivered, 1);
-    store_another_runs_result(&js, "again-1").await;
+    store_another_runs_result(&js, "train_mlp", "again-1").await;
     cluster.spawn("worker", &["worker", "--device", "cpu", "--name", "w1"]);
     let mut jobs = js.get_stream(streams::STREAM_JOBS).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -552,6 +553,71 @@ async fn a_job_delivered_again_after_it_was_answered_is_acked_without_running() 
         (kept[0].status, kept[0].worker.as_str()),
         (Status::Succeeded, "w0")
     );
+}
+
+/// A job the server gave up on (every delivery unacked) whose last run stored its result
+/// before it died is removed from the queue, not dead-lettered: it is answered, and a replay
+/// would run it again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_the_server_gave_up_on_after_it_was_answered_is_removed_not_dead_lettered() {
+    use async_nats::jetstream;
+    use futures::StreamExt as _;
+    use kiln_proto::streams::STREAM_JOBS;
+
+    let mut cluster = Cluster::new();
+    let client = cluster.client().await;
+    let js = jetstream::new(client.clone());
+    give_up_quickly(&mut cluster, &js).await;
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", "stuck-2");
+    js.publish_with_headers(
+        "jobs.cpu.vector_add",
+        headers,
+        r#"{"params":{"len":64},"seed":7}"#.into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    // Its runs die before they ack; one of them stored the job's result first.
+    store_another_runs_result(&js, "vector_add", "stuck-2").await;
+    let crashing = crashing_cpu_worker(&js).await;
+    let mut deliveries = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut jobs = js.get_stream(STREAM_JOBS).await.unwrap();
+        if jobs.info().await.unwrap().state.messages == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the given-up job stayed in KILN_JOBS:\n{}",
+            cluster.report()
+        );
+        let mut batch = crashing
+            .fetch()
+            .max_messages(1)
+            .expires(Duration::from_millis(500))
+            .messages()
+            .await
+            .unwrap();
+        while let Some(Ok(_)) = batch.next().await {
+            deliveries += 1;
+        }
+    }
+    assert_eq!(deliveries, 2, "max_deliver is 2");
+    let list = cluster.kiln(&["dlq", "list"]);
+    assert_success(&list);
+    let listed = common::stdout(&list);
+    assert!(listed.contains("KILN_DLQ is empty"), "{listed}");
+    let kept = results_of(&client, "stuck-2", 1).await;
+    assert_eq!(kept.len(), 1);
+    assert_eq!(
+        (kept[0].status, kept[0].worker.as_str()),
+        (Status::Succeeded, "w0")
+    );
+    let log = cluster.log("keeper");
+    assert!(log.contains("removing it without a dead letter"), "{log}");
 }
 
 /// Wait until `kiln status <id>` says the job is running on worker `name`.

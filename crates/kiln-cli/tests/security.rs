@@ -409,6 +409,18 @@ async fn every_role_works_as_its_own_user_without_a_single_violation() {
         .unwrap()
         .unwrap();
     assert!(first.subject.starts_with("results."), "{}", first.subject);
+    // A worker may read a job's result by its subject (it looks one up for a job delivered
+    // again, handed back or given up on; no fault here makes one, so it is done by hand).
+    let (worker, _) = secure.client("worker").await;
+    let answered = async_nats::jetstream::new(worker)
+        .get_stream_no_info(streams::STREAM_RESULTS)
+        .await
+        .unwrap()
+        .get_last_raw_message_by_subject("results.vector_add.sec-cpu")
+        .await
+        .unwrap();
+    let answered: kiln_proto::ResultEvent = serde_json::from_slice(&answered.payload).unwrap();
+    assert_eq!(answered.id, "sec-cpu");
     // Nothing any role did was refused: the config grants exactly what kiln calls.
     assert_eq!(secure.violations(), Vec::<String>::new());
 }

@@ -252,9 +252,16 @@ fn watch_quits_at_once_when_the_server_is_gone() {
             _ => {
                 // The pane's process is the shell; `env` replaced itself with kiln, its child.
                 let shell = pane(session, "#{pane_pid}");
+                // `/proc/PID/task/PID/children` needs CONFIG_PROC_CHILDREN; pgrep does not.
                 let children =
                     std::fs::read_to_string(format!("/proc/{shell}/task/{shell}/children"))
-                        .expect("the shell's children");
+                        .unwrap_or_else(|_| {
+                            let out = Command::new("pgrep")
+                                .args(["-P", &shell])
+                                .output()
+                                .expect("run pgrep");
+                            String::from_utf8_lossy(&out.stdout).into_owned()
+                        });
                 let pid = children.trim().parse().expect("one child: kiln");
                 signal(pid, "TERM");
                 continue;

@@ -44,6 +44,11 @@ impl AckWait {
         }
     }
 
+    /// The ack wait as last read.
+    pub(crate) fn current(&self) -> Duration {
+        *self.now.borrow()
+    }
+
     /// The most deliveries the server makes of a job (-1 or 0: no limit), as last read.
     pub(crate) fn max_deliver(&self) -> i64 {
         self.max_deliver.load(Ordering::Relaxed)

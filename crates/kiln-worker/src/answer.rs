@@ -96,26 +96,11 @@ pub(crate) async fn finish(shared: &Shared, arrival: &Arrival, id: String, outco
     shared.acks.ack(message, &event.id).await;
 }
 
-/// Whether the job (`kind`, `id`, `replay`) already has a stored result: another run answered
-/// it. One direct get, made only where that may be so (a failure on a job's last delivery, a
-/// job delivered again); a read that fails says no, and the job goes on as it would have.
+/// Whether the job already has a stored result ([`crate::publish::has_result`]), looked up
+/// within a third of the ack wait so that the lookup never lets the job be delivered again.
 pub(crate) async fn has_result(shared: &Shared, kind: &str, id: &str, replay: u32) -> bool {
-    let subject = kiln_proto::subject::result_of(kind, id, replay);
-    let Ok(results) = shared
-        .js
-        .get_stream_no_info(kiln_proto::streams::STREAM_RESULTS)
-        .await
-    else {
-        return false;
-    };
-    let found = results
-        .get_last_raw_message_by_subject(&subject)
-        .await
-        .is_ok();
-    if found {
-        tracing::info!(%id, "another run of the job answered it; this one adds nothing");
-    }
-    found
+    let within = shared.ack_wait.current() / 3;
+    crate::publish::has_result(&shared.js, (kind, id, replay), within).await
 }
 
 /// Ack a job delivered again whose result another run already stored, without running it: a

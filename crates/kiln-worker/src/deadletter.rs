@@ -118,16 +118,28 @@ async fn answer(
         Err(e) => return Err(format!("reading job {}: {e}", advisory.stream_seq)),
     };
     let event = given_up(&job, &advisory, worker);
+    // Its last run stored its result and stopped before its ack reached the server: the job
+    // is answered, and needs no dead letter (a replay would run it again), only removing.
+    let answered = (event.kind.as_str(), event.id.as_str(), event.replay);
+    if crate::publish::has_result(js, answered, Duration::from_secs(1)).await {
+        tracing::info!(id = %event.id, kind = %event.kind, deliveries = advisory.deliveries, "the server gave up on a job another run answered; removing it without a dead letter");
+        return remove(jobs, advisory.stream_seq).await;
+    }
     tracing::warn!(id = %event.id, kind = %event.kind, deliveries = advisory.deliveries, consumer = %advisory.consumer, "the server gave up on a job; answering it as failed and dead-lettering it");
     crate::publish::dead_letter(js, &event, job.subject.as_str(), &job.headers, &job.payload)
         .await?;
     let fitted = crate::publish::fitted(js.client().max_payload(), event);
     crate::publish::publish_result(js, ids, &fitted, Some(&job.headers), None).await?;
-    match jobs.delete_message(advisory.stream_seq).await {
+    remove(jobs, advisory.stream_seq).await
+}
+
+/// Delete the job at `sequence` from `KILN_JOBS`.
+async fn remove(jobs: &jetstream::stream::Stream, sequence: u64) -> Result<(), String> {
+    match jobs.delete_message(sequence).await {
         Ok(_) => Ok(()),
         // Gone already: someone else finished this advisory first.
         Err(e) if e.to_string().contains("no message found") => Ok(()),
-        Err(e) => Err(format!("removing job {}: {e}", advisory.stream_seq)),
+        Err(e) => Err(format!("removing job {sequence}: {e}")),
     }
 }
 

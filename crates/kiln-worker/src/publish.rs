@@ -1,6 +1,8 @@
 //! Publishing what a worker answers: result events on `results.<kind>.<id>`, and dead letters
 //! in `KILN_DLQ`. Both are idempotent: their message ids come from the job id.
 
+use std::time::Duration;
+
 use async_nats::HeaderMap;
 use async_nats::jetstream;
 use kiln_proto::{
@@ -97,6 +99,48 @@ pub(crate) async fn publish_result(
         Err(e) => Err(e.to_string()),
     }
 }
+
+/// Whether the job (`kind`, `id`, `replay`) already has a stored result: another run answered
+/// it. One get of the last message on its result subject, made only where that may be so (a
+/// job delivered again, a failure on its last delivery, a job the server gave up on), and
+/// given `within` (at most 1 s): a lookup that fails or takes longer says no, with a warning,
+/// and the job goes on as it did before the lookup existed.
+pub(crate) async fn has_result(
+    js: &jetstream::Context,
+    (kind, id, replay): (&str, &str, u32),
+    within: Duration,
+) -> bool {
+    use async_nats::jetstream::stream::LastRawMessageErrorKind;
+    let subject = subject::result_of(kind, id, replay);
+    let lookup = async {
+        let results = js
+            .get_stream_no_info(kiln_proto::streams::STREAM_RESULTS)
+            .await
+            .map_err(|e| e.to_string())?;
+        match results.get_last_raw_message_by_subject(&subject).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(false),
+            Err(e) => Err(e.to_string()),
+        }
+    };
+    let problem = match tokio::time::timeout(within.min(LOOKUP_AT_MOST), lookup).await {
+        Ok(Ok(found)) => {
+            if found {
+                tracing::info!(%id, "another run of the job answered it; this one adds nothing");
+            }
+            return found;
+        }
+        Ok(Err(e)) => e,
+        Err(_) => format!("no answer within {:?}", within.min(LOOKUP_AT_MOST)),
+    };
+    // A worker user without `$JS.API.STREAM.MSG.GET.KILN_RESULTS` (nats/secure/secure.conf
+    // grants it) is refused, and the server sends no reply: hence the bound.
+    tracing::warn!(%id, error = %problem, "could not look up the job's result on {subject}; going on as if it had none");
+    false
+}
+
+/// The longest a lookup of a job's result holds the job.
+const LOOKUP_AT_MOST: Duration = Duration::from_secs(1);
 
 /// Whether a result was stored by this publish or was there before.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
