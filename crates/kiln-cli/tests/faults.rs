@@ -512,7 +512,8 @@ async fn a_job_delivered_again_after_it_was_answered_is_acked_without_running() 
     let client = cluster.client().await;
     let js = jetstream::new(client.clone());
     let topology = kiln_proto::Topology {
-        ack_wait: Duration::from_secs(1),
+        // Redelivered after 3 s; its result is looked up within a third of that.
+        ack_wait: Duration::from_secs(3),
         ..Default::default()
     };
     streams::update_all(&js, &topology).await.unwrap();

@@ -97,9 +97,10 @@ pub(crate) async fn finish(shared: &Shared, arrival: &Arrival, id: String, outco
 }
 
 /// Whether the job already has a stored result ([`crate::publish::has_result`]), looked up
-/// within a third of the ack wait so that the lookup never lets the job be delivered again.
+/// within a third of the ack wait (no less than 100 ms, as progress acks) so that the lookup
+/// does not let the job be delivered again.
 pub(crate) async fn has_result(shared: &Shared, kind: &str, id: &str, replay: u32) -> bool {
-    let within = shared.ack_wait.current() / 3;
+    let within = (shared.ack_wait.current() / 3).max(Duration::from_millis(100));
     crate::publish::has_result(&shared.js, (kind, id, replay), within).await
 }
 

@@ -119,7 +119,9 @@ async fn answer(
     };
     let event = given_up(&job, &advisory, worker);
     // Its last run stored its result and stopped before its ack reached the server: the job
-    // is answered, and needs no dead letter (a replay would run it again), only removing.
+    // is answered, and needs no dead letter (a replay would run it again), only removing. A
+    // lookup that fails (a worker user without the get, a slow server) dead-letters it as
+    // before rather than hold the advisory for ever: a spare dead letter, not a lost job.
     let answered = (event.kind.as_str(), event.id.as_str(), event.replay);
     if crate::publish::has_result(js, answered, Duration::from_secs(1)).await {
         tracing::info!(id = %event.id, kind = %event.kind, deliveries = advisory.deliveries, "the server gave up on a job another run answered; removing it without a dead letter");
