@@ -187,6 +187,46 @@ async fn results_of(
     }
 }
 
+/// Whether `KILN_JOBS` holds no job within `within` (acks and deletions are applied as they
+/// come).
+async fn queue_empties(js: &async_nats::jetstream::Context, within: Duration) -> bool {
+    let mut jobs = js
+        .get_stream(kiln_proto::streams::STREAM_JOBS)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + within;
+    while jobs.info().await.unwrap().state.messages > 0 {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    true
+}
+
+/// Publish a `vector_add` of 64 seeded values as plain JetStream JSON, with the message id
+/// `id` and `headers` besides.
+async fn publish_vector_add(
+    js: &async_nats::jetstream::Context,
+    id: &str,
+    headers: &[(&str, &str)],
+) {
+    let mut map = async_nats::HeaderMap::new();
+    map.insert("Nats-Msg-Id", id);
+    for (name, value) in headers {
+        map.insert(*name, *value);
+    }
+    js.publish_with_headers(
+        "jobs.cpu.vector_add",
+        map,
+        r#"{"params":{"len":64},"seed":7}"#.into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+}
+
 /// Two deliveries, one second each: the server gives up on a job quickly. And a kiln worker
 /// named "keeper" that serves the gpu class: it takes no cpu job, but it is the one that
 /// answers the advisories (and keeps the dead letters).
@@ -227,20 +267,9 @@ async fn job_no_worker_acknowledges_is_answered_dead_lettered_and_replayable() {
     let js = jetstream::new(client.clone());
     give_up_quickly(&mut cluster, &js).await;
 
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert("Nats-Msg-Id", "stuck-1");
-    // A submitter's safeguard, met here, which the dead letter (in KILN_DLQ) and the replay
-    // must not carry.
-    headers.insert("Nats-Expected-Stream", STREAM_JOBS);
-    js.publish_with_headers(
-        "jobs.cpu.vector_add",
-        headers,
-        r#"{"params":{"len":64},"seed":7}"#.into(),
-    )
-    .await
-    .unwrap()
-    .await
-    .unwrap();
+    // With a submitter's safeguard, met here, which the dead letter (in KILN_DLQ) and the
+    // replay must not carry.
+    publish_vector_add(&js, "stuck-1", &[("Nats-Expected-Stream", STREAM_JOBS)]).await;
 
     let crashing = crashing_cpu_worker(&js).await;
     let mut deliveries = 0;
@@ -282,18 +311,10 @@ async fn job_no_worker_acknowledges_is_answered_dead_lettered_and_replayable() {
     );
 
     // The job left KILN_JOBS, and waits in the dead-letter queue.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let mut jobs = js.get_stream(STREAM_JOBS).await.unwrap();
-        if jobs.info().await.unwrap().state.messages == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the given-up job stayed in KILN_JOBS"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    assert!(
+        queue_empties(&js, Duration::from_secs(10)).await,
+        "the given-up job stayed in KILN_JOBS"
+    );
     let list = cluster.kiln(&["dlq", "list"]);
     assert_success(&list);
     let listed = common::stdout(&list);
@@ -460,13 +481,10 @@ async fn last_attempt_answered_by_the_worker(before: Before) {
         assert!(!listed.contains("last-1"), "{listed}");
         let log = cluster.log("worker");
         assert!(log.contains("another run of the job answered it"), "{log}");
-        // Acked, not left queued (the server applies acks as they come).
-        let mut jobs = js.get_stream(streams::STREAM_JOBS).await.unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while jobs.info().await.unwrap().state.messages > 0 {
-            assert!(Instant::now() < deadline, "the job was left queued");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        assert!(
+            queue_empties(&js, Duration::from_secs(10)).await,
+            "the job was left queued"
+        );
         return;
     }
     let failed = results_of(&client, "last-1", 1).await.remove(0);
@@ -536,16 +554,11 @@ async fn a_job_delivered_again_after_it_was_answered_is_acked_without_running() 
     assert_eq!(taken.info().unwrap().delivered, 1);
     store_another_runs_result(&js, "train_mlp", "again-1").await;
     cluster.spawn("worker", &["worker", "--device", "cpu", "--name", "w1"]);
-    let mut jobs = js.get_stream(streams::STREAM_JOBS).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while jobs.info().await.unwrap().state.messages > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the answered job was not acked (run again?):\n{}",
-            cluster.report()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    assert!(
+        queue_empties(&js, Duration::from_secs(30)).await,
+        "the answered job was not acked (run again?):\n{}",
+        cluster.report()
+    );
     let log = cluster.log("worker");
     assert!(log.contains("acked without running it"), "{log}");
     let kept = results_of(&client, "again-1", 1).await;
@@ -569,17 +582,7 @@ async fn a_job_the_server_gave_up_on_after_it_was_answered_is_removed_not_dead_l
     let client = cluster.client().await;
     let js = jetstream::new(client.clone());
     give_up_quickly(&mut cluster, &js).await;
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert("Nats-Msg-Id", "stuck-2");
-    js.publish_with_headers(
-        "jobs.cpu.vector_add",
-        headers,
-        r#"{"params":{"len":64},"seed":7}"#.into(),
-    )
-    .await
-    .unwrap()
-    .await
-    .unwrap();
+    publish_vector_add(&js, "stuck-2", &[]).await;
     // Its runs die before they ack; one of them stored the job's result first.
     store_another_runs_result(&js, "vector_add", "stuck-2").await;
     let crashing = crashing_cpu_worker(&js).await;
@@ -722,18 +725,10 @@ async fn job_a_stopping_worker_hands_back_keeps_its_deliveries_and_succeeds_else
     let list = common::stdout(&cluster.kiln(&["dlq", "list"]));
     assert!(list.contains("KILN_DLQ is empty"), "{list}");
     // The job's ack follows its result: the queue empties soon after.
-    let mut jobs = js
-        .get_stream(kiln_proto::streams::STREAM_JOBS)
-        .await
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while jobs.info().await.unwrap().state.messages > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "a copy of the job is left queued"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    assert!(
+        queue_empties(&js, Duration::from_secs(10)).await,
+        "a copy of the job is left queued"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1056,15 +1051,11 @@ async fn a_job_delivered_again_while_its_worker_runs_it_runs_once() {
         "answered by the attempt that was running"
     );
     // The running attempt's ack counts for the job whichever delivery it names.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while jobs.info().await.unwrap().state.messages > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the job is left queued: {:?}",
-            consumer.info().await.unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    assert!(
+        queue_empties(&js, Duration::from_secs(10)).await,
+        "the job is left queued: {:?}",
+        consumer.info().await.unwrap()
+    );
     // Nothing ran a second time: no second run's result was dropped.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let log = cluster.log("w1");

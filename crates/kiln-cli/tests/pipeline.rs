@@ -926,19 +926,18 @@ async fn long_job_is_kept_alive_by_progress_acks_and_runs_once() {
         "worker",
         &["worker", "--device", "cpu", "--name", "slow-worker"],
     );
-    let out = cluster.kiln(&[
-        "submit",
-        "train_mlp",
-        "-p",
-        "epochs=1500",
-        "-p",
-        "samples=1024",
-        "--id",
-        "long",
-        "--wait",
-    ]);
-    assert_success(&out);
-    let event: ResultEvent = serde_json::from_str(&stdout(&out)).unwrap();
+    let event = submit_wait(
+        &cluster,
+        &[
+            "train_mlp",
+            "-p",
+            "epochs=1500",
+            "-p",
+            "samples=1024",
+            "--id",
+            "long",
+        ],
+    );
     assert_eq!(event.status, Status::Succeeded, "{event:?}");
     assert!(
         event.compute_ms > 2_000.0,
@@ -981,19 +980,18 @@ async fn progress_acks_follow_an_ack_wait_changed_while_the_worker_runs() {
         ack_wait_of_one_second(&stream).await,
         Duration::from_secs(30)
     );
-    let out = cluster.kiln(&[
-        "submit",
-        "train_mlp",
-        "-p",
-        "epochs=800",
-        "-p",
-        "samples=1024",
-        "--id",
-        "long-after-change",
-        "--wait",
-    ]);
-    assert_success(&out);
-    let event: ResultEvent = serde_json::from_str(&stdout(&out)).unwrap();
+    let event = submit_wait(
+        &cluster,
+        &[
+            "train_mlp",
+            "-p",
+            "epochs=800",
+            "-p",
+            "samples=1024",
+            "--id",
+            "long-after-change",
+        ],
+    );
     assert_eq!(event.status, Status::Succeeded, "{event:?}");
     assert!(
         event.compute_ms > 6_000.0,
