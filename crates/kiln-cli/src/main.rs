@@ -33,10 +33,14 @@ fn main() -> ExitCode {
             None
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = cli.command.async_threads() {
+        // A worker's job passes from the connection's reader to the job's task to the
+        // writer: on one thread, with no wake-up of another in between (`kiln-bench latency`,
+        // docs/BENCHMARKS.md). Compute keeps its own threads (the blocking pool).
+        runtime.worker_threads(threads);
+    }
+    let runtime = match runtime.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             log::say(
@@ -46,6 +50,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if cli.command.async_threads().is_some() {
+        let threads = runtime.metrics().num_workers();
+        tracing::info!(threads, "async runtime");
+    }
     let code = match runtime.block_on(cmd::run(cli)) {
         Ok(code) => code,
         Err(e) => {

@@ -1021,3 +1021,41 @@ async fn cancel_marks_the_queued_kind_of_an_id_whose_other_kind_finished() {
             .is_some()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_large_inline_job_is_decoded_off_the_async_thread_and_answered_in_full() {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    cluster.cpu_worker();
+    let client = cluster.client().await;
+    let js = jetstream::new(client.clone());
+
+    // 4,096 elements a side, written long: a body of about 100 KB, which the worker decodes
+    // on its blocking pool (small bodies are decoded where they arrive), and an output small
+    // enough to come back inline.
+    let a: Vec<f32> = (0..4096).map(|i| i as f32 * 0.123_456_7).collect();
+    let b: Vec<f32> = (0..4096).map(|i| 1.0 - i as f32 * 0.012_345_6).collect();
+    let body = serde_json::json!({"id": "long-1", "params": {"a": a, "b": b}}).to_string();
+    assert!(body.len() > 64 * 1024, "{} bytes", body.len());
+    publish(
+        &js,
+        "jobs.cpu.vector_add",
+        HeaderMap::new(),
+        body.into_bytes(),
+    )
+    .await;
+    // And a small one behind it, decoded on the async thread.
+    let small = br#"{"id":"short-1","params":{"a":[1,2],"b":[3,4]}}"#.to_vec();
+    publish(&js, "jobs.cpu.vector_add", HeaderMap::new(), small).await;
+
+    let results = wait_for_results(&client, &["long-1", "short-1"], Duration::from_secs(60)).await;
+    let long = &results["long-1"];
+    assert_eq!(long.status, Status::Succeeded, "{long:?}");
+    let c: Vec<f32> = serde_json::from_value(long.output["c"].clone()).unwrap();
+    let want: Vec<f32> = a.iter().zip(&b).map(|(x, y)| x + y).collect();
+    assert_eq!(c, want);
+    assert_eq!(
+        results["short-1"].output["c"],
+        serde_json::json!([4.0, 6.0])
+    );
+}

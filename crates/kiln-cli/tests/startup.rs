@@ -271,3 +271,50 @@ async fn the_aggregator_runs_without_huge_pages_and_a_worker_as_the_system_has_t
     let worker = cluster.child("worker").id();
     assert_eq!(thp(worker), Some(ours), "{}", cluster.report());
 }
+
+#[tokio::test]
+async fn workers_and_aggregators_run_their_messages_on_one_thread_unless_told_otherwise() {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    cluster.cpu_worker();
+    cluster.spawn_with_env(
+        "aggregator",
+        &["aggregator", "--interval-ms", "100"],
+        &[("KILN_ASYNC_THREADS", "3")],
+    );
+    cluster.spawn(
+        "worker-2",
+        &[
+            "worker",
+            "--device",
+            "cpu",
+            "--name",
+            "w2",
+            "--async-threads",
+            "2",
+        ],
+    );
+    // The runtime's own count of its worker threads, as each process logs it at start.
+    let threads = |log: &str| {
+        log.lines()
+            .find(|l| l.contains("async runtime"))
+            .and_then(|l| l.split("threads=").nth(1))
+            .map(|rest| rest.trim().to_owned())
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let want = [("worker", "1"), ("aggregator", "3"), ("worker-2", "2")];
+    while want
+        .iter()
+        .any(|(name, n)| threads(&cluster.log(name)).as_deref() != Some(*n))
+    {
+        assert!(Instant::now() < deadline, "{}", cluster.report());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let refused = cluster.kiln(&["worker", "--device", "cpu", "--async-threads", "0"]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("--async-threads") && stderr.contains("at least 1"),
+        "{stderr}"
+    );
+}

@@ -17,7 +17,13 @@ use crate::shared::Shared;
 /// unfinished.
 pub(crate) async fn handle(shared: &Arc<Shared>, arrival: Arrival) {
     let arriving = Arriving(shared);
-    let (id, outcome) = match decode(shared, &arrival) {
+    let decoded = if arrival.message.payload.len() < DECODE_ON_THE_POOL {
+        decode(shared, &arrival)
+    } else {
+        // Boxed: rare, and kept out of every job's future.
+        Box::pin(decode_on_the_pool(shared, &arrival)).await
+    };
+    let (id, outcome) = match decoded {
         Ok(job) => {
             let id = arrival.id(job.id.as_deref());
             // Delivered again (its ack lost, its worker gone) or handed back: another run may
@@ -66,11 +72,32 @@ impl Drop for Arriving<'_> {
     }
 }
 
+/// Bodies this large are decoded on the blocking pool: a megabyte of inline JSON takes
+/// milliseconds to read, which on the async threads (one by default, `--async-threads`) would
+/// hold up every other job's messages meanwhile.
+const DECODE_ON_THE_POOL: usize = 64 * 1024;
+
 /// Decode and validate the job; every problem becomes a specific [`JobError`].
 fn decode(shared: &Shared, arrival: &Arrival) -> Result<DecodedJob, JobError> {
     let kernel = arrival.kernel.clone()?;
     let codec = arrival.codec.clone()?;
     let job = kernel.decode(codec, &arrival.message.payload, &shared.config.limits)?;
+    shared.admission.fits(kernel.name, job.plan.elements)?;
+    Ok(job)
+}
+
+/// [`decode`], on the blocking pool.
+async fn decode_on_the_pool(
+    shared: &Arc<Shared>,
+    arrival: &Arrival,
+) -> Result<DecodedJob, JobError> {
+    let kernel = arrival.kernel.clone()?;
+    let codec = arrival.codec.clone()?;
+    let body = arrival.message.payload.clone();
+    let limits = shared.config.limits;
+    let job = tokio::task::spawn_blocking(move || kernel.decode(codec, &body, &limits))
+        .await
+        .map_err(|e| JobError::internal(format!("decoding the job failed: {e}")))??;
     shared.admission.fits(kernel.name, job.plan.elements)?;
     Ok(job)
 }
