@@ -248,8 +248,13 @@ fn run_blocking(
         check_device(shared, e);
     }
     let slowdown = shared.config.slowdown;
-    if slowdown > 1.0 {
-        std::thread::sleep(start.elapsed().mul_f64(slowdown - 1.0));
+    // Past `Duration`'s range (a factor the command line refuses), no simulated time at all
+    // rather than a panic for every job.
+    if slowdown > 1.0
+        && let Ok(more) =
+            Duration::try_from_secs_f64(start.elapsed().as_secs_f64() * (slowdown - 1.0))
+    {
+        std::thread::sleep(more);
     }
     std::thread::sleep(shared.config.sim_overhead);
     let stored = job.take_stored();

@@ -10,6 +10,12 @@ use tracing::Level;
 use crate::cli::{AggregatorArgs, NatsArgs, SchedulerArgs, WorkerArgs};
 
 /// Parse `cpu`, `cuda`, `cuda:N` or `auto` into a device, checking CUDA before touching it.
+
+/// The largest `--slowdown`: a simulated device a thousand times slower than the real one is
+/// slower than any GPU or CPU class kiln would be compared with, and a job's compute time
+/// times a factor much larger overflows a `Duration` (every job would fail `internal`).
+const MAX_SLOWDOWN: f64 = 1000.0;
+
 pub fn parse_device(spec: &str) -> anyhow::Result<ComputeDevice> {
     let cuda_count = kiln_kernels::cuda_device_count();
     match spec {
@@ -75,8 +81,8 @@ pub fn worker_config(
         config.class = class;
     }
     anyhow::ensure!(
-        args.slowdown.is_finite() && args.slowdown >= 1.0,
-        "--slowdown {}: use a factor of 1 (off) or more",
+        args.slowdown.is_finite() && (1.0..=MAX_SLOWDOWN).contains(&args.slowdown),
+        "--slowdown {}: use a factor from 1 (off) to {MAX_SLOWDOWN}",
         args.slowdown
     );
     config.slowdown = args.slowdown;
@@ -199,4 +205,37 @@ pub async fn scheduler(nats: &NatsArgs, args: SchedulerArgs) -> anyhow::Result<E
         ),
     );
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::cli::{Cli, Command};
+    use clap::Parser as _;
+
+    /// `worker_config` for `kiln worker --device cpu` and `flags`.
+    fn config(flags: &[&str]) -> anyhow::Result<kiln_worker::WorkerConfig> {
+        let args = [&["kiln", "worker", "--device", "cpu"][..], flags].concat();
+        let cli = Cli::try_parse_from(args).expect("the flags parse");
+        let Command::Worker(worker) = &cli.command else {
+            unreachable!("a worker command")
+        };
+        super::worker_config(worker, &cli.nats)
+    }
+
+    #[test]
+    fn slowdown_is_a_factor_from_one_to_a_thousand() {
+        for ok in ["1", "2.5", "1000"] {
+            let config = config(&["--slowdown", ok]).unwrap();
+            assert_eq!(config.slowdown, ok.parse::<f64>().unwrap());
+        }
+        // 1e308 passed every check and made every job's compute panic converting the
+        // simulated time to a Duration.
+        for bad in ["0", "0.5", "NaN", "inf", "1000.5", "1e308"] {
+            let error = config(&["--slowdown", bad]).unwrap_err().to_string();
+            assert!(
+                error.contains("--slowdown") && error.contains("from 1 (off) to 1000"),
+                "{bad}: {error}"
+            );
+        }
+    }
 }
