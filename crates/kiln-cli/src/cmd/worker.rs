@@ -9,13 +9,12 @@ use tracing::Level;
 
 use crate::cli::{AggregatorArgs, NatsArgs, SchedulerArgs, WorkerArgs};
 
-/// Parse `cpu`, `cuda`, `cuda:N` or `auto` into a device, checking CUDA before touching it.
-
 /// The largest `--slowdown`: a simulated device a thousand times slower than the real one is
 /// slower than any GPU or CPU class kiln would be compared with, and a job's compute time
 /// times a factor much larger overflows a `Duration` (every job would fail `internal`).
 const MAX_SLOWDOWN: f64 = 1000.0;
 
+/// Parse `cpu`, `cuda`, `cuda:N` or `auto` into a device, checking CUDA before touching it.
 pub fn parse_device(spec: &str) -> anyhow::Result<ComputeDevice> {
     let cuda_count = kiln_kernels::cuda_device_count();
     match spec {
