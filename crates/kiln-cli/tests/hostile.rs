@@ -942,7 +942,9 @@ async fn a_worker_lists_both_kinds_of_an_id_it_holds() {
 }
 
 /// A job recorded as queued whose message is gone from KILN_JOBS (an operator purged the
-/// stream) is shown as such by `kiln status <id>`, not as queued for ever.
+/// stream) is shown as such by `kiln status <id>`, not as queued for ever: `gone` in its JSON
+/// too, and a resubmission under its id, which the server drops as a duplicate, is not waited
+/// for.
 #[tokio::test(flavor = "multi_thread")]
 async fn status_says_when_a_queued_job_is_no_longer_in_the_stream() {
     let cluster = Cluster::new();
@@ -976,11 +978,98 @@ async fn status_says_when_a_queued_job_is_no_longer_in_the_stream() {
         .unwrap();
     let after = status(&cluster);
     assert!(
-        after.contains(
-            "but KILN_JOBS holds no vector_add job of the cpu class: it is no longer there"
+        after.starts_with(
+            "purged-1: gone: no longer in KILN_JOBS and never answered: the stream was purged"
         ),
         "{after}"
     );
+    assert!(
+        after.contains("submit it again under another id"),
+        "{after}"
+    );
+    // Scripts read the same from the JSON form (it said `queued`).
+    let json = cluster.kiln(&["status", "purged-1", "-o", "json"]);
+    assert!(json.status.success());
+    let json: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(json["state"], "gone", "{json}");
+    assert_eq!(json["record"]["phase"], "queued", "{json}");
+    assert!(
+        json["reason"].as_str().unwrap().contains("never answered"),
+        "{json}"
+    );
+    // The same job again, inside the duplicate window: dropped, and not waited for.
+    let started = std::time::Instant::now();
+    let again = cluster.kiln(&[&submit[..], &["--wait"]].concat());
+    assert!(!again.status.success());
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        stderr.contains("the earlier job purged-1 will not be answered: no longer in KILN_JOBS"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("did not arrive"), "{stderr}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "it waited {:?}",
+        started.elapsed()
+    );
+}
+
+/// A job answered long ago whose result `KILN_RESULTS` has since dropped to stay within its
+/// size limit is not "queued": `kiln status` and `kiln result` say its result was most likely
+/// dropped.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_whose_result_was_dropped_for_room_is_gone_not_queued() {
+    let mut cluster = Cluster::new();
+    let init = cluster.kiln(&["init", "--results-max-bytes", "1MiB"]);
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    cluster.cpu_worker();
+    let submit = [
+        "submit",
+        "vector_add",
+        "-d",
+        "cpu",
+        "-p",
+        "len=8",
+        "--id",
+        "early-1",
+        "--wait",
+    ];
+    let first = cluster.kiln(&submit);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    // Later results, 1.5 MiB of them: the oldest, early-1's, makes room.
+    let js = jetstream::new(cluster.client().await);
+    for i in 0..24 {
+        let body = format!(r#"{{"filler": "{}"}}"#, "x".repeat(64 * 1024));
+        publish(
+            &js,
+            &format!("results.vector_add.filler-{i}"),
+            HeaderMap::new(),
+            body.into_bytes(),
+        )
+        .await;
+    }
+    let status = cluster.kiln(&["status", "early-1"]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        text.starts_with(
+            "early-1: gone: no longer in KILN_JOBS and no result stored: most likely it was \
+             answered and its result has since been dropped from KILN_RESULTS"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("the oldest kept is from"), "{text}");
+    let result = cluster.kiln(&["result", "early-1"]);
+    assert_eq!(result.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(stderr.contains("most likely it was answered"), "{stderr}");
 }
 
 /// One id as two kinds, one answered and the other still queued (its record, as `kiln

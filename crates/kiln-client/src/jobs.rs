@@ -128,10 +128,14 @@ pub enum Place {
         /// Its latest result event.
         result: Box<ResultEvent>,
     },
-    /// Its final state is recorded, but its result is no longer stored.
+    /// It has no stored result and will not get one: recorded as queued, but no longer in
+    /// `KILN_JOBS` (its result dropped from `KILN_RESULTS` since, or the job deleted), or its
+    /// final state recorded with its result no longer stored.
     Gone {
         /// The record in `KILN_STATE`.
         record: JobState,
+        /// Why, in a sentence, with what to do.
+        reason: String,
     },
     /// A live worker holds it.
     Running {
@@ -169,14 +173,12 @@ pub async fn locate(js: &jetstream::Context, id: &str) -> Result<Place> {
     let queued_at = stored.as_ref().map(|(_, at)| *at);
     let record = stored.map(|(record, _)| record);
     // The answer, unless a replay was queued after it.
-    let answer = async |record: &Option<JobState>| -> Result<Option<ResultEvent>> {
+    let answer = async |record: Option<&JobState>| -> Result<Option<ResultEvent>> {
         Ok(find_result(js, id, None).await?.filter(|event| {
-            !record
-                .as_ref()
-                .is_some_and(|r| r.phase == Phase::Queued && r.replay > event.replay)
+            !record.is_some_and(|r| r.phase == Phase::Queued && r.replay > event.replay)
         }))
     };
-    if let Some(event) = answer(&record).await? {
+    if let Some(event) = answer(record.as_ref()).await? {
         return Ok(Place::Finished {
             result: Box::new(event),
         });
@@ -188,7 +190,7 @@ pub async fn locate(js: &jetstream::Context, id: &str) -> Result<Place> {
     };
     if let Some(running) = running(js, id, cancelled, None).await {
         // A result stored since the first look wins over a heartbeat not yet refreshed.
-        if let Some(event) = answer(&record).await? {
+        if let Some(event) = answer(record.as_ref()).await? {
             return Ok(Place::Finished {
                 result: Box::new(event),
             });
@@ -198,10 +200,96 @@ pub async fn locate(js: &jetstream::Context, id: &str) -> Result<Place> {
     if cancelled {
         return Ok(Place::CancelRequested);
     }
-    Ok(match record {
-        Some(record) if record.phase == Phase::Queued => Place::Queued { record },
-        Some(record) => Place::Gone { record },
-        None => Place::Unknown,
+    let Some(record) = record else {
+        return Ok(Place::Unknown);
+    };
+    if record.phase != Phase::Queued {
+        let reason = "its final state is recorded, but its result is no longer stored".into();
+        return Ok(Place::Gone { record, reason });
+    }
+    let Some(reason) = left_the_queue(js, &record).await else {
+        return Ok(Place::Queued { record });
+    };
+    // Answered, or taken, since the first look: a work queue lets go of a job only once
+    // its result is stored (or its copy, routed or handed back, is queued).
+    if let Some(event) = answer(Some(&record)).await? {
+        return Ok(Place::Finished {
+            result: Box::new(event),
+        });
+    }
+    if let Some(running) = running(js, id, cancelled, None).await {
+        return Ok(running);
+    }
+    Ok(Place::Gone { record, reason })
+}
+
+/// Why job `record` (recorded as queued, not answered, held by no live worker) will not be
+/// answered, when `KILN_JOBS` holds no job of its kind on any subject it can be on: its
+/// class's (or every class's for `auto`, whose routed copy goes to a class), copies included.
+/// `None` while one may be it, or the stream cannot be read.
+async fn left_the_queue(js: &jetstream::Context, record: &JobState) -> Option<String> {
+    use kiln_proto::DeviceClass;
+    let jobs = js.get_stream(streams::STREAM_JOBS).await.ok()?;
+    let classes: &[DeviceClass] = match record.class {
+        DeviceClass::Auto => &[DeviceClass::Auto, DeviceClass::Gpu, DeviceClass::Cpu],
+        class => &[class][..],
+    };
+    let kind = &record.kind;
+    for filter in [format!("jobs.*.{kind}"), format!("jobs.*.{kind}.copy")] {
+        let mut subjects = jobs.info_with_subjects(filter).await.ok()?;
+        while let Some(subject) = subjects.next().await {
+            let (subject, count) = subject.ok()?;
+            let class = subject.split('.').nth(1).unwrap_or_default();
+            if count > 0 && classes.iter().any(|c| c.to_string() == class) {
+                return None;
+            }
+        }
+    }
+    let format = |at: OffsetDateTime| {
+        at.format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default()
+    };
+    let window = streams::DUPLICATE_WINDOW;
+    let again = match record.at + window {
+        until if until > OffsetDateTime::now_utc() => format!(
+            "submit it again under another id, or under this one after {} (until {} min after \
+             a submission the server drops another job under its id as a duplicate)",
+            format(until),
+            window.as_secs() / 60
+        ),
+        _ => "submit it again".to_owned(),
+    };
+    // Results stored after the job was queued have been dropped (`KILN_RESULTS` keeps the
+    // newest within its limits): its own may have been one of them.
+    let results = js
+        .get_stream(STREAM_RESULTS)
+        .await
+        .ok()?
+        .cached_info()
+        .state
+        .clone();
+    let dropped = results.first_sequence > 1
+        && (results.messages == 0 || results.first_timestamp > record.at);
+    Some(match dropped {
+        true => format!(
+            "no longer in {jobs} and no result stored: most likely it was answered and its \
+             result has since been dropped from {STREAM_RESULTS}, which keeps the newest results \
+             within its size limit (`kiln init --results-max-bytes`) for 7 days{oldest}; or it \
+             was deleted from {jobs}; {again}",
+            jobs = streams::STREAM_JOBS,
+            oldest = match results.messages {
+                0 => String::new(),
+                _ => format!(
+                    " (the oldest kept is from {})",
+                    format(results.first_timestamp)
+                ),
+            },
+        ),
+        false => format!(
+            "no longer in {jobs} and never answered: the stream was purged or the job deleted, \
+             and it will not run; {again}",
+            jobs = streams::STREAM_JOBS,
+        ),
     })
 }
 
@@ -244,7 +332,7 @@ pub async fn cancel(js: &jetstream::Context, id: &str) -> Result<Place> {
     // One id sent as two kinds is two jobs: one may still run after the other is answered.
     let finished = match &place {
         Place::Finished { result } => Some(result.kind.clone()),
-        Place::Gone { record } => Some(record.kind.clone()),
+        Place::Gone { record, .. } => Some(record.kind.clone()),
         _ => None,
     };
     if let Some(kind) = finished {

@@ -31,7 +31,8 @@ pub async fn run(nats: &NatsArgs, args: CancelArgs) -> anyhow::Result<ExitCode> 
     for id in &args.ids {
         let place = cancel(&js, id).await?;
         let line = match &place {
-            Place::Finished { .. } | Place::Gone { .. } => format!(
+            Place::Gone { .. } => format!("{}; not marked", describe(&place, id)),
+            Place::Finished { .. } => format!(
                 "{}; not marked: it is finished, and a mark would cancel a later run of this id",
                 describe(&place, id)
             ),

@@ -91,7 +91,7 @@ async fn no_result(js: &jetstream::Context, id: &str) -> String {
         }
         Ok(Place::Queued { .. }) => "it is queued".to_owned(),
         Ok(Place::CancelRequested) => "it is marked cancelled and not answered yet".to_owned(),
-        Ok(Place::Gone { .. }) => "it finished, but its result is no longer stored".to_owned(),
+        Ok(Place::Gone { reason, .. }) => reason,
         // Answered since the first look: `kiln result` again prints it.
         Ok(Place::Finished { .. }) => "its result was stored a moment ago: ask again".to_owned(),
         Ok(Place::Unknown) => "kiln has no record of it (a job published without `kiln \

@@ -38,7 +38,8 @@ pub async fn run(nats: &NatsArgs, args: StatusArgs) -> anyhow::Result<ExitCode> 
             } else {
                 println!("{}", describe(&place, &id));
                 if let Place::Queued { record } = &place
-                    && let Some(hint) = queued_hint(&js, &id, record).await
+                    && record.class == kiln_proto::DeviceClass::Auto
+                    && let Some(hint) = routed_hint(&js, &record.kind).await
                 {
                     println!("  {hint}");
                 }
@@ -50,45 +51,6 @@ pub async fn run(nats: &NatsArgs, args: StatusArgs) -> anyhow::Result<ExitCode> 
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// A second line for a job recorded as queued: where an auto job may be now
-/// ([`routed_hint`]), or that a job of a class is no longer in `KILN_JOBS` (no message left
-/// on its kind's subjects, no answer: the stream was purged, or the job deleted).
-async fn queued_hint(
-    js: &jetstream::Context,
-    id: &str,
-    record: &kiln_proto::JobState,
-) -> Option<String> {
-    if record.class == kiln_proto::DeviceClass::Auto {
-        return routed_hint(js, &record.kind).await;
-    }
-    // The job's subjects in the stream (a work queue holds a job until it is acknowledged,
-    // whether waiting, held by a worker, or handed back for later).
-    let (base, copy) = (
-        format!("jobs.{}.{}", record.class, record.kind),
-        format!("jobs.{}.{}.copy", record.class, record.kind),
-    );
-    let stream = js.get_stream(STREAM_JOBS).await.ok()?;
-    let mut subjects = stream
-        .info_with_subjects(format!("jobs.{}.>", record.class))
-        .await
-        .ok()?;
-    while let Some(subject) = futures::StreamExt::next(&mut subjects).await {
-        let (subject, count) = subject.ok()?;
-        if count > 0 && (subject == base || subject == copy) {
-            return None;
-        }
-    }
-    // Answered, or taken, since the first look: where it is now says so.
-    if !matches!(locate(js, id).await.ok()?, Place::Queued { .. }) {
-        return None;
-    }
-    Some(format!(
-        "but {STREAM_JOBS} holds no {} job of the {} class: it is no longer there (the \
-         stream was purged or the job deleted) and will not be answered; submit it again",
-        record.kind, record.class
-    ))
 }
 
 /// Where a job queued as `auto` of `kind` may be now (its record is not updated when the
@@ -148,11 +110,7 @@ struct JobStatus<'a> {
 pub fn describe(place: &Place, id: &str) -> String {
     match place {
         Place::Finished { result } => finished(id, result),
-        Place::Gone { record } => format!(
-            "{id}: {:?}, but its result is no longer stored",
-            record.phase
-        )
-        .to_lowercase(),
+        Place::Gone { reason, .. } => format!("{id}: gone: {reason}"),
         Place::Running {
             kind,
             device,

@@ -398,6 +398,9 @@ impl<'a> Submission<'a> {
         let print = |event: &ResultEvent| print_result(event, single, to_stderr);
         let bar = (!single).then(|| progress_bar(self.args.count, "finished"));
         let mut results = self.earlier_results(js, duplicates).await?;
+        // An earlier submission that will never be answered: no use waiting for it.
+        let gone = gone(js, duplicates, &results).await;
+        let taken: &HashSet<String> = &taken.iter().chain(&gone).cloned().collect();
         for id in &self.ids {
             if let Some(event) = results.get(id) {
                 print(event);
@@ -472,8 +475,8 @@ impl<'a> Submission<'a> {
             _ if duplicates.is_empty() => {}
             0 => eprintln!("their results are in (printed below)"),
             waiting => eprintln!(
-                "{} of them have a result (printed below); waiting for the other {waiting}, \
-                 queued or running since the earlier submission",
+                "{} of them have a result (printed below); the other {waiting} were submitted \
+                 earlier and have none yet",
                 results.len()
             ),
         }
@@ -540,6 +543,40 @@ impl<'a> Submission<'a> {
             },
         )
     }
+}
+
+/// The duplicates without a result whose earlier submission will never be answered
+/// ([`Place::Gone`](kiln_client::jobs::Place::Gone): no longer in `KILN_JOBS`), each said
+/// on stderr; the others are waited for.
+async fn gone(
+    js: &jetstream::Context,
+    duplicates: &[String],
+    results: &HashMap<String, ResultEvent>,
+) -> HashSet<String> {
+    use kiln_client::jobs::{Place, locate};
+    let unanswered: Vec<&String> = duplicates
+        .iter()
+        .filter(|id| !results.contains_key(*id))
+        .collect();
+    let places: Vec<_> = futures::stream::iter(&unanswered)
+        .map(|id| locate(js, id))
+        .buffered(64)
+        .collect()
+        .await;
+    let mut gone = HashSet::new();
+    for (id, place) in unanswered.into_iter().zip(places) {
+        if let Ok(Place::Gone { reason, .. }) = place {
+            eprintln!("kiln: the earlier job {id} will not be answered: {reason}");
+            gone.insert(id.clone());
+        }
+    }
+    if gone.len() < duplicates.len() - results.len() {
+        eprintln!(
+            "waiting for the other {}, queued or running since the earlier submission",
+            duplicates.len() - results.len() - gone.len()
+        );
+    }
+    gone
 }
 
 /// One result on standard output (or error): pretty JSON for a single job, else one line each.
