@@ -830,3 +830,24 @@ async def test_a_running_job_is_seen_running_and_stops_when_cancelled(
         await job.result(timeout=RESULT_TIMEOUT)
     assert caught.value.result.worker == "pytest-cpu"
     assert await job.status() == "failed"
+
+
+async def test_inputs_stored_for_a_job_the_server_drops_are_removed(client: kiln.Client) -> None:
+    # No GPU worker runs here: the first job stays queued, holding its inputs.
+    job_id = kiln.new_job_id()
+    a = np.arange(8, dtype=np.float32)
+    first = await client.submit("vector_add", "gpu", id=job_id, a=a, b=a, upload=True)
+    assert not first.duplicate
+    # The same job again inside the duplicate window: the server drops it, and the inputs
+    # stored for it are removed (the kept job reads its own).
+    again = await client.submit("vector_add", "gpu", id=job_id, a=a, b=a, upload=True)
+    assert again.duplicate
+
+    bucket = await client._bucket()
+    names = sorted(
+        info.name
+        for info in await bucket.list(ignore_deletes=True)
+        if info.name.startswith(f"inputs/{job_id}/")
+    )
+    assert len(names) == 2, names
+    assert len({name.rsplit("/", 2)[1] for name in names}) == 1, names

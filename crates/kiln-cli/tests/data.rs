@@ -799,9 +799,12 @@ async fn resubmitting_an_id_never_replaces_the_kept_jobs_inputs() {
         }
         firsts.push(a);
     }
+    // The dropped submission's files are not left in KILN_DATA: only the kept job's two.
+    let client = cluster.client().await;
+    let names = input_objects(&client, "twice-1").await;
+    assert_eq!(names.len(), 2, "{names:?}");
     // Only now a worker: the job the server kept is the first.
     cluster.cpu_worker();
-    let client = cluster.client().await;
     let results = common::wait_for_results(&client, &["twice-1"], Duration::from_secs(60)).await;
     let event = &results["twice-1"];
     assert_eq!(event.status, kiln_proto::Status::Succeeded, "{event:?}");
@@ -818,6 +821,62 @@ async fn resubmitting_an_id_never_replaces_the_kept_jobs_inputs() {
         .map(|v| v.as_f64().unwrap() as f32)
         .collect();
     assert_eq!(got, want, "the first submission's product");
+}
+
+/// The input objects stored in KILN_DATA for job id `id` (`inputs/<id>/…`).
+async fn input_objects(client: &async_nats::Client, id: &str) -> Vec<String> {
+    use futures::StreamExt as _;
+    let store = jetstream::new(client.clone())
+        .get_object_store("KILN_DATA")
+        .await
+        .unwrap();
+    let mut names: Vec<String> = store
+        .list()
+        .await
+        .unwrap()
+        .filter_map(|info| async move { info.ok().map(|i| i.name) })
+        .filter(|name| std::future::ready(name.starts_with(&format!("inputs/{id}/"))))
+        .collect()
+        .await;
+    names.sort();
+    names
+}
+
+/// Files stored for a job the server refuses (its queue full) are removed again: a script
+/// that retries would otherwise store them again at every try, for `KILN_DATA`'s whole
+/// maximum age.
+#[tokio::test(flavor = "multi_thread")]
+async fn inputs_of_a_refused_job_are_not_left_in_the_store() {
+    let cluster = Cluster::new();
+    let init = cluster.kiln(&["init", "--max-queued-jobs", "1"]);
+    assert_success(&init);
+    let dir = tempfile::tempdir().unwrap();
+    let a = write(dir.path(), "a.npy", &encode_npy(&matrix(2, 3, 1)));
+    let b = write(dir.path(), "b.npy", &encode_npy(&matrix(3, 2, 2)));
+    let submit = |id: &str| {
+        cluster.kiln(&[
+            "submit",
+            "matmul",
+            "--id",
+            id,
+            "--input",
+            &format!("a=@{a}"),
+            "--input",
+            &format!("b=@{b}"),
+        ])
+    };
+    // No worker: the first fills the queue and keeps its inputs.
+    assert_success(&submit("fills-1"));
+    let refused = submit("refused-1");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("the server refused refused-1"), "{stderr}");
+    let client = cluster.client().await;
+    assert_eq!(input_objects(&client, "fills-1").await.len(), 2);
+    assert_eq!(
+        input_objects(&client, "refused-1").await,
+        Vec::<String>::new()
+    );
 }
 
 /// `kiln result --output` writes only what it can: a file named for a format kiln does not

@@ -272,23 +272,25 @@ impl Input {
 
 /// Store the files `--input` names (as `inputs/<job id>/<submission>/<key>`, telling
 /// `on_bytes` as they go) and set each parameter to its object reference, with the digest the
-/// worker checks.
+/// worker checks. Returns the names stored, for [`remove_inputs`] when no job will read them.
 pub async fn attach_inputs(
     bucket: &Bucket,
     job_id: &str,
     inputs: &[Input],
     params: &mut serde_json::Value,
     on_bytes: OnBytes<'_>,
-) -> Result<()> {
+) -> Result<Vec<String>> {
     // A name of this submission's own: a later submission under the same id (which the
     // server drops as a duplicate while this one waits) must not replace the files this one
     // names, which it would then fail to read by their digests.
     let submission = kiln_proto::new_job_id();
+    let mut stored = Vec::new();
     for input in inputs {
         let mut reference = match &input.source {
             Source::File(path) => {
                 let name = format!("inputs/{job_id}/{submission}/{}", input.key);
                 let descriptor = put_file(bucket, &name, path, on_bytes).await?;
+                stored.push(name);
                 let mut reference = ObjectRef::new(descriptor.name);
                 reference.sha256 = Some(descriptor.sha256);
                 reference
@@ -298,7 +300,19 @@ pub async fn attach_inputs(
         reference.tensor = input.entry.clone();
         params[&input.key] = serde_json::to_value(&reference).unwrap_or_default();
     }
-    Ok(())
+    Ok(stored)
+}
+
+/// Remove input objects `names` that [`attach_inputs`] stored for jobs the server did not
+/// take (dropped as duplicates, or refused): left, they would fill `KILN_DATA` for its
+/// whole maximum age, again at every retry. Best effort: one that cannot be removed is
+/// logged and left to age out.
+pub async fn remove_inputs(bucket: &Bucket, names: &[String]) {
+    for name in names {
+        if let Err(e) = bucket.delete(name).await {
+            tracing::warn!(object = %name, error = %e, "could not remove an input no job will read; it ages out of KILN_DATA");
+        }
+    }
 }
 
 /// The output format a file name asks for, by its extension.

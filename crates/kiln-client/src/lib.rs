@@ -47,4 +47,6 @@ pub use connect::{
     ConnectOptions, DEFAULT_NATS_URL, connect, connect_and_wait, connect_to_jetstream,
 };
 pub use error::{Error, Result};
-pub use submit::{JobSpec, ResultCollector, check_class, job_digest, publish_all};
+pub use submit::{
+    JobSpec, ResultCollector, check_class, job_digest, publish_all, publish_all_counted,
+};

@@ -141,10 +141,21 @@ pub async fn publish_all(
     js: &jetstream::Context,
     jobs: impl IntoIterator<Item = JobSpec>,
     track: bool,
-    mut on_stored: impl FnMut(),
+    on_stored: impl FnMut(),
 ) -> Result<Vec<String>> {
-    let jobs: Vec<JobSpec> = jobs.into_iter().collect();
-    let total = jobs.len();
+    publish_all_counted(js, jobs, track, on_stored).await.1
+}
+
+/// [`publish_all`], and whether any of the jobs may be in `KILN_JOBS` now, whatever it
+/// returned: stored by the server (not dropped as a duplicate), or sent with no answer from
+/// it (a timeout, a lost connection). A caller that stored objects for these jobs alone
+/// removes them when none may be: no job will ever read them.
+pub async fn publish_all_counted(
+    js: &jetstream::Context,
+    jobs: impl IntoIterator<Item = JobSpec>,
+    track: bool,
+    mut on_stored: impl FnMut(),
+) -> (bool, Result<Vec<String>>) {
     let mut published = Published {
         js,
         track,
@@ -153,7 +164,19 @@ pub async fn publish_all(
         duplicates: Vec::new(),
         stored: 0,
         refused: Vec::new(),
+        unanswered: false,
+        refusals: 0,
     };
+    let result = publish_into(&mut published, jobs.into_iter().collect()).await;
+    // An error before any refusal: a job not sent, or a record not written for one stored.
+    let unsure = result.is_err() && published.refusals == 0;
+    let may_run = published.stored > published.duplicates.len() || published.unanswered || unsure;
+    (may_run, result)
+}
+
+async fn publish_into(published: &mut Published<'_>, jobs: Vec<JobSpec>) -> Result<Vec<String>> {
+    let js = published.js;
+    let total = jobs.len();
     let mut pending = FuturesUnordered::new();
     for (order, mut job) in jobs.into_iter().enumerate() {
         // Once the server refuses one (a full queue), send no more: settle those on the way.
@@ -190,7 +213,7 @@ pub async fn publish_all(
             tracing::debug!(error = %e, "a queued state was not stored");
         }
     }
-    let mut duplicates = published.duplicates;
+    let mut duplicates = published.duplicates.clone();
     duplicates.sort_unstable_by_key(|(order, _)| *order);
     Ok(duplicates.into_iter().map(|(_, id)| id).collect())
 }
@@ -261,6 +284,10 @@ struct Published<'a> {
     stored: usize,
     /// Jobs the server refused, by their place in the submission, with why.
     refused: Vec<(usize, String, jetstream::context::PublishError)>,
+    /// A job was sent and no answer came (timed out, connection lost): it may be stored.
+    unanswered: bool,
+    /// How many the server refused or did not answer (`refused` loses one to the error).
+    refusals: usize,
 }
 
 impl Published<'_> {
@@ -274,6 +301,14 @@ impl Published<'_> {
         let ack = match ack {
             Ok(ack) => ack,
             Err(e) => {
+                use jetstream::context::PublishErrorKind as Kind;
+                if matches!(
+                    e.kind(),
+                    Kind::TimedOut | Kind::BrokenPipe | Kind::MaxAckPending
+                ) {
+                    self.unanswered = true;
+                }
+                self.refusals += 1;
                 self.refused.push((sent.order, sent.id, e));
                 return Ok(());
             }

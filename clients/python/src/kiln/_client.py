@@ -10,7 +10,7 @@ import os
 import ssl
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import TracebackType
@@ -253,6 +253,8 @@ class _Prepared:
     #: Whether the caller asked for every value inline (`upload=False`).
     inline_only: bool = False
     body: bytes = b""
+    #: The objects its inputs were stored as, once stored.
+    stored: list[str] = field(default_factory=list)
     #: What it computes (`_wire.job_digest`), for a job whose id the caller gave.
     digest: str = ""
 
@@ -514,6 +516,7 @@ class Client:
                 continue
             for up in p.uploads:
                 info = await self.put(f"inputs/{p.job_id}/{submission}/{up.param}", up.array)
+                p.stored.append(info.name)
                 p.params[up.param] = info.ref().to_json()
             p.body = _wire.encode_job(
                 p.job_id, p.params, seed=p.seed, timeout_ms=p.timeout_ms, output=p.output
@@ -566,6 +569,8 @@ class Client:
             except Exception as e:  # every refusal is reported, the other jobs go on
                 if isinstance(e, asyncio.TimeoutError):
                     ack_timeout = 0
+                else:  # refused by the server: no job reads its inputs (unanswered: one may)
+                    await self._remove_inputs(p)
                 refused[p.job_id] = self._refusal(p, e)
                 await self._unwatch(p.job_id, job._future)
                 continue
@@ -573,6 +578,8 @@ class Client:
             job.sequence = getattr(pub, "seq", None)
             accepted.append(job)
             if job.duplicate:
+                # Dropped: the job the server kept reads its own inputs, never these.
+                await self._remove_inputs(p)
                 duplicates.append((p, job))
             else:
                 states.append(await self._record_queued(p))
@@ -610,6 +617,16 @@ class Client:
         if refused:
             raise _refused(refused, list(accepted))
         return accepted
+
+    async def _remove_inputs(self, p: _Prepared) -> None:
+        """Remove the objects stored for `p`'s inputs, which no job will read: left, they
+        would fill KILN_DATA for its whole maximum age, again at every retry. Best effort."""
+        for name in p.stored:
+            try:
+                await self.delete(name)
+            except Exception as e:  # it ages out
+                log.warning("could not remove input %s, which no job will read: %s", name, e)
+        p.stored.clear()
 
     async def _ids_of_other_jobs(self, prepared: list[_Prepared]) -> dict[str, str]:
         """The given ids whose `queued` record (written by this client when the id was last

@@ -9,7 +9,7 @@ use async_nats::jetstream;
 use futures::StreamExt as _;
 use indicatif::{ProgressBar, ProgressStyle};
 use kiln_client::data::Input;
-use kiln_client::{JobSpec, ResultCollector, publish_all};
+use kiln_client::{JobSpec, ResultCollector, publish_all_counted};
 use kiln_kernels::{JobMeta, KindEntry};
 use kiln_proto::{Codec, DeviceClass, OutputMode, ResultEvent, Status};
 
@@ -133,6 +133,8 @@ struct Submission<'a> {
     class: DeviceClass,
     params: serde_json::Value,
     inputs: Vec<Input>,
+    /// The objects `--input` files were stored as, once stored.
+    uploaded: Vec<String>,
     output: OutputMode,
     codec: Codec,
     /// `--id`, or a fresh one.
@@ -203,6 +205,7 @@ impl<'a> Submission<'a> {
             class,
             params,
             inputs,
+            uploaded: Vec::new(),
             output,
             codec,
             base_id,
@@ -233,7 +236,7 @@ impl<'a> Submission<'a> {
                 .map(|m| m.len())
                 .sum();
             let bar = BytesBar::new(total, "storing");
-            kiln_client::data::attach_inputs(
+            self.uploaded = kiln_client::data::attach_inputs(
                 &bucket,
                 &self.base_id,
                 &self.inputs,
@@ -267,12 +270,18 @@ impl<'a> Submission<'a> {
     ) -> anyhow::Result<Vec<String>> {
         let count = self.args.count;
         let bar = (count > 1).then(|| progress_bar(count, "submitted"));
-        let duplicates = publish_all(js, jobs, true, || {
+        let (may_run, duplicates) = publish_all_counted(js, jobs, true, || {
             if let Some(bar) = &bar {
                 bar.inc(1)
             }
         })
-        .await?;
+        .await;
+        // Inputs stored for jobs none of which the server took: no job will ever read them.
+        if !may_run && !self.uploaded.is_empty() {
+            let bucket = kiln_client::data::bucket(js).await?;
+            kiln_client::data::remove_inputs(&bucket, &self.uploaded).await;
+        }
+        let duplicates = duplicates?;
         if let Some(bar) = &bar {
             bar.finish();
         }
