@@ -250,6 +250,32 @@ async fn an_image_is_filtered_and_comes_back_as_a_png() {
         error.message
     );
     assert!(!png.exists());
+    // Nor more than 4 channels: refused before it is filtered too (it was refused when the
+    // PNG was encoded, after the convolution).
+    let out = cluster.kiln(&[
+        "submit",
+        "conv2d",
+        "-p",
+        "channels=5",
+        "-p",
+        "height=64",
+        "-p",
+        "width=64",
+        "--output",
+        png.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let error = result_of(&out).error.expect("refused");
+    assert_eq!(error.kind, ErrorKind::InvalidInput);
+    assert!(
+        error.message.contains(
+            "\"output\": \"png\" holds 1 to 4 channels (gray, gray and alpha, RGB, RGBA), \
+             and this job's output has 5"
+        ),
+        "{}",
+        error.message
+    );
+    assert!(!png.exists());
 
     // A batch of one keeps its batch dimension, as PyTorch's conv2d keeps it (it came back
     // [C, H, W]); the same image given as [C, H, W] comes back inline as [C, H, W].

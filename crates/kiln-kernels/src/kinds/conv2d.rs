@@ -387,9 +387,9 @@ impl Kernel for Conv2d {
             return Err(JobError::internal("conv2d ran before its image was loaded"));
         };
         let [b, c, h, w] = [s.batch, s.channels, s.height, s.width].map(|d| d as usize);
-        png_holds(ctx.output, b)?;
         let (name, k, kernels) = params.kernels();
         let passes = kernels.len();
+        png_holds(ctx.output, b, c * passes)?;
         // Depthwise: output channel `ch * passes + p` is pass `p` over input channel `ch`.
         let weights: Vec<f32> = (0..c).flat_map(|_| kernels.concat()).collect();
         let conv = ConvShape {
@@ -456,16 +456,27 @@ impl Kernel for Conv2d {
     }
 }
 
-/// Refuse, before anything is computed, `"output": "png"` for a batch of several images: a
-/// PNG holds one.
-fn png_holds(output: OutputMode, images: usize) -> Result<(), JobError> {
-    if output != OutputMode::Png || images <= 1 {
+/// Refuse, before anything is computed, `"output": "png"` for a batch of several images (a
+/// PNG holds one), or for an output of more than 4 channels (a PNG's gray, gray and alpha,
+/// RGB or RGBA).
+fn png_holds(output: OutputMode, images: usize, channels: usize) -> Result<(), JobError> {
+    if output != OutputMode::Png {
         return Ok(());
     }
-    Err(JobError::invalid_input(format!(
-        "\"output\": \"png\" holds one image, and this job's batch has {images}: store it \
-         as npy or safetensors (`--output FILE.npy`), or send one image a job"
-    )))
+    if images > 1 {
+        return Err(JobError::invalid_input(format!(
+            "\"output\": \"png\" holds one image, and this job's batch has {images}: store \
+             it as npy or safetensors (`--output FILE.npy`), or send one image a job"
+        )));
+    }
+    if channels > 4 {
+        return Err(JobError::invalid_input(format!(
+            "\"output\": \"png\" holds 1 to 4 channels (gray, gray and alpha, RGB, RGBA), \
+             and this job's output has {channels} (its image's channels times its filter's \
+             passes): store it as npy or safetensors (`--output FILE.npy`)"
+        )));
+    }
+    Ok(())
 }
 
 /// A convolution's output and how it was made.
