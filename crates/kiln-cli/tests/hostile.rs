@@ -1148,3 +1148,44 @@ async fn a_large_inline_job_is_decoded_off_the_async_thread_and_answered_in_full
         serde_json::json!([4.0, 6.0])
     );
 }
+
+/// A dead letter that cannot be replayed (its body was dropped) is removed with `kiln dlq rm`,
+/// which the replay's refusal names; before, it stayed for the queue's 30 days, and every
+/// `kiln dlq replay --all` exited 1 for it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_letter_that_cannot_be_replayed_is_removed_with_dlq_rm() {
+    let cluster = Cluster::new();
+    cluster.init().await;
+    let js = jetstream::new(cluster.client().await);
+    let mut headers = HeaderMap::new();
+    headers.insert("Kiln-Job-Id", "bodiless-1");
+    headers.insert("Kiln-Dlq-Reason", "internal: gave up after 5 deliveries");
+    headers.insert("Kiln-Dlq-Subject", "jobs.cpu.vector_add");
+    headers.insert(
+        "Kiln-Dlq-Body",
+        "dropped: 1048000 bytes, over the server's max_payload",
+    );
+    let letter = publish(&js, "dlq.vector_add", headers, Vec::new()).await;
+
+    let replay = cluster.kiln(&["dlq", "replay", "--all"]);
+    assert_eq!(replay.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&replay.stderr);
+    assert!(stderr.contains("holds no job to replay"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("`kiln dlq rm {letter}` removes it")),
+        "{stderr}"
+    );
+
+    let rm = cluster.kiln(&["dlq", "rm", &letter.to_string()]);
+    common::assert_success(&rm);
+    assert_eq!(stdout(&rm).trim(), format!("removed {letter} (bodiless-1)"));
+    let list = cluster.kiln(&["dlq", "list", "-o", "json"]);
+    assert_eq!(stdout(&list).trim(), "[]");
+    common::assert_success(&cluster.kiln(&["dlq", "replay", "--all"]));
+    // Gone already: not found.
+    let again = cluster.kiln(&["dlq", "rm", &letter.to_string()]);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&again.stderr).contains(&format!(
+        "no dead letter with sequence {letter} in KILN_DLQ"
+    )),);
+}

@@ -73,11 +73,28 @@ pub async fn replay(js: &jetstream::Context, letter: &DeadLetter) -> Result<Stri
     Ok(target)
 }
 
+/// Remove dead letter `sequence` from the queue without replaying it; `false` when there is
+/// none of that sequence.
+pub async fn remove(js: &jetstream::Context, sequence: u64) -> Result<bool> {
+    let stream = open_stream(js, STREAM_DLQ).await?;
+    match stream.delete_message(sequence).await {
+        Ok(_) => Ok(true),
+        // The server says "no message found" for a sequence the stream does not hold.
+        Err(e) if e.to_string().contains("no message found") => Ok(false),
+        Err(e) => Err(e).nats(|| format!("removing dead letter {sequence} from {STREAM_DLQ}")),
+    }
+}
+
 impl DeadLetter {
     /// Where a replay of this letter goes, or why it is not replayed: a copy made by kiln
     /// (jobs.<class>.<kind>.copy, whose headers workers believe), without publish conditions
     /// nor the letter's own headers, counted from the replay, a new submission.
     pub fn replay_subject(&self) -> Result<String, String> {
+        self.checked_replay_subject()
+            .map_err(|why| format!("{why}; `kiln dlq rm {}` removes it", self.sequence))
+    }
+
+    fn checked_replay_subject(&self) -> Result<String, String> {
         // The subject comes from the dead letter's own header: replay only to a job
         // subject, never to results, metrics or anything else a forged letter names.
         // Nor to a subject or an id the letter does not name: a guess is not the job's.

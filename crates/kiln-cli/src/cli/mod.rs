@@ -611,6 +611,14 @@ pub enum DlqCommand {
         #[arg(long, conflicts_with = "sequences")]
         all: bool,
     },
+    /// Remove dead letters without replaying them (one that cannot be replayed, a job no
+    /// longer wanted); its job's failed result stays. Exit status 2 when one is not in the
+    /// queue.
+    Rm {
+        /// Sequences of the dead letters (from `kiln dlq list`).
+        #[arg(required = true)]
+        sequences: Vec<u64>,
+    },
 }
 
 #[derive(Debug, Clone, Args)]

@@ -1,4 +1,5 @@
-//! `kiln dlq list` and `kiln dlq replay`: inspect dead letters and resubmit them.
+//! `kiln dlq list`, `kiln dlq replay` and `kiln dlq rm`: inspect dead letters, resubmit them
+//! or remove them.
 
 use std::process::ExitCode;
 
@@ -22,7 +23,36 @@ pub async fn run(nats: &NatsArgs, args: DlqArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         DlqCommand::Replay { sequences, all } => replay(&js, &letters, &sequences, all).await,
+        DlqCommand::Rm { sequences } => remove(&js, &letters, &sequences).await,
     }
+}
+
+/// `kiln dlq rm`: remove the letters named by sequence; exit status 2 when one is not there.
+async fn remove(
+    js: &jetstream::Context,
+    letters: &[Letter],
+    sequences: &[u64],
+) -> anyhow::Result<ExitCode> {
+    let mut absent = Vec::new();
+    for &sequence in sequences {
+        // Only dead letters: a sequence the list does not show was removed or replayed.
+        let letter = letters.iter().find(|l| l.sequence == sequence);
+        match letter {
+            Some(l) if kiln_client::dlq::remove(js, sequence).await? => {
+                println!("removed {sequence} ({})", l.id);
+            }
+            _ => absent.push(sequence.to_string()),
+        }
+    }
+    if absent.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!(
+        "no dead letter with sequence {} in {STREAM_DLQ}; `kiln dlq list` shows the \
+         sequences there",
+        super::list_ids(&absent)
+    );
+    Ok(ExitCode::from(super::EXIT_NOT_FOUND))
 }
 
 /// `kiln dlq list`: one line per dead letter.
