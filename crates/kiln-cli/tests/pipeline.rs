@@ -522,6 +522,14 @@ async fn bad_jobs_get_failed_results_and_the_worker_keeps_serving() {
     );
     // Answered under `unknown`: one metrics row and label for every kind no build runs.
     assert_eq!(results["unknown-kind"].kind, "unknown");
+    // And looked up as that kind (`--kind unknown` was refused as no kind).
+    let looked_up = cluster.kiln(&["result", "unknown-kind", "--kind", "unknown"]);
+    common::assert_success(&looked_up);
+    let event: ResultEvent = serde_json::from_str(&common::stdout(&looked_up)).unwrap();
+    assert_eq!(
+        (event.id.as_str(), event.kind.as_str()),
+        ("unknown-kind", "unknown")
+    );
 
     let snapshots = wait_for_metrics(&client, WAIT, |s| {
         snapshot(s, "matmul", "cpu").is_some_and(|m| m.jobs == 3)

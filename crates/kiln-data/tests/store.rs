@@ -590,7 +590,10 @@ async fn a_put_that_does_not_fit_leaves_no_chunks() {
     let big = vec![2u8; 10 * MIB as usize];
     let failed = store::put_reader(&store, "big", &mut &big[..]).await;
     match failed {
-        Err(DataError::TooLarge(m)) => assert!(m.contains("KILN_DATA is full"), "{m}"),
+        Err(DataError::TooLarge(m)) => assert!(
+            m.contains("KILN_DATA has no room for it within its --data-max-bytes"),
+            "{m}"
+        ),
         other => panic!("expected TooLarge, got {other:?}"),
     }
     let all = format!("$O.{BUCKET_DATA}.C.>");

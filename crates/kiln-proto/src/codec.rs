@@ -110,7 +110,7 @@ impl Codec {
                 bytes,
                 bincode::config::standard().with_limit::<DECODE_LIMIT>(),
             )
-            .map_err(|e| e.to_string())
+            .map_err(|e| bincode_error(bytes, &e))
             .and_then(|(value, read)| {
                 if read == bytes.len() {
                     Ok(value)
@@ -124,6 +124,36 @@ impl Codec {
             codec: self.name(),
             message,
         })
+    }
+}
+
+/// A bincode error in words: bincode's own are Rust debug dumps (`UnexpectedVariant {
+/// type_name: "Option<T>", … found: 123 }`). A body that is JSON (sent with bincode's
+/// `Content-Type`) is said to be.
+fn bincode_error(bytes: &[u8], e: &bincode::error::DecodeError) -> String {
+    use bincode::error::DecodeError as E;
+    let looks_like_json = matches!(
+        without_bom(bytes).iter().find(|b| !b.is_ascii_whitespace()),
+        Some(b'{' | b'[')
+    ) && serde_json::from_slice::<serde::de::IgnoredAny>(without_bom(bytes))
+        .is_ok();
+    if looks_like_json {
+        return "the body is JSON, but the message's Content-Type says bincode: send it \
+                without that header (JSON is the default) or encode it as bincode"
+            .to_owned();
+    }
+    match e {
+        E::UnexpectedEnd { additional } => {
+            format!("the body ends early ({additional} more bytes expected)")
+        }
+        E::LimitExceeded => "the body declares more data than a job may hold".to_owned(),
+        E::UnexpectedVariant { found, .. } => {
+            format!(
+                "the body is not a job in kiln's bincode layout (a tag of {found} where none fits)"
+            )
+        }
+        E::Utf8 { .. } => "a string in the body is not UTF-8".to_owned(),
+        other => format!("the body is not a job in kiln's bincode layout ({other})"),
     }
 }
 
@@ -234,6 +264,33 @@ mod tests {
         let mut bytes = vec![0xfd];
         bytes.extend_from_slice(&(u64::MAX / 2).to_le_bytes());
         assert!(Codec::Bincode.decode::<Vec<f32>>("job", &bytes).is_err());
+    }
+
+    #[test]
+    fn bincode_errors_are_words_and_a_json_body_is_named() {
+        type Job = (Option<String>, Vec<f32>);
+        let json = br#"{"id":"a","params":{"n":3}}"#;
+        let err = Codec::Bincode
+            .decode::<Job>("job", json)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("the body is JSON, but the message's Content-Type says bincode"),
+            "{err}"
+        );
+        assert!(!err.contains("UnexpectedVariant"), "{err}");
+        // Not JSON: a tag that fits no variant, and a body cut short.
+        let err = Codec::Bincode
+            .decode::<Job>("job", &[7, 0])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("a tag of 7 where none fits"), "{err}");
+        let err = Codec::Bincode
+            .decode::<Job>("job", &[1])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("the body ends early"), "{err}");
+        assert!(!err.contains('{'), "{err}");
     }
 
     #[test]

@@ -83,7 +83,7 @@ pub(super) fn byte_limit(value: &str) -> Result<i64, String> {
             let size: bytesize::ByteSize = trimmed.parse().map_err(|_| {
                 format!(
                     "{value:?} is no size: give bytes, or a number and a unit (512MiB, 8GiB, \
-                     2GB; at most 8 EiB)"
+                     2GB, 4TiB)"
                 )
             })?;
             i64::try_from(size.as_u64()).map_err(|_| format!("{value:?} is too large"))?

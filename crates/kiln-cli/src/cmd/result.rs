@@ -30,9 +30,12 @@ pub async fn run(nats: &NatsArgs, args: ResultArgs) -> anyhow::Result<ExitCode> 
     let kind = match args.kind.as_deref() {
         Some(name) => match kiln_kernels::find(name) {
             Some(entry) => Some(entry.name),
+            // Where workers answer jobs of a kind they do not run (`results.unknown.<id>`).
+            None if name == "unknown" => Some("unknown"),
             None => {
                 let message = format!(
-                    "kiln: unknown job kind {name:?} for --kind; known kinds: {}",
+                    "kiln: unknown job kind {name:?} for --kind; known kinds: {}, and unknown \
+                     (jobs of a kind no worker ran)",
                     kiln_kernels::kind_names().join(", ")
                 );
                 return not_found("unknown_kind", message);

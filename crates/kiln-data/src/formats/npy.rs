@@ -24,6 +24,8 @@ enum Py {
     Str(String),
     Bool(bool),
     Int(u64),
+    /// A negative integer, by its magnitude (no size numpy writes; named in the error).
+    Negative(u64),
     None,
     Tuple(Vec<Py>),
     List(Vec<Py>),
@@ -69,6 +71,13 @@ impl PyParser<'_> {
             }),
             b'{' => self.dict(depth),
             b'0'..=b'9' => self.int(),
+            b'-' if self.text.get(self.pos + 1).is_some_and(u8::is_ascii_digit) => {
+                self.pos += 1;
+                match self.int()? {
+                    Py::Int(n) => Some(Py::Negative(n)),
+                    other => Some(other),
+                }
+            }
             _ => self.word(),
         }
     }
@@ -172,6 +181,7 @@ fn py_repr(key: &Py) -> String {
     match key {
         Py::Str(s) => format!("'{s}'"),
         Py::Int(n) => n.to_string(),
+        Py::Negative(n) => format!("-{n}"),
         Py::Bool(b) => if *b { "True" } else { "False" }.to_owned(),
         Py::None => "None".to_owned(),
         Py::Tuple(_) => "(a tuple)".to_owned(),
@@ -342,6 +352,13 @@ fn parse_npy_dict(what: &str, text: &[u8]) -> Result<NpyHeader, DataError> {
         None => return Err(bad("has no 'fortran_order'")),
     }
     let shape = match get("shape") {
+        Some(Py::Tuple(dims)) if dims.iter().any(|d| matches!(d, Py::Negative(_))) => {
+            let shown: Vec<String> = dims.iter().map(py_repr).collect();
+            return Err(bad(&format!(
+                "has a negative size in its shape ({})",
+                shown.join(", ")
+            )));
+        }
         Some(Py::Tuple(dims)) => dims
             .iter()
             .map(|d| match d {
@@ -635,6 +652,11 @@ mod tests {
                 "has more after its dict",
             ),
             ("{'descr': '<f4', 'fortran_order': False}", "has no shape"),
+            // It said "is not a Python dict", which it is.
+            (
+                "{'descr': '<f4', 'fortran_order': False, 'shape': (-1, 4)}",
+                "has a negative size in its shape (-1, 4)",
+            ),
         ] {
             let m = message(read(&npy_with_dict(dict, &four), None));
             assert_eq!(

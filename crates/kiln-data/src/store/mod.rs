@@ -206,10 +206,10 @@ fn put_error(name: &str, error: PutError) -> DataError {
     match error.kind() {
         PutErrorKind::InvalidName => bad_name(name),
         _ if text.contains("maximum bytes exceeded") => DataError::TooLarge(format!(
-            "could not store object {name}: {BUCKET_DATA} is full (its --data-max-bytes); \
-             remove objects it no longer needs (`kiln rm NAME`), wait for \
-             old ones to age out (--data-max-age), or raise the limit with `kiln init \
-             --data-max-bytes`"
+            "could not store object {name}: {BUCKET_DATA} has no room for it within its \
+             --data-max-bytes (it is full, or the object alone is larger than the limit); \
+             remove objects it no longer needs (`kiln rm NAME`), wait for old ones to age out \
+             (--data-max-age), or raise the limit with `kiln init --data-max-bytes`"
         )),
         _ if text.contains("max payload") => DataError::Invalid(format!(
             "could not store object {name}: the server's max_payload is under the {} KiB \
