@@ -546,6 +546,14 @@ fn decode<K: Kernel>(
             kiln_proto::ASSIGNED_ID_RULE
         )));
     }
+    // No time at all to compute in: every such job would fail `timeout` after doing
+    // nothing (`kiln submit --timeout 0` and the Python client refuse it too).
+    if job.timeout_ms == Some(0) {
+        return Err(JobError::invalid_input(
+            "timeout_ms is 0: give the most milliseconds of compute the job may take (at least \
+             1), or leave it out for no limit",
+        ));
+    }
     check_output::<K>(job.output)?;
     let plan = K::plan(&job.params, &Inputs::none(), limits)?;
     limits.check_elements(K::NAME, plan.elements)?;

@@ -208,3 +208,24 @@ fn a_small_output_holding_infinities_is_stored_not_inline() {
     let finite = crate::support::run("vector_add", json!({"a": [1.0], "b": [2.0]}), 0);
     assert_eq!(finite["c"], json!([3.0]));
 }
+
+#[test]
+fn a_timeout_of_zero_is_invalid_input_not_a_timeout() {
+    let decode = |body: &str| {
+        find("vector_add").unwrap().decode(
+            Codec::Json,
+            body.as_bytes(),
+            &kiln_proto::Limits::default(),
+        )
+    };
+    // It ran and failed `timeout` after doing nothing.
+    let error = decode(r#"{"params": {"len": 4}, "timeout_ms": 0}"#).unwrap_err();
+    assert_eq!(error.kind, ErrorKind::InvalidInput);
+    assert!(
+        error.message.starts_with("timeout_ms is 0"),
+        "{}",
+        error.message
+    );
+    let job = decode(r#"{"params": {"len": 4}, "timeout_ms": 1}"#).unwrap();
+    assert_eq!(job.timeout_ms, Some(1));
+}
