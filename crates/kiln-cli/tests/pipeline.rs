@@ -1646,6 +1646,36 @@ async fn submit_wait_names_the_jobs_whose_results_did_not_arrive() {
     );
 }
 
+/// The server gone while `kiln submit --wait` waits: that is why nothing arrived, and it says
+/// so (it said only that the results did not arrive).
+#[test]
+fn wait_says_when_the_server_is_unreachable() {
+    let mut cluster = Cluster::new();
+    let init = cluster.kiln(&["init"]);
+    assert_success(&init);
+    let submit = std::process::Command::new(common::KILN)
+        .args(["submit", "vector_add", "-p", "len=4", "--id", "cut-off"])
+        .args(["--wait", "--wait-timeout", "4s"])
+        .env("NATS_URL", cluster.server.url())
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    cluster.server.kill();
+    let out = submit.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "1 of 1 result(s) did not arrive within 4 s (the NATS server is unreachable now: \
+             they may have run meanwhile): cut-off"
+        ),
+        "{stderr}"
+    );
+}
+
 /// Ctrl-C or SIGTERM while `kiln submit --wait` waits: the jobs go on, and the command names
 /// them (an id kiln made up was printed nowhere, so the job could be neither followed nor
 /// cancelled) and exits 130.

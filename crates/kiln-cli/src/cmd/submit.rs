@@ -526,9 +526,14 @@ impl<'a> Submission<'a> {
             .filter(|id| !results.contains_key(*id) && !taken.contains(*id))
             .collect();
         if !missing.is_empty() {
+            // Not the jobs' doing: nothing could arrive (they may well have run meanwhile).
+            let unreachable = match js.client().connection_state() {
+                async_nats::connection::State::Connected => "",
+                _ => " (the NATS server is unreachable now: they may have run meanwhile)",
+            };
             eprintln!(
-                "{} of {} result(s) did not arrive within {} s: {}; `kiln status <id>` says \
-                 where each job is, `kiln result <id>` looks its result up later",
+                "{} of {} result(s) did not arrive within {} s{unreachable}: {}; `kiln status \
+                 <id>` says where each job is, `kiln result <id>` looks its result up later",
                 missing.len(),
                 ids.len(),
                 self.args.wait_timeout().as_secs_f64(),
