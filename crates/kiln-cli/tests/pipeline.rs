@@ -1491,6 +1491,51 @@ async fn job_bigger_than_the_workers_memory_is_refused_naming_the_limit() {
     assert_eq!(fits.status, Status::Succeeded, "{fits:?}");
 }
 
+/// An id sent first by a plain NATS publish (no record of what it computes), then by `kiln
+/// submit` with other inputs: the server drops the second, and `--wait` says it cannot tell
+/// whether the stored result is for its inputs and fails. It printed the earlier job's result
+/// (200 for 1 + 1) and exited 0.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_resubmitted_id_whose_earlier_job_left_no_record_is_not_taken_for_this_one() {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    cluster.cpu_worker();
+    let client = cluster.client().await;
+    let js = jetstream::new(client.clone());
+    let mut headers = HeaderMap::new();
+    headers.insert("Nats-Msg-Id", "raw-first");
+    let body = r#"{"id":"raw-first","params":{"a":[100],"b":[100]}}"#;
+    js.publish_with_headers("jobs.cpu.vector_add", headers, body.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let results = wait_for_results(&client, &["raw-first"], WAIT).await;
+    assert_eq!(results["raw-first"].output["c"], json!([200.0]));
+
+    let out = cluster.kiln(&[
+        "submit",
+        "vector_add",
+        "--id",
+        "raw-first",
+        "-p",
+        "a=[1]",
+        "-p",
+        "b=[1]",
+        "--wait",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "job id raw-first was submitted within the last 10 min by a client that \
+                         keeps no record of what its job computes"
+        ) && stderr.contains("this one will not run"),
+        "{stderr}"
+    );
+    assert!(!stdout(&out).contains("200"), "{}", stdout(&out));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn resubmitted_ids_answer_with_the_earlier_results() {
     let mut cluster = Cluster::new();

@@ -302,8 +302,10 @@ impl<'a> Submission<'a> {
     /// `digests` are this submission's, by id), taken out of `duplicates` and reported: the
     /// server dropped these jobs for good, since kiln publishes the job id as `Nats-Msg-Id`,
     /// and the result under their ids, if any, is the earlier job's. Where neither is found
-    /// (the earlier one was published without a record, or its record is not stored yet), or
-    /// its record has no digest, the job counts as a plain resubmission.
+    /// (the earlier one was published without a record; its record is looked for again a
+    /// second later, in case it is not stored yet), or its record has no digest, nothing says
+    /// what it computed: those are taken out and reported too, since the result under the
+    /// id may be for other inputs.
     async fn taken(
         &self,
         js: &jetstream::Context,
@@ -311,14 +313,25 @@ impl<'a> Submission<'a> {
         digests: &HashMap<String, String>,
     ) -> HashSet<String> {
         let kind = self.kind.name;
-        let earlier: Vec<Option<Earlier>> = futures::stream::iter(duplicates.iter())
+        let mut earlier: Vec<Option<Earlier>> = futures::stream::iter(duplicates.iter())
             .map(|id| earlier_job(js, id))
             .buffered(64)
             .collect()
             .await;
+        // A `kiln submit` of the same id a moment before this one writes its record just
+        // after its job is stored: look once more for those not found.
+        if earlier.iter().any(Option::is_none) {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            for (id, earlier) in duplicates.iter().zip(earlier.iter_mut()) {
+                if earlier.is_none() {
+                    *earlier = earlier_job(js, id).await;
+                }
+            }
+        }
         let mut by_kind: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        let (mut other_params, mut others) = (Vec::new(), Vec::new());
+        let (mut other_params, mut unconfirmed, mut others) = (Vec::new(), Vec::new(), Vec::new());
         for (id, earlier) in std::mem::take(duplicates).into_iter().zip(earlier) {
+            let ours = digests.get(&id);
             match earlier {
                 Some(earlier) if earlier.kind != kind => {
                     by_kind.entry(earlier.kind).or_default().push(id)
@@ -326,12 +339,31 @@ impl<'a> Submission<'a> {
                 Some(Earlier {
                     digest: Some(digest),
                     ..
-                }) if digests.get(&id).is_some_and(|ours| *ours != digest) => other_params.push(id),
+                }) if ours.is_some_and(|ours| *ours != digest) => other_params.push(id),
+                Some(Earlier {
+                    digest: Some(_), ..
+                }) => others.push(id),
+                // Nothing says what the earlier job computed: its result may be another's.
+                _ if ours.is_some() => unconfirmed.push(id),
                 _ => others.push(id),
             }
         }
         *duplicates = others;
         let minutes = kiln_proto::streams::DUPLICATE_WINDOW.as_secs() / 60;
+        if !unconfirmed.is_empty() {
+            let (ids, them) = match unconfirmed.as_slice() {
+                [id] => (format!("job id {id} was"), "it"),
+                ids => (format!("job ids {} were", super::list_ids(ids)), "them"),
+            };
+            eprintln!(
+                "kiln: {ids} submitted within the last {minutes} min by a client that keeps no \
+                 record of what its job computes (a plain NATS publish, the Python client), \
+                 or replayed from the dead-letter queue: the server dropped this one as its \
+                 duplicate (the job id is the Nats-Msg-Id), so this one will not run, and kiln \
+                 cannot tell whether the result under the id is for the same inputs; `kiln \
+                 result <id>` shows it, or submit {them} under another id"
+            );
+        }
         if !other_params.is_empty() {
             let (ids, them) = match other_params.as_slice() {
                 [id] => (format!("job id {id} was"), "it"),
@@ -373,6 +405,7 @@ impl<'a> Submission<'a> {
             .into_values()
             .flatten()
             .chain(other_params)
+            .chain(unconfirmed)
             .collect()
     }
 
