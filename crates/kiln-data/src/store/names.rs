@@ -9,9 +9,16 @@ use crate::formats::DataError;
 
 pub(super) fn not_found(name: &str) -> DataError {
     DataError::Invalid(format!(
-        "object {name:?} not found in {BUCKET_DATA}: put it first (kiln put FILE --name {name}; \
-         in Python, await client.put({name:?}, path))"
+        "object {name:?} not found in {BUCKET_DATA}: put it first (kiln put FILE --name {}; \
+         in Python, await client.put({name:?}, path))",
+        for_shell(name)
     ))
+}
+
+/// `name` as one shell word (`'a b'`, `'*'`), for a command an error suggests; as Rust
+/// quotes it where no shell can take it (a NUL).
+pub fn for_shell(name: &str) -> String {
+    shlex::try_quote(name).map_or_else(|_| format!("{name:?}"), |quoted| quoted.into_owned())
 }
 
 /// Longest object name kiln reads or stores, in bytes. The object store names an object's
@@ -146,5 +153,17 @@ pub(super) fn described(name: &str, info: &ObjectInfo) -> String {
     match description {
         Some(d) => format!("object {name} ({})", kiln_proto::cut(&d, 80)),
         None => format!("object {name}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn names_in_suggested_commands_are_one_shell_word() {
+        assert_eq!(super::for_shell("a.npy"), "a.npy");
+        assert_eq!(super::for_shell("*"), "'*'");
+        assert_eq!(super::for_shell("a b\nc"), "'a b\nc'");
+        assert_eq!(super::for_shell("it's"), r#""it's""#);
+        assert_eq!(super::for_shell("nul\0"), r#""nul\0""#);
     }
 }
