@@ -17,7 +17,7 @@ pub(super) fn not_found(name: &str) -> DataError {
 
 /// `name` as one shell word (`'a b'`, `'*'`), for a command an error suggests; as Rust
 /// quotes it where no shell can take it (a NUL).
-pub fn for_shell(name: &str) -> String {
+pub(super) fn for_shell(name: &str) -> String {
     shlex::try_quote(name).map_or_else(|_| format!("{name:?}"), |quoted| quoted.into_owned())
 }
 
