@@ -1,12 +1,11 @@
 //! `kiln submit`, and the progress bar `demo` and `bench` share.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use async_nats::jetstream;
-use futures::StreamExt as _;
 use indicatif::{ProgressBar, ProgressStyle};
 use kiln_client::data::Input;
 use kiln_client::{JobSpec, ResultCollector, publish_all_counted};
@@ -14,6 +13,8 @@ use kiln_kernels::{JobMeta, KindEntry};
 use kiln_proto::{Codec, DeviceClass, OutputMode, ResultEvent, Status};
 
 use crate::cli::{NatsArgs, SubmitArgs};
+
+mod duplicates;
 
 /// A progress bar on stderr (hidden when stderr is not a terminal).
 pub fn progress_bar(len: u64, what: &str) -> ProgressBar {
@@ -109,7 +110,7 @@ pub async fn run(nats: &NatsArgs, args: SubmitArgs) -> anyhow::Result<ExitCode> 
     let mut duplicates = submission.publish(&js, jobs).await?;
     // An id the earlier submission used for another kind, or for other parameters: this job
     // will never run.
-    let taken = submission.taken(&js, &mut duplicates, &digests).await;
+    let taken = duplicates::taken(&js, submission.kind.name, &mut duplicates, &digests).await;
     match collector {
         // A script reading the id gets none for a job that will not run.
         None if !taken.is_empty() => Ok(ExitCode::FAILURE),
@@ -297,118 +298,6 @@ impl<'a> Submission<'a> {
         Ok(duplicates)
     }
 
-    /// The duplicates whose earlier submission was of another kind or computed something else
-    /// (by its `queued` record, else by its result, either made within the duplicate window;
-    /// `digests` are this submission's, by id), taken out of `duplicates` and reported: the
-    /// server dropped these jobs for good, since kiln publishes the job id as `Nats-Msg-Id`,
-    /// and the result under their ids, if any, is the earlier job's. Where neither is found
-    /// (the earlier one was published without a record; its record is looked for again a
-    /// second later, in case it is not stored yet), or its record has no digest, nothing says
-    /// what it computed: those are taken out and reported too, since the result under the
-    /// id may be for other inputs.
-    async fn taken(
-        &self,
-        js: &jetstream::Context,
-        duplicates: &mut Vec<String>,
-        digests: &HashMap<String, String>,
-    ) -> HashSet<String> {
-        let kind = self.kind.name;
-        let mut earlier: Vec<Option<Earlier>> = futures::stream::iter(duplicates.iter())
-            .map(|id| earlier_job(js, id))
-            .buffered(64)
-            .collect()
-            .await;
-        // A `kiln submit` of the same id a moment before this one writes its record just
-        // after its job is stored: look once more for those not found.
-        if earlier.iter().any(Option::is_none) {
-            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-            for (id, earlier) in duplicates.iter().zip(earlier.iter_mut()) {
-                if earlier.is_none() {
-                    *earlier = earlier_job(js, id).await;
-                }
-            }
-        }
-        let mut by_kind: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        let (mut other_params, mut unconfirmed, mut others) = (Vec::new(), Vec::new(), Vec::new());
-        for (id, earlier) in std::mem::take(duplicates).into_iter().zip(earlier) {
-            let ours = digests.get(&id);
-            match earlier {
-                Some(earlier) if earlier.kind != kind => {
-                    by_kind.entry(earlier.kind).or_default().push(id)
-                }
-                Some(Earlier {
-                    digest: Some(digest),
-                    ..
-                }) if ours.is_some_and(|ours| *ours != digest) => other_params.push(id),
-                Some(Earlier {
-                    digest: Some(_), ..
-                }) => others.push(id),
-                // Nothing says what the earlier job computed: its result may be another's.
-                _ if ours.is_some() => unconfirmed.push(id),
-                _ => others.push(id),
-            }
-        }
-        *duplicates = others;
-        let minutes = kiln_proto::streams::DUPLICATE_WINDOW.as_secs() / 60;
-        if !unconfirmed.is_empty() {
-            let (ids, them) = match unconfirmed.as_slice() {
-                [id] => (format!("job id {id} was"), "it"),
-                ids => (format!("job ids {} were", super::list_ids(ids)), "them"),
-            };
-            eprintln!(
-                "kiln: {ids} submitted within the last {minutes} min by a client that keeps no \
-                 record of what its job computes (a plain NATS publish, the Python client), \
-                 or replayed from the dead-letter queue: the server dropped this one as its \
-                 duplicate (the job id is the Nats-Msg-Id), so this one will not run, and kiln \
-                 cannot tell whether the result under the id is for the same inputs; `kiln \
-                 result <id>` shows it, or submit {them} under another id"
-            );
-        }
-        if !other_params.is_empty() {
-            let (ids, them) = match other_params.as_slice() {
-                [id] => (format!("job id {id} was"), "it"),
-                ids => (format!("job ids {} were", super::list_ids(ids)), "them"),
-            };
-            eprintln!(
-                "kiln: {ids} submitted within the last {minutes} min with other parameters \
-                 (inputs, seed, timeout or output): the server kept that job and dropped this \
-                 one as its duplicate (the job id is the Nats-Msg-Id), so this one will not run \
-                 and the result under the id is the earlier job's; submit {them} under another \
-                 id"
-            );
-        }
-        for (earlier, ids) in &by_kind {
-            // Answered under `unknown`: a kind the worker that took it did not run.
-            let (job, jobs) = match earlier.as_str() {
-                "unknown" => (
-                    "a job of a kind the worker did not know".to_owned(),
-                    "jobs of a kind the worker did not know".to_owned(),
-                ),
-                earlier => (format!("a {earlier} job"), format!("{earlier} jobs")),
-            };
-            let said = match ids.as_slice() {
-                [id] => format!(
-                    "job id {id} was submitted as {job} within the last {minutes} min: the \
-                     server dropped this {kind} job as its duplicate (the job id is its \
-                     Nats-Msg-Id) and it will not run; submit it under another id"
-                ),
-                _ => format!(
-                    "job ids {} were submitted as {jobs} within the last {minutes} min: the \
-                     server dropped these {kind} jobs as their duplicates (the job id is the \
-                     Nats-Msg-Id) and they will not run; submit them under other ids",
-                    super::list_ids(ids)
-                ),
-            };
-            eprintln!("kiln: {said}");
-        }
-        by_kind
-            .into_values()
-            .flatten()
-            .chain(other_params)
-            .chain(unconfirmed)
-            .collect()
-    }
-
     /// Without `--wait`: print the job id, or the range of ids.
     fn print_submitted(&self, duplicates: &[String]) {
         if !duplicates.is_empty() {
@@ -441,7 +330,7 @@ impl<'a> Submission<'a> {
         let bar = (!single).then(|| progress_bar(self.args.count, "finished"));
         let mut results = self.earlier_results(js, duplicates).await?;
         // An earlier submission that will never be answered: no use waiting for it.
-        let gone = gone(js, duplicates, &results).await;
+        let gone = duplicates::gone(js, duplicates, &results).await;
         let taken: &HashSet<String> = &taken.iter().chain(&gone).cloned().collect();
         for id in &self.ids {
             if let Some(event) = results.get(id) {
@@ -592,40 +481,6 @@ impl<'a> Submission<'a> {
     }
 }
 
-/// The duplicates without a result whose earlier submission will never be answered
-/// ([`Place::Gone`](kiln_client::jobs::Place::Gone): no longer in `KILN_JOBS`), each said
-/// on stderr; the others are waited for.
-async fn gone(
-    js: &jetstream::Context,
-    duplicates: &[String],
-    results: &HashMap<String, ResultEvent>,
-) -> HashSet<String> {
-    use kiln_client::jobs::{Place, locate};
-    let unanswered: Vec<&String> = duplicates
-        .iter()
-        .filter(|id| !results.contains_key(*id))
-        .collect();
-    let places: Vec<_> = futures::stream::iter(&unanswered)
-        .map(|id| locate(js, id))
-        .buffered(64)
-        .collect()
-        .await;
-    let mut gone = HashSet::new();
-    for (id, place) in unanswered.into_iter().zip(places) {
-        if let Ok(Place::Gone { reason, .. }) = place {
-            eprintln!("kiln: the earlier job {id} will not be answered: {reason}");
-            gone.insert(id.clone());
-        }
-    }
-    if gone.len() < duplicates.len() - results.len() {
-        eprintln!(
-            "waiting for the other {}, queued or running since the earlier submission",
-            duplicates.len() - results.len() - gone.len()
-        );
-    }
-    gone
-}
-
 /// One result on standard output (or error): pretty JSON for a single job, else one line each.
 fn print_result(event: &ResultEvent, single: bool, to_stderr: bool) {
     let text = match single {
@@ -636,35 +491,6 @@ fn print_result(event: &ResultEvent, single: bool, to_stderr: bool) {
         (Ok(text), false) => println!("{text}"),
         (Ok(text), true) => eprintln!("{text}"),
         (Err(_), _) => {}
-    }
-}
-
-/// The kind job `id` was submitted as within the duplicate window: its `queued` record's,
-/// else its result's (`None` when neither was made in the window).
-/// What is known of the earlier submission of a duplicate's id.
-struct Earlier {
-    kind: String,
-    /// What it computes, when its `queued` record says.
-    digest: Option<String>,
-}
-
-async fn earlier_job(js: &jetstream::Context, id: &str) -> Option<Earlier> {
-    // A minute's grace for clocks: the server's window runs from when it stored the job.
-    let window = kiln_proto::streams::DUPLICATE_WINDOW + std::time::Duration::from_secs(60);
-    let recent =
-        |at: time::OffsetDateTime| (time::OffsetDateTime::now_utc() - at).unsigned_abs() <= window;
-    match kiln_client::jobs::state(js, id).await {
-        Some(record) if recent(record.at) => Some(Earlier {
-            kind: record.kind,
-            digest: record.digest,
-        }),
-        _ => match kiln_client::jobs::find_result(js, id, None).await {
-            Ok(Some(event)) if recent(event.enqueued_at) => Some(Earlier {
-                kind: event.kind,
-                digest: None,
-            }),
-            _ => None,
-        },
     }
 }
 
