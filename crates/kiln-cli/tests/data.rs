@@ -270,7 +270,7 @@ async fn an_image_is_filtered_and_comes_back_as_a_png() {
     assert!(
         error.message.contains(
             "\"output\": \"png\" holds 1 to 4 channels (gray, gray and alpha, RGB, RGBA), \
-             and this job's output has 5"
+             and this job's image has 5"
         ),
         "{}",
         error.message

@@ -387,9 +387,9 @@ impl Kernel for Conv2d {
             return Err(JobError::internal("conv2d ran before its image was loaded"));
         };
         let [b, c, h, w] = [s.batch, s.channels, s.height, s.width].map(|d| d as usize);
+        png_holds(ctx.output, b, c)?;
         let (name, k, kernels) = params.kernels();
         let passes = kernels.len();
-        png_holds(ctx.output, b, c * passes)?;
         // Depthwise: output channel `ch * passes + p` is pass `p` over input channel `ch`.
         let weights: Vec<f32> = (0..c).flat_map(|_| kernels.concat()).collect();
         let conv = ConvShape {
@@ -457,8 +457,8 @@ impl Kernel for Conv2d {
 }
 
 /// Refuse, before anything is computed, `"output": "png"` for a batch of several images (a
-/// PNG holds one), or for an output of more than 4 channels (a PNG's gray, gray and alpha,
-/// RGB or RGBA).
+/// PNG holds one), or for images of more than 4 channels (a PNG's gray, gray and alpha, RGB or
+/// RGBA; the output has the image's channels, a filter's passes combined).
 fn png_holds(output: OutputMode, images: usize, channels: usize) -> Result<(), JobError> {
     if output != OutputMode::Png {
         return Ok(());
@@ -472,8 +472,8 @@ fn png_holds(output: OutputMode, images: usize, channels: usize) -> Result<(), J
     if channels > 4 {
         return Err(JobError::invalid_input(format!(
             "\"output\": \"png\" holds 1 to 4 channels (gray, gray and alpha, RGB, RGBA), \
-             and this job's output has {channels} (its image's channels times its filter's \
-             passes): store it as npy or safetensors (`--output FILE.npy`)"
+             and this job's image has {channels}: store it as npy or safetensors (`--output \
+             FILE.npy`)"
         )));
     }
     Ok(())
