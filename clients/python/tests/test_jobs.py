@@ -757,6 +757,11 @@ async def test_connecting_to_nothing_raises_connect_error() -> None:
 
     with pytest.raises(kiln.ConnectError, match="could not reach NATS at nats://127.0.0.1"):
         await kiln.connect(f"nats://127.0.0.1:{free_port()}", connect_timeout=0.5)
+    # Credentials in the URL are never shown (they were, in full), as the CLI shows none.
+    with pytest.raises(kiln.ConnectError) as caught:
+        await kiln.connect(f"nats://alice:s3cretpw@127.0.0.1:{free_port()}", connect_timeout=0.5)
+    assert "s3cretpw" not in str(caught.value) and "alice" not in str(caught.value)
+    assert "could not reach NATS at nats://***@127.0.0.1:" in str(caught.value)
 
 
 async def test_connect_reads_nats_url_from_the_environment(
@@ -851,3 +856,18 @@ async def test_inputs_stored_for_a_job_the_server_drops_are_removed(client: kiln
     )
     assert len(names) == 2, names
     assert len({name.rsplit("/", 2)[1] for name in names}) == 1, names
+
+
+async def test_submit_many_of_nothing_submits_nothing(client: kiln.Client) -> None:
+    # It raised RuntimeError (a StopIteration out of a coroutine).
+    assert await client.submit_many([]) == []
+
+
+async def test_a_queued_job_purged_from_the_stream_is_gone(client: kiln.Client) -> None:
+    # No GPU worker runs here: the job stays queued until the stream is purged.
+    job = await client.submit("vector_add", "gpu", len=4)
+    assert await job.status() == "queued"
+    await client.nats.jetstream().purge_stream("KILN_JOBS", subject="jobs.gpu.>")
+    # It said "queued" for ever; `kiln status` says gone.
+    assert await job.status() == "gone"
+    assert await client.status(job.id) == "gone"

@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import ssl
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Mapping
@@ -169,10 +170,12 @@ class Connecting:
 
         errors: list[Exception] = []
         made: list[Client] = []
+        # What errors and logs say the server is: never the credentials a URL holds.
+        shown = _redacted(o.url)
 
         async def on_error(e: Exception) -> None:
             errors.append(e)
-            log.debug("NATS at %s: %s", o.url, e)
+            log.debug("NATS at %s: %s", shown, _redacted(str(e)))
 
         async def on_reconnect() -> None:
             # Results stored while the connection was down reached no subscription.
@@ -195,21 +198,21 @@ class Connecting:
             )
         except Exception as e:  # every failure gets the same one sentence
             cause = errors[-1] if errors else e
-            text = str(cause) or type(cause).__name__
+            text = _redacted(str(cause)) or type(cause).__name__
             if "authorization" in text.lower() or "authentication" in text.lower():
                 raise ConnectError(
-                    f"the NATS server at {o.url} refused these credentials ({text}): check user/"
+                    f"the NATS server at {shown} refused these credentials ({text}): check user/"
                     "password, nkey, creds or token (NATS_USER, NATS_PASSWORD, NATS_NKEY, "
                     "NATS_CREDS, NATS_TOKEN)"
                 ) from e
             if isinstance(cause, ssl.SSLError) or "certificate" in text.lower():
                 raise ConnectError(
-                    f"TLS with the NATS server at {o.url} failed ({text}): check tls_ca (and "
+                    f"TLS with the NATS server at {shown} failed ({text}): check tls_ca (and "
                     "tls_cert/tls_key for mutual TLS), and that the server's certificate names "
                     "the host in the URL"
                 ) from e
             raise ConnectError(
-                f"could not reach NATS at {o.url} ({text}): start nats-server -js, or point "
+                f"could not reach NATS at {shown} ({text}): start nats-server -js, or point "
                 "url / NATS_URL at your server"
             ) from e
         # ... and a connection lost later is retried as nats-py does by default (60 attempts
@@ -219,6 +222,12 @@ class Connecting:
         client = Client(nc)
         made.append(client)
         return client
+
+
+def _redacted(text: str) -> str:
+    """`text` with the user, password or token of every URL in it replaced by `***`, as the
+    `kiln` command shows URLs (`nats://***@host:4222`)."""
+    return re.sub(r"(?:(?<=://)|(?<=^)|(?<=[\s,(]))[^\s,/@()]+@", "***@", text)
 
 
 def _readable(path: str, what: str) -> None:
@@ -496,6 +505,8 @@ class Client:
         return value
 
     async def _submit(self, prepared: list[_Prepared]) -> list[Job]:
+        if not prepared:  # nothing to send (`submit_many([])`)
+            return []
         # An id used for another job (other parameters, inputs, seed, timeout or output) is
         # refused before anything is sent: the server would drop this job as its duplicate, or
         # the id's result is the other job's.
@@ -951,8 +962,34 @@ class Client:
         if _cancels(await self._kv_get(_wire.BUCKET_CANCEL, job_id), record):
             return "cancel_requested"
         if phase == "queued":
-            return "queued"
+            if not await self._left_the_queue(record):
+                return "queued"
+            # Answered, or taken, since the first look: KILN_JOBS lets go of a job only once
+            # its result is stored (or its copy, routed or handed back, is queued).
+            found = await self._answer(kind, job_id, phase, replay)
+            if found is not None:
+                return "succeeded" if found.succeeded else "failed"
+            return "running" if await self._running(job_id) else "gone"
         return "pending"
+
+    async def _left_the_queue(self, record: dict[str, Any]) -> bool:
+        """Whether KILN_JOBS holds no job of the record's kind on any subject it can be on
+        (its class's, or every class's for auto, copies included), as `kiln status` reads
+        it: then the job is gone (its result dropped from a full KILN_RESULTS, or the job
+        purged). False when that cannot be read."""
+        kind, device = record.get("kind"), record.get("class")
+        if not isinstance(kind, str) or not isinstance(device, str):
+            return False
+        classes = {"auto", "gpu", "cpu"} if device == "auto" else {device}
+        try:
+            for subjects in (f"jobs.*.{kind}", f"jobs.*.{kind}.copy"):
+                info = await self._js.stream_info(_wire.STREAM_JOBS, subjects_filter=subjects)
+                for subject, count in (info.state.subjects or {}).items():
+                    if count > 0 and subject.split(".")[1] in classes:
+                        return False
+        except Exception:  # unreadable: it may still be there
+            return False
+        return True
 
     async def _earlier_kind(self, job_id: str) -> str | None:
         """The kind `job_id` was submitted as within the duplicate window: its queued

@@ -23,7 +23,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("kiln")
 
 #: What `Job.status()` answers.
-JobState = Literal["succeeded", "failed", "running", "cancel_requested", "queued", "pending"]
+JobState = Literal[
+    "succeeded", "failed", "running", "cancel_requested", "queued", "gone", "pending"
+]
 
 #: The output each kind's `Result.array()` gives when no name is asked for.
 DEFAULT_OUTPUT = {
@@ -384,7 +386,10 @@ class Job:
     async def status(self) -> JobState:
         """Where the job is: "succeeded" or "failed" (its result is stored), "running" (a
         live worker's heartbeat lists it), "cancel_requested", "queued" (recorded in
-        KILN_STATE), else "pending" (submitted, nothing recorded yet)."""
+        KILN_STATE), "gone" (recorded as queued, but KILN_JOBS holds no job of its kind and
+        it has no result: its result was dropped from a full KILN_RESULTS, or the job
+        purged; it will not be answered, as `kiln status` says), else "pending" (submitted,
+        nothing recorded yet)."""
         if self._future.done():
             return "succeeded" if self._future.result().succeeded else "failed"
         return await self._client.status(self.id, kind=self.kind)
