@@ -746,18 +746,34 @@ async fn worker_drains_and_exits_cleanly_on_sigterm() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let pid = cluster.child("worker").id().to_string();
+    let signalled = std::time::Instant::now();
     let status = std::process::Command::new("kill")
         .args(["-TERM", &pid])
         .status()
         .unwrap();
     assert!(status.success());
-    // While it runs the job, its heartbeat says it is draining, and still holds the job.
+    // While it runs the job, its heartbeat says it is draining, and still holds the job:
+    // said at once, not at its next beat (up to 2 s later, while the scheduler could route
+    // jobs to its class as if it served them).
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let listed = stdout(&cluster.kiln(&["workers", "-o", "json"]));
         let workers: serde_json::Value = serde_json::from_str(&listed).unwrap();
         if workers[0]["state"] == "draining" {
             assert_eq!(workers[0]["running"][0]["id"], "drained", "{workers}");
+            let entry = jetstream::new(cluster.client().await)
+                .get_key_value("KILN_WORKERS")
+                .await
+                .unwrap()
+                .entry("test-worker")
+                .await
+                .unwrap()
+                .expect("its entry");
+            let said = entry.created - time::OffsetDateTime::now_utc() + signalled.elapsed();
+            assert!(
+                said < time::Duration::milliseconds(800),
+                "draining said {said} after SIGTERM"
+            );
             break;
         }
         assert!(

@@ -18,6 +18,8 @@ const STOP_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
 /// A running heartbeat; [`Heartbeat::stop`] removes the entry.
 pub(crate) struct Heartbeat {
     stop: Option<oneshot::Sender<()>>,
+    /// Beat now, not at the next tick ([`Heartbeat::beat_now`]).
+    now: Arc<tokio::sync::Notify>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -168,6 +170,8 @@ impl Heartbeat {
             .await
             .map_err(|e| format!("opening the {BUCKET_WORKERS} bucket: {e}"))?;
         let (stop, mut stopped) = oneshot::channel();
+        let now = Arc::new(tokio::sync::Notify::new());
+        let beat_now = now.clone();
         let started_at = OffsetDateTime::now_utc();
         let key = key(&shared.config.name);
         let task = tokio::spawn(async move {
@@ -175,6 +179,7 @@ impl Heartbeat {
             loop {
                 tokio::select! {
                     _ = &mut stopped => break,
+                    () = beat_now.notified() => ticker.reset_immediately(),
                     _ = ticker.tick() => {
                         let info = info(&shared, &serving, started_at);
                         let Ok(body) = serde_json::to_vec(&info) else { continue };
@@ -209,8 +214,16 @@ impl Heartbeat {
         });
         Ok(Heartbeat {
             stop: Some(stop),
+            now,
             task,
         })
+    }
+
+    /// Beat at once, not at the next tick: a worker that starts draining says so before the
+    /// scheduler next reads the entries, rather than up to a heartbeat later while the
+    /// scheduler routes jobs to its class as if it served them.
+    pub(crate) fn beat_now(&self) {
+        self.now.notify_one();
     }
 
     /// Stop beating and remove the worker's entry, waiting at most [`STOP_PATIENCE`]: with

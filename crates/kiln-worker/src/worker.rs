@@ -161,6 +161,7 @@ async fn take(
 async fn drain(started: Started) -> Result<WorkerStats> {
     let shared = &started.shared;
     shared.config.health.stopping();
+    started.heartbeat.beat_now();
     tracing::info!(worker = %shared.config.name, "shutting down: draining running jobs");
     let _ = started.stop_dead_letters.send(true);
     let drain = shared.config.drain_timeout;
