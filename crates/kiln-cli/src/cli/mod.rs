@@ -15,7 +15,7 @@ pub use roles::{AggregatorArgs, SchedulerArgs, WorkerArgs};
 
 use values::{
     MAX_LIFETIME_HOURS, byte_limit, device_class, duration, either, job_timeout, job_timeout_ms,
-    lifetime, limit, replicas, scale,
+    lifetime, limit, period, period_ms, replicas, scale,
 };
 
 /// kiln: run compute jobs on GPUs and CPUs over NATS JetStream.
@@ -430,10 +430,10 @@ pub enum DlqCommand {
 #[derive(Debug, Clone, Args)]
 pub struct WatchArgs {
     /// Time between refreshes [default: 1s].
-    #[arg(long, value_parser = duration, value_name = "DURATION")]
+    #[arg(long, value_parser = period, value_name = "DURATION")]
     pub interval: Option<Duration>,
     /// --interval in milliseconds (the older spelling).
-    #[arg(long, conflicts_with = "interval", value_name = "MS")]
+    #[arg(long, conflicts_with = "interval", value_parser = period_ms, value_name = "MS")]
     pub interval_ms: Option<u64>,
     /// Print the table once and exit.
     #[arg(long)]
@@ -585,6 +585,34 @@ mod tests {
                 matches!(&cli.command, super::Command::Worker(w) if w.name.as_deref() == Some(name)),
                 "{name:?}"
             );
+        }
+    }
+
+    /// A period of 0 (`watch --interval 0s` refreshed as fast as it could) is refused, in
+    /// every spelling; a short one still parses.
+    #[test]
+    fn periods_are_more_than_zero() {
+        use clap::Parser as _;
+        for args in [
+            &["kiln", "watch", "--interval", "0s"][..],
+            &["kiln", "watch", "--interval-ms", "0"],
+            &["kiln", "aggregator", "--interval", "0ms"],
+            &["kiln", "aggregator", "--interval-ms", "0"],
+            &["kiln", "scheduler", "--refresh", "0s"],
+            &["kiln", "scheduler", "--refresh-ms", "0"],
+        ] {
+            let message = super::Cli::try_parse_from(args).unwrap_err().to_string();
+            assert!(
+                message.contains("must be more than 0"),
+                "{args:?}: {message}"
+            );
+        }
+        for args in [
+            &["kiln", "watch", "--interval", "100ms"][..],
+            &["kiln", "aggregator", "--interval-ms", "50"],
+            &["kiln", "scheduler", "--refresh", "10ms"],
+        ] {
+            assert!(super::Cli::try_parse_from(args).is_ok(), "{args:?}");
         }
     }
 

@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::values::{at_least_one, device, duration, either, served_class, worker_name};
+use super::values::{
+    at_least_one, device, duration, either, period, period_ms, served_class, worker_name,
+};
 
 #[derive(Debug, Clone, Args)]
 pub struct WorkerArgs {
@@ -146,13 +148,14 @@ impl WorkerArgs {
 #[derive(Debug, Clone, Args)]
 pub struct AggregatorArgs {
     /// Time between metrics snapshots [default: 1s].
-    #[arg(long, value_parser = duration, value_name = "DURATION")]
+    #[arg(long, value_parser = period, value_name = "DURATION")]
     pub interval: Option<Duration>,
     /// --interval in milliseconds (the older spelling).
     #[arg(
         long,
         env = "KILN_SNAPSHOT_INTERVAL_MS",
         conflicts_with = "interval",
+        value_parser = period_ms,
         value_name = "MS"
     )]
     pub interval_ms: Option<u64>,
@@ -179,13 +182,14 @@ pub struct SchedulerArgs {
     #[arg(long, env = "KILN_SCHEDULER_NAME")]
     pub name: Option<String>,
     /// Time between re-reads of each class's backlog and live workers [default: 250ms].
-    #[arg(long, value_parser = duration, value_name = "DURATION")]
+    #[arg(long, value_parser = period, value_name = "DURATION")]
     pub refresh: Option<Duration>,
     /// --refresh in milliseconds (the older spelling).
     #[arg(
         long,
         env = "KILN_SCHEDULER_REFRESH_MS",
         conflicts_with = "refresh",
+        value_parser = period_ms,
         value_name = "MS"
     )]
     pub refresh_ms: Option<u64>,

@@ -13,6 +13,23 @@ pub(super) fn duration(value: &str) -> Result<Duration, String> {
     humantime::parse_duration(value).map_err(|e| e.to_string())
 }
 
+/// A period something repeats at (`--interval`, `--refresh`): more than zero, which would
+/// repeat it as fast as the machine can.
+pub(super) fn period(value: &str) -> Result<Duration, String> {
+    match duration(value)? {
+        d if d.is_zero() => Err("must be more than 0 (it is how long to wait between two)".into()),
+        d => Ok(d),
+    }
+}
+
+/// [`period`] in milliseconds (the older spellings, `--interval-ms`, `--refresh-ms`).
+pub(super) fn period_ms(value: &str) -> Result<u64, String> {
+    match value.parse::<u64>().map_err(|e| e.to_string())? {
+        0 => Err("must be more than 0 (it is how long to wait between two)".into()),
+        n => Ok(n),
+    }
+}
+
 /// A job's compute timeout (`--timeout`): more than zero, which would fail every job at its
 /// first checkpoint.
 pub(super) fn job_timeout(value: &str) -> Result<Duration, String> {
