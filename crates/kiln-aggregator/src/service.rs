@@ -62,6 +62,8 @@ pub async fn run(
     streams::ensure_all(&js, &config.topology).await?;
     let _backlog = BacklogSampler::start(js.clone(), config.metrics.clone());
     let mut exporter = Exporter::new(config.metrics.clone());
+    // This run's name on its snapshots ([`HEADER_AGGREGATOR`]).
+    let instance = kiln_proto::new_job_id();
     tokio::pin!(shutdown);
     // At start, no wait when no other reads results; after standing down, three quiet looks:
     // the other's pull request may be between two waits at the first.
@@ -78,6 +80,7 @@ pub async fn run(
             acks,
             spans: Vec::new(),
             exporter,
+            instance: instance.clone(),
         };
         config.health.serving();
         match aggregator
@@ -296,6 +299,8 @@ struct Aggregator {
     /// counts it is stored and the result acked.
     spans: Vec<TraceSpan>,
     exporter: Exporter,
+    /// This aggregator's name on the snapshots it stores ([`HEADER_AGGREGATOR`]).
+    instance: String,
 }
 
 impl Aggregator {
@@ -489,7 +494,7 @@ impl Aggregator {
             &self.js,
             &mut self.folds,
             &mut self.acks,
-            &mut self.sequences,
+            (&mut self.sequences, &self.instance),
         )
         .await
     }
@@ -529,25 +534,34 @@ async fn flush(
     js: &jetstream::Context,
     folds: &mut Folds,
     acks: &mut Acks,
-    sequences: &mut Sequences,
+    (sequences, instance): (&mut Sequences, &str),
 ) -> Result<()> {
     let now = OffsetDateTime::now_utc();
     let snapshots = folds.snapshots(now);
-    let mut stored = store(js, &snapshots, now, sequences).await;
+    let mut stored = store(js, &snapshots, (now, instance), sequences).await;
     // A message there that is no snapshot was not stored by another aggregator (a publish by
     // hand, a forgery where metrics.> is open to all): it is replaced at once, not taken for a
     // second aggregator, which stood this one by and restored the counts from it. (What was
     // stored of this flush goes again under the same message ids: the server keeps it once.)
+    // Nor is a snapshot this aggregator stored itself whose acknowledgement it never got (the
+    // server restarted while the publish was on its way, and stored it on its return): it
+    // goes on from it.
     for _ in 0..snapshots.len() {
         let Err(Error::Superseded { subject }) = &stored else {
             break;
         };
-        let Some(sequence) = not_a_snapshot(js, subject).await else {
-            break;
-        };
-        tracing::warn!(%subject, sequence, "a message that is no metrics snapshot was stored there; this aggregator's counts replace it");
-        sequences.insert(subject.clone(), sequence);
-        stored = store(js, &snapshots, now, sequences).await;
+        match last_message(js, subject, instance).await {
+            Some(Last::NoSnapshot(sequence)) => {
+                tracing::warn!(%subject, sequence, "a message that is no metrics snapshot was stored there; this aggregator's counts replace it");
+                sequences.insert(subject.clone(), sequence);
+            }
+            Some(Last::Ours(sequence)) => {
+                tracing::info!(%subject, sequence, "a snapshot of this aggregator's was stored without its acknowledgement reaching it (a server restart); going on from it");
+                sequences.insert(subject.clone(), sequence);
+            }
+            None => break,
+        }
+        stored = store(js, &snapshots, (now, instance), sequences).await;
     }
     if stored.is_err() {
         // Not stored: these snapshots go out again at the next flush, the results stay unacked.
@@ -568,7 +582,7 @@ async fn flush(
 async fn store(
     js: &jetstream::Context,
     snapshots: &[MetricsSnapshot],
-    now: OffsetDateTime,
+    (now, instance): (OffsetDateTime, &str),
     sequences: &mut Sequences,
 ) -> Result<()> {
     let mut acks = Vec::with_capacity(ACK_WINDOW);
@@ -579,6 +593,7 @@ async fn store(
             HEADER_MSG_ID,
             format!("{subject}-{}", now.unix_timestamp_nanos()).as_str(),
         );
+        headers.insert(HEADER_AGGREGATOR, instance);
         let last = sequences.get(&subject).copied().unwrap_or(0);
         headers.insert(
             async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
@@ -625,16 +640,30 @@ async fn stored(
     first_error.map_or(Ok(()), Err)
 }
 
-/// The sequence of the last message on snapshot subject `subject` when it is no metrics
-/// snapshot (`None` when it is one, or when it cannot be read).
-async fn not_a_snapshot(js: &jetstream::Context, subject: &str) -> Option<u64> {
+/// The last message on a snapshot subject, when this aggregator may write over it.
+enum Last {
+    /// No metrics snapshot (published by hand, or forged), at this sequence.
+    NoSnapshot(u64),
+    /// One of this aggregator's own snapshots ([`HEADER_AGGREGATOR`]), at this sequence.
+    Ours(u64),
+}
+
+/// What the last message on snapshot subject `subject` is, when the aggregator named
+/// `instance` may write over it (`None` when it is another aggregator's snapshot, or cannot
+/// be read).
+async fn last_message(js: &jetstream::Context, subject: &str, instance: &str) -> Option<Last> {
     let stream = js.get_stream(streams::STREAM_METRICS).await.ok()?;
     let message = stream.get_last_raw_message_by_subject(subject).await.ok()?;
-    match serde_json::from_slice::<MetricsSnapshot>(&message.payload) {
-        Ok(_) => None,
-        Err(_) => Some(message.sequence),
+    if serde_json::from_slice::<MetricsSnapshot>(&message.payload).is_err() {
+        return Some(Last::NoSnapshot(message.sequence));
     }
+    let by = message.headers.get(HEADER_AGGREGATOR).map(|v| v.as_str());
+    (by == Some(instance)).then_some(Last::Ours(message.sequence))
 }
+
+/// The header naming the aggregator run that stored a snapshot (a name unique to the run),
+/// so that a snapshot it stored itself is told from another aggregator's.
+const HEADER_AGGREGATOR: &str = "Kiln-Aggregator";
 
 /// Publish `body` as JSON without waiting for the server's acknowledgement (returned).
 async fn publish(
