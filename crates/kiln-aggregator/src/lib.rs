@@ -17,6 +17,7 @@ mod error;
 mod fold;
 mod prom;
 mod service;
+mod snapshots;
 mod watermark;
 
 pub use error::{Error, Result};
