@@ -1389,3 +1389,106 @@ async fn a_job_waiting_to_load_its_objects_is_cancelled_at_once() {
         assert_success(&cluster.kiln(&["cancel", &format!("hold-{i}")]));
     }
 }
+
+/// Chunks of `KILN_DATA` objects in its stream, stored objects' and orphans' alike.
+async fn stored_chunks(js: &jetstream::Context) -> usize {
+    use futures::StreamExt as _;
+    let stream = js.get_stream("OBJ_KILN_DATA").await.unwrap();
+    let subjects = stream.info_with_subjects("$O.KILN_DATA.C.>").await.unwrap();
+    subjects
+        .map(|s| s.map(|(_, count)| count).unwrap_or(0))
+        .fold(0, |a, b| async move { a + b })
+        .await
+}
+
+/// A `.npy` file of `len` float32 zeros, written sparse: gigabytes in no time.
+fn sparse_npy(dir: &std::path::Path, name: &str, len: u64) -> String {
+    let header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({len},), }}");
+    let padded = format!("{header:<117}\n");
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend_from_slice(&(padded.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(padded.as_bytes());
+    assert_eq!(bytes.len() % 64, 0);
+    let path = dir.join(name);
+    std::fs::write(&path, &bytes).unwrap();
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    file.set_len(bytes.len() as u64 + 4 * len).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+/// Start `kiln <args>` as `name`, wait for `chunks` chunks of it to be stored, send it SIGTERM
+/// and return its exit code and log once it has exited.
+async fn interrupt_upload(
+    cluster: &mut Cluster,
+    name: &str,
+    args: &[&str],
+    chunks: usize,
+) -> (Option<i32>, String) {
+    let js = jetstream::new(cluster.client().await);
+    cluster.spawn(name, args);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while stored_chunks(&js).await < chunks {
+        assert!(std::time::Instant::now() < deadline, "{}", cluster.report());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pid = cluster.child(name).id().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let code = loop {
+        if let Some(status) = cluster.child(name).try_wait().unwrap() {
+            break status.code();
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", cluster.report());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    (code, cluster.log(name))
+}
+
+/// An upload stopped by a signal (`kiln put`, `kiln submit --input` of a file of gigabytes)
+/// removes what it stored before it exits 130: its chunks would otherwise count against
+/// `--data-max-bytes` for the bucket's whole maximum age, named by no object that `kiln rm`
+/// could remove. A submission's inputs stored before the interrupted one go too.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_interrupted_upload_leaves_nothing_in_the_store() {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    let js = jetstream::new(cluster.client().await);
+    let dir = tempfile::tempdir().unwrap();
+    // 2 GiB: far more than the moments before the signal can send.
+    let big = sparse_npy(dir.path(), "big.npy", 1 << 29);
+    let (code, log) = interrupt_upload(&mut cluster, "put", &["put", &big], 4).await;
+    assert_eq!(code, Some(130), "{log}");
+    assert!(log.contains("big.npy was not stored"), "{log}");
+    assert_eq!(stored_chunks(&js).await, 0, "{log}");
+    let listed = cluster.kiln(&["get", "big.npy", "-o", "/dev/null"]);
+    assert!(!listed.status.success());
+
+    let small = sparse_npy(dir.path(), "small.npy", 1 << 24);
+    let other = sparse_npy(dir.path(), "other.npy", 1 << 29);
+    let (a, b) = (format!("a=@{small}"), format!("b=@{other}"));
+    let args = [
+        "submit",
+        "vector_add",
+        "--id",
+        "cut",
+        "--input",
+        &a,
+        "--input",
+        &b,
+    ];
+    // Past the first input's 129 chunks (64 MiB): the second is on its way.
+    let (code, log) = interrupt_upload(&mut cluster, "submit", &args, 140).await;
+    assert_eq!(code, Some(130), "{log}");
+    assert!(log.contains("no job was submitted"), "{log}");
+    assert_eq!(stored_chunks(&js).await, 0, "{log}");
+    assert_eq!(
+        input_objects(&js.client(), "cut").await,
+        Vec::<String>::new()
+    );
+    let stream = js.get_stream("KILN_JOBS").await.unwrap();
+    assert_eq!(stream.cached_info().state.messages, 0);
+}

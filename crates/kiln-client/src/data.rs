@@ -2,6 +2,7 @@
 //! outputs jobs stored, fetched into files.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_nats::jetstream;
 use kiln_data::store::Bucket;
@@ -25,15 +26,30 @@ pub async fn bucket(js: &jetstream::Context) -> Result<Bucket> {
 /// `kiln` shows a large file going in or out.
 pub type OnBytes<'a> = Option<&'a (dyn Fn(u64) + Send + Sync)>;
 
-/// A reader or writer that tells [`OnBytes`] what passes through it.
+/// Set (by a SIGINT handler, say) to stop a transfer into `KILN_DATA`: its next read fails,
+/// and the put removes the chunks it stored before it returns, so that an interrupted
+/// upload leaves nothing behind to count against `--data-max-bytes`.
+pub type Stop<'a> = Option<&'a AtomicBool>;
+
+/// A reader or writer that tells [`OnBytes`] what passes through it; a reader also fails its
+/// next read once its [`Stop`] is set.
 struct Counting<'a, T> {
     inner: T,
     on_bytes: OnBytes<'a>,
+    stop: Stop<'a>,
 }
 
 impl<'a, T> Counting<'a, T> {
     fn new(inner: T, on_bytes: OnBytes<'a>) -> Self {
-        Counting { inner, on_bytes }
+        Counting {
+            inner,
+            on_bytes,
+            stop: None,
+        }
+    }
+
+    fn stopping(self, stop: Stop<'a>) -> Self {
+        Counting { stop, ..self }
     }
 
     fn tell(&self, bytes: usize) {
@@ -49,6 +65,10 @@ impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counting<'_, T> {
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
+        if self.stop.is_some_and(|stop| stop.load(Ordering::Relaxed)) {
+            // Not `ErrorKind::Interrupted`, which readers retry.
+            return std::task::Poll::Ready(Err(std::io::Error::other("interrupted")));
+        }
         let before = buf.filled().len();
         let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
         if let std::task::Poll::Ready(Ok(())) = polled {
@@ -86,18 +106,20 @@ impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Counting<'_, T>
     }
 }
 
-/// Store the file at `path` as object `name`, telling `on_bytes` as it goes. Its description
-/// records the file's name, which a worker's messages about the object then give.
+/// Store the file at `path` as object `name`, telling `on_bytes` as it goes; once `stop` is
+/// set, the put fails and removes what it stored. Its description records the file's name,
+/// which a worker's messages about the object then give.
 pub async fn put_file(
     bucket: &Bucket,
     name: &str,
     path: &Path,
     on_bytes: OnBytes<'_>,
+    stop: Stop<'_>,
 ) -> Result<ObjectDescriptor> {
     let file = tokio::fs::File::open(path)
         .await
         .map_err(io(|| format!("opening {}", path.display())))?;
-    let mut file = Counting::new(file, on_bytes);
+    let mut file = Counting::new(file, on_bytes).stopping(stop);
     let file_name = path.file_name().map_or_else(
         || path.display().to_string(),
         |n| n.to_string_lossy().into_owned(),
@@ -273,12 +295,14 @@ impl Input {
 /// Store the files `--input` names (as `inputs/<job id>/<submission>/<key>`, telling
 /// `on_bytes` as they go) and set each parameter to its object reference, with the digest the
 /// worker checks. Returns the names stored, for [`remove_inputs`] when no job will read them.
+/// When one cannot be stored (or `stop` is set), those stored before it are removed: no job
+/// will read them either.
 pub async fn attach_inputs(
     bucket: &Bucket,
     job_id: &str,
     inputs: &[Input],
     params: &mut serde_json::Value,
-    on_bytes: OnBytes<'_>,
+    (on_bytes, stop): (OnBytes<'_>, Stop<'_>),
 ) -> Result<Vec<String>> {
     // A name of this submission's own: a later submission under the same id (which the
     // server drops as a duplicate while this one waits) must not replace the files this one
@@ -289,7 +313,13 @@ pub async fn attach_inputs(
         let mut reference = match &input.source {
             Source::File(path) => {
                 let name = format!("inputs/{job_id}/{submission}/{}", input.key);
-                let descriptor = put_file(bucket, &name, path, on_bytes).await?;
+                let descriptor = match put_file(bucket, &name, path, on_bytes, stop).await {
+                    Ok(descriptor) => descriptor,
+                    Err(e) => {
+                        remove_inputs(bucket, &stored).await;
+                        return Err(e);
+                    }
+                };
                 stored.push(name);
                 let mut reference = ObjectRef::new(descriptor.name);
                 reference.sha256 = Some(descriptor.sha256);
@@ -695,7 +725,7 @@ mod tests {
             told.fetch_add(n, Ordering::Relaxed);
             steps.fetch_add(1, Ordering::Relaxed);
         };
-        let d = put_file(&bucket, "big", &path, Some(&on_bytes))
+        let d = put_file(&bucket, "big", &path, Some(&on_bytes), None)
             .await
             .unwrap();
         assert_eq!(d.size, bytes.len() as u64);

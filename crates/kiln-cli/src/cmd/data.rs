@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::jetstream;
@@ -23,7 +25,25 @@ pub async fn put(nats: &NatsArgs, args: PutArgs) -> anyhow::Result<ExitCode> {
     let bucket = bucket(&js).await?;
     let size = std::fs::metadata(&args.file).map_or(0, |m| m.len());
     let bar = BytesBar::new(size, "storing");
-    let descriptor = put_file(&bucket, &name, &args.file, bar.on_bytes()).await?;
+    let stop = AtomicBool::new(false);
+    let putting = put_file(&bucket, &name, &args.file, bar.on_bytes(), Some(&stop));
+    let descriptor = match upload_or_interrupted(&stop, putting).await {
+        Ok(put) => put?,
+        Err(put) => {
+            drop(bar);
+            let file = args.file.display();
+            match put {
+                Some(Ok(d)) => eprintln!(
+                    "kiln: interrupted, but {file} was stored all the same, as object {:?} \
+                     (`kiln rm` removes it)",
+                    d.name
+                ),
+                Some(Err(_)) => eprintln!("kiln: interrupted; {file} was not stored"),
+                None => eprintln!("kiln: interrupted; {}", not_removed(&args.file)),
+            }
+            std::process::exit(130);
+        }
+    };
     drop(bar);
     let reference = serde_json::json!({
         "object": descriptor.name,
@@ -130,6 +150,39 @@ pub async fn rm(nats: &NatsArgs, args: RmArgs) -> anyhow::Result<ExitCode> {
         (false, true) => ExitCode::from(super::EXIT_NOT_FOUND),
         (false, false) => ExitCode::SUCCESS,
     })
+}
+
+/// How long an interrupted upload may take to remove what it stored before the process ends
+/// all the same (a read from a pipe may never return).
+const STOP_WITHIN: Duration = Duration::from_secs(10);
+
+/// Run `upload`, a transfer into `KILN_DATA` that watches `stop`. A SIGINT or SIGTERM on the
+/// way sets `stop`, so that the upload fails at its next read and removes what it stored:
+/// then `Err` with what the upload came to, or `None` when it did not end within
+/// [`STOP_WITHIN`]. The caller says so and ends the process with status 130.
+pub(crate) async fn upload_or_interrupted<T>(
+    stop: &AtomicBool,
+    upload: impl Future<Output = T>,
+) -> Result<T, Option<T>> {
+    let mut upload = std::pin::pin!(upload);
+    tokio::select! {
+        done = &mut upload => Ok(done),
+        () = crate::signal::wait_for_signal() => {
+            stop.store(true, Ordering::Relaxed);
+            eprintln!("kiln: interrupted; removing what was stored of the upload");
+            Err(tokio::time::timeout(STOP_WITHIN, upload).await.ok())
+        }
+    }
+}
+
+/// What an interrupted upload of `file` whose put did not end left.
+fn not_removed(file: &Path) -> String {
+    format!(
+        "{} was not stored, and what was sent of it could not be removed within {STOP_WITHIN:?}: \
+         it ages out of {} with --data-max-age",
+        file.display(),
+        kiln_proto::BUCKET_DATA
+    )
 }
 
 /// Run `fetch`, which writes `path` by way of its `.part` file; a SIGINT or SIGTERM on the

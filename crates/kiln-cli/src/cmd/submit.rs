@@ -3,6 +3,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
 
 use anyhow::Context as _;
 use async_nats::jetstream;
@@ -237,14 +238,35 @@ impl<'a> Submission<'a> {
                 .map(|m| m.len())
                 .sum();
             let bar = BytesBar::new(total, "storing");
-            self.uploaded = kiln_client::data::attach_inputs(
+            let stop = AtomicBool::new(false);
+            let attaching = kiln_client::data::attach_inputs(
                 &bucket,
                 &self.base_id,
                 &self.inputs,
                 &mut self.params,
-                bar.on_bytes(),
-            )
-            .await?;
+                (bar.on_bytes(), Some(&stop)),
+            );
+            self.uploaded = match super::data::upload_or_interrupted(&stop, attaching).await {
+                Ok(attached) => attached?,
+                Err(attached) => {
+                    drop(bar);
+                    // Stored all the same (the last byte was read before the signal): no job
+                    // will be sent to read them.
+                    if let Some(Ok(stored)) = &attached {
+                        kiln_client::data::remove_inputs(&bucket, stored).await;
+                    }
+                    match attached {
+                        Some(_) => eprintln!("kiln: interrupted; no job was submitted"),
+                        None => eprintln!(
+                            "kiln: interrupted; no job was submitted, and what was sent of \
+                             the --input files could not be removed within the time given: \
+                             it ages out of {} with --data-max-age",
+                            kiln_proto::BUCKET_DATA
+                        ),
+                    }
+                    std::process::exit(130);
+                }
+            };
         }
         self.ids
             .iter()
