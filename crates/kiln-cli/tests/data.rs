@@ -531,6 +531,16 @@ async fn bad_objects_are_answered_invalid_input_naming_them() {
     assert_success(&cluster.kiln(&["put", &truncated, "--name", "cut"]));
     let full = write(dir.path(), "full.npy", &good);
     assert_success(&cluster.kiln(&["put", &full, "--name", "full"]));
+    // Headers declaring far more than their objects hold: refused for that, not as over the
+    // memory budget (`too_large`), which sent people looking for a bigger worker.
+    for (name, shape) in [
+        ("huge", "(100000, 100000)"),
+        ("overflowing", "(4294967296, 4294967296)"),
+    ] {
+        let npy = npy_shaped("<f4", shape, 16);
+        let file = write(dir.path(), &format!("{name}.npy"), &npy);
+        assert_success(&cluster.kiln(&["put", &file, "--name", name]));
+    }
     let wrong_digest = format!(r#"{{"object":"full","sha256":"{}"}}"#, "0".repeat(64));
     // A name whose metadata subject would pass the server's control line, which closed the
     // worker's connection (and every other job's on it) on each attempt.
@@ -538,6 +548,14 @@ async fn bad_objects_are_answered_invalid_input_naming_them() {
     for (b, names) in [
         (r#"{"object":"nowhere"}"#.to_owned(), "nowhere"),
         (r#"{"object":"cut"}"#.to_owned(), "cut"),
+        (
+            r#"{"object":"huge"}"#.to_owned(),
+            "truncated: header says 40000000000 bytes",
+        ),
+        (
+            r#"{"object":"overflowing"}"#.to_owned(),
+            "overflow a 64-bit count",
+        ),
         (wrong_digest, "full"),
         (long, "at most 1024 bytes"),
     ] {
@@ -579,8 +597,13 @@ async fn bad_objects_are_answered_invalid_input_naming_them() {
 
 /// A `.npy` of two values of numpy dtype `descr`, `bytes` bytes each.
 fn npy_of(descr: &str, bytes: usize) -> Vec<u8> {
+    npy_shaped(descr, "(2,)", 2 * bytes)
+}
+
+/// A `.npy` whose header declares `shape` of numpy dtype `descr`, then `data` zero bytes.
+fn npy_shaped(descr: &str, shape: &str, data: usize) -> Vec<u8> {
     let mut header =
-        format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': (2,), }}").into_bytes();
+        format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}").into_bytes();
     while (10 + header.len() + 1) % 64 != 0 {
         header.push(b' ');
     }
@@ -588,7 +611,7 @@ fn npy_of(descr: &str, bytes: usize) -> Vec<u8> {
     let mut npy = b"\x93NUMPY\x01\x00".to_vec();
     npy.extend_from_slice(&(header.len() as u16).to_le_bytes());
     npy.extend_from_slice(&header);
-    npy.extend(std::iter::repeat_n(0u8, 2 * bytes));
+    npy.extend(std::iter::repeat_n(0u8, data));
     npy
 }
 

@@ -128,7 +128,12 @@ fn check_npy(what: &str, prefix: &[u8], size: u64, end: usize) -> Result<(), Dat
         Some(values) if (end as u64).saturating_add(values) > size => {
             Err(truncated(what, values, size.saturating_sub(end as u64)))
         }
-        _ => Ok(()),
+        Some(_) => Ok(()),
+        None => Err(invalid(format!(
+            "{what}: its header declares shape {:?}, whose bytes overflow a 64-bit count: no \
+             file holds that; the header is corrupt, so save the array again",
+            header.shape
+        ))),
     }
 }
 

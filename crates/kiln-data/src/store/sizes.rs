@@ -70,7 +70,17 @@ pub async fn load_size(
     let load = if (first.len() as u64) < size.min(PEEK as u64) {
         formats::LoadSize::UNKNOWN
     } else {
-        formats::load_size(&first, size, want, reference.tensor.as_deref())
+        let key = reference.tensor.as_deref();
+        // A `.npy` or safetensors object whose header declares more than it holds (cut
+        // short, or a header made up) is answered for what it is, before its declared size
+        // is weighed against the memory budget: otherwise "too large" for 144 bytes.
+        if matches!(
+            formats::Format::sniff(&first),
+            Some(formats::Format::Npy | formats::Format::Safetensors)
+        ) {
+            formats::check_start(&super::described(name, &info), &first, size, key)?;
+        }
+        formats::load_size(&first, size, want, key)
     };
     let whole = (info.chunks == 1 && first.len() as u64 == size).then_some(first);
     Ok(Measured { info, load, whole })
