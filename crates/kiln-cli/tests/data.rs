@@ -1515,3 +1515,46 @@ async fn an_interrupted_upload_leaves_nothing_in_the_store() {
     let stream = js.get_stream("KILN_JOBS").await.unwrap();
     assert_eq!(stream.cached_info().state.messages, 0);
 }
+
+/// Objects whose shapes do not fit together (a matmul's inner sizes, a vector_add's lengths)
+/// are answered naming each parameter's object and file, as DATA.md says every bad-input
+/// error does: the shapes alone left people guessing which upload was wrong.
+#[tokio::test(flavor = "multi_thread")]
+async fn shapes_that_do_not_fit_together_name_their_objects() {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    cluster.cpu_worker();
+    let dir = tempfile::tempdir().unwrap();
+    let a = write(dir.path(), "left.npy", &encode_npy(&matrix(3, 5, 1)));
+    let b = write(dir.path(), "right.npy", &encode_npy(&matrix(3, 5, 2)));
+    for kind in ["matmul", "vector_add"] {
+        let v = HostTensor::new(vec![4], vec![1.0; 4]);
+        let (a, b) = match kind {
+            "matmul" => (a.clone(), b.clone()),
+            _ => (
+                write(dir.path(), "left.npy", &encode_npy(&v)),
+                write(dir.path(), "right.npy", &encode_npy(&matrix(1, 3, 2))),
+            ),
+        };
+        let out = cluster.kiln(&[
+            "submit",
+            kind,
+            "--input",
+            &format!("a=@{a}"),
+            "--input",
+            &format!("b=@{b}"),
+            "--wait",
+        ]);
+        let event = result_of(&out);
+        let error = event.error.expect("an error");
+        assert_eq!(error.kind, ErrorKind::InvalidInput, "{}", error.message);
+        for named in [
+            "a: object inputs/",
+            "(file left.npy)",
+            "b: object inputs/",
+            "(file right.npy)",
+        ] {
+            assert!(error.message.contains(named), "{kind}: {}", error.message);
+        }
+    }
+}

@@ -86,16 +86,28 @@ pub(crate) async fn load(
         });
         let loads = futures::future::try_join_all(loads).await?;
         let mut inputs = Inputs::none();
-        for (w, loaded) in wanted.into_iter().zip(loads) {
+        let mut named = Vec::with_capacity(wanted.len());
+        for ((w, loaded), m) in wanted.into_iter().zip(loads).zip(&measured) {
+            named.push(format!(
+                "{}: {}",
+                w.param,
+                m.what(w.reference.object.as_str())
+            ));
             inputs.insert(w.param, loaded);
         }
-        Ok::<_, Unloaded>((inputs, permit))
+        Ok::<_, Unloaded>((inputs, permit, named))
     };
     // Boxed: the object store's futures are tens of kilobytes, which every job's future would
     // otherwise carry (and spawning copy) whether it loads objects or not.
     let fetching = Box::pin(with_progress(message, shared.ack_wait.progress(), fetch));
-    let (inputs, permit) = fetching.await?;
-    job.load(inputs)?;
+    let (inputs, permit, named) = fetching.await?;
+    // What the objects are together (shapes that do not fit): the message names them all.
+    job.load(inputs).map_err(|mut error| {
+        if error.kind == ErrorKind::InvalidInput && !error.message.contains("object ") {
+            error.message = format!("{} ({})", error.message, named.join("; "));
+        }
+        error
+    })?;
     if let Err(refused) = shared.admission.fits(job.kind.name, job.plan.elements) {
         // Before the permit goes: the next loading job may take the memory it held.
         job.unload();
