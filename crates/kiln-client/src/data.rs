@@ -258,6 +258,12 @@ impl Input {
             Some((value, entry)) if !entry.is_empty() && !whole_file => {
                 (value, Some(entry.to_owned()))
             }
+            Some(_) if !whole_file => {
+                return invalid(format!(
+                    "--input {key}={value}: no entry name after #: write KEY=@FILE#ENTRY \
+                     (or KEY=OBJECT#ENTRY) for one safetensors entry, or leave out the #"
+                ));
+            }
             _ => (value, None),
         };
         let source = match value.strip_prefix('@') {
@@ -285,7 +291,14 @@ impl Input {
             true => Reads::Any,
             false => Reads::Tensor,
         };
-        match file_problem(path, self.entry.as_deref(), reads)? {
+        let problem = file_problem(path, self.entry.as_deref(), reads).map_err(|e| match e {
+            Error::Io { what, source } => Error::Io {
+                what: format!("--input {}: {what}", self.key),
+                source,
+            },
+            e => e,
+        })?;
+        match problem {
             Some(problem) => Err(Error::Invalid(format!("--input {}: {problem}", self.key))),
             None => Ok(()),
         }
@@ -760,6 +773,22 @@ mod tests {
         for bad in ["a", "=@x", "a=@", "a="] {
             assert!(Input::parse(bad).is_err(), "{bad}");
         }
+        // A `#` with no entry after it, on a name that is not a file: said, not sent.
+        for cut in ["a=@two.safetensors#", "a=two.safetensors#"] {
+            let error = Input::parse(cut).unwrap_err().to_string();
+            assert!(error.contains("no entry name after #"), "{cut}: {error}");
+        }
+        let trailing = dir.path().join("odd#");
+        std::fs::write(&trailing, b"x").unwrap();
+        let input = Input::parse(&format!("a=@{}", trailing.display())).unwrap();
+        assert_eq!((input.source, input.entry), (Source::File(trailing), None));
+        // A file that cannot be opened is said of its parameter.
+        let missing = Input::parse("b=@/nowhere/x.npy").unwrap();
+        let error = missing.check_file().unwrap_err().to_string();
+        assert!(
+            error.starts_with("--input b: opening /nowhere/x.npy"),
+            "{error}"
+        );
     }
 
     #[test]
