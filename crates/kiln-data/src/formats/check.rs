@@ -78,6 +78,26 @@ fn check(
 /// What data in no format kiln reads looks like, where it says how to fix it: text in
 /// UTF-16, JSON values (which go inline instead). Empty when it says nothing.
 pub fn not_a_format_hint(prefix: &[u8]) -> &'static str {
+    if let Some(image) = other_image(prefix) {
+        return match image {
+            "GIF" => {
+                "; it is a GIF image: kiln reads PNG and JPEG, so convert it (PIL: \
+                      Image.open(f).convert(\"RGB\").save(\"x.png\"))"
+            }
+            "BMP" => {
+                "; it is a BMP image: kiln reads PNG and JPEG, so convert it (PIL: \
+                      Image.open(f).save(\"x.png\"))"
+            }
+            "WebP" => {
+                "; it is a WebP image: kiln reads PNG and JPEG, so convert it (PIL: \
+                       Image.open(f).save(\"x.png\"))"
+            }
+            _ => {
+                "; it is a TIFF image: kiln reads PNG and JPEG, so convert it (PIL: \
+                  Image.open(f).save(\"x.png\"))"
+            }
+        };
+    }
     if prefix.starts_with(&[0xFF, 0xFE]) || prefix.starts_with(&[0xFE, 0xFF]) {
         return "; it starts with a UTF-16 byte-order mark: kiln reads CSV as UTF-8, so save \
                 it as UTF-8";
@@ -94,6 +114,30 @@ pub fn not_a_format_hint(prefix: &[u8]) -> &'static str {
         }
         _ => "",
     }
+}
+
+/// The image format kiln does not read that `prefix` starts like, by its magic bytes.
+fn other_image(prefix: &[u8]) -> Option<&'static str> {
+    if prefix.starts_with(b"GIF87a") || prefix.starts_with(b"GIF89a") {
+        Some("GIF")
+    } else if prefix.starts_with(b"BM") && bmp_header(prefix) {
+        Some("BMP")
+    } else if prefix.starts_with(b"RIFF") && prefix.get(8..12) == Some(b"WEBP") {
+        Some("WebP")
+    } else if prefix.starts_with(b"II*\0") || prefix.starts_with(b"MM\0*") {
+        Some("TIFF")
+    } else {
+        None
+    }
+}
+
+/// Whether a prefix starting `BM` has a BMP file header: its reserved bytes zero (no text
+/// has those) and a DIB header of a size some BMP version writes.
+fn bmp_header(prefix: &[u8]) -> bool {
+    let dib = prefix
+        .get(14..18)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+    prefix.get(6..10) == Some(&[0; 4]) && matches!(dib, Some(12 | 40 | 52 | 56 | 64 | 108 | 124))
 }
 
 /// Text in a single-byte encoding: no NUL or other control bytes but whitespace, mostly
@@ -221,6 +265,27 @@ mod tests {
             "file f is empty; a job reads .npy, safetensors, PNG, JPEG or CSV"
         );
         assert!(check_start("file f", b"x,y\n1,2\n", 8, None).is_ok());
+        // Images in formats kiln does not read are named, with what to do.
+        let mut bmp = b"BM\x36\x00\x0c\x00\x00\x00\x00\x00\x36\x00\x00\x00".to_vec();
+        bmp.extend_from_slice(&40u32.to_le_bytes());
+        bmp.extend_from_slice(&[0; 32]);
+        let tiff = b"II*\x00\x08\x00\x00\x00".to_vec();
+        for (bytes, named) in [
+            (b"GIF89a\x01\x00\x01\x00".to_vec(), "it is a GIF image"),
+            (
+                b"RIFF\x24\x00\x00\x00WEBPVP8 ".to_vec(),
+                "it is a WebP image",
+            ),
+            (bmp, "it is a BMP image"),
+            (tiff, "it is a TIFF image"),
+        ] {
+            let message = refused(&bytes, bytes.len() as u64, None);
+            assert!(message.contains(named), "{message}");
+            assert!(message.contains("convert it"), "{message}");
+        }
+        // Text that starts with BM is not taken for a BMP.
+        let text = b"BMW,Audi,label\n1,2,0\n";
+        assert!(check_start("file f", text, text.len() as u64, None).is_ok());
     }
 
     #[test]
