@@ -1452,23 +1452,28 @@ async fn interrupt_upload(
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while stored_chunks(&js).await < chunks {
         assert!(std::time::Instant::now() < deadline, "{}", cluster.report());
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let code = terminate(cluster, name, Duration::from_secs(30)).await;
+    (code, cluster.log(name))
+}
+
+/// Send `name` SIGTERM and return its exit code once it has exited, within `within`.
+async fn terminate(cluster: &mut Cluster, name: &str, within: Duration) -> Option<i32> {
     let pid = cluster.child(name).id().to_string();
     let killed = std::process::Command::new("kill")
         .args(["-TERM", &pid])
         .status()
         .unwrap();
     assert!(killed.success());
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let code = loop {
+    let deadline = std::time::Instant::now() + within;
+    loop {
         if let Some(status) = cluster.child(name).try_wait().unwrap() {
-            break status.code();
+            return status.code();
         }
         assert!(std::time::Instant::now() < deadline, "{}", cluster.report());
         tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    (code, cluster.log(name))
+    }
 }
 
 /// An upload stopped by a signal (`kiln put`, `kiln submit --input` of a file of gigabytes)
@@ -1514,6 +1519,51 @@ async fn an_interrupted_upload_leaves_nothing_in_the_store() {
     );
     let stream = js.get_stream("KILN_JOBS").await.unwrap();
     assert_eq!(stream.cached_info().state.messages, 0);
+
+    // Once its inputs are stored, a submission stopped while it publishes still ends at the
+    // signal (catching it for the upload had left it ignored until --wait listened).
+    let tiny = write(
+        dir.path(),
+        "tiny.npy",
+        &encode_npy(&HostTensor::new(vec![2], vec![1.0, 2.0])),
+    );
+    let (a, b) = (format!("a=@{tiny}"), format!("b=@{tiny}"));
+    let many = [
+        "submit",
+        "vector_add",
+        "--id",
+        "many",
+        "--count",
+        "50000",
+        "--input",
+        &a,
+        "--input",
+        &b,
+    ];
+    cluster.spawn("many", &many);
+    let mut queued = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while queued < 100 {
+        assert!(std::time::Instant::now() < deadline, "{}", cluster.report());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        queued = js
+            .get_stream("KILN_JOBS")
+            .await
+            .unwrap()
+            .cached_info()
+            .state
+            .messages;
+    }
+    let code = terminate(&mut cluster, "many", Duration::from_secs(10)).await;
+    assert_eq!(code, Some(130), "{}", cluster.log("many"));
+    let queued = js
+        .get_stream("KILN_JOBS")
+        .await
+        .unwrap()
+        .cached_info()
+        .state
+        .messages;
+    assert!(queued < 50_000, "{queued}");
 }
 
 /// Objects whose shapes do not fit together (a matmul's inner sizes, a vector_add's lengths)

@@ -2,7 +2,6 @@
 //! outputs jobs stored, fetched into files.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_nats::jetstream;
 use kiln_data::store::Bucket;
@@ -11,99 +10,18 @@ use kiln_proto::{ObjectDescriptor, ObjectRef, OutputMode};
 use crate::error::{Error, Result, io};
 
 mod files;
+mod transfer;
 
 use files::WHOLE_FILE_PARAMS;
 pub use files::{Reads, file_problem};
+use transfer::Counting;
+pub use transfer::{OnBytes, Stop};
 
 /// The `KILN_DATA` bucket.
 pub async fn bucket(js: &jetstream::Context) -> Result<Bucket> {
     kiln_data::store::open(js)
         .await
         .map_err(|e| Error::Data(e.to_string()))
-}
-
-/// Told the bytes each step of a transfer moved, as it goes (a progress bar's `inc`): how
-/// `kiln` shows a large file going in or out.
-pub type OnBytes<'a> = Option<&'a (dyn Fn(u64) + Send + Sync)>;
-
-/// Set (by a SIGINT handler, say) to stop a transfer into `KILN_DATA`: its next read fails,
-/// and the put removes the chunks it stored before it returns, so that an interrupted
-/// upload leaves nothing behind to count against `--data-max-bytes`.
-pub type Stop<'a> = Option<&'a AtomicBool>;
-
-/// A reader or writer that tells [`OnBytes`] what passes through it; a reader also fails its
-/// next read once its [`Stop`] is set.
-struct Counting<'a, T> {
-    inner: T,
-    on_bytes: OnBytes<'a>,
-    stop: Stop<'a>,
-}
-
-impl<'a, T> Counting<'a, T> {
-    fn new(inner: T, on_bytes: OnBytes<'a>) -> Self {
-        Counting {
-            inner,
-            on_bytes,
-            stop: None,
-        }
-    }
-
-    fn stopping(self, stop: Stop<'a>) -> Self {
-        Counting { stop, ..self }
-    }
-
-    fn tell(&self, bytes: usize) {
-        if let (Some(on_bytes), 1..) = (self.on_bytes, bytes) {
-            on_bytes(bytes as u64);
-        }
-    }
-}
-
-impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counting<'_, T> {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        if self.stop.is_some_and(|stop| stop.load(Ordering::Relaxed)) {
-            // Not `ErrorKind::Interrupted`, which readers retry.
-            return std::task::Poll::Ready(Err(std::io::Error::other("interrupted")));
-        }
-        let before = buf.filled().len();
-        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
-        if let std::task::Poll::Ready(Ok(())) = polled {
-            self.tell(buf.filled().len() - before);
-        }
-        polled
-    }
-}
-
-impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Counting<'_, T> {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        let polled = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let std::task::Poll::Ready(Ok(n)) = polled {
-            self.tell(n);
-        }
-        polled
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
 }
 
 /// Store the file at `path` as object `name`, telling `on_bytes` as it goes; once `stop` is
@@ -307,21 +225,23 @@ impl Input {
 
 /// Store the files `--input` names (as `inputs/<job id>/<submission>/<key>`, telling
 /// `on_bytes` as they go) and set each parameter to its object reference, with the digest the
-/// worker checks. Returns the names stored, for [`remove_inputs`] when no job will read them.
-/// When one cannot be stored (or `stop` is set), those stored before it are removed: no job
-/// will read them either.
+/// worker checks. Each name stored goes into `stored` as soon as it is, for [`remove_inputs`]
+/// when no job will read them (also when this future is dropped part-way). When one cannot
+/// be stored (or `stop` is set), those stored before it are removed: no job will read them
+/// either.
 pub async fn attach_inputs(
     bucket: &Bucket,
     job_id: &str,
     inputs: &[Input],
     params: &mut serde_json::Value,
-    (on_bytes, stop): (OnBytes<'_>, Stop<'_>),
-) -> Result<Vec<String>> {
+    on_bytes: OnBytes<'_>,
+    stop: Stop<'_>,
+    stored: &mut Vec<String>,
+) -> Result<()> {
     // A name of this submission's own: a later submission under the same id (which the
     // server drops as a duplicate while this one waits) must not replace the files this one
     // names, which it would then fail to read by their digests.
     let submission = kiln_proto::new_job_id();
-    let mut stored = Vec::new();
     for input in inputs {
         let mut reference = match &input.source {
             Source::File(path) => {
@@ -329,7 +249,8 @@ pub async fn attach_inputs(
                 let descriptor = match put_file(bucket, &name, path, on_bytes, stop).await {
                     Ok(descriptor) => descriptor,
                     Err(e) => {
-                        remove_inputs(bucket, &stored).await;
+                        remove_inputs(bucket, stored).await;
+                        stored.clear();
                         return Err(e);
                     }
                 };
@@ -343,7 +264,7 @@ pub async fn attach_inputs(
         reference.tensor = input.entry.clone();
         params[&input.key] = serde_json::to_value(&reference).unwrap_or_default();
     }
-    Ok(stored)
+    Ok(())
 }
 
 /// Remove input objects `names` that [`attach_inputs`] stored for jobs the server did not

@@ -86,25 +86,25 @@ pub(crate) async fn load(
         });
         let loads = futures::future::try_join_all(loads).await?;
         let mut inputs = Inputs::none();
-        let mut named = Vec::with_capacity(wanted.len());
+        let mut objects = Vec::with_capacity(wanted.len());
         for ((w, loaded), m) in wanted.into_iter().zip(loads).zip(&measured) {
-            named.push(format!(
+            objects.push(format!(
                 "{}: {}",
                 w.param,
                 m.what(w.reference.object.as_str())
             ));
             inputs.insert(w.param, loaded);
         }
-        Ok::<_, Unloaded>((inputs, permit, named))
+        Ok::<_, Unloaded>((inputs, permit, objects))
     };
     // Boxed: the object store's futures are tens of kilobytes, which every job's future would
     // otherwise carry (and spawning copy) whether it loads objects or not.
     let fetching = Box::pin(with_progress(message, shared.ack_wait.progress(), fetch));
-    let (inputs, permit, named) = fetching.await?;
+    let (inputs, permit, objects) = fetching.await?;
     // What the objects are together (shapes that do not fit): the message names them all.
     job.load(inputs).map_err(|mut error| {
         if error.kind == ErrorKind::InvalidInput && !error.message.contains("object ") {
-            error.message = format!("{} ({})", error.message, named.join("; "));
+            error.message = format!("{} ({})", error.message, objects.join("; "));
         }
         error
     })?;

@@ -32,14 +32,27 @@ pub async fn put(nats: &NatsArgs, args: PutArgs) -> anyhow::Result<ExitCode> {
         Err(put) => {
             drop(bar);
             let file = args.file.display();
+            // A pipe's writer (`<(…)`) dies of the same Ctrl-C: what it read before may be
+            // cut short, and is not kept as if it were whole.
+            let regular = std::fs::metadata(&args.file).is_ok_and(|m| m.is_file());
             match put {
-                Some(Ok(d)) => eprintln!(
+                Some(Ok(d)) if regular => eprintln!(
                     "kiln: interrupted, but {file} was stored all the same, as object {:?} \
                      (`kiln rm` removes it)",
                     d.name
                 ),
+                Some(Ok(d)) => {
+                    let _ = kiln_data::store::remove(&bucket, &d.name).await;
+                    eprintln!(
+                        "kiln: interrupted; {file} was not stored (what was read of it may \
+                         have been cut short)"
+                    );
+                }
                 Some(Err(_)) => eprintln!("kiln: interrupted; {file} was not stored"),
-                None => eprintln!("kiln: interrupted; {}", not_removed(&args.file)),
+                None => eprintln!(
+                    "kiln: interrupted; {}",
+                    not_removed(&args.file.display().to_string())
+                ),
             }
             std::process::exit(130);
         }
@@ -154,12 +167,13 @@ pub async fn rm(nats: &NatsArgs, args: RmArgs) -> anyhow::Result<ExitCode> {
 
 /// How long an interrupted upload may take to remove what it stored before the process ends
 /// all the same (a read from a pipe may never return).
-const STOP_WITHIN: Duration = Duration::from_secs(10);
+pub(crate) const STOP_WITHIN: Duration = Duration::from_secs(10);
 
 /// Run `upload`, a transfer into `KILN_DATA` that watches `stop`. A SIGINT or SIGTERM on the
 /// way sets `stop`, so that the upload fails at its next read and removes what it stored:
 /// then `Err` with what the upload came to, or `None` when it did not end within
-/// [`STOP_WITHIN`]. The caller says so and ends the process with status 130.
+/// [`STOP_WITHIN`]. The caller says so and ends the process with status 130; a second signal
+/// meanwhile ends it at once.
 pub(crate) async fn upload_or_interrupted<T>(
     stop: &AtomicBool,
     upload: impl Future<Output = T>,
@@ -169,18 +183,28 @@ pub(crate) async fn upload_or_interrupted<T>(
         done = &mut upload => Ok(done),
         () = crate::signal::wait_for_signal() => {
             stop.store(true, Ordering::Relaxed);
-            eprintln!("kiln: interrupted; removing what was stored of the upload");
-            Err(tokio::time::timeout(STOP_WITHIN, upload).await.ok())
+            eprintln!("kiln: interrupted; removing what was stored of the upload (again to exit now)");
+            let again = crate::signal::wait_for_signal();
+            tokio::select! {
+                ended = tokio::time::timeout(STOP_WITHIN, upload) => Err(ended.ok()),
+                () = again => {
+                    eprintln!(
+                        "kiln: second signal, exiting now; what was sent ages out of {} with \
+                         --data-max-age",
+                        kiln_proto::BUCKET_DATA
+                    );
+                    std::process::exit(130);
+                }
+            }
         }
     }
 }
 
 /// What an interrupted upload of `file` whose put did not end left.
-fn not_removed(file: &Path) -> String {
+pub(crate) fn not_removed(file: &str) -> String {
     format!(
-        "{} was not stored, and what was sent of it could not be removed within {STOP_WITHIN:?}: \
-         it ages out of {} with --data-max-age",
-        file.display(),
+        "{file} was not stored, and what was sent of it could not be removed within \
+         {STOP_WITHIN:?}: it ages out of {} with --data-max-age",
         kiln_proto::BUCKET_DATA
     )
 }

@@ -88,6 +88,16 @@ pub async fn run(nats: &NatsArgs, args: SubmitArgs) -> anyhow::Result<ExitCode> 
     let js = jetstream::new(client.clone());
     kiln_proto::streams::ensure_all(&js, &super::topology(nats)).await?;
     let jobs = submission.jobs(&js).await?;
+    // Storing --input files caught SIGINT and SIGTERM for the rest of the process
+    // (`upload_or_interrupted`): until --wait listens for them, they end it as before.
+    let interrupt = (!submission.inputs.is_empty()).then(|| {
+        let signal = crate::signal::wait_for_signal();
+        tokio::spawn(async move {
+            signal.await;
+            eprintln!("kiln: interrupted");
+            std::process::exit(130);
+        })
+    });
     warn_if_unserved(&js, submission.class).await;
     // An auto job only GPUs compute is routed to the GPU class even with no GPU worker live,
     // to wait there for one.
@@ -121,6 +131,9 @@ pub async fn run(nats: &NatsArgs, args: SubmitArgs) -> anyhow::Result<ExitCode> 
         }
         // `finish` fails the command for the taken ids too.
         Some(mut collector) => {
+            if let Some(interrupt) = interrupt {
+                interrupt.abort();
+            }
             submission
                 .wait(&js, &mut collector, &duplicates, &taken)
                 .await
@@ -239,34 +252,39 @@ impl<'a> Submission<'a> {
                 .sum();
             let bar = BytesBar::new(total, "storing");
             let stop = AtomicBool::new(false);
+            let mut stored = Vec::new();
             let attaching = kiln_client::data::attach_inputs(
                 &bucket,
                 &self.base_id,
                 &self.inputs,
                 &mut self.params,
-                (bar.on_bytes(), Some(&stop)),
+                bar.on_bytes(),
+                Some(&stop),
+                &mut stored,
             );
-            self.uploaded = match super::data::upload_or_interrupted(&stop, attaching).await {
-                Ok(attached) => attached?,
-                Err(attached) => {
-                    drop(bar);
-                    // Stored all the same (the last byte was read before the signal): no job
-                    // will be sent to read them.
-                    if let Some(Ok(stored)) = &attached {
-                        kiln_client::data::remove_inputs(&bucket, stored).await;
-                    }
-                    match attached {
+            let attached = super::data::upload_or_interrupted(&stop, attaching).await;
+            drop(bar);
+            match attached {
+                Ok(attached) => {
+                    self.uploaded = stored;
+                    attached?;
+                }
+                // What was stored (all of it, when the last byte was read before the signal;
+                // the inputs finished before it, when the one on its way did not stop in
+                // time): no job will be sent to read it.
+                Err(ended) => {
+                    let removing = kiln_client::data::remove_inputs(&bucket, &stored);
+                    let _ = tokio::time::timeout(super::data::STOP_WITHIN, removing).await;
+                    match ended {
                         Some(_) => eprintln!("kiln: interrupted; no job was submitted"),
                         None => eprintln!(
-                            "kiln: interrupted; no job was submitted, and what was sent of \
-                             the --input files could not be removed within the time given: \
-                             it ages out of {} with --data-max-age",
-                            kiln_proto::BUCKET_DATA
+                            "kiln: interrupted; no job was submitted; {}",
+                            super::data::not_removed("the --input file on its way")
                         ),
                     }
                     std::process::exit(130);
                 }
-            };
+            }
         }
         self.ids
             .iter()

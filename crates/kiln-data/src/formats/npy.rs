@@ -387,8 +387,8 @@ pub(super) fn read_npy(
     let bytes = elements
         .checked_mul(header.elem.size() as u64)
         .ok_or_else(|| {
-            DataError::TooLarge(format!(
-                "{what}: its size overflows 64 bits; send a smaller tensor"
+            invalid(format!(
+                "{what}: its size overflows a 64-bit count: the header is corrupt"
             ))
         })?;
     let values = read_values(what, reader, header.elem, header.big_endian, elements)?
@@ -708,9 +708,9 @@ mod tests {
         }
         assert_eq!(reader.taken, header_len, "no value was read");
 
-        // A shape whose product overflows u64.
+        // A shape whose product overflows u64: no file holds it, so the header is corrupt.
         let file = npy("<f4", false, "(18446744073709551615, 3)", &[]);
-        assert!(matches!(read(&file, None), Err(DataError::TooLarge(_))));
+        assert!(matches!(read(&file, None), Err(DataError::Invalid(_))));
     }
 
     #[test]

@@ -181,9 +181,10 @@ pub(super) fn count_elements(
             "{what}: {noun} of shape {shape:?} holds {n} values, over this worker's limit of \
              {max_elements} (--max-elements); send a smaller one"
         ))),
-        None => Err(DataError::TooLarge(format!(
-            "{what}: {noun} of shape {shape:?} overflows a 64-bit element count; send a \
-             smaller one"
+        // No file holds that many: its header is corrupt.
+        None => Err(invalid(format!(
+            "{what}: {noun} of shape {shape:?} overflows a 64-bit element count: the header \
+             is corrupt"
         ))),
     }
 }

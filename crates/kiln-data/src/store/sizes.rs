@@ -74,10 +74,14 @@ pub async fn load_size(
         // A `.npy` or safetensors object whose header declares more than it holds (cut
         // short, or a header made up) is answered for what it is, before its declared size
         // is weighed against the memory budget: otherwise "too large" for 144 bytes.
-        if matches!(
-            formats::Format::sniff(&first),
-            Some(formats::Format::Npy | formats::Format::Safetensors)
-        ) {
+        // (A dataset or model read with an entry named is the loader's to refuse as such.)
+        let one_tensor = matches!(want, Want::Tensor | Want::Image) || key.is_none();
+        if one_tensor
+            && matches!(
+                formats::Format::sniff(&first),
+                Some(formats::Format::Npy | formats::Format::Safetensors)
+            )
+        {
             formats::check_start(&super::described(name, &info), &first, size, key)?;
         }
         formats::load_size(&first, size, want, key)
