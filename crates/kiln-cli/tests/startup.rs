@@ -318,3 +318,25 @@ async fn workers_and_aggregators_run_their_messages_on_one_thread_unless_told_ot
         "{stderr}"
     );
 }
+
+/// `kiln init --data-max-age` under the 2-minute duplicate window the server made
+/// `KILN_DATA`'s stream with: the window follows the age down. The server refused the
+/// update ("duplicates window can not be larger then max age"), and init failed saying the
+/// bucket did not exist, after it had changed the streams before it.
+#[tokio::test]
+async fn a_data_age_under_two_minutes_is_set_on_an_existing_bucket() {
+    let cluster = Cluster::new();
+    cluster.init().await;
+    let init = cluster.kiln(&["init", "--data-max-age", "30s"]);
+    assert_success(&init);
+    let js = async_nats::jetstream::new(cluster.client().await);
+    let mut stream = js.get_stream("OBJ_KILN_DATA").await.unwrap();
+    let config = stream.info().await.unwrap().config.clone();
+    assert_eq!(config.max_age, Duration::from_secs(30));
+    assert!(config.duplicate_window <= Duration::from_secs(30));
+    let back = cluster.kiln(&["init", "--data-max-age", "7d"]);
+    assert_success(&back);
+    let mut stream = js.get_stream("OBJ_KILN_DATA").await.unwrap();
+    let config = stream.info().await.unwrap().config.clone();
+    assert_eq!(config.max_age, Duration::from_secs(7 * 24 * 3600));
+}

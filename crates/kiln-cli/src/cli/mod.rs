@@ -619,6 +619,26 @@ mod tests {
     /// Values NATS would read as "no limit" or "keep for ever", replica counts it cannot
     /// keep, and demo scales that cannot be allocated are refused by name before anything
     /// connects; the limits that make sense still parse.
+    /// An ack wait under 1 s is refused: it was raised to 1 s without a word.
+    #[test]
+    fn a_worker_ack_wait_under_a_second_is_refused() {
+        use clap::Parser as _;
+        for (flag, value, want) in [
+            ("--ack-wait", "10ms", "must be at least 1s"),
+            ("--ack-wait", "0s", "must be at least 1s"),
+            ("--ack-wait-s", "0", "0 is not in 1.."),
+        ] {
+            let args = ["kiln", "worker", "--device", "cpu", flag, value];
+            let e = super::Cli::try_parse_from(args).unwrap_err();
+            assert!(e.to_string().contains(want), "{flag} {value}: {e}");
+        }
+        let cli = super::Cli::try_parse_from(["kiln", "worker", "--ack-wait", "1s"]).unwrap();
+        let super::Command::Worker(args) = cli.command else {
+            panic!("a worker command")
+        };
+        assert_eq!(args.ack_wait(), std::time::Duration::from_secs(1));
+    }
+
     #[test]
     fn limits_nats_would_read_as_none_are_refused() {
         use clap::Parser as _;

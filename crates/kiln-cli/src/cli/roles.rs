@@ -5,7 +5,7 @@ use std::time::Duration;
 use clap::Args;
 
 use super::values::{
-    at_least_one, device, duration, either, period, period_ms, served_class, worker_name,
+    ack_wait, at_least_one, device, duration, either, period, period_ms, served_class, worker_name,
 };
 
 #[derive(Debug, Clone, Args)]
@@ -64,14 +64,15 @@ pub struct WorkerArgs {
     /// How long a job may go without an ack or progress ack before it is redelivered, when
     /// this worker creates its consumer (an existing consumer's own ack wait is followed)
     /// [default: 30s].
-    #[arg(long, value_parser = duration, value_name = "DURATION")]
+    #[arg(long, value_parser = ack_wait, value_name = "DURATION")]
     pub ack_wait: Option<Duration>,
     /// --ack-wait in seconds (the older spelling).
     #[arg(
         long,
         env = "KILN_ACK_WAIT_S",
         conflicts_with = "ack_wait",
-        value_name = "SECONDS"
+        value_name = "SECONDS",
+        value_parser = clap::value_parser!(u64).range(1..)
     )]
     pub ack_wait_s: Option<u64>,
     /// Serve another class's consumer than the device's own (`gpu` from a CPU worker): with

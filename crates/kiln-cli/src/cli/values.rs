@@ -13,6 +13,16 @@ pub(super) fn duration(value: &str) -> Result<Duration, String> {
     humantime::parse_duration(value).map_err(|e| e.to_string())
 }
 
+/// A worker's `--ack-wait`: at least 1 s, the shortest the worker's progress acks (a third
+/// of it, no less than 100 ms) keep a running job with; a shorter one was raised to 1 s
+/// without a word.
+pub(super) fn ack_wait(value: &str) -> Result<Duration, String> {
+    match duration(value)? {
+        d if d < Duration::from_secs(1) => Err("must be at least 1s".into()),
+        d => Ok(d),
+    }
+}
+
 /// A period something repeats at (`--interval`, `--refresh`): more than zero, which would
 /// repeat it as fast as the machine can.
 pub(super) fn period(value: &str) -> Result<Duration, String> {

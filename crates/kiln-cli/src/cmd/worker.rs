@@ -103,7 +103,7 @@ pub fn worker_config(
         .parse()
         .map_err(|e: String| anyhow::anyhow!("--conv2d-engine: {e}"))?;
     config.topology = super::topology(nats);
-    config.topology.ack_wait = args.ack_wait().max(Duration::from_secs(1));
+    config.topology.ack_wait = args.ack_wait();
     Ok(config)
 }
 

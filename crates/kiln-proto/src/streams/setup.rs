@@ -28,6 +28,16 @@ pub enum SetupError {
         #[source]
         source: jetstream::stream::ConsumerError,
     },
+    /// The `KILN_DATA` object store's stream could not be updated to `kiln init`'s limits.
+    #[error(
+        "could not update object store bucket {}'s limits: {source}",
+        crate::BUCKET_DATA
+    )]
+    DataBucket {
+        /// The server's refusal.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A consumer's settings, which an update keeps, could not be read.
     #[error(
         "could not read consumer {consumer}'s ack wait and deliveries, which it keeps: {source}"
@@ -596,9 +606,14 @@ async fn ensure_data_bucket(
             current.max_age = config.max_age;
             current.max_bytes = config.max_bytes;
             current.num_replicas = config.num_replicas;
+            // The server refuses a duplicate window longer than the age (it made the bucket
+            // with 2 min, or the age if shorter); object chunks carry no message ids.
+            if !config.max_age.is_zero() {
+                current.duplicate_window = current.duplicate_window.min(config.max_age);
+            }
         })
         .await
-        .map_err(missing)?;
+        .map_err(|source| SetupError::DataBucket { source })?;
     }
     Ok(())
 }
