@@ -412,6 +412,7 @@ pub enum DlqCommand {
     Replay {
         /// Sequences of the dead letters (from `kiln dlq list`); exit status 2 when one is not
         /// in the queue.
+        #[arg(required_unless_present = "all")]
         sequences: Vec<u64>,
         /// Replay every dead letter (not with sequences).
         #[arg(long, conflicts_with = "sequences")]
@@ -562,6 +563,9 @@ mod tests {
             (sequences, all)
         };
         assert_eq!(replay(&["--all"]), (vec![], true));
+        // Neither: a usage error (exit 2), as `kiln dlq rm` with no sequences.
+        let e = super::Cli::try_parse_from(["kiln", "dlq", "replay"]).unwrap_err();
+        assert_eq!(e.exit_code(), 2, "{e}");
         assert_eq!(replay(&["1", "2"]), (vec![1, 2], false));
     }
 

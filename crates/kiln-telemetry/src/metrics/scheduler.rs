@@ -11,8 +11,9 @@ use super::labels::KindClassLabels;
 pub struct SchedulerMetrics {
     /// `kiln_scheduler_routed_jobs_total{kind, class}`: auto jobs routed, by the class chosen.
     pub routed: Family<KindClassLabels, Counter>,
-    /// `kiln_scheduler_route_failures_total`: routed copies the server did not store (the auto
-    /// job was handed back and is routed again).
+    /// `kiln_scheduler_route_failures_total`: tries at routing a copy that the server did not
+    /// store, each counted (a job held while `KILN_JOBS` is full, once per try; one refused
+    /// otherwise is handed back and routed again).
     pub route_failures: Counter,
 }
 
@@ -26,7 +27,7 @@ impl SchedulerMetrics {
         );
         registry.register(
             "kiln_scheduler_route_failures",
-            "Routed copies the server did not store; the auto job was handed back",
+            "Tries at routing a copy the server did not store (a job held for room counts once per try)",
             self.route_failures.clone(),
         );
     }
