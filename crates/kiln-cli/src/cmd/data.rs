@@ -23,8 +23,8 @@ pub async fn put(nats: &NatsArgs, args: PutArgs) -> anyhow::Result<ExitCode> {
     let problem = kiln_client::data::file_problem(&args.file, None, kiln_client::data::Reads::Any)?;
     let js = connect(nats).await?;
     let bucket = bucket(&js).await?;
-    let size = std::fs::metadata(&args.file).map_or(0, |m| m.len());
-    let bar = BytesBar::new(size, "storing");
+    let metadata = std::fs::metadata(&args.file).ok();
+    let bar = BytesBar::new(metadata.as_ref().map_or(0, |m| m.len()), "storing");
     let stop = AtomicBool::new(false);
     let putting = put_file(&bucket, &name, &args.file, bar.on_bytes(), Some(&stop));
     let descriptor = match upload_or_interrupted(&stop, putting).await {
@@ -34,7 +34,7 @@ pub async fn put(nats: &NatsArgs, args: PutArgs) -> anyhow::Result<ExitCode> {
             let file = args.file.display();
             // A pipe's writer (`<(…)`) dies of the same Ctrl-C: what it read before may be
             // cut short, and is not kept as if it were whole.
-            let regular = std::fs::metadata(&args.file).is_ok_and(|m| m.is_file());
+            let regular = metadata.is_some_and(|m| m.is_file());
             match put {
                 Some(Ok(d)) if regular => eprintln!(
                     "kiln: interrupted, but {file} was stored all the same, as object {:?} \
@@ -49,10 +49,7 @@ pub async fn put(nats: &NatsArgs, args: PutArgs) -> anyhow::Result<ExitCode> {
                     );
                 }
                 Some(Err(_)) => eprintln!("kiln: interrupted; {file} was not stored"),
-                None => eprintln!(
-                    "kiln: interrupted; {}",
-                    not_removed(&args.file.display().to_string())
-                ),
+                None => eprintln!("kiln: interrupted; {}", not_removed(&file.to_string())),
             }
             std::process::exit(130);
         }

@@ -44,15 +44,21 @@ async fn remove(
             _ => absent.push(sequence.to_string()),
         }
     }
+    Ok(not_found(&absent))
+}
+
+/// Success when no sequence asked for was `absent`; else say which were not there, exit
+/// status 2.
+fn not_found(absent: &[String]) -> ExitCode {
     if absent.is_empty() {
-        return Ok(ExitCode::SUCCESS);
+        return ExitCode::SUCCESS;
     }
     eprintln!(
         "no dead letter with sequence {} in {STREAM_DLQ}; `kiln dlq list` shows the \
          sequences there",
-        super::list_ids(&absent)
+        super::list_ids(absent)
     );
-    Ok(ExitCode::from(super::EXIT_NOT_FOUND))
+    ExitCode::from(super::EXIT_NOT_FOUND)
 }
 
 /// `kiln dlq list`: one line per dead letter.
@@ -77,10 +83,6 @@ async fn replay(
     sequences: &[u64],
     all: bool,
 ) -> anyhow::Result<ExitCode> {
-    anyhow::ensure!(
-        all || !sequences.is_empty(),
-        "name the dead letters to replay by sequence (see `kiln dlq list`), or --all"
-    );
     let mut replayed = 0;
     let mut refused = 0;
     for l in letters
@@ -108,13 +110,5 @@ async fn replay(
     if refused > 0 {
         return Ok(ExitCode::FAILURE);
     }
-    if absent.is_empty() {
-        return Ok(ExitCode::SUCCESS);
-    }
-    eprintln!(
-        "no dead letter with sequence {} in {STREAM_DLQ}; `kiln dlq list` shows the \
-         sequences there",
-        super::list_ids(&absent)
-    );
-    Ok(ExitCode::from(super::EXIT_NOT_FOUND))
+    Ok(not_found(&absent))
 }
