@@ -9,6 +9,7 @@ import logging
 import subprocess
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import nats.js.errors
 import numpy as np
@@ -871,3 +872,54 @@ async def test_a_queued_job_purged_from_the_stream_is_gone(client: kiln.Client) 
     # It said "queued" for ever; `kiln status` says gone.
     assert await job.status() == "gone"
     assert await client.status(job.id) == "gone"
+
+
+async def _chunk_subjects(client: kiln.Client) -> set[str]:
+    """The subjects of KILN_DATA's chunks: one per object stored or being stored."""
+    js = client.nats.jetstream()
+    info = await js.stream_info("OBJ_KILN_DATA", subjects_filter="$O.KILN_DATA.C.>")
+    return set((info.state.subjects or {}).keys())
+
+
+async def _cancel_once_chunks_arrive(
+    client: kiln.Client, before: set[str], task: asyncio.Future[Any]
+) -> None:
+    deadline = asyncio.get_running_loop().time() + RESULT_TIMEOUT
+    while not (await _chunk_subjects(client)) - before:
+        assert not task.done(), f"it finished before it could be cancelled: {task}"
+        assert asyncio.get_running_loop().time() < deadline, "no chunk arrived"
+        await asyncio.sleep(0.002)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_a_cancelled_put_leaves_nothing_in_the_store(client: kiln.Client) -> None:
+    # nats-py purges the chunks of a put that fails, not of one cancelled (Ctrl-C under
+    # asyncio.run): they stayed, under no object's name, counting against the store's size.
+    before = await _chunk_subjects(client)
+    name = f"test/{kiln.new_job_id()}.bin"
+    put = asyncio.ensure_future(client.put(name, bytes(128 * 1024 * 1024)))
+    await _cancel_once_chunks_arrive(client, before, put)
+    assert await _chunk_subjects(client) == before
+    with pytest.raises(kiln.ObjectNotFound):
+        await client.get(name)
+
+
+async def test_a_cancelled_submission_removes_the_inputs_it_stored(client: kiln.Client) -> None:
+    before = await _chunk_subjects(client)
+    job_id = kiln.new_job_id()
+    a = np.ones(24 * 1024 * 1024, dtype=np.float32)  # 96 MiB each, stored as objects
+    submit = asyncio.ensure_future(
+        client.submit("vector_add", "gpu", id=job_id, a=a, b=a, upload=True)
+    )
+    await _cancel_once_chunks_arrive(client, before, submit)
+    assert await _chunk_subjects(client) == before
+    bucket = await client._bucket()
+    left = [
+        info.name
+        for info in await bucket.list(ignore_deletes=True)
+        if info.name.startswith(f"inputs/{job_id}/")
+    ]
+    assert left == []
+    assert await client.status(job_id) == "pending"  # nothing known of it

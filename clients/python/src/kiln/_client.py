@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import os
@@ -19,7 +18,6 @@ from typing import Any
 
 import nats
 import nats.errors
-import nats.js.api
 import nats.js.errors
 import numpy as np
 from nats.aio.client import Client as NATS
@@ -28,7 +26,7 @@ from nats.aio.subscription import Subscription
 from nats.js.client import JetStreamContext
 from nats.js.object_store import ObjectStore
 
-from . import _wire
+from . import _upload, _wire
 from ._acks import Acks
 from ._errors import ConnectError, KilnError, ObjectNotFound, SubmitError
 from ._job import Job, JobState, Result, answers
@@ -522,16 +520,24 @@ class Client:
         # Under a name of this submission's own: a later one under the same id (dropped by
         # the server as a duplicate while this one waits) must not replace its inputs.
         submission = _wire.new_job_id()
-        for p in prepared:
-            if p.job_id in answered:
-                continue
-            for up in p.uploads:
-                info = await self.put(f"inputs/{p.job_id}/{submission}/{up.param}", up.array)
-                p.stored.append(info.name)
-                p.params[up.param] = info.ref().to_json()
-            p.body = _wire.encode_job(
-                p.job_id, p.params, seed=p.seed, timeout_ms=p.timeout_ms, output=p.output
-            )
+        try:
+            for p in prepared:
+                if p.job_id in answered:
+                    continue
+                for up in p.uploads:
+                    name = f"inputs/{p.job_id}/{submission}/{up.param}"
+                    info = await self.put(name, up.array)
+                    p.stored.append(info.name)
+                    p.params[up.param] = info.ref().to_json()
+                p.body = _wire.encode_job(
+                    p.job_id, p.params, seed=p.seed, timeout_ms=p.timeout_ms, output=p.output
+                )
+        except BaseException:
+            # Cancelled or failed before any job was sent: no job will read the inputs
+            # stored so far (a cancelled put has removed its own).
+            for p in prepared:
+                await self._remove_inputs(p)
+            raise
         # Subscribed before publishing, so that no result can be missed.
         shared = len(prepared) > SUBSCRIBE_EACH_UP_TO
         jobs: list[Job] = []
@@ -1110,10 +1116,11 @@ class Client:
         # A file's name is kept as the object's description: a worker's errors about the
         # object name it (`object NAME (file data.csv)`), as they do for `kiln put`.
         description = None
+        source: bytes | Path
         if isinstance(data, np.ndarray):
-            payload = _wire.npy_bytes(data)
+            source = _wire.npy_bytes(data)
         elif isinstance(data, (bytes, bytearray, memoryview)):
-            payload = bytes(data)
+            source = bytes(data)
         elif isinstance(data, (str, os.PathLike)):
             path = Path(data)
             if path.is_dir():
@@ -1123,7 +1130,7 @@ class Client:
                     f"put({name!r}, {str(data)[:60]!r}) stores the file at that path, and there is "
                     "no such file; to store text itself, pass bytes (text.encode())"
                 )
-            payload = await asyncio.get_running_loop().run_in_executor(None, path.read_bytes)
+            source = path  # read as it is sent
             if path.name and path.name != name:
                 description = f"file {path.name}"
         else:
@@ -1131,11 +1138,9 @@ class Client:
                 f"put stores bytes, a numpy array or a file path, not {type(data).__name__}"
             )
         bucket = await self._bucket()
-        meta = nats.js.api.ObjectMeta(name=name, description=description)
-        await bucket.put(name, payload, meta=meta)
-        return _wire.ObjectInfo(
-            name=name, size=len(payload), sha256=hashlib.sha256(payload).hexdigest()
-        )
+        # Cancelled (Ctrl-C), it leaves no chunk behind: _upload.py.
+        size, sha256 = await _upload.put(bucket, name, source, description)
+        return _wire.ObjectInfo(name=name, size=size, sha256=sha256)
 
     async def delete(self, name: str) -> None:
         """Remove object `name` from KILN_DATA, freeing its space (`kiln rm`); a job naming

@@ -1,0 +1,111 @@
+"""Storing an object so that a cancelled put leaves nothing behind.
+
+nats-py's `ObjectStore.put` sends the object's chunks, then its metadata, and purges the
+chunks sent when one of them fails with an `Exception`; a cancellation (`CancelledError`,
+which Ctrl-C under `asyncio.run` becomes) is not one, so the chunks stayed in the store under
+no object's name, counting against its size limit until they aged out. Here the put runs
+as its own task reading from a `_Stoppable` reader: cancelling the caller stops the reader,
+whose next read then fails with an `Exception`, so the put's own failure path purges its
+chunks, as `kiln put` does on SIGINT or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+import nats.errors
+import nats.js.api
+from nats.js.object_store import ObjectStore
+
+log = logging.getLogger("kiln")
+
+# How long a cancelled put is given to purge what it sent, as `kiln put`'s STOP_WITHIN.
+STOP_WITHIN_S = 10.0
+
+
+class _Stopped(Exception):
+    """Raised by a stopped reader's next read (an `Exception`, which nats-py's put handles
+    by purging the chunks it sent)."""
+
+
+class _Stoppable(io.RawIOBase):
+    """A reader of bytes or of a file that fails once `stop()` is called, and counts and
+    hashes what it read."""
+
+    def __init__(self, source: bytes | Path) -> None:
+        super().__init__()
+        self._file = open(source, "rb") if isinstance(source, Path) else None  # noqa: SIM115
+        self._bytes = memoryview(source) if isinstance(source, bytes) else None
+        self._at = 0
+        self._stopped = threading.Event()
+        self.size = 0
+        self.sha256 = hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        if self._stopped.is_set():
+            raise _Stopped("the put was cancelled")
+        if self._file is not None:
+            n = self._file.readinto(buffer)
+            read = memoryview(buffer)[:n]
+        else:
+            assert self._bytes is not None
+            read = self._bytes[self._at : self._at + len(buffer)]
+            n = len(read)
+            memoryview(buffer)[:n] = read
+            self._at += n
+        self.size += n
+        self.sha256.update(read)
+        return n
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        super().close()
+
+
+async def put(
+    bucket: ObjectStore, name: str, source: bytes | Path, description: str | None
+) -> tuple[int, str]:
+    """Store `source` (bytes, or the file at a path, read as it is sent) as object `name`;
+    returns its size and sha256 (hex). When the caller is cancelled, the chunks sent are
+    purged, or the object removed if it was stored whole, before the cancellation goes on."""
+    reader = _Stoppable(source)
+    meta = nats.js.api.ObjectMeta(name=name, description=description)
+    task = asyncio.ensure_future(bucket.put(name, reader, meta=meta))  # type: ignore[arg-type]
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        reader.stop()
+        await _clean_up(bucket, name, task)
+        raise
+    finally:
+        reader.close()
+    return reader.size, reader.sha256.hexdigest()
+
+
+async def _clean_up(bucket: ObjectStore, name: str, task: asyncio.Future[Any]) -> None:
+    """After a cancelled put: let it fail at its next read (it purges its chunks), or remove
+    the object it stored whole before the reader stopped it. Best effort: a second
+    cancellation, or a put not done within `STOP_WITHIN_S`, leaves what it sent to age out."""
+    done, _ = await asyncio.wait({task}, timeout=STOP_WITHIN_S)
+    if not done:
+        log.warning("a cancelled put of %s did not stop in time; what it sent ages out", name)
+        return
+    if task.cancelled() or task.exception() is not None:
+        return  # stopped: nats-py purged the chunks it had sent
+    try:
+        await bucket.delete(name)
+    except nats.errors.Error as e:
+        log.warning("could not remove %s, stored as its put was cancelled: %s", name, e)
