@@ -663,3 +663,54 @@ async fn status_of_a_routed_auto_job_names_the_class_queues_and_their_workers() 
     );
     assert!(!status.contains("   "), "one space between words: {status}");
 }
+
+/// An auto job routed to a class whose only worker was killed holding it is neither waiting
+/// nor on a live worker until that worker's ack wait ends. `kiln status <id>` said "0 job(s)
+/// of the class waiting, no live worker", as if the job were nowhere.
+#[tokio::test(flavor = "multi_thread")]
+async fn status_of_a_routed_job_held_by_a_killed_worker_says_it_was_taken() {
+    let mut cluster = Cluster::new();
+    assert_success(&cluster.kiln(&["init"]));
+    // The job is handed out again only after 2 minutes: long after its heartbeat expires.
+    cluster.cpu_worker_with(&["--ack-wait", "2m", "--no-warmup"]);
+    cluster.spawn("scheduler", &["scheduler", "--name", "sched-1"]);
+    let submit = [
+        "submit",
+        "train_mlp",
+        "-d",
+        "auto",
+        "-p",
+        "epochs=10000",
+        "-p",
+        "samples=2048",
+        "--id",
+        "au-held",
+    ];
+    assert_success(&cluster.kiln(&submit));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = stdout(&cluster.kiln(&["status", "au-held"]));
+        if status.contains("running (train_mlp) on cpu (test-worker)") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never seen running: {status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cluster.child("worker").kill().expect("SIGKILL the worker");
+    let expected = "jobs.cpu.train_mlp: 0 job(s) of the class waiting, 1 taken by a worker no \
+                    longer live (handed out again when its ack wait ends), no live worker";
+    // Its heartbeat expires 6 s after the last one.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = stdout(&cluster.kiln(&["status", "au-held"]));
+        if status.contains(expected) {
+            assert!(
+                status.starts_with("au-held: queued on jobs.auto.train_mlp"),
+                "{status}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "not said: {status}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}

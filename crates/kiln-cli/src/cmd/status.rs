@@ -81,8 +81,17 @@ async fn routed_hint(js: &jetstream::Context, kind: &str) -> Option<String> {
             .filter(|w| w.class == class && w.state != "draining")
             .count();
         let waiting = queue.map_or(0, |c| c.pending);
+        // A job taken by a worker that was killed is neither waiting nor on a live worker
+        // until its ack wait ends: "0 waiting, no live worker" hid it.
+        let taken = match (queue.map_or(0, |c| c.in_flight), live) {
+            (0, _) => String::new(),
+            (n, 0) => format!(
+                ", {n} taken by a worker no longer live (handed out again when its ack wait ends)"
+            ),
+            (n, _) => format!(", {n} taken and not answered yet"),
+        };
         format!(
-            "jobs.{class}.{kind}: {waiting} job(s) of the class waiting, {}",
+            "jobs.{class}.{kind}: {waiting} job(s) of the class waiting{taken}, {}",
             match live {
                 0 => "no live worker".to_owned(),
                 n => format!("{n} live worker(s)"),
