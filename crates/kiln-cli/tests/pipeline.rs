@@ -1664,6 +1664,7 @@ async fn invalid_or_unknown_ids_and_sequences_exit_with_status_2() {
         "{}",
         String::from_utf8_lossy(&replay.stderr)
     );
+    assert_eq!(stdout(&replay), "", "nothing was there to resubmit");
 }
 
 #[tokio::test(flavor = "multi_thread")]

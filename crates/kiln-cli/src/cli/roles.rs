@@ -5,7 +5,8 @@ use std::time::Duration;
 use clap::Args;
 
 use super::values::{
-    ack_wait, at_least_one, device, duration, either, period, period_ms, served_class, worker_name,
+    ack_wait, at_least_one, device, duration, either, period, period_ms, served_class, slowdown,
+    worker_name,
 };
 
 #[derive(Debug, Clone, Args)]
@@ -80,7 +81,7 @@ pub struct WorkerArgs {
     #[arg(long, env = "KILN_SERVE_CLASS", value_parser = served_class)]
     pub serve_class: Option<kiln_proto::DeviceClass>,
     /// Simulation: make each job take this many times its real compute time (1 = off).
-    #[arg(long, env = "KILN_SLOWDOWN", default_value_t = 1.0)]
+    #[arg(long, env = "KILN_SLOWDOWN", default_value_t = 1.0, value_parser = slowdown)]
     pub slowdown: f64,
     /// Simulation: time added to every job (a GPU's launch and transfer cost) [default: 0s].
     #[arg(long, value_parser = duration, value_name = "DURATION")]

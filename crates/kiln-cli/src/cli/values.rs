@@ -163,6 +163,19 @@ pub(super) fn scale(value: &str) -> Result<f64, String> {
     }
 }
 
+/// The largest `--slowdown`: a simulated device a thousand times slower than the real one is
+/// slower than any GPU or CPU class kiln would be compared with, and a job's compute time
+/// times a factor much larger overflows a `Duration` (every job would fail `internal`).
+const MAX_SLOWDOWN: f64 = 1000.0;
+
+/// A worker's `--slowdown`: a factor from 1 (off) to [`MAX_SLOWDOWN`].
+pub(super) fn slowdown(value: &str) -> Result<f64, String> {
+    match value.parse::<f64>() {
+        Ok(x) if (1.0..=MAX_SLOWDOWN).contains(&x) => Ok(x),
+        _ => Err(format!("use a factor from 1 (off) to {MAX_SLOWDOWN}")),
+    }
+}
+
 /// A count that must be at least one (`--compute-slots 0` would serve nothing).
 pub(super) fn at_least_one(value: &str) -> Result<usize, String> {
     match value.parse::<usize>() {

@@ -106,7 +106,10 @@ async fn replay(
         .filter(|s| !letters.iter().any(|l| l.sequence == **s))
         .map(u64::to_string)
         .collect();
-    println!("{replayed} dead letter(s) resubmitted");
+    // `dlq replay 99` with no 99 there says only that (exit 2), not "0 … resubmitted" too.
+    if replayed > 0 || refused > 0 || absent.is_empty() {
+        println!("{replayed} dead letter(s) resubmitted");
+    }
     if refused > 0 {
         return Ok(ExitCode::FAILURE);
     }
