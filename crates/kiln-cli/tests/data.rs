@@ -692,6 +692,21 @@ async fn a_file_no_job_can_read_is_refused_before_it_is_sent_and_errors_name_fil
     )
     .into_owned();
     assert!(stderr.contains("UTF-16 byte-order mark"), "{stderr}");
+    // JSON goes inline for a tensor; a dataset cannot (it was told to).
+    let json = write(dir.path(), "rows.json", b"[[1, 2, 0], [3, 4, 1]]");
+    let tensor = cluster.kiln(&["submit", "vector_add", "-i", &format!("a=@{json}")]);
+    let stderr = String::from_utf8_lossy(&tensor.stderr);
+    assert!(
+        stderr.contains("looks like JSON: give values inline"),
+        "{stderr}"
+    );
+    let dataset = cluster.kiln(&["submit", "train_mlp", "-i", &format!("dataset=@{json}")]);
+    let stderr = String::from_utf8_lossy(&dataset.stderr);
+    assert!(
+        stderr.contains("looks like JSON") && stderr.contains("a dataset is CSV"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("give values inline"), "{stderr}");
     // Nothing was stored or sent: no object, no job.
     let js = jetstream::new(cluster.client().await);
     let mut data = js.get_stream("OBJ_KILN_DATA").await.unwrap();

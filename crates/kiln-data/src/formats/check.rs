@@ -59,7 +59,10 @@ fn check(
         None => Err(invalid(format!(
             "{what} is {}{}",
             Format::describe(None),
-            not_a_format_hint(prefix)
+            match reads {
+                Reads::OneTensor => not_a_tensor_format_hint(prefix),
+                Reads::Any => not_a_format_hint(prefix),
+            }
         ))),
         Some(Format::Npy) => match npy_header_end(prefix) {
             Some(end) if end <= prefix.len() || whole => check_npy(what, prefix, size, end),
@@ -75,8 +78,30 @@ fn check(
     }
 }
 
+/// [`not_a_format_hint`] for data one tensor parameter reads (`a`, `image`, `x`), whose
+/// values can be given inline: JSON values go there instead.
+pub fn not_a_tensor_format_hint(prefix: &[u8]) -> &'static str {
+    match looks_like_json(prefix) {
+        true => {
+            "; it looks like JSON: give values inline as a JSON parameter instead (kiln \
+             submit -p a='[1, 2, 3]')"
+        }
+        false => not_a_format_hint(prefix),
+    }
+}
+
+/// Whether text (after a byte-order mark and white space) starts as a JSON object or array.
+fn looks_like_json(prefix: &[u8]) -> bool {
+    let text = kiln_proto::without_bom(prefix);
+    matches!(
+        text.iter().find(|b| !b.is_ascii_whitespace()),
+        Some(b'{' | b'[')
+    )
+}
+
 /// What data in no format kiln reads looks like, where it says how to fix it: text in
-/// UTF-16, JSON values (which go inline instead). Empty when it says nothing.
+/// UTF-16, JSON (which no parameter reads from a file: a dataset, which cannot go inline,
+/// is CSV). Empty when it says nothing.
 pub fn not_a_format_hint(prefix: &[u8]) -> &'static str {
     if let Some(image) = other_image(prefix) {
         return match image {
@@ -106,13 +131,13 @@ pub fn not_a_format_hint(prefix: &[u8]) -> &'static str {
         return "; it looks like text that is not UTF-8 (Latin-1 or Windows-1252, as older \
                 Excel saves CSV): kiln reads CSV as UTF-8, so save it as UTF-8";
     }
-    let text = kiln_proto::without_bom(prefix);
-    match text.iter().find(|b| !b.is_ascii_whitespace()) {
-        Some(b'{' | b'[') => {
-            "; it looks like JSON: give values inline as a JSON parameter instead (kiln \
-             submit -p a='[1, 2, 3]')"
+    match looks_like_json(prefix) {
+        true => {
+            "; it looks like JSON, which kiln reads only as a job's parameters: a dataset is \
+             CSV (features...,label rows) or safetensors x and y, and a tensor's values can \
+             go inline (kiln submit -p a='[1, 2, 3]')"
         }
-        _ => "",
+        false => "",
     }
 }
 
@@ -252,8 +277,19 @@ mod tests {
             "{message}"
         );
         assert!(message.contains("UTF-16 byte-order mark"), "{message}");
+        // JSON goes inline, where the parameter takes values; a dataset never does.
+        let message = check_tensor_start("file f", b"  [1, 2, 3]", 11, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("looks like JSON: give values inline"),
+            "{message}"
+        );
         let message = refused(b"  [1, 2, 3]", 11, None);
-        assert!(message.contains("looks like JSON"), "{message}");
+        assert!(
+            message.contains("looks like JSON") && message.contains("a dataset is CSV"),
+            "{message}"
+        );
         let latin1 = b"temp\xe9rature,label\n1,0\n2,1\n";
         let message = refused(latin1, latin1.len() as u64, None);
         assert!(message.contains("text that is not UTF-8"), "{message}");

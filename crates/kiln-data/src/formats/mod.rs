@@ -17,7 +17,9 @@ mod safetensors;
 mod sizes;
 mod values;
 
-pub use self::check::{check_start, check_tensor_start, not_a_format_hint};
+pub use self::check::{
+    check_start, check_tensor_start, not_a_format_hint, not_a_tensor_format_hint,
+};
 pub use self::datasets::decode_dataset;
 pub use self::error::DataError;
 pub use self::images::{decode_image, encode_png};

@@ -331,9 +331,11 @@ async fn fetch_info(
             "{what} is {}, but this job wants {}; store it in one of those formats{}",
             Format::describe(format),
             want.describe(),
-            match format {
-                None => formats::not_a_format_hint(&object.prefix),
-                Some(_) => "",
+            match (format, want) {
+                (None, Want::Tensor | Want::Image) =>
+                    formats::not_a_tensor_format_hint(&object.prefix),
+                (None, Want::Dataset | Want::Model) => formats::not_a_format_hint(&object.prefix),
+                (Some(_), _) => "",
             }
         ))),
     }
