@@ -713,4 +713,13 @@ async fn status_of_a_routed_job_held_by_a_killed_worker_says_it_was_taken() {
         assert!(Instant::now() < deadline, "not said: {status}");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    // A job submitted to that class now waits too: said, though the consumer still counts
+    // the killed worker's job as taken (which kept the note about nothing pulling quiet).
+    let out = cluster.kiln(&["submit", "vector_add", "-p", "len=4"]);
+    assert_success(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("note: no cpu worker is live right now"),
+        "{stderr}"
+    );
 }

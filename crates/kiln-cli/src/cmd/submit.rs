@@ -534,24 +534,40 @@ fn print_result(event: &ResultEvent, single: bool, to_stderr: bool) {
     }
 }
 
-/// Say so when nothing is pulling from the class's consumer: the jobs are safe in KILN_JOBS,
-/// but they will wait until a worker (or, for auto, the scheduler) runs.
+/// Say so when nothing is pulling from the class's consumer, or no worker of the class is
+/// live: the jobs are safe in KILN_JOBS, but they will wait until a worker (or, for auto,
+/// the scheduler) runs.
 async fn warn_if_unserved(js: &jetstream::Context, class: DeviceClass) {
     let Ok(stream) = js.get_stream(kiln_proto::streams::STREAM_JOBS).await else {
         return;
+    };
+    let who = match class {
+        DeviceClass::Auto => "a scheduler runs (`kiln scheduler`)",
+        DeviceClass::Gpu => "a GPU worker runs (`kiln worker --device cuda`)",
+        DeviceClass::Cpu => "a CPU worker runs (`kiln worker --device cpu`)",
     };
     if let Ok(info) = stream.consumer_info(class.consumer()).await
         && info.num_waiting == 0
         && info.num_ack_pending == 0
     {
-        let who = match class {
-            DeviceClass::Auto => "a scheduler runs (`kiln scheduler`)",
-            DeviceClass::Gpu => "a GPU worker runs (`kiln worker --device cuda`)",
-            DeviceClass::Cpu => "a CPU worker runs (`kiln worker --device cpu`)",
-        };
         eprintln!(
             "note: nothing is pulling from consumer {} right now; the jobs wait in KILN_JOBS until {who}",
             class.consumer()
+        );
+        return;
+    }
+    // The consumer also counts the pulls and the jobs of a worker that was just stopped or
+    // killed (until they expire, or its ack wait ends); the heartbeats say who is live.
+    if class != DeviceClass::Auto
+        && let Ok(workers) = kiln_client::cluster::workers(js).await
+        && !workers
+            .iter()
+            .any(|w| w.class == class && w.state != "draining")
+    {
+        eprintln!(
+            "note: no {class} worker is live right now (by the heartbeats in {}); the jobs wait \
+             in KILN_JOBS until {who}",
+            kiln_proto::BUCKET_WORKERS
         );
     }
 }
