@@ -176,6 +176,44 @@ async fn plain_json_published_without_kiln_is_processed() {
     assert_eq!(results[&seq_id].output["shape"], json!([8, 8]));
 }
 
+/// A job sent with no id goes by `seq-<stream sequence>`. A `KILN_JOBS` deleted and made
+/// again (as the docs advise for a stream made wrong) counted from 1 again: its jobs took the
+/// ids of earlier ones whose results `KILN_RESULTS` keeps, and were taken for answered, their
+/// own results dropped and the earlier ones shown as theirs.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_jobs_stream_made_again_gives_jobs_sent_without_an_id_ids_of_their_own() {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    cluster.cpu_worker();
+    let client = cluster.client().await;
+    let js = jetstream::new(client.clone());
+    let send = async |a: f32| {
+        let body = format!(r#"{{"params":{{"a":[{a}],"b":[{a}]}}}}"#);
+        let ack = js.publish("jobs.cpu.vector_add", body.into()).await;
+        format!("seq-{}", ack.unwrap().await.unwrap().sequence)
+    };
+    let first = send(1.0).await;
+    let results = wait_for_results(&client, &[&first], WAIT).await;
+    assert_eq!(floats(&results[&first].output["c"]), vec![2.0]);
+
+    cluster.child("worker").kill().unwrap();
+    js.delete_stream("KILN_JOBS").await.unwrap();
+    assert_success(&cluster.kiln(&["init"]));
+    cluster.spawn("worker-2", &["worker", "--device", "cpu", "--name", "w2"]);
+    let mut again = Vec::new();
+    for a in [5.0, 6.0] {
+        again.push(send(a).await);
+    }
+    assert!(!again.contains(&first), "{first} given again: {again:?}");
+    let ids: Vec<&str> = again.iter().map(String::as_str).collect();
+    let results = wait_for_results(&client, &ids, WAIT).await;
+    assert_eq!(floats(&results[&again[0]].output["c"]), vec![10.0]);
+    assert_eq!(floats(&results[&again[1]].output["c"]), vec![12.0]);
+    // The earlier job's answer stands.
+    let results = wait_for_results(&client, &[&first], WAIT).await;
+    assert_eq!(floats(&results[&first].output["c"]), vec![2.0]);
+}
+
 /// kiln publishes the job id as `Nats-Msg-Id`, so an id used again within the duplicate
 /// window for another kind is dropped by the server: `kiln submit` says so and fails at once,
 /// with or without `--wait`, instead of waiting for a result that cannot come.

@@ -325,8 +325,10 @@ async fn create_streams(
     topology: &Topology,
     update: bool,
 ) -> Result<(), Stop> {
+    let mut jobs = topology.jobs_stream();
+    jobs.first_sequence = recreated_jobs_first_sequence(js).await?;
     for config in [
-        topology.jobs_stream(),
+        jobs,
         topology.results_stream(),
         topology.metrics_stream(),
         topology.dlq_stream(),
@@ -352,6 +354,21 @@ async fn create_streams(
         }
     }
     Ok(())
+}
+
+/// Where a `KILN_JOBS` made again (deleted, then created) while `KILN_RESULTS` holds earlier
+/// results starts its sequence: past any sequence an earlier one could have reached. A job
+/// sent without an id goes by `seq-<stream sequence>`, and a new stream counting from 1 again
+/// gave its jobs the ids of earlier ones whose results are kept: they were taken for answered
+/// and their own results dropped. The time in nanoseconds is beyond a stream that took one
+/// message every nanosecond since the epoch. `None` (from 1) for a first creation, or while
+/// `KILN_JOBS` exists (its sequence cannot change).
+async fn recreated_jobs_first_sequence(js: &jetstream::Context) -> Result<Option<u64>, Stop> {
+    if !stream_missing(js, STREAM_JOBS).await? || stream_missing(js, STREAM_RESULTS).await? {
+        return Ok(None);
+    }
+    let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos();
+    Ok(u64::try_from(now).ok())
 }
 
 /// Let a full `KILN_STATE` drop its oldest job states. async-nats makes (and updates) every
