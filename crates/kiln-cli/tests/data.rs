@@ -141,6 +141,17 @@ async fn a_users_matrices_go_in_by_object_and_the_whole_product_comes_back() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("not the one the job stored"), "{stderr}");
     assert!(!replaced.exists());
+    // Removed, it is said to be gone, with what to do; not to put it first.
+    assert_success(&cluster.kiln(&["rm", name]));
+    let out = cluster.kiln(&["result", "mm-1", "--output", replaced.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("job mm-1's output") && stderr.contains("is no longer in KILN_DATA"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("submit the job again"), "{stderr}");
+    assert!(!stderr.contains("put it first"), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -355,6 +355,26 @@ pub fn stored_output(event: &kiln_proto::ResultEvent) -> Result<ObjectDescriptor
     })
 }
 
+/// Refuse, saying what happened and what to do, a job's output object that is no longer
+/// stored: removed, or past the bucket's maximum age. (The fetch's own error said to put it
+/// first, `kiln put FILE --name results/…`, which is no way to get a job's output back.)
+async fn output_still_stored(bucket: &Bucket, id: &str, name: &str) -> Result<()> {
+    use async_nats::jetstream::object_store::InfoErrorKind;
+    let gone = match bucket.info(name).await {
+        Ok(info) => info.deleted,
+        Err(e) => e.kind() == InfoErrorKind::NotFound,
+    };
+    match gone {
+        true => Err(Error::Data(format!(
+            "job {id}'s output {name:?} is no longer in {}: removed (`kiln rm`), or older \
+             than the bucket's maximum age (`kiln init --data-max-age`); submit the job again \
+             to compute it",
+            kiln_proto::BUCKET_DATA
+        ))),
+        false => Ok(()),
+    }
+}
+
 /// Write the object a result's `output.object` names to the file at `path` (`-`: standard
 /// output); returns its descriptor and the bytes written. A file whose extension names
 /// another format than the stored one (`.npy`, `.safetensors`, `.png`) gets the output
@@ -369,6 +389,7 @@ pub async fn save_output(
     let descriptor = stored_output(event)?;
     let bucket = bucket(js).await?;
     let (name, sha256) = (&descriptor.name, Some(descriptor.sha256.as_str()));
+    output_still_stored(&bucket, &event.id, name).await?;
     let stdout = path == Path::new("-");
     let converted = conversion(event, &descriptor, path)?;
     let size = match converted {
