@@ -153,7 +153,12 @@ pub enum Place {
         cancel_requested: bool,
     },
     /// Marked cancelled, and neither finished nor running.
-    CancelRequested,
+    CancelRequested {
+        /// The record in `KILN_STATE`, where kiln submitted it: `None` for an id kiln knows
+        /// nothing else of (a typo, or a job published without `kiln submit`).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        record: Option<JobState>,
+    },
     /// Recorded as queued.
     Queued {
         /// The record in `KILN_STATE`.
@@ -198,7 +203,7 @@ pub async fn locate(js: &jetstream::Context, id: &str) -> Result<Place> {
         return Ok(running);
     }
     if cancelled {
-        return Ok(Place::CancelRequested);
+        return Ok(Place::CancelRequested { record });
     }
     let Some(record) = record else {
         return Ok(Place::Unknown);

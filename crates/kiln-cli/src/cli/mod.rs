@@ -22,11 +22,12 @@ use values::{
 #[derive(Debug, Parser)]
 #[command(name = "kiln", version, about, propagate_version = true)]
 pub struct Cli {
-    #[command(flatten)]
-    pub nats: NatsArgs,
     /// Log format on stderr (filter with RUST_LOG).
+    // Before the connection flags, whose help heading would otherwise be its too.
     #[arg(long, env = "KILN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
+    #[command(flatten)]
+    pub nats: NatsArgs,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -37,8 +38,14 @@ pub enum LogFormat {
     Json,
 }
 
+/// The `--help` heading of the settings of kiln's streams and buckets, which every command
+/// applies when it creates them (`kiln init` also when it updates them).
+const STREAM_SETTINGS: &str =
+    "Stream settings (applied by kiln init, and where a command creates them)";
+
 /// How to reach NATS.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Connection")]
 pub struct NatsArgs {
     /// NATS server URL(s), comma-separated [default: the context's, else
     /// nats://127.0.0.1:4222].
@@ -89,7 +96,14 @@ pub struct NatsArgs {
     #[arg(long, global = true)]
     pub tls_first: bool,
     /// Stream and consumer replicas when kiln creates them (1 on a laptop, 3 on a cluster).
-    #[arg(long, env = "KILN_REPLICAS", default_value_t = 1, global = true, value_parser = replicas)]
+    #[arg(
+        long,
+        env = "KILN_REPLICAS",
+        default_value_t = 1,
+        global = true,
+        value_parser = replicas,
+        help_heading = STREAM_SETTINGS
+    )]
     pub replicas: usize,
     /// Most jobs waiting in KILN_JOBS when kiln creates or updates it; beyond it submissions
     /// are refused with an error (nothing is dropped).
@@ -98,6 +112,7 @@ pub struct NatsArgs {
         env = "KILN_MAX_QUEUED_JOBS",
         default_value_t = 1_000_000,
         global = true,
+        help_heading = STREAM_SETTINGS,
         allow_hyphen_values = true,
         value_parser = limit
     )]
@@ -111,18 +126,26 @@ pub struct NatsArgs {
         env = "KILN_RESULTS_MAX_BYTES",
         default_value_t = 4 << 30,
         global = true,
+        help_heading = STREAM_SETTINGS,
         allow_hyphen_values = true,
         value_parser = byte_limit
     )]
     pub results_max_bytes: i64,
     /// How long objects stay in the KILN_DATA object store (kiln init) [default: 7d].
-    #[arg(long, value_parser = lifetime, value_name = "DURATION", global = true)]
+    #[arg(
+        long,
+        value_parser = lifetime,
+        value_name = "DURATION",
+        global = true,
+        help_heading = STREAM_SETTINGS
+    )]
     pub data_max_age: Option<Duration>,
     /// --data-max-age in hours (the older spelling).
     #[arg(
         long,
         env = "KILN_DATA_MAX_AGE_HOURS",
         global = true,
+        help_heading = STREAM_SETTINGS,
         conflicts_with = "data_max_age",
         value_name = "HOURS",
         value_parser = clap::value_parser!(u64).range(1..=MAX_LIFETIME_HOURS)
@@ -135,6 +158,7 @@ pub struct NatsArgs {
         env = "KILN_DATA_MAX_BYTES",
         default_value_t = 8 << 30,
         global = true,
+        help_heading = STREAM_SETTINGS,
         allow_hyphen_values = true,
         value_parser = byte_limit
     )]
@@ -383,8 +407,10 @@ fn result_output(value: &str) -> Result<ResultOutput, String> {
 
 #[derive(Debug, Clone, Args)]
 pub struct StatusArgs {
-    /// A job id: answers succeeded / failed / running (where, attempt) / cancel requested /
-    /// queued / unknown (exit status 2, as for an id that is not a valid job id).
+    /// A job id: answers succeeded / failed / cancelled (with its result) / running (where,
+    /// attempt) / cancel requested / queued / gone (it will not be answered, and why) /
+    /// unknown (exit status 2, as for an id that is not a valid job id). With -o json a
+    /// finished job's state is `finished`, its result saying which.
     pub id: Option<String>,
     #[command(flatten)]
     pub output: FormatArgs,
@@ -409,10 +435,11 @@ pub enum DlqCommand {
     /// List the dead letters: sequence, job id, original subject, why.
     List(FormatArgs),
     /// Resubmit dead letters to the subject they came from, and remove them from the queue.
+    // One or the other: the usage line says so (`<SEQUENCES>...|--all`).
+    #[command(group(clap::ArgGroup::new("letters").required(true).args(["sequences", "all"])))]
     Replay {
         /// Sequences of the dead letters (from `kiln dlq list`); exit status 2 when one is not
         /// in the queue.
-        #[arg(required_unless_present = "all")]
         sequences: Vec<u64>,
         /// Replay every dead letter (not with sequences).
         #[arg(long, conflicts_with = "sequences")]

@@ -43,7 +43,9 @@ pub async fn run(nats: &NatsArgs, args: CancelArgs) -> anyhow::Result<ExitCode> 
                 "{}: marked; it stops at its next checkpoint (a training step, a slice of a large job)",
                 describe(&place, id)
             ),
-            Place::CancelRequested => format!("{id}: cancel already requested: marked again"),
+            Place::CancelRequested { .. } => {
+                format!("{id}: cancel already requested: marked again")
+            }
             Place::Unknown => format!(
                 "{id}: unknown (no record, no result, no live worker said it held it at its \
                  last heartbeat): marked in case it is still in flight; the mark lasts a day"

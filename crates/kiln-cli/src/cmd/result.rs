@@ -93,7 +93,9 @@ async fn no_result(js: &jetstream::Context, id: &str) -> String {
             format!("it is running ({kind}) on worker {worker}")
         }
         Ok(Place::Queued { .. }) => "it is queued".to_owned(),
-        Ok(Place::CancelRequested) => "it is marked cancelled and not answered yet".to_owned(),
+        Ok(Place::CancelRequested { .. }) => {
+            "it is marked cancelled and not answered yet".to_owned()
+        }
         Ok(Place::Gone { reason, .. }) => reason,
         // Answered since the first look: `kiln result` again prints it.
         Ok(Place::Finished { .. }) => "its result was stored a moment ago: ask again".to_owned(),

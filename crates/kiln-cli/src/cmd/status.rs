@@ -138,8 +138,25 @@ pub fn describe(place: &Place, id: &str) -> String {
                 false => "",
             }
         ),
-        Place::CancelRequested => format!(
-            "{id}: cancel requested; it will be answered `cancelled` when a worker takes it"
+        Place::CancelRequested {
+            record: Some(record),
+        } => format!(
+            "{id}: cancel requested; queued on jobs.{}.{} since {}: a worker answers it \
+             `cancelled` when it takes it",
+            record.class,
+            record.kind,
+            record
+                .at
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+        ),
+        // `kiln cancel` marks an id it knows nothing of too (a job published without `kiln
+        // submit` has no record): no promise that a job will be answered.
+        Place::CancelRequested { record: None } => format!(
+            "{id}: cancel requested, and nothing else is known of it (no record, no result, no \
+             worker holds it): a job of this id sent before the mark (with no record, as a \
+             plain publish) is answered `cancelled` when a worker takes it; one sent after it \
+             runs"
         ),
         Place::Queued { record } => format!(
             "{id}: queued on jobs.{}.{}{} since {}{}",
