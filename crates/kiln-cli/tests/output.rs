@@ -383,6 +383,26 @@ fn an_invalid_value_from_the_environment_names_its_variable() {
         "{stderr}"
     );
     assert!(!stderr.contains("environment variable"), "{stderr}");
+    // An address with no port is refused before the role starts (it was exit 1, after).
+    let stderr = run(("KILN_METRICS_ADDR", "bogus"), &["scheduler"]);
+    assert!(
+        stderr.contains(
+            "invalid value 'bogus' in the environment variable KILN_METRICS_ADDR (the setting \
+             of --metrics-addr): no port: give a HOST:PORT such as 0.0.0.0:9464"
+        ),
+        "{stderr}"
+    );
+    // A flag and the older spelling's variable: the variable is named, not a flag nobody
+    // typed.
+    let typed = [&worker[..], &["--ack-wait", "5s"]].concat();
+    let stderr = run(("KILN_ACK_WAIT_S", "5"), &typed);
+    assert!(
+        stderr.contains(
+            "--ack-wait cannot be used with the environment variable KILN_ACK_WAIT_S \
+             (--ack-wait-s): they set the same thing; give one"
+        ),
+        "{stderr}"
+    );
 }
 
 /// A command whose reader goes away (`kiln completions bash | head -1`, `kiln watch | head`)

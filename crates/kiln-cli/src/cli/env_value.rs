@@ -8,6 +8,9 @@ use clap::error::{ContextKind, ContextValue, ErrorKind};
 /// argument on `argv` carries it, and the variable of the flag, in the subcommand `argv`
 /// names, holds it), else `None`.
 pub(super) fn message(cmd: &clap::Command, error: &clap::Error, argv: &[String]) -> Option<String> {
+    if error.kind() == ErrorKind::ArgumentConflict {
+        return conflict(cmd, error, argv);
+    }
     if !matches!(
         error.kind(),
         ErrorKind::ValueValidation | ErrorKind::InvalidValue
@@ -41,6 +44,52 @@ pub(super) fn message(cmd: &clap::Command, error: &clap::Error, argv: &[String])
         "invalid value '{value}' in the environment variable {env} (the setting of \
          --{long}){why}"
     ))
+}
+
+/// Two flags that cannot go together (two spellings of one setting), one of them or both set
+/// by an environment variable: named as the variables. clap named the flags, one of which the
+/// user never typed (`--ack-wait` with `KILN_ACK_WAIT_S` set in a Deployment). `None` when
+/// both were typed.
+fn conflict(cmd: &clap::Command, error: &clap::Error, argv: &[String]) -> Option<String> {
+    let long = |kind| -> Option<String> {
+        let arg = match error.get(kind)? {
+            ContextValue::String(s) => s.clone(),
+            ContextValue::Strings(v) => v.first()?.clone(),
+            _ => return None,
+        };
+        Some(
+            arg.split_whitespace()
+                .next()?
+                .strip_prefix("--")?
+                .to_owned(),
+        )
+    };
+    let (first, prior) = (long(ContextKind::InvalidArg)?, long(ContextKind::PriorArg)?);
+    let path = path(cmd, argv);
+    let said = |long: &str| -> (String, bool) {
+        let flag = format!("--{long}");
+        let typed = argv
+            .iter()
+            .skip(1)
+            .any(|a| *a == flag || a.starts_with(&format!("{flag}=")));
+        match (typed, env_set(&path, long)) {
+            (false, Some(env)) => (format!("the environment variable {env} ({flag})"), true),
+            _ => (flag, false),
+        }
+    };
+    let ((first, env_first), (prior, env_prior)) = (said(&first), said(&prior));
+    (env_first || env_prior)
+        .then(|| format!("{first} cannot be used with {prior}: they set the same thing; give one"))
+}
+
+/// The environment variable of argument `--long` (as [`env_of`] finds it) when it is set.
+fn env_set(path: &[&clap::Command], long: &str) -> Option<String> {
+    let arg = path
+        .iter()
+        .rev()
+        .find_map(|cmd| cmd.get_arguments().find(|a| a.get_long() == Some(long)))?;
+    let env = arg.get_env()?.to_str()?;
+    std::env::var_os(env).is_some().then(|| env.to_owned())
 }
 
 /// The command and the subcommands `argv` names, outermost first.

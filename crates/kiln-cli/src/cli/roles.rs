@@ -5,8 +5,8 @@ use std::time::Duration;
 use clap::Args;
 
 use super::values::{
-    ack_wait, at_least_one, device, duration, either, period, period_ms, served_class, slowdown,
-    worker_name,
+    ack_wait, at_least_one, device, duration, either, host_port, period, period_ms, positive,
+    served_class, slowdown, worker_name,
 };
 
 #[derive(Debug, Clone, Args)]
@@ -43,12 +43,12 @@ pub struct WorkerArgs {
     pub batch_max_jobs: usize,
     /// Most tensor elements one job may hold, inputs and output together (default 2^28, 1 GiB
     /// of f32); bigger jobs fail with too_large.
-    #[arg(long, env = "KILN_MAX_ELEMENTS", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "KILN_MAX_ELEMENTS", value_parser = positive)]
     pub max_elements: Option<u64>,
     /// MiB of tensors this worker's jobs may hold together (default: 80% of host memory or
     /// of the container's limit for cpu, 85% of the GPU's memory for cuda). A job needing
     /// more fails with too_large before anything is allocated; jobs that fit wait their turn.
-    #[arg(long, env = "KILN_MAX_MEMORY_MB", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "KILN_MAX_MEMORY_MB", value_parser = positive)]
     pub max_memory_mb: Option<u64>,
     /// How long a graceful shutdown waits for running jobs before handing them back
     /// [default: 30s].
@@ -73,7 +73,7 @@ pub struct WorkerArgs {
         env = "KILN_ACK_WAIT_S",
         conflicts_with = "ack_wait",
         value_name = "SECONDS",
-        value_parser = clap::value_parser!(u64).range(1..)
+        value_parser = positive
     )]
     pub ack_wait_s: Option<u64>,
     /// Serve another class's consumer than the device's own (`gpu` from a CPU worker): with
@@ -114,7 +114,7 @@ pub struct WorkerArgs {
     #[arg(long = "conv2d-engine", env = "KILN_CONV2D_ENGINE", default_value = "native", value_parser = ["native", "cudnn", "burn"])]
     pub conv_engine: String,
     /// Serve Prometheus /metrics, /healthz and /readyz on this HOST:PORT (off when unset).
-    #[arg(long, env = "KILN_METRICS_ADDR", value_name = "HOST:PORT")]
+    #[arg(long, env = "KILN_METRICS_ADDR", value_name = "HOST:PORT", value_parser = host_port)]
     pub metrics_addr: Option<String>,
 }
 
@@ -162,7 +162,7 @@ pub struct AggregatorArgs {
     )]
     pub interval_ms: Option<u64>,
     /// Serve Prometheus /metrics, /healthz and /readyz on this HOST:PORT (off when unset).
-    #[arg(long, env = "KILN_METRICS_ADDR", value_name = "HOST:PORT")]
+    #[arg(long, env = "KILN_METRICS_ADDR", value_name = "HOST:PORT", value_parser = host_port)]
     pub metrics_addr: Option<String>,
     /// Threads for the aggregator's messages; one folds each result on the thread that read
     /// it.
@@ -196,7 +196,7 @@ pub struct SchedulerArgs {
     )]
     pub refresh_ms: Option<u64>,
     /// Serve Prometheus /metrics, /healthz and /readyz on this HOST:PORT (off when unset).
-    #[arg(long, env = "KILN_METRICS_ADDR", value_name = "HOST:PORT")]
+    #[arg(long, env = "KILN_METRICS_ADDR", value_name = "HOST:PORT", value_parser = host_port)]
     pub metrics_addr: Option<String>,
 }
 

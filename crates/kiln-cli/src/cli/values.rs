@@ -176,6 +176,29 @@ pub(super) fn slowdown(value: &str) -> Result<f64, String> {
     }
 }
 
+/// A listening address as HOST:PORT (`0.0.0.0:9464`, `[::1]:9464`, `localhost:9464`), its
+/// form checked here so that a wrong one is a usage error (exit 2) like any other flag's; the
+/// host is resolved when the role starts.
+pub(super) fn host_port(value: &str) -> Result<String, String> {
+    let hint = "give a HOST:PORT such as 0.0.0.0:9464";
+    let Some((host, port)) = value.rsplit_once(':') else {
+        return Err(format!("no port: {hint}"));
+    };
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(hint.to_owned());
+    }
+    Ok(value.to_owned())
+}
+
+/// A number that must be at least 1 (`--ack-wait-s`, `--max-elements`, `--max-memory-mb`):
+/// clap's range check said "0 is not in 1..18446744073709551615".
+pub(super) fn positive(value: &str) -> Result<u64, String> {
+    match value.parse::<u64>().map_err(|e| e.to_string())? {
+        0 => Err("must be at least 1".into()),
+        n => Ok(n),
+    }
+}
+
 /// A count that must be at least one (`--compute-slots 0` would serve nothing).
 pub(super) fn at_least_one(value: &str) -> Result<usize, String> {
     match value.parse::<usize>() {
