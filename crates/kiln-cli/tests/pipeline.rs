@@ -176,6 +176,33 @@ async fn plain_json_published_without_kiln_is_processed() {
     assert_eq!(results[&seq_id].output["shape"], json!([8, 8]));
 }
 
+/// A job answered before it reached a device is said to be so, not "on none".
+#[tokio::test(flavor = "multi_thread")]
+async fn status_of_a_job_refused_before_computing_says_so() {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    cluster.cpu_worker();
+    let client = cluster.client().await;
+    let js = jetstream::new(client.clone());
+    let body = r#"{"id":"refused-1","params":{"len":-1}}"#;
+    js.publish("jobs.cpu.vector_add", body.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let results = wait_for_results(&client, &["refused-1"], WAIT).await;
+    assert_eq!(results["refused-1"].device, "none");
+    let status = stdout(&cluster.kiln(&["status", "refused-1"]));
+    assert!(
+        status.starts_with("refused-1: failed (invalid_input: "),
+        "{status}"
+    );
+    assert!(
+        status.contains(" before computing, by test-worker (attempt 1) in "),
+        "{status}"
+    );
+}
+
 /// A job sent with no id goes by `seq-<stream sequence>`. A `KILN_JOBS` deleted and made
 /// again (as the docs advise for a stream made wrong) counted from 1 again: its jobs took the
 /// ids of earlier ones whose results `KILN_RESULTS` keeps, and were taken for answered, their

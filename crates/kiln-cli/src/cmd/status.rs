@@ -204,10 +204,20 @@ fn finished(id: &str, event: &kiln_proto::ResultEvent) -> String {
         0 => String::new(),
         n => format!(", replay {n}"),
     };
-    format!(
-        "{id}: {status} on {} ({}, attempt {}{replay}) in {:.3} ms",
-        event.device, event.worker, event.attempt, event.total_ms
-    )
+    let (worker, attempt, ms) = (&event.worker, event.attempt, event.total_ms);
+    match event.device.as_str() {
+        // Answered before it reached a device (refused, or cancelled while queued): it said
+        // "on none".
+        "none" => format!(
+            "{id}: {status} before computing, by {worker} (attempt {attempt}{replay}) in \
+             {ms:.3} ms"
+        ),
+        device => {
+            format!(
+                "{id}: {status} on {device} ({worker}, attempt {attempt}{replay}) in {ms:.3} ms"
+            )
+        }
+    }
 }
 
 /// Queue and consumer state, then the per-kind metrics table.
