@@ -209,6 +209,22 @@ fn a_creation_the_server_refuses_says_why_not_that_permission_is_missing() {
     );
 }
 
+/// On a server kiln has not set up, the commands that read say so, and what to do, alike:
+/// `kiln workers` said "no live workers" (exit 0) where the others said to run `kiln init`.
+#[test]
+fn commands_that_read_say_to_run_init_on_a_server_without_kiln() {
+    let cluster = Cluster::new();
+    for args in [&["workers"][..], &["status"], &["dlq", "list"]] {
+        let out = cluster.kiln(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("kiln's streams do not exist yet on this server; run `kiln init`"),
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
 /// The live-workers bucket is kept in memory: after a server restart it is missing until a
 /// worker beats again. `kiln workers` and `kiln status` then say there are none; they failed
 /// with "stream not found".

@@ -113,9 +113,15 @@ pub async fn consumers(jobs: &mut jetstream::stream::Stream) -> Vec<ConsumerStat
 }
 
 /// The live workers, from their heartbeats in `KILN_WORKERS` (at most 2 s old).
+/// A server without kiln's streams is [`crate::error::NOT_INITIALISED`], as for `kiln status`
+/// (it was "no live workers").
 pub async fn workers(js: &jetstream::Context) -> Result<Vec<WorkerInfo>> {
-    streams::listed_workers(js).await.map_err(|e| Error::Nats {
+    let workers = streams::listed_workers(js).await.map_err(|e| Error::Nats {
         what: "reading the workers' heartbeats".into(),
         source: e.into(),
-    })
+    })?;
+    if workers.is_empty() {
+        crate::error::open_stream(js, kiln_proto::streams::STREAM_JOBS).await?;
+    }
+    Ok(workers)
 }
