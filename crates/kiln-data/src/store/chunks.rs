@@ -97,7 +97,7 @@ impl Reading {
         if self.chunks > self.info.chunks || self.bytes > self.info.size as u64 {
             return Err(Error::new(
                 ErrorKind::InvalidData,
-                "the object holds more than its info says",
+                "it holds more than its info says",
             ));
         }
         // The last chunk is checked as it comes, so that a reader that stops at the object's
@@ -170,12 +170,23 @@ impl Reading {
                 .await
                 .map_err(Error::other)?;
             if consumer.cached_info().num_pending == 0 {
+                let chunks = self.info.chunks;
+                // Its name still holds it: the chunks are gone for good (aged out before the
+                // info, which is stored after them, or purged), and no retry finds them.
+                if name_holds(&self.stream, &self.info).await == Some(NameHolds::It) {
+                    return Err(Error::new(
+                        ErrorKind::InvalidData,
+                        format!(
+                            "none of its {chunks} chunks is stored, though its name still holds \
+                             it (they aged out with the bucket's maximum age, or were purged)"
+                        ),
+                    ));
+                }
                 return Err(Error::new(
                     ErrorKind::NotFound,
                     format!(
-                        "none of its {} chunks is stored: the object was put again or deleted \
-                         as it was read",
-                        self.info.chunks
+                        "none of its {chunks} chunks is stored: the object was put again or \
+                         deleted as it was read"
                     ),
                 ));
             }
@@ -217,7 +228,13 @@ fn verify(
     }
     Err(Error::new(
         ErrorKind::InvalidData,
-        "the object's bytes do not match its stored size and digest",
+        match whole {
+            false => format!(
+                "it holds {chunks} chunks of {bytes} bytes where its info says {} of {}",
+                info.chunks, info.size
+            ),
+            true => "its bytes do not match its stored SHA-256 digest".to_owned(),
+        },
     ))
 }
 

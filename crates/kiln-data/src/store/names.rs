@@ -71,7 +71,7 @@ pub(super) fn info_error(name: &str, error: InfoError) -> DataError {
 pub(super) async fn stored_info(store: &Bucket, name: &str) -> Result<ObjectInfo, DataError> {
     let info = plain_info(store, name).await?;
     let Some(link) = info.options.as_ref().and_then(|o| o.link.as_ref()) else {
-        return Ok(info);
+        return chunks_named(name, info);
     };
     let target = match (&link.name, link.bucket == BUCKET_DATA) {
         (Some(target), true) => target.clone(),
@@ -96,7 +96,26 @@ pub(super) async fn stored_info(store: &Bucket, name: &str) -> Result<ObjectInfo
              the object the links lead to"
         )));
     }
-    Ok(info)
+    chunks_named(&target, info)
+}
+
+/// `info`, when it names its chunks by a `nuid` that can be a subject's last token (or it has
+/// none to name). Another client may write any info: an empty `nuid` made the chunks' subject
+/// invalid, and the job was retried as a connection fault until it was dead-lettered.
+fn chunks_named(name: &str, info: ObjectInfo) -> Result<ObjectInfo, DataError> {
+    let token = !info.nuid.is_empty()
+        && !info
+            .nuid
+            .bytes()
+            .any(|b| matches!(b, b'.' | b'*' | b'>') || b.is_ascii_whitespace() || b < 0x20);
+    match token || info.chunks == 0 {
+        true => Ok(info),
+        false => Err(DataError::Invalid(format!(
+            "object {name}'s entry in {BUCKET_DATA} names its chunks by {:?}, which no chunk \
+             can be stored under: another client wrote it; put the object again",
+            info.nuid
+        ))),
+    }
 }
 
 /// Object `name`'s own info (a link's, for a link); a deleted object is not found.

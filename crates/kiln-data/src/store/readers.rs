@@ -9,7 +9,6 @@ use std::task::{Context, Poll};
 use kiln_proto::BUCKET_DATA;
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 
-use super::corrupt;
 use crate::formats::DataError;
 
 /// An object being read from its chunks, noting when its bytes do not match its stored
@@ -109,7 +108,7 @@ pub(super) fn read_error(
     error: &std::io::Error,
 ) -> DataError {
     if corrupt_flag.load(Ordering::Relaxed) {
-        corrupt(name)
+        DataError::Invalid(format!("object {name} is corrupt: {error}; put it again"))
     } else {
         let advice = match error.kind() {
             // Its chunks are gone or stopped coming: the connection is not the suspect.
