@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import subprocess
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -881,17 +882,28 @@ async def _chunk_subjects(client: kiln.Client) -> set[str]:
     return set((info.state.subjects or {}).keys())
 
 
-async def _cancel_once_chunks_arrive(
-    client: kiln.Client, before: set[str], task: asyncio.Future[Any]
+async def _cancel_once(
+    client: kiln.Client, task: asyncio.Future[Any], ready: Callable[[], Awaitable[bool]]
 ) -> None:
+    """Cancel `task` once `ready()` says so, and see it cancelled."""
     deadline = asyncio.get_running_loop().time() + RESULT_TIMEOUT
-    while not (await _chunk_subjects(client)) - before:
+    while not await ready():
         assert not task.done(), f"it finished before it could be cancelled: {task}"
-        assert asyncio.get_running_loop().time() < deadline, "no chunk arrived"
+        assert asyncio.get_running_loop().time() < deadline, "never ready"
         await asyncio.sleep(0.002)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def _names(client: kiln.Client, prefix: str) -> list[str]:
+    """The objects in KILN_DATA whose names start with `prefix`."""
+    bucket = await client._bucket()
+    try:
+        infos = await bucket.list(ignore_deletes=True)
+    except nats.js.errors.NotFoundError:  # an empty bucket
+        return []
+    return sorted(info.name for info in infos if info.name.startswith(prefix))
 
 
 async def test_a_cancelled_put_leaves_nothing_in_the_store(client: kiln.Client) -> None:
@@ -900,7 +912,11 @@ async def test_a_cancelled_put_leaves_nothing_in_the_store(client: kiln.Client) 
     before = await _chunk_subjects(client)
     name = f"test/{kiln.new_job_id()}.bin"
     put = asyncio.ensure_future(client.put(name, bytes(128 * 1024 * 1024)))
-    await _cancel_once_chunks_arrive(client, before, put)
+
+    async def chunks_arrived() -> bool:
+        return bool(await _chunk_subjects(client) - before)
+
+    await _cancel_once(client, put, chunks_arrived)
     assert await _chunk_subjects(client) == before
     with pytest.raises(kiln.ObjectNotFound):
         await client.get(name)
@@ -913,13 +929,13 @@ async def test_a_cancelled_submission_removes_the_inputs_it_stored(client: kiln.
     submit = asyncio.ensure_future(
         client.submit("vector_add", "gpu", id=job_id, a=a, b=a, upload=True)
     )
-    await _cancel_once_chunks_arrive(client, before, submit)
+
+
+    # Cancelled once input a is stored whole, while b is being stored: both are removed.
+    async def a_stored() -> bool:
+        return any(name.endswith("/a") for name in await _names(client, f"inputs/{job_id}/"))
+
+    await _cancel_once(client, submit, a_stored)
     assert await _chunk_subjects(client) == before
-    bucket = await client._bucket()
-    left = [
-        info.name
-        for info in await bucket.list(ignore_deletes=True)
-        if info.name.startswith(f"inputs/{job_id}/")
-    ]
-    assert left == []
+    assert await _names(client, f"inputs/{job_id}/") == []
     assert await client.status(job_id) == "pending"  # nothing known of it

@@ -520,6 +520,7 @@ class Client:
         # Under a name of this submission's own: a later one under the same id (dropped by
         # the server as a duplicate while this one waits) must not replace its inputs.
         submission = _wire.new_job_id()
+        jobs: list[Job] = []
         try:
             for p in prepared:
                 if p.job_id in answered:
@@ -532,26 +533,27 @@ class Client:
                 p.body = _wire.encode_job(
                     p.job_id, p.params, seed=p.seed, timeout_ms=p.timeout_ms, output=p.output
                 )
+            # Subscribed before publishing, so that no result can be missed.
+            shared = len(prepared) > SUBSCRIBE_EACH_UP_TO
+            for p in prepared:
+                kept = answered.get(p.job_id)
+                if kept is None:
+                    jobs.append(await self._watch(p.job_id, p.kind, p.device, shared=shared))
+                    continue
+                done: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+                done.set_result(kept)
+                job = Job(self, p.job_id, p.kind, p.device, done)
+                job.duplicate = True
+                jobs.append(job)
+            await self._nc.flush()
         except BaseException:
             # Cancelled or failed before any job was sent: no job will read the inputs
             # stored so far (a cancelled put has removed its own).
             for p in prepared:
                 await self._remove_inputs(p)
+            for job in jobs:
+                await self._unwatch(job.id, job._future)
             raise
-        # Subscribed before publishing, so that no result can be missed.
-        shared = len(prepared) > SUBSCRIBE_EACH_UP_TO
-        jobs: list[Job] = []
-        for p in prepared:
-            kept = answered.get(p.job_id)
-            if kept is None:
-                jobs.append(await self._watch(p.job_id, p.kind, p.device, shared=shared))
-                continue
-            done: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-            done.set_result(kept)
-            job = Job(self, p.job_id, p.kind, p.device, done)
-            job.duplicate = True
-            jobs.append(job)
-        await self._nc.flush()
         acks: list[asyncio.Future[Any] | BaseException | None] = []
         for p, job in zip(prepared, jobs):
             if p.job_id in answered:

@@ -17,10 +17,11 @@ import io
 import logging
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import nats.errors
 import nats.js.api
+import nats.js.errors
 from nats.js.object_store import ObjectStore
 
 log = logging.getLogger("kiln")
@@ -35,12 +36,12 @@ class _Stopped(Exception):
 
 
 class _Stoppable(io.RawIOBase):
-    """A reader of bytes or of a file that fails once `stop()` is called, and counts and
-    hashes what it read."""
+    """A reader of bytes or of an open file that fails once `stop()` is called, and counts
+    and hashes what it read."""
 
-    def __init__(self, source: bytes | Path) -> None:
+    def __init__(self, source: bytes | BinaryIO) -> None:
         super().__init__()
-        self._file = open(source, "rb") if isinstance(source, Path) else None  # noqa: SIM115
+        self._file = None if isinstance(source, bytes) else source
         self._bytes = memoryview(source) if isinstance(source, bytes) else None
         self._at = 0
         self._stopped = threading.Event()
@@ -57,7 +58,7 @@ class _Stoppable(io.RawIOBase):
         if self._stopped.is_set():
             raise _Stopped("the put was cancelled")
         if self._file is not None:
-            n = self._file.readinto(buffer)
+            n: int = self._file.readinto(buffer)  # type: ignore[attr-defined]
             read = memoryview(buffer)[:n]
         else:
             assert self._bytes is not None
@@ -80,31 +81,60 @@ async def put(
 ) -> tuple[int, str]:
     """Store `source` (bytes, or the file at a path, read as it is sent) as object `name`;
     returns its size and sha256 (hex). When the caller is cancelled, the chunks sent are
-    purged, or the object removed if it was stored whole, before the cancellation goes on."""
-    reader = _Stoppable(source)
+    purged, or the object removed if it was stored whole (unless it replaced one), before
+    the cancellation goes on."""
+    existed = await _exists(bucket, name)
+    loop = asyncio.get_running_loop()
+    # Opened off the event loop: a FIFO's open waits for its writer.
+    opened = source if isinstance(source, bytes) else await loop.run_in_executor(None, _open, source)
+    reader = _Stoppable(opened)
     meta = nats.js.api.ObjectMeta(name=name, description=description)
     task = asyncio.ensure_future(bucket.put(name, reader, meta=meta))  # type: ignore[arg-type]
     try:
         await asyncio.shield(task)
     except asyncio.CancelledError:
         reader.stop()
-        await _clean_up(bucket, name, task)
+        await _clean_up(bucket, name, task, existed)
         raise
     finally:
-        reader.close()
+        # A put still reading in its thread (a pipe that does not return) is closed when it
+        # ends: closing a file while a thread reads it waits for that read, on the event loop.
+        if task.done():
+            reader.close()
+        else:
+            task.add_done_callback(lambda _: reader.close())
     return reader.size, reader.sha256.hexdigest()
 
 
-async def _clean_up(bucket: ObjectStore, name: str, task: asyncio.Future[Any]) -> None:
+def _open(path: Path) -> BinaryIO:
+    return path.open("rb")
+
+
+async def _exists(bucket: ObjectStore, name: str) -> bool:
+    try:
+        await bucket.get_info(name)  # a deleted one is not found
+    except (nats.js.errors.NotFoundError, nats.js.errors.BadObjectMetaError):
+        return False
+    return True
+
+
+async def _clean_up(
+    bucket: ObjectStore, name: str, task: asyncio.Future[Any], existed: bool
+) -> None:
     """After a cancelled put: let it fail at its next read (it purges its chunks), or remove
-    the object it stored whole before the reader stopped it. Best effort: a second
-    cancellation, or a put not done within `STOP_WITHIN_S`, leaves what it sent to age out."""
+    the object it stored whole before the reader stopped it, unless that replaced an object
+    (whose chunks the put removed: removing the new one would leave the name with nothing).
+    Best effort: a second cancellation, or a put not done within `STOP_WITHIN_S`, leaves
+    what it sent to age out."""
     done, _ = await asyncio.wait({task}, timeout=STOP_WITHIN_S)
     if not done:
         log.warning("a cancelled put of %s did not stop in time; what it sent ages out", name)
         return
     if task.cancelled() or task.exception() is not None:
         return  # stopped: nats-py purged the chunks it had sent
+    if existed:
+        log.info("%s was stored whole, replacing the object there, before the put was cancelled", name)
+        return
     try:
         await bucket.delete(name)
     except nats.errors.Error as e:
