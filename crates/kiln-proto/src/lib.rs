@@ -155,16 +155,18 @@ pub fn copy_headers_except(
         let condition = starts(EXPECTED_PREFIX);
         let left_out = also.iter().any(|n| n.eq_ignore_ascii_case(text));
         let size = text.len() + values.iter().map(|v| v.as_str().len()).sum::<usize>();
-        // Only the headers kiln reads go beyond the cap: 16 made-up `Nats-Pad-N` headers of
-        // 4,000 bytes each passed as NATS's own, and the dead letter of such a job was
-        // refused for its headers' size, again every 5 s, for ever.
+        // Only the headers kiln reads go beyond the cap (each at most 4 KiB): 16 made-up
+        // `Nats-Pad-N` headers of 4,000 bytes each passed as NATS's own, and the dead letter
+        // of such a job was refused for its headers' size, again every 5 s, for ever.
         let own = text.eq_ignore_ascii_case(HEADER_MSG_ID)
+            || READ_HEADERS.iter().any(|n| n.eq_ignore_ascii_case(text))
             || OWN_HEADERS.iter().any(|n| n.eq_ignore_ascii_case(text));
+        let copied = !condition && !left_out;
         let room = size <= COPIED_HEADER_MAX && (own || others + size <= COPIED_HEADERS_MAX);
-        if !own && room {
+        if copied && !own && room {
             others += size;
         }
-        if !condition && !left_out && room {
+        if copied && room {
             // Appended one by one: collecting into a HeaderMap keeps only a name's last value.
             for value in values {
                 copy.append(name.clone(), value.clone());
@@ -173,6 +175,10 @@ pub fn copy_headers_except(
     }
     copy
 }
+
+/// Headers of others' that kiln reads on a job, kept on its copies beyond the cap on the
+/// rest: how its body is encoded (`kiln submit --bincode`), and its trace context.
+const READ_HEADERS: [&str; 3] = ["Content-Type", "traceparent", "tracestate"];
 
 /// The most bytes of one header, name and values, that a job's copy keeps.
 pub const COPIED_HEADER_MAX: usize = 4096;
@@ -251,8 +257,16 @@ mod tests {
             original.insert(format!("Nats-Pad-{i}").as_str(), "d".repeat(4_000).as_str());
             original.insert(format!("Kiln-Pad-{i}").as_str(), "e".repeat(4_000).as_str());
         }
+        original.insert("Content-Type", "application/x-bincode");
+        original.insert("traceparent", "00-abc-def-01");
         let copy = copy_headers(Some(&original));
         assert_eq!(copy.get(HEADER_JOB_ID).unwrap().as_str(), "job-1");
+        // What kiln reads is kept, however many others came first.
+        assert_eq!(
+            copy.get("Content-Type").unwrap().as_str(),
+            "application/x-bincode"
+        );
+        assert_eq!(copy.get("traceparent").unwrap().as_str(), "00-abc-def-01");
         let size: usize = copy
             .iter()
             .map(|(name, values)| {
@@ -260,7 +274,7 @@ mod tests {
                 name.len() + values.iter().map(|v| v.as_str().len()).sum::<usize>()
             })
             .sum();
-        assert!(size <= COPIED_HEADERS_MAX + 100, "{size} bytes");
+        assert!(size <= COPIED_HEADERS_MAX + 200, "{size} bytes");
     }
 
     #[test]

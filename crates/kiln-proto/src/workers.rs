@@ -52,6 +52,13 @@ pub struct WorkerInfo {
     pub updated_at: OffsetDateTime,
 }
 
+impl WorkerInfo {
+    /// Whether it takes new jobs of `class`: it serves that class and is not draining.
+    pub fn takes(&self, class: crate::DeviceClass) -> bool {
+        self.class == class && self.state != "draining"
+    }
+}
+
 /// A job a worker holds, as its heartbeat reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunningJob {

@@ -5,8 +5,8 @@ use std::time::Duration;
 use clap::Args;
 
 use super::values::{
-    ack_wait, at_least_one, device, duration, either, host_port, period, period_ms, positive,
-    served_class, slowdown, worker_name,
+    ack_wait, at_least_one, device, duration, either, host_port, period, period_ms, served_class,
+    slowdown, worker_name,
 };
 
 #[derive(Debug, Clone, Args)]
@@ -18,12 +18,12 @@ pub struct WorkerArgs {
     #[arg(long, env = "KILN_WORKER_NAME", value_parser = worker_name)]
     pub name: Option<String>,
     /// Jobs held at once: computing, waiting for a compute slot, or publishing results.
-    #[arg(long, env = "KILN_MAX_IN_FLIGHT", default_value_t = 256, value_parser = at_least_one)]
+    #[arg(long, env = "KILN_MAX_IN_FLIGHT", default_value_t = 256, value_parser = at_least_one::<usize>)]
     pub max_in_flight: usize,
     /// Threads for the worker's messages (pulling, decoding, answering); compute runs on
     /// threads of its own. One keeps a job on one thread from delivery to answer, which is
     /// fastest per job; give more to take more than about 30,000 small jobs a second.
-    #[arg(long, env = "KILN_ASYNC_THREADS", default_value_t = 1, value_parser = at_least_one)]
+    #[arg(long, env = "KILN_ASYNC_THREADS", default_value_t = 1, value_parser = at_least_one::<usize>)]
     pub async_threads: usize,
     /// Work to hold beyond the compute slots, in ms of compute at the recent pace of this
     /// worker's jobs: small jobs are pulled ahead, long ones are left for idle workers (0:
@@ -31,7 +31,7 @@ pub struct WorkerArgs {
     #[arg(long, env = "KILN_PREFETCH_MS", default_value_t = 100)]
     pub prefetch_ms: u64,
     /// Jobs computing at once (default: CPU cores for cpu, 2 for cuda).
-    #[arg(long, env = "KILN_COMPUTE_SLOTS", value_parser = at_least_one)]
+    #[arg(long, env = "KILN_COMPUTE_SLOTS", value_parser = at_least_one::<usize>)]
     pub compute_slots: Option<usize>,
     /// How long a small job that can share one launch with others of its kind waits for them
     /// (dynamic batching; vector_add up to 2^20 elements): the most it delays a lone job.
@@ -39,16 +39,16 @@ pub struct WorkerArgs {
     #[arg(long, env = "KILN_BATCH_WINDOW", value_parser = humantime::parse_duration)]
     pub batch_window: Option<std::time::Duration>,
     /// The most jobs one shared launch takes.
-    #[arg(long, env = "KILN_BATCH_MAX_JOBS", default_value_t = 256, value_parser = at_least_one)]
+    #[arg(long, env = "KILN_BATCH_MAX_JOBS", default_value_t = 256, value_parser = at_least_one::<usize>)]
     pub batch_max_jobs: usize,
     /// Most tensor elements one job may hold, inputs and output together (default 2^28, 1 GiB
     /// of f32); bigger jobs fail with too_large.
-    #[arg(long, env = "KILN_MAX_ELEMENTS", value_parser = positive)]
+    #[arg(long, env = "KILN_MAX_ELEMENTS", value_parser = at_least_one::<u64>)]
     pub max_elements: Option<u64>,
     /// MiB of tensors this worker's jobs may hold together (default: 80% of host memory or
     /// of the container's limit for cpu, 85% of the GPU's memory for cuda). A job needing
     /// more fails with too_large before anything is allocated; jobs that fit wait their turn.
-    #[arg(long, env = "KILN_MAX_MEMORY_MB", value_parser = positive)]
+    #[arg(long, env = "KILN_MAX_MEMORY_MB", value_parser = at_least_one::<u64>)]
     pub max_memory_mb: Option<u64>,
     /// How long a graceful shutdown waits for running jobs before handing them back
     /// [default: 30s].
@@ -73,7 +73,7 @@ pub struct WorkerArgs {
         env = "KILN_ACK_WAIT_S",
         conflicts_with = "ack_wait",
         value_name = "SECONDS",
-        value_parser = positive
+        value_parser = at_least_one::<u64>
     )]
     pub ack_wait_s: Option<u64>,
     /// Serve another class's consumer than the device's own (`gpu` from a CPU worker): with
@@ -166,7 +166,7 @@ pub struct AggregatorArgs {
     pub metrics_addr: Option<String>,
     /// Threads for the aggregator's messages; one folds each result on the thread that read
     /// it.
-    #[arg(long, env = "KILN_ASYNC_THREADS", default_value_t = 1, value_parser = at_least_one)]
+    #[arg(long, env = "KILN_ASYNC_THREADS", default_value_t = 1, value_parser = at_least_one::<usize>)]
     pub async_threads: usize,
 }
 

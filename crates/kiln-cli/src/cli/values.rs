@@ -190,21 +190,16 @@ pub(super) fn host_port(value: &str) -> Result<String, String> {
     Ok(value.to_owned())
 }
 
-/// A number that must be at least 1 (`--ack-wait-s`, `--max-elements`, `--max-memory-mb`):
-/// clap's range check said "0 is not in 1..18446744073709551615".
-pub(super) fn positive(value: &str) -> Result<u64, String> {
-    match value.parse::<u64>().map_err(|e| e.to_string())? {
-        0 => Err("must be at least 1".into()),
+/// A number that must be at least 1 (`--compute-slots 0` would serve nothing; `--ack-wait-s`,
+/// `--max-elements`, `--max-memory-mb`, where clap's range check said "0 is not in
+/// 1..18446744073709551615").
+pub(super) fn at_least_one<N>(value: &str) -> Result<N, String>
+where
+    N: std::str::FromStr<Err = std::num::ParseIntError> + PartialEq + From<u8>,
+{
+    match value.parse::<N>().map_err(|e| e.to_string())? {
+        n if n == N::from(0) => Err("must be at least 1".into()),
         n => Ok(n),
-    }
-}
-
-/// A count that must be at least one (`--compute-slots 0` would serve nothing).
-pub(super) fn at_least_one(value: &str) -> Result<usize, String> {
-    match value.parse::<usize>() {
-        Ok(0) => Err("must be at least 1".into()),
-        Ok(n) => Ok(n),
-        Err(e) => Err(e.to_string()),
     }
 }
 

@@ -75,20 +75,18 @@ async fn routed_hint(js: &jetstream::Context, kind: &str) -> Option<String> {
     }
     let class = |class: DeviceClass| {
         let queue = consumer(class.consumer());
-        let live = overview
-            .workers
-            .iter()
-            .filter(|w| w.class == class && w.state != "draining")
-            .count();
+        let live = overview.workers.iter().filter(|w| w.takes(class)).count();
+        // A draining worker still holds its jobs: it finishes or hands them back.
+        let holders = overview.workers.iter().any(|w| w.class == class);
         let waiting = queue.map_or(0, |c| c.pending);
         // A job taken by a worker that was killed is neither waiting nor on a live worker
         // until its ack wait ends: "0 waiting, no live worker" hid it.
-        let taken = match (queue.map_or(0, |c| c.in_flight), live) {
+        let taken = match (queue.map_or(0, |c| c.in_flight), holders) {
             (0, _) => String::new(),
-            (n, 0) => format!(
+            (n, false) => format!(
                 ", {n} taken by a worker no longer live (handed out again when its ack wait ends)"
             ),
-            (n, _) => format!(", {n} taken and not answered yet"),
+            (n, true) => format!(", {n} taken and not answered yet"),
         };
         format!(
             "jobs.{class}.{kind}: {waiting} job(s) of the class waiting{taken}, {}",

@@ -560,9 +560,7 @@ async fn warn_if_unserved(js: &jetstream::Context, class: DeviceClass) {
     // killed (until they expire, or its ack wait ends); the heartbeats say who is live.
     if class != DeviceClass::Auto
         && let Ok(workers) = kiln_client::cluster::workers(js).await
-        && !workers
-            .iter()
-            .any(|w| w.class == class && w.state != "draining")
+        && !workers.iter().any(|w| w.takes(class))
     {
         eprintln!(
             "note: no {class} worker is live right now (by the heartbeats in {}); the jobs wait \

@@ -171,9 +171,13 @@ impl Reading {
                 .map_err(Error::other)?;
             if consumer.cached_info().num_pending == 0 {
                 let chunks = self.info.chunks;
-                // Its name still holds it: the chunks are gone for good (aged out before the
-                // info, which is stored after them, or purged), and no retry finds them.
-                if name_holds(&self.stream, &self.info).await == Some(NameHolds::It) {
+                // Its name still holds it, and the stream's leader has no chunk of it either
+                // (the consumer's count may come from a replica that lags): the chunks are
+                // gone for good (aged out before the info, which is stored after them, or
+                // purged), and no retry finds them.
+                if name_holds(&self.stream, &self.info).await == Some(NameHolds::It)
+                    && no_chunk_stored(&self.stream, &self.info.nuid).await
+                {
                     return Err(Error::new(
                         ErrorKind::InvalidData,
                         format!(
@@ -249,6 +253,14 @@ pub(super) fn meta_subject(name: &str) -> String {
     use base64::Engine as _;
     let encoded = base64::engine::general_purpose::URL_SAFE.encode(name);
     format!("$O.{BUCKET_DATA}.M.{encoded}")
+}
+
+/// Whether the stream's leader holds no chunk under `nuid`; false when it cannot say.
+async fn no_chunk_stored(stream: &Stream, nuid: &str) -> bool {
+    matches!(
+        stream.get_last_raw_message_by_subject(&chunk_subject(nuid)).await,
+        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound
+    )
 }
 
 /// What the name of the object `info` describes holds now.
