@@ -46,6 +46,8 @@ enum Auth<'a> {
     Password(&'a str, &'a str),
     /// The worker nkey (seed file written by `Secure::start`).
     WorkerNkey,
+    /// No credentials at all.
+    Nothing,
 }
 
 /// A server started from the committed least-privilege config, plus kiln processes.
@@ -112,6 +114,7 @@ impl Secure {
             Auth::WorkerNkey => {
                 cmd.env("NATS_NKEY", self.dir.path().join("worker.nk"));
             }
+            Auth::Nothing => {}
         }
         if self.tls {
             cmd.env("NATS_CA", self.dir.path().join("ca.pem"));
@@ -615,7 +618,14 @@ async fn unknown_users_and_wrong_passwords_are_refused_at_connect() {
     );
     assert!(!out.status.success());
     assert!(stderr(&out).contains("refused these credentials"));
-    // No credentials at all.
+    // No credentials at all: said so, not that these were refused.
+    let out = secure.kiln(Auth::Nothing, &["status"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("requires credentials, and none were given: give --user/--password"),
+        "{}",
+        stderr(&out)
+    );
     let refused = async_nats::connect(secure.server.url()).await;
     assert!(matches!(
         refused.map_err(|e| e.kind()),
