@@ -446,8 +446,8 @@ impl<'a> Submission<'a> {
             _ if duplicates.is_empty() => {}
             0 => eprintln!("their results are in (printed below)"),
             waiting => eprintln!(
-                "{} of them have a result (printed below); the other {waiting} were submitted \
-                 earlier and have none yet",
+                "{} of them have a result (printed below); the other {waiting} have none (what \
+                 follows says where they are)",
                 results.len()
             ),
         }
