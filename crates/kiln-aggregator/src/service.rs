@@ -387,6 +387,17 @@ impl Aggregator {
         body: &[u8],
     ) -> Option<(ResultHead, bool)> {
         match serde_json::from_slice::<ResultHead>(body) {
+            // Every result is stored on its job's own subject: one that names another kind
+            // or job (published by hand, with a worker's rights) would count a job twice, or
+            // one that never ran.
+            Ok(event)
+                if subject
+                    != kiln_proto::subject::result_of(&event.kind, &event.id, event.replay) =>
+            {
+                self.folds.delivered_at(sequence);
+                tracing::warn!(%subject, kind = %event.kind, id = %event.id, "result event names another job than its subject; not counted");
+                None
+            }
             Ok(event) => {
                 let first = self.folds.add_at(&event, sequence);
                 Some((event, first))

@@ -156,6 +156,32 @@ async fn kilns_own_headers_are_believed_only_on_a_copy_and_always_bounded() {
     .await;
     let m = snapshot(&snapshots, "vector_add", "cpu").unwrap();
     assert_eq!((m.jobs, m.succeeded), (5, 5), "{m:?}");
+
+    // A result on one job's subject whose body names another job (one that never ran) is
+    // not counted: it was, as a sixth job.
+    let results = wait_for_results(&client, &["after-1"], Duration::from_secs(30)).await;
+    let mut ghost = results["after-1"].clone();
+    ghost.id = "ghost-1".into();
+    publish(
+        &js,
+        "results.vector_add.forged-1",
+        HeaderMap::new(),
+        serde_json::to_vec(&ghost).unwrap(),
+    )
+    .await;
+    let body = r#"{"id":"after-3","params":{"len":16}}"#;
+    publish(&js, "jobs.cpu.vector_add", HeaderMap::new(), body.into()).await;
+    wait_for_results(&client, &["after-3"], Duration::from_secs(30)).await;
+    wait_for_metrics(&client, Duration::from_secs(30), |s| {
+        snapshot(s, "vector_add", "cpu").is_some_and(|m| m.succeeded >= 6)
+    })
+    .await;
+    // Folded in stream order, the forged result before after-3's: a few snapshots later
+    // the count holds both, had the forged one counted.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let snapshots = wait_for_metrics(&client, Duration::from_secs(30), |_| true).await;
+    let m = snapshot(&snapshots, "vector_add", "cpu").unwrap();
+    assert_eq!((m.jobs, m.succeeded), (6, 6), "{m:?}");
     let status = cluster.kiln(&["status"]);
     assert!(status.status.success(), "{}", common::stdout(&status));
     assert!(common::stdout(&status).contains("vector_add"));
