@@ -437,7 +437,7 @@ impl Aggregator {
             first,
             last,
             unacked = self.acks.held(),
-            "results below the ones delivered were not; reading them from the stream"
+            "some results below the last one delivered never were; reading them from the stream"
         );
         let mut wanted: BTreeSet<u64> = holes.into_iter().collect();
         let reached = match self.read_range(stream, first, last, &mut wanted).await {
