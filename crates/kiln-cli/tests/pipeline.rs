@@ -1357,11 +1357,30 @@ async fn cancel_answers_queued_jobs_and_stops_running_ones_at_a_checkpoint() {
     // Queued: no worker yet.
     assert_success(&cluster.kiln(&["submit", "vector_add", "-p", "len=8", "--id", "queued-1"]));
     assert_success(&cluster.kiln(&["cancel", "queued-1"]));
+    // A job a stopping worker handed back, cancelled before it ran again: said so.
+    let mut headers = HeaderMap::new();
+    headers.insert("Nats-Msg-Id", "handback-1-handed-1.0");
+    headers.insert("Kiln-Job-Id", "handed-1");
+    headers.insert("Kiln-Handbacks", "1");
+    let body = r#"{"id":"handed-1","params":{"len":8}}"#;
+    let js = jetstream::new(client.clone());
+    js.publish_with_headers("jobs.cpu.vector_add.copy", headers, body.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert_success(&cluster.kiln(&["cancel", "handed-1"]));
     cluster.cpu_worker();
-    let results = wait_for_results(&client, &["queued-1"], WAIT).await;
+    let results = wait_for_results(&client, &["queued-1", "handed-1"], WAIT).await;
     let error = results["queued-1"].error.clone().unwrap();
     assert_eq!(error.kind, ErrorKind::Cancelled);
-    assert!(error.message.contains("before it ran"), "{}", error.message);
+    assert_eq!(error.message, "cancelled on request before it ran");
+    let error = results["handed-1"].error.clone().unwrap();
+    assert_eq!(error.kind, ErrorKind::Cancelled);
+    assert_eq!(
+        error.message,
+        "cancelled on request before it ran again (an earlier run of it was cut short)"
+    );
 
     // Running: a long training job, cancelled a moment after it starts.
     assert_success(&cluster.kiln(&[
@@ -1540,7 +1559,7 @@ async fn a_held_job_says_it_waits_and_is_cancelled_while_it_waits() {
     assert_eq!(error.kind, ErrorKind::Cancelled);
     assert_eq!(
         error.message,
-        "cancelled by `kiln cancel` while it waited for a compute slot"
+        "cancelled on request while it waited for a compute slot"
     );
     assert!(cancelled.started_at > held_since, "{cancelled:?}");
     assert!(cancelled.queue_ms >= 500.0, "{cancelled:?}");

@@ -99,7 +99,7 @@ pub(crate) async fn compute(
         Err(Interrupted::Cancelled) => {
             let error = JobError::new(
                 ErrorKind::Cancelled,
-                "cancelled by `kiln cancel` while it waited for a compute slot",
+                "cancelled on request while it waited for a compute slot",
             );
             return Ran {
                 waited: waiting.elapsed(),
@@ -345,7 +345,7 @@ impl Checkpoint for Guard<'_> {
         if self.cancelled.cancels(self.id, self.enqueued_at) {
             return Err(JobError::new(
                 ErrorKind::Cancelled,
-                format!("cancelled by `kiln cancel` {}", when()),
+                format!("cancelled on request {}", when()),
             ));
         }
         if self.stopping.load(Ordering::Relaxed) {

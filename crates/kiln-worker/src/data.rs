@@ -137,7 +137,7 @@ async fn watched<T>(
             )),
             Interrupted::Cancelled => Unloaded::Failed(JobError::new(
                 ErrorKind::Cancelled,
-                "cancelled by `kiln cancel` while it waited to load its objects",
+                "cancelled on request while it waited to load its objects",
             )),
         })
 }

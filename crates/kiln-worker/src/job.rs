@@ -195,10 +195,12 @@ fn refused_at_once(
         return Some(refused(refusal, 0.0));
     }
     if shared.cancelled.cancels(id, arrival.envelope.enqueued_at) {
-        let error = JobError::new(
-            ErrorKind::Cancelled,
-            "cancelled by `kiln cancel` before it ran",
-        );
+        // On request: `kiln cancel`, or a client's (the Python client's `job.cancel()`).
+        let when = match arrival.attempt > 1 || arrival.envelope.handbacks > 0 {
+            true => "before it ran again (an earlier run of it was cut short)",
+            false => "before it ran",
+        };
+        let error = JobError::new(ErrorKind::Cancelled, format!("cancelled on request {when}"));
         return Some(refused(error, job.plan.flops));
     }
     None
