@@ -939,3 +939,31 @@ async def test_a_cancelled_submission_removes_the_inputs_it_stored(client: kiln.
     assert await _chunk_subjects(client) == before
     assert await _names(client, f"inputs/{job_id}/") == []
     assert await client.status(job_id) == "pending"  # nothing known of it
+
+
+async def test_closing_the_client_wakes_its_waiters_and_its_errors_are_kilns(
+    kiln_stack: Stack,
+) -> None:
+    # No GPU worker runs here: the job stays queued.
+    client = await kiln.connect(kiln_stack.url)
+    job = await client.submit("vector_add", "gpu", len=4)
+    waiting = asyncio.ensure_future(job.result(timeout=None))
+    await asyncio.sleep(0.2)
+    await client.close()
+    # It waited for ever for a result the closed client no longer receives.
+    with pytest.raises(kiln.ConnectError, match="the client was closed before job"):
+        await asyncio.wait_for(waiting, 5)
+    # nats-py's "connection closed" is a kiln error, saying what to do.
+    for call in (
+        client.submit("vector_add", "cpu", len=4),
+        client.status(job.id),
+        client.get("anything"),
+    ):
+        with pytest.raises(kiln.ConnectError, match="this client is closed"):
+            await call
+
+
+def test_an_object_name_too_long_is_refused_as_a_put_refuses_it() -> None:
+    with pytest.raises(ValueError, match="at most 1024 bytes"):
+        kiln.ObjectRef("x" * 1100)
+    assert kiln.ObjectRef("x" * 1024).to_json() == {"object": "x" * 1024}

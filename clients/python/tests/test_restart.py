@@ -72,3 +72,41 @@ async def test_results_stored_while_the_server_restarted_are_received(tmp_path: 
             assert time.monotonic() - started < 18
     finally:
         stack.stop()
+
+
+async def test_a_result_timeout_is_a_deadline_while_the_server_is_away(tmp_path: Path) -> None:
+    port = free_port()
+    url = f"nats://127.0.0.1:{port}"
+    kiln_bin = kiln_binary()
+    stack = Stack(url=url, kiln=kiln_bin, workdir=tmp_path)
+    env = _env()
+    server_args = [nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", str(port)]
+    server_args += ["-sd", str(tmp_path / "js")]
+    server = stack.start("nats-server", server_args, env)
+    wait_for_port(port, server)
+    try:
+        subprocess.run(
+            [kiln_bin, "--nats-url", url, "init"], env=env, check=True, capture_output=True
+        )
+        async with kiln.connect(url) as client:
+            # No worker: the job waits. Then the server goes away.
+            job = await client.submit("vector_add", "cpu", len=4)
+            server.popen.kill()
+            server.popen.wait()
+            await asyncio.sleep(0.5)
+            started = time.monotonic()
+            try:
+                await job.result(timeout=1)
+                raise AssertionError("a result came from no server")
+            except kiln.ResultTimeout as e:
+                assert "the connection to the NATS server is down" in str(e), e
+            # It took 6 s: the lookups waited 5 s each on the absent server.
+            assert time.monotonic() - started < 2.5
+            # A request the server cannot answer is a kiln error (it was nats-py's).
+            try:
+                await job.status()
+                raise AssertionError("a status came from no server")
+            except kiln.KilnError:
+                pass
+    finally:
+        stack.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import nats
 import nats.errors
@@ -28,7 +29,7 @@ from nats.js.object_store import ObjectStore
 
 from . import _upload, _wire
 from ._acks import Acks
-from ._errors import ConnectError, KilnError, ObjectNotFound, SubmitError
+from ._errors import ConnectError, KilnError, NoAnswer, ObjectNotFound, SubmitError
 from ._job import Job, JobState, Result, answers
 from ._job import _time as _parse_time
 
@@ -308,6 +309,35 @@ def _refused(refused: dict[str, str], accepted: list[Job]) -> SubmitError:
     return SubmitError(f"{first}{more}", jobs=list(accepted), refused=refused)
 
 
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+def _kiln_errors(
+    method: Callable[_P, Coroutine[Any, Any, _T]],
+) -> Callable[_P, Coroutine[Any, Any, _T]]:
+    """nats-py's errors of a closed client and of a request the server did not answer, as
+    kiln's (`ConnectError`, `NoAnswer`): they escaped `except kiln.KilnError`, saying only
+    "nats: connection closed" or "nats: timeout"."""
+
+    @functools.wraps(method)
+    async def translated(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+        try:
+            return await method(*args, **kwargs)
+        except nats.errors.ConnectionClosedError as e:
+            raise ConnectError(
+                "this client is closed (client.close(), or its `async with` ended): connect "
+                "again with kiln.connect()"
+            ) from e
+        except nats.errors.TimeoutError as e:
+            raise NoAnswer(
+                "the NATS server did not answer in time: it is unreachable (the client keeps "
+                "reconnecting) or overloaded; try again"
+            ) from e
+
+    return translated
+
+
 class Client:
     """A connection to kiln. Make one with `await kiln.connect()`; close it with
     `await client.close()` (or use `async with`)."""
@@ -342,16 +372,31 @@ class Client:
         await self.close()
 
     async def close(self) -> None:
-        """Stop waiting for results and close the connection."""
+        """Stop waiting for results and close the connection. A `job.result()` still waiting
+        raises `ConnectError` (it waited for ever, or until its timeout, for a result this
+        client no longer receives)."""
         if self._sweep is not None:
             self._sweep.cancel()
-        for job_id in list(self._watching):
+        for job_id, watch in list(self._watching.items()):
             await self._unwatch(job_id)
+            if not watch.job._future.done():
+                watch.job._future.set_exception(
+                    ConnectError(
+                        f"the client was closed before job {job_id}'s result arrived; the job "
+                        "goes on: a new client's `await client.job(id)` gets it"
+                    )
+                )
+                watch.job._future.exception()  # no "never retrieved" warning if none waits
         if not self._nc.is_closed:
-            await self._nc.close()
+            try:
+                await self._nc.close()
+            except (OSError, nats.errors.Error) as e:
+                # With the server away, nats-py's close fails flushing what it had to send.
+                log.debug("closing the connection: %s", e)
 
     # -- submitting -----------------------------------------------------------------------
 
+    @_kiln_errors
     async def submit(
         self,
         kind: str,
@@ -397,6 +442,7 @@ class Client:
         jobs = await self._submit([self._prepare(spec, params)])
         return jobs[0]
 
+    @_kiln_errors
     async def submit_many(
         self,
         specs: Iterable[Mapping[str, Any]],
@@ -757,6 +803,7 @@ class Client:
 
     # -- results --------------------------------------------------------------------------
 
+    @_kiln_errors
     async def job(self, job_id: str, kind: str | None = None) -> Job:
         """A handle on job `job_id` submitted elsewhere (`kiln submit`, another process), to
         wait for its result, see its status or cancel it. Without `kind`, a result of any
@@ -947,12 +994,14 @@ class Client:
         event = json.loads(msg.data)
         return Result(event, self) if isinstance(event, dict) else None
 
+    @_kiln_errors
     async def result(self, job_id: str, kind: str | None = None) -> Result | None:
         """Job `job_id`'s stored result, or None when it has none yet (one lookup, no
         waiting; `Client.job(id).result()` waits)."""
         _wire.check_job_id(job_id)
         return await self._lookup(kind, job_id)
 
+    @_kiln_errors
     async def status(self, job_id: str, kind: str | None = None) -> JobState:
         """Where job `job_id` is; see `Job.status`."""
         _wire.check_job_id(job_id)
@@ -1067,6 +1116,7 @@ class Client:
                 return True
         return False
 
+    @_kiln_errors
     async def cancel(self, job_id: str, kind: str | None = None) -> bool:
         """Mark job `job_id` cancelled; see `Job.cancel`. Returns False, marking nothing,
         when it has a result already (a mark would cancel a later run of the same id). An id
@@ -1100,6 +1150,7 @@ class Client:
                 ) from e
         return self._data
 
+    @_kiln_errors
     async def put(
         self,
         name: str,
@@ -1144,6 +1195,7 @@ class Client:
         size, sha256 = await _upload.put(bucket, name, source, description)
         return _wire.ObjectInfo(name=name, size=size, sha256=sha256)
 
+    @_kiln_errors
     async def delete(self, name: str) -> None:
         """Remove object `name` from KILN_DATA, freeing its space (`kiln rm`); a job naming
         it later is answered that it is not found. Raises `ObjectNotFound` when there is no
@@ -1160,6 +1212,7 @@ class Client:
         except (nats.js.errors.ObjectNotFoundError, nats.js.errors.ObjectDeletedError) as e:
             raise ObjectNotFound(f"no object {name!r} in {_wire.BUCKET_DATA}") from e
 
+    @_kiln_errors
     async def get(self, name: str) -> bytes:
         """Object `name`'s bytes from KILN_DATA (a job's stored output, a trained model)."""
         bucket = await self._bucket()

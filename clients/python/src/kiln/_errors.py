@@ -15,7 +15,13 @@ class KilnError(Exception):
 
 
 class ConnectError(KilnError):
-    """The NATS server could not be reached, or refused the credentials or TLS."""
+    """The NATS server could not be reached, or refused the credentials or TLS, or this
+    client was closed."""
+
+
+class NoAnswer(ConnectError, asyncio.TimeoutError):
+    """The NATS server did not answer a request in time: unreachable (the client keeps
+    reconnecting) or overloaded. Also an `asyncio.TimeoutError`."""
 
 
 class SubmitError(KilnError):

@@ -63,6 +63,12 @@ def _utc(at: datetime) -> datetime:
     return at if at.tzinfo is not None else at.replace(tzinfo=timezone.utc)
 
 
+# How long `Job.result` asks for a stored result before it waits for one, and after its
+# timeout passed.
+LOOKUP_S = 5.0
+LAST_LOOKUP_S = 1.0
+
+
 @dataclass(frozen=True)
 class JobError:
     """Why a job failed: `kind` (`invalid_input`, `too_large`, `out_of_memory`, `timeout`,
@@ -318,34 +324,49 @@ class Job:
         (`InvalidInput`, `TooLarge`, ...) unless `raise_on_failure=False`, which returns the
         failed `Result`. Past `timeout` seconds (None: no limit) raises `ResultTimeout`; the
         job goes on, and a later call can still get its result."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
         if not self._future.done() and not self._looked_up:
             # A result stored before this client subscribed (a resubmitted id).
-            await self._look_up()
+            await self._look_up(LOOKUP_S if timeout is None else min(LOOKUP_S, timeout))
             self._looked_up = True
+        left = None if deadline is None else max(0.0, deadline - loop.time())
         try:
-            result = await asyncio.wait_for(asyncio.shield(self._future), timeout)
+            result = await asyncio.wait_for(asyncio.shield(self._future), left)
         except asyncio.TimeoutError:
-            # One stored while the connection was down reached no subscription.
-            await self._look_up()
+            # One stored while the connection was down reached no subscription. Within a
+            # second: the timeout is a deadline (with the server away, the lookup's own 5 s
+            # made it 2-6 times what was asked).
+            await self._look_up(LAST_LOOKUP_S)
             if not self._future.done():
-                where = f"jobs.{self.device}.{self.kind}" if self.device else "its queue"
-                raise ResultTimeout(
-                    f"job {self.id} ({self.kind or 'any kind'}) has no result after {timeout} "
-                    f"s: it is queued or running (`await job.status()` says which), or no "
-                    f"worker serves {where}"
-                ) from None
+                raise ResultTimeout(self._no_result_yet(timeout)) from None
             result = self._future.result()
         if raise_on_failure:
             result.raise_for_status()
         return result
 
-    async def _look_up(self) -> None:
-        """Settle the job with its stored result, if it has one already."""
-        if self._future.done():
+    def _no_result_yet(self, timeout: float | None) -> str:
+        """Why `result()` has nothing after `timeout` seconds, as far as this client knows."""
+        head = f"job {self.id} ({self.kind or 'any kind'}) has no result after {timeout} s"
+        if not self._client._nc.is_connected:
+            return (
+                f"{head}, and the connection to the NATS server is down (the client keeps "
+                "reconnecting): the job goes on, and a later call can still get its result"
+            )
+        where = f"jobs.{self.device}.{self.kind}" if self.device else "its queue"
+        return (
+            f"{head}: it is queued or running (`await job.status()` says which, or `gone` if "
+            f"it will not be answered), or no worker serves {where}"
+        )
+
+    async def _look_up(self, within: float = LOOKUP_S) -> None:
+        """Settle the job with its stored result, if it has one already (asked for `within`
+        seconds; not at all while the connection is down)."""
+        if self._future.done() or not self._client._nc.is_connected:
             return
         try:
             found = await asyncio.wait_for(
-                self._client._lookup(self.kind, self.id, since=self._published_at), 5.0
+                self._client._lookup(self.kind, self.id, since=self._published_at), within
             )
         except (nats.errors.Error, asyncio.TimeoutError, OSError) as e:
             # The server unreachable: the subscription may still answer. (A missing results

@@ -155,6 +155,16 @@ class ObjectRef:
     tensor: str | None = None
     sha256: str | None = None
 
+    def __post_init__(self) -> None:
+        # As `Client.put` refuses it: a worker answered a longer name invalid_input.
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError("an object reference needs a non-empty name")
+        if len(self.name.encode()) > MAX_OBJECT_NAME:
+            raise ValueError(
+                f"object names are at most {MAX_OBJECT_NAME} bytes, not "
+                f"{len(self.name.encode())}"
+            )
+
     def to_json(self) -> dict[str, str]:
         out = {"object": self.name}
         if self.tensor is not None:
