@@ -110,3 +110,39 @@ async def test_a_result_timeout_is_a_deadline_while_the_server_is_away(tmp_path:
                 pass
     finally:
         stack.stop()
+
+
+async def test_a_server_certificate_not_trusted_is_said_at_once(tmp_path: Path) -> None:
+    # A TLS server whose certificate the client does not trust: nats-py's first connection
+    # hung for ever after the failed handshake.
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"]
+        + ["-nodes", "-days", "1", "-keyout", "key.pem", "-out", "cert.pem"]
+        + ["-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+    )
+    port = free_port()
+    (tmp_path / "tls.conf").write_text(
+        f"listen: 127.0.0.1:{port}\n"
+        f"tls {{ cert_file: {tmp_path / 'cert.pem'}, key_file: {tmp_path / 'key.pem'} }}\n"
+    )
+    stack = Stack(url=f"nats://127.0.0.1:{port}", kiln=kiln_binary(), workdir=tmp_path)
+    config = str(tmp_path / "tls.conf")
+    server = stack.start("nats-server", [nats_server_binary(), "-c", config], _env())
+    wait_for_port(port, server)
+    try:
+        started = time.monotonic()
+        try:
+            await asyncio.wait_for(kiln.connect(f"nats://127.0.0.1:{port}"), 30)
+            raise AssertionError("connected to a server it does not trust")
+        except kiln.ConnectError as e:
+            assert "TLS with the NATS server" in str(e) and "certificate" in str(e), e
+        assert time.monotonic() - started < 5
+        async with kiln.connect(
+            f"tls://127.0.0.1:{port}", tls_ca=str(tmp_path / "cert.pem")
+        ) as client:
+            assert client.nats.is_connected
+    finally:
+        stack.stop()

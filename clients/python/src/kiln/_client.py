@@ -172,48 +172,49 @@ class Connecting:
         # What errors and logs say the server is: never the credentials a URL holds.
         shown = _redacted(o.url)
 
+        tls_failed = asyncio.Event()
+
         async def on_error(e: Exception) -> None:
             errors.append(e)
             log.debug("NATS at %s: %s", shown, _redacted(str(e)))
+            if isinstance(e, ssl.SSLError):
+                tls_failed.set()
 
         async def on_reconnect() -> None:
             # Results stored while the connection was down reached no subscription.
             for client in made:
                 client._look_up_after_reconnect()
 
-        try:
-            # One attempt per server (and one retry) for the first connection, so that a
-            # server that is not there is reported at once ...
-            nc = await nats.connect(
-                servers=servers,
-                name=o.name,
-                connect_timeout=o.connect_timeout,
-                allow_reconnect=True,
-                max_reconnect_attempts=1,
-                reconnect_time_wait=0.1,
-                error_cb=on_error,
-                reconnected_cb=on_reconnect,
-                **kwargs,
-            )
-        except Exception as e:  # every failure gets the same one sentence
-            cause = errors[-1] if errors else e
-            text = _redacted(str(cause)) or type(cause).__name__
-            if "authorization" in text.lower() or "authentication" in text.lower():
-                raise ConnectError(
-                    f"the NATS server at {shown} refused these credentials ({text}): check user/"
-                    "password, nkey, creds or token (NATS_USER, NATS_PASSWORD, NATS_NKEY, "
-                    "NATS_CREDS, NATS_TOKEN)"
-                ) from e
-            if isinstance(cause, ssl.SSLError) or "certificate" in text.lower():
-                raise ConnectError(
-                    f"TLS with the NATS server at {shown} failed ({text}): check tls_ca (and "
-                    "tls_cert/tls_key for mutual TLS), and that the server's certificate names "
-                    "the host in the URL"
-                ) from e
-            raise ConnectError(
-                f"could not reach NATS at {shown} ({text}): start nats-server -js, or point "
-                "url / NATS_URL at your server"
-            ) from e
+        nc = NATS()
+        # One attempt per server (and one retry) for the first connection, so that a server
+        # that is not there is reported at once ...
+        kwargs.update(
+            servers=servers,
+            name=o.name,
+            connect_timeout=o.connect_timeout,
+            allow_reconnect=True,
+            max_reconnect_attempts=1,
+            reconnect_time_wait=0.1,
+            error_cb=on_error,
+            reconnected_cb=on_reconnect,
+        )
+        connecting = asyncio.ensure_future(nc.connect(**kwargs))
+        # ... and at once after a failed TLS handshake (a server certificate it does not
+        # trust), after which nats-py's first connection hung for ever.
+        tls = asyncio.ensure_future(tls_failed.wait())
+        bound = 2 * o.connect_timeout * len(servers) + 5.0
+        await asyncio.wait({connecting, tls}, timeout=bound, return_when=asyncio.FIRST_COMPLETED)
+        tls.cancel()
+        if not connecting.done() or connecting.exception() is not None:
+            if not connecting.done():
+                connecting.cancel()
+            failure = connecting.exception() if connecting.done() and not connecting.cancelled() else None
+            try:
+                await nc.close()
+            except Exception:  # never connected: nothing to close
+                pass
+            cause = failure or TimeoutError(f"no connection within {bound:.0f} s")
+            raise _connect_error(shown, [*errors, cause]) from failure
         # ... and a connection lost later is retried as nats-py does by default (60 attempts
         # per server, 2 s apart), pending requests waiting for it.
         nc.options["max_reconnect_attempts"] = 60
@@ -221,6 +222,31 @@ class Connecting:
         client = Client(nc)
         made.append(client)
         return client
+
+
+def _connect_error(shown: str, errors: list[BaseException]) -> ConnectError:
+    """Why the first connection failed, from every error it met: a refusal of the
+    credentials or a TLS failure said as such, even when a later error (a connection reset,
+    a timeout) came after it."""
+    texts = [_redacted(str(e)) or type(e).__name__ for e in errors]
+    for text in texts:
+        if "authorization" in text.lower() or "authentication" in text.lower():
+            return ConnectError(
+                f"the NATS server at {shown} refused these credentials ({text}): check user/"
+                "password, nkey, creds or token (NATS_USER, NATS_PASSWORD, NATS_NKEY, "
+                "NATS_CREDS, NATS_TOKEN)"
+            )
+    for error, text in zip(errors, texts):
+        if isinstance(error, ssl.SSLError) or "certificate" in text.lower():
+            return ConnectError(
+                f"TLS with the NATS server at {shown} failed ({text}): check tls_ca (and "
+                "tls_cert/tls_key for mutual TLS), and that the server's certificate names "
+                "the host in the URL"
+            )
+    return ConnectError(
+        f"could not reach NATS at {shown} ({texts[-1]}): start nats-server -js, or point "
+        "url / NATS_URL at your server"
+    )
 
 
 def _redacted(text: str) -> str:
