@@ -1215,3 +1215,38 @@ async fn a_dead_letter_that_cannot_be_replayed_is_removed_with_dlq_rm() {
         "no dead letter with sequence {letter} in KILN_DLQ"
     )),);
 }
+
+/// One message with `Nats-Rollup: all`, which anyone allowed to write one key may send,
+/// wiped a whole bucket: every cancel mark (a job cancelled while no worker was up then
+/// ran) or every job state. kiln's buckets refuse rollups.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rollup_cannot_wipe_the_cancel_marks_or_the_job_states() {
+    let cluster = Cluster::new();
+    cluster.init().await;
+    common::assert_success(&cluster.kiln(&[
+        "submit",
+        "vector_add",
+        "-p",
+        "len=4",
+        "--id",
+        "kept-1",
+    ]));
+    common::assert_success(&cluster.kiln(&["cancel", "kept-1"]));
+    let js = jetstream::new(cluster.client().await);
+    for bucket in ["KILN_CANCEL", "KILN_STATE", "KILN_WORKERS"] {
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Rollup", "all");
+        let stored = js
+            .publish_with_headers(format!("$KV.{bucket}.zz"), headers, "x".into())
+            .await
+            .unwrap()
+            .await;
+        let error = stored.expect_err("a rollup is refused").to_string();
+        assert!(error.contains("rollup"), "{bucket}: {error}");
+    }
+    let status = common::stdout(&cluster.kiln(&["status", "kept-1"]));
+    assert!(
+        status.contains("kept-1: cancel requested; queued on jobs.cpu.vector_add"),
+        "{status}"
+    );
+}

@@ -812,3 +812,34 @@ fn help_does_not_show_the_credentials_in_nats_url() {
         assert!(!help.contains("s3cretPw"), "{args:?}: {help}");
     }
 }
+
+/// Reads the documented flows make, allowed: the Python client's object reads look up the
+/// stream by subject (`$JS.API.STREAM.NAMES`; a submitter's `client.get` timed out), and an
+/// aggregator reads the last message of a snapshot subject that holds another's from the
+/// stream (it was refused, and the aggregator stood by for nothing).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_reads_of_documented_flows_are_allowed() {
+    let secure = Secure::start(false);
+    secure.init();
+    let (client, errors) = secure.client("submitter").await;
+    let js = jetstream::new(client);
+    let stream = js.stream_by_subject("$O.KILN_DATA.C.x").await;
+    assert_eq!(stream.unwrap(), "OBJ_KILN_DATA");
+    let (client, aggregator_errors) = secure.client("aggregator").await;
+    let js = jetstream::new(client);
+    let metrics = js.get_stream(streams::STREAM_METRICS).await.unwrap();
+    let last = metrics
+        .get_last_raw_message_by_subject("metrics.vector_add.cpu")
+        .await;
+    assert_eq!(
+        last.map(|_| ()).map_err(|e| e.kind()),
+        Err(async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound)
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(errors.lock().unwrap().is_empty(), "{:?}", errors.lock());
+    assert!(
+        aggregator_errors.lock().unwrap().is_empty(),
+        "{:?}",
+        aggregator_errors.lock()
+    );
+}

@@ -69,6 +69,15 @@ pub enum SetupError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// A bucket's stream could not be set to refuse rollups.
+    #[error("could not set the key-value bucket {bucket} to refuse rollups: {source}")]
+    BucketRollups {
+        /// The bucket's name.
+        bucket: &'static str,
+        /// The server's refusal.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// Something a role needs does not exist and this user could not create it: with
     /// least-privilege users only the admin creates streams and consumers.
     #[error(
@@ -592,8 +601,22 @@ async fn create_buckets(
                 .await
                 .map_err(|source| SetupError::BucketDiscard { bucket, source })?;
         }
+        no_rollups(js, bucket)
+            .await
+            .map_err(|source| SetupError::BucketRollups { bucket, source })?;
     }
     Ok(())
+}
+
+/// Refuse rollups in a bucket's stream. async-nats makes every bucket allowing them (for
+/// `purge`, which kiln never calls), and one message with `Nats-Rollup: all`, which anyone
+/// allowed to write one key may send, wiped the whole bucket: every cancel mark (a job
+/// cancelled while no worker was up then ran) or every job state.
+async fn no_rollups(js: &jetstream::Context, bucket: &str) -> Result<(), BoxError> {
+    change_stream(js, &format!("KV_{bucket}"), |config| {
+        config.allow_rollup = false;
+    })
+    .await
 }
 
 /// The `KILN_DATA` object store: created when missing; with `update`, its stream's age, size
