@@ -691,6 +691,21 @@ async fn tls_clients_verify_the_server_and_plaintext_is_refused() {
         .unwrap();
     assert!(!out.status.success());
     assert!(stderr(&out).contains("TLS"), "{}", stderr(&out));
+    // A CA file that holds no PEM is named as such, before any handshake (it was reported
+    // as an unknown issuer).
+    let der = secure.dir.path().join("ca.der");
+    std::fs::write(&der, [0x30u8, 0x82, 0x01, 0x0a]).unwrap();
+    let out = secure
+        .command(Auth::User("submitter"), &["status"])
+        .env("NATS_CA", &der)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("ca.der holds no PEM block"),
+        "{}",
+        stderr(&out)
+    );
 
     // A plaintext client gets no further than the server's INFO, which demands TLS.
     let stream = TcpStream::connect(("127.0.0.1", secure.server.port())).unwrap();

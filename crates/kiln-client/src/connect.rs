@@ -174,7 +174,8 @@ async fn connect_with(args: &ConnectOptions, retry: bool) -> Result<async_nats::
         }
         Err(e)
             if matches!(e.kind(), ConnectErrorKind::Tls)
-                || e.to_string().contains("certificate") =>
+                // rustls's alerts: `CertificateRequired` (mutual TLS without a certificate).
+                || e.to_string().to_ascii_lowercase().contains("certificate") =>
         {
             Err(refused(
                 format!(
@@ -408,7 +409,19 @@ fn tls(
         ("--tls-key private key", &args.tls_key),
     ] {
         if let Some(path) = path {
-            std::fs::File::open(path).map_err(|e| unreadable(what, path, e))?;
+            let bytes = std::fs::read(path).map_err(|e| unreadable(what, path, e))?;
+            // A file with no PEM block in it (a DER file, the wrong file) was reported by
+            // the handshake as an unknown issuer.
+            if !String::from_utf8_lossy(&bytes).contains("-----BEGIN ") {
+                return Err(Error::Config {
+                    message: format!(
+                        "{what} {} holds no PEM block (-----BEGIN …-----): give a PEM file \
+                         (openssl x509 -inform der -in FILE -out FILE.pem converts a DER one)",
+                        path.display()
+                    ),
+                    source: None,
+                });
+            }
         }
     }
     if let Some(ca) = &args.tls_ca {
