@@ -696,7 +696,8 @@ async def test_a_single_number_for_a_tensor_parameter_is_refused_before_anything
     for kind, params in refused:
         with pytest.raises(ValueError, match="must be an array, got the single number"):
             await client.submit(kind, "cpu", **params)
-    with pytest.raises(ValueError, match="must be an array"):
+    # Which spec of the batch, named.
+    with pytest.raises(ValueError, match=r"^spec 1 \(matmul\): .*must be an array"):
         await client.submit_many([{"kind": "vector_add", "len": 4}, {"kind": "matmul", "a": 1}])
     assert (await js.stream_info("KILN_JOBS")).state.last_seq == stored_jobs
     # A kind kiln does not run may take a number by such a name: the client sends it, and
@@ -967,3 +968,10 @@ def test_an_object_name_too_long_is_refused_as_a_put_refuses_it() -> None:
     with pytest.raises(ValueError, match="at most 1024 bytes"):
         kiln.ObjectRef("x" * 1100)
     assert kiln.ObjectRef("x" * 1024).to_json() == {"object": "x" * 1024}
+
+
+async def test_a_model_not_stored_says_to_store_it_as_safetensors(client: kiln.Client) -> None:
+    job = await client.submit("train_mlp", "cpu", epochs=1, samples=64)
+    result = await job.result(timeout=RESULT_TIMEOUT)
+    with pytest.raises(kiln.KilnError, match="submit with output='safetensors' to store it"):
+        await result.model()

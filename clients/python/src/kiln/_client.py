@@ -486,16 +486,21 @@ class Client:
         ones and `refused` says why each other one was not.
         """
         prepared = []
-        for spec in specs:
+        for n, spec in enumerate(specs):
             if "kind" not in spec:
                 raise ValueError(
-                    f"a job spec needs a 'kind' ({', '.join(_wire.KINDS)}): {dict(spec)!r:.200}"
+                    f"spec {n}: a job spec needs a 'kind' ({', '.join(_wire.KINDS)}): "
+                    f"{dict(spec)!r:.200}"
                 )
             merged: dict[str, Any] = {"device": device, "upload": upload}
             merged.update(spec)
             params = dict(merged.pop("params", None) or {})
             params.update({k: v for k, v in merged.items() if k not in _ENVELOPE_KEYS})
-            prepared.append(self._prepare(merged, params))
+            try:
+                prepared.append(self._prepare(merged, params))
+            except (ValueError, TypeError) as e:
+                # Which of the batch's specs it is (the message named only the parameter).
+                raise type(e)(f"spec {n} ({spec['kind']}): {e}") from e
         ids = [p.job_id for p in prepared]
         if len(set(ids)) != len(ids):
             repeated = sorted(i for i, n in Counter(ids).items() if n > 1)

@@ -164,10 +164,12 @@ class Result:
         self.raise_for_status()
         obj = self.object
         if obj is None:
+            # A model is a safetensors file: npy is no format for it.
+            stored = "'safetensors'" if self.kind == "train_mlp" else "'npy'"
             raise KilnError(
                 f"job {self.id} ({self.kind}) has no stored output (its result has no "
                 "output.object): its output is inline (see .output) or, for generated "
-                "inputs, a summary; submit with output='npy' to store it"
+                f"inputs, a summary; submit with output={stored} to store it"
             )
         if self._object_data is None:
             if self._client is None:
