@@ -1233,7 +1233,7 @@ async fn a_rollup_cannot_wipe_the_cancel_marks_or_the_job_states() {
     ]));
     common::assert_success(&cluster.kiln(&["cancel", "kept-1"]));
     let js = jetstream::new(cluster.client().await);
-    for bucket in ["KILN_CANCEL", "KILN_STATE", "KILN_WORKERS"] {
+    for bucket in ["KILN_CANCEL", "KILN_STATE"] {
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Rollup", "all");
         let stored = js

@@ -403,25 +403,30 @@ fn tls(
     mut options: async_nats::ConnectOptions,
     args: &ConnectOptions,
 ) -> Result<async_nats::ConnectOptions> {
-    for (what, path) in [
-        ("--tls-ca certificate", &args.tls_ca),
-        ("--tls-cert certificate", &args.tls_cert),
-        ("--tls-key private key", &args.tls_key),
-    ] {
+    let files = [
+        ("--tls-ca certificate", &args.tls_ca, "x509"),
+        ("--tls-cert certificate", &args.tls_cert, "x509"),
+        ("--tls-key private key", &args.tls_key, "pkey"),
+    ];
+    let mut read = Vec::new();
+    for (what, path, tool) in files {
         if let Some(path) = path {
             let bytes = std::fs::read(path).map_err(|e| unreadable(what, path, e))?;
-            // A file with no PEM block in it (a DER file, the wrong file) was reported by
-            // the handshake as an unknown issuer.
-            if !String::from_utf8_lossy(&bytes).contains("-----BEGIN ") {
-                return Err(Error::Config {
-                    message: format!(
-                        "{what} {} holds no PEM block (-----BEGIN …-----): give a PEM file \
-                         (openssl x509 -inform der -in FILE -out FILE.pem converts a DER one)",
-                        path.display()
-                    ),
-                    source: None,
-                });
-            }
+            read.push((what, path, tool, bytes));
+        }
+    }
+    // A file with no PEM block in it (a DER file, the wrong file) was reported by the
+    // handshake as an unknown issuer. (Each file is read first: a missing one is named first.)
+    for (what, path, tool, bytes) in read {
+        if !String::from_utf8_lossy(&bytes).contains("-----BEGIN ") {
+            return Err(Error::Config {
+                message: format!(
+                    "{what} {} holds no PEM block (-----BEGIN …-----): give a PEM file \
+                     (openssl {tool} -inform der -in FILE -out FILE.pem converts a DER one)",
+                    path.display()
+                ),
+                source: None,
+            });
         }
     }
     if let Some(ca) = &args.tls_ca {

@@ -601,17 +601,23 @@ async fn create_buckets(
                 .await
                 .map_err(|source| SetupError::BucketDiscard { bucket, source })?;
         }
-        no_rollups(js, bucket)
-            .await
-            .map_err(|source| SetupError::BucketRollups { bucket, source })?;
+        // Not the workers' bucket: kept in memory, it is made again after a server restart
+        // by the first worker to start, which may create it but not update it; its entries
+        // live 6 s, and a wipe of them is made good by the next heartbeats.
+        if bucket != crate::BUCKET_WORKERS {
+            no_rollups(js, bucket)
+                .await
+                .map_err(|source| SetupError::BucketRollups { bucket, source })?;
+        }
     }
     Ok(())
 }
 
 /// Refuse rollups in a bucket's stream. async-nats makes every bucket allowing them (for
-/// `purge`, which kiln never calls), and one message with `Nats-Rollup: all`, which anyone
-/// allowed to write one key may send, wiped the whole bucket: every cancel mark (a job
-/// cancelled while no worker was up then ran) or every job state.
+/// `purge`, which kiln never calls; `nats kv purge` is refused on these buckets), and one
+/// message with `Nats-Rollup: all`, which anyone allowed to write one key may send, wiped
+/// the whole bucket: every cancel mark (a job cancelled while no worker was up then ran) or
+/// every job state.
 async fn no_rollups(js: &jetstream::Context, bucket: &str) -> Result<(), BoxError> {
     change_stream(js, &format!("KV_{bucket}"), |config| {
         config.allow_rollup = false;
