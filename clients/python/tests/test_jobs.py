@@ -949,11 +949,18 @@ async def test_closing_the_client_wakes_its_waiters_and_its_errors_are_kilns(
     client = await kiln.connect(kiln_stack.url)
     job = await client.submit("vector_add", "gpu", len=4)
     waiting = asyncio.ensure_future(job.result(timeout=None))
+    # A second handle on the same job shares the first's answer, and its end.
+    again = await client.job(job.id, kind="vector_add")
+    waiting_again = asyncio.ensure_future(again.result(timeout=None))
     await asyncio.sleep(0.2)
     await client.close()
     # It waited for ever for a result the closed client no longer receives.
-    with pytest.raises(kiln.ConnectError, match="the client was closed before job"):
-        await asyncio.wait_for(waiting, 5)
+    for each in (waiting, waiting_again):
+        with pytest.raises(kiln.ConnectError, match="the client was closed before job"):
+            await asyncio.wait_for(each, 5)
+    # Not "finished already" (False): closed.
+    with pytest.raises(kiln.ConnectError):
+        await job.cancel()
     # nats-py's "connection closed" is a kiln error, saying what to do.
     for call in (
         client.submit("vector_add", "cpu", len=4),

@@ -199,22 +199,26 @@ class Connecting:
             reconnected_cb=on_reconnect,
         )
         connecting = asyncio.ensure_future(nc.connect(**kwargs))
-        # ... and at once after a failed TLS handshake (a server certificate it does not
-        # trust), after which nats-py's first connection hung for ever.
-        tls = asyncio.ensure_future(tls_failed.wait())
+        # ... and at once after a failed TLS handshake with the one server given (a
+        # certificate it does not trust), after which nats-py's first connection hung for
+        # ever; with several, another may be healthy: within the bound.
+        waits: set[asyncio.Future[Any]] = {connecting}
+        if len(servers) == 1:
+            waits.add(asyncio.ensure_future(tls_failed.wait()))
         bound = 2 * o.connect_timeout * len(servers) + 5.0
-        await asyncio.wait({connecting, tls}, timeout=bound, return_when=asyncio.FIRST_COMPLETED)
-        tls.cancel()
-        if not connecting.done() or connecting.exception() is not None:
-            if not connecting.done():
-                connecting.cancel()
-            failure = connecting.exception() if connecting.done() and not connecting.cancelled() else None
-            try:
-                await nc.close()
-            except Exception:  # never connected: nothing to close
-                pass
+        try:
+            await asyncio.wait(waits, timeout=bound, return_when=asyncio.FIRST_COMPLETED)
+        finally:  # the caller cancelled too: nothing left running, no connection kept
+            for waiting in waits:
+                if not waiting.done():
+                    waiting.cancel()
+            if not connecting.done() or connecting.cancelled() or connecting.exception():
+                await asyncio.shield(_close_quietly(nc))
+        if connecting.cancelled() or connecting.exception() is not None:
+            failure = None if connecting.cancelled() else connecting.exception()
             cause = failure or TimeoutError(f"no connection within {bound:.0f} s")
-            raise _connect_error(shown, [*errors, cause]) from failure
+            # The errors nats-py reported say more than its last ("no servers available").
+            raise _connect_error(shown, [cause, *errors]) from failure
         # ... and a connection lost later is retried as nats-py does by default (60 attempts
         # per server, 2 s apart), pending requests waiting for it.
         nc.options["max_reconnect_attempts"] = 60
@@ -222,6 +226,13 @@ class Connecting:
         client = Client(nc)
         made.append(client)
         return client
+
+
+async def _close_quietly(nc: NATS) -> None:
+    try:
+        await nc.close()
+    except Exception:  # never connected: nothing to close
+        pass
 
 
 def _connect_error(shown: str, errors: list[BaseException]) -> ConnectError:
@@ -377,6 +388,7 @@ class Client:
         # past SUBSCRIBE_EACH_UP_TO) on one subscription to every result of its kind and one
         # to every result of kind `unknown`.
         self._watching: dict[str, _Watch] = {}
+        self._sweep_again = False
         self._by_kind: dict[str, tuple[Subscription, dict[str, Job]]] = {}
         self._tasks: set[asyncio.Future[Any]] = set()
         self._sweep: asyncio.Future[None] | None = None
@@ -500,7 +512,8 @@ class Client:
                 prepared.append(self._prepare(merged, params))
             except (ValueError, TypeError) as e:
                 # Which of the batch's specs it is (the message named only the parameter).
-                raise type(e)(f"spec {n} ({spec['kind']}): {e}") from e
+                again = ValueError if isinstance(e, ValueError) else TypeError
+                raise again(f"spec {n} ({spec['kind']}): {e}") from e
         ids = [p.job_id for p in prepared]
         if len(set(ids)) != len(ids):
             repeated = sorted(i for i, n in Counter(ids).items() if n > 1)
@@ -857,7 +870,12 @@ class Client:
         if earlier is not None:
             # Another handle on the same id: it shares the answer.
             def share(done: asyncio.Future[Result]) -> None:
-                if not done.cancelled():
+                if done.cancelled() or job._future.done():
+                    return
+                if done.exception() is not None:  # the client closed: this handle too
+                    job._future.set_exception(done.exception())  # type: ignore[arg-type]
+                    job._future.exception()
+                else:
                     job._settle(done.result())
 
             earlier.job._future.add_done_callback(share)
@@ -947,6 +965,8 @@ class Client:
         reconnection during one starts none)."""
         if self._sweep is None or self._sweep.done():
             self._sweep = self._spawn(self._look_up_watched())
+        else:  # its lookups may have met the connection down again
+            self._sweep_again = True
 
     async def _look_up_watched(self, again_after: float = 3.0) -> None:
         """Look up the stored results of the jobs still waiting, 16 at a time, now and once
@@ -958,10 +978,14 @@ class Client:
             async with limit:
                 await job._look_up()
 
-        for pause in (0.0, again_after):
-            await asyncio.sleep(pause)
-            jobs = [watch.job for watch in list(self._watching.values())]
-            await asyncio.gather(*(look(job) for job in jobs), return_exceptions=True)
+        while True:
+            self._sweep_again = False
+            for pause in (0.0, again_after):
+                await asyncio.sleep(pause)
+                jobs = [watch.job for watch in list(self._watching.values())]
+                await asyncio.gather(*(look(job) for job in jobs), return_exceptions=True)
+            if not self._sweep_again:
+                return
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Future[None]:
         task = asyncio.ensure_future(coroutine)

@@ -325,13 +325,15 @@ class Job:
         """Wait for the job's result. A failed job raises its `JobFailed` subclass
         (`InvalidInput`, `TooLarge`, ...) unless `raise_on_failure=False`, which returns the
         failed `Result`. Past `timeout` seconds (None: no limit) raises `ResultTimeout`; the
-        job goes on, and a later call can still get its result."""
+        job goes on, and a later call can still get its result. Raises `ConnectError` when
+        the client is closed before the result comes."""
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         if not self._future.done() and not self._looked_up:
             # A result stored before this client subscribed (a resubmitted id).
-            await self._look_up(LOOKUP_S if timeout is None else min(LOOKUP_S, timeout))
-            self._looked_up = True
+            self._looked_up = await self._look_up(
+                LOOKUP_S if timeout is None else min(LOOKUP_S, timeout)
+            )
         left = None if deadline is None else max(0.0, deadline - loop.time())
         try:
             result = await asyncio.wait_for(asyncio.shield(self._future), left)
@@ -361,11 +363,13 @@ class Job:
             f"it will not be answered), or no worker serves {where}"
         )
 
-    async def _look_up(self, within: float = LOOKUP_S) -> None:
+    async def _look_up(self, within: float = LOOKUP_S) -> bool:
         """Settle the job with its stored result, if it has one already (asked for `within`
-        seconds; not at all while the connection is down)."""
-        if self._future.done() or not self._client._nc.is_connected:
-            return
+        seconds; not at all while the connection is down); whether it asked."""
+        if self._future.done():
+            return True
+        if not self._client._nc.is_connected:
+            return False
         try:
             found = await asyncio.wait_for(
                 self._client._lookup(self.kind, self.id, since=self._published_at), within
@@ -374,10 +378,11 @@ class Job:
             # The server unreachable: the subscription may still answer. (A missing results
             # stream, KilnError, is raised: `kiln init` has not run.)
             log.debug("looking up %s's result: %s", self.id, e)
-            return
+            return False
         if found is not None and not self._future.done():
             self._settle(found)
             await self._client._unwatch(self.id, self._future)
+        return True
 
     def _answers(self, result: Result) -> bool:
         """Whether `result` is this job's answer (see `answers`)."""
@@ -422,5 +427,6 @@ class Job:
         queued job `cancelled` when it takes it, a running one stops at its next checkpoint.
         Returns False, marking nothing, when the job has finished already."""
         if self._future.done():
+            self._future.result()  # the client closed before its result came: raised
             return False
         return await self._client.cancel(self.id, kind=self.kind)
