@@ -390,10 +390,7 @@ impl Aggregator {
             // Every result is stored on its job's own subject: one that names another kind
             // or job (published by hand, with a worker's rights) would count a job twice, or
             // one that never ran.
-            Ok(event)
-                if subject
-                    != kiln_proto::subject::result_of(&event.kind, &event.id, event.replay) =>
-            {
+            Ok(event) if !is_subject_of(subject, &event.kind, &event.id, event.replay) => {
                 self.folds.delivered_at(sequence);
                 tracing::warn!(%subject, kind = %event.kind, id = %event.id, "result event names another job than its subject; not counted");
                 None
@@ -613,4 +610,54 @@ fn trace_aggregate(message: &jetstream::Message, event: &ResultHead) -> Option<T
             KeyValue::new("kiln.job.class", event.class.to_string()),
         ],
     )
+}
+
+/// Whether `subject` is the result subject of job `id` of `kind`, run `replay`
+/// ([`kiln_proto::subject::result_of`]), compared in place: no subject is built per result.
+fn is_subject_of(subject: &str, kind: &str, id: &str, replay: u32) -> bool {
+    let rest = subject
+        .strip_prefix("results.")
+        .and_then(|s| s.strip_prefix(kind))
+        .and_then(|s| s.strip_prefix('.'))
+        .and_then(|s| s.strip_prefix(id));
+    match (rest, replay) {
+        (Some(""), 0) => true,
+        (Some(rest), n) if n > 0 => rest
+            .strip_prefix(".replay-")
+            .is_some_and(|r| !r.starts_with('0') && r.parse::<u32>() == Ok(n)),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_subject_of;
+    use kiln_proto::subject::result_of;
+
+    #[test]
+    fn a_result_is_on_its_own_subject_and_no_other() {
+        for (kind, id, replay) in [
+            ("vector_add", "va-1", 0),
+            ("unknown", "uk-1", 0),
+            ("matmul", "mm-1", 3),
+        ] {
+            assert!(is_subject_of(
+                &result_of(kind, id, replay),
+                kind,
+                id,
+                replay
+            ));
+        }
+        for (subject, kind, id, replay) in [
+            ("results.vector_add.x", "vector_add", "ghost-1", 0),
+            ("results.matmul.va-1", "vector_add", "va-1", 0),
+            ("results.vector_add.va-1.replay-2", "vector_add", "va-1", 0),
+            ("results.vector_add.va-1", "vector_add", "va-1", 2),
+            ("results.vector_add.va-1.replay-02", "vector_add", "va-1", 2),
+            ("results.vector_add.va-12", "vector_add", "va-1", 0),
+            ("results.vector_add", "vector_add", "", 0),
+        ] {
+            assert!(!is_subject_of(subject, kind, id, replay), "{subject}");
+        }
+    }
 }

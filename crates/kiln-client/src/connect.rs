@@ -152,25 +152,7 @@ async fn connect_with(args: &ConnectOptions, retry: bool) -> Result<async_nats::
     match first {
         Ok(client) => Ok(client),
         Err(e) if matches!(e.kind(), ConnectErrorKind::AuthorizationViolation) => {
-            // "Refused these credentials" when none were given sent people looking for them.
-            let given = [&args.token, &args.user, &args.password]
-                .iter()
-                .any(|c| c.is_some())
-                || args.creds.is_some()
-                || args.nkey.is_some()
-                || url.contains('@');
-            let what = match given {
-                true => "refused these credentials: check",
-                false => "requires credentials, and none were given: give",
-            };
-            Err(refused(
-                format!(
-                    "the NATS server at {shown} {what} --user/--password, --token, --nkey or \
-                     --creds (NATS_USER, NATS_PASSWORD, NATS_TOKEN, NATS_NKEY, NATS_CREDS), or \
-                     a NATS context that holds them (--context, NATS_CONTEXT)"
-                ),
-                e,
-            ))
+            Err(refused(credentials_refused(args, &shown), e))
         }
         Err(e)
             if matches!(e.kind(), ConnectErrorKind::Tls)
@@ -369,6 +351,26 @@ async fn options(
         (None, None) => {}
     }
     tls(options, args)
+}
+
+/// What to say of credentials the server refused: "refused these credentials" when none
+/// were given sent people looking for them.
+fn credentials_refused(args: &ConnectOptions, shown: &str) -> String {
+    let given = [&args.token, &args.user, &args.password]
+        .iter()
+        .any(|c| c.is_some())
+        || args.creds.is_some()
+        || args.nkey.is_some()
+        || args.server_url().contains('@');
+    let what = match given {
+        true => "refused these credentials: check",
+        false => "requires credentials, and none were given: give",
+    };
+    format!(
+        "the NATS server at {shown} {what} --user/--password, --token, --nkey or --creds \
+         (NATS_USER, NATS_PASSWORD, NATS_TOKEN, NATS_NKEY, NATS_CREDS), or a NATS context that \
+         holds them (--context, NATS_CONTEXT)"
+    )
 }
 
 /// [`Error::Config`] for a file that cannot be read.

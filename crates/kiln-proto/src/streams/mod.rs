@@ -8,6 +8,7 @@ use async_nats::jetstream::{
     stream::{self, DiscardPolicy, RetentionPolicy, StorageType},
 };
 
+mod buckets;
 mod setup;
 
 pub use setup::{SETUP_PATIENCE, SetupError, ensure_all, patiently, update_all};
