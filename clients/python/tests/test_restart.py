@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import kiln
@@ -22,25 +23,33 @@ from conftest import (
 )
 
 
-async def test_results_stored_while_the_server_restarted_are_received(tmp_path: Path) -> None:
+def _restartable(tmp_path: Path) -> tuple[Stack, Callable[[], Process]]:
+    """A stack on a free port, and what (re)starts its nats-server with JetStream on the same
+    store (`kiln init` is run on its first start)."""
     port = free_port()
     url = f"nats://127.0.0.1:{port}"
-    kiln_bin = kiln_binary()
-    stack = Stack(url=url, kiln=kiln_bin, workdir=tmp_path)
-    env = _env()
+    stack = Stack(url=url, kiln=kiln_binary(), workdir=tmp_path)
     server_args = [nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", str(port)]
     server_args += ["-sd", str(tmp_path / "js")]
+    started: list[Process] = []
 
     def start_server() -> Process:
-        server = stack.start("nats-server", server_args, env)
+        server = stack.start("nats-server", server_args, _env())
         wait_for_port(port, server)
+        if not started:
+            init = [stack.kiln, "--nats-url", url, "init"]
+            subprocess.run(init, env=_env(), check=True, capture_output=True)
+        started.append(server)
         return server
 
+    return stack, start_server
+
+
+async def test_results_stored_while_the_server_restarted_are_received(tmp_path: Path) -> None:
+    stack, start_server = _restartable(tmp_path)
+    url, kiln_bin, env = stack.url, stack.kiln, _env()
     server = start_server()
     try:
-        subprocess.run(
-            [kiln_bin, "--nats-url", url, "init"], env=env, check=True, capture_output=True
-        )
         worker = [kiln_bin, "--nats-url", url, "worker", "--device", "cpu", "--name", "rs"]
         stack.start("worker", worker, env)
         await _wait_serving(url, stack)
@@ -75,20 +84,10 @@ async def test_results_stored_while_the_server_restarted_are_received(tmp_path: 
 
 
 async def test_a_result_timeout_is_a_deadline_while_the_server_is_away(tmp_path: Path) -> None:
-    port = free_port()
-    url = f"nats://127.0.0.1:{port}"
-    kiln_bin = kiln_binary()
-    stack = Stack(url=url, kiln=kiln_bin, workdir=tmp_path)
-    env = _env()
-    server_args = [nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", str(port)]
-    server_args += ["-sd", str(tmp_path / "js")]
-    server = stack.start("nats-server", server_args, env)
-    wait_for_port(port, server)
+    stack, start_server = _restartable(tmp_path)
+    server = start_server()
     try:
-        subprocess.run(
-            [kiln_bin, "--nats-url", url, "init"], env=env, check=True, capture_output=True
-        )
-        async with kiln.connect(url) as client:
+        async with kiln.connect(stack.url) as client:
             # No worker: the job waits. Then the server goes away.
             job = await client.submit("vector_add", "cpu", len=4)
             server.popen.kill()
