@@ -876,6 +876,23 @@ async def test_a_queued_job_purged_from_the_stream_is_gone(client: kiln.Client) 
     assert await client.status(job.id) == "gone"
 
 
+async def test_a_wait_without_timeout_ends_when_the_job_is_gone(
+    client: kiln.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(kiln._job, "GONE_CHECK_S", 0.2)
+    job = await client.submit("vector_add", "gpu", len=4)
+    waiting = asyncio.ensure_future(job.result(timeout=None))
+    await asyncio.sleep(0.5)
+    assert not waiting.done()  # queued: it waits on
+    await client.nats.jetstream().purge_stream("KILN_JOBS", subject="jobs.gpu.>")
+    # It waited for ever: nothing will answer a purged job.
+    with pytest.raises(kiln.JobGone, match=f"job {job.id} \\(vector_add\\) will not be"):
+        await asyncio.wait_for(waiting, 10)
+    # Within a deadline too, past the first ask.
+    with pytest.raises(kiln.JobGone):
+        await job.result(timeout=5)
+
+
 async def _chunk_subjects(client: kiln.Client) -> set[str]:
     """The subjects of KILN_DATA's chunks: one per object stored or being stored."""
     js = client.nats.jetstream()

@@ -55,6 +55,13 @@ class ResultTimeout(KilnError, asyncio.TimeoutError):
     still finish: call `job.result()` again, or `job.status()` to see where it is."""
 
 
+class JobGone(KilnError):
+    """A job will not be answered: recorded as queued, but no longer in KILN_JOBS and
+    without a result (its result dropped from a full KILN_RESULTS, or the job purged), as
+    `job.status()` and `kiln status` say `gone`. Resubmit it (under a new id, or the same
+    one once the server's 10-minute duplicate window has passed)."""
+
+
 class JobFailed(KilnError):
     """A job ended with status "failed". `kind` is the machine-readable error kind
     (`invalid_input`, `too_large`, `out_of_memory`, `timeout`, `cancelled`, `internal`),

@@ -14,7 +14,7 @@ import nats.errors
 import numpy as np
 
 from . import _data
-from ._errors import KilnError, ResultTimeout, job_failed
+from ._errors import JobGone, KilnError, ResultTimeout, job_failed
 from ._wire import UNKNOWN_KIND, ObjectRef
 
 if TYPE_CHECKING:
@@ -67,6 +67,10 @@ def _utc(at: datetime) -> datetime:
 # timeout passed.
 LOOKUP_S = 5.0
 LAST_LOOKUP_S = 1.0
+# While `Job.result` waits, how long before it first asks whether the job is `gone` (will
+# never be answered), and the longest between two such asks (the gap doubles).
+GONE_CHECK_S = 30.0
+GONE_CHECK_MAX_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -326,7 +330,8 @@ class Job:
         (`InvalidInput`, `TooLarge`, ...) unless `raise_on_failure=False`, which returns the
         failed `Result`. Past `timeout` seconds (None: no limit) raises `ResultTimeout`; the
         job goes on, and a later call can still get its result. Raises `ConnectError` when
-        the client is closed before the result comes."""
+        the client is closed before the result comes, and `JobGone` when the job will never
+        be answered (asked after 30 s of waiting, then at doubling gaps up to 10 min)."""
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         if not self._future.done() and not self._looked_up:
@@ -334,9 +339,8 @@ class Job:
             self._looked_up = await self._look_up(
                 LOOKUP_S if timeout is None else min(LOOKUP_S, timeout)
             )
-        left = None if deadline is None else max(0.0, deadline - loop.time())
         try:
-            result = await asyncio.wait_for(asyncio.shield(self._future), left)
+            result = await self._wait(deadline)
         except asyncio.TimeoutError:
             # One stored while the connection was down reached no subscription. Within a
             # second: the timeout is a deadline (with the server away, the lookup's own 5 s
@@ -348,6 +352,42 @@ class Job:
         if raise_on_failure:
             result.raise_for_status()
         return result
+
+    async def _wait(self, deadline: float | None) -> Result:
+        """The result, once it comes before `deadline` (the loop's time; None: no limit);
+        raises `asyncio.TimeoutError` past it. Every so often it asks whether the job is
+        `gone`, and raises `JobGone` if so: such a job is never answered, and a wait
+        without a deadline waited for ever."""
+        loop = asyncio.get_running_loop()
+        gap = GONE_CHECK_S
+        while True:
+            left = None if deadline is None else max(0.0, deadline - loop.time())
+            wait = gap if left is None else min(gap, left)
+            try:
+                return await asyncio.wait_for(asyncio.shield(self._future), wait)
+            except asyncio.TimeoutError:
+                if left is not None and left <= gap:
+                    raise
+            if await self._is_gone():
+                raise JobGone(
+                    f"job {self.id} ({self.kind or 'any kind'}) will not be answered: it was "
+                    "recorded as queued, but KILN_JOBS no longer holds it and it has no "
+                    "result (its result dropped from a full KILN_RESULTS, or the job "
+                    "purged); resubmit it (`kiln status` says more)"
+                )
+            gap = min(gap * 2, GONE_CHECK_MAX_S)
+
+    async def _is_gone(self) -> bool:
+        """Whether the job is `gone`; False while that cannot be asked (the connection down,
+        the server not answering)."""
+        if self._future.done() or not self._client._nc.is_connected:
+            return False
+        try:
+            state = await self._client.status(self.id, kind=self.kind)
+        except KilnError as e:
+            log.debug("asking whether %s is gone: %s", self.id, e)
+            return False
+        return state == "gone" and not self._future.done()
 
     def _no_result_yet(self, timeout: float | None) -> str:
         """Why `result()` has nothing after `timeout` seconds, as far as this client knows."""
