@@ -5,11 +5,15 @@
 use std::process::ExitCode;
 
 use async_nats::jetstream;
+use futures::StreamExt;
 use kiln_client::jobs::{Place, cancel, check_job_id};
 use kiln_proto::streams;
 
 use super::status::describe;
 use crate::cli::{CancelArgs, NatsArgs};
+
+/// Most ids looked up and marked at once.
+const CANCELS_AT_ONCE: usize = 64;
 
 pub async fn run(nats: &NatsArgs, args: CancelArgs) -> anyhow::Result<ExitCode> {
     // Nothing is marked when any id is one no worker would take.
@@ -28,8 +32,23 @@ pub async fn run(nats: &NatsArgs, args: CancelArgs) -> anyhow::Result<ExitCode> 
     let client = kiln_client::connect_to_jetstream(&nats.connect_options()).await?;
     let js = jetstream::new(client);
     streams::ensure_all(&js, &super::topology(nats)).await?;
-    for id in &args.ids {
-        let place = cancel(&js, id).await?;
+    // Marked together, not one after the other: `kiln cancel a b` with `a` running and `b`
+    // queued let a worker take `b` while `a` was being looked up and marked.
+    let places: Vec<_> = futures::stream::iter(&args.ids)
+        .map(|id| cancel(&js, id))
+        .buffered(CANCELS_AT_ONCE)
+        .collect()
+        .await;
+    let mut failed = 0;
+    for (id, place) in args.ids.iter().zip(places) {
+        let place = match place {
+            Ok(place) => place,
+            Err(e) => {
+                eprintln!("kiln: {id}: not cancelled: {:#}", anyhow::Error::from(e));
+                failed += 1;
+                continue;
+            }
+        };
         let line = match &place {
             Place::Gone { .. } => format!("{}; not marked", describe(&place, id)),
             Place::Finished { .. } => format!(
@@ -52,6 +71,9 @@ pub async fn run(nats: &NatsArgs, args: CancelArgs) -> anyhow::Result<ExitCode> 
             ),
         };
         println!("{line}");
+    }
+    if failed > 0 {
+        anyhow::bail!("{failed} of {} job(s) not cancelled", args.ids.len());
     }
     Ok(ExitCode::SUCCESS)
 }
