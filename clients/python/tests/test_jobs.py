@@ -507,6 +507,45 @@ async def test_an_id_used_again_with_other_parameters_is_refused(client: kiln.Cl
     )
 
 
+async def test_concurrent_submits_of_one_id_with_other_inputs_are_refused(
+    client: kiln.Client,
+) -> None:
+    job_id = kiln.new_job_id()
+
+    async def submit(c: kiln.Client, value: float) -> kiln.Job:
+        return await c.submit(
+            "vector_add", id=job_id, a=np.full(3, value, np.float32), b=np.zeros(3, np.float32)
+        )
+
+    # All but one were answered with that one's sum, as duplicates, without a word.
+    outcomes = await asyncio.gather(
+        *(submit(client, float(i)) for i in range(6)), return_exceptions=True
+    )
+    jobs = [o for o in outcomes if isinstance(o, kiln.Job)]
+    refused = [o for o in outcomes if isinstance(o, kiln.SubmitError)]
+    assert len(jobs) == 1 and len(refused) == 5, outcomes
+    assert all("other parameters" in str(e) for e in refused), refused
+    (kept,) = jobs
+    value = float((await (await kept.result(timeout=RESULT_TIMEOUT)).array())[0])
+    # The same job again is a resubmission; the kept one's own inputs give its own sum.
+    assert (await submit(client, value)).duplicate
+
+    # Two clients at once: the one whose job the server dropped says so.
+    other_id = kiln.new_job_id()
+    async with kiln.connect(client.nats.connected_url.geturl()) as other:
+        outcomes = await asyncio.gather(
+            *(
+                c.submit("vector_add", id=other_id, a=[v], b=[0.0])
+                for c, v in ((client, 1.0), (other, 2.0))
+            ),
+            return_exceptions=True,
+        )
+    jobs = [o for o in outcomes if isinstance(o, kiln.Job)]
+    refused = [o for o in outcomes if isinstance(o, kiln.SubmitError)]
+    assert len(jobs) == 1 and len(refused) == 1, outcomes
+    assert "at the same time for a job with other parameters" in str(refused[0])
+
+
 async def test_a_batch_with_an_id_used_for_another_job_sends_the_others(
     client: kiln.Client,
 ) -> None:

@@ -48,6 +48,11 @@ _NO_STREAM = 10059
 SUBSCRIBE_EACH_UP_TO = 1000
 #: KILN_JOBS' duplicate window in seconds (`kiln_proto::streams::DUPLICATE_WINDOW`).
 DUPLICATE_WINDOW_S = 600
+# Past this many ids noted by `_claim_ids`, those older than the window are forgotten.
+GIVEN_IDS_KEPT = 4096
+# How often, and how far apart, a duplicate's missing `queued` record is asked for.
+RECORD_TRIES = 5
+RECORD_RETRY_S = 0.2
 
 _ENVELOPE_KEYS = frozenset(
     {"kind", "device", "id", "seed", "timeout_ms", "output", "upload", "params"}
@@ -392,6 +397,10 @@ class Client:
         self._by_kind: dict[str, tuple[Subscription, dict[str, Job]]] = {}
         self._tasks: set[asyncio.Future[Any]] = set()
         self._sweep: asyncio.Future[None] | None = None
+        # The ids the caller gave that this client submitted, with what each job computes
+        # and when (the loop's time): concurrent submits under one id all read no record
+        # before any is written, and were each answered with the first one's result.
+        self._given: dict[str, tuple[str, float]] = {}
 
     @property
     def nats(self) -> NATS:
@@ -600,6 +609,7 @@ class Client:
         # the id's result is the other job's.
         # The other jobs of the batch go on; the error names these with the accepted ones.
         refused = await self._ids_of_other_jobs(prepared)
+        refused.update(self._claim_ids(p for p in prepared if p.job_id not in refused))
         prepared = [p for p in prepared if p.job_id not in refused]
         if not prepared:
             raise _refused(refused, [])
@@ -680,6 +690,7 @@ class Client:
                     ack_timeout = 0
                 else:  # refused by the server: no job reads its inputs (unanswered: one may)
                     await self._remove_inputs(p)
+                    self._release_id(p)
                 refused[p.job_id] = self._refusal(p, e)
                 await self._unwatch(p.job_id, job._future)
                 continue
@@ -694,24 +705,36 @@ class Client:
                 states.append(await self._record_queued(p))
         # A duplicate of a job of another kind: the id is the message id, so the server
         # dropped this job for good and no result of its kind will come.
+        # So is one of the same kind that, by its record, computes something else (sent by
+        # another client at the same time).
         lookups = asyncio.Semaphore(64)
 
-        async def earlier(job_id: str) -> str | None:
+        async def earlier(p: _Prepared) -> tuple[str | None, bool]:
             async with lookups:
-                return await self._earlier_kind(job_id)
+                kind = await self._earlier_kind(p.job_id)
+                other = kind == p.kind and await self._record_of_other_job(p)
+                return kind, other
 
-        kinds = await asyncio.gather(*(earlier(p.job_id) for p, _ in duplicates))
-        for (p, job), kind in zip(duplicates, kinds):
-            if kind is None or kind == p.kind:
+        found = await asyncio.gather(*(earlier(p) for p, _ in duplicates))
+        for (p, job), (kind, other) in zip(duplicates, found):
+            if other:
+                refused[p.job_id] = (
+                    f"job id {p.job_id} was submitted at the same time for a job with other "
+                    "parameters (inputs, seed, timeout or output): the server kept that one "
+                    "and dropped this one as its duplicate (the job id is its Nats-Msg-Id), so "
+                    "this one will not run; submit it under another id"
+                )
+            elif kind is None or kind == p.kind:
                 continue
-            what = f"a {kind} job"
-            if kind == "unknown":
-                what = "a job of a kind the worker did not know"
-            refused[p.job_id] = (
-                f"job id {p.job_id} was submitted as {what} within the last 10 min: the "
-                f"server dropped this {p.kind} job as its duplicate (the job id is its "
-                "Nats-Msg-Id) and it will not run; submit it under another id"
-            )
+            else:
+                what = f"a {kind} job"
+                if kind == "unknown":
+                    what = "a job of a kind the worker did not know"
+                refused[p.job_id] = (
+                    f"job id {p.job_id} was submitted as {what} within the last 10 min: the "
+                    f"server dropped this {p.kind} job as its duplicate (the job id is its "
+                    "Nats-Msg-Id) and it will not run; submit it under another id"
+                )
             accepted.remove(job)
             await self._unwatch(p.job_id, job._future)
         # As `kiln submit` does: `kiln status <id>` says "queued" until the result is in. A
@@ -781,6 +804,56 @@ class Client:
             for p, other in zip(given, found)
             if other
         }
+
+    def _claim_ids(self, prepared: Iterable[_Prepared]) -> dict[str, str]:
+        """Note the given ids about to be sent; those this client sent within the duplicate
+        window for a job that computes something else are refused (each with why). No await
+        between the look and the note: concurrent submits of one id see each other."""
+        now = asyncio.get_running_loop().time()
+        if len(self._given) > GIVEN_IDS_KEPT:
+            self._given = {
+                i: (d, at) for i, (d, at) in self._given.items() if now - at <= DUPLICATE_WINDOW_S
+            }
+        refused = {}
+        for p in prepared:
+            if not p.given_id:
+                continue
+            earlier = self._given.get(p.job_id)
+            recent = earlier is not None and now - earlier[1] <= DUPLICATE_WINDOW_S
+            if earlier is not None and recent and earlier[0] != p.digest:
+                refused[p.job_id] = (
+                    f"job id {p.job_id} was used by this client for a job with other "
+                    "parameters (inputs, seed, timeout or output) within the last 10 min: the "
+                    "server would drop this one as its duplicate, and it would not run; submit "
+                    "it under another id"
+                )
+            else:
+                self._given[p.job_id] = (p.digest, now)
+        return refused
+
+    def _release_id(self, p: _Prepared) -> None:
+        """Forget `p`'s id, which the server refused (not stored: the id is free again)."""
+        if p.given_id and self._given.get(p.job_id, ("",))[0] == p.digest:
+            del self._given[p.job_id]
+
+    async def _record_of_other_job(self, p: _Prepared) -> bool:
+        """Whether the `queued` record of `p`'s id, which the server kept another job under,
+        says that job computes something else. The kept job's submitter writes it just after
+        its acknowledgement, so a missing one is asked again for up to a second."""
+        for _ in range(RECORD_TRIES):
+            try:
+                record = await self._state(p.job_id)
+            except Exception:  # no bucket, no permission: a plain resubmission
+                return False
+            digest = record.get("py_digest")
+            if record and _in_window(_parse_time(record.get("at"))):
+                return (
+                    record.get("kind") == p.kind
+                    and isinstance(digest, str)
+                    and digest != p.digest
+                )
+            await asyncio.sleep(RECORD_RETRY_S)
+        return False
 
     async def _answered(self, prepared: list[_Prepared]) -> dict[str, Result]:
         """The stored answers of the jobs in `prepared` whose id the caller gave and which
