@@ -299,6 +299,30 @@ async fn duration_flags_take_durations_and_the_old_spellings_still_work() {
         );
     }
 
+    // Job i gets seed + i: one past the largest seed panicked (exit 101).
+    let past = cluster.kiln(&[
+        "submit",
+        "vector_add",
+        "-p",
+        "len=4",
+        "--seed",
+        "18446744073709551614",
+        "-n",
+        "3",
+    ]);
+    assert_eq!(past.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&past.stderr);
+    assert!(stderr.contains("past the largest seed"), "{stderr}");
+    let last = cluster.kiln(&[
+        "submit",
+        "vector_add",
+        "-p",
+        "len=4",
+        "--seed",
+        "18446744073709551615",
+    ]);
+    assert_success(&last);
+
     // The aggregator's 100ms interval: metrics appear; watch takes both spellings.
     let status = json_until(&cluster, &["status", "-o", "json"], |s| {
         s["metrics"].as_array().is_some_and(|m| m.len() == 2)

@@ -175,6 +175,17 @@ impl<'a> Submission<'a> {
             args.timeout_ms() != Some(0),
             "--timeout must be more than 0 (leave it out for no timeout)"
         );
+        // Job i gets seed + i: past the largest seed, that panicked.
+        anyhow::ensure!(
+            args.seed
+                .checked_add(args.count.saturating_sub(1))
+                .is_some(),
+            "--seed {} with --count {}: job i gets seed + i, and the last would be past the \
+             largest seed, {}",
+            args.seed,
+            args.count,
+            u64::MAX
+        );
         let params = super::params::parse_params(&args.params, args.params_json.as_deref())?;
         let inputs = parse_inputs(args)?;
         let output = match (&args.output, &args.output_format) {
@@ -288,11 +299,12 @@ impl<'a> Submission<'a> {
         }
         self.ids
             .iter()
-            .zip(self.args.seed..)
-            .map(|(id, seed)| {
+            .zip(0..)
+            .map(|(id, i)| {
                 let meta = JobMeta {
                     id: Some(id.clone()),
-                    seed: Some(seed),
+                    // Within u64: checked in `parse` (a `seed..` range panicked at u64::MAX).
+                    seed: Some(self.args.seed + i),
                     timeout_ms: self.args.timeout_ms(),
                     output: self.output,
                 };
