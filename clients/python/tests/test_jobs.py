@@ -546,6 +546,22 @@ async def test_concurrent_submits_of_one_id_with_other_inputs_are_refused(
     assert "at the same time for a job with other parameters" in str(refused[0])
 
 
+async def test_an_id_kiln_submit_used_is_refused(
+    client: kiln.Client, kiln_stack: Stack
+) -> None:
+    job_id = kiln.new_job_id()
+    submit = await asyncio.create_subprocess_exec(
+        kiln_stack.kiln, "--nats-url", kiln_stack.url, "submit", "vector_add", "--id", job_id,
+        "-p", "a=[1,2,3]", "-p", "b=[1,1,1]", "--wait",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await submit.communicate()
+    assert submit.returncode == 0, out.decode()
+    # Other inputs under the id came back with the CLI job's sum, as a duplicate.
+    with pytest.raises(kiln.SubmitError, match="by `kiln submit`, whose record"):
+        await client.submit("vector_add", id=job_id, a=[10.0, 20.0, 30.0], b=[0.0, 0.0, 0.0])
+
+
 async def test_a_batch_with_an_id_used_for_another_job_sends_the_others(
     client: kiln.Client,
 ) -> None:

@@ -309,6 +309,17 @@ class _Prepared:
     digest: str = ""
 
 
+def _computes_otherwise(record: Mapping[str, Any], p: _Prepared) -> bool:
+    """Whether a `queued` record of `p`'s id is of a job that may compute something else:
+    this client's digest of it differs, or only `kiln submit`'s digest is there, which this
+    client cannot compare (so `kiln submit` refuses a Python job's id, its result possibly
+    for other inputs). A record with neither (a `kiln dlq replay`) says nothing."""
+    digest = record.get("py_digest")
+    if isinstance(digest, str):
+        return digest != p.digest
+    return isinstance(record.get("digest"), str)
+
+
 def _in_window(at: datetime | None) -> bool:
     """Whether `at` lies within the server's duplicate window of now, with a minute's grace
     for clocks (the server's window runs from when it stored the job)."""
@@ -400,7 +411,7 @@ class Client:
         # The ids the caller gave that this client submitted, with what each job computes
         # and when (the loop's time): concurrent submits under one id all read no record
         # before any is written, and were each answered with the first one's result.
-        self._given: dict[str, tuple[str, float]] = {}
+        self._given: dict[str, tuple[str, str, float]] = {}
 
     @property
     def nats(self) -> NATS:
@@ -609,13 +620,18 @@ class Client:
         # the id's result is the other job's.
         # The other jobs of the batch go on; the error names these with the accepted ones.
         refused = await self._ids_of_other_jobs(prepared)
-        refused.update(self._claim_ids(p for p in prepared if p.job_id not in refused))
         prepared = [p for p in prepared if p.job_id not in refused]
         if not prepared:
             raise _refused(refused, [])
         # An id answered already keeps its answer: the job is not sent (it would run in vain,
         # its result refused), and its result is the earlier one's.
         answered = await self._answered(prepared)
+        claimed = self._claim_ids(p for p in prepared if p.job_id not in answered)
+        if claimed:
+            refused.update(claimed)
+            prepared = [p for p in prepared if p.job_id not in claimed]
+            if not prepared:
+                raise _refused(refused, [])
         # Inputs first, so that a job never names an object not yet stored.
         # Under a name of this submission's own: a later one under the same id (dropped by
         # the server as a duplicate while this one waits) must not replace its inputs.
@@ -651,6 +667,7 @@ class Client:
             # stored so far (a cancelled put has removed its own).
             for p in prepared:
                 await self._remove_inputs(p)
+                self._release_id(p)
             for job in jobs:
                 await self._unwatch(job.id, job._future)
             raise
@@ -781,11 +798,8 @@ class Client:
             async with lookups:
                 try:
                     record = await self._state(p.job_id)
-                    digest = record.get("py_digest")
                     # Another kind under the id is told apart as such (below, at publishing).
-                    if record.get("kind") != p.kind:
-                        return False
-                    if not isinstance(digest, str) or digest == p.digest:
+                    if record.get("kind") != p.kind or not _computes_otherwise(record, p):
                         return False
                     if _in_window(_parse_time(record.get("at"))):
                         return True
@@ -798,8 +812,9 @@ class Client:
         return {
             p.job_id: (
                 f"job id {p.job_id} was used for a job with other parameters (inputs, seed, "
-                "timeout or output): the id's result is that job's, and this one would not "
-                "run; submit it under another id"
+                "timeout or output), or by `kiln submit`, whose record this client cannot "
+                "compare (its result may be for other inputs): the id's result is that job's, "
+                "and this one would not run; submit it under another id"
             )
             for p, other in zip(given, found)
             if other
@@ -812,15 +827,19 @@ class Client:
         now = asyncio.get_running_loop().time()
         if len(self._given) > GIVEN_IDS_KEPT:
             self._given = {
-                i: (d, at) for i, (d, at) in self._given.items() if now - at <= DUPLICATE_WINDOW_S
+                i: given
+                for i, given in self._given.items()
+                if now - given[2] <= DUPLICATE_WINDOW_S
             }
         refused = {}
         for p in prepared:
             if not p.given_id:
                 continue
             earlier = self._given.get(p.job_id)
-            recent = earlier is not None and now - earlier[1] <= DUPLICATE_WINDOW_S
-            if earlier is not None and recent and earlier[0] != p.digest:
+            if earlier is not None and earlier[0] != p.kind:
+                continue  # another kind: the server drops it, and it is refused as such
+            recent = earlier is not None and now - earlier[2] <= DUPLICATE_WINDOW_S
+            if earlier is not None and recent and earlier[1] != p.digest:
                 refused[p.job_id] = (
                     f"job id {p.job_id} was used by this client for a job with other "
                     "parameters (inputs, seed, timeout or output) within the last 10 min: the "
@@ -828,12 +847,12 @@ class Client:
                     "it under another id"
                 )
             else:
-                self._given[p.job_id] = (p.digest, now)
+                self._given[p.job_id] = (p.kind, p.digest, now)
         return refused
 
     def _release_id(self, p: _Prepared) -> None:
         """Forget `p`'s id, which the server refused (not stored: the id is free again)."""
-        if p.given_id and self._given.get(p.job_id, ("",))[0] == p.digest:
+        if p.given_id and self._given.get(p.job_id, ("", "", 0.0))[:2] == (p.kind, p.digest):
             del self._given[p.job_id]
 
     async def _record_of_other_job(self, p: _Prepared) -> bool:
@@ -845,13 +864,8 @@ class Client:
                 record = await self._state(p.job_id)
             except Exception:  # no bucket, no permission: a plain resubmission
                 return False
-            digest = record.get("py_digest")
             if record and _in_window(_parse_time(record.get("at"))):
-                return (
-                    record.get("kind") == p.kind
-                    and isinstance(digest, str)
-                    and digest != p.digest
-                )
+                return record.get("kind") == p.kind and _computes_otherwise(record, p)
             await asyncio.sleep(RECORD_RETRY_S)
         return False
 
