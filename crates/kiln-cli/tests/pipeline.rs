@@ -1802,7 +1802,8 @@ async fn submit_wait_names_the_jobs_whose_results_did_not_arrive() {
 }
 
 /// The server gone while `kiln submit --wait` waits: that is why nothing arrived, and it says
-/// so (it said only that the results did not arrive).
+/// so (it said only that the results did not arrive), at about its deadline (its last lookup
+/// waited 5 s for a server that was not there: 4 s took 9).
 #[test]
 fn wait_says_when_the_server_is_unreachable() {
     let mut cluster = Cluster::new();
@@ -1817,9 +1818,12 @@ fn wait_says_when_the_server_is_unreachable() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    let started = std::time::Instant::now();
     std::thread::sleep(Duration::from_secs(1));
     cluster.server.kill();
     let out = submit.wait_with_output().unwrap();
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(6500), "{took:?}");
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -400,6 +400,8 @@ pub struct ResultCollector {
     connects: u64,
     /// `KILN_RESULTS`, named once: a lookup per result, no stream-info request per result.
     results: async_nats::jetstream::stream::Stream<()>,
+    /// The connection, whose state says how long the last lookup may take.
+    client: async_nats::Client,
     /// Ids whose stored answer is an earlier job's ([`ResultCollector::answered_before`]).
     answered_before: HashSet<String>,
 }
@@ -409,8 +411,10 @@ pub struct ResultCollector {
 /// subscription, the results of other people's jobs passed over here).
 const SUBSCRIBE_EACH_UP_TO: usize = 1000;
 
-/// Longest a collector looks results up once its wait is over.
+/// Longest a collector looks results up once its wait is over; with the connection down,
+/// which every lookup would wait out, the shorter one (`--wait-timeout 4s` took 9 s).
 const LAST_LOOK: Duration = Duration::from_secs(5);
+const LAST_LOOK_DISCONNECTED: Duration = Duration::from_secs(1);
 
 impl ResultCollector {
     /// Subscribe to the results of jobs `ids` of `kind` (every result when `kind` is `None`).
@@ -450,6 +454,7 @@ impl ResultCollector {
             statistics: client.statistics(),
             connects: client.statistics().connects.load(Ordering::Relaxed),
             results,
+            client: client.clone(),
             answered_before: HashSet::new(),
         })
     }
@@ -531,8 +536,15 @@ impl ResultCollector {
                 Ok(None) | Err(_) => {
                     // A few seconds at most past the deadline (a server that cannot be reached
                     // would hold every lookup for its request timeout).
+                    let connected =
+                        self.client.connection_state() == async_nats::connection::State::Connected;
+                    let within = if connected {
+                        LAST_LOOK
+                    } else {
+                        LAST_LOOK_DISCONNECTED
+                    };
                     let looking = self.look_up(&mut ids, &mut results, &mut on_result);
-                    let _ = tokio::time::timeout(LAST_LOOK, looking).await;
+                    let _ = tokio::time::timeout(within, looking).await;
                     break;
                 }
             };
