@@ -353,6 +353,28 @@ fn an_invalid_value_from_the_environment_names_its_variable() {
     };
     let run = |env: (&str, &str), args: &[&str]| run_with(&[env], args);
     let worker = ["worker", "--device", "cpu"];
+    // The server URL too (it was blamed on --nats-url, with exit 1); its credentials hidden.
+    let with_url = |url: &str, args: &[&str]| {
+        let out = Command::new(common::KILN)
+            .args(args)
+            .env("NATS_URL", url)
+            .output()
+            .expect("run kiln");
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let stderr = with_url("http://u:secret@x:1", &["status"]);
+    assert!(
+        stderr
+            .contains("\"http://***@x:1\" in the environment variable NATS_URL is not a NATS URL")
+            && !stderr.contains("secret"),
+        "{stderr}"
+    );
+    let stderr = with_url("nats://127.0.0.1:1", &["status", "-s", "nats://h:99999"]);
+    assert!(
+        stderr.contains("\"nats://h:99999\" in --nats-url is not"),
+        "{stderr}"
+    );
     let stderr = run(("KILN_ACK_WAIT_S", "abc"), &worker);
     assert!(
         stderr.contains(

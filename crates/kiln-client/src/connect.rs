@@ -121,26 +121,29 @@ pub async fn connect_and_wait(options: &ConnectOptions) -> Result<async_nats::Cl
     connect_with(options, true).await
 }
 
+/// What follows a server URL that does not parse (after where it came from).
+pub const NOT_A_NATS_URL: &str =
+    "is not a NATS URL: give nats://host:port, comma-separated for several servers";
+
+/// The servers of a comma-separated list of URLs, or the first that does not parse (its
+/// credentials hidden) with why.
+pub fn server_addrs(url: &str) -> std::result::Result<Vec<ServerAddr>, (String, std::io::Error)> {
+    url.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().map_err(|e| (redacted(s), e)))
+        .collect()
+}
+
 async fn connect_with(args: &ConnectOptions, retry: bool) -> Result<async_nats::Client> {
     let url = args.server_url();
     let shown = redacted(url);
     // A cluster is given as a comma-separated list; the client tries them in turn and learns
     // the others from the server.
-    let servers: Vec<ServerAddr> = url
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            s.parse().map_err(|e: std::io::Error| Error::Config {
-                message: format!(
-                    "{:?} in --nats-url is not a NATS URL: give nats://host:port, \
-                     comma-separated for several servers",
-                    redacted(s)
-                ),
-                source: Some(e.into()),
-            })
-        })
-        .collect::<Result<_>>()?;
+    let servers = server_addrs(url).map_err(|(bad, e)| Error::Config {
+        message: format!("{bad:?} in --nats-url {NOT_A_NATS_URL}"),
+        source: Some(e.into()),
+    })?;
     let first = options(args, Duration::from_secs(if retry { 3 } else { 2 }), false)
         .await?
         .connect(servers.clone())

@@ -44,7 +44,8 @@ pub mod submit;
 pub mod watch;
 
 pub use connect::{
-    ConnectOptions, DEFAULT_NATS_URL, connect, connect_and_wait, connect_to_jetstream,
+    ConnectOptions, DEFAULT_NATS_URL, NOT_A_NATS_URL, connect, connect_and_wait,
+    connect_to_jetstream, server_addrs,
 };
 pub use error::{Error, Result};
 pub use submit::{

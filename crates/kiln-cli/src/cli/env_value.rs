@@ -114,3 +114,20 @@ fn env_of(path: &[&clap::Command], long: &str, value: &str) -> Option<String> {
     let env = arg.get_env()?.to_str()?;
     (std::env::var(env).ok()? == value).then(|| env.to_owned())
 }
+
+/// Why the server URL(s) given (`--nats-url`, else `NATS_URL`) cannot be used, naming where
+/// they were set; `None` when they parse (or none was given).
+pub(super) fn bad_server(given: Option<&str>, argv: &[String]) -> Option<String> {
+    let given = given?;
+    let (bad, why) = kiln_client::server_addrs(given).err()?;
+    let typed = argv.iter().skip(1).any(|a| a.ends_with(given));
+    let source = if typed {
+        "--nats-url"
+    } else {
+        "the environment variable NATS_URL"
+    };
+    Some(format!(
+        "{bad:?} in {source} {}: {why}",
+        kiln_client::NOT_A_NATS_URL
+    ))
+}

@@ -520,13 +520,24 @@ impl SubmitArgs {
 /// taken from an environment variable is named as that variable.
 pub fn parse() -> Cli {
     use clap::CommandFactory as _;
+    // Lossy: an argument that is no UTF-8 (a path) must not panic here.
+    let argv = || -> Vec<String> {
+        std::env::args_os()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    };
     match Cli::try_parse() {
-        Ok(cli) => cli,
+        Ok(cli) => {
+            // A usage error like any other bad value, named where it was set (`NATS_URL=
+            // http://x kiln status` blamed --nats-url, with exit 1).
+            if let Some(message) = env_value::bad_server(cli.nats.server.as_deref(), &argv()) {
+                eprintln!("error: {message}");
+                std::process::exit(2)
+            }
+            cli
+        }
         Err(error) => {
-            // Lossy: an argument that is no UTF-8 (a path) must not panic here.
-            let argv: Vec<String> = std::env::args_os()
-                .map(|a| a.to_string_lossy().into_owned())
-                .collect();
+            let argv = argv();
             match env_value::message(&Cli::command(), &error, &argv) {
                 Some(message) => {
                     eprintln!("error: {message}");
