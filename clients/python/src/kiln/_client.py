@@ -6,6 +6,7 @@ import asyncio
 import functools
 import json
 import logging
+import numbers
 import os
 import re
 import ssl
@@ -309,6 +310,14 @@ class _Prepared:
     digest: str = ""
 
 
+def _whole(name: str, value: Any) -> int:
+    """`value` as an int, refused (TypeError) unless it is a whole number: a seed of 1.7 ran
+    as seed 1 without a word."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be a whole number, got {value!r}")
+    return int(value)
+
+
 def _computes_otherwise(record: Mapping[str, Any], p: _Prepared) -> bool:
     """Whether a `queued` record of `p`'s id is of a job that may compute something else:
     this client's digest of it differs, or only `kiln submit`'s digest is there, which this
@@ -546,11 +555,11 @@ class Client:
         given_id = spec.get("id")
         job_id = _wire.new_job_id() if given_id is None else _wire.check_submitted_id(given_id)
         output = _wire.check_output(spec.get("output") or "auto")
-        seed = int(spec.get("seed") or 0)
-        if seed < 0:
-            raise ValueError(f"seed must be >= 0, got {seed}")
+        seed = _whole("seed", spec.get("seed") or 0)
+        if not 0 <= seed < 2**64:
+            raise ValueError(f"seed must be from 0 to 2**64 - 1, got {seed}")
         timeout_ms = spec.get("timeout_ms")
-        if timeout_ms is not None and int(timeout_ms) < 1:
+        if timeout_ms is not None and _whole("timeout_ms", timeout_ms) < 1:
             raise ValueError(f"timeout_ms must be >= 1, got {timeout_ms}")
         upload = spec.get("upload")
         encoded: dict[str, Any] = {}

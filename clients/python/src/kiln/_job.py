@@ -458,15 +458,16 @@ class Job:
         it has no result: its result was dropped from a full KILN_RESULTS, or the job
         purged; it will not be answered, as `kiln status` says), else "pending" (submitted,
         nothing recorded yet)."""
-        if self._future.done():
+        if self._future.done() and self._future.exception() is None:
             return "succeeded" if self._future.result().succeeded else "failed"
+        # (Closed before the result came: the client's call says it is closed.)
         return await self._client.status(self.id, kind=self.kind)
 
     async def cancel(self) -> bool:
         """Mark the job cancelled in KILN_CANCEL (as `kiln cancel` does): a worker answers a
         queued job `cancelled` when it takes it, a running one stops at its next checkpoint.
         Returns False, marking nothing, when the job has finished already."""
-        if self._future.done():
-            self._future.result()  # the client closed before its result came: raised
+        if self._future.done() and self._future.exception() is None:
             return False
+        # (Closed before the result came: the client's call says it is closed.)
         return await self._client.cancel(self.id, kind=self.kind)
