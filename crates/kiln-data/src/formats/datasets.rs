@@ -186,6 +186,13 @@ fn record_row(
         x.push(value);
     }
     let field = &record[features];
+    if label(field.parse::<f64>().unwrap_or(-1.0)).is_none() && field.parse::<u64>().is_ok() {
+        return Err(invalid(format!(
+            "{what}: line {line}, column {}: label {field} is past the 65,536 classes kiln \
+             trains (labels are class numbers from 0); number the classes 0 to N-1",
+            features + 1
+        )));
+    }
     let class = field.parse::<f64>().ok().and_then(label).ok_or_else(|| {
         invalid(format!(
             "{what}: line {line}, column {}: label {field:?} is not a class number; a row's \
@@ -247,12 +254,21 @@ fn decode_xy(what: &str, bytes: &[u8], max_elements: u64) -> Result<Dataset, Dat
         .iter()
         .enumerate()
         .map(|(i, &v)| {
-            label(f64::from(v)).ok_or_else(|| {
-                invalid(format!(
-                    "{what}: y[{i}] is {v}, not a class number; labels are non-negative \
+            let exact = file.exact_value("y", i).unwrap_or_else(|| v.to_string());
+            // A whole number past u32 (or past f32's exact integers) is a label, too large.
+            match label(f64::from(v)) {
+                Some(class) if exact == class.to_string() || exact == v.to_string() => Ok(class),
+                _ if v >= 0.0 && v.fract() == 0.0 && exact.parse::<u64>().is_ok() => {
+                    Err(invalid(format!(
+                        "{what}: y[{i}] is {exact}, a label past the 65,536 classes kiln \
+                         trains (labels are class numbers from 0); number the classes 0 to N-1"
+                    )))
+                }
+                _ => Err(invalid(format!(
+                    "{what}: y[{i}] is {exact}, not a class number; labels are non-negative \
                      integers (0, 1, 2, …)"
-                ))
-            })
+                ))),
+            }
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Dataset { x, y })
@@ -354,6 +370,60 @@ mod tests {
             decode_dataset("d.csv", b"1,2,0\n3,4,1\n", 3),
             Err(DataError::TooLarge(_))
         ));
+    }
+
+    /// A value past f32's range in x is said as such (it was "a NaN or infinity"), as in
+    /// every other object; a label past u32 names its value, not its f32 rounding.
+    #[test]
+    fn safetensors_values_past_their_range_are_named() {
+        let x = le(&[1.0f64, 1e39], f64::to_le_bytes);
+        let file = safetensors(
+            &[
+                ("x", "F64", &[2, 1], x),
+                ("y", "I64", &[2], le(&[0i64, 1], i64::to_le_bytes)),
+            ],
+            None,
+        );
+        let m = message(decode_dataset("d", &file, 100));
+        assert!(m.contains("the value 1e39 is beyond f32's range"), "{m}");
+        let x = le(&[1.0f32, 2.0], f32::to_le_bytes);
+        let file = safetensors(
+            &[
+                ("x", "F32", &[2, 1], x),
+                (
+                    "y",
+                    "I64",
+                    &[2],
+                    le(&[0i64, 4_294_967_296], i64::to_le_bytes),
+                ),
+            ],
+            None,
+        );
+        let m = message(decode_dataset("d", &file, 100));
+        assert!(
+            m.contains("y[1] is 4294967296, a label past the 65,536"),
+            "{m}"
+        );
+        let m = message(decode_dataset("d.csv", b"1,0\n2,4294967297\n", 100));
+        assert!(
+            m.contains("label 4294967297 is past the 65,536 classes"),
+            "{m}"
+        );
+        // A fraction f32 rounds to a whole number is not a label (it was taken as 1).
+        let file = safetensors(
+            &[
+                ("x", "F32", &[2, 1], le(&[1.0f32, 2.0], f32::to_le_bytes)),
+                (
+                    "y",
+                    "F64",
+                    &[2],
+                    le(&[0.0f64, 1.000_000_01], f64::to_le_bytes),
+                ),
+            ],
+            None,
+        );
+        let m = message(decode_dataset("d", &file, 100));
+        assert!(m.contains("y[1] is 1.00000001, not a class number"), "{m}");
     }
 
     #[test]

@@ -210,6 +210,26 @@ impl<'a> Safetensors<'a> {
         self.metadata.info(key)
     }
 
+    /// Value `index` of tensor `key` as its file holds it (an integer exactly, where its f32
+    /// rounding would show 4294967296 as 4294967300), for messages; `None` past its end.
+    pub(super) fn exact_value(&self, key: &str, index: usize) -> Option<String> {
+        let info = self.info(key)?;
+        let elem = Elem::from_safetensors(info.dtype)?;
+        let start = info.data_offsets.0 + index * elem.size();
+        let bytes = self.data.get(start..start + elem.size())?;
+        let eight = || <[u8; 8]>::try_from(bytes).ok();
+        Some(match elem {
+            Elem::I64 => i64::from_le_bytes(eight()?).to_string(),
+            Elem::U64 => u64::from_le_bytes(eight()?).to_string(),
+            Elem::F64 => f64::from_le_bytes(eight()?).to_string(),
+            _ => {
+                let mut value = Vec::with_capacity(1);
+                convert(elem, false, bytes, &mut value).ok()?;
+                value.first()?.to_string()
+            }
+        })
+    }
+
     /// The tensor `key` as f32; its values count against `budget`.
     pub(super) fn tensor(
         &self,
@@ -335,14 +355,59 @@ pub fn encode_safetensors(model: &Model) -> Result<Vec<u8>, DataError> {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect::<HashMap<_, _>>()
     });
-    safetensors::serialize(
+    let file = safetensors::serialize(
         model
             .tensors
             .iter()
             .map(|(name, t)| (name.as_str(), F32View(t))),
         metadata,
     )
-    .map_err(|e| invalid(format!("could not write the model as safetensors: {e}")))
+    .map_err(|e| invalid(format!("could not write the model as safetensors: {e}")))?;
+    Ok(if model.metadata.is_empty() {
+        file
+    } else {
+        with_sorted_header(file)
+    })
+}
+
+/// `file` with its header's keys, and its metadata's, in sorted order: the safetensors crate
+/// writes the metadata from a HashMap, so one model trained twice got other bytes (and
+/// another sha256) each time.
+fn with_sorted_header(file: Vec<u8>) -> Vec<u8> {
+    use std::collections::BTreeMap;
+    let Some(len) = file.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()) else {
+        return file;
+    };
+    let end = 8 + u64::from_le_bytes(len) as usize;
+    let Some(Ok(header)) = file
+        .get(8..end)
+        .map(serde_json::from_slice::<BTreeMap<String, serde_json::Value>>)
+    else {
+        return file;
+    };
+    let sorted: BTreeMap<&String, serde_json::Value> = header
+        .iter()
+        .map(|(key, value)| match value.as_object() {
+            Some(fields) => {
+                let fields: BTreeMap<_, _> = fields.iter().collect();
+                (
+                    key,
+                    serde_json::to_value(fields).unwrap_or_else(|_| value.clone()),
+                )
+            }
+            None => (key, value.clone()),
+        })
+        .collect();
+    let Ok(mut json) = serde_json::to_vec(&sorted) else {
+        return file;
+    };
+    // The values start 8-aligned, as the crate pads them (with spaces, which JSON allows).
+    json.resize(json.len().next_multiple_of(8), b' ');
+    let mut out = Vec::with_capacity(8 + json.len() + file.len() - end);
+    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    out.extend_from_slice(&json);
+    out.extend_from_slice(&file[end..]);
+    out
 }
 
 /// The header (length and JSON, padded to 8 bytes) of a safetensors file holding the one f32
@@ -523,6 +588,20 @@ mod tests {
         ));
 
         let encoded = encode_safetensors(&model).unwrap();
+        // The same bytes every time (the metadata came in a HashMap's order).
+        let mut many = model.clone();
+        for i in 0..12 {
+            many.metadata
+                .insert(format!("key{i}"), format!("value {i}"));
+        }
+        let first = encode_safetensors(&many).unwrap();
+        for _ in 0..20 {
+            assert_eq!(encode_safetensors(&many).unwrap(), first);
+        }
+        assert_eq!(
+            decode_model("m", &first, 100).unwrap().metadata,
+            many.metadata
+        );
         let back = decode_model("m", &encoded, 100).unwrap();
         // Written in the safetensors crate's order: by name.
         assert_eq!(back.tensors[0], model.tensors[1]);
