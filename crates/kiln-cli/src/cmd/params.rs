@@ -11,7 +11,7 @@ pub fn parse_params(pairs: &[String], json: Option<&str>) -> anyhow::Result<serd
     let mut params = match json {
         Some(text) => {
             let text = source.read("--params", text)?;
-            let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+            let value: serde_json::Value = unique_json(&text).map_err(|e| {
                 anyhow::anyhow!(
                     "--params is not valid JSON ({e}): give a JSON object, or @FILE / @- to read \
                      it from a file / standard input"
@@ -43,15 +43,78 @@ pub fn parse_params(pairs: &[String], json: Option<&str>) -> anyhow::Result<serd
         given.push(key);
         let value = if value.starts_with('@') {
             let text = source.read(&format!("-p {key}"), value)?;
-            serde_json::from_str(&text)
+            unique_json(&text)
                 .with_context(|| format!("-p {key}={value}: the file is not valid JSON"))?
         } else {
-            serde_json::from_str(value)
-                .unwrap_or_else(|_| serde_json::Value::String(value.to_owned()))
+            match serde_json::from_str::<serde_json::Value>(value) {
+                Ok(json) => {
+                    unique_json(value).with_context(|| format!("-p {key}={value}"))?;
+                    json
+                }
+                Err(_) => serde_json::Value::String(value.to_owned()),
+            }
         };
         params[key] = value;
     }
     Ok(params)
+}
+
+/// `text` as JSON, refused when an object in it gives a key twice: serde_json keeps the last
+/// (`{"a": [1, 2], "a": [5, 5]}` ran with the second `a`), where a worker refuses such a job.
+fn unique_json(text: &str) -> serde_json::Result<serde_json::Value> {
+    serde_json::from_str::<Unique>(text)?;
+    serde_json::from_str(text)
+}
+
+/// Any JSON value none of whose objects gives a key twice.
+struct Unique;
+
+impl<'de> serde::Deserialize<'de> for Unique {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(Unique)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Unique {
+    type Value = Unique;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("JSON")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Unique, E> {
+        Ok(Unique)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Unique, E> {
+        Ok(Unique)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Unique, E> {
+        Ok(Unique)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Unique, E> {
+        Ok(Unique)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Unique, E> {
+        Ok(Unique)
+    }
+    fn visit_unit<E>(self) -> Result<Unique, E> {
+        Ok(Unique)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Unique, A::Error> {
+        while seq.next_element::<Unique>()?.is_some() {}
+        Ok(Unique)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Unique, A::Error> {
+        let mut keys = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if !keys.insert(key.clone()) {
+                return Err(serde::de::Error::custom(format!(
+                    "the key {key:?} is given twice in one object"
+                )));
+            }
+            map.next_value::<Unique>()?;
+        }
+        Ok(Unique)
+    }
 }
 
 /// Reads `@FILE` and `@-` arguments; standard input only once.
@@ -125,6 +188,30 @@ mod tests {
         assert_eq!(
             parse_params(&[pair], None).unwrap(),
             serde_json::json!({"a": {"n": 4}})
+        );
+    }
+
+    /// A key given twice ran with the last value, where a worker refuses such a job.
+    #[test]
+    fn a_key_given_twice_is_refused() {
+        let e = parse_params(&[], Some(r#"{"a": [1, 2], "b": [1, 2], "a": [5, 5]}"#)).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("the key \"a\" is given twice"),
+            "{e:#}"
+        );
+        let nested = [r#"a={"object": "x", "object": "y"}"#.to_owned()];
+        let e = parse_params(&nested, None).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("the key \"object\" is given twice"),
+            "{e:#}"
+        );
+        let fine = parse_params(
+            &[r#"a=[{"n": 1}, {"n": 2}]"#.to_owned()],
+            Some(r#"{"b": 1}"#),
+        );
+        assert_eq!(
+            fine.unwrap(),
+            serde_json::json!({"a": [{"n": 1}, {"n": 2}], "b": 1})
         );
     }
 }
