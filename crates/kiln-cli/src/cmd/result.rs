@@ -76,9 +76,17 @@ pub async fn run(nats: &NatsArgs, args: ResultArgs) -> anyhow::Result<ExitCode> 
     };
     let message = match (kind, other) {
         (Some(kind), Some(other)) => format!(
-            "no {kind} result for job {:?}: its result is a {} result (`kiln result {}` \
+            "no {kind} result for job {:?}: its result is {} {} result (`kiln result {}` \
              prints it)",
-            args.id, other.kind, args.id
+            args.id,
+            // `unknown`: the answer to a kind no worker knew.
+            if other.kind.starts_with(['a', 'e', 'i', 'o', 'u']) {
+                "an"
+            } else {
+                "a"
+            },
+            other.kind,
+            args.id
         ),
         _ => no_result(&js, &args.id).await,
     };

@@ -161,6 +161,15 @@ fn render_workers(frame: &mut Frame, area: Rect, d: &Dashboard) {
     frame.render_widget(table, area);
 }
 
+/// The median of `stats`, `-` when it holds no duration.
+fn ms_of(stats: &kiln_proto::LatencyStats) -> String {
+    if stats.count == 0 {
+        "-".to_owned()
+    } else {
+        ms(stats.p50)
+    }
+}
+
 fn ms(v: f64) -> String {
     if v >= 100.0 {
         format!("{v:.0}")
@@ -270,8 +279,9 @@ fn kind_row(s: &Series, now: OffsetDateTime, speedup: Option<f64>) -> Row<'stati
         Text::styled(ms(p50), style),
         Text::styled(ms(p90), style),
         Text::styled(ms(p99), style),
-        Text::raw(ms(l.queue_ms.p50)),
-        Text::raw(ms(l.compute_ms.p50)),
+        // None timed (every job failed before computing): `-`, as `kiln status` shows it.
+        Text::raw(ms_of(&l.queue_ms)),
+        Text::raw(ms_of(&l.compute_ms)),
         Text::raw(crate::table::speedup_text(speedup)),
     ])
 }
@@ -304,4 +314,16 @@ fn render_failures(frame: &mut Frame, area: Rect, d: &Dashboard) {
         Paragraph::new(lines).block(Block::bordered().title(title)),
         area,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    /// A kind whose jobs all failed before computing showed `0.00` ms of compute.
+    #[test]
+    fn a_median_of_nothing_is_a_dash() {
+        let mut stats = kiln_proto::LatencyStats::default();
+        assert_eq!(super::ms_of(&stats), "-");
+        (stats.count, stats.p50) = (3, 1.5);
+        assert_eq!(super::ms_of(&stats), "1.50");
+    }
 }
