@@ -127,7 +127,7 @@ pub async fn get(nats: &NatsArgs, args: GetArgs) -> anyhow::Result<ExitCode> {
         get_to_writer(&bucket, &args.name, stdout, None, bar.on_bytes()).await?;
     } else {
         let fetch = get_file(&bucket, &args.name, &path, None, bar.on_bytes());
-        let size = or_interrupted(&path, fetch).await?;
+        let size = or_interrupted(&path, "", fetch).await?;
         drop(bar);
         eprintln!("wrote {} ({size} bytes)", path.display());
     }
@@ -208,15 +208,15 @@ pub(crate) fn not_removed(file: &str) -> String {
 
 /// Run `fetch`, which writes `path` by way of its `.part` file; a SIGINT or SIGTERM on the
 /// way removes the partial file and ends the process with status 130, as an interrupted Unix
-/// tool does.
-async fn or_interrupted<T>(path: &Path, fetch: impl Future<Output = T>) -> T {
+/// tool does, saying `later` (how to write it another time) after that it was not written.
+async fn or_interrupted<T>(path: &Path, later: &str, fetch: impl Future<Output = T>) -> T {
     tokio::select! {
         done = fetch => done,
         () = crate::signal::wait_for_signal() => {
             if path != Path::new("-") {
                 let _ = std::fs::remove_file(kiln_client::data::partial_path(path));
             }
-            eprintln!("kiln: interrupted; {} was not written", path.display());
+            eprintln!("kiln: interrupted; {} was not written{later}", path.display());
             std::process::exit(130);
         }
     }
@@ -241,17 +241,19 @@ pub async fn save_output(
     let size = kiln_client::data::stored_output(event).map_or(0, |d| d.size);
     let bar = BytesBar::new(size, "fetching");
     let saving = kiln_client::data::save_output(js, event, path, bar.on_bytes());
-    let saved = or_interrupted(path, saving).await.with_context(|| {
-        let later = match retry {
-            true => format!("; `kiln result {} --output FILE` writes it", event.id),
-            false => String::new(),
-        };
-        format!(
-            "job {} has its result, but its output was not written to {}{later}",
-            event.id,
-            path.display(),
-        )
-    })?;
+    let later = match retry {
+        true => format!("; `kiln result {} --output FILE` writes it", event.id),
+        false => String::new(),
+    };
+    let saved = or_interrupted(path, &later, saving)
+        .await
+        .with_context(|| {
+            format!(
+                "job {} has its result, but its output was not written to {}{later}",
+                event.id,
+                path.display(),
+            )
+        })?;
     drop(bar);
     let d = &saved.descriptor;
     let format = match saved.converted_to {
