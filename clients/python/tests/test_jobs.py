@@ -940,6 +940,16 @@ async def test_a_queued_job_purged_from_the_stream_is_gone(client: kiln.Client) 
     assert await client.status(job.id) == "gone"
 
 
+async def test_a_deleted_job_is_gone_while_others_of_its_kind_wait(client: kiln.Client) -> None:
+    # No GPU worker runs here: both stay queued, the kept one hid that the other was gone.
+    kept = await client.submit("vector_add", "gpu", len=4)
+    deleted = await client.submit("vector_add", "gpu", len=4)
+    assert deleted.sequence is not None
+    await client.nats.jetstream().delete_msg("KILN_JOBS", deleted.sequence)
+    assert await deleted.status() == "gone"
+    assert await kept.status() == "queued"
+
+
 async def test_a_wait_without_timeout_ends_when_the_job_is_gone(
     client: kiln.Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1040,6 +1040,51 @@ async fn status_says_when_a_queued_job_is_no_longer_in_the_stream() {
     );
 }
 
+/// A queued job deleted from KILN_JOBS is gone though another job of its kind waits on its
+/// subject (that one hid it: `kiln status` said queued, and `--wait` waited out its timeout).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deleted_job_is_gone_while_others_of_its_kind_wait() {
+    let cluster = Cluster::new();
+    cluster.init().await;
+    for id in ["kept-1", "deleted-1"] {
+        let submit = [
+            "submit",
+            "vector_add",
+            "-d",
+            "cpu",
+            "-p",
+            "len=8",
+            "--id",
+            id,
+        ];
+        assert!(cluster.kiln(&submit).status.success());
+    }
+    let status = |id: &str| {
+        let out = cluster.kiln(&["status", id, "-o", "json"]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let record = status("deleted-1");
+    assert_eq!(record["state"], "queued", "{record}");
+    let seq = record["record"]["job_seq"]
+        .as_u64()
+        .expect("the record names its sequence");
+    let js = jetstream::new(cluster.client().await);
+    let jobs = js.get_stream(streams::STREAM_JOBS).await.unwrap();
+    let message = jobs.get_raw_message(seq).await.unwrap();
+    assert_eq!(
+        message.headers.get("Nats-Msg-Id").unwrap().as_str(),
+        "deleted-1"
+    );
+    jobs.delete_message(seq).await.unwrap();
+    let after = status("deleted-1");
+    assert_eq!(after["state"], "gone", "{after}");
+    assert!(
+        after["reason"].as_str().unwrap().contains("never answered"),
+        "{after}"
+    );
+    assert_eq!(status("kept-1")["state"], "queued");
+}
+
 /// A job answered long ago whose result `KILN_RESULTS` has since dropped to stay within its
 /// size limit is not "queued": `kiln status` and `kiln result` say its result was most likely
 /// dropped.

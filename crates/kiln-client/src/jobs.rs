@@ -231,8 +231,11 @@ pub async fn locate(js: &jetstream::Context, id: &str) -> Result<Place> {
 /// Why job `record` (recorded as queued, not answered, held by no live worker) will not be
 /// answered, when `KILN_JOBS` holds no job of its kind on any subject it can be on: its
 /// class's (or every class's for `auto`, whose routed copy goes to a class), copies included.
+/// A record that names the job's sequence narrows that: while the stream holds that message
+/// the job is queued, and once it does not, only a copy (routed or handed back) can be it.
 /// `None` while one may be it, or the stream cannot be read.
 async fn left_the_queue(js: &jetstream::Context, record: &JobState) -> Option<String> {
+    use async_nats::jetstream::stream::RawMessageErrorKind;
     use kiln_proto::DeviceClass;
     let jobs = js.get_stream(streams::STREAM_JOBS).await.ok()?;
     let classes: &[DeviceClass] = match record.class {
@@ -240,7 +243,17 @@ async fn left_the_queue(js: &jetstream::Context, record: &JobState) -> Option<St
         class => &[class][..],
     };
     let kind = &record.kind;
-    for filter in [format!("jobs.*.{kind}"), format!("jobs.*.{kind}.copy")] {
+    let mut filters = vec![format!("jobs.*.{kind}"), format!("jobs.*.{kind}.copy")];
+    if let Some(seq) = record.job_seq {
+        match jobs.get_raw_message(seq).await {
+            Ok(_) => return None,
+            Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => {
+                filters.remove(0);
+            }
+            Err(_) => {}
+        }
+    }
+    for filter in filters {
         let mut subjects = jobs.info_with_subjects(filter).await.ok()?;
         while let Some(subject) = subjects.next().await {
             let (subject, count) = subject.ok()?;

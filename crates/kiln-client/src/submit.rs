@@ -324,6 +324,7 @@ impl Published<'_> {
         {
             let mut state = kiln_proto::JobState::queued(subject.kind, subject.class);
             state.digest = sent.digest;
+            state.job_seq = Some(ack.sequence);
             let ack = self
                 .js
                 .publish(

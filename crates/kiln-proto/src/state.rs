@@ -71,6 +71,11 @@ pub struct JobState {
     /// second submission of its id is told to be the same job or another.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
+    /// `queued` by `kiln submit` (and the Python client): the job's sequence in `KILN_JOBS`,
+    /// by which `kiln status` tells it is still there (another job of its kind queued on its
+    /// subject hid that it was gone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_seq: Option<u64>,
 }
 
 impl JobState {
@@ -88,6 +93,7 @@ impl JobState {
             result_seq: None,
             error: None,
             digest: None,
+            job_seq: None,
         }
     }
 }

@@ -728,7 +728,7 @@ class Client:
                 await self._remove_inputs(p)
                 duplicates.append((p, job))
             else:
-                states.append(await self._record_queued(p))
+                states.append(await self._record_queued(p, job.sequence))
         # A duplicate of a job of another kind: the id is the message id, so the server
         # dropped this job for good and no result of its kind will come.
         # So is one of the same kind that, by its record, computes something else (sent by
@@ -933,9 +933,11 @@ class Client:
             )
         return f"publishing job {p.job_id} on {subject} failed: {e!r}"
 
-    async def _record_queued(self, p: _Prepared) -> asyncio.Future[Any]:
+    async def _record_queued(self, p: _Prepared, sequence: int | None) -> asyncio.Future[Any]:
         now = datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
-        state = {"phase": "queued", "kind": p.kind, "class": p.device, "at": now}
+        state: dict[str, Any] = {"phase": "queued", "kind": p.kind, "class": p.device, "at": now}
+        if sequence is not None:
+            state["job_seq"] = sequence
         if p.digest:
             state["py_digest"] = p.digest
         subject = f"$KV.{_wire.BUCKET_STATE}.{_wire.job_key(p.job_id)}"
@@ -1189,8 +1191,20 @@ class Client:
         if not isinstance(kind, str) or not isinstance(device, str):
             return False
         classes = {"auto", "gpu", "cpu"} if device == "auto" else {device}
+        filters = [f"jobs.*.{kind}", f"jobs.*.{kind}.copy"]
+        # The record names the job's own message: there, it is queued; gone, only a copy
+        # (routed or handed back) can be it (another job of its kind hid that it was gone).
+        sequence = record.get("job_seq")
+        if isinstance(sequence, int) and not isinstance(sequence, bool):
+            try:
+                await self._js.get_msg(_wire.STREAM_JOBS, seq=sequence)
+                return False
+            except nats.js.errors.NotFoundError:
+                filters = filters[1:]
+            except Exception:  # unreadable (no permission): by the subjects alone
+                pass
         try:
-            for subjects in (f"jobs.*.{kind}", f"jobs.*.{kind}.copy"):
+            for subjects in filters:
                 info = await self._js.stream_info(_wire.STREAM_JOBS, subjects_filter=subjects)
                 for subject, count in (info.state.subjects or {}).items():
                     if count > 0 and subject.split(".")[1] in classes:
