@@ -327,6 +327,11 @@ async fn job_no_worker_acknowledges_is_answered_dead_lettered_and_replayable() {
         status.starts_with("stuck-1: failed (internal: "),
         "{status}"
     );
+    // Its runs may have computed, killed before they answered: not "before computing".
+    assert!(
+        status.contains("), answered by keeper (attempt 2) in ") && !status.contains("before"),
+        "{status}"
+    );
 
     // An operator replays it: until a worker answers the replay, `kiln status` says it is
     // queued again, not the failed run's result.
@@ -1202,4 +1207,57 @@ async fn submit_wait_gets_the_results_stored_while_the_server_restarted() {
         assert!(stdout.contains(id), "{stdout}");
     }
     assert!(waited < Duration::from_secs(25), "waited {waited:?}");
+}
+
+/// A submission cut off by a server crash said that jobs the server had stored were refused
+/// ("0 of 2000 job(s) were stored"): they ran, and the same submission again was refused. The
+/// jobs whose PubAck did not come are sent again under their ids once the server is back,
+/// and each is stored once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_submission_cut_off_by_a_server_crash_stores_every_job_once() {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    let count = 20_000;
+    let submit = std::process::Command::new(common::KILN)
+        .args(["submit", "vector_add", "-p", "len=4", "--id", "cut"])
+        .args(["--count", &count.to_string()])
+        .env("NATS_URL", cluster.server.url())
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run kiln submit");
+    let js = async_nats::jetstream::new(cluster.client().await);
+    let mut jobs = js
+        .get_stream(kiln_proto::streams::STREAM_JOBS)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let stored_before = loop {
+        let stored = jobs.info().await.unwrap().state.messages;
+        if stored >= 500 {
+            break stored;
+        }
+        assert!(Instant::now() < deadline, "only {stored} stored");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    cluster.server.kill();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cluster.server.start_again();
+    let out = tokio::task::spawn_blocking(move || submit.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(stored_before < count, "the crash came after the last job");
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        common::stdout(&out).contains(&format!("submitted {count} jobs")),
+        "{out:?}"
+    );
+    let js = async_nats::jetstream::new(cluster.client().await);
+    let mut jobs = js
+        .get_stream(kiln_proto::streams::STREAM_JOBS)
+        .await
+        .unwrap();
+    assert_eq!(jobs.info().await.unwrap().state.messages, count);
 }

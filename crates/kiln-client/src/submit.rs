@@ -126,6 +126,17 @@ pub fn job_digest(kind: &str, params: &serde_json::Value, meta: &JobMeta) -> Str
 /// Most publishes awaiting their PubAck at once.
 const PUBLISH_WINDOW: usize = 1024;
 
+/// Pauses before each new send of the jobs whose PubAck did not come (a server restarting, a
+/// cluster electing a leader), about 15 s in all; under the same message id, the server
+/// stores each job once. (A submission cut off by a server crash said that jobs the server
+/// had stored were refused: they ran, and the same submission again was refused.)
+const RESEND_PAUSES: [Duration; 4] = [
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+    Duration::from_secs(4),
+    Duration::from_secs(8),
+];
+
 /// Publish jobs with pipelined acknowledgements; fails on the first job the server refuses
 /// (a full stream, for instance). Returns the ids the server dropped as duplicates (submitted
 /// within its duplicate window), in submission order.
@@ -164,6 +175,7 @@ pub async fn publish_all_counted(
         duplicates: Vec::new(),
         stored: 0,
         refused: Vec::new(),
+        unacked: Vec::new(),
         unanswered: false,
         refusals: 0,
     };
@@ -183,12 +195,15 @@ async fn publish_into(published: &mut Published<'_>, jobs: Vec<JobSpec>) -> Resu
         if !published.refused.is_empty() {
             break;
         }
-        let (ack, span) = publish_one(js, &mut job).await?;
+        let (ack, span, headers, body) = publish_one(js, &mut job).await?;
         let sent = Sent {
             order,
             id: job.id,
             subject: job.subject,
             digest: job.digest,
+            headers,
+            body,
+            again: false,
         };
         pending.push(async move {
             let ack = ack.await;
@@ -204,6 +219,7 @@ async fn publish_into(published: &mut Published<'_>, jobs: Vec<JobSpec>) -> Resu
     while let Some((sent, ack)) = pending.next().await {
         published.settle(sent, ack).await?;
     }
+    published.send_again().await?;
     if !published.refused.is_empty() {
         return Err(published.refusal(total));
     }
@@ -219,13 +235,15 @@ async fn publish_into(published: &mut Published<'_>, jobs: Vec<JobSpec>) -> Resu
 }
 
 /// Publish one job (its id as `Nats-Msg-Id`, its trace context when tracing; its body is
-/// taken): its PubAck to wait for, and its span, open until then.
+/// taken): its PubAck to wait for, its span, open until then, and what was sent.
 async fn publish_one(
     js: &jetstream::Context,
     job: &mut JobSpec,
 ) -> Result<(
     jetstream::context::PublishAckFuture,
     Option<kiln_telemetry::trace::TraceSpan>,
+    HeaderMap,
+    bytes::Bytes,
 )> {
     let mut headers = HeaderMap::new();
     headers.insert(HEADER_MSG_ID, job.id.as_str());
@@ -240,9 +258,9 @@ async fn publish_one(
         span.inject(&mut headers);
     }
     let size = job.body.len();
-    let body = std::mem::take(&mut job.body);
+    let body = bytes::Bytes::from(std::mem::take(&mut job.body));
     let ack = match js
-        .publish_with_headers(job.subject.clone(), headers, body.into())
+        .publish_with_headers(job.subject.clone(), headers.clone(), body.clone())
         .await
     {
         Ok(ack) => ack,
@@ -261,7 +279,7 @@ async fn publish_one(
             return Err(e).nats(|| format!("publishing job {} on {}", job.id, job.subject));
         }
     };
-    Ok((ack, span))
+    Ok((ack, span, headers, body))
 }
 
 /// A job published, its PubAck not yet in.
@@ -271,6 +289,20 @@ struct Sent {
     id: String,
     subject: String,
     digest: Option<String>,
+    /// What was sent, to send again when no PubAck comes.
+    headers: HeaderMap,
+    body: bytes::Bytes,
+    /// Sent again, no PubAck having come: a duplicate is then most likely the earlier send.
+    again: bool,
+}
+
+/// Whether a publish failed for want of an answer (the job may be stored), not refused.
+fn unanswered(e: &jetstream::context::PublishError) -> bool {
+    use jetstream::context::PublishErrorKind as Kind;
+    matches!(
+        e.kind(),
+        Kind::TimedOut | Kind::BrokenPipe | Kind::MaxAckPending
+    )
 }
 
 /// What [`publish_all`] does with each PubAck.
@@ -284,6 +316,8 @@ struct Published<'a> {
     stored: usize,
     /// Jobs the server refused, by their place in the submission, with why.
     refused: Vec<(usize, String, jetstream::context::PublishError)>,
+    /// Jobs no PubAck came for, to send again.
+    unacked: Vec<(Sent, jetstream::context::PublishError)>,
     /// A job was sent and no answer came (timed out, connection lost): it may be stored.
     unanswered: bool,
     /// How many the server refused or did not answer (`refused` loses one to the error).
@@ -300,14 +334,11 @@ impl Published<'_> {
     ) -> Result<()> {
         let ack = match ack {
             Ok(ack) => ack,
+            Err(e) if unanswered(&e) => {
+                self.unacked.push((sent, e));
+                return Ok(());
+            }
             Err(e) => {
-                use jetstream::context::PublishErrorKind as Kind;
-                if matches!(
-                    e.kind(),
-                    Kind::TimedOut | Kind::BrokenPipe | Kind::MaxAckPending
-                ) {
-                    self.unanswered = true;
-                }
                 self.refusals += 1;
                 self.refused.push((sent.order, sent.id, e));
                 return Ok(());
@@ -315,7 +346,7 @@ impl Published<'_> {
         };
         self.stored += 1;
         (self.on_stored)();
-        if ack.duplicate {
+        if ack.duplicate && !sent.again {
             self.duplicates.push((sent.order, sent.id));
             return Ok(());
         }
@@ -341,22 +372,77 @@ impl Published<'_> {
 }
 
 impl Published<'_> {
-    /// The error for a submission the server refused part of: which jobs, and how many of
-    /// the `total` are in (those run; a script resubmits the others).
+    /// Send the jobs no PubAck came for again, after each of [`RESEND_PAUSES`], until each
+    /// is answered; those never answered count as refused (they may be stored).
+    async fn send_again(&mut self) -> Result<()> {
+        for pause in RESEND_PAUSES {
+            if self.unacked.is_empty() {
+                return Ok(());
+            }
+            tokio::time::sleep(pause).await;
+            let mut pending = FuturesUnordered::new();
+            for (mut sent, _) in std::mem::take(&mut self.unacked) {
+                sent.again = true;
+                let (subject, headers) = (sent.subject.clone(), sent.headers.clone());
+                match self
+                    .js
+                    .publish_with_headers(subject, headers, sent.body.clone())
+                    .await
+                {
+                    Ok(ack) => pending.push(async move { (ack.await, sent) }),
+                    Err(e) => self.unacked.push((sent, e)),
+                }
+                if pending.len() >= PUBLISH_WINDOW
+                    && let Some((ack, sent)) = pending.next().await
+                {
+                    self.settle(sent, ack).await?;
+                }
+            }
+            while let Some((ack, sent)) = pending.next().await {
+                self.settle(sent, ack).await?;
+            }
+        }
+        for (sent, e) in std::mem::take(&mut self.unacked) {
+            self.unanswered = true;
+            self.refusals += 1;
+            self.refused.push((sent.order, sent.id, e));
+        }
+        Ok(())
+    }
+
+    /// The error for a submission the server refused part of, or did not answer for: which
+    /// jobs, and how many of the `total` are in (those run; a script resubmits the others).
     fn refusal(&mut self, total: usize) -> Error {
         self.refused.sort_by_key(|(order, ..)| *order);
-        let ids: Vec<&str> = self.refused.iter().map(|(_, id, _)| id.as_str()).collect();
-        let shown = match ids.len() {
+        let shown = |ids: Vec<&str>| match ids.len() {
             0..=5 => ids.join(", "),
             n => format!("{} … {} ({n} jobs)", ids[..3].join(", "), ids[n - 1]),
         };
+        let (silent, refused): (Vec<_>, Vec<_>) =
+            self.refused.iter().partition(|(_, _, e)| unanswered(e));
+        let ids =
+            |of: &[&(usize, String, _)]| shown(of.iter().map(|(_, id, _)| id.as_str()).collect());
+        let mut what = Vec::new();
+        if !refused.is_empty() {
+            what.push(format!(
+                "the server refused {} (if the KILN_JOBS stream is full, wait for workers to \
+                 catch up or raise its limits)",
+                ids(&refused)
+            ));
+        }
+        if !silent.is_empty() {
+            what.push(format!(
+                "no acknowledgement came for {}, sent again for 15 s (the server unreachable): \
+                 each may or may not be stored, `kiln status <id>` says which",
+                ids(&silent)
+            ));
+        }
         let unsent = total - self.stored - self.refused.len();
         let (_, _, first) = self.refused.remove(0);
         Error::Nats {
             what: format!(
-                "the server refused {shown} (if the KILN_JOBS stream is full, wait for workers \
-                 to catch up or raise its limits); {} of {total} job(s) were stored and will \
-                 run{}",
+                "{}; {} of {total} job(s) were stored and will run{}",
+                what.join("; "),
                 self.stored,
                 match unsent {
                     0 => String::new(),
