@@ -205,6 +205,10 @@ async fn store(shared: &Shared, arrival: &Arrival, fitted: &Fitted) -> Option<An
     let (message, event) = (&arrival.message, &fitted.event);
     let patience = tokio::time::Instant::now() + RESULT_PATIENCE;
     let mut pause = Duration::from_millis(200);
+    // A publish whose answer was lost may have stored the result: then a later try finds
+    // "answered before", and the answer is this run's own (it was not counted, and its
+    // stored output was removed from under it).
+    let mut maybe_stored = false;
     loop {
         let trace = arrival.trace.as_ref();
         match publish_result(
@@ -218,6 +222,14 @@ async fn store(shared: &Shared, arrival: &Arrival, fitted: &Fitted) -> Option<An
         {
             Ok(Answer::Now) => return Some(Answer::Now),
             Ok(Answer::Before) => {
+                if maybe_stored {
+                    match crate::publish::stored_result(&shared.js, event).await {
+                        Some(stored) if stored == fitted.body => return Some(Answer::Now),
+                        Some(_) => {}
+                        // Whose it is cannot be told: its output, maybe named by it, stays.
+                        None => return Some(Answer::Before),
+                    }
+                }
                 // This run's stored output is nobody's answer.
                 if let Some(name) = stored_object_name(event) {
                     // Boxed: the object store's futures are large and this is rare.
@@ -227,6 +239,7 @@ async fn store(shared: &Shared, arrival: &Arrival, fitted: &Fitted) -> Option<An
             }
             Err(e) if tokio::time::Instant::now() + pause < patience => {
                 tracing::warn!(id = %event.id, error = %e, ?pause, "could not publish result; retrying");
+                maybe_stored = true;
                 let _ = message.ack_with(AckKind::Progress).await;
                 // The pause grows to 5 s, past a short ack wait: progress acks go on meanwhile.
                 let progress = shared.ack_wait.progress();

@@ -139,6 +139,25 @@ pub(crate) async fn has_result(
     false
 }
 
+/// The result stored for `event`'s job (its body), `None` when there is none or it cannot be
+/// read within [`LOOKUP_AT_MOST`].
+pub(crate) async fn stored_result(
+    js: &jetstream::Context,
+    event: &ResultEvent,
+) -> Option<bytes::Bytes> {
+    let subject = subject::result_of(&event.kind, &event.id, event.replay);
+    let lookup = async {
+        js.get_stream_no_info(kiln_proto::streams::STREAM_RESULTS)
+            .await
+            .ok()?
+            .get_last_raw_message_by_subject(&subject)
+            .await
+            .ok()
+    };
+    let stored = tokio::time::timeout(LOOKUP_AT_MOST, lookup).await.ok()??;
+    Some(stored.payload)
+}
+
 /// The longest a lookup of a job's result holds the job.
 const LOOKUP_AT_MOST: Duration = Duration::from_secs(1);
 
