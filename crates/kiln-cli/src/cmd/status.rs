@@ -203,7 +203,16 @@ fn finished(id: &str, event: &kiln_proto::ResultEvent) -> String {
         n => format!(", replay {n}"),
     };
     let (worker, attempt, ms) = (&event.worker, event.attempt, event.total_ms);
+    let internal = event
+        .error
+        .as_ref()
+        .is_some_and(|e| e.kind == kiln_proto::ErrorKind::Internal);
     match event.device.as_str() {
+        // Given up on after its deliveries ran out (the workers that held it were killed):
+        // it may have computed, on a device no result names.
+        "none" if internal => format!(
+            "{id}: {status}, answered by {worker} (attempt {attempt}{replay}) in {ms:.3} ms"
+        ),
         // Answered before it reached a device (refused, or cancelled while queued): it said
         // "on none".
         "none" => format!(

@@ -558,22 +558,34 @@ async fn warn_if_unserved(js: &jetstream::Context, class: DeviceClass) {
         DeviceClass::Gpu => "a GPU worker runs (`kiln worker --device cuda`)",
         DeviceClass::Cpu => "a CPU worker runs (`kiln worker --device cpu`)",
     };
-    if let Ok(info) = stream.consumer_info(class.consumer()).await
-        && info.num_waiting == 0
-        && info.num_ack_pending == 0
-    {
+    let idle = async || {
+        stream
+            .consumer_info(class.consumer())
+            .await
+            .is_ok_and(|info| info.num_waiting == 0 && info.num_ack_pending == 0)
+    };
+    // The consumer also counts the pulls and the jobs of a worker that was just stopped or
+    // killed (until they expire, or its ack wait ends); the heartbeats say who is live.
+    let live = match class {
+        DeviceClass::Auto => None,
+        class => kiln_client::cluster::workers(js)
+            .await
+            .ok()
+            .map(|workers| workers.iter().any(|w| w.takes(class))),
+    };
+    // Idle twice, a moment apart, and no worker live: a live worker between two pulls
+    // (its last jobs answered, its next pull not yet sent) made churn say nothing pulled.
+    if live != Some(true) && idle().await && {
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        idle().await
+    } {
         eprintln!(
             "note: nothing is pulling from consumer {} right now; the jobs wait in KILN_JOBS until {who}",
             class.consumer()
         );
         return;
     }
-    // The consumer also counts the pulls and the jobs of a worker that was just stopped or
-    // killed (until they expire, or its ack wait ends); the heartbeats say who is live.
-    if class != DeviceClass::Auto
-        && let Ok(workers) = kiln_client::cluster::workers(js).await
-        && !workers.iter().any(|w| w.takes(class))
-    {
+    if live == Some(false) {
         eprintln!(
             "note: no {class} worker is live right now (by the heartbeats in {}); the jobs wait \
              in KILN_JOBS until {who}",

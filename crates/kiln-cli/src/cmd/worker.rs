@@ -133,8 +133,8 @@ pub async fn worker(nats: &NatsArgs, args: WorkerArgs) -> anyhow::Result<ExitCod
             0 => String::new(),
             n => format!(
                 " (the other {n}: answered as they finished, retried as a failed attempt where \
-                 the queue had no room for a copy, or, still loading or storing their data, \
-                 back after the ack wait)"
+                 no copy could be stored (the queue full, or the server unreachable), or, still \
+                 loading or storing their data, back after the ack wait)"
             ),
         };
         crate::log::say(Level::INFO, &format!("worker stopped: {e}{rest}"));
