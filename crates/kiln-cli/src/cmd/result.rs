@@ -79,18 +79,22 @@ pub async fn run(nats: &NatsArgs, args: ResultArgs) -> anyhow::Result<ExitCode> 
             "no {kind} result for job {:?}: its result is {} {} result (`kiln result {}` \
              prints it)",
             args.id,
-            // `unknown`: the answer to a kind no worker knew.
-            if other.kind.starts_with(['a', 'e', 'i', 'o', 'u']) {
-                "an"
-            } else {
-                "a"
-            },
+            article(&other.kind),
             other.kind,
             args.id
         ),
         _ => no_result(&js, &args.id).await,
     };
     not_found("no_result", message)
+}
+
+/// "an" before a vowel (`unknown`, the answer to a kind no worker knew), else "a".
+fn article(word: &str) -> &'static str {
+    if word.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
+    }
 }
 
 /// Why job `id` has no result, from where `kiln status` finds it.
