@@ -1017,11 +1017,14 @@ async def test_a_cancelled_put_leaves_nothing_in_the_store(client: kiln.Client) 
 async def test_a_cancelled_submission_removes_the_inputs_it_stored(client: kiln.Client) -> None:
     before = await _chunk_subjects(client)
     job_id = kiln.new_job_id()
-    a = np.ones(24 * 1024 * 1024, dtype=np.float32)  # 96 MiB each, stored as objects
+    # Stored as objects: a (32 MiB) first, then b, eight times larger, so that a's listing
+    # comes well before b is stored (with both 96 MiB, b was stored, and the job sent,
+    # before a loaded machine could cancel it).
+    a = np.ones((2048, 4096), dtype=np.float32)
+    b = np.ones((4096, 16384), dtype=np.float32)
     submit = asyncio.ensure_future(
-        client.submit("vector_add", "gpu", id=job_id, a=a, b=a, upload=True)
+        client.submit("matmul", "gpu", id=job_id, a=a, b=b, upload=True)
     )
-
 
     # Cancelled once input a is stored whole, while b is being stored: both are removed.
     async def a_stored() -> bool:
