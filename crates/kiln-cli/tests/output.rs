@@ -375,6 +375,13 @@ fn an_invalid_value_from_the_environment_names_its_variable() {
         stderr.contains("\"nats://h:99999\" in --nats-url is not"),
         "{stderr}"
     );
+    // A command that needs no server runs whatever the variable holds.
+    let kinds = Command::new(common::KILN)
+        .arg("kinds")
+        .env("NATS_URL", "http://x:1")
+        .output()
+        .expect("run kiln");
+    assert!(kinds.status.success(), "{kinds:?}");
     let stderr = run(("KILN_ACK_WAIT_S", "abc"), &worker);
     assert!(
         stderr.contains(

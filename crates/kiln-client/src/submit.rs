@@ -169,13 +169,18 @@ pub async fn publish_all_counted(
         stored: 0,
         refused: Vec::new(),
         unacked: Vec::new(),
+        unsure: HashSet::new(),
         unanswered: false,
         refusals: 0,
     };
     let result = publish_into(&mut published, jobs.into_iter().collect()).await;
     // An error before any refusal: a job not sent, or a record not written for one stored.
     let unsure = result.is_err() && published.refusals == 0;
-    let may_run = published.stored > published.duplicates.len() || published.unanswered || unsure;
+    // (Jobs still waiting to be sent again when another error ended it may be stored too.)
+    let may_run = published.stored > published.duplicates.len()
+        || published.unanswered
+        || !published.unacked.is_empty()
+        || unsure;
     (may_run, result)
 }
 
@@ -187,6 +192,18 @@ async fn publish_into(published: &mut Published<'_>, jobs: Vec<JobSpec>) -> Resu
         // Once the server refuses one (a full queue), send no more: settle those on the way.
         if !published.refused.is_empty() {
             break;
+        }
+        // Once it stops answering (a crash, an election), settle those on the way and send
+        // them again; go on only once it answers (else a dead server held a large submission
+        // for one ack timeout a window, and as long again for each new send).
+        if !published.unacked.is_empty() {
+            while let Some((sent, ack)) = pending.next().await {
+                published.settle(sent, ack).await?;
+            }
+            published.send_again().await?;
+            if !published.refused.is_empty() {
+                break;
+            }
         }
         let (ack, span, headers, body) = publish_one(js, &mut job).await?;
         let sent = Sent {

@@ -744,6 +744,7 @@ class Client:
         found = await asyncio.gather(*(earlier(p) for p, _ in duplicates))
         for (p, job), (kind, other) in zip(duplicates, found):
             if other:
+                self._release_id(p)
                 refused[p.job_id] = (
                     f"job id {p.job_id} was submitted at the same time for a job with other "
                     "parameters (inputs, seed, timeout or output): the server kept that one "
@@ -753,6 +754,7 @@ class Client:
             elif kind is None or kind == p.kind:
                 continue
             else:
+                self._release_id(p)
                 what = f"a {kind} job"
                 if kind == "unknown":
                     what = "a job of a kind the worker did not know"
@@ -1196,8 +1198,10 @@ class Client:
         # (routed or handed back) can be it (another job of its kind hid that it was gone).
         sequence = record.get("job_seq")
         if isinstance(sequence, int) and not isinstance(sequence, bool):
+            # Within a second: a user without $JS.API.STREAM.MSG.GET.KILN_JOBS (the secure
+            # configuration's submitter) gets no reply, and is told by the subjects alone.
             try:
-                await self._js.get_msg(_wire.STREAM_JOBS, seq=sequence)
+                await asyncio.wait_for(self._js.get_msg(_wire.STREAM_JOBS, seq=sequence), 1.0)
                 return False
             except nats.js.errors.NotFoundError:
                 filters = filters[1:]

@@ -384,7 +384,7 @@ class Job:
             return False
         try:
             state = await self._client.status(self.id, kind=self.kind)
-        except KilnError as e:
+        except Exception as e:  # a leader election, a record that does not parse: ask later
             log.debug("asking whether %s is gone: %s", self.id, e)
             return False
         return state == "gone" and not self._future.done()

@@ -530,7 +530,10 @@ pub fn parse() -> Cli {
         Ok(cli) => {
             // A usage error like any other bad value, named where it was set (`NATS_URL=
             // http://x kiln status` blamed --nats-url, with exit 1).
-            if let Some(message) = env_value::bad_server(cli.nats.server.as_deref(), &argv()) {
+            let offline = matches!(cli.command, Command::Kinds(_) | Command::Completions { .. });
+            if let Some(message) = env_value::bad_server(cli.nats.server.as_deref(), &argv())
+                && !offline
+            {
                 eprintln!("error: {message}");
                 std::process::exit(2)
             }

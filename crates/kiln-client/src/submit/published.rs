@@ -59,6 +59,8 @@ pub(super) struct Published<'a> {
     pub(super) refused: Vec<(usize, String, jetstream::context::PublishError)>,
     /// Jobs no PubAck came for, to send again.
     pub(super) unacked: Vec<(Sent, jetstream::context::PublishError)>,
+    /// Of `refused`, those never answered (by their place): they may be stored.
+    pub(super) unsure: std::collections::HashSet<usize>,
     /// A job was sent and no answer came (timed out, connection lost): it may be stored.
     pub(super) unanswered: bool,
     /// How many the server refused or did not answer (`refused` loses one to the error).
@@ -75,7 +77,9 @@ impl Published<'_> {
     ) -> Result<()> {
         let ack = match ack {
             Ok(ack) => ack,
-            Err(e) if unanswered(&e) => {
+            // Sent again, any error leaves it unsure: its first send may be stored (an
+            // election answers "no responders" meanwhile).
+            Err(e) if unanswered(&e) || sent.again => {
                 self.unacked.push((sent, e));
                 return Ok(());
             }
@@ -145,6 +149,7 @@ impl Published<'_> {
         }
         for (sent, e) in std::mem::take(&mut self.unacked) {
             self.unanswered = true;
+            self.unsure.insert(sent.order);
             self.refusals += 1;
             self.refused.push((sent.order, sent.id, e));
         }
@@ -159,8 +164,10 @@ impl Published<'_> {
             0..=5 => ids.join(", "),
             n => format!("{} … {} ({n} jobs)", ids[..3].join(", "), ids[n - 1]),
         };
-        let (silent, refused): (Vec<_>, Vec<_>) =
-            self.refused.iter().partition(|(_, _, e)| unanswered(e));
+        let (silent, refused): (Vec<_>, Vec<_>) = self
+            .refused
+            .iter()
+            .partition(|(order, ..)| self.unsure.contains(order));
         let ids =
             |of: &[&(usize, String, _)]| shown(of.iter().map(|(_, id, _)| id.as_str()).collect());
         let mut what = Vec::new();
@@ -173,8 +180,9 @@ impl Published<'_> {
         }
         if !silent.is_empty() {
             what.push(format!(
-                "no acknowledgement came for {}, sent again for 15 s (the server unreachable): \
-                 each may or may not be stored, `kiln status <id>` says which",
+                "no acknowledgement came for {}, sent again four times over about 35 s (the \
+                 server unreachable): each may or may not be stored, `kiln status <id>` says \
+                 which",
                 ids(&silent)
             ));
         }
