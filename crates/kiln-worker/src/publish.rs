@@ -110,33 +110,21 @@ pub(crate) async fn has_result(
     (kind, id, replay): (&str, &str, u32),
     within: Duration,
 ) -> bool {
-    use async_nats::jetstream::stream::LastRawMessageErrorKind;
     let subject = subject::result_of(kind, id, replay);
-    let lookup = async {
-        let results = js
-            .get_stream_no_info(kiln_proto::streams::STREAM_RESULTS)
-            .await
-            .map_err(|e| e.to_string())?;
-        match results.get_last_raw_message_by_subject(&subject).await {
-            Ok(_) => Ok(true),
-            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(false),
-            Err(e) => Err(e.to_string()),
-        }
-    };
-    let problem = match tokio::time::timeout(within.min(LOOKUP_AT_MOST), lookup).await {
-        Ok(Ok(found)) => {
-            if found {
+    match last_result(js, &subject, within).await {
+        Ok(found) => {
+            if found.is_some() {
                 tracing::info!(%id, "another run of the job answered it; this one adds nothing");
             }
-            return found;
+            found.is_some()
         }
-        Ok(Err(e)) => e,
-        Err(_) => format!("no answer within {:?}", within.min(LOOKUP_AT_MOST)),
-    };
-    // A worker user without `$JS.API.STREAM.MSG.GET.KILN_RESULTS` (nats/secure/secure.conf
-    // grants it) is refused, and the server sends no reply: hence the bound.
-    tracing::warn!(%id, error = %problem, "could not look up the job's result on {subject}; going on as if it had none");
-    false
+        Err(problem) => {
+            // A worker user without `$JS.API.STREAM.MSG.GET.KILN_RESULTS` (nats/secure/secure.conf
+            // grants it) is refused, and the server sends no reply: hence the bound.
+            tracing::warn!(%id, error = %problem, "could not look up the job's result on {subject}; going on as if it had none");
+            false
+        }
+    }
 }
 
 /// The result stored for `event`'s job (its body), `None` when there is none or it cannot be
@@ -146,16 +134,35 @@ pub(crate) async fn stored_result(
     event: &ResultEvent,
 ) -> Option<bytes::Bytes> {
     let subject = subject::result_of(&event.kind, &event.id, event.replay);
+    last_result(js, &subject, LOOKUP_AT_MOST)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// The body of the result stored on `subject` (`None`: none is), read within `within` and
+/// at most [`LOOKUP_AT_MOST`]; `Err` says why it could not be read.
+async fn last_result(
+    js: &jetstream::Context,
+    subject: &str,
+    within: Duration,
+) -> Result<Option<bytes::Bytes>, String> {
+    use async_nats::jetstream::stream::LastRawMessageErrorKind;
     let lookup = async {
-        js.get_stream_no_info(kiln_proto::streams::STREAM_RESULTS)
+        let results = js
+            .get_stream_no_info(kiln_proto::streams::STREAM_RESULTS)
             .await
-            .ok()?
-            .get_last_raw_message_by_subject(&subject)
-            .await
-            .ok()
+            .map_err(|e| e.to_string())?;
+        match results.get_last_raw_message_by_subject(subject).await {
+            Ok(message) => Ok(Some(message.payload)),
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(e.to_string()),
+        }
     };
-    let stored = tokio::time::timeout(LOOKUP_AT_MOST, lookup).await.ok()??;
-    Some(stored.payload)
+    let within = within.min(LOOKUP_AT_MOST);
+    tokio::time::timeout(within, lookup)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {within:?}")))
 }
 
 /// The longest a lookup of a job's result holds the job.
