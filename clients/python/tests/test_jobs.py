@@ -1014,23 +1014,38 @@ async def test_a_cancelled_put_leaves_nothing_in_the_store(client: kiln.Client) 
         await client.get(name)
 
 
-async def test_a_cancelled_submission_removes_the_inputs_it_stored(client: kiln.Client) -> None:
+async def test_a_cancelled_submission_removes_the_inputs_it_stored(
+    client: kiln.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
     before = await _chunk_subjects(client)
     job_id = kiln.new_job_id()
-    # Stored as objects: a (32 MiB) first, then b, eight times larger, so that a's listing
-    # comes well before b is stored (with both 96 MiB, b was stored, and the job sent,
-    # before a loaded machine could cancel it).
+    # Stored as objects, a then b. The submission is cancelled once a is stored whole and b's
+    # put has begun; b's put is held there, so that no loaded machine finishes the submission
+    # first (with b merely larger, one in ten runs of the suite sent the job before the
+    # cancel). The store itself is real: a is stored, and must be removed.
+    put = client.put
+    b_begun = asyncio.Event()
+
+    async def held_at_b(name: str, data: Any) -> Any:
+        if name.endswith("/b"):
+            b_begun.set()
+            await asyncio.Event().wait()  # until cancelled
+        return await put(name, data)
+
+    monkeypatch.setattr(client, "put", held_at_b)
     a = np.ones((2048, 4096), dtype=np.float32)
-    b = np.ones((4096, 16384), dtype=np.float32)
+    b = np.ones((4096, 64), dtype=np.float32)
     submit = asyncio.ensure_future(
         client.submit("matmul", "gpu", id=job_id, a=a, b=b, upload=True)
     )
 
-    # Cancelled once input a is stored whole, while b is being stored: both are removed.
-    async def a_stored() -> bool:
-        return any(name.endswith("/a") for name in await _names(client, f"inputs/{job_id}/"))
+    async def b_begun_after_a() -> bool:
+        if not b_begun.is_set():
+            return False
+        assert [n.rsplit("/", 1)[1] for n in await _names(client, f"inputs/{job_id}/")] == ["a"]
+        return True
 
-    await _cancel_once(client, submit, a_stored)
+    await _cancel_once(client, submit, b_begun_after_a)
     assert await _chunk_subjects(client) == before
     assert await _names(client, f"inputs/{job_id}/") == []
     assert await client.status(job_id) == "pending"  # nothing known of it
