@@ -251,7 +251,10 @@ async fn an_image_is_filtered_and_comes_back_as_a_png() {
         png.to_str().unwrap(),
     ]);
     assert!(!out.status.success());
-    let error = result_of(&out).error.expect("refused");
+    let result = result_of(&out);
+    // Refused as the job was checked, before it reached a device (CONTRACT: `none`).
+    assert_eq!(result.device, "none");
+    let error = result.error.expect("refused");
     assert_eq!(error.kind, ErrorKind::InvalidInput);
     assert!(
         error
@@ -276,7 +279,9 @@ async fn an_image_is_filtered_and_comes_back_as_a_png() {
         png.to_str().unwrap(),
     ]);
     assert!(!out.status.success());
-    let error = result_of(&out).error.expect("refused");
+    let result = result_of(&out);
+    assert_eq!(result.device, "none");
+    let error = result.error.expect("refused");
     assert_eq!(error.kind, ErrorKind::InvalidInput);
     assert!(
         error.message.contains(

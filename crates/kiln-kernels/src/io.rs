@@ -103,6 +103,47 @@ impl<T: InlineValues> InlineValues for Vec<T> {
     }
 }
 
+/// Inline f32 values as JSON text gives them: read as the f64 the text names ([`Self::Wide`]),
+/// then rounded to f32 ([`Self::narrow`]), as numpy's `np.array(json.loads(text),
+/// dtype=np.float32)` rounds them. Read straight as f32, a number at an f32 midpoint of its
+/// f64 could round the other way, and one past f32's range would be refused by the parser
+/// without kiln's message.
+pub trait Narrowed: InlineValues + Sized {
+    /// The same values as f64.
+    type Wide: de::DeserializeOwned;
+    /// The values rounded to f32 (a number past f32's range becomes an infinity, which
+    /// [`InlineValues::first_non_finite`] finds).
+    fn narrow(wide: Self::Wide) -> Self;
+}
+
+impl Narrowed for f32 {
+    type Wide = f64;
+    fn narrow(wide: f64) -> Self {
+        wide as f32
+    }
+}
+
+impl<T: Narrowed> Narrowed for Vec<T> {
+    type Wide = Vec<T::Wide>;
+    fn narrow(wide: Self::Wide) -> Self {
+        wide.into_iter().map(T::narrow).collect()
+    }
+}
+
+/// Inline values from JSON text read as f64 and rounded to f32 ([`Narrowed`]), for a
+/// parameter that is always inline (`#[serde(deserialize_with = "…")]`); other formats carry
+/// f32 as it is.
+pub(crate) fn read_narrowed<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Narrowed + Deserialize<'de>,
+{
+    if !deserializer.is_human_readable() {
+        return Option::<T>::deserialize(deserializer);
+    }
+    Ok(Option::<T::Wide>::deserialize(deserializer)?.map(T::narrow))
+}
+
 /// The error for inline values outside f32's range, `at` the first one's place.
 pub(crate) fn out_of_f32_range(at: &str) -> String {
     let max = f32::MAX;
@@ -115,7 +156,7 @@ pub(crate) fn not_finite(at: &str) -> String {
     format!("element {at} is NaN or infinite: inline values must be finite numbers")
 }
 
-impl<'de, T: Deserialize<'de> + InlineValues> Deserialize<'de> for Input<T> {
+impl<'de, T: Deserialize<'de> + Narrowed> Deserialize<'de> for Input<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         if !deserializer.is_human_readable() {
             return match Tagged::<T>::deserialize(deserializer)? {
@@ -127,13 +168,14 @@ impl<'de, T: Deserialize<'de> + InlineValues> Deserialize<'de> for Input<T> {
             };
         }
         struct InputVisitor<T>(PhantomData<T>);
-        impl<'de, T: Deserialize<'de> + InlineValues> Visitor<'de> for InputVisitor<T> {
+        impl<'de, T: Deserialize<'de> + Narrowed> Visitor<'de> for InputVisitor<T> {
             type Value = Input<T>;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("an array of numbers or an object reference {\"object\": \"NAME\"}")
             }
             fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
-                let values = T::deserialize(de::value::SeqAccessDeserializer::new(seq))?;
+                let wide = T::Wide::deserialize(de::value::SeqAccessDeserializer::new(seq))?;
+                let values = T::narrow(wide);
                 match values.first_non_finite() {
                     Some(at) => Err(de::Error::custom(out_of_f32_range(&at))),
                     None => Ok(Input::Inline(values)),
@@ -216,6 +258,16 @@ impl Inputs {
         let loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
         match loaded.get(param) {
             Some(Loaded::Model(model)) => Some(f(model)),
+            _ => None,
+        }
+    }
+
+    /// `f` of the dataset loaded for `param`, left in place (a plan reads its labels); `None`
+    /// when none is.
+    pub fn with_dataset<R>(&self, param: &str, f: impl FnOnce(&Dataset) -> R) -> Option<R> {
+        let loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        match loaded.get(param) {
+            Some(Loaded::Dataset(dataset)) => Some(f(dataset)),
             _ => None,
         }
     }

@@ -117,6 +117,18 @@ pub trait Kernel: 'static {
     /// before that (`inputs` empty) they count as nothing and only the rest is checked.
     fn plan(params: &Self::Params, inputs: &Inputs, limits: &Limits) -> Result<Plan, JobError>;
 
+    /// Refuse an output the job's sizes cannot be stored as (a PNG of a batch), before
+    /// anything runs: called as the job is decoded and again once its objects are loaded
+    /// (`inputs`). Kinds whose every output fits every mode keep the default.
+    fn check_output(
+        params: &Self::Params,
+        inputs: &Inputs,
+        output: OutputMode,
+    ) -> Result<(), JobError> {
+        let _ = (params, inputs, output);
+        Ok(())
+    }
+
     /// The objects the parameters name, and how each is read. Kinds without object
     /// parameters keep the default.
     fn objects(params: &Self::Params) -> Vec<Wanted> {
@@ -226,6 +238,7 @@ impl DecodedJob {
     pub fn load(&mut self, inputs: Inputs) -> Result<(), JobError> {
         let plan = self.runnable.plan(&inputs, &self.limits)?;
         self.limits.check_elements(self.kind.name, plan.elements)?;
+        self.runnable.check_output(&inputs, self.output)?;
         self.plan = plan;
         self.inputs = inputs;
         Ok(())
@@ -302,6 +315,7 @@ trait Runnable: Send + Sync {
     fn run(&self, device: &ComputeDevice, run: Run<'_>) -> Result<serde_json::Value, JobError>;
     fn objects(&self) -> Vec<Wanted>;
     fn plan(&self, inputs: &Inputs, limits: &Limits) -> Result<Plan, JobError>;
+    fn check_output(&self, inputs: &Inputs, output: OutputMode) -> Result<(), JobError>;
     fn batchable(&self, plan: &Plan) -> bool;
     fn refusal_on_cpu(&self) -> Option<JobError>;
     /// Run `runs` (this one's kind, each with its runnable) as one batch.
@@ -414,6 +428,10 @@ impl<K: Kernel> Runnable for Typed<K> {
 
     fn plan(&self, inputs: &Inputs, limits: &Limits) -> Result<Plan, JobError> {
         K::plan(&self.0, inputs, limits)
+    }
+
+    fn check_output(&self, inputs: &Inputs, output: OutputMode) -> Result<(), JobError> {
+        K::check_output(&self.0, inputs, output)
     }
 }
 
@@ -557,6 +575,7 @@ fn decode<K: Kernel>(
     check_output::<K>(job.output)?;
     let plan = K::plan(&job.params, &Inputs::none(), limits)?;
     limits.check_elements(K::NAME, plan.elements)?;
+    K::check_output(&job.params, &Inputs::none(), job.output)?;
     Ok(DecodedJob {
         kind: entry,
         id: job.id,

@@ -85,7 +85,7 @@ pub use device::{
 };
 pub use dtype::{Dtype, dtype_name};
 pub use engine::{ConvEngine, Engines, MatmulEngine, burn_engine};
-pub use io::{InlineValues, Input, Inputs, OutputSink, Placement, Stored, Wanted};
+pub use io::{InlineValues, Input, Inputs, Narrowed, OutputSink, Placement, Stored, Wanted};
 pub use kernel::{
     Checkpoint, DecodedJob, JobMeta, Kernel, KindEntry, NoCheckpoint, Plan, Progress, RunContext,
     run_batch,

@@ -103,7 +103,7 @@ impl Codec {
                         json_at_path::<T, _>(&mut serde_json::Deserializer::from_slice(bytes))
                             .err()
                             .unwrap_or_else(|| e.to_string());
-                    format!("{message}{}", not_in_json(bytes, &e))
+                    format!("{message}{}{}", not_in_json(bytes, &e), in_utf16(bytes))
                 })
             }
             Codec::Bincode => bincode::serde::decode_from_slice(
@@ -195,6 +195,19 @@ fn not_in_json(bytes: &[u8], e: &serde_json::Error) -> &'static str {
     }
 }
 
+/// What to add to a JSON error for a body in UTF-16 (as PowerShell's `Out-File` and .NET's
+/// `Encoding.Unicode` write text): JSON on the wire is UTF-8.
+fn in_utf16(bytes: &[u8]) -> &'static str {
+    let start = bytes.get(..2).unwrap_or_default();
+    // A byte-order mark, or an ASCII character with a zero byte beside it (`{\0` or `\0{`).
+    let utf16 = matches!(start, [0xFF, 0xFE] | [0xFE, 0xFF])
+        || matches!(start, [a, 0] | [0, a] if a.is_ascii_graphic() || a.is_ascii_whitespace());
+    match utf16 {
+        true => " (the body looks like UTF-16 text: send JSON as UTF-8)",
+        false => "",
+    }
+}
+
 /// Deserialize JSON, an error naming the field it is about: `params.n: invalid type: string
 /// "abc", expected u64 at line 1 column 18` (the path is left out at the top level).
 pub fn json_at_path<'de, T, D>(deserializer: D) -> std::result::Result<T, String>
@@ -215,6 +228,53 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every f64 reads back as the number its text names: `kiln result` printed values up to
+    /// an ulp off those stored, and inline f32 inputs rounded otherwise than numpy's
+    /// float64-to-float32 (serde_json reads exactly only with `float_roundtrip`).
+    #[test]
+    fn numbers_read_back_exactly() {
+        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let value = f64::from_bits(x);
+            if !value.is_finite() {
+                continue;
+            }
+            let text = serde_json::to_string(&value).unwrap();
+            let back: f64 = Codec::Json.decode("test", text.as_bytes()).unwrap();
+            assert_eq!(back.to_bits(), value.to_bits(), "{text}");
+            if (value as f32).is_finite() {
+                let narrowed: f32 = Codec::Json.decode("test", text.as_bytes()).unwrap();
+                assert_eq!(narrowed.to_bits(), (value as f32).to_bits(), "{text}");
+            }
+        }
+        let stored: f64 = Codec::Json.decode("test", b"2322.1484154760838").unwrap();
+        assert_eq!(
+            serde_json::to_string(&stored).unwrap(),
+            "2322.1484154760838"
+        );
+    }
+
+    #[test]
+    fn a_utf16_body_is_said_to_be() {
+        let text = r#"{"id":"a","params":{}}"#;
+        let le: Vec<u8> = text.encode_utf16().flat_map(u16::to_le_bytes).collect();
+        let be: Vec<u8> = text.encode_utf16().flat_map(u16::to_be_bytes).collect();
+        let bom_le = [&[0xFF, 0xFE][..], &le].concat();
+        for body in [le, be, bom_le] {
+            let err = Codec::Json
+                .decode::<serde_json::Value>("job", &body)
+                .unwrap_err();
+            assert!(err.to_string().contains("looks like UTF-16"), "{err}");
+        }
+        let err = Codec::Json
+            .decode::<serde_json::Value>("job", b"{x")
+            .unwrap_err();
+        assert!(!err.to_string().contains("UTF-16"), "{err}");
+    }
 
     #[test]
     fn content_type_selects_codec() {

@@ -123,7 +123,7 @@ pub struct Params {
     pub filter: Option<Filter>,
     /// A user kernel instead of a named filter: odd square size up to 31, finite values,
     /// applied as given (cross-correlation, as PyTorch's conv2d computes: not flipped).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::io::read_narrowed")]
     pub kernel: Option<Vec<Vec<f32>>>,
     /// A user image instead of a generated batch, shaped `[channels][height][width]`, or an
     /// object: a PNG or JPEG (values in [0, 1]), or a tensor [H, W], [C, H, W] or [B, C, H, W].
@@ -375,6 +375,13 @@ impl Kernel for Conv2d {
         params.dtype.unwrap_or_default().refuse_on_cpu(Self::NAME)
     }
 
+    fn check_output(params: &Params, inputs: &Inputs, output: OutputMode) -> Result<(), JobError> {
+        match params.shape(inputs)? {
+            Some(s) => png_holds(output, s.batch as usize, s.channels as usize),
+            None => Ok(()),
+        }
+    }
+
     fn run<B: Backend>(
         params: &Params,
         ctx: &RunContext<'_, B>,
@@ -387,7 +394,6 @@ impl Kernel for Conv2d {
             return Err(JobError::internal("conv2d ran before its image was loaded"));
         };
         let [b, c, h, w] = [s.batch, s.channels, s.height, s.width].map(|d| d as usize);
-        png_holds(ctx.output, b, c)?;
         let (name, k, kernels) = params.kernels();
         let passes = kernels.len();
         // Depthwise: output channel `ch * passes + p` is pass `p` over input channel `ch`.

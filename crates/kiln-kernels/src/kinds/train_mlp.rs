@@ -498,10 +498,15 @@ impl Kernel for TrainMlp {
                     Config::training(params)?;
                     return Ok(Plan::default());
                 }
-                // The labels are read when the job runs, which checks the classes again.
+                // Its labels make the classes (the output layer, so the cost); the job
+                // checks them again when it runs, and refuses too many there.
                 Some(shape) => {
                     let (samples, features) = dataset_shape(&reference.object, shape)?;
-                    params.dataset_sizes(&reference.object, samples, features, None)?
+                    let classes = inputs
+                        .with_dataset("dataset", |d| d.y.iter().max().map(|&m| u64::from(m) + 1))
+                        .flatten()
+                        .filter(|&c| c <= MAX_DATASET_CLASSES);
+                    params.dataset_sizes(&reference.object, samples, features, classes)?
                 }
             },
         };

@@ -229,3 +229,45 @@ fn a_timeout_of_zero_is_invalid_input_not_a_timeout() {
     let job = decode(r#"{"params": {"len": 4}, "timeout_ms": 1}"#).unwrap();
     assert_eq!(job.timeout_ms, Some(1));
 }
+
+/// Numbers halfway between two f32s, as the f64 texts a client sends them in (JSON writes the
+/// shortest text that reads back as the f64).
+fn f32_midpoints(count: usize) -> Vec<f64> {
+    let mut x = 0x2545_f491_4f6c_dd1d_u64;
+    let mut out = Vec::with_capacity(count);
+    while out.len() < count {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let below = f32::from_bits((x >> 32) as u32 & 0x7f7f_ffff);
+        let above = f32::from_bits(below.to_bits() + 1);
+        if below.is_finite() && above.is_finite() && below.is_normal() {
+            out.push((f64::from(below) + f64::from(above)) / 2.0);
+        }
+    }
+    out
+}
+
+#[test]
+fn inline_values_round_to_f32_as_numpy_does() {
+    // numpy reads JSON's numbers as f64 and rounds those to f32 (ties to even); serde_json's
+    // own f32 reading, or its default f64 reading (up to an ulp off), rounded some of these
+    // midpoints the other way, so inline and `.npy` inputs of one array computed apart.
+    let wide = f32_midpoints(2_000);
+    let out = crate::support::run(
+        "vector_add",
+        json!({"a": wide, "b": vec![0.0; wide.len()]}),
+        0,
+    );
+    let got = crate::support::floats(&out["c"]);
+    assert_eq!(got.len(), wide.len());
+    for (g, w) in got.iter().zip(&wide) {
+        assert_eq!(g.to_bits(), (*w as f32).to_bits(), "{w:e}: {g:e}");
+    }
+    // A user kernel, which is never an object, is read the same way.
+    for w in &wide[..200] {
+        let out = crate::support::run("conv2d", json!({"image": [[[1.0]]], "kernel": [[w]]}), 0);
+        let got = crate::support::floats(&out["image"]);
+        assert_eq!(got, vec![*w as f32], "{w:e}");
+    }
+}

@@ -473,14 +473,16 @@ fn a_dataset_job_names_its_object_and_is_planned_once_loaded() {
     inputs.insert("dataset", Loaded::Dataset(blobs(10, 0)));
     job.load(inputs).unwrap();
     // 30 points of 2 features, a label and a place in the shuffle (i64, two f32s each), on
-    // the host and as tensors; 2·8 + 8 + 8·2 + 2 weights (classes counted as 2 until the
-    // labels are read) four times over; activations of a pass over the 30 rows through
-    // widths 2, 8, 2, twice.
-    let parameters = 2 * 8 + 8 + 8 * 2 + 2;
+    // the host and as tensors; 2·8 + 8 + 8·3 + 3 weights (the labels make 3 classes) four
+    // times over; activations of a pass over the 30 rows through widths 2, 8, 3, twice.
+    let parameters = 2 * 8 + 8 + 8 * 3 + 3;
     assert_eq!(
         job.plan.elements,
-        30 * (2 + 4) * 2 + parameters * 4 + 30 * (2 + 8 + 2) * 2
+        30 * (2 + 4) * 2 + parameters * 4 + 30 * (2 + 8 + 3) * 2
     );
+    // The work of those weights (it was counted for 2 classes, whatever the labels made):
+    // 8 · parameters · samples · epochs, as docs/OBSERVABILITY.md says.
+    assert_eq!(job.plan.flops, 8.0 * parameters as f64 * 30.0 * 2.0);
     // The generated shells' jobs name nothing.
     let shells = find("train_mlp")
         .unwrap()
