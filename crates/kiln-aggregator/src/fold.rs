@@ -1,6 +1,7 @@
 //! The fold itself: pure, so that it is tested without a server.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::hash::{BuildHasher, RandomState};
 
 use kiln_proto::{
     DeviceClass, ErrorKind, Latency, MAX_RESULT_RANGES, MetricsSnapshot, PredictionStats,
@@ -274,8 +275,14 @@ const SEEN_CAPACITY: usize = 1 << 20;
 #[derive(Debug, Default)]
 pub struct Folds {
     folds: BTreeMap<(String, String), Fold>,
-    seen: HashSet<String>,
-    seen_order: VecDeque<String>,
+    /// The jobs counted, each as a 64-bit hash of its kind, id and run ([`Folds::seen_key`]):
+    /// 27 MB at [`SEEN_CAPACITY`] (as strings, about 150 bytes a job: a long-running
+    /// aggregator grew by that much per job, to about 150 MB).
+    seen: HashSet<u64>,
+    seen_order: VecDeque<u64>,
+    /// Keyed afresh by each process (the set is not kept across restarts), so that no sender
+    /// can pick an id whose hash is another job's.
+    seen_hasher: RandomState,
     delivered: Watermark,
     /// See [`Folds::owed_through`].
     owed: u64,
@@ -309,24 +316,30 @@ impl Folds {
         // One count per job and run: a replay from the dead-letter queue is a new run. A job
         // is its kind and id, as its result subject is (`results.<kind>.<id>`): the same id
         // sent as two kinds is two jobs with two results, and both are counted.
-        let seen_key = match event.replay {
-            0 => format!("{}/{}", event.kind, event.id),
-            n => format!("{}/{}#replay-{n}", event.kind, event.id),
-        };
-        if !self.seen.insert(seen_key.clone()) {
+        let seen_key = self.seen_key(event);
+        if !self.seen.insert(seen_key) {
             let fold = self.folds.entry(key).or_default();
             fold.duplicates += 1;
             fold.dirty = true;
             return false;
         }
-        self.seen_order.push_back(seen_key);
-        if self.seen_order.len() > SEEN_CAPACITY
+        // The oldest forgotten first, so that the queue never outgrows its first allocation.
+        if self.seen_order.len() >= SEEN_CAPACITY
             && let Some(old) = self.seen_order.pop_front()
         {
             self.seen.remove(&old);
         }
+        self.seen_order.push_back(seen_key);
         self.folds.entry(key).or_default().add(event);
         true
+    }
+
+    /// A job's run as its key in `seen`: two jobs share one with a chance of about 2^-64
+    /// per pair (one in 18 million million million), so that a result is counted wrongly
+    /// as a duplicate about once in 10^13 results while the set is full.
+    fn seen_key(&self, event: &ResultHead) -> u64 {
+        self.seen_hasher
+            .hash_one((&event.kind, &event.id, event.replay))
     }
 
     /// The aggregator consumer's ack floor, read again: see [`Watermark::raise`].
@@ -576,6 +589,32 @@ mod tests {
         assert_eq!(s.compute_ms.count, 1);
         // Nothing changed: no new snapshot.
         assert!(folds.snapshots(OffsetDateTime::now_utc()).is_empty());
+    }
+
+    #[test]
+    fn a_replay_is_another_run_and_the_oldest_ids_are_forgotten() {
+        let mut folds = Folds::default();
+        let mut e = event("a", Status::Succeeded, 3.0);
+        assert!(folds.add(&e));
+        e.replay = 1;
+        assert!(
+            folds.add(&e),
+            "a replay from the dead-letter queue is counted"
+        );
+        assert!(!folds.add(&e));
+        // Past the newest SEEN_CAPACITY jobs, the first is forgotten, and the memory the
+        // ids take stays that of SEEN_CAPACITY hashes (strings grew it 150 bytes a job).
+        e.replay = 0;
+        for i in 0..SEEN_CAPACITY {
+            e.id = format!("j{i}");
+            assert!(folds.add(&e), "{i}");
+        }
+        assert!(folds.seen_order.capacity() <= SEEN_CAPACITY);
+        assert_eq!(folds.seen.len(), SEEN_CAPACITY);
+        e.id = "a".into();
+        assert!(folds.add(&e), "forgotten, so counted again");
+        e.id = format!("j{}", SEEN_CAPACITY - 1);
+        assert!(!folds.add(&e), "the newest are still known");
     }
 
     #[test]
