@@ -763,6 +763,11 @@ async def test_a_single_number_for_a_tensor_parameter_is_refused_before_anything
     # Which spec of the batch, named.
     with pytest.raises(ValueError, match=r"^spec 1 \(matmul\): .*must be an array"):
         await client.submit_many([{"kind": "vector_add", "len": 4}, {"kind": "matmul", "a": 1}])
+    # A parameter given twice, beside 'kind' and under 'params': one was dropped unseen.
+    with pytest.raises(ValueError, match=r"^spec 0 \(vector_add\): 'a' given both beside"):
+        await client.submit_many(
+            [{"kind": "vector_add", "a": [1.0], "b": [2.0], "params": {"a": [5.0]}}]
+        )
     assert (await js.stream_info("KILN_JOBS")).state.last_seq == stored_jobs
     # A kind kiln does not run may take a number by such a name: the client sends it, and
     # this worker, which does not know the kind, answers.

@@ -520,7 +520,7 @@ class Client:
         """Submit many jobs at once with pipelined acknowledgements. Each spec is a mapping
         with `kind` and the kind's parameters, optionally `device`, `id`, `seed`,
         `timeout_ms`, `output`, `upload` (defaults as in `submit`, `device` and `upload`
-        from this call), or the parameters under `params`.
+        from this call), or the parameters under `params` (each parameter in one place).
 
         Every spec is checked before anything is sent (ValueError). When the server refuses
         some jobs, raises `SubmitError` after the rest are in: its `jobs` are the accepted
@@ -536,7 +536,15 @@ class Client:
             merged: dict[str, Any] = {"device": device, "upload": upload}
             merged.update(spec)
             params = dict(merged.pop("params", None) or {})
-            params.update({k: v for k, v in merged.items() if k not in _ENVELOPE_KEYS})
+            top = {k: v for k, v in merged.items() if k not in _ENVELOPE_KEYS}
+            both = sorted(set(top) & set(params))
+            if both:
+                # One of the two would be dropped without a word (the top level won).
+                raise ValueError(
+                    f"spec {n} ({spec['kind']}): {', '.join(map(repr, both))} given both "
+                    "beside 'kind' and under 'params': give each parameter once"
+                )
+            params.update(top)
             try:
                 prepared.append(self._prepare(merged, params))
             except (ValueError, TypeError) as e:
