@@ -540,8 +540,9 @@ fn decode<K: Kernel>(
             .to_owned(),
         };
         return Err(JobError::invalid_input(format!(
-            "{} job: the body must be a JSON object such as {{\"params\": {{…}}}}, got {got}",
+            "{} job: the body must be a JSON object such as {{\"params\": {{…}}}}, got {got}{}",
             K::NAME,
+            kiln_proto::in_utf16(body),
         )));
     }
     let job: Job<K::Params> = codec.decode("job", body).map_err(|e| {
@@ -650,6 +651,9 @@ fn encode<K: Kernel>(
     })?;
     check_output::<K>(meta.output)?;
     K::plan(&params, &Inputs::none(), &Limits::UNLIMITED)?;
+    // What the sizes known now say of the output (a PNG of 5 channels): said before the job
+    // is sent, not by a worker later (or never, with none of its class running).
+    K::check_output(&params, &Inputs::none(), meta.output)?;
     let job = Job {
         id: meta.id,
         params,

@@ -197,7 +197,7 @@ fn not_in_json(bytes: &[u8], e: &serde_json::Error) -> &'static str {
 
 /// What to add to a JSON error for a body in UTF-16 (as PowerShell's `Out-File` and .NET's
 /// `Encoding.Unicode` write text): JSON on the wire is UTF-8.
-fn in_utf16(bytes: &[u8]) -> &'static str {
+pub fn in_utf16(bytes: &[u8]) -> &'static str {
     let start = bytes.get(..2).unwrap_or_default();
     // A byte-order mark, or an ASCII character with a zero byte beside it (`{\0` or `\0{`).
     let utf16 = matches!(start, [0xFF, 0xFE] | [0xFE, 0xFF])
@@ -246,10 +246,6 @@ mod tests {
             let text = serde_json::to_string(&value).unwrap();
             let back: f64 = Codec::Json.decode("test", text.as_bytes()).unwrap();
             assert_eq!(back.to_bits(), value.to_bits(), "{text}");
-            if (value as f32).is_finite() {
-                let narrowed: f32 = Codec::Json.decode("test", text.as_bytes()).unwrap();
-                assert_eq!(narrowed.to_bits(), (value as f32).to_bits(), "{text}");
-            }
         }
         let stored: f64 = Codec::Json.decode("test", b"2322.1484154760838").unwrap();
         assert_eq!(

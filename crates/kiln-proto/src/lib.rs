@@ -27,7 +27,9 @@ pub mod streams;
 pub mod subject;
 mod workers;
 
-pub use codec::{CONTENT_TYPE_BINCODE, CONTENT_TYPE_JSON, Codec, json_at_path, without_bom};
+pub use codec::{
+    CONTENT_TYPE_BINCODE, CONTENT_TYPE_JSON, Codec, in_utf16, json_at_path, without_bom,
+};
 pub use data::{BUCKET_DATA, ObjectDescriptor, ObjectRef, OutputMode, output_object_name};
 pub use envelope::{Envelope, MAX_HANDBACKS, MAX_REPLAYS, OWN_HEADERS, cut};
 pub use error::{Disposition, Error, ErrorKind, JobError, MAX_ERROR_MESSAGE, Result};

@@ -296,5 +296,17 @@ fn a_body_that_is_not_a_json_object_says_so() {
             err.message.contains("must be a JSON object") && err.message.contains(what),
             "{err}"
         );
+        assert!(!err.message.contains("UTF-16"), "{err}");
+    }
+    // UTF-16 (PowerShell's Out-File, .NET's Encoding.Unicode), with a byte-order mark or
+    // big-endian, fails before the JSON is read: said there too.
+    let text = r#"{"params":{}}"#;
+    let le: Vec<u8> = text.encode_utf16().flat_map(u16::to_le_bytes).collect();
+    let be: Vec<u8> = text.encode_utf16().flat_map(u16::to_be_bytes).collect();
+    for body in [[&[0xFF, 0xFE][..], &le].concat(), be, le] {
+        let Err(err) = entry.decode(Codec::Json, &body, &Limits::default()) else {
+            panic!("a UTF-16 body was decoded");
+        };
+        assert!(err.message.contains("looks like UTF-16 text"), "{err}");
     }
 }
