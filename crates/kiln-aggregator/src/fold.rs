@@ -276,7 +276,9 @@ const SEEN_CAPACITY: usize = 1 << 20;
 pub struct Folds {
     folds: BTreeMap<(String, String), Fold>,
     /// The jobs counted, each as a 64-bit hash of its kind, id and run ([`Folds::seen_key`]):
-    /// 27 MB at [`SEEN_CAPACITY`] (as strings, about 150 bytes a job: 150 MB).
+    /// 27 MB at [`SEEN_CAPACITY`]. As strings they took about 170 bytes a job, and a
+    /// long-running aggregator grew by that much per job, to about 150 MB
+    /// (bench/results/2026-12-06/aggregator-rss).
     seen: HashSet<u64>,
     seen_order: VecDeque<u64>,
     /// Keyed afresh by each process (the set is not kept across restarts), so that no sender
