@@ -1193,13 +1193,7 @@ async fn submit_wait_gets_the_results_stored_while_the_server_restarted() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let started = Instant::now();
-    cluster.server.kill();
-    tokio::time::sleep(Duration::from_secs(6)).await;
-    cluster.server.start_again();
-    let out = tokio::task::spawn_blocking(move || submit.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
+    let out = restart_server_around(&mut cluster, Duration::from_secs(6), submit).await;
     let waited = started.elapsed();
     let stdout = common::stdout(&out);
     assert!(out.status.success(), "{out:?}");
@@ -1207,6 +1201,22 @@ async fn submit_wait_gets_the_results_stored_while_the_server_restarted() {
         assert!(stdout.contains(id), "{stdout}");
     }
     assert!(waited < Duration::from_secs(25), "waited {waited:?}");
+}
+
+/// Kill the server under `child` (a `kiln` command talking to it), start it again `down`
+/// later, and wait for the command's output.
+async fn restart_server_around(
+    cluster: &mut Cluster,
+    down: Duration,
+    child: std::process::Child,
+) -> std::process::Output {
+    cluster.server.kill();
+    tokio::time::sleep(down).await;
+    cluster.server.start_again();
+    tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap()
 }
 
 /// A submission cut off by a server crash said that jobs the server had stored were refused
@@ -1241,13 +1251,7 @@ async fn a_submission_cut_off_by_a_server_crash_stores_every_job_once() {
         assert!(Instant::now() < deadline, "only {stored} stored");
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
-    cluster.server.kill();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    cluster.server.start_again();
-    let out = tokio::task::spawn_blocking(move || submit.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
+    let out = restart_server_around(&mut cluster, Duration::from_secs(2), submit).await;
     assert!(stored_before < count, "the crash came after the last job");
     assert!(out.status.success(), "{out:?}");
     assert!(
