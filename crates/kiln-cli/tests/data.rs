@@ -534,6 +534,172 @@ async fn removed_objects_are_gone_for_get_and_for_jobs() {
     assert!(said.contains("removed object \"one\""), "{said}");
 }
 
+/// `kiln ls` lists the objects (a prefix narrows it; JSON for scripts, with the bucket's use
+/// and the chunks no object names); `kiln rm --prefix` removes what a prefix names, and
+/// `kiln rm --orphans` the chunks of uploads that never stored their object, once idle for
+/// `--older-than`, never the chunks a stored entry names (one kiln cannot read included).
+#[tokio::test(flavor = "multi_thread")]
+async fn ls_lists_objects_and_rm_frees_a_prefix_and_abandoned_chunks() {
+    let cluster = Cluster::new();
+    cluster.init().await;
+    let js = jetstream::new(cluster.client().await);
+    let dir = tempfile::tempdir().unwrap();
+    let v = write(
+        dir.path(),
+        "v.npy",
+        &encode_npy(&HostTensor::new(vec![2], vec![1.0, 2.0])),
+    );
+    for name in [
+        "a.npy",
+        "results/j1/c.npy",
+        "results/j1/d.npy",
+        "results/j2/c.npy",
+    ] {
+        assert_success(&cluster.kiln(&["put", &v, "--name", name]));
+    }
+    // Chunks of an upload killed before it stored its info, and a foreign entry (a time
+    // async-nats cannot parse) whose chunks are its own, not orphans.
+    for _ in 0..3 {
+        js.publish("$O.KILN_DATA.C.abandoned", "x".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    js.publish("$O.KILN_DATA.C.foreignnuid", "abc".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let foreign = serde_json::json!({"name": "foreign", "bucket": "KILN_DATA",
+        "nuid": "foreignnuid", "size": 3, "chunks": 1, "mtime": "yesterday"});
+    let meta = format!("$O.KILN_DATA.M.{}", base64_url("foreign"));
+    js.publish(meta, foreign.to_string().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+    let out = cluster.kiln(&["ls"]);
+    assert_success(&out);
+    let table = stdout(&out);
+    let names: Vec<&str> = table
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().nth(2).unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "a.npy",
+            "results/j1/c.npy",
+            "results/j1/d.npy",
+            "results/j2/c.npy",
+            "foreign"
+        ],
+        "{table}"
+    );
+    assert!(
+        table
+            .lines()
+            .nth(1)
+            .unwrap()
+            .trim_start()
+            .starts_with("136 "),
+        "{table}"
+    );
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("4 objects, 544 bytes;"), "{said}");
+    assert!(
+        said.contains("3 chunks of 1 upload that stored no object"),
+        "{said}"
+    );
+
+    let out = cluster.kiln(&["ls", "results/j1/", "-o", "json"]);
+    assert_success(&out);
+    let shown: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let listed: Vec<(&str, u64)> = shown["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| (o["name"].as_str().unwrap(), o["size"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        listed,
+        [("results/j1/c.npy", 136), ("results/j1/d.npy", 136)]
+    );
+    let digest = shown["objects"][0]["sha256"].as_str().unwrap();
+    assert_eq!(digest.len(), 64, "{shown}");
+    assert_eq!(shown["orphans"][0]["chunks"], 3, "{shown}");
+    assert_eq!(shown["max_bytes"], 8u64 << 30, "{shown}");
+    assert!(shown["bytes"].as_u64().unwrap() > 4 * 136, "{shown}");
+
+    // Fresh chunks may be an upload on its way: left until idle for --older-than.
+    let out = cluster.kiln(&["rm", "--orphans"]);
+    assert_success(&out);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("removed 0 chunks of 0 uploads"), "{said}");
+    assert!(
+        said.contains("left 1 that stored a chunk within 1h"),
+        "{said}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let out = cluster.kiln(&["rm", "--orphans", "--older-than", "1s"]);
+    assert_success(&out);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("removed 3 chunks of 1 upload that stored no object"),
+        "{said}"
+    );
+    assert_eq!(
+        stored_chunks(&js).await,
+        4 + 1,
+        "the objects' and foreign's chunks stay"
+    );
+    let out = cluster.kiln(&["get", "results/j2/c.npy", "-o", "-"]);
+    assert_success(&out);
+    assert_eq!(out.stdout, std::fs::read(&v).unwrap());
+
+    let out = cluster.kiln(&["rm", "--prefix", "results/j1/"]);
+    assert_success(&out);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("removed object \"results/j1/c.npy\" (136 bytes)"),
+        "{said}"
+    );
+    assert!(
+        said.contains("removed object \"results/j1/d.npy\" (136 bytes)"),
+        "{said}"
+    );
+    let shown: serde_json::Value =
+        serde_json::from_str(&stdout(&cluster.kiln(&["ls", "-o", "json"]))).unwrap();
+    let left: Vec<&str> = shown["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(left, ["a.npy", "results/j2/c.npy"]);
+    assert_eq!(shown["unreadable"], serde_json::json!(["foreign"]));
+    assert_eq!(shown["orphans"], serde_json::json!([]));
+
+    let out = cluster.kiln(&["rm", "--prefix", "results/j1/"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no object named results/j1/…"));
+    for usage in [
+        &["rm", "--prefix", ""][..],
+        &["rm", "--older-than", "1s", "a.npy"],
+    ] {
+        assert_eq!(cluster.kiln(usage).status.code(), Some(2), "{usage:?}");
+    }
+    assert_success(&cluster.kiln(&["get", "a.npy", "-o", "/dev/null"]));
+}
+
+fn base64_url(name: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE.encode(name)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_objects_are_answered_invalid_input_naming_them() {
     let mut cluster = Cluster::new();

@@ -384,6 +384,22 @@ async fn every_role_works_as_its_own_user_without_a_single_violation() {
         stdout(&out)
     );
 
+    // A submitter stores, lists and removes objects, abandoned chunks included.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("x.csv");
+    std::fs::write(&file, "1,2\n3,4\n").unwrap();
+    for args in [
+        &["put", file.to_str().unwrap(), "--name", "mine/x.csv"][..],
+        &["ls", "mine/"],
+        &["rm", "--prefix", "mine/", "--orphans"],
+    ] {
+        let out = secure.kiln(submitter, args);
+        assert_success(&out);
+        if args[0] == "ls" {
+            assert!(stdout(&out).contains("mine/x.csv"), "{}", stdout(&out));
+        }
+    }
+
     // The aggregator counted both (it may publish and ack as its own user).
     let (admin, _) = secure.client("admin").await;
     common::wait_for_metrics(&admin, Duration::from_secs(60), |s| {

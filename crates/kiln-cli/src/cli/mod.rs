@@ -10,7 +10,7 @@ mod env_value;
 mod roles;
 mod values;
 
-pub use data::{GetArgs, PutArgs, RmArgs};
+pub use data::{GetArgs, LsArgs, PutArgs, RmArgs};
 pub use roles::{AggregatorArgs, SchedulerArgs, WorkerArgs};
 
 use values::{
@@ -261,6 +261,8 @@ pub enum Command {
     Put(PutArgs),
     /// Fetch an object from KILN_DATA (a job's stored output, a trained model) into a file.
     Get(GetArgs),
+    /// List the objects in KILN_DATA (size, when stored, name), and how full it is.
+    Ls(LsArgs),
     /// Remove objects from KILN_DATA (stored outputs, data no job needs any more), freeing
     /// their space; a job naming one later is answered that it is not found.
     Rm(RmArgs),

@@ -1,4 +1,4 @@
-//! `kiln put`, `kiln get`, `kiln rm`, and what `kiln submit --output` and `kiln result --output` say
+//! `kiln put`, `kiln get`, and what `kiln submit --output` and `kiln result --output` say
 //! when they write a job's stored output.
 
 use std::path::{Path, PathBuf};
@@ -11,7 +11,7 @@ use async_nats::jetstream;
 use kiln_client::data::{bucket, get_file, get_to_writer, put_file};
 
 use super::submit::BytesBar;
-use crate::cli::{GetArgs, NatsArgs, PutArgs, RmArgs};
+use crate::cli::{GetArgs, NatsArgs, PutArgs};
 
 /// `kiln put FILE [--name NAME]`: store the file, print the reference a job names it by.
 pub async fn put(nats: &NatsArgs, args: PutArgs) -> anyhow::Result<ExitCode> {
@@ -134,34 +134,6 @@ pub async fn get(nats: &NatsArgs, args: GetArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `kiln rm NAME...`: remove each object (a link removes the link only). Every name is
-/// tried; exit status 1 when one could not be removed, else [`super::EXIT_NOT_FOUND`] when one
-/// was not there.
-pub async fn rm(nats: &NatsArgs, args: RmArgs) -> anyhow::Result<ExitCode> {
-    let js = connect(nats).await?;
-    let bucket = bucket(&js).await?;
-    let data = kiln_proto::BUCKET_DATA;
-    let (mut missing, mut failed) = (false, false);
-    for name in &args.names {
-        match kiln_data::store::remove(&bucket, name).await {
-            Ok(Some(size)) => eprintln!("removed object {name:?} ({size} bytes) from {data}"),
-            Ok(None) => {
-                eprintln!("kiln: no object {name:?} in {data}");
-                missing = true;
-            }
-            Err(e) => {
-                eprintln!("kiln: {e}");
-                failed = true;
-            }
-        }
-    }
-    Ok(match (failed, missing) {
-        (true, _) => ExitCode::FAILURE,
-        (false, true) => ExitCode::from(super::EXIT_NOT_FOUND),
-        (false, false) => ExitCode::SUCCESS,
-    })
-}
-
 /// How long an interrupted upload may take to remove what it stored before the process ends
 /// all the same (a read from a pipe may never return).
 pub(crate) const STOP_WITHIN: Duration = Duration::from_secs(10);
@@ -222,7 +194,7 @@ async fn or_interrupted<T>(path: &Path, later: &str, fetch: impl Future<Output =
     }
 }
 
-async fn connect(nats: &NatsArgs) -> anyhow::Result<jetstream::Context> {
+pub(super) async fn connect(nats: &NatsArgs) -> anyhow::Result<jetstream::Context> {
     let client = kiln_client::connect_to_jetstream(&nats.connect_options()).await?;
     let js = jetstream::new(client);
     kiln_proto::streams::ensure_all(&js, &super::topology(nats)).await?;

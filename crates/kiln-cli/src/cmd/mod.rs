@@ -8,6 +8,7 @@ mod dlq;
 mod init;
 mod kinds;
 mod metrics;
+mod objects;
 mod params;
 mod result;
 pub mod roles;
@@ -52,7 +53,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Put(args) => data::put(&nats, args).await,
         Command::Get(args) => data::get(&nats, args).await,
-        Command::Rm(args) => data::rm(&nats, args).await,
+        Command::Ls(args) => objects::ls(&nats, args).await,
+        Command::Rm(args) => objects::rm(&nats, args).await,
     }
 }
 

@@ -304,7 +304,7 @@ pub(super) async fn marked_deleted(stream: &Stream, name: &str) -> bool {
         .is_ok_and(|message| deleted_mark(&message.payload))
 }
 
-fn deleted_mark(payload: &[u8]) -> bool {
+pub(super) fn deleted_mark(payload: &[u8]) -> bool {
     serde_json::from_slice::<serde_json::Value>(payload)
         .is_ok_and(|info| info.get("deleted") == Some(&serde_json::Value::Bool(true)))
 }

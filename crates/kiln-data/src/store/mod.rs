@@ -6,6 +6,7 @@
 //! where its size and stored digest are checked ([`Bucket`] says why kiln reads the chunks).
 
 mod chunks;
+mod listing;
 mod names;
 mod put;
 mod readers;
@@ -23,6 +24,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 pub use async_nats::jetstream::object_store::ObjectStore;
 
 pub use chunks::CHUNK_PATIENCE;
+pub use listing::{Listed, Listing, Orphan, list, orphans, remove_orphans, usage};
 pub use names::{MAX_OBJECT_NAME, remove};
 pub use sizes::{Measured, load_size};
 
