@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import json
 import logging
@@ -316,6 +317,24 @@ async def test_errors_about_an_object_put_from_a_file_name_the_file(
     with pytest.raises(kiln.InvalidInput) as caught:
         await job.result(timeout=RESULT_TIMEOUT)
     assert f"object {name} (file waves.npy) has dtype \"<c8\"" in caught.value.message
+
+
+async def test_objects_lists_what_a_prefix_names_with_sizes_and_digests(
+    client: kiln.Client,
+) -> None:
+    prefix = f"listed/{kiln.new_job_id()}/"
+    assert await client.objects(prefix) == []
+    b = await client.put(prefix + "b.npy", np.arange(3, dtype=np.float32))
+    a = await client.put(prefix + "a.bin", b"hello")
+    await client.put(prefix + "gone", b"x")
+    await client.delete(prefix + "gone")
+    listed = await client.objects(prefix)
+    assert listed == [a, b]
+    assert listed[0].sha256 == hashlib.sha256(b"hello").hexdigest()
+    assert listed[1].size > 12  # the .npy header and three float32s
+    assert all(o.name.startswith(prefix) for o in listed)
+    everything = [o.name for o in await client.objects()]
+    assert prefix + "a.bin" in everything and prefix + "gone" not in everything
 
 
 async def test_an_object_the_client_deleted_is_not_found_by_jobs(client: kiln.Client) -> None:

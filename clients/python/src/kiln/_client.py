@@ -1373,6 +1373,25 @@ class Client:
         return _wire.ObjectInfo(name=name, size=size, sha256=sha256)
 
     @_kiln_errors
+    async def objects(self, prefix: str = "") -> list[_wire.ObjectInfo]:
+        """The objects in KILN_DATA whose names start with `prefix` (all without one), by
+        name (`kiln ls`): each `ObjectInfo` has its name, size and sha256 (hex; "" for a
+        link, which has none of its own)."""
+        bucket = await self._bucket()
+        try:
+            infos = await bucket.list(ignore_deletes=True)
+        except nats.js.errors.NotFoundError:
+            return []  # nats-py raises it for a bucket with no live object
+        found = [
+            _wire.ObjectInfo(
+                name=info.name, size=info.size or 0, sha256=_sha256_hex(info.digest or "")
+            )
+            for info in infos
+            if not info.deleted and info.name.startswith(prefix)
+        ]
+        return sorted(found, key=lambda o: o.name)
+
+    @_kiln_errors
     async def delete(self, name: str) -> None:
         """Remove object `name` from KILN_DATA, freeing its space (`kiln rm`); a job naming
         it later is answered that it is not found. Raises `ObjectNotFound` when there is no
@@ -1401,3 +1420,18 @@ class Client:
                 "output.object.name"
             ) from e
         return bytes(result.data or b"")
+
+
+def _sha256_hex(digest: str) -> str:
+    """`SHA-256=<base64url>`, as the object store keeps digests, in hex ("" if none)."""
+    import base64
+    import binascii
+
+    encoded = digest.removeprefix("SHA-256=")
+    if encoded == digest or not encoded:
+        return ""
+    try:
+        raw = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
+    except (binascii.Error, ValueError):
+        return ""
+    return raw.hex() if len(raw) == 32 else ""
