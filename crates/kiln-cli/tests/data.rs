@@ -682,6 +682,15 @@ async fn ls_lists_objects_and_rm_frees_a_prefix_and_abandoned_chunks() {
     assert_eq!(left, ["a.npy", "results/j2/c.npy"]);
     assert_eq!(shown["unreadable"], serde_json::json!(["foreign"]));
     assert_eq!(shown["orphans"], serde_json::json!([]));
+    // An entry kiln cannot read goes with the chunks it names, as the listing says.
+    let out = cluster.kiln(&["rm", "foreign"]);
+    assert_success(&out);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("removed object \"foreign\" (3 bytes)"));
+    assert_eq!(stored_chunks(&js).await, 2);
+    let shown: serde_json::Value =
+        serde_json::from_str(&stdout(&cluster.kiln(&["ls", "-o", "json"]))).unwrap();
+    assert_eq!(shown["unreadable"], serde_json::json!([]));
+    assert_eq!(shown["orphans"], serde_json::json!([]));
 
     let out = cluster.kiln(&["rm", "--prefix", "results/j1/"]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");

@@ -103,12 +103,7 @@ pub(super) async fn stored_info(store: &Bucket, name: &str) -> Result<ObjectInfo
 /// none to name). Another client may write any info: an empty `nuid` made the chunks' subject
 /// invalid, and the job was retried as a connection fault until it was dead-lettered.
 fn chunks_named(name: &str, info: ObjectInfo) -> Result<ObjectInfo, DataError> {
-    let token = !info.nuid.is_empty()
-        && !info
-            .nuid
-            .bytes()
-            .any(|b| matches!(b, b'.' | b'*' | b'>') || b.is_ascii_whitespace() || b < 0x20);
-    match token || info.chunks == 0 {
+    match subject_token(&info.nuid) || info.chunks == 0 {
         true => Ok(info),
         false => Err(DataError::Invalid(format!(
             "object {name}'s entry in {BUCKET_DATA} names its chunks by {:?}, which no chunk \
@@ -116,6 +111,14 @@ fn chunks_named(name: &str, info: ObjectInfo) -> Result<ObjectInfo, DataError> {
             info.nuid
         ))),
     }
+}
+
+/// Whether `nuid` can be a subject's last token (chunks can be stored under it).
+fn subject_token(nuid: &str) -> bool {
+    !nuid.is_empty()
+        && !nuid
+            .bytes()
+            .any(|b| matches!(b, b'.' | b'*' | b'>') || b.is_ascii_whitespace() || b < 0x20)
 }
 
 /// Object `name`'s own info (a link's, for a link); a deleted object is not found.
@@ -142,6 +145,13 @@ async fn live_info(store: &Bucket, name: &str) -> Result<Option<ObjectInfo>, Dat
 /// Remove object `name` (`kiln rm`; a link removes the link): its size, or `None` when it was
 /// not there (never stored, or deleted by any client, nats-py's form included).
 pub async fn remove(store: &Bucket, name: &str) -> Result<Option<u64>, DataError> {
+    if usable_name(name)
+        && let Err(e) = store.info(name).await
+        && undecodable(&e)
+        && !chunks::marked_deleted(&store.stream, name).await
+    {
+        return purge_unreadable(store, name).await.map(Some);
+    }
     let Some(info) = live_info(store, name).await? else {
         return Ok(None);
     };
@@ -152,6 +162,38 @@ pub async fn remove(store: &Bucket, name: &str) -> Result<Option<u64>, DataError
         ))
     })?;
     Ok(Some(info.size as u64))
+}
+
+/// Remove object `name` whose entry another client wrote in a form async-nats cannot read
+/// (so cannot mark deleted): purge the entry and the chunks it names; the size it gave.
+async fn purge_unreadable(store: &Bucket, name: &str) -> Result<u64, DataError> {
+    let failed = |e: &dyn std::fmt::Display| {
+        DataError::Io(format!(
+            "could not remove object {name} from {BUCKET_DATA} ({e}); check the connection \
+             to NATS"
+        ))
+    };
+    let meta = chunks::meta_subject(name);
+    let entry = store
+        .stream
+        .get_last_raw_message_by_subject(&meta)
+        .await
+        .map_err(|e| failed(&e))?;
+    let entry = serde_json::from_slice::<serde_json::Value>(&entry.payload).ok();
+    let field = |key: &str| entry.as_ref().and_then(|e| e.get(key));
+    if let Some(nuid) = field("nuid").and_then(|n| n.as_str())
+        && subject_token(nuid)
+    {
+        let purge = store.stream.purge().filter(chunks::chunk_subject(nuid));
+        purge.await.map_err(|e| failed(&e))?;
+    }
+    store
+        .stream
+        .purge()
+        .filter(meta)
+        .await
+        .map_err(|e| failed(&e))?;
+    Ok(field("size").and_then(|s| s.as_u64()).unwrap_or(0))
 }
 
 /// How messages name the object `name` whose info is `info`: `object NAME`, followed by its
