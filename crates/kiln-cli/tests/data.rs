@@ -579,6 +579,19 @@ async fn ls_lists_objects_and_rm_frees_a_prefix_and_abandoned_chunks() {
         .unwrap()
         .await
         .unwrap();
+    // Other clients' oddities: chunks on a subject of two tokens, an entry that is not JSON,
+    // and one on a subject that encodes no name.
+    for (subject, payload) in [
+        ("$O.KILN_DATA.C.two.tokens", "y"),
+        ("$O.KILN_DATA.M.bm90anNvbg==", "not json"),
+        ("$O.KILN_DATA.M.!!", "{}"),
+    ] {
+        js.publish(subject, payload.into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
 
     let out = cluster.kiln(&["ls"]);
     assert_success(&out);
@@ -595,7 +608,8 @@ async fn ls_lists_objects_and_rm_frees_a_prefix_and_abandoned_chunks() {
             "results/j1/c.npy",
             "results/j1/d.npy",
             "results/j2/c.npy",
-            "foreign"
+            "foreign",
+            "notjson"
         ],
         "{table}"
     );
@@ -611,7 +625,11 @@ async fn ls_lists_objects_and_rm_frees_a_prefix_and_abandoned_chunks() {
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(said.contains("4 objects, 544 bytes;"), "{said}");
     assert!(
-        said.contains("3 chunks of 1 upload that stored no object"),
+        said.contains("4 chunks of 2 uploads that stored no object"),
+        "{said}"
+    );
+    assert!(
+        said.contains("1 entry on subjects that encode no object name"),
         "{said}"
     );
 
@@ -630,7 +648,19 @@ async fn ls_lists_objects_and_rm_frees_a_prefix_and_abandoned_chunks() {
     );
     let digest = shown["objects"][0]["sha256"].as_str().unwrap();
     assert_eq!(digest.len(), 64, "{shown}");
-    assert_eq!(shown["orphans"][0]["chunks"], 3, "{shown}");
+    let mut chunks: Vec<u64> = shown["orphans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["chunks"].as_u64().unwrap())
+        .collect();
+    chunks.sort_unstable();
+    assert_eq!(chunks, [1, 3], "{shown}");
+    assert_eq!(
+        shown["stray"],
+        serde_json::json!(["$O.KILN_DATA.M.!!"]),
+        "{shown}"
+    );
     assert_eq!(shown["max_bytes"], 8u64 << 30, "{shown}");
     assert!(shown["bytes"].as_u64().unwrap() > 4 * 136, "{shown}");
 
@@ -638,9 +668,16 @@ async fn ls_lists_objects_and_rm_frees_a_prefix_and_abandoned_chunks() {
     let out = cluster.kiln(&["rm", "--orphans"]);
     assert_success(&out);
     let said = String::from_utf8_lossy(&out.stderr);
-    assert!(said.contains("removed 0 chunks of 0 uploads"), "{said}");
+    // Stray entries are no upload on its way: they go at once.
     assert!(
-        said.contains("left 1 that stored a chunk within 1h"),
+        said.contains(
+            "removed 0 chunks of 0 uploads that stored no object from KILN_DATA, and 1 entry \
+             on subjects that encode no name"
+        ),
+        "{said}"
+    );
+    assert!(
+        said.contains("left 2 that stored a chunk within 1h"),
         "{said}"
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -648,7 +685,7 @@ async fn ls_lists_objects_and_rm_frees_a_prefix_and_abandoned_chunks() {
     assert_success(&out);
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(
-        said.contains("removed 3 chunks of 1 upload that stored no object"),
+        said.contains("removed 4 chunks of 2 uploads that stored no object from KILN_DATA\n"),
         "{said}"
     );
     assert_eq!(
@@ -680,12 +717,24 @@ async fn ls_lists_objects_and_rm_frees_a_prefix_and_abandoned_chunks() {
         .map(|o| o["name"].as_str().unwrap())
         .collect();
     assert_eq!(left, ["a.npy", "results/j2/c.npy"]);
-    assert_eq!(shown["unreadable"], serde_json::json!(["foreign"]));
+    assert_eq!(
+        shown["unreadable"],
+        serde_json::json!(["foreign", "notjson"])
+    );
     assert_eq!(shown["orphans"], serde_json::json!([]));
+    assert_eq!(shown["stray"], serde_json::json!([]));
     // An entry kiln cannot read goes with the chunks it names, as the listing says.
-    let out = cluster.kiln(&["rm", "foreign"]);
+    let out = cluster.kiln(&["rm", "foreign", "notjson"]);
     assert_success(&out);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("removed object \"foreign\" (3 bytes)"));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("removed object \"foreign\" (3 bytes)"),
+        "{said}"
+    );
+    assert!(
+        said.contains("removed object \"notjson\" (0 bytes)"),
+        "{said}"
+    );
     assert_eq!(stored_chunks(&js).await, 2);
     let shown: serde_json::Value =
         serde_json::from_str(&stdout(&cluster.kiln(&["ls", "-o", "json"]))).unwrap();

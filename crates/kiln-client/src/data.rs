@@ -273,7 +273,7 @@ pub async fn attach_inputs(
 /// logged and left to age out.
 pub async fn remove_inputs(bucket: &Bucket, names: &[String]) {
     for name in names {
-        if let Err(e) = bucket.delete(name).await {
+        if let Err(e) = kiln_data::store::remove(bucket, name).await {
             tracing::warn!(object = %name, error = %e, "could not remove an input no job will read; it ages out of KILN_DATA");
         }
     }

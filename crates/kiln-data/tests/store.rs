@@ -577,6 +577,46 @@ async fn a_put_reads_back_through_the_client_and_replaces_what_it_replaces() {
     assert!(out == again);
 }
 
+/// Puts and removals of one name at once leave the chunks of the last object put and no
+/// others: each writes its info over the one it read (else reads again), so it removes the
+/// chunks of exactly the object it replaced. Two puts at once each removed the chunks of the
+/// object both had read, and the first one's stayed under no name.
+#[tokio::test(flavor = "multi_thread")]
+async fn puts_and_removals_of_one_name_at_once_leave_no_chunks_behind() {
+    let (_server, js, store) = bucket().await;
+    let all = format!("$O.{BUCKET_DATA}.C.>");
+    for round in 0..5 {
+        let writers = (0..8u8).map(|w| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let bytes = vec![w; store::CHUNK_SIZE + 10];
+                if w % 4 == 3 {
+                    store::remove(&store, "raced.bin").await.unwrap();
+                } else {
+                    store::put_reader(&store, "raced.bin", &mut &bytes[..])
+                        .await
+                        .unwrap();
+                }
+            })
+        });
+        for writer in writers.collect::<Vec<_>>() {
+            writer.await.unwrap();
+        }
+        let expected = match store.info("raced.bin").await.unwrap() {
+            info if info.deleted => 0,
+            info => {
+                let mut out = Vec::new();
+                store::get_to_writer(&store, "raced.bin", &mut out)
+                    .await
+                    .unwrap();
+                assert!(out.iter().all(|b| *b == out[0]) && out.len() == info.size);
+                2
+            }
+        };
+        assert_eq!(stored_on(&js, &all).await, expected, "round {round}");
+    }
+}
+
 /// A put that does not fit leaves nothing behind: the client's put left the chunks it had
 /// stored, which filled the bucket for everything after it until they aged out.
 #[tokio::test]

@@ -191,7 +191,7 @@ fn result_event(shared: &Shared, arrival: &Arrival, id: String, outcome: Outcome
 /// Delete an object this run stored for nobody (best effort).
 async fn delete_object(shared: &Shared, name: String) {
     if let Ok(bucket) = crate::data::bucket(shared).await {
-        let _ = bucket.delete(&name).await;
+        let _ = kiln_data::store::remove(bucket, &name).await;
     }
 }
 

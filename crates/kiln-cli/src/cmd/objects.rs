@@ -24,6 +24,8 @@ struct Shown<'a> {
     max_bytes: Option<u64>,
     /// Chunks no object names: uploads that never stored their object's info.
     orphans: Vec<OrphanShown>,
+    /// Entries on subjects that encode no name (another client wrote them), by subject.
+    stray: &'a [String],
 }
 
 #[derive(Serialize)]
@@ -35,7 +37,14 @@ struct Object<'a> {
     sha256: Option<String>,
     description: Option<&'a str>,
     /// For a link, the object it leads to.
-    link: Option<&'a str>,
+    link: Option<LinkShown<'a>>,
+}
+
+#[derive(Serialize)]
+struct LinkShown<'a> {
+    bucket: &'a str,
+    /// Null: the whole bucket.
+    name: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -61,7 +70,10 @@ impl<'a> Object<'a> {
                 .options
                 .as_ref()
                 .and_then(|o| o.link.as_ref())
-                .map(|l| l.name.as_deref().unwrap_or("(a whole bucket)")),
+                .map(|l| LinkShown {
+                    bucket: &l.bucket,
+                    name: l.name.as_deref(),
+                }),
         }
     }
 }
@@ -73,6 +85,7 @@ pub async fn ls(nats: &NatsArgs, args: LsArgs) -> anyhow::Result<ExitCode> {
     // Orphans are found against every name, whatever the prefix.
     let everything = kiln_data::store::list(&bucket, "").await?;
     let orphans = kiln_data::store::orphans(&bucket, &everything).await?;
+    let everything_stray = everything.stray.clone();
     let (bytes, max_bytes) = kiln_data::store::usage(&bucket).await?;
     let listing = match args.prefix.as_str() {
         "" => everything,
@@ -92,6 +105,7 @@ pub async fn ls(nats: &NatsArgs, args: LsArgs) -> anyhow::Result<ExitCode> {
                     newest: o.newest,
                 })
                 .collect(),
+            stray: &everything_stray,
         })?;
         return Ok(ExitCode::SUCCESS);
     }
@@ -112,6 +126,18 @@ pub async fn ls(nats: &NatsArgs, args: LsArgs) -> anyhow::Result<ExitCode> {
     if let Some(line) = orphans_line(&orphans) {
         eprintln!("{line}");
     }
+    if !everything_stray.is_empty() {
+        eprintln!(
+            "{} entr{} on subjects that encode no object name (another client wrote them): \
+             `kiln rm --orphans` removes them",
+            everything_stray.len(),
+            if everything_stray.len() == 1 {
+                "y"
+            } else {
+                "ies"
+            }
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -127,7 +153,19 @@ fn print_table(objects: &[Object], listing: &Listing) {
             .ok()
             .and_then(|t| t.format(&Rfc3339).ok())
             .unwrap_or_default();
-        let link = o.link.map_or(String::new(), |to| format!(" -> {to}"));
+        let link = match &o.link {
+            None => String::new(),
+            Some(LinkShown { bucket, name }) if *bucket == BUCKET_DATA => {
+                format!(" -> {}", shown_name(name.unwrap_or_default()))
+            }
+            Some(LinkShown { bucket, name: None }) => format!(" -> (all of bucket {bucket})"),
+            Some(LinkShown {
+                bucket,
+                name: Some(name),
+            }) => {
+                format!(" -> {} (bucket {bucket})", shown_name(name))
+            }
+        };
         println!("{:>12}  {stored:<20}  {}{link}", o.size, shown_name(o.name));
     }
     for name in &listing.unreadable {
@@ -141,9 +179,13 @@ fn print_table(objects: &[Object], listing: &Listing) {
     }
 }
 
-/// A name on one line of the table: control characters escaped.
+/// A name on one line of the table, quoted as Rust quotes strings (control and invisible
+/// characters escaped) where it holds any, whitespace other than a space, or what the table
+/// itself writes (a leading quote, ` -> `).
 fn shown_name(name: &str) -> String {
-    match name.chars().any(char::is_control) {
+    let plain = |c: char| c == ' ' || c.escape_debug().eq(std::iter::once(c));
+    let quoted = !name.chars().all(plain) || name.starts_with('"') || name.contains(" -> ");
+    match quoted {
         true => format!("{name:?}"),
         false => name.to_owned(),
     }
@@ -231,15 +273,22 @@ async fn remove(bucket: &Bucket, name: &str, outcome: &mut Outcome) {
 async fn remove_orphans(bucket: &Bucket, older_than: Duration) -> anyhow::Result<()> {
     let listing = kiln_data::store::list(bucket, "").await?;
     let orphans = kiln_data::store::orphans(bucket, &listing).await?;
-    let found = orphans.len();
-    let removed = kiln_data::store::remove_orphans(bucket, orphans, older_than).await?;
-    let chunks: u64 = removed.iter().map(|o| o.chunks).sum();
+    let purged = kiln_data::store::remove_orphans(bucket, &listing, orphans, older_than).await?;
+    let plural = |n: u64| if n == 1 { "" } else { "s" };
     eprintln!(
-        "removed {chunks} chunk{} of {} upload{} that stored no object from {BUCKET_DATA}{}",
-        if chunks == 1 { "" } else { "s" },
-        removed.len(),
-        if removed.len() == 1 { "" } else { "s" },
-        match found - removed.len() {
+        "removed {} chunk{} of {} upload{} that stored no object from {BUCKET_DATA}{}{}",
+        purged.chunks,
+        plural(purged.chunks),
+        purged.uploads,
+        plural(purged.uploads as u64),
+        match purged.stray {
+            0 => String::new(),
+            n => format!(
+                ", and {n} entr{} on subjects that encode no name",
+                if n == 1 { "y" } else { "ies" }
+            ),
+        },
+        match purged.left {
             0 => String::new(),
             left => format!(
                 "; left {left} that stored a chunk within {} (--older-than)",

@@ -33,6 +33,9 @@ pub struct Listing {
     /// Names whose stored info another client wrote in a form kiln cannot read (no object
     /// kiln can fetch; `kiln rm` removes them).
     pub unreadable: Vec<String>,
+    /// Entries on subjects that encode no name (another client wrote them), by subject:
+    /// [`remove_orphans`] purges them.
+    pub stray: Vec<String>,
     /// The chunk names (`nuid`s) of every info stored, whatever its name or form: chunks
     /// these name are never orphans.
     named: HashSet<String>,
@@ -41,8 +44,10 @@ pub struct Listing {
 /// Chunks that no stored info names.
 #[derive(Debug, Clone)]
 pub struct Orphan {
-    /// The name the chunks are stored under.
-    pub nuid: String,
+    /// The subject the chunks are stored on.
+    pub subject: String,
+    /// The sequence of the newest of them.
+    pub last_seq: u64,
     /// How many there are.
     pub chunks: u64,
     /// When the newest of them was stored.
@@ -86,6 +91,9 @@ pub async fn list(store: &Bucket, prefix: &str) -> Result<Listing, DataError> {
         pending = meta.pending;
         let stored = meta.published;
         listing.add(&message.subject, &message.payload, stored, prefix);
+        if listing.stray.len() > STRAY_KEPT {
+            listing.stray.truncate(STRAY_KEPT);
+        }
     }
     listing
         .objects
@@ -96,27 +104,31 @@ pub async fn list(store: &Bucket, prefix: &str) -> Result<Listing, DataError> {
 
 impl Listing {
     fn add(&mut self, subject: &str, payload: &[u8], stored: OffsetDateTime, prefix: &str) {
+        // The name is the one the subject encodes, which every read and removal addresses
+        // (another client may write an info naming something else).
+        let Some(name) = name_of(subject) else {
+            if let Some(nuid) = entry_nuid(payload) {
+                self.named.insert(nuid);
+            }
+            if !deleted_mark(payload) {
+                self.stray.push(subject.to_owned());
+            }
+            return;
+        };
         match serde_json::from_slice::<ObjectInfo>(payload) {
             Ok(info) if info.deleted => {}
-            Ok(info) => {
+            Ok(mut info) => {
                 self.named.insert(info.nuid.clone());
-                if info.name.starts_with(prefix) {
+                if name.starts_with(prefix) {
+                    info.name = name;
                     self.objects.push(Listed { info, stored });
                 }
             }
             Err(_) if deleted_mark(payload) => {}
             Err(_) => {
-                let raw = serde_json::from_slice::<serde_json::Value>(payload).ok();
-                let field = |key: &str| {
-                    raw.as_ref()
-                        .and_then(|r| r.get(key))
-                        .and_then(|v| v.as_str())
-                        .map(str::to_owned)
-                };
-                if let Some(nuid) = field("nuid") {
+                if let Some(nuid) = entry_nuid(payload) {
                     self.named.insert(nuid);
                 }
-                let name = field("name").unwrap_or_else(|| name_of(subject));
                 if name.starts_with(prefix) {
                     self.unreadable.push(name);
                 }
@@ -125,15 +137,26 @@ impl Listing {
     }
 }
 
-/// The object name an info's subject encodes (`$O.KILN_DATA.M.<base64 name>`).
-fn name_of(subject: &str) -> String {
+/// The chunk name an entry gives, where it is JSON with a string `nuid`.
+fn entry_nuid(payload: &[u8]) -> Option<String> {
+    let entry: serde_json::Value = serde_json::from_slice(payload).ok()?;
+    Some(entry.get("nuid")?.as_str()?.to_owned())
+}
+
+/// Most stray entries a listing keeps (each is one subject another client wrote).
+const STRAY_KEPT: usize = 10_000;
+
+/// The object name an info's subject encodes (`$O.KILN_DATA.M.<base64 name>`, padded or
+/// not, as clients of other languages may write it), if any.
+fn name_of(subject: &str) -> Option<String> {
     use base64::Engine as _;
-    let encoded = subject.rsplit('.').next().unwrap_or_default();
-    base64::engine::general_purpose::URL_SAFE
-        .decode(encoded)
-        .ok()
-        .and_then(|bytes| String::from_utf8(bytes).ok())
-        .unwrap_or_else(|| subject.to_owned())
+    let encoded = subject.strip_prefix(&format!("$O.{BUCKET_DATA}.M."))?;
+    let engine = base64::engine::GeneralPurpose::new(
+        &base64::alphabet::URL_SAFE,
+        base64::engine::GeneralPurposeConfig::new()
+            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+    );
+    String::from_utf8(engine.decode(encoded).ok()?).ok()
 }
 
 /// The chunks no info in `listing` (made with any prefix, before this call) names, oldest
@@ -145,10 +168,11 @@ pub async fn orphans(store: &Bucket, listing: &Listing) -> Result<Vec<Orphan>, D
         .await
         .map_err(|e| io("read the chunks of", e))?;
     let mut found = Vec::new();
+    let chunks_of = chunk_subject("");
     while let Some(entry) = subjects.next().await {
         let (subject, count) = entry.map_err(|e| io("read the chunks of", e))?;
-        let nuid = subject.rsplit('.').next().unwrap_or_default().to_owned();
-        if listing.named.contains(&nuid) {
+        let nuid = subject.strip_prefix(&chunks_of).unwrap_or(&subject);
+        if listing.named.contains(nuid) {
             continue;
         }
         let last = store
@@ -157,7 +181,8 @@ pub async fn orphans(store: &Bucket, listing: &Listing) -> Result<Vec<Orphan>, D
             .await
             .map_err(|e| io("read the chunks of", e))?;
         found.push(Orphan {
-            nuid,
+            subject,
+            last_seq: last.sequence,
             chunks: count as u64,
             newest: last.time,
         });
@@ -166,28 +191,51 @@ pub async fn orphans(store: &Bucket, listing: &Listing) -> Result<Vec<Orphan>, D
     Ok(found)
 }
 
+/// What [`remove_orphans`] purged.
+#[derive(Debug, Default)]
+pub struct Purged {
+    /// Uploads whose chunks were purged.
+    pub uploads: usize,
+    /// Chunks purged.
+    pub chunks: u64,
+    /// Orphans left, their newest chunk younger than the limit.
+    pub left: usize,
+    /// Stray entries purged.
+    pub stray: usize,
+}
+
 /// Purge the chunks of each orphan whose newest chunk is older than `older_than` (an upload
-/// that stored nothing for that long is not coming back); the ones purged.
+/// that stored nothing for that long is not coming back), up to that newest chunk (one
+/// stored since is kept), and the listing's stray entries.
 pub async fn remove_orphans(
     store: &Bucket,
+    listing: &Listing,
     orphans: Vec<Orphan>,
     older_than: Duration,
-) -> Result<Vec<Orphan>, DataError> {
+) -> Result<Purged, DataError> {
     let now = OffsetDateTime::now_utc();
-    let mut removed = Vec::new();
+    let mut purged = Purged::default();
     for orphan in orphans {
         if now - orphan.newest < older_than {
+            purged.left += 1;
             continue;
         }
-        store
-            .stream
-            .purge()
-            .filter(chunk_subject(&orphan.nuid))
+        let purge = store.stream.purge().filter(&orphan.subject);
+        let done = purge
+            .sequence(orphan.last_seq + 1)
             .await
             .map_err(|e| io("purge chunks from", e))?;
-        removed.push(orphan);
+        if done.purged > 0 {
+            purged.uploads += 1;
+            purged.chunks += done.purged;
+        }
     }
-    Ok(removed)
+    for subject in &listing.stray {
+        let purge = store.stream.purge().filter(subject);
+        let done = purge.await.map_err(|e| io("purge an entry from", e))?;
+        purged.stray += usize::from(done.purged > 0);
+    }
+    Ok(purged)
 }
 
 /// Bytes the bucket's stream holds now, and the most it may (`None`: no limit).

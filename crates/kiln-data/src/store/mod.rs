@@ -6,6 +6,7 @@
 //! where its size and stored digest are checked ([`Bucket`] says why kiln reads the chunks).
 
 mod chunks;
+mod entries;
 mod listing;
 mod names;
 mod put;
@@ -24,8 +25,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 pub use async_nats::jetstream::object_store::ObjectStore;
 
 pub use chunks::CHUNK_PATIENCE;
-pub use listing::{Listed, Listing, Orphan, list, orphans, remove_orphans, usage};
-pub use names::{MAX_OBJECT_NAME, remove};
+pub use entries::remove;
+pub use listing::{Listed, Listing, Orphan, Purged, list, orphans, remove_orphans, usage};
+pub use names::MAX_OBJECT_NAME;
 pub use sizes::{Measured, load_size};
 
 use self::names::{bad_name, described, stored_info, usable_name};

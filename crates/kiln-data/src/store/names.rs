@@ -1,5 +1,5 @@
 //! Objects' names and infos: which names kiln uses, an object's info (a link followed once;
-//! nats-py's deleted form read as deleted), removing an object.
+//! nats-py's deleted form read as deleted).
 
 use async_nats::jetstream::object_store::{InfoError, InfoErrorKind, ObjectInfo};
 use kiln_proto::BUCKET_DATA;
@@ -114,7 +114,7 @@ fn chunks_named(name: &str, info: ObjectInfo) -> Result<ObjectInfo, DataError> {
 }
 
 /// Whether `nuid` can be a subject's last token (chunks can be stored under it).
-fn subject_token(nuid: &str) -> bool {
+pub(super) fn subject_token(nuid: &str) -> bool {
     !nuid.is_empty()
         && !nuid
             .bytes()
@@ -140,60 +140,6 @@ async fn live_info(store: &Bucket, name: &str) -> Result<Option<ObjectInfo>, Dat
         Err(e) if undecodable(&e) && chunks::marked_deleted(&store.stream, name).await => Ok(None),
         Err(e) => Err(info_error(name, e)),
     }
-}
-
-/// Remove object `name` (`kiln rm`; a link removes the link): its size, or `None` when it was
-/// not there (never stored, or deleted by any client, nats-py's form included).
-pub async fn remove(store: &Bucket, name: &str) -> Result<Option<u64>, DataError> {
-    if usable_name(name)
-        && let Err(e) = store.info(name).await
-        && undecodable(&e)
-        && !chunks::marked_deleted(&store.stream, name).await
-    {
-        return purge_unreadable(store, name).await.map(Some);
-    }
-    let Some(info) = live_info(store, name).await? else {
-        return Ok(None);
-    };
-    store.delete(name).await.map_err(|e| {
-        DataError::Io(format!(
-            "could not remove object {name} from {BUCKET_DATA} ({e}); check the connection \
-             to NATS"
-        ))
-    })?;
-    Ok(Some(info.size as u64))
-}
-
-/// Remove object `name` whose entry another client wrote in a form async-nats cannot read
-/// (so cannot mark deleted): purge the entry and the chunks it names; the size it gave.
-async fn purge_unreadable(store: &Bucket, name: &str) -> Result<u64, DataError> {
-    let failed = |e: &dyn std::fmt::Display| {
-        DataError::Io(format!(
-            "could not remove object {name} from {BUCKET_DATA} ({e}); check the connection \
-             to NATS"
-        ))
-    };
-    let meta = chunks::meta_subject(name);
-    let entry = store
-        .stream
-        .get_last_raw_message_by_subject(&meta)
-        .await
-        .map_err(|e| failed(&e))?;
-    let entry = serde_json::from_slice::<serde_json::Value>(&entry.payload).ok();
-    let field = |key: &str| entry.as_ref().and_then(|e| e.get(key));
-    if let Some(nuid) = field("nuid").and_then(|n| n.as_str())
-        && subject_token(nuid)
-    {
-        let purge = store.stream.purge().filter(chunks::chunk_subject(nuid));
-        purge.await.map_err(|e| failed(&e))?;
-    }
-    store
-        .stream
-        .purge()
-        .filter(meta)
-        .await
-        .map_err(|e| failed(&e))?;
-    Ok(field("size").and_then(|s| s.as_u64()).unwrap_or(0))
 }
 
 /// How messages name the object `name` whose info is `info`: `object NAME`, followed by its

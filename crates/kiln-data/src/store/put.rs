@@ -11,8 +11,7 @@
 
 use std::collections::VecDeque;
 
-use async_nats::HeaderMap;
-use async_nats::jetstream::context::PublishAckFuture;
+use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
 use async_nats::jetstream::object_store::{ObjectInfo, ObjectOptions, PutError, PutErrorKind};
 use base64::Engine as _;
 use bytes::BytesMut;
@@ -20,7 +19,8 @@ use kiln_proto::BUCKET_DATA;
 use sha2::Digest as _;
 use tokio::io::{AsyncRead, AsyncReadExt as _};
 
-use super::chunks::{NameHolds, chunk_subject, meta_subject, name_holds};
+use super::chunks::{NameHolds, chunk_subject, name_holds};
+use super::entries::{last_entry, publish_over};
 use super::{Bucket, CHUNK_SIZE};
 
 /// Chunks sent before the first of them must be acknowledged: 4 MiB in flight.
@@ -36,7 +36,6 @@ pub(crate) async fn put(
     reader: &mut (impl AsyncRead + Unpin),
     description: Option<String>,
 ) -> Result<ObjectInfo, PutError> {
-    let previous = bucket.store.info(name).await.ok();
     let nuid = nuid::next().to_string();
     let chunks = chunk_subject(&nuid);
     let written = match write_chunks(bucket, &chunks, reader).await {
@@ -66,21 +65,22 @@ pub(crate) async fn put(
         )),
         deleted: false,
     };
-    if let Err(error) = publish_info(bucket, &info).await {
-        // The info may have been stored though its ack was lost: then the put happened. The
-        // chunks go only when the stream (its leader, not a replica that may lag) shows the
-        // name holding another object or none.
-        match name_holds(&bucket.stream, &info).await {
-            Some(NameHolds::It) => {}
+    let replaced = match publish_info(bucket, &info).await {
+        Ok(replaced) => replaced,
+        // The info may have been stored though its ack was lost: then the put happened (what
+        // it replaced ages out). The chunks go only when the stream (its leader, not a
+        // replica that may lag) shows the name holding another object or none.
+        Err(error) => match name_holds(&bucket.stream, &info).await {
+            Some(NameHolds::It) => None,
             Some(NameHolds::Another | NameHolds::Nothing) => {
                 forget(bucket, &chunks).await;
                 return Err(error);
             }
             None => return Err(error),
-        }
-    }
-    if let Some(previous) = previous.filter(|p| !p.nuid.is_empty() && p.nuid != info.nuid) {
-        let old = chunk_subject(&previous.nuid);
+        },
+    };
+    if let Some(previous) = replaced.filter(|p| *p != info.nuid) {
+        let old = chunk_subject(&previous);
         if let Err(e) = bucket.stream.purge().filter(&old).await {
             // The object is stored; what it replaced ages out with --data-max-age.
             tracing::warn!(object = name, error = %e, "could not remove the chunks of the object this one replaced");
@@ -173,21 +173,26 @@ async fn acked(ack: PublishAckFuture) -> Result<(), PutError> {
         .map_err(|e| failed(PutErrorKind::PublishChunks, "chunk ack", e))
 }
 
-/// Publish the object's info, replacing what its name held.
-async fn publish_info(bucket: &Bucket, info: &ObjectInfo) -> Result<(), PutError> {
-    let subject = meta_subject(&info.name);
+/// Publish the object's info over the entry its name holds (read again while other clients
+/// write it, see [`entries`](super::entries)): the chunk name of the entry it replaced.
+async fn publish_info(bucket: &Bucket, info: &ObjectInfo) -> Result<Option<String>, PutError> {
     let body =
         serde_json::to_vec(info).map_err(|e| PutError::with_source(PutErrorKind::Other, e))?;
-    let mut headers = HeaderMap::new();
-    headers.insert(async_nats::header::NATS_ROLLUP, "sub");
-    bucket
-        .js
-        .publish_with_headers(subject, headers, body.into())
-        .await
-        .map_err(|e| failed(PutErrorKind::PublishMetadata, "info publish", e))?
-        .await
-        .map(drop)
-        .map_err(|e| failed(PutErrorKind::PublishMetadata, "info ack", e))
+    for _ in 0..20 {
+        let previous = last_entry(bucket, &info.name)
+            .await
+            .map_err(|e| PutError::with_source(PutErrorKind::PublishMetadata, e.to_string()))?;
+        match publish_over(bucket, &info.name, body.clone(), previous.seq).await {
+            Ok(()) => return Ok(previous.nuid()),
+            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => continue,
+            Err(e) => return Err(failed(PutErrorKind::PublishMetadata, "info publish", e)),
+        }
+    }
+    Err(failed(
+        PutErrorKind::PublishMetadata,
+        "info publish",
+        "other clients kept writing the name",
+    ))
 }
 
 fn failed(kind: PutErrorKind, what: &str, error: impl std::fmt::Display) -> PutError {
