@@ -116,6 +116,75 @@ async fn publish_raw(client: &async_nats::Client, subject: &str, id: &str, body:
         .expect("the server stores the job");
 }
 
+/// A job cancelled while it waited for the worker's compute slot took no device time: it is
+/// not in `kiln_worker_compute_seconds` (it was counted there as a 0 s job, dragging the
+/// quantiles down), while the training cancelled on the slot is.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_cancelled_before_the_device_has_no_compute_time() {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    let worker = free_addr();
+    cluster.cpu_worker_with(&["--compute-slots", "1", "--metrics-addr", &worker]);
+    // Small jobs first: the worker then holds jobs ahead of its compute slot.
+    let small = ["submit", "vector_add", "-p", "len=8", "-n", "50", "--wait"];
+    assert_success(&cluster.kiln(&small));
+    let client = cluster.client().await;
+    let js = jetstream::new(client.clone());
+    let deadline = Instant::now() + WAIT;
+    for (id, subject, body, waiting) in [
+        (
+            "slot",
+            "jobs.cpu.train_mlp",
+            r#"{"id":"slot","params":{"epochs":10000}}"#,
+            false,
+        ),
+        (
+            "waits",
+            "jobs.cpu.matmul",
+            r#"{"id":"waits","params":{"n":256}}"#,
+            true,
+        ),
+    ] {
+        publish_raw(&client, subject, id, body).await;
+        // Held as expected (the training on the slot, the product waiting for it).
+        loop {
+            let workers = kiln_proto::streams::live_workers(&js)
+                .await
+                .unwrap_or_default();
+            let held = workers
+                .iter()
+                .flat_map(|w| &w.running)
+                .any(|j| j.id == id && j.waiting == waiting);
+            if held {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{id} never held");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // The waiting one first: with the slot still taken, it is answered as it waits.
+    assert_success(&cluster.kiln(&["cancel", "waits"]));
+    let waits = common::wait_for_results(&client, &["waits"], WAIT).await;
+    assert_eq!(waits["waits"].compute_ms, 0.0);
+    assert_success(&cluster.kiln(&["cancel", "slot"]));
+    let slot = common::wait_for_results(&client, &["slot"], WAIT).await;
+    assert!(slot["slot"].compute_ms > 0.0);
+    let scraped = scrape_until(&worker, |s| {
+        s.value(
+            "kiln_worker_jobs_total",
+            &[("kind", "train_mlp"), ("status", "failed")],
+        ) == Some(1.0)
+            && s.value(
+                "kiln_worker_jobs_total",
+                &[("kind", "matmul"), ("status", "failed")],
+            ) == Some(1.0)
+    })
+    .await;
+    let count = |kind| scraped.value("kiln_worker_compute_seconds_count", &[("kind", kind)]);
+    assert_eq!(count("train_mlp"), Some(1.0));
+    assert_eq!(count("matmul"), None);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_of_worker_and_aggregator_count_jobs_latencies_backlog_and_speedup() {
     let mut cluster = Cluster::new();

@@ -154,7 +154,11 @@ async fn run(
         track(shared, id, arrival, false);
     }
     let kind = &arrival.kind;
-    shared.config.metrics.compute(kind, compute_ms / 1000.0);
+    // Only jobs that reached the device: one cancelled, timed out or handed back while it
+    // waited for a compute slot took none of its time (`compute_ms` 0, `device: none`).
+    if compute_ms > 0.0 {
+        shared.config.metrics.compute(kind, compute_ms / 1000.0);
+    }
     if let Some(trace) = &arrival.trace {
         trace.compute(compute_ms, &result);
     }
