@@ -135,7 +135,6 @@ impl JsonSource {
     }
 
     fn read_text(&mut self, flag: &str, arg: &str) -> anyhow::Result<String> {
-        use std::io::Read as _;
         match arg.strip_prefix('@') {
             None => Ok(arg.to_owned()),
             Some("-") => {
@@ -145,17 +144,37 @@ impl JsonSource {
                      the others as @FILE"
                 );
                 self.stdin_read = true;
-                let mut text = String::new();
-                std::io::stdin()
-                    .read_to_string(&mut text)
-                    .with_context(|| format!("{flag}: reading JSON from standard input"))?;
-                Ok(text)
+                read_limited(std::io::stdin(), flag, "standard input")
             }
             Some("") => anyhow::bail!("{flag}: name a file after @ (or @- for standard input)"),
-            Some(path) => std::fs::read_to_string(path)
-                .with_context(|| format!("{flag}: reading JSON from {path}")),
+            Some(path) => {
+                let file = std::fs::File::open(path)
+                    .with_context(|| format!("{flag}: reading JSON from {path}"))?;
+                read_limited(file, flag, path)
+            }
         }
     }
+}
+
+/// Most JSON read for parameters: a NATS server takes no message over 64 MiB (1 MiB by
+/// default), so no job body could carry more. Read whole, `@/dev/zero` grew the process
+/// without bound.
+const MAX_PARAMS_TEXT: u64 = 64 << 20;
+
+fn read_limited(reader: impl std::io::Read, flag: &str, from: &str) -> anyhow::Result<String> {
+    use std::io::Read as _;
+    let mut text = String::new();
+    reader
+        .take(MAX_PARAMS_TEXT + 1)
+        .read_to_string(&mut text)
+        .with_context(|| format!("{flag}: reading JSON from {from}"))?;
+    anyhow::ensure!(
+        text.len() as u64 <= MAX_PARAMS_TEXT,
+        "{flag}: {from} holds more than 64 MiB of JSON, more than any job can carry (a NATS \
+         server takes messages of 1 MiB by default, 64 MiB at most): store large inputs as \
+         objects (--input KEY=@FILE) and name them"
+    );
+    Ok(text)
 }
 
 /// "an array", "a string", … for messages.
@@ -173,6 +192,17 @@ fn json_type(value: &serde_json::Value) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn params_past_what_a_job_can_carry_are_refused_not_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("huge.json");
+        let huge = std::fs::File::create(&file).unwrap();
+        huge.set_len(MAX_PARAMS_TEXT + 2).unwrap();
+        let at = format!("@{}", file.display());
+        let error = parse_params(&[], Some(&at)).unwrap_err().to_string();
+        assert!(error.contains("holds more than 64 MiB of JSON"), "{error}");
+    }
 
     #[test]
     fn json_files_with_a_byte_order_mark_are_read() {
