@@ -967,6 +967,56 @@ async fn a_worker_lists_both_kinds_of_an_id_it_holds() {
     }
 }
 
+/// `kiln status` of an id answered as one kind also shows it running as another (two jobs
+/// under one id): it said only "succeeded" while the other ran on for seconds.
+#[tokio::test(flavor = "multi_thread")]
+async fn status_shows_an_id_running_as_another_kind_after_one_answered() {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    cluster.cpu_worker();
+    let js = jetstream::new(cluster.client().await);
+    let body = br#"{"id":"dual","params":{"epochs":10000}}"#.to_vec();
+    publish(&js, "jobs.cpu.train_mlp", HeaderMap::new(), body).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !streams::live_workers(&js)
+        .await
+        .unwrap_or_default()
+        .iter()
+        .flat_map(|w| &w.running)
+        .any(|j| j.id == "dual" && !j.waiting)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the training never ran"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let body = br#"{"id":"dual","params":{"len":3}}"#.to_vec();
+    publish(&js, "jobs.cpu.vector_add", HeaderMap::new(), body).await;
+    while result_on(&js, "results.vector_add.dual").await.is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "vector_add never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let out = cluster.kiln(&["status", "dual"]);
+    assert!(out.status.success());
+    let said = stdout(&out);
+    let lines: Vec<&str> = said.lines().collect();
+    assert!(lines[0].starts_with("dual: succeeded"), "{said}");
+    assert!(
+        lines[1].starts_with("dual: running (train_mlp) on cpu"),
+        "{said}"
+    );
+    let out = cluster.kiln(&["status", "dual", "-o", "json"]);
+    let shown: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(shown["state"], "finished", "{shown}");
+    assert_eq!(shown["also_running"]["state"], "running", "{shown}");
+    assert_eq!(shown["also_running"]["kind"], "train_mlp", "{shown}");
+    assert!(cluster.kiln(&["cancel", "dual"]).status.success());
+}
+
 /// A job recorded as queued whose message is gone from KILN_JOBS (an operator purged the
 /// stream) is shown as such by `kiln status <id>`, not as queued for ever: `gone` in its JSON
 /// too, and a resubmission under its id, which the server drops as a duplicate, is not waited

@@ -317,6 +317,12 @@ async fn left_the_queue(js: &jetstream::Context, record: &JobState) -> Option<St
 
 /// [`Place::Running`] when a live worker's heartbeat lists job `id` (of another kind than
 /// `except`; `cancelled`: marked by `kiln cancel`).
+/// Job `id` as another kind than `kind`, where a live worker holds it: one id sent as two
+/// kinds is two jobs, and one may run after the other is answered.
+pub async fn running_as_other_kind(js: &jetstream::Context, id: &str, kind: &str) -> Option<Place> {
+    running(js, id, false, Some(kind)).await
+}
+
 async fn running(
     js: &jetstream::Context,
     id: &str,

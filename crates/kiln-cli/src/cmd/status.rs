@@ -30,13 +30,24 @@ pub async fn run(nats: &NatsArgs, args: StatusArgs) -> anyhow::Result<ExitCode> 
         None => print!("{}", overview(&js).await?),
         Some(id) => {
             let place = locate(&js, &id).await?;
+            // Answered as one kind, it may still run as another (two jobs under one id).
+            let also = match &place {
+                Place::Finished { result } => {
+                    kiln_client::jobs::running_as_other_kind(&js, &id, &result.kind).await
+                }
+                _ => None,
+            };
             if json {
                 super::print_json(&JobStatus {
                     id: &id,
                     place: &place,
+                    also_running: also.as_ref(),
                 })?;
             } else {
                 println!("{}", describe(&place, &id));
+                if let Some(also) = &also {
+                    println!("{}", describe(also, &id));
+                }
                 if let Place::Queued { record } = &place
                     && record.class == kiln_proto::DeviceClass::Auto
                     && let Some(hint) = routed_hint(&js, &record.kind).await
@@ -105,12 +116,15 @@ async fn routed_hint(js: &jetstream::Context, kind: &str) -> Option<String> {
 }
 
 /// `kiln status <id> -o json`: the id, and where the job is (`state`: finished, gone,
-/// running, cancel_requested, queued or unknown, with what kiln knows of it there).
+/// running, cancel_requested, queued or unknown, with what kiln knows of it there); for a
+/// finished job, the job of another kind under its id that a worker runs, if any.
 #[derive(Serialize)]
 struct JobStatus<'a> {
     id: &'a str,
     #[serde(flatten)]
     place: &'a Place,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    also_running: Option<&'a Place>,
 }
 
 /// One line for `kiln status <id>` saying where job `id` is.
