@@ -216,7 +216,9 @@ where
     D: serde::Deserializer<'de, Error = serde_json::Error>,
 {
     serde_path_to_error::deserialize(deserializer).map_err(|e| match e.path().to_string() {
-        path if path == "." => e.into_inner().to_string(),
+        // `?`: serde_path_to_error's mark for a place it cannot name (the body cut short
+        // after its last field), which said nothing to the sender.
+        path if path == "." || path == "?" => e.into_inner().to_string(),
         // A key is whatever the sender wrote: at most the first 80 characters of the path.
         path => match path.char_indices().nth(80) {
             Some((end, _)) => format!("{}…: {}", &path[..end], e.into_inner()),
@@ -378,6 +380,14 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "could not decode job as JSON: trailing characters at line 1 column 35"
+        );
+        // Cut short: no path of `?`.
+        let err = Codec::Json
+            .decode::<Job>("job", br#"{"params": {"n": 1, "hidden": []}"#)
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "could not decode job as JSON: EOF while parsing an object at line 1 column 33"
         );
         let err = json_at_path::<Params, _>(serde_json::json!({"n": 1, "hidden": [2, -1]}));
         assert_eq!(

@@ -161,10 +161,13 @@ fn given_up(
     let error = JobError::new(
         ErrorKind::Internal,
         format!(
-            "gave up after {} deliveries from {}: no worker acknowledged it within the ack \
-             wait (each crashed or stalled on it); kept in KILN_DLQ, resubmit it with \
-             `kiln dlq replay`",
-            advisory.deliveries, advisory.consumer
+            "gave up after {} from {}: no worker acknowledged it within the ack wait (each \
+             crashed or stalled on it); kept in KILN_DLQ, resubmit it with `kiln dlq replay`",
+            match advisory.deliveries {
+                1 => "1 delivery".to_owned(),
+                n => format!("{n} deliveries"),
+            },
+            advisory.consumer
         ),
     );
     let now = OffsetDateTime::now_utc();

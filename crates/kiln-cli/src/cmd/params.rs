@@ -51,6 +51,21 @@ pub fn parse_params(pairs: &[String], json: Option<&str>) -> anyhow::Result<serd
                     unique_json(value).with_context(|| format!("-p {key}={value}"))?;
                     json
                 }
+                // An array or object meant as one; no parameter is a string starting so.
+                Err(e) if value.trim_start().starts_with(['[', '{']) => {
+                    let nan = ["NaN", "nan", "Infinity", "inf"]
+                        .iter()
+                        .any(|word| value.contains(word));
+                    anyhow::bail!(
+                        "-p {key}={value}: not valid JSON ({e}){}",
+                        match nan {
+                            true =>
+                                "; JSON has no NaN or Infinity: give values holding them \
+                                     as a .npy file (--input KEY=@FILE)",
+                            false => "",
+                        }
+                    )
+                }
                 Err(_) => serde_json::Value::String(value.to_owned()),
             }
         };
@@ -192,6 +207,28 @@ fn json_type(value: &serde_json::Value) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_array_that_is_not_json_is_refused_not_sent_as_a_string() {
+        let error = parse_params(&["b=[NaN,2]".into()], None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with("-p b=[NaN,2]: not valid JSON (expected value"),
+            "{error}"
+        );
+        assert!(error.contains("JSON has no NaN or Infinity"), "{error}");
+        let error = parse_params(&["a=[1,2".into()], None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("not valid JSON (EOF while parsing a list"),
+            "{error}"
+        );
+        assert!(!error.contains("NaN"), "{error}");
+        let plain = parse_params(&["filter=sobel".into()], None).unwrap();
+        assert_eq!(plain, serde_json::json!({"filter": "sobel"}));
+    }
 
     #[test]
     fn params_past_what_a_job_can_carry_are_refused_not_read_whole() {
