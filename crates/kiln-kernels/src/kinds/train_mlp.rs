@@ -237,7 +237,7 @@ impl Config {
         let split = p.validation_split();
         if !(0.0..=MAX_VALIDATION_SPLIT).contains(&split) {
             return invalid(format!(
-                "needs validation_split from 0 to {MAX_VALIDATION_SPLIT}, got {split}"
+                "needs validation_split from 0 to {MAX_VALIDATION_SPLIT}, got {split:?}"
             ));
         }
         if c.hidden.len() > MAX_LAYERS {
@@ -264,7 +264,8 @@ impl Config {
         let in_f32 = c.lr as f32;
         if !(c.lr.is_finite() && c.lr > 0.0 && in_f32.is_finite() && in_f32 > 0.0) {
             return invalid(format!(
-                "needs a finite lr > 0 that f32 holds (at most {:e}, at least {:e}), got {}",
+                // `{:?}`: 1e300 as `1e300`, not its 301 digits.
+                "needs a finite lr > 0 that f32 holds (at most {:e}, at least {:e}), got {:?}",
                 f32::MAX,
                 f32::from_bits(1),
                 c.lr

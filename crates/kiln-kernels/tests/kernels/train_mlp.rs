@@ -614,6 +614,11 @@ fn dataset_jobs_refuse_bad_splits_and_disagreeing_sizes() {
         "{message}"
     );
     refused(json!({"dataset": d, "validation_split": -0.1}));
+    // Numbers far from 1 are named as written, not as hundreds of digits.
+    let message = refused(json!({"dataset": d, "validation_split": 1e300}));
+    assert!(message.ends_with("got 1e300"), "{message}");
+    let message = refused(json!({"dataset": d, "lr": 5e-324}));
+    assert!(message.ends_with("got 5e-324"), "{message}");
     let message = refused(json!({"dataset": d, "features": 3}));
     assert!(
         message.contains("features 3") && message.contains("leave the sizes out"),
