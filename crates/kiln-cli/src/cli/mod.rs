@@ -14,8 +14,8 @@ pub use data::{GetArgs, LsArgs, PutArgs, RmArgs};
 pub use roles::{AggregatorArgs, SchedulerArgs, WorkerArgs};
 
 use values::{
-    MAX_LIFETIME_HOURS, byte_limit, device_class, duration, either, job_timeout, job_timeout_ms,
-    lifetime, limit, period, period_ms, replicas, scale,
+    MAX_LIFETIME_HOURS, byte_limit, device_class, either, job_timeout, job_timeout_ms, lifetime,
+    limit, period, period_ms, replicas, scale, wait_timeout,
 };
 
 /// kiln: run compute jobs on GPUs and CPUs over NATS JetStream.
@@ -339,11 +339,16 @@ pub struct SubmitArgs {
     /// Wait for the results and print them; exit non-zero if any failed.
     #[arg(long, short = 'w')]
     pub wait: bool,
-    /// How long --wait waits for all results [default: 5m].
-    #[arg(long, value_parser = duration, value_name = "DURATION")]
+    /// How long --wait waits for all results, more than 0 [default: 5m].
+    #[arg(long, value_parser = wait_timeout, value_name = "DURATION")]
     pub wait_timeout: Option<Duration>,
     /// --wait-timeout in seconds (the older spelling).
-    #[arg(long, conflicts_with = "wait_timeout", value_name = "SECONDS")]
+    #[arg(
+        long,
+        conflicts_with = "wait_timeout",
+        value_name = "SECONDS",
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
     pub wait_timeout_s: Option<u64>,
     /// A tensor parameter from a file or an object: KEY=@FILE stores FILE in KILN_DATA and
     /// passes it as {"object": ..}; KEY=@FILE#ENTRY picks one entry of a safetensors file;
@@ -610,6 +615,27 @@ mod tests {
         let e = super::Cli::try_parse_from(["kiln", "dlq", "replay"]).unwrap_err();
         assert_eq!(e.exit_code(), 2, "{e}");
         assert_eq!(replay(&["1", "2"]), (vec![1, 2], false));
+    }
+
+    /// A zero `--wait-timeout` is refused, as a zero `--timeout` is (it was taken, and
+    /// `--wait` waited all the same).
+    #[test]
+    fn a_zero_wait_timeout_is_refused() {
+        use clap::Parser as _;
+        for flag in [["--wait-timeout", "0s"], ["--wait-timeout-s", "0"]] {
+            let argv = ["kiln", "submit", "vector_add", "--wait", flag[0], flag[1]];
+            let message = super::Cli::try_parse_from(argv).unwrap_err().to_string();
+            assert!(message.contains(flag[0]), "{message}");
+        }
+        let argv = [
+            "kiln",
+            "submit",
+            "vector_add",
+            "--wait",
+            "--wait-timeout",
+            "1ms",
+        ];
+        assert!(super::Cli::try_parse_from(argv).is_ok());
     }
 
     /// A worker name is its key in `KILN_WORKERS`: one that cannot be a key is refused at

@@ -23,6 +23,16 @@ pub(super) fn ack_wait(value: &str) -> Result<Duration, String> {
     }
 }
 
+/// `--wait-timeout`: more than zero (a zero one was taken, and waited all the same).
+pub(super) fn wait_timeout(value: &str) -> Result<Duration, String> {
+    match duration(value)? {
+        d if d.is_zero() => {
+            Err("must be more than 0: it is how long --wait waits for the results".into())
+        }
+        d => Ok(d),
+    }
+}
+
 /// A period something repeats at (`--interval`, `--refresh`): more than zero, which would
 /// repeat it as fast as the machine can.
 pub(super) fn period(value: &str) -> Result<Duration, String> {
