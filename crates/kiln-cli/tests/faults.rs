@@ -333,11 +333,28 @@ async fn job_no_worker_acknowledges_is_answered_dead_lettered_and_replayable() {
         "{status}"
     );
 
-    // An operator replays it: until a worker answers the replay, `kiln status` says it is
-    // queued again, not the failed run's result.
-    let replay = cluster.kiln(&["dlq", "replay", "--all"]);
-    assert_success(&replay);
-    assert!(common::stdout(&replay).contains("1 dead letter(s) resubmitted"));
+    // Two operators replay it at the same moment: it is sent once (both sent it, and it ran
+    // twice). Until a worker answers the replay, `kiln status` says it is queued again, not
+    // the failed run's result.
+    let replays: Vec<std::process::Output> = std::thread::scope(|s| {
+        let both = [(); 2].map(|()| s.spawn(|| cluster.kiln(&["dlq", "replay", "--all"])));
+        both.map(|r| r.join().unwrap()).into()
+    });
+    let said: Vec<String> = replays.iter().map(common::stdout).collect();
+    let sent = said
+        .iter()
+        .filter(|s| s.contains("1 dead letter(s) resubmitted"))
+        .count();
+    assert_eq!(sent, 1, "{replays:?}");
+    let jobs = js.get_stream(STREAM_JOBS).await.unwrap();
+    assert_eq!(jobs.cached_info().state.messages, 1, "{replays:?}");
+    for replay in &replays {
+        let refused = String::from_utf8_lossy(&replay.stderr);
+        assert!(
+            replay.status.success() || refused.contains("is being replayed already"),
+            "{replay:?}"
+        );
+    }
     let status = common::stdout(&cluster.kiln(&["status", "stuck-1"]));
     assert!(
         status.starts_with("stuck-1: queued on jobs.cpu.vector_add since ")

@@ -38,6 +38,7 @@ pub struct DeadLetter {
 /// [`DeadLetter::replay_subject`]) is an [`Error::Invalid`] saying why, and stays.
 pub async fn replay(js: &jetstream::Context, letter: &DeadLetter) -> Result<String> {
     let target = letter.replay_subject().map_err(Error::Invalid)?;
+    claim(js, letter).await?;
     let what = || format!("resubmitting dead letter {}", letter.sequence);
     js.publish_with_headers(
         target.clone(),
@@ -48,29 +49,79 @@ pub async fn replay(js: &jetstream::Context, letter: &DeadLetter) -> Result<Stri
     .nats(what)?
     .await
     .nats(what)?;
-    // `kiln status` says the replay is queued (the failed run's result stays stored, and
-    // would otherwise be what it shows until the replay answers). A state not stored only
-    // makes the status less precise; the job is in.
-    if let Ok(original) = kiln_proto::JobSubject::parse(&letter.original_subject) {
-        let mut state = kiln_proto::JobState::queued(original.kind, original.class);
-        state.replay = letter.replay_number();
-        if let Ok(store) = js.get_key_value(kiln_proto::BUCKET_STATE).await
-            && let Err(e) = store
-                .put(
-                    kiln_proto::job_key(&letter.id),
-                    serde_json::to_vec(&state).unwrap_or_default().into(),
-                )
-                .await
-        {
-            tracing::debug!(error = %e, id = %letter.id, "the replay's queued state was not stored");
-        }
-    }
     open_stream(js, STREAM_DLQ)
         .await?
         .delete_message(letter.sequence)
         .await
         .nats(|| format!("removing dead letter {} from {STREAM_DLQ}", letter.sequence))?;
     Ok(target)
+}
+
+/// Record the replay as queued in `KILN_STATE` before it is sent, over the record read (a
+/// write conditional on its revision): `kiln status` then says the replay is queued (the
+/// failed run's result stays stored, and would otherwise be what it shows until the replay
+/// answers), and of two `kiln dlq replay`s of one letter at once only one sends it (both
+/// had, and the job ran twice). A record that cannot be read or written only makes the
+/// status less precise: the replay goes ahead.
+async fn claim(js: &jetstream::Context, letter: &DeadLetter) -> Result<()> {
+    use async_nats::jetstream::kv::{CreateErrorKind, Operation, UpdateErrorKind};
+    let Ok(original) = kiln_proto::JobSubject::parse(&letter.original_subject) else {
+        return Ok(());
+    };
+    let Ok(store) = js.get_key_value(kiln_proto::BUCKET_STATE).await else {
+        return Ok(());
+    };
+    let replay = letter.replay_number();
+    let key = kiln_proto::job_key(&letter.id);
+    let entry = match store.entry(&key).await {
+        Ok(entry) => entry,
+        Err(e) => {
+            tracing::debug!(error = %e, id = %letter.id, "the job's state could not be read");
+            return Ok(());
+        }
+    };
+    let taken = || {
+        Error::Invalid(format!(
+            "dead letter {} ({}) is being replayed already: replay {replay} of its job is \
+             recorded as queued by another `kiln dlq replay` (`kiln status {}` follows it; \
+             `kiln dlq rm {}` removes the letter if it stays)",
+            letter.sequence, letter.id, letter.id, letter.sequence
+        ))
+    };
+    let current = entry
+        .as_ref()
+        .filter(|e| e.operation == Operation::Put)
+        .and_then(|e| serde_json::from_slice::<kiln_proto::JobState>(&e.value).ok());
+    if current.is_some_and(|c| {
+        c.phase == kiln_proto::Phase::Queued && c.kind == original.kind && c.replay >= replay
+    }) {
+        return Err(taken());
+    }
+    let mut state = kiln_proto::JobState::queued(original.kind, original.class);
+    state.replay = replay;
+    let value: bytes::Bytes = serde_json::to_vec(&state).unwrap_or_default().into();
+    let conflict = match entry {
+        Some(entry) => match store.update(&key, value, entry.revision).await {
+            Ok(_) => false,
+            Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => true,
+            Err(e) => {
+                tracing::debug!(error = %e, id = %letter.id, "the replay's queued state was not stored");
+                false
+            }
+        },
+        None => match store.create(&key, value).await {
+            Ok(_) => false,
+            Err(e) if e.kind() == CreateErrorKind::AlreadyExists => true,
+            Err(e) => {
+                tracing::debug!(error = %e, id = %letter.id, "the replay's queued state was not stored");
+                false
+            }
+        },
+    };
+    match conflict {
+        true => Err(taken()),
+        false => Ok(()),
+    }
 }
 
 /// Remove dead letter `sequence` from the queue without replaying it; `false` when there is
