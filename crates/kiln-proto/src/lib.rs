@@ -99,7 +99,16 @@ pub fn refused_for_size(error: &str) -> bool {
 /// every result (`wrong last sequence`), or, as made by kiln before 2026-12, for its limit of
 /// one message a subject with new ones discarded.
 pub fn already_answered(error: &str) -> bool {
-    error.contains("wrong last sequence") || error.contains("maximum messages per subject exceeded")
+    wrong_last_sequence(error) || error.contains("maximum messages per subject exceeded")
+}
+
+/// Whether a refused conditional publish (`Nats-Expected-Last-Subject-Sequence`, a key-value
+/// update at a revision) says another write to its subject came first: the server's "wrong
+/// last sequence", error 10071, or, on a cluster since nats-server 2.11, error 10164 for a
+/// write to the subject still in flight, which async-nats 0.51 reports as `Other` (so its
+/// error kinds alone miss it). Read from the error's text, source included.
+pub fn wrong_last_sequence(error: &str) -> bool {
+    error.contains("wrong last sequence")
 }
 
 /// Publish a result only onto a subject that holds none yet

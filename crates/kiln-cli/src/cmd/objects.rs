@@ -24,7 +24,8 @@ struct Shown<'a> {
     max_bytes: Option<u64>,
     /// Chunks no object names: uploads that never stored their object's info.
     orphans: Vec<OrphanShown>,
-    /// Entries on subjects that encode no name (another client wrote them), by subject.
+    /// Entries on subjects that encode no name as kiln addresses names (another client wrote
+    /// them), by subject.
     stray: &'a [String],
 }
 
@@ -128,8 +129,9 @@ pub async fn ls(nats: &NatsArgs, args: LsArgs) -> anyhow::Result<ExitCode> {
     }
     if !everything_stray.is_empty() {
         eprintln!(
-            "{} entr{} on subjects that encode no object name (another client wrote them): \
-             `kiln rm --orphans` removes them",
+            "{} entr{} on subjects that encode no object name as kiln writes names (another \
+             client wrote them; `-o json` lists them under stray): kiln leaves them, `nats \
+             stream purge OBJ_KILN_DATA --subject SUBJECT` removes one",
             everything_stray.len(),
             if everything_stray.len() == 1 {
                 "y"
@@ -273,21 +275,14 @@ async fn remove(bucket: &Bucket, name: &str, outcome: &mut Outcome) {
 async fn remove_orphans(bucket: &Bucket, older_than: Duration) -> anyhow::Result<()> {
     let listing = kiln_data::store::list(bucket, "").await?;
     let orphans = kiln_data::store::orphans(bucket, &listing).await?;
-    let purged = kiln_data::store::remove_orphans(bucket, &listing, orphans, older_than).await?;
+    let purged = kiln_data::store::remove_orphans(bucket, orphans, older_than).await?;
     let plural = |n: u64| if n == 1 { "" } else { "s" };
     eprintln!(
-        "removed {} chunk{} of {} upload{} that stored no object from {BUCKET_DATA}{}{}",
+        "removed {} chunk{} of {} upload{} that stored no object from {BUCKET_DATA}{}",
         purged.chunks,
         plural(purged.chunks),
         purged.uploads,
         plural(purged.uploads as u64),
-        match purged.stray {
-            0 => String::new(),
-            n => format!(
-                ", and {n} entr{} on subjects that encode no name",
-                if n == 1 { "y" } else { "ies" }
-            ),
-        },
         match purged.left {
             0 => String::new(),
             left => format!(

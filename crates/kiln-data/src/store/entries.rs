@@ -6,7 +6,7 @@
 //! under no name (and a put racing a removal left the put's).
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::context::{PublishError, PublishErrorKind};
+use async_nats::jetstream::context::PublishError;
 use async_nats::jetstream::object_store::ObjectInfo;
 use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use kiln_proto::BUCKET_DATA;
@@ -110,12 +110,15 @@ pub async fn remove(store: &Bucket, name: &str) -> Result<Option<u64>, DataError
         let body = serde_json::to_vec(&info).map_err(|e| failed("remove", name, e))?;
         match publish_over(store, name, body, entry.seq).await {
             Ok(()) => {}
-            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => continue,
+            Err(e) if kiln_proto::wrong_last_sequence(&e.to_string()) => continue,
             Err(e) => return Err(failed("remove", name, e)),
         }
-        if let Some(nuid) = entry.nuid() {
-            let purge = store.stream.purge().filter(chunk_subject(&nuid));
-            purge.await.map_err(|e| failed("remove", name, e))?;
+        // The object is removed: chunks left by a failed purge are named by no live entry
+        // now, for `kiln rm --orphans` (or the bucket's maximum age).
+        if let Some(nuid) = entry.nuid()
+            && let Err(e) = store.stream.purge().filter(chunk_subject(&nuid)).await
+        {
+            tracing::warn!(object = name, error = %e, "removed, but its chunks stay until `kiln rm --orphans` or they age out");
         }
         return Ok(Some(size));
     }

@@ -33,8 +33,9 @@ pub struct Listing {
     /// Names whose stored info another client wrote in a form kiln cannot read (no object
     /// kiln can fetch; `kiln rm` removes them).
     pub unreadable: Vec<String>,
-    /// Entries on subjects that encode no name (another client wrote them), by subject:
-    /// [`remove_orphans`] purges them.
+    /// Entries on subjects that encode no name as kiln addresses names (another client wrote
+    /// them), by subject: left alone, since they may be objects of a client that encodes names
+    /// otherwise.
     pub stray: Vec<String>,
     /// The chunk names (`nuid`s) of every info stored, whatever its name or form: chunks
     /// these name are never orphans.
@@ -99,6 +100,7 @@ pub async fn list(store: &Bucket, prefix: &str) -> Result<Listing, DataError> {
         .objects
         .sort_by(|a, b| a.info.name.cmp(&b.info.name));
     listing.unreadable.sort();
+    listing.stray.sort();
     Ok(listing)
 }
 
@@ -146,17 +148,17 @@ fn entry_nuid(payload: &[u8]) -> Option<String> {
 /// Most stray entries a listing keeps (each is one subject another client wrote).
 const STRAY_KEPT: usize = 10_000;
 
-/// The object name an info's subject encodes (`$O.KILN_DATA.M.<base64 name>`, padded or
-/// not, as clients of other languages may write it), if any.
+/// The object name an info's subject encodes (`$O.KILN_DATA.M.<base64 name>`, URL-safe and
+/// padded, as kiln, the Go client and nats-py write it, and as `kiln get` and `kiln rm`
+/// address it), if it is written so.
 fn name_of(subject: &str) -> Option<String> {
     use base64::Engine as _;
     let encoded = subject.strip_prefix(&format!("$O.{BUCKET_DATA}.M."))?;
-    let engine = base64::engine::GeneralPurpose::new(
-        &base64::alphabet::URL_SAFE,
-        base64::engine::GeneralPurposeConfig::new()
-            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
-    );
-    String::from_utf8(engine.decode(encoded).ok()?).ok()
+    let bytes = base64::engine::general_purpose::URL_SAFE
+        .decode(encoded)
+        .ok()?;
+    let name = String::from_utf8(bytes).ok()?;
+    (super::chunks::meta_subject(&name) == subject).then_some(name)
 }
 
 /// The chunks no info in `listing` (made with any prefix, before this call) names, oldest
@@ -200,16 +202,13 @@ pub struct Purged {
     pub chunks: u64,
     /// Orphans left, their newest chunk younger than the limit.
     pub left: usize,
-    /// Stray entries purged.
-    pub stray: usize,
 }
 
 /// Purge the chunks of each orphan whose newest chunk is older than `older_than` (an upload
-/// that stored nothing for that long is not coming back), up to that newest chunk (one
-/// stored since is kept), and the listing's stray entries.
+/// that stored nothing for that long is not coming back; measured against this machine's
+/// clock), up to that newest chunk (one stored since is kept).
 pub async fn remove_orphans(
     store: &Bucket,
-    listing: &Listing,
     orphans: Vec<Orphan>,
     older_than: Duration,
 ) -> Result<Purged, DataError> {
@@ -229,11 +228,6 @@ pub async fn remove_orphans(
             purged.uploads += 1;
             purged.chunks += done.purged;
         }
-    }
-    for subject in &listing.stray {
-        let purge = store.stream.purge().filter(subject);
-        let done = purge.await.map_err(|e| io("purge an entry from", e))?;
-        purged.stray += usize::from(done.purged > 0);
     }
     Ok(purged)
 }

@@ -11,7 +11,7 @@
 
 use std::collections::VecDeque;
 
-use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
+use async_nats::jetstream::context::PublishAckFuture;
 use async_nats::jetstream::object_store::{ObjectInfo, ObjectOptions, PutError, PutErrorKind};
 use base64::Engine as _;
 use bytes::BytesMut;
@@ -67,11 +67,11 @@ pub(crate) async fn put(
     };
     let replaced = match publish_info(bucket, &info).await {
         Ok(replaced) => replaced,
-        // The info may have been stored though its ack was lost: then the put happened (what
-        // it replaced ages out). The chunks go only when the stream (its leader, not a
+        // The info may have been stored though its ack was lost: then the put happened, over
+        // the entry last read. The chunks go only when the stream (its leader, not a
         // replica that may lag) shows the name holding another object or none.
-        Err(error) => match name_holds(&bucket.stream, &info).await {
-            Some(NameHolds::It) => None,
+        Err((error, over)) => match name_holds(&bucket.stream, &info).await {
+            Some(NameHolds::It) => over,
             Some(NameHolds::Another | NameHolds::Nothing) => {
                 forget(bucket, &chunks).await;
                 return Err(error);
@@ -174,25 +174,36 @@ async fn acked(ack: PublishAckFuture) -> Result<(), PutError> {
 }
 
 /// Publish the object's info over the entry its name holds (read again while other clients
-/// write it, see [`entries`](super::entries)): the chunk name of the entry it replaced.
-async fn publish_info(bucket: &Bucket, info: &ObjectInfo) -> Result<Option<String>, PutError> {
-    let body =
-        serde_json::to_vec(info).map_err(|e| PutError::with_source(PutErrorKind::Other, e))?;
+/// write it, see [`entries`](super::entries)): the chunk name of the entry it replaced; on
+/// failure, also that of the entry it last tried to replace.
+async fn publish_info(
+    bucket: &Bucket,
+    info: &ObjectInfo,
+) -> Result<Option<String>, (PutError, Option<String>)> {
+    let body = serde_json::to_vec(info)
+        .map_err(|e| (PutError::with_source(PutErrorKind::Other, e), None))?;
+    let mut over = None;
     for _ in 0..20 {
-        let previous = last_entry(bucket, &info.name)
-            .await
-            .map_err(|e| PutError::with_source(PutErrorKind::PublishMetadata, e.to_string()))?;
+        let previous = last_entry(bucket, &info.name).await.map_err(|e| {
+            let error = PutError::with_source(PutErrorKind::PublishMetadata, e.to_string());
+            (error, over.clone())
+        })?;
+        over = previous.nuid();
         match publish_over(bucket, &info.name, body.clone(), previous.seq).await {
-            Ok(()) => return Ok(previous.nuid()),
-            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => continue,
-            Err(e) => return Err(failed(PutErrorKind::PublishMetadata, "info publish", e)),
+            Ok(()) => return Ok(over),
+            Err(e) if kiln_proto::wrong_last_sequence(&e.to_string()) => continue,
+            Err(e) => {
+                let error = failed(PutErrorKind::PublishMetadata, "info publish", e);
+                return Err((error, over));
+            }
         }
     }
-    Err(failed(
+    let error = failed(
         PutErrorKind::PublishMetadata,
         "info publish",
         "other clients kept writing the name",
-    ))
+    );
+    Err((error, over))
 }
 
 fn failed(kind: PutErrorKind, what: &str, error: impl std::fmt::Display) -> PutError {
