@@ -333,6 +333,15 @@ async fn job_no_worker_acknowledges_is_answered_dead_lettered_and_replayable() {
         "{status}"
     );
 
+    // A replay the server refuses (its queue full) leaves the letter to be replayed again at
+    // once (the replay's claim is undone; it stood, and the letter was never replayed).
+    assert_success(&cluster.kiln(&["init", "--max-queued-jobs", "1"]));
+    publish_vector_add(&js, "filler", &[]).await;
+    let refused = cluster.kiln(&["dlq", "replay", "--all"]);
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    let jobs = js.get_stream(STREAM_JOBS).await.unwrap();
+    jobs.purge().await.unwrap();
+    assert_success(&cluster.kiln(&["init"]));
     // Two operators replay it at the same moment: it is sent once (both sent it, and it ran
     // twice). Until a worker answers the replay, `kiln status` says it is queued again, not
     // the failed run's result.

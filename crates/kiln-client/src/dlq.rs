@@ -38,89 +38,167 @@ pub struct DeadLetter {
 /// [`DeadLetter::replay_subject`]) is an [`Error::Invalid`] saying why, and stays.
 pub async fn replay(js: &jetstream::Context, letter: &DeadLetter) -> Result<String> {
     let target = letter.replay_subject().map_err(Error::Invalid)?;
-    claim(js, letter).await?;
+    let dlq = open_stream(js, STREAM_DLQ).await?;
+    let claim = Claim::take(js, letter).await?;
+    // Claimed: the letter must still be there (another replay may have sent and removed
+    // it, then claimed another kind's letter of the same id over this one's record).
+    if dlq.get_raw_message(letter.sequence).await.is_err() {
+        claim.release().await;
+        return Err(Error::Invalid(format!(
+            "dead letter {} ({}) was replayed by another `kiln dlq replay` meanwhile",
+            letter.sequence, letter.id
+        )));
+    }
     let what = || format!("resubmitting dead letter {}", letter.sequence);
-    js.publish_with_headers(
-        target.clone(),
-        letter.replay_headers(),
-        letter.payload.clone(),
-    )
-    .await
-    .nats(what)?
-    .await
-    .nats(what)?;
-    open_stream(js, STREAM_DLQ)
+    let sent = async {
+        js.publish_with_headers(
+            target.clone(),
+            letter.replay_headers(),
+            letter.payload.clone(),
+        )
         .await?
-        .delete_message(letter.sequence)
+        .await
+    };
+    match sent.await {
+        Ok(_) => {}
+        // Refused (a full queue), so not sent: the letter can be replayed again at once.
+        // Unanswered, it may be stored: the claim stands for `CLAIM_HOLDS`.
+        Err(e) if !unanswered(&e) => {
+            claim.release().await;
+            return Err(e).nats(what);
+        }
+        Err(e) => return Err(e).nats(what),
+    }
+    dlq.delete_message(letter.sequence)
         .await
         .nats(|| format!("removing dead letter {} from {STREAM_DLQ}", letter.sequence))?;
     Ok(target)
 }
 
-/// Record the replay as queued in `KILN_STATE` before it is sent, over the record read (a
+/// Whether a publish got no answer (the job may be stored).
+fn unanswered(e: &jetstream::context::PublishError) -> bool {
+    use jetstream::context::PublishErrorKind as Kind;
+    matches!(
+        e.kind(),
+        Kind::TimedOut | Kind::BrokenPipe | Kind::MaxAckPending
+    )
+}
+
+/// How long a replay's claim holds against another `kiln dlq replay` of the same letter: a
+/// replay sends its job within moments of claiming it, so an older claim whose letter is
+/// still there was left by one that died or failed.
+const CLAIM_HOLDS: Duration = Duration::from_secs(60);
+
+/// A replay recorded as queued in `KILN_STATE` before it is sent, over the record read (a
 /// write conditional on its revision): `kiln status` then says the replay is queued (the
 /// failed run's result stays stored, and would otherwise be what it shows until the replay
 /// answers), and of two `kiln dlq replay`s of one letter at once only one sends it (both
 /// had, and the job ran twice). A record that cannot be read or written only makes the
 /// status less precise: the replay goes ahead.
-async fn claim(js: &jetstream::Context, letter: &DeadLetter) -> Result<()> {
-    use async_nats::jetstream::kv::{CreateErrorKind, Operation, UpdateErrorKind};
-    let Ok(original) = kiln_proto::JobSubject::parse(&letter.original_subject) else {
-        return Ok(());
-    };
-    let Ok(store) = js.get_key_value(kiln_proto::BUCKET_STATE).await else {
-        return Ok(());
-    };
-    let replay = letter.replay_number();
-    let key = kiln_proto::job_key(&letter.id);
-    let entry = match store.entry(&key).await {
-        Ok(entry) => entry,
-        Err(e) => {
-            tracing::debug!(error = %e, id = %letter.id, "the job's state could not be read");
-            return Ok(());
+struct Claim {
+    store: Option<jetstream::kv::Store>,
+    key: String,
+    /// What the record held before, and the claim's revision.
+    before: Option<(bytes::Bytes, u64)>,
+}
+
+impl Claim {
+    async fn take(js: &jetstream::Context, letter: &DeadLetter) -> Result<Claim> {
+        use async_nats::jetstream::kv::{CreateErrorKind, Operation, UpdateErrorKind};
+        let key = kiln_proto::job_key(&letter.id);
+        let mut claim = Claim {
+            store: None,
+            key: key.clone(),
+            before: None,
+        };
+        let Ok(original) = kiln_proto::JobSubject::parse(&letter.original_subject) else {
+            return Ok(claim);
+        };
+        let Ok(store) = js.get_key_value(kiln_proto::BUCKET_STATE).await else {
+            return Ok(claim);
+        };
+        let replay = letter.replay_number();
+        let entry = match store.entry(&key).await {
+            Ok(entry) => entry,
+            Err(e) => {
+                tracing::debug!(error = %e, id = %letter.id, "the job's state could not be read");
+                return Ok(claim);
+            }
+        };
+        let taken = || {
+            Error::Invalid(format!(
+                "dead letter {} ({}) is being replayed already: replay {replay} of its job was \
+                 recorded as queued by another `kiln dlq replay` moments ago (`kiln status {}` \
+                 follows it; if the letter is still listed in a minute, replay it again)",
+                letter.sequence, letter.id, letter.id
+            ))
+        };
+        let live = entry.as_ref().filter(|e| e.operation == Operation::Put);
+        let current =
+            live.and_then(|e| serde_json::from_slice::<kiln_proto::JobState>(&e.value).ok());
+        let fresh =
+            |c: &kiln_proto::JobState| (time::OffsetDateTime::now_utc() - c.at) < CLAIM_HOLDS;
+        if current.is_some_and(|c| {
+            c.phase == kiln_proto::Phase::Queued
+                && c.kind == original.kind
+                && c.replay >= replay
+                && fresh(&c)
+        }) {
+            return Err(taken());
         }
-    };
-    let taken = || {
-        Error::Invalid(format!(
-            "dead letter {} ({}) is being replayed already: replay {replay} of its job is \
-             recorded as queued by another `kiln dlq replay` (`kiln status {}` follows it; \
-             `kiln dlq rm {}` removes the letter if it stays)",
-            letter.sequence, letter.id, letter.id, letter.sequence
-        ))
-    };
-    let current = entry
-        .as_ref()
-        .filter(|e| e.operation == Operation::Put)
-        .and_then(|e| serde_json::from_slice::<kiln_proto::JobState>(&e.value).ok());
-    if current.is_some_and(|c| {
-        c.phase == kiln_proto::Phase::Queued && c.kind == original.kind && c.replay >= replay
-    }) {
-        return Err(taken());
+        let mut state = kiln_proto::JobState::queued(original.kind, original.class);
+        state.replay = replay;
+        let value: bytes::Bytes = serde_json::to_vec(&state).unwrap_or_default().into();
+        let conflict = |e: &dyn std::fmt::Display| kiln_proto::wrong_last_sequence(&e.to_string());
+        let written = match &entry {
+            Some(entry) => match store.update(&key, value, entry.revision).await {
+                Ok(revision) => Some(revision),
+                Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision || conflict(&e) => {
+                    return Err(taken());
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, id = %letter.id, "the replay's queued state was not stored");
+                    None
+                }
+            },
+            None => match store.create(&key, value).await {
+                Ok(revision) => Some(revision),
+                Err(e) if e.kind() == CreateErrorKind::AlreadyExists || conflict(&e) => {
+                    return Err(taken());
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, id = %letter.id, "the replay's queued state was not stored");
+                    None
+                }
+            },
+        };
+        if let Some(revision) = written {
+            let before = live.map(|e| e.value.clone()).unwrap_or_default();
+            claim.before = Some((before, revision));
+            claim.store = Some(store);
+        }
+        Ok(claim)
     }
-    let mut state = kiln_proto::JobState::queued(original.kind, original.class);
-    state.replay = replay;
-    let value: bytes::Bytes = serde_json::to_vec(&state).unwrap_or_default().into();
-    let conflict = match entry {
-        Some(entry) => match store.update(&key, value, entry.revision).await {
-            Ok(_) => false,
-            Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => true,
-            Err(e) => {
-                tracing::debug!(error = %e, id = %letter.id, "the replay's queued state was not stored");
-                false
-            }
-        },
-        None => match store.create(&key, value).await {
-            Ok(_) => false,
-            Err(e) if e.kind() == CreateErrorKind::AlreadyExists => true,
-            Err(e) => {
-                tracing::debug!(error = %e, id = %letter.id, "the replay's queued state was not stored");
-                false
-            }
-        },
-    };
-    match conflict {
-        true => Err(taken()),
-        false => Ok(()),
+
+    /// Put back what the record held (unless written since): the replay was not sent.
+    async fn release(self) {
+        let (Some(store), Some((before, revision))) = (self.store, self.before) else {
+            return;
+        };
+        let undone = match before.is_empty() {
+            true => store
+                .delete_expect_revision(&self.key, Some(revision))
+                .await
+                .map_err(|e| e.to_string()),
+            false => store
+                .update(&self.key, before, revision)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string()),
+        };
+        if let Err(e) = undone {
+            tracing::debug!(error = %e, key = %self.key, "the replay's claim was not undone");
+        }
     }
 }
 
