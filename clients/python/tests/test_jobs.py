@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import io
 import json
@@ -335,6 +336,12 @@ async def test_objects_lists_what_a_prefix_names_with_sizes_and_digests(
     assert all(o.name.startswith(prefix) for o in listed)
     everything = [o.name for o in await client.objects()]
     assert prefix + "a.bin" in everything and prefix + "gone" not in everything
+    # Entries another client wrote that do not parse are left out, and end no listing early
+    # nor make it wait (nats-py's own list() waits for ever when the newest one is such).
+    js = client._js
+    name = base64.urlsafe_b64encode((prefix + "z-bad").encode()).decode()
+    await js.publish(f"$O.KILN_DATA.M.{name}", b"not json")
+    assert await asyncio.wait_for(client.objects(prefix), 20) == [a, b]
 
 
 async def test_an_object_the_client_deleted_is_not_found_by_jobs(client: kiln.Client) -> None:

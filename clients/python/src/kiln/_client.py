@@ -20,6 +20,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import nats
 import nats.errors
+import nats.js.api
 import nats.js.errors
 import numpy as np
 from nats.aio.client import Client as NATS
@@ -1376,19 +1377,34 @@ class Client:
     async def objects(self, prefix: str = "") -> list[_wire.ObjectInfo]:
         """The objects in KILN_DATA whose names start with `prefix` (all without one), by
         name (`kiln ls`): each `ObjectInfo` has its name, size and sha256 (hex; "" for a
-        link, which has none of its own)."""
-        bucket = await self._bucket()
+        link, which has none of its own). Entries kiln cannot read (another client's) are
+        left out; `kiln ls` lists them.
+
+        Read here from the last entry of each name, not with nats-py's `list()`, which waits
+        for ever when the newest entry does not parse."""
+        await self._bucket()  # says to run `kiln init` where there is no bucket
+        stream, entries = f"OBJ_{_wire.BUCKET_DATA}", f"$O.{_wire.BUCKET_DATA}.M.>"
         try:
-            infos = await bucket.list(ignore_deletes=True)
+            await self._js.get_last_msg(stream, entries)
         except nats.js.errors.NotFoundError:
-            return []  # nats-py raises it for a bucket with no live object
-        found = [
-            _wire.ObjectInfo(
-                name=info.name, size=info.size or 0, sha256=_sha256_hex(info.digest or "")
-            )
-            for info in infos
-            if not info.deleted and info.name.startswith(prefix)
-        ]
+            return []
+        sub = await self._js.subscribe(
+            entries,
+            stream=stream,
+            ordered_consumer=True,
+            deliver_policy=nats.js.api.DeliverPolicy.LAST_PER_SUBJECT,
+        )
+        found: list[_wire.ObjectInfo] = []
+        try:
+            while True:
+                msg = await sub.next_msg(timeout=10)
+                listed = _listed(msg.subject, msg.data, prefix)
+                if listed is not None:
+                    found.append(listed)
+                if msg.metadata.num_pending == 0:
+                    break
+        finally:
+            await sub.unsubscribe()
         return sorted(found, key=lambda o: o.name)
 
     @_kiln_errors
@@ -1420,6 +1436,34 @@ class Client:
                 "output.object.name"
             ) from e
         return bytes(result.data or b"")
+
+
+def _listed(subject: str, data: bytes, prefix: str) -> _wire.ObjectInfo | None:
+    """The live object whose entry `data` is on `subject`, if it is one named `prefix`…: the
+    name its subject encodes (URL-safe padded base64, as `kiln get` addresses it)."""
+    import base64
+    import binascii
+
+    encoded = subject.removeprefix(f"$O.{_wire.BUCKET_DATA}.M.")
+    try:
+        name = base64.urlsafe_b64decode(encoded.encode()).decode()
+    except (binascii.Error, ValueError):
+        return None
+    if base64.urlsafe_b64encode(name.encode()).decode() != encoded or not name.startswith(prefix):
+        return None
+    try:
+        info = json.loads(data)
+    except ValueError:
+        return None
+    if not isinstance(info, dict) or info.get("deleted"):
+        return None
+    size = info.get("size")
+    digest = info.get("digest")
+    return _wire.ObjectInfo(
+        name=name,
+        size=size if isinstance(size, int) else 0,
+        sha256=_sha256_hex(digest if isinstance(digest, str) else ""),
+    )
 
 
 def _sha256_hex(digest: str) -> str:
