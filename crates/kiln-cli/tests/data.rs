@@ -755,6 +755,56 @@ async fn ls_lists_objects_and_rm_frees_a_prefix_and_abandoned_chunks() {
         assert_eq!(cluster.kiln(usage).status.code(), Some(2), "{usage:?}");
     }
     assert_success(&cluster.kiln(&["get", "a.npy", "-o", "/dev/null"]));
+    assert_dev_null_is_a_device();
+}
+
+fn assert_dev_null_is_a_device() {
+    use std::os::unix::fs::FileTypeExt as _;
+    let kind = std::fs::metadata("/dev/null").unwrap().file_type();
+    assert!(
+        kind.is_char_device(),
+        "/dev/null is no longer a device: {kind:?}"
+    );
+}
+
+/// `kiln get -o` and `kiln result --output` write a device or a pipe in place and a link's
+/// file through the link: they wrote a file beside the path and renamed it over it, which
+/// made a root user's /dev/null a regular file (and every later `> /dev/null` wrote there),
+/// a named pipe's reader got nothing, and a link became a plain file.
+#[tokio::test(flavor = "multi_thread")]
+async fn get_writes_devices_and_pipes_in_place_and_links_through() {
+    use std::os::unix::fs::FileTypeExt as _;
+    let cluster = Cluster::new();
+    cluster.init().await;
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = encode_npy(&HostTensor::new(vec![3], vec![1.0, 2.0, 3.0]));
+    let v = write(dir.path(), "v.npy", &bytes);
+    assert_success(&cluster.kiln(&["put", &v, "--name", "v.npy"]));
+
+    assert_success(&cluster.kiln(&["get", "v.npy", "-o", "/dev/null"]));
+    assert_dev_null_is_a_device();
+
+    let fifo = dir.path().join("pipe");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read(fifo).unwrap())
+    };
+    assert_success(&cluster.kiln(&["get", "v.npy", "-o", fifo.to_str().unwrap()]));
+    assert_eq!(reader.join().unwrap(), bytes);
+    assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
+
+    let target = dir.path().join("target.npy");
+    std::fs::write(&target, b"old").unwrap();
+    let link = dir.path().join("link.npy");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    assert_success(&cluster.kiln(&["get", "v.npy", "-o", link.to_str().unwrap()]));
+    assert!(link.is_symlink(), "the link was replaced by a file");
+    assert_eq!(std::fs::read(&target).unwrap(), bytes);
 }
 
 fn base64_url(name: &str) -> String {

@@ -92,6 +92,10 @@ pub async fn get_file(
     expected: Option<&str>,
     on_bytes: OnBytes<'_>,
 ) -> Result<u64> {
+    let path = &match destination(path) {
+        Destination::Replace(path) => path,
+        Destination::InPlace => return get_in_place(bucket, name, path, expected, on_bytes).await,
+    };
     let partial = partial_path(path);
     let file = tokio::fs::File::create(&partial)
         .await
@@ -123,6 +127,54 @@ pub async fn get_file(
         return Err(io(|| format!("writing {}", path.display()))(e));
     }
     Ok(got.size)
+}
+
+/// How a fetch writes its file.
+enum Destination {
+    /// Into a file beside this regular file (or this new one), renamed over it when complete:
+    /// no half-written file is ever left under the name.
+    Replace(PathBuf),
+    /// Straight into it: a device, a pipe or a socket (`/dev/null`, `<(…)`), which a rename
+    /// would have replaced with a regular file (`-o /dev/null`, run as root, made the
+    /// machine's /dev/null a file, and every later redirection to it wrote there).
+    InPlace,
+}
+
+/// How to write `path`: a link is followed to the file it names, which is replaced.
+fn destination(path: &Path) -> Destination {
+    match std::fs::metadata(path) {
+        Ok(meta) if !meta.is_file() && !meta.is_dir() => Destination::InPlace,
+        Ok(_) if path.is_symlink() => {
+            Destination::Replace(std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned()))
+        }
+        _ => Destination::Replace(path.to_owned()),
+    }
+}
+
+/// [`get_file`] into a device or a pipe, written as it comes.
+async fn get_in_place(
+    bucket: &Bucket,
+    name: &str,
+    path: &Path,
+    expected: Option<&str>,
+    on_bytes: OnBytes<'_>,
+) -> Result<u64> {
+    let file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .await
+        .map_err(io(|| format!("opening {}", path.display())))?;
+    let mut file = Counting::new(file, on_bytes);
+    let got = kiln_data::store::get_to_writer(bucket, name, &mut file)
+        .await
+        .map_err(|e| Error::Data(format!("fetching {name:?}: {e}")))?;
+    tokio::io::AsyncWriteExt::flush(&mut file)
+        .await
+        .map_err(io(|| format!("writing {}", path.display())))?;
+    match expected {
+        Some(want) if got.sha256 != want => Err(replaced(name, &got.sha256, want)),
+        _ => Ok(got.size),
+    }
 }
 
 /// An object that is not the one a result named.
@@ -635,6 +687,14 @@ async fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
             .await
             .map_err(io(|| "writing to standard output".to_owned()));
     }
+    let path = &match destination(path) {
+        Destination::Replace(path) => path,
+        Destination::InPlace => {
+            return tokio::fs::write(path, bytes)
+                .await
+                .map_err(io(|| format!("writing {}", path.display())));
+        }
+    };
     let partial = partial_path(path);
     let written = match tokio::fs::write(&partial, bytes).await {
         Ok(()) => tokio::fs::rename(&partial, path)
@@ -646,6 +706,15 @@ async fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
         let _ = tokio::fs::remove_file(&partial).await;
     }
     written
+}
+
+/// The file a fetch of `path` writes before it is complete, if any ([`partial_path`] of the
+/// file a link names; none for a device or a pipe, written in place).
+pub fn partial_of(path: &Path) -> Option<PathBuf> {
+    match destination(path) {
+        Destination::Replace(path) => Some(partial_path(&path)),
+        Destination::InPlace => None,
+    }
 }
 
 /// The file a fetch writes before it is complete: `path` with `.part` added (`out.npy.part`),

@@ -185,8 +185,10 @@ async fn or_interrupted<T>(path: &Path, later: &str, fetch: impl Future<Output =
     tokio::select! {
         done = fetch => done,
         () = crate::signal::wait_for_signal() => {
-            if path != Path::new("-") {
-                let _ = std::fs::remove_file(kiln_client::data::partial_path(path));
+            if path != Path::new("-")
+                && let Some(partial) = kiln_client::data::partial_of(path)
+            {
+                let _ = std::fs::remove_file(partial);
             }
             eprintln!("kiln: interrupted; {} was not written{later}", path.display());
             std::process::exit(130);
