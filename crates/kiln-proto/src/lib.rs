@@ -111,6 +111,13 @@ pub fn wrong_last_sequence(error: &str) -> bool {
     error.contains("wrong last sequence")
 }
 
+/// Whether a refused conditional publish says the stream could not check its condition yet
+/// (error 10163, "expected last sequence per subject temporarily unavailable", a cluster
+/// catching up): worth sending again a moment later.
+pub fn last_sequence_not_ready(error: &str) -> bool {
+    error.contains("expected last sequence per subject temporarily unavailable")
+}
+
 /// Publish a result only onto a subject that holds none yet
 /// (`Nats-Expected-Last-Subject-Sequence: 0`): a job is answered once, for as long as its
 /// result is kept, however often it is delivered.

@@ -111,6 +111,10 @@ pub async fn remove(store: &Bucket, name: &str) -> Result<Option<u64>, DataError
         match publish_over(store, name, body, entry.seq).await {
             Ok(()) => {}
             Err(e) if kiln_proto::wrong_last_sequence(&e.to_string()) => continue,
+            Err(e) if kiln_proto::last_sequence_not_ready(&e.to_string()) => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
             Err(e) => return Err(failed("remove", name, e)),
         }
         // The object is removed: chunks left by a failed purge are named by no live entry

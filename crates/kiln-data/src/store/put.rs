@@ -192,6 +192,10 @@ async fn publish_info(
         match publish_over(bucket, &info.name, body.clone(), previous.seq).await {
             Ok(()) => return Ok(over),
             Err(e) if kiln_proto::wrong_last_sequence(&e.to_string()) => continue,
+            Err(e) if kiln_proto::last_sequence_not_ready(&e.to_string()) => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
             Err(e) => {
                 let error = failed(PutErrorKind::PublishMetadata, "info publish", e);
                 return Err((error, over));
