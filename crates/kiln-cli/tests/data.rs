@@ -758,6 +758,27 @@ async fn ls_lists_objects_and_rm_frees_a_prefix_and_abandoned_chunks() {
     assert_dev_null_is_a_device();
 }
 
+/// `kiln init` with a `--data-max-bytes` under what `KILN_DATA` holds says that the bucket
+/// now refuses new objects (it was taken without a word).
+#[tokio::test(flavor = "multi_thread")]
+async fn init_says_when_the_data_bucket_holds_more_than_its_new_limit() {
+    let cluster = Cluster::new();
+    cluster.init().await;
+    let dir = tempfile::tempdir().unwrap();
+    let big = write(dir.path(), "big.bin", &vec![7u8; 3 << 20]);
+    assert_success(&cluster.kiln(&["put", &big]));
+    let out = cluster.kiln(&["init", "--data-max-bytes", "2MiB"]);
+    assert_success(&out);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("note: OBJ_KILN_DATA holds ")
+            && said.contains("more than its limit of 2097152: it refuses new objects"),
+        "{said}"
+    );
+    let out = cluster.kiln(&["init"]);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("note:"));
+}
+
 fn assert_dev_null_is_a_device() {
     use std::os::unix::fs::FileTypeExt as _;
     let kind = std::fs::metadata("/dev/null").unwrap().file_type();

@@ -27,5 +27,47 @@ pub async fn run(nats: &NatsArgs) -> anyhow::Result<ExitCode> {
         kiln_proto::BUCKET_DATA,
         nats.replicas
     );
+    for name in [
+        format!("OBJ_{}", kiln_proto::BUCKET_DATA),
+        streams::STREAM_JOBS.to_owned(),
+    ] {
+        if let Some(note) = over_limit(&js, &name).await {
+            eprintln!("note: {note}");
+        }
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What stream `name` holds past limits just lowered, if it refuses new messages when full
+/// (`KILN_DATA`, `KILN_JOBS`): the server keeps what it holds, and refuses every new message
+/// until enough go. (A lower `--data-max-bytes` was taken without a word.)
+async fn over_limit(js: &async_nats::jetstream::Context, name: &str) -> Option<String> {
+    use async_nats::jetstream::stream::DiscardPolicy;
+    let mut stream = js.get_stream(name).await.ok()?;
+    let info = stream.info().await.ok()?;
+    let (config, state) = (&info.config, &info.state);
+    if config.discard != DiscardPolicy::New {
+        return None;
+    }
+    let bytes = u64::try_from(config.max_bytes)
+        .ok()
+        .filter(|max| state.bytes > *max);
+    let messages = u64::try_from(config.max_messages)
+        .ok()
+        .filter(|max| state.messages > *max);
+    let what = match name.strip_prefix("OBJ_") {
+        Some(_) => "new objects until enough are removed (`kiln ls`, `kiln rm`) or age out",
+        None => "new jobs until workers take enough",
+    };
+    match (bytes, messages) {
+        (Some(max), _) => Some(format!(
+            "{name} holds {} bytes, more than its limit of {max}: it refuses {what}",
+            state.bytes
+        )),
+        (None, Some(max)) => Some(format!(
+            "{name} holds {} messages, more than its limit of {max}: it refuses {what}",
+            state.messages
+        )),
+        (None, None) => None,
+    }
 }
