@@ -88,10 +88,7 @@ pub async fn ls(nats: &NatsArgs, args: LsArgs) -> anyhow::Result<ExitCode> {
     let orphans = kiln_data::store::orphans(&bucket, &everything).await?;
     let everything_stray = everything.stray.clone();
     let (bytes, max_bytes) = kiln_data::store::usage(&bucket).await?;
-    let listing = match args.prefix.as_str() {
-        "" => everything,
-        prefix => kiln_data::store::list(&bucket, prefix).await?,
-    };
+    let listing = everything.named(&args.prefix);
     let objects: Vec<Object> = listing.objects.iter().map(Object::of).collect();
     if args.format.format == Format::Json {
         super::print_json(&Shown {

@@ -105,6 +105,14 @@ pub async fn list(store: &Bucket, prefix: &str) -> Result<Listing, DataError> {
 }
 
 impl Listing {
+    /// Only the objects and unreadable entries whose names start with `prefix` (one read of
+    /// the bucket serves both the orphans, found against every name, and the prefix).
+    pub fn named(mut self, prefix: &str) -> Listing {
+        self.objects.retain(|o| o.info.name.starts_with(prefix));
+        self.unreadable.retain(|name| name.starts_with(prefix));
+        self
+    }
+
     fn add(&mut self, subject: &str, payload: &[u8], stored: OffsetDateTime, prefix: &str) {
         // The name is the one the subject encodes, which every read and removal addresses
         // (another client may write an info naming something else).
