@@ -826,6 +826,18 @@ async fn get_writes_devices_and_pipes_in_place_and_links_through() {
     assert_success(&cluster.kiln(&["get", "v.npy", "-o", link.to_str().unwrap()]));
     assert!(link.is_symlink(), "the link was replaced by a file");
     assert_eq!(std::fs::read(&target).unwrap(), bytes);
+    // A link to a file not made yet makes it; one into a missing folder fails.
+    let later = dir.path().join("later.npy");
+    let link = dir.path().join("to-later.npy");
+    std::os::unix::fs::symlink("later.npy", &link).unwrap();
+    assert_success(&cluster.kiln(&["get", "v.npy", "-o", link.to_str().unwrap()]));
+    assert!(link.is_symlink(), "the link was replaced by a file");
+    assert_eq!(std::fs::read(&later).unwrap(), bytes);
+    let nowhere = dir.path().join("to-nowhere.npy");
+    std::os::unix::fs::symlink(dir.path().join("missing/x.npy"), &nowhere).unwrap();
+    let out = cluster.kiln(&["get", "v.npy", "-o", nowhere.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(nowhere.is_symlink());
 }
 
 fn base64_url(name: &str) -> String {

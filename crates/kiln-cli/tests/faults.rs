@@ -339,6 +339,11 @@ async fn job_no_worker_acknowledges_is_answered_dead_lettered_and_replayable() {
     publish_vector_add(&js, "filler", &[]).await;
     let refused = cluster.kiln(&["dlq", "replay", "--all"]);
     assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        said.contains("dead letter 1 (stuck-1) was not replayed: KILN_JOBS is full"),
+        "{said}"
+    );
     let jobs = js.get_stream(STREAM_JOBS).await.unwrap();
     jobs.purge().await.unwrap();
     assert_success(&cluster.kiln(&["init"]));

@@ -1015,6 +1015,50 @@ async fn status_shows_an_id_running_as_another_kind_after_one_answered() {
     assert_eq!(shown["also_running"]["state"], "running", "{shown}");
     assert_eq!(shown["also_running"]["kind"], "train_mlp", "{shown}");
     assert!(cluster.kiln(&["cancel", "dual"]).status.success());
+
+    // The same kind sent again under an answered id: shown, and cancelled (cancel said the
+    // id was finished and marked nothing, and it ran on for its whole length).
+    let quick = br#"{"id":"again","params":{"epochs":1}}"#.to_vec();
+    publish(&js, "jobs.cpu.train_mlp", HeaderMap::new(), quick).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while result_on(&js, "results.train_mlp.again").await.is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let long = br#"{"id":"again","params":{"epochs":10000}}"#.to_vec();
+    publish(&js, "jobs.cpu.train_mlp", HeaderMap::new(), long).await;
+    let held = async |id: &str| {
+        streams::live_workers(&js)
+            .await
+            .unwrap_or_default()
+            .iter()
+            .flat_map(|w| &w.running)
+            .any(|j| j.id == id && !j.waiting)
+    };
+    while !held("again").await {
+        assert!(std::time::Instant::now() < deadline, "the second never ran");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let said = stdout(&cluster.kiln(&["status", "again"]));
+    let lines: Vec<&str> = said.lines().collect();
+    assert!(lines[0].starts_with("again: succeeded"), "{said}");
+    assert!(
+        lines[1].starts_with("again: running (train_mlp) on cpu"),
+        "{said}"
+    );
+    assert!(lines[2].contains("sent again under its id"), "{said}");
+    assert!(cluster.kiln(&["cancel", "again"]).status.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while held("again").await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the second was not stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// A job recorded as queued whose message is gone from KILN_JOBS (an operator purged the

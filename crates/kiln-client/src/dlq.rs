@@ -65,6 +65,18 @@ pub async fn replay(js: &jetstream::Context, letter: &DeadLetter) -> Result<Stri
         // Unanswered, it may be stored: the claim stands for `CLAIM_HOLDS`.
         Err(e) if !unanswered(&e) => {
             claim.release().await;
+            let text = e.to_string();
+            if text.contains("maximum messages exceeded") || text.contains("maximum bytes exceeded")
+            {
+                return Err(Error::Invalid(format!(
+                    "dead letter {} ({}) was not replayed: {} is full (`kiln init \
+                     --max-queued-jobs`; it also holds at most 1 GiB), so the server refused \
+                     it; it stays, to replay once workers have taken jobs",
+                    letter.sequence,
+                    letter.id,
+                    kiln_proto::streams::STREAM_JOBS
+                )));
+            }
             return Err(e).nats(what);
         }
         Err(e) => return Err(e).nats(what),

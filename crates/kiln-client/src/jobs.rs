@@ -317,10 +317,11 @@ async fn left_the_queue(js: &jetstream::Context, record: &JobState) -> Option<St
 
 /// [`Place::Running`] when a live worker's heartbeat lists job `id` (of another kind than
 /// `except`; `cancelled`: marked by `kiln cancel`).
-/// Job `id` as another kind than `kind`, where a live worker holds it: one id sent as two
-/// kinds is two jobs, and one may run after the other is answered.
-pub async fn running_as_other_kind(js: &jetstream::Context, id: &str, kind: &str) -> Option<Place> {
-    running(js, id, false, Some(kind)).await
+/// A job under `id` that a live worker holds, whatever else the id has: one id sent as two
+/// kinds is two jobs, and one may run after the other is answered; so may one sent again
+/// under an answered id (its result will be refused: an id keeps its first answer).
+pub async fn running_under(js: &jetstream::Context, id: &str) -> Option<Place> {
+    running(js, id, false, None).await
 }
 
 async fn running(
@@ -357,14 +358,15 @@ async fn running(
 pub async fn cancel(js: &jetstream::Context, id: &str) -> Result<Place> {
     check_job_id(id).map_err(Error::Invalid)?;
     let mut place = locate(js, id).await?;
-    // One id sent as two kinds is two jobs: one may still run after the other is answered.
+    // One id sent as two kinds is two jobs: one may still run after the other is answered;
+    // so may a job sent again under an answered id (its result will be refused).
     let finished = match &place {
         Place::Finished { result } => Some(result.kind.clone()),
         Place::Gone { record, .. } => Some(record.kind.clone()),
         _ => None,
     };
     if let Some(kind) = finished {
-        match running(js, id, false, Some(&kind)).await {
+        match running(js, id, false, None).await {
             Some(other) => place = other,
             // Or queued as the other kind (its record is the id's latest).
             None => match state(js, id).await {

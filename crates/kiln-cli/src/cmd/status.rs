@@ -30,11 +30,10 @@ pub async fn run(nats: &NatsArgs, args: StatusArgs) -> anyhow::Result<ExitCode> 
         None => print!("{}", overview(&js).await?),
         Some(id) => {
             let place = locate(&js, &id).await?;
-            // Answered as one kind, it may still run as another (two jobs under one id).
+            // Answered, the id may still run: as another kind (two jobs under one id), or
+            // sent again (its result will be refused).
             let also = match &place {
-                Place::Finished { result } => {
-                    kiln_client::jobs::running_as_other_kind(&js, &id, &result.kind).await
-                }
+                Place::Finished { .. } => kiln_client::jobs::running_under(&js, &id).await,
                 _ => None,
             };
             if json {
@@ -47,6 +46,15 @@ pub async fn run(nats: &NatsArgs, args: StatusArgs) -> anyhow::Result<ExitCode> 
                 println!("{}", describe(&place, &id));
                 if let Some(also) = &also {
                     println!("{}", describe(also, &id));
+                    if let (Place::Finished { result }, Place::Running { kind, .. }) =
+                        (&place, also)
+                        && *kind == result.kind
+                    {
+                        println!(
+                            "  sent again under its id: its result will be refused, the first \
+                             answer stands (`kiln cancel {id}` stops it)"
+                        );
+                    }
                 }
                 if let Place::Queued { record } = &place
                     && record.class == kiln_proto::DeviceClass::Auto

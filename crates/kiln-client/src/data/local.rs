@@ -27,7 +27,7 @@ pub async fn get_file(
     let partial = partial_path(path);
     let file = tokio::fs::File::create(&partial)
         .await
-        .map_err(io(|| format!("creating {}", partial.display())))?;
+        .map_err(io(|| format!("writing {}", path.display())))?;
     let mut file = Counting::new(file, on_bytes);
     let got = kiln_data::store::get_to_writer(bucket, name, &mut file)
         .await
@@ -68,15 +68,31 @@ enum Destination {
     InPlace,
 }
 
-/// How to write `path`: a link is followed to the file it names, which is replaced.
+/// How to write `path`: a link is followed to the file it names (made there when it does
+/// not exist yet), which is replaced.
 fn destination(path: &Path) -> Destination {
     match std::fs::metadata(path) {
-        Ok(meta) if !meta.is_file() && !meta.is_dir() => Destination::InPlace,
+        Ok(meta) if !meta.is_file() && !meta.is_dir() => return Destination::InPlace,
         Ok(_) if path.is_symlink() => {
-            Destination::Replace(std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned()))
+            if let Ok(target) = std::fs::canonicalize(path) {
+                return Destination::Replace(target);
+            }
         }
-        _ => Destination::Replace(path.to_owned()),
+        _ => {}
     }
+    // A link to nothing yet: the file it names, as a shell's `>` writes it (links of links
+    // followed, at most as many as the system follows).
+    let mut path = path.to_owned();
+    for _ in 0..40 {
+        let Ok(target) = std::fs::read_link(&path) else {
+            break;
+        };
+        path = match path.parent() {
+            Some(folder) => folder.join(target),
+            None => target,
+        };
+    }
+    Destination::Replace(path)
 }
 
 /// [`get_file`] into a device or a pipe, written as it comes.
