@@ -154,10 +154,11 @@ fn print_table(objects: &[Object], listing: &Listing) {
             .unwrap_or_default();
         let link = match &o.link {
             None => String::new(),
-            Some(LinkShown { bucket, name }) if *bucket == BUCKET_DATA => {
-                format!(" -> {}", shown_name(name.unwrap_or_default()))
-            }
             Some(LinkShown { bucket, name: None }) => format!(" -> (all of bucket {bucket})"),
+            Some(LinkShown {
+                bucket,
+                name: Some(name),
+            }) if *bucket == BUCKET_DATA => format!(" -> {}", shown_name(name)),
             Some(LinkShown {
                 bucket,
                 name: Some(name),
