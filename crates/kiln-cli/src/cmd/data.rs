@@ -185,12 +185,18 @@ async fn or_interrupted<T>(path: &Path, later: &str, fetch: impl Future<Output =
     tokio::select! {
         done = fetch => done,
         () = crate::signal::wait_for_signal() => {
-            if path != Path::new("-")
-                && let Some(partial) = kiln_client::data::partial_of(path)
-            {
-                let _ = std::fs::remove_file(partial);
+            let partial = (path != Path::new("-")).then(|| kiln_client::data::partial_of(path));
+            match partial {
+                Some(Some(partial)) => {
+                    let _ = std::fs::remove_file(partial);
+                    eprintln!("kiln: interrupted; {} was not written{later}", path.display());
+                }
+                // Written in place (a device, a pipe, through a link; or standard output).
+                _ => eprintln!(
+                    "kiln: interrupted; {} got only part of it{later}",
+                    path.display()
+                ),
             }
-            eprintln!("kiln: interrupted; {} was not written{later}", path.display());
             std::process::exit(130);
         }
     }

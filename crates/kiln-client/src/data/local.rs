@@ -62,40 +62,28 @@ enum Destination {
     /// Into a file beside this regular file (or this new one), renamed over it when complete:
     /// no half-written file is ever left under the name.
     Replace(PathBuf),
-    /// Straight into it: a device, a pipe or a socket (`/dev/null`, `<(…)`), which a rename
+    /// Straight into it: a device, a pipe or a socket (`/dev/null`, `>(…)`), which a rename
     /// would have replaced with a regular file (`-o /dev/null`, run as root, made the
-    /// machine's /dev/null a file, and every later redirection to it wrote there).
+    /// machine's /dev/null a file, and every later redirection to it wrote there), or a link.
     InPlace,
 }
 
-/// How to write `path`: a link is followed to the file it names (made there when it does
-/// not exist yet), which is replaced.
+/// How to write `path`. A link is written through as a shell's `>` writes it: opened by
+/// the kernel (which, in a shared sticky folder, refuses to follow another user's link:
+/// `fs.protected_symlinks`), never resolved here and renamed over, which would replace
+/// whatever file another user's link in `/tmp` named.
 fn destination(path: &Path) -> Destination {
+    if path.is_symlink() {
+        return Destination::InPlace;
+    }
     match std::fs::metadata(path) {
-        Ok(meta) if !meta.is_file() && !meta.is_dir() => return Destination::InPlace,
-        Ok(_) if path.is_symlink() => {
-            if let Ok(target) = std::fs::canonicalize(path) {
-                return Destination::Replace(target);
-            }
-        }
-        _ => {}
+        Ok(meta) if !meta.is_file() && !meta.is_dir() => Destination::InPlace,
+        _ => Destination::Replace(path.to_owned()),
     }
-    // A link to nothing yet: the file it names, as a shell's `>` writes it (links of links
-    // followed, at most as many as the system follows).
-    let mut path = path.to_owned();
-    for _ in 0..40 {
-        let Ok(target) = std::fs::read_link(&path) else {
-            break;
-        };
-        path = match path.parent() {
-            Some(folder) => folder.join(target),
-            None => target,
-        };
-    }
-    Destination::Replace(path)
 }
 
-/// [`get_file`] into a device or a pipe, written as it comes.
+/// [`get_file`] into a device, a pipe or through a link, written as it comes: an object
+/// replaced since `expected` was recorded is refused before a byte is written.
 async fn get_in_place(
     bucket: &Bucket,
     name: &str,
@@ -103,22 +91,24 @@ async fn get_in_place(
     expected: Option<&str>,
     on_bytes: OnBytes<'_>,
 ) -> Result<u64> {
-    let file = tokio::fs::OpenOptions::new()
-        .write(true)
-        .open(path)
-        .await
-        .map_err(io(|| format!("opening {}", path.display())))?;
-    let mut file = Counting::new(file, on_bytes);
-    let got = kiln_data::store::get_to_writer(bucket, name, &mut file)
-        .await
-        .map_err(|e| Error::Data(format!("fetching {name:?}: {e}")))?;
+    let mut file = open_in_place(path).await?;
+    let size = super::get_to_writer(bucket, name, &mut file, expected, on_bytes).await?;
     tokio::io::AsyncWriteExt::flush(&mut file)
         .await
         .map_err(io(|| format!("writing {}", path.display())))?;
-    match expected {
-        Some(want) if got.sha256 != want => Err(replaced(name, &got.sha256, want)),
-        _ => Ok(got.size),
-    }
+    Ok(size)
+}
+
+/// `path` opened for writing where it is (made if a link points to nothing yet, emptied if
+/// it is a file a link names).
+async fn open_in_place(path: &Path) -> Result<tokio::fs::File> {
+    tokio::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .await
+        .map_err(io(|| format!("writing {}", path.display())))
 }
 
 /// Write `bytes` to `path` (`-`: standard output) through a file beside it, renamed when
@@ -138,7 +128,13 @@ pub(super) async fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
     let path = &match destination(path) {
         Destination::Replace(path) => path,
         Destination::InPlace => {
-            return tokio::fs::write(path, bytes)
+            use tokio::io::AsyncWriteExt as _;
+            let mut file = open_in_place(path).await?;
+            file.write_all(bytes)
+                .await
+                .map_err(io(|| format!("writing {}", path.display())))?;
+            return file
+                .flush()
                 .await
                 .map_err(io(|| format!("writing {}", path.display())));
         }
