@@ -1059,6 +1059,27 @@ async fn status_shows_an_id_running_as_another_kind_after_one_answered() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+
+    // A job just answered stays in its worker's heartbeat until the next one (up to 2 s):
+    // that is no job sent again, nor one `kiln cancel` should mark.
+    let long = br#"{"id":"stale","params":{"epochs":10000}}"#.to_vec();
+    publish(&js, "jobs.cpu.train_mlp", HeaderMap::new(), long).await;
+    while !held("stale").await {
+        assert!(std::time::Instant::now() < deadline, "it never ran");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(cluster.kiln(&["cancel", "stale"]).status.success());
+    while result_on(&js, "results.train_mlp.stale").await.is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "it was never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let said = stdout(&cluster.kiln(&["status", "stale"]));
+    assert_eq!(said.lines().count(), 1, "{said}");
+    let out = cluster.kiln(&["cancel", "stale"]);
+    assert!(stdout(&out).contains("not marked"), "{out:?}");
 }
 
 /// A job recorded as queued whose message is gone from KILN_JOBS (an operator purged the

@@ -42,12 +42,20 @@ pub async fn replay(js: &jetstream::Context, letter: &DeadLetter) -> Result<Stri
     let claim = Claim::take(js, letter).await?;
     // Claimed: the letter must still be there (another replay may have sent and removed
     // it, then claimed another kind's letter of the same id over this one's record).
-    if dlq.get_raw_message(letter.sequence).await.is_err() {
-        claim.release().await;
-        return Err(Error::Invalid(format!(
-            "dead letter {} ({}) was replayed by another `kiln dlq replay` meanwhile",
-            letter.sequence, letter.id
-        )));
+    match dlq.get_raw_message(letter.sequence).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
+            claim.release().await;
+            return Err(Error::Invalid(format!(
+                "dead letter {} ({}) is no longer in {STREAM_DLQ}: another `kiln dlq replay` \
+                 (or `kiln dlq rm`) took it meanwhile",
+                letter.sequence, letter.id
+            )));
+        }
+        Err(e) => {
+            claim.release().await;
+            return Err(e).nats(|| format!("reading dead letter {}", letter.sequence));
+        }
     }
     let what = || format!("resubmitting dead letter {}", letter.sequence);
     let sent = async {
@@ -150,13 +158,28 @@ impl Claim {
             live.and_then(|e| serde_json::from_slice::<kiln_proto::JobState>(&e.value).ok());
         let fresh =
             |c: &kiln_proto::JobState| (time::OffsetDateTime::now_utc() - c.at) < CLAIM_HOLDS;
-        if current.is_some_and(|c| {
-            c.phase == kiln_proto::Phase::Queued
-                && c.kind == original.kind
-                && c.replay >= replay
-                && fresh(&c)
-        }) {
-            return Err(taken());
+        let claimed = current.filter(|c| {
+            c.phase == kiln_proto::Phase::Queued && c.kind == original.kind && c.replay >= replay
+        });
+        if let Some(claimed) = claimed {
+            if fresh(&claimed) {
+                return Err(taken());
+            }
+            // An older claim whose letter stayed: its replay died before sending, or after
+            // (its letter not removed). A stored answer of this replay says which.
+            let subject = kiln_proto::subject::result_of(&claimed.kind, &letter.id, replay);
+            if let Ok(results) = js.get_stream(kiln_proto::streams::STREAM_RESULTS).await
+                && results
+                    .get_last_raw_message_by_subject(&subject)
+                    .await
+                    .is_ok()
+            {
+                return Err(Error::Invalid(format!(
+                    "dead letter {} ({}) was replayed already: replay {replay} of its job is \
+                     answered (`kiln result {} --kind {}`); `kiln dlq rm {}` removes the letter",
+                    letter.sequence, letter.id, letter.id, claimed.kind, letter.sequence
+                )));
+            }
         }
         let mut state = kiln_proto::JobState::queued(original.kind, original.class);
         state.replay = replay;

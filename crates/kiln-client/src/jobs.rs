@@ -193,7 +193,7 @@ pub async fn locate(js: &jetstream::Context, id: &str) -> Result<Place> {
         Some(mark) => queued_at.is_none_or(|at| kiln_proto::cancel_applies(mark.created, at)),
         None => false,
     };
-    if let Some(running) = running(js, id, cancelled, None).await {
+    if let Some(running) = running(js, id, cancelled, |_, _| true).await {
         // A result stored since the first look wins over a heartbeat not yet refreshed.
         if let Some(event) = answer(record.as_ref()).await? {
             return Ok(Place::Finished {
@@ -222,7 +222,7 @@ pub async fn locate(js: &jetstream::Context, id: &str) -> Result<Place> {
             result: Box::new(event),
         });
     }
-    if let Some(running) = running(js, id, cancelled, None).await {
+    if let Some(running) = running(js, id, cancelled, |_, _| true).await {
         return Ok(running);
     }
     Ok(Place::Gone { record, reason })
@@ -315,31 +315,37 @@ async fn left_the_queue(js: &jetstream::Context, record: &JobState) -> Option<St
     })
 }
 
-/// [`Place::Running`] when a live worker's heartbeat lists job `id` (of another kind than
-/// `except`; `cancelled`: marked by `kiln cancel`).
-/// A job under `id` that a live worker holds, whatever else the id has: one id sent as two
-/// kinds is two jobs, and one may run after the other is answered; so may one sent again
-/// under an answered id (its result will be refused: an id keeps its first answer).
-pub async fn running_under(js: &jetstream::Context, id: &str) -> Option<Place> {
-    running(js, id, false, None).await
+/// A job under `id` that a live worker holds beside the answer `answered`: one id sent as
+/// two kinds is two jobs, and one may run after the other is answered; so may one of the
+/// same kind sent again (its result will be refused: an id keeps its first answer). A
+/// same-kind entry counts only in a heartbeat written after that answer: the worker that
+/// answered lists the job until its next heartbeat, up to 2 s later.
+pub async fn running_under(
+    js: &jetstream::Context,
+    id: &str,
+    answered: &ResultEvent,
+) -> Option<Place> {
+    running(js, id, false, |w, j| {
+        j.kind != answered.kind || w.updated_at > answered.finished_at
+    })
+    .await
 }
 
+/// [`Place::Running`] when a live worker's heartbeat lists a job under `id` that `keep`
+/// takes (`cancelled`: marked by `kiln cancel`).
 async fn running(
     js: &jetstream::Context,
     id: &str,
     cancelled: bool,
-    except: Option<&str>,
+    keep: impl Fn(&kiln_proto::WorkerInfo, &kiln_proto::RunningJob) -> bool,
 ) -> Option<Place> {
     let workers = streams::live_workers(js).await.unwrap_or_default();
-    workers.into_iter().find_map(|w| {
-        let job = w
-            .running
-            .into_iter()
-            .find(|j| j.id == id && Some(j.kind.as_str()) != except)?;
+    workers.iter().find_map(|w| {
+        let job = w.running.iter().find(|j| j.id == id && keep(w, j))?;
         Some(Place::Running {
-            kind: job.kind,
-            device: w.device,
-            worker: w.name,
+            kind: job.kind.clone(),
+            device: w.device.clone(),
+            worker: w.name.clone(),
             attempt: job.attempt,
             waiting: job.waiting,
             cancel_requested: cancelled,
@@ -361,12 +367,16 @@ pub async fn cancel(js: &jetstream::Context, id: &str) -> Result<Place> {
     // One id sent as two kinds is two jobs: one may still run after the other is answered;
     // so may a job sent again under an answered id (its result will be refused).
     let finished = match &place {
-        Place::Finished { result } => Some(result.kind.clone()),
-        Place::Gone { record, .. } => Some(record.kind.clone()),
+        Place::Finished { result } => Some((result.kind.clone(), Some(result.clone()))),
+        Place::Gone { record, .. } => Some((record.kind.clone(), None)),
         _ => None,
     };
-    if let Some(kind) = finished {
-        match running(js, id, false, None).await {
+    if let Some((kind, answer)) = finished {
+        let other = match &answer {
+            Some(answer) => running_under(js, id, answer).await,
+            None => running(js, id, false, |_, j| j.kind != kind).await,
+        };
+        match other {
             Some(other) => place = other,
             // Or queued as the other kind (its record is the id's latest).
             None => match state(js, id).await {

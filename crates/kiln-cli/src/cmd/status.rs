@@ -33,7 +33,9 @@ pub async fn run(nats: &NatsArgs, args: StatusArgs) -> anyhow::Result<ExitCode> 
             // Answered, the id may still run: as another kind (two jobs under one id), or
             // sent again (its result will be refused).
             let also = match &place {
-                Place::Finished { .. } => kiln_client::jobs::running_under(&js, &id).await,
+                Place::Finished { result } => {
+                    kiln_client::jobs::running_under(&js, &id, result).await
+                }
                 _ => None,
             };
             if json {

@@ -110,7 +110,14 @@ pub async fn remove(store: &Bucket, name: &str) -> Result<Option<u64>, DataError
         let body = serde_json::to_vec(&info).map_err(|e| failed("remove", name, e))?;
         match publish_over(store, name, body, entry.seq).await {
             Ok(()) => {}
-            Err(e) if kiln_proto::wrong_last_sequence(&e.to_string()) => continue,
+            Err(e) if kiln_proto::wrong_last_sequence(&e.to_string()) => {
+                // Another write to the name still in flight on a cluster (error 10164):
+                // give it a moment to commit before reading the entry again.
+                if e.to_string().contains("10164") {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                continue;
+            }
             Err(e) if kiln_proto::last_sequence_not_ready(&e.to_string()) => {
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 continue;

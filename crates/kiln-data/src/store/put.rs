@@ -191,7 +191,14 @@ async fn publish_info(
         over = previous.nuid();
         match publish_over(bucket, &info.name, body.clone(), previous.seq).await {
             Ok(()) => return Ok(over),
-            Err(e) if kiln_proto::wrong_last_sequence(&e.to_string()) => continue,
+            Err(e) if kiln_proto::wrong_last_sequence(&e.to_string()) => {
+                // Another write to the name still in flight on a cluster (error 10164):
+                // give it a moment to commit before reading the entry again.
+                if e.to_string().contains("10164") {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                continue;
+            }
             Err(e) if kiln_proto::last_sequence_not_ready(&e.to_string()) => {
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 continue;
