@@ -124,7 +124,7 @@ struct Claim {
 
 impl Claim {
     async fn take(js: &jetstream::Context, letter: &DeadLetter) -> Result<Claim> {
-        use async_nats::jetstream::kv::{CreateErrorKind, Operation, UpdateErrorKind};
+        use async_nats::jetstream::kv::Operation;
         let key = kiln_proto::job_key(&letter.id);
         let mut claim = Claim {
             store: None,
@@ -167,13 +167,7 @@ impl Claim {
             }
             // An older claim whose letter stayed: its replay died before sending, or after
             // (its letter not removed). A stored answer of this replay says which.
-            let subject = kiln_proto::subject::result_of(&claimed.kind, &letter.id, replay);
-            if let Ok(results) = js.get_stream(kiln_proto::streams::STREAM_RESULTS).await
-                && results
-                    .get_last_raw_message_by_subject(&subject)
-                    .await
-                    .is_ok()
-            {
+            if answered(js, &claimed.kind, &letter.id, replay).await {
                 return Err(Error::Invalid(format!(
                     "dead letter {} ({}) was replayed already: replay {replay} of its job is \
                      answered (`kiln result {} --kind {}`); `kiln dlq rm {}` removes the letter",
@@ -184,28 +178,9 @@ impl Claim {
         let mut state = kiln_proto::JobState::queued(original.kind, original.class);
         state.replay = replay;
         let value: bytes::Bytes = serde_json::to_vec(&state).unwrap_or_default().into();
-        let conflict = |e: &dyn std::fmt::Display| kiln_proto::wrong_last_sequence(&e.to_string());
-        let written = match &entry {
-            Some(entry) => match store.update(&key, value, entry.revision).await {
-                Ok(revision) => Some(revision),
-                Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision || conflict(&e) => {
-                    return Err(taken());
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, id = %letter.id, "the replay's queued state was not stored");
-                    None
-                }
-            },
-            None => match store.create(&key, value).await {
-                Ok(revision) => Some(revision),
-                Err(e) if e.kind() == CreateErrorKind::AlreadyExists || conflict(&e) => {
-                    return Err(taken());
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, id = %letter.id, "the replay's queued state was not stored");
-                    None
-                }
-            },
+        let written = match write_over(&store, &key, value, entry.as_ref()).await {
+            Ok(written) => written,
+            Err(Lost) => return Err(taken()),
         };
         if let Some(revision) = written {
             let before = live.map(|e| e.value.clone()).unwrap_or_default();
@@ -234,6 +209,55 @@ impl Claim {
         if let Err(e) = undone {
             tracing::debug!(error = %e, key = %self.key, "the replay's claim was not undone");
         }
+    }
+}
+
+/// Another write to the record came first.
+struct Lost;
+
+/// Write `value` as `key`'s record over `entry` (the one read; none: no record): its new
+/// revision, `None` when it could not be written for another reason (logged: the replay goes
+/// ahead unclaimed), or [`Lost`] to a write that came first (on a cluster also error 10164).
+async fn write_over(
+    store: &jetstream::kv::Store,
+    key: &str,
+    value: bytes::Bytes,
+    entry: Option<&jetstream::kv::Entry>,
+) -> std::result::Result<Option<u64>, Lost> {
+    use async_nats::jetstream::kv::{CreateErrorKind, UpdateErrorKind};
+    let conflict = |e: &dyn std::fmt::Display| kiln_proto::wrong_last_sequence(&e.to_string());
+    let written = match entry {
+        Some(entry) => match store.update(key, value, entry.revision).await {
+            Ok(revision) => Ok(revision),
+            Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision || conflict(&e) => {
+                return Err(Lost);
+            }
+            Err(e) => Err(e.to_string()),
+        },
+        None => match store.create(key, value).await {
+            Ok(revision) => Ok(revision),
+            Err(e) if e.kind() == CreateErrorKind::AlreadyExists || conflict(&e) => {
+                return Err(Lost);
+            }
+            Err(e) => Err(e.to_string()),
+        },
+    };
+    Ok(written
+        .inspect_err(
+            |e| tracing::debug!(error = %e, key, "the replay's queued state was not stored"),
+        )
+        .ok())
+}
+
+/// Whether replay `replay` of job `id` of `kind` has a stored answer.
+async fn answered(js: &jetstream::Context, kind: &str, id: &str, replay: u32) -> bool {
+    let subject = kiln_proto::subject::result_of(kind, id, replay);
+    match js.get_stream(kiln_proto::streams::STREAM_RESULTS).await {
+        Ok(results) => results
+            .get_last_raw_message_by_subject(&subject)
+            .await
+            .is_ok(),
+        Err(_) => false,
     }
 }
 
