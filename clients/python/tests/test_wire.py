@@ -62,6 +62,25 @@ def test_small_tensors_go_inline_large_or_non_finite_ones_are_uploaded() -> None
     assert isinstance(_wire.plan_tensor("x", medium[:1000], None), list)
     nan = np.array([1.0, np.nan], dtype=np.float32)
     assert isinstance(_wire.plan_tensor("x", nan, None), _wire.Upload)
+    # Far past the limit by a sample, it is not written out whole to find out (100,000
+    # floats took 60-90 ms, on the event loop).
+    written: list[int] = []
+    real_dumps = _wire.json.dumps
+
+    def dumps(value: object, *args: object, **kwargs: object) -> str:
+        written.append(len(value) if isinstance(value, list) else 0)
+        return real_dumps(value, *args, **kwargs)  # type: ignore[arg-type]
+
+    try:
+        _wire.json.dumps = dumps  # type: ignore[assignment]
+        many = np.random.default_rng(1).random(100_000).astype(np.float32)
+        assert isinstance(_wire.plan_tensor("x", many, None), _wire.Upload)
+    finally:
+        _wire.json.dumps = real_dumps  # type: ignore[assignment]
+    assert max(written) <= 1024, written
+    # Near the limit, the values are measured whole: 12,000 floats of 21 characters fit.
+    near = np.full(12_000, 0.1, dtype=np.float32)
+    assert isinstance(_wire.plan_tensor("x", near, None), list)
     with pytest.raises(ValueError, match="NaN or infinite"):
         _wire.plan_tensor("x", nan, False)
     assert len(_wire.plan_tensor("b", big, False)) == _wire.INLINE_LIMIT
