@@ -352,6 +352,11 @@ async def test_an_object_the_client_deleted_is_not_found_by_jobs(client: kiln.Cl
         await client.get(name)
     with pytest.raises(kiln.ObjectNotFound):
         await client.delete(name)
+    # A name no object can have is refused alike by get and delete (get asked the server).
+    for bad in ["", "x" * 1025, None]:
+        for call in (client.get, client.delete):
+            with pytest.raises(ValueError, match="an object name is 1 to 1024 bytes"):
+                await call(bad)  # type: ignore[arg-type]
     # nats-py marks the object deleted in a form async-nats does not parse ("mtime": ""): the
     # worker says not found, as for an object deleted by kiln rm or the nats CLI.
     ref = kiln.ObjectRef(name)

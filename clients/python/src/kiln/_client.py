@@ -1412,11 +1412,7 @@ class Client:
         """Remove object `name` from KILN_DATA, freeing its space (`kiln rm`); a job naming
         it later is answered that it is not found. Raises `ObjectNotFound` when there is no
         such object."""
-        if not isinstance(name, str) or not name or len(name.encode()) > _wire.MAX_OBJECT_NAME:
-            # A longer name's subject makes the server close the connection.
-            raise ValueError(
-                f"an object name is 1 to {_wire.MAX_OBJECT_NAME} bytes, not {name!r:.80}"
-            )
+        _check_object_name(name)
         bucket = await self._bucket()
         try:
             await bucket.get_info(name)
@@ -1427,6 +1423,7 @@ class Client:
     @_kiln_errors
     async def get(self, name: str) -> bytes:
         """Object `name`'s bytes from KILN_DATA (a job's stored output, a trained model)."""
+        _check_object_name(name)
         bucket = await self._bucket()
         try:
             result = await bucket.get(name)
@@ -1436,6 +1433,13 @@ class Client:
                 "output.object.name"
             ) from e
         return bytes(result.data or b"")
+
+
+def _check_object_name(name: object) -> None:
+    """Refuse a name no object can have (`ValueError`), as `put` does."""
+    if not isinstance(name, str) or not name or len(name.encode()) > _wire.MAX_OBJECT_NAME:
+        # A longer name's subject makes the server close the connection.
+        raise ValueError(f"an object name is 1 to {_wire.MAX_OBJECT_NAME} bytes, not {name!r:.80}")
 
 
 def _listed(subject: str, data: bytes, prefix: str) -> _wire.ObjectInfo | None:
