@@ -130,24 +130,27 @@ async fn stored_results(js: &jetstream::Context) -> (usize, HashMap<String, Resu
     }
 }
 
+/// `kiln --replicas 3 init` against the cluster at `urls`, then a client of every node.
+async fn init_at_three_replicas(urls: &str) -> async_nats::Client {
+    let init = Command::new(KILN)
+        .args(["--replicas", "3", "init"])
+        .env("NATS_URL", urls)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run kiln init");
+    assert_success(&init);
+    async_nats::connect(urls.split(',').collect::<Vec<_>>())
+        .await
+        .expect("connect to the cluster")
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn run_completes_without_loss_when_the_jobs_stream_leader_is_killed() {
     const JOBS: usize = 600;
     let started = Instant::now();
     let mut cluster = NatsCluster::start();
     let urls = cluster.urls();
-
-    let init = Command::new(KILN)
-        .args(["--replicas", "3", "init"])
-        .env("NATS_URL", &urls)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run kiln init");
-    assert_success(&init);
-
-    let client = async_nats::connect(urls.split(',').collect::<Vec<_>>())
-        .await
-        .expect("connect to the cluster");
+    let client = init_at_three_replicas(&urls).await;
     let js = jetstream::ContextBuilder::new()
         .timeout(Duration::from_secs(5))
         .build(client.clone());
@@ -310,18 +313,7 @@ async fn run_completes_without_loss_when_the_jobs_stream_leader_is_killed() {
 async fn racing_puts_and_removals_of_one_object_on_a_cluster_leave_no_chunks() {
     use futures::TryStreamExt as _;
     let cluster = NatsCluster::start();
-    let urls = cluster.urls();
-    let init = Command::new(KILN)
-        .args(["--replicas", "3", "init"])
-        .env("NATS_URL", &urls)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run kiln init");
-    assert_success(&init);
-    let client = async_nats::connect(urls.split(',').collect::<Vec<_>>())
-        .await
-        .expect("connect to the cluster");
-    let js = jetstream::new(client);
+    let js = jetstream::new(init_at_three_replicas(&cluster.urls()).await);
     let store = kiln_data::store::open(&js).await.unwrap();
     let stream = js.get_stream("OBJ_KILN_DATA").await.unwrap();
     for round in 0..5 {

@@ -71,7 +71,7 @@ pub async fn replay(js: &jetstream::Context, letter: &DeadLetter) -> Result<Stri
         Ok(_) => {}
         // Refused (a full queue), so not sent: the letter can be replayed again at once.
         // Unanswered, it may be stored: the claim stands for `CLAIM_HOLDS`.
-        Err(e) if !unanswered(&e) => {
+        Err(e) if !crate::submit::unanswered(&e) => {
             claim.release().await;
             let text = e.to_string();
             if text.contains("maximum messages exceeded") || text.contains("maximum bytes exceeded")
@@ -93,15 +93,6 @@ pub async fn replay(js: &jetstream::Context, letter: &DeadLetter) -> Result<Stri
         .await
         .nats(|| format!("removing dead letter {} from {STREAM_DLQ}", letter.sequence))?;
     Ok(target)
-}
-
-/// Whether a publish got no answer (the job may be stored).
-fn unanswered(e: &jetstream::context::PublishError) -> bool {
-    use jetstream::context::PublishErrorKind as Kind;
-    matches!(
-        e.kind(),
-        Kind::TimedOut | Kind::BrokenPipe | Kind::MaxAckPending
-    )
 }
 
 /// How long a replay's claim holds against another `kiln dlq replay` of the same letter: a

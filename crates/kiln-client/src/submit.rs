@@ -125,6 +125,7 @@ pub fn job_digest(kind: &str, params: &serde_json::Value, meta: &JobMeta) -> Str
 
 mod published;
 
+pub(crate) use published::unanswered;
 use published::{Published, Sent};
 
 /// Most publishes awaiting their PubAck at once.

@@ -37,7 +37,7 @@ pub(super) struct Sent {
 }
 
 /// Whether a publish failed for want of an answer (the job may be stored), not refused.
-fn unanswered(e: &jetstream::context::PublishError) -> bool {
+pub(crate) fn unanswered(e: &jetstream::context::PublishError) -> bool {
     use jetstream::context::PublishErrorKind as Kind;
     matches!(
         e.kind(),

@@ -17,7 +17,7 @@ use super::names::{bad_name, subject_token, usable_name};
 use crate::formats::DataError;
 
 /// How many times an entry is read again when other clients keep writing it.
-const ATTEMPTS: usize = 20;
+pub(super) const ATTEMPTS: usize = 20;
 
 /// The entry stored last under a name.
 pub(super) struct Entry {
@@ -89,6 +89,23 @@ pub(super) async fn publish_over(
         .map(drop)
 }
 
+/// Whether a write refused by [`publish_over`] should read the entry again and retry: another
+/// write came first (after a moment to commit when it was still in flight on a cluster,
+/// error 10164), or the stream could not check the condition yet (error 10163).
+pub(super) async fn read_again(error: &PublishError) -> bool {
+    let text = error.to_string();
+    let pause = match () {
+        () if kiln_proto::wrong_last_sequence(&text) && text.contains("10164") => 10,
+        () if kiln_proto::wrong_last_sequence(&text) => 0,
+        () if kiln_proto::last_sequence_not_ready(&text) => 50,
+        () => return false,
+    };
+    if pause > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+    }
+    true
+}
+
 /// Remove object `name` (`kiln rm`; a link removes the link): its size, or `None` when it was
 /// not there (never stored, or deleted by any client, nats-py's form included). An entry
 /// another client wrote in a form async-nats cannot read (so cannot mark deleted) is purged,
@@ -110,18 +127,7 @@ pub async fn remove(store: &Bucket, name: &str) -> Result<Option<u64>, DataError
         let body = serde_json::to_vec(&info).map_err(|e| failed("remove", name, e))?;
         match publish_over(store, name, body, entry.seq).await {
             Ok(()) => {}
-            Err(e) if kiln_proto::wrong_last_sequence(&e.to_string()) => {
-                // Another write to the name still in flight on a cluster (error 10164):
-                // give it a moment to commit before reading the entry again.
-                if e.to_string().contains("10164") {
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                }
-                continue;
-            }
-            Err(e) if kiln_proto::last_sequence_not_ready(&e.to_string()) => {
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
+            Err(e) if read_again(&e).await => continue,
             Err(e) => return Err(failed("remove", name, e)),
         }
         // The object is removed: chunks left by a failed purge are named by no live entry

@@ -20,7 +20,7 @@ use sha2::Digest as _;
 use tokio::io::{AsyncRead, AsyncReadExt as _};
 
 use super::chunks::{NameHolds, chunk_subject, name_holds};
-use super::entries::{last_entry, publish_over};
+use super::entries::{ATTEMPTS, last_entry, publish_over, read_again};
 use super::{Bucket, CHUNK_SIZE};
 
 /// Chunks sent before the first of them must be acknowledged: 4 MiB in flight.
@@ -183,7 +183,7 @@ async fn publish_info(
     let body = serde_json::to_vec(info)
         .map_err(|e| (PutError::with_source(PutErrorKind::Other, e), None))?;
     let mut over = None;
-    for _ in 0..20 {
+    for _ in 0..ATTEMPTS {
         let previous = last_entry(bucket, &info.name).await.map_err(|e| {
             let error = PutError::with_source(PutErrorKind::PublishMetadata, e.to_string());
             (error, over.clone())
@@ -191,18 +191,7 @@ async fn publish_info(
         over = previous.nuid();
         match publish_over(bucket, &info.name, body.clone(), previous.seq).await {
             Ok(()) => return Ok(over),
-            Err(e) if kiln_proto::wrong_last_sequence(&e.to_string()) => {
-                // Another write to the name still in flight on a cluster (error 10164):
-                // give it a moment to commit before reading the entry again.
-                if e.to_string().contains("10164") {
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                }
-                continue;
-            }
-            Err(e) if kiln_proto::last_sequence_not_ready(&e.to_string()) => {
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
+            Err(e) if read_again(&e).await => continue,
             Err(e) => {
                 let error = failed(PutErrorKind::PublishMetadata, "info publish", e);
                 return Err((error, over));
