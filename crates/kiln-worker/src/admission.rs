@@ -181,6 +181,12 @@ impl Admission {
         self.memory.check(kind, elements)
     }
 
+    /// Whether jobs of `elements` tensor elements together reserve no more than the whole
+    /// memory budget: a batch of them can ever get its memory.
+    pub(crate) fn fits_together(&self, elements: u64) -> bool {
+        job_mib(elements) <= mib(self.memory.bytes)
+    }
+
     /// A job computed in `compute_ms`: the pace the worker holds jobs at follows it.
     pub(crate) fn record(&self, compute_ms: f64) {
         self.pace.record(compute_ms);
@@ -245,15 +251,18 @@ impl Admission {
 
     /// Wait for a compute slot and the memory of a job of `elements` tensor elements: jobs
     /// that fit the budget alone but not beside the ones running wait for them instead of
-    /// running out of memory together. Cancel-safe.
+    /// running out of memory together. More than the whole budget waits for all of it, not
+    /// for ever (the semaphore is fair: a request it can never grant would stop every job
+    /// behind it). Cancel-safe.
     pub(crate) fn compute_permit(
         &self,
         elements: u64,
     ) -> impl Future<Output = ComputePermit> + Send + 'static {
         let compute = self.compute.clone();
         let memory = self.memory_mib.clone();
+        let mib = job_mib(elements).min(mib(self.memory.bytes));
         async move {
-            let memory = memory.acquire_many_owned(job_mib(elements)).await;
+            let memory = memory.acquire_many_owned(mib).await;
             let compute = compute.acquire_owned().await;
             ComputePermit {
                 _compute: compute.expect("semaphore is never closed"),

@@ -60,6 +60,17 @@ pub(crate) fn enqueue(
         .pending
         .lock()
         .unwrap_or_else(|e| e.into_inner());
+    // A batch holds the memory of all its jobs while it runs: one this job would take past
+    // the worker's whole budget runs now without it (it waited for memory it could never
+    // get, and every job behind it on the worker with it), and this one starts the next.
+    if let Some(batch) = pending.get(kind)
+        && !shared
+            .admission
+            .fits_together(batch.elements.saturating_add(elements))
+    {
+        let jobs = pending.remove(kind).map(|b| b.jobs).unwrap_or_default();
+        tokio::spawn(run(shared.clone(), jobs));
+    }
     let batch = pending.entry(kind).or_insert_with(|| Pending {
         number: NUMBERS.fetch_add(1, Ordering::Relaxed),
         elements: 0,

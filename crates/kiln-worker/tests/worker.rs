@@ -491,6 +491,51 @@ async fn small_jobs_arriving_together_share_launches_and_each_gets_its_own_answe
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_batch_never_reserves_more_than_the_whole_memory_budget() {
+    // Each job reserves 4 MiB (900,000 elements) and fits a 16 MiB budget alone; ten that
+    // arrive together made one batch of 35 MiB, which waited for ever for its memory, and
+    // every job behind it on the worker with it.
+    let setup = Setup::new().await;
+    let kind = kiln_kernels::find("vector_add").unwrap();
+    for i in 0..10u64 {
+        let id = format!("big-{i}");
+        let meta = JobMeta {
+            id: Some(id.clone()),
+            seed: Some(i),
+            ..JobMeta::default()
+        };
+        let body = kind
+            .encode_job(serde_json::json!({"len": 300_000}), meta, Codec::Json)
+            .unwrap();
+        setup.submit("jobs.cpu.vector_add", msg_id(&id), body).await;
+    }
+    let mut config = cpu_worker("small-budget");
+    config.memory = Some(MemoryBudget::configured(16));
+    config.batch_window = Duration::from_millis(50);
+    config.batch_max_jobs = 16;
+    config.compute_slots = 1;
+    let worker = setup.worker(config).await;
+    let mut shared_launch = 0;
+    for i in 0..10 {
+        let event = setup.result("vector_add", &format!("big-{i}")).await;
+        assert_eq!(event.status, Status::Succeeded, "{event:?}");
+        assert_eq!(event.output["len"], 300_000);
+        let batched = event
+            .output
+            .get("batched")
+            .map_or(1, |n| n.as_u64().unwrap());
+        assert!(batched <= 4, "four jobs of 4 MiB fill 16 MiB: {batched}");
+        shared_launch += usize::from(batched > 1);
+    }
+    assert!(
+        shared_launch >= 2,
+        "jobs still share launches: {shared_launch}"
+    );
+    let stats = worker.stop().await.expect("the worker stops cleanly");
+    assert_eq!((stats.succeeded, stats.failed), (10, 0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn results_carry_a_message_id_only_where_the_stream_does_not_keep_one_per_subject() {
     // kiln's results stream keeps one message per subject, and a result goes only onto an
     // empty subject: its one header is that condition, no id.
