@@ -76,76 +76,46 @@ async fn pull(started: &Started, shutdown: &mut (impl Future + Unpin)) {
 }
 
 /// Hand each job of one pull request to its own task, holding one of `permits`; `Break` when
-/// the worker is to stop pulling.
+/// the worker is to stop pulling. Stopping (shut down, or the device unusable), it still takes
+/// the jobs delivered for this pull, those buffered and any arriving within 50 ms, for the
+/// drain to finish or hand back: dropped, they were held by the server as delivered to this
+/// worker until the ack wait ran out, and spent a delivery.
 async fn take(
     shared: &Arc<Shared>,
     mut batch: Batch,
     mut permits: Vec<OwnedSemaphorePermit>,
     shutdown: &mut (impl Future + Unpin),
 ) -> ControlFlow<()> {
+    let mut stopping = false;
     loop {
-        let next = tokio::select! {
-            _ = &mut *shutdown => return ControlFlow::Break(()),
-            next = batch.next() => next,
+        let next = match stopping {
+            true => match tokio::time::timeout(UNTAKEN_WAIT, batch.next()).await {
+                Ok(next) => next,
+                Err(_) => return ControlFlow::Break(()),
+            },
+            false => tokio::select! {
+                _ = &mut *shutdown => {
+                    stopping = true;
+                    continue;
+                }
+                next = batch.next() => next,
+            },
         };
         match next {
+            None if stopping => return ControlFlow::Break(()),
             None => return ControlFlow::Continue(()),
             Some(Ok(message)) => {
-                if shared.poisoned.get().is_some() {
-                    let _ = message.ack_with(jetstream::AckKind::Nak(None)).await;
-                    return ControlFlow::Break(());
-                }
+                // (A job taken on an unusable device is handed back without spending a
+                // delivery.)
+                stopping |= shared.poisoned.get().is_some();
                 let Some(permit) = permits.pop() else {
                     // The server never sends more than asked; hand back anything extra.
                     let _ = message.ack_with(jetstream::AckKind::Nak(None)).await;
                     continue;
                 };
-                let shared = shared.clone();
-                shared.config.metrics.in_flight.inc();
-                shared.arriving.fetch_add(1, Ordering::Relaxed);
-                // Boxed: a job's future holds every path a job can take (objects to load and
-                // store, hand-backs, dead letters), kilobytes that spawning would otherwise
-                // copy several times over (spawning showed at 7% of the worker's CPU).
-                tokio::spawn(Box::pin(async move {
-                    let arrival = Arrival::read(message, &shared.config);
-                    let holding = arrival.as_ref().and_then(|arrival| {
-                        Holding::start(&shared, arrival.stream_sequence, arrival.attempt)
-                    });
-                    match (arrival, holding) {
-                        (Some(arrival), Some(_holding)) => {
-                            // Delivered again: some worker's progress acks may have fallen
-                            // behind an ack wait cut meanwhile (see `ackwait`).
-                            if arrival.attempt > 1 {
-                                shared.ack_wait.stale();
-                            }
-                            crate::job::handle(&shared, arrival).await;
-                        }
-                        (arrival, _) => {
-                            // Not on its way to a compute step (see `job::Arriving`).
-                            shared.arriving.fetch_sub(1, Ordering::Relaxed);
-                            if let Some(arrival) = arrival {
-                                tracing::info!(
-                                    sequence = arrival.stream_sequence,
-                                    attempt = arrival.attempt,
-                                    "a job this worker is running was delivered again; \
-                                     left to the attempt running"
-                                );
-                                // The server thinks it stalled: tell it at once that it
-                                // runs, and read the ack wait again, which its progress acks
-                                // may have fallen behind (see `ackwait`).
-                                let progress = jetstream::AckKind::Progress;
-                                let _ = arrival.message.ack_with(progress).await;
-                                shared.ack_wait.stale();
-                                if let Some(trace) = &arrival.trace {
-                                    trace.outcome("delivered_again", None);
-                                }
-                            }
-                        }
-                    }
-                    shared.config.metrics.in_flight.dec();
-                    shared.admission.release(permit);
-                }));
+                start_job(shared, message, permit);
             }
+            Some(Err(_)) if stopping => return ControlFlow::Break(()),
             Some(Err(e)) => {
                 // A server without a leader for the consumer (an election in a cluster)
                 // answers every pull at once: pause rather than ask again in a hot loop.
@@ -155,6 +125,57 @@ async fn take(
             }
         }
     }
+}
+
+/// How long a stopping worker waits for more of a pull's jobs to arrive.
+const UNTAKEN_WAIT: Duration = Duration::from_millis(50);
+
+/// Run one delivered job on its own task, holding `permit` until it is done.
+fn start_job(shared: &Arc<Shared>, message: jetstream::Message, permit: OwnedSemaphorePermit) {
+    let shared = shared.clone();
+    shared.config.metrics.in_flight.inc();
+    shared.arriving.fetch_add(1, Ordering::Relaxed);
+    // Boxed: a job's future holds every path a job can take (objects to load and store,
+    // hand-backs, dead letters), kilobytes that spawning would otherwise copy several times
+    // over (spawning showed at 7% of the worker's CPU).
+    tokio::spawn(Box::pin(async move {
+        let arrival = Arrival::read(message, &shared.config);
+        let holding = arrival
+            .as_ref()
+            .and_then(|arrival| Holding::start(&shared, arrival.stream_sequence, arrival.attempt));
+        match (arrival, holding) {
+            (Some(arrival), Some(_holding)) => {
+                // Delivered again: some worker's progress acks may have fallen behind an ack
+                // wait cut meanwhile (see `ackwait`).
+                if arrival.attempt > 1 {
+                    shared.ack_wait.stale();
+                }
+                crate::job::handle(&shared, arrival).await;
+            }
+            (arrival, _) => {
+                // Not on its way to a compute step (see `job::Arriving`).
+                shared.arriving.fetch_sub(1, Ordering::Relaxed);
+                if let Some(arrival) = arrival {
+                    tracing::info!(
+                        sequence = arrival.stream_sequence,
+                        attempt = arrival.attempt,
+                        "a job this worker is running was delivered again; left to the \
+                         attempt running"
+                    );
+                    // The server thinks it stalled: tell it at once that it runs, and read
+                    // the ack wait again, which its progress acks may have fallen behind
+                    // (see `ackwait`).
+                    let _ = arrival.message.ack_with(jetstream::AckKind::Progress).await;
+                    shared.ack_wait.stale();
+                    if let Some(trace) = &arrival.trace {
+                        trace.outcome("delivered_again", None);
+                    }
+                }
+            }
+        }
+        shared.config.metrics.in_flight.dec();
+        shared.admission.release(permit);
+    }));
 }
 
 /// Drain: no new pulls; wait for running jobs, then tell stragglers to hand back.

@@ -536,6 +536,46 @@ async fn a_batch_never_reserves_more_than_the_whole_memory_budget() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_stopping_worker_hands_back_jobs_delivered_to_it_that_it_did_not_start() {
+    // Stopped while a pull's jobs arrive, a worker left those it had not read yet to the
+    // server as delivered to it: no other worker could take them before the ack wait (30 s)
+    // ran out.
+    let setup = Setup::new().await;
+    for i in 0..3000 {
+        let body = format!(r#"{{"id":"many-{i}","params":{{"len":8}}}}"#);
+        setup
+            .submit(
+                "jobs.cpu.vector_add",
+                msg_id(&format!("many-{i}")),
+                body.into_bytes(),
+            )
+            .await;
+    }
+    let first = setup.worker(cpu_worker("stopping")).await;
+    setup
+        .cpu_consumer_when(|info| info.delivered.consumer_sequence >= 600)
+        .await;
+    let stopped = first.stop().await.expect("the worker stops cleanly");
+    assert!(stopped.succeeded < 3000, "stopped mid-way: {stopped:?}");
+    let second = setup.worker(cpu_worker("taking-over")).await;
+    let took_over = tokio::time::Instant::now();
+    let info = setup
+        .cpu_consumer_when(|info| info.num_pending == 0 && info.num_ack_pending == 0)
+        .await;
+    let waited = took_over.elapsed();
+    assert!(
+        waited < Duration::from_secs(15),
+        "the other worker answered the rest in {waited:?}, not after the ack wait: {info:?}"
+    );
+    let rest = second.stop().await.expect("the worker stops cleanly");
+    assert_eq!(
+        stopped.succeeded + rest.succeeded,
+        3000,
+        "{stopped:?} {rest:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn results_carry_a_message_id_only_where_the_stream_does_not_keep_one_per_subject() {
     // kiln's results stream keeps one message per subject, and a result goes only onto an
     // empty subject: its one header is that condition, no id.
