@@ -5,8 +5,10 @@
 use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::nn::loss::CrossEntropyLossConfig;
+use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{
-    ElementConversion, Int, Tensor, TensorData, activation::relu, backend::Backend,
+    ElementConversion, IndexingUpdateOp, Int, Tensor, TensorData, activation::relu,
+    backend::Backend,
 };
 use kiln_data::{HostTensor, Model};
 use kiln_proto::JobError;
@@ -21,6 +23,35 @@ pub const MODEL_VERSION: &str = "1";
 /// The first of the seed's ChaCha8 streams the initial weights are drawn from: streams
 /// 2 + 2l and 3 + 2l hold the weights and biases of layer l.
 pub(crate) const STREAM_WEIGHTS: u64 = 2;
+
+/// One training step's loss, the mean softmax cross-entropy of `logits` against `labels`,
+/// and the scalar to call `backward` on: the logits times that loss's gradient with respect
+/// to them, `(softmax − one-hot) / rows`, held constant, summed, whose gradient is the loss's.
+///
+/// burn's `CrossEntropyLoss` differentiates through `log`, whose backward takes
+/// burn-ndarray's `recip`: an approximate reciprocal (x86 `rcp`, 12 to 14 bits) on the part
+/// of a buffer aligned for SIMD and an exact one on the rest, so the gradients changed in
+/// their last bits with where the allocator put a buffer, and one seed trained a different
+/// model from one run to the next. These gradients take an exact division.
+pub fn training_loss<B: AutodiffBackend>(
+    logits: Tensor<B, 2>,
+    labels: Tensor<B::InnerBackend, 1, Int>,
+) -> (Tensor<B::InnerBackend, 1>, Tensor<B, 1>) {
+    let scores = logits.clone().inner();
+    let [rows, _] = scores.dims();
+    let device = scores.device();
+    let shifted = scores.clone() - scores.max_dim(1);
+    let exp = shifted.clone().exp();
+    let total = exp.clone().sum_dim(1);
+    let labels = labels.reshape([rows, 1]);
+    let picked = shifted.gather(1, labels.clone());
+    let loss = (total.clone().log() - picked).mean();
+    let minus_one = Tensor::full([rows, 1], -1.0, &device);
+    let gradient = (exp / total)
+        .scatter(1, labels, minus_one, IndexingUpdateOp::Add)
+        .div_scalar(rows as f32);
+    (loss, (logits * Tensor::from_inner(gradient)).sum())
+}
 
 /// The network: `Linear` layers with ReLU between them.
 #[derive(Module, Debug)]

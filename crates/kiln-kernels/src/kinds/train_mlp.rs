@@ -28,7 +28,6 @@
 
 use burn::backend::Autodiff;
 use burn::module::{AutodiffModule, Module};
-use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamConfig, GradientsParams, Optimizer};
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData, backend::Backend};
 use kiln_data::Dataset;
@@ -588,12 +587,10 @@ fn train_model<B: Backend>(
     let (x, y) = train.tensors::<B>(features, device);
     let (val_x, val_y) = validation.tensors::<B>(features, device);
     let x_ad = Tensor::<Autodiff<B>, 2>::from_inner(x.clone());
-    let y_ad = Tensor::<Autodiff<B>, 1, Int>::from_inner(y.clone());
 
     let mut model = Mlp::<Autodiff<B>>::init(&c.layer_widths(), ctx.seed, device);
     let parameters = model.num_params();
     let mut optim = AdamConfig::new().init::<Autodiff<B>, Mlp<Autodiff<B>>>();
-    let loss_fn = CrossEntropyLossConfig::new().init(device);
 
     let mut shuffle = ChaCha8Rng::seed_from_u64(ctx.seed);
     shuffle.set_stream(STREAM_SHUFFLE);
@@ -615,9 +612,10 @@ fn train_model<B: Backend>(
                 .clone()
                 .slice(start..(start + batch_rows).min(samples));
             let logits = model.forward(x_ad.clone().select(0, idx.clone()));
-            let loss = loss_fn.forward(logits, y_ad.clone().select(0, idx));
-            loss_sum = loss_sum + loss.clone().inner();
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            let (loss, to_differentiate) =
+                super::mlp::training_loss(logits, y.clone().select(0, idx.inner()));
+            loss_sum = loss_sum + loss;
+            let grads = GradientsParams::from_grads(to_differentiate.backward(), &model);
             model = optim.step(c.lr, model, grads);
         }
         if !recorded(epoch, c.epochs) {
