@@ -21,11 +21,14 @@ pub fn set_json(json: bool) {
 /// directly, not as an event: a `RUST_LOG` filter that leaves kiln's own target out must not
 /// drop why a process exited.
 pub fn say(level: Level, message: &str) {
-    if JSON.load(Ordering::Relaxed) {
-        eprintln!("{}", json_line(level, message));
-    } else {
-        eprintln!("{message}");
-    }
+    use std::io::Write as _;
+    let line = match JSON.load(Ordering::Relaxed) {
+        true => json_line(level, message),
+        false => message.to_owned(),
+    };
+    // Not `eprintln!`, which panics when stderr's reader has gone: a worker whose log pipe
+    // closed exited 101 at its next line, as if it had crashed.
+    let _ = writeln!(std::io::stderr(), "{line}");
 }
 
 /// One line as `tracing_subscriber`'s JSON format writes an event, its fields in its order.

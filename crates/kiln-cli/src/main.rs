@@ -157,9 +157,13 @@ fn init_tracing(cli: &cli::Cli) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     // Not over `kiln watch`'s screen: a line written there would stay until redrawn.
     let writer = std::io::stderr.with_filter(|_: &tracing::Metadata<'_>| !screen::taken());
+    // A line that cannot be written is lost, quietly: tracing-subscriber reports it with
+    // `eprintln!`, which panics when stderr's reader has gone (a service whose log pipe
+    // closed exited 101, leaving its jobs to the ack wait).
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
+        .log_internal_errors(false)
         .with_ansi(colour_logs());
     log::set_json(matches!(cli.log_format, cli::LogFormat::Json));
     match cli.log_format {

@@ -1296,3 +1296,54 @@ async fn a_submission_cut_off_by_a_server_crash_stores_every_job_once() {
         .unwrap();
     assert_eq!(jobs.info().await.unwrap().state.messages, count);
 }
+
+/// A worker whose log reader goes away (a closed `| tee`, a log collector restarting) goes on
+/// serving and stops cleanly: it exited 101 at its next line, a panic in the middle of its
+/// jobs, since every line that could not be written was reported with a panicking `eprintln!`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_whose_log_reader_goes_away_keeps_serving_and_stops_cleanly() {
+    use std::io::BufRead as _;
+    let cluster = Cluster::new();
+    cluster.init().await;
+    let mut worker = std::process::Command::new(common::KILN)
+        .args(["worker", "--device", "cpu", "--name", "unlogged"])
+        .env("NATS_URL", cluster.server.url())
+        .env("RUST_LOG", "debug")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start kiln worker");
+    // Its first line read, then the reader gone.
+    let stderr = worker.stderr.take().unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(stderr)
+        .read_line(&mut first)
+        .unwrap();
+    assert!(!first.is_empty());
+    drop(worker.stdout.take());
+    let out = cluster.kiln(&[
+        "submit",
+        "vector_add",
+        "-p",
+        "len=64",
+        "-d",
+        "cpu",
+        "--id",
+        "unlogged-1",
+        "--wait",
+        "--wait-timeout",
+        "30s",
+    ]);
+    assert_success(&out);
+    assert!(common::stdout(&out).contains("\"succeeded\""), "{out:?}");
+    let pid = worker.id().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status();
+    assert!(killed.unwrap().success());
+    let status = tokio::task::spawn_blocking(move || worker.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "the worker stopped with {status}");
+}

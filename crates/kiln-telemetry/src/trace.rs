@@ -47,7 +47,11 @@ impl Drop for TraceGuard {
         if let Some(provider) = self.0.take()
             && let Err(e) = provider.shutdown_with_timeout(FLUSH_TIMEOUT)
         {
-            eprintln!("kiln: could not flush the last trace spans: {e}");
+            // (Not `eprintln!`: it panics when stderr's reader has gone.)
+            let _ = std::io::Write::write_fmt(
+                &mut std::io::stderr(),
+                format_args!("kiln: could not flush the last trace spans: {e}\n"),
+            );
         }
     }
 }
