@@ -771,7 +771,7 @@ async fn init_says_when_the_data_bucket_holds_more_than_its_new_limit() {
     assert_success(&out);
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(
-        said.contains("note: OBJ_KILN_DATA holds ")
+        said.contains("note: KILN_DATA holds ")
             && said.contains("more than its limit of 2097152: it refuses new objects"),
         "{said}"
     );
@@ -1458,6 +1458,27 @@ async fn result_output_refuses_what_it_cannot_write() {
     );
     assert!(!stderr.contains("--output FILE"), "{stderr}");
     assert!(!file.exists());
+    // A train_mlp job's object would be its model, which only .safetensors holds: the advice
+    // names that (it said npy, which stores a model that `-o m.npy` then refused).
+    let trained = cluster.kiln(&[
+        "submit",
+        "train_mlp",
+        "-p",
+        "samples=64",
+        "-p",
+        "epochs=1",
+        "--id",
+        "model-1",
+        "--wait",
+    ]);
+    assert_success(&trained);
+    let stderr = failed_with(&cluster.kiln(&["result", "model-1", "--output", &arg(&file)]));
+    assert!(
+        stderr.contains("--output-format safetensors")
+            && stderr.contains("name a .safetensors file")
+            && !stderr.contains("--output-format npy"),
+        "{stderr}"
+    );
 
     // A failed job has none either: its failure is named.
     let out = cluster.kiln(&[

@@ -1637,8 +1637,8 @@ async fn a_resubmitted_id_whose_earlier_job_left_no_record_is_not_taken_for_this
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains(
-            "job id raw-first was submitted within the last 10 min by a client that \
-                         keeps no record of what its job computes"
+            "job id raw-first was submitted within the last 10 min by a client whose \
+                         record of what its job computes kiln cannot compare with this one's"
         ) && stderr.contains("this one will not run"),
         "{stderr}"
     );

@@ -180,7 +180,8 @@ impl AggregatorArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct SchedulerArgs {
-    /// Name recorded in routing decisions (default: host-scheduler-pid).
+    /// Name recorded in routing decisions (default: host-scheduler-pid-xxxx, four random hex
+    /// digits).
     #[arg(long, env = "KILN_SCHEDULER_NAME")]
     pub name: Option<String>,
     /// Time between re-reads of each class's backlog and live workers [default: 250ms].

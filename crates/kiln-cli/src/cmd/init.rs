@@ -59,6 +59,8 @@ async fn over_limit(js: &async_nats::jetstream::Context, name: &str) -> Option<S
         Some(_) => "new objects until enough are removed (`kiln ls`, `kiln rm`) or age out",
         None => "new jobs until workers take enough",
     };
+    // The object store by its name, as everything else of kiln's names it.
+    let name = name.strip_prefix("OBJ_").unwrap_or(name);
     match (bytes, messages) {
         (Some(max), _) => Some(format!(
             "{name} holds {} bytes, more than its limit of {max}: it refuses {what}",

@@ -148,11 +148,20 @@ async fn write_output(
              once the cause is fixed",
             e.kind, e.message
         ),
+        // A train_mlp job's object is its model, which only a .safetensors file holds.
         None => format!(
             "job {id} has no output object to write to {path}: its output is inline in its \
              result (the values, or a summary for generated inputs), which `kiln result {id}` \
-             prints; for a file, submit the job again with --output-format npy (or \"output\": \
-             \"object\" in its JSON)"
+             prints; for a file, submit the job again with --output-format {} (or \"output\": \
+             \"object\" in its JSON){}",
+            match event.kind.as_str() {
+                "train_mlp" => "safetensors",
+                _ => "npy",
+            },
+            match event.kind.as_str() {
+                "train_mlp" => " and name a .safetensors file: its object is the trained model",
+                _ => "",
+            }
         ),
     })
 }

@@ -94,9 +94,10 @@ impl NotOurs {
         if !self.unconfirmed.is_empty() {
             let (ids, them) = named(&self.unconfirmed);
             eprintln!(
-                "kiln: {ids} submitted within the last {minutes} min by a client that keeps no \
-                 record of what its job computes (a plain NATS publish, the Python client), \
-                 or replayed from the dead-letter queue: the server dropped this one as its \
+                "kiln: {ids} submitted within the last {minutes} min by a client whose record \
+                 of what its job computes kiln cannot compare with this one's (a plain NATS \
+                 publish keeps none, the Python client a digest of its own), or replayed from \
+                 the dead-letter queue: the server dropped this one as its \
                  duplicate (the job id is the Nats-Msg-Id), so this one will not run, and kiln \
                  cannot tell whether the result under the id is for the same inputs; `kiln \
                  result <id>` shows it, or submit {them} under another id"
