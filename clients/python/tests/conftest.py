@@ -16,7 +16,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -152,6 +152,17 @@ async def _wait_serving(url: str, stack: Stack) -> None:
                     ) from None
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_nats_context(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """No `nats` CLI context of the user's (`~/.config/nats/context.txt`, `NATS_CONTEXT`)
+    for the client or kiln's processes: an empty config folder, which tests may fill."""
+    config = tmp_path_factory.mktemp("config")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CONFIG_HOME", str(config))
+        patch.delenv("NATS_CONTEXT", raising=False)
+        yield config
+
+
 @pytest.fixture(scope="session")
 def kiln_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     global _STACK
@@ -227,6 +238,33 @@ def bare_nats(tmp_path: Path) -> Iterator[str]:
         yield f"nats://127.0.0.1:{port}"
     finally:
         process.stop()
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[Callable[..., tuple[str, Process]]]:
+    """Starts a nats-server on a free port with the arguments given (no JetStream unless
+    they say `-js`): its URL and process. Each is stopped at the end of the test."""
+    started: list[Process] = []
+
+    def start(*args: str) -> tuple[str, Process]:
+        port = free_port()
+        log = tmp_path / f"nats-{port}.log"
+        with log.open("wb") as out:
+            popen = subprocess.Popen(
+                [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port), *args],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        process = Process(f"nats-{port}", popen, log)
+        started.append(process)
+        wait_for_port(port, process)
+        return f"nats://127.0.0.1:{port}", process
+
+    try:
+        yield start
+    finally:
+        for process in started:
+            process.stop()
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -807,6 +807,35 @@ async def test_a_single_number_for_a_tensor_parameter_is_refused_before_anything
         await job.result(timeout=RESULT_TIMEOUT)
 
 
+async def test_a_dtype_only_gpus_compute_is_refused_for_the_cpu_before_anything_is_sent(
+    client: kiln.Client,
+) -> None:
+    js = client.nats.jetstream()
+    stored_jobs = (await js.stream_info("KILN_JOBS")).state.last_seq
+    for kind, params in [
+        ("matmul", {"n": 8, "dtype": "bf16"}),
+        ("matmul", {"a": [[1.0]], "b": [[2.0]], "dtype": "tf32"}),
+        ("conv2d", {"height": 8, "width": 8, "dtype": "f16"}),
+    ]:
+        with pytest.raises(ValueError, match="runs on GPU workers only") as caught:
+            await client.submit(kind, **params)  # device "cpu", the default
+        assert 'device="gpu" or device="auto"' in str(caught.value)
+        assert f"{kind} with dtype {params['dtype']!r}" in str(caught.value)
+    with pytest.raises(ValueError, match=r"^spec 1 \(conv2d\): conv2d with dtype 'bf16'"):
+        await client.submit_many(
+            [{"kind": "vector_add", "len": 4}, {"kind": "conv2d", "dtype": "bf16"}]
+        )
+    assert (await js.stream_info("KILN_JOBS")).state.last_seq == stored_jobs
+    # f32 runs on the CPU; the GPU and auto classes take every dtype (no GPU worker here:
+    # the jobs wait, and are removed).
+    done = await client.submit("matmul", n=4, dtype="f32")
+    assert (await done.result(timeout=RESULT_TIMEOUT)).status == "succeeded"
+    for device in ("gpu", "auto"):
+        job = await client.submit("matmul", device, n=4, dtype="bf16")
+        assert job.sequence is not None
+        await js.delete_msg("KILN_JOBS", job.sequence)
+
+
 async def test_put_and_get_round_trip_and_a_missing_object_raises(client: kiln.Client) -> None:
     array = np.arange(12, dtype=np.int32).reshape(3, 4)
     name = f"test/{kiln.new_job_id()}.npy"

@@ -9,7 +9,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 import kiln
+import kiln._client
 
 from conftest import (
     Process,
@@ -107,6 +110,35 @@ async def test_a_result_timeout_is_a_deadline_while_the_server_is_away(tmp_path:
                 raise AssertionError("a status came from no server")
             except kiln.KilnError:
                 pass
+    finally:
+        stack.stop()
+
+
+async def test_a_submit_while_the_connection_is_down_says_so_and_how_to_submit_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stack, start_server = _restartable(tmp_path)
+    server = start_server()
+    monkeypatch.setattr(kiln._client, "ACK_TIMEOUT", 1.0)
+    try:
+        async with kiln.connect(stack.url) as client:
+            server.popen.kill()
+            server.popen.wait()
+            await asyncio.sleep(0.5)
+            assert not client.nats.is_connected
+            # It said to check that the server runs with JetStream.
+            with pytest.raises(kiln.SubmitError) as caught:
+                await client.submit("vector_add", "cpu", len=4)
+            said = str(caught.value)
+            (job_id,) = caught.value.refused
+            assert "the connection to the NATS server is down" in said, said
+            assert "may or may not be stored" in said and "nats-server -js" not in said, said
+            # The id was made here: submitting again without it would make another.
+            assert f"pass id={job_id!r}" in said and "stored at most once" in said, said
+            with pytest.raises(kiln.SubmitError) as caught:
+                await client.submit("vector_add", "cpu", len=4, id="down-1")
+            assert "connection to the NATS server is down" in str(caught.value)
+            assert "pass id=" not in str(caught.value), caught.value
     finally:
         stack.stop()
 

@@ -29,7 +29,7 @@ from nats.aio.subscription import Subscription
 from nats.js.client import JetStreamContext
 from nats.js.object_store import ObjectStore
 
-from . import _upload, _wire
+from . import _context, _upload, _wire
 from ._acks import Acks
 from ._errors import ConnectError, KilnError, NoAnswer, ObjectNotFound, SubmitError
 from ._job import Job, JobState, Result, answers
@@ -72,6 +72,8 @@ def connect(
     tls_ca: str | os.PathLike[str] | None = None,
     tls_cert: str | os.PathLike[str] | None = None,
     tls_key: str | os.PathLike[str] | None = None,
+    tls_first: bool = False,
+    context: str | None = None,
     name: str = "kiln-python",
     connect_timeout: float = 2.0,
 ) -> Connecting:
@@ -81,29 +83,39 @@ def connect(
     Each option left out is read from the environment as the `kiln` CLI reads it: `NATS_URL`
     (default nats://127.0.0.1:4222; several URLs comma-separated), `NATS_CREDS` (credentials
     file), `NATS_NKEY` (nkey seed file), `NATS_USER` and `NATS_PASSWORD`, `NATS_TOKEN`,
-    `NATS_CA`, `NATS_CERT` and `NATS_KEY` (TLS).
+    `NATS_CA`, `NATS_CERT` and `NATS_KEY` (TLS; `tls_first`: TLS before the NATS protocol,
+    for a server with `handshake_first`); what neither gives, from the `nats` CLI's
+    context `context` (else `NATS_CONTEXT`, else the one `nats context select` chose, if any:
+    `$XDG_CONFIG_HOME/nats/context/<name>.json`, default `~/.config/nats/`). A context that
+    does not exist or sets what kiln cannot honour (`jetstream_domain`, ...) raises
+    ValueError naming it, as do options that go together given alone.
     """
     env = os.environ.get
+    c = _context.load(context or env("NATS_CONTEXT")) or _context.NatsContext("")
     options = _Options(
-        url=url or env("NATS_URL") or DEFAULT_URL,
-        creds=_path(creds or env("NATS_CREDS")),
-        nkey=_path(nkey or env("NATS_NKEY")),
-        user=user or env("NATS_USER"),
-        password=password or env("NATS_PASSWORD"),
-        token=token or env("NATS_TOKEN"),
-        tls_ca=_path(tls_ca or env("NATS_CA")),
-        tls_cert=_path(tls_cert or env("NATS_CERT")),
-        tls_key=_path(tls_key or env("NATS_KEY")),
+        url=url or env("NATS_URL") or c.url or DEFAULT_URL,
+        creds=_path(creds or env("NATS_CREDS") or c.creds),
+        nkey=_path(nkey or env("NATS_NKEY") or c.nkey),
+        user=user or env("NATS_USER") or c.user,
+        password=password or env("NATS_PASSWORD") or c.password,
+        token=token or env("NATS_TOKEN") or c.token,
+        tls_ca=_path(tls_ca or env("NATS_CA") or c.ca),
+        tls_cert=_path(tls_cert or env("NATS_CERT") or c.cert),
+        tls_key=_path(tls_key or env("NATS_KEY") or c.key),
+        tls_first=tls_first or c.tls_first,
+        context=c.name or None,
         name=name,
         connect_timeout=connect_timeout,
     )
     if (options.user is None) != (options.password is None):
         raise ValueError(
-            "user and password go together (NATS_USER, NATS_PASSWORD): give both or neither"
+            "user and password go together (NATS_USER, NATS_PASSWORD, or a NATS context's): "
+            "give both or neither"
         )
     if (options.tls_cert is None) != (options.tls_key is None):
         raise ValueError(
-            "tls_cert and tls_key go together (NATS_CERT, NATS_KEY): give both or neither"
+            "tls_cert and tls_key go together (NATS_CERT, NATS_KEY, or a NATS context's cert "
+            "and key): give both or neither"
         )
     return Connecting(options)
 
@@ -123,6 +135,9 @@ class _Options:
     tls_ca: str | None
     tls_cert: str | None
     tls_key: str | None
+    tls_first: bool
+    #: The `nats` CLI context that filled in what was not given, if any.
+    context: str | None
     name: str
     connect_timeout: float
 
@@ -157,27 +172,13 @@ class Connecting:
             raise ValueError(
                 f"{o.url!r} is not a NATS URL: give nats://host:port, comma-separated for several"
             )
-        kwargs: dict[str, Any] = {}
-        if o.creds:
-            _readable(o.creds, "credentials file (creds, NATS_CREDS)")
-            kwargs["user_credentials"] = o.creds
-        if o.nkey:
-            _readable(o.nkey, "nkey seed file (nkey, NATS_NKEY)")
-            kwargs["nkeys_seed"] = o.nkey
-        if o.user is not None:
-            kwargs["user"], kwargs["password"] = o.user, o.password
-        if o.token:
-            kwargs["token"] = o.token
-        if o.tls_ca or o.tls_cert:
-            context = ssl.create_default_context(cafile=o.tls_ca)
-            if o.tls_cert and o.tls_key:
-                context.load_cert_chain(o.tls_cert, o.tls_key)
-            kwargs["tls"] = context
-
+        kwargs = _auth_and_tls(o)
         errors: list[Exception] = []
         made: list[Client] = []
         # What errors and logs say the server is: never the credentials a URL holds.
         shown = _redacted(o.url)
+        if o.context:
+            shown += f" (NATS context {o.context!r})"
 
         tls_failed = asyncio.Event()
 
@@ -235,6 +236,29 @@ class Connecting:
         return client
 
 
+def _auth_and_tls(o: _Options) -> dict[str, Any]:
+    """nats-py's connect arguments for the credentials and TLS settings of `o`."""
+    kwargs: dict[str, Any] = {}
+    if o.creds:
+        _readable(o.creds, "credentials file (creds, NATS_CREDS)")
+        kwargs["user_credentials"] = o.creds
+    if o.nkey:
+        _readable(o.nkey, "nkey seed file (nkey, NATS_NKEY)")
+        kwargs["nkeys_seed"] = o.nkey
+    if o.user is not None:
+        kwargs["user"], kwargs["password"] = o.user, o.password
+    if o.token:
+        kwargs["token"] = o.token
+    if o.tls_ca or o.tls_cert or o.tls_first:
+        context = ssl.create_default_context(cafile=o.tls_ca)
+        if o.tls_cert and o.tls_key:
+            context.load_cert_chain(o.tls_cert, o.tls_key)
+        kwargs["tls"] = context
+    if o.tls_first:  # TLS before the NATS protocol (a server with handshake_first)
+        kwargs["tls_handshake_first"] = True
+    return kwargs
+
+
 async def _close_quietly(nc: NATS) -> None:
     try:
         await nc.close()
@@ -252,7 +276,7 @@ def _connect_error(shown: str, errors: list[BaseException]) -> ConnectError:
             return ConnectError(
                 f"the NATS server at {shown} refused these credentials ({text}): check user/"
                 "password, nkey, creds or token (NATS_USER, NATS_PASSWORD, NATS_NKEY, "
-                "NATS_CREDS, NATS_TOKEN)"
+                "NATS_CREDS, NATS_TOKEN, or a NATS context's: context=, NATS_CONTEXT)"
             )
     for error, text in zip(errors, texts):
         if isinstance(error, ssl.SSLError) or "certificate" in text.lower():
@@ -379,9 +403,10 @@ _T = TypeVar("_T")
 def _kiln_errors(
     method: Callable[_P, Coroutine[Any, Any, _T]],
 ) -> Callable[_P, Coroutine[Any, Any, _T]]:
-    """nats-py's errors of a closed client and of a request the server did not answer, as
-    kiln's (`ConnectError`, `NoAnswer`): they escaped `except kiln.KilnError`, saying only
-    "nats: connection closed" or "nats: timeout"."""
+    """nats-py's errors of a closed client, of a request the server did not answer and of a
+    server without JetStream, as kiln's (`ConnectError`, `NoAnswer`): they escaped `except
+    kiln.KilnError`, saying only "nats: connection closed", "nats: timeout" or
+    "ServiceUnavailableError: code=None"."""
 
     @functools.wraps(method)
     async def translated(*args: _P.args, **kwargs: _P.kwargs) -> _T:
@@ -397,8 +422,29 @@ def _kiln_errors(
                 "the NATS server did not answer in time: it is unreachable (the client keeps "
                 "reconnecting) or overloaded; try again"
             ) from e
+        except nats.js.errors.ServiceUnavailableError as e:
+            client = args[0] if args else None
+            raise _no_jetstream(client._nc if isinstance(client, Client) else None, e) from e
 
     return translated
+
+
+def _no_jetstream(nc: NATS | None, e: nats.js.errors.ServiceUnavailableError) -> ConnectError:
+    """What nats-py's `ServiceUnavailableError` means: no JetStream answered the request (the
+    server runs without it), or JetStream said it is unavailable for now (its reason)."""
+    at = "the NATS server"
+    if nc is not None and nc.connected_url is not None:
+        at = f"the NATS server at {_redacted(nc.connected_url.geturl())}"
+    if e.description:  # JetStream answered: "JetStream system temporarily unavailable", ...
+        return ConnectError(
+            f"JetStream on {at} is unavailable ({e.description}): a cluster may be electing "
+            "a leader, or JetStream is starting; try again in a moment"
+        )
+    return ConnectError(
+        f"{at} runs without JetStream, where kiln keeps its jobs, results and KILN_DATA, and "
+        "no JetStream server answered through it: start it with -js (`nats-server -js`), or "
+        "add `jetstream {}` to its configuration (then run `kiln init`)"
+    )
 
 
 class Client:
@@ -493,9 +539,10 @@ class Client:
         true and the earlier job's result, as for a resubmission the server drops within its
         10-minute duplicate window.
 
-        Raises ValueError for a bad id, kind, class or output, or a single number for a
-        tensor parameter of one of kiln's kinds, before anything is sent, and `SubmitError`
-        when the server refuses the job.
+        Raises ValueError for a bad id, kind, class or output, a single number for a
+        tensor parameter of one of kiln's kinds, or a matmul or conv2d `dtype` only GPU
+        workers compute (tf32, bf16, f16) sent to "cpu", before anything is sent, and
+        `SubmitError` when the server refuses the job.
         """
         spec: dict[str, Any] = dict(params)
         spec.update(
@@ -570,6 +617,7 @@ class Client:
         timeout_ms = spec.get("timeout_ms")
         if timeout_ms is not None and _whole("timeout_ms", timeout_ms) < 1:
             raise ValueError(f"timeout_ms must be >= 1, got {timeout_ms}")
+        _wire.check_dtype_class(kind, device, params.get("dtype"))
         upload = spec.get("upload")
         encoded: dict[str, Any] = {}
         uploads: list[_wire.Upload] = []
@@ -930,6 +978,14 @@ class Client:
                 "either kiln's streams do not exist on this server yet (run `kiln init`; is it "
                 "nats-server -js?) or a cluster is electing a new leader for KILN_JOBS (submit "
                 "it again in a moment: the same job id is stored at most once)"
+            )
+        if isinstance(e, asyncio.TimeoutError) and not self._nc.is_connected:
+            again = "" if p.given_id else f" (pass id={p.job_id!r}: without one, a new id is made)"
+            return (
+                f"job {p.job_id}: no acknowledgement from JetStream within {ACK_TIMEOUT:.0f} s "
+                f"on {subject}: the connection to the NATS server is down (the client keeps "
+                "reconnecting), so it may or may not be stored; once the server is back, submit "
+                f"it again under the same job id{again}: the same job id is stored at most once"
             )
         if isinstance(e, asyncio.TimeoutError):
             return (

@@ -15,8 +15,8 @@ class KilnError(Exception):
 
 
 class ConnectError(KilnError):
-    """The NATS server could not be reached, or refused the credentials or TLS, or this
-    client was closed."""
+    """The NATS server could not be reached, refused the credentials or TLS, or runs
+    without JetStream, or this client was closed."""
 
 
 class NoAnswer(ConnectError, asyncio.TimeoutError):

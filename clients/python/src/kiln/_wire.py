@@ -50,6 +50,10 @@ TENSOR_DIMS: dict[str, dict[str, tuple[tuple[int, ...], str]]] = {
     "matmul": {"a": ((2,), "[m, k]"), "b": ((2,), "[k, n]")},
     "mlp_predict": {"x": ((2,), "[rows, features]")},
 }
+#: The kinds that take a `dtype`, and the dtypes only GPU workers compute (CPU workers
+#: compute f32).
+GPU_DTYPE_KINDS = frozenset({"matmul", "conv2d"})
+GPU_ONLY_DTYPES = ("tf32", "bf16", "f16")
 #: Parameters that only take a reference; a plain string names the object.
 REFERENCE_PARAMS = frozenset({"dataset", "model"})
 #: Inline JSON of one tensor parameter above this many bytes is uploaded instead.
@@ -110,6 +114,17 @@ def check_class(device: str) -> str:
     if device not in CLASSES:
         raise ValueError(f"unknown device class {device!r}: use gpu, cpu or auto")
     return device
+
+
+def check_dtype_class(kind: str, device: str, dtype: Any) -> None:
+    """Refuse (ValueError) a job of kiln's that only GPU workers compute, sent to the cpu
+    class: a CPU worker would answer it `invalid_input` (as `kiln submit` refuses it)."""
+    gpu_only = isinstance(dtype, str) and dtype in GPU_ONLY_DTYPES
+    if device == "cpu" and kind in GPU_DTYPE_KINDS and gpu_only:
+        raise ValueError(
+            f"{kind} with dtype {dtype!r} runs on GPU workers only (CPU workers compute f32): "
+            'submit it with device="gpu" or device="auto", or leave dtype out (f32)'
+        )
 
 
 def check_output(output: str) -> str:
