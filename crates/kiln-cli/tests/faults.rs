@@ -318,6 +318,11 @@ async fn job_no_worker_acknowledges_is_answered_dead_lettered_and_replayable() {
     let list = cluster.kiln(&["dlq", "list"]);
     assert_success(&list);
     let listed = common::stdout(&list);
+    let header = listed.lines().next().unwrap_or_default();
+    assert!(
+        header.trim_start().starts_with("sequence  subject") && header.ends_with("reason"),
+        "{listed}"
+    );
     assert!(listed.contains("stuck-1"), "{listed}");
     assert!(listed.contains("jobs.cpu.vector_add"), "{listed}");
     assert!(listed.contains("gave up after 2 deliveries"), "{listed}");

@@ -215,16 +215,45 @@ where
     T: serde::Deserialize<'de>,
     D: serde::Deserializer<'de, Error = serde_json::Error>,
 {
-    serde_path_to_error::deserialize(deserializer).map_err(|e| match e.path().to_string() {
-        // `?`: serde_path_to_error's mark for a place it cannot name (the body cut short
-        // after its last field), which said nothing to the sender.
-        path if path == "." || path == "?" => e.into_inner().to_string(),
-        // A key is whatever the sender wrote: at most the first 80 characters of the path.
-        path => match path.char_indices().nth(80) {
-            Some((end, _)) => format!("{}…: {}", &path[..end], e.into_inner()),
-            None => format!("{path}: {}", e.into_inner()),
-        },
+    serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        let hint = whole_number_hint(&inner);
+        match path {
+            // `?`: serde_path_to_error's mark for a place it cannot name (the body cut short
+            // after its last field), which said nothing to the sender.
+            path if path == "." || path == "?" => format!("{inner}{hint}"),
+            // A key is whatever the sender wrote: at most the first 80 characters of the path.
+            path => match path.char_indices().nth(80) {
+                Some((end, _)) => format!("{}…: {inner}{hint}", &path[..end]),
+                None => format!("{path}: {inner}{hint}"),
+            },
+        }
     })
+}
+
+/// What to add to serde's `invalid type: floating point `1.8446744073709552e19`, expected
+/// u64`: JSON has one kind of number, and a whole number past the field's range is read as a
+/// float, which said "floating point" of a number written without a point.
+fn whole_number_hint(message: &str) -> String {
+    if !message.contains("invalid type: floating point") {
+        return String::new();
+    }
+    let ranges = [
+        ("u8", u64::from(u8::MAX)),
+        ("u16", u64::from(u16::MAX)),
+        ("u32", u64::from(u32::MAX)),
+        ("u64", u64::MAX),
+        ("usize", usize::MAX as u64),
+    ];
+    ranges
+        .iter()
+        .find(|(name, _)| {
+            let expected = format!("expected {name}");
+            message.ends_with(&expected) || message.contains(&format!("{expected} "))
+        })
+        .map(|(_, max)| format!(" (a whole number from 0 to {max}, without a fraction)"))
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -349,6 +378,40 @@ mod tests {
             .to_string();
         assert!(err.contains("the body ends early"), "{err}");
         assert!(!err.contains('{'), "{err}");
+    }
+
+    #[test]
+    fn a_whole_number_past_its_range_is_said_to_be() {
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Job {
+            seed: Option<u64>,
+            n: Option<u32>,
+        }
+        let err = Codec::Json
+            .decode::<Job>("job", br#"{"seed": 18446744073709551616}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("seed: invalid type: floating point")
+                && err.ends_with(
+                    "(a whole number from 0 to 18446744073709551615, without a fraction)"
+                ),
+            "{err}"
+        );
+        let err = Codec::Json
+            .decode::<Job>("job", br#"{"n": 1.5}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.ends_with("(a whole number from 0 to 4294967295, without a fraction)"),
+            "{err}"
+        );
+        let err = Codec::Json
+            .decode::<Job>("job", br#"{"n": "x"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("whole number"), "{err}");
     }
 
     #[test]

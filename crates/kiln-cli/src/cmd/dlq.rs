@@ -65,7 +65,13 @@ fn not_found(absent: &[String]) -> ExitCode {
 fn list(letters: &[Letter]) {
     if letters.is_empty() {
         println!("{STREAM_DLQ} is empty");
+        return;
     }
+    // Columns named, as `kiln status`, `workers` and `ls` name theirs.
+    println!(
+        "{:>8}  {:<16} {:<28} {:<29} reason",
+        "sequence", "subject", "job id", "original subject"
+    );
     for l in letters {
         println!(
             "{:>8}  {:<16} {:<28} from {:<24} {}",
