@@ -20,7 +20,11 @@ fn main() -> ExitCode {
         no_huge_pages();
     }
     init_tracing(&cli);
-    if let Err(e) = cli.nats.resolve() {
+    // (Not for a command that connects nowhere: a context selected and since deleted broke
+    // shell completion.)
+    if !cli.command.offline()
+        && let Err(e) = cli.nats.resolve()
+    {
         log::say(Level::ERROR, &format!("kiln: {}", causes(&e)));
         return ExitCode::FAILURE;
     }

@@ -144,6 +144,23 @@ fn a_missing_or_unsupported_context_is_a_clear_error() {
         "{}",
         stderr(&traversal)
     );
+
+    // A selection that names a context since deleted fails what connects, and nothing else:
+    // shell completion and `kinds` printed nothing, exit 1.
+    std::fs::write(config.path().join("nats/context.txt"), "deleted\n").unwrap();
+    let stale = kiln(config.path(), &[], &["status"]);
+    assert!(!stale.status.success());
+    assert!(
+        stderr(&stale).contains("the one `nats context select` chose")
+            && !stderr(&stale).contains("leave out --context"),
+        "{}",
+        stderr(&stale)
+    );
+    for offline in [&["completions", "bash"][..], &["kinds"]] {
+        let out = kiln(config.path(), &[], offline);
+        assert!(out.status.success(), "{offline:?}: {}", stderr(&out));
+        assert!(!out.stdout.is_empty(), "{offline:?}");
+    }
 }
 
 #[test]

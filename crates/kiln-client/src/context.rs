@@ -62,6 +62,7 @@ pub(crate) fn load(name: Option<&str>) -> Result<Option<(String, NatsContext)>> 
     let Some(dir) = config_dir() else {
         return Ok(None);
     };
+    let selected = name.is_none();
     let name = match name {
         Some(name) => name.to_owned(),
         None => match std::fs::read_to_string(dir.join("context.txt")) {
@@ -75,10 +76,17 @@ pub(crate) fn load(name: Option<&str>) -> Result<Option<(String, NatsContext)>> 
         )));
     }
     let path = dir.join("context").join(format!("{name}.json"));
+    // What to do about it: the name came from a flag or variable, or from the selection.
+    let instead = match selected {
+        true => format!(
+            "the one `nats context select` chose ({}): select another, or give --context",
+            dir.join("context.txt").display()
+        ),
+        false => "leave out --context / NATS_CONTEXT".to_owned(),
+    };
     let context = read(&path).map_err(|source| Error::Config {
         message: format!(
-            "NATS context {name:?} ({}): list them with `nats context ls`, or leave out \
-             --context / NATS_CONTEXT",
+            "NATS context {name:?} ({}), {instead}; `nats context ls` lists them",
             path.display()
         ),
         source: Some(source.into()),

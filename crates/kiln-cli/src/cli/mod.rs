@@ -297,6 +297,12 @@ impl Command {
             Command::Worker(_) | Command::Aggregator(_) | Command::Scheduler(_)
         )
     }
+
+    /// A command that talks to no server (`kinds`, `completions`): a bad NATS_URL or a
+    /// stale context selection is not its business.
+    pub fn offline(&self) -> bool {
+        matches!(self, Command::Kinds(_) | Command::Completions { .. })
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -537,9 +543,8 @@ pub fn parse() -> Cli {
         Ok(cli) => {
             // A usage error like any other bad value, named where it was set (`NATS_URL=
             // http://x kiln status` blamed --nats-url, with exit 1).
-            let offline = matches!(cli.command, Command::Kinds(_) | Command::Completions { .. });
             if let Some(message) = env_value::bad_server(cli.nats.server.as_deref(), &argv())
-                && !offline
+                && !cli.command.offline()
             {
                 eprintln!("error: {message}");
                 std::process::exit(2)
