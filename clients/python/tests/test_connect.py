@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,11 @@ async def test_the_selected_context_gives_the_server_and_its_user_and_password(
     monkeypatch.setenv("NATS_PASSWORD", "wrong")
     with pytest.raises(kiln.ConnectError, match="refused these credentials"):
         await kiln.connect(context="lab", connect_timeout=1)
+    # None given at all: said as such, not as a refusal of "these" (as the CLI says it).
+    monkeypatch.delenv("NATS_PASSWORD")
+    select_context(config, "")
+    with pytest.raises(kiln.ConnectError, match="requires credentials, and none were given"):
+        await kiln.connect(url, connect_timeout=1)
 
 
 async def test_a_context_with_a_url_only_is_used_and_an_argument_overrides_it(
@@ -106,6 +112,11 @@ async def test_a_context_kiln_cannot_honour_or_that_is_missing_is_refused(
         kiln.connect(context="../x")
 
 
+async def wait_for_result(client: kiln.Client, job_id: str) -> Any:
+    job = await client.job(job_id, "vector_add")
+    return await job.result(timeout=20)
+
+
 async def test_a_server_without_jetstream_is_said_as_such_not_as_nats_pys_error(
     nats_server: Start,
 ) -> None:
@@ -120,13 +131,22 @@ async def test_a_server_without_jetstream_is_said_as_such_not_as_nats_pys_error(
             "result": lambda: client.result("some-job"),
             "cancel": lambda: client.cancel("some-job"),
             "upload": lambda: client.submit("vector_add", "cpu", a=[1.0], b=[2.0], upload=True),
+            # (A SubmitError said "run `kiln init`" or "submit it again in a moment".)
+            "submit": lambda: client.submit("vector_add", "cpu", a=[1.0], b=[2.0]),
+            "submit_many": lambda: client.submit_many(
+                [{"kind": "vector_add", "a": [1.0], "b": [2.0]}], device="cpu"
+            ),
+            # (It waited out its timeout, saying the job was "queued or running".)
+            "job result": lambda: wait_for_result(client, "some-job"),
         }
         for name, call in calls.items():
+            started = time.monotonic()
             with pytest.raises(kiln.ConnectError) as caught:
                 await call()
             said = str(caught.value)
             assert f"at {url} runs without JetStream" in said, (name, said)
             assert "start it with -js" in said, (name, said)
+            assert time.monotonic() - started < 10, name
 
 
 async def test_a_contexts_tls_files_and_tls_first_are_used(

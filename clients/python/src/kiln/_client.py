@@ -226,7 +226,8 @@ class Connecting:
             failure = None if connecting.cancelled() else connecting.exception()
             cause = failure or TimeoutError(f"no connection within {bound:.0f} s")
             # The errors nats-py reported say more than its last ("no servers available").
-            raise _connect_error(shown, [cause, *errors]) from failure
+            given = bool(o.creds or o.nkey or o.user or o.token or "@" in o.url)
+            raise _connect_error(shown, [cause, *errors], given) from failure
         # ... and a connection lost later is retried as nats-py does by default (60 attempts
         # per server, 2 s apart), pending requests waiting for it.
         nc.options["max_reconnect_attempts"] = 60
@@ -266,12 +267,22 @@ async def _close_quietly(nc: NATS) -> None:
         pass
 
 
-def _connect_error(shown: str, errors: list[BaseException]) -> ConnectError:
+#: A publish no JetStream stream took: none on its subject, or no JetStream at all.
+_NO_STREAM_ANSWERED = (nats.js.errors.NoStreamResponseError, nats.errors.NoRespondersError)
+
+
+def _connect_error(shown: str, errors: list[BaseException], given: bool) -> ConnectError:
     """Why the first connection failed, from every error it met: a refusal of the
-    credentials or a TLS failure said as such, even when a later error (a connection reset,
-    a timeout) came after it."""
+    credentials (`given`: whether any were) or a TLS failure said as such, even when a later
+    error (a connection reset, a timeout) came after it."""
     texts = [_redacted(str(e)) or type(e).__name__ for e in errors]
     for text in texts:
+        if not given and ("authorization" in text.lower() or "authentication" in text.lower()):
+            return ConnectError(
+                f"the NATS server at {shown} requires credentials, and none were given "
+                f"({text}): give user/password, nkey, creds or token (NATS_USER, NATS_PASSWORD, "
+                "NATS_NKEY, NATS_CREDS, NATS_TOKEN, or a NATS context's: context=, NATS_CONTEXT)"
+            )
         if "authorization" in text.lower() or "authentication" in text.lower():
             return ConnectError(
                 f"the NATS server at {shown} refused these credentials ({text}): check user/"
@@ -760,6 +771,7 @@ class Client:
         duplicates: list[tuple[_Prepared, Job]] = []
         # Acks come in order: once one is overdue, so are the ones after it (no second wait).
         ack_timeout = ACK_TIMEOUT
+        no_stream = False
         for p, job, ack in zip(prepared, jobs, acks):
             if ack is None:  # answered already, not sent
                 accepted.append(job)
@@ -775,6 +787,7 @@ class Client:
                     await self._remove_inputs(p)
                     self._release_id(p)
                 refused[p.job_id] = self._refusal(p, e)
+                no_stream |= isinstance(e, _NO_STREAM_ANSWERED)
                 await self._unwatch(p.job_id, job._future)
                 continue
             job.duplicate = bool(getattr(pub, "duplicate", False))
@@ -832,8 +845,20 @@ class Client:
                 elif not state.cancelled() and state.exception() is not None:
                     log.debug("a queued state was not stored: %s", state.exception())
         if refused:
+            if no_stream:
+                await self._require_jetstream()
             raise _refused(refused, list(accepted))
         return accepted
+
+    async def _require_jetstream(self) -> None:
+        """Raise `ConnectError` when no JetStream answers on this server (it runs without
+        -js): a publish no stream took said only "run `kiln init`" or "try again"."""
+        try:
+            await asyncio.wait_for(self._js.account_info(), 2.0)
+        except nats.js.errors.ServiceUnavailableError as e:
+            raise _no_jetstream(self._nc, e) from e
+        except Exception:  # JetStream there (no streams, an election) or unknown: as it was
+            pass
 
     async def _remove_inputs(self, p: _Prepared) -> None:
         """Remove the objects stored for `p`'s inputs, which no job will read: left, they
@@ -972,7 +997,7 @@ class Client:
                 f"job {p.job_id} is {len(p.body)} bytes, over the NATS server's max_payload "
                 f"({self._nc.max_payload} bytes): {how}, or raise max_payload"
             )
-        if isinstance(e, (nats.js.errors.NoStreamResponseError, nats.errors.NoRespondersError)):
+        if isinstance(e, _NO_STREAM_ANSWERED):
             return (
                 f"no JetStream stream answered on {subject}, so job {p.job_id} was not stored: "
                 "either kiln's streams do not exist on this server yet (run `kiln init`; is it "
@@ -1203,6 +1228,9 @@ class Client:
         or None."""
         try:
             msg = await self._js.get_last_msg(_wire.STREAM_RESULTS, subject)
+        except nats.js.errors.ServiceUnavailableError as e:
+            # No JetStream: no result can come (a wait would run out its timeout, or never end).
+            raise _no_jetstream(self._nc, e) from e
         except nats.js.errors.NotFoundError as e:
             if e.err_code == _NO_STREAM:
                 raise KilnError(
