@@ -68,8 +68,13 @@ async def test_the_selected_context_gives_the_server_and_its_user_and_password(
     monkeypatch.setenv("NATS_PASSWORD", "wrong")
     with pytest.raises(kiln.ConnectError, match="refused these credentials"):
         await kiln.connect(context="lab", connect_timeout=1)
-    # None given at all: said as such, not as a refusal of "these" (as the CLI says it).
     monkeypatch.delenv("NATS_PASSWORD")
+    # A URL with its own credentials is used with them, not the context's (wrong here).
+    save_context(config, "stale", {"url": url, "user": "ada", "password": "wrong"})
+    with_credentials = url.replace("nats://", "nats://ada:s3cret@", 1)
+    async with kiln.connect(with_credentials, context="stale", connect_timeout=1) as client:
+        assert port_of(client) == port
+    # None given at all: said as such, not as a refusal of "these" (as the CLI says it).
     select_context(config, "")
     with pytest.raises(kiln.ConnectError, match="requires credentials, and none were given"):
         await kiln.connect(url, connect_timeout=1)

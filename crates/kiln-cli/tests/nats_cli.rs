@@ -114,6 +114,34 @@ fn the_selected_context_supplies_server_and_token() {
 }
 
 #[test]
+fn a_url_with_its_own_credentials_is_used_with_them_not_the_contexts() {
+    // As nats.go does: the URL's user and password, not the context's (which are wrong here).
+    let server = NatsServer::start_with_args(&["--user", "ada", "--pass", "s3cret"]);
+    let config = tempfile::tempdir().unwrap();
+    let url = server.url();
+    let with_credentials = url.replacen("nats://", "nats://ada:s3cret@", 1);
+    write_context(
+        config.path(),
+        "lab",
+        &serde_json::json!({"url": url, "user": "ada", "password": "wrong"}),
+    );
+    let refused = kiln(config.path(), &[], &["--context", "lab", "init"]);
+    assert!(!refused.status.success());
+    let own = kiln(
+        config.path(),
+        &[],
+        &["--context", "lab", "-s", &with_credentials, "init"],
+    );
+    assert_success(&own);
+    let by_env = kiln(
+        config.path(),
+        &[("NATS_URL", &with_credentials)],
+        &["--context", "lab", "status"],
+    );
+    assert_success(&by_env);
+}
+
+#[test]
 fn a_missing_or_unsupported_context_is_a_clear_error() {
     let config = tempfile::tempdir().unwrap();
     let missing = kiln(config.path(), &[], &["--context", "nosuch", "status"]);

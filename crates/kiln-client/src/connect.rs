@@ -55,10 +55,14 @@ impl ConnectOptions {
     pub fn resolve(mut self) -> Result<Self> {
         use crate::context::{given, path};
         if let Some((_, c)) = crate::context::load(self.context.as_deref())? {
+            // A URL given with its own credentials (`nats://user:pass@host`) is used with
+            // them, as nats.go uses them: not with the context's user, password or token.
+            let own = self.url.as_deref().is_some_and(has_credentials);
             self.url = self.url.take().or_else(|| given(&c.url));
-            self.token = self.token.take().or_else(|| given(&c.token));
-            self.user = self.user.take().or_else(|| given(&c.user));
-            self.password = self.password.take().or_else(|| given(&c.password));
+            let context = |value: &String| given(value).filter(|_| !own);
+            self.token = self.token.take().or_else(|| context(&c.token));
+            self.user = self.user.take().or_else(|| context(&c.user));
+            self.password = self.password.take().or_else(|| context(&c.password));
             self.creds = self.creds.take().or_else(|| path(&c.creds));
             self.nkey = self.nkey.take().or_else(|| path(&c.nkey));
             self.tls_ca = self.tls_ca.take().or_else(|| path(&c.ca));
@@ -73,6 +77,16 @@ impl ConnectOptions {
     pub fn server_url(&self) -> &str {
         self.url.as_deref().unwrap_or(DEFAULT_NATS_URL)
     }
+}
+
+/// Whether any of the comma-separated `urls` carries credentials (`user:pass@`, `token@`).
+fn has_credentials(urls: &str) -> bool {
+    urls.split(',').any(|url| {
+        let rest = url.trim().split_once("://").map_or(url, |(_, rest)| rest);
+        rest.split('/')
+            .next()
+            .is_some_and(|authority| authority.contains('@'))
+    })
 }
 
 /// Connect once: the first failure is returned (one-shot commands, probing). Refused

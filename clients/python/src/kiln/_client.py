@@ -92,13 +92,17 @@ def connect(
     """
     env = os.environ.get
     c = _context.load(context or env("NATS_CONTEXT")) or _context.NatsContext("")
+    given_url = url or env("NATS_URL")
+    # A URL given with its own credentials (nats://user:pass@host) is used with them, as
+    # nats.go and the CLI use them: not with the context's user, password or token.
+    own = given_url is not None and _has_credentials(given_url)
     options = _Options(
-        url=url or env("NATS_URL") or c.url or DEFAULT_URL,
+        url=given_url or c.url or DEFAULT_URL,
         creds=_path(creds or env("NATS_CREDS") or c.creds),
         nkey=_path(nkey or env("NATS_NKEY") or c.nkey),
-        user=user or env("NATS_USER") or c.user,
-        password=password or env("NATS_PASSWORD") or c.password,
-        token=token or env("NATS_TOKEN") or c.token,
+        user=user or env("NATS_USER") or (None if own else c.user),
+        password=password or env("NATS_PASSWORD") or (None if own else c.password),
+        token=token or env("NATS_TOKEN") or (None if own else c.token),
         tls_ca=_path(tls_ca or env("NATS_CA") or c.ca),
         tls_cert=_path(tls_cert or env("NATS_CERT") or c.cert),
         tls_key=_path(tls_key or env("NATS_KEY") or c.key),
@@ -235,6 +239,15 @@ class Connecting:
         client = Client(nc)
         made.append(client)
         return client
+
+
+def _has_credentials(urls: str) -> bool:
+    """Whether any of the comma-separated `urls` carries credentials (`user:pass@`)."""
+    for one in urls.split(","):
+        rest = one.strip().split("://", 1)[-1]
+        if "@" in rest.split("/", 1)[0]:
+            return True
+    return False
 
 
 def _auth_and_tls(o: _Options) -> dict[str, Any]:
