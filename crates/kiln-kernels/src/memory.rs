@@ -66,11 +66,16 @@ impl MemoryBudget {
     pub fn check(&self, kind: &str, elements: u64) -> Result<(), kiln_proto::JobError> {
         let needed = elements.saturating_mul(BYTES_PER_ELEMENT);
         if needed > self.bytes {
+            // Rounded alike ("1.0 MiB, over … 1.0 MiB"), the two are said in bytes.
+            let (need, limit) = match (Bytes(needed).to_string(), Bytes(self.bytes).to_string()) {
+                (need, limit) if need == limit => {
+                    (format!("{needed} bytes"), format!("{} bytes", self.bytes))
+                }
+                rounded => rounded,
+            };
             return Err(kiln_proto::JobError::too_large(format!(
-                "{kind} needs about {} of tensors, over this worker's memory limit of {} ({}); \
-                 submit a smaller job or send it to a worker with more memory",
-                Bytes(needed),
-                Bytes(self.bytes),
+                "{kind} needs about {need} of tensors, over this worker's memory limit of \
+                 {limit} ({}); submit a smaller job or send it to a worker with more memory",
                 self.source
             )));
         }
@@ -125,10 +130,23 @@ mod tests {
     fn refuses_a_job_bigger_than_the_budget_and_names_the_limit() {
         let budget = MemoryBudget::configured(64);
         assert!(budget.check("matmul", 16 << 20).is_ok());
-        let error = budget.check("matmul", (16 << 20) + 1).unwrap_err();
+        let error = budget.check("matmul", 20 << 20).unwrap_err();
         assert_eq!(error.kind, kiln_proto::ErrorKind::TooLarge);
-        assert!(error.message.contains("64.0 MiB"), "{error}");
+        assert!(
+            error.message.contains("needs about 80.0 MiB of tensors")
+                && error.message.contains("memory limit of 64.0 MiB"),
+            "{error}"
+        );
         assert!(error.message.contains("--max-memory-mb"), "{error}");
+        // Four bytes over: both read 64.0 MiB rounded ("64.0 MiB, over … 64.0 MiB"), so the
+        // two are said in bytes.
+        let error = budget.check("matmul", (16 << 20) + 1).unwrap_err();
+        assert!(
+            error
+                .message
+                .contains("needs about 67108868 bytes of tensors, over this worker's memory limit of 67108864 bytes"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -236,7 +236,10 @@ where
 /// u64`: JSON has one kind of number, and a whole number past the field's range is read as a
 /// float, which said "floating point" of a number written without a point.
 fn whole_number_hint(message: &str) -> String {
-    if !message.contains("invalid type: floating point") {
+    // A float (a fraction, or past u64), or a negative whole number (`-1`).
+    if !message.contains("invalid type: floating point")
+        && !message.contains("invalid value: integer `-")
+    {
         return String::new();
     }
     let ranges = [
@@ -408,6 +411,17 @@ mod tests {
             "{err}"
         );
         let err = Codec::Json
+            .decode::<Job>("job", br#"{"seed": -1}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("seed: invalid value: integer `-1`")
+                && err.ends_with(
+                    "(a whole number from 0 to 18446744073709551615, without a fraction)"
+                ),
+            "{err}"
+        );
+        let err = Codec::Json
             .decode::<Job>("job", br#"{"n": "x"}"#)
             .unwrap_err()
             .to_string();
@@ -455,7 +469,8 @@ mod tests {
         let err = json_at_path::<Params, _>(serde_json::json!({"n": 1, "hidden": [2, -1]}));
         assert_eq!(
             err.unwrap_err(),
-            "hidden[1]: invalid value: integer `-1`, expected u64"
+            "hidden[1]: invalid value: integer `-1`, expected u64 (a whole number from 0 to \
+             18446744073709551615, without a fraction)"
         );
         // A long key is cut in the path (the decoder's own message may repeat it).
         let long = "k".repeat(500);
