@@ -119,6 +119,19 @@ def _env() -> dict[str, str]:
     return env
 
 
+def self_signed_certificate(folder: Path) -> None:
+    """Write `cert.pem` and `key.pem` into `folder`: a certificate for localhost and
+    127.0.0.1, valid for a day, signed by its own key."""
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"]
+        + ["-nodes", "-days", "1", "-keyout", "key.pem", "-out", "cert.pem"]
+        + ["-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+        cwd=folder,
+        check=True,
+        capture_output=True,
+    )
+
+
 def wait_for_port(port: int, process: Process, timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -4,14 +4,13 @@ JetStream said as such (each test starts its own nats-server: conftest.py's nats
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Process
+from conftest import Process, self_signed_certificate
 
 import kiln
 
@@ -159,14 +158,7 @@ async def test_a_contexts_tls_files_and_tls_first_are_used(
 ) -> None:
     # A server that wants TLS before the NATS protocol (`handshake_first`), as a context
     # saved with `nats context save --tlsfirst --tlsca ...` reaches it.
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"]
-        + ["-nodes", "-days", "1", "-keyout", "key.pem", "-out", "cert.pem"]
-        + ["-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
-        cwd=tmp_path,
-        check=True,
-        capture_output=True,
-    )
+    self_signed_certificate(tmp_path)
     (tmp_path / "tls.conf").write_text(
         f"tls {{ cert_file: {tmp_path / 'cert.pem'}, key_file: {tmp_path / 'key.pem'}, "
         "handshake_first: true }\n"

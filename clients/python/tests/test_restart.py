@@ -22,6 +22,7 @@ from conftest import (
     free_port,
     kiln_binary,
     nats_server_binary,
+    self_signed_certificate,
     wait_for_port,
 )
 
@@ -146,14 +147,7 @@ async def test_a_submit_while_the_connection_is_down_says_so_and_how_to_submit_a
 async def test_a_server_certificate_not_trusted_is_said_at_once(tmp_path: Path) -> None:
     # A TLS server whose certificate the client does not trust: nats-py's first connection
     # hung for ever after the failed handshake.
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"]
-        + ["-nodes", "-days", "1", "-keyout", "key.pem", "-out", "cert.pem"]
-        + ["-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
-        cwd=tmp_path,
-        check=True,
-        capture_output=True,
-    )
+    self_signed_certificate(tmp_path)
     port = free_port()
     (tmp_path / "tls.conf").write_text(
         f"listen: 127.0.0.1:{port}\n"
