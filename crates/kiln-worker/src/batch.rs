@@ -134,6 +134,32 @@ async fn run(shared: Arc<Shared>, jobs: Vec<Waiting>) {
     }
 }
 
+/// One job's answer from its kernel.
+type Answer = Result<serde_json::Value, JobError>;
+
+/// Run `batch` as one launch with `run`, one answer per job. When the launch runs out of
+/// device memory, the jobs it failed so run again one at a time: each may fit alone, and a job
+/// is not to fail for the company it was batched with (a lone job's `out_of_memory` is final).
+fn launch<J>(batch: &[J], run: impl Fn(&[J]) -> Result<Vec<Answer>, JobError>) -> Vec<Answer> {
+    let mut answers = match run(batch) {
+        Ok(answers) if answers.len() == batch.len() => answers,
+        Ok(_) => vec![Err(JobError::internal("the batch lost this job")); batch.len()],
+        Err(e) => vec![Err(e); batch.len()],
+    };
+    if batch.len() > 1 {
+        for (i, answer) in answers.iter_mut().enumerate() {
+            if matches!(answer, Err(e) if e.kind == ErrorKind::OutOfMemory) {
+                *answer = match run(&batch[i..=i]) {
+                    Ok(mut alone) if alone.len() == 1 => alone.remove(0),
+                    Ok(_) => Err(JobError::internal("the launch lost this job")),
+                    Err(e) => Err(e),
+                };
+            }
+        }
+    }
+    answers
+}
+
 fn run_blocking(shared: &Shared, jobs: Vec<Waiting>, _permit: ComputePermit) {
     let device = &shared.config.device;
     if let Some(reason) = shared.poisoned.get() {
@@ -153,7 +179,7 @@ fn run_blocking(shared: &Shared, jobs: Vec<Waiting>, _permit: ComputePermit) {
         .collect();
     // Each job passes its checkpoint before the launch (timed out, cancelled, or the worker
     // stopping): those that do not are answered so, and the others share the launch.
-    let mut results: Vec<Option<Result<serde_json::Value, JobError>>> = guards
+    let mut results: Vec<Option<Answer>> = guards
         .iter()
         .map(|guard| {
             guard
@@ -170,13 +196,11 @@ fn run_blocking(shared: &Shared, jobs: Vec<Waiting>, _permit: ComputePermit) {
         .map(|((w, guard), _)| (&w.job, guard as &dyn Checkpoint))
         .collect();
     let count = batch.len();
-    let ran = crate::warmup::run_guarded(device, || {
-        Ok(kiln_kernels::run_batch(device, shared.engines, &batch))
-    });
-    let mut ran = match ran {
-        Ok(ran) => ran,
-        Err(e) => vec![Err(e); count],
-    }
+    let mut ran = launch(&batch, |part| {
+        crate::warmup::run_guarded(device, || {
+            Ok(kiln_kernels::run_batch(device, shared.engines, part))
+        })
+    })
     .into_iter();
     for slot in results.iter_mut().filter(|slot| slot.is_none()) {
         *slot = ran.next();
@@ -202,5 +226,77 @@ fn run_blocking(shared: &Shared, jobs: Vec<Waiting>, _permit: ComputePermit) {
             waited: std::time::Duration::ZERO,
             memory: None,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+
+    use super::*;
+
+    fn out_of_memory() -> JobError {
+        JobError::new(ErrorKind::OutOfMemory, "can't allocate buffer")
+    }
+
+    /// A device that holds at most `room` elements at once, and records each launch.
+    fn device(
+        room: u64,
+        launches: &RefCell<Vec<Vec<u64>>>,
+    ) -> impl Fn(&[u64]) -> Result<Vec<Answer>, JobError> {
+        move |jobs: &[u64]| {
+            launches.borrow_mut().push(jobs.to_vec());
+            if jobs.iter().sum::<u64>() > room {
+                return Err(out_of_memory());
+            }
+            Ok(jobs.iter().map(|n| Ok(serde_json::json!(n))).collect())
+        }
+    }
+
+    #[test]
+    fn a_batch_out_of_device_memory_runs_its_jobs_one_at_a_time() {
+        let launches = RefCell::new(Vec::new());
+        let answers = launch(&[3, 4, 9], device(8, &launches));
+        assert_eq!(answers[0].as_ref().unwrap(), &serde_json::json!(3));
+        assert_eq!(answers[1].as_ref().unwrap(), &serde_json::json!(4));
+        // A job too big even alone keeps its out_of_memory.
+        assert_eq!(
+            answers[2].as_ref().unwrap_err().kind,
+            ErrorKind::OutOfMemory
+        );
+        assert_eq!(
+            *launches.borrow(),
+            vec![vec![3, 4, 9], vec![3], vec![4], vec![9]]
+        );
+    }
+
+    #[test]
+    fn a_batch_that_fits_launches_once_and_other_errors_are_not_retried() {
+        let launches = RefCell::new(Vec::new());
+        let answers = launch(&[1, 2], device(8, &launches));
+        assert_eq!(answers.len(), 2);
+        assert!(answers.iter().all(Result::is_ok));
+        assert_eq!(launches.borrow().len(), 1);
+
+        let calls = RefCell::new(0);
+        let answers = launch(&[1, 2], |_| {
+            *calls.borrow_mut() += 1;
+            Err(JobError::new(ErrorKind::InvalidInput, "bad"))
+        });
+        assert!(
+            answers
+                .iter()
+                .all(|a| a.as_ref().unwrap_err().kind == ErrorKind::InvalidInput)
+        );
+        assert_eq!(*calls.borrow(), 1);
+
+        // A lone job's out_of_memory is its answer: it is not run again.
+        let launches = RefCell::new(Vec::new());
+        let answers = launch(&[9], device(8, &launches));
+        assert_eq!(
+            answers[0].as_ref().unwrap_err().kind,
+            ErrorKind::OutOfMemory
+        );
+        assert_eq!(launches.borrow().len(), 1);
     }
 }
