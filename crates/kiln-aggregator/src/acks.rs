@@ -25,6 +25,9 @@ pub(crate) struct Acks {
     /// delivered.
     last_delivery: u64,
     highest: u64,
+    /// No delivery was skipped since the one that delivered `highest`: a skipped one may have
+    /// held a result above it.
+    unbroken: bool,
     /// Folded results not yet acked: reply subjects by stream sequence.
     held: BTreeMap<u64, Subject>,
 }
@@ -37,6 +40,7 @@ impl Acks {
             cumulative: policy == AckPolicy::All,
             last_delivery,
             highest,
+            unbroken: true,
             held: BTreeMap::new(),
         }
     }
@@ -47,17 +51,24 @@ impl Acks {
     }
 
     /// A delivery: the stream sequences it proves absent (first, last), if any. Deliveries
-    /// of new results come in stream order, one consumer sequence each: when this one follows
-    /// the last without a skipped delivery, nothing between the highest stream sequence
-    /// delivered and this one is in the stream (it would have been delivered first).
+    /// of new results come in stream order, one consumer sequence each: when no delivery was
+    /// skipped from the one of the highest stream sequence delivered to this one, nothing
+    /// between the two is in the stream (it would have been delivered first). A skipped
+    /// delivery in between (lost on the way, with redeliveries after it that merely follow
+    /// one another) may have held one of them.
     pub(crate) fn delivered(&mut self, consumer_seq: u64, stream_seq: u64) -> Option<(u64, u64)> {
         let follows = consumer_seq == self.last_delivery + 1;
-        let absent =
-            (follows && stream_seq > self.highest + 1).then(|| (self.highest + 1, stream_seq - 1));
+        let absent = (follows && self.unbroken && stream_seq > self.highest + 1)
+            .then(|| (self.highest + 1, stream_seq - 1));
         // A consumer sequence that goes back (a new consumer leader carrying on from an older
         // state, the consumer made again) starts the count again from there.
         self.last_delivery = consumer_seq;
-        self.highest = self.highest.max(stream_seq);
+        if stream_seq > self.highest {
+            self.highest = stream_seq;
+            self.unbroken = true;
+        } else {
+            self.unbroken &= follows;
+        }
         absent
     }
 
@@ -109,6 +120,18 @@ mod tests {
         // A new consumer leader carrying on from an older state: counted from there.
         assert_eq!(acks.delivered(13, 113), None);
         assert_eq!(acks.delivered(14, 115), Some((114, 114)));
+    }
+
+    #[test]
+    fn a_skipped_delivery_before_redeliveries_proves_nothing_absent() {
+        let mut acks = Acks::new(AckPolicy::All, (12, 103));
+        // Delivery 13 (result 104) is lost; 14 is a redelivery of an old result.
+        assert_eq!(acks.delivered(14, 50), None);
+        // 15 follows 14, but 104 may be the lost delivery: not absent.
+        assert_eq!(acks.delivered(15, 105), None);
+        // From 105 on, deliveries follow one another again.
+        assert_eq!(acks.delivered(16, 60), None);
+        assert_eq!(acks.delivered(17, 108), Some((106, 107)));
     }
 
     #[test]
