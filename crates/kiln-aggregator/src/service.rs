@@ -520,6 +520,9 @@ impl Aggregator {
             }
         }
         self.spans.clear();
+        // The last acks are in the client's buffer: out before the process exits, or their
+        // results come back and are counted as duplicates.
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.js.client().flush()).await;
         tracing::info!("aggregator stopped");
         Ok(())
     }

@@ -116,6 +116,44 @@ async fn publish_raw(client: &async_nats::Client, subject: &str, id: &str, body:
         .expect("the server stores the job");
 }
 
+/// Auto jobs of kinds a sender made up are counted under `unknown`, not under a label each:
+/// one series per made-up name would grow the scheduler's metrics without bound.
+#[tokio::test(flavor = "multi_thread")]
+async fn made_up_auto_kinds_are_routed_under_one_unknown_label() {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    cluster.cpu_worker();
+    let scheduler = free_addr();
+    cluster.spawn("scheduler", &["scheduler", "--metrics-addr", &scheduler]);
+    let client = cluster.client().await;
+    for (kind, id) in [("madeup1", "made-up-1"), ("madeup2", "made-up-2")] {
+        let subject = format!("jobs.auto.{kind}");
+        publish_raw(&client, &subject, id, &format!("{{\"id\":\"{id}\"}}")).await;
+    }
+    let results = common::wait_for_results(
+        &client,
+        &["made-up-1", "made-up-2"],
+        Duration::from_secs(60),
+    )
+    .await;
+    for result in results.values() {
+        assert_eq!(result.status, Status::Failed, "{result:?}");
+        assert_eq!(result.kind, "unknown");
+    }
+    let unknown = [("kind", "unknown"), ("class", "cpu")];
+    let scrape = scrape_until(&scheduler, |s| {
+        s.value("kiln_scheduler_routed_jobs_total", &unknown) == Some(2.0)
+    })
+    .await;
+    for kind in ["madeup1", "madeup2"] {
+        let made_up = [("kind", kind)];
+        assert_eq!(
+            scrape.value("kiln_scheduler_routed_jobs_total", &made_up),
+            None
+        );
+    }
+}
+
 /// A job cancelled while it waited for the worker's compute slot took no device time: it is
 /// not in `kiln_worker_compute_seconds` (it was counted there as a 0 s job, dragging the
 /// quantiles down), while the training cancelled on the slot is.

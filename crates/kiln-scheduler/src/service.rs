@@ -101,8 +101,10 @@ pub async fn run(
             Some((routed, stored)) = in_flight.next(), if !in_flight.is_empty() => {
                 scheduler.settled(routed, stored).await;
             }
-            _ = tokio::time::sleep_until(scheduler.held.next_due()), if !scheduler.held.is_empty() => {
-                for (message, hold) in scheduler.held.due() {
+            _ = tokio::time::sleep_until(scheduler.held.next_due()),
+                if !scheduler.held.is_empty() && in_flight.len() < ROUTING_IN_FLIGHT =>
+            {
+                for (message, hold) in scheduler.held.due(ROUTING_IN_FLIGHT - in_flight.len()) {
                     if let Some((routed, ack)) = scheduler.route(message, Some(hold)).await {
                         in_flight.push(stored(routed, ack));
                     }
@@ -125,6 +127,21 @@ pub async fn run(
             },
         }
     }
+    // Jobs the server delivered to this scheduler and it had not taken yet are routed too:
+    // left, they stayed delivered to it until the ack wait ran out, each spending a delivery.
+    if lost.is_none() {
+        let until = tokio::time::Instant::now() + UNTAKEN_WAIT;
+        while let Ok(Some(Ok(message))) = tokio::time::timeout_at(until, inputs.jobs.next()).await {
+            if in_flight.len() >= ROUTING_IN_FLIGHT
+                && let Some((routed, stored)) = in_flight.next().await
+            {
+                scheduler.settled(routed, stored).await;
+            }
+            if let Some((routed, ack)) = scheduler.route(message, None).await {
+                in_flight.push(stored(routed, ack));
+            }
+        }
+    }
     // The copies already published: ack their originals (or hand them back) before leaving.
     while let Some((routed, stored)) = in_flight.next().await {
         scheduler.settled(routed, stored).await;
@@ -133,6 +150,9 @@ pub async fn run(
     for (message, _) in std::mem::take(&mut scheduler.held).all() {
         let _ = message.ack_with(AckKind::Nak(None)).await;
     }
+    // The acks and hand-backs are in the client's buffer: out before the process exits, or
+    // the jobs come back after the ack wait and are routed (and run) again.
+    let _ = tokio::time::timeout(Duration::from_secs(5), client.flush()).await;
     let stats = scheduler.stop();
     match lost {
         // A scheduler that stopped routing must not look like one that was told to stop: a
@@ -148,6 +168,13 @@ pub async fn run(
         None => Ok(stats),
     }
 }
+
+/// How long a stopping scheduler takes the jobs already delivered to it, to route them.
+const UNTAKEN_WAIT: Duration = Duration::from_millis(250);
+
+/// How long each pull request for auto jobs waits: seconds, not the client's 30, whose
+/// request, lost with a consumer leader that died, left auto jobs unrouted for 35 s.
+const PULL_EXPIRES: Duration = Duration::from_secs(5);
 
 /// What the scheduler reads: the auto jobs, and the result events it learns from.
 struct Inputs {
@@ -171,6 +198,7 @@ impl Inputs {
         let jobs = consumer
             .stream()
             .max_messages_per_batch(256)
+            .expires(PULL_EXPIRES)
             .messages()
             .await
             .map_err(|e| read("auto jobs")(e.to_string()))?;

@@ -2,6 +2,7 @@
 //! and settle the original once the server has answered for the copy (ack it, hold it for
 //! room, hand it back, or answer it `failed`).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind};
@@ -62,39 +63,59 @@ impl Hold {
     }
 }
 
-/// Jobs held for room, with when each is tried again.
-#[derive(Default)]
-pub(super) struct Held(Vec<(tokio::time::Instant, jetstream::Message, Hold)>);
+/// Jobs held for room, in the order they are due to be tried again (a job's place: when it is
+/// due, and a count that keeps jobs due at the same instant apart and in order).
+pub(super) struct Held<M = jetstream::Message> {
+    jobs: BTreeMap<(tokio::time::Instant, u64), (M, Hold)>,
+    pushed: u64,
+}
 
-impl Held {
-    pub(super) fn push(&mut self, message: jetstream::Message, hold: Hold) {
+impl<M> Default for Held<M> {
+    fn default() -> Self {
+        Held {
+            jobs: BTreeMap::new(),
+            pushed: 0,
+        }
+    }
+}
+
+impl<M> Held<M> {
+    pub(super) fn push(&mut self, message: M, hold: Hold) {
         let due = tokio::time::Instant::now() + hold.pause;
-        self.0.push((due, message, hold));
+        self.pushed += 1;
+        self.jobs.insert((due, self.pushed), (message, hold));
     }
 
     pub(super) fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.jobs.is_empty()
     }
 
     /// When the first held job is due (now when none is held).
     pub(super) fn next_due(&self) -> tokio::time::Instant {
-        let now = tokio::time::Instant::now();
-        self.0.iter().map(|(due, ..)| *due).min().unwrap_or(now)
+        self.jobs
+            .first_key_value()
+            .map_or_else(tokio::time::Instant::now, |((due, _), _)| *due)
     }
 
-    /// The held jobs that are due, taken out.
-    pub(super) fn due(&mut self) -> Vec<(jetstream::Message, Hold)> {
+    /// Up to `most` of the held jobs that are due, the earliest first, taken out. Bounded:
+    /// each is routed again as a publish whose acknowledgement the scheduler holds until the
+    /// next turn of its loop, and the client lets no more than 5,000 wait at once (beyond
+    /// them a publish waits for one of them, which nothing would poll: the scheduler hung).
+    pub(super) fn due(&mut self, most: usize) -> Vec<(M, Hold)> {
         let now = tokio::time::Instant::now();
-        let (due, later) = std::mem::take(&mut self.0)
-            .into_iter()
-            .partition(|(at, ..)| *at <= now);
-        self.0 = later;
-        due.into_iter().map(|(_, m, h)| (m, h)).collect()
+        let mut due = Vec::new();
+        while due.len() < most
+            && let Some(first) = self.jobs.first_entry()
+            && first.key().0 <= now
+        {
+            due.push(first.remove());
+        }
+        due
     }
 
     /// Every held job, taken out.
-    pub(super) fn all(self) -> Vec<(jetstream::Message, Hold)> {
-        self.0.into_iter().map(|(_, m, h)| (m, h)).collect()
+    pub(super) fn all(self) -> Vec<(M, Hold)> {
+        self.jobs.into_values().collect()
     }
 }
 
@@ -269,6 +290,7 @@ pub(super) async fn settle(
         // A job too close to max_payload for its copy's headers can never be routed: answered
         // `too_large` instead of going round for ever.
         Err(e) if kiln_proto::refused_for_size(e) => {
+            config.metrics.route_failures.inc();
             tracing::warn!(%id, %target, error = %e, "job too large to route; answering it too_large");
             answer(JobError::too_large(format!(
                 "the job's {} bytes leave no room for the headers of its routed copy ({e}); \
@@ -313,7 +335,13 @@ pub(super) async fn settle(
     }
     let _ = message.ack().await;
     drop(span);
-    config.metrics.routed(&kind, &class.to_string());
+    // A made-up kind (`jobs.auto.<anything>`, answered invalid_input by the worker) counts
+    // under `unknown`: a label per name a sender makes up would grow without bound.
+    let label = match kiln_kernels::find(&kind) {
+        Some(_) => kind.as_str(),
+        None => "unknown",
+    };
+    config.metrics.routed(label, &class.to_string());
     tracing::debug!(%id, %target, %reason, "routed");
     Settled::Routed(class)
 }
@@ -454,4 +482,42 @@ fn trace_route(
         attributes.push(KeyValue::new("kiln.route.predicted_ms", ms));
     }
     TraceSpan::start("kiln.route", SpanKind::Consumer, &parent, None, attributes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hold(pause_ms: u64) -> Hold {
+        Hold {
+            since: tokio::time::Instant::now(),
+            pause: Duration::from_millis(pause_ms),
+        }
+    }
+
+    #[test]
+    fn held_jobs_come_due_earliest_first_and_never_more_than_asked() {
+        let mut held = Held::<u32>::default();
+        held.push(6000, hold(60_000));
+        assert!(held.due(512).is_empty(), "none is due yet");
+        for n in 0..6000 {
+            held.push(n, hold(0));
+        }
+        let first: Vec<u32> = held.due(512).into_iter().map(|(n, _)| n).collect();
+        assert_eq!(first, (0..512).collect::<Vec<_>>());
+        let mut taken = 512;
+        loop {
+            let due = held.due(512);
+            if due.is_empty() {
+                break;
+            }
+            assert!(due.len() <= 512);
+            assert_eq!(due[0].0, taken, "in the order they came due");
+            taken += due.len() as u32;
+        }
+        assert_eq!(taken, 6000, "every job due was taken");
+        assert!(!held.is_empty(), "the later job waits");
+        assert!(held.next_due() > tokio::time::Instant::now() + Duration::from_secs(59));
+        assert_eq!(held.all().len(), 1);
+    }
 }
