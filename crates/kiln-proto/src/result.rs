@@ -102,18 +102,20 @@ impl Routing {
 }
 
 impl ResultEvent {
-    /// The `Nats-Msg-Id` of this result: derived from the job id, so that a job delivered
-    /// twice is stored (and counted) once.
+    /// The `Nats-Msg-Id` of this result: derived from the job's kind and id, so that a job
+    /// delivered twice is stored (and counted) once.
     pub fn msg_id(&self) -> String {
-        result_msg_id(&self.id, self.replay)
+        result_msg_id(&self.kind, &self.id, self.replay)
     }
 }
 
-/// The `Nats-Msg-Id` of the result of job `id` (in its `replay`th life from the dead-letter
-/// queue): one stored result per job and run, however often the job is delivered.
-pub fn result_msg_id(id: &str, replay: u32) -> String {
+/// The `Nats-Msg-Id` of the result of job `id` of `kind` (in its `replay`th life from the
+/// dead-letter queue): one stored result per job and run, however often the job is delivered.
+/// The kind is part of it as it is of the result's subject: the same id sent as two kinds is
+/// two jobs, and the second's result is no duplicate of the first's.
+pub fn result_msg_id(kind: &str, id: &str, replay: u32) -> String {
     match replay {
-        0 => format!("result-{id}"),
-        n => format!("result-{id}-replay-{n}"),
+        0 => format!("result-{kind}-{id}"),
+        n => format!("result-{kind}-{id}-replay-{n}"),
     }
 }

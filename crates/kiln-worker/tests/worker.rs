@@ -599,7 +599,7 @@ async fn results_carry_a_message_id_only_where_the_stream_does_not_keep_one_per_
             .headers
             .get(kiln_proto::HEADER_MSG_ID)
             .map(|v| v.as_str()),
-        Some(kiln_proto::result_msg_id("older-1", 0).as_str())
+        Some(kiln_proto::result_msg_id("vector_add", "older-1", 0).as_str())
     );
 }
 

@@ -437,9 +437,10 @@ async fn answer_failed(
         replay,
     };
     let body = serde_json::to_vec(&event).map_err(|e| e.to_string())?;
+    // As a worker's result: stored only where the job has none yet. (A message id here, once
+    // `result-<id>`, made the server drop the answer of a second kind under the same id as a
+    // duplicate of the first while reporting it stored: that job went unanswered.)
     let mut headers = async_nats::HeaderMap::new();
-    headers.insert(HEADER_MSG_ID, event.msg_id().as_str());
-    headers.insert("Content-Type", kiln_proto::CONTENT_TYPE_JSON);
     kiln_proto::expect_no_result(&mut headers);
     let stored = js
         .publish_with_headers(
