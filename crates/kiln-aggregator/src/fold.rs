@@ -141,7 +141,10 @@ impl Fold {
                 *self.failures.entry(kind).or_default() += 1;
             }
         }
-        *self.devices.entry(event.device.clone()).or_default() += 1;
+        *self
+            .devices
+            .entry(device_key(&self.devices, &event.device))
+            .or_default() += 1;
         let at = event.finished_at;
         self.first_finished_at = Some(self.first_finished_at.map_or(at, |f| f.min(at)));
         self.last_finished_at = Some(self.last_finished_at.map_or(at, |l| l.max(at)));
@@ -271,6 +274,26 @@ const MAX_PREDICTED_MS: f64 = 7.0 * 24.0 * 3600.0 * 1000.0;
 /// Job ids remembered to drop duplicate result events: the newest this many.
 const SEEN_CAPACITY: usize = 1 << 20;
 
+/// Most devices one fold names, and the longest name it keeps: results from other devices
+/// count under `other`. A worker names its device in a few bytes (`cpu`, `cuda:0`, `none`);
+/// results published by hand with long or ever-new names grew a snapshot past the server's
+/// max_payload, after which no snapshot was stored and every count stood still.
+const MAX_DEVICES: usize = 64;
+const MAX_DEVICE_NAME: usize = 64;
+
+/// Most (kind, class) folds: results of further kinds (made up, published by hand) are not
+/// counted, and make no snapshot subject or metrics series of their own.
+pub(crate) const MAX_FOLDS: usize = 1024;
+
+/// The key `device` counts under in `devices`.
+fn device_key(devices: &BTreeMap<String, u64>, device: &str) -> String {
+    let known = devices.contains_key(device) || devices.len() < MAX_DEVICES;
+    match device.len() <= MAX_DEVICE_NAME && known {
+        true => device.to_owned(),
+        false => "other".to_owned(),
+    }
+}
+
 /// Every (kind, class) fold, plus the ids already counted.
 #[derive(Debug, Default)]
 pub struct Folds {
@@ -290,6 +313,15 @@ pub struct Folds {
 }
 
 impl Folds {
+    /// Whether a result of `kind` on `class` has a fold to count in: one it has, or room for
+    /// another ([`MAX_FOLDS`]).
+    pub fn has_room_for(&self, kind: &str, class: DeviceClass) -> bool {
+        self.folds.len() < MAX_FOLDS
+            || self
+                .folds
+                .contains_key(&(kind.to_owned(), class.to_string()))
+    }
+
     /// Count one result event; returns false when its job id was already counted.
     pub fn add(&mut self, event: &ResultHead) -> bool {
         self.add_at(event, 0)
@@ -540,6 +572,46 @@ mod tests {
         assert_eq!(back.jobs, 4);
         assert_eq!(back.prediction.routed, 1, "only the believable prediction");
         assert!((back.prediction.mean_error_ms - 2.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn devices_with_long_or_ever_new_names_count_under_other() {
+        let mut folds = Folds::default();
+        let long = "d".repeat(99_000);
+        for n in 0..200 {
+            let mut e = event(&format!("dev-{n}"), Status::Succeeded, 1.0);
+            e.device = match n % 2 {
+                0 => format!("{long}{n}"),
+                _ => format!("cuda:{n}"),
+            };
+            assert!(folds.add(&e));
+        }
+        let mut e = event("cpu-1", Status::Succeeded, 1.0);
+        e.device = "cuda:1".into();
+        folds.add(&e);
+        let snapshot = folds.snapshots(OffsetDateTime::now_utc()).remove(0);
+        assert_eq!(snapshot.jobs, 201);
+        let devices = &snapshot.devices;
+        assert_eq!(devices.len(), MAX_DEVICES, "{:?}", devices.keys());
+        assert_eq!(devices.values().sum::<u64>(), 201);
+        assert_eq!(devices["cuda:1"], 2, "a device it names goes on counting");
+        // The long names, and the cuda devices past the 63 named beside `other`.
+        assert_eq!(devices["other"], 100 + (100 - 63));
+        assert!(snapshot.devices.keys().all(|d| d.len() <= MAX_DEVICE_NAME));
+        assert!(serde_json::to_vec(&snapshot).unwrap().len() < 64 * 1024);
+    }
+
+    #[test]
+    fn there_is_room_for_a_bounded_number_of_kinds() {
+        let mut folds = Folds::default();
+        for n in 0..MAX_FOLDS {
+            let mut e = event(&format!("k-{n}"), Status::Succeeded, 1.0);
+            e.kind = format!("kind{n}");
+            assert!(folds.has_room_for(&e.kind, e.class));
+            folds.add(&e);
+        }
+        assert!(!folds.has_room_for("another", DeviceClass::Cpu));
+        assert!(folds.has_room_for("kind7", DeviceClass::Cpu), "one it has");
     }
 
     fn event(id: &str, status: Status, total_ms: f64) -> ResultHead {

@@ -395,6 +395,11 @@ impl Aggregator {
                 tracing::warn!(%subject, kind = %event.kind, id = %event.id, "result event names another job than its subject; not counted");
                 None
             }
+            Ok(event) if !self.folds.has_room_for(&event.kind, event.class) => {
+                self.folds.delivered_at(sequence);
+                tracing::warn!(%subject, kind = %event.kind, "result of a kind past the {} kinds and classes counted; not counted", crate::fold::MAX_FOLDS);
+                None
+            }
             Ok(event) => {
                 let first = self.folds.add_at(&event, sequence);
                 Some((event, first))
