@@ -13,6 +13,50 @@ use kiln_proto::{ErrorKind, MAX_ERROR_MESSAGE, ResultEvent, Status, streams};
 
 const FORGED_ROUTING: &str = r#"{"chosen":"cpu","by":"mallory","predicted_gpu_ms":1.7e308,"predicted_cpu_ms":1.7e308,"reason":"forged"}"#;
 
+/// A heartbeat written by hand into `KILN_WORKERS` (its bucket is open to every client of
+/// an open server) claiming more capacity than a number holds twice over: the scheduler
+/// panicked adding it up (`attempt to add with overflow`) and, restarted, again at its next
+/// read. It goes on routing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forged_heartbeat_claiming_absurd_capacity_leaves_the_scheduler_routing() {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    cluster.cpu_worker();
+    let client = cluster.client().await;
+    let js = jetstream::new(client.clone());
+    let workers = js.get_key_value(kiln_proto::BUCKET_WORKERS).await.unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    for name in ["forged-1", "forged-2"] {
+        let forged = kiln_proto::WorkerInfo {
+            name: name.into(),
+            class: kiln_proto::DeviceClass::Cpu,
+            device: "cpu".into(),
+            backend: "ndarray".into(),
+            engines: Default::default(),
+            capacity: usize::MAX,
+            max_in_flight: usize::MAX,
+            in_flight: 0,
+            succeeded: 0,
+            failed: 0,
+            state: "serving".into(),
+            running: Vec::new(),
+            version: "0".into(),
+            started_at: now,
+            updated_at: now,
+        };
+        let body = serde_json::to_vec(&forged).unwrap();
+        workers.put(name, body.into()).await.unwrap();
+    }
+    cluster.spawn("scheduler", &["scheduler"]);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let body = r#"{"id":"after-forgery","params":{"a":[1,2],"b":[3,4]}}"#;
+    publish(&js, "jobs.auto.vector_add", HeaderMap::new(), body.into()).await;
+    let results = wait_for_results(&client, &["after-forgery"], Duration::from_secs(30)).await;
+    let event = &results["after-forgery"];
+    assert_eq!(event.status, Status::Succeeded, "{event:?}");
+    assert_eq!(event.output["c"], serde_json::json!([4.0, 6.0]));
+}
+
 fn forged_headers() -> HeaderMap {
     let mut h = HeaderMap::new();
     h.insert("Kiln-Replay", "5");

@@ -70,7 +70,9 @@ pub(super) async fn refresh(js: &jetstream::Context, classes: &mut Classes) {
                     &mut cpu
                 };
                 class.live += 1;
-                class.capacity += w.capacity;
+                // Saturating: an entry is anyone's to write on an open server, and one
+                // claiming usize::MAX made the sum overflow (a panic, for good).
+                class.capacity = class.capacity.saturating_add(w.capacity);
             }
             gpu.set(&mut classes.gpu);
             cpu.set(&mut classes.cpu);
