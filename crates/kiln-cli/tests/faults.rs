@@ -243,6 +243,43 @@ async fn give_up_quickly(cluster: &mut Cluster, js: &async_nats::jetstream::Cont
     cluster.spawn("keeper", &[&keeper[..], &["--name", "keeper"]].concat());
 }
 
+/// A max-deliveries advisory naming stream sequence 0 (no message has it; published by hand,
+/// which an open server allows) is dropped, not handed back every 5 s for ever.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_advisory_for_sequence_zero_is_dropped_not_retried_for_ever() {
+    use kiln_proto::streams::{CONSUMER_DEAD_LETTERS, STREAM_ADVISORIES};
+
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    cluster.cpu_worker();
+    let client = cluster.client().await;
+    let js = async_nats::jetstream::new(client.clone());
+    let advisory = r#"{"type":"io.nats.jetstream.advisory.v1.max_deliver","id":"x","timestamp":"2026-12-07T00:00:00Z","stream":"KILN_JOBS","consumer":"workers-cpu","stream_seq":0,"deliveries":5}"#;
+    js.publish(
+        "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.KILN_JOBS.workers-cpu",
+        advisory.into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .expect("captured in KILN_ADVISORIES");
+    let stream = js.get_stream(STREAM_ADVISORIES).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let info = stream.consumer_info(CONSUMER_DEAD_LETTERS).await.unwrap();
+        if info.delivered.stream_sequence > 0 && info.num_ack_pending == 0 && info.num_pending == 0
+        {
+            assert_eq!(info.num_redelivered, 0, "{info:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the advisory is never acked: {info:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A worker that takes cpu jobs and dies before acking, on every attempt: a real client
 /// pulling from workers-cpu that never acks.
 async fn crashing_cpu_worker(
@@ -301,6 +338,10 @@ async fn job_no_worker_acknowledges_is_answered_dead_lettered_and_replayable() {
     assert_eq!(failed.kind, "vector_add");
     assert_eq!(failed.attempt, 2);
     assert_eq!(failed.worker, "keeper");
+    assert_eq!(
+        failed.flops, 64.0,
+        "its work, as a run would have reported it"
+    );
     let error = failed.error.as_ref().unwrap();
     assert_eq!(error.kind, kiln_proto::ErrorKind::Internal);
     assert!(

@@ -637,6 +637,8 @@ async fn bad_jobs_get_failed_results_and_the_worker_keeps_serving() {
     );
     // Refused before it reached the device, as every other validation failure is.
     assert_eq!((refused.device.as_str(), refused.compute_ms), ("none", 0.0));
+    // Read, so its work is reported (0 is for a job that could not be read).
+    assert!(refused.flops > 0.0, "{refused:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

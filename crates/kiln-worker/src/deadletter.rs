@@ -111,6 +111,12 @@ async fn answer(
     if advisory.stream != STREAM_JOBS {
         return Ok(());
     }
+    if advisory.stream_seq == 0 {
+        // No message has sequence 0 (the server answers a read of it `bad request` every
+        // time): not the server's, and retrying cannot help.
+        tracing::warn!("ignoring a max-deliveries advisory for stream sequence 0");
+        return Ok(());
+    }
     let job = match jobs.get_raw_message(advisory.stream_seq).await {
         Ok(job) => job,
         // Acked after all (a stalled worker finished late), or already dead-lettered.
@@ -158,6 +164,17 @@ fn given_up(
     // A kind this build does not run is answered as `unknown`, as the worker does: result,
     // dead-letter and metric subjects stay one per real kind.
     let (kind, class) = crate::arrival::answered_as(&subject, DeviceClass::Cpu);
+    // Its work, as its runs would have reported it (0 for a job that does not decode).
+    let flops = kiln_kernels::find(&kind)
+        .and_then(|entry| {
+            let codec = kiln_proto::Codec::from_headers(Some(&job.headers)).ok()?;
+            let limits = kiln_proto::Limits {
+                max_elements: u64::MAX,
+                ..kiln_proto::Limits::default()
+            };
+            entry.decode(codec, &job.payload, &limits).ok()
+        })
+        .map_or(0.0, |job| job.plan.flops);
     let error = JobError::new(
         ErrorKind::Internal,
         format!(
@@ -189,7 +206,7 @@ fn given_up(
         total_ms: waited_ms,
         output: serde_json::Value::Null,
         error: Some(error),
-        flops: 0.0,
+        flops,
         routing: None,
         replay: envelope.replay,
     }

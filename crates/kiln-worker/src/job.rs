@@ -189,14 +189,15 @@ fn refused_at_once(
     job: &DecodedJob,
     id: &str,
 ) -> Option<Outcome> {
-    let refused = |error: JobError, flops: f64| Outcome {
+    // Refused, but read: its result reports its work all the same.
+    let refused = |error: JobError| Outcome {
         result: Err(error),
         compute_ms: 0.0,
-        flops,
+        flops: job.plan.flops,
         waited: std::time::Duration::ZERO,
     };
     if let (ComputeDevice::Cpu, Some(refusal)) = (&shared.config.device, job.refusal_on_cpu()) {
-        return Some(refused(refusal, 0.0));
+        return Some(refused(refusal));
     }
     if shared.cancelled.cancels(id, arrival.envelope.enqueued_at) {
         // On request: `kiln cancel`, or a client's (the Python client's `job.cancel()`).
@@ -205,7 +206,7 @@ fn refused_at_once(
             false => "before it ran",
         };
         let error = JobError::new(ErrorKind::Cancelled, format!("cancelled on request {when}"));
-        return Some(refused(error, job.plan.flops));
+        return Some(refused(error));
     }
     None
 }
