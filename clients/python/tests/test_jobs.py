@@ -344,6 +344,75 @@ async def test_objects_lists_what_a_prefix_names_with_sizes_and_digests(
     assert await asyncio.wait_for(client.objects(prefix), 20) == [a, b]
 
 
+def _entry_subject(name: str) -> str:
+    return "$O.KILN_DATA.M." + base64.urlsafe_b64encode(name.encode()).decode()
+
+
+async def _link(client: kiln.Client, name: str, to: dict[str, Any]) -> None:
+    """An entry for `name` that links to `to`, as another client may write one."""
+    entry = {"name": name, "bucket": "KILN_DATA", "nuid": "", "size": 0, "chunks": 0}
+    entry["options"] = {"link": to}
+    await client._js.publish(_entry_subject(name), json.dumps(entry).encode())
+
+
+async def test_get_reads_big_objects_whole_and_checks_them(client: kiln.Client) -> None:
+    name = f"get/{kiln.new_job_id()}.bin"
+    data = np.random.default_rng(5).bytes(3 * 128 * 1024 + 17)  # several chunks
+    await client.put(name, data)
+    assert await client.get(name) == data
+    # A link to it, as the nats CLI makes one, is followed once.
+    await _link(client, name + ".link", {"bucket": "KILN_DATA", "name": name})
+    assert await client.get(name + ".link") == data
+
+
+async def test_get_of_an_object_whose_chunks_are_gone_fails_at_once(
+    client: kiln.Client,
+) -> None:
+    name = f"get/{kiln.new_job_id()}.bin"
+    await client.put(name, b"x" * 300_000)
+    js = client._js
+    entry = json.loads((await js.get_last_msg("OBJ_KILN_DATA", _entry_subject(name))).data)
+    await js.purge_stream("OBJ_KILN_DATA", subject=f"$O.KILN_DATA.C.{entry['nuid']}")
+    # nats-py's own reader waited for the chunks for ever.
+    with pytest.raises(kiln.ObjectCorrupt, match="none of its 3 chunks is stored"):
+        await asyncio.wait_for(client.get(name), 10)
+
+
+async def test_get_follows_one_link_within_the_bucket_and_names_what_is_wrong(
+    client: kiln.Client,
+) -> None:
+    target = f"get/{kiln.new_job_id()}.bin"
+    await client.put(target, b"hello")
+    one, two, loop, out, gone = (f"{target}.{n}" for n in ("one", "two", "loop", "out", "gone"))
+    await _link(client, one, {"bucket": "KILN_DATA", "name": target})
+    await _link(client, two, {"bucket": "KILN_DATA", "name": one})
+    await _link(client, loop, {"bucket": "KILN_DATA", "name": loop})
+    await _link(client, out, {"bucket": "OTHER"})
+    await _link(client, gone, {"bucket": "KILN_DATA", "name": target + ".missing"})
+    assert await client.get(one) == b"hello"
+    for name in (two, loop):
+        # A link to itself overflowed nats-py's reader's stack (RecursionError).
+        with pytest.raises(kiln.ObjectCorrupt, match="kiln follows one link"):
+            await asyncio.wait_for(client.get(name), 10)
+    with pytest.raises(kiln.ObjectCorrupt, match="a whole bucket in bucket 'OTHER'"):
+        await client.get(out)
+    with pytest.raises(kiln.ObjectNotFound, match=r"is a link to .*\.missing', which is not"):
+        await client.get(gone)
+    # An entry that does not parse is named so, not "no object".
+    await client._js.publish(_entry_subject(target + ".bad"), b'{"size": -5}')
+    with pytest.raises(kiln.ObjectCorrupt, match="does not parse"):
+        await client.get(target + ".bad")
+    # A digest that does not match the bytes.
+    entry = json.loads(
+        (await client._js.get_last_msg("OBJ_KILN_DATA", _entry_subject(target))).data
+    )
+    other = hashlib.sha256(b"other").digest()
+    entry["digest"] = "SHA-256=" + base64.urlsafe_b64encode(other).decode()
+    await client._js.publish(_entry_subject(target), json.dumps(entry).encode())
+    with pytest.raises(kiln.ObjectCorrupt, match="do not match its stored SHA-256"):
+        await client.get(target)
+
+
 async def test_an_object_the_client_deleted_is_not_found_by_jobs(client: kiln.Client) -> None:
     name = f"gone/{kiln.new_job_id()}.npy"
     await client.put(name, np.arange(3, dtype=np.float32))

@@ -29,7 +29,7 @@ from nats.aio.subscription import Subscription
 from nats.js.client import JetStreamContext
 from nats.js.object_store import ObjectStore
 
-from . import _context, _upload, _wire
+from . import _context, _download, _upload, _wire
 from ._acks import Acks
 from ._errors import ConnectError, KilnError, NoAnswer, ObjectNotFound, SubmitError
 from ._job import Job, JobState, Result, answers
@@ -1521,15 +1521,13 @@ class Client:
     async def get(self, name: str) -> bytes:
         """Object `name`'s bytes from KILN_DATA (a job's stored output, a trained model)."""
         _check_object_name(name)
-        bucket = await self._bucket()
+        await self._bucket()  # says to run `kiln init` where there is no bucket
         try:
-            result = await bucket.get(name)
-        except nats.js.errors.ObjectNotFoundError as e:
+            return await _download.read(self._js, name)
+        except ObjectNotFound as e:
             raise ObjectNotFound(
-                f"no object {name!r} in {_wire.BUCKET_DATA}: a result names its stored output in "
-                "output.object.name"
-            ) from e
-        return bytes(result.data or b"")
+                f"{e}: a result names its stored output in output.object.name"
+            ) from e.__cause__
 
 
 def _check_object_name(name: object) -> None:

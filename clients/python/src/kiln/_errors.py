@@ -50,6 +50,11 @@ class ObjectNotFound(KilnError):
     """No object of that name in the KILN_DATA object store."""
 
 
+class ObjectCorrupt(KilnError):
+    """An object of KILN_DATA that cannot be read as it is: its entry does not parse, its
+    chunks are gone or are not what its entry says, or it is a link kiln does not follow."""
+
+
 class ResultTimeout(KilnError, asyncio.TimeoutError):
     """A job's result did not arrive in time (also an `asyncio.TimeoutError`). The job may
     still finish: call `job.result()` again, or `job.status()` to see where it is."""
