@@ -838,6 +838,28 @@ async fn get_writes_devices_and_pipes_in_place_and_links_through() {
     let out = cluster.kiln(&["get", "v.npy", "-o", nowhere.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(nowhere.is_symlink());
+
+    // An entry another client wrote that does not parse is said to be so (exit 1), not to be
+    // no object (exit 2), as `kiln ls` and jobs say.
+    let client = cluster.client().await;
+    let entry = format!("$O.KILN_DATA.M.{}", base64_url("v.npy"));
+    let js = async_nats::jetstream::new(client);
+    let stored = js.get_stream("OBJ_KILN_DATA").await.unwrap();
+    let last = stored
+        .get_last_raw_message_by_subject(&entry)
+        .await
+        .unwrap();
+    let mut info: serde_json::Value = serde_json::from_slice(&last.payload).unwrap();
+    info["size"] = serde_json::json!(-5);
+    let body = serde_json::to_vec(&info).unwrap();
+    js.publish(entry, body.into()).await.unwrap().await.unwrap();
+    let out = cluster.kiln(&["get", "v.npy", "-o", "-"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("kiln: object v.npy's entry in KILN_DATA does not parse"),
+        "{said}"
+    );
 }
 
 fn base64_url(name: &str) -> String {

@@ -90,14 +90,9 @@ pub async fn put(nats: &NatsArgs, args: PutArgs) -> anyhow::Result<ExitCode> {
 pub async fn get(nats: &NatsArgs, args: GetArgs) -> anyhow::Result<ExitCode> {
     let js = connect(nats).await?;
     let bucket = bucket(&js).await?;
-    // A removed object keeps an info, marked deleted.
-    let Some(size) = bucket
-        .info(&args.name)
-        .await
-        .ok()
-        .filter(|info| !info.deleted)
-        .map(|info| info.size as u64)
-    else {
+    // A removed object keeps an info, marked deleted. One that does not parse (another
+    // client's) is said to be so: it was reported as no object.
+    let Some(size) = kiln_data::store::stored_size(&bucket, &args.name).await? else {
         eprintln!(
             "kiln: no object {:?} in {}: `kiln result <id>` names a job's output in \
              output.object.name",

@@ -27,7 +27,7 @@ pub use async_nats::jetstream::object_store::ObjectStore;
 pub use chunks::CHUNK_PATIENCE;
 pub use entries::remove;
 pub use listing::{Listed, Listing, Orphan, Purged, list, orphans, remove_orphans, usage};
-pub use names::MAX_OBJECT_NAME;
+pub use names::{MAX_OBJECT_NAME, stored_size};
 pub use sizes::{Measured, load_size};
 
 use self::names::{bad_name, described, stored_info, usable_name};

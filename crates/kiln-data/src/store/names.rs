@@ -126,6 +126,12 @@ pub(super) async fn plain_info(store: &Bucket, name: &str) -> Result<ObjectInfo,
     live_info(store, name).await?.ok_or_else(|| not_found(name))
 }
 
+/// Object `name`'s own stored size (a link's: 0), `None` when it is not there; an entry
+/// another client wrote that does not parse is an error saying so, not "no object".
+pub async fn stored_size(store: &Bucket, name: &str) -> Result<Option<u64>, DataError> {
+    Ok(live_info(store, name).await?.map(|info| info.size as u64))
+}
+
 /// Object `name`'s own info, `None` when it is not there: never stored, or deleted by any
 /// client (nats-py marks an object deleted with `"mtime": ""`, which async-nats does not
 /// parse).
