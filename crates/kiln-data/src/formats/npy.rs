@@ -210,6 +210,20 @@ fn npy_elem(what: &str, descr: &str) -> Result<(Elem, bool), DataError> {
         "u4" | "I" => Elem::U32,
         "u8" | "Q" => Elem::U64,
         "b1" | "?" => Elem::Bool,
+        // numpy's names of fixed width read the same (`np.dtype("float32")`, which `np.load`
+        // accepts), in the machine's byte order.
+        "float16" => Elem::F16,
+        "float32" => Elem::F32,
+        "float64" => Elem::F64,
+        "int8" => Elem::I8,
+        "int16" => Elem::I16,
+        "int32" => Elem::I32,
+        "int64" => Elem::I64,
+        "uint8" => Elem::U8,
+        "uint16" => Elem::U16,
+        "uint32" => Elem::U32,
+        "uint64" => Elem::U64,
+        "bool" => Elem::Bool,
         "O" | "O8" | "O4" => {
             return Err(invalid(format!(
                 "{what} holds Python objects (dtype object); save a numeric array instead \
@@ -474,6 +488,18 @@ mod tests {
             m.contains("3 bytes follow the 24 bytes of values its header declares"),
             "{m}"
         );
+    }
+
+    #[test]
+    fn reads_numpys_dtype_names_as_their_codes() {
+        let values = [1.5f32, -2.0];
+        let file = npy("float32", false, "(2,)", &le(&values, f32::to_le_bytes));
+        assert_eq!(read(&file, None).unwrap().data, values);
+        let file = npy("uint8", false, "(3,)", &[1, 2, 255]);
+        assert_eq!(read(&file, None).unwrap().data, [1.0, 2.0, 255.0]);
+        // Still no name of a width that depends on the machine.
+        let m = message(read(&npy("long", false, "(1,)", &[0; 8]), None));
+        assert!(m.contains("has dtype \"long\", which kiln does not read"), "{m}");
     }
 
     #[test]
