@@ -153,6 +153,9 @@ fn bincode_error(bytes: &[u8], e: &bincode::error::DecodeError) -> String {
             )
         }
         E::Utf8 { .. } => "a string in the body is not UTF-8".to_owned(),
+        // A value the layout holds but kiln refuses (a NaN in inline values): its own words.
+        E::OtherString(message) => message.clone(),
+        E::Other(message) => (*message).to_owned(),
         other => format!("the body is not a job in kiln's bincode layout ({other})"),
     }
 }
@@ -381,6 +384,26 @@ mod tests {
             .to_string();
         assert!(err.contains("the body ends early"), "{err}");
         assert!(!err.contains('{'), "{err}");
+        // A value the layout holds that the job refuses: the job's words, not a debug dump.
+        #[derive(Debug, serde::Serialize, serde::Deserialize)]
+        struct Finite(#[serde(deserialize_with = "finite")] f32);
+        fn finite<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f32, D::Error> {
+            let x = <f32 as serde::Deserialize>::deserialize(d)?;
+            match x.is_finite() {
+                true => Ok(x),
+                false => Err(serde::de::Error::custom("element [0] is NaN or infinite")),
+            }
+        }
+        let nan = Codec::Bincode.encode("job", &Finite(f32::NAN)).unwrap();
+        let err = Codec::Bincode
+            .decode::<Finite>("job", &nan)
+            .unwrap_err()
+            .to_string();
+        assert!(err.ends_with(": element [0] is NaN or infinite"), "{err}");
+        assert!(
+            !err.contains("OtherString") && !err.contains("layout"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -499,7 +499,10 @@ mod tests {
         assert_eq!(read(&file, None).unwrap().data, [1.0, 2.0, 255.0]);
         // Still no name of a width that depends on the machine.
         let m = message(read(&npy("long", false, "(1,)", &[0; 8]), None));
-        assert!(m.contains("has dtype \"long\", which kiln does not read"), "{m}");
+        assert!(
+            m.contains("has dtype \"long\", which kiln does not read"),
+            "{m}"
+        );
     }
 
     #[test]
