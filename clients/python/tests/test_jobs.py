@@ -394,7 +394,7 @@ async def test_get_follows_one_link_within_the_bucket_and_names_what_is_wrong(
         # A link to itself overflowed nats-py's reader's stack (RecursionError).
         with pytest.raises(kiln.ObjectCorrupt, match="kiln follows one link"):
             await asyncio.wait_for(client.get(name), 10)
-    with pytest.raises(kiln.ObjectCorrupt, match="a whole bucket in bucket 'OTHER'"):
+    with pytest.raises(kiln.ObjectCorrupt, match="a link to the whole bucket 'OTHER', not to an object"):
         await client.get(out)
     with pytest.raises(kiln.ObjectNotFound, match=r"is a link to .*\.missing', which is not"):
         await client.get(gone)

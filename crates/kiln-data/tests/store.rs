@@ -405,6 +405,10 @@ async fn links_are_followed_once_and_loops_refused() {
     publish_meta(&js, &store, "a", |m| m["options"] = link(BUCKET_DATA, "b")).await;
     publish_meta(&js, &store, "b", |m| m["options"] = link(BUCKET_DATA, "a")).await;
     publish_meta(&js, &store, "away", |m| m["options"] = link("SECRET", "x")).await;
+    publish_meta(&js, &store, "bucket", |m| {
+        m["options"] = serde_json::json!({"link": {"bucket": BUCKET_DATA}})
+    })
+    .await;
     // A link whose object is gone says which link.
     publish_meta(&js, &store, "dangling", |m| {
         m["options"] = link(BUCKET_DATA, "nowhere")
@@ -427,6 +431,11 @@ async fn links_are_followed_once_and_loops_refused() {
         (
             "away",
             "object away is a link to x in bucket SECRET: kiln reads objects in KILN_DATA only",
+        ),
+        (
+            "bucket",
+            "object bucket is a link to the whole bucket KILN_DATA, not to an object: kiln \
+             reads one object; name it (in KILN_DATA)",
         ),
     ] {
         let m = invalid(store::fetch(&store, &ObjectRef::new(name), Want::Tensor, MIB, 100).await);

@@ -39,11 +39,15 @@ async def read(js: JetStreamContext, name: str) -> bytes:
     if link is None:
         return await _chunks(js, name, info)
     target, bucket = link.get("name"), link.get("bucket")
-    if bucket != _wire.BUCKET_DATA or not isinstance(target, str) or not target:
-        what = f"object {target!r}" if isinstance(target, str) and target else "a whole bucket"
+    if not isinstance(target, str) or not target:
         raise ObjectCorrupt(
-            f"object {name!r} is a link to {what} in bucket {bucket!r}: kiln reads objects in "
-            f"{_wire.BUCKET_DATA} only; put the data there and name it"
+            f"object {name!r} is a link to the whole bucket {bucket!r}, not to an object: kiln "
+            f"reads one object; name it (in {_wire.BUCKET_DATA})"
+        )
+    if bucket != _wire.BUCKET_DATA:
+        raise ObjectCorrupt(
+            f"object {name!r} is a link to {target!r} in bucket {bucket!r}: kiln reads objects "
+            f"in {_wire.BUCKET_DATA} only; put the data there and name it"
         )
     try:
         info = await _entry(js, target)

@@ -75,11 +75,18 @@ pub(super) async fn stored_info(store: &Bucket, name: &str) -> Result<ObjectInfo
     };
     let target = match (&link.name, link.bucket == BUCKET_DATA) {
         (Some(target), true) => target.clone(),
+        (None, _) => {
+            return Err(DataError::Invalid(format!(
+                "object {name} is a link to the whole bucket {}, not to an object: kiln reads \
+                 one object; name it (in {BUCKET_DATA})",
+                link.bucket
+            )));
+        }
         _ => {
             return Err(DataError::Invalid(format!(
                 "object {name} is a link to {} in bucket {}: kiln reads objects in \
                  {BUCKET_DATA} only; put the data there and name it",
-                link.name.as_deref().unwrap_or("the whole bucket"),
+                link.name.as_deref().unwrap_or_default(),
                 link.bucket
             )));
         }
