@@ -26,6 +26,8 @@ enum Py {
     Int(u64),
     /// A negative integer, by its magnitude (no size numpy writes; named in the error).
     Negative(u64),
+    /// An integer past u64, as written (cut).
+    Huge(String),
     None,
     Tuple(Vec<Py>),
     List(Vec<Py>),
@@ -150,8 +152,15 @@ impl PyParser<'_> {
     fn int(&mut self) -> Option<Py> {
         let rest = &self.text[self.pos..];
         let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
-        let n = std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()?;
+        if digits == 0 {
+            return None;
+        }
+        let text = std::str::from_utf8(&rest[..digits]).ok()?;
         self.pos += digits;
+        // Past u64: no size a file can hold, named as such rather than as no Python dict.
+        let Ok(n) = text.parse() else {
+            return Some(Py::Huge(kiln_proto::cut(text, 40)));
+        };
         // Python 2 wrote long integers as `3L`.
         if self.text.get(self.pos) == Some(&b'L') {
             self.pos += 1;
@@ -182,6 +191,7 @@ fn py_repr(key: &Py) -> String {
         Py::Str(s) => format!("'{s}'"),
         Py::Int(n) => n.to_string(),
         Py::Negative(n) => format!("-{n}"),
+        Py::Huge(digits) => digits.clone(),
         Py::Bool(b) => if *b { "True" } else { "False" }.to_owned(),
         Py::None => "None".to_owned(),
         Py::Tuple(_) => "(a tuple)".to_owned(),
@@ -373,6 +383,13 @@ fn parse_npy_dict(what: &str, text: &[u8]) -> Result<NpyHeader, DataError> {
                 shown.join(", ")
             )));
         }
+        Some(Py::Tuple(dims)) if dims.iter().any(|d| matches!(d, Py::Huge(_))) => {
+            let shown: Vec<String> = dims.iter().map(py_repr).collect();
+            return Err(bad(&format!(
+                "has a size past 64 bits in its shape ({})",
+                shown.join(", ")
+            )));
+        }
         Some(Py::Tuple(dims)) => dims
             .iter()
             .map(|d| match d {
@@ -486,6 +503,16 @@ mod tests {
         let m = message(read(&longer, None));
         assert!(
             m.contains("3 bytes follow the 24 bytes of values its header declares"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn a_size_past_64_bits_is_refused_as_an_overflow() {
+        let file = npy("<f4", false, "(99999999999999999999999,)", &[0; 4]);
+        let m = message(read(&file, None));
+        assert!(
+            m.contains("has a size past 64 bits in its shape (99999999999999999999999)"),
             "{m}"
         );
     }
