@@ -197,6 +197,12 @@ fn check_npy(what: &str, prefix: &[u8], size: u64, end: usize) -> Result<(), Dat
         Some(values) if (end as u64).saturating_add(values) > size => {
             Err(truncated(what, values, size.saturating_sub(end as u64)))
         }
+        // As the reader words it: the file's size alone tells.
+        Some(values) if (end as u64).saturating_add(values) < size => Err(invalid(format!(
+            "{what}: {} bytes follow the {values} bytes of values its header declares, which \
+             np.save never writes; save the array again",
+            size - end as u64 - values
+        ))),
         Some(_) => Ok(()),
         None => Err(invalid(format!(
             "{what}: its header declares shape {:?}, whose bytes overflow a 64-bit count: no \
@@ -247,6 +253,13 @@ fn check_safetensors(
         .unwrap_or(0);
     if end.saturating_add(values) > size {
         return Err(truncated(what, values, size.saturating_sub(end)));
+    }
+    if end.saturating_add(values) < size {
+        return Err(invalid(format!(
+            "{what}: {} bytes follow the {values} bytes of data its header declares; save \
+             the file again",
+            size - end - values
+        )));
     }
     if reads == Reads::OneTensor && key.is_none() {
         choose_key(what, &names, None)?;
@@ -353,6 +366,13 @@ mod tests {
             message.contains("truncated: header says 8 bytes of values, found 5"),
             "{message}"
         );
+        // Bytes after the values: told by the size alone, before 150 MB of them are sent.
+        let header_only = &floats[..floats.len() - 8];
+        let message = refused(header_only, floats.len() as u64 + 150_000_000, None);
+        assert!(
+            message.contains("150000000 bytes follow the 8 bytes of values its header declares"),
+            "{message}"
+        );
     }
 
     #[test]
@@ -377,6 +397,13 @@ mod tests {
         assert!(message.contains("has no tensor \"nope\""), "{message}");
         let message = refused(&two[..two.len() - 4], size - 4, None);
         assert!(message.contains("truncated"), "{message}");
+        let mut longer = two.clone();
+        longer.extend_from_slice(&[0; 4]);
+        let message = refused(&longer, size + 4, None);
+        assert!(
+            message.contains("4 bytes follow the 16 bytes of data its header declares"),
+            "{message}"
+        );
         let empty = file("{}", 0);
         let message = refused(&empty, empty.len() as u64, None);
         assert!(message.contains("holds no tensors"), "{message}");
