@@ -839,6 +839,18 @@ async fn get_writes_devices_and_pipes_in_place_and_links_through() {
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(nowhere.is_symlink());
 
+    // A pipe's name is not taken for the object's (`<(…)` stored as "63").
+    let out = cluster.kiln(&["put", fifo.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains(
+            "is not a regular file, and its name is not one for an object: give one \
+             with --name NAME"
+        ),
+        "{said}"
+    );
+
     // An entry another client wrote that does not parse is said to be so (exit 1), not to be
     // no object (exit 2), as `kiln ls` and jobs say.
     let client = cluster.client().await;
