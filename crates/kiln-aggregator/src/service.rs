@@ -372,6 +372,11 @@ impl Aggregator {
             self.folds.absent(first, last);
         }
         if let Some((event, first)) = self.fold_body(sequence, &message.subject, &message.payload) {
+            if self.spans.len() >= MAX_OPEN_SPANS {
+                // Snapshots have failed for long (every result redelivered, a span each):
+                // the oldest end now rather than grow the aggregator without bound.
+                self.spans.drain(..MAX_OPEN_SPANS / 2);
+            }
             self.spans.extend(trace_aggregate(&message, &event));
             self.export(event, first);
         }
@@ -532,6 +537,9 @@ impl Aggregator {
         Ok(())
     }
 }
+
+/// Most `kiln.aggregate` spans held open for the next snapshot (tracing on).
+const MAX_OPEN_SPANS: usize = 200_000;
 
 /// How often the aggregator reads its consumer's ack floor again.
 const ACK_FLOOR_EVERY: Duration = Duration::from_secs(10);
