@@ -723,3 +723,54 @@ async fn status_of_a_routed_job_held_by_a_killed_worker_says_it_was_taken() {
         "{stderr}"
     );
 }
+
+/// A stopping scheduler routes the auto jobs already delivered to it (buffered by its pull)
+/// and flushes its acks before it exits: none is left delivered to it, waiting out the ack
+/// wait with a delivery spent.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopping_scheduler_leaves_no_job_delivered_to_it() {
+    use kiln_proto::streams::STREAM_JOBS;
+
+    let mut cluster = Cluster::new();
+    assert_success(&cluster.kiln(&["init"]));
+    let client = cluster.client().await;
+    let js = jetstream::new(client.clone());
+    let mut acks = Vec::new();
+    for n in 0..3000 {
+        let body = format!(r#"{{"id":"stop-{n}","params":{{"len":8}}}}"#);
+        acks.push(
+            js.publish("jobs.auto.vector_add", body.into())
+                .await
+                .unwrap(),
+        );
+    }
+    for ack in acks {
+        ack.await.unwrap();
+    }
+    cluster.spawn("scheduler", &["scheduler", "--name", "sched-stop"]);
+    let stream = js.get_stream(STREAM_JOBS).await.unwrap();
+    // Stopped while it routes: some routed, some delivered to it and not yet taken.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let info = stream.consumer_info("scheduler").await.unwrap();
+        if info.delivered.stream_sequence > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the scheduler took no job");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pid = cluster.child("scheduler").id().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = cluster.child("scheduler").wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let info = stream.consumer_info("scheduler").await.unwrap();
+    assert_eq!(info.num_ack_pending, 0, "{info:?}");
+    assert_eq!(info.num_redelivered, 0, "{info:?}");
+    // Every job is either routed (its copy queued for the cpu class) or still queued.
+    let cpu = stream.consumer_info("workers-cpu").await.unwrap();
+    assert_eq!(cpu.num_pending + info.num_pending, 3000, "{cpu:?} {info:?}");
+}

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
 use futures::StreamExt as _;
+use futures::future::{BoxFuture, FutureExt as _};
 use futures::stream::FuturesUnordered;
 use kiln_proto::streams::{self, STREAM_JOBS};
 use kiln_proto::{DeviceClass, Limits, Topology};
@@ -14,9 +15,11 @@ use kiln_proto::{DeviceClass, Limits, Topology};
 use crate::model::CostModel;
 
 mod classes;
+mod pulls;
 mod route;
 
 use classes::{Classes, learn, refresh};
+use pulls::Pulls;
 use route::{Held, ROUTING_IN_FLIGHT, Routed, Settled, settle};
 
 /// The `kiln scheduler` settings.
@@ -87,11 +90,17 @@ pub async fn run(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
     // Copies published and awaiting the server's acknowledgement.
-    let mut in_flight = FuturesUnordered::new();
+    let mut in_flight = InFlight::new();
     // Why the auto jobs stopped coming without a shutdown (the consumer deleted), if they did.
     let mut lost: Option<String> = None;
-    let mut last_error = String::new();
     loop {
+        if let Err(e) = inputs.jobs.request().await
+            && let Some(why) =
+                pull_failed(&inputs.jobs, "pull request for auto jobs failed", e).await
+        {
+            lost = Some(why);
+            break;
+        }
         tokio::select! {
             _ = &mut shutdown => break,
             _ = ticker.tick() => refresh(&scheduler.js, &mut scheduler.classes).await,
@@ -106,50 +115,28 @@ pub async fn run(
             {
                 for (message, hold) in scheduler.held.due(ROUTING_IN_FLIGHT - in_flight.len()) {
                     if let Some((routed, ack)) = scheduler.route(message, Some(hold)).await {
-                        in_flight.push(stored(routed, ack));
+                        in_flight.push(stored(routed, ack).boxed());
                     }
                 }
             }
             next = inputs.jobs.next(), if in_flight.len() < ROUTING_IN_FLIGHT => match next {
                 Some(Ok(message)) => {
                     if let Some((routed, ack)) = scheduler.route(message, None).await {
-                        in_flight.push(stored(routed, ack));
+                        in_flight.push(stored(routed, ack).boxed());
                     }
                 }
                 Some(Err(e)) => {
-                    tracing::warn!(error = %e, "error while pulling auto jobs");
-                    last_error = e.to_string();
+                    if let Some(why) = pull_failed(&inputs.jobs, "error while pulling auto jobs", e).await {
+                        lost = Some(why);
+                        break;
+                    }
                 }
-                None => {
-                    lost = Some(last_error);
-                    break;
-                }
+                // That request is done: the next is made at the top of the loop.
+                None => {}
             },
         }
     }
-    // Jobs the server delivered to this scheduler and it had not taken yet are routed too:
-    // left, they stayed delivered to it until the ack wait ran out, each spending a delivery.
-    if lost.is_none() {
-        let until = tokio::time::Instant::now() + UNTAKEN_WAIT;
-        while let Ok(Some(Ok(message))) = tokio::time::timeout_at(until, inputs.jobs.next()).await {
-            if in_flight.len() >= ROUTING_IN_FLIGHT
-                && let Some((routed, stored)) = in_flight.next().await
-            {
-                scheduler.settled(routed, stored).await;
-            }
-            if let Some((routed, ack)) = scheduler.route(message, None).await {
-                in_flight.push(stored(routed, ack));
-            }
-        }
-    }
-    // The copies already published: ack their originals (or hand them back) before leaving.
-    while let Some((routed, stored)) = in_flight.next().await {
-        scheduler.settled(routed, stored).await;
-    }
-    // Jobs held for room: back to the queue at once, for another scheduler.
-    for (message, _) in std::mem::take(&mut scheduler.held).all() {
-        let _ = message.ack_with(AckKind::Nak(None)).await;
-    }
+    wind_down(&mut scheduler, &mut inputs.jobs, in_flight, lost.is_none()).await;
     // The acks and hand-backs are in the client's buffer: out before the process exits, or
     // the jobs come back after the ack wait and are routed (and run) again.
     let _ = tokio::time::timeout(Duration::from_secs(5), client.flush()).await;
@@ -160,7 +147,7 @@ pub async fn run(
         Some(last_error) => Err(Error::Read {
             what: "auto jobs",
             message: format!(
-                "the {} consumer stopped delivering them ({last_error}); was it deleted? \
+                "the {} consumer stopped delivering them: it is gone ({last_error}); \
                  `kiln init` makes it again",
                 streams::CONSUMER_SCHEDULER
             ),
@@ -169,16 +156,58 @@ pub async fn run(
     }
 }
 
-/// How long a stopping scheduler takes the jobs already delivered to it, to route them.
-const UNTAKEN_WAIT: Duration = Duration::from_millis(250);
+/// A pull request that could not be made, or ended in an error: `Some` with the error when
+/// the consumer is gone (the scheduler then stops, for its supervisor to restart it once
+/// `kiln init` made it again); otherwise it is logged, and pulling goes on after a pause
+/// (a server without a leader for the consumer answers every request at once).
+async fn pull_failed(pulls: &Pulls, what: &str, error: String) -> Option<String> {
+    if pulls.consumer_gone().await {
+        return Some(error);
+    }
+    tracing::warn!(%error, "{what}; pulling again in 250 ms");
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    None
+}
 
-/// How long each pull request for auto jobs waits: seconds, not the client's 30, whose
-/// request, lost with a consumer leader that died, left auto jobs unrouted for 35 s.
-const PULL_EXPIRES: Duration = Duration::from_secs(5);
+/// Stopping: route the rest of the last pull request's jobs when `take_the_rest` (those
+/// delivered, and any that come within [`UNTAKEN_WAIT`] of each other; no new request is
+/// made: left, they stayed delivered to this scheduler until the ack wait ran out, each with
+/// a delivery spent), settle every copy in flight, and hand the held jobs back.
+async fn wind_down(
+    scheduler: &mut Scheduler,
+    pulls: &mut Pulls,
+    mut in_flight: InFlight,
+    take_the_rest: bool,
+) {
+    while take_the_rest
+        && let Ok(Some(Ok(message))) = tokio::time::timeout(UNTAKEN_WAIT, pulls.next()).await
+    {
+        if in_flight.len() >= ROUTING_IN_FLIGHT
+            && let Some((routed, stored)) = in_flight.next().await
+        {
+            scheduler.settled(routed, stored).await;
+        }
+        if let Some((routed, ack)) = scheduler.route(message, None).await {
+            in_flight.push(stored(routed, ack).boxed());
+        }
+    }
+    // The copies already published: ack their originals (or hand them back).
+    while let Some((routed, stored)) = in_flight.next().await {
+        scheduler.settled(routed, stored).await;
+    }
+    // Jobs held for room: back to the queue at once, for another scheduler.
+    for (message, _) in std::mem::take(&mut scheduler.held).all() {
+        let _ = message.ack_with(AckKind::Nak(None)).await;
+    }
+}
+
+/// How long a stopping scheduler waits for more of its last pull request's jobs (a request
+/// just made is answered within milliseconds, on a loaded machine within a few dozen).
+const UNTAKEN_WAIT: Duration = Duration::from_millis(250);
 
 /// What the scheduler reads: the auto jobs, and the result events it learns from.
 struct Inputs {
-    jobs: jetstream::consumer::pull::Stream,
+    jobs: Pulls,
     results: async_nats::Subscriber,
     /// The scheduler consumer's deliveries per job (0 or less: no limit).
     max_deliver: i64,
@@ -195,13 +224,7 @@ impl Inputs {
             .await
             .map_err(|e| read("the scheduler consumer")(e.to_string()))?;
         let max_deliver = consumer.cached_info().config.max_deliver;
-        let jobs = consumer
-            .stream()
-            .max_messages_per_batch(256)
-            .expires(PULL_EXPIRES)
-            .messages()
-            .await
-            .map_err(|e| read("auto jobs")(e.to_string()))?;
+        let jobs = Pulls::new(consumer);
         // Every result teaches the model how long a kind takes on a class.
         let results = client
             .subscribe("results.>")
@@ -214,6 +237,9 @@ impl Inputs {
         })
     }
 }
+
+/// Copies published and awaiting the server's acknowledgement.
+type InFlight = FuturesUnordered<BoxFuture<'static, (Routed, Result<(), String>)>>;
 
 /// Wait for the server to store a routed copy; the copy, and whether it was stored.
 async fn stored(
