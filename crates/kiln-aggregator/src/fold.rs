@@ -388,9 +388,36 @@ impl Folds {
     }
 
     /// No result from `first` to `last` is in the stream (the consumer went past them
-    /// without a delivery lost on the way, or the stream said so).
-    pub fn absent(&mut self, first: u64, last: u64) {
+    /// without a delivery lost on the way, or the stream said so). Returns how many of them
+    /// no stored snapshot counted: every sequence was a result once, so those were dropped
+    /// from the stream (its age or size limit) before any aggregator read them.
+    pub fn absent(&mut self, first: u64, last: u64) -> u64 {
+        if first > last {
+            return 0;
+        }
         self.delivered.see_range(first, last);
+        let through = self.folds.values().map(|f| f.restored_through).max();
+        let first = first.max(through.unwrap_or(0) + 1);
+        if first > last {
+            return 0;
+        }
+        let mut counted: Vec<[u64; 2]> = self
+            .folds
+            .values()
+            .flat_map(|f| f.restored_above.iter().copied())
+            .filter(|[s, e]| *s <= last && *e >= first)
+            .map(|[s, e]| [s.max(first), e.min(last)])
+            .collect();
+        counted.sort_unstable();
+        let (mut covered, mut upto) = (0, first - 1);
+        for [s, e] in counted {
+            let s = s.max(upto + 1);
+            if s <= e {
+                covered += e - s + 1;
+                upto = e;
+            }
+        }
+        (last - first + 1) - covered
     }
 
     /// The watermark: every result at or below it is accounted for.
@@ -709,6 +736,30 @@ mod tests {
         assert_eq!(s.prediction.routed, 2);
         assert!((s.prediction.mean_abs_error_ms - 3.0).abs() < 1e-9);
         assert!((s.prediction.mean_error_ms - (-1.0)).abs() < 1e-9);
+    }
+
+    #[test]
+    fn absent_results_no_snapshot_counted_are_told_apart_as_dropped_unread() {
+        // A counted 1-5 and, above its watermark, 11-12, and stored that.
+        let mut a = Folds::default();
+        a.start(0, 12);
+        for seq in [1, 2, 3, 4, 5, 11, 12] {
+            a.add_at(&event(&seq.to_string(), Status::Succeeded, 1.0), seq);
+        }
+        let stored = a.snapshots(OffsetDateTime::now_utc()).remove(0);
+        assert_eq!(
+            (stored.results_through, stored.results_above.clone()),
+            (5, vec![[11, 12]])
+        );
+        // The stream then dropped 1-14 (its age limit) before the next instance read 6-10 and
+        // 13-14: those seven were never counted by anyone.
+        let mut b = Folds::default();
+        b.restore(&stored);
+        b.start(5, 20);
+        assert_eq!(b.absent(1, 14), 7);
+        assert_eq!(b.absent(15, 15), 1);
+        assert_eq!(b.absent(3, 2), 0, "an empty range");
+        assert_eq!(b.through(), 15);
     }
 
     #[test]

@@ -152,6 +152,22 @@ impl Exporter {
     }
 
     /// A result whose job was already counted.
+    /// `count` results were dropped from `KILN_RESULTS` before any aggregator read them:
+    /// counted in `kiln_results_dropped_unread_total`, and said, since the job counts miss
+    /// them for good.
+    pub(crate) fn dropped_unread(&self, count: u64) {
+        if count == 0 {
+            return;
+        }
+        self.metrics.dropped_unread.inc_by(count);
+        tracing::warn!(
+            count,
+            "results were dropped from KILN_RESULTS (its age or size limit) before any \
+             aggregator read them: the job counts miss them; keep an aggregator running, or \
+             raise `kiln init --results-max-bytes`"
+        );
+    }
+
     pub(crate) fn duplicate(&self, event: &ResultHead) {
         self.metrics
             .duplicates

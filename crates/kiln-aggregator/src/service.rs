@@ -369,7 +369,8 @@ impl Aggregator {
             (info.stream_sequence, info.consumer_sequence)
         });
         if let Some((first, last)) = self.acks.delivered(delivery, sequence) {
-            self.folds.absent(first, last);
+            let dropped = self.folds.absent(first, last);
+            self.exporter.dropped_unread(dropped);
         }
         if let Some((event, first)) = self.fold_body(sequence, &message.subject, &message.payload) {
             if self.spans.len() >= MAX_OPEN_SPANS {
@@ -454,9 +455,11 @@ impl Aggregator {
                 return;
             }
         };
-        for sequence in wanted.range(..=reached) {
-            self.folds.absent(*sequence, *sequence);
-        }
+        let dropped = wanted
+            .range(..=reached)
+            .map(|sequence| self.folds.absent(*sequence, *sequence))
+            .sum();
+        self.exporter.dropped_unread(dropped);
     }
 
     /// Fold the results in `wanted` (removing them) from one ordered pass over `first..=last`;

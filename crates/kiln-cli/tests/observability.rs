@@ -154,6 +154,54 @@ async fn made_up_auto_kinds_are_routed_under_one_unknown_label() {
     }
 }
 
+/// Results `KILN_RESULTS` dropped (its size limit) while no aggregator ran are missing from
+/// the counts for good: the aggregator says how many, in a log line and a counter, so that
+/// the counts plus the dropped make the jobs answered (they went missing without a word).
+#[tokio::test(flavor = "multi_thread")]
+async fn results_dropped_before_the_aggregator_read_them_are_counted_as_such() {
+    let mut cluster = Cluster::new();
+    assert_success(&cluster.kiln(&["init", "--results-max-bytes", "1MiB"]));
+    cluster.cpu_worker();
+    let jobs: u64 = 3000;
+    let count = jobs.to_string();
+    let submit = ["submit", "vector_add", "-p", "len=1000", "--count", &count];
+    let out = cluster.kiln(&submit);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // All answered (the stream's last sequence counts every result stored, dropped or not).
+    let js = jetstream::new(cluster.client().await);
+    let mut results = js.get_stream("KILN_RESULTS").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while results.info().await.unwrap().state.last_sequence < jobs {
+        assert!(Instant::now() < deadline, "the jobs were not all answered");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let aggregator = free_addr();
+    cluster.spawn("aggregator", &["aggregator", "--metrics-addr", &aggregator]);
+    let total = |s: &Scrape| {
+        let counted = s.value(
+            "kiln_jobs_total",
+            &[("kind", "vector_add"), ("status", "succeeded")],
+        );
+        let dropped = s.value("kiln_results_dropped_unread_total", &[]);
+        counted.unwrap_or(0.0) + dropped.unwrap_or(0.0)
+    };
+    let scrape = scrape_until(&aggregator, |s| total(s) >= jobs as f64).await;
+    assert_eq!(total(&scrape), jobs as f64);
+    let dropped = scrape
+        .value("kiln_results_dropped_unread_total", &[])
+        .unwrap();
+    assert!(dropped > 0.0, "1 MiB holds fewer than {jobs} results");
+    assert!(
+        cluster
+            .log("aggregator")
+            .contains("results were dropped from KILN_RESULTS")
+    );
+}
+
 /// A job cancelled while it waited for the worker's compute slot took no device time: it is
 /// not in `kiln_worker_compute_seconds` (it was counted there as a 0 s job, dragging the
 /// quantiles down), while the training cancelled on the slot is.

@@ -27,6 +27,9 @@ pub struct AggregatorMetrics {
     /// `kiln_result_duplicates_total{kind, class}`: result events dropped because their job
     /// was already counted.
     pub duplicates: Family<KindClassLabels, Counter>,
+    /// `kiln_results_dropped_unread_total`: results `KILN_RESULTS` dropped (its age or size
+    /// limit) before any aggregator read them, which the job counts miss.
+    pub dropped_unread: Counter,
     /// `kiln_job_queue_seconds{kind, class}`: enqueue → start on a worker.
     pub queue_seconds: Latencies,
     /// `kiln_job_compute_seconds{kind, class}`: time on the device.
@@ -66,6 +69,7 @@ impl Default for AggregatorMetrics {
             jobs: Family::default(),
             failures: Family::default(),
             duplicates: Family::default(),
+            dropped_unread: Counter::default(),
             queue_seconds: Family::new_with_constructor(LatencyHistogram),
             compute_seconds: Family::new_with_constructor(LatencyHistogram),
             total_seconds: Family::new_with_constructor(LatencyHistogram),
@@ -105,6 +109,12 @@ impl AggregatorMetrics {
             "kiln_result_duplicates",
             "Result events dropped because their job was already counted",
             self.duplicates.clone(),
+        );
+        registry.register(
+            "kiln_results_dropped_unread",
+            "Results dropped from KILN_RESULTS (its age or size limit) before any aggregator \
+             read them: missing from the job counts",
+            self.dropped_unread.clone(),
         );
         registry.register(
             "kiln_job_queue_seconds",
