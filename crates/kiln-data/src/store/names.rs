@@ -147,12 +147,27 @@ async fn live_info(store: &Bucket, name: &str) -> Result<Option<ObjectInfo>, Dat
         return Err(bad_name(name));
     }
     match store.info(name).await {
-        Ok(info) if info.deleted => Ok(None),
+        Ok(info) if info.deleted => Ok(from_the_leader(store, name).await),
         Ok(info) => Ok(Some(info)),
-        Err(e) if e.kind() == InfoErrorKind::NotFound => Ok(None),
+        Err(e) if e.kind() == InfoErrorKind::NotFound => Ok(from_the_leader(store, name).await),
         Err(e) if undecodable(&e) && chunks::marked_deleted(&store.stream, name).await => Ok(None),
         Err(e) => Err(info_error(name, e)),
     }
+}
+
+/// Object `name`'s live info as the stream's leader holds it. `info` is read by a direct get
+/// (`KILN_DATA` allows them), which any replica may answer, one that lags too: an object
+/// stored a moment ago (`kiln submit --input a=@f` stores it, then sends the job) was then
+/// "not found", a final `invalid_input`. Not found or deleted is asked again of the leader.
+async fn from_the_leader(store: &Bucket, name: &str) -> Option<ObjectInfo> {
+    let message = store
+        .stream
+        .get_last_raw_message_by_subject(&chunks::meta_subject(name))
+        .await
+        .ok()?;
+    serde_json::from_slice::<ObjectInfo>(&message.payload)
+        .ok()
+        .filter(|info| !info.deleted)
 }
 
 /// How messages name the object `name` whose info is `info`: `object NAME`, followed by its
