@@ -1132,6 +1132,31 @@ async fn an_object_over_the_memory_budget_is_refused_before_it_is_read() {
     let error = result_of(&out).error.expect("an error");
     assert_eq!(error.kind, ErrorKind::TooLarge, "{}", error.message);
     assert!(error.message.contains("MiB"), "{}", error.message);
+
+    // Two objects each within the budget and over it together: refused before either is
+    // downloaded (the reservation is cut to the budget, and both loaded held more than it).
+    let half = HostTensor::new(vec![5 << 18], vec![0.25; 5 << 18]);
+    let path = write(dir.path(), "half.npy", &encode_npy(&half));
+    let out = cluster.kiln(&[
+        "submit",
+        "vector_add",
+        "--input",
+        &format!("a=@{path}"),
+        "--input",
+        &format!("b=@{path}"),
+        "--wait",
+    ]);
+    assert!(!out.status.success());
+    let error = result_of(&out).error.expect("an error");
+    assert_eq!(error.kind, ErrorKind::TooLarge, "{}", error.message);
+    assert!(
+        error.message.contains(
+            "the job's objects load as 10.0 MiB of f32 values together (a 5.0 MiB, b 5.0 MiB), \
+             over this worker's memory budget of 8.0 MiB"
+        ),
+        "{}",
+        error.message
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

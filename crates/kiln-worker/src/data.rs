@@ -62,7 +62,7 @@ pub(crate) async fn load(
             .iter()
             .map(|w| store::load_size(bucket, &w.reference, w.want));
         let sizes = futures::future::join_all(sizes).await;
-        let mut bytes = 0u64;
+        let (mut bytes, mut values) = (0u64, 0u64);
         let mut measured = Vec::with_capacity(wanted.len());
         for (w, m) in wanted.iter().zip(sizes) {
             let refuse = |e: kiln_data::DataError| in_param(w.param, e.into());
@@ -73,7 +73,25 @@ pub(crate) async fn load(
             store::check_size(&what, m.size(), budget).map_err(refuse)?;
             m.load.check(&what, budget).map_err(refuse)?;
             bytes = bytes.saturating_add(m.load.reserve(budget));
+            values = values.saturating_add(m.load.values.unwrap_or(0));
             measured.push(m);
+        }
+        // Each within the budget, and together over it: the job could not compute once they
+        // were loaded, and loading them would hold more than the budget meanwhile (the
+        // reservation is cut to the budget).
+        if values > budget {
+            let what: Vec<String> = wanted
+                .iter()
+                .zip(&measured)
+                .map(|(w, m)| format!("{} {}", w.param, mib(m.load.values.unwrap_or(0))))
+                .collect();
+            return Err(Unloaded::Failed(JobError::too_large(format!(
+                "the job's objects load as {} of f32 values together ({}), over this worker's \
+                 memory budget of {}; send smaller objects or run a worker with more memory",
+                mib(values),
+                what.join(", "),
+                mib(budget)
+            ))));
         }
         let permit = Some(watched(shared, named, place.reserve(bytes)).await?);
         let max_elements = shared.config.limits.max_elements;
@@ -114,6 +132,11 @@ pub(crate) async fn load(
         return Err(refused.into());
     }
     Ok(permit)
+}
+
+/// `bytes` in MiB, for messages.
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
 /// `error`, its message naming the job parameter `param` it is about.
