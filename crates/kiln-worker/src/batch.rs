@@ -205,6 +205,9 @@ fn run_blocking(shared: &Shared, jobs: Vec<Waiting>, _permit: ComputePermit) {
     for slot in results.iter_mut().filter(|slot| slot.is_none()) {
         *slot = ran.next();
     }
+    // A simulated slower device (`--slowdown`, `--sim-overhead`) as for a job alone: the
+    // launch is slowed, and pays the fixed overhead once, as a launch does.
+    crate::compute::simulate(&shared.config, start);
     let compute_ms = start.elapsed().as_secs_f64() * 1000.0;
     let failed = results.iter().flatten().filter_map(|r| r.as_ref().err());
     if let Some(e) = failed

@@ -247,16 +247,7 @@ fn run_blocking(
     if let Err(e) = &result {
         check_device(shared, e);
     }
-    let slowdown = shared.config.slowdown;
-    // Past `Duration`'s range (a factor the command line refuses), no simulated time at all
-    // rather than a panic for every job.
-    if slowdown > 1.0
-        && let Ok(more) =
-            Duration::try_from_secs_f64(start.elapsed().as_secs_f64() * (slowdown - 1.0))
-    {
-        std::thread::sleep(more);
-    }
-    std::thread::sleep(shared.config.sim_overhead);
+    simulate(&shared.config, start);
     let stored = job.take_stored();
     let memory = stored.as_ref().map(|_| permit.computed());
     Ran {
@@ -268,6 +259,21 @@ fn run_blocking(
         waited: Duration::ZERO,
         memory,
     }
+}
+
+/// Make a run that began at `start` take as long as on the simulated slower device
+/// (`--slowdown`, `--sim-overhead`; both off by default). Blocking.
+pub(crate) fn simulate(config: &WorkerConfig, start: Instant) {
+    let slowdown = config.slowdown;
+    // Past `Duration`'s range (a factor the command line refuses), no simulated time at all
+    // rather than a panic for every job.
+    if slowdown > 1.0
+        && let Ok(more) =
+            Duration::try_from_secs_f64(start.elapsed().as_secs_f64() * (slowdown - 1.0))
+    {
+        std::thread::sleep(more);
+    }
+    std::thread::sleep(config.sim_overhead);
 }
 
 /// A GPU that failed may be broken for every job that follows: after an out-of-memory or

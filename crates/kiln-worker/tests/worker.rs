@@ -490,6 +490,40 @@ async fn small_jobs_arriving_together_share_launches_and_each_gets_its_own_answe
     assert_eq!(stats.failed, 0);
 }
 
+/// A simulated slower class (`--sim-overhead`) with batching on: a batch's launch pays the
+/// overhead, as a job alone does (batched jobs skipped it, and a simulated GPU class looked
+/// as fast as the CPU to the scheduler).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batched_launch_pays_the_simulated_overhead() {
+    let setup = Setup::new().await;
+    let kind = kiln_kernels::find("vector_add").unwrap();
+    let ids: Vec<String> = (0..6).map(|i| format!("slow-{i}")).collect();
+    for id in &ids {
+        let meta = JobMeta {
+            id: Some(id.clone()),
+            ..JobMeta::default()
+        };
+        let body = kind
+            .encode_job(serde_json::json!({"len": 64}), meta, Codec::Json)
+            .unwrap();
+        setup.submit("jobs.cpu.vector_add", msg_id(id), body).await;
+    }
+    let mut config = cpu_worker("simulated");
+    config.batch_window = Duration::from_millis(50);
+    config.batch_max_jobs = 16;
+    config.sim_overhead = Duration::from_millis(200);
+    let worker = setup.worker(config).await;
+    let mut batched = 0;
+    for id in &ids {
+        let event = setup.result("vector_add", id).await;
+        assert_eq!(event.status, Status::Succeeded, "{event:?}");
+        assert!(event.compute_ms >= 200.0, "{id}: {event:?}");
+        batched += usize::from(event.output.get("batched").is_some());
+    }
+    assert!(batched > 0, "some shared a launch");
+    worker.stop().await.expect("the worker stops cleanly");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_batch_never_reserves_more_than_the_whole_memory_budget() {
     // Each job reserves 4 MiB (900,000 elements) and fits a 16 MiB budget alone; ten that
