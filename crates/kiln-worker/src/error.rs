@@ -38,7 +38,7 @@ pub enum Error {
     /// went back to the queue unspent (the others were answered, or retried as a failed
     /// attempt where the queue had no room), and the timeout.
     #[error(
-        "{running} job(s) were still running after the {timeout:?} drain timeout; {handed_back} went back to the queue without spending a delivery"
+        "{running} job(s) were not yet answered after the {timeout:?} drain timeout (computing, waiting for a compute slot or memory, or publishing their results); {handed_back} went back to the queue without spending a delivery"
     )]
     DrainTimeout {
         /// Jobs held when the drain timeout passed.
