@@ -452,7 +452,11 @@ impl<'a> Peeked<'a> {
             corrupt_flag,
             ..
         } = self;
-        let bridge = tokio_util::io::SyncIoBridge::new(reader);
+        // Dropped before its task ends (another object of the job failed), this load stops
+        // the download at its next read: a blocking task cannot be cancelled, and it went on
+        // filling a tensor the job's memory reservation, given back, no longer counted.
+        let abandoned = Abandoned::default();
+        let bridge = abandoned.reader(tokio_util::io::SyncIoBridge::new(reader));
         let task_what = what.to_owned();
         let result = tokio::task::spawn_blocking(move || {
             let mut input = std::io::Read::chain(std::io::Cursor::new(prefix), bridge);
@@ -484,6 +488,42 @@ impl<'a> Peeked<'a> {
             .await
             .map_err(|e| read_error(self.name, &self.corrupt_flag, &e))?;
         Ok(bytes)
+    }
+}
+
+/// Set when it is dropped: whether the load that made it was abandoned, for the blocking
+/// reader it gave out ([`Abandoned::reader`]) to stop at.
+#[derive(Default)]
+struct Abandoned(Arc<AtomicBool>);
+
+impl Abandoned {
+    /// `inner`, failing every read from the moment this is dropped.
+    fn reader<R: std::io::Read>(&self, inner: R) -> Abandonable<R> {
+        Abandonable {
+            inner,
+            abandoned: self.0.clone(),
+        }
+    }
+}
+
+impl Drop for Abandoned {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A reader that fails once its load was abandoned.
+struct Abandonable<R> {
+    inner: R,
+    abandoned: Arc<AtomicBool>,
+}
+
+impl<R: std::io::Read> std::io::Read for Abandonable<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.abandoned.load(Ordering::Relaxed) {
+            return Err(std::io::Error::other("the load was abandoned"));
+        }
+        self.inner.read(buf)
     }
 }
 
@@ -663,4 +703,22 @@ pub async fn get_to_writer(
             .and_then(sha256_hex)
             .unwrap_or_default(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read as _;
+
+    use super::Abandoned;
+
+    #[test]
+    fn a_reader_stops_once_its_load_is_abandoned() {
+        let abandoned = Abandoned::default();
+        let mut reader = abandoned.reader(&b"0123456789"[..]);
+        let mut buf = [0u8; 4];
+        assert_eq!(reader.read(&mut buf).unwrap(), 4);
+        // The load's future dropped (another object of the job failed): its task stops.
+        drop(abandoned);
+        assert!(reader.read(&mut buf).is_err());
+    }
 }
