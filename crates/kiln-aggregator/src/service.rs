@@ -338,6 +338,11 @@ impl Aggregator {
                 next = results.messages.next() => match next {
                     Some(Ok(message)) => self.fold(message),
                     Some(Err(e)) => {
+                        // A consumer deleted while this aggregator was disconnected ends no
+                        // stream: the pulls fail (no responders) every few seconds, for ever.
+                        if consumer_gone(&results.stream).await {
+                            return Ended::Lost(e.to_string());
+                        }
                         tracing::warn!(error = %e, "error while reading result events");
                         last_error = e.to_string();
                     }
@@ -601,6 +606,15 @@ async fn flush(
         }
     }
     Ok(())
+}
+
+/// Whether the aggregator's consumer is gone (deleted), not merely out of reach.
+async fn consumer_gone(stream: &jetstream::stream::Stream) -> bool {
+    use async_nats::jetstream::context::ConsumerInfoErrorKind as Kind;
+    matches!(
+        stream.consumer_info(CONSUMER_AGGREGATOR).await,
+        Err(e) if matches!(e.kind(), Kind::NotFound | Kind::StreamNotFound)
+    )
 }
 
 fn read_error(what: &'static str, e: impl std::fmt::Display) -> Error {
