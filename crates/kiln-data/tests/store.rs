@@ -120,6 +120,16 @@ async fn refuses_before_downloading_a_missing_too_large_or_unexpected_object() {
             d.sha256
         )
     );
+    // Measured (a worker measures every object before it waits for memory to load it): the
+    // pinned digest is checked first, before the first chunk is read or the budget waited for.
+    reference.sha256 = Some(wrong.clone());
+    match store::load_size(&store, &reference, Want::Tensor).await {
+        Err(DataError::Invalid(m)) => assert!(m.contains("the job asks for"), "{m}"),
+        other => panic!(
+            "expected the digest refused, got {:?}",
+            other.map(|m| m.size())
+        ),
+    }
     reference.sha256 = Some("xyz".into());
     let m = invalid(store::fetch(&store, &reference, Want::Tensor, 2 * MIB, 1 << 20).await);
     assert!(m.contains("is not 64 hex digits"), "{m}");

@@ -360,7 +360,7 @@ pub fn check_size(what: &str, size: u64, max_bytes: u64) -> Result<(), DataError
 }
 
 /// Refuse an object whose stored digest is not the `expected` SHA-256 a job asks for.
-fn check_digest(what: &str, info: &ObjectInfo, expected: &str) -> Result<(), DataError> {
+pub(super) fn check_digest(what: &str, info: &ObjectInfo, expected: &str) -> Result<(), DataError> {
     let expected = expected.trim();
     if expected.len() != 64 || !expected.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(DataError::Invalid(format!(

@@ -43,6 +43,11 @@ pub async fn load_size(
 ) -> Result<Measured, DataError> {
     let name = reference.object.as_str();
     let info = stored_info(store, name).await?;
+    // A digest the job pins is checked before anything of the object is read or waited for:
+    // a stale object is told as such, not as whatever its first bytes make it look.
+    if let Some(expected) = &reference.sha256 {
+        super::check_digest(&super::described(name, &info), &info, expected)?;
+    }
     let size = info.size as u64;
     let first = match info.chunks {
         0 => bytes::Bytes::new(),
