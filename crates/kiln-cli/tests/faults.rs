@@ -1393,3 +1393,75 @@ async fn a_worker_whose_log_reader_goes_away_keeps_serving_and_stops_cleanly() {
         .unwrap();
     assert!(status.success(), "the worker stopped with {status}");
 }
+
+/// A worker stalled past its entry's TTL (SIGSTOP, a frozen VM) while another started under
+/// its name finds the other's entry at its next beat and stops with an error, its entry left
+/// to the other: both served under one entry before, `kiln workers` showed one of them, and
+/// the scheduler counted one worker too few.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_worker_whose_name_was_taken_meanwhile_stops() {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    let worker = ["worker", "--device", "cpu", "--name", "twin"];
+    cluster.spawn("first", &worker);
+    wait_for_worker(&cluster, "twin").await;
+    let first = cluster.child("first").id().to_string();
+    let signal = |which: &str| {
+        let sent = std::process::Command::new("kill")
+            .args([which, first.as_str()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    };
+    signal("-STOP");
+    // Its entry lives three heartbeats (6 s): then the name is free to take.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    cluster.spawn("second", &worker);
+    wait_for_worker(&cluster, "twin").await;
+    signal("-CONT");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = cluster.child("first").try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the first worker serves on:\n{}",
+            cluster.report()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(!status.success(), "{status}");
+    let said = cluster.log("first");
+    assert!(
+        said.contains("already sends heartbeats under this worker's --name"),
+        "{said}"
+    );
+    // The second serves on, its entry in place.
+    assert!(cluster.child("second").try_wait().unwrap().is_none());
+    let out = cluster.kiln(&["submit", "vector_add", "-p", "len=8", "--wait"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for_worker(&cluster, "twin").await;
+}
+
+/// Wait until `kiln workers` lists `name` as serving.
+async fn wait_for_worker(cluster: &Cluster, name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = cluster.kiln(&["workers", "-o", "json"]);
+        let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let serving = listed.as_array().is_some_and(|all| {
+            all.iter()
+                .any(|w| w["name"] == name && w["state"] == "serving")
+        });
+        if serving {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{name} never served: {listed}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

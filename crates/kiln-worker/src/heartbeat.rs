@@ -112,14 +112,19 @@ fn refuse(other: WorkerInfo) -> crate::Result<()> {
     if other.state == "draining" {
         return Ok(());
     }
-    Err(crate::Error::NameTaken {
-        name: other.name,
-        device: other.device,
+    Err(taken(&other))
+}
+
+/// The error of a name `other` holds.
+pub(crate) fn taken(other: &WorkerInfo) -> crate::Error {
+    crate::Error::NameTaken {
+        name: other.name.clone(),
+        device: other.device.clone(),
         started_at: other
             .started_at
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default(),
-    })
+    }
 }
 
 /// The entry under `key` and its revision, unless there is none, it was deleted, or it does
@@ -159,6 +164,66 @@ fn entry_of(config: &WorkerConfig, started_at: OffsetDateTime) -> WorkerInfo {
     }
 }
 
+/// What became of one beat.
+enum Beat {
+    /// Written, at this revision.
+    Written(u64),
+    /// Not written: another worker's entry holds the name.
+    Taken(Box<WorkerInfo>),
+    /// Not written, for another reason (the server gone, the bucket missing).
+    Failed(String),
+}
+
+/// Write this worker's entry (started at `started_at`) over its last beat, at `revision`
+/// (the first beat, with none, writes it whatever the key holds: the claim made it a moment
+/// ago). A worker stalled past the entry's TTL (three heartbeats) may find its name taken by
+/// another started meanwhile, which a plain write would overwrite, both then serving under
+/// one entry; where its entry merely expired, it writes it afresh.
+async fn beat(
+    store: &jetstream::kv::Store,
+    key: &str,
+    body: bytes::Bytes,
+    revision: Option<u64>,
+    started_at: OffsetDateTime,
+) -> Beat {
+    use jetstream::kv::UpdateErrorKind;
+    let Some(revision) = revision else {
+        return match store.put(key, body).await {
+            Ok(written) => Beat::Written(written),
+            Err(e) => Beat::Failed(e.to_string()),
+        };
+    };
+    match store.update(key, body.clone(), revision).await {
+        Ok(written) => Beat::Written(written),
+        Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => {
+            match live_entry(store, key).await {
+                // Its own (a beat whose acknowledgement was lost): on from that one.
+                Some((now, ours)) if ours.started_at == started_at => {
+                    match store.update(key, body, now).await {
+                        Ok(written) => Beat::Written(written),
+                        Err(e) => Beat::Failed(e.to_string()),
+                    }
+                }
+                Some((_, other)) => Beat::Taken(Box::new(other)),
+                // Expired (or removed): written afresh, unless another worker does so first.
+                None => match store.create(key, body).await {
+                    Ok(written) => Beat::Written(written),
+                    Err(e) if e.kind() == jetstream::kv::CreateErrorKind::AlreadyExists => {
+                        match live_entry(store, key).await {
+                            Some((_, other)) if other.started_at != started_at => {
+                                Beat::Taken(Box::new(other))
+                            }
+                            _ => Beat::Failed(e.to_string()),
+                        }
+                    }
+                    Err(e) => Beat::Failed(e.to_string()),
+                },
+            }
+        }
+        Err(e) => Beat::Failed(e.to_string()),
+    }
+}
+
 impl Heartbeat {
     pub(crate) async fn start(
         js: &jetstream::Context,
@@ -176,6 +241,8 @@ impl Heartbeat {
         let key = key(&shared.config.name);
         let task = tokio::spawn(async move {
             let mut ticker = tokio::time::interval(shared.config.topology.heartbeat);
+            // The revision of this worker's last beat: each beat replaces that one only.
+            let mut revision = None;
             loop {
                 tokio::select! {
                     _ = &mut stopped => break,
@@ -183,7 +250,22 @@ impl Heartbeat {
                     _ = ticker.tick() => {
                         let info = info(&shared, &serving, started_at);
                         let Ok(body) = serde_json::to_vec(&info) else { continue };
-                        let Err(e) = store.put(&key, body.clone().into()).await else { continue };
+                        let e = match beat(&store, &key, body.clone().into(), revision, started_at).await {
+                            Beat::Written(written) => {
+                                revision = Some(written);
+                                continue;
+                            }
+                            Beat::Taken(other) => {
+                                tracing::error!(
+                                    other_started_at = %other.started_at,
+                                    "another worker took this worker's name while it was stalled past its entry's TTL; stopping"
+                                );
+                                let _ = shared.name_taken.set(*other);
+                                // Its entry is the other's now: left as it is.
+                                return;
+                            }
+                            Beat::Failed(e) => e,
+                        };
                         // The bucket keeps its entries in memory: a restarted server comes
                         // back without it. Make it again, as every role does at start.
                         let text = e.to_string();
@@ -200,8 +282,9 @@ impl Heartbeat {
                             Ok(again) => {
                                 tracing::info!("{BUCKET_WORKERS} was gone (a server restart); made it again");
                                 store = again;
-                                if let Err(e) = store.put(&key, body.into()).await {
-                                    tracing::warn!(error = %e, "heartbeat failed");
+                                match store.put(&key, body.into()).await {
+                                    Ok(written) => revision = Some(written),
+                                    Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
                                 }
                             }
                             Err(again) => tracing::warn!(error = %e, making_it = %again, "heartbeat failed: {BUCKET_WORKERS} is missing and could not be made"),
@@ -313,6 +396,49 @@ mod tests {
         left.state = "serving".into();
         let body = serde_json::to_vec(&left).unwrap();
         store.put(name, body.into()).await.unwrap()
+    }
+
+    /// Each beat replaces the worker's own last one: a worker stalled past its entry's TTL
+    /// whose name another worker took meanwhile finds the other's entry and stops (a plain
+    /// write overwrote it, and both served under one entry); its own entry, expired or
+    /// written by a beat whose acknowledgement was lost, it writes on.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_beat_finds_its_name_taken_by_another_worker() {
+        let server = NatsServer::start();
+        let config = config("stalled", 1000);
+        let (_, store) = set_up(&server, &config).await;
+        let started_at = OffsetDateTime::now_utc();
+        let ours = |state: &str| {
+            let mut info = entry_of(&config, started_at);
+            info.state = state.into();
+            bytes::Bytes::from(serde_json::to_vec(&info).unwrap())
+        };
+        let written = |beat: Beat| match beat {
+            Beat::Written(revision) => revision,
+            Beat::Taken(other) => panic!("taken by {other:?}"),
+            Beat::Failed(e) => panic!("failed: {e}"),
+        };
+        let first = written(beat(&store, "stalled", ours("serving"), None, started_at).await);
+        let second =
+            written(beat(&store, "stalled", ours("serving"), Some(first), started_at).await);
+        assert!(second > first);
+        // Its own beat stored, its acknowledgement lost: on from that one.
+        let lost = store.put("stalled", ours("serving")).await.unwrap();
+        let third =
+            written(beat(&store, "stalled", ours("serving"), Some(second), started_at).await);
+        assert!(third > lost);
+        // Expired (removed here): written afresh.
+        store.delete("stalled").await.unwrap();
+        let fourth =
+            written(beat(&store, "stalled", ours("serving"), Some(third), started_at).await);
+        // Another worker started under the name meanwhile: not overwritten.
+        let other = left_behind(&store, "stalled").await;
+        match beat(&store, "stalled", ours("serving"), Some(fourth), started_at).await {
+            Beat::Taken(entry) => assert_ne!(entry.started_at, started_at),
+            _ => panic!("the other worker's entry was not seen"),
+        }
+        let entry = store.entry("stalled").await.unwrap().unwrap();
+        assert_eq!(entry.revision, other, "the other's entry stands");
     }
 
     /// Two workers claiming one name at the same instant, each on its own connection, each

@@ -53,6 +53,10 @@ pub(crate) struct Shared {
     /// Set (with the reason) when the device stopped working: the worker stops pulling,
     /// hands back what it holds, and exits with an error.
     pub poisoned: OnceLock<String>,
+    /// Set (with its entry) when another worker took this worker's name while this one was
+    /// stalled past its entry's TTL: the worker stops pulling, finishes what it holds, and
+    /// exits with an error, rather than serve on under an entry that is the other's.
+    pub name_taken: OnceLock<kiln_proto::WorkerInfo>,
     /// Jobs cancelled with `kiln cancel`.
     pub cancelled: Cancellations,
     /// Jobs held now, by kind and id (one id sent as two kinds is two jobs), for the

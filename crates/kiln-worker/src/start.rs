@@ -141,6 +141,7 @@ async fn open(
         stopping: AtomicBool::new(false),
         abandon: tokio::sync::watch::Sender::new(false),
         poisoned: std::sync::OnceLock::new(),
+        name_taken: std::sync::OnceLock::new(),
         cancelled,
         running: Default::default(),
         batcher: Default::default(),

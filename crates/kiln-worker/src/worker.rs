@@ -41,7 +41,7 @@ async fn pull(started: &Started, shutdown: &mut (impl Future + Unpin)) {
     let shared = &started.shared;
     let admission = &shared.admission;
     loop {
-        if shared.poisoned.get().is_some() {
+        if shared.poisoned.get().is_some() || shared.name_taken.get().is_some() {
             return;
         }
         let Some(room) = admission.room() else {
@@ -224,6 +224,9 @@ async fn drain(started: Started) -> Result<WorkerStats> {
             handed_back,
             timeout: drain,
         });
+    }
+    if let Some(other) = shared.name_taken.get() {
+        return Err(crate::heartbeat::taken(other));
     }
     if let Some(reason) = shared.poisoned.get() {
         return Err(Error::DevicePoisoned {
