@@ -687,17 +687,30 @@ async fn status_of_a_routed_job_held_by_a_killed_worker_says_it_was_taken() {
         "au-held",
     ];
     assert_success(&cluster.kiln(&submit));
+    // And one sent to the class directly.
+    let direct = [
+        &submit[..2],
+        &["-d", "cpu"],
+        &submit[4..9],
+        &["direct-held"],
+    ]
+    .concat();
+    assert_success(&cluster.kiln(&direct));
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let status = stdout(&cluster.kiln(&["status", "au-held"]));
-        if status.contains("running (train_mlp) on cpu (test-worker)") {
+        let held = stdout(&cluster.kiln(&["status", "au-held"]));
+        let direct = stdout(&cluster.kiln(&["status", "direct-held"]));
+        let status = format!("{held}{direct}");
+        if held.contains("au-held: running (train_mlp) on cpu (test-worker)")
+            && direct.contains("direct-held: running (train_mlp) on cpu (test-worker)")
+        {
             break;
         }
         assert!(Instant::now() < deadline, "never seen running: {status}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     cluster.child("worker").kill().expect("SIGKILL the worker");
-    let expected = "jobs.cpu.train_mlp: 0 job(s) of the class waiting, 1 taken by a worker no \
+    let expected = "jobs.cpu.train_mlp: 0 job(s) of the class waiting, 2 taken by a worker no \
                     longer live (handed out again when its ack wait ends), no live worker";
     // Its heartbeat expires 6 s after the last one.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -708,6 +721,14 @@ async fn status_of_a_routed_job_held_by_a_killed_worker_says_it_was_taken() {
                 status.starts_with("au-held: queued on jobs.auto.train_mlp"),
                 "{status}"
             );
+            // The job sent to the class directly says where it is too (it said "queued"
+            // alone).
+            let direct = stdout(&cluster.kiln(&["status", "direct-held"]));
+            assert!(
+                direct.starts_with("direct-held: queued on jobs.cpu.train_mlp"),
+                "{direct}"
+            );
+            assert!(direct.contains(expected), "{direct}");
             break;
         }
         assert!(Instant::now() < deadline, "not said: {status}");

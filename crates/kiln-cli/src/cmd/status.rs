@@ -58,11 +58,14 @@ pub async fn run(nats: &NatsArgs, args: StatusArgs) -> anyhow::Result<ExitCode> 
                         );
                     }
                 }
-                if let Place::Queued { record } = &place
-                    && record.class == kiln_proto::DeviceClass::Auto
-                    && let Some(hint) = routed_hint(&js, &record.kind).await
-                {
-                    println!("  {hint}");
+                if let Place::Queued { record } = &place {
+                    let hint = match record.class {
+                        kiln_proto::DeviceClass::Auto => routed_hint(&js, &record.kind).await,
+                        class => class_hint(&js, class, &record.kind).await,
+                    };
+                    if let Some(hint) = hint {
+                        println!("  {hint}");
+                    }
                 }
             }
             // As `kiln result`: a job kiln knows nothing of is not found.
@@ -94,35 +97,56 @@ async fn routed_hint(js: &jetstream::Context, kind: &str) -> Option<String> {
             _ => format!("{unrouted} auto job(s) wait to be routed"),
         });
     }
-    let class = |class: DeviceClass| {
-        let queue = consumer(class.consumer());
-        let live = overview.workers.iter().filter(|w| w.takes(class)).count();
-        // A draining worker still holds its jobs: it finishes or hands them back.
-        let holders = overview.workers.iter().any(|w| w.class == class);
-        let waiting = queue.map_or(0, |c| c.pending);
-        // A job taken by a worker that was killed is neither waiting nor on a live worker
-        // until its ack wait ends: "0 waiting, no live worker" hid it.
-        let taken = match (queue.map_or(0, |c| c.in_flight), holders) {
-            (0, _) => String::new(),
-            (n, false) => format!(
-                ", {n} taken by a worker no longer live (handed out again when its ack wait ends)"
-            ),
-            (n, true) => format!(", {n} taken and not answered yet"),
-        };
-        format!(
-            "jobs.{class}.{kind}: {waiting} job(s) of the class waiting{taken}, {}",
-            match live {
-                0 => "no live worker".to_owned(),
-                n => format!("{n} live worker(s)"),
-            }
-        )
-    };
     Some(format!(
         "routed: the scheduler has taken every auto job, so it waits in the queue it chose \
          ({}; {})",
-        class(DeviceClass::Gpu),
-        class(DeviceClass::Cpu)
+        class_line(&overview, DeviceClass::Gpu, kind),
+        class_line(&overview, DeviceClass::Cpu, kind)
     ))
+}
+
+/// The queue of a job sent to `class` directly, with its backlog and live workers: a job
+/// taken by a worker that died, on a class with none live, said only "queued".
+async fn class_hint(
+    js: &jetstream::Context,
+    class: kiln_proto::DeviceClass,
+    kind: &str,
+) -> Option<String> {
+    let overview = kiln_client::cluster::overview(js).await.ok()?;
+    Some(class_line(&overview, class, kind))
+}
+
+/// `jobs.<class>.<kind>`: the jobs of the class waiting, those taken and not answered (by a
+/// live worker, or one no longer live), and the live workers.
+fn class_line(
+    overview: &kiln_client::cluster::Overview,
+    class: kiln_proto::DeviceClass,
+    kind: &str,
+) -> String {
+    let queue = overview
+        .consumers
+        .iter()
+        .find(|c| c.name == class.consumer());
+    let live = overview.workers.iter().filter(|w| w.takes(class)).count();
+    // A draining worker still holds its jobs: it finishes or hands them back.
+    let holders = overview.workers.iter().any(|w| w.class == class);
+    let waiting = queue.map_or(0, |c| c.pending);
+    // A job taken by a worker that was killed is neither waiting nor on a live worker until
+    // its ack wait ends: "0 waiting, no live worker" hid it.
+    let taken = match (queue.map_or(0, |c| c.in_flight), holders) {
+        (0, _) => String::new(),
+        (n, false) => format!(
+            ", {n} taken by a worker no longer live (handed out again when its ack wait ends)"
+        ),
+        (n, true) => format!(", {n} taken and not answered yet"),
+    };
+    format!(
+        "jobs.{class}.{kind}: {waiting} job(s) of the class waiting{taken}, {}",
+        match live {
+            0 => "no live worker".to_owned(),
+            n => format!("{n} live worker(s)"),
+        }
+    )
 }
 
 /// `kiln status <id> -o json`: the id, and where the job is (`state`: finished, gone,
