@@ -1264,6 +1264,45 @@ async fn a_deleted_job_is_gone_while_others_of_its_kind_wait() {
     assert_eq!(status("kept-1")["state"], "queued");
 }
 
+/// `kiln submit --wait` on a results stream too small for the burst's results: some are
+/// dropped for room before the submitter looks them up. They were waited for for ever; those
+/// heard of are taken as heard.
+#[tokio::test(flavor = "multi_thread")]
+async fn wait_ends_when_results_are_dropped_for_room_before_they_are_read() {
+    let mut cluster = Cluster::new();
+    let init = cluster.kiln(&["init", "--results-max-bytes", "1MiB"]);
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    cluster.cpu_worker();
+    let submit = [
+        "submit",
+        "vector_add",
+        "-p",
+        "len=1000",
+        "--count",
+        "3000",
+        "--wait",
+        "--wait-timeout",
+        "2m",
+    ];
+    let started = std::time::Instant::now();
+    let out = cluster.kiln(&submit);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout(&out).lines().count(), 3000);
+    assert!(
+        started.elapsed() < Duration::from_secs(100),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
 /// A job answered long ago whose result `KILN_RESULTS` has since dropped to stay within its
 /// size limit is not "queued": `kiln status` and `kiln result` say its result was most likely
 /// dropped.

@@ -340,6 +340,16 @@ const SUBSCRIBE_EACH_UP_TO: usize = 1000;
 /// Longest a collector looks results up once its wait is over; with the connection down,
 /// which every lookup would wait out, the shorter one (`--wait-timeout 4s` took 9 s).
 const LAST_LOOK: Duration = Duration::from_secs(5);
+
+/// How long a result heard of and not found stored is looked up again before it is taken
+/// as heard (see `collect`).
+const UNSTORED_PATIENCE: Duration = Duration::from_secs(5);
+
+/// A result heard of on the subscription, and when.
+struct Heard {
+    event: ResultEvent,
+    at: tokio::time::Instant,
+}
 const LAST_LOOK_DISCONNECTED: Duration = Duration::from_secs(1);
 
 impl ResultCollector {
@@ -387,29 +397,62 @@ impl ResultCollector {
 
     /// The result `KILN_RESULTS` holds on `subject`: a subscriber sees every result published,
     /// also one the stream refused because the job was answered before (a redelivery, an id
-    /// used again), and the answer is the stored one. `None` when nothing is stored there
-    /// (the publish was refused for another reason, and the worker tries again); the event as
-    /// it came when the stream cannot be read. Subscribers may hear of a result just before
-    /// the stream has stored it: an empty subject is looked at again for about a second.
-    async fn stored(&self, subject: &str, came: ResultEvent) -> Option<ResultEvent> {
+    /// used again), and the answer is the stored one. `Err` with the event as it came when
+    /// nothing is stored there (yet: subscribers may hear of a result just before the stream
+    /// has stored it; or the publish was refused, and the worker tries again; or it was stored
+    /// and dropped for room already); the event as it came when the stream cannot be read.
+    async fn stored(&self, subject: &str, came: ResultEvent) -> Result<ResultEvent, ResultEvent> {
         use async_nats::jetstream::stream::LastRawMessageErrorKind;
-        let mut pause = Duration::from_millis(5);
-        for _ in 0..8 {
-            match self.results.get_last_raw_message_by_subject(subject).await {
-                Ok(message) => {
-                    return match serde_json::from_slice::<ResultEvent>(&message.payload) {
-                        Ok(stored) if stored.id == came.id => Some(stored),
-                        _ => Some(came),
-                    };
-                }
-                Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => {
-                    tokio::time::sleep(pause).await;
-                    pause *= 2;
-                }
-                Err(_) => return Some(came),
-            }
+        match self.results.get_last_raw_message_by_subject(subject).await {
+            Ok(message) => match serde_json::from_slice::<ResultEvent>(&message.payload) {
+                Ok(stored) if stored.id == came.id => Ok(stored),
+                _ => Ok(came),
+            },
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Err(came),
+            Err(_) => Ok(came),
         }
-        None
+    }
+
+    /// Look the results heard of and not found stored up again (a few at a time): those found
+    /// stored, and those heard [`UNSTORED_PATIENCE`] ago or more, are done. Looked up one by
+    /// one as they came, each waited for about a second in turn, and a burst whose results
+    /// were dropped for room held `--wait` for an hour.
+    async fn settle_unstored(
+        &mut self,
+        unstored: &mut HashMap<String, Heard>,
+        now: tokio::time::Instant,
+    ) -> Vec<ResultEvent> {
+        let Some(kind) = self.kind.clone() else {
+            return Vec::new();
+        };
+        let this = &*self;
+        let looked: Vec<(String, Result<ResultEvent, ResultEvent>)> =
+            futures::stream::iter(unstored.values().map(|heard| heard.event.clone()))
+                .map(|came| {
+                    let subject = subject::result(&kind, &came.id);
+                    async move { (came.id.clone(), this.stored(&subject, came).await) }
+                })
+                .buffer_unordered(32)
+                .collect()
+                .await;
+        let mut done = Vec::new();
+        for (id, looked) in looked {
+            let Some(heard) = unstored.get(&id) else {
+                continue;
+            };
+            match looked {
+                Ok(stored) => {
+                    if stored.enqueued_at != heard.event.enqueued_at {
+                        self.answered_before.insert(id.clone());
+                    }
+                    done.push(stored);
+                }
+                Err(came) if now >= heard.at + UNSTORED_PATIENCE => done.push(came),
+                Err(_) => continue,
+            }
+            unstored.remove(&id);
+        }
+        done
     }
 
     /// The ids collected whose stored answer is not this job's but an earlier job's under the
@@ -441,10 +484,21 @@ impl ResultCollector {
         // first look, before this client's subscriptions are back.
         let mut look_again = None;
         let mut look = tokio::time::interval(Duration::from_millis(500));
+        // Results heard of and not found stored: a publish the stream refused (the worker
+        // tries again, and is heard again), or one stored and dropped for room before it was
+        // looked up (a small `--results-max-bytes` filled faster than it is read), which
+        // never comes again: taken as heard after UNSTORED_PATIENCE (waited for for ever).
+        let mut unstored: HashMap<String, Heard> = HashMap::new();
         while !ids.is_empty() {
             let next = tokio::select! {
                 next = tokio::time::timeout_at(deadline, self.subscriber.next()) => next,
                 now = look.tick() => {
+                    for event in self.settle_unstored(&mut unstored, now).await {
+                        if ids.remove(&event.id) {
+                            on_result(&event);
+                            results.insert(event.id.clone(), event);
+                        }
+                    }
                     let connects = self.statistics.connects.load(Ordering::Relaxed);
                     let again = look_again.is_some_and(|at| now >= at);
                     if connects != seen_connects || again {
@@ -481,8 +535,13 @@ impl ResultCollector {
                 continue;
             }
             let enqueued_at = event.enqueued_at;
-            let Some(event) = self.stored(message.subject.as_str(), event).await else {
-                continue;
+            let event = match self.stored(message.subject.as_str(), event).await {
+                Ok(stored) => stored,
+                Err(came) => {
+                    let at = tokio::time::Instant::now();
+                    unstored.insert(came.id.clone(), Heard { event: came, at });
+                    continue;
+                }
             };
             if event.enqueued_at != enqueued_at {
                 self.answered_before.insert(event.id.clone());
