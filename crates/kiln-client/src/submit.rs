@@ -345,6 +345,13 @@ const LAST_LOOK: Duration = Duration::from_secs(5);
 /// as heard (see `collect`).
 const UNSTORED_PATIENCE: Duration = Duration::from_secs(5);
 
+/// What a collection waits for, has, and tells as each result comes.
+type Answered<'a, F> = (
+    &'a mut HashSet<String>,
+    &'a mut HashMap<String, ResultEvent>,
+    &'a mut F,
+);
+
 /// A result heard of on the subscription, and when.
 struct Heard {
     event: ResultEvent,
@@ -421,9 +428,10 @@ impl ResultCollector {
         &mut self,
         unstored: &mut HashMap<String, Heard>,
         now: tokio::time::Instant,
-    ) -> Vec<ResultEvent> {
+        (ids, results, on_result): Answered<'_, impl FnMut(&ResultEvent)>,
+    ) {
         let Some(kind) = self.kind.clone() else {
-            return Vec::new();
+            return;
         };
         let this = &*self;
         let looked: Vec<(String, Result<ResultEvent, ResultEvent>)> =
@@ -452,7 +460,12 @@ impl ResultCollector {
             }
             unstored.remove(&id);
         }
-        done
+        for event in done {
+            if ids.remove(&event.id) {
+                on_result(&event);
+                results.insert(event.id.clone(), event);
+            }
+        }
     }
 
     /// The ids collected whose stored answer is not this job's but an earlier job's under the
@@ -493,12 +506,8 @@ impl ResultCollector {
             let next = tokio::select! {
                 next = tokio::time::timeout_at(deadline, self.subscriber.next()) => next,
                 now = look.tick() => {
-                    for event in self.settle_unstored(&mut unstored, now).await {
-                        if ids.remove(&event.id) {
-                            on_result(&event);
-                            results.insert(event.id.clone(), event);
-                        }
-                    }
+                    let answered = (&mut ids, &mut results, &mut on_result);
+                    self.settle_unstored(&mut unstored, now, answered).await;
                     let connects = self.statistics.connects.load(Ordering::Relaxed);
                     let again = look_again.is_some_and(|at| now >= at);
                     if connects != seen_connects || again {

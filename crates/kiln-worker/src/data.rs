@@ -54,45 +54,7 @@ pub(crate) async fn load(
         let bucket = bucket(shared).await?;
         let budget = shared.admission.memory().bytes;
         let place = watched(shared, named, shared.admission.load_place()).await?;
-        // One over the budget, stored or as values, is refused before anything is downloaded
-        // (the job's other objects included) and without waiting for the budget.
-        // All measured at once (a round trip or two each), then checked in order, so the
-        // first parameter at fault is the one named.
-        let sizes = wanted
-            .iter()
-            .map(|w| store::load_size(bucket, &w.reference, w.want));
-        let sizes = futures::future::join_all(sizes).await;
-        let (mut bytes, mut values) = (0u64, 0u64);
-        let mut measured = Vec::with_capacity(wanted.len());
-        for (w, m) in wanted.iter().zip(sizes) {
-            let refuse = |e: kiln_data::DataError| in_param(w.param, e.into());
-            // An object that cannot be measured is not loaded either (unreserved, it could
-            // take any memory): missing is `invalid_input`, a lookup that failed `internal`.
-            let m = m.map_err(refuse)?;
-            let what = m.what(w.reference.object.as_str());
-            store::check_size(&what, m.size(), budget).map_err(refuse)?;
-            m.load.check(&what, budget).map_err(refuse)?;
-            bytes = bytes.saturating_add(m.load.reserve(budget));
-            values = values.saturating_add(m.load.values.unwrap_or(0));
-            measured.push(m);
-        }
-        // Each within the budget, and together over it: the job could not compute once they
-        // were loaded, and loading them would hold more than the budget meanwhile (the
-        // reservation is cut to the budget).
-        if values > budget {
-            let what: Vec<String> = wanted
-                .iter()
-                .zip(&measured)
-                .map(|(w, m)| format!("{} {}", w.param, mib(m.load.values.unwrap_or(0))))
-                .collect();
-            return Err(Unloaded::Failed(JobError::too_large(format!(
-                "the job's objects load as {} of f32 values together ({}), over this worker's \
-                 memory budget of {}; send smaller objects or run a worker with more memory",
-                mib(values),
-                what.join(", "),
-                mib(budget)
-            ))));
-        }
+        let (measured, bytes) = measure(bucket, &wanted, budget).await?;
         let permit = Some(watched(shared, named, place.reserve(bytes)).await?);
         let max_elements = shared.config.limits.max_elements;
         // The bytes measured, which the permit covers: all of them together, the others
@@ -132,6 +94,56 @@ pub(crate) async fn load(
         return Err(refused.into());
     }
     Ok(permit)
+}
+
+/// Measure every object of `wanted` (what loading each holds, from its size and first bytes)
+/// and check them against the worker's memory `budget`: the measures, and the bytes to
+/// reserve for loading them. One over the budget, stored or as values, is refused before
+/// anything is downloaded (the job's other objects included) and without waiting for the
+/// budget; so are objects within it each and over it together.
+async fn measure(
+    bucket: &store::Bucket,
+    wanted: &[kiln_kernels::Wanted],
+    budget: u64,
+) -> Result<(Vec<store::Measured>, u64), Unloaded> {
+    // All measured at once (a round trip or two each), then checked in order, so the first
+    // parameter at fault is the one named.
+    let sizes = wanted
+        .iter()
+        .map(|w| store::load_size(bucket, &w.reference, w.want));
+    let sizes = futures::future::join_all(sizes).await;
+    let (mut bytes, mut values) = (0u64, 0u64);
+    let mut measured = Vec::with_capacity(wanted.len());
+    for (w, m) in wanted.iter().zip(sizes) {
+        let refuse = |e: kiln_data::DataError| in_param(w.param, e.into());
+        // An object that cannot be measured is not loaded either (unreserved, it could take
+        // any memory): missing is `invalid_input`, a lookup that failed `internal`.
+        let m = m.map_err(refuse)?;
+        let what = m.what(w.reference.object.as_str());
+        store::check_size(&what, m.size(), budget).map_err(refuse)?;
+        m.load.check(&what, budget).map_err(refuse)?;
+        bytes = bytes.saturating_add(m.load.reserve(budget));
+        values = values.saturating_add(m.load.values.unwrap_or(0));
+        measured.push(m);
+    }
+    // Each within the budget, and together over it: the job could not compute once they were
+    // loaded, and loading them would hold more than the budget meanwhile (the reservation is
+    // cut to the budget).
+    if values > budget {
+        let each: Vec<String> = wanted
+            .iter()
+            .zip(&measured)
+            .map(|(w, m)| format!("{} {}", w.param, mib(m.load.values.unwrap_or(0))))
+            .collect();
+        return Err(Unloaded::Failed(JobError::too_large(format!(
+            "the job's objects load as {} of f32 values together ({}), over this worker's \
+             memory budget of {}; send smaller objects or run a worker with more memory",
+            mib(values),
+            each.join(", "),
+            mib(budget)
+        ))));
+    }
+    Ok((measured, bytes))
 }
 
 /// `bytes` in MiB, for messages.
