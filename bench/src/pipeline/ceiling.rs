@@ -153,6 +153,9 @@ async fn ceiling_streams(
     Ok((workers, results))
 }
 
+/// Most bytes a copy of kiln's streams reserves.
+const BENCH_COPY_MAX_BYTES: i64 = 256 << 20;
+
 /// [`CEILING_KILN_STREAMS`]'s streams, made afresh from kiln's settings under other names and
 /// subjects (`bench.kjobs.<class>.<kind>`, `bench.kresults.<kind>.<id>`) with kiln's
 /// consumers: the messages of the CPU workers' one (on the worker's connection) and of the
@@ -170,6 +173,15 @@ async fn kiln_streams(
     let mut results = topology.results_stream();
     results.name = "BENCH_KRESULTS".into();
     results.subjects = vec!["bench.kresults.>".into()];
+    // A run holds megabytes: the copies reserve 256 MiB each, not kiln's gigabytes, which
+    // beside kiln's own streams took a server on a disk with 29 GB free past its JetStream
+    // storage (insufficient storage resources). The byte limit costs the server nothing per
+    // message.
+    for config in [&mut jobs, &mut results] {
+        if config.max_bytes < 0 || config.max_bytes > BENCH_COPY_MAX_BYTES {
+            config.max_bytes = BENCH_COPY_MAX_BYTES;
+        }
+    }
     for config in [jobs, results] {
         let _ = js.delete_stream(&config.name).await;
         js.create_stream(config).await?;

@@ -402,6 +402,11 @@ async def test_get_follows_one_link_within_the_bucket_and_names_what_is_wrong(
     await client._js.publish(_entry_subject(target + ".bad"), b'{"size": -5}')
     with pytest.raises(kiln.ObjectCorrupt, match="does not parse"):
         await client.get(target + ".bad")
+    for options in ('"x"', '{"link": "abc"}'):
+        bad = f'{{"nuid": "n1", "size": 1, "chunks": 1, "options": {options}}}'
+        await client._js.publish(_entry_subject(target + ".opt"), bad.encode())
+        with pytest.raises(kiln.ObjectCorrupt, match="does not parse"):
+            await client.get(target + ".opt")
     # A digest that does not match the bytes.
     entry = json.loads(
         (await client._js.get_last_msg("OBJ_KILN_DATA", _entry_subject(target))).data

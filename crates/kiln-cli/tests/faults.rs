@@ -7,7 +7,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::{Cluster, assert_success, snapshot, stored_results, wait_for_metrics};
+use common::{Cluster, assert_success, snapshot, stdout, stored_results, wait_for_metrics};
 use kiln_proto::Status;
 
 /// Worker flags for these tests: a short ack wait so that a killed worker's jobs come back
@@ -1464,4 +1464,36 @@ async fn wait_for_worker(cluster: &Cluster, name: &str) {
         assert!(Instant::now() < deadline, "{name} never served: {listed}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// A rolling restart under one name: the old worker drains while its successor takes the
+/// name and writes the entry. The old one stops beating and exits 0 (a rolling restart is
+/// not an error), where it took the successor's entry for a stolen name.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_draining_worker_hands_its_name_to_its_successor_quietly() {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    let worker = ["worker", "--device", "cpu", "--name", "rolling"];
+    // Every job takes 8 s: the old worker is still draining when the new one has beaten.
+    let slow = [
+        &worker[..],
+        &["--sim-overhead-ms", "8000", "--drain-timeout", "60s"],
+    ]
+    .concat();
+    cluster.spawn("old", &slow);
+    wait_for_worker(&cluster, "rolling").await;
+    assert_success(&cluster.kiln(&["submit", "vector_add", "-p", "len=8", "--id", "slow-1"]));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !stdout(&cluster.kiln(&["status", "slow-1"])).contains("running") {
+        assert!(Instant::now() < deadline, "slow-1 never ran");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    terminate(&mut cluster, "old");
+    cluster.spawn("new", &worker);
+    let status = cluster.child("old").wait().unwrap();
+    assert!(status.success(), "{status}\n{}", cluster.report());
+    // The job finished on the old one, and the new one serves under the name.
+    let result = cluster.kiln(&["result", "slow-1"]);
+    assert_success(&result);
+    wait_for_worker(&cluster, "rolling").await;
 }

@@ -788,7 +788,13 @@ async fn a_stopping_scheduler_leaves_no_job_delivered_to_it() {
     assert!(killed.success());
     let status = cluster.child("scheduler").wait().unwrap();
     assert!(status.success(), "{status:?}");
-    let info = stream.consumer_info("scheduler").await.unwrap();
+    // (Acks flushed before it exited may reach the consumer's state a moment later.)
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut info = stream.consumer_info("scheduler").await.unwrap();
+    while info.num_ack_pending > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        info = stream.consumer_info("scheduler").await.unwrap();
+    }
     assert_eq!(info.num_ack_pending, 0, "{info:?}");
     assert_eq!(info.num_redelivered, 0, "{info:?}");
     // Every job is either routed (its copy queued for the cpu class) or still queued.

@@ -352,8 +352,9 @@ type Answered<'a, F> = (
     &'a mut F,
 );
 
-/// A result heard of on the subscription, and when.
+/// A result heard of on the subscription (on `subject`), and when.
 struct Heard {
+    subject: String,
     event: ResultEvent,
     at: tokio::time::Instant,
 }
@@ -430,19 +431,16 @@ impl ResultCollector {
         now: tokio::time::Instant,
         (ids, results, on_result): Answered<'_, impl FnMut(&ResultEvent)>,
     ) {
-        let Some(kind) = self.kind.clone() else {
-            return;
-        };
         let this = &*self;
-        let looked: Vec<(String, Result<ResultEvent, ResultEvent>)> =
-            futures::stream::iter(unstored.values().map(|heard| heard.event.clone()))
-                .map(|came| {
-                    let subject = subject::result(&kind, &came.id);
-                    async move { (came.id.clone(), this.stored(&subject, came).await) }
-                })
-                .buffer_unordered(32)
-                .collect()
-                .await;
+        let looked: Vec<(String, Result<ResultEvent, ResultEvent>)> = futures::stream::iter(
+            unstored
+                .values()
+                .map(|heard| (heard.subject.clone(), heard.event.clone())),
+        )
+        .map(|(subject, came)| async move { (came.id.clone(), this.stored(&subject, came).await) })
+        .buffer_unordered(32)
+        .collect()
+        .await;
         let mut done = Vec::new();
         for (id, looked) in looked {
             let Some(heard) = unstored.get(&id) else {
@@ -547,8 +545,12 @@ impl ResultCollector {
             let event = match self.stored(message.subject.as_str(), event).await {
                 Ok(stored) => stored,
                 Err(came) => {
-                    let at = tokio::time::Instant::now();
-                    unstored.insert(came.id.clone(), Heard { event: came, at });
+                    let heard = Heard {
+                        subject: message.subject.to_string(),
+                        event: came,
+                        at: tokio::time::Instant::now(),
+                    };
+                    unstored.insert(heard.event.id.clone(), heard);
                     continue;
                 }
             };

@@ -94,7 +94,10 @@ pub async fn run(
     // Why the auto jobs stopped coming without a shutdown (the consumer deleted), if they did.
     let mut lost: Option<String> = None;
     loop {
-        if let Err(e) = inputs.jobs.request().await
+        if let Err(e) = inputs
+            .jobs
+            .request(ROUTING_IN_FLIGHT - in_flight.len())
+            .await
             && let Some(why) =
                 pull_failed(&inputs.jobs, "pull request for auto jobs failed", e).await
         {
@@ -191,6 +194,7 @@ async fn wind_down(
             in_flight.push(stored(routed, ack).boxed());
         }
     }
+    pulls.close();
     // The copies already published: ack their originals (or hand them back).
     while let Some((routed, stored)) = in_flight.next().await {
         scheduler.settled(routed, stored).await;

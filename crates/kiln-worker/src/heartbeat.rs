@@ -255,6 +255,12 @@ impl Heartbeat {
                                 revision = Some(written);
                                 continue;
                             }
+                            // Draining, its name is its successor's to take (a rolling
+                            // restart under one name: no error), and its entry with it.
+                            Beat::Taken(other) if info.state == "draining" => {
+                                tracing::info!(other_started_at = %other.started_at, "the worker taking over this worker's name wrote its entry; no more heartbeats");
+                                return;
+                            }
                             Beat::Taken(other) => {
                                 tracing::error!(
                                     other_started_at = %other.started_at,

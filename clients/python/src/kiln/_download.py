@@ -35,7 +35,7 @@ _STREAM = f"OBJ_{_wire.BUCKET_DATA}"
 async def read(js: JetStreamContext, name: str) -> bytes:
     """Object `name`'s bytes, checked against its entry."""
     info = await _entry(js, name)
-    link = (info.get("options") or {}).get("link")
+    link = _link(info)
     if link is None:
         return await _chunks(js, name, info)
     target, bucket = link.get("name"), link.get("bucket")
@@ -55,7 +55,7 @@ async def read(js: JetStreamContext, name: str) -> bytes:
         raise ObjectNotFound(
             f"object {name!r} is a link to {target!r}, which is not in {_wire.BUCKET_DATA}"
         ) from e
-    if (info.get("options") or {}).get("link") is not None:
+    if _link(info) is not None:
         raise ObjectCorrupt(
             f"object {name!r} is a link to {target!r}, itself a link: kiln follows one link; "
             "name the object the links lead to"
@@ -76,13 +76,24 @@ async def _entry(js: JetStreamContext, name: str) -> dict[str, Any]:
         info = None
     if isinstance(info, dict) and info.get("deleted"):
         raise ObjectNotFound(f"no object {name!r} in {_wire.BUCKET_DATA} (it was deleted)")
-    linked = isinstance(info, dict) and isinstance((info.get("options") or {}).get("link"), dict)
-    if not isinstance(info, dict) or not (linked or _readable(info)):
+    options = info.get("options") if isinstance(info, dict) else None
+    link = options.get("link") if isinstance(options, dict) else None
+    well_formed = options is None or (
+        isinstance(options, dict) and (link is None or isinstance(link, dict))
+    )
+    if not isinstance(info, dict) or not well_formed or not (link or _readable(info)):
         raise ObjectCorrupt(
             f"object {name!r}'s entry in {_wire.BUCKET_DATA} does not parse as an object's "
             "info: another client wrote it; put the object again"
         )
     return info
+
+
+def _link(info: dict[str, Any]) -> dict[str, Any] | None:
+    """The link an entry checked by `_entry` holds, if it is one."""
+    options = info.get("options")
+    link = options.get("link") if isinstance(options, dict) else None
+    return link if isinstance(link, dict) else None
 
 
 def _readable(info: dict[str, Any]) -> bool:

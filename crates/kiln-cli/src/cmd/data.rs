@@ -251,7 +251,8 @@ pub async fn save_output(
 fn file_name(path: &Path) -> anyhow::Result<String> {
     // A pipe's or a device's name (`63` for `<(…)`, `stdin`) is no name for what it holds:
     // two such puts replaced each other's object without a word.
-    if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
+    // (A folder is said to be one by the file checks that follow.)
+    if std::fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir()) {
         anyhow::bail!(
             "{} is not a regular file, and its name is not one for an object: give one with \
              --name NAME",

@@ -31,13 +31,15 @@ impl Pulls {
         }
     }
 
-    /// Make the next request when none is open; why it could not be made.
-    pub(super) async fn request(&mut self) -> Result<(), String> {
-        if self.open.is_none() {
+    /// Make the next request, for at most `room` jobs, when none is open and there is room;
+    /// why it could not be made. (Asked for no more than can be routed at once: jobs left
+    /// unread past the request's end are dropped by the client, and wait out the ack wait.)
+    pub(super) async fn request(&mut self, room: usize) -> Result<(), String> {
+        if self.open.is_none() && room > 0 {
             let batch = self
                 .consumer
                 .batch()
-                .max_messages(PULL_BATCH)
+                .max_messages(room.min(PULL_BATCH))
                 .expires(PULL_EXPIRES)
                 .messages()
                 .await
@@ -58,6 +60,12 @@ impl Pulls {
                 None
             }
         }
+    }
+
+    /// End the open request here: its inbox goes, so that no job is delivered to a
+    /// scheduler that stops.
+    pub(super) fn close(&mut self) {
+        self.open = None;
     }
 
     /// Whether the consumer is gone (deleted: `kiln init` makes it again), not merely out of
