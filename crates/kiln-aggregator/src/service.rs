@@ -610,10 +610,9 @@ async fn flush(
 
 /// Whether the aggregator's consumer is gone (deleted), not merely out of reach.
 async fn consumer_gone(stream: &jetstream::stream::Stream) -> bool {
-    use async_nats::jetstream::context::ConsumerInfoErrorKind as Kind;
     matches!(
         stream.consumer_info(CONSUMER_AGGREGATOR).await,
-        Err(e) if matches!(e.kind(), Kind::NotFound | Kind::StreamNotFound)
+        Err(e) if streams::consumer_gone(&e)
     )
 }
 

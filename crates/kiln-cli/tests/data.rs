@@ -1117,38 +1117,35 @@ async fn an_object_over_the_memory_budget_is_refused_before_it_is_read() {
         &["worker", "--device", "cpu", "--max-memory-mb", "8"],
     );
     let dir = tempfile::tempdir().unwrap();
-    let big = HostTensor::new(vec![3 << 20], vec![0.5; 3 << 20]);
-    let path = write(dir.path(), "big.npy", &encode_npy(&big));
-    let out = cluster.kiln(&[
-        "submit",
-        "vector_add",
-        "--input",
-        &format!("a=@{path}"),
-        "--input",
-        &format!("b=@{path}"),
-        "--wait",
-    ]);
-    assert!(!out.status.success());
-    let error = result_of(&out).error.expect("an error");
-    assert_eq!(error.kind, ErrorKind::TooLarge, "{}", error.message);
+    // A vector_add of the tensor `t` with itself, both by object, answered too_large: its error.
+    let refused = |name: &str, t: &HostTensor| {
+        let path = write(dir.path(), name, &encode_npy(t));
+        let out = cluster.kiln(&[
+            "submit",
+            "vector_add",
+            "--input",
+            &format!("a=@{path}"),
+            "--input",
+            &format!("b=@{path}"),
+            "--wait",
+        ]);
+        assert!(!out.status.success());
+        let error = result_of(&out).error.expect("an error");
+        assert_eq!(error.kind, ErrorKind::TooLarge, "{}", error.message);
+        error
+    };
+    let error = refused(
+        "big.npy",
+        &HostTensor::new(vec![3 << 20], vec![0.5; 3 << 20]),
+    );
     assert!(error.message.contains("MiB"), "{}", error.message);
 
     // Two objects each within the budget and over it together: refused before either is
     // downloaded (the reservation is cut to the budget, and both loaded held more than it).
-    let half = HostTensor::new(vec![5 << 18], vec![0.25; 5 << 18]);
-    let path = write(dir.path(), "half.npy", &encode_npy(&half));
-    let out = cluster.kiln(&[
-        "submit",
-        "vector_add",
-        "--input",
-        &format!("a=@{path}"),
-        "--input",
-        &format!("b=@{path}"),
-        "--wait",
-    ]);
-    assert!(!out.status.success());
-    let error = result_of(&out).error.expect("an error");
-    assert_eq!(error.kind, ErrorKind::TooLarge, "{}", error.message);
+    let error = refused(
+        "half.npy",
+        &HostTensor::new(vec![5 << 18], vec![0.25; 5 << 18]),
+    );
     assert!(
         error.message.contains(
             "the job's objects load as 10.0 MiB of f32 values together (a 5.0 MiB, b 5.0 MiB), \

@@ -521,17 +521,8 @@ impl ResultCollector {
             let message = match next {
                 Ok(Some(message)) => message,
                 Ok(None) | Err(_) => {
-                    // A few seconds at most past the deadline (a server that cannot be reached
-                    // would hold every lookup for its request timeout).
-                    let connected =
-                        self.client.connection_state() == async_nats::connection::State::Connected;
-                    let within = if connected {
-                        LAST_LOOK
-                    } else {
-                        LAST_LOOK_DISCONNECTED
-                    };
-                    let looking = self.look_up(&mut ids, &mut results, &mut on_result);
-                    let _ = tokio::time::timeout(within, looking).await;
+                    self.last_look((&mut ids, &mut results, &mut on_result))
+                        .await;
                     break;
                 }
             };
@@ -563,6 +554,22 @@ impl ResultCollector {
             }
         }
         results
+    }
+
+    /// The wait is over: look the answers still waited for up once more, a few seconds at
+    /// most past the deadline (a server that cannot be reached would hold every lookup for its
+    /// request timeout).
+    async fn last_look(
+        &mut self,
+        (ids, results, on_result): Answered<'_, impl FnMut(&ResultEvent)>,
+    ) {
+        let connected = self.client.connection_state() == async_nats::connection::State::Connected;
+        let within = if connected {
+            LAST_LOOK
+        } else {
+            LAST_LOOK_DISCONNECTED
+        };
+        let _ = tokio::time::timeout(within, self.look_up(ids, results, on_result)).await;
     }
 
     /// Look the answers of `ids` up in `KILN_RESULTS` (a few at a time), moving those found

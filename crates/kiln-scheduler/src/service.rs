@@ -116,11 +116,7 @@ pub async fn run(
             _ = tokio::time::sleep_until(scheduler.held.next_due()),
                 if !scheduler.held.is_empty() && in_flight.len() < ROUTING_IN_FLIGHT =>
             {
-                for (message, hold) in scheduler.held.due(ROUTING_IN_FLIGHT - in_flight.len()) {
-                    if let Some((routed, ack)) = scheduler.route(message, Some(hold)).await {
-                        in_flight.push(stored(routed, ack).boxed());
-                    }
-                }
+                scheduler.route_due(&mut in_flight).await;
             }
             next = inputs.jobs.next(), if in_flight.len() < ROUTING_IN_FLIGHT => match next {
                 Some(Ok(message)) => {
@@ -301,6 +297,15 @@ impl Scheduler {
             "scheduler stopped"
         );
         self.stats
+    }
+
+    /// Route again the held jobs that are due, as many as the copies in flight leave room for.
+    async fn route_due(&mut self, in_flight: &mut InFlight) {
+        for (message, hold) in self.held.due(ROUTING_IN_FLIGHT - in_flight.len()) {
+            if let Some((routed, ack)) = self.route(message, Some(hold)).await {
+                in_flight.push(stored(routed, ack).boxed());
+            }
+        }
     }
 
     /// [`settle`] a routed copy: count it if it went to a class, hold it if there was no

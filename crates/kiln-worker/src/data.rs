@@ -146,9 +146,9 @@ async fn measure(
     Ok((measured, bytes))
 }
 
-/// `bytes` in MiB, for messages.
+/// `bytes` in MiB, for messages (`12.5 MiB`), as kiln-data's own say them.
 fn mib(bytes: u64) -> String {
-    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+    format!("{} MiB", kiln_data::formats::mib(bytes))
 }
 
 /// `error`, its message naming the job parameter `param` it is about.

@@ -224,6 +224,21 @@ async fn beat(
     }
 }
 
+/// Another worker's entry, `other`, holds this worker's name. Draining, the name is its
+/// successor's to take (a rolling restart under one name: no error); serving, the worker was
+/// stalled past its entry's TTL while `other` started, and it stops ([`Shared::name_taken`]).
+fn name_lost(shared: &Shared, other: WorkerInfo, draining: bool) {
+    if draining {
+        tracing::info!(other_started_at = %other.started_at, "the worker taking over this worker's name wrote its entry; no more heartbeats");
+        return;
+    }
+    tracing::error!(
+        other_started_at = %other.started_at,
+        "another worker took this worker's name while it was stalled past its entry's TTL; stopping"
+    );
+    let _ = shared.name_taken.set(other);
+}
+
 impl Heartbeat {
     pub(crate) async fn start(
         js: &jetstream::Context,
@@ -255,18 +270,8 @@ impl Heartbeat {
                                 revision = Some(written);
                                 continue;
                             }
-                            // Draining, its name is its successor's to take (a rolling
-                            // restart under one name: no error), and its entry with it.
-                            Beat::Taken(other) if info.state == "draining" => {
-                                tracing::info!(other_started_at = %other.started_at, "the worker taking over this worker's name wrote its entry; no more heartbeats");
-                                return;
-                            }
                             Beat::Taken(other) => {
-                                tracing::error!(
-                                    other_started_at = %other.started_at,
-                                    "another worker took this worker's name while it was stalled past its entry's TTL; stopping"
-                                );
-                                let _ = shared.name_taken.set(*other);
+                                name_lost(&shared, *other, info.state == "draining");
                                 // Its entry is the other's now: left as it is.
                                 return;
                             }

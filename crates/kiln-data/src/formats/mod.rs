@@ -36,7 +36,7 @@ use self::values::{Elem, read_full};
 use crate::HostTensor;
 
 /// `bytes` in MiB with one decimal, as messages about memory give sizes.
-pub(crate) fn mib(bytes: u64) -> String {
+pub fn mib(bytes: u64) -> String {
     format!("{:.1}", bytes as f64 / (1024.0 * 1024.0))
 }
 

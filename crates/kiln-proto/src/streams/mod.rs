@@ -445,3 +445,11 @@ pub async fn latest_metrics_stored(js: &jetstream::Context) -> Result<Vec<Stored
     }
     Ok(stored)
 }
+
+/// Whether a consumer lookup failed because the consumer (or its stream) is gone, deleted
+/// (`kiln init` makes it again), rather than because the server is out of reach: a consumer
+/// deleted while its reader was disconnected ends no pull, whose requests then fail for ever.
+pub fn consumer_gone(error: &jetstream::context::ConsumerInfoError) -> bool {
+    use jetstream::context::ConsumerInfoErrorKind as Kind;
+    matches!(error.kind(), Kind::NotFound | Kind::StreamNotFound)
+}

@@ -71,10 +71,9 @@ impl Pulls {
     /// Whether the consumer is gone (deleted: `kiln init` makes it again), not merely out of
     /// reach.
     pub(super) async fn consumer_gone(&self) -> bool {
-        use async_nats::jetstream::context::ConsumerInfoErrorKind as Kind;
         matches!(
             self.consumer.get_info().await,
-            Err(e) if matches!(e.kind(), Kind::NotFound | Kind::StreamNotFound)
+            Err(e) if kiln_proto::streams::consumer_gone(&e)
         )
     }
 }
