@@ -117,9 +117,37 @@ pub trait Narrowed: InlineValues + Sized {
 }
 
 impl Narrowed for f32 {
-    type Wide = f64;
-    fn narrow(wide: f64) -> Self {
-        wide as f32
+    type Wide = JsonNumber;
+    fn narrow(wide: JsonNumber) -> Self {
+        wide.0
+    }
+}
+
+/// One JSON number rounded to f32 once, from the value its text names: an integer
+/// straight from its exact value (as numpy's `int64` to `float32` rounds it; by way of f64, one
+/// past 2^53 rounded twice and could land on the other f32), any other number from its f64.
+#[derive(Debug, Clone, Copy)]
+pub struct JsonNumber(f32);
+
+impl<'de> Deserialize<'de> for JsonNumber {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct NumberVisitor;
+        impl Visitor<'_> for NumberVisitor {
+            type Value = JsonNumber;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a number")
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<JsonNumber, E> {
+                Ok(JsonNumber(v as f32))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<JsonNumber, E> {
+                Ok(JsonNumber(v as f32))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<JsonNumber, E> {
+                Ok(JsonNumber(v as f32))
+            }
+        }
+        deserializer.deserialize_any(NumberVisitor)
     }
 }
 

@@ -230,6 +230,30 @@ fn a_timeout_of_zero_is_invalid_input_not_a_timeout() {
     assert_eq!(job.timeout_ms, Some(1));
 }
 
+#[test]
+fn inline_integers_round_to_f32_once() {
+    // numpy's int64 -> float32 rounds the exact integer once; by way of f64, one past 2^53
+    // rounded twice and could land on the other f32 (2^53 + 2^29 + 1 came back as 2^53), so
+    // one int array computed apart inline and as an `.npy`.
+    let ints: Vec<i64> = vec![
+        (1 << 53) + (1 << 29) + 1,
+        -((1 << 53) + (1 << 29) + 1),
+        (1 << 62) + (1 << 38) + 1,
+        i64::MIN,
+        16_777_217,
+        -0,
+    ];
+    let unsigned = u64::MAX - (1 << 39);
+    let mut a: Vec<serde_json::Value> = ints.iter().map(|&i| json!(i)).collect();
+    a.push(json!(unsigned));
+    let out = crate::support::run("vector_add", json!({"a": a, "b": vec![0.0; a.len()]}), 0);
+    let got = crate::support::floats(&out["c"]);
+    let mut want: Vec<f32> = ints.iter().map(|&i| i as f32).collect();
+    want.push(unsigned as f32);
+    assert_eq!(got, want);
+    assert_eq!(got[0], 9_007_200_328_482_816.0);
+}
+
 /// Numbers halfway between two f32s, as the f64 texts a client sends them in (JSON writes the
 /// shortest text that reads back as the f64).
 fn f32_midpoints(count: usize) -> Vec<f64> {
