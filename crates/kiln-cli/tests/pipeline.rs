@@ -578,6 +578,10 @@ async fn bad_jobs_get_failed_results_and_the_worker_keeps_serving() {
         "unknown job kind \"fft\"",
     );
     expect("oversized", ErrorKind::TooLarge, "limit");
+    // Read, though refused for its size: its result reports the work it asked for (0 is for
+    // a job that could not be read, such as "malformed").
+    assert_eq!(results["oversized"].flops, 2.0 * 1e15);
+    assert_eq!(results["malformed"].flops, 0.0);
     expect("wrong-type", ErrorKind::InvalidInput, "invalid type");
     expect("negative", ErrorKind::InvalidInput, "invalid value");
     assert_eq!(
@@ -1597,6 +1601,7 @@ async fn job_bigger_than_the_workers_memory_is_refused_naming_the_limit() {
         error.message
     );
     assert_eq!(event.compute_ms, 0.0, "refused before it ran");
+    assert_eq!(event.flops, 2.0 * 4096f64.powi(3), "its work, though refused");
     // A job that fits (3 × 1024² f32 = 12 MiB) runs on the same worker.
     let fits = submit_wait(&cluster, &["matmul", "-p", "n=1024"]);
     assert_eq!(fits.status, Status::Succeeded, "{fits:?}");

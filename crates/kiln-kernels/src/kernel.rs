@@ -236,10 +236,11 @@ impl DecodedJob {
     /// Give the job the objects loaded for it, and check it again now that their sizes are
     /// known (shapes that do not fit together, too many elements).
     pub fn load(&mut self, inputs: Inputs) -> Result<(), JobError> {
-        let plan = self.runnable.plan(&inputs, &self.limits)?;
-        self.limits.check_elements(self.kind.name, plan.elements)?;
+        // Kept when the job is refused for its size: its result reports the work it asked.
+        self.plan = self.runnable.plan(&inputs, &self.limits)?;
+        self.limits
+            .check_elements(self.kind.name, self.plan.elements)?;
         self.runnable.check_output(&inputs, self.output)?;
-        self.plan = plan;
         self.inputs = inputs;
         Ok(())
     }

@@ -44,12 +44,12 @@ pub(crate) async fn handle(shared: &Arc<Shared>, arrival: Arrival) {
                 None => return,
             }
         }
-        Err(error) => (
+        Err((error, flops)) => (
             arrival.undecoded_id(),
             Outcome {
                 result: Err(error),
                 compute_ms: 0.0,
-                flops: 0.0,
+                flops,
                 waited: std::time::Duration::ZERO,
             },
         ),
@@ -77,29 +77,71 @@ impl Drop for Arriving<'_> {
 /// hold up every other job's messages meanwhile.
 const DECODE_ON_THE_POOL: usize = 64 * 1024;
 
+/// A job that was not decoded, or too large to run: the error, and the job's flops where its
+/// parameters were read (0 where they could not be).
+type Undecoded = (JobError, f64);
+
 /// Decode and validate the job; every problem becomes a specific [`JobError`].
-fn decode(shared: &Shared, arrival: &Arrival) -> Result<DecodedJob, JobError> {
-    let kernel = arrival.kernel.clone()?;
-    let codec = arrival.codec.clone()?;
-    let job = kernel.decode(codec, &arrival.message.payload, &shared.config.limits)?;
-    shared.admission.fits(kernel.name, job.plan.elements)?;
-    Ok(job)
+fn decode(shared: &Shared, arrival: &Arrival) -> Result<DecodedJob, Undecoded> {
+    let kernel = arrival.kernel.clone().map_err(unread)?;
+    let codec = arrival.codec.clone().map_err(unread)?;
+    let job = decode_body(
+        kernel,
+        codec,
+        &arrival.message.payload,
+        &shared.config.limits,
+    )?;
+    fits(shared, job)
 }
 
 /// [`decode`], on the blocking pool.
 async fn decode_on_the_pool(
     shared: &Arc<Shared>,
     arrival: &Arrival,
-) -> Result<DecodedJob, JobError> {
-    let kernel = arrival.kernel.clone()?;
-    let codec = arrival.codec.clone()?;
+) -> Result<DecodedJob, Undecoded> {
+    let kernel = arrival.kernel.clone().map_err(unread)?;
+    let codec = arrival.codec.clone().map_err(unread)?;
     let body = arrival.message.payload.clone();
     let limits = shared.config.limits;
-    let job = tokio::task::spawn_blocking(move || kernel.decode(codec, &body, &limits))
+    let job = tokio::task::spawn_blocking(move || decode_body(kernel, codec, &body, &limits))
         .await
-        .map_err(|e| JobError::internal(format!("decoding the job failed: {e}")))??;
-    shared.admission.fits(kernel.name, job.plan.elements)?;
-    Ok(job)
+        .map_err(|e| unread(JobError::internal(format!("decoding the job failed: {e}"))))??;
+    fits(shared, job)
+}
+
+fn unread(error: JobError) -> Undecoded {
+    (error, 0.0)
+}
+
+/// `body` decoded against `limits`. A job refused for its size was read all the same: its
+/// result reports the work it asked for (read again without the element limit).
+fn decode_body(
+    kernel: &'static kiln_kernels::KindEntry,
+    codec: kiln_proto::Codec,
+    body: &[u8],
+    limits: &kiln_proto::Limits,
+) -> Result<DecodedJob, Undecoded> {
+    kernel.decode(codec, body, limits).map_err(|error| {
+        let unbounded = kiln_proto::Limits {
+            max_elements: u64::MAX,
+            ..*limits
+        };
+        let flops = match error.kind {
+            ErrorKind::TooLarge => kernel
+                .decode(codec, body, &unbounded)
+                .map_or(0.0, |job| job.plan.flops),
+            _ => 0.0,
+        };
+        (error, flops)
+    })
+}
+
+/// `job`, if it fits this worker's memory budget.
+fn fits(shared: &Shared, job: DecodedJob) -> Result<DecodedJob, Undecoded> {
+    match shared.admission.fits(job.kind.name, job.plan.elements) {
+        Ok(()) => Ok(job),
+        Err(error) => Err((error, job.plan.flops)),
+    }
 }
 
 /// Run a decoded job: refused when cancelled, its objects loaded, computed, its output
@@ -223,17 +265,18 @@ async fn load(
     if loads {
         track(shared, id, arrival, true);
     }
+    let named = (id, arrival.envelope.enqueued_at);
+    let unloaded = match crate::data::load(shared, &arrival.message, job, named).await {
+        Ok(loaded) => return Ok(loaded),
+        Err(unloaded) => unloaded,
+    };
+    // The plan as far as the objects told it (sizes read from them, when they were loaded).
     let flops = job.plan.flops;
     let refused = |error| Outcome {
         result: Err(error),
         compute_ms: 0.0,
         flops,
         waited: std::time::Duration::ZERO,
-    };
-    let named = (id, arrival.envelope.enqueued_at);
-    let unloaded = match crate::data::load(shared, &arrival.message, job, named).await {
-        Ok(loaded) => return Ok(loaded),
-        Err(unloaded) => unloaded,
     };
     if loads {
         track(shared, id, arrival, false);
