@@ -645,6 +645,36 @@ async fn bad_jobs_get_failed_results_and_the_worker_keeps_serving() {
     assert!(refused.flops > 0.0, "{refused:?}");
 }
 
+/// A CPU worker standing in for the gpu class refuses a GPU-only dtype saying so: it told
+/// the job, already on jobs.gpu.conv2d, to be submitted to jobs.gpu.conv2d.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cpu_worker_serving_the_gpu_class_refuses_bf16_saying_why() {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    cluster.spawn(
+        "worker",
+        &["worker", "--device", "cpu", "--serve-class", "gpu"],
+    );
+    let client = cluster.client().await;
+    let js = jetstream::new(client.clone());
+    let mut headers = HeaderMap::new();
+    headers.insert("Nats-Msg-Id", "bf16-on-stand-in");
+    let body = r#"{"params":{"height":8,"width":8,"dtype":"bf16"}}"#;
+    js.publish_with_headers("jobs.gpu.conv2d", headers, body.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let refused = &wait_for_results(&client, &["bf16-on-stand-in"], WAIT).await["bf16-on-stand-in"];
+    let error = refused.error.as_ref().expect("refused");
+    assert_eq!(error.kind, ErrorKind::InvalidInput);
+    assert_eq!(
+        error.message,
+        "dtype bf16 needs a GPU worker: this worker serves class gpu on a CPU (--serve-class); \
+         run one on a GPU for it, or use f32"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn aggregator_counts_match_what_was_submitted() {
     let mut cluster = Cluster::new();
@@ -1601,7 +1631,11 @@ async fn job_bigger_than_the_workers_memory_is_refused_naming_the_limit() {
         error.message
     );
     assert_eq!(event.compute_ms, 0.0, "refused before it ran");
-    assert_eq!(event.flops, 2.0 * 4096f64.powi(3), "its work, though refused");
+    assert_eq!(
+        event.flops,
+        2.0 * 4096f64.powi(3),
+        "its work, though refused"
+    );
     // A job that fits (3 × 1024² f32 = 12 MiB) runs on the same worker.
     let fits = submit_wait(&cluster, &["matmul", "-p", "n=1024"]);
     assert_eq!(fits.status, Status::Succeeded, "{fits:?}");

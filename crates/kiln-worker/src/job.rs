@@ -238,7 +238,17 @@ fn refused_at_once(
         flops: job.plan.flops,
         waited: std::time::Duration::ZERO,
     };
-    if let (ComputeDevice::Cpu, Some(refusal)) = (&shared.config.device, job.refusal_on_cpu()) {
+    if let (ComputeDevice::Cpu, Some(mut refusal)) = (&shared.config.device, job.refusal_on_cpu()) {
+        // A CPU worker serving another class (`--serve-class gpu`, a stand-in): the job was
+        // sent where the message says to send it.
+        let class = shared.config.class;
+        if class != kiln_proto::DeviceClass::Cpu {
+            let needs = refusal.message.split(';').next().unwrap_or_default();
+            refusal.message = format!(
+                "{needs}: this worker serves class {class} on a CPU (--serve-class); run one \
+                 on a GPU for it, or use f32"
+            );
+        }
         return Some(refused(refusal));
     }
     if shared.cancelled.cancels(id, arrival.envelope.enqueued_at) {
