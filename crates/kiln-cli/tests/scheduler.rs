@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use common::{Cluster, assert_success, stdout};
-use kiln_proto::{DeviceClass, ResultEvent, Status};
+use kiln_proto::{DeviceClass, ErrorKind, ResultEvent, Status};
 
 /// Products large enough (about 0.5 ms with OpenBLAS here) that compute, not overhead,
 /// separates the classes.
@@ -503,6 +503,43 @@ async fn auto_jobs_in_a_full_queue_wait_for_room_instead_of_being_dead_lettered(
     assert_eq!(dlq, 0, "no job was dead-lettered");
     let scheduler = cluster.child("scheduler").try_wait().unwrap();
     assert!(scheduler.is_none(), "the scheduler exited: {scheduler:?}");
+}
+
+/// An auto job held for room is cancelled by `kiln cancel` within a hold's pause: the
+/// scheduler looks for a mark before holding it again. It was held on and answered "no
+/// room" after two minutes while `kiln status` said a worker would answer it cancelled.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_held_auto_job_is_answered_cancelled_when_cancelled() {
+    let mut cluster = Cluster::new();
+    assert_success(&cluster.kiln(&["init", "--max-queued-jobs", "4"]));
+    cluster.spawn("scheduler", &["scheduler", "--name", "sched-1"]);
+    let client = cluster.client().await;
+    let submit = [
+        "submit",
+        "vector_add",
+        "-d",
+        "auto",
+        "-p",
+        "len=10",
+        "-n",
+        "4",
+        "--id",
+        "fq",
+    ];
+    assert_success(&cluster.kiln(&submit));
+    // Held: the queue has no room for any copy.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_success(&cluster.kiln(&["cancel", "fq-1"]));
+    let results = common::wait_for_results(&client, &["fq-1"], Duration::from_secs(15)).await;
+    let answer = &results["fq-1"];
+    assert_eq!(answer.status, Status::Failed, "{answer:?}");
+    let error = answer.error.as_ref().unwrap();
+    assert_eq!(error.kind, ErrorKind::Cancelled, "{error:?}");
+    assert_eq!(error.message, "cancelled on request before it ran");
+    assert_eq!((answer.device.as_str(), answer.flops), ("none", 10.0));
+    // The others wait on, unanswered.
+    let (stored, _) = common::stored_results(&client).await;
+    assert_eq!(stored, 1);
 }
 
 /// A routed copy the server refuses for another reason than room or size (here the

@@ -262,6 +262,8 @@ struct Scheduler {
     held: Held,
     /// The scheduler consumer's deliveries per job (0 or less: no limit).
     max_deliver: i64,
+    /// `kiln cancel`'s marks, for the jobs it answers or holds.
+    marks: route::CancelMarks,
 }
 
 impl Scheduler {
@@ -270,6 +272,7 @@ impl Scheduler {
         let mut classes = Classes::default();
         refresh(&js, &mut classes).await;
         let scheduler = Scheduler {
+            marks: route::CancelMarks::new(js.clone()),
             js,
             config,
             model: CostModel::default(),
@@ -336,7 +339,8 @@ impl Scheduler {
             }
             other => other,
         };
-        match settle(&self.js, &self.config, routed, stored, last_delivery).await {
+        let marks = &self.marks;
+        match settle(&self.js, &self.config, marks, routed, stored, last_delivery).await {
             Settled::Routed(DeviceClass::Gpu) => self.stats.routed_gpu += 1,
             Settled::Routed(_) => self.stats.routed_cpu += 1,
             Settled::Held(message, hold) => self.held.push(*message, hold),

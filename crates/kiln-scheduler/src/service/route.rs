@@ -25,6 +25,8 @@ pub(super) struct Routed {
     pub(super) target: String,
     reason: String,
     enqueued_at: time::OffsetDateTime,
+    /// The job's work, as its result reports it (0 when it does not decode).
+    flops: f64,
     span: Option<kiln_telemetry::trace::TraceSpan>,
     /// Since when, and how patiently, the job has waited for room in `KILN_JOBS`.
     hold: Option<Hold>,
@@ -187,6 +189,7 @@ impl Scheduler {
             class: routing.chosen,
             reason: routing.reason,
             enqueued_at: envelope.enqueued_at,
+            flops: decoded.as_ref().map_or(0.0, |job| job.plan.flops),
             span,
             hold,
             headers: headers.clone(),
@@ -269,6 +272,7 @@ async fn auto_kind(message: &jetstream::Message) -> Option<String> {
 pub(super) async fn settle(
     js: &jetstream::Context,
     config: &SchedulerConfig,
+    marks: &CancelMarks,
     routed: Routed,
     stored: Result<(), String>,
     last_delivery: bool,
@@ -281,11 +285,29 @@ pub(super) async fn settle(
         target,
         reason,
         enqueued_at,
+        flops,
         span,
         hold,
         ..
     } = routed;
-    let answer = |error| answer_and_ack(js, config, &message, &kind, &id, enqueued_at, error);
+    let job = Unrouted {
+        message: &message,
+        kind: &kind,
+        id: &id,
+        enqueued_at,
+        flops,
+    };
+    let answer = |error| answer_and_ack(js, config, &job, error);
+    // Not routed, and cancelled meanwhile (`kiln cancel` of a job held for room, say): the
+    // scheduler answers it as a worker would have, rather than hold it or blame the server.
+    if stored.is_err() && marks.cancel(&id, enqueued_at).await {
+        answer(JobError::new(
+            ErrorKind::Cancelled,
+            "cancelled on request before it ran",
+        ))
+        .await;
+        return Settled::Done;
+    }
     match &stored {
         // A job too close to max_payload for its copy's headers can never be routed: answered
         // `too_large` instead of going round for ever.
@@ -371,18 +393,59 @@ fn refused(target: &str, class: DeviceClass, kind: &str, e: &str) -> JobError {
     )
 }
 
+/// The `kiln cancel` marks (`KILN_CANCEL`), looked up one job at a time: only for jobs the
+/// scheduler answers itself or holds for room, a few.
+#[derive(Debug)]
+pub(super) struct CancelMarks {
+    js: jetstream::Context,
+    bucket: tokio::sync::OnceCell<jetstream::kv::Store>,
+}
+
+impl CancelMarks {
+    pub(super) fn new(js: jetstream::Context) -> Self {
+        Self {
+            js,
+            bucket: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// Whether a mark cancels job `id` enqueued at `enqueued_at` ([`kiln_proto::cancel_applies`]);
+    /// `false` when the bucket cannot be read.
+    async fn cancel(&self, id: &str, enqueued_at: time::OffsetDateTime) -> bool {
+        let bucket = self
+            .bucket
+            .get_or_try_init(|| self.js.get_key_value(kiln_proto::BUCKET_CANCEL))
+            .await;
+        let Ok(bucket) = bucket else { return false };
+        match bucket.entry(kiln_proto::job_key(id)).await {
+            Ok(Some(entry)) => {
+                entry.operation == jetstream::kv::Operation::Put
+                    && kiln_proto::cancel_applies(entry.created, enqueued_at)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// A job the scheduler answers itself: its message and what its result says of it.
+struct Unrouted<'a> {
+    message: &'a jetstream::Message,
+    kind: &'a str,
+    id: &'a str,
+    enqueued_at: time::OffsetDateTime,
+    flops: f64,
+}
+
 /// Answer a job that cannot be routed with a failure, and ack it; hand it back when the
 /// answer is not stored.
 async fn answer_and_ack(
     js: &jetstream::Context,
     config: &SchedulerConfig,
-    message: &jetstream::Message,
-    kind: &str,
-    id: &str,
-    enqueued_at: time::OffsetDateTime,
+    job: &Unrouted<'_>,
     error: JobError,
 ) {
-    match answer_failed(js, config, message, kind, id, enqueued_at, error).await {
+    let (message, id) = (job.message, job.id);
+    match answer_failed(js, config, job, error).await {
         Ok(()) => {
             let _ = message.ack().await;
         }
@@ -399,12 +462,16 @@ async fn answer_and_ack(
 async fn answer_failed(
     js: &jetstream::Context,
     config: &SchedulerConfig,
-    message: &jetstream::Message,
-    kind: &str,
-    id: &str,
-    enqueued_at: time::OffsetDateTime,
+    job: &Unrouted<'_>,
     error: JobError,
 ) -> Result<(), String> {
+    let Unrouted {
+        message,
+        kind,
+        id,
+        enqueued_at,
+        flops,
+    } = *job;
     let now = time::OffsetDateTime::now_utc();
     let waited = (now - enqueued_at).as_seconds_f64().max(0.0) * 1000.0;
     let kind = if kiln_kernels::find(kind).is_some() {
@@ -432,7 +499,7 @@ async fn answer_failed(
         total_ms: waited,
         output: serde_json::Value::Null,
         error: Some(error.bounded()),
-        flops: 0.0,
+        flops,
         routing: None,
         replay,
     };
