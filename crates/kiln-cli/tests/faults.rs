@@ -1497,3 +1497,46 @@ async fn a_draining_worker_hands_its_name_to_its_successor_quietly() {
     assert_success(&result);
     wait_for_worker(&cluster, "rolling").await;
 }
+
+/// A job's simulated time (`--sim-overhead`, `--slowdown`) is a step like its real one: a
+/// timeout or a cancel stops it within a checkpoint. It slept on to the end: a job cancelled
+/// 3 s into a simulated 30 s was answered 27 s later, and one with a 300 ms timeout reported
+/// the whole 30 s as compute.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_jobs_simulated_time_stops_for_a_timeout_or_a_cancel() {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    let worker = ["worker", "--device", "cpu", "--sim-overhead", "30s"];
+    cluster.spawn("worker", &worker);
+    let client = cluster.client().await;
+    let timed = [
+        "submit",
+        "vector_add",
+        "-p",
+        "len=8",
+        "--id",
+        "timed",
+        "--timeout",
+        "300ms",
+    ];
+    assert_success(&cluster.kiln(&timed));
+    assert_success(&cluster.kiln(&["submit", "vector_add", "-p", "len=8", "--id", "dropped"]));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !stdout(&cluster.kiln(&["status", "dropped"])).contains("running") {
+        assert!(Instant::now() < deadline, "dropped never ran");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let cancelled_at = Instant::now();
+    assert_success(&cluster.kiln(&["cancel", "dropped"]));
+    let results =
+        common::wait_for_results(&client, &["timed", "dropped"], Duration::from_secs(10)).await;
+    assert!(cancelled_at.elapsed() < Duration::from_secs(10));
+    let timed = &results["timed"];
+    let error = timed.error.as_ref().expect("timed out");
+    assert_eq!(error.kind, kiln_proto::ErrorKind::Timeout, "{error:?}");
+    assert!(timed.compute_ms < 2_000.0, "{timed:?}");
+    let dropped = &results["dropped"];
+    let error = dropped.error.as_ref().expect("cancelled");
+    assert_eq!(error.kind, kiln_proto::ErrorKind::Cancelled, "{error:?}");
+    assert!(dropped.compute_ms < 25_000.0, "{dropped:?}");
+}

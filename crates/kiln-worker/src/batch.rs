@@ -207,7 +207,7 @@ fn run_blocking(shared: &Shared, jobs: Vec<Waiting>, _permit: ComputePermit) {
     }
     // A simulated slower device (`--slowdown`, `--sim-overhead`) as for a job alone: the
     // launch is slowed, and pays the fixed overhead once, as a launch does.
-    crate::compute::simulate(&shared.config, start);
+    let _ = crate::compute::simulate(&shared.config, start, None);
     let compute_ms = start.elapsed().as_secs_f64() * 1000.0;
     let failed = results.iter().flatten().filter_map(|r| r.as_ref().err());
     if let Some(e) = failed

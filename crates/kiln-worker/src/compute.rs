@@ -240,14 +240,15 @@ fn run_blocking(
             "device {device} is unusable ({reason}); job handed back"
         ));
     }
-    let result = crate::warmup::run_guarded(&device, || {
+    let mut result = crate::warmup::run_guarded(&device, || {
         guard.checkpoint(Progress { done: 0, total: 1 })?;
         job.run_with(&device, shared.engines, &guard)
     });
     if let Err(e) = &result {
         check_device(shared, e);
+    } else if let Err(stopped) = simulate(&shared.config, start, Some(&guard)) {
+        result = Err(stopped);
     }
-    simulate(&shared.config, start);
     let stored = job.take_stored();
     let memory = stored.as_ref().map(|_| permit.computed());
     Ran {
@@ -262,19 +263,39 @@ fn run_blocking(
 }
 
 /// Make a run that began at `start` take as long as on the simulated slower device
-/// (`--slowdown`, `--sim-overhead`; both off by default). Blocking.
-pub(crate) fn simulate(config: &WorkerConfig, start: Instant) {
+/// (`--slowdown`, `--sim-overhead`; both off by default). Blocking. With a `guard`, the
+/// simulated time is a step like any other: a cancel, a timeout or a stopping worker ends it
+/// within [`SIMULATED_CHECKPOINT`], with the error that stops the job.
+pub(crate) fn simulate(
+    config: &WorkerConfig,
+    start: Instant,
+    guard: Option<&dyn Checkpoint>,
+) -> Result<(), JobError> {
     let slowdown = config.slowdown;
     // Past `Duration`'s range (a factor the command line refuses), no simulated time at all
     // rather than a panic for every job.
-    if slowdown > 1.0
-        && let Ok(more) =
-            Duration::try_from_secs_f64(start.elapsed().as_secs_f64() * (slowdown - 1.0))
-    {
-        std::thread::sleep(more);
+    let slower = match slowdown > 1.0 {
+        true => Duration::try_from_secs_f64(start.elapsed().as_secs_f64() * (slowdown - 1.0))
+            .unwrap_or_default(),
+        false => Duration::ZERO,
+    };
+    let until = Instant::now() + slower.saturating_add(config.sim_overhead);
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(());
+        }
+        let Some(guard) = guard else {
+            std::thread::sleep(left);
+            return Ok(());
+        };
+        std::thread::sleep(left.min(SIMULATED_CHECKPOINT));
+        guard.checkpoint(Progress { done: 1, total: 1 })?;
     }
-    std::thread::sleep(config.sim_overhead);
 }
+
+/// How often a job's simulated time checks whether it is to stop.
+const SIMULATED_CHECKPOINT: Duration = Duration::from_millis(20);
 
 /// A GPU that failed may be broken for every job that follows: after an out-of-memory or
 /// internal error, probe it, and if it no longer computes, stop this worker (it exits
