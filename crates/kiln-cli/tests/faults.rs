@@ -293,6 +293,61 @@ async fn crashing_cpu_worker(
         .unwrap()
 }
 
+/// An auto job the scheduler's consumer gave up on (a scheduler that stalls on it each time:
+/// a client pulling from `scheduler` that never acks) is answered saying so: "no worker
+/// acknowledged it" blamed workers that never saw it.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_auto_job_a_stalled_scheduler_never_routed_is_answered_saying_so() {
+    let mut cluster = Cluster::new();
+    let client = cluster.client().await;
+    let js = async_nats::jetstream::new(client.clone());
+    give_up_quickly(&mut cluster, &js).await;
+    js.publish(
+        "jobs.auto.vector_add",
+        r#"{"id":"unrouted","params":{"len":8}}"#.into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let stalled = js
+        .get_stream(kiln_proto::streams::STREAM_JOBS)
+        .await
+        .unwrap()
+        .get_consumer::<async_nats::jetstream::consumer::pull::Config>(
+            kiln_proto::streams::CONSUMER_SCHEDULER,
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let answered = loop {
+        assert!(Instant::now() < deadline, "the job was never given up");
+        let mut batch = stalled
+            .fetch()
+            .max_messages(1)
+            .expires(Duration::from_millis(1500))
+            .messages()
+            .await
+            .unwrap();
+        while futures::StreamExt::next(&mut batch).await.is_some() {}
+        let answered: Vec<_> = common::all_results(&client)
+            .await
+            .into_iter()
+            .filter(|e| e.id == "unrouted")
+            .collect();
+        if !answered.is_empty() {
+            break answered;
+        }
+    };
+    let error = answered[0].error.as_ref().expect("failed");
+    assert_eq!(
+        error.message,
+        "gave up after 2 deliveries from scheduler: the scheduler routed it within the ack \
+         wait on none of them (it stalled or lost its connection; no worker saw the job); kept \
+         in KILN_DLQ, resubmit it with `kiln dlq replay`"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn job_no_worker_acknowledges_is_answered_dead_lettered_and_replayable() {
     use async_nats::jetstream;

@@ -748,7 +748,9 @@ async fn status_of_a_routed_job_held_by_a_killed_worker_says_it_was_taken() {
     }
     cluster.child("worker").kill().expect("SIGKILL the worker");
     let expected = "jobs.cpu.train_mlp: 0 job(s) of the class waiting, 2 taken by a worker no \
-                    longer live (handed out again when its ack wait ends), no live worker";
+                    longer live (handed out again once its ack wait ends, to the next worker of the \
+                    class that pulls, or answered failed if that was its last delivery), no live \
+                    worker";
     // Its heartbeat expires 6 s after the last one.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

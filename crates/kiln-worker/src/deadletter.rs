@@ -175,11 +175,20 @@ fn given_up(
             entry.decode(codec, &job.payload, &limits).ok()
         })
         .map_or(0.0, |job| job.plan.flops);
+    // The scheduler's consumer gives up on an auto job it could not route in time (it
+    // stalled, or lost its connection), which no worker ever saw.
+    let why = match advisory.consumer == kiln_proto::streams::CONSUMER_SCHEDULER {
+        true => {
+            "the scheduler routed it within the ack wait on none of them (it stalled or \
+                 lost its connection; no worker saw the job)"
+        }
+        false => "no worker acknowledged it within the ack wait (each crashed or stalled on it)",
+    };
     let error = JobError::new(
         ErrorKind::Internal,
         format!(
-            "gave up after {} from {}: no worker acknowledged it within the ack wait (each \
-             crashed or stalled on it); kept in KILN_DLQ, resubmit it with `kiln dlq replay`",
+            "gave up after {} from {}: {why}; kept in KILN_DLQ, resubmit it with `kiln dlq \
+             replay`",
             match advisory.deliveries {
                 1 => "1 delivery".to_owned(),
                 n => format!("{n} deliveries"),

@@ -136,7 +136,9 @@ fn class_line(
     let taken = match (queue.map_or(0, |c| c.in_flight), holders) {
         (0, _) => String::new(),
         (n, false) => format!(
-            ", {n} taken by a worker no longer live (handed out again when its ack wait ends)"
+            ", {n} taken by a worker no longer live (handed out again once its ack wait ends, \
+             to the next worker of the class that pulls, or answered failed if that was its \
+             last delivery)"
         ),
         (n, true) => format!(", {n} taken and not answered yet"),
     };
