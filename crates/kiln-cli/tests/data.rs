@@ -116,6 +116,23 @@ async fn a_users_matrices_go_in_by_object_and_the_whole_product_comes_back() {
         std::fs::read(&got).unwrap(),
         std::fs::read(&c_path).unwrap()
     );
+    // Into a folder, as `cp` writes: under the object's last name there (it said "Is a
+    // directory", or "Not a directory" for `-o folder/`).
+    let folder = dir.path().join("outputs");
+    std::fs::create_dir(&folder).unwrap();
+    let base = name.rsplit('/').next().unwrap();
+    for to in [
+        folder.display().to_string(),
+        format!("{}/", folder.display()),
+    ] {
+        assert_success(&cluster.kiln(&["get", name, "-o", &to]));
+        let written = folder.join(base);
+        assert_eq!(
+            std::fs::read(&written).unwrap(),
+            std::fs::read(&c_path).unwrap()
+        );
+        std::fs::remove_file(written).unwrap();
+    }
     // A name that ends in no file name (`dir/`) asks for -o, rather than failing to write "".
     assert_success(&cluster.kiln(&["put", &a_path, "--name", "dir/"]));
     let out = cluster.kiln_in(dir.path(), &["get", "dir/"]);

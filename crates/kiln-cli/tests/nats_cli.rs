@@ -148,7 +148,8 @@ fn a_missing_or_unsupported_context_is_a_clear_error() {
     assert!(!missing.status.success());
     let message = stderr(&missing);
     assert!(
-        message.contains("\"nosuch\"") && message.contains("nats context ls"),
+        message.contains("NATS context \"nosuch\" not found")
+            && message.contains("nats context ls"),
         "{message}"
     );
 

@@ -86,7 +86,11 @@ pub(crate) fn load(name: Option<&str>) -> Result<Option<(String, NatsContext)>> 
     };
     let context = read(&path).map_err(|source| Error::Config {
         message: format!(
-            "NATS context {name:?} ({}), {instead}; `nats context ls` lists them",
+            "NATS context {name:?}{} ({}), {instead}; `nats context ls` lists them",
+            match path.exists() {
+                true => "",
+                false => " not found",
+            },
             path.display()
         ),
         source: Some(source.into()),

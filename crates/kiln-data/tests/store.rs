@@ -270,7 +270,7 @@ async fn safetensors_entries_are_picked_by_key() {
     assert_eq!(
         m,
         "object model has no tensor \"c\"; pick one of \"b\", \"w\" with \"tensor\" (kiln \
-         submit: --input KEY=@FILE#NAME)"
+         submit: --input KEY=@FILE#NAME, or KEY=OBJECT#NAME for one stored)"
     );
     reference.tensor = None;
     let m = invalid(store::fetch(&store, &reference, Want::Tensor, MIB, 100).await);
@@ -307,6 +307,13 @@ async fn images_load_as_images_and_not_as_tensors() {
         m,
         "object img.png is a PNG image, but this job wants a tensor (.npy or safetensors); \
          store it in one of those formats"
+    );
+    // One format wanted: "one of those formats" named one.
+    let m = invalid(store::fetch(&store, &reference, Want::Model, MIB, 100).await);
+    assert_eq!(
+        m,
+        "object img.png is a PNG image, but this job wants a model (safetensors); store it in \
+         that format"
     );
     let loaded = store::fetch(&store, &reference, Want::Image, MIB, 100)
         .await
@@ -529,9 +536,10 @@ async fn an_empty_object_is_read_at_once() {
         .unwrap();
     assert_eq!((got.size, out.len()), (0, 0));
     let m = invalid(store::fetch(&store, &ObjectRef::new("empty"), Want::Tensor, MIB, 100).await);
-    assert!(
-        m.starts_with("object empty is in no format kiln reads"),
-        "{m}"
+    // Said to be empty (it was "in no format kiln reads"): stored from an empty pipe, say.
+    assert_eq!(
+        m,
+        "object empty is empty, but this job wants a tensor (.npy or safetensors)"
     );
 }
 

@@ -17,8 +17,8 @@ pub struct PutArgs {
 pub struct GetArgs {
     /// The object's name (a result's output.object.name).
     pub name: String,
-    /// Where to write it (default: the last part of its name, in the current folder); `-` is
-    /// standard output.
+    /// Where to write it (default: the last part of its name, in the current folder; a
+    /// folder: the last part of its name, there); `-` is standard output.
     #[arg(short = 'o', long)]
     pub output: Option<PathBuf>,
 }

@@ -101,20 +101,29 @@ pub async fn get(nats: &NatsArgs, args: GetArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::from(super::EXIT_NOT_FOUND));
     };
-    let path = match &args.output {
-        Some(path) => path.clone(),
-        None => match args.name.rsplit('/').next().unwrap_or(&args.name) {
-            // `dir/`, `.`, `..`: no file of that name can be written here.
-            "" | "." | ".." => {
-                eprintln!(
-                    "kiln: object {:?} ends in no file name to write it to: give one with -o \
-                     FILE (or -o - for standard output)",
-                    args.name
-                );
-                return Ok(ExitCode::FAILURE);
-            }
-            base => PathBuf::from(base),
-        },
+    // Into a folder (`-o out/`, `-o .`) as `cp` writes: under the object's last name there.
+    let folder = match &args.output {
+        None => Some(PathBuf::new()),
+        Some(path) if path.is_dir() || path.as_os_str().to_string_lossy().ends_with('/') => {
+            Some(path.clone())
+        }
+        Some(_) => None,
+    };
+    let path = match (folder, &args.output) {
+        (None, Some(path)) => path.clone(),
+        (_, _) if matches!(args.name.rsplit('/').next(), None | Some("" | "." | "..")) => {
+            // `dir/`, `.`, `..`: no file of that name can be written.
+            eprintln!(
+                "kiln: object {:?} ends in no file name to write it to: give one with -o FILE \
+                 (or -o - for standard output)",
+                args.name
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+        (folder, _) => {
+            let base = args.name.rsplit('/').next().unwrap_or(&args.name);
+            folder.unwrap_or_default().join(base)
+        }
     };
     let bar = BytesBar::new(size, "fetching");
     if path == Path::new("-") {

@@ -120,13 +120,13 @@ pub(super) fn choose_key(
         (Some(key), _) if names.iter().any(|n| n == key) => Ok(key.to_string()),
         (Some(key), _) => Err(invalid(format!(
             "{what} has no tensor {key:?}; pick one of {} with \"tensor\" (kiln submit: \
-             --input KEY=@FILE#NAME)",
+             --input KEY=@FILE#NAME, or KEY=OBJECT#NAME for one stored)",
             list_names(names)
         ))),
         (None, [only]) => Ok(only.clone()),
         (None, _) => Err(invalid(format!(
             "{what} holds {} tensors ({}); pick one with \"tensor\": \"NAME\" (kiln submit: \
-             --input KEY=@FILE#NAME)",
+             --input KEY=@FILE#NAME, or KEY=OBJECT#NAME for one stored)",
             names.len(),
             list_names(names)
         ))),
@@ -474,12 +474,12 @@ mod tests {
         assert_eq!(
             message(read(&file, None)),
             "t holds 2 tensors (\"a\", \"b\"); pick one with \"tensor\": \"NAME\" (kiln \
-             submit: --input KEY=@FILE#NAME)"
+             submit: --input KEY=@FILE#NAME, or KEY=OBJECT#NAME for one stored)"
         );
         assert_eq!(
             message(read(&file, Some("c"))),
             "t has no tensor \"c\"; pick one of \"a\", \"b\" with \"tensor\" (kiln submit: \
-             --input KEY=@FILE#NAME)"
+             --input KEY=@FILE#NAME, or KEY=OBJECT#NAME for one stored)"
         );
         // A single entry needs no key.
         let one = safetensors(

@@ -331,10 +331,18 @@ async fn fetch_info(
                 .await
                 .map(Loaded::Model)
         }
+        (want, None) if object.prefix.is_empty() => Err(DataError::Invalid(format!(
+            "{what} is empty, but this job wants {}",
+            want.describe()
+        ))),
         (want, format) => Err(DataError::Invalid(format!(
-            "{what} is {}, but this job wants {}; store it in one of those formats{}",
+            "{what} is {}, but this job wants {}; store it in {}{}",
             Format::describe(format),
             want.describe(),
+            match want {
+                Want::Model => "that format",
+                _ => "one of those formats",
+            },
             match (format, want) {
                 (None, Want::Tensor | Want::Image) =>
                     formats::not_a_tensor_format_hint(&object.prefix),
