@@ -72,7 +72,8 @@ fn main() -> ExitCode {
 }
 
 /// An error and its causes on one line, each cause once: many errors (kiln's own and
-/// async-nats's) already end with their cause's text, which `{:#}` would print again.
+/// async-nats's) already end with their cause's text, which `{:#}` would print again, and
+/// some of async-nats's say theirs twice ("jetstream error: X: jetstream error: X").
 fn causes(e: &anyhow::Error) -> String {
     let mut line = e.to_string();
     for cause in e.chain().skip(1) {
@@ -82,7 +83,23 @@ fn causes(e: &anyhow::Error) -> String {
             line.push_str(&cause);
         }
     }
-    line
+    without_repeats(&line)
+}
+
+/// `line` without a run of its `: `-separated parts that repeats the run just before it.
+fn without_repeats(line: &str) -> String {
+    let mut parts: Vec<&str> = line.split(": ").collect();
+    let mut k = 1;
+    while 2 * k <= parts.len() {
+        let n = parts.len();
+        if parts[n - 2 * k..n - k] == parts[n - k..] {
+            parts.truncate(n - k);
+            k = 1;
+        } else {
+            k += 1;
+        }
+    }
+    parts.join(": ")
 }
 
 /// A command that prints for people and scripts ends quietly, as Unix tools do, when whoever
@@ -185,6 +202,20 @@ fn colour_logs() -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_cause_said_twice_is_said_once() {
+        let twice = "could not create or update stream KILN_JOBS: jetstream error: replicas > 1 \
+                     not supported (code 500): jetstream error: replicas > 1 not supported (code \
+                     500)";
+        assert_eq!(
+            super::without_repeats(twice),
+            "could not create or update stream KILN_JOBS: jetstream error: replicas > 1 not \
+             supported (code 500)"
+        );
+        assert_eq!(super::without_repeats("a: b: c"), "a: b: c");
+        assert_eq!(super::without_repeats("a: a"), "a");
+    }
+
     /// An error that ends with its cause's text, as `#[error("…: {source}")]` makes one.
     #[derive(Debug)]
     struct Setup(std::io::Error);

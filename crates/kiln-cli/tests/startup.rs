@@ -184,6 +184,25 @@ async fn a_worker_is_refused_the_name_of_a_live_one() {
     assert!(common::stdout(&ok).contains("\"worker\": \"twin\""));
 }
 
+/// `kiln init --replicas 3` on a single server says what the server's refusal means: it
+/// passed the server's error on, twice over ("jetstream error: replicas > 1 not supported in
+/// non-clustered mode (code 500, error code 10074): jetstream error: …").
+#[test]
+fn init_with_replicas_on_a_single_server_says_a_cluster_is_needed() {
+    let cluster = Cluster::new();
+    let out = Command::new(KILN)
+        .args(["init", "--replicas", "3"])
+        .env("NATS_URL", cluster.server.url())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim_end(),
+        "kiln: --replicas 3 needs a JetStream cluster of at least 3 servers, and this \
+         nats-server is not clustered: use --replicas 1 (the default) with it"
+    );
+}
+
 /// A creation the server refuses with a reason of its own is said as that reason, not as a
 /// permission the user lacks: `KILN_REPLICAS=3` on a single server said "this user could not
 /// create it: run `kiln init` as a user allowed to create streams".

@@ -7,7 +7,18 @@ use crate::cli::NatsArgs;
 pub async fn run(nats: &NatsArgs) -> anyhow::Result<ExitCode> {
     let client = kiln_client::connect(&nats.connect_options()).await?;
     let js = async_nats::jetstream::new(client);
-    streams::update_all(&js, &super::topology(nats)).await?;
+    if let Err(e) = streams::update_all(&js, &super::topology(nats)).await {
+        // JetStream's "replicas > 1 not supported in non-clustered mode".
+        if nats.replicas > 1 && e.to_string().contains("error code 10074") {
+            anyhow::bail!(
+                "--replicas {} needs a JetStream cluster of at least {} servers, and this \
+                 nats-server is not clustered: use --replicas 1 (the default) with it",
+                nats.replicas,
+                nats.replicas
+            );
+        }
+        return Err(e.into());
+    }
     println!(
         "streams {}, {}, {}, {}, {}, consumers {}, {}, {}, {}, {}, buckets {}, {}, {} and object store {} are \
          ready ({} replica(s))",
