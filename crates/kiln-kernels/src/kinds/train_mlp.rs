@@ -388,6 +388,19 @@ impl Samples {
 /// The most classes a dataset's labels may make (its largest label + 1).
 const MAX_DATASET_CLASSES: u64 = 65_536;
 
+/// Refuse a dataset whose largest label makes more than [`MAX_DATASET_CLASSES`] classes.
+fn check_classes(object: &str, classes: u64) -> Result<(), JobError> {
+    if classes > MAX_DATASET_CLASSES {
+        return invalid(format!(
+            "dataset {object:?}'s largest label is {}, which makes {classes} classes (labels \
+             are class numbers from 0, and the largest sets how many there are), over the \
+             {MAX_DATASET_CLASSES} kiln trains; number the classes 0 to N-1",
+            classes - 1
+        ));
+    }
+    Ok(())
+}
+
 /// A user's dataset as samples, with its sizes; refuses one kiln cannot train on.
 fn dataset_samples(
     params: &Params,
@@ -410,14 +423,7 @@ fn dataset_samples(
         ));
     }
     let classes = data.y.iter().max().map_or(0, |&m| u64::from(m) + 1);
-    if classes > MAX_DATASET_CLASSES {
-        return invalid(format!(
-            "dataset {object:?}'s largest label is {}, which makes {classes} classes (labels \
-             are class numbers from 0, and the largest sets how many there are), over the \
-             {MAX_DATASET_CLASSES} kiln trains; number the classes 0 to N-1",
-            classes - 1
-        ));
-    }
+    check_classes(object, classes)?;
     let sizes = params.dataset_sizes(object, samples, features, Some(classes))?;
     let y = data.y.into_iter().map(i64::from).collect();
     Ok((Samples { x: data.x.data, y }, sizes))
@@ -498,14 +504,16 @@ impl Kernel for TrainMlp {
                     Config::training(params)?;
                     return Ok(Plan::default());
                 }
-                // Its labels make the classes (the output layer, so the cost); the job
-                // checks them again when it runs, and refuses too many there.
+                // Its labels make the classes (the output layer, so the cost): too many are
+                // refused before the other sizes are checked against them.
                 Some(shape) => {
                     let (samples, features) = dataset_shape(&reference.object, shape)?;
                     let classes = inputs
                         .with_dataset("dataset", |d| d.y.iter().max().map(|&m| u64::from(m) + 1))
-                        .flatten()
-                        .filter(|&c| c <= MAX_DATASET_CLASSES);
+                        .flatten();
+                    if let Some(classes) = classes {
+                        check_classes(&reference.object, classes)?;
+                    }
                     params.dataset_sizes(&reference.object, samples, features, classes)?
                 }
             },

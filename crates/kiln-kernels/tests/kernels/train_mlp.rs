@@ -714,6 +714,18 @@ fn a_label_making_too_many_classes_is_named() {
         "{}",
         err.message
     );
+    // On a dataset too small to split, the label is the problem named, not the split
+    // ("validation_split 0.2 of 2 samples holds out none").
+    let two = Dataset {
+        x: HostTensor::new(vec![2, 2], vec![1.0, 2.0, 1.0, 3.0]),
+        y: vec![0, 70_000],
+    };
+    let err = dataset_job(params.clone(), 0, two).unwrap_err();
+    assert!(
+        err.message.contains("largest label is 70000"),
+        "{}",
+        err.message
+    );
     // Labels up to the limit train (unused classes included).
     let mut data = blobs(5, 0);
     data.y[4] = 9;
