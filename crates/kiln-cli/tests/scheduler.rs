@@ -527,8 +527,19 @@ async fn a_held_auto_job_is_answered_cancelled_when_cancelled() {
         "fq",
     ];
     assert_success(&cluster.kiln(&submit));
-    // Held: the queue has no room for any copy.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Held: the queue has no room for any copy, as `kiln status` says (it said they waited
+    // to be routed, nothing of the hold).
+    let held = "4 auto job(s) wait to be routed, 4 of them held by the scheduler: KILN_JOBS is \
+                full (4 jobs), so their copies wait for room";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = stdout(&cluster.kiln(&["status", "fq-1"]));
+        if status.contains(held) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{status}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     assert_success(&cluster.kiln(&["cancel", "fq-1"]));
     let results = common::wait_for_results(&client, &["fq-1"], Duration::from_secs(15)).await;
     let answer = &results["fq-1"];

@@ -15,6 +15,8 @@ pub struct Overview {
     pub queued_jobs: u64,
     /// Bytes they take.
     pub queued_bytes: u64,
+    /// Most jobs `KILN_JOBS` holds (`kiln init --max-queued-jobs`; `None`: no limit).
+    pub max_queued_jobs: Option<u64>,
     /// The job consumers: `workers-gpu`, `workers-cpu`, `scheduler`.
     pub consumers: Vec<ConsumerState>,
     /// Live workers, from their heartbeats.
@@ -49,12 +51,14 @@ pub struct ConsumerState {
 /// Read kiln's queues, consumers, live workers, stream sizes and metrics.
 pub async fn overview(js: &jetstream::Context) -> Result<Overview> {
     let mut jobs = open_stream(js, STREAM_JOBS).await?;
-    let state = jobs
+    let info = jobs
         .info()
         .await
-        .nats(|| format!("reading {STREAM_JOBS}"))?
-        .state
-        .clone();
+        .nats(|| format!("reading {STREAM_JOBS}"))?;
+    let (state, max_queued_jobs) = (
+        info.state.clone(),
+        u64::try_from(info.config.max_messages).ok(),
+    );
     let consumers = consumers(&mut jobs).await;
     let (workers, workers_error) = match streams::listed_workers(js).await {
         Ok(workers) => (workers, None),
@@ -75,6 +79,7 @@ pub async fn overview(js: &jetstream::Context) -> Result<Overview> {
     Ok(Overview {
         queued_jobs: state.messages,
         queued_bytes: state.bytes,
+        max_queued_jobs,
         consumers,
         workers,
         workers_error,
