@@ -331,26 +331,33 @@ async fn fetch_info(
                 .await
                 .map(Loaded::Model)
         }
-        (want, None) if object.prefix.is_empty() => Err(DataError::Invalid(format!(
+        (want, format) => Err(not_wanted(&what, format, want, &object.prefix)),
+    }
+}
+
+/// The error for an object `what` in `format`, which starts with `prefix`, that a job
+/// wanted as `want`.
+fn not_wanted(what: &str, format: Option<Format>, want: Want, prefix: &[u8]) -> DataError {
+    if format.is_none() && prefix.is_empty() {
+        return DataError::Invalid(format!(
             "{what} is empty, but this job wants {}",
             want.describe()
-        ))),
-        (want, format) => Err(DataError::Invalid(format!(
-            "{what} is {}, but this job wants {}; store it in {}{}",
-            Format::describe(format),
-            want.describe(),
-            match want {
-                Want::Model => "that format",
-                _ => "one of those formats",
-            },
-            match (format, want) {
-                (None, Want::Tensor | Want::Image) =>
-                    formats::not_a_tensor_format_hint(&object.prefix),
-                (None, Want::Dataset | Want::Model) => formats::not_a_format_hint(&object.prefix),
-                (Some(_), _) => "",
-            }
-        ))),
+        ));
     }
+    DataError::Invalid(format!(
+        "{what} is {}, but this job wants {}; store it in {}{}",
+        Format::describe(format),
+        want.describe(),
+        match want {
+            Want::Model => "that format",
+            _ => "one of those formats",
+        },
+        match (format, want) {
+            (None, Want::Tensor | Want::Image) => formats::not_a_tensor_format_hint(prefix),
+            (None, Want::Dataset | Want::Model) => formats::not_a_format_hint(prefix),
+            (Some(_), _) => "",
+        }
+    ))
 }
 
 /// Refuse an object of `size` bytes over the caller's `max_bytes`; `what` names it (as

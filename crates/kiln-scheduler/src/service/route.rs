@@ -34,6 +34,19 @@ pub(super) struct Routed {
     pub(super) headers: async_nats::HeaderMap,
 }
 
+impl Routed {
+    /// The job as the scheduler answers it itself.
+    fn unrouted(&self) -> Unrouted<'_> {
+        Unrouted {
+            message: &self.message,
+            kind: &self.kind,
+            id: &self.id,
+            enqueued_at: self.enqueued_at,
+            flops: self.flops,
+        }
+    }
+}
+
 /// How long a job whose copy `KILN_JOBS` has no room for is held (its delivery kept with
 /// progress acks, not handed back: every nak spends one of its deliveries, and five refusals
 /// in five seconds dead-lettered accepted jobs as if workers had crashed on them) before it is
@@ -277,6 +290,18 @@ pub(super) async fn settle(
     stored: Result<(), String>,
     last_delivery: bool,
 ) -> Settled {
+    if let Err(e) = stored {
+        // Not routed, and cancelled meanwhile (`kiln cancel` of a job held for room, say): the
+        // scheduler answers it as a worker would have, rather than hold it or blame the
+        // server.
+        if marks.cancel(&routed.id, routed.enqueued_at).await {
+            let cancelled =
+                JobError::new(ErrorKind::Cancelled, "cancelled on request before it ran");
+            answer_and_ack(js, config, &routed.unrouted(), cancelled).await;
+            return Settled::Done;
+        }
+        return not_stored(js, config, routed, &e, last_delivery).await;
+    }
     let Routed {
         message,
         id,
@@ -284,77 +309,9 @@ pub(super) async fn settle(
         class,
         target,
         reason,
-        enqueued_at,
-        flops,
         span,
-        hold,
         ..
     } = routed;
-    let job = Unrouted {
-        message: &message,
-        kind: &kind,
-        id: &id,
-        enqueued_at,
-        flops,
-    };
-    let answer = |error| answer_and_ack(js, config, &job, error);
-    // Not routed, and cancelled meanwhile (`kiln cancel` of a job held for room, say): the
-    // scheduler answers it as a worker would have, rather than hold it or blame the server.
-    if stored.is_err() && marks.cancel(&id, enqueued_at).await {
-        answer(JobError::new(
-            ErrorKind::Cancelled,
-            "cancelled on request before it ran",
-        ))
-        .await;
-        return Settled::Done;
-    }
-    match &stored {
-        // A job too close to max_payload for its copy's headers can never be routed: answered
-        // `too_large` instead of going round for ever.
-        Err(e) if kiln_proto::refused_for_size(e) => {
-            config.metrics.route_failures.inc();
-            tracing::warn!(%id, %target, error = %e, "job too large to route; answering it too_large");
-            answer(JobError::too_large(format!(
-                "the job's {} bytes leave no room for the headers of its routed copy ({e}); \
-                 send large inputs as objects (`kiln put`, {{\"object\": NAME}})",
-                message.payload.len()
-            )))
-            .await;
-            return Settled::Done;
-        }
-        Err(e) if kiln_proto::refused_for_room(e) => {
-            config.metrics.route_failures.inc();
-            let first_refusal = hold.is_none();
-            let hold = Hold::after(hold);
-            if hold.since.elapsed() >= HOLD_PATIENCE {
-                tracing::warn!(%id, %target, error = %e, "no room to route the job for {HOLD_PATIENCE:?}; answering it failed");
-                answer(no_room(e)).await;
-                return Settled::Done;
-            }
-            if first_refusal {
-                tracing::warn!(%id, %target, error = %e, "no room in {STREAM_JOBS} for the routed copy; holding the job and trying again");
-            }
-            let _ = message.ack_with(AckKind::Progress).await;
-            return Settled::Held(Box::new(message), hold);
-        }
-        Err(e) => {
-            config.metrics.route_failures.inc();
-            if let Some(span) = &span {
-                span.error(e);
-            }
-            if last_delivery {
-                tracing::warn!(%id, %target, error = %e, "could not route the job on its last delivery; answering it failed");
-                answer(refused(&target, class, &kind, e)).await;
-            } else {
-                tracing::warn!(%id, %target, error = %e, "could not route the job; handing it back");
-                let _ = message
-                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                    .await;
-            }
-            return Settled::Done;
-        }
-        Ok(()) => {}
-    }
     let _ = message.ack().await;
     drop(span);
     // A made-up kind (`jobs.auto.<anything>`, answered invalid_input by the worker) counts
@@ -366,6 +323,60 @@ pub(super) async fn settle(
     config.metrics.routed(label, &class.to_string());
     tracing::debug!(%id, %target, %reason, "routed");
     Settled::Routed(class)
+}
+
+/// [`settle`] a job whose copy the server refused with `e`.
+async fn not_stored(
+    js: &jetstream::Context,
+    config: &SchedulerConfig,
+    routed: Routed,
+    e: &str,
+    last_delivery: bool,
+) -> Settled {
+    config.metrics.route_failures.inc();
+    let (id, target) = (&routed.id, &routed.target);
+    let job = routed.unrouted();
+    let answer = |error| answer_and_ack(js, config, &job, error);
+    // A job too close to max_payload for its copy's headers can never be routed: answered
+    // `too_large` instead of going round for ever.
+    if kiln_proto::refused_for_size(e) {
+        tracing::warn!(%id, %target, error = %e, "job too large to route; answering it too_large");
+        answer(JobError::too_large(format!(
+            "the job's {} bytes leave no room for the headers of its routed copy ({e}); send \
+             large inputs as objects (`kiln put`, {{\"object\": NAME}})",
+            routed.message.payload.len()
+        )))
+        .await;
+        return Settled::Done;
+    }
+    if kiln_proto::refused_for_room(e) {
+        let first_refusal = routed.hold.is_none();
+        let hold = Hold::after(routed.hold);
+        if hold.since.elapsed() >= HOLD_PATIENCE {
+            tracing::warn!(%id, %target, error = %e, "no room to route the job for {HOLD_PATIENCE:?}; answering it failed");
+            answer(no_room(e)).await;
+            return Settled::Done;
+        }
+        if first_refusal {
+            tracing::warn!(%id, %target, error = %e, "no room in {STREAM_JOBS} for the routed copy; holding the job and trying again");
+        }
+        let _ = routed.message.ack_with(AckKind::Progress).await;
+        return Settled::Held(Box::new(routed.message), hold);
+    }
+    if let Some(span) = &routed.span {
+        span.error(e);
+    }
+    if last_delivery {
+        tracing::warn!(%id, %target, error = %e, "could not route the job on its last delivery; answering it failed");
+        answer(refused(target, routed.class, &routed.kind, e)).await;
+    } else {
+        tracing::warn!(%id, %target, error = %e, "could not route the job; handing it back");
+        let _ = routed
+            .message
+            .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+            .await;
+    }
+    Settled::Done
 }
 
 /// The answer to a job whose routed copy `KILN_JOBS` had no room for, for too long.
