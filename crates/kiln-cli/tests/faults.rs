@@ -1595,3 +1595,22 @@ async fn a_jobs_simulated_time_stops_for_a_timeout_or_a_cancel() {
     assert_eq!(error.kind, kiln_proto::ErrorKind::Cancelled, "{error:?}");
     assert!(dropped.compute_ms < 25_000.0, "{dropped:?}");
 }
+
+/// A worker cut off from the server says so once (its connection's log), not "heartbeat
+/// failed: timed out" every 5 s of the outage; it beats again once the server is back.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_cut_off_from_the_server_does_not_warn_at_every_heartbeat() {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    cluster.spawn(
+        "worker",
+        &["worker", "--device", "cpu", "--name", "cut-off"],
+    );
+    wait_for_worker(&cluster, "cut-off").await;
+    cluster.server.kill();
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    cluster.server.start_again();
+    wait_for_worker(&cluster, "cut-off").await;
+    let log = cluster.log("worker");
+    assert!(!log.contains("heartbeat failed"), "{log}");
+}

@@ -64,19 +64,22 @@ impl Scrape {
         Scrape(prometheus_parse::Scrape::parse(lines).expect("the exposition parses"))
     }
 
-    /// The value of the sample `name` whose labels include `labels`.
+    /// The sum of the samples `name` whose labels include `labels` (`None`: none has them).
+    /// A sum, not the first: the counters of every kind and class are exported from the
+    /// start, at 0.
     fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         self.0
             .samples
             .iter()
             .filter(|s| s.metric == name)
-            .find(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-            .and_then(|s| match &s.value {
+            .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .filter_map(|s| match &s.value {
                 prometheus_parse::Value::Counter(v)
                 | prometheus_parse::Value::Gauge(v)
                 | prometheus_parse::Value::Untyped(v) => Some(*v),
                 _ => None,
             })
+            .reduce(|a, b| a + b)
     }
 
     /// The cumulative bucket counts of histogram `name` with `labels`.
@@ -1052,10 +1055,29 @@ async fn a_second_aggregator_stands_by_and_takes_over_when_the_first_is_gone() {
     scrape_until(&first, |s| vector_adds(s) == 300.0).await;
     common::wait_for_metrics(&client, WAIT, total(300)).await;
     let (_, text) = get(&second, "/metrics").await.expect("the second answers");
-    assert_eq!(
-        vector_adds(&Scrape::parse(&text)),
-        0.0,
-        "the second stood by"
+    let standing_by = Scrape::parse(&text);
+    assert_eq!(vector_adds(&standing_by), 0.0, "the second stood by");
+    // Every kind's counters are there from the start, at 0: a series that first appeared at
+    // the count of the first fold after the take-over had no increase to Prometheus (a burst
+    // of failures fired no alert).
+    let zero = |name: &str, labels: &[(&str, &str)]| {
+        assert_eq!(
+            standing_by.value(name, labels),
+            Some(0.0),
+            "{name} {labels:?}"
+        );
+    };
+    zero(
+        "kiln_jobs_total",
+        &[
+            ("kind", "train_mlp"),
+            ("class", "cpu"),
+            ("status", "failed"),
+        ],
+    );
+    zero(
+        "kiln_job_failures_total",
+        &[("kind", "matmul"), ("class", "gpu"), ("error", "timeout")],
     );
     let (status, why) = get(&second, "/readyz").await.expect("the second answers");
     assert_eq!(status, 503, "{why}");

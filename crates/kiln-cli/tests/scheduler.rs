@@ -329,7 +329,8 @@ async fn auto_jobs_go_to_cpu_once_the_gpu_worker_is_gone_and_none_are_lost() {
     let error = bf16.error.as_ref().expect("the cpu stand-in refuses bf16");
     assert_eq!(
         error.message,
-        "dtype bf16 needs a GPU worker; submit to jobs.gpu.matmul or use f32"
+        "dtype bf16 needs a GPU worker: this worker serves class gpu on a CPU (--serve-class); \
+         run one on a GPU for it, or use f32"
     );
 }
 

@@ -41,6 +41,9 @@ pub struct PodMetricsEndpoint {
     pub path: Option<String>,
     /// How often (default: the Prometheus' own).
     pub interval: Option<String>,
+    /// Whether the scraped metrics' own labels win over the target's (`honor_labels`).
+    #[serde(default)]
+    pub honor_labels: bool,
     /// Relabelings applied to the target before the scrape.
     #[serde(default)]
     pub relabelings: Vec<Relabeling>,

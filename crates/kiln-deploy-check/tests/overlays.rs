@@ -253,6 +253,8 @@ fn production_with_the_prometheus_operator_scrapes_every_role_and_carries_the_ru
         .expect("a PodMonitor");
     assert_eq!(pm["metadata"]["namespace"], "kiln");
     assert_eq!(pm["spec"]["podMetricsEndpoints"][0]["port"], "metrics");
+    // A --serve-class worker's own class wins over the pod's.
+    assert_eq!(pm["spec"]["podMetricsEndpoints"][0]["honorLabels"], true);
     let rule = docs
         .iter()
         .find(|d| d["kind"] == "PrometheusRule")

@@ -70,6 +70,16 @@ pub enum Disposition {
 }
 
 impl ErrorKind {
+    /// Every kind, in the order above.
+    pub const ALL: [ErrorKind; 6] = [
+        ErrorKind::InvalidInput,
+        ErrorKind::TooLarge,
+        ErrorKind::OutOfMemory,
+        ErrorKind::Timeout,
+        ErrorKind::Cancelled,
+        ErrorKind::Internal,
+    ];
+
     /// Whether a failure of this kind is worth another attempt.
     pub fn disposition(self) -> Disposition {
         match self {

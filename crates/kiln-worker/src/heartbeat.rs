@@ -263,6 +263,12 @@ impl Heartbeat {
                     _ = &mut stopped => break,
                     () = beat_now.notified() => ticker.reset_immediately(),
                     _ = ticker.tick() => {
+                        // Cut off from the server (said once by the connection's own log): a
+                        // beat would time out, and warn every 5 s of the outage, saying less.
+                        if shared.client.connection_state() != async_nats::connection::State::Connected {
+                            tracing::debug!("heartbeat skipped: not connected to NATS");
+                            continue;
+                        }
                         let info = info(&shared, &serving, started_at);
                         let Ok(body) = serde_json::to_vec(&info) else { continue };
                         let e = match beat(&store, &key, body.clone().into(), revision, started_at).await {

@@ -100,6 +100,7 @@ pub fn worker_config(
 
 pub async fn worker(nats: &NatsArgs, args: WorkerArgs) -> anyhow::Result<ExitCode> {
     let config = worker_config(&args, nats)?;
+    config.metrics.zeroed(&kiln_kernels::kind_names());
     let _endpoint = super::metrics::serve(
         args.metrics_addr.as_deref(),
         "worker",
@@ -158,6 +159,8 @@ pub async fn aggregator(nats: &NatsArgs, args: AggregatorArgs) -> anyhow::Result
         topology: super::topology(nats),
         ..Default::default()
     };
+    let errors = kiln_proto::ErrorKind::ALL.map(kiln_proto::ErrorKind::as_str);
+    config.metrics.zeroed(&kiln_kernels::kind_names(), &errors);
     let _endpoint = super::metrics::serve(
         args.metrics_addr.as_deref(),
         "aggregator",

@@ -86,6 +86,32 @@ impl Default for AggregatorMetrics {
 }
 
 impl AggregatorMetrics {
+    /// `kiln_jobs_total` of every status and `kiln_job_failures_total` of every error in
+    /// `errors`, for each of `kinds` on each class, at 0 from the start: a series that first
+    /// appears at 30 (an aggregator's first fold after a restart or a take-over counts a whole
+    /// batch at once) has no increase to Prometheus, so a burst of failures of a kind not
+    /// seen since the restart fired no alert.
+    pub fn zeroed(&self, kinds: &[&str], errors: &[&str]) {
+        for kind in kinds {
+            for class in ["gpu", "cpu"] {
+                for status in ["succeeded", "failed"] {
+                    let _ = self.jobs.get_or_create(&JobLabels {
+                        kind: (*kind).to_owned(),
+                        class: class.to_owned(),
+                        status: status.to_owned(),
+                    });
+                }
+                for error in errors {
+                    let _ = self.failures.get_or_create(&FailureLabels {
+                        kind: (*kind).to_owned(),
+                        class: class.to_owned(),
+                        error: (*error).to_owned(),
+                    });
+                }
+            }
+        }
+    }
+
     /// `kiln_dead_letters` is `count`.
     pub fn set_dead_letters(&self, count: u64) {
         self.dead_letters

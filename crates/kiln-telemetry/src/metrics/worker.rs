@@ -52,6 +52,19 @@ impl Default for WorkerMetrics {
 }
 
 impl WorkerMetrics {
+    /// `kiln_worker_jobs_total` of every status for each of `kinds`, at 0 from the start (a
+    /// series that first appears at a count other than 0 has no increase to Prometheus).
+    pub fn zeroed(&self, kinds: &[&str]) {
+        for kind in kinds {
+            for status in ["succeeded", "failed", "retried", "handed_back"] {
+                let _ = self.jobs.get_or_create(&KindStatusLabels {
+                    kind: (*kind).to_owned(),
+                    status: status.to_owned(),
+                });
+            }
+        }
+    }
+
     /// Register every metric, plus `kiln_worker_info{worker, device, class}` = 1.
     pub fn register(&self, registry: &mut Registry, worker: &str, device: &str, class: &str) {
         registry.register(
