@@ -173,3 +173,11 @@ async def test_a_contexts_tls_files_and_tls_first_are_used(
     )
     async with kiln.connect(context="tls", connect_timeout=1) as client:
         assert client.nats.is_connected
+
+
+async def test_a_missing_tls_or_credentials_file_is_named() -> None:
+    # ssl said only "[Errno 2] No such file or directory", naming no file.
+    with pytest.raises(ValueError, match="CA certificate .* '/nonexistent/ca.pem' does not exist"):
+        await kiln.connect("nats://127.0.0.1:1", tls_ca="/nonexistent/ca.pem")
+    with pytest.raises(ValueError, match="credentials file .* '/nonexistent/x.creds' does not"):
+        await kiln.connect("nats://127.0.0.1:1", creds="/nonexistent/x.creds")

@@ -402,6 +402,10 @@ async def test_get_follows_one_link_within_the_bucket_and_names_what_is_wrong(
     await client._js.publish(_entry_subject(target + ".bad"), b'{"size": -5}')
     with pytest.raises(kiln.ObjectCorrupt, match="does not parse"):
         await client.get(target + ".bad")
+    # And removed, as `kiln rm` removes it (nats-py's BadObjectMetaError escaped).
+    await client.delete(target + ".bad")
+    with pytest.raises(kiln.ObjectNotFound):
+        await client.get(target + ".bad")
     for options in ('"x"', '{"link": "abc"}'):
         bad = f'{{"nuid": "n1", "size": 1, "chunks": 1, "options": {options}}}'
         await client._js.publish(_entry_subject(target + ".opt"), bad.encode())
@@ -1218,6 +1222,70 @@ async def test_closing_the_client_wakes_its_waiters_and_its_errors_are_kilns(
     ):
         with pytest.raises(kiln.ConnectError, match="this client is closed"):
             await call
+
+
+async def test_a_connection_closed_under_the_client_wakes_its_waiters(kiln_stack: Stack) -> None:
+    client = await kiln.connect(kiln_stack.url)
+    # It reconnects for as long as it lives, as kiln's roles do: after nats-py's 60 tries (two
+    # minutes of outage) it closed under its user, and `result(timeout=None)` waited for ever.
+    assert client.nats.options["max_reconnect_attempts"] == -1
+    job = await client.submit("vector_add", "gpu", len=4)
+    waiting = asyncio.ensure_future(job.result(timeout=None))
+    await asyncio.sleep(0.2)
+    # Closed by nats-py itself (as after its reconnection attempts), not by client.close().
+    await client.nats.close()
+    with pytest.raises(kiln.ConnectError, match="the connection to the server was closed before"):
+        await asyncio.wait_for(waiting, 5)
+    with pytest.raises(kiln.ConnectError, match="the connection to the server was closed"):
+        await client.status(job.id)
+
+
+async def test_closing_the_client_stops_its_puts_and_they_leave_nothing(
+    kiln_stack: Stack,
+) -> None:
+    client = await kiln.connect(kiln_stack.url)
+    before = await _chunk_subjects(client)
+    name = f"test/{kiln.new_job_id()}.bin"
+    put = asyncio.ensure_future(client.put(name, bytes(128 * 1024 * 1024)))
+    deadline = asyncio.get_running_loop().time() + RESULT_TIMEOUT
+    while not await _chunk_subjects(client) - before:
+        assert not put.done(), f"it finished before the client closed: {put}"
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.002)
+    await client.close()
+    # Its chunks stayed, under no object's name, counting against the store's size.
+    with pytest.raises(kiln.ConnectError, match=f"closed while object {name} was being stored"):
+        await put
+    async with kiln.connect(kiln_stack.url) as again:
+        assert await _chunk_subjects(again) == before
+
+
+async def test_a_client_called_from_another_event_loop_says_so(client: kiln.Client) -> None:
+    # nats-py's connection serves the loop it was made on: a call from another thread's
+    # `asyncio.run` hung for 25 s, then left the client failing every submit.
+    def elsewhere() -> BaseException | None:
+        try:
+            asyncio.run(client.submit("vector_add", "cpu", a=[1.0], b=[2.0]))
+        except BaseException as e:
+            return e
+        return None
+
+    error = await asyncio.get_running_loop().run_in_executor(None, elsewhere)
+    assert isinstance(error, RuntimeError), error
+    assert "belongs to the event loop it was connected on" in str(error)
+    job = await client.submit("vector_add", "cpu", a=[1.0], b=[2.0])
+    np.testing.assert_array_equal(await (await job.result(timeout=RESULT_TIMEOUT)).array(), [3.0])
+
+
+async def test_a_generated_id_used_again_with_other_inputs_is_refused(client: kiln.Client) -> None:
+    first = await client.submit("vector_add", a=[1.0], b=[1.0])
+    await first.result(timeout=RESULT_TIMEOUT)
+    # The id was the client's own: its record had no digest, and other inputs under it were
+    # answered with the first job's sum.
+    with pytest.raises(kiln.SubmitError, match="used for a job with other parameters"):
+        await client.submit("vector_add", id=first.id, a=[7.0], b=[1.0])
+    again = await client.submit("vector_add", id=first.id, a=[1.0], b=[1.0])
+    assert again.duplicate
 
 
 def test_an_object_name_too_long_is_refused_as_a_put_refuses_it() -> None:

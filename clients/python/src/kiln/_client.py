@@ -197,6 +197,12 @@ class Connecting:
             for client in made:
                 client._look_up_after_reconnect()
 
+        async def on_closed() -> None:
+            # Closed by nats-py itself (a server that refuses the credentials on reconnecting):
+            # the results waited for will not come on this client.
+            for client in made:
+                client._connection_closed()
+
         nc = NATS()
         # One attempt per server (and one retry) for the first connection, so that a server
         # that is not there is reported at once ...
@@ -209,6 +215,7 @@ class Connecting:
             reconnect_time_wait=0.1,
             error_cb=on_error,
             reconnected_cb=on_reconnect,
+            closed_cb=on_closed,
         )
         connecting = asyncio.ensure_future(nc.connect(**kwargs))
         # ... and at once after a failed TLS handshake with the one server given (a
@@ -232,13 +239,27 @@ class Connecting:
             # The errors nats-py reported say more than its last ("no servers available").
             given = bool(o.creds or o.nkey or o.user or o.token or "@" in o.url)
             raise _connect_error(shown, [cause, *errors], given) from failure
-        # ... and a connection lost later is retried as nats-py does by default (60 attempts
-        # per server, 2 s apart), pending requests waiting for it.
-        nc.options["max_reconnect_attempts"] = 60
+        # ... and a connection lost later is retried for as long as the client lives, 2 s
+        # apart, as kiln's own roles do: with nats-py's 60 attempts, a server away for over
+        # two minutes closed the client under its user, and `job.result()` waited for ever.
+        nc.options["max_reconnect_attempts"] = -1
         nc.options["reconnect_time_wait"] = 2.0
         client = Client(nc)
         made.append(client)
         return client
+
+
+def _wake(watched: list[tuple[str, _Watch]], why: str) -> None:
+    """End the `job.result()` calls still waiting on `watched` with `ConnectError`."""
+    for job_id, watch in watched:
+        if not watch.job._future.done():
+            watch.job._future.set_exception(
+                ConnectError(
+                    f"{why} before job {job_id}'s result arrived; the job goes on: a new "
+                    "client's `await client.job(id)` gets it"
+                )
+            )
+            watch.job._future.exception()  # no "never retrieved" warning if none waits
 
 
 def _has_credentials(urls: str) -> bool:
@@ -264,6 +285,14 @@ def _auth_and_tls(o: _Options) -> dict[str, Any]:
     if o.token:
         kwargs["token"] = o.token
     if o.tls_ca or o.tls_cert or o.tls_first:
+        # Named here: ssl says only "No such file or directory".
+        for path, what in [
+            (o.tls_ca, "CA certificate (tls_ca, NATS_CA)"),
+            (o.tls_cert, "client certificate (tls_cert, NATS_CERT)"),
+            (o.tls_key, "client key (tls_key, NATS_KEY)"),
+        ]:
+            if path:
+                _readable(path, what)
         context = ssl.create_default_context(cafile=o.tls_ca)
         if o.tls_cert and o.tls_key:
             context.load_cert_chain(o.tls_cert, o.tls_key)
@@ -434,12 +463,17 @@ def _kiln_errors(
 
     @functools.wraps(method)
     async def translated(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+        client = args[0] if args and isinstance(args[0], Client) else None
+        if client is not None:
+            client._check_loop()
         try:
             return await method(*args, **kwargs)
         except nats.errors.ConnectionClosedError as e:
+            why = "client.close(), or its `async with` ended"
+            if client is not None and client._closed_why:
+                why = client._closed_why
             raise ConnectError(
-                "this client is closed (client.close(), or its `async with` ended): connect "
-                "again with kiln.connect()"
+                f"this client is closed ({why}): connect again with kiln.connect()"
             ) from e
         except nats.errors.TimeoutError as e:
             raise NoAnswer(
@@ -447,8 +481,7 @@ def _kiln_errors(
                 "reconnecting) or overloaded; try again"
             ) from e
         except nats.js.errors.ServiceUnavailableError as e:
-            client = args[0] if args else None
-            raise _no_jetstream(client._nc if isinstance(client, Client) else None, e) from e
+            raise _no_jetstream(client._nc if client is not None else None, e) from e
 
     return translated
 
@@ -477,6 +510,12 @@ class Client:
 
     def __init__(self, nc: NATS) -> None:
         self._nc = nc
+        # The event loop it was connected on, which its connection and futures belong to.
+        self._loop = asyncio.get_running_loop()
+        # Why the connection closed, when nats-py closed it by itself.
+        self._closed_why: str | None = None
+        # The puts under way, which `close()` stops so that they purge what they sent.
+        self._uploads: dict[asyncio.Future[Any], Any] = {}
         self._js: JetStreamContext = nc.jetstream()
         self._acks = Acks(nc)
         self._data: ObjectStore | None = None
@@ -513,24 +552,45 @@ class Client:
         """Stop waiting for results and close the connection. A `job.result()` still waiting
         raises `ConnectError` (it waited for ever, or until its timeout, for a result this
         client no longer receives)."""
+        self._closed_why = self._closed_why or "client.close(), or its `async with` ended"
         if self._sweep is not None:
             self._sweep.cancel()
-        for job_id, watch in list(self._watching.items()):
+        watched = list(self._watching.items())
+        for job_id, _ in watched:
             await self._unwatch(job_id)
-            if not watch.job._future.done():
-                watch.job._future.set_exception(
-                    ConnectError(
-                        f"the client was closed before job {job_id}'s result arrived; the job "
-                        "goes on: a new client's `await client.job(id)` gets it"
-                    )
-                )
-                watch.job._future.exception()  # no "never retrieved" warning if none waits
+        _wake(watched, "the client was closed")
+        await _upload.stop_all(self._uploads)
         if not self._nc.is_closed:
             try:
                 await self._nc.close()
             except (OSError, nats.errors.Error) as e:
                 # With the server away, nats-py's close fails flushing what it had to send.
                 log.debug("closing the connection: %s", e)
+
+    def _check_loop(self) -> None:
+        """Refuse a call from another event loop (another thread's `asyncio.run`): nats-py's
+        connection serves one loop, and such a call hung for 25 s and left the client broken
+        for good."""
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:  # called outside a loop: asyncio says so itself when awaited
+            return
+        if running is not self._loop:
+            raise RuntimeError(
+                "this kiln client belongs to the event loop it was connected on; from another "
+                "thread, run its calls on that loop: asyncio.run_coroutine_threadsafe("
+                "client.submit(...), loop).result()"
+            )
+
+    def _connection_closed(self) -> None:
+        """nats-py closed the connection by itself: wake the waits, which nothing else
+        would (this client's own `close()` has woken them already)."""
+        if not self._closed_why:
+            self._closed_why = "the connection to the server was closed"
+        watched = list(self._watching.items())
+        self._watching.clear()
+        self._by_kind.clear()
+        _wake(watched, "the connection to the server was closed")
 
     # -- submitting -----------------------------------------------------------------------
 
@@ -600,6 +660,11 @@ class Client:
         """
         prepared = []
         for n, spec in enumerate(specs):
+            if not isinstance(spec, Mapping):
+                raise TypeError(
+                    f"spec {n}: each job spec is a dict such as {{'kind': 'vector_add', "
+                    f"'len': 1024}}, not {type(spec).__name__} {spec!r:.80}"
+                )
             if "kind" not in spec:
                 raise ValueError(
                     f"spec {n}: a job spec needs a 'kind' ({', '.join(_wire.KINDS)}): "
@@ -705,6 +770,11 @@ class Client:
     async def _submit(self, prepared: list[_Prepared]) -> list[Job]:
         if not prepared:  # nothing to send (`submit_many([])`)
             return []
+        # With the connection down, the id lookups below would each wait out the outage
+        # before the publish waited again (20 s for one job): the submit waits for the
+        # connection once, for as long as it would for the acknowledgement.
+        if not await self._connected_within(ACK_TIMEOUT):
+            raise _refused({p.job_id: self._unsent(p) for p in prepared}, [])
         # An id used for another job (other parameters, inputs, seed, timeout or output) is
         # refused before anything is sent: the server would drop this job as its duplicate, or
         # the id's result is the other job's.
@@ -886,8 +956,10 @@ class Client:
     async def _ids_of_other_jobs(self, prepared: list[_Prepared]) -> dict[str, str]:
         """The given ids whose `queued` record (written by this client when the id was last
         submitted) says they computed something else, each with why it is refused."""
+        # Every job's record carries its digest, a generated id's too: one reused with other
+        # inputs (`submit(..., id=job.id)`) was answered with the first job's result.
         given = [p for p in prepared if p.given_id]
-        for p in given:
+        for p in prepared:
             p.digest = _wire.job_digest(
                 p.kind,
                 p.params,
@@ -995,6 +1067,26 @@ class Client:
         given = [p for p in prepared if p.given_id]
         found = await asyncio.gather(*(answer(p) for p in given))
         return {p.job_id: result for p, result in zip(given, found) if result is not None}
+
+    async def _connected_within(self, seconds: float) -> bool:
+        """Whether the connection is up, or comes back within `seconds` (a closed client is
+        left to the call that fails on it)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while not (self._nc.is_connected or self._nc.is_closed):
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return True
+
+    def _unsent(self, p: _Prepared) -> str:
+        """Why job `p` was not sent: the connection was down for the whole wait."""
+        again = "" if p.given_id else f" (pass id={p.job_id!r}, or let a new id be made)"
+        return (
+            f"job {p.job_id} was not sent: the connection to the NATS server has been down for "
+            f"{ACK_TIMEOUT:.0f} s (the client keeps reconnecting); submit it again once the "
+            f"server is back{again}"
+        )
 
     def _refusal(self, p: _Prepared, e: BaseException) -> str:
         subject = _wire.job_subject(p.device, p.kind)
@@ -1467,7 +1559,7 @@ class Client:
             )
         bucket = await self._bucket()
         # Cancelled (Ctrl-C), it leaves no chunk behind: _upload.py.
-        size, sha256 = await _upload.put(bucket, name, source, description)
+        size, sha256 = await _upload.put(bucket, name, source, description, self._uploads)
         return _wire.ObjectInfo(name=name, size=size, sha256=sha256)
 
     @_kiln_errors
@@ -1516,6 +1608,16 @@ class Client:
             await bucket.delete(name)
         except (nats.js.errors.ObjectNotFoundError, nats.js.errors.ObjectDeletedError) as e:
             raise ObjectNotFound(f"no object {name!r} in {_wire.BUCKET_DATA}") from e
+        except nats.js.errors.BadObjectMetaError:
+            # An entry that does not parse (another client's), which nats-py cannot remove:
+            # purged, as `kiln rm` does (its chunks, named by nothing now, age out or go with
+            # `kiln rm --orphans`).
+            import base64
+
+            encoded = base64.urlsafe_b64encode(name.encode()).decode()
+            await self._js.purge_stream(
+                f"OBJ_{_wire.BUCKET_DATA}", subject=f"$O.{_wire.BUCKET_DATA}.M.{encoded}"
+            )
 
     @_kiln_errors
     async def get(self, name: str) -> bytes:

@@ -115,7 +115,7 @@ async def _chunks(js: JetStreamContext, name: str, info: dict[str, Any]) -> byte
     except nats.js.errors.NotFoundError as e:
         raise ObjectCorrupt(
             f"object {name!r} is corrupt: none of its {chunks} chunks is stored (they aged out, "
-            "were purged, or the object was put again as it was read); put it again"
+            f"were purged, or the object was put again as it was read); {_AGAIN}"
         ) from e
     sub = await js.subscribe(
         subject,
@@ -140,7 +140,7 @@ async def _chunks(js: JetStreamContext, name: str, info: dict[str, Any]) -> byte
             if read > chunks or len(data) > size:
                 raise ObjectCorrupt(
                     f"object {name!r} is corrupt: it holds more than its info says "
-                    f"({chunks} chunks of {size} bytes); put it again"
+                    f"({chunks} chunks of {size} bytes); {_AGAIN}"
                 )
             if msg.metadata.num_pending == 0:
                 break
@@ -149,19 +149,23 @@ async def _chunks(js: JetStreamContext, name: str, info: dict[str, Any]) -> byte
     return _checked(name, info, bytes(data), read)
 
 
+# What to do about a corrupt object: store it again, or, a job's output, run the job again.
+_AGAIN = "put it again (a job's stored output: run the job again)"
+
+
 def _checked(name: str, info: dict[str, Any], data: bytes, read: int) -> bytes:
     """`data`, read in `read` chunks, when it is the object `info` describes."""
     chunks, size = int(info["chunks"]), int(info["size"])
     if read != chunks or len(data) != size:
         raise ObjectCorrupt(
             f"object {name!r} is corrupt: it holds {read} chunks of {len(data)} bytes where its "
-            f"info says {chunks} of {size}; put it again"
+            f"info says {chunks} of {size}; {_AGAIN}"
         )
     digest = info.get("digest")
     if digest is not None and _sha256(digest) != hashlib.sha256(data).digest():
         raise ObjectCorrupt(
             f"object {name!r} is corrupt: its bytes do not match its stored SHA-256 digest; "
-            "put it again"
+            f"{_AGAIN}"
         )
     return data
 

@@ -6,7 +6,7 @@ import asyncio
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ._job import Result
+    from ._job import Job, Result
 
 
 class KilnError(Exception):
@@ -38,11 +38,11 @@ class SubmitError(KilnError):
         self,
         message: str,
         *,
-        jobs: list[object] | None = None,
+        jobs: list[Job] | None = None,
         refused: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
-        self.jobs = jobs or []
+        self.jobs: list[Job] = jobs or []
         self.refused = refused or {}
 
 

@@ -398,9 +398,11 @@ class Job:
                 "reconnecting): the job goes on, and a later call can still get its result"
             )
         where = f"jobs.{self.device}.{self.kind}" if self.device else "its queue"
+        # An auto job waits for a scheduler to route it before any worker can serve it.
+        serves = "no `kiln scheduler` routes it" if self.device == "auto" else "no worker serves"
         return (
             f"{head}: it is queued or running (`await job.status()` says which, or `gone` if "
-            f"it will not be answered), or no worker serves {where}"
+            f"it will not be answered), or {serves} {where}"
         )
 
     async def _look_up(self, within: float = LOOKUP_S) -> bool:

@@ -24,6 +24,8 @@ import nats.js.api
 import nats.js.errors
 from nats.js.object_store import ObjectStore
 
+from ._errors import ConnectError
+
 log = logging.getLogger("kiln")
 
 # How long a cancelled put is given to purge what it sent, as `kiln put`'s STOP_WITHIN.
@@ -77,12 +79,17 @@ class _Stoppable(io.RawIOBase):
 
 
 async def put(
-    bucket: ObjectStore, name: str, source: bytes | Path, description: str | None
+    bucket: ObjectStore,
+    name: str,
+    source: bytes | Path,
+    description: str | None,
+    uploads: dict[asyncio.Future[Any], _Stoppable],
 ) -> tuple[int, str]:
     """Store `source` (bytes, or the file at a path, read as it is sent) as object `name`;
     returns its size and sha256 (hex). When the caller is cancelled, the chunks sent are
     purged, or the object removed if it was stored whole (unless it replaced one), before
-    the cancellation goes on."""
+    the cancellation goes on. The put is in `uploads` while it runs: a client that closes
+    stops it ([`stop_all`]), so that it purges what it sent while it still can."""
     existed = await _exists(bucket, name)
     loop = asyncio.get_running_loop()
     # Opened off the event loop: a FIFO's open waits for its writer.
@@ -90,8 +97,15 @@ async def put(
     reader = _Stoppable(opened)
     meta = nats.js.api.ObjectMeta(name=name, description=description)
     task = asyncio.ensure_future(bucket.put(name, reader, meta=meta))  # type: ignore[arg-type]
+    uploads[task] = reader
+    task.add_done_callback(lambda done: uploads.pop(done, None))
     try:
         await asyncio.shield(task)
+    except _Stopped as e:
+        raise ConnectError(
+            f"the client was closed while object {name} was being stored; what was sent of it "
+            "was removed"
+        ) from e
     except asyncio.CancelledError:
         reader.stop()
         await _clean_up(bucket, name, task, existed)
@@ -104,6 +118,16 @@ async def put(
         else:
             task.add_done_callback(lambda _: reader.close())
     return reader.size, reader.sha256.hexdigest()
+
+
+async def stop_all(uploads: dict[asyncio.Future[Any], _Stoppable]) -> None:
+    """Stop the puts in `uploads` and wait (up to `STOP_WITHIN_S`) until each has purged the
+    chunks it sent: a client closing under them left those chunks in the store, counting
+    against its size limit until they aged out."""
+    for reader in list(uploads.values()):
+        reader.stop()
+    if uploads:
+        await asyncio.wait(list(uploads), timeout=STOP_WITHIN_S)
 
 
 def _open(path: Path) -> BinaryIO:
