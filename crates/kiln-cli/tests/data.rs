@@ -133,6 +133,11 @@ async fn a_users_matrices_go_in_by_object_and_the_whole_product_comes_back() {
         );
         std::fs::remove_file(written).unwrap();
     }
+    // `-o -` is standard output, a folder named `-` or not.
+    std::fs::create_dir(dir.path().join("-")).unwrap();
+    let out = cluster.kiln_in(dir.path(), &["get", name, "-o", "-"]);
+    assert_success(&out);
+    assert_eq!(out.stdout, std::fs::read(&c_path).unwrap());
     // A name that ends in no file name (`dir/`) asks for -o, rather than failing to write "".
     assert_success(&cluster.kiln(&["put", &a_path, "--name", "dir/"]));
     let out = cluster.kiln_in(dir.path(), &["get", "dir/"]);

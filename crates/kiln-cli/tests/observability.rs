@@ -1079,6 +1079,15 @@ async fn a_second_aggregator_stands_by_and_takes_over_when_the_first_is_gone() {
         "kiln_job_failures_total",
         &[("kind", "matmul"), ("class", "gpu"), ("error", "timeout")],
     );
+    // `auto`: the scheduler's own answers.
+    zero(
+        "kiln_job_failures_total",
+        &[
+            ("kind", "vector_add"),
+            ("class", "auto"),
+            ("error", "cancelled"),
+        ],
+    );
     let (status, why) = get(&second, "/readyz").await.expect("the second answers");
     assert_eq!(status, 503, "{why}");
     assert!(why.contains("standing by"), "{why}");

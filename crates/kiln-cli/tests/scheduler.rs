@@ -531,7 +531,7 @@ async fn a_held_auto_job_is_answered_cancelled_when_cancelled() {
     // Held: the queue has no room for any copy, as `kiln status` says (it said they waited
     // to be routed, nothing of the hold).
     let held = "4 auto job(s) wait to be routed, 4 of them held by the scheduler: KILN_JOBS is \
-                full (4 jobs), so their copies wait for room";
+                full (4 jobs, ";
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let status = stdout(&cluster.kiln(&["status", "fq-1"]));

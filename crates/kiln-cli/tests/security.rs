@@ -874,3 +874,42 @@ async fn the_reads_of_documented_flows_are_allowed() {
         aggregator_errors.lock()
     );
 }
+
+/// The scheduler's user may read `kiln cancel`'s marks: a held auto job cancelled is answered
+/// `cancelled` at its next try. The lookup was refused, and the job held for two minutes,
+/// each try stalling the routing loop for a timeout.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_scheduler_answers_a_held_job_cancelled_as_its_own_user() {
+    let mut secure = Secure::start(false);
+    let admin = Auth::User("admin");
+    assert_success(&secure.kiln(admin, &["init", "--max-queued-jobs", "2"]));
+    secure.spawn(Auth::User("scheduler"), &["scheduler"]);
+    let submitter = Auth::User("submitter");
+    let submit = [
+        "submit",
+        "vector_add",
+        "-d",
+        "auto",
+        "-p",
+        "len=4",
+        "-n",
+        "2",
+        "--id",
+        "sh",
+    ];
+    assert_success(&secure.kiln(submitter, &submit));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_success(&secure.kiln(submitter, &["cancel", "sh-0"]));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = secure.kiln(submitter, &["result", "sh-0"]);
+        if out.status.success() {
+            let event: kiln_proto::ResultEvent = serde_json::from_str(&stdout(&out)).unwrap();
+            let error = event.error.expect("cancelled");
+            assert_eq!(error.kind, kiln_proto::ErrorKind::Cancelled, "{error:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "sh-0 was not answered cancelled");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

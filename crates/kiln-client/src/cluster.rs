@@ -17,6 +17,8 @@ pub struct Overview {
     pub queued_bytes: u64,
     /// Most jobs `KILN_JOBS` holds (`kiln init --max-queued-jobs`; `None`: no limit).
     pub max_queued_jobs: Option<u64>,
+    /// Most bytes `KILN_JOBS` holds (`None`: no limit).
+    pub max_queued_bytes: Option<u64>,
     /// The job consumers: `workers-gpu`, `workers-cpu`, `scheduler`.
     pub consumers: Vec<ConsumerState>,
     /// Live workers, from their heartbeats.
@@ -59,6 +61,7 @@ pub async fn overview(js: &jetstream::Context) -> Result<Overview> {
         info.state.clone(),
         u64::try_from(info.config.max_messages).ok(),
     );
+    let max_queued_bytes = u64::try_from(info.config.max_bytes).ok();
     let consumers = consumers(&mut jobs).await;
     let (workers, workers_error) = match streams::listed_workers(js).await {
         Ok(workers) => (workers, None),
@@ -80,6 +83,7 @@ pub async fn overview(js: &jetstream::Context) -> Result<Overview> {
         queued_jobs: state.messages,
         queued_bytes: state.bytes,
         max_queued_jobs,
+        max_queued_bytes,
         consumers,
         workers,
         workers_error,

@@ -104,6 +104,7 @@ pub async fn get(nats: &NatsArgs, args: GetArgs) -> anyhow::Result<ExitCode> {
     // Into a folder (`-o out/`, `-o .`) as `cp` writes: under the object's last name there.
     let folder = match &args.output {
         None => Some(PathBuf::new()),
+        Some(path) if path == Path::new("-") => None,
         Some(path) if path.is_dir() || path.as_os_str().to_string_lossy().ends_with('/') => {
             Some(path.clone())
         }

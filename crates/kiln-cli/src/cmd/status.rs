@@ -88,16 +88,22 @@ async fn routed_hint(js: &jetstream::Context, kind: &str) -> Option<String> {
     let consumer = |name: &str| overview.consumers.iter().find(|c| c.name == name);
     let scheduler = consumer(CONSUMER_SCHEDULER)?;
     let unrouted = scheduler.pending + scheduler.in_flight;
-    // A scheduler holds the jobs it took while KILN_JOBS has no room for their copies.
+    // A scheduler holds the jobs it took while KILN_JOBS has no room for their copies: by
+    // count, or by bytes (within a largest message, 1 MiB, of the limit).
     let full = overview
         .max_queued_jobs
-        .is_some_and(|max| overview.queued_jobs >= max);
+        .is_some_and(|max| overview.queued_jobs >= max)
+        || overview
+            .max_queued_bytes
+            .is_some_and(|max| overview.queued_bytes.saturating_add(1 << 20) > max);
     if scheduler.in_flight > 0 && full {
         return Some(format!(
             "{unrouted} auto job(s) wait to be routed, {} of them held by the scheduler: \
-             {STREAM_JOBS} is full ({} jobs), so their copies wait for room (2 minutes at most, \
-             then each is answered failed)",
-            scheduler.in_flight, overview.queued_jobs
+             {STREAM_JOBS} is full ({} jobs, {}), so their copies wait for room (2 minutes at \
+             most, then each is answered failed)",
+            scheduler.in_flight,
+            overview.queued_jobs,
+            kiln_data::formats::mib(overview.queued_bytes)
         ));
     }
     if unrouted > 0 {

@@ -293,8 +293,10 @@ pub(super) async fn settle(
     if let Err(e) = stored {
         // Not routed, and cancelled meanwhile (`kiln cancel` of a job held for room, say): the
         // scheduler answers it as a worker would have, rather than hold it or blame the
-        // server.
-        if marks.cancel(&routed.id, routed.enqueued_at).await {
+        // server. (A copy refused otherwise, handed back for another try, is not looked up.)
+        let answered_or_held =
+            kiln_proto::refused_for_size(&e) || kiln_proto::refused_for_room(&e) || last_delivery;
+        if answered_or_held && marks.cancel(&routed.id, routed.enqueued_at).await {
             let cancelled =
                 JobError::new(ErrorKind::Cancelled, "cancelled on request before it ran");
             answer_and_ack(js, config, &routed.unrouted(), cancelled).await;
@@ -405,36 +407,71 @@ fn refused(target: &str, class: DeviceClass, kind: &str, e: &str) -> JobError {
 }
 
 /// The `kiln cancel` marks (`KILN_CANCEL`), looked up one job at a time: only for jobs the
-/// scheduler answers itself or holds for room, a few.
+/// scheduler answers itself or holds for room, a few. A lookup waits at most
+/// [`MARK_PATIENCE`]; one that fails turns lookups off for [`MARKS_OFF_FOR`] (the routing
+/// loop waits on each: a scheduler whose user may not read the bucket, or a slow server,
+/// would stall it for a timeout per held job).
 #[derive(Debug)]
 pub(super) struct CancelMarks {
     js: jetstream::Context,
     bucket: tokio::sync::OnceCell<jetstream::kv::Store>,
+    off_until: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
+
+/// Longest a cancel mark is looked up for.
+const MARK_PATIENCE: Duration = Duration::from_millis(500);
+
+/// How long a failed lookup turns lookups off.
+const MARKS_OFF_FOR: Duration = Duration::from_secs(60);
 
 impl CancelMarks {
     pub(super) fn new(js: jetstream::Context) -> Self {
         Self {
             js,
             bucket: tokio::sync::OnceCell::new(),
+            off_until: std::sync::Mutex::new(None),
         }
     }
 
     /// Whether a mark cancels job `id` enqueued at `enqueued_at` ([`kiln_proto::cancel_applies`]);
     /// `false` when the bucket cannot be read.
-    async fn cancel(&self, id: &str, enqueued_at: time::OffsetDateTime) -> bool {
-        let bucket = self
-            .bucket
-            .get_or_try_init(|| self.js.get_key_value(kiln_proto::BUCKET_CANCEL))
-            .await;
-        let Ok(bucket) = bucket else { return false };
-        match bucket.entry(kiln_proto::job_key(id)).await {
-            Ok(Some(entry)) => {
-                entry.operation == jetstream::kv::Operation::Put
-                    && kiln_proto::cancel_applies(entry.created, enqueued_at)
+    pub(super) async fn cancel(&self, id: &str, enqueued_at: time::OffsetDateTime) -> bool {
+        let now = tokio::time::Instant::now();
+        {
+            let mut off = self.off_until.lock().unwrap_or_else(|e| e.into_inner());
+            if off.is_some_and(|until| now < until) {
+                return false;
             }
-            _ => false,
+            *off = None;
         }
+        let lookup = async {
+            let bucket = self
+                .bucket
+                .get_or_try_init(|| self.js.get_key_value(kiln_proto::BUCKET_CANCEL))
+                .await
+                .map_err(|e| e.to_string())?;
+            bucket
+                .entry(kiln_proto::job_key(id))
+                .await
+                .map_err(|e| e.to_string())
+        };
+        let entry = match tokio::time::timeout(MARK_PATIENCE, lookup).await {
+            Ok(Ok(entry)) => entry,
+            failed => {
+                let why = match failed {
+                    Ok(Err(e)) => e,
+                    _ => format!("no answer within {MARK_PATIENCE:?}"),
+                };
+                tracing::warn!(error = %why, "could not read {} (kiln cancel's marks): held auto jobs are not looked up for a minute", kiln_proto::BUCKET_CANCEL);
+                *self.off_until.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(now + MARKS_OFF_FOR);
+                return false;
+            }
+        };
+        entry.is_some_and(|entry| {
+            entry.operation == jetstream::kv::Operation::Put
+                && kiln_proto::cancel_applies(entry.created, enqueued_at)
+        })
     }
 }
 

@@ -93,7 +93,8 @@ impl AggregatorMetrics {
     /// seen since the restart fired no alert.
     pub fn zeroed(&self, kinds: &[&str], errors: &[&str]) {
         for kind in kinds {
-            for class in ["gpu", "cpu"] {
+            // `auto`: the scheduler's own answers (no room, too large, cancelled while held).
+            for class in ["gpu", "cpu", "auto"] {
                 for status in ["succeeded", "failed"] {
                     let _ = self.jobs.get_or_create(&JobLabels {
                         kind: (*kind).to_owned(),
