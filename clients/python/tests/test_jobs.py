@@ -1273,6 +1273,18 @@ async def test_a_client_called_from_another_event_loop_says_so(client: kiln.Clie
     error = await asyncio.get_running_loop().run_in_executor(None, elsewhere)
     assert isinstance(error, RuntimeError), error
     assert "belongs to the event loop it was connected on" in str(error)
+    # So does waiting for a result there.
+    job = await client.submit("vector_add", "cpu", a=[1.0], b=[2.0])
+
+    def wait_elsewhere() -> BaseException | None:
+        try:
+            asyncio.run(job.result(timeout=5))
+        except BaseException as e:
+            return e
+        return None
+
+    error = await asyncio.get_running_loop().run_in_executor(None, wait_elsewhere)
+    assert isinstance(error, RuntimeError) and "belongs to the event loop" in str(error), error
     job = await client.submit("vector_add", "cpu", a=[1.0], b=[2.0])
     np.testing.assert_array_equal(await (await job.result(timeout=RESULT_TIMEOUT)).array(), [3.0])
 

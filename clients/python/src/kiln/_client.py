@@ -351,7 +351,8 @@ def _redacted(text: str) -> str:
 
 
 def _readable(path: str, what: str) -> None:
-    if not os.path.isfile(path):
+    # Exists, not "is a file": a pipe (`<(vault read …)`, /dev/fd/N) is read as well.
+    if not os.path.exists(path):
         raise ValueError(f"{what} {path!r} does not exist")
 
 
@@ -552,6 +553,7 @@ class Client:
         """Stop waiting for results and close the connection. A `job.result()` still waiting
         raises `ConnectError` (it waited for ever, or until its timeout, for a result this
         client no longer receives)."""
+        self._check_loop()
         self._closed_why = self._closed_why or "client.close(), or its `async with` ended"
         if self._sweep is not None:
             self._sweep.cancel()
@@ -959,8 +961,10 @@ class Client:
         # Every job's record carries its digest, a generated id's too: one reused with other
         # inputs (`submit(..., id=job.id)`) was answered with the first job's result.
         given = [p for p in prepared if p.given_id]
+        loop = asyncio.get_running_loop()
         for p in prepared:
-            p.digest = _wire.job_digest(
+            digest = functools.partial(
+                _wire.job_digest,
                 p.kind,
                 p.params,
                 p.uploads,
@@ -968,6 +972,9 @@ class Client:
                 timeout_ms=p.timeout_ms,
                 output=p.output,
             )
+            # An array to upload is copied as f32 and hashed: off the event loop (a gigabyte
+            # held every other task up for seconds).
+            p.digest = await loop.run_in_executor(None, digest) if p.uploads else digest()
         lookups = asyncio.Semaphore(64)
 
         async def taken(p: _Prepared) -> bool:

@@ -332,6 +332,7 @@ class Job:
         job goes on, and a later call can still get its result. Raises `ConnectError` when
         the client is closed before the result comes, and `JobGone` when the job will never
         be answered (asked after 30 s of waiting, then at doubling gaps up to 10 min)."""
+        self._client._check_loop()
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         if not self._future.done() and not self._looked_up:
