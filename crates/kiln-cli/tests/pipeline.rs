@@ -509,6 +509,85 @@ async fn a_waiting_submitter_gets_the_stored_answer_not_a_refused_one() {
     assert_eq!(floats(&printed.output["c"]), [2.0]);
 }
 
+/// A `--wait-timeout` past what a clock can add waits as long as it takes: it panicked once
+/// the jobs were published.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wait_timeout_past_the_clocks_range_waits_for_the_result() {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    cluster.cpu_worker();
+    let out = cluster.kiln(&[
+        "submit",
+        "vector_add",
+        "-p",
+        "len=4",
+        "--wait",
+        "--wait-timeout-s",
+        "18446744073709551615",
+    ]);
+    assert_success(&out);
+}
+
+/// An answer `--wait` finds only by looking it up (its own result refused unheard during a
+/// reconnection, or never published by a redelivery that found the answer stored), of a job
+/// enqueued days before this one, is said to be the earlier job's: it was printed and written
+/// as this job's, exit 0. Here no worker runs: the wait ends, and the last look finds it.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_earlier_answer_found_only_by_lookup_is_said_to_be_the_earlier_jobs() {
+    let cluster = Cluster::new();
+    cluster.init().await;
+    let client = cluster.client().await;
+    let long_ago = time::OffsetDateTime::now_utc() - time::Duration::days(2);
+    let earlier = ResultEvent {
+        id: "old-answer".into(),
+        kind: "vector_add".into(),
+        status: Status::Succeeded,
+        device: "cpu".into(),
+        class: kiln_proto::DeviceClass::Cpu,
+        worker: "w".into(),
+        attempt: 1,
+        enqueued_at: long_ago,
+        started_at: long_ago,
+        finished_at: long_ago,
+        queue_ms: 0.0,
+        compute_ms: 0.0,
+        total_ms: 0.0,
+        output: json!({"c": [2.0]}),
+        error: None,
+        flops: 1.0,
+        routing: None,
+        replay: 0,
+    };
+    let js = jetstream::new(client.clone());
+    js.publish(
+        "results.vector_add.old-answer",
+        serde_json::to_vec(&earlier).unwrap().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let out = cluster.kiln(&[
+        "submit",
+        "vector_add",
+        "--id",
+        "old-answer",
+        "-p",
+        "a=[5]",
+        "-p",
+        "b=[5]",
+        "--wait",
+        "--wait-timeout",
+        "2s",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("1 job id(s) already had an answer, from an earlier job under the same id"),
+        "{stderr}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_jobs_get_failed_results_and_the_worker_keeps_serving() {
     let mut cluster = Cluster::new();

@@ -330,7 +330,16 @@ pub struct ResultCollector {
     client: async_nats::Client,
     /// Ids whose stored answer is an earlier job's ([`ResultCollector::answered_before`]).
     answered_before: HashSet<String>,
+    /// When the collector subscribed, before any of its jobs was published: a stored answer
+    /// of a job enqueued well before it is an earlier job's ([`EARLIER_BY`]).
+    since: time::OffsetDateTime,
 }
+
+/// How much earlier than a collection's start a looked-up answer's `enqueued_at` (the
+/// server's clock) must lie to be an earlier job's (this client's clock may be that far off;
+/// an earlier job closer than the server's 10-minute duplicate window was dropped as this
+/// one's duplicate, and is told at submission).
+const EARLIER_BY: time::Duration = time::Duration::minutes(1);
 
 /// Up to this many jobs, a collector subscribes to each job's own result subject, so the
 /// server sends it only those results; past it, to every result of the kind (one
@@ -400,6 +409,7 @@ impl ResultCollector {
             results,
             client: client.clone(),
             answered_before: HashSet::new(),
+            since: time::OffsetDateTime::now_utc(),
         })
     }
 
@@ -489,7 +499,11 @@ impl ResultCollector {
         mut on_result: impl FnMut(&ResultEvent),
     ) -> HashMap<String, ResultEvent> {
         let mut results = HashMap::new();
-        let deadline = tokio::time::Instant::now() + timeout;
+        // (A timeout past what an Instant can hold waits for ever: it panicked.)
+        let now = tokio::time::Instant::now();
+        let deadline = now
+            .checked_add(timeout)
+            .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400));
         let mut seen_connects = self.connects;
         // Once more a while after a reconnection: a worker may store its result after the
         // first look, before this client's subscriptions are back.
@@ -600,10 +614,14 @@ impl ResultCollector {
             .filter_map(|event| async move { event })
             .collect()
             .await;
-        // (An answer found so is taken as this job's: one left by an earlier job under the
-        // same id was told at submission, and the server's and this client's clocks are too
-        // far apart to tell it again here.)
+        // An answer found so, of a job enqueued well before this collection began, is an
+        // earlier job's under the same id: this one's result was refused unheard (a
+        // reconnection), or never published (a redelivery that found the answer stored). It
+        // was printed and written to --output as this job's.
         for event in found {
+            if event.enqueued_at < self.since - EARLIER_BY {
+                self.answered_before.insert(event.id.clone());
+            }
             if ids.remove(&event.id) {
                 on_result(&event);
                 results.insert(event.id.clone(), event);
