@@ -513,7 +513,6 @@ async fn auto_jobs_in_a_full_queue_wait_for_room_instead_of_being_dead_lettered(
 async fn a_held_auto_job_is_answered_cancelled_when_cancelled() {
     let mut cluster = Cluster::new();
     assert_success(&cluster.kiln(&["init", "--max-queued-jobs", "4"]));
-    cluster.spawn("scheduler", &["scheduler", "--name", "sched-1"]);
     let client = cluster.client().await;
     let submit = [
         "submit",
@@ -528,6 +527,9 @@ async fn a_held_auto_job_is_answered_cancelled_when_cancelled() {
         "fq",
     ];
     assert_success(&cluster.kiln(&submit));
+    // Started once the queue is full: a scheduler running meanwhile could route the first
+    // jobs' copies while the last were sent, and fill the queue before them.
+    cluster.spawn("scheduler", &["scheduler", "--name", "sched-1"]);
     // Held: the queue has no room for any copy, as `kiln status` says (it said they waited
     // to be routed, nothing of the hold).
     let held = "4 auto job(s) wait to be routed, 4 of them held by the scheduler: KILN_JOBS is \

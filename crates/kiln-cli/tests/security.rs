@@ -883,7 +883,6 @@ async fn the_scheduler_answers_a_held_job_cancelled_as_its_own_user() {
     let mut secure = Secure::start(false);
     let admin = Auth::User("admin");
     assert_success(&secure.kiln(admin, &["init", "--max-queued-jobs", "2"]));
-    secure.spawn(Auth::User("scheduler"), &["scheduler"]);
     let submitter = Auth::User("submitter");
     let submit = [
         "submit",
@@ -898,6 +897,8 @@ async fn the_scheduler_answers_a_held_job_cancelled_as_its_own_user() {
         "sh",
     ];
     assert_success(&secure.kiln(submitter, &submit));
+    // Started once the queue is full, so that it holds both (see scheduler.rs).
+    secure.spawn(Auth::User("scheduler"), &["scheduler"]);
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_success(&secure.kiln(submitter, &["cancel", "sh-0"]));
     let deadline = Instant::now() + Duration::from_secs(20);
