@@ -1608,9 +1608,11 @@ async fn a_worker_cut_off_from_the_server_does_not_warn_at_every_heartbeat() {
     );
     wait_for_worker(&cluster, "cut-off").await;
     cluster.server.kill();
-    tokio::time::sleep(Duration::from_secs(12)).await;
+    tokio::time::sleep(Duration::from_secs(16)).await;
     cluster.server.start_again();
     wait_for_worker(&cluster, "cut-off").await;
     let log = cluster.log("worker");
-    assert!(!log.contains("heartbeat failed"), "{log}");
+    // (One beat may have left just as the server went, before the client knew.)
+    let warned = log.matches("heartbeat failed").count();
+    assert!(warned <= 1, "{warned} warnings: {log}");
 }
