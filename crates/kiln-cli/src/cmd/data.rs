@@ -1,7 +1,7 @@
 //! `kiln put`, `kiln get`, and what `kiln submit --output` and `kiln result --output` say
 //! when they write a job's stored output.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -101,30 +101,24 @@ pub async fn get(nats: &NatsArgs, args: GetArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::from(super::EXIT_NOT_FOUND));
     };
-    // Into a folder (`-o out/`, `-o .`) as `cp` writes: under the object's last name there.
-    let folder = match &args.output {
-        None => Some(PathBuf::new()),
-        Some(path) if path == Path::new("-") => None,
-        Some(path) if path.is_dir() || path.as_os_str().to_string_lossy().ends_with('/') => {
-            Some(path.clone())
-        }
-        Some(_) => None,
-    };
-    let path = match (folder, &args.output) {
-        (None, Some(path)) => path.clone(),
-        (_, _) if matches!(args.name.rsplit('/').next(), None | Some("" | "." | "..")) => {
+    // Into a folder (`-o out/`, `-o .`, or by default the current one) as `cp` writes: under
+    // the object's last name there.
+    let path = match &args.output {
+        Some(path) if !is_folder(path) => path.clone(),
+        folder => match args.name.rsplit('/').next() {
+            Some(base) if !matches!(base, "" | "." | "..") => {
+                folder.clone().unwrap_or_default().join(base)
+            }
             // `dir/`, `.`, `..`: no file of that name can be written.
-            eprintln!(
-                "kiln: object {:?} ends in no file name to write it to: give one with -o FILE \
-                 (or -o - for standard output)",
-                args.name
-            );
-            return Ok(ExitCode::FAILURE);
-        }
-        (folder, _) => {
-            let base = args.name.rsplit('/').next().unwrap_or(&args.name);
-            folder.unwrap_or_default().join(base)
-        }
+            _ => {
+                eprintln!(
+                    "kiln: object {:?} ends in no file name to write it to: give one with -o \
+                     FILE (or -o - for standard output)",
+                    args.name
+                );
+                return Ok(ExitCode::FAILURE);
+            }
+        },
     };
     let bar = BytesBar::new(size, "fetching");
     if path == Path::new("-") {
@@ -137,6 +131,12 @@ pub async fn get(nats: &NatsArgs, args: GetArgs) -> anyhow::Result<ExitCode> {
         eprintln!("wrote {} ({size} bytes)", path.display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether `kiln get -o PATH` names a folder to write into: one that is there, or a path
+/// ending in `/` (`-` is standard output, whatever is there).
+fn is_folder(path: &Path) -> bool {
+    path != Path::new("-") && (path.is_dir() || path.as_os_str().to_string_lossy().ends_with('/'))
 }
 
 /// How long an interrupted upload may take to remove what it stored before the process ends
