@@ -280,15 +280,16 @@ async fn an_advisory_for_sequence_zero_is_dropped_not_retried_for_ever() {
     }
 }
 
-/// A worker that takes cpu jobs and dies before acking, on every attempt: a real client
-/// pulling from workers-cpu that never acks.
-async fn crashing_cpu_worker(
+/// A role that takes jobs from `consumer` and dies (or stalls) before acking, on every
+/// attempt: a real client pulling from it that never acks.
+async fn never_acking(
     js: &async_nats::jetstream::Context,
+    consumer: &str,
 ) -> async_nats::jetstream::consumer::PullConsumer {
     js.get_stream(kiln_proto::streams::STREAM_JOBS)
         .await
         .unwrap()
-        .get_consumer("workers-cpu")
+        .get_consumer(consumer)
         .await
         .unwrap()
 }
@@ -310,15 +311,7 @@ async fn an_auto_job_a_stalled_scheduler_never_routed_is_answered_saying_so() {
     .unwrap()
     .await
     .unwrap();
-    let stalled = js
-        .get_stream(kiln_proto::streams::STREAM_JOBS)
-        .await
-        .unwrap()
-        .get_consumer::<async_nats::jetstream::consumer::pull::Config>(
-            kiln_proto::streams::CONSUMER_SCHEDULER,
-        )
-        .await
-        .unwrap();
+    let stalled = never_acking(&js, kiln_proto::streams::CONSUMER_SCHEDULER).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     let answered = loop {
         assert!(Instant::now() < deadline, "the job was never given up");
@@ -363,7 +356,7 @@ async fn job_no_worker_acknowledges_is_answered_dead_lettered_and_replayable() {
     // replay must not carry.
     publish_vector_add(&js, "stuck-1", &[("Nats-Expected-Stream", STREAM_JOBS)]).await;
 
-    let crashing = crashing_cpu_worker(&js).await;
+    let crashing = never_acking(&js, "workers-cpu").await;
     let mut deliveries = 0;
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut answered = Vec::new();
@@ -685,7 +678,7 @@ async fn a_job_delivered_again_after_it_was_answered_is_acked_without_running() 
     ]));
     // The first run: a client takes the delivery and stores the job's result, and its ack
     // never comes.
-    let first = crashing_cpu_worker(&js).await;
+    let first = never_acking(&js, "workers-cpu").await;
     let mut batch = first.fetch().max_messages(1).messages().await.unwrap();
     let taken = batch.next().await.expect("a delivery").unwrap();
     assert_eq!(taken.info().unwrap().delivered, 1);
@@ -722,7 +715,7 @@ async fn a_job_the_server_gave_up_on_after_it_was_answered_is_removed_not_dead_l
     publish_vector_add(&js, "stuck-2", &[]).await;
     // Its runs die before they ack; one of them stored the job's result first.
     store_another_runs_result(&js, "vector_add", "stuck-2").await;
-    let crashing = crashing_cpu_worker(&js).await;
+    let crashing = never_acking(&js, "workers-cpu").await;
     let mut deliveries = 0;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -1230,7 +1223,7 @@ async fn one_id_as_two_kinds_keeps_two_dead_letters() {
             .await
             .unwrap();
     }
-    let crashing = crashing_cpu_worker(&js).await;
+    let crashing = never_acking(&js, "workers-cpu").await;
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut answered = Vec::new();
     while answered.len() < 2 {

@@ -1270,12 +1270,7 @@ async fn a_deleted_job_is_gone_while_others_of_its_kind_wait() {
 #[tokio::test(flavor = "multi_thread")]
 async fn wait_ends_when_results_are_dropped_for_room_before_they_are_read() {
     let mut cluster = Cluster::new();
-    let init = cluster.kiln(&["init", "--results-max-bytes", "1MiB"]);
-    assert!(
-        init.status.success(),
-        "{}",
-        String::from_utf8_lossy(&init.stderr)
-    );
+    common::assert_success(&cluster.kiln(&["init", "--results-max-bytes", "1MiB"]));
     cluster.cpu_worker();
     let submit = [
         "submit",
@@ -1290,11 +1285,7 @@ async fn wait_ends_when_results_are_dropped_for_room_before_they_are_read() {
     ];
     let started = std::time::Instant::now();
     let out = cluster.kiln(&submit);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_success(&out);
     assert_eq!(stdout(&out).lines().count(), 3000);
     assert!(
         started.elapsed() < Duration::from_secs(100),
@@ -1309,12 +1300,7 @@ async fn wait_ends_when_results_are_dropped_for_room_before_they_are_read() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_job_whose_result_was_dropped_for_room_is_gone_not_queued() {
     let mut cluster = Cluster::new();
-    let init = cluster.kiln(&["init", "--results-max-bytes", "1MiB"]);
-    assert!(
-        init.status.success(),
-        "{}",
-        String::from_utf8_lossy(&init.stderr)
-    );
+    common::assert_success(&cluster.kiln(&["init", "--results-max-bytes", "1MiB"]));
     cluster.cpu_worker();
     let submit = [
         "submit",
