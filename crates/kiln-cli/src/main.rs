@@ -37,13 +37,21 @@ fn main() -> ExitCode {
             None
         }
     };
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(threads) = cli.command.async_threads() {
+    let mut runtime = match cli.command.async_threads() {
         // A worker's job passes from the connection's reader to the job's task to the
         // writer: on one thread, with no wake-up of another in between (`kiln-bench latency`,
-        // docs/BENCHMARKS.md). Compute keeps its own threads (the blocking pool).
-        runtime.worker_threads(threads);
-    }
+        // docs/BENCHMARKS.md). Compute keeps its own threads (the blocking pool). One thread
+        // is a current-thread runtime: a task woken there runs after those already ready,
+        // not at once as in the multi-thread one's LIFO slot, so the connection's writer
+        // sends the results of every job ready together in one write rather than one each.
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(threads) => {
+            let mut runtime = tokio::runtime::Builder::new_multi_thread();
+            runtime.worker_threads(threads);
+            runtime
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     let runtime = match runtime.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -56,7 +64,11 @@ fn main() -> ExitCode {
     };
     if cli.command.async_threads().is_some() {
         let threads = runtime.metrics().num_workers();
-        tracing::info!(threads, "async runtime");
+        let flavor = match runtime.handle().runtime_flavor() {
+            tokio::runtime::RuntimeFlavor::CurrentThread => "current_thread",
+            _ => "multi_thread",
+        };
+        tracing::info!(threads, flavor, "async runtime");
     }
     let code = match runtime.block_on(cmd::run(cli)) {
         Ok(code) => code,

@@ -58,11 +58,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Run a service on one of the runtime's worker threads rather than on `main`'s, where
-/// `block_on` polls it: there, every message its loop took from the connection's task (on a
-/// pool thread) woke the main thread, and every job task it spawned woke a pool thread back,
-/// two thread hand-offs per job on the latency path. On the pool, what a task wakes or spawns
-/// runs next on the same thread (tokio's LIFO slot).
+/// Run a service as a task of the runtime rather than as `main`'s own future, which a
+/// multi-thread runtime (`--async-threads` 2 or more) polls on `main`'s thread, outside its
+/// pool: there, every message its loop took from the connection's task (on a pool thread)
+/// woke the main thread, and every job task it spawned woke a pool thread back, two thread
+/// hand-offs per job on the latency path. (With one async thread, the current-thread runtime
+/// runs every task on `main`'s thread anyway.)
 async fn on_pool(
     service: impl Future<Output = anyhow::Result<ExitCode>> + Send + 'static,
 ) -> anyhow::Result<ExitCode> {
