@@ -299,6 +299,18 @@ async fn duration_flags_take_durations_and_the_old_spellings_still_work() {
         );
     }
 
+    // Every job is built before the first is sent: ten billion aborted on allocation.
+    // Refused as a usage error, before connecting.
+    for count in ["0", "1000001", "10000000000"] {
+        let out = cluster.kiln(&["submit", "vector_add", "-n", count]);
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("'--count <COUNT>'") && stderr.contains("1..=1000000"),
+            "{stderr}"
+        );
+    }
+
     // Job i gets seed + i: one past the largest seed panicked (exit 101).
     let past = cluster.kiln(&[
         "submit",

@@ -18,6 +18,11 @@ use values::{
     limit, period, period_ms, replicas, scale, wait_timeout,
 };
 
+/// Most jobs one `kiln submit --count` sends: `KILN_JOBS`'s default limit on waiting jobs.
+/// Every job (its id, its body) is built before the first is sent, and `--wait` holds every
+/// id: ten billion aborted the command on allocation.
+pub const MAX_COUNT: u64 = 1_000_000;
+
 /// kiln: run compute jobs on GPUs and CPUs over NATS JetStream.
 #[derive(Debug, Parser)]
 #[command(name = "kiln", version, about, propagate_version = true)]
@@ -321,8 +326,9 @@ pub struct SubmitArgs {
     /// Device class: gpu, cpu or auto.
     #[arg(long, short = 'd', env = "KILN_SUBMIT_DEVICE", default_value = "cpu", value_parser = device_class)]
     pub device: kiln_proto::DeviceClass,
-    /// Number of jobs; job i gets seed + i and id <id>-<i>.
-    #[arg(long, short = 'n', default_value_t = 1)]
+    /// Number of jobs, 1 to 1000000 (KILN_JOBS's default limit on waiting jobs; every job is
+    /// built before the first is sent); job i gets seed + i and id <id>-<i>.
+    #[arg(long, short = 'n', default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=MAX_COUNT))]
     pub count: u64,
     /// Job id (default: a fresh unique id): 1 to 128 ASCII letters, digits, '-' and '_';
     /// with --count, ids are <id>-<i>. It is also the Nats-Msg-Id, so

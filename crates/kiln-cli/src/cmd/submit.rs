@@ -220,7 +220,6 @@ impl<'a> Submission<'a> {
             Codec::Json
         };
         let base_id = args.id.clone().unwrap_or_else(kiln_proto::new_job_id);
-        anyhow::ensure!(args.count >= 1, "--count must be at least 1");
         let ids: Vec<String> = match args.count {
             1 => vec![base_id.clone()],
             n => (0..n).map(|i| format!("{base_id}-{i}")).collect(),
