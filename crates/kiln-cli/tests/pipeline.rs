@@ -440,6 +440,62 @@ async fn resubmitted_job_id_runs_once_and_is_counted_once() {
     assert_eq!((m.jobs, m.succeeded, m.failed), (2, 2, 0));
 }
 
+/// A collector reads its results off the subscription as they come, while its caller is
+/// busy elsewhere (publishing the jobs), and looks them up several at once. async-nats holds
+/// a subscription's messages unread up to a capacity (65,536 by default, 512 here: what one read of the socket brings fits) and drops
+/// the rest: `kiln submit -n 300000 --wait` read nothing while it published, then one result
+/// per lookup's round trip, and said 223,224 stored results never came.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_collector_busy_elsewhere_misses_no_results() {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    cluster.cpu_worker();
+    let client = async_nats::ConnectOptions::new()
+        .subscription_capacity(512)
+        .connect(cluster.server.url())
+        .await
+        .unwrap();
+    // Past 1,000 ids: one subscription to every vector_add result.
+    let ids: Vec<String> = (0..1500).map(|i| format!("burst-{i}")).collect();
+    let mut collector = kiln_client::ResultCollector::subscribe(&client, Some("vector_add"), &ids)
+        .await
+        .unwrap();
+    let vector_add = kiln_kernels::find("vector_add").unwrap();
+    let jobs = ids.iter().map(|id| {
+        kiln_client::JobSpec::new(
+            vector_add,
+            kiln_proto::DeviceClass::Cpu,
+            json!({"len": 8}),
+            id.clone(),
+            0,
+            None,
+            kiln_proto::Codec::Json,
+        )
+        .unwrap()
+    });
+    let js = jetstream::new(client.clone());
+    kiln_client::publish_all(&js, jobs, false, || {})
+        .await
+        .unwrap();
+    // Every result stored before the collector is asked for them.
+    let mut stream = js.get_stream("KILN_RESULTS").await.unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    while stream.info().await.unwrap().state.messages < 1500 {
+        assert!(std::time::Instant::now() < deadline, "{}", cluster.report());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let started = std::time::Instant::now();
+    let waiting = ids.iter().cloned().collect();
+    let got = collector
+        .collect(waiting, Duration::from_secs(60), |_| {})
+        .await;
+    assert_eq!(got.len(), 1500);
+    assert!(got.values().all(|event| event.status == Status::Succeeded));
+    // Heard, not found by the last look after the wait's 60 s.
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(20), "{took:?}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_waiting_submitter_gets_the_stored_answer_not_a_refused_one() {
     let mut cluster = Cluster::new();

@@ -1,0 +1,420 @@
+//! Waiting for the results of jobs: a [`ResultCollector`] hears them on a subscription, reads
+//! them as they come, and takes each job's stored answer from `KILN_RESULTS`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use futures::stream::FuturesUnordered;
+use kiln_proto::{ResultEvent, subject};
+
+use crate::error::{Context as _, Error, Result};
+
+/// Collects result events for known job ids. Subscribe before publishing, so that none
+/// is missed.
+pub struct ResultCollector {
+    /// The results heard on the subscriptions, read off them at once by a task of their own
+    /// (see [`ResultCollector::subscribe`]).
+    heard: tokio::sync::mpsc::UnboundedReceiver<HeardOn>,
+    /// That task, stopped with the collector.
+    reading: tokio::task::AbortHandle,
+    /// The kind whose results these are (`None`: any kind, and no lookups by subject).
+    kind: Option<String>,
+    /// The client's statistics, whose count of connections says when it reconnected: results
+    /// published meanwhile reached no subscriber, and are looked up in `KILN_RESULTS`.
+    statistics: Arc<async_nats::Statistics>,
+    /// The client's connections when the collector subscribed: a reconnection since (while
+    /// the jobs were still being published, too) is looked for in `collect`.
+    connects: u64,
+    /// `KILN_RESULTS`, named once: a lookup per result, no stream-info request per result.
+    results: async_nats::jetstream::stream::Stream<()>,
+    /// The connection, whose state says how long the last lookup may take.
+    client: async_nats::Client,
+    /// Ids whose stored answer is an earlier job's ([`ResultCollector::answered_before`]).
+    answered_before: HashSet<String>,
+    /// When the collector subscribed, before any of its jobs was published: a stored answer
+    /// of a job enqueued well before it is an earlier job's ([`EARLIER_BY`]).
+    since: time::OffsetDateTime,
+}
+
+/// How much earlier than a collection's start a looked-up answer's `enqueued_at` (the
+/// server's clock) must lie to be an earlier job's (this client's clock may be that far off;
+/// an earlier job closer than the server's 10-minute duplicate window was dropped as this
+/// one's duplicate, and is told at submission).
+const EARLIER_BY: time::Duration = time::Duration::minutes(1);
+
+/// Up to this many jobs, a collector subscribes to each job's own result subject, so the
+/// server sends it only those results; past it, to every result of the kind (one
+/// subscription, the results of other people's jobs passed over here).
+const SUBSCRIBE_EACH_UP_TO: usize = 1000;
+
+/// Longest a collector looks results up once its wait is over; with the connection down,
+/// which every lookup would wait out, the shorter one (`--wait-timeout 4s` took 9 s).
+const LAST_LOOK: Duration = Duration::from_secs(5);
+
+/// How long a result heard of and not found stored is looked up again before it is taken
+/// as heard (see `collect`).
+const UNSTORED_PATIENCE: Duration = Duration::from_secs(5);
+
+/// What a collection waits for, has, and tells as each result comes.
+type Answered<'a, F> = (
+    &'a mut HashSet<String>,
+    &'a mut HashMap<String, ResultEvent>,
+    &'a mut F,
+);
+
+/// A result heard of on the subscription (on `subject`), and when.
+struct Heard {
+    subject: String,
+    event: ResultEvent,
+    at: tokio::time::Instant,
+}
+const LAST_LOOK_DISCONNECTED: Duration = Duration::from_secs(1);
+
+/// Results heard that a collector looks up in `KILN_RESULTS` at once (each is one request to
+/// the server): one at a time, a burst of results was read at the pace of those round trips.
+const LOOKUPS_AT_ONCE: usize = 64;
+
+/// A result heard, looked up: its subject, its `enqueued_at` as heard, and what was found.
+type Looked = (
+    String,
+    time::OffsetDateTime,
+    Result<ResultEvent, ResultEvent>,
+);
+
+impl Drop for ResultCollector {
+    fn drop(&mut self) {
+        self.reading.abort();
+    }
+}
+
+/// A result as heard: its subject and its body (its headers, a map each, left behind).
+type HeardOn = (async_nats::Subject, bytes::Bytes);
+
+/// Read `subscription` as fast as it delivers into `heard`, keeping only the results of
+/// `wanted` (every one when `None`). async-nats holds 65,536 messages a subscription
+/// unread and drops what comes after: `kiln submit -n 300000 --wait` read none while it
+/// published, and then one per lookup, and said 223,224 results that were stored never came.
+async fn read_results(
+    mut subscription: futures::stream::SelectAll<async_nats::Subscriber>,
+    wanted: Option<HashSet<String>>,
+    heard: tokio::sync::mpsc::UnboundedSender<HeardOn>,
+) {
+    while let Some(message) = subscription.next().await {
+        // results.<kind>.<id>, or results.<kind>.<id>.replay-<n>
+        let id = message.subject.split('.').nth(2).unwrap_or_default();
+        if wanted.as_ref().is_some_and(|wanted| !wanted.contains(id)) {
+            continue;
+        }
+        if heard.send((message.subject, message.payload)).is_err() {
+            return;
+        }
+    }
+}
+
+/// The result `results` holds on `subject`: a subscriber sees every result published, also
+/// one the stream refused because the job was answered before (a redelivery, an id used
+/// again), and the answer is the stored one. `Err` with the event as it came when nothing is
+/// stored there (yet: subscribers may hear of a result just before the stream has stored
+/// it; or the publish was refused, and the worker tries again; or it was stored and dropped
+/// for room already); the event as it came when the stream cannot be read.
+async fn stored(
+    results: &async_nats::jetstream::stream::Stream<()>,
+    subject: &str,
+    came: ResultEvent,
+) -> Result<ResultEvent, ResultEvent> {
+    use async_nats::jetstream::stream::LastRawMessageErrorKind;
+    match results.get_last_raw_message_by_subject(subject).await {
+        Ok(message) => match serde_json::from_slice::<ResultEvent>(&message.payload) {
+            Ok(stored) if stored.id == came.id => Ok(stored),
+            _ => Ok(came),
+        },
+        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Err(came),
+        Err(_) => Ok(came),
+    }
+}
+
+impl ResultCollector {
+    /// Subscribe to the results of jobs `ids` of `kind` (every result when `kind` is `None`).
+    pub async fn subscribe(
+        client: &async_nats::Client,
+        kind: Option<&str>,
+        ids: &[String],
+    ) -> Result<Self> {
+        let subjects: Vec<String> = match kind {
+            Some(kind) if ids.len() <= SUBSCRIBE_EACH_UP_TO => {
+                ids.iter().map(|id| subject::result(kind, id)).collect()
+            }
+            Some(kind) => vec![subject::results_of_kind(kind)],
+            None => vec!["results.>".to_owned()],
+        };
+        let mut subscribers = Vec::with_capacity(subjects.len());
+        for subject in subjects {
+            subscribers.push(
+                client
+                    .subscribe(subject.clone())
+                    .await
+                    .nats(|| format!("subscribing to {subject}"))?,
+            );
+        }
+        // The subscriptions are in place once the server has seen them.
+        client
+            .flush()
+            .await
+            .nats(|| "subscribing to results".into())?;
+        let results = async_nats::jetstream::new(client.clone())
+            .get_stream_no_info(kiln_proto::streams::STREAM_RESULTS)
+            .await
+            .map_err(|e| Error::Invalid(format!("naming the results stream: {e}")))?;
+        let (sender, heard) = tokio::sync::mpsc::unbounded_channel();
+        let wanted = (!ids.is_empty()).then(|| ids.iter().cloned().collect());
+        let subscription = futures::stream::select_all(subscribers);
+        let reading = tokio::spawn(read_results(subscription, wanted, sender)).abort_handle();
+        Ok(Self {
+            heard,
+            reading,
+            kind: kind.map(str::to_owned),
+            statistics: client.statistics(),
+            connects: client.statistics().connects.load(Ordering::Relaxed),
+            results,
+            client: client.clone(),
+            answered_before: HashSet::new(),
+            since: time::OffsetDateTime::now_utc(),
+        })
+    }
+
+    /// Look the results heard of and not found stored up again (a few at a time): those found
+    /// stored, and those heard [`UNSTORED_PATIENCE`] ago or more, are done. Looked up one by
+    /// one as they came, each waited for about a second in turn, and a burst whose results
+    /// were dropped for room held `--wait` for an hour.
+    async fn settle_unstored(
+        &mut self,
+        unstored: &mut HashMap<String, Heard>,
+        now: tokio::time::Instant,
+        (ids, results, on_result): Answered<'_, impl FnMut(&ResultEvent)>,
+    ) {
+        let this = &*self;
+        let looked: Vec<(String, Result<ResultEvent, ResultEvent>)> = futures::stream::iter(
+            unstored
+                .values()
+                .map(|heard| (heard.subject.clone(), heard.event.clone())),
+        )
+        .map(|(subject, came)| async move {
+            (came.id.clone(), stored(&this.results, &subject, came).await)
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+        let mut done = Vec::new();
+        for (id, looked) in looked {
+            let Some(heard) = unstored.get(&id) else {
+                continue;
+            };
+            match looked {
+                Ok(stored) => {
+                    if stored.enqueued_at != heard.event.enqueued_at {
+                        self.answered_before.insert(id.clone());
+                    }
+                    done.push(stored);
+                }
+                Err(came) if now >= heard.at + UNSTORED_PATIENCE => done.push(came),
+                Err(_) => continue,
+            }
+            unstored.remove(&id);
+        }
+        for event in done {
+            if ids.remove(&event.id) {
+                on_result(&event);
+                results.insert(event.id.clone(), event);
+            }
+        }
+    }
+
+    /// The ids collected whose stored answer is not this job's but an earlier job's under the
+    /// same id (submitted before the server's duplicate window, or without a `Nats-Msg-Id`,
+    /// so the server did not drop this one as a duplicate): this job ran, and its result was
+    /// refused, as a job id keeps its first answer. Told by the job's submit time
+    /// (`enqueued_at`), which every run of one submission shares (a redelivery's result is
+    /// refused too, but it is the same job's).
+    pub fn answered_before(&self) -> &HashSet<String> {
+        &self.answered_before
+    }
+
+    /// Wait until every id in `ids` has a result, or `timeout` passes; returns what came (for
+    /// an id answered before, the stored answer: see [`ResultCollector::answered_before`]).
+    /// `on_result` sees each result as it comes. Results stored while the client was
+    /// reconnecting reach no subscriber: after a reconnection, and before giving up, the ids
+    /// still waited for are looked up in `KILN_RESULTS` (a server restart lost `--wait` the
+    /// results stored as the workers reconnected, and it said they never came).
+    pub async fn collect(
+        &mut self,
+        mut ids: HashSet<String>,
+        timeout: Duration,
+        mut on_result: impl FnMut(&ResultEvent),
+    ) -> HashMap<String, ResultEvent> {
+        let mut results = HashMap::new();
+        // (A timeout past what an Instant can hold waits for ever: it panicked.)
+        let now = tokio::time::Instant::now();
+        let deadline = now
+            .checked_add(timeout)
+            .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400));
+        let mut seen_connects = self.connects;
+        // Once more a while after a reconnection: a worker may store its result after the
+        // first look, before this client's subscriptions are back.
+        let mut look_again = None;
+        let mut look = tokio::time::interval(Duration::from_millis(500));
+        // Results heard of and not found stored: a publish the stream refused (the worker
+        // tries again, and is heard again), or one stored and dropped for room before it was
+        // looked up (a small `--results-max-bytes` filled faster than it is read), which
+        // never comes again: taken as heard after UNSTORED_PATIENCE (waited for for ever).
+        let mut unstored: HashMap<String, Heard> = HashMap::new();
+        // Results heard, being looked up ([`LOOKUPS_AT_ONCE`] at most).
+        let mut looking = FuturesUnordered::new();
+        while !ids.is_empty() {
+            let next = tokio::select! {
+                Some(looked) = looking.next() => {
+                    let answered = (&mut ids, &mut results, &mut on_result);
+                    self.took(looked, &mut unstored, answered);
+                    continue;
+                }
+                next = tokio::time::timeout_at(deadline, self.heard.recv()),
+                    if looking.len() < LOOKUPS_AT_ONCE => next,
+                now = look.tick() => {
+                    let answered = (&mut ids, &mut results, &mut on_result);
+                    self.settle_unstored(&mut unstored, now, answered).await;
+                    let connects = self.statistics.connects.load(Ordering::Relaxed);
+                    let again = look_again.is_some_and(|at| now >= at);
+                    if connects != seen_connects || again {
+                        look_again = (connects != seen_connects)
+                            .then(|| now + Duration::from_secs(3));
+                        seen_connects = connects;
+                        let looking = self.look_up(&mut ids, &mut results, &mut on_result);
+                        let _ = tokio::time::timeout_at(deadline, looking).await;
+                    }
+                    continue;
+                }
+            };
+            let (subject, payload) = match next {
+                Ok(Some(heard)) => heard,
+                Ok(None) | Err(_) => {
+                    let on_their_way = async {
+                        while let Some(looked) = looking.next().await {
+                            let answered = (&mut ids, &mut results, &mut on_result);
+                            self.took(looked, &mut unstored, answered);
+                        }
+                    };
+                    let _ = tokio::time::timeout(LAST_LOOK, on_their_way).await;
+                    self.last_look((&mut ids, &mut results, &mut on_result))
+                        .await;
+                    break;
+                }
+            };
+            let Ok(event) = serde_json::from_slice::<ResultEvent>(&payload) else {
+                continue;
+            };
+            if !ids.contains(&event.id) {
+                continue;
+            }
+            let stream = self.results.clone();
+            looking.push(async move {
+                let subject = subject.to_string();
+                let enqueued_at = event.enqueued_at;
+                let looked = stored(&stream, &subject, event).await;
+                (subject, enqueued_at, looked)
+            });
+        }
+        results
+    }
+
+    /// A result heard, as it was looked up: taken (the stored answer), or, not stored, kept
+    /// to look up again (see `collect`).
+    fn took(
+        &mut self,
+        (subject, enqueued_at, looked): Looked,
+        unstored: &mut HashMap<String, Heard>,
+        (ids, results, on_result): Answered<'_, impl FnMut(&ResultEvent)>,
+    ) {
+        match looked {
+            // (Heard twice, a redelivery's refused result: the first lookup took it.)
+            Ok(event) if !ids.contains(&event.id) => {}
+            Ok(event) => {
+                if event.enqueued_at != enqueued_at {
+                    self.answered_before.insert(event.id.clone());
+                }
+                ids.remove(&event.id);
+                on_result(&event);
+                results.insert(event.id.clone(), event);
+            }
+            Err(came) if !ids.contains(&came.id) => {}
+            Err(came) => {
+                let heard = Heard {
+                    subject,
+                    event: came,
+                    at: tokio::time::Instant::now(),
+                };
+                unstored.insert(heard.event.id.clone(), heard);
+            }
+        }
+    }
+
+    /// The wait is over: look the answers still waited for up once more, a few seconds at
+    /// most past the deadline (a server that cannot be reached would hold every lookup for its
+    /// request timeout).
+    async fn last_look(
+        &mut self,
+        (ids, results, on_result): Answered<'_, impl FnMut(&ResultEvent)>,
+    ) {
+        let connected = self.client.connection_state() == async_nats::connection::State::Connected;
+        let within = if connected {
+            LAST_LOOK
+        } else {
+            LAST_LOOK_DISCONNECTED
+        };
+        let _ = tokio::time::timeout(within, self.look_up(ids, results, on_result)).await;
+    }
+
+    /// Look the answers of `ids` up in `KILN_RESULTS` (a few at a time), moving those found
+    /// to `results`.
+    async fn look_up(
+        &mut self,
+        ids: &mut HashSet<String>,
+        results: &mut HashMap<String, ResultEvent>,
+        on_result: &mut impl FnMut(&ResultEvent),
+    ) {
+        let Some(kind) = self.kind.clone() else {
+            return;
+        };
+        let stream = &self.results;
+        let found: Vec<ResultEvent> = futures::stream::iter(ids.iter().cloned())
+            .map(|id| {
+                let subject = subject::result(&kind, &id);
+                async move {
+                    let message = stream
+                        .get_last_raw_message_by_subject(&subject)
+                        .await
+                        .ok()?;
+                    let event = serde_json::from_slice::<ResultEvent>(&message.payload).ok()?;
+                    (event.id == id).then_some(event)
+                }
+            })
+            .buffer_unordered(32)
+            .filter_map(|event| async move { event })
+            .collect()
+            .await;
+        // An answer found so, of a job enqueued well before this collection began, is an
+        // earlier job's under the same id: this one's result was refused unheard (a
+        // reconnection), or never published (a redelivery that found the answer stored). It
+        // was printed and written to --output as this job's.
+        for event in found {
+            if event.enqueued_at < self.since - EARLIER_BY {
+                self.answered_before.insert(event.id.clone());
+            }
+            if ids.remove(&event.id) {
+                on_result(&event);
+                results.insert(event.id.clone(), event);
+            }
+        }
+    }
+}
