@@ -496,6 +496,58 @@ async fn a_collector_busy_elsewhere_misses_no_results() {
     assert!(took < Duration::from_secs(20), "{took:?}");
 }
 
+/// A job of a kind its workers do not run (sent by a `kiln` newer than they are) is answered
+/// on `results.unknown.<id>`, its error naming the kind: a collector takes that answer, where
+/// it waited for one on `results.<kind>.<id>` that never came, and said it never came. Another
+/// kind's job answered `unknown` under the same id is not this job's answer.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_collector_takes_the_answer_of_workers_that_do_not_run_the_kind() {
+    let mut cluster = Cluster::new();
+    cluster.init().await;
+    cluster.cpu_worker();
+    let client = cluster.client().await;
+    let js = jetstream::new(client.clone());
+    // Another kind's job under "newer-2", answered first.
+    js.publish("jobs.cpu.sort", r#"{"id":"newer-2"}"#.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let other = common::wait_for_results(&client, &["newer-2"], WAIT).await;
+    assert_eq!(other["newer-2"].kind, "unknown");
+    let ids = ["newer-1".to_owned(), "newer-2".to_owned()];
+    let mut collector = kiln_client::ResultCollector::subscribe(&client, Some("fft"), &ids)
+        .await
+        .unwrap();
+    for id in &ids {
+        let body = format!(r#"{{"id":"{id}","params":{{"n":8}}}}"#);
+        js.publish("jobs.cpu.fft", body.into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let waiting = ids.iter().cloned().collect();
+    let got = collector
+        .collect(waiting, Duration::from_secs(30), |_| {})
+        .await;
+    let answer = &got["newer-1"];
+    assert_eq!(
+        (answer.kind.as_str(), answer.status),
+        ("unknown", Status::Failed)
+    );
+    let error = answer.error.as_ref().unwrap();
+    assert_eq!(error.kind, ErrorKind::InvalidInput);
+    assert!(error.message.contains(r#""fft""#), "{error:?}");
+    // newer-2's fft job ran and its answer was refused (the id kept sort's): the one heard
+    // is all it gets, and sort's stored answer is not taken for it.
+    let heard = &got["newer-2"];
+    assert!(
+        heard.error.as_ref().unwrap().message.contains(r#""fft""#),
+        "{heard:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_waiting_submitter_gets_the_stored_answer_not_a_refused_one() {
     let mut cluster = Cluster::new();

@@ -120,6 +120,9 @@ async fn read_results(
 /// stored there (yet: subscribers may hear of a result just before the stream has stored
 /// it; or the publish was refused, and the worker tries again; or it was stored and dropped
 /// for room already); the event as it came when the stream cannot be read.
+///
+/// On `results.unknown.<id>` the stored answer may be another kind's job's under the same id
+/// (each names its own kind): only the one naming the kind heard is taken.
 async fn stored(
     results: &async_nats::jetstream::stream::Stream<()>,
     subject: &str,
@@ -128,7 +131,12 @@ async fn stored(
     use async_nats::jetstream::stream::LastRawMessageErrorKind;
     match results.get_last_raw_message_by_subject(subject).await {
         Ok(message) => match serde_json::from_slice::<ResultEvent>(&message.payload) {
-            Ok(stored) if stored.id == came.id => Ok(stored),
+            Ok(stored)
+                if stored.id == came.id
+                    && (stored.kind != UNKNOWN_KIND || stored.error == came.error) =>
+            {
+                Ok(stored)
+            }
             _ => Ok(came),
         },
         Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Err(came),
@@ -136,18 +144,50 @@ async fn stored(
     }
 }
 
+/// The kind a worker answers a job under when its build does not run the job's kind, on
+/// `results.unknown.<id>`, with an error naming the kind asked for (a `kiln` newer than its
+/// workers; docs/CONTRACT.md).
+const UNKNOWN_KIND: &str = "unknown";
+
+/// Whether `event`, heard or stored under a job id, answers that id's job of `kind`: a
+/// result of that kind (of any, for `None`), or one of kind `unknown` whose error names it.
+fn answers(kind: Option<&str>, event: &ResultEvent) -> bool {
+    let Some(kind) = kind else {
+        return true;
+    };
+    event.kind == kind
+        || (event.kind == UNKNOWN_KIND
+            && event
+                .error
+                .as_ref()
+                .is_some_and(|error| error.message.contains(&format!("{kind:?}"))))
+}
+
+/// The kinds whose result subjects answer a job of `kind`: its own, and `unknown`.
+fn answering_kinds(kind: &str) -> Vec<&str> {
+    match kind {
+        UNKNOWN_KIND => vec![kind],
+        _ => vec![kind, UNKNOWN_KIND],
+    }
+}
+
 impl ResultCollector {
-    /// Subscribe to the results of jobs `ids` of `kind` (every result when `kind` is `None`).
+    /// Subscribe to the results of jobs `ids` of `kind` (every result when `kind` is `None`),
+    /// and to their answers as `unknown` (workers that do not run `kind`).
     pub async fn subscribe(
         client: &async_nats::Client,
         kind: Option<&str>,
         ids: &[String],
     ) -> Result<Self> {
         let subjects: Vec<String> = match kind {
-            Some(kind) if ids.len() <= SUBSCRIBE_EACH_UP_TO => {
-                ids.iter().map(|id| subject::result(kind, id)).collect()
-            }
-            Some(kind) => vec![subject::results_of_kind(kind)],
+            Some(kind) if ids.len() <= SUBSCRIBE_EACH_UP_TO => answering_kinds(kind)
+                .into_iter()
+                .flat_map(|kind| ids.iter().map(move |id| subject::result(kind, id)))
+                .collect(),
+            Some(kind) => answering_kinds(kind)
+                .into_iter()
+                .map(subject::results_of_kind)
+                .collect(),
             None => vec!["results.>".to_owned()],
         };
         let mut subscribers = Vec::with_capacity(subjects.len());
@@ -314,7 +354,7 @@ impl ResultCollector {
             let Ok(event) = serde_json::from_slice::<ResultEvent>(&payload) else {
                 continue;
             };
-            if !ids.contains(&event.id) {
+            if !ids.contains(&event.id) || !answers(self.kind.as_deref(), &event) {
                 continue;
             }
             let stream = self.results.clone();
@@ -387,17 +427,20 @@ impl ResultCollector {
             return;
         };
         let stream = &self.results;
+        let kind = &kind;
         let found: Vec<ResultEvent> = futures::stream::iter(ids.iter().cloned())
-            .map(|id| {
-                let subject = subject::result(&kind, &id);
-                async move {
-                    let message = stream
-                        .get_last_raw_message_by_subject(&subject)
-                        .await
-                        .ok()?;
+            .map(|id| async move {
+                for each in answering_kinds(kind) {
+                    let subject = subject::result(each, &id);
+                    let Ok(message) = stream.get_last_raw_message_by_subject(&subject).await else {
+                        continue;
+                    };
                     let event = serde_json::from_slice::<ResultEvent>(&message.payload).ok()?;
-                    (event.id == id).then_some(event)
+                    if event.id == id && answers(Some(kind), &event) {
+                        return Some(event);
+                    }
                 }
+                None
             })
             .buffer_unordered(32)
             .filter_map(|event| async move { event })
