@@ -2123,6 +2123,73 @@ async fn an_interrupted_wait_names_the_jobs_it_leaves() {
     }
 }
 
+/// SIGINT or SIGTERM while a long `--count` is still being sent: the command says how many
+/// jobs the server stored (they run) and which ids to ask about, and exits 130. It was killed
+/// by the signal without a word, with thousands of jobs sent under ids it had printed nowhere.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_interrupted_submission_says_what_it_sent() {
+    let cluster = Cluster::new();
+    cluster.init().await;
+    let js = jetstream::new(cluster.client().await);
+    let queued = || async {
+        let mut jobs = js.get_stream("KILN_JOBS").await.unwrap();
+        jobs.info().await.unwrap().state.messages
+    };
+    // No worker: the jobs stay queued.
+    for (signal, wait) in [("INT", true), ("TERM", false)] {
+        let before = queued().await;
+        let id = format!("sending-{signal}");
+        let mut args = vec!["submit", "vector_add", "-p", "len=4", "-n", "200000"];
+        args.extend(["--id", &id]);
+        if wait {
+            args.push("--wait");
+        }
+        let child = std::process::Command::new(common::KILN)
+            .args(&args)
+            .env("NATS_URL", cluster.server.url())
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while queued().await < before + 1000 {
+            assert!(tokio::time::Instant::now() < deadline, "no jobs were sent");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let killed = std::process::Command::new("kill")
+            .args([format!("-{signal}"), child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(130), "SIG{signal}: {stderr}");
+        let said = stderr
+            .split("the server had stored at least ")
+            .nth(1)
+            .and_then(|rest| rest.split(" of 200000 jobs").next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("SIG{signal}: {stderr}"));
+        assert!(
+            stderr.contains(&format!("({id}-0 .. {id}-199999), which run")),
+            "SIG{signal}: {stderr}"
+        );
+        assert!(said > 0, "SIG{signal}: {stderr}");
+        // Every job it said was stored is, and those whose PubAck was on its way.
+        let stored = queued().await - before;
+        assert!(
+            stored >= said && stored < 200_000,
+            "{stored} stored; {stderr}"
+        );
+        assert_eq!(
+            stderr.contains("their results were not waited for"),
+            wait,
+            "SIG{signal}: {stderr}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn params_are_read_from_a_file_or_standard_input() {
     let mut cluster = Cluster::new();

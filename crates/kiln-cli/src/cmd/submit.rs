@@ -110,7 +110,13 @@ pub async fn run(nats: &NatsArgs, args: SubmitArgs) -> anyhow::Result<ExitCode> 
     }
     let collector = if submission.wait {
         let kind = Some(submission.kind.name);
-        Some(ResultCollector::subscribe(&client, kind, &submission.ids).await?)
+        let collector = ResultCollector::subscribe(&client, kind, &submission.ids).await?;
+        // Ids kiln made up: no earlier job answered one, so what is heard is taken as it
+        // comes, without looking each result up.
+        Some(match args.id {
+            None => collector.new_ids(),
+            Some(_) => collector,
+        })
     } else {
         None
     };
@@ -118,7 +124,20 @@ pub async fn run(nats: &NatsArgs, args: SubmitArgs) -> anyhow::Result<ExitCode> 
         .iter()
         .filter_map(|job| Some((job.id.clone(), job.digest.clone()?)))
         .collect();
-    let mut duplicates = submission.publish(&js, jobs).await?;
+    // SIGINT and SIGTERM from here on, while the jobs are sent and while --wait waits: they
+    // ended a long `--count` mid-publish without a word of what was sent.
+    if let Some(interrupt) = interrupt {
+        interrupt.abort();
+    }
+    let mut signal = std::pin::pin!(crate::signal::wait_for_signal());
+    let bar = (submission.args.count > 1).then(|| progress_bar(submission.args.count, "submitted"));
+    let mut duplicates = tokio::select! {
+        published = submission.publish(&js, jobs, bar.as_ref()) => published?,
+        () = &mut signal => {
+            submission.interrupted_publishing(bar.as_ref());
+            std::process::exit(130);
+        }
+    };
     // An id the earlier submission used for another kind, or for other parameters: this job
     // will never run.
     let taken = duplicates::taken(&js, submission.kind.name, &mut duplicates, &digests).await;
@@ -131,11 +150,8 @@ pub async fn run(nats: &NatsArgs, args: SubmitArgs) -> anyhow::Result<ExitCode> 
         }
         // `finish` fails the command for the taken ids too.
         Some(mut collector) => {
-            if let Some(interrupt) = interrupt {
-                interrupt.abort();
-            }
             submission
-                .wait(&js, &mut collector, &duplicates, &taken)
+                .wait(&js, &mut collector, (&duplicates, &taken), &mut signal)
                 .await
         }
     }
@@ -319,11 +335,10 @@ impl<'a> Submission<'a> {
         &self,
         js: &jetstream::Context,
         jobs: Vec<JobSpec>,
+        bar: Option<&ProgressBar>,
     ) -> anyhow::Result<Vec<String>> {
-        let count = self.args.count;
-        let bar = (count > 1).then(|| progress_bar(count, "submitted"));
         let (may_run, duplicates) = publish_all_counted(js, jobs, true, || {
-            if let Some(bar) = &bar {
+            if let Some(bar) = bar {
                 bar.inc(1)
             }
         })
@@ -334,7 +349,7 @@ impl<'a> Submission<'a> {
             kiln_client::data::remove_inputs(&bucket, &self.uploaded).await;
         }
         let duplicates = duplicates?;
-        if let Some(bar) = &bar {
+        if let Some(bar) = bar {
             bar.finish();
         }
         if !duplicates.is_empty() {
@@ -347,6 +362,31 @@ impl<'a> Submission<'a> {
             );
         }
         Ok(duplicates)
+    }
+
+    /// Interrupted while the jobs were sent: say how many the server had stored (they run),
+    /// and which ids to ask about.
+    fn interrupted_publishing(&self, bar: Option<&ProgressBar>) {
+        let (base_id, count) = (&self.base_id, self.args.count);
+        match bar {
+            None => eprintln!(
+                "kiln: interrupted while submitting {base_id}: `kiln status {base_id}` says \
+                 whether the server stored it (then it runs)"
+            ),
+            Some(bar) => {
+                bar.abandon();
+                eprintln!(
+                    "kiln: interrupted while submitting: the server had stored at least {} of \
+                     {count} jobs ({base_id}-0 .. {base_id}-{}), which run; the rest were not \
+                     sent or not stored; `kiln status <id>` says which",
+                    bar.position(),
+                    count - 1
+                );
+            }
+        }
+        if self.wait {
+            eprintln!("their results were not waited for: `kiln result <id>` gets them later");
+        }
     }
 
     /// Without `--wait`: print the job id, or the range of ids.
@@ -371,8 +411,8 @@ impl<'a> Submission<'a> {
         &self,
         js: &jetstream::Context,
         collector: &mut ResultCollector,
-        duplicates: &[String],
-        taken: &HashSet<String>,
+        (duplicates, taken): (&[String], &HashSet<String>),
+        signal: &mut (impl Future<Output = ()> + Unpin),
     ) -> anyhow::Result<ExitCode> {
         let single = self.args.count == 1;
         // With the output going to stdout, the results go to stderr.
@@ -413,7 +453,7 @@ impl<'a> Submission<'a> {
         // (an id kiln made up was printed nowhere else).
         let arrived = tokio::select! {
             arrived = collect => arrived,
-            () = crate::signal::wait_for_signal() => {
+            () = signal => {
                 if let Some(bar) = &bar {
                     bar.abandon();
                 }

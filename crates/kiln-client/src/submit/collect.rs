@@ -37,6 +37,8 @@ pub struct ResultCollector {
     /// When the collector subscribed, before any of its jobs was published: a stored answer
     /// of a job enqueued well before it is an earlier job's ([`EARLIER_BY`]).
     since: time::OffsetDateTime,
+    /// The ids are new (see [`ResultCollector::new_ids`]): a result heard is taken as it comes.
+    new_ids: bool,
 }
 
 /// How much earlier than a collection's start a looked-up answer's `enqueued_at` (the
@@ -222,7 +224,18 @@ impl ResultCollector {
             client: client.clone(),
             answered_before: HashSet::new(),
             since: time::OffsetDateTime::now_utc(),
+            new_ids: false,
         })
+    }
+
+    /// Say that the ids were made for these jobs and never used before (not given by a
+    /// person, who may give one again): no earlier job can have answered one, so a result
+    /// heard is the job's own answer, taken as it comes rather than looked up in
+    /// `KILN_RESULTS` (a request per result, which held `kiln submit -n 200000 --wait` to
+    /// about half its workers' pace and kept the server busy answering them).
+    pub fn new_ids(mut self) -> Self {
+        self.new_ids = true;
+        self
     }
 
     /// Look the results heard of and not found stored up again (a few at a time): those found
@@ -313,50 +326,42 @@ impl ResultCollector {
         // Results heard, being looked up ([`LOOKUPS_AT_ONCE`] at most).
         let mut looking = FuturesUnordered::new();
         while !ids.is_empty() {
-            let next = tokio::select! {
-                Some(looked) = looking.next() => {
-                    let answered = (&mut ids, &mut results, &mut on_result);
-                    self.took(looked, &mut unstored, answered);
-                    continue;
-                }
-                next = tokio::time::timeout_at(deadline, self.heard.recv()),
-                    if looking.len() < LOOKUPS_AT_ONCE => next,
-                now = look.tick() => {
-                    let answered = (&mut ids, &mut results, &mut on_result);
-                    self.settle_unstored(&mut unstored, now, answered).await;
-                    let connects = self.statistics.connects.load(Ordering::Relaxed);
-                    let again = look_again.is_some_and(|at| now >= at);
-                    if connects != seen_connects || again {
-                        look_again = (connects != seen_connects)
-                            .then(|| now + Duration::from_secs(3));
-                        seen_connects = connects;
-                        let looking = self.look_up(&mut ids, &mut results, &mut on_result);
-                        let _ = tokio::time::timeout_at(deadline, looking).await;
+            // Results may come faster than they are taken: the wait ends on time all the same
+            // (`--wait-timeout 3s` of 200,000 jobs returned after 21 s).
+            let next = match tokio::time::Instant::now() >= deadline {
+                true => None,
+                false => tokio::select! {
+                    Some(looked) = looking.next() => {
+                        let answered = (&mut ids, &mut results, &mut on_result);
+                        self.took(looked, &mut unstored, answered);
+                        continue;
                     }
-                    continue;
-                }
-            };
-            let (subject, payload) = match next {
-                Ok(Some(heard)) => heard,
-                Ok(None) | Err(_) => {
-                    let on_their_way = async {
-                        while let Some(looked) = looking.next().await {
-                            let answered = (&mut ids, &mut results, &mut on_result);
-                            self.took(looked, &mut unstored, answered);
+                    next = tokio::time::timeout_at(deadline, self.heard.recv()),
+                        if looking.len() < LOOKUPS_AT_ONCE => next.ok().flatten(),
+                    now = look.tick() => {
+                        let answered = (&mut ids, &mut results, &mut on_result);
+                        self.settle_unstored(&mut unstored, now, answered).await;
+                        let connects = self.statistics.connects.load(Ordering::Relaxed);
+                        let again = look_again.is_some_and(|at| now >= at);
+                        if connects != seen_connects || again {
+                            look_again = (connects != seen_connects)
+                                .then(|| now + Duration::from_secs(3));
+                            seen_connects = connects;
+                            let looking = self.look_up(&mut ids, &mut results, &mut on_result);
+                            let _ = tokio::time::timeout_at(deadline, looking).await;
                         }
-                    };
-                    let _ = tokio::time::timeout(LAST_LOOK, on_their_way).await;
-                    self.last_look((&mut ids, &mut results, &mut on_result))
-                        .await;
-                    break;
-                }
+                        continue;
+                    }
+                },
             };
-            let Ok(event) = serde_json::from_slice::<ResultEvent>(&payload) else {
+            let answered = (&mut ids, &mut results, &mut on_result);
+            let Some((subject, payload)) = next else {
+                self.wind_up(&mut looking, &mut unstored, answered).await;
+                break;
+            };
+            let Some(event) = self.answer_heard(&payload, answered) else {
                 continue;
             };
-            if !ids.contains(&event.id) || !answers(self.kind.as_deref(), &event) {
-                continue;
-            }
             let stream = self.results.clone();
             looking.push(async move {
                 let subject = subject.to_string();
@@ -366,6 +371,53 @@ impl ResultCollector {
             });
         }
         results
+    }
+
+    /// A result heard as `payload`: `None` when it is none of the jobs' answers, or when it was
+    /// taken as it came ([`ResultCollector::new_ids`]); else the event, to look up.
+    fn answer_heard(
+        &mut self,
+        payload: &[u8],
+        (ids, results, on_result): Answered<'_, impl FnMut(&ResultEvent)>,
+    ) -> Option<ResultEvent> {
+        let event = serde_json::from_slice::<ResultEvent>(payload).ok()?;
+        if !ids.contains(&event.id) || !answers(self.kind.as_deref(), &event) {
+            return None;
+        }
+        if !self.new_ids {
+            return Some(event);
+        }
+        ids.remove(&event.id);
+        on_result(&event);
+        results.insert(event.id.clone(), event);
+        None
+    }
+
+    /// The wait is over (its time, or the subscriptions ended): take the results heard
+    /// already that need no lookup, those being looked up (a few seconds at most), and look
+    /// up the answers still waited for once more.
+    async fn wind_up(
+        &mut self,
+        looking: &mut FuturesUnordered<impl Future<Output = Looked>>,
+        unstored: &mut HashMap<String, Heard>,
+        (ids, results, on_result): Answered<'_, impl FnMut(&ResultEvent)>,
+    ) {
+        while self.new_ids
+            && let Ok((_, payload)) = self.heard.try_recv()
+        {
+            self.answer_heard(&payload, (&mut *ids, &mut *results, &mut *on_result));
+        }
+        let on_their_way = async {
+            while let Some(looked) = looking.next().await {
+                self.took(
+                    looked,
+                    unstored,
+                    (&mut *ids, &mut *results, &mut *on_result),
+                );
+            }
+        };
+        let _ = tokio::time::timeout(LAST_LOOK, on_their_way).await;
+        self.last_look((ids, results, on_result)).await;
     }
 
     /// A result heard, as it was looked up: taken (the stored answer), or, not stored, kept
