@@ -821,7 +821,10 @@ class Client:
             for p in prepared:
                 kept = answered.get(p.job_id)
                 if kept is None:
-                    jobs.append(await self._watch(p.job_id, p.kind, p.device, shared=shared))
+                    watched = self._watch(
+                        p.job_id, p.kind, p.device, shared=shared, new_id=not p.given_id
+                    )
+                    jobs.append(await watched)
                     continue
                 done: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
                 done.set_result(kept)
@@ -1167,12 +1170,21 @@ class Client:
         return job
 
     async def _watch(
-        self, job_id: str, kind: str | None, device: str | None, *, shared: bool = False
+        self,
+        job_id: str,
+        kind: str | None,
+        device: str | None,
+        *,
+        shared: bool = False,
+        new_id: bool = False,
     ) -> Job:
         """A Job whose future its result completes (the subscription is in place at the
-        server after the next flush)."""
+        server after the next flush). `new_id`: the client made the id for this job, so no
+        earlier job answered it, and a result heard is its answer as it comes (see
+        `_on_result`)."""
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         job = Job(self, job_id, kind, device, future)
+        job._new_id = new_id
         earlier = self._watching.get(job_id)
         if earlier is not None:
             # Another handle on the same id: it shares the answer.
@@ -1225,6 +1237,12 @@ class Client:
                 return
             came = Result(event, self)
             if not job._answers(came):  # another kind's job under the same id
+                return
+            if job._new_id:
+                # No earlier job's answer can be stored under an id this client made: no
+                # lookup (a request to the server per result).
+                job._settle(came)
+                self._spawn(self._unwatch(job_id, job._future))
                 return
             # Looked up beside the next results: this callback is the subscription's reader.
             await self._lookups.acquire()

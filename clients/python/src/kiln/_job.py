@@ -313,6 +313,8 @@ class Job:
         self.sequence: int | None = None
         #: When this client published the job (its own clock); None for a job it did not.
         self._published_at: datetime | None = None
+        #: The client made the id for this job (no earlier job's answer can be kept under it).
+        self._new_id = False
         self._future = future
         self._looked_up = False
 
