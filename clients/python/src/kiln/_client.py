@@ -1238,9 +1238,11 @@ class Client:
             came = Result(event, self)
             if not job._answers(came):  # another kind's job under the same id
                 return
-            if job._new_id:
+            attempt = event.get("attempt")
+            if job._new_id and not (isinstance(attempt, int) and attempt > 1):
                 # No earlier job's answer can be stored under an id this client made: no
-                # lookup (a request to the server per result).
+                # lookup (a request to the server per result). A job delivered again may be
+                # heard from the run whose result the stream refused: looked up.
                 job._settle(came)
                 self._spawn(self._unwatch(job_id, job._future))
                 return

@@ -88,16 +88,11 @@ pub async fn run(nats: &NatsArgs, args: SubmitArgs) -> anyhow::Result<ExitCode> 
     let js = jetstream::new(client.clone());
     kiln_proto::streams::ensure_all(&js, &super::topology(nats)).await?;
     let jobs = submission.jobs(&js).await?;
-    // Storing --input files caught SIGINT and SIGTERM for the rest of the process
-    // (`upload_or_interrupted`): until --wait listens for them, they end it as before.
-    let interrupt = (!submission.inputs.is_empty()).then(|| {
-        let signal = crate::signal::wait_for_signal();
-        tokio::spawn(async move {
-            signal.await;
-            eprintln!("kiln: interrupted");
-            std::process::exit(130);
-        })
-    });
+    // SIGINT and SIGTERM from here to the end, heard by this one listener: while the jobs
+    // are sent, while their ids are checked and while --wait waits (they ended a long
+    // `--count` mid-publish without a word of what was sent). One that comes before the
+    // publish ends the command with nothing sent.
+    let mut signal = std::pin::pin!(crate::signal::wait_for_signal());
     warn_if_unserved(&js, submission.class).await;
     // An auto job only GPUs compute is routed to the GPU class even with no GPU worker live,
     // to wait there for one.
@@ -124,23 +119,26 @@ pub async fn run(nats: &NatsArgs, args: SubmitArgs) -> anyhow::Result<ExitCode> 
         .iter()
         .filter_map(|job| Some((job.id.clone(), job.digest.clone()?)))
         .collect();
-    // SIGINT and SIGTERM from here on, while the jobs are sent and while --wait waits: they
-    // ended a long `--count` mid-publish without a word of what was sent.
-    if let Some(interrupt) = interrupt {
-        interrupt.abort();
-    }
-    let mut signal = std::pin::pin!(crate::signal::wait_for_signal());
     let bar = (submission.args.count > 1).then(|| progress_bar(submission.args.count, "submitted"));
     let mut duplicates = tokio::select! {
-        published = submission.publish(&js, jobs, bar.as_ref()) => published?,
+        biased;
         () = &mut signal => {
             submission.interrupted_publishing(bar.as_ref());
+            // The jobs' `queued` records, which `kiln status` reads, may still be on their way.
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), client.flush()).await;
             std::process::exit(130);
         }
+        published = submission.publish(&js, jobs, bar.as_ref()) => published?,
     };
     // An id the earlier submission used for another kind, or for other parameters: this job
     // will never run.
-    let taken = duplicates::taken(&js, submission.kind.name, &mut duplicates, &digests).await;
+    let taken = tokio::select! {
+        taken = duplicates::taken(&js, submission.kind.name, &mut duplicates, &digests) => taken,
+        () = &mut signal => match submission.wait {
+            true => submission.stopped_waiting(None, submission.ids.iter().cloned()),
+            false => submission.interrupted_sent(),
+        },
+    };
     match collector {
         // A script reading the id gets none for a job that will not run.
         None if !taken.is_empty() => Ok(ExitCode::FAILURE),
@@ -419,9 +417,16 @@ impl<'a> Submission<'a> {
         let to_stderr = self.args.output.as_deref() == Some(Path::new("-"));
         let print = |event: &ResultEvent| print_result(event, single, to_stderr);
         let bar = (!single).then(|| progress_bar(self.args.count, "finished"));
-        let mut results = self.earlier_results(js, duplicates).await?;
+        let all = || self.ids.iter().cloned();
+        let mut results = tokio::select! {
+            results = self.earlier_results(js, duplicates) => results?,
+            () = &mut *signal => self.stopped_waiting(bar.as_ref(), all()),
+        };
         // An earlier submission that will never be answered: no use waiting for it.
-        let gone = duplicates::gone(js, duplicates, &results).await;
+        let gone = tokio::select! {
+            gone = duplicates::gone(js, duplicates, &results) => gone,
+            () = &mut *signal => self.stopped_waiting(bar.as_ref(), all()),
+        };
         let taken: &HashSet<String> = &taken.iter().chain(&gone).cloned().collect();
         for id in &self.ids {
             if let Some(event) = results.get(id) {
@@ -454,26 +459,8 @@ impl<'a> Submission<'a> {
         let arrived = tokio::select! {
             arrived = collect => arrived,
             () = signal => {
-                if let Some(bar) = &bar {
-                    bar.abandon();
-                }
-                let mut unanswered: Vec<String> = unanswered
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .iter()
-                    .cloned()
-                    .collect();
-                unanswered.sort_unstable();
-                eprintln!(
-                    "kiln: interrupted; stopped waiting for {}, still queued or running: \
-                     `kiln status <id>` follows a job, `kiln result <id>` gets its answer later{}",
-                    super::list_ids(&unanswered),
-                    match &self.args.output {
-                        Some(path) => format!(" (`--output {}` writes its output)", path.display()),
-                        None => String::new(),
-                    }
-                );
-                std::process::exit(130);
+                let unanswered = unanswered.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                self.stopped_waiting(bar.as_ref(), unanswered)
             }
         };
         results.extend(arrived);
@@ -482,6 +469,40 @@ impl<'a> Submission<'a> {
         }
         let answered_before = collector.answered_before().clone();
         self.finish(js, &results, taken, &answered_before).await
+    }
+
+    /// Interrupted once the jobs were sent, without `--wait`: they run; say which, and exit 130.
+    fn interrupted_sent(&self) -> ! {
+        eprintln!(
+            "kiln: interrupted once the jobs were sent: {} run; `kiln status <id>` follows a job",
+            super::list_ids(&self.ids)
+        );
+        std::process::exit(130);
+    }
+
+    /// Interrupted while the jobs were sent and before their answers came: the jobs go on; say
+    /// which, so that they can be found (an id kiln made up was printed nowhere else), and
+    /// exit 130.
+    fn stopped_waiting(
+        &self,
+        bar: Option<&ProgressBar>,
+        unanswered: impl IntoIterator<Item = String>,
+    ) -> ! {
+        if let Some(bar) = bar {
+            bar.abandon();
+        }
+        let mut unanswered: Vec<String> = unanswered.into_iter().collect();
+        unanswered.sort_unstable();
+        eprintln!(
+            "kiln: interrupted; stopped waiting for {}, still queued or running: `kiln status \
+             <id>` follows a job, `kiln result <id>` gets its answer later{}",
+            super::list_ids(&unanswered),
+            match &self.args.output {
+                Some(path) => format!(" (`--output {}` writes its output)", path.display()),
+                None => String::new(),
+            }
+        );
+        std::process::exit(130);
     }
 
     /// The results the duplicates already have. A duplicate's result is the earlier

@@ -151,18 +151,31 @@ async fn stored(
 /// workers; docs/CONTRACT.md).
 const UNKNOWN_KIND: &str = "unknown";
 
+/// How a worker's error for a kind its build does not run begins (the kind follows, quoted).
+const UNKNOWN_JOB_KIND: &str = "unknown job kind ";
+
 /// Whether `event`, heard or stored under a job id, answers that id's job of `kind`: a
-/// result of that kind (of any, for `None`), or one of kind `unknown` whose error names it.
-fn answers(kind: Option<&str>, event: &ResultEvent) -> bool {
+/// result of that kind (of any, for `None`), or one of kind `unknown` whose error names it,
+/// or (another answer as `unknown`, such as a job given up before its kind was read) of a
+/// job enqueued since `since` (give or take [`EARLIER_BY`]), as the Python client takes it.
+fn answers(kind: Option<&str>, event: &ResultEvent, since: time::OffsetDateTime) -> bool {
     let Some(kind) = kind else {
         return true;
     };
-    event.kind == kind
-        || (event.kind == UNKNOWN_KIND
-            && event
-                .error
-                .as_ref()
-                .is_some_and(|error| error.message.contains(&format!("{kind:?}"))))
+    if event.kind == kind {
+        return true;
+    }
+    if event.kind != UNKNOWN_KIND {
+        return false;
+    }
+    let message = event
+        .error
+        .as_ref()
+        .map_or("", |error| error.message.as_str());
+    match message.starts_with(UNKNOWN_JOB_KIND) {
+        true => message.contains(&format!("{kind:?}")),
+        false => event.enqueued_at >= since - EARLIER_BY,
+    }
 }
 
 /// The kinds whose result subjects answer a job of `kind`: its own, and `unknown`.
@@ -381,10 +394,13 @@ impl ResultCollector {
         (ids, results, on_result): Answered<'_, impl FnMut(&ResultEvent)>,
     ) -> Option<ResultEvent> {
         let event = serde_json::from_slice::<ResultEvent>(payload).ok()?;
-        if !ids.contains(&event.id) || !answers(self.kind.as_deref(), &event) {
+        if !ids.contains(&event.id) || !answers(self.kind.as_deref(), &event, self.since) {
             return None;
         }
-        if !self.new_ids {
+        // A job delivered again (its first run's ack lost, or run twice at once) may be
+        // heard from the run whose result the stream refused: looked up, as are ids a
+        // person gave.
+        if !self.new_ids || event.attempt > 1 {
             return Some(event);
         }
         ids.remove(&event.id);
@@ -393,31 +409,67 @@ impl ResultCollector {
         None
     }
 
-    /// The wait is over (its time, or the subscriptions ended): take the results heard
-    /// already that need no lookup, those being looked up (a few seconds at most), and look
-    /// up the answers still waited for once more.
+    /// The wait is over (its time, or the subscriptions ended): within a few seconds
+    /// ([`LAST_LOOK`]; a server that cannot be reached would hold every lookup for its request
+    /// timeout), finish the lookups under way, look up the results heard and not taken yet
+    /// (those buffered now: more keep coming), then the answers still waited for. What was
+    /// heard and not looked up in time is taken as it came.
     async fn wind_up(
         &mut self,
         looking: &mut FuturesUnordered<impl Future<Output = Looked>>,
         unstored: &mut HashMap<String, Heard>,
         (ids, results, on_result): Answered<'_, impl FnMut(&ResultEvent)>,
     ) {
-        while self.new_ids
-            && let Ok((_, payload)) = self.heard.try_recv()
-        {
-            self.answer_heard(&payload, (&mut *ids, &mut *results, &mut *on_result));
+        let mut heard = Vec::new();
+        for _ in 0..self.heard.len() {
+            let Ok((subject, payload)) = self.heard.try_recv() else {
+                break;
+            };
+            let answered = (&mut *ids, &mut *results, &mut *on_result);
+            if let Some(event) = self.answer_heard(&payload, answered) {
+                heard.push((subject.to_string(), event));
+            }
         }
-        let on_their_way = async {
-            while let Some(looked) = looking.next().await {
+        let connected = self.client.connection_state() == async_nats::connection::State::Connected;
+        let within = if connected {
+            LAST_LOOK
+        } else {
+            LAST_LOOK_DISCONNECTED
+        };
+        let stream = self.results.clone();
+        let looking_up = async {
+            let heard_looked = futures::stream::iter(heard.iter().cloned())
+                .map(|(subject, event)| {
+                    let stream = &stream;
+                    async move {
+                        let enqueued_at = event.enqueued_at;
+                        let looked = stored(stream, &subject, event).await;
+                        (subject, enqueued_at, looked)
+                    }
+                })
+                .buffer_unordered(LOOKUPS_AT_ONCE);
+            let mut all = futures::stream::select(&mut *looking, heard_looked);
+            while let Some(looked) = all.next().await {
                 self.took(
                     looked,
                     unstored,
                     (&mut *ids, &mut *results, &mut *on_result),
                 );
             }
+            self.look_up(&mut *ids, &mut *results, &mut *on_result)
+                .await;
         };
-        let _ = tokio::time::timeout(LAST_LOOK, on_their_way).await;
-        self.last_look((ids, results, on_result)).await;
+        let _ = tokio::time::timeout(within, looking_up).await;
+        let came = heard
+            .into_iter()
+            .map(|(_, event)| event)
+            .chain(unstored.drain().map(|(_, heard)| heard.event));
+        for event in came {
+            if ids.remove(&event.id) {
+                on_result(&event);
+                results.insert(event.id.clone(), event);
+            }
+        }
     }
 
     /// A result heard, as it was looked up: taken (the stored answer), or, not stored, kept
@@ -451,59 +503,53 @@ impl ResultCollector {
         }
     }
 
-    /// The wait is over: look the answers still waited for up once more, a few seconds at
-    /// most past the deadline (a server that cannot be reached would hold every lookup for its
-    /// request timeout).
-    async fn last_look(
-        &mut self,
-        (ids, results, on_result): Answered<'_, impl FnMut(&ResultEvent)>,
-    ) {
-        let connected = self.client.connection_state() == async_nats::connection::State::Connected;
-        let within = if connected {
-            LAST_LOOK
-        } else {
-            LAST_LOOK_DISCONNECTED
-        };
-        let _ = tokio::time::timeout(within, self.look_up(ids, results, on_result)).await;
-    }
-
-    /// Look the answers of `ids` up in `KILN_RESULTS` (a few at a time), moving those found
-    /// to `results`.
+    /// Look the answers of `ids` up in `KILN_RESULTS` (a few at a time), moving each found to
+    /// `results` as it is found. A job's answer as `unknown` is looked up where its own
+    /// kind's subject holds nothing, and taken only when its job was enqueued since this
+    /// collection began (an older one is an earlier job's, and never stood in the way of
+    /// this job's own answer, which is stored on the other subject).
     async fn look_up(
         &mut self,
         ids: &mut HashSet<String>,
         results: &mut HashMap<String, ResultEvent>,
         on_result: &mut impl FnMut(&ResultEvent),
     ) {
+        use async_nats::jetstream::stream::LastRawMessageErrorKind;
         let Some(kind) = self.kind.clone() else {
             return;
         };
-        let stream = &self.results;
-        let kind = &kind;
-        let found: Vec<ResultEvent> = futures::stream::iter(ids.iter().cloned())
-            .map(|id| async move {
-                for each in answering_kinds(kind) {
-                    let subject = subject::result(each, &id);
-                    let Ok(message) = stream.get_last_raw_message_by_subject(&subject).await else {
-                        continue;
-                    };
-                    let event = serde_json::from_slice::<ResultEvent>(&message.payload).ok()?;
-                    if event.id == id && answers(Some(kind), &event) {
-                        return Some(event);
+        let (stream, kind, since) = (self.results.clone(), &kind, self.since);
+        let wanted: Vec<String> = ids.iter().cloned().collect();
+        let found = futures::stream::iter(wanted)
+            .map(|id| {
+                let stream = &stream;
+                async move {
+                    for each in answering_kinds(kind) {
+                        let subject = subject::result(each, &id);
+                        let message = match stream.get_last_raw_message_by_subject(&subject).await {
+                            Ok(message) => message,
+                            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => {
+                                continue;
+                            }
+                            Err(_) => return None,
+                        };
+                        let event = serde_json::from_slice::<ResultEvent>(&message.payload).ok()?;
+                        let recent = each == kind || event.enqueued_at >= since - EARLIER_BY;
+                        return (event.id == id && recent && answers(Some(kind), &event, since))
+                            .then_some(event);
                     }
+                    None
                 }
-                None
             })
             .buffer_unordered(32)
-            .filter_map(|event| async move { event })
-            .collect()
-            .await;
+            .filter_map(|event| async move { event });
+        let mut found = std::pin::pin!(found);
         // An answer found so, of a job enqueued well before this collection began, is an
         // earlier job's under the same id: this one's result was refused unheard (a
         // reconnection), or never published (a redelivery that found the answer stored). It
         // was printed and written to --output as this job's.
-        for event in found {
-            if event.enqueued_at < self.since - EARLIER_BY {
+        while let Some(event) = found.next().await {
+            if event.enqueued_at < since - EARLIER_BY {
                 self.answered_before.insert(event.id.clone());
             }
             if ids.remove(&event.id) {
