@@ -2074,24 +2074,17 @@ async fn an_interrupted_wait_names_the_jobs_it_leaves() {
     // No worker: the jobs stay queued.
     for (signal, queued) in [("INT", 2), ("TERM", 4)] {
         let id = format!("left-{signal}");
-        let child = std::process::Command::new(common::KILN)
-            .args([
-                "submit",
-                "vector_add",
-                "-p",
-                "len=16",
-                "--count",
-                "2",
-                "--id",
-                &id,
-            ])
-            .arg("--wait")
-            .env("NATS_URL", cluster.server.url())
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+        let args = [
+            "vector_add",
+            "-p",
+            "len=16",
+            "--count",
+            "2",
+            "--id",
+            &id,
+            "--wait",
+        ];
+        let child = submitting(&cluster, &args);
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             let mut jobs = js.get_stream("KILN_JOBS").await.unwrap();
@@ -2106,14 +2099,7 @@ async fn an_interrupted_wait_names_the_jobs_it_leaves() {
         }
         // Past the publish: the command waits.
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let killed = std::process::Command::new("kill")
-            .args([format!("-{signal}"), child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(killed.success());
-        let out = child.wait_with_output().unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(130), "SIG{signal}: {stderr}");
+        let stderr = interrupt(child, signal);
         assert!(
             stderr.contains(&format!(
                 "kiln: interrupted; stopped waiting for {id}-0, {id}-1, still queued or running"
@@ -2121,6 +2107,32 @@ async fn an_interrupted_wait_names_the_jobs_it_leaves() {
             "SIG{signal}: {stderr}"
         );
     }
+}
+
+/// `kiln submit ARGS` against the cluster, running, its output piped.
+fn submitting(cluster: &Cluster, args: &[&str]) -> std::process::Child {
+    std::process::Command::new(common::KILN)
+        .arg("submit")
+        .args(args)
+        .env("NATS_URL", cluster.server.url())
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Send SIG`signal` to `child`, which must exit 130: its standard error.
+fn interrupt(child: std::process::Child, signal: &str) -> String {
+    let killed = std::process::Command::new("kill")
+        .args([format!("-{signal}"), child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(130), "SIG{signal}: {stderr}");
+    stderr
 }
 
 /// SIGINT or SIGTERM while a long `--count` is still being sent: the command says how many
@@ -2139,32 +2151,17 @@ async fn an_interrupted_submission_says_what_it_sent() {
     for (signal, wait) in [("INT", true), ("TERM", false)] {
         let before = queued().await;
         let id = format!("sending-{signal}");
-        let mut args = vec!["submit", "vector_add", "-p", "len=4", "-n", "200000"];
-        args.extend(["--id", &id]);
+        let mut args = vec!["vector_add", "-p", "len=4", "-n", "200000", "--id", &id];
         if wait {
             args.push("--wait");
         }
-        let child = std::process::Command::new(common::KILN)
-            .args(&args)
-            .env("NATS_URL", cluster.server.url())
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+        let child = submitting(&cluster, &args);
         let deadline = tokio::time::Instant::now() + WAIT;
         while queued().await < before + 1000 {
             assert!(tokio::time::Instant::now() < deadline, "no jobs were sent");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let killed = std::process::Command::new("kill")
-            .args([format!("-{signal}"), child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(killed.success());
-        let out = child.wait_with_output().unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(130), "SIG{signal}: {stderr}");
+        let stderr = interrupt(child, signal);
         let said = stderr
             .split("the server had stored at least ")
             .nth(1)
