@@ -87,12 +87,12 @@ pub async fn run(nats: &NatsArgs, args: SubmitArgs) -> anyhow::Result<ExitCode> 
     let client = kiln_client::connect_to_jetstream(&nats.connect_options()).await?;
     let js = jetstream::new(client.clone());
     kiln_proto::streams::ensure_all(&js, &super::topology(nats)).await?;
-    let jobs = submission.jobs(&js).await?;
     // SIGINT and SIGTERM from here to the end, heard by this one listener: while the jobs
-    // are sent, while their ids are checked and while --wait waits (they ended a long
-    // `--count` mid-publish without a word of what was sent). One that comes before the
-    // publish ends the command with nothing sent.
+    // are built (storing --input files hears them itself), sent, their ids checked and
+    // while --wait waits (they ended a long `--count` without a word of what was sent). One
+    // that comes before the publish ends the command with nothing sent.
     let mut signal = std::pin::pin!(crate::signal::wait_for_signal());
+    let jobs = submission.jobs(&js).await?;
     warn_if_unserved(&js, submission.class).await;
     // An auto job only GPUs compute is routed to the GPU class even with no GPU worker live,
     // to wait there for one.
