@@ -186,6 +186,27 @@ fn answering_kinds(kind: &str) -> Vec<&str> {
     }
 }
 
+/// A result heard on `subject`, looked up in `results` ([`stored`]), with its `enqueued_at`
+/// as heard.
+async fn look_up_heard(
+    results: async_nats::jetstream::stream::Stream<()>,
+    subject: String,
+    event: ResultEvent,
+) -> Looked {
+    let enqueued_at = event.enqueued_at;
+    let looked = stored(&results, &subject, event).await;
+    (subject, enqueued_at, looked)
+}
+
+/// Take `event` as its job's answer, if its id is still waited for: told to `on_result`, kept
+/// in `results`.
+fn take((ids, results, on_result): Answered<'_, impl FnMut(&ResultEvent)>, event: ResultEvent) {
+    if ids.remove(&event.id) {
+        on_result(&event);
+        results.insert(event.id.clone(), event);
+    }
+}
+
 impl ResultCollector {
     /// Subscribe to the results of jobs `ids` of `kind` (every result when `kind` is `None`),
     /// and to their answers as `unknown` (workers that do not run `kind`).
@@ -291,10 +312,7 @@ impl ResultCollector {
             unstored.remove(&id);
         }
         for event in done {
-            if ids.remove(&event.id) {
-                on_result(&event);
-                results.insert(event.id.clone(), event);
-            }
+            take((&mut *ids, &mut *results, &mut *on_result), event);
         }
     }
 
@@ -375,13 +393,11 @@ impl ResultCollector {
             let Some(event) = self.answer_heard(&payload, answered) else {
                 continue;
             };
-            let stream = self.results.clone();
-            looking.push(async move {
-                let subject = subject.to_string();
-                let enqueued_at = event.enqueued_at;
-                let looked = stored(&stream, &subject, event).await;
-                (subject, enqueued_at, looked)
-            });
+            looking.push(look_up_heard(
+                self.results.clone(),
+                subject.to_string(),
+                event,
+            ));
         }
         results
     }
@@ -403,9 +419,7 @@ impl ResultCollector {
         if !self.new_ids || event.attempt > 1 {
             return Some(event);
         }
-        ids.remove(&event.id);
-        on_result(&event);
-        results.insert(event.id.clone(), event);
+        take((ids, results, on_result), event);
         None
     }
 
@@ -444,14 +458,7 @@ impl ResultCollector {
         let stream = self.results.clone();
         let looking_up = async {
             let heard_looked = futures::stream::iter(heard.iter().cloned())
-                .map(|(subject, event)| {
-                    let stream = &stream;
-                    async move {
-                        let enqueued_at = event.enqueued_at;
-                        let looked = stored(stream, &subject, event).await;
-                        (subject, enqueued_at, looked)
-                    }
-                })
+                .map(|(subject, event)| look_up_heard(stream.clone(), subject, event))
                 .buffer_unordered(LOOKUPS_AT_ONCE);
             let mut all = futures::stream::select(&mut *looking, heard_looked);
             while let Some(looked) = all.next().await {
@@ -472,10 +479,7 @@ impl ResultCollector {
             .map(|(_, event)| event)
             .chain(unstored.drain().map(|(_, heard)| heard.event));
         for event in came {
-            if ids.remove(&event.id) {
-                on_result(&event);
-                results.insert(event.id.clone(), event);
-            }
+            take((&mut *ids, &mut *results, &mut *on_result), event);
         }
     }
 
@@ -494,9 +498,7 @@ impl ResultCollector {
                 if event.enqueued_at != enqueued_at {
                     self.answered_before.insert(event.id.clone());
                 }
-                ids.remove(&event.id);
-                on_result(&event);
-                results.insert(event.id.clone(), event);
+                take((ids, results, on_result), event);
             }
             Err(came) if !ids.contains(&came.id) => {}
             Err(came) => {
@@ -559,10 +561,7 @@ impl ResultCollector {
             if event.enqueued_at < since - EARLIER_BY {
                 self.answered_before.insert(event.id.clone());
             }
-            if ids.remove(&event.id) {
-                on_result(&event);
-                results.insert(event.id.clone(), event);
-            }
+            take((&mut *ids, &mut *results, &mut *on_result), event);
         }
     }
 }
